@@ -1,0 +1,19 @@
+//! narund: the narun node daemon.
+//!
+//! Where things happen (one module per concept):
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`config`] | `/etc/narun/narund.toml`, flags and env overrides |
+//! | [`cgroup`] | cgroup v2 discovery (pure and hybrid layouts), per-instance cgroups, limits, `cgroup.kill` |
+//! | [`privileges`] | narund's own capability bounding set; the app's uid/gid/caps/no_new_privs set-up in `pre_exec` |
+//! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
+//! | [`fetch`] | app binaries from the Object Store: streamed, SHA-256 verified, content-addressed cache |
+//! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool |
+
+pub mod cgroup;
+pub mod config;
+pub mod fetch;
+pub mod logs;
+pub mod privileges;
+pub mod uring;

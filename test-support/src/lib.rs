@@ -1,0 +1,251 @@
+//! Test harness for narun: a **real** `nats-server` with JetStream, owned by the test.
+//!
+//! Every integration test in the workspace talks to one of these instead of a mock:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let server = narun_test_support::NatsServer::start();
+//! let client = async_nats::connect(server.url()).await.unwrap();
+//! server.stop();          // the client sees a disconnect
+//! server.restart();       // same port, same store dir: JetStream state survives
+//! # }
+//! ```
+//!
+//! * The server listens on a free loopback port chosen at start, with its own
+//!   temporary store directory (removed on drop).
+//! * [`NatsServer::stop`] / [`NatsServer::restart`] keep the port and the store,
+//!   so tests can simulate an outage.
+//! * The binary is `nats-server` from `PATH`, or `$NATS_SERVER_BIN`. When it is
+//!   missing the harness panics with a message that says how to install it.
+//! * Dropping the harness kills the server; nothing is left running.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long to wait for `nats-server` to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running (or stopped) `nats-server -js` owned by a test.
+pub struct NatsServer {
+    port: u16,
+    monitor_port: u16,
+    store: tempfile::TempDir,
+    extra_config: String,
+    child: Mutex<Option<Child>>,
+}
+
+impl NatsServer {
+    /// Start a server with JetStream on a free loopback port.
+    pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Start a server with extra `nats-server` configuration (for example
+    /// `max_payload: 65536`), appended to the generated config file.
+    pub fn start_with_config(extra_config: &str) -> Self {
+        let store = tempfile::Builder::new()
+            .prefix("narun-nats-")
+            .tempdir()
+            .expect("create a temporary JetStream store dir");
+        let server = NatsServer {
+            port: free_port(),
+            monitor_port: free_port(),
+            store,
+            extra_config: extra_config.to_owned(),
+            child: Mutex::new(None),
+        };
+        server.spawn();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The HTTP monitoring port (`/varz`, `/healthz`, …).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Connect a plain async-nats client.
+    pub async fn connect(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect to test nats-server at {}: {e}", self.url()))
+    }
+
+    /// True while the server process is alive.
+    pub fn is_running(&self) -> bool {
+        let mut child = self.child.lock().unwrap();
+        match child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kill the server (SIGKILL) and wait for it to exit. The port and the
+    /// store directory are kept for [`restart`](Self::restart).
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start the server again on the same port with the same store.
+    pub fn restart(&self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.store.path().join("nats.conf")
+    }
+
+    fn spawn(&self) {
+        let bin = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let jetstream_dir = self.store.path().join("js");
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\njetstream {{\n  store_dir: {dir:?}\n}}\n{extra}\n",
+            port = self.port,
+            mon = self.monitor_port,
+            dir = jetstream_dir.display().to_string(),
+            extra = self.extra_config,
+        );
+        std::fs::write(self.config_path(), config).expect("write nats-server config");
+        let mut child = match Command::new(&bin)
+            .arg("-c")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`{}` not found: the narun tests need a real nats-server with JetStream. \
+                 Install it with `apt-get install nats-server` (Debian/Ubuntu) or point \
+                 NATS_SERVER_BIN at a nats-server binary.",
+                bin.display()
+            ),
+            Err(e) => panic!("failed to start {}: {e}", bin.display()),
+        };
+        // Drain stderr on a thread so the server never blocks on a full pipe,
+        // and keep the tail for error messages.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log_writer.lock().unwrap();
+                if l.len() > 200 {
+                    l.remove(0);
+                }
+                l.push(line);
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server exited during start-up ({status}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            if self.ready() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "nats-server did not become ready on 127.0.0.1:{} within {:?}:\n{}",
+                    self.port,
+                    READY_TIMEOUT,
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        *self.child.lock().unwrap() = Some(child);
+    }
+
+    /// The server is ready once its client port greets us with `INFO`.
+    fn ready(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).is_ok() && &buf == b"INFO"
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Ask the kernel for a free loopback TCP port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// Poll `cond` until it returns `Some`, for at most `timeout`.
+///
+/// For state that has no event to await (a file appearing, a process
+/// exiting); panics with `what` when the time runs out.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Path of a binary built by cargo for this workspace (`target/<profile>/<name>`),
+/// found next to the running test executable. Panics with a hint if missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-hash -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "binary {} not built; run `cargo build -p {name}` (or the whole workspace) first",
+        path.display()
+    );
+    path
+}
