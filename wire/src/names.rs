@@ -1,0 +1,87 @@
+//! Bucket names, subject names and the app environment contract shared with the Go narun.
+//!
+//! These strings are the wire contract: a Go `node-runner`, the Go `narun` CLI and
+//! our Rust binaries read and write the same buckets and subjects.
+
+/// KV bucket: key = app name, value = the app spec (JSON here; YAML from the Go CLI).
+pub const APP_CONFIGS_BUCKET: &str = "app-configs";
+/// KV bucket: key = node id, value = [`crate::events::NodeState`] JSON. TTL 45 s in Go.
+pub const NODE_STATES_BUCKET: &str = "node-runner-states";
+/// KV bucket: key = secret name, value = `StoredSecret` JSON (AES-256-GCM).
+pub const SECRETS_BUCKET: &str = "narun-secrets";
+/// Object store: app binaries named `<app>-<tag>-<os>-<arch>`.
+pub const APP_BINARIES_BUCKET: &str = "app-binaries";
+/// Object store: shared files mounted into app work dirs.
+pub const FILES_BUCKET: &str = "narun-files";
+
+/// Node state entries expire after this long without a heartbeat (Go: 45 s).
+pub const NODE_STATE_TTL_SECS: u64 = 45;
+
+/// `logs.<app>.<node>`: one JSON [`crate::events::LogLine`] per line of app output.
+pub fn log_subject(app: &str, node: &str) -> String {
+    format!("logs.{app}.{node}")
+}
+
+/// `status.<app>.<node>`: [`crate::events::StatusEvent`] JSON.
+pub fn status_subject(app: &str, node: &str) -> String {
+    format!("status.{app}.{node}")
+}
+
+/// Object name of an app binary: `<app>-<tag>-<os>-<arch>` (Go GOOS/GOARCH names).
+pub fn binary_object_name(app: &str, tag: &str, os: &str, arch: &str) -> String {
+    format!("{app}-{tag}-{os}-{arch}")
+}
+
+/// Go's GOARCH name for the architecture this binary was compiled for
+/// (`amd64`, `arm64`, `arm`, `riscv64`, `386`).
+pub fn go_arch() -> &'static str {
+    go_arch_of(std::env::consts::ARCH)
+}
+
+/// Map a Rust `target_arch` name to Go's GOARCH name.
+pub fn go_arch_of(rust_arch: &str) -> &'static str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "riscv64" => "riscv64",
+        "x86" => "386",
+        _ => "unknown",
+    }
+}
+
+/// Go's GOOS name for this platform (`linux`).
+pub fn go_os() -> &'static str {
+    std::env::consts::OS
+}
+
+/// NATS header carrying the gRPC method (`/pkg.Svc/Method`), Go compatible.
+pub const GRPC_METHOD_HEADER: &str = "X-Original-Grpc-Method";
+/// NATS Micro error description header (ADR-32).
+pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
+/// NATS Micro error code header (ADR-32).
+pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+/// Content type the gateway sets on BHTTP requests (the Go consumer ignores it).
+pub const BHTTP_CONTENT_TYPE: &str = "application/bhttp";
+
+/// Environment variables narund sets for every app instance (Go compatible
+/// names), read by the `narun` library.
+pub mod env {
+    pub const APP_NAME: &str = "NARUN_APP_NAME";
+    pub const INSTANCE_ID: &str = "NARUN_INSTANCE_ID";
+    pub const RUN_ID: &str = "NARUN_RUN_ID";
+    pub const REPLICA_INDEX: &str = "NARUN_REPLICA_INDEX";
+    pub const NODE_ID: &str = "NARUN_NODE_ID";
+    pub const NODE_OS: &str = "NARUN_NODE_OS";
+    pub const NODE_ARCH: &str = "NARUN_NODE_ARCH";
+    pub const INSTANCE_ROOT: &str = "NARUN_INSTANCE_ROOT";
+    /// NATS connection settings (see [`crate::connect::NatsSettings`]).
+    pub const NATS_URL: &str = "NATS_URL";
+    pub const NATS_CREDS: &str = "NATS_CREDS";
+    pub const NATS_NKEY_SEED_FILE: &str = "NATS_NKEY_SEED_FILE";
+    pub const NATS_USER: &str = "NATS_USER";
+    pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
+    pub const NATS_TLS_CA: &str = "NATS_TLS_CA";
+    pub const NATS_TLS_CERT: &str = "NATS_TLS_CERT";
+    pub const NATS_TLS_KEY: &str = "NATS_TLS_KEY";
+}
