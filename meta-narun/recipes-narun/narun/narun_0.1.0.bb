@@ -1,0 +1,87 @@
+SUMMARY = "narun node daemon (narund) and operator CLI (narunctl)"
+DESCRIPTION = "narund runs and supervises apps on embedded Linux devices from \
+               specs kept in NATS, and can embed an HTTP/gRPC gateway to NATS \
+               services. narunctl is the command line client."
+HOMEPAGE = "https://github.com/narun-rs/narun"
+BUGTRACKER = "https://github.com/narun-rs/narun/issues"
+SECTION = "console/network"
+CVE_PRODUCT = "narun"
+LICENSE = "Apache-2.0"
+# The repository has no top-level license file yet: use OE's copy of the Apache-2.0
+# text (license declared in Cargo.toml). Switch to file://LICENSE once it exists.
+# nooelint: oelint.var.licenseremotefile
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+
+# Release builds: SRCREV is the commit of the release tag. The committed
+# narun-crates.inc must match that commit's Cargo.lock (the project's CI runs
+# scripts/packaging/gen-crates-inc.py --check). To build a local checkout instead,
+# use externalsrc (see README.md and kas/qemuarm64.yml).
+# destsuffix=${BP} and no S= : the source lands in the default S on scarthgap
+# (${WORKDIR}/${BP}) and on whinlatter/wrynose (${UNPACKDIR}/${BP}).
+SRC_URI = "git://github.com/narun-rs/narun.git;protocol=https;branch=main;destsuffix=${BP}"
+SRCREV = "db58190a4c7d5d2a6c28b1fd6a0e6ff1d3a76a53"
+
+inherit cargo cargo-update-recipe-crates systemd useradd
+
+# crate:// SRC_URI entries and checksums for every crate in Cargo.lock.
+# Regenerate with `bitbake -c update_crates narun` or scripts/packaging/gen-crates-inc.py.
+require ${BPN}-crates.inc
+
+# gateway: embed the HTTP/gRPC gateway in narund (cargo feature narund/gateway).
+PACKAGECONFIG ??= ""
+PACKAGECONFIG[gateway] = "--features narund/gateway,,"
+
+# Default app user ([apps] default_user in narund.toml). systemd images also get it
+# from sysusers.d; useradd creates it for every init system at rootfs time.
+USERADD_PACKAGES = "${PN}"
+USERADD_PARAM:${PN} = "--system --no-create-home --home-dir /nonexistent --shell /sbin/nologin --user-group narun-app"
+
+SYSTEMD_PACKAGES = "${PN}"
+SYSTEMD_SERVICE:${PN} = "narund.service"
+SYSTEMD_AUTO_ENABLE:${PN} = "enable"
+
+# Build only the two binaries: the workspace also has examples and benchmarks, and
+# cargo_do_install would install every executable it finds.
+do_compile() {
+    oe_cargo_build -p narund -p narunctl ${PACKAGECONFIG_CONFARGS}
+}
+
+do_install() {
+    install -d ${D}${bindir}
+    install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/narund ${D}${bindir}/narund
+    install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/narunctl ${D}${bindir}/narunctl
+
+    install -d ${D}${sysconfdir}/narun
+    install -m 0644 ${S}/daemon/config/narund.toml ${D}${sysconfdir}/narun/narund.toml
+
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${S}/systemd/narund.service ${D}${systemd_system_unitdir}/narund.service
+    install -d ${D}${nonarch_libdir}/tmpfiles.d
+    install -m 0644 ${S}/systemd/narun-tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/narun.conf
+    install -d ${D}${nonarch_libdir}/sysusers.d
+    install -m 0644 ${S}/systemd/narun-sysusers.conf ${D}${nonarch_libdir}/sysusers.d/narun.conf
+}
+
+PACKAGES =+ "${PN}-ctl"
+
+FILES:${PN} += "${nonarch_libdir}/sysusers.d/narun.conf"
+FILES:${PN} += "${nonarch_libdir}/tmpfiles.d/narun.conf"
+FILES:${PN}-ctl += "${bindir}/narunctl"
+
+CONFFILES:${PN} = "${sysconfdir}/narun/narund.toml"
+
+RRECOMMENDS:${PN} += "${PN}-ctl"
+RPROVIDES:${PN} += "narund"
+RPROVIDES:${PN}-ctl += "narunctl"
+
+# narun's workspace needs Rust >= 1.88. Skip the recipe with a clear reason on a
+# release that ships an older one (stock scarthgap: 1.75) instead of failing in
+# do_compile; meta-lts-mixins (branch scarthgap/rust) raises RUSTVERSION. The check is
+# a string comparison at parse time, so the usual cost of anonymous python is nil.
+# nooelint: oelint.task.noanonpython
+python __anonymous() {
+    rustver = (d.getVar("RUSTVERSION") or "").rstrip("%")
+    if rustver and bb.utils.vercmp_string_op(rustver, "1.88", "<"):
+        raise bb.parse.SkipRecipe("narun needs Rust >= 1.88, this build has %s; on scarthgap add "
+                                  "the meta-lts-mixins layer, branch scarthgap/rust" % rustver)
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Checks of the Yocto layer meta-narun that run without a bitbake build directory:
+#
+#   1. narun-crates.inc is current for Cargo.lock (gen-crates-inc.py --check);
+#   2. oelint-adv over the recipe and layer.conf, for every release the layer claims
+#      (wrynose whinlatter scarthgap), with meta-narun/.oelint.cfg;
+#   3. oelint-adv over the hand-written recipe alone, WITHOUT the spacing suppressions
+#      that exist only for the generated .inc;
+#   4. every ${S}/... file the recipe installs exists in this repository, and the cargo
+#      packages it builds exist in the workspace;
+#   5. kas/qemuarm64.yml validates against the kas configuration schema.
+#
+# Installs oelint-adv and kas with pip if missing (bitbake itself is not needed).
+# Exit status: 0 = all passed, 1 = at least one check failed.
+set -uo pipefail
+
+cd "$(dirname "$0")/../.."
+REPO=$(pwd)
+LAYER=meta-narun
+RECIPE=$LAYER/recipes-narun/narun/narun_0.1.0.bb
+RELEASES="wrynose whinlatter scarthgap"
+
+failures=0
+ok() { printf '[check-yocto] ok: %s\n' "$*"; }
+fail() { printf '[check-yocto] FAIL: %s\n' "$*" >&2; failures=$((failures + 1)); }
+
+PY=${PYTHON:-python3}
+pip_install() { # pip_install PACKAGE...: into the python that runs this script
+    printf '[check-yocto] installing %s with pip\n' "$*"
+    "$PY" -m pip install -q --disable-pip-version-check "$@" >/dev/null 2>&1 ||
+        "$PY" -m pip install -q --disable-pip-version-check --break-system-packages "$@" >/dev/null
+}
+
+# --- 1. crates.inc ------------------------------------------------------------------
+if "$PY" scripts/packaging/gen-crates-inc.py --check; then
+    ok "narun-crates.inc matches Cargo.lock"
+else
+    fail "narun-crates.inc is stale: run scripts/packaging/gen-crates-inc.py and commit the result"
+fi
+
+# --- 2./3. oelint-adv ---------------------------------------------------------------
+if ! "$PY" -c 'import oelint_adv' 2>/dev/null; then
+    pip_install oelint-adv || fail "could not install oelint-adv"
+fi
+OELINT=("$PY" -m oelint_adv)
+if "$PY" -c 'import oelint_adv' 2>/dev/null; then
+    printf '[check-yocto] %s\n' "$("${OELINT[@]}" --version 2>&1)"
+    for rel in $RELEASES; do
+        out=$(cd "$LAYER" && OELINT_CONFIG="$REPO/$LAYER/.oelint.cfg" "${OELINT[@]}" --release "$rel" --mode all --quiet \
+            recipes-narun/narun/narun_0.1.0.bb conf/layer.conf 2>&1)
+        rc=$?
+        if [ $rc -eq 0 ] && [ -z "$out" ]; then
+            ok "oelint-adv --release $rel: clean"
+        else
+            fail "oelint-adv --release $rel (exit $rc):"
+            printf '    %s\n' "$out" >&2
+        fi
+    done
+
+    # Strict pass: the recipe without its generated include and without the spacing
+    # suppressions (keeps the .inc-only exemption from hiding mistakes in the .bb).
+    tmp=$(mktemp -d)
+    grep -v '^require ' "$RECIPE" >"$tmp/narun_0.1.0.bb"
+    printf '[oelint]\nsuppress =\n    oelint.vars.homepageping\n    oelint.var.bbclassextend\n' >"$tmp/strict.cfg"
+    out=$(cd "$tmp" && OELINT_CONFIG="$tmp/strict.cfg" "${OELINT[@]}" --release wrynose --mode all --quiet narun_0.1.0.bb 2>&1)
+    rc=$?
+    rm -rf "$tmp"
+    if [ $rc -eq 0 ] && [ -z "$out" ]; then
+        ok "oelint-adv strict pass over $RECIPE (spacing rules on): clean"
+    else
+        fail "oelint-adv strict pass over $RECIPE (exit $rc):"
+        printf '    %s\n' "$out" >&2
+    fi
+fi
+
+# --- 4. recipe <-> repository consistency -------------------------------------------
+missing=0
+for f in $(grep -o '\${S}/[A-Za-z0-9_./-]*' "$RECIPE" | sed 's/^\${S}\///' | sort -u); do
+    if [ -f "$f" ]; then ok "recipe installs $f (exists)"; else fail "recipe installs \${S}/$f, which does not exist"; missing=1; fi
+done
+for pkg in $(grep -o -- '-p [a-z0-9_-]*' "$RECIPE" | awk '{print $2}' | sort -u); do
+    if grep -rqs --include=Cargo.toml -E "^name = \"$pkg\"" daemon narunctl; then
+        ok "cargo package $pkg exists"
+    else
+        fail "recipe builds cargo package $pkg, which is not in the workspace"
+    fi
+done
+if grep -q '^\[features\]' daemon/Cargo.toml && grep -q '^gateway = ' daemon/Cargo.toml; then
+    ok "narund has the cargo feature gateway (PACKAGECONFIG[gateway])"
+else
+    fail "PACKAGECONFIG[gateway] needs the cargo feature narund/gateway in daemon/Cargo.toml"
+fi
+
+# --- 5. kas file ----------------------------------------------------------------------
+if ! "$PY" -c 'import kas, yaml, jsonschema' 2>/dev/null; then
+    pip_install kas || fail "could not install kas"
+fi
+if out=$("$PY" - "$LAYER/kas/qemuarm64.yml" 2>&1 <<'PYEOF'
+import json, os, sys
+import jsonschema, kas, yaml
+schema = json.load(open(os.path.join(os.path.dirname(kas.__file__), "schema-kas.json")))
+jsonschema.validate(yaml.safe_load(open(sys.argv[1])), schema)
+print(f"kas {kas.__version__} schema")
+PYEOF
+); then
+    ok "$LAYER/kas/qemuarm64.yml validates against the $out"
+else
+    fail "$LAYER/kas/qemuarm64.yml does not validate: $out"
+fi
+
+if [ $failures -ne 0 ]; then
+    printf '[check-yocto] %d check(s) FAILED\n' "$failures" >&2
+    exit 1
+fi
+printf '[check-yocto] all checks passed\n'
