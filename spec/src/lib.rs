@@ -1,1 +1,66 @@
-//! placeholder
+//! The narun app spec: what operators deploy and what narund runs.
+//!
+//! An app spec names a binary (`name` + `tag`), where it runs (`nodes`, by
+//! node ID or by labels), how many instances per node (`replicas`) and how it
+//! is run (environment, user, capabilities, cgroup limits, restart policy,
+//! readiness, stop signal). `narunctl` writes it as JSON to the KV bucket
+//! `app-configs` under the app name; `narund` reads it from there.
+//!
+//! The field names are those of the Go narun `ServiceSpec` (camelCase,
+//! case-sensitive), so specs move both ways between Go and Rust tools; see
+//! `docs/spec.md` for the reference of every field.
+//!
+//! # Lifecycle of a spec
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use narun_spec::AppSpec;
+//!
+//! // 1. Parse (TOML, YAML or JSON). Values are normalised, unknown keys
+//! //    become warnings.
+//! let spec = AppSpec::from_toml_str(r#"
+//!     name = "hello"
+//!     tag = "v1"
+//!     capabilities = ["net_bind_service"]
+//!     stopSignal = "INT"
+//!     [[nodes]]
+//!     labels = { role = "edge" }
+//!     replicas = 2
+//! "#).unwrap();
+//! assert_eq!(spec.capabilities, ["CAP_NET_BIND_SERVICE"]);
+//!
+//! // 2. Validate: every problem at once, each with its field path.
+//! spec.validate().unwrap();
+//! spec.supported_on_narund().unwrap();
+//!
+//! // 3. Store: JSON for the KV bucket, read back identically.
+//! let stored = spec.to_kv_json();
+//! assert_eq!(AppSpec::from_kv_bytes(&stored).unwrap(), spec);
+//!
+//! // 4. On a node: how many instances to run here.
+//! let labels = BTreeMap::from([("role".to_string(), "edge".to_string())]);
+//! assert_eq!(spec.desired_replicas("node-7", &labels), 2);
+//!
+//! // 5. Detect changes.
+//! assert_eq!(spec.config_hash().len(), 16);
+//! ```
+
+mod hash;
+mod linux;
+mod parse;
+mod select;
+mod types;
+mod validate;
+
+pub use hash::fnv1a64;
+pub use linux::{
+    CAPABILITIES, capability_number, normalize_capability, signal_name, signal_number,
+};
+pub use parse::{Format, Location, ParseError, SpecLoadError};
+pub use types::{
+    AppSpec, DEFAULT_SETTLE_SEC, DEFAULT_START_LIMIT_BURST, DEFAULT_START_LIMIT_INTERVAL_SEC,
+    DEFAULT_START_TIMEOUT_SEC, DEFAULT_STOP_TIMEOUT_SEC, EnvVar, ExitKind, JailSpec, LabelValue,
+    Labels, LandlockPath, LandlockSpec, MetricsSpec, Mode, MountSource, MountSpec, NoNetSpec,
+    NodeSelector, PortForward, RestartPolicy, Signal,
+};
+pub use validate::{MAX_CPU_WEIGHT, MAX_NAME_LEN, MAX_TAG_LEN, SpecError, SpecErrors, SpecWarning};

@@ -1,0 +1,567 @@
+//! Validation: every problem of a spec at once, each with its field path.
+//!
+//! The rules are Go's `ParseServiceSpec` rules (so a spec valid here is
+//! accepted by Go node-runners, except for the narun additions listed in
+//! `docs/spec.md`) plus stricter checks where Go lets a bad value through to
+//! a confusing failure at run time (app name characters, mount paths, …).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path};
+
+use crate::linux::{self, NON_TERMINATING_SIGNALS};
+use crate::types::{AppSpec, Mode, RestartPolicy};
+
+/// Longest accepted app name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest accepted tag.
+pub const MAX_TAG_LEN: usize = 128;
+/// Largest accepted `cpuWeight` (cgroup v2 `cpu.weight` range is 1..=10000).
+pub const MAX_CPU_WEIGHT: u64 = 10_000;
+
+/// One problem: the field it is about (`nodes[1].replicas`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// Field path: keys joined with `.`, list indexes in brackets.
+    pub path: String,
+    /// What is wrong and, where useful, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a spec. Displays as one `path: message` per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl SpecErrors {
+    /// The problems, in field order.
+    pub fn errors(&self) -> &[SpecError] {
+        &self.0
+    }
+
+    /// The problem about exactly this path, if any.
+    pub fn get(&self, path: &str) -> Option<&SpecError> {
+        self.0.iter().find(|e| e.path == path)
+    }
+}
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Something accepted but probably not what the author meant (unknown key,
+/// a setting Go node-runners reject, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecWarning {
+    /// Field path, as in [`SpecError::path`].
+    pub path: String,
+    /// What is odd and what happens because of it.
+    pub message: String,
+}
+
+impl fmt::Display for SpecWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Collects errors with their paths.
+#[derive(Default)]
+struct Report(Vec<SpecError>);
+
+impl Report {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(SpecError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn finish(self) -> Result<(), SpecErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecErrors(self.0))
+        }
+    }
+}
+
+/// `^[A-Za-z0-9_-]+$`: NATS Micro service names, subject tokens, object names.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// NATS KV key characters: `^[-/_=.A-Za-z0-9]+$`.
+fn is_kv_key(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c))
+}
+
+/// Whether a path has a `..` component.
+fn has_parent_dir(p: &str) -> bool {
+    Path::new(p)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+}
+
+impl AppSpec {
+    /// Check the spec and return **every** problem, each with its field path.
+    ///
+    /// Call it on a parsed spec (parsing normalises values first; a spec built
+    /// in code is checked as it is).
+    ///
+    /// ```
+    /// let spec = narun_spec::AppSpec::from_yaml_str(
+    ///     "name: a.b\ntag: v1\nnodes:\n  - name: n1\n    replicas: 0\n",
+    /// ).unwrap();
+    /// let errors = spec.validate().unwrap_err();
+    /// assert_eq!(errors.errors().len(), 2);
+    /// assert!(errors.to_string().contains("nodes[0].replicas: must be > 0"));
+    /// ```
+    pub fn validate(&self) -> Result<(), SpecErrors> {
+        let mut r = Report::default();
+        self.check_identity(&mut r);
+        self.check_process(&mut r);
+        self.check_nodes(&mut r);
+        self.check_go_blocks(&mut r);
+        self.check_resources(&mut r);
+        self.check_lifecycle(&mut r);
+        r.finish()
+    }
+
+    fn check_identity(&self, r: &mut Report) {
+        if self.name.is_empty() {
+            r.err("name", "is required");
+        } else {
+            if !self.name.chars().all(is_name_char) {
+                r.err(
+                    "name",
+                    format!(
+                        "must match ^[A-Za-z0-9_-]+$ (it becomes a NATS subject token and part of object names), got {:?}",
+                        self.name
+                    ),
+                );
+            }
+            if self.name.len() > MAX_NAME_LEN {
+                r.err(
+                    "name",
+                    format!("must be at most {MAX_NAME_LEN} characters long"),
+                );
+            }
+        }
+        if self.tag.is_empty() {
+            r.err(
+                "tag",
+                "is required (the binary version, e.g. v1.2.0; part of the binary object name)",
+            );
+        } else {
+            if !self
+                .tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                r.err(
+                    "tag",
+                    format!(
+                        "must only contain A-Z, a-z, 0-9, '.', '_' and '-' (it is part of the binary object name), got {:?}",
+                        self.tag
+                    ),
+                );
+            }
+            if self.tag.len() > MAX_TAG_LEN {
+                r.err(
+                    "tag",
+                    format!("must be at most {MAX_TAG_LEN} characters long"),
+                );
+            }
+        }
+        if let Mode::Other(m) = &self.mode {
+            r.err(
+                "mode",
+                format!("must be exec, landlock or jail, got {m:?}"),
+            );
+        }
+    }
+
+    fn check_process(&self, r: &mut Report) {
+        for (i, a) in self.args.iter().enumerate() {
+            if a.contains('\0') {
+                r.err(format!("args[{i}]"), "must not contain a NUL byte");
+            }
+        }
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, e) in self.env.iter().enumerate() {
+            let p = format!("env[{i}]");
+            if e.name.is_empty() {
+                r.err(format!("{p}.name"), "is required");
+            } else if e.name.contains(['=', ' ', '\0']) {
+                r.err(format!("{p}.name"), "must not contain '=' or ' '");
+            }
+            if !e.value.is_empty() && !e.value_from_secret.is_empty() {
+                r.err(
+                    p.as_str(),
+                    "value and valueFromSecret are mutually exclusive: keep one",
+                );
+            }
+            if e.value.contains('\0') {
+                r.err(format!("{p}.value"), "must not contain a NUL byte");
+            }
+            if !e.value_from_secret.is_empty() && !is_kv_key(&e.value_from_secret) {
+                r.err(
+                    format!("{p}.valueFromSecret"),
+                    format!(
+                        "must be a secret name made of A-Z, a-z, 0-9, '-', '/', '_', '=', '.' (not starting or ending with '.'), got {:?}",
+                        e.value_from_secret
+                    ),
+                );
+            }
+            if !e.name.is_empty() {
+                seen.entry(e.name.as_str()).or_insert(i);
+            }
+        }
+        if let Some(user) = (!self.user.is_empty()).then_some(&self.user)
+            && (user.trim().is_empty() || user.contains([':', '/', ' ', '\t', '\n', '\0']))
+        {
+            r.err(
+                "user",
+                format!("must be a user name or numeric uid, got {user:?}"),
+            );
+        }
+    }
+
+    fn check_nodes(&self, r: &mut Report) {
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut label_sets: Vec<(usize, &crate::types::Labels)> = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let p = format!("nodes[{i}]");
+            match (&n.name, &n.labels) {
+                (Some(_), Some(_)) => r.err(
+                    p.as_str(),
+                    "set exactly one of name or labels, not both",
+                ),
+                (None, None) => r.err(
+                    p.as_str(),
+                    "set exactly one of name (a node ID) or labels (a label selector)",
+                ),
+                _ => {}
+            }
+            if let Some(name) = &n.name {
+                if name.trim().is_empty() {
+                    r.err(format!("{p}.name"), "must not be empty");
+                } else if let Some(first) = names.get(name.as_str()) {
+                    r.err(
+                        format!("{p}.name"),
+                        format!("duplicate node name {name:?} (already in nodes[{first}])"),
+                    );
+                } else {
+                    names.insert(name, i);
+                }
+            }
+            if let Some(labels) = &n.labels {
+                for key in labels.keys() {
+                    if key.trim().is_empty() || key.contains(['=', ' ', '\t', '\n']) {
+                        r.err(
+                            format!("{p}.labels"),
+                            format!("label key {key:?} must be non-empty without '=' or spaces"),
+                        );
+                    }
+                }
+                if let Some((first, _)) = label_sets.iter().find(|(_, l)| *l == labels) {
+                    r.err(
+                        format!("{p}.labels"),
+                        format!("same labels as nodes[{first}]: merge the two entries"),
+                    );
+                } else {
+                    label_sets.push((i, labels));
+                }
+            }
+            if n.replicas <= 0 {
+                r.err(
+                    format!("{p}.replicas"),
+                    format!(
+                        "must be > 0, got {} (remove the entry to run nothing there)",
+                        n.replicas
+                    ),
+                );
+            } else if n.replicas > i64::from(u32::MAX) {
+                r.err(
+                    format!("{p}.replicas"),
+                    format!("must be at most {}", u32::MAX),
+                );
+            }
+        }
+    }
+
+    fn check_go_blocks(&self, r: &mut Report) {
+        // Go checks landlock paths only in landlock mode.
+        if self.mode == Mode::Landlock {
+            for (i, lp) in self.landlock.paths.iter().enumerate() {
+                let p = format!("landlock.paths[{i}]");
+                if lp.path.trim().is_empty() {
+                    r.err(format!("{p}.path"), "must not be empty");
+                }
+                if lp.modes.trim().is_empty() {
+                    r.err(format!("{p}.modes"), "must not be empty (any of r, w, x, c)");
+                } else if let Some(c) = lp.modes.chars().find(|c| !"rwxc".contains(*c)) {
+                    r.err(
+                        format!("{p}.modes"),
+                        format!("invalid character {c:?}: only r, w, x and c are allowed"),
+                    );
+                }
+            }
+        }
+        let mut mount_paths: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, m) in self.mounts.iter().enumerate() {
+            let p = format!("mounts[{i}]");
+            if m.path.trim().is_empty() {
+                r.err(format!("{p}.path"), "must not be empty");
+            } else if m.path.starts_with('/') {
+                r.err(
+                    format!("{p}.path"),
+                    "must be relative to the instance work dir, not absolute",
+                );
+            } else if has_parent_dir(&m.path) {
+                r.err(
+                    format!("{p}.path"),
+                    "must not contain '..' (it must stay inside the instance work dir)",
+                );
+            } else if let Some(first) = mount_paths.get(m.path.as_str()) {
+                r.err(
+                    format!("{p}.path"),
+                    format!("duplicate mount path (already in mounts[{first}])"),
+                );
+            } else {
+                mount_paths.insert(&m.path, i);
+            }
+            if m.source.object_store.trim().is_empty() {
+                r.err(
+                    format!("{p}.source.objectStore"),
+                    "is required (the name of a file in the narun-files object store)",
+                );
+            }
+        }
+        for (i, pf) in self.nonet.local_ports.iter().enumerate() {
+            let p = format!("nonet.localPorts[{i}]");
+            if !(1025..=65535).contains(&pf.port) {
+                r.err(
+                    format!("{p}.port"),
+                    format!("must be between 1025 and 65535, got {}", pf.port),
+                );
+            }
+            let proto = pf.protocol.trim().to_ascii_lowercase();
+            if !matches!(proto.as_str(), "" | "tcp" | "udp") {
+                r.err(
+                    format!("{p}.protocol"),
+                    format!("must be tcp or udp, got {:?}", pf.protocol),
+                );
+            }
+        }
+        if self.metrics.port != 0 {
+            if !(1..=65535).contains(&self.metrics.port) {
+                r.err(
+                    "metrics.port",
+                    format!(
+                        "must be between 1 and 65535 (0 disables metrics), got {}",
+                        self.metrics.port
+                    ),
+                );
+            }
+            if !self.metrics.path.is_empty() && !self.metrics.path.starts_with('/') {
+                r.err(
+                    "metrics.path",
+                    format!("must start with '/', got {:?}", self.metrics.path),
+                );
+            }
+        }
+        if !self.network_namespace_path.is_empty() && !self.network_namespace_path.starts_with('/')
+        {
+            r.err(
+                "networkNamespacePath",
+                "must be an absolute path (e.g. /var/run/netns/blue)",
+            );
+        }
+        if has_parent_dir(&self.cgroup_parent) {
+            r.err("cgroupParent", "must not contain '..'");
+        }
+    }
+
+    fn check_resources(&self, r: &mut Report) {
+        if !self.cpu_cores.is_finite() {
+            r.err("cpuCores", "must be a finite number");
+        } else if self.cpu_cores < 0.0 {
+            r.err(
+                "cpuCores",
+                format!("must be >= 0 (0 = no limit), got {}", self.cpu_cores),
+            );
+        }
+        if self.memory_mb > 0 && self.memory_max_mb > 0 && self.memory_max_mb < self.memory_mb {
+            r.err(
+                "memoryMaxMB",
+                format!(
+                    "must be >= memoryMB ({}), got {}",
+                    self.memory_mb, self.memory_max_mb
+                ),
+            );
+        }
+        if self.pids_max == Some(0) {
+            r.err("pidsMax", "must be > 0 (leave it out for no limit)");
+        }
+        if let Some(w) = self.cpu_weight
+            && !(1..=MAX_CPU_WEIGHT).contains(&w)
+        {
+            r.err(
+                "cpuWeight",
+                format!("must be between 1 and {MAX_CPU_WEIGHT} (the kernel default is 100), got {w}"),
+            );
+        }
+        for (i, cap) in self.capabilities.iter().enumerate() {
+            if linux::capability_number(cap).is_none() {
+                r.err(
+                    format!("capabilities[{i}]"),
+                    format!("unknown Linux capability {cap:?} (e.g. CAP_NET_BIND_SERVICE)"),
+                );
+            }
+        }
+    }
+
+    fn check_lifecycle(&self, r: &mut Report) {
+        if let RestartPolicy::Other(p) = &self.restart {
+            r.err(
+                "restart",
+                format!(
+                    "must be one of {}, got {p:?}",
+                    RestartPolicy::NAMES.join(", ")
+                ),
+            );
+        }
+        if self.start_limit_burst == 0 {
+            r.err(
+                "startLimitBurst",
+                "must be > 0 (set startLimitIntervalSec: 0 to disable the start limit)",
+            );
+        }
+        match self.watchdog_sec {
+            Some(0) => r.err("watchdogSec", "must be > 0 if set (leave it out for no watchdog)"),
+            Some(_) if !self.notify => r.err(
+                "watchdogSec",
+                "requires notify: true (the app sends WATCHDOG=1 over the notify socket)",
+            ),
+            _ => {}
+        }
+        if self.start_timeout_sec == 0 {
+            r.err("startTimeoutSec", "must be > 0");
+        }
+        if !self.notify && self.start_timeout_sec > 0 && self.settle_sec >= self.start_timeout_sec {
+            r.err(
+                "settleSec",
+                format!(
+                    "must be less than startTimeoutSec ({}), or the instance can never become ready",
+                    self.start_timeout_sec
+                ),
+            );
+        }
+        if self.stop_timeout_sec == 0 {
+            r.err(
+                "stopTimeoutSec",
+                "must be > 0 (use stopSignal: SIGKILL to kill at once)",
+            );
+        }
+        match self.stop_signal.number() {
+            None => r.err(
+                "stopSignal",
+                format!(
+                    "unknown signal {:?} (use a name like SIGTERM or TERM, or a number 1-31)",
+                    self.stop_signal.as_str()
+                ),
+            ),
+            Some(_) if NON_TERMINATING_SIGNALS.contains(&self.stop_signal.as_str()) => r.err(
+                "stopSignal",
+                format!(
+                    "{} pauses or resumes a process instead of stopping it",
+                    self.stop_signal
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
+    /// Check what narund can run, beyond [`AppSpec::validate`]: narund only
+    /// implements `mode: exec`. A spec with `mode: landlock` or `jail` is valid
+    /// (for Go node-runners) but narund refuses to start it.
+    pub fn supported_on_narund(&self) -> Result<(), SpecErrors> {
+        let mut r = Report::default();
+        match &self.mode {
+            Mode::Exec | Mode::Other(_) => {}
+            Mode::Landlock | Mode::Jail => r.err(
+                "mode",
+                format!(
+                    "{:?} is not supported by narund, which only runs mode exec; set mode: exec (narund isolates apps with user, capabilities and cgroup limits) or run this app on Go node-runners",
+                    self.mode.as_str()
+                ),
+            ),
+        }
+        r.finish()
+    }
+
+    /// Warnings: unknown keys found while parsing, plus settings that are
+    /// valid but probably not what was meant (e.g. ones Go node-runners
+    /// reject). An empty list means nothing to report.
+    pub fn warnings(&self) -> Vec<SpecWarning> {
+        let mut w = self.parse_warnings.0.clone();
+        let mut warn = |path: &str, message: String| {
+            w.push(SpecWarning {
+                path: path.to_string(),
+                message,
+            })
+        };
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.labels.is_some() {
+                warn(
+                    &format!("nodes[{i}].labels"),
+                    "label selectors are a narun addition: Go node-runners reject this spec (they require nodes[].name)".to_string(),
+                );
+            }
+        }
+        if (self.memory_mb > 0 || self.cpu_cores > 0.0) && self.cgroup_parent.is_empty() {
+            warn(
+                if self.memory_mb > 0 { "memoryMB" } else { "cpuCores" },
+                "without cgroupParent Go node-runners reject this spec (narund applies the limit under its own cgroup)".to_string(),
+            );
+        }
+        let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, e) in self.env.iter().enumerate() {
+            if e.name.is_empty() {
+                continue;
+            }
+            if let Some(j) = first.get(e.name.as_str()) {
+                warn(
+                    &format!("env[{i}].name"),
+                    format!("{:?} is also set by env[{j}]; the last one wins", e.name),
+                );
+            } else {
+                first.insert(&e.name, i);
+            }
+        }
+        w
+    }
+}
