@@ -1,1 +1,520 @@
-//! (to be written)
+//! App binaries from the NATS Object Store, verified and cached by content.
+//!
+//! `narun deploy` uploads a binary as the object `<app>-<tag>-<os>-<arch>` into the `app-binaries`
+//! bucket. The object store records its SHA-256 as `SHA-256=<base64url with padding>`. A node
+//! fetches it like this (Go: `fetchAndStoreBinary`, see `narun-go-reference.md` §3.6):
+//!
+//! 1. `info()` the object. A missing object means "no build for this platform":
+//!    [`FetchError::NotFound`] names the object and the platform.
+//! 2. Parse the digest ([`Sha256Digest::from_nats`]); anything but `SHA-256=` is
+//!    [`FetchError::BadDigest`].
+//! 3. The cache path is content-addressed: `<data_dir>/binaries/<app>/<sha256-hex>`. If that file
+//!    exists and still hashes to the digest, it is reused and nothing is downloaded.
+//! 4. Otherwise the object is **streamed** into a temporary file in the same directory through a
+//!    fixed 128 KiB buffer (never the whole binary in memory), fsynced, hashed through io_uring
+//!    ([`UringHandle::hash_file`]), compared, made `0755`, renamed into place, and the directory is
+//!    fsynced. Any failure (digest mismatch, short stream, full disk) deletes the temporary file:
+//!    a file at a cache path is always complete and verified, and older versions are untouched.
+//!
+//! [`BinaryCache::gc`] keeps the newest N versions per app (by last use: a cache hit refreshes
+//! the file's mtime) and never removes a digest the caller marks as protected (binaries of running
+//! instances).
+//!
+//! When NATS is unreachable the supervisor can still start an instance whose digest it remembers:
+//! [`BinaryCache::fetch_verified`] answers from the cache without talking to the store.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::object_store::{self, ObjectStore};
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::uring::UringHandle;
+
+/// Size of the copy buffer between the object stream and the temporary file.
+const COPY_BUF: usize = 128 * 1024;
+
+/// Prefix of temporary download files inside an app's cache directory.
+const TEMP_PREFIX: &str = ".download-";
+
+/// Temporary files older than this are leftovers of a crash and are removed by [`BinaryCache::gc`].
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// A SHA-256 digest, convertible to and from the NATS object store form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// Parse the object store's `SHA-256=<base64url>` digest. Padding is optional (nats.go and
+    /// async-nats write it; the Go runner trims it before comparing), and the standard base64
+    /// alphabet is accepted too. Returns `None` for other algorithms or malformed values.
+    pub fn from_nats(s: &str) -> Option<Sha256Digest> {
+        let b64 = s.strip_prefix("SHA-256=")?;
+        let normalized: String = b64
+            .trim_end_matches('=')
+            .chars()
+            .map(|c| match c {
+                '+' => '-',
+                '/' => '_',
+                c => c,
+            })
+            .collect();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(normalized)
+            .ok()?;
+        Some(Sha256Digest(bytes.try_into().ok()?))
+    }
+
+    /// `SHA-256=<base64url with padding>`, exactly as the object store writes it.
+    pub fn to_nats(&self) -> String {
+        format!(
+            "SHA-256={}",
+            base64::engine::general_purpose::URL_SAFE.encode(self.0)
+        )
+    }
+
+    /// Lower-case hex, the cache file name.
+    pub fn to_hex(&self) -> String {
+        use fmt::Write;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    /// Parse the hex form written by [`to_hex`](Self::to_hex).
+    pub fn from_hex(s: &str) -> Option<Sha256Digest> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Sha256Digest(out))
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_nats())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Digest({})", self.to_hex())
+    }
+}
+
+/// A verified, executable binary in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedBinary {
+    /// `<data_dir>/binaries/<app>/<sha256-hex>`, mode 0755.
+    pub path: PathBuf,
+    pub digest: Sha256Digest,
+    /// False when the file was already cached and nothing was downloaded.
+    pub downloaded: bool,
+}
+
+/// Why a binary could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "binary object '{object}' for platform {platform} not found in the '{bucket}' object store; \
+         upload a build for this platform (narunctl deploy) or fix the app's tag"
+    )]
+    NotFound {
+        object: String,
+        platform: String,
+        bucket: String,
+    },
+    #[error(
+        "object '{object}' has digest '{digest}', expected 'SHA-256=<base64url>'; re-upload it with a current client"
+    )]
+    BadDigest { object: String, digest: String },
+    #[error(
+        "object '{object}': downloaded content hashes to {actual}, the expected digest is {expected}; \
+         the download was discarded (corrupt upload or transfer)"
+    )]
+    Mismatch {
+        object: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error(
+        "object '{object}': the stream ended after {got} of {expected} bytes; the download was discarded"
+    )]
+    ShortRead {
+        object: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("binary cache I/O on {}: {source} (check free space and permissions of the data dir)", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("object store request for '{object}' failed: {message} (is NATS/JetStream reachable?)")]
+    Nats { object: String, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The content-addressed cache of app binaries under `<data_dir>/binaries`.
+#[derive(Debug, Clone)]
+pub struct BinaryCache {
+    root: PathBuf,
+    keep_versions: usize,
+    uring: UringHandle,
+}
+
+impl BinaryCache {
+    /// A cache in `<data_dir>/binaries` that keeps `keep_versions` versions per app on
+    /// [`gc`](Self::gc) (at least 1). Directories are created on first use.
+    pub fn new(data_dir: impl AsRef<Path>, keep_versions: usize, uring: UringHandle) -> Self {
+        BinaryCache {
+            root: data_dir.as_ref().join("binaries"),
+            keep_versions: keep_versions.max(1),
+            uring,
+        }
+    }
+
+    /// `<data_dir>/binaries/<app>` (app name sanitised for the file system).
+    pub fn app_dir(&self, app: &str) -> PathBuf {
+        self.root.join(sanitize(app))
+    }
+
+    /// Where the binary with this digest is cached.
+    pub fn path_for(&self, app: &str, digest: &Sha256Digest) -> PathBuf {
+        self.app_dir(app).join(digest.to_hex())
+    }
+
+    /// Fetch `<app>-<tag>-<os>-<arch>` from `store` (the `app-binaries` bucket), verified, from
+    /// the cache when possible. `os`/`arch` use Go's names ([`narun_wire::names::go_os`],
+    /// [`narun_wire::names::go_arch`]).
+    pub async fn fetch(
+        &self,
+        store: &ObjectStore,
+        app: &str,
+        tag: &str,
+        os: &str,
+        arch: &str,
+    ) -> Result<CachedBinary, FetchError> {
+        let object = narun_wire::names::binary_object_name(app, tag, os, arch);
+        let info = store.info(&object).await.map_err(|e| match e.kind() {
+            object_store::InfoErrorKind::NotFound => FetchError::NotFound {
+                object: object.clone(),
+                platform: format!("{os}/{arch}"),
+                bucket: narun_wire::names::APP_BINARIES_BUCKET.into(),
+            },
+            _ => FetchError::Nats {
+                object: object.clone(),
+                message: e.to_string(),
+            },
+        })?;
+        let expected =
+            Sha256Digest::from_nats(&info.digest.clone().unwrap_or_default()).ok_or_else(|| {
+                FetchError::BadDigest {
+                    object: object.clone(),
+                    digest: info.digest.clone().unwrap_or_default(),
+                }
+            })?;
+        self.fetch_verified(store, app, &object, &expected).await
+    }
+
+    /// Make sure the binary with digest `expected` is cached for `app`, downloading `object` from
+    /// `store` only when the cache has no valid copy. The digest comes from the caller (the
+    /// object's info, or one remembered from an earlier run), so this also works with NATS down
+    /// when the binary is cached.
+    pub async fn fetch_verified(
+        &self,
+        store: &ObjectStore,
+        app: &str,
+        object: &str,
+        expected: &Sha256Digest,
+    ) -> Result<CachedBinary, FetchError> {
+        let dir = self.app_dir(app);
+        let path = dir.join(expected.to_hex());
+        if let Some(hit) = self.cached(&path, expected).await? {
+            return Ok(hit);
+        }
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io_err(&dir))?;
+
+        // The temporary file is deleted when `tmp` is dropped, i.e. on every error path below.
+        let tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&dir)
+            .map_err(io_err(&dir))?;
+        let tmp_path = tmp.path().to_path_buf();
+        let mut obj = store.get(object).await.map_err(|e| match e.kind() {
+            object_store::GetErrorKind::NotFound => FetchError::NotFound {
+                object: object.to_string(),
+                platform: platform_of(object),
+                bucket: narun_wire::names::APP_BINARIES_BUCKET.into(),
+            },
+            _ => FetchError::Nats {
+                object: object.to_string(),
+                message: e.to_string(),
+            },
+        })?;
+        let expected_size = obj.info().size as u64;
+
+        let mut out =
+            tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut got: u64 = 0;
+        loop {
+            let n = match obj.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // async-nats checks the object's own digest at EOF and fails with InvalidData.
+                Err(e) => {
+                    return Err(FetchError::Nats {
+                        object: object.to_string(),
+                        message: format!("reading the object stream: {e}"),
+                    });
+                }
+            };
+            out.write_all(&buf[..n])
+                .await
+                .map_err(io_err(&tmp_path))?;
+            got += n as u64;
+        }
+        out.flush().await.map_err(io_err(&tmp_path))?;
+        out.sync_all().await.map_err(io_err(&tmp_path))?;
+        drop(out);
+        if got != expected_size {
+            return Err(FetchError::ShortRead {
+                object: object.to_string(),
+                expected: expected_size,
+                got,
+            });
+        }
+
+        let actual = Sha256Digest(
+            self.uring
+                .hash_file(&tmp_path)
+                .await
+                .map_err(io_err(&tmp_path))?,
+        );
+        if actual != *expected {
+            tracing::warn!(object, %expected, %actual, "binary digest mismatch, download discarded");
+            return Err(FetchError::Mismatch {
+                object: object.to_string(),
+                expected: *expected,
+                actual,
+            });
+        }
+
+        let final_path = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err(&tmp_path))?;
+            tmp.persist(&final_path).map_err(|e| FetchError::Io {
+                path: final_path.clone(),
+                source: e.error,
+            })?;
+            let dir = final_path.parent().unwrap_or(Path::new("."));
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))
+        })
+        .await
+        .map_err(|e| FetchError::Io {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })??;
+        tracing::info!(object, path = %path.display(), digest = %expected, bytes = got, "binary cached");
+        Ok(CachedBinary {
+            path,
+            digest: *expected,
+            downloaded: true,
+        })
+    }
+
+    /// A cache hit: the file exists and hashes to `expected`. A corrupt file is removed.
+    async fn cached(
+        &self,
+        path: &Path,
+        expected: &Sha256Digest,
+    ) -> Result<Option<CachedBinary>, FetchError> {
+        match tokio::fs::metadata(path).await {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        let actual = Sha256Digest(self.uring.hash_file(path).await.map_err(io_err(path))?);
+        if actual != *expected {
+            tracing::warn!(path = %path.display(), %expected, %actual, "cached binary is corrupt; downloading again");
+            tokio::fs::remove_file(path).await.map_err(io_err(path))?;
+            return Ok(None);
+        }
+        // Record the use for gc (newest used first) and repair the mode if someone changed it.
+        let p = path.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let f = std::fs::File::options().write(true).open(&p)?;
+            f.set_modified(SystemTime::now())?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))
+        })
+        .await;
+        Ok(Some(CachedBinary {
+            path: path.to_path_buf(),
+            digest: *expected,
+            downloaded: false,
+        }))
+    }
+
+    /// Remove old versions of `app`: keep the `keep_versions` most recently used, plus every
+    /// digest in `protected` (binaries of instances that exist). Also removes temporary files
+    /// left behind by a crash. Returns the removed paths.
+    pub async fn gc(
+        &self,
+        app: &str,
+        protected: &HashSet<Sha256Digest>,
+    ) -> Result<Vec<PathBuf>, FetchError> {
+        let dir = self.app_dir(app);
+        let keep = self.keep_versions;
+        let protected = protected.clone();
+        tokio::task::spawn_blocking(move || gc_dir(&dir, keep, &protected))
+            .await
+            .map_err(|e| FetchError::Io {
+                path: PathBuf::new(),
+                source: io::Error::other(e),
+            })?
+    }
+}
+
+fn gc_dir(
+    dir: &Path,
+    keep: usize,
+    protected: &HashSet<Sha256Digest>,
+) -> Result<Vec<PathBuf>, FetchError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let now = SystemTime::now();
+    let mut versions = Vec::new();
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = entry.metadata() else { continue };
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if name.starts_with(TEMP_PREFIX) {
+            if now.duration_since(mtime).unwrap_or_default() > STALE_TEMP
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed.push(path);
+            }
+            continue;
+        }
+        if let Some(d) = Sha256Digest::from_hex(&name) {
+            versions.push((mtime, d, path));
+        }
+    }
+    // Newest first; ties broken by name so the order is stable.
+    versions.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, digest, path) in versions.into_iter().skip(keep) {
+        if protected.contains(&digest) {
+            continue;
+        }
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// `<os>/<arch>` from an object name `<app>-<tag>-<os>-<arch>` (best effort, for messages).
+fn platform_of(object: &str) -> String {
+    let mut parts = object.rsplitn(3, '-');
+    match (parts.next(), parts.next()) {
+        (Some(arch), Some(os)) => format!("{os}/{arch}"),
+        _ => "unknown".into(),
+    }
+}
+
+/// File-system-safe name (Go's `san`): keep `[A-Za-z0-9._-]`, map the rest to `_`, at most 100
+/// characters, and never `.` or `..`.
+pub fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    match s.as_str() {
+        "" => "_".into(),
+        "." => "_._".into(),
+        ".." => "_.._".into(),
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_round_trips_with_and_without_padding() {
+        use sha2::Digest;
+        // The SHA-256 of the empty string, whose forms are well known.
+        let empty = Sha256Digest(sha2::Sha256::digest(b"").into());
+        let nats = empty.to_nats();
+        assert_eq!(nats, "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(Sha256Digest::from_nats(&nats), Some(empty));
+        assert_eq!(
+            Sha256Digest::from_nats(nats.trim_end_matches('=')),
+            Some(empty)
+        );
+        assert_eq!(
+            Sha256Digest::from_nats("SHA-256=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="),
+            Some(empty)
+        );
+        assert_eq!(
+            empty.to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(Sha256Digest::from_hex(&empty.to_hex()), Some(empty));
+        assert_eq!(Sha256Digest::from_nats("SHA-512=abc"), None);
+        assert_eq!(Sha256Digest::from_nats("SHA-256=tooshort"), None);
+    }
+
+    #[test]
+    fn sanitize_like_go() {
+        assert_eq!(sanitize("hello"), "hello");
+        assert_eq!(sanitize("a/b c"), "a_b_c");
+        assert_eq!(sanitize(".."), "_.._");
+        assert_eq!(sanitize("."), "_._");
+        assert_eq!(sanitize(&"x".repeat(150)).len(), 100);
+    }
+
+    #[test]
+    fn platform_from_object_name() {
+        assert_eq!(platform_of("my-app-v1-linux-arm64"), "linux/arm64");
+    }
+
+}

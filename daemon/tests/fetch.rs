@@ -1,0 +1,235 @@
+//! Binary fetch against a real nats-server with JetStream: streaming, verification, the
+//! content-addressed cache and its garbage collection, on the io_uring and the fallback path.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, object_store::ObjectStore};
+use narun_test_support::NatsServer;
+use narund::fetch::{BinaryCache, FetchError, Sha256Digest};
+use narund::uring::{UringHandle, UringMode};
+use sha2::Digest;
+
+const OS: &str = "linux";
+const ARCH: &str = "arm64";
+
+async fn store(server: &NatsServer) -> (async_nats::Client, ObjectStore) {
+    let client = server.connect().await;
+    let js = jetstream::new(client.clone());
+    let os = js
+        .create_object_store(jetstream::object_store::Config {
+            bucket: narun_wire::names::APP_BINARIES_BUCKET.into(),
+            description: Some("Stores application binaries.".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create the app-binaries object store");
+    (client, os)
+}
+
+/// Deterministic, non-repeating-ish content of `len` bytes, different per `seed`.
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ seed as u32;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+async fn put(store: &ObjectStore, app: &str, tag: &str, data: &[u8]) -> Sha256Digest {
+    let name = narun_wire::names::binary_object_name(app, tag, OS, ARCH);
+    let info = store
+        .put(name.as_str(), &mut std::io::Cursor::new(data.to_vec()))
+        .await
+        .expect("put object");
+    let d = Sha256Digest::from_nats(info.digest.as_deref().unwrap()).unwrap();
+    assert_eq!(d.0, <[u8; 32]>::from(sha2::Sha256::digest(data)));
+    d
+}
+
+fn modes() -> [UringMode; 2] {
+    [UringMode::Auto, UringMode::Disabled]
+}
+
+#[tokio::test]
+async fn fetch_verifies_and_installs_an_executable() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let data = content(300_000, 1);
+    let digest = put(&os, "hello", "v1", &data).await;
+    for mode in modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BinaryCache::new(dir.path(), 3, UringHandle::start_with(mode));
+        let bin = cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap();
+        assert!(bin.downloaded);
+        assert_eq!(bin.digest, digest);
+        assert_eq!(
+            bin.path,
+            dir.path().join("binaries/hello").join(digest.to_hex())
+        );
+        assert_eq!(std::fs::read(&bin.path).unwrap(), data, "{mode:?}");
+        let mode_bits = std::fs::metadata(&bin.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode_bits, 0o755);
+        // No temporary files are left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("binaries/hello"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+}
+
+#[tokio::test]
+async fn cache_hit_does_not_download_again() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let data = content(200_000, 2);
+    let digest = put(&os, "hello", "v1", &data).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BinaryCache::new(dir.path(), 3, UringHandle::start());
+    let first = cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap();
+    let ino = std::fs::metadata(&first.path).unwrap().ino();
+
+    let second = cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap();
+    assert!(!second.downloaded);
+    assert_eq!(second.path, first.path);
+    assert_eq!(std::fs::metadata(&second.path).unwrap().ino(), ino);
+
+    // With the object gone from the store, the cache still answers for the known digest.
+    let name = narun_wire::names::binary_object_name("hello", "v1", OS, ARCH);
+    os.delete(&name).await.unwrap();
+    let third = cache
+        .fetch_verified(&os, "hello", &name, &digest)
+        .await
+        .unwrap();
+    assert!(!third.downloaded);
+    assert_eq!(std::fs::read(&third.path).unwrap(), data);
+}
+
+#[tokio::test]
+async fn corrupt_cache_file_is_downloaded_again() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let data = content(100_000, 3);
+    put(&os, "hello", "v1", &data).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BinaryCache::new(dir.path(), 3, UringHandle::start());
+    let first = cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap();
+    let mut corrupt = data.clone();
+    corrupt[500] ^= 0xff;
+    std::fs::write(&first.path, &corrupt).unwrap();
+
+    let again = cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap();
+    assert!(again.downloaded, "a corrupt cache file must not be reused");
+    assert_eq!(std::fs::read(&again.path).unwrap(), data);
+}
+
+#[tokio::test]
+async fn wrong_digest_is_rejected_and_leaves_no_file() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let data = content(150_000, 4);
+    put(&os, "hello", "v1", &data).await;
+    let name = narun_wire::names::binary_object_name("hello", "v1", OS, ARCH);
+    let wrong = Sha256Digest(sha2::Sha256::digest(b"something else").into());
+    for mode in modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BinaryCache::new(dir.path(), 3, UringHandle::start_with(mode));
+        let err = cache
+            .fetch_verified(&os, "hello", &name, &wrong)
+            .await
+            .unwrap_err();
+        match &err {
+            FetchError::Mismatch {
+                expected, actual, ..
+            } => {
+                assert_eq!(*expected, wrong);
+                assert_eq!(actual.0, <[u8; 32]>::from(sha2::Sha256::digest(&data)));
+            }
+            other => panic!("expected Mismatch, got {other:?}"),
+        }
+        assert!(err.to_string().contains(&name), "{err}");
+        let left: Vec<_> = std::fs::read_dir(cache.app_dir("hello"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "no file may remain after a mismatch: {left:?}");
+    }
+}
+
+#[tokio::test]
+async fn missing_object_names_object_and_platform() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BinaryCache::new(dir.path(), 3, UringHandle::start());
+    let err = cache
+        .fetch(&os, "hello", "v9", "linux", "riscv64")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::NotFound { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("'hello-v9-linux-riscv64'"), "{msg}");
+    assert!(msg.contains("linux/riscv64"), "{msg}");
+}
+
+#[tokio::test]
+async fn gc_keeps_newest_and_protected_versions() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BinaryCache::new(dir.path(), 2, UringHandle::start());
+    let mut fetched = Vec::new();
+    for (i, tag) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
+        put(&os, "hello", tag, &content(10_000 + i, 10 + i as u8)).await;
+        let bin = cache.fetch(&os, "hello", tag, OS, ARCH).await.unwrap();
+        // Make the use order unambiguous regardless of file system timestamp granularity.
+        let t = SystemTime::now() - Duration::from_secs(100 - i as u64 * 10);
+        std::fs::File::options()
+            .write(true)
+            .open(&bin.path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        fetched.push(bin);
+    }
+    // v1 runs somewhere: protected. v3 and v4 are the two newest.
+    let protected: HashSet<_> = [fetched[0].digest].into_iter().collect();
+    let removed = cache.gc("hello", &protected).await.unwrap();
+    assert_eq!(removed, vec![fetched[1].path.clone()]);
+    assert!(fetched[0].path.exists());
+    assert!(!fetched[1].path.exists());
+    assert!(fetched[2].path.exists());
+    assert!(fetched[3].path.exists());
+
+    // Without protection the oldest goes too; running gc again is a no-op.
+    let removed = cache.gc("hello", &HashSet::new()).await.unwrap();
+    assert_eq!(removed, vec![fetched[0].path.clone()]);
+    assert!(cache.gc("hello", &HashSet::new()).await.unwrap().is_empty());
+    // An app that was never fetched has nothing to collect.
+    assert!(cache.gc("other", &HashSet::new()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn twenty_mib_object_streams_with_identical_digests_on_both_paths() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let data = content(20 * 1024 * 1024, 5);
+    let digest = put(&os, "big", "v1", &data).await;
+    let mut digests = Vec::new();
+    for mode in modes() {
+        let uring = UringHandle::start_with(mode);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BinaryCache::new(dir.path(), 3, uring.clone());
+        let bin = cache.fetch(&os, "big", "v1", OS, ARCH).await.unwrap();
+        assert_eq!(bin.digest, digest);
+        assert_eq!(std::fs::metadata(&bin.path).unwrap().len(), data.len() as u64);
+        digests.push(Sha256Digest(uring.hash_file(&bin.path).await.unwrap()));
+    }
+    assert_eq!(digests, vec![digest, digest]);
+}
