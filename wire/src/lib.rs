@@ -3,6 +3,12 @@
 //!
 //! * [`names`]: bucket, subject and environment variable names (Go compatible).
 //! * [`events`]: the JSON shapes of log lines, status events and node state.
+//! * [`bhttp`]: HTTP requests and responses as Binary HTTP (RFC 9292) payloads.
+//! * [`micro`]: NATS Micro (ADR-32) services: endpoints, stats, discovery.
+//! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
 
+pub mod bhttp;
+pub mod connect;
 pub mod events;
+pub mod micro;
 pub mod names;

@@ -1,0 +1,235 @@
+//! NATS connection settings shared by apps, narund, the gateway and narunctl.
+//!
+//! The same settings travel three ways: from narund's TOML config, from command
+//! line flags, and from narund to every app through the environment:
+//!
+//! | env var | meaning |
+//! |---|---|
+//! | `NATS_URL` | server URL(s), comma separated (default `nats://127.0.0.1:4222`) |
+//! | `NATS_CREDS` | path of a `.creds` file (JWT + nkey seed) |
+//! | `NATS_NKEY_SEED_FILE` | path of a file holding an nkey seed (`SU…`) |
+//! | `NATS_USER`, `NATS_PASSWORD` | user/password authentication |
+//! | `NATS_TLS_CA` | PEM file of CA certificates to trust (enables TLS) |
+//! | `NATS_TLS_CERT`, `NATS_TLS_KEY` | client certificate and key (PEM) for mutual TLS |
+
+use crate::names::env;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default server URL, as in nats.go.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// Where and how to connect to NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    pub url: String,
+    pub creds: Option<PathBuf>,
+    pub nkey_seed: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: DEFAULT_URL.to_owned(),
+            creds: None,
+            nkey_seed: None,
+            user: None,
+            password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// A setting that cannot work, found before connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("NATS settings: {0}")]
+    Settings(String),
+    #[error("reading NATS credentials from {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("connecting to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+impl NatsSettings {
+    /// Read the settings from the environment variables in the table above.
+    /// Unset or empty variables keep the defaults.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), with a custom lookup (for tests and
+    /// for reading another process's environment).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let mut s = NatsSettings::default();
+        if let Some(url) = get(env::NATS_URL) {
+            s.url = url;
+        }
+        s.creds = get(env::NATS_CREDS).map(PathBuf::from);
+        s.nkey_seed = get(env::NATS_NKEY_SEED_FILE).map(PathBuf::from);
+        s.user = get(env::NATS_USER);
+        s.password = get(env::NATS_PASSWORD);
+        s.tls_ca = get(env::NATS_TLS_CA).map(PathBuf::from);
+        s.tls_cert = get(env::NATS_TLS_CERT).map(PathBuf::from);
+        s.tls_key = get(env::NATS_TLS_KEY).map(PathBuf::from);
+        s
+    }
+
+    /// The environment variables that give an app these settings.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![(env::NATS_URL, self.url.clone())];
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        for (k, val) in [
+            (env::NATS_CREDS, path(&self.creds)),
+            (env::NATS_NKEY_SEED_FILE, path(&self.nkey_seed)),
+            (env::NATS_USER, self.user.clone()),
+            (env::NATS_PASSWORD, self.password.clone()),
+            (env::NATS_TLS_CA, path(&self.tls_ca)),
+            (env::NATS_TLS_CERT, path(&self.tls_cert)),
+            (env::NATS_TLS_KEY, path(&self.tls_key)),
+        ] {
+            if let Some(val) = val {
+                v.push((k, val));
+            }
+        }
+        v
+    }
+
+    /// Check the combination before connecting: one authentication method at
+    /// most, a password with a user, a client key with a client certificate.
+    pub fn validate(&self) -> Result<(), ConnectError> {
+        let auth = [
+            self.creds.is_some(),
+            self.nkey_seed.is_some(),
+            self.user.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if auth > 1 {
+            return Err(ConnectError::Settings(
+                "set only one of creds, nkey_seed or user/password".into(),
+            ));
+        }
+        if self.password.is_some() && self.user.is_none() {
+            return Err(ConnectError::Settings(
+                "password is set but user is not".into(),
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConnectError::Settings(
+                "tls_cert and tls_key must be set together".into(),
+            ));
+        }
+        if self.url.trim().is_empty() {
+            return Err(ConnectError::Settings("url is empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Build async-nats connect options with our defaults: reconnect forever,
+    /// retry the initial connect (so a process starts while NATS is down), and
+    /// the authentication and TLS set here.
+    pub async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConnectError> {
+        self.validate()?;
+        let mut o = if let Some(creds) = &self.creds {
+            async_nats::ConnectOptions::with_credentials_file(creds.clone())
+                .await
+                .map_err(|source| ConnectError::Credentials {
+                    path: creds.clone(),
+                    source,
+                })?
+        } else if let Some(seed_file) = &self.nkey_seed {
+            let seed =
+                std::fs::read_to_string(seed_file).map_err(|source| ConnectError::Credentials {
+                    path: seed_file.clone(),
+                    source,
+                })?;
+            async_nats::ConnectOptions::with_nkey(seed.trim().to_owned())
+        } else if let Some(user) = &self.user {
+            async_nats::ConnectOptions::with_user_and_password(
+                user.clone(),
+                self.password.clone().unwrap_or_default(),
+            )
+        } else {
+            async_nats::ConnectOptions::new()
+        };
+        if let Some(ca) = &self.tls_ca {
+            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            o = o
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(o.name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .ping_interval(Duration::from_secs(20))
+            .reconnect_delay_callback(|attempt| {
+                // 50 ms, 100 ms, 200 ms … capped at 2 s (Go narun: a fixed 2 s).
+                Duration::from_millis((50u64 << attempt.min(6)).min(2_000))
+            }))
+    }
+
+    /// Connect (returns at once; the client connects in the background and
+    /// keeps reconnecting).
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
+        let opts = self.options(name).await?;
+        let urls = self.url.clone();
+        opts.connect(urls.as_str())
+            .await
+            .map_err(|source| ConnectError::Connect { url: urls, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn env_round_trip() {
+        let s = NatsSettings {
+            url: "nats://a:1,nats://b:2".into(),
+            nkey_seed: Some("/etc/narun/app.nk".into()),
+            tls_ca: Some("/ca.pem".into()),
+            ..Default::default()
+        };
+        let env: HashMap<_, _> = s.to_env().into_iter().collect();
+        let back = NatsSettings::from_lookup(|k| env.get(k).cloned());
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn conflicting_auth_is_rejected() {
+        let s = NatsSettings {
+            creds: Some("/c".into()),
+            user: Some("u".into()),
+            ..Default::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("only one"));
+        let s = NatsSettings {
+            tls_cert: Some("/c".into()),
+            ..Default::default()
+        };
+        assert!(s.validate().is_err());
+    }
+}
