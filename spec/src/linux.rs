@@ -160,7 +160,10 @@ pub fn signal_name(input: &str) -> Option<String> {
 /// Number of a signal, accepting every spelling [`signal_name`] accepts.
 pub fn signal_number(input: &str) -> Option<i32> {
     let name = signal_name(input)?;
-    SIGNALS.iter().find(|(n, _)| *n == name).map(|(_, num)| *num)
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, num)| *num)
 }
 
 #[cfg(test)]

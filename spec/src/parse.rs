@@ -93,7 +93,9 @@ pub enum ParseError {
         path: PathBuf,
     },
     /// A KV value is not UTF-8 text.
-    #[error("app spec is not UTF-8 text (invalid byte at offset {valid_up_to}); expected JSON or YAML")]
+    #[error(
+        "app spec is not UTF-8 text (invalid byte at offset {valid_up_to}); expected JSON or YAML"
+    )]
     NotUtf8 {
         /// Length of the valid prefix.
         valid_up_to: usize,
@@ -343,7 +345,11 @@ static APP: Shape = Struct(&[
     ),
     (
         "nodes",
-        List(&Struct(&[("name", Any), ("labels", Any), ("replicas", Any)])),
+        List(&Struct(&[
+            ("name", Any),
+            ("labels", Any),
+            ("replicas", Any),
+        ])),
     ),
     ("mode", Any),
     (
@@ -422,7 +428,9 @@ fn unknown_keys(value: &Value, shape: &Shape, path: &str, out: &mut Vec<SpecWarn
                         let hint = fields
                             .iter()
                             .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                            .map(|(k, _)| format!("; did you mean {k:?}? (keys are case-sensitive)"))
+                            .map(|(k, _)| {
+                                format!("; did you mean {k:?}? (keys are case-sensitive)")
+                            })
                             .unwrap_or_default();
                         out.push(SpecWarning {
                             path: join(path, key),

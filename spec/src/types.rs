@@ -46,7 +46,10 @@ pub struct AppSpec {
     #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
     pub command: String,
     /// Arguments passed to the binary (`argv[1..]`).
-    #[serde(skip_serializing_if = "is_default", deserialize_with = "scalar_strings")]
+    #[serde(
+        skip_serializing_if = "is_default",
+        deserialize_with = "scalar_strings"
+    )]
     pub args: Vec<String>,
     /// Environment variables added to the instance environment.
     #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
@@ -789,7 +792,11 @@ macro_rules! field_default {
 }
 
 field_default!(DefaultStartLimitBurst, u32, DEFAULT_START_LIMIT_BURST);
-field_default!(DefaultStartLimitInterval, u64, DEFAULT_START_LIMIT_INTERVAL_SEC);
+field_default!(
+    DefaultStartLimitInterval,
+    u64,
+    DEFAULT_START_LIMIT_INTERVAL_SEC
+);
 field_default!(DefaultStartTimeout, u64, DEFAULT_START_TIMEOUT_SEC);
 field_default!(DefaultSettle, u64, DEFAULT_SETTLE_SEC);
 field_default!(DefaultStopTimeout, u64, DEFAULT_STOP_TIMEOUT_SEC);

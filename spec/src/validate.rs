@@ -196,10 +196,7 @@ impl AppSpec {
             }
         }
         if let Mode::Other(m) = &self.mode {
-            r.err(
-                "mode",
-                format!("must be exec, landlock or jail, got {m:?}"),
-            );
+            r.err("mode", format!("must be exec, landlock or jail, got {m:?}"));
         }
     }
 
@@ -255,10 +252,9 @@ impl AppSpec {
         for (i, n) in self.nodes.iter().enumerate() {
             let p = format!("nodes[{i}]");
             match (&n.name, &n.labels) {
-                (Some(_), Some(_)) => r.err(
-                    p.as_str(),
-                    "set exactly one of name or labels, not both",
-                ),
+                (Some(_), Some(_)) => {
+                    r.err(p.as_str(), "set exactly one of name or labels, not both")
+                }
                 (None, None) => r.err(
                     p.as_str(),
                     "set exactly one of name (a node ID) or labels (a label selector)",
@@ -321,7 +317,10 @@ impl AppSpec {
                     r.err(format!("{p}.path"), "must not be empty");
                 }
                 if lp.modes.trim().is_empty() {
-                    r.err(format!("{p}.modes"), "must not be empty (any of r, w, x, c)");
+                    r.err(
+                        format!("{p}.modes"),
+                        "must not be empty (any of r, w, x, c)",
+                    );
                 } else if let Some(c) = lp.modes.chars().find(|c| !"rwxc".contains(*c)) {
                     r.err(
                         format!("{p}.modes"),
@@ -431,7 +430,9 @@ impl AppSpec {
         {
             r.err(
                 "cpuWeight",
-                format!("must be between 1 and {MAX_CPU_WEIGHT} (the kernel default is 100), got {w}"),
+                format!(
+                    "must be between 1 and {MAX_CPU_WEIGHT} (the kernel default is 100), got {w}"
+                ),
             );
         }
         for (i, cap) in self.capabilities.iter().enumerate() {
@@ -461,7 +462,10 @@ impl AppSpec {
             );
         }
         match self.watchdog_sec {
-            Some(0) => r.err("watchdogSec", "must be > 0 if set (leave it out for no watchdog)"),
+            Some(0) => r.err(
+                "watchdogSec",
+                "must be > 0 if set (leave it out for no watchdog)",
+            ),
             Some(_) if !self.notify => r.err(
                 "watchdogSec",
                 "requires notify: true (the app sends WATCHDOG=1 over the notify socket)",
