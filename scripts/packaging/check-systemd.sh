@@ -10,8 +10,8 @@
 #   2. The supervision contract: directives narund relies on have the values it
 #      relies on (Type=notify, KillMode=process, Delegate=yes, ...).
 #   3. CapabilityBoundingSet= equals the planned list (and each name is a capability
-#      systemd knows); if daemon/src/privileges.rs names capabilities, they must be the
-#      same set (narund's own drop list).
+#      systemd knows); it must equal NARUND_CAPS in daemon/src/privileges.rs (narund's
+#      own drop list) once that list exists.
 #   4. sysusers.d and tmpfiles.d files applied to a throw-away root with
 #      systemd-sysusers / systemd-tmpfiles: no diagnostics, expected user and dirs.
 #
@@ -147,16 +147,21 @@ known_caps=$(systemd-analyze capability 2>/dev/null | awk '{print $1}' | grep '^
 for c in $unit_caps; do
     grep -qx "$c" <<<"$known_caps" || fail "CapabilityBoundingSet= names $c, which systemd does not know"
 done
+# narund's own drop list: `pub const NARUND_CAPS: &[Capability] = &[Capability::CAP_..., ...];`
 PRIV=daemon/src/privileges.rs
-if [ -f "$PRIV" ] && grep -q -E 'CAP_[A-Z_]+' "$PRIV"; then
-    daemon_caps=$(grep -o -E 'CAP_[A-Z_]+' "$PRIV" | sorted)
+daemon_caps=""
+if [ -f "$PRIV" ]; then
+    daemon_caps=$(sed -n '/NARUND_CAPS: *&\[Capability\]/,/\];/p' "$PRIV" |
+        grep -o -E 'Capability::CAP_[A-Z_]+' | sed 's/^Capability:://' | sorted)
+fi
+if [ -n "$daemon_caps" ]; then
     if [ "$daemon_caps" = "$unit_caps" ]; then
-        ok "CapabilityBoundingSet= equals the capabilities named in $PRIV"
+        ok "CapabilityBoundingSet= equals NARUND_CAPS in $PRIV"
     else
-        fail "CapabilityBoundingSet= [$unit_caps] differs from the capabilities named in $PRIV [$daemon_caps]; the two lists must be equal"
+        fail "CapabilityBoundingSet= [$unit_caps] differs from NARUND_CAPS in $PRIV [$daemon_caps]; the two lists must be equal"
     fi
 else
-    printf '[check-systemd] note: %s names no capabilities yet; comparison with the unit skipped\n' "$PRIV"
+    printf '[check-systemd] note: no NARUND_CAPS list in %s yet; comparison with the unit skipped\n' "$PRIV"
 fi
 
 # --- 4. sysusers.d / tmpfiles.d ---------------------------------------------------

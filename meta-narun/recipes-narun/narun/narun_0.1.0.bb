@@ -19,7 +19,7 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7ca
 # destsuffix=${BP} and no S= : the source lands in the default S on scarthgap
 # (${WORKDIR}/${BP}) and on whinlatter/wrynose (${UNPACKDIR}/${BP}).
 SRC_URI = "git://github.com/narun-rs/narun.git;protocol=https;branch=main;destsuffix=${BP}"
-SRCREV = "db58190a4c7d5d2a6c28b1fd6a0e6ff1d3a76a53"
+SRCREV = "db5819033144ceaeb710a6e7ddba4beee971f261"
 
 inherit cargo cargo-update-recipe-crates systemd useradd
 

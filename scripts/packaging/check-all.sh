@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the fast packaging checks (about 15 s): systemd unit files, Yocto layer,
+# Buildroot external tree. The slow cross build is separate:
+# scripts/packaging/cross-check.sh.
+# Exit status: 0 = all passed, 1 = at least one failed. Prints "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")"
+
+passed=0
+failed=0
+for check in check-systemd.sh check-yocto.sh check-buildroot.sh; do
+    printf '=== %s\n' "$check"
+    t0=$(date +%s)
+    if bash "./$check"; then
+        passed=$((passed + 1))
+        printf '=== %s: PASSED (%s s)\n' "$check" "$(($(date +%s) - t0))"
+    else
+        failed=$((failed + 1))
+        printf '=== %s: FAILED (%s s)\n' "$check" "$(($(date +%s) - t0))"
+    fi
+done
+echo "packaging: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

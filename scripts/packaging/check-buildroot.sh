@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Checks of the Buildroot br2-external tree buildroot-external/ that run without a
+# Buildroot checkout:
+#
+#   1. file layout and external.desc (name NARUN);
+#   2. required variables/macros in package/narun/narun.mk;
+#   3. every BR2_* symbol used in the .mk files, Config.in files and defconfigs is
+#      defined in a Config.in of this tree or is one of the Buildroot symbols listed
+#      below (KNOWN_BUILDROOT_SYMBOLS; extend it when a new one is used); defconfig
+#      lines are well formed;
+#   4. narun.mk evaluated by GNU make against stub Buildroot variables: the cargo build
+#      options per option set, and the install commands run for real into a
+#      temporary target dir (binaries, config, unit, tmpfiles, sysusers, init script);
+#   5. shellcheck of S90narund (installs Debian's shellcheck if missing);
+#   6. S90narund start/reload/stop exercised against a stub narund in a temporary
+#      cgroup (needs root, a cgroup2 mount and start-stop-daemon; skipped otherwise);
+#   7. the board overlay's narund.toml against daemon/config/narund.toml (a note only:
+#      the overlay is where integrators customise it).
+#
+# Exit status: 0 = all passed, 1 = at least one check failed.
+set -uo pipefail
+
+cd "$(dirname "$0")/../.."
+REPO=$(pwd)
+EXT=buildroot-external
+PKG=$EXT/package/narun
+
+failures=0
+ok() { printf '[check-buildroot] ok: %s\n' "$*"; }
+fail() { printf '[check-buildroot] FAIL: %s\n' "$*" >&2; failures=$((failures + 1)); }
+note() { printf '[check-buildroot] note: %s\n' "$*"; }
+
+# Buildroot symbols this tree may use (defined by Buildroot itself, >= 2025.08).
+KNOWN_BUILDROOT_SYMBOLS="
+BR2_aarch64 BR2_cortex_a53 BR2_arm BR2_cortex_a9 BR2_ARM_ENABLE_NEON BR2_ARM_ENABLE_VFP
+BR2_ARM_FPU_VFPV3D16 BR2_TOOLCHAIN_BUILDROOT_GLIBC BR2_TOOLCHAIN_HAS_THREADS BR2_USE_MMU
+BR2_INIT_SYSTEMD BR2_SYSTEM_DHCP BR2_TARGET_GENERIC_GETTY_PORT BR2_ROOTFS_OVERLAY
+BR2_LINUX_KERNEL BR2_LINUX_KERNEL_USE_ARCH_DEFAULT_CONFIG BR2_LINUX_KERNEL_NEEDS_HOST_OPENSSL
+BR2_LINUX_KERNEL_DEFCONFIG BR2_LINUX_KERNEL_DTS_SUPPORT BR2_LINUX_KERNEL_INTREE_DTS_NAME
+BR2_TARGET_ROOTFS_EXT2 BR2_TARGET_ROOTFS_EXT2_4 BR2_TARGET_ROOTFS_EXT2_SIZE BR2_TARGET_ROOTFS_TAR
+BR2_PACKAGE_HOST_RUSTC BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS BR2_ENABLE_DEBUG
+"
+# Make variables with a BR2_ prefix that are not Kconfig symbols.
+NOT_KCONFIG="BR2_EXTERNAL_NARUN_PATH"
+
+# --- 1. layout ---------------------------------------------------------------------
+for f in external.desc Config.in external.mk package/narun/Config.in package/narun/narun.mk \
+    package/narun/narun.hash package/narun/S90narund configs/narun_qemu_aarch64_virt_defconfig \
+    configs/narun_qemu_arm_vexpress_defconfig board/narun/rootfs-overlay/etc/narun/narund.toml; do
+    if [ -f "$EXT/$f" ]; then ok "$EXT/$f exists"; else fail "$EXT/$f is missing"; fi
+done
+[ -x "$PKG/S90narund" ] || fail "$PKG/S90narund must be executable"
+grep -qx 'name: NARUN' "$EXT/external.desc" && ok "external.desc: name: NARUN" || fail "external.desc must say 'name: NARUN'"
+grep -q '^desc: ..*' "$EXT/external.desc" || fail "external.desc needs a desc: line"
+grep -q 'source "\$BR2_EXTERNAL_NARUN_PATH/package/narun/Config.in"' "$EXT/Config.in" ||
+    fail "$EXT/Config.in must source package/narun/Config.in via \$BR2_EXTERNAL_NARUN_PATH"
+grep -q 'include $(sort $(wildcard $(BR2_EXTERNAL_NARUN_PATH)/package/\*/\*.mk))' "$EXT/external.mk" ||
+    fail "$EXT/external.mk must include package/*/*.mk via \$(BR2_EXTERNAL_NARUN_PATH)"
+
+# --- 2. narun.mk content ----------------------------------------------------------
+for v in NARUN_VERSION NARUN_SITE NARUN_SITE_METHOD NARUN_LICENSE NARUN_CARGO_BUILD_OPTS; do
+    grep -q -E "^$v (=|\+=)" "$PKG/narun.mk" && ok "narun.mk sets $v" || fail "narun.mk does not set $v"
+done
+for m in NARUN_INSTALL_TARGET_CMDS NARUN_INSTALL_INIT_SYSTEMD NARUN_INSTALL_INIT_SYSV NARUN_USERS; do
+    grep -q "^define $m\$" "$PKG/narun.mk" && ok "narun.mk defines $m" || fail "narun.mk does not define $m"
+done
+grep -q '^\$(eval \$(cargo-package))$' "$PKG/narun.mk" && ok "narun.mk uses cargo-package" ||
+    fail "narun.mk must end its definitions with \$(eval \$(cargo-package))"
+grep -q 'BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS' "$PKG/Config.in" ||
+    fail "package/narun/Config.in must depend on BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS"
+
+# --- 3. Kconfig symbols -----------------------------------------------------------
+defined=$(grep -h -o -E '^(menu)?config BR2_[A-Za-z0-9_]+' $(find "$EXT" -name 'Config.in*') | awk '{print $2}' | sort -u)
+used=$( (grep -h -v -E '^[[:space:]]*#' $(find "$EXT" -name '*.mk') "$EXT"/configs/*_defconfig | grep -o -E 'BR2_[A-Za-z0-9_]+'
+    grep -h -o -E '^# BR2_[A-Za-z0-9_]+ is not set' "$EXT"/configs/*_defconfig | grep -o -E 'BR2_[A-Za-z0-9_]+'
+    grep -h -E '^[[:space:]]*(depends on|select|default|if|comment)' $(find "$EXT" -name 'Config.in*') |
+        grep -o -E 'BR2_[A-Za-z0-9_]+') | sort -u)
+unknown=0
+for s in $used; do
+    grep -qx "$s" <<<"$defined" && continue
+    grep -qw -- "$s" <<<"$KNOWN_BUILDROOT_SYMBOLS $NOT_KCONFIG" && continue
+    fail "symbol $s is neither defined in a Config.in of $EXT nor a known Buildroot symbol (KNOWN_BUILDROOT_SYMBOLS in $0)"
+    unknown=1
+done
+[ $unknown -eq 0 ] && ok "all $(wc -w <<<"$used") BR2_* symbols used are defined ($(wc -w <<<"$defined") in this tree)"
+for d in "$EXT"/configs/*_defconfig; do
+    bad=$(grep -n -v -E '^(#.*|BR2_[A-Za-z0-9_]+=(y|"[^"]*"|[0-9]+)|)$' "$d" || true)
+    if [ -n "$bad" ]; then fail "$d: malformed lines: $bad"; else ok "$(basename "$d") is well formed"; fi
+    grep -q '^BR2_PACKAGE_NARUN=y$' "$d" || fail "$d does not enable BR2_PACKAGE_NARUN"
+done
+# Kconfig indentation as Buildroot's check-package wants it: tab, help text tab+2 spaces.
+cfg_bad=$(grep -n -v -E '^(config |menuconfig |if |endif|comment |source |menu |endmenu|$|	[a-z]|	  .|#)' "$PKG/Config.in" || true)
+[ -z "$cfg_bad" ] && ok "package/narun/Config.in indentation" || fail "package/narun/Config.in: bad indentation: $cfg_bad"
+
+# --- 4. narun.mk evaluated with stub Buildroot variables ----------------------------
+if ! command -v make >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq make >/dev/null
+fi
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+SRC=$TMP/build/narun-src
+mkdir -p "$SRC/target/aarch64-unknown-linux-gnu/release" "$SRC/daemon/config"
+cp -r systemd "$SRC/"
+cp daemon/config/narund.toml "$SRC/daemon/config/"
+for b in narund narunctl; do printf '#!/bin/sh\n' >"$SRC/target/aarch64-unknown-linux-gnu/release/$b"; done
+cat >"$TMP/harness.mk" <<'MK'
+# Minimal stand-ins for what Buildroot provides to a package .mk file.
+INSTALL := install
+RUSTC_TARGET_NAME := aarch64-unknown-linux-gnu
+cargo-package :=
+include $(NARUN_MK)
+NARUN_PKGDIR := $(dir $(NARUN_MK))
+.PHONY: opts users
+opts: ; @echo '$(strip $(NARUN_CARGO_BUILD_OPTS))'
+users: ; @echo '$(strip $(NARUN_USERS))'
+$(SRC)/.install:
+	$(NARUN_INSTALL_TARGET_CMDS)
+	$(NARUN_INSTALL_INIT_SYSTEMD)
+	$(NARUN_INSTALL_INIT_SYSV)
+MK
+mkrun() { make -s --no-print-directory -f "$TMP/harness.mk" NARUN_MK="$REPO/$PKG/narun.mk" SRC="$SRC" "$@"; }
+check_opts() { # check_opts EXPECTED MAKE_VARS...
+    local want=$1 got; shift
+    got=$(mkrun opts "$@" 2>&1)
+    if [ "$got" = "$want" ]; then ok "NARUN_CARGO_BUILD_OPTS with [$*] = '$got'"; else fail "NARUN_CARGO_BUILD_OPTS with [$*] = '$got', expected '$want'"; fi
+}
+check_opts "-p narund" BR2_PACKAGE_NARUN_GATEWAY= BR2_PACKAGE_NARUN_NARUNCTL=
+check_opts "-p narund -p narunctl" BR2_PACKAGE_NARUN_NARUNCTL=y
+check_opts "-p narund --features narund/gateway -p narunctl" BR2_PACKAGE_NARUN_GATEWAY=y BR2_PACKAGE_NARUN_NARUNCTL=y
+users=$(mkrun users)
+grep -q '^narun-app -1 narun-app -1 \* ' <<<"$users" && ok "NARUN_USERS creates narun-app ($users)" || fail "NARUN_USERS is '$users'"
+TGT=$TMP/target
+if out=$(mkrun "$SRC/.install" TARGET_DIR="$TGT" BR2_PACKAGE_NARUN_NARUNCTL=y 2>&1); then
+    for f in usr/bin/narund usr/bin/narunctl etc/narun/narund.toml usr/lib/systemd/system/narund.service \
+        usr/lib/tmpfiles.d/narun.conf usr/lib/sysusers.d/narun.conf etc/init.d/S90narund; do
+        [ -e "$TGT/$f" ] && ok "install commands put /$f" || fail "install commands did not install /$f"
+    done
+    [ -x "$TGT/usr/bin/narund" ] && [ -x "$TGT/etc/init.d/S90narund" ] || fail "installed narund/S90narund are not executable"
+    cmp -s "$TGT/usr/lib/systemd/system/narund.service" systemd/narund.service || fail "installed unit differs from systemd/narund.service"
+else
+    fail "narun.mk install commands failed: $out"
+fi
+rm -rf "$TGT"
+if mkrun "$SRC/.install" TARGET_DIR="$TGT" BR2_PACKAGE_NARUN_NARUNCTL= >/dev/null 2>&1 && [ ! -e "$TGT/usr/bin/narunctl" ]; then
+    ok "without BR2_PACKAGE_NARUN_NARUNCTL narunctl is not installed"
+else
+    fail "narunctl installed (or install failed) with BR2_PACKAGE_NARUN_NARUNCTL unset"
+fi
+
+# --- 5. shellcheck ----------------------------------------------------------------
+if ! command -v shellcheck >/dev/null; then
+    printf '[check-buildroot] installing shellcheck\n'
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq shellcheck || { apt-get update -qq && apt-get install -y -qq shellcheck; }; } >/dev/null 2>&1
+fi
+if command -v shellcheck >/dev/null; then
+    if out=$(shellcheck -s sh "$PKG/S90narund" 2>&1); then ok "shellcheck S90narund"; else fail "shellcheck S90narund:"; printf '%s\n' "$out" >&2; fi
+else
+    fail "shellcheck is not installed and could not be installed"
+fi
+
+# --- 6. S90narund against a stub narund -------------------------------------------
+CG2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+SSD=$(command -v start-stop-daemon || true)
+if [ "$(id -u)" != 0 ] || [ -z "$CG2" ] || [ -z "$SSD" ]; then
+    note "S90narund functional test skipped (needs root, a cgroup2 mount and start-stop-daemon)"
+else
+    T=$TMP/init
+    mkdir -p "$T/etc/default" "$T/log" "$T/run"
+    CGT="$CG2/narun-check-$$"
+    cat >"$T/narund" <<STUB
+#!/bin/sh
+# Stand-in for narund: records its arguments, cgroup and the signals it gets.
+echo "\$*" > "$T/args"
+cat /proc/self/cgroup > "$T/cgroup"
+trap 'echo HUP >> "$T/signals"' HUP
+trap 'echo TERM >> "$T/signals"; exit 0' TERM
+echo started > "$T/ready"
+while :; do sleep 0.1; done
+STUB
+    chmod +x "$T/narund"
+    # The script under test, with its paths pointed into the temporary directory.
+    sed -e "s|/usr/bin/\$DAEMON|$T/narund|" -e "s|/var/run/|$T/run/|" -e "s|/var/log/|$T/log/|" \
+        -e "s|/etc/default/|$T/etc/default/|g" -e "s|^CGROUP_ROOT=.*|CGROUP_ROOT=\"$CG2\"|" \
+        -e "s|^CGROUP=.*|CGROUP=\"$CGT\"|" -e "s|/var/lib/narun|$T/lib/narun|g" -e "s|/run/narun|$T/run/narun|g" \
+        "$PKG/S90narund" >"$T/S90narund"
+    echo 'NARUND_ARGS="--config /etc/narun/narund.toml --extra"' >"$T/etc/default/narund"
+    wait_file() { local i=0; while [ ! -s "$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; [ -s "$1" ]; }
+    if out=$(sh "$T/S90narund" start 2>&1) && wait_file "$T/ready"; then
+        ok "S90narund start: $out"
+        pid=$(cat "$T/run/narund.pid" 2>/dev/null)
+        grep -q -- "--config /etc/narun/narund.toml --extra" "$T/args" && ok "narund got the arguments from /etc/default/narund" ||
+            fail "narund arguments were '$(cat "$T/args")'"
+        grep -q "^0::${CGT#"$CG2"}/supervisor\$" "$T/cgroup" && ok "narund runs in the supervisor cgroup ${CGT#"$CG2"}/supervisor" ||
+            fail "narund cgroup is '$(grep '^0::' "$T/cgroup")', expected ${CGT#"$CG2"}/supervisor"
+        [ -d "$T/lib/narun" ] && [ -d "$T/run/narun" ] && ok "start created the data and runtime dirs" || fail "start did not create the data/runtime dirs"
+        sh "$T/S90narund" reload >/dev/null 2>&1
+        wait_file "$T/signals" && grep -q HUP "$T/signals" && ok "reload sends SIGHUP" || fail "reload did not deliver SIGHUP"
+        if out=$(sh "$T/S90narund" stop 2>&1) && ! kill -0 "$pid" 2>/dev/null && grep -q TERM "$T/signals" && [ ! -e "$T/run/narund.pid" ]; then
+            ok "S90narund stop: SIGTERM delivered, narund exited, pid file removed"
+        else
+            fail "S90narund stop: '$out', signals: $(tr '\n' ' ' <"$T/signals" 2>/dev/null)"
+            [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+        fi
+    else
+        fail "S90narund start failed: $out $(cat "$T/log/narund.log" 2>/dev/null)"
+        [ -s "$T/run/narund.pid" ] && kill -9 "$(cat "$T/run/narund.pid")" 2>/dev/null
+    fi
+    # Clean up the temporary cgroups (empty once the stub exited).
+    sleep 0.2
+    rmdir "$CGT/supervisor" "$CGT" 2>/dev/null || note "could not remove $CGT (still populated?)"
+fi
+
+# --- 7. overlay config ------------------------------------------------------------
+if cmp -s daemon/config/narund.toml "$EXT/board/narun/rootfs-overlay/etc/narun/narund.toml"; then
+    ok "board overlay narund.toml equals daemon/config/narund.toml"
+else
+    note "board overlay narund.toml differs from daemon/config/narund.toml (fine if customised on purpose;" \
+        "otherwise: cp daemon/config/narund.toml $EXT/board/narun/rootfs-overlay/etc/narun/)"
+fi
+
+if [ $failures -ne 0 ]; then
+    printf '[check-buildroot] %d check(s) FAILED\n' "$failures" >&2
+    exit 1
+fi
+printf '[check-buildroot] all checks passed\n'

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Cross-build narund for the device architectures and run code under qemu-user.
+#
+#   (a) cargo build (debug) -p narund, with and without --features gateway,
+#       for aarch64-unknown-linux-gnu and armv7-unknown-linux-gnueabihf;
+#   (b) run each built narund with --version under qemu: proves the binary links,
+#       loads with the target glibc and starts (the exit code is reported but only
+#       "could not execute" counts as a failure, since the CLI is still being written);
+#   (c) cargo test --lib -p narun-wire -p narun-spec for both targets, run under qemu
+#       through the runners in .cargo/config.toml.
+#
+# Slow (minutes per target on 2 cores), hence separate from check-all.sh. Installs the
+# Debian cross compilers, qemu-user-static and the rustup targets if they are missing.
+# Exit status: 0 = all steps passed, 1 = a step failed (the failing step is named).
+#
+# Environment: CARGO_TARGET_DIR is honoured (defaults to cargo's own default);
+# CROSS_TARGETS overrides the target list (space separated).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+
+TARGETS=${CROSS_TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
+TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
+failures=0
+start_all=$(date +%s)
+
+log() { printf '[cross-check] %s\n' "$*"; }
+fail() { printf '[cross-check] FAIL: %s\n' "$*" >&2; failures=$((failures + 1)); }
+
+# --- prerequisites -----------------------------------------------------------------
+need_pkgs=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need_pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v arm-linux-gnueabihf-gcc >/dev/null || need_pkgs+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+command -v qemu-aarch64-static >/dev/null || need_pkgs+=(qemu-user-static)
+command -v qemu-arm-static >/dev/null || need_pkgs+=(qemu-user-static)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+installed_targets=$(rustup target list --installed 2>/dev/null || true)
+for t in $TARGETS; do
+    if ! grep -qx "$t" <<<"$installed_targets"; then
+        log "rustup target add $t"
+        rustup target add "$t"
+    fi
+done
+
+qemu_for() {
+    case "$1" in
+        aarch64-unknown-linux-gnu) echo "qemu-aarch64-static -L /usr/aarch64-linux-gnu" ;;
+        armv7-unknown-linux-gnueabihf) echo "qemu-arm-static -L /usr/arm-linux-gnueabihf" ;;
+        *) echo "unknown target $1" >&2; return 1 ;;
+    esac
+}
+
+timed() { # timed LABEL CMD... : runs CMD, logs its duration, records failure
+    local label=$1; shift
+    local t0 rc
+    t0=$(date +%s)
+    log "START $label: $*"
+    set +e
+    "$@"
+    rc=$?
+    set -e
+    log "END   $label: exit $rc after $(( $(date +%s) - t0 )) s"
+    [ $rc -eq 0 ] || fail "$label (exit $rc)"
+    return 0
+}
+
+# Runs a built narund with --version under qemu. Accepts any exit status from narund
+# itself (exit 0 with a version, or a usage error from a CLI that does not know the
+# flag yet) but rejects "cannot execute" results: 126/127, exec format errors, a
+# missing dynamic loader or glibc symbol versions the target sysroot lacks.
+run_version() {
+    local t=$1 feat=$2 bin out rc
+    bin="$TARGET_DIR/$t/debug/narund"
+    if [ ! -x "$bin" ]; then
+        fail "$t/$feat: $bin missing (build failed?)"
+        return 0
+    fi
+    set +e
+    # shellcheck disable=SC2046 # the runner string is split on purpose
+    out=$(timeout 60 $(qemu_for "$t") "$bin" --version 2>&1)
+    rc=$?
+    set -e
+    printf '[cross-check]   %s/%s: narund --version -> exit %s: %s\n' "$t" "$feat" "$rc" "$(head -c 300 <<<"$out" | tr '\n' ' ')"
+    if [ $rc -eq 124 ] || [ $rc -eq 126 ] || [ $rc -eq 127 ] ||
+        grep -qiE "exec format error|cannot execute|qemu-[a-z0-9]+-static: Could not open|error while loading shared libraries|GLIBC_[0-9.]+' not found|qemu: uncaught target signal" <<<"$out"; then
+        fail "$t/$feat: narund did not execute under qemu (exit $rc)"
+    fi
+}
+
+for t in $TARGETS; do
+    for feat in default gateway; do
+        if [ "$feat" = gateway ]; then
+            timed "build $t narund --features gateway" cargo build --locked -p narund --features gateway --target "$t"
+        else
+            timed "build $t narund" cargo build --locked -p narund --target "$t"
+        fi
+        # Run right after building: the next build overwrites target/<t>/debug/narund.
+        run_version "$t" "$feat"
+    done
+    timed "test $t narun-wire narun-spec (qemu)" cargo test --locked --target "$t" -p narun-wire -p narun-spec --lib
+done
+
+log "total $(( $(date +%s) - start_all )) s"
+if [ $failures -ne 0 ]; then
+    log "$failures step(s) FAILED"
+    exit 1
+fi
+log "all steps passed"
