@@ -59,8 +59,8 @@ pub use linux::{
 pub use parse::{Format, Location, ParseError, SpecLoadError};
 pub use types::{
     AppSpec, DEFAULT_SETTLE_SEC, DEFAULT_START_LIMIT_BURST, DEFAULT_START_LIMIT_INTERVAL_SEC,
-    DEFAULT_START_TIMEOUT_SEC, DEFAULT_STOP_TIMEOUT_SEC, EnvVar, ExitKind, JailSpec, LabelValue,
-    Labels, LandlockPath, LandlockSpec, MetricsSpec, Mode, MountSource, MountSpec, NoNetSpec,
-    NodeSelector, PortForward, RestartPolicy, Signal,
+    DEFAULT_START_TIMEOUT_SEC, DEFAULT_STOP_TIMEOUT_SEC, EnvVar, ExitKind, JailSpec, Labels,
+    LandlockPath, LandlockSpec, MetricsSpec, Mode, MountSource, MountSpec, NoNetSpec, NodeSelector,
+    PortForward, RestartPolicy, Signal,
 };
 pub use validate::{MAX_CPU_WEIGHT, MAX_NAME_LEN, MAX_TAG_LEN, SpecError, SpecErrors, SpecWarning};

@@ -280,7 +280,10 @@ pub struct NodeSelector {
     pub name: Option<String>,
     /// Selects every node whose labels include all of these (narun addition;
     /// Go node-runners reject such an entry). `{}` selects every node.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_labels"
+    )]
     pub labels: Option<Labels>,
     /// Instances to run on each selected node; must be > 0.
     #[serde(deserialize_with = "nullable")]
@@ -288,39 +291,8 @@ pub struct NodeSelector {
 }
 
 /// Label map of a [`NodeSelector`]. Values may be written as numbers or
-/// booleans in YAML/TOML; they are kept as strings.
-pub type Labels = BTreeMap<String, LabelValue>;
-
-/// A label value (a string; numbers and booleans are accepted and turned into
-/// their text).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct LabelValue(pub String);
-
-impl<'de> Deserialize<'de> for LabelValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        scalar_string(d).map(LabelValue)
-    }
-}
-
-impl From<&str> for LabelValue {
-    fn from(s: &str) -> Self {
-        LabelValue(s.to_string())
-    }
-}
-
-impl From<String> for LabelValue {
-    fn from(s: String) -> Self {
-        LabelValue(s)
-    }
-}
-
-impl LabelValue {
-    /// The value as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// booleans in YAML/TOML; they are kept as their text.
+pub type Labels = BTreeMap<String, String>;
 
 impl NodeSelector {
     /// Select the node with this ID.
@@ -343,7 +315,7 @@ impl NodeSelector {
             labels: Some(
                 labels
                     .into_iter()
-                    .map(|(k, v)| (k.into(), LabelValue(v.into())))
+                    .map(|(k, v)| (k.into(), v.into()))
                     .collect(),
             ),
             replicas,
@@ -856,12 +828,26 @@ fn scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(optional_scalar_string(d)?.unwrap_or_default())
 }
 
+/// A string deserialised with [`ScalarString`].
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar_string(d).map(Text)
+    }
+}
+
 fn scalar_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(Option::<Vec<LabelValue>>::deserialize(d)?
+    Ok(Option::<Vec<Text>>::deserialize(d)?
         .unwrap_or_default()
         .into_iter()
         .map(|v| v.0)
         .collect())
+}
+
+fn optional_labels<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Labels>, D::Error> {
+    Ok(Option::<BTreeMap<String, Text>>::deserialize(d)?
+        .map(|m| m.into_iter().map(|(k, v)| (k, v.0)).collect()))
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use narun_spec::{
-    AppSpec, EnvVar, Format, LabelValue, Mode, NodeSelector, ParseError, RestartPolicy,
-    SpecLoadError,
+    AppSpec, EnvVar, Format, Mode, NodeSelector, ParseError, RestartPolicy, SpecLoadError,
 };
 
 fn data(name: &str) -> PathBuf {
@@ -130,8 +129,8 @@ fn label_maps_are_free_form_not_unknown_keys() {
     )
     .unwrap();
     let labels = spec.nodes[0].labels.as_ref().unwrap();
-    assert_eq!(labels["rack"], LabelValue::from("3"));
-    assert_eq!(labels["gpu"], LabelValue::from("true"));
+    assert_eq!(labels["rack"], "3");
+    assert_eq!(labels["gpu"], "true");
     // Only the Go-compat warning about labels, no unknown-key warning.
     let warnings = spec.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
