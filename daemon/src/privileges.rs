@@ -1,1 +1,573 @@
-//! (to be written)
+//! Privileges: narund's own capabilities, and the uid/gid/capabilities an app runs with.
+//!
+//! narund runs as root because it creates cgroups, changes users and binds to what apps need. Two things
+//! keep that power contained:
+//!
+//! 1. **narund's own bounding set** ([`drop_own_bounding_set`] with [`NARUND_CAPS`]): called first thing in
+//!    `main()`, before the tokio runtime starts threads (capabilities are per thread; new threads inherit
+//!    them). Nothing narund or its children ever do can regain a dropped capability.
+//! 2. **Per app** ([`AppIdentity`] → [`PrivilegePlan`] → [`apply_in_pre_exec`]): the parent resolves the
+//!    user from `/etc/passwd` and computes capability masks; the child, between `fork` and `exec`, drops
+//!    the bounding set, switches uid/gid with no supplementary groups, keeps exactly the requested
+//!    capabilities (as *ambient* capabilities, so they survive `exec` of an ordinary binary) and sets
+//!    `no_new_privs`.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use narund::privileges::{AppIdentity, PrivilegePlan};
+//! use caps::Capability;
+//!
+//! let who = AppIdentity::resolve(Some("www"), "narun", false)?;
+//! let plan = PrivilegePlan::new(&who, &[Capability::CAP_NET_BIND_SERVICE])?;
+//! let mut cmd = std::process::Command::new("/usr/bin/web");
+//! cmd.env("HOME", &who.home).env("USER", &who.user);
+//! // cgroup placement first (needs root), then the privilege drop:
+//! // cg.place_command(&mut cmd)?;
+//! plan.install(&mut cmd);
+//! cmd.spawn()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Why not `Command::uid()/gid()`: std switches the uid *before* running `pre_exec` closures, and by then
+//! the permitted set is empty, so ambient capabilities can no longer be raised (EPERM).
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use libc::{c_int, c_ulong};
+
+/// The capabilities narund keeps in its own bounding set (and therefore the most any app can get).
+///
+/// | capability | why narund needs it |
+/// |---|---|
+/// | `CAP_CHOWN` | hand instance work dirs and fetched files to the app's uid/gid |
+/// | `CAP_DAC_OVERRIDE` | read/write cgroupfs, the cache and app dirs regardless of their modes |
+/// | `CAP_FOWNER` | chmod/utime files it does not own (cache entries, work dirs) |
+/// | `CAP_KILL` | signal apps running under other uids |
+/// | `CAP_SETUID`, `CAP_SETGID` | switch the child to the app's uid/gid and clear supplementary groups |
+/// | `CAP_SETPCAP` | drop bounding-set entries (own start-up and every child) |
+/// | `CAP_NET_BIND_SERVICE` | pass on to apps that bind ports < 1024 (and the embedded gateway) |
+/// | `CAP_SYS_ADMIN` | cgroup management (mkdir/migrate/`cgroup.kill` in cgroups not owned by us), `setns`/mounts for isolation |
+/// | `CAP_SYS_RESOURCE` | raise rlimits for apps (e.g. `RLIMIT_NOFILE`) above the hard limit |
+pub const NARUND_CAPS: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FOWNER,
+    Capability::CAP_KILL,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_RESOURCE,
+];
+
+/// Errors while setting up privileges (all in the parent; `pre_exec` failures surface from `spawn()`).
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// The user does not exist in `/etc/passwd`.
+    #[error(
+        "user {user:?} does not exist in {}; create it (e.g. `useradd --system {user}`) or change `user` \
+         in the app spec / default_user in narund.toml",
+        passwd.display()
+    )]
+    UnknownUser {
+        /// The requested name.
+        user: String,
+        /// The file searched.
+        passwd: PathBuf,
+    },
+    /// The app would run as uid 0 without being allowed to.
+    #[error("refusing to run app as root (uid 0, user {user:?}): {reason}")]
+    RootNotAllowed {
+        /// The user name that resolved to uid 0.
+        user: String,
+        /// What to change.
+        reason: &'static str,
+    },
+    /// A requested capability is not in narund's bounding set (or unknown to the kernel).
+    #[error(
+        "capability {cap} is not available to narund (not in its bounding set, or unknown to this kernel); \
+         remove it from the app spec or add it to NARUND_CAPS"
+    )]
+    CapabilityUnavailable {
+        /// The capability.
+        cap: Capability,
+    },
+    /// narund lacks a capability needed to change privileges.
+    #[error("narund lacks {cap} ({what}); run narund as root")]
+    NotPrivileged {
+        /// The missing capability.
+        cap: Capability,
+        /// What it was needed for.
+        what: &'static str,
+    },
+    /// Reading a file failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A capability call failed.
+    #[error("{what}: {source}")]
+    Caps {
+        /// What narund was doing.
+        what: String,
+        /// The error from the `caps` crate.
+        source: caps::errors::CapsError,
+    },
+    /// A raw syscall failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What narund was doing.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+type Result<T, E = PrivilegeError> = std::result::Result<T, E>;
+
+fn caps_err(what: impl Into<String>) -> impl FnOnce(caps::errors::CapsError) -> PrivilegeError {
+    let what = what.into();
+    move |source| PrivilegeError::Caps { what, source }
+}
+
+/// Highest capability number the running kernel knows (`/proc/sys/kernel/cap_last_cap`).
+pub fn cap_last_cap() -> Result<c_int> {
+    let p = Path::new("/proc/sys/kernel/cap_last_cap");
+    let text = std::fs::read_to_string(p).map_err(|source| PrivilegeError::Read {
+        path: p.into(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| PrivilegeError::Read {
+        path: p.into(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a number: {text:?}"),
+        ),
+    })
+}
+
+/// Bit mask (bit n = capability n) of a capability list.
+pub fn mask_of(caps: &[Capability]) -> u64 {
+    caps.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// Restrict the **calling thread** (call it in `main()` before any thread exists) to `keep`:
+///
+/// * bounding set = `keep` (every other capability `0..=cap_last_cap` is dropped for good),
+/// * effective = permitted = `keep ∩ permitted`, inheritable and ambient cleared.
+///
+/// Returns the mask of capabilities removed from the bounding set. Without `CAP_SETPCAP` (narund not
+/// started as root) this is [`PrivilegeError::NotPrivileged`]; the caller may decide to continue.
+pub fn drop_own_bounding_set(keep: &[Capability]) -> Result<u64> {
+    let last = cap_last_cap()?;
+    let keep_mask = mask_of(keep);
+    let mut dropped = 0u64;
+    let mut needs_drop = false;
+    for cap in 0..=last.min(63) {
+        if keep_mask & (1u64 << cap) == 0 && bounding_has(cap) {
+            needs_drop = true;
+        }
+    }
+    if needs_drop
+        && !caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+            .map_err(caps_err("read effective capabilities"))?
+    {
+        return Err(PrivilegeError::NotPrivileged {
+            cap: Capability::CAP_SETPCAP,
+            what: "needed to drop capabilities from the bounding set",
+        });
+    }
+    for cap in 0..=last.min(63) {
+        if keep_mask & (1u64 << cap) != 0 || !bounding_has(cap) {
+            continue;
+        }
+        // SAFETY: plain prctl with integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            return Err(PrivilegeError::Os {
+                what: format!("PR_CAPBSET_DROP capability {cap}"),
+                source: io::Error::last_os_error(),
+            });
+        }
+        dropped |= 1u64 << cap;
+    }
+    let permitted = caps::read(None, CapSet::Permitted).map_err(caps_err("read permitted"))?;
+    let keep_set: CapsHashSet = keep.iter().copied().collect();
+    let new: CapsHashSet = permitted.intersection(&keep_set).copied().collect();
+    // Effective first: it must stay a subset of permitted at every step.
+    caps::set(None, CapSet::Effective, &new).map_err(caps_err("set effective"))?;
+    caps::set(None, CapSet::Permitted, &new).map_err(caps_err("set permitted"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_err("clear inheritable"))?;
+    if caps::runtime::ambient_set_supported().is_ok() {
+        caps::clear(None, CapSet::Ambient).map_err(caps_err("clear ambient"))?;
+    }
+    Ok(dropped)
+}
+
+fn bounding_has(cap: c_int) -> bool {
+    // SAFETY: plain prctl; returns 1, 0 or -1 (EINVAL for unknown caps).
+    unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as c_ulong, 0, 0, 0) == 1 }
+}
+
+/// One `/etc/passwd` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswdEntry {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: libc::uid_t,
+    /// Primary group id.
+    pub gid: libc::gid_t,
+    /// Home directory.
+    pub home: PathBuf,
+    /// Login shell.
+    pub shell: String,
+}
+
+/// Parse one `name:passwd:uid:gid:gecos:home:shell` line (`None` for comments, NIS `+` lines, garbage).
+pub fn parse_passwd_line(line: &str) -> Option<PasswdEntry> {
+    let f: Vec<&str> = line.trim_end_matches(['\n', '\r']).split(':').collect();
+    if f.len() < 7 || f[0].is_empty() || f[0].starts_with(['#', '+', '-']) {
+        return None;
+    }
+    Some(PasswdEntry {
+        name: f[0].to_owned(),
+        uid: f[2].parse().ok()?,
+        gid: f[3].parse().ok()?,
+        home: PathBuf::from(f[5]),
+        shell: f[6].to_owned(),
+    })
+}
+
+/// Find `user` in passwd text: by name, or, if `user` is all digits, by uid.
+pub fn lookup_passwd(text: &str, user: &str) -> Option<PasswdEntry> {
+    let entries = || text.lines().filter_map(parse_passwd_line);
+    entries().find(|e| e.name == user).or_else(|| {
+        let uid: libc::uid_t = user.parse().ok()?;
+        entries().find(|e| e.uid == uid)
+    })
+}
+
+/// The user an app runs as, resolved in the parent (never inside `pre_exec`: no file I/O or allocation
+/// is allowed there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppIdentity {
+    /// User name (for `USER`/`LOGNAME`).
+    pub user: String,
+    /// User id.
+    pub uid: libc::uid_t,
+    /// Primary group id; supplementary groups are always cleared.
+    pub gid: libc::gid_t,
+    /// Home directory (for `HOME`).
+    pub home: PathBuf,
+}
+
+impl AppIdentity {
+    /// Resolve from `/etc/passwd`.
+    ///
+    /// * `user`: the app spec's `user` (`None` or `""` = not set).
+    /// * `default_user`: narund.toml's user for apps that do not name one.
+    /// * `allow_root`: node policy; even then uid 0 is used only when the spec names that user itself.
+    pub fn resolve(
+        user: Option<&str>,
+        default_user: &str,
+        allow_root: bool,
+    ) -> Result<AppIdentity> {
+        let path = Path::new("/etc/passwd");
+        let text = std::fs::read_to_string(path).map_err(|source| PrivilegeError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::resolve_in(&text, path, user, default_user, allow_root)
+    }
+
+    /// [`resolve`](Self::resolve) over given passwd text (`path` only for messages).
+    pub fn resolve_in(
+        passwd: &str,
+        path: &Path,
+        user: Option<&str>,
+        default_user: &str,
+        allow_root: bool,
+    ) -> Result<AppIdentity> {
+        let explicit = user.filter(|u| !u.is_empty());
+        let name = explicit.unwrap_or(default_user);
+        let entry = lookup_passwd(passwd, name).ok_or_else(|| PrivilegeError::UnknownUser {
+            user: name.to_owned(),
+            passwd: path.into(),
+        })?;
+        if entry.uid == 0 {
+            if explicit.is_none() {
+                return Err(PrivilegeError::RootNotAllowed {
+                    user: entry.name,
+                    reason: "the default user must not be root; apps run as root only when their \
+                             spec says user = \"root\"",
+                });
+            }
+            if !allow_root {
+                return Err(PrivilegeError::RootNotAllowed {
+                    user: entry.name,
+                    reason: "this node does not allow root apps (allow_root = false in narund.toml)",
+                });
+            }
+        }
+        Ok(AppIdentity {
+            user: entry.name,
+            uid: entry.uid,
+            gid: entry.gid,
+            home: entry.home,
+        })
+    }
+}
+
+/// Everything [`apply_in_pre_exec`] needs, computed in the parent. `Copy`, no heap: safe to move into a
+/// `pre_exec` closure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrivilegePlan {
+    /// Target uid (all of real/effective/saved).
+    pub uid: libc::uid_t,
+    /// Target gid (all of real/effective/saved).
+    pub gid: libc::gid_t,
+    /// Capabilities kept (bit n = capability n): bounding, permitted, effective, inheritable, ambient.
+    pub keep_caps: u64,
+    /// Highest capability number of the running kernel.
+    pub cap_last_cap: c_int,
+}
+
+impl PrivilegePlan {
+    /// Plan for `identity` keeping `keep`. Checks in the parent that narund can do it: every kept
+    /// capability must be in the calling thread's bounding set, and narund must hold `CAP_SETUID`,
+    /// `CAP_SETGID` and `CAP_SETPCAP`.
+    pub fn new(identity: &AppIdentity, keep: &[Capability]) -> Result<PrivilegePlan> {
+        let last = cap_last_cap()?;
+        let bounding = caps::read(None, CapSet::Bounding).map_err(caps_err("read bounding set"))?;
+        for cap in keep {
+            if c_int::from(cap.index()) > last || !bounding.contains(cap) {
+                return Err(PrivilegeError::CapabilityUnavailable { cap: *cap });
+            }
+        }
+        let effective = caps::read(None, CapSet::Effective).map_err(caps_err("read effective"))?;
+        for (cap, what) in [
+            (
+                Capability::CAP_SETPCAP,
+                "needed to drop the app's bounding set",
+            ),
+            (Capability::CAP_SETUID, "needed to switch the app's uid"),
+            (
+                Capability::CAP_SETGID,
+                "needed to switch the app's gid and groups",
+            ),
+        ] {
+            if !effective.contains(&cap) {
+                return Err(PrivilegeError::NotPrivileged { cap, what });
+            }
+        }
+        Ok(PrivilegePlan {
+            uid: identity.uid,
+            gid: identity.gid,
+            keep_caps: mask_of(keep),
+            cap_last_cap: last,
+        })
+    }
+
+    /// Register [`apply_in_pre_exec`] on `cmd`. Register cgroup placement *before* this (it needs the
+    /// parent's privileges); `pre_exec` closures run in registration order. For tokio use
+    /// `cmd.as_std_mut()`.
+    pub fn install(self, cmd: &mut std::process::Command) {
+        // SAFETY: apply_in_pre_exec only makes raw syscalls on a Copy plan (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(move || apply_in_pre_exec(&self));
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+fn check(rc: c_int) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Apply `plan` to the current (forked, single-threaded) process. Order matters:
+///
+/// 1. `PR_CAPBSET_DROP` every capability not kept (needs `CAP_SETPCAP`, so while still root);
+/// 2. `PR_SET_KEEPCAPS 1` so the permitted set survives the uid change;
+/// 3. `setgroups(0)`, `setresgid`, then `setresuid` (gid first: afterwards we may no longer change it);
+/// 4. `capset` (v3): permitted = effective = inheritable = kept;
+/// 5. `PR_CAP_AMBIENT_RAISE` each kept capability (needs it in permitted and inheritable), so a
+///    non-root uid keeps them across `execve` of a binary without file capabilities;
+/// 6. `PR_SET_NO_NEW_PRIVS 1`: setuid binaries and file capabilities cannot add anything later.
+///
+/// # Safety
+///
+/// Only call between `fork` and `exec` (in `pre_exec`): it changes the credentials of the calling thread.
+/// It allocates nothing and makes raw syscalls only (`io::Error::last_os_error` does not allocate).
+pub unsafe fn apply_in_pre_exec(plan: &PrivilegePlan) -> io::Result<()> {
+    let keep = |cap: c_int| cap < 64 && plan.keep_caps & (1u64 << cap) != 0;
+    // SAFETY (all blocks): raw syscalls with integer/pointer arguments valid for the call.
+    unsafe {
+        // 1. Bounding set.
+        let mut cap: c_int = 0;
+        while cap <= plan.cap_last_cap {
+            if !keep(cap) {
+                check(libc::prctl(
+                    libc::PR_CAPBSET_DROP,
+                    cap as c_ulong,
+                    0 as c_ulong,
+                    0 as c_ulong,
+                    0 as c_ulong,
+                ))?;
+            }
+            cap += 1;
+        }
+        // 2. Keep permitted caps over setresuid.
+        check(libc::prctl(
+            libc::PR_SET_KEEPCAPS,
+            1 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+        ))?;
+        // 3. Groups, gid, uid. (libc's wrappers pick the 32-bit-id syscalls on armv7.)
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(plan.gid, plan.gid, plan.gid))?;
+        check(libc::setresuid(plan.uid, plan.uid, plan.uid))?;
+        // 4. capset v3: two 32-bit halves.
+        let lo = (plan.keep_caps & 0xffff_ffff) as u32;
+        let hi = (plan.keep_caps >> 32) as u32;
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [
+            CapData {
+                effective: lo,
+                permitted: lo,
+                inheritable: lo,
+            },
+            CapData {
+                effective: hi,
+                permitted: hi,
+                inheritable: hi,
+            },
+        ];
+        let rc = libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        );
+        if rc == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // 5. Ambient set: start empty, raise each kept capability.
+        check(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+        ))?;
+        let mut cap: c_int = 0;
+        while cap <= plan.cap_last_cap {
+            if keep(cap) {
+                check(libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as c_ulong,
+                    cap as c_ulong,
+                    0 as c_ulong,
+                    0 as c_ulong,
+                ))?;
+            }
+            cap += 1;
+        }
+        // 6. No privilege gain through exec from here on.
+        check(libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+        ))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/bash
+# comment
++nisuser::::::
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+www:x:33:33:www-data:/var/www:/usr/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+broken:x:notanumber:1:x:/:/bin/sh
+";
+
+    fn resolve(user: Option<&str>, default: &str, allow_root: bool) -> Result<AppIdentity> {
+        AppIdentity::resolve_in(PASSWD, Path::new("/etc/passwd"), user, default, allow_root)
+    }
+
+    #[test]
+    fn passwd_parsing() {
+        let e = lookup_passwd(PASSWD, "www").unwrap();
+        assert_eq!((e.uid, e.gid), (33, 33));
+        assert_eq!(e.home, Path::new("/var/www"));
+        assert_eq!(lookup_passwd(PASSWD, "65534").unwrap().name, "nobody");
+        assert!(lookup_passwd(PASSWD, "broken").is_none());
+        assert!(lookup_passwd(PASSWD, "+nisuser").is_none());
+        assert!(lookup_passwd(PASSWD, "ghost").is_none());
+    }
+
+    #[test]
+    fn resolution_rules() {
+        assert_eq!(resolve(None, "nobody", false).unwrap().uid, 65534);
+        assert_eq!(resolve(Some(""), "nobody", false).unwrap().uid, 65534);
+        assert_eq!(resolve(Some("www"), "nobody", false).unwrap().uid, 33);
+        assert_eq!(resolve(Some("root"), "nobody", true).unwrap().uid, 0);
+        // Root only when named by the spec, and only if the node allows it.
+        let e = resolve(None, "root", true).unwrap_err();
+        assert!(e.to_string().contains("default user"), "{e}");
+        let e = resolve(Some("root"), "nobody", false).unwrap_err();
+        assert!(e.to_string().contains("allow_root"), "{e}");
+        let e = resolve(Some("ghost"), "nobody", true).unwrap_err();
+        assert!(
+            e.to_string().contains("\"ghost\"") && e.to_string().contains("/etc/passwd"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask_of(&[Capability::CAP_NET_BIND_SERVICE]), 0x400);
+        assert_eq!(mask_of(&[]), 0);
+        assert_eq!(NARUND_CAPS.len(), 10);
+    }
+}
