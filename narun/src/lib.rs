@@ -1,1 +1,212 @@
-//! placeholder
+//! # narun: serve HTTP apps over NATS
+//!
+//! Link this crate into an app and serve any [axum] `Router`, or any tower HTTP
+//! service, as a NATS Micro (ADR-32) service. The narun gateway (or the Go
+//! `narun-gw`) turns HTTP requests into NATS requests on the subject named after
+//! the service; this library answers them:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), narun::Error> {
+//!     let app = Router::new().route("/hello/", get(|| async { "Hello over NATS" }));
+//!     // Service name, version and NATS settings come from the environment narund
+//!     // gives the app (falling back to "hello" when run by hand).
+//!     narun::serve(narun::Options::from_env_or("hello"), app).await
+//! }
+//! ```
+//!
+//! What happens on the wire (compatible with Go's `nconsumer`):
+//!
+//! * a NATS Micro service `<name>` with one endpoint `handler` on subject `<name>`
+//!   in queue group `q`, so replicas share the load, and `$SRV.PING|INFO|STATS`
+//!   answered for discovery ([`narun_wire::micro`]);
+//! * each request payload is a Binary HTTP (RFC 9292) request; the reply is a
+//!   Binary HTTP response ([`narun_wire::bhttp`]);
+//! * requests are handled **concurrently**, up to [`Options::max_inflight`] at
+//!   a time (Go handles one at a time per process);
+//! * a handler error or panic becomes a `500`; a payload that is not BHTTP gets an
+//!   ADR-32 error reply (`Nats-Service-Error-Code: 400`), never a crash;
+//! * on SIGTERM/SIGINT the endpoint stops taking requests, in-flight requests
+//!   finish (for at most [`Options::shutdown_timeout`]), then the function returns;
+//! * under a supervisor speaking sd_notify (narund or systemd) the library sends
+//!   `READY=1` once it is serving, pings the watchdog when `WATCHDOG_USEC` is set,
+//!   and sends `STOPPING=1` on shutdown.
+//!
+//! ## Environment
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `NARUN_SERVICE_NAME` | service name = subject | `NARUN_APP_NAME`, then the name given in code |
+//! | `NARUN_SERVICE_VERSION` | semver version shown in discovery | `0.1.0` |
+//! | `NARUN_MAX_INFLIGHT` | concurrent requests per process | `256` |
+//! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]) | `nats://127.0.0.1:4222` |
+//! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata | — |
+
+mod http_service;
+mod notify;
+
+pub use http_service::{Server, serve, serve_service, serve_until};
+pub use narun_wire::connect::NatsSettings;
+
+use narun_wire::names::env;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Endpoint name of HTTP services (Go compatible).
+pub const HTTP_ENDPOINT: &str = "handler";
+
+/// Errors that stop a service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Connect(#[from] narun_wire::connect::ConnectError),
+    #[error("registering the NATS Micro service: {0}")]
+    Service(#[from] narun_wire::micro::MicroError),
+    #[error("invalid {name}={value:?}: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("installing signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// How the service presents itself and connects.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Service name; also the NATS subject of its endpoint. `^[A-Za-z0-9_-]+$`.
+    pub name: String,
+    /// Semantic version shown in discovery.
+    pub version: String,
+    pub description: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Requests handled at the same time; further requests wait in the
+    /// subscription buffer.
+    pub max_inflight: usize,
+    /// How long a graceful stop waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    pub nats: NatsSettings,
+}
+
+impl Options {
+    /// Options for service `name` with defaults and NATS settings from the environment.
+    pub fn new(name: impl Into<String>) -> Self {
+        Options {
+            name: name.into(),
+            version: "0.1.0".into(),
+            description: String::new(),
+            metadata: BTreeMap::new(),
+            max_inflight: 256,
+            shutdown_timeout: Duration::from_secs(10),
+            nats: NatsSettings::from_env(),
+        }
+    }
+
+    /// Options from the environment narund sets (see the crate docs), with
+    /// `default_name` when neither `NARUN_SERVICE_NAME` nor `NARUN_APP_NAME` is
+    /// set. Invalid values are reported when serving starts.
+    pub fn from_env_or(default_name: &str) -> Self {
+        Self::from_lookup(default_name, |k| std::env::var(k).ok())
+    }
+
+    fn from_lookup(default_name: &str, get: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let name = get("NARUN_SERVICE_NAME")
+            .or_else(|| get(env::APP_NAME))
+            .unwrap_or_else(|| default_name.to_owned());
+        let mut o = Options::new(name);
+        o.nats = NatsSettings::from_lookup(|k| get(k));
+        if let Some(v) = get("NARUN_SERVICE_VERSION") {
+            o.version = v;
+        }
+        if let Some(v) = get("NARUN_MAX_INFLIGHT") {
+            // 0 or garbage is caught in `validate`.
+            o.max_inflight = v.trim().parse().unwrap_or(0);
+        }
+        for (var, key) in [
+            (env::APP_NAME, "narun_app"),
+            (env::INSTANCE_ID, "narun_instance_id"),
+            (env::NODE_ID, "narun_node_id"),
+            (env::RUN_ID, "narun_run_id"),
+        ] {
+            if let Some(v) = get(var) {
+                o.metadata.insert(key.to_owned(), v);
+            }
+        }
+        o
+    }
+
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.version = v.into();
+        self
+    }
+
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    pub fn metadata(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.metadata.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn max_inflight(mut self, n: usize) -> Self {
+        self.max_inflight = n;
+        self
+    }
+
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    pub fn nats(mut self, s: NatsSettings) -> Self {
+        self.nats = s;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_inflight == 0 {
+            return Err(Error::Env {
+                name: "NARUN_MAX_INFLIGHT",
+                value: self.max_inflight.to_string(),
+                reason: "must be a positive integer",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn env_contract() {
+        let env: HashMap<&str, &str> = [
+            ("NARUN_APP_NAME", "hello"),
+            ("NARUN_INSTANCE_ID", "hello-0"),
+            ("NARUN_NODE_ID", "dev1"),
+            ("NATS_URL", "nats://10.0.0.1:4222"),
+            ("NARUN_MAX_INFLIGHT", "8"),
+        ]
+        .into();
+        let o = Options::from_lookup("fallback", |k| env.get(k).map(|v| v.to_string()));
+        assert_eq!(o.name, "hello");
+        assert_eq!(o.nats.url, "nats://10.0.0.1:4222");
+        assert_eq!(o.max_inflight, 8);
+        assert_eq!(o.metadata["narun_instance_id"], "hello-0");
+        let o = Options::from_lookup("fallback", |k| {
+            (k == "NARUN_SERVICE_NAME").then(|| "svc".to_string())
+        });
+        assert_eq!(o.name, "svc");
+        assert_eq!(Options::from_lookup("fallback", |_| None).name, "fallback");
+        let bad = Options::from_lookup("x", |k| (k == "NARUN_MAX_INFLIGHT").then(|| "lots".into()));
+        assert!(bad.validate().is_err());
+    }
+}

@@ -232,20 +232,50 @@ where
     }
 }
 
-/// Path of a binary built by cargo for this workspace (`target/<profile>/<name>`),
-/// found next to the running test executable. Panics with a hint if missing.
-pub fn workspace_bin(name: &str) -> PathBuf {
+/// Path of a binary of this workspace, built on demand.
+///
+/// Integration tests that run *other* packages' binaries (the `hello` example,
+/// `narund`, `narunctl`) call this: it runs `cargo build -p <package> --bin <bin>`
+/// once per test process, with the same profile and target dir as the running
+/// test, so the binary is never stale. Extra cargo arguments (e.g. `--features
+/// gateway`) go in `extra_args`.
+pub fn workspace_bin(package: &str, bin: &str, extra_args: &[&str]) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let key = format!("{package}/{bin}/{}", extra_args.join(" "));
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = built.get(&key) {
+        return p.clone();
+    }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test>-hash -> target/<profile>/<name>
-    let dir = exe
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
         .parent()
         .and_then(|d| d.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let path = dir.join(name);
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(extra_args)
+        .env("CARGO_TARGET_DIR", &target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let path = profile_dir.join(bin);
     assert!(
         path.exists(),
-        "binary {} not built; run `cargo build -p {name}` (or the whole workspace) first",
+        "{} missing after cargo build",
         path.display()
     );
+    built.insert(key, path.clone());
     path
 }
