@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the fast packaging checks (about 15 s): systemd unit files, Yocto layer,
-# Buildroot external tree. The slow cross build is separate:
+# Buildroot external tree, cross settings. The slow cross build is separate:
 # scripts/packaging/cross-check.sh.
 # Exit status: 0 = all passed, 1 = at least one failed. Prints "N passed, N failed".
 set -uo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 passed=0
 failed=0
-for check in check-systemd.sh check-yocto.sh check-buildroot.sh; do
+for check in check-systemd.sh check-yocto.sh check-buildroot.sh check-cross-config.sh; do
     printf '=== %s\n' "$check"
     t0=$(date +%s)
     if bash "./$check"; then

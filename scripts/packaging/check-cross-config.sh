@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Static checks of the cross-compilation settings (fast; the real cross build is
+# scripts/packaging/cross-check.sh):
+#   * Cross.toml parses, uses only keys of the cross 0.2.5 schema, pins every image to
+#     a release tag or digest, and covers both device targets;
+#   * cross.toml is a symlink to (or an identical copy of) Cross.toml;
+#   * .cargo/config.toml contains only [target.<triple>] tables (nothing that changes
+#     native builds: no [build], target-dir, [profile], ...) with a linker and a qemu
+#     runner for both device targets.
+# Exit status: 0 = all passed, 1 = a check failed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+python3 - <<'PY'
+import os, re, sys, tomllib
+
+TARGETS = ["aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"]
+failures = 0
+
+def ok(msg): print(f"[check-cross-config] ok: {msg}")
+def fail(msg):
+    global failures
+    failures += 1
+    print(f"[check-cross-config] FAIL: {msg}", file=sys.stderr)
+
+try:
+    cross = tomllib.load(open("Cross.toml", "rb"))
+    ok("Cross.toml parses")
+except (OSError, tomllib.TOMLDecodeError) as e:
+    fail(f"Cross.toml: {e}")
+    cross = {}
+
+extra = set(cross) - {"build", "target"}
+if extra:
+    fail(f"Cross.toml: unknown top-level keys {sorted(extra)}")
+build_keys = {"xargo", "build-std", "default-target", "pre-build", "dockerfile", "env"}
+if set(cross.get("build", {})) - build_keys:
+    fail(f"Cross.toml [build]: unknown keys {sorted(set(cross['build']) - build_keys)}")
+target_keys = {"xargo", "build-std", "image", "dockerfile", "pre-build", "runner", "env"}
+for t in TARGETS:
+    tbl = cross.get("target", {}).get(t)
+    if tbl is None:
+        fail(f"Cross.toml has no [target.{t}]")
+        continue
+    if set(tbl) - target_keys:
+        fail(f"Cross.toml [target.{t}]: keys {sorted(set(tbl) - target_keys)} are not in the cross 0.2.5 schema")
+    image = tbl.get("image", "")
+    if not isinstance(image, str) or not re.fullmatch(r"[a-z0-9./_-]+(:\d+\.\d+\.\d+|@sha256:[0-9a-f]{64})", image):
+        fail(f"Cross.toml [target.{t}] image {image!r} is not pinned to a release tag or digest")
+    else:
+        ok(f"Cross.toml {t}: image {image}")
+
+if os.path.islink("cross.toml"):
+    if os.readlink("cross.toml") == "Cross.toml":
+        ok("cross.toml is a symlink to Cross.toml")
+    else:
+        fail(f"cross.toml points to {os.readlink('cross.toml')}, not Cross.toml")
+elif os.path.exists("cross.toml"):
+    if open("cross.toml", "rb").read() == open("Cross.toml", "rb").read():
+        ok("cross.toml is identical to Cross.toml")
+    else:
+        fail("cross.toml differs from Cross.toml (cross only reads Cross.toml)")
+else:
+    fail("cross.toml is missing")
+
+try:
+    cfg = tomllib.load(open(".cargo/config.toml", "rb"))
+except (OSError, tomllib.TOMLDecodeError) as e:
+    fail(f".cargo/config.toml: {e}")
+    cfg = {}
+if set(cfg) - {"target"}:
+    fail(f".cargo/config.toml: top-level {sorted(set(cfg) - {'target'})} would affect native builds; only [target.<foreign triple>] belongs here")
+for t, tbl in cfg.get("target", {}).items():
+    if t not in TARGETS:
+        fail(f".cargo/config.toml: [target.{t}] is not a device target")
+for t in TARGETS:
+    tbl = cfg.get("target", {}).get(t, {})
+    if not tbl.get("linker"):
+        fail(f".cargo/config.toml: no linker for {t}")
+    if "qemu-" not in str(tbl.get("runner", "")):
+        fail(f".cargo/config.toml: no qemu runner for {t}")
+    if tbl.get("linker") and "qemu-" in str(tbl.get("runner", "")):
+        ok(f".cargo/config.toml {t}: linker {tbl['linker']}, runner {tbl['runner']}")
+
+if failures:
+    print(f"[check-cross-config] {failures} check(s) FAILED", file=sys.stderr)
+    sys.exit(1)
+print("[check-cross-config] all checks passed")
+PY
