@@ -27,6 +27,10 @@ fail() { printf '[check-yocto] FAIL: %s\n' "$*" >&2; failures=$((failures + 1));
 PY=${PYTHON:-python3}
 pip_install() { # pip_install PACKAGE...: into the python that runs this script
     printf '[check-yocto] installing %s with pip\n' "$*"
+    if ! "$PY" -m pip --version >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        { apt-get install -y -qq python3-pip || { apt-get update -qq && apt-get install -y -qq python3-pip; }; } >/dev/null 2>&1
+    fi
     "$PY" -m pip install -q --disable-pip-version-check "$@" >/dev/null 2>&1 ||
         "$PY" -m pip install -q --disable-pip-version-check --break-system-packages "$@" >/dev/null
 }
