@@ -1,1 +1,312 @@
-//! placeholder
+//! narun's HTTP gateway: HTTP routes in front of NATS Micro services.
+//!
+//! Each HTTP request that matches a route becomes **one NATS request** to the
+//! route's subject, and the reply becomes the HTTP response:
+//!
+//! ```text
+//!  client ──HTTP/1.1 or h2c──▶ Gateway ──NATS request (BHTTP payload)──▶ service "hello"
+//!         ◀──────────────────          ◀──────────── reply (BHTTP) ────
+//! ```
+//!
+//! * `mode = "bhttp"` (default, Go narun compatible): the whole request
+//!   (method, path + query, headers, body) is one Binary HTTP message
+//!   ([`narun_wire::bhttp`]); the app replies with a BHTTP response.
+//! * `mode = "raw"`: the body is the payload and the HTTP headers are NATS
+//!   headers (plus `X-Original-Method/Path/Query`), for plain NATS services in
+//!   any language.
+//!
+//! The gateway maps failures to HTTP statuses (404/405 for routing, 503 when
+//! nobody serves the subject or NATS is down, 504 on timeout, 502 on an
+//! undecodable reply, micro error codes to their status), adds
+//! `X-Forwarded-*` and `X-Request-Id`, enforces a body limit that fits the NATS
+//! `max_payload`, exposes Prometheus metrics, `/healthz` and `/readyz` on a
+//! second listener, and registers itself as the ADR-32 service `narun-gateway`
+//! with one stats endpoint per route.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use narun_gateway::{Gateway, GatewayConfig};
+//! let config = GatewayConfig::from_toml(r#"
+//!     [gateway]
+//!     http_addr = "127.0.0.1:8080"
+//!     [[gateway.routes]]
+//!     path = "/hello/"
+//!     service = "hello"
+//! "#)?;
+//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let gateway = Gateway::bind(config, client).await?;
+//! println!("serving on http://{}", gateway.http_addr());
+//! gateway.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod metrics;
+mod proxy;
+mod router;
+
+pub use config::{ConfigError, ConfigErrors, GatewayConfig, LoadError, RouteConfig, RouteMode};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use narun_wire::micro::{EndpointConfig, MicroError, Service, ServiceConfig};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The gateway's ADR-32 service name.
+pub const SERVICE_NAME: &str = "narun-gateway";
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid gateway configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot listen on {addr} for {what}: {source} (is another process using the port?)")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("registering the {SERVICE_NAME} NATS Micro service: {0}")]
+    Micro(#[from] MicroError),
+}
+
+/// State shared by every connection.
+pub(crate) struct Shared {
+    pub client: async_nats::Client,
+    pub router: router::Router,
+    pub metrics: metrics::Metrics,
+    /// Configured `max_body_bytes`.
+    pub max_body: u64,
+}
+
+/// A bound, not yet running gateway. See the [crate docs](crate).
+pub struct Gateway {
+    http: TcpListener,
+    metrics: TcpListener,
+    http_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    shared: Arc<Shared>,
+    service: Service,
+    shutdown_timeout: Duration,
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), GatewayError> {
+    let err = |source| GatewayError::Bind {
+        what,
+        addr: addr.to_owned(),
+        source,
+    };
+    let l = TcpListener::bind(addr).await.map_err(err)?;
+    let local = l.local_addr().map_err(err)?;
+    Ok((l, local))
+}
+
+impl Gateway {
+    /// Validate `config`, bind the HTTP and metrics listeners (port 0 picks a
+    /// free port) and register the `narun-gateway` service on `client`.
+    ///
+    /// `client` may still be connecting (e.g. built with
+    /// `retry_on_initial_connect`): the gateway serves anyway and answers 503
+    /// until NATS is reachable.
+    pub async fn bind(config: GatewayConfig, client: async_nats::Client) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        let (http, http_addr) = bind("the HTTP gateway", &config.http_addr).await?;
+        let (metrics_l, metrics_addr) = bind("gateway metrics", &config.metrics_addr).await?;
+
+        let mut sc = ServiceConfig::new(SERVICE_NAME, env!("CARGO_PKG_VERSION"));
+        sc.description = "narun HTTP gateway: HTTP routes to NATS Micro services".into();
+        sc.metadata.insert("http_addr".into(), http_addr.to_string());
+        sc.metadata.insert("metrics_addr".into(), metrics_addr.to_string());
+        let service = Service::start(&client, sc).await?;
+
+        let mut stats_err = None;
+        let specs = router::specs(&config, |name, subject, route| {
+            let mut ec = EndpointConfig::new(name, subject);
+            if let Some(p) = &route.path {
+                ec.metadata.insert("path".into(), p.clone());
+            }
+            if let Some(m) = &route.methods {
+                ec.metadata.insert("methods".into(), m.join(","));
+            }
+            ec.metadata
+                .insert("mode".into(), route.mode.unwrap_or_default().as_str().into());
+            match service.add_stats_endpoint(ec) {
+                Ok(s) => s,
+                Err(e) => {
+                    stats_err.get_or_insert(e);
+                    Default::default()
+                }
+            }
+        });
+        if let Some(e) = stats_err {
+            service.stop().await;
+            return Err(e.into());
+        }
+        let shared = Arc::new(Shared {
+            client,
+            router: router::Router::new(specs),
+            metrics: metrics::Metrics::new(),
+            max_body: config.max_body_bytes,
+        });
+        Ok(Gateway {
+            http,
+            metrics: metrics_l,
+            http_addr,
+            metrics_addr,
+            shared,
+            service,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_sec),
+        })
+    }
+
+    /// The routed HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The `/metrics`, `/healthz`, `/readyz` listener's address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The gateway's ADR-32 service (id, stats).
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, let in-flight
+    /// requests finish (at most `shutdown_timeout_sec`), and unregister the service.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), GatewayError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer, routed) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = self.http.accept() => match r {
+                    Ok((s, p)) => (s, p, true),
+                    Err(e) => { accept_error(e).await; continue; }
+                },
+                r = self.metrics.accept() => match r {
+                    Ok((s, p)) => (s, p, false),
+                    Err(e) => { accept_error(e).await; continue; }
+                },
+                // Reap finished connection tasks so the set does not grow.
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
+            conns.spawn(serve_connection(
+                builder.clone(),
+                self.shared.clone(),
+                stream,
+                peer,
+                routed,
+                stop_rx.clone(),
+            ));
+        }
+        drop(self.http);
+        drop(self.metrics);
+        tracing::info!(in_flight = conns.len(), "gateway shutting down");
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = conns.len(),
+                timeout = ?self.shutdown_timeout,
+                "gateway shutdown timeout: closing remaining connections"
+            );
+            conns.shutdown().await;
+        }
+        self.service.stop().await;
+        Ok(())
+    }
+}
+
+async fn accept_error(e: std::io::Error) {
+    // Out of file descriptors and the like: back off instead of spinning.
+    tracing::warn!(error = %e, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn serve_connection(
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    routed: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            Ok::<_, Infallible>(if routed {
+                proxy::handle(shared, req, peer).await
+            } else {
+                admin(&shared, &req)
+            })
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection error");
+            }
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+fn admin<B>(shared: &Shared, req: &http::Request<B>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return proxy::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/healthz" => proxy::text(StatusCode::OK, "ok"),
+        "/readyz" => {
+            if shared.client.connection_state() == async_nats::connection::State::Connected {
+                proxy::text(StatusCode::OK, "ready")
+            } else {
+                proxy::text(StatusCode::SERVICE_UNAVAILABLE, "not ready: NATS is not connected")
+            }
+        }
+        _ => proxy::text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}

@@ -1,0 +1,615 @@
+//! The `[gateway]` configuration: listeners, timeouts, limits and routes.
+//!
+//! It is the `[gateway]` table of `narund.toml`:
+//!
+//! ```toml
+//! [gateway]
+//! enabled = true
+//! http_addr = "0.0.0.0:8080"
+//! metrics_addr = "127.0.0.1:9090"
+//! request_timeout_sec = 15
+//!
+//! [[gateway.routes]]
+//! path = "/hello/"            # trailing "/" = prefix match, else exact
+//! methods = ["GET", "POST"]   # omitted = any method
+//! service = "hello"           # NATS Micro service name = subject
+//! timeout_sec = 5
+//!
+//! [[gateway.routes]]
+//! path = "/legacy"
+//! mode = "raw"                # body as payload, HTTP headers as NATS headers
+//! subject = "legacy.api"
+//!
+//! [[gateway.routes]]
+//! grpc = "hello.v1.Greeter"   # gRPC routes (served by the gRPC gateway)
+//! service = "grpc-hello"
+//! ```
+//!
+//! Deserializing only checks types. [`GatewayConfig::validate`] checks
+//! everything else and reports *every* problem with its key path
+//! (`gateway.routes[2].methods[0]: ...`), so one edit-and-retry fixes all of them.
+//! Unknown keys are collected during deserialization and reported by `validate`
+//! too, with their key path.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default per-request timeout (seconds) when a route sets none.
+pub const DEFAULT_REQUEST_TIMEOUT_SEC: u64 = 15;
+/// Default request body limit: 8 MiB (further capped by the NATS server's `max_payload`).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+/// Default bound on draining in-flight requests at shutdown (Go narun: 15 s).
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SEC: u64 = 15;
+
+/// The `[gateway]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Whether narund runs the gateway at all (ignored by [`crate::Gateway`] itself).
+    pub enabled: bool,
+    /// HTTP/1.1 + h2c listener for the routes.
+    pub http_addr: String,
+    /// gRPC listener; required when gRPC routes exist.
+    pub grpc_addr: Option<String>,
+    /// Listener for `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_addr: String,
+    /// Timeout of a NATS request when the route sets no `timeout_sec`.
+    pub request_timeout_sec: u64,
+    /// Largest accepted request body. The effective limit is also capped by the
+    /// NATS server's `max_payload` minus room for the encoded request head.
+    pub max_body_bytes: u64,
+    /// How long shutdown waits for in-flight requests before cutting them off.
+    pub shutdown_timeout_sec: u64,
+    pub routes: Vec<RouteConfig>,
+    /// Unknown keys (reported by [`GatewayConfig::validate`]).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            enabled: false,
+            http_addr: "0.0.0.0:8080".into(),
+            grpc_addr: None,
+            metrics_addr: "127.0.0.1:9090".into(),
+            request_timeout_sec: DEFAULT_REQUEST_TIMEOUT_SEC,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_timeout_sec: DEFAULT_SHUTDOWN_TIMEOUT_SEC,
+            routes: Vec::new(),
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+/// How a route talks to its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMode {
+    /// The whole HTTP request as one Binary HTTP message (Go narun compatible).
+    #[default]
+    Bhttp,
+    /// The body as the NATS payload and HTTP headers as NATS headers, plus
+    /// `X-Original-Method/Path/Query` (narun's legacy protocol; for plain NATS services).
+    Raw,
+}
+
+impl RouteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Bhttp => "bhttp",
+            RouteMode::Raw => "raw",
+        }
+    }
+}
+
+/// One `[[gateway.routes]]` entry: an HTTP route (`path`) or a gRPC route (`grpc`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteConfig {
+    /// HTTP path: ends with `/` = prefix match, else exact.
+    pub path: Option<String>,
+    /// HTTP methods; omitted = any method.
+    pub methods: Option<Vec<String>>,
+    /// Fully-qualified gRPC service (`hello.v1.Greeter`).
+    pub grpc: Option<String>,
+    /// NATS Micro service name (= subject) for bhttp and gRPC routes.
+    pub service: Option<String>,
+    /// NATS subject for raw routes.
+    pub subject: Option<String>,
+    pub mode: Option<RouteMode>,
+    /// Per-route NATS request timeout; default: the gateway's `request_timeout_sec`.
+    pub timeout_sec: Option<u64>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+impl RouteConfig {
+    /// The NATS subject requests are sent to.
+    pub fn target_subject(&self) -> Option<&str> {
+        match self.mode.unwrap_or_default() {
+            RouteMode::Raw => self.subject.as_deref(),
+            RouteMode::Bhttp => self.service.as_deref(),
+        }
+    }
+
+    /// The route's timeout, or `default_sec`.
+    pub fn timeout(&self, default_sec: u64) -> Duration {
+        Duration::from_secs(self.timeout_sec.unwrap_or(default_sec))
+    }
+}
+
+/// One problem in the configuration: where (`gateway.routes[2].methods[0]`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Every problem found by [`GatewayConfig::validate`], one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors of [`GatewayConfig::from_toml`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+}
+
+const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec";
+const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, metrics_addr, request_timeout_sec, \
+                            max_body_bytes, shutdown_timeout_sec, routes";
+
+struct Collector(Vec<ConfigError>);
+
+impl Collector {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// True for names NATS Micro accepts as a service name: `^[A-Za-z0-9_-]+$`.
+pub fn valid_service_name(s: &str) -> bool {
+    narun_wire::micro::valid_name(s)
+}
+
+fn valid_subject(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("is empty");
+    }
+    if s.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace");
+    }
+    if s.split('.').any(str::is_empty) {
+        return Err("has an empty token (leading, trailing or double '.')");
+    }
+    if s.split('.').any(|t| t == "*" || t == ">") {
+        return Err("contains a wildcard ('*' or '>'); requests need a literal subject");
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+    {
+        return Err(format!(
+            "contains {c:?}; a route path is a plain URL path without query or fragment"
+        ));
+    }
+    if path.contains('{') || path.contains('}') {
+        return Err(
+            "wildcards like {name} are not supported; end the path with '/' for a prefix match"
+                .into(),
+        );
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err("contains a '.' or '..' segment".into());
+    }
+    if http::uri::PathAndQuery::try_from(path).is_err() {
+        return Err("is not a valid URL path (percent-encode special characters)".into());
+    }
+    Ok(())
+}
+
+impl GatewayConfig {
+    /// Parse a TOML document that has a `[gateway]` table (other tables are
+    /// ignored) and validate it. Errors name the key; the caller adds the file name.
+    pub fn from_toml(text: &str) -> Result<GatewayConfig, LoadError> {
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            gateway: GatewayConfig,
+        }
+        let doc: Doc = toml::from_str(text)?;
+        doc.gateway.validate()?;
+        Ok(doc.gateway)
+    }
+
+    /// The NATS request timeout for `route`.
+    pub fn route_timeout(&self, route: &RouteConfig) -> Duration {
+        route.timeout(self.request_timeout_sec)
+    }
+
+    /// Check everything deserialization cannot: addresses, timeouts, every
+    /// route's keys, names and method lists, and conflicts between routes.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut c = Collector(Vec::new());
+        for k in self.unknown.keys() {
+            c.push(
+                format!("gateway.{k}"),
+                format!("unknown key (known keys: {GATEWAY_KEYS})"),
+            );
+        }
+        for (key, value) in [
+            ("http_addr", Some(&self.http_addr)),
+            ("metrics_addr", Some(&self.metrics_addr)),
+            ("grpc_addr", self.grpc_addr.as_ref()),
+        ] {
+            if let Some(v) = value
+                && v.parse::<SocketAddr>().is_err()
+            {
+                c.push(
+                    format!("gateway.{key}"),
+                    format!("{v:?} is not an IP:port address (e.g. \"0.0.0.0:8080\")"),
+                );
+            }
+        }
+        if self.request_timeout_sec == 0 {
+            c.push("gateway.request_timeout_sec", "must be at least 1");
+        }
+        if self.shutdown_timeout_sec == 0 {
+            c.push("gateway.shutdown_timeout_sec", "must be at least 1");
+        }
+        if self.max_body_bytes == 0 {
+            c.push("gateway.max_body_bytes", "must be at least 1");
+        }
+
+        // (path, Some(method) | None = any) -> first route index.
+        let mut seen_methods: HashMap<(&str, Option<String>), usize> = HashMap::new();
+        let mut seen_grpc: HashMap<&str, usize> = HashMap::new();
+        let mut has_grpc = false;
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("gateway.routes[{i}]");
+            for k in r.unknown.keys() {
+                c.push(
+                    format!("{key}.{k}"),
+                    format!("unknown key (known keys: {ROUTE_KEYS})"),
+                );
+            }
+            if let Some(t) = r.timeout_sec
+                && t == 0
+            {
+                c.push(format!("{key}.timeout_sec"), "must be at least 1");
+            }
+            match (&r.path, &r.grpc) {
+                (Some(_), Some(_)) => {
+                    c.push(
+                        &key,
+                        "has both `path` and `grpc`; a route is either HTTP (`path`) or gRPC (`grpc`)",
+                    );
+                    continue;
+                }
+                (None, None) => {
+                    c.push(
+                        &key,
+                        "needs `path` (HTTP route) or `grpc` (gRPC route)",
+                    );
+                    continue;
+                }
+                (None, Some(grpc)) => {
+                    has_grpc = true;
+                    self.validate_grpc_route(&mut c, &key, r, grpc);
+                    if let Some(first) = seen_grpc.insert(grpc.trim(), i) {
+                        c.push(
+                            format!("{key}.grpc"),
+                            format!("gRPC service {grpc:?} is already routed by gateway.routes[{first}]"),
+                        );
+                    }
+                }
+                (Some(path), None) => {
+                    self.validate_http_route(&mut c, &key, r, path);
+                    // Conflicts: the same (path, method) twice, or "any method"
+                    // next to another route of the same path.
+                    let methods: Vec<Option<String>> = match &r.methods {
+                        None => vec![None],
+                        Some(m) => m
+                            .iter()
+                            .map(|m| Some(m.trim().to_ascii_uppercase()))
+                            .collect(),
+                    };
+                    for (j, m) in methods.into_iter().enumerate() {
+                        let any = seen_methods.get(&(path.as_str(), None)).copied();
+                        let clash = if m.is_none() {
+                            seen_methods
+                                .iter()
+                                .filter(|((p, _), _)| *p == path.as_str())
+                                .map(|(_, idx)| *idx)
+                                .min()
+                        } else {
+                            any.or_else(|| seen_methods.get(&(path.as_str(), m.clone())).copied())
+                        };
+                        if let Some(first) = clash {
+                            let what = match &m {
+                                Some(m) => format!("{m} {path}"),
+                                None => format!("any method on {path}"),
+                            };
+                            let at = match &m {
+                                Some(_) => format!("{key}.methods[{j}]"),
+                                None => key.clone(),
+                            };
+                            c.push(
+                                at,
+                                format!("{what} is already routed by gateway.routes[{first}]"),
+                            );
+                        } else {
+                            seen_methods.insert((path.as_str(), m), i);
+                        }
+                    }
+                }
+            }
+        }
+        if has_grpc && self.grpc_addr.is_none() {
+            c.push(
+                "gateway.grpc_addr",
+                "is required when gRPC routes exist (e.g. \"0.0.0.0:8081\")",
+            );
+        }
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(c.0))
+        }
+    }
+
+    fn validate_http_route(&self, c: &mut Collector, key: &str, r: &RouteConfig, path: &str) {
+        if let Err(why) = check_path(path) {
+            c.push(format!("{key}.path"), format!("{path:?} {why}"));
+        }
+        if let Some(methods) = &r.methods {
+            if methods.is_empty() {
+                c.push(
+                    format!("{key}.methods"),
+                    "is empty; list at least one method, or omit `methods` to accept any",
+                );
+            }
+            let mut seen = HashSet::new();
+            for (j, m) in methods.iter().enumerate() {
+                let norm = m.trim().to_ascii_uppercase();
+                if norm.is_empty() {
+                    c.push(format!("{key}.methods[{j}]"), "is empty");
+                } else if http::Method::from_bytes(norm.as_bytes()).is_err() {
+                    c.push(
+                        format!("{key}.methods[{j}]"),
+                        format!("{m:?} is not an HTTP method"),
+                    );
+                } else if !seen.insert(norm) {
+                    c.push(format!("{key}.methods[{j}]"), format!("{m:?} is listed twice"));
+                }
+            }
+        }
+        match r.mode.unwrap_or_default() {
+            RouteMode::Bhttp => {
+                if r.subject.is_some() {
+                    c.push(
+                        format!("{key}.subject"),
+                        "is only used with mode = \"raw\"; bhttp routes send to `service`",
+                    );
+                }
+                match &r.service {
+                    None => c.push(
+                        format!("{key}.service"),
+                        "is required (the NATS Micro service name the route forwards to)",
+                    ),
+                    Some(s) if !valid_service_name(s) => c.push(
+                        format!("{key}.service"),
+                        format!("{s:?} is not a valid service name: use only A-Z, a-z, 0-9, '-' and '_'"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            RouteMode::Raw => {
+                if r.service.is_some() {
+                    c.push(
+                        format!("{key}.service"),
+                        "is not used with mode = \"raw\"; set `subject` instead",
+                    );
+                }
+                match &r.subject {
+                    None => c.push(
+                        format!("{key}.subject"),
+                        "is required with mode = \"raw\" (the NATS subject to send requests to)",
+                    ),
+                    Some(s) => {
+                        if let Err(why) = valid_subject(s) {
+                            c.push(format!("{key}.subject"), format!("{s:?} {why}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn validate_grpc_route(&self, c: &mut Collector, key: &str, r: &RouteConfig, grpc: &str) {
+        let g = grpc.trim();
+        if g.is_empty() {
+            c.push(format!("{key}.grpc"), "is empty");
+        } else if g.contains(|ch: char| ch.is_whitespace() || ch == '/') {
+            c.push(
+                format!("{key}.grpc"),
+                format!("{grpc:?} must be a fully-qualified service name like \"hello.v1.Greeter\" (no spaces or '/')"),
+            );
+        }
+        for (field, set) in [
+            ("methods", r.methods.is_some()),
+            ("subject", r.subject.is_some()),
+            ("mode", r.mode.is_some()),
+        ] {
+            if set {
+                c.push(
+                    format!("{key}.{field}"),
+                    "is not used by gRPC routes (they take grpc, service and timeout_sec)",
+                );
+            }
+        }
+        match &r.service {
+            None => c.push(format!("{key}.service"), "is required"),
+            Some(s) if !valid_service_name(s) => c.push(
+                format!("{key}.service"),
+                format!("{s:?} is not a valid service name: use only A-Z, a-z, 0-9, '-' and '_'"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(toml_text: &str) -> Vec<String> {
+        match GatewayConfig::from_toml(toml_text) {
+            Ok(_) => vec![],
+            Err(LoadError::Invalid(e)) => e.0.iter().map(|e| e.to_string()).collect(),
+            Err(LoadError::Parse(e)) => vec![format!("parse: {e}")],
+        }
+    }
+
+    #[test]
+    fn defaults_and_a_valid_config() {
+        let text = r#"
+[gateway]
+enabled = true
+http_addr = "127.0.0.1:0"
+grpc_addr = "127.0.0.1:0"
+[[gateway.routes]]
+path = "/hello/"
+methods = ["get", "POST"]
+service = "hello"
+timeout_sec = 5
+[[gateway.routes]]
+path = "/hello/"
+methods = ["PUT"]
+service = "hello-put"
+[[gateway.routes]]
+path = "/raw"
+mode = "raw"
+subject = "legacy.api"
+[[gateway.routes]]
+grpc = "hello.v1.Greeter"
+service = "grpc-hello"
+"#;
+        let cfg = GatewayConfig::from_toml(text).unwrap();
+        assert_eq!(cfg.request_timeout_sec, 15);
+        assert_eq!(cfg.max_body_bytes, 8 << 20);
+        assert_eq!(cfg.routes.len(), 4);
+        assert_eq!(cfg.route_timeout(&cfg.routes[0]), Duration::from_secs(5));
+        assert_eq!(cfg.route_timeout(&cfg.routes[1]), Duration::from_secs(15));
+        assert_eq!(cfg.routes[2].target_subject(), Some("legacy.api"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = r#"
+[gateway]
+http_addr = "nonsense"
+request_timeout_sec = 0
+colour = "blue"
+[[gateway.routes]]
+path = "hello"
+methods = ["GET", "", "G E T"]
+service = "a.b"
+[[gateway.routes]]
+path = "/x"
+methods = []
+service = "x"
+metods = ["GET"]
+[[gateway.routes]]
+path = "/raw"
+mode = "raw"
+[[gateway.routes]]
+path = "/both"
+grpc = "a.B"
+service = "x"
+[[gateway.routes]]
+path = "/dup"
+methods = ["GET"]
+service = "x"
+[[gateway.routes]]
+path = "/dup"
+methods = ["POST", "get"]
+service = "y"
+[[gateway.routes]]
+path = "/dup"
+service = "z"
+[[gateway.routes]]
+grpc = "a.B"
+service = "g"
+"#;
+        let errs = errors(text);
+        let expect = [
+            "gateway.colour: unknown key",
+            "gateway.http_addr: \"nonsense\" is not an IP:port",
+            "gateway.request_timeout_sec: must be at least 1",
+            "gateway.routes[0].path: \"hello\" must start with '/'",
+            "gateway.routes[0].methods[1]: is empty",
+            "gateway.routes[0].methods[2]: \"G E T\" is not an HTTP method",
+            "gateway.routes[0].service: \"a.b\" is not a valid service name",
+            "gateway.routes[1].metods: unknown key",
+            "gateway.routes[1].methods: is empty",
+            "gateway.routes[2].subject: is required with mode = \"raw\"",
+            "gateway.routes[3]: has both `path` and `grpc`",
+            "gateway.routes[5].methods[1]: GET /dup is already routed by gateway.routes[4]",
+            "gateway.routes[6]: any method on /dup is already routed by gateway.routes[4]",
+            "gateway.grpc_addr: is required when gRPC routes exist",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn type_errors_come_from_the_toml_parser_with_a_location() {
+        let errs = errors("[gateway]\nrequest_timeout_sec = \"soon\"\n");
+        assert!(errs[0].contains("request_timeout_sec"), "{errs:?}");
+        assert!(errs[0].contains("line 2"), "{errs:?}");
+        let errs = errors("[[gateway.routes]]\npath = \"/x\"\nservice = \"x\"\nmode = \"grpc\"\n");
+        assert!(errs[0].contains("unknown variant"), "{errs:?}");
+    }
+}

@@ -1,0 +1,444 @@
+//! The request path: one HTTP request in, one NATS request out, one HTTP response back.
+//!
+//! Kept lean on purpose (it is benchmarked against raw NATS request-reply): the
+//! route table, header names and label values are built once; per request we
+//! only parse, copy the body once into the NATS payload and map the answer.
+
+use crate::config::RouteMode;
+use crate::metrics::{NatsStatus, method_label};
+use crate::router::{Match, Target};
+use crate::Shared;
+use async_nats::client::RequestErrorKind;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use narun_wire::bhttp;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
+
+mod nats_names {
+    use async_nats::HeaderName;
+    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("X-Request-Id");
+    pub const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("X-Original-Method");
+    pub const ORIGINAL_PATH: HeaderName = HeaderName::from_static("X-Original-Path");
+    pub const ORIGINAL_QUERY: HeaderName = HeaderName::from_static("X-Original-Query");
+    pub const ORIGINAL_HOST: HeaderName = HeaderName::from_static("X-Original-Host");
+    pub const ORIGINAL_REMOTE_ADDR: HeaderName = HeaderName::from_static("X-Original-RemoteAddr");
+}
+
+/// Legacy (pre-BHTTP) narun reply header carrying the HTTP status; honoured on raw routes.
+const RESPONSE_STATUS_HEADER: &str = "X-Response-Status-Code";
+
+/// Room left in a NATS message for everything but the body: BHTTP control data,
+/// framing, NATS headers. The request's own header bytes are added per request.
+const HEAD_ROOM: usize = 1024;
+
+/// A failure the gateway answers itself (short plain-text body).
+pub(crate) struct GwError {
+    status: StatusCode,
+    msg: Cow<'static, str>,
+}
+
+impl GwError {
+    fn new(status: StatusCode, msg: impl Into<Cow<'static, str>>) -> GwError {
+        GwError {
+            status,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// A short plain-text answer, like Go's `http.Error`.
+pub(crate) fn text(status: StatusCode, msg: &str) -> Resp {
+    let mut body = String::with_capacity(msg.len() + 1);
+    body.push_str(msg);
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_CONTENT_TYPE_OPTIONS.clone(), HeaderValue::from_static("nosniff"));
+    r
+}
+
+/// An `X-Request-Id` we pass on as is: 1–128 characters of `[A-Za-z0-9._:~+/=-]`.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:~+/=-".contains(c))
+}
+
+fn request_id(req: &Request<hyper::body::Incoming>) -> HeaderValue {
+    match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => HeaderValue::from_str(&nuid::next().to_string()).expect("nuid is ASCII"),
+    }
+}
+
+/// Handle one request on the routed listener.
+pub(crate) async fn handle(
+    state: Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Resp {
+    let start = Instant::now();
+    let method = method_label(req.method());
+    let rid = request_id(&req);
+    let path = req.uri().path();
+    let bad_path = path.contains("/.") && path.split('/').any(|s| s == "." || s == "..");
+    let (route, mut resp) = if bad_path {
+        (None, text(StatusCode::BAD_REQUEST, "Invalid path: '.' and '..' segments are not allowed"))
+    } else {
+        match state.router.find(req.method(), path) {
+            Match::NotFound => (None, text(StatusCode::NOT_FOUND, "404 page not found")),
+            Match::MethodNotAllowed(pr) => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+                r.headers_mut().insert(header::ALLOW, pr.allow().clone());
+                (Some(pr.path.clone()), r)
+            }
+            Match::Found(target) => {
+                let target = target.clone();
+                let begun = Instant::now();
+                let resp = match forward(&state, &target, req, peer, &rid).await {
+                    Ok(r) => {
+                        target.stats.record(begun.elapsed(), None);
+                        r
+                    }
+                    Err(e) => {
+                        target
+                            .stats
+                            .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
+                        text(e.status, &e.msg)
+                    }
+                };
+                (Some(target.path.clone()), resp)
+            }
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
+    state
+        .metrics
+        .http(method, route.as_ref(), resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// Bytes of the request head as it will travel inside the NATS message.
+fn head_size(parts: &http::request::Parts) -> usize {
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    HEAD_ROOM + parts.uri.path_and_query().map_or(1, |p| p.as_str().len()) + fields
+}
+
+async fn forward(
+    state: &Shared,
+    target: &Target,
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    rid: &HeaderValue,
+) -> Result<Resp, GwError> {
+    if state.client.connection_state() != async_nats::connection::State::Connected {
+        return Err(GwError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No backend service available (gateway is not connected to NATS)",
+        ));
+    }
+    let (mut parts, body) = req.into_parts();
+    let room = state.client.max_payload().saturating_sub(head_size(&parts));
+    let limit = state.max_body.min(room as u64);
+    let too_large = || {
+        GwError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large (limit {limit} bytes)"),
+        )
+    };
+    if body.size_hint().lower() > limit {
+        return Err(too_large());
+    }
+    let body = match Limited::new(body, limit as usize).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(GwError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to read request body: {e}"),
+            ));
+        }
+    };
+    add_forwarding_headers(&mut parts, peer, rid);
+    match target.mode {
+        RouteMode::Bhttp => forward_bhttp(state, target, &parts, &body, rid).await,
+        RouteMode::Raw => forward_raw(state, target, &parts, body, peer, rid).await,
+    }
+}
+
+fn add_forwarding_headers(parts: &mut http::request::Parts, peer: SocketAddr, rid: &HeaderValue) {
+    let h = &mut parts.headers;
+    let ip = peer.ip().to_string();
+    let xff = {
+        let mut prior = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        if prior.peek().is_none() {
+            HeaderValue::from_str(&ip)
+        } else {
+            let mut all = prior.collect::<Vec<_>>().join(", ");
+            all.push_str(", ");
+            all.push_str(&ip);
+            HeaderValue::from_str(&all)
+        }
+    };
+    if let Ok(v) = xff {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !h.contains_key(&X_FORWARDED_HOST) {
+        let host = h
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        if let Some(host) = host {
+            h.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+    h.insert(X_REQUEST_ID.clone(), rid.clone());
+}
+
+fn nats_value(v: &HeaderValue) -> Option<async_nats::HeaderValue> {
+    async_nats::HeaderValue::from_str(v.to_str().ok()?).ok()
+}
+
+async fn send(
+    state: &Shared,
+    target: &Target,
+    payload: Bytes,
+    headers: async_nats::HeaderMap,
+) -> Result<async_nats::Message, GwError> {
+    let request = async_nats::Request::new()
+        .payload(payload)
+        .headers(headers)
+        .timeout(Some(target.timeout));
+    match state
+        .client
+        .send_request(target.nats_subject.clone(), request)
+        .await
+    {
+        Ok(msg) => {
+            state.metrics.nats(&target.subject, NatsStatus::Success);
+            Ok(msg)
+        }
+        Err(e) => {
+            let (status, err) = match e.kind() {
+                RequestErrorKind::TimedOut => (
+                    NatsStatus::Timeout,
+                    GwError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "Request timed out waiting for backend processor",
+                    ),
+                ),
+                RequestErrorKind::NoResponders => (
+                    NatsStatus::Error,
+                    GwError::new(StatusCode::SERVICE_UNAVAILABLE, "No backend service available"),
+                ),
+                RequestErrorKind::MaxPayloadExceeded => (
+                    NatsStatus::Error,
+                    GwError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Request too large for the NATS server's max_payload",
+                    ),
+                ),
+                _ => {
+                    tracing::warn!(subject = %target.subject, error = %e, "NATS request failed");
+                    (
+                        NatsStatus::Error,
+                        GwError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "Internal server error (NATS communication)",
+                        ),
+                    )
+                }
+            };
+            state.metrics.nats(&target.subject, status);
+            Err(err)
+        }
+    }
+}
+
+/// An ADR-32 error reply (`Nats-Service-Error-Code`) as an HTTP error:
+/// codes 400–599 keep their value, anything else is a 502.
+fn service_error(msg: &async_nats::Message) -> Option<GwError> {
+    let h = msg.headers.as_ref()?;
+    let code = h.get(narun_wire::names::SERVICE_ERROR_CODE_HEADER)?;
+    let desc = h
+        .get(narun_wire::names::SERVICE_ERROR_HEADER)
+        .map(|d| d.as_str().to_owned())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "Backend service error".to_owned());
+    let status = code
+        .as_str()
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (400..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    Some(GwError::new(status, desc))
+}
+
+async fn forward_bhttp(
+    state: &Shared,
+    target: &Target,
+    parts: &http::request::Parts,
+    body: &[u8],
+    rid: &HeaderValue,
+) -> Result<Resp, GwError> {
+    let payload = bhttp::encode_request(parts, body);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        nats_names::CONTENT_TYPE,
+        async_nats::HeaderValue::from_str(narun_wire::names::BHTTP_CONTENT_TYPE)
+            .expect("static value"),
+    );
+    if let Some(v) = nats_value(rid) {
+        headers.insert(nats_names::REQUEST_ID, v);
+    }
+    let msg = send(state, target, payload.into(), headers).await?;
+    if let Some(e) = service_error(&msg) {
+        return Err(e);
+    }
+    let resp = bhttp::decode_response(&msg.payload).map_err(|e| {
+        tracing::debug!(subject = %target.subject, error = %e, "undecodable backend reply");
+        GwError::new(StatusCode::BAD_GATEWAY, "Failed to decode backend response")
+    })?;
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_response_headers(&mut rparts.headers);
+    Ok(Response::from_parts(rparts, Full::new(rbody)))
+}
+
+/// Remove hop-by-hop and framing headers from a backend response: our HTTP
+/// server frames the body itself.
+fn strip_response_headers(h: &mut http::HeaderMap) {
+    let conn = bhttp::connection_tokens(h);
+    for name in bhttp::HOP_BY_HOP {
+        h.remove(*name);
+    }
+    for name in &conn {
+        h.remove(name.as_str());
+    }
+    h.remove(header::CONTENT_LENGTH);
+}
+
+/// `content-type` → `Content-Type`, the form Go's legacy gateway sent.
+fn canonical(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper { c.to_ascii_uppercase() } else { c });
+        upper = c == '-';
+    }
+    out
+}
+
+async fn forward_raw(
+    state: &Shared,
+    target: &Target,
+    parts: &http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+    rid: &HeaderValue,
+) -> Result<Resp, GwError> {
+    let mut headers = async_nats::HeaderMap::new();
+    let conn = bhttp::connection_tokens(&parts.headers);
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if n == "content-length" || n == "x-request-id" || bhttp::is_hop_by_hop(n, &conn) {
+            continue;
+        }
+        // async-nats panics on invalid names/values given as &str: parse instead.
+        let (Ok(nn), Some(vv)) = (async_nats::HeaderName::from_str(&canonical(n)), nats_value(value))
+        else {
+            continue;
+        };
+        headers.append(nn, vv);
+    }
+    let mut set = |name: async_nats::HeaderName, value: &str| {
+        if let Ok(v) = async_nats::HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(nats_names::ORIGINAL_METHOD, parts.method.as_str());
+    set(nats_names::ORIGINAL_PATH, parts.uri.path());
+    set(nats_names::ORIGINAL_QUERY, parts.uri.query().unwrap_or(""));
+    if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        set(nats_names::ORIGINAL_HOST, host);
+    }
+    set(nats_names::ORIGINAL_REMOTE_ADDR, &peer.to_string());
+    if let Ok(r) = rid.to_str() {
+        set(nats_names::REQUEST_ID, r);
+    }
+    let msg = send(state, target, body, headers).await?;
+    if let Some(e) = service_error(&msg) {
+        return Err(e);
+    }
+    let mut resp = Response::new(Full::new(msg.payload.clone()));
+    if let Some(h) = &msg.headers {
+        let out = resp.headers_mut();
+        for (name, values) in h.iter() {
+            let n: &str = name.as_ref();
+            if n.eq_ignore_ascii_case(RESPONSE_STATUS_HEADER) {
+                continue;
+            }
+            if n.len() > 12 && n[..12].eq_ignore_ascii_case("nats-service") {
+                continue;
+            }
+            let Ok(hn) = HeaderName::from_bytes(n.as_bytes()) else {
+                continue;
+            };
+            for v in values {
+                if let Ok(hv) = HeaderValue::from_str(v.as_str()) {
+                    out.append(hn.clone(), hv);
+                }
+            }
+        }
+        strip_response_headers(out);
+        if let Some(code) = h.get(RESPONSE_STATUS_HEADER) {
+            match code.as_str().trim().parse::<u16>() {
+                Ok(c) if (200..=599).contains(&c) => {
+                    *resp.status_mut() = StatusCode::from_u16(c).expect("in range");
+                }
+                _ => {
+                    return Err(GwError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "Backend replied with an invalid X-Response-Status-Code",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(resp)
+}

@@ -1,0 +1,272 @@
+//! Route table: built once from the config, read-only on the request path.
+//!
+//! Matching, in order:
+//! 1. an **exact** route whose path equals the request path;
+//! 2. else the **longest prefix** route (path ending in `/`) that the request path starts with;
+//! 3. else no route (404).
+//!
+//! The method is checked only after the path picked its routes: several routes
+//! may share a path with different `methods`; if none accepts the method the
+//! answer is 405 with `Allow` listing the methods of that path.
+
+use crate::config::{GatewayConfig, RouteMode};
+use http::{HeaderValue, Method};
+use narun_wire::micro::EndpointStats;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the request path needs to forward to one route's backend.
+pub(crate) struct Target {
+    /// The route's configured path (the bounded `path` metric label).
+    pub path: Arc<str>,
+    pub mode: RouteMode,
+    /// NATS subject (service name for bhttp routes).
+    pub subject: Arc<str>,
+    /// The same, pre-built for async-nats (cheap to clone).
+    pub nats_subject: async_nats::Subject,
+    pub timeout: Duration,
+    /// `$SRV.STATS` counters of this route's endpoint.
+    pub stats: Arc<EndpointStats>,
+}
+
+struct MethodRoute {
+    /// `None` = any method.
+    methods: Option<Vec<Method>>,
+    target: Arc<Target>,
+}
+
+/// All routes of one configured path.
+pub(crate) struct PathRoutes {
+    routes: Vec<MethodRoute>,
+    /// Value of `Allow` for 405 answers (union of the methods).
+    allow: HeaderValue,
+    /// Route path for metrics when the method does not match.
+    pub path: Arc<str>,
+}
+
+pub(crate) enum Match<'a> {
+    Found(&'a Arc<Target>),
+    MethodNotAllowed(&'a PathRoutes),
+    NotFound,
+}
+
+impl PathRoutes {
+    pub fn allow(&self) -> &HeaderValue {
+        &self.allow
+    }
+}
+
+pub(crate) struct Router {
+    exact: HashMap<Box<str>, PathRoutes>,
+    /// Longest first.
+    prefix: Vec<(Box<str>, PathRoutes)>,
+}
+
+/// A route with its stats endpoint, before grouping.
+pub(crate) struct RouteSpec {
+    pub path: String,
+    pub methods: Option<Vec<Method>>,
+    pub target: Arc<Target>,
+}
+
+/// The ADR-32 endpoint name of a route: methods and path, `[A-Za-z0-9_-]` only.
+pub(crate) fn endpoint_name(methods: Option<&[Method]>, path: &str) -> String {
+    let mut name = match methods {
+        None => "ANY".to_owned(),
+        Some(m) => m.iter().map(Method::as_str).collect::<Vec<_>>().join("_"),
+    };
+    let mut last_us = false;
+    name.push('_');
+    for c in path.chars().skip(1) {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            name.push(c);
+            last_us = false;
+        } else if !last_us {
+            name.push('_');
+            last_us = true;
+        }
+    }
+    name.retain(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let trimmed = name.trim_end_matches('_');
+    if trimmed.is_empty() {
+        "ANY".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Parse the configured methods (validated before) into `http::Method`s.
+pub(crate) fn parse_methods(m: &Option<Vec<String>>) -> Option<Vec<Method>> {
+    m.as_ref().map(|list| {
+        list.iter()
+            .filter_map(|m| Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).ok())
+            .collect()
+    })
+}
+
+impl Router {
+    pub fn new(specs: Vec<RouteSpec>) -> Router {
+        let mut grouped: Vec<(String, Vec<MethodRoute>)> = Vec::new();
+        for s in specs {
+            let route = MethodRoute {
+                methods: s.methods,
+                target: s.target,
+            };
+            match grouped.iter_mut().find(|(p, _)| *p == s.path) {
+                Some((_, v)) => v.push(route),
+                None => grouped.push((s.path, vec![route])),
+            }
+        }
+        let mut exact = HashMap::new();
+        let mut prefix = Vec::new();
+        for (path, routes) in grouped {
+            let mut allow: Vec<&str> = Vec::new();
+            for r in &routes {
+                match &r.methods {
+                    Some(ms) => {
+                        for m in ms {
+                            if !allow.contains(&m.as_str()) {
+                                allow.push(m.as_str());
+                            }
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let allow = HeaderValue::from_str(&allow.join(", ")).unwrap_or(HeaderValue::from_static(""));
+            let pr = PathRoutes {
+                path: routes[0].target.path.clone(),
+                routes,
+                allow,
+            };
+            if path.ends_with('/') {
+                prefix.push((path.into_boxed_str(), pr));
+            } else {
+                exact.insert(path.into_boxed_str(), pr);
+            }
+        }
+        prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Router { exact, prefix }
+    }
+
+    /// Find the route for `path` (no query) and `method`.
+    pub fn find(&self, method: &Method, path: &str) -> Match<'_> {
+        let routes = match self.exact.get(path) {
+            Some(r) => r,
+            None => match self.prefix.iter().find(|(p, _)| path.starts_with(&**p)) {
+                Some((_, r)) => r,
+                None => return Match::NotFound,
+            },
+        };
+        for r in &routes.routes {
+            match &r.methods {
+                None => return Match::Found(&r.target),
+                Some(ms) if ms.contains(method) => return Match::Found(&r.target),
+                Some(_) => {}
+            }
+        }
+        Match::MethodNotAllowed(routes)
+    }
+}
+
+/// Route specs of the HTTP routes in `config` (gRPC routes are skipped).
+/// The stats handles come from `stats_for(endpoint_name, subject)`.
+pub(crate) fn specs(
+    config: &GatewayConfig,
+    mut stats_for: impl FnMut(&str, &str, &crate::config::RouteConfig) -> Arc<EndpointStats>,
+) -> Vec<RouteSpec> {
+    let mut used = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for r in &config.routes {
+        let Some(path) = &r.path else { continue };
+        let Some(subject) = r.target_subject() else {
+            continue;
+        };
+        let methods = parse_methods(&r.methods);
+        let base = endpoint_name(methods.as_deref(), path);
+        let mut name = base.clone();
+        let mut n = 2;
+        while !used.insert(name.clone()) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        let stats = stats_for(&name, subject, r);
+        out.push(RouteSpec {
+            path: path.clone(),
+            methods,
+            target: Arc::new(Target {
+                path: Arc::from(path.as_str()),
+                mode: r.mode.unwrap_or_default(),
+                subject: Arc::from(subject),
+                nats_subject: async_nats::Subject::from(subject.to_owned()),
+                timeout: config.route_timeout(r),
+                stats,
+            }),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(routes: &[(&str, Option<&[&str]>, &str)]) -> Router {
+        let specs = routes
+            .iter()
+            .map(|(p, m, s)| RouteSpec {
+                path: p.to_string(),
+                methods: m.map(|m| m.iter().map(|m| Method::from_bytes(m.as_bytes()).unwrap()).collect()),
+                target: Arc::new(Target {
+                    path: Arc::from(*p),
+                    mode: RouteMode::Bhttp,
+                    subject: Arc::from(*s),
+                    nats_subject: async_nats::Subject::from(s.to_string()),
+                    timeout: Duration::from_secs(1),
+                    stats: Default::default(),
+                }),
+            })
+            .collect();
+        Router::new(specs)
+    }
+
+    fn subject(r: &Router, m: &str, p: &str) -> String {
+        match r.find(&Method::from_bytes(m.as_bytes()).unwrap(), p) {
+            Match::Found(t) => t.subject.to_string(),
+            Match::MethodNotAllowed(pr) => format!("405 {}", pr.allow().to_str().unwrap()),
+            Match::NotFound => "404".into(),
+        }
+    }
+
+    #[test]
+    fn exact_prefix_longest_and_methods() {
+        let r = router(&[
+            ("/", None, "root"),
+            ("/a/", None, "a"),
+            ("/a/b/", None, "ab"),
+            ("/a/b/c", Some(&["GET"]), "abc-get"),
+            ("/a/b/c", Some(&["POST", "PUT"]), "abc-post"),
+            ("/x", Some(&["GET"]), "x"),
+        ]);
+        assert_eq!(subject(&r, "GET", "/zzz"), "root");
+        assert_eq!(subject(&r, "GET", "/a/"), "a");
+        assert_eq!(subject(&r, "GET", "/a"), "root");
+        assert_eq!(subject(&r, "GET", "/a/b/x/y"), "ab");
+        assert_eq!(subject(&r, "GET", "/a/b/c"), "abc-get");
+        assert_eq!(subject(&r, "PUT", "/a/b/c"), "abc-post");
+        assert_eq!(subject(&r, "DELETE", "/a/b/c"), "405 GET, POST, PUT");
+        assert_eq!(subject(&r, "GET", "/a/b/c/d"), "ab");
+        assert_eq!(subject(&r, "POST", "/x"), "405 GET");
+        let r = router(&[("/only", None, "o")]);
+        assert_eq!(subject(&r, "GET", "/only/"), "404");
+    }
+
+    #[test]
+    fn endpoint_names_are_sanitised() {
+        let get = [Method::GET, Method::POST];
+        assert_eq!(endpoint_name(Some(&get), "/hello/"), "GET_POST_hello");
+        assert_eq!(endpoint_name(None, "/"), "ANY");
+        assert_eq!(endpoint_name(None, "/a.b/c%20d"), "ANY_a_b_c_20d");
+    }
+}
