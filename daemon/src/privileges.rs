@@ -49,7 +49,7 @@ use libc::{c_int, c_ulong};
 /// | `CAP_SETUID`, `CAP_SETGID` | switch the child to the app's uid/gid and clear supplementary groups |
 /// | `CAP_SETPCAP` | drop bounding-set entries (own start-up and every child) |
 /// | `CAP_NET_BIND_SERVICE` | pass on to apps that bind ports < 1024 (and the embedded gateway) |
-/// | `CAP_SYS_ADMIN` | cgroup management (mkdir/migrate/`cgroup.kill` in cgroups not owned by us), `setns`/mounts for isolation |
+/// | `CAP_SYS_ADMIN` | namespaces and mounts for isolation (`unshare --net`, `setns`, bind mounts); plain cgroupfs writes only need `CAP_DAC_OVERRIDE` |
 /// | `CAP_SYS_RESOURCE` | raise rlimits for apps (e.g. `RLIMIT_NOFILE`) above the hard limit |
 pub const NARUND_CAPS: &[Capability] = &[
     Capability::CAP_CHOWN,
