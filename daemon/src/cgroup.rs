@@ -458,7 +458,8 @@ impl CgroupRoot {
             Some(p) => (mount.mount_point.join(p), RootOrigin::Configured),
             None => default_root(&mount.mount_point, &layout.own_dir()?),
         };
-        if !path.starts_with(&mount.mount_point) {
+        let escapes = path.components().any(|c| c == Component::ParentDir);
+        if escapes || !path.starts_with(&mount.mount_point) {
             return Err(CgroupError::NotCgroup2 {
                 path,
                 mount: mount.mount_point,

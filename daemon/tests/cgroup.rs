@@ -487,6 +487,10 @@ fn configured_root_outside_cgroup2_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let err = CgroupRoot::discover(Some(dir.path())).unwrap_err();
     assert!(matches!(err, CgroupError::NotCgroup2 { .. }), "{err}");
+    // `..` must not escape the cgroup2 mount, and nothing is created on the way.
+    let err = CgroupRoot::discover(Some(Path::new("../../tmp/narund-escape"))).unwrap_err();
+    assert!(matches!(err, CgroupError::NotCgroup2 { .. }), "{err}");
+    assert!(!Path::new("/tmp/narund-escape").exists());
 }
 
 #[test]
