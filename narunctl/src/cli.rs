@@ -1,0 +1,268 @@
+//! Command line definition (`narunctl <noun> <verb>`).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+Examples:
+  narunctl deploy -f hello.toml target/aarch64-unknown-linux-gnu/release/hello
+  narunctl deploy --name hello --tag v2 --label role=edge --replicas 2 ./hello-arm64 ./hello-amd64
+  narunctl apps ls
+  narunctl nodes ls
+  narunctl logs hello --node node-1
+  narunctl svc stats hello
+  narunctl request hello POST /echo -d 'hi' -H 'Content-Type: text/plain'
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage error.";
+
+/// Operate a narun fleet over NATS: deploy apps, inspect nodes, follow logs,
+/// query services.
+#[derive(Debug, Parser)]
+#[command(name = "narunctl", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// How to reach NATS. Every flag can also come from the environment.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "NATS_URL", default_value = narun_wire::connect::DEFAULT_URL, global = true)]
+    pub nats: String,
+    /// Credentials file (JWT + nkey seed).
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub creds: Option<PathBuf>,
+    /// File holding an nkey seed (`SU…`).
+    #[arg(long, env = "NATS_NKEY_SEED_FILE", global = true)]
+    pub nkey: Option<PathBuf>,
+    /// User name for user/password authentication.
+    #[arg(long, env = "NATS_USER", global = true)]
+    pub user: Option<String>,
+    /// Password for --user.
+    #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// PEM file of CA certificates to trust (enables TLS).
+    #[arg(long, env = "NATS_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, env = "NATS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS; needs --tls-cert.
+    #[arg(long, env = "NATS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// How long to wait for NATS and for each answer (e.g. 500ms, 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload binaries and write the app spec (validated locally first).
+    Deploy(DeployArgs),
+    /// Deployed apps: list, inspect, delete.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// Nodes running narund (or a Go node-runner): list, inspect.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Follow live app logs (`logs.<app>.<node>`) until Ctrl-C.
+    Logs(LogsArgs),
+    /// NATS Micro services (ADR-32 discovery): list, info, stats, ping.
+    #[command(subcommand)]
+    Svc(SvcCmd),
+    /// Send one HTTP request to a service over NATS (Binary HTTP, like the gateway).
+    Request(RequestArgs),
+}
+
+/// `deploy -f spec.toml BIN…` or `deploy --name N --tag T [--node ID|--label k=v] BIN…`.
+///
+/// Each BIN is a Linux ELF executable; its OS/arch is read from its header and
+/// it is stored as `<app>-<tag>-linux-<arch>` in the `app-binaries` object
+/// store. The spec is written to `app-configs` only if it is valid and every
+/// upload succeeded. An existing spec is replaced with compare-and-set: if
+/// someone changed it while you deployed, the deploy fails (use --force).
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "name"]))]
+pub struct DeployArgs {
+    /// App spec file (.toml, .yaml/.yml or .json).
+    #[arg(short = 'f', long = "file", value_name = "SPEC", conflicts_with_all = ["tag", "node", "label", "replicas"])]
+    pub file: Option<PathBuf>,
+    /// App name (flag form; builds a spec with mode exec).
+    #[arg(long, requires = "tag")]
+    pub name: Option<String>,
+    /// Binary tag / version (flag form).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Run on this node ID (repeatable). Default without --node/--label: node `local`.
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Vec<String>,
+    /// Run on every node having this label (repeatable, all must match).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+    /// Instances per selected node (flag form).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: i64,
+    /// Overwrite the stored spec even if it changed since we read it.
+    #[arg(long, conflicts_with = "expect_revision")]
+    pub force: bool,
+    /// Replace the stored spec only if its revision is still REV (as printed
+    /// by `deploy` and `apps info`); 0 = only if the app does not exist yet.
+    #[arg(long, value_name = "REV")]
+    pub expect_revision: Option<u64>,
+    /// Deploy without uploading: the binary object must already exist.
+    #[arg(long, conflicts_with = "binaries")]
+    pub no_binary: bool,
+    /// How long one binary upload may take.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub upload_timeout: Duration,
+    /// Linux ELF executables, one per architecture.
+    #[arg(value_name = "BIN")]
+    pub binaries: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCmd {
+    /// Table of apps: tag, where they run, how many instances run.
+    Ls(JsonFlag),
+    /// The stored spec and, per node, desired vs reported instances.
+    Info {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Delete the app spec (narund then stops its instances).
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCmd {
+    /// Table of nodes (offline if no heartbeat for 45 s).
+    Ls(JsonFlag),
+    /// Everything a node reports about itself and its instances.
+    Info {
+        node: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// App name (default: all apps).
+    pub app: Option<String>,
+    /// Only this node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only this instance (filtered here, e.g. `hello-0`).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Print the JSON log lines as received.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SvcCmd {
+    /// Every service instance that answers `$SRV.INFO`.
+    Ls(JsonFlag),
+    /// Endpoints and metadata of each instance of a service.
+    Info {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Per-endpoint request counters of each instance of a service.
+    Stats {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Ping all services (or one) and show round-trip times.
+    Ping {
+        name: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+/// `request SERVICE [METHOD] PATH`: METHOD defaults to GET (POST with -d).
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Service name (= NATS subject).
+    pub service: String,
+    /// `[METHOD] PATH`, e.g. `/hello` or `POST /echo`.
+    #[arg(num_args = 1..=2, required = true, value_name = "[METHOD] PATH")]
+    pub target: Vec<String>,
+    /// Request body (`@file` reads a file).
+    #[arg(short = 'd', long = "data")]
+    pub data: Option<String>,
+    /// Header `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+}
+
+/// Parse `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit {unit:?}: use ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("invalid label {s:?}: expected KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}
