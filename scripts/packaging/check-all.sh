@@ -4,7 +4,7 @@
 # scripts/packaging/cross-check.sh.
 # Exit status: 0 = all passed, 1 = at least one failed. Prints "N passed, N failed".
 set -uo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")" || exit 1
 
 passed=0
 failed=0
@@ -19,5 +19,14 @@ for check in check-systemd.sh check-yocto.sh check-buildroot.sh check-cross-conf
         printf '=== %s: FAILED (%s s)\n' "$check" "$(($(date +%s) - t0))"
     fi
 done
+# The scripts themselves (shellcheck was installed by check-buildroot.sh if missing).
+printf '=== shellcheck scripts/packaging/*.sh\n'
+if command -v shellcheck >/dev/null && shellcheck -S warning ./*.sh; then
+    passed=$((passed + 1))
+    printf '=== shellcheck: PASSED\n'
+else
+    failed=$((failed + 1))
+    printf '=== shellcheck: FAILED (missing or findings above)\n'
+fi
 echo "packaging: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -20,7 +20,7 @@
 # Exit status: 0 = all passed, 1 = at least one check failed.
 set -uo pipefail
 
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 REPO=$(pwd)
 EXT=buildroot-external
 PKG=$EXT/package/narun
@@ -70,10 +70,12 @@ grep -q 'BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS' "$PKG/Config.in" ||
     fail "package/narun/Config.in must depend on BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS"
 
 # --- 3. Kconfig symbols -----------------------------------------------------------
-defined=$(grep -h -o -E '^(menu)?config BR2_[A-Za-z0-9_]+' $(find "$EXT" -name 'Config.in*') | awk '{print $2}' | sort -u)
-used=$( (grep -h -v -E '^[[:space:]]*#' $(find "$EXT" -name '*.mk') "$EXT"/configs/*_defconfig | grep -o -E 'BR2_[A-Za-z0-9_]+'
+mapfile -t cfg_files < <(find "$EXT" -name 'Config.in*')
+mapfile -t mk_files < <(find "$EXT" -name '*.mk')
+defined=$(grep -h -o -E '^(menu)?config BR2_[A-Za-z0-9_]+' "${cfg_files[@]}" | awk '{print $2}' | sort -u)
+used=$( (grep -h -v -E '^[[:space:]]*#' "${mk_files[@]}" "$EXT"/configs/*_defconfig | grep -o -E 'BR2_[A-Za-z0-9_]+'
     grep -h -o -E '^# BR2_[A-Za-z0-9_]+ is not set' "$EXT"/configs/*_defconfig | grep -o -E 'BR2_[A-Za-z0-9_]+'
-    grep -h -E '^[[:space:]]*(depends on|select|default|if|comment)' $(find "$EXT" -name 'Config.in*') |
+    grep -h -E '^[[:space:]]*(depends on|select|default|if|comment)' "${cfg_files[@]}" |
         grep -o -E 'BR2_[A-Za-z0-9_]+') | sort -u)
 unknown=0
 for s in $used; do

@@ -9,7 +9,7 @@
 #     runner for both device targets.
 # Exit status: 0 = all passed, 1 = a check failed.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 
 python3 - <<'PY'
 import os, re, sys, tomllib

@@ -19,7 +19,7 @@
 # Exit status: 0 = all passed, 1 = at least one check failed.
 set -uo pipefail
 
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 UNIT=systemd/narund.service
 SYSUSERS=systemd/narun-sysusers.conf
 TMPFILES=systemd/narun-tmpfiles.conf

@@ -14,7 +14,7 @@
 # Exit status: 0 = all passed, 1 = at least one check failed.
 set -uo pipefail
 
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 REPO=$(pwd)
 LAYER=meta-narun
 RECIPE=$LAYER/recipes-narun/narun/narun_0.1.0.bb
@@ -78,9 +78,8 @@ if "$PY" -c 'import oelint_adv' 2>/dev/null; then
 fi
 
 # --- 4. recipe <-> repository consistency -------------------------------------------
-missing=0
 for f in $(grep -o '\${S}/[A-Za-z0-9_./-]*' "$RECIPE" | sed 's/^\${S}\///' | sort -u); do
-    if [ -f "$f" ]; then ok "recipe installs $f (exists)"; else fail "recipe installs \${S}/$f, which does not exist"; missing=1; fi
+    if [ -f "$f" ]; then ok "recipe installs $f (exists)"; else fail "recipe installs \${S}/$f, which does not exist"; fi
 done
 for pkg in $(grep -o -- '-p [a-z0-9_-]*' "$RECIPE" | awk '{print $2}' | sort -u); do
     if grep -rqs --include=Cargo.toml -E "^name = \"$pkg\"" daemon narunctl; then
