@@ -486,3 +486,81 @@ async fn svc_discovery_and_request_over_bhttp() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn logs_follows_and_filters_until_interrupted() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"))
+        .args([
+            "--nats",
+            &server.url(),
+            "logs",
+            "hello",
+            "--instance",
+            "hello-1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+        .await
+        .expect("narunctl logs reports its subscription")
+        .unwrap()
+        .unwrap();
+    assert!(ready.contains("following logs.hello.*"), "{ready}");
+
+    let line = |instance: &str, msg: &str| narun_wire::events::LogLine {
+        instance_id: instance.into(),
+        app_name: "hello".into(),
+        node_id: "node-1".into(),
+        stream: "stdout".into(),
+        message: msg.into(),
+        timestamp: "2026-01-02T03:04:05.123456789Z".into(),
+        partial: false,
+        dropped_before: 0,
+    };
+    for (subject, l) in [
+        ("logs.hello.node-1", line("hello-0", "filtered out")),
+        ("logs.other.node-1", line("hello-1", "other app")),
+        ("logs.hello.node-1", line("hello-1", "hi there")),
+    ] {
+        client
+            .publish(subject, serde_json::to_vec(&l).unwrap().into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let got = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+        .await
+        .expect("a log line within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        "[2026-01-02T03:04:05.123456789Z] [hello-1] [stdout] hi there"
+    );
+
+    // Ctrl-C ends it cleanly.
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        stdout.next_line().await.unwrap(),
+        None,
+        "nothing else printed"
+    );
+}
