@@ -322,10 +322,7 @@ impl GatewayConfig {
                     continue;
                 }
                 (None, None) => {
-                    c.push(
-                        &key,
-                        "needs `path` (HTTP route) or `grpc` (gRPC route)",
-                    );
+                    c.push(&key, "needs `path` (HTTP route) or `grpc` (gRPC route)");
                     continue;
                 }
                 (None, Some(grpc)) => {
@@ -334,7 +331,9 @@ impl GatewayConfig {
                     if let Some(first) = seen_grpc.insert(grpc.trim(), i) {
                         c.push(
                             format!("{key}.grpc"),
-                            format!("gRPC service {grpc:?} is already routed by gateway.routes[{first}]"),
+                            format!(
+                                "gRPC service {grpc:?} is already routed by gateway.routes[{first}]"
+                            ),
                         );
                     }
                 }
@@ -415,7 +414,10 @@ impl GatewayConfig {
                         format!("{m:?} is not an HTTP method"),
                     );
                 } else if !seen.insert(norm) {
-                    c.push(format!("{key}.methods[{j}]"), format!("{m:?} is listed twice"));
+                    c.push(
+                        format!("{key}.methods[{j}]"),
+                        format!("{m:?} is listed twice"),
+                    );
                 }
             }
         }
@@ -434,7 +436,9 @@ impl GatewayConfig {
                     ),
                     Some(s) if !valid_service_name(s) => c.push(
                         format!("{key}.service"),
-                        format!("{s:?} is not a valid service name: use only A-Z, a-z, 0-9, '-' and '_'"),
+                        format!(
+                            "{s:?} is not a valid service name: use only A-Z, a-z, 0-9, '-' and '_'"
+                        ),
                     ),
                     Some(_) => {}
                 }

@@ -120,15 +120,20 @@ impl Gateway {
     /// `client` may still be connecting (e.g. built with
     /// `retry_on_initial_connect`): the gateway serves anyway and answers 503
     /// until NATS is reachable.
-    pub async fn bind(config: GatewayConfig, client: async_nats::Client) -> Result<Gateway, GatewayError> {
+    pub async fn bind(
+        config: GatewayConfig,
+        client: async_nats::Client,
+    ) -> Result<Gateway, GatewayError> {
         config.validate()?;
         let (http, http_addr) = bind("the HTTP gateway", &config.http_addr).await?;
         let (metrics_l, metrics_addr) = bind("gateway metrics", &config.metrics_addr).await?;
 
         let mut sc = ServiceConfig::new(SERVICE_NAME, env!("CARGO_PKG_VERSION"));
         sc.description = "narun HTTP gateway: HTTP routes to NATS Micro services".into();
-        sc.metadata.insert("http_addr".into(), http_addr.to_string());
-        sc.metadata.insert("metrics_addr".into(), metrics_addr.to_string());
+        sc.metadata
+            .insert("http_addr".into(), http_addr.to_string());
+        sc.metadata
+            .insert("metrics_addr".into(), metrics_addr.to_string());
         let service = Service::start(&client, sc).await?;
 
         let mut stats_err = None;
@@ -140,8 +145,10 @@ impl Gateway {
             if let Some(m) = &route.methods {
                 ec.metadata.insert("methods".into(), m.join(","));
             }
-            ec.metadata
-                .insert("mode".into(), route.mode.unwrap_or_default().as_str().into());
+            ec.metadata.insert(
+                "mode".into(),
+                route.mode.unwrap_or_default().as_str().into(),
+            );
             match service.add_stats_endpoint(ec) {
                 Ok(s) => s,
                 Err(e) => {
@@ -304,7 +311,10 @@ fn admin<B>(shared: &Shared, req: &http::Request<B>) -> Response<Full<Bytes>> {
             if shared.client.connection_state() == async_nats::connection::State::Connected {
                 proxy::text(StatusCode::OK, "ready")
             } else {
-                proxy::text(StatusCode::SERVICE_UNAVAILABLE, "not ready: NATS is not connected")
+                proxy::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: NATS is not connected",
+                )
             }
         }
         _ => proxy::text(StatusCode::NOT_FOUND, "404 page not found"),

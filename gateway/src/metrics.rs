@@ -57,7 +57,9 @@ pub(crate) enum NatsStatus {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 pub(crate) struct Metrics {
@@ -117,7 +119,13 @@ impl Metrics {
     }
 
     /// Count one answered HTTP request; `route` = the route path, `None` = unmatched.
-    pub fn http(&self, method: &'static str, route: Option<&Arc<str>>, status: u16, took: Duration) {
+    pub fn http(
+        &self,
+        method: &'static str,
+        route: Option<&Arc<str>>,
+        status: u16,
+        took: Duration,
+    ) {
         let path = match route {
             Some(p) => Label(p.clone()),
             None => self.unmatched.clone(),

@@ -4,10 +4,10 @@
 //! route table, header names and label values are built once; per request we
 //! only parse, copy the body once into the NATS payload and map the answer.
 
+use crate::Shared;
 use crate::config::RouteMode;
 use crate::metrics::{NatsStatus, method_label};
 use crate::router::{Match, Target};
-use crate::Shared;
 use async_nats::client::RequestErrorKind;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -74,7 +74,10 @@ pub(crate) fn text(status: StatusCode, msg: &str) -> Resp {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert(X_CONTENT_TYPE_OPTIONS.clone(), HeaderValue::from_static("nosniff"));
+    h.insert(
+        X_CONTENT_TYPE_OPTIONS.clone(),
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -106,7 +109,13 @@ pub(crate) async fn handle(
     let path = req.uri().path();
     let bad_path = path.contains("/.") && path.split('/').any(|s| s == "." || s == "..");
     let (route, mut resp) = if bad_path {
-        (None, text(StatusCode::BAD_REQUEST, "Invalid path: '.' and '..' segments are not allowed"))
+        (
+            None,
+            text(
+                StatusCode::BAD_REQUEST,
+                "Invalid path: '.' and '..' segments are not allowed",
+            ),
+        )
     } else {
         match state.router.find(req.method(), path) {
             Match::NotFound => (None, text(StatusCode::NOT_FOUND, "404 page not found")),
@@ -135,9 +144,12 @@ pub(crate) async fn handle(
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
-    state
-        .metrics
-        .http(method, route.as_ref(), resp.status().as_u16(), start.elapsed());
+    state.metrics.http(
+        method,
+        route.as_ref(),
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
     resp
 }
 
@@ -218,10 +230,12 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: SocketAddr, ri
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if !h.contains_key(&X_FORWARDED_HOST) {
-        let host = h
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = h.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         if let Some(host) = host {
             h.insert(X_FORWARDED_HOST.clone(), host);
         }
@@ -263,7 +277,10 @@ async fn send(
                 ),
                 RequestErrorKind::NoResponders => (
                     NatsStatus::Error,
-                    GwError::new(StatusCode::SERVICE_UNAVAILABLE, "No backend service available"),
+                    GwError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "No backend service available",
+                    ),
                 ),
                 RequestErrorKind::MaxPayloadExceeded => (
                     NatsStatus::Error,
@@ -380,8 +397,10 @@ async fn forward_raw(
             continue;
         }
         // async-nats panics on invalid names/values given as &str: parse instead.
-        let (Ok(nn), Some(vv)) = (async_nats::HeaderName::from_str(&canonical(n)), nats_value(value))
-        else {
+        let (Ok(nn), Some(vv)) = (
+            async_nats::HeaderName::from_str(&canonical(n)),
+            nats_value(value),
+        ) else {
             continue;
         };
         headers.append(nn, vv);
@@ -394,7 +413,11 @@ async fn forward_raw(
     set(nats_names::ORIGINAL_METHOD, parts.method.as_str());
     set(nats_names::ORIGINAL_PATH, parts.uri.path());
     set(nats_names::ORIGINAL_QUERY, parts.uri.query().unwrap_or(""));
-    if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+    if let Some(host) = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
         set(nats_names::ORIGINAL_HOST, host);
     }
     set(nats_names::ORIGINAL_REMOTE_ADDR, &peer.to_string());

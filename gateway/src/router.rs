@@ -134,7 +134,8 @@ impl Router {
                     None => {}
                 }
             }
-            let allow = HeaderValue::from_str(&allow.join(", ")).unwrap_or(HeaderValue::from_static(""));
+            let allow =
+                HeaderValue::from_str(&allow.join(", ")).unwrap_or(HeaderValue::from_static(""));
             let pr = PathRoutes {
                 path: routes[0].target.path.clone(),
                 routes,
@@ -217,7 +218,11 @@ mod tests {
             .iter()
             .map(|(p, m, s)| RouteSpec {
                 path: p.to_string(),
-                methods: m.map(|m| m.iter().map(|m| Method::from_bytes(m.as_bytes()).unwrap()).collect()),
+                methods: m.map(|m| {
+                    m.iter()
+                        .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                        .collect()
+                }),
                 target: Arc::new(Target {
                     path: Arc::from(*p),
                     mode: RouteMode::Bhttp,
