@@ -388,6 +388,36 @@ async fn nodes_ls_shows_heartbeats() {
     let line0 = table.lines().find(|l| l.starts_with("node-0")).unwrap();
     assert!(line0.contains("offline"), "{table}");
 
+    // `apps ls` joins specs with the node states: node-1 runs hello-0 of 2.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fake_elf(dir.path(), "hello", 0, 183);
+    let out = narunctl(
+        &server.url(),
+        &[
+            "deploy",
+            "--name",
+            "hello",
+            "--tag",
+            "v1",
+            "--node",
+            "node-1",
+            "--replicas",
+            "2",
+            bin.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = narunctl(&server.url(), &["apps", "ls", "--json"]).await;
+    let apps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(apps[0]["name"], "hello");
+    assert_eq!(apps[0]["running"], 1);
+    assert_eq!(apps[0]["desired_on_live_nodes"], 2);
+    let out = narunctl(&server.url(), &["apps", "info", "hello"]).await;
+    let info = text(&out.stdout);
+    let row = info.lines().find(|l| l.starts_with("node-1")).unwrap();
+    assert!(row.contains("running") && row.contains("hello-0"), "{info}");
+
     let out = narunctl(&server.url(), &["nodes", "info", "nope"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("node nope not found"));
@@ -421,6 +451,19 @@ async fn svc_discovery_and_request_over_bhttp() {
             req.respond(payload.into(), None).await.unwrap();
         }
     });
+    // A hand-written minimal service (as some other-language libraries answer):
+    // no version, `metadata: null`, no endpoints.
+    let mut raw = client.subscribe("$SRV.INFO").await.unwrap();
+    let raw_client = client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = raw.next().await {
+            let body = br#"{"type":"io.nats.micro.v1.info_response","name":"legacy","id":"L1","metadata":null}"#;
+            raw_client
+                .publish(m.reply.unwrap(), body.as_slice().into())
+                .await
+                .unwrap();
+        }
+    });
     client.flush().await.unwrap();
     let url = server.url();
 
@@ -452,10 +495,20 @@ async fn svc_discovery_and_request_over_bhttp() {
     let out = narunctl(&url, &["--timeout", "2s", "svc", "ls", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let infos: Vec<narun_wire::micro::InfoResponse> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(infos.len(), 1);
+    assert_eq!(infos.len(), 2, "{infos:?}");
     assert_eq!(infos[0].name, "echo");
     assert_eq!(infos[0].id, service.id());
     assert_eq!(infos[0].description, "echoes the body");
+    assert_eq!(
+        (infos[1].name.as_str(), infos[1].id.as_str()),
+        ("legacy", "L1")
+    );
+    let out = narunctl(&url, &["--timeout", "2s", "svc", "ls"]).await;
+    let table = text(&out.stdout);
+    assert!(
+        table.starts_with("NAME") && table.contains("legacy"),
+        "{table}"
+    );
 
     let out = narunctl(&url, &["--timeout", "2s", "svc", "info", "echo", "--json"]).await;
     let infos: Vec<narun_wire::micro::InfoResponse> = serde_json::from_slice(&out.stdout).unwrap();
