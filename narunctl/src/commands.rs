@@ -247,9 +247,31 @@ async fn deploy(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         );
     }
 
-    // 3. Upload.
+    // 3. Read the spec revision we will replace (compare-and-set), then upload.
+    //    A conflict seen now fails before any upload; one that happens during
+    //    the upload is caught by the CAS write in 4.
     let client = connect(conn, "deploy").await?;
     let js = js(&client, conn.timeout);
+    let kv = open_or_create_kv(
+        &js,
+        names::APP_CONFIGS_BUCKET,
+        "Stores application service specifications for node runners.",
+        conn.timeout,
+    )
+    .await?;
+    let key = spec.name.clone();
+    let current = match bounded(conn.timeout, "reading the current spec", kv.entry(&key)).await? {
+        Some(e) if e.operation == kv::Operation::Put => e.revision,
+        _ => 0,
+    };
+    let expected = args.expect_revision.unwrap_or(current);
+    if !args.force && expected != current {
+        bail!(
+            "conflict: the stored spec of {key} is at revision {current}, not {expected} \
+             (someone else changed it); nothing was uploaded. Check `narunctl apps info {key}` \
+             and retry, or use --force to overwrite"
+        );
+    }
     let store = match tokio::time::timeout(
         conn.timeout,
         js.get_object_store(names::APP_BINARIES_BUCKET),
@@ -334,28 +356,11 @@ async fn deploy(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         );
     }
 
-    // 4. Write the spec with compare-and-set.
-    let kv = open_or_create_kv(
-        &js,
-        names::APP_CONFIGS_BUCKET,
-        "Stores application service specifications for node runners.",
-        conn.timeout,
-    )
-    .await?;
+    // 4. Write the spec with compare-and-set against the revision read in 3.
     let value: bytes::Bytes = spec.to_kv_json().into();
-    let key = spec.name.clone();
     let revision = if args.force {
         bounded(conn.timeout, "writing the spec", kv.put(&key, value)).await?
     } else {
-        let expected = match args.expect_revision {
-            Some(rev) => rev,
-            None => {
-                match bounded(conn.timeout, "reading the current spec", kv.entry(&key)).await? {
-                    Some(e) if e.operation == kv::Operation::Put => e.revision,
-                    _ => 0,
-                }
-            }
-        };
         let result = match expected {
             rev if rev > 0 => tokio::time::timeout(conn.timeout, kv.update(&key, value, rev))
                 .await

@@ -282,6 +282,15 @@ async fn compare_and_set_detects_conflicts_and_force_overrides() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("conflict") && err.contains("--force"), "{err}");
+    assert!(err.contains("nothing was uploaded"), "{err}");
+    let store = jetstream::new(server.connect().await)
+        .get_object_store("app-binaries")
+        .await
+        .unwrap();
+    assert!(
+        store.info("app-v3-linux-amd64").await.is_err(),
+        "no v3 upload after a conflict"
+    );
     // "Must not exist yet" fails too.
     let out = deploy("v3", &["--expect-revision", "0"]).await;
     assert_eq!(out.status.code(), Some(1));
