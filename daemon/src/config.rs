@@ -1,1 +1,286 @@
-//! (to be written)
+//! narund configuration: `/etc/narun/narund.toml`, then environment, then flags.
+//!
+//! Every key is optional (see `daemon/config/narund.toml` for the defaults and
+//! `docs/config.md` for the reference). Unknown keys are errors, reported with
+//! the file, the key and the line, so a typo never silently falls back to a default.
+
+use narun_wire::connect::NatsSettings;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/narun/narund.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node identity; empty = the host name.
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub nats: NatsSettings,
+    pub apps: AppsConfig,
+    pub cgroup: CgroupConfig,
+    pub logs: LogsConfig,
+    #[cfg(feature = "gateway")]
+    pub gateway: narun_gateway::GatewayConfig,
+    /// Kept as raw TOML in builds without the gateway, so a shared config file
+    /// still loads; enabling it there is an error (see [`Config::validate`]).
+    #[cfg(not(feature = "gateway"))]
+    pub gateway: Option<toml::Value>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: String::new(),
+            data_dir: "/var/lib/narun".into(),
+            runtime_dir: "/run/narun".into(),
+            labels: BTreeMap::new(),
+            nats: NatsSettings::default(),
+            apps: AppsConfig::default(),
+            cgroup: CgroupConfig::default(),
+            logs: LogsConfig::default(),
+            gateway: Default::default(),
+        }
+    }
+}
+
+/// `[apps]`: defaults for supervised apps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppsConfig {
+    /// User apps run as when their spec names none (never root by default).
+    pub default_user: String,
+    /// Binary versions kept per app in the local cache.
+    pub keep_versions: usize,
+    /// Cap of the exponential restart backoff, seconds.
+    pub restart_backoff_max_sec: u64,
+}
+
+impl Default for AppsConfig {
+    fn default() -> Self {
+        AppsConfig {
+            default_user: "narun-app".into(),
+            keep_versions: 3,
+            restart_backoff_max_sec: 30,
+        }
+    }
+}
+
+/// `[cgroup]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    /// Parent cgroup of app instances; empty = derived from narund's own cgroup.
+    pub root: Option<PathBuf>,
+}
+
+/// `[logs]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    pub max_line_bytes: usize,
+    pub spool_bytes: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_line_bytes: 16 * 1024,
+            spool_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}:\n{problems}")]
+    Invalid { path: PathBuf, problems: String },
+}
+
+/// Command-line and environment overrides (flags win over env, env over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub node_id: Option<String>,
+    pub nats_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub runtime_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Load `path`. A missing file is an error only when `required` (the path
+    /// was given explicitly); the default path may be absent, giving defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Parse TOML text; the error message names the key and line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Apply overrides, then fill the node id from the host name if unset.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.node_id {
+            self.node_id = v.clone();
+        }
+        if let Some(v) = &o.nats_url {
+            self.nats.url = v.clone();
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = &o.runtime_dir {
+            self.runtime_dir = v.clone();
+        }
+        if self.node_id.is_empty() {
+            self.node_id = hostname();
+        }
+    }
+
+    /// Check what deserialization cannot; all problems, one per line, each
+    /// starting with its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if !self.node_id.is_empty() && !valid_token(&self.node_id) {
+            problems.push(format!(
+                "node_id: {:?} must use only A-Z a-z 0-9 - _ (it is a NATS subject token and KV key)",
+                self.node_id
+            ));
+        }
+        for k in self.labels.keys() {
+            if k.is_empty() || k.contains(char::is_whitespace) {
+                problems.push(format!("labels: invalid label name {k:?}"));
+            }
+        }
+        if let Err(e) = self.nats.validate() {
+            problems.push(format!("nats: {e}"));
+        }
+        if self.apps.keep_versions == 0 {
+            problems.push("apps.keep_versions: must be at least 1".into());
+        }
+        if self.logs.max_line_bytes < 128 {
+            problems.push("logs.max_line_bytes: must be at least 128".into());
+        }
+        #[cfg(feature = "gateway")]
+        if let (true, Err(errs)) = (self.gateway.enabled, self.gateway.validate()) {
+            problems.push(errs.to_string().trim_end().to_owned());
+        }
+        #[cfg(not(feature = "gateway"))]
+        if let Some(g) = &self.gateway {
+            if g.get("enabled").and_then(|v| v.as_bool()) == Some(true) {
+                problems.push(
+                    "gateway.enabled: this narund was built without the `gateway` feature; \
+                     install a build with it (cargo feature `gateway`) or set enabled = false"
+                        .into(),
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+fn valid_token(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The host name (`uname -n`), or `localhost` if it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_config_parses_to_the_defaults() {
+        let text = include_str!("../config/narund.toml");
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(c.data_dir, d.data_dir);
+        assert_eq!(c.nats, d.nats);
+        assert_eq!(c.apps.keep_versions, d.apps.keep_versions);
+        assert_eq!(c.logs.spool_bytes, d.logs.spool_bytes);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_the_key_and_line() {
+        let err =
+            Config::from_toml("node_id = \"a\"\n[nats]\nurl = \"nats://x\"\nurll = \"typo\"\n")
+                .unwrap_err();
+        assert!(err.contains("urll"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported() {
+        let c = Config::from_toml(
+            "node_id = \"has.dot\"\n[apps]\nkeep_versions = 0\n[nats]\nuser = \"u\"\ncreds = \"/c\"\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("node_id"), "{err}");
+        assert!(err.contains("apps.keep_versions"), "{err}");
+        assert!(err.contains("nats:"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_and_node_id_defaults_to_hostname() {
+        let mut c = Config::default();
+        c.apply(&Overrides {
+            nats_url: Some("nats://10.1.1.1:4222".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.nats.url, "nats://10.1.1.1:4222");
+        assert_eq!(c.node_id, hostname());
+    }
+
+    #[test]
+    fn missing_default_file_gives_defaults_but_explicit_path_must_exist() {
+        let p = Path::new("/nonexistent/narund.toml");
+        assert!(Config::load(p, false).is_ok());
+        let e = Config::load(p, true).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/narund.toml"), "{e}");
+    }
+}

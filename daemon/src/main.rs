@@ -1,3 +1,174 @@
-fn main() {
-    println!("narund (work in progress)");
+//! `narund`: the narun node daemon.
+//!
+//! Loads `/etc/narun/narund.toml` (flags and env override it), connects to NATS
+//! (retrying forever: narund never exits because NATS is down), runs the embedded
+//! HTTP gateway when built with the `gateway` feature and enabled, and speaks
+//! sd_notify to systemd (`READY=1`, `STATUS=`, `STOPPING=1`).
+
+use anyhow::Context;
+use clap::Parser;
+use narund::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
+use sd_notify::NotifyState;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "narund",
+    version,
+    about = "narun node daemon: runs apps from NATS, exposes them over HTTP"
+)]
+struct Cli {
+    /// Configuration file. When not given, /etc/narun/narund.toml is used if it exists.
+    #[arg(short, long, env = "NARUND_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node id (default: host name). Overrides `node_id`.
+    #[arg(long, env = "NARUND_NODE_ID")]
+    node_id: Option<String>,
+    /// NATS server URL(s). Overrides `nats.url`.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// Data directory. Overrides `data_dir`.
+    #[arg(long, env = "NARUND_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Runtime directory. Overrides `runtime_dir`.
+    #[arg(long, env = "NARUND_RUNTIME_DIR")]
+    runtime_dir: Option<PathBuf>,
+    /// Check the configuration, print the effective settings and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NARUND_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("narund: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!(
+            "config ok: node_id={} nats={} data_dir={}",
+            config.node_id,
+            config.nats.url,
+            config.data_dir.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("narund: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, required) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let mut config = Config::load(&path, required)?;
+    config.apply(&Overrides {
+        node_id: cli.node_id.clone(),
+        nats_url: cli.nats_url.clone(),
+        data_dir: cli.data_dir.clone(),
+        runtime_dir: cli.runtime_dir.clone(),
+    });
+    config
+        .validate()
+        .map_err(|p| anyhow::anyhow!("after applying flags and environment:\n{p}"))?;
+    Ok(config)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(node_id = %config.node_id, nats = %config.nats.url, "narund starting");
+    let client = config
+        .nats
+        .connect(&format!("narund {}", config.node_id))
+        .await
+        .context("NATS settings")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+
+    #[cfg(feature = "gateway")]
+    if config.gateway.enabled {
+        let gateway = narun_gateway::Gateway::bind(config.gateway.clone(), client.clone())
+            .await
+            .context("starting the gateway")?;
+        tracing::info!(http = %gateway.http_addr(), metrics = %gateway.metrics_addr(), "gateway listening");
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            gateway
+                .run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("gateway")
+        });
+    }
+    #[cfg(not(feature = "gateway"))]
+    let _ = (&client, &stop_rx);
+
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!(
+            "node {} up; NATS {}",
+            config.node_id, config.nats.url
+        )),
+    ]);
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                tracing::warn!("SIGHUP: nothing is reloadable in this build yet; restart narund to apply config changes");
+                notify(&[NotifyState::Ready]);
+            }
+            Some(res) = tasks.join_next() => {
+                res.context("task panicked")??;
+            }
+        }
+    }
+    tracing::info!("narund stopping");
+    notify(&[NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    while let Some(res) = tasks.join_next().await {
+        res.context("task panicked")??;
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
+    Ok(())
+}
+
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }
