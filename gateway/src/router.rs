@@ -123,15 +123,12 @@ impl Router {
         for (path, routes) in grouped {
             let mut allow: Vec<&str> = Vec::new();
             for r in &routes {
-                match &r.methods {
-                    Some(ms) => {
-                        for m in ms {
-                            if !allow.contains(&m.as_str()) {
-                                allow.push(m.as_str());
-                            }
+                if let Some(ms) = &r.methods {
+                    for m in ms {
+                        if !allow.contains(&m.as_str()) {
+                            allow.push(m.as_str());
                         }
                     }
-                    None => {}
                 }
             }
             let allow =
@@ -147,7 +144,7 @@ impl Router {
                 exact.insert(path.into_boxed_str(), pr);
             }
         }
-        prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         Router { exact, prefix }
     }
 
