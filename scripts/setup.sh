@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything the build and the test suite need on a fresh Debian 12 machine:
+# apt packages (nats-server, cross gcc, qemu-user, systemd for unit checks, wrk, hyperfine),
+# rustup toolchain 1.88 (MSRV) and the aarch64/armv7 targets, and the third-party
+# interop peers (Python nats-py + nats-micro, npm @nats-io/*). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+
+APT_PKGS=(nats-server gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
+          qemu-user-static systemd shellcheck wrk hyperfine curl)
+command -v node >/dev/null && command -v npm >/dev/null || APT_PKGS+=(nodejs npm)
+command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || APT_PKGS+=(python3-pip)
+missing=()
+for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "== rust toolchains and targets"
+rustup toolchain list | grep -q '^1.88' || rustup toolchain install 1.88 --profile minimal -c clippy,rustfmt
+for tc in stable 1.88; do
+  rustup target add --toolchain "$tc" aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf >/dev/null 2>&1
+done
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+echo "== interop peers"
+python3 -c 'import nats, nats_contrib.micro' 2>/dev/null && command -v micro >/dev/null \
+  || python3 -m pip install -q -r interop/requirements.txt
+if [ ! -d interop/node_modules/@nats-io/services ]; then
+  (cd interop && npm install --no-audit --no-fund --silent)
+fi
+echo "== setup done"
