@@ -224,12 +224,10 @@ impl BinaryCache {
                 message: e.to_string(),
             },
         })?;
-        let expected =
-            Sha256Digest::from_nats(&info.digest.clone().unwrap_or_default()).ok_or_else(|| {
-                FetchError::BadDigest {
-                    object: object.clone(),
-                    digest: info.digest.clone().unwrap_or_default(),
-                }
+        let expected = Sha256Digest::from_nats(&info.digest.clone().unwrap_or_default())
+            .ok_or_else(|| FetchError::BadDigest {
+                object: object.clone(),
+                digest: info.digest.clone().unwrap_or_default(),
             })?;
         self.fetch_verified(store, app, &object, &expected).await
     }
@@ -290,9 +288,7 @@ impl BinaryCache {
                     });
                 }
             };
-            out.write_all(&buf[..n])
-                .await
-                .map_err(io_err(&tmp_path))?;
+            out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
             got += n as u64;
         }
         out.flush().await.map_err(io_err(&tmp_path))?;
@@ -516,5 +512,4 @@ mod tests {
     fn platform_from_object_name() {
         assert_eq!(platform_of("my-app-v1-linux-arm64"), "linux/arm64");
     }
-
 }

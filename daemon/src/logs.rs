@@ -66,11 +66,11 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_SPOOL_BYTES: usize = 8 * 1024 * 1024;
 
 /// Lines per batch (one marker per batch).
-const BATCH_LINES: usize = 1024;
+const BATCH_LINES: usize = 4096;
 /// Bytes per batch.
 const BATCH_BYTES: usize = 512 * 1024;
 /// Batches sent but not yet confirmed.
-pub const WINDOW: usize = 4;
+pub const WINDOW: usize = 16;
 /// A marker not echoed within this time means the batch is resent.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the publisher looks at the connection state while disconnected.
@@ -503,9 +503,8 @@ impl LogSink {
                 sink.spool_all(&mut batch);
             }
             let ts = narun_wire::events::now_rfc3339();
-            splitter.finish(&mut |text, partial| {
-                batch.push(sink.entry(&stream, text, partial, &ts))
-            });
+            splitter
+                .finish(&mut |text, partial| batch.push(sink.entry(&stream, text, partial, &ts)));
             sink.spool_all(&mut batch);
         })
     }
@@ -832,7 +831,10 @@ mod tests {
         // Lines 3..5 are in flight; dropping 3 reports on 6, the first unsent line.
         spool.sent_upto = 5;
         spool.push(test_entry("x"), &stats);
-        assert_eq!(spool.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5, 6]);
+        assert_eq!(
+            spool.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
         assert_eq!(spool.entries[2].dropped_before, 3);
         assert_eq!(spool.next_batch().len(), 1);
 

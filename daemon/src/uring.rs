@@ -535,8 +535,16 @@ mod tests {
         ] {
             let f = sample_file(len);
             let expected: [u8; 32] = Sha256::digest(std::fs::read(f.path()).unwrap()).into();
-            assert_eq!(uring.hash_file(f.path()).await.unwrap(), expected, "uring, {len} bytes");
-            assert_eq!(plain.hash_file(f.path()).await.unwrap(), expected, "plain, {len} bytes");
+            assert_eq!(
+                uring.hash_file(f.path()).await.unwrap(),
+                expected,
+                "uring, {len} bytes"
+            );
+            assert_eq!(
+                plain.hash_file(f.path()).await.unwrap(),
+                expected,
+                "plain, {len} bytes"
+            );
         }
     }
 
@@ -574,7 +582,12 @@ mod tests {
             }
             child.wait().await.unwrap();
             let expected: String = (1..=2000).map(|i| format!("line-{i}\n")).collect();
-            assert_eq!(String::from_utf8(all).unwrap(), expected, "uring={}", h.available());
+            assert_eq!(
+                String::from_utf8(all).unwrap(),
+                expected,
+                "uring={}",
+                h.available()
+            );
         }
     }
 }

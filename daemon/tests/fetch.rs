@@ -158,7 +158,10 @@ async fn wrong_digest_is_rejected_and_leaves_no_file() {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert!(left.is_empty(), "no file may remain after a mismatch: {left:?}");
+        assert!(
+            left.is_empty(),
+            "no file may remain after a mismatch: {left:?}"
+        );
     }
 }
 
@@ -228,7 +231,10 @@ async fn twenty_mib_object_streams_with_identical_digests_on_both_paths() {
         let cache = BinaryCache::new(dir.path(), 3, uring.clone());
         let bin = cache.fetch(&os, "big", "v1", OS, ARCH).await.unwrap();
         assert_eq!(bin.digest, digest);
-        assert_eq!(std::fs::metadata(&bin.path).unwrap().len(), data.len() as u64);
+        assert_eq!(
+            std::fs::metadata(&bin.path).unwrap().len(),
+            data.len() as u64
+        );
         digests.push(Sha256Digest(uring.hash_file(&bin.path).await.unwrap()));
     }
     assert_eq!(digests, vec![digest, digest]);

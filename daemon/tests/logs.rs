@@ -47,7 +47,12 @@ async fn recv_lines(sub: &mut async_nats::Subscriber, n: usize, timeout: Duratio
     while out.len() < n {
         let msg = tokio::time::timeout_at(deadline, sub.next())
             .await
-            .unwrap_or_else(|_| panic!("only {} of {n} log lines arrived within {timeout:?}", out.len()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {n} log lines arrived within {timeout:?}",
+                    out.len()
+                )
+            })
             .expect("subscription open");
         out.push(serde_json::from_slice::<LogLine>(&msg.payload).expect("LogLine JSON"));
     }
@@ -55,16 +60,20 @@ async fn recv_lines(sub: &mut async_nats::Subscriber, n: usize, timeout: Duratio
 }
 
 async fn wait_disconnected(client: &async_nats::Client) {
-    wait_for("the client to notice the server is gone", Duration::from_secs(10), || async {
-        (client.connection_state() != State::Connected).then_some(())
-    })
+    wait_for(
+        "the client to notice the server is gone",
+        Duration::from_secs(10),
+        || async { (client.connection_state() != State::Connected).then_some(()) },
+    )
     .await;
 }
 
 async fn finish(mut child: Child, tasks: Vec<tokio::task::JoinHandle<()>>, bound: Duration) {
     tokio::time::timeout(bound, child.wait())
         .await
-        .unwrap_or_else(|_| panic!("the app did not exit within {bound:?}: it is blocked on its output"))
+        .unwrap_or_else(|_| {
+            panic!("the app did not exit within {bound:?}: it is blocked on its output")
+        })
         .unwrap();
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(10), t)
@@ -97,11 +106,20 @@ async fn thousand_lines_arrive_in_order_with_go_fields() {
         assert_eq!(l.node_id, NODE);
         assert!(!l.partial);
         assert_eq!(l.dropped_before, 0);
-        assert!(time::OffsetDateTime::parse(&l.timestamp, &time::format_description::well_known::Rfc3339).is_ok());
+        assert!(
+            time::OffsetDateTime::parse(
+                &l.timestamp,
+                &time::format_description::well_known::Rfc3339
+            )
+            .is_ok()
+        );
     }
     assert!(fwd.flush(Duration::from_secs(10)).await);
     let stats = fwd.stats();
-    assert_eq!((stats.published, stats.dropped, stats.spooled_lines), (1000, 0, 0));
+    assert_eq!(
+        (stats.published, stats.dropped, stats.spooled_lines),
+        (1000, 0, 0)
+    );
 }
 
 #[tokio::test]
@@ -116,12 +134,20 @@ async fn long_line_without_newline_arrives_in_partial_pieces() {
     // 100 KiB of 'x', no newline at all.
     let mut child = sh("head -c 102400 /dev/zero | tr '\\0' x");
     let (out, err) = pipes(&mut child);
-    finish(child, vec![sink.attach("stdout", out), sink.attach("stderr", err)], Duration::from_secs(20)).await;
+    finish(
+        child,
+        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+        Duration::from_secs(20),
+    )
+    .await;
     assert!(fwd.flush(Duration::from_secs(10)).await);
     let n = fwd.stats().published as usize;
     assert_eq!(n, 2, "100 KiB at the 64 KiB limit is two pieces");
     let pieces = recv_lines(&mut sub, n, Duration::from_secs(10)).await;
-    assert!(pieces[0].partial && !pieces[1].partial, "all pieces but the last are partial");
+    assert!(
+        pieces[0].partial && !pieces[1].partial,
+        "all pieces but the last are partial"
+    );
     assert_eq!(pieces[0].message.len(), 64 * 1024);
     let joined: String = pieces.iter().map(|p| p.message.as_str()).collect();
     assert_eq!(joined, "x".repeat(102_400));
@@ -137,11 +163,22 @@ async fn stderr_is_tagged_stderr() {
     let sink = fwd.sink("hello", "hello-1");
     let mut child = sh("echo to-out; echo to-err >&2");
     let (out, err) = pipes(&mut child);
-    finish(child, vec![sink.attach("stdout", out), sink.attach("stderr", err)], Duration::from_secs(20)).await;
+    finish(
+        child,
+        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+        Duration::from_secs(20),
+    )
+    .await;
     let mut lines = recv_lines(&mut sub, 2, Duration::from_secs(10)).await;
     lines.sort_by(|a, b| a.message.cmp(&b.message));
-    assert_eq!((lines[0].message.as_str(), lines[0].stream.as_str()), ("to-err", "stderr"));
-    assert_eq!((lines[1].message.as_str(), lines[1].stream.as_str()), ("to-out", "stdout"));
+    assert_eq!(
+        (lines[0].message.as_str(), lines[0].stream.as_str()),
+        ("to-err", "stderr")
+    );
+    assert_eq!(
+        (lines[1].message.as_str(), lines[1].stream.as_str()),
+        ("to-out", "stdout")
+    );
 }
 
 #[tokio::test]
@@ -156,16 +193,31 @@ async fn lines_written_while_nats_is_down_arrive_after_restart() {
     // Before the outage: delivered and confirmed.
     sink.line("stdout", "before");
     assert!(fwd.flush(Duration::from_secs(10)).await);
-    assert_eq!(recv_lines(&mut sub, 1, Duration::from_secs(10)).await[0].message, "before");
+    assert_eq!(
+        recv_lines(&mut sub, 1, Duration::from_secs(10)).await[0].message,
+        "before"
+    );
 
     server.stop();
     wait_disconnected(&client).await;
     let mut child = sh("for i in $(seq 1 500); do echo down-$i; done");
     let (out, err) = pipes(&mut child);
-    finish(child, vec![sink.attach("stdout", out), sink.attach("stderr", err)], Duration::from_secs(10)).await;
+    finish(
+        child,
+        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+        Duration::from_secs(10),
+    )
+    .await;
     let stats = fwd.stats();
-    assert_eq!((stats.published, stats.spooled_lines, stats.dropped), (1, 500, 0), "{stats:?}");
-    assert!(!fwd.flush(Duration::from_millis(300)).await, "nothing can be confirmed while NATS is down");
+    assert_eq!(
+        (stats.published, stats.spooled_lines, stats.dropped),
+        (1, 500, 0),
+        "{stats:?}"
+    );
+    assert!(
+        !fwd.flush(Duration::from_millis(300)).await,
+        "nothing can be confirmed while NATS is down"
+    );
 
     server.restart();
     let lines = recv_lines(&mut sub, 500, Duration::from_secs(30)).await;
@@ -173,7 +225,15 @@ async fn lines_written_while_nats_is_down_arrive_after_restart() {
     let want: Vec<_> = (1..=500).map(|i| format!("down-{i}")).collect();
     assert_eq!(got, want);
     assert!(fwd.flush(Duration::from_secs(10)).await);
-    assert_eq!(fwd.stats(), LogStats { published: 501, dropped: 0, spooled_lines: 0, spooled_bytes: 0 });
+    assert_eq!(
+        fwd.stats(),
+        LogStats {
+            published: 501,
+            dropped: 0,
+            spooled_lines: 0,
+            spooled_bytes: 0
+        }
+    );
 }
 
 #[tokio::test]
@@ -191,10 +251,22 @@ async fn spool_overflow_drops_the_oldest_and_reports_the_count() {
     wait_disconnected(&client).await;
     let mut child = sh("for i in $(seq 1 2000); do echo over-$i; done");
     let (out, err) = pipes(&mut child);
-    finish(child, vec![sink.attach("stdout", out), sink.attach("stderr", err)], Duration::from_secs(10)).await;
+    finish(
+        child,
+        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+        Duration::from_secs(10),
+    )
+    .await;
     let stats = fwd.stats();
-    assert!(stats.dropped > 0 && stats.spooled_bytes <= 32 * 1024, "{stats:?}");
-    assert_eq!(stats.dropped as usize + stats.spooled_lines, 2000, "{stats:?}");
+    assert!(
+        stats.dropped > 0 && stats.spooled_bytes <= 32 * 1024,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.dropped as usize + stats.spooled_lines,
+        2000,
+        "{stats:?}"
+    );
 
     server.restart();
     let lines = recv_lines(&mut sub, stats.spooled_lines, Duration::from_secs(30)).await;
@@ -222,10 +294,22 @@ async fn app_writing_5_mib_while_nats_is_down_is_never_blocked() {
     let mut child = sh(&format!("yes {} | head -c 5242880", "a".repeat(99)));
     let (out, err) = pipes(&mut child);
     let started = std::time::Instant::now();
-    finish(child, vec![sink.attach("stdout", out), sink.attach("stderr", err)], Duration::from_secs(10)).await;
+    finish(
+        child,
+        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+        Duration::from_secs(10),
+    )
+    .await;
     let stats = fwd.stats();
     assert!(stats.dropped > 0, "{stats:?}");
     assert!(stats.spooled_bytes <= 1 << 20, "{stats:?}");
-    assert_eq!(stats.dropped as usize + stats.spooled_lines, 5 * 1024 * 1024 / 100 + 1, "{stats:?}");
-    eprintln!("5 MiB written and drained in {:?} with NATS down: {stats:?}", started.elapsed());
+    assert_eq!(
+        stats.dropped as usize + stats.spooled_lines,
+        5 * 1024 * 1024 / 100 + 1,
+        "{stats:?}"
+    );
+    eprintln!(
+        "5 MiB written and drained in {:?} with NATS down: {stats:?}",
+        started.elapsed()
+    );
 }
