@@ -190,14 +190,12 @@ impl UringHandle {
                 if let Err(e) = set_nonblocking(&fd, false) {
                     tracing::warn!(error = %e, "cannot clear O_NONBLOCK on a pipe; using plain reads");
                     tokio::spawn(read_pipe_fallback(fd, tx));
-                } else if let Err(tokio::sync::mpsc::error::SendError(job)) =
+                } else if let Err(mpsc::error::SendError(Job::ReadPipe { fd, chunks })) =
                     jobs.send(Job::ReadPipe { fd, chunks: tx })
                 {
                     // The uring thread died (it only stops when every handle is gone, so this
                     // means a bug); keep the logs flowing anyway.
-                    if let Job::ReadPipe { fd, chunks } = job {
-                        tokio::spawn(read_pipe_fallback(fd, chunks));
-                    }
+                    tokio::spawn(read_pipe_fallback(fd, chunks));
                 }
             }
             None => {
