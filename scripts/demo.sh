@@ -44,7 +44,7 @@ service = "hello"
 TOML
 
 NARUND_LOG=${NARUND_LOG:-info} "$BIN/narund" --config "$WORK/narund.toml" 2>"$WORK/narund.log" & PIDS+=($!)
-NATS_URL="nats://127.0.0.1:$NATS_PORT" "$BIN/hello" 2>"$WORK/hello.log" & PIDS+=($!)
+NATS_URL="nats://127.0.0.1:$NATS_PORT" "$BIN/hello" >"$WORK/hello.log" 2>&1 & PIDS+=($!)
 
 for _ in $(seq 1 100); do
   if curl -fsS "http://127.0.0.1:$HTTP_PORT/hello/world" >/dev/null 2>&1; then break; fi

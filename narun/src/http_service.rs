@@ -152,14 +152,26 @@ async fn run<S, B>(
     let all = u32::try_from(opts.max_inflight).unwrap_or(u32::MAX);
     let drain_client = client.clone();
     let drain = async move {
-        while let Some(request) = endpoint.next().await {
-            let permit = limit.clone().acquire_owned().await.expect("semaphore open");
-            tokio::spawn(handle(
-                drain_client.clone(),
-                request,
-                service.clone(),
-                permit,
-            ));
+        // The drain completes when the server confirms the unsubscribe. While
+        // NATS is unreachable that never happens (and nothing new can arrive),
+        // so stop waiting for it as soon as the connection is down.
+        use async_nats::connection::State;
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                next = endpoint.next() => match next {
+                    Some(request) => {
+                        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+                        tokio::spawn(handle(drain_client.clone(), request, service.clone(), permit));
+                    }
+                    None => break,
+                },
+                _ = check.tick() => {
+                    if drain_client.connection_state() != State::Connected {
+                        break;
+                    }
+                }
+            }
         }
         let _ = limit.acquire_many(all).await;
     };

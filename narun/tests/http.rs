@@ -263,3 +263,21 @@ async fn serves_once_nats_comes_up_later() {
     assert_eq!(resp.body().as_ref(), b"late");
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_while_nats_is_down_does_not_wait_for_the_drain() {
+    let server = NatsServer::start();
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let srv = Server::start(
+        opts(&server, "offline-stop").shutdown_timeout(Duration::from_secs(30)),
+        app,
+    )
+    .await
+    .unwrap();
+    server.stop();
+    // Without NATS the unsubscribe is never confirmed; shutdown must not sit out
+    // the 30 s shutdown timeout waiting for it.
+    tokio::time::timeout(WAIT, srv.shutdown())
+        .await
+        .expect("shutdown waited for a drain that cannot complete");
+}
