@@ -76,7 +76,10 @@ where
     let mut l = lat.lock().unwrap().clone();
     l.sort();
     let p50 = l[l.len() / 2];
-    (count.load(Ordering::Relaxed) as f64 / dur.as_secs_f64(), p50)
+    (
+        count.load(Ordering::Relaxed) as f64 / dur.as_secs_f64(),
+        p50,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,13 +116,18 @@ async fn gateway_vs_raw_nats() {
                     .await
                     .unwrap();
                 assert_eq!(r.status(), 200);
-                http_body_util::BodyExt::collect(r.into_body()).await.unwrap();
+                http_body_util::BodyExt::collect(r.into_body())
+                    .await
+                    .unwrap();
             }
         })
         .await;
         // Ceiling of the in-process HTTP client + hyper server alone (no NATS):
         // the admin /healthz endpoint.
-        let (h, u) = (http.clone(), gw.metrics_url("/healthz").parse::<http::Uri>().unwrap());
+        let (h, u) = (
+            http.clone(),
+            gw.metrics_url("/healthz").parse::<http::Uri>().unwrap(),
+        );
         let (http_rps, _) = run_load(conc, dur, move || {
             let (h, u) = (h.clone(), u.clone());
             async move {
@@ -127,7 +135,9 @@ async fn gateway_vs_raw_nats() {
                     .request(http::Request::get(u).body(full("")).unwrap())
                     .await
                     .unwrap();
-                http_body_util::BodyExt::collect(r.into_body()).await.unwrap();
+                http_body_util::BodyExt::collect(r.into_body())
+                    .await
+                    .unwrap();
             }
         })
         .await;
