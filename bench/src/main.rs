@@ -145,6 +145,7 @@ async fn gateway(dur: Duration, size: usize) -> anyhow::Result<()> {
     gw_client.flush().await?;
     let gateway = narun_gateway::Gateway::bind(gw_config, gw_client).await?;
     let http_addr = gateway.http_addr();
+    let metrics_addr = gateway.metrics_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(gateway.run(async move {
         let _ = stop_rx.await;
@@ -189,6 +190,44 @@ async fn gateway(dur: Duration, size: usize) -> anyhow::Result<()> {
         }
     };
 
+    // Attribution baselines: the same app called over NATS without the gateway,
+    // and the same HTTP client against an endpoint that does not touch NATS.
+    let app_direct = {
+        let (caller, body) = (caller.clone(), body.clone());
+        let (parts, ()) = hyper::Request::post("/bench/echo")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let payload = Bytes::from(narun_wire::bhttp::encode_request(&parts, &body));
+        move |_w: usize| {
+            let (caller, payload) = (caller.clone(), payload.clone());
+            async move {
+                let m = caller.request("benchapp", payload).await?;
+                let r = narun_wire::bhttp::decode_response(&m.payload)?;
+                anyhow::ensure!(
+                    r.body().len() == size,
+                    "app returned {} bytes",
+                    r.body().len()
+                );
+                Ok(())
+            }
+        }
+    };
+    let health_url: hyper::Uri = format!("http://{metrics_addr}/healthz").parse()?;
+    let http_only = {
+        let (http, url) = (http.clone(), health_url);
+        move |_w: usize| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let req = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
+                let resp = http.request(req).await?;
+                anyhow::ensure!(resp.status() == 200, "healthz answered {}", resp.status());
+                resp.into_body().collect().await?;
+                Ok(())
+            }
+        }
+    };
+
     println!(
         "narun-bench gateway: {size} B bodies, {} s per run, nats-server {}",
         dur.as_secs(),
@@ -200,13 +239,17 @@ async fn gateway(dur: Duration, size: usize) -> anyhow::Result<()> {
     );
     for conc in [1usize, 64] {
         let base = load(conc, dur, raw.clone()).await?;
+        let direct = load(conc, dur, app_direct.clone()).await?;
+        let plain_http = load(conc, dur, http_only.clone()).await?;
         let gw = load(conc, dur, post.clone()).await?;
         for (name, r) in [
             ("raw NATS request-reply", &base),
+            ("NATS → narun app (BHTTP)", &direct),
+            ("HTTP only (/healthz)", &plain_http),
             ("HTTP → gateway → app", &gw),
         ] {
             println!(
-                "{:<28} {:>11.0} {:>9} {:>9}",
+                "{:<32} {:>11.0} {:>9} {:>9}",
                 format!("{name} @{conc}"),
                 r.rps(),
                 r.pct(0.5),
@@ -214,9 +257,10 @@ async fn gateway(dur: Duration, size: usize) -> anyhow::Result<()> {
             );
         }
         println!(
-            "  ratio @{conc}: throughput gateway/raw = {:.2}, added p50 = {} µs",
+            "  ratio @{conc}: throughput gateway/raw = {:.2}, added p50 = {} µs; app-direct/raw = {:.2}",
             gw.rps() / base.rps(),
-            gw.pct(0.5) as i64 - base.pct(0.5) as i64
+            gw.pct(0.5) as i64 - base.pct(0.5) as i64,
+            direct.rps() / base.rps(),
         );
     }
     let _ = stop_tx.send(());
