@@ -9,7 +9,9 @@
 #   (c) cargo test --lib -p narun-wire -p narun-spec for both targets, run under qemu
 #       through the runners in .cargo/config.toml.
 #
-# Slow (minutes per target on 2 cores), hence separate from check-all.sh. Installs the
+# Slow (minutes per target on 2 cores), hence separate from check-all.sh. --locked:
+# a Cargo.lock that does not match the manifests fails here, as it would in Yocto
+# (--frozen) and Buildroot (--locked). Installs the
 # Debian cross compilers, qemu-user-static and the rustup targets if they are missing.
 # Exit status: 0 = all steps passed, 1 = a step failed (the failing step is named).
 #
@@ -98,6 +100,8 @@ run_version() {
 
 for t in $TARGETS; do
     for feat in default gateway; do
+        # A binary left by an earlier build must not pass step (b) when this build fails.
+        rm -f "$TARGET_DIR/$t/debug/narund"
         if [ "$feat" = gateway ]; then
             timed "build $t narund --features gateway" cargo build --locked -p narund --features gateway --target "$t"
         else
