@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/narun-target}"
+# Installs nats-server, toolchains and interop peers when missing (idempotent, ~2 s when done).
+bash scripts/setup.sh
 exec cargo test --workspace --all-features "$@"

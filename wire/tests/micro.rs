@@ -289,3 +289,41 @@ async fn invalid_names_and_versions_are_rejected() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn connect_settings_authenticate_with_user_and_password() {
+    use narun_wire::connect::NatsSettings;
+    let server =
+        NatsServer::start_with_config("authorization {\n  user: app\n  password: s3cret\n}\n");
+    let good = NatsSettings {
+        url: server.url(),
+        user: Some("app".into()),
+        password: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let client = good.connect("auth test").await.unwrap();
+    tokio::time::timeout(WAIT, client.flush())
+        .await
+        .expect("authenticated client must reach the server")
+        .unwrap();
+    // Wrong password: the client never gets to a connected state.
+    let bad = NatsSettings {
+        password: Some("wrong".into()),
+        ..good.clone()
+    };
+    let client = bad.connect("auth test").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), client.flush())
+            .await
+            .is_err(),
+        "a wrong password must not connect"
+    );
+    // A credentials file that does not exist is a clear error naming the path.
+    let missing = NatsSettings {
+        url: server.url(),
+        creds: Some("/nonexistent/app.creds".into()),
+        ..Default::default()
+    };
+    let err = missing.connect("auth test").await.unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/app.creds"), "{err}");
+}
