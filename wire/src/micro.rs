@@ -212,6 +212,48 @@ struct Inner {
     started: String,
     endpoints: Mutex<Vec<EndpointEntry>>,
     verb_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stop_verbs: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// Answer `$SRV.*` requests until told to stop (or the service is dropped), then
+/// unsubscribe explicitly, so that a flush after `stop()` guarantees the server
+/// no longer routes discovery requests to us.
+async fn answer_discovery(
+    weak: std::sync::Weak<Inner>,
+    mut subs: Vec<(&'static str, Subscriber)>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let next = {
+            let mut all = futures_util::stream::select_all(subs.iter_mut().map(|(verb, sub)| {
+                let verb = *verb;
+                sub.map(move |m| (verb, m))
+            }));
+            tokio::select! {
+                _ = &mut stop => None,
+                m = all.next() => m,
+            }
+        };
+        let Some((verb, msg)) = next else { break };
+        let Some(inner) = weak.upgrade() else { break };
+        let Some(reply) = msg.reply else {
+            tracing::debug!(subject = %msg.subject, "ignoring discovery request without reply subject");
+            continue;
+        };
+        let service = Service { inner };
+        let body = match verb {
+            "PING" => serde_json::to_vec(&service.ping()),
+            "INFO" => serde_json::to_vec(&service.info()),
+            _ => serde_json::to_vec(&service.stats()),
+        };
+        let body = body.expect("discovery documents serialize");
+        if let Err(e) = service.inner.client.publish(reply, body.into()).await {
+            tracing::warn!(error = %e, verb, "failed to answer discovery request");
+        }
+    }
+    for (_, sub) in subs.iter_mut() {
+        let _ = sub.unsubscribe().await;
+    }
 }
 
 /// A running service instance. Cloning shares the instance.
@@ -230,7 +272,7 @@ impl Service {
             return Err(MicroError::InvalidVersion(config.version));
         }
         let id = nuid::next().to_string();
-        let mut subs = Vec::new();
+        let mut subs: Vec<(&'static str, Subscriber)> = Vec::new();
         for verb in ["PING", "INFO", "STATS"] {
             for subject in [
                 format!("$SRV.{verb}"),
@@ -241,9 +283,10 @@ impl Service {
                     .subscribe(subject.clone())
                     .await
                     .map_err(|source| MicroError::Subscribe { subject, source })?;
-                subs.push(sub.map(move |m| (verb, m)));
+                subs.push((verb, sub));
             }
         }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let inner = Arc::new(Inner {
             client: client.clone(),
             id,
@@ -251,28 +294,9 @@ impl Service {
             started: crate::events::now_rfc3339(),
             endpoints: Mutex::new(Vec::new()),
             verb_task: Mutex::new(None),
+            stop_verbs: Mutex::new(Some(stop_tx)),
         });
-        let weak = Arc::downgrade(&inner);
-        let mut verbs = futures_util::stream::select_all(subs);
-        let task = tokio::spawn(async move {
-            while let Some((verb, msg)) = verbs.next().await {
-                let Some(inner) = weak.upgrade() else { break };
-                let Some(reply) = msg.reply else {
-                    tracing::debug!(subject = %msg.subject, "ignoring discovery request without reply subject");
-                    continue;
-                };
-                let service = Service { inner };
-                let body = match verb {
-                    "PING" => serde_json::to_vec(&service.ping()),
-                    "INFO" => serde_json::to_vec(&service.info()),
-                    _ => serde_json::to_vec(&service.stats()),
-                };
-                let body = body.expect("discovery documents serialize");
-                if let Err(e) = service.inner.client.publish(reply, body.into()).await {
-                    tracing::warn!(error = %e, verb, "failed to answer discovery request");
-                }
-            }
-        });
+        let task = tokio::spawn(answer_discovery(Arc::downgrade(&inner), subs, stop_rx));
         *inner.verb_task.lock().unwrap() = Some(task);
         Ok(Service { inner })
     }
@@ -420,13 +444,25 @@ impl Service {
 
     /// Stop answering discovery. Endpoints are stopped by [`Endpoint::drain`] or
     /// by dropping them (dropping unsubscribes).
+    ///
+    /// When this returns (and NATS is reachable) the server has processed the
+    /// unsubscribes: a PING right after `stop()` gets "no responders", not a
+    /// time-out (async-nats' own `Service::stop` does not guarantee that).
     pub async fn stop(&self) {
-        if let Some(task) = self.inner.verb_task.lock().unwrap().take() {
-            task.abort();
+        if let Some(tx) = self.inner.stop_verbs.lock().unwrap().take() {
+            let _ = tx.send(());
         }
-        // Make sure the server has processed the unsubscribes before returning,
-        // so a PING right after `stop()` gets "no responders", not a reply.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.client.flush()).await;
+        let task = self.inner.verb_task.lock().unwrap().take();
+        if let Some(task) = task {
+            // Bounded: unsubscribing only queues commands on the client.
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(service = %self.inner.config.name, "discovery task did not stop in time");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.client.flush()).await;
     }
 }
 

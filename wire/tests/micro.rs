@@ -16,7 +16,7 @@ async fn request(
 ) -> Result<async_nats::Message, async_nats::RequestError> {
     tokio::time::timeout(WAIT, client.request(subject.to_owned(), Bytes::new()))
         .await
-        .expect("request timed out")
+        .unwrap_or_else(|_| panic!("request to {subject} timed out"))
 }
 
 /// Scatter-gather: publish to `subject` and collect replies until `quiet` passes without one.
