@@ -454,8 +454,9 @@ impl Service {
         }
         let task = self.inner.verb_task.lock().unwrap().take();
         if let Some(task) = task {
-            // Bounded: unsubscribing only queues commands on the client.
-            if tokio::time::timeout(Duration::from_secs(2), task)
+            // Bounded: unsubscribing only queues commands on the client, which can
+            // only stall while NATS is unreachable.
+            if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .is_err()
             {
