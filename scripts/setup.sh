@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 
 APT_PKGS=(nats-server gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-          qemu-user-static systemd shellcheck wrk hyperfine curl)
+          qemu-user-static systemd shellcheck wrk hyperfine curl protobuf-compiler)
 command -v node >/dev/null && command -v npm >/dev/null || APT_PKGS+=(nodejs npm)
 command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || APT_PKGS+=(python3-pip)
 missing=()
@@ -27,7 +27,7 @@ done
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 echo "== interop peers"
-python3 -c 'import nats, nats_contrib.micro' 2>/dev/null && command -v micro >/dev/null \
+python3 -c 'import nats, nats_contrib.micro, grpc, grpc_tools' 2>/dev/null && command -v micro >/dev/null \
   || python3 -m pip install -q -r interop/requirements.txt
 if [ ! -d interop/node_modules/@nats-io/services ]; then
   (cd interop && npm install --no-audit --no-fund --silent)

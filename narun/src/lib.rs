@@ -44,8 +44,13 @@
 //! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]) | `nats://127.0.0.1:4222` |
 //! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata | — |
 
+#[cfg(feature = "grpc")]
+mod grpc;
 mod http_service;
 mod notify;
+
+#[cfg(feature = "grpc")]
+pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
 
 pub use http_service::{Server, serve, serve_service, serve_until};
 pub use narun_wire::connect::NatsSettings;

@@ -1,0 +1,579 @@
+//! Serving a tonic-generated gRPC server over NATS (feature `grpc`).
+//!
+//! The narun gateway (and Go's `narun-gw`) turn each gRPC call into one NATS
+//! request on the subject named after the service:
+//!
+//! * payload: the **raw protobuf request message** (no 5-byte gRPC frame);
+//! * header `X-Original-Grpc-Method: /pkg.Service/Method` picks the method;
+//! * other NATS headers are the call's ASCII metadata (the Rust gateway forwards
+//!   them; Go's gateway drops them).
+//!
+//! This module rebuilds the HTTP/2-style request a gRPC server expects (path
+//! from the header, `content-type: application/grpc`, `te: trailers`, the
+//! framed message) and runs it through any `tower::Service` such as
+//! `GreeterServer::new(impl)` or `tonic::service::Routes`. The answer:
+//!
+//! * **unary** (no `Narun-Grpc-Stream` header; what Go's gateway sends): one
+//!   reply with the raw response message, or an ADR-32 error whose
+//!   `Nats-Service-Error-Code` is the decimal gRPC status code and
+//!   `Nats-Service-Error` its message (Go compatible; a missing method header is
+//!   error `400`);
+//! * **streamed** (request header `Narun-Grpc-Stream: 1`, sent by the Rust
+//!   gateway): every response message is published to the reply subject with
+//!   `Narun-Grpc-Seq: 0, 1, 2…`, then one final message with
+//!   `Narun-Grpc-Status: <code>` (and `Narun-Grpc-Message` when not OK). This
+//!   carries server-streaming methods; unary methods use it too (one message +
+//!   status). See `docs/grpc.md` for the full framing.
+//!
+//! ```no_run
+//! # #[cfg(any())] mod pb { }
+//! # async fn demo<S>(greeter: S) -> Result<(), narun::Error>
+//! # where S: tower::Service<http::Request<http_body_util::Full<bytes::Bytes>>,
+//! #     Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+//! #     Error = std::convert::Infallible> + Clone + Send + 'static, S::Future: Send + 'static {
+//! // `greeter` = e.g. `pb::greeter_server::GreeterServer::new(MyGreeter)`
+//! narun::serve_grpc(narun::Options::from_env_or("grpc-hello"), greeter).await
+//! # }
+//! ```
+
+use crate::{Error, Options, notify};
+use async_nats::HeaderMap;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use narun_wire::micro::{self, Endpoint, EndpointConfig, Service, ServiceConfig};
+use narun_wire::names::GRPC_METHOD_HEADER;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Service as TowerService, ServiceExt};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Endpoint name of gRPC services (Go compatible).
+pub const GRPC_ENDPOINT: &str = "grpc_handler";
+/// Request header: the gateway accepts a streamed answer (value `1`).
+pub const STREAM_HEADER: &str = "Narun-Grpc-Stream";
+/// Streamed answer: sequence number of a response message (0, 1, 2, …).
+pub const SEQ_HEADER: &str = "Narun-Grpc-Seq";
+/// Streamed answer: final message, decimal gRPC status code.
+pub const STATUS_HEADER: &str = "Narun-Grpc-Status";
+/// Streamed answer: status message of the final message (percent-encoded like `grpc-message`).
+pub const MESSAGE_HEADER: &str = "Narun-Grpc-Message";
+
+/// Serve a gRPC server (any tower service taking `http::Request<Full<Bytes>>`,
+/// e.g. a tonic-generated `XxxServer` or `tonic::service::Routes`) until
+/// SIGTERM or SIGINT, then stop gracefully.
+pub async fn serve_grpc<S, B>(opts: Options, service: S) -> Result<(), Error>
+where
+    S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let shutdown = termination_signal().map_err(Error::Signal)?;
+    serve_grpc_until(opts, service, shutdown).await
+}
+
+/// Serve a gRPC server until `shutdown` completes, then stop gracefully.
+pub async fn serve_grpc_until<S, B>(
+    opts: Options,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let server = GrpcServer::start(opts, service).await?;
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// A running gRPC-over-NATS service. [`GrpcServer::shutdown`] stops it gracefully.
+pub struct GrpcServer {
+    service: Service,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcServer {
+    /// Connect, register the service with its `grpc_handler` endpoint on
+    /// subject `opts.name`, and start serving.
+    pub async fn start<S, B>(opts: Options, service: S) -> Result<GrpcServer, Error>
+    where
+        S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        opts.validate()?;
+        let client = opts.nats.connect(&format!("narun {}", opts.name)).await?;
+        let mut config = ServiceConfig::new(&opts.name, &opts.version);
+        config.description = opts.description.clone();
+        config.metadata = opts.metadata.clone();
+        let svc = Service::start(&client, config).await?;
+        let endpoint = svc
+            .add_endpoint(EndpointConfig::new(GRPC_ENDPOINT, &opts.name))
+            .await?;
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let watchdog = notify::ready(&format!("serving gRPC {} on NATS", opts.name));
+        let done = tokio::spawn(run(client, endpoint, service, opts, stop_rx, watchdog));
+        Ok(GrpcServer {
+            service: svc,
+            stop: stop_tx,
+            done,
+        })
+    }
+
+    /// The ADR-32 service (id, stats, info).
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Stop taking requests, finish the in-flight ones (bounded by
+    /// [`Options::shutdown_timeout`]) and unregister from discovery.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.await;
+        self.service.stop().await;
+    }
+}
+
+async fn run<S, B>(
+    client: async_nats::Client,
+    mut endpoint: Endpoint,
+    service: S,
+    opts: Options,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    watchdog: Option<notify::WatchdogGuard>,
+) where
+    S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let limit = Arc::new(Semaphore::new(opts.max_inflight));
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let request = tokio::select! {
+            _ = &mut stop => break,
+            r = endpoint.next() => match r {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        tokio::spawn(handle(client.clone(), request, service.clone(), permit));
+    }
+    // Graceful stop, as in the HTTP server: serve what was already delivered,
+    // then wait for everything in flight (bounded).
+    notify::stopping();
+    tracing::info!(service = %opts.name, "stopping: draining in-flight gRPC requests");
+    endpoint.drain().await;
+    let all = u32::try_from(opts.max_inflight).unwrap_or(u32::MAX);
+    let drain_client = client.clone();
+    let drain = async move {
+        use async_nats::connection::State;
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                next = endpoint.next() => match next {
+                    Some(request) => {
+                        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+                        tokio::spawn(handle(drain_client.clone(), request, service.clone(), permit));
+                    }
+                    None => break,
+                },
+                _ = check.tick() => {
+                    if drain_client.connection_state() != State::Connected {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = limit.acquire_many(all).await;
+    };
+    if tokio::time::timeout(opts.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            service = %opts.name,
+            timeout = ?opts.shutdown_timeout,
+            "in-flight gRPC requests did not finish before the shutdown timeout"
+        );
+    }
+    drop(watchdog);
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+/// gRPC status codes used here.
+mod code {
+    pub const OK: u16 = 0;
+    pub const DEADLINE_EXCEEDED: u16 = 4;
+    pub const INTERNAL: u16 = 13;
+}
+
+/// Headers that describe the NATS/narun transport rather than gRPC metadata.
+fn is_transport_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("nats-")
+        || n.starts_with("narun-grpc-")
+        || n == "x-original-grpc-method"
+        || matches!(
+            n.as_str(),
+            "content-type"
+                | "te"
+                | "content-length"
+                | "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "upgrade"
+                | "host"
+                | "grpc-encoding"
+                | "grpc-accept-encoding"
+        )
+}
+
+/// Parse a `grpc-timeout` value (`<digits><unit>`, unit ∈ H M S m u n).
+pub(crate) fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Percent-encode a status message the way `grpc-message` is encoded.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decode a percent-encoded `grpc-message` (invalid escapes are kept as is).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Split complete gRPC messages off the front of `buf`.
+fn take_messages(buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Result<(), &'static str> {
+    loop {
+        if buf.len() < 5 {
+            return Ok(());
+        }
+        if buf[0] != 0 {
+            return Err("compressed gRPC response messages are not supported");
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.len() < 5 + len {
+            return Ok(());
+        }
+        buf.advance(5);
+        out.push(buf.split_to(len).freeze());
+    }
+}
+
+/// How the answer leaves: one Go-style reply, or the narun stream framing.
+struct Replier {
+    client: async_nats::Client,
+    request: micro::Request,
+    reply: Option<async_nats::Subject>,
+    stream: bool,
+    seq: u64,
+    /// Unary mode: the first response message.
+    first: Option<Bytes>,
+}
+
+impl Replier {
+    async fn message(&mut self, m: Bytes) {
+        if !self.stream {
+            if self.first.is_none() {
+                self.first = Some(m);
+            }
+            return;
+        }
+        let Some(reply) = self.reply.clone() else {
+            return;
+        };
+        let mut h = HeaderMap::new();
+        h.insert(SEQ_HEADER, self.seq.to_string().as_str());
+        self.seq += 1;
+        if let Err(e) = self.client.publish_with_headers(reply, h, m).await {
+            tracing::warn!(error = %e, "failed to publish a gRPC response message");
+        }
+    }
+
+    async fn finish(self, code: u16, message: &str) {
+        let r = if self.stream {
+            let mut h = HeaderMap::new();
+            h.insert(STATUS_HEADER, code.to_string().as_str());
+            if code != code::OK {
+                h.insert(MESSAGE_HEADER, percent_encode(message).as_str());
+                self.request
+                    .respond_error(code, message, Bytes::new(), Some(h))
+                    .await
+            } else {
+                self.request.respond(Bytes::new(), Some(h)).await
+            }
+        } else if code == code::OK {
+            self.request
+                .respond(self.first.unwrap_or_default(), None)
+                .await
+        } else {
+            self.request
+                .respond_error(code, message, Bytes::new(), None)
+                .await
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "failed to send the gRPC reply");
+        }
+    }
+}
+
+/// Answer one NATS request with the gRPC server.
+async fn handle<S, B>(
+    client: async_nats::Client,
+    request: micro::Request,
+    service: S,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let headers = request.message.headers.clone().unwrap_or_default();
+    let method = headers
+        .get(GRPC_METHOD_HEADER)
+        .map(|v| v.as_str().trim().to_owned())
+        .unwrap_or_default();
+    if method.is_empty() {
+        let _ = request
+            .respond_error(
+                400,
+                "Missing required X-Original-Grpc-Method header",
+                Bytes::new(),
+                None,
+            )
+            .await;
+        return;
+    }
+    let stream = headers
+        .get(STREAM_HEADER)
+        .is_some_and(|v| v.as_str().trim() == "1");
+    let deadline = headers
+        .get("grpc-timeout")
+        .and_then(|v| parse_grpc_timeout(v.as_str()));
+
+    // The HTTP/2-style request a gRPC server expects.
+    let mut builder = Request::builder()
+        .method("POST")
+        .uri(method.as_str())
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers");
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if is_transport_header(name) {
+            continue;
+        }
+        let Ok(hn) = HeaderName::from_str(&name.to_ascii_lowercase()) else {
+            continue;
+        };
+        for v in values {
+            if let Ok(hv) = HeaderValue::from_str(v.as_str()) {
+                builder = builder.header(hn.clone(), hv);
+            }
+        }
+    }
+    let payload = &request.message.payload;
+    let mut framed = BytesMut::with_capacity(5 + payload.len());
+    framed.put_u8(0);
+    framed.put_u32(payload.len() as u32);
+    framed.put_slice(payload);
+    let reply = request.message.reply.clone();
+    let mut replier = Replier {
+        client,
+        request,
+        reply,
+        stream,
+        seq: 0,
+        first: None,
+    };
+    let http_request = match builder.body(Full::new(framed.freeze())) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("invalid gRPC method path {method:?}: {e}");
+            replier.finish(400, &msg).await;
+            return;
+        }
+    };
+
+    let call = async {
+        let response = service.oneshot(http_request).await.map_err(Into::into)?;
+        let (parts, body) = response.into_parts();
+        let mut body = std::pin::pin!(body);
+        let header_status = status_of(&parts.headers);
+        let mut buf = BytesMut::new();
+        let mut messages = Vec::new();
+        let mut trailer_status = None;
+        loop {
+            // Convert the error at once: `B::Error` need not be `Send`.
+            let next: Option<Result<_, BoxError>> =
+                body.frame().await.map(|r| r.map_err(Into::into));
+            let Some(frame) = next else { break };
+            let frame = frame?;
+            match frame.into_data() {
+                Ok(data) => {
+                    buf.extend_from_slice(&data);
+                    take_messages(&mut buf, &mut messages)?;
+                    for m in messages.drain(..) {
+                        replier.message(m).await;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailer_status = status_of(&t);
+                    }
+                }
+            }
+        }
+        Ok::<_, BoxError>(
+            trailer_status
+                .or(header_status)
+                .unwrap_or((code::INTERNAL, "gRPC server sent no grpc-status".to_owned())),
+        )
+    };
+    let bounded = async {
+        match deadline {
+            Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
+                Ok((
+                    code::DEADLINE_EXCEEDED,
+                    "deadline exceeded while the gRPC handler ran".to_owned(),
+                ))
+            }),
+            None => call.await,
+        }
+    };
+    let (status, message) = match AssertUnwindSafe(bounded).catch_unwind().await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::error!(%method, error = %e, "gRPC handler failed");
+            (code::INTERNAL, format!("gRPC handler failed: {e}"))
+        }
+        Err(_) => {
+            tracing::error!(%method, "gRPC handler panicked");
+            (code::INTERNAL, "Internal server error".to_owned())
+        }
+    };
+    replier.finish(status, &message).await;
+}
+
+/// `grpc-status` / `grpc-message` from a header or trailer block.
+fn status_of(h: &http::HeaderMap) -> Option<(u16, String)> {
+    let code = h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+    let message = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode)
+        .unwrap_or_default();
+    Some((code, message))
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("5"), None);
+        assert_eq!(parse_grpc_timeout("1234567890S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+
+    #[test]
+    fn message_percent_coding() {
+        let s = "bad name: héllo 100%\n";
+        let e = percent_encode(s);
+        assert!(e.is_ascii() && !e.contains('\n'));
+        assert_eq!(percent_decode(&e), s);
+        assert_eq!(percent_decode("50%"), "50%");
+    }
+
+    #[test]
+    fn framing() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0, 0, 0, 0, 2, b'h', b'i', 0, 0, 0, 0, 0, 0, 0]);
+        let mut out = Vec::new();
+        take_messages(&mut buf, &mut out).unwrap();
+        assert_eq!(out, vec![Bytes::from_static(b"hi"), Bytes::new()]);
+        assert_eq!(buf.len(), 2, "incomplete frame stays buffered");
+        let mut c = BytesMut::from(&[1u8, 0, 0, 0, 0][..]);
+        assert!(take_messages(&mut c, &mut out).is_err());
+    }
+}
