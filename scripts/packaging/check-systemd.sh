@@ -164,6 +164,13 @@ else
     printf '[check-systemd] note: no NARUND_CAPS list in %s yet; comparison with the unit skipped\n' "$PRIV"
 fi
 
+# narund must ping the watchdog, or systemd kills it WatchdogSec after READY=1.
+if grep -rqs -E 'NotifyState::Watchdog|WATCHDOG=1' daemon/src; then
+    ok "narund sends WATCHDOG=1 (WatchdogSec=$(value_of WatchdogSec))"
+else
+    printf '[check-systemd] WARNING: daemon/src never sends WATCHDOG=1, but the unit sets WatchdogSec=%s: systemd will abort and restart narund every %s until narund pings the watchdog (sd_notify::watchdog_enabled + NotifyState::Watchdog every WatchdogSec/2)\n' "$(value_of WatchdogSec)" "$(value_of WatchdogSec)"
+fi
+
 # --- 4. sysusers.d / tmpfiles.d ---------------------------------------------------
 mkdir -p "$ROOT/usr/lib/sysusers.d" "$ROOT/usr/lib/tmpfiles.d" "$ROOT/etc"
 cp "$SYSUSERS" "$ROOT/usr/lib/sysusers.d/narun.conf"
