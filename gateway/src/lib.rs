@@ -43,6 +43,7 @@
 //! ```
 
 pub mod config;
+mod grpc;
 mod metrics;
 mod proxy;
 mod router;
@@ -100,6 +101,8 @@ pub struct Gateway {
     shared: Arc<Shared>,
     service: Service,
     shutdown_timeout: Duration,
+    /// gRPC listener, when `grpc_addr` is set and gRPC routes exist.
+    grpc: Option<grpc::GrpcGateway>,
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), GatewayError> {
@@ -161,10 +164,18 @@ impl Gateway {
             service.stop().await;
             return Err(e.into());
         }
+        let mut metrics = metrics::Metrics::new();
+        let grpc = match grpc::GrpcGateway::bind(&config, &client, &mut metrics.registry).await {
+            Ok(g) => g,
+            Err(e) => {
+                service.stop().await;
+                return Err(e);
+            }
+        };
         let shared = Arc::new(Shared {
             client,
             router: router::Router::new(specs),
-            metrics: metrics::Metrics::new(),
+            metrics,
             max_body: config.max_body_bytes,
         });
         Ok(Gateway {
@@ -175,7 +186,13 @@ impl Gateway {
             shared,
             service,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_sec),
+            grpc,
         })
+    }
+
+    /// The gRPC listener's address (`None` without gRPC routes or `grpc_addr`).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|g| g.addr())
     }
 
     /// The routed HTTP listener's address.
@@ -204,6 +221,9 @@ impl Gateway {
             .header_read_timeout(Duration::from_secs(10));
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
+        let grpc = self
+            .grpc
+            .map(|g| tokio::spawn(g.run(stop_rx.clone(), self.shutdown_timeout)));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -244,6 +264,9 @@ impl Gateway {
                 "gateway shutdown timeout: closing remaining connections"
             );
             conns.shutdown().await;
+        }
+        if let Some(g) = grpc {
+            let _ = g.await;
         }
         self.service.stop().await;
         Ok(())

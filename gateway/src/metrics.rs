@@ -63,7 +63,8 @@ fn duration_histogram() -> Histogram {
 }
 
 pub(crate) struct Metrics {
-    registry: Registry,
+    /// Also holds the gRPC gateway's metrics (`grpc.rs` registers them).
+    pub(crate) registry: Registry,
     requests: Family<HttpLabels, Counter>,
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     nats: Family<NatsLabels, Counter>,

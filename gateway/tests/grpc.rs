@@ -1,0 +1,566 @@
+//! gRPC end to end: real nats-server, the real gateway on a loopback port, the
+//! `examples/grpc-hello` tonic server served over NATS by `narun::serve_grpc`,
+//! and two real clients (tonic, and Python `grpcio`).
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use grpc_hello::pb::HelloRequest;
+use grpc_hello::pb::greeter_client::GreeterClient;
+use narun::{GrpcServer, NatsSettings, Options};
+use narun_gateway::{Gateway, GatewayConfig};
+use narun_test_support::{NatsServer, wait_for};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Setup {
+    nats: NatsServer,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    app: Option<GrpcServer>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    gateway: tokio::task::JoinHandle<()>,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let nats = NatsServer::start();
+        let settings = NatsSettings {
+            url: nats.url(),
+            ..Default::default()
+        };
+        let app = GrpcServer::start(
+            Options::new("grpc-hello").nats(settings.clone()),
+            grpc_hello::server(),
+        )
+        .await
+        .expect("serve grpc-hello over NATS");
+        let config = GatewayConfig::from_toml(
+            r#"
+            [gateway]
+            http_addr = "127.0.0.1:0"
+            grpc_addr = "127.0.0.1:0"
+            metrics_addr = "127.0.0.1:0"
+            request_timeout_sec = 5
+            shutdown_timeout_sec = 2
+            [[gateway.routes]]
+            grpc = "hello.v1.Greeter"
+            service = "grpc-hello"
+            [[gateway.routes]]
+            grpc = "absent.v1.Nobody"
+            service = "absent"
+            "#,
+        )
+        .expect("config");
+        let client = settings.connect("gateway-grpc-test").await.expect("client");
+        let probe = client.clone();
+        wait_for(
+            "gateway NATS client to connect",
+            Duration::from_secs(10),
+            || async {
+                (probe.connection_state() == async_nats::connection::State::Connected).then_some(())
+            },
+        )
+        .await;
+        let gw = Gateway::bind(config, client).await.expect("bind gateway");
+        let grpc = gw.grpc_addr().expect("gRPC listener");
+        let metrics = gw.metrics_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let gateway = tokio::spawn(async move {
+            gw.run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("gateway run");
+        });
+        Setup {
+            nats,
+            grpc,
+            metrics,
+            app: Some(app),
+            stop: Some(tx),
+            gateway,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .expect("h2c connection to the gRPC gateway")
+    }
+
+    async fn metrics(&self) -> String {
+        let mut s = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("metrics answer in time")
+            .unwrap();
+        out
+    }
+
+    async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.gateway)
+            .await
+            .expect("gateway stops")
+            .unwrap();
+        self.nats.stop();
+    }
+}
+
+fn hello(name: &str) -> HelloRequest {
+    HelloRequest { name: name.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_client_through_gateway() {
+    let s = Setup::start().await;
+    let mut c = GreeterClient::new(s.channel().await);
+
+    // Success.
+    let r = c.say_hello(hello("tonic")).await.expect("SayHello");
+    assert_eq!(r.into_inner().message, "Hello, tonic");
+
+    // Request metadata reaches the app.
+    let mut req = tonic::Request::new(hello("meta"));
+    req.metadata_mut()
+        .insert("x-echo", "abc-123".parse().unwrap());
+    let r = c.say_hello(req).await.expect("SayHello with metadata");
+    assert_eq!(r.into_inner().message, "Hello, meta [x-echo=abc-123]");
+
+    // Application error: code and message preserved.
+    let e = c.say_hello(hello("")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(e.message(), "name must not be empty");
+
+    // A panicking handler is INTERNAL, and the app keeps serving.
+    let e = c.say_hello(hello("panic")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(c.say_hello(hello("again")).await.is_ok());
+
+    // Client deadline shorter than the handler: DEADLINE_EXCEEDED, promptly.
+    let mut req = tonic::Request::new(hello("sleep:3000"));
+    // As metadata, not `set_timeout`: tonic's own client-side timer would win
+    // the race and report CANCELLED; here the gateway must enforce it.
+    req.metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let t = Instant::now();
+    let e = c.say_hello(req).await.unwrap_err();
+    // tonic also runs a client-side timer for `grpc-timeout` and may report
+    // its own CANCELLED "Timeout expired" first; the gateway's own
+    // DEADLINE_EXCEEDED is checked in the metrics below.
+    assert!(
+        e.code() == Code::DeadlineExceeded
+            || (e.code() == Code::Cancelled && e.message().contains("Timeout")),
+        "{e:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // Server streaming: every message in order, then OK.
+    let mut st = c
+        .say_hellos(hello("s"))
+        .await
+        .expect("SayHellos")
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = st.next().await {
+        got.push(m.expect("stream item").message);
+    }
+    assert_eq!(got, ["Hello #0, s", "Hello #1, s", "Hello #2, s"]);
+    let mut st = c
+        .say_hellos(hello("count:50"))
+        .await
+        .expect("SayHellos")
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = st.next().await {
+        assert_eq!(m.expect("item").message, format!("Hello #{n}, count:50"));
+        n += 1;
+    }
+    assert_eq!(n, 50);
+    // A stream that fails after one message: the message, then the status.
+    let mut st = c
+        .say_hellos(hello("fail"))
+        .await
+        .expect("SayHellos")
+        .into_inner();
+    assert_eq!(st.next().await.unwrap().unwrap().message, "Hello #0, fail");
+    let e = st.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::Aborted);
+    assert_eq!(e.message(), "stream failed");
+
+    // Routed service with nobody serving it: UNAVAILABLE, fast.
+    let mut raw = tonic::client::Grpc::new(s.channel().await);
+    raw.ready().await.unwrap();
+    let t = Instant::now();
+    let e = raw
+        .unary::<Bytes, Bytes, _>(
+            tonic::Request::new(Bytes::new()),
+            http::uri::PathAndQuery::from_static("/absent.v1.Nobody/Call"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Unknown service: UNIMPLEMENTED.
+    raw.ready().await.unwrap();
+    let e = raw
+        .unary::<Bytes, Bytes, _>(
+            tonic::Request::new(Bytes::new()),
+            http::uri::PathAndQuery::from_static("/nope.v1.Nothing/Call"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert!(e.message().contains("nope.v1.Nothing"), "{e:?}");
+
+    // Health: SERVING while NATS is connected.
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let mut h = HealthClient::new(s.channel().await);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let st = h
+        .check(check(""))
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(st, ServingStatus::Serving as i32);
+    let st = h
+        .check(check("hello.v1.Greeter"))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(st, ServingStatus::Serving as i32);
+
+    // Metrics (the timed-out call is counted when the gateway's deadline fires).
+    let m = wait_for(
+        "the deadline to be counted",
+        Duration::from_secs(5),
+        || async {
+            let m = s.metrics().await;
+            m.contains("grpc_code=\"DEADLINE_EXCEEDED\"").then_some(m)
+        },
+    )
+    .await;
+    for line in [
+        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="OK"} 3"#,
+        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="INVALID_ARGUMENT"} 1"#,
+        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="DEADLINE_EXCEEDED"} 1"#,
+        r#"grpc_gateway_requests_total{grpc_method="/absent.v1.Nobody/Call",grpc_code="UNAVAILABLE"} 1"#,
+        r#"grpc_gateway_requests_total{grpc_method="unmatched",grpc_code="UNIMPLEMENTED"} 1"#,
+        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHellos",grpc_code="OK"} 2"#,
+        r#"grpc_gateway_request_duration_seconds_count{grpc_method="/hello.v1.Greeter/SayHellos"} 3"#,
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
+
+    // NATS down: health turns NOT_SERVING and calls fail fast with UNAVAILABLE.
+    s.nats.stop();
+    wait_for(
+        "health NOT_SERVING after NATS stops",
+        Duration::from_secs(10),
+        || {
+            let mut h = h.clone();
+            async move {
+                let st = h.check(check("")).await.ok()?.into_inner().status;
+                (st == ServingStatus::NotServing as i32).then_some(())
+            }
+        },
+    )
+    .await;
+    let t = Instant::now();
+    let e = c.say_hello(hello("down")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    s.nats.restart();
+    s.stop().await;
+}
+
+/// The app library answers Go's gateway protocol (no stream header): one
+/// reply with the raw message, or a micro error with the decimal gRPC code;
+/// a missing method header is error 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_gateway_protocol() {
+    let s = Setup::start().await;
+    let nc = s.nats.connect().await;
+    let req = |name: &str| {
+        use prost::Message;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("X-Original-Grpc-Method", "/hello.v1.Greeter/SayHello");
+        (h, Bytes::from(hello(name).encode_to_vec()))
+    };
+    let (h, p) = req("go");
+    let r = nc
+        .request_with_headers("grpc-hello", h, p)
+        .await
+        .expect("reply");
+    use prost::Message;
+    let reply = grpc_hello::pb::HelloReply::decode(r.payload).unwrap();
+    assert_eq!(reply.message, "Hello, go");
+    assert!(
+        r.headers
+            .is_none_or(|h| h.get("Nats-Service-Error-Code").is_none())
+    );
+
+    let (h, p) = req("");
+    let r = nc.request_with_headers("grpc-hello", h, p).await.unwrap();
+    let h = r.headers.expect("error headers");
+    assert_eq!(h.get("Nats-Service-Error-Code").unwrap().as_str(), "3");
+    assert_eq!(
+        h.get("Nats-Service-Error").unwrap().as_str(),
+        "name must not be empty"
+    );
+    assert!(r.payload.is_empty());
+
+    let r = nc.request("grpc-hello", Bytes::new()).await.unwrap();
+    let h = r.headers.expect("error headers");
+    assert_eq!(h.get("Nats-Service-Error-Code").unwrap().as_str(), "400");
+    assert_eq!(
+        h.get("Nats-Service-Error").unwrap().as_str(),
+        "Missing required X-Original-Grpc-Method header"
+    );
+
+    // Unknown method: tonic answers UNIMPLEMENTED (12).
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("X-Original-Grpc-Method", "/hello.v1.Greeter/Nope");
+    let r = nc
+        .request_with_headers("grpc-hello", h, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers
+            .unwrap()
+            .get("Nats-Service-Error-Code")
+            .unwrap()
+            .as_str(),
+        "12"
+    );
+    s.stop().await;
+}
+
+const PY_CLIENT: &str = r#"
+import json, sys
+out, addr = sys.argv[1], sys.argv[2]
+sys.path.insert(0, out)
+import grpc
+import hello_pb2, hello_pb2_grpc
+
+ch = grpc.insecure_channel(addr)
+stub = hello_pb2_grpc.GreeterStub(ch)
+res = {}
+def call(key, f):
+    try:
+        res[key] = {"ok": f()}
+    except grpc.RpcError as e:
+        res[key] = {"code": e.code().name, "details": e.details()}
+R = hello_pb2.HelloRequest
+call("hello", lambda: stub.SayHello(R(name="py"), timeout=5).message)
+call("meta", lambda: stub.SayHello(R(name="py"), metadata=[("x-echo", "p q")], timeout=5).message)
+call("error", lambda: stub.SayHello(R(name=""), timeout=5).message)
+call("deadline", lambda: stub.SayHello(R(name="sleep:3000"), timeout=0.3).message)
+call("stream", lambda: [r.message for r in stub.SayHellos(R(name="py"), timeout=5)])
+got = []
+def failing():
+    for r in stub.SayHellos(R(name="fail"), timeout=5):
+        got.append(r.message)
+call("stream_fail", failing)
+res["stream_fail"]["got"] = got
+raw = lambda m: ch.unary_unary(m, request_serializer=None, response_deserializer=None)
+call("absent", lambda: raw("/absent.v1.Nobody/Call")(b"", timeout=5).hex())
+call("unknown", lambda: raw("/nope.v1.Nothing/Call")(b"", timeout=5).hex())
+print(json.dumps(res))
+"#;
+
+fn python_with_grpcio() -> &'static str {
+    let ok = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools.protoc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 with grpcio and grpcio-tools is required for this test: \
+         run `python3 -m pip install -r interop/requirements.txt` (or scripts/setup.sh)"
+    );
+    "python3"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_through_gateway() {
+    let py = python_with_grpcio();
+    let dir = tempfile::tempdir().unwrap();
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/grpc-hello/proto");
+    let out = dir.path().to_str().unwrap();
+    let gen_ok = Command::new(py)
+        .args(["-m", "grpc_tools.protoc", &format!("-I{proto_dir}")])
+        .arg(format!("--python_out={out}"))
+        .arg(format!("--grpc_python_out={out}"))
+        .arg(format!("{proto_dir}/hello.proto"))
+        .status()
+        .expect("run grpc_tools.protoc");
+    assert!(gen_ok.success(), "generating Python stubs failed");
+    std::fs::write(dir.path().join("client.py"), PY_CLIENT).unwrap();
+
+    let s = Setup::start().await;
+    let script = dir.path().join("client.py");
+    let addr = s.grpc.to_string();
+    let outdir = out.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(outdir)
+            .arg(addr)
+            .output()
+            .expect("run the Python client")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "python client failed:\n{stderr}");
+    let res: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(res["hello"]["ok"], "Hello, py");
+    assert_eq!(res["meta"]["ok"], "Hello, py [x-echo=p q]");
+    assert_eq!(res["error"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(res["error"]["details"], "name must not be empty");
+    assert_eq!(res["deadline"]["code"], "DEADLINE_EXCEEDED");
+    assert_eq!(
+        res["stream"]["ok"],
+        serde_json::json!(["Hello #0, py", "Hello #1, py", "Hello #2, py"])
+    );
+    assert_eq!(res["stream_fail"]["code"], "ABORTED");
+    assert_eq!(
+        res["stream_fail"]["got"],
+        serde_json::json!(["Hello #0, fail"])
+    );
+    assert_eq!(res["absent"]["code"], "UNAVAILABLE");
+    assert_eq!(res["unknown"]["code"], "UNIMPLEMENTED");
+    s.stop().await;
+}
+
+/// Pass-through codec: the message bytes as they are.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Unary gRPC through the gateway vs raw NATS request-reply with the same
+/// payload. `cargo test --release -p narun-gateway --test grpc -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly"]
+async fn bench_unary_vs_raw_nats() {
+    use prost::Message;
+    const N: usize = 3000;
+    let s = Setup::start().await;
+    let mut c = GreeterClient::new(s.channel().await);
+    let nc = s.nats.connect().await;
+    // Raw baseline: a NATS responder echoing a HelloReply of the same size.
+    let reply = Bytes::from(
+        grpc_hello::pb::HelloReply {
+            message: "Hello, bench".into(),
+        }
+        .encode_to_vec(),
+    );
+    let mut sub = nc.subscribe("raw-echo").await.unwrap();
+    let rc = nc.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(r) = m.reply {
+                let _ = rc.publish(r, reply.clone()).await;
+            }
+        }
+    });
+    nc.flush().await.unwrap();
+    let payload = Bytes::from(hello("bench").encode_to_vec());
+    for _ in 0..200 {
+        c.say_hello(hello("bench")).await.unwrap();
+        nc.request("raw-echo", payload.clone()).await.unwrap();
+    }
+    let t = Instant::now();
+    for _ in 0..N {
+        nc.request("raw-echo", payload.clone()).await.unwrap();
+    }
+    let raw = t.elapsed() / N as u32;
+    let t = Instant::now();
+    for _ in 0..N {
+        c.say_hello(hello("bench")).await.unwrap();
+    }
+    let grpc = t.elapsed() / N as u32;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N / 16 {
+                c.say_hello(hello("bench")).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let conc = (N / 16 * 16) as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "unary sequential: raw NATS request-reply {raw:?}/call, gRPC via gateway + serve_grpc {grpc:?}/call, ratio {:.2}; gRPC 16 concurrent: {conc:.0} calls/s",
+        grpc.as_secs_f64() / raw.as_secs_f64()
+    );
+    s.stop().await;
+}
