@@ -86,9 +86,9 @@ impl Server {
         let endpoint = svc
             .add_endpoint(EndpointConfig::new(HTTP_ENDPOINT, &opts.name))
             .await?;
-        // Make the subscriptions effective before announcing readiness (bounded:
-        // while NATS is down they are sent on connect).
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
+        // Make the subscriptions effective at the server before announcing
+        // readiness (bounded: while NATS is down they are sent on connect).
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(5)).await;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let watchdog = notify::ready(&format!("serving {} on NATS", opts.name));
         let done = tokio::spawn(run(client, endpoint, service, opts, stop_rx, watchdog));

@@ -200,6 +200,31 @@ impl NatsSettings {
     }
 }
 
+/// Wait until the server has processed every command this client sent before
+/// the call (subscribes, unsubscribes, publishes), bounded by `timeout`.
+///
+/// `Client::flush` only writes the client's buffer to the socket; it does not
+/// wait for the server. This publishes to a private inbox we subscribe to and
+/// waits for the message to come back: the server handles one connection's
+/// commands in order, so everything sent earlier has taken effect by then.
+/// Returns false on time-out (e.g. while NATS is unreachable).
+pub async fn sync_with_server(client: &async_nats::Client, timeout: Duration) -> bool {
+    use futures_util::StreamExt;
+    // While disconnected there is nothing to wait for: subscriptions are re-sent
+    // on reconnect. A client still making its first connection ("Pending") gets
+    // the bounded wait.
+    if client.connection_state() == async_nats::connection::State::Disconnected {
+        return false;
+    }
+    let work = async {
+        let inbox = client.new_inbox();
+        let mut sub = client.subscribe(inbox.clone()).await.ok()?;
+        client.publish(inbox, bytes::Bytes::new()).await.ok()?;
+        sub.next().await
+    };
+    matches!(tokio::time::timeout(timeout, work).await, Ok(Some(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -463,7 +463,7 @@ impl Service {
                 tracing::warn!(service = %self.inner.config.name, "discovery task did not stop in time");
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.client.flush()).await;
+        crate::connect::sync_with_server(&self.inner.client, Duration::from_secs(5)).await;
     }
 }
 
