@@ -558,9 +558,26 @@ async fn bench_unary_vs_raw_nats() {
         t.await.unwrap();
     }
     let conc = (N / 16 * 16) as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let nc = nc.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..N / 16 {
+                nc.request("raw-echo", payload.clone()).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let raw_conc = (N / 16 * 16) as f64 / t.elapsed().as_secs_f64();
     println!(
-        "unary sequential: raw NATS request-reply {raw:?}/call, gRPC via gateway + serve_grpc {grpc:?}/call, ratio {:.2}; gRPC 16 concurrent: {conc:.0} calls/s",
-        grpc.as_secs_f64() / raw.as_secs_f64()
+        "unary @1: raw NATS request-reply {raw:?}/call, gRPC via gateway + serve_grpc {grpc:?}/call, \
+         latency ratio {:.2}; @16: raw {raw_conc:.0} calls/s, gRPC {conc:.0} calls/s, throughput ratio {:.2}",
+        grpc.as_secs_f64() / raw.as_secs_f64(),
+        conc / raw_conc
     );
     s.stop().await;
 }
