@@ -27,17 +27,28 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Self::start_with(true).await
+    }
+
+    /// `with_app`: also serve `grpc-hello` in-process.
+    async fn start_with(with_app: bool) -> Setup {
         let nats = NatsServer::start();
         let settings = NatsSettings {
             url: nats.url(),
             ..Default::default()
         };
-        let app = GrpcServer::start(
-            Options::new("grpc-hello").nats(settings.clone()),
-            grpc_hello::server(),
-        )
-        .await
-        .expect("serve grpc-hello over NATS");
+        let app = if with_app {
+            Some(
+                GrpcServer::start(
+                    Options::new("grpc-hello").nats(settings.clone()),
+                    grpc_hello::server(),
+                )
+                .await
+                .expect("serve grpc-hello over NATS"),
+            )
+        } else {
+            None
+        };
         let config = GatewayConfig::from_toml(
             r#"
             [gateway]
@@ -80,7 +91,7 @@ impl Setup {
             nats,
             grpc,
             metrics,
-            app: Some(app),
+            app,
             stop: Some(tx),
             gateway,
         }
@@ -357,6 +368,61 @@ async fn go_gateway_protocol() {
             .as_str(),
         "12"
     );
+    s.stop().await;
+}
+
+/// The `grpc-hello` binary as narund would run it: env from narund, served
+/// through the gateway, discoverable, and stopping cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_binary_through_gateway() {
+    let bin = narun_test_support::workspace_bin("grpc-hello", "grpc-hello", &[]);
+    let s = Setup::start_with(false).await;
+    let mut child = std::process::Command::new(bin)
+        .env("NATS_URL", s.nats.url())
+        .env("NARUN_APP_NAME", "grpc-hello")
+        .env("NARUN_INSTANCE_ID", "grpc-hello-0")
+        .env_remove("NOTIFY_SOCKET")
+        .spawn()
+        .expect("start grpc-hello");
+    let channel = s.channel().await;
+    let reply = wait_for(
+        "grpc-hello to answer via the gateway",
+        Duration::from_secs(20),
+        || {
+            let mut c = GreeterClient::new(channel.clone());
+            async move { c.say_hello(hello("bin")).await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(reply.into_inner().message, "Hello, bin");
+    let nc = s.nats.connect().await;
+    let info = nc
+        .request("$SRV.INFO.grpc-hello", Bytes::new())
+        .await
+        .expect("$SRV.INFO");
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    assert_eq!(info["endpoints"][0]["name"], "grpc_handler", "{info}");
+    assert_eq!(info["endpoints"][0]["subject"], "grpc-hello", "{info}");
+    assert_eq!(
+        info["metadata"]["narun_instance_id"], "grpc-hello-0",
+        "{info}"
+    );
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_for(
+        "grpc-hello to exit after SIGTERM",
+        Duration::from_secs(15),
+        || {
+            let r = child.try_wait().expect("try_wait");
+            async move { r }
+        },
+    )
+    .await;
+    assert!(status.success(), "grpc-hello exited with {status}");
     s.stop().await;
 }
 
