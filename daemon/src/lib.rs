@@ -10,10 +10,18 @@
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
 //! | [`fetch`] | app binaries from the Object Store: streamed, SHA-256 verified, content-addressed cache |
 //! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool |
+//! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
+//! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
+//! | [`node`] | heartbeat in `node-runner-states`, clean shutdown |
+//! | [`state`] | last applied specs in the data dir, for starts without NATS |
 
 pub mod cgroup;
 pub mod config;
 pub mod fetch;
 pub mod logs;
+pub mod node;
 pub mod privileges;
+pub mod reconcile;
+pub mod state;
+pub mod supervisor;
 pub mod uring;

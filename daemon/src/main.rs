@@ -2,8 +2,10 @@
 //!
 //! Loads `/etc/narun/narund.toml` (flags and env override it), connects to NATS
 //! (retrying forever: narund never exits because NATS is down), runs the embedded
-//! HTTP gateway when built with the `gateway` feature and enabled, and speaks
-//! sd_notify to systemd (`READY=1`, `STATUS=`, `STOPPING=1`).
+//! HTTP gateway when built with the `gateway` feature and enabled, supervises the
+//! apps of this node (local state first, then `app-configs`; see `docs/supervisor.md`),
+//! heart-beats into `node-runner-states`, and speaks sd_notify to systemd (`READY=1`,
+//! `STATUS=`, `STOPPING=1`).
 
 use anyhow::Context;
 use clap::Parser;
@@ -128,23 +130,63 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .context("gateway")
         });
     }
-    #[cfg(not(feature = "gateway"))]
-    let _ = (&client, &stop_rx);
-
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status(&format!(
-            "node {} up; NATS {}",
-            config.node_id, config.nats.url
-        )),
-    ]);
-
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+
+    // The supervisor runs always, with or without NATS.
+    if let Err(e) = narund::supervisor::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
+    }
+    let _reaper = narund::supervisor::spawn_reaper();
+    let start_time = narun_wire::events::now_rfc3339();
+    let (sup, _log_task) = narund::supervisor::Supervisor::new(
+        narund::supervisor::SupervisorConfig::from_config(&config),
+        client.clone(),
+        narund::uring::UringHandle::start(),
+    )
+    .await;
+    let offline = sup.start_offline().await;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    {
+        let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            narund::reconcile::run(sup, client, Some(ready_tx), stop).await;
+            Ok(())
+        });
+    }
+    {
+        let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
+        let start_time = start_time.clone();
+        tasks.spawn(async move {
+            narund::node::run_heartbeat(sup, client, start_time, stop).await;
+            Ok(())
+        });
+    }
+    // READY=1 after the first reconcile, or at once when apps were started from local state
+    // (NATS may be far away). Without either, READY comes after 30 s anyway: narund is
+    // working, it is only waiting for NATS.
+    let ready_wait = async move {
+        if offline == 0 {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx).await;
+        }
+    };
+    tokio::pin!(ready_wait);
+    let mut ready_sent = false;
+
     loop {
         tokio::select! {
+            _ = &mut ready_wait, if !ready_sent => {
+                ready_sent = true;
+                notify(&[
+                    NotifyState::Ready,
+                    NotifyState::Status(&format!(
+                        "node {} up; {} app(s) from local state; NATS {}",
+                        config.node_id, offline, config.nats.url
+                    )),
+                ]);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
@@ -160,6 +202,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("narund stopping");
     notify(&[NotifyState::Stopping]);
     let _ = stop_tx.send(true);
+    narund::node::shutdown(&sup, &client, &start_time).await;
+    sup.flush_logs(std::time::Duration::from_secs(2)).await;
     while let Some(res) = tasks.join_next().await {
         res.context("task panicked")??;
     }

@@ -6,9 +6,11 @@
 //! * [`bhttp`]: HTTP requests and responses as Binary HTTP (RFC 9292) payloads.
 //! * [`micro`]: NATS Micro (ADR-32) services: endpoints, stats, discovery.
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
+//! * [`jetstream`]: KV buckets and object stores that open on every server version.
 
 pub mod bhttp;
 pub mod connect;
 pub mod events;
+pub mod jetstream;
 pub mod micro;
 pub mod names;

@@ -1,0 +1,145 @@
+//! The node's heartbeat in `node-runner-states` (Go compatible, with narun additions).
+//!
+//! Every [`HEARTBEAT`] (and shortly after any instance changes state) narund puts a
+//! [`NodeState`] under its node id: the Go fields (`last_seen`, `managed_instances`,
+//! `status`, `os`, `arch`, …) plus labels, the cgroup layout and the controllers narund can
+//! enforce, whether io_uring is used, and every instance with its state. The bucket has a
+//! 45 s TTL, so a node that stops heart-beating disappears after three missed beats.
+//!
+//! On a clean shutdown ([`shutdown`]) the state is put once more with status
+//! `shutting_down`, every app is stopped gracefully in parallel (each within its
+//! `stopTimeoutSec`), and the key is deleted.
+
+use crate::supervisor::Supervisor;
+use async_nats::jetstream::kv;
+use narun_wire::events::{NodeState, now_rfc3339};
+use narun_wire::jetstream::ensure_kv;
+use narun_wire::names;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Interval between heartbeats (Go: TTL / 3).
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// A state change is published after at most this delay (changes are batched).
+pub const CHANGE_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Bound of each put.
+pub const PUT_TIMEOUT: Duration = Duration::from_millis(7500);
+/// narund's version string in the node state.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Build the node state as of now.
+pub fn node_state(sup: &Supervisor, status: &str, start_time: &str, connected: bool) -> NodeState {
+    let instances = sup.instances();
+    let mut managed: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
+    managed.sort();
+    managed.dedup();
+    let (layout, controllers) = match sup.cgroup_root() {
+        Some(root) => {
+            let c = root.enforceable().unwrap_or_default();
+            let mut list = Vec::new();
+            if c.memory {
+                list.push("memory".to_string());
+            }
+            if c.cpu {
+                list.push("cpu".to_string());
+            }
+            if c.pids {
+                list.push("pids".to_string());
+            }
+            (root.layout().to_string(), list)
+        }
+        None => ("none".to_string(), vec![]),
+    };
+    NodeState {
+        node_id: sup.config().node_id.clone(),
+        last_seen: now_rfc3339(),
+        version: VERSION.to_string(),
+        start_time: start_time.to_string(),
+        managed_instances: managed,
+        status: status.to_string(),
+        os: names::go_os().to_string(),
+        arch: names::go_arch().to_string(),
+        labels: sup.config().labels.clone(),
+        cgroup_layout: layout,
+        cgroup_controllers: controllers,
+        io_uring: Some(sup.io_uring()),
+        instances,
+        nats_connected: Some(connected),
+    }
+}
+
+async fn open(client: &async_nats::Client) -> Option<kv::Store> {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return None;
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    match tokio::time::timeout(
+        PUT_TIMEOUT,
+        ensure_kv(
+            &js,
+            names::NODE_STATES_BUCKET,
+            "narun node heartbeats",
+            1,
+            Some(Duration::from_secs(names::NODE_STATE_TTL_SECS)),
+        ),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "node-runner-states not available");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn put(store: &kv::Store, state: &NodeState) -> bool {
+    let json = serde_json::to_vec(state).expect("a NodeState always serializes");
+    matches!(
+        tokio::time::timeout(PUT_TIMEOUT, store.put(&state.node_id, json.into())).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Heart-beat until `stop` becomes true. Failures are logged and retried at the next beat.
+pub async fn run_heartbeat(
+    sup: Supervisor,
+    client: async_nats::Client,
+    start_time: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut store: Option<kv::Store> = None;
+    loop {
+        if store.is_none() {
+            store = open(&client).await;
+        }
+        if let Some(s) = &store {
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            let state = node_state(&sup, "running", &start_time, connected);
+            if !put(s, &state).await {
+                tracing::debug!("heartbeat put failed (NATS down?)");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = sup.changed() => {
+                tokio::time::sleep(CHANGE_DEBOUNCE).await;
+            }
+            _ = crate::supervisor::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Clean shutdown: `shutting_down`, stop every app in parallel, delete the node key.
+pub async fn shutdown(sup: &Supervisor, client: &async_nats::Client, start_time: &str) {
+    let store = open(client).await;
+    if let Some(s) = &store {
+        put(s, &node_state(sup, "shutting_down", start_time, true)).await;
+    }
+    sup.shutdown().await;
+    if let Some(s) = &store {
+        let node = sup.config().node_id.clone();
+        let _ = tokio::time::timeout(PUT_TIMEOUT, s.delete(&node)).await;
+    }
+}

@@ -1,0 +1,1154 @@
+//! The supervisor: one task per app instance that fetches the binary, runs it in its
+//! own cgroup, forwards its output, restarts it by policy and stops it cleanly.
+//!
+//! # Lifecycle of an instance
+//!
+//! ```text
+//!            ┌────────── stop ─────────────────────────────────┐
+//!            ▼                                                 │
+//! starting ──► running ──(exit)──► stopped/crashed ──restart?──► backoff ──► starting …
+//!    │            │                      │ no                     │ start limit hit
+//!    │ fetch/     │ stop                 ▼                        ▼
+//!    │ spawn      ▼                   (ended)                   failed (start-limit)
+//!    ▼         stopping ──► stopped
+//!  failed (fetch | verify | spawn | user | cgroup)
+//! ```
+//!
+//! * **starting**: the binary is taken from the content-addressed cache (downloaded and
+//!   SHA-256 verified when needed), `<data_dir>/instances/<app>-<index>/work` is created, a
+//!   fresh cgroup `narun-<app>-<index>-<run>` is created with the spec's limits.
+//! * **running** (with `pid`): the process runs with an *exact* environment (nothing is
+//!   inherited from narund: spec env, `USER`/`HOME`/`LOGNAME`, a default `PATH`, the
+//!   `NARUN_*` variables and the NATS connection variables), in its own process group and
+//!   cgroup, as the spec's user with only the spec's capabilities. stdout/stderr go through
+//!   [`crate::logs`] to `logs.<app>.<node>`.
+//! * When the main process exits on its own, whatever is left in the cgroup (double-forked
+//!   children) is killed (systemd's `KillMode=control-group`), then the exit is classified
+//!   ([`ExitKind`]) and the spec's `restart` policy decides (systemd's matrix,
+//!   [`narun_spec::RestartPolicy::restarts_after`]).
+//! * Restarts wait an exponential backoff with jitter: 100 ms, 200 ms, 400 ms … capped at
+//!   `apps.restart_backoff_max_sec`; a run of at least [`STABLE_RUN`] resets it. At most
+//!   `startLimitBurst` starts per `startLimitIntervalSec` (systemd's start limit): one more
+//!   gives `failed` with reason `start-limit`, and the instance stays down until the spec
+//!   is applied again.
+//! * **Stop** (scale down, spec change, delete, shutdown): `stopSignal` to the main
+//!   process, `stopTimeoutSec` to exit, then `cgroup.kill` (SIGKILL to every process of
+//!   the instance, atomically), wait until the cgroup is empty, remove it.
+//!
+//! Every transition is published as a [`StatusEvent`] on `status.<app>.<node>` and kept in
+//! a [`Snapshot`] for the node heartbeat.
+//!
+//! # Zombies
+//!
+//! narund is a *child subreaper* ([`become_subreaper`]): when an app double-forks and the
+//! middle process exits, the grandchild is re-parented to narund instead of PID 1 (which
+//! on some devices does not reap). [`spawn_reaper`] reaps those orphans. It must never reap
+//! a child that tokio's `Child::wait` is waiting for (the exit status would be lost), so it
+//! only reaps zombies whose pid is not in the tracked set; a pid enters that set while the
+//! set's lock is held around `spawn`, so no window exists where a direct child is
+//! untracked, and leaves it after tokio has reaped it.
+
+use crate::cgroup::{self, CgroupRoot, InstanceCgroup, Limits};
+use crate::fetch::{BinaryCache, CachedBinary, FetchError, Sha256Digest};
+use crate::logs::{LogForwarder, LogSink};
+use crate::privileges::{AppIdentity, PrivilegePlan};
+use crate::state::{PersistedApp, PersistedState, StateFile, spec_value};
+use crate::uring::UringHandle;
+use async_nats::jetstream::object_store::ObjectStore;
+use narun_spec::{AppSpec, ExitKind};
+use narun_wire::connect::NatsSettings;
+use narun_wire::events::{InstanceState, StatusEvent, now_rfc3339};
+use narun_wire::names;
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+/// A run at least this long resets the restart backoff to its first step.
+pub const STABLE_RUN: Duration = Duration::from_secs(10);
+/// First restart delay.
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// How long a download of a binary may take before the start fails.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// `PATH` given to apps whose spec does not set one (systemd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the supervisor needs from narund's configuration.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    /// Labels of this node (for `desired_replicas`).
+    pub labels: BTreeMap<String, String>,
+    /// The NATS settings apps receive in their environment.
+    pub nats: NatsSettings,
+    /// User of apps whose spec names none.
+    pub default_user: String,
+    /// Whether a spec may ask for `user: root`.
+    pub allow_root: bool,
+    /// Cap of the restart backoff.
+    pub restart_backoff_max: Duration,
+    /// Binary versions kept per app.
+    pub keep_versions: usize,
+    /// Configured cgroup root (None = next to narund's own cgroup).
+    pub cgroup_root: Option<PathBuf>,
+    /// Spool size of the log forwarder.
+    pub log_spool_bytes: usize,
+}
+
+impl SupervisorConfig {
+    /// From narund's [`crate::config::Config`].
+    pub fn from_config(c: &crate::config::Config) -> SupervisorConfig {
+        SupervisorConfig {
+            node_id: c.node_id.clone(),
+            data_dir: c.data_dir.clone(),
+            labels: c.labels.clone(),
+            nats: c.nats.clone(),
+            default_user: c.apps.default_user.clone(),
+            allow_root: false,
+            restart_backoff_max: Duration::from_secs(c.apps.restart_backoff_max_sec.max(1)),
+            keep_versions: c.apps.keep_versions,
+            cgroup_root: c.cgroup.root.clone(),
+            log_spool_bytes: c.logs.spool_bytes,
+        }
+    }
+}
+
+/// The current state of one instance (for heartbeats, tests and the reconciler).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Last published status (`starting`, `running`, …).
+    pub status: String,
+    pub pid: Option<i32>,
+    pub reason: String,
+    pub restarts: u32,
+    /// Hex SHA-256 of the binary.
+    pub digest: String,
+    pub unenforced: Vec<String>,
+    /// The instance task has finished: nothing runs and nothing will be restarted.
+    pub ended: bool,
+}
+
+/// Shared state of the supervisor.
+pub(crate) struct Inner {
+    pub(crate) cfg: SupervisorConfig,
+    logs: LogForwarder,
+    cache: BinaryCache,
+    pub(crate) uring: UringHandle,
+    pub(crate) cgroups: Option<CgroupRoot>,
+    pub(crate) store: Mutex<Option<ObjectStore>>,
+    pub(crate) apps: Mutex<BTreeMap<String, AppRun>>,
+    pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    state_file: StateFile,
+    persisted: Mutex<PersistedState>,
+    /// Signalled on every status change (the heartbeat listens).
+    pub(crate) changed: Notify,
+    events: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
+}
+
+/// The instances of one app on this node.
+pub(crate) struct AppRun {
+    pub(crate) spec: Arc<AppSpec>,
+    pub(crate) hash: String,
+    pub(crate) instances: BTreeMap<u32, InstanceHandle>,
+    /// KV revision of the spec (0 = from local state).
+    pub(crate) revision: u64,
+}
+
+/// Runs app instances. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    /// Create a supervisor publishing with `client` (which may still be connecting).
+    /// Finds the cgroup root (without cgroups, instances run in process groups only and
+    /// every limit is reported as unenforced) and removes instance cgroups left behind by a
+    /// previous narund. Returns the supervisor and the log publisher task.
+    pub async fn new(
+        cfg: SupervisorConfig,
+        client: async_nats::Client,
+        uring: UringHandle,
+    ) -> (Supervisor, tokio::task::JoinHandle<()>) {
+        let (logs, log_task) = LogForwarder::new(
+            client.clone(),
+            &cfg.node_id,
+            cfg.log_spool_bytes,
+            uring.clone(),
+        );
+        let cgroups = match CgroupRoot::discover(cfg.cgroup_root.as_deref()) {
+            Ok(root) => {
+                let report = root.enable_controllers();
+                for f in &report.failures {
+                    tracing::info!(detail = %f, "cgroup controller not enabled");
+                }
+                match root
+                    .cleanup_stale(&HashSet::new(), Duration::from_secs(5))
+                    .await
+                {
+                    Ok(removed) if !removed.is_empty() => {
+                        tracing::warn!(?removed, "removed instance cgroups of a previous narund")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cleaning stale instance cgroups"),
+                }
+                Some(root)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no usable cgroup v2: apps run without cgroups (limits unenforced, stop by process group)");
+                None
+            }
+        };
+        let state_file = StateFile::new(&cfg.data_dir);
+        let persisted = state_file.load().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "starting without local state");
+            PersistedState::default()
+        });
+        let cache = BinaryCache::new(&cfg.data_dir, cfg.keep_versions, uring.clone());
+        let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            while let Some((subject, payload)) = events_rx.recv().await {
+                let _ = publisher.publish(subject, payload.into()).await;
+            }
+        });
+        let inner = Inner {
+            cfg,
+            logs,
+            cache,
+            uring,
+            cgroups,
+            store: Mutex::new(None),
+            apps: Mutex::new(BTreeMap::new()),
+            apply_lock: tokio::sync::Mutex::new(()),
+            state_file,
+            persisted: Mutex::new(persisted),
+            changed: Notify::new(),
+            events,
+        };
+        (
+            Supervisor {
+                inner: Arc::new(inner),
+            },
+            log_task,
+        )
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SupervisorConfig {
+        &self.inner.cfg
+    }
+
+    /// The cgroup root in use, if any.
+    pub fn cgroup_root(&self) -> Option<&CgroupRoot> {
+        self.inner.cgroups.as_ref()
+    }
+
+    /// Whether io_uring is in use.
+    pub fn io_uring(&self) -> bool {
+        self.inner.uring.available()
+    }
+
+    /// Give the supervisor the `app-binaries` store (once NATS is reachable).
+    pub fn set_object_store(&self, store: Option<ObjectStore>) {
+        *self.inner.store.lock().unwrap() = store;
+    }
+
+    /// Resolves when some instance changed state.
+    pub async fn changed(&self) {
+        self.inner.changed.notified().await
+    }
+
+    /// Every instance with its state, sorted by app and index.
+    pub fn instances(&self) -> Vec<InstanceState> {
+        let apps = self.inner.apps.lock().unwrap();
+        let mut out = Vec::new();
+        for (name, app) in apps.iter() {
+            for h in app.instances.values() {
+                let s = h.snapshot();
+                out.push(InstanceState {
+                    instance_id: h.instance_id.clone(),
+                    app_name: name.clone(),
+                    status: s.status,
+                    pid: s.pid,
+                    tag: h.spec.tag.clone(),
+                    digest: s.digest,
+                    reason: s.reason,
+                    restarts: s.restarts,
+                    unenforced_limits: s.unenforced,
+                });
+            }
+        }
+        out
+    }
+
+    /// Snapshot of instance `index` of `app` (the newest run when two overlap).
+    pub fn snapshot(&self, app: &str, index: u32) -> Option<Snapshot> {
+        let apps = self.inner.apps.lock().unwrap();
+        apps.get(app)
+            .and_then(|a| a.instances.get(&index))
+            .map(|h| h.snapshot())
+    }
+
+    /// Names of the apps this node currently has a spec for.
+    pub fn app_names(&self) -> Vec<String> {
+        self.inner.apps.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Flush log lines (bounded), e.g. before exiting.
+    pub async fn flush_logs(&self, timeout: Duration) -> bool {
+        self.inner.logs.flush(timeout).await
+    }
+
+    pub(crate) fn persist_spec(&self, spec: &AppSpec) {
+        let mut st = self.inner.persisted.lock().unwrap();
+        let value = spec_value(spec);
+        let digest = match st.apps.get(&spec.name) {
+            Some(old) if old.spec == value => old.digest.clone(),
+            _ => String::new(),
+        };
+        st.apps.insert(
+            spec.name.clone(),
+            PersistedApp {
+                spec: value,
+                digest,
+            },
+        );
+        self.inner.save(&st);
+    }
+
+    pub(crate) fn forget_spec(&self, app: &str) {
+        let mut st = self.inner.persisted.lock().unwrap();
+        if st.apps.remove(app).is_some() {
+            self.inner.save(&st);
+        }
+    }
+
+    /// The digest persisted for exactly this spec (offline starts).
+    pub(crate) fn persisted_digest(&self, spec: &AppSpec) -> Option<Sha256Digest> {
+        let st = self.inner.persisted.lock().unwrap();
+        st.apps
+            .get(&spec.name)
+            .filter(|a| a.spec == spec_value(spec))
+            .and_then(|a| Sha256Digest::from_hex(&a.digest))
+    }
+
+    /// The state file.
+    pub fn state_file(&self) -> &StateFile {
+        &self.inner.state_file
+    }
+
+    /// Start one instance of `spec` at `index` (a new run; the caller tracks the handle).
+    pub(crate) fn start_instance(&self, spec: Arc<AppSpec>, index: u32) -> InstanceHandle {
+        let pinned = self.persisted_digest(&spec);
+        let instance_id = format!("{}-{}", spec.name, index);
+        let (status_tx, status_rx) = watch::channel(Snapshot {
+            status: "starting".into(),
+            ..Default::default()
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handle = InstanceHandle {
+            instance_id: instance_id.clone(),
+            index,
+            hash: run_hash(&spec),
+            spec: spec.clone(),
+            status: status_rx,
+            stop: Arc::new(stop_tx),
+        };
+        let run = InstanceRun {
+            inner: self.inner.clone(),
+            sink: self.inner.logs.sink(&spec.name, &instance_id),
+            spec,
+            index,
+            instance_id,
+            run_id: String::new(),
+            status: status_tx,
+            stop: stop_rx,
+            pinned,
+        };
+        tokio::spawn(run.run());
+        handle
+    }
+}
+
+impl Inner {
+    /// Queue a core-NATS publish (like Go: not JetStream). One publisher task sends them in
+    /// order, so a disconnected client never stalls an instance and events keep their order;
+    /// async-nats buffers them until the connection is back.
+    pub(crate) fn publish(&self, subject: String, payload: Vec<u8>) {
+        let _ = self.events.send((subject, payload));
+    }
+
+    fn save(&self, st: &PersistedState) {
+        if let Err(e) = self.state_file.save(st) {
+            tracing::warn!(error = %e, "persisting local state");
+        }
+    }
+
+    fn record_digest(&self, spec: &AppSpec, digest: &Sha256Digest) {
+        let mut st = self.persisted.lock().unwrap();
+        if let Some(app) = st.apps.get_mut(&spec.name)
+            && app.spec == spec_value(spec)
+            && app.digest != digest.to_hex()
+        {
+            app.digest = digest.to_hex();
+            self.save(&st);
+        }
+    }
+}
+
+/// The supervisor's handle on one instance run. Cheap to clone.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    pub instance_id: String,
+    pub index: u32,
+    /// `config_hash` of the spec this instance runs.
+    pub hash: String,
+    pub spec: Arc<AppSpec>,
+    status: watch::Receiver<Snapshot>,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl InstanceHandle {
+    /// Current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.status.borrow().clone()
+    }
+
+    /// Wait until `pred` holds for the state, at most `timeout`. Returns the state then
+    /// (or the last state on timeout, as `Err`).
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Snapshot, Snapshot> {
+        let mut rx = self.status.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(pred)).await {
+            Ok(Ok(s)) => Ok(s.clone()),
+            _ => Err(self.snapshot()),
+        }
+    }
+
+    /// Ask the instance to stop (no restart) and wait until it has ended: stop signal,
+    /// `stopTimeoutSec`, then SIGKILL of the whole cgroup.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        // The stop itself is bounded by stopTimeoutSec + the cgroup wait; add a margin.
+        let bound = Duration::from_secs(self.spec.stop_timeout_sec) + Duration::from_secs(30);
+        if self.wait_for(bound, |s| s.ended).await.is_err() {
+            tracing::error!(instance = %self.instance_id, "instance did not end after stop");
+        }
+    }
+}
+
+/// How one run ended.
+struct Outcome {
+    kind: ExitKind,
+    status: &'static str,
+    exit_code: i32,
+    reason: &'static str,
+    error: String,
+}
+
+/// Why a start did not get to a running process.
+struct StartFailure {
+    reason: &'static str,
+    error: String,
+}
+
+/// The task of one instance.
+struct InstanceRun {
+    inner: Arc<Inner>,
+    sink: LogSink,
+    spec: Arc<AppSpec>,
+    index: u32,
+    instance_id: String,
+    run_id: String,
+    status: watch::Sender<Snapshot>,
+    stop: watch::Receiver<bool>,
+    pinned: Option<Sha256Digest>,
+}
+
+struct Running {
+    child: tokio::process::Child,
+    pid: i32,
+    cgroup: Option<InstanceCgroup>,
+    log_tasks: Vec<tokio::task::JoinHandle<()>>,
+    oom_before: u64,
+}
+
+impl InstanceRun {
+    async fn run(mut self) {
+        let mut starts: std::collections::VecDeque<Instant> = Default::default();
+        let mut attempt: u32 = 0;
+        let mut restarts: u32 = 0;
+        loop {
+            if *self.stop.borrow() {
+                self.publish("stopped", None, "", None, String::new());
+                break;
+            }
+            // Start limit (systemd StartLimitBurst/StartLimitIntervalSec).
+            let interval = Duration::from_secs(self.spec.start_limit_interval_sec);
+            if !interval.is_zero() {
+                let now = Instant::now();
+                while starts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > interval)
+                {
+                    starts.pop_front();
+                }
+                if starts.len() >= self.spec.start_limit_burst as usize {
+                    let msg = format!(
+                        "started {} times within {}s (startLimitBurst/startLimitIntervalSec); not restarting until the spec is applied again",
+                        starts.len(),
+                        interval.as_secs()
+                    );
+                    self.sink.line("stderr", &format!("narund: {msg}"));
+                    self.publish("failed", None, "start-limit", None, msg);
+                    break;
+                }
+                starts.push_back(now);
+            }
+            self.run_id = new_run_id();
+            self.publish("starting", None, "", None, String::new());
+            let running = match self.start().await {
+                Ok(r) => r,
+                Err(f) => {
+                    self.sink
+                        .line("stderr", &format!("narund: start failed: {}", f.error));
+                    self.publish("failed", None, f.reason, None, f.error);
+                    break;
+                }
+            };
+            let started = Instant::now();
+            let (outcome, intentional) = self.wait(running).await;
+            if intentional {
+                self.publish("stopped", None, "", None, String::new());
+                break;
+            }
+            self.sink.line(
+                "stderr",
+                &format!("narund: process ended: {}", outcome.error),
+            );
+            self.publish(
+                outcome.status,
+                None,
+                outcome.reason,
+                Some(outcome.exit_code),
+                outcome.error.clone(),
+            );
+            if !self.spec.restart.restarts_after(outcome.kind) {
+                break;
+            }
+            if started.elapsed() >= STABLE_RUN {
+                attempt = 0;
+            }
+            let delay = backoff(attempt, self.inner.cfg.restart_backoff_max);
+            attempt = attempt.saturating_add(1);
+            restarts += 1;
+            self.status.send_modify(|s| s.restarts = restarts);
+            self.publish(
+                "backoff",
+                None,
+                outcome.reason,
+                None,
+                format!("restart {restarts} in {} ms", delay.as_millis()),
+            );
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut stop) => {}
+            }
+        }
+        self.status.send_modify(|s| {
+            s.ended = true;
+            s.pid = None;
+        });
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Publish a status event and update the snapshot.
+    fn publish(
+        &self,
+        status: &str,
+        pid: Option<i32>,
+        reason: &str,
+        exit_code: Option<i32>,
+        error: String,
+    ) {
+        let mut unenforced = Vec::new();
+        let mut restarts = 0;
+        self.status.send_modify(|s| {
+            s.status = status.to_string();
+            s.pid = pid;
+            s.reason = reason.to_string();
+            unenforced = s.unenforced.clone();
+            restarts = s.restarts;
+        });
+        let ev = StatusEvent {
+            instance_id: self.instance_id.clone(),
+            node_id: self.inner.cfg.node_id.clone(),
+            status: status.into(),
+            pid,
+            exit_code,
+            error,
+            time: now_rfc3339(),
+            reason: reason.into(),
+            app_name: self.spec.name.clone(),
+            run_id: self.run_id.clone(),
+            tag: self.spec.tag.clone(),
+            unenforced_limits: unenforced,
+            restarts: (restarts > 0).then_some(restarts),
+            ..Default::default()
+        };
+        tracing::info!(instance = %self.instance_id, run = %self.run_id, status, reason, pid, "instance status");
+        let subject = names::status_subject(&self.spec.name, &self.inner.cfg.node_id);
+        let payload = serde_json::to_vec(&ev).expect("a StatusEvent always serializes");
+        self.inner.publish(subject, payload);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Fetch, prepare and spawn.
+    async fn start(&mut self) -> Result<Running, StartFailure> {
+        let bin = self.binary().await?;
+        self.status.send_modify(|s| s.digest = bin.digest.to_hex());
+        self.inner.record_digest(&self.spec, &bin.digest);
+        self.pinned = Some(bin.digest);
+
+        let identity = if unsafe { libc::geteuid() } == 0 {
+            let user = (!self.spec.user.is_empty()).then_some(self.spec.user.as_str());
+            Some(
+                AppIdentity::resolve(
+                    user,
+                    &self.inner.cfg.default_user,
+                    self.inner.cfg.allow_root,
+                )
+                .map_err(|e| StartFailure {
+                    reason: "user",
+                    error: e.to_string(),
+                })?,
+            )
+        } else {
+            tracing::warn!(instance = %self.instance_id, "narund is not root: the app runs as narund's user, with narund's capabilities");
+            None
+        };
+
+        let work = self
+            .inner
+            .cfg
+            .data_dir
+            .join("instances")
+            .join(crate::fetch::sanitize(&self.instance_id))
+            .join("work");
+        let spawn_err = |what: &str, e: &dyn std::fmt::Display| StartFailure {
+            reason: "spawn",
+            error: format!("{what}: {e}"),
+        };
+        std::fs::create_dir_all(&work)
+            .map_err(|e| spawn_err(&format!("creating {}", work.display()), &e))?;
+        if let Some(id) = &identity {
+            let c = std::ffi::CString::new(work.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            // SAFETY: plain chown on a valid C string.
+            unsafe { libc::chown(c.as_ptr(), id.uid, id.gid) };
+        }
+
+        let mut limits = Limits::from_spec(
+            self.spec.memory_mb,
+            self.spec.memory_max_mb,
+            self.spec.cpu_cores,
+        );
+        limits.pids_max = self.spec.pids_max;
+        limits.cpu_weight = self.spec.cpu_weight.map(|w| w.min(10_000) as u32);
+        let cgroup = match &self.inner.cgroups {
+            Some(root) => {
+                let name = cgroup::instance_name(&self.spec.name, self.index, &self.run_id);
+                Some(
+                    InstanceCgroup::create(root, &name, &limits).map_err(|e| StartFailure {
+                        reason: "cgroup",
+                        error: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let unenforced: Vec<String> = match &cgroup {
+            Some(cg) => cg.unenforced().iter().map(|s| s.to_string()).collect(),
+            None if limits != Limits::default() => vec!["cgroup".into()],
+            None => vec![],
+        };
+        self.status.send_modify(|s| s.unenforced = unenforced);
+
+        let result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_ref());
+        match result {
+            Ok((child, log_tasks)) => {
+                let pid = child.id().map(|p| p as i32).unwrap_or(0);
+                let oom_before = cgroup
+                    .as_ref()
+                    .and_then(|c| c.memory_events().ok())
+                    .map(|m| m.oom_kill)
+                    .unwrap_or(0);
+                self.publish("running", Some(pid), "", None, String::new());
+                Ok(Running {
+                    child,
+                    pid,
+                    cgroup,
+                    log_tasks,
+                    oom_before,
+                })
+            }
+            Err(f) => {
+                if let Some(cg) = cgroup {
+                    let _ = cg.remove(Duration::from_secs(5)).await;
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// The verified binary: from the object store when connected (the cache avoids the
+    /// download), otherwise the cached file of the digest this spec last ran.
+    async fn binary(&self) -> Result<CachedBinary, StartFailure> {
+        let store = self.inner.store.lock().unwrap().clone();
+        let (os, arch) = (names::go_os(), names::go_arch());
+        // A restart of the same spec reuses the binary of the first start.
+        if self.pinned.is_none()
+            && let Some(store) = store
+        {
+            let fetched = tokio::time::timeout(
+                FETCH_TIMEOUT,
+                self.inner
+                    .cache
+                    .fetch(&store, &self.spec.name, &self.spec.tag, os, arch),
+            )
+            .await;
+            match fetched {
+                Ok(Ok(b)) => return Ok(b),
+                Ok(Err(e @ (FetchError::Mismatch { .. } | FetchError::BadDigest { .. }))) => {
+                    return Err(StartFailure {
+                        reason: "verify",
+                        error: e.to_string(),
+                    });
+                }
+                Ok(Err(FetchError::Nats { message, .. })) => {
+                    tracing::warn!(instance = %self.instance_id, %message, "object store unreachable, trying the local cache");
+                }
+                Ok(Err(e)) => {
+                    return Err(StartFailure {
+                        reason: "fetch",
+                        error: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(instance = %self.instance_id, "binary download timed out, trying the local cache")
+                }
+            }
+        }
+        let Some(digest) = self.pinned.or_else(|| {
+            Supervisor {
+                inner: self.inner.clone(),
+            }
+            .persisted_digest(&self.spec)
+        }) else {
+            return Err(StartFailure {
+                reason: "fetch",
+                error: format!(
+                    "binary {} is not cached and NATS is not reachable; it will be fetched when the spec is applied again with NATS up",
+                    self.spec.binary_object_name(os, arch)
+                ),
+            });
+        };
+        let path = self.inner.cache.path_for(&self.spec.name, &digest);
+        match self.inner.uring.hash_file(&path).await {
+            Ok(h) if h == digest.0 => Ok(CachedBinary {
+                path,
+                digest,
+                downloaded: false,
+            }),
+            Ok(_) => Err(StartFailure {
+                reason: "verify",
+                error: format!(
+                    "cached binary {} does not match its digest {digest}; it will be downloaded again when NATS is reachable",
+                    path.display()
+                ),
+            }),
+            Err(e) => Err(StartFailure {
+                reason: "fetch",
+                error: format!("cached binary {}: {e}", path.display()),
+            }),
+        }
+    }
+
+    fn spawn(
+        &self,
+        bin: &CachedBinary,
+        work: &std::path::Path,
+        identity: Option<&AppIdentity>,
+        cgroup: Option<&InstanceCgroup>,
+    ) -> Result<(tokio::process::Child, Vec<tokio::task::JoinHandle<()>>), StartFailure> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| StartFailure {
+            reason: "spawn",
+            error: format!("{what}: {e}"),
+        };
+        let mut cmd = tokio::process::Command::new(&bin.path);
+        cmd.args(&self.spec.args)
+            .env_clear()
+            .envs(self.environment(identity, work))
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .kill_on_drop(false)
+            .process_group(0);
+        let (out_r, out_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
+        let (err_r, err_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
+        cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+        if let Some(cg) = cgroup {
+            cg.place_command(cmd.as_std_mut())
+                .map_err(|e| fail("placing into the cgroup", &e))?;
+        }
+        if let Some(id) = identity {
+            let mut keep = Vec::new();
+            for c in &self.spec.capabilities {
+                let cap = c
+                    .parse::<caps::Capability>()
+                    .map_err(|e| fail(&format!("capability {c}"), &e))?;
+                keep.push(cap);
+            }
+            let plan = PrivilegePlan::new(id, &keep).map_err(|e| StartFailure {
+                reason: "user",
+                error: e.to_string(),
+            })?;
+            plan.install(cmd.as_std_mut());
+        }
+        let child = {
+            let mut tracked = TRACKED.lock().unwrap();
+            let child = cmd
+                .spawn()
+                .map_err(|e| fail(&format!("starting {}", bin.path.display()), &e))?;
+            if let Some(pid) = child.id() {
+                tracked.insert(pid as i32);
+            }
+            child
+        };
+        // Drop our copies of the write ends, so the readers see EOF when the app exits.
+        drop(cmd);
+        let log_tasks = vec![
+            self.sink.attach("stdout", OwnedFd::from(out_r)),
+            self.sink.attach("stderr", OwnedFd::from(err_r)),
+        ];
+        Ok((child, log_tasks))
+    }
+
+    /// The exact environment of the app.
+    fn environment(
+        &self,
+        identity: Option<&AppIdentity>,
+        work: &std::path::Path,
+    ) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), DEFAULT_PATH.into());
+        if let Some(id) = identity {
+            env.insert("USER".into(), id.user.clone());
+            env.insert("LOGNAME".into(), id.user.clone());
+            env.insert("HOME".into(), id.home.display().to_string());
+        }
+        for e in &self.spec.env {
+            if e.value_from_secret.is_empty() {
+                env.insert(e.name.clone(), e.value.clone());
+            } else {
+                tracing::warn!(instance = %self.instance_id, var = %e.name, "valueFromSecret is not supported by narund yet; variable not set");
+            }
+        }
+        use narun_wire::names::env as n;
+        for (k, v) in [
+            (n::APP_NAME, self.spec.name.clone()),
+            (n::INSTANCE_ID, self.instance_id.clone()),
+            (n::RUN_ID, self.run_id.clone()),
+            (n::REPLICA_INDEX, self.index.to_string()),
+            (n::NODE_ID, self.inner.cfg.node_id.clone()),
+            (n::NODE_OS, names::go_os().into()),
+            (n::NODE_ARCH, names::go_arch().into()),
+            (n::INSTANCE_ROOT, work.display().to_string()),
+        ] {
+            env.insert(k.into(), v);
+        }
+        for (k, v) in self.inner.cfg.nats.to_env() {
+            env.insert(k.into(), v);
+        }
+        env.into_iter().collect()
+    }
+
+    /// Wait for the process to end or for a stop request. Returns how it ended and whether
+    /// the end was asked for.
+    async fn wait(&mut self, mut r: Running) -> (Outcome, bool) {
+        let mut stop = self.stop.clone();
+        let mut intentional = false;
+        let early = tokio::select! {
+            st = r.child.wait() => Some(st),
+            _ = stopped(&mut stop) => None,
+        };
+        let status = match early {
+            Some(st) => st,
+            None => {
+                intentional = true;
+                self.publish("stopping", Some(r.pid), "", None, String::new());
+                let sig = self.spec.stop_signal.number().unwrap_or(libc::SIGTERM);
+                // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+                unsafe { libc::kill(r.pid, sig) };
+                let timeout = Duration::from_secs(self.spec.stop_timeout_sec);
+                match tokio::time::timeout(timeout, r.child.wait()).await {
+                    Ok(st) => st,
+                    Err(_) => {
+                        tracing::warn!(instance = %self.instance_id, "did not stop within stopTimeoutSec, killing");
+                        kill_all(r.pid, r.cgroup.as_ref());
+                        r.child.wait().await
+                    }
+                }
+            }
+        };
+        TRACKED.lock().unwrap().remove(&r.pid);
+        // Whatever the main process left behind goes too (KillMode=control-group).
+        kill_all(r.pid, r.cgroup.as_ref());
+        let oom = r
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.memory_events().ok())
+            .is_some_and(|m| m.oom_kill > r.oom_before);
+        if let Some(cg) = r.cgroup.take() {
+            if let Err(e) = cg.wait_empty(Duration::from_secs(10)).await {
+                tracing::warn!(instance = %self.instance_id, error = %e, "cgroup did not empty");
+            }
+            if let Err(e) = cg.remove(Duration::from_secs(5)).await {
+                tracing::warn!(instance = %self.instance_id, error = %e, "removing the cgroup");
+            }
+        }
+        for t in r.log_tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        let outcome = match status {
+            Err(e) => Outcome {
+                kind: ExitKind::Signal,
+                status: "crashed",
+                exit_code: -1,
+                reason: "wait",
+                error: format!("waiting for the process: {e}"),
+            },
+            Ok(st) => classify(st, oom),
+        };
+        (outcome, intentional)
+    }
+}
+
+/// Classify an exit status the way systemd does.
+fn classify(st: std::process::ExitStatus, oom: bool) -> Outcome {
+    if oom {
+        return Outcome {
+            kind: ExitKind::OomKill,
+            status: "crashed",
+            exit_code: st.code().unwrap_or(-1),
+            reason: "oom-kill",
+            error: "killed by the OOM killer (memory.max)".into(),
+        };
+    }
+    if let Some(code) = st.code() {
+        return if code == 0 {
+            Outcome {
+                kind: ExitKind::Clean,
+                status: "stopped",
+                exit_code: 0,
+                reason: "exit-code",
+                error: "exit status 0".into(),
+            }
+        } else {
+            Outcome {
+                kind: ExitKind::ExitCode,
+                status: "crashed",
+                exit_code: code,
+                reason: "exit-code",
+                error: format!("exit status {code}"),
+            }
+        };
+    }
+    let sig = st.signal().unwrap_or(0);
+    let clean = matches!(
+        sig,
+        libc::SIGHUP | libc::SIGINT | libc::SIGTERM | libc::SIGPIPE
+    );
+    Outcome {
+        kind: if clean {
+            ExitKind::Clean
+        } else {
+            ExitKind::Signal
+        },
+        status: if clean { "stopped" } else { "crashed" },
+        exit_code: -1,
+        reason: "signal",
+        error: format!(
+            "killed by signal {}",
+            narun_spec::signal_name(&sig.to_string()).unwrap_or_else(|| sig.to_string())
+        ),
+    }
+}
+
+/// SIGKILL everything of an instance: the cgroup when there is one, else the process group.
+fn kill_all(pid: i32, cgroup: Option<&InstanceCgroup>) {
+    match cgroup {
+        Some(cg) => {
+            if let Err(e) = cg.kill() {
+                tracing::warn!(error = %e, "cgroup.kill failed, killing the process group");
+                // SAFETY: killpg on the process group we created for the app.
+                unsafe { libc::killpg(pid, libc::SIGKILL) };
+            }
+        }
+        // SAFETY: as above.
+        None => unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        },
+    }
+}
+
+/// Hash of what an instance runs: the spec's `config_hash` without `nodes`, so changing
+/// replica counts (here or on other nodes) never restarts running instances (Go did).
+pub fn run_hash(spec: &AppSpec) -> String {
+    let mut s = spec.clone();
+    s.nodes.clear();
+    s.config_hash()
+}
+
+/// Delay before restart number `attempt` (0-based): 100 ms · 2^attempt capped at `max`,
+/// with "equal jitter" (half fixed, half random) so instances that crashed together do not
+/// restart in lock-step.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(max.max(BACKOFF_START));
+    let half = base / 2;
+    let jitter = rand::random::<f64>();
+    half + half.mul_f64(jitter)
+}
+
+fn new_run_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    // UUIDv4 layout (version and variant bits are not forced; only the shape matters).
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Resolves when `stop` holds `true` (or its sender is gone). Unlike awaiting
+/// `wait_for` directly in a `select!`, no `watch::Ref` (not `Send`) is kept in the future.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Pids of the children tokio is waiting for (never reaped by [`reap_orphans`]).
+static TRACKED: Mutex<std::collections::BTreeSet<i32>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// Make narund a child subreaper: orphaned descendants are re-parented to narund (and
+/// reaped by [`spawn_reaper`]) instead of PID 1.
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reap zombie children that are not tracked (orphans re-parented to us). Returns how many.
+pub fn reap_orphans() -> usize {
+    let me = std::process::id() as i32;
+    let tracked = TRACKED.lock().unwrap();
+    let mut reaped = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if tracked.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) S ppid ...": comm may contain spaces and parens; split after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next();
+        let ppid = f.next().and_then(|p| p.parse::<i32>().ok());
+        if state == Some("Z") && ppid == Some(me) {
+            let mut status = 0;
+            // SAFETY: waitpid on a specific zombie child of ours that nobody else waits for.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                reaped += 1;
+            }
+        }
+    }
+    reaped
+}
+
+/// Reap orphans on every SIGCHLD (and every 5 s, in case signals coalesced).
+pub fn spawn_reaper() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut chld = match signal(SignalKind::child()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGCHLD stream; reaping every 5 s");
+                None
+            }
+        };
+        loop {
+            match &mut chld {
+                Some(s) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
+                }
+                None => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+            let n = tokio::task::spawn_blocking(reap_orphans).await.unwrap_or(0);
+            if n > 0 {
+                tracing::debug!(n, "reaped orphaned processes");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(2);
+        for attempt in 0..40 {
+            let d = backoff(attempt, max);
+            let base = (BACKOFF_START * 2u32.pow(attempt.min(20))).min(max);
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn classify_follows_systemd() {
+        use std::os::unix::process::ExitStatusExt;
+        let st = |raw| std::process::ExitStatus::from_raw(raw);
+        assert_eq!(classify(st(0), false).kind, ExitKind::Clean);
+        assert_eq!(classify(st(3 << 8), false).kind, ExitKind::ExitCode);
+        assert_eq!(classify(st(libc::SIGTERM), false).kind, ExitKind::Clean);
+        assert_eq!(classify(st(libc::SIGSEGV), false).kind, ExitKind::Signal);
+        assert_eq!(classify(st(libc::SIGKILL), true).kind, ExitKind::OomKill);
+    }
+}

@@ -1,0 +1,534 @@
+//! The supervisor and the reconciler against a real nats-server, real processes (small
+//! `/bin/sh` apps uploaded as the binary) and real cgroups.
+//!
+//! Each test deploys the way narunctl does (object in `app-binaries`, JSON spec in
+//! `app-configs`) and observes what an operator sees: `status.<app>.<node>` events, log
+//! lines, `/proc`.
+
+use async_nats::jetstream::{self, kv, object_store::ObjectStore};
+use futures_util::StreamExt;
+use narun_test_support::{NatsServer, wait_for};
+use narun_wire::events::{LogLine, StatusEvent};
+use narun_wire::names;
+use narund::supervisor::{Supervisor, SupervisorConfig};
+use narund::uring::UringHandle;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+const T: Duration = Duration::from_secs(20);
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A long-running app: prints a line with its identity, then sleeps (exec: the stop signal
+/// reaches `sleep` directly).
+const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
+
+struct Harness {
+    server: NatsServer,
+    client: async_nats::Client,
+    configs: kv::Store,
+    store: ObjectStore,
+    sup: Supervisor,
+    data: tempfile::TempDir,
+    node: String,
+    events: Arc<Mutex<Vec<StatusEvent>>>,
+    logs: Arc<Mutex<Vec<LogLine>>>,
+    stop: watch::Sender<bool>,
+    cgroup_root: PathBuf,
+}
+
+fn config(node: &str, data: &std::path::Path, url: &str, cgroup_root: &str) -> SupervisorConfig {
+    SupervisorConfig {
+        node_id: node.into(),
+        data_dir: data.to_path_buf(),
+        labels: BTreeMap::new(),
+        nats: narun_wire::connect::NatsSettings {
+            url: url.into(),
+            ..Default::default()
+        },
+        default_user: "nobody".into(),
+        allow_root: false,
+        restart_backoff_max: Duration::from_millis(800),
+        keep_versions: 3,
+        cgroup_root: Some(PathBuf::from(cgroup_root)),
+        log_spool_bytes: 1 << 20,
+    }
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let _ = narund::supervisor::become_subreaper();
+        let server = NatsServer::start();
+        let client = server.connect().await;
+        let js = jetstream::new(client.clone());
+        let configs =
+            narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
+                .await
+                .unwrap();
+        let store =
+            narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "binaries")
+                .await
+                .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let node = format!("node-{n}");
+        let cg = format!("narun-test-supervisor-{}-{n}", std::process::id());
+        let (sup, _logs) = Supervisor::new(
+            config(&node, data.path(), &server.url(), &cg),
+            client.clone(),
+            UringHandle::start(),
+        )
+        .await;
+        let cgroup_root = sup
+            .cgroup_root()
+            .map(|r| r.path().to_path_buf())
+            .unwrap_or_default();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut st = client.subscribe("status.>").await.unwrap();
+        let mut lg = client.subscribe("logs.>").await.unwrap();
+        client.flush().await.unwrap();
+        let ev = events.clone();
+        tokio::spawn(async move {
+            while let Some(m) = st.next().await {
+                ev.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
+            }
+        });
+        let lv = logs.clone();
+        tokio::spawn(async move {
+            while let Some(m) = lg.next().await {
+                lv.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice::<LogLine>(&m.payload).unwrap());
+            }
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(narund::reconcile::run(
+            sup.clone(),
+            client.clone(),
+            Some(ready_tx),
+            stop_rx,
+        ));
+        tokio::time::timeout(T, ready_rx)
+            .await
+            .expect("first reconcile")
+            .unwrap();
+        Harness {
+            server,
+            client,
+            configs,
+            store,
+            sup,
+            data,
+            node,
+            events,
+            logs,
+            stop,
+            cgroup_root,
+        }
+    }
+
+    async fn upload(&self, app: &str, tag: &str, script: &str) {
+        let name = names::binary_object_name(app, tag, names::go_os(), names::go_arch());
+        self.store
+            .put(
+                name.as_str(),
+                &mut std::io::Cursor::new(script.as_bytes().to_vec()),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn put_spec(&self, app: &str, spec: serde_json::Value) -> u64 {
+        self.configs
+            .put(app, serde_json::to_vec(&spec).unwrap().into())
+            .await
+            .unwrap()
+    }
+
+    fn spec(&self, app: &str, tag: &str, replicas: u32) -> serde_json::Value {
+        json!({
+            "name": app, "tag": tag,
+            "nodes": [{"name": self.node, "replicas": replicas}],
+            "settleSec": 1, "stopTimeoutSec": 3,
+        })
+    }
+
+    fn events(&self, app: &str) -> Vec<StatusEvent> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.app_name == app || e.instance_id.starts_with(app))
+            .cloned()
+            .collect()
+    }
+
+    async fn wait_event(&self, what: &str, pred: impl Fn(&StatusEvent) -> bool) -> StatusEvent {
+        wait_for(what, T, || {
+            let found = self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| pred(e))
+                .cloned();
+            async move { found }
+        })
+        .await
+    }
+
+    async fn wait_log(&self, what: &str, pred: impl Fn(&LogLine) -> bool) -> LogLine {
+        wait_for(what, T, || {
+            let found = self.logs.lock().unwrap().iter().find(|e| pred(e)).cloned();
+            async move { found }
+        })
+        .await
+    }
+
+    async fn running_pid(&self, app: &str, index: u32) -> i32 {
+        wait_for(&format!("{app}-{index} running"), T, || {
+            let s = self.sup.snapshot(app, index);
+            async move {
+                s.filter(|s| s.status == "running" && s.pid.is_some())
+                    .and_then(|s| s.pid)
+            }
+        })
+        .await
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        self.sup.shutdown().await;
+        let _ = std::fs::remove_dir(&self.cgroup_root);
+        drop(self.client);
+        drop(self.data);
+        drop(self.server);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+async fn wait_gone(pid: i32) {
+    wait_for(&format!("pid {pid} to be gone"), T, || async move {
+        (!alive(pid)).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_logs_env_scale_and_delete() {
+    // A variable of the daemon's own environment must never reach an app.
+    unsafe { std::env::set_var("NARUND_TEST_SECRET_MARKER", "leaked") };
+    let h = Harness::new().await;
+    h.upload("web", "v1", SLEEPER).await;
+    h.put_spec("web", h.spec("web", "v1", 1)).await;
+
+    let pid0 = h.running_pid("web", 0).await;
+    h.wait_log("hello line", |l| {
+        l.app_name == "web" && l.message == "hello from web-0" && l.stream == "stdout"
+    })
+    .await;
+    let environ = std::fs::read(format!("/proc/{pid0}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    let vars: Vec<&str> = environ.split('\0').filter(|v| !v.is_empty()).collect();
+    assert!(vars.contains(&"NARUN_APP_NAME=web"), "{vars:?}");
+    assert!(vars.contains(&"NARUN_INSTANCE_ID=web-0"), "{vars:?}");
+    assert!(vars.contains(&"NARUN_REPLICA_INDEX=0"), "{vars:?}");
+    assert!(vars.contains(&format!("NATS_URL={}", h.server.url()).as_str()));
+    assert!(vars.contains(&"USER=nobody"), "{vars:?}");
+    assert!(
+        !environ.contains("NARUND_TEST_SECRET_MARKER") && !environ.contains("CARGO"),
+        "daemon env leaked into the app: {vars:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid0}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.contains("65534"), "runs as nobody: {uid_line}");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid0}/cgroup")).unwrap();
+    assert!(cgroup.contains("narun-web-0-"), "in its cgroup: {cgroup}");
+
+    // Scale up to 3, then down to 1: highest index first.
+    h.put_spec("web", h.spec("web", "v1", 3)).await;
+    let pid1 = h.running_pid("web", 1).await;
+    let pid2 = h.running_pid("web", 2).await;
+    h.put_spec("web", h.spec("web", "v1", 1)).await;
+    wait_gone(pid1).await;
+    wait_gone(pid2).await;
+    h.wait_event("web-1 stopped", |e| {
+        e.instance_id == "web-1" && e.status == "stopped"
+    })
+    .await;
+    let ev = h.events("web");
+    let stopped = |id: &str| {
+        ev.iter()
+            .position(|e| e.instance_id == id && e.status == "stopped")
+            .unwrap_or_else(|| panic!("{id} stopped: {ev:?}"))
+    };
+    assert!(stopped("web-2") < stopped("web-1"), "highest index first");
+    assert!(alive(pid0), "web-0 untouched by scaling");
+
+    // Delete: everything stops, the cgroup goes.
+    h.configs.delete("web").await.unwrap();
+    wait_gone(pid0).await;
+    h.wait_event("web-0 stopped", |e| {
+        e.instance_id == "web-0" && e.status == "stopped"
+    })
+    .await;
+    wait_for("instance cgroups removed", T, || {
+        let left = std::fs::read_dir(&h.cgroup_root)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("narun-"))
+            })
+            .unwrap_or(false);
+        async move { (!left).then_some(()) }
+    })
+    .await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_change_replaces_instance_by_instance() {
+    let h = Harness::new().await;
+    h.upload("api", "v1", SLEEPER).await;
+    h.upload("api", "v2", SLEEPER).await;
+    h.put_spec("api", h.spec("api", "v1", 2)).await;
+    let old0 = h.running_pid("api", 0).await;
+    let old1 = h.running_pid("api", 1).await;
+    h.put_spec("api", h.spec("api", "v2", 2)).await;
+    wait_gone(old0).await;
+    wait_gone(old1).await;
+    h.wait_event("api-1 v1 stopped", |e| {
+        e.instance_id == "api-1" && e.tag == "v1" && e.status == "stopped"
+    })
+    .await;
+    let ev = h.events("api");
+    let pos = |id: &str, tag: &str, status: &str| {
+        ev.iter()
+            .position(|e| e.instance_id == id && e.tag == tag && e.status == status)
+            .unwrap_or_else(|| panic!("{id} {tag} {status} in {ev:#?}"))
+    };
+    // New run of index 0 runs before the old one stops; index 1 only starts after that.
+    assert!(pos("api-0", "v2", "running") < pos("api-0", "v1", "stopped"));
+    assert!(pos("api-0", "v1", "stopped") < pos("api-1", "v2", "starting"));
+    assert!(pos("api-1", "v2", "running") < pos("api-1", "v1", "stopped"));
+    // At no point were both old instances stopped while no new one ran.
+    assert!(alive(h.running_pid("api", 0).await));
+    assert!(alive(h.running_pid("api", 1).await));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_restarts_with_backoff_until_the_start_limit() {
+    let h = Harness::new().await;
+    h.upload("crashy", "v1", "#!/bin/sh\necho boom >&2\nexit 3\n")
+        .await;
+    let mut spec = h.spec("crashy", "v1", 1);
+    spec["startLimitBurst"] = json!(3);
+    spec["startLimitIntervalSec"] = json!(60);
+    h.put_spec("crashy", spec).await;
+    let failed = h
+        .wait_event("start-limit failure", |e| {
+            e.instance_id == "crashy-0" && e.status == "failed"
+        })
+        .await;
+    assert_eq!(failed.reason, "start-limit");
+    let ev = h.events("crashy");
+    let statuses: Vec<&str> = ev.iter().map(|e| e.status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "starting", "running", "crashed", "backoff", "starting", "running", "crashed",
+            "backoff", "starting", "running", "crashed", "backoff", "failed"
+        ],
+        "{ev:#?}"
+    );
+    let crashed = ev.iter().find(|e| e.status == "crashed").unwrap();
+    assert_eq!(crashed.exit_code, Some(3));
+    assert_eq!(crashed.reason, "exit-code");
+    let runs: std::collections::HashSet<&str> = ev
+        .iter()
+        .filter(|e| e.status == "running")
+        .map(|e| e.run_id.as_str())
+        .collect();
+    assert_eq!(runs.len(), 3, "every start is a new run id");
+    h.wait_log("stderr line", |l| {
+        l.stream == "stderr" && l.message == "boom"
+    })
+    .await;
+    let snap = wait_for("ended", T, || {
+        let s = h.sup.snapshot("crashy", 0).filter(|s| s.ended);
+        async move { s }
+    })
+    .await;
+    assert_eq!(snap.restarts, 3);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_exit_follows_the_restart_policy() {
+    let h = Harness::new().await;
+    h.upload("job", "v1", "#!/bin/sh\necho done\nexit 0\n")
+        .await;
+    for (i, policy) in ["no", "on-failure", "always"].iter().enumerate() {
+        let app = format!("job{i}");
+        h.upload(&app, "v1", "#!/bin/sh\necho done\nexit 0\n").await;
+        let mut spec = h.spec(&app, "v1", 1);
+        spec["restart"] = json!(policy);
+        spec["startLimitBurst"] = json!(2);
+        h.put_spec(&app, spec).await;
+        let snap = wait_for(&format!("{app} ended"), T, || {
+            let s = h.sup.snapshot(&app, 0).filter(|s| s.ended);
+            async move { s }
+        })
+        .await;
+        let last = snap.status.clone();
+        h.wait_event(&format!("{app} {last} event"), |e| {
+            e.instance_id == format!("{app}-0") && e.status == last
+        })
+        .await;
+        let ev = h.events(&app);
+        let starts = ev.iter().filter(|e| e.status == "running").count();
+        let stopped = ev.iter().find(|e| e.status == "stopped").unwrap();
+        assert_eq!(stopped.exit_code, Some(0));
+        if *policy == "always" {
+            assert_eq!(starts, 2, "{policy}: {ev:#?}");
+            assert_eq!(snap.status, "failed");
+            assert_eq!(snap.reason, "start-limit");
+        } else {
+            assert_eq!(starts, 1, "{policy}: {ev:#?}");
+            assert_eq!(snap.status, "stopped", "{policy}");
+        }
+    }
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_binary_and_invalid_spec_keep_the_old_version_running() {
+    let h = Harness::new().await;
+    h.upload("svc", "v1", SLEEPER).await;
+    h.put_spec("svc", h.spec("svc", "v1", 1)).await;
+    let pid = h.running_pid("svc", 0).await;
+
+    // A tag without a binary: the new run fails, the old one keeps running.
+    h.put_spec("svc", h.spec("svc", "v9", 1)).await;
+    let failed = h
+        .wait_event("v9 failed", |e| e.tag == "v9" && e.status == "failed")
+        .await;
+    assert_eq!(failed.reason, "fetch");
+    assert!(failed.error.contains("not found"), "{}", failed.error);
+
+    // Garbage and a key/name mismatch: reported, not applied.
+    h.configs.put("svc", "{not json".into()).await.unwrap();
+    h.wait_event("invalid spec", |e| {
+        e.status == "invalid_spec" && e.reason == "invalid-spec" && e.app_name == "svc"
+    })
+    .await;
+    let mut other = h.spec("svc", "v1", 3);
+    other["name"] = json!("other");
+    h.put_spec("svc", other).await;
+    wait_for("two invalid reports", T, || {
+        let n = h
+            .events("svc")
+            .iter()
+            .filter(|e| e.status == "invalid_spec")
+            .count();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    assert!(alive(pid), "the v1 instance keeps running");
+    assert_eq!(h.sup.snapshot("svc", 0).unwrap().pid, Some(pid));
+    assert!(
+        h.sup.snapshot("svc", 1).is_none(),
+        "invalid replicas=3 not applied"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_forking_app_leaves_no_process_after_stop() {
+    let h = Harness::new().await;
+    let script = "#!/bin/sh\n(sleep 1000 & echo $! > orphan.pid)\nexec sleep 1000\n";
+    h.upload("forky", "v1", script).await;
+    h.put_spec("forky", h.spec("forky", "v1", 1)).await;
+    let pid = h.running_pid("forky", 0).await;
+    let pidfile = h.data.path().join("instances/forky-0/work/orphan.pid");
+    let orphan: i32 = wait_for("orphan pid file", T, || {
+        let p = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        async move { p }
+    })
+    .await;
+    assert!(alive(orphan));
+    h.configs.delete("forky").await.unwrap();
+    wait_gone(pid).await;
+    wait_gone(orphan).await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_survive_nats_loss_and_start_from_local_state() {
+    let h = Harness::new().await;
+    h.upload("edge", "v1", SLEEPER).await;
+    h.put_spec("edge", h.spec("edge", "v1", 1)).await;
+    let pid = h.running_pid("edge", 0).await;
+
+    // NATS dies: the app keeps running.
+    h.server.stop();
+    wait_for("client disconnected", T, || {
+        let c = h.client.connection_state();
+        async move { (c != async_nats::connection::State::Connected).then_some(()) }
+    })
+    .await;
+    assert!(alive(pid));
+    assert_eq!(h.sup.snapshot("edge", 0).unwrap().status, "running");
+
+    // narund restarts while NATS is still down: the app comes back from local state.
+    h.sup.shutdown().await;
+    wait_gone(pid).await;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(h.server.url())
+        .await
+        .unwrap();
+    let cg = format!("narun-test-supervisor-{}-offline", std::process::id());
+    let (sup2, _logs) = Supervisor::new(
+        config(&h.node, h.data.path(), &h.server.url(), &cg),
+        client,
+        UringHandle::start(),
+    )
+    .await;
+    assert_eq!(sup2.start_offline().await, 1);
+    let pid2 = wait_for("edge-0 running offline", T, || {
+        let s = sup2.snapshot("edge", 0);
+        async move { s.filter(|s| s.status == "running").and_then(|s| s.pid) }
+    })
+    .await;
+    assert!(alive(pid2));
+    sup2.shutdown().await;
+    wait_gone(pid2).await;
+    if let Some(r) = sup2.cgroup_root() {
+        let _ = std::fs::remove_dir(r.path());
+    }
+    h.finish().await;
+}
