@@ -308,6 +308,75 @@ struct State {
     client: async_nats::Client,
     routes: HashMap<String, GrpcRoute>,
     metrics: GrpcMetrics,
+    inbox: Arc<Inbox>,
+}
+
+/// Messages a call may buffer before it counts as lost ([`code::DATA_LOSS`]).
+const CALL_BUFFER: usize = 4096;
+
+/// One wildcard subscription `<prefix>.*` for the replies of every call, so a
+/// call costs no `SUB`/`UNSUB` (like async-nats request-reply's muxed inbox,
+/// but a call may receive many messages).
+struct Inbox {
+    prefix: String,
+    calls: std::sync::Mutex<HashMap<u64, mpsc::Sender<async_nats::Message>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A call's reply subject and receiver; unregisters on drop.
+struct CallInbox {
+    inbox: Arc<Inbox>,
+    id: u64,
+    subject: String,
+    rx: mpsc::Receiver<async_nats::Message>,
+}
+
+impl Inbox {
+    fn register(self: &Arc<Self>) -> CallInbox {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(CALL_BUFFER);
+        self.calls.lock().expect("lock").insert(id, tx);
+        CallInbox {
+            inbox: self.clone(),
+            id,
+            subject: format!("{}.{id}", self.prefix),
+            rx,
+        }
+    }
+
+    /// Route replies to their call until the subscription ends.
+    async fn dispatch(self: Arc<Self>, mut sub: async_nats::Subscriber) {
+        while let Some(msg) = sub.next().await {
+            let Some(id) = msg
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let tx = self.calls.lock().expect("lock").get(&id).cloned();
+            // A full buffer drops the message: the call sees a sequence gap.
+            if let Some(tx) = tx {
+                let _ = tx.try_send(msg);
+            }
+        }
+    }
+}
+
+impl Drop for CallInbox {
+    fn drop(&mut self) {
+        self.inbox.calls.lock().expect("lock").remove(&self.id);
+    }
+}
+
+/// Aborts the inbox dispatcher when the gateway goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The bound gRPC listener; run by [`crate::Gateway::run`].
@@ -318,6 +387,7 @@ pub(crate) struct GrpcGateway {
     health: HealthServer<HealthService>,
     reporter: HealthReporter,
     services: Vec<String>,
+    dispatcher: AbortOnDrop,
 }
 
 impl GrpcGateway {
@@ -348,6 +418,17 @@ impl GrpcGateway {
         let reporter = HealthReporter::new();
         let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
         let services = routes.keys().cloned().collect();
+        let inbox = Arc::new(Inbox {
+            prefix: client.new_inbox(),
+            calls: Default::default(),
+            next: Default::default(),
+        });
+        // While NATS is still connecting, the SUB is sent on connect.
+        let subject = format!("{}.*", inbox.prefix);
+        let sub = client.subscribe(subject.clone()).await.map_err(|source| {
+            GatewayError::Micro(narun_wire::micro::MicroError::Subscribe { subject, source })
+        })?;
+        let dispatcher = AbortOnDrop(tokio::spawn(inbox.clone().dispatch(sub)));
         Ok(Some(GrpcGateway {
             listener,
             addr,
@@ -355,10 +436,12 @@ impl GrpcGateway {
                 client: client.clone(),
                 routes,
                 metrics: GrpcMetrics::new(registry),
+                inbox,
             }),
             health,
             reporter,
             services,
+            dispatcher,
         }))
     }
 
@@ -437,6 +520,7 @@ impl GrpcGateway {
             conns.shutdown().await;
         }
         health_task.abort();
+        drop(self.dispatcher);
     }
 }
 
@@ -542,7 +626,7 @@ enum Event {
 
 /// Reads the answer of one call from its reply inbox.
 struct Answer {
-    sub: async_nats::Subscriber,
+    sub: CallInbox,
     deadline: tokio::time::Instant,
     next_seq: u64,
     /// A Go-style single reply gives its message and status at once.
@@ -554,7 +638,7 @@ impl Answer {
         if let Some((c, m)) = self.pending_end.take() {
             return Event::End(c, m);
         }
-        let msg = match tokio::time::timeout_at(self.deadline, self.sub.next()).await {
+        let msg = match tokio::time::timeout_at(self.deadline, self.sub.rx.recv()).await {
             Err(_) => {
                 return Event::End(
                     code::DEADLINE_EXCEEDED,
@@ -725,17 +809,10 @@ async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcResponse {
     if state.client.connection_state() != async_nats::connection::State::Connected {
         return finish(code::UNAVAILABLE, "NATS is not connected");
     }
-    let inbox = state.client.new_inbox();
-    let sub = match state.client.subscribe(inbox.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "subscribing to a gRPC reply inbox failed");
-            return finish(code::INTERNAL, "internal server error (NATS communication)");
-        }
-    };
+    let sub = state.inbox.register();
     if let Err(e) = state
         .client
-        .publish_with_reply_and_headers(route.subject.clone(), inbox, nh, payload)
+        .publish_with_reply_and_headers(route.subject.clone(), sub.subject.clone(), nh, payload)
         .await
     {
         tracing::warn!(subject = %route.subject, error = %e, "NATS publish failed");
@@ -779,7 +856,7 @@ async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcResponse {
             match answer.next().await {
                 Event::Message(m) => {
                     if tx.send(Frame::data(grpc_frame(&m))).await.is_err() {
-                        // Client went away; dropping the subscription unsubscribes.
+                        // Client went away; dropping the call inbox unregisters it.
                         break (code::CANCELLED, String::new());
                     }
                 }

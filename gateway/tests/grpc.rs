@@ -305,7 +305,19 @@ async fn tonic_client_through_gateway() {
     let e = c.say_hello(hello("down")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(t.elapsed() < Duration::from_secs(2));
+    // NATS back: app and gateway reconnect (the gateway's reply inbox is
+    // resubscribed) and calls succeed again.
     s.nats.restart();
+    let r = wait_for(
+        "calls to succeed after NATS restarts",
+        Duration::from_secs(20),
+        || {
+            let mut c = c.clone();
+            async move { c.say_hello(hello("back")).await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(r.into_inner().message, "Hello, back");
     s.stop().await;
 }
 
