@@ -1,7 +1,7 @@
 //! Reconciliation: from the specs in the `app-configs` KV bucket to running instances.
 //!
 //! [`run`] is narund's control loop. It never gives up: while NATS is unreachable it
-//! retries (1 s, doubling to 30 s) and the apps keep running as they are. Each session:
+//! retries (250 ms, doubling to 30 s) and the apps keep running as they are. Each session:
 //!
 //! 1. opens (or creates) `app-configs` and `app-binaries`
 //!    ([`narun_wire::jetstream::ensure_kv`]);
@@ -249,7 +249,7 @@ pub async fn run(
     mut ready: Option<oneshot::Sender<()>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut delay = Duration::from_secs(1);
+    let mut delay = Duration::from_millis(250);
     loop {
         if *stop.borrow() {
             return;
@@ -259,7 +259,7 @@ pub async fn run(
             _ = crate::supervisor::stopped(&mut stop) => return,
         };
         match result {
-            Ok(()) => delay = Duration::from_secs(1),
+            Ok(()) => delay = Duration::from_millis(250),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "app-configs not available; apps keep running as they are");
             }

@@ -716,6 +716,7 @@ impl InstanceRun {
         let store = self.inner.store.lock().unwrap().clone();
         let (os, arch) = (names::go_os(), names::go_arch());
         // A restart of the same spec reuses the binary of the first start.
+        let mut unreachable = String::from("NATS is not reachable");
         if self.pinned.is_none()
             && let Some(store) = store
         {
@@ -734,8 +735,18 @@ impl InstanceRun {
                         error: e.to_string(),
                     });
                 }
+                // async-nats checks the digest while streaming: its error is a verification failure.
+                Ok(Err(e @ FetchError::Nats { .. }))
+                    if e.to_string().to_ascii_lowercase().contains("digest") =>
+                {
+                    return Err(StartFailure {
+                        reason: "verify",
+                        error: e.to_string(),
+                    });
+                }
                 Ok(Err(FetchError::Nats { message, .. })) => {
-                    tracing::warn!(instance = %self.instance_id, %message, "object store unreachable, trying the local cache");
+                    tracing::warn!(instance = %self.instance_id, %message, "object store request failed, trying the local cache");
+                    unreachable = format!("the object store request failed: {message}");
                 }
                 Ok(Err(e)) => {
                     return Err(StartFailure {
@@ -744,7 +755,8 @@ impl InstanceRun {
                     });
                 }
                 Err(_) => {
-                    tracing::warn!(instance = %self.instance_id, "binary download timed out, trying the local cache")
+                    tracing::warn!(instance = %self.instance_id, "binary download timed out, trying the local cache");
+                    unreachable = format!("the download took longer than {FETCH_TIMEOUT:?}");
                 }
             }
         }
@@ -757,7 +769,7 @@ impl InstanceRun {
             return Err(StartFailure {
                 reason: "fetch",
                 error: format!(
-                    "binary {} is not cached and NATS is not reachable; it will be fetched when the spec is applied again with NATS up",
+                    "binary {} is not cached and {unreachable}; it is fetched again when the spec is applied again",
                     self.spec.binary_object_name(os, arch)
                 ),
             });
