@@ -126,6 +126,7 @@ impl Supervisor {
                 }
             }
         }
+        self.gc_binaries(&name).await;
         self.inner.changed.notify_waiters();
     }
 

@@ -148,6 +148,7 @@ pub(crate) struct Inner {
     /// Signalled on every status change (the heartbeat listens).
     pub(crate) changed: Notify,
     events: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
+    fetch_lock: tokio::sync::Mutex<()>,
 }
 
 /// The instances of one app on this node.
@@ -230,6 +231,7 @@ impl Supervisor {
             persisted: Mutex::new(persisted),
             changed: Notify::new(),
             events,
+            fetch_lock: tokio::sync::Mutex::new(()),
         };
         (
             Supervisor {
@@ -336,6 +338,32 @@ impl Supervisor {
             .get(&spec.name)
             .filter(|a| a.spec == spec_value(spec))
             .and_then(|a| Sha256Digest::from_hex(&a.digest))
+    }
+
+    /// Remove old cached binaries of `app`, keeping `keep_versions` and every binary an
+    /// instance of it uses.
+    pub(crate) async fn gc_binaries(&self, app: &str) {
+        let protected: HashSet<Sha256Digest> = {
+            let apps = self.inner.apps.lock().unwrap();
+            apps.get(app)
+                .map(|a| {
+                    a.instances
+                        .values()
+                        .filter_map(|h| Sha256Digest::from_hex(&h.snapshot().digest))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if protected.is_empty() {
+            return;
+        }
+        match self.inner.cache.gc(app, &protected).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(app, ?removed, "removed old cached binaries")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(app, error = %e, "binary cache GC"),
+        }
     }
 
     /// The state file.
@@ -459,6 +487,8 @@ struct Outcome {
 struct StartFailure {
     reason: &'static str,
     error: String,
+    /// `ETXTBSY`: another thread's fork still held a write fd of the freshly written binary.
+    text_busy: bool,
 }
 
 /// The task of one instance.
@@ -631,6 +661,7 @@ impl InstanceRun {
                 .map_err(|e| StartFailure {
                     reason: "user",
                     error: e.to_string(),
+                    text_busy: false,
                 })?,
             )
         } else {
@@ -648,6 +679,7 @@ impl InstanceRun {
         let spawn_err = |what: &str, e: &dyn std::fmt::Display| StartFailure {
             reason: "spawn",
             error: format!("{what}: {e}"),
+            text_busy: false,
         };
         std::fs::create_dir_all(&work)
             .map_err(|e| spawn_err(&format!("creating {}", work.display()), &e))?;
@@ -671,6 +703,7 @@ impl InstanceRun {
                     InstanceCgroup::create(root, &name, &limits).map_err(|e| StartFailure {
                         reason: "cgroup",
                         error: e.to_string(),
+                        text_busy: false,
                     })?,
                 )
             }
@@ -683,7 +716,19 @@ impl InstanceRun {
         };
         self.status.send_modify(|s| s.unenforced = unenforced);
 
-        let result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_ref());
+        // ETXTBSY: a fork of another thread (any spawn in narund) may still hold the write fd
+        // of a binary that was just downloaded, until its exec closes it (the classic
+        // fork/exec race, Go issue 22315). It clears within milliseconds: retry.
+        let mut result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_ref());
+        for _ in 0..20 {
+            match &result {
+                Err(f) if f.text_busy => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_ref());
+                }
+                _ => break,
+            }
+        }
         match result {
             Ok((child, log_tasks)) => {
                 let pid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -720,6 +765,9 @@ impl InstanceRun {
         if self.pinned.is_none()
             && let Some(store) = store
         {
+            // One download at a time: two instances of a new spec would otherwise both
+            // miss the cache and write the same binary twice.
+            let _one = self.inner.fetch_lock.lock().await;
             let fetched = tokio::time::timeout(
                 FETCH_TIMEOUT,
                 self.inner
@@ -733,6 +781,7 @@ impl InstanceRun {
                     return Err(StartFailure {
                         reason: "verify",
                         error: e.to_string(),
+                        text_busy: false,
                     });
                 }
                 // async-nats checks the digest while streaming: its error is a verification failure.
@@ -742,6 +791,7 @@ impl InstanceRun {
                     return Err(StartFailure {
                         reason: "verify",
                         error: e.to_string(),
+                        text_busy: false,
                     });
                 }
                 Ok(Err(FetchError::Nats { message, .. })) => {
@@ -752,6 +802,7 @@ impl InstanceRun {
                     return Err(StartFailure {
                         reason: "fetch",
                         error: e.to_string(),
+                        text_busy: false,
                     });
                 }
                 Err(_) => {
@@ -772,6 +823,7 @@ impl InstanceRun {
                     "binary {} is not cached and {unreachable}; it is fetched again when the spec is applied again",
                     self.spec.binary_object_name(os, arch)
                 ),
+                text_busy: false,
             });
         };
         let path = self.inner.cache.path_for(&self.spec.name, &digest);
@@ -787,10 +839,12 @@ impl InstanceRun {
                     "cached binary {} does not match its digest {digest}; it will be downloaded again when NATS is reachable",
                     path.display()
                 ),
+                text_busy: false,
             }),
             Err(e) => Err(StartFailure {
                 reason: "fetch",
                 error: format!("cached binary {}: {e}", path.display()),
+                text_busy: false,
             }),
         }
     }
@@ -805,6 +859,7 @@ impl InstanceRun {
         let fail = |what: &str, e: &dyn std::fmt::Display| StartFailure {
             reason: "spawn",
             error: format!("{what}: {e}"),
+            text_busy: false,
         };
         let mut cmd = tokio::process::Command::new(&bin.path);
         cmd.args(&self.spec.args)
@@ -832,14 +887,16 @@ impl InstanceRun {
             let plan = PrivilegePlan::new(id, &keep).map_err(|e| StartFailure {
                 reason: "user",
                 error: e.to_string(),
+                text_busy: false,
             })?;
             plan.install(cmd.as_std_mut());
         }
         let child = {
             let mut tracked = TRACKED.lock().unwrap();
-            let child = cmd
-                .spawn()
-                .map_err(|e| fail(&format!("starting {}", bin.path.display()), &e))?;
+            let child = cmd.spawn().map_err(|e| StartFailure {
+                text_busy: e.raw_os_error() == Some(libc::ETXTBSY),
+                ..fail(&format!("starting {}", bin.path.display()), &e)
+            })?;
             if let Some(pid) = child.id() {
                 tracked.insert(pid as i32);
             }

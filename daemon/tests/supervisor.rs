@@ -196,14 +196,27 @@ impl Harness {
     }
 
     async fn running_pid(&self, app: &str, index: u32) -> i32 {
-        wait_for(&format!("{app}-{index} running"), T, || {
-            let s = self.sup.snapshot(app, index);
-            async move {
-                s.filter(|s| s.status == "running" && s.pid.is_some())
+        let found = tokio::time::timeout(T, async {
+            loop {
+                if let Some(pid) = self
+                    .sup
+                    .snapshot(app, index)
+                    .filter(|s| s.status == "running")
                     .and_then(|s| s.pid)
+                {
+                    return pid;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
-        .await
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "{app}-{index} not running: {:?}\nevents: {:#?}",
+                self.sup.snapshot(app, index),
+                self.events(app)
+            )
+        })
     }
 
     async fn finish(self) {
@@ -467,6 +480,9 @@ async fn missing_binary_and_invalid_spec_keep_the_old_version_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_forking_app_leaves_no_process_after_stop() {
     let h = Harness::new().await;
+    // Like narund: orphans are re-parented to us (subreaper) and must be reaped, not left
+    // as zombies.
+    let _reaper = narund::supervisor::spawn_reaper();
     let script = "#!/bin/sh\n(sleep 1000 & echo $! > orphan.pid)\nexec sleep 1000\n";
     h.upload("forky", "v1", script).await;
     h.put_spec("forky", h.spec("forky", "v1", 1)).await;
@@ -482,7 +498,10 @@ async fn double_forking_app_leaves_no_process_after_stop() {
     assert!(alive(orphan));
     h.configs.delete("forky").await.unwrap();
     wait_gone(pid).await;
-    wait_gone(orphan).await;
+    wait_for("orphan reaped (no zombie left)", T, || async move {
+        (!std::path::Path::new(&format!("/proc/{orphan}")).exists()).then_some(())
+    })
+    .await;
     h.finish().await;
 }
 
