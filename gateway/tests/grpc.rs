@@ -161,6 +161,19 @@ async fn tonic_client_through_gateway() {
     assert_eq!(e.code(), Code::Internal, "{e:?}");
     assert!(c.say_hello(hello("again")).await.is_ok());
 
+    // A reply larger than the NATS max_payload (1 MiB here): RESOURCE_EXHAUSTED
+    // from the app, not a timeout.
+    let t = Instant::now();
+    let e = c.say_hello(hello("big:2000000")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_payload"), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let r = c
+        .say_hello(hello("big:100000"))
+        .await
+        .expect("100 kB reply");
+    assert_eq!(r.into_inner().message.len(), 100_000);
+
     // Client deadline shorter than the handler: DEADLINE_EXCEEDED, promptly.
     let mut req = tonic::Request::new(hello("sleep:3000"));
     // As metadata, not `set_timeout`: tonic's own client-side timer would win
@@ -265,20 +278,57 @@ async fn tonic_client_through_gateway() {
         .status;
     assert_eq!(st, ServingStatus::Serving as i32);
 
-    // Metrics (the timed-out call is counted when the gateway's deadline fires).
-    let m = wait_for(
-        "the deadline to be counted",
-        Duration::from_secs(5),
-        || async {
-            let m = s.metrics().await;
-            m.contains("grpc_code=\"DEADLINE_EXCEEDED\"").then_some(m)
-        },
-    )
-    .await;
+    // The gateway's own deadline, with a raw HTTP/2 client that runs no timer
+    // of its own: DEADLINE_EXCEEDED from the gateway, trailers-only.
+    {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<http_body_util::Full<Bytes>>();
+        let msg = hello("sleep:3000").encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&msg);
+        let req = http::Request::post(format!("http://{}/hello.v1.Greeter/SayHello", s.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "300m")
+            .body(http_body_util::Full::new(Bytes::from(framed)))
+            .unwrap();
+        let t = Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(5), h2.request(req))
+            .await
+            .expect("gateway answers before the handler finishes")
+            .expect("h2 response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap();
+        let status = body
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .or(parts.headers.get("grpc-status"))
+            .expect("grpc-status")
+            .clone();
+        assert_eq!(status, "4", "DEADLINE_EXCEEDED");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+
+    // Metrics. The tonic call above is counted too when the gateway's deadline
+    // fired before tonic's own timer reset the stream: 1 or 2.
+    let m = s.metrics().await;
+    let deadline = r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="DEADLINE_EXCEEDED"} "#;
+    assert!(
+        m.contains(&format!("{deadline}1")) || m.contains(&format!("{deadline}2")),
+        "{m}"
+    );
     for line in [
-        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="OK"} 3"#,
+        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="OK"} 4"#,
         r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="INVALID_ARGUMENT"} 1"#,
-        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="DEADLINE_EXCEEDED"} 1"#,
+        r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHello",grpc_code="RESOURCE_EXHAUSTED"} 1"#,
         r#"grpc_gateway_requests_total{grpc_method="/absent.v1.Nobody/Call",grpc_code="UNAVAILABLE"} 1"#,
         r#"grpc_gateway_requests_total{grpc_method="unmatched",grpc_code="UNIMPLEMENTED"} 1"#,
         r#"grpc_gateway_requests_total{grpc_method="/hello.v1.Greeter/SayHellos",grpc_code="OK"} 2"#,

@@ -53,6 +53,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Service as TowerService, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A gRPC status: code and message.
+type Status = (u16, String);
 
 /// Endpoint name of gRPC services (Go compatible).
 pub const GRPC_ENDPOINT: &str = "grpc_handler";
@@ -225,6 +227,7 @@ async fn run<S, B>(
 /// gRPC status codes used here.
 mod code {
     pub const OK: u16 = 0;
+    pub const RESOURCE_EXHAUSTED: u16 = 8;
     pub const DEADLINE_EXCEEDED: u16 = 4;
     pub const INTERNAL: u16 = 13;
 }
@@ -333,15 +336,27 @@ struct Replier {
 }
 
 impl Replier {
-    async fn message(&mut self, m: Bytes) {
+    /// Send (stream mode) or keep (unary mode) one response message. A message
+    /// NATS cannot carry ends the call with `RESOURCE_EXHAUSTED`.
+    async fn message(&mut self, m: Bytes) -> Result<(), Status> {
+        let max = self.client.server_info().max_payload;
+        if max > 0 && m.len() > max {
+            return Err((
+                code::RESOURCE_EXHAUSTED,
+                format!(
+                    "response message of {} bytes exceeds the NATS max_payload ({max} bytes)",
+                    m.len()
+                ),
+            ));
+        }
         if !self.stream {
             if self.first.is_none() {
                 self.first = Some(m);
             }
-            return;
+            return Ok(());
         }
         let Some(reply) = self.reply.clone() else {
-            return;
+            return Ok(());
         };
         let mut h = HeaderMap::new();
         h.insert(SEQ_HEADER, self.seq.to_string().as_str());
@@ -349,6 +364,7 @@ impl Replier {
         if let Err(e) = self.client.publish_with_headers(reply, h, m).await {
             tracing::warn!(error = %e, "failed to publish a gRPC response message");
         }
+        Ok(())
     }
 
     async fn finish(self, code: u16, message: &str) {
@@ -476,7 +492,9 @@ async fn handle<S, B>(
                     buf.extend_from_slice(&data);
                     take_messages(&mut buf, &mut messages)?;
                     for m in messages.drain(..) {
-                        replier.message(m).await;
+                        if let Err(status) = replier.message(m).await {
+                            return Ok(status);
+                        }
                     }
                 }
                 Err(frame) => {

@@ -10,6 +10,8 @@
 //! * name `""` → `INVALID_ARGUMENT "name must not be empty"`;
 //! * name `sleep:<ms>` → waits that long before answering;
 //! * name `panic` → the handler panics (the library answers INTERNAL);
+//! * name `big:<n>` → a reply whose message is `n` bytes of `x` (used to hit
+//!   the NATS `max_payload`);
 //! * `SayHellos{name}` → 3 replies `"Hello #<i>, <name>"` (`i` = 0, 1, 2), or
 //!   `count:<n>` → n replies; name `fail` → one reply then `ABORTED "stream failed"`.
 
@@ -46,6 +48,11 @@ impl pb::greeter_server::Greeter for Greeter {
         }
         if name == "panic" {
             panic!("asked to panic");
+        }
+        if let Some(n) = name.strip_prefix("big:").and_then(|s| s.parse().ok()) {
+            return Ok(Response::new(HelloReply {
+                message: "x".repeat(n),
+            }));
         }
         if let Some(ms) = name.strip_prefix("sleep:").and_then(|s| s.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
