@@ -522,9 +522,26 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
     assert!(alive(pid));
     assert_eq!(h.sup.snapshot("edge", 0).unwrap().status, "running");
 
-    // narund restarts while NATS is still down: the app comes back from local state.
+    // NATS comes back: reconciliation resumes (a scale-up is applied), nothing restarted.
+    h.server.restart();
+    wait_for("client reconnected", T, || {
+        let c = h.client.connection_state();
+        async move { (c == async_nats::connection::State::Connected).then_some(()) }
+    })
+    .await;
+    h.put_spec("edge", h.spec("edge", "v1", 2)).await;
+    let pid1 = h.running_pid("edge", 1).await;
+    assert_eq!(
+        h.sup.snapshot("edge", 0).unwrap().pid,
+        Some(pid),
+        "edge-0 untouched"
+    );
+
+    // narund restarts while NATS is down again: the apps come back from local state.
+    h.server.stop();
     h.sup.shutdown().await;
     wait_gone(pid).await;
+    wait_gone(pid1).await;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(h.server.url())
@@ -537,15 +554,25 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
         UringHandle::start(),
     )
     .await;
-    assert_eq!(sup2.start_offline().await, 1);
+    assert_eq!(
+        sup2.start_offline().await,
+        1,
+        "one app (with two instances)"
+    );
     let pid2 = wait_for("edge-0 running offline", T, || {
         let s = sup2.snapshot("edge", 0);
         async move { s.filter(|s| s.status == "running").and_then(|s| s.pid) }
     })
     .await;
     assert!(alive(pid2));
+    let pid3 = wait_for("edge-1 running offline", T, || {
+        let s = sup2.snapshot("edge", 1);
+        async move { s.filter(|s| s.status == "running").and_then(|s| s.pid) }
+    })
+    .await;
     sup2.shutdown().await;
     wait_gone(pid2).await;
+    wait_gone(pid3).await;
     if let Some(r) = sup2.cgroup_root() {
         let _ = std::fs::remove_dir(r.path());
     }
