@@ -63,6 +63,9 @@ impl Setup {
             [[gateway.routes]]
             grpc = "absent.v1.Nobody"
             service = "absent"
+            [[gateway.routes]]
+            grpc = "legacy.v1.Go"
+            service = "go-consumer"
             "#,
         )
         .expect("config");
@@ -485,6 +488,71 @@ async fn example_binary_through_gateway() {
     )
     .await;
     assert!(status.success(), "grpc-hello exited with {status}");
+    s.stop().await;
+}
+
+/// A consumer answering like Go's `nconsumer` (one plain reply or a micro
+/// error, no narun stream headers): the gateway maps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_style_consumer_behind_gateway() {
+    let s = Setup::start_with(false).await;
+    let nc = s.nats.connect().await;
+    let mut sub = nc.queue_subscribe("go-consumer", "q".into()).await.unwrap();
+    let rc = nc.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply.clone() else {
+                continue;
+            };
+            let method = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("X-Original-Grpc-Method"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            let mut h = async_nats::HeaderMap::new();
+            match method.as_str() {
+                "/legacy.v1.Go/Echo" => {
+                    let _ = rc.publish(reply, m.payload.clone()).await;
+                    continue;
+                }
+                "/legacy.v1.Go/Invalid" => {
+                    h.insert("Nats-Service-Error-Code", "3");
+                    h.insert("Nats-Service-Error", "bad input: 100% wrong");
+                }
+                _ => {
+                    h.insert("Nats-Service-Error-Code", "501");
+                    h.insert(
+                        "Nats-Service-Error",
+                        format!("Method {method} not implemented").as_str(),
+                    );
+                }
+            }
+            let _ = rc.publish_with_headers(reply, h, Bytes::new()).await;
+        }
+    });
+    nc.flush().await.unwrap();
+    let mut raw = tonic::client::Grpc::new(s.channel().await);
+    let mut call = async |path: &'static str, body: &'static [u8]| {
+        raw.ready().await.unwrap();
+        raw.unary::<Bytes, Bytes, _>(
+            tonic::Request::new(Bytes::from_static(body)),
+            http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await
+        .map(|r| r.into_inner())
+    };
+    assert_eq!(
+        call("/legacy.v1.Go/Echo", b"\x0a\x02hi").await.unwrap(),
+        Bytes::from_static(b"\x0a\x02hi")
+    );
+    let e = call("/legacy.v1.Go/Invalid", b"").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "bad input: 100% wrong");
+    let e = call("/legacy.v1.Go/Other", b"").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert_eq!(e.message(), "Method /legacy.v1.Go/Other not implemented");
     s.stop().await;
 }
 
