@@ -36,20 +36,18 @@
 //! # }
 //! ```
 
-use crate::{Error, Options, notify};
+use crate::{Error, Options};
 use async_nats::HeaderMap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
-use narun_wire::micro::{self, Endpoint, EndpointConfig, Service, ServiceConfig};
+use narun_wire::micro::{self, Service};
 use narun_wire::names::GRPC_METHOD_HEADER;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Service as TowerService, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -102,11 +100,7 @@ where
 }
 
 /// A running gRPC-over-NATS service. [`GrpcServer::shutdown`] stops it gracefully.
-pub struct GrpcServer {
-    service: Service,
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<()>,
-}
+pub struct GrpcServer(crate::runner::Running);
 
 impl GrpcServer {
     /// Connect, register the service with its `grpc_handler` endpoint on
@@ -119,109 +113,22 @@ impl GrpcServer {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        opts.validate()?;
-        let client = opts.nats.connect(&format!("narun {}", opts.name)).await?;
-        let mut config = ServiceConfig::new(&opts.name, &opts.version);
-        config.description = opts.description.clone();
-        config.metadata = opts.metadata.clone();
-        let svc = Service::start(&client, config).await?;
-        let endpoint = svc
-            .add_endpoint(EndpointConfig::new(GRPC_ENDPOINT, &opts.name))
-            .await?;
-        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let watchdog = notify::ready(&format!("serving gRPC {} on NATS", opts.name));
-        let done = tokio::spawn(run(client, endpoint, service, opts, stop_rx, watchdog));
-        Ok(GrpcServer {
-            service: svc,
-            stop: stop_tx,
-            done,
-        })
+        let handler = move |client, request| handle(client, request, service.clone());
+        crate::runner::start(opts, GRPC_ENDPOINT, "gRPC", handler)
+            .await
+            .map(GrpcServer)
     }
 
     /// The ADR-32 service (id, stats, info).
     pub fn service(&self) -> &Service {
-        &self.service
+        &self.0.service
     }
 
     /// Stop taking requests, finish the in-flight ones (bounded by
     /// [`Options::shutdown_timeout`]) and unregister from discovery.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.done.await;
-        self.service.stop().await;
+        self.0.shutdown().await
     }
-}
-
-async fn run<S, B>(
-    client: async_nats::Client,
-    mut endpoint: Endpoint,
-    service: S,
-    opts: Options,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-    watchdog: Option<notify::WatchdogGuard>,
-) where
-    S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let limit = Arc::new(Semaphore::new(opts.max_inflight));
-    loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
-        let request = tokio::select! {
-            _ = &mut stop => break,
-            r = endpoint.next() => match r {
-                Some(r) => r,
-                None => break,
-            },
-        };
-        tokio::spawn(handle(client.clone(), request, service.clone(), permit));
-    }
-    // Graceful stop, as in the HTTP server: serve what was already delivered,
-    // then wait for everything in flight (bounded).
-    notify::stopping();
-    tracing::info!(service = %opts.name, "stopping: draining in-flight gRPC requests");
-    endpoint.drain().await;
-    let all = u32::try_from(opts.max_inflight).unwrap_or(u32::MAX);
-    let drain_client = client.clone();
-    let drain = async move {
-        use async_nats::connection::State;
-        let mut check = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                next = endpoint.next() => match next {
-                    Some(request) => {
-                        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
-                        tokio::spawn(handle(drain_client.clone(), request, service.clone(), permit));
-                    }
-                    None => break,
-                },
-                _ = check.tick() => {
-                    if drain_client.connection_state() != State::Connected {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = limit.acquire_many(all).await;
-    };
-    if tokio::time::timeout(opts.shutdown_timeout, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            service = %opts.name,
-            timeout = ?opts.shutdown_timeout,
-            "in-flight gRPC requests did not finish before the shutdown timeout"
-        );
-    }
-    drop(watchdog);
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
 }
 
 /// gRPC status codes used here.
@@ -395,12 +302,8 @@ impl Replier {
 }
 
 /// Answer one NATS request with the gRPC server.
-async fn handle<S, B>(
-    client: async_nats::Client,
-    request: micro::Request,
-    service: S,
-    _permit: OwnedSemaphorePermit,
-) where
+async fn handle<S, B>(client: async_nats::Client, request: micro::Request, service: S)
+where
     S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,

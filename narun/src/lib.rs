@@ -48,6 +48,7 @@
 mod grpc;
 mod http_service;
 mod notify;
+mod runner;
 
 #[cfg(feature = "grpc")]
 pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
