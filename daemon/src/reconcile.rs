@@ -213,7 +213,12 @@ impl Supervisor {
             Err(e) => return self.report_invalid(key, &e.to_string()),
         };
         if let Err(e) = spec.supported_on_narund() {
-            return self.report_invalid(key, &format!("not supported by narund: {e}"));
+            // A spec for Go node-runners that selects no instance here is none of our
+            // business: applying it (0 replicas) runs nothing and stops nothing else.
+            let here = spec.desired_replicas(&self.inner.cfg.node_id, &self.inner.cfg.labels);
+            if here > 0 {
+                return self.report_invalid(key, &format!("not supported by narund: {e}"));
+            }
         }
         self.apply(spec, revision).await;
     }

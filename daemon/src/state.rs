@@ -126,3 +126,46 @@ impl StateFile {
 pub fn spec_value(spec: &AppSpec) -> serde_json::Value {
     serde_json::from_slice(&spec.to_kv_json()).unwrap_or(serde_json::Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_roundtrip_and_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        assert_eq!(file.load().unwrap(), PersistedState::default());
+        let mut spec = AppSpec::new("hello", "v1");
+        spec.nodes = vec![narun_spec::NodeSelector::by_name("n1", 2)];
+        let mut st = PersistedState::default();
+        st.apps.insert(
+            "hello".into(),
+            PersistedApp {
+                spec: spec_value(&spec),
+                digest: "ab".repeat(32),
+            },
+        );
+        file.save(&st).unwrap();
+        assert_eq!(file.load().unwrap(), st);
+        let specs = file.load_specs().unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].0.name, "hello");
+        // No temporary files are left next to the state.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["apps.json"]);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        std::fs::create_dir_all(file.path().parent().unwrap()).unwrap();
+        std::fs::write(file.path(), b"{garbage").unwrap();
+        let e = file.load().unwrap_err().to_string();
+        assert!(e.contains("move it away"), "{e}");
+    }
+}

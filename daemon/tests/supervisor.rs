@@ -222,11 +222,35 @@ impl Harness {
     async fn finish(self) {
         let _ = self.stop.send(true);
         self.sup.shutdown().await;
-        let _ = std::fs::remove_dir(&self.cgroup_root);
-        drop(self.client);
-        drop(self.data);
-        drop(self.server);
     }
+}
+
+impl Drop for Harness {
+    /// Also runs when a test panics: no app process and no cgroup outlives the test.
+    fn drop(&mut self) {
+        kill_and_remove_cgroups(&self.cgroup_root);
+    }
+}
+
+fn kill_and_remove_cgroups(root: &std::path::Path) {
+    if root.as_os_str().is_empty() {
+        return;
+    }
+    if let Ok(dir) = std::fs::read_dir(root) {
+        for e in dir
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(e.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(root);
 }
 
 fn alive(pid: i32) -> bool {
@@ -574,7 +598,7 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
     wait_gone(pid2).await;
     wait_gone(pid3).await;
     if let Some(r) = sup2.cgroup_root() {
-        let _ = std::fs::remove_dir(r.path());
+        kill_and_remove_cgroups(r.path());
     }
     h.finish().await;
 }
