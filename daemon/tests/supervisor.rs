@@ -278,9 +278,14 @@ async fn start_logs_env_scale_and_delete() {
     unsafe { std::env::set_var("NARUND_TEST_SECRET_MARKER", "leaked") };
     let h = Harness::new().await;
     h.upload("web", "v1", SLEEPER).await;
+    let t0 = std::time::Instant::now();
     h.put_spec("web", h.spec("web", "v1", 1)).await;
 
     let pid0 = h.running_pid("web", 0).await;
+    eprintln!(
+        "measured: KV put → running (download + verify + cgroup + spawn): {:?}",
+        t0.elapsed()
+    );
     h.wait_log("hello line", |l| {
         l.app_name == "web" && l.message == "hello from web-0" && l.stream == "stdout"
     })
@@ -324,8 +329,13 @@ async fn start_logs_env_scale_and_delete() {
     assert!(alive(pid0), "web-0 untouched by scaling");
 
     // Delete: everything stops, the cgroup goes.
+    let t1 = std::time::Instant::now();
     h.configs.delete("web").await.unwrap();
     wait_gone(pid0).await;
+    eprintln!(
+        "measured: KV delete → process gone (SIGTERM path): {:?}",
+        t1.elapsed()
+    );
     h.wait_event("web-0 stopped", |e| {
         e.instance_id == "web-0" && e.status == "stopped"
     })
