@@ -612,3 +612,34 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
     }
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_escalates_to_cgroup_kill_after_the_stop_timeout() {
+    let h = Harness::new().await;
+    // Ignores SIGTERM: only the cgroup kill after stopTimeoutSec ends it.
+    let script = "#!/bin/sh\ntrap '' TERM\necho armed\nwhile :; do sleep 0.2; done\n";
+    h.upload("stubborn", "v1", script).await;
+    let mut spec = h.spec("stubborn", "v1", 1);
+    spec["stopTimeoutSec"] = json!(1);
+    h.put_spec("stubborn", spec).await;
+    let pid = h.running_pid("stubborn", 0).await;
+    h.wait_log("armed", |l| {
+        l.app_name == "stubborn" && l.message == "armed"
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    h.configs.delete("stubborn").await.unwrap();
+    let stopped = h
+        .wait_event("stubborn stopped", |e| {
+            e.instance_id == "stubborn-0" && e.status == "stopped"
+        })
+        .await;
+    let took = t0.elapsed();
+    assert!(!alive(pid));
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(6),
+        "SIGTERM ignored → SIGKILL after stopTimeoutSec=1, took {took:?}"
+    );
+    assert_eq!(stopped.reason, "");
+    h.finish().await;
+}
