@@ -174,9 +174,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::pin!(ready_wait);
     let mut ready_sent = false;
+    // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval from
+    // this loop, so a wedged main loop stops the pings and systemd restarts narund.
+    let watchdog_period = sd_notify::watchdog_enabled().map(|p| p / 2);
+    let mut watchdog =
+        tokio::time::interval(watchdog_period.unwrap_or(std::time::Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
+            _ = watchdog.tick(), if watchdog_period.is_some() => {
+                notify(&[NotifyState::Watchdog]);
+            }
             _ = &mut ready_wait, if !ready_sent => {
                 ready_sent = true;
                 notify(&[

@@ -1,0 +1,69 @@
+//! narund speaks sd_notify to its supervisor: READY=1, WATCHDOG=1 pings at half
+//! of WATCHDOG_USEC, STOPPING=1 on SIGTERM. The test plays systemd by binding the
+//! NOTIFY_SOCKET datagram socket itself.
+
+use narun_test_support::{NatsServer, workspace_bin};
+use std::time::Duration;
+use tokio::net::UnixDatagram;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn next_datagram(sock: &UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, sock.recv(&mut buf))
+        .await
+        .expect("no sd_notify datagram from narund")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narund_sends_ready_watchdog_and_stopping() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let conf = dir.path().join("narund.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = \"notify-test\"\ndata_dir = {:?}\nruntime_dir = {:?}\n[nats]\nurl = {:?}\n",
+            dir.path().join("data"),
+            dir.path().join("run"),
+            server.url()
+        ),
+    )
+    .unwrap();
+    let mut narund = tokio::process::Command::new(workspace_bin("narund", "narund", &[]))
+        .arg("--config")
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let mut seen = Vec::new();
+    while !seen.iter().any(|d: &String| d.contains("READY=1")) {
+        seen.push(next_datagram(&sock).await);
+    }
+    // Pings keep coming at ~200 ms (half of WATCHDOG_USEC): wait for three.
+    let mut pings = 0;
+    while pings < 3 {
+        if next_datagram(&sock).await.contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    let pid = narund.id().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    loop {
+        if next_datagram(&sock).await.contains("STOPPING=1") {
+            break;
+        }
+    }
+    let status = tokio::time::timeout(T, narund.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "narund exited with {status}");
+}
