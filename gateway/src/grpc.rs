@@ -147,57 +147,8 @@ pub fn status_from_service_error(code: &str) -> u16 {
     }
 }
 
-/// Parse a `grpc-timeout` value (`<1-8 digits><unit>`, unit ∈ H M S m u n).
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if v.len() < 2 || v.len() > 9 || !v.is_ascii() {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Percent-encode a status message for `grpc-message`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use narun_wire::grpc::parse_grpc_timeout;
+use narun_wire::grpc::{percent_decode, percent_encode};
 
 /// Request headers that are not call metadata: HTTP/2 connection-level and
 /// gRPC protocol headers, and names the NATS transport uses itself.
