@@ -88,7 +88,10 @@ async fn thousand_lines_arrive_in_order_with_go_fields() {
     let server = NatsServer::start();
     let client = client(&server).await;
     let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-0");
 
@@ -127,7 +130,10 @@ async fn long_line_without_newline_arrives_in_partial_pieces() {
     let server = NatsServer::start();
     let client = client(&server).await;
     let mut sub = client.subscribe("logs.big.node-1").await.unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("big", "big-0");
 
@@ -158,7 +164,10 @@ async fn stderr_is_tagged_stderr() {
     let server = NatsServer::start();
     let client = client(&server).await;
     let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-1");
     let mut child = sh("echo to-out; echo to-err >&2");
@@ -186,7 +195,10 @@ async fn lines_written_while_nats_is_down_arrive_after_restart() {
     let server = NatsServer::start();
     let client = client(&server).await;
     let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-0");
 
@@ -241,7 +253,10 @@ async fn spool_overflow_drops_the_oldest_and_reports_the_count() {
     let server = NatsServer::start();
     let client = client(&server).await;
     let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let mut cfg = LogForwarderConfig::new(NODE);
     cfg.spool_bytes = 32 * 1024;
     let (fwd, _task) = LogForwarder::with_config(client.clone(), cfg, UringHandle::start());

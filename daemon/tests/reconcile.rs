@@ -247,7 +247,10 @@ async fn tampered_digest_is_refused_while_the_old_version_runs() {
         .subscribe(names::status_subject("dig", "dig"))
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     configs.put("dig", spec("v2").into()).await.unwrap();
     let failed = tokio::time::timeout(T, async {
         loop {

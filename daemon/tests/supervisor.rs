@@ -93,7 +93,11 @@ impl Harness {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let mut st = client.subscribe("status.>").await.unwrap();
         let mut lg = client.subscribe("logs.>").await.unwrap();
-        client.flush().await.unwrap();
+        assert!(
+            narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10))
+                .await,
+            "nats-server did not confirm the subscriptions"
+        );
         let ev = events.clone();
         tokio::spawn(async move {
             while let Some(m) = st.next().await {

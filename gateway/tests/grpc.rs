@@ -531,7 +531,10 @@ async fn go_style_consumer_behind_gateway() {
             let _ = rc.publish_with_headers(reply, h, Bytes::new()).await;
         }
     });
-    nc.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&nc, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let mut raw = tonic::client::Grpc::new(s.channel().await);
     let mut call = async |path: &'static str, body: &'static [u8]| {
         raw.ready().await.unwrap();
@@ -724,7 +727,10 @@ async fn bench_unary_vs_raw_nats() {
             }
         }
     });
-    nc.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&nc, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let payload = Bytes::from(hello("bench").encode_to_vec());
     for _ in 0..200 {
         c.say_hello(hello("bench")).await.unwrap();

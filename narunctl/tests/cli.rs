@@ -473,7 +473,10 @@ async fn svc_discovery_and_request_over_bhttp() {
                 .unwrap();
         }
     });
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let url = server.url();
 
     let out = narunctl(
@@ -596,7 +599,10 @@ async fn logs_follows_and_filters_until_interrupted() {
             .await
             .unwrap();
     }
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let got = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
         .await

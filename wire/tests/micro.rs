@@ -147,7 +147,10 @@ async fn discovery_survives_messages_without_reply_and_stop_unregisters() {
             .await
             .unwrap();
     }
-    caller.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&caller, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let m = request(&caller, "$SRV.PING.sturdy").await.unwrap();
     let p: PingResponse = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(p.name, "sturdy");
@@ -180,14 +183,20 @@ async fn replicas_share_a_queue_group_and_opt_out_gets_all() {
     bc.queue_group = Some(String::new());
     let mut ba = a.add_endpoint(bc.clone()).await.unwrap();
     let mut bb = b.add_endpoint(bc).await.unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     // Two instances answer PING.
     assert_eq!(gather(&client, "$SRV.PING.rep").await.len(), 2);
     for _ in 0..20 {
         client.publish("rep.work", Bytes::new()).await.unwrap();
     }
     client.publish("rep.all", Bytes::new()).await.unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let mut got = 0;
     while got < 20 {
         tokio::select! {
@@ -229,7 +238,10 @@ async fn drain_delivers_already_received_requests_then_ends() {
         .add_endpoint(EndpointConfig::new("handler", "drainer"))
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     let caller = server.connect().await;
     for i in 0..5 {
         caller
@@ -237,7 +249,10 @@ async fn drain_delivers_already_received_requests_then_ends() {
             .await
             .unwrap();
     }
-    caller.flush().await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&caller, std::time::Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
     // Wait until the first request is here, so all five were delivered to us.
     let first = tokio::time::timeout(WAIT, ep.next())
         .await
