@@ -8,6 +8,7 @@
 //! * [`grpc`]: `grpc-timeout` and `grpc-message` conventions shared by the gRPC gateway and apps.
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
 //! * [`jetstream`]: KV buckets and object stores that open on every server version.
+//! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 
 pub mod bhttp;
 pub mod connect;
@@ -16,3 +17,5 @@ pub mod grpc;
 pub mod jetstream;
 pub mod micro;
 pub mod names;
+#[cfg(feature = "secrets")]
+pub mod secrets;

@@ -13,6 +13,12 @@ pub const SECRETS_BUCKET: &str = "narun-secrets";
 pub const APP_BINARIES_BUCKET: &str = "app-binaries";
 /// Object store: shared files mounted into app work dirs.
 pub const FILES_BUCKET: &str = "narun-files";
+/// Description of the `narun-files` object store (Go).
+pub const FILES_DESCRIPTION: &str = "Shared files for Narun applications";
+/// Object metadata key: the uploaded file's base name (Go `files add`).
+pub const FILE_META_ORIGINAL_FILENAME: &str = "original-filename";
+/// Object metadata key: RFC 3339 UTC upload time (Go `files add`).
+pub const FILE_META_UPLOAD_TIMESTAMP: &str = "upload-timestamp";
 
 /// Node state entries expire after this long without a heartbeat (Go: 45 s).
 pub const NODE_STATE_TTL_SECS: u64 = 45;
