@@ -54,6 +54,12 @@ pub struct GatewayConfig {
     pub http_addr: String,
     /// gRPC listener; required when gRPC routes exist.
     pub grpc_addr: Option<String>,
+    /// PEM certificate chain (leaf first) for gRPC over TLS on `grpc_addr`.
+    /// With `grpc_tls_key`, the listener speaks TLS (ALPN `h2`); without both,
+    /// cleartext HTTP/2 (h2c).
+    pub grpc_tls_cert: Option<String>,
+    /// PEM private key of `grpc_tls_cert`.
+    pub grpc_tls_key: Option<String>,
     /// Listener for `/metrics`, `/healthz` and `/readyz`.
     pub metrics_addr: String,
     /// Timeout of a NATS request when the route sets no `timeout_sec`.
@@ -75,6 +81,8 @@ impl Default for GatewayConfig {
             enabled: false,
             http_addr: "0.0.0.0:8080".into(),
             grpc_addr: None,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
             metrics_addr: "127.0.0.1:9090".into(),
             request_timeout_sec: DEFAULT_REQUEST_TIMEOUT_SEC,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -181,8 +189,9 @@ pub enum LoadError {
 }
 
 const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec";
-const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, metrics_addr, request_timeout_sec, \
-                            max_body_bytes, shutdown_timeout_sec, routes";
+const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
+                            metrics_addr, request_timeout_sec, max_body_bytes, \
+                            shutdown_timeout_sec, routes";
 
 struct Collector(Vec<ConfigError>);
 
@@ -379,6 +388,7 @@ impl GatewayConfig {
                 }
             }
         }
+        self.validate_tls(&mut c);
         if has_grpc && self.grpc_addr.is_none() {
             c.push(
                 "gateway.grpc_addr",
@@ -389,6 +399,39 @@ impl GatewayConfig {
             Ok(())
         } else {
             Err(ConfigErrors(c.0))
+        }
+    }
+
+    /// `grpc_tls_cert` and `grpc_tls_key` come together and need `grpc_addr`.
+    /// The files themselves are read when the gateway binds.
+    fn validate_tls(&self, c: &mut Collector) {
+        for (key, v) in [
+            ("grpc_tls_cert", &self.grpc_tls_cert),
+            ("grpc_tls_key", &self.grpc_tls_key),
+        ] {
+            if let Some(v) = v
+                && v.trim().is_empty()
+            {
+                c.push(
+                    format!("gateway.{key}"),
+                    "is empty; give a PEM file path or remove the key",
+                );
+            }
+        }
+        match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(_), None) => c.push(
+                "gateway.grpc_tls_key",
+                "is required when grpc_tls_cert is set (the certificate's PEM private key)",
+            ),
+            (None, Some(_)) => c.push(
+                "gateway.grpc_tls_cert",
+                "is required when grpc_tls_key is set (the PEM certificate chain)",
+            ),
+            (Some(_), Some(_)) if self.grpc_addr.is_none() => c.push(
+                "gateway.grpc_tls_cert",
+                "TLS is only used by the gRPC listener: set grpc_addr too, or remove grpc_tls_cert/grpc_tls_key",
+            ),
+            _ => {}
         }
     }
 
@@ -606,6 +649,37 @@ service = "g"
             );
         }
         assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn tls_keys_come_in_pairs_and_need_grpc_addr() {
+        let errs = errors("[gateway]\ngrpc_addr = \"127.0.0.1:0\"\ngrpc_tls_cert = \"/c.pem\"\n");
+        assert_eq!(
+            errs,
+            [
+                "gateway.grpc_tls_key: is required when grpc_tls_cert is set (the certificate's PEM private key)"
+            ]
+        );
+        let errs = errors("[gateway]\ngrpc_addr = \"127.0.0.1:0\"\ngrpc_tls_key = \"\"\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("gateway.grpc_tls_key: is empty"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("gateway.grpc_tls_cert: is required"),
+            "{errs:?}"
+        );
+        let errs = errors("[gateway]\ngrpc_tls_cert = \"/c\"\ngrpc_tls_key = \"/k\"\n");
+        assert!(
+            errs[0].starts_with("gateway.grpc_tls_cert: TLS is only used by the gRPC listener"),
+            "{errs:?}"
+        );
+        let cfg = GatewayConfig::from_toml(
+            "[gateway]\ngrpc_addr = \"127.0.0.1:0\"\ngrpc_tls_cert = \"/c\"\ngrpc_tls_key = \"/k\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.grpc_tls_key.as_deref(), Some("/k"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The gRPC gateway: gRPC calls in (HTTP/2 cleartext), NATS requests out.
+//! The gRPC gateway: gRPC calls in (HTTP/2 cleartext, or TLS with ALPN `h2`
+//! when `grpc_tls_cert`/`grpc_tls_key` are set), NATS requests out.
 //!
 //! No generated code: the gateway reads the gRPC framing itself, so any
 //! service can be routed by configuration alone.
@@ -339,13 +340,20 @@ pub(crate) struct GrpcGateway {
     reporter: HealthReporter,
     services: Vec<String>,
     dispatcher: AbortOnDrop,
+    /// TLS acceptor when TLS is configured; cleartext h2c otherwise.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
+
+/// Bound on a client's TLS handshake, so idle half-open connections do not
+/// pile up.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl GrpcGateway {
     /// Bind `grpc_addr` when the config has gRPC routes (else `None`) and
     /// register the gRPC metrics in `registry`.
     pub(crate) async fn bind(
         config: &GatewayConfig,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
         client: &async_nats::Client,
         registry: &mut Registry,
     ) -> Result<Option<GrpcGateway>, GatewayError> {
@@ -393,11 +401,16 @@ impl GrpcGateway {
             reporter,
             services,
             dispatcher,
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
         }))
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub(crate) fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serve until `stop` turns true, then let calls in flight finish (at most
@@ -431,6 +444,7 @@ impl GrpcGateway {
             let health = self.health.clone();
             let builder = builder.clone();
             let mut stop = stop.clone();
+            let tls = self.tls.clone();
             conns.spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
@@ -442,19 +456,27 @@ impl GrpcGateway {
                         Ok::<_, Infallible>(call(state, req).await)
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "gRPC connection error");
+                let Some(tls) = tls else {
+                    return serve_h2(&builder, stream, svc, peer, &mut stop).await;
+                };
+                // The handshake runs in the connection's task, so a slow client
+                // does not hold up the accept loop; a stop ends it too.
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
+                let stream = tokio::select! {
+                    r = handshake => match r {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed");
+                            return;
                         }
-                        return;
-                    }
-                    _ = stopped(&mut stop) => {}
-                }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                        Err(_) => {
+                            tracing::debug!(%peer, "gRPC TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = stopped(&mut stop) => return,
+                };
+                serve_h2(&builder, stream, svc, peer, &mut stop).await
             });
         }
         drop(self.listener);
@@ -473,6 +495,39 @@ impl GrpcGateway {
         health_task.abort();
         drop(self.dispatcher);
     }
+}
+
+/// Serve one HTTP/2 connection (cleartext or TLS) until it closes, or until
+/// `stop`, then shut it down gracefully (GOAWAY; calls in flight finish).
+async fn serve_h2<IO, S, B>(
+    builder: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    io: IO,
+    svc: S,
+    peer: SocketAddr,
+    stop: &mut watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "gRPC connection error");
+            }
+            return;
+        }
+        _ = stopped(stop) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Completes once `stop` is true (or its sender is gone).

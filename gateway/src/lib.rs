@@ -47,6 +47,7 @@ mod grpc;
 mod metrics;
 mod proxy;
 mod router;
+pub mod tls;
 
 pub use config::{ConfigError, ConfigErrors, GatewayConfig, LoadError, RouteConfig, RouteMode};
 
@@ -128,6 +129,11 @@ impl Gateway {
         client: async_nats::Client,
     ) -> Result<Gateway, GatewayError> {
         config.validate()?;
+        // Read the TLS files first: a bad path or PEM fails before anything is bound.
+        let grpc_tls = match (&config.grpc_tls_cert, &config.grpc_tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
+            _ => None,
+        };
         let (http, http_addr) = bind("the HTTP gateway", &config.http_addr).await?;
         let (metrics_l, metrics_addr) = bind("gateway metrics", &config.metrics_addr).await?;
 
@@ -165,7 +171,9 @@ impl Gateway {
             return Err(e.into());
         }
         let mut metrics = metrics::Metrics::new();
-        let grpc = match grpc::GrpcGateway::bind(&config, &client, &mut metrics.registry).await {
+        let grpc = match grpc::GrpcGateway::bind(&config, grpc_tls, &client, &mut metrics.registry)
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
                 service.stop().await;
@@ -188,6 +196,11 @@ impl Gateway {
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_sec),
             grpc,
         })
+    }
+
+    /// Whether the gRPC listener speaks TLS (`grpc_tls_cert`/`grpc_tls_key` set).
+    pub fn grpc_tls(&self) -> bool {
+        self.grpc.as_ref().is_some_and(|g| g.tls())
     }
 
     /// The gRPC listener's address (`None` without gRPC routes or `grpc_addr`).

@@ -1,0 +1,164 @@
+//! TLS for the gRPC listener: load a PEM certificate chain and key into a
+//! rustls server configuration that offers HTTP/2 via ALPN.
+//!
+//! ```toml
+//! [gateway]
+//! grpc_addr = "0.0.0.0:8443"
+//! grpc_tls_cert = "/etc/narun/tls/gateway.crt"   # PEM: leaf certificate first, then intermediates
+//! grpc_tls_key = "/etc/narun/tls/gateway.key"    # PEM: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) key
+//! ```
+//!
+//! The files are read once, when the gateway binds; errors name the config key
+//! (`gateway.grpc_tls_cert: cannot read "/x.crt": No such file or directory`),
+//! like every other configuration error.
+//!
+//! rustls uses the `ring` crypto provider explicitly (not the process-wide
+//! default), so the gateway works whether or not another library in the same
+//! process installed a default provider, and cross builds need no C toolchain
+//! beyond the one `ring` already needs.
+
+use crate::config::{ConfigError, ConfigErrors};
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol id of HTTP/2, the only protocol gRPC uses.
+pub const ALPN_H2: &[u8] = b"h2";
+
+fn error(key: &str, reason: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        key: format!("gateway.{key}"),
+        reason,
+    }])
+}
+
+/// Read `cert_path` (PEM certificate chain) and `key_path` (PEM private key)
+/// and build a TLS 1.2/1.3 server config that negotiates `h2`.
+///
+/// Errors name `gateway.grpc_tls_cert` or `gateway.grpc_tls_key` and say what
+/// is wrong with the file: unreadable, no PEM block of the expected kind, or a
+/// key that does not match the certificate.
+pub fn server_config(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<rustls::ServerConfig, ConfigErrors> {
+    let certs = load_certs(cert_path)?;
+    let key = load_key(key_path)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| error("grpc_tls_cert", format!("TLS setup failed: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            error(
+                "grpc_tls_key",
+                format!(
+                    "{key_path:?} cannot be used with the certificate in {cert_path:?}: {e} \
+                     (is it the private key of the first certificate in the chain?)"
+                ),
+            )
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+fn read(key: &str, path: &str) -> Result<Vec<u8>, ConfigErrors> {
+    std::fs::read(Path::new(path)).map_err(|e| error(key, format!("cannot read {path:?}: {e}")))
+}
+
+fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigErrors> {
+    let pem = read("grpc_tls_cert", path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error("grpc_tls_cert", format!("{path:?} is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(error(
+            "grpc_tls_cert",
+            format!(
+                "{path:?} contains no \"-----BEGIN CERTIFICATE-----\" block; give the PEM certificate chain, leaf first"
+            ),
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, ConfigErrors> {
+    let pem = read("grpc_tls_key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        let why = match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "contains no private key (expected a \"-----BEGIN PRIVATE KEY-----\", \
+                 \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)"
+                    .to_string()
+            }
+            other => format!("is not a valid PEM private key: {other}"),
+        };
+        error("grpc_tls_key", format!("{path:?} {why}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    fn msg(r: Result<rustls::ServerConfig, ConfigErrors>) -> String {
+        r.expect_err("expected an error").to_string()
+    }
+
+    #[test]
+    fn loads_a_pair_and_offers_h2() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        let cfg = server_config(c.to_str().unwrap(), k.to_str().unwrap()).unwrap();
+        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec()]);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed();
+        let (other_cert, _) = self_signed();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+        std::fs::write(p("c.pem"), &cert).unwrap();
+        std::fs::write(p("k.pem"), &key).unwrap();
+        std::fs::write(p("other.pem"), &other_cert).unwrap();
+        std::fs::write(p("junk.pem"), "not pem at all\n").unwrap();
+
+        let e = msg(server_config(&p("missing.pem"), &p("k.pem")));
+        assert!(
+            e.starts_with("gateway.grpc_tls_cert: cannot read") && e.contains("No such file"),
+            "{e}"
+        );
+        let e = msg(server_config(&p("c.pem"), &p("missing.pem")));
+        assert!(e.starts_with("gateway.grpc_tls_key: cannot read"), "{e}");
+        let e = msg(server_config(&p("junk.pem"), &p("k.pem")));
+        assert!(
+            e.starts_with("gateway.grpc_tls_cert:") && e.contains("no \"-----BEGIN CERTIFICATE"),
+            "{e}"
+        );
+        // A certificate where the key belongs.
+        let e = msg(server_config(&p("c.pem"), &p("c.pem")));
+        assert!(
+            e.starts_with("gateway.grpc_tls_key:") && e.contains("contains no private key"),
+            "{e}"
+        );
+        // Key of another certificate.
+        let e = msg(server_config(&p("other.pem"), &p("k.pem")));
+        assert!(
+            e.starts_with("gateway.grpc_tls_key:")
+                && e.contains("cannot be used with the certificate"),
+            "{e}"
+        );
+    }
+}
