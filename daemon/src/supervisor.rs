@@ -283,6 +283,7 @@ impl Supervisor {
                     reason: s.reason,
                     restarts: s.restarts,
                     unenforced_limits: s.unenforced,
+                    config_hash: h.hash.clone(),
                 });
             }
         }
@@ -634,6 +635,7 @@ impl InstanceRun {
             tag: self.spec.tag.clone(),
             unenforced_limits: unenforced,
             restarts: (restarts > 0).then_some(restarts),
+            config_hash: run_hash(&self.spec),
             ..Default::default()
         };
         tracing::info!(instance = %self.instance_id, run = %self.run_id, status, reason, pid, "instance status");

@@ -119,6 +119,19 @@ pub struct DeployArgs {
     /// How long one binary upload may take.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub upload_timeout: Duration,
+    /// After writing the spec, follow narund's status events until every
+    /// selected instance runs the new spec and is ready (`--wait` = 120 s,
+    /// `--wait=5m`). Exit 1 with the reason and the instance's last log lines
+    /// if one fails, crashes for good, is rolled back, or time runs out.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "120s",
+        value_parser = parse_duration
+    )]
+    pub wait: Option<Duration>,
     /// Linux ELF executables, one per architecture.
     #[arg(value_name = "BIN")]
     pub binaries: Vec<PathBuf>,

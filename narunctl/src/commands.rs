@@ -63,7 +63,7 @@ pub async fn connect(conn: &ConnArgs, what: &str) -> Result<async_nats::Client> 
     }
 }
 
-fn js(client: &async_nats::Client, timeout: Duration) -> jetstream::Context {
+pub(crate) fn js(client: &async_nats::Client, timeout: Duration) -> jetstream::Context {
     let mut js = jetstream::new(client.clone());
     js.set_timeout(timeout);
     js
@@ -357,7 +357,14 @@ async fn deploy(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     }
 
     // 4. Write the spec with compare-and-set against the revision read in 3.
+    //    With --wait, subscribe to the app's status and logs first: core NATS keeps
+    //    no history, and narund reacts to the write within milliseconds.
+    let follower = match args.wait {
+        Some(_) => Some(crate::wait::Follower::subscribe(&client, &spec.name, conn.timeout).await?),
+        None => None,
+    };
     let value: bytes::Bytes = spec.to_kv_json().into();
+    let written = value.clone();
     let revision = if args.force {
         bounded(conn.timeout, "writing the spec", kv.put(&key, value)).await?
     } else {
@@ -403,6 +410,12 @@ async fn deploy(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         spec.tag,
         spec.config_hash()
     );
+    if let (Some(follower), Some(timeout)) = (follower, args.wait) {
+        // What narund hashes is the spec as it parses it back from the KV value.
+        let stored = AppSpec::from_kv_bytes(&written)
+            .map_err(|e| anyhow!("the spec just written cannot be parsed back: {e}"))?;
+        follower.wait(stored, timeout, conn.timeout).await?;
+    }
     Ok(())
 }
 
@@ -652,7 +665,7 @@ async fn apps_delete(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
 
 // ---------------------------------------------------------------- nodes
 
-fn age(ts: &str) -> Option<Duration> {
+pub(crate) fn age(ts: &str) -> Option<Duration> {
     let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
     let d = time::OffsetDateTime::now_utc() - t;
     Some(Duration::from_secs(d.whole_seconds().max(0) as u64))

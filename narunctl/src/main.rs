@@ -13,6 +13,7 @@ mod cli;
 mod commands;
 mod elf;
 mod svc;
+mod wait;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -64,6 +64,11 @@ pub struct StatusEvent {
     pub unenforced_limits: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// Identity of the spec this run executes: narund's run hash (the spec's
+    /// `config_hash` without `nodes`). `narunctl deploy --wait` compares it with the
+    /// spec it wrote to tell the new runs from the old ones.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config_hash: String,
 }
 
 /// Node heartbeat stored in `node-runner-states` under the node id.
@@ -114,6 +119,9 @@ pub struct InstanceState {
     pub restarts: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unenforced_limits: Vec<String>,
+    /// Run hash of the spec this instance runs (see [`StatusEvent::config_hash`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config_hash: String,
 }
 
 fn is_zero(v: &u64) -> bool {

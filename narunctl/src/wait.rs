@@ -1,0 +1,881 @@
+//! `narunctl deploy --wait`: follow a rollout until every selected instance runs the
+//! new spec and is ready, or say why not.
+//!
+//! # What is followed
+//!
+//! * **Status events** on `status.<app>.*` ([`StatusEvent`]): every transition of every
+//!   run (`starting`, `running`, `crashed`, `backoff`, `failed`, `rolled_back`, …). Each
+//!   event carries the run hash of the spec that run executes (`config_hash`), so the
+//!   runs of the new spec are told apart from the old ones they replace (narund starts
+//!   the new run of `hello-0` *next to* the old `hello-0` and stops the old one only once
+//!   the new one has settled).
+//! * **Node heartbeats** in `node-runner-states` ([`NodeState`]): which nodes are online
+//!   and their labels, which — with the spec's selectors
+//!   ([`AppSpec::desired_replicas`]) — gives the instances to wait for
+//!   (`<app>-0 … <app>-<n-1>` on each selected node). The heartbeat also lists each
+//!   instance with its run hash, which covers instances that already run this exact spec
+//!   (a redeploy that changed only replica counts restarts nothing and publishes no
+//!   event).
+//! * **Log lines** on `logs.<app>.*`: the last [`LOG_TAIL`] lines of each instance, printed
+//!   when it fails.
+//!
+//! [`Follower::subscribe`] must run **before** the spec is written: core NATS keeps no
+//! history, so an event published before the subscription exists is lost.
+//!
+//! # When an instance is ready
+//!
+//! An instance is ready once a run of the new spec is `running` and, unless the spec has
+//! `notify = true` (narund then reports `running` only after the app's `READY=1`), has
+//! stayed running for `settleSec` — the same rule narund uses before it stops an old run.
+//!
+//! # When the wait fails
+//!
+//! * a run of the new spec reports `failed` (fetch, verify, spawn, start limit, …);
+//! * it `crashed` (or exited) and the spec's restart policy does not restart it;
+//! * narund stopped it before it became ready (a replacement that did not settle: the
+//!   old run keeps serving) or reported `rolled_back`;
+//! * narund reported the spec as `invalid_spec`;
+//! * the timeout passed.
+//!
+//! The pure bookkeeping is in [`Tracker`] (unit tested); [`Follower`] feeds it from NATS
+//! and draws the table.
+
+use anyhow::{Result, anyhow};
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use narun_spec::{AppSpec, ExitKind};
+use narun_wire::events::{LogLine, NodeState, StatusEvent};
+use narun_wire::names;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// Log lines kept per instance for the failure report.
+pub const LOG_TAIL: usize = 20;
+/// After a failure, how long to wait for narund's own log line about it (published on
+/// another path than the status event, so it may arrive a little later).
+const LOG_GRACE: Duration = Duration::from_secs(1);
+
+/// The run hash narund gives a spec: its `config_hash` without `nodes`, so a change of
+/// replica counts alone does not count as a new spec (narund does not restart anything
+/// for it). Must stay equal to `narund::supervisor::run_hash`.
+pub fn run_hash(spec: &AppSpec) -> String {
+    let mut s = spec.clone();
+    s.nodes.clear();
+    s.config_hash()
+}
+
+/// `(node, instance id)`.
+type Key = (String, String);
+
+/// What is known about one instance of the new spec.
+#[derive(Debug, Clone, Default)]
+struct Instance {
+    /// Last status of a run of the new spec (`waiting` before any).
+    status: String,
+    /// Reason and error text of that status.
+    detail: String,
+    /// When the run of the new spec was seen `running` (by us).
+    running_since: Option<Instant>,
+    /// Seen `running` with the new hash in a heartbeat before any event: it already ran
+    /// this spec before the deploy.
+    ready_from_state: bool,
+    /// At least one status event of the new spec was seen (events then take precedence
+    /// over heartbeats, which are built up to 200 ms later and may be older).
+    from_event: bool,
+    restarts: u32,
+    /// Why the wait fails because of this instance.
+    failure: Option<String>,
+    /// narund's own log line about the failure has been seen.
+    failure_logged: bool,
+}
+
+/// The verdict after an update.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep waiting.
+    Pending,
+    /// Every selected instance is ready.
+    Ready,
+    /// At least one instance failed for good.
+    Failed,
+}
+
+/// Rollout bookkeeping, independent of NATS.
+#[derive(Debug)]
+pub struct Tracker {
+    spec: AppSpec,
+    hash: String,
+    /// Online nodes and their labels.
+    nodes: BTreeMap<String, NodeState>,
+    /// Instances of the new spec, by (node, id); contains every instance seen, selected or not.
+    instances: BTreeMap<Key, Instance>,
+    logs: BTreeMap<Key, VecDeque<String>>,
+    /// Errors not tied to one instance (`invalid_spec` from a node).
+    node_failures: BTreeMap<String, String>,
+}
+
+impl Tracker {
+    /// Track the rollout of `spec` (whose run hash is computed here).
+    pub fn new(spec: AppSpec) -> Tracker {
+        Tracker {
+            hash: run_hash(&spec),
+            spec,
+            nodes: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            node_failures: BTreeMap::new(),
+        }
+    }
+
+    /// The run hash of the new spec.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// A heartbeat was put (`Some`) or a node key deleted (`None`).
+    pub fn on_node(&mut self, node_id: &str, state: Option<NodeState>) {
+        let Some(state) = state.filter(|s| {
+            s.status == "running"
+                && crate::commands::age(&s.last_seen)
+                    .is_some_and(|a| a.as_secs() <= names::NODE_STATE_TTL_SECS)
+        }) else {
+            self.nodes.remove(node_id);
+            return;
+        };
+        for i in &state.instances {
+            if i.app_name != self.spec.name || i.status != "running" {
+                continue;
+            }
+            // Without a hash (older narund) the tag is the best we have.
+            let same = if i.config_hash.is_empty() {
+                i.tag == self.spec.tag
+            } else {
+                i.config_hash == self.hash
+            };
+            if !same {
+                continue;
+            }
+            let inst = self
+                .instances
+                .entry((node_id.to_string(), i.instance_id.clone()))
+                .or_default();
+            if !inst.from_event {
+                inst.status = "running".into();
+                inst.ready_from_state = true;
+                inst.restarts = i.restarts;
+            }
+        }
+        self.nodes.insert(node_id.to_string(), state);
+    }
+
+    /// Whether a status event is about a run of the new spec.
+    fn ours(&self, ev: &StatusEvent) -> bool {
+        if ev.config_hash.is_empty() {
+            !ev.tag.is_empty() && ev.tag == self.spec.tag
+        } else {
+            ev.config_hash == self.hash
+        }
+    }
+
+    /// A status event arrived at `now`.
+    pub fn on_status(&mut self, ev: StatusEvent, now: Instant) {
+        let node = ev.node_id.clone();
+        match ev.status.as_str() {
+            "invalid_spec" => {
+                self.node_failures.insert(
+                    node,
+                    format!("narund rejected the spec: {}", one_line(&ev.error)),
+                );
+                return;
+            }
+            "rolled_back" => {
+                let why = format!(
+                    "rolled back by narund ({}){}: the previous version keeps running",
+                    if ev.reason.is_empty() {
+                        "did not become ready"
+                    } else {
+                        &ev.reason
+                    },
+                    if ev.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", one_line(&ev.error))
+                    }
+                );
+                let key = (node.clone(), ev.instance_id.clone());
+                if self.instances.contains_key(&key) || self.selected().contains(&key) {
+                    self.fail(key, why);
+                } else {
+                    self.node_failures.insert(node, why);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if !self.ours(&ev) {
+            return;
+        }
+        let key = (node, ev.instance_id.clone());
+        let restart = self.spec.restart.clone();
+        let was_ready = self.ready_at(&key, now);
+        let inst = self.instances.entry(key.clone()).or_default();
+        inst.from_event = true;
+        inst.ready_from_state = false;
+        inst.status = ev.status.clone();
+        if let Some(r) = ev.restarts {
+            inst.restarts = r;
+        }
+        inst.detail = match (ev.reason.is_empty(), ev.error.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => ev.reason.clone(),
+            (true, false) => one_line(&ev.error),
+            (false, false) => format!("{}: {}", ev.reason, one_line(&ev.error)),
+        };
+        let mut failure = None;
+        match ev.status.as_str() {
+            "running" => inst.running_since = Some(now),
+            "failed" => {
+                inst.running_since = None;
+                failure = Some(format!("failed ({})", inst.detail));
+            }
+            "crashed" | "stopped" => {
+                inst.running_since = None;
+                match exit_kind(&ev) {
+                    None if !was_ready => {
+                        failure = Some(
+                            "stopped by narund before it became ready (the previous version keeps running)"
+                                .to_string(),
+                        );
+                    }
+                    None => {}
+                    Some(kind) if !restart.restarts_after(kind) => {
+                        failure = Some(format!(
+                            "{} ({}); restart policy {:?} does not restart it",
+                            ev.status,
+                            inst.detail,
+                            restart.as_str()
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            _ => inst.running_since = None,
+        }
+        if let Some(why) = failure {
+            self.fail(key, why);
+        }
+    }
+
+    fn fail(&mut self, key: Key, why: String) {
+        let logged = self
+            .logs
+            .get(&key)
+            .and_then(|l| l.back())
+            .is_some_and(|l| l.contains("] narund: "));
+        let inst = self.instances.entry(key).or_default();
+        if inst.failure.is_none() {
+            inst.failure = Some(why);
+            inst.failure_logged = logged;
+        }
+    }
+
+    /// A log line arrived.
+    pub fn on_log(&mut self, line: &LogLine) {
+        let key = (line.node_id.clone(), line.instance_id.clone());
+        let tail = self.logs.entry(key.clone()).or_default();
+        if tail.len() == LOG_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(format!(
+            "[{}] [{}] {}",
+            line.timestamp, line.stream, line.message
+        ));
+        if line.message.starts_with("narund: ")
+            && let Some(inst) = self.instances.get_mut(&key)
+            && inst.failure.is_some()
+        {
+            inst.failure_logged = true;
+        }
+    }
+
+    /// The instances to wait for: `<app>-0 … <app>-<n-1>` on every online node the spec
+    /// selects.
+    pub fn selected(&self) -> BTreeSet<Key> {
+        let mut out = BTreeSet::new();
+        for (node, state) in &self.nodes {
+            for i in 0..self.spec.desired_replicas(node, &state.labels) {
+                out.insert((node.clone(), format!("{}-{i}", self.spec.name)));
+            }
+        }
+        out
+    }
+
+    /// Whether every selector asks for 0 replicas (nothing will ever be ready).
+    pub fn selects_nothing(&self) -> bool {
+        self.spec.nodes.iter().all(|n| n.replicas <= 0)
+    }
+
+    fn ready_at(&self, key: &Key, now: Instant) -> bool {
+        let Some(inst) = self.instances.get(key) else {
+            return false;
+        };
+        if inst.failure.is_some() {
+            return false;
+        }
+        if inst.ready_from_state {
+            return true;
+        }
+        match inst.running_since {
+            Some(t) if inst.status == "running" => {
+                self.spec.notify
+                    || now.duration_since(t) >= Duration::from_secs(self.spec.settle_sec)
+            }
+            _ => false,
+        }
+    }
+
+    /// The verdict at `now`.
+    pub fn verdict(&self, now: Instant) -> Verdict {
+        if !self.node_failures.is_empty() || self.instances.values().any(|i| i.failure.is_some()) {
+            return Verdict::Failed;
+        }
+        let selected = self.selected();
+        if selected.is_empty() {
+            return if self.selects_nothing() {
+                Verdict::Ready
+            } else {
+                Verdict::Pending
+            };
+        }
+        if selected.iter().all(|k| self.ready_at(k, now)) {
+            Verdict::Ready
+        } else {
+            Verdict::Pending
+        }
+    }
+
+    /// Whether narund's log line about every failure has arrived (see [`LOG_GRACE`]).
+    fn failures_logged(&self) -> bool {
+        self.instances
+            .values()
+            .filter(|i| i.failure.is_some())
+            .all(|i| i.failure_logged)
+    }
+
+    /// Table rows: node, instance, status, restarts, detail.
+    pub fn rows(&self, now: Instant) -> Vec<[String; 5]> {
+        let selected = self.selected();
+        let mut keys: BTreeSet<Key> = selected.clone();
+        keys.extend(
+            self.instances
+                .iter()
+                .filter(|(_, i)| i.failure.is_some())
+                .map(|(k, _)| k.clone()),
+        );
+        let mut rows = Vec::new();
+        for key in keys {
+            let inst = self.instances.get(&key);
+            let status = inst
+                .map(|i| i.status.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "waiting".into());
+            let detail = match inst {
+                _ if self.ready_at(&key, now) => "ready".to_string(),
+                Some(i) if i.failure.is_some() => i.failure.clone().unwrap_or_default(),
+                Some(i) if i.status == "running" => match i.running_since {
+                    Some(t) => format!(
+                        "settling {}s/{}s",
+                        now.duration_since(t).as_secs(),
+                        self.spec.settle_sec
+                    ),
+                    None => String::new(),
+                },
+                Some(i) => i.detail.clone(),
+                None => "no run of the new spec yet".into(),
+            };
+            let restarts = inst.map(|i| i.restarts).unwrap_or(0).to_string();
+            rows.push([key.0, key.1, status, restarts, detail]);
+        }
+        for (node, why) in &self.node_failures {
+            rows.push([
+                node.clone(),
+                "-".into(),
+                "invalid".into(),
+                "0".into(),
+                why.clone(),
+            ]);
+        }
+        rows
+    }
+
+    /// The failure report: one block per failed (or, on timeout, not ready) instance,
+    /// with its last log lines.
+    pub fn report(&self, now: Instant, timed_out: Option<Duration>) -> String {
+        let mut out = Vec::new();
+        for (node, why) in &self.node_failures {
+            out.push(format!("node {node}: {why}"));
+        }
+        let mut keys: Vec<(Key, String)> = self
+            .instances
+            .iter()
+            .filter_map(|(k, i)| i.failure.clone().map(|f| (k.clone(), f)))
+            .collect();
+        if let Some(after) = timed_out {
+            let selected = self.selected();
+            if selected.is_empty() {
+                out.push(format!(
+                    "no online node is selected by the spec of {} after {after:?} (see `narunctl nodes ls`)",
+                    self.spec.name
+                ));
+            }
+            for k in selected {
+                if !self.ready_at(&k, now) && !keys.iter().any(|(f, _)| f == &k) {
+                    let inst = self.instances.get(&k);
+                    let status = inst
+                        .map(|i| {
+                            if i.detail.is_empty() {
+                                i.status.clone()
+                            } else {
+                                format!("{} ({})", i.status, i.detail)
+                            }
+                        })
+                        .unwrap_or_else(|| "no run of the new spec reported".into());
+                    keys.push((k, format!("not ready after {after:?}: {status}")));
+                }
+            }
+        }
+        for ((node, id), why) in keys {
+            out.push(format!("{id} on {node}: {why}"));
+            match self.logs.get(&(node.clone(), id.clone())) {
+                Some(tail) if !tail.is_empty() => {
+                    out.push(format!("  last log lines of {id} on {node}:"));
+                    out.extend(tail.iter().map(|l| format!("    {l}")));
+                }
+                _ => out.push(format!("  (no log lines from {id} on {node})")),
+            }
+        }
+        out.join("\n")
+    }
+}
+
+/// How a run ended, from its event; `None` for a stop narund asked for.
+fn exit_kind(ev: &StatusEvent) -> Option<ExitKind> {
+    Some(match (ev.status.as_str(), ev.reason.as_str()) {
+        ("stopped", "") => return None,
+        ("stopped", _) => ExitKind::Clean,
+        (_, "oom-kill") => ExitKind::OomKill,
+        (_, "watchdog") => ExitKind::Watchdog,
+        (_, "start-timeout") => ExitKind::Timeout,
+        (_, "exit-code") => ExitKind::ExitCode,
+        _ => ExitKind::Signal,
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Subscriptions opened before the spec is written.
+pub struct Follower {
+    client: async_nats::Client,
+    status: async_nats::Subscriber,
+    logs: async_nats::Subscriber,
+    app: String,
+}
+
+impl Follower {
+    /// Subscribe to `status.<app>.*` and `logs.<app>.*` and make sure the server has
+    /// registered both (a round trip) before the caller writes the spec.
+    pub async fn subscribe(
+        client: &async_nats::Client,
+        app: &str,
+        timeout: Duration,
+    ) -> Result<Follower> {
+        let status_subject = names::status_subject(app, "*");
+        let log_subject = names::log_subject(app, "*");
+        let status = client
+            .subscribe(status_subject.clone())
+            .await
+            .map_err(|e| anyhow!("subscribing to {status_subject}: {e}"))?;
+        let logs = client
+            .subscribe(log_subject.clone())
+            .await
+            .map_err(|e| anyhow!("subscribing to {log_subject}: {e}"))?;
+        if !narun_wire::connect::sync_with_server(client, timeout).await {
+            return Err(anyhow!(
+                "the NATS server did not confirm the subscriptions to {status_subject} within {timeout:?}"
+            ));
+        }
+        Ok(Follower {
+            client: client.clone(),
+            status,
+            logs,
+            app: app.to_string(),
+        })
+    }
+
+    /// Follow the rollout of `spec` (as written to `app-configs`) for at most `timeout`.
+    pub async fn wait(
+        mut self,
+        spec: AppSpec,
+        timeout: Duration,
+        op_timeout: Duration,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut tracker = Tracker::new(spec);
+        let tag = tracker.spec.tag.clone();
+        let mut screen = Screen::new(std::io::stdout().is_terminal());
+        screen.title(format!(
+            "waiting up to {timeout:?} for {}:{tag} (spec {}) to be ready",
+            self.app,
+            tracker.hash()
+        ));
+        let js = crate::commands::js(&self.client, op_timeout);
+        let mut watch = open_node_watch(&js, op_timeout).await;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_open = Instant::now();
+        let mut failed_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                m = self.status.next() => {
+                    let Some(m) = m else { return Err(anyhow!("the NATS subscription to status.{}.* ended", self.app)) };
+                    if let Ok(ev) = serde_json::from_slice::<StatusEvent>(&m.payload) {
+                        tracker.on_status(ev, Instant::now());
+                    }
+                }
+                m = self.logs.next() => {
+                    let Some(m) = m else { return Err(anyhow!("the NATS subscription to logs.{}.* ended", self.app)) };
+                    if let Ok(l) = serde_json::from_slice::<LogLine>(&m.payload) {
+                        tracker.on_log(&l);
+                    }
+                }
+                e = next_entry(&mut watch) => match e {
+                    Some(Ok(e)) => {
+                        let state = (e.operation == kv::Operation::Put)
+                            .then(|| serde_json::from_slice::<NodeState>(&e.value).ok())
+                            .flatten();
+                        tracker.on_node(&e.key, state);
+                    }
+                    // The watch broke (reconnect, bucket deleted): open it again on a tick.
+                    _ => watch = None,
+                },
+                _ = tick.tick() => {
+                    if watch.is_none() && last_open.elapsed() >= Duration::from_secs(1) {
+                        last_open = Instant::now();
+                        watch = open_node_watch(&js, op_timeout).await;
+                    }
+                }
+            }
+            let now = Instant::now();
+            screen.draw(&tracker.rows(now), now.duration_since(started));
+            match tracker.verdict(now) {
+                Verdict::Ready => {
+                    screen.finish();
+                    let n = tracker.selected().len();
+                    println!(
+                        "{}:{tag} is ready on {n} instance(s) after {:.1}s",
+                        self.app,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(());
+                }
+                Verdict::Failed => {
+                    let since = *failed_at.get_or_insert(now);
+                    if tracker.failures_logged() || now.duration_since(since) >= LOG_GRACE {
+                        screen.finish();
+                        return Err(anyhow!(
+                            "deploy of {}:{tag} failed:\n{}",
+                            self.app,
+                            tracker.report(now, None)
+                        ));
+                    }
+                }
+                Verdict::Pending => {}
+            }
+            if now >= deadline {
+                screen.finish();
+                return Err(anyhow!(
+                    "deploy of {}:{tag} is not ready:\n{}",
+                    self.app,
+                    tracker.report(now, Some(timeout))
+                ));
+            }
+        }
+    }
+}
+
+type NodeWatch = kv::Watch;
+
+async fn open_node_watch(js: &jetstream::Context, timeout: Duration) -> Option<NodeWatch> {
+    let store = tokio::time::timeout(timeout, js.get_key_value(names::NODE_STATES_BUCKET))
+        .await
+        .ok()?
+        .ok()?;
+    tokio::time::timeout(timeout, store.watch_with_history(">"))
+        .await
+        .ok()?
+        .ok()
+}
+
+async fn next_entry(watch: &mut Option<NodeWatch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The live table: redrawn in place on a terminal, one line per change otherwise.
+struct Screen {
+    tty: bool,
+    /// Lines drawn last time (terminal).
+    drawn: usize,
+    /// Last printed text per row (plain output).
+    printed: BTreeMap<(String, String), String>,
+}
+
+impl Screen {
+    fn new(tty: bool) -> Screen {
+        Screen {
+            tty,
+            drawn: 0,
+            printed: BTreeMap::new(),
+        }
+    }
+
+    fn title(&mut self, text: String) {
+        println!("{text}");
+    }
+
+    fn draw(&mut self, rows: &[[String; 5]], elapsed: Duration) {
+        let mut out = std::io::stdout().lock();
+        if self.tty {
+            let mut text = String::new();
+            if self.drawn > 0 {
+                // Back to the first line of the last drawing, clear to the end of the screen.
+                text.push_str(&format!("\x1b[{}F\x1b[J", self.drawn));
+            }
+            let header = ["NODE", "INSTANCE", "STATUS", "RESTARTS", "DETAIL"];
+            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+            for r in rows {
+                for (w, c) in widths.iter_mut().zip(r.iter()) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let mut lines = vec![format!("elapsed {}s", elapsed.as_secs())];
+            let fmt = |cells: Vec<&str>| {
+                let mut s = String::new();
+                for (i, c) in cells.iter().enumerate() {
+                    if i + 1 == cells.len() {
+                        s.push_str(c);
+                    } else {
+                        s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                    }
+                }
+                s.trim_end().to_string()
+            };
+            lines.push(fmt(header.to_vec()));
+            for r in rows {
+                lines.push(fmt(r.iter().map(String::as_str).collect()));
+            }
+            for l in &lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+            self.drawn = lines.len();
+            let _ = out.write_all(text.as_bytes());
+        } else {
+            for r in rows {
+                let key = (r[0].clone(), r[1].clone());
+                let line = format!("{} {}: {} restarts={} {}", r[0], r[1], r[2], r[3], r[4]);
+                // Print on a status change, not on every settling second.
+                let summary = format!("{} {}", r[2], if r[4] == "ready" { "ready" } else { "" });
+                if self.printed.get(&key) != Some(&summary) {
+                    let _ = writeln!(out, "{}", line.trim_end());
+                    self.printed.insert(key, summary);
+                }
+            }
+        }
+        let _ = out.flush();
+    }
+
+    fn finish(&mut self) {
+        self.drawn = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use narun_spec::NodeSelector;
+    use narun_wire::events::{InstanceState, now_rfc3339};
+
+    fn spec(restart: &str) -> AppSpec {
+        let mut s = AppSpec::new("hello", "v2");
+        s.nodes.push(NodeSelector::by_labels([("role", "edge")], 2));
+        s.restart = narun_spec::RestartPolicy::parse(restart);
+        s.settle_sec = 2;
+        s
+    }
+
+    fn node(id: &str, role: &str) -> NodeState {
+        NodeState {
+            node_id: id.into(),
+            last_seen: now_rfc3339(),
+            status: "running".into(),
+            labels: [("role".to_string(), role.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn ev(t: &Tracker, node: &str, id: &str, status: &str, reason: &str) -> StatusEvent {
+        StatusEvent {
+            instance_id: id.into(),
+            node_id: node.into(),
+            status: status.into(),
+            reason: reason.into(),
+            app_name: "hello".into(),
+            tag: "v2".into(),
+            config_hash: t.hash().to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ready_after_settle_on_every_selected_instance() {
+        let mut t = Tracker::new(spec("on-failure"));
+        let t0 = Instant::now();
+        t.on_node("n1", Some(node("n1", "edge")));
+        t.on_node("n2", Some(node("n2", "core")));
+        assert_eq!(t.selected().len(), 2, "n2 is not selected");
+        assert_eq!(t.verdict(t0), Verdict::Pending);
+        for id in ["hello-0", "hello-1"] {
+            t.on_status(ev(&t, "n1", id, "starting", ""), t0);
+            t.on_status(ev(&t, "n1", id, "running", ""), t0);
+        }
+        assert_eq!(t.verdict(t0 + Duration::from_secs(1)), Verdict::Pending);
+        assert_eq!(t.verdict(t0 + Duration::from_secs(2)), Verdict::Ready);
+        // An event of the old spec changes nothing.
+        let mut old = ev(&t, "n1", "hello-0", "crashed", "exit-code");
+        old.config_hash = "0123".into();
+        t.on_status(old, t0);
+        assert_eq!(t.verdict(t0 + Duration::from_secs(2)), Verdict::Ready);
+    }
+
+    #[test]
+    fn crash_without_restart_fails_with_log_tail() {
+        let mut t = Tracker::new(spec("no"));
+        let t0 = Instant::now();
+        t.on_node("n1", Some(node("n1", "edge")));
+        t.on_status(ev(&t, "n1", "hello-0", "running", ""), t0);
+        t.on_log(&LogLine {
+            instance_id: "hello-0".into(),
+            app_name: "hello".into(),
+            node_id: "n1".into(),
+            stream: "stderr".into(),
+            message: "boom".into(),
+            timestamp: "ts".into(),
+            partial: false,
+            dropped_before: 0,
+        });
+        let mut crash = ev(&t, "n1", "hello-0", "crashed", "exit-code");
+        crash.error = "exit status 1".into();
+        t.on_status(crash, t0);
+        assert_eq!(t.verdict(t0), Verdict::Failed);
+        let report = t.report(t0, None);
+        assert!(
+            report.contains("hello-0 on n1: crashed (exit-code: exit status 1)"),
+            "{report}"
+        );
+        assert!(report.contains("[ts] [stderr] boom"), "{report}");
+    }
+
+    #[test]
+    fn crash_with_restart_keeps_waiting() {
+        let mut t = Tracker::new(spec("on-failure"));
+        let t0 = Instant::now();
+        t.on_node("n1", Some(node("n1", "edge")));
+        t.on_status(ev(&t, "n1", "hello-0", "crashed", "exit-code"), t0);
+        t.on_status(ev(&t, "n1", "hello-0", "backoff", "exit-code"), t0);
+        assert_eq!(t.verdict(t0), Verdict::Pending);
+        t.on_status(ev(&t, "n1", "hello-0", "failed", "start-limit"), t0);
+        assert_eq!(t.verdict(t0), Verdict::Failed);
+    }
+
+    #[test]
+    fn stop_before_ready_and_rollback_fail() {
+        let mut t = Tracker::new(spec("on-failure"));
+        let t0 = Instant::now();
+        t.on_node("n1", Some(node("n1", "edge")));
+        t.on_status(ev(&t, "n1", "hello-0", "running", ""), t0);
+        t.on_status(ev(&t, "n1", "hello-0", "stopping", ""), t0);
+        t.on_status(ev(&t, "n1", "hello-0", "stopped", ""), t0);
+        assert_eq!(t.verdict(t0), Verdict::Failed);
+
+        let mut t = Tracker::new(spec("on-failure"));
+        t.on_node("n1", Some(node("n1", "edge")));
+        let mut rb = ev(&t, "n1", "hello-1", "rolled_back", "start-timeout");
+        rb.config_hash.clear();
+        t.on_status(rb, t0);
+        assert_eq!(t.verdict(t0), Verdict::Failed);
+        assert!(
+            t.report(t0, None)
+                .contains("rolled back by narund (start-timeout)")
+        );
+    }
+
+    #[test]
+    fn heartbeat_with_the_same_hash_counts_as_ready() {
+        let mut t = Tracker::new(spec("on-failure"));
+        let mut n = node("n1", "edge");
+        for i in 0..2 {
+            n.instances.push(InstanceState {
+                instance_id: format!("hello-{i}"),
+                app_name: "hello".into(),
+                status: "running".into(),
+                config_hash: t.hash().to_string(),
+                ..Default::default()
+            });
+        }
+        t.on_node("n1", Some(n));
+        assert_eq!(t.verdict(Instant::now()), Verdict::Ready);
+    }
+
+    #[test]
+    fn offline_nodes_are_not_waited_for_and_timeout_names_the_instance() {
+        let mut t = Tracker::new(spec("on-failure"));
+        let mut stale = node("n1", "edge");
+        stale.last_seen = "2020-01-01T00:00:00Z".into();
+        t.on_node("n1", Some(stale));
+        assert!(t.selected().is_empty());
+        t.on_node("n2", Some(node("n2", "edge")));
+        let now = Instant::now();
+        assert_eq!(t.verdict(now), Verdict::Pending);
+        let report = t.report(now, Some(Duration::from_secs(3)));
+        assert!(
+            report.contains("hello-0 on n2: not ready after 3s"),
+            "{report}"
+        );
+        t.on_node("n2", None);
+        assert!(
+            t.report(now, Some(Duration::from_secs(3)))
+                .contains("no online node")
+        );
+    }
+
+    #[test]
+    fn invalid_spec_fails() {
+        let mut t = Tracker::new(spec("on-failure"));
+        t.on_node("n1", Some(node("n1", "edge")));
+        let mut e = ev(&t, "n1", "hello", "invalid_spec", "invalid-spec");
+        e.error = "bad\nthing".into();
+        t.on_status(e, Instant::now());
+        assert_eq!(t.verdict(Instant::now()), Verdict::Failed);
+        assert!(
+            t.report(Instant::now(), None)
+                .contains("narund rejected the spec: bad thing")
+        );
+    }
+}
