@@ -25,6 +25,7 @@ pub struct Config {
     pub apps: AppsConfig,
     pub cgroup: CgroupConfig,
     pub logs: LogsConfig,
+    pub secrets: SecretsConfig,
     #[cfg(feature = "gateway")]
     pub gateway: narun_gateway::GatewayConfig,
     /// Kept as raw TOML in builds without the gateway, so a shared config file
@@ -44,6 +45,7 @@ impl Default for Config {
             apps: AppsConfig::default(),
             cgroup: CgroupConfig::default(),
             logs: LogsConfig::default(),
+            secrets: SecretsConfig::default(),
             gateway: Default::default(),
         }
     }
@@ -95,6 +97,27 @@ impl Default for LogsConfig {
         }
     }
 }
+
+/// `[secrets]`: decrypting `valueFromSecret` env values (see [`crate::secrets`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// File holding the fleet's master key: standard base64 of 32 bytes (the Go runner's
+    /// `-master-key-path`). Env `NARUN_MASTER_KEY_FILE` overrides it. Read at every start
+    /// of an instance that uses a secret, so it may appear or change without a restart.
+    pub master_key_file: PathBuf,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            master_key_file: crate::secrets::DEFAULT_MASTER_KEY_FILE.into(),
+        }
+    }
+}
+
+/// Environment variable overriding `secrets.master_key_file`.
+pub const MASTER_KEY_FILE_ENV: &str = "NARUN_MASTER_KEY_FILE";
 
 /// A configuration that cannot be used, with the file it came from.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +185,9 @@ impl Config {
         }
         if let Some(v) = &o.runtime_dir {
             self.runtime_dir = v.clone();
+        }
+        if let Some(v) = std::env::var_os(MASTER_KEY_FILE_ENV).filter(|v| !v.is_empty()) {
+            self.secrets.master_key_file = v.into();
         }
         if self.node_id.is_empty() {
             self.node_id = hostname();
@@ -274,6 +300,17 @@ mod tests {
         });
         assert_eq!(c.nats.url, "nats://10.1.1.1:4222");
         assert_eq!(c.node_id, hostname());
+    }
+
+    #[test]
+    fn secrets_section() {
+        let c = Config::from_toml("[secrets]\nmaster_key_file = \"/k\"\n").unwrap();
+        assert_eq!(c.secrets.master_key_file, PathBuf::from("/k"));
+        assert_eq!(
+            Config::default().secrets.master_key_file,
+            PathBuf::from("/etc/narun/master.key")
+        );
+        assert!(Config::from_toml("[secrets]\nmaster_key = \"x\"\n").is_err());
     }
 
     #[test]

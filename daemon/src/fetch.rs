@@ -155,7 +155,7 @@ pub enum FetchError {
         expected: u64,
         got: u64,
     },
-    #[error("binary cache I/O on {}: {source} (check free space and permissions of the data dir)", path.display())]
+    #[error("I/O on {}: {source} (check free space and permissions of the data dir)", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -248,93 +248,16 @@ impl BinaryCache {
         if let Some(hit) = self.cached(&path, expected).await? {
             return Ok(hit);
         }
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io_err(&dir))?;
-
-        // The temporary file is deleted when `tmp` is dropped, i.e. on every error path below.
-        let tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&dir)
-            .map_err(io_err(&dir))?;
-        let tmp_path = tmp.path().to_path_buf();
-        let mut obj = store.get(object).await.map_err(|e| match e.kind() {
-            object_store::GetErrorKind::NotFound => FetchError::NotFound {
-                object: object.to_string(),
-                platform: platform_of(object),
-                bucket: narun_wire::names::APP_BINARIES_BUCKET.into(),
-            },
-            _ => FetchError::Nats {
-                object: object.to_string(),
-                message: e.to_string(),
-            },
-        })?;
-        let expected_size = obj.info().size as u64;
-
-        let mut out =
-            tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut got: u64 = 0;
-        loop {
-            let n = match obj.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // async-nats checks the object's own digest at EOF and fails with InvalidData.
-                Err(e) => {
-                    return Err(FetchError::Nats {
-                        object: object.to_string(),
-                        message: format!("reading the object stream: {e}"),
-                    });
-                }
-            };
-            out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
-            got += n as u64;
-        }
-        out.flush().await.map_err(io_err(&tmp_path))?;
-        out.sync_all().await.map_err(io_err(&tmp_path))?;
-        drop(out);
-        if got != expected_size {
-            return Err(FetchError::ShortRead {
-                object: object.to_string(),
-                expected: expected_size,
-                got,
-            });
-        }
-
-        let actual = Sha256Digest(
-            self.uring
-                .hash_file(&tmp_path)
-                .await
-                .map_err(io_err(&tmp_path))?,
-        );
-        if actual != *expected {
-            tracing::warn!(object, %expected, %actual, "binary digest mismatch, download discarded");
-            return Err(FetchError::Mismatch {
-                object: object.to_string(),
-                expected: *expected,
-                actual,
-            });
-        }
-
-        let final_path = path.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
-            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-                .map_err(io_err(&tmp_path))?;
-            tmp.persist(&final_path).map_err(|e| FetchError::Io {
-                path: final_path.clone(),
-                source: e.error,
-            })?;
-            let dir = final_path.parent().unwrap_or(Path::new("."));
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))
-        })
-        .await
-        .map_err(|e| FetchError::Io {
-            path: path.clone(),
-            source: io::Error::other(e),
-        })??;
+        let (tmp, got) = download_verified(
+            store,
+            narun_wire::names::APP_BINARIES_BUCKET,
+            object,
+            &dir,
+            expected,
+            &self.uring,
+        )
+        .await?;
+        persist_synced(tmp, &path, 0o755, None).await?;
         tracing::info!(object, path = %path.display(), digest = %expected, bytes = got, "binary cached");
         Ok(CachedBinary {
             path,
@@ -394,6 +317,120 @@ impl BinaryCache {
                 source: io::Error::other(e),
             })?
     }
+}
+
+/// Stream `object` of `store` (the bucket named `bucket`, for messages) into a new temporary
+/// file in `dir` (created if needed), through a fixed [`COPY_BUF`] buffer, fsync it, and check
+/// its size and SHA-256 (hashed through io_uring) against `expected`.
+///
+/// Returns the verified temporary file and its size. Dropping the file deletes it, so every
+/// error path (mismatch, short stream, full disk) leaves nothing behind. Used for app binaries
+/// and for files mounted into instance work dirs (`crate::secrets`).
+pub(crate) async fn download_verified(
+    store: &ObjectStore,
+    bucket: &str,
+    object: &str,
+    dir: &Path,
+    expected: &Sha256Digest,
+    uring: &UringHandle,
+) -> Result<(tempfile::NamedTempFile, u64), FetchError> {
+    tokio::fs::create_dir_all(dir).await.map_err(io_err(dir))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut obj = store.get(object).await.map_err(|e| match e.kind() {
+        object_store::GetErrorKind::NotFound => FetchError::NotFound {
+            object: object.to_string(),
+            platform: platform_of(object),
+            bucket: bucket.into(),
+        },
+        _ => FetchError::Nats {
+            object: object.to_string(),
+            message: e.to_string(),
+        },
+    })?;
+    let expected_size = obj.info().size as u64;
+
+    let mut out = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut got: u64 = 0;
+    loop {
+        let n = match obj.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // async-nats checks the object's own digest at EOF and fails with InvalidData.
+            Err(e) => {
+                return Err(FetchError::Nats {
+                    object: object.to_string(),
+                    message: format!("reading the object stream: {e}"),
+                });
+            }
+        };
+        out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
+        got += n as u64;
+    }
+    out.flush().await.map_err(io_err(&tmp_path))?;
+    out.sync_all().await.map_err(io_err(&tmp_path))?;
+    drop(out);
+    if got != expected_size {
+        return Err(FetchError::ShortRead {
+            object: object.to_string(),
+            expected: expected_size,
+            got,
+        });
+    }
+
+    let actual = Sha256Digest(
+        uring
+            .hash_file(&tmp_path)
+            .await
+            .map_err(io_err(&tmp_path))?,
+    );
+    if actual != *expected {
+        tracing::warn!(object, %expected, %actual, "digest mismatch, download discarded");
+        return Err(FetchError::Mismatch {
+            object: object.to_string(),
+            expected: *expected,
+            actual,
+        });
+    }
+    Ok((tmp, got))
+}
+
+/// Make the verified temporary file `tmp` final: set `mode` (and `owner` uid/gid when given),
+/// rename it atomically to `dest` (same directory) and fsync the directory, so after a crash
+/// `dest` is either the old file or the complete new one.
+pub(crate) async fn persist_synced(
+    tmp: tempfile::NamedTempFile,
+    dest: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), FetchError> {
+    let final_path = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
+        let tmp_path = tmp.path().to_path_buf();
+        std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(&tmp_path))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&tmp_path, Some(uid), Some(gid)).map_err(io_err(&tmp_path))?;
+        }
+        tmp.persist(&final_path).map_err(|e| FetchError::Io {
+            path: final_path.clone(),
+            source: e.error,
+        })?;
+        let dir = final_path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    })
+    .await
+    .map_err(|e| FetchError::Io {
+        path: dest.to_path_buf(),
+        source: io::Error::other(e),
+    })?
 }
 
 fn gc_dir(

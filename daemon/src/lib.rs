@@ -10,6 +10,7 @@
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
 //! | [`fetch`] | app binaries from the Object Store: streamed, SHA-256 verified, content-addressed cache |
 //! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool |
+//! | [`secrets`] | `valueFromSecret` env values (`narun-secrets`, AES-256-GCM) and `mounts` (`narun-files`) of instance starts |
 //! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
 //! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
 //! | [`node`] | heartbeat in `node-runner-states`, clean shutdown |
@@ -22,6 +23,7 @@ pub mod logs;
 pub mod node;
 pub mod privileges;
 pub mod reconcile;
+pub mod secrets;
 pub mod state;
 pub mod supervisor;
 pub mod uring;

@@ -147,6 +147,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         narund::uring::UringHandle::start(),
     )
     .await;
+    sup.set_master_key_file(&config.secrets.master_key_file);
     let offline = sup.start_offline().await;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     {

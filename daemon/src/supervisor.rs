@@ -149,6 +149,8 @@ pub(crate) struct Inner {
     pub(crate) changed: Notify,
     events: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// Secrets and mounted files of instance starts.
+    pub(crate) inputs: crate::secrets::AppInputs,
 }
 
 /// The instances of one app on this node.
@@ -222,6 +224,7 @@ impl Supervisor {
             cfg,
             logs,
             cache,
+            inputs: crate::secrets::AppInputs::new(client.clone(), uring.clone()),
             uring,
             cgroups,
             store: Mutex::new(None),
@@ -399,6 +402,7 @@ impl Supervisor {
             status: status_tx,
             stop: stop_rx,
             pinned,
+            secret_env: Vec::new(),
         };
         tokio::spawn(run.run());
         handle
@@ -503,6 +507,8 @@ struct InstanceRun {
     status: watch::Sender<Snapshot>,
     stop: watch::Receiver<bool>,
     pinned: Option<Sha256Digest>,
+    /// Decrypted `valueFromSecret` variables of the current start (memory only).
+    secret_env: Vec<(String, String)>,
 }
 
 struct Running {
@@ -690,6 +696,19 @@ impl InstanceRun {
             // SAFETY: plain chown on a valid C string.
             unsafe { libc::chown(c.as_ptr(), id.uid, id.gid) };
         }
+        // Mounted files from narun-files, then secrets from narun-secrets (crate::secrets).
+        let input_err = |e: crate::secrets::InputError| StartFailure {
+            reason: e.reason(),
+            error: e.to_string(),
+            text_busy: false,
+        };
+        let owner = identity.as_ref().map(|id| (id.uid, id.gid));
+        let inputs = &self.inner.inputs;
+        inputs
+            .place_mounts(&self.spec, &work, owner)
+            .await
+            .map_err(input_err)?;
+        self.secret_env = inputs.secret_env(&self.spec).await.map_err(input_err)?;
 
         let mut limits = Limits::from_spec(
             self.spec.memory_mb,
@@ -731,6 +750,8 @@ impl InstanceRun {
                 _ => break,
             }
         }
+        // The plaintext now lives in the child's environment only.
+        self.secret_env = Vec::new();
         match result {
             Ok((child, log_tasks)) => {
                 let pid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -929,8 +950,8 @@ impl InstanceRun {
         for e in &self.spec.env {
             if e.value_from_secret.is_empty() {
                 env.insert(e.name.clone(), e.value.clone());
-            } else {
-                tracing::warn!(instance = %self.instance_id, var = %e.name, "valueFromSecret is not supported by narund yet; variable not set");
+            } else if let Some((_, v)) = self.secret_env.iter().find(|(k, _)| *k == e.name) {
+                env.insert(e.name.clone(), v.clone());
             }
         }
         use narun_wire::names::env as n;
