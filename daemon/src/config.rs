@@ -57,6 +57,9 @@ impl Default for Config {
 pub struct AppsConfig {
     /// User apps run as when their spec names none (never root by default).
     pub default_user: String,
+    /// Whether a spec may say `user = "root"`. Off by default: an app runs as root only
+    /// when both the device's config and the spec ask for it.
+    pub allow_root: bool,
     /// Binary versions kept per app in the local cache.
     pub keep_versions: usize,
     /// Cap of the exponential restart backoff, seconds.
@@ -67,6 +70,7 @@ impl Default for AppsConfig {
     fn default() -> Self {
         AppsConfig {
             default_user: "narun-app".into(),
+            allow_root: false,
             keep_versions: 3,
             restart_backoff_max_sec: 30,
         }

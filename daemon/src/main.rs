@@ -76,7 +76,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(&cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -103,7 +103,45 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// `SIGHUP`: read the configuration again (same file, flags and environment) and apply
+/// what can change while apps run ([`narund::supervisor::Reloadable`]: labels, default
+/// user, `allow_root`, restart backoff). An invalid file changes nothing. Returns the
+/// one-line result for systemd's `STATUS=`.
+async fn reload(
+    cli: &Cli,
+    #[cfg_attr(not(feature = "gateway"), allow(unused_variables))] current: &Config,
+    sup: &narund::supervisor::Supervisor,
+) -> String {
+    let new = match load_config(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e:#}");
+            return format!("reload failed, running configuration kept: {e:#}").replace('\n', "; ");
+        }
+    };
+    let mut needs_restart = sup
+        .reload(narund::supervisor::SupervisorConfig::from_config(&new))
+        .await;
+    sup.set_master_key_file(&new.secrets.master_key_file);
+    #[cfg(feature = "gateway")]
+    if new.gateway != current.gateway {
+        needs_restart.push("gateway changed: restart narund to apply it".into());
+    }
+    for line in &needs_restart {
+        tracing::warn!("reload: {line}");
+    }
+    if needs_restart.is_empty() {
+        tracing::info!("configuration reloaded");
+        "configuration reloaded".into()
+    } else {
+        format!(
+            "configuration reloaded; {} setting(s) need a restart",
+            needs_restart.len()
+        )
+    }
+}
+
+async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     tracing::info!(node_id = %config.node_id, nats = %config.nats.url, "narund starting");
     let client = config
         .nats
@@ -200,9 +238,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                notify(&[NotifyState::Reloading]);
-                tracing::warn!("SIGHUP: nothing is reloadable in this build yet; restart narund to apply config changes");
-                notify(&[NotifyState::Ready]);
+                // Type=notify-reload wants MONOTONIC_USEC with RELOADING=1.
+                let mut reloading = vec![NotifyState::Reloading];
+                reloading.extend(NotifyState::monotonic_usec_now().ok());
+                notify(&reloading);
+                let status = reload(&cli, &config, &sup).await;
+                notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
             Some(res) = tasks.join_next() => {
                 res.context("task panicked")??;

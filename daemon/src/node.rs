@@ -59,7 +59,7 @@ pub fn node_state(sup: &Supervisor, status: &str, start_time: &str, connected: b
         status: status.to_string(),
         os: names::go_os().to_string(),
         arch: names::go_arch().to_string(),
-        labels: sup.config().labels.clone(),
+        labels: sup.live().labels.clone(),
         cgroup_layout: layout,
         cgroup_controllers: controllers,
         io_uring: Some(sup.io_uring()),

@@ -173,6 +173,7 @@ async fn tampered_digest_is_refused_while_the_old_version_runs() {
         keep_versions: 3,
         cgroup_root: Some(format!("narun-test-digest-{}", std::process::id()).into()),
         log_spool_bytes: 1 << 20,
+        ..Default::default()
     };
     let (sup, _l) = Supervisor::new(cfg, client.clone(), narund::uring::UringHandle::start()).await;
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);

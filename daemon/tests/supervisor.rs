@@ -57,6 +57,7 @@ fn config(node: &str, data: &std::path::Path, url: &str, cgroup_root: &str) -> S
         keep_versions: 3,
         cgroup_root: Some(PathBuf::from(cgroup_root)),
         log_spool_bytes: 1 << 20,
+        ..Default::default()
     }
 }
 
