@@ -69,13 +69,20 @@ pub enum Command {
     /// Nodes running narund (or a Go node-runner): list, inspect.
     #[command(subcommand)]
     Nodes(NodesCmd),
-    /// Follow live app logs (`logs.<app>.<node>`) until Ctrl-C.
+    /// App logs (`logs.<app>.<node>`): live, or from the past with --since.
     Logs(LogsArgs),
     /// NATS Micro services (ADR-32 discovery): list, info, stats, ping.
     #[command(subcommand)]
     Svc(SvcCmd),
     /// Send one HTTP request to a service over NATS (Binary HTTP, like the gateway).
     Request(RequestArgs),
+    /// App binaries in the object store `app-binaries`: list, remove.
+    #[command(subcommand)]
+    Images(ImagesCmd),
+    /// Print a shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+    /// Write the man pages (narunctl.1 and one page per subcommand).
+    Man(ManArgs),
 }
 
 /// `deploy -f spec.toml BIN…` or `deploy --name N --tag T [--node ID|--label k=v] BIN…`.
@@ -188,6 +195,47 @@ pub struct LogsArgs {
     /// Print the JSON log lines as received.
     #[arg(long)]
     pub raw: bool,
+    /// Start with the lines of the last DURATION (e.g. 10m, 2h). Needs the
+    /// `narun-logs` stream (narund `[logs] stream = true`); without it only
+    /// live lines are shown.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// After the --since history, keep following new lines until Ctrl-C
+    /// (without --since narunctl always follows).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCmd {
+    /// Table of uploaded binaries with their app, tag, platform and digest.
+    Ls(JsonFlag),
+    /// Delete binaries by object name (as shown by `images ls`).
+    Rm {
+        /// Object names, e.g. `hello-v1-linux-arm64`.
+        #[arg(required = true, value_name = "OBJECT")]
+        objects: Vec<String>,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+    },
+}
+
+/// `completions bash|zsh|fish`: e.g.
+/// `narunctl completions bash > /etc/bash_completion.d/narunctl`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate the script for.
+    pub shell: clap_complete::Shell,
+}
+
+/// `man [--out DIR]`: roff man pages generated from this definition.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write `narunctl.1`, `narunctl-deploy.1`, … into; without
+    /// it, narunctl.1 is printed to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +276,45 @@ pub struct RequestArgs {
     /// Header `Name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
+}
+
+/// Write the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "narunctl", out);
+}
+
+/// Man pages: with `dir`, `narunctl.1` and one `narunctl-<sub>[-<sub>].1` per
+/// subcommand are written there and their paths returned; without it,
+/// `narunctl.1` goes to `out`.
+pub fn man_pages(
+    dir: Option<&std::path::Path>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(out)?;
+        return Ok(Vec::new());
+    };
+    std::fs::create_dir_all(dir)?;
+    // `build` names each subcommand page after its path (`narunctl-images-ls`).
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    fn walk(
+        cmd: &clap::Command,
+        dir: &std::path::Path,
+        written: &mut Vec<PathBuf>,
+    ) -> std::io::Result<()> {
+        written.push(clap_mangen::Man::new(cmd.clone()).generate_to(dir)?);
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            walk(sub, dir, written)?;
+        }
+        Ok(())
+    }
+    let mut written = Vec::new();
+    walk(&cmd, dir, &mut written)?;
+    Ok(written)
 }
 
 /// Parse `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.

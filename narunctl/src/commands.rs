@@ -27,6 +27,32 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => logs(&conn, args).await,
         Command::Svc(cmd) => crate::svc::run(&conn, cmd).await,
         Command::Request(args) => request(&conn, args).await,
+        Command::Images(cmd) => crate::images::run(&conn, cmd).await,
+        Command::Completions(a) => {
+            let mut script = Vec::new();
+            crate::cli::completions(a.shell, &mut script);
+            write_stdout(&script)
+        }
+        Command::Man(a) => {
+            let mut page = Vec::new();
+            let written = crate::cli::man_pages(a.out.as_deref(), &mut page)
+                .context("writing the man pages")?;
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+            write_stdout(&page)
+        }
+    }
+}
+
+/// Write generated output; a closed pipe (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow!("writing to stdout: {e}"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -70,7 +96,7 @@ pub(crate) fn js(client: &async_nats::Client, timeout: Duration) -> jetstream::C
 }
 
 /// Await `fut` at most `timeout`; `what` names the operation in the error.
-async fn bounded<T, E: std::fmt::Display>(
+pub(crate) async fn bounded<T, E: std::fmt::Display>(
     timeout: Duration,
     what: &str,
     fut: impl Future<Output = Result<T, E>>,
@@ -485,7 +511,7 @@ fn node_instances(state: &NodeState, app: &str) -> Vec<String> {
         .collect()
 }
 
-async fn load_specs(
+pub(crate) async fn load_specs(
     js: &jetstream::Context,
     timeout: Duration,
 ) -> Result<Vec<(String, Result<AppSpec, String>)>> {

@@ -12,6 +12,7 @@
 mod cli;
 mod commands;
 mod elf;
+mod images;
 mod svc;
 mod wait;
 

@@ -175,6 +175,10 @@ async fn deploy_wait_reports_ready_and_failures_with_the_log_tail() {
     )
     .await;
     let err = text(&out.stderr);
+    println!(
+        "deploy --wait of a crashing v2:\n{}{err}",
+        text(&out.stdout)
+    );
     assert_eq!(out.status.code(), Some(1), "{err}\n{}", text(&out.stdout));
     assert!(err.contains("deploy of good:v2 failed"), "{err}");
     assert!(
@@ -236,4 +240,159 @@ async fn deploy_wait_times_out_when_no_node_is_selected() {
         err.contains("no online node is selected by the spec of lonely"),
         "{err}"
     );
+}
+
+/// A 64-byte ELF header (Linux, this machine's arch) plus payload, accepted by `deploy`.
+fn elf(dir: &Path, name: &str, payload: usize) -> PathBuf {
+    let machine: u16 = match std::env::consts::ARCH {
+        "aarch64" => 183,
+        "arm" => 40,
+        "riscv64" => 243,
+        _ => 62,
+    };
+    let mut h = vec![0u8; 64];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = if cfg!(target_pointer_width = "64") {
+        2
+    } else {
+        1
+    };
+    h[5] = 1;
+    h[6] = 1;
+    h[16] = 2;
+    h[18..20].copy_from_slice(&machine.to_le_bytes());
+    h.extend(std::iter::repeat_n(0x5a, payload));
+    let p = dir.join(name);
+    std::fs::write(&p, h).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn images_ls_shows_uploads_and_rm_removes_them() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Nothing deployed yet: an empty table, not an error.
+    let out = narunctl(&url, &["images", "ls"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("OBJECT NAME"));
+
+    let bin = elf(dir.path(), "imgapp", 2 * 1024 * 1024);
+    let out = narunctl(
+        &url,
+        &[
+            "deploy",
+            "--name",
+            "imgapp",
+            "--tag",
+            "v7",
+            "--node",
+            "n1",
+            bin.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let object = names::binary_object_name("imgapp", "v7", "linux", names::go_arch());
+    // And one put by hand, without the narun metadata.
+    upload_script(&server, "manual", "x", "#!/bin/sh\n").await;
+    let manual = names::binary_object_name("manual", "x", names::go_os(), names::go_arch());
+
+    let out = narunctl(&url, &["images", "ls"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let header = table.lines().next().unwrap();
+    for col in [
+        "OBJECT NAME",
+        "SIZE",
+        "MODIFIED",
+        "APP NAME",
+        "TAG",
+        "OS",
+        "ARCH",
+        "DIGEST",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&object))
+        .expect(&table);
+    assert!(row.contains("2.0 MiB"), "{row}");
+    assert!(row.contains(" imgapp ") && row.contains(" v7 "), "{row}");
+    assert!(row.contains("SHA-256="), "{row}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&manual))
+        .expect(&table);
+    assert!(row.contains(" - "), "no metadata shown as -: {row}");
+
+    let out = narunctl(&url, &["images", "ls", "--json"]).await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["object"], object.as_str());
+    assert_eq!(list[0]["size"], 2 * 1024 * 1024 + 64);
+    assert_eq!(list[0]["tag"], "v7");
+    assert_eq!(list[0]["original_file"], "imgapp");
+
+    // stdin is not a terminal here: refused without -y, nothing deleted.
+    let out = narunctl(&url, &["images", "rm", &object]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("stdin is not a terminal") && err.contains("-y"),
+        "{err}"
+    );
+    assert!(
+        err.contains("is the binary of app imgapp"),
+        "in-use warning: {err}"
+    );
+    // An unknown name fails before anything is deleted.
+    let out = narunctl(&url, &["images", "rm", "-y", &object, "nope-1-linux-arm"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("image nope-1-linux-arm not found"));
+
+    let out = narunctl(&url, &["images", "rm", "-y", &object]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("deleted {object}")));
+    let out = narunctl(&url, &["images", "ls", "--json"]).await;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["object"], manual.as_str());
+}
+
+#[tokio::test]
+async fn completions_and_man_pages_come_from_the_cli_definition() {
+    let url = "nats://127.0.0.1:1";
+    for shell in ["bash", "zsh", "fish"] {
+        let out = narunctl(url, &["completions", shell]).await;
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.len() > 1000, "{shell}: {script}");
+        for word in ["deploy", "images", "--wait", "--since"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = narunctl(url, &["completions", "tcsh"]).await;
+    assert_eq!(out.status.code(), Some(2), "unknown shell is a usage error");
+
+    let out = narunctl(url, &["man"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH narunctl 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = narunctl(url, &["man", "--out", dir.path().to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for page in [
+        "narunctl.1",
+        "narunctl-deploy.1",
+        "narunctl-images-rm.1",
+        "narunctl-logs.1",
+    ] {
+        let body = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(body.contains(".TH"), "{page}");
+    }
+    let deploy = std::fs::read_to_string(dir.path().join("narunctl-deploy.1")).unwrap();
+    assert!(deploy.contains("wait"), "{deploy}");
 }

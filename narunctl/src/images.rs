@@ -1,0 +1,238 @@
+//! `narunctl images ls | rm`: the app binaries in the `app-binaries` object store.
+//!
+//! `deploy` stores each binary as `<app>-<tag>-<os>-<arch>` with the Go CLI's metadata
+//! keys (`narun-app-name`, `narun-version-tag`, `narun-goos`, `narun-goarch`,
+//! `narun-original-file`), so binaries uploaded by the Go `narun deploy` are listed the
+//! same way. `ls` prints the columns of Go's `narun list-images`; objects without the
+//! metadata (uploaded by hand) show `-`.
+//!
+//! `rm` deletes objects. Deleting the binary of a running app does not stop it (narund
+//! keeps its verified copy in the local cache), but a node that has not cached it yet,
+//! or a restart after the cache was cleaned, cannot start it any more: `rm` warns when
+//! a stored spec still refers to an object, and asks for confirmation on a terminal.
+
+use crate::cli::{ConnArgs, ImagesCmd};
+use crate::commands::{bounded, connect, js, load_specs, print_table};
+use anyhow::{Result, anyhow, bail};
+use async_nats::jetstream::{self, object_store};
+use futures_util::StreamExt;
+use narun_wire::names;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+/// Run an `images` subcommand.
+pub async fn run(conn: &ConnArgs, cmd: ImagesCmd) -> Result<()> {
+    match cmd {
+        ImagesCmd::Ls(j) => ls(conn, j.json).await,
+        ImagesCmd::Rm { objects, yes } => rm(conn, &objects, yes).await,
+    }
+}
+
+/// Open `app-binaries`; `None` when it does not exist yet (nothing was ever deployed).
+async fn open_store(
+    js: &jetstream::Context,
+    timeout: Duration,
+) -> Result<Option<object_store::ObjectStore>> {
+    match tokio::time::timeout(timeout, js.get_object_store(names::APP_BINARIES_BUCKET)).await {
+        Ok(Ok(s)) => Ok(Some(s)),
+        Ok(Err(e)) if e.to_string().to_ascii_lowercase().contains("not found") => Ok(None),
+        Ok(Err(e)) => Err(anyhow!(
+            "opening object store {}: {e} (is JetStream enabled on the server?)",
+            names::APP_BINARIES_BUCKET
+        )),
+        Err(_) => Err(anyhow!(
+            "opening object store {}: no answer within {timeout:?}",
+            names::APP_BINARIES_BUCKET
+        )),
+    }
+}
+
+/// Every live (not deleted) object, sorted by name.
+async fn list(
+    store: &object_store::ObjectStore,
+    timeout: Duration,
+) -> Result<Vec<object_store::ObjectInfo>> {
+    let mut out: Vec<object_store::ObjectInfo> = bounded(timeout, "listing app-binaries", async {
+        let mut list = store.list().await?;
+        let mut out = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info?;
+            if !info.deleted {
+                out.push(info);
+            }
+        }
+        Ok::<_, async_nats::Error>(out)
+    })
+    .await?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `1.2 MiB`-style size.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+fn meta<'a>(info: &'a object_store::ObjectInfo, key: &str) -> &'a str {
+    info.metadata
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("-")
+}
+
+fn modified(info: &object_store::ObjectInfo) -> String {
+    info.modified
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
+    let client = connect(conn, "images").await?;
+    let js = js(&client, conn.timeout);
+    let objects = match open_store(&js, conn.timeout).await? {
+        Some(store) => list(&store, conn.timeout).await?,
+        None => Vec::new(),
+    };
+    if json {
+        let out: Vec<serde_json::Value> = objects
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "object": o.name,
+                    "size": o.size,
+                    "modified": modified(o),
+                    "app": o.metadata.get("narun-app-name"),
+                    "tag": o.metadata.get("narun-version-tag"),
+                    "os": o.metadata.get("narun-goos"),
+                    "arch": o.metadata.get("narun-goarch"),
+                    "original_file": o.metadata.get("narun-original-file"),
+                    "digest": o.digest,
+                    "description": o.description,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = objects
+        .iter()
+        .map(|o| {
+            vec![
+                o.name.clone(),
+                human_size(o.size as u64),
+                modified(o),
+                meta(o, "narun-app-name").to_string(),
+                meta(o, "narun-version-tag").to_string(),
+                meta(o, "narun-goos").to_string(),
+                meta(o, "narun-goarch").to_string(),
+                o.digest.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "OBJECT NAME",
+            "SIZE",
+            "MODIFIED",
+            "APP NAME",
+            "TAG",
+            "OS",
+            "ARCH",
+            "DIGEST",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn rm(conn: &ConnArgs, objects: &[String], yes: bool) -> Result<()> {
+    let client = connect(conn, "images").await?;
+    let js = js(&client, conn.timeout);
+    let store = open_store(&js, conn.timeout).await?.ok_or_else(|| {
+        anyhow!(
+            "object store {} does not exist (nothing was deployed); nothing to remove",
+            names::APP_BINARIES_BUCKET
+        )
+    })?;
+    // Check them all first: a typo must not leave half of the list deleted.
+    let mut found = Vec::new();
+    for name in objects {
+        match tokio::time::timeout(conn.timeout, store.info(name)).await {
+            Ok(Ok(info)) if !info.deleted => found.push(info),
+            Ok(Ok(_)) | Ok(Err(_)) => bail!(
+                "image {name} not found in {} (see `narunctl images ls`); nothing was removed",
+                names::APP_BINARIES_BUCKET
+            ),
+            Err(_) => bail!("reading {name}: no answer within {:?}", conn.timeout),
+        }
+    }
+    // Warn about binaries a stored spec still uses.
+    for (app, spec) in load_specs(&js, conn.timeout).await? {
+        let Ok(spec) = spec else { continue };
+        for info in &found {
+            let prefix = format!("{}-{}-", spec.name, spec.tag);
+            if info.name.starts_with(&prefix) {
+                eprintln!(
+                    "warning: {} is the binary of app {app} (tag {}): nodes that have not cached it cannot start that app any more",
+                    info.name, spec.tag
+                );
+            }
+        }
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to delete without confirmation: stdin is not a terminal; pass -y to delete {}",
+                objects.join(" ")
+            );
+        }
+        eprint!(
+            "Delete {} image(s) ({})? Type 'yes': ",
+            found.len(),
+            objects.join(", ")
+        );
+        std::io::stderr().flush().ok();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if line.trim() != "yes" {
+            bail!("not confirmed; nothing deleted (use -y to skip the question)");
+        }
+    }
+    for info in found {
+        bounded(
+            conn.timeout,
+            &format!("deleting {}", info.name),
+            store.delete(&info.name),
+        )
+        .await?;
+        println!("deleted {} ({})", info.name, human_size(info.size as u64));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(10 * 1024 * 1024), "10.0 MiB");
+    }
+}
