@@ -13,6 +13,7 @@
 //! | [`secrets`] | `valueFromSecret` env values (`narun-secrets`, AES-256-GCM) and `mounts` (`narun-files`) of instance starts |
 //! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
 //! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
+//! | [`notify`] | the per-instance sd_notify socket: READY/STATUS/WATCHDOG/… from apps, sender checked by cgroup |
 //! | [`node`] | heartbeat in `node-runner-states`, clean shutdown |
 //! | [`state`] | last applied specs in the data dir, for starts without NATS |
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod fetch;
 pub mod logs;
 pub mod node;
+pub mod notify;
 pub mod privileges;
 pub mod reconcile;
 pub mod secrets;

@@ -34,7 +34,7 @@
 use crate::supervisor::{AppRun, InstanceHandle, Supervisor};
 use futures_util::StreamExt;
 use narun_spec::AppSpec;
-use narun_wire::events::{StatusEvent, now_rfc3339};
+use narun_wire::events::{RolledBack, StatusEvent, now_rfc3339};
 use narun_wire::jetstream::{ensure_kv, ensure_object_store};
 use narun_wire::names;
 use std::collections::{BTreeMap, HashSet};
@@ -56,7 +56,7 @@ impl Supervisor {
         let spec = Arc::new(spec);
         let hash = crate::supervisor::run_hash(&spec);
         let name = spec.name.clone();
-        let target = spec.desired_replicas(&self.inner.cfg.node_id, &self.inner.cfg.labels);
+        let target = spec.desired_replicas(&self.inner.cfg.node_id, &self.inner.live().labels);
         self.persist_spec(&spec);
         let (stop_now, new_revision) = {
             let mut apps = self.inner.apps.lock().unwrap();
@@ -65,6 +65,7 @@ impl Supervisor {
                 hash: hash.clone(),
                 instances: BTreeMap::new(),
                 revision,
+                rolled_back: BTreeMap::new(),
             });
             let new_revision = revision != 0 && app.revision != revision;
             app.spec = spec.clone();
@@ -110,16 +111,28 @@ impl Supervisor {
                     if rollout_failed {
                         continue;
                     }
+                    if !new_revision
+                        && self.rolled_back_hash(&name, index).as_deref() == Some(&hash)
+                    {
+                        // This exact spec was rolled back here already; only a new KV
+                        // revision tries it again (not a replay after a reconnect).
+                        rollout_failed = true;
+                        continue;
+                    }
                     tracing::info!(instance = %old.instance_id, "replacing with the new spec");
                     let new = self.start_instance(spec.clone(), index);
                     match wait_settled(&new).await {
                         Ok(()) => {
                             self.put_instance(&name, new);
+                            if let Some(a) = self.inner.apps.lock().unwrap().get_mut(&name) {
+                                a.rolled_back.remove(&index);
+                            }
                             old.stop().await;
                         }
                         Err(why) => {
                             tracing::warn!(instance = %old.instance_id, %why, "new spec did not come up; keeping the old instance and stopping the rollout");
                             new.stop().await;
+                            self.report_rollback(&old, &new, &why);
                             rollout_failed = true;
                         }
                     }
@@ -127,6 +140,67 @@ impl Supervisor {
             }
         }
         self.gc_binaries(&name).await;
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Run hash of the spec last rolled back at `index` of `app`.
+    fn rolled_back_hash(&self, app: &str, index: u32) -> Option<String> {
+        let apps = self.inner.apps.lock().unwrap();
+        apps.get(app)?
+            .rolled_back
+            .get(&index)
+            .map(|r| r.config_hash.clone())
+    }
+
+    /// A replacement of `old` by `new` did not become ready (`new` is stopped by now):
+    /// publish `rolled_back` on `status.<app>.<node>`, keep it for the node state, and make
+    /// the local state start the previous spec again after a restart of narund (unless
+    /// some instance already runs the new one).
+    fn report_rollback(&self, old: &InstanceHandle, new: &InstanceHandle, why: &NotReady) {
+        let failed = new.snapshot();
+        let info = RolledBack {
+            tag: new.spec.tag.clone(),
+            config_hash: new.hash.clone(),
+            reason: why.reason.clone(),
+            error: why.error.clone(),
+            time: now_rfc3339(),
+        };
+        let kept = old.snapshot();
+        tracing::warn!(instance = %old.instance_id, failed_tag = %info.tag, reason = %info.reason, "rolled back: the previous spec keeps running");
+        let ev = StatusEvent {
+            instance_id: old.instance_id.clone(),
+            node_id: self.inner.cfg.node_id.clone(),
+            status: "rolled_back".into(),
+            pid: kept.pid,
+            exit_code: None,
+            error: format!(
+                "tag {} did not become ready ({}): {}; {} keeps running tag {}",
+                info.tag, info.reason, info.error, old.instance_id, old.spec.tag
+            ),
+            time: info.time.clone(),
+            reason: info.reason.clone(),
+            app_name: new.spec.name.clone(),
+            tag: info.tag.clone(),
+            config_hash: new.hash.clone(),
+            notify_status: failed.notify_status,
+            ..Default::default()
+        };
+        let subject = names::status_subject(&new.spec.name, &self.inner.cfg.node_id);
+        let payload = serde_json::to_vec(&ev).expect("a StatusEvent always serializes");
+        self.inner.publish(subject, payload);
+        let nobody_runs_new = {
+            let mut apps = self.inner.apps.lock().unwrap();
+            match apps.get_mut(&new.spec.name) {
+                Some(a) => {
+                    a.rolled_back.insert(old.index, info);
+                    !a.instances.values().any(|h| h.hash == new.hash)
+                }
+                None => false,
+            }
+        };
+        if nobody_runs_new && !kept.digest.is_empty() {
+            self.persist_spec_with_digest(&old.spec, &kept.digest);
+        }
         self.inner.changed.notify_waiters();
     }
 
@@ -215,7 +289,7 @@ impl Supervisor {
         if let Err(e) = spec.supported_on_narund() {
             // A spec for Go node-runners that selects no instance here is none of our
             // business: applying it (0 replicas) runs nothing and stops nothing else.
-            let here = spec.desired_replicas(&self.inner.cfg.node_id, &self.inner.cfg.labels);
+            let here = spec.desired_replicas(&self.inner.cfg.node_id, &self.inner.live().labels);
             if here > 0 {
                 return self.report_invalid(key, &format!("not supported by narund: {e}"));
             }
@@ -224,25 +298,102 @@ impl Supervisor {
     }
 }
 
-/// Wait until a new instance is `running` and has stayed running for `settleSec`.
-async fn wait_settled(h: &InstanceHandle) -> Result<(), String> {
-    let start_timeout = Duration::from_secs(h.spec.start_timeout_sec.max(1));
-    let s = h
-        .wait_for(start_timeout, |s| {
-            s.status == "running" || s.ended || s.status == "crashed" || s.status == "failed"
-        })
-        .await
-        .map_err(|s| format!("not running after {start_timeout:?} (status {})", s.status))?;
+/// Why a new run did not become ready.
+#[derive(Debug, Clone)]
+pub(crate) struct NotReady {
+    /// Short reason for `rolled_back`: `start-timeout`, `watchdog`, `crashed`, `oom-kill`,
+    /// `verify`, `fetch`, `start-limit`, …
+    pub(crate) reason: String,
+    pub(crate) error: String,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.error)
+    }
+}
+
+/// The short rollback reason for the state a new run ended up in.
+fn not_ready(s: &crate::supervisor::Snapshot, error: String) -> NotReady {
+    let reason = match s.reason.as_str() {
+        "exit-code" | "signal" | "wait" | "" => "crashed",
+        r => r,
+    };
+    NotReady {
+        reason: reason.to_string(),
+        error: if s.error.is_empty() {
+            error
+        } else {
+            format!("{error}: {}", s.error)
+        },
+    }
+}
+
+/// Wait until a new instance is ready: with `notify: true`, until it sent `READY=1`
+/// (status `running`; the supervisor enforces `startTimeoutSec` and its
+/// `EXTEND_TIMEOUT_USEC=` extensions); without, until it is `running` and stays so for
+/// `settleSec`. Bounded: fetching may take [`crate::supervisor::FETCH_TIMEOUT`], a
+/// notify start its (moving) deadline plus the time to stop it.
+async fn wait_settled(h: &InstanceHandle) -> Result<(), NotReady> {
+    let failed = |s: &crate::supervisor::Snapshot| {
+        s.ended
+            || matches!(
+                s.status.as_str(),
+                "crashed" | "failed" | "backoff" | "stopped"
+            )
+    };
+    let stop_bound = Duration::from_secs(h.spec.stop_timeout_sec) + Duration::from_secs(15);
+    let s = loop {
+        let s = h.snapshot();
+        if s.status == "running" || failed(&s) {
+            break s;
+        }
+        let bound = match s.start_deadline {
+            Some(d) => d.saturating_duration_since(tokio::time::Instant::now()) + stop_bound,
+            None if s.pid.is_some() => stop_bound,
+            None => {
+                crate::supervisor::FETCH_TIMEOUT
+                    + Duration::from_secs(h.spec.start_timeout_sec.max(1))
+            }
+        };
+        let deadline = s.start_deadline;
+        match h
+            .wait_for(bound, |n| {
+                n.status == "running" || failed(n) || n.start_deadline != deadline || n.pid != s.pid
+            })
+            .await
+        {
+            Ok(_) => continue,
+            Err(s) => {
+                return Err(NotReady {
+                    reason: if h.spec.notify {
+                        "start-timeout"
+                    } else {
+                        "not-running"
+                    }
+                    .into(),
+                    error: format!("still {} after {bound:?}", s.status),
+                });
+            }
+        }
+    };
     if s.status != "running" {
-        return Err(format!("{} ({})", s.status, s.reason));
+        let error = format!("{} before it was ready", s.status);
+        return Err(not_ready(&s, error));
+    }
+    if h.spec.notify {
+        return Ok(());
     }
     let pid = s.pid;
     let settle = Duration::from_secs(h.spec.settle_sec);
     if let Ok(s) = h
-        .wait_for(settle, |s| s.status != "running" || s.pid != pid)
+        .wait_for(settle, |s| {
+            !matches!(s.status.as_str(), "running" | "reloading") || s.pid != pid
+        })
         .await
     {
-        return Err(format!("{} while settling ({})", s.status, s.reason));
+        let error = format!("{} within settleSec ({} s)", s.status, settle.as_secs());
+        return Err(not_ready(&s, error));
     }
     Ok(())
 }

@@ -51,6 +51,7 @@
 use crate::cgroup::{self, CgroupRoot, InstanceCgroup, Limits};
 use crate::fetch::{BinaryCache, CachedBinary, FetchError, Sha256Digest};
 use crate::logs::{LogForwarder, LogSink};
+use crate::notify::{Datagram, Membership, Message, NotifySocket};
 use crate::privileges::{AppIdentity, PrivilegePlan};
 use crate::state::{PersistedApp, PersistedState, StateFile, spec_value};
 use crate::uring::UringHandle;
@@ -82,6 +83,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub struct SupervisorConfig {
     pub node_id: String,
     pub data_dir: PathBuf,
+    /// Runtime directory (tmpfs): per-run sd_notify sockets live in
+    /// `<runtime_dir>/instances/<instance>/`.
+    pub runtime_dir: PathBuf,
     /// Labels of this node (for `desired_replicas`).
     pub labels: BTreeMap<String, String>,
     /// The NATS settings apps receive in their environment.
@@ -98,6 +102,15 @@ pub struct SupervisorConfig {
     pub cgroup_root: Option<PathBuf>,
     /// Spool size of the log forwarder.
     pub log_spool_bytes: usize,
+    /// Longer output lines are forwarded in pieces.
+    pub log_max_line_bytes: usize,
+}
+
+impl Default for SupervisorConfig {
+    /// The defaults of [`crate::config::Config`] (what an empty `narund.toml` gives).
+    fn default() -> Self {
+        SupervisorConfig::from_config(&crate::config::Config::default())
+    }
 }
 
 impl SupervisorConfig {
@@ -106,14 +119,38 @@ impl SupervisorConfig {
         SupervisorConfig {
             node_id: c.node_id.clone(),
             data_dir: c.data_dir.clone(),
+            runtime_dir: c.runtime_dir.clone(),
             labels: c.labels.clone(),
             nats: c.nats.clone(),
             default_user: c.apps.default_user.clone(),
-            allow_root: false,
+            allow_root: c.apps.allow_root,
             restart_backoff_max: Duration::from_secs(c.apps.restart_backoff_max_sec.max(1)),
             keep_versions: c.apps.keep_versions,
             cgroup_root: c.cgroup.root.clone(),
             log_spool_bytes: c.logs.spool_bytes,
+            log_max_line_bytes: c.logs.max_line_bytes,
+        }
+    }
+}
+
+/// The part of the configuration a `SIGHUP` reload changes while apps keep running
+/// ([`Supervisor::reload`]). Everything else in [`SupervisorConfig`] needs a restart of
+/// narund (node id, directories, cgroup root, NATS settings, spool size).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reloadable {
+    pub labels: BTreeMap<String, String>,
+    pub default_user: String,
+    pub allow_root: bool,
+    pub restart_backoff_max: Duration,
+}
+
+impl Reloadable {
+    fn of(c: &SupervisorConfig) -> Reloadable {
+        Reloadable {
+            labels: c.labels.clone(),
+            default_user: c.default_user.clone(),
+            allow_root: c.allow_root,
+            restart_backoff_max: c.restart_backoff_max,
         }
     }
 }
@@ -131,11 +168,21 @@ pub struct Snapshot {
     pub unenforced: Vec<String>,
     /// The instance task has finished: nothing runs and nothing will be restarted.
     pub ended: bool,
+    /// Last `STATUS=` text of the app (sd_notify), for this run.
+    pub notify_status: String,
+    /// Error text of the last status event (why it crashed or failed).
+    pub error: String,
+    /// While `starting` with `notify: true`: when the start times out (moves with
+    /// `EXTEND_TIMEOUT_USEC=`).
+    pub start_deadline: Option<tokio::time::Instant>,
 }
 
 /// Shared state of the supervisor.
 pub(crate) struct Inner {
+    /// The configuration narund started with; its reloadable part lives in `live`.
     pub(crate) cfg: SupervisorConfig,
+    /// The current reloadable settings (start values from `cfg`, then each SIGHUP).
+    live: std::sync::RwLock<Arc<Reloadable>>,
     logs: LogForwarder,
     cache: BinaryCache,
     pub(crate) uring: UringHandle,
@@ -160,6 +207,9 @@ pub(crate) struct AppRun {
     pub(crate) instances: BTreeMap<u32, InstanceHandle>,
     /// KV revision of the spec (0 = from local state).
     pub(crate) revision: u64,
+    /// Per index: the last replacement that did not become ready (reported in the node
+    /// state until a later replacement of that index succeeds).
+    pub(crate) rolled_back: BTreeMap<u32, narun_wire::events::RolledBack>,
 }
 
 /// Runs app instances. Cheap to clone.
@@ -178,10 +228,13 @@ impl Supervisor {
         client: async_nats::Client,
         uring: UringHandle,
     ) -> (Supervisor, tokio::task::JoinHandle<()>) {
-        let (logs, log_task) = LogForwarder::new(
+        let (logs, log_task) = LogForwarder::with_config(
             client.clone(),
-            &cfg.node_id,
-            cfg.log_spool_bytes,
+            crate::logs::LogForwarderConfig {
+                node_id: cfg.node_id.clone(),
+                spool_bytes: cfg.log_spool_bytes,
+                max_line_bytes: cfg.log_max_line_bytes,
+            },
             uring.clone(),
         );
         let cgroups = match CgroupRoot::discover(cfg.cgroup_root.as_deref()) {
@@ -221,6 +274,7 @@ impl Supervisor {
             }
         });
         let inner = Inner {
+            live: std::sync::RwLock::new(Arc::new(Reloadable::of(&cfg))),
             cfg,
             logs,
             cache,
@@ -247,6 +301,64 @@ impl Supervisor {
     /// The configuration.
     pub fn config(&self) -> &SupervisorConfig {
         &self.inner.cfg
+    }
+
+    /// The current reloadable settings (labels, default user, …).
+    pub fn live(&self) -> Arc<Reloadable> {
+        self.inner.live()
+    }
+
+    /// Apply a reloaded configuration (SIGHUP). The reloadable part ([`Reloadable`])
+    /// takes effect now: new labels re-evaluate every known spec (instances start or stop
+    /// where the selection changed; nothing else restarts), the user and backoff settings
+    /// apply to the next start. Returns one line per setting that changed but needs a
+    /// restart of narund, so the caller can say so.
+    pub async fn reload(&self, new: SupervisorConfig) -> Vec<String> {
+        let old = &self.inner.cfg;
+        let mut needs_restart = Vec::new();
+        let mut check = |key: &str, same: bool| {
+            if !same {
+                needs_restart.push(format!("{key} changed: restart narund to apply it"));
+            }
+        };
+        check("node_id", old.node_id == new.node_id);
+        check("data_dir", old.data_dir == new.data_dir);
+        check("cgroup.root", old.cgroup_root == new.cgroup_root);
+        check("nats", old.nats == new.nats);
+        check(
+            "logs.spool_bytes",
+            old.log_spool_bytes == new.log_spool_bytes,
+        );
+        check(
+            "logs.max_line_bytes",
+            old.log_max_line_bytes == new.log_max_line_bytes,
+        );
+        check("apps.keep_versions", old.keep_versions == new.keep_versions);
+        let live = Reloadable::of(&new);
+        let labels_changed = {
+            let mut cur = self.inner.live.write().unwrap();
+            let changed = cur.labels != live.labels;
+            if **cur != live {
+                tracing::info!(?live, "reloaded settings");
+            }
+            *cur = Arc::new(live);
+            changed
+        };
+        if labels_changed {
+            let specs: Vec<(AppSpec, u64)> = self
+                .inner
+                .apps
+                .lock()
+                .unwrap()
+                .values()
+                .map(|a| ((*a.spec).clone(), a.revision))
+                .collect();
+            for (spec, revision) in specs {
+                self.apply(spec, revision).await;
+            }
+            self.inner.changed.notify_waiters();
+        }
+        needs_restart
     }
 
     /// The cgroup root in use, if any.
@@ -276,6 +388,7 @@ impl Supervisor {
         for (name, app) in apps.iter() {
             for h in app.instances.values() {
                 let s = h.snapshot();
+                let rolled_back = app.rolled_back.get(&h.index).cloned();
                 out.push(InstanceState {
                     instance_id: h.instance_id.clone(),
                     app_name: name.clone(),
@@ -287,6 +400,8 @@ impl Supervisor {
                     restarts: s.restarts,
                     unenforced_limits: s.unenforced,
                     config_hash: h.hash.clone(),
+                    notify_status: s.notify_status,
+                    rolled_back,
                 });
             }
         }
@@ -323,6 +438,20 @@ impl Supervisor {
             PersistedApp {
                 spec: value,
                 digest,
+            },
+        );
+        self.inner.save(&st);
+    }
+
+    /// Persist `spec` as the app's spec with the binary `digest` it ran (a rollback: the
+    /// previous spec is what a restart of narund should start, even offline).
+    pub(crate) fn persist_spec_with_digest(&self, spec: &AppSpec, digest: &str) {
+        let mut st = self.inner.persisted.lock().unwrap();
+        st.apps.insert(
+            spec.name.clone(),
+            PersistedApp {
+                spec: spec_value(spec),
+                digest: digest.to_string(),
             },
         );
         self.inner.save(&st);
@@ -402,6 +531,7 @@ impl Supervisor {
             status: status_tx,
             stop: stop_rx,
             pinned,
+            notify_env: Vec::new(),
             secret_env: Vec::new(),
         };
         tokio::spawn(run.run());
@@ -410,6 +540,10 @@ impl Supervisor {
 }
 
 impl Inner {
+    pub(crate) fn live(&self) -> Arc<Reloadable> {
+        self.live.read().unwrap().clone()
+    }
+
     /// Queue a core-NATS publish (like Go: not JetStream). One publisher task sends them in
     /// order, so a disconnected client never stalls an instance and events keep their order;
     /// async-nats buffers them until the connection is back.
@@ -507,6 +641,8 @@ struct InstanceRun {
     status: watch::Sender<Snapshot>,
     stop: watch::Receiver<bool>,
     pinned: Option<Sha256Digest>,
+    /// `NOTIFY_SOCKET` / `WATCHDOG_USEC` of the current run (empty without sd_notify).
+    notify_env: Vec<(String, String)>,
     /// Decrypted `valueFromSecret` variables of the current start (memory only).
     secret_env: Vec<(String, String)>,
 }
@@ -517,6 +653,48 @@ struct Running {
     cgroup: Option<InstanceCgroup>,
     log_tasks: Vec<tokio::task::JoinHandle<()>>,
     oom_before: u64,
+    /// The run's sd_notify socket (`notify: true` or `watchdogSec`).
+    notify: Option<NotifySocket>,
+    /// Who may send on `notify`.
+    membership: Membership,
+    /// `notify: true`: READY=1 must arrive before this.
+    start_deadline: Option<tokio::time::Instant>,
+}
+
+/// Why narund ended a run that was not asked to stop.
+enum RunFailure {
+    /// No `READY=1` within `startTimeoutSec` (plus `EXTEND_TIMEOUT_USEC=` extensions).
+    StartTimeout,
+    /// A missed watchdog deadline or `WATCHDOG=1`: what happened.
+    Watchdog(String),
+}
+
+/// The sd_notify state of one run (see [`crate::notify`]).
+struct NotifyRun {
+    /// `READY=1` received (always true without `notify: true`).
+    ready: bool,
+    reloading: bool,
+    /// The pid that receives the stop signal and SIGABRT (`MAINPID=`).
+    main_pid: i32,
+    start_deadline: Option<tokio::time::Instant>,
+    watchdog_period: Option<Duration>,
+    /// Armed once the run is ready; each `WATCHDOG=1` moves it.
+    watchdog_deadline: Option<tokio::time::Instant>,
+    started: tokio::time::Instant,
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt(sock: Option<&NotifySocket>) -> std::io::Result<Datagram> {
+    match sock {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl InstanceRun {
@@ -552,6 +730,7 @@ impl InstanceRun {
                 starts.push_back(now);
             }
             self.run_id = new_run_id();
+            self.status.send_modify(|s| s.notify_status.clear());
             self.publish("starting", None, "", None, String::new());
             let running = match self.start().await {
                 Ok(r) => r,
@@ -585,7 +764,7 @@ impl InstanceRun {
             if started.elapsed() >= STABLE_RUN {
                 attempt = 0;
             }
-            let delay = backoff(attempt, self.inner.cfg.restart_backoff_max);
+            let delay = backoff(attempt, self.inner.live().restart_backoff_max);
             attempt = attempt.saturating_add(1);
             restarts += 1;
             self.status.send_modify(|s| s.restarts = restarts);
@@ -620,12 +799,18 @@ impl InstanceRun {
     ) {
         let mut unenforced = Vec::new();
         let mut restarts = 0;
+        let mut notify_status = String::new();
         self.status.send_modify(|s| {
             s.status = status.to_string();
             s.pid = pid;
             s.reason = reason.to_string();
             unenforced = s.unenforced.clone();
             restarts = s.restarts;
+            notify_status = s.notify_status.clone();
+            s.error = error.clone();
+            if status != "starting" {
+                s.start_deadline = None;
+            }
         });
         let ev = StatusEvent {
             instance_id: self.instance_id.clone(),
@@ -642,7 +827,7 @@ impl InstanceRun {
             unenforced_limits: unenforced,
             restarts: (restarts > 0).then_some(restarts),
             config_hash: run_hash(&self.spec),
-            ..Default::default()
+            notify_status,
         };
         tracing::info!(instance = %self.instance_id, run = %self.run_id, status, reason, pid, "instance status");
         let subject = names::status_subject(&self.spec.name, &self.inner.cfg.node_id);
@@ -660,16 +845,14 @@ impl InstanceRun {
 
         let identity = if unsafe { libc::geteuid() } == 0 {
             let user = (!self.spec.user.is_empty()).then_some(self.spec.user.as_str());
+            let live = self.inner.live();
             Some(
-                AppIdentity::resolve(
-                    user,
-                    &self.inner.cfg.default_user,
-                    self.inner.cfg.allow_root,
-                )
-                .map_err(|e| StartFailure {
-                    reason: "user",
-                    error: e.to_string(),
-                    text_busy: false,
+                AppIdentity::resolve(user, &live.default_user, live.allow_root).map_err(|e| {
+                    StartFailure {
+                        reason: "user",
+                        error: e.to_string(),
+                        text_busy: false,
+                    }
                 })?,
             )
         } else {
@@ -709,6 +892,43 @@ impl InstanceRun {
             .await
             .map_err(input_err)?;
         self.secret_env = inputs.secret_env(&self.spec).await.map_err(input_err)?;
+
+        // sd_notify: one socket per run (see crate::notify), bound before the cgroup so a
+        // failure leaves nothing behind.
+        let watchdog = self.spec.watchdog_sec.unwrap_or(0);
+        self.notify_env.clear();
+        let notify = if self.spec.notify || watchdog > 0 {
+            let dir = self.inner.cfg.runtime_dir.join("instances");
+            let notify_err = |e: &dyn std::fmt::Display| StartFailure {
+                reason: "notify",
+                error: format!("sd_notify socket: {e}"),
+                text_busy: false,
+            };
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    )
+                })
+                .map_err(|e| notify_err(&format!("creating {}: {e}", dir.display())))?;
+            let path = dir
+                .join(crate::fetch::sanitize(&self.instance_id))
+                .join(format!("notify-{}", &self.run_id[..8]));
+            let sock = NotifySocket::bind(&path, identity.as_ref().map(|i| (i.uid, i.gid)))
+                .map_err(|e| notify_err(&e))?;
+            self.notify_env
+                .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+            if watchdog > 0 {
+                self.notify_env.push((
+                    "WATCHDOG_USEC".into(),
+                    watchdog.saturating_mul(1_000_000).to_string(),
+                ));
+            }
+            Some(sock)
+        } else {
+            None
+        };
 
         let mut limits = Limits::from_spec(
             self.spec.memory_mb,
@@ -760,13 +980,35 @@ impl InstanceRun {
                     .and_then(|c| c.memory_events().ok())
                     .map(|m| m.oom_kill)
                     .unwrap_or(0);
-                self.publish("running", Some(pid), "", None, String::new());
+                let membership = Membership::of_instance(
+                    pid,
+                    cgroup
+                        .as_ref()
+                        .zip(self.inner.cgroups.as_ref())
+                        .map(|(c, root)| (c.path(), root.mount_point())),
+                );
+                let start_deadline =
+                    (self.spec.notify && self.spec.start_timeout_sec > 0).then(|| {
+                        tokio::time::Instant::now()
+                            + Duration::from_secs(self.spec.start_timeout_sec)
+                    });
+                if self.spec.notify {
+                    // Ready only with READY=1 (see wait()).
+                    self.status
+                        .send_modify(|s| s.start_deadline = start_deadline);
+                    self.publish("starting", Some(pid), "", None, String::new());
+                } else {
+                    self.publish("running", Some(pid), "", None, String::new());
+                }
                 Ok(Running {
                     child,
                     pid,
                     cgroup,
                     log_tasks,
                     oom_before,
+                    notify,
+                    membership,
+                    start_deadline,
                 })
             }
             Err(f) => {
@@ -888,6 +1130,7 @@ impl InstanceRun {
         cmd.args(&self.spec.args)
             .env_clear()
             .envs(self.environment(identity, work))
+            .envs(self.notify_env.iter().cloned())
             .current_dir(work)
             .stdin(Stdio::null())
             .kill_on_drop(false)
@@ -978,18 +1221,86 @@ impl InstanceRun {
     async fn wait(&mut self, mut r: Running) -> (Outcome, bool) {
         let mut stop = self.stop.clone();
         let mut intentional = false;
-        let early = tokio::select! {
-            st = r.child.wait() => Some(st),
-            _ = stopped(&mut stop) => None,
+        let now = tokio::time::Instant::now();
+        let watchdog_period = self
+            .spec
+            .watchdog_sec
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        let mut n = NotifyRun {
+            ready: !self.spec.notify,
+            reloading: false,
+            main_pid: r.pid,
+            start_deadline: r.start_deadline,
+            watchdog_period,
+            // Without `notify` the run is ready at once and the watchdog runs from the start.
+            watchdog_deadline: watchdog_period
+                .filter(|_| !self.spec.notify)
+                .map(|p| now + p),
+            started: now,
+        };
+        let mut socket = r.notify.take();
+        let membership = r.membership.clone();
+        let mut failure: Option<RunFailure> = None;
+        let early = loop {
+            let (start_at, watchdog_at) = (n.start_deadline, n.watchdog_deadline);
+            tokio::select! {
+                st = r.child.wait() => break Some(st),
+                _ = stopped(&mut stop) => break None,
+                _ = sleep_until_opt(start_at) => {
+                    failure = Some(RunFailure::StartTimeout);
+                    break None;
+                }
+                _ = sleep_until_opt(watchdog_at) => {
+                    let period = n.watchdog_period.unwrap_or_default();
+                    failure = Some(RunFailure::Watchdog(format!(
+                        "watchdog timeout: no WATCHDOG=1 within {} ms",
+                        period.as_millis()
+                    )));
+                    break None;
+                }
+                d = recv_opt(socket.as_ref()) => match d {
+                    Ok(d) => {
+                        if let Some(f) = self.on_notify(&mut n, &membership, d) {
+                            failure = Some(f);
+                            break None;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %self.instance_id, error = %e, "sd_notify socket failed; notifications of this run are ignored from now on");
+                        socket = None;
+                    }
+                },
+            }
         };
         let status = match early {
             Some(st) => st,
             None => {
-                intentional = true;
-                self.publish("stopping", Some(r.pid), "", None, String::new());
-                let sig = self.spec.stop_signal.number().unwrap_or(libc::SIGTERM);
-                // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
-                unsafe { libc::kill(r.pid, sig) };
+                let sig = match &failure {
+                    None => {
+                        intentional = true;
+                        self.publish("stopping", Some(n.main_pid), "", None, String::new());
+                        self.spec.stop_signal.number().unwrap_or(libc::SIGTERM)
+                    }
+                    Some(RunFailure::StartTimeout) => {
+                        let msg = format!(
+                            "no READY=1 within {} s (startTimeoutSec); stopping it",
+                            n.started.elapsed().as_secs()
+                        );
+                        self.sink.line("stderr", &format!("narund: {msg}"));
+                        self.publish("stopping", Some(n.main_pid), "start-timeout", None, msg);
+                        self.spec.stop_signal.number().unwrap_or(libc::SIGTERM)
+                    }
+                    Some(RunFailure::Watchdog(why)) => {
+                        let msg = format!("{why}; sending SIGABRT");
+                        self.sink.line("stderr", &format!("narund: {msg}"));
+                        self.publish("stopping", Some(n.main_pid), "watchdog", None, msg);
+                        libc::SIGABRT
+                    }
+                };
+                // SAFETY: kill(2) on our own, not yet reaped, child, or on the MAINPID= the
+                // app named, which was inside the instance when it was accepted.
+                unsafe { libc::kill(n.main_pid, sig) };
                 let timeout = Duration::from_secs(self.spec.stop_timeout_sec);
                 match tokio::time::timeout(timeout, r.child.wait()).await {
                     Ok(st) => st,
@@ -1030,7 +1341,122 @@ impl InstanceRun {
             },
             Ok(st) => classify(st, oom),
         };
+        drop(socket);
+        let outcome = match failure {
+            None => outcome,
+            Some(RunFailure::StartTimeout) => Outcome {
+                kind: ExitKind::Timeout,
+                status: "failed",
+                exit_code: outcome.exit_code,
+                reason: "start-timeout",
+                error: format!(
+                    "did not send READY=1 within {} s (startTimeoutSec), stopped: {}",
+                    n.started.elapsed().as_secs(),
+                    outcome.error
+                ),
+            },
+            Some(RunFailure::Watchdog(why)) => Outcome {
+                kind: ExitKind::Watchdog,
+                status: "crashed",
+                exit_code: outcome.exit_code,
+                reason: "watchdog",
+                error: format!("{why}, sent SIGABRT: {}", outcome.error),
+            },
+        };
         (outcome, intentional)
+    }
+
+    /// Handle one datagram from the run's notify socket. Returns a failure that ends the
+    /// run (`WATCHDOG=trigger`).
+    fn on_notify(
+        &self,
+        n: &mut NotifyRun,
+        members: &Membership,
+        d: Datagram,
+    ) -> Option<RunFailure> {
+        let Some(sender) = d.sender else {
+            tracing::debug!(instance = %self.instance_id, "sd_notify datagram without credentials ignored");
+            return None;
+        };
+        if !members.contains(sender.pid) {
+            tracing::debug!(instance = %self.instance_id, pid = sender.pid, "sd_notify datagram from a process outside the instance ignored");
+            return None;
+        }
+        if d.truncated {
+            tracing::warn!(instance = %self.instance_id, pid = sender.pid, "sd_notify datagram longer than {} bytes ignored", crate::notify::MAX_DATAGRAM);
+            return None;
+        }
+        let m = Message::parse(&d.data);
+        let now = tokio::time::Instant::now();
+        let mut republish = false;
+        if let Some(text) = m.status
+            && self.status.borrow().notify_status != text
+        {
+            self.status.send_modify(|s| s.notify_status = text);
+            republish = true;
+        }
+        if let Some(pid) = m.main_pid
+            && pid != n.main_pid
+        {
+            if members.contains(pid) {
+                tracing::info!(instance = %self.instance_id, pid, "MAINPID: signals go to this pid now");
+                n.main_pid = pid;
+                republish = true;
+            } else {
+                tracing::warn!(instance = %self.instance_id, pid, "MAINPID ignored: that process is not part of the instance");
+            }
+        }
+        if let Some(usec) = m.watchdog_usec {
+            n.watchdog_period = Some(Duration::from_micros(usec));
+            if n.watchdog_deadline.is_some() {
+                n.watchdog_deadline = Some(now + Duration::from_micros(usec));
+            }
+        }
+        if let (Some(usec), Some(deadline)) = (m.extend_timeout_usec, n.start_deadline) {
+            let extended = now + Duration::from_micros(usec);
+            if extended > deadline {
+                n.start_deadline = Some(extended);
+                self.status
+                    .send_modify(|s| s.start_deadline = Some(extended));
+            }
+        }
+        if m.watchdog_ping
+            && let (Some(_), Some(period)) = (n.watchdog_deadline, n.watchdog_period)
+        {
+            n.watchdog_deadline = Some(now + period);
+        }
+        if m.watchdog_trigger {
+            return Some(RunFailure::Watchdog(
+                "the app asked for it (WATCHDOG=trigger)".into(),
+            ));
+        }
+        if m.stopping {
+            // Shutting down on its own: no watchdog, no start timeout (systemd does the same).
+            n.watchdog_deadline = None;
+            n.start_deadline = None;
+            self.publish("stopping", Some(n.main_pid), "", None, String::new());
+            return None;
+        }
+        if m.reloading {
+            n.reloading = true;
+            self.publish("reloading", Some(n.main_pid), "", None, String::new());
+            republish = false;
+        }
+        if m.ready && (!n.ready || n.reloading) {
+            if !n.ready {
+                n.ready = true;
+                n.start_deadline = None;
+                n.watchdog_deadline = n.watchdog_period.map(|p| now + p);
+            }
+            n.reloading = false;
+            self.publish("running", Some(n.main_pid), "", None, String::new());
+            republish = false;
+        }
+        if republish {
+            let status = self.status.borrow().status.clone();
+            self.publish(&status, Some(n.main_pid), "", None, String::new());
+        }
+        None
     }
 }
 

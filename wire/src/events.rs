@@ -122,6 +122,31 @@ pub struct InstanceState {
     /// Run hash of the spec this instance runs (see [`StatusEvent::config_hash`]).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub config_hash: String,
+    /// Last `STATUS=` text the app sent over sd_notify.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notify_status: String,
+    /// Set when a newer spec was tried for this instance, did not become ready, and the
+    /// instance kept running its previous spec (see [`RolledBack`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// A replacement that did not become ready: narund stopped the new run and the previous
+/// one keeps serving. Also published as a `rolled_back` [`StatusEvent`] (with `reason`,
+/// `tag` and `config_hash` of the failed spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RolledBack {
+    /// Tag of the spec that failed.
+    pub tag: String,
+    /// Run hash of the spec that failed (see [`StatusEvent::config_hash`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config_hash: String,
+    /// `start-timeout`, `watchdog`, `crashed`, `oom-kill`, `verify`, `fetch`, `start-limit`, …
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// RFC 3339, UTC.
+    pub time: String,
 }
 
 fn is_zero(v: &u64) -> bool {

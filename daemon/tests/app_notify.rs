@@ -1,0 +1,657 @@
+//! narund's sd_notify server for apps, app watchdogs and readiness-gated updates, against
+//! a real nats-server, real processes (small python3 apps that speak sd_notify over
+//! `socket.AF_UNIX, SOCK_DGRAM`, uploaded as the binary) and real cgroups.
+//!
+//! Each test deploys the way narunctl does (object in `app-binaries`, JSON spec in
+//! `app-configs`) and observes what an operator sees: `status.<app>.<node>` events, the
+//! node state's instance list, `/proc`.
+
+use async_nats::jetstream::{self, kv, object_store::ObjectStore};
+use futures_util::StreamExt;
+use narun_test_support::{NatsServer, wait_for};
+use narun_wire::events::StatusEvent;
+use narun_wire::names;
+use narund::supervisor::{Supervisor, SupervisorConfig};
+use narund::uring::UringHandle;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+const T: Duration = Duration::from_secs(30);
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The sd_notify client every python app starts with.
+const PY_PRELUDE: &str = r#"#!/usr/bin/python3
+import os, signal, socket, sys, time
+def notify(msg):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg.encode(), os.environ["NOTIFY_SOCKET"])
+    s.close()
+"#;
+
+fn py(body: &str) -> String {
+    format!("{PY_PRELUDE}{body}")
+}
+
+/// A long-running app without sd_notify.
+const SLEEPER: &str = "#!/bin/sh\nexec sleep 1000\n";
+
+struct Harness {
+    _server: NatsServer,
+    configs: kv::Store,
+    store: ObjectStore,
+    sup: Supervisor,
+    _data: tempfile::TempDir,
+    node: String,
+    events: Arc<Mutex<Vec<StatusEvent>>>,
+    stop: watch::Sender<bool>,
+    cgroup_root: PathBuf,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let _ = narund::supervisor::become_subreaper();
+        let server = NatsServer::start();
+        let client = server.connect().await;
+        let js = jetstream::new(client.clone());
+        let configs =
+            narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
+                .await
+                .unwrap();
+        let store =
+            narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "binaries")
+                .await
+                .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let node = format!("node-{n}");
+        let cfg = SupervisorConfig {
+            node_id: node.clone(),
+            data_dir: data.path().join("data"),
+            runtime_dir: data.path().join("run"),
+            nats: narun_wire::connect::NatsSettings {
+                url: server.url(),
+                ..Default::default()
+            },
+            default_user: "nobody".into(),
+            restart_backoff_max: Duration::from_millis(400),
+            cgroup_root: Some(PathBuf::from(format!(
+                "narun-test-app-notify-{}-{n}",
+                std::process::id()
+            ))),
+            ..Default::default()
+        };
+        let (sup, _logs) = Supervisor::new(cfg, client.clone(), UringHandle::start()).await;
+        let cgroup_root = sup
+            .cgroup_root()
+            .map(|r| r.path().to_path_buf())
+            .unwrap_or_default();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut st = client.subscribe("status.>").await.unwrap();
+        assert!(
+            narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
+            "nats-server did not confirm the subscription"
+        );
+        let ev = events.clone();
+        tokio::spawn(async move {
+            while let Some(m) = st.next().await {
+                ev.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
+            }
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(narund::reconcile::run(
+            sup.clone(),
+            client.clone(),
+            Some(ready_tx),
+            stop_rx,
+        ));
+        tokio::time::timeout(T, ready_rx)
+            .await
+            .expect("first reconcile")
+            .unwrap();
+        Harness {
+            _server: server,
+            configs,
+            store,
+            sup,
+            _data: data,
+            node,
+            events,
+            stop,
+            cgroup_root,
+        }
+    }
+
+    async fn upload(&self, app: &str, tag: &str, script: &str) {
+        let name = names::binary_object_name(app, tag, names::go_os(), names::go_arch());
+        self.store
+            .put(
+                name.as_str(),
+                &mut std::io::Cursor::new(script.as_bytes().to_vec()),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Upload `script` as `app`:`tag` and put a one-replica spec with `extra` fields.
+    async fn deploy(&self, app: &str, tag: &str, script: &str, extra: serde_json::Value) {
+        self.upload(app, tag, script).await;
+        let mut spec = json!({
+            "name": app, "tag": tag,
+            "nodes": [{"name": self.node, "replicas": 1}],
+            "settleSec": 1, "stopTimeoutSec": 2, "restart": "no",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        self.configs
+            .put(app, serde_json::to_vec(&spec).unwrap().into())
+            .await
+            .unwrap();
+    }
+
+    fn events(&self, app: &str) -> Vec<StatusEvent> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.app_name == app)
+            .cloned()
+            .collect()
+    }
+
+    /// The first event (in arrival order) matching `pred`, and its position.
+    async fn wait_event(
+        &self,
+        what: &str,
+        pred: impl Fn(&StatusEvent) -> bool,
+    ) -> (usize, StatusEvent) {
+        let found = tokio::time::timeout(T, async {
+            loop {
+                let hit = self
+                    .events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e)| pred(e))
+                    .map(|(i, e)| (i, e.clone()));
+                if let Some(hit) = hit {
+                    return hit;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "no event: {what}\nevents: {:#?}",
+                self.events.lock().unwrap()
+            )
+        })
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        self.sup.shutdown().await;
+    }
+}
+
+impl Drop for Harness {
+    /// Also runs when a test panics: no app process and no cgroup outlives the test.
+    fn drop(&mut self) {
+        if self.cgroup_root.as_os_str().is_empty() {
+            return;
+        }
+        if let Ok(dir) = std::fs::read_dir(&self.cgroup_root) {
+            for e in dir
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            {
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                for _ in 0..100 {
+                    if std::fs::remove_dir(e.path()).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup_root);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+async fn wait_gone(pid: i32) {
+    wait_for(&format!("pid {pid} to be gone"), T, || async move {
+        (!alive(pid)).then_some(())
+    })
+    .await
+}
+
+/// The environment of a running process.
+fn environ(pid: i32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn env_var(pid: i32, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    environ(pid)
+        .into_iter()
+        .find_map(|v| v.strip_prefix(&prefix).map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_app_stays_starting_until_ready_and_status_text_is_published() {
+    let h = Harness::new().await;
+    let app = py(r#"
+notify("STATUS=warming up")
+time.sleep(1.5)
+notify("READY=1\nSTATUS=serving")
+time.sleep(1000)
+"#);
+    h.deploy(
+        "late",
+        "v1",
+        &app,
+        json!({"notify": true, "startTimeoutSec": 20}),
+    )
+    .await;
+    let (warm_at, warm) = h
+        .wait_event("STATUS=warming up", |e| e.notify_status == "warming up")
+        .await;
+    assert_eq!(
+        warm.status, "starting",
+        "not ready before READY=1: {warm:?}"
+    );
+    let pid = warm.pid.expect("a starting notify app has its pid");
+    let snap = h.sup.snapshot("late", 0).unwrap();
+    assert_eq!(snap.status, "starting", "{snap:?}");
+    assert_eq!(snap.pid, Some(pid));
+    assert!(snap.start_deadline.is_some());
+    assert!(env_var(pid, "NOTIFY_SOCKET").is_some_and(|p| p.contains("/instances/late-0/notify-")));
+    assert_eq!(env_var(pid, "WATCHDOG_USEC"), None, "no watchdogSec");
+
+    let (run_at, running) = h
+        .wait_event("running", |e| e.app_name == "late" && e.status == "running")
+        .await;
+    assert!(run_at > warm_at);
+    assert_eq!(running.pid, Some(pid), "the same process became ready");
+    assert_eq!(running.notify_status, "serving");
+    let inst = h.sup.instances();
+    assert_eq!(inst[0].status, "running");
+    assert_eq!(inst[0].notify_status, "serving");
+    h.finish().await;
+    wait_gone(pid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ready_within_the_start_timeout_fails_the_start() {
+    let h = Harness::new().await;
+    let app = py("notify(\"STATUS=never ready\")\ntime.sleep(1000)\n");
+    h.deploy(
+        "never",
+        "v1",
+        &app,
+        json!({"notify": true, "startTimeoutSec": 1}),
+    )
+    .await;
+    let (_, starting) = h
+        .wait_event("never-0 starting with pid", |e| {
+            e.app_name == "never" && e.status == "starting" && e.pid.is_some()
+        })
+        .await;
+    let pid = starting.pid.unwrap();
+    let (_, failed) = h
+        .wait_event("start-timeout", |e| {
+            e.app_name == "never" && e.status == "failed"
+        })
+        .await;
+    assert_eq!(failed.reason, "start-timeout", "{failed:?}");
+    assert!(failed.error.contains("READY=1"), "{}", failed.error);
+    wait_gone(pid).await;
+    assert!(
+        !h.events("never").iter().any(|e| e.status == "running"),
+        "never reported running"
+    );
+    // restart: no → the instance has ended.
+    wait_for("never-0 ended", T, || async {
+        h.sup.snapshot("never", 0).filter(|s| s.ended).map(|_| ())
+    })
+    .await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_timeout_usec_gives_a_slow_start_more_time() {
+    let h = Harness::new().await;
+    let app = py(r#"
+notify("EXTEND_TIMEOUT_USEC=6000000")
+time.sleep(2)
+notify("READY=1")
+time.sleep(1000)
+"#);
+    h.deploy(
+        "slow",
+        "v1",
+        &app,
+        json!({"notify": true, "startTimeoutSec": 1}),
+    )
+    .await;
+    let (_, running) = h
+        .wait_event("slow running", |e| {
+            e.app_name == "slow" && (e.status == "running" || e.status == "failed")
+        })
+        .await;
+    assert_eq!(running.status, "running", "{running:?}");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_from_outside_the_instance_are_ignored() {
+    let h = Harness::new().await;
+    // Blocks SIGUSR1, says "armed", waits for SIGUSR1, says "after". It never sends READY=1.
+    let app = py(r#"
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+notify("STATUS=armed")
+signal.sigwait([signal.SIGUSR1])
+notify("STATUS=after")
+time.sleep(1000)
+"#);
+    h.deploy(
+        "guard",
+        "v1",
+        &app,
+        json!({"notify": true, "startTimeoutSec": 60}),
+    )
+    .await;
+    let (_, armed) = h.wait_event("armed", |e| e.notify_status == "armed").await;
+    let pid = armed.pid.unwrap();
+    let path = env_var(pid, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+    // This test process is not in the instance's cgroup.
+    let outsider = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    outsider
+        .send_to(b"READY=1\nSTATUS=forged", &path)
+        .expect("root can reach the socket");
+    // The app's own datagram is queued after ours: once its STATUS is seen, ours was read.
+    // SAFETY: kill(2) on the app's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let (_, after) = h.wait_event("after", |e| e.notify_status == "after").await;
+    assert_eq!(after.status, "starting", "{after:?}");
+    let ev = h.events("guard");
+    assert!(
+        !ev.iter()
+            .any(|e| e.status == "running" || e.notify_status == "forged"),
+        "a datagram from outside the cgroup was accepted: {ev:#?}"
+    );
+    assert_eq!(h.sup.snapshot("guard", 0).unwrap().status, "starting");
+    h.finish().await;
+    wait_gone(pid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_watchdog_aborts_and_restarts_with_reason_watchdog() {
+    let h = Harness::new().await;
+    let app = py(r#"
+notify("READY=1")
+for _ in range(3):
+    notify("WATCHDOG=1")
+    time.sleep(0.3)
+time.sleep(1000)
+"#);
+    h.deploy(
+        "wd",
+        "v1",
+        &app,
+        json!({"notify": true, "watchdogSec": 1, "restart": "on-watchdog"}),
+    )
+    .await;
+    let (_, first) = h
+        .wait_event("wd running", |e| {
+            e.app_name == "wd" && e.status == "running"
+        })
+        .await;
+    let pid = first.pid.unwrap();
+    assert_eq!(env_var(pid, "WATCHDOG_USEC").as_deref(), Some("1000000"));
+    assert_eq!(env_var(pid, "WATCHDOG_PID"), None);
+    let (crash_at, crashed) = h
+        .wait_event("watchdog crash", |e| {
+            e.app_name == "wd" && e.status == "crashed"
+        })
+        .await;
+    assert_eq!(crashed.reason, "watchdog", "{crashed:?}");
+    assert!(
+        crashed.error.contains("WATCHDOG=1") && crashed.error.contains("SIGABRT"),
+        "{}",
+        crashed.error
+    );
+    wait_gone(pid).await;
+    // on-watchdog restarts it: a new run, a new pid.
+    let (_, again) = h
+        .wait_event("wd running again", |e| {
+            e.app_name == "wd" && e.status == "running" && e.pid != Some(pid)
+        })
+        .await;
+    assert!(again.restarts.unwrap_or(0) >= 1, "{again:?}");
+    let (back_at, backoff) = h
+        .wait_event("backoff", |e| e.app_name == "wd" && e.status == "backoff")
+        .await;
+    assert!(back_at > crash_at);
+    assert_eq!(backoff.reason, "watchdog");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_trigger_aborts_at_once() {
+    let h = Harness::new().await;
+    let app = py(r#"
+notify("READY=1")
+time.sleep(0.2)
+notify("WATCHDOG=trigger")
+time.sleep(1000)
+"#);
+    h.deploy("trig", "v1", &app, json!({"notify": true})).await;
+    let (_, running) = h
+        .wait_event("trig running", |e| {
+            e.app_name == "trig" && e.status == "running"
+        })
+        .await;
+    let pid = running.pid.unwrap();
+    let (_, crashed) = h
+        .wait_event("trigger", |e| e.app_name == "trig" && e.status == "crashed")
+        .await;
+    assert_eq!(crashed.reason, "watchdog");
+    assert!(
+        crashed.error.contains("WATCHDOG=trigger"),
+        "{}",
+        crashed.error
+    );
+    assert!(
+        crashed.error.contains("SIGABRT"),
+        "python dies of the SIGABRT: {}",
+        crashed.error
+    );
+    wait_gone(pid).await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_until_ready_again() {
+    let h = Harness::new().await;
+    let app = py(r#"
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+notify("READY=1")
+notify("RELOADING=1\nSTATUS=reloading config")
+signal.sigwait([signal.SIGUSR1])
+notify("READY=1\nSTATUS=reloaded")
+time.sleep(1000)
+"#);
+    h.deploy("rl", "v1", &app, json!({"notify": true})).await;
+    let (_, reloading) = h
+        .wait_event("reloading", |e| {
+            e.app_name == "rl" && e.status == "reloading"
+        })
+        .await;
+    let pid = reloading.pid.unwrap();
+    assert_eq!(h.sup.snapshot("rl", 0).unwrap().status, "reloading");
+    // SAFETY: kill(2) on the app's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let (_, back) = h
+        .wait_event("running after reload", |e| {
+            e.app_name == "rl" && e.status == "running" && e.notify_status == "reloaded"
+        })
+        .await;
+    assert_eq!(back.pid, Some(pid));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
+    let h = Harness::new().await;
+    h.deploy("roll", "v1", SLEEPER, json!({})).await;
+    let (_, v1) = h
+        .wait_event("v1 running", |e| {
+            e.app_name == "roll" && e.status == "running"
+        })
+        .await;
+    let old_pid = v1.pid.unwrap();
+    assert_eq!(
+        env_var(old_pid, "NOTIFY_SOCKET"),
+        None,
+        "no NOTIFY_SOCKET without notify/watchdogSec"
+    );
+
+    let never = py("time.sleep(1000)\n");
+    h.deploy(
+        "roll",
+        "v2",
+        &never,
+        json!({"notify": true, "startTimeoutSec": 1}),
+    )
+    .await;
+    let (_, rb) = h
+        .wait_event("rolled_back", |e| {
+            e.app_name == "roll" && e.status == "rolled_back"
+        })
+        .await;
+    assert_eq!(rb.reason, "start-timeout", "{rb:?}");
+    assert_eq!(rb.tag, "v2");
+    assert_eq!(rb.instance_id, "roll-0");
+    assert_eq!(rb.pid, Some(old_pid), "the old run keeps serving");
+    assert!(alive(old_pid));
+    let new_pid = h
+        .events("roll")
+        .iter()
+        .find(|e| e.tag == "v2" && e.status == "starting" && e.pid.is_some())
+        .and_then(|e| e.pid)
+        .expect("the new run was started");
+    wait_gone(new_pid).await;
+
+    // The heartbeat lists the instance with the old tag and the rollback.
+    let state = narund::node::node_state(&h.sup, "running", "", true);
+    let inst = state
+        .instances
+        .iter()
+        .find(|i| i.instance_id == "roll-0")
+        .unwrap();
+    assert_eq!(inst.tag, "v1");
+    assert_eq!(inst.pid, Some(old_pid));
+    assert_eq!(inst.status, "running");
+    let info = inst
+        .rolled_back
+        .as_ref()
+        .expect("rollback in the node state");
+    assert_eq!(
+        (info.tag.as_str(), info.reason.as_str()),
+        ("v2", "start-timeout")
+    );
+    assert_eq!(state.instances.len(), 1, "exactly one roll-0");
+
+    // A newer revision that works replaces the old run and clears the report.
+    h.deploy("roll", "v3", SLEEPER, json!({})).await;
+    let (_, v3) = h
+        .wait_event("v3 running", |e| {
+            e.app_name == "roll" && e.tag == "v3" && e.status == "running"
+        })
+        .await;
+    wait_gone(old_pid).await;
+    wait_for("rollback report cleared", T, || async {
+        h.sup
+            .instances()
+            .iter()
+            .find(|i| i.instance_id == "roll-0" && i.tag == "v3" && i.rolled_back.is_none())
+            .map(|_| ())
+    })
+    .await;
+    assert!(alive(v3.pid.unwrap()));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mainpid_receives_the_stop_signal() {
+    let h = Harness::new().await;
+    // The started process ignores SIGTERM and waits for its child, which declares itself
+    // the main process. A stop that signalled the started process would hang until
+    // stopTimeoutSec (20 s) and cgroup.kill.
+    let app = py(r#"
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pid = os.fork()
+if pid == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    notify("MAINPID=%d\nREADY=1\nSTATUS=child is main" % os.getpid())
+    time.sleep(1000)
+    os._exit(0)
+os.waitpid(pid, 0)
+sys.exit(0)
+"#);
+    h.deploy("mp", "v1", &app, json!({"notify": true, "stopTimeoutSec": 20}))
+        .await;
+    let (_, running) = h
+        .wait_event("mp running", |e| e.app_name == "mp" && e.status == "running")
+        .await;
+    assert_eq!(running.notify_status, "child is main");
+    let main = running.pid.unwrap();
+    let started = h
+        .events("mp")
+        .iter()
+        .find(|e| e.status == "starting" && e.pid.is_some())
+        .and_then(|e| e.pid)
+        .unwrap();
+    assert_ne!(main, started, "the event carries the MAINPID");
+    let t0 = std::time::Instant::now();
+    h.configs.delete("mp").await.unwrap();
+    h.wait_event("mp stopped", |e| e.app_name == "mp" && e.status == "stopped")
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the stop signal went to MAINPID: stopped in {:?}",
+        t0.elapsed()
+    );
+    wait_gone(main).await;
+    wait_gone(started).await;
+    h.finish().await;
+}
