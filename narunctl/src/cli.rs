@@ -76,6 +76,12 @@ pub enum Command {
     Svc(SvcCmd),
     /// Send one HTTP request to a service over NATS (Binary HTTP, like the gateway).
     Request(RequestArgs),
+    /// Encrypted secrets for `valueFromSecret` (KV `narun-secrets`, AES-256-GCM).
+    #[command(subcommand)]
+    Secret(SecretCmd),
+    /// Shared files for spec `mounts` (object store `narun-files`).
+    #[command(subcommand)]
+    Files(FilesCmd),
     /// App binaries in the object store `app-binaries`: list, remove.
     #[command(subcommand)]
     Images(ImagesCmd),
@@ -259,6 +265,89 @@ pub enum SvcCmd {
         name: Option<String>,
         #[command(flatten)]
         json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCmd {
+    /// Encrypt a value here and store it as NAME (created or replaced).
+    Set(SecretSetArgs),
+    /// Names, descriptions and update times (values are never shown).
+    #[command(alias = "list")]
+    Ls(JsonFlag),
+    /// Purge a secret (no history is kept).
+    #[command(alias = "delete")]
+    Rm {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+    },
+}
+
+/// `secret set NAME [VALUE]`: the value comes from VALUE, --from-file, or stdin
+/// (one trailing newline removed). It is encrypted with the master key on this
+/// machine; only the ciphertext goes to NATS.
+#[derive(Debug, Args)]
+pub struct SecretSetArgs {
+    /// Secret name (= KV key; letters, digits, - _ = . /).
+    pub name: String,
+    /// The value (visible in shell history and `ps`; prefer --from-file or stdin).
+    #[arg(conflicts_with = "from_file")]
+    pub value: Option<String>,
+    /// Read the value from this file (exact bytes).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+    /// Free text shown by `secret ls`.
+    #[arg(long, alias = "desc")]
+    pub description: Option<String>,
+    #[command(flatten)]
+    pub key: MasterKeyArgs,
+}
+
+/// The fleet's master key (standard base64 of 32 bytes), as in the Go CLI.
+#[derive(Debug, Args)]
+pub struct MasterKeyArgs {
+    /// File holding the base64 master key (wins over --master-key).
+    #[arg(
+        long,
+        alias = "master-key-path",
+        env = "NARUN_MASTER_KEY_PATH",
+        value_name = "FILE"
+    )]
+    pub master_key_file: Option<PathBuf>,
+    /// The base64 master key itself.
+    #[arg(
+        long,
+        env = "NARUN_MASTER_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
+    pub master_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCmd {
+    /// Upload PATH as NAME (created or replaced).
+    Add {
+        /// Object name, referenced by `mounts[].source.objectStore` (no '/').
+        name: String,
+        /// A regular file.
+        path: PathBuf,
+        /// How long the upload may take.
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        upload_timeout: Duration,
+    },
+    /// Name, size, modification time, original file name, digest.
+    #[command(alias = "list")]
+    Ls(JsonFlag),
+    /// Delete a file.
+    #[command(alias = "delete")]
+    Rm {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
     },
 }
 

@@ -27,6 +27,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => logs(&conn, args).await,
         Command::Svc(cmd) => crate::svc::run(&conn, cmd).await,
         Command::Request(args) => request(&conn, args).await,
+        Command::Secret(cmd) => crate::secret::run(&conn, cmd).await,
+        Command::Files(cmd) => crate::files::run(&conn, cmd).await,
         Command::Images(cmd) => crate::images::run(&conn, cmd).await,
         Command::Completions(a) => {
             let mut script = Vec::new();
@@ -109,7 +111,7 @@ pub(crate) async fn bounded<T, E: std::fmt::Display>(
 }
 
 /// Open a KV bucket; `None` if it does not exist (JetStream answers "not found").
-async fn open_kv(
+pub(crate) async fn open_kv(
     js: &jetstream::Context,
     bucket: &str,
     timeout: Duration,

@@ -12,6 +12,8 @@
 mod cli;
 mod commands;
 mod elf;
+mod files;
+mod secret;
 mod images;
 mod svc;
 mod wait;

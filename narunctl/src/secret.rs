@@ -1,0 +1,213 @@
+//! `narunctl secret set|ls|rm`: encrypted values for `valueFromSecret`.
+//!
+//! Secrets live in the KV bucket `narun-secrets` (history 1) as the Go `StoredSecret` JSON,
+//! encrypted with AES-256-GCM under the fleet's master key and the secret's name as
+//! additional data ([`narun_wire::secrets`]). narunctl encrypts on the operator's machine:
+//! the plaintext never travels over NATS. Only narund (with the same master key) decrypts,
+//! when it starts an app whose spec says `valueFromSecret: NAME`.
+
+use crate::cli::{MasterKeyArgs, SecretCmd, SecretSetArgs};
+use crate::commands::{bounded, connect, js, open_kv, print_table};
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use narun_wire::names;
+use narun_wire::secrets::{MasterKey, StoredSecret};
+use std::io::{Read, Write};
+
+use crate::cli::ConnArgs;
+
+/// Description of the bucket when narunctl creates it.
+const SECRETS_DESCRIPTION: &str = "narun secrets (AES-256-GCM, AAD = name)";
+
+pub async fn run(conn: &ConnArgs, cmd: SecretCmd) -> Result<()> {
+    match cmd {
+        SecretCmd::Set(args) => set(conn, args).await,
+        SecretCmd::Ls(j) => ls(conn, j.json).await,
+        SecretCmd::Rm { name, yes } => rm(conn, &name, yes).await,
+    }
+}
+
+/// The master key from `--master-key-file` (env `NARUN_MASTER_KEY_PATH`), else
+/// `--master-key` (env `NARUN_MASTER_KEY`), like the Go CLI where the path wins.
+fn master_key(k: &MasterKeyArgs) -> Result<MasterKey> {
+    if let Some(path) = &k.master_key_file {
+        return Ok(MasterKey::load(path)?);
+    }
+    if let Some(b64) = &k.master_key {
+        return Ok(MasterKey::from_base64(b64)?);
+    }
+    bail!(
+        "no master key: pass --master-key-file FILE (or set NARUN_MASTER_KEY_PATH), or set \
+         NARUN_MASTER_KEY to the base64 key; create one with `head -c 32 /dev/urandom | base64`"
+    )
+}
+
+/// The plaintext: VALUE, the bytes of --from-file, or stdin (one trailing newline removed,
+/// so `echo s3cret | narunctl secret set NAME` stores `s3cret`).
+fn plaintext(args: &SecretSetArgs) -> Result<Vec<u8>> {
+    let bytes = if let Some(v) = &args.value {
+        v.clone().into_bytes()
+    } else if let Some(f) = &args.from_file {
+        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
+    } else {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the value from stdin")?;
+        if buf.ends_with(b"\n") {
+            buf.pop();
+            if buf.ends_with(b"\r") {
+                buf.pop();
+            }
+        }
+        buf
+    };
+    // narund puts the value into an environment variable: it must be UTF-8 without NUL.
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow!("the value is not valid UTF-8; an environment variable cannot hold it (base64-encode binary data)"))?;
+    if text.contains('\0') {
+        bail!("the value contains a NUL byte; an environment variable cannot hold it");
+    }
+    Ok(bytes)
+}
+
+async fn set(conn: &ConnArgs, args: SecretSetArgs) -> Result<()> {
+    narun_wire::secrets::validate_name(&args.name)?;
+    let key = master_key(&args.key)?;
+    let value = plaintext(&args)?;
+    let client = connect(conn, "secret").await?;
+    let js = js(&client, conn.timeout);
+    let kv = bounded(
+        conn.timeout,
+        &format!("opening KV bucket {}", names::SECRETS_BUCKET),
+        narun_wire::jetstream::ensure_kv(&js, names::SECRETS_BUCKET, SECRETS_DESCRIPTION, 1, None),
+    )
+    .await?;
+    let existing = bounded(
+        conn.timeout,
+        &format!("reading {}/{}", names::SECRETS_BUCKET, args.name),
+        kv.get(&args.name),
+    )
+    .await?
+    .and_then(|v| StoredSecret::from_json(&args.name, &v).ok());
+    let stored = key.seal(
+        &args.name,
+        &value,
+        args.description.as_deref(),
+        existing.as_ref(),
+    )?;
+    bounded(
+        conn.timeout,
+        &format!("writing {}/{}", names::SECRETS_BUCKET, args.name),
+        kv.put(&args.name, stored.to_json().into()),
+    )
+    .await?;
+    println!(
+        "secret {} {}",
+        args.name,
+        if existing.is_some() {
+            "updated"
+        } else {
+            "created"
+        }
+    );
+    Ok(())
+}
+
+async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
+    let client = connect(conn, "secret").await?;
+    let js = js(&client, conn.timeout);
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    if let Some(kv) = open_kv(&js, names::SECRETS_BUCKET, conn.timeout).await? {
+        let mut keys = bounded(conn.timeout, "listing secrets", kv.keys()).await?;
+        let mut names_ = Vec::new();
+        loop {
+            match tokio::time::timeout(conn.timeout, keys.next()).await {
+                Ok(Some(k)) => names_.push(k.map_err(|e| anyhow!("listing secrets: {e}"))?),
+                Ok(None) => break,
+                Err(_) => bail!("listing secrets: no answer within {:?}", conn.timeout),
+            }
+        }
+        names_.sort();
+        for name in names_ {
+            let v = bounded(
+                conn.timeout,
+                &format!("reading secret {name}"),
+                kv.get(&name),
+            )
+            .await?;
+            // Only metadata: the ciphertext is never printed.
+            let s = v.and_then(|v| StoredSecret::from_json(&name, &v).ok());
+            rows.push(serde_json::json!({
+                "name": name,
+                "description": s.as_ref().map(|s| s.description.clone()).unwrap_or_default(),
+                "created_at": s.as_ref().map(|s| s.created_at.clone()).unwrap_or_default(),
+                "updated_at": s.as_ref().map(|s| s.updated_at.clone()).unwrap_or_default(),
+            }));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let cell = |r: &serde_json::Value, k: &str| {
+        let s = r[k].as_str().unwrap_or_default();
+        if s.is_empty() {
+            "-".into()
+        } else {
+            s.to_string()
+        }
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                cell(r, "name"),
+                cell(r, "updated_at"),
+                cell(r, "description"),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "UPDATED", "DESCRIPTION"], &table);
+    Ok(())
+}
+
+async fn rm(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
+    let client = connect(conn, "secret").await?;
+    let js = js(&client, conn.timeout);
+    let kv = open_kv(&js, names::SECRETS_BUCKET, conn.timeout)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "secret {name} not found: bucket {} does not exist",
+                names::SECRETS_BUCKET
+            )
+        })?;
+    let exists = bounded(
+        conn.timeout,
+        &format!("reading secret {name}"),
+        kv.get(name),
+    )
+    .await?;
+    if exists.is_none() {
+        bail!("secret {name} not found (see `narunctl secret ls`)");
+    }
+    if !yes {
+        eprint!("Delete secret {name}? Apps using it will fail to start. Type 'yes': ");
+        std::io::stderr().flush().ok();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if line.trim() != "yes" {
+            bail!("not confirmed; nothing deleted (use -y to skip the question)");
+        }
+    }
+    // Purge (like Go): no history of the ciphertext stays in the stream.
+    bounded(
+        conn.timeout,
+        &format!("purging secret {name}"),
+        kv.purge(name),
+    )
+    .await?;
+    println!("deleted secret {name}");
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! `narunctl secret` and `narunctl files` end to end: the real binary against a real
+//! nats-server, checked by reading the buckets directly (Go wire format), and once through a
+//! real narund that gives the decrypted secret and the mounted file to a real app.
+
+use async_nats::jetstream::{self, object_store};
+use narun_test_support::{NatsServer, wait_for, workspace_bin};
+use narun_wire::names;
+use narun_wire::secrets::{MasterKey, StoredSecret};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Run narunctl against `url` with `args` (and `stdin`, if given); bounded to 60 s. The
+/// master key variables of the test's own environment are removed.
+async fn narunctl_with(
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"));
+    cmd.arg("--nats")
+        .arg(url)
+        .args(args)
+        .env_remove("NATS_URL")
+        .env_remove("NARUN_MASTER_KEY")
+        .env_remove("NARUN_MASTER_KEY_PATH")
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("narunctl runs");
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(input).await.unwrap();
+        drop(w);
+    }
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("narunctl finished within 60 s")
+        .expect("narunctl output")
+}
+
+async fn narunctl(url: &str, args: &[&str]) -> Output {
+    narunctl_with(url, args, &[], None).await
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "narunctl failed ({:?}): {}{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Exit code 1 with a single `error: …` line on stderr; returns that line.
+fn failed(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn key_file(dir: &Path) -> (MasterKey, PathBuf) {
+    let key = MasterKey::generate();
+    let path = dir.join("master.key");
+    std::fs::write(&path, format!("{}\n", key.to_base64())).unwrap();
+    (key, path)
+}
+
+async fn stored_secret(server: &NatsServer, name: &str) -> Option<StoredSecret> {
+    let js = jetstream::new(server.connect().await);
+    let kv = js.get_key_value(names::SECRETS_BUCKET).await.unwrap();
+    kv.get(name)
+        .await
+        .unwrap()
+        .map(|v| StoredSecret::from_json(name, &v).unwrap())
+}
+
+#[tokio::test]
+async fn secret_set_ls_rm() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, kf) = key_file(dir.path());
+    let kf = kf.to_str().unwrap();
+
+    // VALUE on the command line, key from --master-key-file.
+    let out = narunctl(
+        &url,
+        &["secret", "set", "db", "p4ss w0rd", "--master-key-file", kf],
+    )
+    .await;
+    assert_eq!(ok(&out).trim(), "secret db created");
+    let first = stored_secret(&server, "db").await.unwrap();
+    assert_eq!(first.name, "db");
+    assert_eq!(first.nonce.len(), 12);
+    assert_eq!(key.open(&first).unwrap(), b"p4ss w0rd");
+
+    // The value from stdin (trailing newline dropped), the key from NARUN_MASTER_KEY_PATH;
+    // created_at is kept, a new nonce is used.
+    let out = narunctl_with(
+        &url,
+        &["secret", "set", "db", "--description", "prod database"],
+        &[("NARUN_MASTER_KEY_PATH", kf)],
+        Some(b"from stdin\n"),
+    )
+    .await;
+    assert_eq!(ok(&out).trim(), "secret db updated");
+    let second = stored_secret(&server, "db").await.unwrap();
+    assert_eq!(key.open(&second).unwrap(), b"from stdin");
+    assert_eq!(second.created_at, first.created_at);
+    assert_ne!(second.nonce, first.nonce);
+    assert_eq!(second.description, "prod database");
+
+    // --from-file, the key inline from NARUN_MASTER_KEY (Go's variable).
+    let vf = dir.path().join("token.txt");
+    std::fs::write(&vf, "tok\nen").unwrap();
+    let out = narunctl_with(
+        &url,
+        &[
+            "secret",
+            "set",
+            "token",
+            "--from-file",
+            vf.to_str().unwrap(),
+        ],
+        &[("NARUN_MASTER_KEY", &key.to_base64())],
+        None,
+    )
+    .await;
+    ok(&out);
+    let token = stored_secret(&server, "token").await.unwrap();
+    assert_eq!(key.open(&token).unwrap(), b"tok\nen");
+
+    // ls: metadata only, never the ciphertext.
+    let out = narunctl(&url, &["secret", "ls", "--json"]).await;
+    let stdout = ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let names_: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names_, ["db", "token"]);
+    assert_eq!(v[0]["description"], "prod database");
+    assert!(!stdout.contains("ciphertext") && !stdout.contains("nonce"));
+    let table = ok(&narunctl(&url, &["secret", "ls"]).await);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("prod database"), "{table}");
+
+    // Errors: no key, a bad key, a bad name, a missing secret.
+    let e = failed(&narunctl(&url, &["secret", "set", "x", "v"]).await);
+    assert!(e.contains("no master key"), "{e}");
+    let e = failed(
+        &narunctl_with(
+            &url,
+            &["secret", "set", "x", "v"],
+            &[("NARUN_MASTER_KEY", "c2hvcnQ=")],
+            None,
+        )
+        .await,
+    );
+    assert!(e.contains("exactly 32 bytes"), "{e}");
+    let e = failed(
+        &narunctl(
+            &url,
+            &["secret", "set", "bad name", "v", "--master-key-file", kf],
+        )
+        .await,
+    );
+    assert!(e.contains("invalid secret name"), "{e}");
+    let e = failed(&narunctl(&url, &["secret", "rm", "nope", "-y"]).await);
+    assert!(e.contains("secret nope not found"), "{e}");
+    // Without -y and without a "yes" on stdin nothing is deleted.
+    let out = narunctl(&url, &["secret", "rm", "db"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("Type 'yes'"), "{err}");
+    assert!(err.contains("error: not confirmed"), "{err}");
+    assert!(stored_secret(&server, "db").await.is_some());
+
+    // rm purges: no value and no history of the ciphertext remain.
+    assert_eq!(
+        ok(&narunctl(&url, &["secret", "rm", "db", "-y"]).await).trim(),
+        "deleted secret db"
+    );
+    assert!(stored_secret(&server, "db").await.is_none());
+    let js = jetstream::new(server.connect().await);
+    let mut stream = js
+        .get_stream(format!("KV_{}", names::SECRETS_BUCKET))
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    // One message for `token`, one purge marker for `db`: the ciphertexts of `db` are gone.
+    assert_eq!(info.state.messages, 2, "{:?}", info.state);
+
+    // Usage errors exit 2.
+    let out = narunctl(&url, &["secret", "set"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn files_add_ls_rm() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    let content = "x = 1\n".repeat(50_000); // several object chunks
+    std::fs::write(&path, &content).unwrap();
+
+    let out = narunctl(
+        &url,
+        &["files", "add", "app-config", path.to_str().unwrap()],
+    )
+    .await;
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("-> app-config (300000 bytes, SHA-256="),
+        "{stdout}"
+    );
+
+    let js = jetstream::new(server.connect().await);
+    let store = js.get_object_store(names::FILES_BUCKET).await.unwrap();
+    let info = store.info("app-config").await.unwrap();
+    assert_eq!(info.size, content.len());
+    assert_eq!(
+        info.metadata.get("original-filename").map(String::as_str),
+        Some("app.toml")
+    );
+    let ts = info.metadata.get("upload-timestamp").unwrap();
+    assert!(
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{ts}"
+    );
+    assert_eq!(
+        info.description.as_deref(),
+        Some("Shared file 'app-config' uploaded from 'app.toml'")
+    );
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&narunctl(&url, &["files", "ls", "--json"]).await)).unwrap();
+    assert_eq!(v[0]["name"], "app-config");
+    assert_eq!(v[0]["size"], 300_000);
+    assert_eq!(v[0]["original_filename"], "app.toml");
+    let table = ok(&narunctl(&url, &["files", "ls"]).await);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("app-config"), "{table}");
+
+    let e = failed(&narunctl(&url, &["files", "add", "a/b", path.to_str().unwrap()]).await);
+    assert!(e.contains("must not be empty or contain '/'"), "{e}");
+    let e = failed(&narunctl(&url, &["files", "add", "d", dir.path().to_str().unwrap()]).await);
+    assert!(e.contains("is not a regular file"), "{e}");
+
+    assert_eq!(
+        ok(&narunctl(&url, &["files", "rm", "app-config", "-y"]).await).trim(),
+        "deleted file app-config"
+    );
+    let gone = store.info("app-config").await;
+    // Deleted objects stay as a tombstone (`deleted: true`) or are not found at all.
+    assert!(
+        matches!(&gone, Ok(i) if i.deleted)
+            || matches!(&gone, Err(e) if e.kind() == object_store::InfoErrorKind::NotFound),
+        "{gone:?}"
+    );
+    let e = failed(&narunctl(&url, &["files", "rm", "app-config", "-y"]).await);
+    assert!(e.contains("not found"), "{e}");
+}
+
+/// A real narund process; stopped with SIGTERM (it then stops its apps) when dropped.
+struct Narund {
+    child: std::process::Child,
+    data: tempfile::TempDir,
+    cgroup: String,
+}
+
+impl Narund {
+    fn start(server: &NatsServer, node: &str, master_key_file: &Path) -> Narund {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cgroup = format!("narun-test-secrets-ctl-{}-{node}", std::process::id());
+        let conf = data.path().join("narund.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
+                 [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
+                 [cgroup]\nroot = \"{cgroup}\"\n[secrets]\nmaster_key_file = \"{k}\"\n",
+                d = data.path().display(),
+                url = server.url(),
+                k = master_key_file.display(),
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(workspace_bin("narund", "narund", &[]))
+            .arg("--config")
+            .arg(&conf)
+            .env("NARUND_LOG", "warn")
+            .env_remove("NARUN_MASTER_KEY_FILE")
+            .spawn()
+            .unwrap();
+        Narund {
+            child,
+            data,
+            cgroup,
+        }
+    }
+}
+
+impl Drop for Narund {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/unified/{}", self.cgroup));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narund_gives_the_app_the_secret_and_the_file() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (_key, kf) = key_file(dir.path());
+    let narund = Narund::start(&server, "sec-node", &kf);
+
+    ok(&narunctl(
+        &url,
+        &[
+            "secret",
+            "set",
+            "db-password",
+            "hunter2 = ok",
+            "--master-key-file",
+            kf.to_str().unwrap(),
+        ],
+    )
+    .await);
+    let conf = dir.path().join("settings.ini");
+    std::fs::write(&conf, "[app]\ngreeting = hi\n").unwrap();
+    ok(&narunctl(&url, &["files", "add", "settings", conf.to_str().unwrap()]).await);
+
+    // The app copies what it got into its work dir, then stays up.
+    let js = jetstream::new(server.connect().await);
+    let store = narun_wire::jetstream::ensure_object_store(
+        &js,
+        names::APP_BINARIES_BUCKET,
+        "Stores application binaries.",
+    )
+    .await
+    .unwrap();
+    let object = names::binary_object_name("vault", "v1", names::go_os(), names::go_arch());
+    // (Written to a temporary name and renamed, so the test never reads a partial file.)
+    let script = "#!/bin/sh\nprintf '%s' \"$DB_PASSWORD\" > s.tmp && mv s.tmp seen-secret\n\
+                  cp etc/settings.ini f.tmp && mv f.tmp seen-file\nexec sleep 1000\n";
+    store
+        .put(
+            object.as_str(),
+            &mut std::io::Cursor::new(script.as_bytes().to_vec()),
+        )
+        .await
+        .unwrap();
+    let spec = dir.path().join("vault.toml");
+    std::fs::write(
+        &spec,
+        "name = \"vault\"\ntag = \"v1\"\n\
+         env = [{ name = \"DB_PASSWORD\", valueFromSecret = \"db-password\" }]\n\
+         [[nodes]]\nname = \"sec-node\"\nreplicas = 1\n\
+         [[mounts]]\npath = \"etc/settings.ini\"\nsource = { objectStore = \"settings\" }\n",
+    )
+    .unwrap();
+    ok(&narunctl(
+        &url,
+        &["deploy", "-f", spec.to_str().unwrap(), "--no-binary"],
+    )
+    .await);
+
+    let work = narund.data.path().join("instances/vault-0/work");
+    let seen = wait_for(
+        "the app to write what it got",
+        Duration::from_secs(30),
+        || {
+            let secret = std::fs::read_to_string(work.join("seen-secret")).ok();
+            let file = std::fs::read_to_string(work.join("seen-file")).ok();
+            async move {
+                match (secret, file) {
+                    (Some(s), Some(f)) => Some((s, f)),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(seen.0, "hunter2 = ok");
+    assert_eq!(seen.1, "[app]\ngreeting = hi\n");
+}
