@@ -445,8 +445,8 @@ time.sleep(1000)
         .await;
     assert_eq!(crashed.reason, "watchdog", "{crashed:?}");
     assert!(
-        crashed.error.contains("WATCHDOG=1") && crashed.error.contains("SIGABRT"),
-        "{}",
+        crashed.error.contains("WATCHDOG=1") && crashed.error.contains("killed by signal SIGABRT"),
+        "the app died of narund's SIGABRT: {}",
         crashed.error
     );
     wait_gone(pid).await;
@@ -491,8 +491,8 @@ time.sleep(1000)
         crashed.error
     );
     assert!(
-        crashed.error.contains("SIGABRT"),
-        "python dies of the SIGABRT: {}",
+        crashed.error.contains("killed by signal SIGABRT"),
+        "the app died of narund's SIGABRT: {}",
         crashed.error
     );
     wait_gone(pid).await;
@@ -628,10 +628,17 @@ if pid == 0:
 os.waitpid(pid, 0)
 sys.exit(0)
 "#);
-    h.deploy("mp", "v1", &app, json!({"notify": true, "stopTimeoutSec": 20}))
-        .await;
+    h.deploy(
+        "mp",
+        "v1",
+        &app,
+        json!({"notify": true, "stopTimeoutSec": 20}),
+    )
+    .await;
     let (_, running) = h
-        .wait_event("mp running", |e| e.app_name == "mp" && e.status == "running")
+        .wait_event("mp running", |e| {
+            e.app_name == "mp" && e.status == "running"
+        })
         .await;
     assert_eq!(running.notify_status, "child is main");
     let main = running.pid.unwrap();
@@ -644,8 +651,10 @@ sys.exit(0)
     assert_ne!(main, started, "the event carries the MAINPID");
     let t0 = std::time::Instant::now();
     h.configs.delete("mp").await.unwrap();
-    h.wait_event("mp stopped", |e| e.app_name == "mp" && e.status == "stopped")
-        .await;
+    h.wait_event("mp stopped", |e| {
+        e.app_name == "mp" && e.status == "stopped"
+    })
+    .await;
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "the stop signal went to MAINPID: stopped in {:?}",
