@@ -203,6 +203,14 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         });
     }
+    if config.logs.stream {
+        let limits = narund::log_stream::Limits::from_config(&config.logs);
+        let (client, stop) = (client.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            narund::log_stream::run(client, limits, stop).await;
+            Ok(())
+        });
+    }
     // READY=1 after the first reconcile, or at once when apps were started from local state
     // (NATS may be far away). Without either, READY comes after 30 s anyway: narund is
     // working, it is only waiting for NATS.

@@ -816,17 +816,71 @@ async fn nodes_info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
 
 // ---------------------------------------------------------------- logs
 
+/// `logs`: from the `narun-logs` stream when it exists (history with `--since`, then
+/// live, all through one ordered consumer, so nothing is lost or repeated where the
+/// history ends), otherwise live lines from a core subscription.
 async fn logs(conn: &ConnArgs, args: LogsArgs) -> Result<()> {
     let client = connect(conn, "logs").await?;
     let subject = names::log_subject(
         args.app.as_deref().unwrap_or("*"),
         args.node.as_deref().unwrap_or("*"),
     );
+    let js = js(&client, conn.timeout);
+    let stream = match tokio::time::timeout(conn.timeout, js.get_stream(names::LOG_STREAM)).await {
+        Ok(Ok(s)) => Some(s),
+        // Not found, or no JetStream at all: live lines only.
+        Ok(Err(_)) => None,
+        Err(_) => bail!(
+            "looking up the log stream {}: no answer within {:?}",
+            names::LOG_STREAM,
+            conn.timeout
+        ),
+    };
+    match stream {
+        Some(stream) => logs_from_stream(&client, stream, &subject, &args, conn.timeout).await,
+        None => {
+            if args.since.is_some() {
+                eprintln!(
+                    "note: no log history: the stream {} does not exist (set `[logs] stream = true` in narund's config); showing live lines only",
+                    names::LOG_STREAM
+                );
+            }
+            logs_live(&client, &subject, &args, conn.timeout).await
+        }
+    }
+}
+
+/// Print one log message; false when stdout is closed (e.g. piped into `head`).
+fn print_log(out: &mut impl Write, payload: &[u8], args: &LogsArgs) -> bool {
+    let line = serde_json::from_slice::<LogLine>(payload);
+    if let (Some(want), Ok(l)) = (&args.instance, &line)
+        && &l.instance_id != want
+    {
+        return true;
+    }
+    let text = match (&line, args.raw) {
+        (Ok(l), false) => format!(
+            "[{}] [{}] [{}] {}",
+            l.timestamp, l.instance_id, l.stream, l.message
+        ),
+        _ => String::from_utf8_lossy(payload).into_owned(),
+    };
+    writeln!(out, "{text}").is_ok()
+}
+
+async fn logs_live(
+    client: &async_nats::Client,
+    subject: &str,
+    args: &LogsArgs,
+    timeout: Duration,
+) -> Result<()> {
     let mut sub = client
-        .subscribe(subject.clone())
+        .subscribe(subject.to_string())
         .await
         .map_err(|e| anyhow!("subscribing to {subject}: {e}"))?;
-    bounded(conn.timeout, "subscribing", client.flush()).await?;
+    if !narun_wire::connect::sync_with_server(client, timeout).await {
+        bail!("subscribing to {subject}: the server did not confirm within {timeout:?}");
+    }
     eprintln!("following {subject} (Ctrl-C to stop)");
     let mut stdout = std::io::stdout();
     loop {
@@ -834,18 +888,77 @@ async fn logs(conn: &ConnArgs, args: LogsArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             msg = sub.next() => {
                 let Some(msg) = msg else { bail!("the NATS subscription to {subject} ended") };
-                let line = serde_json::from_slice::<LogLine>(&msg.payload);
-                if let (Some(want), Ok(l)) = (&args.instance, &line)
-                    && &l.instance_id != want
-                {
-                    continue;
+                if !print_log(&mut stdout, &msg.payload, args) {
+                    return Ok(());
                 }
-                let text = match (&line, args.raw) {
-                    (Ok(l), false) => format!("[{}] [{}] [{}] {}", l.timestamp, l.instance_id, l.stream, l.message),
-                    _ => String::from_utf8_lossy(&msg.payload).into_owned(),
+            }
+        }
+    }
+}
+
+async fn logs_from_stream(
+    client: &async_nats::Client,
+    stream: jetstream::stream::Stream,
+    subject: &str,
+    args: &LogsArgs,
+    timeout: Duration,
+) -> Result<()> {
+    use jetstream::consumer::{DeliverPolicy, push};
+    let deliver_policy = match args.since {
+        Some(since) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::now_utc()
+                - time::Duration::try_from(since).unwrap_or(time::Duration::ZERO),
+        },
+        None => DeliverPolicy::New,
+    };
+    // Without --since narunctl always follows (like Go's `narun logs`).
+    let follow = args.follow || args.since.is_none();
+    let consumer = bounded(
+        timeout,
+        &format!("creating a consumer on {}", names::LOG_STREAM),
+        stream.create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: subject.to_string(),
+            deliver_policy,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let pending = consumer.cached_info().num_pending;
+    match (args.since, follow) {
+        (Some(since), true) => eprintln!(
+            "{pending} line(s) of {subject} from the last {since:?} (stream {}), then following (Ctrl-C to stop)",
+            names::LOG_STREAM
+        ),
+        (Some(since), false) => eprintln!(
+            "{pending} line(s) of {subject} from the last {since:?} (stream {})",
+            names::LOG_STREAM
+        ),
+        (None, _) => eprintln!(
+            "following {subject} (stream {}; Ctrl-C to stop)",
+            names::LOG_STREAM
+        ),
+    }
+    if !follow && pending == 0 {
+        return Ok(());
+    }
+    let mut messages = bounded(timeout, "starting the log consumer", consumer.messages()).await?;
+    let mut stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            msg = messages.next() => {
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => bail!("reading {subject} from {}: {e}", names::LOG_STREAM),
+                    None => bail!("the consumer on {} ended", names::LOG_STREAM),
                 };
-                if writeln!(stdout, "{text}").is_err() {
-                    // stdout closed (e.g. piped into `head`): stop quietly.
+                if !print_log(&mut stdout, &msg.payload, args) {
+                    return Ok(());
+                }
+                // The history is printed once the server has nothing more pending.
+                if !follow && msg.info().is_ok_and(|i| i.pending == 0) {
+                    stdout.flush().ok();
                     return Ok(());
                 }
             }

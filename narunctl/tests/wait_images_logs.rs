@@ -396,3 +396,242 @@ async fn completions_and_man_pages_come_from_the_cli_definition() {
     let deploy = std::fs::read_to_string(dir.path().join("narunctl-deploy.1")).unwrap();
     assert!(deploy.contains("wait"), "{deploy}");
 }
+
+/// A narunctl process whose stdout/stderr lines are read as they come.
+struct Running {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+}
+
+impl Running {
+    fn spawn(url: &str, args: &[&str]) -> Running {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"))
+            .arg("--nats")
+            .arg(url)
+            .args(args)
+            .env_remove("NATS_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Running {
+            stdout: tokio::io::BufReader::new(child.stdout.take().unwrap()).lines(),
+            stderr: tokio::io::BufReader::new(child.stderr.take().unwrap()).lines(),
+            child,
+        }
+    }
+
+    async fn stdout_line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(20), self.stdout.next_line())
+            .await
+            .expect("a stdout line within 20 s")
+            .unwrap()
+            .expect("stdout still open")
+    }
+
+    async fn stderr_line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(20), self.stderr.next_line())
+            .await
+            .expect("a stderr line within 20 s")
+            .unwrap()
+            .expect("stderr still open")
+    }
+
+    /// SIGINT (Ctrl-C); it must exit 0.
+    async fn interrupt(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits after SIGINT")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+fn log_line(app: &str, node: &str, instance: &str, msg: &str) -> bytes::Bytes {
+    serde_json::to_vec(&narun_wire::events::LogLine {
+        instance_id: instance.into(),
+        app_name: app.into(),
+        node_id: node.into(),
+        stream: "stdout".into(),
+        message: msg.into(),
+        timestamp: narun_wire::events::now_rfc3339(),
+        partial: false,
+        dropped_before: 0,
+    })
+    .unwrap()
+    .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates() {
+    use futures_util::StreamExt;
+    let server = NatsServer::start();
+    let url = server.url();
+    let client = server.connect().await;
+    let js = jetstream::new(client.clone());
+    let _narund = Narund::start(
+        &server,
+        "log-node",
+        "[logs]\nstream = true\nstream_max_age_sec = 600\nstream_max_bytes = 1048576\n",
+    );
+    // narund creates the stream once it is connected.
+    let stream = narun_test_support::wait_for(
+        "narund to create narun-logs",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move { js.get_stream(names::LOG_STREAM).await.ok() }
+        },
+    )
+    .await;
+    let config = stream.cached_info().config.clone();
+    assert_eq!(config.subjects, ["logs.>"]);
+    assert_eq!(config.max_age, Duration::from_secs(600));
+    assert_eq!(config.max_bytes, 1_048_576);
+
+    // An app prints two lines at start, before any `narunctl logs` runs.
+    let mut live = client.subscribe("logs.chatty.>").await.unwrap();
+    assert!(narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await);
+    upload_script(
+        &server,
+        "chatty",
+        "v1",
+        "#!/bin/sh\necho \"first words of $NARUN_INSTANCE_ID\"\necho 'second words'\nexec sleep 1000\n",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(
+        dir.path(),
+        "chatty.toml",
+        "name = \"chatty\"\ntag = \"v1\"\nsettleSec = 1\n[[nodes]]\nname = \"log-node\"\nreplicas = 1\n",
+    );
+    let out = narunctl(
+        &url,
+        &[
+            "deploy",
+            "-f",
+            spec.to_str().unwrap(),
+            "--no-binary",
+            "--wait=30s",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(20), live.next())
+            .await
+            .expect("the app's lines are published")
+            .unwrap();
+    }
+    // The stream stored them too (a JetStream round trip after the core delivery).
+    narun_test_support::wait_for("2 lines in narun-logs", Duration::from_secs(10), || {
+        let js = js.clone();
+        async move {
+            let mut s = js.get_stream(names::LOG_STREAM).await.ok()?;
+            let info = s.info().await.ok()?;
+            (info.state.messages >= 2).then_some(())
+        }
+    })
+    .await;
+
+    // --since without -f: the history, then exit.
+    let out = narunctl(&url, &["logs", "chatty", "--since", "5m"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let history = text(&out.stdout);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(
+        lines[0].ends_with("[chatty-0] [stdout] first words of chatty-0"),
+        "{history}"
+    );
+    assert!(
+        lines[1].ends_with("[chatty-0] [stdout] second words"),
+        "{history}"
+    );
+    assert!(
+        text(&out.stderr).contains("2 line(s) of logs.chatty.*"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // --since -f: the same history, then new lines, each exactly once.
+    let mut follow = Running::spawn(&url, &["logs", "chatty", "--since", "5m", "-f", "--raw"]);
+    let note = follow.stderr_line().await;
+    assert!(note.contains("then following"), "{note}");
+    let first: serde_json::Value = serde_json::from_str(&follow.stdout_line().await).unwrap();
+    assert_eq!(first["message"], "first words of chatty-0");
+    let second: serde_json::Value = serde_json::from_str(&follow.stdout_line().await).unwrap();
+    assert_eq!(second["message"], "second words");
+    for i in 0..3 {
+        client
+            .publish(
+                "logs.chatty.log-node",
+                log_line("chatty", "log-node", "chatty-0", &format!("late {i}")),
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    for i in 0..3 {
+        let l: serde_json::Value = serde_json::from_str(&follow.stdout_line().await).unwrap();
+        assert_eq!(l["message"], format!("late {i}"));
+    }
+    follow.interrupt().await;
+
+    // Without --since the stream is followed from now on.
+    let mut now_on = Running::spawn(&url, &["logs", "chatty"]);
+    assert!(
+        now_on
+            .stderr_line()
+            .await
+            .contains("following logs.chatty.* (stream narun-logs")
+    );
+    client
+        .publish(
+            "logs.chatty.log-node",
+            log_line("chatty", "log-node", "chatty-0", "newest"),
+        )
+        .await
+        .unwrap();
+    assert!(now_on.stdout_line().await.ends_with("newest"));
+    now_on.interrupt().await;
+}
+
+#[tokio::test]
+async fn logs_since_without_the_stream_says_so_and_follows_live() {
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let mut run = Running::spawn(&server.url(), &["logs", "quiet", "--since", "10m"]);
+    let note = run.stderr_line().await;
+    assert!(
+        note.starts_with("note: no log history") && note.contains("[logs] stream = true"),
+        "{note}"
+    );
+    assert!(run.stderr_line().await.contains("following logs.quiet.*"));
+    client
+        .publish(
+            "logs.quiet.n1",
+            log_line("quiet", "n1", "quiet-0", "live one"),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert!(
+        run.stdout_line()
+            .await
+            .ends_with("[quiet-0] [stdout] live one")
+    );
+    run.interrupt().await;
+}

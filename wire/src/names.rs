@@ -23,6 +23,10 @@ pub const FILE_META_UPLOAD_TIMESTAMP: &str = "upload-timestamp";
 /// Node state entries expire after this long without a heartbeat (Go: 45 s).
 pub const NODE_STATE_TTL_SECS: u64 = 45;
 
+/// JetStream stream that keeps `logs.>` when narund's `[logs] stream = true`
+/// (a narun addition; the Go runner has no log history).
+pub const LOG_STREAM: &str = "narun-logs";
+
 /// `logs.<app>.<node>`: one JSON [`crate::events::LogLine`] per line of app output.
 pub fn log_subject(app: &str, node: &str) -> String {
     format!("logs.{app}.{node}")
