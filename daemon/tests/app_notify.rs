@@ -664,3 +664,46 @@ sys.exit(0)
     wait_gone(started).await;
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narun_library_app_reports_ready_and_feeds_its_watchdog() {
+    let h = Harness::new().await;
+    // The `hello` example (the narun app library): READY=1 once it serves on NATS, then
+    // WATCHDOG=1 at half of WATCHDOG_USEC. The 100 MB debug binary is not uploaded: a tiny
+    // wrapper execs a copy that `nobody` can read (same pid, same cgroup).
+    let bin = narun_test_support::workspace_bin("hello", "hello", &[]);
+    let copy = h._data.path().join("hello-bin");
+    std::fs::copy(&bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = format!("#!/bin/sh\nexec {}\n", copy.display());
+    h.deploy(
+        "lib",
+        "v1",
+        &wrapper,
+        json!({"notify": true, "watchdogSec": 2, "startTimeoutSec": 30}),
+    )
+    .await;
+    let (_, running) = h
+        .wait_event("lib running", |e| {
+            e.app_name == "lib" && (e.status == "running" || e.status == "failed")
+        })
+        .await;
+    assert_eq!(running.status, "running", "{running:?}");
+    assert!(
+        running.notify_status.starts_with("serving"),
+        "STATUS= from the library: {running:?}"
+    );
+    let pid = running.pid.unwrap();
+    // Three watchdog periods: without the library's pings narund would abort it after 2 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ev = h.events("lib");
+    assert!(
+        !ev.iter()
+            .any(|e| e.status == "crashed" || e.reason == "watchdog"),
+        "the watchdog fired although the library pings: {ev:#?}"
+    );
+    let snap = h.sup.snapshot("lib", 0).unwrap();
+    assert_eq!((snap.status.as_str(), snap.pid), ("running", Some(pid)));
+    h.finish().await;
+    wait_gone(pid).await;
+}
