@@ -186,6 +186,15 @@ mod tests {
         assert_eq!(unlimited.max_bytes, -1);
     }
 
+    #[test]
+    fn shipped_config_has_the_defaults() {
+        let c = crate::config::Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        let d = crate::config::LogsConfig::default();
+        assert!(!d.stream, "log history is opt-in");
+        assert_eq!(c.logs.stream, d.stream);
+        assert_eq!(Limits::from_config(&c.logs), Limits::from_config(&d));
+    }
+
     #[tokio::test]
     async fn ensure_creates_then_updates_the_limits() {
         let server = narun_test_support::NatsServer::start();
