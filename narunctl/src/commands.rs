@@ -111,6 +111,42 @@ pub(crate) async fn bounded<T, E: std::fmt::Display>(
 }
 
 /// Open a KV bucket; `None` if it does not exist (JetStream answers "not found").
+/// Open the object store `bucket`; `None` if it does not exist (JetStream answers "not found").
+pub(crate) async fn open_object_store(
+    js: &jetstream::Context,
+    bucket: &str,
+    timeout: Duration,
+) -> Result<Option<object_store::ObjectStore>> {
+    match tokio::time::timeout(timeout, js.get_object_store(bucket)).await {
+        Ok(Ok(s)) => Ok(Some(s)),
+        Ok(Err(e)) if e.to_string().to_ascii_lowercase().contains("not found") => Ok(None),
+        Ok(Err(e)) => Err(anyhow!(
+            "opening object store {bucket}: {e} (is JetStream enabled on the server?)"
+        )),
+        Err(_) => Err(anyhow!(
+            "opening object store {bucket}: no answer within {timeout:?}"
+        )),
+    }
+}
+
+/// Ask `question` on stderr and succeed only if the operator types `yes`. Without a
+/// terminal on stdin nothing is asked (a script must not hang): the answer is no, and
+/// the error says to pass `-y`.
+pub(crate) fn confirm(question: &str) -> Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("not confirmed: stdin is not a terminal; pass -y to skip the question");
+    }
+    eprint!("{question} Type 'yes': ");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() != "yes" {
+        bail!("not confirmed; nothing deleted (use -y to skip the question)");
+    }
+    Ok(())
+}
+
 pub(crate) async fn open_kv(
     js: &jetstream::Context,
     bucket: &str,

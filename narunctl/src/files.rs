@@ -7,13 +7,12 @@
 //! instance work dir, verified by its SHA-256 digest, at every start.
 
 use crate::cli::{ConnArgs, FilesCmd};
-use crate::commands::{bounded, connect, js, print_table};
+use crate::commands::{bounded, confirm, connect, js, open_object_store, print_table};
 use anyhow::{Context, Result, anyhow, bail};
 use async_nats::jetstream::{self, object_store};
 use futures_util::StreamExt;
 use narun_wire::names;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,18 +33,7 @@ async fn open_store(
     js: &jetstream::Context,
     timeout: Duration,
 ) -> Result<Option<object_store::ObjectStore>> {
-    match tokio::time::timeout(timeout, js.get_object_store(names::FILES_BUCKET)).await {
-        Ok(Ok(s)) => Ok(Some(s)),
-        Ok(Err(e)) if e.to_string().to_ascii_lowercase().contains("not found") => Ok(None),
-        Ok(Err(e)) => Err(anyhow!(
-            "opening object store {}: {e} (is JetStream enabled on the server?)",
-            names::FILES_BUCKET
-        )),
-        Err(_) => Err(anyhow!(
-            "opening object store {}: no answer within {timeout:?}",
-            names::FILES_BUCKET
-        )),
-    }
+    open_object_store(js, names::FILES_BUCKET, timeout).await
 }
 
 async fn add(conn: &ConnArgs, name: &str, path: &Path, upload_timeout: Duration) -> Result<()> {
@@ -191,13 +179,9 @@ async fn rm(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
         Err(_) => bail!("reading file {name}: no answer within {:?}", conn.timeout),
     }
     if !yes {
-        eprint!("Delete file {name}? Apps mounting it will fail to start. Type 'yes': ");
-        std::io::stderr().flush().ok();
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        if line.trim() != "yes" {
-            bail!("not confirmed; nothing deleted (use -y to skip the question)");
-        }
+        confirm(&format!(
+            "Delete file {name}? Apps mounting it will fail to start."
+        ))?;
     }
     bounded(
         conn.timeout,

@@ -7,12 +7,12 @@
 //! when it starts an app whose spec says `valueFromSecret: NAME`.
 
 use crate::cli::{MasterKeyArgs, SecretCmd, SecretSetArgs};
-use crate::commands::{bounded, connect, js, open_kv, print_table};
+use crate::commands::{bounded, confirm, connect, js, open_kv, print_table};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use narun_wire::names;
 use narun_wire::secrets::{MasterKey, StoredSecret};
-use std::io::{Read, Write};
+use std::io::Read;
 
 use crate::cli::ConnArgs;
 
@@ -193,13 +193,9 @@ async fn rm(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
         bail!("secret {name} not found (see `narunctl secret ls`)");
     }
     if !yes {
-        eprint!("Delete secret {name}? Apps using it will fail to start. Type 'yes': ");
-        std::io::stderr().flush().ok();
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        if line.trim() != "yes" {
-            bail!("not confirmed; nothing deleted (use -y to skip the question)");
-        }
+        confirm(&format!(
+            "Delete secret {name}? Apps using it will fail to start."
+        ))?;
     }
     // Purge (like Go): no history of the ciphertext stays in the stream.
     bounded(

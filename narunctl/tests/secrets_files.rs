@@ -194,12 +194,12 @@ async fn secret_set_ls_rm() {
     assert!(e.contains("invalid secret name"), "{e}");
     let e = failed(&narunctl(&url, &["secret", "rm", "nope", "-y"]).await);
     assert!(e.contains("secret nope not found"), "{e}");
-    // Without -y and without a "yes" on stdin nothing is deleted.
-    let out = narunctl(&url, &["secret", "rm", "db"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert!(err.contains("Type 'yes'"), "{err}");
-    assert!(err.contains("error: not confirmed"), "{err}");
+    // Without -y and without a terminal nothing is asked and nothing is deleted.
+    let e = failed(&narunctl(&url, &["secret", "rm", "db"]).await);
+    assert!(
+        e.contains("not confirmed: stdin is not a terminal; pass -y"),
+        "{e}"
+    );
     assert!(stored_secret(&server, "db").await.is_some());
 
     // rm purges: no value and no history of the ciphertext remain.
@@ -286,6 +286,8 @@ async fn files_add_ls_rm() {
         "{gone:?}"
     );
     let e = failed(&narunctl(&url, &["files", "rm", "app-config", "-y"]).await);
+    assert!(e.contains("not found"), "{e}");
+    let e = failed(&narunctl(&url, &["files", "rm", "whatever"]).await);
     assert!(e.contains("not found"), "{e}");
 }
 
