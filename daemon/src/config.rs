@@ -325,6 +325,11 @@ mod tests {
             PathBuf::from("/etc/narun/master.key")
         );
         assert!(Config::from_toml("[secrets]\nmaster_key = \"x\"\n").is_err());
+        let shipped = Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        assert_eq!(
+            shipped.secrets.master_key_file,
+            Config::default().secrets.master_key_file
+        );
     }
 
     #[test]
