@@ -229,6 +229,24 @@ impl NotifySocket {
         Ok(me)
     }
 
+    /// A datagram that is already queued, without waiting (`None` when there is none).
+    /// Used to read what a process sent just before it exited.
+    pub fn try_recv(&self) -> io::Result<Option<Datagram>> {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        match recv_with_credentials(self.sock.as_raw_fd(), &mut buf) {
+            Ok((n, sender, truncated)) => {
+                buf.truncate(n);
+                Ok(Some(Datagram {
+                    data: buf,
+                    sender,
+                    truncated,
+                }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Where the socket is (the value of the app's `NOTIFY_SOCKET`).
     pub fn path(&self) -> &Path {
         &self.path
@@ -367,6 +385,57 @@ impl Membership {
             Membership::Cgroup(path) => proc_cgroup(pid).is_some_and(|p| cgroup_within(&p, path)),
             Membership::Descendants(root) => is_descendant(pid, *root),
         }
+    }
+}
+
+/// A process narund follows without having started it (the app's `MAINPID=`, once the
+/// process narund started has exited): its exit is seen through a pidfd (Linux ≥ 5.3).
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    pid: i32,
+}
+
+impl Pidfd {
+    /// `pidfd_open(pid)`. Must run inside a tokio runtime.
+    pub fn open(pid: i32) -> io::Result<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes (pid_t, unsigned int) and returns a new fd or -1.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+        // `AsyncFd::new` is deprecated from tokio 1.54 on (in favour of the unsafe
+        // `register`, which older tokio lacks) because a borrowed fd could be closed while
+        // registered; here the AsyncFd owns the fd, so it stays open while registered.
+        #[allow(deprecated)]
+        let fd = tokio::io::unix::AsyncFd::new(owned)?;
+        Ok(Pidfd { fd, pid })
+    }
+
+    /// The followed pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Resolves when the process has exited (the pidfd becomes readable).
+    pub async fn exited(&self) -> io::Result<()> {
+        let mut guard = self.fd.readable().await?;
+        guard.retain_ready();
+        Ok(())
+    }
+
+    /// The exit status, if the process was narund's child (it is when its parent exited
+    /// before it: narund is a child subreaper). `None` when it was somebody else's child.
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid on one specific pid with a valid status pointer.
+        let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        (rc == self.pid).then(|| std::process::ExitStatus::from_raw(status))
     }
 }
 

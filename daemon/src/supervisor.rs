@@ -690,6 +690,38 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+async fn pidfd_exited(p: Option<&crate::notify::Pidfd>) {
+    match p {
+        Some(p) => {
+            if p.exited().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Exit status of a followed MAINPID process: known when it was narund's child, else
+/// reported as a clean exit (nothing better is known; see docs/supervisor.md).
+fn adopted_status(p: Option<&crate::notify::Pidfd>) -> std::process::ExitStatus {
+    p.and_then(|p| p.exit_status())
+        .unwrap_or_else(|| std::process::ExitStatus::from_raw(0))
+}
+
+/// Wait for the main process: the started child, or the followed MAINPID process.
+async fn wait_main(
+    child: &mut tokio::process::Child,
+    adopted: Option<&crate::notify::Pidfd>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match adopted {
+        Some(p) => {
+            p.exited().await?;
+            Ok(adopted_status(Some(p)))
+        }
+        None => child.wait().await,
+    }
+}
+
 async fn recv_opt(sock: Option<&NotifySocket>) -> std::io::Result<Datagram> {
     match sock {
         Some(s) => s.recv().await,
@@ -1240,12 +1272,46 @@ impl InstanceRun {
             started: now,
         };
         let mut socket = r.notify.take();
-        let membership = r.membership.clone();
+        let mut membership = r.membership.clone();
         let mut failure: Option<RunFailure> = None;
+        // The MAINPID= process narund follows after the started process exited.
+        let mut adopted: Option<crate::notify::Pidfd> = None;
         let early = loop {
             let (start_at, watchdog_at) = (n.start_deadline, n.watchdog_deadline);
             tokio::select! {
-                st = r.child.wait() => break Some(st),
+                st = r.child.wait(), if adopted.is_none() => {
+                    // Read what was sent just before the exit (a forking daemon's MAINPID=).
+                    while let Some(Ok(Some(d))) = socket.as_ref().map(|s| s.try_recv()) {
+                        let _ = self.on_notify(&mut n, &membership, d);
+                    }
+                    if n.main_pid != r.pid && membership.contains(n.main_pid) {
+                        match crate::notify::Pidfd::open(n.main_pid) {
+                            Ok(fd) => {
+                                TRACKED.lock().unwrap().insert(n.main_pid);
+                                if let Membership::Descendants(_) = membership {
+                                    membership = Membership::Descendants(n.main_pid);
+                                }
+                                let msg = format!(
+                                    "the started process exited ({}); following MAINPID {}",
+                                    st.as_ref().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                                    n.main_pid
+                                );
+                                self.sink.line("stderr", &format!("narund: {msg}"));
+                                let status = self.status.borrow().status.clone();
+                                self.publish(&status, Some(n.main_pid), "mainpid", None, msg);
+                                adopted = Some(fd);
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(instance = %self.instance_id, pid = n.main_pid, error = %e, "cannot follow MAINPID (pidfd_open); the run ends with the started process");
+                            }
+                        }
+                    }
+                    break Some(st);
+                }
+                _ = pidfd_exited(adopted.as_ref()) => {
+                    break Some(Ok(adopted_status(adopted.as_ref())));
+                }
                 _ = stopped(&mut stop) => break None,
                 _ = sleep_until_opt(start_at) => {
                     failure = Some(RunFailure::StartTimeout);
@@ -1302,17 +1368,21 @@ impl InstanceRun {
                 // app named, which was inside the instance when it was accepted.
                 unsafe { libc::kill(n.main_pid, sig) };
                 let timeout = Duration::from_secs(self.spec.stop_timeout_sec);
-                match tokio::time::timeout(timeout, r.child.wait()).await {
+                match tokio::time::timeout(timeout, wait_main(&mut r.child, adopted.as_ref())).await
+                {
                     Ok(st) => st,
                     Err(_) => {
                         tracing::warn!(instance = %self.instance_id, "did not stop within stopTimeoutSec, killing");
                         kill_all(r.pid, r.cgroup.as_ref());
-                        r.child.wait().await
+                        wait_main(&mut r.child, adopted.as_ref()).await
                     }
                 }
             }
         };
         TRACKED.lock().unwrap().remove(&r.pid);
+        if let Some(a) = &adopted {
+            TRACKED.lock().unwrap().remove(&a.pid());
+        }
         // Whatever the main process left behind goes too (KillMode=control-group).
         kill_all(r.pid, r.cgroup.as_ref());
         let oom = r

@@ -707,3 +707,54 @@ async fn narun_library_app_reports_ready_and_feeds_its_watchdog() {
     h.finish().await;
     wait_gone(pid).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forking_daemon_is_followed_through_mainpid() {
+    let h = Harness::new().await;
+    // Classic daemon: the started process forks, the child declares itself the main
+    // process and ready, then the parent exits 0. The instance must keep running with the
+    // child, and the child's own exit (SIGKILL here) must be what ends the run.
+    let app = py(r#"
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    notify("MAINPID=%d\nREADY=1\nSTATUS=daemonized" % os.getpid())
+    os.write(w, b"x")
+    os.close(w)
+    time.sleep(1000)
+    os._exit(0)
+os.close(w)
+os.read(r, 1)
+sys.exit(0)
+"#);
+    h.deploy("fork", "v1", &app, json!({"notify": true})).await;
+    let (_, running) = h
+        .wait_event("fork running", |e| {
+            e.app_name == "fork" && e.status == "running"
+        })
+        .await;
+    let main = running.pid.unwrap();
+    let (_, followed) = h
+        .wait_event("MAINPID followed", |e| {
+            e.app_name == "fork" && e.reason == "mainpid"
+        })
+        .await;
+    assert_eq!(followed.status, "running", "{followed:?}");
+    assert_eq!(followed.pid, Some(main));
+    let snap = h.sup.snapshot("fork", 0).unwrap();
+    assert_eq!((snap.status.as_str(), snap.pid), ("running", Some(main)));
+    assert!(alive(main));
+    // SAFETY: kill(2) on the daemon's pid.
+    assert_eq!(unsafe { libc::kill(main, libc::SIGKILL) }, 0);
+    let (_, crashed) = h
+        .wait_event("fork crashed", |e| {
+            e.app_name == "fork" && e.status == "crashed"
+        })
+        .await;
+    assert!(
+        crashed.error.contains("killed by signal SIGKILL"),
+        "the followed process's own exit status: {crashed:?}"
+    );
+    h.finish().await;
+}
