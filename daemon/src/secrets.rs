@@ -8,7 +8,7 @@
 //!   the object `app-config` of the `narun-files` object store at `<work>/conf/app.toml`.
 //!   The object is streamed into a temporary file next to the target, SHA-256 verified against
 //!   the object's digest, fsynced and renamed (the same code as binaries,
-//!   [`crate::fetch::download_verified`]); a file that already has the right digest is left
+//!   `crate::fetch::download_verified`); a file that already has the right digest is left
 //!   alone. Parent directories are created `0755`, files are `0644`, both owned by the app's
 //!   user. A missing object fails the start with reason `mount`. When NATS is unreachable a
 //!   file placed by an earlier start is used as it is (offline first); a file that was never
