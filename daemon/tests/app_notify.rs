@@ -398,9 +398,14 @@ time.sleep(1000)
         .send_to(b"READY=1\nSTATUS=forged", &path)
         .expect("root can reach the socket");
     // The app's own datagram is queued after ours: once its STATUS is seen, ours was read.
+    let t0 = std::time::Instant::now();
     // SAFETY: kill(2) on the app's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
     let (_, after) = h.wait_event("after", |e| e.notify_status == "after").await;
+    eprintln!(
+        "measured: SIGUSR1 → app's STATUS= datagram → narund (cgroup check) → status event received: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(after.status, "starting", "{after:?}");
     let ev = h.events("guard");
     assert!(

@@ -35,7 +35,7 @@ pub struct LogLine {
 pub struct StatusEvent {
     pub instance_id: String,
     pub node_id: String,
-    /// `starting running stopping stopped failed crashed` (Go) plus `backoff rolled_back invalid_spec`.
+    /// `starting running stopping stopped failed crashed` (Go) plus `backoff reloading rolled_back invalid_spec`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
@@ -47,7 +47,7 @@ pub struct StatusEvent {
     pub time: String,
     // ---- narun additions (Go readers ignore unknown keys) ----
     /// Machine-readable reason: `exit-code`, `signal`, `oom-kill`, `start-limit`, `fetch`, `verify`,
-    /// `invalid-spec`, `watchdog`, `start-timeout`, ...
+    /// `invalid-spec`, `watchdog`, `start-timeout`, `mainpid` (now following the app's `MAINPID=`), ...
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -179,5 +179,33 @@ mod tests {
         let st: NodeState = serde_json::from_str(go).unwrap();
         assert_eq!(st.managed_instances, vec!["hello-0"]);
         assert!(st.labels.is_empty());
+    }
+
+    #[test]
+    fn instance_rollback_and_notify_status_are_optional_on_the_wire() {
+        let plain = InstanceState {
+            instance_id: "hello-0".into(),
+            app_name: "hello".into(),
+            status: "running".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("rolled_back") && !json.contains("notify_status"),
+            "{json}"
+        );
+        let rb = InstanceState {
+            notify_status: "serving".into(),
+            rolled_back: Some(RolledBack {
+                tag: "v2".into(),
+                reason: "start-timeout".into(),
+                time: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            }),
+            ..plain
+        };
+        let back: InstanceState =
+            serde_json::from_str(&serde_json::to_string(&rb).unwrap()).unwrap();
+        assert_eq!(back, rb);
     }
 }
