@@ -237,14 +237,14 @@ impl Config {
             problems.push(errs.to_string().trim_end().to_owned());
         }
         #[cfg(not(feature = "gateway"))]
-        if let Some(g) = &self.gateway {
-            if g.get("enabled").and_then(|v| v.as_bool()) == Some(true) {
-                problems.push(
-                    "gateway.enabled: this narund was built without the `gateway` feature; \
-                     install a build with it (cargo feature `gateway`) or set enabled = false"
-                        .into(),
-                );
-            }
+        if let Some(g) = &self.gateway
+            && g.get("enabled").and_then(|v| v.as_bool()) == Some(true)
+        {
+            problems.push(
+                "gateway.enabled: this narund was built without the `gateway` feature; \
+                 install a build with it (cargo feature `gateway`) or set enabled = false"
+                    .into(),
+            );
         }
         if problems.is_empty() {
             Ok(())

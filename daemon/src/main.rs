@@ -119,14 +119,18 @@ async fn reload(
             return format!("reload failed, running configuration kept: {e:#}").replace('\n', "; ");
         }
     };
-    let mut needs_restart = sup
+    let needs_restart = sup
         .reload(narund::supervisor::SupervisorConfig::from_config(&new))
         .await;
     sup.set_master_key_file(&new.secrets.master_key_file);
     #[cfg(feature = "gateway")]
-    if new.gateway != current.gateway {
-        needs_restart.push("gateway changed: restart narund to apply it".into());
-    }
+    let needs_restart = {
+        let mut v = needs_restart;
+        if new.gateway != current.gateway {
+            v.push("gateway changed: restart narund to apply it".into());
+        }
+        v
+    };
     for line in &needs_restart {
         tracing::warn!("reload: {line}");
     }
@@ -250,7 +254,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
                 let mut reloading = vec![NotifyState::Reloading];
                 reloading.extend(NotifyState::monotonic_usec_now().ok());
                 notify(&reloading);
-                let status = reload(&cli, &config, &sup).await;
+                let status = reload(cli, &config, &sup).await;
                 notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
             Some(res) = tasks.join_next() => {
