@@ -9,8 +9,9 @@ first path segment of its demangled name: `<tokio::x::Y as core::future::Future>
 counts for tokio (the implementing type), generic instantiations count for the crate
 that defines the function, which is how cargo-bloat attributes them too. With LTO many
 small functions are inlined into their callers, so this is an estimate of where code
-lives, not an exact bill. ring's C/assembly symbols (`ring_core_*`) count for ring;
-other symbols without a Rust path are listed as `[C/other]`.
+lives, not an exact bill. `drop_in_place<X>` counts for X's crate, `<T as Trait>::f`
+whose type was generic (`&T`) for the trait's crate, ring's C/assembly symbols and
+tables for ring; other symbols without a Rust path are listed as `[C/other]`.
 """
 
 import argparse
@@ -22,9 +23,20 @@ import sys
 SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# C and assembly symbols of ring (its prefixed symbols and its unprefixed tables).
+RING_C = re.compile(
+    r"^(ring_core_|GFp_|ecp_nistz|p256_|p384_|fe_|ge_|x25519_|ChaCha20_|aes_|gcm_|"
+    r"sha256_block|sha512_block|bn_|LIMBS_|CRYPTO_|OPENSSL_|poly1305|table_select|"
+    r"k25519|chacha20_poly1305)"
+)
+
+
 def crate_of(name: str) -> str:
-    if name.startswith("ring_core_") or name.startswith("GFp_"):
+    if RING_C.match(name):
         return "ring"
+    # `core::ptr::drop_in_place<tokio::...>`: the type being dropped owns the code.
+    if name.startswith("core::ptr::drop_in_place<"):
+        return crate_of(name[len("core::ptr::drop_in_place<"):])
     s = name
     # Strip leading punctuation of qualified paths: `<`, `&`, `mut `, `dyn `, `*const `.
     while True:
@@ -36,6 +48,9 @@ def crate_of(name: str) -> str:
             break
         s = t
     m = SEGMENT.match(s)
+    if m and s[m.end():].startswith(" as "):
+        # `<T as Trait>::f` after inlining lost the type (`&T`, `f64`, `[T]`): the trait's crate.
+        return crate_of(s[m.end() + 4:])
     if not m or not s[m.end():].startswith("::"):
         return "[C/other]"
     return m.group(0)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Stripped release sizes of narund (with and without the gateway) and narunctl per
+# device architecture, and which crates dominate narund (scripts/packaging/bloat.py).
+#
+#   scripts/packaging/size-report.sh            # both targets, all three binaries
+#   CROSS_TARGETS=aarch64-unknown-linux-gnu SIZE_BINS="narund" scripts/packaging/size-report.sh
+#
+# The binaries are built with the workspace release profile except that symbols are
+# kept (CARGO_PROFILE_RELEASE_STRIP=false), so bloat.py can attribute them; the size
+# reported is that of a copy stripped with <triple>-strip, which equals what
+# `strip = true` produces. Extra `CARGO_PROFILE_RELEASE_*` variables in the environment
+# (e.g. CARGO_PROFILE_RELEASE_OPT_LEVEL=z) are honoured, for experiments.
+# Builds run under `nice`; a cold build takes 5-8 minutes per target on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+TARGETS=${CROSS_TARGETS:-"aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
+BINS=${SIZE_BINS:-"narund narund+gateway narunctl"}
+TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
+OUT=$(mktemp -d /tmp/narun-size.XXXXXX)
+trap 'rm -rf "$OUT"' EXIT
+export CARGO_PROFILE_RELEASE_STRIP=false
+
+prefix_of() {
+    case "$1" in
+        aarch64-unknown-linux-gnu) echo aarch64-linux-gnu ;;
+        armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
+        *) echo "unknown target $1" >&2; return 1 ;;
+    esac
+}
+
+printf '%-32s %-14s %12s %9s\n' target binary bytes MiB
+for t in $TARGETS; do
+    p=$(prefix_of "$t")
+    for b in $BINS; do
+        case "$b" in
+            narund) nice cargo build --locked -q --release -p narund --target "$t" ;;
+            narund+gateway) nice cargo build --locked -q --release -p narund --features gateway --target "$t" ;;
+            narunctl) nice cargo build --locked -q --release -p narunctl --target "$t" ;;
+            *) echo "unknown binary $b" >&2; exit 2 ;;
+        esac
+        src="$TARGET_DIR/$t/release/${b%%+*}"
+        "$p-strip" -o "$OUT/$t-$b" "$src"
+        cp "$src" "$OUT/$t-$b.unstripped"
+        size=$(stat -c %s "$OUT/$t-$b")
+        printf '%-32s %-14s %12s %9.2f\n' "$t" "$b" "$size" "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')"
+    done
+done
+for t in $TARGETS; do
+    for b in $BINS; do
+        echo
+        echo "== $t $b: largest crates (symbol sizes, unstripped build)"
+        python3 scripts/packaging/bloat.py --nm "$(prefix_of "$t")-nm" --top 15 "$OUT/$t-$b.unstripped"
+    done
+done
