@@ -576,7 +576,7 @@ impl Follower {
                     screen.finish();
                     let n = tracker.selected().len();
                     println!(
-                        "{}:{tag} is ready on {n} instance(s) after {:.1}s",
+                        "{}:{tag} is ready on {n} instance(s) after {:.2}s",
                         self.app,
                         started.elapsed().as_secs_f64()
                     );

@@ -188,28 +188,44 @@ async fn deploy_wait_reports_ready_and_failures_with_the_log_tail() {
     assert!(err.contains("v2 cannot open its config"), "log tail: {err}");
 
     // The v1 instances kept running (narund rolled the replacement back): a redeploy
-    // of v1 is ready at once, from the heartbeat alone.
+    // of v1 is ready at once, from the heartbeat alone. On a terminal (a pty from
+    // util-linux `script`) the table is drawn instead of plain lines.
     let spec = write(
         dir.path(),
         "good.toml",
         "name = \"good\"\ntag = \"v1\"\nsettleSec = 1\n[[nodes]]\nname = \"wait-node\"\nreplicas = 2\n",
     );
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "-f",
-            spec.to_str().unwrap(),
-            "--no-binary",
-            "--wait=40s",
-        ],
+    let cmd = format!(
+        "{} --nats {url} deploy -f {} --no-binary --wait=40s",
+        env!("CARGO_BIN_EXE_narunctl"),
+        spec.display()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env_remove("NATS_URL")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
     )
-    .await;
+    .await
+    .expect("narunctl under script finished within 60 s")
+    .expect("util-linux script runs");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}\n{}", text(&out.stderr));
     assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        text(&out.stdout)
+        screen.contains("NODE       INSTANCE  STATUS   RESTARTS  DETAIL"),
+        "{screen}"
+    );
+    let row = screen
+        .lines()
+        .find(|l| l.starts_with("wait-node  good-1"))
+        .expect(&screen);
+    assert!(row.contains("running") && row.ends_with("ready"), "{row:?}");
+    assert!(
+        screen.contains("good:v1 is ready on 2 instance(s)"),
+        "{screen}"
     );
 }
 
@@ -634,4 +650,80 @@ async fn logs_since_without_the_stream_says_so_and_follows_live() {
             .ends_with("[quiet-0] [stdout] live one")
     );
     run.interrupt().await;
+}
+
+/// The issue's measurement: `deploy --wait` of a 10 MiB binary to 3 narund nodes on this
+/// machine, from the start of the command to "ready" (upload, 3 downloads with SHA-256
+/// verification, 3 starts). Prints the time; fails only past a generous bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_of_a_10_mib_binary_to_three_nodes() {
+    use futures_util::StreamExt;
+    let server = NatsServer::start();
+    let js = jetstream::new(server.connect().await);
+    let states = narun_wire::jetstream::ensure_kv(
+        &js,
+        names::NODE_STATES_BUCKET,
+        "narun node heartbeats",
+        1,
+        Some(Duration::from_secs(45)),
+    )
+    .await
+    .unwrap();
+    let mut watch = states.watch_with_history(">").await.unwrap();
+    let _nodes: Vec<Narund> = ["bench-a", "bench-b", "bench-c"]
+        .iter()
+        .map(|n| Narund::start(&server, n, "[labels]\nrole = \"bench\"\n"))
+        .collect();
+    // All three heart-beat before the deploy, so the measurement is the rollout only.
+    let mut seen = std::collections::BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while seen.len() < 3 {
+            let e = watch.next().await.unwrap().unwrap();
+            seen.insert(e.key.clone());
+        }
+    })
+    .await
+    .expect("3 narund heartbeats");
+
+    // A real executable padded to 10 MiB (data after the ELF image is ignored by exec).
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bigsleep");
+    let mut bytes = std::fs::read("/bin/sleep").unwrap();
+    bytes.resize(10 * 1024 * 1024, 0);
+    std::fs::write(&bin, &bytes).unwrap();
+    let spec = write(
+        dir.path(),
+        "big.toml",
+        "name = \"big\"\ntag = \"v1\"\nargs = [\"1000\"]\nsettleSec = 0\n\
+         [[nodes]]\nlabels = { role = \"bench\" }\nreplicas = 1\n",
+    );
+    let started = std::time::Instant::now();
+    let out = narunctl(
+        &server.url(),
+        &[
+            "deploy",
+            "-f",
+            spec.to_str().unwrap(),
+            bin.to_str().unwrap(),
+            "--wait=60s",
+        ],
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("big:v1 is ready on 3 instance(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    println!(
+        "deploy --wait, 10 MiB binary, 3 narund nodes, settleSec 0: {:.2}s",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
 }
