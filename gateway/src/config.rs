@@ -8,6 +8,9 @@
 //! http_addr = "0.0.0.0:8080"
 //! metrics_addr = "127.0.0.1:9090"
 //! request_timeout_sec = 15
+//! grpc_addr = "0.0.0.0:8443"
+//! grpc_tls_cert = "/etc/narun/tls/gateway.crt"  # optional: gRPC over TLS (see crate::tls)
+//! grpc_tls_key = "/etc/narun/tls/gateway.key"
 //!
 //! [[gateway.routes]]
 //! path = "/hello/"            # trailing "/" = prefix match, else exact
