@@ -64,6 +64,21 @@ pub struct AppsConfig {
     pub keep_versions: usize,
     /// Cap of the exponential restart backoff, seconds.
     pub restart_backoff_max_sec: u64,
+    /// What `SIGTERM` does to the apps: stop them (default) or leave them running for the
+    /// next narund to re-adopt (an upgrade of narund without restarting apps).
+    pub on_exit: OnExit,
+}
+
+/// `apps.on_exit`: what narund does with its apps when it is asked to exit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// Stop every app gracefully and delete the node's heartbeat key.
+    #[default]
+    Stop,
+    /// Exit and leave the apps running: their records (`state/instances.json`) and
+    /// parked log pipes stay, and the next narund re-adopts them.
+    Detach,
 }
 
 impl Default for AppsConfig {
@@ -73,6 +88,7 @@ impl Default for AppsConfig {
             allow_root: false,
             keep_versions: 3,
             restart_backoff_max_sec: 30,
+            on_exit: OnExit::Stop,
         }
     }
 }

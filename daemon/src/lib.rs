@@ -16,10 +16,14 @@
 //! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
 //! | [`notify`] | the per-instance sd_notify socket: READY/STATUS/WATCHDOG/… from apps, sender checked by cgroup |
 //! | [`node`] | heartbeat in `node-runner-states`, clean shutdown |
-//! | [`state`] | last applied specs in the data dir, for starts without NATS |
+//! | [`state`] | last applied specs in the data dir, for starts without NATS; records of running processes |
+//! | [`fdstore`] | log pipes of running apps parked in systemd's fd store across narund restarts |
+//! | [`adopt`] | re-adoption of running apps after a restart of narund (records, fd store) |
 
+pub mod adopt;
 pub mod cgroup;
 pub mod config;
+pub mod fdstore;
 pub mod fetch;
 pub mod log_stream;
 pub mod logs;

@@ -42,6 +42,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Log pipes of running apps that systemd kept in its fd store for us (LISTEN_FDS);
+    // taken before any thread exists because it edits the environment.
+    // SAFETY: single-threaded here.
+    let received = unsafe { narund::fdstore::take_from_env() };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -50,6 +54,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if received > 0 {
+        tracing::info!(
+            fds = received,
+            "received log pipes of running apps from systemd's fd store"
+        );
+    }
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -262,10 +272,19 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("narund stopping");
     notify(&[NotifyState::Stopping]);
     let _ = stop_tx.send(true);
-    narund::node::shutdown(&sup, &client, &start_time).await;
+    match config.apps.on_exit {
+        narund::config::OnExit::Stop => {
+            tracing::info!("narund stopping");
+            narund::node::shutdown(&sup, &client, &start_time).await;
+        }
+        narund::config::OnExit::Detach => {
+            // The apps keep running; their records and parked log pipes stay for the next
+            // narund, which re-adopts them (docs/supervisor.md, "Re-adoption").
+            tracing::info!("narund stopping; apps keep running (apps.on_exit = \"detach\")");
+        }
+    }
     sup.flush_logs(std::time::Duration::from_secs(2)).await;
     while let Some(res) = tasks.join_next().await {
         res.context("task panicked")??;

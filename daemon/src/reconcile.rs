@@ -97,7 +97,12 @@ impl Supervisor {
                 .and_then(|a| a.instances.get(&index).cloned());
             match current {
                 None => {
-                    let h = self.start_instance(spec.clone(), index);
+                    // A verified run of the previous narund with this exact spec is taken
+                    // over, not started again (crate::adopt).
+                    let h = match self.take_adoptable(&name, index, &hash) {
+                        Some(a) => self.adopt_instance(spec.clone(), index, a),
+                        None => self.start_instance(spec.clone(), index),
+                    };
                     self.put_instance(&name, h);
                 }
                 Some(old) if old.snapshot().ended => {
@@ -243,6 +248,7 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "no local state to start from");
+                self.finish_adoption().await;
                 return 0;
             }
         };
@@ -251,6 +257,7 @@ impl Supervisor {
             tracing::info!(app = %spec.name, "starting from local state");
             self.apply(spec, 0).await;
         }
+        self.finish_adoption().await;
         n
     }
 

@@ -101,25 +101,122 @@ impl StateFile {
 
     /// Atomically replace the file with `state`.
     pub fn save(&self, state: &PersistedState) -> Result<(), StateError> {
-        let io = |source| StateError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".apps.json.")
-            .tempfile_in(dir)
-            .map_err(io)?;
         let json = serde_json::to_vec_pretty(state).expect("the state always serializes");
-        tmp.write_all(&json).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&self.path).map_err(|e| io(e.error))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_atomic(&self.path, &json)
     }
+}
+
+/// What narund knows about one running process, so that a later narund (after a crash,
+/// an upgrade or `on_exit = "detach"`) can take it over instead of killing it. Written
+/// when a run becomes `running`, removed when the run ends; see docs/supervisor.md,
+/// "Re-adoption".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub app: String,
+    pub index: u32,
+    pub instance_id: String,
+    pub run_id: String,
+    /// The main process (the started one, or the app's `MAINPID=`).
+    pub pid: i32,
+    /// Process group of the run (= the pid narund started): stopped with `killpg` when
+    /// there is no cgroup.
+    pub pgid: i32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks since boot): a recycled pid has another.
+    pub start_time: u64,
+    /// Name of the instance cgroup below the cgroup root (empty = no cgroup).
+    #[serde(default)]
+    pub cgroup: String,
+    /// `run_hash` of the spec the process runs.
+    pub run_hash: String,
+    /// Hex SHA-256 of the binary.
+    pub digest: String,
+    /// KV revision of the spec (0 = from local state).
+    #[serde(default)]
+    pub revision: u64,
+    /// `NOTIFY_SOCKET` of the run (empty without sd_notify).
+    #[serde(default)]
+    pub notify_socket: String,
+}
+
+/// `<data_dir>/state/instances.json`: the [`InstanceRecord`]s by run id, written
+/// atomically like the app state.
+#[derive(Debug, Clone)]
+pub struct RecordFile {
+    path: PathBuf,
+}
+
+impl RecordFile {
+    /// `<data_dir>/state/instances.json`.
+    pub fn new(data_dir: &Path) -> RecordFile {
+        RecordFile {
+            path: data_dir.join("state").join("instances.json"),
+        }
+    }
+
+    /// Where the file lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Read the records; a missing file is none.
+    pub fn load(&self) -> Result<BTreeMap<String, InstanceRecord>, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(source) => Err(StateError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Atomically replace the file with `records`.
+    pub fn save(&self, records: &BTreeMap<String, InstanceRecord>) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(records).expect("records always serialize");
+        write_atomic(&self.path, &json)
+    }
+}
+
+/// Write `bytes` to `path` atomically: temporary file in the same directory, `fsync`,
+/// `rename`, `fsync` of the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let prefix = format!(
+        ".{}.",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    );
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Start time of `pid` (field 22 of `/proc/<pid>/stat`, clock ticks since boot), `None`
+/// when the process does not exist.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ppid …": comm may contain spaces and parentheses; after the last ')'
+    // field 3 (state) comes first, so field 22 is the 20th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The JSON value stored for a spec.
@@ -157,6 +254,36 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["apps.json"]);
+    }
+
+    #[test]
+    fn records_roundtrip_and_start_time_of_self() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RecordFile::new(dir.path());
+        assert!(file.load().unwrap().is_empty());
+        let me = std::process::id() as i32;
+        let st = process_start_time(me).expect("own start time");
+        assert!(st > 0);
+        assert_eq!(process_start_time(me), Some(st), "stable");
+        assert_eq!(process_start_time(-1), None);
+        let rec = InstanceRecord {
+            app: "a".into(),
+            index: 1,
+            instance_id: "a-1".into(),
+            run_id: "r".into(),
+            pid: me,
+            pgid: me,
+            start_time: st,
+            cgroup: "narun-a-1-r".into(),
+            run_hash: "h".into(),
+            digest: "d".into(),
+            revision: 7,
+            notify_socket: String::new(),
+        };
+        let mut m = BTreeMap::new();
+        m.insert("r".to_string(), rec);
+        file.save(&m).unwrap();
+        assert_eq!(file.load().unwrap(), m);
     }
 
     #[test]

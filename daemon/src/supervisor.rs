@@ -53,7 +53,10 @@ use crate::fetch::{BinaryCache, CachedBinary, FetchError, Sha256Digest};
 use crate::logs::{LogForwarder, LogSink};
 use crate::notify::{Datagram, Membership, Message, NotifySocket};
 use crate::privileges::{AppIdentity, PrivilegePlan};
-use crate::state::{PersistedApp, PersistedState, StateFile, spec_value};
+use crate::state::{
+    InstanceRecord, PersistedApp, PersistedState, RecordFile, StateFile, process_start_time,
+    spec_value,
+};
 use crate::uring::UringHandle;
 use async_nats::jetstream::object_store::ObjectStore;
 use narun_spec::{AppSpec, ExitKind};
@@ -198,6 +201,12 @@ pub(crate) struct Inner {
     fetch_lock: tokio::sync::Mutex<()>,
     /// Secrets and mounted files of instance starts.
     pub(crate) inputs: crate::secrets::AppInputs,
+    /// `state/instances.json` and its content (by run id): the runs a later narund may
+    /// re-adopt ([`crate::adopt`]).
+    records_file: RecordFile,
+    records: Mutex<BTreeMap<String, InstanceRecord>>,
+    /// Verified runs of a previous narund, taken by `apply` for their app and index.
+    pub(crate) adoptable: Mutex<BTreeMap<(String, u32), crate::adopt::Adoptable>>,
 }
 
 /// The instances of one app on this node.
@@ -237,16 +246,56 @@ impl Supervisor {
             },
             uring.clone(),
         );
-        let cgroups = match CgroupRoot::discover(cfg.cgroup_root.as_deref()) {
+        let state_file = StateFile::new(&cfg.data_dir);
+        let persisted = state_file.load().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "starting without local state");
+            PersistedState::default()
+        });
+        let records_file = RecordFile::new(&cfg.data_dir);
+        let records = records_file.load().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the records of running instances; their processes are not re-adopted");
+            BTreeMap::new()
+        });
+        let cgroup_root = CgroupRoot::discover(cfg.cgroup_root.as_deref());
+        let (adoptable, rejected) = {
+            let specs: Vec<AppSpec> = state_file
+                .load_specs()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
+            crate::adopt::select(
+                records,
+                &specs,
+                |s| s.desired_replicas(&cfg.node_id, &cfg.labels),
+                cgroup_root.as_ref().ok(),
+            )
+        };
+        for (rec, why) in &rejected {
+            tracing::warn!(instance = %rec.instance_id, run = %rec.run_id, pid = rec.pid, %why, "not re-adopting a run of the previous narund");
+        }
+        for a in adoptable.values() {
+            tracing::info!(instance = %a.record.instance_id, run = %a.record.run_id, pid = a.record.pid, "re-adoptable run of the previous narund");
+        }
+        let kept: BTreeMap<String, InstanceRecord> = adoptable
+            .values()
+            .map(|a| (a.record.run_id.clone(), a.record.clone()))
+            .collect();
+        if let Err(e) = records_file.save(&kept) {
+            tracing::warn!(error = %e, "writing the records of running instances");
+        }
+        let keep: HashSet<String> = kept
+            .values()
+            .filter(|r| !r.cgroup.is_empty())
+            .map(|r| r.cgroup.clone())
+            .collect();
+        let cgroups = match cgroup_root {
             Ok(root) => {
                 let report = root.enable_controllers();
                 for f in &report.failures {
                     tracing::info!(detail = %f, "cgroup controller not enabled");
                 }
-                match root
-                    .cleanup_stale(&HashSet::new(), Duration::from_secs(5))
-                    .await
-                {
+                match root.cleanup_stale(&keep, Duration::from_secs(5)).await {
                     Ok(removed) if !removed.is_empty() => {
                         tracing::warn!(?removed, "removed instance cgroups of a previous narund")
                     }
@@ -260,11 +309,6 @@ impl Supervisor {
                 None
             }
         };
-        let state_file = StateFile::new(&cfg.data_dir);
-        let persisted = state_file.load().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "starting without local state");
-            PersistedState::default()
-        });
         let cache = BinaryCache::new(&cfg.data_dir, cfg.keep_versions, uring.clone());
         let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
         let publisher = client.clone();
@@ -289,6 +333,9 @@ impl Supervisor {
             changed: Notify::new(),
             events,
             fetch_lock: tokio::sync::Mutex::new(()),
+            records_file,
+            records: Mutex::new(kept),
+            adoptable: Mutex::new(adoptable),
         };
         (
             Supervisor {
@@ -506,6 +553,88 @@ impl Supervisor {
 
     /// Start one instance of `spec` at `index` (a new run; the caller tracks the handle).
     pub(crate) fn start_instance(&self, spec: Arc<AppSpec>, index: u32) -> InstanceHandle {
+        self.instance_task(spec, index, None)
+    }
+
+    /// Take the adoptable run of `app` at `index` if it runs exactly `hash`.
+    pub(crate) fn take_adoptable(
+        &self,
+        app: &str,
+        index: u32,
+        hash: &str,
+    ) -> Option<crate::adopt::Adoptable> {
+        let mut a = self.inner.adoptable.lock().unwrap();
+        let key = (app.to_string(), index);
+        if a.get(&key).is_some_and(|x| x.record.run_hash == hash) {
+            let mut run = a.remove(&key)?;
+            run.log_fds = crate::fdstore::take_run(&run.record.run_id);
+            Some(run)
+        } else {
+            None
+        }
+    }
+
+    /// Continue a verified run of a previous narund as instance `index` of `spec`
+    /// (see [`crate::adopt`]).
+    pub(crate) fn adopt_instance(
+        &self,
+        spec: Arc<AppSpec>,
+        index: u32,
+        a: crate::adopt::Adoptable,
+    ) -> InstanceHandle {
+        self.instance_task(spec, index, Some(a))
+    }
+
+    /// The number of runs of a previous narund still waiting for their spec.
+    pub fn adoptable_count(&self) -> usize {
+        self.inner.adoptable.lock().unwrap().len()
+    }
+
+    /// End the adoption phase (after the local state was applied): runs of the previous
+    /// narund that no spec claimed are killed (their whole cgroup) and forgotten, and log
+    /// pipes received from the fd store that no run took are closed.
+    pub async fn finish_adoption(&self) {
+        let left: Vec<crate::adopt::Adoptable> =
+            std::mem::take(&mut *self.inner.adoptable.lock().unwrap())
+                .into_values()
+                .collect();
+        for a in left {
+            let rec = &a.record;
+            tracing::warn!(instance = %rec.instance_id, run = %rec.run_id, pid = rec.pid, "no spec claimed this run of the previous narund: killing it");
+            match (&self.inner.cgroups, rec.cgroup.is_empty()) {
+                (Some(root), false) => {
+                    if let Ok(cg) = InstanceCgroup::open(root, &rec.cgroup) {
+                        let _ = cg.remove(Duration::from_secs(5)).await;
+                    }
+                }
+                // SAFETY: the process group of a verified run (pidfd open, start time checked).
+                _ => unsafe {
+                    libc::killpg(rec.pgid, libc::SIGKILL);
+                },
+            }
+            self.inner.remove_record(&rec.run_id);
+            for stream in ["stdout", "stderr"] {
+                let _ = crate::fdstore::unpark(&crate::fdstore::fd_name(&rec.run_id, stream));
+            }
+        }
+        let closed = crate::fdstore::drop_unclaimed();
+        if !closed.is_empty() {
+            tracing::info!(
+                ?closed,
+                "closed fds from systemd's fd store that no run took"
+            );
+            for name in closed {
+                let _ = crate::fdstore::unpark(&name);
+            }
+        }
+    }
+
+    fn instance_task(
+        &self,
+        spec: Arc<AppSpec>,
+        index: u32,
+        resume: Option<crate::adopt::Adoptable>,
+    ) -> InstanceHandle {
         let pinned = self.persisted_digest(&spec);
         let instance_id = format!("{}-{}", spec.name, index);
         let (status_tx, status_rx) = watch::channel(Snapshot {
@@ -533,8 +662,10 @@ impl Supervisor {
             pinned,
             notify_env: Vec::new(),
             secret_env: Vec::new(),
+            pgid: 0,
+            cgroup_name: String::new(),
         };
-        tokio::spawn(run.run());
+        tokio::spawn(run.run(resume));
         handle
     }
 }
@@ -554,6 +685,28 @@ impl Inner {
     fn save(&self, st: &PersistedState) {
         if let Err(e) = self.state_file.save(st) {
             tracing::warn!(error = %e, "persisting local state");
+        }
+    }
+
+    /// Insert or replace the record of a running run (written only when it changed).
+    fn put_record(&self, rec: InstanceRecord) {
+        let mut records = self.records.lock().unwrap();
+        if records.get(&rec.run_id) == Some(&rec) {
+            return;
+        }
+        records.insert(rec.run_id.clone(), rec);
+        if let Err(e) = self.records_file.save(&records) {
+            tracing::warn!(error = %e, "writing the records of running instances");
+        }
+    }
+
+    /// The run has ended: a later narund must not adopt anything of it.
+    fn remove_record(&self, run_id: &str) {
+        let mut records = self.records.lock().unwrap();
+        if records.remove(run_id).is_some()
+            && let Err(e) = self.records_file.save(&records)
+        {
+            tracing::warn!(error = %e, "writing the records of running instances");
         }
     }
 
@@ -645,10 +798,17 @@ struct InstanceRun {
     notify_env: Vec<(String, String)>,
     /// Decrypted `valueFromSecret` variables of the current start (memory only).
     secret_env: Vec<(String, String)>,
+    /// Process group (= started pid) of the current run, for its record.
+    pgid: i32,
+    /// Instance cgroup name of the current run (empty without cgroups).
+    cgroup_name: String,
 }
 
 struct Running {
-    child: tokio::process::Child,
+    /// The started process (`None` for a run adopted from a previous narund).
+    child: Option<tokio::process::Child>,
+    /// A run adopted from a previous narund: its main process, followed through a pidfd.
+    resumed: Option<crate::notify::Pidfd>,
     pid: i32,
     cgroup: Option<InstanceCgroup>,
     log_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -710,15 +870,26 @@ fn adopted_status(p: Option<&crate::notify::Pidfd>) -> std::process::ExitStatus 
 
 /// Wait for the main process: the started child, or the followed MAINPID process.
 async fn wait_main(
-    child: &mut tokio::process::Child,
+    child: &mut Option<tokio::process::Child>,
     adopted: Option<&crate::notify::Pidfd>,
 ) -> std::io::Result<std::process::ExitStatus> {
-    match adopted {
-        Some(p) => {
+    match (adopted, child) {
+        (Some(p), _) => {
             p.exited().await?;
             Ok(adopted_status(Some(p)))
         }
-        None => child.wait().await,
+        (None, Some(c)) => c.wait().await,
+        (None, None) => Err(std::io::Error::other("no process to wait for")),
+    }
+}
+
+/// Wait for the started child; never resolves for an adopted run (no child).
+async fn child_wait(
+    child: &mut Option<tokio::process::Child>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -730,11 +901,24 @@ async fn recv_opt(sock: Option<&NotifySocket>) -> std::io::Result<Datagram> {
 }
 
 impl InstanceRun {
-    async fn run(mut self) {
+    async fn run(mut self, mut resume: Option<crate::adopt::Adoptable>) {
         let mut starts: std::collections::VecDeque<Instant> = Default::default();
         let mut attempt: u32 = 0;
         let mut restarts: u32 = 0;
         loop {
+            if let Some(a) = resume.take() {
+                // A run of a previous narund: no start, it is running already.
+                let running = self.resume(a);
+                let started = Instant::now();
+                let (outcome, intentional) = self.wait(running).await;
+                if self
+                    .after_run(outcome, intentional, started, &mut attempt, &mut restarts)
+                    .await
+                {
+                    continue;
+                }
+                break;
+            }
             if *self.stop.borrow() {
                 self.publish("stopped", None, "", None, String::new());
                 break;
@@ -775,42 +959,11 @@ impl InstanceRun {
             };
             let started = Instant::now();
             let (outcome, intentional) = self.wait(running).await;
-            if intentional {
-                self.publish("stopped", None, "", None, String::new());
+            if !self
+                .after_run(outcome, intentional, started, &mut attempt, &mut restarts)
+                .await
+            {
                 break;
-            }
-            self.sink.line(
-                "stderr",
-                &format!("narund: process ended: {}", outcome.error),
-            );
-            self.publish(
-                outcome.status,
-                None,
-                outcome.reason,
-                Some(outcome.exit_code),
-                outcome.error.clone(),
-            );
-            if !self.spec.restart.restarts_after(outcome.kind) {
-                break;
-            }
-            if started.elapsed() >= STABLE_RUN {
-                attempt = 0;
-            }
-            let delay = backoff(attempt, self.inner.live().restart_backoff_max);
-            attempt = attempt.saturating_add(1);
-            restarts += 1;
-            self.status.send_modify(|s| s.restarts = restarts);
-            self.publish(
-                "backoff",
-                None,
-                outcome.reason,
-                None,
-                format!("restart {restarts} in {} ms", delay.as_millis()),
-            );
-            let mut stop = self.stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stopped(&mut stop) => {}
             }
         }
         self.status.send_modify(|s| {
@@ -818,6 +971,175 @@ impl InstanceRun {
             s.pid = None;
         });
         self.inner.changed.notify_waiters();
+    }
+
+    /// After a run: report how it ended and wait the backoff when the policy restarts it.
+    /// Returns whether to start again.
+    async fn after_run(
+        &mut self,
+        outcome: Outcome,
+        intentional: bool,
+        started: Instant,
+        attempt: &mut u32,
+        restarts: &mut u32,
+    ) -> bool {
+        if intentional {
+            self.publish("stopped", None, "", None, String::new());
+            return false;
+        }
+        self.sink.line(
+            "stderr",
+            &format!("narund: process ended: {}", outcome.error),
+        );
+        self.publish(
+            outcome.status,
+            None,
+            outcome.reason,
+            Some(outcome.exit_code),
+            outcome.error.clone(),
+        );
+        if !self.spec.restart.restarts_after(outcome.kind) {
+            return false;
+        }
+        if started.elapsed() >= STABLE_RUN {
+            *attempt = 0;
+        }
+        let delay = backoff(*attempt, self.inner.live().restart_backoff_max);
+        *attempt = attempt.saturating_add(1);
+        *restarts += 1;
+        let n = *restarts;
+        self.status.send_modify(|s| s.restarts = n);
+        self.publish(
+            "backoff",
+            None,
+            outcome.reason,
+            None,
+            format!("restart {n} in {} ms", delay.as_millis()),
+        );
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => {}
+        }
+        true
+    }
+
+    /// Take over a verified run of a previous narund (see [`crate::adopt`]): open its
+    /// cgroup, re-bind its notify socket at the same path, take its log pipes back from
+    /// the fd store when there are any, and report it `running` (reason `adopted`).
+    fn resume(&mut self, a: crate::adopt::Adoptable) -> Running {
+        let rec = a.record;
+        self.run_id = rec.run_id.clone();
+        self.notify_env.clear();
+        if !rec.notify_socket.is_empty() {
+            self.notify_env
+                .push(("NOTIFY_SOCKET".into(), rec.notify_socket.clone()));
+        }
+        self.pgid = rec.pgid;
+        self.cgroup_name = rec.cgroup.clone();
+        self.pinned = Sha256Digest::from_hex(&rec.digest);
+        self.status.send_modify(|s| {
+            s.digest = rec.digest.clone();
+            s.notify_status.clear();
+        });
+        let cgroup = match (&self.inner.cgroups, rec.cgroup.is_empty()) {
+            (Some(root), false) => match InstanceCgroup::open(root, &rec.cgroup) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(instance = %self.instance_id, error = %e, "adopted run: cannot open its cgroup; it is stopped by process group");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut notify = None;
+        let watchdog = self.spec.watchdog_sec.unwrap_or(0);
+        if (self.spec.notify || watchdog > 0) && !rec.notify_socket.is_empty() {
+            let owner = if unsafe { libc::geteuid() } == 0 {
+                let user = (!self.spec.user.is_empty()).then_some(self.spec.user.as_str());
+                let live = self.inner.live();
+                AppIdentity::resolve(user, &live.default_user, live.allow_root)
+                    .ok()
+                    .map(|id| (id.uid, id.gid))
+            } else {
+                None
+            };
+            match NotifySocket::bind(std::path::Path::new(&rec.notify_socket), owner) {
+                Ok(sock) => notify = Some(sock),
+                Err(e) => {
+                    tracing::warn!(instance = %self.instance_id, error = %e, "adopted run: cannot re-bind its notify socket; its notifications are ignored")
+                }
+            }
+        }
+        let log_tasks = a
+            .log_fds
+            .into_iter()
+            .map(|(stream, fd)| self.sink.attach(stream, fd))
+            .collect();
+        let oom_before = cgroup
+            .as_ref()
+            .and_then(|c| c.memory_events().ok())
+            .map(|m| m.oom_kill)
+            .unwrap_or(0);
+        let membership = Membership::of_instance(
+            rec.pid,
+            cgroup
+                .as_ref()
+                .zip(self.inner.cgroups.as_ref())
+                .map(|(c, root)| (c.path(), root.mount_point())),
+        );
+        let msg = format!(
+            "re-adopted pid {} of run {} after a restart of narund",
+            rec.pid, rec.run_id
+        );
+        self.sink.line("stderr", &format!("narund: {msg}"));
+        self.publish("running", Some(rec.pid), "adopted", None, msg);
+        Running {
+            child: None,
+            resumed: Some(a.pidfd),
+            pid: rec.pgid,
+            cgroup,
+            log_tasks,
+            oom_before,
+            notify,
+            membership,
+            start_deadline: None,
+        }
+    }
+
+    /// Keep the record of the current run up to date (called on `running`).
+    fn save_record(&self, pid: i32) {
+        let Some(start_time) = process_start_time(pid) else {
+            return;
+        };
+        let revision = self
+            .inner
+            .apps
+            .lock()
+            .unwrap()
+            .get(&self.spec.name)
+            .map(|a| a.revision)
+            .unwrap_or(0);
+        let notify_socket = self
+            .notify_env
+            .iter()
+            .find(|(k, _)| k == "NOTIFY_SOCKET")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        self.inner.put_record(InstanceRecord {
+            app: self.spec.name.clone(),
+            index: self.index,
+            instance_id: self.instance_id.clone(),
+            run_id: self.run_id.clone(),
+            pid,
+            pgid: self.pgid,
+            start_time,
+            cgroup: self.cgroup_name.clone(),
+            run_hash: run_hash(&self.spec),
+            digest: self.status.borrow().digest.clone(),
+            revision,
+            notify_socket,
+        });
     }
 
     /// Publish a status event and update the snapshot.
@@ -861,6 +1183,11 @@ impl InstanceRun {
             config_hash: run_hash(&self.spec),
             notify_status,
         };
+        if status == "running"
+            && let Some(pid) = pid
+        {
+            self.save_record(pid);
+        }
         tracing::info!(instance = %self.instance_id, run = %self.run_id, status, reason, pid, "instance status");
         let subject = names::status_subject(&self.spec.name, &self.inner.cfg.node_id);
         let payload = serde_json::to_vec(&ev).expect("a StatusEvent always serializes");
@@ -1007,6 +1334,11 @@ impl InstanceRun {
         match result {
             Ok((child, log_tasks)) => {
                 let pid = child.id().map(|p| p as i32).unwrap_or(0);
+                self.pgid = pid;
+                self.cgroup_name = cgroup
+                    .as_ref()
+                    .map(|c| c.name().to_string())
+                    .unwrap_or_default();
                 let oom_before = cgroup
                     .as_ref()
                     .and_then(|c| c.memory_events().ok())
@@ -1033,7 +1365,8 @@ impl InstanceRun {
                     self.publish("running", Some(pid), "", None, String::new());
                 }
                 Ok(Running {
-                    child,
+                    child: Some(child),
+                    resumed: None,
                     pid,
                     cgroup,
                     log_tasks,
@@ -1202,6 +1535,17 @@ impl InstanceRun {
         };
         // Drop our copies of the write ends, so the readers see EOF when the app exits.
         drop(cmd);
+        // Under systemd: a copy of each read end waits in the fd store, so the app keeps
+        // its pipes if narund dies (crate::fdstore).
+        for (stream, fd) in [
+            ("stdout", std::os::fd::AsFd::as_fd(&out_r)),
+            ("stderr", std::os::fd::AsFd::as_fd(&err_r)),
+        ] {
+            let name = crate::fdstore::fd_name(&self.run_id, stream);
+            if let Err(e) = crate::fdstore::park(&name, fd) {
+                tracing::warn!(instance = %self.instance_id, error = %e, "cannot park the log pipe in systemd's fd store; the app loses its output pipe if narund dies");
+            }
+        }
         let log_tasks = vec![
             self.sink.attach("stdout", OwnedFd::from(out_r)),
             self.sink.attach("stderr", OwnedFd::from(err_r)),
@@ -1259,27 +1603,34 @@ impl InstanceRun {
             .watchdog_sec
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
+        // The main process of a run adopted from a previous narund, whose exit status is
+        // unknown (not our child): followed from the start.
+        let mut adopted: Option<crate::notify::Pidfd> = r.resumed.take();
+        let from_record = adopted.is_some();
         let mut n = NotifyRun {
-            ready: !self.spec.notify,
+            // An adopted run was `running` (ready) when it was recorded.
+            ready: !self.spec.notify || from_record,
             reloading: false,
-            main_pid: r.pid,
+            main_pid: adopted.as_ref().map(|p| p.pid()).unwrap_or(r.pid),
             start_deadline: r.start_deadline,
             watchdog_period,
-            // Without `notify` the run is ready at once and the watchdog runs from the start.
+            // Without `notify` the run is ready at once and the watchdog runs from the start
+            // (for an adopted run: from the adoption).
             watchdog_deadline: watchdog_period
-                .filter(|_| !self.spec.notify)
+                .filter(|_| !self.spec.notify || from_record)
                 .map(|p| now + p),
             started: now,
         };
+        // Set when the adopted process exited and its status is not known.
+        let mut status_unknown = false;
         let mut socket = r.notify.take();
         let mut membership = r.membership.clone();
         let mut failure: Option<RunFailure> = None;
-        // The MAINPID= process narund follows after the started process exited.
-        let mut adopted: Option<crate::notify::Pidfd> = None;
+        // Else: the MAINPID= process narund follows after the started process exited.
         let early = loop {
             let (start_at, watchdog_at) = (n.start_deadline, n.watchdog_deadline);
             tokio::select! {
-                st = r.child.wait(), if adopted.is_none() => {
+                st = child_wait(&mut r.child), if adopted.is_none() => {
                     // Read what was sent just before the exit (a forking daemon's MAINPID=).
                     while let Some(Ok(Some(d))) = socket.as_ref().map(|s| s.try_recv()) {
                         let _ = self.on_notify(&mut n, &membership, d);
@@ -1310,7 +1661,9 @@ impl InstanceRun {
                     break Some(st);
                 }
                 _ = pidfd_exited(adopted.as_ref()) => {
-                    break Some(Ok(adopted_status(adopted.as_ref())));
+                    let st = adopted.as_ref().and_then(|p| p.exit_status());
+                    status_unknown = from_record && st.is_none();
+                    break Some(Ok(st.unwrap_or_else(|| std::process::ExitStatus::from_raw(0))));
                 }
                 _ = stopped(&mut stop) => break None,
                 _ = sleep_until_opt(start_at) => {
@@ -1412,7 +1765,19 @@ impl InstanceRun {
             Ok(st) => classify(st, oom),
         };
         drop(socket);
+        self.inner.remove_record(&self.run_id);
+        for stream in ["stdout", "stderr"] {
+            let _ = crate::fdstore::unpark(&crate::fdstore::fd_name(&self.run_id, stream));
+        }
         let outcome = match failure {
+            None if status_unknown => Outcome {
+                // Not narund's child: nothing tells whether it exited 0 or crashed.
+                kind: ExitKind::ExitCode,
+                status: "crashed",
+                exit_code: -1,
+                reason: "exited-after-adoption",
+                error: "the re-adopted process exited; its exit status is unknown (it is not narund's child since narund restarted)".into(),
+            },
             None => outcome,
             Some(RunFailure::StartTimeout) => Outcome {
                 kind: ExitKind::Timeout,

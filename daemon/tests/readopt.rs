@@ -1,0 +1,515 @@
+//! narund survives its own crash without restarting healthy apps (docs/supervisor.md,
+//! "Re-adoption"): the real `narund` binary, a real nats-server, real processes and
+//! cgroups. The test plays systemd's part: it owns the `NOTIFY_SOCKET`, keeps the fds
+//! narund parks there (`FDSTORE=1`) and hands them to the next narund as fds 3, 4, …
+//! with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`.
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use narun_test_support::{NatsServer, wait_for, workspace_bin};
+use narun_wire::events::{LogLine, NodeState, StatusEvent};
+use narun_wire::names;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+/// Prints a counter every 100 ms, forever.
+const TICKER: &str =
+    "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done\n";
+/// Prints one line, then sleeps (never writes again).
+const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+async fn setup(
+    server: &NatsServer,
+) -> (kv::Store, jetstream::object_store::ObjectStore, kv::Store) {
+    let client = server.connect().await;
+    let js = jetstream::new(client);
+    let configs =
+        narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
+            .await
+            .unwrap();
+    let store =
+        narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "binaries")
+            .await
+            .unwrap();
+    let states = narun_wire::jetstream::ensure_kv(
+        &js,
+        names::NODE_STATES_BUCKET,
+        "heartbeats",
+        1,
+        Some(Duration::from_secs(45)),
+    )
+    .await
+    .unwrap();
+    (configs, store, states)
+}
+
+async fn deploy(
+    configs: &kv::Store,
+    store: &jetstream::object_store::ObjectStore,
+    app: &str,
+    node: &str,
+    script: &str,
+    replicas: u32,
+) {
+    let name = names::binary_object_name(app, "v1", names::go_os(), names::go_arch());
+    store
+        .put(
+            name.as_str(),
+            &mut std::io::Cursor::new(script.as_bytes().to_vec()),
+        )
+        .await
+        .unwrap();
+    let spec = json!({"name": app, "tag": "v1", "nodes": [{"name": node, "replicas": replicas}]});
+    configs
+        .put(app, serde_json::to_vec(&spec).unwrap().into())
+        .await
+        .unwrap();
+}
+
+/// A data dir with a `narund.toml`; the cgroup root is unique to this test.
+fn config(dir: &Path, node: &str, url: &str, cgroup_root: &str, on_exit: &str) -> PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = dir.join("narund.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
+             [nats]\nurl = \"{url}\"\n\
+             [apps]\ndefault_user = \"nobody\"\non_exit = \"{on_exit}\"\n\
+             [cgroup]\nroot = \"{cgroup_root}\"\n",
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// The next heartbeat of `node` for which `pred` holds.
+async fn heartbeat(
+    watch: &mut kv::Watch,
+    what: &str,
+    mut pred: impl FnMut(&NodeState) -> bool,
+) -> NodeState {
+    tokio::time::timeout(T, async {
+        loop {
+            let e = watch.next().await.unwrap().unwrap();
+            if e.operation != kv::Operation::Put {
+                continue;
+            }
+            let s: NodeState = serde_json::from_slice(&e.value).unwrap();
+            if pred(&s) {
+                return s;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for a heartbeat with {what}"))
+}
+
+fn running_pids(s: &NodeState, app: &str) -> BTreeMap<String, i32> {
+    s.instances
+        .iter()
+        .filter(|i| i.app_name == app && i.status == "running")
+        .filter_map(|i| Some((i.instance_id.clone(), i.pid?)))
+        .collect()
+}
+
+fn instance_cgroups(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .filter(|n| n.starts_with("narun-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The fd store of a pretend systemd: a datagram socket that keeps the fds sent with
+/// `FDSTORE=1` under their `FDNAME=` and drops them on `FDSTOREREMOVE=1`.
+struct FdStore {
+    path: PathBuf,
+    fds: Arc<Mutex<BTreeMap<String, OwnedFd>>>,
+}
+
+impl FdStore {
+    fn bind(path: PathBuf) -> FdStore {
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let fds: Arc<Mutex<BTreeMap<String, OwnedFd>>> = Default::default();
+        let table = fds.clone();
+        std::thread::spawn(move || {
+            loop {
+                let Some((text, fd)) = recv_with_fd(&sock) else {
+                    return;
+                };
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("FDNAME="))
+                    .unwrap_or("stored")
+                    .to_string();
+                let mut t = table.lock().unwrap();
+                if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                    t.remove(&name);
+                } else if text.lines().any(|l| l == "FDSTORE=1")
+                    && let Some(fd) = fd
+                {
+                    t.insert(name, fd);
+                }
+            }
+        });
+        FdStore { path, fds }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.fds.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+/// One blocking `recvmsg` with room for one `SCM_RIGHTS` fd.
+fn recv_with_fd(sock: &std::os::unix::net::UnixDatagram) -> Option<(String, Option<OwnedFd>)> {
+    let mut buf = vec![0u8; 4096];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: plain data, zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points to live buffers of the given sizes.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return None;
+    }
+    let mut fd = None;
+    // SAFETY: walking the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((String::from_utf8_lossy(&buf[..n as usize]).into_owned(), fd))
+}
+
+/// Start narund like systemd would after a restart: `fds` become fds 3, 4, … (close-on-exec
+/// cleared by `dup2`), `LISTEN_FDS`/`LISTEN_FDNAMES` name them and `LISTEN_PID` is the pid
+/// of the exec'd narund (`sh` sets it to its own pid, then execs narund in place).
+fn spawn_narund(
+    conf: &Path,
+    notify_socket: &Path,
+    fds: Vec<(String, OwnedFd)>,
+) -> tokio::process::Child {
+    let bin = workspace_bin("narund", "narund", &[]);
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(&bin)
+        .arg("--config")
+        .arg(conf)
+        .env("NARUND_LOG", "info")
+        .env("NOTIFY_SOCKET", notify_socket)
+        .env_remove("LISTEN_PID")
+        .kill_on_drop(true);
+    if !fds.is_empty() {
+        let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+        cmd.env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        // Out of the way of 3.. first, so no dup2 overwrites a source.
+        let high: Vec<RawFd> = fds
+            .iter()
+            .map(|(_, fd)| {
+                // SAFETY: F_DUPFD_CLOEXEC on a valid fd.
+                let h = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+                assert!(h >= 100, "dup: {}", std::io::Error::last_os_error());
+                h
+            })
+            .collect();
+        let high_copy = high.clone();
+        // SAFETY: only async-signal-safe dup2 between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, h) in high_copy.iter().enumerate() {
+                    if libc::dup2(*h, 3 + i as RawFd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        for h in high {
+            // SAFETY: our own duplicates, closed once the child has its copies.
+            unsafe { libc::close(h) };
+        }
+        drop(fds);
+        return child;
+    }
+    cmd.spawn().unwrap()
+}
+
+async fn sigkill(child: &mut tokio::process::Child) {
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGKILL) };
+    tokio::time::timeout(T, child.wait())
+        .await
+        .expect("narund dies")
+        .unwrap();
+}
+
+/// Highest `tick N` per instance among the log lines received so far.
+fn last_ticks(lines: &[LogLine]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        if let Some(n) = l
+            .message
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            let e = m.entry(l.instance_id.clone()).or_insert(0);
+            *e = (*e).max(n);
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
+    let server = NatsServer::start();
+    let (configs, store, states) = setup(&server).await;
+    let client = server.connect().await;
+    let (app, node) = ("ticker", "readopt-node");
+    deploy(&configs, &store, app, node, TICKER, 2).await;
+    let data = tempfile::tempdir().unwrap();
+    let root_name = format!("narun-test-readopt-{}", std::process::id());
+    let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&root_name);
+    let conf = config(data.path(), node, &server.url(), &root_name, "stop");
+    let systemd = FdStore::bind(data.path().join("systemd-notify.sock"));
+
+    let mut logs = client
+        .subscribe(names::log_subject(app, node))
+        .await
+        .unwrap();
+    let mut status = client
+        .subscribe(names::status_subject(app, node))
+        .await
+        .unwrap();
+    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    let mut watch = states.watch(node).await.unwrap();
+
+    let mut first = spawn_narund(&conf, &systemd.path, Vec::new());
+    let state = heartbeat(&mut watch, "two running tickers", |s| {
+        running_pids(s, app).len() == 2
+    })
+    .await;
+    let pids = running_pids(&state, app);
+    // Both runs parked both pipes in the (pretend) fd store.
+    wait_for("4 parked pipes", T, || async {
+        (systemd.names().len() == 4).then_some(())
+    })
+    .await;
+    // Some lines flowed before the crash.
+    let mut before = Vec::new();
+    while last_ticks(&before).len() < 2 {
+        let m = tokio::time::timeout(T, logs.next()).await.unwrap().unwrap();
+        before.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap());
+    }
+
+    sigkill(&mut first).await;
+    for pid in pids.values() {
+        assert!(alive(*pid), "the app survives narund's death");
+    }
+    // Everything published up to now is from the first narund.
+    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), logs.next()).await {
+        before.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap());
+    }
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), status.next()).await {}
+    let ticks_before = last_ticks(&before);
+
+    // systemd starts narund again, with the stored fds.
+    let stored: Vec<(String, OwnedFd)> = std::mem::take(&mut *systemd.fds.lock().unwrap())
+        .into_iter()
+        .collect();
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    let mut second = spawn_narund(&conf, &systemd.path, stored);
+    let state = heartbeat(&mut watch, "the same two pids running", |s| {
+        running_pids(s, app) == pids
+    })
+    .await;
+    let ids: Vec<&str> = state
+        .instances
+        .iter()
+        .map(|i| i.instance_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["ticker-0", "ticker-1"],
+        "exactly one instance per index"
+    );
+
+    // Log lines keep coming through the adopted pipes, counters continuing.
+    let mut after = Vec::new();
+    tokio::time::timeout(T, async {
+        loop {
+            let m = logs.next().await.unwrap();
+            after.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap());
+            let t = last_ticks(&after);
+            if ["ticker-0", "ticker-1"]
+                .iter()
+                .all(|i| t.get(*i).copied().unwrap_or(0) > ticks_before[*i] + 3)
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("log lines after the restart: {after:?}"));
+    for i in ["ticker-0", "ticker-1"] {
+        let ticks: Vec<u64> = after
+            .iter()
+            .filter(|l| l.instance_id == i)
+            .filter_map(|l| l.message.strip_prefix("tick ")?.parse().ok())
+            .collect();
+        assert!(
+            ticks.windows(2).all(|w| w[1] == w[0] + 1),
+            "{i}: counters increase one by one: {ticks:?}"
+        );
+    }
+
+    // Status events since the restart: adopted as running, never `starting`.
+    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    let mut events = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), status.next()).await {
+        events.push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
+    }
+    assert!(
+        events.iter().all(|e| e.status != "starting"),
+        "no new start: {events:?}"
+    );
+    for i in ["ticker-0", "ticker-1"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.instance_id == i && e.status == "running" && e.reason == "adopted"),
+            "{i} adopted: {events:?}"
+        );
+    }
+
+    // Stopping an adopted run kills its whole cgroup (the `sleep` children too).
+    assert_eq!(instance_cgroups(&cgroup_root).len(), 2);
+    configs.delete(app).await.unwrap();
+    wait_for("adopted runs stopped", T, || async {
+        (pids.values().all(|p| !alive(*p)) && instance_cgroups(&cgroup_root).is_empty())
+            .then_some(())
+    })
+    .await;
+    // The records go with the runs (a later narund must not adopt anything of them).
+    let records = data.path().join("state/instances.json");
+    wait_for("records removed with the runs", T, || async {
+        let text = std::fs::read_to_string(&records).unwrap();
+        (text.trim() == "{}").then_some(())
+    })
+    .await;
+
+    unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
+    let st = tokio::time::timeout(T, second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    let _ = std::fs::remove_dir(&cgroup_root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
+    let server = NatsServer::start();
+    let (configs, store, states) = setup(&server).await;
+    let (app, node) = ("sleepy", "detach-node");
+    deploy(&configs, &store, app, node, SLEEPER, 1).await;
+    let data = tempfile::tempdir().unwrap();
+    let root_name = format!("narun-test-detach-{}", std::process::id());
+    let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&root_name);
+    let conf = config(data.path(), node, &server.url(), &root_name, "detach");
+    let notify = FdStore::bind(data.path().join("notify.sock"));
+    let mut watch = states.watch(node).await.unwrap();
+
+    let mut first = spawn_narund(&conf, &notify.path, Vec::new());
+    let state = heartbeat(&mut watch, "sleepy-0 running", |s| {
+        running_pids(s, app).len() == 1
+    })
+    .await;
+    let pid = running_pids(&state, app)["sleepy-0"];
+    let old_cgroups = instance_cgroups(&cgroup_root);
+    assert_eq!(old_cgroups.len(), 1);
+
+    // on_exit = "detach": SIGTERM ends narund, the app keeps running, the key stays.
+    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGTERM) };
+    let st = tokio::time::timeout(T, first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(alive(pid), "detached app still runs");
+    assert!(states.get(node).await.unwrap().is_some(), "node key kept");
+    assert_eq!(instance_cgroups(&cgroup_root), old_cgroups);
+
+    // The recorded process dies while no narund runs: the next narund cannot adopt it,
+    // removes its stale cgroup (with the leftovers in it) and starts the instance fresh.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the app is gone", T, || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+    let mut second = spawn_narund(&conf, &notify.path, Vec::new());
+    let state = heartbeat(&mut watch, "a fresh sleepy-0", |s| {
+        running_pids(s, app)
+            .get("sleepy-0")
+            .is_some_and(|p| *p != pid)
+    })
+    .await;
+    assert_eq!(state.instances.len(), 1);
+    let now = instance_cgroups(&cgroup_root);
+    assert_eq!(now.len(), 1);
+    assert_ne!(
+        now, old_cgroups,
+        "the stale cgroup was removed, a new one made"
+    );
+
+    // Cleanup: a detaching narund leaves the app, so stop it through the spec.
+    configs.delete(app).await.unwrap();
+    wait_for("app stopped", T, || async {
+        instance_cgroups(&cgroup_root).is_empty().then_some(())
+    })
+    .await;
+    unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
+    let _ = tokio::time::timeout(T, second.wait()).await;
+    let _ = std::fs::remove_dir(&cgroup_root);
+}
