@@ -301,6 +301,16 @@ mod tests {
     }
 
     #[test]
+    fn on_exit_defaults_to_stop_and_the_shipped_config_detaches() {
+        assert_eq!(Config::default().apps.on_exit, OnExit::Stop);
+        let shipped = Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        assert_eq!(shipped.apps.on_exit, OnExit::Detach);
+        let c = Config::from_toml("[apps]\non_exit = \"stop\"\n").unwrap();
+        assert_eq!(c.apps.on_exit, OnExit::Stop);
+        assert!(Config::from_toml("[apps]\non_exit = \"later\"\n").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_the_key_and_line() {
         let err =
             Config::from_toml("node_id = \"a\"\n[nats]\nurl = \"nats://x\"\nurll = \"typo\"\n")

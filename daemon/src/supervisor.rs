@@ -35,6 +35,10 @@
 //!   process, `stopTimeoutSec` to exit, then `cgroup.kill` (SIGKILL to every process of
 //!   the instance, atomically), wait until the cgroup is empty, remove it.
 //!
+//! * **Re-adoption**: a `running` run is recorded in `state/instances.json`; after a
+//!   restart of narund a verified run is continued in *adopted* mode (no child: its exit
+//!   is seen through a pidfd, its exit status is unknown). See [`crate::adopt`].
+//!
 //! Every transition is published as a [`StatusEvent`] on `status.<app>.<node>` and kept in
 //! a [`Snapshot`] for the node heartbeat.
 //!
@@ -230,8 +234,10 @@ pub struct Supervisor {
 impl Supervisor {
     /// Create a supervisor publishing with `client` (which may still be connecting).
     /// Finds the cgroup root (without cgroups, instances run in process groups only and
-    /// every limit is reported as unenforced) and removes instance cgroups left behind by a
-    /// previous narund. Returns the supervisor and the log publisher task.
+    /// every limit is reported as unenforced), verifies the runs a previous narund
+    /// recorded ([`crate::adopt`]: those become adoptable, their cgroups stay) and removes
+    /// every other instance cgroup it left behind. Returns the supervisor and the log
+    /// publisher task.
     pub async fn new(
         cfg: SupervisorConfig,
         client: async_nats::Client,
