@@ -13,8 +13,8 @@ mod cli;
 mod commands;
 mod elf;
 mod files;
-mod secret;
 mod images;
+mod secret;
 mod svc;
 mod wait;
 
