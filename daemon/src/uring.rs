@@ -176,7 +176,7 @@ impl UringHandle {
     /// [`PIPE_CHUNK`] bytes.
     ///
     /// The channel closes at EOF (all writers closed) or on a read error (logged). When the consumer
-    /// falls behind by [`PIPE_QUEUE`] chunks the reader pauses, so the consumer must keep up (the
+    /// falls behind by `PIPE_QUEUE` (16) chunks the reader pauses, so the consumer must keep up (the
     /// log forwarder only splits lines and appends to its spool, it never waits for NATS).
     ///
     /// Must be called from within a tokio runtime (the fallback spawns a task on it).

@@ -6,9 +6,9 @@
 use sd_notify::NotifyState;
 
 /// Tell the supervisor the service is serving, and start the watchdog pinger
-/// when `WATCHDOG_USEC` (and a matching `WATCHDOG_PID`) is set. The pinger sends
-/// `WATCHDOG=1` at half the interval, as systemd recommends, and stops when the
-/// returned guard is dropped.
+/// when `WATCHDOG_USEC` is set (and `WATCHDOG_PID`, if set, is this process;
+/// narund leaves it unset). The pinger sends `WATCHDOG=1` at half the interval,
+/// as systemd recommends, and stops when the returned guard is dropped.
 pub(crate) fn ready(status: &str) -> Option<WatchdogGuard> {
     if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]) {
         tracing::warn!(error = %e, "sd_notify READY=1 failed");
