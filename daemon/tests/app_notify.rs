@@ -6,8 +6,10 @@
 //! `app-configs`) and observes what an operator sees: `status.<app>.<node>` events, the
 //! node state's instance list, `/proc`.
 
+mod common;
+
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use futures_util::StreamExt;
+use common::{alive, wait_gone};
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
@@ -91,32 +93,8 @@ impl Harness {
             .cgroup_root()
             .map(|r| r.path().to_path_buf())
             .unwrap_or_default();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let mut st = client.subscribe("status.>").await.unwrap();
-        assert!(
-            narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
-            "nats-server did not confirm the subscription"
-        );
-        let ev = events.clone();
-        tokio::spawn(async move {
-            while let Some(m) = st.next().await {
-                ev.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
-            }
-        });
-        let (stop, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(narund::reconcile::run(
-            sup.clone(),
-            client.clone(),
-            Some(ready_tx),
-            stop_rx,
-        ));
-        tokio::time::timeout(T, ready_rx)
-            .await
-            .expect("first reconcile")
-            .unwrap();
+        let events = common::collect::<StatusEvent>(&client, "status.>").await;
+        let stop = common::start_reconciler(&sup, &client).await;
         Harness {
             _server: server,
             configs,
@@ -227,25 +205,6 @@ impl Drop for Harness {
         }
         let _ = std::fs::remove_dir(&self.cgroup_root);
     }
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-async fn wait_gone(pid: i32) {
-    wait_for(&format!("pid {pid} to be gone"), T, || async move {
-        (!alive(pid)).then_some(())
-    })
-    .await
 }
 
 /// The environment of a running process.

@@ -4,7 +4,10 @@
 //! narund parks there (`FDSTORE=1`) and hands them to the next narund as fds 3, 4, …
 //! with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`.
 
+mod common;
+
 use async_nats::jetstream::{self, kv};
+use common::alive;
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for, workspace_bin};
 use narun_wire::events::{LogLine, NodeState, StatusEvent};
@@ -24,41 +27,11 @@ const TICKER: &str =
 /// Prints one line, then sleeps (never writes again).
 const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
 
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 async fn setup(
     server: &NatsServer,
 ) -> (kv::Store, jetstream::object_store::ObjectStore, kv::Store) {
-    let client = server.connect().await;
-    let js = jetstream::new(client);
-    let configs =
-        narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
-            .await
-            .unwrap();
-    let store =
-        narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "binaries")
-            .await
-            .unwrap();
-    let states = narun_wire::jetstream::ensure_kv(
-        &js,
-        names::NODE_STATES_BUCKET,
-        "heartbeats",
-        1,
-        Some(Duration::from_secs(45)),
-    )
-    .await
-    .unwrap();
-    (configs, store, states)
+    let b = common::buckets(server).await;
+    (b.configs, b.binaries, b.states)
 }
 
 async fn deploy(

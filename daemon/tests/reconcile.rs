@@ -1,7 +1,10 @@
 //! The real `narund` binary: label-selected deploy, heartbeat in `node-runner-states`,
 //! clean SIGTERM shutdown; and a tampered object digest refused while the old version runs.
 
+mod common;
+
 use async_nats::jetstream::{self, kv};
+use common::alive;
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for, workspace_bin};
 use narun_wire::events::NodeState;
@@ -13,30 +16,9 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(30);
 const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
 
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 async fn setup(server: &NatsServer) -> (kv::Store, jetstream::object_store::ObjectStore) {
-    let client = server.connect().await;
-    let js = jetstream::new(client);
-    let configs =
-        narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
-            .await
-            .unwrap();
-    let store =
-        narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "binaries")
-            .await
-            .unwrap();
-    (configs, store)
+    let b = common::buckets(server).await;
+    (b.configs, b.binaries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

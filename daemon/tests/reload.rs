@@ -3,7 +3,10 @@
 //! does), an invalid file changes nothing, and systemd sees `RELOADING=1` … `READY=1`.
 //! The test plays systemd by binding `NOTIFY_SOCKET` itself and drives the real `narund`.
 
-use async_nats::jetstream::{self, kv};
+mod common;
+
+use async_nats::jetstream::kv;
+use common::alive;
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, workspace_bin};
 use narun_wire::events::NodeState;
@@ -69,16 +72,6 @@ async fn heartbeat(
     .unwrap_or_else(|_| panic!("no heartbeat where {what}"))
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
-}
-
 fn running_pid(s: &NodeState, id: &str) -> Option<i32> {
     s.instances
         .iter()
@@ -89,24 +82,11 @@ fn running_pid(s: &NodeState, id: &str) -> Option<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
     let server = NatsServer::start();
-    let client = server.connect().await;
-    let js = jetstream::new(client.clone());
-    let configs =
-        narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
-            .await
-            .unwrap();
-    let store = narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "bins")
-        .await
-        .unwrap();
-    let states = narun_wire::jetstream::ensure_kv(
-        &js,
-        names::NODE_STATES_BUCKET,
-        "heartbeats",
-        1,
-        Some(Duration::from_secs(45)),
-    )
-    .await
-    .unwrap();
+    let common::Buckets {
+        configs,
+        binaries: store,
+        states,
+    } = common::buckets(&server).await;
     let object = names::binary_object_name("gw", "v1", names::go_os(), names::go_arch());
     store
         .put(

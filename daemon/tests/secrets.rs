@@ -6,8 +6,9 @@
 //! byte compatibility with a third-party AES-GCM. What the app sees is read from
 //! `/proc/<pid>/environ` and from its work dir.
 
+mod common;
+
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
@@ -97,32 +98,8 @@ impl Harness {
             .cgroup_root()
             .map(|r| r.path().to_path_buf())
             .unwrap_or_default();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let mut st = client.subscribe("status.>").await.unwrap();
-        assert!(
-            narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
-            "nats-server did not confirm the subscription"
-        );
-        let ev = events.clone();
-        tokio::spawn(async move {
-            while let Some(m) = st.next().await {
-                ev.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
-            }
-        });
-        let (stop, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(narund::reconcile::run(
-            sup.clone(),
-            client.clone(),
-            Some(ready_tx),
-            stop_rx,
-        ));
-        tokio::time::timeout(T, ready_rx)
-            .await
-            .expect("first reconcile")
-            .unwrap();
+        let events = common::collect::<StatusEvent>(&client, "status.>").await;
+        let stop = common::start_reconciler(&sup, &client).await;
         Harness {
             server,
             configs,

@@ -5,8 +5,10 @@
 //! `app-configs`) and observes what an operator sees: `status.<app>.<node>` events, log
 //! lines, `/proc`.
 
+mod common;
+
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use futures_util::StreamExt;
+use common::{alive, wait_gone};
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::{LogLine, StatusEvent};
 use narun_wire::names;
@@ -90,43 +92,9 @@ impl Harness {
             .cgroup_root()
             .map(|r| r.path().to_path_buf())
             .unwrap_or_default();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let mut st = client.subscribe("status.>").await.unwrap();
-        let mut lg = client.subscribe("logs.>").await.unwrap();
-        assert!(
-            narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10))
-                .await,
-            "nats-server did not confirm the subscriptions"
-        );
-        let ev = events.clone();
-        tokio::spawn(async move {
-            while let Some(m) = st.next().await {
-                ev.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
-            }
-        });
-        let lv = logs.clone();
-        tokio::spawn(async move {
-            while let Some(m) = lg.next().await {
-                lv.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice::<LogLine>(&m.payload).unwrap());
-            }
-        });
-        let (stop, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(narund::reconcile::run(
-            sup.clone(),
-            client.clone(),
-            Some(ready_tx),
-            stop_rx,
-        ));
-        tokio::time::timeout(T, ready_rx)
-            .await
-            .expect("first reconcile")
-            .unwrap();
+        let events = common::collect::<StatusEvent>(&client, "status.>").await;
+        let logs = common::collect::<LogLine>(&client, "logs.>").await;
+        let stop = common::start_reconciler(&sup, &client).await;
         Harness {
             server,
             client,
@@ -256,25 +224,6 @@ fn kill_and_remove_cgroups(root: &std::path::Path) {
         }
     }
     let _ = std::fs::remove_dir(root);
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-async fn wait_gone(pid: i32) {
-    wait_for(&format!("pid {pid} to be gone"), T, || async move {
-        (!alive(pid)).then_some(())
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -886,6 +886,15 @@ async fn logs(conn: &ConnArgs, args: LogsArgs) -> Result<()> {
     }
 }
 
+/// A SIGINT (Ctrl-C) listener, registered now: one listener for the whole command, so
+/// a signal that arrives while a message is being printed is not lost (a fresh
+/// `tokio::signal::ctrl_c()` per loop turn misses signals between turns, and once tokio
+/// owns SIGINT a missed one is ignored for good).
+fn sigint() -> Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow!("installing the SIGINT handler: {e}"))
+}
+
 /// Print one log message; false when stdout is closed (e.g. piped into `head`).
 fn print_log(out: &mut impl Write, payload: &[u8], args: &LogsArgs) -> bool {
     let line = serde_json::from_slice::<LogLine>(payload);
@@ -917,11 +926,12 @@ async fn logs_live(
     if !narun_wire::connect::sync_with_server(client, timeout).await {
         bail!("subscribing to {subject}: the server did not confirm within {timeout:?}");
     }
+    let mut interrupt = sigint()?;
     eprintln!("following {subject} (Ctrl-C to stop)");
     let mut stdout = std::io::stdout();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             msg = sub.next() => {
                 let Some(msg) = msg else { bail!("the NATS subscription to {subject} ended") };
                 if !print_log(&mut stdout, &msg.payload, args) {
@@ -940,6 +950,7 @@ async fn logs_from_stream(
     timeout: Duration,
 ) -> Result<()> {
     use jetstream::consumer::{DeliverPolicy, push};
+    let mut interrupt = sigint()?;
     let deliver_policy = match args.since {
         Some(since) => DeliverPolicy::ByStartTime {
             start_time: time::OffsetDateTime::now_utc()
@@ -982,7 +993,7 @@ async fn logs_from_stream(
     let mut stdout = std::io::stdout();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             msg = messages.next() => {
                 let msg = match msg {
                     Some(Ok(m)) => m,
