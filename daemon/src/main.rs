@@ -76,6 +76,22 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // Keep only NARUND_CAPS in the bounding set (and effective/permitted set), now, while
+    // this is the only thread: capabilities are per thread, and the runtime's threads
+    // inherit what the main thread has when they are created.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        match narund::privileges::drop_own_bounding_set(narund::privileges::NARUND_CAPS) {
+            Ok(dropped) => tracing::info!(
+                dropped = format!("{dropped:#x}"),
+                "capability bounding set reduced to NARUND_CAPS"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot reduce the capability bounding set; apps are limited only by their own plans"
+            ),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,7 @@
-//! `SIGHUP` reloads narund's configuration while apps keep running: new labels move the
-//! label-selected instances (start where the selection now matches, stop where it no longer
-//! does), an invalid file changes nothing, and systemd sees `RELOADING=1` … `READY=1`.
+//! narund keeps only `NARUND_CAPS` in its bounding set; `SIGHUP` reloads narund's
+//! configuration while apps keep running: new labels move the label-selected instances
+//! (start where the selection now matches, stop where it no longer does), an invalid file
+//! changes nothing, and systemd sees `RELOADING=1` … `READY=1`.
 //! The test plays systemd by binding `NOTIFY_SOCKET` itself and drives the real `narund`.
 
 mod common;
@@ -117,6 +118,28 @@ async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
         .unwrap();
     let narund_pid = narund.id().unwrap() as i32;
     datagram_with(&sock, "READY=1").await;
+    // narund (started as root) keeps exactly NARUND_CAPS in its bounding set.
+    // (A container may already lack some of them: compare with what this process has.)
+    if unsafe { libc::geteuid() } == 0 {
+        let cap_bnd = |pid: &str| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
+        };
+        let ours = cap_bnd("self");
+        let want = narund::privileges::NARUND_CAPS
+            .iter()
+            .fold(0u64, |m, c| m | (1u64 << c.index()))
+            & ours;
+        let bnd = cap_bnd(&narund_pid.to_string());
+        assert_eq!(
+            bnd, want,
+            "narund CapBnd {bnd:#x}, want NARUND_CAPS ∩ {ours:#x} = {want:#x}"
+        );
+    }
     // role=edge: the spec selects no instance here.
     let s = heartbeat(&mut watch, "the node is up", |s| s.status == "running").await;
     assert!(s.instances.is_empty(), "{:?}", s.instances);
