@@ -631,7 +631,7 @@ async fn thirty_second_nats_outage_loses_no_log_line() {
 
     // Lines written during the outage arrive: at least 30 s at 10 lines/s (allow for a
     // slow machine: half of that), and one line written after NATS came back.
-    let during = (OUTAGE.as_secs() * 10 / 2) as u64;
+    let during = OUTAGE.as_secs() * 10 / 2;
     let last = tick(
         &h.wait_log("ticks written during the outage, delivered after it", |l| {
             tick(l).is_some_and(|n| n > before + during)
