@@ -217,24 +217,7 @@ impl Harness {
 impl Drop for Harness {
     /// Also runs when a test panics: no app process and no cgroup outlives the test.
     fn drop(&mut self) {
-        if self.cgroup_root.as_os_str().is_empty() {
-            return;
-        }
-        if let Ok(dir) = std::fs::read_dir(&self.cgroup_root) {
-            for e in dir
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            {
-                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-                for _ in 0..100 {
-                    if std::fs::remove_dir(e.path()).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.cgroup_root);
+        common::kill_and_remove_cgroups(&self.cgroup_root);
     }
 }
 

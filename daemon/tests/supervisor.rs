@@ -8,7 +8,7 @@
 mod common;
 
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use common::{alive, wait_gone};
+use common::{alive, kill_and_remove_cgroups, wait_gone};
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::{LogLine, StatusEvent};
 use narun_wire::names;
@@ -203,27 +203,6 @@ impl Drop for Harness {
     fn drop(&mut self) {
         kill_and_remove_cgroups(&self.cgroup_root);
     }
-}
-
-fn kill_and_remove_cgroups(root: &std::path::Path) {
-    if root.as_os_str().is_empty() {
-        return;
-    }
-    if let Ok(dir) = std::fs::read_dir(root) {
-        for e in dir
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        {
-            let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
-            for _ in 0..100 {
-                if std::fs::remove_dir(e.path()).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(root);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

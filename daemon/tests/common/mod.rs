@@ -112,3 +112,26 @@ pub async fn start_reconciler(
         .unwrap();
     stop
 }
+
+/// Kill every instance cgroup below `root` (`cgroup.kill`), remove them and `root`. For
+/// harness `Drop`s: also runs when a test panics, so no app or cgroup outlives a test.
+pub fn kill_and_remove_cgroups(root: &std::path::Path) {
+    if root.as_os_str().is_empty() {
+        return;
+    }
+    if let Ok(dir) = std::fs::read_dir(root) {
+        for e in dir
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(e.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(root);
+}
