@@ -23,6 +23,8 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error.";
 pub struct Cli {
     #[command(flatten)]
     pub conn: ConnArgs,
+    #[command(flatten)]
+    pub context: ContextArgs,
     #[command(subcommand)]
     pub cmd: Command,
 }
@@ -57,6 +59,19 @@ pub struct ConnArgs {
     /// How long to wait for NATS and for each answer (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+}
+
+/// Which context file and context give the defaults of the flags above
+/// (see `docs/narunctl.md`, "Context file").
+#[derive(Debug, Args)]
+pub struct ContextArgs {
+    /// Context file with defaults for the global flags
+    /// [default: $XDG_CONFIG_HOME/narun/config.toml or ~/.config/narun/config.toml].
+    #[arg(long, env = "NARUNCTL_CONFIG", value_name = "PATH", global = true)]
+    pub context_file: Option<PathBuf>,
+    /// Use this `[contexts.NAME]` of the context file instead of its `current`.
+    #[arg(long, env = "NARUN_CONTEXT", value_name = "NAME", global = true)]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +182,32 @@ pub enum AppsCmd {
         #[arg(short = 'y', long = "yes")]
         yes: bool,
     },
+    /// Restart the app's instances (stop, then start again), one at a time per node.
+    Restart(RestartArgs),
+}
+
+/// `apps restart NAME [--node NODE]…`: like `systemctl restart` for each instance.
+///
+/// Each node that runs the app (from the node heartbeats, or the nodes given with
+/// --node) stops its instances one at a time (stop signal, stopTimeoutSec, then
+/// SIGKILL of the cgroup), starts each again with a new run id and waits until it is
+/// ready before the next, so an app with two replicas never has none. Nodes work in
+/// parallel. Exit 1 if any node failed or no node runs the app.
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// App name.
+    pub name: String,
+    /// Only on this node (repeatable; asked even if its heartbeat lists no instance).
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Vec<String>,
+    /// Only this instance, e.g. `hello-1`.
+    #[arg(long, value_name = "INSTANCE_ID")]
+    pub instance: Option<String>,
+    /// How long each node may take for all its instances to stop and be ready again.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub restart_timeout: Duration,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Apps(AppsCmd::Ls(j)) => apps_ls(&conn, j.json).await,
         Command::Apps(AppsCmd::Info { name, json }) => apps_info(&conn, &name, json.json).await,
         Command::Apps(AppsCmd::Delete { name, yes }) => apps_delete(&conn, &name, yes).await,
+        Command::Apps(AppsCmd::Restart(args)) => crate::restart::run(&conn, args).await,
         Command::Nodes(NodesCmd::Ls(j)) => nodes_ls(&conn, j.json).await,
         Command::Nodes(NodesCmd::Info { node, json }) => nodes_info(&conn, &node, json.json).await,
         Command::Logs(args) => logs(&conn, args).await,
@@ -84,7 +85,7 @@ pub async fn connect(conn: &ConnArgs, what: &str) -> Result<async_nats::Client> 
         Ok(Ok(())) => Ok(client),
         Ok(Err(e)) => bail!("cannot reach NATS at {}: {e}", conn.nats),
         Err(_) => bail!(
-            "cannot reach NATS at {} within {:?} (is nats-server running? set --nats or NATS_URL)",
+            "cannot reach NATS at {} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
             conn.nats,
             conn.timeout
         ),
@@ -224,7 +225,10 @@ async fn kv_entries(store: &kv::Store, timeout: Duration) -> Result<Vec<(String,
     Ok(out)
 }
 
-async fn node_states(js: &jetstream::Context, timeout: Duration) -> Result<Vec<NodeState>> {
+pub(crate) async fn node_states(
+    js: &jetstream::Context,
+    timeout: Duration,
+) -> Result<Vec<NodeState>> {
     let Some(store) = open_kv(js, names::NODE_STATES_BUCKET, timeout).await? else {
         return Ok(Vec::new());
     };
@@ -528,7 +532,7 @@ fn describe_nodes(spec: &AppSpec) -> String {
 
 /// Instance IDs of `app` a node reports (detailed list when present, else
 /// Go's `managed_instances` named `<app>-<n>`).
-fn node_instances(state: &NodeState, app: &str) -> Vec<String> {
+pub(crate) fn node_instances(state: &NodeState, app: &str) -> Vec<String> {
     if !state.instances.is_empty() {
         return state
             .instances

@@ -11,18 +11,26 @@
 
 mod cli;
 mod commands;
+mod context;
 mod elf;
 mod files;
 mod images;
+mod restart;
 mod secret;
 mod svc;
 mod wait;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    // Usage errors exit 2: clap's own, and a bad context file.
+    let cli = match context::parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

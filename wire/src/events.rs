@@ -149,6 +149,30 @@ pub struct RolledBack {
     pub time: String,
 }
 
+/// Request on [`crate::names::control_subject`]`(node, "restart")`: restart the
+/// instances of `app` on that node (stop, then a fresh start, one at a time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RestartRequest {
+    pub app: String,
+    /// Only this instance (`<app>-<index>`); empty = every instance of the app.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+}
+
+/// narund's answer to a [`RestartRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RestartReply {
+    pub node_id: String,
+    pub app: String,
+    /// Instances that were restarted and are running (ready) again, in order.
+    #[serde(default)]
+    pub restarted: Vec<String>,
+    /// Why the restart failed or stopped early (unknown app, an instance that did not
+    /// come back, …); empty on success.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }

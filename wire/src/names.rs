@@ -37,6 +37,16 @@ pub fn status_subject(app: &str, node: &str) -> String {
     format!("status.{app}.{node}")
 }
 
+/// `narun.control.<node>.<verb>`: core NATS request-reply subjects narund answers for
+/// operator actions on its node (a narun addition; Go node-runners do not listen).
+/// Verbs: `restart` ([`crate::events::RestartRequest`] → [`crate::events::RestartReply`]).
+pub fn control_subject(node: &str, verb: &str) -> String {
+    format!("narun.control.{node}.{verb}")
+}
+
+/// Verb of [`control_subject`] for `narunctl apps restart`.
+pub const CONTROL_RESTART: &str = "restart";
+
 /// Object name of an app binary: `<app>-<tag>-<os>-<arch>` (Go GOOS/GOARCH names).
 pub fn binary_object_name(app: &str, tag: &str, os: &str, arch: &str) -> String {
     format!("{app}-{tag}-{os}-{arch}")
