@@ -15,6 +15,7 @@
 //! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
 //! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
 //! | [`notify`] | the per-instance sd_notify socket: READY/STATUS/WATCHDOG/… from apps, sender checked by cgroup |
+//! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
 //! | [`node`] | heartbeat in `node-runner-states`, clean shutdown |
 //! | [`state`] | last applied specs in the data dir, for starts without NATS; records of running processes |
 //! | [`fdstore`] | log pipes of running apps parked in systemd's fd store across narund restarts |
@@ -25,6 +26,7 @@ pub mod cgroup;
 pub mod config;
 pub mod fdstore;
 pub mod fetch;
+pub mod liveness;
 pub mod log_stream;
 pub mod logs;
 pub mod node;

@@ -207,7 +207,6 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     if let Err(e) = narund::supervisor::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
     }
-    let _reaper = narund::supervisor::spawn_reaper();
     let start_time = narun_wire::events::now_rfc3339();
     let (sup, _log_task) = narund::supervisor::Supervisor::new(
         narund::supervisor::SupervisorConfig::from_config(&config),
@@ -216,6 +215,19 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     )
     .await;
     sup.set_master_key_file(&config.secrets.master_key_file);
+    let _reaper = narund::supervisor::spawn_reaper(Some(
+        sup.liveness()
+            .register("reaper", narund::supervisor::REAP_EVERY),
+    ));
+    // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval, and only
+    // while the reconciler, heartbeat and reaper make progress (narund::liveness), so a
+    // wedged loop lets systemd restart narund. A loop counts as stuck after half the
+    // interval of silence (at most 10 s).
+    let watchdog_period = sd_notify::watchdog_enabled().map(|p| p / 2);
+    if let Some(half) = watchdog_period {
+        sup.liveness()
+            .set_stall_after(half.min(narund::liveness::STALL_AFTER));
+    }
     let offline = sup.start_offline().await;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     {
@@ -251,9 +263,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     };
     tokio::pin!(ready_wait);
     let mut ready_sent = false;
-    // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval from
-    // this loop, so a wedged main loop stops the pings and systemd restarts narund.
-    let watchdog_period = sd_notify::watchdog_enabled().map(|p| p / 2);
+    let mut stuck: Option<String> = None;
     let mut watchdog =
         tokio::time::interval(watchdog_period.unwrap_or(std::time::Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -261,7 +271,22 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = watchdog.tick(), if watchdog_period.is_some() => {
-                notify(&[NotifyState::Watchdog]);
+                match sup.liveness().check() {
+                    Ok(()) => {
+                        if stuck.take().is_some() {
+                            tracing::info!("narund makes progress again; watchdog pings resumed");
+                        }
+                        notify(&[NotifyState::Watchdog]);
+                    }
+                    Err(what) => {
+                        // No ping: systemd's watchdog fires unless this clears in time.
+                        if stuck.as_deref() != Some(&what) {
+                            tracing::error!(%what, "narund is stuck; withholding WATCHDOG=1");
+                            notify(&[NotifyState::Status(&format!("stuck: {what}"))]);
+                        }
+                        stuck = Some(what);
+                    }
+                }
             }
             _ = &mut ready_wait, if !ready_sent => {
                 ready_sent = true;

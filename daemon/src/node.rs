@@ -109,24 +109,43 @@ pub async fn run_heartbeat(
     start_time: String,
     mut stop: watch::Receiver<bool>,
 ) {
+    let beat = sup
+        .liveness()
+        .register("heartbeat", crate::liveness::BEAT_EVERY);
+    let mut tick = tokio::time::interval(crate::liveness::BEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut store: Option<kv::Store> = None;
     loop {
-        if store.is_none() {
-            store = open(&client).await;
-        }
-        if let Some(s) = &store {
-            let connected = client.connection_state() == async_nats::connection::State::Connected;
-            let state = node_state(&sup, "running", &start_time, connected);
-            if !put(s, &state).await {
-                tracing::debug!("heartbeat put failed (NATS down?)");
+        {
+            // Both calls are bounded by PUT_TIMEOUT; building the state takes the
+            // supervisor's locks, so a deadlock there shows up as an overrun.
+            let _busy = beat.busy("publishing the node state", 3 * PUT_TIMEOUT);
+            if store.is_none() {
+                store = open(&client).await;
+            }
+            if let Some(s) = &store {
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                let state = node_state(&sup, "running", &start_time, connected);
+                if !put(s, &state).await {
+                    tracing::debug!("heartbeat put failed (NATS down?)");
+                }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(HEARTBEAT) => {}
-            _ = sup.changed() => {
-                tokio::time::sleep(CHANGE_DEBOUNCE).await;
+        let next = tokio::time::sleep(HEARTBEAT);
+        tokio::pin!(next);
+        let changed = sup.changed();
+        tokio::pin!(changed);
+        loop {
+            tokio::select! {
+                _ = &mut next => break,
+                _ = &mut changed => {
+                    tokio::time::sleep(CHANGE_DEBOUNCE).await;
+                    break;
+                }
+                _ = tick.tick() => beat.beat(),
+                _ = crate::supervisor::stopped(&mut stop) => return,
             }
-            _ = crate::supervisor::stopped(&mut stop) => return,
         }
     }
 }

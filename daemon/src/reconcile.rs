@@ -31,6 +31,7 @@
 //! * an instance whose task has ended (`failed`, or exited without restart) is started
 //!   again only when a new KV revision of the spec arrives, not on a replay.
 
+use crate::liveness::{BEAT_EVERY, Beat};
 use crate::supervisor::{AppRun, InstanceHandle, Supervisor};
 use futures_util::StreamExt;
 use narun_spec::AppSpec;
@@ -52,7 +53,20 @@ impl Supervisor {
     /// Apply a valid spec (see the module docs). `revision` is the KV revision (0 = from
     /// local state).
     pub async fn apply(&self, spec: AppSpec, revision: u64) {
-        let _serial = self.inner.apply_lock.lock().await;
+        let target = spec.desired_replicas(&self.inner.cfg.node_id, &self.inner.live().labels);
+        let running = self
+            .inner
+            .apps
+            .lock()
+            .unwrap()
+            .get(&spec.name)
+            .map_or(0, |a| a.instances.len() as u32);
+        let _serial = self
+            .serial(
+                format!("the apply of {}", spec.name),
+                apply_budget(&spec, target + running),
+            )
+            .await;
         let spec = Arc::new(spec);
         let hash = crate::supervisor::run_hash(&spec);
         let name = spec.name.clone();
@@ -209,7 +223,7 @@ impl Supervisor {
         self.inner.changed.notify_waiters();
     }
 
-    fn put_instance(&self, app: &str, h: InstanceHandle) {
+    pub(crate) fn put_instance(&self, app: &str, h: InstanceHandle) {
         if let Some(a) = self.inner.apps.lock().unwrap().get_mut(app) {
             a.instances.insert(h.index, h);
         }
@@ -217,7 +231,16 @@ impl Supervisor {
 
     /// Stop every instance of `app` (in parallel) and forget its spec.
     pub async fn remove_app(&self, app: &str) {
-        let _serial = self.inner.apply_lock.lock().await;
+        let stop = self
+            .inner
+            .apps
+            .lock()
+            .unwrap()
+            .get(app)
+            .map_or(0, |a| a.spec.stop_timeout_sec);
+        let _serial = self
+            .serial(format!("the removal of {app}"), stop_budget(stop))
+            .await;
         let removed = self.inner.apps.lock().unwrap().remove(app);
         self.forget_spec(app);
         if let Some(run) = removed {
@@ -230,7 +253,16 @@ impl Supervisor {
     /// Stop every instance of every app in parallel (each within its own stop timeout).
     /// The persisted specs stay: the apps come back at the next start.
     pub async fn shutdown(&self) {
-        let _serial = self.inner.apply_lock.lock().await;
+        let stop = self
+            .inner
+            .apps
+            .lock()
+            .unwrap()
+            .values()
+            .map(|a| a.spec.stop_timeout_sec)
+            .max()
+            .unwrap_or(0);
+        let _serial = self.serial("the shutdown".into(), stop_budget(stop)).await;
         let handles: Vec<InstanceHandle> = {
             let mut apps = self.inner.apps.lock().unwrap();
             std::mem::take(&mut *apps)
@@ -305,6 +337,22 @@ impl Supervisor {
     }
 }
 
+/// Longest time one apply of `spec` may hold the apply lock when it touches `instances`
+/// instance slots (scale-down stops and replacements, one at a time): per slot a fetch, the
+/// start timeout, the settle time and two stops (new run stopped on failure, or the old
+/// one on success), plus a margin. Only a wedge exceeds it ([`crate::liveness`]).
+pub(crate) fn apply_budget(spec: &AppSpec, instances: u32) -> Duration {
+    let per_slot = crate::supervisor::FETCH_TIMEOUT
+        + Duration::from_secs(spec.start_timeout_sec.saturating_add(spec.settle_sec))
+        + 2 * stop_budget(spec.stop_timeout_sec);
+    per_slot.saturating_mul(instances.max(1)) + Duration::from_secs(30)
+}
+
+/// Longest time a stop may take: the stop timeout, `cgroup.kill` and reaping.
+pub(crate) fn stop_budget(stop_timeout_sec: u64) -> Duration {
+    Duration::from_secs(stop_timeout_sec.saturating_add(30))
+}
+
 /// Why a new run did not become ready.
 #[derive(Debug, Clone)]
 pub(crate) struct NotReady {
@@ -341,7 +389,7 @@ fn not_ready(s: &crate::supervisor::Snapshot, error: String) -> NotReady {
 /// `EXTEND_TIMEOUT_USEC=` extensions); without, until it is `running` and stays so for
 /// `settleSec`. Bounded: fetching may take [`crate::supervisor::FETCH_TIMEOUT`], a
 /// notify start its (moving) deadline plus the time to stop it.
-async fn wait_settled(h: &InstanceHandle) -> Result<(), NotReady> {
+pub(crate) async fn wait_settled(h: &InstanceHandle) -> Result<(), NotReady> {
     let failed = |s: &crate::supervisor::Snapshot| {
         s.ended
             || matches!(
@@ -413,13 +461,14 @@ pub async fn run(
     mut ready: Option<oneshot::Sender<()>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let beat = sup.liveness().register("reconciler", BEAT_EVERY);
     let mut delay = Duration::from_millis(250);
     loop {
         if *stop.borrow() {
             return;
         }
         let result = tokio::select! {
-            r = session(&sup, &client, &mut ready) => r,
+            r = session(&sup, &client, &mut ready, &beat) => r,
             _ = crate::supervisor::stopped(&mut stop) => return,
         };
         match result {
@@ -428,6 +477,7 @@ pub async fn run(
                 tracing::warn!(error = %e, retry_in = ?delay, "app-configs not available; apps keep running as they are");
             }
         }
+        let _waiting = beat.busy("waiting to retry app-configs", delay + BEAT_EVERY);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = crate::supervisor::stopped(&mut stop) => return,
@@ -436,14 +486,89 @@ pub async fn run(
     }
 }
 
+/// Longest time the start of a session (buckets, key listing, watch) may take before it
+/// is retried.
+const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn session(
     sup: &Supervisor,
     client: &async_nats::Client,
     ready: &mut Option<oneshot::Sender<()>>,
+    beat: &Beat,
 ) -> Result<(), String> {
     if client.connection_state() != async_nats::connection::State::Connected {
         return Err("NATS is not connected".into());
     }
+    let (keys, configs) = {
+        let _busy = beat.busy(
+            "opening app-configs",
+            SESSION_SETUP_TIMEOUT + Duration::from_secs(5),
+        );
+        tokio::time::timeout(SESSION_SETUP_TIMEOUT, open_session(sup, client))
+            .await
+            .map_err(|_| {
+                format!(
+                    "opening app-configs took longer than {} s",
+                    SESSION_SETUP_TIMEOUT.as_secs()
+                )
+            })??
+    };
+    for app in sup.app_names() {
+        if !keys.contains(&app) {
+            tracing::info!(app = %app, "no spec in app-configs any more");
+            let _serial = beat.awaiting_apply();
+            sup.remove_app(&app).await;
+        }
+    }
+    let mut watch = {
+        let _busy = beat.busy(
+            "watching app-configs",
+            SESSION_SETUP_TIMEOUT + Duration::from_secs(5),
+        );
+        tokio::time::timeout(SESSION_SETUP_TIMEOUT, configs.watch_with_history(">"))
+            .await
+            .map_err(|_| "starting the watch of app-configs timed out".to_string())?
+            .map_err(|e| format!("watching app-configs: {e}"))?
+    };
+    if keys.is_empty()
+        && let Some(r) = ready.take()
+    {
+        let _ = r.send(());
+    }
+    // The tick runs only while this loop waits for the next entry: an apply that never
+    // returns stops the beats (crate::liveness).
+    let mut tick = tokio::time::interval(BEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let entry = tokio::select! {
+            e = watch.next() => e,
+            _ = tick.tick() => {
+                beat.beat();
+                continue;
+            }
+        };
+        let Some(entry) = entry else { break };
+        let entry = entry.map_err(|e| format!("watching app-configs: {e}"))?;
+        let value = matches!(entry.operation, async_nats::jetstream::kv::Operation::Put)
+            .then_some(&entry.value[..]);
+        {
+            let _serial = beat.awaiting_apply();
+            sup.handle_entry(&entry.key, value, entry.revision).await;
+        }
+        if entry.delta == 0
+            && let Some(r) = ready.take()
+        {
+            let _ = r.send(());
+        }
+    }
+    Err("the app-configs watch ended".into())
+}
+
+/// Buckets, object store and the set of keys in `app-configs`.
+async fn open_session(
+    sup: &Supervisor,
+    client: &async_nats::Client,
+) -> Result<(HashSet<String>, async_nats::jetstream::kv::Store), String> {
     let js = async_nats::jetstream::new(client.clone());
     let configs = ensure_kv(
         &js,
@@ -469,31 +594,5 @@ async fn session(
         }
         set
     };
-    for app in sup.app_names() {
-        if !keys.contains(&app) {
-            tracing::info!(app = %app, "no spec in app-configs any more");
-            sup.remove_app(&app).await;
-        }
-    }
-    let mut watch = configs
-        .watch_with_history(">")
-        .await
-        .map_err(|e| format!("watching app-configs: {e}"))?;
-    if keys.is_empty()
-        && let Some(r) = ready.take()
-    {
-        let _ = r.send(());
-    }
-    while let Some(entry) = watch.next().await {
-        let entry = entry.map_err(|e| format!("watching app-configs: {e}"))?;
-        let value = matches!(entry.operation, async_nats::jetstream::kv::Operation::Put)
-            .then_some(&entry.value[..]);
-        sup.handle_entry(&entry.key, value, entry.revision).await;
-        if entry.delta == 0
-            && let Some(r) = ready.take()
-        {
-            let _ = r.send(());
-        }
-    }
-    Err("the app-configs watch ended".into())
+    Ok((keys, configs))
 }

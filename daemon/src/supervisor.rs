@@ -197,6 +197,8 @@ pub(crate) struct Inner {
     pub(crate) store: Mutex<Option<ObjectStore>>,
     pub(crate) apps: Mutex<BTreeMap<String, AppRun>>,
     pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    /// Progress of the reconciler, heartbeat and reaper (gates narund's `WATCHDOG=1`).
+    pub(crate) liveness: Arc<crate::liveness::Liveness>,
     state_file: StateFile,
     persisted: Mutex<PersistedState>,
     /// Signalled on every status change (the heartbeat listens).
@@ -211,6 +213,13 @@ pub(crate) struct Inner {
     records: Mutex<BTreeMap<String, InstanceRecord>>,
     /// Verified runs of a previous narund, taken by `apply` for their app and index.
     pub(crate) adoptable: Mutex<BTreeMap<(String, u32), crate::adopt::Adoptable>>,
+}
+
+/// Holder of the apply lock ([`Supervisor::serial`]). Fields drop in order: the declared
+/// holder goes first, then the lock is released.
+pub struct Serial<'a> {
+    _hold: crate::liveness::ApplyHold<'a>,
+    _lock: tokio::sync::MutexGuard<'a, ()>,
 }
 
 /// The instances of one app on this node.
@@ -334,6 +343,7 @@ impl Supervisor {
             store: Mutex::new(None),
             apps: Mutex::new(BTreeMap::new()),
             apply_lock: tokio::sync::Mutex::new(()),
+            liveness: Arc::new(crate::liveness::Liveness::default()),
             state_file,
             persisted: Mutex::new(persisted),
             changed: Notify::new(),
@@ -349,6 +359,22 @@ impl Supervisor {
             },
             log_task,
         )
+    }
+
+    /// Progress of narund's loops; [`crate::liveness::Liveness::check`] gates `WATCHDOG=1`.
+    pub fn liveness(&self) -> &crate::liveness::Liveness {
+        &self.inner.liveness
+    }
+
+    /// Take the apply lock that serialises applies, removals and restarts, declaring what
+    /// the holder does and how long it may take at most (see [`crate::liveness`]): while
+    /// the guard lives no spec is applied.
+    pub async fn serial(&self, what: String, budget: Duration) -> Serial<'_> {
+        let lock = self.inner.apply_lock.lock().await;
+        Serial {
+            _hold: self.inner.liveness.hold_apply(what, budget),
+            _lock: lock,
+        }
     }
 
     /// The configuration.
@@ -2060,8 +2086,10 @@ pub fn reap_orphans() -> usize {
     reaped
 }
 
-/// Reap orphans on every SIGCHLD (and every 5 s, in case signals coalesced).
-pub fn spawn_reaper() -> tokio::task::JoinHandle<()> {
+/// Reap orphans on every SIGCHLD (and every 5 s, in case signals coalesced). With a
+/// `beat`, the loop reports its progress ([`crate::liveness`]); the reaping itself is
+/// declared as bounded work.
+pub fn spawn_reaper(beat: Option<crate::liveness::Beat>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut chld = match signal(SignalKind::child()) {
@@ -2074,10 +2102,13 @@ pub fn spawn_reaper() -> tokio::task::JoinHandle<()> {
         loop {
             match &mut chld {
                 Some(s) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), s.recv()).await;
+                    let _ = tokio::time::timeout(REAP_EVERY, s.recv()).await;
                 }
-                None => tokio::time::sleep(Duration::from_secs(5)).await,
+                None => tokio::time::sleep(REAP_EVERY).await,
             }
+            let _busy = beat
+                .as_ref()
+                .map(|b| b.busy("reaping orphans", Duration::from_secs(30)));
             let n = tokio::task::spawn_blocking(reap_orphans).await.unwrap_or(0);
             if n > 0 {
                 tracing::debug!(n, "reaped orphaned processes");
@@ -2085,6 +2116,10 @@ pub fn spawn_reaper() -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+/// Longest wait of the orphan reaper between two passes (its cadence for
+/// [`crate::liveness`]).
+pub const REAP_EVERY: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -705,3 +705,85 @@ sys.exit(0)
     );
     h.finish().await;
 }
+
+/// narund's own watchdog gating (narund::liveness): a rollout that holds the apply lock for
+/// seconds (a notify app that never sends READY=1, `startTimeoutSec` 2) is progress, while a
+/// holder of the apply lock that overruns its declared budget makes the reconciler, which
+/// waits for it, count as stuck; once the lock is free again, everything is fine again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_gating_tells_a_long_rollout_from_a_wedged_reconciler() {
+    let h = Harness::new().await;
+    // Far below the rollout's length: only the declared budget can keep the check green.
+    let stall = Duration::from_millis(300);
+    h.sup.liveness().set_stall_after(stall);
+    h.deploy("gate", "v1", SLEEPER, json!({})).await;
+    h.wait_event("v1 running", |e| {
+        e.app_name == "gate" && e.status == "running"
+    })
+    .await;
+
+    // Idle for a while: the reconciler's and heartbeat's beats keep it green.
+    let idle_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < idle_until {
+        h.sup.liveness().check().expect("idle narund is healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let never = py("time.sleep(1000)\n");
+    let began = std::time::Instant::now();
+    h.deploy(
+        "gate",
+        "v2",
+        &never,
+        json!({"notify": true, "startTimeoutSec": 2}),
+    )
+    .await;
+    let rolled_back = tokio::time::timeout(T, async {
+        loop {
+            h.sup
+                .liveness()
+                .check()
+                .expect("a rollout within its budget is progress");
+            if h.events("gate").iter().any(|e| e.status == "rolled_back") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(rolled_back.is_ok(), "no rollback: {:#?}", h.events("gate"));
+    assert!(
+        began.elapsed() > Duration::from_secs(2),
+        "the rollout held the apply lock for {:?}: too short to prove anything",
+        began.elapsed()
+    );
+
+    // A holder that hangs: it declares 500 ms and keeps the lock. The reconciler gets a new
+    // spec and waits for the lock.
+    let hold = h
+        .sup
+        .serial(
+            "a test holder that hangs".into(),
+            Duration::from_millis(500),
+        )
+        .await;
+    h.deploy("gate", "v3", SLEEPER, json!({})).await;
+    let stuck = wait_for("the check to report the wedge", T, || async {
+        h.sup.liveness().check().err()
+    })
+    .await;
+    assert!(
+        stuck.contains("reconciler") && stuck.contains("a test holder that hangs"),
+        "{stuck}"
+    );
+    drop(hold);
+    h.wait_event("v3 running", |e| {
+        e.app_name == "gate" && e.tag == "v3" && e.status == "running"
+    })
+    .await;
+    wait_for("healthy again", T, || async {
+        h.sup.liveness().check().ok()
+    })
+    .await;
+    h.finish().await;
+}

@@ -486,3 +486,122 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     let _ = tokio::time::timeout(T, second.wait()).await;
     let _ = std::fs::remove_dir(&cgroup_root);
 }
+
+/// A `notify` app with `watchdogSec` that narund re-adopts keeps its readiness and its
+/// watchdog: the new narund binds the run's notify socket again, so the app's pings (sent
+/// by path, as sd_notify clients do) reach it and the adopted run lives on; when the app
+/// stops pinging, the new narund aborts it with reason `watchdog`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readopted_notify_app_keeps_its_watchdog() {
+    let server = NatsServer::start();
+    let (configs, store, states) = setup(&server).await;
+    let client = server.connect().await;
+    let (app, node) = ("watched", "readopt-watchdog-node");
+    let data = tempfile::tempdir().unwrap();
+    let flag = data.path().join("stop-pinging");
+    // Pings every 200 ms while the flag file is absent; sendto fails while no narund is
+    // bound to the socket, which the app shrugs off (as libsystemd's sd_notify does).
+    let script = "#!/usr/bin/python3\n\
+        import os, socket, time\n\
+        def notify(msg):\n\
+        \x20   s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        \x20   try:\n\
+        \x20       s.sendto(msg.encode(), os.environ['NOTIFY_SOCKET'])\n\
+        \x20   except OSError:\n\
+        \x20       pass\n\
+        \x20   s.close()\n\
+        notify('READY=1')\n\
+        while not os.path.exists(os.environ['STOP_PINGING']):\n\
+        \x20   notify('WATCHDOG=1')\n\
+        \x20   time.sleep(0.2)\n\
+        time.sleep(1000)\n";
+    let object = names::binary_object_name(app, "v1", names::go_os(), names::go_arch());
+    store
+        .put(
+            object.as_str(),
+            &mut std::io::Cursor::new(script.as_bytes().to_vec()),
+        )
+        .await
+        .unwrap();
+    let spec = json!({
+        "name": app, "tag": "v1", "nodes": [{"name": node, "replicas": 1}],
+        "notify": true, "watchdogSec": 1, "restart": "no", "stopTimeoutSec": 2,
+        "env": [{"name": "STOP_PINGING", "value": flag.display().to_string()}],
+    });
+    configs
+        .put(app, serde_json::to_vec(&spec).unwrap().into())
+        .await
+        .unwrap();
+    let root_name = format!("narun-test-readopt-wd-{}", std::process::id());
+    let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&root_name);
+    let conf = config(data.path(), node, &server.url(), &root_name, "stop");
+    let systemd = FdStore::bind(data.path().join("systemd-notify.sock"));
+    let mut status = client
+        .subscribe(names::status_subject(app, node))
+        .await
+        .unwrap();
+    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    let mut watch = states.watch(node).await.unwrap();
+
+    let mut first = spawn_narund(&conf, &systemd.path, Vec::new());
+    let state = heartbeat(&mut watch, "watched-0 ready", |s| {
+        running_pids(s, app).len() == 1
+    })
+    .await;
+    let pid = running_pids(&state, app)["watched-0"];
+    wait_for("2 parked pipes", T, || async {
+        (systemd.names().len() == 2).then_some(())
+    })
+    .await;
+    sigkill(&mut first).await;
+    assert!(alive(pid));
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), status.next()).await {}
+
+    let stored: Vec<(String, OwnedFd)> = std::mem::take(&mut *systemd.fds.lock().unwrap())
+        .into_iter()
+        .collect();
+    let mut second = spawn_narund(&conf, &systemd.path, stored);
+    let adopted = next_status(&mut status).await;
+    assert_eq!(
+        (
+            adopted.status.as_str(),
+            adopted.reason.as_str(),
+            adopted.pid
+        ),
+        ("running", "adopted", Some(pid)),
+        "{adopted:?}"
+    );
+    // Five watchdog intervals with the adopted run pinging the new narund: no abort.
+    let quiet = tokio::time::timeout(Duration::from_secs(5), status.next()).await;
+    assert!(
+        quiet.is_err(),
+        "the pinging adopted run was disturbed: {:?}",
+        quiet.map(|m| m.map(|m| String::from_utf8_lossy(&m.payload).into_owned()))
+    );
+    assert!(alive(pid));
+
+    // The app stops pinging: the new narund's watchdog fires.
+    std::fs::write(&flag, "").unwrap();
+    let ended = loop {
+        let e = next_status(&mut status).await;
+        if e.status != "running" {
+            break e;
+        }
+    };
+    assert_eq!(ended.reason, "watchdog", "{ended:?}");
+    common::wait_gone(pid).await;
+
+    configs.delete(app).await.unwrap();
+    unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
+    let _ = tokio::time::timeout(T, second.wait()).await;
+    common::kill_and_remove_cgroups(&cgroup_root);
+}
+
+/// The next status event (at most [`T`]).
+async fn next_status(status: &mut async_nats::Subscriber) -> StatusEvent {
+    let m = tokio::time::timeout(T, status.next())
+        .await
+        .expect("a status event")
+        .unwrap();
+    serde_json::from_slice(&m.payload).unwrap()
+}

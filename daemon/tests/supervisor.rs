@@ -449,7 +449,7 @@ async fn double_forking_app_leaves_no_process_after_stop() {
     let h = Harness::new().await;
     // Like narund: orphans are re-parented to us (subreaper) and must be reaped, not left
     // as zombies.
-    let _reaper = narund::supervisor::spawn_reaper();
+    let _reaper = narund::supervisor::spawn_reaper(None);
     let script = "#!/bin/sh\n(sleep 1000 & echo $! > orphan.pid)\nexec sleep 1000\n";
     h.upload("forky", "v1", script).await;
     h.put_spec("forky", h.spec("forky", "v1", 1)).await;

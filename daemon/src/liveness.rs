@@ -1,0 +1,290 @@
+//! Is narund making progress? The answer gates narund's own `WATCHDOG=1` to systemd.
+//!
+//! systemd restarts a `WatchdogSec=` service that stops pinging. Pinging from a timer
+//! alone proves only that the timer runs; a reconciler stuck on a lock or a supervisor
+//! loop blocked in a system call would keep being "alive". So the loops that matter
+//! report here, and the main loop pings only while [`Liveness::check`] says every one of
+//! them is fine:
+//!
+//! * Each loop is a **part** ([`Liveness::register`]) with a cadence. While it idles it
+//!   calls [`Beat::beat`] at least once per cadence (a timer branch in its `select!`,
+//!   which runs only when the loop is back at its wait). Silence longer than cadence +
+//!   `stall_after` is a wedge.
+//! * Work that legitimately takes long is declared with a bound: [`Beat::busy`]
+//!   (e.g. a heartbeat put, bounded by its timeout). Overrunning the bound is a wedge.
+//! * Spec applies, removals and restarts are serialised by the apply lock, and a rolling
+//!   update may hold it for minutes (each replica gets `startTimeoutSec`, `settleSec` and a
+//!   stop). The holder declares a budget computed from the spec when it takes the lock
+//!   ([`Liveness::hold_apply`]); a part that waits for the lock
+//!   ([`Beat::awaiting_apply`]) is fine while the holder is within its budget. So a long
+//!   rollout is progress, and a holder that overruns its budget — or a lock held by nobody
+//!   who declared one — is a wedge.
+//!
+//! Not tracked, on purpose: the NATS I/O tasks (log and event publishers). They wait for
+//! NATS for as long as it is away, which is normal operation, and they never block an app
+//! (the log spool is bounded).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often an idle part beats. Its allowed silence is its cadence plus `stall_after`.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// Default extra silence after which an idle part counts as wedged.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
+
+/// The progress registry (one per supervisor).
+pub struct Liveness {
+    stall_after: Mutex<Duration>,
+    parts: Mutex<Vec<Arc<Part>>>,
+    apply: Mutex<Option<Holder>>,
+}
+
+struct Part {
+    name: &'static str,
+    cadence: Duration,
+    state: Mutex<PartState>,
+}
+
+struct PartState {
+    /// Last beat, or last change of activity.
+    last: Instant,
+    activity: Activity,
+}
+
+enum Activity {
+    Idle,
+    Busy { what: String, until: Instant },
+    AwaitingApply,
+}
+
+struct Holder {
+    what: String,
+    until: Instant,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness::new(STALL_AFTER)
+    }
+}
+
+impl Liveness {
+    pub fn new(stall_after: Duration) -> Liveness {
+        Liveness {
+            stall_after: Mutex::new(stall_after),
+            parts: Mutex::new(Vec::new()),
+            apply: Mutex::new(None),
+        }
+    }
+
+    /// Change the allowed extra silence (narund derives it from `WATCHDOG_USEC`).
+    pub fn set_stall_after(&self, d: Duration) {
+        *self.stall_after.lock().unwrap() = d;
+    }
+
+    /// A new part that beats at least every `cadence` while idle.
+    pub fn register(&self, name: &'static str, cadence: Duration) -> Beat {
+        let part = Arc::new(Part {
+            name,
+            cadence,
+            state: Mutex::new(PartState {
+                last: Instant::now(),
+                activity: Activity::Idle,
+            }),
+        });
+        let mut parts = self.parts.lock().unwrap();
+        parts.retain(|p| Arc::strong_count(p) > 1);
+        parts.push(part.clone());
+        Beat { part }
+    }
+
+    /// Declare the holder of the apply lock and its budget, until the guard is dropped.
+    pub fn hold_apply(&self, what: impl Into<String>, budget: Duration) -> ApplyHold<'_> {
+        *self.apply.lock().unwrap() = Some(Holder {
+            what: what.into(),
+            until: Instant::now() + budget,
+        });
+        ApplyHold { liveness: self }
+    }
+
+    /// `Ok` while every part makes progress; otherwise what is stuck, in one line.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&self, now: Instant) -> Result<(), String> {
+        let stall_after = *self.stall_after.lock().unwrap();
+        let holder = self
+            .apply
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|h| (h.what.clone(), h.until));
+        let mut stuck = Vec::new();
+        for part in self.parts.lock().unwrap().iter() {
+            // Registered parts that are gone (their Beat dropped) are not checked.
+            if Arc::strong_count(part) == 1 {
+                continue;
+            }
+            let st = part.state.lock().unwrap();
+            let silent = now.saturating_duration_since(st.last);
+            match &st.activity {
+                Activity::Busy { what, until } if now > *until => stuck.push(format!(
+                    "{}: {what} overran its bound by {} s",
+                    part.name,
+                    now.duration_since(*until).as_secs()
+                )),
+                Activity::Busy { .. } => {}
+                Activity::AwaitingApply => match &holder {
+                    Some((what, until)) if now > *until => stuck.push(format!(
+                        "{}: waiting for the apply lock, held by {what} {} s past its budget",
+                        part.name,
+                        now.duration_since(*until).as_secs()
+                    )),
+                    Some(_) => {}
+                    None if silent > part.cadence + stall_after => stuck.push(format!(
+                        "{}: waiting {} s for the apply lock, which no declared holder has",
+                        part.name,
+                        silent.as_secs()
+                    )),
+                    None => {}
+                },
+                Activity::Idle if silent > part.cadence + stall_after => stuck.push(format!(
+                    "{}: no progress for {} s",
+                    part.name,
+                    silent.as_secs()
+                )),
+                Activity::Idle => {}
+            }
+        }
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(stuck.join("; "))
+        }
+    }
+}
+
+/// A part's handle: beat while idle, declare bounded work.
+pub struct Beat {
+    part: Arc<Part>,
+}
+
+impl Beat {
+    /// The part is at its idle wait and fine.
+    pub fn beat(&self) {
+        self.part.state.lock().unwrap().last = Instant::now();
+    }
+
+    /// The part does work that may take up to `bound`, until the guard is dropped.
+    pub fn busy(&self, what: impl Into<String>, bound: Duration) -> Busy<'_> {
+        self.set(Activity::Busy {
+            what: what.into(),
+            until: Instant::now() + bound,
+        });
+        Busy { beat: self }
+    }
+
+    /// The part waits for (or runs under) the apply lock, until the guard is dropped: it
+    /// is as healthy as the lock's holder.
+    pub fn awaiting_apply(&self) -> Busy<'_> {
+        self.set(Activity::AwaitingApply);
+        Busy { beat: self }
+    }
+
+    fn set(&self, activity: Activity) {
+        let mut st = self.part.state.lock().unwrap();
+        st.activity = activity;
+        st.last = Instant::now();
+    }
+}
+
+/// Guard of [`Beat::busy`] and [`Beat::awaiting_apply`]; dropping it is a beat.
+pub struct Busy<'a> {
+    beat: &'a Beat,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.beat.set(Activity::Idle);
+    }
+}
+
+/// Guard of [`Liveness::hold_apply`].
+pub struct ApplyHold<'a> {
+    liveness: &'a Liveness,
+}
+
+impl Drop for ApplyHold<'_> {
+    fn drop(&mut self) {
+        *self.liveness.apply.lock().unwrap() = None;
+        // Waiters were blocked by the holder, not silent: restart their silence clock.
+        for part in self.liveness.parts.lock().unwrap().iter() {
+            let mut st = part.state.lock().unwrap();
+            if matches!(st.activity, Activity::AwaitingApply) {
+                st.last = Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn idle_part_is_fine_until_silent_too_long() {
+        let l = Liveness::new(2 * S);
+        let b = l.register("reconciler", S);
+        let t0 = Instant::now();
+        assert!(l.check_at(t0 + 2 * S).is_ok());
+        let e = l.check_at(t0 + 4 * S).unwrap_err();
+        assert!(e.contains("reconciler: no progress"), "{e}");
+        b.beat();
+        assert!(l.check_at(Instant::now() + S).is_ok());
+    }
+
+    #[test]
+    fn busy_within_bound_is_progress_and_overrun_is_not() {
+        let l = Liveness::new(S);
+        let b = l.register("heartbeat", S);
+        let t0 = Instant::now();
+        let g = b.busy("publishing the node state", 60 * S);
+        assert!(l.check_at(t0 + 30 * S).is_ok(), "long but within its bound");
+        let e = l.check_at(t0 + 62 * S).unwrap_err();
+        assert!(e.contains("publishing the node state overran"), "{e}");
+        drop(g);
+        assert!(l.check().is_ok(), "done: a beat");
+    }
+
+    #[test]
+    fn waiting_for_the_apply_lock_follows_the_holder() {
+        let l = Liveness::new(S);
+        let b = l.register("reconciler", S);
+        let t0 = Instant::now();
+        let hold = l.hold_apply("rollout of app", 100 * S);
+        let w = b.awaiting_apply();
+        assert!(
+            l.check_at(t0 + 90 * S).is_ok(),
+            "a long rollout is progress"
+        );
+        let e = l.check_at(t0 + 102 * S).unwrap_err();
+        assert!(e.contains("held by rollout of app"), "{e}");
+        drop(hold);
+        assert!(l.check().is_ok(), "the waiter gets the lock now");
+        let e = l.check_at(Instant::now() + 3 * S).unwrap_err();
+        assert!(e.contains("no declared holder"), "{e}");
+        drop(w);
+        assert!(l.check().is_ok());
+    }
+
+    #[test]
+    fn dropped_parts_are_not_checked() {
+        let l = Liveness::new(S);
+        let b = l.register("gone", S);
+        drop(b);
+        assert!(l.check_at(Instant::now() + 100 * S).is_ok());
+    }
+}
