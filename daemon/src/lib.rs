@@ -17,6 +17,7 @@
 //! | [`notify`] | the per-instance sd_notify socket: READY/STATUS/WATCHDOG/… from apps, sender checked by cgroup |
 //! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
 //! | [`node`] | heartbeat in `node-runner-states`, clean shutdown |
+//! | [`control`] | operator requests on `narun.control.<node>.*` (restart an app's instances) |
 //! | [`state`] | last applied specs in the data dir, for starts without NATS; records of running processes |
 //! | [`fdstore`] | log pipes of running apps parked in systemd's fd store across narund restarts |
 //! | [`adopt`] | re-adoption of running apps after a restart of narund (records, fd store) |
@@ -24,6 +25,7 @@
 pub mod adopt;
 pub mod cgroup;
 pub mod config;
+pub mod control;
 pub mod fdstore;
 pub mod fetch;
 pub mod liveness;

@@ -245,6 +245,14 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         });
     }
+    {
+        // Operator requests (`narunctl apps restart`) on narun.control.<node>.*.
+        let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            narund::control::run(sup, client, stop).await;
+            Ok(())
+        });
+    }
     if config.logs.stream {
         let limits = narund::log_stream::Limits::from_config(&config.logs);
         let (client, stop) = (client.clone(), stop_rx.clone());

@@ -1,0 +1,202 @@
+//! Operator requests to this node: core NATS request-reply on
+//! `narun.control.<node_id>.<verb>` ([`narun_wire::names::control_subject`]).
+//!
+//! The specs in `app-configs` say *what* runs; some operator actions are not a change of
+//! the spec and need the node itself to act. The only one so far is **restart**
+//! (`narunctl apps restart NAME`), which means what `systemctl restart` means:
+//!
+//! ```text
+//! request  narun.control.node-1.restart   {"app": "hello"}            ("instance": "hello-1" optional)
+//! reply                                   {"node_id": "node-1", "app": "hello",
+//!                                          "restarted": ["hello-0", "hello-1"]}   (+ "error": "…")
+//! ```
+//!
+//! For each instance of the app on this node, in index order and **one at a time**:
+//!
+//! 1. an intentional stop through the instance's ordinary stop path ([`InstanceHandle::stop`]:
+//!    `stopSignal`, `stopTimeoutSec`, then `cgroup.kill`), published as `stopping`/`stopped`;
+//! 2. a fresh start of the same spec at the same index (a new instance run: new run id,
+//!    new pid, new cgroup), published as `starting`/`running`;
+//! 3. a wait until the new run is ready, with the rule the rolling replace uses
+//!    (`READY=1` with `notify = true`, else `running` for `settleSec`), before the next
+//!    instance is touched, so an app with two replicas always has one serving.
+//!
+//! A restart is not a crash: the new run starts with a clean restart counter, backoff
+//! and start-limit window (it is a new run of the instance task). If an instance does
+//! not come back, the remaining ones are left alone and the reply's `error` says which
+//! one and why (its own restart policy still applies to it). The restart holds the
+//! supervisor's apply lock, so it never interleaves with a spec being applied, a delete
+//! or narund's shutdown; two restarts of the same app run one after the other.
+//!
+//! Errors are answers, never crashes: an unknown app, an app with no instance here, an
+//! unknown instance or a request that is not JSON each get a reply with `error` set.
+
+use crate::supervisor::{InstanceHandle, Supervisor};
+use futures_util::StreamExt;
+use narun_wire::events::{RestartReply, RestartRequest};
+use narun_wire::names;
+use std::time::Duration;
+use tokio::sync::watch;
+
+impl Supervisor {
+    /// Restart the instances of `app` on this node (only `instance` when given), one at
+    /// a time, each stopped and started again and waited for until ready (see the
+    /// module docs). Serialised with [`Supervisor::apply`].
+    pub async fn restart_app(&self, app: &str, instance: Option<&str>) -> RestartReply {
+        let mut reply = RestartReply {
+            node_id: self.inner.cfg.node_id.clone(),
+            app: app.to_string(),
+            ..Default::default()
+        };
+        let budget = {
+            let apps = self.inner.apps.lock().unwrap();
+            apps.get(app).map_or(Duration::from_secs(30), |a| {
+                crate::reconcile::apply_budget(&a.spec, a.instances.len() as u32)
+            })
+        };
+        let _serial = self.serial(format!("the restart of {app}"), budget).await;
+        let handles: Vec<InstanceHandle> = {
+            let apps = self.inner.apps.lock().unwrap();
+            match apps.get(app) {
+                None => {
+                    reply.error = format!(
+                        "app {app} is not deployed on node {} (no spec selects this node)",
+                        reply.node_id
+                    );
+                    return reply;
+                }
+                Some(a) => a.instances.values().cloned().collect(),
+            }
+        };
+        let all: Vec<String> = handles.iter().map(|h| h.instance_id.clone()).collect();
+        let handles: Vec<InstanceHandle> = match instance {
+            Some(id) => handles
+                .into_iter()
+                .filter(|h| h.instance_id == id)
+                .collect(),
+            None => handles,
+        };
+        if handles.is_empty() {
+            reply.error = match instance {
+                Some(id) => format!(
+                    "{id} is not an instance of {app} on node {} (it has: {})",
+                    reply.node_id,
+                    if all.is_empty() {
+                        "none".to_string()
+                    } else {
+                        all.join(", ")
+                    }
+                ),
+                None => format!(
+                    "app {app} has no instances on node {} (its spec selects no replica here)",
+                    reply.node_id
+                ),
+            };
+            return reply;
+        }
+        tracing::info!(app, instances = ?handles.iter().map(|h| &h.instance_id).collect::<Vec<_>>(), "restart requested");
+        let count = handles.len();
+        for (n, old) in handles.into_iter().enumerate() {
+            old.stop().await;
+            // The spec this instance ran (after a rolled-back rollout it may be older than
+            // the app's current spec): a restart changes nothing but the run.
+            let new = self.start_instance(old.spec.clone(), old.index);
+            self.put_instance(app, new.clone());
+            self.inner.changed.notify_waiters();
+            match crate::reconcile::wait_settled(&new).await {
+                Ok(()) => {
+                    tracing::info!(instance = %new.instance_id, "restarted");
+                    reply.restarted.push(new.instance_id.clone());
+                }
+                Err(why) => {
+                    tracing::warn!(instance = %new.instance_id, %why, "did not come back after a restart");
+                    let left = count - n - 1;
+                    reply.error = format!(
+                        "{} did not come back after the restart ({why}){}",
+                        new.instance_id,
+                        if left > 0 {
+                            format!("; {left} later instance(s) were not restarted")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    break;
+                }
+            }
+        }
+        self.inner.changed.notify_waiters();
+        reply
+    }
+
+    /// Answer one `restart` request payload.
+    async fn answer_restart(&self, payload: &[u8]) -> RestartReply {
+        match serde_json::from_slice::<RestartRequest>(payload) {
+            Ok(req) if !req.app.is_empty() => {
+                let instance = (!req.instance.is_empty()).then_some(req.instance.as_str());
+                self.restart_app(&req.app, instance).await
+            }
+            Ok(_) => RestartReply {
+                node_id: self.inner.cfg.node_id.clone(),
+                error: "bad restart request: \"app\" is empty".into(),
+                ..Default::default()
+            },
+            Err(e) => RestartReply {
+                node_id: self.inner.cfg.node_id.clone(),
+                error: format!("bad restart request: {e} (expected {{\"app\": \"NAME\"}})"),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Serve the control subjects of this node until `stop` becomes true. Subscribing is
+/// retried (250 ms, doubling to 30 s); once subscribed, async-nats re-subscribes by
+/// itself after reconnects. Each request is handled in its own task (a restart may
+/// take as long as its instances need to stop and become ready again) and answered on
+/// its reply subject; requests without one are handled and not answered.
+pub async fn run(sup: Supervisor, client: async_nats::Client, mut stop: watch::Receiver<bool>) {
+    let subject = names::control_subject(&sup.config().node_id, names::CONTROL_RESTART);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let sub = tokio::select! {
+            s = client.subscribe(subject.clone()) => s,
+            _ = crate::supervisor::stopped(&mut stop) => return,
+        };
+        match sub {
+            Ok(mut sub) => {
+                tracing::debug!(%subject, "serving control requests");
+                delay = Duration::from_millis(250);
+                loop {
+                    let msg = tokio::select! {
+                        m = sub.next() => m,
+                        _ = crate::supervisor::stopped(&mut stop) => return,
+                    };
+                    let Some(msg) = msg else { break };
+                    let (sup, client) = (sup.clone(), client.clone());
+                    tokio::spawn(async move {
+                        let reply = sup.answer_restart(&msg.payload).await;
+                        if !reply.error.is_empty() {
+                            tracing::warn!(app = %reply.app, error = %reply.error, "restart request failed");
+                        }
+                        if let Some(to) = msg.reply {
+                            let body = serde_json::to_vec(&reply)
+                                .expect("a RestartReply always serializes");
+                            if let Err(e) = client.publish(to, body.into()).await {
+                                tracing::warn!(error = %e, "cannot send the restart reply");
+                            }
+                        }
+                    });
+                }
+                tracing::warn!(%subject, "control subscription ended; subscribing again");
+            }
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, retry_in = ?delay, "cannot subscribe to control requests");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = crate::supervisor::stopped(&mut stop) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
