@@ -272,6 +272,12 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     tokio::pin!(ready_wait);
     let mut ready_sent = false;
     let mut stuck: Option<String> = None;
+    // STATUS= follows the instances and the NATS connection (checked every 2 s, sent
+    // when it changes); a reload's result stays appended until the next reload.
+    let mut status_tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    let mut reload_note: Option<String> = None;
     let mut watchdog =
         tokio::time::interval(watchdog_period.unwrap_or(std::time::Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -283,6 +289,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
                     Ok(()) => {
                         if stuck.take().is_some() {
                             tracing::info!("narund makes progress again; watchdog pings resumed");
+                            last_status.clear();
                         }
                         notify(&[NotifyState::Watchdog]);
                     }
@@ -294,6 +301,18 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
                         }
                         stuck = Some(what);
                     }
+                }
+            }
+            _ = status_tick.tick(), if ready_sent && stuck.is_none() => {
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                let mut line = narund::node::status_line(&sup.instances(), connected);
+                if let Some(note) = &reload_note {
+                    line = format!("{line}; {note}");
+                }
+                if line != last_status {
+                    notify(&[NotifyState::Status(&line)]);
+                    last_status = line;
                 }
             }
             _ = &mut ready_wait, if !ready_sent => {
@@ -315,6 +334,8 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
                 notify(&reloading);
                 let status = reload(cli, &config, &sup).await;
                 notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+                last_status = status.clone();
+                reload_note = (status != "configuration reloaded").then_some(status);
             }
             Some(res) = tasks.join_next() => {
                 res.context("task panicked")??;

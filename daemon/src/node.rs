@@ -102,6 +102,32 @@ async fn put(store: &kv::Store, state: &NodeState) -> bool {
     )
 }
 
+/// One line for systemd's `STATUS=`: instances per state (most common first, ties by
+/// name) and whether NATS is connected, e.g. `3 running, 1 failed; NATS connected`.
+pub fn status_line(instances: &[narun_wire::events::InstanceState], connected: bool) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for i in instances {
+        *counts.entry(i.status.as_str()).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let apps = if counts.is_empty() {
+        "no instances".to_string()
+    } else {
+        counts
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let nats = if connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    format!("{apps}; NATS {nats}")
+}
+
 /// Heart-beat until `stop` becomes true. Failures are logged and retried at the next beat.
 pub async fn run_heartbeat(
     sup: Supervisor,
@@ -160,5 +186,27 @@ pub async fn shutdown(sup: &Supervisor, client: &async_nats::Client, start_time:
     if let Some(s) = &store {
         let node = sup.config().node_id.clone();
         let _ = tokio::time::timeout(PUT_TIMEOUT, s.delete(&node)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use narun_wire::events::InstanceState;
+
+    #[test]
+    fn status_line_counts_states() {
+        let i = |status: &str| InstanceState {
+            status: status.into(),
+            ..Default::default()
+        };
+        assert_eq!(status_line(&[], false), "no instances; NATS disconnected");
+        assert_eq!(
+            status_line(
+                &[i("running"), i("failed"), i("running"), i("starting")],
+                true
+            ),
+            "2 running, 1 failed, 1 starting; NATS connected"
+        );
     }
 }
