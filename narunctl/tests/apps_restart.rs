@@ -284,3 +284,84 @@ async fn apps_restart_restarts_each_instance_one_at_a_time() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_come_back_stops_the_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = NatsServer::start();
+    let url = server.url();
+    let client = server.connect().await;
+    let _narund = Narund::start(&server, NODE, "");
+    // The app fails to start once `broken` exists (in a directory `nobody` can read).
+    let marker_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(marker_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let marker = marker_dir.path().join("broken");
+    let script = format!(
+        "#!/bin/sh\nif [ -e {m} ]; then echo 'config broken' >&2; exit 1; fi\nexec sleep 1000\n",
+        m = marker.display()
+    );
+    upload_script(&server, "web", "v1", &script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = deploy_spec(dir.path(), "web", 2);
+    let out = narunctl(
+        &url,
+        &[
+            "deploy",
+            "-f",
+            spec.to_str().unwrap(),
+            "--no-binary",
+            "--wait=40s",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+    let js = async_nats::jetstream::new(client.clone());
+    let states = js.get_key_value(names::NODE_STATES_BUCKET).await.unwrap();
+    let before = running_pids(&states, "web-0 and web-1 running", |p| {
+        p.contains_key("web-0") && p.contains_key("web-1")
+    })
+    .await;
+
+    std::fs::write(&marker, "").unwrap();
+    let out = narunctl(&url, &["apps", "restart", "web"]).await;
+    let err = text(&out.stderr);
+    println!("{}{err}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("web-0 did not come back after the restart (crashed")
+            && err.contains("1 later instance(s) were not restarted"),
+        "{err}"
+    );
+    // web-1 was left alone: same process, still running.
+    assert!(alive(before["web-1"]), "web-1 keeps running");
+    let now = running_pids(&states, "web-1 in the heartbeat", |p| {
+        p.contains_key("web-1")
+    })
+    .await;
+    assert_eq!(now["web-1"], before["web-1"]);
+
+    // Requests narund cannot use are answered with an error, and narund goes on.
+    for (payload, want) in [
+        (&b"not json"[..], "bad restart request"),
+        (&br#"{"app": ""}"#[..], "\"app\" is empty"),
+        (
+            &br#"{"app": "web", "instance": "web-7"}"#[..],
+            "web-7 is not an instance of web",
+        ),
+    ] {
+        let subject = names::control_subject(NODE, names::CONTROL_RESTART);
+        let reply = tokio::time::timeout(T, client.request(subject, payload.to_vec().into()))
+            .await
+            .expect("an answer")
+            .expect("narund answers");
+        let reply: RestartReply = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply.node_id, NODE);
+        assert!(reply.error.contains(want), "{reply:?}");
+        assert!(reply.restarted.is_empty());
+    }
+    // Fixed again: a restart brings web-0 back (its crash loop does not block it).
+    std::fs::remove_file(&marker).unwrap();
+    let out = narunctl(&url, &["apps", "restart", "web", "--instance", "web-0"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    running_pids(&states, "web-0 running again", |p| p.contains_key("web-0")).await;
+}
