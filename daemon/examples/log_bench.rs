@@ -10,6 +10,10 @@
 //!   subscriber on a second connection, timed the same way.
 //!
 //! Both runs use a fresh, real nats-server (narun-test-support). Zero loss is checked.
+//!
+//! For profiling one side only: `LOG_BENCH_ONLY=forwarder` (or `raw`) skips the other runs, e.g.
+//! `cargo build --profile bench-prof -p narund --example log_bench` and then
+//! `LOG_BENCH_ONLY=forwarder perf record -a -g -- target/bench-prof/examples/log_bench`.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -113,15 +117,21 @@ async fn main() -> anyhow::Result<()> {
         dropped_before: 0,
     })?
     .len();
+    let only = std::env::var("LOG_BENCH_ONLY").unwrap_or_default();
     let mut lossless = true;
     for _ in 0..3 {
-        let server = narun_test_support::NatsServer::start();
-        let (d, ok) = forwarder_run(&server.url(), lines)
-            .await
-            .map_err(|e| e.context("forwarder run"))?;
-        best_fwd = best_fwd.min(d);
-        lossless &= ok;
-        drop(server);
+        if only != "raw" {
+            let server = narun_test_support::NatsServer::start();
+            let (d, ok) = forwarder_run(&server.url(), lines)
+                .await
+                .map_err(|e| e.context("forwarder run"))?;
+            best_fwd = best_fwd.min(d);
+            lossless &= ok;
+            drop(server);
+        }
+        if only == "forwarder" {
+            continue;
+        }
         // A raw publisher outruns the subscriber; nats-server then drops messages for the slow
         // consumer. Such a run is not a valid reference: retry it.
         for (size, best) in [(100, &mut best_raw), (json_size, &mut best_raw_json)] {
@@ -137,7 +147,21 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let rate = |d: Duration| lines as f64 / d.as_secs_f64();
+    // A path that was not run (LOG_BENCH_ONLY) prints as 0.
+    let rate = |d: Duration| {
+        if d == Duration::MAX {
+            0.0
+        } else {
+            lines as f64 / d.as_secs_f64()
+        }
+    };
+    let ms = |d: Duration| {
+        if d == Duration::MAX {
+            0.0
+        } else {
+            d.as_secs_f64() * 1e3
+        }
+    };
     println!(
         "{lines} lines of 100 B, best of 3, io_uring={}",
         UringHandle::start().available()
@@ -145,17 +169,17 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "forwarder end-to-end : {:>10.0} lines/s ({:.0} ms)",
         rate(best_fwd),
-        best_fwd.as_secs_f64() * 1e3
+        ms(best_fwd)
     );
     println!(
         "raw async-nats       : {:>10.0} msgs/s  ({:.0} ms)",
         rate(best_raw),
-        best_raw.as_secs_f64() * 1e3
+        ms(best_raw)
     );
     println!(
         "raw async-nats {json_size} B: {:>10.0} msgs/s  ({:.0} ms)  (the size of one forwarded JSON line)",
         rate(best_raw_json),
-        best_raw_json.as_secs_f64() * 1e3
+        ms(best_raw_json)
     );
     println!(
         "ratio forwarder/raw 100 B: {:.2} (target >= 0.7); zero loss: {lossless}",

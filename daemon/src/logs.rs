@@ -2,7 +2,7 @@
 //!
 //! Every instance's stdout and stderr are pipes. A [`LogSink`] (one per instance) reads each pipe
 //! through the [`UringHandle`] (io_uring or plain reads), splits the bytes into lines with a
-//! [`LineSplitter`], turns each line into the Go-shaped JSON [`LogLine`] and appends it to the
+//! [`LineSplitter`], turns each line into the Go-shaped JSON [`LogLine`](narun_wire::events::LogLine) and appends it to the
 //! node-wide **spool** of the [`LogForwarder`]. One publisher task drains the spool to NATS.
 //!
 //! ```text
@@ -51,8 +51,7 @@ use async_nats::Subject;
 use async_nats::connection::State;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use narun_wire::events::LogLine;
-use serde::Serialize;
+use narun_wire::events::LogLineJson;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -117,7 +116,21 @@ impl LineSplitter {
     }
 
     /// Feed a chunk; `emit(text, partial)` is called for every complete line or piece.
-    pub fn feed(&mut self, mut chunk: &[u8], emit: &mut impl FnMut(&str, bool)) {
+    pub fn feed(&mut self, chunk: &[u8], emit: &mut impl FnMut(&str, bool)) {
+        self.feed_bytes(chunk, &mut |line, partial| {
+            emit(&String::from_utf8_lossy(line), partial)
+        })
+    }
+
+    /// End of stream: emit what is left as a last line.
+    pub fn finish(&mut self, emit: &mut impl FnMut(&str, bool)) {
+        self.finish_bytes(&mut |line, partial| emit(&String::from_utf8_lossy(line), partial))
+    }
+
+    /// Like [`feed`](Self::feed) but the lines are handed out as raw bytes, possibly invalid
+    /// UTF-8 (the forwarder converts them while it serializes, without a `String` per line).
+    /// The lines and pieces are the same as `feed`'s.
+    pub fn feed_bytes(&mut self, mut chunk: &[u8], emit: &mut impl FnMut(&[u8], bool)) {
         while !chunk.is_empty() {
             match chunk.iter().position(|&b| b == b'\n') {
                 Some(i) => {
@@ -125,11 +138,11 @@ impl LineSplitter {
                     chunk = &chunk[i + 1..];
                     if self.buf.is_empty() && line.len() <= self.max {
                         // Fast path: the whole line is inside this chunk; no copy.
-                        emit_bytes(strip_cr(line), false, emit);
+                        emit(strip_cr(line), false);
                     } else {
                         self.buf.extend_from_slice(line);
                         self.emit_long_pieces(emit);
-                        emit_bytes(strip_cr(&self.buf), false, emit);
+                        emit(strip_cr(&self.buf), false);
                         self.buf.clear();
                     }
                 }
@@ -142,10 +155,10 @@ impl LineSplitter {
         }
     }
 
-    /// End of stream: emit what is left as a last line.
-    pub fn finish(&mut self, emit: &mut impl FnMut(&str, bool)) {
+    /// Like [`finish`](Self::finish), with raw bytes (see [`feed_bytes`](Self::feed_bytes)).
+    pub fn finish_bytes(&mut self, emit: &mut impl FnMut(&[u8], bool)) {
         if !self.buf.is_empty() {
-            emit_bytes(strip_cr(&self.buf), false, emit);
+            emit(strip_cr(&self.buf), false);
             self.buf.clear();
         }
     }
@@ -156,7 +169,7 @@ impl LineSplitter {
     }
 
     /// While more than `max` bytes are buffered, emit `max`-sized partial pieces.
-    fn emit_long_pieces(&mut self, emit: &mut impl FnMut(&str, bool)) {
+    fn emit_long_pieces(&mut self, emit: &mut impl FnMut(&[u8], bool)) {
         let mut start = 0;
         while self.buf.len() - start > self.max {
             let mut cut = start + self.max;
@@ -168,7 +181,7 @@ impl LineSplitter {
             if (self.buf[cut] & 0xC0) == 0x80 {
                 cut = start + self.max; // not UTF-8 anyway
             }
-            emit_bytes(&self.buf[start..cut], true, emit);
+            emit(&self.buf[start..cut], true);
             start = cut;
         }
         if start > 0 {
@@ -181,29 +194,40 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn emit_bytes(bytes: &[u8], partial: bool, emit: &mut impl FnMut(&str, bool)) {
-    emit(&String::from_utf8_lossy(bytes), partial)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Spool
 // ---------------------------------------------------------------------------------------------
 
+/// Where one app's lines go: shared by its sinks and their spooled lines.
+struct Target {
+    /// `logs.<app>.<node>`, built once.
+    subject: Subject,
+    app: Arc<str>,
+}
+
 /// One serialized line waiting for confirmation.
-#[derive(Clone)]
+///
+/// Its `payload` is a slice of the buffer that holds every line of the pipe read it came from
+/// (one allocation per read, not per line); the buffer is freed when its last line is.
 struct Entry {
     seq: u64,
-    subject: Subject,
-    /// JSON of the [`LogLine`] with `dropped_before` = 0.
+    /// JSON of the [`LogLine`](narun_wire::events::LogLine) with `dropped_before` = 0.
     payload: Bytes,
     /// Lines dropped just before this one; spliced into the JSON when sent.
     dropped_before: u64,
-    app: Arc<str>,
+    target: Arc<Target>,
+}
+
+/// A line taken from the spool for publishing.
+struct Outgoing {
+    seq: u64,
+    subject: Subject,
+    payload: Bytes,
 }
 
 impl Entry {
     fn size(&self) -> usize {
-        self.payload.len() + self.subject.len() + ENTRY_OVERHEAD
+        self.payload.len() + self.target.subject.len() + ENTRY_OVERHEAD
     }
 
     /// The payload as sent: with `"dropped_before":n` added when lines were dropped before it.
@@ -272,32 +296,39 @@ impl Spool {
         n
     }
 
-    /// The next lines to send, up to the batch limits.
-    fn next_batch(&self) -> Vec<Entry> {
+    /// Append the next lines to send to `out` (empty on entry), up to the batch limits; lines
+    /// that carry a drop count add `(app, count)` to `dropped` for a warning.
+    fn next_batch(&self, out: &mut Vec<Outgoing>, dropped: &mut Vec<(Arc<str>, u64)>) {
         let start = self.entries.partition_point(|x| x.seq <= self.sent_upto);
         let mut bytes = 0;
-        self.entries
-            .range(start..)
-            .take_while(|e| {
-                bytes += e.payload.len();
-                bytes <= BATCH_BYTES || bytes == e.payload.len()
-            })
-            .take(BATCH_LINES)
-            .cloned()
-            .collect()
+        for e in self.entries.range(start..).take(BATCH_LINES) {
+            bytes += e.payload.len();
+            if bytes > BATCH_BYTES && !out.is_empty() {
+                break;
+            }
+            if e.dropped_before > 0 {
+                dropped.push((e.target.app.clone(), e.dropped_before));
+            }
+            out.push(Outgoing {
+                seq: e.seq,
+                subject: e.target.subject.clone(),
+                payload: e.wire_payload(),
+            });
+        }
     }
 
-    fn remove(&mut self, seq: u64) {
-        if let Some(i) = self.entries.iter().position(|e| e.seq == seq) {
-            let e = self.entries.remove(i).expect("index from position");
-            self.bytes -= e.size();
-            if e.dropped_before > 0 {
-                match self.entries.get_mut(i) {
-                    Some(next) => next.dropped_before += e.dropped_before,
-                    None => self.carry += e.dropped_before,
-                }
+    /// Remove the line `seq` (one that can never be published); returns its app.
+    fn remove(&mut self, seq: u64) -> Option<Arc<str>> {
+        let i = self.entries.iter().position(|e| e.seq == seq)?;
+        let e = self.entries.remove(i).expect("index from position");
+        self.bytes -= e.size();
+        if e.dropped_before > 0 {
+            match self.entries.get_mut(i) {
+                Some(next) => next.dropped_before += e.dropped_before,
+                None => self.carry += e.dropped_before,
             }
         }
+        Some(e.target.app.clone())
     }
 }
 
@@ -379,9 +410,8 @@ pub struct LogForwarder {
 pub struct LogSink {
     shared: Arc<Shared>,
     uring: UringHandle,
-    app: Arc<str>,
+    target: Arc<Target>,
     instance_id: Arc<str>,
-    subject: Subject,
 }
 
 impl LogForwarder {
@@ -429,9 +459,11 @@ impl LogForwarder {
         LogSink {
             shared: self.shared.clone(),
             uring: self.uring.clone(),
-            app: app.into(),
+            target: Arc::new(Target {
+                subject: Subject::from(narun_wire::names::log_subject(app, &self.shared.node_id)),
+                app: app.into(),
+            }),
             instance_id: instance_id.into(),
-            subject: Subject::from(narun_wire::names::log_subject(app, &self.shared.node_id)),
         }
     }
 
@@ -489,51 +521,44 @@ impl LogSink {
     /// Must be called inside a tokio runtime.
     pub fn attach(&self, stream: &str, fd: OwnedFd) -> JoinHandle<()> {
         let mut chunks = self.uring.read_pipe(fd);
-        let sink = self.clone();
-        let stream: Arc<str> = stream.into();
+        let mut lines = self.lines(stream);
         tokio::spawn(async move {
-            let mut splitter = LineSplitter::new(sink.shared.max_line_bytes);
-            let mut batch = Vec::new();
+            let mut splitter = LineSplitter::new(lines.sink.shared.max_line_bytes);
             while let Some(chunk) = chunks.recv().await {
                 // One timestamp per chunk: its lines arrived together.
-                let ts = narun_wire::events::now_rfc3339();
-                splitter.feed(&chunk, &mut |text, partial| {
-                    batch.push(sink.entry(&stream, text, partial, &ts))
-                });
-                sink.spool_all(&mut batch);
+                lines.begin(chunk.len());
+                splitter.feed_bytes(&chunk, &mut |text, partial| lines.add(text, partial));
+                lines.spool();
             }
-            let ts = narun_wire::events::now_rfc3339();
-            splitter
-                .finish(&mut |text, partial| batch.push(sink.entry(&stream, text, partial, &ts)));
-            sink.spool_all(&mut batch);
+            lines.begin(splitter.pending());
+            splitter.finish_bytes(&mut |text, partial| lines.add(text, partial));
+            lines.spool();
         })
     }
 
     /// Spool one line produced by narund itself (for example why an instance failed to start).
     pub fn line(&self, stream: &str, text: &str) {
-        let ts = narun_wire::events::now_rfc3339();
-        let mut batch = vec![self.entry(stream, text, false, &ts)];
-        self.spool_all(&mut batch);
+        let mut lines = self.lines(stream);
+        lines.begin(text.len());
+        lines.add(text.as_bytes(), false);
+        lines.spool();
     }
 
-    fn entry(&self, stream: &str, message: &str, partial: bool, timestamp: &str) -> Entry {
-        let line = LogLineRef {
-            instance_id: &self.instance_id,
-            app_name: &self.app,
-            node_id: &self.shared.node_id,
-            stream,
-            message,
-            timestamp,
-            partial,
-        };
-        let mut json = Vec::with_capacity(message.len() + 160);
-        serde_json::to_writer(&mut json, &line).expect("a LogLine always serializes");
-        Entry {
-            seq: 0,
-            subject: self.subject.clone(),
-            payload: Bytes::from(json),
-            dropped_before: 0,
-            app: self.app.clone(),
+    fn lines(&self, stream: &str) -> ChunkLines {
+        ChunkLines {
+            json: LogLineJson::new(
+                &self.instance_id,
+                &self.target.app,
+                &self.shared.node_id,
+                stream,
+            ),
+            sink: self.clone(),
+            timestamp: String::new(),
+            buf: Vec::new(),
+            ends: Vec::new(),
+            expansion: 3 * 16,
+            input_len: 0,
+            batch: Vec::new(),
         }
     }
 
@@ -555,32 +580,67 @@ impl LogSink {
     }
 }
 
-/// [`LogLine`] with borrowed fields, serialized the same way (`dropped_before` is added later).
-#[derive(Serialize)]
-struct LogLineRef<'a> {
-    instance_id: &'a str,
-    app_name: &'a str,
-    node_id: &'a str,
-    stream: &'a str,
-    message: &'a str,
-    timestamp: &'a str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    partial: bool,
+/// Turns the lines of one pipe read into spool entries: every line's JSON goes into one buffer
+/// (one allocation per read), which is then shared by the entries as [`Bytes`] slices.
+struct ChunkLines {
+    json: LogLineJson,
+    sink: LogSink,
+    /// Timestamp of the lines of the current chunk.
+    timestamp: String,
+    /// JSON of the current chunk's lines, back to back.
+    buf: Vec<u8>,
+    /// End offset of each line in `buf`.
+    ends: Vec<usize>,
+    /// JSON bytes per input byte of the previous chunk, in 1/16: sizes the next buffer.
+    expansion: usize,
+    /// Bytes of app output in the current chunk.
+    input_len: usize,
+    /// Reused between chunks.
+    batch: Vec<Entry>,
 }
 
-// Keep LogLineRef in step with the wire type: this fails to compile when LogLine gains a field.
-const _: fn(LogLine) = |l| {
-    let LogLine {
-        instance_id: _,
-        app_name: _,
-        node_id: _,
-        stream: _,
-        message: _,
-        timestamp: _,
-        partial: _,
-        dropped_before: _,
-    } = l;
-};
+impl ChunkLines {
+    /// Start a chunk of `input_len` bytes of app output.
+    fn begin(&mut self, input_len: usize) {
+        self.timestamp = narun_wire::events::now_rfc3339();
+        // Sized after the previous chunk (plus 1/8) so it rarely grows; shrunk to fit later.
+        let guess = input_len * self.expansion / 16 * 9 / 8;
+        self.buf = Vec::with_capacity(guess + self.json.overhead(self.timestamp.len()));
+        self.input_len = input_len;
+    }
+
+    fn add(&mut self, text: &[u8], partial: bool) {
+        self.json
+            .write(&mut self.buf, text, &self.timestamp, partial, 0);
+        self.ends.push(self.buf.len());
+    }
+
+    /// Hand the chunk's lines to the spool.
+    fn spool(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        if self.ends.is_empty() {
+            return; // a piece of a line: it waits in the splitter
+        }
+        if let Some(expansion) = (buf.len() * 16).checked_div(self.input_len) {
+            self.expansion = expansion.clamp(16, 64 * 16);
+        }
+        // Only what the lines use stays allocated while they are spooled (an in-place
+        // shrink in the allocator; no copy for the usual sizes).
+        buf.shrink_to_fit();
+        let all = Bytes::from(buf);
+        let mut start = 0;
+        for end in self.ends.drain(..) {
+            self.batch.push(Entry {
+                seq: 0,
+                payload: all.slice(start..end),
+                dropped_before: 0,
+                target: self.sink.target.clone(),
+            });
+            start = end;
+        }
+        self.sink.spool_all(&mut self.batch);
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Publisher
@@ -601,6 +661,8 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
     };
     // Markers sent and not yet echoed: (last seq of the batch, when sent).
     let mut markers: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
+    let mut dropped: Vec<(Arc<str>, u64)> = Vec::new();
     let mut timeouts_in_a_row = 0u32;
     loop {
         if shared.closed.load(Ordering::Acquire) {
@@ -618,14 +680,13 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
         }
 
         if markers.len() < WINDOW {
-            let batch = shared.spool().next_batch();
+            shared.spool().next_batch(&mut batch, &mut dropped);
+            for (app, n) in dropped.drain(..) {
+                tracing::warn!(app = %app, dropped = n, "log spool was full: dropped the oldest lines");
+            }
             if let Some(last) = batch.last().map(|e| e.seq) {
-                for e in &batch {
-                    if e.dropped_before > 0 {
-                        tracing::warn!(app = %e.app, dropped = e.dropped_before,
-                            "log spool was full: dropped the oldest lines");
-                    }
-                    match client.publish(e.subject.clone(), e.wire_payload()).await {
+                for e in batch.drain(..) {
+                    match client.publish(e.subject, e.payload).await {
                         Ok(()) => {}
                         Err(err) if err.kind() == async_nats::client::PublishErrorKind::Send => {
                             tracing::warn!("NATS client closed; log forwarder stops");
@@ -634,8 +695,9 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                         Err(err) => {
                             // Too big for the server's max_payload, or an app name that is not a
                             // valid subject: this line can never be published.
-                            tracing::warn!(app = %e.app, error = %err, "dropping a log line that cannot be published");
-                            shared.spool().remove(e.seq);
+                            let app = shared.spool().remove(e.seq);
+                            tracing::warn!(app = app.as_deref().unwrap_or("?"), error = %err,
+                                "dropping a log line that cannot be published");
                             shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -699,6 +761,7 @@ async fn sleep_or_closed(shared: &Shared, d: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use narun_wire::events::LogLine;
 
     fn split(max: usize, chunks: &[&[u8]]) -> Vec<(String, bool)> {
         let mut s = LineSplitter::new(max);
@@ -771,21 +834,22 @@ mod tests {
     }
 
     fn test_entry(msg: &str) -> Entry {
-        let line = LogLineRef {
-            instance_id: "hello-0",
-            app_name: "hello",
-            node_id: "node-1",
-            stream: "stdout",
-            message: msg,
-            timestamp: "2026-01-01T00:00:00Z",
-            partial: true,
-        };
+        let mut json = Vec::new();
+        LogLineJson::new("hello-0", "hello", "node-1", "stdout").write(
+            &mut json,
+            msg.as_bytes(),
+            "2026-01-01T00:00:00Z",
+            true,
+            0,
+        );
         Entry {
             seq: 0,
-            subject: Subject::from("logs.hello.node-1"),
-            payload: Bytes::from(serde_json::to_vec(&line).unwrap()),
+            payload: Bytes::from(json),
             dropped_before: 0,
-            app: "hello".into(),
+            target: Arc::new(Target {
+                subject: Subject::from("logs.hello.node-1"),
+                app: "hello".into(),
+            }),
         }
     }
 
@@ -806,6 +870,87 @@ mod tests {
         e.dropped_before = 42;
         wire.dropped_before = 42;
         assert_eq!(e.wire_payload(), serde_json::to_vec(&wire).unwrap());
+    }
+
+    fn test_shared(limit: usize, max_line_bytes: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            node_id: "node-1".into(),
+            max_line_bytes,
+            spool: Mutex::new(Spool {
+                entries: VecDeque::new(),
+                bytes: 0,
+                limit,
+                next_seq: 1,
+                sent_upto: 0,
+                carry: 0,
+            }),
+            stats: Counters::default(),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The chunk path (raw bytes → one shared JSON buffer → slices) spools exactly what
+    /// serde_json makes of the lines the `&str` splitter produces (lossy UTF-8 included).
+    #[test]
+    fn chunk_lines_spool_the_serde_json_of_each_line() {
+        let shared = test_shared(1 << 20, 8);
+        let fwd = LogForwarder {
+            shared: shared.clone(),
+            uring: UringHandle::start_with(crate::uring::UringMode::Disabled),
+        };
+        let sink = fwd.sink("hello", "hello-0");
+        let chunks: [&[u8]; 4] = [
+            b"plain\nquo\"te\n\xff bad\r\n\tta",
+            b"b\n\n0123456789abcdef",
+            "ééééé\n".as_bytes(),
+            b"unterminated",
+        ];
+        let mut expected = Vec::new();
+        let mut reference = LineSplitter::new(8);
+        for c in chunks {
+            reference.feed(c, &mut |t: &str, p| expected.push((t.to_string(), p)));
+        }
+        reference.finish(&mut |t: &str, p| expected.push((t.to_string(), p)));
+
+        let mut lines = sink.lines("stderr");
+        let mut splitter = LineSplitter::new(8);
+        for c in chunks {
+            lines.begin(c.len());
+            splitter.feed_bytes(c, &mut |t, p| lines.add(t, p));
+            lines.spool();
+        }
+        lines.begin(splitter.pending());
+        splitter.finish_bytes(&mut |t, p| lines.add(t, p));
+        lines.spool();
+        sink.line("stdout", "from narund");
+        expected.push(("from narund".into(), false));
+
+        let spool = shared.spool();
+        assert_eq!(spool.entries.len(), expected.len());
+        for (i, (e, (text, partial))) in spool.entries.iter().zip(&expected).enumerate() {
+            let line: LogLine = serde_json::from_slice(&e.payload).unwrap();
+            assert_eq!((&line.message, line.partial), (text, *partial), "line {i}");
+            assert_eq!(
+                line.stream,
+                if i + 1 == expected.len() {
+                    "stdout"
+                } else {
+                    "stderr"
+                }
+            );
+            assert_eq!(
+                (line.instance_id.as_str(), line.app_name.as_str()),
+                ("hello-0", "hello")
+            );
+            assert_eq!(e.payload, serde_json::to_vec(&line).unwrap(), "line {i}");
+            assert_eq!(e.seq, i as u64 + 1);
+        }
+        assert_eq!(
+            spool.bytes,
+            spool.entries.iter().map(Entry::size).sum::<usize>()
+        );
     }
 
     #[test]
@@ -836,7 +981,17 @@ mod tests {
             [4, 5, 6]
         );
         assert_eq!(spool.entries[2].dropped_before, 3);
-        assert_eq!(spool.next_batch().len(), 1);
+        let (mut batch, mut dropped) = (Vec::new(), Vec::new());
+        spool.next_batch(&mut batch, &mut dropped);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            (batch[0].seq, &*dropped[0].0, dropped[0].1),
+            (6, "hello", 3)
+        );
+        // The count is in the JSON as sent.
+        let sent: LogLine = serde_json::from_slice(&batch[0].payload).unwrap();
+        assert_eq!(sent.dropped_before, 3);
+        assert_eq!(batch[0].subject.as_str(), "logs.hello.node-1");
 
         // Confirmation removes what the server has.
         assert_eq!(spool.confirm(5), 2);

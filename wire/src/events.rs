@@ -30,6 +30,197 @@ pub struct LogLine {
     pub dropped_before: u64,
 }
 
+/// Writes [`LogLine`] JSON without serde, byte for byte what `serde_json::to_vec(&LogLine)`
+/// produces. narund serializes every forwarded line, so this is its per-line hot path.
+///
+/// The four fields that are the same for every line of one instance's stream (`instance_id`,
+/// `app_name`, `node_id`, `stream`) are serialized once, in [`new`](Self::new); a line then costs
+/// two copies and one escaping scan of the message. The message is taken as raw bytes and converted
+/// like [`String::from_utf8_lossy`] (invalid UTF-8 becomes U+FFFD), which is what narund did before
+/// it serialized the resulting `String` with serde_json.
+///
+/// ```
+/// use narun_wire::events::{LogLine, LogLineJson};
+/// let json = LogLineJson::new("hello-0", "hello", "node-1", "stdout");
+/// let mut out = Vec::new();
+/// json.write(&mut out, b"say \"hi\"\t\xff", "2026-01-01T00:00:00Z", false, 0);
+/// let line = LogLine {
+///     instance_id: "hello-0".into(),
+///     app_name: "hello".into(),
+///     node_id: "node-1".into(),
+///     stream: "stdout".into(),
+///     message: "say \"hi\"\t\u{fffd}".into(),
+///     timestamp: "2026-01-01T00:00:00Z".into(),
+///     partial: false,
+///     dropped_before: 0,
+/// };
+/// assert_eq!(out, serde_json::to_vec(&line).unwrap());
+/// ```
+#[derive(Debug, Clone)]
+pub struct LogLineJson {
+    /// `{"instance_id":"…","app_name":"…","node_id":"…","stream":"…","message":"`
+    head: Vec<u8>,
+}
+
+impl LogLineJson {
+    /// The serializer for the lines of one instance's `stream` (`stdout`/`stderr`).
+    pub fn new(instance_id: &str, app_name: &str, node_id: &str, stream: &str) -> Self {
+        let mut head = Vec::with_capacity(80 + instance_id.len() + app_name.len() + node_id.len());
+        head.extend_from_slice(b"{\"instance_id\":");
+        write_json_str(&mut head, instance_id);
+        head.extend_from_slice(b",\"app_name\":");
+        write_json_str(&mut head, app_name);
+        head.extend_from_slice(b",\"node_id\":");
+        write_json_str(&mut head, node_id);
+        head.extend_from_slice(b",\"stream\":");
+        write_json_str(&mut head, stream);
+        head.extend_from_slice(b",\"message\":\"");
+        LogLineJson { head }
+    }
+
+    /// Bytes one line takes besides its (escaped) message, for a timestamp of `timestamp_len`
+    /// bytes, without `partial`/`dropped_before`: a capacity hint.
+    pub fn overhead(&self, timestamp_len: usize) -> usize {
+        self.head.len() + b"\",\"timestamp\":\"\"}".len() + timestamp_len
+    }
+
+    /// Append the JSON of one line to `out`.
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        message: &[u8],
+        timestamp: &str,
+        partial: bool,
+        dropped_before: u64,
+    ) {
+        out.extend_from_slice(&self.head);
+        match std::str::from_utf8(message) {
+            Ok(text) => write_escaped(out, text.as_bytes()),
+            Err(_) => write_escaped(out, String::from_utf8_lossy(message).as_bytes()),
+        }
+        out.extend_from_slice(b"\",\"timestamp\":");
+        write_json_str(out, timestamp);
+        if partial {
+            out.extend_from_slice(b",\"partial\":true");
+        }
+        if dropped_before != 0 {
+            out.extend_from_slice(b",\"dropped_before\":");
+            write_u64(out, dropped_before);
+        }
+        out.push(b'}');
+    }
+}
+
+// Keep LogLineJson in step with LogLine: this stops compiling when LogLine gains a field.
+const _: fn(LogLine) = |l| {
+    let LogLine {
+        instance_id: _,
+        app_name: _,
+        node_id: _,
+        stream: _,
+        message: _,
+        timestamp: _,
+        partial: _,
+        dropped_before: _,
+    } = l;
+};
+
+/// Append `s` as a JSON string, quotes included, escaped exactly as serde_json escapes it:
+/// `"` and `\` backslashed; `\b \t \n \f \r` in short form; other bytes below 0x20 as `\u00xx`
+/// (lower-case hex); everything else (`/`, DEL, non-ASCII) as is.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    write_escaped(out, s.as_bytes());
+    out.push(b'"');
+}
+
+/// Append `n` in decimal, as serde_json writes a `u64`.
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// serde_json's escape table: 0 = copy the byte, `u` = `\u00xx`, other = `\` + that byte.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// Whether any of the 8 bytes in `w` needs escaping (< 0x20, `"` or `\`). Exact: the classic
+/// "has a byte less than n" / "has a zero byte" word tricks have no false positives or negatives
+/// for the question "is there any such byte".
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+    let q = w ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q;
+    let b = w ^ (ONES * b'\\' as u64);
+    let backslash = b.wrapping_sub(ONES) & !b;
+    (below_space | quote | backslash) & HIGH != 0
+}
+
+/// Append the escaped form of `bytes` (valid UTF-8), without quotes.
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut start = 0; // first byte not yet copied
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip 8 clean bytes at a time: most log text needs no escaping at all.
+        while let Some(word) = bytes.get(i..i + 8) {
+            let w = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+            if word_needs_escape(w) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&byte) = bytes.get(i) else { break };
+        let esc = ESCAPE[byte as usize];
+        if esc == 0 {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if esc == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(byte >> 4) as usize],
+                HEX[(byte & 0xf) as usize],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', esc]);
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
 /// An instance status change, published to `status.<app>.<node>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StatusEvent {
@@ -231,5 +422,175 @@ mod tests {
         let back: InstanceState =
             serde_json::from_str(&serde_json::to_string(&rb).unwrap()).unwrap();
         assert_eq!(back, rb);
+    }
+}
+
+#[cfg(test)]
+mod log_line_json_tests {
+    use super::*;
+
+    fn serde(
+        message: &[u8],
+        timestamp: &str,
+        partial: bool,
+        dropped_before: u64,
+        ids: [&str; 4],
+    ) -> Vec<u8> {
+        serde_json::to_vec(&LogLine {
+            instance_id: ids[0].into(),
+            app_name: ids[1].into(),
+            node_id: ids[2].into(),
+            stream: ids[3].into(),
+            message: String::from_utf8_lossy(message).into_owned(),
+            timestamp: timestamp.into(),
+            partial,
+            dropped_before,
+        })
+        .unwrap()
+    }
+
+    fn ours(
+        message: &[u8],
+        timestamp: &str,
+        partial: bool,
+        dropped_before: u64,
+        ids: [&str; 4],
+    ) -> Vec<u8> {
+        let mut out = b"previous line".to_vec();
+        LogLineJson::new(ids[0], ids[1], ids[2], ids[3]).write(
+            &mut out,
+            message,
+            timestamp,
+            partial,
+            dropped_before,
+        );
+        assert_eq!(&out[..13], b"previous line", "write appends");
+        out.split_off(13)
+    }
+
+    const IDS: [&str; 4] = ["hello-0", "hello", "node-1", "stdout"];
+
+    #[test]
+    fn exact_go_shape_of_a_plain_line() {
+        let json = ours(b"hi", "2026-01-01T00:00:00.5Z", false, 0, IDS);
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"instance_id":"hello-0","app_name":"hello","node_id":"node-1","stream":"stdout","message":"hi","timestamp":"2026-01-01T00:00:00.5Z"}"#
+        );
+        // Go's runner decodes exactly these keys; the additions only appear when set.
+        let with = ours(b"hi", "t", true, 7, IDS);
+        assert!(with.ends_with(br#","timestamp":"t","partial":true,"dropped_before":7}"#));
+        let back: LogLine = serde_json::from_slice(&with).unwrap();
+        assert!(back.partial && back.dropped_before == 7);
+    }
+
+    #[test]
+    fn edge_cases_match_serde_json() {
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\"".to_vec(),
+            b"\\".to_vec(),
+            b"\\\"\\\"".to_vec(),
+            b"/ \x7f DEL and slash stay".to_vec(),
+            "héllo wörld ✓ 𝄞".as_bytes().to_vec(),
+            b"\xff\xfe invalid".to_vec(),
+            b"truncated \xe2\x9c".to_vec(),
+            b"\xc0\x80 overlong nul".to_vec(),
+            b"\xed\xa0\x80 surrogate".to_vec(),
+            b"12345678\"2345678\\".to_vec(),
+            b"1234567\x1f".to_vec(),
+        ];
+        // Every single byte value, alone and at every position of a 9-byte word boundary.
+        for b in 0..=255u8 {
+            cases.push(vec![b]);
+            for pos in 0..9 {
+                let mut v = b"abcdefghi".to_vec();
+                v[pos] = b;
+                cases.push(v);
+            }
+        }
+        for (i, m) in cases.iter().enumerate() {
+            let (partial, dropped) = (i % 3 == 0, (i % 5) as u64 * 1_000_000_007);
+            let ts = "2026-11-23T14:44:09.123456789Z";
+            assert_eq!(
+                ours(m, ts, partial, dropped, IDS),
+                serde(m, ts, partial, dropped, IDS),
+                "message bytes {m:?}"
+            );
+        }
+        assert_eq!(
+            ours(b"x", "t", false, u64::MAX, IDS),
+            serde(b"x", "t", false, u64::MAX, IDS)
+        );
+        // The per-stream fields are escaped too.
+        let odd = ["a\"b\\c", "\u{1}app", "node\n1", "std\u{7f}é"];
+        assert_eq!(
+            ours(b"m", "t", true, 1, odd),
+            serde(b"m", "t", true, 1, odd)
+        );
+    }
+
+    /// xorshift64*: a deterministic pseudo-random source, so a failure is reproducible.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn random_messages_match_serde_json() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Biased alphabets: plain text with sprinkles of escapes, UTF-8 pieces and junk bytes.
+        let pieces: &[&[u8]] = &[
+            b"a",
+            b"Z",
+            b" ",
+            b"0",
+            b"\"",
+            b"\\",
+            b"\n",
+            b"\r",
+            b"\t",
+            b"\x00",
+            b"\x1b[31m",
+            b"\x7f",
+            b"/",
+            "é".as_bytes(),
+            "✓".as_bytes(),
+            "𝄞".as_bytes(),
+            b"\xff",
+            b"\x80",
+            b"\xe2\x9c",
+            b"\xf0\x9d",
+            b"abcdefgh",
+            b"plain log text ",
+        ];
+        for round in 0..20_000 {
+            let len = (rng.next() % 80) as usize;
+            let mut m = Vec::new();
+            for _ in 0..len {
+                let r = rng.next();
+                if r.is_multiple_of(4) {
+                    m.push((r >> 8) as u8); // any byte at all
+                } else {
+                    m.extend_from_slice(pieces[(r >> 8) as usize % pieces.len()]);
+                }
+            }
+            let partial = rng.next().is_multiple_of(2);
+            let dropped = if rng.next().is_multiple_of(4) {
+                rng.next() >> (rng.next() % 64)
+            } else {
+                0
+            };
+            assert_eq!(
+                ours(&m, "2026-11-23T14:44:09Z", partial, dropped, IDS),
+                serde(&m, "2026-11-23T14:44:09Z", partial, dropped, IDS),
+                "round {round}: message bytes {m:?}"
+            );
+        }
     }
 }
