@@ -2,98 +2,14 @@
 //! completions/man pages: the real `narunctl` binary against a real nats-server and,
 //! where status or logs are needed, a real `narund` running real app processes.
 
+mod common;
+
 use async_nats::jetstream;
-use narun_test_support::{NatsServer, workspace_bin};
+use common::{Narund, narunctl, text, upload_script};
+use narun_test_support::NatsServer;
 use narun_wire::names;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
-
-/// Run narunctl against `url` with `args`; bounded to 60 s.
-async fn narunctl(url: &str, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"));
-    cmd.arg("--nats").arg(url).args(args).env_remove("NATS_URL");
-    cmd.stdin(std::process::Stdio::null());
-    cmd.kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("narunctl finished within 60 s")
-        .expect("narunctl runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A real narund process with its own data dir and cgroup root; stopped with SIGTERM
-/// (it then stops its apps) when dropped.
-struct Narund {
-    child: std::process::Child,
-    _data: tempfile::TempDir,
-    cgroup: String,
-}
-
-impl Narund {
-    fn start(server: &NatsServer, node: &str, extra_toml: &str) -> Narund {
-        let data = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cgroup = format!("narun-test-ctl-{}-{node}", std::process::id());
-        let conf = data.path().join("narund.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
-                 [nats]\nurl = \"{url}\"\n\
-                 [apps]\ndefault_user = \"nobody\"\n[cgroup]\nroot = \"{cgroup}\"\n{extra_toml}",
-                d = data.path().display(),
-                url = server.url(),
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new(workspace_bin("narund", "narund", &[]))
-            .arg("--config")
-            .arg(&conf)
-            .env("NARUND_LOG", "warn")
-            .spawn()
-            .unwrap();
-        Narund {
-            child,
-            _data: data,
-            cgroup,
-        }
-    }
-}
-
-impl Drop for Narund {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/unified/{}", self.cgroup));
-    }
-}
-
-/// Put a shell script as the binary `<app>-<tag>-linux-<arch of this machine>`.
-async fn upload_script(server: &NatsServer, app: &str, tag: &str, script: &str) {
-    let js = jetstream::new(server.connect().await);
-    let store = narun_wire::jetstream::ensure_object_store(
-        &js,
-        names::APP_BINARIES_BUCKET,
-        "Stores application binaries.",
-    )
-    .await
-    .unwrap();
-    let object = names::binary_object_name(app, tag, names::go_os(), names::go_arch());
-    store
-        .put(
-            object.as_str(),
-            &mut std::io::Cursor::new(script.as_bytes().to_vec()),
-        )
-        .await
-        .unwrap();
-}
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);
