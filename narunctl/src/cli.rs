@@ -13,8 +13,16 @@ Examples:
   narunctl logs hello --node node-1
   narunctl svc stats hello
   narunctl request hello POST /echo -d 'hi' -H 'Content-Type: text/plain'
+  narunctl apps restart hello
 
-Exit codes: 0 ok, 1 the operation failed, 2 usage error.";
+Defaults for the connection flags can come from a context file
+(~/.config/narun/config.toml, or $XDG_CONFIG_HOME/narun/config.toml):
+  current = \"lab\"
+  [contexts.lab]
+  nats = \"nats://lab-nats:4222\"
+Precedence: flag > environment > context file > built-in default.
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage error (also: a bad context file).";
 
 /// Operate a narun fleet over NATS: deploy apps, inspect nodes, follow logs,
 /// query services.
