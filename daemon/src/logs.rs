@@ -132,7 +132,7 @@ impl LineSplitter {
     /// The lines and pieces are the same as `feed`'s.
     pub fn feed_bytes(&mut self, mut chunk: &[u8], emit: &mut impl FnMut(&[u8], bool)) {
         while !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n') {
+            match find_newline(chunk) {
                 Some(i) => {
                     let line = &chunk[..i];
                     chunk = &chunk[i + 1..];
@@ -188,6 +188,23 @@ impl LineSplitter {
             self.buf.drain(..start);
         }
     }
+}
+
+/// Index of the first `\n` in `bytes`, 8 bytes at a time ("has a zero byte" word trick: the
+/// lowest marked byte of a word is always a real match).
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut i = 0;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes")) ^ (ONES * b'\n' as u64);
+        let marks = w.wrapping_sub(ONES) & !w & HIGH;
+        if marks != 0 {
+            return Some(i + marks.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    bytes[i..].iter().position(|&b| b == b'\n').map(|p| i + p)
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
@@ -823,6 +840,26 @@ mod tests {
         assert_eq!(out, vec![l("aaa", true), l("ébb", false)]);
         let joined: String = out.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(joined, "aaaébb");
+    }
+
+    #[test]
+    fn find_newline_finds_the_first_one_anywhere() {
+        for len in 0..20 {
+            for pos in 0..len {
+                for later in [None, Some(pos + 1), Some(len - 1)] {
+                    // Bytes around '\n' (0x0a) and with high bits, to tempt the word trick.
+                    let mut v: Vec<u8> =
+                        (0..len).map(|i| [0x0b, 0x09, 0x8a, 0xff][i % 4]).collect();
+                    v[pos] = b'\n';
+                    if let Some(l) = later.filter(|&l| l < len) {
+                        v[l] = b'\n';
+                    }
+                    assert_eq!(find_newline(&v), Some(pos), "{v:?}");
+                }
+            }
+            let none: Vec<u8> = (0..len).map(|i| [0x0b, 0x09, 0x8a, 0x00][i % 4]).collect();
+            assert_eq!(find_newline(&none), None);
+        }
     }
 
     #[test]

@@ -94,10 +94,7 @@ impl LogLineJson {
         dropped_before: u64,
     ) {
         out.extend_from_slice(&self.head);
-        match std::str::from_utf8(message) {
-            Ok(text) => write_escaped(out, text.as_bytes()),
-            Err(_) => write_escaped(out, String::from_utf8_lossy(message).as_bytes()),
-        }
+        write_escaped_lossy(out, message);
         out.extend_from_slice(b"\",\"timestamp\":");
         write_json_str(out, timestamp);
         if partial {
@@ -167,19 +164,74 @@ static ESCAPE: [u8; 256] = {
     t
 };
 
-/// Whether any of the 8 bytes in `w` needs escaping (< 0x20, `"` or `\`). Exact: the classic
-/// "has a byte less than n" / "has a zero byte" word tricks have no false positives or negatives
-/// for the question "is there any such byte".
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each byte of `w` that needs escaping (< 0x20, `"` or `\`), possibly with
+/// false marks above (in memory order after) a true one, never without a true one: the classic
+/// "has a byte less than n" / "has a zero byte" word tricks. Zero means no byte needs escaping.
 #[inline]
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+fn escape_marks(w: u64) -> u64 {
     let below_space = w.wrapping_sub(ONES * 0x20) & !w;
     let q = w ^ (ONES * b'"' as u64);
     let quote = q.wrapping_sub(ONES) & !q;
     let b = w ^ (ONES * b'\\' as u64);
     let backslash = b.wrapping_sub(ONES) & !b;
-    (below_space | quote | backslash) & HIGH != 0
+    (below_space | quote | backslash) & HIGH
+}
+
+/// Append the escaped form of `bytes`, which may be invalid UTF-8: the result is that of
+/// `write_escaped(String::from_utf8_lossy(bytes))`, in one pass over ASCII text.
+fn write_escaped_lossy(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut start = 0; // first byte not yet copied
+    let mut i = 0;
+    while i < bytes.len() {
+        while let Some(word) = bytes.get(i..i + 8) {
+            let w = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
+            if escape_marks(w) | (w & HIGH) != 0 {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&byte) = bytes.get(i) else { break };
+        if byte >= 0x80 {
+            // The first non-ASCII byte: everything before it is ASCII, so `i` is a character
+            // boundary and the rest can be checked (and, if need be, repaired) on its own.
+            out.extend_from_slice(&bytes[start..i]);
+            let rest = &bytes[i..];
+            match std::str::from_utf8(rest) {
+                Ok(_) => write_escaped(out, rest),
+                Err(_) => write_escaped(out, String::from_utf8_lossy(rest).as_bytes()),
+            }
+            return;
+        }
+        if ESCAPE[byte as usize] != 0 {
+            out.extend_from_slice(&bytes[start..i]);
+            write_escape(out, byte);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Append the escape sequence of `byte` (one with a non-zero [`ESCAPE`] entry).
+#[inline]
+fn write_escape(out: &mut Vec<u8>, byte: u8) {
+    let esc = ESCAPE[byte as usize];
+    if esc == b'u' {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(byte >> 4) as usize],
+            HEX[(byte & 0xf) as usize],
+        ]);
+    } else {
+        out.extend_from_slice(&[b'\\', esc]);
+    }
 }
 
 /// Append the escaped form of `bytes` (valid UTF-8), without quotes.
@@ -189,34 +241,18 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     while i < bytes.len() {
         // Skip 8 clean bytes at a time: most log text needs no escaping at all.
         while let Some(word) = bytes.get(i..i + 8) {
-            let w = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
-            if word_needs_escape(w) {
+            if escape_marks(u64::from_ne_bytes(word.try_into().expect("8 bytes"))) != 0 {
                 break;
             }
             i += 8;
         }
         let Some(&byte) = bytes.get(i) else { break };
-        let esc = ESCAPE[byte as usize];
-        if esc == 0 {
-            i += 1;
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        if esc == b'u' {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(byte >> 4) as usize],
-                HEX[(byte & 0xf) as usize],
-            ]);
-        } else {
-            out.extend_from_slice(&[b'\\', esc]);
+        if ESCAPE[byte as usize] != 0 {
+            out.extend_from_slice(&bytes[start..i]);
+            write_escape(out, byte);
+            start = i + 1;
         }
         i += 1;
-        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
 }
