@@ -11,7 +11,11 @@
 //!
 //! Both runs use a fresh, real nats-server (narun-test-support). Zero loss is checked.
 //!
-//! For profiling one side only: `LOG_BENCH_ONLY=forwarder` (or `raw`) skips the other runs, e.g.
+//! Each round also prints its own times (stderr), so the ratio within one round can be compared
+//! on a machine where other work makes the best-of-3 numbers come from different moments.
+//!
+//! For profiling one path only: `LOG_BENCH_ONLY=forwarder` (or `raw`: both raw sizes, `raw100`,
+//! `raw-json`) skips the other runs, e.g.
 //! `cargo build --profile bench-prof -p narund --example log_bench` and then
 //! `LOG_BENCH_ONLY=forwarder perf record -a -g -- target/bench-prof/examples/log_bench`.
 
@@ -35,7 +39,7 @@ async fn subscriber_client(url: &str) -> anyhow::Result<async_nats::Client> {
 async fn drain(mut sub: async_nats::Subscriber, n: usize) -> anyhow::Result<Instant> {
     let mut got = 0;
     while got < n {
-        match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
             Ok(Some(_)) => got += 1,
             _ => anyhow::bail!("only {got} of {n} messages arrived"),
         }
@@ -118,9 +122,13 @@ async fn main() -> anyhow::Result<()> {
     })?
     .len();
     let only = std::env::var("LOG_BENCH_ONLY").unwrap_or_default();
+    let run_fwd = only.is_empty() || only == "forwarder";
+    let run_raw100 = only.is_empty() || only == "raw" || only == "raw100";
+    let run_raw_json = only.is_empty() || only == "raw" || only == "raw-json";
     let mut lossless = true;
-    for _ in 0..3 {
-        if only != "raw" {
+    for round in 1..=3 {
+        let mut this_round = format!("round {round}:");
+        if run_fwd {
             let server = narun_test_support::NatsServer::start();
             let (d, ok) = forwarder_run(&server.url(), lines)
                 .await
@@ -128,24 +136,30 @@ async fn main() -> anyhow::Result<()> {
             best_fwd = best_fwd.min(d);
             lossless &= ok;
             drop(server);
-        }
-        if only == "forwarder" {
-            continue;
+            this_round += &format!(" forwarder {:.0} ms", d.as_secs_f64() * 1e3);
         }
         // A raw publisher outruns the subscriber; nats-server then drops messages for the slow
         // consumer. Such a run is not a valid reference: retry it.
-        for (size, best) in [(100, &mut best_raw), (json_size, &mut best_raw_json)] {
+        for (size, best, run) in [
+            (100, &mut best_raw, run_raw100),
+            (json_size, &mut best_raw_json, run_raw_json),
+        ] {
+            if !run {
+                continue;
+            }
             for attempt in 1..=5 {
                 let server = narun_test_support::NatsServer::start();
                 match raw_run(&server.url(), lines, size).await {
                     Ok(d) => {
                         *best = (*best).min(d);
+                        this_round += &format!(", raw {size} B {:.0} ms", d.as_secs_f64() * 1e3);
                         break;
                     }
                     Err(e) => eprintln!("raw run ({size} B) attempt {attempt} invalid: {e}"),
                 }
             }
         }
+        eprintln!("{this_round}");
     }
     // A path that was not run (LOG_BENCH_ONLY) prints as 0.
     let rate = |d: Duration| {
