@@ -26,6 +26,8 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub logs: LogsConfig,
     pub secrets: SecretsConfig,
+    /// `[memory]`: narund's own footprint (see [`crate::memory`]).
+    pub memory: crate::memory::MemoryConfig,
     #[cfg(feature = "gateway")]
     pub gateway: narun_gateway::GatewayConfig,
     /// Kept as raw TOML in builds without the gateway, so a shared config file
@@ -46,6 +48,7 @@ impl Default for Config {
             cgroup: CgroupConfig::default(),
             logs: LogsConfig::default(),
             secrets: SecretsConfig::default(),
+            memory: Default::default(),
             gateway: Default::default(),
         }
     }

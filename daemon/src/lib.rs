@@ -10,6 +10,7 @@
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
 //! | [`fetch`] | app binaries from the Object Store: streamed, SHA-256 verified, content-addressed cache |
 //! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool |
+//! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
 //! | [`log_stream`] | optional log history: the JetStream stream `narun-logs` on `logs.>` |
 //! | [`secrets`] | `valueFromSecret` env values (`narun-secrets`, AES-256-GCM) and `mounts` (`narun-files`) of instance starts |
 //! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
@@ -31,6 +32,7 @@ pub mod fetch;
 pub mod liveness;
 pub mod log_stream;
 pub mod logs;
+pub mod memory;
 pub mod node;
 pub mod notify;
 pub mod privileges;

@@ -76,6 +76,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // Keep only the pages of narund's binary it runs resident (before the runtime's threads).
+    narund::memory::apply(&config.memory);
     // Keep only NARUND_CAPS in the bounding set (and effective/permitted set), now, while
     // this is the only thread: capabilities are per thread, and the runtime's threads
     // inherit what the main thread has when they are created.

@@ -1,0 +1,118 @@
+//! `[memory] exec_readaround`: a real narund with the default (`false`) has advised every
+//! mapping of its own binary `MADV_RANDOM` (`rr` in the mapping's `VmFlags` in
+//! `/proc/<pid>/smaps`) by the time it heart-beats; with `true` none of them is.
+
+mod common;
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use narun_test_support::{NatsServer, workspace_bin};
+use narun_wire::events::NodeState;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// `VmFlags` of each mapping of the file `bin` in `/proc/<pid>/smaps`.
+fn vm_flags_of_mappings(pid: u32, bin: &Path) -> Vec<String> {
+    let meta = std::fs::metadata(bin).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out = Vec::new();
+    let mut in_bin = false;
+    for line in smaps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 5 && f[0].contains('-') && f[3].contains(':') {
+            in_bin = f[4].parse::<u64>().ok() == Some(meta.ino())
+                && f.get(5).map(Path::new) == Some(bin);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| in_bin) {
+            out.push(flags.trim().to_string());
+        }
+    }
+    out
+}
+
+/// Start narund with `memory` as its `[memory]` section, wait for its first heartbeat
+/// (`main()` trims before the runtime starts, so any heartbeat comes after it), and return
+/// the `VmFlags` of its binary's mappings.
+async fn flags_with(
+    server: &NatsServer,
+    states: &kv::Store,
+    node: &str,
+    memory: &str,
+) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("narund.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
+             [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
+             [cgroup]\nroot = \"narun-test-memory-{pid}\"\n[memory]\n{memory}\n",
+            d = dir.path().display(),
+            url = server.url(),
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    let bin = workspace_bin("narund", "narund", &[]);
+    let mut watch = states.watch(node).await.unwrap();
+    let mut narund = tokio::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&conf)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = narund.id().unwrap();
+    tokio::time::timeout(common::T, async {
+        loop {
+            let e = watch.next().await.expect("watch ended").unwrap();
+            if e.operation == kv::Operation::Put
+                && serde_json::from_slice::<NodeState>(&e.value).is_ok()
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no heartbeat from narund ({memory}) within {:?}", common::T));
+    let flags = vm_flags_of_mappings(pid, &bin);
+    // SAFETY: kill(2) on our own, not yet reaped child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    tokio::time::timeout(common::T, narund.wait())
+        .await
+        .expect("narund exits after SIGTERM")
+        .unwrap();
+    let _ = std::fs::remove_dir(format!(
+        "/sys/fs/cgroup/unified/narun-test-memory-{}",
+        std::process::id()
+    ));
+    flags
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narund_reads_its_binary_page_by_page_unless_configured_otherwise() {
+    let server = NatsServer::start();
+    let b = common::buckets(&server).await;
+    let has_rr = |f: &String| f.split_whitespace().any(|x| x == "rr");
+
+    let trimmed = flags_with(&server, &b.states, "mem-default", "").await;
+    assert!(
+        trimmed.len() >= 2,
+        "narund's binary should have text and data mappings: {trimmed:?}"
+    );
+    assert!(
+        trimmed.iter().all(has_rr),
+        "with the default every mapping of narund's binary is MADV_RANDOM (rr): {trimmed:?}"
+    );
+
+    let kernel = flags_with(
+        &server,
+        &b.states,
+        "mem-readaround",
+        "exec_readaround = true",
+    )
+    .await;
+    assert!(kernel.len() >= 2, "{kernel:?}");
+    assert!(
+        !kernel.iter().any(has_rr),
+        "with exec_readaround = true no mapping is MADV_RANDOM: {kernel:?}"
+    );
+}
