@@ -250,8 +250,36 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// Kill whatever is left in the bench's cgroup root (the apps of a narund that did not stop
+/// them, e.g. after a failed run) and remove it.
+fn remove_cgroup_root() {
+    let root = PathBuf::from(format!(
+        "/sys/fs/cgroup/unified/narun-bench-rss-{}",
+        std::process::id()
+    ));
+    if let Ok(children) = std::fs::read_dir(&root) {
+        for c in children.flatten().filter(|c| c.path().is_dir()) {
+            let _ = std::fs::write(c.path().join("cgroup.kill"), "1");
+            // cgroup.kill is asynchronous: retry the rmdir while the processes exit.
+            for _ in 0..100 {
+                if std::fs::remove_dir(c.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&root);
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    let result = run().await;
+    remove_cgroup_root();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = args()?;
     let apps = args.apps;
     let mut bin = workspace_bin("narund", "narund", &[]);
@@ -316,11 +344,6 @@ async fn main() -> anyhow::Result<()> {
             runs[v].push(m);
         }
     }
-    let _ = std::fs::remove_dir(format!(
-        "/sys/fs/cgroup/unified/narun-bench-rss-{}",
-        std::process::id()
-    ));
-
     println!(
         "narund binary: {} ({:.2} MiB)",
         bin.display(),
