@@ -76,6 +76,10 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
 /// Book-keeping bytes charged per spooled line on top of its payload and subject.
 const ENTRY_OVERHEAD: usize = 64;
+/// Spool queue slots kept allocated when it empties after a burst.
+const SPOOL_KEEP_CAPACITY: usize = 4096;
+/// Per-read vectors of a pipe reader are kept for reuse up to this many lines.
+const CHUNK_KEEP_LINES: usize = 2048;
 
 // ---------------------------------------------------------------------------------------------
 // Line splitting
@@ -309,6 +313,15 @@ impl Spool {
             let e = self.entries.pop_front().expect("front exists");
             self.bytes -= e.size();
             n += 1;
+        }
+        // After a burst (an outage, a chatty app) give the queue's memory back, so an idle
+        // narund does not keep the peak; shrinking to 2× only below 1/8 keeps this amortized O(1)
+        // and rare.
+        if self.entries.capacity() > SPOOL_KEEP_CAPACITY
+            && self.entries.len() < self.entries.capacity() / 8
+        {
+            self.entries
+                .shrink_to((self.entries.len() * 2).max(SPOOL_KEEP_CAPACITY));
         }
         n
     }
@@ -656,6 +669,13 @@ impl ChunkLines {
             start = end;
         }
         self.sink.spool_all(&mut self.batch);
+        // A read of many tiny lines must not leave big vectors behind for the instance's life.
+        if self.batch.capacity() > CHUNK_KEEP_LINES {
+            self.batch = Vec::new();
+        }
+        if self.ends.capacity() > CHUNK_KEEP_LINES {
+            self.ends = Vec::new();
+        }
     }
 }
 
@@ -1034,5 +1054,21 @@ mod tests {
         assert_eq!(spool.confirm(5), 2);
         assert_eq!(spool.entries.len(), 1);
         assert_eq!(spool.bytes, one);
+
+        // After a burst the queue's memory is given back as lines are confirmed.
+        spool.limit = usize::MAX;
+        for _ in 0..100_000 {
+            spool.push(test_entry("x"), &stats);
+        }
+        let peak = spool.entries.capacity();
+        assert!(peak >= 100_000);
+        let last = spool.next_seq - 1;
+        assert_eq!(spool.confirm(last), 100_001);
+        assert!(
+            spool.entries.capacity() <= SPOOL_KEEP_CAPACITY * 2,
+            "{}",
+            spool.entries.capacity()
+        );
+        assert_eq!(spool.bytes, 0);
     }
 }
