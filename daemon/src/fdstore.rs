@@ -91,23 +91,78 @@ pub fn unpark(name: &str) -> io::Result<bool> {
     send(&format!("FDSTOREREMOVE=1\nFDNAME={name}\n"), None)
 }
 
-/// One datagram to `$NOTIFY_SOCKET`, with `fd` as `SCM_RIGHTS` when given.
+/// How long one datagram to `$NOTIFY_SOCKET` may wait for room in the receiver's queue.
+/// systemd reads its notify socket promptly, but the queue is short
+/// (`net.unix.max_dgram_qlen`, 10 on some systems) and a burst of app starts parks two fds
+/// each; a receiver that stops reading must not block narund's threads for ever.
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Send the sd_notify `text` (lines `KEY=value`) to `$NOTIFY_SOCKET`, waiting at most
+/// [`SEND_TIMEOUT`] for room (`Ok(false)` without `NOTIFY_SOCKET`). narund's own
+/// `READY=1`/`WATCHDOG=1`/`STATUS=` go through here, not through the blocking
+/// `sd_notify::notify`.
+pub fn notify(text: &str) -> io::Result<bool> {
+    send(text, None)
+}
+
+/// One datagram to `$NOTIFY_SOCKET`, with `fd` as `SCM_RIGHTS` when given; non-blocking,
+/// with a bounded wait for room ([`SEND_TIMEOUT`]).
 fn send(text: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(false);
-    };
+    match std::env::var_os("NOTIFY_SOCKET") {
+        Some(path) => send_to(&path, text, fd).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+fn send_to(path: &std::ffi::OsStr, text: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
     let sock = std::os::unix::net::UnixDatagram::unbound()?;
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path);
     if bytes.first() == Some(&b'@') {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])?;
         sock.connect_addr(&addr)?;
     } else {
-        sock.connect(&path)?;
+        sock.connect(path)?;
     }
+    sock.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + SEND_TIMEOUT;
+    loop {
+        match send_once(&sock, text, fd) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the service manager's notify socket stayed full for {} ms",
+                            SEND_TIMEOUT.as_millis()
+                        ),
+                    ));
+                }
+                // A connected datagram socket becomes writable when the peer's queue
+                // has room.
+                let mut pfd = libc::pollfd {
+                    fd: sock.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ms) };
+            }
+            r => return r,
+        }
+    }
+}
+
+fn send_once(
+    sock: &std::os::unix::net::UnixDatagram,
+    text: &str,
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let Some(fd) = fd else {
         sock.send(text.as_bytes())?;
-        return Ok(true);
+        return Ok(());
     };
     let mut iov = libc::iovec {
         iov_base: text.as_ptr() as *mut libc::c_void,
@@ -138,12 +193,45 @@ fn send(text: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<bool> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receiver_that_stops_reading_costs_at_most_the_send_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        let mut sent = 0;
+        let started = std::time::Instant::now();
+        let err = loop {
+            match send_to(
+                path.as_os_str(),
+                "FDSTORE=1\nFDNAME=x\n",
+                Some(std::os::fd::AsFd::as_fd(&w)),
+            ) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 100_000, "the queue never filled");
+        };
+        let took = started.elapsed();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(sent > 0);
+        assert!(
+            took >= SEND_TIMEOUT && took < SEND_TIMEOUT * 3,
+            "{sent} datagrams, then gave up after {took:?}"
+        );
+        // Room again: the next send goes through at once.
+        let mut buf = [0u8; 64];
+        receiver.recv(&mut buf).unwrap();
+        send_to(path.as_os_str(), "WATCHDOG=1\n", None).unwrap();
+        drop(r);
+    }
 
     #[test]
     fn names_are_run_and_stream() {

@@ -365,8 +365,11 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tell systemd (`$NOTIFY_SOCKET`); bounded, so a service manager that stops reading
+/// cannot block narund ([`narund::fdstore::notify`]).
 fn notify(state: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(state) {
+    let text: String = state.iter().map(|s| format!("{s}\n")).collect();
+    if let Err(e) = narund::fdstore::notify(&text) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }
