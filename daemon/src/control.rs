@@ -103,7 +103,7 @@ impl Supervisor {
             let new = self.start_instance(old.spec.clone(), old.index);
             self.put_instance(app, new.clone());
             self.inner.changed.notify_waiters();
-            match crate::reconcile::wait_settled(&new).await {
+            match crate::reconcile::wait_settled(&new, &self.inner.liveness).await {
                 Ok(()) => {
                     tracing::info!(instance = %new.instance_id, "restarted");
                     reply.restarted.push(new.instance_id.clone());

@@ -107,6 +107,15 @@ impl Liveness {
         ApplyHold { liveness: self }
     }
 
+    /// The holder of the apply lock legitimately needs until at least `now + more` (an app
+    /// moved its start deadline with `EXTEND_TIMEOUT_USEC=`): its budget grows to cover it.
+    /// No effect when nobody holds the lock.
+    pub fn extend_apply(&self, more: Duration) {
+        if let Some(h) = self.apply.lock().unwrap().as_mut() {
+            h.until = h.until.max(Instant::now() + more);
+        }
+    }
+
     /// `Ok` while every part makes progress; otherwise what is stuck, in one line.
     pub fn check(&self) -> Result<(), String> {
         self.check_at(Instant::now())
@@ -272,6 +281,11 @@ mod tests {
         );
         let e = l.check_at(t0 + 102 * S).unwrap_err();
         assert!(e.contains("held by rollout of app"), "{e}");
+        l.extend_apply(200 * S);
+        assert!(
+            l.check_at(t0 + 150 * S).is_ok(),
+            "an extended start moves the holder's budget"
+        );
         drop(hold);
         assert!(l.check().is_ok(), "the waiter gets the lock now");
         let e = l.check_at(Instant::now() + 3 * S).unwrap_err();

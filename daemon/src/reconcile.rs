@@ -140,7 +140,7 @@ impl Supervisor {
                     }
                     tracing::info!(instance = %old.instance_id, "replacing with the new spec");
                     let new = self.start_instance(spec.clone(), index);
-                    match wait_settled(&new).await {
+                    match wait_settled(&new, &self.inner.liveness).await {
                         Ok(()) => {
                             self.put_instance(&name, new);
                             if let Some(a) = self.inner.apps.lock().unwrap().get_mut(&name) {
@@ -389,7 +389,14 @@ fn not_ready(s: &crate::supervisor::Snapshot, error: String) -> NotReady {
 /// `EXTEND_TIMEOUT_USEC=` extensions); without, until it is `running` and stays so for
 /// `settleSec`. Bounded: fetching may take [`crate::supervisor::FETCH_TIMEOUT`], a
 /// notify start its (moving) deadline plus the time to stop it.
-pub(crate) async fn wait_settled(h: &InstanceHandle) -> Result<(), NotReady> {
+///
+/// The caller holds the apply lock; each wait's bound is added to its declared budget
+/// (`liveness`), so a start the app keeps extending (`EXTEND_TIMEOUT_USEC=`) is progress
+/// for narund's own watchdog, not a wedge.
+pub(crate) async fn wait_settled(
+    h: &InstanceHandle,
+    liveness: &crate::liveness::Liveness,
+) -> Result<(), NotReady> {
     let failed = |s: &crate::supervisor::Snapshot| {
         s.ended
             || matches!(
@@ -411,6 +418,7 @@ pub(crate) async fn wait_settled(h: &InstanceHandle) -> Result<(), NotReady> {
                     + Duration::from_secs(h.spec.start_timeout_sec.max(1))
             }
         };
+        liveness.extend_apply(bound + Duration::from_secs(30));
         let deadline = s.start_deadline;
         match h
             .wait_for(bound, |n| {
