@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Narund, alive, narunctl, text, upload_script};
+use common::{Narund, alive, deploy_file, narunctl, text, upload_script};
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::{NodeState, RestartReply, StatusEvent};
@@ -81,17 +81,7 @@ async fn apps_restart_restarts_each_instance_one_at_a_time() {
     upload_script(&server, "other", "v1", SLEEPER).await;
     for (app, replicas) in [("web", 2), ("other", 1)] {
         let spec = deploy_spec(dir.path(), app, replicas);
-        let out = narunctl(
-            &url,
-            &[
-                "deploy",
-                "-f",
-                spec.to_str().unwrap(),
-                "--no-binary",
-                "--wait=40s",
-            ],
-        )
-        .await;
+        let out = deploy_file(&url, &spec, "40s").await;
         assert!(out.status.success(), "deploy {app}: {}", text(&out.stderr));
     }
     let js = async_nats::jetstream::new(client.clone());
@@ -303,17 +293,7 @@ async fn an_instance_that_does_not_come_back_stops_the_restart() {
     upload_script(&server, "web", "v1", &script).await;
     let dir = tempfile::tempdir().unwrap();
     let spec = deploy_spec(dir.path(), "web", 2);
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "-f",
-            spec.to_str().unwrap(),
-            "--no-binary",
-            "--wait=40s",
-        ],
-    )
-    .await;
+    let out = deploy_file(&url, &spec, "40s").await;
     assert!(out.status.success(), "deploy: {}", text(&out.stderr));
     let js = async_nats::jetstream::new(client.clone());
     let states = js.get_key_value(names::NODE_STATES_BUCKET).await.unwrap();

@@ -2,11 +2,13 @@
 //! nats-server, checked by reading the buckets directly (Go wire format), and once through a
 //! real narund that gives the decrypted secret and the mounted file to a real app.
 
+mod common;
+
 use async_nats::jetstream::{self, object_store};
-use narun_test_support::{NatsServer, wait_for, workspace_bin};
+use common::{Narund, text};
+use narun_test_support::{NatsServer, wait_for};
 use narun_wire::names;
 use narun_wire::secrets::{MasterKey, StoredSecret};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -50,10 +52,6 @@ async fn narunctl_with(
 
 async fn narunctl(url: &str, args: &[&str]) -> Output {
     narunctl_with(url, args, &[], None).await
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn ok(out: &Output) -> String {
@@ -291,63 +289,17 @@ async fn files_add_ls_rm() {
     assert!(e.contains("not found"), "{e}");
 }
 
-/// A real narund process; stopped with SIGTERM (it then stops its apps) when dropped.
-struct Narund {
-    child: std::process::Child,
-    data: tempfile::TempDir,
-    cgroup: String,
-}
-
-impl Narund {
-    fn start(server: &NatsServer, node: &str, master_key_file: &Path) -> Narund {
-        let data = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cgroup = format!("narun-test-secrets-ctl-{}-{node}", std::process::id());
-        let conf = data.path().join("narund.toml");
-        std::fs::write(
-            &conf,
-            format!(
-                "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
-                 [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
-                 [cgroup]\nroot = \"{cgroup}\"\n[secrets]\nmaster_key_file = \"{k}\"\n",
-                d = data.path().display(),
-                url = server.url(),
-                k = master_key_file.display(),
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new(workspace_bin("narund", "narund", &[]))
-            .arg("--config")
-            .arg(&conf)
-            .env("NARUND_LOG", "warn")
-            .env_remove("NARUN_MASTER_KEY_FILE")
-            .spawn()
-            .unwrap();
-        Narund {
-            child,
-            data,
-            cgroup,
-        }
-    }
-}
-
-impl Drop for Narund {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/unified/{}", self.cgroup));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narund_gives_the_app_the_secret_and_the_file() {
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let (_key, kf) = key_file(dir.path());
-    let narund = Narund::start(&server, "sec-node", &kf);
+    let narund = Narund::start(
+        &server,
+        "sec-node",
+        &format!("[secrets]\nmaster_key_file = \"{}\"\n", kf.display()),
+    );
 
     ok(&narunctl(
         &url,
@@ -400,7 +352,7 @@ async fn narund_gives_the_app_the_secret_and_the_file() {
     )
     .await);
 
-    let work = narund.data.path().join("instances/vault-0/work");
+    let work = narund.data_dir().join("instances/vault-0/work");
     let seen = wait_for(
         "the app to write what it got",
         Duration::from_secs(30),

@@ -5,7 +5,7 @@
 mod common;
 
 use async_nats::jetstream;
-use common::{Narund, narunctl, text, upload_script};
+use common::{Narund, deploy_file, narunctl, text, upload_script};
 use narun_test_support::NatsServer;
 use narun_wire::names;
 use std::path::{Path, PathBuf};
@@ -38,17 +38,7 @@ async fn deploy_wait_reports_ready_and_failures_with_the_log_tail() {
         "name = \"good\"\ntag = \"v1\"\nsettleSec = 1\n[[nodes]]\nname = \"wait-node\"\nreplicas = 2\n",
     );
     let started = std::time::Instant::now();
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "-f",
-            spec.to_str().unwrap(),
-            "--no-binary",
-            "--wait=40s",
-        ],
-    )
-    .await;
+    let out = deploy_file(&url, &spec, "40s").await;
     let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
@@ -79,17 +69,7 @@ async fn deploy_wait_reports_ready_and_failures_with_the_log_tail() {
         "bad.toml",
         "name = \"good\"\ntag = \"v2\"\nrestart = \"no\"\nsettleSec = 1\n[[nodes]]\nname = \"wait-node\"\nreplicas = 2\n",
     );
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "-f",
-            spec.to_str().unwrap(),
-            "--no-binary",
-            "--wait=40s",
-        ],
-    )
-    .await;
+    let out = deploy_file(&url, &spec, "40s").await;
     let err = text(&out.stderr);
     println!(
         "deploy --wait of a crashing v2:\n{}{err}",
@@ -155,17 +135,7 @@ async fn deploy_wait_times_out_when_no_node_is_selected() {
         "lonely.toml",
         "name = \"lonely\"\ntag = \"v1\"\n[[nodes]]\nname = \"nowhere\"\nreplicas = 1\n",
     );
-    let out = narunctl(
-        &server.url(),
-        &[
-            "deploy",
-            "-f",
-            spec.to_str().unwrap(),
-            "--no-binary",
-            "--wait=1s",
-        ],
-    )
-    .await;
+    let out = deploy_file(&server.url(), &spec, "1s").await;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -449,17 +419,7 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
         "chatty.toml",
         "name = \"chatty\"\ntag = \"v1\"\nsettleSec = 1\n[[nodes]]\nname = \"log-node\"\nreplicas = 1\n",
     );
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "-f",
-            spec.to_str().unwrap(),
-            "--no-binary",
-            "--wait=30s",
-        ],
-    )
-    .await;
+    let out = deploy_file(&url, &spec, "30s").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     for _ in 0..2 {
         tokio::time::timeout(Duration::from_secs(20), live.next())

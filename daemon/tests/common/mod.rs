@@ -15,18 +15,9 @@ use tokio::sync::watch;
 /// Bound of every wait in these tests.
 pub const T: Duration = Duration::from_secs(30);
 
-/// Whether `pid` exists and is not a zombie.
-pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
+/// Whether `pid` exists and is not a zombie (not every test file uses it).
+#[allow(unused_imports)]
+pub use narun_test_support::alive;
 
 /// Wait (at most [`T`]) until `pid` is gone.
 pub async fn wait_gone(pid: i32) {

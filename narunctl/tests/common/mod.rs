@@ -45,6 +45,17 @@ pub async fn narunctl(url: &str, args: &[&str]) -> Output {
     run(cmd).await
 }
 
+/// `narunctl deploy -f SPEC --no-binary --wait=WAIT` (binaries put in the store
+/// beforehand, e.g. with [`upload_script`]).
+pub async fn deploy_file(url: &str, spec: &std::path::Path, wait: &str) -> Output {
+    let wait = format!("--wait={wait}");
+    narunctl(
+        url,
+        &["deploy", "-f", spec.to_str().unwrap(), "--no-binary", &wait],
+    )
+    .await
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -53,7 +64,7 @@ pub fn text(b: &[u8]) -> String {
 /// (it then stops its apps) when dropped.
 pub struct Narund {
     child: std::process::Child,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
     cgroup: String,
 }
 
@@ -78,13 +89,19 @@ impl Narund {
             .arg("--config")
             .arg(&conf)
             .env("NARUND_LOG", "warn")
+            .env_remove("NARUN_MASTER_KEY_FILE")
             .spawn()
             .unwrap();
         Narund {
             child,
-            _data: data,
+            data,
             cgroup,
         }
+    }
+
+    /// narund's data dir (instances' working dirs are below it).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
     }
 }
 
@@ -118,15 +135,6 @@ pub async fn upload_script(server: &NatsServer, app: &str, tag: &str, script: &s
         .unwrap();
 }
 
-/// Whether `pid` exists and is not a zombie.
-pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
+/// Whether `pid` exists and is not a zombie (not every test file uses it).
+#[allow(unused_imports)]
+pub use narun_test_support::alive;
