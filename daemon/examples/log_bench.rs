@@ -11,8 +11,16 @@
 //!
 //! Both runs use a fresh, real nats-server (narun-test-support). Zero loss is checked.
 //!
-//! Each round also prints its own times (stderr), so the ratio within one round can be compared
-//! on a machine where other work makes the best-of-3 numbers come from different moments.
+//! The publishing side of both paths (the forwarder with its pipe reader and publisher, or the
+//! raw publish loop) runs on a `current_thread` runtime on its own thread, as in narund (one
+//! thread for all async work; io_uring reads on their own thread); the subscriber runs on the
+//! bench's runtime, standing in for another process. `LOG_BENCH_RUNTIME=multi` runs the
+//! publishing side on tokio's multi-thread runtime instead (narund with the `gateway` feature).
+//!
+//! `LOG_BENCH_ROUNDS` rounds (default 5), each measuring the three paths back to back on fresh
+//! servers. Each round prints its times and ratios (stderr); the result gives the ratio of the
+//! best times and the median of the per-round ratios (robust on a shared machine, where the
+//! best times of two paths may come from different moments).
 //!
 //! For profiling one path only: `LOG_BENCH_ONLY=forwarder` (or `raw`: both raw sizes, `raw100`,
 //! `raw-json`) skips the other runs, e.g.
@@ -47,55 +55,96 @@ async fn drain(mut sub: async_nats::Subscriber, n: usize) -> anyhow::Result<Inst
     Ok(Instant::now())
 }
 
+/// Run `f`'s future on a `current_thread` runtime on a thread of its own, as narund runs (one
+/// thread for all its async work): the publishing side of both paths runs like this, the
+/// subscriber (another process in real life) on the bench's own runtime.
+fn on_narund_like_thread<F, Fut, T>(f: F) -> std::thread::JoinHandle<anyhow::Result<T>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        // LOG_BENCH_RUNTIME=multi: tokio's multi-thread runtime instead (narund built with
+        // the gateway feature).
+        let mut rt = match std::env::var("LOG_BENCH_RUNTIME").as_deref() {
+            Ok("multi") => tokio::runtime::Builder::new_multi_thread(),
+            _ => tokio::runtime::Builder::new_current_thread(),
+        };
+        rt.enable_all().build()?.block_on(f())
+    })
+}
+
+/// Wait for a thread from [`on_narund_like_thread`] without blocking the runtime.
+async fn join<T: Send + 'static>(
+    h: std::thread::JoinHandle<anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(move || h.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("publishing thread panicked"))?
+}
+
 async fn forwarder_run(url: &str, lines: usize) -> anyhow::Result<(Duration, bool)> {
-    let pub_client = async_nats::connect(url).await?;
     let sub_client = subscriber_client(url).await?;
     let sub = sub_client.subscribe("logs.bench.node-1").await?;
     sub_client.flush().await?;
-    let uring = UringHandle::start();
-    let mut cfg = LogForwarderConfig::new("node-1");
-    cfg.spool_bytes = 1 << 30; // the writer outruns NATS; keep everything for a zero-loss run
-    let (fwd, _task) = LogForwarder::with_config(pub_client, cfg, uring.clone());
-    let sink = fwd.sink("bench", "bench-0");
-
-    let (reader, mut writer) = std::io::pipe()?;
     let receiver = tokio::spawn(drain(sub, lines));
-    let start = Instant::now();
-    let attach = sink.attach("stdout", reader.into());
-    let w = std::thread::spawn(move || -> std::io::Result<()> {
-        let line = [b"x".repeat(99), b"\n".to_vec()].concat();
-        let block: Vec<u8> = line.repeat(640); // 64000 bytes per write
-        let mut left = lines;
-        while left > 0 {
-            let n = left.min(640);
-            writer.write_all(&block[..n * 100])?;
-            left -= n;
-        }
-        Ok(())
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let url = url.to_owned();
+    let narund = on_narund_like_thread(move || async move {
+        let pub_client = async_nats::connect(&url).await?;
+        let uring = UringHandle::start();
+        let mut cfg = LogForwarderConfig::new("node-1");
+        cfg.spool_bytes = 1 << 30; // the writer outruns NATS; keep everything for a zero-loss run
+        let (fwd, _task) = LogForwarder::with_config(pub_client, cfg, uring.clone());
+        let sink = fwd.sink("bench", "bench-0");
+        let (reader, mut writer) = std::io::pipe()?;
+        let start = Instant::now();
+        let attach = sink.attach("stdout", reader.into());
+        let w = std::thread::spawn(move || -> std::io::Result<()> {
+            let line = [b"x".repeat(99), b"\n".to_vec()].concat();
+            let block: Vec<u8> = line.repeat(640); // 64000 bytes per write
+            let mut left = lines;
+            while left > 0 {
+                let n = left.min(640);
+                writer.write_all(&block[..n * 100])?;
+                left -= n;
+            }
+            Ok(())
+        });
+        let _ = started_tx.send(start);
+        // Until the subscriber has every line (or gave up).
+        let _ = done_rx.await;
+        w.join().expect("writer thread")?;
+        attach.await?;
+        Ok(fwd.stats().dropped == 0 && fwd.flush(Duration::from_secs(10)).await)
     });
-    let end = receiver.await??;
-    w.join().expect("writer thread")?;
-    attach.await?;
-    let stats = fwd.stats();
-    Ok((
-        end - start,
-        stats.dropped == 0 && fwd.flush(Duration::from_secs(10)).await,
-    ))
+    let start = started_rx.await?;
+    let end = receiver.await?;
+    let _ = done_tx.send(());
+    let lossless = join(narund).await?;
+    Ok((end? - start, lossless))
 }
 
 async fn raw_run(url: &str, lines: usize, size: usize) -> anyhow::Result<Duration> {
-    let pub_client = async_nats::connect(url).await?;
     let sub_client = subscriber_client(url).await?;
     let sub = sub_client.subscribe("raw.bench").await?;
     sub_client.flush().await?;
-    let payload = Bytes::from(b"x".repeat(size));
     let receiver = tokio::spawn(drain(sub, lines));
-    let start = Instant::now();
-    for _ in 0..lines {
-        pub_client.publish("raw.bench", payload.clone()).await?;
-    }
-    pub_client.flush().await?;
+    let url = url.to_owned();
+    let publisher = on_narund_like_thread(move || async move {
+        let pub_client = async_nats::connect(&url).await?;
+        let payload = Bytes::from(b"x".repeat(size));
+        let start = Instant::now();
+        for _ in 0..lines {
+            pub_client.publish("raw.bench", payload.clone()).await?;
+        }
+        pub_client.flush().await?;
+        Ok(start)
+    });
     let end = receiver.await??;
+    let start = join(publisher).await?;
     Ok(end - start)
 }
 
@@ -125,24 +174,33 @@ async fn main() -> anyhow::Result<()> {
     let run_fwd = only.is_empty() || only == "forwarder";
     let run_raw100 = only.is_empty() || only == "raw" || only == "raw100";
     let run_raw_json = only.is_empty() || only == "raw" || only == "raw-json";
+    let rounds: usize = std::env::var("LOG_BENCH_ROUNDS")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
     let mut lossless = true;
-    for round in 1..=3 {
+    // Per round: (forwarder, raw 100 B, raw JSON size), measured back to back.
+    let mut per_round: Vec<[Option<Duration>; 3]> = Vec::new();
+    for round in 1..=rounds {
         let mut this_round = format!("round {round}:");
+        let mut times = [None; 3];
         if run_fwd {
             let server = narun_test_support::NatsServer::start();
             let (d, ok) = forwarder_run(&server.url(), lines)
                 .await
                 .map_err(|e| e.context("forwarder run"))?;
             best_fwd = best_fwd.min(d);
+            times[0] = Some(d);
             lossless &= ok;
             drop(server);
             this_round += &format!(" forwarder {:.0} ms", d.as_secs_f64() * 1e3);
         }
         // A raw publisher outruns the subscriber; nats-server then drops messages for the slow
         // consumer. Such a run is not a valid reference: retry it.
-        for (size, best, run) in [
-            (100, &mut best_raw, run_raw100),
-            (json_size, &mut best_raw_json, run_raw_json),
+        for (i, size, best, run) in [
+            (1, 100, &mut best_raw, run_raw100),
+            (2, json_size, &mut best_raw_json, run_raw_json),
         ] {
             if !run {
                 continue;
@@ -152,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
                 match raw_run(&server.url(), lines, size).await {
                     Ok(d) => {
                         *best = (*best).min(d);
+                        times[i] = Some(d);
                         this_round += &format!(", raw {size} B {:.0} ms", d.as_secs_f64() * 1e3);
                         break;
                     }
@@ -159,8 +218,26 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        if let [Some(f), Some(r), Some(j)] = times {
+            this_round += &format!(
+                "; fwd/raw 100 B {:.2}, fwd/raw {json_size} B {:.2}",
+                r.as_secs_f64() / f.as_secs_f64(),
+                j.as_secs_f64() / f.as_secs_f64()
+            );
+        }
         eprintln!("{this_round}");
+        per_round.push(times);
     }
+    // Median over the rounds of the ratio within each round (both paths measured within
+    // seconds of each other, so a slow moment of the machine hits both).
+    let median_ratio = |raw: usize| {
+        let mut v: Vec<f64> = per_round
+            .iter()
+            .filter_map(|t| Some(t[raw]?.as_secs_f64() / t[0]?.as_secs_f64()))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
     // A path that was not run (LOG_BENCH_ONLY) prints as 0.
     let rate = |d: Duration| {
         if d == Duration::MAX {
@@ -177,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!(
-        "{lines} lines of 100 B, best of 3, io_uring={}",
+        "{lines} lines of 100 B, best of {rounds}, io_uring={}",
         UringHandle::start().available()
     );
     println!(
@@ -196,12 +273,14 @@ async fn main() -> anyhow::Result<()> {
         ms(best_raw_json)
     );
     println!(
-        "ratio forwarder/raw 100 B: {:.2} (target >= 0.7); zero loss: {lossless}",
-        rate(best_fwd) / rate(best_raw)
+        "ratio forwarder/raw 100 B: best {:.2}, median of rounds {:.2} (target >= 0.7); zero loss: {lossless}",
+        rate(best_fwd) / rate(best_raw),
+        median_ratio(1)
     );
     println!(
-        "ratio forwarder/raw {json_size} B: {:.2}",
-        rate(best_fwd) / rate(best_raw_json)
+        "ratio forwarder/raw {json_size} B: best {:.2}, median of rounds {:.2}",
+        rate(best_fwd) / rate(best_raw_json),
+        median_ratio(2)
     );
     anyhow::ensure!(lossless, "lines were lost");
     Ok(())

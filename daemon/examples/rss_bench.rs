@@ -206,8 +206,12 @@ async fn measure(
         )
     })??;
     // Idle: what a device sits at between deploys (the measurement is of that state, so a
-    // fixed wait is what we want here).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // fixed wait is what we want here): past the settle trim (`[memory] settle_trim_secs`
+    // after the last start), then 5 s of heartbeats and timers.
+    tokio::time::sleep(Duration::from_secs(
+        narund::memory::DEFAULT_SETTLE_TRIM_SECS + 5,
+    ))
+    .await;
     let mut mem = Mem::read(pid, bin)?;
     mem.fields.insert("ready_ms", ready.as_millis() as u64);
     // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.

@@ -53,6 +53,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: under systemd stderr goes to the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if received > 0 {
         tracing::info!(
@@ -94,10 +96,7 @@ fn main() -> ExitCode {
             ),
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("narund: cannot start the async runtime: {e}");
@@ -111,6 +110,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime. Without the gateway narund's work is waiting: on processes, timers,
+/// NATS and the io_uring thread (which reads pipes and hashes binaries), so one thread runs
+/// it all (`current_thread`); the runtime's worker threads, their stacks and malloc arenas,
+/// and the multi-thread scheduler's code would only add memory (docs/benchmarks.md, "narund
+/// memory"). The gateway proxies HTTP and gRPC and uses every core.
+fn runtime_builder() -> tokio::runtime::Builder {
+    #[cfg(feature = "gateway")]
+    return tokio::runtime::Builder::new_multi_thread();
+    #[cfg(not(feature = "gateway"))]
+    tokio::runtime::Builder::new_current_thread()
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -182,6 +193,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
         .context("NATS settings")?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config_memory = config.memory.clone();
     let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
 
     #[cfg(feature = "gateway")]
@@ -229,6 +241,22 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     if let Some(half) = watchdog_period {
         sup.liveness()
             .set_stall_after(half.min(narund::liveness::STALL_AFTER));
+    }
+    {
+        // Trim narund's binary again each time it settles (narund::memory).
+        let (sup, stop) = (sup.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            narund::memory::trim_when_settled(
+                config_memory,
+                move || {
+                    let sup = sup.clone();
+                    async move { sup.changed().await }
+                },
+                stop,
+            )
+            .await;
+            Ok(())
+        });
     }
     let offline = sup.start_offline().await;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -38,19 +38,43 @@
 //! Configured by `[memory] exec_readaround` (see [`MemoryConfig`]).
 
 use serde::Deserialize;
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// `[memory]`: narund's own memory footprint.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Let the kernel read narund's binary ahead on page faults (its default behaviour).
     /// `false` (default): at start-up narund limits faults on its own binary to the page
     /// touched and drops what was read ahead so far ([`trim_exec_mappings`]), so only the
-    /// code it runs stays resident.
+    /// code it runs stays resident; and it trims again whenever it has settled
+    /// ([`trim_when_settled`]).
     pub exec_readaround: bool,
+    /// Seconds without any instance changing state after which narund trims its binary's
+    /// pages again (the code of start-up, of a deploy, of a restart leaves); 0 = only at
+    /// start-up. Ignored with `exec_readaround = true`.
+    pub settle_trim_secs: u64,
 }
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            exec_readaround: false,
+            settle_trim_secs: DEFAULT_SETTLE_TRIM_SECS,
+        }
+    }
+}
+
+/// Default of `[memory] settle_trim_secs`.
+pub const DEFAULT_SETTLE_TRIM_SECS: u64 = 10;
+
+/// At most one settle trim per this long: an app in a crash loop changes state every few
+/// seconds to minutes, and each trim costs a few dozen single-page reads of the working set.
+pub const MIN_TRIM_GAP: Duration = Duration::from_secs(60);
 
 /// Apply `[memory]` at start-up: unless `exec_readaround` is set, [`trim_exec_mappings`] and
 /// log what it did (failures are warnings: narund runs the same, with more pages resident).
@@ -82,6 +106,97 @@ pub fn apply(config: &MemoryConfig) {
             "cannot limit read-ahead on narund's binary; more of it stays resident \
              (set [memory] exec_readaround = true to silence this)"
         ),
+    }
+}
+
+/// Trim again once narund has settled: `settle_trim_secs` after the last instance state
+/// change (start-up's own starts included), and again after every later burst of changes
+/// (a deploy, a restart, a crash), at most once per [`MIN_TRIM_GAP`]. Returns when `stop`
+/// turns true; does nothing with `exec_readaround = true` or `settle_trim_secs = 0`.
+///
+/// Why: the start-up trim runs before narund has done anything, so the code of its first
+/// reconcile (fetching, verifying, spawning, cgroup set-up, the KV replay, JSON of every
+/// spec) faults back in, together with the kernel's read-ahead around it, and then stays
+/// mapped although an idle narund never runs it again. `MADV_PAGEOUT` gives those pages
+/// back; what the idle loops run (timers, heartbeat, pings) faults in again as single
+/// pages. `changed` resolves on every instance state change
+/// ([`Supervisor::changed`](crate::supervisor::Supervisor::changed)); a change that happens
+/// while a trim runs (milliseconds) may be missed, so the pages it touched stay until the
+/// next settle.
+pub async fn trim_when_settled<F, Fut>(
+    config: MemoryConfig,
+    changed: F,
+    stop: watch::Receiver<bool>,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if config.exec_readaround || config.settle_trim_secs == 0 {
+        return;
+    }
+    let quiet = Duration::from_secs(config.settle_trim_secs);
+    on_settled(quiet, MIN_TRIM_GAP, changed, stop, || async {
+        match tokio::task::spawn_blocking(trim_exec_mappings).await {
+            Ok(Ok(r)) => {
+                tracing::debug!(
+                    resident_before_kib = r.resident_before_kib,
+                    pageout = ?r.pageout,
+                    "settled: pages of narund's binary trimmed again"
+                );
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "settled: cannot trim narund's binary; not trying again");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "settled: trim task failed");
+                true
+            }
+        }
+    })
+    .await
+}
+
+/// Run `act` each time `changed` has not resolved for `quiet` (the start counts as a
+/// change), at most once per `min_gap`, until `stop` turns true or `act` returns false.
+async fn on_settled<F, Fut, A, AFut>(
+    quiet: Duration,
+    min_gap: Duration,
+    mut changed: F,
+    mut stop: watch::Receiver<bool>,
+    mut act: A,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+    A: FnMut() -> AFut,
+    AFut: Future<Output = bool>,
+{
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        // Settling: until nothing changed for `quiet`.
+        loop {
+            tokio::select! {
+                _ = changed() => continue,
+                _ = tokio::time::sleep(quiet) => break,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        if let Some(at) = last {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at + min_gap) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        last = Some(tokio::time::Instant::now());
+        if !act().await {
+            return;
+        }
+        // Settled: nothing to do until the next change.
+        tokio::select! {
+            _ = changed() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 
@@ -289,6 +404,73 @@ fn parse_header(line: &str) -> Option<Header<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `on_settled` with paused time: changes at the given offsets (ms from the start),
+    /// quiet 1 s, min gap 60 s; returns when `act` ran, in ms from the start.
+    async fn settle_times(changes: &[u64], run_for: Duration) -> Vec<u64> {
+        use std::sync::{Arc, Mutex};
+        let t0 = tokio::time::Instant::now();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let acted = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let (notify, acted) = (notify.clone(), acted.clone());
+            tokio::spawn(async move {
+                on_settled(
+                    Duration::from_secs(1),
+                    Duration::from_secs(60),
+                    move || {
+                        let n = notify.clone();
+                        async move { n.notified().await }
+                    },
+                    stop_rx,
+                    move || {
+                        acted.lock().unwrap().push(t0.elapsed().as_millis() as u64);
+                        async { true }
+                    },
+                )
+                .await
+            })
+        };
+        for &at in changes {
+            tokio::time::sleep_until(t0 + Duration::from_millis(at)).await;
+            notify.notify_waiters();
+        }
+        tokio::time::sleep_until(t0 + run_for).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        Arc::try_unwrap(acted).unwrap().into_inner().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_waits_for_quiet_after_the_last_change() {
+        // Start counts as a change: trimmed 1 s in.
+        assert_eq!(settle_times(&[], Duration::from_secs(5)).await, vec![1000]);
+        // Changes every 500 ms until 3 s: one trim, 1 s after the last.
+        assert_eq!(
+            settle_times(
+                &[500, 1000, 1500, 2000, 2500, 3000],
+                Duration::from_secs(10)
+            )
+            .await,
+            vec![4000]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn later_bursts_trim_again_but_at_most_once_per_gap() {
+        // Trim at 1 s; a change at 5 s settles at 6 s but waits for the gap (61 s); a
+        // change at 130 s settles at 131 s, past the next gap (121 s).
+        assert_eq!(
+            settle_times(&[5_000, 130_000], Duration::from_secs(200)).await,
+            vec![1_000, 61_000, 131_000]
+        );
+        // No change after the first trim: nothing more.
+        assert_eq!(
+            settle_times(&[], Duration::from_secs(300)).await,
+            vec![1000]
+        );
+    }
 
     const SMAPS: &str = "\
 55968034f000-559680513000 r--p 00000000 fd:01 1234      /usr/bin/narund

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 
 /// Interval between heartbeats (Go: TTL / 3).
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// First retry of a heartbeat that could not be published before the first success.
+pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 /// A state change is published after at most this delay (changes are batched).
 pub const CHANGE_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Bound of each put.
@@ -141,7 +143,11 @@ pub async fn run_heartbeat(
     let mut tick = tokio::time::interval(crate::liveness::BEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut store: Option<kv::Store> = None;
+    // Until the first put succeeds (narund usually starts before NATS is reachable), retry
+    // sooner than HEARTBEAT: 1 s, doubling up to it.
+    let mut retry = Some(HEARTBEAT_RETRY);
     loop {
+        let mut published = false;
         {
             // Both calls are bounded by PUT_TIMEOUT; building the state takes the
             // supervisor's locks, so a deadlock there shows up as an overrun.
@@ -153,12 +159,23 @@ pub async fn run_heartbeat(
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
                 let state = node_state(&sup, "running", &start_time, connected);
-                if !put(s, &state).await {
+                published = put(s, &state).await;
+                if !published {
                     tracing::debug!("heartbeat put failed (NATS down?)");
                 }
             }
         }
-        let next = tokio::time::sleep(HEARTBEAT);
+        let wait = match retry {
+            Some(r) if !published => {
+                retry = Some((r * 2).min(HEARTBEAT));
+                r
+            }
+            _ => {
+                retry = None;
+                HEARTBEAT
+            }
+        };
+        let next = tokio::time::sleep(wait);
         tokio::pin!(next);
         let changed = sup.changed();
         tokio::pin!(changed);
