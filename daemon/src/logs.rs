@@ -1,12 +1,14 @@
 //! App stdout/stderr → lines → `logs.<app>.<node>`, with an offline spool.
 //!
 //! Every instance's stdout and stderr are pipes. A [`LogSink`] (one per instance) reads each pipe
-//! through the [`UringHandle`] (io_uring or plain reads), splits the bytes into lines with a
-//! [`LineSplitter`], turns each line into the Go-shaped JSON [`LogLine`](narun_wire::events::LogLine) and appends it to the
-//! node-wide **spool** of the [`LogForwarder`]. One publisher task drains the spool to NATS.
+//! through the [`UringHandle`] (io_uring or plain reads) and, on the reading thread itself (a
+//! [`PipeSink`](crate::uring::PipeSink)), splits the bytes into lines with a [`LineSplitter`],
+//! turns each line into the Go-shaped JSON [`LogLine`](narun_wire::events::LogLine) and appends
+//! it to the node-wide **spool** of the [`LogForwarder`]. One publisher task, on narund's
+//! runtime, drains the spool to NATS.
 //!
 //! ```text
-//!  app ─pipe─▶ read_pipe ─chunks─▶ LineSplitter ─JSON─▶ spool (bounded by bytes) ─▶ publisher ─▶ NATS
+//!  app ─pipe─▶ read_pipe ─chunk─▶ LineSplitter ─JSON─▶ spool (bounded by bytes) ─▶ publisher ─▶ NATS
 //!                                                          ▲ oldest dropped           │ marker
 //!                                                          └──── removed on ack ◀─────┘ echo
 //! ```
@@ -549,20 +551,22 @@ impl LogSink {
     /// Forward the pipe `fd` (the read end of the child's stdout or stderr) as `stream`
     /// (`"stdout"`/`"stderr"`). The returned task ends at EOF, after the last line is spooled.
     /// Must be called inside a tokio runtime.
+    ///
+    /// Splitting, JSON and spooling happen on the thread that reads the pipe (the io_uring
+    /// thread: [`PipeReader`]), so app output never queues between threads and narund's
+    /// runtime thread only publishes.
     pub fn attach(&self, stream: &str, fd: OwnedFd) -> JoinHandle<()> {
-        let mut chunks = self.uring.read_pipe(fd);
-        let mut lines = self.lines(stream);
+        let (done, eof) = tokio::sync::oneshot::channel();
+        self.uring.read_pipe(
+            fd,
+            Box::new(PipeReader {
+                splitter: LineSplitter::new(self.shared.max_line_bytes),
+                lines: self.lines(stream),
+                done,
+            }),
+        );
         tokio::spawn(async move {
-            let mut splitter = LineSplitter::new(lines.sink.shared.max_line_bytes);
-            while let Some(chunk) = chunks.recv().await {
-                // One timestamp per chunk: its lines arrived together.
-                lines.begin(chunk.len());
-                splitter.feed_bytes(&chunk, &mut |text, partial| lines.add(text, partial));
-                lines.spool();
-            }
-            lines.begin(splitter.pending());
-            splitter.finish_bytes(&mut |text, partial| lines.add(text, partial));
-            lines.spool();
+            let _ = eof.await;
         })
     }
 
@@ -607,6 +611,37 @@ impl LogSink {
         if self.shared.stats.dropped.load(Ordering::Relaxed) != dropped_before {
             self.shared.progress.notify_waiters();
         }
+    }
+}
+
+/// One output stream of an instance, fed by the pipe reader ([`crate::uring::PipeSink`]).
+struct PipeReader {
+    splitter: LineSplitter,
+    lines: ChunkLines,
+    /// Fired after the last line is spooled.
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl crate::uring::PipeSink for PipeReader {
+    fn chunk(&mut self, data: &[u8]) {
+        let lines = &mut self.lines;
+        // One timestamp per chunk: its lines arrived together.
+        lines.begin(data.len());
+        self.splitter
+            .feed_bytes(data, &mut |text, partial| lines.add(text, partial));
+        lines.spool();
+    }
+
+    fn end(self: Box<Self>) {
+        let PipeReader {
+            mut splitter,
+            mut lines,
+            done,
+        } = *self;
+        lines.begin(splitter.pending());
+        splitter.finish_bytes(&mut |text, partial| lines.add(text, partial));
+        lines.spool();
+        let _ = done.send(());
     }
 }
 

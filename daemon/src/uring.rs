@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -47,9 +46,6 @@ pub const PIPE_CHUNK: usize = 64 * 1024;
 
 /// How many file reads are in flight at once while hashing.
 const READS_IN_FLIGHT: usize = 2;
-
-/// How many pipe chunks may wait for the consumer before the reader pauses.
-const PIPE_QUEUE: usize = 16;
 
 /// Whether to try io_uring at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,11 +80,25 @@ enum Job {
         chunks: mpsc::Sender<io::Result<Vec<u8>>>,
         recycle: mpsc::UnboundedReceiver<Vec<u8>>,
     },
-    /// Read a pipe until EOF, sending each chunk.
+    /// Read a pipe until EOF, handing each chunk to `sink`.
     ReadPipe {
         fd: OwnedFd,
-        chunks: mpsc::Sender<Bytes>,
+        sink: Box<dyn PipeSink>,
     },
+}
+
+/// What a pipe reader does with the bytes it reads ([`UringHandle::read_pipe`]).
+///
+/// Called on the thread that reads: the io_uring thread, or a fallback task or blocking-pool
+/// thread. So the sink works in place, without a copy or a hop to another thread per read,
+/// and must be quick and never block or wait (the log forwarder splits lines, writes their
+/// JSON and appends them to its spool under a short lock).
+pub trait PipeSink: Send + 'static {
+    /// The next bytes of the stream, in order; at most [`PIPE_CHUNK`] at a time.
+    fn chunk(&mut self, data: &[u8]);
+    /// End of the stream (EOF, or a read error, which is logged); called once, last. A sink
+    /// dropped without `end` means the reader itself was lost (the io_uring thread died).
+    fn end(self: Box<Self>);
 }
 
 impl UringHandle {
@@ -172,16 +182,13 @@ impl UringHandle {
         Ok(hasher.finalize().into())
     }
 
-    /// Read a pipe (a child's stdout or stderr) until EOF, as a stream of chunks of at most
-    /// [`PIPE_CHUNK`] bytes.
-    ///
-    /// The channel closes at EOF (all writers closed) or on a read error (logged). When the consumer
-    /// falls behind by `PIPE_QUEUE` (16) chunks the reader pauses, so the consumer must keep up (the
-    /// log forwarder only splits lines and appends to its spool, it never waits for NATS).
+    /// Read a pipe (a child's stdout or stderr) until EOF, handing what is read to `sink`
+    /// (chunks of at most [`PIPE_CHUNK`] bytes) on the reading thread, then
+    /// [`PipeSink::end`] at EOF (all writers closed) or on a read error (logged). The next read
+    /// starts when `chunk` returns, so a slow sink slows the reader, never the other way.
     ///
     /// Must be called from within a tokio runtime (the fallback spawns a task on it).
-    pub fn read_pipe(&self, fd: OwnedFd) -> mpsc::Receiver<Bytes> {
-        let (tx, rx) = mpsc::channel(PIPE_QUEUE);
+    pub fn read_pipe(&self, fd: OwnedFd, sink: Box<dyn PipeSink>) {
         match &self.inner.jobs {
             Some(jobs) => {
                 // io_uring honours O_NONBLOCK by failing reads with EAGAIN instead of waiting,
@@ -189,20 +196,19 @@ impl UringHandle {
                 // kernel waits for data (io_uring itself never blocks our thread).
                 if let Err(e) = set_nonblocking(&fd, false) {
                     tracing::warn!(error = %e, "cannot clear O_NONBLOCK on a pipe; using plain reads");
-                    tokio::spawn(read_pipe_fallback(fd, tx));
-                } else if let Err(mpsc::error::SendError(Job::ReadPipe { fd, chunks })) =
-                    jobs.send(Job::ReadPipe { fd, chunks: tx })
+                    tokio::spawn(read_pipe_fallback(fd, sink));
+                } else if let Err(mpsc::error::SendError(Job::ReadPipe { fd, sink })) =
+                    jobs.send(Job::ReadPipe { fd, sink })
                 {
                     // The uring thread died (it only stops when every handle is gone, so this
                     // means a bug); keep the logs flowing anyway.
-                    tokio::spawn(read_pipe_fallback(fd, chunks));
+                    tokio::spawn(read_pipe_fallback(fd, sink));
                 }
             }
             None => {
-                tokio::spawn(read_pipe_fallback(fd, tx));
+                tokio::spawn(read_pipe_fallback(fd, sink));
             }
         }
-        rx
     }
 }
 
@@ -266,8 +272,8 @@ fn uring_thread(
                 } => {
                     tokio_uring::spawn(uring_read_file(path, chunks, recycle));
                 }
-                Job::ReadPipe { fd, chunks } => {
-                    tokio_uring::spawn(uring_read_pipe(fd, chunks));
+                Job::ReadPipe { fd, sink } => {
+                    tokio_uring::spawn(uring_read_pipe(fd, sink));
                 }
             }
         }
@@ -360,7 +366,7 @@ async fn uring_read_file(
 }
 
 /// Read a pipe with io_uring until EOF.
-async fn uring_read_pipe(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
+async fn uring_read_pipe(fd: OwnedFd, mut sink: Box<dyn PipeSink>) {
     let file = tokio_uring::fs::File::from_std(StdFile::from(fd));
     let mut buf = Vec::with_capacity(PIPE_CHUNK);
     loop {
@@ -369,15 +375,7 @@ async fn uring_read_pipe(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
         buf = b;
         match res {
             Ok(0) => break,
-            Ok(n) => {
-                if chunks
-                    .send(Bytes::copy_from_slice(&buf[..n]))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            Ok(n) => sink.chunk(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "reading a pipe through io_uring failed; stream closed");
@@ -386,6 +384,7 @@ async fn uring_read_pipe(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
         }
     }
     let _ = file.close().await;
+    sink.end();
 }
 
 /// Fallback hash: read and hash on a blocking-pool thread.
@@ -413,7 +412,7 @@ pub fn hash_file_std(path: &Path) -> io::Result<[u8; 32]> {
 
 /// Fallback pipe reader: tokio's epoll-driven pipe receiver, or, for an fd that is not a FIFO
 /// (a socket or a pty handed in by the caller), a blocking reader thread.
-async fn read_pipe_fallback(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
+async fn read_pipe_fallback(fd: OwnedFd, mut sink: Box<dyn PipeSink>) {
     use tokio::io::AsyncReadExt;
     let raw = fd.as_raw_fd();
     let is_fifo = {
@@ -428,14 +427,7 @@ async fn read_pipe_fallback(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
             loop {
                 match f.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => {
-                        if chunks
-                            .blocking_send(Bytes::copy_from_slice(&buf[..n]))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
+                    Ok(n) => sink.chunk(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading an output stream failed; stream closed");
@@ -443,6 +435,7 @@ async fn read_pipe_fallback(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
                     }
                 }
             }
+            sink.end();
         })
         .await;
         return;
@@ -451,6 +444,7 @@ async fn read_pipe_fallback(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
         Ok(rx) => rx,
         Err(e) => {
             tracing::warn!(error = %e, "cannot register a pipe with tokio; stream closed");
+            sink.end();
             return;
         }
     };
@@ -458,15 +452,7 @@ async fn read_pipe_fallback(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
     loop {
         match rx.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => {
-                if chunks
-                    .send(Bytes::copy_from_slice(&buf[..n]))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            Ok(n) => sink.chunk(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "reading a pipe failed; stream closed");
@@ -474,6 +460,7 @@ async fn read_pipe_fallback(fd: OwnedFd, chunks: mpsc::Sender<Bytes>) {
             }
         }
     }
+    sink.end();
 }
 
 fn set_nonblocking(fd: &OwnedFd, nonblocking: bool) -> io::Result<()> {
@@ -557,6 +544,22 @@ mod tests {
         }
     }
 
+    /// Collects a pipe's bytes; sends them all at `end`.
+    struct Collect {
+        tx: mpsc::UnboundedSender<Vec<u8>>,
+        got: Vec<u8>,
+    }
+
+    impl PipeSink for Collect {
+        fn chunk(&mut self, data: &[u8]) {
+            assert!(data.len() <= PIPE_CHUNK);
+            self.got.extend_from_slice(data);
+        }
+        fn end(self: Box<Self>) {
+            let _ = self.tx.send(self.got);
+        }
+    }
+
     #[tokio::test]
     async fn pipe_is_read_to_eof_on_both_paths() {
         for h in [
@@ -570,14 +573,18 @@ mod tests {
                 .spawn()
                 .unwrap();
             let out: OwnedFd = child.stdout.take().unwrap().into_owned_fd().unwrap();
-            let mut rx = h.read_pipe(out);
-            let mut all = Vec::new();
-            while let Some(c) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            h.read_pipe(
+                out,
+                Box::new(Collect {
+                    tx,
+                    got: Vec::new(),
+                }),
+            );
+            let all = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
-                .expect("pipe chunk within 10 s")
-            {
-                all.extend_from_slice(&c);
-            }
+                .expect("EOF within 10 s")
+                .expect("end() is called");
             child.wait().await.unwrap();
             let expected: String = (1..=2000).map(|i| format!("line-{i}\n")).collect();
             assert_eq!(
