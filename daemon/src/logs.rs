@@ -553,7 +553,7 @@ impl LogSink {
     /// Must be called inside a tokio runtime.
     ///
     /// Splitting, JSON and spooling happen on the thread that reads the pipe (the io_uring
-    /// thread: [`PipeReader`]), so app output never queues between threads and narund's
+    /// thread, a [`PipeSink`](crate::uring::PipeSink)), so app output never queues between threads and narund's
     /// runtime thread only publishes.
     pub fn attach(&self, stream: &str, fd: OwnedFd) -> JoinHandle<()> {
         let (done, eof) = tokio::sync::oneshot::channel();
