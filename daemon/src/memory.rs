@@ -98,6 +98,7 @@ pub fn apply(config: &MemoryConfig) {
                 mappings = r.mappings,
                 mapped_kib = r.mapped_bytes / 1024,
                 resident_before_kib = r.resident_before_kib,
+                resident_after_kib = r.resident_after_kib,
                 "binary read page by page from now on (MADV_RANDOM), read-ahead pages dropped"
             );
         }
@@ -140,6 +141,7 @@ pub async fn trim_when_settled<F, Fut>(
             Ok(Ok(r)) => {
                 tracing::debug!(
                     resident_before_kib = r.resident_before_kib,
+                    resident_after_kib = r.resident_after_kib,
                     pageout = ?r.pageout,
                     "settled: pages of narund's binary trimmed again"
                 );
@@ -219,6 +221,9 @@ pub struct TrimReport {
     pub mapped_bytes: u64,
     /// Resident pages of the executable's mappings before, KiB.
     pub resident_before_kib: u64,
+    /// The same, read again right after the pageout (what the other threads fault back in
+    /// meanwhile included), KiB; `None` when `/proc/self/smaps` could not be read again.
+    pub resident_after_kib: Option<u64>,
     /// Whether the page cache of the file was dropped (`posix_fadvise`); the error otherwise.
     pub fadvise: Result<(), String>,
     /// Mappings given to `MADV_PAGEOUT`; the error when the kernel refused.
@@ -256,6 +261,7 @@ pub fn trim_exec_mappings() -> io::Result<TrimReport> {
         mappings: mappings.len(),
         mapped_bytes: mappings.iter().map(|m| (m.end - m.start) as u64).sum(),
         resident_before_kib: mappings.iter().map(|m| m.rss_kib).sum(),
+        resident_after_kib: None,
         fadvise: Ok(()),
         pageout: Ok(0),
     };
@@ -272,6 +278,14 @@ pub fn trim_exec_mappings() -> io::Result<TrimReport> {
         paged += 1;
     }
     report.pageout = Ok(paged);
+    report.resident_after_kib = std::fs::read_to_string("/proc/self/smaps")
+        .ok()
+        .map(|smaps| {
+            exe_mappings(&smaps, major, minor, exe.ino(), &exe_path.to_string_lossy())
+                .iter()
+                .map(|m| m.rss_kib)
+                .sum()
+        });
     Ok(report)
 }
 

@@ -9,9 +9,7 @@
 mod common;
 
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 use narun_test_support::{NatsServer, workspace_bin};
-use narun_wire::events::NodeState;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -67,18 +65,12 @@ async fn flags_with(
         .spawn()
         .unwrap();
     let pid = narund.id().unwrap();
-    tokio::time::timeout(common::T, async {
-        loop {
-            let e = watch.next().await.expect("watch ended").unwrap();
-            if e.operation == kv::Operation::Put
-                && serde_json::from_slice::<NodeState>(&e.value).is_ok()
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no heartbeat from narund ({memory}) within {:?}", common::T));
+    common::heartbeat(
+        &mut watch,
+        &format!("narund's first state ({memory})"),
+        |_| true,
+    )
+    .await;
     let flags = vm_flags_of_mappings(pid, &bin);
     // SAFETY: kill(2) on our own, not yet reaped child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -142,9 +134,11 @@ fn resident_kib_of(pid: u32, bin: &Path) -> u64 {
 }
 
 /// narund pages its binary out again once nothing has changed for `settle_trim_secs`: right
-/// after it says so, much less of the binary is resident than it measured just before (a
-/// quarter less at least; 60 % less in the debug build here, 14 → 5.6 MiB, while its idle
-/// loops already fault code back in).
+/// after, less than half of the binary is resident than just before (both read from
+/// `/proc/self/smaps` by narund, around its `madvise`; in the debug build here 14 MiB →
+/// a few hundred KiB). The test's own look at `/proc/<pid>/smaps` comes later and races with
+/// the idle loops faulting their code back in, in read-ahead sized pieces (the debug
+/// binary's are spread over 6 MiB within a second), so it is only printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narund_trims_its_binary_again_once_settled() {
     use tokio::io::AsyncBufReadExt;
@@ -178,7 +172,7 @@ async fn narund_trims_its_binary_again_once_settled() {
         .unwrap();
     let pid = narund.id().unwrap();
     let mut lines = tokio::io::BufReader::new(narund.stderr.take().unwrap()).lines();
-    let (before, after) = tokio::time::timeout(common::T, async {
+    let (before, after, outside) = tokio::time::timeout(common::T, async {
         loop {
             let line = lines
                 .next_line()
@@ -186,28 +180,32 @@ async fn narund_trims_its_binary_again_once_settled() {
                 .unwrap()
                 .expect("narund's stderr ended before it trimmed");
             if line.contains("trimmed again") {
-                // Measure at once: what the idle loops run faults back in over the next
-                // seconds.
-                let after = resident_kib_of(pid, &bin);
-                let before: u64 = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("resident_before_kib="))
-                    .unwrap_or_else(|| panic!("no resident_before_kib in {line:?}"))
-                    .parse()
-                    .unwrap();
-                return (before, after);
+                let outside = resident_kib_of(pid, &bin);
+                let field = |name: &str| -> u64 {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                        .parse()
+                        .unwrap()
+                };
+                return (
+                    field("resident_before_kib"),
+                    field("resident_after_kib"),
+                    outside,
+                );
             }
         }
     })
     .await
     .unwrap_or_else(|_| panic!("narund did not trim within {:?}", common::T));
     eprintln!(
-        "narund's binary: {before} KiB resident before the settle trim, {after} KiB right after"
+        "narund's binary: {before} KiB resident before the settle trim, {after} KiB right after \
+         it, {outside} KiB when this test looked"
     );
     assert!(
-        before >= 256 && after * 4 < before * 3,
-        "the settle trim should page out a good part of the binary: {before} KiB resident \
-         before, {after} KiB after"
+        before >= 256 && after * 2 < before,
+        "the settle trim should page out most of the binary: {before} KiB resident before, \
+         {after} KiB after"
     );
     // SAFETY: kill(2) on our own, not yet reaped child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };

@@ -7,7 +7,7 @@
 mod common;
 
 use async_nats::jetstream::{self, kv};
-use common::alive;
+use common::{alive, heartbeat};
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for, workspace_bin};
 use narun_wire::events::{LogLine, NodeState, StatusEvent};
@@ -76,27 +76,6 @@ fn config(dir: &Path, node: &str, url: &str, cgroup_root: &str, on_exit: &str) -
 }
 
 /// The next heartbeat of `node` for which `pred` holds.
-async fn heartbeat(
-    watch: &mut kv::Watch,
-    what: &str,
-    mut pred: impl FnMut(&NodeState) -> bool,
-) -> NodeState {
-    tokio::time::timeout(T, async {
-        loop {
-            let e = watch.next().await.unwrap().unwrap();
-            if e.operation != kv::Operation::Put {
-                continue;
-            }
-            let s: NodeState = serde_json::from_slice(&e.value).unwrap();
-            if pred(&s) {
-                return s;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for a heartbeat with {what}"))
-}
-
 fn running_pids(s: &NodeState, app: &str) -> BTreeMap<String, i32> {
     s.instances
         .iter()
@@ -249,6 +228,15 @@ fn spawn_narund(
     cmd.spawn().unwrap()
 }
 
+/// What systemd does after narund died: start it again with the `n` fds it stored.
+fn restart_with_stored_fds(conf: &Path, systemd: &FdStore, n: usize) -> tokio::process::Child {
+    let stored: Vec<(String, OwnedFd)> = std::mem::take(&mut *systemd.fds.lock().unwrap())
+        .into_iter()
+        .collect();
+    assert_eq!(stored.len(), n, "{stored:?}");
+    spawn_narund(conf, &systemd.path, stored)
+}
+
 async fn sigkill(child: &mut tokio::process::Child) {
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGKILL) };
     tokio::time::timeout(T, child.wait())
@@ -328,11 +316,7 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     let ticks_before = last_ticks(&before);
 
     // systemd starts narund again, with the stored fds.
-    let stored: Vec<(String, OwnedFd)> = std::mem::take(&mut *systemd.fds.lock().unwrap())
-        .into_iter()
-        .collect();
-    assert_eq!(stored.len(), 4, "{stored:?}");
-    let mut second = spawn_narund(&conf, &systemd.path, stored);
+    let mut second = restart_with_stored_fds(&conf, &systemd, 4);
     let state = heartbeat(&mut watch, "the same two pids running", |s| {
         running_pids(s, app) == pids
     })
@@ -557,10 +541,7 @@ async fn readopted_notify_app_keeps_its_watchdog() {
     assert!(alive(pid));
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), status.next()).await {}
 
-    let stored: Vec<(String, OwnedFd)> = std::mem::take(&mut *systemd.fds.lock().unwrap())
-        .into_iter()
-        .collect();
-    let mut second = spawn_narund(&conf, &systemd.path, stored);
+    let mut second = restart_with_stored_fds(&conf, &systemd, 2);
     let adopted = next_status(&mut status).await;
     assert_eq!(
         (

@@ -78,23 +78,12 @@ async fn narund_binary_heartbeats_and_shuts_down_cleanly() {
         .unwrap();
 
     // The heartbeat shows the instance running, with the node's facts.
-    let state: NodeState = tokio::time::timeout(T, async {
-        loop {
-            let e = watch.next().await.unwrap().unwrap();
-            if e.operation != kv::Operation::Put {
-                continue;
-            }
-            let s: NodeState = serde_json::from_slice(&e.value).unwrap();
-            if s.instances
-                .iter()
-                .any(|i| i.instance_id == "lbl-0" && i.status == "running")
-            {
-                return s;
-            }
-        }
+    let state = common::heartbeat(&mut watch, "lbl-0 running", |s| {
+        s.instances
+            .iter()
+            .any(|i| i.instance_id == "lbl-0" && i.status == "running")
     })
-    .await
-    .expect("a heartbeat with lbl-0 running");
+    .await;
     assert_eq!(state.status, "running");
     assert_eq!(state.managed_instances, ["lbl-0"]);
     assert_eq!(state.labels.get("role").map(String::as_str), Some("edge"));

@@ -6,9 +6,7 @@
 
 mod common;
 
-use async_nats::jetstream::kv;
-use common::alive;
-use futures_util::StreamExt;
+use common::{alive, heartbeat};
 use narun_test_support::{NatsServer, workspace_bin};
 use narun_wire::events::NodeState;
 use narun_wire::names;
@@ -52,27 +50,6 @@ async fn datagram_with(sock: &UnixDatagram, want: &str) -> String {
 }
 
 /// The next heartbeat for which `pred` holds.
-async fn heartbeat(
-    watch: &mut kv::Watch,
-    what: &str,
-    pred: impl Fn(&NodeState) -> bool,
-) -> NodeState {
-    tokio::time::timeout(T, async {
-        loop {
-            let e = watch.next().await.unwrap().unwrap();
-            if e.operation != kv::Operation::Put {
-                continue;
-            }
-            let s: NodeState = serde_json::from_slice(&e.value).unwrap();
-            if pred(&s) {
-                return s;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no heartbeat where {what}"))
-}
-
 fn running_pid(s: &NodeState, id: &str) -> Option<i32> {
     s.instances
         .iter()

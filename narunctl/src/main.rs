@@ -31,8 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: narunctl waits on NATS. (Without tokio's multi-thread runtime in the build,
+    // a firmware build of `-p narund -p narunctl` keeps it out of narund too: docs/design.md,
+    // "Threads".)
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

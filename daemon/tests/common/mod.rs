@@ -19,6 +19,29 @@ pub const T: Duration = Duration::from_secs(30);
 #[allow(unused_imports)]
 pub use narun_test_support::alive;
 
+/// The next node state on `watch` (a watch of the node's key in `node-runner-states`) for
+/// which `pred` holds, at most [`T`] from now; panics naming `what` otherwise.
+pub async fn heartbeat(
+    watch: &mut kv::Watch,
+    what: &str,
+    mut pred: impl FnMut(&narun_wire::events::NodeState) -> bool,
+) -> narun_wire::events::NodeState {
+    tokio::time::timeout(T, async {
+        loop {
+            let e = watch.next().await.unwrap().unwrap();
+            if e.operation != kv::Operation::Put {
+                continue;
+            }
+            let s: narun_wire::events::NodeState = serde_json::from_slice(&e.value).unwrap();
+            if pred(&s) {
+                return s;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for a heartbeat with {what}"))
+}
+
 /// Wait (at most [`T`]) until `pid` is gone.
 pub async fn wait_gone(pid: i32) {
     wait_for(&format!("pid {pid} to be gone"), T, || async move {
