@@ -383,6 +383,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// An empty spool of at most `spool_bytes`, nothing sent yet.
+    fn new(node_id: String, max_line_bytes: usize, spool_bytes: usize) -> Shared {
+        Shared {
+            node_id,
+            max_line_bytes,
+            spool: Mutex::new(Spool {
+                entries: VecDeque::new(),
+                bytes: 0,
+                limit: spool_bytes,
+                next_seq: 1,
+                sent_upto: 0,
+                carry: 0,
+            }),
+            stats: Counters::default(),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
     fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
         // A panic while holding the lock cannot leave the spool inconsistent in a way that matters
         // more than losing logs; keep going.
@@ -466,22 +486,11 @@ impl LogForwarder {
         config: LogForwarderConfig,
         uring: UringHandle,
     ) -> (Self, JoinHandle<()>) {
-        let shared = Arc::new(Shared {
-            node_id: config.node_id,
-            max_line_bytes: config.max_line_bytes,
-            spool: Mutex::new(Spool {
-                entries: VecDeque::new(),
-                bytes: 0,
-                limit: config.spool_bytes,
-                next_seq: 1,
-                sent_upto: 0,
-                carry: 0,
-            }),
-            stats: Counters::default(),
-            wake: Notify::new(),
-            progress: Notify::new(),
-            closed: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(
+            config.node_id,
+            config.max_line_bytes,
+            config.spool_bytes,
+        ));
         let task = tokio::spawn(publisher(shared.clone(), client));
         (LogForwarder { shared, uring }, task)
     }
@@ -965,22 +974,7 @@ mod tests {
     }
 
     fn test_shared(limit: usize, max_line_bytes: usize) -> Arc<Shared> {
-        Arc::new(Shared {
-            node_id: "node-1".into(),
-            max_line_bytes,
-            spool: Mutex::new(Spool {
-                entries: VecDeque::new(),
-                bytes: 0,
-                limit,
-                next_seq: 1,
-                sent_upto: 0,
-                carry: 0,
-            }),
-            stats: Counters::default(),
-            wake: Notify::new(),
-            progress: Notify::new(),
-            closed: AtomicBool::new(false),
-        })
+        Arc::new(Shared::new("node-1".into(), max_line_bytes, limit))
     }
 
     /// The chunk path (raw bytes → one shared JSON buffer → slices) spools exactly what

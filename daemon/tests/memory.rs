@@ -15,8 +15,8 @@ use std::path::Path;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `VmFlags` of each mapping of the file `bin` in `/proc/<pid>/smaps`.
-fn vm_flags_of_mappings(pid: u32, bin: &Path) -> Vec<String> {
+/// The values of the `key:` lines of each mapping of the file `bin` in `/proc/<pid>/smaps`.
+fn binary_mapping_fields(pid: u32, bin: &Path, key: &str) -> Vec<String> {
     let meta = std::fs::metadata(bin).unwrap();
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
     let mut out = Vec::new();
@@ -26,11 +26,60 @@ fn vm_flags_of_mappings(pid: u32, bin: &Path) -> Vec<String> {
         if f.len() >= 5 && f[0].contains('-') && f[3].contains(':') {
             in_bin = f[4].parse::<u64>().ok() == Some(meta.ino())
                 && f.get(5).map(Path::new) == Some(bin);
-        } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| in_bin) {
-            out.push(flags.trim().to_string());
+        } else if let Some(v) = line
+            .strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .filter(|_| in_bin)
+        {
+            out.push(v.trim().to_string());
         }
     }
     out
+}
+
+/// `VmFlags` of each mapping of the file `bin` in `/proc/<pid>/smaps`.
+fn vm_flags_of_mappings(pid: u32, bin: &Path) -> Vec<String> {
+    binary_mapping_fields(pid, bin, "VmFlags")
+}
+
+/// Resident KiB of the mappings of the file `bin` in `/proc/<pid>/smaps`.
+fn resident_kib_of(pid: u32, bin: &Path) -> u64 {
+    binary_mapping_fields(pid, bin, "Rss")
+        .iter()
+        .map(|v| v.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A narund config in `dir` for `node` on `server`, with `memory` as its `[memory]` section.
+fn write_config(dir: &Path, node: &str, server: &NatsServer, memory: &str) -> std::path::PathBuf {
+    let conf = dir.join("narund.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
+             [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
+             [cgroup]\nroot = \"narun-test-memory-{pid}\"\n[memory]\n{memory}\n",
+            d = dir.display(),
+            url = server.url(),
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// SIGTERM `narund` (pid `pid`), wait for it, remove the test's cgroup root.
+async fn stop(mut narund: tokio::process::Child, pid: u32) {
+    // SAFETY: kill(2) on our own, not yet reaped child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    tokio::time::timeout(common::T, narund.wait())
+        .await
+        .expect("narund exits after SIGTERM")
+        .unwrap();
+    let _ = std::fs::remove_dir(format!(
+        "/sys/fs/cgroup/unified/narun-test-memory-{}",
+        std::process::id()
+    ));
 }
 
 /// Start narund with `memory` as its `[memory]` section, wait for its first heartbeat
@@ -43,22 +92,10 @@ async fn flags_with(
     memory: &str,
 ) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("narund.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
-             [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
-             [cgroup]\nroot = \"narun-test-memory-{pid}\"\n[memory]\n{memory}\n",
-            d = dir.path().display(),
-            url = server.url(),
-            pid = std::process::id()
-        ),
-    )
-    .unwrap();
+    let conf = write_config(dir.path(), node, server, memory);
     let bin = workspace_bin("narund", "narund", &[]);
     let mut watch = states.watch(node).await.unwrap();
-    let mut narund = tokio::process::Command::new(&bin)
+    let narund = tokio::process::Command::new(&bin)
         .arg("--config")
         .arg(&conf)
         .kill_on_drop(true)
@@ -72,16 +109,7 @@ async fn flags_with(
     )
     .await;
     let flags = vm_flags_of_mappings(pid, &bin);
-    // SAFETY: kill(2) on our own, not yet reaped child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    tokio::time::timeout(common::T, narund.wait())
-        .await
-        .expect("narund exits after SIGTERM")
-        .unwrap();
-    let _ = std::fs::remove_dir(format!(
-        "/sys/fs/cgroup/unified/narun-test-memory-{}",
-        std::process::id()
-    ));
+    stop(narund, pid).await;
     flags
 }
 
@@ -116,23 +144,6 @@ async fn narund_reads_its_binary_page_by_page_unless_configured_otherwise() {
     );
 }
 
-/// Resident KiB of the mappings of the file `bin` in `/proc/<pid>/smaps`.
-fn resident_kib_of(pid: u32, bin: &Path) -> u64 {
-    let meta = std::fs::metadata(bin).unwrap();
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let (mut in_bin, mut sum) = (false, 0);
-    for line in smaps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 5 && f[0].contains('-') && f[3].contains(':') {
-            in_bin = f[4].parse::<u64>().ok() == Some(meta.ino())
-                && f.get(5).map(Path::new) == Some(bin);
-        } else if let Some(v) = line.strip_prefix("Rss:").filter(|_| in_bin) {
-            sum += v.split_whitespace().next().unwrap().parse::<u64>().unwrap();
-        }
-    }
-    sum
-}
-
 /// narund pages its binary out again once nothing has changed for `settle_trim_secs`: right
 /// after, less than half of the binary is resident than just before (both read from
 /// `/proc/self/smaps` by narund, around its `madvise`; in the debug build here 14 MiB →
@@ -145,19 +156,7 @@ async fn narund_trims_its_binary_again_once_settled() {
     let _one_narund = SERIAL.lock().await;
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("narund.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"mem-settle\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
-             [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
-             [cgroup]\nroot = \"narun-test-memory-{pid}\"\n[memory]\nsettle_trim_secs = 1\n",
-            d = dir.path().display(),
-            url = server.url(),
-            pid = std::process::id()
-        ),
-    )
-    .unwrap();
+    let conf = write_config(dir.path(), "mem-settle", &server, "settle_trim_secs = 1");
     let bin = workspace_bin("narund", "narund", &[]);
     // A freshly linked binary is dirty in the page cache until written back, and reclaim
     // (MADV_PAGEOUT) skips dirty file pages: start from the state of an installed binary.
@@ -207,14 +206,5 @@ async fn narund_trims_its_binary_again_once_settled() {
         "the settle trim should page out most of the binary: {before} KiB resident before, \
          {after} KiB after"
     );
-    // SAFETY: kill(2) on our own, not yet reaped child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    tokio::time::timeout(common::T, narund.wait())
-        .await
-        .expect("narund exits after SIGTERM")
-        .unwrap();
-    let _ = std::fs::remove_dir(format!(
-        "/sys/fs/cgroup/unified/narun-test-memory-{}",
-        std::process::id()
-    ));
+    stop(narund, pid).await;
 }
