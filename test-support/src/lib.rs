@@ -29,6 +29,17 @@ use std::time::{Duration, Instant};
 /// How long to wait for `nats-server` to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How often [`NatsServer::start`] picks fresh ports when one was taken
+/// between choosing it and nats-server binding it.
+const START_ATTEMPTS: u32 = 5;
+
+/// Why nats-server did not come up.
+struct SpawnFailure {
+    /// It exited because a port was taken (worth retrying on other ports).
+    port_in_use: bool,
+    message: String,
+}
+
 /// A running (or stopped) `nats-server -js` owned by a test.
 pub struct NatsServer {
     port: u16,
@@ -51,14 +62,25 @@ impl NatsServer {
             .prefix("narun-nats-")
             .tempdir()
             .expect("create a temporary JetStream store dir");
-        let server = NatsServer {
-            port: free_port(),
-            monitor_port: free_port(),
+        let [port, monitor_port] = free_ports();
+        let mut server = NatsServer {
+            port,
+            monitor_port,
             store,
             extra_config: extra_config.to_owned(),
             child: Mutex::new(None),
         };
-        server.spawn();
+        // A port that was free when we asked can be taken before nats-server
+        // binds it (by another test's outgoing connection, say): pick fresh
+        // ports and try again, a bounded number of times.
+        let mut attempts = 1;
+        while let Err(failure) = server.try_spawn() {
+            if !failure.port_in_use || attempts == START_ATTEMPTS {
+                panic!("{}", failure.message);
+            }
+            attempts += 1;
+            [server.port, server.monitor_port] = free_ports();
+        }
         server
     }
 
@@ -118,6 +140,12 @@ impl NatsServer {
     }
 
     fn spawn(&self) {
+        if let Err(failure) = self.try_spawn() {
+            panic!("{}", failure.message);
+        }
+    }
+
+    fn try_spawn(&self) -> Result<(), SpawnFailure> {
         let bin = std::env::var_os("NATS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
@@ -152,6 +180,7 @@ impl NatsServer {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
         let log_writer = log.clone();
+        let (log_closed, log_done) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut l = log_writer.lock().unwrap();
@@ -160,16 +189,24 @@ impl NatsServer {
                 }
                 l.push(line);
             }
+            drop(log_closed);
         });
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nats-server exited during start-up ({status}):\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                // The drain thread sees EOF once the server is gone; wait
+                // for it (bounded) so the log holds the fatal line.
+                let _ = log_done.recv_timeout(Duration::from_secs(2));
+                let log = log.lock().unwrap().join("\n");
+                return Err(SpawnFailure {
+                    port_in_use: log.contains("address already in use"),
+                    message: format!("nats-server exited during start-up ({status}):\n{log}"),
+                });
             }
-            if self.ready() {
+            // Ours says so on stderr; the INFO greeting alone could come
+            // from another test's server that holds the port.
+            let said_ready = log.lock().unwrap().iter().any(|l| l.contains("Server is ready"));
+            if said_ready && self.ready() {
                 break;
             }
             if Instant::now() > deadline {
@@ -184,6 +221,7 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         *self.child.lock().unwrap() = Some(child);
+        Ok(())
     }
 
     /// The server is ready once its client port greets us with `INFO`.
@@ -218,10 +256,23 @@ pub fn alive(pid: i32) -> bool {
 
 /// Ask the kernel for a free loopback TCP port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
+    let [port] = free_ports();
+    port
+}
+
+/// Ask the kernel for `N` distinct free loopback TCP ports.
+///
+/// All `N` listeners are held until every port is known: asking one at a
+/// time can hand out the same port twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| {
+        TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port")
+    });
+    listeners.map(|l| {
+        l.local_addr()
+            .expect("local address of a bound port")
+            .port()
+    })
 }
 
 /// Poll `cond` until it returns `Some`, for at most `timeout`.
@@ -291,4 +342,31 @@ pub fn workspace_bin(package: &str, bin: &str, extra_args: &[&str]) -> PathBuf {
     );
     built.insert(key, path.clone());
     path
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports: [u16; 32] = super::free_ports();
+        let unique: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+    }
+
+    /// A port held by another test's server is recognised as taken (the
+    /// failure `start` retries on), not mistaken for our server being ready.
+    #[test]
+    fn a_port_held_by_another_server_is_reported_as_in_use() {
+        let other = super::NatsServer::start();
+        let [monitor_port] = super::free_ports();
+        let server = super::NatsServer {
+            port: other.port(),
+            monitor_port,
+            store: tempfile::tempdir().unwrap(),
+            extra_config: String::new(),
+            child: std::sync::Mutex::new(None),
+        };
+        let failure = server.try_spawn().expect_err("the client port is taken");
+        assert!(failure.port_in_use, "{}", failure.message);
+    }
 }
