@@ -3,9 +3,10 @@
 //! ```text
 //! cargo run --release -p narund --example log_bench [-- <lines>]
 //! ```
-//! * forwarder: a writer thread writes `<lines>` lines of 100 bytes (99 + `\n`) into a pipe →
-//!   `LogSink::attach` (io_uring pipe reads) → line splitting → JSON `LogLine` → spool → publisher →
-//!   nats-server → a subscriber on a second connection. Timed until the subscriber has every line.
+//! * forwarder: a writer thread writes `<lines>` (default 1 000 000) lines of 100 bytes (99 +
+//!   `\n`) into a pipe → `LogSink::attach` (io_uring pipe reads) → line splitting → JSON `LogLine`
+//!   → spool → publisher → nats-server → a subscriber on a second connection. Timed until the
+//!   subscriber has every line.
 //! * raw: the same number of 100-byte messages published with `client.publish` in a loop, to a
 //!   subscriber on a second connection, timed the same way.
 //!
@@ -17,7 +18,7 @@
 //! bench's runtime, standing in for another process. `LOG_BENCH_RUNTIME=multi` runs the
 //! publishing side on tokio's multi-thread runtime instead (narund with the `gateway` feature).
 //!
-//! `LOG_BENCH_ROUNDS` rounds (default 5), each measuring the three paths back to back on fresh
+//! `LOG_BENCH_ROUNDS` rounds (default 15), each measuring the three paths back to back on fresh
 //! servers. Each round prints its times and ratios (stderr); the result gives the ratio of the
 //! best times and the median of the per-round ratios (robust on a shared machine, where the
 //! best times of two paths may come from different moments).
@@ -154,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .map(|s| s.parse())
         .transpose()?
-        .unwrap_or(300_000);
+        .unwrap_or(1_000_000);
     let mut best_fwd = Duration::MAX;
     let mut best_raw = Duration::MAX;
     let mut best_raw_json = Duration::MAX;
@@ -178,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .map(|s| s.parse())
         .transpose()?
-        .unwrap_or(5);
+        .unwrap_or(15);
     let mut lossless = true;
     // Per round: (forwarder, raw 100 B, raw JSON size), measured back to back.
     let mut per_round: Vec<[Option<Duration>; 3]> = Vec::new();

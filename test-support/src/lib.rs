@@ -205,7 +205,11 @@ impl NatsServer {
             }
             // Ours says so on stderr; the INFO greeting alone could come
             // from another test's server that holds the port.
-            let said_ready = log.lock().unwrap().iter().any(|l| l.contains("Server is ready"));
+            let said_ready = log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("Server is ready"));
             if said_ready && self.ready() {
                 break;
             }
