@@ -251,6 +251,12 @@ impl Config {
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
         }
+        if self.logs.max_line_bytes > crate::logs::MAX_LINE_BYTES_LIMIT {
+            problems.push(format!(
+                "logs.max_line_bytes: must be at most {} (64 MiB, NATS's largest message)",
+                crate::logs::MAX_LINE_BYTES_LIMIT
+            ));
+        }
         #[cfg(feature = "gateway")]
         if let (true, Err(errs)) = (self.gateway.enabled, self.gateway.validate()) {
             problems.push(errs.to_string().trim_end().to_owned());
@@ -325,12 +331,17 @@ mod tests {
     #[test]
     fn invalid_values_are_all_reported() {
         let c = Config::from_toml(
-            "node_id = \"has.dot\"\n[apps]\nkeep_versions = 0\n[nats]\nuser = \"u\"\ncreds = \"/c\"\n",
+            "node_id = \"has.dot\"\n[apps]\nkeep_versions = 0\n[nats]\nuser = \"u\"\ncreds = \"/c\"\n\
+             [logs]\nmax_line_bytes = 1073741824\n",
         )
         .unwrap();
         let err = c.validate().unwrap_err();
         assert!(err.contains("node_id"), "{err}");
         assert!(err.contains("apps.keep_versions"), "{err}");
+        assert!(
+            err.contains("logs.max_line_bytes: must be at most"),
+            "{err}"
+        );
         assert!(err.contains("nats:"), "{err}");
     }
 

@@ -2,16 +2,20 @@
 //!
 //! Every instance's stdout and stderr are pipes. A [`LogSink`] (one per instance) reads each pipe
 //! through the [`UringHandle`] (io_uring or plain reads) and, on the reading thread itself (a
-//! [`PipeSink`](crate::uring::PipeSink)), splits the bytes into lines with a [`LineSplitter`],
-//! turns each line into the Go-shaped JSON [`LogLine`](narun_wire::events::LogLine) and appends
-//! it to the node-wide **spool** of the [`LogForwarder`]. One publisher task, on narund's
-//! runtime, drains the spool to NATS.
+//! [`PipeSink`](crate::uring::PipeSink)), splits the bytes into lines with a [`LineSplitter`]
+//! and appends each read's lines, as one chunk of raw text, to the node-wide **spool** of the
+//! [`LogForwarder`]. One publisher task, on narund's runtime, drains the spool to NATS: it turns
+//! each line into the Go-shaped JSON [`LogLine`](narun_wire::events::LogLine) as it sends it.
 //!
 //! ```text
-//!  app ─pipe─▶ read_pipe ─chunk─▶ LineSplitter ─JSON─▶ spool (bounded by bytes) ─▶ publisher ─▶ NATS
+//!  app ─pipe─▶ read_pipe ─chunk─▶ LineSplitter ─text─▶ spool (bounded by bytes) ─▶ publisher ─JSON─▶ NATS
 //!                                                          ▲ oldest dropped           │ marker
 //!                                                          └──── removed on ack ◀─────┘ echo
 //! ```
+//!
+//! The spool keeps text, not JSON, so a 100-byte line costs about 104 bytes of the bound rather
+//! than the ~300 its JSON and bookkeeping would take: an outage of the same length needs a third
+//! of the memory.
 //!
 //! # The app is never blocked by NATS
 //!
@@ -43,7 +47,7 @@
 //! client built with `no_echo` never confirms anything (the forwarder logs an error and keeps
 //! resending).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,10 +80,15 @@ pub const WINDOW: usize = 16;
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the publisher looks at the connection state while disconnected.
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
-/// Book-keeping bytes charged per spooled line on top of its payload and subject.
-const ENTRY_OVERHEAD: usize = 64;
-/// Spool queue slots kept allocated when it empties after a burst.
-const SPOOL_KEEP_CAPACITY: usize = 4096;
+/// Longest line limit accepted ([`LogForwarderConfig::max_line_bytes`] is capped to it): NATS's
+/// own ceiling for a message, and small enough for the spool's 31-bit line offsets.
+pub const MAX_LINE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Book-keeping bytes charged per spooled line on top of its text (its end offset).
+const LINE_OVERHEAD: usize = 4;
+/// Book-keeping bytes charged per spooled chunk (one pipe read) on top of its timestamp.
+const CHUNK_OVERHEAD: usize = 192;
+/// Spool queue slots (chunks) kept allocated when it empties after a burst.
+const SPOOL_KEEP_CAPACITY: usize = 256;
 /// Per-read vectors of a pipe reader are kept for reuse up to this many lines.
 const CHUNK_KEEP_LINES: usize = 2048;
 
@@ -228,139 +237,398 @@ struct Target {
     app: Arc<str>,
 }
 
-/// One serialized line waiting for confirmation.
-///
-/// Its `payload` is a slice of the buffer that holds every line of the pipe read it came from
-/// (one allocation per read, not per line); the buffer is freed when its last line is.
-struct Entry {
-    seq: u64,
-    /// JSON of the [`LogLine`](narun_wire::events::LogLine) with `dropped_before` = 0.
-    payload: Bytes,
-    /// Lines dropped just before this one; spliced into the JSON when sent.
-    dropped_before: u64,
+/// One output stream of one instance: where its lines go and the fixed head of their JSON.
+struct Stream {
     target: Arc<Target>,
+    json: LogLineJson,
 }
 
-/// A line taken from the spool for publishing.
+/// Flag in [`Chunk::ends`]: the line is a `partial` piece of a longer line.
+const PARTIAL: u32 = 1 << 31;
+
+/// The lines of one pipe read (or one line of narund's own), kept as the app wrote them until
+/// the server has confirmed them.
+///
+/// Lines become JSON only when they are published, so a spooled line costs its own bytes plus
+/// [`LINE_OVERHEAD`] (the JSON envelope would be 2–3× that for short lines), and the reading
+/// thread does no more than split and copy.
+struct Chunk {
+    stream: Arc<Stream>,
+    /// When the read returned: one timestamp for the lines that arrived together.
+    timestamp: String,
+    /// The lines back to back, without their newlines; possibly invalid UTF-8 (made lossy
+    /// when serialized).
+    text: Vec<u8>,
+    /// End of each line in `text`, `| PARTIAL` for a piece of a longer line.
+    ends: Box<[u32]>,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1)
+            .map_or(0, |p| (self.ends[p] & !PARTIAL) as usize)
+    }
+
+    /// Line `i`: its bytes and whether it is a partial piece.
+    fn line(&self, i: usize) -> (&[u8], bool) {
+        let end = self.ends[i];
+        (
+            &self.text[self.start(i)..(end & !PARTIAL) as usize],
+            end & PARTIAL != 0,
+        )
+    }
+
+    /// Bytes accounted in the spool for line `i`.
+    fn line_size(&self, i: usize) -> usize {
+        self.line(i).0.len() + LINE_OVERHEAD
+    }
+
+    /// Bytes accounted for lines `from..` together.
+    fn size_from(&self, from: usize) -> usize {
+        self.text.len() - self.start(from) + (self.len() - from) * LINE_OVERHEAD
+    }
+
+    /// Bytes accounted for the chunk itself, while any of its lines is spooled.
+    fn overhead(&self) -> usize {
+        CHUNK_OVERHEAD + self.timestamp.len()
+    }
+}
+
+/// A chunk in the spool: line `i` has sequence number `first_seq + i`; lines before `head`
+/// are confirmed or dropped.
+struct Spooled {
+    chunk: Arc<Chunk>,
+    first_seq: u64,
+    head: usize,
+}
+
+impl Spooled {
+    /// Sequence number after this chunk's last line.
+    fn end_seq(&self) -> u64 {
+        self.first_seq + self.chunk.len() as u64
+    }
+}
+
+/// Lines taken from the spool to publish: ranges of chunks, and what the spool knows about
+/// single lines among them. Rendered to JSON by [`Batch::render`] outside the spool's lock.
+#[derive(Default)]
+struct Batch {
+    /// (chunk, sequence number of `range.start`, lines).
+    parts: Vec<(Arc<Chunk>, u64, std::ops::Range<usize>)>,
+    /// (seq, lines dropped just before it), ascending.
+    dropped: Vec<(u64, u64)>,
+    /// Lines removed as unpublishable, ascending: skipped.
+    removed: Vec<u64>,
+    /// Estimated JSON bytes.
+    bytes: usize,
+    /// Sequence number of the last line.
+    last: u64,
+}
+
+/// A line ready to publish.
 struct Outgoing {
     seq: u64,
     subject: Subject,
     payload: Bytes,
 }
 
-impl Entry {
-    fn size(&self) -> usize {
-        self.payload.len() + self.target.subject.len() + ENTRY_OVERHEAD
+impl Batch {
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.dropped.clear();
+        self.removed.clear();
+        self.bytes = 0;
     }
 
-    /// The payload as sent: with `"dropped_before":n` added when lines were dropped before it.
-    fn wire_payload(&self) -> Bytes {
-        if self.dropped_before == 0 {
-            return self.payload.clone();
+    /// The JSON of every line into one buffer, appended to `out` as one slice per line; lines
+    /// that carry a drop count add `(app, count)` to `dropped` for a warning.
+    ///
+    /// A line whose JSON is over `max_payload` (the server's limit; it could never be
+    /// published) is left out and its seq added to `too_big`; the next line of the batch
+    /// reports it in `dropped_before`, as [`Spool::remove`] then records for a resend.
+    fn render(
+        &self,
+        max_payload: usize,
+        out: &mut Vec<Outgoing>,
+        dropped: &mut Vec<(Arc<str>, u64)>,
+        too_big: &mut Vec<u64>,
+    ) {
+        let mut buf = Vec::with_capacity(self.bytes);
+        let mut ends = Vec::with_capacity(self.parts.iter().map(|p| p.2.len()).sum());
+        let mut drops = self.dropped.iter().peekable();
+        let mut removed = self.removed.iter().peekable();
+        // Drops to report on the next line rendered (lines left out as too big).
+        let mut left_out = 0;
+        for (chunk, first, range) in &self.parts {
+            let target = &chunk.stream.target;
+            for (seq, i) in (*first..).zip(range.clone()) {
+                let mut skip = false;
+                while let Some(&s) = removed.next_if(|&&s| s <= seq) {
+                    skip |= s == seq;
+                }
+                if skip {
+                    continue;
+                }
+                let mut n = std::mem::take(&mut left_out);
+                while let Some((s, k)) = drops.next_if(|(s, _)| *s <= seq) {
+                    if *s == seq {
+                        n += *k;
+                    }
+                }
+                let (text, partial) = chunk.line(i);
+                let start = buf.len();
+                chunk
+                    .stream
+                    .json
+                    .write(&mut buf, text, &chunk.timestamp, partial, n);
+                if buf.len() - start > max_payload {
+                    buf.truncate(start);
+                    too_big.push(seq);
+                    left_out = n + 1;
+                    continue;
+                }
+                if n > 0 {
+                    dropped.push((target.app.clone(), n));
+                }
+                ends.push((seq, target, buf.len()));
+            }
         }
-        // `dropped_before` is the last field of LogLine and skipped when 0: insert it before `}`.
-        let body = &self.payload[..self.payload.len() - 1];
-        let mut v = Vec::with_capacity(self.payload.len() + 32);
-        v.extend_from_slice(body);
-        v.extend_from_slice(format!(",\"dropped_before\":{}}}", self.dropped_before).as_bytes());
-        Bytes::from(v)
+        let all = Bytes::from(buf);
+        let mut start = 0;
+        for (seq, target, end) in ends {
+            out.push(Outgoing {
+                seq,
+                subject: target.subject.clone(),
+                payload: all.slice(start..end),
+            });
+            start = end;
+        }
     }
 }
 
-/// Unconfirmed lines, oldest first. Entries with `seq <= sent_upto` are in flight.
+/// Unconfirmed lines, oldest first. Lines with `seq <= sent_upto` are in flight.
+///
+/// Sequence numbers are contiguous from [`front_seq`](Self::front_seq) to `next_seq - 1`;
+/// a line that can never be published keeps its number (in `removed`) until it is confirmed
+/// away with the lines around it.
 struct Spool {
-    entries: VecDeque<Entry>,
+    chunks: VecDeque<Spooled>,
+    /// Lines spooled, not counting removed ones.
+    lines: usize,
     bytes: usize,
     limit: usize,
     next_seq: u64,
     sent_upto: u64,
     /// Dropped lines not yet attached to a line (only while every spooled line is in flight).
     carry: u64,
+    /// Lines dropped just before line `seq` (empty unless the spool overflowed).
+    dropped: BTreeMap<u64, u64>,
+    /// Lines that cannot be published (empty unless one was too big for the server).
+    removed: BTreeSet<u64>,
 }
 
 impl Spool {
-    fn push(&mut self, mut e: Entry, stats: &Counters) {
-        e.seq = self.next_seq;
-        self.next_seq += 1;
-        e.dropped_before += std::mem::take(&mut self.carry);
-        self.bytes += e.size();
-        self.entries.push_back(e);
-        // Over the bound: drop the oldest, but always keep the newest line.
-        while self.bytes > self.limit && self.entries.len() > 1 {
-            let old = self.entries.pop_front().expect("len > 1");
-            self.bytes -= old.size();
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            let n = 1 + old.dropped_before;
-            // Report the loss on the first line that has not been sent yet.
-            let first_unsent = self.entries.partition_point(|x| x.seq <= self.sent_upto);
-            match self.entries.get_mut(first_unsent) {
-                Some(next) => next.dropped_before += n,
-                None => self.carry += n,
-            }
+    fn new(limit: usize) -> Spool {
+        Spool {
+            chunks: VecDeque::new(),
+            lines: 0,
+            bytes: 0,
+            limit,
+            next_seq: 1,
+            sent_upto: 0,
+            carry: 0,
+            dropped: BTreeMap::new(),
+            removed: BTreeSet::new(),
         }
+    }
+
+    /// Sequence number of the oldest unconfirmed line.
+    fn front_seq(&self) -> Option<u64> {
+        self.chunks.front().map(|c| c.first_seq + c.head as u64)
+    }
+
+    /// The first spooled line at or after `seq` that is not removed.
+    fn live_from(&self, mut seq: u64) -> Option<u64> {
+        while self.removed.contains(&seq) {
+            seq += 1;
+        }
+        (seq < self.next_seq).then_some(seq)
+    }
+
+    /// The first line that has not been sent yet.
+    fn first_unsent(&self) -> Option<u64> {
+        self.live_from((self.sent_upto + 1).max(self.front_seq()?))
+    }
+
+    /// Report `n` dropped lines on the first line not sent yet (or the next one spooled).
+    fn report_dropped(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.first_unsent() {
+            Some(s) => *self.dropped.entry(s).or_default() += n,
+            None => self.carry += n,
+        }
+    }
+
+    fn push(&mut self, chunk: Chunk, stats: &Counters) {
+        if chunk.len() == 0 {
+            return;
+        }
+        let first_seq = self.next_seq;
+        self.next_seq += chunk.len() as u64;
+        self.lines += chunk.len();
+        self.bytes += chunk.overhead() + chunk.size_from(0);
+        let carry = std::mem::take(&mut self.carry);
+        if carry > 0 {
+            *self.dropped.entry(first_seq).or_default() += carry;
+        }
+        self.chunks.push_back(Spooled {
+            chunk: Arc::new(chunk),
+            first_seq,
+            head: 0,
+        });
+        // Over the bound: drop the oldest, but always keep the newest line.
+        while self.bytes > self.limit && self.lines > 1 {
+            let (seq, live) = self.pop_line().expect("lines > 1");
+            let mut n = self.dropped.remove(&seq).unwrap_or(0);
+            if live {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+            self.report_dropped(n);
+        }
+    }
+
+    /// Take the oldest line off the spool: its seq, and false if it was a removed one (no
+    /// longer counted).
+    fn pop_line(&mut self) -> Option<(u64, bool)> {
+        let front = self.chunks.front_mut()?;
+        let seq = front.first_seq + front.head as u64;
+        let size = front.chunk.line_size(front.head);
+        front.head += 1;
+        if front.head == front.chunk.len() {
+            let done = self.chunks.pop_front().expect("front exists");
+            self.bytes -= done.chunk.overhead();
+        }
+        let live = self.removed.is_empty() || !self.removed.remove(&seq);
+        if live {
+            self.bytes -= size;
+            self.lines -= 1;
+        }
+        Some((seq, live))
     }
 
     /// Everything unconfirmed is to be sent again.
     fn rewind(&mut self) {
         self.sent_upto = 0;
-        if let Some(front) = self.entries.front_mut() {
-            front.dropped_before += std::mem::take(&mut self.carry);
-        }
+        let carry = std::mem::take(&mut self.carry);
+        self.report_dropped(carry);
     }
 
-    /// The server confirmed every line up to `seq`.
+    /// The server confirmed every line up to `seq`; returns how many lines that removed.
     fn confirm(&mut self, seq: u64) -> u64 {
         let mut n = 0;
-        while self.entries.front().is_some_and(|e| e.seq <= seq) {
-            let e = self.entries.pop_front().expect("front exists");
-            self.bytes -= e.size();
-            n += 1;
+        while let Some(front) = self.chunks.front() {
+            if front.first_seq + front.head as u64 > seq {
+                break;
+            }
+            if front.end_seq() <= seq + 1 && self.removed.is_empty() {
+                // The usual case: the whole rest of the chunk at once.
+                let done = self.chunks.pop_front().expect("front exists");
+                let k = done.chunk.len() - done.head;
+                self.bytes -= done.chunk.overhead() + done.chunk.size_from(done.head);
+                self.lines -= k;
+                n += k as u64;
+            } else {
+                n += u64::from(self.pop_line().expect("front exists").1);
+            }
+        }
+        if !self.dropped.is_empty() {
+            // Counts on confirmed lines went out with them.
+            self.dropped = self.dropped.split_off(&(seq + 1));
         }
         // After a burst (an outage, a chatty app) give the queue's memory back, so an idle
         // narund does not keep the peak; shrinking to 2× only below 1/8 keeps this amortized O(1)
         // and rare.
-        if self.entries.capacity() > SPOOL_KEEP_CAPACITY
-            && self.entries.len() < self.entries.capacity() / 8
+        if self.chunks.capacity() > SPOOL_KEEP_CAPACITY
+            && self.chunks.len() < self.chunks.capacity() / 8
         {
-            self.entries
-                .shrink_to((self.entries.len() * 2).max(SPOOL_KEEP_CAPACITY));
+            self.chunks
+                .shrink_to((self.chunks.len() * 2).max(SPOOL_KEEP_CAPACITY));
         }
         n
     }
 
-    /// Append the next lines to send to `out` (empty on entry), up to the batch limits; lines
-    /// that carry a drop count add `(app, count)` to `dropped` for a warning.
-    fn next_batch(&self, out: &mut Vec<Outgoing>, dropped: &mut Vec<(Arc<str>, u64)>) {
-        let start = self.entries.partition_point(|x| x.seq <= self.sent_upto);
-        let mut bytes = 0;
-        for e in self.entries.range(start..).take(BATCH_LINES) {
-            bytes += e.payload.len();
-            if bytes > BATCH_BYTES && !out.is_empty() {
+    /// Take the next lines to send into `batch` (empty on entry), up to the batch limits, and
+    /// count them as sent. False if there is nothing to send.
+    fn next_batch(&mut self, batch: &mut Batch) -> bool {
+        let Some(start) = self.first_unsent() else {
+            return false;
+        };
+        let mut i = self.chunks.partition_point(|c| c.end_seq() <= start);
+        let (mut seq, mut lines) = (start, 0);
+        while let Some(c) = self.chunks.get(i) {
+            let chunk = &c.chunk;
+            let per_line = chunk.stream.json.overhead(chunk.timestamp.len());
+            let from = (seq - c.first_seq) as usize;
+            let mut to = from;
+            while to < chunk.len() && lines < BATCH_LINES {
+                let size = chunk.line(to).0.len() + per_line;
+                if batch.bytes + size > BATCH_BYTES && lines > 0 {
+                    break;
+                }
+                batch.bytes += size;
+                lines += 1;
+                to += 1;
+            }
+            if to > from {
+                batch.parts.push((chunk.clone(), seq, from..to));
+                seq += (to - from) as u64;
+            }
+            if to < chunk.len() {
                 break;
             }
-            if e.dropped_before > 0 {
-                dropped.push((e.target.app.clone(), e.dropped_before));
-            }
-            out.push(Outgoing {
-                seq: e.seq,
-                subject: e.target.subject.clone(),
-                payload: e.wire_payload(),
-            });
+            i += 1;
         }
+        if lines == 0 {
+            return false;
+        }
+        batch.last = seq - 1;
+        let range = start..=batch.last;
+        batch
+            .dropped
+            .extend(self.dropped.range(range.clone()).map(|(&s, &n)| (s, n)));
+        batch.removed.extend(self.removed.range(range));
+        // Counted as sent now, under the lock: a drop reported from here on lands on a line
+        // after this batch, never on one already rendered.
+        self.sent_upto = self.sent_upto.max(batch.last);
+        true
     }
 
-    /// Remove the line `seq` (one that can never be published); returns its app.
+    /// Remove the line `seq` (one that can never be published; the caller counts it as
+    /// dropped); returns its app.
     fn remove(&mut self, seq: u64) -> Option<Arc<str>> {
-        let i = self.entries.iter().position(|e| e.seq == seq)?;
-        let e = self.entries.remove(i).expect("index from position");
-        self.bytes -= e.size();
-        if e.dropped_before > 0 {
-            match self.entries.get_mut(i) {
-                Some(next) => next.dropped_before += e.dropped_before,
-                None => self.carry += e.dropped_before,
-            }
+        if seq < self.front_seq()? || seq >= self.next_seq || self.removed.contains(&seq) {
+            return None;
         }
-        Some(e.target.app.clone())
+        let c = &self.chunks[self.chunks.partition_point(|c| c.end_seq() <= seq)];
+        let size = c.chunk.line_size((seq - c.first_seq) as usize);
+        let app = c.chunk.stream.target.app.clone();
+        self.removed.insert(seq);
+        self.bytes -= size;
+        self.lines -= 1;
+        // Reported on the next line (with what this one carried), as `Batch::render` does.
+        let n = 1 + self.dropped.remove(&seq).unwrap_or(0);
+        match self.live_from(seq + 1) {
+            Some(next) => *self.dropped.entry(next).or_default() += n,
+            None => self.carry += n,
+        }
+        Some(app)
     }
 }
 
@@ -387,15 +655,8 @@ impl Shared {
     fn new(node_id: String, max_line_bytes: usize, spool_bytes: usize) -> Shared {
         Shared {
             node_id,
-            max_line_bytes,
-            spool: Mutex::new(Spool {
-                entries: VecDeque::new(),
-                bytes: 0,
-                limit: spool_bytes,
-                next_seq: 1,
-                sent_upto: 0,
-                carry: 0,
-            }),
+            max_line_bytes: max_line_bytes.min(MAX_LINE_BYTES_LIMIT),
+            spool: Mutex::new(Spool::new(spool_bytes)),
             stats: Counters::default(),
             wake: Notify::new(),
             progress: Notify::new(),
@@ -514,7 +775,7 @@ impl LogForwarder {
         LogStats {
             published: self.shared.stats.published.load(Ordering::Relaxed),
             dropped: self.shared.stats.dropped.load(Ordering::Relaxed),
-            spooled_lines: spool.entries.len(),
+            spooled_lines: spool.lines,
             spooled_bytes: spool.bytes,
         }
     }
@@ -528,12 +789,7 @@ impl LogForwarder {
             let notified = self.shared.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let done = self
-                .shared
-                .spool()
-                .entries
-                .front()
-                .is_none_or(|e| e.seq > target);
+            let done = self.shared.spool().front_seq().is_none_or(|s| s > target);
             if done {
                 return true;
             }
@@ -581,44 +837,29 @@ impl LogSink {
 
     /// Spool one line produced by narund itself (for example why an instance failed to start).
     pub fn line(&self, stream: &str, text: &str) {
+        // narund's own lines are short; the cap only keeps the offsets in range.
+        let text = &text.as_bytes()[..text.len().min(MAX_LINE_BYTES_LIMIT)];
         let mut lines = self.lines(stream);
         lines.begin(text.len());
-        lines.add(text.as_bytes(), false);
+        lines.add(text, false);
         lines.spool();
     }
 
     fn lines(&self, stream: &str) -> ChunkLines {
         ChunkLines {
-            json: LogLineJson::new(
-                &self.instance_id,
-                &self.target.app,
-                &self.shared.node_id,
-                stream,
-            ),
-            sink: self.clone(),
+            stream: Arc::new(Stream {
+                target: self.target.clone(),
+                json: LogLineJson::new(
+                    &self.instance_id,
+                    &self.target.app,
+                    &self.shared.node_id,
+                    stream,
+                ),
+            }),
+            shared: self.shared.clone(),
             timestamp: String::new(),
-            buf: Vec::new(),
+            text: Vec::new(),
             ends: Vec::new(),
-            expansion: 3 * 16,
-            input_len: 0,
-            batch: Vec::new(),
-        }
-    }
-
-    fn spool_all(&self, batch: &mut Vec<Entry>) {
-        if batch.is_empty() {
-            return;
-        }
-        let dropped_before = self.shared.stats.dropped.load(Ordering::Relaxed);
-        {
-            let mut spool = self.shared.spool();
-            for e in batch.drain(..) {
-                spool.push(e, &self.shared.stats);
-            }
-        }
-        self.shared.wake.notify_one();
-        if self.shared.stats.dropped.load(Ordering::Relaxed) != dropped_before {
-            self.shared.progress.notify_waiters();
         }
     }
 }
@@ -634,8 +875,9 @@ struct PipeReader {
 impl crate::uring::PipeSink for PipeReader {
     fn chunk(&mut self, data: &[u8]) {
         let lines = &mut self.lines;
-        // One timestamp per chunk: its lines arrived together.
-        lines.begin(data.len());
+        // One timestamp per chunk: its lines arrived together. They hold at most this read
+        // and what the splitter kept of the previous one.
+        lines.begin(data.len() + self.splitter.pending());
         self.splitter
             .feed_bytes(data, &mut |text, partial| lines.add(text, partial));
         lines.spool();
@@ -654,71 +896,60 @@ impl crate::uring::PipeSink for PipeReader {
     }
 }
 
-/// Turns the lines of one pipe read into spool entries: every line's JSON goes into one buffer
-/// (one allocation per read), which is then shared by the entries as [`Bytes`] slices.
+/// Collects the lines of one pipe read into a [`Chunk`] (one copy of their bytes, one
+/// allocation per read) and hands it to the spool.
 struct ChunkLines {
-    json: LogLineJson,
-    sink: LogSink,
+    stream: Arc<Stream>,
+    shared: Arc<Shared>,
     /// Timestamp of the lines of the current chunk.
     timestamp: String,
-    /// JSON of the current chunk's lines, back to back.
-    buf: Vec<u8>,
-    /// End offset of each line in `buf`.
-    ends: Vec<usize>,
-    /// JSON bytes per input byte of the previous chunk, in 1/16: sizes the next buffer.
-    expansion: usize,
-    /// Bytes of app output in the current chunk.
-    input_len: usize,
-    /// Reused between chunks.
-    batch: Vec<Entry>,
+    /// The current chunk's lines, back to back.
+    text: Vec<u8>,
+    /// End offset of each line in `text` (`| PARTIAL`); reused between chunks.
+    ends: Vec<u32>,
 }
 
 impl ChunkLines {
-    /// Start a chunk of `input_len` bytes of app output.
+    /// Start a chunk of at most `input_len` bytes of lines.
     fn begin(&mut self, input_len: usize) {
         self.timestamp = narun_wire::events::now_rfc3339();
-        // Sized after the previous chunk (plus 1/8) so it rarely grows; shrunk to fit later.
-        let guess = input_len * self.expansion / 16 * 9 / 8;
-        self.buf = Vec::with_capacity(guess + self.json.overhead(self.timestamp.len()));
-        self.input_len = input_len;
+        self.text.reserve_exact(input_len);
     }
 
     fn add(&mut self, text: &[u8], partial: bool) {
-        self.json
-            .write(&mut self.buf, text, &self.timestamp, partial, 0);
-        self.ends.push(self.buf.len());
+        self.text.extend_from_slice(text);
+        // In range: a chunk holds at most one read plus one line of at most
+        // MAX_LINE_BYTES_LIMIT, far below the flag bit.
+        let end = self.text.len() as u32;
+        self.ends.push(if partial { end | PARTIAL } else { end });
     }
 
     /// Hand the chunk's lines to the spool.
     fn spool(&mut self) {
-        let mut buf = std::mem::take(&mut self.buf);
         if self.ends.is_empty() {
             return; // a piece of a line: it waits in the splitter
         }
-        if let Some(expansion) = (buf.len() * 16).checked_div(self.input_len) {
-            self.expansion = expansion.clamp(16, 64 * 16);
-        }
-        // Only what the lines use stays allocated while they are spooled (an in-place
-        // shrink in the allocator; no copy for the usual sizes).
-        buf.shrink_to_fit();
-        let all = Bytes::from(buf);
-        let mut start = 0;
-        for end in self.ends.drain(..) {
-            self.batch.push(Entry {
-                seq: 0,
-                payload: all.slice(start..end),
-                dropped_before: 0,
-                target: self.sink.target.clone(),
-            });
-            start = end;
-        }
-        self.sink.spool_all(&mut self.batch);
-        // A read of many tiny lines must not leave big vectors behind for the instance's life.
-        if self.batch.capacity() > CHUNK_KEEP_LINES {
-            self.batch = Vec::new();
-        }
+        let mut text = std::mem::take(&mut self.text);
+        // Only what the lines use stays allocated while they are spooled (the newlines are
+        // gone; an in-place shrink in the allocator).
+        text.shrink_to_fit();
+        let chunk = Chunk {
+            stream: self.stream.clone(),
+            timestamp: std::mem::take(&mut self.timestamp),
+            text,
+            ends: self.ends.as_slice().into(),
+        };
+        self.ends.clear();
+        // A read of many tiny lines must not leave a big vector behind for the instance's life.
         if self.ends.capacity() > CHUNK_KEEP_LINES {
             self.ends = Vec::new();
+        }
+        let shared = &self.shared;
+        let dropped_before = shared.stats.dropped.load(Ordering::Relaxed);
+        shared.spool().push(chunk, &shared.stats);
+        shared.wake.notify_one();
+        if shared.stats.dropped.load(Ordering::Relaxed) != dropped_before {
+            shared.progress.notify_waiters();
         }
     }
 }
@@ -742,7 +973,9 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
     };
     // Markers sent and not yet echoed: (last seq of the batch, when sent).
     let mut markers: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut plan = Batch::default();
     let mut batch: Vec<Outgoing> = Vec::new();
+    let mut too_big: Vec<u64> = Vec::new();
     let mut dropped: Vec<(Arc<str>, u64)> = Vec::new();
     let mut timeouts_in_a_row = 0u32;
     loop {
@@ -760,39 +993,49 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             continue;
         }
 
-        if markers.len() < WINDOW {
-            shared.spool().next_batch(&mut batch, &mut dropped);
+        if markers.len() < WINDOW && shared.spool().next_batch(&mut plan) {
+            // JSON is made here, outside the spool's lock, into one buffer per batch.
+            let max_payload = match client.max_payload() {
+                0 => usize::MAX, // not known yet
+                n => n,
+            };
+            plan.render(max_payload, &mut batch, &mut dropped, &mut too_big);
+            let last = plan.last;
+            plan.clear();
             for (app, n) in dropped.drain(..) {
-                tracing::warn!(app = %app, dropped = n, "log spool was full: dropped the oldest lines");
+                tracing::warn!(app = %app, dropped = n, "log lines were dropped (spool full, or too big for the server)");
             }
-            if let Some(last) = batch.last().map(|e| e.seq) {
-                for e in batch.drain(..) {
-                    match client.publish(e.subject, e.payload).await {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == async_nats::client::PublishErrorKind::Send => {
-                            tracing::warn!("NATS client closed; log forwarder stops");
-                            return;
-                        }
-                        Err(err) => {
-                            // Too big for the server's max_payload, or an app name that is not a
-                            // valid subject: this line can never be published.
-                            let app = shared.spool().remove(e.seq);
-                            tracing::warn!(app = app.as_deref().unwrap_or("?"), error = %err,
+            for seq in too_big.drain(..) {
+                if let Some(app) = shared.spool().remove(seq) {
+                    tracing::warn!(app = %app, max_payload,
+                        "dropping a log line whose JSON is bigger than the server's max_payload; lower logs.max_line_bytes");
+                    shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            for e in batch.drain(..) {
+                match client.publish(e.subject, e.payload).await {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == async_nats::client::PublishErrorKind::Send => {
+                        tracing::warn!("NATS client closed; log forwarder stops");
+                        return;
+                    }
+                    Err(err) => {
+                        // An app name that is not a valid subject (or a max_payload that shrank
+                        // on a reconnect): this line can never be published.
+                        // (Unless the spool overflowed meanwhile and dropped it already.)
+                        if let Some(app) = shared.spool().remove(e.seq) {
+                            tracing::warn!(app = %app, error = %err,
                                 "dropping a log line that cannot be published");
                             shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
-                let _ = client
-                    .publish(ack_subject.clone(), Bytes::from(last.to_string()))
-                    .await;
-                {
-                    let mut spool = shared.spool();
-                    spool.sent_upto = spool.sent_upto.max(last);
-                }
-                markers.push_back((last, Instant::now()));
-                continue;
             }
+            let _ = client
+                .publish(ack_subject.clone(), Bytes::from(last.to_string()))
+                .await;
+            markers.push_back((last, Instant::now()));
+            continue;
         }
 
         let deadline = markers
@@ -934,29 +1177,68 @@ mod tests {
         );
     }
 
-    fn test_entry(msg: &str) -> Entry {
-        let mut json = Vec::new();
-        LogLineJson::new("hello-0", "hello", "node-1", "stdout").write(
-            &mut json,
-            msg.as_bytes(),
-            "2026-01-01T00:00:00Z",
-            true,
-            0,
-        );
-        Entry {
-            seq: 0,
-            payload: Bytes::from(json),
-            dropped_before: 0,
+    fn test_stream(stream: &str) -> Arc<Stream> {
+        Arc::new(Stream {
             target: Arc::new(Target {
                 subject: Subject::from("logs.hello.node-1"),
                 app: "hello".into(),
             }),
+            json: LogLineJson::new("hello-0", "hello", "node-1", stream),
+        })
+    }
+
+    /// A chunk of `lines` (text, partial), stamped 2026-01-01.
+    fn test_chunk(lines: &[(&str, bool)]) -> Chunk {
+        let mut text = Vec::new();
+        let mut ends = Vec::new();
+        for (l, partial) in lines {
+            text.extend_from_slice(l.as_bytes());
+            ends.push(text.len() as u32 | if *partial { PARTIAL } else { 0 });
         }
+        Chunk {
+            stream: test_stream("stdout"),
+            timestamp: "2026-01-01T00:00:00Z".into(),
+            text,
+            ends: ends.into(),
+        }
+    }
+
+    fn x() -> Chunk {
+        test_chunk(&[("x", false)])
+    }
+
+    /// The lines the spool would send next, rendered, without marking them sent.
+    /// (seq, line) as sent, and (app, count) drop warnings.
+    type Peeked = (Vec<(u64, LogLine)>, Vec<(Arc<str>, u64)>);
+
+    fn peek(spool: &mut Spool) -> Peeked {
+        let sent_upto = spool.sent_upto;
+        let mut plan = Batch::default();
+        let (mut out, mut dropped) = (Vec::new(), Vec::new());
+        if spool.next_batch(&mut plan) {
+            plan.render(usize::MAX, &mut out, &mut dropped, &mut Vec::new());
+            assert_eq!(plan.last, out.last().map_or(plan.last, |o| o.seq));
+        }
+        spool.sent_upto = sent_upto;
+        let lines = out
+            .iter()
+            .map(|o| {
+                assert_eq!(o.subject.as_str(), "logs.hello.node-1");
+                (o.seq, serde_json::from_slice(&o.payload).unwrap())
+            })
+            .collect();
+        (lines, dropped)
+    }
+
+    fn seqs(spool: &mut Spool) -> Vec<u64> {
+        peek(spool).0.into_iter().map(|(s, _)| s).collect()
     }
 
     #[test]
     fn json_matches_the_wire_type_including_dropped_before() {
-        let mut e = test_entry("hi \"there\"");
+        let mut spool = Spool::new(usize::MAX);
+        let stats = Counters::default();
+        spool.push(test_chunk(&[("hi \"there\"", true)]), &stats);
         let mut wire = LogLine {
             instance_id: "hello-0".into(),
             app_name: "hello".into(),
@@ -967,20 +1249,29 @@ mod tests {
             partial: true,
             dropped_before: 0,
         };
-        assert_eq!(e.wire_payload(), serde_json::to_vec(&wire).unwrap());
-        e.dropped_before = 42;
+        let mut plan = Batch::default();
+        let (mut out, mut dropped) = (Vec::new(), Vec::new());
+        assert!(spool.next_batch(&mut plan));
+        plan.render(usize::MAX, &mut out, &mut dropped, &mut Vec::new());
+        assert_eq!(out[0].payload, serde_json::to_vec(&wire).unwrap());
+        spool.dropped.insert(1, 42);
+        spool.rewind();
+        (plan, out) = (Batch::default(), Vec::new());
+        assert!(spool.next_batch(&mut plan));
+        plan.render(usize::MAX, &mut out, &mut dropped, &mut Vec::new());
         wire.dropped_before = 42;
-        assert_eq!(e.wire_payload(), serde_json::to_vec(&wire).unwrap());
+        assert_eq!(out[0].payload, serde_json::to_vec(&wire).unwrap());
+        assert_eq!((&*dropped[0].0, dropped[0].1), ("hello", 42));
     }
 
     fn test_shared(limit: usize, max_line_bytes: usize) -> Arc<Shared> {
         Arc::new(Shared::new("node-1".into(), max_line_bytes, limit))
     }
 
-    /// The chunk path (raw bytes → one shared JSON buffer → slices) spools exactly what
+    /// The chunk path (raw bytes → one chunk per read → JSON when sent) sends exactly what
     /// serde_json makes of the lines the `&str` splitter produces (lossy UTF-8 included).
     #[test]
-    fn chunk_lines_spool_the_serde_json_of_each_line() {
+    fn chunk_lines_send_the_serde_json_of_each_line() {
         let shared = test_shared(1 << 20, 8);
         let fwd = LogForwarder {
             shared: shared.clone(),
@@ -1003,7 +1294,7 @@ mod tests {
         let mut lines = sink.lines("stderr");
         let mut splitter = LineSplitter::new(8);
         for c in chunks {
-            lines.begin(c.len());
+            lines.begin(c.len() + splitter.pending());
             splitter.feed_bytes(c, &mut |t, p| lines.add(t, p));
             lines.spool();
         }
@@ -1013,10 +1304,11 @@ mod tests {
         sink.line("stdout", "from narund");
         expected.push(("from narund".into(), false));
 
-        let spool = shared.spool();
-        assert_eq!(spool.entries.len(), expected.len());
-        for (i, (e, (text, partial))) in spool.entries.iter().zip(&expected).enumerate() {
-            let line: LogLine = serde_json::from_slice(&e.payload).unwrap();
+        let mut spool = shared.spool();
+        assert_eq!(spool.lines, expected.len());
+        let (sent, _) = peek(&mut spool);
+        assert_eq!(sent.len(), expected.len());
+        for (i, ((seq, line), (text, partial))) in sent.iter().zip(&expected).enumerate() {
             assert_eq!((&line.message, line.partial), (text, *partial), "line {i}");
             assert_eq!(
                 line.stream,
@@ -1030,74 +1322,186 @@ mod tests {
                 (line.instance_id.as_str(), line.app_name.as_str()),
                 ("hello-0", "hello")
             );
-            assert_eq!(e.payload, serde_json::to_vec(&line).unwrap(), "line {i}");
-            assert_eq!(e.seq, i as u64 + 1);
+            assert_eq!(*seq, i as u64 + 1);
         }
-        assert_eq!(
-            spool.bytes,
-            spool.entries.iter().map(Entry::size).sum::<usize>()
-        );
+        // Accounting: every chunk's overhead plus every line's text and offset.
+        let accounted: usize = spool
+            .chunks
+            .iter()
+            .map(|c| c.chunk.overhead() + c.chunk.size_from(c.head))
+            .sum();
+        assert_eq!(spool.bytes, accounted);
+        let text: usize = expected.iter().map(|(t, _)| t.len()).sum();
+        // (lossy U+FFFD is 3 bytes in the JSON, 1 byte in the spool)
+        assert!(spool.bytes < text + expected.len() * LINE_OVERHEAD + 6 * 256);
     }
 
     #[test]
     fn spool_drops_oldest_and_reports_on_the_next_unsent_line() {
         let stats = Counters::default();
-        let one = test_entry("x").size();
-        let mut spool = Spool {
-            entries: VecDeque::new(),
-            bytes: 0,
-            limit: one * 3,
-            next_seq: 1,
-            sent_upto: 0,
-            carry: 0,
-        };
+        let one = x().overhead() + x().size_from(0);
+        let mut spool = Spool::new(one * 3);
         for _ in 0..5 {
-            spool.push(test_entry("x"), &stats);
+            spool.push(x(), &stats);
         }
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
-        let seqs: Vec<_> = spool.entries.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![3, 4, 5]);
-        assert_eq!(spool.entries[0].dropped_before, 2);
+        assert_eq!(seqs(&mut spool), [3, 4, 5]);
+        assert_eq!(spool.dropped.get(&3), Some(&2));
 
         // Lines 3..5 are in flight; dropping 3 reports on 6, the first unsent line.
         spool.sent_upto = 5;
-        spool.push(test_entry("x"), &stats);
-        assert_eq!(
-            spool.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            [4, 5, 6]
-        );
-        assert_eq!(spool.entries[2].dropped_before, 3);
-        let (mut batch, mut dropped) = (Vec::new(), Vec::new());
-        spool.next_batch(&mut batch, &mut dropped);
-        assert_eq!(batch.len(), 1);
-        assert_eq!(
-            (batch[0].seq, &*dropped[0].0, dropped[0].1),
-            (6, "hello", 3)
-        );
+        spool.push(x(), &stats);
+        assert_eq!(spool.front_seq(), Some(4));
+        let (sent, dropped) = peek(&mut spool);
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0, &*dropped[0].0, dropped[0].1), (6, "hello", 3));
         // The count is in the JSON as sent.
-        let sent: LogLine = serde_json::from_slice(&batch[0].payload).unwrap();
-        assert_eq!(sent.dropped_before, 3);
-        assert_eq!(batch[0].subject.as_str(), "logs.hello.node-1");
+        assert_eq!(sent[0].1.dropped_before, 3);
 
-        // Confirmation removes what the server has.
+        // Confirmation removes what the server has, and its drop counts.
         assert_eq!(spool.confirm(5), 2);
-        assert_eq!(spool.entries.len(), 1);
-        assert_eq!(spool.bytes, one);
+        assert_eq!((spool.lines, spool.bytes), (1, one));
+        assert_eq!(spool.confirm(6), 1);
+        assert!(spool.dropped.is_empty());
+        assert_eq!((spool.lines, spool.bytes), (0, 0));
 
         // After a burst the queue's memory is given back as lines are confirmed.
         spool.limit = usize::MAX;
         for _ in 0..100_000 {
-            spool.push(test_entry("x"), &stats);
+            spool.push(x(), &stats);
         }
-        let peak = spool.entries.capacity();
+        let peak = spool.chunks.capacity();
         assert!(peak >= 100_000);
         let last = spool.next_seq - 1;
-        assert_eq!(spool.confirm(last), 100_001);
+        assert_eq!(spool.confirm(last), 100_000);
         assert!(
-            spool.entries.capacity() <= SPOOL_KEEP_CAPACITY * 2,
+            spool.chunks.capacity() <= SPOOL_KEEP_CAPACITY * 2,
             "{}",
-            spool.entries.capacity()
+            spool.chunks.capacity()
         );
         assert_eq!(spool.bytes, 0);
+    }
+
+    /// Lines of one chunk are dropped, sent, confirmed and removed one by one.
+    #[test]
+    fn lines_inside_a_chunk_are_handled_one_by_one() {
+        let stats = Counters::default();
+        let abc = || test_chunk(&[("a", false), ("bb", true), ("ccc", false)]);
+        let size = abc().overhead() + abc().size_from(0);
+        // Room for two chunks but their first two lines.
+        let mut spool = Spool::new(2 * size - abc().line_size(0) - abc().line_size(1));
+        spool.push(abc(), &stats);
+        spool.push(abc(), &stats); // seqs 4..6: drops 1, 2 (and frees no chunk yet)
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(seqs(&mut spool), [3, 4, 5, 6]);
+        let (sent, _) = peek(&mut spool);
+        assert_eq!(sent[0].1.dropped_before, 2);
+        assert_eq!(
+            sent.iter()
+                .map(|(_, l)| (l.message.as_str(), l.partial))
+                .collect::<Vec<_>>(),
+            [("ccc", false), ("a", false), ("bb", true), ("ccc", false)]
+        );
+        assert_eq!(
+            spool.bytes,
+            2 * abc().overhead() + abc().size_from(2) + abc().size_from(0)
+        );
+
+        // Send 3..6; line 5 cannot be published; confirm up to 4 (mid-chunk).
+        let mut plan = Batch::default();
+        assert!(spool.next_batch(&mut plan));
+        assert_eq!((plan.last, spool.sent_upto), (6, 6));
+        assert_eq!(spool.remove(5).as_deref(), Some("hello"));
+        assert_eq!(spool.remove(5), None); // once
+        assert_eq!(spool.lines, 3);
+        // Reported on the next line (already rendered here: it goes out on a resend).
+        assert_eq!(spool.dropped.get(&6), Some(&1));
+        assert_eq!(spool.confirm(4), 2);
+        assert_eq!(spool.front_seq(), Some(5));
+        // A rewind resends 6 only (5 is removed), carrying the count.
+        spool.rewind();
+        let (sent, _) = peek(&mut spool);
+        assert_eq!((sent.len(), sent[0].0, sent[0].1.dropped_before), (1, 6, 1));
+        // A removed line's own count moves on with it.
+        assert_eq!(spool.remove(6).as_deref(), Some("hello"));
+        assert_eq!((spool.carry, spool.lines), (2, 0));
+        spool.push(x(), &stats);
+        let (sent, _) = peek(&mut spool);
+        assert_eq!((sent[0].0, sent[0].1.dropped_before), (7, 2));
+        assert_eq!(spool.confirm(7), 1);
+        assert!(spool.removed.is_empty() && spool.chunks.is_empty());
+        assert_eq!((spool.lines, spool.bytes), (0, 0));
+    }
+
+    /// A line over the server's max_payload is left out of the batch and reported on the next
+    /// line; removing it from the spool then records the same count for a resend.
+    #[test]
+    fn lines_too_big_for_the_server_are_left_out_and_reported() {
+        let stats = Counters::default();
+        let mut spool = Spool::new(usize::MAX);
+        let big = "b".repeat(500);
+        spool.push(
+            test_chunk(&[("a", false), (&big, false), (&big, true), ("c", false)]),
+            &stats,
+        );
+        spool.dropped.insert(2, 5);
+        let mut plan = Batch::default();
+        let (mut out, mut dropped, mut too_big) = (Vec::new(), Vec::new(), Vec::new());
+        assert!(spool.next_batch(&mut plan));
+        plan.render(400, &mut out, &mut dropped, &mut too_big);
+        assert_eq!(too_big, [2, 3]);
+        let sent: Vec<(u64, LogLine)> = out
+            .iter()
+            .map(|o| (o.seq, serde_json::from_slice(&o.payload).unwrap()))
+            .collect();
+        assert_eq!(
+            sent.iter()
+                .map(|(s, l)| (*s, l.message.as_str(), l.dropped_before))
+                .collect::<Vec<_>>(),
+            [(1, "a", 0), (4, "c", 7)]
+        );
+        assert_eq!((&*dropped[0].0, dropped[0].1), ("hello", 7));
+        for seq in too_big {
+            assert!(spool.remove(seq).is_some());
+        }
+        assert_eq!(spool.dropped.get(&4), Some(&7));
+        assert_eq!(spool.lines, 2);
+        // A resend renders the same.
+        spool.rewind();
+        let (again, _) = peek(&mut spool);
+        assert_eq!(
+            again
+                .iter()
+                .map(|(s, l)| (*s, l.dropped_before))
+                .collect::<Vec<_>>(),
+            [(1, 0), (4, 7)]
+        );
+    }
+
+    /// A batch stops at the line and byte limits, mid-chunk, and the next one goes on from there.
+    #[test]
+    fn batches_respect_their_limits_and_continue_mid_chunk() {
+        let stats = Counters::default();
+        let mut spool = Spool::new(usize::MAX);
+        let line = "y".repeat(1000);
+        let many: Vec<(&str, bool)> = vec![(line.as_str(), false); 3000];
+        spool.push(test_chunk(&many), &stats);
+        spool.push(test_chunk(&many), &stats);
+        let mut next = 1;
+        loop {
+            let (sent, _) = peek(&mut spool);
+            if sent.is_empty() {
+                break;
+            }
+            assert!(sent.len() <= BATCH_LINES);
+            let bytes: usize = sent.iter().map(|(_, l)| l.message.len() + 100).sum();
+            assert!(bytes <= BATCH_BYTES + 100 * sent.len(), "{bytes}");
+            assert_eq!(sent[0].0, next);
+            assert!(sent.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+            next = sent.last().unwrap().0 + 1;
+            spool.sent_upto = next - 1;
+        }
+        assert_eq!(next, 6001);
+        assert_eq!(spool.confirm(6000), 6000);
     }
 }

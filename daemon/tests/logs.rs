@@ -258,13 +258,15 @@ async fn spool_overflow_drops_the_oldest_and_reports_the_count() {
         "nats-server did not confirm the subscriptions"
     );
     let mut cfg = LogForwarderConfig::new(NODE);
+    // About 14 B per line of `over-N` in the spool (text + offset + a share of its read's
+    // overhead): 10 000 lines do not fit.
     cfg.spool_bytes = 32 * 1024;
     let (fwd, _task) = LogForwarder::with_config(client.clone(), cfg, UringHandle::start());
     let sink = fwd.sink("hello", "hello-0");
 
     server.stop();
     wait_disconnected(&client).await;
-    let mut child = sh("for i in $(seq 1 2000); do echo over-$i; done");
+    let mut child = sh("for i in $(seq 1 10000); do echo over-$i; done");
     let (out, err) = pipes(&mut child);
     finish(
         child,
@@ -279,7 +281,7 @@ async fn spool_overflow_drops_the_oldest_and_reports_the_count() {
     );
     assert_eq!(
         stats.dropped as usize + stats.spooled_lines,
-        2000,
+        10000,
         "{stats:?}"
     );
 
@@ -290,7 +292,7 @@ async fn spool_overflow_drops_the_oldest_and_reports_the_count() {
     assert!(lines[1..].iter().all(|l| l.dropped_before == 0));
     let first = stats.dropped as usize + 1;
     let got: Vec<_> = lines.iter().map(|l| l.message.clone()).collect();
-    let want: Vec<_> = (first..=2000).map(|i| format!("over-{i}")).collect();
+    let want: Vec<_> = (first..=10000).map(|i| format!("over-{i}")).collect();
     assert_eq!(got, want);
     assert!(fwd.flush(Duration::from_secs(10)).await);
     assert_eq!(fwd.stats().published, stats.spooled_lines as u64);
@@ -326,5 +328,47 @@ async fn app_writing_5_mib_while_nats_is_down_is_never_blocked() {
     eprintln!(
         "5 MiB written and drained in {:?} with NATS down: {stats:?}",
         started.elapsed()
+    );
+}
+
+/// A line whose JSON is larger than the server's `max_payload` can never be published: it is
+/// dropped, counted, and reported on the next line; the lines around it still arrive in order.
+#[tokio::test]
+async fn a_line_too_big_for_the_server_is_dropped_and_reported() {
+    let server = NatsServer::start_with_config("max_payload: 2048");
+    let client = client(&server).await;
+    let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
+    let mut cfg = LogForwarderConfig::new(NODE);
+    cfg.max_line_bytes = 8192;
+    let (fwd, _task) = LogForwarder::with_config(client.clone(), cfg, UringHandle::start());
+    let sink = fwd.sink("hello", "hello-0");
+
+    let mut child = sh("echo before; head -c 4000 /dev/zero | tr '\\0' x; echo; echo after");
+    let (out, err) = pipes(&mut child);
+    let tasks = vec![sink.attach("stdout", out), sink.attach("stderr", err)];
+    finish(child, tasks, Duration::from_secs(20)).await;
+
+    let lines = recv_lines(&mut sub, 2, Duration::from_secs(20)).await;
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| (l.message.as_str(), l.dropped_before))
+            .collect::<Vec<_>>(),
+        [("before", 0), ("after", 1)]
+    );
+    assert!(fwd.flush(Duration::from_secs(10)).await);
+    let stats = fwd.stats();
+    assert_eq!(
+        (
+            stats.published,
+            stats.dropped,
+            stats.spooled_lines,
+            stats.spooled_bytes
+        ),
+        (2, 1, 0, 0)
     );
 }
