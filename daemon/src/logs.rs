@@ -459,20 +459,31 @@ impl Spool {
         (seq < self.next_seq).then_some(seq)
     }
 
+    /// Where the first line not sent yet is, or will be (`next_seq` when all are sent).
+    fn unsent_from(&self) -> u64 {
+        (self.sent_upto + 1).max(self.front_seq().unwrap_or(self.next_seq))
+    }
+
     /// The first line that has not been sent yet.
     fn first_unsent(&self) -> Option<u64> {
-        self.live_from((self.sent_upto + 1).max(self.front_seq()?))
+        self.live_from(self.unsent_from())
+    }
+
+    /// Record `n` dropped lines on the first live line at or after `seq`, or on the next line
+    /// spooled if there is none.
+    fn attach_dropped(&mut self, seq: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.live_from(seq) {
+            Some(s) => *self.dropped.entry(s).or_default() += n,
+            None => self.carry += n,
+        }
     }
 
     /// Report `n` dropped lines on the first line not sent yet (or the next one spooled).
     fn report_dropped(&mut self, n: u64) {
-        if n == 0 {
-            return;
-        }
-        match self.first_unsent() {
-            Some(s) => *self.dropped.entry(s).or_default() += n,
-            None => self.carry += n,
-        }
+        self.attach_dropped(self.unsent_from(), n);
     }
 
     fn push(&mut self, chunk: Chunk, stats: &Counters) {
@@ -483,15 +494,14 @@ impl Spool {
         self.next_seq += chunk.len() as u64;
         self.lines += chunk.len();
         self.bytes += chunk.overhead() + chunk.size_from(0);
-        let carry = std::mem::take(&mut self.carry);
-        if carry > 0 {
-            *self.dropped.entry(first_seq).or_default() += carry;
-        }
         self.chunks.push_back(Spooled {
             chunk: Arc::new(chunk),
             first_seq,
             head: 0,
         });
+        // A carry exists only while every earlier line is sent: it lands on `first_seq`.
+        let carry = std::mem::take(&mut self.carry);
+        self.report_dropped(carry);
         // Over the bound: drop the oldest, but always keep the newest line.
         while self.bytes > self.limit && self.lines > 1 {
             let (seq, live) = self.pop_line().expect("lines > 1");
@@ -624,10 +634,7 @@ impl Spool {
         self.lines -= 1;
         // Reported on the next line (with what this one carried), as `Batch::render` does.
         let n = 1 + self.dropped.remove(&seq).unwrap_or(0);
-        match self.live_from(seq + 1) {
-            Some(next) => *self.dropped.entry(next).or_default() += n,
-            None => self.carry += n,
-        }
+        self.attach_dropped(seq + 1, n);
         Some(app)
     }
 }
