@@ -23,6 +23,20 @@ async fn client(server: &NatsServer) -> async_nats::Client {
         .expect("connect to the test nats-server")
 }
 
+/// A client of `server` subscribed to `subject`, the subscription confirmed by the server.
+async fn subscribed(
+    server: &NatsServer,
+    subject: &str,
+) -> (async_nats::Client, async_nats::Subscriber) {
+    let client = client(server).await;
+    let sub = client.subscribe(subject.to_owned()).await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
+        "nats-server did not confirm the subscriptions"
+    );
+    (client, sub)
+}
+
 fn sh(script: &str) -> Child {
     Command::new("/bin/sh")
         .arg("-c")
@@ -86,12 +100,7 @@ async fn finish(mut child: Child, tasks: Vec<tokio::task::JoinHandle<()>>, bound
 #[tokio::test]
 async fn thousand_lines_arrive_in_order_with_go_fields() {
     let server = NatsServer::start();
-    let client = client(&server).await;
-    let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    let (client, mut sub) = subscribed(&server, "logs.hello.node-1").await;
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-0");
 
@@ -128,12 +137,7 @@ async fn thousand_lines_arrive_in_order_with_go_fields() {
 #[tokio::test]
 async fn long_line_without_newline_arrives_in_partial_pieces() {
     let server = NatsServer::start();
-    let client = client(&server).await;
-    let mut sub = client.subscribe("logs.big.node-1").await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    let (client, mut sub) = subscribed(&server, "logs.big.node-1").await;
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("big", "big-0");
 
@@ -162,12 +166,7 @@ async fn long_line_without_newline_arrives_in_partial_pieces() {
 #[tokio::test]
 async fn stderr_is_tagged_stderr() {
     let server = NatsServer::start();
-    let client = client(&server).await;
-    let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    let (client, mut sub) = subscribed(&server, "logs.hello.node-1").await;
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-1");
     let mut child = sh("echo to-out; echo to-err >&2");
@@ -193,12 +192,7 @@ async fn stderr_is_tagged_stderr() {
 #[tokio::test]
 async fn lines_written_while_nats_is_down_arrive_after_restart() {
     let server = NatsServer::start();
-    let client = client(&server).await;
-    let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    let (client, mut sub) = subscribed(&server, "logs.hello.node-1").await;
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-0");
 
@@ -251,12 +245,7 @@ async fn lines_written_while_nats_is_down_arrive_after_restart() {
 #[tokio::test]
 async fn spool_overflow_drops_the_oldest_and_reports_the_count() {
     let server = NatsServer::start();
-    let client = client(&server).await;
-    let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    let (client, mut sub) = subscribed(&server, "logs.hello.node-1").await;
     let mut cfg = LogForwarderConfig::new(NODE);
     // About 14 B per line of `over-N` in the spool (text + offset + a share of its read's
     // overhead): 10 000 lines do not fit.
@@ -336,12 +325,7 @@ async fn app_writing_5_mib_while_nats_is_down_is_never_blocked() {
 #[tokio::test]
 async fn a_line_too_big_for_the_server_is_dropped_and_reported() {
     let server = NatsServer::start_with_config("max_payload: 2048");
-    let client = client(&server).await;
-    let mut sub = client.subscribe("logs.hello.node-1").await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    let (client, mut sub) = subscribed(&server, "logs.hello.node-1").await;
     let mut cfg = LogForwarderConfig::new(NODE);
     cfg.max_line_bytes = 8192;
     let (fwd, _task) = LogForwarder::with_config(client.clone(), cfg, UringHandle::start());
