@@ -151,6 +151,13 @@ async fn raw_run(url: &str, lines: usize, size: usize) -> anyhow::Result<Duratio
     Ok(end - start)
 }
 
+/// Within one round's times (0 = forwarder, 1 = raw 100 B, 2 = raw JSON size): time(fast) /
+/// time(slow), i.e. the rate of `slow` as a fraction of the rate of `fast`; `None` if either
+/// path was not run.
+fn ratio(times: &[Option<Duration>; 3], fast: usize, slow: usize) -> Option<f64> {
+    Some(times[fast]?.as_secs_f64() / times[slow]?.as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let lines: usize = std::env::args()
@@ -221,12 +228,13 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        if let [Some(f), Some(r), Some(j)] = times {
+        if let (Some(fr), Some(fj), Some(jr)) = (
+            ratio(&times, 1, 0),
+            ratio(&times, 2, 0),
+            ratio(&times, 1, 2),
+        ) {
             this_round += &format!(
-                "; fwd/raw 100 B {:.2}, fwd/raw {json_size} B {:.2}, raw {json_size} B/raw 100 B {:.2}",
-                r.as_secs_f64() / f.as_secs_f64(),
-                j.as_secs_f64() / f.as_secs_f64(),
-                r.as_secs_f64() / j.as_secs_f64()
+                "; fwd/raw 100 B {fr:.2}, fwd/raw {json_size} B {fj:.2}, raw {json_size} B/raw 100 B {jr:.2}"
             );
         }
         eprintln!("{this_round}");
@@ -234,12 +242,10 @@ async fn main() -> anyhow::Result<()> {
     }
     // Median over the rounds of the ratio within each round (both paths measured within
     // seconds of each other, so a slow moment of the machine hits both).
-    // `median_ratio(fast, slow)`: the median of time(fast) / time(slow), i.e. the rate of
-    // `slow` as a fraction of the rate of `fast` (0 = forwarder, 1 = raw 100 B, 2 = raw JSON).
     let median_ratio = |fast: usize, slow: usize| {
         let mut v: Vec<f64> = per_round
             .iter()
-            .filter_map(|t| Some(t[fast]?.as_secs_f64() / t[slow]?.as_secs_f64()))
+            .filter_map(|t| ratio(t, fast, slow))
             .collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
