@@ -193,8 +193,12 @@ async fn measure(
             }
             last = String::from_utf8_lossy(&e.value).into_owned();
             let s: NodeState = serde_json::from_slice(&e.value)?;
-            let running = s.instances.iter().filter(|i| i.status == "running").count();
-            if s.status == "running" && running == apps {
+            let running = s
+                .instances
+                .iter()
+                .filter(|i| i.status == narun_wire::status::InstanceStatus::Running)
+                .count();
+            if s.status == narun_wire::status::NodeStatus::Running && running == apps {
                 return anyhow::Ok(started.elapsed());
             }
         }

@@ -131,7 +131,7 @@ pub fn select(
             rejected.push((rec, "no persisted spec for the app".to_string()));
             continue;
         };
-        if crate::supervisor::run_hash(spec) != rec.run_hash {
+        if spec.run_hash() != rec.run_hash {
             rejected.push((rec, "the persisted spec changed since".to_string()));
             continue;
         }

@@ -13,8 +13,8 @@
 use crate::supervisor::Supervisor;
 use async_nats::jetstream::kv;
 use narun_wire::events::{NodeState, now_rfc3339};
-use narun_wire::jetstream::ensure_kv;
 use narun_wire::names;
+use narun_wire::status::NodeStatus;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -30,7 +30,12 @@ pub const PUT_TIMEOUT: Duration = Duration::from_millis(7500);
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Build the node state as of now.
-pub fn node_state(sup: &Supervisor, status: &str, start_time: &str, connected: bool) -> NodeState {
+pub fn node_state(
+    sup: &Supervisor,
+    status: NodeStatus,
+    start_time: &str,
+    connected: bool,
+) -> NodeState {
     let instances = sup.instances();
     let mut managed: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
     managed.sort();
@@ -58,7 +63,7 @@ pub fn node_state(sup: &Supervisor, status: &str, start_time: &str, connected: b
         version: VERSION.to_string(),
         start_time: start_time.to_string(),
         managed_instances: managed,
-        status: status.to_string(),
+        status,
         os: names::go_os().to_string(),
         arch: names::go_arch().to_string(),
         labels: sup.live().labels.clone(),
@@ -75,18 +80,7 @@ async fn open(client: &async_nats::Client) -> Option<kv::Store> {
         return None;
     }
     let js = async_nats::jetstream::new(client.clone());
-    match tokio::time::timeout(
-        PUT_TIMEOUT,
-        ensure_kv(
-            &js,
-            names::NODE_STATES_BUCKET,
-            "narun node heartbeats",
-            1,
-            Some(Duration::from_secs(names::NODE_STATE_TTL_SECS)),
-        ),
-    )
-    .await
-    {
+    match tokio::time::timeout(PUT_TIMEOUT, narun_wire::jetstream::NODE_STATES.ensure(&js)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "node-runner-states not available");
@@ -158,7 +152,7 @@ pub async fn run_heartbeat(
             if let Some(s) = &store {
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
-                let state = node_state(&sup, "running", &start_time, connected);
+                let state = node_state(&sup, NodeStatus::Running, &start_time, connected);
                 published = put(s, &state).await;
                 if !published {
                     tracing::debug!("heartbeat put failed (NATS down?)");
@@ -197,7 +191,11 @@ pub async fn run_heartbeat(
 pub async fn shutdown(sup: &Supervisor, client: &async_nats::Client, start_time: &str) {
     let store = open(client).await;
     if let Some(s) = &store {
-        put(s, &node_state(sup, "shutting_down", start_time, true)).await;
+        put(
+            s,
+            &node_state(sup, NodeStatus::ShuttingDown, start_time, true),
+        )
+        .await;
     }
     sup.shutdown().await;
     if let Some(s) = &store {
@@ -214,7 +212,7 @@ mod tests {
     #[test]
     fn status_line_counts_states() {
         let i = |status: &str| InstanceState {
-            status: status.into(),
+            status: narun_wire::status::InstanceStatus::parse(status),
             ..Default::default()
         };
         assert_eq!(status_line(&[], false), "no instances; NATS disconnected");

@@ -4,7 +4,7 @@
 //! retries (250 ms, doubling to 30 s) and the apps keep running as they are. Each session:
 //!
 //! 1. opens (or creates) `app-configs` and `app-binaries`
-//!    ([`narun_wire::jetstream::ensure_kv`]);
+//!    ([`narun_wire::jetstream::APP_CONFIGS`], [`narun_wire::jetstream::APP_BINARIES`]);
 //! 2. lists the keys and stops the local apps that no longer have a spec;
 //! 3. watches `app-configs` with history: every current spec is replayed, then every
 //!    change follows. Each entry is handled here, serially:
@@ -36,18 +36,13 @@ use crate::supervisor::{AppRun, InstanceHandle, Supervisor};
 use futures_util::StreamExt;
 use narun_spec::AppSpec;
 use narun_wire::events::{RolledBack, StatusEvent, now_rfc3339};
-use narun_wire::jetstream::{ensure_kv, ensure_object_store};
+use narun_wire::jetstream;
 use narun_wire::names;
+use narun_wire::status::{InstanceStatus, Reason, SettleRule};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
-
-/// Description of `app-configs` (Go's text).
-pub const APP_CONFIGS_DESCRIPTION: &str =
-    "Stores application service specifications for node runners.";
-/// Description of `app-binaries` (Go's text).
-pub const APP_BINARIES_DESCRIPTION: &str = "Stores application binaries.";
 
 impl Supervisor {
     /// Apply a valid spec (see the module docs). `revision` is the KV revision (0 = from
@@ -68,7 +63,7 @@ impl Supervisor {
             )
             .await;
         let spec = Arc::new(spec);
-        let hash = crate::supervisor::run_hash(&spec);
+        let hash = spec.run_hash();
         let name = spec.name.clone();
         let target = spec.desired_replicas(&self.inner.cfg.node_id, &self.inner.live().labels);
         self.persist_spec(&spec);
@@ -180,21 +175,21 @@ impl Supervisor {
         let info = RolledBack {
             tag: new.spec.tag.clone(),
             config_hash: new.hash.clone(),
-            reason: why.reason.clone(),
+            reason: Some(why.reason.clone()),
             error: why.error.clone(),
             time: now_rfc3339(),
         };
         let kept = old.snapshot();
-        tracing::warn!(instance = %old.instance_id, failed_tag = %info.tag, reason = %info.reason, "rolled back: the previous spec keeps running");
+        tracing::warn!(instance = %old.instance_id, failed_tag = %info.tag, reason = %why.reason, "rolled back: the previous spec keeps running");
         let ev = StatusEvent {
             instance_id: old.instance_id.clone(),
             node_id: self.inner.cfg.node_id.clone(),
-            status: "rolled_back".into(),
+            status: InstanceStatus::RolledBack,
             pid: kept.pid,
             exit_code: None,
             error: format!(
                 "tag {} did not become ready ({}): {}; {} keeps running tag {}",
-                info.tag, info.reason, info.error, old.instance_id, old.spec.tag
+                info.tag, why.reason, info.error, old.instance_id, old.spec.tag
             ),
             time: info.time.clone(),
             reason: info.reason.clone(),
@@ -303,10 +298,10 @@ impl Supervisor {
         let ev = StatusEvent {
             instance_id: key.to_string(),
             node_id: self.inner.cfg.node_id.clone(),
-            status: "invalid_spec".into(),
+            status: InstanceStatus::InvalidSpec,
             error: error.to_string(),
             time: now_rfc3339(),
-            reason: "invalid-spec".into(),
+            reason: Some(Reason::InvalidSpec),
             app_name: key.to_string(),
             ..Default::default()
         };
@@ -358,7 +353,7 @@ pub(crate) fn stop_budget(stop_timeout_sec: u64) -> Duration {
 pub(crate) struct NotReady {
     /// Short reason for `rolled_back`: `start-timeout`, `watchdog`, `crashed`, `oom-kill`,
     /// `verify`, `fetch`, `start-limit`, …
-    pub(crate) reason: String,
+    pub(crate) reason: Reason,
     pub(crate) error: String,
 }
 
@@ -370,12 +365,12 @@ impl std::fmt::Display for NotReady {
 
 /// The short rollback reason for the state a new run ended up in.
 fn not_ready(s: &crate::supervisor::Snapshot, error: String) -> NotReady {
-    let reason = match s.reason.as_str() {
-        "exit-code" | "signal" | "wait" | "" => "crashed",
-        r => r,
+    let reason = match &s.reason {
+        None | Some(Reason::ExitCode | Reason::Signal | Reason::Wait) => Reason::Crashed,
+        Some(r) => r.clone(),
     };
     NotReady {
-        reason: reason.to_string(),
+        reason,
         error: if s.error.is_empty() {
             error
         } else {
@@ -397,17 +392,11 @@ pub(crate) async fn wait_settled(
     h: &InstanceHandle,
     liveness: &crate::liveness::Liveness,
 ) -> Result<(), NotReady> {
-    let failed = |s: &crate::supervisor::Snapshot| {
-        s.ended
-            || matches!(
-                s.status.as_str(),
-                "crashed" | "failed" | "backoff" | "stopped"
-            )
-    };
+    let failed = |s: &crate::supervisor::Snapshot| s.ended || s.status.is_down();
     let stop_bound = Duration::from_secs(h.spec.stop_timeout_sec) + Duration::from_secs(15);
     let s = loop {
         let s = h.snapshot();
-        if s.status == "running" || failed(&s) {
+        if s.status == InstanceStatus::Running || failed(&s) {
             break s;
         }
         let bound = match s.start_deadline {
@@ -422,7 +411,10 @@ pub(crate) async fn wait_settled(
         let deadline = s.start_deadline;
         match h
             .wait_for(bound, |n| {
-                n.status == "running" || failed(n) || n.start_deadline != deadline || n.pid != s.pid
+                n.status == InstanceStatus::Running
+                    || failed(n)
+                    || n.start_deadline != deadline
+                    || n.pid != s.pid
             })
             .await
         {
@@ -430,17 +422,16 @@ pub(crate) async fn wait_settled(
             Err(s) => {
                 return Err(NotReady {
                     reason: if h.spec.notify {
-                        "start-timeout"
+                        Reason::StartTimeout
                     } else {
-                        "not-running"
-                    }
-                    .into(),
+                        Reason::NotRunning
+                    },
                     error: format!("still {} after {bound:?}", s.status),
                 });
             }
         }
     };
-    if s.status != "running" {
+    if s.status != InstanceStatus::Running {
         let error = format!("{} before it was ready", s.status);
         return Err(not_ready(&s, error));
     }
@@ -448,11 +439,9 @@ pub(crate) async fn wait_settled(
         return Ok(());
     }
     let pid = s.pid;
-    let settle = Duration::from_secs(h.spec.settle_sec);
+    let settle = SettleRule::new(h.spec.notify, h.spec.settle_sec).settle_time();
     if let Ok(s) = h
-        .wait_for(settle, |s| {
-            !matches!(s.status.as_str(), "running" | "reloading") || s.pid != pid
-        })
+        .wait_for(settle, |s| !s.status.is_up() || s.pid != pid)
         .await
     {
         let error = format!("{} within settleSec ({} s)", s.status, settle.as_secs());
@@ -578,16 +567,12 @@ async fn open_session(
     client: &async_nats::Client,
 ) -> Result<(HashSet<String>, async_nats::jetstream::kv::Store), String> {
     let js = async_nats::jetstream::new(client.clone());
-    let configs = ensure_kv(
-        &js,
-        names::APP_CONFIGS_BUCKET,
-        APP_CONFIGS_DESCRIPTION,
-        1,
-        None,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let store = ensure_object_store(&js, names::APP_BINARIES_BUCKET, APP_BINARIES_DESCRIPTION)
+    let configs = jetstream::APP_CONFIGS
+        .ensure(&js)
+        .await
+        .map_err(|e| e.to_string())?;
+    let store = jetstream::APP_BINARIES
+        .ensure(&js)
         .await
         .map_err(|e| e.to_string())?;
     sup.set_object_store(Some(store));

@@ -59,10 +59,10 @@ pub enum InputError {
 
 impl InputError {
     /// The status event `reason`: `secret` or `mount`.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> narun_wire::status::Reason {
         match self {
-            InputError::Secret { .. } => "secret",
-            InputError::Mount { .. } => "mount",
+            InputError::Secret { .. } => narun_wire::status::Reason::Secret,
+            InputError::Mount { .. } => narun_wire::status::Reason::Mount,
         }
     }
 }
@@ -145,16 +145,15 @@ impl AppInputs {
 
     async fn get_secret(&self, secret: &str) -> Result<StoredSecret, String> {
         let js = jetstream::new(self.client.clone());
-        let kv = js.get_key_value(names::SECRETS_BUCKET).await.map_err(|e| {
-            if e.to_string().to_ascii_lowercase().contains("not found") {
+        let kv = narun_wire::jetstream::open_kv(&js, names::SECRETS_BUCKET)
+            .await
+            .map_err(|e| format!("opening the {} bucket: {e}", names::SECRETS_BUCKET))?
+            .ok_or_else(|| {
                 format!(
                     "the {} KV bucket does not exist; create the secret with `narunctl secret set {secret} …`",
                     names::SECRETS_BUCKET
                 )
-            } else {
-                format!("opening the {} bucket: {e}", names::SECRETS_BUCKET)
-            }
-        })?;
+            })?;
         let value = kv
             .get(secret)
             .await
@@ -209,11 +208,14 @@ impl AppInputs {
 
     async fn files_store(&self) -> Result<object_store::ObjectStore, String> {
         let js = jetstream::new(self.client.clone());
-        match tokio::time::timeout(MOUNT_INFO_TIMEOUT, js.get_object_store(names::FILES_BUCKET))
-            .await
+        match tokio::time::timeout(
+            MOUNT_INFO_TIMEOUT,
+            narun_wire::jetstream::open_object_store(&js, names::FILES_BUCKET),
+        )
+        .await
         {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) if e.to_string().to_ascii_lowercase().contains("not found") => Err(format!(
+            Ok(Ok(Some(s))) => Ok(s),
+            Ok(Ok(None)) => Err(format!(
                 "the {} object store does not exist; upload the file with `narunctl files add`",
                 names::FILES_BUCKET
             )),

@@ -67,6 +67,7 @@ use narun_spec::{AppSpec, ExitKind};
 use narun_wire::connect::NatsSettings;
 use narun_wire::events::{InstanceState, StatusEvent, now_rfc3339};
 use narun_wire::names;
+use narun_wire::status::{InstanceStatus, Reason};
 use std::collections::{BTreeMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
@@ -165,10 +166,10 @@ impl Reloadable {
 /// The current state of one instance (for heartbeats, tests and the reconciler).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    /// Last published status (`starting`, `running`, …).
-    pub status: String,
+    /// Last published status.
+    pub status: InstanceStatus,
     pub pid: Option<i32>,
-    pub reason: String,
+    pub reason: Option<Reason>,
     pub restarts: u32,
     /// Hex SHA-256 of the binary.
     pub digest: String,
@@ -670,14 +671,14 @@ impl Supervisor {
         let pinned = self.persisted_digest(&spec);
         let instance_id = format!("{}-{}", spec.name, index);
         let (status_tx, status_rx) = watch::channel(Snapshot {
-            status: "starting".into(),
+            status: InstanceStatus::Starting,
             ..Default::default()
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let handle = InstanceHandle {
             instance_id: instance_id.clone(),
             index,
-            hash: run_hash(&spec),
+            hash: spec.run_hash(),
             spec: spec.clone(),
             status: status_rx,
             stop: Arc::new(stop_tx),
@@ -801,15 +802,15 @@ impl InstanceHandle {
 /// How one run ended.
 struct Outcome {
     kind: ExitKind,
-    status: &'static str,
+    status: InstanceStatus,
     exit_code: i32,
-    reason: &'static str,
+    reason: Reason,
     error: String,
 }
 
 /// Why a start did not get to a running process.
 struct StartFailure {
-    reason: &'static str,
+    reason: Reason,
     error: String,
     /// `ETXTBSY`: another thread's fork still held a write fd of the freshly written binary.
     text_busy: bool,
@@ -952,7 +953,7 @@ impl InstanceRun {
                 break;
             }
             if *self.stop.borrow() {
-                self.publish("stopped", None, "", None, String::new());
+                self.publish(InstanceStatus::Stopped, None, None, None, String::new());
                 break;
             }
             // Start limit (systemd StartLimitBurst/StartLimitIntervalSec).
@@ -972,20 +973,26 @@ impl InstanceRun {
                         interval.as_secs()
                     );
                     self.sink.line("stderr", &format!("narund: {msg}"));
-                    self.publish("failed", None, "start-limit", None, msg);
+                    self.publish(
+                        InstanceStatus::Failed,
+                        None,
+                        Some(Reason::StartLimit),
+                        None,
+                        msg,
+                    );
                     break;
                 }
                 starts.push_back(now);
             }
             self.run_id = new_run_id();
             self.status.send_modify(|s| s.notify_status.clear());
-            self.publish("starting", None, "", None, String::new());
+            self.publish(InstanceStatus::Starting, None, None, None, String::new());
             let running = match self.start().await {
                 Ok(r) => r,
                 Err(f) => {
                     self.sink
                         .line("stderr", &format!("narund: start failed: {}", f.error));
-                    self.publish("failed", None, f.reason, None, f.error);
+                    self.publish(InstanceStatus::Failed, None, Some(f.reason), None, f.error);
                     break;
                 }
             };
@@ -1016,7 +1023,7 @@ impl InstanceRun {
         restarts: &mut u32,
     ) -> bool {
         if intentional {
-            self.publish("stopped", None, "", None, String::new());
+            self.publish(InstanceStatus::Stopped, None, None, None, String::new());
             return false;
         }
         self.sink.line(
@@ -1026,7 +1033,7 @@ impl InstanceRun {
         self.publish(
             outcome.status,
             None,
-            outcome.reason,
+            Some(outcome.reason.clone()),
             Some(outcome.exit_code),
             outcome.error.clone(),
         );
@@ -1042,9 +1049,9 @@ impl InstanceRun {
         let n = *restarts;
         self.status.send_modify(|s| s.restarts = n);
         self.publish(
-            "backoff",
+            InstanceStatus::Backoff,
             None,
-            outcome.reason,
+            Some(outcome.reason),
             None,
             format!("restart {n} in {} ms", delay.as_millis()),
         );
@@ -1125,7 +1132,13 @@ impl InstanceRun {
             rec.pid, rec.run_id
         );
         self.sink.line("stderr", &format!("narund: {msg}"));
-        self.publish("running", Some(rec.pid), "adopted", None, msg);
+        self.publish(
+            InstanceStatus::Running,
+            Some(rec.pid),
+            Some(Reason::Adopted),
+            None,
+            msg,
+        );
         Running {
             child: None,
             resumed: Some(a.pidfd),
@@ -1167,7 +1180,7 @@ impl InstanceRun {
             pgid: self.pgid,
             start_time,
             cgroup: self.cgroup_name.clone(),
-            run_hash: run_hash(&self.spec),
+            run_hash: self.spec.run_hash(),
             digest: self.status.borrow().digest.clone(),
             revision,
             notify_socket,
@@ -1177,9 +1190,9 @@ impl InstanceRun {
     /// Publish a status event and update the snapshot.
     fn publish(
         &self,
-        status: &str,
+        status: InstanceStatus,
         pid: Option<i32>,
-        reason: &str,
+        reason: Option<Reason>,
         exit_code: Option<i32>,
         error: String,
     ) {
@@ -1187,40 +1200,40 @@ impl InstanceRun {
         let mut restarts = 0;
         let mut notify_status = String::new();
         self.status.send_modify(|s| {
-            s.status = status.to_string();
+            s.status = status.clone();
             s.pid = pid;
-            s.reason = reason.to_string();
+            s.reason = reason.clone();
             unenforced = s.unenforced.clone();
             restarts = s.restarts;
             notify_status = s.notify_status.clone();
             s.error = error.clone();
-            if status != "starting" {
+            if status != InstanceStatus::Starting {
                 s.start_deadline = None;
             }
         });
         let ev = StatusEvent {
             instance_id: self.instance_id.clone(),
             node_id: self.inner.cfg.node_id.clone(),
-            status: status.into(),
+            status: status.clone(),
             pid,
             exit_code,
             error,
             time: now_rfc3339(),
-            reason: reason.into(),
+            reason: reason.clone(),
             app_name: self.spec.name.clone(),
             run_id: self.run_id.clone(),
             tag: self.spec.tag.clone(),
             unenforced_limits: unenforced,
             restarts: (restarts > 0).then_some(restarts),
-            config_hash: run_hash(&self.spec),
+            config_hash: self.spec.run_hash(),
             notify_status,
         };
-        if status == "running"
+        if status == InstanceStatus::Running
             && let Some(pid) = pid
         {
             self.save_record(pid);
         }
-        tracing::info!(instance = %self.instance_id, run = %self.run_id, status, reason, pid, "instance status");
+        tracing::info!(instance = %self.instance_id, run = %self.run_id, %status, reason = reason.as_ref().map_or("", Reason::as_str), pid, "instance status");
         let subject = names::status_subject(&self.spec.name, &self.inner.cfg.node_id);
         let payload = serde_json::to_vec(&ev).expect("a StatusEvent always serializes");
         self.inner.publish(subject, payload);
@@ -1240,7 +1253,7 @@ impl InstanceRun {
             Some(
                 AppIdentity::resolve(user, &live.default_user, live.allow_root).map_err(|e| {
                     StartFailure {
-                        reason: "user",
+                        reason: Reason::User,
                         error: e.to_string(),
                         text_busy: false,
                     }
@@ -1259,7 +1272,7 @@ impl InstanceRun {
             .join(crate::fetch::sanitize(&self.instance_id))
             .join("work");
         let spawn_err = |what: &str, e: &dyn std::fmt::Display| StartFailure {
-            reason: "spawn",
+            reason: Reason::Spawn,
             error: format!("{what}: {e}"),
             text_busy: false,
         };
@@ -1291,7 +1304,7 @@ impl InstanceRun {
         let notify = if self.spec.notify || watchdog > 0 {
             let dir = self.inner.cfg.runtime_dir.join("instances");
             let notify_err = |e: &dyn std::fmt::Display| StartFailure {
-                reason: "notify",
+                reason: Reason::Notify,
                 error: format!("sd_notify socket: {e}"),
                 text_busy: false,
             };
@@ -1333,7 +1346,7 @@ impl InstanceRun {
                 let name = cgroup::instance_name(&self.spec.name, self.index, &self.run_id);
                 Some(
                     InstanceCgroup::create(root, &name, &limits).map_err(|e| StartFailure {
-                        reason: "cgroup",
+                        reason: Reason::Cgroup,
                         error: e.to_string(),
                         text_busy: false,
                     })?,
@@ -1392,9 +1405,21 @@ impl InstanceRun {
                     // Ready only with READY=1 (see wait()).
                     self.status
                         .send_modify(|s| s.start_deadline = start_deadline);
-                    self.publish("starting", Some(pid), "", None, String::new());
+                    self.publish(
+                        InstanceStatus::Starting,
+                        Some(pid),
+                        None,
+                        None,
+                        String::new(),
+                    );
                 } else {
-                    self.publish("running", Some(pid), "", None, String::new());
+                    self.publish(
+                        InstanceStatus::Running,
+                        Some(pid),
+                        None,
+                        None,
+                        String::new(),
+                    );
                 }
                 Ok(Running {
                     child: Some(child),
@@ -1441,7 +1466,7 @@ impl InstanceRun {
                 Ok(Ok(b)) => return Ok(b),
                 Ok(Err(e @ (FetchError::Mismatch { .. } | FetchError::BadDigest { .. }))) => {
                     return Err(StartFailure {
-                        reason: "verify",
+                        reason: Reason::Verify,
                         error: e.to_string(),
                         text_busy: false,
                     });
@@ -1451,7 +1476,7 @@ impl InstanceRun {
                     if e.to_string().to_ascii_lowercase().contains("digest") =>
                 {
                     return Err(StartFailure {
-                        reason: "verify",
+                        reason: Reason::Verify,
                         error: e.to_string(),
                         text_busy: false,
                     });
@@ -1462,7 +1487,7 @@ impl InstanceRun {
                 }
                 Ok(Err(e)) => {
                     return Err(StartFailure {
-                        reason: "fetch",
+                        reason: Reason::Fetch,
                         error: e.to_string(),
                         text_busy: false,
                     });
@@ -1480,7 +1505,7 @@ impl InstanceRun {
             .persisted_digest(&self.spec)
         }) else {
             return Err(StartFailure {
-                reason: "fetch",
+                reason: Reason::Fetch,
                 error: format!(
                     "binary {} is not cached and {unreachable}; it is fetched again when the spec is applied again",
                     self.spec.binary_object_name(os, arch)
@@ -1496,7 +1521,7 @@ impl InstanceRun {
                 downloaded: false,
             }),
             Ok(_) => Err(StartFailure {
-                reason: "verify",
+                reason: Reason::Verify,
                 error: format!(
                     "cached binary {} does not match its digest {digest}; it will be downloaded again when NATS is reachable",
                     path.display()
@@ -1504,7 +1529,7 @@ impl InstanceRun {
                 text_busy: false,
             }),
             Err(e) => Err(StartFailure {
-                reason: "fetch",
+                reason: Reason::Fetch,
                 error: format!("cached binary {}: {e}", path.display()),
                 text_busy: false,
             }),
@@ -1519,7 +1544,7 @@ impl InstanceRun {
         cgroup: Option<&InstanceCgroup>,
     ) -> Result<(tokio::process::Child, Vec<tokio::task::JoinHandle<()>>), StartFailure> {
         let fail = |what: &str, e: &dyn std::fmt::Display| StartFailure {
-            reason: "spawn",
+            reason: Reason::Spawn,
             error: format!("{what}: {e}"),
             text_busy: false,
         };
@@ -1548,7 +1573,7 @@ impl InstanceRun {
                 keep.push(cap);
             }
             let plan = PrivilegePlan::new(id, &keep).map_err(|e| StartFailure {
-                reason: "user",
+                reason: Reason::User,
                 error: e.to_string(),
                 text_busy: false,
             })?;
@@ -1681,7 +1706,7 @@ impl InstanceRun {
                                 );
                                 self.sink.line("stderr", &format!("narund: {msg}"));
                                 let status = self.status.borrow().status.clone();
-                                self.publish(&status, Some(n.main_pid), "mainpid", None, msg);
+                                self.publish(status, Some(n.main_pid), Some(Reason::MainPid), None, msg);
                                 adopted = Some(fd);
                                 continue;
                             }
@@ -1730,7 +1755,13 @@ impl InstanceRun {
                 let sig = match &failure {
                     None => {
                         intentional = true;
-                        self.publish("stopping", Some(n.main_pid), "", None, String::new());
+                        self.publish(
+                            InstanceStatus::Stopping,
+                            Some(n.main_pid),
+                            None,
+                            None,
+                            String::new(),
+                        );
                         self.spec.stop_signal.number().unwrap_or(libc::SIGTERM)
                     }
                     Some(RunFailure::StartTimeout) => {
@@ -1739,13 +1770,25 @@ impl InstanceRun {
                             n.started.elapsed().as_secs()
                         );
                         self.sink.line("stderr", &format!("narund: {msg}"));
-                        self.publish("stopping", Some(n.main_pid), "start-timeout", None, msg);
+                        self.publish(
+                            InstanceStatus::Stopping,
+                            Some(n.main_pid),
+                            Some(Reason::StartTimeout),
+                            None,
+                            msg,
+                        );
                         self.spec.stop_signal.number().unwrap_or(libc::SIGTERM)
                     }
                     Some(RunFailure::Watchdog(why)) => {
                         let msg = format!("{why}; sending SIGABRT");
                         self.sink.line("stderr", &format!("narund: {msg}"));
-                        self.publish("stopping", Some(n.main_pid), "watchdog", None, msg);
+                        self.publish(
+                            InstanceStatus::Stopping,
+                            Some(n.main_pid),
+                            Some(Reason::Watchdog),
+                            None,
+                            msg,
+                        );
                         libc::SIGABRT
                     }
                 };
@@ -1789,9 +1832,9 @@ impl InstanceRun {
         let outcome = match status {
             Err(e) => Outcome {
                 kind: ExitKind::Signal,
-                status: "crashed",
+                status: InstanceStatus::Crashed,
                 exit_code: -1,
-                reason: "wait",
+                reason: Reason::Wait,
                 error: format!("waiting for the process: {e}"),
             },
             Ok(st) => classify(st, oom),
@@ -1805,17 +1848,17 @@ impl InstanceRun {
             None if status_unknown => Outcome {
                 // Not narund's child: nothing tells whether it exited 0 or crashed.
                 kind: ExitKind::ExitCode,
-                status: "crashed",
+                status: InstanceStatus::Crashed,
                 exit_code: -1,
-                reason: "exited-after-adoption",
+                reason: Reason::ExitedAfterAdoption,
                 error: "the re-adopted process exited; its exit status is unknown (it is not narund's child since narund restarted)".into(),
             },
             None => outcome,
             Some(RunFailure::StartTimeout) => Outcome {
                 kind: ExitKind::Timeout,
-                status: "failed",
+                status: InstanceStatus::Failed,
                 exit_code: outcome.exit_code,
-                reason: "start-timeout",
+                reason: Reason::StartTimeout,
                 error: format!(
                     "did not send READY=1 within {} s (startTimeoutSec), stopped: {}",
                     n.started.elapsed().as_secs(),
@@ -1824,9 +1867,9 @@ impl InstanceRun {
             },
             Some(RunFailure::Watchdog(why)) => Outcome {
                 kind: ExitKind::Watchdog,
-                status: "crashed",
+                status: InstanceStatus::Crashed,
                 exit_code: outcome.exit_code,
-                reason: "watchdog",
+                reason: Reason::Watchdog,
                 error: format!("{why}, sent SIGABRT: {}", outcome.error),
             },
         };
@@ -1901,12 +1944,24 @@ impl InstanceRun {
             // Shutting down on its own: no watchdog, no start timeout (systemd does the same).
             n.watchdog_deadline = None;
             n.start_deadline = None;
-            self.publish("stopping", Some(n.main_pid), "", None, String::new());
+            self.publish(
+                InstanceStatus::Stopping,
+                Some(n.main_pid),
+                None,
+                None,
+                String::new(),
+            );
             return None;
         }
         if m.reloading {
             n.reloading = true;
-            self.publish("reloading", Some(n.main_pid), "", None, String::new());
+            self.publish(
+                InstanceStatus::Reloading,
+                Some(n.main_pid),
+                None,
+                None,
+                String::new(),
+            );
             republish = false;
         }
         if m.ready && (!n.ready || n.reloading) {
@@ -1916,12 +1971,18 @@ impl InstanceRun {
                 n.watchdog_deadline = n.watchdog_period.map(|p| now + p);
             }
             n.reloading = false;
-            self.publish("running", Some(n.main_pid), "", None, String::new());
+            self.publish(
+                InstanceStatus::Running,
+                Some(n.main_pid),
+                None,
+                None,
+                String::new(),
+            );
             republish = false;
         }
         if republish {
             let status = self.status.borrow().status.clone();
-            self.publish(&status, Some(n.main_pid), "", None, String::new());
+            self.publish(status, Some(n.main_pid), None, None, String::new());
         }
         None
     }
@@ -1932,9 +1993,9 @@ fn classify(st: std::process::ExitStatus, oom: bool) -> Outcome {
     if oom {
         return Outcome {
             kind: ExitKind::OomKill,
-            status: "crashed",
+            status: InstanceStatus::Crashed,
             exit_code: st.code().unwrap_or(-1),
-            reason: "oom-kill",
+            reason: Reason::OomKill,
             error: "killed by the OOM killer (memory.max)".into(),
         };
     }
@@ -1942,17 +2003,17 @@ fn classify(st: std::process::ExitStatus, oom: bool) -> Outcome {
         return if code == 0 {
             Outcome {
                 kind: ExitKind::Clean,
-                status: "stopped",
+                status: InstanceStatus::Stopped,
                 exit_code: 0,
-                reason: "exit-code",
+                reason: Reason::ExitCode,
                 error: "exit status 0".into(),
             }
         } else {
             Outcome {
                 kind: ExitKind::ExitCode,
-                status: "crashed",
+                status: InstanceStatus::Crashed,
                 exit_code: code,
-                reason: "exit-code",
+                reason: Reason::ExitCode,
                 error: format!("exit status {code}"),
             }
         };
@@ -1968,9 +2029,13 @@ fn classify(st: std::process::ExitStatus, oom: bool) -> Outcome {
         } else {
             ExitKind::Signal
         },
-        status: if clean { "stopped" } else { "crashed" },
+        status: if clean {
+            InstanceStatus::Stopped
+        } else {
+            InstanceStatus::Crashed
+        },
         exit_code: -1,
-        reason: "signal",
+        reason: Reason::Signal,
         error: format!(
             "killed by signal {}",
             narun_spec::signal_name(&sig.to_string()).unwrap_or_else(|| sig.to_string())
@@ -1993,14 +2058,6 @@ fn kill_all(pid: i32, cgroup: Option<&InstanceCgroup>) {
             libc::killpg(pid, libc::SIGKILL);
         },
     }
-}
-
-/// Hash of what an instance runs: the spec's `config_hash` without `nodes`, so changing
-/// replica counts (here or on other nodes) never restarts running instances (Go did).
-pub fn run_hash(spec: &AppSpec) -> String {
-    let mut s = spec.clone();
-    s.nodes.clear();
-    s.config_hash()
 }
 
 /// Delay before restart number `attempt` (0-based): 100 ms · 2^attempt capped at `max`,

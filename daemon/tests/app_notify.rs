@@ -13,6 +13,7 @@ use common::{alive, wait_gone};
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
+use narun_wire::status::{InstanceStatus, Reason};
 use narund::supervisor::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
@@ -227,25 +228,28 @@ time.sleep(1000)
         .wait_event("STATUS=warming up", |e| e.notify_status == "warming up")
         .await;
     assert_eq!(
-        warm.status, "starting",
+        warm.status,
+        InstanceStatus::Starting,
         "not ready before READY=1: {warm:?}"
     );
     let pid = warm.pid.expect("a starting notify app has its pid");
     let snap = h.sup.snapshot("late", 0).unwrap();
-    assert_eq!(snap.status, "starting", "{snap:?}");
+    assert_eq!(snap.status, InstanceStatus::Starting, "{snap:?}");
     assert_eq!(snap.pid, Some(pid));
     assert!(snap.start_deadline.is_some());
     assert!(env_var(pid, "NOTIFY_SOCKET").is_some_and(|p| p.contains("/instances/late-0/notify-")));
     assert_eq!(env_var(pid, "WATCHDOG_USEC"), None, "no watchdogSec");
 
     let (run_at, running) = h
-        .wait_event("running", |e| e.app_name == "late" && e.status == "running")
+        .wait_event("running", |e| {
+            e.app_name == "late" && e.status == InstanceStatus::Running
+        })
         .await;
     assert!(run_at > warm_at);
     assert_eq!(running.pid, Some(pid), "the same process became ready");
     assert_eq!(running.notify_status, "serving");
     let inst = h.sup.instances();
-    assert_eq!(inst[0].status, "running");
+    assert_eq!(inst[0].status, InstanceStatus::Running);
     assert_eq!(inst[0].notify_status, "serving");
     h.finish().await;
     wait_gone(pid).await;
@@ -264,20 +268,22 @@ async fn no_ready_within_the_start_timeout_fails_the_start() {
     .await;
     let (_, starting) = h
         .wait_event("never-0 starting with pid", |e| {
-            e.app_name == "never" && e.status == "starting" && e.pid.is_some()
+            e.app_name == "never" && e.status == InstanceStatus::Starting && e.pid.is_some()
         })
         .await;
     let pid = starting.pid.unwrap();
     let (_, failed) = h
         .wait_event("start-timeout", |e| {
-            e.app_name == "never" && e.status == "failed"
+            e.app_name == "never" && e.status == InstanceStatus::Failed
         })
         .await;
-    assert_eq!(failed.reason, "start-timeout", "{failed:?}");
+    assert_eq!(failed.reason, Some(Reason::StartTimeout), "{failed:?}");
     assert!(failed.error.contains("READY=1"), "{}", failed.error);
     wait_gone(pid).await;
     assert!(
-        !h.events("never").iter().any(|e| e.status == "running"),
+        !h.events("never")
+            .iter()
+            .any(|e| e.status == InstanceStatus::Running),
         "never reported running"
     );
     // restart: no → the instance has ended.
@@ -306,10 +312,11 @@ time.sleep(1000)
     .await;
     let (_, running) = h
         .wait_event("slow running", |e| {
-            e.app_name == "slow" && (e.status == "running" || e.status == "failed")
+            e.app_name == "slow"
+                && (e.status == InstanceStatus::Running || e.status == InstanceStatus::Failed)
         })
         .await;
-    assert_eq!(running.status, "running", "{running:?}");
+    assert_eq!(running.status, InstanceStatus::Running, "{running:?}");
     h.finish().await;
 }
 
@@ -348,14 +355,17 @@ time.sleep(1000)
         "measured: SIGUSR1 → app's STATUS= datagram → narund (cgroup check) → status event received: {:?}",
         t0.elapsed()
     );
-    assert_eq!(after.status, "starting", "{after:?}");
+    assert_eq!(after.status, InstanceStatus::Starting, "{after:?}");
     let ev = h.events("guard");
     assert!(
         !ev.iter()
-            .any(|e| e.status == "running" || e.notify_status == "forged"),
+            .any(|e| e.status == InstanceStatus::Running || e.notify_status == "forged"),
         "a datagram from outside the cgroup was accepted: {ev:#?}"
     );
-    assert_eq!(h.sup.snapshot("guard", 0).unwrap().status, "starting");
+    assert_eq!(
+        h.sup.snapshot("guard", 0).unwrap().status,
+        InstanceStatus::Starting
+    );
     h.finish().await;
     wait_gone(pid).await;
 }
@@ -379,7 +389,7 @@ time.sleep(1000)
     .await;
     let (_, first) = h
         .wait_event("wd running", |e| {
-            e.app_name == "wd" && e.status == "running"
+            e.app_name == "wd" && e.status == InstanceStatus::Running
         })
         .await;
     let pid = first.pid.unwrap();
@@ -387,10 +397,10 @@ time.sleep(1000)
     assert_eq!(env_var(pid, "WATCHDOG_PID"), None);
     let (crash_at, crashed) = h
         .wait_event("watchdog crash", |e| {
-            e.app_name == "wd" && e.status == "crashed"
+            e.app_name == "wd" && e.status == InstanceStatus::Crashed
         })
         .await;
-    assert_eq!(crashed.reason, "watchdog", "{crashed:?}");
+    assert_eq!(crashed.reason, Some(Reason::Watchdog), "{crashed:?}");
     assert!(
         crashed.error.contains("WATCHDOG=1") && crashed.error.contains("killed by signal SIGABRT"),
         "the app died of narund's SIGABRT: {}",
@@ -400,15 +410,17 @@ time.sleep(1000)
     // on-watchdog restarts it: a new run, a new pid.
     let (_, again) = h
         .wait_event("wd running again", |e| {
-            e.app_name == "wd" && e.status == "running" && e.pid != Some(pid)
+            e.app_name == "wd" && e.status == InstanceStatus::Running && e.pid != Some(pid)
         })
         .await;
     assert!(again.restarts.unwrap_or(0) >= 1, "{again:?}");
     let (back_at, backoff) = h
-        .wait_event("backoff", |e| e.app_name == "wd" && e.status == "backoff")
+        .wait_event("backoff", |e| {
+            e.app_name == "wd" && e.status == InstanceStatus::Backoff
+        })
         .await;
     assert!(back_at > crash_at);
-    assert_eq!(backoff.reason, "watchdog");
+    assert_eq!(backoff.reason, Some(Reason::Watchdog));
     h.finish().await;
 }
 
@@ -424,14 +436,16 @@ time.sleep(1000)
     h.deploy("trig", "v1", &app, json!({"notify": true})).await;
     let (_, running) = h
         .wait_event("trig running", |e| {
-            e.app_name == "trig" && e.status == "running"
+            e.app_name == "trig" && e.status == InstanceStatus::Running
         })
         .await;
     let pid = running.pid.unwrap();
     let (_, crashed) = h
-        .wait_event("trigger", |e| e.app_name == "trig" && e.status == "crashed")
+        .wait_event("trigger", |e| {
+            e.app_name == "trig" && e.status == InstanceStatus::Crashed
+        })
         .await;
-    assert_eq!(crashed.reason, "watchdog");
+    assert_eq!(crashed.reason, Some(Reason::Watchdog));
     assert!(
         crashed.error.contains("WATCHDOG=trigger"),
         "{}",
@@ -460,16 +474,21 @@ time.sleep(1000)
     h.deploy("rl", "v1", &app, json!({"notify": true})).await;
     let (_, reloading) = h
         .wait_event("reloading", |e| {
-            e.app_name == "rl" && e.status == "reloading"
+            e.app_name == "rl" && e.status == InstanceStatus::Reloading
         })
         .await;
     let pid = reloading.pid.unwrap();
-    assert_eq!(h.sup.snapshot("rl", 0).unwrap().status, "reloading");
+    assert_eq!(
+        h.sup.snapshot("rl", 0).unwrap().status,
+        InstanceStatus::Reloading
+    );
     // SAFETY: kill(2) on the app's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
     let (_, back) = h
         .wait_event("running after reload", |e| {
-            e.app_name == "rl" && e.status == "running" && e.notify_status == "reloaded"
+            e.app_name == "rl"
+                && e.status == InstanceStatus::Running
+                && e.notify_status == "reloaded"
         })
         .await;
     assert_eq!(back.pid, Some(pid));
@@ -482,7 +501,7 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
     h.deploy("roll", "v1", SLEEPER, json!({})).await;
     let (_, v1) = h
         .wait_event("v1 running", |e| {
-            e.app_name == "roll" && e.status == "running"
+            e.app_name == "roll" && e.status == InstanceStatus::Running
         })
         .await;
     let old_pid = v1.pid.unwrap();
@@ -502,10 +521,10 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
     .await;
     let (_, rb) = h
         .wait_event("rolled_back", |e| {
-            e.app_name == "roll" && e.status == "rolled_back"
+            e.app_name == "roll" && e.status == InstanceStatus::RolledBack
         })
         .await;
-    assert_eq!(rb.reason, "start-timeout", "{rb:?}");
+    assert_eq!(rb.reason, Some(Reason::StartTimeout), "{rb:?}");
     assert_eq!(rb.tag, "v2");
     assert_eq!(rb.instance_id, "roll-0");
     assert_eq!(rb.pid, Some(old_pid), "the old run keeps serving");
@@ -513,13 +532,13 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
     let new_pid = h
         .events("roll")
         .iter()
-        .find(|e| e.tag == "v2" && e.status == "starting" && e.pid.is_some())
+        .find(|e| e.tag == "v2" && e.status == InstanceStatus::Starting && e.pid.is_some())
         .and_then(|e| e.pid)
         .expect("the new run was started");
     wait_gone(new_pid).await;
 
     // The heartbeat lists the instance with the old tag and the rollback.
-    let state = narund::node::node_state(&h.sup, "running", "", true);
+    let state = narund::node::node_state(&h.sup, narun_wire::status::NodeStatus::Running, "", true);
     let inst = state
         .instances
         .iter()
@@ -527,14 +546,14 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
         .unwrap();
     assert_eq!(inst.tag, "v1");
     assert_eq!(inst.pid, Some(old_pid));
-    assert_eq!(inst.status, "running");
+    assert_eq!(inst.status, InstanceStatus::Running);
     let info = inst
         .rolled_back
         .as_ref()
         .expect("rollback in the node state");
     assert_eq!(
-        (info.tag.as_str(), info.reason.as_str()),
-        ("v2", "start-timeout")
+        (info.tag.as_str(), info.reason.clone()),
+        ("v2", Some(Reason::StartTimeout))
     );
     assert_eq!(state.instances.len(), 1, "exactly one roll-0");
 
@@ -542,7 +561,7 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
     h.deploy("roll", "v3", SLEEPER, json!({})).await;
     let (_, v3) = h
         .wait_event("v3 running", |e| {
-            e.app_name == "roll" && e.tag == "v3" && e.status == "running"
+            e.app_name == "roll" && e.tag == "v3" && e.status == InstanceStatus::Running
         })
         .await;
     wait_gone(old_pid).await;
@@ -584,7 +603,7 @@ sys.exit(0)
     .await;
     let (_, running) = h
         .wait_event("mp running", |e| {
-            e.app_name == "mp" && e.status == "running"
+            e.app_name == "mp" && e.status == InstanceStatus::Running
         })
         .await;
     assert_eq!(running.notify_status, "child is main");
@@ -592,14 +611,14 @@ sys.exit(0)
     let started = h
         .events("mp")
         .iter()
-        .find(|e| e.status == "starting" && e.pid.is_some())
+        .find(|e| e.status == InstanceStatus::Starting && e.pid.is_some())
         .and_then(|e| e.pid)
         .unwrap();
     assert_ne!(main, started, "the event carries the MAINPID");
     let t0 = std::time::Instant::now();
     h.configs.delete("mp").await.unwrap();
     h.wait_event("mp stopped", |e| {
-        e.app_name == "mp" && e.status == "stopped"
+        e.app_name == "mp" && e.status == InstanceStatus::Stopped
     })
     .await;
     assert!(
@@ -632,10 +651,11 @@ async fn narun_library_app_reports_ready_and_feeds_its_watchdog() {
     .await;
     let (_, running) = h
         .wait_event("lib running", |e| {
-            e.app_name == "lib" && (e.status == "running" || e.status == "failed")
+            e.app_name == "lib"
+                && (e.status == InstanceStatus::Running || e.status == InstanceStatus::Failed)
         })
         .await;
-    assert_eq!(running.status, "running", "{running:?}");
+    assert_eq!(running.status, InstanceStatus::Running, "{running:?}");
     assert!(
         running.notify_status.starts_with("serving"),
         "STATUS= from the library: {running:?}"
@@ -646,7 +666,7 @@ async fn narun_library_app_reports_ready_and_feeds_its_watchdog() {
     let ev = h.events("lib");
     assert!(
         !ev.iter()
-            .any(|e| e.status == "crashed" || e.reason == "watchdog"),
+            .any(|e| e.status == InstanceStatus::Crashed || e.reason == Some(Reason::Watchdog)),
         "the watchdog fired although the library pings: {ev:#?}"
     );
     let snap = h.sup.snapshot("lib", 0).unwrap();
@@ -678,16 +698,16 @@ sys.exit(0)
     h.deploy("fork", "v1", &app, json!({"notify": true})).await;
     let (_, running) = h
         .wait_event("fork running", |e| {
-            e.app_name == "fork" && e.status == "running"
+            e.app_name == "fork" && e.status == InstanceStatus::Running
         })
         .await;
     let main = running.pid.unwrap();
     let (_, followed) = h
         .wait_event("MAINPID followed", |e| {
-            e.app_name == "fork" && e.reason == "mainpid"
+            e.app_name == "fork" && e.reason == Some(Reason::MainPid)
         })
         .await;
-    assert_eq!(followed.status, "running", "{followed:?}");
+    assert_eq!(followed.status, InstanceStatus::Running, "{followed:?}");
     assert_eq!(followed.pid, Some(main));
     let snap = h.sup.snapshot("fork", 0).unwrap();
     assert_eq!((snap.status.as_str(), snap.pid), ("running", Some(main)));
@@ -696,7 +716,7 @@ sys.exit(0)
     assert_eq!(unsafe { libc::kill(main, libc::SIGKILL) }, 0);
     let (_, crashed) = h
         .wait_event("fork crashed", |e| {
-            e.app_name == "fork" && e.status == "crashed"
+            e.app_name == "fork" && e.status == InstanceStatus::Crashed
         })
         .await;
     assert!(
@@ -718,7 +738,7 @@ async fn watchdog_gating_tells_a_long_rollout_from_a_wedged_reconciler() {
     h.sup.liveness().set_stall_after(stall);
     h.deploy("gate", "v1", SLEEPER, json!({})).await;
     h.wait_event("v1 running", |e| {
-        e.app_name == "gate" && e.status == "running"
+        e.app_name == "gate" && e.status == InstanceStatus::Running
     })
     .await;
 
@@ -744,7 +764,10 @@ async fn watchdog_gating_tells_a_long_rollout_from_a_wedged_reconciler() {
                 .liveness()
                 .check()
                 .expect("a rollout within its budget is progress");
-            if h.events("gate").iter().any(|e| e.status == "rolled_back") {
+            if h.events("gate")
+                .iter()
+                .any(|e| e.status == InstanceStatus::RolledBack)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -778,7 +801,7 @@ async fn watchdog_gating_tells_a_long_rollout_from_a_wedged_reconciler() {
     );
     drop(hold);
     h.wait_event("v3 running", |e| {
-        e.app_name == "gate" && e.tag == "v3" && e.status == "running"
+        e.app_name == "gate" && e.tag == "v3" && e.status == InstanceStatus::Running
     })
     .await;
     wait_for("healthy again", T, || async {

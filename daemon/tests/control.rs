@@ -11,6 +11,7 @@ use common::{T, kill_and_remove_cgroups};
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
+use narun_wire::status::InstanceStatus;
 use narund::supervisor::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
@@ -81,7 +82,7 @@ async fn a_spec_change_during_a_restart_waits_for_it() {
     b.configs.put("ser", spec("v1").into()).await.unwrap();
     let first = wait_for("ser-0 running v1", T, || async {
         sup.snapshot("ser", 0)
-            .filter(|s| s.status == "running")
+            .filter(|s| s.status == InstanceStatus::Running)
             .and_then(|s| s.pid)
     })
     .await;
@@ -106,7 +107,7 @@ async fn a_spec_change_during_a_restart_waits_for_it() {
             .lock()
             .unwrap()
             .iter()
-            .position(|e| e.instance_id == "ser-0" && e.status == "stopped")
+            .position(|e| e.instance_id == "ser-0" && e.status == InstanceStatus::Stopped)
     })
     .await;
     b.configs.put("ser", spec("v2").into()).await.unwrap();
@@ -118,12 +119,14 @@ async fn a_spec_change_during_a_restart_waits_for_it() {
     // restarted v1 run is stopped once v2 has settled).
     wait_for("ser-0 running v2 and the v1 run stopped", T, || async {
         let evs = events.lock().unwrap();
-        let v2 = evs[mark..]
-            .iter()
-            .position(|e| e.instance_id == "ser-0" && e.status == "running" && e.tag == "v2")?;
+        let v2 = evs[mark..].iter().position(|e| {
+            e.instance_id == "ser-0" && e.status == InstanceStatus::Running && e.tag == "v2"
+        })?;
         evs[mark + v2..]
             .iter()
-            .any(|e| e.instance_id == "ser-0" && e.status == "stopped" && e.tag == "v1")
+            .any(|e| {
+                e.instance_id == "ser-0" && e.status == InstanceStatus::Stopped && e.tag == "v1"
+            })
             .then_some(())
     })
     .await;
@@ -138,7 +141,7 @@ async fn a_spec_change_during_a_restart_waits_for_it() {
         .collect();
     let v1_running = evs
         .iter()
-        .position(|e| e.tag == "v1" && e.status == "running")
+        .position(|e| e.tag == "v1" && e.status == InstanceStatus::Running)
         .unwrap_or_else(|| panic!("the restarted v1 run never ran: {order:?}"));
     let v2_first = evs.iter().position(|e| e.tag == "v2").unwrap();
     assert!(
@@ -151,12 +154,12 @@ async fn a_spec_change_during_a_restart_waits_for_it() {
     assert!(
         evs[v2_first..]
             .iter()
-            .any(|e| e.tag == "v1" && e.status == "stopped"),
+            .any(|e| e.tag == "v1" && e.status == InstanceStatus::Stopped),
         "{order:?}"
     );
     assert_eq!(
         evs.iter()
-            .filter(|e| e.tag == "v2" && e.status == "starting")
+            .filter(|e| e.tag == "v2" && e.status == InstanceStatus::Starting)
             .count(),
         1,
         "{order:?}"

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for, workspace_bin};
 use narun_wire::events::{LogLine, NodeState, StatusEvent};
 use narun_wire::names;
+use narun_wire::status::{InstanceStatus, Reason};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -79,7 +80,7 @@ fn config(dir: &Path, node: &str, url: &str, cgroup_root: &str, on_exit: &str) -
 fn running_pids(s: &NodeState, app: &str) -> BTreeMap<String, i32> {
     s.instances
         .iter()
-        .filter(|i| i.app_name == app && i.status == "running")
+        .filter(|i| i.app_name == app && i.status == InstanceStatus::Running)
         .filter_map(|i| Some((i.instance_id.clone(), i.pid?)))
         .collect()
 }
@@ -368,14 +369,14 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
         events.push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
     }
     assert!(
-        events.iter().all(|e| e.status != "starting"),
+        events.iter().all(|e| e.status != InstanceStatus::Starting),
         "no new start: {events:?}"
     );
     for i in ["ticker-0", "ticker-1"] {
         assert!(
-            events
-                .iter()
-                .any(|e| e.instance_id == i && e.status == "running" && e.reason == "adopted"),
+            events.iter().any(|e| e.instance_id == i
+                && e.status == InstanceStatus::Running
+                && e.reason == Some(Reason::Adopted)),
             "{i} adopted: {events:?}"
         );
     }
@@ -544,12 +545,8 @@ async fn readopted_notify_app_keeps_its_watchdog() {
     let mut second = restart_with_stored_fds(&conf, &systemd, 2);
     let adopted = next_status(&mut status).await;
     assert_eq!(
-        (
-            adopted.status.as_str(),
-            adopted.reason.as_str(),
-            adopted.pid
-        ),
-        ("running", "adopted", Some(pid)),
+        (adopted.status.clone(), adopted.reason.clone(), adopted.pid),
+        (InstanceStatus::Running, Some(Reason::Adopted), Some(pid)),
         "{adopted:?}"
     );
     // Five watchdog intervals with the adopted run pinging the new narund: no abort.
@@ -565,11 +562,11 @@ async fn readopted_notify_app_keeps_its_watchdog() {
     std::fs::write(&flag, "").unwrap();
     let ended = loop {
         let e = next_status(&mut status).await;
-        if e.status != "running" {
+        if e.status != InstanceStatus::Running {
             break e;
         }
     };
-    assert_eq!(ended.reason, "watchdog", "{ended:?}");
+    assert_eq!(ended.reason, Some(Reason::Watchdog), "{ended:?}");
     common::wait_gone(pid).await;
 
     configs.delete(app).await.unwrap();

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for, workspace_bin};
 use narun_wire::events::NodeState;
 use narun_wire::names;
+use narun_wire::status::{InstanceStatus, Reason};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -81,10 +82,10 @@ async fn narund_binary_heartbeats_and_shuts_down_cleanly() {
     let state = common::heartbeat(&mut watch, "lbl-0 running", |s| {
         s.instances
             .iter()
-            .any(|i| i.instance_id == "lbl-0" && i.status == "running")
+            .any(|i| i.instance_id == "lbl-0" && i.status == InstanceStatus::Running)
     })
     .await;
-    assert_eq!(state.status, "running");
+    assert_eq!(state.status, narun_wire::status::NodeStatus::Running);
     assert_eq!(state.managed_instances, ["lbl-0"]);
     assert_eq!(state.labels.get("role").map(String::as_str), Some("edge"));
     assert_eq!(state.os, "linux");
@@ -103,7 +104,7 @@ async fn narund_binary_heartbeats_and_shuts_down_cleanly() {
             match e.operation {
                 kv::Operation::Put => {
                     let s: NodeState = serde_json::from_slice(&e.value).unwrap();
-                    saw_shutting_down |= s.status == "shutting_down";
+                    saw_shutting_down |= s.status == narun_wire::status::NodeStatus::ShuttingDown;
                 }
                 _ => return,
             }
@@ -177,7 +178,10 @@ async fn tampered_digest_is_refused_while_the_old_version_runs() {
     configs.put("dig", spec("v1").into()).await.unwrap();
     let pid = wait_for("dig-0 running", T, || {
         let s = sup.snapshot("dig", 0);
-        async move { s.filter(|s| s.status == "running").and_then(|s| s.pid) }
+        async move {
+            s.filter(|s| s.status == InstanceStatus::Running)
+                .and_then(|s| s.pid)
+        }
     })
     .await;
 
@@ -228,14 +232,14 @@ async fn tampered_digest_is_refused_while_the_old_version_runs() {
         loop {
             let m = status.next().await.unwrap();
             let e: narun_wire::events::StatusEvent = serde_json::from_slice(&m.payload).unwrap();
-            if e.tag == "v2" && e.status == "failed" {
+            if e.tag == "v2" && e.status == InstanceStatus::Failed {
                 return e;
             }
         }
     })
     .await
     .expect("v2 refused");
-    assert_eq!(failed.reason, "verify", "{failed:?}");
+    assert_eq!(failed.reason, Some(Reason::Verify), "{failed:?}");
     assert!(alive(pid), "v1 keeps running");
     let snap = sup.snapshot("dig", 0).unwrap();
     assert_eq!((snap.status.as_str(), snap.pid), ("running", Some(pid)));

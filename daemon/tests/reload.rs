@@ -10,6 +10,7 @@ use common::{alive, heartbeat};
 use narun_test_support::{NatsServer, workspace_bin};
 use narun_wire::events::NodeState;
 use narun_wire::names;
+use narun_wire::status::InstanceStatus;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -53,7 +54,7 @@ async fn datagram_with(sock: &UnixDatagram, want: &str) -> String {
 fn running_pid(s: &NodeState, id: &str) -> Option<i32> {
     s.instances
         .iter()
-        .find(|i| i.instance_id == id && i.status == "running")
+        .find(|i| i.instance_id == id && i.status == InstanceStatus::Running)
         .and_then(|i| i.pid)
 }
 
@@ -118,7 +119,10 @@ async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
         );
     }
     // role=edge: the spec selects no instance here.
-    let s = heartbeat(&mut watch, "the node is up", |s| s.status == "running").await;
+    let s = heartbeat(&mut watch, "the node is up", |s| {
+        s.status == narun_wire::status::NodeStatus::Running
+    })
+    .await;
     assert!(s.instances.is_empty(), "{:?}", s.instances);
 
     // The device becomes a gateway: SIGHUP starts the instance.

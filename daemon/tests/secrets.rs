@@ -13,6 +13,7 @@ use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
 use narun_wire::secrets::MasterKey;
+use narun_wire::status::{InstanceStatus, Reason};
 use narund::supervisor::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
@@ -194,10 +195,12 @@ impl Harness {
     }
 
     async fn running_pid(&self, app: &str) -> i32 {
-        self.wait_state(app, |s| s.status == "running" && s.pid.is_some())
-            .await
-            .pid
-            .unwrap()
+        self.wait_state(app, |s| {
+            s.status == InstanceStatus::Running && s.pid.is_some()
+        })
+        .await
+        .pid
+        .unwrap()
     }
 
     fn work(&self, app: &str) -> PathBuf {
@@ -354,10 +357,10 @@ async fn bad_secrets_and_missing_files_fail_only_their_app() {
 
     let e = h
         .wait_event("nosecret failed", |e| {
-            e.app_name == "nosecret" && e.status == "failed"
+            e.app_name == "nosecret" && e.status == InstanceStatus::Failed
         })
         .await;
-    assert_eq!(e.reason, "secret");
+    assert_eq!(e.reason, Some(Reason::Secret));
     assert!(
         e.error
             .starts_with("Failed to resolve secret 'does-not-exist': not found"),
@@ -366,17 +369,17 @@ async fn bad_secrets_and_missing_files_fail_only_their_app() {
     );
     let e = h
         .wait_event("wrongkey failed", |e| {
-            e.app_name == "wrongkey" && e.status == "failed"
+            e.app_name == "wrongkey" && e.status == InstanceStatus::Failed
         })
         .await;
-    assert_eq!(e.reason, "secret");
+    assert_eq!(e.reason, Some(Reason::Secret));
     assert!(e.error.contains("cannot be decrypted"), "{}", e.error);
     let e = h
         .wait_event("nofile failed", |e| {
-            e.app_name == "nofile" && e.status == "failed"
+            e.app_name == "nofile" && e.status == InstanceStatus::Failed
         })
         .await;
-    assert_eq!(e.reason, "mount");
+    assert_eq!(e.reason, Some(Reason::Mount));
     assert!(
         e.error
             .starts_with("Failed to process mount x.conf: file 'missing-file' not found"),
@@ -400,10 +403,10 @@ async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
     .await;
     let e = h
         .wait_event("failed without a key", |e| {
-            e.app_name == "app" && e.status == "failed"
+            e.app_name == "app" && e.status == InstanceStatus::Failed
         })
         .await;
-    assert_eq!(e.reason, "secret");
+    assert_eq!(e.reason, Some(Reason::Secret));
     assert!(
         e.error.contains("Failed to resolve secret 's'")
             && e.error.contains("master.key")
@@ -427,7 +430,9 @@ async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
     h.server.stop();
     // SAFETY: kill(2) on the app's pid.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let snap = h.wait_state("app", |s| s.status == "failed").await;
-    assert_eq!(snap.reason, "secret");
+    let snap = h
+        .wait_state("app", |s| s.status == InstanceStatus::Failed)
+        .await;
+    assert_eq!(snap.reason, Some(Reason::Secret));
     h.finish().await;
 }

@@ -12,6 +12,7 @@ use common::{alive, kill_and_remove_cgroups, wait_gone};
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::{LogLine, StatusEvent};
 use narun_wire::names;
+use narun_wire::status::{InstanceStatus, Reason};
 use narund::supervisor::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
@@ -174,7 +175,7 @@ impl Harness {
                 if let Some(pid) = self
                     .sup
                     .snapshot(app, index)
-                    .filter(|s| s.status == "running")
+                    .filter(|s| s.status == InstanceStatus::Running)
                     .and_then(|s| s.pid)
                 {
                     return pid;
@@ -249,13 +250,13 @@ async fn start_logs_env_scale_and_delete() {
     wait_gone(pid1).await;
     wait_gone(pid2).await;
     h.wait_event("web-1 stopped", |e| {
-        e.instance_id == "web-1" && e.status == "stopped"
+        e.instance_id == "web-1" && e.status == InstanceStatus::Stopped
     })
     .await;
     let ev = h.events("web");
     let stopped = |id: &str| {
         ev.iter()
-            .position(|e| e.instance_id == id && e.status == "stopped")
+            .position(|e| e.instance_id == id && e.status == InstanceStatus::Stopped)
             .unwrap_or_else(|| panic!("{id} stopped: {ev:?}"))
     };
     assert!(stopped("web-2") < stopped("web-1"), "highest index first");
@@ -270,7 +271,7 @@ async fn start_logs_env_scale_and_delete() {
         t1.elapsed()
     );
     h.wait_event("web-0 stopped", |e| {
-        e.instance_id == "web-0" && e.status == "stopped"
+        e.instance_id == "web-0" && e.status == InstanceStatus::Stopped
     })
     .await;
     wait_for("instance cgroups removed", T, || {
@@ -298,13 +299,13 @@ async fn spec_change_replaces_instance_by_instance() {
     wait_gone(old0).await;
     wait_gone(old1).await;
     h.wait_event("api-1 v1 stopped", |e| {
-        e.instance_id == "api-1" && e.tag == "v1" && e.status == "stopped"
+        e.instance_id == "api-1" && e.tag == "v1" && e.status == InstanceStatus::Stopped
     })
     .await;
     let ev = h.events("api");
     let pos = |id: &str, tag: &str, status: &str| {
         ev.iter()
-            .position(|e| e.instance_id == id && e.tag == tag && e.status == status)
+            .position(|e| e.instance_id == id && e.tag == tag && e.status.as_str() == status)
             .unwrap_or_else(|| panic!("{id} {tag} {status} in {ev:#?}"))
     };
     // New run of index 0 runs before the old one stops; index 1 only starts after that.
@@ -328,10 +329,10 @@ async fn crash_restarts_with_backoff_until_the_start_limit() {
     h.put_spec("crashy", spec).await;
     let failed = h
         .wait_event("start-limit failure", |e| {
-            e.instance_id == "crashy-0" && e.status == "failed"
+            e.instance_id == "crashy-0" && e.status == InstanceStatus::Failed
         })
         .await;
-    assert_eq!(failed.reason, "start-limit");
+    assert_eq!(failed.reason, Some(Reason::StartLimit));
     let ev = h.events("crashy");
     let statuses: Vec<&str> = ev.iter().map(|e| e.status.as_str()).collect();
     assert_eq!(
@@ -342,12 +343,15 @@ async fn crash_restarts_with_backoff_until_the_start_limit() {
         ],
         "{ev:#?}"
     );
-    let crashed = ev.iter().find(|e| e.status == "crashed").unwrap();
+    let crashed = ev
+        .iter()
+        .find(|e| e.status == InstanceStatus::Crashed)
+        .unwrap();
     assert_eq!(crashed.exit_code, Some(3));
-    assert_eq!(crashed.reason, "exit-code");
+    assert_eq!(crashed.reason, Some(Reason::ExitCode));
     let runs: std::collections::HashSet<&str> = ev
         .iter()
-        .filter(|e| e.status == "running")
+        .filter(|e| e.status == InstanceStatus::Running)
         .map(|e| e.run_id.as_str())
         .collect();
     assert_eq!(runs.len(), 3, "every start is a new run id");
@@ -387,16 +391,22 @@ async fn clean_exit_follows_the_restart_policy() {
         })
         .await;
         let ev = h.events(&app);
-        let starts = ev.iter().filter(|e| e.status == "running").count();
-        let stopped = ev.iter().find(|e| e.status == "stopped").unwrap();
+        let starts = ev
+            .iter()
+            .filter(|e| e.status == InstanceStatus::Running)
+            .count();
+        let stopped = ev
+            .iter()
+            .find(|e| e.status == InstanceStatus::Stopped)
+            .unwrap();
         assert_eq!(stopped.exit_code, Some(0));
         if *policy == "always" {
             assert_eq!(starts, 2, "{policy}: {ev:#?}");
-            assert_eq!(snap.status, "failed");
-            assert_eq!(snap.reason, "start-limit");
+            assert_eq!(snap.status, InstanceStatus::Failed);
+            assert_eq!(snap.reason, Some(Reason::StartLimit));
         } else {
             assert_eq!(starts, 1, "{policy}: {ev:#?}");
-            assert_eq!(snap.status, "stopped", "{policy}");
+            assert_eq!(snap.status, InstanceStatus::Stopped, "{policy}");
         }
     }
     h.finish().await;
@@ -412,15 +422,19 @@ async fn missing_binary_and_invalid_spec_keep_the_old_version_running() {
     // A tag without a binary: the new run fails, the old one keeps running.
     h.put_spec("svc", h.spec("svc", "v9", 1)).await;
     let failed = h
-        .wait_event("v9 failed", |e| e.tag == "v9" && e.status == "failed")
+        .wait_event("v9 failed", |e| {
+            e.tag == "v9" && e.status == InstanceStatus::Failed
+        })
         .await;
-    assert_eq!(failed.reason, "fetch");
+    assert_eq!(failed.reason, Some(Reason::Fetch));
     assert!(failed.error.contains("not found"), "{}", failed.error);
 
     // Garbage and a key/name mismatch: reported, not applied.
     h.configs.put("svc", "{not json".into()).await.unwrap();
     h.wait_event("invalid spec", |e| {
-        e.status == "invalid_spec" && e.reason == "invalid-spec" && e.app_name == "svc"
+        e.status == InstanceStatus::InvalidSpec
+            && e.reason == Some(Reason::InvalidSpec)
+            && e.app_name == "svc"
     })
     .await;
     let mut other = h.spec("svc", "v1", 3);
@@ -430,7 +444,7 @@ async fn missing_binary_and_invalid_spec_keep_the_old_version_running() {
         let n = h
             .events("svc")
             .iter()
-            .filter(|e| e.status == "invalid_spec")
+            .filter(|e| e.status == InstanceStatus::InvalidSpec)
             .count();
         async move { (n >= 2).then_some(()) }
     })
@@ -487,7 +501,10 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
     })
     .await;
     assert!(alive(pid));
-    assert_eq!(h.sup.snapshot("edge", 0).unwrap().status, "running");
+    assert_eq!(
+        h.sup.snapshot("edge", 0).unwrap().status,
+        InstanceStatus::Running
+    );
 
     // NATS comes back: reconciliation resumes (a scale-up is applied), nothing restarted.
     h.server.restart();
@@ -528,13 +545,19 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
     );
     let pid2 = wait_for("edge-0 running offline", T, || {
         let s = sup2.snapshot("edge", 0);
-        async move { s.filter(|s| s.status == "running").and_then(|s| s.pid) }
+        async move {
+            s.filter(|s| s.status == InstanceStatus::Running)
+                .and_then(|s| s.pid)
+        }
     })
     .await;
     assert!(alive(pid2));
     let pid3 = wait_for("edge-1 running offline", T, || {
         let s = sup2.snapshot("edge", 1);
-        async move { s.filter(|s| s.status == "running").and_then(|s| s.pid) }
+        async move {
+            s.filter(|s| s.status == InstanceStatus::Running)
+                .and_then(|s| s.pid)
+        }
     })
     .await;
     sup2.shutdown().await;
@@ -564,7 +587,7 @@ async fn stop_escalates_to_cgroup_kill_after_the_stop_timeout() {
     h.configs.delete("stubborn").await.unwrap();
     let stopped = h
         .wait_event("stubborn stopped", |e| {
-            e.instance_id == "stubborn-0" && e.status == "stopped"
+            e.instance_id == "stubborn-0" && e.status == InstanceStatus::Stopped
         })
         .await;
     let took = t0.elapsed();
@@ -573,7 +596,7 @@ async fn stop_escalates_to_cgroup_kill_after_the_stop_timeout() {
         took >= Duration::from_secs(1) && took < Duration::from_secs(6),
         "SIGTERM ignored → SIGKILL after stopTimeoutSec=1, took {took:?}"
     );
-    assert_eq!(stopped.reason, "");
+    assert_eq!(stopped.reason, None);
     h.finish().await;
 }
 

@@ -67,14 +67,8 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tower::ServiceExt;
 
-/// Request header: the gateway accepts the narun stream framing.
-pub const STREAM_HEADER: &str = "Narun-Grpc-Stream";
-/// Reply header: sequence number (0, 1, …) of a streamed response message.
-pub const SEQ_HEADER: &str = "Narun-Grpc-Seq";
-/// Reply header: final message of a streamed answer, decimal gRPC status code.
-pub const STATUS_HEADER: &str = "Narun-Grpc-Status";
-/// Reply header: status message of the final message (percent-encoded).
-pub const MESSAGE_HEADER: &str = "Narun-Grpc-Message";
+use narun_wire::grpc::header;
+pub use narun_wire::grpc::{MESSAGE_HEADER, SEQ_HEADER, STATUS_HEADER, STREAM_HEADER};
 
 /// Largest accepted request message (grpc-go's default receive limit); also
 /// capped by the NATS server's `max_payload`.
@@ -155,22 +149,8 @@ use narun_wire::grpc::{percent_decode, percent_encode};
 /// gRPC protocol headers, and names the NATS transport uses itself.
 fn is_reserved(name: &str) -> bool {
     name.starts_with("grpc-")
-        || name.starts_with("nats-")
-        || name.starts_with("narun-grpc-")
-        || matches!(
-            name,
-            "content-type"
-                | "content-length"
-                | "te"
-                | "host"
-                | "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "user-agent"
-                | "x-original-grpc-method"
-        )
+        || narun_wire::grpc::is_transport_header(name)
+        || matches!(name, "proxy-connection" | "user-agent")
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -580,11 +560,11 @@ fn trailers_only(code: u16, message: &str) -> GrpcResponse {
 }
 
 fn put_status(h: &mut HeaderMap, code: u16, message: &str) {
-    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert(header::STATUS, HeaderValue::from(code));
     if !message.is_empty()
         && let Ok(v) = HeaderValue::from_str(&percent_encode(message))
     {
-        h.insert("grpc-message", v);
+        h.insert(header::MESSAGE, v);
     }
 }
 
@@ -732,21 +712,23 @@ async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcResponse {
         state.metrics.record(&label, code, started.elapsed());
         trailers_only(code, message)
     };
-    if let Some(enc) = req.headers().get("grpc-encoding")
+    if let Some(enc) = req.headers().get(header::ENCODING)
         && enc.as_bytes() != b"identity"
     {
         let mut r = finish(
             code::UNIMPLEMENTED,
             "compressed requests are not supported by the narun gateway (use identity)",
         );
-        r.headers_mut()
-            .insert("grpc-accept-encoding", HeaderValue::from_static("identity"));
+        r.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         return r;
     }
     let mut budget = route.timeout;
     if let Some(t) = req
         .headers()
-        .get("grpc-timeout")
+        .get(header::TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
     {
@@ -759,7 +741,7 @@ async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcResponse {
     nh.insert(GRPC_METHOD_HEADER, path.as_str());
     nh.insert(STREAM_HEADER, "1");
     nh.insert(
-        "grpc-timeout",
+        header::TIMEOUT,
         format!("{}m", budget.as_millis().clamp(1, 99_999_999)).as_str(),
     );
     for (name, value) in req.headers() {

@@ -55,14 +55,7 @@ type Status = (u16, String);
 
 /// Endpoint name of gRPC services (Go compatible).
 pub const GRPC_ENDPOINT: &str = "grpc_handler";
-/// Request header: the gateway accepts a streamed answer (value `1`).
-pub const STREAM_HEADER: &str = "Narun-Grpc-Stream";
-/// Streamed answer: sequence number of a response message (0, 1, 2, …).
-pub const SEQ_HEADER: &str = "Narun-Grpc-Seq";
-/// Streamed answer: final message, decimal gRPC status code.
-pub const STATUS_HEADER: &str = "Narun-Grpc-Status";
-/// Streamed answer: status message of the final message (percent-encoded like `grpc-message`).
-pub const MESSAGE_HEADER: &str = "Narun-Grpc-Message";
+pub use narun_wire::grpc::{MESSAGE_HEADER, SEQ_HEADER, STATUS_HEADER, STREAM_HEADER};
 
 /// Serve a gRPC server (any tower service taking `http::Request<Full<Bytes>>`,
 /// e.g. a tonic-generated `XxxServer` or `tonic::service::Routes`) until
@@ -141,25 +134,11 @@ mod code {
 /// Headers that describe the NATS/narun transport rather than gRPC metadata.
 fn is_transport_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n.starts_with("nats-")
-        || n.starts_with("narun-grpc-")
-        || n == "x-original-grpc-method"
-        || matches!(
-            n.as_str(),
-            "content-type"
-                | "te"
-                | "content-length"
-                | "connection"
-                | "keep-alive"
-                | "transfer-encoding"
-                | "upgrade"
-                | "host"
-                | "grpc-encoding"
-                | "grpc-accept-encoding"
-        )
+    narun_wire::grpc::is_transport_header(&n)
+        || matches!(n.as_str(), header::ENCODING | header::ACCEPT_ENCODING)
 }
 
-use narun_wire::grpc::{parse_grpc_timeout, percent_decode, percent_encode};
+use narun_wire::grpc::{header, parse_grpc_timeout, percent_decode, percent_encode};
 
 /// Split complete gRPC messages off the front of `buf`.
 fn take_messages(buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Result<(), &'static str> {
@@ -278,7 +257,7 @@ where
         .get(STREAM_HEADER)
         .is_some_and(|v| v.as_str().trim() == "1");
     let deadline = headers
-        .get("grpc-timeout")
+        .get(header::TIMEOUT)
         .and_then(|v| parse_grpc_timeout(v.as_str()));
 
     // The HTTP/2-style request a gRPC server expects.
@@ -388,9 +367,9 @@ where
 
 /// `grpc-status` / `grpc-message` from a header or trailer block.
 fn status_of(h: &http::HeaderMap) -> Option<(u16, String)> {
-    let code = h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+    let code = h.get(header::STATUS)?.to_str().ok()?.trim().parse().ok()?;
     let message = h
-        .get("grpc-message")
+        .get(header::MESSAGE)
         .and_then(|v| v.to_str().ok())
         .map(percent_decode)
         .unwrap_or_default();

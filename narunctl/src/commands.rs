@@ -111,23 +111,18 @@ pub(crate) async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
-/// Open a KV bucket; `None` if it does not exist (JetStream answers "not found").
-/// Open the object store `bucket`; `None` if it does not exist (JetStream answers "not found").
+/// Open the object store `bucket`; `None` if it does not exist.
 pub(crate) async fn open_object_store(
     js: &jetstream::Context,
     bucket: &str,
     timeout: Duration,
 ) -> Result<Option<object_store::ObjectStore>> {
-    match tokio::time::timeout(timeout, js.get_object_store(bucket)).await {
-        Ok(Ok(s)) => Ok(Some(s)),
-        Ok(Err(e)) if e.to_string().to_ascii_lowercase().contains("not found") => Ok(None),
-        Ok(Err(e)) => Err(anyhow!(
-            "opening object store {bucket}: {e} (is JetStream enabled on the server?)"
-        )),
-        Err(_) => Err(anyhow!(
-            "opening object store {bucket}: no answer within {timeout:?}"
-        )),
-    }
+    bounded(
+        timeout,
+        &format!("opening object store {bucket}"),
+        narun_wire::jetstream::open_object_store(js, bucket),
+    )
+    .await
 }
 
 /// Ask `question` on stderr and succeed only if the operator types `yes`. Without a
@@ -148,57 +143,16 @@ pub(crate) fn confirm(question: &str) -> Result<()> {
     Ok(())
 }
 
+/// Open the KV bucket `bucket`; `None` if it does not exist.
 pub(crate) async fn open_kv(
     js: &jetstream::Context,
     bucket: &str,
     timeout: Duration,
 ) -> Result<Option<kv::Store>> {
-    match tokio::time::timeout(timeout, js.get_key_value(bucket)).await {
-        Ok(Ok(s)) => Ok(Some(s)),
-        Ok(Err(e)) if e.to_string().contains("not found") => Ok(None),
-        Ok(Err(e)) => Err(anyhow!(
-            "opening KV bucket {bucket}: {e} (is JetStream enabled on the server?)"
-        )),
-        Err(_) => Err(anyhow!(
-            "opening KV bucket {bucket}: no answer within {timeout:?}"
-        )),
-    }
-}
-
-async fn open_or_create_kv(
-    js: &jetstream::Context,
-    bucket: &str,
-    description: &str,
-    timeout: Duration,
-) -> Result<kv::Store> {
-    if let Some(s) = open_kv(js, bucket, timeout).await? {
-        return Ok(s);
-    }
-    // `create_key_value` first queries the account info, whose reply from
-    // nats-server < 2.10 async-nats cannot parse; creating the backing stream
-    // ourselves (the exact stream `create_key_value` would make) works on every
-    // server version.
-    bounded(
-        timeout,
-        &format!("creating KV bucket {bucket}"),
-        js.create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(description.to_string()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..Default::default()
-        }),
-    )
-    .await?;
     bounded(
         timeout,
         &format!("opening KV bucket {bucket}"),
-        js.get_key_value(bucket),
+        narun_wire::jetstream::open_kv(js, bucket),
     )
     .await
 }
@@ -320,11 +274,10 @@ async fn deploy(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     //    the upload is caught by the CAS write in 4.
     let client = connect(conn, "deploy").await?;
     let js = js(&client, conn.timeout);
-    let kv = open_or_create_kv(
-        &js,
-        names::APP_CONFIGS_BUCKET,
-        "Stores application service specifications for node runners.",
+    let kv = bounded(
         conn.timeout,
+        &format!("opening KV bucket {}", names::APP_CONFIGS_BUCKET),
+        narun_wire::jetstream::APP_CONFIGS.ensure(&js),
     )
     .await?;
     let key = spec.name.clone();
@@ -340,30 +293,12 @@ async fn deploy(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
              and retry, or use --force to overwrite"
         );
     }
-    let store = match tokio::time::timeout(
+    let store = bounded(
         conn.timeout,
-        js.get_object_store(names::APP_BINARIES_BUCKET),
+        &format!("opening object store {}", names::APP_BINARIES_BUCKET),
+        narun_wire::jetstream::APP_BINARIES.ensure(&js),
     )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) => {
-            bounded(
-                conn.timeout,
-                "creating object store app-binaries",
-                js.create_object_store(object_store::Config {
-                    bucket: names::APP_BINARIES_BUCKET.to_string(),
-                    description: Some("Stores application binaries.".to_string()),
-                    ..Default::default()
-                }),
-            )
-            .await?
-        }
-        Err(_) => bail!(
-            "opening object store app-binaries: no answer within {:?}",
-            conn.timeout
-        ),
-    };
+    .await?;
     if args.no_binary {
         let mut found = Vec::new();
         for arch in ["amd64", "arm64", "arm", "riscv64", "386"] {
@@ -741,7 +676,7 @@ pub(crate) fn age(ts: &str) -> Option<Duration> {
 
 fn node_status(s: &NodeState) -> String {
     match age(&s.last_seen) {
-        Some(a) if a.as_secs() <= names::NODE_STATE_TTL_SECS => s.status.clone(),
+        Some(a) if a.as_secs() <= names::NODE_STATE_TTL_SECS => s.status.to_string(),
         _ => "offline".into(),
     }
 }
@@ -840,7 +775,7 @@ async fn nodes_info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
                     i.instance_id.clone(),
                     i.app_name.clone(),
                     i.tag.clone(),
-                    i.status.clone(),
+                    i.status.to_string(),
                     i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     i.restarts.to_string(),
                 ]

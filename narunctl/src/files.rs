@@ -56,11 +56,7 @@ async fn add(conn: &ConnArgs, name: &str, path: &Path, upload_timeout: Duration)
     let store = bounded(
         conn.timeout,
         &format!("opening object store {}", names::FILES_BUCKET),
-        narun_wire::jetstream::ensure_object_store(
-            &js,
-            names::FILES_BUCKET,
-            names::FILES_DESCRIPTION,
-        ),
+        narun_wire::jetstream::FILES.ensure(&js),
     )
     .await?;
     let now = time::OffsetDateTime::now_utc()

@@ -33,18 +33,7 @@ async fn open_store(
     js: &jetstream::Context,
     timeout: Duration,
 ) -> Result<Option<object_store::ObjectStore>> {
-    match tokio::time::timeout(timeout, js.get_object_store(names::APP_BINARIES_BUCKET)).await {
-        Ok(Ok(s)) => Ok(Some(s)),
-        Ok(Err(e)) if e.to_string().to_ascii_lowercase().contains("not found") => Ok(None),
-        Ok(Err(e)) => Err(anyhow!(
-            "opening object store {}: {e} (is JetStream enabled on the server?)",
-            names::APP_BINARIES_BUCKET
-        )),
-        Err(_) => Err(anyhow!(
-            "opening object store {}: no answer within {timeout:?}",
-            names::APP_BINARIES_BUCKET
-        )),
-    }
+    crate::commands::open_object_store(js, names::APP_BINARIES_BUCKET, timeout).await
 }
 
 /// Every live (not deleted) object, sorted by name.

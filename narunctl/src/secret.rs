@@ -16,9 +16,6 @@ use std::io::Read;
 
 use crate::cli::ConnArgs;
 
-/// Description of the bucket when narunctl creates it.
-const SECRETS_DESCRIPTION: &str = "narun secrets (AES-256-GCM, AAD = name)";
-
 pub async fn run(conn: &ConnArgs, cmd: SecretCmd) -> Result<()> {
     match cmd {
         SecretCmd::Set(args) => set(conn, args).await,
@@ -80,7 +77,7 @@ async fn set(conn: &ConnArgs, args: SecretSetArgs) -> Result<()> {
     let kv = bounded(
         conn.timeout,
         &format!("opening KV bucket {}", names::SECRETS_BUCKET),
-        narun_wire::jetstream::ensure_kv(&js, names::SECRETS_BUCKET, SECRETS_DESCRIPTION, 1, None),
+        narun_wire::jetstream::SECRETS.ensure(&js),
     )
     .await?;
     let existing = bounded(

@@ -46,6 +46,7 @@ use futures_util::StreamExt;
 use narun_spec::{AppSpec, ExitKind};
 use narun_wire::events::{LogLine, NodeState, StatusEvent};
 use narun_wire::names;
+use narun_wire::status::{InstanceStatus, NodeStatus, Reason, SettleRule};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -56,23 +57,14 @@ pub const LOG_TAIL: usize = 20;
 /// another path than the status event, so it may arrive a little later).
 const LOG_GRACE: Duration = Duration::from_secs(1);
 
-/// The run hash narund gives a spec: its `config_hash` without `nodes`, so a change of
-/// replica counts alone does not count as a new spec (narund does not restart anything
-/// for it). Must stay equal to `narund::supervisor::run_hash`.
-pub fn run_hash(spec: &AppSpec) -> String {
-    let mut s = spec.clone();
-    s.nodes.clear();
-    s.config_hash()
-}
-
 /// `(node, instance id)`.
 type Key = (String, String);
 
 /// What is known about one instance of the new spec.
 #[derive(Debug, Clone, Default)]
 struct Instance {
-    /// Last status of a run of the new spec (`waiting` before any).
-    status: String,
+    /// Last status of a run of the new spec (`None`, shown as `waiting`, before any).
+    status: Option<InstanceStatus>,
     /// Reason and error text of that status.
     detail: String,
     /// When the run of the new spec was seen `running` (by us).
@@ -119,7 +111,7 @@ impl Tracker {
     /// Track the rollout of `spec` (whose run hash is computed here).
     pub fn new(spec: AppSpec) -> Tracker {
         Tracker {
-            hash: run_hash(&spec),
+            hash: spec.run_hash(),
             spec,
             nodes: BTreeMap::new(),
             instances: BTreeMap::new(),
@@ -136,7 +128,7 @@ impl Tracker {
     /// A heartbeat was put (`Some`) or a node key deleted (`None`).
     pub fn on_node(&mut self, node_id: &str, state: Option<NodeState>) {
         let Some(state) = state.filter(|s| {
-            s.status == "running"
+            s.status == NodeStatus::Running
                 && crate::commands::age(&s.last_seen)
                     .is_some_and(|a| a.as_secs() <= names::NODE_STATE_TTL_SECS)
         }) else {
@@ -144,7 +136,7 @@ impl Tracker {
             return;
         };
         for i in &state.instances {
-            if i.app_name != self.spec.name || i.status != "running" {
+            if i.app_name != self.spec.name || i.status != InstanceStatus::Running {
                 continue;
             }
             // Without a hash (older narund) the tag is the best we have.
@@ -161,7 +153,7 @@ impl Tracker {
                 .entry((node_id.to_string(), i.instance_id.clone()))
                 .or_default();
             if !inst.from_event {
-                inst.status = "running".into();
+                inst.status = Some(InstanceStatus::Running);
                 inst.ready_from_state = true;
                 inst.restarts = i.restarts;
             }
@@ -181,22 +173,20 @@ impl Tracker {
     /// A status event arrived at `now`.
     pub fn on_status(&mut self, ev: StatusEvent, now: Instant) {
         let node = ev.node_id.clone();
-        match ev.status.as_str() {
-            "invalid_spec" => {
+        match ev.status {
+            InstanceStatus::InvalidSpec => {
                 self.node_failures.insert(
                     node,
                     format!("narund rejected the spec: {}", one_line(&ev.error)),
                 );
                 return;
             }
-            "rolled_back" => {
+            InstanceStatus::RolledBack => {
                 let why = format!(
                     "rolled back by narund ({}){}: the previous version keeps running",
-                    if ev.reason.is_empty() {
-                        "did not become ready"
-                    } else {
-                        &ev.reason
-                    },
+                    ev.reason
+                        .as_ref()
+                        .map_or("did not become ready", Reason::as_str),
                     if ev.error.is_empty() {
                         String::new()
                     } else {
@@ -222,24 +212,24 @@ impl Tracker {
         let inst = self.instances.entry(key.clone()).or_default();
         inst.from_event = true;
         inst.ready_from_state = false;
-        inst.status = ev.status.clone();
+        inst.status = Some(ev.status.clone());
         if let Some(r) = ev.restarts {
             inst.restarts = r;
         }
-        inst.detail = match (ev.reason.is_empty(), ev.error.is_empty()) {
-            (true, true) => String::new(),
-            (false, true) => ev.reason.clone(),
-            (true, false) => one_line(&ev.error),
-            (false, false) => format!("{}: {}", ev.reason, one_line(&ev.error)),
+        inst.detail = match (&ev.reason, ev.error.is_empty()) {
+            (None, true) => String::new(),
+            (Some(r), true) => r.to_string(),
+            (None, false) => one_line(&ev.error),
+            (Some(r), false) => format!("{r}: {}", one_line(&ev.error)),
         };
         let mut failure = None;
-        match ev.status.as_str() {
-            "running" => inst.running_since = Some(now),
-            "failed" => {
+        match ev.status {
+            InstanceStatus::Running => inst.running_since = Some(now),
+            InstanceStatus::Failed => {
                 inst.running_since = None;
                 failure = Some(format!("failed ({})", inst.detail));
             }
-            "crashed" | "stopped" => {
+            InstanceStatus::Crashed | InstanceStatus::Stopped => {
                 inst.running_since = None;
                 match exit_kind(&ev) {
                     None if !was_ready => {
@@ -327,9 +317,9 @@ impl Tracker {
             return true;
         }
         match inst.running_since {
-            Some(t) if inst.status == "running" => {
-                self.spec.notify
-                    || now.duration_since(t) >= Duration::from_secs(self.spec.settle_sec)
+            Some(t) if inst.status == Some(InstanceStatus::Running) => {
+                SettleRule::new(self.spec.notify, self.spec.settle_sec)
+                    .ready_after(now.duration_since(t))
             }
             _ => false,
         }
@@ -377,13 +367,12 @@ impl Tracker {
         for key in keys {
             let inst = self.instances.get(&key);
             let status = inst
-                .map(|i| i.status.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "waiting".into());
+                .and_then(|i| i.status.as_ref())
+                .map_or_else(|| "waiting".into(), ToString::to_string);
             let detail = match inst {
                 _ if self.ready_at(&key, now) => "ready".to_string(),
                 Some(i) if i.failure.is_some() => i.failure.clone().unwrap_or_default(),
-                Some(i) if i.status == "running" => match i.running_since {
+                Some(i) if i.status == Some(InstanceStatus::Running) => match i.running_since {
                     Some(t) => format!(
                         "settling {}s/{}s",
                         now.duration_since(t).as_secs(),
@@ -434,10 +423,11 @@ impl Tracker {
                     let inst = self.instances.get(&k);
                     let status = inst
                         .map(|i| {
+                            let status = i.status.as_ref().map_or("waiting", |s| s.as_str());
                             if i.detail.is_empty() {
-                                i.status.clone()
+                                status.to_string()
                             } else {
-                                format!("{} ({})", i.status, i.detail)
+                                format!("{status} ({})", i.detail)
                             }
                         })
                         .unwrap_or_else(|| "no run of the new spec reported".into());
@@ -461,13 +451,13 @@ impl Tracker {
 
 /// How a run ended, from its event; `None` for a stop narund asked for.
 fn exit_kind(ev: &StatusEvent) -> Option<ExitKind> {
-    Some(match (ev.status.as_str(), ev.reason.as_str()) {
-        ("stopped", "") => return None,
-        ("stopped", _) => ExitKind::Clean,
-        (_, "oom-kill") => ExitKind::OomKill,
-        (_, "watchdog") => ExitKind::Watchdog,
-        (_, "start-timeout") => ExitKind::Timeout,
-        (_, "exit-code") => ExitKind::ExitCode,
+    Some(match (&ev.status, &ev.reason) {
+        (InstanceStatus::Stopped, None) => return None,
+        (InstanceStatus::Stopped, Some(_)) => ExitKind::Clean,
+        (_, Some(Reason::OomKill)) => ExitKind::OomKill,
+        (_, Some(Reason::Watchdog)) => ExitKind::Watchdog,
+        (_, Some(Reason::StartTimeout)) => ExitKind::Timeout,
+        (_, Some(Reason::ExitCode)) => ExitKind::ExitCode,
         _ => ExitKind::Signal,
     })
 }
@@ -735,7 +725,7 @@ mod tests {
             instance_id: id.into(),
             node_id: node.into(),
             status: status.into(),
-            reason: reason.into(),
+            reason: (!reason.is_empty()).then(|| reason.into()),
             app_name: "hello".into(),
             tag: "v2".into(),
             config_hash: t.hash().to_string(),

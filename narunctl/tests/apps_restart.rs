@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::{NodeState, RestartReply, StatusEvent};
 use narun_wire::names;
+use narun_wire::status::InstanceStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +46,7 @@ async fn running_pids(
         let pids: BTreeMap<String, i32> = s
             .instances
             .iter()
-            .filter(|i| i.status == "running")
+            .filter(|i| i.status == InstanceStatus::Running)
             .filter_map(|i| Some((i.instance_id.clone(), i.pid?)))
             .collect();
         ok(&pids).then_some(pids)
@@ -96,7 +97,7 @@ async fn apps_restart_restarts_each_instance_one_at_a_time() {
         .lock()
         .unwrap()
         .iter()
-        .filter(|e| e.status == "running")
+        .filter(|e| e.status == InstanceStatus::Running)
         .map(|e| (e.instance_id.clone(), e.run_id.clone()))
         .collect();
     let mark = events.lock().unwrap().len();
@@ -156,7 +157,7 @@ async fn apps_restart_restarts_each_instance_one_at_a_time() {
     };
     let pos = |i: &str, status: &str| {
         web.iter()
-            .position(|e| e.instance_id == i && e.status == status)
+            .position(|e| e.instance_id == i && e.status.as_str() == status)
             .unwrap_or_else(|| panic!("no {status} event of {i}: {web:#?}"))
     };
     for i in ["web-0", "web-1"] {

@@ -1,6 +1,7 @@
 //! JSON shapes published by narund, Go compatible (`narun-go-reference.md` §3.4, §3.8),
 //! with optional additions that Go readers ignore.
 
+use crate::status::{InstanceStatus, NodeStatus, Reason};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -263,7 +264,7 @@ pub struct StatusEvent {
     pub instance_id: String,
     pub node_id: String,
     /// `starting running stopping stopped failed crashed` (Go) plus `backoff reloading rolled_back invalid_spec`.
-    pub status: String,
+    pub status: InstanceStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,10 +274,15 @@ pub struct StatusEvent {
     /// RFC 3339 (nanoseconds), UTC.
     pub time: String,
     // ---- narun additions (Go readers ignore unknown keys) ----
-    /// Machine-readable reason: `exit-code`, `signal`, `oom-kill`, `start-limit`, `fetch`, `verify`,
-    /// `invalid-spec`, `watchdog`, `start-timeout`, `mainpid` (now following the app's `MAINPID=`), ...
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    /// Machine-readable reason ([`Reason`]): `exit-code`, `signal`, `oom-kill`, `start-limit`,
+    /// `fetch`, `verify`, `invalid-spec`, `watchdog`, `start-timeout`, `mainpid` (now following
+    /// the app's `MAINPID=`), ...
+    #[serde(
+        default,
+        with = "crate::status::opt_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub app_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -308,7 +314,7 @@ pub struct NodeState {
     #[serde(default)]
     pub managed_instances: Vec<String>,
     /// `running` or `shutting_down`.
-    pub status: String,
+    pub status: NodeStatus,
     pub os: String,
     pub arch: String,
     // ---- narun additions ----
@@ -333,15 +339,19 @@ pub struct NodeState {
 pub struct InstanceState {
     pub instance_id: String,
     pub app_name: String,
-    pub status: String,
+    pub status: InstanceStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tag: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
+    #[serde(
+        default,
+        with = "crate::status::opt_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reason: Option<Reason>,
     #[serde(default)]
     pub restarts: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -369,7 +379,8 @@ pub struct RolledBack {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub config_hash: String,
     /// `start-timeout`, `watchdog`, `crashed`, `oom-kill`, `verify`, `fetch`, `start-limit`, …
-    pub reason: String,
+    #[serde(default, with = "crate::status::opt_reason")]
+    pub reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
     /// RFC 3339, UTC.
@@ -413,7 +424,7 @@ mod tests {
         let ev = StatusEvent {
             instance_id: "hello-0".into(),
             node_id: "node-1".into(),
-            status: "running".into(),
+            status: InstanceStatus::Running,
             pid: Some(1234),
             time: "2026-01-01T00:00:00Z".into(),
             ..Default::default()
@@ -422,6 +433,27 @@ mod tests {
             serde_json::to_string(&ev).unwrap(),
             r#"{"instance_id":"hello-0","node_id":"node-1","status":"running","pid":1234,"time":"2026-01-01T00:00:00Z"}"#
         );
+    }
+
+    #[test]
+    fn reasons_are_absent_or_named() {
+        // An empty reason (older narunds wrote `""`) is no reason; a missing one too.
+        let ev: StatusEvent = serde_json::from_str(
+            r#"{"instance_id":"a-0","node_id":"n","status":"stopped","time":"t","reason":""}"#,
+        )
+        .unwrap();
+        assert_eq!(ev.reason, None);
+        let ev = StatusEvent {
+            status: InstanceStatus::Failed,
+            reason: Some(Reason::StartLimit),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert!(json.contains(r#""reason":"start-limit""#), "{json}");
+        assert_eq!(serde_json::from_str::<StatusEvent>(&json).unwrap(), ev);
+        // A rollback always names its reason field (Go-style required key).
+        let rb = serde_json::to_string(&RolledBack::default()).unwrap();
+        assert!(rb.contains(r#""reason":"""#), "{rb}");
     }
 
     #[test]
@@ -437,7 +469,7 @@ mod tests {
         let plain = InstanceState {
             instance_id: "hello-0".into(),
             app_name: "hello".into(),
-            status: "running".into(),
+            status: InstanceStatus::Running,
             ..Default::default()
         };
         let json = serde_json::to_string(&plain).unwrap();
@@ -449,7 +481,7 @@ mod tests {
             notify_status: "serving".into(),
             rolled_back: Some(RolledBack {
                 tag: "v2".into(),
-                reason: "start-timeout".into(),
+                reason: Some(Reason::StartTimeout),
                 time: "2026-01-01T00:00:00Z".into(),
                 ..Default::default()
             }),

@@ -4,6 +4,46 @@
 
 use std::time::Duration;
 
+/// NATS request header: the caller (the Rust gateway) accepts the narun stream framing.
+pub const STREAM_HEADER: &str = "Narun-Grpc-Stream";
+/// NATS reply header: sequence number (0, 1, …) of a streamed response message.
+pub const SEQ_HEADER: &str = "Narun-Grpc-Seq";
+/// NATS reply header: final message of a streamed answer, decimal gRPC status code.
+pub const STATUS_HEADER: &str = "Narun-Grpc-Status";
+/// NATS reply header: status message of the final message (percent-encoded).
+pub const MESSAGE_HEADER: &str = "Narun-Grpc-Message";
+
+/// gRPC's own HTTP/2 header names (lower case, as HTTP/2 carries them).
+pub mod header {
+    pub const STATUS: &str = "grpc-status";
+    pub const MESSAGE: &str = "grpc-message";
+    pub const TIMEOUT: &str = "grpc-timeout";
+    pub const ENCODING: &str = "grpc-encoding";
+    pub const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+    /// [`crate::names::GRPC_METHOD_HEADER`] in lower case.
+    pub const ORIGINAL_METHOD: &str = "x-original-grpc-method";
+}
+
+/// Headers that describe a transport — the HTTP/2 connection, NATS, narun's own gRPC
+/// framing — rather than call metadata; neither the gateway nor the app library passes
+/// them on as metadata. `lower_name` must be lower case.
+pub fn is_transport_header(lower_name: &str) -> bool {
+    lower_name.starts_with("nats-")
+        || lower_name.starts_with("narun-grpc-")
+        || matches!(
+            lower_name,
+            header::ORIGINAL_METHOD
+                | "content-type"
+                | "content-length"
+                | "te"
+                | "host"
+                | "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "upgrade"
+        )
+}
+
 /// Parse a `grpc-timeout` value: 1 to 8 ASCII digits and a unit
 /// (`H` hours, `M` minutes, `S` seconds, `m` ms, `u` µs, `n` ns).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {

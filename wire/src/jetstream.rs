@@ -18,8 +18,94 @@
 //! # Ok(()) }
 //! ```
 
+use crate::names;
 use async_nats::jetstream::{self, kv, object_store};
 use std::time::Duration;
+
+/// A KV bucket of the contract: its name and the settings it is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvBucket {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Values kept per key (1 = latest only).
+    pub history: i64,
+    /// TTL of every value (`None` = kept for ever).
+    pub max_age: Option<Duration>,
+}
+
+/// An object store of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectBucket {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+/// `app-configs`: key = app name, value = the app spec (Go's description).
+pub const APP_CONFIGS: KvBucket = KvBucket {
+    name: names::APP_CONFIGS_BUCKET,
+    description: "Stores application service specifications for node runners.",
+    history: 1,
+    max_age: None,
+};
+
+/// `node-runner-states`: key = node id, value = [`crate::events::NodeState`]; entries
+/// expire [`names::NODE_STATE_TTL_SECS`] after the last heartbeat.
+pub const NODE_STATES: KvBucket = KvBucket {
+    name: names::NODE_STATES_BUCKET,
+    description: "narun node heartbeats",
+    history: 1,
+    max_age: Some(Duration::from_secs(names::NODE_STATE_TTL_SECS)),
+};
+
+/// `narun-secrets`: key = secret name, value = encrypted secret JSON.
+pub const SECRETS: KvBucket = KvBucket {
+    name: names::SECRETS_BUCKET,
+    description: "narun secrets (AES-256-GCM, AAD = name)",
+    history: 1,
+    max_age: None,
+};
+
+/// `app-binaries`: app binaries named `<app>-<tag>-<os>-<arch>` (Go's description).
+pub const APP_BINARIES: ObjectBucket = ObjectBucket {
+    name: names::APP_BINARIES_BUCKET,
+    description: "Stores application binaries.",
+};
+
+/// `narun-files`: shared files mounted into app work dirs (Go's description).
+pub const FILES: ObjectBucket = ObjectBucket {
+    name: names::FILES_BUCKET,
+    description: names::FILES_DESCRIPTION,
+};
+
+impl KvBucket {
+    /// Open the bucket, creating it when it does not exist ([`ensure_kv`]).
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<kv::Store, JetStreamError> {
+        ensure_kv(js, self.name, self.description, self.history, self.max_age).await
+    }
+
+    /// Open the bucket; `Ok(None)` when it does not exist.
+    pub async fn open(&self, js: &jetstream::Context) -> Result<Option<kv::Store>, JetStreamError> {
+        open_kv(js, self.name).await
+    }
+}
+
+impl ObjectBucket {
+    /// Open the object store, creating it when it does not exist ([`ensure_object_store`]).
+    pub async fn ensure(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<object_store::ObjectStore, JetStreamError> {
+        ensure_object_store(js, self.name, self.description).await
+    }
+
+    /// Open the object store; `Ok(None)` when it does not exist.
+    pub async fn open(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<Option<object_store::ObjectStore>, JetStreamError> {
+        open_object_store(js, self.name).await
+    }
+}
 
 /// A bucket could not be opened or created.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +124,54 @@ pub enum JetStreamError {
     },
 }
 
-fn is_not_found(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("not found") || m.contains("10059")
+/// Whether `err` (or an error it wraps) is JetStream's "stream not found" (code 10059): the
+/// bucket whose backing stream was asked for does not exist. Typed, not matched on text.
+pub fn is_stream_not_found(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(e) = e.downcast_ref::<jetstream::context::GetStreamError>()
+            && let jetstream::context::GetStreamErrorKind::JetStream(js) = e.kind()
+        {
+            return js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND;
+        }
+        if let Some(e) = e.downcast_ref::<jetstream::Error>() {
+            return e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Open the KV bucket `bucket`; `Ok(None)` when it does not exist.
+pub async fn open_kv(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Option<kv::Store>, JetStreamError> {
+    match js.get_key_value(bucket).await {
+        Ok(store) => Ok(Some(store)),
+        Err(e) if is_stream_not_found(&e) => Ok(None),
+        Err(e) => Err(JetStreamError::Open {
+            what: "KV bucket",
+            bucket: bucket.into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Open the object store `bucket`; `Ok(None)` when it does not exist.
+pub async fn open_object_store(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Option<object_store::ObjectStore>, JetStreamError> {
+    match js.get_object_store(bucket).await {
+        Ok(store) => Ok(Some(store)),
+        Err(e) if is_stream_not_found(&e) => Ok(None),
+        Err(e) => Err(JetStreamError::Open {
+            what: "object store",
+            bucket: bucket.into(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// Open the KV bucket `bucket`, creating it when it does not exist.
@@ -55,16 +186,8 @@ pub async fn ensure_kv(
     history: i64,
     max_age: Option<Duration>,
 ) -> Result<kv::Store, JetStreamError> {
-    match js.get_key_value(bucket).await {
-        Ok(store) => return Ok(store),
-        Err(e) if is_not_found(&e.to_string()) => {}
-        Err(e) => {
-            return Err(JetStreamError::Open {
-                what: "KV bucket",
-                bucket: bucket.into(),
-                message: e.to_string(),
-            });
-        }
+    if let Some(store) = open_kv(js, bucket).await? {
+        return Ok(store);
     }
     let created = js
         .create_stream(jetstream::stream::Config {
@@ -82,13 +205,17 @@ pub async fn ensure_kv(
         })
         .await;
     if let Err(e) = created {
-        let message = e.to_string();
         // Someone else created it between our two requests: fine.
-        if !message.to_ascii_lowercase().contains("already in use") {
+        let exists = matches!(
+            e.kind(),
+            jetstream::context::CreateStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST
+        );
+        if !exists {
             return Err(JetStreamError::Create {
                 what: "KV bucket",
                 bucket: bucket.into(),
-                message,
+                message: e.to_string(),
             });
         }
     }
@@ -107,16 +234,8 @@ pub async fn ensure_object_store(
     bucket: &str,
     description: &str,
 ) -> Result<object_store::ObjectStore, JetStreamError> {
-    match js.get_object_store(bucket).await {
-        Ok(store) => return Ok(store),
-        Err(e) if is_not_found(&e.to_string()) => {}
-        Err(e) => {
-            return Err(JetStreamError::Open {
-                what: "object store",
-                bucket: bucket.into(),
-                message: e.to_string(),
-            });
-        }
+    if let Some(store) = open_object_store(js, bucket).await? {
+        return Ok(store);
     }
     js.create_object_store(object_store::Config {
         bucket: bucket.to_string(),

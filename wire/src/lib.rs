@@ -3,11 +3,12 @@
 //!
 //! * [`names`]: bucket, subject and environment variable names (Go compatible).
 //! * [`events`]: the JSON shapes of log lines, status events and node state.
+//! * [`status`]: instance and node statuses, reasons, and the settle rule (when a new run is ready).
 //! * [`bhttp`]: HTTP requests and responses as Binary HTTP (RFC 9292) payloads.
 //! * [`micro`]: NATS Micro (ADR-32) services: endpoints, stats, discovery.
 //! * [`grpc`]: `grpc-timeout` and `grpc-message` conventions shared by the gRPC gateway and apps.
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
-//! * [`jetstream`]: KV buckets and object stores that open on every server version.
+//! * [`jetstream`]: the buckets of the contract ([`jetstream::APP_CONFIGS`], …), opened or created on every server version; typed "not found".
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 
 pub mod bhttp;
@@ -19,3 +20,4 @@ pub mod micro;
 pub mod names;
 #[cfg(feature = "secrets")]
 pub mod secrets;
+pub mod status;
