@@ -11,7 +11,7 @@
 //! | [`fetch`] | app binaries from the Object Store: streamed, SHA-256 verified, content-addressed cache |
 //! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool |
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
-//! | [`log_stream`] | optional log history: the JetStream stream `narun-logs` on `logs.>` |
+//! | [`logs::stream`] | optional log history: the JetStream stream `narun-logs` on `logs.>` |
 //! | [`secrets`] | `valueFromSecret` env values (`narun-secrets`, AES-256-GCM) and `mounts` (`narun-files`) of instance starts |
 //! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
 //! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
@@ -30,7 +30,6 @@ pub mod control;
 pub mod fdstore;
 pub mod fetch;
 pub mod liveness;
-pub mod log_stream;
 pub mod logs;
 pub mod memory;
 pub mod node;

@@ -47,6 +47,8 @@
 //! client built with `no_echo` never confirms anything (the forwarder logs an error and keeps
 //! resending).
 
+pub mod stream;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
