@@ -111,7 +111,7 @@ pub struct LogsConfig {
     pub max_line_bytes: usize,
     pub spool_bytes: usize,
     /// Keep log history on the NATS server: create/update the JetStream stream
-    /// `narun-logs` on `logs.>` (see [`crate::log_stream`]). Off by default.
+    /// `narun-logs` on `logs.>` (see [`crate::logs::stream`]). Off by default.
     pub stream: bool,
     /// Age limit of the stream's lines, seconds (0 = no limit).
     pub stream_max_age_sec: u64,

@@ -9,9 +9,8 @@
 //! | [`privileges`] | narund's own capability bounding set; the app's uid/gid/caps/no_new_privs set-up in `pre_exec` |
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
 //! | [`fetch`] | app binaries from the Object Store: streamed, SHA-256 verified, content-addressed cache |
-//! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool |
+//! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool; optional log history in the JetStream stream `narun-logs` ([`logs::stream`]) |
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
-//! | [`log_stream`] | optional log history: the JetStream stream `narun-logs` on `logs.>` |
 //! | [`secrets`] | `valueFromSecret` env values (`narun-secrets`, AES-256-GCM) and `mounts` (`narun-files`) of instance starts |
 //! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
 //! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
@@ -30,7 +29,6 @@ pub mod control;
 pub mod fdstore;
 pub mod fetch;
 pub mod liveness;
-pub mod log_stream;
 pub mod logs;
 pub mod memory;
 pub mod node;

@@ -284,10 +284,10 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
         });
     }
     if config.logs.stream {
-        let limits = narund::log_stream::Limits::from_config(&config.logs);
+        let limits = narund::logs::stream::Limits::from_config(&config.logs);
         let (client, stop) = (client.clone(), stop_rx.clone());
         tasks.spawn(async move {
-            narund::log_stream::run(client, limits, stop).await;
+            narund::logs::stream::run(client, limits, stop).await;
             Ok(())
         });
     }

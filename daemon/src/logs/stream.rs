@@ -13,10 +13,10 @@
 //! `stream = false` (the default) leaves an existing stream alone.
 //!
 //! ```no_run
-//! # async fn demo(client: async_nats::Client) -> Result<(), narund::log_stream::LogStreamError> {
+//! # async fn demo(client: async_nats::Client) -> Result<(), narund::logs::stream::LogStreamError> {
 //! let js = async_nats::jetstream::new(client);
-//! let limits = narund::log_stream::Limits { max_age_sec: 86_400, max_bytes: 256 << 20 };
-//! narund::log_stream::ensure(&js, &limits).await?;
+//! let limits = narund::logs::stream::Limits { max_age_sec: 86_400, max_bytes: 256 << 20 };
+//! narund::logs::stream::ensure(&js, &limits).await?;
 //! # Ok(()) }
 //! ```
 
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn shipped_config_has_the_defaults() {
-        let c = crate::config::Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        let c = crate::config::Config::from_toml(include_str!("../../config/narund.toml")).unwrap();
         let d = crate::config::LogsConfig::default();
         assert!(!d.stream, "log history is opt-in");
         assert_eq!(c.logs.stream, d.stream);
