@@ -131,7 +131,7 @@ impl Default for LogsConfig {
     }
 }
 
-/// `[secrets]`: decrypting `valueFromSecret` env values (see [`crate::secrets`]).
+/// `[secrets]`: decrypting `valueFromSecret` env values (see [`crate::fetch::inputs`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
@@ -144,7 +144,7 @@ pub struct SecretsConfig {
 impl Default for SecretsConfig {
     fn default() -> Self {
         SecretsConfig {
-            master_key_file: crate::secrets::DEFAULT_MASTER_KEY_FILE.into(),
+            master_key_file: crate::fetch::inputs::DEFAULT_MASTER_KEY_FILE.into(),
         }
     }
 }

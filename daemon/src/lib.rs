@@ -22,20 +22,14 @@
 //! | [`fdstore`] | log pipes of running apps parked in systemd's fd store across narund restarts |
 //! | [`adopt`] | re-adoption of running apps after a restart of narund (records, fd store) |
 
-pub mod adopt;
 pub mod cgroup;
 pub mod config;
-pub mod control;
-pub mod fdstore;
 pub mod fetch;
+pub mod instance;
 pub mod liveness;
 pub mod logs;
 pub mod memory;
 pub mod node;
-pub mod notify;
 pub mod privileges;
-pub mod reconcile;
-pub mod secrets;
 pub mod state;
-pub mod supervisor;
 pub mod uring;

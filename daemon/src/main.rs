@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     // Log pipes of running apps that systemd kept in its fd store for us (LISTEN_FDS);
     // taken before any thread exists because it edits the environment.
     // SAFETY: single-threaded here.
-    let received = unsafe { narund::fdstore::take_from_env() };
+    let received = unsafe { narund::state::fdstore::take_from_env() };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -143,13 +143,13 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 /// `SIGHUP`: read the configuration again (same file, flags and environment) and apply
-/// what can change while apps run ([`narund::supervisor::Reloadable`]: labels, default
+/// what can change while apps run ([`narund::node::Reloadable`]: labels, default
 /// user, `allow_root`, restart backoff). An invalid file changes nothing. Returns the
 /// one-line result for systemd's `STATUS=`.
 async fn reload(
     cli: &Cli,
     #[cfg_attr(not(feature = "gateway"), allow(unused_variables))] current: &Config,
-    sup: &narund::supervisor::Supervisor,
+    sup: &narund::node::Supervisor,
 ) -> String {
     let new = match load_config(cli) {
         Ok(c) => c,
@@ -159,7 +159,7 @@ async fn reload(
         }
     };
     let needs_restart = sup
-        .reload(narund::supervisor::SupervisorConfig::from_config(&new))
+        .reload(narund::node::SupervisorConfig::from_config(&new))
         .await;
     sup.set_master_key_file(&new.secrets.master_key_file);
     #[cfg(feature = "gateway")]
@@ -218,20 +218,19 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
 
     // The supervisor runs always, with or without NATS.
-    if let Err(e) = narund::supervisor::become_subreaper() {
+    if let Err(e) = narund::node::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
     }
     let start_time = narun_wire::events::now_rfc3339();
-    let (sup, _log_task) = narund::supervisor::Supervisor::new(
-        narund::supervisor::SupervisorConfig::from_config(&config),
+    let (sup, _log_task) = narund::node::Supervisor::new(
+        narund::node::SupervisorConfig::from_config(&config),
         client.clone(),
         narund::uring::UringHandle::start(),
     )
     .await;
     sup.set_master_key_file(&config.secrets.master_key_file);
-    let _reaper = narund::supervisor::spawn_reaper(Some(
-        sup.liveness()
-            .register("reaper", narund::supervisor::REAP_EVERY),
+    let _reaper = narund::node::spawn_reaper(Some(
+        sup.liveness().register("reaper", narund::node::REAP_EVERY),
     ));
     // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval, and only
     // while the reconciler, heartbeat and reaper make progress (narund::liveness), so a
@@ -263,7 +262,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     {
         let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
         tasks.spawn(async move {
-            narund::reconcile::run(sup, client, Some(ready_tx), stop).await;
+            narund::node::reconcile::run(sup, client, Some(ready_tx), stop).await;
             Ok(())
         });
     }
@@ -271,7 +270,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
         let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
         let start_time = start_time.clone();
         tasks.spawn(async move {
-            narund::node::run_heartbeat(sup, client, start_time, stop).await;
+            narund::node::heartbeat::run_heartbeat(sup, client, start_time, stop).await;
             Ok(())
         });
     }
@@ -279,7 +278,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
         // Operator requests (`narunctl apps restart`) on narun.control.<node>.*.
         let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
         tasks.spawn(async move {
-            narund::control::run(sup, client, stop).await;
+            narund::node::control::run(sup, client, stop).await;
             Ok(())
         });
     }
@@ -336,7 +335,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
             _ = status_tick.tick(), if ready_sent && stuck.is_none() => {
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
-                let mut line = narund::node::status_line(&sup.instances(), connected);
+                let mut line = narund::node::heartbeat::status_line(&sup.instances(), connected);
                 if let Some(note) = &reload_note {
                     line = format!("{line}; {note}");
                 }
@@ -377,7 +376,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     match config.apps.on_exit {
         narund::config::OnExit::Stop => {
             tracing::info!("narund stopping");
-            narund::node::shutdown(&sup, &client, &start_time).await;
+            narund::node::heartbeat::shutdown(&sup, &client, &start_time).await;
         }
         narund::config::OnExit::Detach => {
             // The apps keep running; their records and parked log pipes stay for the next
@@ -394,10 +393,10 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
 }
 
 /// Tell systemd (`$NOTIFY_SOCKET`); bounded, so a service manager that stops reading
-/// cannot block narund ([`narund::fdstore::notify`]).
+/// cannot block narund ([`narund::state::fdstore::notify`]).
 fn notify(state: &[NotifyState]) {
     let text: String = state.iter().map(|s| format!("{s}\n")).collect();
-    if let Err(e) = narund::fdstore::notify(&text) {
+    if let Err(e) = narund::state::fdstore::notify(&text) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }

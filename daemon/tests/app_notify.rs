@@ -14,7 +14,7 @@ use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
 use narun_wire::status::{InstanceStatus, Reason};
-use narund::supervisor::{Supervisor, SupervisorConfig};
+use narund::node::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
@@ -57,7 +57,7 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
-        let _ = narund::supervisor::become_subreaper();
+        let _ = narund::node::become_subreaper();
         let server = NatsServer::start();
         let client = server.connect().await;
         let js = jetstream::new(client.clone());
@@ -538,7 +538,12 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
     wait_gone(new_pid).await;
 
     // The heartbeat lists the instance with the old tag and the rollback.
-    let state = narund::node::node_state(&h.sup, narun_wire::status::NodeStatus::Running, "", true);
+    let state = narund::node::heartbeat::node_state(
+        &h.sup,
+        narun_wire::status::NodeStatus::Running,
+        "",
+        true,
+    );
     let inst = state
         .instances
         .iter()

@@ -12,7 +12,7 @@ use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
 use narun_wire::status::InstanceStatus;
-use narund::supervisor::{Supervisor, SupervisorConfig};
+use narund::node::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
@@ -30,7 +30,7 @@ impl Drop for Cleanup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_during_a_restart_waits_for_it() {
-    let _ = narund::supervisor::become_subreaper();
+    let _ = narund::node::become_subreaper();
     let server = NatsServer::start();
     let client = server.connect().await;
     let b = common::buckets(&server).await;

@@ -127,8 +127,8 @@ async fn narund_binary_heartbeats_and_shuts_down_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_digest_is_refused_while_the_old_version_runs() {
-    use narund::supervisor::{Supervisor, SupervisorConfig};
-    let _ = narund::supervisor::become_subreaper();
+    use narund::node::{Supervisor, SupervisorConfig};
+    let _ = narund::node::become_subreaper();
     let server = NatsServer::start();
     let (configs, store) = setup(&server).await;
     let client = server.connect().await;
@@ -149,7 +149,7 @@ async fn tampered_digest_is_refused_while_the_old_version_runs() {
     };
     let (sup, _l) = Supervisor::new(cfg, client.clone(), narund::uring::UringHandle::start()).await;
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(narund::reconcile::run(
+    tokio::spawn(narund::node::reconcile::run(
         sup.clone(),
         client.clone(),
         None,

@@ -14,7 +14,7 @@ use narun_wire::events::StatusEvent;
 use narun_wire::names;
 use narun_wire::secrets::MasterKey;
 use narun_wire::status::{InstanceStatus, Reason};
-use narund::supervisor::{Supervisor, SupervisorConfig};
+use narund::node::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -49,7 +49,7 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
-        let _ = narund::supervisor::become_subreaper();
+        let _ = narund::node::become_subreaper();
         let server = NatsServer::start();
         let client = server.connect().await;
         let js = jetstream::new(client.clone());
@@ -169,8 +169,8 @@ impl Harness {
     async fn wait_state(
         &self,
         app: &str,
-        pred: impl Fn(&narund::supervisor::Snapshot) -> bool,
-    ) -> narund::supervisor::Snapshot {
+        pred: impl Fn(&narund::node::Snapshot) -> bool,
+    ) -> narund::node::Snapshot {
         let got = tokio::time::timeout(T, async {
             loop {
                 if let Some(s) = self.sup.snapshot(app, 0).filter(|s| pred(s)) {

@@ -13,7 +13,7 @@ use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::{LogLine, StatusEvent};
 use narun_wire::names;
 use narun_wire::status::{InstanceStatus, Reason};
-use narund::supervisor::{Supervisor, SupervisorConfig};
+use narund::node::{Supervisor, SupervisorConfig};
 use narund::uring::UringHandle;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -66,7 +66,7 @@ fn config(node: &str, data: &std::path::Path, url: &str, cgroup_root: &str) -> S
 
 impl Harness {
     async fn new() -> Harness {
-        let _ = narund::supervisor::become_subreaper();
+        let _ = narund::node::become_subreaper();
         let server = NatsServer::start();
         let client = server.connect().await;
         let js = jetstream::new(client.clone());
@@ -463,7 +463,7 @@ async fn double_forking_app_leaves_no_process_after_stop() {
     let h = Harness::new().await;
     // Like narund: orphans are re-parented to us (subreaper) and must be reaped, not left
     // as zombies.
-    let _reaper = narund::supervisor::spawn_reaper(None);
+    let _reaper = narund::node::spawn_reaper(None);
     let script = "#!/bin/sh\n(sleep 1000 & echo $! > orphan.pid)\nexec sleep 1000\n";
     h.upload("forky", "v1", script).await;
     h.put_spec("forky", h.spec("forky", "v1", 1)).await;

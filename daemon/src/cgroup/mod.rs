@@ -17,7 +17,7 @@
 //! with limits to removal, including the clean-up of stale ones.
 //!
 //! **May call** nothing else in narund: only the kernel (cgroupfs files, `statfs(2)`, `kill(2)`,
-//! inotify) and tokio. The supervisor and [`crate::adopt`] use it.
+//! inotify) and tokio. The supervisor and [`crate::state::adopt`] use it.
 //!
 //! | file | what it holds |
 //! |---|---|

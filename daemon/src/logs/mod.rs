@@ -5,7 +5,7 @@
 //! optional JetStream log history ([`stream`]).
 //!
 //! **May call** [`crate::uring`] (pipe reads on the io_uring thread), [`crate::config`] (the
-//! `[logs]` section, for the stream's limits) and `crate::supervisor::stopped` (the stop signal
+//! `[logs]` section, for the stream's limits) and `crate::node::stopped` (the stop signal
 //! of [`stream::run`]); nothing else in narund. The supervisor creates the [`LogForwarder`] and
 //! one [`LogSink`] per instance; `main` runs [`stream::run`].
 //!

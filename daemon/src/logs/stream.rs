@@ -155,7 +155,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
-            _ = crate::supervisor::stopped(&mut stop) => return,
+            _ = crate::node::stopped(&mut stop) => return,
         }
     }
 }

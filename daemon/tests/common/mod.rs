@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, kv, object_store::ObjectStore};
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::names;
-use narund::supervisor::Supervisor;
+use narund::node::Supervisor;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,7 +114,7 @@ pub async fn start_reconciler(
 ) -> watch::Sender<bool> {
     let (stop, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(narund::reconcile::run(
+    tokio::spawn(narund::node::reconcile::run(
         sup.clone(),
         client.clone(),
         Some(ready_tx),

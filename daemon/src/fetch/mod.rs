@@ -325,7 +325,7 @@ impl BinaryCache {
 ///
 /// Returns the verified temporary file and its size. Dropping the file deletes it, so every
 /// error path (mismatch, short stream, full disk) leaves nothing behind. Used for app binaries
-/// and for files mounted into instance work dirs (`crate::secrets`).
+/// and for files mounted into instance work dirs (`crate::fetch::inputs`).
 pub(crate) async fn download_verified(
     store: &ObjectStore,
     bucket: &str,
@@ -550,3 +550,5 @@ mod tests {
         assert_eq!(platform_of("my-app-v1-linux-arm64"), "linux/arm64");
     }
 }
+
+pub mod inputs;

@@ -296,3 +296,6 @@ mod tests {
         assert!(e.contains("move it away"), "{e}");
     }
 }
+
+pub mod adopt;
+pub mod fdstore;

@@ -21,7 +21,7 @@
 //!
 //! * **scale down**: instances with index ≥ target stop, highest index first;
 //! * **scale up**: missing indices in `0..target` start;
-//! * **changed spec** ([`crate::supervisor::run_hash`], the `config_hash` without `nodes`,
+//! * **changed spec** ([`crate::node::run_hash`], the `config_hash` without `nodes`,
 //!   differs; a replica change alone restarts nothing): instances are replaced **one at a time**: the
 //!   new run of index *i* starts next to the old one, and only once it is `running` and
 //!   has stayed so for `settleSec` is the old run stopped. If the new run fails (missing
@@ -32,7 +32,7 @@
 //!   again only when a new KV revision of the spec arrives, not on a replay.
 
 use crate::liveness::{BEAT_EVERY, Beat};
-use crate::supervisor::{AppRun, InstanceHandle, Supervisor};
+use crate::node::{AppRun, InstanceHandle, Supervisor};
 use futures_util::StreamExt;
 use narun_spec::AppSpec;
 use narun_wire::events::{RolledBack, StatusEvent, now_rfc3339};
@@ -107,7 +107,7 @@ impl Supervisor {
             match current {
                 None => {
                     // A verified run of the previous narund with this exact spec is taken
-                    // over, not started again (crate::adopt).
+                    // over, not started again (crate::state::adopt).
                     let h = match self.take_adoptable(&name, index, &hash) {
                         Some(a) => self.adopt_instance(spec.clone(), index, a),
                         None => self.start_instance(spec.clone(), index),
@@ -337,7 +337,7 @@ impl Supervisor {
 /// start timeout, the settle time and two stops (new run stopped on failure, or the old
 /// one on success), plus a margin. Only a wedge exceeds it ([`crate::liveness`]).
 pub(crate) fn apply_budget(spec: &AppSpec, instances: u32) -> Duration {
-    let per_slot = crate::supervisor::FETCH_TIMEOUT
+    let per_slot = crate::node::FETCH_TIMEOUT
         + Duration::from_secs(spec.start_timeout_sec.saturating_add(spec.settle_sec))
         + 2 * stop_budget(spec.stop_timeout_sec);
     per_slot.saturating_mul(instances.max(1)) + Duration::from_secs(30)
@@ -364,7 +364,7 @@ impl std::fmt::Display for NotReady {
 }
 
 /// The short rollback reason for the state a new run ended up in.
-fn not_ready(s: &crate::supervisor::Snapshot, error: String) -> NotReady {
+fn not_ready(s: &crate::node::Snapshot, error: String) -> NotReady {
     let reason = match &s.reason {
         None | Some(Reason::ExitCode | Reason::Signal | Reason::Wait) => Reason::Crashed,
         Some(r) => r.clone(),
@@ -382,7 +382,7 @@ fn not_ready(s: &crate::supervisor::Snapshot, error: String) -> NotReady {
 /// Wait until a new instance is ready: with `notify: true`, until it sent `READY=1`
 /// (status `running`; the supervisor enforces `startTimeoutSec` and its
 /// `EXTEND_TIMEOUT_USEC=` extensions); without, until it is `running` and stays so for
-/// `settleSec`. Bounded: fetching may take [`crate::supervisor::FETCH_TIMEOUT`], a
+/// `settleSec`. Bounded: fetching may take [`crate::node::FETCH_TIMEOUT`], a
 /// notify start its (moving) deadline plus the time to stop it.
 ///
 /// The caller holds the apply lock; each wait's bound is added to its declared budget
@@ -392,7 +392,7 @@ pub(crate) async fn wait_settled(
     h: &InstanceHandle,
     liveness: &crate::liveness::Liveness,
 ) -> Result<(), NotReady> {
-    let failed = |s: &crate::supervisor::Snapshot| s.ended || s.status.is_down();
+    let failed = |s: &crate::node::Snapshot| s.ended || s.status.is_down();
     let stop_bound = Duration::from_secs(h.spec.stop_timeout_sec) + Duration::from_secs(15);
     let s = loop {
         let s = h.snapshot();
@@ -403,8 +403,7 @@ pub(crate) async fn wait_settled(
             Some(d) => d.saturating_duration_since(tokio::time::Instant::now()) + stop_bound,
             None if s.pid.is_some() => stop_bound,
             None => {
-                crate::supervisor::FETCH_TIMEOUT
-                    + Duration::from_secs(h.spec.start_timeout_sec.max(1))
+                crate::node::FETCH_TIMEOUT + Duration::from_secs(h.spec.start_timeout_sec.max(1))
             }
         };
         liveness.extend_apply(bound + Duration::from_secs(30));
@@ -466,7 +465,7 @@ pub async fn run(
         }
         let result = tokio::select! {
             r = session(&sup, &client, &mut ready, &beat) => r,
-            _ = crate::supervisor::stopped(&mut stop) => return,
+            _ = crate::node::stopped(&mut stop) => return,
         };
         match result {
             Ok(()) => delay = Duration::from_millis(250),
@@ -477,7 +476,7 @@ pub async fn run(
         let _waiting = beat.busy("waiting to retry app-configs", delay + BEAT_EVERY);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = crate::supervisor::stopped(&mut stop) => return,
+            _ = crate::node::stopped(&mut stop) => return,
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }

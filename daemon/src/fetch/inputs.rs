@@ -28,7 +28,7 @@
 //! takes effect without restarting narund.
 
 use crate::fetch::{FetchError, Sha256Digest, download_verified, persist_synced};
-use crate::supervisor::Supervisor;
+use crate::node::Supervisor;
 use crate::uring::UringHandle;
 use async_nats::jetstream::{self, object_store};
 use narun_spec::AppSpec;

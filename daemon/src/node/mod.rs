@@ -37,7 +37,7 @@
 //!
 //! * **Re-adoption**: a `running` run is recorded in `state/instances.json`; after a
 //!   restart of narund a verified run is continued in *adopted* mode (no child: its exit
-//!   is seen through a pidfd, its exit status is unknown). See [`crate::adopt`].
+//!   is seen through a pidfd, its exit status is unknown). See [`crate::state::adopt`].
 //!
 //! Every transition is published as a [`StatusEvent`] on `status.<app>.<node>` and kept in
 //! a [`Snapshot`] for the node heartbeat.
@@ -54,8 +54,8 @@
 
 use crate::cgroup::{self, CgroupRoot, InstanceCgroup, Limits};
 use crate::fetch::{BinaryCache, CachedBinary, FetchError, Sha256Digest};
+use crate::instance::notify::{Datagram, Membership, Message, NotifySocket};
 use crate::logs::{LogForwarder, LogSink};
-use crate::notify::{Datagram, Membership, Message, NotifySocket};
 use crate::privileges::{AppIdentity, PrivilegePlan};
 use crate::state::{
     InstanceRecord, PersistedApp, PersistedState, RecordFile, StateFile, process_start_time,
@@ -207,13 +207,13 @@ pub(crate) struct Inner {
     events: tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>,
     fetch_lock: tokio::sync::Mutex<()>,
     /// Secrets and mounted files of instance starts.
-    pub(crate) inputs: crate::secrets::AppInputs,
+    pub(crate) inputs: crate::fetch::inputs::AppInputs,
     /// `state/instances.json` and its content (by run id): the runs a later narund may
-    /// re-adopt ([`crate::adopt`]).
+    /// re-adopt ([`crate::state::adopt`]).
     records_file: RecordFile,
     records: Mutex<BTreeMap<String, InstanceRecord>>,
     /// Verified runs of a previous narund, taken by `apply` for their app and index.
-    pub(crate) adoptable: Mutex<BTreeMap<(String, u32), crate::adopt::Adoptable>>,
+    pub(crate) adoptable: Mutex<BTreeMap<(String, u32), crate::state::adopt::Adoptable>>,
 }
 
 /// Holder of the apply lock ([`Supervisor::serial`]). Fields drop in order: the declared
@@ -245,7 +245,7 @@ impl Supervisor {
     /// Create a supervisor publishing with `client` (which may still be connecting).
     /// Finds the cgroup root (without cgroups, instances run in process groups only and
     /// every limit is reported as unenforced), verifies the runs a previous narund
-    /// recorded ([`crate::adopt`]: those become adoptable, their cgroups stay) and removes
+    /// recorded ([`crate::state::adopt`]: those become adoptable, their cgroups stay) and removes
     /// every other instance cgroup it left behind. Returns the supervisor and the log
     /// publisher task.
     pub async fn new(
@@ -280,7 +280,7 @@ impl Supervisor {
                 .into_iter()
                 .map(|(s, _)| s)
                 .collect();
-            crate::adopt::select(
+            crate::state::adopt::select(
                 records,
                 &specs,
                 |s| s.desired_replicas(&cfg.node_id, &cfg.labels),
@@ -338,7 +338,7 @@ impl Supervisor {
             cfg,
             logs,
             cache,
-            inputs: crate::secrets::AppInputs::new(client.clone(), uring.clone()),
+            inputs: crate::fetch::inputs::AppInputs::new(client.clone(), uring.clone()),
             uring,
             cgroups,
             store: Mutex::new(None),
@@ -595,12 +595,12 @@ impl Supervisor {
         app: &str,
         index: u32,
         hash: &str,
-    ) -> Option<crate::adopt::Adoptable> {
+    ) -> Option<crate::state::adopt::Adoptable> {
         let mut a = self.inner.adoptable.lock().unwrap();
         let key = (app.to_string(), index);
         if a.get(&key).is_some_and(|x| x.record.run_hash == hash) {
             let mut run = a.remove(&key)?;
-            run.log_fds = crate::fdstore::take_run(&run.record.run_id);
+            run.log_fds = crate::state::fdstore::take_run(&run.record.run_id);
             Some(run)
         } else {
             None
@@ -608,12 +608,12 @@ impl Supervisor {
     }
 
     /// Continue a verified run of a previous narund as instance `index` of `spec`
-    /// (see [`crate::adopt`]).
+    /// (see [`crate::state::adopt`]).
     pub(crate) fn adopt_instance(
         &self,
         spec: Arc<AppSpec>,
         index: u32,
-        a: crate::adopt::Adoptable,
+        a: crate::state::adopt::Adoptable,
     ) -> InstanceHandle {
         self.instance_task(spec, index, Some(a))
     }
@@ -627,7 +627,7 @@ impl Supervisor {
     /// narund that no spec claimed are killed (their whole cgroup) and forgotten, and log
     /// pipes received from the fd store that no run took are closed.
     pub async fn finish_adoption(&self) {
-        let left: Vec<crate::adopt::Adoptable> =
+        let left: Vec<crate::state::adopt::Adoptable> =
             std::mem::take(&mut *self.inner.adoptable.lock().unwrap())
                 .into_values()
                 .collect();
@@ -647,17 +647,20 @@ impl Supervisor {
             }
             self.inner.remove_record(&rec.run_id);
             for stream in ["stdout", "stderr"] {
-                let _ = crate::fdstore::unpark(&crate::fdstore::fd_name(&rec.run_id, stream));
+                let _ = crate::state::fdstore::unpark(&crate::state::fdstore::fd_name(
+                    &rec.run_id,
+                    stream,
+                ));
             }
         }
-        let closed = crate::fdstore::drop_unclaimed();
+        let closed = crate::state::fdstore::drop_unclaimed();
         if !closed.is_empty() {
             tracing::info!(
                 ?closed,
                 "closed fds from systemd's fd store that no run took"
             );
             for name in closed {
-                let _ = crate::fdstore::unpark(&name);
+                let _ = crate::state::fdstore::unpark(&name);
             }
         }
     }
@@ -666,7 +669,7 @@ impl Supervisor {
         &self,
         spec: Arc<AppSpec>,
         index: u32,
-        resume: Option<crate::adopt::Adoptable>,
+        resume: Option<crate::state::adopt::Adoptable>,
     ) -> InstanceHandle {
         let pinned = self.persisted_digest(&spec);
         let instance_id = format!("{}-{}", spec.name, index);
@@ -841,7 +844,7 @@ struct Running {
     /// The started process (`None` for a run adopted from a previous narund).
     child: Option<tokio::process::Child>,
     /// A run adopted from a previous narund: its main process, followed through a pidfd.
-    resumed: Option<crate::notify::Pidfd>,
+    resumed: Option<crate::instance::notify::Pidfd>,
     pid: i32,
     cgroup: Option<InstanceCgroup>,
     log_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -862,7 +865,7 @@ enum RunFailure {
     Watchdog(String),
 }
 
-/// The sd_notify state of one run (see [`crate::notify`]).
+/// The sd_notify state of one run (see [`crate::instance::notify`]).
 struct NotifyRun {
     /// `READY=1` received (always true without `notify: true`).
     ready: bool,
@@ -883,7 +886,7 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn pidfd_exited(p: Option<&crate::notify::Pidfd>) {
+async fn pidfd_exited(p: Option<&crate::instance::notify::Pidfd>) {
     match p {
         Some(p) => {
             if p.exited().await.is_err() {
@@ -896,7 +899,7 @@ async fn pidfd_exited(p: Option<&crate::notify::Pidfd>) {
 
 /// Exit status of a followed MAINPID process: known when it was narund's child, else
 /// reported as a clean exit (nothing better is known; see docs/supervisor.md).
-fn adopted_status(p: Option<&crate::notify::Pidfd>) -> std::process::ExitStatus {
+fn adopted_status(p: Option<&crate::instance::notify::Pidfd>) -> std::process::ExitStatus {
     p.and_then(|p| p.exit_status())
         .unwrap_or_else(|| std::process::ExitStatus::from_raw(0))
 }
@@ -904,7 +907,7 @@ fn adopted_status(p: Option<&crate::notify::Pidfd>) -> std::process::ExitStatus 
 /// Wait for the main process: the started child, or the followed MAINPID process.
 async fn wait_main(
     child: &mut Option<tokio::process::Child>,
-    adopted: Option<&crate::notify::Pidfd>,
+    adopted: Option<&crate::instance::notify::Pidfd>,
 ) -> std::io::Result<std::process::ExitStatus> {
     match (adopted, child) {
         (Some(p), _) => {
@@ -934,7 +937,7 @@ async fn recv_opt(sock: Option<&NotifySocket>) -> std::io::Result<Datagram> {
 }
 
 impl InstanceRun {
-    async fn run(mut self, mut resume: Option<crate::adopt::Adoptable>) {
+    async fn run(mut self, mut resume: Option<crate::state::adopt::Adoptable>) {
         let mut starts: std::collections::VecDeque<Instant> = Default::default();
         let mut attempt: u32 = 0;
         let mut restarts: u32 = 0;
@@ -1063,10 +1066,10 @@ impl InstanceRun {
         true
     }
 
-    /// Take over a verified run of a previous narund (see [`crate::adopt`]): open its
+    /// Take over a verified run of a previous narund (see [`crate::state::adopt`]): open its
     /// cgroup, re-bind its notify socket at the same path, take its log pipes back from
     /// the fd store when there are any, and report it `running` (reason `adopted`).
-    fn resume(&mut self, a: crate::adopt::Adoptable) -> Running {
+    fn resume(&mut self, a: crate::state::adopt::Adoptable) -> Running {
         let rec = a.record;
         self.run_id = rec.run_id.clone();
         self.notify_env.clear();
@@ -1283,8 +1286,8 @@ impl InstanceRun {
             // SAFETY: plain chown on a valid C string.
             unsafe { libc::chown(c.as_ptr(), id.uid, id.gid) };
         }
-        // Mounted files from narun-files, then secrets from narun-secrets (crate::secrets).
-        let input_err = |e: crate::secrets::InputError| StartFailure {
+        // Mounted files from narun-files, then secrets from narun-secrets (crate::fetch::inputs).
+        let input_err = |e: crate::fetch::inputs::InputError| StartFailure {
             reason: e.reason(),
             error: e.to_string(),
             text_busy: false,
@@ -1297,7 +1300,7 @@ impl InstanceRun {
             .map_err(input_err)?;
         self.secret_env = inputs.secret_env(&self.spec).await.map_err(input_err)?;
 
-        // sd_notify: one socket per run (see crate::notify), bound before the cgroup so a
+        // sd_notify: one socket per run (see crate::instance::notify), bound before the cgroup so a
         // failure leaves nothing behind.
         let watchdog = self.spec.watchdog_sec.unwrap_or(0);
         self.notify_env.clear();
@@ -1593,13 +1596,13 @@ impl InstanceRun {
         // Drop our copies of the write ends, so the readers see EOF when the app exits.
         drop(cmd);
         // Under systemd: a copy of each read end waits in the fd store, so the app keeps
-        // its pipes if narund dies (crate::fdstore).
+        // its pipes if narund dies (crate::state::fdstore).
         for (stream, fd) in [
             ("stdout", std::os::fd::AsFd::as_fd(&out_r)),
             ("stderr", std::os::fd::AsFd::as_fd(&err_r)),
         ] {
-            let name = crate::fdstore::fd_name(&self.run_id, stream);
-            if let Err(e) = crate::fdstore::park(&name, fd) {
+            let name = crate::state::fdstore::fd_name(&self.run_id, stream);
+            if let Err(e) = crate::state::fdstore::park(&name, fd) {
                 tracing::warn!(instance = %self.instance_id, error = %e, "cannot park the log pipe in systemd's fd store; the app loses its output pipe if narund dies");
             }
         }
@@ -1662,7 +1665,7 @@ impl InstanceRun {
             .map(Duration::from_secs);
         // The main process of a run adopted from a previous narund, whose exit status is
         // unknown (not our child): followed from the start.
-        let mut adopted: Option<crate::notify::Pidfd> = r.resumed.take();
+        let mut adopted: Option<crate::instance::notify::Pidfd> = r.resumed.take();
         let from_record = adopted.is_some();
         let mut n = NotifyRun {
             // An adopted run was `running` (ready) when it was recorded.
@@ -1693,7 +1696,7 @@ impl InstanceRun {
                         let _ = self.on_notify(&mut n, &membership, d);
                     }
                     if n.main_pid != r.pid && membership.contains(n.main_pid) {
-                        match crate::notify::Pidfd::open(n.main_pid) {
+                        match crate::instance::notify::Pidfd::open(n.main_pid) {
                             Ok(fd) => {
                                 TRACKED.lock().unwrap().insert(n.main_pid);
                                 if let Membership::Descendants(_) = membership {
@@ -1842,7 +1845,10 @@ impl InstanceRun {
         drop(socket);
         self.inner.remove_record(&self.run_id);
         for stream in ["stdout", "stderr"] {
-            let _ = crate::fdstore::unpark(&crate::fdstore::fd_name(&self.run_id, stream));
+            let _ = crate::state::fdstore::unpark(&crate::state::fdstore::fd_name(
+                &self.run_id,
+                stream,
+            ));
         }
         let outcome = match failure {
             None if status_unknown => Outcome {
@@ -1893,7 +1899,7 @@ impl InstanceRun {
             return None;
         }
         if d.truncated {
-            tracing::warn!(instance = %self.instance_id, pid = sender.pid, "sd_notify datagram longer than {} bytes ignored", crate::notify::MAX_DATAGRAM);
+            tracing::warn!(instance = %self.instance_id, pid = sender.pid, "sd_notify datagram longer than {} bytes ignored", crate::instance::notify::MAX_DATAGRAM);
             return None;
         }
         let m = Message::parse(&d.data);
@@ -2203,3 +2209,7 @@ mod tests {
         assert_eq!(classify(st(libc::SIGKILL), true).kind, ExitKind::OomKill);
     }
 }
+
+pub mod control;
+pub mod heartbeat;
+pub mod reconcile;

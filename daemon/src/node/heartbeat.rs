@@ -10,7 +10,7 @@
 //! `shutting_down`, every app is stopped gracefully in parallel (each within its
 //! `stopTimeoutSec`), and the key is deleted.
 
-use crate::supervisor::Supervisor;
+use crate::node::Supervisor;
 use async_nats::jetstream::kv;
 use narun_wire::events::{NodeState, now_rfc3339};
 use narun_wire::names;
@@ -181,7 +181,7 @@ pub async fn run_heartbeat(
                     break;
                 }
                 _ = tick.tick() => beat.beat(),
-                _ = crate::supervisor::stopped(&mut stop) => return,
+                _ = crate::node::stopped(&mut stop) => return,
             }
         }
     }

@@ -31,7 +31,7 @@
 //! Errors are answers, never crashes: an unknown app, an app with no instance here, an
 //! unknown instance or a request that is not JSON each get a reply with `error` set.
 
-use crate::supervisor::{InstanceHandle, Supervisor};
+use crate::node::{InstanceHandle, Supervisor};
 use futures_util::StreamExt;
 use narun_wire::events::{RestartReply, RestartRequest};
 use narun_wire::names;
@@ -51,7 +51,7 @@ impl Supervisor {
         let budget = {
             let apps = self.inner.apps.lock().unwrap();
             apps.get(app).map_or(Duration::from_secs(30), |a| {
-                crate::reconcile::apply_budget(&a.spec, a.instances.len() as u32)
+                crate::node::reconcile::apply_budget(&a.spec, a.instances.len() as u32)
             })
         };
         let _serial = self.serial(format!("the restart of {app}"), budget).await;
@@ -103,7 +103,7 @@ impl Supervisor {
             let new = self.start_instance(old.spec.clone(), old.index);
             self.put_instance(app, new.clone());
             self.inner.changed.notify_waiters();
-            match crate::reconcile::wait_settled(&new, &self.inner.liveness).await {
+            match crate::node::reconcile::wait_settled(&new, &self.inner.liveness).await {
                 Ok(()) => {
                     tracing::info!(instance = %new.instance_id, "restarted");
                     reply.restarted.push(new.instance_id.clone());
@@ -160,7 +160,7 @@ pub async fn run(sup: Supervisor, client: async_nats::Client, mut stop: watch::R
     loop {
         let sub = tokio::select! {
             s = client.subscribe(subject.clone()) => s,
-            _ = crate::supervisor::stopped(&mut stop) => return,
+            _ = crate::node::stopped(&mut stop) => return,
         };
         match sub {
             Ok(mut sub) => {
@@ -169,7 +169,7 @@ pub async fn run(sup: Supervisor, client: async_nats::Client, mut stop: watch::R
                 loop {
                     let msg = tokio::select! {
                         m = sub.next() => m,
-                        _ = crate::supervisor::stopped(&mut stop) => return,
+                        _ = crate::node::stopped(&mut stop) => return,
                     };
                     let Some(msg) = msg else { break };
                     let (sup, client) = (sup.clone(), client.clone());
@@ -195,7 +195,7 @@ pub async fn run(sup: Supervisor, client: async_nats::Client, mut stop: watch::R
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = crate::supervisor::stopped(&mut stop) => return,
+            _ = crate::node::stopped(&mut stop) => return,
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }

@@ -35,14 +35,14 @@
 //! * The restart counter and backoff state start from zero; watchdog timing restarts from
 //!   the adoption; a run adopted while it was `starting` is not adopted (records are
 //!   written when a run becomes `running`).
-//! * stdout/stderr: see [`crate::fdstore`]. With systemd the read ends of the pipes are
+//! * stdout/stderr: see [`crate::state::fdstore`]. With systemd the read ends of the pipes are
 //!   parked in systemd's fd store and forwarding continues. Without systemd there is no fd
 //!   store: the pipes' read ends close when narund dies, and an app that writes to
 //!   stdout/stderr afterwards gets `SIGPIPE` (killed, unless it ignores the signal; then
 //!   its writes fail with `EPIPE`).
 
 use crate::cgroup::CgroupRoot;
-use crate::notify::{Pidfd, cgroup_within, proc_cgroup};
+use crate::instance::notify::{Pidfd, cgroup_within, proc_cgroup};
 use crate::state::{InstanceRecord, process_start_time};
 use narun_spec::AppSpec;
 use std::collections::BTreeMap;
@@ -54,7 +54,7 @@ pub struct Adoptable {
     /// Opened before the start time was checked: it refers to exactly that process.
     pub pidfd: Pidfd,
     /// The run's log pipes from systemd's fd store (taken with the run, so that
-    /// [`crate::fdstore::drop_unclaimed`] never closes them).
+    /// [`crate::state::fdstore::drop_unclaimed`] never closes them).
     pub log_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 

@@ -1,0 +1,3 @@
+//! One app instance: its runs, one after the other.
+
+pub mod notify;
