@@ -9,6 +9,88 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The part of narund's configuration the node and its instances work with (what
+/// [`Config`] gives after flags, environment and validation).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    /// Runtime directory (tmpfs): per-run sd_notify sockets live in
+    /// `<runtime_dir>/instances/<instance>/`.
+    pub runtime_dir: PathBuf,
+    /// Labels of this node (for `desired_replicas`).
+    pub labels: BTreeMap<String, String>,
+    /// The NATS settings apps receive in their environment.
+    pub nats: NatsSettings,
+    /// User of apps whose spec names none.
+    pub default_user: String,
+    /// Whether a spec may ask for `user: root`.
+    pub allow_root: bool,
+    /// Cap of the restart backoff.
+    pub restart_backoff_max: std::time::Duration,
+    /// Binary versions kept per app.
+    pub keep_versions: usize,
+    /// Configured cgroup root (None = next to narund's own cgroup).
+    pub cgroup_root: Option<PathBuf>,
+    /// Spool size of the log forwarder.
+    pub log_spool_bytes: usize,
+    /// Longer output lines are forwarded in pieces.
+    pub log_max_line_bytes: usize,
+}
+
+impl Default for Settings {
+    /// The defaults of [`Config`] (what an empty `narund.toml` gives).
+    fn default() -> Self {
+        Settings::from_config(&Config::default())
+    }
+}
+
+impl Settings {
+    /// From narund's [`Config`].
+    pub fn from_config(c: &Config) -> Settings {
+        Settings {
+            node_id: c.node_id.clone(),
+            data_dir: c.data_dir.clone(),
+            runtime_dir: c.runtime_dir.clone(),
+            labels: c.labels.clone(),
+            nats: c.nats.clone(),
+            default_user: c.apps.default_user.clone(),
+            allow_root: c.apps.allow_root,
+            restart_backoff_max: std::time::Duration::from_secs(
+                c.apps.restart_backoff_max_sec.max(1),
+            ),
+            keep_versions: c.apps.keep_versions,
+            cgroup_root: c.cgroup.root.clone(),
+            log_spool_bytes: c.logs.spool_bytes,
+            log_max_line_bytes: c.logs.max_line_bytes,
+        }
+    }
+}
+
+/// The part of the configuration a `SIGHUP` reload changes while apps keep running
+/// (`Node::reload`). Everything else in [`Settings`] needs a restart of
+/// narund (node id, directories, cgroup root, NATS settings, spool size).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reloadable {
+    /// Labels of this node (spec selectors).
+    pub labels: BTreeMap<String, String>,
+    pub default_user: String,
+    pub allow_root: bool,
+    pub restart_backoff_max: std::time::Duration,
+}
+
+impl Reloadable {
+    /// The reloadable part of `c`.
+    pub fn of(c: &Settings) -> Reloadable {
+        Reloadable {
+            labels: c.labels.clone(),
+            default_user: c.default_user.clone(),
+            allow_root: c.allow_root,
+            restart_backoff_max: c.restart_backoff_max,
+        }
+    }
+}
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/narun/narund.toml";
 

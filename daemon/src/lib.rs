@@ -24,6 +24,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod daemon;
 pub mod fetch;
 pub mod instance;
 pub mod liveness;
@@ -32,4 +33,6 @@ pub mod memory;
 pub mod node;
 pub mod privileges;
 pub mod state;
+#[cfg(test)]
+pub mod testing;
 pub mod uring;

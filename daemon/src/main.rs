@@ -10,9 +10,10 @@
 use anyhow::Context;
 use clap::Parser;
 use narund::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
-use sd_notify::NotifyState;
+use narund::daemon::Daemon;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -142,261 +143,28 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// `SIGHUP`: read the configuration again (same file, flags and environment) and apply
-/// what can change while apps run ([`narund::node::Reloadable`]: labels, default
-/// user, `allow_root`, restart backoff). An invalid file changes nothing. Returns the
-/// one-line result for systemd's `STATUS=`.
-async fn reload(
-    cli: &Cli,
-    #[cfg_attr(not(feature = "gateway"), allow(unused_variables))] current: &Config,
-    sup: &narund::node::Supervisor,
-) -> String {
-    let new = match load_config(cli) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("reload failed, keeping the running configuration: {e:#}");
-            return format!("reload failed, running configuration kept: {e:#}").replace('\n', "; ");
-        }
-    };
-    let needs_restart = sup
-        .reload(narund::node::SupervisorConfig::from_config(&new))
-        .await;
-    sup.set_master_key_file(&new.secrets.master_key_file);
-    #[cfg(feature = "gateway")]
-    let needs_restart = {
-        let mut v = needs_restart;
-        if new.gateway != current.gateway {
-            v.push("gateway changed: restart narund to apply it".into());
-        }
-        v
-    };
-    for line in &needs_restart {
-        tracing::warn!("reload: {line}");
-    }
-    if needs_restart.is_empty() {
-        tracing::info!("configuration reloaded");
-        "configuration reloaded".into()
-    } else {
-        format!(
-            "configuration reloaded; {} setting(s) need a restart",
-            needs_restart.len()
-        )
-    }
-}
-
+/// Run narund ([`Daemon`]) until SIGTERM or SIGINT; SIGHUP reads the configuration
+/// again (same file, flags and environment) and hands it to the daemon.
 async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
-    tracing::info!(node_id = %config.node_id, nats = %config.nats.url, "narund starting");
-    let client = config
-        .nats
-        .connect(&format!("narund {}", config.node_id))
-        .await
-        .context("NATS settings")?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let config_memory = config.memory.clone();
-    let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
-
-    #[cfg(feature = "gateway")]
-    if config.gateway.enabled {
-        let gateway = narun_gateway::Gateway::bind(config.gateway.clone(), client.clone())
-            .await
-            .context("starting the gateway")?;
-        tracing::info!(http = %gateway.http_addr(), metrics = %gateway.metrics_addr(), "gateway listening");
-        let mut stop = stop_rx.clone();
-        tasks.spawn(async move {
-            gateway
-                .run(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .context("gateway")
-        });
-    }
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-
-    // The supervisor runs always, with or without NATS.
-    if let Err(e) = narund::node::become_subreaper() {
-        tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
-    }
-    let start_time = narun_wire::events::now_rfc3339();
-    let (sup, _log_task) = narund::node::Supervisor::new(
-        narund::node::SupervisorConfig::from_config(&config),
-        client.clone(),
-        narund::uring::UringHandle::start(),
-    )
-    .await;
-    sup.set_master_key_file(&config.secrets.master_key_file);
-    let _reaper = narund::node::spawn_reaper(Some(
-        sup.liveness().register("reaper", narund::node::REAP_EVERY),
-    ));
-    // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval, and only
-    // while the reconciler, heartbeat and reaper make progress (narund::liveness), so a
-    // wedged loop lets systemd restart narund. A loop counts as stuck after half the
-    // interval of silence (at most 10 s).
-    let watchdog_period = sd_notify::watchdog_enabled().map(|p| p / 2);
-    if let Some(half) = watchdog_period {
-        sup.liveness()
-            .set_stall_after(half.min(narund::liveness::STALL_AFTER));
-    }
-    {
-        // Trim narund's binary again each time it settles (narund::memory).
-        let (sup, stop) = (sup.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            narund::memory::trim_when_settled(
-                config_memory,
-                move || {
-                    let sup = sup.clone();
-                    async move { sup.changed().await }
-                },
-                stop,
-            )
-            .await;
-            Ok(())
-        });
-    }
-    let offline = sup.start_offline().await;
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    {
-        let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            narund::node::reconcile::run(sup, client, Some(ready_tx), stop).await;
-            Ok(())
-        });
-    }
-    {
-        let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
-        let start_time = start_time.clone();
-        tasks.spawn(async move {
-            narund::node::heartbeat::run_heartbeat(sup, client, start_time, stop).await;
-            Ok(())
-        });
-    }
-    {
-        // Operator requests (`narunctl apps restart`) on narun.control.<node>.*.
-        let (sup, client, stop) = (sup.clone(), client.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            narund::node::control::run(sup, client, stop).await;
-            Ok(())
-        });
-    }
-    if config.logs.stream {
-        let limits = narund::logs::stream::Limits::from_config(&config.logs);
-        let (client, stop) = (client.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            narund::logs::stream::run(client, limits, stop).await;
-            Ok(())
-        });
-    }
-    // READY=1 after the first reconcile, or at once when apps were started from local state
-    // (NATS may be far away). Without either, READY comes after 30 s anyway: narund is
-    // working, it is only waiting for NATS.
-    let ready_wait = async move {
-        if offline == 0 {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx).await;
-        }
-    };
-    tokio::pin!(ready_wait);
-    let mut ready_sent = false;
-    let mut stuck: Option<String> = None;
-    // STATUS= follows the instances and the NATS connection (checked every 2 s, sent
-    // when it changes); a reload's result stays appended until the next reload.
-    let mut status_tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_status = String::new();
-    let mut reload_note: Option<String> = None;
-    let mut watchdog =
-        tokio::time::interval(watchdog_period.unwrap_or(std::time::Duration::from_secs(3600)));
-    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
+    let daemon = Daemon::new(config).await?;
+    let shutdown = CancellationToken::new();
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let daemon = tokio::spawn(daemon.run(shutdown.clone(), reloads));
+    tokio::pin!(daemon);
     loop {
         tokio::select! {
-            _ = watchdog.tick(), if watchdog_period.is_some() => {
-                match sup.liveness().check() {
-                    Ok(()) => {
-                        if stuck.take().is_some() {
-                            tracing::info!("narund makes progress again; watchdog pings resumed");
-                            last_status.clear();
-                        }
-                        notify(&[NotifyState::Watchdog]);
-                    }
-                    Err(what) => {
-                        // No ping: systemd's watchdog fires unless this clears in time.
-                        if stuck.as_deref() != Some(&what) {
-                            tracing::error!(%what, "narund is stuck; withholding WATCHDOG=1");
-                            notify(&[NotifyState::Status(&format!("stuck: {what}"))]);
-                        }
-                        stuck = Some(what);
-                    }
-                }
-            }
-            _ = status_tick.tick(), if ready_sent && stuck.is_none() => {
-                let connected =
-                    client.connection_state() == async_nats::connection::State::Connected;
-                let mut line = narund::node::heartbeat::status_line(&sup.instances(), connected);
-                if let Some(note) = &reload_note {
-                    line = format!("{line}; {note}");
-                }
-                if line != last_status {
-                    notify(&[NotifyState::Status(&line)]);
-                    last_status = line;
-                }
-            }
-            _ = &mut ready_wait, if !ready_sent => {
-                ready_sent = true;
-                notify(&[
-                    NotifyState::Ready,
-                    NotifyState::Status(&format!(
-                        "node {} up; {} app(s) from local state; NATS {}",
-                        config.node_id, offline, config.nats.url
-                    )),
-                ]);
-            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                // Type=notify-reload wants MONOTONIC_USEC with RELOADING=1.
-                let mut reloading = vec![NotifyState::Reloading];
-                reloading.extend(NotifyState::monotonic_usec_now().ok());
-                notify(&reloading);
-                let status = reload(cli, &config, &sup).await;
-                notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-                last_status = status.clone();
-                reload_note = (status != "configuration reloaded").then_some(status);
+                let _ = reload_tx.send(load_config(cli).map_err(|e| format!("{e:#}"))).await;
             }
-            Some(res) = tasks.join_next() => {
-                res.context("task panicked")??;
-            }
+            res = &mut daemon => return res.context("narund panicked")?,
         }
     }
-    notify(&[NotifyState::Stopping]);
-    let _ = stop_tx.send(true);
-    match config.apps.on_exit {
-        narund::config::OnExit::Stop => {
-            tracing::info!("narund stopping");
-            narund::node::heartbeat::shutdown(&sup, &client, &start_time).await;
-        }
-        narund::config::OnExit::Detach => {
-            // The apps keep running; their records and parked log pipes stay for the next
-            // narund, which re-adopts them (docs/supervisor.md, "Re-adoption").
-            tracing::info!("narund stopping; apps keep running (apps.on_exit = \"detach\")");
-        }
-    }
-    sup.flush_logs(std::time::Duration::from_secs(2)).await;
-    while let Some(res) = tasks.join_next().await {
-        res.context("task panicked")??;
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
-    Ok(())
-}
-
-/// Tell systemd (`$NOTIFY_SOCKET`); bounded, so a service manager that stops reading
-/// cannot block narund ([`narund::state::fdstore::notify`]).
-fn notify(state: &[NotifyState]) {
-    let text: String = state.iter().map(|s| format!("{s}\n")).collect();
-    if let Err(e) = narund::state::fdstore::notify(&text) {
-        tracing::warn!(error = %e, "sd_notify failed");
-    }
+    shutdown.cancel();
+    daemon.await.context("narund panicked")?
 }

@@ -42,7 +42,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// `[memory]`: narund's own memory footprint.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -124,11 +124,8 @@ pub fn apply(config: &MemoryConfig) {
 /// ([`Supervisor::changed`](crate::node::Supervisor::changed)); a change that happens
 /// while a trim runs (milliseconds) may be missed, so the pages it touched stay until the
 /// next settle.
-pub async fn trim_when_settled<F, Fut>(
-    config: MemoryConfig,
-    changed: F,
-    stop: watch::Receiver<bool>,
-) where
+pub async fn trim_when_settled<F, Fut>(config: MemoryConfig, changed: F, stop: CancellationToken)
+where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
@@ -166,7 +163,7 @@ async fn on_settled<F, Fut, A, AFut>(
     quiet: Duration,
     min_gap: Duration,
     mut changed: F,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     mut act: A,
 ) where
     F: FnMut() -> Fut,
@@ -181,13 +178,13 @@ async fn on_settled<F, Fut, A, AFut>(
             tokio::select! {
                 _ = changed() => continue,
                 _ = tokio::time::sleep(quiet) => break,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             }
         }
         if let Some(at) = last {
             tokio::select! {
                 _ = tokio::time::sleep_until(at + min_gap) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             }
         }
         last = Some(tokio::time::Instant::now());
@@ -197,7 +194,7 @@ async fn on_settled<F, Fut, A, AFut>(
         // Settled: nothing to do until the next change.
         tokio::select! {
             _ = changed() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -425,7 +422,8 @@ mod tests {
         use std::sync::{Arc, Mutex};
         let t0 = tokio::time::Instant::now();
         let notify = Arc::new(tokio::sync::Notify::new());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stop_rx = stop.clone();
         let acted = Arc::new(Mutex::new(Vec::new()));
         let task = {
             let (notify, acted) = (notify.clone(), acted.clone());
@@ -451,7 +449,7 @@ mod tests {
             notify.notify_waiters();
         }
         tokio::time::sleep_until(t0 + run_for).await;
-        stop_tx.send(true).unwrap();
+        stop.cancel();
         task.await.unwrap();
         Arc::try_unwrap(acted).unwrap().into_inner().unwrap()
     }

@@ -17,7 +17,8 @@
 //! with limits to removal, including the clean-up of stale ones.
 //!
 //! **May call** nothing else in narund: only the kernel (cgroupfs files, `statfs(2)`, `kill(2)`,
-//! inotify) and tokio. The supervisor and [`crate::state::adopt`] use it.
+//! inotify) and tokio. Instances ([`crate::instance`]) use it through [`Cgroups`]; the daemon
+//! discovers the root ([`CgroupRoot::discover`]).
 //!
 //! | file | what it holds |
 //! |---|---|
@@ -27,6 +28,7 @@
 //! | `instance.rs` | [`InstanceCgroup`] and [`instance_name`]: create, place a child, freeze, kill, wait, remove |
 //! | `limits.rs` | [`Limits`], [`Controllers`], [`MemoryEvents`], the `cgroup.events` parser |
 //! | `inotify.rs` | the inotify watch on `cgroup.events` that [`InstanceCgroup::wait_empty`] waits on |
+//! | `manager.rs` | the seam: [`Cgroups`] and [`RunCgroup`], implemented by [`CgroupRoot`] and [`InstanceCgroup`] (and in memory for unit tests) |
 //!
 //! # Typical use (supervisor)
 //!
@@ -58,6 +60,7 @@ mod inotify;
 mod instance;
 mod layout;
 mod limits;
+mod manager;
 mod root;
 
 pub use instance::{INSTANCE_PREFIX, InstanceCgroup, enter_cgroup_in_pre_exec, instance_name};
@@ -66,6 +69,7 @@ pub use layout::{
     parse_mountinfo, parse_proc_cgroup,
 };
 pub use limits::{Controllers, Limits, MemoryEvents, parse_cgroup_events};
+pub use manager::{Cgroups, RunCgroup};
 pub use root::{CgroupRoot, ControllerReport};
 
 use std::fs::{self, OpenOptions};

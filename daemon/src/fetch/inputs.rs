@@ -28,7 +28,6 @@
 //! takes effect without restarting narund.
 
 use crate::fetch::{FetchError, Sha256Digest, download_verified, persist_synced};
-use crate::node::Supervisor;
 use crate::uring::UringHandle;
 use async_nats::jetstream::{self, object_store};
 use narun_spec::AppSpec;
@@ -76,7 +75,7 @@ pub struct AppInputs {
 
 impl AppInputs {
     /// Inputs read through `client`, with the master key at [`DEFAULT_MASTER_KEY_FILE`] until
-    /// [`Supervisor::set_master_key_file`] says otherwise.
+    /// [`AppInputs::set_master_key_file`] says otherwise.
     pub fn new(client: async_nats::Client, uring: UringHandle) -> AppInputs {
         AppInputs {
             client,
@@ -359,11 +358,11 @@ fn prepare_parent(work: &Path, rel: &Path, owner: Option<(u32, u32)>) -> Result<
     }
 }
 
-impl Supervisor {
+impl AppInputs {
     /// Read the master key for `valueFromSecret` from `path` from now on (narund's
     /// `[secrets] master_key_file`).
     pub fn set_master_key_file(&self, path: impl Into<PathBuf>) {
-        *self.inner.inputs.master_key_file.lock().unwrap() = path.into();
+        *self.master_key_file.lock().unwrap() = path.into();
     }
 }
 

@@ -1,5 +1,241 @@
-//! One app instance: its runs, one after the other.
+//! One app instance (`<app>-<index>`): its runs, one after the other, each in its own
+//! cgroup, restarted by policy, stopped cleanly.
+//!
+//! **Owns** everything between "this node runs replica *i* of this spec" and the process:
+//! the lifecycle, the start (binary, user, work dir, secrets and files, notify socket,
+//! cgroup, environment, spawn), the exit classification, the per-run sd_notify socket, the
+//! orphan reaper, and the record that lets a later narund re-adopt a running process.
+//!
+//! **May call** [`crate::cgroup`] (through [`crate::cgroup::Cgroups`]), [`crate::fetch`]
+//! (binaries, secrets, mounted files), [`crate::logs`] (the instance's log sink),
+//! [`crate::privileges`], [`crate::state`] (records, persisted digests), [`crate::config`].
+//! It never calls [`crate::node`]: the node hands it a [`Host`] and holds its
+//! [`InstanceHandle`].
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `lifecycle.rs` | the pure state machine: start, ready, crash, backoff, start limit, watchdog, stop, re-adopt (**where restarts are decided**) |
+//! | `adopt.rs` | re-adoption: which runs of a previous narund are verified and continued |
+//! | `task.rs` | the driver: one tokio task per instance that feeds the lifecycle events and carries out its actions |
+//! | `start.rs` | fetch, prepare and spawn one run; the app's exact environment |
+//! | `exit.rs` | how a run ended, classified the way systemd does |
+//! | `process.rs` | the seam to the kernel: [`process::Processes`] (spawn, signal, follow) and its real implementation |
+//! | `notify.rs` | the per-run sd_notify socket and message parser |
+//! | `reaper.rs` | narund as child subreaper: reaping orphans without stealing a child's exit status |
+//!
+//! See `docs/supervisor.md` for the behaviour as users see it.
+//!
+//! # Lifecycle of an instance
+//!
+//! * **starting**: the binary is taken from the content-addressed cache (downloaded and
+//!   SHA-256 verified when needed), `<data_dir>/instances/<app>-<index>/work` is created, a
+//!   fresh cgroup `narun-<app>-<index>-<run>` is created with the spec's limits.
+//! * **running** (with `pid`): the process runs with an *exact* environment (nothing is
+//!   inherited from narund: spec env, `USER`/`HOME`/`LOGNAME`, a default `PATH`, the
+//!   `NARUN_*` variables and the NATS connection variables), in its own process group and
+//!   cgroup, as the spec's user with only the spec's capabilities. stdout/stderr go through
+//!   [`crate::logs`] to `logs.<app>.<node>`.
+//! * When the main process exits on its own, whatever is left in the cgroup (double-forked
+//!   children) is killed (systemd's `KillMode=control-group`), then the exit is classified
+//!   ([`narun_spec::ExitKind`]) and the spec's `restart` policy decides (systemd's matrix,
+//!   [`narun_spec::RestartPolicy::restarts_after`]).
+//! * Restarts wait an exponential backoff with jitter: 100 ms, 200 ms, 400 ms … capped at
+//!   `apps.restart_backoff_max_sec`; a run of at least [`STABLE_RUN`] resets it. At most
+//!   `startLimitBurst` starts per `startLimitIntervalSec` (systemd's start limit): one more
+//!   gives `failed` with reason `start-limit`, and the instance stays down until the spec
+//!   is applied again.
+//! * **Stop** (scale down, spec change, delete, shutdown): `stopSignal` to the main
+//!   process, `stopTimeoutSec` to exit, then `cgroup.kill` (SIGKILL to every process of
+//!   the instance, atomically), wait until the cgroup is empty, remove it.
+//!
+//! * **Re-adoption**: a `running` run is recorded in `state/instances.json`; after a
+//!   restart of narund a verified run is continued in *adopted* mode (no child: its exit
+//!   is seen through a pidfd, its exit status is unknown). See [`adopt`].
+//!
+//! Every transition is published as a `StatusEvent` on `status.<app>.<node>` and kept in
+//! a [`Snapshot`] for the node heartbeat.
+//!
 
+pub mod adopt;
 pub mod exit;
 pub mod lifecycle;
 pub mod notify;
+pub mod process;
+pub mod reaper;
+mod start;
+mod task;
+
+use crate::cgroup::Cgroups;
+use crate::config::{Reloadable, Settings};
+use crate::fetch::BinaryCache;
+use crate::fetch::inputs::AppInputs;
+use crate::logs::LogForwarder;
+use crate::state::Local;
+use crate::uring::UringHandle;
+use adopt::Adoptable;
+use async_nats::jetstream::object_store::ObjectStore;
+use narun_spec::AppSpec;
+use narun_wire::status::{InstanceStatus, Reason};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+
+/// How long a download of a binary may take before the start fails.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// `PATH` given to apps whose spec does not set one (systemd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use lifecycle::{BACKOFF_START, STABLE_RUN};
+
+/// What a node provides to its instances: settings, the shared services and the kernel
+/// seams. Built once by the node.
+pub struct Host {
+    /// The settings narund started with; the reloadable part lives in `live`.
+    pub settings: Settings,
+    live: RwLock<Arc<Reloadable>>,
+    pub logs: LogForwarder,
+    pub cache: BinaryCache,
+    pub uring: UringHandle,
+    pub inputs: AppInputs,
+    pub local: Local,
+    pub processes: Arc<dyn process::Processes>,
+    pub cgroups: Option<Arc<dyn Cgroups>>,
+    /// `app-binaries`, once NATS is reachable.
+    pub store: Mutex<Option<ObjectStore>>,
+    /// One download at a time: two instances of a new spec would otherwise both miss the
+    /// cache and write the same binary twice.
+    fetch_lock: tokio::sync::Mutex<()>,
+    /// Status events, published in order by the node's publisher task.
+    events: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    /// Signalled on every status change (the heartbeat and the memory trimmer listen).
+    pub changed: Notify,
+}
+
+/// The parts a [`Host`] is built from.
+pub struct HostParts {
+    pub settings: Settings,
+    pub logs: LogForwarder,
+    pub uring: UringHandle,
+    pub inputs: AppInputs,
+    pub local: Local,
+    pub processes: Arc<dyn process::Processes>,
+    pub cgroups: Option<Arc<dyn Cgroups>>,
+    pub events: mpsc::UnboundedSender<(String, Vec<u8>)>,
+}
+
+impl Host {
+    pub fn new(p: HostParts) -> Host {
+        Host {
+            live: RwLock::new(Arc::new(Reloadable::of(&p.settings))),
+            cache: BinaryCache::new(
+                &p.settings.data_dir,
+                p.settings.keep_versions,
+                p.uring.clone(),
+            ),
+            settings: p.settings,
+            logs: p.logs,
+            uring: p.uring,
+            inputs: p.inputs,
+            local: p.local,
+            processes: p.processes,
+            cgroups: p.cgroups,
+            store: Mutex::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            events: p.events,
+            changed: Notify::new(),
+        }
+    }
+
+    /// The current reloadable settings.
+    pub fn live(&self) -> Arc<Reloadable> {
+        self.live.read().unwrap().clone()
+    }
+
+    /// Replace the reloadable settings; returns the previous ones.
+    pub fn set_live(&self, live: Reloadable) -> Arc<Reloadable> {
+        std::mem::replace(&mut *self.live.write().unwrap(), Arc::new(live))
+    }
+
+    /// Queue a core-NATS publish (like Go: not JetStream). One publisher task sends them
+    /// in order, so a disconnected client never stalls an instance and events keep their
+    /// order; async-nats buffers them until the connection is back.
+    pub fn publish(&self, subject: String, payload: Vec<u8>) {
+        let _ = self.events.send((subject, payload));
+    }
+
+    /// Start instance `index` of `spec`: a new task (the caller keeps the handle). With
+    /// `adopt`, a verified run of a previous narund is continued instead of started.
+    pub fn spawn_instance(
+        self: &Arc<Host>,
+        spec: Arc<AppSpec>,
+        index: u32,
+        adopt: Option<Adoptable>,
+    ) -> InstanceHandle {
+        task::spawn(self.clone(), spec, index, adopt)
+    }
+}
+
+/// The current state of one instance (for heartbeats, tests and rollouts).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Last published status.
+    pub status: InstanceStatus,
+    pub pid: Option<i32>,
+    pub reason: Option<Reason>,
+    pub restarts: u32,
+    /// Hex SHA-256 of the binary.
+    pub digest: String,
+    pub unenforced: Vec<String>,
+    /// The instance task has finished: nothing runs and nothing will be restarted.
+    pub ended: bool,
+    /// Last `STATUS=` text of the app (sd_notify), for this run.
+    pub notify_status: String,
+    /// Error text of the last status event (why it crashed or failed).
+    pub error: String,
+    /// While `starting` with `notify: true`: when the start times out (moves with
+    /// `EXTEND_TIMEOUT_USEC=`).
+    pub start_deadline: Option<tokio::time::Instant>,
+}
+
+/// The node's handle on one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    pub instance_id: String,
+    pub index: u32,
+    /// Run hash ([`AppSpec::run_hash`]) of the spec this instance runs.
+    pub hash: String,
+    pub spec: Arc<AppSpec>,
+    status: watch::Receiver<Snapshot>,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl InstanceHandle {
+    /// Current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.status.borrow().clone()
+    }
+
+    /// Wait until `pred` holds for the state, at most `timeout`. Returns the state then
+    /// (or the last state on timeout, as `Err`).
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&Snapshot) -> bool,
+    ) -> Result<Snapshot, Snapshot> {
+        let mut rx = self.status.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(pred)).await {
+            Ok(Ok(s)) => Ok(s.clone()),
+            _ => Err(self.snapshot()),
+        }
+    }
+
+    /// Ask the instance to stop (no restart) and wait until it has ended: stop signal,
+    /// `stopTimeoutSec`, then SIGKILL of the whole cgroup.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        // The stop itself is bounded by stopTimeoutSec + the cgroup wait; add a margin.
+        let bound = Duration::from_secs(self.spec.stop_timeout_sec) + Duration::from_secs(30);
+        if self.wait_for(bound, |s| s.ended).await.is_err() {
+            tracing::error!(instance = %self.instance_id, "instance did not end after stop");
+        }
+    }
+}

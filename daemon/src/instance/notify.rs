@@ -362,18 +362,14 @@ pub enum Membership {
 
 impl Membership {
     /// The membership of an instance whose main process is `main_pid`. With a cgroup
-    /// (`cgroup_dir` = its directory, `mount_point` = where cgroup2 is mounted) the
-    /// cgroup path is read from `/proc/<main_pid>/cgroup` (exact, also under cgroup
-    /// namespaces), or derived from the directory when the process is already gone.
-    pub fn of_instance(main_pid: i32, cgroup: Option<(&Path, &Path)>) -> Membership {
-        let Some((dir, mount_point)) = cgroup else {
+    /// (`cgroup_path` = its path as `/proc/<pid>/cgroup` shows it) the path is read from
+    /// `/proc/<main_pid>/cgroup` (exact, also under cgroup namespaces), or taken from
+    /// `cgroup_path` when the process is already gone.
+    pub fn of_instance(main_pid: i32, cgroup_path: Option<&str>) -> Membership {
+        let Some(path) = cgroup_path else {
             return Membership::Descendants(main_pid);
         };
-        if let Some(p) = proc_cgroup(main_pid) {
-            return Membership::Cgroup(p);
-        }
-        let rel = dir.strip_prefix(mount_point).unwrap_or(dir);
-        Membership::Cgroup(format!("/{}", rel.display()).replace("//", "/"))
+        Membership::Cgroup(proc_cgroup(main_pid).unwrap_or_else(|| path.to_string()))
     }
 
     /// Whether `pid` is a member now.
@@ -385,57 +381,6 @@ impl Membership {
             Membership::Cgroup(path) => proc_cgroup(pid).is_some_and(|p| cgroup_within(&p, path)),
             Membership::Descendants(root) => is_descendant(pid, *root),
         }
-    }
-}
-
-/// A process narund follows without having started it (the app's `MAINPID=`, once the
-/// process narund started has exited): its exit is seen through a pidfd (Linux ≥ 5.3).
-#[derive(Debug)]
-pub struct Pidfd {
-    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
-    pid: i32,
-}
-
-impl Pidfd {
-    /// `pidfd_open(pid)`. Must run inside a tokio runtime.
-    pub fn open(pid: i32) -> io::Result<Pidfd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open takes (pid_t, unsigned int) and returns a new fd or -1.
-        let fd =
-            unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor that nothing else owns.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
-        // `AsyncFd::new` is deprecated from tokio 1.54 on (in favour of the unsafe
-        // `register`, which older tokio lacks) because a borrowed fd could be closed while
-        // registered; here the AsyncFd owns the fd, so it stays open while registered.
-        #[allow(deprecated)]
-        let fd = tokio::io::unix::AsyncFd::new(owned)?;
-        Ok(Pidfd { fd, pid })
-    }
-
-    /// The followed pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Resolves when the process has exited (the pidfd becomes readable).
-    pub async fn exited(&self) -> io::Result<()> {
-        let mut guard = self.fd.readable().await?;
-        guard.retain_ready();
-        Ok(())
-    }
-
-    /// The exit status, if the process was narund's child (it is when its parent exited
-    /// before it: narund is a child subreaper). `None` when it was somebody else's child.
-    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
-        use std::os::unix::process::ExitStatusExt;
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid on one specific pid with a valid status pointer.
-        let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        (rc == self.pid).then(|| std::process::ExitStatus::from_raw(status))
     }
 }
 

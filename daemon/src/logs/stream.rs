@@ -22,6 +22,7 @@
 
 use async_nats::jetstream::{self, stream};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Name of the stream (`narunctl logs` looks for this name).
 pub const STREAM: &str = narun_wire::names::LOG_STREAM;
@@ -129,11 +130,7 @@ pub async fn ensure(js: &jetstream::Context, limits: &Limits) -> Result<(), LogS
 /// [`RECHECK`] (a server whose JetStream storage was wiped gets it back). Ends when
 /// `stop` becomes true. Failures are logged, never fatal: apps and live logs do not
 /// depend on the stream.
-pub async fn run(
-    client: async_nats::Client,
-    limits: Limits,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run(client: async_nats::Client, limits: Limits, stop: CancellationToken) {
     let js = jetstream::new(client.clone());
     let mut delay = Duration::from_secs(1);
     loop {
@@ -155,7 +152,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
-            _ = crate::node::stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -31,27 +31,28 @@
 //! Errors are answers, never crashes: an unknown app, an app with no instance here, an
 //! unknown instance or a request that is not JSON each get a reply with `error` set.
 
-use crate::node::{InstanceHandle, Supervisor};
+use super::Node;
+use crate::instance::InstanceHandle;
 use futures_util::StreamExt;
 use narun_wire::events::{RestartReply, RestartRequest};
 use narun_wire::names;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-impl Supervisor {
+impl Node {
     /// Restart the instances of `app` on this node (only `instance` when given), one at
     /// a time, each stopped and started again and waited for until ready (see the
-    /// module docs). Serialised with [`Supervisor::apply`].
+    /// module docs). Serialised with [`Node::apply`].
     pub async fn restart_app(&self, app: &str, instance: Option<&str>) -> RestartReply {
         let mut reply = RestartReply {
-            node_id: self.inner.cfg.node_id.clone(),
+            node_id: self.inner.host.settings.node_id.clone(),
             app: app.to_string(),
             ..Default::default()
         };
         let budget = {
             let apps = self.inner.apps.lock().unwrap();
             apps.get(app).map_or(Duration::from_secs(30), |a| {
-                crate::node::reconcile::apply_budget(&a.spec, a.instances.len() as u32)
+                super::rollout::apply_budget(&a.spec, a.instances.len() as u32)
             })
         };
         let _serial = self.serial(format!("the restart of {app}"), budget).await;
@@ -102,8 +103,8 @@ impl Supervisor {
             // the app's current spec): a restart changes nothing but the run.
             let new = self.start_instance(old.spec.clone(), old.index);
             self.put_instance(app, new.clone());
-            self.inner.changed.notify_waiters();
-            match crate::node::reconcile::wait_settled(&new, &self.inner.liveness).await {
+            self.inner.host.changed.notify_waiters();
+            match super::rollout::wait_settled(&new, &self.inner.liveness).await {
                 Ok(()) => {
                     tracing::info!(instance = %new.instance_id, "restarted");
                     reply.restarted.push(new.instance_id.clone());
@@ -124,7 +125,7 @@ impl Supervisor {
                 }
             }
         }
-        self.inner.changed.notify_waiters();
+        self.inner.host.changed.notify_waiters();
         reply
     }
 
@@ -136,12 +137,12 @@ impl Supervisor {
                 self.restart_app(&req.app, instance).await
             }
             Ok(_) => RestartReply {
-                node_id: self.inner.cfg.node_id.clone(),
+                node_id: self.inner.host.settings.node_id.clone(),
                 error: "bad restart request: \"app\" is empty".into(),
                 ..Default::default()
             },
             Err(e) => RestartReply {
-                node_id: self.inner.cfg.node_id.clone(),
+                node_id: self.inner.host.settings.node_id.clone(),
                 error: format!("bad restart request: {e} (expected {{\"app\": \"NAME\"}})"),
                 ..Default::default()
             },
@@ -154,13 +155,13 @@ impl Supervisor {
 /// itself after reconnects. Each request is handled in its own task (a restart may
 /// take as long as its instances need to stop and become ready again) and answered on
 /// its reply subject; requests without one are handled and not answered.
-pub async fn run(sup: Supervisor, client: async_nats::Client, mut stop: watch::Receiver<bool>) {
-    let subject = names::control_subject(&sup.config().node_id, names::CONTROL_RESTART);
+pub async fn run(node: Node, client: async_nats::Client, stop: CancellationToken) {
+    let subject = names::control_subject(&node.settings().node_id, names::CONTROL_RESTART);
     let mut delay = Duration::from_millis(250);
     loop {
         let sub = tokio::select! {
             s = client.subscribe(subject.clone()) => s,
-            _ = crate::node::stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         };
         match sub {
             Ok(mut sub) => {
@@ -169,12 +170,12 @@ pub async fn run(sup: Supervisor, client: async_nats::Client, mut stop: watch::R
                 loop {
                     let msg = tokio::select! {
                         m = sub.next() => m,
-                        _ = crate::node::stopped(&mut stop) => return,
+                        _ = stop.cancelled() => return,
                     };
                     let Some(msg) = msg else { break };
-                    let (sup, client) = (sup.clone(), client.clone());
+                    let (node, client) = (node.clone(), client.clone());
                     tokio::spawn(async move {
-                        let reply = sup.answer_restart(&msg.payload).await;
+                        let reply = node.answer_restart(&msg.payload).await;
                         if !reply.error.is_empty() {
                             tracing::warn!(app = %reply.app, error = %reply.error, "restart request failed");
                         }
@@ -195,7 +196,7 @@ pub async fn run(sup: Supervisor, client: async_nats::Client, mut stop: watch::R
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = crate::node::stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }

@@ -10,13 +10,13 @@
 //! `shutting_down`, every app is stopped gracefully in parallel (each within its
 //! `stopTimeoutSec`), and the key is deleted.
 
-use crate::node::Supervisor;
+use crate::node::Node;
 use async_nats::jetstream::kv;
 use narun_wire::events::{NodeState, now_rfc3339};
 use narun_wire::names;
 use narun_wire::status::NodeStatus;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Interval between heartbeats (Go: TTL / 3).
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -30,35 +30,17 @@ pub const PUT_TIMEOUT: Duration = Duration::from_millis(7500);
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Build the node state as of now.
-pub fn node_state(
-    sup: &Supervisor,
-    status: NodeStatus,
-    start_time: &str,
-    connected: bool,
-) -> NodeState {
-    let instances = sup.instances();
+pub fn node_state(node: &Node, status: NodeStatus, start_time: &str, connected: bool) -> NodeState {
+    let instances = node.instances();
     let mut managed: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
     managed.sort();
     managed.dedup();
-    let (layout, controllers) = match sup.cgroup_root() {
-        Some(root) => {
-            let c = root.enforceable().unwrap_or_default();
-            let mut list = Vec::new();
-            if c.memory {
-                list.push("memory".to_string());
-            }
-            if c.cpu {
-                list.push("cpu".to_string());
-            }
-            if c.pids {
-                list.push("pids".to_string());
-            }
-            (root.layout().to_string(), list)
-        }
+    let (layout, controllers) = match node.cgroups() {
+        Some(c) => (c.layout(), c.controllers()),
         None => ("none".to_string(), vec![]),
     };
     NodeState {
-        node_id: sup.config().node_id.clone(),
+        node_id: node.settings().node_id.clone(),
         last_seen: now_rfc3339(),
         version: VERSION.to_string(),
         start_time: start_time.to_string(),
@@ -66,10 +48,10 @@ pub fn node_state(
         status,
         os: names::go_os().to_string(),
         arch: names::go_arch().to_string(),
-        labels: sup.live().labels.clone(),
+        labels: node.live().labels.clone(),
         cgroup_layout: layout,
         cgroup_controllers: controllers,
-        io_uring: Some(sup.io_uring()),
+        io_uring: Some(node.io_uring()),
         instances,
         nats_connected: Some(connected),
     }
@@ -126,12 +108,12 @@ pub fn status_line(instances: &[narun_wire::events::InstanceState], connected: b
 
 /// Heart-beat until `stop` becomes true. Failures are logged and retried at the next beat.
 pub async fn run_heartbeat(
-    sup: Supervisor,
+    node: Node,
     client: async_nats::Client,
     start_time: String,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
-    let beat = sup
+    let beat = node
         .liveness()
         .register("heartbeat", crate::liveness::BEAT_EVERY);
     let mut tick = tokio::time::interval(crate::liveness::BEAT_EVERY);
@@ -152,7 +134,7 @@ pub async fn run_heartbeat(
             if let Some(s) = &store {
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
-                let state = node_state(&sup, NodeStatus::Running, &start_time, connected);
+                let state = node_state(&node, NodeStatus::Running, &start_time, connected);
                 published = put(s, &state).await;
                 if !published {
                     tracing::debug!("heartbeat put failed (NATS down?)");
@@ -171,7 +153,7 @@ pub async fn run_heartbeat(
         };
         let next = tokio::time::sleep(wait);
         tokio::pin!(next);
-        let changed = sup.changed();
+        let changed = node.changed();
         tokio::pin!(changed);
         loop {
             tokio::select! {
@@ -181,25 +163,25 @@ pub async fn run_heartbeat(
                     break;
                 }
                 _ = tick.tick() => beat.beat(),
-                _ = crate::node::stopped(&mut stop) => return,
+                _ = stop.cancelled() => return,
             }
         }
     }
 }
 
 /// Clean shutdown: `shutting_down`, stop every app in parallel, delete the node key.
-pub async fn shutdown(sup: &Supervisor, client: &async_nats::Client, start_time: &str) {
+pub async fn shutdown(node: &Node, client: &async_nats::Client, start_time: &str) {
     let store = open(client).await;
     if let Some(s) = &store {
         put(
             s,
-            &node_state(sup, NodeStatus::ShuttingDown, start_time, true),
+            &node_state(node, NodeStatus::ShuttingDown, start_time, true),
         )
         .await;
     }
-    sup.shutdown().await;
+    node.shutdown().await;
     if let Some(s) = &store {
-        let node = sup.config().node_id.clone();
+        let node = node.settings().node_id.clone();
         let _ = tokio::time::timeout(PUT_TIMEOUT, s.delete(&node)).await;
     }
 }

@@ -297,5 +297,6 @@ mod tests {
     }
 }
 
-pub mod adopt;
 pub mod fdstore;
+mod local;
+pub use local::Local;

@@ -41,31 +41,46 @@
 //!   stdout/stderr afterwards gets `SIGPIPE` (killed, unless it ignores the signal; then
 //!   its writes fail with `EPIPE`).
 
-use crate::cgroup::CgroupRoot;
-use crate::instance::notify::{Pidfd, cgroup_within, proc_cgroup};
-use crate::state::{InstanceRecord, process_start_time};
+use super::process::{Proc, Processes};
+use crate::cgroup::Cgroups;
+use crate::instance::notify::cgroup_within;
+use crate::state::InstanceRecord;
 use narun_spec::AppSpec;
 use std::collections::BTreeMap;
 
 /// A verified run of a previous narund, waiting for its spec to be applied.
-#[derive(Debug)]
 pub struct Adoptable {
     pub record: InstanceRecord,
-    /// Opened before the start time was checked: it refers to exactly that process.
-    pub pidfd: Pidfd,
+    /// Followed since before the start time was checked: it refers to exactly that process.
+    pub proc: Box<dyn Proc>,
     /// The run's log pipes from systemd's fd store (taken with the run, so that
     /// [`crate::state::fdstore::drop_unclaimed`] never closes them).
     pub log_fds: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
+impl std::fmt::Debug for Adoptable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adoptable")
+            .field("record", &self.record)
+            .field("log_fds", &self.log_fds.len())
+            .finish()
+    }
+}
+
 /// Check that the process of `rec` is still the recorded one and inside its cgroup.
 /// Must run inside a tokio runtime (the pidfd is registered with it).
-pub fn verify(rec: &InstanceRecord, cgroups: Option<&CgroupRoot>) -> Result<Pidfd, String> {
-    let pidfd = Pidfd::open(rec.pid).map_err(|e| format!("pid {} is gone ({e})", rec.pid))?;
-    if is_zombie(rec.pid) {
+pub fn verify(
+    rec: &InstanceRecord,
+    processes: &dyn Processes,
+    cgroups: Option<&dyn Cgroups>,
+) -> Result<Box<dyn Proc>, String> {
+    let proc = processes
+        .follow(rec.pid)
+        .map_err(|e| format!("pid {} is gone ({e})", rec.pid))?;
+    if processes.is_zombie(rec.pid) {
         return Err(format!("pid {} has exited (zombie)", rec.pid));
     }
-    match process_start_time(rec.pid) {
+    match processes.start_time(rec.pid) {
         Some(t) if t == rec.start_time => {}
         Some(t) => {
             return Err(format!(
@@ -83,11 +98,9 @@ pub fn verify(rec: &InstanceRecord, cgroups: Option<&CgroupRoot>) -> Result<Pidf
                 rec.cgroup
             ));
         }
-        (Some(root), false) => {
-            let dir = root.path().join(&rec.cgroup);
-            let rel = dir.strip_prefix(root.mount_point()).unwrap_or(&dir);
-            let expected = format!("/{}", rel.display()).replace("//", "/");
-            let actual = proc_cgroup(rec.pid).unwrap_or_default();
+        (Some(cgroups), false) => {
+            let expected = cgroups.proc_path(&rec.cgroup);
+            let actual = processes.cgroup_of(rec.pid).unwrap_or_default();
             if !cgroup_within(&actual, &expected) {
                 return Err(format!(
                     "pid {} is in cgroup {actual:?}, not in the recorded {expected:?}",
@@ -96,20 +109,7 @@ pub fn verify(rec: &InstanceRecord, cgroups: Option<&CgroupRoot>) -> Result<Pidf
             }
         }
     }
-    Ok(pidfd)
-}
-
-/// Whether `pid` has exited but was not reaped yet (state `Z` or `X` in `/proc/<pid>/stat`).
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 1..];
-            rest.split_whitespace()
-                .next()
-                .map(|st| st == "Z" || st == "X")
-        })
-        .unwrap_or(false)
+    Ok(proc)
 }
 
 /// Verified runs by app and replica index.
@@ -122,7 +122,8 @@ pub fn select(
     records: BTreeMap<String, InstanceRecord>,
     specs: &[AppSpec],
     wanted: impl Fn(&AppSpec) -> u32,
-    cgroups: Option<&CgroupRoot>,
+    processes: &dyn Processes,
+    cgroups: Option<&dyn Cgroups>,
 ) -> (AdoptableRuns, Vec<(InstanceRecord, String)>) {
     let mut ok = AdoptableRuns::new();
     let mut rejected = Vec::new();
@@ -144,13 +145,13 @@ pub fn select(
             rejected.push((rec, "another run of the same index is adopted".to_string()));
             continue;
         }
-        match verify(&rec, cgroups) {
-            Ok(pidfd) => {
+        match verify(&rec, processes, cgroups) {
+            Ok(proc) => {
                 ok.insert(
                     key,
                     Adoptable {
                         record: rec,
-                        pidfd,
+                        proc,
                         log_fds: Vec::new(),
                     },
                 );

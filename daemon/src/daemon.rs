@@ -1,0 +1,345 @@
+//! The composition root: [`Daemon::new`] builds narund from its configuration,
+//! [`Daemon::run`] runs it until a shutdown signal (mini-redis' `run(listener, shutdown)`).
+//!
+//! ```text
+//! Daemon::new(config)                          Daemon::run(shutdown, reloads)
+//!   NATS client (connects in the background)     gateway (feature `gateway`)
+//!   child subreaper                              orphan reaper ─┐
+//!   cgroups: discover, enable controllers        memory trim    │ every task gets
+//!   Node: local state, re-adoption, stale        offline start  │ `shutdown`
+//!         cgroups, log forwarder                 reconciler ────┤ (one token)
+//!   gateway bound (feature `gateway`)            heartbeat      │
+//!                                                control, log stream ┘
+//!                                                sd_notify: READY, STATUS, WATCHDOG, reload
+//!                                              then: stop or detach the apps, flush logs
+//! ```
+//!
+//! `main.rs` only parses flags, loads the configuration, trims narund's own privileges and
+//! memory, turns signals into `shutdown` and `reloads`, and calls these two. Tests build
+//! narund the same way.
+
+use crate::config::{Config, OnExit, Settings};
+use crate::instance::process::Kernel;
+use crate::instance::reaper;
+use crate::node::{Node, NodeParts, heartbeat};
+use crate::uring::UringHandle;
+use anyhow::Context;
+use sd_notify::NotifyState;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// narund, built ([`Daemon::new`]) and ready to [`run`](Daemon::run).
+pub struct Daemon {
+    config: Config,
+    client: async_nats::Client,
+    node: Node,
+    #[cfg(feature = "gateway")]
+    gateway: Option<narun_gateway::Gateway>,
+}
+
+impl Daemon {
+    /// Build narund: the NATS client (which keeps connecting in the background: narund
+    /// never waits for NATS), the cgroups, the node with its local state and the runs of a
+    /// previous narund, and the gateway when it is enabled.
+    pub async fn new(config: Config) -> anyhow::Result<Daemon> {
+        tracing::info!(node_id = %config.node_id, nats = %config.nats.url, "narund starting");
+        let client = config
+            .nats
+            .connect(&format!("narund {}", config.node_id))
+            .await
+            .context("NATS settings")?;
+        #[cfg(feature = "gateway")]
+        let gateway = if config.gateway.enabled {
+            let gateway = narun_gateway::Gateway::bind(config.gateway.clone(), client.clone())
+                .await
+                .context("starting the gateway")?;
+            tracing::info!(http = %gateway.http_addr(), metrics = %gateway.metrics_addr(), "gateway listening");
+            Some(gateway)
+        } else {
+            None
+        };
+        if let Err(e) = reaper::become_subreaper() {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
+        }
+        let cgroups: Option<Arc<dyn crate::cgroup::Cgroups>> =
+            match crate::cgroup::CgroupRoot::discover(config.cgroup.root.as_deref()) {
+                Ok(root) => {
+                    let report = root.enable_controllers();
+                    for f in &report.failures {
+                        tracing::info!(detail = %f, "cgroup controller not enabled");
+                    }
+                    Some(Arc::new(root))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no usable cgroup v2: apps run without cgroups (limits unenforced, stop by process group)");
+                    None
+                }
+            };
+        let (node, _log_task) = Node::new(NodeParts {
+            settings: Settings::from_config(&config),
+            client: client.clone(),
+            uring: UringHandle::start(),
+            processes: Arc::new(Kernel),
+            cgroups,
+        })
+        .await;
+        node.set_master_key_file(&config.secrets.master_key_file);
+        Ok(Daemon {
+            config,
+            client,
+            node,
+            #[cfg(feature = "gateway")]
+            gateway,
+        })
+    }
+
+    /// The node (its instance table), for callers that drive it directly.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The NATS client narund publishes with.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Run until `shutdown` is cancelled: start the apps of the local state, follow
+    /// `app-configs`, heart-beat, answer operator requests, speak sd_notify; then stop
+    /// the apps (or leave them running with `apps.on_exit = "detach"`). Each item of
+    /// `reloads` is a configuration read again after SIGHUP (or why it could not be).
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        mut reloads: mpsc::Receiver<Result<Config, String>>,
+    ) -> anyhow::Result<()> {
+        let Daemon {
+            config,
+            client,
+            node,
+            #[cfg(feature = "gateway")]
+            gateway,
+        } = self;
+        let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+        #[cfg(feature = "gateway")]
+        if let Some(gateway) = gateway {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                gateway
+                    .run(async move { stop.cancelled().await })
+                    .await
+                    .context("gateway")
+            });
+        }
+        let start_time = narun_wire::events::now_rfc3339();
+        let _reaper = reaper::spawn_reaper(
+            Some(node.liveness().register("reaper", reaper::REAP_EVERY)),
+            shutdown.clone(),
+        );
+        // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval, and
+        // only while the reconciler, heartbeat and reaper make progress (crate::liveness),
+        // so a wedged loop lets systemd restart narund. A loop counts as stuck after half
+        // the interval of silence (at most 10 s).
+        let watchdog_period = sd_notify::watchdog_enabled().map(|p| p / 2);
+        if let Some(half) = watchdog_period {
+            node.liveness()
+                .set_stall_after(half.min(crate::liveness::STALL_AFTER));
+        }
+        {
+            // Trim narund's binary again each time it settles (crate::memory).
+            let (node, stop, memory) = (node.clone(), shutdown.clone(), config.memory.clone());
+            tasks.spawn(async move {
+                crate::memory::trim_when_settled(
+                    memory,
+                    move || {
+                        let node = node.clone();
+                        async move { node.changed().await }
+                    },
+                    stop,
+                )
+                .await;
+                Ok(())
+            });
+        }
+        let offline = node.start_offline().await;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        {
+            let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::node::watch::run(node, client, Some(ready_tx), stop).await;
+                Ok(())
+            });
+        }
+        {
+            let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
+            let start_time = start_time.clone();
+            tasks.spawn(async move {
+                heartbeat::run_heartbeat(node, client, start_time, stop).await;
+                Ok(())
+            });
+        }
+        {
+            // Operator requests (`narunctl apps restart`) on narun.control.<node>.*.
+            let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::node::control::run(node, client, stop).await;
+                Ok(())
+            });
+        }
+        if config.logs.stream {
+            let limits = crate::logs::stream::Limits::from_config(&config.logs);
+            let (client, stop) = (client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::logs::stream::run(client, limits, stop).await;
+                Ok(())
+            });
+        }
+        // READY=1 after the first reconcile, or at once when apps were started from local
+        // state (NATS may be far away). Without either, READY comes after 30 s anyway:
+        // narund is working, it is only waiting for NATS.
+        let ready_wait = async move {
+            if offline == 0 {
+                let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+            }
+        };
+        tokio::pin!(ready_wait);
+        let mut ready_sent = false;
+        let mut stuck: Option<String> = None;
+        // STATUS= follows the instances and the NATS connection (checked every 2 s, sent
+        // when it changes); a reload's result stays appended until the next reload.
+        let mut status_tick = tokio::time::interval(Duration::from_secs(2));
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = String::new();
+        let mut reload_note: Option<String> = None;
+        let mut watchdog =
+            tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                _ = watchdog.tick(), if watchdog_period.is_some() => {
+                    match node.liveness().check() {
+                        Ok(()) => {
+                            if stuck.take().is_some() {
+                                tracing::info!("narund makes progress again; watchdog pings resumed");
+                                last_status.clear();
+                            }
+                            notify(&[NotifyState::Watchdog]);
+                        }
+                        Err(what) => {
+                            // No ping: systemd's watchdog fires unless this clears in time.
+                            if stuck.as_deref() != Some(&what) {
+                                tracing::error!(%what, "narund is stuck; withholding WATCHDOG=1");
+                                notify(&[NotifyState::Status(&format!("stuck: {what}"))]);
+                            }
+                            stuck = Some(what);
+                        }
+                    }
+                }
+                _ = status_tick.tick(), if ready_sent && stuck.is_none() => {
+                    let connected =
+                        client.connection_state() == async_nats::connection::State::Connected;
+                    let mut line = heartbeat::status_line(&node.instances(), connected);
+                    if let Some(note) = &reload_note {
+                        line = format!("{line}; {note}");
+                    }
+                    if line != last_status {
+                        notify(&[NotifyState::Status(&line)]);
+                        last_status = line;
+                    }
+                }
+                _ = &mut ready_wait, if !ready_sent => {
+                    ready_sent = true;
+                    notify(&[
+                        NotifyState::Ready,
+                        NotifyState::Status(&format!(
+                            "node {} up; {} app(s) from local state; NATS {}",
+                            config.node_id, offline, config.nats.url
+                        )),
+                    ]);
+                }
+                _ = shutdown.cancelled() => break,
+                Some(new) = reloads.recv() => {
+                    // Type=notify-reload wants MONOTONIC_USEC with RELOADING=1.
+                    let mut reloading = vec![NotifyState::Reloading];
+                    reloading.extend(NotifyState::monotonic_usec_now().ok());
+                    notify(&reloading);
+                    let status = reload(&node, &config, new).await;
+                    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+                    last_status = status.clone();
+                    reload_note = (status != "configuration reloaded").then_some(status);
+                }
+                Some(res) = tasks.join_next() => {
+                    res.context("task panicked")??;
+                }
+            }
+        }
+        notify(&[NotifyState::Stopping]);
+        match config.apps.on_exit {
+            OnExit::Stop => {
+                tracing::info!("narund stopping");
+                heartbeat::shutdown(&node, &client, &start_time).await;
+            }
+            OnExit::Detach => {
+                // The apps keep running; their records and parked log pipes stay for the
+                // next narund, which re-adopts them (docs/supervisor.md, "Re-adoption").
+                tracing::info!("narund stopping; apps keep running (apps.on_exit = \"detach\")");
+            }
+        }
+        node.flush_logs(Duration::from_secs(2)).await;
+        while let Some(res) = tasks.join_next().await {
+            res.context("task panicked")??;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        Ok(())
+    }
+}
+
+/// `SIGHUP`: apply what can change while apps run ([`crate::config::Reloadable`]:
+/// labels, default user, `allow_root`, restart backoff). An invalid file changes nothing.
+/// Returns the one-line result for systemd's `STATUS=`.
+async fn reload(
+    node: &Node,
+    #[cfg_attr(not(feature = "gateway"), allow(unused_variables))] current: &Config,
+    new: Result<Config, String>,
+) -> String {
+    let new = match new {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            return format!("reload failed, running configuration kept: {e}").replace('\n', "; ");
+        }
+    };
+    let needs_restart = node.reload(Settings::from_config(&new)).await;
+    node.set_master_key_file(&new.secrets.master_key_file);
+    #[cfg(feature = "gateway")]
+    let needs_restart = {
+        let mut v = needs_restart;
+        if new.gateway != current.gateway {
+            v.push("gateway changed: restart narund to apply it".into());
+        }
+        v
+    };
+    for line in &needs_restart {
+        tracing::warn!("reload: {line}");
+    }
+    if needs_restart.is_empty() {
+        tracing::info!("configuration reloaded");
+        "configuration reloaded".into()
+    } else {
+        format!(
+            "configuration reloaded; {} setting(s) need a restart",
+            needs_restart.len()
+        )
+    }
+}
+
+/// Tell systemd (`$NOTIFY_SOCKET`); bounded, so a service manager that stops reading
+/// cannot block narund ([`crate::state::fdstore::notify`]).
+fn notify(state: &[NotifyState]) {
+    let text: String = state.iter().map(|s| format!("{s}\n")).collect();
+    if let Err(e) = crate::state::fdstore::notify(&text) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

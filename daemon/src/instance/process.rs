@@ -1,0 +1,200 @@
+//! The process seam: spawn, signal, wait for and follow app processes. [`Kernel`] is the
+//! real implementation; unit tests use an in-memory one (`crate::testing`), so the
+//! lifecycle driver, rollouts and re-adoption run without root in milliseconds.
+
+use super::reaper::TRACKED;
+use crate::cgroup::RunCgroup;
+use futures_util::future::BoxFuture;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+/// A process narund waits for: its own child, or one it follows through a pidfd.
+pub trait Proc: Send + Sync {
+    fn pid(&self) -> i32;
+    /// Resolves when the process has exited: `Ok(Some(status))`, or `Ok(None)` when the
+    /// status is unknown because it was not narund's child.
+    fn wait(&mut self) -> BoxFuture<'_, io::Result<Option<ExitStatus>>>;
+}
+
+/// Processes of app instances.
+pub trait Processes: Send + Sync + 'static {
+    /// Spawn `cmd` (program, arguments, environment, stdio and privileges are set) inside
+    /// `cgroup` when there is one. The child is narund's until it was waited for.
+    fn spawn(
+        &self,
+        cmd: &mut tokio::process::Command,
+        cgroup: Option<&dyn RunCgroup>,
+    ) -> io::Result<Box<dyn Proc>>;
+    /// Follow a process narund did not start (the app's `MAINPID=`, a run of a previous
+    /// narund) until it exits.
+    fn follow(&self, pid: i32) -> io::Result<Box<dyn Proc>>;
+    /// `kill(pid, signal)`.
+    fn signal(&self, pid: i32, signal: i32);
+    /// `killpg(pgid, signal)`: an instance without a cgroup is its process group.
+    fn signal_group(&self, pgid: i32, signal: i32);
+    /// Field 22 of `/proc/<pid>/stat` (tells a recycled pid from the recorded process).
+    fn start_time(&self, pid: i32) -> Option<u64>;
+    /// The process exited but was not reaped yet.
+    fn is_zombie(&self, pid: i32) -> bool;
+    /// The cgroup v2 path of `pid` (`0::` of `/proc/<pid>/cgroup`).
+    fn cgroup_of(&self, pid: i32) -> Option<String>;
+}
+
+/// The kernel: tokio's child processes, `kill(2)`, pidfds and `/proc`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kernel;
+
+impl Processes for Kernel {
+    fn spawn(
+        &self,
+        cmd: &mut tokio::process::Command,
+        cgroup: Option<&dyn RunCgroup>,
+    ) -> io::Result<Box<dyn Proc>> {
+        if let Some(cg) = cgroup {
+            cg.place(cmd.as_std_mut()).map_err(io::Error::other)?;
+        }
+        // The pid enters the tracked set while the set's lock is held around spawn: there is
+        // no window in which the orphan reaper could take a direct child (super::reaper).
+        let mut tracked = TRACKED.lock().unwrap();
+        let child = cmd.spawn()?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        tracked.insert(pid);
+        Ok(Box::new(Child { child, pid }))
+    }
+
+    fn follow(&self, pid: i32) -> io::Result<Box<dyn Proc>> {
+        let fd = Pidfd::open(pid)?;
+        TRACKED.lock().unwrap().insert(pid);
+        Ok(Box::new(Followed { fd }))
+    }
+
+    fn signal(&self, pid: i32, signal: i32) {
+        // SAFETY: kill(2) with plain integers; the pid is our own, not yet reaped, child or
+        // a process the instance owns (checked by the caller).
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    fn signal_group(&self, pgid: i32, signal: i32) {
+        // SAFETY: killpg(2) on the process group narund created for the app.
+        unsafe { libc::killpg(pgid, signal) };
+    }
+
+    fn start_time(&self, pid: i32) -> Option<u64> {
+        crate::state::process_start_time(pid)
+    }
+
+    fn is_zombie(&self, pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 1..];
+                rest.split_whitespace()
+                    .next()
+                    .map(|st| st == "Z" || st == "X")
+            })
+            .unwrap_or(false)
+    }
+
+    fn cgroup_of(&self, pid: i32) -> Option<String> {
+        super::notify::proc_cgroup(pid)
+    }
+}
+
+/// A child narund started.
+struct Child {
+    child: tokio::process::Child,
+    pid: i32,
+}
+
+impl Proc for Child {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, io::Result<Option<ExitStatus>>> {
+        Box::pin(async move { self.child.wait().await.map(Some) })
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // Waited for (tokio reaped it), or given up: the orphan reaper may take it now.
+        TRACKED.lock().unwrap().remove(&self.pid);
+    }
+}
+
+/// A process followed through its pidfd.
+struct Followed {
+    fd: Pidfd,
+}
+
+impl Proc for Followed {
+    fn pid(&self) -> i32 {
+        self.fd.pid()
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, io::Result<Option<ExitStatus>>> {
+        Box::pin(async move {
+            self.fd.exited().await?;
+            Ok(self.fd.exit_status())
+        })
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        TRACKED.lock().unwrap().remove(&self.fd.pid());
+    }
+}
+
+/// A process narund follows without waiting for it as its parent: its exit is seen
+/// through a pidfd (Linux ≥ 5.3).
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    pid: i32,
+}
+
+impl Pidfd {
+    /// `pidfd_open(pid)`. Must run inside a tokio runtime.
+    pub fn open(pid: i32) -> io::Result<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes (pid_t, unsigned int) and returns a new fd or -1.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
+        // `AsyncFd::new` is deprecated from tokio 1.54 on (in favour of the unsafe
+        // `register`, which older tokio lacks) because a borrowed fd could be closed while
+        // registered; here the AsyncFd owns the fd, so it stays open while registered.
+        #[allow(deprecated)]
+        let fd = tokio::io::unix::AsyncFd::new(owned)?;
+        Ok(Pidfd { fd, pid })
+    }
+
+    /// The followed pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Resolves when the process has exited (the pidfd becomes readable).
+    pub async fn exited(&self) -> io::Result<()> {
+        let mut guard = self.fd.readable().await?;
+        guard.retain_ready();
+        Ok(())
+    }
+
+    /// The exit status, if the process was narund's child (it is when its parent exited
+    /// before it: narund is a child subreaper). `None` when it was somebody else's child.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid on one specific pid with a valid status pointer.
+        let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        (rc == self.pid).then(|| ExitStatus::from_raw(status))
+    }
+}

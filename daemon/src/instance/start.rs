@@ -1,0 +1,334 @@
+//! One start of an instance: the verified binary, the user, the work dir, secrets and
+//! mounted files, the sd_notify socket, the cgroup with the spec's limits, the exact
+//! environment, and the spawn. Anything that fails is a [`StartFailure`] with the reason
+//! published in `failed`; whatever was created for the start is removed again.
+
+use super::notify::NotifySocket;
+use super::process::Proc;
+use super::task::{Running, StartFailure, Task};
+use super::{DEFAULT_PATH, FETCH_TIMEOUT};
+use crate::cgroup::{self, Limits, RunCgroup};
+use crate::fetch::{CachedBinary, FetchError, Sha256Digest};
+use crate::privileges::{AppIdentity, PrivilegePlan};
+use narun_wire::names;
+use narun_wire::status::Reason;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+impl Task {
+    /// Fetch, prepare and spawn one run.
+    pub(super) async fn start(&mut self) -> Result<Running, StartFailure> {
+        let bin = self.binary().await?;
+        let digest = bin.digest.to_hex();
+        self.status.send_modify(|s| s.digest = digest.clone());
+        self.host.local.record_digest(&self.spec, &digest);
+        self.pinned = Some(bin.digest);
+
+        let identity = self
+            .identity()
+            .map_err(|e| StartFailure::new(Reason::User, e.to_string()))?;
+        if identity.is_none() {
+            tracing::warn!(instance = %self.instance_id, "narund is not root: the app runs as narund's user, with narund's capabilities");
+        }
+
+        let work = self
+            .host
+            .settings
+            .data_dir
+            .join("instances")
+            .join(crate::fetch::sanitize(&self.instance_id))
+            .join("work");
+        let spawn_err = |what: &str, e: &dyn std::fmt::Display| {
+            StartFailure::new(Reason::Spawn, format!("{what}: {e}"))
+        };
+        std::fs::create_dir_all(&work)
+            .map_err(|e| spawn_err(&format!("creating {}", work.display()), &e))?;
+        if let Some(id) = &identity {
+            let _ = std::os::unix::fs::chown(&work, Some(id.uid), Some(id.gid));
+        }
+        // Mounted files from narun-files, then secrets from narun-secrets (crate::fetch::inputs).
+        let input_err =
+            |e: crate::fetch::inputs::InputError| StartFailure::new(e.reason(), e.to_string());
+        let owner = identity.as_ref().map(|id| (id.uid, id.gid));
+        let inputs = &self.host.inputs;
+        inputs
+            .place_mounts(&self.spec, &work, owner)
+            .await
+            .map_err(input_err)?;
+        self.secret_env = inputs.secret_env(&self.spec).await.map_err(input_err)?;
+
+        // sd_notify: one socket per run (see super::notify), bound before the cgroup so a
+        // failure leaves nothing behind.
+        let watchdog = self.spec.watchdog_sec.unwrap_or(0);
+        self.notify_env.clear();
+        let notify = if self.spec.notify || watchdog > 0 {
+            let dir = self.host.settings.runtime_dir.join("instances");
+            let notify_err = |e: &dyn std::fmt::Display| {
+                StartFailure::new(Reason::Notify, format!("sd_notify socket: {e}"))
+            };
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    )
+                })
+                .map_err(|e| notify_err(&format!("creating {}: {e}", dir.display())))?;
+            let path = dir
+                .join(crate::fetch::sanitize(&self.instance_id))
+                .join(format!("notify-{}", &self.run_id[..8]));
+            let sock = NotifySocket::bind(&path, owner).map_err(|e| notify_err(&e))?;
+            self.notify_env
+                .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+            if watchdog > 0 {
+                self.notify_env.push((
+                    "WATCHDOG_USEC".into(),
+                    watchdog.saturating_mul(1_000_000).to_string(),
+                ));
+            }
+            Some(sock)
+        } else {
+            None
+        };
+
+        let mut limits = Limits::from_spec(
+            self.spec.memory_mb,
+            self.spec.memory_max_mb,
+            self.spec.cpu_cores,
+        );
+        limits.pids_max = self.spec.pids_max;
+        limits.cpu_weight = self.spec.cpu_weight.map(|w| w.min(10_000) as u32);
+        let cgroup = match &self.host.cgroups {
+            Some(cgroups) => {
+                let name = cgroup::instance_name(&self.spec.name, self.index, &self.run_id);
+                Some(
+                    cgroups
+                        .create(&name, &limits)
+                        .map_err(|e| StartFailure::new(Reason::Cgroup, e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let unenforced: Vec<String> = match &cgroup {
+            Some(cg) => cg.unenforced(),
+            None if limits != Limits::default() => vec!["cgroup".into()],
+            None => vec![],
+        };
+        self.status.send_modify(|s| s.unenforced = unenforced);
+
+        // ETXTBSY: a fork of another thread (any spawn in narund) may still hold the write fd
+        // of a binary that was just downloaded, until its exec closes it (the classic
+        // fork/exec race, Go issue 22315). It clears within milliseconds: retry.
+        let mut result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_deref());
+        for _ in 0..20 {
+            match &result {
+                Err(f) if f.text_busy => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_deref());
+                }
+                _ => break,
+            }
+        }
+        // The plaintext now lives in the child's environment only.
+        self.secret_env = Vec::new();
+        match result {
+            Ok((proc, log_tasks)) => {
+                let pid = proc.pid();
+                let oom_before = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
+                let membership = self.membership(pid, cgroup.as_deref());
+                Ok(Running {
+                    proc,
+                    following: false,
+                    pgid: pid,
+                    cgroup,
+                    log_tasks,
+                    oom_before,
+                    notify,
+                    membership,
+                })
+            }
+            Err(f) => {
+                if let Some(cg) = cgroup {
+                    let _ = cg.remove(Duration::from_secs(5)).await;
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// The verified binary: from the object store when connected (the cache avoids the
+    /// download), otherwise the cached file of the digest this spec last ran.
+    async fn binary(&self) -> Result<CachedBinary, StartFailure> {
+        let store = self.host.store.lock().unwrap().clone();
+        let (os, arch) = (names::go_os(), names::go_arch());
+        // A restart of the same spec reuses the binary of the first start.
+        let mut unreachable = String::from("NATS is not reachable");
+        if self.pinned.is_none()
+            && let Some(store) = store
+        {
+            let _one = self.host.fetch_lock.lock().await;
+            let fetched = tokio::time::timeout(
+                FETCH_TIMEOUT,
+                self.host
+                    .cache
+                    .fetch(&store, &self.spec.name, &self.spec.tag, os, arch),
+            )
+            .await;
+            match fetched {
+                Ok(Ok(b)) => return Ok(b),
+                Ok(Err(e @ (FetchError::Mismatch { .. } | FetchError::BadDigest { .. }))) => {
+                    return Err(StartFailure::new(Reason::Verify, e.to_string()));
+                }
+                // async-nats checks the digest while streaming: its error is a verification failure.
+                Ok(Err(e @ FetchError::Nats { .. }))
+                    if e.to_string().to_ascii_lowercase().contains("digest") =>
+                {
+                    return Err(StartFailure::new(Reason::Verify, e.to_string()));
+                }
+                Ok(Err(FetchError::Nats { message, .. })) => {
+                    tracing::warn!(instance = %self.instance_id, %message, "object store request failed, trying the local cache");
+                    unreachable = format!("the object store request failed: {message}");
+                }
+                Ok(Err(e)) => return Err(StartFailure::new(Reason::Fetch, e.to_string())),
+                Err(_) => {
+                    tracing::warn!(instance = %self.instance_id, "binary download timed out, trying the local cache");
+                    unreachable = format!("the download took longer than {FETCH_TIMEOUT:?}");
+                }
+            }
+        }
+        let Some(digest) = self.pinned.or_else(|| {
+            self.host
+                .local
+                .digest_of(&self.spec)
+                .and_then(|h| Sha256Digest::from_hex(&h))
+        }) else {
+            return Err(StartFailure::new(
+                Reason::Fetch,
+                format!(
+                    "binary {} is not cached and {unreachable}; it is fetched again when the spec is applied again",
+                    self.spec.binary_object_name(os, arch)
+                ),
+            ));
+        };
+        let path = self.host.cache.path_for(&self.spec.name, &digest);
+        match self.host.uring.hash_file(&path).await {
+            Ok(h) if h == digest.0 => Ok(CachedBinary {
+                path,
+                digest,
+                downloaded: false,
+            }),
+            Ok(_) => Err(StartFailure::new(
+                Reason::Verify,
+                format!(
+                    "cached binary {} does not match its digest {digest}; it will be downloaded again when NATS is reachable",
+                    path.display()
+                ),
+            )),
+            Err(e) => Err(StartFailure::new(
+                Reason::Fetch,
+                format!("cached binary {}: {e}", path.display()),
+            )),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn spawn(
+        &self,
+        bin: &CachedBinary,
+        work: &Path,
+        identity: Option<&AppIdentity>,
+        cgroup: Option<&dyn RunCgroup>,
+    ) -> Result<(Box<dyn Proc>, Vec<tokio::task::JoinHandle<()>>), StartFailure> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            StartFailure::new(Reason::Spawn, format!("{what}: {e}"))
+        };
+        let mut cmd = tokio::process::Command::new(&bin.path);
+        cmd.args(&self.spec.args)
+            .env_clear()
+            .envs(self.environment(identity, work))
+            .envs(self.notify_env.iter().cloned())
+            .current_dir(work)
+            .stdin(Stdio::null())
+            .kill_on_drop(false)
+            .process_group(0);
+        let (out_r, out_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
+        let (err_r, err_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
+        cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+        if let Some(id) = identity {
+            let mut keep = Vec::new();
+            for c in &self.spec.capabilities {
+                let cap = c
+                    .parse::<caps::Capability>()
+                    .map_err(|e| fail(&format!("capability {c}"), &e))?;
+                keep.push(cap);
+            }
+            let plan = PrivilegePlan::new(id, &keep)
+                .map_err(|e| StartFailure::new(Reason::User, e.to_string()))?;
+            plan.install(cmd.as_std_mut());
+        }
+        let proc = self
+            .host
+            .processes
+            .spawn(&mut cmd, cgroup)
+            .map_err(|e| StartFailure {
+                text_busy: e.raw_os_error() == Some(libc::ETXTBSY),
+                ..fail(&format!("starting {}", bin.path.display()), &e)
+            })?;
+        // Drop our copies of the write ends, so the readers see EOF when the app exits.
+        drop(cmd);
+        // Under systemd: a copy of each read end waits in the fd store, so the app keeps
+        // its pipes if narund dies (crate::state::fdstore).
+        for (stream, fd) in [
+            ("stdout", std::os::fd::AsFd::as_fd(&out_r)),
+            ("stderr", std::os::fd::AsFd::as_fd(&err_r)),
+        ] {
+            let name = crate::state::fdstore::fd_name(&self.run_id, stream);
+            if let Err(e) = crate::state::fdstore::park(&name, fd) {
+                tracing::warn!(instance = %self.instance_id, error = %e, "cannot park the log pipe in systemd's fd store; the app loses its output pipe if narund dies");
+            }
+        }
+        let log_tasks = vec![
+            self.sink.attach("stdout", OwnedFd::from(out_r)),
+            self.sink.attach("stderr", OwnedFd::from(err_r)),
+        ];
+        Ok((proc, log_tasks))
+    }
+
+    /// The exact environment of the app: nothing is inherited from narund.
+    fn environment(&self, identity: Option<&AppIdentity>, work: &Path) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), DEFAULT_PATH.into());
+        if let Some(id) = identity {
+            env.insert("USER".into(), id.user.clone());
+            env.insert("LOGNAME".into(), id.user.clone());
+            env.insert("HOME".into(), id.home.display().to_string());
+        }
+        for e in &self.spec.env {
+            if e.value_from_secret.is_empty() {
+                env.insert(e.name.clone(), e.value.clone());
+            } else if let Some((_, v)) = self.secret_env.iter().find(|(k, _)| *k == e.name) {
+                env.insert(e.name.clone(), v.clone());
+            }
+        }
+        use narun_wire::names::env as n;
+        for (k, v) in [
+            (n::APP_NAME, self.spec.name.clone()),
+            (n::INSTANCE_ID, self.instance_id.clone()),
+            (n::RUN_ID, self.run_id.clone()),
+            (n::REPLICA_INDEX, self.index.to_string()),
+            (n::NODE_ID, self.host.settings.node_id.clone()),
+            (n::NODE_OS, names::go_os().into()),
+            (n::NODE_ARCH, names::go_arch().into()),
+            (n::INSTANCE_ROOT, work.display().to_string()),
+        ] {
+            env.insert(k.into(), v);
+        }
+        for (k, v) in self.host.settings.nats.to_env() {
+            env.insert(k.into(), v);
+        }
+        env.into_iter().collect()
+    }
+}

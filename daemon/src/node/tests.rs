@@ -1,0 +1,255 @@
+//! The node's logic against the in-memory kernel ([`crate::testing::FakeKernel`]):
+//! rolling replace, rollback, re-adoption. No root, no NATS server, no real processes;
+//! binaries come from the local cache, as in a start without NATS.
+
+use super::*;
+use crate::testing::{FakeKernel, Script};
+use narun_wire::status::{InstanceStatus, Reason};
+use sha2::Digest;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn offline_client() -> async_nats::Client {
+    // Nothing listens there: the client keeps trying in the background, publishes queue.
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect("nats://127.0.0.1:1")
+        .await
+        .expect("a client that connects in the background")
+}
+
+async fn node(k: &FakeKernel, dir: &std::path::Path) -> Node {
+    let settings = Settings {
+        node_id: "n1".into(),
+        data_dir: dir.join("data"),
+        runtime_dir: dir.join("run"),
+        default_user: "nobody".into(),
+        restart_backoff_max: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    Node::new(NodeParts {
+        settings,
+        client: offline_client().await,
+        uring: UringHandle::start(),
+        processes: Arc::new(k.clone()),
+        cgroups: Some(Arc::new(k.clone())),
+    })
+    .await
+    .0
+}
+
+fn spec(tag: &str, replicas: i64, settle_sec: u64) -> AppSpec {
+    let mut s: AppSpec = serde_json::from_value(serde_json::json!({
+        "name": "web", "tag": tag,
+        "env": [{"name": "TAG", "value": tag}],
+        "nodes": [{"name": "n1", "replicas": replicas}],
+    }))
+    .unwrap();
+    s.settle_sec = settle_sec;
+    s
+}
+
+/// Put a binary for `spec` into the node's cache and pin it in the local state, so the
+/// start takes it from there (no NATS here).
+fn seed_binary(node: &Node, spec: &AppSpec) {
+    let bytes = format!("#!/bin/sh\n# {} {}\n", spec.name, spec.tag);
+    let digest = Sha256Digest(sha2::Sha256::digest(bytes.as_bytes()).into());
+    let path = node.host().cache.path_for(&spec.name, &digest);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    node.host()
+        .local
+        .persist_spec_with_digest(spec, &digest.to_hex());
+}
+
+/// Wait until every index below `n` of `web` runs with `tag`; returns their pids.
+async fn running(node: &Node, n: u32, tag: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for i in 0..n {
+        let h = node.inner.apps.lock().unwrap()["web"].instances[&i].clone();
+        assert_eq!(h.spec.tag, tag, "web-{i}");
+        let s = h
+            .wait_for(T, |s| s.status == InstanceStatus::Running)
+            .await
+            .unwrap_or_else(|s| panic!("web-{i} not running: {s:?}"));
+        pids.push(s.pid.unwrap());
+    }
+    pids
+}
+
+#[tokio::test]
+async fn a_changed_spec_replaces_instances_one_at_a_time() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let node = node(&k, dir.path()).await;
+    let v1 = spec("v1", 2, 0);
+    seed_binary(&node, &v1);
+    node.apply(v1, 1).await;
+    let old = running(&node, 2, "v1").await;
+
+    let v2 = spec("v2", 2, 0);
+    seed_binary(&node, &v2);
+    node.apply(v2.clone(), 2).await;
+    let new = running(&node, 2, "v2").await;
+    for (o, n) in old.iter().zip(&new) {
+        assert_ne!(o, n);
+    }
+    // Each old process got the stop signal and is gone; the new ones run v2 in their cgroups.
+    for p in k.processes().iter().filter(|p| old.contains(&p.pid)) {
+        assert!(!p.alive, "{p:?}");
+        assert_eq!(p.signals, [libc::SIGTERM], "{p:?}");
+    }
+    let alive = k.alive("web");
+    assert_eq!(alive.len(), 2, "{alive:?}");
+    assert!(
+        alive
+            .iter()
+            .all(|p| p.env["TAG"] == "v2" && p.cgroup.is_some())
+    );
+    assert_eq!(k.cgroups().len(), 2, "the old runs' cgroups are removed");
+    // The second replacement started only after the first one was done: web-1's new run
+    // has a higher pid than web-0's, and old web-0 was stopped before new web-1 started.
+    assert!(new[0] < new[1] && old[0] < new[1]);
+    // A replica change alone restarts nothing.
+    let v2_3 = spec("v2", 3, 0);
+    seed_binary(&node, &v2_3);
+    node.apply(v2_3, 3).await;
+    let now = running(&node, 3, "v2").await;
+    assert_eq!(&now[..2], &new[..]);
+}
+
+#[tokio::test]
+async fn a_new_spec_that_does_not_come_up_is_rolled_back() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let node = node(&k, dir.path()).await;
+    let v1 = spec("v1", 2, 0);
+    seed_binary(&node, &v1);
+    node.apply(v1.clone(), 1).await;
+    let old = running(&node, 2, "v1").await;
+
+    // v2 exits 1 as soon as it starts.
+    k.script(
+        "web",
+        "v2",
+        Script {
+            exit_at_start: Some(1),
+            ..Default::default()
+        },
+    );
+    let v2 = spec("v2", 2, 1);
+    seed_binary(&node, &v2);
+    node.apply(v2.clone(), 2).await;
+
+    // The old runs keep serving; the rollout stopped at web-0.
+    assert_eq!(running(&node, 2, "v1").await, old);
+    let states = node.instances();
+    let rb = states[0].rolled_back.as_ref().expect("web-0 rolled back");
+    assert_eq!(
+        (rb.tag.as_str(), rb.reason.clone()),
+        ("v2", Some(Reason::Crashed))
+    );
+    assert_eq!(rb.config_hash, v2.run_hash());
+    assert!(states[1].rolled_back.is_none(), "web-1 was not tried");
+    let v2_runs = |k: &FakeKernel| {
+        k.processes()
+            .iter()
+            .filter(|p| p.env["TAG"] == "v2")
+            .count()
+    };
+    assert_eq!(v2_runs(&k), 1, "one try of v2");
+    assert!(k.alive("web").iter().all(|p| p.env["TAG"] == "v1"));
+    // A restart of narund starts v1 again: the local state has the previous spec.
+    let persisted = node.state_file().load().unwrap();
+    assert_eq!(persisted.apps["web"].spec["tag"], "v1");
+
+    // A replay of the same revision does not try again; a new revision does.
+    node.apply(v2.clone(), 2).await;
+    assert_eq!(v2_runs(&k), 1);
+    seed_binary(&node, &v2);
+    node.apply(v2, 3).await;
+    assert_eq!(v2_runs(&k), 2);
+}
+
+/// Build a node in a runtime of its own, apply `spec`, wait until it runs, then drop
+/// the runtime: its tasks die like narund would, its fake processes keep running.
+fn run_and_die(k: &FakeKernel, dir: &std::path::Path, spec: AppSpec) -> i32 {
+    let (k, dir) = (k.clone(), dir.to_path_buf());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let node = node(&k, &dir).await;
+            seed_binary(&node, &spec);
+            node.apply(spec, 1).await;
+            running(&node, 1, "v1").await[0]
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_restarted_narund_adopts_the_run_it_finds_and_restarts_it_when_it_ends() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let pid = run_and_die(&k, dir.path(), spec("v1", 1, 0));
+    assert_eq!(k.alive("web").len(), 1);
+
+    let node = node(&k, dir.path()).await;
+    assert_eq!(node.adoptable_count(), 1);
+    assert_eq!(node.start_offline().await, 1);
+    let h = node.inner.apps.lock().unwrap()["web"].instances[&0].clone();
+    let s = h
+        .wait_for(T, |s| s.status != InstanceStatus::Starting)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.status, s.reason, s.pid),
+        (InstanceStatus::Running, Some(Reason::Adopted), Some(pid))
+    );
+    assert_eq!(k.alive("web").len(), 1, "nothing started next to it");
+
+    // Its exit status is unknown (not our child): a crash, restarted by policy.
+    k.exit(pid, 0);
+    let s = h
+        .wait_for(T, |s| {
+            s.status == InstanceStatus::Running && s.pid.is_some_and(|p| p != pid)
+        })
+        .await
+        .unwrap_or_else(|s| panic!("not restarted: {s:?}"));
+    assert_eq!(s.restarts, 1);
+}
+
+#[tokio::test]
+async fn a_recycled_pid_is_not_adopted() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let pid = run_and_die(&k, dir.path(), spec("v1", 1, 0));
+    k.recycle(pid);
+
+    let node = node(&k, dir.path()).await;
+    assert_eq!(node.adoptable_count(), 0);
+    // Its cgroup was stale: killed and removed.
+    assert!(k.alive("web").is_empty());
+    node.start_offline().await;
+    let fresh = running(&node, 1, "v1").await[0];
+    assert_ne!(fresh, pid);
+    let s = node.snapshot("web", 0).unwrap();
+    assert_eq!(s.reason, None, "a fresh start, not an adoption");
+}
+
+#[tokio::test]
+async fn unclaimed_runs_are_killed_when_adoption_ends() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let pid = run_and_die(&k, dir.path(), spec("v1", 1, 0));
+    let node = node(&k, dir.path()).await;
+    assert_eq!(node.adoptable_count(), 1);
+    // The spec is gone from the local state before the new narund applies it.
+    node.host().local.forget_spec("web");
+    assert_eq!(node.start_offline().await, 0);
+    assert_eq!(node.adoptable_count(), 0);
+    assert!(
+        !k.processes().iter().any(|p| p.pid == pid && p.alive),
+        "the unclaimed run is killed"
+    );
+    assert!(k.cgroups().is_empty());
+}
