@@ -1,4 +1,5 @@
-//! Command line definition (`narunctl <noun> <verb>`).
+//! Command line definition (`narunctl <noun> <verb>`): the clap types and the value
+//! parsers of their flags. What each command does is in `cmd/`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -414,45 +415,6 @@ pub struct RequestArgs {
     /// Header `Name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
-}
-
-/// Write the completion script for `shell` to `out`.
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    use clap::CommandFactory;
-    clap_complete::generate(shell, &mut Cli::command(), "narunctl", out);
-}
-
-/// Man pages: with `dir`, `narunctl.1` and one `narunctl-<sub>[-<sub>].1` per
-/// subcommand are written there and their paths returned; without it,
-/// `narunctl.1` goes to `out`.
-pub fn man_pages(
-    dir: Option<&std::path::Path>,
-    out: &mut dyn std::io::Write,
-) -> std::io::Result<Vec<PathBuf>> {
-    use clap::CommandFactory;
-    let cmd = Cli::command();
-    let Some(dir) = dir else {
-        clap_mangen::Man::new(cmd).render(out)?;
-        return Ok(Vec::new());
-    };
-    std::fs::create_dir_all(dir)?;
-    // `build` names each subcommand page after its path (`narunctl-images-ls`).
-    let mut cmd = cmd.disable_help_subcommand(true);
-    cmd.build();
-    fn walk(
-        cmd: &clap::Command,
-        dir: &std::path::Path,
-        written: &mut Vec<PathBuf>,
-    ) -> std::io::Result<()> {
-        written.push(clap_mangen::Man::new(cmd.clone()).generate_to(dir)?);
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            walk(sub, dir, written)?;
-        }
-        Ok(())
-    }
-    let mut written = Vec::new();
-    walk(&cmd, dir, &mut written)?;
-    Ok(written)
 }
 
 /// Parse `500ms`, `5s`, `2m`, `1h` or a bare number of seconds.

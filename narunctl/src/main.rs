@@ -8,18 +8,25 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed (one `error: …` line on
 //! stderr), 2 usage error (printed by clap).
+//!
+//! Modules: [`cli`] (the clap types) and [`context`] (the context file) make the
+//! command line; [`cmd`] has one module per verb; they share [`session`] (NATS, the
+//! buckets, shared state) and [`output`] (tables, JSON, prompts), which import no
+//! command. [`rollout`] follows `deploy --wait`; [`elf`] reads a binary's platform.
+//! Only this file calls into [`cmd`].
+
+#![forbid(unsafe_code)]
 
 mod cli;
-mod commands;
+mod cmd;
 mod context;
 mod elf;
-mod files;
-mod images;
-mod restart;
-mod secret;
-mod svc;
-mod wait;
+mod output;
+mod rollout;
+mod session;
 
+use anyhow::Result;
+use cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -44,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(commands::run(cli)) {
+    match rt.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line (or one block for multi-line causes such as spec errors),
@@ -52,5 +59,23 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Run one parsed command line.
+async fn dispatch(cli: Cli) -> Result<()> {
+    let conn = cli.conn;
+    match cli.cmd {
+        Command::Deploy(args) => cmd::deploy::run(&conn, args).await,
+        Command::Apps(c) => cmd::apps::run(&conn, c).await,
+        Command::Nodes(c) => cmd::nodes::run(&conn, c).await,
+        Command::Logs(args) => cmd::logs::run(&conn, args).await,
+        Command::Svc(c) => cmd::svc::run(&conn, c).await,
+        Command::Request(args) => cmd::request::run(&conn, args).await,
+        Command::Secret(c) => cmd::secret::run(&conn, c).await,
+        Command::Files(c) => cmd::files::run(&conn, c).await,
+        Command::Images(c) => cmd::images::run(&conn, c).await,
+        Command::Completions(args) => cmd::completions::run(args),
+        Command::Man(args) => cmd::man::run(args),
     }
 }

@@ -6,16 +6,16 @@
 //! the plaintext never travels over NATS. Only narund (with the same master key) decrypts,
 //! when it starts an app whose spec says `valueFromSecret: NAME`.
 
-use crate::cli::{MasterKeyArgs, SecretCmd, SecretSetArgs};
-use crate::commands::{bounded, confirm, connect, js, open_kv, print_table};
+use crate::cli::{ConnArgs, MasterKeyArgs, SecretCmd, SecretSetArgs};
+use crate::output::{confirm, print_json, print_table};
+use crate::session::{Session, collect_each};
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::StreamExt;
+use narun_wire::jetstream::SECRETS;
 use narun_wire::names;
 use narun_wire::secrets::{MasterKey, StoredSecret};
 use std::io::Read;
 
-use crate::cli::ConnArgs;
-
+/// Run a `secret` subcommand.
 pub async fn run(conn: &ConnArgs, cmd: SecretCmd) -> Result<()> {
     match cmd {
         SecretCmd::Set(args) => set(conn, args).await,
@@ -72,33 +72,27 @@ async fn set(conn: &ConnArgs, args: SecretSetArgs) -> Result<()> {
     narun_wire::secrets::validate_name(&args.name)?;
     let key = master_key(&args.key)?;
     let value = plaintext(&args)?;
-    let client = connect(conn, "secret").await?;
-    let js = js(&client, conn.timeout);
-    let kv = bounded(
-        conn.timeout,
-        &format!("opening KV bucket {}", names::SECRETS_BUCKET),
-        narun_wire::jetstream::SECRETS.ensure(&js),
-    )
-    .await?;
-    let existing = bounded(
-        conn.timeout,
-        &format!("reading {}/{}", names::SECRETS_BUCKET, args.name),
-        kv.get(&args.name),
-    )
-    .await?
-    .and_then(|v| StoredSecret::from_json(&args.name, &v).ok());
+    let session = Session::connect(conn, "secret").await?;
+    let kv = session.ensure_kv(&SECRETS).await?;
+    let existing = session
+        .bounded(
+            &format!("reading {}/{}", names::SECRETS_BUCKET, args.name),
+            kv.get(&args.name),
+        )
+        .await?
+        .and_then(|v| StoredSecret::from_json(&args.name, &v).ok());
     let stored = key.seal(
         &args.name,
         &value,
         args.description.as_deref(),
         existing.as_ref(),
     )?;
-    bounded(
-        conn.timeout,
-        &format!("writing {}/{}", names::SECRETS_BUCKET, args.name),
-        kv.put(&args.name, stored.to_json().into()),
-    )
-    .await?;
+    session
+        .bounded(
+            &format!("writing {}/{}", names::SECRETS_BUCKET, args.name),
+            kv.put(&args.name, stored.to_json().into()),
+        )
+        .await?;
     println!(
         "secret {} {}",
         args.name,
@@ -112,27 +106,16 @@ async fn set(conn: &ConnArgs, args: SecretSetArgs) -> Result<()> {
 }
 
 async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
-    let client = connect(conn, "secret").await?;
-    let js = js(&client, conn.timeout);
+    let session = Session::connect(conn, "secret").await?;
     let mut rows: Vec<serde_json::Value> = Vec::new();
-    if let Some(kv) = open_kv(&js, names::SECRETS_BUCKET, conn.timeout).await? {
-        let mut keys = bounded(conn.timeout, "listing secrets", kv.keys()).await?;
-        let mut names_ = Vec::new();
-        loop {
-            match tokio::time::timeout(conn.timeout, keys.next()).await {
-                Ok(Some(k)) => names_.push(k.map_err(|e| anyhow!("listing secrets: {e}"))?),
-                Ok(None) => break,
-                Err(_) => bail!("listing secrets: no answer within {:?}", conn.timeout),
-            }
-        }
+    if let Some(kv) = session.open_kv(&SECRETS).await? {
+        let keys = session.bounded("listing secrets", kv.keys()).await?;
+        let mut names_ = collect_each(keys, session.timeout, "listing secrets").await?;
         names_.sort();
         for name in names_ {
-            let v = bounded(
-                conn.timeout,
-                &format!("reading secret {name}"),
-                kv.get(&name),
-            )
-            .await?;
+            let v = session
+                .bounded(&format!("reading secret {name}"), kv.get(&name))
+                .await?;
             // Only metadata: the ciphertext is never printed.
             let s = v.and_then(|v| StoredSecret::from_json(&name, &v).ok());
             rows.push(serde_json::json!({
@@ -144,7 +127,7 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        print_json(&rows)?;
         return Ok(());
     }
     let cell = |r: &serde_json::Value, k: &str| {
@@ -170,22 +153,16 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
 }
 
 async fn rm(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
-    let client = connect(conn, "secret").await?;
-    let js = js(&client, conn.timeout);
-    let kv = open_kv(&js, names::SECRETS_BUCKET, conn.timeout)
-        .await?
-        .ok_or_else(|| {
-            anyhow!(
-                "secret {name} not found: bucket {} does not exist",
-                names::SECRETS_BUCKET
-            )
-        })?;
-    let exists = bounded(
-        conn.timeout,
-        &format!("reading secret {name}"),
-        kv.get(name),
-    )
-    .await?;
+    let session = Session::connect(conn, "secret").await?;
+    let kv = session.open_kv(&SECRETS).await?.ok_or_else(|| {
+        anyhow!(
+            "secret {name} not found: bucket {} does not exist",
+            names::SECRETS_BUCKET
+        )
+    })?;
+    let exists = session
+        .bounded(&format!("reading secret {name}"), kv.get(name))
+        .await?;
     if exists.is_none() {
         bail!("secret {name} not found (see `narunctl secret ls`)");
     }
@@ -195,12 +172,9 @@ async fn rm(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
         ))?;
     }
     // Purge (like Go): no history of the ciphertext stays in the stream.
-    bounded(
-        conn.timeout,
-        &format!("purging secret {name}"),
-        kv.purge(name),
-    )
-    .await?;
+    session
+        .bounded(&format!("purging secret {name}"), kv.purge(name))
+        .await?;
     println!("deleted secret {name}");
     Ok(())
 }

@@ -12,12 +12,14 @@
 //! a stored spec still refers to an object, and asks for confirmation on a terminal.
 
 use crate::cli::{ConnArgs, ImagesCmd};
-use crate::commands::{bounded, connect, js, load_specs, print_table};
+use crate::output::{ask_yes, human_size, print_json, print_table, rfc3339};
+use crate::session::{Session, bounded};
 use anyhow::{Result, anyhow, bail};
-use async_nats::jetstream::{self, object_store};
+use async_nats::jetstream::object_store;
 use futures_util::StreamExt;
+use narun_wire::jetstream::APP_BINARIES;
 use narun_wire::names;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 /// Run an `images` subcommand.
@@ -26,14 +28,6 @@ pub async fn run(conn: &ConnArgs, cmd: ImagesCmd) -> Result<()> {
         ImagesCmd::Ls(j) => ls(conn, j.json).await,
         ImagesCmd::Rm { objects, yes } => rm(conn, &objects, yes).await,
     }
-}
-
-/// Open `app-binaries`; `None` when it does not exist yet (nothing was ever deployed).
-async fn open_store(
-    js: &jetstream::Context,
-    timeout: Duration,
-) -> Result<Option<object_store::ObjectStore>> {
-    crate::commands::open_object_store(js, names::APP_BINARIES_BUCKET, timeout).await
 }
 
 /// Every live (not deleted) object, sorted by name.
@@ -57,21 +51,6 @@ async fn list(
     Ok(out)
 }
 
-/// `1.2 MiB`-style size.
-pub fn human_size(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 fn meta<'a>(info: &'a object_store::ObjectInfo, key: &str) -> &'a str {
     info.metadata
         .get(key)
@@ -81,19 +60,14 @@ fn meta<'a>(info: &'a object_store::ObjectInfo, key: &str) -> &'a str {
 }
 
 fn modified(info: &object_store::ObjectInfo) -> String {
-    info.modified
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".into())
+    rfc3339(info.modified).unwrap_or_else(|| "-".into())
 }
 
 async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
-    let client = connect(conn, "images").await?;
-    let js = js(&client, conn.timeout);
-    let objects = match open_store(&js, conn.timeout).await? {
-        Some(store) => list(&store, conn.timeout).await?,
+    let session = Session::connect(conn, "images").await?;
+    // No `app-binaries` yet: nothing was ever deployed.
+    let objects = match session.open_object_store(&APP_BINARIES).await? {
+        Some(store) => list(&store, session.timeout).await?,
         None => Vec::new(),
     };
     if json {
@@ -114,7 +88,7 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        print_json(&out)?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = objects
@@ -149,28 +123,30 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
 }
 
 async fn rm(conn: &ConnArgs, objects: &[String], yes: bool) -> Result<()> {
-    let client = connect(conn, "images").await?;
-    let js = js(&client, conn.timeout);
-    let store = open_store(&js, conn.timeout).await?.ok_or_else(|| {
-        anyhow!(
-            "object store {} does not exist (nothing was deployed); nothing to remove",
-            names::APP_BINARIES_BUCKET
-        )
-    })?;
+    let session = Session::connect(conn, "images").await?;
+    let store = session
+        .open_object_store(&APP_BINARIES)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "object store {} does not exist (nothing was deployed); nothing to remove",
+                names::APP_BINARIES_BUCKET
+            )
+        })?;
     // Check them all first: a typo must not leave half of the list deleted.
     let mut found = Vec::new();
     for name in objects {
-        match tokio::time::timeout(conn.timeout, store.info(name)).await {
+        match tokio::time::timeout(session.timeout, store.info(name)).await {
             Ok(Ok(info)) if !info.deleted => found.push(info),
             Ok(Ok(_)) | Ok(Err(_)) => bail!(
                 "image {name} not found in {} (see `narunctl images ls`); nothing was removed",
                 names::APP_BINARIES_BUCKET
             ),
-            Err(_) => bail!("reading {name}: no answer within {:?}", conn.timeout),
+            Err(_) => bail!("reading {name}: no answer within {:?}", session.timeout),
         }
     }
     // Warn about binaries a stored spec still uses.
-    for (app, spec) in load_specs(&js, conn.timeout).await? {
+    for (app, spec) in session.load_specs().await? {
         let Ok(spec) = spec else { continue };
         for info in &found {
             let prefix = format!("{}-{}-", spec.name, spec.tag);
@@ -189,39 +165,17 @@ async fn rm(conn: &ConnArgs, objects: &[String], yes: bool) -> Result<()> {
                 objects.join(" ")
             );
         }
-        eprint!(
-            "Delete {} image(s) ({})? Type 'yes': ",
+        ask_yes(&format!(
+            "Delete {} image(s) ({})?",
             found.len(),
             objects.join(", ")
-        );
-        std::io::stderr().flush().ok();
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        if line.trim() != "yes" {
-            bail!("not confirmed; nothing deleted (use -y to skip the question)");
-        }
+        ))?;
     }
     for info in found {
-        bounded(
-            conn.timeout,
-            &format!("deleting {}", info.name),
-            store.delete(&info.name),
-        )
-        .await?;
+        session
+            .bounded(&format!("deleting {}", info.name), store.delete(&info.name))
+            .await?;
         println!("deleted {} ({})", info.name, human_size(info.size as u64));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(10 * 1024 * 1024), "10.0 MiB");
-    }
 }

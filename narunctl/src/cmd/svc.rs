@@ -7,7 +7,8 @@
 //! period. A `503` status message means "no responders": nobody is listening.
 
 use crate::cli::{ConnArgs, SvcCmd};
-use crate::commands::{connect, print_table};
+use crate::output::{print_json, print_table};
+use crate::session::Session;
 use anyhow::{Result, anyhow, bail};
 use futures_util::StreamExt;
 use narun_wire::micro::{InfoResponse, PingResponse, StatsResponse};
@@ -17,18 +18,16 @@ use std::time::{Duration, Instant};
 /// After the first answer, stop once no other answer arrived for this long.
 const QUIET: Duration = Duration::from_millis(300);
 
+/// Run an `svc` subcommand.
 pub async fn run(conn: &ConnArgs, cmd: SvcCmd) -> Result<()> {
-    let client = connect(conn, "svc").await?;
+    let session = Session::connect(conn, "svc").await?;
+    let (client, timeout) = (&session.client, session.timeout);
     match cmd {
         SvcCmd::Ls(j) => {
-            let mut infos: Vec<InfoResponse> = gather(&client, "INFO", None, conn.timeout)
-                .await?
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
+            let mut infos: Vec<InfoResponse> = answers(client, "INFO", None, timeout).await?;
             infos.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
             if j.json {
-                println!("{}", serde_json::to_string_pretty(&infos)?);
+                print_json(&infos)?;
             } else {
                 let rows: Vec<Vec<String>> = infos
                     .iter()
@@ -45,15 +44,12 @@ pub async fn run(conn: &ConnArgs, cmd: SvcCmd) -> Result<()> {
             }
         }
         SvcCmd::Info { name, json } => {
-            let mut infos: Vec<InfoResponse> = gather(&client, "INFO", Some(&name), conn.timeout)
-                .await?
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
-            none_found(infos.is_empty(), &name, conn.timeout)?;
+            let mut infos: Vec<InfoResponse> =
+                answers(client, "INFO", Some(&name), timeout).await?;
+            none_found(infos.is_empty(), &name, timeout)?;
             infos.sort_by(|a, b| a.id.cmp(&b.id));
             if json.json {
-                println!("{}", serde_json::to_string_pretty(&infos)?);
+                print_json(&infos)?;
                 return Ok(());
             }
             for (n, i) in infos.iter().enumerate() {
@@ -75,15 +71,12 @@ pub async fn run(conn: &ConnArgs, cmd: SvcCmd) -> Result<()> {
             }
         }
         SvcCmd::Stats { name, json } => {
-            let mut stats: Vec<StatsResponse> = gather(&client, "STATS", Some(&name), conn.timeout)
-                .await?
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
-            none_found(stats.is_empty(), &name, conn.timeout)?;
+            let mut stats: Vec<StatsResponse> =
+                answers(client, "STATS", Some(&name), timeout).await?;
+            none_found(stats.is_empty(), &name, timeout)?;
             stats.sort_by(|a, b| a.id.cmp(&b.id));
             if json.json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                print_json(&stats)?;
                 return Ok(());
             }
             let mut rows = Vec::new();
@@ -115,9 +108,9 @@ pub async fn run(conn: &ConnArgs, cmd: SvcCmd) -> Result<()> {
         }
         SvcCmd::Ping { name, json } => {
             let mut pings: Vec<(PingResponse, Duration)> =
-                gather(&client, "PING", name.as_deref(), conn.timeout).await?;
+                gather(client, "PING", name.as_deref(), timeout).await?;
             if let Some(name) = &name {
-                none_found(pings.is_empty(), name, conn.timeout)?;
+                none_found(pings.is_empty(), name, timeout)?;
             }
             pings.sort_by(|a, b| (&a.0.name, &a.0.id).cmp(&(&b.0.name, &b.0.id)));
             if json.json {
@@ -125,7 +118,7 @@ pub async fn run(conn: &ConnArgs, cmd: SvcCmd) -> Result<()> {
                     .iter()
                     .map(|(p, rtt)| serde_json::json!({"ping": p, "rtt_ms": rtt.as_secs_f64() * 1000.0}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                print_json(&out)?;
             } else {
                 for (p, rtt) in &pings {
                     println!("{} {} {} rtt={rtt:?}", p.name, p.id, p.version);
@@ -142,6 +135,20 @@ fn none_found(empty: bool, name: &str, timeout: Duration) -> Result<()> {
         bail!("no instance of service {name} answered within {timeout:?} (see `narunctl svc ls`)");
     }
     Ok(())
+}
+
+/// [`gather`] without the round-trip times.
+async fn answers<T: DeserializeOwned>(
+    client: &async_nats::Client,
+    verb: &str,
+    name: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<T>> {
+    Ok(gather(client, verb, name, timeout)
+        .await?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect())
 }
 
 /// Publish `$SRV.<verb>[.<name>]` and collect the parsed answers with the time

@@ -7,15 +7,17 @@
 //! instance work dir, verified by its SHA-256 digest, at every start.
 
 use crate::cli::{ConnArgs, FilesCmd};
-use crate::commands::{bounded, confirm, connect, js, open_object_store, print_table};
+use crate::output::{confirm, print_json, print_table, rfc3339};
+use crate::session::{Session, bounded, collect_each};
 use anyhow::{Context, Result, anyhow, bail};
-use async_nats::jetstream::{self, object_store};
-use futures_util::StreamExt;
+use async_nats::jetstream::object_store;
+use narun_wire::jetstream::FILES;
 use narun_wire::names;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// Run a `files` subcommand.
 pub async fn run(conn: &ConnArgs, cmd: FilesCmd) -> Result<()> {
     match cmd {
         FilesCmd::Add {
@@ -26,14 +28,6 @@ pub async fn run(conn: &ConnArgs, cmd: FilesCmd) -> Result<()> {
         FilesCmd::Ls(j) => ls(conn, j.json).await,
         FilesCmd::Rm { name, yes } => rm(conn, &name, yes).await,
     }
-}
-
-/// Open `narun-files`; `None` if it does not exist.
-async fn open_store(
-    js: &jetstream::Context,
-    timeout: Duration,
-) -> Result<Option<object_store::ObjectStore>> {
-    open_object_store(js, names::FILES_BUCKET, timeout).await
 }
 
 async fn add(conn: &ConnArgs, name: &str, path: &Path, upload_timeout: Duration) -> Result<()> {
@@ -51,14 +45,8 @@ async fn add(conn: &ConnArgs, name: &str, path: &Path, upload_timeout: Duration)
     let mut file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
-    let client = connect(conn, "files").await?;
-    let js = js(&client, conn.timeout);
-    let store = bounded(
-        conn.timeout,
-        &format!("opening object store {}", names::FILES_BUCKET),
-        narun_wire::jetstream::FILES.ensure(&js),
-    )
-    .await?;
+    let session = Session::connect(conn, "files").await?;
+    let store = session.ensure_object_store(&FILES).await?;
     let now = time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
@@ -89,33 +77,15 @@ async fn add(conn: &ConnArgs, name: &str, path: &Path, upload_timeout: Duration)
 }
 
 async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
-    let client = connect(conn, "files").await?;
-    let js = js(&client, conn.timeout);
+    let session = Session::connect(conn, "files").await?;
     let mut infos = Vec::new();
-    if let Some(store) = open_store(&js, conn.timeout).await? {
-        let mut list = bounded(conn.timeout, "listing files", store.list()).await?;
-        loop {
-            match tokio::time::timeout(conn.timeout, list.next()).await {
-                Ok(Some(i)) => {
-                    let i = i.map_err(|e| anyhow!("listing files: {e}"))?;
-                    if !i.deleted {
-                        infos.push(i);
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => bail!("listing files: no answer within {:?}", conn.timeout),
-            }
-        }
+    if let Some(store) = session.open_object_store(&FILES).await? {
+        let list = session.bounded("listing files", store.list()).await?;
+        infos = collect_each(list, session.timeout, "listing files").await?;
+        infos.retain(|i| !i.deleted);
     }
     infos.sort_by(|a, b| a.name.cmp(&b.name));
-    let modified = |i: &object_store::ObjectInfo| {
-        i.modified
-            .and_then(|m| {
-                m.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default()
-    };
+    let modified = |i: &object_store::ObjectInfo| rfc3339(i.modified).unwrap_or_default();
     let meta =
         |i: &object_store::ObjectInfo, k: &str| i.metadata.get(k).cloned().unwrap_or_default();
     if json {
@@ -133,7 +103,7 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        print_json(&rows)?;
         return Ok(());
     }
     let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
@@ -157,34 +127,33 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
 }
 
 async fn rm(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
-    let client = connect(conn, "files").await?;
-    let js = js(&client, conn.timeout);
-    let store = open_store(&js, conn.timeout).await?.ok_or_else(|| {
+    let session = Session::connect(conn, "files").await?;
+    let store = session.open_object_store(&FILES).await?.ok_or_else(|| {
         anyhow!(
             "file {name} not found: object store {} does not exist",
             names::FILES_BUCKET
         )
     })?;
-    match tokio::time::timeout(conn.timeout, store.info(name)).await {
+    match tokio::time::timeout(session.timeout, store.info(name)).await {
         Ok(Ok(i)) if !i.deleted => {}
         Ok(Ok(_)) => bail!("file {name} not found (see `narunctl files ls`)"),
         Ok(Err(e)) if e.kind() == object_store::InfoErrorKind::NotFound => {
             bail!("file {name} not found (see `narunctl files ls`)")
         }
         Ok(Err(e)) => bail!("reading file {name}: {e}"),
-        Err(_) => bail!("reading file {name}: no answer within {:?}", conn.timeout),
+        Err(_) => bail!(
+            "reading file {name}: no answer within {:?}",
+            session.timeout
+        ),
     }
     if !yes {
         confirm(&format!(
             "Delete file {name}? Apps mounting it will fail to start."
         ))?;
     }
-    bounded(
-        conn.timeout,
-        &format!("deleting file {name}"),
-        store.delete(name),
-    )
-    .await?;
+    session
+        .bounded(&format!("deleting file {name}"), store.delete(name))
+        .await?;
     println!("deleted file {name}");
     Ok(())
 }

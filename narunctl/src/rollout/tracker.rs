@@ -1,61 +1,16 @@
-//! `narunctl deploy --wait`: follow a rollout until every selected instance runs the
-//! new spec and is ready, or say why not.
-//!
-//! # What is followed
-//!
-//! * **Status events** on `status.<app>.*` ([`StatusEvent`]): every transition of every
-//!   run (`starting`, `running`, `crashed`, `backoff`, `failed`, `rolled_back`, …). Each
-//!   event carries the run hash of the spec that run executes (`config_hash`), so the
-//!   runs of the new spec are told apart from the old ones they replace (narund starts
-//!   the new run of `hello-0` *next to* the old `hello-0` and stops the old one only once
-//!   the new one has settled).
-//! * **Node heartbeats** in `node-runner-states` ([`NodeState`]): which nodes are online
-//!   and their labels, which — with the spec's selectors
-//!   ([`AppSpec::desired_replicas`]) — gives the instances to wait for
-//!   (`<app>-0 … <app>-<n-1>` on each selected node). The heartbeat also lists each
-//!   instance with its run hash, which covers instances that already run this exact spec
-//!   (a redeploy that changed only replica counts restarts nothing and publishes no
-//!   event).
-//! * **Log lines** on `logs.<app>.*`: the last [`LOG_TAIL`] lines of each instance, printed
-//!   when it fails.
-//!
-//! [`Follower::subscribe`] must run **before** the spec is written: core NATS keeps no
-//! history, so an event published before the subscription exists is lost.
-//!
-//! # When an instance is ready
-//!
-//! An instance is ready once a run of the new spec is `running` and, unless the spec has
-//! `notify = true` (narund then reports `running` only after the app's `READY=1`), has
-//! stayed running for `settleSec` — the same rule narund uses before it stops an old run.
-//!
-//! # When the wait fails
-//!
-//! * a run of the new spec reports `failed` (fetch, verify, spawn, start limit, …);
-//! * it `crashed` (or exited) and the spec's restart policy does not restart it;
-//! * narund stopped it before it became ready (a replacement that did not settle: the
-//!   old run keeps serving) or reported `rolled_back`;
-//! * narund reported the spec as `invalid_spec`;
-//! * the timeout passed.
-//!
-//! The pure bookkeeping is in [`Tracker`] (unit tested); [`Follower`] feeds it from NATS
-//! and draws the table.
+//! The rollout bookkeeping, independent of NATS: [`Tracker`] takes status events,
+//! heartbeats and log lines, and says which instances are selected, whether the rollout
+//! is ready, pending or failed, and why (the table rows and the failure report).
 
-use anyhow::{Result, anyhow};
-use async_nats::jetstream::{self, kv};
-use futures_util::StreamExt;
+use crate::session::heartbeat_fresh;
 use narun_spec::{AppSpec, ExitKind};
 use narun_wire::events::{LogLine, NodeState, StatusEvent};
-use narun_wire::names;
 use narun_wire::status::{InstanceStatus, NodeStatus, Reason, SettleRule};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 /// Log lines kept per instance for the failure report.
 pub const LOG_TAIL: usize = 20;
-/// After a failure, how long to wait for narund's own log line about it (published on
-/// another path than the status event, so it may arrive a little later).
-const LOG_GRACE: Duration = Duration::from_secs(1);
 
 /// `(node, instance id)`.
 type Key = (String, String);
@@ -125,13 +80,15 @@ impl Tracker {
         &self.hash
     }
 
+    /// The spec being rolled out.
+    pub fn spec(&self) -> &AppSpec {
+        &self.spec
+    }
+
     /// A heartbeat was put (`Some`) or a node key deleted (`None`).
     pub fn on_node(&mut self, node_id: &str, state: Option<NodeState>) {
-        let Some(state) = state.filter(|s| {
-            s.status == NodeStatus::Running
-                && crate::commands::age(&s.last_seen)
-                    .is_some_and(|a| a.as_secs() <= names::NODE_STATE_TTL_SECS)
-        }) else {
+        let Some(state) = state.filter(|s| s.status == NodeStatus::Running && heartbeat_fresh(s))
+        else {
             self.nodes.remove(node_id);
             return;
         };
@@ -345,8 +302,9 @@ impl Tracker {
         }
     }
 
-    /// Whether narund's log line about every failure has arrived (see [`LOG_GRACE`]).
-    fn failures_logged(&self) -> bool {
+    /// Whether narund's log line about every failure has arrived (the follower waits a
+    /// little for it).
+    pub fn failures_logged(&self) -> bool {
         self.instances
             .values()
             .filter(|i| i.failure.is_some())
@@ -464,236 +422,6 @@ fn exit_kind(ev: &StatusEvent) -> Option<ExitKind> {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Subscriptions opened before the spec is written.
-pub struct Follower {
-    client: async_nats::Client,
-    status: async_nats::Subscriber,
-    logs: async_nats::Subscriber,
-    app: String,
-}
-
-impl Follower {
-    /// Subscribe to `status.<app>.*` and `logs.<app>.*` and make sure the server has
-    /// registered both (a round trip) before the caller writes the spec.
-    pub async fn subscribe(
-        client: &async_nats::Client,
-        app: &str,
-        timeout: Duration,
-    ) -> Result<Follower> {
-        let status_subject = names::status_subject(app, "*");
-        let log_subject = names::log_subject(app, "*");
-        let status = client
-            .subscribe(status_subject.clone())
-            .await
-            .map_err(|e| anyhow!("subscribing to {status_subject}: {e}"))?;
-        let logs = client
-            .subscribe(log_subject.clone())
-            .await
-            .map_err(|e| anyhow!("subscribing to {log_subject}: {e}"))?;
-        if !narun_wire::connect::sync_with_server(client, timeout).await {
-            return Err(anyhow!(
-                "the NATS server did not confirm the subscriptions to {status_subject} within {timeout:?}"
-            ));
-        }
-        Ok(Follower {
-            client: client.clone(),
-            status,
-            logs,
-            app: app.to_string(),
-        })
-    }
-
-    /// Follow the rollout of `spec` (as written to `app-configs`) for at most `timeout`.
-    pub async fn wait(
-        mut self,
-        spec: AppSpec,
-        timeout: Duration,
-        op_timeout: Duration,
-    ) -> Result<()> {
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let mut tracker = Tracker::new(spec);
-        let tag = tracker.spec.tag.clone();
-        let mut screen = Screen::new(std::io::stdout().is_terminal());
-        screen.title(format!(
-            "waiting up to {timeout:?} for {}:{tag} (spec {}) to be ready",
-            self.app,
-            tracker.hash()
-        ));
-        let js = crate::commands::js(&self.client, op_timeout);
-        let mut watch = open_node_watch(&js, op_timeout).await;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_open = Instant::now();
-        let mut failed_at: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                m = self.status.next() => {
-                    let Some(m) = m else { return Err(anyhow!("the NATS subscription to status.{}.* ended", self.app)) };
-                    if let Ok(ev) = serde_json::from_slice::<StatusEvent>(&m.payload) {
-                        tracker.on_status(ev, Instant::now());
-                    }
-                }
-                m = self.logs.next() => {
-                    let Some(m) = m else { return Err(anyhow!("the NATS subscription to logs.{}.* ended", self.app)) };
-                    if let Ok(l) = serde_json::from_slice::<LogLine>(&m.payload) {
-                        tracker.on_log(&l);
-                    }
-                }
-                e = next_entry(&mut watch) => match e {
-                    Some(Ok(e)) => {
-                        let state = (e.operation == kv::Operation::Put)
-                            .then(|| serde_json::from_slice::<NodeState>(&e.value).ok())
-                            .flatten();
-                        tracker.on_node(&e.key, state);
-                    }
-                    // The watch broke (reconnect, bucket deleted): open it again on a tick.
-                    _ => watch = None,
-                },
-                _ = tick.tick() => {
-                    if watch.is_none() && last_open.elapsed() >= Duration::from_secs(1) {
-                        last_open = Instant::now();
-                        watch = open_node_watch(&js, op_timeout).await;
-                    }
-                }
-            }
-            let now = Instant::now();
-            screen.draw(&tracker.rows(now), now.duration_since(started));
-            match tracker.verdict(now) {
-                Verdict::Ready => {
-                    screen.finish();
-                    let n = tracker.selected().len();
-                    println!(
-                        "{}:{tag} is ready on {n} instance(s) after {:.2}s",
-                        self.app,
-                        started.elapsed().as_secs_f64()
-                    );
-                    return Ok(());
-                }
-                Verdict::Failed => {
-                    let since = *failed_at.get_or_insert(now);
-                    if tracker.failures_logged() || now.duration_since(since) >= LOG_GRACE {
-                        screen.finish();
-                        return Err(anyhow!(
-                            "deploy of {}:{tag} failed:\n{}",
-                            self.app,
-                            tracker.report(now, None)
-                        ));
-                    }
-                }
-                Verdict::Pending => {}
-            }
-            if now >= deadline {
-                screen.finish();
-                return Err(anyhow!(
-                    "deploy of {}:{tag} is not ready:\n{}",
-                    self.app,
-                    tracker.report(now, Some(timeout))
-                ));
-            }
-        }
-    }
-}
-
-type NodeWatch = kv::Watch;
-
-async fn open_node_watch(js: &jetstream::Context, timeout: Duration) -> Option<NodeWatch> {
-    let store = tokio::time::timeout(timeout, js.get_key_value(names::NODE_STATES_BUCKET))
-        .await
-        .ok()?
-        .ok()?;
-    tokio::time::timeout(timeout, store.watch_with_history(">"))
-        .await
-        .ok()?
-        .ok()
-}
-
-async fn next_entry(watch: &mut Option<NodeWatch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
-    match watch {
-        Some(w) => w.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The live table: redrawn in place on a terminal, one line per change otherwise.
-struct Screen {
-    tty: bool,
-    /// Lines drawn last time (terminal).
-    drawn: usize,
-    /// Last printed text per row (plain output).
-    printed: BTreeMap<(String, String), String>,
-}
-
-impl Screen {
-    fn new(tty: bool) -> Screen {
-        Screen {
-            tty,
-            drawn: 0,
-            printed: BTreeMap::new(),
-        }
-    }
-
-    fn title(&mut self, text: String) {
-        println!("{text}");
-    }
-
-    fn draw(&mut self, rows: &[[String; 5]], elapsed: Duration) {
-        let mut out = std::io::stdout().lock();
-        if self.tty {
-            let mut text = String::new();
-            if self.drawn > 0 {
-                // Back to the first line of the last drawing, clear to the end of the screen.
-                text.push_str(&format!("\x1b[{}F\x1b[J", self.drawn));
-            }
-            let header = ["NODE", "INSTANCE", "STATUS", "RESTARTS", "DETAIL"];
-            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-            for r in rows {
-                for (w, c) in widths.iter_mut().zip(r.iter()) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let mut lines = vec![format!("elapsed {}s", elapsed.as_secs())];
-            let fmt = |cells: Vec<&str>| {
-                let mut s = String::new();
-                for (i, c) in cells.iter().enumerate() {
-                    if i + 1 == cells.len() {
-                        s.push_str(c);
-                    } else {
-                        s.push_str(&format!("{c:<w$}  ", w = widths[i]));
-                    }
-                }
-                s.trim_end().to_string()
-            };
-            lines.push(fmt(header.to_vec()));
-            for r in rows {
-                lines.push(fmt(r.iter().map(String::as_str).collect()));
-            }
-            for l in &lines {
-                text.push_str(l);
-                text.push('\n');
-            }
-            self.drawn = lines.len();
-            let _ = out.write_all(text.as_bytes());
-        } else {
-            for r in rows {
-                let key = (r[0].clone(), r[1].clone());
-                let line = format!("{} {}: {} restarts={} {}", r[0], r[1], r[2], r[3], r[4]);
-                // Print on a status change, not on every settling second.
-                let summary = format!("{} {}", r[2], if r[4] == "ready" { "ready" } else { "" });
-                if self.printed.get(&key) != Some(&summary) {
-                    let _ = writeln!(out, "{}", line.trim_end());
-                    self.printed.insert(key, summary);
-                }
-            }
-        }
-        let _ = out.flush();
-    }
-
-    fn finish(&mut self) {
-        self.drawn = 0;
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,15 @@
+//! The commands, one module per top-level verb, each exposing `run`. `main` parses the
+//! command line and calls the one asked for; a command connects through
+//! [`crate::session`], prints through [`crate::output`], and imports no other command.
+
+pub mod apps;
+pub mod completions;
+pub mod deploy;
+pub mod files;
+pub mod images;
+pub mod logs;
+pub mod man;
+pub mod nodes;
+pub mod request;
+pub mod secret;
+pub mod svc;

@@ -1,0 +1,116 @@
+//! `narunctl nodes ls|info`: the nodes, from their heartbeats in `node-runner-states`
+//! (a node is `offline` once its heartbeat is older than the bucket's TTL).
+
+use crate::cli::{ConnArgs, NodesCmd};
+use crate::output::{age, human_duration, print_json, print_table};
+use crate::session::{Session, node_status};
+use anyhow::{Result, anyhow};
+use std::collections::BTreeMap;
+
+/// Run a `nodes` subcommand.
+pub async fn run(conn: &ConnArgs, cmd: NodesCmd) -> Result<()> {
+    match cmd {
+        NodesCmd::Ls(j) => ls(conn, j.json).await,
+        NodesCmd::Info { node, json } => info(conn, &node, json.json).await,
+    }
+}
+
+fn labels_str(l: &BTreeMap<String, String>) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
+    let session = Session::connect(conn, "nodes").await?;
+    let states = session.node_states().await?;
+    if json {
+        print_json(&states)?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = states
+        .iter()
+        .map(|s| {
+            vec![
+                s.node_id.clone(),
+                node_status(s),
+                age(&s.start_time)
+                    .map(human_duration)
+                    .unwrap_or_else(|| "-".into()),
+                format!("{}/{}", s.os, s.arch),
+                s.version.clone(),
+                labels_str(&s.labels),
+            ]
+        })
+        .collect();
+    print_table(
+        &["NODE", "STATUS", "AGE", "OS/ARCH", "VERSION", "LABELS"],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
+    let session = Session::connect(conn, "nodes").await?;
+    let states = session.node_states().await?;
+    let s = states
+        .into_iter()
+        .find(|s| s.node_id == node)
+        .ok_or_else(|| anyhow!("node {node} not found in node-runner-states (offline for more than 45 s, or never started)"))?;
+    if json {
+        print_json(&s)?;
+        return Ok(());
+    }
+    println!("Node:        {}", s.node_id);
+    println!("Status:      {}", node_status(&s));
+    println!("Last seen:   {}", s.last_seen);
+    println!("Started:     {}", s.start_time);
+    println!("Version:     {}", s.version);
+    println!("Platform:    {}/{}", s.os, s.arch);
+    println!("Labels:      {}", labels_str(&s.labels));
+    if !s.cgroup_layout.is_empty() {
+        println!(
+            "Cgroups:     {} [{}]",
+            s.cgroup_layout,
+            s.cgroup_controllers.join(",")
+        );
+    }
+    if let Some(u) = s.io_uring {
+        println!("io_uring:    {u}");
+    }
+    println!();
+    if s.instances.is_empty() {
+        println!(
+            "Managed instances: {}",
+            if s.managed_instances.is_empty() {
+                "-".into()
+            } else {
+                s.managed_instances.join(", ")
+            }
+        );
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .instances
+            .iter()
+            .map(|i| {
+                vec![
+                    i.instance_id.clone(),
+                    i.app_name.clone(),
+                    i.tag.clone(),
+                    i.status.to_string(),
+                    i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    i.restarts.to_string(),
+                ]
+            })
+            .collect();
+        print_table(
+            &["INSTANCE", "APP", "TAG", "STATUS", "PID", "RESTARTS"],
+            &rows,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! One invocation's NATS session: connecting (failing fast), the JetStream context, the
+//! `--timeout` every operation is bounded by, opening the contract's buckets, and
+//! reading the shared state several commands need (node heartbeats, stored specs).
+//!
+//! A leaf module: it knows [`ConnArgs`] and the wire contract, and no command. Bucket
+//! creation and "does not exist" detection are `narun_wire::jetstream`'s; this module
+//! only bounds them in time and words the errors the same way for every command.
+
+use crate::cli::ConnArgs;
+use anyhow::{Result, anyhow, bail};
+use async_nats::jetstream::{self, kv, object_store};
+use futures_util::{Stream, StreamExt};
+use narun_spec::AppSpec;
+use narun_wire::connect::NatsSettings;
+use narun_wire::events::NodeState;
+use narun_wire::jetstream::{APP_CONFIGS, KvBucket, NODE_STATES, ObjectBucket};
+use narun_wire::names;
+use std::future::Future;
+use std::time::Duration;
+
+/// A connected client, its JetStream context and the per-operation timeout.
+pub struct Session {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    /// `--timeout`: how long each answer may take.
+    pub timeout: Duration,
+}
+
+impl Session {
+    /// Connect and prove the server answers within `--timeout`; `what` names the
+    /// connection (`narunctl-<what>-<pid>`, as the server's monitoring shows it).
+    ///
+    /// `NatsSettings::options` retries the initial connect forever (right for
+    /// daemons); a CLI must fail fast instead, so we bound a `flush` (a PING/PONG
+    /// round trip) and report an unreachable server in one line.
+    pub async fn connect(conn: &ConnArgs, what: &str) -> Result<Session> {
+        let settings = NatsSettings {
+            url: conn.nats.clone(),
+            creds: conn.creds.clone(),
+            nkey_seed: conn.nkey.clone(),
+            user: conn.user.clone(),
+            password: conn.password.clone(),
+            tls_ca: conn.tls_ca.clone(),
+            tls_cert: conn.tls_cert.clone(),
+            tls_key: conn.tls_key.clone(),
+        };
+        let name = format!("narunctl-{what}-{}", std::process::id() % 10_000);
+        let opts = settings.options(&name).await?;
+        let client = opts
+            .connect(conn.nats.as_str())
+            .await
+            .map_err(|e| anyhow!("cannot reach NATS at {}: {e}", conn.nats))?;
+        match tokio::time::timeout(conn.timeout, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("cannot reach NATS at {}: {e}", conn.nats),
+            Err(_) => bail!(
+                "cannot reach NATS at {} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
+                conn.nats,
+                conn.timeout
+            ),
+        }
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(conn.timeout);
+        Ok(Session {
+            client,
+            js,
+            timeout: conn.timeout,
+        })
+    }
+
+    /// [`bounded`] by `--timeout`.
+    pub async fn bounded<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T> {
+        bounded(self.timeout, what, fut).await
+    }
+
+    /// Open the KV bucket; `None` if it does not exist.
+    pub async fn open_kv(&self, bucket: &KvBucket) -> Result<Option<kv::Store>> {
+        self.bounded(&opening_kv(bucket), bucket.open(&self.js))
+            .await
+    }
+
+    /// Open the KV bucket, creating it if it does not exist.
+    pub async fn ensure_kv(&self, bucket: &KvBucket) -> Result<kv::Store> {
+        self.bounded(&opening_kv(bucket), bucket.ensure(&self.js))
+            .await
+    }
+
+    /// Open the object store; `None` if it does not exist.
+    pub async fn open_object_store(
+        &self,
+        bucket: &ObjectBucket,
+    ) -> Result<Option<object_store::ObjectStore>> {
+        self.bounded(&opening_object_store(bucket), bucket.open(&self.js))
+            .await
+    }
+
+    /// Open the object store, creating it if it does not exist.
+    pub async fn ensure_object_store(
+        &self,
+        bucket: &ObjectBucket,
+    ) -> Result<object_store::ObjectStore> {
+        self.bounded(&opening_object_store(bucket), bucket.ensure(&self.js))
+            .await
+    }
+
+    /// Every `(key, value)` of a bucket whose value is present.
+    pub async fn kv_entries(&self, store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>> {
+        let bucket = store.name.clone();
+        let keys: Vec<String> = self
+            .bounded(&format!("listing keys of {bucket}"), async {
+                let mut keys = store.keys().await?;
+                let mut out = Vec::new();
+                while let Some(k) = keys.next().await {
+                    out.push(k?);
+                }
+                Ok::<_, async_nats::Error>(out)
+            })
+            .await?;
+        let mut out = Vec::new();
+        for k in keys {
+            let v = self
+                .bounded(&format!("reading {bucket}/{k}"), store.get(&k))
+                .await?;
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The heartbeats in `node-runner-states`, by node id (none if the bucket does not
+    /// exist); a value that does not parse is a warning on stderr.
+    pub async fn node_states(&self) -> Result<Vec<NodeState>> {
+        let Some(store) = self.open_kv(&NODE_STATES).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (key, value) in self.kv_entries(&store).await? {
+            match serde_json::from_slice::<NodeState>(&value) {
+                Ok(s) => out.push(s),
+                Err(e) => eprintln!("warning: node state {key} is not valid JSON: {e}"),
+            }
+        }
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(out)
+    }
+
+    /// Every stored spec in `app-configs` by key, or why it does not parse (none if the
+    /// bucket does not exist).
+    pub async fn load_specs(&self) -> Result<Vec<(String, Result<AppSpec, String>)>> {
+        let Some(store) = self.open_kv(&APP_CONFIGS).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .kv_entries(&store)
+            .await?
+            .into_iter()
+            .map(|(k, v)| {
+                let spec = AppSpec::from_kv_bytes(&v).map_err(|e| e.to_string());
+                (k, spec)
+            })
+            .collect())
+    }
+}
+
+fn opening_kv(bucket: &KvBucket) -> String {
+    format!("opening KV bucket {}", bucket.name)
+}
+
+fn opening_object_store(bucket: &ObjectBucket) -> String {
+    format!("opening object store {}", bucket.name)
+}
+
+/// Await `fut` at most `timeout`; `what` names the operation in the error.
+pub async fn bounded<T, E: std::fmt::Display>(
+    timeout: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow!("{what}: {e}")),
+        Err(_) => Err(anyhow!("{what}: no answer within {timeout:?}")),
+    }
+}
+
+/// Every item of `stream`, waiting at most `timeout` for each; `what` names the listing
+/// in the error.
+pub async fn collect_each<T, E: std::fmt::Display>(
+    stream: impl Stream<Item = Result<T, E>>,
+    timeout: Duration,
+    what: &str,
+) -> Result<Vec<T>> {
+    let mut stream = std::pin::pin!(stream);
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(timeout, stream.next()).await {
+            Ok(Some(item)) => out.push(item.map_err(|e| anyhow!("{what}: {e}"))?),
+            Ok(None) => return Ok(out),
+            Err(_) => bail!("{what}: no answer within {timeout:?}"),
+        }
+    }
+}
+
+/// Whether a heartbeat is recent enough for its node to count as online (the bucket's
+/// TTL: a node silent for longer is offline).
+pub fn heartbeat_fresh(state: &NodeState) -> bool {
+    crate::output::age(&state.last_seen).is_some_and(|a| a.as_secs() <= names::NODE_STATE_TTL_SECS)
+}
+
+/// The status a node reports, or `offline` once its heartbeat is stale.
+pub fn node_status(state: &NodeState) -> String {
+    if heartbeat_fresh(state) {
+        state.status.to_string()
+    } else {
+        "offline".into()
+    }
+}
+
+/// Instance IDs of `app` a node reports (detailed list when present, else
+/// Go's `managed_instances` named `<app>-<n>`).
+pub fn node_instances(state: &NodeState, app: &str) -> Vec<String> {
+    if !state.instances.is_empty() {
+        return state
+            .instances
+            .iter()
+            .filter(|i| i.app_name == app)
+            .map(|i| i.instance_id.clone())
+            .collect();
+    }
+    state
+        .managed_instances
+        .iter()
+        .filter(|id| {
+            id.strip_prefix(app)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .cloned()
+        .collect()
+}
