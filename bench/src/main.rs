@@ -18,6 +18,7 @@
 //! protobuf request and an equally long reply, at concurrency 1 and 64. An
 //! attribution baseline calls the app over NATS directly, the way Go's gateway
 //! does (raw protobuf + `X-Original-Grpc-Method`, one reply).
+#![forbid(unsafe_code)]
 
 use anyhow::Context;
 use bytes::Bytes;

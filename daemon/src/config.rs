@@ -186,32 +186,7 @@ pub struct CgroupConfig {
     pub root: Option<PathBuf>,
 }
 
-/// `[logs]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogsConfig {
-    pub max_line_bytes: usize,
-    pub spool_bytes: usize,
-    /// Keep log history on the NATS server: create/update the JetStream stream
-    /// `narun-logs` on `logs.>` (see [`crate::logs::stream`]). Off by default.
-    pub stream: bool,
-    /// Age limit of the stream's lines, seconds (0 = no limit).
-    pub stream_max_age_sec: u64,
-    /// Size limit of the stream, bytes; the oldest lines go first (0 = no limit).
-    pub stream_max_bytes: u64,
-}
-
-impl Default for LogsConfig {
-    fn default() -> Self {
-        LogsConfig {
-            max_line_bytes: 16 * 1024,
-            spool_bytes: 4 * 1024 * 1024,
-            stream: false,
-            stream_max_age_sec: 24 * 3600,
-            stream_max_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
+pub use crate::logs::LogsConfig;
 
 /// `[secrets]`: decrypting `valueFromSecret` env values (see [`crate::fetch::inputs`]).
 #[derive(Debug, Clone, Deserialize)]

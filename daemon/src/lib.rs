@@ -1,26 +1,22 @@
 //! narund: the narun node daemon.
 //!
-//! Where things happen (one module per concept):
+//! Where things happen (a folder per concept; each folder's `mod.rs` says what it owns and
+//! what it may call):
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`config`] | `/etc/narun/narund.toml`, flags and env overrides |
-//! | [`cgroup`] | cgroup v2 discovery (pure and hybrid layouts), per-instance cgroups, limits, `cgroup.kill` |
+//! | [`daemon`] | the composition root: [`daemon::Daemon::new`] builds narund, `run(shutdown, reloads)` runs it |
+//! | [`node`] | what should run here: the instance table, applying specs (scale, rolling replace, **rollback**), the `app-configs` watch, heartbeat, operator requests |
+//! | [`instance`] | one instance's runs: the pure **lifecycle** state machine (restarts, backoff, start limit, watchdog, stop), start, exit, sd_notify socket, re-adoption, the process seam, orphan reaping |
+//! | [`cgroup`] | cgroup v2 discovery (pure and hybrid layouts), per-instance cgroups, limits, `cgroup.kill`; the [`cgroup::Cgroups`] seam |
+//! | [`fetch`] | what a start takes from NATS: binaries (streamed, SHA-256 verified, content-addressed cache), secrets and mounted files ([`fetch::inputs`]) |
+//! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, the offline spool, the optional JetStream history |
 //! | [`privileges`] | narund's own capability bounding set; the app's uid/gid/caps/no_new_privs set-up in `pre_exec` |
-//! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
-//! | [`fetch`] | app binaries from the Object Store: streamed, SHA-256 verified, content-addressed cache |
-//! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, with an offline spool; optional log history in the JetStream stream `narun-logs` ([`logs::stream`]) |
-//! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
-//! | [`secrets`] | `valueFromSecret` env values (`narun-secrets`, AES-256-GCM) and `mounts` (`narun-files`) of instance starts |
-//! | [`supervisor`] | one task per instance: start, restart policy, backoff, start limit, stop |
-//! | [`reconcile`] | `app-configs` → desired instances: scale, replace one at a time, invalid specs |
-//! | [`notify`] | the per-instance sd_notify socket: READY/STATUS/WATCHDOG/… from apps, sender checked by cgroup |
+//! | [`state`] | the data dir: last applied specs (starts without NATS), records of running processes, systemd's fd store |
+//! | [`config`] | `/etc/narun/narund.toml`, flags and env overrides; [`config::Settings`] for the node |
 //! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
-//! | [`node`] | heartbeat in `node-runner-states`, clean shutdown |
-//! | [`control`] | operator requests on `narun.control.<node>.*` (restart an app's instances) |
-//! | [`state`] | last applied specs in the data dir, for starts without NATS; records of running processes |
-//! | [`fdstore`] | log pipes of running apps parked in systemd's fd store across narund restarts |
-//! | [`adopt`] | re-adoption of running apps after a restart of narund (records, fd store) |
+//! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
+//! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
 
 pub mod cgroup;
 pub mod config;

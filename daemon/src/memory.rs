@@ -121,7 +121,7 @@ pub fn apply(config: &MemoryConfig) {
 /// mapped although an idle narund never runs it again. `MADV_PAGEOUT` gives those pages
 /// back; what the idle loops run (timers, heartbeat, pings) faults in again as single
 /// pages. `changed` resolves on every instance state change
-/// ([`Supervisor::changed`](crate::node::Supervisor::changed)); a change that happens
+/// ([`Node::changed`](crate::node::Node::changed)); a change that happens
 /// while a trim runs (milliseconds) may be missed, so the pages it touched stay until the
 /// next settle.
 pub async fn trim_when_settled<F, Fut>(config: MemoryConfig, changed: F, stop: CancellationToken)

@@ -41,6 +41,7 @@
 //! gateway.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod config;
 mod grpc;

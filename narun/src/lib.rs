@@ -45,6 +45,7 @@
 //! | `NARUN_MAX_INFLIGHT` | concurrent requests per process | `256` |
 //! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]) | `nats://127.0.0.1:4222` |
 //! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata | — |
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "grpc")]
 mod grpc;

@@ -44,6 +44,7 @@
 //! // 5. Detect changes.
 //! assert_eq!(spec.config_hash().len(), 16);
 //! ```
+#![forbid(unsafe_code)]
 
 mod hash;
 mod linux;

@@ -13,7 +13,7 @@
 //!  Idle ──Adopt──► Running (a run of a previous narund, ready at once)
 //! ```
 //!
-//! The driver ([`super::task`]) owns the process, the cgroup, the notify socket and the
+//! The driver (`instance/task.rs`) owns the process, the cgroup, the notify socket and the
 //! clock; it feeds what happens as [`Event`]s (with the time) and carries out the
 //! [`Action`]s that come back, in order. Everything that decides — the restart policy
 //! (systemd's matrix), backoff with jitter, the start limit, the start timeout and its

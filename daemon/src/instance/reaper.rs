@@ -2,7 +2,7 @@
 //! and the middle process exits, the grandchild is re-parented to narund instead of PID 1
 //! (which on some devices does not reap). [`spawn_reaper`] reaps those orphans. It must
 //! never reap a child that tokio's `Child::wait` is waiting for (the exit status would be
-//! lost), so it only reaps zombies whose pid is not in [`TRACKED`]; a pid enters that set
+//! lost), so it only reaps zombies whose pid is not in `TRACKED`; a pid enters that set
 //! while the set's lock is held around `spawn` ([`super::process::Kernel`]), so no window
 //! exists where a direct child is untracked, and leaves it once it was waited for.
 

@@ -4,10 +4,10 @@
 //! splitting them into lines, the node-wide offline spool, publishing with confirmation, and the
 //! optional JetStream log history ([`stream`]).
 //!
-//! **May call** [`crate::uring`] (pipe reads on the io_uring thread), [`crate::config`] (the
-//! `[logs]` section, for the stream's limits) and `crate::node::stopped` (the stop signal
-//! of [`stream::run`]); nothing else in narund. The supervisor creates the [`LogForwarder`] and
-//! one [`LogSink`] per instance; `main` runs [`stream::run`].
+//! **May call** [`crate::uring`] (pipe reads on the io_uring thread); nothing else in narund.
+//! It owns its configuration section ([`LogsConfig`], `[logs]` in `narund.toml`). The node
+//! creates the [`LogForwarder`], each instance its [`LogSink`]; [`crate::daemon`] runs
+//! [`stream::run`].
 //!
 //! | file | what it holds |
 //! |---|---|
@@ -83,3 +83,31 @@ pub use forwarder::{
     LogSink, LogStats, MAX_LINE_BYTES_LIMIT, WINDOW,
 };
 pub use lines::LineSplitter;
+
+/// `[logs]` of `narund.toml`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    pub max_line_bytes: usize,
+    pub spool_bytes: usize,
+    /// Keep log history on the NATS server: create/update the JetStream stream
+    /// `narun-logs` on `logs.>` (see [`crate::logs::stream`]). Off by default.
+    pub stream: bool,
+    /// Age limit of the stream's lines, seconds (0 = no limit).
+    pub stream_max_age_sec: u64,
+    /// Size limit of the stream, bytes; the oldest lines go first (0 = no limit).
+    pub stream_max_bytes: u64,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_line_bytes: 16 * 1024,
+            spool_bytes: 4 * 1024 * 1024,
+            stream: false,
+            stream_max_age_sec: 24 * 3600,
+            stream_max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+

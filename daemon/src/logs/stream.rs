@@ -42,7 +42,7 @@ pub struct Limits {
 
 impl Limits {
     /// From narund's `[logs]` section.
-    pub fn from_config(c: &crate::config::LogsConfig) -> Limits {
+    pub fn from_config(c: &super::LogsConfig) -> Limits {
         Limits {
             max_age_sec: c.stream_max_age_sec,
             max_bytes: c.stream_max_bytes,
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn shipped_config_has_the_defaults() {
         let c = crate::config::Config::from_toml(include_str!("../../config/narund.toml")).unwrap();
-        let d = crate::config::LogsConfig::default();
+        let d = super::LogsConfig::default();
         assert!(!d.stream, "log history is opt-in");
         assert_eq!(c.logs.stream, d.stream);
         assert_eq!(Limits::from_config(&c.logs), Limits::from_config(&d));

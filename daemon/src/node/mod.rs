@@ -15,7 +15,7 @@
 //! |---|---|
 //! | `mod.rs` | [`Node`]: the table, the apply lock, adoption, reload |
 //! | `reconcile.rs` | applying a spec: scale, rolling replace, **rollback**, removal, shutdown, offline start |
-//! | `rollout.rs` | when a new run counts as ready ([`rollout::wait_settled`]) and the budgets of the apply lock |
+//! | `rollout.rs` | when a new run counts as ready (`wait_settled`) and the budgets of the apply lock |
 //! | `watch.rs` | the `app-configs` watch: sessions, retries, invalid specs |
 //! | `heartbeat.rs` | the node state in `node-runner-states`, `STATUS=` for systemd |
 //! | `control.rs` | operator requests on `narun.control.<node>.*` (restart) |

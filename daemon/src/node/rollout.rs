@@ -3,7 +3,7 @@
 //! A rolling replace (and `narunctl apps restart`) stops the old run of an index only
 //! once the new one is ready: with `notify = true` once it sent `READY=1`, else once it
 //! has been `running` for `settleSec` ([`narun_wire::status::SettleRule`], the rule
-//! `narunctl deploy --wait` uses too). [`wait_settled`] waits for that or says why not.
+//! `narunctl deploy --wait` uses too). `wait_settled` waits for that or says why not.
 
 use crate::instance::{FETCH_TIMEOUT, InstanceHandle, Snapshot};
 use narun_spec::AppSpec;

@@ -8,6 +8,7 @@
 //! grpc = "hello.v1.Greeter"
 //! service = "grpc-hello"
 //! ```
+#![forbid(unsafe_code)]
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -12,6 +12,7 @@
 //! * `POST /hello/echo` → echoes the body with the request's content type
 //! * `GET /hello/slow?ms=…` → answers after a delay (to see concurrency)
 //! * `GET /hello/headers` → the request headers as JSON (to see what the gateway adds)
+#![forbid(unsafe_code)]
 
 use axum::{
     Json, Router,
