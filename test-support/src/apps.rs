@@ -1,0 +1,35 @@
+//! The sample apps the tests deploy: small scripts uploaded as an app's binary (narund
+//! executes whatever the object holds; a `#!` line makes a script executable like any
+//! binary). Upload them with [`crate::upload_app`] or [`crate::upload_script`].
+
+/// A long-running app: prints a line with its identity, then sleeps (`exec`: the stop
+/// signal reaches `sleep` directly, and the environment stays intact for `/proc/<pid>/environ`).
+pub const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
+
+/// A long-running app that prints nothing.
+pub const SILENT_SLEEPER: &str = "#!/bin/sh\nexec sleep 1000\n";
+
+/// Prints a counter every 100 ms (`tick 1`, `tick 2`, …), forever.
+pub const TICKER: &str =
+    "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done\n";
+
+/// Like [`SLEEPER`], printing `line` first (shell syntax: `$NARUN_INSTANCE_ID` and the
+/// like are expanded; `line` must not contain a double quote).
+pub fn sleeper_saying(line: &str) -> String {
+    format!("#!/bin/sh\necho \"{line}\"\nexec sleep 1000\n")
+}
+
+/// The sd_notify client every [`py_notify`] app starts with: `notify(msg)` sends one
+/// datagram to `$NOTIFY_SOCKET` (and fails loudly when it cannot).
+pub const PY_NOTIFY_PRELUDE: &str = r#"#!/usr/bin/python3
+import os, signal, socket, sys, time
+def notify(msg):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg.encode(), os.environ["NOTIFY_SOCKET"])
+    s.close()
+"#;
+
+/// A python3 app that speaks sd_notify: [`PY_NOTIFY_PRELUDE`] followed by `body`.
+pub fn py_notify(body: &str) -> String {
+    format!("{PY_NOTIFY_PRELUDE}{body}")
+}
