@@ -2,11 +2,8 @@
 //! of WATCHDOG_USEC, STOPPING=1 on SIGTERM. The test plays systemd by binding the
 //! NOTIFY_SOCKET datagram socket itself.
 
-use narun_test_support::{NatsServer, workspace_bin};
-use std::time::Duration;
+use narun_test_support::{NatsServer, T, workspace_bin};
 use tokio::net::UnixDatagram;
-
-const T: Duration = Duration::from_secs(30);
 
 async fn next_datagram(sock: &UnixDatagram) -> String {
     let mut buf = vec![0u8; 4096];
