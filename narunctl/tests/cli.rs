@@ -2,26 +2,15 @@
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-use narun_test_support::{NatsServer, T, narunctl, narunctl_bin, text};
+use narun_test_support::{NatsServer, T, apps, narunctl, narunctl_bin, text};
 use narun_wire::events::NodeState;
 use narun_wire::micro::{EndpointConfig, ServiceConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A 64-byte ELF header with this OS ABI and machine, plus some payload.
+/// A fake ELF binary with this OS ABI and machine, of more than one 128 KiB chunk.
 fn fake_elf(dir: &Path, name: &str, osabi: u8, machine: u16) -> PathBuf {
-    let mut h = vec![0u8; 64];
-    h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = 2;
-    h[5] = 1;
-    h[6] = 1;
-    h[7] = osabi;
-    h[16] = 2; // ET_EXEC
-    h[18..20].copy_from_slice(&machine.to_le_bytes());
-    h.extend_from_slice(&[0xAB; 300_000]); // more than one 128 KiB chunk
-    let p = dir.join(name);
-    std::fs::write(&p, h).unwrap();
-    p
+    apps::fake_elf(dir, name, osabi, machine, 300_000)
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {

@@ -3,7 +3,7 @@
 //! where status or logs are needed, a real `narund` running real app processes.
 
 use async_nats::jetstream;
-use narun_test_support::apps::{SILENT_SLEEPER, sleeper_saying};
+use narun_test_support::apps::{SILENT_SLEEPER, elf_machine, fake_elf, sleeper_saying};
 use narun_test_support::{
     Narund, NatsServer, T, buckets, deploy_file, narunctl, narunctl_bin, text, upload_script,
     wait_for,
@@ -145,31 +145,6 @@ async fn deploy_wait_times_out_when_no_node_is_selected() {
     );
 }
 
-/// A 64-byte ELF header (Linux, this machine's arch) plus payload, accepted by `deploy`.
-fn elf(dir: &Path, name: &str, payload: usize) -> PathBuf {
-    let machine: u16 = match std::env::consts::ARCH {
-        "aarch64" => 183,
-        "arm" => 40,
-        "riscv64" => 243,
-        _ => 62,
-    };
-    let mut h = vec![0u8; 64];
-    h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = if cfg!(target_pointer_width = "64") {
-        2
-    } else {
-        1
-    };
-    h[5] = 1;
-    h[6] = 1;
-    h[16] = 2;
-    h[18..20].copy_from_slice(&machine.to_le_bytes());
-    h.extend(std::iter::repeat_n(0x5a, payload));
-    let p = dir.join(name);
-    std::fs::write(&p, h).unwrap();
-    p
-}
-
 #[tokio::test]
 async fn images_ls_shows_uploads_and_rm_removes_them() {
     let server = NatsServer::start();
@@ -181,7 +156,7 @@ async fn images_ls_shows_uploads_and_rm_removes_them() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("OBJECT NAME"));
 
-    let bin = elf(dir.path(), "imgapp", 2 * 1024 * 1024);
+    let bin = fake_elf(dir.path(), "imgapp", 0, elf_machine(), 2 * 1024 * 1024);
     let out = narunctl(
         &url,
         &[

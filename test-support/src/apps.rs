@@ -1,6 +1,9 @@
 //! The sample apps the tests deploy: small scripts uploaded as an app's binary (narund
 //! executes whatever the object holds; a `#!` line makes a script executable like any
-//! binary). Upload them with [`crate::upload_app`] or [`crate::upload_script`].
+//! binary). Upload them with [`crate::upload_app`] or [`crate::upload_script`]. And fake
+//! ELF binaries for `narunctl deploy`, which looks at the ELF header of what it uploads.
+
+use std::path::{Path, PathBuf};
 
 /// A long-running app: prints a line with its identity, then sleeps (`exec`: the stop
 /// signal reaches `sleep` directly, and the environment stays intact for `/proc/<pid>/environ`).
@@ -32,4 +35,33 @@ def notify(msg):
 /// A python3 app that speaks sd_notify: [`PY_NOTIFY_PRELUDE`] followed by `body`.
 pub fn py_notify(body: &str) -> String {
     format!("{PY_NOTIFY_PRELUDE}{body}")
+}
+
+/// The ELF `e_machine` of this machine's architecture (what `narunctl deploy` maps to this
+/// machine's GOARCH).
+pub fn elf_machine() -> u16 {
+    match std::env::consts::ARCH {
+        "aarch64" => 183,
+        "arm" => 40,
+        "riscv64" => 243,
+        _ => 62,
+    }
+}
+
+/// Write `dir/name`: a 64-byte ELF header (64-bit, little-endian, `ET_EXEC`) with OS ABI
+/// `osabi` and machine `machine` (see [`elf_machine`]), then `payload` bytes. `narunctl
+/// deploy` takes it for a binary of that platform; nothing can run it.
+pub fn fake_elf(dir: &Path, name: &str, osabi: u8, machine: u16, payload: usize) -> PathBuf {
+    let mut h = vec![0u8; 64];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = 2;
+    h[5] = 1;
+    h[6] = 1;
+    h[7] = osabi;
+    h[16] = 2; // ET_EXEC
+    h[18..20].copy_from_slice(&machine.to_le_bytes());
+    h.extend(std::iter::repeat_n(0xAB, payload));
+    let p = dir.join(name);
+    std::fs::write(&p, h).unwrap();
+    p
 }
