@@ -4,6 +4,7 @@
 //! narund parks there (`FDSTORE=1`) and hands them to the next narund as fds 3, 4, …
 //! with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`.
 
+use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use narun_test_support::apps::{SLEEPER, TICKER};
 use narun_test_support::{
@@ -57,6 +58,26 @@ impl Node {
     /// narund, started by the pretend systemd.
     fn start_narund(&self) -> tokio::process::Child {
         spawn_narund(&self.conf, &self.systemd.path, Vec::new())
+    }
+
+    /// Start narund and wait until `replicas` instances of `app` run and each has parked its
+    /// two pipes in the fd store; returns narund and the pids of the instances.
+    async fn start_parked(
+        &self,
+        watch: &mut kv::Watch,
+        app: &str,
+        replicas: usize,
+    ) -> (tokio::process::Child, BTreeMap<String, i32>) {
+        let narund = self.start_narund();
+        let state = heartbeat(watch, &format!("{replicas} running {app}"), |s| {
+            running_pids(s, app).len() == replicas
+        })
+        .await;
+        wait_for(&format!("{} parked pipes", 2 * replicas), T, || async {
+            (self.systemd.names().len() == 2 * replicas).then_some(())
+        })
+        .await;
+        (narund, running_pids(&state, app))
     }
 
     /// What systemd does after narund died: start it again with the `n` fds it stored.
@@ -266,7 +287,7 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
         &format!("narun-test-readopt-{}", std::process::id()),
         "stop",
     );
-    let (systemd, cgroup_root) = (&n.systemd, &n.cgroup_root);
+    let cgroup_root = &n.cgroup_root;
 
     let mut logs = client
         .subscribe(names::log_subject(app, node))
@@ -279,17 +300,8 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     narun_test_support::synced(&client).await;
     let mut watch = states.watch(node).await.unwrap();
 
-    let mut first = n.start_narund();
-    let state = heartbeat(&mut watch, "two running tickers", |s| {
-        running_pids(s, app).len() == 2
-    })
-    .await;
-    let pids = running_pids(&state, app);
-    // Both runs parked both pipes in the (pretend) fd store.
-    wait_for("4 parked pipes", T, || async {
-        (systemd.names().len() == 4).then_some(())
-    })
-    .await;
+    // Both runs park both pipes in the (pretend) fd store.
+    let (mut first, pids) = n.start_parked(&mut watch, app, 2).await;
     // Some lines flowed before the crash.
     let mut before = Vec::new();
     while last_ticks(&before).len() < 2 {
@@ -514,16 +526,8 @@ async fn readopted_notify_app_keeps_its_watchdog() {
     narun_test_support::synced(&client).await;
     let mut watch = states.watch(node).await.unwrap();
 
-    let mut first = n.start_narund();
-    let state = heartbeat(&mut watch, "watched-0 ready", |s| {
-        running_pids(s, app).len() == 1
-    })
-    .await;
-    let pid = running_pids(&state, app)["watched-0"];
-    wait_for("2 parked pipes", T, || async {
-        (n.systemd.names().len() == 2).then_some(())
-    })
-    .await;
+    let (mut first, pids) = n.start_parked(&mut watch, app, 1).await;
+    let pid = pids["watched-0"];
     sigkill(&mut first).await;
     assert!(alive(pid));
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), status.next()).await {}
