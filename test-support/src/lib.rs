@@ -358,6 +358,26 @@ pub fn workspace_bin(package: &str, bin: &str, extra_args: &[&str]) -> PathBuf {
     cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
         .args(extra_args)
         .env("CARGO_TARGET_DIR", &target_dir);
+    // Not the variables cargo set for the running test (its package's manifest dir, name,
+    // …): build scripts that watch them (ring's watches CARGO_MANIFEST_DIR) would make this
+    // build and the next `cargo test` rebuild each other's dependencies.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*key,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            cmd.env_remove(&*key);
+        }
+    }
     if release {
         cmd.arg("--release");
     }
