@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use async_nats::jetstream::{kv, object_store::ObjectInfo, object_store::ObjectStore};
-use narun_test_support::{NatsServer, T, buckets, collect, kill_and_remove_cgroups};
+use narun_test_support::{Buckets, NatsServer, T, buckets, collect, kill_and_remove_cgroups};
 use narun_wire::events::{LogLine, StatusEvent};
 use narun_wire::names;
 use narun_wire::secrets::MasterKey;
@@ -95,6 +95,8 @@ pub struct Harness {
     /// Every `logs.>` line, in arrival order.
     pub logs: Arc<Mutex<Vec<LogLine>>>,
     pub cgroup_root: PathBuf,
+    /// The buckets of `configs` and `binaries`.
+    buckets: Buckets,
     secrets: Option<Secrets>,
     composition: Composition,
     spec_fields: serde_json::Value,
@@ -185,8 +187,9 @@ impl HarnessBuilder {
         Harness {
             server,
             client,
-            configs: b.configs,
-            binaries: b.binaries,
+            configs: b.configs.clone(),
+            binaries: b.binaries.clone(),
+            buckets: b,
             sup,
             data,
             node,
@@ -265,15 +268,12 @@ impl Harness {
     /// Put `script` (for example one of `narun_test_support::apps`) as the binary of
     /// `app`:`tag`.
     pub async fn upload(&self, app: &str, tag: &str, script: &str) -> ObjectInfo {
-        narun_test_support::upload_app(&self.binaries, app, tag, script).await
+        self.buckets.upload(app, tag, script).await
     }
 
     /// Put `spec` as the spec of `app` in `app-configs`; returns the revision.
     pub async fn put_spec(&self, app: &str, spec: serde_json::Value) -> u64 {
-        self.configs
-            .put(app, serde_json::to_vec(&spec).unwrap().into())
-            .await
-            .unwrap()
+        self.buckets.put_spec(app, &spec).await
     }
 
     /// The spec of `app`:`tag` with `replicas` on this node, with the harness's spec fields.
