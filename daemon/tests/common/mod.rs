@@ -103,11 +103,14 @@ pub struct Harness {
     stop: Option<watch::Sender<bool>>,
 }
 
+/// A change to narund's configuration: [`HarnessBuilder::config`].
+type ConfigTweak = Box<dyn FnOnce(&mut SupervisorConfig)>;
+
 /// How the harness of a test file differs from the others: [`Harness::builder`].
 pub struct HarnessBuilder {
     name: &'static str,
     node: Option<String>,
-    tweaks: Vec<Box<dyn FnOnce(&mut SupervisorConfig)>>,
+    tweaks: Vec<ConfigTweak>,
     secrets: bool,
     spec_fields: serde_json::Value,
 }
