@@ -39,17 +39,19 @@ struct Node {
 }
 
 impl Node {
-    fn new(server: &NatsServer, node: &str, cgroup_root: &str, on_exit: &str) -> Node {
+    /// `node` on `server` with the cgroup root `narun-test-<name>-<pid>`.
+    fn new(server: &NatsServer, node: &str, name: &str, on_exit: &str) -> Node {
+        let cgroup_root = format!("narun-test-{name}-{}", std::process::id());
         let data = tempfile::tempdir().unwrap();
         let dir = data.path();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let conf = dir.join("narund.toml");
         let on_exit = format!("on_exit = \"{on_exit}\"");
-        let toml = narund_toml(node, dir, &server.url(), cgroup_root, &on_exit);
+        let toml = narund_toml(node, dir, &server.url(), &cgroup_root, &on_exit);
         std::fs::write(&conf, toml).unwrap();
         Node {
             systemd: FdStore::bind(dir.join("systemd-notify.sock")),
-            cgroup_root: cgroup2_mount().join(cgroup_root),
+            cgroup_root: cgroup2_mount().join(&cgroup_root),
             conf,
             data,
         }
@@ -281,12 +283,7 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     let client = server.connect().await;
     let (app, node) = ("ticker", "readopt-node");
     deploy(&b, app, node, TICKER, 2).await;
-    let n = Node::new(
-        &server,
-        node,
-        &format!("narun-test-readopt-{}", std::process::id()),
-        "stop",
-    );
+    let n = Node::new(&server, node, "readopt", "stop");
     let cgroup_root = &n.cgroup_root;
 
     let mut logs = client
@@ -417,12 +414,7 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     let (configs, states) = (&b.configs, &b.states);
     let (app, node) = ("sleepy", "detach-node");
     deploy(&b, app, node, SLEEPER, 1).await;
-    let n = Node::new(
-        &server,
-        node,
-        &format!("narun-test-detach-{}", std::process::id()),
-        "detach",
-    );
+    let n = Node::new(&server, node, "detach", "detach");
     let cgroup_root = &n.cgroup_root;
     let mut watch = states.watch(node).await.unwrap();
 
@@ -489,12 +481,7 @@ async fn readopted_notify_app_keeps_its_watchdog() {
     let (configs, states) = (&b.configs, &b.states);
     let client = server.connect().await;
     let (app, node) = ("watched", "readopt-watchdog-node");
-    let n = Node::new(
-        &server,
-        node,
-        &format!("narun-test-readopt-wd-{}", std::process::id()),
-        "stop",
-    );
+    let n = Node::new(&server, node, "readopt-wd", "stop");
     let flag = n.data.path().join("stop-pinging");
     // Pings every 200 ms while the flag file is absent; sendto fails while no narund is
     // bound to the socket, which the app shrugs off (as libsystemd's sd_notify does).
