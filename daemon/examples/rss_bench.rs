@@ -28,11 +28,10 @@
 //! narund runs as the invoking user with the cgroup root `narun-bench-rss-<pid>` (created below
 //! narund's own cgroup, removed at the end).
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, workspace_bin};
 use narun_wire::events::NodeState;
-use narun_wire::names;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -163,17 +162,14 @@ async fn measure(
 ) -> anyhow::Result<Mem> {
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("narund.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"{node}\"\ndata_dir = \"{d}/data\"\nruntime_dir = \"{d}/run\"\n\
-             [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
-             [cgroup]\nroot = \"narun-bench-rss-{pid}\"\n{extra_toml}\n",
-            d = dir.path().display(),
-            url = server.url(),
-            pid = std::process::id()
-        ),
-    )?;
+    let toml = narun_test_support::narund_toml(
+        node,
+        &dir.path().join("data"),
+        &server.url(),
+        &format!("narun-bench-rss-{}", std::process::id()),
+        extra_toml,
+    );
+    std::fs::write(&conf, toml)?;
     let mut watch = states.watch(node).await?;
     evict_from_page_cache(bin)?;
     let started = Instant::now();
@@ -261,23 +257,10 @@ fn args() -> anyhow::Result<Args> {
 /// Kill whatever is left in the bench's cgroup root (the apps of a narund that did not stop
 /// them, e.g. after a failed run) and remove it.
 fn remove_cgroup_root() {
-    let root = PathBuf::from(format!(
-        "/sys/fs/cgroup/unified/narun-bench-rss-{}",
-        std::process::id()
-    ));
-    if let Ok(children) = std::fs::read_dir(&root) {
-        for c in children.flatten().filter(|c| c.path().is_dir()) {
-            let _ = std::fs::write(c.path().join("cgroup.kill"), "1");
-            // cgroup.kill is asynchronous: retry the rmdir while the processes exit.
-            for _ in 0..100 {
-                if std::fs::remove_dir(c.path()).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(&root);
+    narun_test_support::kill_and_remove_cgroups(
+        &narun_test_support::cgroup2_mount()
+            .join(format!("narun-bench-rss-{}", std::process::id())),
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -304,35 +287,15 @@ async fn run() -> anyhow::Result<()> {
     // SAFETY: sync(2) has no arguments and cannot fail.
     unsafe { libc::sync() };
     let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    let configs =
-        narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None).await?;
-    let store =
-        narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "bins").await?;
-    let states = narun_wire::jetstream::ensure_kv(
-        &js,
-        names::NODE_STATES_BUCKET,
-        "heartbeats",
-        1,
-        Some(Duration::from_secs(45)),
-    )
-    .await?;
+    let b = narun_test_support::buckets(&server).await;
 
-    let idle = measure(&bin, &server, &states, "rss-idle", 0, "").await?;
+    let idle = measure(&bin, &server, &b.states, "rss-idle", 0, "").await?;
 
     for i in 0..apps {
         let name = format!("app{i}");
-        let object = names::binary_object_name(&name, "v1", names::go_os(), names::go_arch());
-        store
-            .put(
-                object.as_str(),
-                &mut std::io::Cursor::new(APP.as_bytes().to_vec()),
-            )
-            .await?;
+        b.upload(&name, "v1", APP).await;
         let spec = serde_json::json!({"name": name, "tag": "v1", "nodes": [{"name": "rss-apps", "replicas": 1}]});
-        configs
-            .put(&name, serde_json::to_vec(&spec)?.into())
-            .await?;
+        b.put_spec(&name, &spec).await;
     }
     let variants = [
         ("default", ""),
@@ -341,7 +304,7 @@ async fn run() -> anyhow::Result<()> {
     let mut runs: Vec<Vec<Mem>> = vec![Vec::new(); variants.len()];
     for round in 0..args.rounds {
         for (v, (label, toml)) in variants.iter().enumerate() {
-            let m = measure(&bin, &server, &states, "rss-apps", apps, toml).await?;
+            let m = measure(&bin, &server, &b.states, "rss-apps", apps, toml).await?;
             eprintln!(
                 "round {round} {label}: VmRSS {} KiB, bin {} KiB, majflt {}, all running after {} ms",
                 m.get("VmRSS"),

@@ -35,6 +35,10 @@ pub struct Daemon {
     config: Config,
     client: async_nats::Client,
     node: Node,
+    /// Where the instance cgroups live (`None` without cgroups).
+    cgroup_root: Option<std::path::PathBuf>,
+    /// Turns true after the first complete replay of `app-configs`.
+    ready: tokio::sync::watch::Sender<bool>,
     #[cfg(feature = "gateway")]
     gateway: Option<narun_gateway::Gateway>,
 }
@@ -63,20 +67,21 @@ impl Daemon {
         if let Err(e) = reaper::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
         }
-        let cgroups: Option<Arc<dyn crate::cgroup::Cgroups>> =
-            match crate::cgroup::CgroupRoot::discover(config.cgroup.root.as_deref()) {
-                Ok(root) => {
-                    let report = root.enable_controllers();
-                    for f in &report.failures {
-                        tracing::info!(detail = %f, "cgroup controller not enabled");
-                    }
-                    Some(Arc::new(root))
+        let root = match crate::cgroup::CgroupRoot::discover(config.cgroup.root.as_deref()) {
+            Ok(root) => {
+                let report = root.enable_controllers();
+                for f in &report.failures {
+                    tracing::info!(detail = %f, "cgroup controller not enabled");
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "no usable cgroup v2: apps run without cgroups (limits unenforced, stop by process group)");
-                    None
-                }
-            };
+                Some(root)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no usable cgroup v2: apps run without cgroups (limits unenforced, stop by process group)");
+                None
+            }
+        };
+        let cgroup_root = root.as_ref().map(|r| r.path().to_path_buf());
+        let cgroups = root.map(|r| Arc::new(r) as Arc<dyn crate::cgroup::Cgroups>);
         let (node, _log_task) = Node::new(NodeParts {
             settings: Settings::from_config(&config),
             client: client.clone(),
@@ -90,6 +95,8 @@ impl Daemon {
             config,
             client,
             node,
+            cgroup_root,
+            ready: tokio::sync::watch::Sender::new(false),
             #[cfg(feature = "gateway")]
             gateway,
         })
@@ -98,6 +105,16 @@ impl Daemon {
     /// The node (its instance table), for callers that drive it directly.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// Where the instance cgroups live (`None`: narund runs apps without cgroups).
+    pub fn cgroup_root(&self) -> Option<&std::path::Path> {
+        self.cgroup_root.as_deref()
+    }
+
+    /// Turns true once [`run`](Daemon::run) has replayed `app-configs` completely.
+    pub fn ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// The NATS client narund publishes with.
@@ -118,8 +135,10 @@ impl Daemon {
             config,
             client,
             node,
+            ready,
             #[cfg(feature = "gateway")]
             gateway,
+            ..
         } = self;
         let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
         #[cfg(feature = "gateway")]
@@ -163,11 +182,11 @@ impl Daemon {
             });
         }
         let offline = node.start_offline().await;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut replayed = ready.subscribe();
         {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
             tasks.spawn(async move {
-                crate::node::watch::run(node, client, Some(ready_tx), stop).await;
+                crate::node::watch::run(node, client, ready, stop).await;
                 Ok(())
             });
         }
@@ -200,7 +219,8 @@ impl Daemon {
         // narund is working, it is only waiting for NATS.
         let ready_wait = async move {
             if offline == 0 {
-                let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(30), replayed.wait_for(|r| *r)).await;
             }
         };
         tokio::pin!(ready_wait);

@@ -32,7 +32,7 @@ pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 /// Default extra silence after which an idle part counts as wedged.
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
-/// The progress registry (one per supervisor).
+/// The progress registry (one per node).
 pub struct Liveness {
     stall_after: Mutex<Duration>,
     parts: Mutex<Vec<Arc<Part>>>,

@@ -8,187 +8,21 @@
 
 mod common;
 
-use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use common::{alive, wait_gone};
-use narun_test_support::{NatsServer, wait_for};
-use narun_wire::events::StatusEvent;
-use narun_wire::names;
+use common::Harness;
+use narun_test_support::apps::{SILENT_SLEEPER, py_notify};
+use narun_test_support::{T, alive, wait_for, wait_gone};
 use narun_wire::status::{InstanceStatus, Reason};
-use narund::node::{Supervisor, SupervisorConfig};
-use narund::uring::UringHandle;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 
-const T: Duration = Duration::from_secs(30);
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// The sd_notify client every python app starts with.
-const PY_PRELUDE: &str = r#"#!/usr/bin/python3
-import os, signal, socket, sys, time
-def notify(msg):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(msg.encode(), os.environ["NOTIFY_SOCKET"])
-    s.close()
-"#;
-
-fn py(body: &str) -> String {
-    format!("{PY_PRELUDE}{body}")
-}
-
-/// A long-running app without sd_notify.
-const SLEEPER: &str = "#!/bin/sh\nexec sleep 1000\n";
-
-struct Harness {
-    _server: NatsServer,
-    configs: kv::Store,
-    store: ObjectStore,
-    sup: Supervisor,
-    _data: tempfile::TempDir,
-    node: String,
-    events: Arc<Mutex<Vec<StatusEvent>>>,
-    stop: watch::Sender<bool>,
-    cgroup_root: PathBuf,
-}
-
-impl Harness {
-    async fn new() -> Harness {
-        let _ = narund::node::become_subreaper();
-        let server = NatsServer::start();
-        let client = server.connect().await;
-        let js = jetstream::new(client.clone());
-        let configs =
-            narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
-                .await
-                .unwrap();
-        let store =
-            narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "binaries")
-                .await
-                .unwrap();
-        let data = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let node = format!("node-{n}");
-        let cfg = SupervisorConfig {
-            node_id: node.clone(),
-            data_dir: data.path().join("data"),
-            runtime_dir: data.path().join("run"),
-            nats: narun_wire::connect::NatsSettings {
-                url: server.url(),
-                ..Default::default()
-            },
-            default_user: "nobody".into(),
-            restart_backoff_max: Duration::from_millis(400),
-            cgroup_root: Some(PathBuf::from(format!(
-                "narun-test-app-notify-{}-{n}",
-                std::process::id()
-            ))),
-            ..Default::default()
-        };
-        let (sup, _logs) = Supervisor::new(cfg, client.clone(), UringHandle::start()).await;
-        let cgroup_root = sup
-            .cgroup_root()
-            .map(|r| r.path().to_path_buf())
-            .unwrap_or_default();
-        let events = common::collect::<StatusEvent>(&client, "status.>").await;
-        let stop = common::start_reconciler(&sup, &client).await;
-        Harness {
-            _server: server,
-            configs,
-            store,
-            sup,
-            _data: data,
-            node,
-            events,
-            stop,
-            cgroup_root,
-        }
-    }
-
-    async fn upload(&self, app: &str, tag: &str, script: &str) {
-        let name = names::binary_object_name(app, tag, names::go_os(), names::go_arch());
-        self.store
-            .put(
-                name.as_str(),
-                &mut std::io::Cursor::new(script.as_bytes().to_vec()),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// Upload `script` as `app`:`tag` and put a one-replica spec with `extra` fields.
-    async fn deploy(&self, app: &str, tag: &str, script: &str, extra: serde_json::Value) {
-        self.upload(app, tag, script).await;
-        let mut spec = json!({
-            "name": app, "tag": tag,
-            "nodes": [{"name": self.node, "replicas": 1}],
-            "settleSec": 1, "stopTimeoutSec": 2, "restart": "no",
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        self.configs
-            .put(app, serde_json::to_vec(&spec).unwrap().into())
-            .await
-            .unwrap();
-    }
-
-    fn events(&self, app: &str) -> Vec<StatusEvent> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.app_name == app)
-            .cloned()
-            .collect()
-    }
-
-    /// The first event (in arrival order) matching `pred`, and its position.
-    async fn wait_event(
-        &self,
-        what: &str,
-        pred: impl Fn(&StatusEvent) -> bool,
-    ) -> (usize, StatusEvent) {
-        let found = tokio::time::timeout(T, async {
-            loop {
-                let hit = self
-                    .events
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .enumerate()
-                    .find(|(_, e)| pred(e))
-                    .map(|(i, e)| (i, e.clone()));
-                if let Some(hit) = hit {
-                    return hit;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        found.unwrap_or_else(|_| {
-            panic!(
-                "no event: {what}\nevents: {:#?}",
-                self.events.lock().unwrap()
-            )
-        })
-    }
-
-    async fn finish(self) {
-        let _ = self.stop.send(true);
-        self.sup.shutdown().await;
-    }
-}
-
-impl Drop for Harness {
-    /// Also runs when a test panics: no app process and no cgroup outlives the test.
-    fn drop(&mut self) {
-        common::kill_and_remove_cgroups(&self.cgroup_root);
-    }
+/// Apps are deployed with one replica, `restart: no`.
+async fn harness() -> Harness {
+    Harness::builder("app-notify")
+        .config(|c| c.apps.restart_backoff_max_sec = 1)
+        .spec_fields(json!({"settleSec": 1, "stopTimeoutSec": 2, "restart": "no"}))
+        .start()
+        .await
 }
 
 /// The environment of a running process.
@@ -210,13 +44,15 @@ fn env_var(pid: i32, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_app_stays_starting_until_ready_and_status_text_is_published() {
-    let h = Harness::new().await;
-    let app = py(r#"
+    let h = harness().await;
+    let app = py_notify(
+        r#"
 notify("STATUS=warming up")
 time.sleep(1.5)
 notify("READY=1\nSTATUS=serving")
 time.sleep(1000)
-"#);
+"#,
+    );
     h.deploy(
         "late",
         "v1",
@@ -225,7 +61,7 @@ time.sleep(1000)
     )
     .await;
     let (warm_at, warm) = h
-        .wait_event("STATUS=warming up", |e| e.notify_status == "warming up")
+        .wait_event_at("STATUS=warming up", |e| e.notify_status == "warming up")
         .await;
     assert_eq!(
         warm.status,
@@ -241,7 +77,7 @@ time.sleep(1000)
     assert_eq!(env_var(pid, "WATCHDOG_USEC"), None, "no watchdogSec");
 
     let (run_at, running) = h
-        .wait_event("running", |e| {
+        .wait_event_at("running", |e| {
             e.app_name == "late" && e.status == InstanceStatus::Running
         })
         .await;
@@ -257,8 +93,8 @@ time.sleep(1000)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ready_within_the_start_timeout_fails_the_start() {
-    let h = Harness::new().await;
-    let app = py("notify(\"STATUS=never ready\")\ntime.sleep(1000)\n");
+    let h = harness().await;
+    let app = py_notify("notify(\"STATUS=never ready\")\ntime.sleep(1000)\n");
     h.deploy(
         "never",
         "v1",
@@ -267,13 +103,13 @@ async fn no_ready_within_the_start_timeout_fails_the_start() {
     )
     .await;
     let (_, starting) = h
-        .wait_event("never-0 starting with pid", |e| {
+        .wait_event_at("never-0 starting with pid", |e| {
             e.app_name == "never" && e.status == InstanceStatus::Starting && e.pid.is_some()
         })
         .await;
     let pid = starting.pid.unwrap();
     let (_, failed) = h
-        .wait_event("start-timeout", |e| {
+        .wait_event_at("start-timeout", |e| {
             e.app_name == "never" && e.status == InstanceStatus::Failed
         })
         .await;
@@ -296,13 +132,15 @@ async fn no_ready_within_the_start_timeout_fails_the_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_timeout_usec_gives_a_slow_start_more_time() {
-    let h = Harness::new().await;
-    let app = py(r#"
+    let h = harness().await;
+    let app = py_notify(
+        r#"
 notify("EXTEND_TIMEOUT_USEC=6000000")
 time.sleep(2)
 notify("READY=1")
 time.sleep(1000)
-"#);
+"#,
+    );
     h.deploy(
         "slow",
         "v1",
@@ -311,7 +149,7 @@ time.sleep(1000)
     )
     .await;
     let (_, running) = h
-        .wait_event("slow running", |e| {
+        .wait_event_at("slow running", |e| {
             e.app_name == "slow"
                 && (e.status == InstanceStatus::Running || e.status == InstanceStatus::Failed)
         })
@@ -322,15 +160,17 @@ time.sleep(1000)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datagrams_from_outside_the_instance_are_ignored() {
-    let h = Harness::new().await;
+    let h = harness().await;
     // Blocks SIGUSR1, says "armed", waits for SIGUSR1, says "after". It never sends READY=1.
-    let app = py(r#"
+    let app = py_notify(
+        r#"
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
 notify("STATUS=armed")
 signal.sigwait([signal.SIGUSR1])
 notify("STATUS=after")
 time.sleep(1000)
-"#);
+"#,
+    );
     h.deploy(
         "guard",
         "v1",
@@ -338,7 +178,9 @@ time.sleep(1000)
         json!({"notify": true, "startTimeoutSec": 60}),
     )
     .await;
-    let (_, armed) = h.wait_event("armed", |e| e.notify_status == "armed").await;
+    let (_, armed) = h
+        .wait_event_at("armed", |e| e.notify_status == "armed")
+        .await;
     let pid = armed.pid.unwrap();
     let path = env_var(pid, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
     // This test process is not in the instance's cgroup.
@@ -350,7 +192,9 @@ time.sleep(1000)
     let t0 = std::time::Instant::now();
     // SAFETY: kill(2) on the app's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-    let (_, after) = h.wait_event("after", |e| e.notify_status == "after").await;
+    let (_, after) = h
+        .wait_event_at("after", |e| e.notify_status == "after")
+        .await;
     eprintln!(
         "measured: SIGUSR1 → app's STATUS= datagram → narund (cgroup check) → status event received: {:?}",
         t0.elapsed()
@@ -372,14 +216,16 @@ time.sleep(1000)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_watchdog_aborts_and_restarts_with_reason_watchdog() {
-    let h = Harness::new().await;
-    let app = py(r#"
+    let h = harness().await;
+    let app = py_notify(
+        r#"
 notify("READY=1")
 for _ in range(3):
     notify("WATCHDOG=1")
     time.sleep(0.3)
 time.sleep(1000)
-"#);
+"#,
+    );
     h.deploy(
         "wd",
         "v1",
@@ -388,7 +234,7 @@ time.sleep(1000)
     )
     .await;
     let (_, first) = h
-        .wait_event("wd running", |e| {
+        .wait_event_at("wd running", |e| {
             e.app_name == "wd" && e.status == InstanceStatus::Running
         })
         .await;
@@ -396,7 +242,7 @@ time.sleep(1000)
     assert_eq!(env_var(pid, "WATCHDOG_USEC").as_deref(), Some("1000000"));
     assert_eq!(env_var(pid, "WATCHDOG_PID"), None);
     let (crash_at, crashed) = h
-        .wait_event("watchdog crash", |e| {
+        .wait_event_at("watchdog crash", |e| {
             e.app_name == "wd" && e.status == InstanceStatus::Crashed
         })
         .await;
@@ -409,13 +255,13 @@ time.sleep(1000)
     wait_gone(pid).await;
     // on-watchdog restarts it: a new run, a new pid.
     let (_, again) = h
-        .wait_event("wd running again", |e| {
+        .wait_event_at("wd running again", |e| {
             e.app_name == "wd" && e.status == InstanceStatus::Running && e.pid != Some(pid)
         })
         .await;
     assert!(again.restarts.unwrap_or(0) >= 1, "{again:?}");
     let (back_at, backoff) = h
-        .wait_event("backoff", |e| {
+        .wait_event_at("backoff", |e| {
             e.app_name == "wd" && e.status == InstanceStatus::Backoff
         })
         .await;
@@ -426,22 +272,24 @@ time.sleep(1000)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_trigger_aborts_at_once() {
-    let h = Harness::new().await;
-    let app = py(r#"
+    let h = harness().await;
+    let app = py_notify(
+        r#"
 notify("READY=1")
 time.sleep(0.2)
 notify("WATCHDOG=trigger")
 time.sleep(1000)
-"#);
+"#,
+    );
     h.deploy("trig", "v1", &app, json!({"notify": true})).await;
     let (_, running) = h
-        .wait_event("trig running", |e| {
+        .wait_event_at("trig running", |e| {
             e.app_name == "trig" && e.status == InstanceStatus::Running
         })
         .await;
     let pid = running.pid.unwrap();
     let (_, crashed) = h
-        .wait_event("trigger", |e| {
+        .wait_event_at("trigger", |e| {
             e.app_name == "trig" && e.status == InstanceStatus::Crashed
         })
         .await;
@@ -462,18 +310,20 @@ time.sleep(1000)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloading_until_ready_again() {
-    let h = Harness::new().await;
-    let app = py(r#"
+    let h = harness().await;
+    let app = py_notify(
+        r#"
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
 notify("READY=1")
 notify("RELOADING=1\nSTATUS=reloading config")
 signal.sigwait([signal.SIGUSR1])
 notify("READY=1\nSTATUS=reloaded")
 time.sleep(1000)
-"#);
+"#,
+    );
     h.deploy("rl", "v1", &app, json!({"notify": true})).await;
     let (_, reloading) = h
-        .wait_event("reloading", |e| {
+        .wait_event_at("reloading", |e| {
             e.app_name == "rl" && e.status == InstanceStatus::Reloading
         })
         .await;
@@ -485,7 +335,7 @@ time.sleep(1000)
     // SAFETY: kill(2) on the app's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
     let (_, back) = h
-        .wait_event("running after reload", |e| {
+        .wait_event_at("running after reload", |e| {
             e.app_name == "rl"
                 && e.status == InstanceStatus::Running
                 && e.notify_status == "reloaded"
@@ -497,10 +347,10 @@ time.sleep(1000)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
-    let h = Harness::new().await;
-    h.deploy("roll", "v1", SLEEPER, json!({})).await;
+    let h = harness().await;
+    h.deploy("roll", "v1", SILENT_SLEEPER, json!({})).await;
     let (_, v1) = h
-        .wait_event("v1 running", |e| {
+        .wait_event_at("v1 running", |e| {
             e.app_name == "roll" && e.status == InstanceStatus::Running
         })
         .await;
@@ -511,7 +361,7 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
         "no NOTIFY_SOCKET without notify/watchdogSec"
     );
 
-    let never = py("time.sleep(1000)\n");
+    let never = py_notify("time.sleep(1000)\n");
     h.deploy(
         "roll",
         "v2",
@@ -520,7 +370,7 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
     )
     .await;
     let (_, rb) = h
-        .wait_event("rolled_back", |e| {
+        .wait_event_at("rolled_back", |e| {
             e.app_name == "roll" && e.status == InstanceStatus::RolledBack
         })
         .await;
@@ -563,9 +413,9 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
     assert_eq!(state.instances.len(), 1, "exactly one roll-0");
 
     // A newer revision that works replaces the old run and clears the report.
-    h.deploy("roll", "v3", SLEEPER, json!({})).await;
+    h.deploy("roll", "v3", SILENT_SLEEPER, json!({})).await;
     let (_, v3) = h
-        .wait_event("v3 running", |e| {
+        .wait_event_at("v3 running", |e| {
             e.app_name == "roll" && e.tag == "v3" && e.status == InstanceStatus::Running
         })
         .await;
@@ -584,11 +434,12 @@ async fn update_that_never_becomes_ready_is_rolled_back_and_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mainpid_receives_the_stop_signal() {
-    let h = Harness::new().await;
+    let h = harness().await;
     // The started process ignores SIGTERM and waits for its child, which declares itself
     // the main process. A stop that signalled the started process would hang until
     // stopTimeoutSec (20 s) and cgroup.kill.
-    let app = py(r#"
+    let app = py_notify(
+        r#"
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 pid = os.fork()
 if pid == 0:
@@ -598,7 +449,8 @@ if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)
 sys.exit(0)
-"#);
+"#,
+    );
     h.deploy(
         "mp",
         "v1",
@@ -607,7 +459,7 @@ sys.exit(0)
     )
     .await;
     let (_, running) = h
-        .wait_event("mp running", |e| {
+        .wait_event_at("mp running", |e| {
             e.app_name == "mp" && e.status == InstanceStatus::Running
         })
         .await;
@@ -638,12 +490,12 @@ sys.exit(0)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narun_library_app_reports_ready_and_feeds_its_watchdog() {
-    let h = Harness::new().await;
+    let h = harness().await;
     // The `hello` example (the narun app library): READY=1 once it serves on NATS, then
     // WATCHDOG=1 at half of WATCHDOG_USEC. The 100 MB debug binary is not uploaded: a tiny
     // wrapper execs a copy that `nobody` can read (same pid, same cgroup).
     let bin = narun_test_support::workspace_bin("hello", "hello", &[]);
-    let copy = h._data.path().join("hello-bin");
+    let copy = h.data.path().join("hello-bin");
     std::fs::copy(&bin, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     let wrapper = format!("#!/bin/sh\nexec {}\n", copy.display());
@@ -655,7 +507,7 @@ async fn narun_library_app_reports_ready_and_feeds_its_watchdog() {
     )
     .await;
     let (_, running) = h
-        .wait_event("lib running", |e| {
+        .wait_event_at("lib running", |e| {
             e.app_name == "lib"
                 && (e.status == InstanceStatus::Running || e.status == InstanceStatus::Failed)
         })
@@ -682,11 +534,12 @@ async fn narun_library_app_reports_ready_and_feeds_its_watchdog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forking_daemon_is_followed_through_mainpid() {
-    let h = Harness::new().await;
+    let h = harness().await;
     // Classic daemon: the started process forks, the child declares itself the main
     // process and ready, then the parent exits 0. The instance must keep running with the
     // child, and the child's own exit (SIGKILL here) must be what ends the run.
-    let app = py(r#"
+    let app = py_notify(
+        r#"
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -699,16 +552,17 @@ if pid == 0:
 os.close(w)
 os.read(r, 1)
 sys.exit(0)
-"#);
+"#,
+    );
     h.deploy("fork", "v1", &app, json!({"notify": true})).await;
     let (_, running) = h
-        .wait_event("fork running", |e| {
+        .wait_event_at("fork running", |e| {
             e.app_name == "fork" && e.status == InstanceStatus::Running
         })
         .await;
     let main = running.pid.unwrap();
     let (_, followed) = h
-        .wait_event("MAINPID followed", |e| {
+        .wait_event_at("MAINPID followed", |e| {
             e.app_name == "fork" && e.reason == Some(Reason::MainPid)
         })
         .await;
@@ -720,7 +574,7 @@ sys.exit(0)
     // SAFETY: kill(2) on the daemon's pid.
     assert_eq!(unsafe { libc::kill(main, libc::SIGKILL) }, 0);
     let (_, crashed) = h
-        .wait_event("fork crashed", |e| {
+        .wait_event_at("fork crashed", |e| {
             e.app_name == "fork" && e.status == InstanceStatus::Crashed
         })
         .await;
@@ -737,11 +591,11 @@ sys.exit(0)
 /// waits for it, count as stuck; once the lock is free again, everything is fine again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_gating_tells_a_long_rollout_from_a_wedged_reconciler() {
-    let h = Harness::new().await;
+    let h = harness().await;
     // Far below the rollout's length: only the declared budget can keep the check green.
     let stall = Duration::from_millis(300);
     h.sup.liveness().set_stall_after(stall);
-    h.deploy("gate", "v1", SLEEPER, json!({})).await;
+    h.deploy("gate", "v1", SILENT_SLEEPER, json!({})).await;
     h.wait_event("v1 running", |e| {
         e.app_name == "gate" && e.status == InstanceStatus::Running
     })
@@ -754,7 +608,7 @@ async fn watchdog_gating_tells_a_long_rollout_from_a_wedged_reconciler() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let never = py("time.sleep(1000)\n");
+    let never = py_notify("time.sleep(1000)\n");
     let began = std::time::Instant::now();
     h.deploy(
         "gate",
@@ -795,7 +649,7 @@ async fn watchdog_gating_tells_a_long_rollout_from_a_wedged_reconciler() {
             Duration::from_millis(500),
         )
         .await;
-    h.deploy("gate", "v3", SLEEPER, json!({})).await;
+    h.deploy("gate", "v3", SILENT_SLEEPER, json!({})).await;
     let stuck = wait_for("the check to report the wedge", T, || async {
         h.sup.liveness().check().err()
     })

@@ -7,79 +7,31 @@
 
 mod common;
 
-use common::{T, kill_and_remove_cgroups};
-use narun_test_support::{NatsServer, wait_for};
+use common::Harness;
+use narun_test_support::apps::sleeper_saying;
+use narun_test_support::{T, wait_for};
 use narun_wire::events::StatusEvent;
-use narun_wire::names;
 use narun_wire::status::InstanceStatus;
-use narund::node::{Supervisor, SupervisorConfig};
-use narund::uring::UringHandle;
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-
-const SLEEPER: &str = "#!/bin/sh\necho \"up: $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
-
-/// Kills what the test started even when it panics.
-struct Cleanup(PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        kill_and_remove_cgroups(&self.0);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_during_a_restart_waits_for_it() {
-    let _ = narund::node::become_subreaper();
-    let server = NatsServer::start();
-    let client = server.connect().await;
-    let b = common::buckets(&server).await;
-    let data = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let node = "ctl-node";
-    let (sup, _logs) = Supervisor::new(
-        SupervisorConfig {
-            node_id: node.into(),
-            data_dir: data.path().to_path_buf(),
-            nats: narun_wire::connect::NatsSettings {
-                url: server.url(),
-                ..Default::default()
-            },
-            default_user: "nobody".into(),
-            cgroup_root: Some(PathBuf::from(format!(
-                "narun-test-control-{}",
-                std::process::id()
-            ))),
-            log_spool_bytes: 1 << 20,
-            ..Default::default()
-        },
-        client.clone(),
-        UringHandle::start(),
-    )
-    .await;
-    let _cleanup = Cleanup(
-        sup.cgroup_root()
-            .map(|r| r.path().to_path_buf())
-            .unwrap_or_default(),
-    );
+    let h = Harness::builder("control")
+        .node("ctl-node")
+        .config(|c| c.logs.spool_bytes = 1 << 20)
+        .start()
+        .await;
+    let (sup, events, node) = (&h.sup, &h.events, h.node.as_str());
     for tag in ["v1", "v2"] {
-        let object = names::binary_object_name("ser", tag, names::go_os(), names::go_arch());
-        b.binaries
-            .put(
-                object.as_str(),
-                &mut std::io::Cursor::new(SLEEPER.as_bytes().to_vec()),
-            )
-            .await
-            .unwrap();
+        h.upload("ser", tag, &sleeper_saying("up: $NARUN_INSTANCE_ID"))
+            .await;
     }
-    let events = common::collect::<StatusEvent>(&client, "status.>").await;
-    let _stop = common::start_reconciler(&sup, &client).await;
     let spec = |tag: &str| {
         serde_json::to_vec(&json!({"name": "ser", "tag": tag, "settleSec": 2,
             "nodes": [{"name": node, "replicas": 1}]}))
         .unwrap()
     };
-    b.configs.put("ser", spec("v1").into()).await.unwrap();
+    h.configs.put("ser", spec("v1").into()).await.unwrap();
     let first = wait_for("ser-0 running v1", T, || async {
         sup.snapshot("ser", 0)
             .filter(|s| s.status == InstanceStatus::Running)
@@ -110,7 +62,7 @@ async fn a_spec_change_during_a_restart_waits_for_it() {
             .position(|e| e.instance_id == "ser-0" && e.status == InstanceStatus::Stopped)
     })
     .await;
-    b.configs.put("ser", spec("v2").into()).await.unwrap();
+    h.configs.put("ser", spec("v2").into()).await.unwrap();
     let reply = tokio::time::timeout(T, restart).await.unwrap().unwrap();
     assert_eq!(reply.restarted, ["ser-0"], "{reply:?}");
     assert!(reply.error.is_empty(), "{reply:?}");
@@ -164,5 +116,5 @@ async fn a_spec_change_during_a_restart_waits_for_it() {
         1,
         "{order:?}"
     );
-    sup.shutdown().await;
+    h.finish().await;
 }

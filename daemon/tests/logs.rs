@@ -1,7 +1,6 @@
 //! Log forwarding with a real nats-server and real child processes: ordering, long lines, stream
 //! tags, NATS outages (spool and resend), spool overflow, and an app that is never blocked.
 
-use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -9,9 +8,9 @@ use async_nats::connection::State;
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, wait_for};
 use narun_wire::events::LogLine;
-use narund::logs::{LogForwarder, LogForwarderConfig, LogStats};
+use narund::logs::{LogForwarder, LogForwarderConfig, LogSink, LogStats};
 use narund::uring::UringHandle;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const NODE: &str = "node-1";
 
@@ -30,29 +29,8 @@ async fn subscribed(
 ) -> (async_nats::Client, async_nats::Subscriber) {
     let client = client(server).await;
     let sub = client.subscribe(subject.to_owned()).await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&client).await;
     (client, sub)
-}
-
-fn sh(script: &str) -> Child {
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn /bin/sh")
-}
-
-fn pipes(child: &mut Child) -> (OwnedFd, OwnedFd) {
-    (
-        child.stdout.take().unwrap().into_owned_fd().unwrap(),
-        child.stderr.take().unwrap().into_owned_fd().unwrap(),
-    )
 }
 
 async fn recv_lines(sub: &mut async_nats::Subscriber, n: usize, timeout: Duration) -> Vec<LogLine> {
@@ -82,7 +60,23 @@ async fn wait_disconnected(client: &async_nats::Client) {
     .await;
 }
 
-async fn finish(mut child: Child, tasks: Vec<tokio::task::JoinHandle<()>>, bound: Duration) {
+/// Run `script` in `/bin/sh` with its stdout and stderr attached to `sink`, until it exits
+/// (within `bound`: it must never be blocked on its output) and both pipes are read to
+/// their end.
+async fn run_app(sink: &LogSink, script: &str, bound: Duration) {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn /bin/sh");
+    let (out, err) = (
+        child.stdout.take().unwrap().into_owned_fd().unwrap(),
+        child.stderr.take().unwrap().into_owned_fd().unwrap(),
+    );
+    let tasks = [sink.attach("stdout", out), sink.attach("stderr", err)];
     tokio::time::timeout(bound, child.wait())
         .await
         .unwrap_or_else(|_| {
@@ -104,10 +98,12 @@ async fn thousand_lines_arrive_in_order_with_go_fields() {
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-0");
 
-    let mut child = sh("for i in $(seq 1 1000); do echo line-$i; done");
-    let (out, err) = pipes(&mut child);
-    let tasks = vec![sink.attach("stdout", out), sink.attach("stderr", err)];
-    finish(child, tasks, Duration::from_secs(20)).await;
+    run_app(
+        &sink,
+        "for i in $(seq 1 1000); do echo line-$i; done",
+        Duration::from_secs(20),
+    )
+    .await;
 
     let lines = recv_lines(&mut sub, 1000, Duration::from_secs(20)).await;
     for (i, l) in lines.iter().enumerate() {
@@ -142,11 +138,9 @@ async fn long_line_without_newline_arrives_in_partial_pieces() {
     let sink = fwd.sink("big", "big-0");
 
     // 100 KiB of 'x', no newline at all.
-    let mut child = sh("head -c 102400 /dev/zero | tr '\\0' x");
-    let (out, err) = pipes(&mut child);
-    finish(
-        child,
-        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+    run_app(
+        &sink,
+        "head -c 102400 /dev/zero | tr '\\0' x",
         Duration::from_secs(20),
     )
     .await;
@@ -169,11 +163,9 @@ async fn stderr_is_tagged_stderr() {
     let (client, mut sub) = subscribed(&server, "logs.hello.node-1").await;
     let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
     let sink = fwd.sink("hello", "hello-1");
-    let mut child = sh("echo to-out; echo to-err >&2");
-    let (out, err) = pipes(&mut child);
-    finish(
-        child,
-        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+    run_app(
+        &sink,
+        "echo to-out; echo to-err >&2",
         Duration::from_secs(20),
     )
     .await;
@@ -206,11 +198,9 @@ async fn lines_written_while_nats_is_down_arrive_after_restart() {
 
     server.stop();
     wait_disconnected(&client).await;
-    let mut child = sh("for i in $(seq 1 500); do echo down-$i; done");
-    let (out, err) = pipes(&mut child);
-    finish(
-        child,
-        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+    run_app(
+        &sink,
+        "for i in $(seq 1 500); do echo down-$i; done",
         Duration::from_secs(10),
     )
     .await;
@@ -255,11 +245,9 @@ async fn spool_overflow_drops_the_oldest_and_reports_the_count() {
 
     server.stop();
     wait_disconnected(&client).await;
-    let mut child = sh("for i in $(seq 1 10000); do echo over-$i; done");
-    let (out, err) = pipes(&mut child);
-    finish(
-        child,
-        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+    run_app(
+        &sink,
+        "for i in $(seq 1 10000); do echo over-$i; done",
         Duration::from_secs(10),
     )
     .await;
@@ -297,12 +285,10 @@ async fn app_writing_5_mib_while_nats_is_down_is_never_blocked() {
     wait_disconnected(&client).await;
 
     // 5 MiB of 100-byte lines.
-    let mut child = sh(&format!("yes {} | head -c 5242880", "a".repeat(99)));
-    let (out, err) = pipes(&mut child);
     let started = std::time::Instant::now();
-    finish(
-        child,
-        vec![sink.attach("stdout", out), sink.attach("stderr", err)],
+    run_app(
+        &sink,
+        &format!("yes {} | head -c 5242880", "a".repeat(99)),
         Duration::from_secs(10),
     )
     .await;
@@ -331,10 +317,12 @@ async fn a_line_too_big_for_the_server_is_dropped_and_reported() {
     let (fwd, _task) = LogForwarder::with_config(client.clone(), cfg, UringHandle::start());
     let sink = fwd.sink("hello", "hello-0");
 
-    let mut child = sh("echo before; head -c 4000 /dev/zero | tr '\\0' x; echo; echo after");
-    let (out, err) = pipes(&mut child);
-    let tasks = vec![sink.attach("stdout", out), sink.attach("stderr", err)];
-    finish(child, tasks, Duration::from_secs(20)).await;
+    run_app(
+        &sink,
+        "echo before; head -c 4000 /dev/zero | tr '\\0' x; echo; echo after",
+        Duration::from_secs(20),
+    )
+    .await;
 
     let lines = recv_lines(&mut sub, 2, Duration::from_secs(20)).await;
     assert_eq!(

@@ -6,10 +6,8 @@
 //! The tests run one narund at a time ([`SERIAL`]): `MADV_PAGEOUT` skips pages that another
 //! process maps, and every narund here maps the same binary.
 
-mod common;
-
 use async_nats::jetstream::kv;
-use narun_test_support::{NatsServer, workspace_bin};
+use narun_test_support::{Narund, NatsServer, T, buckets, heartbeat, workspace_bin};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -50,73 +48,33 @@ fn resident_kib_of(pid: u32, bin: &Path) -> u64 {
         .sum()
 }
 
-/// A narund config in `dir` for `node` on `server`, with `memory` as its `[memory]` section.
-fn write_config(dir: &Path, node: &str, server: &NatsServer, memory: &str) -> std::path::PathBuf {
-    let conf = dir.join("narund.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
-             [nats]\nurl = \"{url}\"\n[apps]\ndefault_user = \"nobody\"\n\
-             [cgroup]\nroot = \"narun-test-memory-{pid}\"\n[memory]\n{memory}\n",
-            d = dir.display(),
-            url = server.url(),
-            pid = std::process::id()
-        ),
-    )
-    .unwrap();
-    conf
-}
-
-/// SIGTERM `narund` (pid `pid`), wait for it, remove the test's cgroup root.
-async fn stop(mut narund: tokio::process::Child, pid: u32) {
-    // SAFETY: kill(2) on our own, not yet reaped child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    tokio::time::timeout(common::T, narund.wait())
-        .await
-        .expect("narund exits after SIGTERM")
-        .unwrap();
-    let _ = std::fs::remove_dir(format!(
-        "/sys/fs/cgroup/unified/narun-test-memory-{}",
-        std::process::id()
-    ));
-}
-
-/// Start narund with `memory` as its `[memory]` section, wait for its first heartbeat
-/// (`main()` trims before the runtime starts, so any heartbeat comes after it), and return
-/// the `VmFlags` of its binary's mappings.
+/// Start narund for `node` with `memory` as its `[memory]` section, wait for its first
+/// heartbeat (`main()` trims before the runtime starts, so any heartbeat comes after it), and
+/// return the `VmFlags` of its binary's mappings.
 async fn flags_with(
     server: &NatsServer,
     states: &kv::Store,
     node: &str,
     memory: &str,
 ) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = write_config(dir.path(), node, server, memory);
     let bin = workspace_bin("narund", "narund", &[]);
     let mut watch = states.watch(node).await.unwrap();
-    let narund = tokio::process::Command::new(&bin)
-        .arg("--config")
-        .arg(&conf)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = narund.id().unwrap();
-    common::heartbeat(
+    let mut narund = Narund::start(server, node, &format!("[memory]\n{memory}\n"));
+    heartbeat(
         &mut watch,
         &format!("narund's first state ({memory})"),
         |_| true,
     )
     .await;
-    let flags = vm_flags_of_mappings(pid, &bin);
-    stop(narund, pid).await;
+    let flags = vm_flags_of_mappings(narund.pid() as u32, &bin);
+    narund.terminate().await;
     flags
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narund_reads_its_binary_page_by_page_unless_configured_otherwise() {
     let server = NatsServer::start();
-    let b = common::buckets(&server).await;
+    let b = buckets(&server).await;
     let _one_narund = SERIAL.lock().await;
     let has_rr = |f: &String| f.split_whitespace().any(|x| x == "rr");
 
@@ -155,23 +113,19 @@ async fn narund_trims_its_binary_again_once_settled() {
     use tokio::io::AsyncBufReadExt;
     let _one_narund = SERIAL.lock().await;
     let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = write_config(dir.path(), "mem-settle", &server, "settle_trim_secs = 1");
     let bin = workspace_bin("narund", "narund", &[]);
     // A freshly linked binary is dirty in the page cache until written back, and reclaim
     // (MADV_PAGEOUT) skips dirty file pages: start from the state of an installed binary.
     std::fs::File::open(&bin).unwrap().sync_all().unwrap();
-    let mut narund = tokio::process::Command::new(&bin)
-        .arg("--config")
-        .arg(&conf)
+    let mut narund = Narund::builder(&server, "mem-settle")
+        .config("[memory]\nsettle_trim_secs = 1\n")
         .env("NARUND_LOG", "warn,narund::memory=debug")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = narund.id().unwrap();
-    let mut lines = tokio::io::BufReader::new(narund.stderr.take().unwrap()).lines();
-    let (before, after, outside) = tokio::time::timeout(common::T, async {
+        .stderr_piped()
+        .start();
+    let pid = narund.pid() as u32;
+    let stderr = tokio::process::ChildStderr::from_std(narund.take_stderr().unwrap()).unwrap();
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let (before, after, outside) = tokio::time::timeout(T, async {
         loop {
             let line = lines
                 .next_line()
@@ -196,7 +150,7 @@ async fn narund_trims_its_binary_again_once_settled() {
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("narund did not trim within {:?}", common::T));
+    .unwrap_or_else(|_| panic!("narund did not trim within {:?}", T));
     eprintln!(
         "narund's binary: {before} KiB resident before the settle trim, {after} KiB right after \
          it, {outside} KiB when this test looked"
@@ -206,5 +160,5 @@ async fn narund_trims_its_binary_again_once_settled() {
         "the settle trim should page out most of the binary: {before} KiB resident before, \
          {after} KiB after"
     );
-    stop(narund, pid).await;
+    narund.terminate().await;
 }

@@ -2,11 +2,8 @@
 //! of WATCHDOG_USEC, STOPPING=1 on SIGTERM. The test plays systemd by binding the
 //! NOTIFY_SOCKET datagram socket itself.
 
-use narun_test_support::{NatsServer, workspace_bin};
-use std::time::Duration;
+use narun_test_support::{Narund, NatsServer, T};
 use tokio::net::UnixDatagram;
-
-const T: Duration = Duration::from_secs(30);
 
 async fn next_datagram(sock: &UnixDatagram) -> String {
     let mut buf = vec![0u8; 4096];
@@ -23,25 +20,10 @@ async fn narund_sends_ready_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let conf = dir.path().join("narund.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"notify-test\"\ndata_dir = {:?}\nruntime_dir = {:?}\n[nats]\nurl = {:?}\n",
-            dir.path().join("data"),
-            dir.path().join("run"),
-            server.url()
-        ),
-    )
-    .unwrap();
-    let mut narund = tokio::process::Command::new(workspace_bin("narund", "narund", &[]))
-        .arg("--config")
-        .arg(&conf)
+    let mut narund = Narund::builder(&server, "notify-test")
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .start();
 
     let mut seen = Vec::new();
     while !seen.iter().any(|d: &String| d.contains("READY=1")) {
@@ -54,16 +36,12 @@ async fn narund_sends_ready_watchdog_and_stopping() {
             pings += 1;
         }
     }
-    let pid = narund.id().unwrap() as i32;
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    narund.signal(libc::SIGTERM);
     loop {
         if next_datagram(&sock).await.contains("STOPPING=1") {
             break;
         }
     }
-    let status = tokio::time::timeout(T, narund.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = narund.wait().await;
     assert!(status.success(), "narund exited with {status}");
 }

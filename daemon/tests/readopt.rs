@@ -4,12 +4,13 @@
 //! narund parks there (`FDSTORE=1`) and hands them to the next narund as fds 3, 4, …
 //! with `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`.
 
-mod common;
-
-use async_nats::jetstream::{self, kv};
-use common::{alive, heartbeat};
+use async_nats::jetstream::kv;
 use futures_util::StreamExt;
-use narun_test_support::{NatsServer, wait_for, workspace_bin};
+use narun_test_support::apps::{SLEEPER, TICKER};
+use narun_test_support::{
+    Buckets, NatsServer, T, alive, buckets, cgroup2_mount, heartbeat, kill_and_remove_cgroups,
+    narund_toml, wait_for, wait_gone, workspace_bin,
+};
 use narun_wire::events::{LogLine, NodeState, StatusEvent};
 use narun_wire::names;
 use narun_wire::status::{InstanceStatus, Reason};
@@ -21,59 +22,81 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const T: Duration = Duration::from_secs(30);
-/// Prints a counter every 100 ms, forever.
-const TICKER: &str =
-    "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done\n";
-/// Prints one line, then sleeps (never writes again).
-const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
-
-async fn setup(
-    server: &NatsServer,
-) -> (kv::Store, jetstream::object_store::ObjectStore, kv::Store) {
-    let b = common::buckets(server).await;
-    (b.configs, b.binaries, b.states)
-}
-
-async fn deploy(
-    configs: &kv::Store,
-    store: &jetstream::object_store::ObjectStore,
-    app: &str,
-    node: &str,
-    script: &str,
-    replicas: u32,
-) {
-    let name = names::binary_object_name(app, "v1", names::go_os(), names::go_arch());
-    store
-        .put(
-            name.as_str(),
-            &mut std::io::Cursor::new(script.as_bytes().to_vec()),
-        )
-        .await
-        .unwrap();
+/// Upload `script` as `app`:v1 and put a spec with `replicas` on `node`.
+async fn deploy(b: &Buckets, app: &str, node: &str, script: &str, replicas: u32) {
+    b.upload(app, "v1", script).await;
     let spec = json!({"name": app, "tag": "v1", "nodes": [{"name": node, "replicas": replicas}]});
-    configs
-        .put(app, serde_json::to_vec(&spec).unwrap().into())
-        .await
-        .unwrap();
+    b.put_spec(app, &spec).await;
 }
 
-/// A data dir with a `narund.toml`; the cgroup root is unique to this test.
-fn config(dir: &Path, node: &str, url: &str, cgroup_root: &str, on_exit: &str) -> PathBuf {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = dir.join("narund.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
-             [nats]\nurl = \"{url}\"\n\
-             [apps]\ndefault_user = \"nobody\"\non_exit = \"{on_exit}\"\n\
-             [cgroup]\nroot = \"{cgroup_root}\"\n",
-            d = dir.display(),
-        ),
-    )
-    .unwrap();
-    conf
+/// One node of these tests: narund's data dir with its `narund.toml`, the cgroup root (unique
+/// to the test; on drop, whatever is left in it is killed and removed), and the fd store of
+/// the pretend systemd that starts narund.
+struct Node {
+    data: tempfile::TempDir,
+    conf: PathBuf,
+    cgroup_root: PathBuf,
+    systemd: FdStore,
+}
+
+impl Node {
+    /// `node` on `server` with the cgroup root `narun-test-<name>-<pid>`.
+    fn new(server: &NatsServer, node: &str, name: &str, on_exit: &str) -> Node {
+        let cgroup_root = format!("narun-test-{name}-{}", std::process::id());
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = dir.join("narund.toml");
+        let on_exit = format!("on_exit = \"{on_exit}\"");
+        let toml = narund_toml(node, dir, &server.url(), &cgroup_root, &on_exit);
+        std::fs::write(&conf, toml).unwrap();
+        Node {
+            systemd: FdStore::bind(dir.join("systemd-notify.sock")),
+            cgroup_root: cgroup2_mount().join(&cgroup_root),
+            conf,
+            data,
+        }
+    }
+
+    /// narund, started by the pretend systemd.
+    fn start_narund(&self) -> tokio::process::Child {
+        spawn_narund(&self.conf, &self.systemd.path, Vec::new())
+    }
+
+    /// Start narund and wait until `replicas` instances of `app` run and each has parked its
+    /// two pipes in the fd store; returns narund and the pids of the instances.
+    async fn start_parked(
+        &self,
+        watch: &mut kv::Watch,
+        app: &str,
+        replicas: usize,
+    ) -> (tokio::process::Child, BTreeMap<String, i32>) {
+        let narund = self.start_narund();
+        let state = heartbeat(watch, &format!("{replicas} running {app}"), |s| {
+            running_pids(s, app).len() == replicas
+        })
+        .await;
+        wait_for(&format!("{} parked pipes", 2 * replicas), T, || async {
+            (self.systemd.names().len() == 2 * replicas).then_some(())
+        })
+        .await;
+        (narund, running_pids(&state, app))
+    }
+
+    /// What systemd does after narund died: start it again with the `n` fds it stored.
+    fn restart_with_stored_fds(&self, n: usize) -> tokio::process::Child {
+        let stored: Vec<(String, OwnedFd)> = std::mem::take(&mut *self.systemd.fds.lock().unwrap())
+            .into_iter()
+            .collect();
+        assert_eq!(stored.len(), n, "{stored:?}");
+        spawn_narund(&self.conf, &self.systemd.path, stored)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        kill_and_remove_cgroups(&self.cgroup_root);
+    }
 }
 
 /// The next heartbeat of `node` for which `pred` holds.
@@ -229,15 +252,6 @@ fn spawn_narund(
     cmd.spawn().unwrap()
 }
 
-/// What systemd does after narund died: start it again with the `n` fds it stored.
-fn restart_with_stored_fds(conf: &Path, systemd: &FdStore, n: usize) -> tokio::process::Child {
-    let stored: Vec<(String, OwnedFd)> = std::mem::take(&mut *systemd.fds.lock().unwrap())
-        .into_iter()
-        .collect();
-    assert_eq!(stored.len(), n, "{stored:?}");
-    spawn_narund(conf, &systemd.path, stored)
-}
-
 async fn sigkill(child: &mut tokio::process::Child) {
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGKILL) };
     tokio::time::timeout(T, child.wait())
@@ -265,15 +279,13 @@ fn last_ticks(lines: &[LogLine]) -> BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     let server = NatsServer::start();
-    let (configs, store, states) = setup(&server).await;
+    let b = buckets(&server).await;
+    let (configs, states) = (&b.configs, &b.states);
     let client = server.connect().await;
     let (app, node) = ("ticker", "readopt-node");
-    deploy(&configs, &store, app, node, TICKER, 2).await;
-    let data = tempfile::tempdir().unwrap();
-    let root_name = format!("narun-test-readopt-{}", std::process::id());
-    let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&root_name);
-    let conf = config(data.path(), node, &server.url(), &root_name, "stop");
-    let systemd = FdStore::bind(data.path().join("systemd-notify.sock"));
+    deploy(&b, app, node, TICKER, 2).await;
+    let n = Node::new(&server, node, "readopt", "stop");
+    let cgroup_root = &n.cgroup_root;
 
     let mut logs = client
         .subscribe(names::log_subject(app, node))
@@ -283,20 +295,11 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
         .subscribe(names::status_subject(app, node))
         .await
         .unwrap();
-    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    narun_test_support::synced(&client).await;
     let mut watch = states.watch(node).await.unwrap();
 
-    let mut first = spawn_narund(&conf, &systemd.path, Vec::new());
-    let state = heartbeat(&mut watch, "two running tickers", |s| {
-        running_pids(s, app).len() == 2
-    })
-    .await;
-    let pids = running_pids(&state, app);
-    // Both runs parked both pipes in the (pretend) fd store.
-    wait_for("4 parked pipes", T, || async {
-        (systemd.names().len() == 4).then_some(())
-    })
-    .await;
+    // Both runs park both pipes in the (pretend) fd store.
+    let (mut first, pids) = n.start_parked(&mut watch, app, 2).await;
     // Some lines flowed before the crash.
     let mut before = Vec::new();
     while last_ticks(&before).len() < 2 {
@@ -309,7 +312,7 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
         assert!(alive(*pid), "the app survives narund's death");
     }
     // Everything published up to now is from the first narund.
-    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    narun_test_support::synced(&client).await;
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), logs.next()).await {
         before.push(serde_json::from_slice::<LogLine>(&m.payload).unwrap());
     }
@@ -317,7 +320,7 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     let ticks_before = last_ticks(&before);
 
     // systemd starts narund again, with the stored fds.
-    let mut second = restart_with_stored_fds(&conf, &systemd, 4);
+    let mut second = n.restart_with_stored_fds(4);
     let state = heartbeat(&mut watch, "the same two pids running", |s| {
         running_pids(s, app) == pids
     })
@@ -363,7 +366,7 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     }
 
     // Status events since the restart: adopted as running, never `starting`.
-    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    narun_test_support::synced(&client).await;
     let mut events = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), status.next()).await {
         events.push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
@@ -382,15 +385,15 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     }
 
     // Stopping an adopted run kills its whole cgroup (the `sleep` children too).
-    assert_eq!(instance_cgroups(&cgroup_root).len(), 2);
+    assert_eq!(instance_cgroups(cgroup_root).len(), 2);
     configs.delete(app).await.unwrap();
     wait_for("adopted runs stopped", T, || async {
-        (pids.values().all(|p| !alive(*p)) && instance_cgroups(&cgroup_root).is_empty())
+        (pids.values().all(|p| !alive(*p)) && instance_cgroups(cgroup_root).is_empty())
             .then_some(())
     })
     .await;
     // The records go with the runs (a later narund must not adopt anything of them).
-    let records = data.path().join("state/instances.json");
+    let records = n.data.path().join("state/instances.json");
     wait_for("records removed with the runs", T, || async {
         let text = std::fs::read_to_string(&records).unwrap();
         (text.trim() == "{}").then_some(())
@@ -403,29 +406,26 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
         .unwrap()
         .unwrap();
     assert!(st.success(), "{st:?}");
-    let _ = std::fs::remove_dir(&cgroup_root);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     let server = NatsServer::start();
-    let (configs, store, states) = setup(&server).await;
+    let b = buckets(&server).await;
+    let (configs, states) = (&b.configs, &b.states);
     let (app, node) = ("sleepy", "detach-node");
-    deploy(&configs, &store, app, node, SLEEPER, 1).await;
-    let data = tempfile::tempdir().unwrap();
-    let root_name = format!("narun-test-detach-{}", std::process::id());
-    let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&root_name);
-    let conf = config(data.path(), node, &server.url(), &root_name, "detach");
-    let notify = FdStore::bind(data.path().join("notify.sock"));
+    deploy(&b, app, node, SLEEPER, 1).await;
+    let n = Node::new(&server, node, "detach", "detach");
+    let cgroup_root = &n.cgroup_root;
     let mut watch = states.watch(node).await.unwrap();
 
-    let mut first = spawn_narund(&conf, &notify.path, Vec::new());
+    let mut first = n.start_narund();
     let state = heartbeat(&mut watch, "sleepy-0 running", |s| {
         running_pids(s, app).len() == 1
     })
     .await;
     let pid = running_pids(&state, app)["sleepy-0"];
-    let old_cgroups = instance_cgroups(&cgroup_root);
+    let old_cgroups = instance_cgroups(cgroup_root);
     assert_eq!(old_cgroups.len(), 1);
 
     // on_exit = "detach": SIGTERM ends narund, the app keeps running, the key stays.
@@ -437,7 +437,7 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     assert!(st.success(), "{st:?}");
     assert!(alive(pid), "detached app still runs");
     assert!(states.get(node).await.unwrap().is_some(), "node key kept");
-    assert_eq!(instance_cgroups(&cgroup_root), old_cgroups);
+    assert_eq!(instance_cgroups(cgroup_root), old_cgroups);
 
     // The recorded process dies while no narund runs: the next narund cannot adopt it,
     // removes its stale cgroup (with the leftovers in it) and starts the instance fresh.
@@ -446,7 +446,7 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
         (!alive(pid)).then_some(())
     })
     .await;
-    let mut second = spawn_narund(&conf, &notify.path, Vec::new());
+    let mut second = n.start_narund();
     let state = heartbeat(&mut watch, "a fresh sleepy-0", |s| {
         running_pids(s, app)
             .get("sleepy-0")
@@ -454,7 +454,7 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     })
     .await;
     assert_eq!(state.instances.len(), 1);
-    let now = instance_cgroups(&cgroup_root);
+    let now = instance_cgroups(cgroup_root);
     assert_eq!(now.len(), 1);
     assert_ne!(
         now, old_cgroups,
@@ -464,12 +464,11 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     // Cleanup: a detaching narund leaves the app, so stop it through the spec.
     configs.delete(app).await.unwrap();
     wait_for("app stopped", T, || async {
-        instance_cgroups(&cgroup_root).is_empty().then_some(())
+        instance_cgroups(cgroup_root).is_empty().then_some(())
     })
     .await;
     unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
     let _ = tokio::time::timeout(T, second.wait()).await;
-    let _ = std::fs::remove_dir(&cgroup_root);
 }
 
 /// A `notify` app with `watchdogSec` that narund re-adopts keeps its readiness and its
@@ -479,11 +478,12 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readopted_notify_app_keeps_its_watchdog() {
     let server = NatsServer::start();
-    let (configs, store, states) = setup(&server).await;
+    let b = buckets(&server).await;
+    let (configs, states) = (&b.configs, &b.states);
     let client = server.connect().await;
     let (app, node) = ("watched", "readopt-watchdog-node");
-    let data = tempfile::tempdir().unwrap();
-    let flag = data.path().join("stop-pinging");
+    let n = Node::new(&server, node, "readopt-wd", "stop");
+    let flag = n.data.path().join("stop-pinging");
     // Pings every 200 ms while the flag file is absent; sendto fails while no narund is
     // bound to the socket, which the app shrugs off (as libsystemd's sd_notify does).
     let script = "#!/usr/bin/python3\n\
@@ -500,49 +500,27 @@ async fn readopted_notify_app_keeps_its_watchdog() {
         \x20   notify('WATCHDOG=1')\n\
         \x20   time.sleep(0.2)\n\
         time.sleep(1000)\n";
-    let object = names::binary_object_name(app, "v1", names::go_os(), names::go_arch());
-    store
-        .put(
-            object.as_str(),
-            &mut std::io::Cursor::new(script.as_bytes().to_vec()),
-        )
-        .await
-        .unwrap();
+    b.upload(app, "v1", script).await;
     let spec = json!({
         "name": app, "tag": "v1", "nodes": [{"name": node, "replicas": 1}],
         "notify": true, "watchdogSec": 1, "restart": "no", "stopTimeoutSec": 2,
         "env": [{"name": "STOP_PINGING", "value": flag.display().to_string()}],
     });
-    configs
-        .put(app, serde_json::to_vec(&spec).unwrap().into())
-        .await
-        .unwrap();
-    let root_name = format!("narun-test-readopt-wd-{}", std::process::id());
-    let cgroup_root = PathBuf::from("/sys/fs/cgroup/unified").join(&root_name);
-    let conf = config(data.path(), node, &server.url(), &root_name, "stop");
-    let systemd = FdStore::bind(data.path().join("systemd-notify.sock"));
+    b.put_spec(app, &spec).await;
     let mut status = client
         .subscribe(names::status_subject(app, node))
         .await
         .unwrap();
-    assert!(narun_wire::connect::sync_with_server(&client, T).await);
+    narun_test_support::synced(&client).await;
     let mut watch = states.watch(node).await.unwrap();
 
-    let mut first = spawn_narund(&conf, &systemd.path, Vec::new());
-    let state = heartbeat(&mut watch, "watched-0 ready", |s| {
-        running_pids(s, app).len() == 1
-    })
-    .await;
-    let pid = running_pids(&state, app)["watched-0"];
-    wait_for("2 parked pipes", T, || async {
-        (systemd.names().len() == 2).then_some(())
-    })
-    .await;
+    let (mut first, pids) = n.start_parked(&mut watch, app, 1).await;
+    let pid = pids["watched-0"];
     sigkill(&mut first).await;
     assert!(alive(pid));
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), status.next()).await {}
 
-    let mut second = restart_with_stored_fds(&conf, &systemd, 2);
+    let mut second = n.restart_with_stored_fds(2);
     let adopted = next_status(&mut status).await;
     assert_eq!(
         (adopted.status.clone(), adopted.reason.clone(), adopted.pid),
@@ -567,12 +545,11 @@ async fn readopted_notify_app_keeps_its_watchdog() {
         }
     };
     assert_eq!(ended.reason, Some(Reason::Watchdog), "{ended:?}");
-    common::wait_gone(pid).await;
+    wait_gone(pid).await;
 
     configs.delete(app).await.unwrap();
     unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
     let _ = tokio::time::timeout(T, second.wait()).await;
-    common::kill_and_remove_cgroups(&cgroup_root);
 }
 
 /// The next status event (at most [`T`]).

@@ -4,34 +4,16 @@
 //! changes nothing, and systemd sees `RELOADING=1` … `READY=1`.
 //! The test plays systemd by binding `NOTIFY_SOCKET` itself and drives the real `narund`.
 
-mod common;
-
-use common::{alive, heartbeat};
-use narun_test_support::{NatsServer, workspace_bin};
+use narun_test_support::apps::SILENT_SLEEPER;
+use narun_test_support::{Narund, NatsServer, T, alive, buckets, heartbeat};
 use narun_wire::events::NodeState;
-use narun_wire::names;
 use narun_wire::status::InstanceStatus;
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::time::Duration;
 use tokio::net::UnixDatagram;
 
-const T: Duration = Duration::from_secs(30);
-const SLEEPER: &str = "#!/bin/sh\nexec sleep 1000\n";
-
-fn write_config(conf: &Path, data: &Path, url: &str, role: &str) {
-    std::fs::write(
-        conf,
-        format!(
-            "node_id = \"reload-node\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
-             [labels]\nrole = \"{role}\"\n[nats]\nurl = \"{url}\"\n\
-             [apps]\ndefault_user = \"nobody\"\n[cgroup]\nroot = \"narun-test-reload-{pid}\"\n",
-            d = data.display(),
-            pid = std::process::id()
-        ),
-    )
-    .unwrap();
+/// narund's `[labels]`: `role = <role>`.
+fn labels(role: &str) -> String {
+    format!("[labels]\nrole = \"{role}\"\n")
 }
 
 /// Datagrams from narund until one contains `want`; returns that one.
@@ -61,40 +43,20 @@ fn running_pid(s: &NodeState, id: &str) -> Option<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
     let server = NatsServer::start();
-    let common::Buckets {
-        configs,
-        binaries: store,
-        states,
-    } = common::buckets(&server).await;
-    let object = names::binary_object_name("gw", "v1", names::go_os(), names::go_arch());
-    store
-        .put(
-            object.as_str(),
-            &mut std::io::Cursor::new(SLEEPER.as_bytes().to_vec()),
-        )
-        .await
-        .unwrap();
+    let b = buckets(&server).await;
+    b.upload("gw", "v1", SILENT_SLEEPER).await;
     let spec = json!({"name": "gw", "tag": "v1", "nodes": [{"labels": {"role": "gateway"}, "replicas": 1}]});
-    configs
-        .put("gw", serde_json::to_vec(&spec).unwrap().into())
-        .await
-        .unwrap();
+    b.put_spec("gw", &spec).await;
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = dir.path().join("narund.toml");
-    write_config(&conf, dir.path(), &server.url(), "edge");
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut watch = states.watch("reload-node").await.unwrap();
-    let mut narund = tokio::process::Command::new(workspace_bin("narund", "narund", &[]))
-        .arg("--config")
-        .arg(&conf)
+    let mut watch = b.states.watch("reload-node").await.unwrap();
+    let mut narund = Narund::builder(&server, "reload-node")
+        .config(&labels("edge"))
         .env("NOTIFY_SOCKET", &sock_path)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let narund_pid = narund.id().unwrap() as i32;
+        .start();
+    let narund_pid = narund.pid();
     datagram_with(&sock, "READY=1").await;
     // narund (started as root) keeps exactly NARUND_CAPS in its bounding set.
     // (A container may already lack some of them: compare with what this process has.)
@@ -126,8 +88,8 @@ async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
     assert!(s.instances.is_empty(), "{:?}", s.instances);
 
     // The device becomes a gateway: SIGHUP starts the instance.
-    write_config(&conf, dir.path(), &server.url(), "gateway");
-    unsafe { libc::kill(narund_pid, libc::SIGHUP) };
+    narund.write_config(&labels("gateway"));
+    narund.signal(libc::SIGHUP);
     datagram_with(&sock, "RELOADING=1").await;
     let ready = datagram_with(&sock, "READY=1").await;
     assert!(ready.contains("STATUS=configuration reloaded"), "{ready}");
@@ -139,8 +101,8 @@ async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
     let pid = running_pid(&s, "gw-0").unwrap();
 
     // An invalid file changes nothing: same instance, same labels, the reason in STATUS.
-    std::fs::write(&conf, "node_id = [\n").unwrap();
-    unsafe { libc::kill(narund_pid, libc::SIGHUP) };
+    std::fs::write(narund.config_path(), "node_id = [\n").unwrap();
+    narund.signal(libc::SIGHUP);
     let ready = datagram_with(&sock, "READY=1").await;
     assert!(ready.contains("STATUS=reload failed"), "{ready}");
     assert!(ready.contains("narund.toml"), "names the file: {ready}");
@@ -148,23 +110,15 @@ async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
     assert!(alive(pid), "gw-0 (pid {pid}) must survive a failed reload");
 
     // Back to edge: the instance stops, narund keeps running.
-    write_config(&conf, dir.path(), &server.url(), "edge");
-    unsafe { libc::kill(narund_pid, libc::SIGHUP) };
+    narund.write_config(&labels("edge"));
+    narund.signal(libc::SIGHUP);
     datagram_with(&sock, "STATUS=configuration reloaded").await;
     heartbeat(&mut watch, "gw-0 is gone", |s| {
         s.instances.iter().all(|i| i.instance_id != "gw-0")
     })
     .await;
-    assert!(narund.try_wait().unwrap().is_none(), "narund still runs");
+    assert!(narund.is_running(), "narund still runs");
 
-    unsafe { libc::kill(narund_pid, libc::SIGTERM) };
-    let status = tokio::time::timeout(T, narund.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = narund.terminate().await;
     assert!(status.success(), "{status:?}");
-    let _ = std::fs::remove_dir(format!(
-        "/sys/fs/cgroup/unified/narun-test-reload-{}",
-        std::process::id()
-    ));
 }

@@ -8,220 +8,33 @@
 
 mod common;
 
-use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use narun_test_support::{NatsServer, wait_for};
-use narun_wire::events::StatusEvent;
-use narun_wire::names;
+use common::Harness;
+use narun_test_support::apps::SLEEPER;
 use narun_wire::secrets::MasterKey;
 use narun_wire::status::{InstanceStatus, Reason};
-use narund::node::{Supervisor, SupervisorConfig};
-use narund::uring::UringHandle;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::watch;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-const T: Duration = Duration::from_secs(20);
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// Prints its identity, then sleeps with its environment intact (`exec`).
-const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
-
-struct Harness {
-    server: NatsServer,
-    configs: kv::Store,
-    binaries: ObjectStore,
-    secrets: kv::Store,
-    files: ObjectStore,
-    sup: Supervisor,
-    data: tempfile::TempDir,
-    node: String,
-    key: MasterKey,
-    key_file: PathBuf,
-    events: Arc<Mutex<Vec<StatusEvent>>>,
-    stop: watch::Sender<bool>,
-    cgroup_root: PathBuf,
+/// Apps run [`SLEEPER`] and restart always.
+async fn harness() -> Harness {
+    Harness::builder("secrets")
+        .config(|c| c.apps.restart_backoff_max_sec = 1)
+        .secrets()
+        .spec_fields(json!({"stopTimeoutSec": 3, "restart": "always"}))
+        .start()
+        .await
 }
 
-impl Harness {
-    async fn new() -> Harness {
-        let _ = narund::node::become_subreaper();
-        let server = NatsServer::start();
-        let client = server.connect().await;
-        let js = jetstream::new(client.clone());
-        let configs =
-            narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
-                .await
-                .unwrap();
-        let binaries =
-            narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "bins")
-                .await
-                .unwrap();
-        let secrets =
-            narun_wire::jetstream::ensure_kv(&js, names::SECRETS_BUCKET, "secrets", 1, None)
-                .await
-                .unwrap();
-        let files = narun_wire::jetstream::ensure_object_store(
-            &js,
-            names::FILES_BUCKET,
-            names::FILES_DESCRIPTION,
-        )
+/// Store a secret the way `narunctl secret set` does.
+async fn set_secret(h: &Harness, key: &MasterKey, name: &str, value: &str) {
+    let stored = key.seal(name, value.as_bytes(), None, None).unwrap();
+    h.secrets()
+        .bucket
+        .put(name, stored.to_json().into())
         .await
         .unwrap();
-        let data = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let key = MasterKey::generate();
-        let key_file = data.path().join("master.key");
-        std::fs::write(&key_file, format!("{}\n", key.to_base64())).unwrap();
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let node = format!("node-{n}");
-        let cg = format!("narun-test-secrets-{}-{n}", std::process::id());
-        // From narund's own config type, so new settings get their defaults here too.
-        let mut config = narund::config::Config {
-            node_id: node.clone(),
-            data_dir: data.path().to_path_buf(),
-            runtime_dir: data.path().join("run"),
-            ..Default::default()
-        };
-        config.nats.url = server.url();
-        config.apps.default_user = "nobody".into();
-        config.apps.restart_backoff_max_sec = 1;
-        config.cgroup.root = Some(PathBuf::from(&cg));
-        config.secrets.master_key_file = key_file.clone();
-        let cfg = SupervisorConfig::from_config(&config);
-        let (sup, _logs) = Supervisor::new(cfg, client.clone(), UringHandle::start()).await;
-        sup.set_master_key_file(&key_file);
-        let cgroup_root = sup
-            .cgroup_root()
-            .map(|r| r.path().to_path_buf())
-            .unwrap_or_default();
-        let events = common::collect::<StatusEvent>(&client, "status.>").await;
-        let stop = common::start_reconciler(&sup, &client).await;
-        Harness {
-            server,
-            configs,
-            binaries,
-            secrets,
-            files,
-            sup,
-            data,
-            node,
-            key,
-            key_file,
-            events,
-            stop,
-            cgroup_root,
-        }
-    }
-
-    /// Deploy `app` running [`SLEEPER`] with these extra spec fields.
-    async fn deploy(&self, app: &str, extra: serde_json::Value) {
-        let object = names::binary_object_name(app, "v1", names::go_os(), names::go_arch());
-        self.binaries
-            .put(
-                object.as_str(),
-                &mut std::io::Cursor::new(SLEEPER.as_bytes().to_vec()),
-            )
-            .await
-            .unwrap();
-        let mut spec = json!({
-            "name": app, "tag": "v1",
-            "nodes": [{"name": self.node, "replicas": 1}],
-            "stopTimeoutSec": 3, "restart": "always",
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        self.configs
-            .put(app, serde_json::to_vec(&spec).unwrap().into())
-            .await
-            .unwrap();
-    }
-
-    /// Store a secret the way `narunctl secret set` does.
-    async fn set_secret(&self, key: &MasterKey, name: &str, value: &str) {
-        let stored = key.seal(name, value.as_bytes(), None, None).unwrap();
-        self.secrets
-            .put(name, stored.to_json().into())
-            .await
-            .unwrap();
-    }
-
-    async fn wait_event(&self, what: &str, pred: impl Fn(&StatusEvent) -> bool) -> StatusEvent {
-        wait_for(what, T, || {
-            let found = self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| pred(e))
-                .cloned();
-            async move { found }
-        })
-        .await
-    }
-
-    /// Wait (bounded) until the snapshot of `app`-0 satisfies `pred`.
-    async fn wait_state(
-        &self,
-        app: &str,
-        pred: impl Fn(&narund::node::Snapshot) -> bool,
-    ) -> narund::node::Snapshot {
-        let got = tokio::time::timeout(T, async {
-            loop {
-                if let Some(s) = self.sup.snapshot(app, 0).filter(|s| pred(s)) {
-                    return s;
-                }
-                // Re-check on every change, and periodically (a change may land between
-                // the check and the registration of the waiter).
-                tokio::select! {
-                    _ = self.sup.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
-            }
-        })
-        .await;
-        got.unwrap_or_else(|_| {
-            panic!(
-                "{app}-0 never reached the expected state: {:?}\nevents: {:#?}",
-                self.sup.snapshot(app, 0),
-                self.events.lock().unwrap()
-            )
-        })
-    }
-
-    async fn running_pid(&self, app: &str) -> i32 {
-        self.wait_state(app, |s| {
-            s.status == InstanceStatus::Running && s.pid.is_some()
-        })
-        .await
-        .pid
-        .unwrap()
-    }
-
-    fn work(&self, app: &str) -> PathBuf {
-        self.data
-            .path()
-            .join("instances")
-            .join(format!("{app}-0"))
-            .join("work")
-    }
-
-    async fn finish(self) {
-        let _ = self.stop.send(true);
-        self.sup.shutdown().await;
-    }
-}
-
-impl Drop for Harness {
-    /// Also runs when a test panics: no app process and no cgroup outlives the test.
-    fn drop(&mut self) {
-        common::kill_and_remove_cgroups(&self.cgroup_root);
-    }
 }
 
 fn environ(pid: i32) -> BTreeMap<String, String> {
@@ -255,18 +68,28 @@ print(json.dumps({"name": name, "ciphertext": base64.b64encode(ct).decode(),
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_and_mounts_reach_the_app() {
-    let h = Harness::new().await;
-    h.set_secret(&h.key, "db-password", "s3cr3t with spaces = and ünïcode")
-        .await;
-    let python = python_sealed(&h.key, "api-token", "token-from-python");
+    let h = harness().await;
+    set_secret(
+        &h,
+        &h.secrets().key,
+        "db-password",
+        "s3cr3t with spaces = and ünïcode",
+    )
+    .await;
+    let python = python_sealed(&h.secrets().key, "api-token", "token-from-python");
     match &python {
         Some(v) => {
-            h.secrets.put("api-token", v.clone().into()).await.unwrap();
+            h.secrets()
+                .bucket
+                .put("api-token", v.clone().into())
+                .await
+                .unwrap();
         }
         None => eprintln!("python3 cryptography not available: skipping the Python-sealed secret"),
     }
     let content = "listen = 8080\n".repeat(20_000); // > one 128 KiB object chunk
-    h.files
+    h.secrets()
+        .files
         .put("app-config", &mut std::io::Cursor::new(content.clone()))
         .await
         .unwrap();
@@ -280,13 +103,15 @@ async fn secrets_and_mounts_reach_the_app() {
     }
     h.deploy(
         "vault",
+        "v1",
+        SLEEPER,
         json!({
             "env": env,
             "mounts": [{"path": "conf/./app.toml", "source": {"objectStore": "app-config"}}],
         }),
     )
     .await;
-    let pid = h.running_pid("vault").await;
+    let pid = h.running_pid("vault", 0).await;
     let vars = environ(pid);
     assert_eq!(
         vars.get("DB_PASSWORD").map(String::as_str),
@@ -335,25 +160,36 @@ fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_secrets_and_missing_files_fail_only_their_app() {
-    let h = Harness::new().await;
-    h.set_secret(&MasterKey::generate(), "other-key", "x").await;
+    let h = harness().await;
+    set_secret(&h, &MasterKey::generate(), "other-key", "x").await;
     h.deploy(
         "nosecret",
+        "v1",
+        SLEEPER,
         json!({"env": [{"name": "A", "valueFromSecret": "does-not-exist"}]}),
     )
     .await;
     h.deploy(
         "wrongkey",
+        "v1",
+        SLEEPER,
         json!({"env": [{"name": "A", "valueFromSecret": "other-key"}]}),
     )
     .await;
     h.deploy(
         "nofile",
+        "v1",
+        SLEEPER,
         json!({"mounts": [{"path": "x.conf", "source": {"objectStore": "missing-file"}}]}),
     )
     .await;
-    h.deploy("fine", json!({"env": [{"name": "A", "value": "1"}]}))
-        .await;
+    h.deploy(
+        "fine",
+        "v1",
+        SLEEPER,
+        json!({"env": [{"name": "A", "value": "1"}]}),
+    )
+    .await;
 
     let e = h
         .wait_event("nosecret failed", |e| {
@@ -386,18 +222,20 @@ async fn bad_secrets_and_missing_files_fail_only_their_app() {
         "{}",
         e.error
     );
-    h.running_pid("fine").await;
+    h.running_pid("fine", 0).await;
     h.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
-    let h = Harness::new().await;
-    h.set_secret(&h.key, "s", "v").await;
+    let h = harness().await;
+    set_secret(&h, &h.secrets().key, "s", "v").await;
     // No master key: the start fails, naming the secret and the file.
-    std::fs::remove_file(&h.key_file).unwrap();
+    std::fs::remove_file(&h.secrets().key_file).unwrap();
     h.deploy(
         "app",
+        "v1",
+        SLEEPER,
         json!({"env": [{"name": "S", "valueFromSecret": "s"}]}),
     )
     .await;
@@ -416,13 +254,15 @@ async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
     );
 
     // With the key back, the next apply starts it (the key file is read at each start).
-    std::fs::write(&h.key_file, h.key.to_base64()).unwrap();
+    std::fs::write(&h.secrets().key_file, h.secrets().key.to_base64()).unwrap();
     h.deploy(
         "app",
+        "v1",
+        SLEEPER,
         json!({"env": [{"name": "S", "valueFromSecret": "s"}], "args": ["again"]}),
     )
     .await;
-    let pid = h.running_pid("app").await;
+    let pid = h.running_pid("app", 0).await;
     assert_eq!(environ(pid).get("S").map(String::as_str), Some("v"));
 
     // NATS goes away and the app crashes: the restart cannot read the secret and there is
@@ -431,7 +271,7 @@ async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
     // SAFETY: kill(2) on the app's pid.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let snap = h
-        .wait_state("app", |s| s.status == InstanceStatus::Failed)
+        .wait_state("app", 0, |s| s.status == InstanceStatus::Failed)
         .await;
     assert_eq!(snap.reason, Some(Reason::Secret));
     h.finish().await;

@@ -7,210 +7,30 @@
 
 mod common;
 
-use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use common::{alive, kill_and_remove_cgroups, wait_gone};
-use narun_test_support::{NatsServer, wait_for};
-use narun_wire::events::{LogLine, StatusEvent};
-use narun_wire::names;
+use common::Harness;
+use narun_test_support::apps::{SLEEPER, TICKER};
+use narun_test_support::{T, alive, kill_and_remove_cgroups, wait_for, wait_gone};
+use narun_wire::events::LogLine;
 use narun_wire::status::{InstanceStatus, Reason};
-use narund::node::{Supervisor, SupervisorConfig};
-use narund::uring::UringHandle;
 use serde_json::json;
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 
-const T: Duration = Duration::from_secs(20);
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A long-running app: prints a line with its identity, then sleeps (exec: the stop signal
-/// reaches `sleep` directly).
-const SLEEPER: &str = "#!/bin/sh\necho \"hello from $NARUN_INSTANCE_ID\"\nexec sleep 1000\n";
-
-struct Harness {
-    server: NatsServer,
-    client: async_nats::Client,
-    configs: kv::Store,
-    store: ObjectStore,
-    sup: Supervisor,
-    data: tempfile::TempDir,
-    node: String,
-    events: Arc<Mutex<Vec<StatusEvent>>>,
-    logs: Arc<Mutex<Vec<LogLine>>>,
-    stop: watch::Sender<bool>,
-    cgroup_root: PathBuf,
-}
-
-fn config(node: &str, data: &std::path::Path, url: &str, cgroup_root: &str) -> SupervisorConfig {
-    SupervisorConfig {
-        node_id: node.into(),
-        data_dir: data.to_path_buf(),
-        labels: BTreeMap::new(),
-        nats: narun_wire::connect::NatsSettings {
-            url: url.into(),
-            ..Default::default()
-        },
-        default_user: "nobody".into(),
-        allow_root: false,
-        restart_backoff_max: Duration::from_millis(800),
-        keep_versions: 3,
-        cgroup_root: Some(PathBuf::from(cgroup_root)),
-        log_spool_bytes: 1 << 20,
-        ..Default::default()
-    }
-}
-
-impl Harness {
-    async fn new() -> Harness {
-        let _ = narund::node::become_subreaper();
-        let server = NatsServer::start();
-        let client = server.connect().await;
-        let js = jetstream::new(client.clone());
-        let configs =
-            narun_wire::jetstream::ensure_kv(&js, names::APP_CONFIGS_BUCKET, "specs", 1, None)
-                .await
-                .unwrap();
-        let store =
-            narun_wire::jetstream::ensure_object_store(&js, names::APP_BINARIES_BUCKET, "binaries")
-                .await
-                .unwrap();
-        let data = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let node = format!("node-{n}");
-        let cg = format!("narun-test-supervisor-{}-{n}", std::process::id());
-        let (sup, _logs) = Supervisor::new(
-            config(&node, data.path(), &server.url(), &cg),
-            client.clone(),
-            UringHandle::start(),
-        )
-        .await;
-        let cgroup_root = sup
-            .cgroup_root()
-            .map(|r| r.path().to_path_buf())
-            .unwrap_or_default();
-        let events = common::collect::<StatusEvent>(&client, "status.>").await;
-        let logs = common::collect::<LogLine>(&client, "logs.>").await;
-        let stop = common::start_reconciler(&sup, &client).await;
-        Harness {
-            server,
-            client,
-            configs,
-            store,
-            sup,
-            data,
-            node,
-            events,
-            logs,
-            stop,
-            cgroup_root,
-        }
-    }
-
-    async fn upload(&self, app: &str, tag: &str, script: &str) {
-        let name = names::binary_object_name(app, tag, names::go_os(), names::go_arch());
-        self.store
-            .put(
-                name.as_str(),
-                &mut std::io::Cursor::new(script.as_bytes().to_vec()),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn put_spec(&self, app: &str, spec: serde_json::Value) -> u64 {
-        self.configs
-            .put(app, serde_json::to_vec(&spec).unwrap().into())
-            .await
-            .unwrap()
-    }
-
-    fn spec(&self, app: &str, tag: &str, replicas: u32) -> serde_json::Value {
-        json!({
-            "name": app, "tag": tag,
-            "nodes": [{"name": self.node, "replicas": replicas}],
-            "settleSec": 1, "stopTimeoutSec": 3,
+async fn harness() -> Harness {
+    Harness::builder("supervisor")
+        .config(|c| {
+            c.apps.restart_backoff_max_sec = 1;
+            c.logs.spool_bytes = 1 << 20;
         })
-    }
-
-    fn events(&self, app: &str) -> Vec<StatusEvent> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.app_name == app || e.instance_id.starts_with(app))
-            .cloned()
-            .collect()
-    }
-
-    async fn wait_event(&self, what: &str, pred: impl Fn(&StatusEvent) -> bool) -> StatusEvent {
-        wait_for(what, T, || {
-            let found = self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| pred(e))
-                .cloned();
-            async move { found }
-        })
+        .spec_fields(json!({"settleSec": 1, "stopTimeoutSec": 3}))
+        .start()
         .await
-    }
-
-    async fn wait_log(&self, what: &str, pred: impl Fn(&LogLine) -> bool) -> LogLine {
-        wait_for(what, T, || {
-            let found = self.logs.lock().unwrap().iter().find(|e| pred(e)).cloned();
-            async move { found }
-        })
-        .await
-    }
-
-    async fn running_pid(&self, app: &str, index: u32) -> i32 {
-        let found = tokio::time::timeout(T, async {
-            loop {
-                if let Some(pid) = self
-                    .sup
-                    .snapshot(app, index)
-                    .filter(|s| s.status == InstanceStatus::Running)
-                    .and_then(|s| s.pid)
-                {
-                    return pid;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        found.unwrap_or_else(|_| {
-            panic!(
-                "{app}-{index} not running: {:?}\nevents: {:#?}",
-                self.sup.snapshot(app, index),
-                self.events(app)
-            )
-        })
-    }
-
-    async fn finish(self) {
-        let _ = self.stop.send(true);
-        self.sup.shutdown().await;
-    }
-}
-
-impl Drop for Harness {
-    /// Also runs when a test panics: no app process and no cgroup outlives the test.
-    fn drop(&mut self) {
-        kill_and_remove_cgroups(&self.cgroup_root);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_logs_env_scale_and_delete() {
     // A variable of the daemon's own environment must never reach an app.
     unsafe { std::env::set_var("NARUND_TEST_SECRET_MARKER", "leaked") };
-    let h = Harness::new().await;
+    let h = harness().await;
     h.upload("web", "v1", SLEEPER).await;
     let t0 = std::time::Instant::now();
     h.put_spec("web", h.spec("web", "v1", 1)).await;
@@ -289,7 +109,7 @@ async fn start_logs_env_scale_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_change_replaces_instance_by_instance() {
-    let h = Harness::new().await;
+    let h = harness().await;
     h.upload("api", "v1", SLEEPER).await;
     h.upload("api", "v2", SLEEPER).await;
     h.put_spec("api", h.spec("api", "v1", 2)).await;
@@ -320,7 +140,7 @@ async fn spec_change_replaces_instance_by_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_restarts_with_backoff_until_the_start_limit() {
-    let h = Harness::new().await;
+    let h = harness().await;
     h.upload("crashy", "v1", "#!/bin/sh\necho boom >&2\nexit 3\n")
         .await;
     let mut spec = h.spec("crashy", "v1", 1);
@@ -370,7 +190,7 @@ async fn crash_restarts_with_backoff_until_the_start_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_exit_follows_the_restart_policy() {
-    let h = Harness::new().await;
+    let h = harness().await;
     h.upload("job", "v1", "#!/bin/sh\necho done\nexit 0\n")
         .await;
     for (i, policy) in ["no", "on-failure", "always"].iter().enumerate() {
@@ -414,7 +234,7 @@ async fn clean_exit_follows_the_restart_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_binary_and_invalid_spec_keep_the_old_version_running() {
-    let h = Harness::new().await;
+    let h = harness().await;
     h.upload("svc", "v1", SLEEPER).await;
     h.put_spec("svc", h.spec("svc", "v1", 1)).await;
     let pid = h.running_pid("svc", 0).await;
@@ -460,10 +280,11 @@ async fn missing_binary_and_invalid_spec_keep_the_old_version_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_forking_app_leaves_no_process_after_stop() {
-    let h = Harness::new().await;
+    let h = harness().await;
     // Like narund: orphans are re-parented to us (subreaper) and must be reaped, not left
     // as zombies.
-    let _reaper = narund::node::spawn_reaper(None);
+    let _reaper =
+        narund::instance::reaper::spawn_reaper(None, tokio_util::sync::CancellationToken::new());
     let script = "#!/bin/sh\n(sleep 1000 & echo $! > orphan.pid)\nexec sleep 1000\n";
     h.upload("forky", "v1", script).await;
     h.put_spec("forky", h.spec("forky", "v1", 1)).await;
@@ -488,7 +309,7 @@ async fn double_forking_app_leaves_no_process_after_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apps_survive_nats_loss_and_start_from_local_state() {
-    let h = Harness::new().await;
+    let h = harness().await;
     h.upload("edge", "v1", SLEEPER).await;
     h.put_spec("edge", h.spec("edge", "v1", 1)).await;
     let pid = h.running_pid("edge", 0).await;
@@ -526,18 +347,7 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
     h.sup.shutdown().await;
     wait_gone(pid).await;
     wait_gone(pid1).await;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(h.server.url())
-        .await
-        .unwrap();
-    let cg = format!("narun-test-supervisor-{}-offline", std::process::id());
-    let (sup2, _logs) = Supervisor::new(
-        config(&h.node, h.data.path(), &h.server.url(), &cg),
-        client,
-        UringHandle::start(),
-    )
-    .await;
+    let (sup2, root2) = h.second_node().await;
     assert_eq!(
         sup2.start_offline().await,
         1,
@@ -563,15 +373,13 @@ async fn apps_survive_nats_loss_and_start_from_local_state() {
     sup2.shutdown().await;
     wait_gone(pid2).await;
     wait_gone(pid3).await;
-    if let Some(r) = sup2.cgroup_root() {
-        kill_and_remove_cgroups(r.path());
-    }
+    kill_and_remove_cgroups(&root2);
     h.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_escalates_to_cgroup_kill_after_the_stop_timeout() {
-    let h = Harness::new().await;
+    let h = harness().await;
     // Ignores SIGTERM: only the cgroup kill after stopTimeoutSec ends it.
     let script = "#!/bin/sh\ntrap '' TERM\necho armed\nwhile :; do sleep 0.2; done\n";
     h.upload("stubborn", "v1", script).await;
@@ -605,10 +413,8 @@ async fn stop_escalates_to_cgroup_kill_after_the_stop_timeout() {
 /// back: the counter in the lines has no gap from before the outage to after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_second_nats_outage_loses_no_log_line() {
-    const TICKER: &str =
-        "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done\n";
     const OUTAGE: Duration = Duration::from_secs(30);
-    let h = Harness::new().await;
+    let h = harness().await;
     h.upload("ticker", "v1", TICKER).await;
     h.put_spec("ticker", h.spec("ticker", "v1", 1)).await;
     let pid = h.running_pid("ticker", 0).await;

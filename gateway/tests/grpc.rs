@@ -8,7 +8,7 @@ use grpc_hello::pb::HelloRequest;
 use grpc_hello::pb::greeter_client::GreeterClient;
 use narun::{GrpcServer, NatsSettings, Options};
 use narun_gateway::{Gateway, GatewayConfig};
-use narun_test_support::{NatsServer, wait_for};
+use narun_test_support::{NatsServer, wait_connected, wait_for};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -70,15 +70,7 @@ impl Setup {
         )
         .expect("config");
         let client = settings.connect("gateway-grpc-test").await.expect("client");
-        let probe = client.clone();
-        wait_for(
-            "gateway NATS client to connect",
-            Duration::from_secs(10),
-            || async {
-                (probe.connection_state() == async_nats::connection::State::Connected).then_some(())
-            },
-        )
-        .await;
+        wait_connected(&client).await;
         let gw = Gateway::bind(config, client).await.expect("bind gateway");
         let grpc = gw.grpc_addr().expect("gRPC listener");
         let metrics = gw.metrics_addr();
@@ -531,10 +523,7 @@ async fn go_style_consumer_behind_gateway() {
             let _ = rc.publish_with_headers(reply, h, Bytes::new()).await;
         }
     });
-    assert!(
-        narun_wire::connect::sync_with_server(&nc, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&nc).await;
     let mut raw = tonic::client::Grpc::new(s.channel().await);
     let mut call = async |path: &'static str, body: &'static [u8]| {
         raw.ready().await.unwrap();

@@ -8,7 +8,7 @@ use grpc_hello::pb::HelloRequest;
 use grpc_hello::pb::greeter_client::GreeterClient;
 use narun::{GrpcServer, NatsSettings, Options};
 use narun_gateway::{Gateway, GatewayConfig, GatewayError};
-use narun_test_support::{NatsServer, wait_for};
+use narun_test_support::{NatsServer, wait_connected};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,15 +104,7 @@ async fn tonic_client_over_tls_through_gateway() {
     .await
     .expect("serve grpc-hello over NATS");
     let client = settings.connect("gateway-tls-test").await.expect("client");
-    let probe = client.clone();
-    wait_for(
-        "gateway NATS client to connect",
-        Duration::from_secs(10),
-        || async {
-            (probe.connection_state() == async_nats::connection::State::Connected).then_some(())
-        },
-    )
-    .await;
+    wait_connected(&client).await;
 
     // Bad TLS files: the error names the key and the file, nothing is bound.
     for (cert, key, expect) in [

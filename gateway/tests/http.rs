@@ -149,7 +149,7 @@ async fn backend_failures_map_to_statuses() {
     let s = setup().await;
     // A subscriber that never answers -> 504 after the route's 1 s timeout.
     let _silent = s.client.subscribe("silent").await.unwrap();
-    sync_with_server(&s.client).await;
+    synced(&s.client).await;
     let t = Instant::now();
     let r = get(&s.gw.url("/slow/x")).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());

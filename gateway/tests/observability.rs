@@ -33,7 +33,7 @@ async fn metrics_health_and_service_discovery() {
     let client = server.connect().await;
     let _hello = echo_service(&client, "hello").await;
     let _silent = client.subscribe("silent").await.unwrap();
-    sync_with_server(&client).await;
+    synced(&client).await;
     let gw_client = gateway_client(&server).await;
     wait_connected(&gw_client).await;
     let gw = start_gateway(gw_client, ROUTES).await;

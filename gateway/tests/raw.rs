@@ -120,7 +120,7 @@ async fn raw_mode_skips_headers_nats_cannot_carry() {
     let server = NatsServer::start();
     let svc_client = server.connect().await;
     let mut sub = svc_client.subscribe("raw.rust").await.unwrap();
-    sync_with_server(&svc_client).await;
+    synced(&svc_client).await;
     let responder = svc_client.clone();
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {

@@ -41,7 +41,7 @@ async fn fast_service(client: &async_nats::Client) -> Service {
             let _ = req.respond(reply.clone(), None).await;
         }
     });
-    sync_with_server(client).await;
+    synced(client).await;
     svc
 }
 

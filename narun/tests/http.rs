@@ -3,15 +3,13 @@
 use axum::{Router, routing::get};
 use bytes::Bytes;
 use narun::{Options, Server};
-use narun_test_support::NatsServer;
+use narun_test_support::{NatsServer, T, wait_for};
 use narun_wire::bhttp;
 use narun_wire::connect::NatsSettings;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn opts(server: &NatsServer, name: &str) -> Options {
     Options::new(name).nats(NatsSettings {
@@ -28,7 +26,7 @@ async fn call(
 ) -> Result<http::Response<Bytes>, async_nats::Message> {
     let (parts, body) = req.into_parts();
     let payload = bhttp::encode_request(&parts, body);
-    let msg = tokio::time::timeout(WAIT, client.request(service.to_owned(), payload.into()))
+    let msg = tokio::time::timeout(T, client.request(service.to_owned(), payload.into()))
         .await
         .expect("request timed out")
         .expect("request failed");
@@ -101,7 +99,7 @@ async fn handler_panic_and_error_become_500_and_garbage_gets_micro_error() {
     let resp = call(&client, "fragile", get_req("/other")).await.unwrap();
     assert_eq!(resp.status(), 404);
 
-    let msg = tokio::time::timeout(WAIT, client.request("fragile", "not bhttp at all".into()))
+    let msg = tokio::time::timeout(T, client.request("fragile", "not bhttp at all".into()))
         .await
         .unwrap()
         .unwrap();
@@ -184,7 +182,7 @@ async fn requests_are_concurrent_up_to_the_inflight_limit() {
         .collect();
     // Three handlers run at once (concurrency), and no more (the limit).
     for _ in 0..3 {
-        tokio::time::timeout(WAIT, g.arrived.recv())
+        tokio::time::timeout(T, g.arrived.recv())
             .await
             .expect("handlers did not start");
     }
@@ -197,7 +195,7 @@ async fn requests_are_concurrent_up_to_the_inflight_limit() {
     // Release everything; the waiting requests run and every request completes.
     g.gate.add_permits(6);
     for c in calls {
-        let resp = tokio::time::timeout(WAIT, c).await.unwrap().unwrap();
+        let resp = tokio::time::timeout(T, c).await.unwrap().unwrap();
         assert_eq!(resp.body().as_ref(), b"done");
     }
     assert_eq!(g.peak.load(Ordering::SeqCst), 3);
@@ -214,11 +212,11 @@ async fn graceful_shutdown_finishes_inflight_and_refuses_new() {
         let client = client.clone();
         tokio::spawn(async move { call(&client, "graceful", get_req("/work")).await.unwrap() })
     };
-    tokio::time::timeout(WAIT, g.arrived.recv()).await.unwrap();
+    tokio::time::timeout(T, g.arrived.recv()).await.unwrap();
     let stopping = tokio::spawn(srv.shutdown());
     // Once the endpoint is drained, new requests find nobody (fast 503 at a gateway).
     // The probe uses a path that answers at once in case it is still served.
-    narun_test_support::wait_for("endpoint to unsubscribe", WAIT, || {
+    wait_for("endpoint to unsubscribe", T, || {
         let client = client.clone();
         async move {
             let payload = bhttp::encode_request(&get_req("/probe").into_parts().0, b"");
@@ -234,9 +232,9 @@ async fn graceful_shutdown_finishes_inflight_and_refuses_new() {
         "shutdown returned before the in-flight request finished"
     );
     g.gate.add_permits(1);
-    let resp = tokio::time::timeout(WAIT, inflight).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(T, inflight).await.unwrap().unwrap();
     assert_eq!(resp.body().as_ref(), b"done");
-    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    tokio::time::timeout(T, stopping).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -245,13 +243,13 @@ async fn serves_once_nats_comes_up_later() {
     server.stop();
     let app = Router::new().route("/", get(|| async { "late" }));
     // Starting while NATS is down must not fail.
-    let srv = tokio::time::timeout(WAIT, Server::start(opts(&server, "late"), app))
+    let srv = tokio::time::timeout(T, Server::start(opts(&server, "late"), app))
         .await
         .expect("start must not wait for NATS")
         .unwrap();
     server.restart();
     let client = server.connect().await;
-    let resp = narun_test_support::wait_for("service to answer after NATS started", WAIT, || {
+    let resp = wait_for("service to answer after NATS started", T, || {
         let client = client.clone();
         async move {
             let payload = bhttp::encode_request(&get_req("/").into_parts().0, b"");
@@ -276,8 +274,8 @@ async fn shutdown_while_nats_is_down_does_not_wait_for_the_drain() {
     .unwrap();
     server.stop();
     // Without NATS the unsubscribe is never confirmed; shutdown must not sit out
-    // the 30 s shutdown timeout waiting for it.
-    tokio::time::timeout(WAIT, srv.shutdown())
+    // the 30 s shutdown timeout waiting for it (this bound is the check: well below 30 s).
+    tokio::time::timeout(Duration::from_secs(10), srv.shutdown())
         .await
         .expect("shutdown waited for a drain that cannot complete");
 }

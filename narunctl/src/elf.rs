@@ -81,16 +81,7 @@ pub fn detect(header: &[u8]) -> Result<Platform, ElfError> {
 mod tests {
     use super::*;
 
-    fn header(osabi: u8, machine: u16) -> Vec<u8> {
-        let mut h = vec![0u8; 64];
-        h[..4].copy_from_slice(b"\x7fELF");
-        h[4] = 2;
-        h[5] = 1;
-        h[6] = 1;
-        h[7] = osabi;
-        h[18..20].copy_from_slice(&machine.to_le_bytes());
-        h
-    }
+    use narun_test_support::apps::elf_header as header;
 
     #[test]
     fn machines_map_to_go_arch() {

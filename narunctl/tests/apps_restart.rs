@@ -2,36 +2,20 @@
 //! processes: new pids and run ids, one replica at a time, other apps untouched, and the
 //! failures (unknown app, app not on the node, node that does not answer) as exit 1.
 
-mod common;
-
-use common::{Narund, alive, deploy_file, narunctl, text, upload_script};
-use futures_util::StreamExt;
-use narun_test_support::{NatsServer, wait_for};
+use narun_test_support::apps::sleeper_saying;
+use narun_test_support::{
+    Narund, NatsServer, T, alive, collect, deploy_file, narunctl, text, upload_script, wait_for,
+};
 use narun_wire::events::{NodeState, RestartReply, StatusEvent};
 use narun_wire::names;
 use narun_wire::status::InstanceStatus;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-const T: Duration = Duration::from_secs(40);
 const NODE: &str = "rs-node";
-const SLEEPER: &str = "#!/bin/sh\necho \"up: $NARUN_INSTANCE_ID $NARUN_RUN_ID\"\nexec sleep 1000\n";
 
-/// Every status event of every app, in the order narund published them.
-async fn collect_status(client: &async_nats::Client) -> Arc<Mutex<Vec<StatusEvent>>> {
-    let mut sub = client.subscribe("status.>").await.unwrap();
-    assert!(narun_wire::connect::sync_with_server(client, Duration::from_secs(10)).await);
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = out.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            sink.lock()
-                .unwrap()
-                .push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
-        }
-    });
-    out
+/// A sleeper that prints its instance and run id.
+fn sleeper() -> String {
+    sleeper_saying("up: $NARUN_INSTANCE_ID $NARUN_RUN_ID")
 }
 
 /// `instance → pid` of the running instances in the node's heartbeat, once `ok` holds.
@@ -75,11 +59,11 @@ async fn apps_restart_restarts_each_instance_one_at_a_time() {
     let server = NatsServer::start();
     let url = server.url();
     let client = server.connect().await;
-    let events = collect_status(&client).await;
+    let events = collect::<StatusEvent>(&client, "status.>").await;
     let _narund = Narund::start(&server, NODE, "");
     let dir = tempfile::tempdir().unwrap();
-    upload_script(&server, "web", "v1", SLEEPER).await;
-    upload_script(&server, "other", "v1", SLEEPER).await;
+    upload_script(&server, "web", "v1", sleeper()).await;
+    upload_script(&server, "other", "v1", sleeper()).await;
     for (app, replicas) in [("web", 2), ("other", 1)] {
         let spec = deploy_spec(dir.path(), app, replicas);
         let out = deploy_file(&url, &spec, "40s").await;
@@ -222,7 +206,7 @@ async fn apps_restart_restarts_each_instance_one_at_a_time() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("app nope not found in app-configs"), "{err}");
 
-    upload_script(&server, "elsewhere", "v1", SLEEPER).await;
+    upload_script(&server, "elsewhere", "v1", sleeper()).await;
     let out = narunctl(
         &url,
         &[

@@ -2,42 +2,15 @@
 
 use async_nats::jetstream;
 use futures_util::StreamExt;
-use narun_test_support::NatsServer;
+use narun_test_support::{NatsServer, T, apps, narunctl, narunctl_bin, text};
 use narun_wire::events::NodeState;
 use narun_wire::micro::{EndpointConfig, ServiceConfig};
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
-/// Run narunctl against `url` with `args`; bounded to 30 s.
-async fn narunctl(url: &str, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"));
-    cmd.arg("--nats").arg(url).args(args).env_remove("NATS_URL");
-    cmd.kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("narunctl finished within 30 s")
-        .expect("narunctl runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A 64-byte ELF header with this OS ABI and machine, plus some payload.
+/// A fake ELF binary with this OS ABI and machine, of more than one 128 KiB chunk.
 fn fake_elf(dir: &Path, name: &str, osabi: u8, machine: u16) -> PathBuf {
-    let mut h = vec![0u8; 64];
-    h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = 2;
-    h[5] = 1;
-    h[6] = 1;
-    h[7] = osabi;
-    h[16] = 2; // ET_EXEC
-    h[18..20].copy_from_slice(&machine.to_le_bytes());
-    h.extend_from_slice(&[0xAB; 300_000]); // more than one 128 KiB chunk
-    let p = dir.join(name);
-    std::fs::write(&p, h).unwrap();
-    p
+    apps::fake_elf(dir, name, osabi, machine, 300_000)
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
@@ -473,10 +446,7 @@ async fn svc_discovery_and_request_over_bhttp() {
                 .unwrap();
         }
     });
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&client).await;
     let url = server.url();
 
     let out = narunctl(
@@ -557,7 +527,7 @@ async fn logs_follows_and_filters_until_interrupted() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let server = NatsServer::start();
     let client = server.connect().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"))
+    let mut child = tokio::process::Command::new(narunctl_bin())
         .args([
             "--nats",
             &server.url(),
@@ -572,7 +542,7 @@ async fn logs_follows_and_filters_until_interrupted() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+    let ready = tokio::time::timeout(T, stderr.next_line())
         .await
         .expect("narunctl logs reports its subscription")
         .unwrap()
@@ -599,14 +569,11 @@ async fn logs_follows_and_filters_until_interrupted() {
             .await
             .unwrap();
     }
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&client).await;
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let got = tokio::time::timeout(Duration::from_secs(10), stdout.next_line())
+    let got = tokio::time::timeout(T, stdout.next_line())
         .await
-        .expect("a log line within 10 s")
+        .expect("a log line in time")
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -621,7 +588,7 @@ async fn logs_follows_and_filters_until_interrupted() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = tokio::time::timeout(T, child.wait())
         .await
         .expect("exits after SIGINT")
         .unwrap();

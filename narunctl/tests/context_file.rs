@@ -2,10 +2,7 @@
 //! `HOME`/`XDG_CONFIG_HOME` pointed at temporary directories reaches a real nats-server
 //! named only there, and flags and the environment still win over it.
 
-mod common;
-
-use common::{narunctl_cmd, run, text};
-use narun_test_support::NatsServer;
+use narun_test_support::{NatsServer, narunctl_cmd, run, text};
 use std::path::Path;
 
 fn write_config(dir: &Path, content: &str) {

@@ -2,57 +2,14 @@
 //! nats-server, checked by reading the buckets directly (Go wire format), and once through a
 //! real narund that gives the decrypted secret and the mounted file to a real app.
 
-mod common;
-
 use async_nats::jetstream::{self, object_store};
-use common::{Narund, text};
-use narun_test_support::{NatsServer, wait_for};
+use narun_test_support::{
+    Narund, NatsServer, T, narunctl, narunctl_with, text, upload_script, wait_for,
+};
 use narun_wire::names;
 use narun_wire::secrets::{MasterKey, StoredSecret};
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-
-/// Run narunctl against `url` with `args` (and `stdin`, if given); bounded to 60 s. The
-/// master key variables of the test's own environment are removed.
-async fn narunctl_with(
-    url: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-    stdin: Option<&[u8]>,
-) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"));
-    cmd.arg("--nats")
-        .arg(url)
-        .args(args)
-        .env_remove("NATS_URL")
-        .env_remove("NARUN_MASTER_KEY")
-        .env_remove("NARUN_MASTER_KEY_PATH")
-        .envs(env.iter().copied())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("narunctl runs");
-    if let Some(input) = stdin {
-        let mut w = child.stdin.take().unwrap();
-        w.write_all(input).await.unwrap();
-        drop(w);
-    }
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("narunctl finished within 60 s")
-        .expect("narunctl output")
-}
-
-async fn narunctl(url: &str, args: &[&str]) -> Output {
-    narunctl_with(url, args, &[], None).await
-}
+use std::process::Output;
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -318,25 +275,10 @@ async fn narund_gives_the_app_the_secret_and_the_file() {
     ok(&narunctl(&url, &["files", "add", "settings", conf.to_str().unwrap()]).await);
 
     // The app copies what it got into its work dir, then stays up.
-    let js = jetstream::new(server.connect().await);
-    let store = narun_wire::jetstream::ensure_object_store(
-        &js,
-        names::APP_BINARIES_BUCKET,
-        "Stores application binaries.",
-    )
-    .await
-    .unwrap();
-    let object = names::binary_object_name("vault", "v1", names::go_os(), names::go_arch());
     // (Written to a temporary name and renamed, so the test never reads a partial file.)
     let script = "#!/bin/sh\nprintf '%s' \"$DB_PASSWORD\" > s.tmp && mv s.tmp seen-secret\n\
                   cp etc/settings.ini f.tmp && mv f.tmp seen-file\nexec sleep 1000\n";
-    store
-        .put(
-            object.as_str(),
-            &mut std::io::Cursor::new(script.as_bytes().to_vec()),
-        )
-        .await
-        .unwrap();
+    upload_script(&server, "vault", "v1", script).await;
     let spec = dir.path().join("vault.toml");
     std::fs::write(
         &spec,
@@ -353,20 +295,16 @@ async fn narund_gives_the_app_the_secret_and_the_file() {
     .await);
 
     let work = narund.data_dir().join("instances/vault-0/work");
-    let seen = wait_for(
-        "the app to write what it got",
-        Duration::from_secs(30),
-        || {
-            let secret = std::fs::read_to_string(work.join("seen-secret")).ok();
-            let file = std::fs::read_to_string(work.join("seen-file")).ok();
-            async move {
-                match (secret, file) {
-                    (Some(s), Some(f)) => Some((s, f)),
-                    _ => None,
-                }
+    let seen = wait_for("the app to write what it got", T, || {
+        let secret = std::fs::read_to_string(work.join("seen-secret")).ok();
+        let file = std::fs::read_to_string(work.join("seen-file")).ok();
+        async move {
+            match (secret, file) {
+                (Some(s), Some(f)) => Some((s, f)),
+                _ => None,
             }
-        },
-    )
+        }
+    })
     .await;
     assert_eq!(seen.0, "hunter2 = ok");
     assert_eq!(seen.1, "[app]\ngreeting = hi\n");

@@ -4,10 +4,9 @@
 //! snapshots (`narunctl/tests/snapshots/`); instance ids, which are random, are replaced by
 //! placeholders first, and durations (which vary) are checked for shape and then masked.
 
-use narun_test_support::NatsServer;
+use narun_test_support::{NatsServer, T, narunctl};
 use narun_wire::micro::{EndpointConfig, InfoResponse, ServiceConfig, StatsResponse};
 use std::process::{Output, Stdio};
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PY_SERVICE: &str = r#"
@@ -27,16 +26,6 @@ async def main():
 
 asyncio.run(main())
 "#;
-
-async fn narunctl(url: &str, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"));
-    cmd.arg("--nats").arg(url).args(args).env_remove("NATS_URL");
-    cmd.kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("narunctl finished within 30 s")
-        .expect("narunctl runs")
-}
 
 fn stdout_ok(out: &Output) -> String {
     assert!(
@@ -73,9 +62,9 @@ async fn svc_lists_describes_and_counts_python_and_rust_services() {
         .spawn()
         .expect("python3 runs (scripts/setup.sh installs interop/requirements.txt)");
     let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
-    let py_id = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let py_id = tokio::time::timeout(T, lines.next_line())
         .await
-        .expect("the nats-py service started within 30 s (is nats-py installed? pip install -r interop/requirements.txt)")
+        .expect("the nats-py service started in time (is nats-py installed? pip install -r interop/requirements.txt)")
         .unwrap()
         .and_then(|l| l.strip_prefix("ID ").map(str::to_owned))
         .expect("the nats-py service printed its id");
@@ -98,20 +87,14 @@ async fn svc_lists_describes_and_counts_python_and_rust_services() {
         }
     });
     let rs_id = service.id().to_string();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await,
-        "nats-server did not answer"
-    );
+    narun_test_support::synced(&client).await;
 
     // Traffic for the stats: 2 requests to Python, 1 to us.
     for subject in ["echo", "echo", "rsecho"] {
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.request(subject, "ping".into()),
-        )
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
+        let reply = tokio::time::timeout(T, client.request(subject, "ping".into()))
+            .await
+            .expect("an answer in time")
+            .unwrap();
         assert_eq!(&reply.payload[..], b"ping");
     }
     let ids = [(py_id.as_str(), "<py-id>"), (rs_id.as_str(), "<rs-id>")];

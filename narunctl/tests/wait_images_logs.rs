@@ -2,11 +2,12 @@
 //! completions/man pages: the real `narunctl` binary against a real nats-server and,
 //! where status or logs are needed, a real `narund` running real app processes.
 
-mod common;
-
 use async_nats::jetstream;
-use common::{Narund, deploy_file, narunctl, text, upload_script};
-use narun_test_support::NatsServer;
+use narun_test_support::apps::{SILENT_SLEEPER, elf_machine, fake_elf, sleeper_saying};
+use narun_test_support::{
+    Narund, NatsServer, T, buckets, deploy_file, narunctl, narunctl_bin, text, upload_script,
+    wait_for,
+};
 use narun_wire::names;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +30,7 @@ async fn deploy_wait_reports_ready_and_failures_with_the_log_tail() {
         &server,
         "good",
         "v1",
-        "#!/bin/sh\necho \"up: $NARUN_INSTANCE_ID\"\nexec sleep 1000\n",
+        sleeper_saying("up: $NARUN_INSTANCE_ID"),
     )
     .await;
     let spec = write(
@@ -93,7 +94,7 @@ async fn deploy_wait_reports_ready_and_failures_with_the_log_tail() {
     );
     let cmd = format!(
         "{} --nats {url} deploy -f {} --no-binary --wait=40s",
-        env!("CARGO_BIN_EXE_narunctl"),
+        narunctl_bin().display(),
         spec.display()
     );
     let out = tokio::time::timeout(
@@ -129,7 +130,7 @@ async fn deploy_wait_reports_ready_and_failures_with_the_log_tail() {
 async fn deploy_wait_times_out_when_no_node_is_selected() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    upload_script(&server, "lonely", "v1", "#!/bin/sh\nexec sleep 1000\n").await;
+    upload_script(&server, "lonely", "v1", SILENT_SLEEPER).await;
     let spec = write(
         dir.path(),
         "lonely.toml",
@@ -144,31 +145,6 @@ async fn deploy_wait_times_out_when_no_node_is_selected() {
     );
 }
 
-/// A 64-byte ELF header (Linux, this machine's arch) plus payload, accepted by `deploy`.
-fn elf(dir: &Path, name: &str, payload: usize) -> PathBuf {
-    let machine: u16 = match std::env::consts::ARCH {
-        "aarch64" => 183,
-        "arm" => 40,
-        "riscv64" => 243,
-        _ => 62,
-    };
-    let mut h = vec![0u8; 64];
-    h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = if cfg!(target_pointer_width = "64") {
-        2
-    } else {
-        1
-    };
-    h[5] = 1;
-    h[6] = 1;
-    h[16] = 2;
-    h[18..20].copy_from_slice(&machine.to_le_bytes());
-    h.extend(std::iter::repeat_n(0x5a, payload));
-    let p = dir.join(name);
-    std::fs::write(&p, h).unwrap();
-    p
-}
-
 #[tokio::test]
 async fn images_ls_shows_uploads_and_rm_removes_them() {
     let server = NatsServer::start();
@@ -180,7 +156,7 @@ async fn images_ls_shows_uploads_and_rm_removes_them() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("OBJECT NAME"));
 
-    let bin = elf(dir.path(), "imgapp", 2 * 1024 * 1024);
+    let bin = fake_elf(dir.path(), "imgapp", 0, elf_machine(), 2 * 1024 * 1024);
     let out = narunctl(
         &url,
         &[
@@ -309,7 +285,7 @@ struct Running {
 impl Running {
     fn spawn(url: &str, args: &[&str]) -> Running {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_narunctl"))
+        let mut child = tokio::process::Command::new(narunctl_bin())
             .arg("--nats")
             .arg(url)
             .args(args)
@@ -328,17 +304,17 @@ impl Running {
     }
 
     async fn stdout_line(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(20), self.stdout.next_line())
+        tokio::time::timeout(T, self.stdout.next_line())
             .await
-            .expect("a stdout line within 20 s")
+            .expect("a stdout line in time")
             .unwrap()
             .expect("stdout still open")
     }
 
     async fn stderr_line(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(20), self.stderr.next_line())
+        tokio::time::timeout(T, self.stderr.next_line())
             .await
-            .expect("a stderr line within 20 s")
+            .expect("a stderr line in time")
             .unwrap()
             .expect("stderr still open")
     }
@@ -353,7 +329,7 @@ impl Running {
                 .unwrap()
                 .success()
         );
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let status = tokio::time::timeout(T, self.child.wait())
             .await
             .expect("exits after SIGINT")
             .unwrap();
@@ -389,14 +365,10 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
         "[logs]\nstream = true\nstream_max_age_sec = 600\nstream_max_bytes = 1048576\n",
     );
     // narund creates the stream once it is connected.
-    let stream = narun_test_support::wait_for(
-        "narund to create narun-logs",
-        Duration::from_secs(30),
-        || {
-            let js = js.clone();
-            async move { js.get_stream(names::LOG_STREAM).await.ok() }
-        },
-    )
+    let stream = wait_for("narund to create narun-logs", T, || {
+        let js = js.clone();
+        async move { js.get_stream(names::LOG_STREAM).await.ok() }
+    })
     .await;
     let config = stream.cached_info().config.clone();
     assert_eq!(config.subjects, ["logs.>"]);
@@ -405,7 +377,7 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
 
     // An app prints two lines at start, before any `narunctl logs` runs.
     let mut live = client.subscribe("logs.chatty.>").await.unwrap();
-    assert!(narun_wire::connect::sync_with_server(&client, Duration::from_secs(10)).await);
+    narun_test_support::synced(&client).await;
     upload_script(
         &server,
         "chatty",
@@ -422,13 +394,13 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
     let out = deploy_file(&url, &spec, "30s").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     for _ in 0..2 {
-        tokio::time::timeout(Duration::from_secs(20), live.next())
+        tokio::time::timeout(T, live.next())
             .await
             .expect("the app's lines are published")
             .unwrap();
     }
     // The stream stored them too (a JetStream round trip after the core delivery).
-    narun_test_support::wait_for("2 lines in narun-logs", Duration::from_secs(10), || {
+    wait_for("2 lines in narun-logs", T, || {
         let js = js.clone();
         async move {
             let mut s = js.get_stream(names::LOG_STREAM).await.ok()?;
@@ -535,16 +507,7 @@ async fn logs_since_without_the_stream_says_so_and_follows_live() {
 async fn deploy_wait_of_a_10_mib_binary_to_three_nodes() {
     use futures_util::StreamExt;
     let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    let states = narun_wire::jetstream::ensure_kv(
-        &js,
-        names::NODE_STATES_BUCKET,
-        "narun node heartbeats",
-        1,
-        Some(Duration::from_secs(45)),
-    )
-    .await
-    .unwrap();
+    let states = buckets(&server).await.states;
     let mut watch = states.watch_with_history(">").await.unwrap();
     let _nodes: Vec<Narund> = ["bench-a", "bench-b", "bench-c"]
         .iter()

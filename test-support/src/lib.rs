@@ -1,6 +1,7 @@
-//! Test harness for narun: a **real** `nats-server` with JetStream, owned by the test.
-//!
-//! Every integration test in the workspace talks to one of these instead of a mock:
+//! Test harness for narun, shared by the tests of every crate of the workspace: a **real**
+//! `nats-server` with JetStream owned by the test, the buckets narund works with, the sample
+//! apps the tests deploy, a real `narund` process, the real `narunctl` binary, and the waits
+//! and clean-ups around them.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -18,6 +19,33 @@
 //! * The binary is `nats-server` from `PATH`, or `$NATS_SERVER_BIN`. When it is
 //!   missing the harness panics with a message that says how to install it.
 //! * Dropping the harness kills the server; nothing is left running.
+//!
+//! The rest, by module:
+//!
+//! * [`T`]: the bound of every wait; [`wait_for`], [`wait_gone`], [`wait_connected`],
+//!   [`synced`], [`collect`] and [`heartbeat`] wait with it.
+//! * [`apps`]: the sample apps (small scripts uploaded as an app's binary).
+//! * [`Buckets`] / [`buckets`]: the buckets narund works with, and uploads into
+//!   `app-binaries` the way narunctl names them ([`upload_app`], [`upload_script`]).
+//! * [`Narund`]: the real `narund` binary as a process, with its own data dir and cgroup
+//!   root ([`narund_toml`] writes its configuration).
+//! * [`narunctl`](narunctl()) and friends: the real `narunctl` binary with a clean environment.
+//! * [`kill_and_remove_cgroups`]: the clean-up of a test's cgroups, also when it panics.
+
+pub mod apps;
+mod buckets;
+mod cgroup;
+mod narunctl;
+mod narund;
+mod waits;
+
+pub use buckets::{Buckets, buckets, upload_app, upload_script};
+pub use cgroup::{cgroup2_mount, kill_and_remove_cgroups};
+pub use narunctl::{
+    NARUNCTL_BOUND, deploy_file, narunctl, narunctl_bin, narunctl_cmd, narunctl_with, run, text,
+};
+pub use narund::{Narund, NarundBuilder, narund_toml};
+pub use waits::{T, collect, heartbeat, synced, wait_connected, wait_gone};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
@@ -283,10 +311,10 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 ///
 /// For state that has no event to await (a file appearing, a process
 /// exiting); panics with `what` when the time runs out.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+pub async fn wait_for<V, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> V
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = Option<V>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -330,6 +358,26 @@ pub fn workspace_bin(package: &str, bin: &str, extra_args: &[&str]) -> PathBuf {
     cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
         .args(extra_args)
         .env("CARGO_TARGET_DIR", &target_dir);
+    // Not the variables cargo set for the running test (its package's manifest dir, name,
+    // …): build scripts that watch them (ring's watches CARGO_MANIFEST_DIR) would make this
+    // build and the next `cargo test` rebuild each other's dependencies.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*key,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            cmd.env_remove(&*key);
+        }
+    }
     if release {
         cmd.arg("--release");
     }

@@ -2,19 +2,17 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use narun_test_support::NatsServer;
+use narun_test_support::{NatsServer, T};
 use narun_wire::micro::{
     EndpointConfig, InfoResponse, PingResponse, Service, ServiceConfig, StatsResponse,
 };
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(5);
-
 async fn request(
     client: &async_nats::Client,
     subject: &str,
 ) -> Result<async_nats::Message, async_nats::RequestError> {
-    tokio::time::timeout(WAIT, client.request(subject.to_owned(), Bytes::new()))
+    tokio::time::timeout(T, client.request(subject.to_owned(), Bytes::new()))
         .await
         .unwrap_or_else(|_| panic!("request to {subject} timed out"))
 }
@@ -63,12 +61,12 @@ async fn discovery_on_every_subject_form_and_endpoint_stats() {
     });
 
     let caller = server.connect().await;
-    let reply = tokio::time::timeout(WAIT, caller.request("echo-svc", "hi".into()))
+    let reply = tokio::time::timeout(T, caller.request("echo-svc", "hi".into()))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(reply.payload.as_ref(), b"hi");
-    let err = tokio::time::timeout(WAIT, caller.request("echo-svc", "fail".into()))
+    let err = tokio::time::timeout(T, caller.request("echo-svc", "fail".into()))
         .await
         .unwrap()
         .unwrap();
@@ -147,10 +145,7 @@ async fn discovery_survives_messages_without_reply_and_stop_unregisters() {
             .await
             .unwrap();
     }
-    assert!(
-        narun_wire::connect::sync_with_server(&caller, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&caller).await;
     let m = request(&caller, "$SRV.PING.sturdy").await.unwrap();
     let p: PingResponse = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(p.name, "sturdy");
@@ -183,26 +178,20 @@ async fn replicas_share_a_queue_group_and_opt_out_gets_all() {
     bc.queue_group = Some(String::new());
     let mut ba = a.add_endpoint(bc.clone()).await.unwrap();
     let mut bb = b.add_endpoint(bc).await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&client).await;
     // Two instances answer PING.
     assert_eq!(gather(&client, "$SRV.PING.rep").await.len(), 2);
     for _ in 0..20 {
         client.publish("rep.work", Bytes::new()).await.unwrap();
     }
     client.publish("rep.all", Bytes::new()).await.unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&client).await;
     let mut got = 0;
     while got < 20 {
         tokio::select! {
             Some(_) = ea.next() => got += 1,
             Some(_) = eb.next() => got += 1,
-            _ = tokio::time::sleep(WAIT) => panic!("only {got} of 20 queue requests arrived"),
+            _ = tokio::time::sleep(T) => panic!("only {got} of 20 queue requests arrived"),
         }
     }
     // Each queue request went to exactly one instance: nothing more is pending.
@@ -217,14 +206,8 @@ async fn replicas_share_a_queue_group_and_opt_out_gets_all() {
             .is_err()
     );
     // The no-queue endpoint delivered the broadcast to both.
-    tokio::time::timeout(WAIT, ba.next())
-        .await
-        .unwrap()
-        .unwrap();
-    tokio::time::timeout(WAIT, bb.next())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(T, ba.next()).await.unwrap().unwrap();
+    tokio::time::timeout(T, bb.next()).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -238,10 +221,7 @@ async fn drain_delivers_already_received_requests_then_ends() {
         .add_endpoint(EndpointConfig::new("handler", "drainer"))
         .await
         .unwrap();
-    assert!(
-        narun_wire::connect::sync_with_server(&client, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&client).await;
     let caller = server.connect().await;
     for i in 0..5 {
         caller
@@ -249,19 +229,13 @@ async fn drain_delivers_already_received_requests_then_ends() {
             .await
             .unwrap();
     }
-    assert!(
-        narun_wire::connect::sync_with_server(&caller, std::time::Duration::from_secs(10)).await,
-        "nats-server did not confirm the subscriptions"
-    );
+    narun_test_support::synced(&caller).await;
     // Wait until the first request is here, so all five were delivered to us.
-    let first = tokio::time::timeout(WAIT, ep.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(T, ep.next()).await.unwrap().unwrap();
     assert_eq!(first.message.payload.as_ref(), b"0");
     ep.drain().await;
     let mut rest = Vec::new();
-    while let Some(r) = tokio::time::timeout(WAIT, ep.next())
+    while let Some(r) = tokio::time::timeout(T, ep.next())
         .await
         .expect("drain must end the stream")
     {
@@ -317,7 +291,7 @@ async fn connect_settings_authenticate_with_user_and_password() {
         ..Default::default()
     };
     let client = good.connect("auth test").await.unwrap();
-    tokio::time::timeout(WAIT, client.flush())
+    tokio::time::timeout(T, client.flush())
         .await
         .expect("authenticated client must reach the server")
         .unwrap();

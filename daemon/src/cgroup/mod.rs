@@ -30,7 +30,7 @@
 //! | `inotify.rs` | the inotify watch on `cgroup.events` that [`InstanceCgroup::wait_empty`] waits on |
 //! | `manager.rs` | the seam: [`Cgroups`] and [`RunCgroup`], implemented by [`CgroupRoot`] and [`InstanceCgroup`] (and in memory for unit tests) |
 //!
-//! # Typical use (supervisor)
+//! # Typical use
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

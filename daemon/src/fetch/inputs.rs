@@ -1,6 +1,6 @@
 //! What an instance gets from NATS besides its binary: secret env values and mounted files.
 //!
-//! Both are resolved by the supervisor at every start of an instance, after the binary is
+//! Both are resolved by the instance task at every start of an instance, after the binary is
 //! fetched and the work dir exists, and before the process is spawned (Go:
 //! `startAppInstance`, see `narun-go-reference.md` §3.7):
 //!
@@ -66,7 +66,7 @@ impl InputError {
     }
 }
 
-/// Resolves secrets and places mounted files for instance starts. Owned by the supervisor.
+/// Resolves secrets and places mounted files for instance starts. Owned by the node's [`crate::instance::Host`].
 pub struct AppInputs {
     client: async_nats::Client,
     uring: UringHandle,

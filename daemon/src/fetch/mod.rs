@@ -20,8 +20,12 @@
 //! the file's mtime) and never removes a digest the caller marks as protected (binaries of running
 //! instances).
 //!
-//! When NATS is unreachable the supervisor can still start an instance whose digest it remembers:
+//! When NATS is unreachable an instance can still start from a digest the node remembers:
 //! [`BinaryCache::fetch_verified`] answers from the cache without talking to the store.
+//!
+//! **Owns** what a start takes from NATS: the binary cache (this file) and the secrets and
+//! mounted files of [`inputs`]. **May call** [`crate::uring`] (hashing) and nothing else in
+//! narund; instances call it.
 
 use std::collections::HashSet;
 use std::fmt;

@@ -4,7 +4,7 @@
 //!
 //! # How it works
 //!
-//! 1. While a run is `running`, the supervisor keeps an [`InstanceRecord`] of it in
+//! 1. While a run is `running`, its instance task keeps an [`InstanceRecord`] of it in
 //!    `<data_dir>/state/instances.json` (pid, the pid's start time, cgroup, run hash,
 //!    binary digest, …). The record goes away when the run ends.
 //! 2. At start, before stale instance cgroups are removed, [`select`] checks every record:

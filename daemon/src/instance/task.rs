@@ -564,10 +564,14 @@ async fn recv_opt(sock: Option<&NotifySocket>) -> std::io::Result<Datagram> {
     }
 }
 
-/// Resolves when `stop` holds `true` (or its sender is gone). Unlike awaiting
-/// `wait_for` directly in a `select!`, no `watch::Ref` (not `Send`) is kept in the future.
+/// Resolves when `stop` holds `true`. A node that drops the handle without a stop (narund
+/// exiting with `apps.on_exit = "detach"`) leaves the run alone: then this never resolves.
+/// Unlike awaiting `wait_for` directly in a `select!`, no `watch::Ref` (not `Send`) is
+/// kept in the future.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn new_run_id() -> String {

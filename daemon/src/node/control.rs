@@ -25,7 +25,7 @@
 //! and start-limit window (it is a new run of the instance task). If an instance does
 //! not come back, the remaining ones are left alone and the reply's `error` says which
 //! one and why (its own restart policy still applies to it). The restart holds the
-//! supervisor's apply lock, so it never interleaves with a spec being applied, a delete
+//! node's apply lock, so it never interleaves with a spec being applied, a delete
 //! or narund's shutdown; two restarts of the same app run one after the other.
 //!
 //! Errors are answers, never crashes: an unknown app, an app with no instance here, an

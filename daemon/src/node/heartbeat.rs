@@ -126,7 +126,7 @@ pub async fn run_heartbeat(
         let mut published = false;
         {
             // Both calls are bounded by PUT_TIMEOUT; building the state takes the
-            // supervisor's locks, so a deadlock there shows up as an overrun.
+            // node's locks, so a deadlock there shows up as an overrun.
             let _busy = beat.busy("publishing the node state", 3 * PUT_TIMEOUT);
             if store.is_none() {
                 store = open(&client).await;

@@ -58,7 +58,7 @@ fn not_ready(s: &Snapshot, error: String) -> NotReady {
 }
 
 /// Wait until a new instance is ready: with `notify: true`, until it sent `READY=1`
-/// (status `running`; the supervisor enforces `startTimeoutSec` and its
+/// (status `running`; the instance's lifecycle enforces `startTimeoutSec` and its
 /// `EXTEND_TIMEOUT_USEC=` extensions); without, until it is `running` and stays so for
 /// `settleSec`. Bounded: fetching may take [`FETCH_TIMEOUT`], a
 /// notify start its (moving) deadline plus the time to stop it.

@@ -253,3 +253,22 @@ async fn unclaimed_runs_are_killed_when_adoption_ends() {
     );
     assert!(k.cgroups().is_empty());
 }
+
+#[tokio::test]
+async fn a_node_dropped_without_a_stop_leaves_its_apps_running() {
+    // narund exiting with `apps.on_exit = "detach"`: the node goes away, the runs stay.
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let node = node(&k, dir.path()).await;
+    let v1 = spec("v1", 1, 0);
+    seed_binary(&node, &v1);
+    node.apply(v1, 1).await;
+    let pid = running(&node, 1, "v1").await[0];
+    drop(node);
+    // Give the instance task every chance to act on the dropped handle.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let p = k.processes().into_iter().find(|p| p.pid == pid).unwrap();
+    assert!(p.alive && p.signals.is_empty(), "{p:?}");
+}

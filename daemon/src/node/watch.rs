@@ -11,15 +11,15 @@ use futures_util::StreamExt;
 use narun_wire::jetstream;
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Run the reconciliation loop until `stop` becomes true. `ready` is sent after the first
-/// complete replay of `app-configs`.
+/// Run the reconciliation loop until `stop` is cancelled. `ready` turns true after the
+/// first complete replay of `app-configs`.
 pub async fn run(
     node: Node,
     client: async_nats::Client,
-    mut ready: Option<oneshot::Sender<()>>,
+    ready: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let beat = node.liveness().register("reconciler", BEAT_EVERY);
@@ -29,7 +29,7 @@ pub async fn run(
             return;
         }
         let result = tokio::select! {
-            r = session(&node, &client, &mut ready, &beat) => r,
+            r = session(&node, &client, &ready, &beat) => r,
             _ = stop.cancelled() => return,
         };
         match result {
@@ -54,7 +54,7 @@ const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 async fn session(
     node: &Node,
     client: &async_nats::Client,
-    ready: &mut Option<oneshot::Sender<()>>,
+    ready: &watch::Sender<bool>,
     beat: &Beat,
 ) -> Result<(), String> {
     if client.connection_state() != async_nats::connection::State::Connected {
@@ -91,10 +91,8 @@ async fn session(
             .map_err(|_| "starting the watch of app-configs timed out".to_string())?
             .map_err(|e| format!("watching app-configs: {e}"))?
     };
-    if keys.is_empty()
-        && let Some(r) = ready.take()
-    {
-        let _ = r.send(());
+    if keys.is_empty() {
+        ready.send_replace(true);
     }
     // The tick runs only while this loop waits for the next entry: an apply that never
     // returns stops the beats (crate::liveness).
@@ -116,10 +114,8 @@ async fn session(
             let _serial = beat.awaiting_apply();
             node.handle_entry(&entry.key, value, entry.revision).await;
         }
-        if entry.delta == 0
-            && let Some(r) = ready.take()
-        {
-            let _ = r.send(());
+        if entry.delta == 0 {
+            ready.send_replace(true);
         }
     }
     Err("the app-configs watch ended".into())

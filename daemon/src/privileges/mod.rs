@@ -28,6 +28,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Owns** narund's own capability bounding set and every app's identity and capabilities.
+//! **May call** nothing else in narund; instances install a [`PrivilegePlan`] per start.
+//!
 //! Why not `Command::uid()/gid()`: std switches the uid *before* running `pre_exec` closures, and by then
 //! the permitted set is empty, so ambient capabilities can no longer be raised (EPERM).
 

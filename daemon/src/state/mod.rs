@@ -3,13 +3,23 @@
 //! narund must bring its apps back after a reboot even when NATS is not reachable
 //! (an embedded device often boots before its uplink). So every spec narund applies
 //! is written to `<data_dir>/state/apps.json`, together with the SHA-256 of the binary
-//! the instances of that spec last ran. At start, before NATS answers, the supervisor
+//! the instances of that spec last ran. At start, before NATS answers, the node
 //! starts every persisted app from the binary cache (the digest pins the exact file,
 //! verified again before use); once NATS is up the reconciler replays `app-configs`
 //! and corrects whatever changed meanwhile.
 //!
 //! Writes are atomic: a temporary file in the same directory, `fsync`, `rename`, then
 //! `fsync` of the directory. A crash leaves either the old or the new file.
+//!
+//! **Owns** the files of `<data_dir>/state/` ([`StateFile`], [`RecordFile`], and [`Local`],
+//! the one owner of both while narund runs) and systemd's fd store ([`fdstore`]).
+//! **May call** nothing else in narund (a leaf: the node and its instances call it).
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | the file formats ([`PersistedState`], [`InstanceRecord`]) and atomic writes |
+//! | `local.rs` | [`Local`]: the applied specs with their digests and the records, in memory and on disk |
+//! | `fdstore.rs` | the log pipes of running apps parked in systemd's fd store across narund restarts |
 
 use narun_spec::AppSpec;
 use serde::{Deserialize, Serialize};

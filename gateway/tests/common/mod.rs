@@ -9,7 +9,8 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use narun_gateway::{Gateway, GatewayConfig, GatewayError};
-use narun_test_support::{NatsServer, wait_for};
+use narun_test_support::NatsServer;
+pub use narun_test_support::{synced, wait_connected};
 use narun_wire::micro::{EndpointConfig, Service, ServiceConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,17 +66,6 @@ pub async fn gateway_client(server: &NatsServer) -> async_nats::Client {
         .connect("narun-gateway-test")
         .await
         .expect("client")
-}
-
-pub async fn wait_connected(client: &async_nats::Client) {
-    wait_for(
-        "NATS client to connect",
-        Duration::from_secs(10),
-        || async {
-            (client.connection_state() == async_nats::connection::State::Connected).then_some(())
-        },
-    )
-    .await;
 }
 
 /// Start a gateway for `toml` (a document with `[gateway]` and routes); the
@@ -168,18 +158,6 @@ impl EchoService {
     }
 }
 
-/// Make sure the server has processed every SUB sent so far on `client`: a
-/// request round trip through the server (it handles a connection's commands
-/// in order). `flush()` only empties the client's write buffer.
-pub async fn sync_with_server(client: &async_nats::Client) {
-    let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
-    client.publish(inbox, "".into()).await.expect("publish");
-    tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("round trip through nats-server");
-}
-
 pub async fn echo_service(client: &async_nats::Client, name: &str) -> EchoService {
     let service = Service::start(client, ServiceConfig::new(name, "1.0.0"))
         .await
@@ -188,7 +166,7 @@ pub async fn echo_service(client: &async_nats::Client, name: &str) -> EchoServic
         .add_endpoint(EndpointConfig::new("handler", name))
         .await
         .expect("endpoint");
-    sync_with_server(client).await;
+    synced(client).await;
     let received = Arc::new(AtomicUsize::new(0));
     let (tx, seen) = mpsc::unbounded_channel();
     let count = received.clone();

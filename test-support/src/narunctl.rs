@@ -1,0 +1,104 @@
+//! The real `narunctl` binary, run the way an operator runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+use crate::workspace_bin;
+
+/// How long one narunctl command may take before the test fails.
+pub const NARUNCTL_BOUND: Duration = Duration::from_secs(90);
+
+/// Path of the `narunctl` binary: the one cargo built for the running test
+/// (`CARGO_BIN_EXE_narunctl`, set for narunctl's own tests), else built on demand
+/// ([`workspace_bin`]).
+pub fn narunctl_bin() -> PathBuf {
+    std::env::var_os("CARGO_BIN_EXE_narunctl")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_bin("narunctl", "narunctl", &[]))
+}
+
+/// A narunctl command with no NATS, context or master key settings from the test's
+/// environment (`NATS_URL`, `NARUN_CONTEXT`, `NARUNCTL_CONFIG`, `NARUN_MASTER_KEY`,
+/// `NARUN_MASTER_KEY_PATH`, and `HOME`/`XDG_CONFIG_HOME` pointing at `home`, so no context
+/// file of the machine is read).
+pub fn narunctl_cmd(home: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(narunctl_bin());
+    for v in [
+        "NATS_URL",
+        "NARUN_CONTEXT",
+        "NARUNCTL_CONFIG",
+        "XDG_CONFIG_HOME",
+        "NARUN_MASTER_KEY",
+        "NARUN_MASTER_KEY_PATH",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("HOME", home);
+    cmd
+}
+
+/// Run `cmd` (a narunctl command line being built) to the end, stdin closed, bounded by
+/// [`NARUNCTL_BOUND`].
+pub async fn run(cmd: tokio::process::Command) -> Output {
+    run_with_input(cmd, None).await
+}
+
+async fn run_with_input(mut cmd: tokio::process::Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("narunctl runs");
+    if let Some(input) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(input).await.unwrap();
+        drop(w);
+    }
+    tokio::time::timeout(NARUNCTL_BOUND, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("narunctl finished within {NARUNCTL_BOUND:?}"))
+        .expect("narunctl output")
+}
+
+/// `narunctl --nats URL ARGS…` with a clean environment ([`narunctl_cmd`]).
+pub async fn narunctl(url: &str, args: &[&str]) -> Output {
+    narunctl_with(url, args, &[], None).await
+}
+
+/// [`narunctl`] with these environment variables set and `stdin` (if given) as its input.
+pub async fn narunctl_with(
+    url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = narunctl_cmd(home.path());
+    cmd.arg("--nats")
+        .arg(url)
+        .args(args)
+        .envs(env.iter().copied());
+    run_with_input(cmd, stdin).await
+}
+
+/// `narunctl deploy -f SPEC --no-binary --wait=WAIT` (binaries put in the store
+/// beforehand, e.g. with [`crate::upload_script`]).
+pub async fn deploy_file(url: &str, spec: &Path, wait: &str) -> Output {
+    let wait = format!("--wait={wait}");
+    narunctl(
+        url,
+        &["deploy", "-f", spec.to_str().unwrap(), "--no-binary", &wait],
+    )
+    .await
+}
+
+/// Output bytes as text (lossy).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
