@@ -18,6 +18,7 @@
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
 //! | [`sys`] | the raw syscalls (`libc`) behind safe, documented wrappers: the only module with `unsafe` code |
+#![deny(unsafe_code)]
 
 pub mod cgroup;
 pub mod config;

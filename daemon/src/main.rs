@@ -6,6 +6,7 @@
 //! apps of this node (local state first, then `app-configs`; see `docs/supervisor.md`),
 //! heart-beats into `node-runner-states`, and speaks sd_notify to systemd (`READY=1`,
 //! `STATUS=`, `STOPPING=1`).
+#![deny(unsafe_code)]
 
 use anyhow::Context;
 use clap::Parser;
