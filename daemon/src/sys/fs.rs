@@ -92,3 +92,49 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd moves into the AsyncFd and stays open (same fd) until it is dropped.
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn pipes_are_fifos_and_toggle_nonblocking() {
+        let (r, mut w) = std::io::pipe().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        assert!(is_fifo(r.as_fd()));
+        assert!(!is_fifo(file.as_fd()));
+        let mut buf = [0u8; 8];
+        set_nonblocking(r.as_fd(), true).unwrap();
+        let err = read(r.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        w.write_all(b"hi").unwrap();
+        assert_eq!(read(r.as_fd(), &mut buf).unwrap(), 2);
+        set_nonblocking(r.as_fd(), false).unwrap();
+        drop(w);
+        assert_eq!(read(r.as_fd(), &mut buf).unwrap(), 0, "end of file");
+    }
+
+    #[test]
+    fn an_inotify_watch_sees_a_write() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let fd = inotify_watch(file.path(), libc::IN_MODIFY).unwrap();
+        let mut buf = [0u8; 1024];
+        let err = read(fd.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "no event yet");
+        file.as_file().write_all(b"x").unwrap();
+        assert!(read(fd.as_fd(), &mut buf).unwrap() > 0);
+        assert!(inotify_watch(Path::new("/nonexistent/x"), libc::IN_MODIFY).is_err());
+    }
+
+    #[test]
+    fn proc_is_procfs() {
+        assert_eq!(
+            fs_type(Path::new("/proc")).unwrap(),
+            0x9fa0,
+            "PROC_SUPER_MAGIC"
+        );
+        assert!(fs_type(Path::new("/nonexistent")).is_err());
+    }
+}

@@ -90,3 +90,39 @@ pub fn capbset_drop(cap: c_int) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_child_is_followed_killed_and_reaped_once() {
+        let child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as pid_t;
+        let _pidfd = pidfd_open(pid).unwrap();
+        assert_eq!(waitpid_nohang(pid), None, "still running");
+        kill(pid, libc::SIGKILL).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let status = loop {
+            if let Some(s) = waitpid_nohang(pid) {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "child not reaped");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let status = std::process::ExitStatus::from_raw(status);
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert_eq!(waitpid_nohang(pid), None, "reaped already");
+        assert!(pidfd_open(-1).is_err());
+    }
+
+    #[test]
+    fn unknown_capabilities_are_not_in_the_bounding_set() {
+        assert!(!capbset_read(-1));
+        assert!(!capbset_read(1000));
+    }
+}
