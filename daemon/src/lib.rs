@@ -17,6 +17,8 @@
 //! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
+//! | [`sys`] | the raw syscalls (`libc`) behind safe, documented wrappers: the only module with `unsafe` code |
+#![deny(unsafe_code)]
 
 pub mod cgroup;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod memory;
 pub mod node;
 pub mod privileges;
 pub mod state;
+pub mod sys;
 #[cfg(test)]
 pub mod testing;
 pub mod uring;

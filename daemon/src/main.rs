@@ -6,6 +6,7 @@
 //! apps of this node (local state first, then `app-configs`; see `docs/supervisor.md`),
 //! heart-beats into `node-runner-states`, and speaks sd_notify to systemd (`READY=1`,
 //! `STATUS=`, `STOPPING=1`).
+#![deny(unsafe_code)]
 
 use anyhow::Context;
 use clap::Parser;
@@ -45,8 +46,10 @@ struct Cli {
 fn main() -> ExitCode {
     // Log pipes of running apps that systemd kept in its fd store for us (LISTEN_FDS);
     // taken before any thread exists because it edits the environment.
-    // SAFETY: single-threaded here.
-    let received = unsafe { narund::state::fdstore::take_from_env() };
+    // SAFETY: single-threaded here, and nothing took fds 3, 4, … yet.
+    #[allow(unsafe_code)]
+    let fds = unsafe { narund::sys::env::take_listen_fds() };
+    let received = narund::state::fdstore::receive(fds);
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -84,8 +87,7 @@ fn main() -> ExitCode {
     // Keep only NARUND_CAPS in the bounding set (and effective/permitted set), now, while
     // this is the only thread: capabilities are per thread, and the runtime's threads
     // inherit what the main thread has when they are created.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if narund::sys::process::geteuid() == 0 {
         match narund::privileges::drop_own_bounding_set(narund::privileges::NARUND_CAPS) {
             Ok(dropped) => tracing::info!(
                 dropped = format!("{dropped:#x}"),

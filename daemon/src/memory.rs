@@ -37,6 +37,7 @@
 //!
 //! Configured by `[memory] exec_readaround` (see [`MemoryConfig`]).
 
+use crate::sys::mm::Advice;
 use serde::Deserialize;
 use std::future::Future;
 use std::io;
@@ -263,12 +264,12 @@ pub fn trim_exec_mappings() -> io::Result<TrimReport> {
         pageout: Ok(0),
     };
     for m in &mappings {
-        advise(m, libc::MADV_RANDOM)?;
+        advise(m, Advice::Random)?;
     }
     report.fadvise = drop_file_cache().map_err(|e| e.to_string());
     let mut paged = 0;
     for m in mappings.iter().filter(|m| m.anonymous_kib == 0) {
-        if let Err(e) = advise(m, libc::MADV_PAGEOUT) {
+        if let Err(e) = advise(m, Advice::PageOut) {
             report.pageout = Err(e.to_string());
             return Ok(report);
         }
@@ -286,46 +287,31 @@ pub fn trim_exec_mappings() -> io::Result<TrimReport> {
     Ok(report)
 }
 
-/// `madvise` on the whole of one mapping.
-fn advise(m: &Mapping, advice: libc::c_int) -> io::Result<()> {
-    // SAFETY: the range is a whole mapping of this process as listed by the kernel, and
-    // neither MADV_RANDOM nor MADV_PAGEOUT changes its contents: both only change how
-    // clean, file-backed pages are read or kept, and a paged-out page is read again from
-    // the file on the next access. Anonymous pages are excluded from MADV_PAGEOUT by the
-    // caller (they would go to swap, not be lost, but there is nothing to gain).
-    let rc = unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, advice) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(
+/// `madvise` on the whole of one mapping. Anonymous pages are excluded from
+/// [`Advice::PageOut`] by the caller (they would go to swap, not be lost, but there is
+/// nothing to gain).
+fn advise(m: &Mapping, advice: Advice) -> io::Result<()> {
+    crate::sys::mm::madvise(m.start, m.end - m.start, advice).map_err(|e| {
+        io::Error::new(
             e.kind(),
             format!(
                 "madvise({}) on {:#x}-{:#x}: {e}",
                 match advice {
-                    libc::MADV_RANDOM => "MADV_RANDOM",
-                    libc::MADV_PAGEOUT => "MADV_PAGEOUT",
-                    _ => "?",
+                    Advice::Random => "MADV_RANDOM",
+                    Advice::PageOut => "MADV_PAGEOUT",
                 },
                 m.start,
                 m.end
             ),
-        ))
-    }
+        )
+    })
 }
 
 /// Drop the executable's cached pages that no process maps.
 fn drop_file_cache() -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let f = std::fs::File::open("/proc/self/exe")?;
-    // SAFETY: posix_fadvise on a valid, open fd; offset 0 and length 0 (= to the end) fit
-    // off_t on every target, 32-bit included.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+    crate::sys::mm::fadvise_dontneed(f.as_fd())
 }
 
 /// The mappings of the file `(major:minor, inode)` or `path` in the text of `/proc/<pid>/smaps`.

@@ -27,13 +27,15 @@
 
 use std::fs::File as StdFile;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+
+use crate::sys;
 
 /// Environment variable that forces the plain-read fallback (`1`, `true` or `yes`).
 pub const DISABLE_ENV: &str = "NARUND_DISABLE_IO_URING";
@@ -194,7 +196,7 @@ impl UringHandle {
                 // io_uring honours O_NONBLOCK by failing reads with EAGAIN instead of waiting,
                 // and tokio::process hands out non-blocking pipes: make the fd blocking so the
                 // kernel waits for data (io_uring itself never blocks our thread).
-                if let Err(e) = set_nonblocking(&fd, false) {
+                if let Err(e) = sys::fs::set_nonblocking(fd.as_fd(), false) {
                     tracing::warn!(error = %e, "cannot clear O_NONBLOCK on a pipe; using plain reads");
                     tokio::spawn(read_pipe_fallback(fd, sink));
                 } else if let Err(mpsc::error::SendError(Job::ReadPipe { fd, sink })) =
@@ -414,12 +416,7 @@ pub fn hash_file_std(path: &Path) -> io::Result<[u8; 32]> {
 /// (a socket or a pty handed in by the caller), a blocking reader thread.
 async fn read_pipe_fallback(fd: OwnedFd, mut sink: Box<dyn PipeSink>) {
     use tokio::io::AsyncReadExt;
-    let raw = fd.as_raw_fd();
-    let is_fifo = {
-        // SAFETY: fstat on a valid fd into a zeroed stat buffer.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        (unsafe { libc::fstat(raw, &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
-    };
+    let is_fifo = sys::fs::is_fifo(fd.as_fd());
     if !is_fifo {
         let mut f = StdFile::from(fd);
         let _ = tokio::task::spawn_blocking(move || {
@@ -461,24 +458,6 @@ async fn read_pipe_fallback(fd: OwnedFd, mut sink: Box<dyn PipeSink>) {
         }
     }
     sink.end();
-}
-
-fn set_nonblocking(fd: &OwnedFd, nonblocking: bool) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: fcntl(F_GETFL/F_SETFL) on a valid, owned fd.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let new = if nonblocking {
-        flags | libc::O_NONBLOCK
-    } else {
-        flags & !libc::O_NONBLOCK
-    };
-    if new != flags && unsafe { libc::fcntl(raw, libc::F_SETFL, new) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

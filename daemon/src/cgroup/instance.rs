@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -167,13 +167,8 @@ impl InstanceCgroup {
     /// closures run in registration order, and moving a process needs the parent's privileges. For a
     /// `tokio::process::Command` pass `cmd.as_std_mut()`.
     pub fn place_command(&self, cmd: &mut std::process::Command) -> Result<()> {
-        use std::os::unix::process::CommandExt;
         let fd = self.procs_fd()?;
-        // SAFETY: the closure only calls `enter_cgroup_in_pre_exec`, which performs a single raw
-        // `write(2)` on an fd owned by the closure: async-signal-safe, no allocation, no locks.
-        unsafe {
-            cmd.pre_exec(move || enter_cgroup_in_pre_exec(fd.as_raw_fd()));
-        }
+        crate::sys::exec::enter_cgroup_before_exec(cmd, fd);
         Ok(())
     }
 
@@ -241,8 +236,8 @@ impl InstanceCgroup {
                         if signalled.insert(pid) {
                             new += 1;
                         }
-                        // SAFETY: plain kill(2); ESRCH (already gone) is fine.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        // ESRCH (already gone) is fine.
+                        let _ = crate::sys::process::kill(pid, libc::SIGKILL);
                     }
                 }
                 if new == 0 {
@@ -364,18 +359,8 @@ impl InstanceCgroup {
     }
 }
 
-/// Move the calling process into the cgroup whose `cgroup.procs` is open as `fd`: writes `"0"` (= "the
-/// writing process"). Meant for `pre_exec`: a single raw `write(2)`, async-signal-safe, no allocation.
-pub fn enter_cgroup_in_pre_exec(fd: RawFd) -> io::Result<()> {
-    let buf = b"0";
-    // SAFETY: buf is valid for 1 byte; write(2) is async-signal-safe.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
+/// The `pre_exec` step of [`InstanceCgroup::place_command`] (it lives in [`crate::sys::exec`]).
+pub use crate::sys::exec::enter_cgroup_in_pre_exec;
 
 #[cfg(test)]
 mod tests {

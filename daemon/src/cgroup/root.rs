@@ -2,10 +2,8 @@
 //! creates) it, enables the controllers, lists the instance cgroups below it and cleans up stale ones.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -36,17 +34,7 @@ pub struct CgroupRoot {
 }
 
 fn is_cgroup2(path: &Path) -> io::Result<bool> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `libc::statfs` is a plain C struct of integers: all-zero bytes are a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statfs writes into the zeroed struct we pass; c is a valid NUL-terminated string.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // f_type is c_long on glibc, c_uint/… elsewhere: widen through i64.
-    #[allow(clippy::unnecessary_cast)]
-    Ok(st.f_type as i64 == CGROUP2_SUPER_MAGIC)
+    Ok(crate::sys::fs::fs_type(path)? == CGROUP2_SUPER_MAGIC)
 }
 
 /// `mkdir -p` below `base` (which must exist); only the missing tail is created.

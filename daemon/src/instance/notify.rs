@@ -49,8 +49,9 @@
 //! `WATCHDOG_PID`, libsystemd's `sd_watchdog_enabled()` and the `sd-notify` crate (used by
 //! the `narun` app library) accept the watchdog in any process that sees the variable.
 
+use crate::sys::socket::recv_with_credentials;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::io::Interest;
@@ -80,13 +81,7 @@ pub enum NotifyError {
     },
 }
 
-/// Who sent a datagram, as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Credentials {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use crate::sys::socket::Credentials;
 
 /// One received datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,22 +200,8 @@ impl NotifySocket {
             sock,
             path: path.to_path_buf(),
         };
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with a pointer to a live c_int and its exact size.
-        let rc = unsafe {
-            libc::setsockopt(
-                me.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io("setting SO_PASSCRED on", path)(
-                io::Error::last_os_error(),
-            ));
-        }
+        crate::sys::socket::set_passcred(me.sock.as_fd())
+            .map_err(io("setting SO_PASSCRED on", path))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io("chown", path))?;
         }
@@ -233,7 +214,7 @@ impl NotifySocket {
     /// Used to read what a process sent just before it exited.
     pub fn try_recv(&self) -> io::Result<Option<Datagram>> {
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        match recv_with_credentials(self.sock.as_raw_fd(), &mut buf) {
+        match recv_with_credentials(self.sock.as_fd(), &mut buf) {
             Ok((n, sender, truncated)) => {
                 buf.truncate(n);
                 Ok(Some(Datagram {
@@ -254,7 +235,7 @@ impl NotifySocket {
 
     /// Receive the next datagram with its sender's credentials.
     pub async fn recv(&self) -> io::Result<Datagram> {
-        let fd = self.sock.as_raw_fd();
+        let fd = self.sock.as_fd();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let (n, sender, truncated) = self
             .sock
@@ -273,81 +254,6 @@ impl Drop for NotifySocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Room for one `ucred` plus up to 64 passed fds, 8-byte aligned (the alignment of
-/// `cmsghdr` on every Linux target).
-const CONTROL_WORDS: usize = 48;
-
-/// One non-blocking `recvmsg(2)`: returns (bytes stored, sender, truncated).
-///
-/// Width-correct on 32-bit targets: control-message sizes come from libc's `CMSG_*`
-/// functions, `msg_controllen`/`cmsg_len` are cast to the target's own types, and the
-/// `ucred` is read unaligned from the control buffer.
-#[allow(clippy::unnecessary_cast)]
-fn recv_with_credentials(
-    fd: RawFd,
-    buf: &mut [u8],
-) -> io::Result<(usize, Option<Credentials>, bool)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut control = [0u64; CONTROL_WORDS];
-    // SAFETY: msghdr is a plain C struct; all-zero is a valid empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: msg points to live buffers (iov → buf, control) for the duration of the call.
-    let n = unsafe {
-        libc::recvmsg(
-            fd,
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    let mut sender = None;
-    // SAFETY: the CMSG_* functions walk the control buffer the kernel just filled in, bounded
-    // by msg_controllen; data is read with read_unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let h = &*cmsg;
-            let len = h.cmsg_len as usize;
-            let header = libc::CMSG_LEN(0) as usize;
-            if h.cmsg_level == libc::SOL_SOCKET
-                && h.cmsg_type == libc::SCM_CREDENTIALS
-                && len >= libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize
-            {
-                let u: libc::ucred =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::ucred);
-                sender = Some(Credentials {
-                    pid: u.pid as i32,
-                    uid: u.uid as u32,
-                    gid: u.gid as u32,
-                });
-            } else if h.cmsg_level == libc::SOL_SOCKET
-                && h.cmsg_type == libc::SCM_RIGHTS
-                && len > header
-            {
-                // Descriptors are not wanted (no FDSTORE): close them so they do not leak.
-                let count = (len - header) / std::mem::size_of::<libc::c_int>();
-                let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
-                for i in 0..count {
-                    libc::close(std::ptr::read_unaligned(data.add(i)));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    let truncated = n > buf.len() || (msg.msg_flags & libc::MSG_TRUNC) != 0;
-    Ok((n.min(buf.len()), sender, truncated))
 }
 
 /// Which processes belong to an instance (and may therefore notify).
@@ -487,7 +393,7 @@ mod tests {
         assert_eq!(Message::parse(&d.data).status.as_deref(), Some("hi"));
         let me = d.sender.expect("SO_PASSCRED gives credentials");
         assert_eq!(me.pid, std::process::id() as i32);
-        assert_eq!(me.uid, unsafe { libc::getuid() });
+        assert_eq!(me.uid, crate::sys::process::getuid());
         assert!(!d.truncated);
         client
             .send_to(&vec![b'x'; MAX_DATAGRAM + 1], &path)

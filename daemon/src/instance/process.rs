@@ -4,9 +4,9 @@
 
 use super::reaper::TRACKED;
 use crate::cgroup::RunCgroup;
+use crate::sys;
 use futures_util::future::BoxFuture;
 use std::io;
-use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
@@ -71,14 +71,14 @@ impl Processes for Kernel {
     }
 
     fn signal(&self, pid: i32, signal: i32) {
-        // SAFETY: kill(2) with plain integers; the pid is our own, not yet reaped, child or
-        // a process the instance owns (checked by the caller).
-        unsafe { libc::kill(pid, signal) };
+        // The pid is our own, not yet reaped, child or a process the instance owns
+        // (checked by the caller).
+        let _ = sys::process::kill(pid, signal);
     }
 
     fn signal_group(&self, pgid: i32, signal: i32) {
-        // SAFETY: killpg(2) on the process group narund created for the app.
-        unsafe { libc::killpg(pgid, signal) };
+        // The process group narund created for the app.
+        let _ = sys::process::killpg(pgid, signal);
     }
 
     fn start_time(&self, pid: i32) -> Option<u64> {
@@ -160,20 +160,7 @@ pub struct Pidfd {
 impl Pidfd {
     /// `pidfd_open(pid)`. Must run inside a tokio runtime.
     pub fn open(pid: i32) -> io::Result<Pidfd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open takes (pid_t, unsigned int) and returns a new fd or -1.
-        let fd =
-            unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor that nothing else owns.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) };
-        // `AsyncFd::new` is deprecated from tokio 1.54 on (in favour of the unsafe
-        // `register`, which older tokio lacks) because a borrowed fd could be closed while
-        // registered; here the AsyncFd owns the fd, so it stays open while registered.
-        #[allow(deprecated)]
-        let fd = tokio::io::unix::AsyncFd::new(owned)?;
+        let fd = sys::fs::async_fd(sys::process::pidfd_open(pid)?)?;
         Ok(Pidfd { fd, pid })
     }
 
@@ -192,9 +179,6 @@ impl Pidfd {
     /// The exit status, if the process was narund's child (it is when its parent exited
     /// before it: narund is a child subreaper). `None` when it was somebody else's child.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid on one specific pid with a valid status pointer.
-        let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        (rc == self.pid).then(|| ExitStatus::from_raw(status))
+        sys::process::waitpid_nohang(self.pid).map(ExitStatus::from_raw)
     }
 }

@@ -16,12 +16,7 @@ pub(crate) static TRACKED: Mutex<std::collections::BTreeSet<i32>> =
 /// Make narund a child subreaper: orphaned descendants are re-parented to narund (and
 /// reaped by [`spawn_reaper`]) instead of PID 1.
 pub fn become_subreaper() -> std::io::Result<()> {
-    // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::process::set_child_subreaper()
 }
 
 /// Reap zombie children that are not tracked (orphans re-parented to us). Returns how many.
@@ -50,9 +45,8 @@ pub fn reap_orphans() -> usize {
         let state = f.next();
         let ppid = f.next().and_then(|p| p.parse::<i32>().ok());
         if state == Some("Z") && ppid == Some(me) {
-            let mut status = 0;
-            // SAFETY: waitpid on a specific zombie child of ours that nobody else waits for.
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            // A specific zombie child of ours that nobody else waits for.
+            if crate::sys::process::waitpid_nohang(pid).is_some() {
                 reaped += 1;
             }
         }

@@ -460,8 +460,7 @@ impl Task {
     pub(super) fn identity(
         &self,
     ) -> Result<Option<AppIdentity>, crate::privileges::PrivilegeError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if crate::sys::process::geteuid() != 0 {
             return Ok(None);
         }
         let user = (!self.spec.user.is_empty()).then_some(self.spec.user.as_str());

@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn shipped_config_has_the_defaults() {
         let c = crate::config::Config::from_toml(include_str!("../../config/narund.toml")).unwrap();
-        let d = super::super::LogsConfig::default();
+        let d = crate::logs::LogsConfig::default();
         assert!(!d.stream, "log history is opt-in");
         assert_eq!(c.logs.stream, d.stream);
         assert_eq!(Limits::from_config(&c.logs), Limits::from_config(&d));

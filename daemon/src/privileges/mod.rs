@@ -6,7 +6,7 @@
 //! 1. **narund's own bounding set** ([`drop_own_bounding_set`] with [`NARUND_CAPS`]): called first thing in
 //!    `main()`, before the tokio runtime starts threads (capabilities are per thread; new threads inherit
 //!    them). Nothing narund or its children ever do can regain a dropped capability.
-//! 2. **Per app** ([`AppIdentity`] → [`PrivilegePlan`] → [`apply_in_pre_exec`]): the parent resolves the
+//! 2. **Per app** ([`AppIdentity`] → [`PrivilegePlan`] → [`sys::exec`] in `pre_exec`): the parent resolves the
 //!    user from `/etc/passwd` and computes capability masks; the child, between `fork` and `exec`, drops
 //!    the bounding set, switches uid/gid with no supplementary groups, keeps exactly the requested
 //!    capabilities (as *ambient* capabilities, so they survive `exec` of an ordinary binary) and sets
@@ -35,11 +35,12 @@
 //! the permitted set is empty, so ambient capabilities can no longer be raised (EPERM).
 
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability, CapsHashSet};
-use libc::{c_int, c_ulong};
+use libc::c_int;
+
+use crate::sys;
 
 /// The capabilities narund keeps in its own bounding set (and therefore the most any app can get).
 ///
@@ -191,12 +192,10 @@ pub fn drop_own_bounding_set(keep: &[Capability]) -> Result<u64> {
         if keep_mask & (1u64 << cap) != 0 || !bounding_has(cap) {
             continue;
         }
-        // SAFETY: plain prctl with integer arguments.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0) };
-        if rc != 0 {
+        if let Err(source) = sys::process::capbset_drop(cap) {
             return Err(PrivilegeError::Os {
                 what: format!("PR_CAPBSET_DROP capability {cap}"),
-                source: io::Error::last_os_error(),
+                source,
             });
         }
         dropped |= 1u64 << cap;
@@ -215,8 +214,7 @@ pub fn drop_own_bounding_set(keep: &[Capability]) -> Result<u64> {
 }
 
 fn bounding_has(cap: c_int) -> bool {
-    // SAFETY: plain prctl; returns 1, 0 or -1 (EINVAL for unknown caps).
-    unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as c_ulong, 0, 0, 0) == 1 }
+    sys::process::capbset_read(cap)
 }
 
 /// One `/etc/passwd` entry.
@@ -329,8 +327,8 @@ impl AppIdentity {
     }
 }
 
-/// Everything [`apply_in_pre_exec`] needs, computed in the parent. `Copy`, no heap: safe to move into a
-/// `pre_exec` closure.
+/// Everything the privilege drop in `pre_exec` ([`sys::exec::drop_privileges_in_pre_exec`]) needs,
+/// computed in the parent. `Copy`, no heap: safe to move into a `pre_exec` closure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrivilegePlan {
     /// Target uid (all of real/effective/saved).
@@ -379,145 +377,18 @@ impl PrivilegePlan {
         })
     }
 
-    /// Register [`apply_in_pre_exec`] on `cmd`. Register cgroup placement *before* this (it needs the
-    /// parent's privileges); `pre_exec` closures run in registration order. For tokio use
-    /// `cmd.as_std_mut()`.
+    /// Register the privilege drop ([`sys::exec::drop_privileges_in_pre_exec`]) of this plan on
+    /// `cmd`. Register cgroup placement *before* this (it needs the parent's privileges);
+    /// `pre_exec` closures run in registration order. For tokio use `cmd.as_std_mut()`.
     pub fn install(self, cmd: &mut std::process::Command) {
-        // SAFETY: apply_in_pre_exec only makes raw syscalls on a Copy plan (async-signal-safe).
-        unsafe {
-            cmd.pre_exec(move || apply_in_pre_exec(&self));
-        }
-    }
-}
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: c_int,
-}
-
-/// `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-fn check(rc: c_int) -> io::Result<()> {
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Apply `plan` to the current (forked, single-threaded) process. Order matters:
-///
-/// 1. `PR_CAPBSET_DROP` every capability not kept (needs `CAP_SETPCAP`, so while still root);
-/// 2. `PR_SET_KEEPCAPS 1` so the permitted set survives the uid change;
-/// 3. `setgroups(0)`, `setresgid`, then `setresuid` (gid first: afterwards we may no longer change it);
-/// 4. `capset` (v3): permitted = effective = inheritable = kept;
-/// 5. `PR_CAP_AMBIENT_RAISE` each kept capability (needs it in permitted and inheritable), so a
-///    non-root uid keeps them across `execve` of a binary without file capabilities;
-/// 6. `PR_SET_NO_NEW_PRIVS 1`: setuid binaries and file capabilities cannot add anything later.
-///
-/// # Safety
-///
-/// Only call between `fork` and `exec` (in `pre_exec`): it changes the credentials of the calling thread.
-/// It allocates nothing and makes raw syscalls only (`io::Error::last_os_error` does not allocate).
-pub unsafe fn apply_in_pre_exec(plan: &PrivilegePlan) -> io::Result<()> {
-    let keep = |cap: c_int| cap < 64 && plan.keep_caps & (1u64 << cap) != 0;
-    // SAFETY (all blocks): raw syscalls with integer/pointer arguments valid for the call.
-    unsafe {
-        // 1. Bounding set.
-        let mut cap: c_int = 0;
-        while cap <= plan.cap_last_cap {
-            if !keep(cap) {
-                check(libc::prctl(
-                    libc::PR_CAPBSET_DROP,
-                    cap as c_ulong,
-                    0 as c_ulong,
-                    0 as c_ulong,
-                    0 as c_ulong,
-                ))?;
-            }
-            cap += 1;
-        }
-        // 2. Keep permitted caps over setresuid.
-        check(libc::prctl(
-            libc::PR_SET_KEEPCAPS,
-            1 as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-        ))?;
-        // 3. Groups, gid, uid. (libc's wrappers pick the 32-bit-id syscalls on armv7.)
-        check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setresgid(plan.gid, plan.gid, plan.gid))?;
-        check(libc::setresuid(plan.uid, plan.uid, plan.uid))?;
-        // 4. capset v3: two 32-bit halves.
-        let lo = (plan.keep_caps & 0xffff_ffff) as u32;
-        let hi = (plan.keep_caps >> 32) as u32;
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let data = [
-            CapData {
-                effective: lo,
-                permitted: lo,
-                inheritable: lo,
-            },
-            CapData {
-                effective: hi,
-                permitted: hi,
-                inheritable: hi,
-            },
-        ];
-        let rc = libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
+        sys::exec::drop_privileges_before_exec(
+            cmd,
+            self.uid,
+            self.gid,
+            self.keep_caps,
+            self.cap_last_cap,
         );
-        if rc == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        // 5. Ambient set: start empty, raise each kept capability.
-        check(libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-        ))?;
-        let mut cap: c_int = 0;
-        while cap <= plan.cap_last_cap {
-            if keep(cap) {
-                check(libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE as c_ulong,
-                    cap as c_ulong,
-                    0 as c_ulong,
-                    0 as c_ulong,
-                ))?;
-            }
-            cap += 1;
-        }
-        // 6. No privilege gain through exec from here on.
-        check(libc::prctl(
-            libc::PR_SET_NO_NEW_PRIVS,
-            1 as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-            0 as c_ulong,
-        ))?;
     }
-    Ok(())
 }
 
 #[cfg(test)]

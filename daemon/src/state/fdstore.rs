@@ -9,11 +9,12 @@
 //!   (`SCM_RIGHTS`) on `$NOTIFY_SOCKET`, when a run starts;
 //! * [`unpark`]: `FDSTOREREMOVE=1` + `FDNAME=…` when the run ends (systemd also drops a
 //!   stored pipe by itself once its write end is closed: `POLLHUP`);
-//! * [`take_from_env`]: at the next start systemd passes the stored fds as fds 3, 4, …
-//!   with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` (which must be narund's pid).
-//!   They wait in a table until the re-adopted run asks for them ([`take_run`]) and
-//!   forwarding continues where it stopped (lines written while no narund ran are read
-//!   then, up to the pipe's buffer, 64 KiB by default).
+//! * [`receive`]: at the next start systemd passes the stored fds as fds 3, 4, …
+//!   with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` (which must be narund's pid;
+//!   `main` takes them with [`crate::sys::env::take_listen_fds`]). They wait in a table
+//!   until the re-adopted run asks for them ([`take_run`]) and forwarding continues where
+//!   it stopped (lines written while no narund ran are read then, up to the pipe's buffer,
+//!   64 KiB by default).
 //!
 //! Without systemd (`NOTIFY_SOCKET` unset) there is no fd store: nothing is parked, the
 //! pipes close when narund dies, and an app writing to stdout/stderr afterwards gets
@@ -21,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
 /// Fds received from the previous narund through `LISTEN_FDS`, by `FDNAME`.
@@ -32,35 +33,12 @@ pub fn fd_name(run_id: &str, stream: &str) -> String {
     format!("{run_id}-{stream}")
 }
 
-/// Take the fds systemd passed (`LISTEN_PID` = this process, `LISTEN_FDS`,
-/// `LISTEN_FDNAMES`) into the table for [`take_run`], mark them close-on-exec and
-/// remove the three variables. Returns how many were taken.
-///
-/// # Safety
-///
-/// Changes the environment: call it before any other thread exists (at the top of
-/// `main`, before the tokio runtime is built).
-pub unsafe fn take_from_env() -> usize {
-    let fds: Vec<(RawFd, String)> = match sd_notify::listen_fds_with_names() {
-        Ok(it) => it.collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring LISTEN_FDS");
-            Vec::new()
-        }
-    };
-    // SAFETY: the caller guarantees that no other thread reads the environment now.
-    unsafe {
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_FDNAMES");
-    }
+/// Keep the fds systemd passed (taken from `LISTEN_FDS` by
+/// [`take_listen_fds`](crate::sys::env::take_listen_fds), by `FDNAME`) in the table for
+/// [`take_run`]. Returns how many were taken.
+pub fn receive(fds: Vec<(String, OwnedFd)>) -> usize {
     let n = fds.len();
-    let mut table = RECEIVED.lock().unwrap();
-    for (fd, name) in fds {
-        // SAFETY: systemd passed this fd to this process (LISTEN_PID matched); nothing
-        // else in narund owns it.
-        table.insert(name, unsafe { OwnedFd::from_raw_fd(fd) });
-    }
+    RECEIVED.lock().unwrap().extend(fds);
     n
 }
 
@@ -141,14 +119,8 @@ fn send_to(path: &std::ffi::OsStr, text: &str, fd: Option<BorrowedFd<'_>>) -> io
                 }
                 // A connected datagram socket becomes writable when the peer's queue
                 // has room.
-                let mut pfd = libc::pollfd {
-                    fd: sock.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
                 let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, ms) };
+                let _ = crate::sys::socket::poll_writable(sock.as_fd(), ms);
             }
             r => return r,
         }
@@ -164,36 +136,7 @@ fn send_once(
         sock.send(text.as_bytes())?;
         return Ok(());
     };
-    let mut iov = libc::iovec {
-        iov_base: text.as_ptr() as *mut libc::c_void,
-        iov_len: text.len(),
-    };
-    // Room for one fd, aligned like cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    assert!(space <= std::mem::size_of_val(&control));
-    // SAFETY: msghdr is plain data; all-zero is a valid empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points to `space` writable bytes, enough for one header with
-    // one fd; the CMSG_* helpers stay within it.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd.as_raw_fd());
-    }
-    // SAFETY: msg and everything it points to live until sendmsg returns.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::socket::send_with_fd(sock.as_fd(), text.as_bytes(), fd)
 }
 
 #[cfg(test)]

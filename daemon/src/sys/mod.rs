@@ -1,0 +1,37 @@
+//! The raw kernel interface: every `libc` call narund makes that needs `unsafe`, each behind
+//! a small wrapper whose doc states its contract.
+//!
+//! This is **the only module of narund with unsafe code**: `lib.rs` and `main.rs` deny
+//! `unsafe_code` and only this module allows it. Everything here is a plain wrapper around
+//! one syscall (or one fixed sequence of them); what to call when, parsing `/proc`, the
+//! inotify wait loop, the privilege plan and all error messages stay with the callers.
+//! Wrappers are safe functions unless the call has a precondition the type system cannot
+//! check; those are `unsafe fn` with a `# Safety` section, and every `unsafe` block has a
+//! `// SAFETY:` comment.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`process`] | `kill`, `killpg`, `getuid`/`geteuid`, `pidfd_open`, `waitpid(WNOHANG)`, `prctl`: child subreaper, bounding-set read/drop |
+//! | [`socket`] | `SO_PASSCRED`, `recvmsg` with the sender's credentials, `sendmsg` with one fd (`SCM_RIGHTS`), `poll` for room |
+//! | [`fs`] | `statfs` magic, `fstat` is-FIFO, `fcntl` `O_NONBLOCK`, an inotify watch, raw `read`, registering an owned fd with tokio |
+//! | [`mm`] | `madvise` (`MADV_RANDOM`, `MADV_PAGEOUT`), `posix_fadvise(POSIX_FADV_DONTNEED)` |
+//! | [`exec`] | what runs between `fork` and `exec` (`pre_exec`): entering the cgroup, the privilege drop; async-signal-safe |
+//! | [`env`] | taking the fds systemd passed (`LISTEN_FDS`), which edits the environment |
+//!
+//! Kernel minimums of the calls here (narund degrades or reports where a call is missing):
+//! `pidfd_open` and polling a pidfd 5.3 (following a process narund did not start),
+//! `MADV_PAGEOUT` 5.4 (best effort), `PR_CAP_AMBIENT` 4.3, `PR_SET_NO_NEW_PRIVS` 3.5,
+//! `PR_SET_CHILD_SUBREAPER` 3.4, `capset` v3 2.6.26, `inotify_init1` and
+//! `MSG_CMSG_CLOEXEC` 2.6.27. Not here because they are plain file writes (`cgroup/`):
+//! `cgroup.kill` 5.14 (with a freeze-and-kill fallback), `cgroup.freeze` 5.2.
+//!
+//! 32-bit targets (armv7): sizes and ids go through libc's own types (`socklen_t`,
+//! `c_ulong`, `msg_controllen`, `cmsg_len`, `f_type`), with the casts kept explicit.
+#![allow(unsafe_code)] // the one place for narund's raw syscalls (see above)
+
+pub mod env;
+pub mod exec;
+pub mod fs;
+pub mod mm;
+pub mod process;
+pub mod socket;
