@@ -160,10 +160,12 @@ impl HarnessBuilder {
         std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let node = self.node.unwrap_or_else(|| format!("node-{n}"));
         // From narund's own config type, so new settings get their defaults here too.
-        let mut config = Config::default();
-        config.node_id = node.clone();
-        config.data_dir = data.path().to_path_buf();
-        config.runtime_dir = data.path().join("run");
+        let mut config = Config {
+            node_id: node.clone(),
+            data_dir: data.path().to_path_buf(),
+            runtime_dir: data.path().join("run"),
+            ..Default::default()
+        };
         config.nats.url = server.url();
         config.apps.default_user = "nobody".into();
         config.cgroup.root = Some(PathBuf::from(format!(
