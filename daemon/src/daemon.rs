@@ -152,9 +152,12 @@ impl Daemon {
             });
         }
         let start_time = narun_wire::events::now_rfc3339();
+        // The reaper outlives the shutdown signal: orphans of the apps narund stops then
+        // are reaped too.
+        let reaper_stop = CancellationToken::new();
         let _reaper = reaper::spawn_reaper(
             Some(node.liveness().register("reaper", reaper::REAP_EVERY)),
-            shutdown.clone(),
+            reaper_stop.clone(),
         );
         // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval, and
         // only while the reconciler, heartbeat and reaper make progress (crate::liveness),
@@ -312,6 +315,7 @@ impl Daemon {
             res.context("task panicked")??;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        reaper_stop.cancel();
         Ok(())
     }
 }

@@ -8,7 +8,7 @@
 //! start is chosen per program by a [`Script`].
 
 use crate::cgroup::{CgroupError, Cgroups, Limits, RunCgroup};
-use crate::instance::process::{Proc, Processes};
+use crate::instance::process::{Proc, Processes, SpawnError};
 use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -168,7 +168,8 @@ impl Processes for FakeKernel {
         &self,
         cmd: &mut tokio::process::Command,
         cgroup: Option<&dyn RunCgroup>,
-    ) -> io::Result<Box<dyn Proc>> {
+        _privileges: Option<crate::privileges::PrivilegePlan>,
+    ) -> Result<Box<dyn Proc>, SpawnError> {
         let std = cmd.as_std();
         let env: BTreeMap<String, String> = std
             .get_envs()

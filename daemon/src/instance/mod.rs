@@ -162,15 +162,17 @@ impl Host {
         let _ = self.events.send((subject, payload));
     }
 
-    /// Start instance `index` of `spec`: a new task (the caller keeps the handle). With
-    /// `adopt`, a verified run of a previous narund is continued instead of started.
+    /// Start instance `index` of `spec` (KV `revision`, 0 = from local state): a new task
+    /// (the caller keeps the handle). With `adopt`, a verified run of a previous narund is
+    /// continued instead of started.
     pub fn spawn_instance(
         self: &Arc<Host>,
         spec: Arc<AppSpec>,
         index: u32,
+        revision: u64,
         adopt: Option<Adoptable>,
     ) -> InstanceHandle {
-        task::spawn(self.clone(), spec, index, adopt)
+        task::spawn(self.clone(), spec, index, revision, adopt)
     }
 }
 

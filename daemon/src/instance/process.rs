@@ -4,6 +4,7 @@
 
 use super::reaper::TRACKED;
 use crate::cgroup::RunCgroup;
+use crate::privileges::PrivilegePlan;
 use crate::sys;
 use futures_util::future::BoxFuture;
 use std::io;
@@ -18,15 +19,26 @@ pub trait Proc: Send + Sync {
     fn wait(&mut self) -> BoxFuture<'_, io::Result<Option<ExitStatus>>>;
 }
 
+/// Why a spawn failed.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The child could not be set up to enter its cgroup.
+    Place(crate::cgroup::CgroupError),
+    /// `fork`/`exec` failed (`ETXTBSY` included).
+    Spawn(io::Error),
+}
+
 /// Processes of app instances.
 pub trait Processes: Send + Sync + 'static {
-    /// Spawn `cmd` (program, arguments, environment, stdio and privileges are set) inside
-    /// `cgroup` when there is one. The child is narund's until it was waited for.
+    /// Spawn `cmd` (program, arguments, environment and stdio are set). Between `fork` and
+    /// `exec` the child first enters `cgroup` (which needs narund's privileges), then drops
+    /// to `privileges`. The child is narund's until it was waited for.
     fn spawn(
         &self,
         cmd: &mut tokio::process::Command,
         cgroup: Option<&dyn RunCgroup>,
-    ) -> io::Result<Box<dyn Proc>>;
+        privileges: Option<PrivilegePlan>,
+    ) -> Result<Box<dyn Proc>, SpawnError>;
     /// Follow a process narund did not start (the app's `MAINPID=`, a run of a previous
     /// narund) until it exits.
     fn follow(&self, pid: i32) -> io::Result<Box<dyn Proc>>;
@@ -51,14 +63,20 @@ impl Processes for Kernel {
         &self,
         cmd: &mut tokio::process::Command,
         cgroup: Option<&dyn RunCgroup>,
-    ) -> io::Result<Box<dyn Proc>> {
+        privileges: Option<PrivilegePlan>,
+    ) -> Result<Box<dyn Proc>, SpawnError> {
+        // `pre_exec` hooks run in the order they are registered: the cgroup first, while the
+        // child still has narund's credentials, then the privilege drop.
         if let Some(cg) = cgroup {
-            cg.place(cmd.as_std_mut()).map_err(io::Error::other)?;
+            cg.place(cmd.as_std_mut()).map_err(SpawnError::Place)?;
+        }
+        if let Some(plan) = privileges {
+            plan.install(cmd.as_std_mut());
         }
         // The pid enters the tracked set while the set's lock is held around spawn: there is
         // no window in which the orphan reaper could take a direct child (super::reaper).
         let mut tracked = TRACKED.lock().unwrap();
-        let child = cmd.spawn()?;
+        let child = cmd.spawn().map_err(SpawnError::Spawn)?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         tracked.insert(pid);
         Ok(Box::new(Child { child, pid }))

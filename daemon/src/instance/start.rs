@@ -4,7 +4,7 @@
 //! published in `failed`; whatever was created for the start is removed again.
 
 use super::notify::NotifySocket;
-use super::process::Proc;
+use super::process::{Proc, SpawnError};
 use super::task::{Running, StartFailure, Task};
 use super::{DEFAULT_PATH, FETCH_TIMEOUT};
 use crate::cgroup::{self, Limits, RunCgroup};
@@ -143,6 +143,10 @@ impl Task {
                     proc,
                     following: false,
                     pgid: pid,
+                    cgroup_name: cgroup
+                        .as_ref()
+                        .map(|c| c.name().to_string())
+                        .unwrap_or_default(),
                     cgroup,
                     log_tasks,
                     oom_before,
@@ -257,25 +261,32 @@ impl Task {
         let (out_r, out_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (err_r, err_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
         cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
-        if let Some(id) = identity {
-            let mut keep = Vec::new();
-            for c in &self.spec.capabilities {
-                let cap = c
-                    .parse::<caps::Capability>()
-                    .map_err(|e| fail(&format!("capability {c}"), &e))?;
-                keep.push(cap);
+        let plan = match identity {
+            Some(id) => {
+                let mut keep = Vec::new();
+                for c in &self.spec.capabilities {
+                    let cap = c
+                        .parse::<caps::Capability>()
+                        .map_err(|e| fail(&format!("capability {c}"), &e))?;
+                    keep.push(cap);
+                }
+                Some(
+                    PrivilegePlan::new(id, &keep)
+                        .map_err(|e| StartFailure::new(Reason::User, e.to_string()))?,
+                )
             }
-            let plan = PrivilegePlan::new(id, &keep)
-                .map_err(|e| StartFailure::new(Reason::User, e.to_string()))?;
-            plan.install(cmd.as_std_mut());
-        }
+            None => None,
+        };
         let proc = self
             .host
             .processes
-            .spawn(&mut cmd, cgroup)
-            .map_err(|e| StartFailure {
-                text_busy: e.raw_os_error() == Some(libc::ETXTBSY),
-                ..fail(&format!("starting {}", bin.path.display()), &e)
+            .spawn(&mut cmd, cgroup, plan)
+            .map_err(|e| match e {
+                SpawnError::Place(e) => fail("placing into the cgroup", &e),
+                SpawnError::Spawn(e) => StartFailure {
+                    text_busy: e.raw_os_error() == Some(libc::ETXTBSY),
+                    ..fail(&format!("starting {}", bin.path.display()), &e)
+                },
             })?;
         // Drop our copies of the write ends, so the readers see EOF when the app exits.
         drop(cmd);

@@ -6,7 +6,7 @@
 
 use super::adopt::Adoptable;
 use super::exit::Exit;
-use super::lifecycle::{Action, Event, Lifecycle, Policy, Report};
+use super::lifecycle::{Action, Event, Lifecycle, Policy, Report, State};
 use super::notify::{Datagram, Membership, Message, NotifySocket};
 use super::process::Proc;
 use super::{Host, InstanceHandle, Snapshot};
@@ -31,6 +31,7 @@ pub(super) fn spawn(
     host: Arc<Host>,
     spec: Arc<AppSpec>,
     index: u32,
+    revision: u64,
     adopt: Option<Adoptable>,
 ) -> InstanceHandle {
     let pinned = host
@@ -57,6 +58,7 @@ pub(super) fn spawn(
         host,
         spec,
         index,
+        revision,
         instance_id,
         run_id: String::new(),
         status: status_tx,
@@ -98,6 +100,9 @@ pub(super) struct Running {
     /// Process group (= the started pid): how an instance without a cgroup is killed.
     pub pgid: i32,
     pub cgroup: Option<Box<dyn RunCgroup>>,
+    /// The run's cgroup name for its record (kept for an adopted run whose cgroup could not
+    /// be opened; empty without cgroups).
+    pub cgroup_name: String,
     pub log_tasks: Vec<JoinHandle<()>>,
     pub oom_before: u64,
     /// The run's sd_notify socket (`notify: true` or `watchdogSec`).
@@ -114,6 +119,8 @@ pub(super) struct Task {
     /// Run hash of `spec`.
     pub hash: String,
     pub index: u32,
+    /// KV revision of the spec when the instance was started (0 = from local state).
+    pub revision: u64,
     pub instance_id: String,
     pub run_id: String,
     pub status: watch::Sender<Snapshot>,
@@ -146,6 +153,11 @@ impl Task {
                 let (r, ev) = self.resume(a);
                 run = Some(r);
                 ev
+            }
+            // Stopped before it ever started: nothing is fetched or spawned.
+            None if *self.stop.borrow() => {
+                self.stop_seen = true;
+                Event::Stop
             }
             None => Event::Start,
         });
@@ -234,16 +246,20 @@ impl Task {
         let deadline = lc.next_deadline();
         let mut stop = self.stop.clone();
         let stop_seen = self.stop_seen;
+        // Datagrams matter only while the run is up; while narund stops it they are not read
+        // (a flood of them could not hold off the kill).
+        let running = matches!(lc.state(), State::Running(_));
         let (proc, notify) = match run.as_mut() {
-            Some(r) => (Some(&mut r.proc), r.notify.as_ref()),
+            Some(r) => (Some(&mut r.proc), r.notify.as_ref().filter(|_| running)),
             None => (None, None),
         };
+        // Fixed order: an exit, a stop request and a due deadline come before datagrams.
         let wake = tokio::select! {
             biased;
             st = wait_proc(proc) => Wake::Exit(st),
             _ = stopped(&mut stop), if !stop_seen => Wake::Stop,
-            d = recv_opt(notify) => Wake::Datagram(d),
             _ = sleep_until_opt(deadline) => Wake::Timer,
+            d = recv_opt(notify) => Wake::Datagram(d),
         };
         if matches!(wake, Wake::Stop) {
             self.stop_seen = true;
@@ -263,9 +279,13 @@ impl Task {
         let Some(mut r) = run.take() else {
             return Ok(Event::Timer);
         };
-        if !r.following {
+        // While narund stops the run, the exit of the started process ends it (whatever it
+        // left goes with its cgroup or process group).
+        if !r.following && matches!(lc.state(), State::Running(_)) {
             while let Some(Ok(Some(d))) = r.notify.as_ref().map(|s| s.try_recv()) {
-                if let Some(m) = self.datagram(lc, Some(&r), d) {
+                if let Some(mut m) = self.datagram(lc, Some(&r), d) {
+                    // It has exited already: a last WATCHDOG=trigger changes nothing.
+                    m.watchdog_trigger = false;
                     let actions = lc.handle(Instant::now(), Event::Notify(m));
                     let mut tmp = Some(r);
                     self.execute(actions, &mut tmp).await?;
@@ -434,6 +454,7 @@ impl Task {
             following: true,
             pgid: rec.pgid,
             cgroup,
+            cgroup_name: rec.cgroup.clone(),
             log_tasks,
             oom_before,
             notify,
@@ -529,14 +550,10 @@ impl Task {
             pid,
             pgid: run.pgid,
             start_time,
-            cgroup: run
-                .cgroup
-                .as_ref()
-                .map(|c| c.name().to_string())
-                .unwrap_or_default(),
+            cgroup: run.cgroup_name.clone(),
             run_hash: self.hash.clone(),
             digest: self.status.borrow().digest.clone(),
-            revision: 0,
+            revision: self.revision,
             notify_socket,
         });
     }

@@ -356,7 +356,14 @@ impl Node {
 
     /// Start one instance of `spec` at `index` (a new run; the caller tracks the handle).
     pub(crate) fn start_instance(&self, spec: Arc<AppSpec>, index: u32) -> InstanceHandle {
-        self.inner.host.spawn_instance(spec, index, None)
+        let revision = self.revision(&spec.name);
+        self.inner.host.spawn_instance(spec, index, revision, None)
+    }
+
+    /// The KV revision of the spec of `app` this node applied last (0 = from local state).
+    fn revision(&self, app: &str) -> u64 {
+        let apps = self.inner.apps.lock().unwrap();
+        apps.get(app).map_or(0, |a| a.revision)
     }
 
     /// Take the adoptable run of `app` at `index` if it runs exactly `hash`.
@@ -379,7 +386,10 @@ impl Node {
         index: u32,
         a: Adoptable,
     ) -> InstanceHandle {
-        self.inner.host.spawn_instance(spec, index, Some(a))
+        let revision = self.revision(&spec.name);
+        self.inner
+            .host
+            .spawn_instance(spec, index, revision, Some(a))
     }
 
     /// The number of runs of a previous narund still waiting for their spec.

@@ -272,3 +272,17 @@ async fn a_node_dropped_without_a_stop_leaves_its_apps_running() {
     let p = k.processes().into_iter().find(|p| p.pid == pid).unwrap();
     assert!(p.alive && p.signals.is_empty(), "{p:?}");
 }
+
+#[tokio::test]
+async fn an_instance_stopped_before_it_ran_never_starts() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let node = node(&k, dir.path()).await;
+    let v1 = spec("v1", 1, 0);
+    seed_binary(&node, &v1);
+    // The stop lands before the new task is first polled.
+    let h = node.host().spawn_instance(Arc::new(v1), 0, 0, None);
+    h.stop().await;
+    let s = h.snapshot();
+    assert!(s.ended && s.status == InstanceStatus::Stopped, "{s:?}");
+    assert!(k.processes().is_empty(), "nothing was spawned");
+}
