@@ -46,22 +46,22 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod app;
 mod hash;
 mod linux;
 mod parse;
 mod select;
-mod types;
 mod validate;
 
-pub use hash::fnv1a64;
-pub use linux::{
-    CAPABILITIES, capability_number, normalize_capability, signal_name, signal_number,
-};
-pub use parse::{Format, Location, ParseError, SpecLoadError};
-pub use types::{
+pub use app::{
     AppSpec, DEFAULT_SETTLE_SEC, DEFAULT_START_LIMIT_BURST, DEFAULT_START_LIMIT_INTERVAL_SEC,
     DEFAULT_START_TIMEOUT_SEC, DEFAULT_STOP_TIMEOUT_SEC, EnvVar, ExitKind, JailSpec, Labels,
     LandlockPath, LandlockSpec, MetricsSpec, Mode, MountSource, MountSpec, NoNetSpec, NodeSelector,
     PortForward, RestartPolicy, Signal,
 };
+pub use hash::fnv1a64;
+pub use linux::{
+    CAPABILITIES, capability_number, normalize_capability, signal_name, signal_number,
+};
+pub use parse::{Format, Location, ParseError, SpecLoadError};
 pub use validate::{MAX_CPU_WEIGHT, MAX_NAME_LEN, MAX_TAG_LEN, SpecError, SpecErrors, SpecWarning};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::types::AppSpec;
+use crate::app::AppSpec;
 
 impl AppSpec {
     /// How many instances of this app the node `node_id` with `labels` must
