@@ -303,7 +303,7 @@ impl AppSpec {
             }
         }
         self.capabilities = caps;
-        self.stop_signal = crate::app::Signal::parse(self.stop_signal.as_str());
+        self.stop_signal = crate::signal::Signal::parse(self.stop_signal.as_str());
     }
 }
 
