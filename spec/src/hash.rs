@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::types::AppSpec;
+use crate::app::AppSpec;
 
 /// FNV-1a, 64 bits (the hash Go narun uses for its config hash).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {

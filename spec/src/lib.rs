@@ -44,24 +44,51 @@
 //! // 5. Detect changes.
 //! assert_eq!(spec.config_hash().len(), 16);
 //! ```
+//!
+//! # Where things are
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `app.rs` | [`AppSpec`]: its fields, their defaults (`DEFAULT_*`), [`AppSpec::new`] |
+//! | `select.rs` | where instances run: [`NodeSelector`], [`Labels`], [`AppSpec::desired_replicas`] |
+//! | `restart.rs` | [`RestartPolicy`] (systemd `Restart=`) and [`ExitKind`] |
+//! | `signal.rs` | [`Signal`], the stop signal |
+//! | `mode.rs` | [`Mode`] and Go's Landlock and jail settings (kept, not run) |
+//! | `inputs.rs` | environment variables and secrets ([`EnvVar`]), mounted files ([`MountSpec`]) |
+//! | `network.rs` | Go `nonet` port forwards ([`NoNetSpec`]) and the metrics endpoint ([`MetricsSpec`]) |
+//! | `serde_helpers.rs` | Go's `omitempty`, `null` as the default, scalars read as text |
+//! | `parse.rs` | reading TOML, YAML and JSON, normalising, unknown-key warnings |
+//! | `validate.rs` | every problem at once, with field paths; what narund supports |
+//! | `hash.rs` | the KV encoding, the config and run hashes |
+//! | `linux.rs` | capability and signal names and numbers |
 #![forbid(unsafe_code)]
 
+mod app;
 mod hash;
+mod inputs;
 mod linux;
+mod mode;
+mod network;
 mod parse;
+mod restart;
 mod select;
-mod types;
+mod serde_helpers;
+mod signal;
 mod validate;
 
+pub use app::{
+    AppSpec, DEFAULT_SETTLE_SEC, DEFAULT_START_LIMIT_BURST, DEFAULT_START_LIMIT_INTERVAL_SEC,
+    DEFAULT_START_TIMEOUT_SEC, DEFAULT_STOP_TIMEOUT_SEC,
+};
 pub use hash::fnv1a64;
+pub use inputs::{EnvVar, MountSource, MountSpec};
 pub use linux::{
     CAPABILITIES, capability_number, normalize_capability, signal_name, signal_number,
 };
+pub use mode::{JailSpec, LandlockPath, LandlockSpec, Mode};
+pub use network::{MetricsSpec, NoNetSpec, PortForward};
 pub use parse::{Format, Location, ParseError, SpecLoadError};
-pub use types::{
-    AppSpec, DEFAULT_SETTLE_SEC, DEFAULT_START_LIMIT_BURST, DEFAULT_START_LIMIT_INTERVAL_SEC,
-    DEFAULT_START_TIMEOUT_SEC, DEFAULT_STOP_TIMEOUT_SEC, EnvVar, ExitKind, JailSpec, Labels,
-    LandlockPath, LandlockSpec, MetricsSpec, Mode, MountSource, MountSpec, NoNetSpec, NodeSelector,
-    PortForward, RestartPolicy, Signal,
-};
+pub use restart::{ExitKind, RestartPolicy};
+pub use select::{Labels, NodeSelector};
+pub use signal::Signal;
 pub use validate::{MAX_CPU_WEIGHT, MAX_NAME_LEN, MAX_TAG_LEN, SpecError, SpecErrors, SpecWarning};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::types::{AppSpec, ParseWarnings};
+use crate::app::{AppSpec, ParseWarnings};
 use crate::validate::{SpecErrors, SpecWarning};
 
 /// A spec file format.
@@ -303,7 +303,7 @@ impl AppSpec {
             }
         }
         self.capabilities = caps;
-        self.stop_signal = crate::types::Signal::parse(self.stop_signal.as_str());
+        self.stop_signal = crate::signal::Signal::parse(self.stop_signal.as_str());
     }
 }
 

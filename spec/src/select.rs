@@ -1,8 +1,69 @@
-//! Which nodes run an app, and how many instances each.
+//! Which nodes run an app, and how many instances each: the entries of
+//! `nodes` ([`NodeSelector`]) and the rule that reads them
+//! ([`AppSpec::desired_replicas`]).
 
 use std::collections::BTreeMap;
 
-use crate::types::AppSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppSpec;
+use crate::serde_helpers::{nullable, optional_labels, optional_scalar_string};
+
+/// One entry of `nodes`: a target (exactly one of `name` or `labels`) and a
+/// replica count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeSelector {
+    /// Node ID (narund `node_id`, Go `-node-id`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_scalar_string"
+    )]
+    pub name: Option<String>,
+    /// Selects every node whose labels include all of these (narun addition;
+    /// Go node-runners reject such an entry). `{}` selects every node.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_labels"
+    )]
+    pub labels: Option<Labels>,
+    /// Instances to run on each selected node; must be > 0.
+    #[serde(deserialize_with = "nullable")]
+    pub replicas: i64,
+}
+
+/// Label map of a [`NodeSelector`]. Values may be written as numbers or
+/// booleans in YAML/TOML; they are kept as their text.
+pub type Labels = BTreeMap<String, String>;
+
+impl NodeSelector {
+    /// Select the node with this ID.
+    pub fn by_name(name: impl Into<String>, replicas: i64) -> Self {
+        NodeSelector {
+            name: Some(name.into()),
+            labels: None,
+            replicas,
+        }
+    }
+
+    /// Select every node carrying all of these labels.
+    pub fn by_labels<K, V>(labels: impl IntoIterator<Item = (K, V)>, replicas: i64) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        NodeSelector {
+            name: None,
+            labels: Some(
+                labels
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+            replicas,
+        }
+    }
+}
 
 impl AppSpec {
     /// How many instances of this app the node `node_id` with `labels` must

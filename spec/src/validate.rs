@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path};
 
+use crate::app::AppSpec;
 use crate::linux::{self, NON_TERMINATING_SIGNALS};
-use crate::types::{AppSpec, Mode, RestartPolicy};
+use crate::mode::Mode;
+use crate::restart::RestartPolicy;
 
 /// Longest accepted app name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -248,7 +250,7 @@ impl AppSpec {
 
     fn check_nodes(&self, r: &mut Report) {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut label_sets: Vec<(usize, &crate::types::Labels)> = Vec::new();
+        let mut label_sets: Vec<(usize, &crate::select::Labels)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let p = format!("nodes[{i}]");
             match (&n.name, &n.labels) {

@@ -1,0 +1,221 @@
+//! One call: the path picks the route, the deadline is set, the request
+//! headers become NATS headers, the one request message is read and unframed,
+//! and the request is published to the route's subject; [`super::answer`]
+//! takes it from there.
+
+use bytes::{Buf, Bytes};
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use narun_wire::grpc::header;
+use narun_wire::names::GRPC_METHOD_HEADER;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::status::trailers_only;
+use super::{
+    GrpcResponse, MAX_REQUEST_MESSAGE, STREAM_HEADER, State, answer, code, parse_grpc_timeout,
+};
+
+/// Request headers that are not call metadata: HTTP/2 connection-level and
+/// gRPC protocol headers, and names the NATS transport uses itself.
+fn is_reserved(name: &str) -> bool {
+    name.starts_with("grpc-")
+        || narun_wire::grpc::is_transport_header(name)
+        || matches!(name, "proxy-connection" | "user-agent")
+}
+
+/// Handle one gRPC call.
+pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcResponse {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let Some((service, _method)) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+    else {
+        let label = state.metrics.label(None);
+        state
+            .metrics
+            .record(&label, code::INVALID_ARGUMENT, started.elapsed());
+        return trailers_only(
+            code::INVALID_ARGUMENT,
+            &format!("invalid method name format: {path}"),
+        );
+    };
+    let Some(route) = state.routes.get(service) else {
+        let label = state.metrics.label(None);
+        state
+            .metrics
+            .record(&label, code::UNIMPLEMENTED, started.elapsed());
+        return trailers_only(
+            code::UNIMPLEMENTED,
+            &format!("service {service} not implemented or routed"),
+        );
+    };
+    let label = state.metrics.label(Some(&path));
+    let finish = |code: u16, message: &str| {
+        state.metrics.record(&label, code, started.elapsed());
+        trailers_only(code, message)
+    };
+    if let Some(enc) = req.headers().get(header::ENCODING)
+        && enc.as_bytes() != b"identity"
+    {
+        let mut r = finish(
+            code::UNIMPLEMENTED,
+            "compressed requests are not supported by the narun gateway (use identity)",
+        );
+        r.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        return r;
+    }
+    let mut budget = route.timeout;
+    if let Some(t) = req
+        .headers()
+        .get(header::TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+    {
+        budget = budget.min(t);
+    }
+    let deadline = tokio::time::Instant::now() + budget;
+
+    // NATS headers: method, stream framing, deadline, metadata.
+    let mut nh = async_nats::HeaderMap::new();
+    nh.insert(GRPC_METHOD_HEADER, path.as_str());
+    nh.insert(STREAM_HEADER, "1");
+    nh.insert(
+        header::TIMEOUT,
+        format!("{}m", budget.as_millis().clamp(1, 99_999_999)).as_str(),
+    );
+    for (name, value) in req.headers() {
+        if is_reserved(name.as_str()) {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            async_nats::HeaderName::from_str(name.as_str()),
+            value
+                .to_str()
+                .map_err(|_| ())
+                .and_then(|v| async_nats::HeaderValue::from_str(v).map_err(|_| ())),
+        ) else {
+            continue;
+        };
+        nh.append(n, v);
+    }
+
+    // The request message.
+    let max_payload = state.client.server_info().max_payload;
+    let limit = if max_payload > 0 {
+        MAX_REQUEST_MESSAGE.min(max_payload) + 5
+    } else {
+        MAX_REQUEST_MESSAGE + 5
+    };
+    let body =
+        match tokio::time::timeout_at(deadline, Limited::new(req.into_body(), limit).collect())
+            .await
+        {
+            Err(_) => {
+                return finish(
+                    code::DEADLINE_EXCEEDED,
+                    "deadline exceeded reading the request",
+                );
+            }
+            Ok(Err(e)) => {
+                return if e.is::<http_body_util::LengthLimitError>() {
+                    finish(
+                        code::RESOURCE_EXHAUSTED,
+                        &format!("request message larger than {} bytes", limit - 5),
+                    )
+                } else {
+                    finish(code::CANCELLED, &format!("reading the request failed: {e}"))
+                };
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+    let payload = match single_message(body) {
+        Ok(p) => p,
+        Err((c, m)) => return finish(c, m),
+    };
+
+    if state.client.connection_state() != async_nats::connection::State::Connected {
+        return finish(code::UNAVAILABLE, "NATS is not connected");
+    }
+    let sub = state.inbox.register();
+    if let Err(e) = state
+        .client
+        .publish_with_reply_and_headers(route.subject.clone(), sub.subject.clone(), nh, payload)
+        .await
+    {
+        tracing::warn!(subject = %route.subject, error = %e, "NATS publish failed");
+        return finish(code::INTERNAL, "internal server error (NATS communication)");
+    }
+    answer::respond(state, sub, deadline, label, started).await
+}
+
+/// The one request message of a unary or server-streaming call, unframed.
+fn single_message(mut body: Bytes) -> Result<Bytes, (u16, &'static str)> {
+    if body.len() < 5 {
+        return Err((code::INTERNAL, "the call carried no request message"));
+    }
+    if body[0] != 0 {
+        return Err((
+            code::UNIMPLEMENTED,
+            "compressed messages are not supported by the narun gateway",
+        ));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    body.advance(5);
+    if body.len() < len {
+        return Err((code::INTERNAL, "truncated gRPC request message"));
+    }
+    if body.len() > len {
+        return Err((
+            code::UNIMPLEMENTED,
+            "client streaming is not supported by the narun gateway (one request message per call)",
+        ));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::status::code_name;
+    use narun_wire::grpc::{percent_decode, percent_encode};
+    use std::time::Duration;
+
+    #[test]
+    fn framing_and_timeouts() {
+        assert_eq!(
+            single_message(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1])).unwrap(),
+            Bytes::from_static(&[8, 1])
+        );
+        assert_eq!(
+            single_message(Bytes::from_static(&[0, 0, 0, 0, 0])).unwrap(),
+            Bytes::new()
+        );
+        assert_eq!(single_message(Bytes::new()).unwrap_err().0, code::INTERNAL);
+        assert_eq!(
+            single_message(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+                .unwrap_err()
+                .0,
+            code::UNIMPLEMENTED
+        );
+        assert_eq!(
+            single_message(Bytes::from_static(&[1, 0, 0, 0, 0]))
+                .unwrap_err()
+                .0,
+            code::UNIMPLEMENTED
+        );
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(percent_decode(&percent_encode("é 100%")), "é 100%");
+        assert_eq!(code_name(4), "DEADLINE_EXCEEDED");
+        assert!(is_reserved("grpc-timeout") && is_reserved("te") && !is_reserved("x-echo"));
+    }
+}
