@@ -215,7 +215,9 @@ impl Task {
                 Action::Publish(report) => self.publish(report, run.as_ref()),
                 Action::Log(line) => self.sink.line("stderr", &format!("narund: {line}")),
                 Action::Spawn => {
-                    next = Some(match self.start().await {
+                    // Boxed: the start's future is large and lives only while it runs; the
+                    // task itself stays small for as long as the instance runs.
+                    next = Some(match Box::pin(self.start()).await {
                         Ok(r) => {
                             let pid = r.proc.pid();
                             *run = Some(r);
