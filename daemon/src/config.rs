@@ -22,7 +22,7 @@ pub struct Settings {
     pub labels: BTreeMap<String, String>,
     /// The NATS settings apps receive in their environment.
     pub nats: NatsSettings,
-    /// User of apps whose spec names none.
+    /// User of apps whose spec names none; empty = a dynamic user per app.
     pub default_user: String,
     /// Whether a spec may ask for `user: root`.
     pub allow_root: bool,
@@ -36,6 +36,8 @@ pub struct Settings {
     pub log_spool_bytes: usize,
     /// Longer output lines are forwarded in pieces.
     pub log_max_line_bytes: usize,
+    /// Ids of dynamic users (first, last), both included.
+    pub dynamic_uid_range: (u32, u32),
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Settings {
             cgroup_root: c.cgroup.root.clone(),
             log_spool_bytes: c.logs.spool_bytes,
             log_max_line_bytes: c.logs.max_line_bytes,
+            dynamic_uid_range: c.apps.dynamic_uid_range,
         }
     }
 }
@@ -140,7 +143,8 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppsConfig {
-    /// User apps run as when their spec names none (never root by default).
+    /// User apps run as when their spec names none. Empty (the default): every such app
+    /// runs under a dynamic uid/gid of its own (`crate::privileges::dynamic`).
     pub default_user: String,
     /// Whether a spec may say `user = "root"`. Off by default: an app runs as root only
     /// when both the device's config and the spec ask for it.
@@ -152,6 +156,9 @@ pub struct AppsConfig {
     /// What `SIGTERM` does to the apps: stop them (default) or leave them running for the
     /// next narund to re-adopt (an upgrade of narund without restarting apps).
     pub on_exit: OnExit,
+    /// `[first, last]`: the uids/gids of dynamic users (both included); default systemd's
+    /// `[61184, 65519]`.
+    pub dynamic_uid_range: (u32, u32),
 }
 
 /// `apps.on_exit`: what narund does with its apps when it is asked to exit.
@@ -169,11 +176,12 @@ pub enum OnExit {
 impl Default for AppsConfig {
     fn default() -> Self {
         AppsConfig {
-            default_user: "narun-app".into(),
+            default_user: String::new(),
             allow_root: false,
             keep_versions: 3,
             restart_backoff_max_sec: 30,
             on_exit: OnExit::Stop,
+            dynamic_uid_range: crate::privileges::dynamic::DEFAULT_RANGE,
         }
     }
 }
@@ -305,6 +313,13 @@ impl Config {
         if self.apps.keep_versions == 0 {
             problems.push("apps.keep_versions: must be at least 1".into());
         }
+        let (first, last) = self.apps.dynamic_uid_range;
+        if first == 0 || first > last || last == u32::MAX {
+            problems.push(format!(
+                "apps.dynamic_uid_range: [{first}, {last}] must be [first, last] with \
+                 1 <= first <= last < 4294967295 (default [61184, 65519])"
+            ));
+        }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
         }
@@ -374,6 +389,25 @@ mod tests {
         let c = Config::from_toml("[apps]\non_exit = \"stop\"\n").unwrap();
         assert_eq!(c.apps.on_exit, OnExit::Stop);
         assert!(Config::from_toml("[apps]\non_exit = \"later\"\n").is_err());
+    }
+
+    #[test]
+    fn dynamic_users_are_the_default() {
+        let d = Config::default();
+        assert_eq!(d.apps.default_user, "");
+        assert_eq!(d.apps.dynamic_uid_range, (61184, 65519));
+        let shipped = Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        assert_eq!(shipped.apps.default_user, "");
+        assert_eq!(shipped.apps.dynamic_uid_range, (61184, 65519));
+        let c = Config::from_toml("[apps]\ndynamic_uid_range = [70000, 70009]\n").unwrap();
+        assert_eq!(c.apps.dynamic_uid_range, (70000, 70009));
+        c.validate().unwrap();
+        for bad in ["[0, 10]", "[10, 9]", "[1, 4294967295]"] {
+            let c = Config::from_toml(&format!("[apps]\ndynamic_uid_range = {bad}\n")).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(e.contains("apps.dynamic_uid_range"), "{e}");
+        }
+        assert!(Config::from_toml("[apps]\ndynamic_uid_range = [1]\n").is_err());
     }
 
     #[test]

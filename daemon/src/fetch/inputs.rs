@@ -7,10 +7,14 @@
 //! * **Mounts** — `mounts: [{path: conf/app.toml, source: {objectStore: app-config}}]` places
 //!   the object `app-config` of the `narun-files` object store at `<work>/conf/app.toml`.
 //!   The object is streamed into a temporary file next to the target, SHA-256 verified against
-//!   the object's digest, fsynced and renamed (the same code as binaries,
-//!   `crate::fetch::download_verified`); a file that already has the right digest is left
-//!   alone. Parent directories are created `0755`, files are `0644`, both owned by the app's
-//!   user. A missing object fails the start with reason `mount`. When NATS is unreachable a
+//!   the object's digest, fsynced (the same code as binaries, `crate::fetch::download_verified`)
+//!   in narund's own instance directory (the work dir's root-owned parent) and renamed into
+//!   place; a file that already has the right digest is left alone. Every path below the work
+//!   dir is resolved on directory fds without following symlinks ([`Target`]): a symlink the
+//!   app planted fails the start with reason `mount` naming the path, and nothing is ever
+//!   written outside the work dir. Parent directories are created `0700`, files are `0600`,
+//!   both owned by the app's user (its dynamic user, docs/spec.md). A missing object fails the
+//!   start with reason `mount`. When NATS is unreachable a
 //!   file placed by an earlier start is used as it is (offline first); a file that was never
 //!   placed fails the start.
 //! * **Secrets** — `env: [{name: DB_PASSWORD, valueFromSecret: db-password}]` reads the key
@@ -27,7 +31,7 @@
 //! `NARUN_MASTER_KEY_FILE`); it is read at each start that needs it, so a rotated key
 //! takes effect without restarting narund.
 
-use crate::fetch::{FetchError, Sha256Digest, download_verified, persist_synced};
+use crate::fetch::{FetchError, Sha256Digest, download_verified};
 use crate::uring::UringHandle;
 use async_nats::jetstream::{self, object_store};
 use narun_spec::AppSpec;
@@ -167,6 +171,9 @@ impl AppInputs {
     }
 
     /// Place every mount of `spec` below `work`, owned by `owner` (uid, gid) when given.
+    /// Every path is resolved beneath `work` without following symlinks (see
+    /// [`Target`]); the download is staged in `work`'s parent directory
+    /// (narund's own, root-owned instance directory) and renamed into place.
     pub async fn place_mounts(
         &self,
         spec: &AppSpec,
@@ -184,9 +191,20 @@ impl AppInputs {
             };
             let rel = clean_relative(&m.path).map_err(fail)?;
             let object = m.source.object_store.as_str();
-            let dest = prepare_parent(work, &rel, owner).map_err(fail)?;
+            let target = blocking({
+                let (work, rel) = (work.to_path_buf(), rel.clone());
+                move || Target::open(&work, &rel, owner)
+            })
+            .await
+            .map_err(fail)?;
             if !self.connected() {
-                if std::fs::symlink_metadata(&dest).is_ok_and(|md| md.is_file()) {
+                let placed = blocking({
+                    let t = target.clone_fd().map_err(fail)?;
+                    move || t.existing(None, owner)
+                })
+                .await
+                .map_err(fail)?;
+                if placed {
                     tracing::warn!(spec = %spec.name, path = %m.path, object, "NATS is not connected: using the file placed by an earlier start");
                     continue;
                 }
@@ -198,7 +216,8 @@ impl AppInputs {
                 store = Some(self.files_store().await.map_err(fail)?);
             }
             let store = store.as_ref().expect("just set");
-            self.place_one(store, object, &dest, owner)
+            let staging = work.parent().unwrap_or(work);
+            self.place_one(store, object, target, staging, owner)
                 .await
                 .map_err(fail)?;
         }
@@ -233,7 +252,8 @@ impl AppInputs {
         &self,
         store: &object_store::ObjectStore,
         object: &str,
-        dest: &Path,
+        target: Target,
+        staging: &Path,
         owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
         let not_found = || {
@@ -258,23 +278,19 @@ impl AppInputs {
         let expected = Sha256Digest::from_nats(&digest_text).ok_or_else(|| {
             format!("object '{object}' has digest '{digest_text}', expected 'SHA-256=…'; upload it again")
         })?;
-        if std::fs::symlink_metadata(dest).is_ok_and(|md| md.is_file())
-            && self.uring.hash_file(dest).await.ok() == Some(expected.0)
-        {
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
-                    .map_err(|e| format!("chown {}: {e}", dest.display()))?;
-            }
+        let t = target.clone_fd()?;
+        if blocking(move || t.existing(Some(expected), owner)).await? {
             return Ok(());
         }
-        let dir = dest.parent().unwrap_or(Path::new("."));
+        // Staged in narund's own directory (the app cannot reach it), then renamed into
+        // the directory fd resolved above: no path under the work dir is used by name.
         let downloaded = tokio::time::timeout(
             MOUNT_FETCH_TIMEOUT,
             download_verified(
                 store,
                 names::FILES_BUCKET,
                 object,
-                dir,
+                staging,
                 &expected,
                 &self.uring,
             ),
@@ -285,11 +301,235 @@ impl AppInputs {
             FetchError::NotFound { .. } => not_found(),
             e => e.to_string(),
         })?;
-        persist_synced(tmp, dest, 0o644, owner)
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(object, path = %dest.display(), bytes, digest = %expected, "mounted file placed");
+        let shown = target.shown.clone();
+        let staging = staging.to_path_buf();
+        blocking(move || target.install(tmp, &staging, owner)).await?;
+        tracing::info!(object, path = %shown, bytes, digest = %expected, "mounted file placed");
         Ok(())
+    }
+}
+
+/// Run a blocking file-system step on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("file placement task failed: {e}"))?
+}
+
+/// Mode of a mounted file: readable and writable by the app's user only.
+pub const MOUNT_FILE_MODE: u32 = 0o600;
+/// Mode of the directories narund creates for mounts: the app's user only.
+pub const MOUNT_DIR_MODE: u32 = 0o700;
+
+/// Where one mounted file goes: its parent directory, opened beneath the work dir without
+/// following symlinks, and its file name.
+///
+/// # Placement
+///
+/// The app owns its work dir and may swap any directory of a mount path for a symlink at
+/// any moment, so no path below the work dir is used by name after the work dir itself
+/// is opened (`O_NOFOLLOW`): the parent directory is opened with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (Linux ≥ 5.6; older kernels walk it
+/// with `openat(O_NOFOLLOW | O_DIRECTORY)` per component), missing directories are created
+/// with `mkdirat` on the fd of their parent, and the file arrives by `renameat` from narund's
+/// staging directory into that fd, then `fchown`/`fchmod` happen on fds. A symlink on the
+/// way fails the start with reason `mount`, naming the path; nothing is written outside the
+/// work dir.
+#[derive(Debug)]
+pub struct Target {
+    parent: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+    /// `<work>/<path>` for messages.
+    shown: String,
+}
+
+impl Target {
+    /// Open (creating what is missing: mode [`MOUNT_DIR_MODE`], owned by `owner`) the parent
+    /// directory of `work/rel`. `rel` is a clean relative path ([`clean_relative`]).
+    pub fn open(work: &Path, rel: &Path, owner: Option<(u32, u32)>) -> Result<Target, String> {
+        use crate::sys::beneath as at;
+        use std::os::fd::AsFd;
+        let shown = |p: &Path| work.join(p).display().to_string();
+        let why = |p: &Path, e: std::io::Error| match e.raw_os_error() {
+            Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => {
+                // Which component is in the way (by path, for the message only).
+                let mut at_path = PathBuf::new();
+                let mut what = "not a directory";
+                for c in p.components() {
+                    at_path.push(c);
+                    match std::fs::symlink_metadata(work.join(&at_path)) {
+                        Ok(md) if md.is_symlink() => {
+                            what = "a symlink";
+                            break;
+                        }
+                        Ok(md) if !md.is_dir() => break,
+                        _ => {}
+                    }
+                }
+                let at_path = if at_path.as_os_str().is_empty() {
+                    p
+                } else {
+                    &at_path
+                };
+                format!(
+                    "{} is {what}; narund never follows symlinks inside the work dir and \
+                     writes nothing outside it: remove it (the start is retried)",
+                    shown(at_path)
+                )
+            }
+            _ => format!("{}: {e}", shown(p)),
+        };
+        let root = at::open_dir_nofollow(work).map_err(|e| why(Path::new(""), e))?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| format!("{}: no file name", shown(rel)))?
+            .to_os_string();
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let parent = match at::open_dir_beneath(root.as_fd(), parent_rel) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // Walk and create, one component at a time on directory fds.
+                let mut cur = root;
+                let mut sofar = PathBuf::new();
+                for c in parent_rel.components() {
+                    let c = c.as_os_str();
+                    sofar.push(c);
+                    let next = match at::open_dir_beneath(cur.as_fd(), Path::new(c)) {
+                        Ok(fd) => fd,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                            match at::mkdir_at(cur.as_fd(), c, MOUNT_DIR_MODE) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                                Err(e) => return Err(why(&sofar, e)),
+                            }
+                            let fd = at::open_dir_at(cur.as_fd(), c).map_err(|e| why(&sofar, e))?;
+                            if let Some((uid, gid)) = owner {
+                                at::fchown(fd.as_fd(), uid, gid).map_err(|e| why(&sofar, e))?;
+                            }
+                            at::fchmod(fd.as_fd(), MOUNT_DIR_MODE).map_err(|e| why(&sofar, e))?;
+                            fd
+                        }
+                        Err(e) => return Err(why(&sofar, e)),
+                    };
+                    cur = next;
+                }
+                cur
+            }
+            Err(e) => return Err(why(parent_rel, e)),
+        };
+        Ok(Target {
+            parent,
+            name,
+            shown: shown(rel),
+        })
+    }
+
+    fn clone_fd(&self) -> Result<Target, String> {
+        Ok(Target {
+            parent: self
+                .parent
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", self.shown))?,
+            name: self.name.clone(),
+            shown: self.shown.clone(),
+        })
+    }
+
+    /// Whether a regular file is already there (with content `expected`, when given); if so
+    /// it gets `owner` and [`MOUNT_FILE_MODE`]. A symlink, directory or other entry there is
+    /// an error.
+    pub fn existing(
+        &self,
+        expected: Option<Sha256Digest>,
+        owner: Option<(u32, u32)>,
+    ) -> Result<bool, String> {
+        use crate::sys::beneath as at;
+        use std::os::fd::AsFd;
+        match at::stat_at(self.parent.as_fd(), &self.name) {
+            Ok(libc::S_IFREG) => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} exists and is not a regular file (a symlink or directory the app put \
+                     there?); remove it",
+                    self.shown
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(format!("{}: {e}", self.shown)),
+        }
+        let mut file = match at::open_file_at(self.parent.as_fd(), &self.name) {
+            Ok(f) => f,
+            // Swapped between the stat and the open: placed again below.
+            Err(_) => return Ok(false),
+        };
+        let err = |e: std::io::Error| format!("{}: {e}", self.shown);
+        let (kind, ..) = at::fstat_owner(file.as_fd()).map_err(err)?;
+        if kind != libc::S_IFREG {
+            return Ok(false);
+        }
+        if let Some(expected) = expected {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            crate::sys::fs::set_nonblocking(file.as_fd(), false).map_err(err)?;
+            std::io::copy(&mut file, &mut h).map_err(err)?;
+            if h.finalize().as_slice() != expected.0 {
+                return Ok(false);
+            }
+        }
+        if let Some((uid, gid)) = owner {
+            at::fchown(file.as_fd(), uid, gid).map_err(err)?;
+        }
+        at::fchmod(file.as_fd(), MOUNT_FILE_MODE).map_err(err)?;
+        Ok(true)
+    }
+
+    /// Give the verified temporary file `tmp` (in the directory `staging`, narund's own)
+    /// `owner` and [`MOUNT_FILE_MODE`] and rename it into place (replacing whatever
+    /// non-directory is there, a symlink included, without following it), then fsync the
+    /// directory.
+    pub fn install(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        staging: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), String> {
+        use crate::sys::beneath as at;
+        use std::os::fd::AsFd;
+        let err = |e: std::io::Error| format!("{}: {e}", self.shown);
+        if let Some((uid, gid)) = owner {
+            at::fchown(tmp.as_file().as_fd(), uid, gid).map_err(err)?;
+        }
+        at::fchmod(tmp.as_file().as_fd(), MOUNT_FILE_MODE).map_err(err)?;
+        let staging_fd = at::open_dir_nofollow(staging).map_err(err)?;
+        let tmp_name = tmp
+            .path()
+            .file_name()
+            .ok_or_else(|| format!("{}: temporary file without a name", self.shown))?
+            .to_os_string();
+        let (_file, tmp_path) = tmp.into_parts();
+        match at::rename_at(
+            staging_fd.as_fd(),
+            &tmp_name,
+            self.parent.as_fd(),
+            &self.name,
+        ) {
+            Ok(()) => {
+                // Renamed away: nothing left to delete.
+                let _ = tmp_path.keep();
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                return Err(format!(
+                    "{} exists and is a directory; remove it",
+                    self.shown
+                ));
+            }
+            Err(e) => return Err(err(e)),
+        }
+        std::fs::File::from(self.parent.try_clone().map_err(err)?)
+            .sync_all()
+            .map_err(err)
     }
 }
 
@@ -315,49 +555,6 @@ pub fn clean_relative(path: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Create the directories between `work` and `work/rel` (mode 0755, owned by `owner`) and
-/// return the destination path. Every directory on the way must be a real directory inside
-/// `work`: a symlink planted by the app (which owns its work dir) must not redirect narund's
-/// root-owned write outside of it, and the destination must not be a directory or symlink.
-fn prepare_parent(work: &Path, rel: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, String> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut dir = work.to_path_buf();
-    let parents: Vec<_> = rel
-        .parent()
-        .map(|p| p.components().collect())
-        .unwrap_or_default();
-    for c in parents {
-        dir.push(c);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(md) if md.is_dir() => continue,
-            Ok(_) => {
-                return Err(format!(
-                    "{} exists and is not a directory (a symlink or file in the work dir is in the way)",
-                    dir.display()
-                ));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
-        }
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
-        }
-    }
-    let dest = work.join(rel);
-    match std::fs::symlink_metadata(&dest) {
-        Ok(md) if !md.is_file() => Err(format!(
-            "{} exists and is not a regular file; remove it",
-            dest.display()
-        )),
-        _ => Ok(dest),
-    }
-}
-
 impl AppInputs {
     /// Read the master key for `valueFromSecret` from `path` from now on (narund's
     /// `[secrets] master_key_file`).
@@ -381,26 +578,87 @@ mod tests {
         assert!(clean_relative("").is_err());
     }
 
-    #[test]
-    fn parents_are_created_and_symlinks_refused() {
-        let work = tempfile::tempdir().unwrap();
-        let dest = prepare_parent(work.path(), Path::new("a/b/c.txt"), None).unwrap();
-        assert_eq!(dest, work.path().join("a/b/c.txt"));
-        assert!(work.path().join("a/b").is_dir());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(work.path().join("a"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o755);
+    fn target(work: &Path, rel: &str) -> Result<Target, String> {
+        Target::open(work, &clean_relative(rel).unwrap(), None)
+    }
 
+    /// A verified temporary file with `content` in `staging` (as `download_verified` leaves it).
+    fn staged(staging: &Path, content: &[u8]) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut t = tempfile::NamedTempFile::new_in(staging).unwrap();
+        t.write_all(content).unwrap();
+        t
+    }
+
+    #[test]
+    fn parents_are_created_and_files_placed_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let inst = tempfile::tempdir().unwrap();
+        let work = inst.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let t = target(&work, "a/b/c.txt").unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&work.join("a")), MOUNT_DIR_MODE);
+        assert_eq!(mode(&work.join("a/b")), MOUNT_DIR_MODE);
+        assert!(!t.existing(None, None).unwrap());
+        t.install(staged(inst.path(), b"v1"), inst.path(), None)
+            .unwrap();
+        assert_eq!(std::fs::read(work.join("a/b/c.txt")).unwrap(), b"v1");
+        assert_eq!(mode(&work.join("a/b/c.txt")), MOUNT_FILE_MODE);
+        assert!(t.existing(None, None).unwrap());
+        let digest = |b: &[u8]| {
+            use sha2::Digest;
+            Sha256Digest(sha2::Sha256::digest(b).into())
+        };
+        assert!(t.existing(Some(digest(b"v1")), None).unwrap());
+        assert!(!t.existing(Some(digest(b"v2")), None).unwrap());
+        // Only the placed file is left: the staged temporary was renamed away.
+        assert_eq!(std::fs::read_dir(inst.path()).unwrap().count(), 1);
+        // Existing parents are reused.
+        target(&work, "a/b/d.txt").unwrap();
+    }
+
+    #[test]
+    fn symlinks_in_the_work_dir_are_never_followed() {
+        let inst = tempfile::tempdir().unwrap();
+        let work = inst.path().join("work");
+        std::fs::create_dir(&work).unwrap();
         let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), work.path().join("evil")).unwrap();
-        let e = prepare_parent(work.path(), Path::new("evil/x"), None).unwrap_err();
+        std::os::unix::fs::symlink(outside.path(), work.join("evil")).unwrap();
+        for rel in ["evil/x", "evil/deeper/x"] {
+            let e = target(&work, rel).unwrap_err();
+            assert!(e.contains("/evil is a symlink"), "{e}");
+        }
+        std::fs::write(work.join("file"), b"").unwrap();
+        let e = target(&work, "file/x").unwrap_err();
         assert!(e.contains("not a directory"), "{e}");
-        std::os::unix::fs::symlink("/etc/passwd", work.path().join("link")).unwrap();
-        assert!(prepare_parent(work.path(), Path::new("link"), None).is_err());
-        std::fs::create_dir(work.path().join("dir")).unwrap();
-        assert!(prepare_parent(work.path(), Path::new("dir"), None).is_err());
+        // A symlink as the file itself is replaced, never written through.
+        std::os::unix::fs::symlink(outside.path().join("victim"), work.join("link")).unwrap();
+        let t = target(&work, "link").unwrap();
+        assert!(
+            t.existing(None, None)
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+        t.install(staged(inst.path(), b"x"), inst.path(), None)
+            .unwrap();
+        assert!(!outside.path().join("victim").exists());
+        assert!(
+            std::fs::symlink_metadata(work.join("link"))
+                .unwrap()
+                .is_file()
+        );
+        // A directory as the file is an error naming it.
+        std::fs::create_dir(work.join("dir")).unwrap();
+        let t = target(&work, "dir").unwrap();
+        let e = t
+            .install(staged(inst.path(), b"x"), inst.path(), None)
+            .unwrap_err();
+        assert!(e.contains("dir"), "{e}");
+        // The work dir itself must not be a symlink.
+        let link = inst.path().join("worklink");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        assert!(target(&link, "x").is_err());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 }

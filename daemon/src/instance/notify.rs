@@ -57,6 +57,10 @@ use std::path::{Path, PathBuf};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
+/// Mode of `<runtime_dir>/instances/<instance>/`: root's, enterable by the app (which
+/// connects to its socket inside), not listable or writable by anyone else.
+pub const SOCKET_DIR_MODE: u32 = 0o711;
+
 /// Longest datagram narund accepts (systemd's limit for notification messages).
 pub const MAX_DATAGRAM: usize = 4096;
 
@@ -164,8 +168,8 @@ pub struct NotifySocket {
 
 impl NotifySocket {
     /// Bind a socket at `path` (an existing file there is replaced). The parent directory
-    /// is created, and both it and the socket are handed to `owner` (uid, gid) when given,
-    /// so an app that dropped privileges can still send. Must run inside a tokio runtime.
+    /// is created (root's, [`SOCKET_DIR_MODE`]) and the socket is handed to `owner` (uid,
+    /// gid) when given, mode 0600, so the app that dropped privileges can still send. Must run inside a tokio runtime.
     pub fn bind(path: &Path, owner: Option<(u32, u32)>) -> Result<NotifySocket, NotifyError> {
         let len = path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
@@ -184,11 +188,14 @@ impl NotifySocket {
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io("chown", dir))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(io("chmod", dir))?;
+            // narund's own directory (root's, also when an older narund handed it to the
+            // app): the app can enter it but not create, rename or replace anything in it,
+            // so the socket below is changed by path safely.
+            let fd = crate::sys::beneath::open_dir_nofollow(dir).map_err(io("opening", dir))?;
+            if owner.is_some() {
+                crate::sys::beneath::fchown(fd.as_fd(), 0, 0).map_err(io("chown", dir))?;
             }
+            crate::sys::beneath::fchmod(fd.as_fd(), SOCKET_DIR_MODE).map_err(io("chmod", dir))?;
         }
         match std::fs::remove_file(path) {
             Ok(()) => {}

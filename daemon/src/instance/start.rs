@@ -34,25 +34,13 @@ impl Task {
             tracing::warn!(instance = %self.instance_id, "narund is not root: the app runs as narund's user, with narund's capabilities");
         }
 
-        let work = self
-            .host
-            .settings
-            .data_dir
-            .join("instances")
-            .join(crate::fetch::sanitize(&self.instance_id))
-            .join("work");
-        let spawn_err = |what: &str, e: &dyn std::fmt::Display| {
-            StartFailure::new(Reason::Spawn, format!("{what}: {e}"))
-        };
-        std::fs::create_dir_all(&work)
-            .map_err(|e| spawn_err(&format!("creating {}", work.display()), &e))?;
-        if let Some(id) = &identity {
-            let _ = std::os::unix::fs::chown(&work, Some(id.uid), Some(id.gid));
-        }
+        let work = self.work_dir();
+        let owner = identity.as_ref().map(|id| (id.uid, id.gid));
+        prepare_work_dir(&work, owner)
+            .map_err(|e| StartFailure::new(Reason::Spawn, format!("work dir: {e}")))?;
         // Mounted files from narun-files, then secrets from narun-secrets (crate::fetch::inputs).
         let input_err =
             |e: crate::fetch::inputs::InputError| StartFailure::new(e.reason(), e.to_string());
-        let owner = identity.as_ref().map(|id| (id.uid, id.gid));
         let inputs = &self.host.inputs;
         inputs
             .place_mounts(&self.spec, &work, owner)
@@ -341,5 +329,71 @@ impl Task {
             env.insert(k.into(), v);
         }
         env.into_iter().collect()
+    }
+}
+
+/// Mode of an instance's work dir: the app's user only.
+pub const WORK_DIR_MODE: u32 = 0o700;
+/// Mode of `<data_dir>/instances` and `<data_dir>/instances/<instance>`: narund's (root's),
+/// enterable by the app on its way to its work dir, not listable by anyone else.
+pub const INSTANCE_DIR_MODE: u32 = 0o711;
+
+/// Create (or fix) `work` = `<data_dir>/instances/<instance>/work`: its two parents root's
+/// with [`INSTANCE_DIR_MODE`] (an app cannot rename or replace its work dir, and narund
+/// stages mounted files there), the work dir itself [`WORK_DIR_MODE`] owned by `owner`.
+/// The work dir is opened without following a symlink and changed through its fd.
+pub fn prepare_work_dir(work: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    use crate::sys::beneath as at;
+    use std::os::fd::AsFd;
+    let shown = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let inst = work
+        .parent()
+        .ok_or_else(|| format!("{}: no parent", work.display()))?;
+    std::fs::create_dir_all(inst).map_err(|e| shown(inst, e))?;
+    let root = crate::sys::process::geteuid() == 0;
+    for dir in [inst.parent(), Some(inst)].into_iter().flatten() {
+        let fd = at::open_dir_nofollow(dir).map_err(|e| shown(dir, e))?;
+        if root {
+            at::fchown(fd.as_fd(), 0, 0).map_err(|e| shown(dir, e))?;
+        }
+        at::fchmod(fd.as_fd(), INSTANCE_DIR_MODE).map_err(|e| shown(dir, e))?;
+    }
+    let inst_fd = at::open_dir_nofollow(inst).map_err(|e| shown(inst, e))?;
+    let name = work.file_name().unwrap_or_default();
+    match at::mkdir_at(inst_fd.as_fd(), name, WORK_DIR_MODE) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(shown(work, e)),
+    }
+    let fd = at::open_dir_at(inst_fd.as_fd(), name).map_err(|e| shown(work, e))?;
+    if let Some((uid, gid)) = owner {
+        at::fchown(fd.as_fd(), uid, gid).map_err(|e| shown(work, e))?;
+    }
+    at::fchmod(fd.as_fd(), WORK_DIR_MODE).map_err(|e| shown(work, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn work_dirs_are_private_and_their_parents_enterable() {
+        let data = tempfile::tempdir().unwrap();
+        let work = data.path().join("instances/web-0/work");
+        prepare_work_dir(&work, None).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&work), WORK_DIR_MODE);
+        assert_eq!(mode(work.parent().unwrap()), INSTANCE_DIR_MODE);
+        assert_eq!(mode(&data.path().join("instances")), INSTANCE_DIR_MODE);
+        // Again (a restart): the same.
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+        prepare_work_dir(&work, None).unwrap();
+        assert_eq!(mode(&work), WORK_DIR_MODE);
+        // A symlink as the work dir is refused.
+        let other = data.path().join("instances/db-0");
+        std::fs::create_dir_all(&other).unwrap();
+        std::os::unix::fs::symlink("/tmp", other.join("work")).unwrap();
+        assert!(prepare_work_dir(&other.join("work"), None).is_err());
     }
 }

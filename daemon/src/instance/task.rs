@@ -14,6 +14,7 @@ use crate::cgroup::RunCgroup;
 use crate::fetch::Sha256Digest;
 use crate::logs::LogSink;
 use crate::privileges::AppIdentity;
+use crate::privileges::dynamic::{self, IdentityError};
 use crate::state::InstanceRecord;
 use narun_spec::AppSpec;
 use narun_wire::events::{StatusEvent, now_rfc3339};
@@ -480,15 +481,56 @@ impl Task {
     }
 
     /// The user the app runs as: `None` when narund is not root (it runs as narund's user).
-    pub(super) fn identity(
-        &self,
-    ) -> Result<Option<AppIdentity>, crate::privileges::PrivilegeError> {
+    /// The spec's `user`, else `default_user`, else (both empty, the default) the app's own
+    /// dynamic user (`crate::privileges::dynamic`), with `HOME` = the work dir.
+    pub(super) fn identity(&self) -> Result<Option<AppIdentity>, IdentityError> {
         if crate::sys::process::geteuid() != 0 {
             return Ok(None);
         }
         let user = (!self.spec.user.is_empty()).then_some(self.spec.user.as_str());
         let live = self.host.live();
-        AppIdentity::resolve(user, &live.default_user, live.allow_root).map(Some)
+        if user.is_some() || !live.default_user.is_empty() {
+            return Ok(Some(AppIdentity::resolve(
+                user,
+                &live.default_user,
+                live.allow_root,
+            )?));
+        }
+        let app = self.spec.name.as_str();
+        let range = self.host.settings.dynamic_uid_range;
+        let system = dynamic::system_ids();
+        let local = &self.host.local;
+        let uid = local
+            .dynamic_uid(app, |recorded| {
+                let uid = dynamic::allocate(app, range, recorded, &system);
+                if let (Some(old), Some(new)) = (recorded.get(app), uid)
+                    && *old != new
+                {
+                    tracing::warn!(app, old, new, "the dynamic uid of the app changed (its old id is outside dynamic_uid_range or now belongs to /etc/passwd or /etc/group)");
+                }
+                uid
+            })
+            .map_err(|e| IdentityError::Record {
+                app: app.to_string(),
+                message: e.to_string(),
+            })?
+            .ok_or_else(|| IdentityError::Exhausted {
+                app: app.to_string(),
+                first: range.0,
+                last: range.1,
+                record: local.dynamic_uid_file().to_path_buf(),
+            })?;
+        Ok(Some(dynamic::identity(app, uid, &self.work_dir())))
+    }
+
+    /// The instance's work dir: `<data_dir>/instances/<instance>/work`.
+    pub(super) fn work_dir(&self) -> std::path::PathBuf {
+        self.host
+            .settings
+            .data_dir
+            .join("instances")
+            .join(crate::fetch::sanitize(&self.instance_id))
+            .join("work")
     }
 
     /// Publish a status event and update the snapshot; a `running` run gets its record.

@@ -42,6 +42,8 @@ use libc::c_int;
 
 use crate::sys;
 
+pub mod dynamic;
+
 /// The capabilities narund keeps in its own bounding set (and therefore the most any app can get).
 ///
 /// | capability | why narund needs it |

@@ -2,7 +2,10 @@
 //! digests their instances ran (`apps.json`) and the records of running processes
 //! (`instances.json`). One owner, so every write goes through the same place.
 
-use super::{InstanceRecord, PersistedApp, PersistedState, RecordFile, StateFile, spec_value};
+use super::{
+    InstanceRecord, PersistedApp, PersistedState, RecordFile, StateError, StateFile, UidFile,
+    spec_value,
+};
 use narun_spec::AppSpec;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +19,9 @@ pub struct Local {
     apps: Mutex<PersistedState>,
     records_file: RecordFile,
     records: Mutex<BTreeMap<String, InstanceRecord>>,
+    uids_file: UidFile,
+    /// The dynamic uid of each app; `None` until first needed (read then).
+    uids: Mutex<Option<BTreeMap<String, u32>>>,
 }
 
 impl Local {
@@ -39,6 +45,8 @@ impl Local {
                 apps: Mutex::new(apps),
                 records_file,
                 records: Mutex::new(BTreeMap::new()),
+                uids_file: UidFile::new(data_dir),
+                uids: Mutex::new(None),
             },
             records,
         )
@@ -138,6 +146,37 @@ impl Local {
         if records.remove(run_id).is_some() {
             self.write_records(&records);
         }
+    }
+
+    /// The dynamic uid of `app`: `choose` gets every recorded id (this app's included) and
+    /// returns the id to use (`None`: none free). A new or changed id is written before it
+    /// is returned, so it is never handed out twice, also across restarts; a write failure
+    /// is an error (the id is not used).
+    pub fn dynamic_uid(
+        &self,
+        app: &str,
+        choose: impl FnOnce(&BTreeMap<String, u32>) -> Option<u32>,
+    ) -> Result<Option<u32>, StateError> {
+        let mut guard = self.uids.lock().unwrap();
+        if guard.is_none() {
+            *guard = Some(self.uids_file.load()?);
+        }
+        let ids = guard.as_mut().expect("just loaded");
+        let Some(uid) = choose(ids) else {
+            return Ok(None);
+        };
+        if ids.get(app) != Some(&uid) {
+            let mut next = ids.clone();
+            next.insert(app.to_string(), uid);
+            self.uids_file.save(&next)?;
+            *ids = next;
+        }
+        Ok(Some(uid))
+    }
+
+    /// Where the dynamic uids are recorded.
+    pub fn dynamic_uid_file(&self) -> &std::path::Path {
+        self.uids_file.path()
     }
 
     fn save(&self, st: &PersistedState) {

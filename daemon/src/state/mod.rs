@@ -11,14 +11,14 @@
 //! Writes are atomic: a temporary file in the same directory, `fsync`, `rename`, then
 //! `fsync` of the directory. A crash leaves either the old or the new file.
 //!
-//! **Owns** the files of `<data_dir>/state/` ([`StateFile`], [`RecordFile`], and [`Local`],
+//! **Owns** the files of `<data_dir>/state/` ([`StateFile`], [`RecordFile`], [`UidFile`], and [`Local`],
 //! the one owner of both while narund runs) and systemd's fd store ([`fdstore`]).
 //! **May call** nothing else in narund (a leaf: the node and its instances call it).
 //!
 //! | file | what it holds |
 //! |---|---|
 //! | `mod.rs` | the file formats ([`PersistedState`], [`InstanceRecord`]) and atomic writes |
-//! | `local.rs` | [`Local`]: the applied specs with their digests and the records, in memory and on disk |
+//! | `local.rs` | [`Local`]: the applied specs with their digests, the records and the dynamic uids, in memory and on disk |
 //! | `fdstore.rs` | the log pipes of running apps parked in systemd's fd store across narund restarts |
 
 use narun_spec::AppSpec;
@@ -190,6 +190,49 @@ impl RecordFile {
     }
 }
 
+/// `<data_dir>/state/dynamic-users.json`: the dynamic uid of every app that ever ran
+/// under one (`{"app": uid}`, see `crate::privileges::dynamic`), written atomically like
+/// the app state.
+#[derive(Debug, Clone)]
+pub struct UidFile {
+    path: PathBuf,
+}
+
+impl UidFile {
+    /// `<data_dir>/state/dynamic-users.json`.
+    pub fn new(data_dir: &Path) -> UidFile {
+        UidFile {
+            path: data_dir.join("state").join("dynamic-users.json"),
+        }
+    }
+
+    /// Where the file lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Read the ids; a missing file is none.
+    pub fn load(&self) -> Result<BTreeMap<String, u32>, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(source) => Err(StateError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Atomically replace the file with `ids`.
+    pub fn save(&self, ids: &BTreeMap<String, u32>) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(ids).expect("ids always serialize");
+        write_atomic(&self.path, &json)
+    }
+}
+
 /// Write `bytes` to `path` atomically: temporary file in the same directory, `fsync`,
 /// `rename`, `fsync` of the directory.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
@@ -294,6 +337,18 @@ mod tests {
         m.insert("r".to_string(), rec);
         file.save(&m).unwrap();
         assert_eq!(file.load().unwrap(), m);
+    }
+
+    #[test]
+    fn uid_file_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = UidFile::new(dir.path());
+        assert!(file.load().unwrap().is_empty());
+        let ids: BTreeMap<String, u32> =
+            [("a".to_string(), 61200), ("b".to_string(), 61201)].into();
+        file.save(&ids).unwrap();
+        assert_eq!(file.load().unwrap(), ids);
+        assert!(file.path().ends_with("state/dynamic-users.json"));
     }
 
     #[test]
