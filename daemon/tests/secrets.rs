@@ -129,12 +129,12 @@ async fn secrets_and_mounts_reach_the_app() {
     let mounted = h.work("vault").join("conf/app.toml");
     assert_eq!(std::fs::read_to_string(&mounted).unwrap(), content);
     let md = std::fs::metadata(&mounted).unwrap();
-    assert_eq!(md.mode() & 0o777, 0o644);
+    assert_eq!(md.mode() & 0o777, 0o600, "the app's user only");
     if unsafe { libc::geteuid() } == 0 {
         let nobody = std::fs::metadata(h.work("vault")).unwrap().uid();
         assert_eq!(md.uid(), nobody, "the mounted file belongs to the app user");
         let dir = std::fs::metadata(h.work("vault").join("conf")).unwrap();
-        assert_eq!((dir.uid(), dir.mode() & 0o777), (nobody, 0o755));
+        assert_eq!((dir.uid(), dir.mode() & 0o777), (nobody, 0o700));
     }
     // The plaintext is nowhere in narund's data dir.
     assert!(

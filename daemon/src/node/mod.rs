@@ -231,6 +231,10 @@ impl Node {
             old.log_max_line_bytes == new.log_max_line_bytes,
         );
         check("apps.keep_versions", old.keep_versions == new.keep_versions);
+        check(
+            "apps.dynamic_uid_range",
+            old.dynamic_uid_range == new.dynamic_uid_range,
+        );
         let live = Reloadable::of(&new);
         if *self.live() != live {
             tracing::info!(?live, "reloaded settings");
