@@ -204,12 +204,18 @@ pub struct SecretsConfig {
     /// `-master-key-path`). Env `NARUN_MASTER_KEY_FILE` overrides it. Read at every start
     /// of an instance that uses a secret, so it may appear or change without a restart.
     pub master_key_file: PathBuf,
+    /// Hand out secrets that name no apps (written by the Go CLI or an older narunctl) to
+    /// any app that references them. Off by default: such a secret fails the start with
+    /// reason `secret` until it is set again with `narunctl secret set NAME --app APP`.
+    /// Applied on reload (SIGHUP).
+    pub allow_unscoped: bool,
 }
 
 impl Default for SecretsConfig {
     fn default() -> Self {
         SecretsConfig {
             master_key_file: crate::fetch::inputs::DEFAULT_MASTER_KEY_FILE.into(),
+            allow_unscoped: false,
         }
     }
 }
@@ -456,11 +462,19 @@ mod tests {
             PathBuf::from("/etc/narun/master.key")
         );
         assert!(Config::from_toml("[secrets]\nmaster_key = \"x\"\n").is_err());
+        assert!(!Config::default().secrets.allow_unscoped);
+        assert!(
+            Config::from_toml("[secrets]\nallow_unscoped = true\n")
+                .unwrap()
+                .secrets
+                .allow_unscoped
+        );
         let shipped = Config::from_toml(include_str!("../config/narund.toml")).unwrap();
         assert_eq!(
             shipped.secrets.master_key_file,
             Config::default().secrets.master_key_file
         );
+        assert!(!shipped.secrets.allow_unscoped);
     }
 
     #[test]

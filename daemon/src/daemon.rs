@@ -91,6 +91,7 @@ impl Daemon {
         })
         .await;
         node.set_master_key_file(&config.secrets.master_key_file);
+        node.set_allow_unscoped_secrets(config.secrets.allow_unscoped);
         Ok(Daemon {
             config,
             client,
@@ -337,6 +338,7 @@ async fn reload(
     };
     let needs_restart = node.reload(Settings::from_config(&new)).await;
     node.set_master_key_file(&new.secrets.master_key_file);
+    node.set_allow_unscoped_secrets(new.secrets.allow_unscoped);
     #[cfg(feature = "gateway")]
     let needs_restart = {
         let mut v = needs_restart;

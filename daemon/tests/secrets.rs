@@ -2,39 +2,83 @@
 //! processes and real cgroups.
 //!
 //! Secrets are written the way narunctl (or the Go CLI) writes them: a `StoredSecret` JSON in
-//! the `narun-secrets` KV bucket; one of them is encrypted by Python `cryptography` to prove
-//! byte compatibility with a third-party AES-GCM. What the app sees is read from
-//! `/proc/<pid>/environ` and from its work dir.
+//! the `narun-secrets` KV bucket, scoped to the apps that may use them (or unscoped, the Go
+//! format); one of them is encrypted by Python `cryptography` to prove byte compatibility with
+//! a third-party AES-GCM. A KV writer without the master key rewrites scopes. What the app
+//! sees is read from `/proc/<pid>/environ` and from its work dir.
 
 mod common;
 
 use common::Harness;
 use narun_test_support::apps::SLEEPER;
-use narun_wire::secrets::MasterKey;
+use narun_wire::events::StatusEvent;
+use narun_wire::secrets::{MasterKey, Scope, StoredSecret};
 use narun_wire::status::{InstanceStatus, Reason};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Apps run [`SLEEPER`] and restart always.
-async fn harness() -> Harness {
+/// Apps run [`SLEEPER`] and restart always; `[secrets] allow_unscoped` as given.
+async fn harness_with(allow_unscoped: bool) -> Harness {
     Harness::builder("secrets")
-        .config(|c| c.apps.restart_backoff_max_sec = 1)
+        .config(move |c| {
+            c.apps.restart_backoff_max_sec = 1;
+            c.secrets.allow_unscoped = allow_unscoped;
+        })
         .secrets()
         .spec_fields(json!({"stopTimeoutSec": 3, "restart": "always"}))
         .start()
         .await
 }
 
-/// Store a secret the way `narunctl secret set` does.
-async fn set_secret(h: &Harness, key: &MasterKey, name: &str, value: &str) {
-    let stored = key.seal(name, value.as_bytes(), None, None).unwrap();
-    h.secrets()
-        .bucket
-        .put(name, stored.to_json().into())
-        .await
+/// The default node config (unscoped secrets refused).
+async fn harness() -> Harness {
+    harness_with(false).await
+}
+
+/// Store a secret the way `narunctl secret set NAME --app A…` does (`apps` empty: `--any-app`).
+async fn set_secret(h: &Harness, key: &MasterKey, name: &str, value: &str, apps: &[&str]) {
+    let scope = if apps.is_empty() {
+        Scope::AnyApp
+    } else {
+        Scope::apps(apps.iter().copied()).unwrap()
+    };
+    let stored = key
+        .seal_scoped(name, value.as_bytes(), None, None, &scope)
         .unwrap();
+    put(h, name, stored.to_json()).await;
+}
+
+/// Write a KV value as anyone with write access to `narun-secrets` can.
+async fn put(h: &Harness, name: &str, value: Vec<u8>) {
+    h.secrets().bucket.put(name, value.into()).await.unwrap();
+}
+
+/// The stored secret, as a KV writer reads it.
+async fn get(h: &Harness, name: &str) -> StoredSecret {
+    let v = h.secrets().bucket.get(name).await.unwrap().unwrap();
+    StoredSecret::from_json(name, &v).unwrap()
+}
+
+/// The `failed` event of `app`, which must have reason `secret`.
+async fn secret_failure(h: &Harness, app: &str) -> StatusEvent {
+    let e = h
+        .wait_event(&format!("{app} failed"), |e| {
+            e.app_name == app && e.status == InstanceStatus::Failed
+        })
+        .await;
+    assert_eq!(e.reason, Some(Reason::Secret), "{}", e.error);
+    e
+}
+
+/// No instance of `app` ever ran.
+fn never_started(h: &Harness, app: &str) {
+    let started = h
+        .events(app)
+        .iter()
+        .any(|e| e.status == InstanceStatus::Running);
+    assert!(!started, "{app} must never start without its secret");
 }
 
 fn environ(pid: i32) -> BTreeMap<String, String> {
@@ -74,19 +118,9 @@ async fn secrets_and_mounts_reach_the_app() {
         &h.secrets().key,
         "db-password",
         "s3cr3t with spaces = and ünïcode",
+        &["other", "vault"],
     )
     .await;
-    let python = python_sealed(&h.secrets().key, "api-token", "token-from-python");
-    match &python {
-        Some(v) => {
-            h.secrets()
-                .bucket
-                .put("api-token", v.clone().into())
-                .await
-                .unwrap();
-        }
-        None => eprintln!("python3 cryptography not available: skipping the Python-sealed secret"),
-    }
     let content = "listen = 8080\n".repeat(20_000); // > one 128 KiB object chunk
     h.secrets()
         .files
@@ -94,13 +128,10 @@ async fn secrets_and_mounts_reach_the_app() {
         .await
         .unwrap();
 
-    let mut env = vec![
+    let env = vec![
         json!({"name": "DB_PASSWORD", "valueFromSecret": "db-password"}),
         json!({"name": "PLAIN", "value": "plain"}),
     ];
-    if python.is_some() {
-        env.push(json!({"name": "API_TOKEN", "valueFromSecret": "api-token"}));
-    }
     h.deploy(
         "vault",
         "v1",
@@ -118,13 +149,6 @@ async fn secrets_and_mounts_reach_the_app() {
         Some("s3cr3t with spaces = and ünïcode")
     );
     assert_eq!(vars.get("PLAIN").map(String::as_str), Some("plain"));
-    if python.is_some() {
-        assert_eq!(
-            vars.get("API_TOKEN").map(String::as_str),
-            Some("token-from-python"),
-            "a secret sealed by Python cryptography must decrypt in Rust"
-        );
-    }
 
     let mounted = h.work("vault").join("conf/app.toml");
     assert_eq!(std::fs::read_to_string(&mounted).unwrap(), content);
@@ -161,7 +185,7 @@ fn dir_contains(dir: &Path, needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_secrets_and_missing_files_fail_only_their_app() {
     let h = harness().await;
-    set_secret(&h, &MasterKey::generate(), "other-key", "x").await;
+    set_secret(&h, &MasterKey::generate(), "other-key", "x", &["wrongkey"]).await;
     h.deploy(
         "nosecret",
         "v1",
@@ -229,7 +253,7 @@ async fn bad_secrets_and_missing_files_fail_only_their_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
     let h = harness().await;
-    set_secret(&h, &h.secrets().key, "s", "v").await;
+    set_secret(&h, &h.secrets().key, "s", "v", &["app"]).await;
     // No master key: the start fails, naming the secret and the file.
     std::fs::remove_file(&h.secrets().key_file).unwrap();
     h.deploy(
@@ -274,5 +298,149 @@ async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
         .wait_state("app", 0, |s| s.status == InstanceStatus::Failed)
         .await;
     assert_eq!(snap.reason, Some(Reason::Secret));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_given_only_to_the_apps_of_its_scope() {
+    let h = harness().await;
+    let key = h.secrets().key.clone();
+    set_secret(&h, &key, "b-only", "for b", &["b"]).await;
+    set_secret(&h, &key, "shared", "for a and b", &["a", "b"]).await;
+    set_secret(&h, &key, "fleet", "for anyone", &[]).await;
+    // Go format (or an older narunctl): no scope.
+    let legacy = key.seal("legacy", b"old value", None, None).unwrap();
+    put(&h, "legacy", legacy.to_json()).await;
+    // A KV writer without the key widens the scope of `b-only` into `b-copy` (same value)
+    // and lets `a` use it: the entry no longer authenticates.
+    let mut widened = key
+        .seal_scoped("b-copy", b"for b", None, None, &Scope::apps(["b"]).unwrap())
+        .unwrap();
+    widened.apps.push("thief".into());
+    put(&h, "b-copy", widened.to_json()).await;
+
+    let uses = |names: &[(&str, &str)]| json!({"env": names.iter().map(|(var, secret)| json!({"name": var, "valueFromSecret": secret})).collect::<Vec<_>>()});
+    h.deploy(
+        "a",
+        "v1",
+        SLEEPER,
+        uses(&[("S", "shared"), ("B", "b-only")]),
+    )
+    .await;
+    h.deploy(
+        "b",
+        "v1",
+        SLEEPER,
+        uses(&[("S", "shared"), ("B", "b-only"), ("F", "fleet")]),
+    )
+    .await;
+    h.deploy("old", "v1", SLEEPER, uses(&[("L", "legacy")]))
+        .await;
+    h.deploy("thief", "v1", SLEEPER, uses(&[("B", "b-copy")]))
+        .await;
+
+    // `b` is in every scope it uses; `fleet` (any app) needs no opt-in.
+    let vars = environ(h.running_pid("b", 0).await);
+    assert_eq!(vars.get("S").map(String::as_str), Some("for a and b"));
+    assert_eq!(vars.get("B").map(String::as_str), Some("for b"));
+    assert_eq!(vars.get("F").map(String::as_str), Some("for anyone"));
+
+    // `a` may use `shared` but not `b-only`: refused, naming both and the fix.
+    let e = secret_failure(&h, "a").await;
+    assert!(
+        e.error.starts_with(
+            "Failed to resolve secret 'b-only': secret 'b-only' may not be used by app 'a': it is scoped to app b;"
+        ) && e.error.contains("`narunctl secret set b-only --app b --app a`"),
+        "{}",
+        e.error
+    );
+    // Unscoped: refused by default, naming the opt-in.
+    let e = secret_failure(&h, "old").await;
+    assert!(
+        e.error.contains("secret 'legacy' is unscoped")
+            && e.error.contains("`narunctl secret set legacy --app old`")
+            && e.error.contains("`[secrets] allow_unscoped = true`"),
+        "{}",
+        e.error
+    );
+    // A widened scope does not decrypt.
+    let e = secret_failure(&h, "thief").await;
+    assert!(
+        e.error.contains("secret 'b-copy' cannot be decrypted"),
+        "{}",
+        e.error
+    );
+    for app in ["a", "old", "thief"] {
+        never_started(&h, app);
+    }
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unscoped_go_secrets_need_allow_unscoped() {
+    let h = harness_with(true).await;
+    let key = h.secrets().key.clone();
+    // Sealed by Python `cryptography` exactly as the Go CLI does (AAD = name), when available.
+    let python = python_sealed(&key, "api-token", "token-from-python");
+    let go_value = match &python {
+        Some(v) => {
+            put(&h, "api-token", v.clone()).await;
+            "token-from-python"
+        }
+        None => {
+            eprintln!("python3 cryptography not available: sealing the Go format in Rust");
+            let s = key
+                .seal("api-token", b"token-from-rust", None, None)
+                .unwrap();
+            put(&h, "api-token", s.to_json()).await;
+            "token-from-rust"
+        }
+    };
+    // Scoped to `b`: allow_unscoped does not open it to others.
+    set_secret(&h, &key, "b-only", "for b", &["b"]).await;
+    // A KV writer strips the scope of a secret (making it look like a Go one).
+    set_secret(&h, &key, "stripped", "never seen", &["b"]).await;
+    let mut s = get(&h, "stripped").await;
+    s.apps.clear();
+    put(&h, "stripped", s.to_json()).await;
+
+    h.deploy(
+        "go",
+        "v1",
+        SLEEPER,
+        json!({"env": [{"name": "API_TOKEN", "valueFromSecret": "api-token"}]}),
+    )
+    .await;
+    h.deploy(
+        "a",
+        "v1",
+        SLEEPER,
+        json!({"env": [{"name": "B", "valueFromSecret": "b-only"}]}),
+    )
+    .await;
+    h.deploy(
+        "c",
+        "v1",
+        SLEEPER,
+        json!({"env": [{"name": "X", "valueFromSecret": "stripped"}]}),
+    )
+    .await;
+
+    let vars = environ(h.running_pid("go", 0).await);
+    assert_eq!(vars.get("API_TOKEN").map(String::as_str), Some(go_value));
+    let e = secret_failure(&h, "a").await;
+    assert!(
+        e.error.contains("may not be used by app 'a'"),
+        "{}",
+        e.error
+    );
+    let e = secret_failure(&h, "c").await;
+    assert!(
+        e.error.contains("secret 'stripped' cannot be decrypted"),
+        "{}",
+        e.error
+    );
+    never_started(&h, "a");
+    never_started(&h, "c");
     h.finish().await;
 }

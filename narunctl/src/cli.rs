@@ -101,7 +101,7 @@ pub enum Command {
     /// Send one HTTP request to a service over NATS (Binary HTTP, like the gateway).
     Request(RequestArgs),
     /// Encrypted secrets for `valueFromSecret` (KV `narun-secrets`, AES-256-GCM).
-    #[command(subcommand)]
+    #[command(subcommand, alias = "secrets")]
     Secret(SecretCmd),
     /// Shared files for spec `mounts` (object store `narun-files`).
     #[command(subcommand)]
@@ -322,7 +322,7 @@ pub enum SvcCmd {
 pub enum SecretCmd {
     /// Encrypt a value here and store it as NAME (created or replaced).
     Set(SecretSetArgs),
-    /// Names, descriptions and update times (values are never shown).
+    /// Names, app scopes, descriptions and update times (values are never shown).
     #[command(alias = "list")]
     Ls(JsonFlag),
     /// Purge a secret (no history is kept).
@@ -335,10 +335,12 @@ pub enum SecretCmd {
     },
 }
 
-/// `secret set NAME [VALUE]`: the value comes from VALUE, --from-file, or stdin
-/// (one trailing newline removed). It is encrypted with the master key on this
-/// machine; only the ciphertext goes to NATS.
+/// `secret set NAME [VALUE] --app APP…|--any-app`: the value comes from VALUE,
+/// --from-file, or stdin (one trailing newline removed). It is encrypted with the master
+/// key on this machine, bound to the apps that may use it; only the ciphertext goes to
+/// NATS.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("scope").required(true).args(["app", "any_app"]))]
 pub struct SecretSetArgs {
     /// Secret name (= KV key; letters, digits, - _ = . /).
     pub name: String,
@@ -351,6 +353,13 @@ pub struct SecretSetArgs {
     /// Free text shown by `secret ls`.
     #[arg(long, alias = "desc")]
     pub description: Option<String>,
+    /// An app (spec `name`) that may use the secret; repeat for several. Replaces the
+    /// scope of an existing secret. narund refuses to start any other app that uses it.
+    #[arg(long, value_name = "APP", conflicts_with = "any_app")]
+    pub app: Vec<String>,
+    /// Every app may use the secret (still authenticated: a KV writer cannot change it).
+    #[arg(long)]
+    pub any_app: bool,
     #[command(flatten)]
     pub key: MasterKeyArgs,
 }

@@ -64,10 +64,19 @@ async fn secret_set_ls_rm() {
     // VALUE on the command line, key from --master-key-file.
     let out = narunctl(
         &url,
-        &["secret", "set", "db", "p4ss w0rd", "--master-key-file", kf],
+        &[
+            "secret",
+            "set",
+            "db",
+            "p4ss w0rd",
+            "--app",
+            "web",
+            "--master-key-file",
+            kf,
+        ],
     )
     .await;
-    assert_eq!(ok(&out).trim(), "secret db created");
+    assert_eq!(ok(&out).trim(), "secret db created for app web");
     let first = stored_secret(&server, "db").await.unwrap();
     assert_eq!(first.name, "db");
     assert_eq!(first.nonce.len(), 12);
@@ -77,12 +86,20 @@ async fn secret_set_ls_rm() {
     // created_at is kept, a new nonce is used.
     let out = narunctl_with(
         &url,
-        &["secret", "set", "db", "--description", "prod database"],
+        &[
+            "secret",
+            "set",
+            "db",
+            "--description",
+            "prod database",
+            "--app",
+            "web",
+        ],
         &[("NARUN_MASTER_KEY_PATH", kf)],
         Some(b"from stdin\n"),
     )
     .await;
-    assert_eq!(ok(&out).trim(), "secret db updated");
+    assert_eq!(ok(&out).trim(), "secret db updated for app web");
     let second = stored_secret(&server, "db").await.unwrap();
     assert_eq!(key.open(&second).unwrap(), b"from stdin");
     assert_eq!(second.created_at, first.created_at);
@@ -100,6 +117,7 @@ async fn secret_set_ls_rm() {
             "token",
             "--from-file",
             vf.to_str().unwrap(),
+            "--any-app",
         ],
         &[("NARUN_MASTER_KEY", &key.to_base64())],
         None,
@@ -127,12 +145,12 @@ async fn secret_set_ls_rm() {
     assert!(table.contains("prod database"), "{table}");
 
     // Errors: no key, a bad key, a bad name, a missing secret.
-    let e = failed(&narunctl(&url, &["secret", "set", "x", "v"]).await);
+    let e = failed(&narunctl(&url, &["secret", "set", "x", "v", "--any-app"]).await);
     assert!(e.contains("no master key"), "{e}");
     let e = failed(
         &narunctl_with(
             &url,
-            &["secret", "set", "x", "v"],
+            &["secret", "set", "x", "v", "--any-app"],
             &[("NARUN_MASTER_KEY", "c2hvcnQ=")],
             None,
         )
@@ -142,7 +160,15 @@ async fn secret_set_ls_rm() {
     let e = failed(
         &narunctl(
             &url,
-            &["secret", "set", "bad name", "v", "--master-key-file", kf],
+            &[
+                "secret",
+                "set",
+                "bad name",
+                "v",
+                "--any-app",
+                "--master-key-file",
+                kf,
+            ],
         )
         .await,
     );
@@ -175,6 +201,110 @@ async fn secret_set_ls_rm() {
     // Usage errors exit 2.
     let out = narunctl(&url, &["secret", "set"]).await;
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn secret_set_names_the_apps_that_may_use_it() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, kf) = key_file(dir.path());
+    let kf = kf.to_str().unwrap();
+    let set = |args: &[&str]| {
+        let mut v = vec!["secret", "set"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["--master-key-file", kf]);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        async move {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            narunctl(&url, &a).await
+        }
+    };
+
+    // A scope is required, and it is either apps or --any-app: usage errors (exit 2).
+    let out = run(set(&["x", "v"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("--app") && err.contains("--any-app"), "{err}");
+    let out = run(set(&["x", "v", "--app", "a", "--any-app"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // Not an app name: exit 1, naming it.
+    let e = failed(&run(set(&["x", "v", "--app", "a.b"])).await);
+    assert!(
+        e.contains("invalid app scope") && e.contains("\"a.b\" is not an app name"),
+        "{e}"
+    );
+
+    // Several apps (sorted, deduplicated), authenticated with the key; `secrets` works too.
+    let out = run(set(&[
+        "db", "pw", "--app", "web", "--app", "billing", "--app", "web",
+    ]))
+    .await;
+    assert_eq!(ok(&out).trim(), "secret db created for apps billing, web");
+    let db = stored_secret(&server, "db").await.unwrap();
+    assert_eq!(db.apps, ["billing", "web"]);
+    assert!(
+        stored_secret(&server, "x").await.is_none(),
+        "refused sets store nothing"
+    );
+    assert_eq!(key.open_for_app("db", &db, "web", false).unwrap(), b"pw");
+    assert!(key.open_for_app("db", &db, "shop", false).is_err());
+    let mut widened = db.clone();
+    widened.apps.push("shop".into());
+    assert!(key.open_for_app("db", &widened, "shop", false).is_err());
+
+    // Setting it again replaces the scope.
+    let mut args = set(&["db", "pw2", "--app", "shop"]);
+    args[0] = "secrets".into();
+    assert_eq!(
+        ok(&run(args).await).trim(),
+        "secret db updated for app shop"
+    );
+    let db = stored_secret(&server, "db").await.unwrap();
+    assert_eq!(db.apps, ["shop"]);
+    assert_eq!(key.open_for_app("db", &db, "shop", false).unwrap(), b"pw2");
+    assert!(key.open_for_app("db", &db, "web", false).is_err());
+
+    // --any-app: still authenticated, any app may use it.
+    ok(&run(set(&["fleet", "f", "--any-app"])).await);
+    let fleet = stored_secret(&server, "fleet").await.unwrap();
+    assert_eq!(fleet.apps, ["*"]);
+    assert_eq!(key.open_for_app("fleet", &fleet, "x", false).unwrap(), b"f");
+
+    // A Go-format secret (no scope) is listed as unscoped.
+    let js = jetstream::new(server.connect().await);
+    let kv = js.get_key_value(names::SECRETS_BUCKET).await.unwrap();
+    let go = key.seal("legacy", b"l", None, None).unwrap();
+    kv.put("legacy", go.to_json().into()).await.unwrap();
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&narunctl(&url, &["secret", "ls", "--json"]).await)).unwrap();
+    let apps: Vec<(&str, &serde_json::Value)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), &r["apps"]))
+        .collect();
+    assert_eq!(
+        apps,
+        [
+            ("db", &serde_json::json!(["shop"])),
+            ("fleet", &serde_json::json!(["*"])),
+            ("legacy", &serde_json::Value::Null),
+        ]
+    );
+    let table = ok(&narunctl(&url, &["secret", "ls"]).await);
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0][..2], ["NAME", "APPS"], "{table}");
+    assert_eq!(lines[1][..2], ["db", "shop"], "{table}");
+    assert_eq!(lines[2][..2], ["fleet", "(any"], "{table}");
+    assert_eq!(lines[3][..2], ["legacy", "(unscoped)"], "{table}");
 }
 
 #[tokio::test]
@@ -265,6 +395,8 @@ async fn narund_gives_the_app_the_secret_and_the_file() {
             "set",
             "db-password",
             "hunter2 = ok",
+            "--app",
+            "vault",
             "--master-key-file",
             kf.to_str().unwrap(),
         ],

@@ -14,15 +14,39 @@
 //!   inline or in a file (whitespace around it is ignored). Create one with
 //!   `head -c 32 /dev/urandom | base64 > /etc/narun/master.key`.
 //! * The KV value is the JSON [`StoredSecret`]:
-//!   `{"name","ciphertext","nonce","description"?,"created_at","updated_at"}` where the byte
-//!   fields are standard base64 (Go's `[]byte`) and the times RFC 3339 with nanoseconds.
+//!   `{"name","ciphertext","nonce","description"?,"apps"?,"created_at","updated_at"}` where
+//!   the byte fields are standard base64 (Go's `[]byte`) and the times RFC 3339 with
+//!   nanoseconds.
+//!
+//! # App scope (narun addition)
+//!
+//! A secret names the apps that may use it ([`Scope`], `narunctl secret set NAME --app A`):
+//! the JSON field `"apps": ["a","b"]`, or `["*"]` for any app (`--any-app`). The scope is
+//! **authenticated**: when it is present, the additional data is not the bare name but
+//! [`Scope::associated_data`] = `narun-secret-scope-v1 NUL name NUL app NUL app …` (apps
+//! sorted and deduplicated). Whoever can write the KV bucket but has no master key can
+//! therefore neither widen, narrow nor remove the scope: the rewritten entry no longer
+//! decrypts ([`SecretError::Decrypt`]). Such an AAD never equals a bare secret name (a name
+//! cannot contain NUL), so a scoped ciphertext cannot pass as an unscoped one either.
+//!
+//! An entry without `apps` is [`Scope::Unscoped`]: exactly the Go format (AAD = name), as
+//! written by the Go CLI or an older narunctl. It keeps decrypting, but
+//! [`MasterKey::open_for_app`] hands it out only when the caller allows unscoped secrets
+//! (narund's `[secrets] allow_unscoped`). A Go node-runner cannot decrypt a scoped secret (it
+//! uses AAD = name): it fails the start instead of running with a wrong value.
 //!
 //! ```
-//! use narun_wire::secrets::MasterKey;
+//! use narun_wire::secrets::{MasterKey, Scope};
 //!
 //! let key = MasterKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
-//! let stored = key.seal("db-password", b"hunter2", Some("prod DB"), None).unwrap();
-//! assert_eq!(key.open(&stored).unwrap(), b"hunter2");
+//! let scope = Scope::apps(["billing"]).unwrap();
+//! let stored = key.seal_scoped("db-password", b"hunter2", Some("prod DB"), None, &scope).unwrap();
+//! assert_eq!(key.open_for_app("db-password", &stored, "billing", false).unwrap(), b"hunter2");
+//! // Another app is refused, and so is a scope rewritten without the key.
+//! assert!(key.open_for_app("db-password", &stored, "web", false).is_err());
+//! let mut widened = stored.clone();
+//! widened.apps.push("web".into());
+//! assert!(key.open(&widened).is_err());
 //! // Renaming the secret (another AAD) makes it undecryptable.
 //! let mut moved = stored.clone();
 //! moved.name = "other".into();
@@ -34,6 +58,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -58,8 +83,8 @@ pub enum SecretError {
     },
     #[error(
         "secret '{name}' cannot be decrypted: the master key is not the one it was written with, \
-         or the stored value was modified (tampered ciphertext or copied to another name); \
-         check the master key or set the secret again"
+         or the stored value was modified (tampered ciphertext or app scope, or copied to another \
+         name); check the master key or set the secret again"
     )]
     Decrypt { name: String },
     #[error("secret '{name}' is malformed: {problem}; set it again with `narunctl secret set`")]
@@ -68,6 +93,146 @@ pub enum SecretError {
     InvalidName { name: String, problem: String },
     #[error("encrypting secret '{name}' failed: {problem}")]
     Encrypt { name: String, problem: String },
+    #[error(
+        "secret '{name}' may not be used by app '{app}': it is scoped to {scope}; to allow it, set \
+         it again naming every app that may use it: `narunctl secret set {name} {flags}--app {app}`"
+    )]
+    NotInScope {
+        name: String,
+        app: String,
+        /// The scope as [`Scope`]'s `Display` shows it.
+        scope: String,
+        /// `--app X ` for every app already in the scope.
+        flags: String,
+    },
+    #[error(
+        "secret '{name}' is unscoped (written by the Go CLI or an older narunctl, it names no \
+         apps that may use it) and this node does not accept unscoped secrets; scope it with \
+         `narunctl secret set {name} --app {app}`, or accept unscoped secrets on this node with \
+         `[secrets] allow_unscoped = true` in narund.toml"
+    )]
+    Unscoped { name: String, app: String },
+    #[error("invalid app scope: {problem}")]
+    InvalidScope { problem: String },
+    #[error(
+        "the KV key '{key}' holds the secret '{name}' (copied to another key?); set '{key}' again \
+         with `narunctl secret set`"
+    )]
+    WrongKey { key: String, name: String },
+}
+
+/// The `apps` entry of a secret any app may use.
+pub const ANY_APP: &str = "*";
+/// The first part of the additional authenticated data of a scoped secret.
+const SCOPE_AAD_PREFIX: &[u8] = b"narun-secret-scope-v1";
+
+/// Which apps may use a secret; authenticated with the master key (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// No `apps` field: the Go format (AAD = name). Used only where the caller allows it.
+    Unscoped,
+    /// `"apps": ["*"]`: every app (`narunctl secret set --any-app`).
+    AnyApp,
+    /// `"apps": [...]`: only these apps (never empty).
+    Apps(BTreeSet<String>),
+}
+
+impl Scope {
+    /// A scope of the given app names: at least one, each `^[A-Za-z0-9_-]+$` (an app name).
+    pub fn apps<I, S>(apps: I) -> Result<Scope, SecretError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut set = BTreeSet::new();
+        for app in apps {
+            let app = app.into();
+            if !crate::micro::valid_name(&app) {
+                return Err(SecretError::InvalidScope {
+                    problem: format!(
+                        "{app:?} is not an app name (an app spec's name matches ^[A-Za-z0-9_-]+$)"
+                    ),
+                });
+            }
+            set.insert(app);
+        }
+        if set.is_empty() {
+            return Err(SecretError::InvalidScope {
+                problem: "no apps: name at least one (--app APP), or allow every app (--any-app)"
+                    .into(),
+            });
+        }
+        Ok(Scope::Apps(set))
+    }
+
+    /// The scope of a stored `apps` list. An empty list is [`Scope::Unscoped`]; `*` must be
+    /// alone.
+    fn from_stored(list: &[String]) -> Result<Scope, SecretError> {
+        if list.is_empty() {
+            return Ok(Scope::Unscoped);
+        }
+        if list.iter().any(|a| a == ANY_APP) {
+            return if list.iter().all(|a| a == ANY_APP) {
+                Ok(Scope::AnyApp)
+            } else {
+                Err(SecretError::InvalidScope {
+                    problem: "'*' (any app) cannot be combined with app names".into(),
+                })
+            };
+        }
+        Scope::apps(list.iter().cloned())
+    }
+
+    /// The `apps` field: empty for [`Scope::Unscoped`].
+    fn to_stored(&self) -> Vec<String> {
+        match self {
+            Scope::Unscoped => Vec::new(),
+            Scope::AnyApp => vec![ANY_APP.into()],
+            Scope::Apps(a) => a.iter().cloned().collect(),
+        }
+    }
+
+    /// Whether `app` may use a secret of this scope. An unscoped secret allows every app (the
+    /// caller decides whether unscoped secrets are used at all).
+    pub fn allows(&self, app: &str) -> bool {
+        match self {
+            Scope::Unscoped | Scope::AnyApp => true,
+            Scope::Apps(a) => a.contains(app),
+        }
+    }
+
+    /// The AEAD additional data of secret `name` with this scope: the bare name when
+    /// unscoped (Go), else `narun-secret-scope-v1 NUL name NUL app (NUL app)*`.
+    pub fn associated_data(&self, name: &str) -> Vec<u8> {
+        let apps = self.to_stored();
+        if apps.is_empty() {
+            return name.as_bytes().to_vec();
+        }
+        let mut aad = SCOPE_AAD_PREFIX.to_vec();
+        for part in std::iter::once(name).chain(apps.iter().map(String::as_str)) {
+            aad.push(0);
+            aad.extend_from_slice(part.as_bytes());
+        }
+        aad
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Unscoped => f.write_str("no apps (unscoped)"),
+            Scope::AnyApp => f.write_str("any app"),
+            Scope::Apps(a) => {
+                let list: Vec<&str> = a.iter().map(String::as_str).collect();
+                write!(
+                    f,
+                    "app{} {}",
+                    if a.len() == 1 { "" } else { "s" },
+                    list.join(", ")
+                )
+            }
+        }
+    }
 }
 
 /// The AES-256 key that encrypts every secret of a fleet. `Debug` never shows it.
@@ -141,7 +306,8 @@ impl MasterKey {
         Aes256Gcm::new((&self.0).into())
     }
 
-    /// Encrypt `plaintext` as secret `name` with a fresh random nonce.
+    /// Encrypt `plaintext` as the **unscoped** secret `name` (the Go format, see
+    /// [`Scope::Unscoped`]) with a fresh random nonce.
     ///
     /// `existing` is the secret currently stored under `name`, if any: its `created_at` is
     /// kept (and its description, unless a new one is given), `updated_at` becomes now.
@@ -152,8 +318,22 @@ impl MasterKey {
         description: Option<&str>,
         existing: Option<&StoredSecret>,
     ) -> Result<StoredSecret, SecretError> {
+        self.seal_scoped(name, plaintext, description, existing, &Scope::Unscoped)
+    }
+
+    /// Encrypt `plaintext` as secret `name` usable by the apps of `scope` (authenticated as
+    /// additional data), with a fresh random nonce. `existing` as for [`MasterKey::seal`];
+    /// its scope is replaced by `scope`.
+    pub fn seal_scoped(
+        &self,
+        name: &str,
+        plaintext: &[u8],
+        description: Option<&str>,
+        existing: Option<&StoredSecret>,
+        scope: &Scope,
+    ) -> Result<StoredSecret, SecretError> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        self.seal_with_nonce(name, plaintext, description, existing, nonce.into())
+        self.seal_with_nonce(name, plaintext, description, existing, scope, nonce.into())
     }
 
     fn seal_with_nonce(
@@ -162,6 +342,7 @@ impl MasterKey {
         plaintext: &[u8],
         description: Option<&str>,
         existing: Option<&StoredSecret>,
+        scope: &Scope,
         nonce: [u8; NONCE_LEN],
     ) -> Result<StoredSecret, SecretError> {
         validate_name(name)?;
@@ -171,7 +352,7 @@ impl MasterKey {
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: plaintext,
-                    aad: name.as_bytes(),
+                    aad: &scope.associated_data(name),
                 },
             )
             .map_err(|e| SecretError::Encrypt {
@@ -188,6 +369,7 @@ impl MasterKey {
                 .map(str::to_string)
                 .or_else(|| existing.map(|e| e.description.clone()))
                 .unwrap_or_default(),
+            apps: scope.to_stored(),
             created_at: existing
                 .map(|e| e.created_at.clone())
                 .filter(|c| !c.is_empty())
@@ -196,10 +378,12 @@ impl MasterKey {
         })
     }
 
-    /// Decrypt a stored secret. Fails with [`SecretError::Decrypt`] for a wrong key, a
-    /// modified ciphertext or nonce, or a secret stored under another name than it was
-    /// sealed with.
+    /// Decrypt a stored secret, whatever its scope (see [`MasterKey::open_for_app`] for the
+    /// check an app start needs). Fails with [`SecretError::Decrypt`] for a wrong key, a
+    /// modified ciphertext, nonce or scope, or a secret stored under another name than it
+    /// was sealed with.
     pub fn open(&self, secret: &StoredSecret) -> Result<Vec<u8>, SecretError> {
+        let scope = secret.scope()?;
         if secret.nonce.len() != NONCE_LEN {
             return Err(SecretError::Malformed {
                 name: secret.name.clone(),
@@ -214,12 +398,55 @@ impl MasterKey {
                 Nonce::from_slice(&secret.nonce),
                 Payload {
                     msg: &secret.ciphertext,
-                    aad: secret.name.as_bytes(),
+                    aad: &scope.associated_data(&secret.name),
                 },
             )
             .map_err(|_| SecretError::Decrypt {
                 name: secret.name.clone(),
             })
+    }
+
+    /// Decrypt the secret read from KV key `key` for app `app`, as narund does at a start:
+    ///
+    /// * the secret must have been sealed under the name `key` ([`SecretError::WrongKey`]);
+    /// * an unscoped secret is refused unless `allow_unscoped` ([`SecretError::Unscoped`]),
+    ///   before anything is decrypted;
+    /// * the ciphertext and its scope must authenticate ([`SecretError::Decrypt`]);
+    /// * the scope must include `app` ([`SecretError::NotInScope`]).
+    pub fn open_for_app(
+        &self,
+        key: &str,
+        secret: &StoredSecret,
+        app: &str,
+        allow_unscoped: bool,
+    ) -> Result<Vec<u8>, SecretError> {
+        if secret.name != key {
+            return Err(SecretError::WrongKey {
+                key: key.into(),
+                name: secret.name.clone(),
+            });
+        }
+        let scope = secret.scope()?;
+        if scope == Scope::Unscoped && !allow_unscoped {
+            return Err(SecretError::Unscoped {
+                name: key.into(),
+                app: app.into(),
+            });
+        }
+        let plain = self.open(secret)?;
+        if !scope.allows(app) {
+            let flags = match &scope {
+                Scope::Apps(a) => a.iter().map(|a| format!("--app {a} ")).collect(),
+                _ => String::new(),
+            };
+            return Err(SecretError::NotInScope {
+                name: key.into(),
+                app: app.into(),
+                scope: scope.to_string(),
+                flags,
+            });
+        }
+        Ok(plain)
     }
 }
 
@@ -261,6 +488,14 @@ pub struct StoredSecret {
     /// Free text for operators (`omitempty` in Go).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The apps that may use it (narun addition; `["*"]`: any app; absent: unscoped, the Go
+    /// format). Authenticated: see [`Scope`]. Read it through [`StoredSecret::scope`].
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_is_empty"
+    )]
+    pub apps: Vec<String>,
     /// RFC 3339 (nanoseconds), kept across updates.
     #[serde(default)]
     pub created_at: String,
@@ -275,6 +510,7 @@ impl fmt::Debug for StoredSecret {
             .field("name", &self.name)
             .field("ciphertext_len", &self.ciphertext.len())
             .field("description", &self.description)
+            .field("apps", &self.apps)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
             .finish()
@@ -294,6 +530,20 @@ impl StoredSecret {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a StoredSecret always serializes")
     }
+
+    /// The apps that may use it, as stored (authenticated only by a successful
+    /// [`MasterKey::open`]). A malformed list is [`SecretError::Malformed`].
+    pub fn scope(&self) -> Result<Scope, SecretError> {
+        Scope::from_stored(&self.apps).map_err(|e| SecretError::Malformed {
+            name: self.name.clone(),
+            problem: format!("its app scope is invalid ({e})"),
+        })
+    }
+}
+
+/// `null` (or absent) is an empty list.
+fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Go's `[]byte` JSON encoding: standard base64 with padding; `null` is empty.
@@ -344,7 +594,14 @@ mod tests {
         assert_eq!(key.open(&kat()).unwrap(), b"s3cr3t value");
         let nonce: [u8; 12] = STANDARD.decode(KAT_NONCE).unwrap().try_into().unwrap();
         let sealed = key
-            .seal_with_nonce("db-password", b"s3cr3t value", None, None, nonce)
+            .seal_with_nonce(
+                "db-password",
+                b"s3cr3t value",
+                None,
+                None,
+                &Scope::Unscoped,
+                nonce,
+            )
             .unwrap();
         assert_eq!(STANDARD.encode(&sealed.ciphertext), KAT_CT);
     }
@@ -431,6 +688,205 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         let e = MasterKey::load(&dir).unwrap_err().to_string();
         assert!(e.contains("cannot read the master key file"), "{e}");
+    }
+
+    fn scoped(apps: &[&str]) -> (MasterKey, StoredSecret) {
+        let key = MasterKey::from_base64(KEY).unwrap();
+        let s = key
+            .seal_scoped(
+                "db",
+                b"pw",
+                None,
+                None,
+                &Scope::apps(apps.iter().copied()).unwrap(),
+            )
+            .unwrap();
+        (key, s)
+    }
+
+    #[test]
+    fn scoped_secrets_open_only_for_their_apps() {
+        let (key, s) = scoped(&["web", "billing", "web"]);
+        assert_eq!(s.apps, ["billing", "web"], "sorted and deduplicated");
+        assert_eq!(s.scope().unwrap().to_string(), "apps billing, web");
+        for app in ["billing", "web"] {
+            for allow_unscoped in [false, true] {
+                assert_eq!(
+                    key.open_for_app("db", &s, app, allow_unscoped).unwrap(),
+                    b"pw"
+                );
+            }
+        }
+        let e = key.open_for_app("db", &s, "shop", true).unwrap_err();
+        assert!(matches!(&e, SecretError::NotInScope { app, .. } if app == "shop"));
+        let e = e.to_string();
+        assert!(
+            e.contains(
+                "secret 'db' may not be used by app 'shop': it is scoped to apps billing, web"
+            ) && e.contains("`narunctl secret set db --app billing --app web --app shop`"),
+            "{e}"
+        );
+        let (key, one) = scoped(&["web"]);
+        let e = key
+            .open_for_app("db", &one, "shop", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("scoped to app web;") && e.contains("set db --app web --app shop`"),
+            "{e}"
+        );
+        // A prefix or case variant of an app name is another app.
+        assert!(key.open_for_app("db", &one, "we", false).is_err());
+        assert!(key.open_for_app("db", &one, "Web", false).is_err());
+    }
+
+    #[test]
+    fn any_app_needs_no_opt_in() {
+        let key = MasterKey::from_base64(KEY).unwrap();
+        let s = key
+            .seal_scoped("db", b"pw", None, None, &Scope::AnyApp)
+            .unwrap();
+        assert_eq!(s.apps, ["*"]);
+        assert_eq!(s.scope().unwrap().to_string(), "any app");
+        assert_eq!(
+            key.open_for_app("db", &s, "anything", false).unwrap(),
+            b"pw"
+        );
+    }
+
+    #[test]
+    fn unscoped_go_secrets_need_the_opt_in() {
+        let key = MasterKey::from_base64(KEY).unwrap();
+        let go = kat();
+        assert_eq!(go.scope().unwrap(), Scope::Unscoped);
+        let e = key
+            .open_for_app("db-password", &go, "web", false)
+            .unwrap_err();
+        assert!(matches!(e, SecretError::Unscoped { .. }));
+        let e = e.to_string();
+        assert!(
+            e.contains("secret 'db-password' is unscoped")
+                && e.contains("`narunctl secret set db-password --app web`")
+                && e.contains("`[secrets] allow_unscoped = true`"),
+            "{e}"
+        );
+        assert_eq!(
+            key.open_for_app("db-password", &go, "web", true).unwrap(),
+            b"s3cr3t value"
+        );
+        // `seal` still writes the Go format: no `apps`, AAD = name.
+        let s = key.seal("x", b"v", None, None).unwrap();
+        assert!(s.apps.is_empty());
+        assert_eq!(Scope::Unscoped.associated_data("x"), b"x");
+        // `"apps": null` is unscoped too.
+        let mut v: serde_json::Value = serde_json::from_slice(&go.to_json()).unwrap();
+        v["apps"] = serde_json::Value::Null;
+        let nulled = StoredSecret::from_json("db-password", v.to_string().as_bytes()).unwrap();
+        assert_eq!(key.open(&nulled).unwrap(), b"s3cr3t value");
+    }
+
+    #[test]
+    fn a_rewritten_scope_does_not_decrypt() {
+        let (key, s) = scoped(&["billing"]);
+        let rewrites: [(&str, Vec<&str>); 5] = [
+            ("widened", vec!["billing", "web"]),
+            ("replaced", vec!["web"]),
+            ("any app", vec!["*"]),
+            ("removed (unscoped)", vec![]),
+            ("renamed app", vec!["billinG"]),
+        ];
+        for (what, apps) in rewrites {
+            let mut t = s.clone();
+            t.apps = apps.iter().map(|a| a.to_string()).collect();
+            for app in ["billing", "web"] {
+                let e = key.open_for_app("db", &t, app, true).unwrap_err();
+                assert!(
+                    matches!(e, SecretError::Decrypt { .. }),
+                    "{what} for {app}: {e}"
+                );
+            }
+            // Through JSON, as a KV writer would do it.
+            let t = StoredSecret::from_json("db", &t.to_json()).unwrap();
+            assert!(key.open(&t).is_err(), "{what}");
+        }
+        // Scoping a Go secret without the key does not decrypt either.
+        let mut go = kat();
+        go.apps = vec!["web".into()];
+        assert!(matches!(
+            key.open_for_app("db-password", &go, "web", true),
+            Err(SecretError::Decrypt { .. })
+        ));
+        // The order of the stored list does not matter (the AAD uses the sorted set).
+        let (key, s) = scoped(&["a", "b"]);
+        let mut t = s.clone();
+        t.apps.reverse();
+        assert_eq!(key.open(&t).unwrap(), b"pw");
+    }
+
+    #[test]
+    fn malformed_scopes_and_moved_secrets_are_refused() {
+        let (key, s) = scoped(&["a"]);
+        for bad in [vec!["*", "a"], vec!["a b"], vec![""], vec!["a\u{0}b"]] {
+            let mut t = s.clone();
+            t.apps = bad.iter().map(|a| a.to_string()).collect();
+            assert!(
+                matches!(t.scope(), Err(SecretError::Malformed { .. })),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(key.open(&t), Err(SecretError::Malformed { .. })),
+                "{bad:?}"
+            );
+        }
+        // The whole JSON copied to another KV key still carries its name: refused.
+        let e = key.open_for_app("other", &s, "a", true).unwrap_err();
+        assert!(matches!(e, SecretError::WrongKey { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the KV key 'other' holds the secret 'db'")
+        );
+    }
+
+    #[test]
+    fn scope_construction_and_aad() {
+        assert!(Scope::apps(Vec::<String>::new()).is_err());
+        for bad in ["", "a.b", "a b", "*", "a/b", "é"] {
+            assert!(Scope::apps([bad]).is_err(), "{bad:?}");
+        }
+        let s = Scope::apps(["b", "a_1", "b"]).unwrap();
+        assert_eq!(
+            s.associated_data("db"),
+            b"narun-secret-scope-v1\0db\0a_1\0b".to_vec()
+        );
+        assert_eq!(
+            Scope::AnyApp.associated_data("db"),
+            b"narun-secret-scope-v1\0db\0*".to_vec()
+        );
+        // Apps that concatenate to the same text still give different additional data.
+        assert_ne!(
+            Scope::apps(["ab"]).unwrap().associated_data("x"),
+            Scope::apps(["a", "b"]).unwrap().associated_data("x")
+        );
+        assert!(s.allows("a_1") && !s.allows("a"));
+        assert!(Scope::AnyApp.allows("x") && Scope::Unscoped.allows("x"));
+        let key = MasterKey::from_base64(KEY).unwrap();
+        let stored = key.seal_scoped("db", b"v", Some("d"), None, &s).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&stored.to_json()).unwrap();
+        assert_eq!(v["apps"], serde_json::json!(["a_1", "b"]));
+        // An update replaces the scope and keeps created_at and the description.
+        let mut old = stored.clone();
+        old.created_at = "2020-01-01T00:00:00Z".into();
+        let upd = key
+            .seal_scoped("db", b"w", None, Some(&old), &Scope::AnyApp)
+            .unwrap();
+        assert_eq!(
+            (
+                upd.apps.clone(),
+                upd.created_at.as_str(),
+                upd.description.as_str()
+            ),
+            (vec!["*".to_string()], "2020-01-01T00:00:00Z", "d")
+        );
     }
 
     #[test]

@@ -26,6 +26,13 @@
 //!   bucket, key, or a value that does not decrypt also fails the start with reason
 //!   `secret`; the message names the secret (`Failed to resolve secret 'db-password': …`)
 //!   and other apps are unaffected.
+//! * **Secret scope** — a secret names the apps that may use it (`narunctl secret set NAME
+//!   --app APP`, authenticated with the master key, see [`narun_wire::secrets::Scope`]). A
+//!   secret whose scope does not include the spec's `name`, or whose scope was rewritten
+//!   without the key, fails the start with reason `secret` (the message names the secret,
+//!   the app and the `narunctl` command that allows it). A secret that names no apps (the
+//!   Go format) is used only when `[secrets] allow_unscoped = true`; otherwise the start
+//!   fails naming that setting. An app never starts without one of its secrets.
 //!
 //! The master key file comes from narund's config (`[secrets] master_key_file`, env
 //! `NARUN_MASTER_KEY_FILE`); it is read at each start that needs it, so a rotated key
@@ -39,6 +46,7 @@ use narun_wire::names;
 use narun_wire::secrets::{MasterKey, StoredSecret};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Bound of one secret lookup (open the bucket and get the key), like Go's 5 s KV get.
@@ -75,6 +83,8 @@ pub struct AppInputs {
     client: async_nats::Client,
     uring: UringHandle,
     master_key_file: Mutex<PathBuf>,
+    /// `[secrets] allow_unscoped`.
+    allow_unscoped: AtomicBool,
 }
 
 impl AppInputs {
@@ -85,6 +95,7 @@ impl AppInputs {
             client,
             uring,
             master_key_file: Mutex::new(DEFAULT_MASTER_KEY_FILE.into()),
+            allow_unscoped: AtomicBool::new(false),
         }
     }
 
@@ -134,7 +145,13 @@ impl AppInputs {
                     )
                 })?
                 .map_err(|m| fail(secret, m))?;
-            let plain = key.open(&stored).map_err(|e| fail(secret, e.to_string()))?;
+            let allow_unscoped = self.allow_unscoped.load(Ordering::Relaxed);
+            let plain = key
+                .open_for_app(secret, &stored, &spec.name, allow_unscoped)
+                .map_err(|e| fail(secret, e.to_string()))?;
+            if stored.apps.is_empty() {
+                tracing::warn!(app = %spec.name, secret, "using a secret that names no apps (allowed by [secrets] allow_unscoped); scope it with `narunctl secret set {secret} --app {}`", spec.name);
+            }
             let value = String::from_utf8(plain).map_err(|_| {
                 fail(
                     secret,
@@ -560,6 +577,11 @@ impl AppInputs {
     /// `[secrets] master_key_file`).
     pub fn set_master_key_file(&self, path: impl Into<PathBuf>) {
         *self.master_key_file.lock().unwrap() = path.into();
+    }
+
+    /// Hand out secrets that name no apps from now on (narund's `[secrets] allow_unscoped`).
+    pub fn set_allow_unscoped(&self, allow: bool) {
+        self.allow_unscoped.store(allow, Ordering::Relaxed);
     }
 }
 

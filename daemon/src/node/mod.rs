@@ -277,6 +277,11 @@ impl Node {
         self.inner.host.inputs.set_master_key_file(path);
     }
 
+    /// Whether secrets that name no apps are handed out (`[secrets] allow_unscoped`).
+    pub fn set_allow_unscoped_secrets(&self, allow: bool) {
+        self.inner.host.inputs.set_allow_unscoped(allow);
+    }
+
     /// Resolves when some instance changed state.
     pub async fn changed(&self) {
         self.inner.host.changed.notified().await

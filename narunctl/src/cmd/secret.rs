@@ -1,10 +1,11 @@
 //! `narunctl secret set|ls|rm`: encrypted values for `valueFromSecret`.
 //!
 //! Secrets live in the KV bucket `narun-secrets` (history 1) as the Go `StoredSecret` JSON,
-//! encrypted with AES-256-GCM under the fleet's master key and the secret's name as
-//! additional data ([`narun_wire::secrets`]). narunctl encrypts on the operator's machine:
-//! the plaintext never travels over NATS. Only narund (with the same master key) decrypts,
-//! when it starts an app whose spec says `valueFromSecret: NAME`.
+//! encrypted with AES-256-GCM under the fleet's master key, with the secret's name and the
+//! apps that may use it (`--app`, or `--any-app`) as additional data
+//! ([`narun_wire::secrets`]). narunctl encrypts on the operator's machine: the plaintext
+//! never travels over NATS. Only narund (with the same master key) decrypts, when it starts
+//! an app in the secret's scope whose spec says `valueFromSecret: NAME`.
 
 use crate::cli::{ConnArgs, MasterKeyArgs, SecretCmd, SecretSetArgs};
 use crate::output::{confirm, print_json, print_table};
@@ -12,7 +13,7 @@ use crate::session::{Session, collect_each};
 use anyhow::{Context, Result, anyhow, bail};
 use narun_wire::jetstream::SECRETS;
 use narun_wire::names;
-use narun_wire::secrets::{MasterKey, StoredSecret};
+use narun_wire::secrets::{MasterKey, Scope, StoredSecret};
 use std::io::Read;
 
 /// Run a `secret` subcommand.
@@ -68,8 +69,17 @@ fn plaintext(args: &SecretSetArgs) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The scope of `set`: `--any-app`, else the `--app`s (clap requires one of them).
+fn scope(args: &SecretSetArgs) -> Result<Scope> {
+    if args.any_app {
+        return Ok(Scope::AnyApp);
+    }
+    Ok(Scope::apps(args.app.iter().cloned())?)
+}
+
 async fn set(conn: &ConnArgs, args: SecretSetArgs) -> Result<()> {
     narun_wire::secrets::validate_name(&args.name)?;
+    let scope = scope(&args)?;
     let key = master_key(&args.key)?;
     let value = plaintext(&args)?;
     let session = Session::connect(conn, "secret").await?;
@@ -81,11 +91,12 @@ async fn set(conn: &ConnArgs, args: SecretSetArgs) -> Result<()> {
         )
         .await?
         .and_then(|v| StoredSecret::from_json(&args.name, &v).ok());
-    let stored = key.seal(
+    let stored = key.seal_scoped(
         &args.name,
         &value,
         args.description.as_deref(),
         existing.as_ref(),
+        &scope,
     )?;
     session
         .bounded(
@@ -94,7 +105,7 @@ async fn set(conn: &ConnArgs, args: SecretSetArgs) -> Result<()> {
         )
         .await?;
     println!(
-        "secret {} {}",
+        "secret {} {} for {scope}",
         args.name,
         if existing.is_some() {
             "updated"
@@ -116,10 +127,18 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
             let v = session
                 .bounded(&format!("reading secret {name}"), kv.get(&name))
                 .await?;
-            // Only metadata: the ciphertext is never printed.
+            // Only metadata: the ciphertext is never printed. The scope is what the KV
+            // says; narund authenticates it with the master key at every start.
             let s = v.and_then(|v| StoredSecret::from_json(&name, &v).ok());
+            let apps = match s.as_ref().map(StoredSecret::scope) {
+                Some(Ok(Scope::Unscoped)) | None => serde_json::Value::Null,
+                Some(Ok(Scope::AnyApp)) => serde_json::json!(["*"]),
+                Some(Ok(Scope::Apps(a))) => serde_json::json!(a),
+                Some(Err(_)) => serde_json::json!("invalid"),
+            };
             rows.push(serde_json::json!({
                 "name": name,
+                "apps": apps,
                 "description": s.as_ref().map(|s| s.description.clone()).unwrap_or_default(),
                 "created_at": s.as_ref().map(|s| s.created_at.clone()).unwrap_or_default(),
                 "updated_at": s.as_ref().map(|s| s.updated_at.clone()).unwrap_or_default(),
@@ -138,17 +157,28 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
             s.to_string()
         }
     };
+    let apps = |r: &serde_json::Value| match &r["apps"] {
+        serde_json::Value::Null => "(unscoped)".to_string(),
+        serde_json::Value::Array(a) if a.len() == 1 && a[0] == "*" => "(any app)".into(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.as_str().unwrap_or_default().to_string(),
+    };
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
                 cell(r, "name"),
+                apps(r),
                 cell(r, "updated_at"),
                 cell(r, "description"),
             ]
         })
         .collect();
-    print_table(&["NAME", "UPDATED", "DESCRIPTION"], &table);
+    print_table(&["NAME", "APPS", "UPDATED", "DESCRIPTION"], &table);
     Ok(())
 }
 
