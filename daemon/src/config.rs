@@ -5,7 +5,7 @@
 //! the file, the key and the line, so a typo never silently falls back to a default.
 
 use narun_wire::connect::NatsSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -97,8 +97,9 @@ impl Reloadable {
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/narun/narund.toml";
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration file (serialized back as the effective settings that
+/// `narund --check-config` prints).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Node identity; empty = the host name.
@@ -140,7 +141,7 @@ impl Default for Config {
 }
 
 /// `[apps]`: defaults for supervised apps.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppsConfig {
     /// User apps run as when their spec names none. Empty (the default): every such app
@@ -162,7 +163,7 @@ pub struct AppsConfig {
 }
 
 /// `apps.on_exit`: what narund does with its apps when it is asked to exit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnExit {
     /// Stop every app gracefully and delete the node's heartbeat key.
@@ -187,17 +188,36 @@ impl Default for AppsConfig {
 }
 
 /// `[cgroup]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CgroupConfig {
     /// Parent cgroup of app instances; empty = derived from narund's own cgroup.
     pub root: Option<PathBuf>,
+    /// Run apps in cgroups (default). `false` is the one way to run them without (no
+    /// limits, stop by process group); with `true` a root narund cannot use is an error.
+    pub enabled: bool,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            root: None,
+            enabled: true,
+        }
+    }
+}
+
+impl CgroupConfig {
+    /// The configured root; `None` when unset or empty (derived from narund's own cgroup).
+    pub fn configured_root(&self) -> Option<&Path> {
+        self.root.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
 }
 
 pub use crate::logs::LogsConfig;
 
 /// `[secrets]`: decrypting `valueFromSecret` env values (see [`crate::fetch::inputs`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
     /// File holding the fleet's master key: standard base64 of 32 bytes (the Go runner's
@@ -247,9 +267,21 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// Load `path`. A missing file is an error only when `required` (the path
-    /// was given explicitly); the default path may be absent, giving defaults.
+    /// Load `path` ([`read`](Self::read)) and [`validate`](Self::validate) it.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let config = Self::read(path, required)?;
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Read and parse `path`, without validating the values (narund validates once flags
+    /// and environment are applied: [`crate::preflight::check`]). A missing file is an
+    /// error only when `required` (the path was given explicitly); the default path may be
+    /// absent, giving defaults.
+    pub fn read(path: &Path, required: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
@@ -260,15 +292,10 @@ impl Config {
                 });
             }
         };
-        let config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
-        })?;
-        config.validate().map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })?;
-        Ok(config)
+        })
     }
 
     /// Parse TOML text; the error message names the key and line.
@@ -302,11 +329,32 @@ impl Config {
     /// starting with its key.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
-        if !self.node_id.is_empty() && !valid_token(&self.node_id) {
-            problems.push(format!(
-                "node_id: {:?} must use only A-Z a-z 0-9 - _ (it is a NATS subject token and KV key)",
-                self.node_id
-            ));
+        // Empty: the host name, filled in by `apply`.
+        if !self.node_id.is_empty()
+            && let Some(p) = narun_wire::names::node_id_problem(&self.node_id)
+        {
+            problems.push(format!("node_id: {p}"));
+        }
+        for (key, dir) in [
+            ("data_dir", &self.data_dir),
+            ("runtime_dir", &self.runtime_dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                problems.push(format!("{key}: is empty; set an absolute path"));
+            } else if !dir.is_absolute() {
+                problems.push(format!(
+                    "{key}: {} is a relative path (it would depend on narund's working \
+                     directory); set an absolute path",
+                    dir.display()
+                ));
+            }
+        }
+        if !self.cgroup.enabled && self.cgroup.configured_root().is_some() {
+            problems.push(
+                "cgroup.root: is set, but cgroup.enabled = false runs apps without cgroups; \
+                 remove one of them"
+                    .into(),
+            );
         }
         for k in self.labels.keys() {
             if k.is_empty() || k.contains(char::is_whitespace) {
@@ -355,11 +403,6 @@ impl Config {
             Err(problems.join("\n"))
         }
     }
-}
-
-fn valid_token(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The host name (`uname -n`), or `localhost` if it cannot be read.

@@ -5,7 +5,7 @@
 //! Daemon::new(config)                          Daemon::run(shutdown, reloads)
 //!   NATS client (connects in the background)     gateway (feature `gateway`)
 //!   child subreaper                              orphan reaper ─┐
-//!   cgroups: discover, enable controllers        memory trim    │ every task gets
+//!   cgroups: discover (or fail), controllers     memory trim    │ every task gets
 //!   Node: local state, re-adoption, stale        offline start  │ `shutdown`
 //!         cgroups, log forwarder                 reconciler ────┤ (one token)
 //!   gateway bound (feature `gateway`)            heartbeat      │
@@ -14,9 +14,11 @@
 //!                                              then: stop or detach the apps, flush logs
 //! ```
 //!
-//! `main.rs` only parses flags, loads the configuration, trims narund's own privileges and
-//! memory, turns signals into `shutdown` and `reloads`, and calls these two. Tests build
-//! narund the same way.
+//! `main.rs` only parses flags, loads and checks the configuration
+//! ([`crate::preflight::check`]), takes the data dir and cgroup root locks ([`crate::lock`]),
+//! trims narund's own privileges and memory, turns signals into `shutdown` and `reloads`,
+//! and calls these two. Tests build narund the same way (without the locks: several test
+//! narunds share a process).
 
 use crate::config::{Config, OnExit, Settings};
 use crate::instance::process::Kernel;
@@ -67,18 +69,25 @@ impl Daemon {
         if let Err(e) = reaper::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
         }
-        let root = match crate::cgroup::CgroupRoot::discover(config.cgroup.root.as_deref()) {
-            Ok(root) => {
-                let report = root.enable_controllers();
-                for f in &report.failures {
-                    tracing::info!(detail = %f, "cgroup controller not enabled");
-                }
-                Some(root)
+        // A root narund cannot use is an error, never a silent "no cgroups": running apps
+        // without cgroups takes `[cgroup] enabled = false`.
+        let root = if config.cgroup.enabled {
+            let root = crate::cgroup::CgroupRoot::discover(config.cgroup.configured_root())
+                .context(if config.cgroup.configured_root().is_some() {
+                    "cgroup.root"
+                } else {
+                    "cgroup (the root derived from narund's own cgroup; set [cgroup] root, or enabled = false)"
+                })?;
+            let report = root.enable_controllers();
+            for f in &report.failures {
+                tracing::info!(detail = %f, "cgroup controller not enabled");
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "no usable cgroup v2: apps run without cgroups (limits unenforced, stop by process group)");
-                None
-            }
+            Some(root)
+        } else {
+            tracing::warn!(
+                "[cgroup] enabled = false: apps run without cgroups (limits unenforced, stop by process group)"
+            );
+            None
         };
         let cgroup_root = root.as_ref().map(|r| r.path().to_path_buf());
         let cgroups = root.map(|r| Arc::new(r) as Arc<dyn crate::cgroup::Cgroups>);

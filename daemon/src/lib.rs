@@ -14,6 +14,8 @@
 //! | [`privileges`] | narund's own capability bounding set; the app's uid/gid/caps/no_new_privs set-up in `pre_exec` |
 //! | [`state`] | the data dir: last applied specs (starts without NATS), records of running processes, systemd's fd store |
 //! | [`config`] | `/etc/narun/narund.toml`, flags and env overrides; [`config::Settings`] for the node |
+//! | [`preflight`] | the one check of a configuration before narund uses it (`--check-config`, start, reload): files, directories, node id, cgroup root; the effective settings |
+//! | [`lock`] | one narund per data dir and per cgroup root: the locks taken at start and held for narund's life |
 //! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
@@ -26,9 +28,11 @@ pub mod daemon;
 pub mod fetch;
 pub mod instance;
 pub mod liveness;
+pub mod lock;
 pub mod logs;
 pub mod memory;
 pub mod node;
+pub mod preflight;
 pub mod privileges;
 pub mod state;
 pub mod sys;

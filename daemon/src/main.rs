@@ -6,12 +6,17 @@
 //! apps of this node (local state first, then `app-configs`; see `docs/supervisor.md`),
 //! heart-beats into `node-runner-states`, and speaks sd_notify to systemd (`READY=1`,
 //! `STATUS=`, `STOPPING=1`).
+//!
+//! Before anything else it checks the configuration ([`narund::preflight::check`], the same
+//! check `--check-config` runs) and takes its locks on the data dir and the cgroup root
+//! ([`narund::lock`]): a second narund on either refuses to start, naming the first.
 #![deny(unsafe_code)]
 
 use anyhow::Context;
 use clap::Parser;
 use narund::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
 use narund::daemon::Daemon;
+use narund::preflight::Checked;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +43,8 @@ struct Cli {
     /// Runtime directory. Overrides `runtime_dir`.
     #[arg(long, env = "NARUND_RUNTIME_DIR")]
     runtime_dir: Option<PathBuf>,
-    /// Check the configuration, print the effective settings and exit.
+    /// Check the configuration as a start would (files, directories, cgroup root), print
+    /// the effective settings and exit 0; or print every problem and exit 2.
     #[arg(long)]
     check_config: bool,
 }
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
             "received log pipes of running apps from systemd's fd store"
         );
     }
-    let config = match load_config(&cli) {
+    let (config, checked) = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("narund: {e:#}");
@@ -74,14 +80,17 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!(
-            "config ok: node_id={} nats={} data_dir={}",
-            config.node_id,
-            config.nats.url,
-            config.data_dir.display()
-        );
+        print!("{}", narund::preflight::effective(&config, &checked));
         return ExitCode::SUCCESS;
     }
+    // Held until narund exits (the kernel releases them if it dies).
+    let _locks = match take_locks(&config, &checked) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("narund: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Keep only the pages of narund's binary it runs resident (before the runtime's threads).
     narund::memory::apply(&config.memory);
     // Keep only NARUND_CAPS in the bounding set (and effective/permitted set), now, while
@@ -127,22 +136,40 @@ fn runtime_builder() -> tokio::runtime::Builder {
     tokio::runtime::Builder::new_current_thread()
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+/// Read the file, apply flags and environment, and check the result
+/// ([`narund::preflight::check`]): every problem at once, each naming its setting.
+fn load_config(cli: &Cli) -> anyhow::Result<(Config, Checked)> {
     let (path, required) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let mut config = Config::load(&path, required)?;
+    let mut config = Config::read(&path, required)?;
     config.apply(&Overrides {
         node_id: cli.node_id.clone(),
         nats_url: cli.nats_url.clone(),
         data_dir: cli.data_dir.clone(),
         runtime_dir: cli.runtime_dir.clone(),
     });
-    config
-        .validate()
-        .map_err(|p| anyhow::anyhow!("after applying flags and environment:\n{p}"))?;
-    Ok(config)
+    match narund::preflight::check(&config) {
+        Ok(checked) => Ok((config, checked)),
+        Err(problems) => Err(anyhow::anyhow!(
+            "config file {} (with flags and environment applied) cannot be used:\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        )),
+    }
+}
+
+/// One narund per data dir and per cgroup root: create the cgroup root, then lock both.
+fn take_locks(config: &Config, checked: &Checked) -> anyhow::Result<narund::lock::NodeLocks> {
+    let root = match &checked.cgroup_root {
+        Some(loc) => {
+            loc.mkdir().context("cgroup root")?;
+            Some(loc.path())
+        }
+        None => None,
+    };
+    Ok(narund::lock::NodeLocks::acquire(&config.data_dir, root)?)
 }
 
 /// Run narund ([`Daemon`]) until SIGTERM or SIGINT; SIGHUP reads the configuration
@@ -162,7 +189,8 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let _ = reload_tx.send(load_config(cli).map_err(|e| format!("{e:#}"))).await;
+                let new = load_config(cli).map(|(c, _)| c).map_err(|e| format!("{e:#}"));
+                let _ = reload_tx.send(new).await;
             }
             res = &mut daemon => return res.context("narund panicked")?,
         }

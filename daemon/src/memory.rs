@@ -46,7 +46,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// `[memory]`: narund's own memory footprint.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Let the kernel read narund's binary ahead on page faults (its default behaviour).

@@ -192,11 +192,34 @@ impl NatsSettings {
     /// Connect (returns at once; the client connects in the background and
     /// keeps reconnecting).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
+        let addrs = self.server_addrs()?;
         let opts = self.options(name).await?;
         let urls = self.url.clone();
-        opts.connect(urls.as_str())
+        opts.connect(addrs)
             .await
             .map_err(|source| ConnectError::Connect { url: urls, source })
+    }
+
+    /// The servers of [`url`](Self::url): comma separated, each `nats://`, `tls://`, `ws://`
+    /// or `wss://` (`host:port` alone means `nats://`). The error names the one that is not
+    /// a NATS URL.
+    pub fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| ConnectError::Settings(format!("url {u:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|addrs| {
+                if addrs.is_empty() {
+                    Err(ConnectError::Settings("url is empty".into()))
+                } else {
+                    Ok(addrs)
+                }
+            })
     }
 }
 
@@ -241,6 +264,27 @@ mod tests {
         let env: HashMap<_, _> = s.to_env().into_iter().collect();
         let back = NatsSettings::from_lookup(|k| env.get(k).cloned());
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn comma_separated_urls_are_servers() {
+        let s = NatsSettings {
+            url: "nats://a:1, tls://b:2,c".into(),
+            ..Default::default()
+        };
+        let addrs = s.server_addrs().unwrap();
+        assert_eq!(addrs.len(), 3);
+        assert_eq!(addrs[1].host(), "b");
+        assert_eq!(addrs[2].port(), 4222);
+        // As one URL the list is not one (what connect passed before).
+        assert!(s.url.parse::<async_nats::ServerAddr>().is_err());
+        for bad in ["http://a:1", "nats://a:1,nats://b:x", " , "] {
+            let s = NatsSettings {
+                url: bad.into(),
+                ..Default::default()
+            };
+            assert!(s.server_addrs().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -105,3 +105,56 @@ pub mod env {
     pub const NATS_TLS_CERT: &str = "NATS_TLS_CERT";
     pub const NATS_TLS_KEY: &str = "NATS_TLS_KEY";
 }
+
+/// Longest accepted node id, in bytes: like an app name (`narun-spec`'s `MAX_NAME_LEN`)
+/// and a Linux host name (`HOST_NAME_MAX`, the default node id). The node id is a subject
+/// token of [`log_subject`], [`status_subject`] and [`control_subject`], the key of the
+/// node in [`NODE_STATES_BUCKET`] and part of narund's connection name; NATS refuses a
+/// protocol line longer than its `max_control_line` (4 KiB by default), so a long id
+/// would break every one of them.
+pub const MAX_NODE_ID_LEN: usize = 64;
+
+/// Why `id` cannot be a node id (`None`: it can): empty, longer than
+/// [`MAX_NODE_ID_LEN`], or a character outside `A-Z a-z 0-9 - _` (it is a single
+/// subject token and a KV key).
+pub fn node_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("is empty".into());
+    }
+    if id.len() > MAX_NODE_ID_LEN {
+        return Some(format!(
+            "is {} bytes long; at most {MAX_NODE_ID_LEN} (it is a NATS subject token and KV key)",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Some(format!(
+            "{id:?} contains {c:?}; use only A-Z a-z 0-9 - _ (it is a NATS subject token and KV key)"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod node_id_tests {
+    use super::*;
+
+    #[test]
+    fn node_ids() {
+        assert_eq!(node_id_problem("node-1_A"), None);
+        assert_eq!(node_id_problem(&"a".repeat(MAX_NODE_ID_LEN)), None);
+        let long = node_id_problem(&"a".repeat(MAX_NODE_ID_LEN + 1)).unwrap();
+        assert!(
+            long.contains("65 bytes") && long.contains("at most 64"),
+            "{long}"
+        );
+        assert!(node_id_problem(&"a".repeat(5000)).unwrap().contains("5000"));
+        assert!(node_id_problem("").unwrap().contains("empty"));
+        for bad in ["a.b", "a b", "a*", "a>", "é", "a/b", "a\0"] {
+            assert!(node_id_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+}

@@ -24,7 +24,7 @@
 //! |---|---|
 //! | `mod.rs` | this overview, [`CgroupError`], the cgroupfs read/write helpers the files share |
 //! | `layout.rs` | [`Layout`]: where cgroup2 is mounted, narund's own cgroup, [`default_root`] (pure parsers) |
-//! | `root.rs` | [`CgroupRoot`]: discover or create the root, enable controllers, list and clean up instances |
+//! | `root.rs` | [`CgroupRoot`]: locate (check, no changes), discover or create the root, enable controllers, list and clean up instances |
 //! | `instance.rs` | [`InstanceCgroup`] and [`instance_name`]: create, place a child, freeze, kill, wait, remove |
 //! | `limits.rs` | [`Limits`], [`Controllers`], [`MemoryEvents`], the `cgroup.events` parser |
 //! | `inotify.rs` | the inotify watch on `cgroup.events` that [`InstanceCgroup::wait_empty`] waits on |
@@ -70,7 +70,7 @@ pub use layout::{
 };
 pub use limits::{Controllers, Limits, MemoryEvents, parse_cgroup_events};
 pub use manager::{Cgroups, RunCgroup};
-pub use root::{CgroupRoot, ControllerReport};
+pub use root::{CgroupRoot, ControllerReport, RootLocation};
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -83,12 +83,15 @@ pub enum CgroupError {
     /// No cgroup2 filesystem is mounted.
     #[error(
         "cgroup2 is not mounted (no cgroup2 entry in /proc/self/mountinfo); mount it \
-         (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`) or disable cgroups in narund.toml"
+         (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`), or run apps without cgroups: \
+         `[cgroup] enabled = false` in narund.toml"
     )]
     NotMounted,
     /// A configured path is not a directory on cgroup2.
     #[error(
-        "{} is not a directory on the cgroup2 filesystem (mounted at {}); set cgroup_root to a path below it",
+        "{} is not a directory on the cgroup2 filesystem (mounted at {}); set `[cgroup] root` to a \
+         path below it (absolute, or relative to it), or `[cgroup] enabled = false` to run apps \
+         without cgroups",
         path.display(), mount.display()
     )]
     NotCgroup2 {
@@ -99,7 +102,7 @@ pub enum CgroupError {
     },
     /// `/proc/self/cgroup` has no `0::` line, or the path is outside the visible mount.
     #[error(
-        "cannot locate narund's own cgroup2 directory ({reason}); set cgroup_root in narund.toml"
+        "cannot locate narund's own cgroup2 directory ({reason}); set `[cgroup] root` in narund.toml"
     )]
     OwnCgroupUnknown {
         /// What went wrong.

@@ -1,4 +1,5 @@
-//! The instance root, the parent of all instance cgroups: [`CgroupRoot::discover`] finds (and
+//! The instance root, the parent of all instance cgroups: [`CgroupRoot::locate`] finds and checks it
+//! without changing anything, [`CgroupRoot::discover`] finds (and
 //! creates) it, enables the controllers, lists the instance cgroups below it and cleans up stale ones.
 
 use std::collections::HashSet;
@@ -56,46 +57,125 @@ fn mkdir_below(path: &Path) -> Result<()> {
     }
 }
 
+/// Where the instance root is, or will be: found by [`CgroupRoot::locate`] without changing
+/// anything (for `narund --check-config`, and before narund locks the root);
+/// [`RootLocation::create`] makes it the [`CgroupRoot`].
+#[derive(Clone, Debug)]
+pub struct RootLocation {
+    path: PathBuf,
+    mount_point: PathBuf,
+    origin: RootOrigin,
+    layout: Layout,
+}
+
+impl RootLocation {
+    /// The root directory (it may not exist yet).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the cgroup2 filesystem is mounted.
+    pub fn mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// Why this root was chosen.
+    pub fn origin(&self) -> RootOrigin {
+        self.origin
+    }
+
+    /// unified / hybrid layout of the host.
+    pub fn layout(&self) -> LayoutKind {
+        self.layout.kind
+    }
+
+    /// `mkdir -p` the root below the cgroup2 mount (only the missing tail is created), and
+    /// check that it is a cgroup2 directory.
+    pub fn mkdir(&self) -> Result<()> {
+        mkdir_below(&self.path)?;
+        if !is_cgroup2(&self.path).map_err(io_err("statfs", &self.path))? {
+            return Err(CgroupError::NotCgroup2 {
+                path: self.path.clone(),
+                mount: self.mount_point.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Create the root ([`mkdir`](Self::mkdir)) and, for a configured root that narund itself
+    /// lives in, move narund into `<root>/supervisor` (see [`CgroupRoot::discover`]).
+    pub fn create(self) -> Result<CgroupRoot> {
+        self.mkdir()?;
+        let own_dir = self.layout.own_dir().ok();
+        let root = CgroupRoot {
+            path: self.path,
+            mount_point: self.mount_point,
+            origin: self.origin,
+            layout: self.layout.kind,
+        };
+        if root.origin == RootOrigin::Configured && own_dir.as_deref() == Some(&root.path) {
+            root.move_self_into_supervisor_leaf()?;
+        }
+        Ok(root)
+    }
+}
+
 impl CgroupRoot {
-    /// Find (and create if needed) the instance root.
+    /// Find (and create if needed) the instance root: [`locate`](Self::locate), then
+    /// [`RootLocation::create`].
     ///
     /// * `configured`: absolute path, or relative to the cgroup2 mount point (like Go's `cgroupParent`
     ///   relative to `/sys/fs/cgroup`). Created if missing. If narund itself lives *in* that directory, it
     ///   moves itself into `<root>/supervisor` (what systemd's `DelegateSubgroup=supervisor` does), so that
     ///   the root has no processes of its own and may enable controllers (systemd < 254, e.g. Debian 12).
-    /// * `None`: chosen by [`default_root`] from narund's own cgroup.
+    /// * `None` (or an empty path): chosen by [`default_root`] from narund's own cgroup.
     pub fn discover(configured: Option<&Path>) -> Result<CgroupRoot> {
+        Self::locate(configured)?.create()
+    }
+
+    /// Where the instance root is, checked but not created: it must be below the cgroup2
+    /// mount ([`CgroupError::NotCgroup2`] otherwise, also for a `..` that leaves it), and the
+    /// root, or the deepest existing directory above it (where narund would create it), must
+    /// be a cgroup2 directory narund may write into ([`CgroupError::Io`] with op `write into`
+    /// otherwise: a read-only cgroupfs, no permission). Changes nothing.
+    pub fn locate(configured: Option<&Path>) -> Result<RootLocation> {
         let layout = Layout::detect()?;
         let mount = layout.mount.clone().ok_or(CgroupError::NotMounted)?;
+        let configured = configured.filter(|p| !p.as_os_str().is_empty());
         let (path, origin) = match configured {
             Some(p) => (mount.mount_point.join(p), RootOrigin::Configured),
             None => default_root(&mount.mount_point, &layout.own_dir()?),
         };
+        let not_cgroup2 = |path: &Path| CgroupError::NotCgroup2 {
+            path: path.to_path_buf(),
+            mount: mount.mount_point.clone(),
+        };
         let escapes = path.components().any(|c| c == Component::ParentDir);
         if escapes || !path.starts_with(&mount.mount_point) {
-            return Err(CgroupError::NotCgroup2 {
-                path,
-                mount: mount.mount_point,
-            });
+            return Err(not_cgroup2(&path));
         }
-        mkdir_below(&path)?;
-        if !is_cgroup2(&path).map_err(io_err("statfs", &path))? {
-            return Err(CgroupError::NotCgroup2 {
-                path,
-                mount: mount.mount_point,
-            });
+        // The root itself, or the directory narund would create it in.
+        let mut existing = path.as_path();
+        loop {
+            match fs::metadata(existing) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => return Err(not_cgroup2(existing)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    existing = existing.parent().ok_or_else(|| not_cgroup2(&path))?;
+                }
+                Err(e) => return Err(io_err("stat", existing)(e)),
+            }
         }
-        let root = CgroupRoot {
+        if !is_cgroup2(existing).map_err(io_err("statfs", existing))? {
+            return Err(not_cgroup2(existing));
+        }
+        crate::sys::fs::access_writable(existing).map_err(io_err("write into", existing))?;
+        Ok(RootLocation {
             path,
             mount_point: mount.mount_point,
             origin,
-            layout: layout.kind,
-        };
-        if origin == RootOrigin::Configured && layout.own_dir().ok().as_deref() == Some(&root.path)
-        {
-            root.move_self_into_supervisor_leaf()?;
-        }
-        Ok(root)
+            layout,
+        })
     }
 
     fn move_self_into_supervisor_leaf(&self) -> Result<()> {

@@ -85,7 +85,7 @@ pub use forwarder::{
 pub use lines::LineSplitter;
 
 /// `[logs]` of `narund.toml`.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
     pub max_line_bytes: usize,

@@ -1,6 +1,6 @@
 //! Files and fds: the filesystem type of a path (`statfs`), whether an fd is a FIFO
-//! (`fstat`), `O_NONBLOCK` (`fcntl`), an inotify watch and its raw `read`, and registering an
-//! owned fd with tokio's reactor.
+//! (`fstat`), `O_NONBLOCK` (`fcntl`), an inotify watch and its raw `read`, registering an
+//! owned fd with tokio's reactor, an exclusive `flock` and `access(W_OK)`.
 
 use std::ffi::CString;
 use std::io;
@@ -93,6 +93,37 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` when this open file description now holds
+/// the exclusive lock, `Ok(false)` when another one holds it. The lock lasts until every fd
+/// of the description is closed (so open it `O_CLOEXEC`: children must not inherit it), and
+/// the kernel releases it when its holder dies.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on a valid, borrowed fd; no memory is passed.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `access(path, W_OK)`: whether this process may create and change entries in (or write)
+/// `path`. `EROFS` on a read-only mount, `EACCES` without the permission.
+pub fn access_writable(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is a valid NUL-terminated string; access only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +157,30 @@ mod tests {
         file.as_file().write_all(b"x").unwrap();
         assert!(read(fd.as_fd(), &mut buf).unwrap() > 0);
         assert!(inotify_watch(Path::new("/nonexistent/x"), libc::IN_MODIFY).is_err());
+    }
+
+    #[test]
+    fn a_second_description_cannot_take_the_lock_until_the_first_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let a = std::fs::File::create(&path).unwrap();
+        let b = std::fs::File::open(&path).unwrap();
+        assert!(try_lock_exclusive(a.as_fd()).unwrap());
+        assert!(
+            try_lock_exclusive(a.as_fd()).unwrap(),
+            "the holder may lock again"
+        );
+        assert!(!try_lock_exclusive(b.as_fd()).unwrap());
+        drop(a);
+        assert!(try_lock_exclusive(b.as_fd()).unwrap(), "released on close");
+    }
+
+    #[test]
+    fn writable_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        access_writable(dir.path()).unwrap();
+        let err = access_writable(Path::new("/nonexistent/x")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! |---|---|
 //! | [`process`] | `kill`, `killpg`, `getuid`/`geteuid`, `pidfd_open`, `waitpid(WNOHANG)`, `prctl`: child subreaper, bounding-set read/drop |
 //! | [`socket`] | `SO_PASSCRED`, `recvmsg` with the sender's credentials, `sendmsg` with one fd (`SCM_RIGHTS`), `poll` for room |
-//! | [`fs`] | `statfs` magic, `fstat` is-FIFO, `fcntl` `O_NONBLOCK`, an inotify watch, raw `read`, registering an owned fd with tokio |
+//! | [`fs`] | `statfs` magic, `fstat` is-FIFO, `fcntl` `O_NONBLOCK`, an inotify watch, raw `read`, registering an owned fd with tokio, `flock(LOCK_EX\|LOCK_NB)`, `access(W_OK)` |
 //! | [`mm`] | `madvise` (`MADV_RANDOM`, `MADV_PAGEOUT`), `posix_fadvise(POSIX_FADV_DONTNEED)` |
 //! | [`exec`] | what runs between `fork` and `exec` (`pre_exec`): entering the cgroup, the privilege drop; async-signal-safe |
 //! | [`beneath`] | `openat2(RESOLVE_BENEATH \| RESOLVE_NO_SYMLINKS)` with an `openat(O_NOFOLLOW)` walk as fallback, `mkdirat`, `openat(O_CREAT \| O_EXCL \| O_NOFOLLOW)`, `renameat`, `unlinkat`, `fstatat`, `fchown`, `fchmod`: writing into a directory an app owns |
