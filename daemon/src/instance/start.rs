@@ -1,4 +1,5 @@
-//! One start of an instance: the verified binary, the user, the work dir, secrets and
+//! One start of an instance: the verified binary, the user (a named one, or the app's own
+//! dynamic user), the work dir ([`prepare_work_dir`]: 0700, owned by the app), secrets and
 //! mounted files, the sd_notify socket, the cgroup with the spec's limits, the exact
 //! environment, and the spawn. Anything that fails is a [`StartFailure`] with the reason
 //! published in `failed`; whatever was created for the start is removed again.

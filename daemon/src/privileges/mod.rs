@@ -11,6 +11,9 @@
 //!    the bounding set, switches uid/gid with no supplementary groups, keeps exactly the requested
 //!    capabilities (as *ambient* capabilities, so they survive `exec` of an ordinary binary) and sets
 //!    `no_new_privs`.
+//! 3. **One identity per app** ([`dynamic`]): an app whose spec names no user, on a node whose
+//!    `default_user` is empty (the default), runs under a uid/gid of its own from
+//!    `[apps] dynamic_uid_range`, recorded in the data dir, like systemd's `DynamicUser=`.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
