@@ -216,6 +216,9 @@ impl Drop for CredsFile {
     }
 }
 
+/// The NATS variables of an instance's environment (name, value).
+pub type NatsEnv = Vec<(String, String)>;
+
 /// The NATS variables of an instance's environment, and its credentials file when it gets
 /// one. `owner` is the app's (uid, gid) when narund runs as root.
 pub fn prepare(
@@ -223,7 +226,7 @@ pub fn prepare(
     app: &str,
     instance: &str,
     owner: Option<(u32, u32)>,
-) -> Result<(Vec<(String, String)>, Option<CredsFile>), IdentityError> {
+) -> Result<(NatsEnv, Option<CredsFile>), IdentityError> {
     let cfg = &settings.app_nats;
     let mut vars = vec![(env::NATS_URL.to_owned(), settings.nats.url.clone())];
     if let Some(ca) = &settings.nats.tls_ca {
