@@ -385,7 +385,7 @@ async fn an_app_gets_its_own_nats_user_and_nothing_more() {
         .unwrap();
     let settings = Settings::from_config(&narund.config);
     let signer = nats_identity::load_signing_key(&seed_file).unwrap();
-    assert!(nats_identity::renew_due(&settings, &signer, SystemTime::now()) >= 1);
+    assert!(nats_identity::renew_due(&settings, Some(&signer), SystemTime::now()) >= 1);
     let after = std::fs::read_to_string(&creds).unwrap();
     assert_ne!(before, after, "renewed");
     let meta = std::fs::metadata(&creds).unwrap();

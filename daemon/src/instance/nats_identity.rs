@@ -20,10 +20,12 @@
 //!    reconnect uses the new file;
 //! 3. neither: no credentials (narund warns once at start that apps connect anonymously).
 //!
-//! The file is `<runtime_dir>/nats/<app>/<instance>.creds` (`NATS_CREDS`): the directories
-//! belong to root (0711), the file to root with the app's group, mode 0440, so the app
-//! reads it but cannot change it (narund renews from the path, never from the file's
-//! claims). It is removed when the run ends ([`CredsFile`]).
+//! The file is `<runtime_dir>/nats/<app>/<instance>.<run>.creds` (`NATS_CREDS`; one per
+//! run, since the old and the new run of an instance overlap during a replace): the
+//! directories belong to root (0711), the file to root with the app's group, mode 0440,
+//! so the app reads it but cannot change it (narund renews from the path, never from the
+//! file's claims). It is removed when the run ends ([`CredsFile`]); a file of no live run
+//! (left by a narund that died) is removed by the next renewal check.
 
 use crate::config::{AppNats, Settings};
 use base64::Engine;
@@ -177,12 +179,23 @@ pub fn mint(
     Ok(creds_text(&jwt, &seed))
 }
 
-/// Where instance `instance` of `app` finds its credentials.
-pub fn creds_path(runtime_dir: &Path, app: &str, instance: &str) -> PathBuf {
+/// Where run `run_id` of instance `instance` of `app` finds its credentials.
+pub fn creds_path(runtime_dir: &Path, app: &str, instance: &str, run_id: &str) -> PathBuf {
+    let s = crate::fetch::sanitize;
     runtime_dir
         .join("nats")
-        .join(crate::fetch::sanitize(app))
-        .join(format!("{}.creds", crate::fetch::sanitize(instance)))
+        .join(s(app))
+        .join(format!("{}.{}.creds", s(instance), s(run_id)))
+}
+
+/// The credentials files of the runs of this narund (what renewal renews).
+static LIVE: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn is_live(path: &Path) -> bool {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(path)
 }
 
 /// The operator's creds file of `app` when `[apps] nats_creds_dir` has one.
@@ -203,16 +216,31 @@ fn unix_now() -> u64 {
 pub struct CredsFile(PathBuf);
 
 impl CredsFile {
-    /// The file of `instance` of `app`, if one exists (a re-adopted run).
-    pub fn existing(settings: &Settings, app: &str, instance: &str) -> Option<CredsFile> {
-        let p = creds_path(&settings.runtime_dir, app, instance);
-        p.is_file().then_some(CredsFile(p))
+    fn hold(path: PathBuf) -> CredsFile {
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone());
+        CredsFile(path)
+    }
+
+    /// The file of run `run_id` of `instance`, if one exists (a re-adopted run).
+    pub fn existing(
+        settings: &Settings,
+        app: &str,
+        instance: &str,
+        run_id: &str,
+    ) -> Option<CredsFile> {
+        let p = creds_path(&settings.runtime_dir, app, instance, run_id);
+        p.is_file().then(|| CredsFile::hold(p))
     }
 }
 
 impl Drop for CredsFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
     }
 }
 
@@ -225,6 +253,7 @@ pub fn prepare(
     settings: &Settings,
     app: &str,
     instance: &str,
+    run_id: &str,
     owner: Option<(u32, u32)>,
 ) -> Result<(NatsEnv, Option<CredsFile>), IdentityError> {
     let cfg = &settings.app_nats;
@@ -250,7 +279,8 @@ pub fn prepare(
     } else {
         return Ok((vars, None));
     };
-    let path = creds_path(&settings.runtime_dir, app, instance);
+    let path = creds_path(&settings.runtime_dir, app, instance, run_id);
+    let file = CredsFile::hold(path.clone());
     write_creds(&path, &text, owner.map(|(_, gid)| gid)).map_err(|(what, p, source)| {
         IdentityError::Io {
             app: app.into(),
@@ -260,7 +290,7 @@ pub fn prepare(
         }
     })?;
     vars.push((env::NATS_CREDS.into(), path.display().to_string()));
-    Ok((vars, Some(CredsFile(path))))
+    Ok((vars, Some(file)))
 }
 
 type WriteError = (&'static str, PathBuf, std::io::Error);
@@ -304,8 +334,9 @@ fn write_creds(path: &Path, text: &str, gid: Option<u32>) -> Result<(), WriteErr
 /// Renew the minted credentials below `<runtime_dir>/nats` whose file is at least
 /// [`RENEW_AFTER`] old (by `now`): a new user and JWT for the same app and instance (from
 /// the path, never from the file), same group. Apps with a provisioned creds file are
-/// left alone. Returns how many files were renewed.
-pub fn renew_due(settings: &Settings, signer: &KeyPair, now: SystemTime) -> usize {
+/// left alone. Files of no live run of this narund are removed. Returns how many files
+/// were renewed.
+pub fn renew_due(settings: &Settings, signer: Option<&KeyPair>, now: SystemTime) -> usize {
     let cfg = &settings.app_nats;
     let Ok(apps) = std::fs::read_dir(settings.runtime_dir.join("nats")) else {
         return 0;
@@ -313,9 +344,7 @@ pub fn renew_due(settings: &Settings, signer: &KeyPair, now: SystemTime) -> usiz
     let mut renewed = 0;
     for app_dir in apps.flatten() {
         let app = app_dir.file_name().to_string_lossy().into_owned();
-        if provisioned(cfg, &app).is_some() {
-            continue;
-        }
+        let signer = signer.filter(|_| provisioned(cfg, &app).is_none());
         let Ok(files) = std::fs::read_dir(app_dir.path()) else {
             continue;
         };
@@ -325,8 +354,16 @@ pub fn renew_due(settings: &Settings, signer: &KeyPair, now: SystemTime) -> usiz
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".creds"))
-                .map(str::to_owned)
+                .and_then(|n| n.split_once('.'))
+                .map(|(instance, _run)| instance.to_owned())
             else {
+                continue;
+            };
+            if !is_live(&path) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(signer) = signer else {
                 continue;
             };
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -362,13 +399,14 @@ pub fn renew_due(settings: &Settings, signer: &KeyPair, now: SystemTime) -> usiz
     renewed
 }
 
-/// Renew minted credentials every [`RENEW_CHECK_EVERY`] until `stop` (nothing to do
-/// without `[apps] nats_account_signing_key`). The key is read again each time, so a
-/// rotated key file is used from the next renewal on.
+/// Every [`RENEW_CHECK_EVERY`] until `stop`: renew minted credentials and remove files of
+/// runs that no longer exist (nothing to do when apps get no credentials). The key is
+/// read again each time, so a rotated key file is used from the next renewal on.
 pub async fn renew_loop(settings: Settings, stop: tokio_util::sync::CancellationToken) {
-    let Some(key) = settings.app_nats.signing_key.clone() else {
+    if !settings.app_nats.configured() {
         return;
-    };
+    }
+    let key = settings.app_nats.signing_key.clone();
     let mut tick = tokio::time::interval(RENEW_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -377,13 +415,13 @@ pub async fn renew_loop(settings: Settings, stop: tokio_util::sync::Cancellation
             _ = tick.tick() => {}
         }
         let (settings, key) = (settings.clone(), key.clone());
-        let work = tokio::task::spawn_blocking(move || match load_signing_key(&key) {
-            Ok(signer) => {
-                renew_due(&settings, &signer, SystemTime::now());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot renew apps' NATS credentials: the signing key cannot be read")
-            }
+        let work = tokio::task::spawn_blocking(move || {
+            let signer = key.as_deref().and_then(|k| {
+                load_signing_key(k)
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot renew apps' NATS credentials: the signing key cannot be read"))
+                    .ok()
+            });
+            renew_due(&settings, signer.as_ref(), SystemTime::now());
         });
         let _ = work.await;
     }
@@ -514,8 +552,8 @@ mod tests {
         s.nats.password = Some("narund-secret".into());
         s.nats.user = Some("narund".into());
 
-        let (vars, file) = prepare(&s, "a", "a-0", None).unwrap();
-        let path = creds_path(&s.runtime_dir, "a", "a-0");
+        let (vars, file) = prepare(&s, "a", "a-0", "r1", None).unwrap();
+        let path = creds_path(&s.runtime_dir, "a", "a-0", "r1");
         assert_eq!(
             env_of(&vars, "NATS_CREDS"),
             Some(path.display().to_string())
@@ -527,8 +565,12 @@ mod tests {
         drop(file);
         assert!(!path.exists(), "removed when the run ends");
 
-        let (vars, _file) = prepare(&s, "b", "b-3", Some((65534, 65534))).unwrap();
-        let path = creds_path(&s.runtime_dir, "b", "b-3");
+        let (vars, _file) = prepare(&s, "b", "b-3", "r2", Some((65534, 65534))).unwrap();
+        let path = creds_path(&s.runtime_dir, "b", "b-3", "r2");
+        // The next run of the same instance (a replace) has its own file.
+        let (_, next) = prepare(&s, "b", "b-3", "r3", Some((65534, 65534))).unwrap();
+        drop(next);
+        assert!(path.exists(), "the other run's file stays");
         assert!(
             std::fs::read_to_string(&path)
                 .unwrap()
@@ -546,7 +588,7 @@ mod tests {
         assert_eq!(dir_mode, 0o711);
 
         s.app_nats = AppNats::default();
-        let (vars, file) = prepare(&s, "c", "c-0", None).unwrap();
+        let (vars, file) = prepare(&s, "c", "c-0", "r1", None).unwrap();
         assert!(file.is_none());
         assert_eq!(vars, [("NATS_URL".to_string(), s.nats.url.clone())]);
         // Never narund's own credentials.
@@ -575,16 +617,23 @@ mod tests {
                 account: None,
             },
         );
-        let (_, _minted) = prepare(&s, "m", "m-0", None).unwrap();
-        let path = creds_path(&s.runtime_dir, "m", "m-0");
+        let (_, _minted) = prepare(&s, "m", "m-0", "r1", None).unwrap();
+        let path = creds_path(&s.runtime_dir, "m", "m-0", "r1");
+        // A file of a run that no longer exists (narund died) goes at the next check.
+        let (_, gone) = prepare(&s, "m", "m-1", "r1", None).unwrap();
+        let orphan = creds_path(&s.runtime_dir, "m", "m-1", "r1");
+        std::mem::forget(gone);
+        super::LIVE.lock().unwrap().remove(&orphan);
+        assert!(orphan.exists());
         let before = std::fs::read_to_string(&path).unwrap();
         let now = SystemTime::now();
-        assert_eq!(renew_due(&s, &acc, now), 0, "young files stay");
+        assert_eq!(renew_due(&s, Some(&acc), now), 0, "young files stay");
+        assert!(!orphan.exists(), "orphaned file removed");
         let later = now + RENEW_AFTER + Duration::from_secs(1);
         // A provisioned file of another app is never touched.
         std::fs::write(creds_dir.join("p.creds"), "op").unwrap();
-        let (_, _prov) = prepare(&s, "p", "p-0", None).unwrap();
-        assert_eq!(renew_due(&s, &acc, later), 1);
+        let (_, _prov) = prepare(&s, "p", "p-0", "r1", None).unwrap();
+        assert_eq!(renew_due(&s, Some(&acc), later), 1);
         let after = std::fs::read_to_string(&path).unwrap();
         assert_ne!(before, after);
         let (jwt, _) = narun_wire::connect::parse_creds(&after).unwrap();
@@ -593,7 +642,7 @@ mod tests {
         let later_secs = later.duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert_eq!(c["exp"], later_secs + USER_JWT_TTL.as_secs());
         assert_eq!(
-            std::fs::read_to_string(creds_path(&s.runtime_dir, "p", "p-0")).unwrap(),
+            std::fs::read_to_string(creds_path(&s.runtime_dir, "p", "p-0", "r1")).unwrap(),
             "op"
         );
     }

@@ -64,6 +64,7 @@ impl Task {
             &self.host.settings,
             &self.spec.name,
             &self.instance_id,
+            &self.run_id,
             owner,
         )
         .map_err(|e| StartFailure::new(Reason::Spawn, e.to_string()))?;

@@ -470,6 +470,7 @@ impl Task {
                 &self.host.settings,
                 &self.spec.name,
                 &self.instance_id,
+                &self.run_id,
             ),
         };
         (
