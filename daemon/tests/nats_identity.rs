@@ -351,6 +351,32 @@ async fn an_app_gets_its_own_nats_user_and_nothing_more() {
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&ping.payload).contains("\"name\":\"alpha\""));
+    // A streamed reply (several messages to one reply subject, as gRPC streams do), on a
+    // subject of the app's that the service does not answer itself.
+    let mut raw = app.subscribe("$SRV.STREAM.alpha.test").await.unwrap();
+    assert!(
+        narun_wire::connect::sync_with_server(&app, T).await,
+        "synced"
+    );
+    let inbox = admin.new_inbox();
+    let mut replies = admin.subscribe(inbox.clone()).await.unwrap();
+    admin
+        .publish_with_reply("$SRV.STREAM.alpha.test", inbox, "stream".into())
+        .await
+        .unwrap();
+    let req = tokio::time::timeout(T, raw.next()).await.unwrap().unwrap();
+    let reply_to = req.reply.unwrap();
+    for i in 0..3u8 {
+        app.publish(reply_to.clone(), vec![i].into()).await.unwrap();
+    }
+    for i in 0..3u8 {
+        let m = tokio::time::timeout(T, replies.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], [i]);
+    }
+    drop(raw);
     assert!(
         !errors.lock().unwrap().iter().any(|e| e.contains("error")),
         "{:?}",
