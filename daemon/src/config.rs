@@ -38,6 +38,29 @@ pub struct Settings {
     pub log_max_line_bytes: usize,
     /// Ids of dynamic users (first, last), both included.
     pub dynamic_uid_range: (u32, u32),
+    /// The NATS identity apps get (`[apps] nats_*`, see [`crate::instance::nats_identity`]).
+    pub app_nats: AppNats,
+}
+
+/// Where apps' own NATS credentials come from: a creds file per app the operator
+/// provisions, else a user JWT narund mints with an account signing key, else none (the app
+/// connects anonymously). Apps never get narund's own credentials.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppNats {
+    /// `<dir>/<app>.creds` is handed to app `<app>`.
+    pub creds_dir: Option<PathBuf>,
+    /// File with an account nkey seed (`SA…`) narund signs user JWTs with.
+    pub signing_key: Option<PathBuf>,
+    /// The account's public key (`A…`) when `signing_key` is one of its signing keys
+    /// rather than the account's own key.
+    pub account: Option<String>,
+}
+
+impl AppNats {
+    /// Whether apps get credentials at all.
+    pub fn configured(&self) -> bool {
+        self.creds_dir.is_some() || self.signing_key.is_some()
+    }
 }
 
 impl Default for Settings {
@@ -66,6 +89,11 @@ impl Settings {
             log_spool_bytes: c.logs.spool_bytes,
             log_max_line_bytes: c.logs.max_line_bytes,
             dynamic_uid_range: c.apps.dynamic_uid_range,
+            app_nats: AppNats {
+                creds_dir: c.apps.nats_creds_dir.clone(),
+                signing_key: c.apps.nats_account_signing_key.clone(),
+                account: c.apps.nats_account.clone(),
+            },
         }
     }
 }
@@ -160,6 +188,16 @@ pub struct AppsConfig {
     /// `[first, last]`: the uids/gids of dynamic users (both included); default systemd's
     /// `[61184, 65519]`.
     pub dynamic_uid_range: (u32, u32),
+    /// Directory of per-app NATS credentials: `<dir>/<app>.creds` is handed to app `<app>`
+    /// (copied, readable by the app only). Wins over `nats_account_signing_key`.
+    pub nats_creds_dir: Option<PathBuf>,
+    /// File holding an account nkey seed (`SA…`): narund mints a user JWT per instance,
+    /// allowed only the app's own service subjects, `$SRV` discovery for it, replies and
+    /// its own inboxes `_INBOX_<app>.>`; valid 24 h, renewed after 16 h.
+    pub nats_account_signing_key: Option<PathBuf>,
+    /// Public key (`A…`) of the account, when `nats_account_signing_key` is a signing key
+    /// of the account rather than the account's own key.
+    pub nats_account: Option<String>,
 }
 
 /// `apps.on_exit`: what narund does with its apps when it is asked to exit.
@@ -183,6 +221,9 @@ impl Default for AppsConfig {
             restart_backoff_max_sec: 30,
             on_exit: OnExit::Stop,
             dynamic_uid_range: crate::privileges::dynamic::DEFAULT_RANGE,
+            nats_creds_dir: None,
+            nats_account_signing_key: None,
+            nats_account: None,
         }
     }
 }
@@ -364,6 +405,7 @@ impl Config {
         if let Err(e) = self.nats.validate() {
             problems.push(format!("nats: {e}"));
         }
+        problems.extend(self.check_app_nats());
         if self.apps.keep_versions == 0 {
             problems.push("apps.keep_versions: must be at least 1".into());
         }
@@ -402,6 +444,41 @@ impl Config {
         } else {
             Err(problems.join("\n"))
         }
+    }
+}
+
+impl Config {
+    /// `[apps] nats_*`: an absolute creds dir, a readable account seed, a valid account key.
+    fn check_app_nats(&self) -> Vec<String> {
+        let a = &self.apps;
+        let mut problems = Vec::new();
+        if let Some(d) = &a.nats_creds_dir
+            && !d.is_absolute()
+        {
+            problems.push(format!(
+                "apps.nats_creds_dir: {} must be an absolute path",
+                d.display()
+            ));
+        }
+        if let Some(k) = &a.nats_account_signing_key
+            && let Err(e) = crate::instance::nats_identity::load_signing_key(k)
+        {
+            problems.push(format!("apps.nats_account_signing_key: {e}"));
+        }
+        match (&a.nats_account, &a.nats_account_signing_key) {
+            (Some(_), None) => problems.push(
+                "apps.nats_account: set only together with apps.nats_account_signing_key".into(),
+            ),
+            (Some(acc), Some(_))
+                if !acc.starts_with('A') || nkeys::KeyPair::from_public_key(acc).is_err() =>
+            {
+                problems.push(format!(
+                    "apps.nats_account: {acc:?} is not an account public key (A…, 56 characters)"
+                ))
+            }
+            _ => {}
+        }
+        problems
     }
 }
 
@@ -518,6 +595,52 @@ mod tests {
             Config::default().secrets.master_key_file
         );
         assert!(!shipped.secrets.allow_unscoped);
+    }
+
+    #[test]
+    fn app_nats_settings_are_checked() {
+        let c = Config::default();
+        assert!(!Settings::from_config(&c).app_nats.configured());
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("acc.nk");
+        let acc = nkeys::KeyPair::new_account();
+        std::fs::write(&seed, format!("{}\n", acc.seed().unwrap())).unwrap();
+        let c = Config::from_toml(&format!(
+            "[apps]\nnats_creds_dir = \"/etc/narun/apps\"\nnats_account_signing_key = {:?}\nnats_account = {:?}\n",
+            seed.display().to_string(),
+            acc.public_key()
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let s = Settings::from_config(&c);
+        assert!(s.app_nats.configured());
+        assert_eq!(
+            s.app_nats.account.as_deref(),
+            Some(acc.public_key().as_str())
+        );
+
+        let user = dir.path().join("user.nk");
+        std::fs::write(&user, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+        let c = Config::from_toml(&format!(
+            "[apps]\nnats_creds_dir = \"rel\"\nnats_account_signing_key = {:?}\nnats_account = \"Axyz\"\n",
+            user.display().to_string()
+        ))
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("apps.nats_creds_dir: rel must be an absolute path"),
+            "{err}"
+        );
+        assert!(err.contains("apps.nats_account_signing_key"), "{err}");
+        assert!(err.contains("account"), "{err}");
+        assert!(err.contains("apps.nats_account: \"Axyz\""), "{err}");
+        let c = Config::from_toml("[apps]\nnats_account_signing_key = \"/nonexistent/a.nk\"\n")
+            .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("/nonexistent/a.nk"), "{err}");
+        let c =
+            Config::from_toml(&format!("[apps]\nnats_account = {:?}\n", acc.public_key())).unwrap();
+        assert!(c.validate().unwrap_err().contains("only together"));
     }
 
     #[test]

@@ -66,6 +66,12 @@ impl Daemon {
         } else {
             None
         };
+        if !Settings::from_config(&config).app_nats.configured() {
+            tracing::warn!(
+                "apps get no NATS credentials and connect anonymously (never with narund's); \
+                 set [apps] nats_creds_dir or nats_account_signing_key in narund.toml to give each app its own NATS user"
+            );
+        }
         if let Err(e) = reaper::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
         }
@@ -191,6 +197,14 @@ impl Daemon {
                     stop,
                 )
                 .await;
+                Ok(())
+            });
+        }
+        {
+            // Renew the NATS users narund minted for apps ([apps] nats_account_signing_key).
+            let (settings, stop) = (Settings::from_config(&config), shutdown.clone());
+            tasks.spawn(async move {
+                crate::instance::nats_identity::renew_loop(settings, stop).await;
                 Ok(())
             });
         }

@@ -43,7 +43,8 @@
 //! | `NARUN_SERVICE_NAME` | service name = subject | `NARUN_APP_NAME`, then the name given in code |
 //! | `NARUN_SERVICE_VERSION` | semver version shown in discovery | `0.1.0` |
 //! | `NARUN_MAX_INFLIGHT` | concurrent requests per process | `256` |
-//! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]) | `nats://127.0.0.1:4222` |
+//! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]); narund gives an app `NATS_URL`, `NATS_TLS_CA` and its own `NATS_CREDS` only, never narund's credentials. A creds file is read again at every reconnect, so a renewed file is used | `nats://127.0.0.1:4222` |
+//! | `NARUN_INBOX_PREFIX` | prefix of reply inboxes; narund sets `_INBOX_<app>` when it minted the app's NATS user (which may use only those inboxes) | `_INBOX` |
 //! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata | — |
 #![forbid(unsafe_code)]
 
@@ -203,12 +204,14 @@ mod tests {
             ("NARUN_NODE_ID", "dev1"),
             ("NATS_URL", "nats://10.0.0.1:4222"),
             ("NARUN_MAX_INFLIGHT", "8"),
+            ("NARUN_INBOX_PREFIX", "_INBOX_hello"),
         ]
         .into();
         let o = Options::from_lookup("fallback", |k| env.get(k).map(|v| v.to_string()));
         assert_eq!(o.name, "hello");
         assert_eq!(o.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(o.max_inflight, 8);
+        assert_eq!(o.nats.inbox_prefix.as_deref(), Some("_INBOX_hello"));
         assert_eq!(o.metadata["narun_instance_id"], "hello-0");
         let o = Options::from_lookup("fallback", |k| {
             (k == "NARUN_SERVICE_NAME").then(|| "svc".to_string())

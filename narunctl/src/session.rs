@@ -43,6 +43,7 @@ impl Session {
             tls_ca: conn.tls_ca.clone(),
             tls_cert: conn.tls_cert.clone(),
             tls_key: conn.tls_key.clone(),
+            inbox_prefix: None,
         };
         let name = format!("narunctl-{what}-{}", std::process::id() % 10_000);
         let opts = settings.options(&name).await?;

@@ -11,6 +11,10 @@
 //! | `NATS_USER`, `NATS_PASSWORD` | user/password authentication |
 //! | `NATS_TLS_CA` | PEM file of CA certificates to trust (enables TLS) |
 //! | `NATS_TLS_CERT`, `NATS_TLS_KEY` | client certificate and key (PEM) for mutual TLS |
+//! | `NARUN_INBOX_PREFIX` | prefix of the client's reply inboxes instead of `_INBOX` (narund sets `_INBOX_<app>` for apps whose NATS user may only use its own inboxes) |
+//!
+//! A `.creds` file is read again at every (re)connect, so a file rewritten with a renewed
+//! JWT (narund renews the JWTs it mints for apps) is used from the next reconnect on.
 
 use crate::names::env;
 use serde::{Deserialize, Serialize};
@@ -32,6 +36,10 @@ pub struct NatsSettings {
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Prefix of reply inboxes (`NARUN_INBOX_PREFIX`); `None` = `_INBOX`. Only from the
+    /// environment: narund's own `[nats]` table has no such key.
+    #[serde(skip)]
+    pub inbox_prefix: Option<String>,
 }
 
 impl Default for NatsSettings {
@@ -45,6 +53,7 @@ impl Default for NatsSettings {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            inbox_prefix: None,
         }
     }
 }
@@ -88,6 +97,7 @@ impl NatsSettings {
         s.tls_ca = get(env::NATS_TLS_CA).map(PathBuf::from);
         s.tls_cert = get(env::NATS_TLS_CERT).map(PathBuf::from);
         s.tls_key = get(env::NATS_TLS_KEY).map(PathBuf::from);
+        s.inbox_prefix = get(env::INBOX_PREFIX);
         s
     }
 
@@ -103,6 +113,7 @@ impl NatsSettings {
             (env::NATS_TLS_CA, path(&self.tls_ca)),
             (env::NATS_TLS_CERT, path(&self.tls_cert)),
             (env::NATS_TLS_KEY, path(&self.tls_key)),
+            (env::INBOX_PREFIX, self.inbox_prefix.clone()),
         ] {
             if let Some(val) = val {
                 v.push((k, val));
@@ -140,6 +151,16 @@ impl NatsSettings {
         if self.url.trim().is_empty() {
             return Err(ConnectError::Settings("url is empty".into()));
         }
+        if let Some(p) = &self.inbox_prefix
+            && (p.is_empty()
+                || p.starts_with('.')
+                || p.ends_with('.')
+                || p.contains(|c: char| c.is_whitespace() || c == '*' || c == '>'))
+        {
+            return Err(ConnectError::Settings(format!(
+                "inbox prefix {p:?} must be a subject without wildcards, spaces or a leading/trailing dot (e.g. _INBOX_myapp)"
+            )));
+        }
         Ok(())
     }
 
@@ -149,12 +170,31 @@ impl NatsSettings {
     pub async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConnectError> {
         self.validate()?;
         let mut o = if let Some(creds) = &self.creds {
-            async_nats::ConnectOptions::with_credentials_file(creds.clone())
-                .await
-                .map_err(|source| ConnectError::Credentials {
-                    path: creds.clone(),
-                    source,
-                })?
+            // Checked now, so a missing or broken file is an error at once; then read
+            // again at every connect, so a renewed file is picked up on reconnect.
+            read_creds(creds).map_err(|source| ConnectError::Credentials {
+                path: creds.clone(),
+                source,
+            })?;
+            let path = creds.clone();
+            async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+                let path = path.clone();
+                async move {
+                    let (jwt, key) = read_creds(&path).map_err(|e| {
+                        async_nats::AuthError::new(format!(
+                            "reading NATS credentials from {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    let mut auth = async_nats::Auth::new();
+                    auth.signature = Some(
+                        key.sign(&nonce)
+                            .map_err(|e| async_nats::AuthError::new(e.to_string()))?,
+                    );
+                    auth.jwt = Some(jwt);
+                    Ok(auth)
+                }
+            })
         } else if let Some(seed_file) = &self.nkey_seed {
             let seed =
                 std::fs::read_to_string(seed_file).map_err(|source| ConnectError::Credentials {
@@ -177,6 +217,9 @@ impl NatsSettings {
             o = o
                 .add_client_certificate(cert.clone(), key.clone())
                 .require_tls(true);
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            o = o.custom_inbox_prefix(prefix);
         }
         Ok(o.name(name)
             .retry_on_initial_connect()
@@ -223,6 +266,29 @@ impl NatsSettings {
     }
 }
 
+/// The user JWT and the nkey of a `.creds` file (the decorated format `nsc` and narund
+/// write: the first `-----BEGIN…-----` block holds the JWT, the one after
+/// `BEGIN USER NKEY SEED` the seed).
+pub fn parse_creds(text: &str) -> Result<(String, nkeys::KeyPair), String> {
+    let block = |marker: &str| -> Option<String> {
+        let mut lines = text.lines().map(str::trim);
+        lines.find(|l| l.starts_with("---") && l.contains(marker))?;
+        lines
+            .find(|l| !l.is_empty())
+            .filter(|l| !l.starts_with("---"))
+            .map(str::to_owned)
+    };
+    let jwt = block("JWT").ok_or("no user JWT block (-----BEGIN NATS USER JWT-----)")?;
+    let seed = block("SEED").ok_or("no nkey seed block (-----BEGIN USER NKEY SEED-----)")?;
+    let key = nkeys::KeyPair::from_seed(&seed).map_err(|e| format!("invalid nkey seed: {e}"))?;
+    Ok((jwt, key))
+}
+
+fn read_creds(path: &std::path::Path) -> std::io::Result<(String, nkeys::KeyPair)> {
+    let text = std::fs::read_to_string(path)?;
+    parse_creds(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Wait until the server has processed every command this client sent before
 /// the call (subscribes, unsubscribes, publishes), bounded by `timeout`.
 ///
@@ -259,6 +325,7 @@ mod tests {
             url: "nats://a:1,nats://b:2".into(),
             nkey_seed: Some("/etc/narun/app.nk".into()),
             tls_ca: Some("/ca.pem".into()),
+            inbox_prefix: Some("_INBOX_app".into()),
             ..Default::default()
         };
         let env: HashMap<_, _> = s.to_env().into_iter().collect();
@@ -300,5 +367,34 @@ mod tests {
             ..Default::default()
         };
         assert!(s.validate().is_err());
+        for bad in ["", "_INBOX.", ".x", "a b", "_INBOX_*", "x.>"] {
+            let s = NatsSettings {
+                inbox_prefix: Some(bad.into()),
+                ..Default::default()
+            };
+            assert!(s.validate().is_err(), "{bad:?}");
+        }
+        let s = NatsSettings {
+            inbox_prefix: Some("_INBOX_my-app".into()),
+            ..Default::default()
+        };
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn creds_files_parse() {
+        let key = nkeys::KeyPair::new_user();
+        let text = format!(
+            "-----BEGIN NATS USER JWT-----\neyJhbGciOi.x.y\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            key.seed().unwrap()
+        );
+        let (jwt, k) = parse_creds(&text).unwrap();
+        assert_eq!(jwt, "eyJhbGciOi.x.y");
+        assert_eq!(k.public_key(), key.public_key());
+        assert!(parse_creds("nothing").unwrap_err().contains("JWT"));
+        let no_seed = "-----BEGIN NATS USER JWT-----\nabc\n------END NATS USER JWT------\n";
+        assert!(parse_creds(no_seed).unwrap_err().contains("seed"));
     }
 }

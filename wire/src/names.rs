@@ -104,6 +104,9 @@ pub mod env {
     pub const NATS_TLS_CA: &str = "NATS_TLS_CA";
     pub const NATS_TLS_CERT: &str = "NATS_TLS_CERT";
     pub const NATS_TLS_KEY: &str = "NATS_TLS_KEY";
+    /// Prefix of the app's reply inboxes (`_INBOX_<app>`), set by narund when it mints the
+    /// app's NATS user, whose permissions allow only that prefix.
+    pub const INBOX_PREFIX: &str = "NARUN_INBOX_PREFIX";
 }
 
 /// Longest accepted node id, in bytes: like an app name (`narun-spec`'s `MAX_NAME_LEN`)

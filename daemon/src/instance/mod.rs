@@ -21,6 +21,7 @@
 //! | `exit.rs` | how a run ended, classified the way systemd does |
 //! | `process.rs` | the seam to the kernel: [`process::Processes`] (spawn, signal, follow) and its real implementation |
 //! | `notify.rs` | the per-run sd_notify socket and message parser |
+//! | `nats_identity.rs` | the app's own NATS credentials (provisioned or minted), never narund's |
 //! | `reaper.rs` | narund as child subreaper: reaping orphans without stealing a child's exit status |
 //!
 //! See `docs/supervisor.md` for the behaviour as users see it.
@@ -59,6 +60,7 @@
 pub mod adopt;
 pub mod exit;
 pub mod lifecycle;
+pub mod nats_identity;
 pub mod notify;
 pub mod process;
 pub mod reaper;

@@ -48,6 +48,16 @@ impl Task {
             .await
             .map_err(input_err)?;
         self.secret_env = inputs.secret_env(&self.spec).await.map_err(input_err)?;
+        // The app's own NATS identity, never narund's (super::nats_identity).
+        let (nats_env, nats_creds) = super::nats_identity::prepare(
+            &self.host.settings,
+            &self.spec.name,
+            &self.instance_id,
+            &self.run_id,
+            owner,
+        )
+        .map_err(|e| StartFailure::new(Reason::Spawn, e.to_string()))?;
+        self.nats_env = nats_env;
 
         // sd_notify: one socket per run (see super::notify), bound before the cgroup so a
         // failure leaves nothing behind.
@@ -141,6 +151,7 @@ impl Task {
                     oom_before,
                     notify,
                     membership,
+                    _nats_creds: nats_creds,
                 })
             }
             Err(f) => {
@@ -326,8 +337,8 @@ impl Task {
         ] {
             env.insert(k.into(), v);
         }
-        for (k, v) in self.host.settings.nats.to_env() {
-            env.insert(k.into(), v);
+        for (k, v) in &self.nats_env {
+            env.insert(k.clone(), v.clone());
         }
         env.into_iter().collect()
     }

@@ -68,6 +68,7 @@ pub(super) fn spawn(
         pinned,
         notify_env: Vec::new(),
         secret_env: Vec::new(),
+        nats_env: Vec::new(),
     };
     tokio::spawn(task.run(adopt));
     handle
@@ -110,6 +111,8 @@ pub(super) struct Running {
     pub notify: Option<NotifySocket>,
     /// Who may send on `notify`.
     pub membership: Membership,
+    /// The run's NATS credentials file, held for its `Drop` (removed when the run ends).
+    pub _nats_creds: Option<super::nats_identity::CredsFile>,
 }
 
 /// The task of one instance.
@@ -134,6 +137,8 @@ pub(super) struct Task {
     pub notify_env: Vec<(String, String)>,
     /// Decrypted `valueFromSecret` variables of the current start (memory only).
     pub secret_env: Vec<(String, String)>,
+    /// The NATS variables of the current run (`NATS_URL`, the app's own credentials).
+    pub nats_env: Vec<(String, String)>,
 }
 
 /// What woke the task up.
@@ -462,6 +467,12 @@ impl Task {
             oom_before,
             notify,
             membership,
+            _nats_creds: super::nats_identity::CredsFile::existing(
+                &self.host.settings,
+                &self.spec.name,
+                &self.instance_id,
+                &self.run_id,
+            ),
         };
         (
             running,
