@@ -223,7 +223,9 @@ async fn bad_secrets_and_missing_files_fail_only_their_app() {
     assert_eq!(e.reason, Some(Reason::Secret));
     assert!(
         e.error
-            .starts_with("Failed to resolve secret 'does-not-exist': not found"),
+            .starts_with("Failed to resolve secret 'does-not-exist': not found")
+            && e.error
+                .contains("`narunctl secret set does-not-exist --app nosecret …`"),
         "{}",
         e.error
     );

@@ -136,15 +136,16 @@ impl AppInputs {
                         .into(),
                 ));
             }
-            let stored = tokio::time::timeout(SECRET_GET_TIMEOUT, self.get_secret(secret))
-                .await
-                .map_err(|_| {
-                    fail(
-                        secret,
-                        format!("no answer from NATS within {SECRET_GET_TIMEOUT:?}"),
-                    )
-                })?
-                .map_err(|m| fail(secret, m))?;
+            let stored =
+                tokio::time::timeout(SECRET_GET_TIMEOUT, self.get_secret(secret, &spec.name))
+                    .await
+                    .map_err(|_| {
+                        fail(
+                            secret,
+                            format!("no answer from NATS within {SECRET_GET_TIMEOUT:?}"),
+                        )
+                    })?
+                    .map_err(|m| fail(secret, m))?;
             let allow_unscoped = self.allow_unscoped.load(Ordering::Relaxed);
             let plain = key
                 .open_for_app(secret, &stored, &spec.name, allow_unscoped)
@@ -163,14 +164,14 @@ impl AppInputs {
         Ok(out)
     }
 
-    async fn get_secret(&self, secret: &str) -> Result<StoredSecret, String> {
+    async fn get_secret(&self, secret: &str, app: &str) -> Result<StoredSecret, String> {
         let js = jetstream::new(self.client.clone());
         let kv = narun_wire::jetstream::open_kv(&js, names::SECRETS_BUCKET)
             .await
             .map_err(|e| format!("opening the {} bucket: {e}", names::SECRETS_BUCKET))?
             .ok_or_else(|| {
                 format!(
-                    "the {} KV bucket does not exist; create the secret with `narunctl secret set {secret} …`",
+                    "the {} KV bucket does not exist; create the secret with `narunctl secret set {secret} --app {app} …`",
                     names::SECRETS_BUCKET
                 )
             })?;
@@ -180,7 +181,7 @@ impl AppInputs {
             .map_err(|e| format!("reading {}/{secret}: {e}", names::SECRETS_BUCKET))?
             .ok_or_else(|| {
                 format!(
-                    "not found in the {} bucket; create it with `narunctl secret set {secret} …`",
+                    "not found in the {} bucket; create it with `narunctl secret set {secret} --app {app} …`",
                     names::SECRETS_BUCKET
                 )
             })?;
