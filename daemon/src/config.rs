@@ -36,6 +36,8 @@ pub struct Settings {
     pub log_spool_bytes: usize,
     /// Longer output lines are forwarded in pieces.
     pub log_max_line_bytes: usize,
+    /// `[deploy] trusted_keys`: when not empty, only binaries signed by one of these run.
+    pub trusted_keys: narun_wire::signing::TrustedKeys,
 }
 
 impl Default for Settings {
@@ -63,6 +65,8 @@ impl Settings {
             cgroup_root: c.cgroup.root.clone(),
             log_spool_bytes: c.logs.spool_bytes,
             log_max_line_bytes: c.logs.max_line_bytes,
+            // Invalid keys are refused before (Config::validate, Daemon::new).
+            trusted_keys: c.deploy.trusted_keys().unwrap_or_default(),
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct Config {
     /// still loads; enabling it there is an error (see [`Config::validate`]).
     #[cfg(not(feature = "gateway"))]
     pub gateway: Option<toml::Value>,
+    /// `[deploy]`: who may deploy binaries to this node.
+    pub deploy: DeployConfig,
 }
 
 impl Default for Config {
@@ -132,6 +138,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             memory: Default::default(),
             gateway: Default::default(),
+            deploy: DeployConfig::default(),
         }
     }
 }
@@ -203,6 +210,25 @@ impl Default for SecretsConfig {
         SecretsConfig {
             master_key_file: crate::fetch::inputs::DEFAULT_MASTER_KEY_FILE.into(),
         }
+    }
+}
+
+/// `[deploy]`: authenticated deploys (docs/config.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Public nkeys (`U…`, `A…`) whose signatures this node accepts (`narunctl deploy
+    /// --sign`). Empty (the default): deploys are not authenticated, any binary whose content
+    /// matches its object digest runs (as with the Go runner), and narund warns at start.
+    pub trusted_keys: Vec<String>,
+}
+
+impl DeployConfig {
+    /// The parsed [`narun_wire::signing::TrustedKeys`]; an error names the bad key.
+    pub fn trusted_keys(
+        &self,
+    ) -> Result<narun_wire::signing::TrustedKeys, narun_wire::signing::KeyError> {
+        narun_wire::signing::TrustedKeys::parse(self.trusted_keys.iter().map(String::as_str))
     }
 }
 
@@ -304,6 +330,9 @@ impl Config {
         }
         if self.apps.keep_versions == 0 {
             problems.push("apps.keep_versions: must be at least 1".into());
+        }
+        if let Err(e) = self.deploy.trusted_keys() {
+            problems.push(format!("deploy.trusted_keys: {e}"));
         }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());

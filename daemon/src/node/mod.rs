@@ -231,6 +231,7 @@ impl Node {
             old.log_max_line_bytes == new.log_max_line_bytes,
         );
         check("apps.keep_versions", old.keep_versions == new.keep_versions);
+        check("deploy.trusted_keys", old.trusted_keys == new.trusted_keys);
         let live = Reloadable::of(&new);
         if *self.live() != live {
             tracing::info!(?live, "reloaded settings");
