@@ -406,6 +406,34 @@ mod tests {
     }
 
     #[test]
+    fn deploy_trusted_keys_parse_and_bad_keys_are_named() {
+        assert!(Config::default().deploy.trusted_keys.is_empty());
+        assert!(Settings::default().trusted_keys.is_empty());
+        let key = narun_wire::signing::Signer::generate();
+        let c = Config::from_toml(&format!(
+            "[deploy]\ntrusted_keys = [\"{}\"]\n",
+            key.public_key()
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let s = Settings::from_config(&c);
+        assert_eq!(
+            s.trusted_keys.public_keys().collect::<Vec<_>>(),
+            [key.public_key()]
+        );
+        // A seed by mistake: refused without printing it.
+        let c =
+            Config::from_toml(&format!("[deploy]\ntrusted_keys = [\"{}\"]\n", key.seed())).unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.starts_with("deploy.trusted_keys: "), "{err}");
+        assert!(err.contains("secret seed"), "{err}");
+        assert!(!err.contains(&key.seed()), "{err}");
+        let c = Config::from_toml("[deploy]\ntrusted_keys = [\"Unope\"]\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("\"Unope\""));
+        assert!(Config::from_toml("[deploy]\ntrusted = []\n").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_the_key_and_line() {
         let err =
             Config::from_toml("node_id = \"a\"\n[nats]\nurl = \"nats://x\"\nurll = \"typo\"\n")

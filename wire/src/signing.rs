@@ -46,6 +46,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// The object metadata entries of a signature: [`names::BINARY_META_SIGNATURE`],
+/// [`names::BINARY_META_SIGNER`], [`names::BINARY_META_SIGNED_SHA256`] and their values.
+pub type SignatureMetadata = [(&'static str, String); 3];
+
 /// First line of [`BinaryClaim::message`]: the format of the signed bytes.
 pub const MESSAGE_VERSION: &str = "narun-binary-signature-v1";
 
@@ -138,17 +142,14 @@ pub enum VerifyError {
     )]
     Malformed { key: &'static str, value: String },
     #[error(
-        "the signature by {signer} is not valid for app {app}, tag {tag}, platform {os}/{arch} and \
-         digest {sha256}: the object was signed for another app, tag, platform or binary, or its \
-         metadata was changed after signing; deploy it again with `narunctl deploy --sign KEY`"
+        "the signature by {signer} is not valid for {claim}: the object was signed for another \
+         app, tag, platform or binary, or its metadata was changed after signing; deploy it \
+         again with `narunctl deploy --sign KEY`"
     )]
     BadSignature {
         signer: String,
-        app: String,
-        tag: String,
-        os: String,
-        arch: String,
-        sha256: String,
+        /// `app <app>, tag <tag>, platform <os>/<arch> and digest <sha256 hex>`.
+        claim: String,
     },
     #[error("{0}")]
     Claim(#[from] SigningError),
@@ -223,7 +224,7 @@ impl Signer {
 
     /// Sign `claim`: the object metadata entries to store with the binary (signature,
     /// signer, signed digest).
-    pub fn sign(&self, claim: &BinaryClaim) -> Result<[(&'static str, String); 3], SigningError> {
+    pub fn sign(&self, claim: &BinaryClaim) -> Result<SignatureMetadata, SigningError> {
         let sig = self
             .key
             .sign(&claim.message()?)
@@ -355,11 +356,7 @@ impl TrustedKeys {
         key.verify(&claim.message()?, &sig)
             .map_err(|_| VerifyError::BadSignature {
                 signer: signer.to_owned(),
-                app: app.to_owned(),
-                tag: tag.to_owned(),
-                os: os.to_owned(),
-                arch: arch.to_owned(),
-                sha256: signed.to_owned(),
+                claim: format!("app {app}, tag {tag}, platform {os}/{arch} and digest {signed}"),
             })?;
         Ok(sha256)
     }

@@ -14,7 +14,7 @@ struct Binary {
     path: PathBuf,
     platform: crate::elf::Platform,
     /// With `--sign`: the SHA-256 that was signed and the metadata entries of the signature.
-    signed: Option<([u8; 32], [(&'static str, String); 3])>,
+    signed: Option<([u8; 32], narun_wire::signing::SignatureMetadata)>,
 }
 
 /// Run `deploy`.
