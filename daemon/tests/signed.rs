@@ -210,3 +210,43 @@ async fn a_rewritten_digest_cannot_roll_a_node_back_to_a_cached_binary() {
     assert_eq!(snap.digest, d1.to_hex());
     h.finish().await;
 }
+
+/// narund's whole stderr from start to a clean exit after its first heartbeat.
+async fn narund_log(extra_toml: &str) -> String {
+    use futures_util::StreamExt;
+    let server = narun_test_support::NatsServer::start();
+    let b = narun_test_support::buckets(&server).await;
+    let mut watch = b.states.watch("log-node").await.unwrap();
+    let mut narund = narun_test_support::Narund::builder(&server, "log-node")
+        .config(extra_toml)
+        .stderr_piped()
+        .start();
+    let mut stderr = narund.take_stderr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    tokio::time::timeout(narun_test_support::T, watch.next())
+        .await
+        .expect("a heartbeat")
+        .unwrap()
+        .unwrap();
+    assert!(narund.terminate().await.success());
+    reader.join().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narund_warns_once_at_start_when_deploys_are_not_authenticated() {
+    const WARNING: &str = "deploys are not authenticated";
+    let log = narund_log("").await;
+    assert_eq!(log.matches(WARNING).count(), 1, "{log}");
+    let key = Signer::generate();
+    let log = narund_log(&format!(
+        "[deploy]\ntrusted_keys = [\"{}\"]\n",
+        key.public_key()
+    ))
+    .await;
+    assert_eq!(log.matches(WARNING).count(), 0, "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
