@@ -40,6 +40,8 @@ pub struct Settings {
     pub dynamic_uid_range: (u32, u32),
     /// The NATS identity apps get (`[apps] nats_*`, see [`crate::instance::nats_identity`]).
     pub app_nats: AppNats,
+    /// `[deploy] trusted_keys`: when not empty, only binaries signed by one of these run.
+    pub trusted_keys: narun_wire::signing::TrustedKeys,
 }
 
 /// Where apps' own NATS credentials come from: a creds file per app the operator
@@ -94,6 +96,8 @@ impl Settings {
                 signing_key: c.apps.nats_account_signing_key.clone(),
                 account: c.apps.nats_account.clone(),
             },
+            // Invalid keys are refused before (Config::validate, Daemon::new).
+            trusted_keys: c.deploy.trusted_keys().unwrap_or_default(),
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Config {
     /// still loads; enabling it there is an error (see [`Config::validate`]).
     #[cfg(not(feature = "gateway"))]
     pub gateway: Option<toml::Value>,
+    /// `[deploy]`: who may deploy binaries to this node.
+    pub deploy: DeployConfig,
 }
 
 impl Default for Config {
@@ -164,6 +170,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             memory: Default::default(),
             gateway: Default::default(),
+            deploy: DeployConfig::default(),
         }
     }
 }
@@ -278,6 +285,25 @@ impl Default for SecretsConfig {
             master_key_file: crate::fetch::inputs::DEFAULT_MASTER_KEY_FILE.into(),
             allow_unscoped: false,
         }
+    }
+}
+
+/// `[deploy]`: authenticated deploys (docs/config.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Public nkeys (`U…`, `A…`) whose signatures this node accepts (`narunctl deploy
+    /// --sign`). Empty (the default): deploys are not authenticated, any binary whose content
+    /// matches its object digest runs (as with the Go runner), and narund warns at start.
+    pub trusted_keys: Vec<String>,
+}
+
+impl DeployConfig {
+    /// The parsed [`narun_wire::signing::TrustedKeys`]; an error names the bad key.
+    pub fn trusted_keys(
+        &self,
+    ) -> Result<narun_wire::signing::TrustedKeys, narun_wire::signing::KeyError> {
+        narun_wire::signing::TrustedKeys::parse(self.trusted_keys.iter().map(String::as_str))
     }
 }
 
@@ -416,6 +442,9 @@ impl Config {
                  1 <= first <= last < 4294967295 (default [61184, 65519])"
             ));
         }
+        if let Err(e) = self.deploy.trusted_keys() {
+            problems.push(format!("deploy.trusted_keys: {e}"));
+        }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
         }
@@ -534,6 +563,34 @@ mod tests {
             assert!(e.contains("apps.dynamic_uid_range"), "{e}");
         }
         assert!(Config::from_toml("[apps]\ndynamic_uid_range = [1]\n").is_err());
+    }
+
+    #[test]
+    fn deploy_trusted_keys_parse_and_bad_keys_are_named() {
+        assert!(Config::default().deploy.trusted_keys.is_empty());
+        assert!(Settings::default().trusted_keys.is_empty());
+        let key = narun_wire::signing::Signer::generate();
+        let c = Config::from_toml(&format!(
+            "[deploy]\ntrusted_keys = [\"{}\"]\n",
+            key.public_key()
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let s = Settings::from_config(&c);
+        assert_eq!(
+            s.trusted_keys.public_keys().collect::<Vec<_>>(),
+            [key.public_key()]
+        );
+        // A seed by mistake: refused without printing it.
+        let c =
+            Config::from_toml(&format!("[deploy]\ntrusted_keys = [\"{}\"]\n", key.seed())).unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.starts_with("deploy.trusted_keys: "), "{err}");
+        assert!(err.contains("secret seed"), "{err}");
+        assert!(!err.contains(&key.seed()), "{err}");
+        let c = Config::from_toml("[deploy]\ntrusted_keys = [\"Unope\"]\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("\"Unope\""));
+        assert!(Config::from_toml("[deploy]\ntrusted = []\n").is_err());
     }
 
     #[test]

@@ -72,6 +72,22 @@ impl Daemon {
                  set [apps] nats_creds_dir or nats_account_signing_key in narund.toml to give each app its own NATS user"
             );
         }
+        let trusted = config
+            .deploy
+            .trusted_keys()
+            .context("[deploy] trusted_keys")?;
+        if trusted.is_empty() {
+            tracing::warn!(
+                "deploys are not authenticated: [deploy] trusted_keys is empty, so narund runs any \
+                 binary in app-binaries whose content matches its digest; list the public keys of \
+                 your deployers there and deploy with `narunctl deploy --sign KEY`"
+            );
+        } else {
+            tracing::info!(
+                keys = trusted.public_keys().count(),
+                "deploys must be signed by a trusted key"
+            );
+        }
         if let Err(e) = reaper::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphans of apps go to PID 1");
         }

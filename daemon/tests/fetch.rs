@@ -5,8 +5,12 @@ use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, object_store::ObjectStore};
+use async_nats::jetstream::{
+    self,
+    object_store::{ObjectInfo, ObjectMetadata, ObjectStore},
+};
 use narun_test_support::NatsServer;
+use narun_wire::signing::{BinaryClaim, Signer, TrustedKeys};
 use narund::fetch::{BinaryCache, FetchError, Sha256Digest};
 use narund::uring::{UringHandle, UringMode};
 use sha2::Digest;
@@ -238,4 +242,195 @@ async fn twenty_mib_object_streams_with_identical_digests_on_both_paths() {
         digests.push(Sha256Digest(uring.hash_file(&bin.path).await.unwrap()));
     }
     assert_eq!(digests, vec![digest, digest]);
+}
+
+/// Put `data` as `app`:`tag` with the metadata `narunctl deploy --sign` adds, signed by
+/// `signer` for `signed_tag` (normally `tag`).
+async fn put_signed(
+    store: &ObjectStore,
+    app: &str,
+    tag: &str,
+    signed_tag: &str,
+    data: &[u8],
+    signer: &Signer,
+) -> ObjectInfo {
+    let name = narun_wire::names::binary_object_name(app, tag, OS, ARCH);
+    let claim = BinaryClaim {
+        app,
+        tag: signed_tag,
+        os: OS,
+        arch: ARCH,
+        sha256: sha2::Sha256::digest(data).into(),
+    };
+    let meta = ObjectMetadata {
+        name,
+        metadata: signer
+            .sign(&claim)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        ..Default::default()
+    };
+    store
+        .put(meta, &mut std::io::Cursor::new(data.to_vec()))
+        .await
+        .expect("put signed object")
+}
+
+/// What an attacker with write access to `app-binaries` (and no signing key) can do: rewrite
+/// the object's info message, keeping everything but the digest.
+async fn rewrite_digest(client: &async_nats::Client, info: &ObjectInfo, digest: &Sha256Digest) {
+    use base64::Engine;
+    let mut meta = serde_json::to_value(info).unwrap();
+    meta["digest"] = serde_json::json!(digest.to_nats());
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(info.name.as_bytes());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Rollup", "sub");
+    jetstream::new(client.clone())
+        .publish_with_headers(
+            format!("$O.{}.M.{encoded}", narun_wire::names::APP_BINARIES_BUCKET),
+            headers,
+            serde_json::to_vec(&meta).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+fn trusting(dir: &std::path::Path, keys: &[&Signer]) -> BinaryCache {
+    let pks: Vec<String> = keys.iter().map(|k| k.public_key()).collect();
+    BinaryCache::new(dir, 3, UringHandle::start())
+        .with_trusted_keys(TrustedKeys::parse(pks.iter().map(String::as_str)).unwrap())
+}
+
+#[tokio::test]
+async fn trusted_keys_accept_only_binaries_signed_for_this_app_tag_and_platform() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let (good, other) = (Signer::generate(), Signer::generate());
+    let data = content(200_000, 20);
+    put_signed(&os, "hello", "v1", "v1", &data, &good).await;
+    put(&os, "hello", "unsigned", &data).await;
+    put_signed(&os, "hello", "other-key", "other-key", &data, &other).await;
+    // v1's signature copied onto v2: valid, but for another tag.
+    put_signed(&os, "hello", "v2", "v1", &data, &good).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = trusting(dir.path(), &[&good]);
+
+    let bin = cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap();
+    assert_eq!(std::fs::read(&bin.path).unwrap(), data);
+
+    for (tag, want) in [
+        ("unsigned", "is not signed"),
+        ("other-key", "not one of this node's [deploy] trusted_keys"),
+        ("v2", "is not valid for app hello, tag v2"),
+    ] {
+        let err = cache.fetch(&os, "hello", tag, OS, ARCH).await.unwrap_err();
+        assert!(
+            matches!(err, FetchError::Signature { .. }),
+            "{tag}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("'hello-{tag}-{OS}-{ARCH}'")), "{msg}");
+        assert!(msg.contains(want), "{tag}: {msg}");
+        assert!(!msg.contains("reachable"), "{msg}");
+    }
+    // Without trusted keys every one of them is accepted, as today.
+    let open = BinaryCache::new(dir.path(), 3, UringHandle::start());
+    for tag in ["unsigned", "other-key", "v2"] {
+        open.fetch(&os, "hello", tag, OS, ARCH).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_rewritten_digest_cannot_roll_back_to_a_cached_binary() {
+    let server = NatsServer::start();
+    let (client, os) = store(&server).await;
+    let key = Signer::generate();
+    let (old, new) = (content(150_000, 21), content(150_000, 22));
+    let v1 = put_signed(&os, "hello", "v1", "v1", &old, &key).await;
+    let v2 = put_signed(&os, "hello", "v2", "v2", &new, &key).await;
+    let d1 = Sha256Digest::from_nats(v1.digest.as_deref().unwrap()).unwrap();
+    let d2 = Sha256Digest::from_nats(v2.digest.as_deref().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = trusting(dir.path(), &[&key]);
+    // The node ran v1, so its bytes are cached.
+    cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap();
+
+    rewrite_digest(&client, &v2, &d1).await;
+
+    // Without trusted keys the node would run v1's bytes as v2 (the attack).
+    let open = BinaryCache::new(dir.path(), 3, UringHandle::start());
+    let rolled_back = open.fetch(&os, "hello", "v2", OS, ARCH).await.unwrap();
+    assert_eq!(std::fs::read(&rolled_back.path).unwrap(), old);
+
+    // With trusted keys it is refused, naming the object and both digests.
+    let err = cache.fetch(&os, "hello", "v2", OS, ARCH).await.unwrap_err();
+    match &err {
+        FetchError::SignedDigest {
+            expected, actual, ..
+        } => assert_eq!((*expected, *actual), (d2, d1)),
+        other => panic!("expected SignedDigest, got {other:?}"),
+    }
+    let msg = err.to_string();
+    for part in [
+        format!("'hello-v2-{OS}-{ARCH}'"),
+        d1.to_string(),
+        d2.to_string(),
+    ] {
+        assert!(msg.contains(&part), "{part} in {msg}");
+    }
+    assert!(!msg.contains("reachable"), "{msg}");
+    // Also when v2 was cached before.
+    rewrite_digest(&client, &v2, &d2).await;
+    cache.fetch(&os, "hello", "v2", OS, ARCH).await.unwrap();
+    rewrite_digest(&client, &v2, &d1).await;
+    assert!(matches!(
+        cache.fetch(&os, "hello", "v2", OS, ARCH).await,
+        Err(FetchError::SignedDigest { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_stream_that_does_not_match_its_digest_names_object_and_both_digests() {
+    let server = NatsServer::start();
+    let (client, os) = store(&server).await;
+    for (len, seed) in [(300_000, 23), (1000, 24)] {
+        let data = content(len, seed);
+        let info = {
+            let name = narun_wire::names::binary_object_name("hello", "v1", OS, ARCH);
+            os.put(name.as_str(), &mut std::io::Cursor::new(data.clone()))
+                .await
+                .unwrap()
+        };
+        let actual = Sha256Digest(sha2::Sha256::digest(&data).into());
+        let claimed = Sha256Digest(sha2::Sha256::digest(b"another binary").into());
+        rewrite_digest(&client, &info, &claimed).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BinaryCache::new(dir.path(), 3, UringHandle::start());
+        let err = cache.fetch(&os, "hello", "v1", OS, ARCH).await.unwrap_err();
+        match &err {
+            FetchError::Mismatch {
+                object,
+                expected,
+                actual: got,
+            } => {
+                assert_eq!(object, &info.name);
+                assert_eq!((*expected, *got), (claimed, actual));
+            }
+            other => panic!("expected Mismatch, got {other:?}"),
+        }
+        let msg = err.to_string();
+        for part in [info.name.clone(), claimed.to_string(), actual.to_string()] {
+            assert!(msg.contains(&part), "{part} in {msg}");
+        }
+        assert!(!msg.contains("reachable"), "NATS is reachable: {msg}");
+        let left: Vec<_> = std::fs::read_dir(cache.app_dir("hello"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -148,6 +148,15 @@ async fn tampered_digest_is_refused_while_the_old_version_runs() {
     .await
     .expect("v2 refused");
     assert_eq!(failed.reason, Some(Reason::Verify), "{failed:?}");
+    // The error names the object, the expected and the actual digest, and does not blame NATS.
+    for part in [
+        info.name.clone(),
+        format!("SHA-256={wrong}"),
+        info.digest.clone().unwrap(),
+    ] {
+        assert!(failed.error.contains(&part), "{part} in {}", failed.error);
+    }
+    assert!(!failed.error.contains("reachable"), "{}", failed.error);
     assert!(alive(pid), "v1 keeps running");
     let snap = sup.snapshot("dig", 0).unwrap();
     assert_eq!((snap.status.as_str(), snap.pid), ("running", Some(pid)));

@@ -113,6 +113,26 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Write the man pages (narunctl.1 and one page per subcommand).
     Man(ManArgs),
+    /// Signing keys for `deploy --sign`: generate one, print a key's public key.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+/// `keys generate FILE` | `keys public FILE`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Write a new ed25519 signing key (an nkey seed `SU…`, like `nk -gen user`) to FILE
+    /// (mode 0600, never overwritten) and print its public key (`U…`), the value for
+    /// `[deploy] trusted_keys` in narund.toml.
+    Generate {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the public key of the signing key in FILE (a seed file or a .creds file).
+    Public {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// `deploy -f spec.toml BIN…` or `deploy --name N --tag T [--node ID|--label k=v] BIN…`.
@@ -156,6 +176,11 @@ pub struct DeployArgs {
     /// How long one binary upload may take.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub upload_timeout: Duration,
+    /// Sign every binary (app, tag, platform, SHA-256) with the ed25519 key in KEY_FILE: an
+    /// nkey seed `SU…`/`SA…` (`narunctl keys generate FILE`, `nk -gen user`) or a .creds
+    /// file. Nodes with `[deploy] trusted_keys` run only binaries signed by one of their keys.
+    #[arg(long, value_name = "KEY_FILE", conflicts_with = "no_binary")]
+    pub sign: Option<PathBuf>,
     /// After writing the spec, follow narund's status events until every
     /// selected instance runs the new spec and is ready (`--wait` = 120 s,
     /// `--wait=5m`). Exit 1 with the reason and the instance's last log lines

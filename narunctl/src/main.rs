@@ -77,5 +77,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Images(c) => cmd::images::run(&conn, c).await,
         Command::Completions(args) => cmd::completions::run(args),
         Command::Man(args) => cmd::man::run(args),
+        Command::Keys(c) => cmd::keys::run(c),
     }
 }

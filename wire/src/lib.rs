@@ -9,6 +9,7 @@
 //! * [`grpc`]: `grpc-timeout` and `grpc-message` conventions shared by the gRPC gateway and apps.
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
 //! * [`jetstream`]: the buckets of the contract ([`jetstream::APP_CONFIGS`], …), opened or created on every server version; typed "not found".
+//! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
 
@@ -21,4 +22,5 @@ pub mod micro;
 pub mod names;
 #[cfg(feature = "secrets")]
 pub mod secrets;
+pub mod signing;
 pub mod status;

@@ -52,6 +52,17 @@ pub fn binary_object_name(app: &str, tag: &str, os: &str, arch: &str) -> String 
     format!("{app}-{tag}-{os}-{arch}")
 }
 
+/// Object metadata key of a signed app binary (`narunctl deploy --sign`, a narun addition;
+/// Go peers ignore it): the ed25519 signature, base64url without padding, of
+/// [`crate::signing::BinaryClaim::message`].
+pub const BINARY_META_SIGNATURE: &str = "narun-signature";
+/// Object metadata key of a signed app binary: the signer's public nkey (`U…`, `A…`).
+pub const BINARY_META_SIGNER: &str = "narun-signer";
+/// Object metadata key of a signed app binary: the SHA-256 that was signed, lower-case hex.
+/// A node with trusted keys runs the object only when the object store's digest and the
+/// downloaded bytes are this digest.
+pub const BINARY_META_SIGNED_SHA256: &str = "narun-signed-sha256";
+
 /// Go's GOARCH name for the architecture this binary was compiled for
 /// (`amd64`, `arm64`, `arm`, `riscv64`, `386`).
 pub fn go_arch() -> &'static str {

@@ -173,6 +173,9 @@ wire_enum! {
         Verify = "verify",
         /// The binary could not be fetched.
         Fetch = "fetch",
+        /// The node has `[deploy] trusted_keys` and the binary is unsigned, signed by
+        /// another key, signed for something else, or not the signed digest.
+        Signature = "signature",
         /// The app's user or capabilities are not allowed or do not exist.
         User = "user",
         /// The process could not be spawned.

@@ -8,6 +8,11 @@
 //!    [`FetchError::NotFound`] names the object and the platform.
 //! 2. Parse the digest ([`Sha256Digest::from_nats`]); anything but `SHA-256=` is
 //!    [`FetchError::BadDigest`].
+//!    With `[deploy] trusted_keys` ([`BinaryCache::with_trusted_keys`]) the object must be
+//!    signed by one of them for this app, tag and platform ([`narun_wire::signing`]): else
+//!    [`FetchError::Signature`]. Its digest must be the signed one, else
+//!    [`FetchError::SignedDigest`] — so a rewritten digest cannot point the node at another
+//!    (older, cached) binary — and from here on the signed digest is the one expected.
 //! 3. The cache path is content-addressed: `<data_dir>/binaries/<app>/<sha256-hex>`. If that file
 //!    exists and still hashes to the digest, it is reused and nothing is downloaded.
 //! 4. Otherwise the object is **streamed** into a temporary file in the same directory through a
@@ -15,6 +20,8 @@
 //!    ([`UringHandle::hash_file`]), compared, made `0755`, renamed into place, and the directory is
 //!    fsynced. Any failure (digest mismatch, short stream, full disk) deletes the temporary file:
 //!    a file at a cache path is always complete and verified, and older versions are untouched.
+//!    When the chunks do not hash to the object's digest (async-nats checks it at the end of the
+//!    stream), [`FetchError::Mismatch`] names the object, the expected and the actual digest.
 //!
 //! [`BinaryCache::gc`] keeps the newest N versions per app (by last use: a cache hit refreshes
 //! the file's mtime) and never removes a digest the caller marks as protected (binaries of running
@@ -36,7 +43,10 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+use narun_wire::signing::{TrustedKeys, VerifyError};
+use std::sync::Arc;
 
 use crate::uring::UringHandle;
 
@@ -144,7 +154,7 @@ pub enum FetchError {
     BadDigest { object: String, digest: String },
     #[error(
         "object '{object}': downloaded content hashes to {actual}, the expected digest is {expected}; \
-         the download was discarded (corrupt upload or transfer)"
+         the download was discarded (a corrupt upload or transfer, or object metadata changed after the upload)"
     )]
     Mismatch {
         object: String,
@@ -165,8 +175,28 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
-    #[error("object store request for '{object}' failed: {message} (is NATS/JetStream reachable?)")]
+    /// The object store answered with an error (NATS is reachable).
+    #[error("object store request for '{object}' failed: {message}")]
     Nats { object: String, message: String },
+    /// No answer in time from NATS/JetStream.
+    #[error(
+        "object store request for '{object}' got no answer: {message} (is NATS/JetStream reachable?)"
+    )]
+    Unreachable { object: String, message: String },
+    /// The node has trusted keys and the object's signature is missing or not valid for it.
+    #[error("object '{object}': {reason}")]
+    Signature { object: String, reason: VerifyError },
+    /// The object is validly signed, but its digest is not the signed one.
+    #[error(
+        "object '{object}': the object store's digest is {actual}, the signed digest is {expected}; \
+         refused (its metadata was changed after signing, e.g. to point at another binary); \
+         deploy it again with `narunctl deploy --sign KEY`"
+    )]
+    SignedDigest {
+        object: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
@@ -182,6 +212,9 @@ pub struct BinaryCache {
     root: PathBuf,
     keep_versions: usize,
     uring: UringHandle,
+    /// `[deploy] trusted_keys`: when not empty, [`fetch`](Self::fetch) accepts only binaries
+    /// signed by one of them.
+    trusted: Arc<TrustedKeys>,
 }
 
 impl BinaryCache {
@@ -192,7 +225,15 @@ impl BinaryCache {
             root: data_dir.as_ref().join("binaries"),
             keep_versions: keep_versions.max(1),
             uring,
+            trusted: Arc::new(TrustedKeys::default()),
         }
+    }
+
+    /// Accept only binaries signed by one of `keys` (none: every binary whose content matches
+    /// its digest, as the Go runner does).
+    pub fn with_trusted_keys(mut self, keys: TrustedKeys) -> Self {
+        self.trusted = Arc::new(keys);
+        self
     }
 
     /// `<data_dir>/binaries/<app>` (app name sanitised for the file system).
@@ -223,16 +264,42 @@ impl BinaryCache {
                 platform: format!("{os}/{arch}"),
                 bucket: narun_wire::names::APP_BINARIES_BUCKET.into(),
             },
+            object_store::InfoErrorKind::TimedOut => FetchError::Unreachable {
+                object: object.clone(),
+                message: e.to_string(),
+            },
             _ => FetchError::Nats {
                 object: object.clone(),
                 message: e.to_string(),
             },
         })?;
-        let expected = Sha256Digest::from_nats(&info.digest.clone().unwrap_or_default())
-            .ok_or_else(|| FetchError::BadDigest {
-                object: object.clone(),
-                digest: info.digest.clone().unwrap_or_default(),
+        let stored =
+            Sha256Digest::from_nats(&info.digest.clone().unwrap_or_default()).ok_or_else(|| {
+                FetchError::BadDigest {
+                    object: object.clone(),
+                    digest: info.digest.clone().unwrap_or_default(),
+                }
             })?;
+        let expected = if self.trusted.is_empty() {
+            stored
+        } else {
+            let signed = self
+                .trusted
+                .verify(app, tag, os, arch, &info.metadata)
+                .map_err(|reason| FetchError::Signature {
+                    object: object.clone(),
+                    reason,
+                })?;
+            let signed = Sha256Digest(signed);
+            if signed != stored {
+                return Err(FetchError::SignedDigest {
+                    object,
+                    expected: signed,
+                    actual: stored,
+                });
+            }
+            signed
+        };
         self.fetch_verified(store, app, &object, &expected).await
     }
 
@@ -350,6 +417,10 @@ pub(crate) async fn download_verified(
             platform: platform_of(object),
             bucket: bucket.into(),
         },
+        object_store::GetErrorKind::TimedOut => FetchError::Unreachable {
+            object: object.to_string(),
+            message: e.to_string(),
+        },
         _ => FetchError::Nats {
             object: object.to_string(),
             message: e.to_string(),
@@ -360,25 +431,71 @@ pub(crate) async fn download_verified(
     let mut out = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
     let mut buf = vec![0u8; COPY_BUF];
     let mut got: u64 = 0;
+    // async-nats checks the chunks against the object's digest at the end of the stream and
+    // then fails the read with InvalidData, after putting the last chunk into the buffer: so
+    // the buffer is read through `poll_read`, keeping those bytes, and the digest of what
+    // arrived is reported instead of a bare "wrong digest".
+    let mut store_says_wrong_digest = false;
     loop {
-        let n = match obj.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // async-nats checks the object's own digest at EOF and fails with InvalidData.
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        let res = std::future::poll_fn(|cx| {
+            tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut obj), cx, &mut rb)
+        })
+        .await;
+        let n = rb.filled().len();
+        out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
+        got += n as u64;
+        match res {
+            Ok(()) if n == 0 => break,
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // What a chunk larger than the buffer left behind is handed out without
+                // waiting for the stream again.
+                loop {
+                    let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                    let more = futures_util::FutureExt::now_or_never(std::future::poll_fn(|cx| {
+                        tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut obj), cx, &mut rb)
+                    }));
+                    let n = rb.filled().len();
+                    if !matches!(more, Some(Ok(()))) || n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
+                    got += n as u64;
+                }
+                store_says_wrong_digest = true;
+                break;
+            }
             Err(e) => {
                 return Err(FetchError::Nats {
                     object: object.to_string(),
                     message: format!("reading the object stream: {e}"),
                 });
             }
-        };
-        out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
-        got += n as u64;
+        }
     }
     out.flush().await.map_err(io_err(&tmp_path))?;
     out.sync_all().await.map_err(io_err(&tmp_path))?;
     drop(out);
+    if store_says_wrong_digest {
+        let actual = Sha256Digest(
+            uring
+                .hash_file(&tmp_path)
+                .await
+                .map_err(io_err(&tmp_path))?,
+        );
+        if actual != *expected {
+            tracing::warn!(object, %expected, %actual, "digest mismatch, download discarded");
+            return Err(FetchError::Mismatch {
+                object: object.to_string(),
+                expected: *expected,
+                actual,
+            });
+        }
+        // The bytes are the expected ones (the store's digest is only written differently):
+        // the checks below decide.
+    }
     if got != expected_size {
         return Err(FetchError::ShortRead {
             object: object.to_string(),

@@ -132,7 +132,8 @@ impl Host {
                 &p.settings.data_dir,
                 p.settings.keep_versions,
                 p.uring.clone(),
-            ),
+            )
+            .with_trusted_keys(p.settings.trusted_keys.clone()),
             settings: p.settings,
             logs: p.logs,
             uring: p.uring,

@@ -186,13 +186,12 @@ impl Task {
                 Ok(Err(e @ (FetchError::Mismatch { .. } | FetchError::BadDigest { .. }))) => {
                     return Err(StartFailure::new(Reason::Verify, e.to_string()));
                 }
-                // async-nats checks the digest while streaming: its error is a verification failure.
-                Ok(Err(e @ FetchError::Nats { .. }))
-                    if e.to_string().to_ascii_lowercase().contains("digest") =>
-                {
-                    return Err(StartFailure::new(Reason::Verify, e.to_string()));
+                Ok(Err(e @ (FetchError::Signature { .. } | FetchError::SignedDigest { .. }))) => {
+                    return Err(StartFailure::new(Reason::Signature, e.to_string()));
                 }
-                Ok(Err(FetchError::Nats { message, .. })) => {
+                Ok(Err(
+                    FetchError::Nats { message, .. } | FetchError::Unreachable { message, .. },
+                )) => {
                     tracing::warn!(instance = %self.instance_id, %message, "object store request failed, trying the local cache");
                     unreachable = format!("the object store request failed: {message}");
                 }
@@ -224,11 +223,13 @@ impl Task {
                 digest,
                 downloaded: false,
             }),
-            Ok(_) => Err(StartFailure::new(
+            Ok(actual) => Err(StartFailure::new(
                 Reason::Verify,
                 format!(
-                    "cached binary {} does not match its digest {digest}; it will be downloaded again when NATS is reachable",
-                    path.display()
+                    "cached binary {} of object {} hashes to {}, expected {digest}; it is downloaded again when the object store answers",
+                    path.display(),
+                    self.spec.binary_object_name(os, arch),
+                    Sha256Digest(actual),
                 ),
             )),
             Err(e) => Err(StartFailure::new(

@@ -235,6 +235,7 @@ impl Node {
             "apps.dynamic_uid_range",
             old.dynamic_uid_range == new.dynamic_uid_range,
         );
+        check("deploy.trusted_keys", old.trusted_keys == new.trusted_keys);
         let live = Reloadable::of(&new);
         if *self.live() != live {
             tracing::info!(?live, "reloaded settings");

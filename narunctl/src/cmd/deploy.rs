@@ -13,6 +13,8 @@ use std::path::PathBuf;
 struct Binary {
     path: PathBuf,
     platform: crate::elf::Platform,
+    /// With `--sign`: the SHA-256 that was signed and the metadata entries of the signature.
+    signed: Option<([u8; 32], narun_wire::signing::SignatureMetadata)>,
 }
 
 /// Run `deploy`.
@@ -70,7 +72,28 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         binaries.push(Binary {
             path: path.clone(),
             platform,
+            signed: None,
         });
+    }
+    // With --sign: hash and sign every binary before anything is uploaded.
+    if let Some(key_file) = &args.sign {
+        let signer = load_signer(key_file)?;
+        for b in &mut binaries {
+            let sha256 = sha256_of(&b.path)
+                .with_context(|| format!("cannot read binary {}", b.path.display()))?;
+            let claim = narun_wire::signing::BinaryClaim {
+                app: &spec.name,
+                tag: &spec.tag,
+                os: b.platform.os,
+                arch: b.platform.arch,
+                sha256,
+            };
+            let entries = signer
+                .sign(&claim)
+                .with_context(|| format!("signing {}", b.path.display()))?;
+            b.signed = Some((sha256, entries));
+        }
+        eprintln!("signing with {}", signer.public_key());
     }
     if binaries.is_empty() && !args.no_binary {
         bail!(
@@ -131,19 +154,23 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut metadata = HashMap::from([
+            ("narun-app-name".to_string(), spec.name.clone()),
+            ("narun-goos".to_string(), os.to_string()),
+            ("narun-goarch".to_string(), arch.to_string()),
+            ("narun-version-tag".to_string(), spec.tag.clone()),
+            ("narun-original-file".to_string(), original),
+        ]);
+        if let Some((_, entries)) = &b.signed {
+            metadata.extend(entries.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        }
         let meta = object_store::ObjectMetadata {
             name: object.clone(),
             description: Some(format!(
                 "Binary for {} ({os}/{arch}) tag {}",
                 spec.name, spec.tag
             )),
-            metadata: HashMap::from([
-                ("narun-app-name".to_string(), spec.name.clone()),
-                ("narun-goos".to_string(), os.to_string()),
-                ("narun-goarch".to_string(), arch.to_string()),
-                ("narun-version-tag".to_string(), spec.tag.clone()),
-                ("narun-original-file".to_string(), original),
-            ]),
+            metadata,
             ..Default::default()
         };
         let mut file = tokio::fs::File::open(&b.path)
@@ -155,6 +182,19 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
             store.put(meta, &mut file),
         )
         .await?;
+        if let Some((sha256, _)) = &b.signed {
+            // The store hashed what it received: it must be what was signed.
+            let signed = narun_wire::signing::hex(sha256);
+            let stored = info.digest.as_deref().unwrap_or_default();
+            if !digest_is(stored, sha256) {
+                bail!(
+                    "{} changed while it was uploaded: the object {object} has digest {stored}, \
+                     the signed SHA-256 is {signed}; nodes with trusted keys will refuse it, \
+                     deploy again (the spec was not written)",
+                    b.path.display()
+                );
+            }
+        }
         println!(
             "uploaded {} -> {object} ({} bytes, {})",
             b.path.display(),
@@ -226,6 +266,41 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         follower.wait(stored, timeout).await?;
     }
     Ok(())
+}
+
+/// The signing key in `path` (`--sign`), with a warning when others may read it.
+fn load_signer(path: &std::path::Path) -> Result<narun_wire::signing::Signer> {
+    use std::os::unix::fs::PermissionsExt;
+    let signer = narun_wire::signing::Signer::from_file(path)?;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: the signing key {} is readable by others (mode {:o}); chmod 600 it",
+            path.display(),
+            m.permissions().mode() & 0o777
+        );
+    }
+    Ok(signer)
+}
+
+/// SHA-256 of the file at `path`.
+fn sha256_of(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().into())
+}
+
+/// Whether the object store digest `SHA-256=<base64url>` (padding optional) is `sha256`.
+fn digest_is(stored: &str, sha256: &[u8; 32]) -> bool {
+    use base64::Engine as _;
+    let ours = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256);
+    stored.strip_prefix("SHA-256=").map(|b64| {
+        b64.trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    }) == Some(ours)
 }
 
 fn read_prefix(path: &PathBuf, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod deploy;
 pub mod files;
 pub mod images;
+pub mod keys;
 pub mod logs;
 pub mod man;
 pub mod nodes;
