@@ -36,6 +36,10 @@ pub struct Settings {
     pub log_spool_bytes: usize,
     /// Longer output lines are forwarded in pieces.
     pub log_max_line_bytes: usize,
+    /// Capabilities a spec may ask for (`CAP_X` spelling); see [`AppsConfig::allowed_capabilities`].
+    pub allowed_capabilities: Vec<String>,
+    /// Whether `#!` scripts run besides ELF executables ([`AppsConfig::allow_scripts`]).
+    pub allow_scripts: bool,
 }
 
 impl Default for Settings {
@@ -63,6 +67,8 @@ impl Settings {
             cgroup_root: c.cgroup.root.clone(),
             log_spool_bytes: c.logs.spool_bytes,
             log_max_line_bytes: c.logs.max_line_bytes,
+            allowed_capabilities: c.apps.normalized_capabilities(),
+            allow_scripts: c.apps.allow_scripts,
         }
     }
 }
@@ -77,6 +83,8 @@ pub struct Reloadable {
     pub default_user: String,
     pub allow_root: bool,
     pub restart_backoff_max: std::time::Duration,
+    /// Capabilities a spec may ask for (`CAP_X` spelling).
+    pub allowed_capabilities: Vec<String>,
 }
 
 impl Reloadable {
@@ -87,6 +95,7 @@ impl Reloadable {
             default_user: c.default_user.clone(),
             allow_root: c.allow_root,
             restart_backoff_max: c.restart_backoff_max,
+            allowed_capabilities: c.allowed_capabilities.clone(),
         }
     }
 }
@@ -152,6 +161,24 @@ pub struct AppsConfig {
     /// What `SIGTERM` does to the apps: stop them (default) or leave them running for the
     /// next narund to re-adopt (an upgrade of narund without restarting apps).
     pub on_exit: OnExit,
+    /// The capabilities a spec may ask for (any spelling narun-spec accepts:
+    /// `CAP_NET_BIND_SERVICE`, `net_bind_service`). A spec asking for one outside this list
+    /// does not start (reason `capability`). The root-equivalent ones
+    /// ([`crate::privileges::ROOT_EQUIVALENT_CAPS`]) additionally need `allow_root = true`.
+    pub allowed_capabilities: Vec<String>,
+    /// Also run `#!` scripts (the kernel starts their interpreter). Off by default: narund
+    /// runs ELF executables of this node's machine only. For development and tests.
+    pub allow_scripts: bool,
+}
+
+impl AppsConfig {
+    /// [`Self::allowed_capabilities`] in the `CAP_X` spelling.
+    pub fn normalized_capabilities(&self) -> Vec<String> {
+        self.allowed_capabilities
+            .iter()
+            .map(|c| narun_spec::normalize_capability(c))
+            .collect()
+    }
 }
 
 /// `apps.on_exit`: what narund does with its apps when it is asked to exit.
@@ -174,6 +201,8 @@ impl Default for AppsConfig {
             keep_versions: 3,
             restart_backoff_max_sec: 30,
             on_exit: OnExit::Stop,
+            allowed_capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+            allow_scripts: false,
         }
     }
 }
@@ -305,6 +334,14 @@ impl Config {
         if self.apps.keep_versions == 0 {
             problems.push("apps.keep_versions: must be at least 1".into());
         }
+        for (i, cap) in self.apps.allowed_capabilities.iter().enumerate() {
+            if narun_spec::capability_number(cap).is_none() {
+                problems.push(format!(
+                    "apps.allowed_capabilities[{i}]: unknown Linux capability {cap:?} \
+                     (e.g. CAP_NET_BIND_SERVICE)"
+                ));
+            }
+        }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
         }
@@ -411,6 +448,31 @@ mod tests {
         });
         assert_eq!(c.nats.url, "nats://10.1.1.1:4222");
         assert_eq!(c.node_id, hostname());
+    }
+
+    #[test]
+    fn allowed_capabilities_default_to_net_bind_service_and_are_checked() {
+        let d = Config::default();
+        assert_eq!(d.apps.allowed_capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert!(!d.apps.allow_scripts);
+        let c = Config::from_toml(
+            "[apps]\nallowed_capabilities = [\"net_raw\", \"CAP_KILL\"]\nallow_scripts = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = Settings::from_config(&c);
+        assert_eq!(s.allowed_capabilities, ["CAP_NET_RAW", "CAP_KILL"]);
+        assert!(s.allow_scripts);
+        assert_eq!(
+            Reloadable::of(&s).allowed_capabilities,
+            s.allowed_capabilities
+        );
+        let c = Config::from_toml("[apps]\nallowed_capabilities = [\"CAP_ROOT\"]\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("apps.allowed_capabilities[0]: unknown Linux capability \"CAP_ROOT\""),
+            "{err}"
+        );
     }
 
     #[test]
