@@ -267,7 +267,7 @@ impl Harness {
 
     /// Put `script` (for example one of `narun_test_support::apps`) as the binary of
     /// `app`:`tag`.
-    pub async fn upload(&self, app: &str, tag: &str, script: &str) -> ObjectInfo {
+    pub async fn upload(&self, app: &str, tag: &str, script: impl AsRef<[u8]>) -> ObjectInfo {
         self.buckets.upload(app, tag, script).await
     }
 
