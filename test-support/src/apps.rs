@@ -48,22 +48,29 @@ pub fn elf_machine() -> u16 {
     }
 }
 
-/// A 64-byte ELF header: 64-bit, little-endian, `ET_EXEC`, with OS ABI `osabi` and machine
-/// `machine` (see [`elf_machine`]), and one program header (which is not there: nothing
-/// can run it).
+/// A 64-byte ELF header: little-endian, `ET_EXEC`, with OS ABI `osabi` and machine
+/// `machine` (see [`elf_machine`]), 32-bit for the 32-bit machines arm (40) and i386 (3),
+/// else 64-bit, and one program header (which is not there: nothing can run it).
 pub fn elf_header(osabi: u8, machine: u16) -> Vec<u8> {
     let mut h = vec![0u8; 64];
     h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = 2;
     h[5] = 1;
     h[6] = 1;
     h[7] = osabi;
     h[16] = 2; // ET_EXEC
     h[18..20].copy_from_slice(&machine.to_le_bytes());
     h[20] = 1; // e_version
-    h[52] = 64; // e_ehsize
-    h[54] = 56; // e_phentsize
-    h[56] = 1; // e_phnum
+    if matches!(machine, 3 | 40) {
+        h[4] = 1; // ELFCLASS32
+        h[40] = 52; // e_ehsize
+        h[42] = 32; // e_phentsize
+        h[44] = 1; // e_phnum
+    } else {
+        h[4] = 2; // ELFCLASS64
+        h[52] = 64; // e_ehsize
+        h[54] = 56; // e_phentsize
+        h[56] = 1; // e_phnum
+    }
     h
 }
 
