@@ -42,6 +42,10 @@ pub struct Settings {
     pub app_nats: AppNats,
     /// `[deploy] trusted_keys`: when not empty, only binaries signed by one of these run.
     pub trusted_keys: narun_wire::signing::TrustedKeys,
+    /// Capabilities a spec may ask for (`CAP_X` spelling); see [`AppsConfig::allowed_capabilities`].
+    pub allowed_capabilities: Vec<String>,
+    /// Whether `#!` scripts run besides ELF executables ([`AppsConfig::allow_scripts`]).
+    pub allow_scripts: bool,
 }
 
 /// Where apps' own NATS credentials come from: a creds file per app the operator
@@ -98,6 +102,8 @@ impl Settings {
             },
             // Invalid keys are refused before (Config::validate, Daemon::new).
             trusted_keys: c.deploy.trusted_keys().unwrap_or_default(),
+            allowed_capabilities: c.apps.normalized_capabilities(),
+            allow_scripts: c.apps.allow_scripts,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct Reloadable {
     pub default_user: String,
     pub allow_root: bool,
     pub restart_backoff_max: std::time::Duration,
+    /// Capabilities a spec may ask for (`CAP_X` spelling).
+    pub allowed_capabilities: Vec<String>,
 }
 
 impl Reloadable {
@@ -122,6 +130,7 @@ impl Reloadable {
             default_user: c.default_user.clone(),
             allow_root: c.allow_root,
             restart_backoff_max: c.restart_backoff_max,
+            allowed_capabilities: c.allowed_capabilities.clone(),
         }
     }
 }
@@ -205,6 +214,24 @@ pub struct AppsConfig {
     /// Public key (`A…`) of the account, when `nats_account_signing_key` is a signing key
     /// of the account rather than the account's own key.
     pub nats_account: Option<String>,
+    /// The capabilities a spec may ask for (any spelling narun-spec accepts:
+    /// `CAP_NET_BIND_SERVICE`, `net_bind_service`). A spec asking for one outside this list
+    /// does not start (reason `capability`). The root-equivalent ones
+    /// ([`crate::privileges::ROOT_EQUIVALENT_CAPS`]) additionally need `allow_root = true`.
+    pub allowed_capabilities: Vec<String>,
+    /// Also run `#!` scripts (the kernel starts their interpreter). Off by default: narund
+    /// runs ELF executables of this node's machine only. For development and tests.
+    pub allow_scripts: bool,
+}
+
+impl AppsConfig {
+    /// [`Self::allowed_capabilities`] in the `CAP_X` spelling.
+    pub fn normalized_capabilities(&self) -> Vec<String> {
+        self.allowed_capabilities
+            .iter()
+            .map(|c| narun_spec::normalize_capability(c))
+            .collect()
+    }
 }
 
 /// `apps.on_exit`: what narund does with its apps when it is asked to exit.
@@ -231,6 +258,8 @@ impl Default for AppsConfig {
             nats_creds_dir: None,
             nats_account_signing_key: None,
             nats_account: None,
+            allowed_capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+            allow_scripts: false,
         }
     }
 }
@@ -289,7 +318,7 @@ impl Default for SecretsConfig {
 }
 
 /// `[deploy]`: authenticated deploys (docs/config.md).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeployConfig {
     /// Public nkeys (`U…`, `A…`) whose signatures this node accepts (`narunctl deploy
@@ -444,6 +473,14 @@ impl Config {
         }
         if let Err(e) = self.deploy.trusted_keys() {
             problems.push(format!("deploy.trusted_keys: {e}"));
+        }
+        for (i, cap) in self.apps.allowed_capabilities.iter().enumerate() {
+            if narun_spec::capability_number(cap).is_none() {
+                problems.push(format!(
+                    "apps.allowed_capabilities[{i}]: unknown Linux capability {cap:?} \
+                     (e.g. CAP_NET_BIND_SERVICE)"
+                ));
+            }
         }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
@@ -628,6 +665,31 @@ mod tests {
         });
         assert_eq!(c.nats.url, "nats://10.1.1.1:4222");
         assert_eq!(c.node_id, hostname());
+    }
+
+    #[test]
+    fn allowed_capabilities_default_to_net_bind_service_and_are_checked() {
+        let d = Config::default();
+        assert_eq!(d.apps.allowed_capabilities, ["CAP_NET_BIND_SERVICE"]);
+        assert!(!d.apps.allow_scripts);
+        let c = Config::from_toml(
+            "[apps]\nallowed_capabilities = [\"net_raw\", \"CAP_KILL\"]\nallow_scripts = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = Settings::from_config(&c);
+        assert_eq!(s.allowed_capabilities, ["CAP_NET_RAW", "CAP_KILL"]);
+        assert!(s.allow_scripts);
+        assert_eq!(
+            Reloadable::of(&s).allowed_capabilities,
+            s.allowed_capabilities
+        );
+        let c = Config::from_toml("[apps]\nallowed_capabilities = [\"CAP_ROOT\"]\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("apps.allowed_capabilities[0]: unknown Linux capability \"CAP_ROOT\""),
+            "{err}"
+        );
     }
 
     #[test]

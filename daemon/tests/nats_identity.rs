@@ -133,6 +133,8 @@ impl Narund {
             ..Default::default()
         };
         config.apps.default_user = "nobody".into();
+        // The test apps are `#!` scripts.
+        config.apps.allow_scripts = true;
         config.cgroup.root =
             Some(format!("narun-test-natsid-{}-{name}", std::process::id()).into());
         config.memory.exec_readaround = true;

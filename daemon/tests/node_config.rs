@@ -226,7 +226,7 @@ async fn check_config_refuses_what_start_refuses_and_prints_the_effective_settin
         format!("runtime_dir = \"{run}\""),
         "url = \"nats://10.0.0.1:4222\"".to_owned(), // the flag wins
         "role = \"edge\"".to_owned(),
-        "default_user = \"narun-app\"".to_owned(), // defaults filled in
+        "default_user = \"\"".to_owned(), // defaults filled in
         "keep_versions = 3".to_owned(),
         format!("root = \"{root_name}\""),
         format!(

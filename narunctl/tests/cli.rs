@@ -172,8 +172,34 @@ async fn bad_binaries_and_invalid_specs_are_refused_before_upload() {
     let script = write(dir.path(), "run.sh", "#!/bin/sh\necho hi\n");
     let freebsd = fake_elf(dir.path(), "bsd", 9, 62);
     let good = fake_elf(dir.path(), "good", 0, 62);
+    let bytes = |name: &str, b: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let mut rel = apps::elf_header(0, 62);
+    rel[16] = 1; // ET_REL
+    let object = bytes("main.o", rel);
+    let mut core = apps::elf_header(0, 62);
+    core[16] = 4; // ET_CORE
+    let core = bytes("core", core);
+    let big = bytes("s390x", apps::elf_header_big_endian(22));
+    let trick = bytes("trick", apps::elf_then_shell("touch /tmp/owned"));
 
-    for (bad, msg) in [(&script, "not an ELF"), (&freebsd, "freebsd")] {
+    for (bad, msg) in [
+        (&script, "not an ELF"),
+        (&freebsd, "freebsd"),
+        (
+            &object,
+            "ELF relocatable object (ET_REL, a .o file), not an executable",
+        ),
+        (&core, "ELF core dump (ET_CORE), not an executable"),
+        (&big, "big-endian ELF"),
+        (
+            &trick,
+            "ELF header is truncated (47 bytes, a 64-bit ELF header has 64)",
+        ),
+    ] {
         let out = narunctl(
             &server.url(),
             &[

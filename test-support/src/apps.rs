@@ -48,17 +48,73 @@ pub fn elf_machine() -> u16 {
     }
 }
 
-/// A 64-byte ELF header: 64-bit, little-endian, `ET_EXEC`, with OS ABI `osabi` and machine
-/// `machine` (see [`elf_machine`]).
+/// A 64-byte ELF header: little-endian, `ET_EXEC`, with OS ABI `osabi` and machine
+/// `machine` (see [`elf_machine`]), 32-bit for the 32-bit machines arm (40) and i386 (3),
+/// else 64-bit, and one program header (which is not there: nothing can run it).
 pub fn elf_header(osabi: u8, machine: u16) -> Vec<u8> {
     let mut h = vec![0u8; 64];
     h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = 2;
     h[5] = 1;
     h[6] = 1;
     h[7] = osabi;
     h[16] = 2; // ET_EXEC
     h[18..20].copy_from_slice(&machine.to_le_bytes());
+    h[20] = 1; // e_version
+    if matches!(machine, 3 | 40) {
+        h[4] = 1; // ELFCLASS32
+        h[40] = 52; // e_ehsize
+        h[42] = 32; // e_phentsize
+        h[44] = 1; // e_phnum
+    } else {
+        h[4] = 2; // ELFCLASS64
+        h[52] = 64; // e_ehsize
+        h[54] = 56; // e_phentsize
+        h[56] = 1; // e_phnum
+    }
+    h
+}
+
+/// The same header as [`elf_header`] in big-endian byte order (machine `machine`).
+pub fn elf_header_big_endian(machine: u16) -> Vec<u8> {
+    let mut h = elf_header(0, 0);
+    h[5] = 2;
+    for (at, v) in [(16, 2u16), (18, machine), (52, 64), (54, 56), (56, 1)] {
+        h[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    }
+    h[20..24].copy_from_slice(&1u32.to_be_bytes());
+    h
+}
+
+/// The bytes of an attack on the ENOEXEC fallback of `execvp`: the first 20 bytes of an
+/// x86_64 ELF executable's header, then `/dev/null` and a line of shell. The kernel
+/// refuses it (ENOEXEC); glibc's `execvp` then runs it with `/bin/sh`, which reads the
+/// header as a command whose output goes (`>`, e_machine 62) to `/dev/null`, and runs
+/// `shell`.
+pub fn elf_then_shell(shell: &str) -> Vec<u8> {
+    let mut b = elf_header(0, 62)[..20].to_vec();
+    b.extend_from_slice(b"/dev/null\n");
+    b.extend_from_slice(shell.as_bytes());
+    b.extend_from_slice(b"\n");
+    b
+}
+
+/// Like [`elf_then_shell`], with a complete x86_64 header that passes every header check
+/// and a program header the kernel still refuses with ENOEXEC (a `PT_INTERP` of one byte):
+/// only an `execve` without a shell fallback keeps `shell` from running.
+pub fn elf_enoexec_then_shell(shell: &str) -> Vec<u8> {
+    let mut h = elf_header(0, 62);
+    h[24..32].copy_from_slice(b"/dev/nul"); // e_entry: the shell's redirection target
+    h[32] = 64; // e_phoff
+    let mut ph = vec![0u8; 56];
+    ph[0] = 3; // PT_INTERP
+    ph[4] = 4; // PF_R
+    for at in [32, 40, 48] {
+        ph[at] = 1; // p_filesz, p_memsz, p_align: an interpreter path of 1 byte
+    }
+    h.extend_from_slice(&ph);
+    h.push(b'\n');
+    h.extend_from_slice(shell.as_bytes());
+    h.push(b'\n');
     h
 }
 

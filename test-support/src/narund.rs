@@ -11,7 +11,8 @@ use crate::{NatsServer, T, cgroup2_mount, kill_and_remove_cgroups, wait_for, wor
 
 /// The `narund.toml` of a test narund: node `node`, data in `data_dir` (runtime dir
 /// `<data_dir>/run`), NATS at `url`, apps in the cgroup root `cgroup_root` (relative: below
-/// the cgroup2 mount) running as `nobody` by default, then `extra`.
+/// the cgroup2 mount) running as `nobody` by default, `#!` scripts allowed (the sample
+/// apps are scripts; `allow_scripts`), then `extra`.
 ///
 /// `[apps]` is the last table before `extra`: keys at the top of `extra` (before any table
 /// header), such as `on_exit = "detach"`, belong to it; `[labels]`, `[logs]`, `[memory]`, …
@@ -26,7 +27,7 @@ pub fn narund_toml(
     format!(
         "node_id = \"{node}\"\ndata_dir = \"{d}\"\nruntime_dir = \"{d}/run\"\n\
          [nats]\nurl = \"{url}\"\n[cgroup]\nroot = \"{cgroup_root}\"\n\
-         [apps]\ndefault_user = \"nobody\"\n{extra}\n",
+         [apps]\ndefault_user = \"nobody\"\nallow_scripts = true\n{extra}\n",
         d = data_dir.display(),
     )
 }

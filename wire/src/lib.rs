@@ -7,6 +7,7 @@
 //! * [`bhttp`]: HTTP requests and responses as Binary HTTP (RFC 9292) payloads.
 //! * [`micro`]: NATS Micro (ADR-32) services: endpoints, stats, discovery.
 //! * [`grpc`]: `grpc-timeout` and `grpc-message` conventions shared by the gRPC gateway and apps.
+//! * [`elf`]: which ELF executables narun runs (the header check of narunctl and narund).
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
 //! * [`jetstream`]: the buckets of the contract ([`jetstream::APP_CONFIGS`], …), opened or created on every server version; typed "not found".
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
@@ -15,6 +16,7 @@
 
 pub mod bhttp;
 pub mod connect;
+pub mod elf;
 pub mod events;
 pub mod grpc;
 pub mod jetstream;

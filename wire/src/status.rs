@@ -194,6 +194,12 @@ wire_enum! {
         NotRunning = "not-running",
         /// A new run crashed before it was ready (rollback reason).
         Crashed = "crashed",
+        /// The spec asks for a capability this node does not grant (`[apps]
+        /// allowed_capabilities`, `allow_root`); the message names it.
+        Capability = "capability",
+        /// The binary is not an ELF executable of this node's machine, class and byte
+        /// order, or the kernel refused to execute it (`ENOEXEC`); never run through a shell.
+        ExecFormat = "exec-format",
     }
 }
 

@@ -30,9 +30,12 @@ pub enum SpawnError {
 
 /// Processes of app instances.
 pub trait Processes: Send + Sync + 'static {
-    /// Spawn `cmd` (program, arguments, environment and stdio are set). Between `fork` and
+    /// Spawn `cmd` (program, arguments, environment and stdio are set; the environment is
+    /// exactly the variables set on `cmd`, as after `env_clear()`). Between `fork` and
     /// `exec` the child first enters `cgroup` (which needs narund's privileges), then drops
-    /// to `privileges`. The child is narund's until it was waited for.
+    /// to `privileges`, then `execve`s the program itself: a file the kernel refuses fails
+    /// with `ENOEXEC`, never runs through `/bin/sh`. The child is narund's until it was
+    /// waited for.
     fn spawn(
         &self,
         cmd: &mut tokio::process::Command,
@@ -73,6 +76,15 @@ impl Processes for Kernel {
         if let Some(plan) = privileges {
             plan.install(cmd.as_std_mut());
         }
+        // Last: the execve, without std's execvp and its ENOEXEC fallback to /bin/sh.
+        let std = cmd.as_std();
+        let image = sys::exec::ExecImage::new(
+            std.get_program(),
+            std::iter::once(std.get_program()).chain(std.get_args()),
+            std.get_envs().filter_map(|(k, v)| Some((k, v?))),
+        )
+        .map_err(SpawnError::Spawn)?;
+        sys::exec::execve_before_exec(cmd.as_std_mut(), image);
         // The pid enters the tracked set while the set's lock is held around spawn: there is
         // no window in which the orphan reaper could take a direct child (super::reaper).
         let mut tracked = TRACKED.lock().unwrap();

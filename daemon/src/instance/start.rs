@@ -1,7 +1,8 @@
-//! One start of an instance: the verified binary, the user (a named one, or the app's own
-//! dynamic user), the work dir ([`prepare_work_dir`]: 0700, owned by the app), secrets and
-//! mounted files, the sd_notify socket, the cgroup with the spec's limits, the exact
-//! environment, and the spawn. Anything that fails is a [`StartFailure`] with the reason
+//! One start of an instance: the node's capability policy, the verified binary (digest,
+//! then ELF header: an executable of this node's machine, class and byte order), the user
+//! (a named one, or the app's own dynamic user), the work dir ([`prepare_work_dir`]: 0700,
+//! owned by the app), secrets and mounted files, the sd_notify socket, the cgroup with the
+//! spec's limits, the exact environment, and the spawn. Anything that fails is a [`StartFailure`] with the reason
 //! published in `failed`; whatever was created for the start is removed again.
 
 use super::notify::NotifySocket;
@@ -22,7 +23,18 @@ use std::time::Duration;
 impl Task {
     /// Fetch, prepare and spawn one run.
     pub(super) async fn start(&mut self) -> Result<Running, StartFailure> {
+        // The node's capability policy first: a refused spec downloads nothing.
+        let live = self.host.live();
+        let caps = crate::privileges::grant_capabilities(
+            &self.spec.capabilities,
+            &live.allowed_capabilities,
+            live.allow_root,
+        )
+        .map_err(|e| StartFailure::new(Reason::Capability, e.to_string()))?;
+        drop(live);
+
         let bin = self.binary().await?;
+        self.check_executable(&bin)?;
         let digest = bin.digest.to_hex();
         self.status.send_modify(|s| s.digest = digest.clone());
         self.host.local.record_digest(&self.spec, &digest);
@@ -121,12 +133,12 @@ impl Task {
         // ETXTBSY: a fork of another thread (any spawn in narund) may still hold the write fd
         // of a binary that was just downloaded, until its exec closes it (the classic
         // fork/exec race, Go issue 22315). It clears within milliseconds: retry.
-        let mut result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_deref());
+        let mut result = self.spawn(&bin, &work, identity.as_ref(), &caps, cgroup.as_deref());
         for _ in 0..20 {
             match &result {
                 Err(f) if f.text_busy => {
                     tokio::time::sleep(Duration::from_millis(25)).await;
-                    result = self.spawn(&bin, &work, identity.as_ref(), cgroup.as_deref());
+                    result = self.spawn(&bin, &work, identity.as_ref(), &caps, cgroup.as_deref());
                 }
                 _ => break,
             }
@@ -239,22 +251,67 @@ impl Task {
         }
     }
 
+    /// The binary must be an ELF executable of this node's machine, class and byte order
+    /// (`narun_wire::elf`), or, with `[apps] allow_scripts`, a `#!` script; otherwise the
+    /// start fails with reason `exec-format`. (The `execve` itself never falls back to a
+    /// shell either: `super::process`.)
+    fn check_executable(&self, bin: &CachedBinary) -> Result<(), StartFailure> {
+        use std::io::Read;
+        let object = self
+            .spec
+            .binary_object_name(names::go_os(), names::go_arch());
+        let mut header = Vec::with_capacity(64);
+        std::fs::File::open(&bin.path)
+            .and_then(|f| f.take(64).read_to_end(&mut header))
+            .map_err(|e| {
+                StartFailure::new(
+                    Reason::Fetch,
+                    format!("reading cached binary {}: {e}", bin.path.display()),
+                )
+            })?;
+        if self.host.settings.allow_scripts && header.starts_with(b"#!") {
+            return Ok(());
+        }
+        let scripts = if header.starts_with(b"#!") {
+            "; `#!` scripts run only on nodes with [apps] allow_scripts = true"
+        } else {
+            ""
+        };
+        narun_wire::elf::inspect(&header)
+            .and_then(|info| info.check_runs_here())
+            .map_err(|e| {
+                StartFailure::new(
+                    Reason::ExecFormat,
+                    format!(
+                        "binary {object} (digest {}) is refused: {e}{scripts}; narund runs only ELF \
+                         executables of this node ({}); deploy one built for it with narunctl",
+                        bin.digest.to_hex(),
+                        narun_wire::elf::ElfInfo::HOST
+                    ),
+                )
+            })
+    }
+
     #[allow(clippy::type_complexity)]
     fn spawn(
         &self,
         bin: &CachedBinary,
         work: &Path,
         identity: Option<&AppIdentity>,
+        caps: &[caps::Capability],
         cgroup: Option<&dyn RunCgroup>,
     ) -> Result<(Box<dyn Proc>, Vec<tokio::task::JoinHandle<()>>), StartFailure> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StartFailure::new(Reason::Spawn, format!("{what}: {e}"))
         };
         let mut cmd = tokio::process::Command::new(&bin.path);
+        // Exactly this environment (the execve of super::process takes what is set here).
+        let mut env: BTreeMap<String, String> =
+            self.environment(identity, work).into_iter().collect();
+        env.extend(self.notify_env.iter().cloned());
         cmd.args(&self.spec.args)
             .env_clear()
-            .envs(self.environment(identity, work))
-            .envs(self.notify_env.iter().cloned())
+            .envs(env)
             .current_dir(work)
             .stdin(Stdio::null())
             .kill_on_drop(false)
@@ -263,19 +320,15 @@ impl Task {
         let (err_r, err_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
         cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
         let plan = match identity {
-            Some(id) => {
-                let mut keep = Vec::new();
-                for c in &self.spec.capabilities {
-                    let cap = c
-                        .parse::<caps::Capability>()
-                        .map_err(|e| fail(&format!("capability {c}"), &e))?;
-                    keep.push(cap);
-                }
-                Some(
-                    PrivilegePlan::new(id, &keep)
-                        .map_err(|e| StartFailure::new(Reason::User, e.to_string()))?,
-                )
-            }
+            Some(id) => Some(PrivilegePlan::new(id, caps).map_err(|e| {
+                let reason = match e {
+                    crate::privileges::PrivilegeError::CapabilityUnavailable { .. } => {
+                        Reason::Capability
+                    }
+                    _ => Reason::User,
+                };
+                StartFailure::new(reason, e.to_string())
+            })?),
             None => None,
         };
         let proc = self
@@ -284,6 +337,16 @@ impl Task {
             .spawn(&mut cmd, cgroup, plan)
             .map_err(|e| match e {
                 SpawnError::Place(e) => fail("placing into the cgroup", &e),
+                SpawnError::Spawn(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+                    StartFailure::new(
+                        Reason::ExecFormat,
+                        format!(
+                            "the kernel refused to execute {} ({e}): it is not a valid executable \
+                             for this node; narund never runs a binary through a shell",
+                            bin.path.display()
+                        ),
+                    )
+                }
                 SpawnError::Spawn(e) => StartFailure {
                     text_busy: e.raw_os_error() == Some(libc::ETXTBSY),
                     ..fail(&format!("starting {}", bin.path.display()), &e)

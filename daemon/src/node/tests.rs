@@ -25,6 +25,7 @@ async fn node(k: &FakeKernel, dir: &std::path::Path) -> Node {
         runtime_dir: dir.join("run"),
         default_user: "nobody".into(),
         restart_backoff_max: Duration::from_millis(200),
+        allow_scripts: true,
         ..Settings::default()
     };
     Node::new(NodeParts {

@@ -6,12 +6,20 @@
 //! 1. **narund's own bounding set** ([`drop_own_bounding_set`] with [`NARUND_CAPS`]): called first thing in
 //!    `main()`, before the tokio runtime starts threads (capabilities are per thread; new threads inherit
 //!    them). Nothing narund or its children ever do can regain a dropped capability.
-//! 2. **Per app** ([`AppIdentity`] → [`PrivilegePlan`] → [`sys::exec`] in `pre_exec`): the parent resolves the
+//! 2. **The node's capability policy** ([`grant_capabilities`]): a spec gets a capability only when the node
+//!    lists it in `[apps] allowed_capabilities` (default: `CAP_NET_BIND_SERVICE` alone), and a
+//!    root-equivalent one ([`ROOT_EQUIVALENT_CAPS`]: it gives root, or power over narund or other apps)
+//!    only when the node also says `allow_root = true`. Anything else refuses the start (reason
+//!    `capability`, the capability named): a capability is never silently dropped, never granted.
+//! 3. **Per app** ([`AppIdentity`] → [`PrivilegePlan`] → [`sys::exec`] in `pre_exec`): the parent resolves the
 //!    user from `/etc/passwd` and computes capability masks; the child, between `fork` and `exec`, drops
-//!    the bounding set, switches uid/gid with no supplementary groups, keeps exactly the requested
-//!    capabilities (as *ambient* capabilities, so they survive `exec` of an ordinary binary) and sets
-//!    `no_new_privs`.
-//! 3. **One identity per app** ([`dynamic`]): an app whose spec names no user, on a node whose
+//!    the bounding set to exactly the granted capabilities, switches uid/gid with no supplementary
+//!    groups, keeps exactly the granted capabilities (as *ambient* capabilities, so they survive `exec`
+//!    of an ordinary binary), locks the securebits (`NOROOT`, `NO_SETUID_FIXUP`, `KEEP_CAPS_LOCKED`,
+//!    `NO_CAP_AMBIENT_RAISE`, each locked: uid 0 and setuid-root binaries gain nothing at `exec`) and
+//!    sets `no_new_privs`. An app that runs as root (explicitly, with `allow_root`) has uid 0 but only
+//!    its granted capabilities, and cannot regain others.
+//! 4. **One identity per app** ([`dynamic`]): an app whose spec names no user, on a node whose
 //!    `default_user` is empty (the default), runs under a uid/gid of its own from
 //!    `[apps] dynamic_uid_range`, recorded in the data dir, like systemd's `DynamicUser=`.
 //!
@@ -72,6 +80,160 @@ pub const NARUND_CAPS: &[Capability] = &[
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_RESOURCE,
 ];
+
+/// Capabilities that need `allow_root = true` on the node even when `[apps] allowed_capabilities`
+/// lists them: each gives root (files, users, the kernel) or power over narund and the other apps.
+/// The others (`CAP_NET_BIND_SERVICE`, `CAP_NET_RAW`, `CAP_NET_BROADCAST`, `CAP_IPC_LOCK`,
+/// `CAP_SYS_NICE`, `CAP_SYS_RESOURCE`, `CAP_SYS_TIME`, `CAP_SYS_PACCT`, `CAP_SYS_TTY_CONFIG`,
+/// `CAP_LEASE`, `CAP_AUDIT_WRITE`, `CAP_AUDIT_READ`, `CAP_SYSLOG`, `CAP_WAKE_ALARM`,
+/// `CAP_BLOCK_SUSPEND`) affect the node but do not let an app become root or reach another app.
+pub const ROOT_EQUIVALENT_CAPS: &[(&str, &str)] = &[
+    (
+        "CAP_CHOWN",
+        "chown any file, e.g. /etc/shadow or a setuid binary",
+    ),
+    ("CAP_DAC_OVERRIDE", "read and write any file"),
+    (
+        "CAP_DAC_READ_SEARCH",
+        "read any file (the master key, /etc/shadow) and open any file by handle",
+    ),
+    ("CAP_FOWNER", "chmod any file"),
+    ("CAP_FSETID", "keep setuid/setgid bits on files it changes"),
+    ("CAP_KILL", "signal any process: narund and the other apps"),
+    ("CAP_SETGID", "become any group"),
+    ("CAP_SETUID", "become any user, root included"),
+    ("CAP_SETPCAP", "change capability sets and securebits"),
+    (
+        "CAP_LINUX_IMMUTABLE",
+        "change immutable and append-only files",
+    ),
+    (
+        "CAP_NET_ADMIN",
+        "reconfigure the node's network, firewall and routes",
+    ),
+    ("CAP_IPC_OWNER", "use any process's System V IPC objects"),
+    ("CAP_SYS_MODULE", "load kernel modules"),
+    (
+        "CAP_SYS_RAWIO",
+        "raw access to devices, I/O ports and memory",
+    ),
+    ("CAP_SYS_CHROOT", "chroot into a tree of its own making"),
+    (
+        "CAP_SYS_PTRACE",
+        "trace any process: narund and the other apps",
+    ),
+    (
+        "CAP_SYS_ADMIN",
+        "mounts, namespaces and most of what root can do",
+    ),
+    ("CAP_SYS_BOOT", "reboot the node or kexec another kernel"),
+    ("CAP_MKNOD", "create device nodes (raw disks, /dev/mem)"),
+    ("CAP_AUDIT_CONTROL", "turn kernel auditing off"),
+    ("CAP_SETFCAP", "give files capabilities"),
+    (
+        "CAP_MAC_OVERRIDE",
+        "bypass the LSM (SELinux, AppArmor, Smack)",
+    ),
+    ("CAP_MAC_ADMIN", "change the LSM's policy"),
+    (
+        "CAP_PERFMON",
+        "observe the kernel and other processes with perf",
+    ),
+    ("CAP_BPF", "load BPF programs into the kernel"),
+    (
+        "CAP_CHECKPOINT_RESTORE",
+        "checkpoint and restore other processes",
+    ),
+];
+
+/// Why [`ROOT_EQUIVALENT_CAPS`] lists `cap` (`CAP_X` spelling), or `None` if it does not.
+pub fn root_equivalent(cap: &str) -> Option<&'static str> {
+    ROOT_EQUIVALENT_CAPS
+        .iter()
+        .find(|(name, _)| *name == cap)
+        .map(|(_, why)| *why)
+}
+
+/// A capability the node does not grant ([`grant_capabilities`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapabilityRefused {
+    /// Not a Linux capability narun knows.
+    #[error(
+        "capability {cap:?} is not a Linux capability narund knows; remove it from the app spec"
+    )]
+    Unknown {
+        /// As the spec spells it.
+        cap: String,
+    },
+    /// Not in `[apps] allowed_capabilities`.
+    #[error(
+        "capability {cap} is not allowed on this node (narund.toml [apps] allowed_capabilities = [{allowed}]); \
+         remove it from the app spec, or add it to allowed_capabilities on the nodes that should grant it{root}"
+    )]
+    NotAllowed {
+        /// `CAP_X`.
+        cap: String,
+        /// The node's list, for the message.
+        allowed: String,
+        /// A note when the capability is root-equivalent.
+        root: &'static str,
+    },
+    /// Root-equivalent, and the node does not allow root apps.
+    #[error(
+        "capability {cap} is root-equivalent ({why}) and this node does not allow root apps \
+         (allow_root = false in narund.toml); remove it from the app spec, or set allow_root = true \
+         on the nodes that should grant it"
+    )]
+    NeedsRoot {
+        /// `CAP_X`.
+        cap: String,
+        /// What it gives.
+        why: &'static str,
+    },
+}
+
+/// The node's capability policy, a pure function: the capabilities of `requested` (a spec's
+/// `capabilities`, any spelling) when every one is in `allowed` (narund.toml's
+/// `allowed_capabilities`, any spelling) and, if it is root-equivalent ([`ROOT_EQUIVALENT_CAPS`]),
+/// `allow_root` is set. The first one that is not is the error; nothing is ever dropped.
+pub fn grant_capabilities(
+    requested: &[String],
+    allowed: &[String],
+    allow_root: bool,
+) -> std::result::Result<Vec<Capability>, CapabilityRefused> {
+    let allowed: Vec<String> = allowed
+        .iter()
+        .map(|c| narun_spec::normalize_capability(c))
+        .collect();
+    let mut granted = Vec::with_capacity(requested.len());
+    for c in requested {
+        let cap = narun_spec::normalize_capability(c);
+        let parsed = narun_spec::capability_number(&cap)
+            .and_then(|_| cap.parse::<Capability>().ok())
+            .ok_or_else(|| CapabilityRefused::Unknown { cap: c.clone() })?;
+        let why = root_equivalent(&cap);
+        if !allowed.contains(&cap) {
+            return Err(CapabilityRefused::NotAllowed {
+                cap,
+                allowed: allowed.join(", "),
+                root: if why.is_some() {
+                    " (it is root-equivalent: it also needs allow_root = true)"
+                } else {
+                    ""
+                },
+            });
+        }
+        if let Some(why) = why
+            && !allow_root
+        {
+            return Err(CapabilityRefused::NeedsRoot { cap, why });
+        }
+        if !granted.contains(&parsed) {
+            granted.push(parsed);
+        }
+    }
+    Ok(granted)
+}
 
 /// Errors while setting up privileges (all in the parent; `pre_exec` failures surface from `spawn()`).
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +601,149 @@ broken:x:notanumber:1:x:/:/bin/sh
         let e = resolve(Some("ghost"), "nobody", true).unwrap_err();
         assert!(
             e.to_string().contains("\"ghost\"") && e.to_string().contains("/etc/passwd"),
+            "{e}"
+        );
+    }
+
+    fn names(caps: &[&str]) -> Vec<String> {
+        caps.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn capability_policy_for_every_capability() {
+        for (n, cap) in narun_spec::CAPABILITIES.iter().enumerate() {
+            let parsed: Capability = cap.parse().unwrap();
+            assert_eq!(usize::from(parsed.index()), n, "{cap}");
+            let root_eq = root_equivalent(cap).is_some();
+            let spellings = [
+                cap.to_string(),
+                cap.trim_start_matches("CAP_").to_ascii_lowercase(),
+            ];
+            for requested in &spellings {
+                for listed in &spellings {
+                    for allow_root in [false, true] {
+                        let requested = std::slice::from_ref(requested);
+                        // Listed (in any spelling), alone or among others.
+                        for allowed in [
+                            vec![listed.clone()],
+                            vec!["CAP_NET_BIND_SERVICE".into(), listed.clone()],
+                        ] {
+                            let got = grant_capabilities(requested, &allowed, allow_root);
+                            if root_eq && !allow_root {
+                                let e = got.unwrap_err();
+                                assert!(
+                                    matches!(&e, CapabilityRefused::NeedsRoot { cap: c, .. } if c == cap),
+                                    "{e}"
+                                );
+                                let msg = e.to_string();
+                                assert!(msg.contains(cap) && msg.contains("allow_root"), "{msg}");
+                            } else {
+                                assert_eq!(got, Ok(vec![parsed]), "{cap} {allow_root}");
+                            }
+                        }
+                        // Not listed: refused whatever allow_root says.
+                        let others: Vec<String> = narun_spec::CAPABILITIES
+                            .iter()
+                            .filter(|c| *c != cap)
+                            .map(|c| c.to_string())
+                            .collect();
+                        for allowed in [vec![], others] {
+                            let e =
+                                grant_capabilities(requested, &allowed, allow_root).unwrap_err();
+                            assert!(
+                                matches!(&e, CapabilityRefused::NotAllowed { cap: c, .. } if c == cap),
+                                "{e}"
+                            );
+                            let msg = e.to_string();
+                            assert!(
+                                msg.contains(&format!("capability {cap} is not allowed"))
+                                    && msg.contains("allowed_capabilities"),
+                                "{msg}"
+                            );
+                            assert_eq!(msg.contains("root-equivalent"), root_eq, "{msg}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn root_equivalent_capabilities() {
+        let listed: Vec<&str> = ROOT_EQUIVALENT_CAPS.iter().map(|(c, _)| *c).collect();
+        for cap in &listed {
+            assert!(narun_spec::capability_number(cap).is_some(), "{cap}");
+        }
+        for cap in [
+            "CAP_SETUID",
+            "CAP_SETGID",
+            "CAP_SYS_ADMIN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_CHOWN",
+            "CAP_SYS_PTRACE",
+            "CAP_SYS_MODULE",
+            "CAP_SYS_RAWIO",
+            "CAP_BPF",
+            "CAP_SETPCAP",
+            "CAP_SETFCAP",
+            "CAP_MKNOD",
+            "CAP_SYS_BOOT",
+            "CAP_MAC_ADMIN",
+            "CAP_MAC_OVERRIDE",
+            "CAP_LINUX_IMMUTABLE",
+            "CAP_PERFMON",
+            "CAP_CHECKPOINT_RESTORE",
+            "CAP_SYS_CHROOT",
+            "CAP_KILL",
+            "CAP_NET_ADMIN",
+        ] {
+            assert!(listed.contains(&cap), "{cap}");
+        }
+        for cap in ["CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_NICE"] {
+            assert!(!listed.contains(&cap), "{cap}");
+        }
+        let mut dedup = listed.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), listed.len());
+    }
+
+    #[test]
+    fn capability_policy_lists() {
+        let default = names(&["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(grant_capabilities(&[], &default, false), Ok(vec![]));
+        assert_eq!(grant_capabilities(&[], &[], false), Ok(vec![]));
+        // Duplicates are granted once; the first refused one is named.
+        assert_eq!(
+            grant_capabilities(
+                &names(&["net_bind_service", "CAP_NET_BIND_SERVICE"]),
+                &default,
+                false
+            ),
+            Ok(vec![Capability::CAP_NET_BIND_SERVICE])
+        );
+        let e = grant_capabilities(
+            &names(&["CAP_NET_BIND_SERVICE", "CAP_SETUID"]),
+            &default,
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("capability CAP_SETUID is not allowed on this node")
+                && e.contains("[CAP_NET_BIND_SERVICE]"),
+            "{e}"
+        );
+        let e = grant_capabilities(&names(&["CAP_NOPE"]), &default, true).unwrap_err();
+        assert!(matches!(e, CapabilityRefused::Unknown { .. }), "{e}");
+        let e = grant_capabilities(&names(&["CAP_SETUID"]), &names(&["CAP_SETUID"]), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CAP_SETUID is root-equivalent (become any user, root included)"),
             "{e}"
         );
     }

@@ -15,6 +15,7 @@
 //! | [`socket`] | `SO_PASSCRED`, `recvmsg` with the sender's credentials, `sendmsg` with one fd (`SCM_RIGHTS`), `poll` for room |
 //! | [`fs`] | `statfs` magic, `fstat` is-FIFO, `fcntl` `O_NONBLOCK`, an inotify watch, raw `read`, registering an owned fd with tokio, `flock(LOCK_EX\|LOCK_NB)`, `access(W_OK)` |
 //! | [`mm`] | `madvise` (`MADV_RANDOM`, `MADV_PAGEOUT`), `posix_fadvise(POSIX_FADV_DONTNEED)` |
+//! | [`exec`] | what runs between `fork` and `exec` (`pre_exec`): entering the cgroup, the privilege drop with locked securebits, the `execve` itself (no `ENOEXEC` shell fallback); async-signal-safe |
 //! | [`exec`] | what runs between `fork` and `exec` (`pre_exec`): entering the cgroup, the privilege drop; async-signal-safe |
 //! | [`beneath`] | `openat2(RESOLVE_BENEATH \| RESOLVE_NO_SYMLINKS)` with an `openat(O_NOFOLLOW)` walk as fallback, `mkdirat`, `openat(O_CREAT \| O_EXCL \| O_NOFOLLOW)`, `renameat`, `unlinkat`, `fstatat`, `fchown`, `fchmod`: writing into a directory an app owns |
 //! | [`env`] | taking the fds systemd passed (`LISTEN_FDS`), which edits the environment |
@@ -23,7 +24,7 @@
 //! `openat2` 5.6 (placing mounted files in work dirs; older kernels, or an `ENOSYS` from a
 //! seccomp filter, get the per-component `openat(O_NOFOLLOW)` walk), `pidfd_open` and polling a pidfd 5.3 (following a process narund did not start),
 //! `MADV_PAGEOUT` 5.4 (best effort), `PR_CAP_AMBIENT` 4.3, `PR_SET_NO_NEW_PRIVS` 3.5,
-//! `PR_SET_CHILD_SUBREAPER` 3.4, `capset` v3 2.6.26, `inotify_init1` and
+//! `PR_SET_CHILD_SUBREAPER` 3.4, `PR_SET_SECUREBITS` 2.6.26 (`NO_CAP_AMBIENT_RAISE` 4.3), `capset` v3 2.6.26, `inotify_init1` and
 //! `MSG_CMSG_CLOEXEC` 2.6.27. Not here because they are plain file writes (`cgroup/`):
 //! `cgroup.kill` 5.14 (with a freeze-and-kill fallback), `cgroup.freeze` 5.2.
 //!

@@ -133,7 +133,7 @@ impl HarnessBuilder {
     }
 
     /// Change narund's configuration (after the harness has set node, directories, NATS
-    /// URL, default user `nobody` and the cgroup root).
+    /// URL, default user `nobody`, `allow_scripts` and the cgroup root).
     pub fn config(mut self, tweak: impl FnOnce(&mut Config) + 'static) -> Self {
         self.tweaks.push(Box::new(tweak));
         self
@@ -168,6 +168,8 @@ impl HarnessBuilder {
         };
         config.nats.url = server.url();
         config.apps.default_user = "nobody".into();
+        // The sample apps are `#!` scripts.
+        config.apps.allow_scripts = true;
         config.cgroup.root = Some(PathBuf::from(format!(
             "narun-test-{}-{}-{n}",
             self.name,
@@ -265,7 +267,7 @@ impl Harness {
 
     /// Put `script` (for example one of `narun_test_support::apps`) as the binary of
     /// `app`:`tag`.
-    pub async fn upload(&self, app: &str, tag: &str, script: &str) -> ObjectInfo {
+    pub async fn upload(&self, app: &str, tag: &str, script: impl AsRef<[u8]>) -> ObjectInfo {
         self.buckets.upload(app, tag, script).await
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 struct Binary {
     path: PathBuf,
-    platform: crate::elf::Platform,
+    platform: narun_wire::elf::Platform,
     /// With `--sign`: the SHA-256 that was signed and the metadata entries of the signature.
     signed: Option<([u8; 32], narun_wire::signing::SignatureMetadata)>,
 }
@@ -60,7 +60,8 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         let mut header = [0u8; 64];
         let n = read_prefix(path, &mut header)
             .with_context(|| format!("cannot read binary {}", path.display()))?;
-        let platform = crate::elf::detect(&header[..n])
+        let platform = narun_wire::elf::inspect(&header[..n])
+            .and_then(|info| info.platform())
             .map_err(|e| anyhow!("{}: {e} (nothing was uploaded)", path.display()))?;
         if let Some(other) = binaries.iter().find(|b| b.platform == platform) {
             bail!(
