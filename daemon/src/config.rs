@@ -36,6 +36,8 @@ pub struct Settings {
     pub log_spool_bytes: usize,
     /// Longer output lines are forwarded in pieces.
     pub log_max_line_bytes: usize,
+    /// Most instances of one app on this node (`apps.max_replicas_per_node`).
+    pub max_replicas_per_node: u32,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Settings {
             cgroup_root: c.cgroup.root.clone(),
             log_spool_bytes: c.logs.spool_bytes,
             log_max_line_bytes: c.logs.max_line_bytes,
+            max_replicas_per_node: c.apps.max_replicas_per_node,
         }
     }
 }
@@ -152,7 +155,14 @@ pub struct AppsConfig {
     /// What `SIGTERM` does to the apps: stop them (default) or leave them running for the
     /// next narund to re-adopt (an upgrade of narund without restarting apps).
     pub on_exit: OnExit,
+    /// Most instances one spec may ask for on this node (1..=1024, the spec's own limit
+    /// of `replicas`). A spec asking for more is refused with a status event naming this
+    /// setting; its previous version keeps running.
+    pub max_replicas_per_node: u32,
 }
+
+/// Default of `apps.max_replicas_per_node`.
+pub const DEFAULT_MAX_REPLICAS_PER_NODE: u32 = 64;
 
 /// `apps.on_exit`: what narund does with its apps when it is asked to exit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -174,6 +184,7 @@ impl Default for AppsConfig {
             keep_versions: 3,
             restart_backoff_max_sec: 30,
             on_exit: OnExit::Stop,
+            max_replicas_per_node: DEFAULT_MAX_REPLICAS_PER_NODE,
         }
     }
 }
@@ -305,6 +316,13 @@ impl Config {
         if self.apps.keep_versions == 0 {
             problems.push("apps.keep_versions: must be at least 1".into());
         }
+        let max = self.apps.max_replicas_per_node;
+        if max == 0 || i64::from(max) > narun_spec::MAX_REPLICAS {
+            problems.push(format!(
+                "apps.max_replicas_per_node: must be between 1 and {} (the spec limit of replicas), got {max}",
+                narun_spec::MAX_REPLICAS
+            ));
+        }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
         }
@@ -374,6 +392,24 @@ mod tests {
         let c = Config::from_toml("[apps]\non_exit = \"stop\"\n").unwrap();
         assert_eq!(c.apps.on_exit, OnExit::Stop);
         assert!(Config::from_toml("[apps]\non_exit = \"later\"\n").is_err());
+    }
+
+    #[test]
+    fn max_replicas_per_node_defaults_to_64_and_is_bounded() {
+        assert_eq!(Config::default().apps.max_replicas_per_node, 64);
+        let shipped = Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        assert_eq!(shipped.apps.max_replicas_per_node, 64);
+        let c = Config::from_toml("[apps]\nmax_replicas_per_node = 1024\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(Settings::from_config(&c).max_replicas_per_node, 1024);
+        for bad in [0, 1025] {
+            let c = Config::from_toml(&format!("[apps]\nmax_replicas_per_node = {bad}\n")).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(
+                e.contains("apps.max_replicas_per_node: must be between 1 and 1024"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
