@@ -377,13 +377,32 @@ impl Node {
         self.inner.host.publish(subject, payload);
     }
 
-    /// Handle one `app-configs` entry.
+    /// Handle one `app-configs` entry (`None`: deleted).
     pub async fn handle_entry(&self, key: &str, value: Option<&[u8]>, revision: u64) {
-        let Some(value) = value else {
+        let parsed = match value {
+            Some(v) => Some(self.parse_entry(key, v).await),
+            None => None,
+        };
+        self.handle_parsed(key, parsed, revision).await
+    }
+
+    /// Parse and validate an entry's value ([`parse_entry`], bounded, off the runtime).
+    pub async fn parse_entry(&self, key: &str, value: &[u8]) -> Result<AppSpec, String> {
+        parse_entry(&self.inner.parsers, key, value).await
+    }
+
+    /// Handle an entry parsed by [`Node::parse_entry`] (`None`: deleted).
+    pub async fn handle_parsed(
+        &self,
+        key: &str,
+        parsed: Option<Result<AppSpec, String>>,
+        revision: u64,
+    ) {
+        let Some(parsed) = parsed else {
             self.remove_app(key).await;
             return;
         };
-        let spec = match parse_entry(&self.inner.parsers, key, value).await {
+        let spec = match parsed {
             Ok(s) => s,
             Err(e) => return self.report_invalid(key, &e),
         };
