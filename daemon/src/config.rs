@@ -46,6 +46,8 @@ pub struct Settings {
     pub allowed_capabilities: Vec<String>,
     /// Whether `#!` scripts run besides ELF executables ([`AppsConfig::allow_scripts`]).
     pub allow_scripts: bool,
+    /// Most instances of one app on this node (`apps.max_replicas_per_node`).
+    pub max_replicas_per_node: u32,
 }
 
 /// Where apps' own NATS credentials come from: a creds file per app the operator
@@ -104,6 +106,7 @@ impl Settings {
             trusted_keys: c.deploy.trusted_keys().unwrap_or_default(),
             allowed_capabilities: c.apps.normalized_capabilities(),
             allow_scripts: c.apps.allow_scripts,
+            max_replicas_per_node: c.apps.max_replicas_per_node,
         }
     }
 }
@@ -222,6 +225,10 @@ pub struct AppsConfig {
     /// Also run `#!` scripts (the kernel starts their interpreter). Off by default: narund
     /// runs ELF executables of this node's machine only. For development and tests.
     pub allow_scripts: bool,
+    /// Most instances one spec may ask for on this node (1..=1024, the spec's own limit
+    /// of `replicas`). A spec asking for more is refused with a status event naming this
+    /// setting; its previous version keeps running.
+    pub max_replicas_per_node: u32,
 }
 
 impl AppsConfig {
@@ -233,6 +240,9 @@ impl AppsConfig {
             .collect()
     }
 }
+
+/// Default of `apps.max_replicas_per_node`.
+pub const DEFAULT_MAX_REPLICAS_PER_NODE: u32 = 64;
 
 /// `apps.on_exit`: what narund does with its apps when it is asked to exit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -260,6 +270,7 @@ impl Default for AppsConfig {
             nats_account: None,
             allowed_capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
             allow_scripts: false,
+            max_replicas_per_node: DEFAULT_MAX_REPLICAS_PER_NODE,
         }
     }
 }
@@ -482,6 +493,13 @@ impl Config {
                 ));
             }
         }
+        let max = self.apps.max_replicas_per_node;
+        if max == 0 || i64::from(max) > narun_spec::MAX_REPLICAS {
+            problems.push(format!(
+                "apps.max_replicas_per_node: must be between 1 and {} (the spec limit of replicas), got {max}",
+                narun_spec::MAX_REPLICAS
+            ));
+        }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
         }
@@ -628,6 +646,24 @@ mod tests {
         let c = Config::from_toml("[deploy]\ntrusted_keys = [\"Unope\"]\n").unwrap();
         assert!(c.validate().unwrap_err().contains("\"Unope\""));
         assert!(Config::from_toml("[deploy]\ntrusted = []\n").is_err());
+    }
+
+    #[test]
+    fn max_replicas_per_node_defaults_to_64_and_is_bounded() {
+        assert_eq!(Config::default().apps.max_replicas_per_node, 64);
+        let shipped = Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        assert_eq!(shipped.apps.max_replicas_per_node, 64);
+        let c = Config::from_toml("[apps]\nmax_replicas_per_node = 1024\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(Settings::from_config(&c).max_replicas_per_node, 1024);
+        for bad in [0, 1025] {
+            let c = Config::from_toml(&format!("[apps]\nmax_replicas_per_node = {bad}\n")).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(
+                e.contains("apps.max_replicas_per_node: must be between 1 and 1024"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -59,6 +59,7 @@
 //! | `serde_helpers.rs` | Go's `omitempty`, `null` as the default, scalars read as text |
 //! | `parse.rs` | reading TOML, YAML and JSON, normalising, unknown-key warnings |
 //! | `validate.rs` | every problem at once, with field paths; what narund supports |
+//! | `limits.rs` | the limits (`MAX_*`) and the linear pre-scan of size and nesting before parsing |
 //! | `hash.rs` | the KV encoding, the config and run hashes |
 //! | `linux.rs` | capability and signal names and numbers |
 #![forbid(unsafe_code)]
@@ -66,6 +67,7 @@
 mod app;
 mod hash;
 mod inputs;
+mod limits;
 mod linux;
 mod mode;
 mod network;
@@ -82,6 +84,12 @@ pub use app::{
 };
 pub use hash::fnv1a64;
 pub use inputs::{EnvVar, MountSource, MountSpec};
+pub use limits::{
+    MAX_ARGS, MAX_CAPABILITIES, MAX_CPU_CORES, MAX_DURATION_SEC, MAX_ENV, MAX_ENV_NAME_LEN,
+    MAX_EXEC_BYTES, MAX_LABEL_LEN, MAX_LABELS, MAX_LIST_ITEMS, MAX_MEMORY_MB, MAX_MOUNTS,
+    MAX_NESTING_DEPTH, MAX_NODES, MAX_OBJECT_NAME_LEN, MAX_PATH_LEN, MAX_PIDS, MAX_REPLICAS,
+    MAX_SPEC_BYTES, MAX_USER_LEN, MAX_VALUE_BYTES,
+};
 pub use linux::{
     CAPABILITIES, capability_number, normalize_capability, signal_name, signal_number,
 };

@@ -92,6 +92,31 @@ pub enum ParseError {
         /// File path.
         path: PathBuf,
     },
+    /// The document is larger than [`crate::MAX_SPEC_BYTES`].
+    #[error(
+        "app spec is {bytes} bytes, more than the limit of {max} bytes (1 MiB); a spec names a binary and its settings: put large data into files (mounts)"
+    )]
+    TooLarge {
+        /// Size found (for a file: at least this).
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Mappings and lists nest deeper than [`crate::MAX_NESTING_DEPTH`]; found by a
+    /// linear scan, before the parser sees the text.
+    #[error(
+        "{format} app spec nests {depth} levels deep, more than the limit of {max} levels (first passed at {location}); not parsed"
+    )]
+    TooDeep {
+        /// Format being parsed.
+        format: Format,
+        /// Deepest nesting found.
+        depth: usize,
+        /// The limit.
+        max: usize,
+        /// Where the nesting first went past the limit.
+        location: Location,
+    },
     /// A KV value is not UTF-8 text.
     #[error(
         "app spec is not UTF-8 text (invalid byte at offset {valid_up_to}); expected JSON or YAML"
@@ -114,6 +139,7 @@ impl ParseError {
     pub fn location(&self) -> Option<Location> {
         match self {
             ParseError::Syntax { location, .. } => *location,
+            ParseError::TooDeep { location, .. } => Some(*location),
             _ => None,
         }
     }
@@ -192,10 +218,34 @@ fn json_error(e: serde_json::Error) -> ParseError {
     }
 }
 
+/// The document limits ([`crate::limits`]), checked before any parser runs.
+fn check_limits(text: &str, format: Format) -> Result<(), ParseError> {
+    use crate::limits::{DocumentProblem, MAX_NESTING_DEPTH, MAX_SPEC_BYTES, check_document};
+    match check_document(text, format) {
+        Ok(()) => Ok(()),
+        Err(DocumentProblem::TooLarge { bytes }) => Err(ParseError::TooLarge {
+            bytes,
+            max: MAX_SPEC_BYTES,
+        }),
+        Err(DocumentProblem::TooDeep { depth, offset }) => Err(ParseError::TooDeep {
+            format,
+            depth,
+            max: MAX_NESTING_DEPTH,
+            location: location_of(text, offset),
+        }),
+    }
+}
+
 impl AppSpec {
     /// Parse a TOML spec (normalised, unknown keys kept as warnings; not
     /// validated: call [`AppSpec::validate`]).
+    ///
+    /// Every parse checks the document limits first: at most
+    /// [`crate::MAX_SPEC_BYTES`] bytes and [`crate::MAX_NESTING_DEPTH`] levels of
+    /// nesting ([`ParseError::TooLarge`], [`ParseError::TooDeep`]), so parsing
+    /// takes time linear in the size of the text.
     pub fn from_toml_str(text: &str) -> Result<AppSpec, ParseError> {
+        check_limits(text, Format::Toml)?;
         let spec: AppSpec = toml::from_str(text).map_err(|e| toml_error(text, e))?;
         let generic = toml::from_str::<Value>(text).ok();
         Ok(finish(spec, generic))
@@ -203,6 +253,7 @@ impl AppSpec {
 
     /// Parse a YAML spec (the Go format). See [`AppSpec::from_toml_str`].
     pub fn from_yaml_str(text: &str) -> Result<AppSpec, ParseError> {
+        check_limits(text, Format::Yaml)?;
         // An empty document is an empty spec (as for Go's yaml.Unmarshal);
         // validation then says what is missing.
         let spec: AppSpec = match serde_yaml::from_str::<Option<AppSpec>>(text) {
@@ -215,6 +266,7 @@ impl AppSpec {
 
     /// Parse a JSON spec. See [`AppSpec::from_toml_str`].
     pub fn from_json_str(text: &str) -> Result<AppSpec, ParseError> {
+        check_limits(text, Format::Json)?;
         let spec: AppSpec = serde_json::from_str(text).map_err(json_error)?;
         let generic = serde_json::from_str::<Value>(text).ok();
         Ok(finish(spec, generic))
@@ -233,6 +285,12 @@ impl AppSpec {
     /// narunctl) or YAML (written by the Go `narun` CLI). Text starting with
     /// `{` is read as JSON (for JSON error messages), anything else as YAML.
     pub fn from_kv_bytes(bytes: &[u8]) -> Result<AppSpec, ParseError> {
+        if bytes.len() > crate::MAX_SPEC_BYTES {
+            return Err(ParseError::TooLarge {
+                bytes: bytes.len(),
+                max: crate::MAX_SPEC_BYTES,
+            });
+        }
         let text = std::str::from_utf8(bytes).map_err(|e| ParseError::NotUtf8 {
             valid_up_to: e.valid_up_to(),
         })?;
@@ -251,10 +309,26 @@ impl AppSpec {
         let format = Format::from_path(path).ok_or_else(|| ParseError::UnknownExtension {
             path: path.to_path_buf(),
         })?;
-        let text = std::fs::read_to_string(path).map_err(|source| ParseError::Read {
+        let read = |source| ParseError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Never read more than the limit (plus one byte, to know it is more).
+        let mut text = String::new();
+        use std::io::Read;
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(crate::MAX_SPEC_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        if text.len() > crate::MAX_SPEC_BYTES {
+            return Err(ParseError::TooLarge {
+                bytes: std::fs::metadata(path).map_or(text.len(), |m| {
+                    usize::try_from(m.len()).unwrap_or(usize::MAX)
+                }),
+                max: crate::MAX_SPEC_BYTES,
+            });
+        }
         AppSpec::from_str_as(&text, format)
     }
 

@@ -10,6 +10,12 @@ use std::fmt;
 use std::path::{Component, Path};
 
 use crate::app::AppSpec;
+use crate::limits::{
+    MAX_ARGS, MAX_CAPABILITIES, MAX_CPU_CORES, MAX_DURATION_SEC, MAX_ENV, MAX_ENV_NAME_LEN,
+    MAX_EXEC_BYTES, MAX_LABEL_LEN, MAX_LABELS, MAX_LIST_ITEMS, MAX_MEMORY_MB, MAX_MOUNTS,
+    MAX_NODES, MAX_OBJECT_NAME_LEN, MAX_PATH_LEN, MAX_PIDS, MAX_REPLICAS, MAX_USER_LEN,
+    MAX_VALUE_BYTES,
+};
 use crate::linux::{self, NON_TERMINATING_SIGNALS};
 use crate::mode::Mode;
 use crate::restart::RestartPolicy;
@@ -148,7 +154,148 @@ impl AppSpec {
         self.check_go_blocks(&mut r);
         self.check_resources(&mut r);
         self.check_lifecycle(&mut r);
+        self.check_limits(&mut r);
         r.finish()
+    }
+
+    /// The field limits of `crate::limits` (counts, lengths, magnitudes).
+    fn check_limits(&self, r: &mut Report) {
+        let count = |r: &mut Report, path: &str, n: usize, max: usize| {
+            if n > max {
+                r.err(
+                    path,
+                    format!("has {n} entries, more than the limit of {max}"),
+                );
+            }
+        };
+        let len = |r: &mut Report, path: String, value: &str, max: usize| {
+            if value.len() > max {
+                r.err(
+                    path,
+                    format!(
+                        "is {} bytes long, more than the limit of {max} bytes",
+                        value.len()
+                    ),
+                );
+            }
+        };
+        count(r, "nodes", self.nodes.len(), MAX_NODES);
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(name) = &n.name {
+                len(r, format!("nodes[{i}].name"), name, MAX_OBJECT_NAME_LEN);
+            }
+            if let Some(labels) = &n.labels {
+                count(r, &format!("nodes[{i}].labels"), labels.len(), MAX_LABELS);
+                for (k, v) in labels.iter().take(MAX_LABELS + 1) {
+                    len(r, format!("nodes[{i}].labels"), k, MAX_LABEL_LEN);
+                    len(r, format!("nodes[{i}].labels.{k}"), v, MAX_LABEL_LEN);
+                }
+            }
+        }
+        count(r, "args", self.args.len(), MAX_ARGS);
+        count(r, "env", self.env.len(), MAX_ENV);
+        let mut exec_bytes = 0usize;
+        for (i, a) in self.args.iter().enumerate() {
+            len(r, format!("args[{i}]"), a, MAX_VALUE_BYTES);
+            exec_bytes = exec_bytes.saturating_add(a.len() + 1);
+        }
+        for (i, e) in self.env.iter().enumerate() {
+            len(r, format!("env[{i}].name"), &e.name, MAX_ENV_NAME_LEN);
+            len(r, format!("env[{i}].value"), &e.value, MAX_VALUE_BYTES);
+            len(
+                r,
+                format!("env[{i}].valueFromSecret"),
+                &e.value_from_secret,
+                MAX_OBJECT_NAME_LEN,
+            );
+            exec_bytes = exec_bytes.saturating_add(e.name.len() + e.value.len() + 2);
+        }
+        if exec_bytes > MAX_EXEC_BYTES {
+            r.err(
+                "env",
+                format!(
+                    "args and env together take {exec_bytes} bytes, more than the limit of {MAX_EXEC_BYTES} bytes: put large data into files (mounts)"
+                ),
+            );
+        }
+        count(r, "mounts", self.mounts.len(), MAX_MOUNTS);
+        for (i, m) in self.mounts.iter().enumerate() {
+            len(r, format!("mounts[{i}].path"), &m.path, MAX_PATH_LEN);
+            len(
+                r,
+                format!("mounts[{i}].source.objectStore"),
+                &m.source.object_store,
+                MAX_OBJECT_NAME_LEN,
+            );
+        }
+        count(r, "capabilities", self.capabilities.len(), MAX_CAPABILITIES);
+        count(
+            r,
+            "landlock.paths",
+            self.landlock.paths.len(),
+            MAX_LIST_ITEMS,
+        );
+        for (i, p) in self.landlock.paths.iter().enumerate() {
+            len(
+                r,
+                format!("landlock.paths[{i}].path"),
+                &p.path,
+                MAX_PATH_LEN,
+            );
+        }
+        count(
+            r,
+            "nonet.localPorts",
+            self.nonet.local_ports.len(),
+            MAX_LIST_ITEMS,
+        );
+        len(r, "user".into(), &self.user, MAX_USER_LEN);
+        len(r, "command".into(), &self.command, MAX_PATH_LEN);
+        len(r, "metrics.path".into(), &self.metrics.path, MAX_PATH_LEN);
+        len(
+            r,
+            "networkNamespacePath".into(),
+            &self.network_namespace_path,
+            MAX_PATH_LEN,
+        );
+        len(r, "cgroupParent".into(), &self.cgroup_parent, MAX_PATH_LEN);
+        for (path, value) in [
+            ("startTimeoutSec", Some(self.start_timeout_sec)),
+            ("stopTimeoutSec", Some(self.stop_timeout_sec)),
+            ("settleSec", Some(self.settle_sec)),
+            ("startLimitIntervalSec", Some(self.start_limit_interval_sec)),
+            ("watchdogSec", self.watchdog_sec),
+        ] {
+            if let Some(v) = value.filter(|v| *v > MAX_DURATION_SEC) {
+                r.err(
+                    path,
+                    format!("must be at most {MAX_DURATION_SEC} (one day), got {v}"),
+                );
+            }
+        }
+        for (path, value) in [
+            ("memoryMB", self.memory_mb),
+            ("memoryMaxMB", self.memory_max_mb),
+        ] {
+            if value > MAX_MEMORY_MB {
+                r.err(
+                    path,
+                    format!("must be at most {MAX_MEMORY_MB} (16 TiB), got {value}"),
+                );
+            }
+        }
+        if let Some(p) = self.pids_max.filter(|p| *p > MAX_PIDS) {
+            r.err(
+                "pidsMax",
+                format!("must be at most {MAX_PIDS} (Linux's PID_MAX_LIMIT), got {p}"),
+            );
+        }
+        if self.cpu_cores.is_finite() && self.cpu_cores > MAX_CPU_CORES {
+            r.err(
+                "cpuCores",
+                format!("must be at most {MAX_CPU_CORES}, got {}", self.cpu_cores),
+            );
+        }
     }
 
     fn check_identity(&self, r: &mut Report) {
@@ -301,10 +448,13 @@ impl AppSpec {
                         n.replicas
                     ),
                 );
-            } else if n.replicas > i64::from(u32::MAX) {
+            } else if n.replicas > MAX_REPLICAS {
                 r.err(
                     format!("{p}.replicas"),
-                    format!("must be at most {}", u32::MAX),
+                    format!(
+                        "must be at most {MAX_REPLICAS} (the spec limit MAX_REPLICAS; a node may allow fewer, see narund's apps.max_replicas_per_node), got {}",
+                        n.replicas
+                    ),
                 );
             }
         }

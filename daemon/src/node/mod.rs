@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     pub(crate) liveness: Arc<Liveness>,
     /// Verified runs of a previous narund, taken by `apply` for their app and index.
     pub(crate) adoptable: Mutex<BTreeMap<(String, u32), Adoptable>>,
+    /// Slots for parsing `app-configs` entries off the runtime ([`reconcile::PARSERS`]).
+    pub(crate) parsers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Holder of the apply lock ([`Node::serial`]). Fields drop in order: the declared
@@ -165,6 +167,7 @@ impl Node {
             apply_lock: tokio::sync::Mutex::new(()),
             liveness: Arc::new(Liveness::default()),
             adoptable: Mutex::new(adoptable),
+            parsers: Arc::new(tokio::sync::Semaphore::new(reconcile::PARSERS)),
         };
         (
             Node {
@@ -236,6 +239,10 @@ impl Node {
             old.dynamic_uid_range == new.dynamic_uid_range,
         );
         check("deploy.trusted_keys", old.trusted_keys == new.trusted_keys);
+        check(
+            "apps.max_replicas_per_node",
+            old.max_replicas_per_node == new.max_replicas_per_node,
+        );
         let live = Reloadable::of(&new);
         if *self.live() != live {
             tracing::info!(?live, "reloaded settings");

@@ -3,10 +3,16 @@
 //! [`super::watch::run`] follows `app-configs` and hands each entry to
 //! [`Node::handle_entry`], serially:
 //!    * PUT: parse, validate, check key = name and that narund supports it
-//!      ([`narun_spec::AppSpec::supported_on_narund`]). An invalid spec is reported (status
-//!      `invalid_spec`, reason `invalid-spec`, on `status.<app>.<node>`, and in narund's log)
-//!      and **not applied**: the instances of the last valid spec keep running.
-//!      A valid one goes to [`Node::apply`].
+//!      ([`narun_spec::AppSpec::supported_on_narund`]). Parsing and validation run on a
+//!      blocking thread, at most [`PARSERS`] at once and each within [`PARSE_TIMEOUT`]
+//!      (the spec's own limits make it linear; the bound is the backstop), so the
+//!      reconciler, the heartbeat and narund's `WATCHDOG=1` never wait on one spec.
+//!      An invalid spec is reported (status `invalid_spec`, reason `invalid-spec`, on
+//!      `status.<app>.<node>`, and in narund's log) and **not applied**: the instances of
+//!      the last valid spec keep running. A valid one goes to [`Node::apply`].
+//!    * A spec asking for more instances here than `apps.max_replicas_per_node` is
+//!      refused the same way by [`Node::apply`] (whether it comes from `app-configs`,
+//!      the local state at start-up, or a reload that changed the labels).
 //!    * DELETE/PURGE: [`Node::remove_app`] stops every instance.
 //!
 //! # Applying a spec ([`Node::apply`])
@@ -34,6 +40,57 @@ use narun_wire::names;
 use narun_wire::status::{InstanceStatus, Reason};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest time parsing and validating one `app-configs` entry may take; a slower one is
+/// refused. Within the limits of `narun_spec` it takes milliseconds.
+pub const PARSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most specs parsed at once. A parse that overran [`PARSE_TIMEOUT`] keeps its slot until
+/// its thread finishes, so runaway parses never pile up threads.
+pub const PARSERS: usize = 2;
+
+/// Parse and validate an `app-configs` entry off the runtime thread, bounded in time and
+/// in how many run at once (see the module docs). The error is the reason to report.
+pub(crate) async fn parse_entry(
+    slots: &Arc<tokio::sync::Semaphore>,
+    key: &str,
+    value: &[u8],
+) -> Result<AppSpec, String> {
+    if value.len() > narun_spec::MAX_SPEC_BYTES {
+        // Not even copied.
+        return Err(narun_spec::ParseError::TooLarge {
+            bytes: value.len(),
+            max: narun_spec::MAX_SPEC_BYTES,
+        }
+        .to_string());
+    }
+    let too_slow = || {
+        format!(
+            "spec took longer than {} s to parse and validate: refused (a spec is at most {} bytes and {} levels deep)",
+            PARSE_TIMEOUT.as_secs(),
+            narun_spec::MAX_SPEC_BYTES,
+            narun_spec::MAX_NESTING_DEPTH
+        )
+    };
+    let (key, value) = (key.to_string(), value.to_vec());
+    let slots = slots.clone();
+    let parse = async move {
+        let slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| "narund is shutting down".to_string())?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            AppSpec::from_kv_entry(&key, &value).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("parsing the spec failed: {e}"))?
+    };
+    tokio::time::timeout(PARSE_TIMEOUT, parse)
+        .await
+        .map_err(|_| too_slow())?
+}
 
 impl Node {
     /// Apply a valid spec (see the module docs). `revision` is the KV revision (0 = from
@@ -43,6 +100,16 @@ impl Node {
             &self.inner.host.settings.node_id,
             &self.inner.host.live().labels,
         );
+        let max = self.inner.host.settings.max_replicas_per_node;
+        if target > max {
+            // Nothing changes: the instances of the previous spec (if any) keep running.
+            return self.report_invalid(
+                &spec.name,
+                &format!(
+                    "the spec asks for {target} instances on this node, more than apps.max_replicas_per_node = {max} (narund.toml); lower replicas or raise the setting"
+                ),
+            );
+        }
         let running = self
             .inner
             .apps
@@ -310,15 +377,34 @@ impl Node {
         self.inner.host.publish(subject, payload);
     }
 
-    /// Handle one `app-configs` entry.
+    /// Handle one `app-configs` entry (`None`: deleted).
     pub async fn handle_entry(&self, key: &str, value: Option<&[u8]>, revision: u64) {
-        let Some(value) = value else {
+        let parsed = match value {
+            Some(v) => Some(self.parse_entry(key, v).await),
+            None => None,
+        };
+        self.handle_parsed(key, parsed, revision).await
+    }
+
+    /// Parse and validate an entry's value ([`parse_entry`], bounded, off the runtime).
+    pub async fn parse_entry(&self, key: &str, value: &[u8]) -> Result<AppSpec, String> {
+        parse_entry(&self.inner.parsers, key, value).await
+    }
+
+    /// Handle an entry parsed by [`Node::parse_entry`] (`None`: deleted).
+    pub async fn handle_parsed(
+        &self,
+        key: &str,
+        parsed: Option<Result<AppSpec, String>>,
+        revision: u64,
+    ) {
+        let Some(parsed) = parsed else {
             self.remove_app(key).await;
             return;
         };
-        let spec = match AppSpec::from_kv_entry(key, value) {
+        let spec = match parsed {
             Ok(s) => s,
-            Err(e) => return self.report_invalid(key, &e.to_string()),
+            Err(e) => return self.report_invalid(key, &e),
         };
         if let Err(e) = spec.supported_on_narund() {
             // A spec for Go node-runners that selects no instance here is none of our

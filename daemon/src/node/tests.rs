@@ -287,3 +287,79 @@ async fn an_instance_stopped_before_it_ran_never_starts() {
     assert!(s.ended && s.status == InstanceStatus::Stopped, "{s:?}");
     assert!(k.processes().is_empty(), "nothing was spawned");
 }
+
+#[tokio::test]
+async fn more_replicas_than_the_node_allows_change_nothing() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let node = node(&k, dir.path()).await;
+    assert_eq!(node.settings().max_replicas_per_node, 64);
+    let v1 = spec("v1", 2, 0);
+    seed_binary(&node, &v1);
+    node.apply(v1.clone(), 1).await;
+    let before = running(&node, 2, "v1").await;
+
+    // 65 instances (valid for the spec, past the node's limit), also with a new tag.
+    let many = spec("v2", 65, 0);
+    many.validate().unwrap();
+    node.apply(many.clone(), 2).await;
+    assert_eq!(
+        running(&node, 2, "v1").await,
+        before,
+        "the old instances keep running"
+    );
+    assert_eq!(node.instances().len(), 2);
+    assert_eq!(k.alive("web").len(), 2);
+    // The local state keeps the last valid spec, so a restart starts v1 again.
+    let persisted = node.state_file().load_specs().unwrap();
+    assert_eq!(persisted.len(), 1);
+    assert_eq!(persisted[0].0, v1);
+    // At the limit it applies.
+    let at_limit = spec("v1", 64, 0);
+    seed_binary(&node, &at_limit);
+    node.apply(at_limit, 3).await;
+    assert_eq!(running(&node, 64, "v1").await[..2], before[..]);
+}
+
+#[tokio::test]
+async fn local_state_past_the_node_limit_starts_nothing() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let node = node(&k, dir.path()).await;
+    let many = spec("v1", 1000, 0);
+    seed_binary(&node, &many);
+    assert_eq!(node.start_offline().await, 1);
+    assert!(node.instances().is_empty());
+    assert!(k.alive("web").is_empty());
+}
+
+#[tokio::test]
+async fn parsing_is_bounded_and_never_on_the_runtime_thread() {
+    let slots = Arc::new(tokio::sync::Semaphore::new(reconcile::PARSERS));
+    // The hostile entry of issue 17: refused at once by the spec's pre-scan.
+    let hostile = format!("name: web\ntag: v1\nargs: {}", "[".repeat(100_000));
+    let t = std::time::Instant::now();
+    let e = reconcile::parse_entry(&slots, "web", hostile.as_bytes())
+        .await
+        .unwrap_err();
+    assert!(e.contains("more than the limit of 64 levels"), "{e}");
+    assert!(t.elapsed() < T);
+    let big = vec![b'#'; narun_spec::MAX_SPEC_BYTES + 1];
+    let e = reconcile::parse_entry(&slots, "web", &big)
+        .await
+        .unwrap_err();
+    assert!(e.contains("limit of 1048576 bytes"), "{e}");
+    // While both slots are taken (runaway parses), the next one is refused after
+    // PARSE_TIMEOUT instead of waiting.
+    let _held = slots.clone().acquire_many_owned(2).await.unwrap();
+    let t = std::time::Instant::now();
+    let ok = serde_json::to_vec(&spec("v1", 1, 0)).unwrap();
+    let e = reconcile::parse_entry(&slots, "web", &ok)
+        .await
+        .unwrap_err();
+    assert!(e.contains("spec took longer than 2 s"), "{e}");
+    assert!(t.elapsed() >= reconcile::PARSE_TIMEOUT && t.elapsed() < T);
+    drop(_held);
+    assert_eq!(
+        reconcile::parse_entry(&slots, "web", &ok).await.unwrap(),
+        spec("v1", 1, 0)
+    );
+}

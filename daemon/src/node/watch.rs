@@ -110,9 +110,21 @@ async fn session(
         let entry = entry.map_err(|e| format!("watching app-configs: {e}"))?;
         let value = matches!(entry.operation, async_nats::jetstream::kv::Operation::Put)
             .then_some(&entry.value[..]);
+        // Parsing is bounded (super::reconcile::PARSE_TIMEOUT) and declared as such, so
+        // a slow spec is progress for narund's watchdog until its bound, then refused.
+        let parsed = match value {
+            Some(v) => {
+                let _parsing = beat.busy(
+                    format!("parsing the spec of {}", entry.key),
+                    super::reconcile::PARSE_TIMEOUT + BEAT_EVERY,
+                );
+                Some(node.parse_entry(&entry.key, v).await)
+            }
+            None => None,
+        };
         {
             let _serial = beat.awaiting_apply();
-            node.handle_entry(&entry.key, value, entry.revision).await;
+            node.handle_parsed(&entry.key, parsed, entry.revision).await;
         }
         if entry.delta == 0 {
             ready.send_replace(true);

@@ -352,6 +352,28 @@ mod tests {
     }
 
     #[test]
+    fn persisted_specs_past_the_spec_limits_are_ignored() {
+        // A state written before the limits existed: 4294967295 replicas must not come
+        // back at start-up (it is skipped with a warning; the others load).
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        let mut st = PersistedState::default();
+        for (name, replicas) in [("huge", 4_294_967_295u64), ("ok", 2)] {
+            st.apps.insert(
+                name.into(),
+                PersistedApp {
+                    spec: serde_json::json!({"name": name, "tag": "v1", "nodes": [{"name": "n1", "replicas": replicas}]}),
+                    digest: String::new(),
+                },
+            );
+        }
+        file.save(&st).unwrap();
+        let specs = file.load_specs().unwrap();
+        let names: Vec<&str> = specs.iter().map(|(s, _)| s.name.as_str()).collect();
+        assert_eq!(names, ["ok"]);
+    }
+
+    #[test]
     fn corrupt_state_is_an_error_that_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let file = StateFile::new(dir.path());
