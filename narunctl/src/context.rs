@@ -409,7 +409,16 @@ master_key_file = "/keys/master"
 
     #[test]
     fn master_key_file_only_without_any_master_key_flag() {
-        let (mut c, m) = cli(&["--context", "prod", "secret", "set", "--app", "a", "db", "v"]);
+        let (mut c, m) = cli(&[
+            "--context",
+            "prod",
+            "secret",
+            "set",
+            "--app",
+            "a",
+            "db",
+            "v",
+        ]);
         overlay(&mut c, ctx(Some("prod")), |id| given(&m, id));
         let Command::Secret(SecretCmd::Set(a)) = &c.cmd else {
             panic!()
@@ -418,7 +427,16 @@ master_key_file = "/keys/master"
             a.key.master_key_file.as_deref(),
             Some(Path::new("/keys/master"))
         );
-        let (mut c, m) = cli(&["secret", "set", "--app", "a", "db", "v", "--master-key", "AAAA"]);
+        let (mut c, m) = cli(&[
+            "secret",
+            "set",
+            "--app",
+            "a",
+            "db",
+            "v",
+            "--master-key",
+            "AAAA",
+        ]);
         overlay(&mut c, ctx(Some("prod")), |id| given(&m, id));
         let Command::Secret(SecretCmd::Set(a)) = &c.cmd else {
             panic!()
