@@ -23,8 +23,11 @@ use narund::instance::notify::{MAX_DATAGRAM, Message};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+/// A fuzz target's body: panics when an invariant breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory and `fuzz_targets/` file.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("bhttp_request", bhttp_request),
     ("bhttp_response", bhttp_response),
     ("spec", spec),
