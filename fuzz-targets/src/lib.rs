@@ -59,19 +59,27 @@ pub fn bhttp_request(data: &[u8]) {
     // The encoder drops hop-by-hop headers (and re-derives host/content-length);
     // everything else arrives in the same order.
     let conn = bhttp::connection_tokens(&parts.headers);
-    let kept = |h: &http::HeaderMap| -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<_> = h
-            .iter()
-            .filter(|(n, _)| {
-                let n = n.as_str();
-                n != "host" && n != "content-length" && !bhttp::is_hop_by_hop(n, &conn)
-            })
-            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
+    let kept = |h: &http::HeaderMap| end_to_end(h, &conn, &["host", "content-length"]);
     assert_eq!(kept(again.headers()), kept(&parts.headers));
+}
+
+/// The fields of `h` that travel end to end (not hop-by-hop, not in `derived`), sorted by
+/// name (stable: values of one name keep their order), `cookie` values joined with `; `:
+/// the BHTTP reader joins the `cookie` fields of a section (RFC 9113 §8.2.3 cookie crumbs),
+/// and a cookie in the trailer section becomes a second one in the header section.
+fn end_to_end(h: &http::HeaderMap, conn: &[String], derived: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let travels = |n: &str| !derived.contains(&n) && !bhttp::is_hop_by_hop(n, conn);
+    let mut v: Vec<(String, Vec<u8>)> = h
+        .iter()
+        .filter(|(n, _)| n.as_str() != "cookie" && travels(n.as_str()))
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let crumbs: Vec<&[u8]> = h.get_all("cookie").iter().map(|c| c.as_bytes()).collect();
+    if !crumbs.is_empty() && travels("cookie") {
+        v.push(("cookie".to_string(), crumbs.join(&b"; "[..])));
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 /// BHTTP response decoding (gateway side, [`bhttp::decode_response`]): never panics,
@@ -87,15 +95,7 @@ pub fn bhttp_response(data: &[u8]) {
     assert_eq!(again.status(), parts.status);
     assert_eq!(again.body(), &body);
     let conn = bhttp::connection_tokens(&parts.headers);
-    let kept = |h: &http::HeaderMap| -> Vec<(String, Vec<u8>)> {
-        h.iter()
-            .filter(|(n, _)| {
-                let n = n.as_str();
-                n != "content-length" && !bhttp::is_hop_by_hop(n, &conn)
-            })
-            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect()
-    };
+    let kept = |h: &http::HeaderMap| end_to_end(h, &conn, &["content-length"]);
     assert_eq!(kept(again.headers()), kept(&parts.headers));
 }
 
