@@ -358,7 +358,7 @@ async fn h2c_prior_knowledge_works() {
 
 /// An absolute-form request target without a path (`GET http://host?query`, which HTTP/1.1
 /// servers accept) is routed on `/` and reaches the app as `/?query`; it used to become the
-/// BHTTP `:path` `?query`, which apps refused (found by the `gateway_path` fuzz target).
+/// BHTTP `:path` `?query`, which apps refused (found by the `bhttp_request` fuzz target).
 #[tokio::test]
 async fn absolute_form_target_without_path_reaches_the_app() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn absolute_form_targets_keep_a_parseable_path() {
-        // Found by the gateway_path fuzz target (fuzz/corpus/gateway_path/absolute-form-query-no-path).
+        // Found by the bhttp_request fuzz target (fuzz/corpus/bhttp_request/crash-absolute-form-path-in-path).
         for (target, path) in [
             ("http://h?x=1", "/?x=1"),
             ("http://h", "/"),
