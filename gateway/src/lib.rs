@@ -50,6 +50,70 @@ mod proxy;
 mod router;
 pub mod tls;
 
+/// The route table, reachable from the fuzz targets (`fuzz-targets/`, `fuzz/`).
+/// Not part of the gateway's API: it may change with any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::config::RouteMode;
+    use crate::router::{Match, RouteSpec, Router, Target};
+    use http::Method;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// What the gateway does with a request path.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Routed {
+        /// 400: a `.` or `..` segment.
+        BadPath,
+        /// 404.
+        NotFound,
+        /// 405 on the route with this configured path.
+        MethodNotAllowed(String),
+        /// Forwarded to the route with this configured path.
+        Found(String),
+    }
+
+    /// A route table built the way the gateway builds it from its config.
+    pub struct Routes(Router);
+
+    impl Routes {
+        /// Routes given as (path, methods or `None` for any method). Paths ending in
+        /// `/` are prefix routes, the others exact.
+        pub fn new(routes: &[(&str, Option<&[&str]>)]) -> Routes {
+            let specs = routes
+                .iter()
+                .map(|(path, methods)| RouteSpec {
+                    path: path.to_string(),
+                    methods: methods.map(|m| {
+                        m.iter()
+                            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                            .collect()
+                    }),
+                    target: Arc::new(Target {
+                        path: Arc::from(*path),
+                        mode: RouteMode::Bhttp,
+                        subject: Arc::from("fuzz"),
+                        nats_subject: async_nats::Subject::from("fuzz"),
+                        timeout: Duration::from_secs(1),
+                        stats: Default::default(),
+                    }),
+                })
+                .collect();
+            Routes(Router::new(specs))
+        }
+
+        /// Route `path` (the request URI's path, no query) as the gateway does.
+        pub fn route(&self, method: &Method, path: &str) -> Routed {
+            match self.0.find(method, path) {
+                Match::BadPath => Routed::BadPath,
+                Match::NotFound => Routed::NotFound,
+                Match::MethodNotAllowed(pr) => Routed::MethodNotAllowed(pr.path.to_string()),
+                Match::Found(t) => Routed::Found(t.path.to_string()),
+            }
+        }
+    }
+}
+
 pub use config::{ConfigError, ConfigErrors, GatewayConfig, LoadError, RouteConfig, RouteMode};
 
 use bytes::Bytes;

@@ -107,40 +107,36 @@ pub(crate) async fn handle(
     let method = method_label(req.method());
     let rid = request_id(&req);
     let path = req.uri().path();
-    let bad_path = path.contains("/.") && path.split('/').any(|s| s == "." || s == "..");
-    let (route, mut resp) = if bad_path {
-        (
+    let (route, mut resp) = match state.router.find(req.method(), path) {
+        Match::BadPath => (
             None,
             text(
                 StatusCode::BAD_REQUEST,
                 "Invalid path: '.' and '..' segments are not allowed",
             ),
-        )
-    } else {
-        match state.router.find(req.method(), path) {
-            Match::NotFound => (None, text(StatusCode::NOT_FOUND, "404 page not found")),
-            Match::MethodNotAllowed(pr) => {
-                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-                r.headers_mut().insert(header::ALLOW, pr.allow().clone());
-                (Some(pr.path.clone()), r)
-            }
-            Match::Found(target) => {
-                let target = target.clone();
-                let begun = Instant::now();
-                let resp = match forward(&state, &target, req, peer, &rid).await {
-                    Ok(r) => {
-                        target.stats.record(begun.elapsed(), None);
-                        r
-                    }
-                    Err(e) => {
-                        target
-                            .stats
-                            .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
-                        text(e.status, &e.msg)
-                    }
-                };
-                (Some(target.path.clone()), resp)
-            }
+        ),
+        Match::NotFound => (None, text(StatusCode::NOT_FOUND, "404 page not found")),
+        Match::MethodNotAllowed(pr) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            r.headers_mut().insert(header::ALLOW, pr.allow().clone());
+            (Some(pr.path.clone()), r)
+        }
+        Match::Found(target) => {
+            let target = target.clone();
+            let begun = Instant::now();
+            let resp = match forward(&state, &target, req, peer, &rid).await {
+                Ok(r) => {
+                    target.stats.record(begun.elapsed(), None);
+                    r
+                }
+                Err(e) => {
+                    target
+                        .stats
+                        .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
+                    text(e.status, &e.msg)
+                }
+            };
+            (Some(target.path.clone()), resp)
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);

@@ -8,6 +8,13 @@
 //! The method is checked only after the path picked its routes: several routes
 //! may share a path with different `methods`; if none accepts the method the
 //! answer is 405 with `Allow` listing the methods of that path.
+//!
+//! Before any of that, a path with a `.` or `..` segment is refused (400,
+//! [`has_dot_segment`]): the gateway does not resolve dot segments, so such a path
+//! could match one route's prefix and mean another route's path to the app. The
+//! path is otherwise used as the client sent it (no percent-decoding, no
+//! collapsing of `//`), and the app receives exactly the path that was routed.
+//! `fuzz/fuzz_targets/gateway_path.rs` checks both.
 
 use crate::config::{GatewayConfig, RouteMode};
 use http::{HeaderValue, Method};
@@ -46,6 +53,8 @@ pub(crate) struct PathRoutes {
 }
 
 pub(crate) enum Match<'a> {
+    /// The path has a `.` or `..` segment (400).
+    BadPath,
     Found(&'a Arc<Target>),
     MethodNotAllowed(&'a PathRoutes),
     NotFound,
@@ -68,6 +77,11 @@ pub(crate) struct RouteSpec {
     pub path: String,
     pub methods: Option<Vec<Method>>,
     pub target: Arc<Target>,
+}
+
+/// True if `path` has a `.` or `..` segment (between slashes or at either end).
+pub fn has_dot_segment(path: &str) -> bool {
+    path.contains("/.") && path.split('/').any(|s| s == "." || s == "..")
 }
 
 /// The ADR-32 endpoint name of a route: methods and path, `[A-Za-z0-9_-]` only.
@@ -150,6 +164,9 @@ impl Router {
 
     /// Find the route for `path` (no query) and `method`.
     pub fn find(&self, method: &Method, path: &str) -> Match<'_> {
+        if has_dot_segment(path) {
+            return Match::BadPath;
+        }
         let routes = match self.exact.get(path) {
             Some(r) => r,
             None => match self.prefix.iter().find(|(p, _)| path.starts_with(&**p)) {
@@ -238,6 +255,7 @@ mod tests {
             Match::Found(t) => t.subject.to_string(),
             Match::MethodNotAllowed(pr) => format!("405 {}", pr.allow().to_str().unwrap()),
             Match::NotFound => "404".into(),
+            Match::BadPath => "400".into(),
         }
     }
 
@@ -262,6 +280,13 @@ mod tests {
         assert_eq!(subject(&r, "POST", "/x"), "405 GET");
         let r = router(&[("/only", None, "o")]);
         assert_eq!(subject(&r, "GET", "/only/"), "404");
+        let r = router(&[("/", None, "root"), ("/a/", None, "a")]);
+        for bad in ["/a/../b", "/a/./b", "/a/..", "/.", "/a/b/."] {
+            assert_eq!(subject(&r, "GET", bad), "400", "{bad}");
+        }
+        for fine in ["/a/.b", "/a/..b", "/a/b..", "/a/%2e%2e/b", "/a//b"] {
+            assert_eq!(subject(&r, "GET", fine), "a", "{fine}");
+        }
     }
 
     #[test]

@@ -355,3 +355,35 @@ async fn h2c_prior_knowledge_works() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["uri"], "/hello/h2");
 }
+
+/// An absolute-form request target without a path (`GET http://host?query`, which HTTP/1.1
+/// servers accept) is routed on `/` and reaches the app as `/?query`; it used to become the
+/// BHTTP `:path` `?query`, which apps refused (found by the `bhttp_request` fuzz target).
+#[tokio::test]
+async fn absolute_form_target_without_path_reaches_the_app() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let mut root = echo_service(&client, "root").await;
+    let gw_client = gateway_client(&server).await;
+    wait_connected(&gw_client).await;
+    let gw = start_gateway(
+        gw_client,
+        "[gateway]\n[[gateway.routes]]\npath = \"/\"\nservice = \"root\"\n",
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    tcp.write_all(
+        b"GET http://gw.example?x=1 HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(narun_test_support::T, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the gateway answers within T")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(root.seen.try_recv().as_deref(), Ok("/"));
+}

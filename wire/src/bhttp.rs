@@ -92,13 +92,15 @@ pub fn encode_request(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
                 .map(|a| a.as_str().as_bytes().to_vec())
         })
         .unwrap_or_default();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .as_bytes()
-        .to_vec();
+    // From path() and query(), not path_and_query(): for an absolute-form target without a
+    // path (`GET http://host?q`) the latter is `?q`, which no app can parse as `:path`.
+    let uri = &parts.uri;
+    let path = match (uri.path(), uri.query()) {
+        ("", None) => b"/".to_vec(),
+        ("", Some(q)) => format!("/?{q}").into_bytes(),
+        (p, None) => p.as_bytes().to_vec(),
+        (p, Some(q)) => format!("{p}?{q}").into_bytes(),
+    };
     let mut msg = bhttp::Message::request(
         parts.method.as_str().as_bytes().to_vec(),
         Vec::new(),
@@ -365,6 +367,22 @@ mod tests {
         let names: Vec<_> = back.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["a-first", "content-length", "x-b", "host"]);
         assert_eq!(back.body().as_ref(), b"data");
+    }
+
+    #[test]
+    fn absolute_form_targets_keep_a_parseable_path() {
+        // Found by the bhttp_request fuzz target (fuzz/corpus/bhttp_request/crash-absolute-form-path-in-path).
+        for (target, path) in [
+            ("http://h?x=1", "/?x=1"),
+            ("http://h", "/"),
+            ("http://h/a/b?c", "/a/b?c"),
+            ("/p?", "/p?"),
+            ("h:443", "/"),
+        ] {
+            let (parts, ()) = http::Request::get(target).body(()).unwrap().into_parts();
+            let back = decode_request(&encode_request(&parts, b"")).unwrap();
+            assert_eq!(back.uri(), path, "{target}");
+        }
     }
 
     #[test]
