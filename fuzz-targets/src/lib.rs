@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("secret", secret),
     ("sd_notify", sd_notify),
     ("gateway_path", gateway_path),
+    ("elf", elf),
 ];
 
 /// BHTTP request decoding (app side, [`bhttp::decode_request`]): never panics, and a
@@ -310,4 +311,35 @@ pub fn gateway_path(data: &[u8]) {
         .unwrap_or_else(|e| panic!("the app cannot decode a routed request: {e}"));
     assert_eq!(app.uri().path(), path, "the app sees another path");
     assert_eq!(app.uri().query(), uri.query(), "the app sees another query");
+}
+
+/// ELF header inspection (narunctl before upload, narund before exec,
+/// [`narun_wire::elf::inspect`]): never panics; what it accepts is an executable
+/// (`ET_EXEC`/`ET_DYN`) whose class and byte order are the header's own, that is judged
+/// the same way twice, and whose platform check never panics either.
+pub fn elf(data: &[u8]) {
+    use narun_wire::elf::{Class, ElfInfo, Endian, inspect};
+    let first = inspect(data);
+    assert_eq!(first, inspect(data), "inspect is not deterministic");
+    if let Ok(info) = &first {
+        assert!(data.len() >= 20 && data[..4] == *b"\x7fELF");
+        let class = match data[4] {
+            1 => Class::Elf32,
+            2 => Class::Elf64,
+            c => panic!("accepted EI_CLASS {c}"),
+        };
+        let endian = match data[5] {
+            1 => Endian::Little,
+            2 => Endian::Big,
+            e => panic!("accepted EI_DATA {e}"),
+        };
+        assert_eq!((info.class, info.endian), (class, endian));
+        let _ = info.platform();
+        let _ = info.check_runs_here();
+        let _ = info.check_runs_on(ElfInfo::HOST);
+        let _ = info.target().to_string();
+    }
+    if let Err(e) = &first {
+        let _ = e.to_string();
+    }
 }
