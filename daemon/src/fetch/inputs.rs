@@ -227,7 +227,7 @@ impl AppInputs {
                     continue;
                 }
                 return Err(fail(format!(
-                    "NATS is not connected and '{object}' was never placed here; it is fetched when the spec is applied again"
+                    "NATS is not connected and no copy of '{object}' that narund placed is here (never placed, or replaced by the app: a file with other links or another owner is not used); it is fetched when the spec is applied again"
                 )));
             }
             if store.is_none() {
@@ -483,8 +483,17 @@ impl Target {
             Err(_) => return Ok(false),
         };
         let err = |e: std::io::Error| format!("{}: {e}", self.shown);
-        let (kind, ..) = at::fstat_owner(file.as_fd()).map_err(err)?;
+        let (kind, file_uid, ..) = at::fstat_owner(file.as_fd()).map_err(err)?;
         if kind != libc::S_IFREG {
+            return Ok(false);
+        }
+        // Only a file narund placed counts: one name, owned by the app (or by narund when
+        // it runs apps as itself). A hard link the app made to a file of someone else
+        // (`/etc/shadow`, the master key) must never get the app as owner: it is not
+        // accepted (online it is replaced by a verified copy, offline the start fails).
+        let links = at::fstat_links(file.as_fd()).map_err(err)?;
+        let expected_uid = owner.map(|(uid, _)| uid).unwrap_or_else(crate::sys::process::geteuid);
+        if links != 1 || file_uid != expected_uid {
             return Ok(false);
         }
         if let Some(expected) = expected {
@@ -639,6 +648,32 @@ mod tests {
         assert_eq!(std::fs::read_dir(inst.path()).unwrap().count(), 1);
         // Existing parents are reused.
         target(&work, "a/b/d.txt").unwrap();
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_of_someone_else_is_never_taken_over() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let inst = tempfile::tempdir().unwrap();
+        let work = inst.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        // A file the app does not own (the master key, /etc/shadow), hard-linked by the app
+        // to its mount path on the same file system.
+        let victim = inst.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let before = std::fs::metadata(&victim).unwrap();
+        std::fs::hard_link(&victim, work.join("conf")).unwrap();
+        let t = target(&work, "conf").unwrap();
+        let me = crate::sys::process::geteuid();
+        let app = Some((me.wrapping_add(4242), me.wrapping_add(4242)));
+        // Neither as the app's file (another owner, two links) nor as narund's (two links).
+        assert!(!t.existing(None, app).unwrap());
+        assert!(!t.existing(None, None).unwrap());
+        let after = std::fs::metadata(&victim).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode())
+        );
     }
 
     #[test]

@@ -263,6 +263,19 @@ pub fn fstat_owner(
     ))
 }
 
+/// `fstat(fd).st_nlink`: how many names the file has (a hard link an app made to a file
+/// it does not own has more than one).
+pub fn fstat_links(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: `libc::stat` is a plain C struct: all-zero bytes are a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a valid fd into a stat buffer we own.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok(u64::from(st.st_nlink))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
