@@ -221,6 +221,9 @@ pub fn effective(config: &Config, checked: &Checked) -> String {
     if let Some(p) = value.get_mut("nats").and_then(|n| n.get_mut("password")) {
         *p = toml::Value::String("<redacted>".into());
     }
+    if let Some(u) = value.get_mut("nats").and_then(|n| n.get_mut("url")) {
+        *u = toml::Value::String(config.nats.url_without_userinfo());
+    }
     match toml::to_string_pretty(&value) {
         Ok(t) => out.push_str(&t),
         Err(e) => out.push_str(&format!("# cannot render the settings as TOML: {e}\n")),

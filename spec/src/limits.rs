@@ -74,6 +74,10 @@ pub(crate) enum DocumentProblem {
     /// Nested deeper than [`MAX_NESTING_DEPTH`]: the deepest level found and the byte
     /// offset where the limit was first passed.
     TooDeep { depth: usize, offset: usize },
+    /// A YAML alias (`*name`) at this byte offset: an alias replays its anchor's events,
+    /// so a few nested aliases under 1 MiB expand to billions of events (a "billion
+    /// laughs"); specs never need them (Go narun writes none).
+    YamlAlias { offset: usize },
 }
 
 /// The document limits: size, then nesting depth (a linear scan, see [`nesting_depth`]).
@@ -81,9 +85,21 @@ pub(crate) fn check_document(text: &str, format: Format) -> Result<(), DocumentP
     if text.len() > MAX_SPEC_BYTES {
         return Err(DocumentProblem::TooLarge { bytes: text.len() });
     }
-    let (depth, offset) = nesting_depth(text.as_bytes(), format, MAX_NESTING_DEPTH);
-    match offset {
-        Some(offset) => Err(DocumentProblem::TooDeep { depth, offset }),
+    let mut m = Max {
+        limit: MAX_NESTING_DEPTH,
+        max: 0,
+        first: None,
+        alias: None,
+    };
+    scan(text.as_bytes(), format, &mut m);
+    if let Some(offset) = m.first {
+        return Err(DocumentProblem::TooDeep {
+            depth: m.max,
+            offset,
+        });
+    }
+    match m.alias {
+        Some(offset) => Err(DocumentProblem::YamlAlias { offset }),
         None => Ok(()),
     }
 }
@@ -103,19 +119,26 @@ pub(crate) fn nesting_depth(text: &[u8], format: Format, limit: usize) -> (usize
         limit,
         max: 0,
         first: None,
+        alias: None,
     };
-    match format {
-        Format::Json => json_depth(text, &mut m),
-        Format::Toml => toml_depth(text, &mut m),
-        Format::Yaml => Yaml::new(text).run(&mut m),
-    }
+    scan(text, format, &mut m);
     (m.max, m.first)
+}
+
+fn scan(text: &[u8], format: Format, m: &mut Max) {
+    match format {
+        Format::Json => json_depth(text, m),
+        Format::Toml => toml_depth(text, m),
+        Format::Yaml => Yaml::new(text).run(m),
+    }
 }
 
 struct Max {
     limit: usize,
     max: usize,
     first: Option<usize>,
+    /// Byte offset of the first YAML alias (`*name`).
+    alias: Option<usize>,
 }
 
 impl Max {
@@ -450,6 +473,9 @@ impl<'a> Yaml<'a> {
                     self.bump();
                 }
                 b'*' | b'&' | b'!' => {
+                    if c == b'*' && m.alias.is_none() {
+                        m.alias = Some(self.i);
+                    }
                     self.start_key();
                     while !(blankz(self.at(0))
                         || self.flow > 0

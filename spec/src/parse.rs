@@ -117,6 +117,15 @@ pub enum ParseError {
         /// Where the nesting first went past the limit.
         location: Location,
     },
+    /// A YAML alias (`*name`): refused before parsing, because nested aliases expand a
+    /// small document into billions of events.
+    #[error(
+        "YAML app spec uses an alias (`*name`) at {location}; aliases are not allowed in specs (a few nested ones expand to billions of entries): write the values out"
+    )]
+    YamlAlias {
+        /// Where the first alias is.
+        location: Location,
+    },
     /// A KV value is not UTF-8 text.
     #[error(
         "app spec is not UTF-8 text (invalid byte at offset {valid_up_to}); expected JSON or YAML"
@@ -140,6 +149,7 @@ impl ParseError {
         match self {
             ParseError::Syntax { location, .. } => *location,
             ParseError::TooDeep { location, .. } => Some(*location),
+            ParseError::YamlAlias { location } => Some(*location),
             _ => None,
         }
     }
@@ -231,6 +241,9 @@ fn check_limits(text: &str, format: Format) -> Result<(), ParseError> {
             format,
             depth,
             max: MAX_NESTING_DEPTH,
+            location: location_of(text, offset),
+        }),
+        Err(DocumentProblem::YamlAlias { offset }) => Err(ParseError::YamlAlias {
             location: location_of(text, offset),
         }),
     }

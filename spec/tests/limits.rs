@@ -327,3 +327,35 @@ fn real_specs_are_far_from_the_limits() {
     spec.validate().unwrap();
     assert_eq!(spec.desired_replicas("n", &labels), 1024);
 }
+
+/// A "billion laughs": three levels of aliases under 100 KB would replay ~10^11 events in
+/// the YAML parser. Aliases are refused by the pre-scan, at once, naming where; an anchor
+/// alone, a `*` inside quotes or inside a plain scalar is not an alias.
+#[test]
+fn yaml_aliases_are_refused_before_parsing() {
+    let x = vec!["x"; 10_000].join(",");
+    let a = vec!["*a"; 1000].join(",");
+    let b = vec!["*b"; 1000].join(",");
+    let text = format!("name: app\ntag: v1\nz: &a [{x}]\ny: &b [{a}]\nw: [{b}]\n");
+    let t = Instant::now();
+    let e = AppSpec::from_yaml_str(&text).expect_err("an aliased spec was accepted");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("alias (`*name`)"), "{msg}");
+    assert!(msg.contains("line 4"), "{msg}");
+    let e = AppSpec::from_kv_bytes(text.as_bytes()).expect_err("KV form accepted it");
+    assert!(e.to_string().contains("alias"), "{e}");
+
+    for ok in [
+        "name: app\ntag: v1\nargs: [\"*a\", '*b', a*b]\n",
+        "name: app\ntag: v1\nlabels: {k: &x v}\n",
+    ] {
+        if let Err(e) = AppSpec::from_yaml_str(ok) {
+            assert!(!e.to_string().contains("alias"), "{ok:?}: {e}");
+        }
+    }
+}

@@ -264,6 +264,27 @@ impl NatsSettings {
                 }
             })
     }
+
+    /// [`url`](Self::url) without the `user:password@` of any server, for places the
+    /// credentials must not reach (apps' `NATS_URL`, printed settings).
+    pub fn url_without_userinfo(&self) -> String {
+        self.url
+            .split(',')
+            .map(|u| {
+                let u = u.trim();
+                let (scheme, rest) = match u.find("://") {
+                    Some(i) => u.split_at(i + 3),
+                    None => ("", u),
+                };
+                let authority_end = rest.find('/').unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+                    None => u.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// The user JWT and the nkey of a `.creds` file (the decorated format `nsc` and narund
@@ -317,6 +338,18 @@ pub async fn sync_with_server(client: &async_nats::Client, timeout: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_removed_from_every_server() {
+        let s = NatsSettings {
+            url: "nats://narund:hunter2@a:4222, tls://u@b:4223,c:4222,user:pw@d:1,ws://e/x@y"
+                .into(),
+            ..Default::default()
+        };
+        let clean = s.url_without_userinfo();
+        assert_eq!(clean, "nats://a:4222,tls://b:4223,c:4222,d:1,ws://e/x@y");
+        assert!(!clean.contains("hunter2"));
+    }
     use std::collections::HashMap;
 
     #[test]

@@ -492,7 +492,9 @@ impl Target {
         // (`/etc/shadow`, the master key) must never get the app as owner: it is not
         // accepted (online it is replaced by a verified copy, offline the start fails).
         let links = at::fstat_links(file.as_fd()).map_err(err)?;
-        let expected_uid = owner.map(|(uid, _)| uid).unwrap_or_else(crate::sys::process::geteuid);
+        let expected_uid = owner
+            .map(|(uid, _)| uid)
+            .unwrap_or_else(crate::sys::process::geteuid);
         if links != 1 || file_uid != expected_uid {
             return Ok(false);
         }

@@ -257,7 +257,11 @@ pub fn prepare(
     owner: Option<(u32, u32)>,
 ) -> Result<(NatsEnv, Option<CredsFile>), IdentityError> {
     let cfg = &settings.app_nats;
-    let mut vars = vec![(env::NATS_URL.to_owned(), settings.nats.url.clone())];
+    // Never narund's `user:password@` (a URL may carry it).
+    let mut vars = vec![(
+        env::NATS_URL.to_owned(),
+        settings.nats.url_without_userinfo(),
+    )];
     if let Some(ca) = &settings.nats.tls_ca {
         vars.push((env::NATS_TLS_CA.into(), ca.display().to_string()));
     }

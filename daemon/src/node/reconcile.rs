@@ -75,21 +75,26 @@ pub(crate) async fn parse_entry(
     };
     let (key, value) = (key.to_string(), value.to_vec());
     let slots = slots.clone();
-    let parse = async move {
-        let slot = slots
-            .acquire_owned()
-            .await
-            .map_err(|_| "narund is shutting down".to_string())?;
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            AppSpec::from_kv_entry(&key, &value).map_err(|e| e.to_string())
-        })
+    // The time bound starts once a parse slot is free: waiting behind another spec's
+    // parse does not count against this one (that wait is bounded too: every parse ends
+    // or is given up within PARSE_TIMEOUT, though its thread keeps the slot until done).
+    let slot = tokio::time::timeout(PARSE_TIMEOUT, slots.acquire_owned())
         .await
-        .map_err(|e| format!("parsing the spec failed: {e}"))?
-    };
+        .map_err(|_| {
+            format!(
+                "no parse slot became free within {} s (earlier specs are still being parsed): refused; put the spec again",
+                PARSE_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|_| "narund is shutting down".to_string())?;
+    let parse = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        AppSpec::from_kv_entry(&key, &value).map_err(|e| e.to_string())
+    });
     tokio::time::timeout(PARSE_TIMEOUT, parse)
         .await
         .map_err(|_| too_slow())?
+        .map_err(|e| format!("parsing the spec failed: {e}"))?
 }
 
 impl Node {
