@@ -80,7 +80,7 @@ pub(crate) enum DocumentProblem {
     YamlAlias { offset: usize },
 }
 
-/// The document limits: size, then nesting depth (a linear scan, see [`nesting_depth`]).
+/// The document limits: size, then nesting depth (a linear scan: `nesting_depth` below describes it).
 pub(crate) fn check_document(text: &str, format: Format) -> Result<(), DocumentProblem> {
     if text.len() > MAX_SPEC_BYTES {
         return Err(DocumentProblem::TooLarge { bytes: text.len() });
@@ -114,6 +114,7 @@ pub(crate) fn check_document(text: &str, format: Format) -> Result<(), DocumentP
 /// block indentation levels. Where the scan cannot be sure it counts a level rather
 /// than miss one: a document may be refused that libyaml would find one level
 /// shallower, never the other way round.
+#[cfg(test)]
 pub(crate) fn nesting_depth(text: &[u8], format: Format, limit: usize) -> (usize, Option<usize>) {
     let mut m = Max {
         limit,
