@@ -478,23 +478,26 @@ pub(crate) async fn download_verified(
     out.flush().await.map_err(io_err(&tmp_path))?;
     out.sync_all().await.map_err(io_err(&tmp_path))?;
     drop(out);
-    if store_says_wrong_digest {
-        let actual = Sha256Digest(
-            uring
-                .hash_file(&tmp_path)
-                .await
-                .map_err(io_err(&tmp_path))?,
-        );
-        if actual != *expected {
-            tracing::warn!(object, %expected, %actual, "digest mismatch, download discarded");
-            return Err(FetchError::Mismatch {
-                object: object.to_string(),
-                expected: *expected,
-                actual,
-            });
+    // Hashed once, read through io_uring: the bytes decide, not the store's digest.
+    let actual = Sha256Digest(
+        uring
+            .hash_file(&tmp_path)
+            .await
+            .map_err(io_err(&tmp_path))?,
+    );
+    let mismatch = || {
+        tracing::warn!(object, %expected, %actual, "digest mismatch, download discarded");
+        FetchError::Mismatch {
+            object: object.to_string(),
+            expected: *expected,
+            actual,
         }
-        // The bytes are the expected ones (the store's digest is only written differently):
-        // the checks below decide.
+    };
+    // The store said the stream did not match: a mismatch comes before a short read. When
+    // the bytes are the expected ones (the store's digest is only written differently) the
+    // checks below decide.
+    if store_says_wrong_digest && actual != *expected {
+        return Err(mismatch());
     }
     if got != expected_size {
         return Err(FetchError::ShortRead {
@@ -503,20 +506,8 @@ pub(crate) async fn download_verified(
             got,
         });
     }
-
-    let actual = Sha256Digest(
-        uring
-            .hash_file(&tmp_path)
-            .await
-            .map_err(io_err(&tmp_path))?,
-    );
     if actual != *expected {
-        tracing::warn!(object, %expected, %actual, "digest mismatch, download discarded");
-        return Err(FetchError::Mismatch {
-            object: object.to_string(),
-            expected: *expected,
-            actual,
-        });
+        return Err(mismatch());
     }
     Ok((tmp, got))
 }

@@ -170,23 +170,30 @@ impl RecordFile {
 
     /// Read the records; a missing file is none.
     pub fn load(&self) -> Result<BTreeMap<String, InstanceRecord>, StateError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
-                path: self.path.clone(),
-                source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(source) => Err(StateError::Io {
-                path: self.path.clone(),
-                source,
-            }),
-        }
+        load_map(&self.path)
     }
 
     /// Atomically replace the file with `records`.
     pub fn save(&self, records: &BTreeMap<String, InstanceRecord>) -> Result<(), StateError> {
         let json = serde_json::to_vec_pretty(records).expect("records always serialize");
         write_atomic(&self.path, &json)
+    }
+}
+
+/// A JSON map file of the state dir (records, dynamic uids); a missing file is empty.
+fn load_map<V: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<BTreeMap<String, V>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(source) => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -213,17 +220,7 @@ impl UidFile {
 
     /// Read the ids; a missing file is none.
     pub fn load(&self) -> Result<BTreeMap<String, u32>, StateError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
-                path: self.path.clone(),
-                source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(source) => Err(StateError::Io {
-                path: self.path.clone(),
-                source,
-            }),
-        }
+        load_map(&self.path)
     }
 
     /// Atomically replace the file with `ids`.
