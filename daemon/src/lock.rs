@@ -16,7 +16,9 @@
 //! when the holder dies: a lock file left by a dead narund blocks nothing. The fds are
 //! `O_CLOEXEC`, so apps (which outlive narund with `apps.on_exit = "detach"`) never hold
 //! them. `narund --check-config` only reports the holders ([`holder_of_data_dir`],
-//! [`holder_of_cgroup_root`], read from `/proc/locks`); it takes no lock.
+//! [`holder_of_cgroup_root`], read from `/proc/locks`, and for the data dir, where
+//! `/proc/locks` names no one, from the pid in the file if that process has it open); it
+//! takes no lock.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -108,7 +110,8 @@ pub fn lock_data_dir(dir: &Path) -> Result<File, LockError> {
         .map_err(io_err("open", &path))?;
     if !crate::sys::fs::try_lock_exclusive(file.as_fd()).map_err(io_err("lock", &path))? {
         // The holder writes its pid right after locking; in that instant, ask the kernel.
-        let pid = pid_in(&file).or_else(|| flock_holder(&file));
+        let pid =
+            pid_in(&file).or_else(|| file.metadata().ok().and_then(|m| flock_holder(&m, None)));
         return Err(LockError::DataDirInUse {
             dir: dir.to_path_buf(),
             lock: path,
@@ -131,22 +134,27 @@ pub fn lock_cgroup_root(root: &Path) -> Result<File, LockError> {
     if !crate::sys::fs::try_lock_exclusive(dir.as_fd()).map_err(io_err("lock", root))? {
         return Err(LockError::CgroupRootInUse {
             root: root.to_path_buf(),
-            pid: flock_holder(&dir),
+            pid: dir.metadata().ok().and_then(|m| flock_holder(&m, None)),
         });
     }
     Ok(dir)
 }
 
-/// The narund holding `<data_dir>/narund.lock`, if one does (from `/proc/locks`; takes no lock).
+/// The narund holding `<data_dir>/narund.lock`, if one does (from `/proc/locks`, else the pid
+/// written in the file if that process holds the lock; takes no lock).
 pub fn holder_of_data_dir(data_dir: &Path) -> Option<i32> {
-    File::open(data_dir.join(LOCK_FILE))
-        .ok()
-        .and_then(|f| flock_holder(&f))
+    let (meta, pid) = {
+        let file = File::open(data_dir.join(LOCK_FILE)).ok()?;
+        (file.metadata().ok()?, pid_in(&file))
+    }; // closed: our own fd must not count as the holder's
+    flock_holder(&meta, pid)
 }
 
 /// The narund holding the lock on the cgroup root `root`, if one does (from `/proc/locks`).
 pub fn holder_of_cgroup_root(root: &Path) -> Option<i32> {
-    File::open(root).ok().and_then(|f| flock_holder(&f))
+    std::fs::metadata(root)
+        .ok()
+        .and_then(|m| flock_holder(&m, None))
 }
 
 /// The pid written in a lock file.
@@ -161,12 +169,29 @@ fn pid_in(file: &File) -> Option<i32> {
         .filter(|p| *p > 0)
 }
 
-/// Who holds an flock on the file `file` is open on, from `/proc/locks`.
-fn flock_holder(file: &File) -> Option<i32> {
-    let meta = file.metadata().ok()?;
-    let text = std::fs::read_to_string("/proc/locks").ok()?;
+/// Who holds an flock on the file `meta` describes: from `/proc/locks`; where that names
+/// no one (what it prints for a file can differ from `stat`'s device and inode on stacked and
+/// network filesystems), the process `hint` if it has that file open ([`has_open`]).
+fn flock_holder(meta: &std::fs::Metadata, hint: Option<i32>) -> Option<i32> {
     let dev = meta.dev();
-    flock_holder_in(&text, dev_major(dev), dev_minor(dev), meta.ino())
+    std::fs::read_to_string("/proc/locks")
+        .ok()
+        .and_then(|text| flock_holder_in(&text, dev_major(dev), dev_minor(dev), meta.ino()))
+        .or_else(|| hint.filter(|&pid| has_open(pid, meta)))
+}
+
+/// Whether process `pid` has the file `meta` describes open: `stat` through one of its
+/// `/proc/<pid>/fd/<n>` links sees the same device and inode as ours, whatever the
+/// filesystem prints in `/proc/locks`. For `narund.lock` this names the holder: narund opens
+/// it only to lock it, keeps it open while it holds the lock, and only the holder writes its
+/// pid into it (a stale pid, dead or reused, has no such fd).
+fn has_open(pid: i32, meta: &std::fs::Metadata) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+    })
 }
 
 /// `major(dev)` of a `stat` device number (glibc's encoding, the kernel's `new_encode_dev`).
@@ -285,6 +310,18 @@ mod tests {
         // A stale lock file (with a pid in it) blocks nothing.
         let again = lock_data_dir(&data).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn a_holder_is_found_through_its_fds_where_proc_locks_names_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        let held = lock_data_dir(dir.path()).unwrap();
+        let meta = std::fs::metadata(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(has_open(me, &meta));
+        assert!(!has_open(i32::MAX, &meta), "no such process");
+        drop(held);
+        assert!(!has_open(me, &meta), "closed");
     }
 
     #[test]
