@@ -265,30 +265,44 @@ fn routes() -> &'static Routes {
 
 /// The gateway's request-path handling: the input is a request target as a client
 /// sends it (`/a/b?q`, or absolute form) and is parsed as hyper does. Then: routing
-/// never panics; a `.` or `..` segment is refused (400) and never routed; an exact
-/// route gets only its own path, a prefix route only paths under it and only when no
-/// longer prefix matches; and the app receives, after the BHTTP round trip, exactly
-/// the path (and query) the gateway routed on.
+/// never panics; a path with neither `%` nor dot segments is never refused; what is
+/// forwarded has no dot segments, no escaped `/`, `\` or control characters, and routes
+/// to the same route again unchanged (normalising is idempotent); an exact route gets
+/// only its own path, a prefix route only paths under it and only when no longer prefix
+/// matches; and the app receives, after the BHTTP round trip, exactly the path the
+/// gateway routed on (and the query as sent).
 pub fn gateway_path(data: &[u8]) {
     let Ok(uri) = http::Uri::try_from(data) else {
         return;
     };
-    let path = uri.path();
-    let routed = routes().route(&Method::GET, path);
-    let dot = path.split('/').any(|s| s == "." || s == "..");
-    assert_eq!(
-        routed == Routed::BadPath,
-        dot,
-        "dot segments in {path:?}: {routed:?}"
-    );
-    let route = match &routed {
+    let raw = uri.path();
+    let routed = routes().route(&Method::GET, raw);
+    let dot = raw.split('/').any(|s| s == "." || s == "..");
+    if !dot && !raw.contains('%') {
+        assert_ne!(routed, Routed::BadPath, "{raw:?} refused");
+    }
+    let (route, path) = match &routed {
         Routed::BadPath => return,
         Routed::NotFound => {
-            assert!(!path.starts_with('/'), "{path:?} not routed to `/`");
+            assert!(!raw.starts_with('/'), "{raw:?} not routed to `/`");
             return;
         }
-        Routed::MethodNotAllowed(r) | Routed::Found(r) => r,
+        Routed::MethodNotAllowed(_) => return,
+        Routed::Found { route, path } => (route, path),
     };
+    assert!(
+        !path.split('/').any(|s| s == "." || s == ".."),
+        "{raw:?} forwarded with dot segments: {path:?}"
+    );
+    let lower = path.to_ascii_lowercase();
+    for bad in ["%2f", "%5c", "%00"] {
+        assert!(!lower.contains(bad), "{raw:?} forwarded as {path:?}");
+    }
+    assert_eq!(
+        routes().route(&Method::GET, path),
+        routed,
+        "normalising {raw:?} twice routes elsewhere"
+    );
     if route.ends_with('/') {
         assert!(
             path.starts_with(route.as_str()),
@@ -303,9 +317,13 @@ pub fn gateway_path(data: &[u8]) {
         assert_eq!(path, route, "exact route");
     }
     // What the app sees: the gateway encodes the request, the app decodes it.
-    let (parts, ()) = http::Request::get(uri.clone())
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    };
+    let (parts, ()) = http::Request::get(target.as_str())
         .body(())
-        .expect("a parsed URI builds a request")
+        .expect("a normalised path builds a request")
         .into_parts();
     let app = bhttp::decode_request(&bhttp::encode_request(&parts, b""))
         .unwrap_or_else(|e| panic!("the app cannot decode a routed request: {e}"));

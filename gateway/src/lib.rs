@@ -46,6 +46,7 @@
 pub mod config;
 mod grpc;
 mod metrics;
+mod path;
 mod proxy;
 mod router;
 pub mod tls;
@@ -63,14 +64,14 @@ pub mod fuzzing {
     /// What the gateway does with a request path.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Routed {
-        /// 400: a `.` or `..` segment.
+        /// 400: a bad or dangerous escape, or a `..` that climbs out of a route.
         BadPath,
         /// 404.
         NotFound,
         /// 405 on the route with this configured path.
         MethodNotAllowed(String),
-        /// Forwarded to the route with this configured path.
-        Found(String),
+        /// Forwarded to the route with this configured path; the app receives `path`.
+        Found { route: String, path: String },
     }
 
     /// A route table built the way the gateway builds it from its config.
@@ -104,11 +105,15 @@ pub mod fuzzing {
 
         /// Route `path` (the request URI's path, no query) as the gateway does.
         pub fn route(&self, method: &Method, path: &str) -> Routed {
-            match self.0.find(method, path) {
-                Match::BadPath => Routed::BadPath,
+            let routed = self.0.find(method, path);
+            match routed.m {
+                Match::BadPath(_) => Routed::BadPath,
                 Match::NotFound => Routed::NotFound,
                 Match::MethodNotAllowed(pr) => Routed::MethodNotAllowed(pr.path.to_string()),
-                Match::Found(t) => Routed::Found(t.path.to_string()),
+                Match::Found(t) => Routed::Found {
+                    route: t.path.to_string(),
+                    path: routed.path.into_owned(),
+                },
             }
         }
     }

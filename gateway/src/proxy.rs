@@ -106,15 +106,14 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let method = method_label(req.method());
     let rid = request_id(&req);
-    let path = req.uri().path();
-    let (route, mut resp) = match state.router.find(req.method(), path) {
-        Match::BadPath => (
-            None,
-            text(
-                StatusCode::BAD_REQUEST,
-                "Invalid path: '.' and '..' segments are not allowed",
-            ),
-        ),
+    let routed = state.router.find(req.method(), req.uri().path());
+    // The normalised path, when it differs from the request's (owned: `req` moves on).
+    let normalised = match &routed.path {
+        std::borrow::Cow::Owned(p) => Some(p.clone()),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    let (route, mut resp) = match routed.m {
+        Match::BadPath(e) => (None, text(StatusCode::BAD_REQUEST, e.message())),
         Match::NotFound => (None, text(StatusCode::NOT_FOUND, "404 page not found")),
         Match::MethodNotAllowed(pr) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
@@ -124,7 +123,7 @@ pub(crate) async fn handle(
         Match::Found(target) => {
             let target = target.clone();
             let begun = Instant::now();
-            let resp = match forward(&state, &target, req, peer, &rid).await {
+            let resp = match forward(&state, &target, req, normalised, peer, &rid).await {
                 Ok(r) => {
                     target.stats.record(begun.elapsed(), None);
                     r
@@ -163,6 +162,7 @@ async fn forward(
     state: &Shared,
     target: &Target,
     req: Request<hyper::body::Incoming>,
+    normalised: Option<String>,
     peer: SocketAddr,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
@@ -194,6 +194,9 @@ async fn forward(
             ));
         }
     };
+    if let Some(p) = normalised {
+        set_path(&mut parts.uri, &p)?;
+    }
     add_forwarding_headers(&mut parts, peer, rid);
     match target.mode {
         RouteMode::Bhttp => forward_bhttp(state, target, &parts, &body, rid).await,
@@ -201,8 +204,37 @@ async fn forward(
     }
 }
 
+/// Replace the path of `uri` by the normalised `path`, keeping the query.
+fn set_path(uri: &mut http::Uri, path: &str) -> Result<(), GwError> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut up = std::mem::take(uri).into_parts();
+    up.path_and_query = Some(
+        http::uri::PathAndQuery::from_maybe_shared(Bytes::from(pq))
+            .map_err(|_| GwError::new(StatusCode::BAD_REQUEST, "Invalid path"))?,
+    );
+    *uri = http::Uri::from_parts(up)
+        .map_err(|_| GwError::new(StatusCode::BAD_REQUEST, "Invalid path"))?;
+    Ok(())
+}
+
+/// Add `X-Forwarded-*` and `X-Request-Id`. The request's own hop-by-hop headers (those
+/// named in `Connection`, and `Connection` itself) are removed first: they end at this hop
+/// anyway, and a client naming `X-Forwarded-For` there must not make the gateway's own
+/// header disappear when the message is encoded for the app.
 fn add_forwarding_headers(parts: &mut http::request::Parts, peer: SocketAddr, rid: &HeaderValue) {
     let h = &mut parts.headers;
+    if h.contains_key(header::CONNECTION) {
+        for name in bhttp::connection_tokens(h) {
+            // `Host` is the request's authority, not a hop's option.
+            if name != "host" {
+                h.remove(name.as_str());
+            }
+        }
+        h.remove(header::CONNECTION);
+    }
     let ip = peer.ip().to_string();
     let xff = {
         let mut prior = h

@@ -9,16 +9,17 @@
 //! may share a path with different `methods`; if none accepts the method the
 //! answer is 405 with `Allow` listing the methods of that path.
 //!
-//! Before any of that, a path with a `.` or `..` segment is refused (400,
-//! [`has_dot_segment`]): the gateway does not resolve dot segments, so such a path
-//! could match one route's prefix and mean another route's path to the app. The
-//! path is otherwise used as the client sent it (no percent-decoding, no
-//! collapsing of `//`), and the app receives exactly the path that was routed.
-//! `fuzz/fuzz_targets/gateway_path.rs` checks both.
+//! Before any of that, the path is normalised ([`crate::path`], RFC 3986: unreserved
+//! escapes decoded, dot segments removed); a bad escape, an encoded `/`, `\` or control
+//! character, or a `..` that climbs out of a route is refused (400). The router matches the
+//! normalised path and the app receives exactly that path, so the path an app sees is the
+//! path that was routed. `fuzz/fuzz_targets/gateway_path.rs` checks both.
 
 use crate::config::{GatewayConfig, RouteMode};
+use crate::path::{self, PathError};
 use http::{HeaderValue, Method};
 use narun_wire::micro::EndpointStats;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,8 +54,8 @@ pub(crate) struct PathRoutes {
 }
 
 pub(crate) enum Match<'a> {
-    /// The path has a `.` or `..` segment (400).
-    BadPath,
+    /// The path is refused (400).
+    BadPath(PathError),
     Found(&'a Arc<Target>),
     MethodNotAllowed(&'a PathRoutes),
     NotFound,
@@ -79,9 +80,11 @@ pub(crate) struct RouteSpec {
     pub target: Arc<Target>,
 }
 
-/// True if `path` has a `.` or `..` segment (between slashes or at either end).
-pub fn has_dot_segment(path: &str) -> bool {
-    path.contains("/.") && path.split('/').any(|s| s == "." || s == "..")
+/// A routing decision and the (normalised) path it was made on.
+pub(crate) struct Routed<'r, 'p> {
+    pub m: Match<'r>,
+    /// The path to forward: the request's own when normalising changed nothing.
+    pub path: Cow<'p, str>,
 }
 
 /// The ADR-32 endpoint name of a route: methods and path, `[A-Za-z0-9_-]` only.
@@ -162,17 +165,44 @@ impl Router {
         Router { exact, prefix }
     }
 
-    /// Find the route for `path` (no query) and `method`.
-    pub fn find(&self, method: &Method, path: &str) -> Match<'_> {
-        if has_dot_segment(path) {
-            return Match::BadPath;
+    /// The routes of the exact or longest prefix route of `path`.
+    fn lookup(&self, path: &str) -> Option<&PathRoutes> {
+        self.exact.get(path).or_else(|| {
+            self.prefix
+                .iter()
+                .find(|(p, _)| path.starts_with(&**p))
+                .map(|(_, r)| r)
+        })
+    }
+
+    /// Find the route for the request path `raw` (no query) and `method`.
+    pub fn find<'r, 'p>(&'r self, method: &Method, raw: &'p str) -> Routed<'r, 'p> {
+        let n = match path::normalize(raw) {
+            Ok(n) => n,
+            Err(e) => {
+                return Routed {
+                    m: Match::BadPath(e),
+                    path: Cow::Borrowed(raw),
+                };
+            }
+        };
+        let m = self.choose(method, &n);
+        Routed { m, path: n.path }
+    }
+
+    fn choose(&self, method: &Method, n: &path::Normalized<'_>) -> Match<'_> {
+        let routes = self.lookup(&n.path);
+        if n.climb.is_some() {
+            // A `..` may remove no segment of the route the path was sent through, nor of
+            // the route it ends up in.
+            let through = self.lookup(&n.through).map_or(0, |r| path::depth(&r.path));
+            let into = routes.map_or(0, |r| path::depth(&r.path));
+            if n.climbs_out_of(through.max(into)) {
+                return Match::BadPath(PathError::Climbs);
+            }
         }
-        let routes = match self.exact.get(path) {
-            Some(r) => r,
-            None => match self.prefix.iter().find(|(p, _)| path.starts_with(&**p)) {
-                Some((_, r)) => r,
-                None => return Match::NotFound,
-            },
+        let Some(routes) = routes else {
+            return Match::NotFound;
         };
         for r in &routes.routes {
             match &r.methods {
@@ -251,11 +281,19 @@ mod tests {
     }
 
     fn subject(r: &Router, m: &str, p: &str) -> String {
-        match r.find(&Method::from_bytes(m.as_bytes()).unwrap(), p) {
+        match r.find(&Method::from_bytes(m.as_bytes()).unwrap(), p).m {
             Match::Found(t) => t.subject.to_string(),
             Match::MethodNotAllowed(pr) => format!("405 {}", pr.allow().to_str().unwrap()),
             Match::NotFound => "404".into(),
-            Match::BadPath => "400".into(),
+            Match::BadPath(_) => "400".into(),
+        }
+    }
+
+    fn forwarded(r: &Router, p: &str) -> String {
+        let routed = r.find(&Method::GET, p);
+        match routed.m {
+            Match::Found(t) => format!("{} {}", t.subject, routed.path),
+            _ => "-".into(),
         }
     }
 
@@ -280,12 +318,36 @@ mod tests {
         assert_eq!(subject(&r, "POST", "/x"), "405 GET");
         let r = router(&[("/only", None, "o")]);
         assert_eq!(subject(&r, "GET", "/only/"), "404");
-        let r = router(&[("/", None, "root"), ("/a/", None, "a")]);
-        for bad in ["/a/../b", "/a/./b", "/a/..", "/.", "/a/b/."] {
-            assert_eq!(subject(&r, "GET", bad), "400", "{bad}");
+    }
+
+    #[test]
+    fn paths_are_normalised_and_may_not_climb_out_of_a_route() {
+        let r = router(&[
+            ("/", None, "root"),
+            ("/a/", None, "a"),
+            ("/a/b/", None, "ab"),
+            ("/x", None, "x"),
+        ]);
+        for fine in ["/a/.b", "/a/..b", "/a/b..", "/a//b"] {
+            assert_eq!(forwarded(&r, fine), format!("a {fine}"), "{fine}");
         }
-        for fine in ["/a/.b", "/a/..b", "/a/b..", "/a/%2e%2e/b", "/a//b"] {
-            assert_eq!(subject(&r, "GET", fine), "a", "{fine}");
+        assert_eq!(forwarded(&r, "/a/./c"), "a /a/c");
+        assert_eq!(forwarded(&r, "/a/c/../d"), "a /a/d");
+        assert_eq!(forwarded(&r, "/a/c/%2E%2e/d"), "a /a/d");
+        assert_eq!(forwarded(&r, "/%61/c"), "a /a/c");
+        assert_eq!(forwarded(&r, "/q/../r"), "root /r");
+        for bad in [
+            "/a/../b",     // out of /a/ into /
+            "/a/%2e%2e/x", // the same, encoded
+            "/a/b/../c",   // out of /a/b/
+            "/a/c/../b/z", // into /a/b/, but the `..` was at /a/b/'s depth
+            "/a/..",       // out of /a/
+            "/q/../x",     // into the exact route /x
+            "/..",         // above the root
+            "/a/%2fb",     // encoded separator
+            "/a/%zz",      // bad escape
+        ] {
+            assert_eq!(subject(&r, "GET", bad), "400", "{bad}");
         }
     }
 

@@ -139,9 +139,73 @@ async fn routing_exact_prefix_longest_and_methods() {
     assert_eq!(stats("deeper").await, 1, "/hello/deeper/x -> deeper");
     assert_eq!(s.hello.count(), 1, "only /hello/x/y reached hello");
 
-    // Dot segments are refused before routing.
+    // Dot segments that climb out of the route are refused before routing.
     let r = get(&s.gw.url("/hello/../secret")).await;
     assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn encoded_dot_segments_and_separators_never_reach_the_app() {
+    let s = setup().await;
+    let before = s.hello.count();
+    for (path, why) in [
+        (
+            "/hello/%2e%2e/secret",
+            "encoded dot segments climbing out of /hello/",
+        ),
+        ("/hello/%2E%2e/%2e%2E/x", "twice"),
+        ("/hello/.%2e/secret", "half encoded"),
+        ("/hello/x/../../secret", "above the route"),
+        (
+            "/hello/a%2f..%2f..%2fsecret",
+            "an encoded '/' the app could decode",
+        ),
+        ("/hello/a%5c..%5csecret", "an encoded '\\'"),
+        ("/hello/a%00", "an encoded NUL"),
+        ("/hello/a%zz", "a bad escape"),
+    ] {
+        let r = get(&s.gw.url(path)).await;
+        assert_eq!(r.status, 400, "{path} ({why}): {}", r.text());
+        assert!(r.text().starts_with("Invalid path: "), "{}", r.text());
+    }
+    assert_eq!(s.hello.count(), before, "a refused path reached the app");
+    // Inside the route, the app receives the normalised path (and the query as sent).
+    for (path, seen) in [
+        ("/hello/a/%2E/b/../c?q=%2e%2e", "/hello/a/c?q=%2e%2e"),
+        ("/hello/%7euser/%41", "/hello/~user/A"),
+        ("/hello/caf%c3%a9", "/hello/caf%C3%A9"),
+        ("/hello/a//b", "/hello/a//b"),
+    ] {
+        let r = get(&s.gw.url(path)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.json()["uri"], seen, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn connection_tokens_never_remove_what_the_gateway_sets() {
+    let s = setup().await;
+    let r = send(
+        Request::get(s.gw.url("/hello/h"))
+            .header(
+                "connection",
+                "x-forwarded-for, X-Request-Id, x-forwarded-proto, x-forwarded-host, host",
+            )
+            .header("x-forwarded-for", "10.9.9.9")
+            .header("x-forwarded-proto", "https")
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &r.json()["headers"];
+    // The client's own X-Forwarded-* were hop-by-hop (it said so): the gateway's remain.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(h["x-forwarded-host"], s.gw.http.to_string(), "{h}");
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(h["x-request-id"], rid, "{h}");
+    assert!(h.get("connection").is_none(), "{h}");
 }
 
 #[tokio::test]
