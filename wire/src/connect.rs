@@ -227,8 +227,9 @@ impl NatsSettings {
             .connection_timeout(Duration::from_secs(5))
             .ping_interval(Duration::from_secs(20))
             .reconnect_delay_callback(|attempt| {
-                // 50 ms, 100 ms, 200 ms … capped at 2 s (Go narun: a fixed 2 s).
-                Duration::from_millis((50u64 << attempt.min(6)).min(2_000))
+                // 50 ms, 100 ms, 200 ms … capped at 1 s (Go narun: a fixed 2 s), so a
+                // server that comes back is in use within a second.
+                Duration::from_millis((50u64 << attempt.min(5)).min(1_000))
             }))
     }
 

@@ -4,6 +4,17 @@
 //! and the apps keep running as they are. Each session opens (or creates) `app-configs`
 //! and `app-binaries`, stops the local apps that no longer have a spec, then watches
 //! `app-configs` with history and hands every entry to [`Node::handle_entry`].
+//!
+//! narund does not trust the watch to mend itself (async-nats re-creates its consumer
+//! lazily, ~10 s after a reconnect): a session ends, and the next starts at once from
+//! the revision after the last one seen (no replay of what was applied), when
+//!
+//! * **the connection came back**: checked every [`STATE_CHECK`]; or
+//! * **the watch stalled**: every [`STALL_CHECK`] the bucket's last revision is compared
+//!   with the last one the watch delivered; behind twice in a row with no progress between,
+//!   the watch is dead.
+//!
+//! Both are logged (warn), with the revision the new watch starts from.
 
 use super::Node;
 use crate::liveness::{BEAT_EVERY, Beat};
@@ -24,17 +35,28 @@ pub async fn run(
 ) {
     let beat = node.liveness().register("reconciler", BEAT_EVERY);
     let mut delay = Duration::from_millis(250);
+    // The last revision of app-configs handed to the node (0: none yet).
+    let mut seen = 0u64;
     loop {
         if stop.is_cancelled() {
             return;
         }
         let result = tokio::select! {
-            r = session(&node, &client, &ready, &beat) => r,
+            r = session(&node, &client, &ready, &beat, &mut seen) => r,
             _ = stop.cancelled() => return,
         };
         match result {
             Ok(()) => delay = Duration::from_millis(250),
-            Err(e) => {
+            Err(SessionEnd::Renew(why)) => {
+                tracing::warn!(
+                    reason = why,
+                    from_revision = seen + 1,
+                    "re-creating the app-configs watch"
+                );
+                delay = Duration::from_millis(250);
+                continue;
+            }
+            Err(SessionEnd::Failed(e)) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "app-configs not available; apps keep running as they are");
             }
         }
@@ -51,14 +73,46 @@ pub async fn run(
 /// is retried.
 const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often the watch loop looks at the connection state (a read of a shared value).
+pub const STATE_CHECK: Duration = Duration::from_millis(200);
+
+/// How often the watch loop compares the bucket's last revision with what it delivered
+/// (one JetStream request).
+pub const STALL_CHECK: Duration = Duration::from_secs(5);
+
+/// Why a session ended.
+enum SessionEnd {
+    /// Start a new watch at once (the connection came back, or the watch stalled).
+    Renew(&'static str),
+    /// Retry after the back-off.
+    Failed(String),
+}
+
+impl From<String> for SessionEnd {
+    fn from(e: String) -> SessionEnd {
+        SessionEnd::Failed(e)
+    }
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Renew(why) => f.write_str(why),
+            SessionEnd::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 async fn session(
     node: &Node,
     client: &async_nats::Client,
     ready: &watch::Sender<bool>,
     beat: &Beat,
-) -> Result<(), String> {
-    if client.connection_state() != async_nats::connection::State::Connected {
-        return Err("NATS is not connected".into());
+    seen: &mut u64,
+) -> Result<(), SessionEnd> {
+    use async_nats::connection::State;
+    if client.connection_state() != State::Connected {
+        return Err(SessionEnd::Failed("NATS is not connected".into()));
     }
     let (keys, configs) = {
         let _busy = beat.busy(
@@ -86,14 +140,31 @@ async fn session(
             "watching app-configs",
             SESSION_SETUP_TIMEOUT + Duration::from_secs(5),
         );
-        tokio::time::timeout(SESSION_SETUP_TIMEOUT, configs.watch_with_history(">"))
+        // The first watch replays every key's latest revision; a renewed one starts after
+        // the last revision seen (a revision removed meanwhile is skipped by the server).
+        let start = async {
+            if *seen == 0 {
+                configs.watch_with_history(">").await
+            } else {
+                configs.watch_from_revision(">", *seen + 1).await
+            }
+        };
+        tokio::time::timeout(SESSION_SETUP_TIMEOUT, start)
             .await
             .map_err(|_| "starting the watch of app-configs timed out".to_string())?
             .map_err(|e| format!("watching app-configs: {e}"))?
     };
-    if keys.is_empty() {
+    if keys.is_empty() || *seen > 0 {
         ready.send_replace(true);
     }
+    let mut state = tokio::time::interval(STATE_CHECK);
+    state.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stall = tokio::time::interval(STALL_CHECK);
+    stall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stall.reset();
+    let mut was_connected = true;
+    // (bucket's last revision, our last revision) at the previous stall check, if behind.
+    let mut behind: Option<(u64, u64)> = None;
     // The tick runs only while this loop waits for the next entry: an apply that never
     // returns stops the beats (crate::liveness).
     let mut tick = tokio::time::interval(BEAT_EVERY);
@@ -103,6 +174,29 @@ async fn session(
             e = watch.next() => e,
             _ = tick.tick() => {
                 beat.beat();
+                continue;
+            }
+            _ = state.tick() => {
+                let connected = client.connection_state() == State::Connected;
+                if connected && !was_connected {
+                    return Err(SessionEnd::Renew("NATS reconnected"));
+                }
+                was_connected = connected;
+                continue;
+            }
+            _ = stall.tick() => {
+                if was_connected
+                    && let Some(last) = last_revision(&configs).await
+                {
+                    if last > *seen {
+                        if behind == Some((last, *seen)) {
+                            return Err(SessionEnd::Renew("the watch stalled: app-configs has newer revisions"));
+                        }
+                        behind = Some((last, *seen));
+                    } else {
+                        behind = None;
+                    }
+                }
                 continue;
             }
         };
@@ -126,11 +220,22 @@ async fn session(
             let _serial = beat.awaiting_apply();
             node.handle_parsed(&entry.key, parsed, entry.revision).await;
         }
+        *seen = (*seen).max(entry.revision);
         if entry.delta == 0 {
             ready.send_replace(true);
         }
     }
-    Err("the app-configs watch ended".into())
+    Err(SessionEnd::Failed("the app-configs watch ended".into()))
+}
+
+/// The last revision (stream sequence) of `app-configs`, bounded; `None` when unknown.
+async fn last_revision(configs: &async_nats::jetstream::kv::Store) -> Option<u64> {
+    let mut stream = configs.stream.clone();
+    tokio::time::timeout(Duration::from_secs(2), stream.info())
+        .await
+        .ok()?
+        .ok()
+        .map(|i| i.state.last_sequence)
 }
 
 /// Buckets, object store and the set of keys in `app-configs`.
