@@ -48,6 +48,9 @@ pub struct Settings {
     pub allow_scripts: bool,
     /// Most instances of one app on this node (`apps.max_replicas_per_node`).
     pub max_replicas_per_node: u32,
+    /// Hard `RLIMIT_NOFILE` of apps whose spec has no `nofileMax`, and the most one may
+    /// ask for (`apps.nofile_max`; see [`crate::nofile`]).
+    pub nofile_max: u64,
 }
 
 /// Where apps' own NATS credentials come from: a creds file per app the operator
@@ -107,6 +110,7 @@ impl Settings {
             allowed_capabilities: c.apps.normalized_capabilities(),
             allow_scripts: c.apps.allow_scripts,
             max_replicas_per_node: c.apps.max_replicas_per_node,
+            nofile_max: c.apps.nofile_max,
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct Reloadable {
     pub restart_backoff_max: std::time::Duration,
     /// Capabilities a spec may ask for (`CAP_X` spelling).
     pub allowed_capabilities: Vec<String>,
+    /// `apps.nofile_max`: the hard open files limit apps get, and the most they may ask for.
+    pub nofile_max: u64,
 }
 
 impl Reloadable {
@@ -134,6 +140,7 @@ impl Reloadable {
             allow_root: c.allow_root,
             restart_backoff_max: c.restart_backoff_max,
             allowed_capabilities: c.allowed_capabilities.clone(),
+            nofile_max: c.nofile_max,
         }
     }
 }
@@ -229,6 +236,12 @@ pub struct AppsConfig {
     /// of `replicas`). A spec asking for more is refused with a status event naming this
     /// setting; its previous version keeps running.
     pub max_replicas_per_node: u32,
+    /// Hard limit of open files (`RLIMIT_NOFILE`) of an app whose spec has no `nofileMax`,
+    /// and the most a spec may ask for (1..=2^30; default 524288, systemd's default hard
+    /// limit). No app gets more than narund's own hard limit; every app starts with the
+    /// soft limit 1024 ([`crate::nofile`]). A spec asking for more does not start (reason
+    /// `rlimit`, naming this setting).
+    pub nofile_max: u64,
 }
 
 impl AppsConfig {
@@ -271,6 +284,7 @@ impl Default for AppsConfig {
             allowed_capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
             allow_scripts: false,
             max_replicas_per_node: DEFAULT_MAX_REPLICAS_PER_NODE,
+            nofile_max: crate::nofile::DEFAULT_NOFILE_MAX,
         }
     }
 }
@@ -500,6 +514,13 @@ impl Config {
                 narun_spec::MAX_REPLICAS
             ));
         }
+        let nofile = self.apps.nofile_max;
+        if nofile == 0 || nofile > narun_spec::MAX_NOFILE {
+            problems.push(format!(
+                "apps.nofile_max: must be between 1 and {} (the spec limit of nofileMax), got {nofile}",
+                narun_spec::MAX_NOFILE
+            ));
+        }
         if self.logs.max_line_bytes < 128 {
             problems.push("logs.max_line_bytes: must be at least 128".into());
         }
@@ -664,6 +685,29 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn nofile_max_defaults_to_524288_is_reloadable_and_bounded() {
+        assert_eq!(Config::default().apps.nofile_max, 524_288);
+        let shipped = Config::from_toml(include_str!("../config/narund.toml")).unwrap();
+        assert_eq!(shipped.apps.nofile_max, 524_288);
+        let c = Config::from_toml("[apps]\nnofile_max = 4096\n").unwrap();
+        c.validate().unwrap();
+        let s = Settings::from_config(&c);
+        assert_eq!(s.nofile_max, 4096);
+        assert_eq!(Reloadable::of(&s).nofile_max, 4096);
+        for bad in [0, (1u64 << 30) + 1] {
+            let c = Config::from_toml(&format!("[apps]\nnofile_max = {bad}\n")).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(
+                e.contains("apps.nofile_max: must be between 1 and 1073741824")
+                    && e.contains(&format!("got {bad}")),
+                "{e}"
+            );
+        }
+        assert!(Config::from_toml("[apps]\nnofile_max = -1\n").is_err());
+        assert!(Config::from_toml("[apps]\nnofile_max = \"many\"\n").is_err());
     }
 
     #[test]

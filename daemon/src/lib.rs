@@ -18,6 +18,7 @@
 //! | [`lock`] | one narund per data dir and per cgroup root: the locks taken at start and held for narund's life |
 //! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
+//! | [`nofile`] | open files (`RLIMIT_NOFILE`): narund raises its own soft limit to the hard one; apps start with soft 1024 and the hard limit of their spec or the node |
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
 //! | [`sys`] | the raw syscalls (`libc`) behind safe, documented wrappers: the only module with `unsafe` code |
 #![deny(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod lock;
 pub mod logs;
 pub mod memory;
 pub mod node;
+pub mod nofile;
 pub mod preflight;
 pub mod privileges;
 pub mod state;

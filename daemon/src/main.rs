@@ -9,7 +9,8 @@
 //!
 //! Before anything else it checks the configuration ([`narund::preflight::check`], the same
 //! check `--check-config` runs) and takes its locks on the data dir and the cgroup root
-//! ([`narund::lock`]): a second narund on either refuses to start, naming the first.
+//! ([`narund::lock`]): a second narund on either refuses to start, naming the first. Then it
+//! raises its soft open files limit to the hard one ([`narund::nofile::raise_own`]).
 #![deny(unsafe_code)]
 
 use anyhow::Context;
@@ -108,6 +109,9 @@ fn main() -> ExitCode {
             ),
         }
     }
+    // All the file descriptors the hard limit allows (the gateway's connections must not
+    // starve supervision of fds); apps still start with soft 1024 (narund::nofile).
+    narund::nofile::raise_own();
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -172,6 +172,31 @@ fn settings_text(e: &narun_wire::connect::ConnectError) -> String {
     t.strip_prefix("NATS settings: ").unwrap_or(&t).to_owned()
 }
 
+/// The `# open files` comment of [`effective`]: narund's `RLIMIT_NOFILE` now and after the
+/// raise at start, and what an app whose spec is silent gets ([`crate::nofile`]).
+fn open_files(nofile_max: u64) -> String {
+    let (soft, hard) = match crate::sys::rlimit::nofile() {
+        Ok(l) => l,
+        Err(e) => return format!("# open files (RLIMIT_NOFILE): cannot read: {e}\n"),
+    };
+    let mut line = format!(
+        "# open files (RLIMIT_NOFILE): narund soft {soft}, hard {hard} (a start raises the soft \
+         limit to {hard})"
+    );
+    if let Ok((app_soft, app_hard)) = crate::nofile::for_app(None, nofile_max, hard) {
+        line.push_str(&format!(
+            "; apps get soft {app_soft}, hard {app_hard} (a spec's nofileMax may ask for less)"
+        ));
+    }
+    if nofile_max > hard {
+        line.push_str(&format!(
+            "; apps.nofile_max = {nofile_max} is above narund's hard limit: apps get at most {hard}"
+        ));
+    }
+    line.push('\n');
+    line
+}
+
 /// What `narund --check-config` prints for a valid configuration: the facts [`check`] found
 /// and who holds the locks, as `#` comments, then every setting (defaults filled in, flags
 /// and environment applied) as TOML, the NATS password redacted.
@@ -214,6 +239,7 @@ pub fn effective(config: &Config, checked: &Checked) -> String {
         )),
         None => out.push_str("# data_dir lock: free\n"),
     }
+    out.push_str(&open_files(config.apps.nofile_max));
     let mut value = match toml::Value::try_from(config) {
         Ok(v) => v,
         Err(e) => return format!("{out}# cannot render the settings as TOML: {e}\n{config:#?}\n"),
@@ -271,6 +297,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# data_dir lock: free"), "{text}");
+        let (_, hard) = crate::sys::rlimit::nofile().unwrap();
+        assert!(
+            text.contains("# open files (RLIMIT_NOFILE): narund soft ")
+                && text.contains(&format!(
+                    "hard {hard} (a start raises the soft limit to {hard})"
+                ))
+                && text.contains(&format!(
+                    "apps get soft {}, hard {}",
+                    1024.min(hard.min(524_288)),
+                    hard.min(524_288)
+                ))
+                && text.contains("nofile_max = 524288"),
+            "{text}"
+        );
         // What it prints is a configuration narund reads back to the same settings.
         let toml: String = text
             .lines()

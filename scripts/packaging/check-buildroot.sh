@@ -175,6 +175,7 @@ else
 #!/bin/sh
 # Stand-in for narund: records its arguments, cgroup and the signals it gets.
 echo "\$*" > "$T/args"
+grep '^Max open files' /proc/self/limits > "$T/nofile"
 cat /proc/self/cgroup > "$T/cgroup"
 trap 'echo HUP >> "$T/signals"' HUP
 trap 'echo TERM >> "$T/signals"; exit 0' TERM
@@ -187,7 +188,7 @@ STUB
         -e "s|/etc/default/|$T/etc/default/|g" -e "s|^CGROUP_ROOT=.*|CGROUP_ROOT=\"$CG2\"|" \
         -e "s|^CGROUP=.*|CGROUP=\"$CGT\"|" -e "s|/var/lib/narun|$T/lib/narun|g" -e "s|/run/narun|$T/run/narun|g" \
         "$PKG/S90narund" >"$T/S90narund"
-    echo 'NARUND_ARGS="--config /etc/narun/narund.toml --extra"' >"$T/etc/default/narund"
+    printf '%s\n' 'NARUND_ARGS="--config /etc/narun/narund.toml --extra"' 'NARUND_NOFILE=4096' >"$T/etc/default/narund"
     wait_file() { local i=0; while [ ! -s "$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; [ -s "$1" ]; }
     if out=$(sh "$T/S90narund" start 2>&1) && wait_file "$T/ready"; then
         ok "S90narund start: $out"
@@ -196,6 +197,8 @@ STUB
             fail "narund arguments were '$(cat "$T/args")'"
         grep -q "^0::${CGT#"$CG2"}/supervisor\$" "$T/cgroup" && ok "narund runs in the supervisor cgroup ${CGT#"$CG2"}/supervisor" ||
             fail "narund cgroup is '$(grep '^0::' "$T/cgroup")', expected ${CGT#"$CG2"}/supervisor"
+        grep -q -E '^Max open files +4096 +4096 ' "$T/nofile" && ok "narund got the open files limit NARUND_NOFILE from /etc/default/narund" ||
+            fail "narund's open files limit was '$(cat "$T/nofile")', expected 4096 (NARUND_NOFILE)"
         [ -d "$T/lib/narun" ] && [ -d "$T/run/narun" ] && ok "start created the data and runtime dirs" || fail "start did not create the data/runtime dirs"
         sh "$T/S90narund" reload >/dev/null 2>&1
         wait_file "$T/signals" && grep -q HUP "$T/signals" && ok "reload sends SIGHUP" || fail "reload did not deliver SIGHUP"

@@ -110,6 +110,8 @@ expect ExecReload '/bin/kill -HUP $MAINPID'
 expect StateDirectory narun
 expect RuntimeDirectory narun
 expect RuntimeDirectoryPreserve yes
+# Soft 1024 (narund raises its own), hard 524288: the most apps may get (docs/supervisor.md).
+expect LimitNOFILE 1024:524288
 expect_set WatchdogSec
 expect_set FileDescriptorStoreMax
 expect_set ProtectSystem

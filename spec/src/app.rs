@@ -163,6 +163,12 @@ pub struct AppSpec {
         deserialize_with = "nullable_or::<_, DefaultStopTimeout>"
     )]
     pub stop_timeout_sec: u64,
+    /// Hard limit of open files (`RLIMIT_NOFILE`, systemd's `LimitNOFILE=`), 1 to
+    /// [`MAX_NOFILE`](crate::limits::MAX_NOFILE); the soft limit stays 1024 (or this,
+    /// if lower), as for systemd services. Absent = the node's `apps.nofile_max`; a
+    /// value above it does not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nofile_max: Option<u64>,
 
     /// Warnings found while parsing (unknown keys). Not part of the spec:
     /// ignored by `==`, never serialised. Read them with [`AppSpec::warnings`].
@@ -214,6 +220,7 @@ impl Default for AppSpec {
             settle_sec: DEFAULT_SETTLE_SEC,
             stop_signal: Signal::default(),
             stop_timeout_sec: DEFAULT_STOP_TIMEOUT_SEC,
+            nofile_max: None,
             parse_warnings: ParseWarnings::default(),
         }
     }

@@ -61,6 +61,9 @@ pub const MAX_DURATION_SEC: u64 = 86_400;
 pub const MAX_MEMORY_MB: u64 = 16 * 1024 * 1024;
 /// Largest `pidsMax` (Linux's `PID_MAX_LIMIT`).
 pub const MAX_PIDS: u64 = 4 * 1024 * 1024;
+/// Largest `nofileMax` (2^30; Linux's own ceiling of `fs.nr_open` is about 2^31 on 64-bit
+/// and 2^30 on 32-bit machines). A node grants at most its `apps.nofile_max`.
+pub const MAX_NOFILE: u64 = 1 << 30;
 /// Largest `cpuCores`.
 pub const MAX_CPU_CORES: f64 = 4096.0;
 

@@ -495,6 +495,7 @@ static APP: Shape = Struct(&[
     ("settleSec", Any),
     ("stopSignal", Any),
     ("stopTimeoutSec", Any),
+    ("nofileMax", Any),
 ]);
 
 fn join(path: &str, key: &str) -> String {

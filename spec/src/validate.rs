@@ -13,7 +13,7 @@ use crate::app::AppSpec;
 use crate::limits::{
     MAX_ARGS, MAX_CAPABILITIES, MAX_CPU_CORES, MAX_DURATION_SEC, MAX_ENV, MAX_ENV_NAME_LEN,
     MAX_EXEC_BYTES, MAX_LABEL_LEN, MAX_LABELS, MAX_LIST_ITEMS, MAX_MEMORY_MB, MAX_MOUNTS,
-    MAX_NODES, MAX_OBJECT_NAME_LEN, MAX_PATH_LEN, MAX_PIDS, MAX_REPLICAS, MAX_USER_LEN,
+    MAX_NODES, MAX_NOFILE, MAX_OBJECT_NAME_LEN, MAX_PATH_LEN, MAX_PIDS, MAX_REPLICAS, MAX_USER_LEN,
     MAX_VALUE_BYTES,
 };
 use crate::linux::{self, NON_TERMINATING_SIGNALS};
@@ -288,6 +288,14 @@ impl AppSpec {
             r.err(
                 "pidsMax",
                 format!("must be at most {MAX_PIDS} (Linux's PID_MAX_LIMIT), got {p}"),
+            );
+        }
+        if let Some(n) = self.nofile_max.filter(|n| *n > MAX_NOFILE) {
+            r.err(
+                "nofileMax",
+                format!(
+                    "must be at most {MAX_NOFILE} (2^30 open files; a node grants at most its apps.nofile_max), got {n}"
+                ),
             );
         }
         if self.cpu_cores.is_finite() && self.cpu_cores > MAX_CPU_CORES {
@@ -576,6 +584,12 @@ impl AppSpec {
         }
         if self.pids_max == Some(0) {
             r.err("pidsMax", "must be > 0 (leave it out for no limit)");
+        }
+        if self.nofile_max == Some(0) {
+            r.err(
+                "nofileMax",
+                "must be > 0 (leave it out for the node's default, apps.nofile_max)",
+            );
         }
         if let Some(w) = self.cpu_weight
             && !(1..=MAX_CPU_WEIGHT).contains(&w)

@@ -233,6 +233,44 @@ fn magnitudes() {
 }
 
 #[test]
+fn open_files() {
+    limit(
+        "nofileMax",
+        "at most 1073741824",
+        "got 1073741825",
+        |s, at| s.nofile_max = Some(if at { MAX_NOFILE } else { MAX_NOFILE + 1 }),
+    );
+    let mut s = base();
+    s.nofile_max = Some(u64::MAX);
+    let e = s.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("nofileMax: must be at most 1073741824") && e.contains("apps.nofile_max"),
+        "{e}"
+    );
+    // Spelled like the other fields, in every format, and written back the same way.
+    for text in [
+        "name: app\ntag: v1\nnofileMax: 4096\n",
+        "{\"name\": \"app\", \"tag\": \"v1\", \"nofileMax\": 4096}",
+    ] {
+        let s = AppSpec::from_kv_bytes(text.as_bytes()).unwrap();
+        assert_eq!(s.nofile_max, Some(4096), "{text}");
+        assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+        let json = String::from_utf8(s.to_kv_json()).unwrap();
+        assert!(json.contains("\"nofileMax\": 4096"), "{json}");
+    }
+    let s = AppSpec::from_toml_str("name = \"app\"\ntag = \"v1\"\nnofileMax = 2048\n").unwrap();
+    assert_eq!(s.nofile_max, Some(2048));
+    // Absent: not written, so the hash of a spec without it is what it was before.
+    assert!(
+        !String::from_utf8(base().to_kv_json())
+            .unwrap()
+            .contains("nofileMax")
+    );
+    assert!(AppSpec::from_kv_bytes(b"name: app\ntag: v1\nnofileMax: -1\n").is_err());
+    assert!(AppSpec::from_kv_bytes(b"name: app\ntag: v1\nnofileMax: lots\n").is_err());
+}
+
+#[test]
 fn document_size_is_limited_before_parsing() {
     let mut text = "name: a\ntag: v1\n".to_string();
     text.push_str(&"#".repeat(MAX_SPEC_BYTES - text.len()));

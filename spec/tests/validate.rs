@@ -272,6 +272,13 @@ fn resource_rules() {
     rejects("cpuCores", "finite", |s| s.cpu_cores = f64::NAN);
     rejects("cpuCores", "finite", |s| s.cpu_cores = f64::INFINITY);
     rejects("pidsMax", "must be > 0", |s| s.pids_max = Some(0));
+    rejects(
+        "nofileMax",
+        "must be > 0 (leave it out for the node's default, apps.nofile_max)",
+        |s| s.nofile_max = Some(0),
+    );
+    accepts(|s| s.nofile_max = Some(1));
+    accepts(|s| s.nofile_max = Some(65_536));
     rejects("cpuWeight", "between 1 and 10000", |s| {
         s.cpu_weight = Some(0)
     });

@@ -200,6 +200,10 @@ wire_enum! {
         /// The binary is not an ELF executable of this node's machine, class and byte
         /// order, or the kernel refused to execute it (`ENOEXEC`); never run through a shell.
         ExecFormat = "exec-format",
+        /// The spec asks for a higher resource limit than this node grants (`nofileMax`
+        /// above `[apps] nofile_max` or narund's own hard `RLIMIT_NOFILE`); the message
+        /// names the setting.
+        Rlimit = "rlimit",
     }
 }
 

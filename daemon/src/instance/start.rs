@@ -1,8 +1,9 @@
-//! One start of an instance: the node's capability policy, the verified binary (digest,
+//! One start of an instance: the node's capability and open files policy, the verified binary (digest,
 //! then ELF header: an executable of this node's machine, class and byte order), the user
 //! (a named one, or the app's own dynamic user), the work dir ([`prepare_work_dir`]: 0700,
 //! owned by the app), secrets and mounted files, the sd_notify socket, the cgroup with the
-//! spec's limits, the exact environment, and the spawn. Anything that fails is a [`StartFailure`] with the reason
+//! spec's limits, the exact environment, and the spawn (with the app's `RLIMIT_NOFILE`,
+//! [`crate::nofile`]). Anything that fails is a [`StartFailure`] with the reason
 //! published in `failed`; whatever was created for the start is removed again.
 
 use super::notify::NotifySocket;
@@ -31,6 +32,11 @@ impl Task {
             live.allow_root,
         )
         .map_err(|e| StartFailure::new(Reason::Capability, e.to_string()))?;
+        // The open files limit likewise (crate::nofile): soft 1024, hard from the spec or
+        // the node, never above narund's own.
+        let narund_hard = crate::sys::rlimit::nofile().map_or(u64::MAX, |(_, hard)| hard);
+        let nofile = crate::nofile::for_app(self.spec.nofile_max, live.nofile_max, narund_hard)
+            .map_err(|e| StartFailure::new(Reason::Rlimit, e))?;
         drop(live);
 
         let bin = self.binary().await?;
@@ -133,12 +139,26 @@ impl Task {
         // ETXTBSY: a fork of another thread (any spawn in narund) may still hold the write fd
         // of a binary that was just downloaded, until its exec closes it (the classic
         // fork/exec race, Go issue 22315). It clears within milliseconds: retry.
-        let mut result = self.spawn(&bin, &work, identity.as_ref(), &caps, cgroup.as_deref());
+        let mut result = self.spawn(
+            &bin,
+            &work,
+            identity.as_ref(),
+            &caps,
+            nofile,
+            cgroup.as_deref(),
+        );
         for _ in 0..20 {
             match &result {
                 Err(f) if f.text_busy => {
                     tokio::time::sleep(Duration::from_millis(25)).await;
-                    result = self.spawn(&bin, &work, identity.as_ref(), &caps, cgroup.as_deref());
+                    result = self.spawn(
+                        &bin,
+                        &work,
+                        identity.as_ref(),
+                        &caps,
+                        nofile,
+                        cgroup.as_deref(),
+                    );
                 }
                 _ => break,
             }
@@ -299,6 +319,7 @@ impl Task {
         work: &Path,
         identity: Option<&AppIdentity>,
         caps: &[caps::Capability],
+        (nofile_soft, nofile_hard): (u64, u64),
         cgroup: Option<&dyn RunCgroup>,
     ) -> Result<(Box<dyn Proc>, Vec<tokio::task::JoinHandle<()>>), StartFailure> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -319,6 +340,9 @@ impl Task {
         let (out_r, out_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (err_r, err_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
         cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+        // First of the child's pre_exec steps (before the cgroup, the privilege drop and the
+        // execve of self.host.processes): only lowers narund's limits, needs no privilege.
+        crate::sys::rlimit::set_nofile_before_exec(cmd.as_std_mut(), nofile_soft, nofile_hard);
         let plan = match identity {
             Some(id) => Some(PrivilegePlan::new(id, caps).map_err(|e| {
                 let reason = match e {
