@@ -548,6 +548,39 @@ async fn go_style_consumer_behind_gateway() {
     s.stop().await;
 }
 
+/// A client `grpc-timeout` shorter than the route timeout (5 s) is the
+/// deadline the app gets: its handler (sleeping 3 s) is dropped at 300 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_handler_is_dropped_at_the_clients_shorter_deadline() {
+    let s = Setup::start().await;
+    let mut c = GreeterClient::new(s.channel().await);
+    let mut req = tonic::Request::new(hello("sleep:3000"));
+    req.metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let sent = Instant::now();
+    let e = c.say_hello(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    let app = s.app.as_ref().unwrap();
+    // Bounded below the 3 s the handler would take to finish by itself.
+    wait_for(
+        "the app to drop the handler at the client's deadline",
+        Duration::from_millis(2500),
+        || {
+            let n = app.service().stats().endpoints[0].data[narun::STAT_DEADLINE_EXCEEDED].as_u64();
+            async move { (n == Some(1)).then_some(()) }
+        },
+    )
+    .await;
+    assert!(sent.elapsed() < Duration::from_secs(3));
+    // Still serving.
+    let r = c.say_hello(hello("after")).await.expect("SayHello");
+    assert_eq!(r.into_inner().message, "Hello, after");
+    s.stop().await;
+}
+
 const PY_CLIENT: &str = r#"
 import json, sys
 out, addr = sys.argv[1], sys.argv[2]

@@ -43,7 +43,7 @@ use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use narun_wire::micro::{self, Service};
-use narun_wire::names::GRPC_METHOD_HEADER;
+use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS_HEADER, parse_timeout_ms};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
@@ -256,9 +256,20 @@ where
     let stream = headers
         .get(STREAM_HEADER)
         .is_some_and(|v| v.as_str().trim() == "1");
-    let deadline = headers
-        .get(header::TIMEOUT)
-        .and_then(|v| parse_grpc_timeout(v.as_str()));
+    // With the caller's `Narun-Timeout-Ms` the serving loop enforces the
+    // deadline (it drops this future); `grpc-timeout` alone (a NATS caller
+    // other than the gateway) bounds the handler here and is answered.
+    let deadline = if headers
+        .get(TIMEOUT_MS_HEADER)
+        .and_then(|v| parse_timeout_ms(v.as_str()))
+        .is_some()
+    {
+        None
+    } else {
+        headers
+            .get(header::TIMEOUT)
+            .and_then(|v| parse_grpc_timeout(v.as_str()))
+    };
 
     // The HTTP/2-style request a gRPC server expects.
     let mut builder = Request::builder()

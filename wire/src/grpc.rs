@@ -24,12 +24,12 @@ pub mod header {
     pub const ORIGINAL_METHOD: &str = "x-original-grpc-method";
 }
 
-/// Headers that describe a transport — the HTTP/2 connection, NATS, narun's own gRPC
-/// framing — rather than call metadata; neither the gateway nor the app library passes
-/// them on as metadata. `lower_name` must be lower case.
+/// Headers that describe a transport — the HTTP/2 connection, NATS, narun's own
+/// framing and deadline (`narun-*`) — rather than call metadata; neither the gateway
+/// nor the app library passes them on as metadata. `lower_name` must be lower case.
 pub fn is_transport_header(lower_name: &str) -> bool {
     lower_name.starts_with("nats-")
-        || lower_name.starts_with("narun-grpc-")
+        || lower_name.starts_with("narun-")
         || matches!(
             lower_name,
             header::ORIGINAL_METHOD
@@ -117,6 +117,7 @@ mod tests {
         assert_eq!(parse_grpc_timeout("+5S"), None);
         assert_eq!(parse_grpc_timeout("1234567890S"), None);
         assert_eq!(parse_grpc_timeout("5x"), None);
+        assert!(is_transport_header("narun-timeout-ms"));
     }
 
     #[test]
