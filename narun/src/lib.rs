@@ -39,7 +39,8 @@
 //!   request that waited for a slot until its deadline never runs. Both count
 //!   as an endpoint error and under [`STAT_DEADLINE_EXCEEDED`]. Requests
 //!   without the header (Go's gateway, plain NATS callers) run until their
-//!   handler finishes;
+//!   handler finishes. A dropped handler stops at an `.await`: work that must
+//!   not stop halfway belongs in a transaction or a spawned task;
 //! * a handler error or panic becomes a `500`; a payload that is not BHTTP gets an
 //!   ADR-32 error reply (`Nats-Service-Error-Code: 400`), never a crash;
 //! * on SIGTERM/SIGINT the endpoint stops taking requests, in-flight requests
