@@ -250,8 +250,8 @@ async fn send(
     mut headers: async_nats::HeaderMap,
 ) -> Result<async_nats::Message, GwError> {
     // The deadline travels with the request (replacing one a raw-mode client sent).
-    use narun_wire::names::{TIMEOUT_MS_HEADER, timeout_ms_value};
-    headers.insert(TIMEOUT_MS_HEADER, timeout_ms_value(target.timeout));
+    use narun_wire::names::{TIMEOUT_MS, timeout_ms_value};
+    headers.insert(TIMEOUT_MS, timeout_ms_value(target.timeout));
     let request = async_nats::Request::new()
         .payload(payload)
         .headers(headers)

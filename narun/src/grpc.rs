@@ -52,7 +52,7 @@ use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use narun_wire::micro::{self, Service};
-use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS_HEADER, parse_timeout_ms};
+use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS, parse_timeout_ms};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
@@ -313,7 +313,7 @@ where
     // deadline (it drops this future); `grpc-timeout` alone (a NATS caller
     // other than the gateway) bounds the handler here and is answered.
     let deadline = if headers
-        .get(TIMEOUT_MS_HEADER)
+        .get(TIMEOUT_MS)
         .and_then(|v| parse_timeout_ms(v.as_str()))
         .is_some()
     {

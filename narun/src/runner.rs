@@ -21,7 +21,7 @@
 use crate::{Error, Options, STAT_DEADLINE_EXCEEDED, STAT_NO_REPLY, notify};
 use futures_util::StreamExt;
 use narun_wire::micro::{self, Endpoint, EndpointConfig, Service, ServiceConfig};
-use narun_wire::names::{TIMEOUT_MS_HEADER, parse_timeout_ms};
+use narun_wire::names::{TIMEOUT_MS, TIMEOUT_MS_HEADER, parse_timeout_ms};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -142,7 +142,7 @@ impl Gate {
             .message
             .headers
             .as_ref()
-            .and_then(|h| h.get(TIMEOUT_MS_HEADER))
+            .and_then(|h| h.get(TIMEOUT_MS))
             .and_then(|v| {
                 let budget = parse_timeout_ms(v.as_str());
                 if budget.is_none() {

@@ -102,6 +102,11 @@ pub const BHTTP_CONTENT_TYPE: &str = "application/bhttp";
 /// gateway's and the app's clocks need not agree (see docs/protocol.md).
 pub const TIMEOUT_MS_HEADER: &str = "Narun-Timeout-Ms";
 
+/// [`TIMEOUT_MS_HEADER`] as a NATS header name, built at compile time (looking a
+/// header up or setting it by `&str` validates and copies the name every time).
+pub const TIMEOUT_MS: async_nats::HeaderName =
+    async_nats::HeaderName::from_static(TIMEOUT_MS_HEADER);
+
 /// Largest accepted [`TIMEOUT_MS_HEADER`] value: 9 digits, about 11.5 days.
 pub const MAX_TIMEOUT_MS: u64 = 999_999_999;
 
@@ -201,6 +206,9 @@ mod node_id_tests {
             parse_timeout_ms(&timeout_ms_value(Duration::from_secs(10))),
             Some(Duration::from_secs(10))
         );
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(TIMEOUT_MS_HEADER, "5");
+        assert_eq!(h.get(TIMEOUT_MS).map(|v| v.as_str()), Some("5"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use narun_wire::grpc::header;
-use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS_HEADER, timeout_ms_value};
+use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS, timeout_ms_value};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -147,7 +147,7 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
         header::TIMEOUT,
         format!("{}m", left.as_millis().clamp(1, 99_999_999)).as_str(),
     );
-    nh.insert(TIMEOUT_MS_HEADER, timeout_ms_value(left));
+    nh.insert(TIMEOUT_MS, timeout_ms_value(left));
     let sub = state.inbox.register();
     if let Err(e) = state
         .client
