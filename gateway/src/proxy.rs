@@ -279,8 +279,11 @@ async fn send(
     state: &Shared,
     target: &Target,
     payload: Bytes,
-    headers: async_nats::HeaderMap,
+    mut headers: async_nats::HeaderMap,
 ) -> Result<async_nats::Message, GwError> {
+    // The deadline travels with the request (replacing one a raw-mode client sent).
+    use narun_wire::names::{TIMEOUT_MS, timeout_ms_value};
+    headers.insert(TIMEOUT_MS, timeout_ms_value(target.timeout));
     let request = async_nats::Request::new()
         .payload(payload)
         .headers(headers)

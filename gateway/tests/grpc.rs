@@ -548,6 +548,168 @@ async fn go_style_consumer_behind_gateway() {
     s.stop().await;
 }
 
+/// Metadata both ways through the gateway: ASCII and `-bin` request metadata
+/// reach the app; the app's response headers, trailers-only error metadata and
+/// stream trailers (ASCII and `-bin`) reach the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_passes_through_both_ways() {
+    use tonic::metadata::MetadataValue;
+    let s = Setup::start().await;
+    let mut c = GreeterClient::new(s.channel().await);
+
+    let bin = [0x00, 0x01, 0x02, 0xfe, 0xff];
+    let mut req = tonic::Request::new(hello("meta"));
+    req.metadata_mut()
+        .insert("x-echo", "abc-123".parse().unwrap());
+    req.metadata_mut()
+        .insert_bin("x-echo-bin", MetadataValue::from_bytes(&bin));
+    let r = c.say_hello(req).await.expect("SayHello with metadata");
+    assert_eq!(r.metadata().get("x-echo").unwrap(), "abc-123");
+    let echoed = r.metadata().get_bin("x-echo-bin").expect("x-echo-bin");
+    assert_eq!(echoed.to_bytes().unwrap().as_ref(), bin);
+    assert_eq!(
+        r.metadata().get("content-type").unwrap(),
+        "application/grpc"
+    );
+    assert_eq!(r.into_inner().message, "Hello, meta [x-echo=abc-123]");
+
+    // An error with metadata (trailers-only): status and metadata.
+    let e = c.say_hello(hello("meta-error")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.message(), "with metadata");
+    assert_eq!(e.metadata().get("x-error-detail").unwrap(), "precondition");
+    let b = e.metadata().get_bin("x-error-bin").expect("x-error-bin");
+    assert_eq!(b.to_bytes().unwrap().as_ref(), [0x00, 0x01, 0x02, 0xff]);
+
+    // A stream: response header with the first message, trailers after it.
+    let resp = c.say_hellos(hello("fail")).await.expect("SayHellos");
+    assert_eq!(resp.metadata().get("x-stream").unwrap(), "failing");
+    let mut st = resp.into_inner();
+    assert_eq!(st.next().await.unwrap().unwrap().message, "Hello #0, fail");
+    let e = st.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    assert_eq!(e.metadata().get("x-trailer").unwrap(), "stream-failed");
+    let b = e
+        .metadata()
+        .get_bin("x-trailer-bin")
+        .expect("x-trailer-bin");
+    assert_eq!(b.to_bytes().unwrap().as_ref(), [0xde, 0xad, 0xbe, 0xef]);
+    s.stop().await;
+}
+
+/// A responder speaking the narun stream framing that puts protocol headers
+/// among its metadata (`content-type`, `grpc-status`, `grpc-message`,
+/// `grpc-encoding`, `te`, `narun-*`): the client gets the real status and
+/// framing, and only the metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_metadata_cannot_forge_the_status_or_the_framing() {
+    let s = Setup::start_with(false).await;
+    let nc = s.nats.connect().await;
+    let mut sub = nc.queue_subscribe("go-consumer", "q".into()).await.unwrap();
+    let rc = nc.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply.clone() else {
+                continue;
+            };
+            let mut h = async_nats::HeaderMap::new();
+            for (n, v) in [
+                ("Narun-Grpc-Seq", "0"),
+                ("content-type", "text/html"),
+                ("grpc-encoding", "gzip"),
+                ("grpc-status", "0"),
+                ("Narun-Timeout-Ms", "1"),
+                ("x-head", "yes"),
+            ] {
+                h.insert(n, v);
+            }
+            let _ = rc
+                .publish_with_headers(reply.clone(), h, Bytes::from_static(b"\x0a\x02hi"))
+                .await;
+            let mut h = async_nats::HeaderMap::new();
+            for (n, v) in [
+                ("Narun-Grpc-Status", "9"),
+                ("Narun-Grpc-Message", "the real status"),
+                ("grpc-status", "0"),
+                ("grpc-message", "forged"),
+                ("te", "gzip"),
+                ("x-tail", "t"),
+            ] {
+                h.insert(n, v);
+            }
+            let _ = rc.publish_with_headers(reply, h, Bytes::new()).await;
+        }
+    });
+    narun_test_support::synced(&nc).await;
+    let mut raw = tonic::client::Grpc::new(s.channel().await);
+    raw.ready().await.unwrap();
+    let resp = raw
+        .server_streaming::<Bytes, Bytes, _>(
+            tonic::Request::new(Bytes::new()),
+            http::uri::PathAndQuery::from_static("/legacy.v1.Go/Forge"),
+            RawCodec,
+        )
+        .await
+        .expect("response headers");
+    let head = resp.metadata();
+    assert_eq!(head.get("x-head").unwrap(), "yes");
+    assert_eq!(head.get("content-type").unwrap(), "application/grpc");
+    for gone in [
+        "grpc-encoding",
+        "grpc-status",
+        "narun-timeout-ms",
+        "narun-grpc-seq",
+    ] {
+        assert!(head.get(gone).is_none(), "{gone} in {head:?}");
+    }
+    let mut st = resp.into_inner();
+    assert_eq!(
+        st.message().await.expect("the message"),
+        Some(Bytes::from_static(b"\x0a\x02hi"))
+    );
+    let e = st.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(e.message(), "the real status");
+    assert_eq!(e.metadata().get("x-tail").unwrap(), "t");
+    for gone in ["te", "narun-grpc-status"] {
+        assert!(e.metadata().get(gone).is_none(), "{gone} in {e:?}");
+    }
+    s.stop().await;
+}
+
+/// A client `grpc-timeout` shorter than the route timeout (5 s) is the
+/// deadline the app gets: its handler (sleeping 3 s) is dropped at 300 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_handler_is_dropped_at_the_clients_shorter_deadline() {
+    let s = Setup::start().await;
+    let mut c = GreeterClient::new(s.channel().await);
+    let mut req = tonic::Request::new(hello("sleep:3000"));
+    req.metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let sent = Instant::now();
+    let e = c.say_hello(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    let app = s.app.as_ref().unwrap();
+    // Bounded below the 3 s the handler would take to finish by itself.
+    wait_for(
+        "the app to drop the handler at the client's deadline",
+        Duration::from_millis(2500),
+        || {
+            let n = app.service().stats().endpoints[0].data[narun::STAT_DEADLINE_EXCEEDED].as_u64();
+            async move { (n == Some(1)).then_some(()) }
+        },
+    )
+    .await;
+    assert!(sent.elapsed() < Duration::from_secs(3));
+    // Still serving.
+    let r = c.say_hello(hello("after")).await.expect("SayHello");
+    assert_eq!(r.into_inner().message, "Hello, after");
+    s.stop().await;
+}
+
 const PY_CLIENT: &str = r#"
 import json, sys
 out, addr = sys.argv[1], sys.argv[2]

@@ -25,6 +25,15 @@
 //!   carries server-streaming methods; unary methods use it too (one message +
 //!   status). See `docs/grpc.md` for the full framing.
 //!
+//! Response metadata (stream framing only): the server's response headers
+//! travel as NATS headers of the first message published (message 0, or the
+//! status message when no message precedes it), its trailers as NATS headers of
+//! the status message — except the names
+//! [`narun_wire::grpc::is_reserved_response_header`] keeps for the protocol
+//! (`content-type`, `grpc-status`, `grpc-message`, other `grpc-*` but
+//! `grpc-status-details-bin`, hop-by-hop, `nats-*`, `narun-*`). `-bin` values
+//! stay base64, as HTTP/2 carries them.
+//!
 //! ```no_run
 //! # #[cfg(any())] mod pb { }
 //! # async fn demo<S>(greeter: S) -> Result<(), narun::Error>
@@ -43,7 +52,7 @@ use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use narun_wire::micro::{self, Service};
-use narun_wire::names::GRPC_METHOD_HEADER;
+use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS, parse_timeout_ms};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
@@ -138,7 +147,41 @@ fn is_transport_header(name: &str) -> bool {
         || matches!(n.as_str(), header::ENCODING | header::ACCEPT_ENCODING)
 }
 
-use narun_wire::grpc::{header, parse_grpc_timeout, percent_decode, percent_encode};
+use narun_wire::grpc::{
+    header, is_reserved_response_header, parse_grpc_timeout, percent_decode, percent_encode,
+};
+
+/// A gRPC server's response headers or trailers as NATS headers: the metadata
+/// an app may send (names lower case, as HTTP/2 has them), without the reserved
+/// names; names or values NATS cannot carry are left out.
+fn response_metadata(h: &http::HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in h {
+        if is_reserved_response_header(name.as_str()) {
+            continue;
+        }
+        let (Ok(n), Some(v)) = (
+            async_nats::HeaderName::from_str(name.as_str()),
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| async_nats::HeaderValue::from_str(v).ok()),
+        ) else {
+            continue;
+        };
+        out.append(n, v);
+    }
+    out
+}
+
+/// Add every value of `from` to `to`.
+fn append_all(to: &mut HeaderMap, from: HeaderMap) {
+    for (name, values) in from.iter() {
+        for v in values {
+            to.append(name.clone(), v.clone());
+        }
+    }
+}
 
 /// Split complete gRPC messages off the front of `buf`.
 fn take_messages(buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Result<(), &'static str> {
@@ -167,6 +210,11 @@ struct Replier {
     seq: u64,
     /// Unary mode: the first response message.
     first: Option<Bytes>,
+    /// Stream mode: response header metadata not yet sent (it goes with the
+    /// first message published).
+    head: Option<HeaderMap>,
+    /// Stream mode: trailer metadata, sent with the status.
+    trailers: Option<HeaderMap>,
 }
 
 impl Replier {
@@ -192,7 +240,7 @@ impl Replier {
         let Some(reply) = self.reply.clone() else {
             return Ok(());
         };
-        let mut h = HeaderMap::new();
+        let mut h = self.head.take().unwrap_or_default();
         h.insert(SEQ_HEADER, self.seq.to_string().as_str());
         self.seq += 1;
         if let Err(e) = self.client.publish_with_headers(reply, h, m).await {
@@ -201,9 +249,14 @@ impl Replier {
         Ok(())
     }
 
-    async fn finish(self, code: u16, message: &str) {
+    async fn finish(mut self, code: u16, message: &str) {
         let r = if self.stream {
-            let mut h = HeaderMap::new();
+            // Header metadata not sent yet (no message was): the gateway answers
+            // trailers-only, one block with headers and trailers.
+            let mut h = self.head.take().unwrap_or_default();
+            if let Some(t) = self.trailers.take() {
+                append_all(&mut h, t);
+            }
             h.insert(STATUS_HEADER, code.to_string().as_str());
             if code != code::OK {
                 h.insert(MESSAGE_HEADER, percent_encode(message).as_str());
@@ -256,9 +309,20 @@ where
     let stream = headers
         .get(STREAM_HEADER)
         .is_some_and(|v| v.as_str().trim() == "1");
-    let deadline = headers
-        .get(header::TIMEOUT)
-        .and_then(|v| parse_grpc_timeout(v.as_str()));
+    // With the caller's `Narun-Timeout-Ms` the serving loop enforces the
+    // deadline (it drops this future); `grpc-timeout` alone (a NATS caller
+    // other than the gateway) bounds the handler here and is answered.
+    let deadline = if headers
+        .get(TIMEOUT_MS)
+        .and_then(|v| parse_timeout_ms(v.as_str()))
+        .is_some()
+    {
+        None
+    } else {
+        headers
+            .get(header::TIMEOUT)
+            .and_then(|v| parse_grpc_timeout(v.as_str()))
+    };
 
     // The HTTP/2-style request a gRPC server expects.
     let mut builder = Request::builder()
@@ -293,6 +357,8 @@ where
         stream,
         seq: 0,
         first: None,
+        head: None,
+        trailers: None,
     };
     let http_request = match builder.body(Full::new(framed.freeze())) {
         Ok(r) => r,
@@ -308,6 +374,9 @@ where
         let (parts, body) = response.into_parts();
         let mut body = std::pin::pin!(body);
         let header_status = status_of(&parts.headers);
+        if replier.stream {
+            replier.head = Some(response_metadata(&parts.headers));
+        }
         let mut buf = BytesMut::new();
         let mut messages = Vec::new();
         let mut trailer_status = None;
@@ -330,6 +399,9 @@ where
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
                         trailer_status = status_of(&t);
+                        if replier.stream {
+                            replier.trailers = Some(response_metadata(&t));
+                        }
                     }
                 }
             }
@@ -403,5 +475,38 @@ mod tests {
         assert_eq!(buf.len(), 2, "incomplete frame stays buffered");
         let mut c = BytesMut::from(&[1u8, 0, 0, 0, 0][..]);
         assert!(take_messages(&mut c, &mut out).is_err());
+    }
+
+    #[test]
+    fn response_metadata_keeps_metadata_and_drops_protocol_headers() {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "application/grpc"),
+            ("grpc-status", "0"),
+            ("grpc-message", "fine"),
+            ("grpc-encoding", "gzip"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("nats-service-error-code", "500"),
+            ("narun-grpc-status", "0"),
+            ("narun-timeout-ms", "1"),
+            ("x-custom", "one"),
+            ("x-custom", "two"),
+            ("x-trace-bin", "AAEC"),
+            ("grpc-status-details-bin", "CAM"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h.append("x-opaque", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        let m = response_metadata(&h);
+        let mut names: Vec<String> = m.iter().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["grpc-status-details-bin", "x-custom", "x-trace-bin"]
+        );
+        let custom: Vec<&str> = m.get_all("x-custom").map(|v| v.as_str()).collect();
+        assert_eq!(custom, ["one", "two"]);
+        assert_eq!(m.get("x-trace-bin").unwrap().as_str(), "AAEC");
     }
 }

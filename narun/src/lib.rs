@@ -28,6 +28,19 @@
 //!   Binary HTTP response ([`narun_wire::bhttp`]);
 //! * requests are handled **concurrently**, up to [`Options::max_inflight`] at
 //!   a time (Go handles one at a time per process);
+//! * a request without a reply subject is refused before it takes one of those
+//!   slots (nobody could read the answer), counted as an endpoint error and in
+//!   the endpoint's `data` under [`STAT_NO_REPLY`], and logged at most every
+//!   10 s;
+//! * the gateway's deadline travels with the request (NATS header
+//!   `Narun-Timeout-Ms`, [`narun_wire::names::TIMEOUT_MS_HEADER`]): when it
+//!   passes, the handler future is dropped — cancelled wherever it waits — and
+//!   its slot is free again; nothing is answered (the caller has given up). A
+//!   request that waited for a slot until its deadline never runs. Both count
+//!   as an endpoint error and under [`STAT_DEADLINE_EXCEEDED`]. Requests
+//!   without the header (Go's gateway, plain NATS callers) run until their
+//!   handler finishes. A dropped handler stops at an `.await`: work that must
+//!   not stop halfway belongs in a transaction or a spawned task;
 //! * a handler error or panic becomes a `500`; a payload that is not BHTTP gets an
 //!   ADR-32 error reply (`Nats-Service-Error-Code: 400`), never a crash;
 //! * on SIGTERM/SIGINT the endpoint stops taking requests, in-flight requests
@@ -66,6 +79,16 @@ use std::time::Duration;
 
 /// Endpoint name of HTTP services (Go compatible).
 pub const HTTP_ENDPOINT: &str = "handler";
+
+/// Endpoint counter (ADR-32 endpoint `data`, shown by `$SRV.STATS`): requests
+/// refused because they had no reply subject. Each also counts as an error
+/// (`400`) in the endpoint's `num_errors`.
+pub const STAT_NO_REPLY: &str = "no_reply";
+
+/// Endpoint counter (ADR-32 endpoint `data`): requests dropped unanswered because
+/// the caller's deadline (`Narun-Timeout-Ms`) passed, while waiting for a slot or
+/// while the handler ran. Each also counts as an error (`504`) in `num_errors`.
+pub const STAT_DEADLINE_EXCEEDED: &str = "deadline_exceeded";
 
 /// Errors that stop a service.
 #[derive(Debug, thiserror::Error)]

@@ -1,14 +1,34 @@
 //! The serving loop shared by HTTP ([`crate::Server`]) and gRPC services: one
 //! ADR-32 endpoint, requests handled concurrently up to `max_inflight`, and a
 //! graceful stop that drains the subscription and waits for in-flight requests.
+//!
+//! Before a request takes one of the `max_inflight` slots it is *admitted*:
+//!
+//! * a request without a reply subject is refused at once: nobody could read its
+//!   answer, and a flood of them must not keep the slots from callers who wait.
+//!   It is counted as an endpoint error (`400`) and under [`crate::STAT_NO_REPLY`],
+//!   and logged at most once per [`LOG_EVERY`] with the number it stands for;
+//! * a request carrying the caller's deadline ([`TIMEOUT_MS_HEADER`], set by the
+//!   narun gateway) gets its deadline: the budget counted from when the request
+//!   is taken off the subscription. If no slot frees up before it, the request
+//!   never runs; if the handler is still running when it passes, its future is
+//!   dropped (cancelled) and the slot is free again. Nothing is answered — the
+//!   caller has given up — and the request is counted as an endpoint error
+//!   (`504`) and under [`crate::STAT_DEADLINE_EXCEEDED`]. A request without the
+//!   header (or with a malformed value) runs until its handler finishes, as
+//!   before.
 
-use crate::{Error, Options, notify};
+use crate::{Error, Options, STAT_DEADLINE_EXCEEDED, STAT_NO_REPLY, notify};
 use futures_util::StreamExt;
 use narun_wire::micro::{self, Endpoint, EndpointConfig, Service, ServiceConfig};
+use narun_wire::names::{TIMEOUT_MS, TIMEOUT_MS_HEADER, parse_timeout_ms};
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Refusals and dropped handlers are logged at most this often.
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A running endpoint. [`Running::shutdown`] stops it gracefully.
 pub(crate) struct Running {
@@ -63,6 +83,110 @@ impl Running {
     }
 }
 
+/// A warning logged at most once per [`LOG_EVERY`], saying how many events it
+/// stands for, so that a flood of bad requests cannot flood the log.
+struct Throttled {
+    service: String,
+    message: &'static str,
+    /// When it was last logged, and the events since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttled {
+    fn new(service: &str, message: &'static str) -> Arc<Throttled> {
+        Arc::new(Throttled {
+            service: service.to_owned(),
+            message,
+            state: Mutex::new((None, 0)),
+        })
+    }
+
+    fn hit(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += 1;
+        let now = Instant::now();
+        if state.0.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            tracing::warn!(service = %self.service, count = state.1, "{}", self.message);
+            *state = (Some(now), 0);
+        }
+    }
+}
+
+/// A request that may take a slot, and when its caller stops waiting.
+struct Admitted {
+    request: micro::Request,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Admission and accounting of requests (see the module docs).
+struct Gate {
+    limit: Arc<Semaphore>,
+    no_reply: Arc<Throttled>,
+    expired: Arc<Throttled>,
+}
+
+impl Gate {
+    /// Refuse a request without a reply subject; give the others their deadline.
+    fn admit(&self, request: micro::Request) -> Option<Admitted> {
+        if request.message.reply.is_none() {
+            let stats = request.stats();
+            stats.record(
+                request.received().elapsed(),
+                Some(("400", "request without a reply subject refused")),
+            );
+            stats.count(STAT_NO_REPLY);
+            self.no_reply.hit();
+            return None;
+        }
+        let deadline = request
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(TIMEOUT_MS))
+            .and_then(|v| {
+                let budget = parse_timeout_ms(v.as_str());
+                if budget.is_none() {
+                    tracing::debug!(
+                        value = v.as_str(),
+                        "ignoring a malformed {TIMEOUT_MS_HEADER} header"
+                    );
+                }
+                budget
+            })
+            .and_then(|budget| {
+                tokio::time::Instant::from_std(request.received()).checked_add(budget)
+            });
+        Some(Admitted { request, deadline })
+    }
+
+    /// A slot for `a`, or `None` (and `a` counted as expired) when its deadline
+    /// passes first.
+    async fn slot(&self, a: &Admitted) -> Option<OwnedSemaphorePermit> {
+        let acquire = self.limit.clone().acquire_owned();
+        let permit = match a.deadline {
+            None => Some(acquire.await),
+            Some(d) if d <= tokio::time::Instant::now() => None,
+            Some(d) => tokio::time::timeout_at(d, acquire).await.ok(),
+        };
+        match permit {
+            Some(p) => Some(p.expect("semaphore is never closed")),
+            None => {
+                expired(&self.expired, a.request.stats(), a.request.received());
+                None
+            }
+        }
+    }
+}
+
+fn expired(log: &Throttled, stats: &micro::EndpointStats, received: Instant) {
+    stats.record(
+        received.elapsed(),
+        Some(("504", "deadline passed: request dropped unanswered")),
+    );
+    stats.count(STAT_DEADLINE_EXCEEDED);
+    log.hit();
+}
+
 async fn run<H, Fut>(
     client: async_nats::Client,
     mut endpoint: Endpoint,
@@ -75,23 +199,42 @@ async fn run<H, Fut>(
     H: Fn(async_nats::Client, micro::Request) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(opts.max_inflight));
+    let gate = Gate {
+        limit: Arc::new(Semaphore::new(opts.max_inflight)),
+        no_reply: Throttled::new(
+            &opts.name,
+            "refused requests without a reply subject (count since the last report)",
+        ),
+        expired: Throttled::new(
+            &opts.name,
+            "dropped requests whose caller's deadline passed (count since the last report)",
+        ),
+    };
     let spawn = {
-        let (client, handler) = (client.clone(), handler.clone());
-        move |request: micro::Request, permit: tokio::sync::OwnedSemaphorePermit| {
-            let fut = handler(client.clone(), request);
+        let (client, handler, log) = (client.clone(), handler.clone(), gate.expired.clone());
+        move |a: Admitted, permit: OwnedSemaphorePermit| {
+            let (stats, received) = (a.request.stats().clone(), a.request.received());
+            let fut = handler(client.clone(), a.request);
+            let log = log.clone();
             tokio::spawn(async move {
-                fut.await;
+                match a.deadline {
+                    None => fut.await,
+                    Some(d) => {
+                        // Past the deadline the handler future is dropped: that
+                        // cancels it wherever it waits.
+                        if tokio::time::timeout_at(d, fut).await.is_err() {
+                            expired(&log, &stats, received);
+                        }
+                    }
+                }
                 drop(permit);
             });
         }
     };
-    // Serve until told to stop (or the subscription ends).
+    // Serve until told to stop (or the subscription ends). A request taken off
+    // the subscription while waiting for a slot is kept for the drain below.
+    let mut held = None;
     loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
         let request = tokio::select! {
             _ = &mut stop => break,
             r = endpoint.next() => match r {
@@ -99,7 +242,20 @@ async fn run<H, Fut>(
                 None => break,
             },
         };
-        spawn(request, permit);
+        let Some(admitted) = gate.admit(request) else {
+            continue;
+        };
+        tokio::select! {
+            _ = &mut stop => {
+                held = Some(admitted);
+                break;
+            }
+            permit = gate.slot(&admitted) => {
+                if let Some(permit) = permit {
+                    spawn(admitted, permit);
+                }
+            }
+        }
     }
     // Graceful stop: no new requests, but those already delivered to us are
     // served; then wait for everything in flight.
@@ -109,6 +265,11 @@ async fn run<H, Fut>(
     let all = u32::try_from(opts.max_inflight).unwrap_or(u32::MAX);
     let drain_client = client.clone();
     let drain = async move {
+        if let Some(admitted) = held
+            && let Some(permit) = gate.slot(&admitted).await
+        {
+            spawn(admitted, permit);
+        }
         // The drain completes when the server confirms the unsubscribe. While
         // NATS is unreachable that never happens (and nothing new can arrive),
         // so stop waiting for it as soon as the connection is down.
@@ -118,8 +279,11 @@ async fn run<H, Fut>(
             tokio::select! {
                 next = endpoint.next() => match next {
                     Some(request) => {
-                        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
-                        spawn(request, permit);
+                        if let Some(admitted) = gate.admit(request)
+                            && let Some(permit) = gate.slot(&admitted).await
+                        {
+                            spawn(admitted, permit);
+                        }
                     }
                     None => break,
                 },
@@ -130,7 +294,7 @@ async fn run<H, Fut>(
                 }
             }
         }
-        let _ = limit.acquire_many(all).await;
+        let _ = gate.limit.acquire_many(all).await;
     };
     if tokio::time::timeout(opts.shutdown_timeout, drain)
         .await
@@ -144,4 +308,25 @@ async fn run<H, Fut>(
     }
     drop(watchdog);
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttled_logs_once_per_period_and_counts_the_rest() {
+        let t = Throttled::new("svc", "events");
+        t.hit();
+        let first = t.state.lock().unwrap().0.expect("logged at once");
+        for _ in 0..299 {
+            t.hit();
+        }
+        let state = *t.state.lock().unwrap();
+        assert_eq!(
+            state,
+            (Some(first), 299),
+            "299 hits wait for the next report"
+        );
+    }
 }

@@ -22,14 +22,16 @@ pub mod header {
     pub const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
     /// [`crate::names::GRPC_METHOD_HEADER`] in lower case.
     pub const ORIGINAL_METHOD: &str = "x-original-grpc-method";
+    /// The rich error details (`google.rpc.Status`), metadata an app may send.
+    pub const STATUS_DETAILS: &str = "grpc-status-details-bin";
 }
 
-/// Headers that describe a transport — the HTTP/2 connection, NATS, narun's own gRPC
-/// framing — rather than call metadata; neither the gateway nor the app library passes
-/// them on as metadata. `lower_name` must be lower case.
+/// Headers that describe a transport — the HTTP/2 connection, NATS, narun's own
+/// framing and deadline (`narun-*`) — rather than call metadata; neither the gateway
+/// nor the app library passes them on as metadata. `lower_name` must be lower case.
 pub fn is_transport_header(lower_name: &str) -> bool {
     lower_name.starts_with("nats-")
-        || lower_name.starts_with("narun-grpc-")
+        || lower_name.starts_with("narun-")
         || matches!(
             lower_name,
             header::ORIGINAL_METHOD
@@ -42,6 +44,19 @@ pub fn is_transport_header(lower_name: &str) -> bool {
                 | "transfer-encoding"
                 | "upgrade"
         )
+}
+
+/// Response header and trailer names an app's gRPC server may not send to the
+/// client (the app library does not forward them, the gateway drops them): the
+/// transport names of [`is_transport_header`], HTTP/2 pseudo-headers and hop-by-hop
+/// headers, and gRPC's own protocol headers — the gateway writes `grpc-status` and
+/// `grpc-message` from the call's status, and a `grpc-encoding` would misdescribe the
+/// frames it builds — except [`header::STATUS_DETAILS`]. `lower_name` must be lower case.
+pub fn is_reserved_response_header(lower_name: &str) -> bool {
+    is_transport_header(lower_name)
+        || lower_name.starts_with(':')
+        || (lower_name.starts_with("grpc-") && lower_name != header::STATUS_DETAILS)
+        || crate::bhttp::HOP_BY_HOP.contains(&lower_name)
 }
 
 /// Parse a `grpc-timeout` value: 1 to 8 ASCII digits and a unit
@@ -117,6 +132,39 @@ mod tests {
         assert_eq!(parse_grpc_timeout("+5S"), None);
         assert_eq!(parse_grpc_timeout("1234567890S"), None);
         assert_eq!(parse_grpc_timeout("5x"), None);
+    }
+
+    #[test]
+    fn reserved_response_headers() {
+        for name in [
+            "content-type",
+            "content-length",
+            "grpc-status",
+            "grpc-message",
+            "grpc-encoding",
+            "grpc-accept-encoding",
+            "grpc-timeout",
+            ":status",
+            "te",
+            "trailer",
+            "connection",
+            "transfer-encoding",
+            "nats-service-error-code",
+            "narun-grpc-status",
+            "narun-timeout-ms",
+            "x-original-grpc-method",
+        ] {
+            assert!(is_reserved_response_header(name), "{name}");
+        }
+        for name in [
+            "x-custom",
+            "x-trace-bin",
+            "grpc-status-details-bin",
+            "set-cookie",
+        ] {
+            assert!(!is_reserved_response_header(name), "{name}");
+        }
+        assert!(is_transport_header("narun-timeout-ms"));
     }
 
     #[test]

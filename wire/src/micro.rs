@@ -166,6 +166,9 @@ pub struct EndpointStats {
     errors: AtomicU64,
     processing_ns: AtomicU64,
     last_error: Mutex<String>,
+    /// Named counters of the endpoint's own ([`EndpointStats::count`]), published as
+    /// the ADR-32 endpoint `data` object.
+    counters: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl EndpointStats {
@@ -191,11 +194,40 @@ impl EndpointStats {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// Add one to the named counter `name`; the counters appear as the endpoint's
+    /// `data` in `$SRV.STATS` (`{"no_reply": 3}`), which `nats micro stats --json`
+    /// and `nats micro info` show. Meant for rare events, not every request.
+    pub fn count(&self, name: &'static str) {
+        *self.counters.lock().unwrap().entry(name).or_default() += 1;
+    }
+
+    /// The named counter `name` (0 when never counted).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters
+            .lock()
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The named counters as the ADR-32 `data` object (`{}` when there are none).
+    fn data(&self) -> serde_json::Value {
+        let counters = self.counters.lock().unwrap();
+        serde_json::Value::Object(
+            counters
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect(),
+        )
+    }
+
     fn reset(&self) {
         self.requests.store(0, Ordering::Relaxed);
         self.errors.store(0, Ordering::Relaxed);
         self.processing_ns.store(0, Ordering::Relaxed);
         self.last_error.lock().unwrap().clear();
+        self.counters.lock().unwrap().clear();
     }
 }
 
@@ -420,7 +452,7 @@ impl Service {
                     last_error: e.stats.last_error.lock().unwrap().clone(),
                     processing_time: total,
                     average_processing_time: total.checked_div(requests).unwrap_or(0),
-                    data: serde_json::Value::Object(Default::default()),
+                    data: e.stats.data(),
                 }
             })
             .collect();
@@ -480,6 +512,19 @@ pub struct Endpoint {
     subscriber: Subscriber,
     client: Client,
     stats: Arc<EndpointStats>,
+}
+
+impl Request {
+    /// When the endpoint took this request off its subscription.
+    pub fn received(&self) -> Instant {
+        self.received
+    }
+
+    /// This request's endpoint counters (to record the fate of a request that is
+    /// never answered, e.g. one dropped at its deadline).
+    pub fn stats(&self) -> &Arc<EndpointStats> {
+        &self.stats
+    }
 }
 
 impl Endpoint {
@@ -685,6 +730,23 @@ mod tests {
         for v in ["1.2", "01.2.3", "1.2.3-", "1.2.3+", "v1.2.3", "1.2.x", ""] {
             assert!(!valid_semver(v), "{v}");
         }
+    }
+
+    #[test]
+    fn named_counters_are_the_endpoint_data() {
+        let stats = EndpointStats::default();
+        assert_eq!(stats.data(), serde_json::json!({}));
+        stats.count("no_reply");
+        stats.count("no_reply");
+        stats.count("deadline_exceeded");
+        assert_eq!(stats.counter("no_reply"), 2);
+        assert_eq!(stats.counter("other"), 0);
+        assert_eq!(
+            stats.data(),
+            serde_json::json!({"deadline_exceeded": 1, "no_reply": 2})
+        );
+        stats.reset();
+        assert_eq!(stats.data(), serde_json::json!({}));
     }
 
     #[test]

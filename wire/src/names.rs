@@ -95,6 +95,38 @@ pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 /// Content type the gateway sets on BHTTP requests (the Go consumer ignores it).
 pub const BHTTP_CONTENT_TYPE: &str = "application/bhttp";
 
+/// NATS request header: the time the caller still waits for the answer, in whole
+/// milliseconds, counted from when the request was sent (a narun addition; Go peers
+/// neither send nor read it). The gateway sets it on every request; the `narun` app
+/// library drops the handler once it has passed. Relative, not a clock time, so the
+/// gateway's and the app's clocks need not agree (see docs/protocol.md).
+pub const TIMEOUT_MS_HEADER: &str = "Narun-Timeout-Ms";
+
+/// [`TIMEOUT_MS_HEADER`] as a NATS header name, built at compile time (looking a
+/// header up or setting it by `&str` validates and copies the name every time).
+pub const TIMEOUT_MS: async_nats::HeaderName =
+    async_nats::HeaderName::from_static(TIMEOUT_MS_HEADER);
+
+/// Largest accepted [`TIMEOUT_MS_HEADER`] value: 9 digits, about 11.5 days.
+pub const MAX_TIMEOUT_MS: u64 = 999_999_999;
+
+/// Parse a [`TIMEOUT_MS_HEADER`] value: 1 to 9 ASCII digits (surrounding blanks
+/// allowed), `0` meaning the time is already up. Anything else is `None`, and the
+/// request is treated as carrying no deadline.
+pub fn parse_timeout_ms(v: &str) -> Option<std::time::Duration> {
+    let v = v.trim();
+    if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok().map(std::time::Duration::from_millis)
+}
+
+/// The [`TIMEOUT_MS_HEADER`] value for a remaining budget: whole milliseconds,
+/// rounded down, within `0..=`[`MAX_TIMEOUT_MS`].
+pub fn timeout_ms_value(left: std::time::Duration) -> String {
+    left.as_millis().min(u128::from(MAX_TIMEOUT_MS)).to_string()
+}
+
 /// Environment variables narund sets for every app instance (Go compatible
 /// names), read by the `narun` library.
 pub mod env {
@@ -155,6 +187,29 @@ pub fn node_id_problem(id: &str) -> Option<String> {
 #[cfg(test)]
 mod node_id_tests {
     use super::*;
+
+    #[test]
+    fn timeout_ms_values() {
+        use std::time::Duration;
+        assert_eq!(parse_timeout_ms("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout_ms(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_timeout_ms("999999999"),
+            Some(Duration::from_millis(MAX_TIMEOUT_MS))
+        );
+        for bad in ["", " ", "-1", "+5", "1.5", "5s", "1e3", "1000000000", "١٢"] {
+            assert_eq!(parse_timeout_ms(bad), None, "{bad:?}");
+        }
+        assert_eq!(timeout_ms_value(Duration::from_micros(2500)), "2");
+        assert_eq!(timeout_ms_value(Duration::from_secs(u64::MAX)), "999999999");
+        assert_eq!(
+            parse_timeout_ms(&timeout_ms_value(Duration::from_secs(10))),
+            Some(Duration::from_secs(10))
+        );
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(TIMEOUT_MS_HEADER, "5");
+        assert_eq!(h.get(TIMEOUT_MS).map(|v| v.as_str()), Some("5"));
+    }
 
     #[test]
     fn node_ids() {

@@ -6,19 +6,26 @@
 //!
 //! Behaviour (the tests rely on it):
 //! * `SayHello{name}` → `"Hello, <name>"`; when the call carries metadata
-//!   `x-echo`, its value is appended as `" [x-echo=<value>]"`;
+//!   `x-echo`, its value is appended as `" [x-echo=<value>]"` and sent back as
+//!   response header `x-echo`; binary metadata `x-echo-bin` comes back as
+//!   response header `x-echo-bin` (same bytes);
 //! * name `""` → `INVALID_ARGUMENT "name must not be empty"`;
+//! * name `meta-error` → `FAILED_PRECONDITION "with metadata"` carrying
+//!   metadata `x-error-detail: precondition` and `x-error-bin: 00 01 02 ff`;
 //! * name `sleep:<ms>` → waits that long before answering;
 //! * name `panic` → the handler panics (the library answers INTERNAL);
 //! * name `big:<n>` → a reply whose message is `n` bytes of `x` (used to hit
 //!   the NATS `max_payload`);
 //! * `SayHellos{name}` → 3 replies `"Hello #<i>, <name>"` (`i` = 0, 1, 2), or
-//!   `count:<n>` → n replies; name `fail` → one reply then `ABORTED "stream failed"`.
+//!   `count:<n>` → n replies; name `fail` → response header `x-stream: failing`,
+//!   one reply, then `ABORTED "stream failed"` with trailers `x-trailer:
+//!   stream-failed` and `x-trailer-bin: de ad be ef`.
 
 use futures_util::Stream;
 use std::pin::Pin;
 use std::time::Duration;
-use tonic::{Request, Response, Status};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status};
 
 /// Generated protobuf types and tonic server/client.
 pub mod pb {
@@ -42,9 +49,29 @@ impl pb::greeter_server::Greeter for Greeter {
             .and_then(|v| v.to_str().ok())
             .map(|v| format!(" [x-echo={v}]"))
             .unwrap_or_default();
+        let mut head = MetadataMap::new();
+        if let Some(v) = req.metadata().get("x-echo") {
+            head.insert("x-echo", v.clone());
+        }
+        if let Some(v) = req.metadata().get_bin("x-echo-bin") {
+            head.insert_bin("x-echo-bin", v.clone());
+        }
         let name = req.into_inner().name;
         if name.is_empty() {
             return Err(Status::invalid_argument("name must not be empty"));
+        }
+        if name == "meta-error" {
+            let mut m = MetadataMap::new();
+            m.insert("x-error-detail", MetadataValue::from_static("precondition"));
+            m.insert_bin(
+                "x-error-bin",
+                MetadataValue::from_bytes(&[0x00, 0x01, 0x02, 0xff]),
+            );
+            return Err(Status::with_metadata(
+                Code::FailedPrecondition,
+                "with metadata",
+                m,
+            ));
         }
         if name == "panic" {
             panic!("asked to panic");
@@ -57,9 +84,11 @@ impl pb::greeter_server::Greeter for Greeter {
         if let Some(ms) = name.strip_prefix("sleep:").and_then(|s| s.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        Ok(Response::new(HelloReply {
+        let mut reply = Response::new(HelloReply {
             message: format!("Hello, {name}{echo}"),
-        }))
+        });
+        *reply.metadata_mut() = head;
+        Ok(reply)
     }
 
     type SayHellosStream = ReplyStream;
@@ -86,9 +115,25 @@ impl pb::greeter_server::Greeter for Greeter {
             })
             .collect();
         if fail {
-            items.push(Err(Status::aborted("stream failed")));
+            let mut trailers = MetadataMap::new();
+            trailers.insert("x-trailer", MetadataValue::from_static("stream-failed"));
+            trailers.insert_bin(
+                "x-trailer-bin",
+                MetadataValue::from_bytes(&[0xde, 0xad, 0xbe, 0xef]),
+            );
+            items.push(Err(Status::with_metadata(
+                Code::Aborted,
+                "stream failed",
+                trailers,
+            )));
         }
-        Ok(Response::new(Box::pin(futures_util::stream::iter(items))))
+        let mut reply = Response::new(Box::pin(futures_util::stream::iter(items)) as ReplyStream);
+        if fail {
+            reply
+                .metadata_mut()
+                .insert("x-stream", MetadataValue::from_static("failing"));
+        }
+        Ok(reply)
     }
 }
 

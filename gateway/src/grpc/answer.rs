@@ -2,12 +2,20 @@
 //! (narun's numbered stream messages and final status, or a Go single reply),
 //! turned into the gRPC response body; unary answers complete at once,
 //! streams are forwarded by a task as they arrive.
+//!
+//! Response metadata: the NATS headers of message 0 are the app's response
+//! headers, those of the status message its trailers (or, when no message came
+//! first, the one header block of a trailers-only answer). Names the protocol
+//! reserves ([`is_reserved_response_header`]: `content-type`, `grpc-status`,
+//! `grpc-message`, other `grpc-*` but `grpc-status-details-bin`, pseudo and
+//! hop-by-hop headers, the `nats-*`/`narun-*` transport names) are dropped, so
+//! an app cannot rewrite the framing or the status the gateway sends.
 
 use async_nats::StatusCode as NatsStatus;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response};
 use http_body::Frame;
-use narun_wire::grpc::percent_decode;
+use narun_wire::grpc::{is_reserved_response_header, percent_decode};
 use narun_wire::names::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -63,7 +71,38 @@ impl http_body::Body for GrpcBody {
 /// One event of a NATS answer.
 enum Event {
     Message(Bytes),
-    End(u16, String),
+    /// The status, and the metadata that came with it (trailers).
+    End(u16, String, HeaderMap),
+}
+
+impl Event {
+    /// An end the gateway itself decides (no metadata from the app).
+    fn end(code: u16, message: impl Into<String>) -> Event {
+        Event::End(code, message.into(), HeaderMap::new())
+    }
+}
+
+/// The metadata an app sent as NATS headers of a reply, as HTTP/2 headers:
+/// lower-case names, reserved names dropped, and names or values HTTP cannot
+/// carry dropped.
+fn metadata(h: Option<&async_nats::HeaderMap>) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, values) in h.into_iter().flat_map(|h| h.iter()) {
+        let name: &str = name.as_ref();
+        let lower = name.to_ascii_lowercase();
+        if is_reserved_response_header(&lower) {
+            continue;
+        }
+        let Ok(n) = http::HeaderName::from_bytes(lower.as_bytes()) else {
+            continue;
+        };
+        for v in values {
+            if let Ok(v) = HeaderValue::from_str(v.as_str()) {
+                out.append(n.clone(), v);
+            }
+        }
+    }
+    out
 }
 
 /// Reads the answer of one call from its reply inbox.
@@ -73,32 +112,34 @@ struct Answer {
     next_seq: u64,
     /// A Go-style single reply gives its message and status at once.
     pending_end: Option<(u16, String)>,
+    /// The response header metadata (from message 0).
+    head: HeaderMap,
 }
 
 impl Answer {
     async fn next(&mut self) -> Event {
         if let Some((c, m)) = self.pending_end.take() {
-            return Event::End(c, m);
+            return Event::end(c, m);
         }
         let msg = match tokio::time::timeout_at(self.deadline, self.sub.rx.recv()).await {
             Err(_) => {
-                return Event::End(
+                return Event::end(
                     code::DEADLINE_EXCEEDED,
-                    "request timed out waiting for backend processor".into(),
+                    "request timed out waiting for backend processor",
                 );
             }
             Ok(None) => {
-                return Event::End(
+                return Event::end(
                     code::UNAVAILABLE,
-                    "NATS subscription for the reply ended (connection lost?)".into(),
+                    "NATS subscription for the reply ended (connection lost?)",
                 );
             }
             Ok(Some(m)) => m,
         };
         if msg.status == Some(NatsStatus::NO_RESPONDERS) {
-            return Event::End(
+            return Event::end(
                 code::UNAVAILABLE,
-                "no backend processors available for the request".into(),
+                "no backend processors available for the request",
             );
         }
         let headers = msg.headers.as_ref();
@@ -109,12 +150,12 @@ impl Answer {
                 .map(percent_decode)
                 .or_else(|| get(SERVICE_ERROR_HEADER).map(str::to_owned))
                 .unwrap_or_default();
-            return Event::End(code, message);
+            return Event::End(code, message, metadata(headers));
         }
         if let Some(seq) = get(SEQ_HEADER) {
             let seq: u64 = seq.trim().parse().unwrap_or(u64::MAX);
             if seq != self.next_seq {
-                return Event::End(
+                return Event::end(
                     code::DATA_LOSS,
                     format!(
                         "response stream lost messages over NATS (expected #{}, got #{seq})",
@@ -122,13 +163,16 @@ impl Answer {
                     ),
                 );
             }
+            if seq == 0 {
+                self.head = metadata(headers);
+            }
             self.next_seq += 1;
             return Event::Message(msg.payload);
         }
         // A single reply, as Go consumers send it.
         if let Some(c) = get(SERVICE_ERROR_CODE_HEADER) {
             let message = get(SERVICE_ERROR_HEADER).unwrap_or_default().to_owned();
-            return Event::End(status_from_service_error(c), message);
+            return Event::end(status_from_service_error(c), message);
         }
         self.pending_end = Some((code::OK, String::new()));
         Event::Message(msg.payload)
@@ -149,6 +193,7 @@ pub(super) async fn respond(
         deadline,
         next_seq: 0,
         pending_end: None,
+        head: HeaderMap::new(),
     };
 
     // Wait for up to two events: most calls (unary) are complete by then and
@@ -156,16 +201,18 @@ pub(super) async fn respond(
     let mut ready = VecDeque::new();
     loop {
         match answer.next().await {
-            Event::End(c, m) => {
+            Event::End(c, m, mut t) => {
+                state.metrics.record(&label, c, started.elapsed());
                 if ready.is_empty() {
-                    state.metrics.record(&label, c, started.elapsed());
-                    return trailers_only(c, &m);
+                    // Trailers-only: one header block with the status and
+                    // all the metadata.
+                    let mut r = trailers_only(c, &m);
+                    r.headers_mut().extend(t);
+                    return r;
                 }
-                let mut t = HeaderMap::new();
                 put_status(&mut t, c, &m);
                 ready.push_back(Frame::trailers(t));
-                state.metrics.record(&label, c, started.elapsed());
-                return data_response(GrpcBody { ready, rest: None });
+                return data_response(GrpcBody { ready, rest: None }, answer.head);
             }
             Event::Message(m) => {
                 ready.push_back(Frame::data(grpc_frame(&m)));
@@ -178,34 +225,69 @@ pub(super) async fn respond(
     // A stream: forward the rest as it arrives.
     let (tx, rx) = mpsc::channel(16);
     let state2 = state.clone();
+    let head = std::mem::take(&mut answer.head);
     tokio::spawn(async move {
-        let (c, m) = loop {
+        let (c, m, mut t) = loop {
             match answer.next().await {
                 Event::Message(m) => {
                     if tx.send(Frame::data(grpc_frame(&m))).await.is_err() {
                         // Client went away; dropping the call inbox unregisters it.
-                        break (code::CANCELLED, String::new());
+                        break (code::CANCELLED, String::new(), HeaderMap::new());
                     }
                 }
-                Event::End(c, m) => break (c, m),
+                Event::End(c, m, t) => break (c, m, t),
             }
         };
-        let mut t = HeaderMap::new();
         put_status(&mut t, c, &m);
         let _ = tx.send(Frame::trailers(t)).await;
         state2.metrics.record(&label, c, started.elapsed());
     });
-    data_response(GrpcBody {
-        ready,
-        rest: Some(rx),
-    })
+    data_response(
+        GrpcBody {
+            ready,
+            rest: Some(rx),
+        },
+        head,
+    )
 }
 
-fn data_response(body: GrpcBody) -> GrpcResponse {
+/// A response with messages: `content-type` and the app's header metadata.
+fn data_response(body: GrpcBody, head: HeaderMap) -> GrpcResponse {
     let mut r = Response::new(tonic::body::Body::new(body));
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.extend(head);
+    h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_metadata_without_reserved_names() {
+        let mut h = async_nats::HeaderMap::new();
+        for (n, v) in [
+            ("Narun-Grpc-Seq", "0"),
+            ("Narun-Grpc-Status", "0"),
+            ("Nats-Service-Error", "x"),
+            ("grpc-status", "0"),
+            ("grpc-message", "forged"),
+            ("Content-Type", "text/html"),
+            ("connection", "close"),
+            ("X-Custom", "v"),
+            ("x-bin-bin", "AAEC"),
+            ("grpc-status-details-bin", "CAM"),
+        ] {
+            h.append(n, v);
+        }
+        let m = metadata(Some(&h));
+        let mut names: Vec<&str> = m.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["grpc-status-details-bin", "x-bin-bin", "x-custom"]);
+        assert!(metadata(None).is_empty());
+    }
 }

@@ -8,7 +8,7 @@ use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use narun_wire::grpc::header;
-use narun_wire::names::GRPC_METHOD_HEADER;
+use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS, timeout_ms_value};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,14 +83,10 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     }
     let deadline = tokio::time::Instant::now() + budget;
 
-    // NATS headers: method, stream framing, deadline, metadata.
+    // NATS headers: method, stream framing, metadata; the deadline below.
     let mut nh = async_nats::HeaderMap::new();
     nh.insert(GRPC_METHOD_HEADER, path.as_str());
     nh.insert(STREAM_HEADER, "1");
-    nh.insert(
-        header::TIMEOUT,
-        format!("{}m", budget.as_millis().clamp(1, 99_999_999)).as_str(),
-    );
     for (name, value) in req.headers() {
         if is_reserved(name.as_str()) {
             continue;
@@ -144,6 +140,14 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     if state.client.connection_state() != async_nats::connection::State::Connected {
         return finish(code::UNAVAILABLE, "NATS is not connected");
     }
+    // The time left when the request leaves, for the app's tonic service
+    // (`grpc-timeout`) and for the narun library (`Narun-Timeout-Ms`).
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    nh.insert(
+        header::TIMEOUT,
+        format!("{}m", left.as_millis().clamp(1, 99_999_999)).as_str(),
+    );
+    nh.insert(TIMEOUT_MS, timeout_ms_value(left));
     let sub = state.inbox.register();
     if let Err(e) = state
         .client
@@ -217,5 +221,7 @@ mod tests {
         assert_eq!(percent_decode(&percent_encode("é 100%")), "é 100%");
         assert_eq!(code_name(4), "DEADLINE_EXCEEDED");
         assert!(is_reserved("grpc-timeout") && is_reserved("te") && !is_reserved("x-echo"));
+        // A client cannot set the deadline the app sees.
+        assert!(is_reserved("narun-timeout-ms") && is_reserved("narun-grpc-stream"));
     }
 }

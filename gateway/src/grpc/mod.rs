@@ -18,7 +18,9 @@
 //!   request metadata travels as NATS headers (HTTP/2 reserved and hop-by-hop
 //!   headers excluded), and the request is bounded by the client deadline
 //!   (`grpc-timeout`) capped by the route timeout; the remaining budget is
-//!   forwarded as `grpc-timeout`.
+//!   forwarded as `grpc-timeout` and `Narun-Timeout-Ms`. The app's response
+//!   metadata comes back as NATS headers of its first message (headers) and
+//!   of its status message (trailers), protocol names filtered (`answer.rs`).
 //! * Replies: a plain reply (Go consumers) is the raw response message, or an
 //!   ADR-32 error mapped back to a gRPC status ([`status_from_service_error`]).
 //!   The request also carries `Narun-Grpc-Stream: 1`: narun consumers then
