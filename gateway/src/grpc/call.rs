@@ -5,7 +5,7 @@
 
 use bytes::{Buf, Bytes};
 use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Limited};
+use crate::limits::{BodyError, Listener};
 use hyper::body::Incoming;
 use narun_wire::grpc::header;
 use narun_wire::names::GRPC_METHOD_HEADER;
@@ -114,28 +114,40 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     } else {
         MAX_REQUEST_MESSAGE + 5
     };
-    let body =
-        match tokio::time::timeout_at(deadline, Limited::new(req.into_body(), limit).collect())
-            .await
-        {
-            Err(_) => {
-                return finish(
-                    code::DEADLINE_EXCEEDED,
-                    "deadline exceeded reading the request",
-                );
-            }
-            Ok(Err(e)) => {
-                return if e.is::<http_body_util::LengthLimitError>() {
-                    finish(
-                        code::RESOURCE_EXHAUSTED,
-                        &format!("request message larger than {} bytes", limit - 5),
-                    )
-                } else {
-                    finish(code::CANCELLED, &format!("reading the request failed: {e}"))
-                };
-            }
-            Ok(Ok(b)) => b.to_bytes(),
-        };
+    // Its bytes are charged to the memory budget until it is published.
+    let read = state
+        .limits
+        .read_body(Listener::Grpc, req.into_body(), limit);
+    let (body, _lease) = match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => {
+            return finish(
+                code::DEADLINE_EXCEEDED,
+                "deadline exceeded reading the request",
+            );
+        }
+        Ok(Err(BodyError::TooLarge)) => {
+            return finish(
+                code::RESOURCE_EXHAUSTED,
+                &format!("request message larger than {} bytes", limit - 5),
+            );
+        }
+        Ok(Err(BodyError::Overloaded)) => {
+            return finish(
+                code::RESOURCE_EXHAUSTED,
+                "the gateway's memory budget for request messages is exhausted; retry later",
+            );
+        }
+        Ok(Err(BodyError::Timeout)) => {
+            return finish(
+                code::DEADLINE_EXCEEDED,
+                "request message not received in time (too slow)",
+            );
+        }
+        Ok(Err(BodyError::Read(e))) => {
+            return finish(code::CANCELLED, &format!("reading the request failed: {e}"));
+        }
+        Ok(Ok(b)) => b,
+    };
     let payload = match single_message(body) {
         Ok(p) => p,
         Err((c, m)) => return finish(c, m),
@@ -144,7 +156,14 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     if state.client.connection_state() != async_nats::connection::State::Connected {
         return finish(code::UNAVAILABLE, "NATS is not connected");
     }
-    let sub = state.inbox.register();
+    let Ok(slot) = state.limits.inflight(Listener::Grpc).await else {
+        return finish(
+            code::RESOURCE_EXHAUSTED,
+            "too many requests in flight at the gateway; retry later",
+        );
+    };
+    let mut sub = state.inbox.register();
+    sub.slot = Some(slot);
     if let Err(e) = state
         .client
         .publish_with_reply_and_headers(route.subject.clone(), sub.subject.clone(), nh, payload)
