@@ -11,6 +11,8 @@
 //! grpc_addr = "0.0.0.0:8443"
 //! grpc_tls_cert = "/etc/narun/tls/gateway.crt"  # optional: gRPC over TLS (see crate::tls)
 //! grpc_tls_key = "/etc/narun/tls/gateway.key"
+//! max_connections = 512       # limits against hostile clients: crate::limits
+//! memory_budget_bytes = 33554432
 //!
 //! [[gateway.routes]]
 //! path = "/hello/"            # trailing "/" = prefix match, else exact
@@ -474,7 +476,10 @@ impl GatewayConfig {
     fn validate_limits(&self, c: &mut Collector) {
         for (key, v) in [
             ("max_connections", u64::from(self.max_connections)),
-            ("max_connections_per_ip", u64::from(self.max_connections_per_ip)),
+            (
+                "max_connections_per_ip",
+                u64::from(self.max_connections_per_ip),
+            ),
             ("header_read_timeout_sec", self.header_read_timeout_sec),
             ("keepalive_timeout_sec", self.keepalive_timeout_sec),
             ("body_read_timeout_sec", self.body_read_timeout_sec),
@@ -482,7 +487,10 @@ impl GatewayConfig {
                 "h2_max_concurrent_streams",
                 u64::from(self.h2_max_concurrent_streams),
             ),
-            ("max_inflight_requests", u64::from(self.max_inflight_requests)),
+            (
+                "max_inflight_requests",
+                u64::from(self.max_inflight_requests),
+            ),
         ] {
             if v == 0 {
                 c.push(format!("gateway.{key}"), "must be at least 1");

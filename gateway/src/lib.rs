@@ -23,6 +23,12 @@
 //! second listener, and registers itself as the ADR-32 service `narun-gateway`
 //! with one stats endpoint per route.
 //!
+//! Everything a client can make it hold is bounded ([`limits`]): connections
+//! (total, per IP, at most half the soft `RLIMIT_NOFILE`, so narund keeps the
+//! fds it needs to supervise apps), the time to send a head or body, HTTP/2
+//! streams, NATS requests in flight, and one memory budget for all request
+//! bodies and gRPC reply buffers.
+//!
 //! # Embedding
 //!
 //! ```no_run

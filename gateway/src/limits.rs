@@ -624,7 +624,8 @@ impl Activity {
             };
             tokio::time::sleep_until(deadline).await;
             if self.active.load(Ordering::Acquire) == 0
-                && self.epoch + Duration::from_millis(self.idle_since.load(Ordering::Acquire))
+                && self.epoch
+                    + Duration::from_millis(self.idle_since.load(Ordering::Acquire))
                     + timeout
                     <= Instant::now()
             {

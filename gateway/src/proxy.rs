@@ -6,6 +6,7 @@
 
 use crate::Shared;
 use crate::config::RouteMode;
+use crate::limits::{BodyError, Listener};
 use crate::metrics::{NatsStatus, method_label};
 use crate::router::{Match, Target};
 use async_nats::client::RequestErrorKind;
@@ -13,7 +14,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use crate::limits::{BodyError, Listener};
 use http_body_util::Full;
 use narun_wire::bhttp;
 use std::borrow::Cow;

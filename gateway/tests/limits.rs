@@ -166,7 +166,8 @@ async fn connection_floods_are_refused_per_ip_and_in_total_while_a_client_is_ser
     assert_eq!(r.status, 200, "{}", r.text());
 
     let m = metrics(&gw).await;
-    let refused_per_ip = "gateway_connections_refused_total{listener=\"http\",reason=\"max_connections_per_ip\"}";
+    let refused_per_ip =
+        "gateway_connections_refused_total{listener=\"http\",reason=\"max_connections_per_ip\"}";
     let refused_total =
         "gateway_connections_refused_total{listener=\"http\",reason=\"max_connections\"}";
     assert_eq!(value(&m, refused_per_ip), 32.0, "{m}");
@@ -197,16 +198,26 @@ async fn slow_heads_and_idle_connections_are_cut_off() {
     let mut idle = TcpStream::connect(gw.http).await.unwrap();
     let t = Instant::now();
     assert!(closed_by_peer(&mut idle, T).await, "idle connection kept");
-    assert!(t.elapsed() >= Duration::from_millis(1900), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
 
     let m = metrics(&gw).await;
     assert_eq!(
-        value(&m, "gateway_client_timeouts_total{listener=\"http\",reason=\"header_read\"}"),
+        value(
+            &m,
+            "gateway_client_timeouts_total{listener=\"http\",reason=\"header_read\"}"
+        ),
         1.0,
         "{m}"
     );
     assert_eq!(
-        value(&m, "gateway_client_timeouts_total{listener=\"http\",reason=\"keepalive\"}"),
+        value(
+            &m,
+            "gateway_client_timeouts_total{listener=\"http\",reason=\"keepalive\"}"
+        ),
         1.0,
         "{m}"
     );
@@ -245,7 +256,10 @@ async fn trickled_bodies_are_cut_off_by_rate_and_by_time() {
     }
     let m = metrics(&gw).await;
     assert_eq!(
-        value(&m, "gateway_client_timeouts_total{listener=\"http\",reason=\"body_read\"}"),
+        value(
+            &m,
+            "gateway_client_timeouts_total{listener=\"http\",reason=\"body_read\"}"
+        ),
         2.0,
         "{m}"
     );
@@ -255,10 +269,9 @@ async fn trickled_bodies_are_cut_off_by_rate_and_by_time() {
 
 #[tokio::test]
 async fn bodies_beyond_the_memory_budget_get_503_and_the_budget_returns_to_zero() {
-    let (_nats, _echo, gw) = setup(
-        "memory_budget_bytes = 1000000\nmax_body_bytes = 500000\noverload_wait_ms = 100",
-    )
-    .await;
+    let (_nats, _echo, gw) =
+        setup("memory_budget_bytes = 1000000\nmax_body_bytes = 500000\noverload_wait_ms = 100")
+            .await;
     let used = "gateway_memory_budget_used_bytes";
 
     // Four clients hold 200 000 bytes each of a 250 000-byte body.
@@ -311,7 +324,10 @@ async fn bodies_beyond_the_memory_budget_get_503_and_the_budget_returns_to_zero(
     wait_metric(&gw, used, 0.0).await;
     let m = metrics(&gw).await;
     assert_eq!(
-        value(&m, "gateway_requests_shed_total{listener=\"http\",reason=\"memory_budget\"}"),
+        value(
+            &m,
+            "gateway_requests_shed_total{listener=\"http\",reason=\"memory_budget\"}"
+        ),
         4.0,
         "{m}"
     );
@@ -356,7 +372,10 @@ async fn refused_stream(s: &mut TcpStream, stream: u32) -> Option<u32> {
             .expect("frames in time")
             .expect("a frame (connection closed?)");
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-        let (kind, id) = (h[3], u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff);
+        let (kind, id) = (
+            h[3],
+            u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+        );
         let mut p = vec![0u8; len];
         s.read_exact(&mut p).await.unwrap();
         match kind {
@@ -368,7 +387,11 @@ async fn refused_stream(s: &mut TcpStream, stream: u32) -> Option<u32> {
                 }
             }
             3 if id == stream => {
-                assert_eq!(u32::from_be_bytes([p[0], p[1], p[2], p[3]]), 7, "REFUSED_STREAM");
+                assert_eq!(
+                    u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+                    7,
+                    "REFUSED_STREAM"
+                );
                 return max_streams;
             }
             3 => panic!("stream {id} reset"),
@@ -522,7 +545,10 @@ async fn grpc_buffers_beyond_the_memory_budget_get_resource_exhausted() {
     wait_metric(&gw, "gateway_memory_budget_used_bytes", 0.0).await;
     let m = metrics(&gw).await;
     assert_eq!(
-        value(&m, "gateway_requests_shed_total{listener=\"grpc\",reason=\"memory_budget\"}"),
+        value(
+            &m,
+            "gateway_requests_shed_total{listener=\"grpc\",reason=\"memory_budget\"}"
+        ),
         2.0,
         "{m}"
     );

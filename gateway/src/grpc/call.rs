@@ -3,9 +3,9 @@
 //! and the request is published to the route's subject; [`super::answer`]
 //! takes it from there.
 
+use crate::limits::{BodyError, Listener};
 use bytes::{Buf, Bytes};
 use http::{HeaderValue, Request};
-use crate::limits::{BodyError, Listener};
 use hyper::body::Incoming;
 use narun_wire::grpc::header;
 use narun_wire::names::GRPC_METHOD_HEADER;

@@ -6,8 +6,8 @@
 //! flow control to push back on the app, so a reply that does not fit ends the
 //! call: the buffered replies are still delivered, then `RESOURCE_EXHAUSTED`.
 
-use futures_util::StreamExt;
 use crate::limits::{Lease, Limits, Listener, MESSAGE_OVERHEAD, Shed};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +88,13 @@ impl Inbox {
             else {
                 continue;
             };
-            let Some(tx) = self.calls.lock().expect("lock").get(&id).map(|r| r.tx.clone()) else {
+            let Some(tx) = self
+                .calls
+                .lock()
+                .expect("lock")
+                .get(&id)
+                .map(|r| r.tx.clone())
+            else {
                 continue;
             };
             let cost = msg.payload.len() as u64 + MESSAGE_OVERHEAD;

@@ -243,7 +243,8 @@ impl GrpcGateway {
                     }
                 });
                 let Some(tls) = tls else {
-                    return serve_h2(&builder, stream, svc, peer, &limits, &activity, &mut stop).await;
+                    return serve_h2(&builder, stream, svc, peer, &limits, &activity, &mut stop)
+                        .await;
                 };
                 // The handshake runs in the connection's task, so a slow client
                 // does not hold up the accept loop; a stop ends it too.
