@@ -168,6 +168,13 @@ fn limit_headers(mut r: Resp) -> Resp {
     r
 }
 
+fn overloaded(what: &str) -> GwError {
+    GwError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Gateway overloaded (no {what} left); retry later"),
+    )
+}
+
 /// Bytes of the request head as it will travel inside the NATS message.
 fn head_size(parts: &http::request::Parts) -> usize {
     let fields: usize = parts
@@ -222,21 +229,11 @@ async fn forward(
             ));
         }
     };
-    let Ok(_slot) = limits.inflight(Listener::Http).await else {
-        return Err(overloaded("NATS requests in flight"));
-    };
     add_forwarding_headers(&mut parts, peer, rid);
     match target.mode {
         RouteMode::Bhttp => forward_bhttp(state, target, &parts, &body, rid).await,
         RouteMode::Raw => forward_raw(state, target, &parts, body, peer, rid).await,
     }
-}
-
-fn overloaded(what: &str) -> GwError {
-    GwError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("Gateway overloaded (no {what} left); retry later"),
-    )
 }
 
 fn add_forwarding_headers(parts: &mut http::request::Parts, peer: SocketAddr, rid: &HeaderValue) {
@@ -287,6 +284,9 @@ async fn send(
     payload: Bytes,
     headers: async_nats::HeaderMap,
 ) -> Result<async_nats::Message, GwError> {
+    let Ok(_slot) = state.limits.inflight(Listener::Http).await else {
+        return Err(overloaded("NATS requests in flight"));
+    };
     let request = async_nats::Request::new()
         .payload(payload)
         .headers(headers)
