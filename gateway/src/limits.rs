@@ -482,6 +482,9 @@ pub(crate) struct Budget {
     limit: u64,
     used: Gauge<i64, AtomicI64>,
     freed: Notify,
+    /// Tasks waiting in [`Budget::take`]: a release wakes them only when there
+    /// are any (the common case, no waiter, touches no lock).
+    waiting: AtomicUsize,
 }
 
 impl Budget {
@@ -490,6 +493,7 @@ impl Budget {
             limit,
             used: Gauge::default(),
             freed: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -499,7 +503,7 @@ impl Budget {
         let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
         self.used
             .inner()
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 used.checked_add(n).filter(|&u| u <= limit)
             })
             .is_ok()
@@ -511,6 +515,8 @@ impl Budget {
             return true;
         }
         let deadline = Instant::now() + wait;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -530,14 +536,27 @@ impl Budget {
         }
         self.used
             .inner()
-            .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::AcqRel);
-        self.freed.notify_waiters();
+            .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::SeqCst);
+        // SeqCst with the waiter's increment: a waiter that registered before this
+        // release either sees the freed bytes in its `try_take` or is woken here.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
     }
 
     /// Bytes held now.
     #[cfg(test)]
     fn used(&self) -> u64 {
         self.used.get() as u64
+    }
+}
+
+/// Counts a waiter of [`Budget::take`] for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
