@@ -316,11 +316,15 @@ impl Gateway {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits::H1_MAX_BUF);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams);
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .initial_connection_window_size(limits::H2_WINDOW)
+            .initial_stream_window_size(limits::H2_WINDOW)
+            .max_send_buf_size(limits::H2_MAX_SEND_BUF);
         let builder = Arc::new(builder);
         let grpc = self
             .grpc

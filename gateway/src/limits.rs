@@ -46,6 +46,18 @@ use tokio::time::Instant;
 /// flood. They come out of the fd half left to narund.
 pub const ADMIN_MAX_CONNECTIONS: usize = 32;
 
+/// hyper's HTTP/1.1 read buffer per connection (its default is ~400 KiB): what a
+/// connection may hold outside the memory budget while a body is read. Also the
+/// largest request head.
+pub const H1_MAX_BUF: usize = 64 * 1024;
+
+/// HTTP/2 flow-control windows (hyper's default: 1 MiB each): what a client may
+/// send on a connection before the gateway reads it, outside the memory budget.
+pub const H2_WINDOW: u32 = 256 * 1024;
+
+/// HTTP/2 send buffer per stream (hyper's default: ~400 KiB).
+pub const H2_MAX_SEND_BUF: usize = 64 * 1024;
+
 /// Before `min_body_rate` applies, a body has this long (a client's first
 /// bytes may take a round trip or two).
 pub const BODY_RATE_GRACE: Duration = Duration::from_secs(1);
@@ -351,7 +363,21 @@ impl Limits {
         let start = Instant::now();
         let hard = start + self.body_timeout;
         let mut lease = Lease::new(self.budget.clone());
-        let mut chunks: Vec<Bytes> = Vec::new();
+        // A known length is charged at once (before any byte is read) and the body
+        // is assembled in a buffer of exactly that size; otherwise every growth of
+        // the buffer is charged. A body of one frame is kept as hyper read it.
+        let exact = body
+            .size_hint()
+            .exact()
+            .filter(|&n| n > 0 && n <= limit as u64);
+        if let Some(n) = exact
+            && !lease.grow(n, self.wait).await
+        {
+            self.shed(listener, Shed::Memory);
+            return Err(BodyError::Overloaded);
+        }
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
         let mut total = 0usize;
         loop {
             let deadline = if self.min_body_rate == 0 {
@@ -382,24 +408,28 @@ impl Limits {
             if total > limit {
                 return Err(BodyError::TooLarge);
             }
-            if !lease.grow(data.len() as u64, self.wait).await {
+            let before = buf.capacity();
+            if first.is_none() && buf.is_empty() {
+                if exact.is_none() && !lease.grow(data.len() as u64, self.wait).await {
+                    self.shed(listener, Shed::Memory);
+                    return Err(BodyError::Overloaded);
+                }
+                first = Some(data);
+                continue;
+            }
+            if let Some(f) = first.take() {
+                buf.reserve(exact.map_or(f.len() + data.len(), |n| n as usize));
+                buf.extend_from_slice(&f);
+            }
+            buf.extend_from_slice(&data);
+            // The buffer grew (a known length is charged already): charge the growth.
+            let grown = buf.capacity().saturating_sub(before) as u64;
+            if exact.is_none() && grown > 0 && !lease.grow(grown, self.wait).await {
                 self.shed(listener, Shed::Memory);
                 return Err(BodyError::Overloaded);
             }
-            chunks.push(data);
         }
-        let bytes = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop().expect("one chunk"),
-            _ => {
-                let mut b = BytesMut::with_capacity(total);
-                for c in chunks {
-                    b.extend_from_slice(&c);
-                }
-                b.freeze()
-            }
-        };
-        Ok((bytes, lease))
+        Ok((first.unwrap_or_else(|| buf.freeze()), lease))
     }
 }
 

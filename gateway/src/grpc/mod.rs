@@ -195,7 +195,10 @@ impl GrpcGateway {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .max_concurrent_streams(self.state.limits.h2_max_concurrent_streams);
+            .max_concurrent_streams(self.state.limits.h2_max_concurrent_streams)
+            .initial_connection_window_size(limits::H2_WINDOW)
+            .initial_stream_window_size(limits::H2_WINDOW)
+            .max_send_buf_size(limits::H2_MAX_SEND_BUF);
         let builder = Arc::new(builder);
         let limits = self.state.limits.clone();
         let mut conns = JoinSet::new();
