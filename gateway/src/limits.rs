@@ -346,10 +346,11 @@ impl Limits {
         }
     }
 
-    /// Read a whole request body of at most `limit` bytes, charging every byte
-    /// to the memory budget (the returned [`Lease`] holds them), within
+    /// Read a whole request body of at most `limit` bytes within
     /// `body_read_timeout_sec` and at least `min_body_rate` after
-    /// [`BODY_RATE_GRACE`]. Counts timeouts and refusals.
+    /// [`BODY_RATE_GRACE`], its memory charged to the budget (the returned
+    /// [`Lease`] holds it): a known length in full before the first byte, else
+    /// the assembling buffer as it grows. Counts timeouts and refusals.
     pub(crate) async fn read_body<B>(
         &self,
         listener: Listener,
