@@ -11,6 +11,8 @@
 //! grpc_addr = "0.0.0.0:8443"
 //! grpc_tls_cert = "/etc/narun/tls/gateway.crt"  # optional: gRPC over TLS (see crate::tls)
 //! grpc_tls_key = "/etc/narun/tls/gateway.key"
+//! max_connections = 512       # limits against hostile clients: crate::limits
+//! memory_budget_bytes = 33554432
 //!
 //! [[gateway.routes]]
 //! path = "/hello/"            # trailing "/" = prefix match, else exact
@@ -47,6 +49,30 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 /// Default bound on draining in-flight requests at shutdown (Go narun: 15 s).
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SEC: u64 = 15;
 
+// Limits against hostile or broken clients (see `docs/gateway.md`, "Limits", for
+// why these values suit a small device).
+/// Default bound on open client connections (HTTP and gRPC listeners together);
+/// further capped at half of the process's soft `RLIMIT_NOFILE`.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+/// Default bound on open connections from one client IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 128;
+/// Default time a client has to send a complete HTTP/1.1 request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SEC: u64 = 10;
+/// Default time a connection may stay open with no request in flight.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_SEC: u64 = 30;
+/// Default time a client has to send a whole request body.
+pub const DEFAULT_BODY_READ_TIMEOUT_SEC: u64 = 60;
+/// Default slowest accepted body upload, bytes per second (after a 1 s grace).
+pub const DEFAULT_MIN_BODY_RATE: u64 = 1024;
+/// Default HTTP/2 concurrent streams per connection (RFC 9113 recommends ≥ 100).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Default bound on NATS requests in flight (HTTP and gRPC together).
+pub const DEFAULT_MAX_INFLIGHT_REQUESTS: u32 = 256;
+/// Default bytes all in-flight request bodies and gRPC reply buffers may hold: 32 MiB.
+pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+/// Default wait for memory or an in-flight slot before answering 503 / RESOURCE_EXHAUSTED.
+pub const DEFAULT_OVERLOAD_WAIT_MS: u64 = 250;
+
 /// The `[gateway]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -72,6 +98,31 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// How long shutdown waits for in-flight requests before cutting them off.
     pub shutdown_timeout_sec: u64,
+    /// Open client connections on the HTTP and gRPC listeners together; more are
+    /// closed at once. Capped at half the soft `RLIMIT_NOFILE` (the other half is
+    /// narund's, for supervising apps).
+    pub max_connections: u32,
+    /// Open connections from one client IP address.
+    pub max_connections_per_ip: u32,
+    /// Time to send a complete HTTP/1.1 request head (also bounds an idle
+    /// HTTP/1.1 keep-alive connection, which is waiting for the next head).
+    pub header_read_timeout_sec: u64,
+    /// A connection with no request in flight for this long is closed.
+    pub keepalive_timeout_sec: u64,
+    /// Time to send a whole request body (HTTP body or gRPC request message).
+    pub body_read_timeout_sec: u64,
+    /// Slowest accepted body upload in bytes per second, averaged from the
+    /// request head on, after a 1 s grace; 0 = no minimum.
+    pub min_body_rate: u64,
+    /// HTTP/2 streams a client may open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// NATS requests in flight at once (HTTP and gRPC).
+    pub max_inflight_requests: u32,
+    /// Bytes all in-flight request bodies and gRPC reply buffers may hold together.
+    pub memory_budget_bytes: u64,
+    /// How long a request waits for memory or an in-flight slot before it is
+    /// refused (503 + `Retry-After`, gRPC `RESOURCE_EXHAUSTED`).
+    pub overload_wait_ms: u64,
     pub routes: Vec<RouteConfig>,
     /// Unknown keys (reported by [`GatewayConfig::validate`]).
     #[serde(flatten, skip_serializing)]
@@ -90,6 +141,16 @@ impl Default for GatewayConfig {
             request_timeout_sec: DEFAULT_REQUEST_TIMEOUT_SEC,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout_sec: DEFAULT_SHUTDOWN_TIMEOUT_SEC,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            header_read_timeout_sec: DEFAULT_HEADER_READ_TIMEOUT_SEC,
+            keepalive_timeout_sec: DEFAULT_KEEPALIVE_TIMEOUT_SEC,
+            body_read_timeout_sec: DEFAULT_BODY_READ_TIMEOUT_SEC,
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            max_inflight_requests: DEFAULT_MAX_INFLIGHT_REQUESTS,
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+            overload_wait_ms: DEFAULT_OVERLOAD_WAIT_MS,
             routes: Vec::new(),
             unknown: BTreeMap::new(),
         }
@@ -194,7 +255,11 @@ pub enum LoadError {
 const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec";
 const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
                             metrics_addr, request_timeout_sec, max_body_bytes, \
-                            shutdown_timeout_sec, routes";
+                            shutdown_timeout_sec, max_connections, \
+                            max_connections_per_ip, header_read_timeout_sec, \
+                            keepalive_timeout_sec, body_read_timeout_sec, min_body_rate, \
+                            h2_max_concurrent_streams, max_inflight_requests, \
+                            memory_budget_bytes, overload_wait_ms, routes";
 
 struct Collector(Vec<ConfigError>);
 
@@ -307,6 +372,7 @@ impl GatewayConfig {
         if self.max_body_bytes == 0 {
             c.push("gateway.max_body_bytes", "must be at least 1");
         }
+        self.validate_limits(&mut c);
 
         // (path, Some(method) | None = any) -> first route index.
         let mut seen_methods: HashMap<(&str, Option<String>), usize> = HashMap::new();
@@ -402,6 +468,58 @@ impl GatewayConfig {
             Ok(())
         } else {
             Err(ConfigErrors(c.0))
+        }
+    }
+
+    /// The limits against hostile clients: all at least 1 (`min_body_rate` may
+    /// be 0), and a body of `max_body_bytes` must fit in the memory budget.
+    fn validate_limits(&self, c: &mut Collector) {
+        for (key, v) in [
+            ("max_connections", u64::from(self.max_connections)),
+            (
+                "max_connections_per_ip",
+                u64::from(self.max_connections_per_ip),
+            ),
+            ("header_read_timeout_sec", self.header_read_timeout_sec),
+            ("keepalive_timeout_sec", self.keepalive_timeout_sec),
+            ("body_read_timeout_sec", self.body_read_timeout_sec),
+            (
+                "h2_max_concurrent_streams",
+                u64::from(self.h2_max_concurrent_streams),
+            ),
+            (
+                "max_inflight_requests",
+                u64::from(self.max_inflight_requests),
+            ),
+        ] {
+            if v == 0 {
+                c.push(format!("gateway.{key}"), "must be at least 1");
+            }
+        }
+        if self.max_connections_per_ip > self.max_connections {
+            c.push(
+                "gateway.max_connections_per_ip",
+                format!(
+                    "{} is more than max_connections ({})",
+                    self.max_connections_per_ip, self.max_connections
+                ),
+            );
+        }
+        if self.memory_budget_bytes < self.max_body_bytes {
+            c.push(
+                "gateway.memory_budget_bytes",
+                format!(
+                    "{} is less than max_body_bytes ({}): a largest body could never be accepted",
+                    self.memory_budget_bytes, self.max_body_bytes
+                ),
+            );
+        }
+        // Past an hour, a "brief" wait is a hang.
+        if self.overload_wait_ms > 3_600_000 {
+            c.push(
+                "gateway.overload_wait_ms",
+                "must be at most 3600000 (one hour)",
+            );
         }
     }
 
@@ -587,6 +705,40 @@ service = "grpc-hello"
         assert_eq!(cfg.route_timeout(&cfg.routes[0]), Duration::from_secs(5));
         assert_eq!(cfg.route_timeout(&cfg.routes[1]), Duration::from_secs(15));
         assert_eq!(cfg.routes[2].target_subject(), Some("legacy.api"));
+        assert_eq!(cfg.max_connections, 512);
+        assert_eq!(cfg.memory_budget_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn limits_are_validated_with_their_key_path() {
+        let errs = errors(
+            "[gateway]\nmax_connections = 0\nmax_connections_per_ip = 4\n\
+             header_read_timeout_sec = 0\nkeepalive_timeout_sec = 0\nbody_read_timeout_sec = 0\n\
+             h2_max_concurrent_streams = 0\nmax_inflight_requests = 0\n\
+             max_body_bytes = 100\nmemory_budget_bytes = 99\noverload_wait_ms = 3600001\n",
+        );
+        let expect = [
+            "gateway.max_connections: must be at least 1",
+            "gateway.header_read_timeout_sec: must be at least 1",
+            "gateway.keepalive_timeout_sec: must be at least 1",
+            "gateway.body_read_timeout_sec: must be at least 1",
+            "gateway.h2_max_concurrent_streams: must be at least 1",
+            "gateway.max_inflight_requests: must be at least 1",
+            "gateway.max_connections_per_ip: 4 is more than max_connections (0)",
+            "gateway.memory_budget_bytes: 99 is less than max_body_bytes (100)",
+            "gateway.overload_wait_ms: must be at most 3600000",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+        let errs = errors("[gateway]\nmax_connections = -1\n");
+        assert!(errs[0].contains("max_connections"), "{errs:?}");
+        assert!(errors("[gateway]\nmin_body_rate = 0\n").is_empty());
     }
 
     #[test]

@@ -23,6 +23,12 @@
 //! second listener, and registers itself as the ADR-32 service `narun-gateway`
 //! with one stats endpoint per route.
 //!
+//! Everything a client can make it hold is bounded ([`limits`]): connections
+//! (total, per IP, at most half the soft `RLIMIT_NOFILE`, so narund keeps the
+//! fds it needs to supervise apps), the time to send a head or body, HTTP/2
+//! streams, NATS requests in flight, and one memory budget for all request
+//! bodies and gRPC reply buffers.
+//!
 //! # Embedding
 //!
 //! ```no_run
@@ -45,6 +51,7 @@
 
 pub mod config;
 mod grpc;
+pub mod limits;
 mod metrics;
 mod path;
 mod proxy;
@@ -136,6 +143,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use limits::Listener;
+
 /// The gateway's ADR-32 service name.
 pub const SERVICE_NAME: &str = "narun-gateway";
 
@@ -161,6 +170,8 @@ pub(crate) struct Shared {
     pub metrics: metrics::Metrics,
     /// Configured `max_body_bytes`.
     pub max_body: u64,
+    /// Connections, timeouts, memory, in-flight requests ([`limits`]).
+    pub limits: Arc<limits::Limits>,
 }
 
 /// A bound, not yet running gateway. See the [crate docs](crate).
@@ -241,8 +252,15 @@ impl Gateway {
             return Err(e.into());
         }
         let mut metrics = metrics::Metrics::new();
-        let grpc = match grpc::GrpcGateway::bind(&config, grpc_tls, &client, &mut metrics.registry)
-            .await
+        let limits = Arc::new(limits::Limits::new(&config, &mut metrics.registry));
+        let grpc = match grpc::GrpcGateway::bind(
+            &config,
+            grpc_tls,
+            &client,
+            &mut metrics.registry,
+            limits.clone(),
+        )
+        .await
         {
             Ok(g) => g,
             Err(e) => {
@@ -255,6 +273,7 @@ impl Gateway {
             router: router::Router::new(specs),
             metrics,
             max_body: config.max_body_bytes,
+            limits,
         });
         Ok(Gateway {
             http,
@@ -297,12 +316,20 @@ impl Gateway {
     /// requests finish (at most `shutdown_timeout_sec`), and unregister the service.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), GatewayError> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let limits = self.shared.limits.clone();
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
-        builder.http2().timer(TokioTimer::new());
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits::H1_MAX_BUF);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .initial_connection_window_size(limits::H2_WINDOW)
+            .initial_stream_window_size(limits::H2_WINDOW)
+            .max_send_buf_size(limits::H2_MAX_SEND_BUF);
         let builder = Arc::new(builder);
         let grpc = self
             .grpc
@@ -310,25 +337,30 @@ impl Gateway {
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let (stream, peer, routed) = tokio::select! {
+            let (stream, peer, listener) = tokio::select! {
                 _ = &mut shutdown => break,
                 r = self.http.accept() => match r {
-                    Ok((s, p)) => (s, p, true),
-                    Err(e) => { accept_error(e).await; continue; }
+                    Ok((s, p)) => (s, p, Listener::Http),
+                    Err(e) => { accept_error(&limits, Listener::Http, e).await; continue; }
                 },
                 r = self.metrics.accept() => match r {
-                    Ok((s, p)) => (s, p, false),
-                    Err(e) => { accept_error(e).await; continue; }
+                    Ok((s, p)) => (s, p, Listener::Admin),
+                    Err(e) => { accept_error(&limits, Listener::Admin, e).await; continue; }
                 },
                 // Reap finished connection tasks so the set does not grow.
                 Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
+            // Over the limit: close at once (dropping the stream), counted.
+            let Some(permit) = limits.admit(listener, peer.ip()) else {
+                continue;
             };
             conns.spawn(serve_connection(
                 builder.clone(),
                 self.shared.clone(),
                 stream,
                 peer,
-                routed,
+                listener,
+                permit,
                 stop_rx.clone(),
             ));
         }
@@ -356,10 +388,25 @@ impl Gateway {
     }
 }
 
-async fn accept_error(e: std::io::Error) {
-    // Out of file descriptors and the like: back off instead of spinning.
+/// Out of file descriptors (`EMFILE`) and the like: count, and back off
+/// instead of spinning (the failed connection stays in the backlog).
+pub(crate) async fn accept_error(limits: &limits::Limits, listener: Listener, e: std::io::Error) {
+    limits.accept_error(listener);
     tracing::warn!(error = %e, "accepting a connection failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Count a connection error that is a timeout of hyper's (the header read timeout).
+pub(crate) fn count_conn_error(
+    limits: &limits::Limits,
+    listener: Listener,
+    e: &(dyn std::error::Error + 'static),
+) {
+    if e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
+    {
+        limits.timed_out(listener, limits::Timeout::HeaderRead);
+    }
 }
 
 async fn serve_connection(
@@ -367,14 +414,20 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    routed: bool,
+    listener: Listener,
+    _permit: limits::ConnPermit,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let activity = limits::Activity::new();
+    let limits = shared.limits.clone();
+    let busy = activity.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
+        let _busy = busy.busy();
         async move {
-            Ok::<_, Infallible>(if routed {
+            let _busy = _busy;
+            Ok::<_, Infallible>(if listener == Listener::Http {
                 proxy::handle(shared, req, peer).await
             } else {
                 admin(&shared, &req)
@@ -386,8 +439,14 @@ async fn serve_connection(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
+                count_conn_error(&limits, listener, &*e);
                 tracing::debug!(%peer, error = %e, "connection error");
             }
+            return;
+        }
+        _ = activity.idle(limits.keepalive_timeout) => {
+            limits.timed_out(listener, limits::Timeout::Keepalive);
+            tracing::debug!(%peer, "keep-alive timeout: closing the connection");
             return;
         }
         _ = stop.wait_for(|s| *s) => {}

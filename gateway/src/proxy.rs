@@ -6,6 +6,7 @@
 
 use crate::Shared;
 use crate::config::RouteMode;
+use crate::limits::{BodyError, Listener};
 use crate::metrics::{NatsStatus, method_label};
 use crate::router::{Match, Target};
 use async_nats::client::RequestErrorKind;
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use narun_wire::bhttp;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -132,7 +133,7 @@ pub(crate) async fn handle(
                     target
                         .stats
                         .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
-                    text(e.status, &e.msg)
+                    limit_headers(text(e.status, &e.msg))
                 }
             };
             (Some(target.path.clone()), resp)
@@ -146,6 +147,31 @@ pub(crate) async fn handle(
         start.elapsed(),
     );
     resp
+}
+
+/// What a refusal for lack of resources (503) tells the client: retry in a
+/// second. A 408 (body too slow) closes the connection: the rest of the body
+/// may still be on its way.
+fn limit_headers(mut r: Resp) -> Resp {
+    match r.status() {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::REQUEST_TIMEOUT => {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn overloaded(what: &str) -> GwError {
+    GwError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Gateway overloaded (no {what} left); retry later"),
+    )
 }
 
 /// Bytes of the request head as it will travel inside the NATS message.
@@ -184,10 +210,19 @@ async fn forward(
     if body.size_hint().lower() > limit {
         return Err(too_large());
     }
-    let body = match Limited::new(body, limit as usize).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
+    // The body's bytes are charged to the memory budget until the answer.
+    let limits = &state.limits;
+    let (body, _lease) = match limits.read_body(Listener::Http, body, limit as usize).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return Err(too_large()),
+        Err(BodyError::Timeout) => {
+            return Err(GwError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request body not received in time (too slow)",
+            ));
+        }
+        Err(BodyError::Overloaded) => return Err(overloaded("memory for request bodies")),
+        Err(BodyError::Read(e)) => {
             return Err(GwError::new(
                 StatusCode::BAD_REQUEST,
                 format!("Failed to read request body: {e}"),
@@ -281,7 +316,11 @@ async fn send(
     payload: Bytes,
     mut headers: async_nats::HeaderMap,
 ) -> Result<async_nats::Message, GwError> {
-    // The deadline travels with the request (replacing one a raw-mode client sent).
+    let Ok(_slot) = state.limits.inflight(Listener::Http).await else {
+        return Err(overloaded("NATS requests in flight"));
+    };
+    // The deadline travels with the request (replacing one a raw-mode client sent): the
+    // NATS request's timeout, which starts now.
     use narun_wire::names::{TIMEOUT_MS, timeout_ms_value};
     headers.insert(TIMEOUT_MS, timeout_ms_value(target.timeout));
     let request = async_nats::Request::new()

@@ -53,6 +53,8 @@ pub struct NarundBuilder {
     extra_toml: String,
     env: Vec<(OsString, OsString)>,
     stderr: bool,
+    features: &'static [&'static str],
+    nofile: Option<u64>,
 }
 
 impl NarundBuilder {
@@ -65,6 +67,19 @@ impl NarundBuilder {
     /// Set an environment variable of narund (`NARUND_LOG` is `warn` unless set here).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Build narund with these cargo `--features` (e.g. `"gateway"`).
+    pub fn features(mut self, features: &'static [&'static str]) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// Start narund with soft and hard `RLIMIT_NOFILE` = `limit` (so it cannot
+    /// raise it either), to show what it does when fds are scarce.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
         self
     }
 
@@ -86,7 +101,31 @@ impl NarundBuilder {
             SEQ.fetch_add(1, Ordering::SeqCst),
             self.node
         );
-        let mut cmd = Command::new(workspace_bin("narund", "narund", &[]));
+        let features = self.features.join(",");
+        let cargo_args: &[&str] = if features.is_empty() {
+            &[]
+        } else {
+            &["--features", &features]
+        };
+        let mut cmd = Command::new(workspace_bin("narund", "narund", cargo_args));
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value copied
+            // into the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let config = data.path().join("narund.toml");
         cmd.arg("--config")
             .arg(&config)
@@ -130,6 +169,8 @@ impl Narund {
             extra_toml: String::new(),
             env: Vec::new(),
             stderr: false,
+            features: &[],
+            nofile: None,
         }
     }
 

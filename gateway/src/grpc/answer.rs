@@ -30,6 +30,7 @@ use super::status::{put_status, trailers_only};
 use super::{
     GrpcResponse, MESSAGE_HEADER, SEQ_HEADER, STATUS_HEADER, State, code, status_from_service_error,
 };
+use crate::limits::Lease;
 use crate::metrics::Label;
 
 fn grpc_frame(m: &[u8]) -> Bytes {
@@ -40,10 +41,13 @@ fn grpc_frame(m: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// A frame and the memory budget its bytes hold until it is handed to hyper.
+type Held = (Frame<Bytes>, Option<Lease>);
+
 /// Response body: frames known up front, then (for streams) a channel fed by a task.
 struct GrpcBody {
-    ready: VecDeque<Frame<Bytes>>,
-    rest: Option<mpsc::Receiver<Frame<Bytes>>>,
+    ready: VecDeque<Held>,
+    rest: Option<mpsc::Receiver<Held>>,
 }
 
 impl http_body::Body for GrpcBody {
@@ -54,11 +58,11 @@ impl http_body::Body for GrpcBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(f) = self.ready.pop_front() {
+        if let Some((f, _lease)) = self.ready.pop_front() {
             return Poll::Ready(Some(Ok(f)));
         }
         match self.rest.as_mut() {
-            Some(rx) => rx.poll_recv(cx).map(|f| f.map(Ok)),
+            Some(rx) => rx.poll_recv(cx).map(|f| f.map(|(f, _lease)| Ok(f))),
             None => Poll::Ready(None),
         }
     }
@@ -70,7 +74,7 @@ impl http_body::Body for GrpcBody {
 
 /// One event of a NATS answer.
 enum Event {
-    Message(Bytes),
+    Message(Bytes, Lease),
     /// The status, and the metadata that came with it (trailers).
     End(u16, String, HeaderMap),
 }
@@ -128,6 +132,12 @@ impl Answer {
                     "request timed out waiting for backend processor",
                 );
             }
+            Ok(None) if self.sub.exhausted() => {
+                return Event::end(
+                    code::RESOURCE_EXHAUSTED,
+                    "the gateway's memory budget for buffered replies is exhausted",
+                );
+            }
             Ok(None) => {
                 return Event::end(
                     code::UNAVAILABLE,
@@ -136,6 +146,7 @@ impl Answer {
             }
             Ok(Some(m)) => m,
         };
+        let (msg, lease) = msg;
         if msg.status == Some(NatsStatus::NO_RESPONDERS) {
             return Event::end(
                 code::UNAVAILABLE,
@@ -167,7 +178,7 @@ impl Answer {
                 self.head = metadata(headers);
             }
             self.next_seq += 1;
-            return Event::Message(msg.payload);
+            return Event::Message(msg.payload, lease);
         }
         // A single reply, as Go consumers send it.
         if let Some(c) = get(SERVICE_ERROR_CODE_HEADER) {
@@ -175,7 +186,7 @@ impl Answer {
             return Event::end(status_from_service_error(c), message);
         }
         self.pending_end = Some((code::OK, String::new()));
-        Event::Message(msg.payload)
+        Event::Message(msg.payload, lease)
     }
 }
 
@@ -211,11 +222,11 @@ pub(super) async fn respond(
                     return r;
                 }
                 put_status(&mut t, c, &m);
-                ready.push_back(Frame::trailers(t));
+                ready.push_back((Frame::trailers(t), None));
                 return data_response(GrpcBody { ready, rest: None }, answer.head);
             }
-            Event::Message(m) => {
-                ready.push_back(Frame::data(grpc_frame(&m)));
+            Event::Message(m, lease) => {
+                ready.push_back((Frame::data(grpc_frame(&m)), Some(lease)));
                 if ready.len() >= 2 {
                     break;
                 }
@@ -229,8 +240,12 @@ pub(super) async fn respond(
     tokio::spawn(async move {
         let (c, m, mut t) = loop {
             match answer.next().await {
-                Event::Message(m) => {
-                    if tx.send(Frame::data(grpc_frame(&m))).await.is_err() {
+                Event::Message(m, lease) => {
+                    if tx
+                        .send((Frame::data(grpc_frame(&m)), Some(lease)))
+                        .await
+                        .is_err()
+                    {
                         // Client went away; dropping the call inbox unregisters it.
                         break (code::CANCELLED, String::new(), HeaderMap::new());
                     }
@@ -239,7 +254,7 @@ pub(super) async fn respond(
             }
         };
         put_status(&mut t, c, &m);
-        let _ = tx.send(Frame::trailers(t)).await;
+        let _ = tx.send((Frame::trailers(t), None)).await;
         state2.metrics.record(&label, c, started.elapsed());
     });
     data_response(

@@ -3,9 +3,9 @@
 //! and the request is published to the route's subject; [`super::answer`]
 //! takes it from there.
 
+use crate::limits::{BodyError, Listener};
 use bytes::{Buf, Bytes};
 use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use narun_wire::grpc::header;
 use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS, timeout_ms_value};
@@ -110,28 +110,40 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     } else {
         MAX_REQUEST_MESSAGE + 5
     };
-    let body =
-        match tokio::time::timeout_at(deadline, Limited::new(req.into_body(), limit).collect())
-            .await
-        {
-            Err(_) => {
-                return finish(
-                    code::DEADLINE_EXCEEDED,
-                    "deadline exceeded reading the request",
-                );
-            }
-            Ok(Err(e)) => {
-                return if e.is::<http_body_util::LengthLimitError>() {
-                    finish(
-                        code::RESOURCE_EXHAUSTED,
-                        &format!("request message larger than {} bytes", limit - 5),
-                    )
-                } else {
-                    finish(code::CANCELLED, &format!("reading the request failed: {e}"))
-                };
-            }
-            Ok(Ok(b)) => b.to_bytes(),
-        };
+    // Its bytes are charged to the memory budget until it is published.
+    let read = state
+        .limits
+        .read_body(Listener::Grpc, req.into_body(), limit);
+    let (body, _lease) = match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => {
+            return finish(
+                code::DEADLINE_EXCEEDED,
+                "deadline exceeded reading the request",
+            );
+        }
+        Ok(Err(BodyError::TooLarge)) => {
+            return finish(
+                code::RESOURCE_EXHAUSTED,
+                &format!("request message larger than {} bytes", limit - 5),
+            );
+        }
+        Ok(Err(BodyError::Overloaded)) => {
+            return finish(
+                code::RESOURCE_EXHAUSTED,
+                "the gateway's memory budget for request messages is exhausted; retry later",
+            );
+        }
+        Ok(Err(BodyError::Timeout)) => {
+            return finish(
+                code::DEADLINE_EXCEEDED,
+                "request message not received in time (too slow)",
+            );
+        }
+        Ok(Err(BodyError::Read(e))) => {
+            return finish(code::CANCELLED, &format!("reading the request failed: {e}"));
+        }
+        Ok(Ok(b)) => b,
+    };
     let payload = match single_message(body) {
         Ok(p) => p,
         Err((c, m)) => return finish(c, m),
@@ -140,15 +152,22 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     if state.client.connection_state() != async_nats::connection::State::Connected {
         return finish(code::UNAVAILABLE, "NATS is not connected");
     }
-    // The time left when the request leaves, for the app's tonic service
-    // (`grpc-timeout`) and for the narun library (`Narun-Timeout-Ms`).
+    let Ok(slot) = state.limits.inflight(Listener::Grpc).await else {
+        return finish(
+            code::RESOURCE_EXHAUSTED,
+            "too many requests in flight at the gateway; retry later",
+        );
+    };
+    // The time left when the request leaves (after any wait for a slot), for the app's
+    // tonic service (`grpc-timeout`) and for the narun library (`Narun-Timeout-Ms`).
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     nh.insert(
         header::TIMEOUT,
         format!("{}m", left.as_millis().clamp(1, 99_999_999)).as_str(),
     );
     nh.insert(TIMEOUT_MS, timeout_ms_value(left));
-    let sub = state.inbox.register();
+    let mut sub = state.inbox.register();
+    sub.slot = Some(slot);
     if let Err(e) = state
         .client
         .publish_with_reply_and_headers(route.subject.clone(), sub.subject.clone(), nh, payload)

@@ -54,6 +54,7 @@ mod status;
 
 use crate::GatewayError;
 use crate::config::GatewayConfig;
+use crate::limits::{self, Limits, Listener};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -94,6 +95,7 @@ struct State {
     routes: HashMap<String, GrpcRoute>,
     metrics: GrpcMetrics,
     inbox: Arc<Inbox>,
+    limits: Arc<Limits>,
 }
 
 type GrpcResponse = Response<tonic::body::Body>;
@@ -123,6 +125,7 @@ impl GrpcGateway {
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
         client: &async_nats::Client,
         registry: &mut Registry,
+        limits: Arc<Limits>,
     ) -> Result<Option<GrpcGateway>, GatewayError> {
         let mut routes = HashMap::new();
         for r in &config.routes {
@@ -148,6 +151,7 @@ impl GrpcGateway {
             prefix: client.new_inbox(),
             calls: Default::default(),
             next: Default::default(),
+            limits: limits.clone(),
         });
         // While NATS is still connecting, the SUB is sent on connect.
         let subject = format!("{}.*", inbox.prefix);
@@ -163,6 +167,7 @@ impl GrpcGateway {
                 routes,
                 metrics: GrpcMetrics::new(registry),
                 inbox,
+                limits,
             }),
             health,
             reporter,
@@ -190,8 +195,14 @@ impl GrpcGateway {
             stop.clone(),
         ));
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.state.limits.h2_max_concurrent_streams)
+            .initial_connection_window_size(limits::H2_WINDOW)
+            .initial_stream_window_size(limits::H2_WINDOW)
+            .max_send_buf_size(limits::H2_MAX_SEND_BUF);
         let builder = Arc::new(builder);
+        let limits = self.state.limits.clone();
         let mut conns = JoinSet::new();
         loop {
             let (stream, peer) = tokio::select! {
@@ -199,12 +210,15 @@ impl GrpcGateway {
                 r = self.listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accepting a gRPC connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        crate::accept_error(&limits, Listener::Grpc, e).await;
                         continue;
                     }
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
+            // Over the limit: close at once (dropping the stream), counted.
+            let Some(permit) = limits.admit(Listener::Grpc, peer.ip()) else {
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let state = self.state.clone();
@@ -213,18 +227,29 @@ impl GrpcGateway {
             let mut stop = stop.clone();
             let tls = self.tls.clone();
             conns.spawn(async move {
+                let _permit = permit;
+                let limits = state.limits.clone();
+                let activity = limits::Activity::new();
+                let busy = activity.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     let health = health.clone();
+                    // In flight until the response body (a stream, maybe) is done.
+                    let busy = busy.busy();
                     async move {
-                        if req.uri().path().starts_with("/grpc.health.v1.Health/") {
-                            return health.oneshot(req).await;
-                        }
-                        Ok::<_, Infallible>(call(state, req).await)
+                        let resp = if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+                            health.oneshot(req).await?
+                        } else {
+                            call(state, req).await
+                        };
+                        Ok::<_, Infallible>(resp.map(|body| {
+                            tonic::body::Body::new(limits::Holding { body, _hold: busy })
+                        }))
                     }
                 });
                 let Some(tls) = tls else {
-                    return serve_h2(&builder, stream, svc, peer, &mut stop).await;
+                    return serve_h2(&builder, stream, svc, peer, &limits, &activity, &mut stop)
+                        .await;
                 };
                 // The handshake runs in the connection's task, so a slow client
                 // does not hold up the accept loop; a stop ends it too.
@@ -243,7 +268,7 @@ impl GrpcGateway {
                     },
                     _ = stopped(&mut stop) => return,
                 };
-                serve_h2(&builder, stream, svc, peer, &mut stop).await
+                serve_h2(&builder, stream, svc, peer, &limits, &activity, &mut stop).await
             });
         }
         drop(self.listener);
@@ -271,6 +296,8 @@ async fn serve_h2<IO, S, B>(
     io: IO,
     svc: S,
     peer: SocketAddr,
+    limits: &Limits,
+    activity: &limits::Activity,
     stop: &mut watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -287,8 +314,14 @@ async fn serve_h2<IO, S, B>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
+                crate::count_conn_error(limits, Listener::Grpc, &e);
                 tracing::debug!(%peer, error = %e, "gRPC connection error");
             }
+            return;
+        }
+        _ = activity.idle(limits.keepalive_timeout) => {
+            limits.timed_out(Listener::Grpc, limits::Timeout::Keepalive);
+            tracing::debug!(%peer, "keep-alive timeout: closing the gRPC connection");
             return;
         }
         _ = stopped(stop) => {}

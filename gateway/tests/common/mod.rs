@@ -25,6 +25,8 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 pub struct GatewayRun {
     pub http: SocketAddr,
     pub metrics: SocketAddr,
+    /// The gRPC listener, when the config has `grpc_addr` and gRPC routes.
+    pub grpc: Option<SocketAddr>,
     pub service_id: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), GatewayError>>>,
@@ -69,13 +71,16 @@ pub async fn gateway_client(server: &NatsServer) -> async_nats::Client {
 }
 
 /// Start a gateway for `toml` (a document with `[gateway]` and routes); the
-/// listeners are forced to loopback port 0.
+/// listeners are forced to loopback port 0 (`grpc_addr` too, when set).
 pub async fn start_gateway(client: async_nats::Client, toml: &str) -> GatewayRun {
     let mut cfg = GatewayConfig::from_toml(toml).unwrap_or_else(|e| panic!("config: {e}"));
     cfg.http_addr = "127.0.0.1:0".into();
     cfg.metrics_addr = "127.0.0.1:0".into();
+    if cfg.grpc_addr.is_some() {
+        cfg.grpc_addr = Some("127.0.0.1:0".into());
+    }
     let gw = Gateway::bind(cfg, client).await.expect("bind gateway");
-    let (http, metrics) = (gw.http_addr(), gw.metrics_addr());
+    let (http, metrics, grpc) = (gw.http_addr(), gw.metrics_addr(), gw.grpc_addr());
     let service_id = gw.service().id().to_owned();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(gw.run(async move {
@@ -84,6 +89,7 @@ pub async fn start_gateway(client: async_nats::Client, toml: &str) -> GatewayRun
     GatewayRun {
         http,
         metrics,
+        grpc,
         service_id,
         stop: Some(tx),
         task: Some(task),
