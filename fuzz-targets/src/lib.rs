@@ -265,7 +265,7 @@ fn routes() -> &'static Routes {
 
 /// The gateway's request-path handling: the input is a request target as a client
 /// sends it (`/a/b?q`, or absolute form) and is parsed as hyper does. Then: routing
-/// never panics; a path with neither `%` nor dot segments is never refused; what is
+/// never panics; a path with neither `%`, `\\` nor dot segments is never refused; what is
 /// forwarded has no dot segments, no escaped `/`, `\` or control characters, and routes
 /// to the same route again unchanged (normalising is idempotent); an exact route gets
 /// only its own path, a prefix route only paths under it and only when no longer prefix
@@ -278,7 +278,7 @@ pub fn gateway_path(data: &[u8]) {
     let raw = uri.path();
     let routed = routes().route(&Method::GET, raw);
     let dot = raw.split('/').any(|s| s == "." || s == "..");
-    if !dot && !raw.contains('%') {
+    if !dot && !raw.contains('%') && !raw.contains('\\') {
         assert_ne!(routed, Routed::BadPath, "{raw:?} refused");
     }
     let (route, path) = match &routed {

@@ -70,6 +70,9 @@ pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 pub const DEFAULT_MAX_INFLIGHT_REQUESTS: u32 = 256;
 /// Default bytes all in-flight request bodies and gRPC reply buffers may hold: 32 MiB.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+/// Largest accepted client timeout (`header_read_timeout_sec`, `keepalive_timeout_sec`,
+/// `body_read_timeout_sec`): one day.
+pub const MAX_TIMEOUT_SEC: u64 = 86_400;
 /// Default wait for memory or an in-flight slot before answering 503 / RESOURCE_EXHAUSTED.
 pub const DEFAULT_OVERLOAD_WAIT_MS: u64 = 250;
 
@@ -317,6 +320,18 @@ fn check_path(path: &str) -> Result<(), String> {
     if http::uri::PathAndQuery::try_from(path).is_err() {
         return Err("is not a valid URL path (percent-encode special characters)".into());
     }
+    // Requests are routed by their normalised path (crate::path): a route must be
+    // written that way, or it could never match.
+    match crate::path::normalize(path) {
+        Err(e) => return Err(e.message().trim_start_matches("Invalid path: ").into()),
+        Ok(n) if n.path != path => {
+            return Err(format!(
+                "is not in normal form (RFC 3986): requests are matched as {:?}; write that",
+                n.path
+            ));
+        }
+        Ok(_) => {}
+    }
     Ok(())
 }
 
@@ -513,6 +528,20 @@ impl GatewayConfig {
                     self.memory_budget_bytes, self.max_body_bytes
                 ),
             );
+        }
+        // A timeout is a bound: past a day it is a way to disable it (and `Instant`
+        // arithmetic on huge values would panic).
+        for (key, v) in [
+            ("header_read_timeout_sec", self.header_read_timeout_sec),
+            ("keepalive_timeout_sec", self.keepalive_timeout_sec),
+            ("body_read_timeout_sec", self.body_read_timeout_sec),
+        ] {
+            if v > MAX_TIMEOUT_SEC {
+                c.push(
+                    format!("gateway.{key}"),
+                    format!("{v} is more than {MAX_TIMEOUT_SEC} (one day)"),
+                );
+            }
         }
         // Past an hour, a "brief" wait is a hang.
         if self.overload_wait_ms > 3_600_000 {
@@ -739,6 +768,29 @@ service = "grpc-hello"
         let errs = errors("[gateway]\nmax_connections = -1\n");
         assert!(errs[0].contains("max_connections"), "{errs:?}");
         assert!(errors("[gateway]\nmin_body_rate = 0\n").is_empty());
+        // Route paths must be written as requests are matched (normalised).
+        let errs = errors(
+            "[gateway]\n[[gateway.routes]]\npath = \"/%7euser/\"\nservice = \"a\"\n\
+             [[gateway.routes]]\npath = \"/a%2Fb\"\nservice = \"b\"\n",
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("\"/~user/\""), "{errs:?}");
+        assert!(errs[1].contains("encoded '/'"), "{errs:?}");
+        // "Disabling" a timeout with a huge value is refused, not a panic later.
+        let errs = errors(
+            "[gateway]\nkeepalive_timeout_sec = 18446744073709551615\nbody_read_timeout_sec = 86401\n",
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "gateway.keepalive_timeout_sec: 18446744073709551615 is more than 86400"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("gateway.body_read_timeout_sec: 86401 is more than 86400"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -391,9 +391,19 @@ impl Gateway {
 /// Out of file descriptors (`EMFILE`) and the like: count, and back off
 /// instead of spinning (the failed connection stays in the backlog).
 pub(crate) async fn accept_error(limits: &limits::Limits, listener: Listener, e: std::io::Error) {
+    use rustix::io::Errno;
     limits.accept_error(listener);
-    tracing::warn!(error = %e, "accepting a connection failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Out of descriptors or memory: back off instead of spinning. Other errors are the
+    // one connection's (ECONNABORTED, EPROTO, ...): go on accepting at once.
+    if matches!(
+        Errno::from_io_error(&e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    ) {
+        tracing::warn!(error = %e, "accepting a connection failed; pausing accepts for 50 ms");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    } else {
+        tracing::debug!(error = %e, "accepting a connection failed");
+    }
 }
 
 /// Count a connection error that is a timeout of hyper's (the header read timeout).

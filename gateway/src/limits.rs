@@ -25,7 +25,7 @@
 //! registered with the gateway's other metrics.
 
 use crate::config::GatewayConfig;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -349,8 +349,12 @@ impl Limits {
     /// Read a whole request body of at most `limit` bytes within
     /// `body_read_timeout_sec` and at least `min_body_rate` after
     /// [`BODY_RATE_GRACE`], its memory charged to the budget (the returned
-    /// [`Lease`] holds it): a known length in full before the first byte, else
-    /// the assembling buffer as it grows. Counts timeouts and refusals.
+    /// [`Lease`] holds it) **as it is received**: a claimed `Content-Length` costs
+    /// nothing until its bytes arrive, so headers alone cannot take the budget.
+    /// The assembling buffer doubles, never beyond the known length (or `limit`):
+    /// what is charged is at most twice what arrived and never more than
+    /// `limit`. A body of one frame is kept as hyper read it. Counts timeouts
+    /// and refusals.
     pub(crate) async fn read_body<B>(
         &self,
         listener: Listener,
@@ -362,42 +366,45 @@ impl Limits {
         B::Error: std::fmt::Display,
     {
         let start = Instant::now();
-        let hard = start + self.body_timeout;
+        let hard = start.checked_add(self.body_timeout);
         let mut lease = Lease::new(self.budget.clone());
-        // A known length is charged at once (before any byte is read) and the body
-        // is assembled in a buffer of exactly that size; otherwise every growth of
-        // the buffer is charged. A body of one frame is kept as hyper read it.
-        let exact = body
+        // The most the buffer may ever hold: the known length, else the limit.
+        let cap = body
             .size_hint()
             .exact()
-            .filter(|&n| n > 0 && n <= limit as u64);
-        if let Some(n) = exact
-            && !lease.grow(n, self.wait).await
-        {
-            self.shed(listener, Shed::Memory);
-            return Err(BodyError::Overloaded);
-        }
+            .filter(|&n| n > 0 && n <= limit as u64)
+            .map_or(limit, |n| n as usize);
         let mut first: Option<Bytes> = None;
-        let mut buf = BytesMut::new();
+        let mut buf: Vec<u8> = Vec::new();
         let mut total = 0usize;
         loop {
-            let deadline = if self.min_body_rate == 0 {
-                hard
-            } else {
+            let mut deadline = hard;
+            if self.min_body_rate > 0 {
                 // received >= rate * (t - grace) must hold at every t: the next
                 // bytes are due by grace + received / rate.
                 let due = BODY_RATE_GRACE
                     + Duration::from_secs_f64(total as f64 / self.min_body_rate as f64);
-                hard.min(start + due)
+                let due = start.checked_add(due);
+                deadline = match (deadline, due) {
+                    (Some(h), Some(d)) => Some(h.min(d)),
+                    (h, d) => h.or(d),
+                };
+            }
+            let next = body.frame();
+            let frame = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, next).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        self.timed_out(listener, Timeout::BodyRead);
+                        return Err(BodyError::Timeout);
+                    }
+                },
+                None => next.await,
             };
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => {
-                    self.timed_out(listener, Timeout::BodyRead);
-                    return Err(BodyError::Timeout);
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
-                Ok(Some(Ok(f))) => f,
+            let frame = match frame {
+                None => break,
+                Some(Err(e)) => return Err(BodyError::Read(e.to_string())),
+                Some(Ok(f)) => f,
             };
             let Ok(data) = frame.into_data() else {
                 continue; // trailers: not forwarded
@@ -409,28 +416,33 @@ impl Limits {
             if total > limit {
                 return Err(BodyError::TooLarge);
             }
-            let before = buf.capacity();
-            if first.is_none() && buf.is_empty() {
-                if exact.is_none() && !lease.grow(data.len() as u64, self.wait).await {
-                    self.shed(listener, Shed::Memory);
-                    return Err(BodyError::Overloaded);
+            // The memory the body needs now: the first frame as is, then the buffer.
+            let needed = if first.is_none() && buf.is_empty() {
+                data.len()
+            } else {
+                if buf.capacity() < total {
+                    let target = total
+                        .max(buf.capacity().saturating_mul(2))
+                        .min(cap.max(total));
+                    buf.reserve_exact(target - buf.len());
                 }
+                buf.capacity()
+            };
+            let more = (needed as u64).saturating_sub(lease.bytes);
+            if more > 0 && !lease.grow(more, self.wait).await {
+                self.shed(listener, Shed::Memory);
+                return Err(BodyError::Overloaded);
+            }
+            if first.is_none() && buf.is_empty() {
                 first = Some(data);
                 continue;
             }
             if let Some(f) = first.take() {
-                buf.reserve(exact.map_or(f.len() + data.len(), |n| n as usize));
                 buf.extend_from_slice(&f);
             }
             buf.extend_from_slice(&data);
-            // The buffer grew (a known length is charged already): charge the growth.
-            let grown = buf.capacity().saturating_sub(before) as u64;
-            if exact.is_none() && grown > 0 && !lease.grow(grown, self.wait).await {
-                self.shed(listener, Shed::Memory);
-                return Err(BodyError::Overloaded);
-            }
         }
-        Ok((first.unwrap_or_else(|| buf.freeze()), lease))
+        Ok((first.unwrap_or_else(|| Bytes::from(buf)), lease))
     }
 }
 
@@ -519,6 +531,11 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
+    /// The configured `memory_budget_bytes`.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
     fn new(limit: u64) -> Budget {
         Budget {
             limit,

@@ -6,9 +6,10 @@
 //!
 //! 1. **percent-decodes the unreserved characters** (`A-Z a-z 0-9 - . _ ~`; `%2e` is `.`)
 //!    and writes the other escapes with upper-case hex (`%c3%a9` → `%C3%A9`);
-//! 2. **refuses** a `%` not followed by two hex digits, and escapes an app could decode
-//!    into a separator or a control character: `%2F` (`/`), `%5C` (`\`), `%00`–`%1F`, `%7F`
-//!    ([`PathError`]; the gateway answers 400);
+//! 2. **refuses** a `%` not followed by two hex digits, escapes an app could decode
+//!    into a separator or a control character: `%2F` (`/`), `%5C` (`\`), `%00`–`%1F`, `%7F`,
+//!    and a literal `\` (which some frameworks take for `/`) ([`PathError`]; the gateway
+//!    answers 400);
 //! 3. **removes dot segments** (`/a/./b` → `/a/b`, `/a/b/../c` → `/a/c`); a `..` above the
 //!    root is refused, and [`Normalized::climb`] records how far up a `..` went, so the
 //!    router can refuse one that climbs out of a route ([`Normalized::climbs_out_of`]): out
@@ -29,6 +30,8 @@ pub enum PathError {
     BadEscape,
     /// `%2F`, `%5C` or an escaped control character.
     EncodedSeparator,
+    /// A literal `\`, which some apps and frameworks take for `/`.
+    Backslash,
     /// A `..` segment above the root, or out of the matched route.
     Climbs,
 }
@@ -42,6 +45,7 @@ impl PathError {
                 "Invalid path: encoded '/', '\\' and control characters (%2F, %5C, %00-%1F, %7F) are not allowed"
             }
             PathError::Climbs => "Invalid path: '..' segments may not climb out of the route",
+            PathError::Backslash => "Invalid path: '\\' is not allowed (use '/')",
         }
     }
 }
@@ -97,6 +101,9 @@ fn has_dot_segment(path: &str) -> bool {
 /// Normalise a request path (the URI's path, no query). A path that does not start with
 /// `/` (`*`, or empty) is returned unchanged: it matches no route.
 pub fn normalize(path: &str) -> Result<Normalized<'_>, PathError> {
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
+    }
     if !path.starts_with('/') || (!path.contains('%') && !has_dot_segment(path)) {
         return Ok(Normalized {
             path: Cow::Borrowed(path),

@@ -163,6 +163,7 @@ async fn encoded_dot_segments_and_separators_never_reach_the_app() {
         ("/hello/a%5c..%5csecret", "an encoded '\\'"),
         ("/hello/a%00", "an encoded NUL"),
         ("/hello/a%zz", "a bad escape"),
+        ("/hello/..\\secret", "a literal '\\' some apps take for '/'"),
     ] {
         let r = get(&s.gw.url(path)).await;
         assert_eq!(r.status, 400, "{path} ({why}): {}", r.text());

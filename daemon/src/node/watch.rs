@@ -12,7 +12,9 @@
 //! * **the connection came back**: checked every [`STATE_CHECK`]; or
 //! * **the watch stalled**: every [`STALL_CHECK`] the bucket's last revision is compared
 //!   with the last one the watch delivered; behind twice in a row with no progress between,
-//!   the watch is dead.
+//!   the watch is dead. Once per last revision: a renewed watch that delivers nothing
+//!   shows that revision no longer exists (a compacted or purged bucket keeps its last
+//!   sequence number), and it is not taken for a stall again.
 //!
 //! Both are logged (warn), with the revision the new watch starts from.
 
@@ -37,12 +39,16 @@ pub async fn run(
     let mut delay = Duration::from_millis(250);
     // The last revision of app-configs handed to the node (0: none yet).
     let mut seen = 0u64;
+    // The bucket's last revision when the watch was last renewed as stalled: a renewed
+    // watch that delivers nothing proves that revision is gone (a compacted or purged
+    // bucket keeps its last sequence number), so it is not a stall again.
+    let mut stall_floor = 0u64;
     loop {
         if stop.is_cancelled() {
             return;
         }
         let result = tokio::select! {
-            r = session(&node, &client, &ready, &beat, &mut seen) => r,
+            r = session(&node, &client, &ready, &beat, &mut seen, &mut stall_floor) => r,
             _ = stop.cancelled() => return,
         };
         match result {
@@ -109,6 +115,7 @@ async fn session(
     ready: &watch::Sender<bool>,
     beat: &Beat,
     seen: &mut u64,
+    stall_floor: &mut u64,
 ) -> Result<(), SessionEnd> {
     use async_nats::connection::State;
     if client.connection_state() != State::Connected {
@@ -188,8 +195,9 @@ async fn session(
                 if was_connected
                     && let Some(last) = last_revision(&configs).await
                 {
-                    if last > *seen {
+                    if last > *seen && last > *stall_floor {
                         if behind == Some((last, *seen)) {
+                            *stall_floor = last;
                             return Err(SessionEnd::Renew("the watch stalled: app-configs has newer revisions"));
                         }
                         behind = Some((last, *seen));

@@ -110,11 +110,14 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     } else {
         MAX_REQUEST_MESSAGE + 5
     };
+    // A message the whole memory budget cannot hold is too large, not "retry later".
+    let budget = usize::try_from(state.limits.budget().limit()).unwrap_or(usize::MAX);
+    let limit = limit.min(budget);
     // Its bytes are charged to the memory budget until it is published.
     let read = state
         .limits
         .read_body(Listener::Grpc, req.into_body(), limit);
-    let (body, _lease) = match tokio::time::timeout_at(deadline, read).await {
+    let (body, lease) = match tokio::time::timeout_at(deadline, read).await {
         Err(_) => {
             return finish(
                 code::DEADLINE_EXCEEDED,
@@ -176,6 +179,8 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
         tracing::warn!(subject = %route.subject, error = %e, "NATS publish failed");
         return finish(code::INTERNAL, "internal server error (NATS communication)");
     }
+    // Published: the request's bytes are the client library's now (not held for the answer).
+    drop(lease);
     answer::respond(state, sub, deadline, label, started).await
 }
 
