@@ -79,11 +79,7 @@ async fn run<H, Fut>(
     let spawn = {
         let (client, handler) = (client.clone(), handler.clone());
         move |request: micro::Request, permit: tokio::sync::OwnedSemaphorePermit| {
-            let fut = handler(client.clone(), request);
-            tokio::spawn(async move {
-                fut.await;
-                drop(permit);
-            });
+            run_or_spawn(handler(client.clone(), request), permit)
         }
     };
     // Serve until told to stop (or the subscription ends).
@@ -99,7 +95,7 @@ async fn run<H, Fut>(
                 None => break,
             },
         };
-        spawn(request, permit);
+        spawn(request, permit).await;
     }
     // Graceful stop: no new requests, but those already delivered to us are
     // served; then wait for everything in flight.
@@ -119,7 +115,7 @@ async fn run<H, Fut>(
                 next = endpoint.next() => match next {
                     Some(request) => {
                         let permit = limit.clone().acquire_owned().await.expect("semaphore open");
-                        spawn(request, permit);
+                        spawn(request, permit).await;
                     }
                     None => break,
                 },
@@ -144,4 +140,35 @@ async fn run<H, Fut>(
     }
     drop(watchdog);
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+/// Run a request's handler in this task until it first has to wait, and spawn a
+/// task for the rest only then; `permit` is released when it is done.
+///
+/// Most handlers answer without waiting (the reply is a publish into the client's
+/// buffer): this saves a task and, on the multi-thread runtime, the wake-up of
+/// another worker thread per request, which cost more than the request itself
+/// (`narun-bench gateway`, docs/benchmarks.md). A panic in that first poll is
+/// contained here as it would be in a task of its own.
+async fn run_or_spawn<F>(fut: F, permit: tokio::sync::OwnedSemaphorePermit)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::task::Poll;
+    let mut fut = Box::pin(fut);
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))))
+    })
+    .await;
+    match first {
+        Ok(Poll::Pending) => {
+            tokio::spawn(async move {
+                fut.await;
+                drop(permit);
+            });
+        }
+        Ok(Poll::Ready(())) => {}
+        Err(_) => tracing::error!("request handler panicked"),
+    }
 }
