@@ -46,7 +46,7 @@ struct Cli {
     bench: Bench,
 }
 
-#[derive(clap::Args, Clone, Copy)]
+#[derive(clap::Args, Clone)]
 struct Common {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 2.0)]
@@ -57,6 +57,9 @@ struct Common {
     /// Concurrent requests of the throughput runs.
     #[arg(long, default_value_t = 64)]
     conc: usize,
+    /// Only the paths whose name contains this text (for profiling one path).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -102,16 +105,16 @@ fn main() -> anyhow::Result<()> {
             Bench::Serve { role, nats } => roles::serve(role, nats).await,
             Bench::Gateway { common, payload } => {
                 let s = Setup::start()?;
-                http_bench(&s, common, payload).await
+                http_bench(&s, &common, payload).await
             }
             Bench::Grpc { common } => {
                 let s = Setup::start()?;
-                grpc_bench(&s, common).await
+                grpc_bench(&s, &common).await
             }
             Bench::All { common, payload } => {
                 let s = Setup::start()?;
-                http_bench(&s, common, payload).await?;
-                grpc_bench(&s, common).await
+                http_bench(&s, &common, payload).await?;
+                grpc_bench(&s, &common).await
             }
         }
     })
@@ -285,8 +288,14 @@ struct Results {
 }
 
 /// Warm up every path, then run the alternating rounds.
-async fn measure(setup: &Setup, paths: &[Path], c: Common) -> anyhow::Result<Results> {
+async fn measure(setup: &Setup, paths: &[Path], c: &Common) -> anyhow::Result<Results> {
     for p in paths {
+        if c.only
+            .as_ref()
+            .is_some_and(|o| !p.name.contains(o.as_str()))
+        {
+            continue;
+        }
         for _ in 0..200 {
             (p.call)()
                 .await
@@ -299,7 +308,13 @@ async fn measure(setup: &Setup, paths: &[Path], c: Common) -> anyhow::Result<Res
         one: vec![Vec::new(); paths.len()],
     };
     for round in 0..c.rounds {
-        let mut order: Vec<usize> = (0..paths.len()).collect();
+        let mut order: Vec<usize> = (0..paths.len())
+            .filter(|&i| {
+                c.only
+                    .as_ref()
+                    .is_none_or(|o| paths[i].name.contains(o.as_str()))
+            })
+            .collect();
         if round % 2 == 1 {
             order.reverse();
         }
@@ -322,7 +337,7 @@ async fn measure(setup: &Setup, paths: &[Path], c: Common) -> anyhow::Result<Res
     Ok(r)
 }
 
-fn print_table(paths: &[Path], r: &Results, c: Common) {
+fn print_table(paths: &[Path], r: &Results, c: &Common) {
     println!(
         "\n{:<46} {:>9} {:>17} {:>9} {:>7} {:>7} {:>7} {:>7} | {:>6} {:>6} {:>8}",
         "path (medians of rounds)",
@@ -362,7 +377,7 @@ fn print_table(paths: &[Path], r: &Results, c: Common) {
 }
 
 /// Per-round ratio of throughput and p50 difference of path `a` against path `b`.
-fn print_ratio(label: &str, r: &Results, a: usize, b: usize, c: Common) {
+fn print_ratio(label: &str, r: &Results, a: usize, b: usize, c: &Common) {
     let ratios: Vec<f64> = r.high[a]
         .iter()
         .zip(&r.high[b])
@@ -442,7 +457,7 @@ fn http_post(url: hyper::Uri, body: Bytes) -> Call {
     })
 }
 
-async fn http_bench(s: &Setup, c: Common, size: usize) -> anyhow::Result<()> {
+async fn http_bench(s: &Setup, c: &Common, size: usize) -> anyhow::Result<()> {
     let body = Bytes::from(vec![b'x'; size]);
     let narun_http = s.narun_gw.addr("http")?;
     let hand_http = s.hand_gw.addr("http")?;
@@ -568,7 +583,7 @@ async fn http_bench(s: &Setup, c: Common, size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn grpc_bench(s: &Setup, c: Common) -> anyhow::Result<()> {
+async fn grpc_bench(s: &Setup, c: &Common) -> anyhow::Result<()> {
     use grpc_hello::pb::greeter_client::GreeterClient;
     use grpc_hello::pb::{HelloReply, HelloRequest};
     use prost::Message;
