@@ -22,8 +22,9 @@
 //! `grpc`: narun gateway → narun `GrpcServer` app, hand-written tonic forwarder → raw
 //! responder, raw request-reply, and the narun gRPC app called directly (Go form).
 //!
-//! Each round runs every path at 64 and at 1 concurrent requests (the order reversed
-//! every other round); the report gives medians over rounds of req/s at 64, p50/p99 at
+//! Each round runs every path at 64 concurrent requests, then every path at 1 in
+//! slices that alternate between the paths (the order reversed every other round);
+//! the report gives medians over rounds of req/s at 64, p50/p99 at
 //! 1 and CPU per request (user + system time of every process involved: client,
 //! gateway, app, nats-server, from `/proc/<pid>/stat`), and per-round ratios.
 #![forbid(unsafe_code)]
@@ -220,13 +221,52 @@ impl Sample {
     }
 }
 
+/// What one load run saw: latencies, wall time, CPU time by [`Group`].
+#[derive(Default)]
+struct Raw {
+    lat: Vec<u64>,
+    elapsed: Duration,
+    cpu: [u64; GROUPS],
+}
+
+impl Raw {
+    fn merge(&mut self, other: Raw) {
+        self.lat.extend(other.lat);
+        self.elapsed += other.elapsed;
+        for g in 0..GROUPS {
+            self.cpu[g] += other.cpu[g];
+        }
+    }
+
+    fn sample(mut self) -> Sample {
+        self.lat.sort_unstable();
+        let lat = &self.lat;
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        let n = lat.len().max(1) as f64;
+        let mut cpu = [0.0; GROUPS];
+        for g in 0..GROUPS {
+            cpu[g] = self.cpu[g] as f64 / n;
+        }
+        Sample {
+            rps: lat.len() as f64 / self.elapsed.as_secs_f64(),
+            p50: pct(0.5),
+            p99: pct(0.99),
+            cpu,
+        }
+    }
+}
+
 /// Run `concurrency` workers calling `call` in a loop for `dur`.
 async fn load(
     setup: &Setup,
     concurrency: usize,
     dur: Duration,
     call: &Call,
-) -> anyhow::Result<Sample> {
+) -> anyhow::Result<Raw> {
     let cpu0 = setup.cpu();
     let start = Instant::now();
     let deadline = start + dur;
@@ -249,24 +289,17 @@ async fn load(
     }
     let elapsed = start.elapsed();
     let cpu1 = setup.cpu();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    let n = lat.len().max(1) as f64;
-    let mut cpu = [0.0; GROUPS];
+    let mut cpu = [0; GROUPS];
     for g in 0..GROUPS {
-        cpu[g] = cpu1[g].saturating_sub(cpu0[g]) as f64 / n;
+        cpu[g] = cpu1[g].saturating_sub(cpu0[g]);
     }
-    Ok(Sample {
-        rps: lat.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.5),
-        p99: pct(0.99),
-        cpu,
-    })
+    Ok(Raw { lat, elapsed, cpu })
 }
+
+/// Latency runs (concurrency 1) of a round are cut into this many slices, the
+/// paths alternating slice by slice: single requests are sensitive to what else
+/// the machine does, so the paths share those moments.
+const LATENCY_SLICES: u32 = 4;
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -319,19 +352,34 @@ async fn measure(setup: &Setup, paths: &[Path], c: &Common) -> anyhow::Result<Re
             order.reverse();
         }
         for &i in &order {
-            let high = load(setup, c.conc, dur, &paths[i].call).await?;
-            let one = load(setup, 1, dur, &paths[i].call).await?;
+            let high = load(setup, c.conc, dur, &paths[i].call).await?.sample();
             eprintln!(
-                "round {}: {:<44} @{} {:>8.0} req/s {:>6.1} µs CPU/req | @1 p50 {:>4} µs",
+                "round {}: {:<44} @{} {:>8.0} req/s {:>6.1} µs CPU/req",
                 round + 1,
                 paths[i].name,
                 c.conc,
                 high.rps,
                 high.cpu_total(),
-                one.p50
             );
             r.high[i].push(high);
-            r.one[i].push(one);
+        }
+        let mut one: Vec<Raw> = (0..paths.len()).map(|_| Raw::default()).collect();
+        for _ in 0..LATENCY_SLICES {
+            for &i in &order {
+                one[i].merge(load(setup, 1, dur / LATENCY_SLICES, &paths[i].call).await?);
+            }
+        }
+        for (i, raw) in one.into_iter().enumerate() {
+            if order.contains(&i) {
+                let s = raw.sample();
+                eprintln!(
+                    "round {}: {:<44} @1 p50 {:>4} µs",
+                    round + 1,
+                    paths[i].name,
+                    s.p50
+                );
+                r.one[i].push(s);
+            }
         }
     }
     Ok(r)
