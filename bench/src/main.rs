@@ -233,8 +233,8 @@ impl Raw {
     fn merge(&mut self, other: Raw) {
         self.lat.extend(other.lat);
         self.elapsed += other.elapsed;
-        for g in 0..GROUPS {
-            self.cpu[g] += other.cpu[g];
+        for (mine, theirs) in self.cpu.iter_mut().zip(other.cpu) {
+            *mine += theirs;
         }
     }
 
@@ -247,10 +247,7 @@ impl Raw {
                 .unwrap_or(0)
         };
         let n = lat.len().max(1) as f64;
-        let mut cpu = [0.0; GROUPS];
-        for g in 0..GROUPS {
-            cpu[g] = self.cpu[g] as f64 / n;
-        }
+        let cpu = self.cpu.map(|us| us as f64 / n);
         Sample {
             rps: lat.len() as f64 / self.elapsed.as_secs_f64(),
             p50: pct(0.5),
@@ -290,8 +287,8 @@ async fn load(
     let elapsed = start.elapsed();
     let cpu1 = setup.cpu();
     let mut cpu = [0; GROUPS];
-    for g in 0..GROUPS {
-        cpu[g] = cpu1[g].saturating_sub(cpu0[g]);
+    for ((d, a), b) in cpu.iter_mut().zip(cpu1).zip(cpu0) {
+        *d = a.saturating_sub(b);
     }
     Ok(Raw { lat, elapsed, cpu })
 }
