@@ -78,8 +78,9 @@ async fn run<H, Fut>(
     let limit = Arc::new(Semaphore::new(opts.max_inflight));
     let spawn = {
         let (client, handler) = (client.clone(), handler.clone());
+        let gate = Arc::new(InlineGate::default());
         move |request: micro::Request, permit: tokio::sync::OwnedSemaphorePermit| {
-            run_or_spawn(handler(client.clone(), request), permit)
+            run_or_spawn(handler(client.clone(), request), permit, gate.clone())
         }
     };
     // Serve until told to stop (or the subscription ends).
@@ -142,6 +143,39 @@ async fn run<H, Fut>(
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
 }
 
+/// [`SLOW_POLLS`] first polls in a row longer than this make the following
+/// requests spawn at once for [`SPAWN_FOR`], so handlers that compute before they
+/// first wait keep running in parallel on every worker thread. (In a row: a
+/// single slow poll is more often the thread being preempted on a busy machine.)
+const SLOW_FIRST_POLL: Duration = Duration::from_millis(2);
+const SLOW_POLLS: u32 = 3;
+const SPAWN_FOR: Duration = Duration::from_secs(1);
+
+/// Until when requests skip the in-place first poll (see [`run_or_spawn`]).
+struct InlineGate {
+    base: std::time::Instant,
+    /// Microseconds after `base`.
+    spawn_until: std::sync::atomic::AtomicU64,
+    /// Slow first polls in a row.
+    slow: std::sync::atomic::AtomicU32,
+}
+
+impl Default for InlineGate {
+    fn default() -> Self {
+        InlineGate {
+            base: std::time::Instant::now(),
+            spawn_until: Default::default(),
+            slow: Default::default(),
+        }
+    }
+}
+
+impl InlineGate {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
 /// Run a request's handler in this task until it first has to wait, and spawn a
 /// task for the rest only then; `permit` is released when it is done.
 ///
@@ -149,18 +183,37 @@ async fn run<H, Fut>(
 /// buffer): this saves a task and, on the multi-thread runtime, the wake-up of
 /// another worker thread per request, which cost more than the request itself
 /// (`narun-bench gateway`, docs/benchmarks.md). A panic in that first poll is
-/// contained here as it would be in a task of its own.
-async fn run_or_spawn<F>(fut: F, permit: tokio::sync::OwnedSemaphorePermit)
+/// contained here as it would be in a task of its own. Handlers that compute
+/// long before their first wait would serialise here: after a few such polls
+/// ([`SLOW_FIRST_POLL`]) requests are spawned directly for a while.
+async fn run_or_spawn<F>(fut: F, permit: tokio::sync::OwnedSemaphorePermit, gate: Arc<InlineGate>)
 where
     F: Future<Output = ()> + Send + 'static,
 {
     use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::Ordering::Relaxed;
     use std::task::Poll;
     let mut fut = Box::pin(fut);
+    let start = gate.now();
+    if start < gate.spawn_until.load(Relaxed) {
+        tokio::spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+        return;
+    }
     let first = std::future::poll_fn(|cx| {
         Poll::Ready(catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))))
     })
     .await;
+    let end = gate.now();
+    if end.saturating_sub(start) <= SLOW_FIRST_POLL.as_micros() as u64 {
+        gate.slow.store(0, Relaxed);
+    } else if gate.slow.fetch_add(1, Relaxed) + 1 >= SLOW_POLLS {
+        gate.slow.store(0, Relaxed);
+        gate.spawn_until
+            .store(end.saturating_add(SPAWN_FOR.as_micros() as u64), Relaxed);
+    }
     match first {
         Ok(Poll::Pending) => {
             tokio::spawn(async move {
