@@ -1,33 +1,44 @@
-//! narun benchmarks. Each prints the measurement *and* a baseline measured in the
-//! same run, and the ratio between them, so numbers from different machines compare.
+//! narun benchmarks. Each prints the measurement *and* baselines measured in the
+//! same run, alternating, and the ratios between them, so numbers from different
+//! machines compare.
 //!
 //! ```text
-//! cargo run --release -p narun-bench -- gateway [--secs 5] [--payload 128]
-//! cargo run --release -p narun-bench -- grpc [--secs 5]
+//! cargo run --release -p narun-bench -- gateway [--secs 2] [--rounds 5] [--payload 128]
+//! cargo run --release -p narun-bench -- grpc [--secs 2] [--rounds 5]
+//! cargo run --release -p narun-bench -- all [--secs 2] [--rounds 5]
 //! ```
 //!
-//! `gateway`: raw async-nats request-reply to an echo service (the baseline) vs the
-//! full path HTTP keep-alive client → narun gateway → NATS → `narun` app, with the
-//! same payload, at concurrency 1 and 64. Everything runs on this machine: a
-//! private nats-server, the app and the gateway in this process, the HTTP client
-//! on its own connections.
+//! The comparison is against what a user would write instead of narun (the
+//! "hand-written gateway", issue 18): an axum server forwarding each request to NATS
+//! with async-nats `request`, answered by a raw async-nats responder; for gRPC a tonic
+//! service forwarding the same way. Every server runs in its own process
+//! (see [`roles`]): a private nats-server, the narun gateway, the narun apps, the
+//! hand-written gateway and the raw responders; the load generator is this process.
 //!
-//! `grpc`: raw async-nats request-reply (the baseline) vs unary gRPC
-//! (`hello.v1.Greeter/SayHello`) from a tonic client over h2c → gateway → NATS →
-//! `narun::GrpcServer` → the `examples/grpc-hello` tonic service, with the same
-//! protobuf request and an equally long reply, at concurrency 1 and 64. An
-//! attribution baseline calls the app over NATS directly, the way Go's gateway
-//! does (raw protobuf + `X-Original-Grpc-Method`, one reply).
+//! Paths (`gateway`): narun gateway → narun app (BHTTP), hand-written axum → raw
+//! responder, narun gateway raw route → the same raw responder, the gateway's
+//! `/healthz` (the HTTP-only ceiling), raw async-nats request-reply (the NATS limit)
+//! and the narun app called directly over NATS (what the app library costs).
+//! `grpc`: narun gateway → narun `GrpcServer` app, hand-written tonic forwarder → raw
+//! responder, raw request-reply, and the narun gRPC app called directly (Go form).
+//!
+//! Each round runs every path at 64 concurrent requests, then every path at 1 in
+//! slices that alternate between the paths (the order reversed every other round);
+//! the report gives medians over rounds of req/s at 64, p50/p99 at
+//! 1 and CPU per request (user + system time of every process involved: client,
+//! gateway, app, nats-server, from `/proc/<pid>/stat`), and per-round ratios.
 #![forbid(unsafe_code)]
+
+mod roles;
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use narun_test_support::NatsServer;
-use narun_wire::connect::NatsSettings;
-use narun_wire::micro::{EndpointConfig, Service, ServiceConfig};
+use roles::{HAND_ECHO, HAND_HELLO, NARUN_APP, NARUN_GRPC_APP, Proc, Role, cpu_us};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -36,203 +47,473 @@ struct Cli {
     bench: Bench,
 }
 
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    secs: f64,
+    /// Alternating rounds (every path, both concurrencies, per round).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Concurrent requests of the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    conc: usize,
+    /// Only the paths whose name contains this text (for profiling one path).
+    #[arg(long)]
+    only: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Bench {
-    /// Gateway path vs raw NATS request-reply.
+    /// HTTP: narun gateway (bhttp and raw routes) vs a hand-written axum → NATS gateway.
     Gateway {
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
-        secs: u64,
+        #[command(flatten)]
+        common: Common,
         /// Request and response body size in bytes.
         #[arg(long, default_value_t = 128)]
         payload: usize,
     },
-    /// Unary gRPC through the gateway vs raw NATS request-reply.
+    /// Unary gRPC: narun gateway vs a hand-written tonic → NATS forwarder.
     Grpc {
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
-        secs: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// `gateway` then `grpc`, with the same processes.
+    All {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 128)]
+        payload: usize,
+    },
+    /// Internal: serve one role of the comparison (the bench starts these itself).
+    #[command(hide = true)]
+    Serve {
+        role: Role,
+        #[arg(long)]
+        nats: String,
     },
 }
 
-/// Result of one load run.
-struct Run {
-    requests: u64,
-    elapsed: Duration,
-    latencies_us: Vec<u64>,
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Every process (load generator, gateways, apps) on the same runtime narund and
+    // `#[tokio::main]` apps use: multi-thread, one worker per core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.bench {
+            Bench::Serve { role, nats } => roles::serve(role, nats).await,
+            Bench::Gateway { common, payload } => {
+                let s = Setup::start()?;
+                http_bench(&s, &common, payload).await
+            }
+            Bench::Grpc { common } => {
+                let s = Setup::start()?;
+                grpc_bench(&s, &common).await
+            }
+            Bench::All { common, payload } => {
+                let s = Setup::start()?;
+                http_bench(&s, &common, payload).await?;
+                grpc_bench(&s, &common).await
+            }
+        }
+    })
 }
 
-impl Run {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
+/// nats-server and every role, each in its own process.
+struct Setup {
+    server: NatsServer,
+    narun_gw: Proc,
+    hand_gw: Proc,
+    narun_app: Proc,
+    narun_grpc_app: Proc,
+    raw: Proc,
+}
+
+/// Whose CPU time a measurement adds up.
+#[derive(Clone, Copy)]
+enum Group {
+    Client,
+    Gateway,
+    App,
+    Nats,
+}
+const GROUPS: usize = 4;
+
+impl Setup {
+    fn start() -> anyhow::Result<Setup> {
+        let server = NatsServer::start();
+        let url = server.url();
+        Ok(Setup {
+            raw: Proc::spawn(Role::RawResponders, &url)?,
+            narun_app: Proc::spawn(Role::NarunApp, &url)?,
+            narun_grpc_app: Proc::spawn(Role::NarunGrpcApp, &url)?,
+            narun_gw: Proc::spawn(Role::NarunGateway, &url)?,
+            hand_gw: Proc::spawn(Role::HandGateway, &url)?,
+            server,
+        })
     }
-    fn pct(&self, p: f64) -> u64 {
-        let mut v = self.latencies_us.clone();
-        v.sort_unstable();
-        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
+
+    fn pids(&self) -> Vec<(Group, u32)> {
+        vec![
+            (Group::Client, std::process::id()),
+            (Group::Gateway, self.narun_gw.pid()),
+            (Group::Gateway, self.hand_gw.pid()),
+            (Group::App, self.narun_app.pid()),
+            (Group::App, self.narun_grpc_app.pid()),
+            (Group::App, self.raw.pid()),
+            (Group::Nats, self.server.pid().unwrap_or(0)),
+        ]
+    }
+
+    fn cpu(&self) -> [u64; GROUPS] {
+        let mut out = [0; GROUPS];
+        for (g, pid) in self.pids() {
+            out[g as usize] += cpu_us(pid);
+        }
+        out
+    }
+
+    fn print_processes(&self) {
+        println!(
+            "processes: client {} | narun gateway {} | hand-written gateway {} | narun app {} | narun gRPC app {} | raw responders {} | nats-server {}",
+            std::process::id(),
+            self.narun_gw.pid(),
+            self.hand_gw.pid(),
+            self.narun_app.pid(),
+            self.narun_grpc_app.pid(),
+            self.raw.pid(),
+            self.server.pid().unwrap_or(0),
+        );
+    }
+}
+
+type Call = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+fn call<F, Fut>(f: F) -> Call
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+/// One path of the comparison.
+struct Path {
+    name: &'static str,
+    call: Call,
+}
+
+/// One measurement of one path.
+#[derive(Clone)]
+struct Sample {
+    rps: f64,
+    p50: u64,
+    p99: u64,
+    /// CPU µs per request, by [`Group`].
+    cpu: [f64; GROUPS],
+}
+
+impl Sample {
+    fn cpu_total(&self) -> f64 {
+        self.cpu.iter().sum()
+    }
+}
+
+/// What one load run saw: latencies, wall time, CPU time by [`Group`].
+#[derive(Default)]
+struct Raw {
+    lat: Vec<u64>,
+    elapsed: Duration,
+    cpu: [u64; GROUPS],
+}
+
+impl Raw {
+    fn merge(&mut self, other: Raw) {
+        self.lat.extend(other.lat);
+        self.elapsed += other.elapsed;
+        for (mine, theirs) in self.cpu.iter_mut().zip(other.cpu) {
+            *mine += theirs;
+        }
+    }
+
+    fn sample(mut self) -> Sample {
+        self.lat.sort_unstable();
+        let lat = &self.lat;
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        let n = lat.len().max(1) as f64;
+        let cpu = self.cpu.map(|us| us as f64 / n);
+        Sample {
+            rps: lat.len() as f64 / self.elapsed.as_secs_f64(),
+            p50: pct(0.5),
+            p99: pct(0.99),
+            cpu,
+        }
     }
 }
 
 /// Run `concurrency` workers calling `call` in a loop for `dur`.
-async fn load<F, Fut>(concurrency: usize, dur: Duration, call: F) -> anyhow::Result<Run>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
+async fn load(
+    setup: &Setup,
+    concurrency: usize,
+    dur: Duration,
+    call: &Call,
+) -> anyhow::Result<Raw> {
+    let cpu0 = setup.cpu();
     let start = Instant::now();
     let deadline = start + dur;
     let mut workers = tokio::task::JoinSet::new();
-    for w in 0..concurrency {
+    for _ in 0..concurrency {
         let call = call.clone();
         workers.spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             while Instant::now() < deadline {
                 let t = Instant::now();
-                call(w).await?;
+                call().await?;
                 lat.push(t.elapsed().as_micros() as u64);
             }
             anyhow::Ok(lat)
         });
     }
-    let mut latencies_us = Vec::new();
+    let mut lat = Vec::new();
     while let Some(r) = workers.join_next().await {
-        latencies_us.extend(r??);
+        lat.extend(r??);
     }
-    Ok(Run {
-        requests: latencies_us.len() as u64,
-        elapsed: start.elapsed(),
-        latencies_us,
+    let elapsed = start.elapsed();
+    let cpu1 = setup.cpu();
+    let mut cpu = [0; GROUPS];
+    for ((d, a), b) in cpu.iter_mut().zip(cpu1).zip(cpu0) {
+        *d = a.saturating_sub(b);
+    }
+    Ok(Raw { lat, elapsed, cpu })
+}
+
+/// Latency runs (concurrency 1) of a round are cut into this many slices, the
+/// paths alternating slice by slice: single requests are sensitive to what else
+/// the machine does, so the paths share those moments.
+const LATENCY_SLICES: u32 = 4;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// `samples[path][round]` at the throughput concurrency and at 1.
+struct Results {
+    high: Vec<Vec<Sample>>,
+    one: Vec<Vec<Sample>>,
+}
+
+/// Warm up every path, then run the alternating rounds.
+async fn measure(setup: &Setup, paths: &[Path], c: &Common) -> anyhow::Result<Results> {
+    for p in paths {
+        if c.only
+            .as_ref()
+            .is_some_and(|o| !p.name.contains(o.as_str()))
+        {
+            continue;
+        }
+        for _ in 0..200 {
+            (p.call)()
+                .await
+                .with_context(|| format!("warm-up of {}", p.name))?;
+        }
+    }
+    let dur = Duration::from_secs_f64(c.secs);
+    let mut r = Results {
+        high: vec![Vec::new(); paths.len()],
+        one: vec![Vec::new(); paths.len()],
+    };
+    for round in 0..c.rounds {
+        let mut order: Vec<usize> = (0..paths.len())
+            .filter(|&i| {
+                c.only
+                    .as_ref()
+                    .is_none_or(|o| paths[i].name.contains(o.as_str()))
+            })
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for &i in &order {
+            let high = load(setup, c.conc, dur, &paths[i].call).await?.sample();
+            eprintln!(
+                "round {}: {:<44} @{} {:>8.0} req/s {:>6.1} µs CPU/req",
+                round + 1,
+                paths[i].name,
+                c.conc,
+                high.rps,
+                high.cpu_total(),
+            );
+            r.high[i].push(high);
+        }
+        let mut one: Vec<Raw> = (0..paths.len()).map(|_| Raw::default()).collect();
+        for _ in 0..LATENCY_SLICES {
+            for &i in &order {
+                one[i].merge(load(setup, 1, dur / LATENCY_SLICES, &paths[i].call).await?);
+            }
+        }
+        for (i, raw) in one.into_iter().enumerate() {
+            if order.contains(&i) {
+                let s = raw.sample();
+                eprintln!(
+                    "round {}: {:<44} @1 p50 {:>4} µs",
+                    round + 1,
+                    paths[i].name,
+                    s.p50
+                );
+                r.one[i].push(s);
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn print_table(paths: &[Path], r: &Results, c: &Common) {
+    println!(
+        "\n{:<46} {:>9} {:>17} {:>9} {:>7} {:>7} {:>7} {:>7} | {:>6} {:>6} {:>8}",
+        "path (medians of rounds)",
+        format!("req/s@{}", c.conc),
+        "(min–max)",
+        "CPU µs/r",
+        "client",
+        "gw",
+        "app",
+        "nats",
+        "p50@1",
+        "p99@1",
+        "CPU µs/r@1"
+    );
+    for (i, p) in paths.iter().enumerate() {
+        let h = &r.high[i];
+        let o = &r.one[i];
+        let rps: Vec<f64> = h.iter().map(|s| s.rps).collect();
+        let lo = rps.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = rps.iter().copied().fold(0.0, f64::max);
+        let g = |k: usize| median(h.iter().map(|s| s.cpu[k]).collect());
+        println!(
+            "{:<46} {:>9.0} {:>17} {:>9.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} | {:>6.0} {:>6.0} {:>8.1}",
+            p.name,
+            median(rps.clone()),
+            format!("{lo:.0}–{hi:.0}"),
+            median(h.iter().map(Sample::cpu_total).collect()),
+            g(Group::Client as usize),
+            g(Group::Gateway as usize),
+            g(Group::App as usize),
+            g(Group::Nats as usize),
+            median(o.iter().map(|s| s.p50 as f64).collect()),
+            median(o.iter().map(|s| s.p99 as f64).collect()),
+            median(o.iter().map(Sample::cpu_total).collect()),
+        );
+    }
+}
+
+/// Per-round ratio of throughput and p50 difference of path `a` against path `b`.
+fn print_ratio(label: &str, r: &Results, a: usize, b: usize, c: &Common) {
+    let ratios: Vec<f64> = r.high[a]
+        .iter()
+        .zip(&r.high[b])
+        .map(|(x, y)| x.rps / y.rps)
+        .collect();
+    let p50d: Vec<f64> = r.one[a]
+        .iter()
+        .zip(&r.one[b])
+        .map(|(x, y)| x.p50 as f64 - y.p50 as f64)
+        .collect();
+    let cpu: Vec<f64> = r.high[a]
+        .iter()
+        .zip(&r.high[b])
+        .map(|(x, y)| x.cpu_total() / y.cpu_total())
+        .collect();
+    let list = |v: &[f64], prec: usize| {
+        v.iter()
+            .map(|x| format!("{x:.prec$}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "{label}: req/s@{} ratio median {:.2} (rounds: {}); p50@1 difference median {:+.0} µs (rounds: {}); CPU/request ratio median {:.2}",
+        c.conc,
+        median(ratios.clone()),
+        list(&ratios, 2),
+        median(p50d.clone()),
+        list(&p50d, 0),
+        median(cpu),
+    );
+}
+
+/// Median over rounds of the app processes' CPU µs per request at the throughput
+/// concurrency, and its per-round difference between paths `a` and `b`.
+fn print_app_cost(label: &str, r: &Results, a: usize, b: usize) {
+    let app = |i: usize| -> Vec<f64> {
+        r.high[i]
+            .iter()
+            .map(|s| s.cpu[Group::App as usize])
+            .collect()
+    };
+    let d: Vec<f64> = app(a).iter().zip(app(b)).map(|(x, y)| x - y).collect();
+    println!(
+        "{label}: app process {:.1} vs {:.1} µs CPU/request, difference median {:+.1} µs (rounds: {})",
+        median(app(a)),
+        median(app(b)),
+        median(d.clone()),
+        d.iter()
+            .map(|x| format!("{x:+.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+fn http_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http::<Full<Bytes>>()
+}
+
+fn http_post(url: hyper::Uri, body: Bytes) -> Call {
+    let http = http_client();
+    let size = body.len();
+    call(move || {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let req = hyper::Request::post(url).body(Full::new(body))?;
+            let resp = http.request(req).await?;
+            anyhow::ensure!(resp.status() == 200, "answered {}", resp.status());
+            let b = resp.into_body().collect().await?.to_bytes();
+            anyhow::ensure!(b.len() == size, "returned {} bytes", b.len());
+            Ok(())
+        }
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().bench {
-        Bench::Gateway { secs, payload } => gateway(Duration::from_secs(secs), payload).await,
-        Bench::Grpc { secs } => grpc(Duration::from_secs(secs)).await,
-    }
-}
-
-async fn gateway(dur: Duration, size: usize) -> anyhow::Result<()> {
-    let server = NatsServer::start();
-    let settings = NatsSettings {
-        url: server.url(),
-        ..Default::default()
-    };
+async fn http_bench(s: &Setup, c: &Common, size: usize) -> anyhow::Result<()> {
     let body = Bytes::from(vec![b'x'; size]);
-
-    // Baseline: a raw echo responder on its own connection, called with plain request-reply.
-    let echo_client = settings.connect("bench echo").await?;
-    let echo = Service::start(&echo_client, ServiceConfig::new("rawecho", "1.0.0")).await?;
-    let mut ep = echo
-        .add_endpoint(EndpointConfig::new("echo", "rawecho"))
-        .await?;
-    tokio::spawn(async move {
-        while let Some(req) = ep.next().await {
-            let p = req.message.payload.clone();
-            let _ = req.respond(p, None).await;
-        }
-    });
-
-    // The app: an axum router served with the narun library, echoing the body.
-    let app = axum::Router::new().route(
-        "/bench/echo",
-        axum::routing::post(|b: Bytes| async move { b }),
-    );
-    let app_server =
-        narun::Server::start(narun::Options::new("benchapp").nats(settings.clone()), app).await?;
-
-    // The gateway, in this process, on a free port.
-    let gw_config: narun_gateway::GatewayConfig = toml::from_str(
-        r#"
-        enabled = true
-        http_addr = "127.0.0.1:0"
-        metrics_addr = "127.0.0.1:0"
-        [[routes]]
-        path = "/bench/"
-        methods = ["POST"]
-        service = "benchapp"
-        "#,
-    )
-    .context("gateway config")?;
-    let gw_client = settings.connect("bench gateway").await?;
-    gw_client.flush().await?;
-    let gateway = narun_gateway::Gateway::bind(gw_config, gw_client).await?;
-    let http_addr = gateway.http_addr();
-    let metrics_addr = gateway.metrics_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(gateway.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let caller = settings.connect("bench caller").await?;
+    let narun_http = s.narun_gw.addr("http")?;
+    let hand_http = s.hand_gw.addr("http")?;
+    let metrics = s.narun_gw.addr("metrics")?;
+    let caller = async_nats::connect(s.server.url()).await?;
     caller.flush().await?;
-    // Warm up both paths and check they work.
-    let r = caller.request("rawecho", body.clone()).await?;
-    anyhow::ensure!(
-        r.payload.len() == size,
-        "raw echo returned {} bytes",
-        r.payload.len()
-    );
-    let url: hyper::Uri = format!("http://{http_addr}/bench/echo").parse()?;
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_max_idle_per_host(128)
-        .build_http::<Full<Bytes>>();
-    let post = {
-        let (http, url, body) = (http.clone(), url.clone(), body.clone());
-        move |_w: usize| {
-            let (http, url, body) = (http.clone(), url.clone(), body.clone());
-            async move {
-                let req = hyper::Request::post(url).body(Full::new(body))?;
-                let resp = http.request(req).await?;
-                anyhow::ensure!(resp.status() == 200, "gateway answered {}", resp.status());
-                let b = resp.into_body().collect().await?.to_bytes();
-                anyhow::ensure!(b.len() == size, "gateway returned {} bytes", b.len());
-                Ok(())
-            }
-        }
-    };
-    post(0).await.context("gateway warm-up request")?;
-    let raw = {
-        let (caller, body) = (caller.clone(), body.clone());
-        move |_w: usize| {
-            let (caller, body) = (caller.clone(), body.clone());
-            async move {
-                caller.request("rawecho", body).await?;
-                Ok(())
-            }
-        }
-    };
 
-    // Attribution baselines: the same app called over NATS without the gateway,
-    // and the same HTTP client against an endpoint that does not touch NATS.
-    let app_direct = {
-        let (caller, body) = (caller.clone(), body.clone());
-        let (parts, ()) = hyper::Request::post("/bench/echo")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let payload = Bytes::from(narun_wire::bhttp::encode_request(&parts, &body));
-        move |_w: usize| {
-            let (caller, payload) = (caller.clone(), payload.clone());
-            async move {
-                let m = caller.request("benchapp", payload).await?;
-                let r = narun_wire::bhttp::decode_response(&m.payload)?;
-                anyhow::ensure!(
-                    r.body().len() == size,
-                    "app returned {} bytes",
-                    r.body().len()
-                );
-                Ok(())
-            }
-        }
-    };
-    let health_url: hyper::Uri = format!("http://{metrics_addr}/healthz").parse()?;
-    let http_only = {
-        let (http, url) = (http.clone(), health_url);
-        move |_w: usize| {
+    let healthz = {
+        let http = http_client();
+        let url: hyper::Uri = format!("http://{metrics}/healthz").parse()?;
+        call(move || {
             let (http, url) = (http.clone(), url.clone());
             async move {
                 let req = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
@@ -241,157 +522,167 @@ async fn gateway(dur: Duration, size: usize) -> anyhow::Result<()> {
                 resp.into_body().collect().await?;
                 Ok(())
             }
-        }
+        })
     };
-
+    let raw_nats = {
+        let (caller, body) = (caller.clone(), body.clone());
+        call(move || {
+            let (caller, body) = (caller.clone(), body.clone());
+            async move {
+                let m = caller.request(HAND_ECHO, body).await?;
+                anyhow::ensure!(
+                    m.payload.len() == size,
+                    "raw echo returned {} bytes",
+                    m.payload.len()
+                );
+                Ok(())
+            }
+        })
+    };
+    let app_direct = {
+        let caller = caller.clone();
+        // What the gateway sends for this request (the same headers as the HTTP client's).
+        let (parts, ()) = hyper::Request::post("/bench/echo")
+            .header("host", narun_http.to_string())
+            .header("x-forwarded-for", "127.0.0.1")
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-host", narun_http.to_string())
+            .header("x-request-id", "ZBnG5dVSpQ7xwbkD3w8kXq")
+            .body(())?
+            .into_parts();
+        let payload = Bytes::from(narun_wire::bhttp::encode_request(&parts, &body));
+        call(move || {
+            let (caller, payload) = (caller.clone(), payload.clone());
+            async move {
+                let m = caller.request(NARUN_APP, payload).await?;
+                let r = narun_wire::bhttp::decode_response(&m.payload)?;
+                anyhow::ensure!(
+                    r.body().len() == size,
+                    "app returned {} bytes",
+                    r.body().len()
+                );
+                Ok(())
+            }
+        })
+    };
+    let paths = [
+        Path {
+            name: "narun gateway → narun app (bhttp)",
+            call: http_post(
+                format!("http://{narun_http}/bench/echo").parse()?,
+                body.clone(),
+            ),
+        },
+        Path {
+            name: "hand-written axum → raw responder",
+            call: http_post(
+                format!("http://{hand_http}/bench/echo").parse()?,
+                body.clone(),
+            ),
+        },
+        Path {
+            name: "narun gateway raw route → raw responder",
+            call: http_post(
+                format!("http://{narun_http}/raw/echo").parse()?,
+                body.clone(),
+            ),
+        },
+        Path {
+            name: "HTTP only (narun /healthz, no NATS)",
+            call: healthz,
+        },
+        Path {
+            name: "raw NATS request-reply → raw responder",
+            call: raw_nats,
+        },
+        Path {
+            name: "NATS → narun app (bhttp, no gateway)",
+            call: app_direct,
+        },
+    ];
     println!(
-        "narun-bench gateway: {size} B bodies, {} s per run, nats-server {}",
-        dur.as_secs(),
-        server.url()
+        "narun-bench gateway: {size} B POST bodies, keep-alive HTTP/1.1, {} s per run, {} rounds, nats-server {}",
+        c.secs,
+        c.rounds,
+        s.server.url()
     );
-    println!(
-        "{:<28} {:>11} {:>9} {:>9}",
-        "path @ concurrency", "req/s", "p50 µs", "p99 µs"
+    s.print_processes();
+    let r = measure(s, &paths, c).await?;
+    print_table(&paths, &r, c);
+    println!();
+    print_ratio("narun bhttp / hand-written", &r, 0, 1, c);
+    print_ratio("narun raw / hand-written", &r, 2, 1, c);
+    print_ratio("hand-written / HTTP-only ceiling", &r, 1, 3, c);
+    print_app_cost(
+        "app library (narun app vs raw responder, through the gateways)",
+        &r,
+        0,
+        1,
     );
-    for conc in [1usize, 64] {
-        let base = load(conc, dur, raw.clone()).await?;
-        let direct = load(conc, dur, app_direct.clone()).await?;
-        let plain_http = load(conc, dur, http_only.clone()).await?;
-        let gw = load(conc, dur, post.clone()).await?;
-        for (name, r) in [
-            ("raw NATS request-reply", &base),
-            ("NATS → narun app (BHTTP)", &direct),
-            ("HTTP only (/healthz)", &plain_http),
-            ("HTTP → gateway → app", &gw),
-        ] {
-            println!(
-                "{:<32} {:>11.0} {:>9} {:>9}",
-                format!("{name} @{conc}"),
-                r.rps(),
-                r.pct(0.5),
-                r.pct(0.99)
-            );
-        }
-        println!(
-            "  ratio @{conc}: throughput gateway/raw = {:.2}, added p50 = {} µs; app-direct/raw = {:.2}",
-            gw.rps() / base.rps(),
-            gw.pct(0.5) as i64 - base.pct(0.5) as i64,
-            direct.rps() / base.rps(),
-        );
-    }
-    let _ = stop_tx.send(());
-    app_server.shutdown().await;
+    print_app_cost(
+        "app library (direct over NATS: narun app vs raw responder)",
+        &r,
+        5,
+        4,
+    );
     Ok(())
 }
 
-/// Print one table row.
-fn row(name: &str, conc: usize, r: &Run) {
-    println!(
-        "{:<36} {:>11.0} {:>9} {:>9}",
-        format!("{name} @{conc}"),
-        r.rps(),
-        r.pct(0.5),
-        r.pct(0.99)
-    );
-}
-
-async fn grpc(dur: Duration) -> anyhow::Result<()> {
+async fn grpc_bench(s: &Setup, c: &Common) -> anyhow::Result<()> {
     use grpc_hello::pb::greeter_client::GreeterClient;
     use grpc_hello::pb::{HelloReply, HelloRequest};
     use prost::Message;
 
-    let server = NatsServer::start();
-    let settings = NatsSettings {
-        url: server.url(),
-        ..Default::default()
-    };
     let name = "bench";
     let request = Bytes::from(HelloRequest { name: name.into() }.encode_to_vec());
-    // What grpc-hello answers, so the baseline moves the same bytes.
     let reply = Bytes::from(
         HelloReply {
             message: format!("Hello, {name}"),
         }
         .encode_to_vec(),
     );
-
-    // Baseline: a raw responder answering that reply.
-    let echo_client = settings.connect("bench raw responder").await?;
-    let echo = Service::start(&echo_client, ServiceConfig::new("rawhello", "1.0.0")).await?;
-    let mut ep = echo
-        .add_endpoint(EndpointConfig::new("hello", "rawhello"))
-        .await?;
-    let canned = reply.clone();
-    tokio::spawn(async move {
-        while let Some(req) = ep.next().await {
-            let _ = req.respond(canned.clone(), None).await;
-        }
-    });
-
-    // The app: examples/grpc-hello served over NATS by the narun library.
-    let app = narun::GrpcServer::start(
-        narun::Options::new("grpc-hello").nats(settings.clone()),
-        grpc_hello::server(),
-    )
-    .await?;
-
-    // The gateway with one gRPC route, h2c.
-    let gw_config: narun_gateway::GatewayConfig = toml::from_str(
-        r#"
-        enabled = true
-        http_addr = "127.0.0.1:0"
-        grpc_addr = "127.0.0.1:0"
-        metrics_addr = "127.0.0.1:0"
-        [[routes]]
-        grpc = "hello.v1.Greeter"
-        service = "grpc-hello"
-        "#,
-    )
-    .context("gateway config")?;
-    let gw_client = settings.connect("bench gateway").await?;
-    anyhow::ensure!(
-        narun_wire::connect::sync_with_server(&gw_client, Duration::from_secs(10)).await,
-        "nats-server did not answer the gateway's connection"
-    );
-    let gateway = narun_gateway::Gateway::bind(gw_config, gw_client).await?;
-    let grpc_addr = gateway
-        .grpc_addr()
-        .context("gateway has no gRPC listener")?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gw_task = tokio::spawn(gateway.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let caller = settings.connect("bench caller").await?;
-    anyhow::ensure!(
-        narun_wire::connect::sync_with_server(&caller, Duration::from_secs(10)).await,
-        "nats-server did not answer the caller's connection"
-    );
-    // One HTTP/2 connection, multiplexed by every worker (what a gRPC client does).
-    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))?
-        .connect()
-        .await
-        .context("h2c connection to the gateway")?;
-    let client = GreeterClient::new(channel);
-
-    let raw = {
-        let (caller, request, reply_len) = (caller.clone(), request.clone(), reply.len());
-        move |_w: usize| {
-            let (caller, request) = (caller.clone(), request.clone());
+    let caller = async_nats::connect(s.server.url()).await?;
+    caller.flush().await?;
+    // One HTTP/2 connection per gateway, multiplexed by every worker (what a gRPC client does).
+    let channel = |addr: std::net::SocketAddr| async move {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await
+            .with_context(|| format!("h2c connection to {addr}"))?;
+        anyhow::Ok(GreeterClient::new(ch))
+    };
+    let via = |client: GreeterClient<tonic::transport::Channel>| {
+        let expect = format!("Hello, {name}");
+        call(move || {
+            let (mut client, expect) = (client.clone(), expect.clone());
             async move {
-                let m = caller.request("rawhello", request).await?;
+                let r = client
+                    .say_hello(HelloRequest { name: name.into() })
+                    .await?
+                    .into_inner();
+                anyhow::ensure!(r.message == expect, "answered {:?}", r.message);
+                Ok(())
+            }
+        })
+    };
+    let raw = {
+        let (caller, request, expect) = (caller.clone(), request.clone(), reply.clone());
+        call(move || {
+            let (caller, request, expect) = (caller.clone(), request.clone(), expect.clone());
+            async move {
+                let m = caller.request(HAND_HELLO, request).await?;
                 anyhow::ensure!(
-                    m.payload.len() == reply_len,
-                    "raw reply of {} bytes",
-                    m.payload.len()
+                    m.payload == expect,
+                    "raw responder answered {:?}",
+                    m.payload
                 );
                 Ok(())
             }
-        }
+        })
     };
     let app_direct = {
         let (caller, request, expect) = (caller.clone(), request.clone(), reply.clone());
-        move |_w: usize| {
+        call(move || {
             let (caller, request, expect) = (caller.clone(), request.clone(), expect.clone());
             async move {
                 let mut headers = async_nats::HeaderMap::new();
@@ -400,63 +691,54 @@ async fn grpc(dur: Duration) -> anyhow::Result<()> {
                     "/hello.v1.Greeter/SayHello",
                 );
                 let m = caller
-                    .request_with_headers("grpc-hello", headers, request)
+                    .request_with_headers(NARUN_GRPC_APP, headers, request)
                     .await?;
                 anyhow::ensure!(m.payload == expect, "app answered {:?}", m.payload);
                 Ok(())
             }
-        }
+        })
     };
-    let via_gateway = {
-        let client = client.clone();
-        let expect = format!("Hello, {name}");
-        move |_w: usize| {
-            let (mut client, expect) = (client.clone(), expect.clone());
-            async move {
-                let r = client
-                    .say_hello(HelloRequest { name: name.into() })
-                    .await?
-                    .into_inner();
-                anyhow::ensure!(r.message == expect, "gateway answered {:?}", r.message);
-                Ok(())
-            }
-        }
-    };
-    // Warm up (and check) every path.
-    for _ in 0..200 {
-        raw(0).await.context("raw warm-up")?;
-        app_direct(0).await.context("app-direct warm-up")?;
-        via_gateway(0).await.context("gRPC warm-up")?;
-    }
-
+    let paths = [
+        Path {
+            name: "narun gateway → narun gRPC app",
+            call: via(channel(s.narun_gw.addr("grpc")?).await?),
+        },
+        Path {
+            name: "hand-written tonic → raw responder",
+            call: via(channel(s.hand_gw.addr("grpc")?).await?),
+        },
+        Path {
+            name: "raw NATS request-reply → raw responder",
+            call: raw,
+        },
+        Path {
+            name: "NATS → narun gRPC app (Go form, no gateway)",
+            call: app_direct,
+        },
+    ];
     println!(
-        "narun-bench grpc: unary SayHello, request {} B, reply {} B, {} s per run, nats-server {}",
+        "\nnarun-bench grpc: unary SayHello, request {} B, reply {} B, one h2c connection per gateway, {} s per run, {} rounds",
         request.len(),
         reply.len(),
-        dur.as_secs(),
-        server.url()
+        c.secs,
+        c.rounds,
     );
-    println!(
-        "{:<36} {:>11} {:>9} {:>9}",
-        "path @ concurrency", "calls/s", "p50 µs", "p99 µs"
+    s.print_processes();
+    let r = measure(s, &paths, c).await?;
+    print_table(&paths, &r, c);
+    println!();
+    print_ratio("narun gRPC / hand-written tonic", &r, 0, 1, c);
+    print_app_cost(
+        "app library (narun gRPC app vs raw responder, through the gateways)",
+        &r,
+        0,
+        1,
     );
-    for conc in [1usize, 64] {
-        let base = load(conc, dur, raw.clone()).await?;
-        let direct = load(conc, dur, app_direct.clone()).await?;
-        let gw = load(conc, dur, via_gateway.clone()).await?;
-        row("raw NATS request-reply", conc, &base);
-        row("NATS → serve_grpc app (Go form)", conc, &direct);
-        row("gRPC h2c → gateway → app", conc, &gw);
-        println!(
-            "  ratio @{conc}: throughput gRPC/raw = {:.2}, p50 gRPC/raw = {:.2}, added p50 = {} µs; app-direct/raw = {:.2}",
-            gw.rps() / base.rps(),
-            gw.pct(0.5) as f64 / base.pct(0.5).max(1) as f64,
-            gw.pct(0.5) as i64 - base.pct(0.5) as i64,
-            direct.rps() / base.rps(),
-        );
-    }
-    let _ = stop_tx.send(());
-    gw_task.await??;
-    app.shutdown().await;
+    print_app_cost(
+        "app library (direct over NATS: narun gRPC app vs raw responder)",
+        &r,
+        3,
+        2,
+    );
     Ok(())
 }

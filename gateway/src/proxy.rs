@@ -94,7 +94,7 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 fn request_id(req: &Request<hyper::body::Incoming>) -> HeaderValue {
     match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
-        _ => HeaderValue::from_str(&nuid::next().to_string()).expect("nuid is ASCII"),
+        _ => HeaderValue::from_str(nuid::next().as_str()).expect("nuid is ASCII"),
     }
 }
 
@@ -234,7 +234,7 @@ async fn forward(
     }
     add_forwarding_headers(&mut parts, peer, rid);
     match target.mode {
-        RouteMode::Bhttp => forward_bhttp(state, target, &parts, &body, rid).await,
+        RouteMode::Bhttp => forward_bhttp(state, target, &parts, &body).await,
         RouteMode::Raw => forward_raw(state, target, &parts, body, peer, rid).await,
     }
 }
@@ -402,23 +402,20 @@ async fn forward_bhttp(
     target: &Target,
     parts: &http::request::Parts,
     body: &[u8],
-    rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
     let payload = bhttp::encode_request(parts, body);
+    // Only the NATS header Go's gateway sends. The request id travels inside the
+    // BHTTP message (`x-request-id`), like every other request header.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         nats_names::CONTENT_TYPE,
-        async_nats::HeaderValue::from_str(narun_wire::names::BHTTP_CONTENT_TYPE)
-            .expect("static value"),
+        async_nats::HeaderValue::from(narun_wire::names::BHTTP_CONTENT_TYPE),
     );
-    if let Some(v) = nats_value(rid) {
-        headers.insert(nats_names::REQUEST_ID, v);
-    }
     let msg = send(state, target, payload.into(), headers).await?;
     if let Some(e) = service_error(&msg) {
         return Err(e);
     }
-    let resp = bhttp::decode_response(&msg.payload).map_err(|e| {
+    let resp = bhttp::decode_response_shared(msg.payload).map_err(|e| {
         tracing::debug!(subject = %target.subject, error = %e, "undecodable backend reply");
         GwError::new(StatusCode::BAD_GATEWAY, "Failed to decode backend response")
     })?;

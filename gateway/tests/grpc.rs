@@ -428,6 +428,97 @@ async fn go_gateway_protocol() {
     s.stop().await;
 }
 
+/// The reply shapes of `narun::GrpcServer` under the stream framing the Rust gateway
+/// requests (`Narun-Grpc-Stream: 1`): a call ending OK with exactly one message is
+/// one plain reply (the unary Go form); zero messages, two messages or an error use
+/// numbered messages and a status message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_framing_reply_shapes() {
+    use prost::Message as _;
+    let s = Setup::start().await;
+    let nc = s.nats.connect().await;
+    let prefix = nc.new_inbox();
+    let mut replies = nc.subscribe(format!("{prefix}.*")).await.unwrap();
+    nc.flush().await.unwrap();
+    // (reply token, method, name)
+    let calls = [
+        ("unary", "SayHello", "one"),
+        ("one", "SayHellos", "count:1"),
+        ("none", "SayHellos", "count:0"),
+        ("two", "SayHellos", "count:2"),
+        ("fail", "SayHellos", "fail"),
+    ];
+    let mut seen: std::collections::BTreeMap<&str, Vec<async_nats::Message>> = Default::default();
+    for (token, method, name) in calls {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(
+            "X-Original-Grpc-Method",
+            format!("/hello.v1.Greeter/{method}").as_str(),
+        );
+        h.insert("Narun-Grpc-Stream", "1");
+        nc.publish_with_reply_and_headers(
+            "grpc-hello",
+            format!("{prefix}.{token}"),
+            h,
+            Bytes::from(hello(name).encode_to_vec()),
+        )
+        .await
+        .unwrap();
+        // The call's last message: a plain reply, or a status message. Replies of one
+        // call are published in order on the app's connection, before the next call.
+        loop {
+            let m = tokio::time::timeout(narun_test_support::T, replies.next())
+                .await
+                .unwrap_or_else(|_| panic!("no reply to {token}"))
+                .expect("subscription");
+            let last = m
+                .headers
+                .as_ref()
+                .is_none_or(|h| h.get("Narun-Grpc-Seq").is_none());
+            let t = m.subject.rsplit('.').next().unwrap().to_owned();
+            assert_eq!(
+                t, token,
+                "replies of one call arrive before the next call's"
+            );
+            seen.entry(token).or_default().push(m);
+            if last {
+                break;
+            }
+        }
+    }
+    let header = |m: &async_nats::Message, n: &str| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get(n))
+            .map(|v| v.as_str().to_owned())
+    };
+    for token in ["unary", "one"] {
+        let r = &seen[token];
+        assert_eq!(r.len(), 1, "{token}: one plain reply");
+        assert_eq!(header(&r[0], "Narun-Grpc-Status"), None, "{token}");
+        assert_eq!(header(&r[0], "Narun-Grpc-Seq"), None, "{token}");
+        let reply = grpc_hello::pb::HelloReply::decode(r[0].payload.clone()).unwrap();
+        assert!(
+            reply.message.starts_with("Hello"),
+            "{token}: {}",
+            reply.message
+        );
+    }
+    let none = &seen["none"];
+    assert_eq!(none.len(), 1, "zero messages: the status alone");
+    assert_eq!(header(&none[0], "Narun-Grpc-Status").as_deref(), Some("0"));
+    let two = &seen["two"];
+    assert_eq!(two.len(), 3, "two numbered messages and a status");
+    assert_eq!(header(&two[0], "Narun-Grpc-Seq").as_deref(), Some("0"));
+    assert_eq!(header(&two[1], "Narun-Grpc-Seq").as_deref(), Some("1"));
+    assert_eq!(header(&two[2], "Narun-Grpc-Status").as_deref(), Some("0"));
+    let fail = &seen["fail"];
+    assert_eq!(fail.len(), 2, "one numbered message and the error status");
+    assert_eq!(header(&fail[0], "Narun-Grpc-Seq").as_deref(), Some("0"));
+    assert_eq!(header(&fail[1], "Narun-Grpc-Status").as_deref(), Some("10"));
+    s.stop().await;
+}
+
 /// The `grpc-hello` binary as narund would run it: env from narund, served
 /// through the gateway, discoverable, and stopping cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,20 +208,24 @@ struct Replier {
     reply: Option<async_nats::Subject>,
     stream: bool,
     seq: u64,
-    /// Unary mode: the first response message.
+    /// Unary mode: the first response message. Stream mode: the first message,
+    /// held until it is known whether more follow ([`Replier::release`]).
     first: Option<Bytes>,
     /// Stream mode: response header metadata not yet sent (it goes with the
     /// first message published).
     head: Option<HeaderMap>,
     /// Stream mode: trailer metadata, sent with the status.
     trailers: Option<HeaderMap>,
+    /// Stream mode: the response carries metadata (headers or trailers the
+    /// app may send), which a plain Go-style reply cannot carry.
+    metadata: bool,
 }
 
 impl Replier {
     /// Send (stream mode) or keep (unary mode) one response message. A message
     /// NATS cannot carry ends the call with `RESOURCE_EXHAUSTED`.
     async fn message(&mut self, m: Bytes) -> Result<(), Status> {
-        let max = self.client.server_info().max_payload;
+        let max = self.client.max_payload();
         if max > 0 && m.len() > max {
             return Err((
                 code::RESOURCE_EXHAUSTED,
@@ -231,14 +235,35 @@ impl Replier {
                 ),
             ));
         }
-        if !self.stream {
+        if !self.stream || (self.seq == 0 && self.first.is_none()) {
             if self.first.is_none() {
                 self.first = Some(m);
             }
             return Ok(());
         }
+        self.release().await;
+        self.publish(m).await;
+        Ok(())
+    }
+
+    /// True while a stream's first message is held back.
+    fn holding(&self) -> bool {
+        self.stream && self.first.is_some()
+    }
+
+    /// Stream mode: publish the held first message (more follow, or they are
+    /// not ready yet).
+    async fn release(&mut self) {
+        if self.stream
+            && let Some(m) = self.first.take()
+        {
+            self.publish(m).await;
+        }
+    }
+
+    async fn publish(&mut self, m: Bytes) {
         let Some(reply) = self.reply.clone() else {
-            return Ok(());
+            return;
         };
         let mut h = self.head.take().unwrap_or_default();
         h.insert(SEQ_HEADER, self.seq.to_string().as_str());
@@ -246,10 +271,21 @@ impl Replier {
         if let Err(e) = self.client.publish_with_headers(reply, h, m).await {
             tracing::warn!(error = %e, "failed to publish a gRPC response message");
         }
-        Ok(())
     }
 
     async fn finish(mut self, code: u16, message: &str) {
+        // Stream mode, exactly one message, OK, no metadata (every unary call):
+        // one plain reply, the form Go consumers answer with, which the gateway
+        // reads as that message plus OK. Saves a NATS message and two header maps.
+        if self.stream
+            && code == code::OK
+            && self.seq == 0
+            && self.first.is_some()
+            && !self.metadata
+        {
+            self.stream = false;
+        }
+        self.release().await;
         let r = if self.stream {
             // Header metadata not sent yet (no message was): the gateway answers
             // trailers-only, one block with headers and trailers.
@@ -359,6 +395,7 @@ where
         first: None,
         head: None,
         trailers: None,
+        metadata: false,
     };
     let http_request = match builder.body(Full::new(framed.freeze())) {
         Ok(r) => r,
@@ -375,15 +412,32 @@ where
         let mut body = std::pin::pin!(body);
         let header_status = status_of(&parts.headers);
         if replier.stream {
-            replier.head = Some(response_metadata(&parts.headers));
+            let head = response_metadata(&parts.headers);
+            replier.metadata |= !head.is_empty();
+            replier.head = Some(head);
         }
         let mut buf = BytesMut::new();
         let mut messages = Vec::new();
         let mut trailer_status = None;
         loop {
+            // A held first message goes out as soon as the next frame is not
+            // ready at once (a stream's next message may take long); a unary
+            // answer's trailers are ready at once.
             // Convert the error at once: `B::Error` need not be `Send`.
-            let next: Option<Result<_, BoxError>> =
-                body.frame().await.map(|r| r.map_err(Into::into));
+            let ready: Option<Option<Result<_, BoxError>>> = if replier.holding() {
+                body.frame()
+                    .now_or_never()
+                    .map(|f| f.map(|r| r.map_err(Into::into)))
+            } else {
+                None
+            };
+            let next = match ready {
+                Some(f) => f,
+                None => {
+                    replier.release().await;
+                    body.frame().await.map(|r| r.map_err(Into::into))
+                }
+            };
             let Some(frame) = next else { break };
             let frame = frame?;
             match frame.into_data() {
@@ -400,7 +454,9 @@ where
                     if let Ok(t) = frame.into_trailers() {
                         trailer_status = status_of(&t);
                         if replier.stream {
-                            replier.trailers = Some(response_metadata(&t));
+                            let trailers = response_metadata(&t);
+                            replier.metadata |= !trailers.is_empty();
+                            replier.trailers = Some(trailers);
                         }
                     }
                 }

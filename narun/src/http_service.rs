@@ -99,7 +99,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let http_request = match bhttp::decode_request(&request.message.payload) {
+    let http_request = match bhttp::decode_request_shared(request.message.payload.clone()) {
         Ok(r) => r,
         Err(e) => {
             let msg = format!("Failed to decode BHTTP request: {e}");
@@ -130,7 +130,7 @@ where
         }
     };
     let mut payload = bhttp::encode_response(&parts, &body);
-    let max = client.server_info().max_payload;
+    let max = client.max_payload();
     if max > 0 && payload.len() > max {
         tracing::error!(
             size = payload.len(),

@@ -212,12 +212,13 @@ async fn run<H, Fut>(
     };
     let spawn = {
         let (client, handler, log) = (client.clone(), handler.clone(), gate.expired.clone());
+        let inline = Arc::new(InlineGate::default());
         move |a: Admitted, permit: OwnedSemaphorePermit| {
             let (stats, received) = (a.request.stats().clone(), a.request.received());
             let fut = handler(client.clone(), a.request);
-            let log = log.clone();
-            tokio::spawn(async move {
-                match a.deadline {
+            let (log, deadline) = (log.clone(), a.deadline);
+            let fut = async move {
+                match deadline {
                     None => fut.await,
                     Some(d) => {
                         // Past the deadline the handler future is dropped: that
@@ -227,8 +228,8 @@ async fn run<H, Fut>(
                         }
                     }
                 }
-                drop(permit);
-            });
+            };
+            run_or_spawn(fut, permit, inline.clone())
         }
     };
     // Serve until told to stop (or the subscription ends). A request taken off
@@ -252,7 +253,7 @@ async fn run<H, Fut>(
             }
             permit = gate.slot(&admitted) => {
                 if let Some(permit) = permit {
-                    spawn(admitted, permit);
+                    spawn(admitted, permit).await;
                 }
             }
         }
@@ -268,7 +269,7 @@ async fn run<H, Fut>(
         if let Some(admitted) = held
             && let Some(permit) = gate.slot(&admitted).await
         {
-            spawn(admitted, permit);
+            spawn(admitted, permit).await;
         }
         // The drain completes when the server confirms the unsubscribe. While
         // NATS is unreachable that never happens (and nothing new can arrive),
@@ -282,7 +283,7 @@ async fn run<H, Fut>(
                         if let Some(admitted) = gate.admit(request)
                             && let Some(permit) = gate.slot(&admitted).await
                         {
-                            spawn(admitted, permit);
+                            spawn(admitted, permit).await;
                         }
                     }
                     None => break,
@@ -308,6 +309,89 @@ async fn run<H, Fut>(
     }
     drop(watchdog);
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+/// [`SLOW_POLLS`] first polls in a row longer than this make the following
+/// requests spawn at once for [`SPAWN_FOR`], so handlers that compute before they
+/// first wait keep running in parallel on every worker thread. (In a row: a
+/// single slow poll is more often the thread being preempted on a busy machine.)
+const SLOW_FIRST_POLL: Duration = Duration::from_millis(2);
+const SLOW_POLLS: u32 = 3;
+const SPAWN_FOR: Duration = Duration::from_secs(1);
+
+/// Until when requests skip the in-place first poll (see [`run_or_spawn`]).
+struct InlineGate {
+    base: std::time::Instant,
+    /// Microseconds after `base`.
+    spawn_until: std::sync::atomic::AtomicU64,
+    /// Slow first polls in a row.
+    slow: std::sync::atomic::AtomicU32,
+}
+
+impl Default for InlineGate {
+    fn default() -> Self {
+        InlineGate {
+            base: std::time::Instant::now(),
+            spawn_until: Default::default(),
+            slow: Default::default(),
+        }
+    }
+}
+
+impl InlineGate {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Run a request's handler in this task until it first has to wait, and spawn a
+/// task for the rest only then; `permit` is released when it is done.
+///
+/// Most handlers answer without waiting (the reply is a publish into the client's
+/// buffer): this saves a task and, on the multi-thread runtime, the wake-up of
+/// another worker thread per request, which cost more than the request itself
+/// (`narun-bench gateway`, docs/benchmarks.md). A panic in that first poll is
+/// contained here as it would be in a task of its own. Handlers that compute
+/// long before their first wait would serialise here: after a few such polls
+/// ([`SLOW_FIRST_POLL`]) requests are spawned directly for a while.
+async fn run_or_spawn<F>(fut: F, permit: tokio::sync::OwnedSemaphorePermit, gate: Arc<InlineGate>)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::task::Poll;
+    let mut fut = Box::pin(fut);
+    let start = gate.now();
+    if start < gate.spawn_until.load(Relaxed) {
+        tokio::spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+        return;
+    }
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))))
+    })
+    .await;
+    let end = gate.now();
+    if end.saturating_sub(start) <= SLOW_FIRST_POLL.as_micros() as u64 {
+        gate.slow.store(0, Relaxed);
+    } else if gate.slow.fetch_add(1, Relaxed) + 1 >= SLOW_POLLS {
+        gate.slow.store(0, Relaxed);
+        gate.spawn_until
+            .store(end.saturating_add(SPAWN_FOR.as_micros() as u64), Relaxed);
+    }
+    match first {
+        Ok(Poll::Pending) => {
+            tokio::spawn(async move {
+                fut.await;
+                drop(permit);
+            });
+        }
+        Ok(Poll::Ready(())) => {}
+        Err(_) => tracing::error!("request handler panicked"),
+    }
 }
 
 #[cfg(test)]

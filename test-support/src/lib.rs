@@ -139,6 +139,11 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("connect to test nats-server at {}: {e}", self.url()))
     }
 
+    /// The server's process id while it runs (benchmarks read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
     /// True while the server process is alive.
     pub fn is_running(&self) -> bool {
         let mut child = self.child.lock().unwrap();

@@ -104,7 +104,7 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     }
 
     // The request message.
-    let max_payload = state.client.server_info().max_payload;
+    let max_payload = state.client.max_payload();
     let limit = if max_payload > 0 {
         MAX_REQUEST_MESSAGE.min(max_payload) + 5
     } else {
