@@ -780,3 +780,60 @@ async fn an_unread_grpc_stream_gives_its_slot_back_at_its_deadline() {
     assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(!conn.is_finished(), "the stalled connection is still open");
 }
+
+/// Not an attack the write-stall rule was needed for — hyper's HTTP/1.1 reads no
+/// further request while a response is unwritten, so the keep-alive timeout
+/// already applied — but the promise holds on both HTTP versions, and this
+/// pins it (a request kept in flight while its response is unwritten would fail it).
+#[tokio::test]
+async fn an_http1_client_that_pipelines_and_never_reads_is_cut_off() {
+    let (_nats, echo, gw) = setup("keepalive_timeout_sec = 1\nheader_read_timeout_sec = 60").await;
+    let open = "gateway_connections_open{listener=\"http\"}";
+
+    // Pipelined requests whose ~100 KB answers (the echoed headers, each `"`
+    // escaped in JSON) are never read, from a socket with a small receive
+    // buffer: once the kernel buffers are full, hyper cannot flush a response.
+    let s = TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    let s = tokio::time::timeout(T, s.connect(gw.http))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let pad = "\"".repeat(50_000);
+    let (_r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..400 {
+            let req = format!("GET /echo/x HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
+            if w.write_all(req.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write side open: the client is stalled, not gone.
+        std::future::pending::<()>().await;
+    });
+    wait_metric(&gw, open, 1.0).await;
+    let t = Instant::now();
+    wait_metric(&gw, open, 0.0).await;
+    writer.abort();
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(echo.count() > 0);
+    // hyper's HTTP/1.1 reads no further request while a response is unwritten:
+    // it is cut off by the write-stall rule while it holds a response body, or
+    // by the keep-alive timeout once the body is in hyper's 64 KiB buffer.
+    let m = metrics(&gw).await;
+    let stalled = value(
+        &m,
+        "gateway_client_timeouts_total{listener=\"http\",reason=\"write_stall\"}",
+    ) + value(
+        &m,
+        "gateway_client_timeouts_total{listener=\"http\",reason=\"keepalive\"}",
+    );
+    assert_eq!(stalled, 1.0, "{m}");
+    // Another client is served.
+    let r = get(&gw.url("/echo/x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
