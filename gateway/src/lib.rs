@@ -25,9 +25,9 @@
 //!
 //! Everything a client can make it hold is bounded ([`limits`]): connections
 //! (total, per IP, at most half the soft `RLIMIT_NOFILE`, so narund keeps the
-//! fds it needs to supervise apps), the time to send a head or body, HTTP/2
-//! streams, NATS requests in flight, and one memory budget for all request
-//! bodies and gRPC reply buffers.
+//! fds it needs to supervise apps), the time to send a head or body or to read
+//! a response (the write-stall rule), HTTP/2 streams, NATS requests in flight,
+//! and one memory budget for all request bodies and gRPC reply buffers.
 //!
 //! # Embedding
 //!
@@ -434,14 +434,17 @@ async fn serve_connection(
     let busy = activity.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        let _busy = busy.busy();
+        // In flight until the response body is written (or dropped); owed
+        // until hyper polls this future (see `limits::Activity`).
+        let busy = busy.busy();
         async move {
-            let _busy = _busy;
-            Ok::<_, Infallible>(if listener == Listener::Http {
+            busy.paid();
+            let resp = if listener == Listener::Http {
                 proxy::handle(shared, req, peer).await
             } else {
                 admin(&shared, &req)
-            })
+            };
+            Ok::<_, Infallible>(resp.map(|body| limits::Holding::new(body, busy)))
         }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -454,9 +457,9 @@ async fn serve_connection(
             }
             return;
         }
-        _ = activity.idle(limits.keepalive_timeout) => {
-            limits.timed_out(listener, limits::Timeout::Keepalive);
-            tracing::debug!(%peer, "keep-alive timeout: closing the connection");
+        why = activity.expired(limits.keepalive_timeout) => {
+            limits.timed_out(listener, why);
+            tracing::debug!(%peer, ?why, "keep-alive or write-stall timeout: closing the connection");
             return;
         }
         _ = stop.wait_for(|s| *s) => {}

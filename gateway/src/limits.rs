@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | connections (fds) | [`ConnLimiter`]: total, per IP; total ≤ ½ soft `RLIMIT_NOFILE` | the connection is closed right after `accept` |
 //! | time without a request | [`Activity`]: `keepalive_timeout_sec` | the connection is closed |
+//! | time not reading a response ("write stall") | [`Activity`]: `keepalive_timeout_sec` | the connection is closed |
 //! | time to send a head | hyper's `header_read_timeout` | the connection is closed |
 //! | time to send a body | [`Limits::read_body`]: `body_read_timeout_sec`, `min_body_rate` | 408, or gRPC `DEADLINE_EXCEEDED` |
 //! | memory of bodies and gRPC reply buffers | [`Budget`] | 503 + `Retry-After`, or `RESOURCE_EXHAUSTED` |
@@ -117,6 +118,8 @@ pub(crate) enum Timeout {
     HeaderRead,
     Keepalive,
     BodyRead,
+    /// A response (or a request's first poll) waited on the client too long.
+    WriteStall,
 }
 
 /// The counters and gauges of this module.
@@ -152,7 +155,7 @@ impl LimitMetrics {
         registry.register(
             "gateway_client_timeouts",
             "Clients cut off by a timeout, by listener and reason \
-             (header_read, keepalive, body_read)",
+             (header_read, keepalive, body_read, write_stall)",
             m.timeouts.clone(),
         );
         registry.register(
@@ -301,6 +304,7 @@ impl Limits {
             Timeout::HeaderRead => "header_read",
             Timeout::Keepalive => "keepalive",
             Timeout::BodyRead => "body_read",
+            Timeout::WriteStall => "write_stall",
         };
         self.metrics
             .timeouts
@@ -647,21 +651,63 @@ impl Drop for Lease {
 /// When a connection last had a request in flight, for the keep-alive timeout:
 /// a connection with none for `keepalive_timeout_sec` is closed, however many
 /// bytes it trickles (a request head is not in flight until it is complete).
+///
+/// It also tracks what the connection *owes* the gateway, for the write-stall
+/// rule: a request in flight ([`Busy`]) is "owed" from the moment hyper has
+/// something to do with it and has not done it yet — its service future is
+/// created but not polled, its response body was handed over but not polled,
+/// or the body gave hyper a frame and hyper has not come back for the next.
+/// hyper stops polling exactly when it cannot write: the client's HTTP/2 flow
+/// control window is closed (never a `WINDOW_UPDATE`, or
+/// `SETTINGS_INITIAL_WINDOW_SIZE = 0`), or its HTTP/1.1 write buffer is full
+/// because the client does not read. A body that returned `Pending` waits for
+/// data, not for the client, and owes nothing. When anything has been owed for
+/// `keepalive_timeout_sec` ([`Activity::expired`]), the connection is closed,
+/// which drops its bodies and with them their in-flight slots and budget.
+///
+/// Each request's owed state is its own (an atomic per [`Busy`], registered
+/// here), so a stream that progresses cannot hide another that is stalled.
 pub(crate) struct Activity {
     epoch: Instant,
     active: AtomicUsize,
     /// Milliseconds after `epoch` when the last request ended.
     idle_since: AtomicU64,
+    /// The owed state of every request in flight: 0 when nothing is owed,
+    /// else 1 + the milliseconds after `epoch` since when it is.
+    owed: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
-/// A request in flight on a connection (see [`Activity`]).
-pub(crate) struct Busy(Arc<Activity>);
+/// A request in flight on a connection (see [`Activity`]), created owed: hyper
+/// owes its service future a first poll.
+pub(crate) struct Busy {
+    activity: Arc<Activity>,
+    owed: Arc<AtomicU64>,
+}
+
+impl Busy {
+    /// hyper owes this request a poll from now on.
+    pub(crate) fn owe(&self) {
+        self.owed
+            .store(self.activity.now_ms() + 1, Ordering::Release);
+    }
+
+    /// hyper polled: nothing owed.
+    pub(crate) fn paid(&self) {
+        self.owed.store(0, Ordering::Release);
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let ms = self.0.epoch.elapsed().as_millis() as u64;
-        self.0.idle_since.store(ms, Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut owed = self.activity.owed.lock().expect("lock");
+            if let Some(i) = owed.iter().position(|o| Arc::ptr_eq(o, &self.owed)) {
+                owed.swap_remove(i);
+            }
+        }
+        let ms = self.activity.now_ms();
+        self.activity.idle_since.store(ms, Ordering::Release);
+        self.activity.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -671,62 +717,149 @@ impl Activity {
             epoch: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            owed: Mutex::new(Vec::new()),
         })
     }
 
-    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Completes once the connection has had no request in flight for `timeout`.
-    pub(crate) async fn idle(&self, timeout: Duration) {
+    /// A request in flight, owed (see [`Busy`]) until [`Busy::paid`].
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+        let owed = Arc::new(AtomicU64::new(self.now_ms() + 1));
+        self.owed.lock().expect("lock").push(owed.clone());
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Busy {
+            activity: self.clone(),
+            owed,
+        }
+    }
+
+    /// Since when the longest-owed request is owed (`None`: nothing is).
+    fn oldest_owed(&self) -> Option<Instant> {
+        let owed = self.owed.lock().expect("lock");
+        let ms = owed
+            .iter()
+            .map(|o| o.load(Ordering::Acquire))
+            .filter(|&o| o > 0)
+            .min()?;
+        Some(self.epoch + Duration::from_millis(ms - 1))
+    }
+
+    /// Completes once the connection has had no request in flight for
+    /// `timeout` ([`Timeout::Keepalive`]), or a request has been owed for
+    /// `timeout` ([`Timeout::WriteStall`]).
+    pub(crate) async fn expired(&self, timeout: Duration) -> Timeout {
         loop {
-            let deadline = if self.active.load(Ordering::Acquire) > 0 {
-                Instant::now() + timeout
-            } else {
-                self.epoch
-                    + Duration::from_millis(self.idle_since.load(Ordering::Acquire))
-                    + timeout
-            };
-            tokio::time::sleep_until(deadline).await;
-            if self.active.load(Ordering::Acquire) == 0
-                && self.epoch
-                    + Duration::from_millis(self.idle_since.load(Ordering::Acquire))
-                    + timeout
-                    <= Instant::now()
-            {
-                return;
+            let now = Instant::now();
+            let stall = self.oldest_owed().map(|t| t + timeout);
+            if stall.is_some_and(|t| t <= now) {
+                return Timeout::WriteStall;
             }
+            // A request that becomes owed after `now` expires after `now + timeout`,
+            // when this loop looks again anyway.
+            let idle = if self.active.load(Ordering::Acquire) > 0 {
+                now + timeout
+            } else {
+                let idle = self.epoch
+                    + Duration::from_millis(self.idle_since.load(Ordering::Acquire))
+                    + timeout;
+                if idle <= now {
+                    return Timeout::Keepalive;
+                }
+                idle
+            };
+            tokio::time::sleep_until(stall.map_or(idle, |s| s.min(idle))).await;
         }
     }
 }
 
-/// A response body that keeps its request counted as in flight (and anything
-/// else in `_hold`) until the body is done or dropped: a streamed gRPC answer
-/// is a request in flight until its trailers.
-pub(crate) struct Holding<B, H> {
-    pub body: B,
-    pub _hold: H,
+/// The largest frame a response body hands hyper ([`Holding`] splits larger
+/// ones, without copying): the write-stall rule sees progress at least every
+/// this many bytes the client reads (an HTTP response is otherwise one frame
+/// of up to `max_payload`).
+pub const RESPONSE_FRAME: usize = 64 * 1024;
+
+/// A response body that keeps its request counted as in flight until the
+/// body is done or dropped (a streamed gRPC answer is a request in flight
+/// until its trailers), and keeps the request's owed state (see [`Activity`]):
+/// owed from when hyper gets the body until it polls it, and from every frame
+/// it returns until hyper comes back for the next one. Data frames are at most
+/// [`RESPONSE_FRAME`] bytes.
+pub(crate) struct Holding<B> {
+    body: B,
+    busy: Busy,
+    /// What is left of a data frame larger than [`RESPONSE_FRAME`].
+    rest: Bytes,
+    /// A frame was returned and hyper has not polled since.
+    frame_out: bool,
 }
 
-impl<B: Body + Unpin, H: Unpin> Body for Holding<B, H> {
-    type Data = B::Data;
+impl<B> Holding<B> {
+    /// `body`, handed to hyper now.
+    pub(crate) fn new(body: B, busy: Busy) -> Holding<B> {
+        busy.owe();
+        Holding {
+            body,
+            busy,
+            rest: Bytes::new(),
+            frame_out: false,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Holding<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        this.busy.paid();
+        this.frame_out = false;
+        let frame = if !this.rest.is_empty() {
+            let n = this.rest.len().min(RESPONSE_FRAME);
+            http_body::Frame::data(this.rest.split_to(n))
+        } else {
+            match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(mut data) => {
+                        if data.len() > RESPONSE_FRAME {
+                            this.rest = data.split_off(RESPONSE_FRAME);
+                        }
+                        http_body::Frame::data(data)
+                    }
+                    Err(f) => f,
+                },
+                other => return other,
+            }
+        };
+        this.busy.owe();
+        this.frame_out = true;
+        Poll::Ready(Some(Ok(frame)))
     }
 
+    /// Not the end right after a frame: hyper comes back for the end (and
+    /// the write-stall rule sees whether it can), instead of dropping the body
+    /// with its last frame still unwritten. A body that is empty from the
+    /// start is (a gRPC trailers-only answer must stay one HEADERS frame).
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        !self.frame_out && self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let inner = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut h = http_body::SizeHint::new();
+        h.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            h.set_upper(upper + rest);
+        }
+        h
     }
 }
 
@@ -756,6 +889,71 @@ mod tests {
         assert_eq!(effective_max_connections(512, Some(1)), 1);
         assert_eq!(effective_max_connections(512, None), 512);
         assert_eq!(effective_max_connections(512, Some(u64::MAX)), 512);
+    }
+
+    #[tokio::test]
+    async fn a_progressing_request_does_not_hide_a_stalled_one() {
+        let timeout = Duration::from_millis(300);
+        let a = Activity::new();
+        let stalled = a.busy(); // owed from the start: never polled
+        let moving = a.busy();
+        let t = Instant::now();
+        let progress = async {
+            loop {
+                moving.paid();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                moving.owe();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            why = a.expired(timeout) => assert_eq!(why, Timeout::WriteStall),
+            _ = progress => unreachable!(),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("stall not seen"),
+        }
+        assert!(t.elapsed() >= timeout, "{:?}", t.elapsed());
+        // Requests in flight that owe nothing (waiting for data) keep the
+        // connection open; once they end, it idles out.
+        stalled.paid();
+        moving.paid();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(600), a.expired(timeout))
+                .await
+                .is_err()
+        );
+        drop((stalled, moving));
+        let why = tokio::time::timeout(Duration::from_secs(10), a.expired(timeout)).await;
+        assert_eq!(why.ok(), Some(Timeout::Keepalive));
+        assert!(a.owed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn holding_splits_large_frames_and_owes_each_until_the_next_poll() {
+        let a = Activity::new();
+        let busy = a.busy();
+        busy.paid();
+        assert!(a.oldest_owed().is_none());
+        let body = http_body_util::Full::new(Bytes::from(vec![1u8; 200_000]));
+        let mut h = Holding::new(body, busy);
+        // Handed to hyper, not polled yet: owed.
+        assert!(a.oldest_owed().is_some());
+        assert_eq!(h.size_hint().exact(), Some(200_000));
+        assert!(!h.is_end_stream());
+        // An empty body is the end from the start (trailers-only gRPC answers).
+        let empty = Holding::new(http_body_util::Empty::<Bytes>::new(), a.busy());
+        assert!(empty.is_end_stream());
+        drop(empty);
+        let mut sizes = Vec::new();
+        while let Some(f) = h.frame().await {
+            sizes.push(f.unwrap().into_data().unwrap().len());
+            assert!(a.oldest_owed().is_some(), "a frame taken is owed");
+            assert!(!h.is_end_stream());
+        }
+        assert_eq!(sizes, [65536, 65536, 65536, 3392]);
+        assert!(a.oldest_owed().is_none());
+        assert!(h.is_end_stream());
+        drop(h);
+        assert!(a.owed.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

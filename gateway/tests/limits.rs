@@ -1,7 +1,8 @@
 //! The gateway's limits against hostile clients (issue 18), attacked over real
 //! sockets with a real nats-server: connection floods (total, per IP), slow
 //! heads and bodies, bodies beyond the memory budget, a gRPC stream beyond it,
-//! in-flight requests, and HTTP/2 concurrent streams.
+//! in-flight requests, HTTP/2 concurrent streams, and clients that stop reading
+//! their responses (the write-stall rule).
 
 mod common;
 
@@ -540,34 +541,39 @@ async fn grpc_status(resp: http::Response<hyper::body::Incoming>) -> (String, us
     (status, body.to_bytes().len())
 }
 
+/// A narun-style streaming app on the subject `streamer`: each request is
+/// answered with `count` messages of `size` bytes, as fast as it can, then OK.
+async fn streamer(nats: &NatsServer, count: u32, size: usize) {
+    let app = nats.connect().await;
+    let mut sub = app.subscribe("streamer").await.unwrap();
+    synced(&app).await;
+    tokio::spawn(async move {
+        while let Some(req) = sub.next().await {
+            let reply = req.reply.unwrap();
+            for seq in 0..count {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Narun-Grpc-Seq", seq.to_string().as_str());
+                app.publish_with_headers(reply.clone(), h, Bytes::from(vec![7u8; size]))
+                    .await
+                    .unwrap();
+            }
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Narun-Grpc-Status", "0");
+            app.publish_with_headers(reply, h, Bytes::new())
+                .await
+                .unwrap();
+            app.flush().await.unwrap();
+        }
+    });
+}
+
 #[tokio::test]
 async fn grpc_buffers_beyond_the_memory_budget_get_resource_exhausted() {
     let nats = NatsServer::start();
     let client = gateway_client(&nats).await;
     wait_connected(&client).await;
     // A streaming app: 128 messages of 64 KiB (8 MiB), as fast as it can.
-    let app = nats.connect().await;
-    let mut sub = app.subscribe("streamer").await.unwrap();
-    synced(&app).await;
-    let app2 = app.clone();
-    tokio::spawn(async move {
-        while let Some(req) = sub.next().await {
-            let reply = req.reply.unwrap();
-            for seq in 0..128u32 {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Narun-Grpc-Seq", seq.to_string().as_str());
-                app2.publish_with_headers(reply.clone(), h, Bytes::from(vec![7u8; 65536]))
-                    .await
-                    .unwrap();
-            }
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Narun-Grpc-Status", "0");
-            app2.publish_with_headers(reply, h, Bytes::new())
-                .await
-                .unwrap();
-            app2.flush().await.unwrap();
-        }
-    });
+    streamer(&nats, 128, 65536).await;
     let gw = start_gateway(
         client,
         "[gateway]\nmemory_budget_bytes = 524288\nmax_body_bytes = 65536\n\
@@ -605,4 +611,262 @@ async fn grpc_buffers_beyond_the_memory_budget_get_resource_exhausted() {
         1.0,
         "{m}"
     );
+}
+
+/// A raw HTTP/2 (h2c) client of `addr` that never reads: its
+/// SETTINGS_INITIAL_WINDOW_SIZE is 0 and it never sends a WINDOW_UPDATE, so the
+/// gateway may send response headers but not one byte of a body. Returns the
+/// request handle and the connection task, which ends when the gateway closes
+/// the connection.
+async fn never_reading_h2(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = tokio::time::timeout(
+        T,
+        h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp),
+    )
+    .await
+    .expect("h2 handshake in time")
+    .expect("h2 handshake");
+    (send, tokio::spawn(conn))
+}
+
+/// Open a stream on `send` (POST with a body when `body` is set, else GET) and
+/// wait for its response head; returns the unread body (kept open by the caller).
+async fn h2_request(
+    send: &mut h2::client::SendRequest<Bytes>,
+    uri: String,
+    body: Option<Bytes>,
+) -> Result<h2::RecvStream, h2::Error> {
+    let mut req = http::Request::builder().uri(uri);
+    if body.is_some() {
+        req = req
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
+    let req = req.body(()).unwrap();
+    let mut ready = tokio::time::timeout(T, send.clone().ready())
+        .await
+        .expect("stream slot in time")?;
+    let (resp, mut stream) = ready.send_request(req, body.is_none())?;
+    if let Some(b) = body {
+        stream.send_data(b, true)?;
+    }
+    let resp = tokio::time::timeout(T, resp)
+        .await
+        .expect("response head in time")?;
+    *send = ready;
+    Ok(resp.into_body())
+}
+
+#[tokio::test]
+async fn a_grpc_client_that_stops_reading_is_cut_off_and_frees_its_slot_and_budget() {
+    let nats = NatsServer::start();
+    let client = gateway_client(&nats).await;
+    wait_connected(&client).await;
+    // 64 messages of 16 KiB: more than the 16 the forwarding task queues, so
+    // replies are buffered (charged to the budget) behind a client that reads nothing.
+    streamer(&nats, 64, 16384).await;
+    let gw = start_gateway(
+        client,
+        "[gateway]\nkeepalive_timeout_sec = 1\nmax_inflight_requests = 1\n\
+         overload_wait_ms = 100\nrequest_timeout_sec = 60\ngrpc_addr = \"127.0.0.1:0\"\n\
+         [[gateway.routes]]\ngrpc = \"s.v1.S\"\nservice = \"streamer\"\n",
+    )
+    .await;
+    let grpc = gw.grpc.expect("gRPC listener");
+    let used = "gateway_memory_budget_used_bytes";
+
+    let (mut send, conn) = never_reading_h2(grpc).await;
+    let t = Instant::now();
+    let body = h2_request(
+        &mut send,
+        format!("http://{grpc}/s.v1.S/Stream"),
+        Some(Bytes::from_static(&[0, 0, 0, 0, 0])),
+    )
+    .await
+    .expect("response head");
+    // The call holds the one in-flight slot and buffered replies.
+    wait_for("buffered replies", T, || async {
+        (value(&metrics(&gw).await, used) > 0.0).then_some(())
+    })
+    .await;
+
+    // Closed by the write-stall rule (1 s), long before the call's 60 s deadline.
+    let _ = tokio::time::timeout(T, conn)
+        .await
+        .expect("the stalled connection is closed in time");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    drop((body, send));
+    wait_metric(&gw, used, 0.0).await;
+    wait_metric(
+        &gw,
+        "gateway_client_timeouts_total{listener=\"grpc\",reason=\"write_stall\"}",
+        1.0,
+    )
+    .await;
+
+    // The slot is free: a client that reads gets the whole stream.
+    let resp = grpc_call(grpc, "/s.v1.S/Stream", b"").await;
+    let (status, bytes) = grpc_status(resp).await;
+    assert_eq!(status, "0");
+    assert_eq!(bytes, 64 * (5 + 16384));
+    wait_metric(&gw, used, 0.0).await;
+}
+
+#[tokio::test]
+async fn an_h2c_client_that_never_reads_its_responses_is_cut_off() {
+    let (_nats, echo, gw) = setup("keepalive_timeout_sec = 1\nmax_inflight_requests = 1").await;
+
+    // A request every 200 ms keeps the connection from idling; no response is read.
+    let (mut send, mut conn) = never_reading_h2(gw.http).await;
+    let t = Instant::now();
+    let mut unread = Vec::new();
+    let closed = loop {
+        match h2_request(&mut send, gw.url("/echo/unread"), None).await {
+            Ok(body) => unread.push(body),
+            Err(_) => break true, // the connection is gone
+        }
+        if t.elapsed() > T {
+            break false;
+        }
+        tokio::select! {
+            _ = &mut conn => break true,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    };
+    let took = t.elapsed();
+    assert!(
+        closed,
+        "a client that never reads kept its connection for {took:?}"
+    );
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(!unread.is_empty());
+    assert!(
+        echo.count() >= unread.len(),
+        "{} {}",
+        echo.count(),
+        unread.len()
+    );
+    drop((unread, send));
+    wait_metric(
+        &gw,
+        "gateway_client_timeouts_total{listener=\"http\",reason=\"write_stall\"}",
+        1.0,
+    )
+    .await;
+    let m = metrics(&gw).await;
+    assert_eq!(
+        value(
+            &m,
+            "gateway_client_timeouts_total{listener=\"http\",reason=\"keepalive\"}"
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(value(&m, "gateway_memory_budget_used_bytes"), 0.0, "{m}");
+    // The one in-flight slot is free.
+    let r = get(&gw.url("/echo/x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn an_unread_grpc_stream_gives_its_slot_back_at_its_deadline() {
+    let nats = NatsServer::start();
+    let client = gateway_client(&nats).await;
+    wait_connected(&client).await;
+    streamer(&nats, 64, 16384).await;
+    // The write-stall rule (30 s) is far off: the call's 1 s deadline must end it.
+    let gw = start_gateway(
+        client,
+        "[gateway]\nkeepalive_timeout_sec = 30\nmax_inflight_requests = 1\n\
+         overload_wait_ms = 100\nrequest_timeout_sec = 1\ngrpc_addr = \"127.0.0.1:0\"\n\
+         [[gateway.routes]]\ngrpc = \"s.v1.S\"\nservice = \"streamer\"\n",
+    )
+    .await;
+    let grpc = gw.grpc.expect("gRPC listener");
+    let (mut send, conn) = never_reading_h2(grpc).await;
+    let t = Instant::now();
+    let _body = h2_request(
+        &mut send,
+        format!("http://{grpc}/s.v1.S/Stream"),
+        Some(Bytes::from_static(&[0, 0, 0, 0, 0])),
+    )
+    .await
+    .expect("response head");
+
+    // Once the deadline (+ 1 s grace) passes, the forwarding task stops waiting
+    // for the client and the one in-flight slot is free again.
+    wait_for("the in-flight slot back", T, || async {
+        let (status, _) = grpc_status(grpc_call(grpc, "/s.v1.S/Stream", b"").await).await;
+        (status == "0").then_some(())
+    })
+    .await;
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(!conn.is_finished(), "the stalled connection is still open");
+}
+
+/// Not an attack the write-stall rule was needed for — hyper's HTTP/1.1 reads no
+/// further request while a response is unwritten, so the keep-alive timeout
+/// already applied — but the promise holds on both HTTP versions, and this
+/// pins it (a request kept in flight while its response is unwritten would fail it).
+#[tokio::test]
+async fn an_http1_client_that_pipelines_and_never_reads_is_cut_off() {
+    let (_nats, echo, gw) = setup("keepalive_timeout_sec = 1\nheader_read_timeout_sec = 60").await;
+    let open = "gateway_connections_open{listener=\"http\"}";
+
+    // Pipelined requests whose ~100 KB answers (the echoed headers, each `"`
+    // escaped in JSON) are never read, from a socket with a small receive
+    // buffer: once the kernel buffers are full, hyper cannot flush a response.
+    let s = TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    let s = tokio::time::timeout(T, s.connect(gw.http))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let pad = "\"".repeat(50_000);
+    let (_r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..400 {
+            let req = format!("GET /echo/x HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
+            if w.write_all(req.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write side open: the client is stalled, not gone.
+        std::future::pending::<()>().await;
+    });
+    wait_metric(&gw, open, 1.0).await;
+    let t = Instant::now();
+    wait_metric(&gw, open, 0.0).await;
+    writer.abort();
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(echo.count() > 0);
+    // hyper's HTTP/1.1 reads no further request while a response is unwritten:
+    // it is cut off by the write-stall rule while it holds a response body, or
+    // by the keep-alive timeout once the body is in hyper's 64 KiB buffer.
+    let m = metrics(&gw).await;
+    let stalled = value(
+        &m,
+        "gateway_client_timeouts_total{listener=\"http\",reason=\"write_stall\"}",
+    ) + value(
+        &m,
+        "gateway_client_timeouts_total{listener=\"http\",reason=\"keepalive\"}",
+    );
+    assert_eq!(stalled, 1.0, "{m}");
+    // Another client is served.
+    let r = get(&gw.url("/echo/x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }

@@ -41,6 +41,10 @@ fn grpc_frame(m: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// How long after the call's deadline the forwarding task still waits for a
+/// client to take a message (the status, typically) before it gives up.
+const SEND_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A frame and the memory budget its bytes hold until it is handed to hyper.
 type Held = (Frame<Bytes>, Option<Lease>);
 
@@ -233,28 +237,39 @@ pub(super) async fn respond(
             }
         }
     }
-    // A stream: forward the rest as it arrives.
+    // A stream: forward the rest as it arrives. A client that stops reading
+    // stops the body, and the channel fills: every send is bounded by the
+    // call's deadline (plus `SEND_GRACE`), after which the task ends and
+    // dropping the call inbox frees its in-flight slot and buffered replies.
     let (tx, rx) = mpsc::channel(16);
     let state2 = state.clone();
     let head = std::mem::take(&mut answer.head);
+    let send_by = answer.deadline + SEND_GRACE;
     tokio::spawn(async move {
         let (c, m, mut t) = loop {
             match answer.next().await {
                 Event::Message(m, lease) => {
-                    if tx
-                        .send((Frame::data(grpc_frame(&m)), Some(lease)))
-                        .await
-                        .is_err()
-                    {
+                    let frame = (Frame::data(grpc_frame(&m)), Some(lease));
+                    match tokio::time::timeout_at(send_by, tx.send(frame)).await {
+                        Ok(Ok(())) => {}
                         // Client went away; dropping the call inbox unregisters it.
-                        break (code::CANCELLED, String::new(), HeaderMap::new());
+                        Ok(Err(_)) => break (code::CANCELLED, String::new(), HeaderMap::new()),
+                        Err(_) => {
+                            // The client stopped reading: no trailers can reach it.
+                            state2.metrics.record(
+                                &label,
+                                code::DEADLINE_EXCEEDED,
+                                started.elapsed(),
+                            );
+                            return;
+                        }
                     }
                 }
                 Event::End(c, m, t) => break (c, m, t),
             }
         };
         put_status(&mut t, c, &m);
-        let _ = tx.send((Frame::trailers(t), None)).await;
+        let _ = tokio::time::timeout_at(send_by, tx.send((Frame::trailers(t), None))).await;
         state2.metrics.record(&label, c, started.elapsed());
     });
     data_response(

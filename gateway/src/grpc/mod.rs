@@ -234,17 +234,22 @@ impl GrpcGateway {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     let health = health.clone();
-                    // In flight until the response body (a stream, maybe) is done.
+                    // In flight until the response body (a stream, maybe) is done;
+                    // owed until hyper polls (see `limits::Activity`).
                     let busy = busy.busy();
                     async move {
-                        let resp = if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+                        busy.paid();
+                        let health_check = req.uri().path().starts_with("/grpc.health.v1.Health/");
+                        let resp = if health_check {
                             health.oneshot(req).await?
                         } else {
                             call(state, req).await
                         };
-                        Ok::<_, Infallible>(resp.map(|body| {
-                            tonic::body::Body::new(limits::Holding { body, _hold: busy })
-                        }))
+                        Ok::<_, Infallible>(
+                            resp.map(|body| {
+                                tonic::body::Body::new(limits::Holding::new(body, busy))
+                            }),
+                        )
                     }
                 });
                 let Some(tls) = tls else {
@@ -319,9 +324,9 @@ async fn serve_h2<IO, S, B>(
             }
             return;
         }
-        _ = activity.idle(limits.keepalive_timeout) => {
-            limits.timed_out(Listener::Grpc, limits::Timeout::Keepalive);
-            tracing::debug!(%peer, "keep-alive timeout: closing the gRPC connection");
+        why = activity.expired(limits.keepalive_timeout) => {
+            limits.timed_out(Listener::Grpc, why);
+            tracing::debug!(%peer, ?why, "keep-alive or write-stall timeout: closing the gRPC connection");
             return;
         }
         _ = stopped(stop) => {}
