@@ -11,64 +11,29 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use narun_test_support::http1::{self, metric_value as value};
 use narun_test_support::{Narund, NatsServer, T, buckets, free_ports, wait_for};
 use narun_wire::events::StatusEvent;
 use narun_wire::status::InstanceStatus;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 const NODE: &str = "flood";
 const NOFILE: u64 = 256;
 
-/// A raw HTTP/1.1 GET on `s` (kept alive); returns the status line and body.
+/// A raw HTTP/1.1 GET on `s` (kept alive); returns the head and body.
 async fn get(s: &mut TcpStream, path: &str) -> String {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    tokio::time::timeout(T, async {
-        loop {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(
-                n > 0,
-                "connection closed: {}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    return text.into_owned();
-                }
-            }
-        }
-    })
-    .await
-    .expect("an answer in time")
+    let r = http1::get(s, path).await;
+    format!("{}{}", r.head, r.text())
 }
 
 /// A one-shot GET on a new connection (the metrics listener).
 async fn metrics(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     get(&mut s, "/metrics").await
-}
-
-fn value(m: &str, series: &str) -> f64 {
-    m.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn open_fds(pid: i32) -> usize {

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use narun_test_support::NatsServer;
+use narun_test_support::http1::{self, metric_value as value};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,39 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// `GET /metrics` on the kept-alive connection `s`.
 async fn metrics(s: &mut TcpStream) -> String {
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("metrics in time")
-            .unwrap();
-        assert!(n > 0, "metrics connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap();
-            if buf.len() >= end + 4 + len {
-                return text[end + 4..].to_string();
-            }
-        }
-    }
-}
-
-fn value(m: &str, series: &str) -> f64 {
-    m.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    http1::get(s, "/metrics").await.text()
 }
 
 fn open_fds() -> u64 {

@@ -10,10 +10,11 @@ use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use narun_test_support::http1::{metric_value as value, read_response};
 use narun_test_support::{NatsServer, wait_for};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const T: Duration = Duration::from_secs(10);
@@ -47,13 +48,6 @@ async fn metrics(gw: &GatewayRun) -> String {
     get(&gw.metrics_url("/metrics")).await.text()
 }
 
-/// The value of the metric line starting with `series` (0 when absent).
-fn value(m: &str, series: &str) -> f64 {
-    m.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Wait until the metric `series` has value `want`.
 async fn wait_metric(gw: &GatewayRun, series: &str, want: f64) {
     wait_for(&format!("{series} = {want}"), T, || async {
@@ -61,45 +55,6 @@ async fn wait_metric(gw: &GatewayRun, series: &str, want: f64) {
         (value(&m, series) == want).then_some(())
     })
     .await
-}
-
-/// A raw HTTP/1.1 response: status, head (lower-cased) and body.
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-async fn read_response(r: &mut (impl AsyncRead + Unpin)) -> Raw {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = tokio::time::timeout(T, r.read(&mut chunk))
-            .await
-            .expect("response in time")
-            .expect("read response");
-        assert!(n > 0, "closed before a response head: {buf:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let status = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = buf[end..].to_vec();
-    while body.len() < len {
-        let n = tokio::time::timeout(T, r.read(&mut chunk))
-            .await
-            .expect("body in time")
-            .expect("read body");
-        assert!(n > 0, "closed in the body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Raw { status, head, body }
 }
 
 fn post_head(path: &str, len: usize) -> String {

@@ -35,6 +35,7 @@
 pub mod apps;
 mod buckets;
 mod cgroup;
+pub mod http1;
 mod narunctl;
 mod narund;
 mod waits;

@@ -139,26 +139,22 @@ impl Task {
         // ETXTBSY: a fork of another thread (any spawn in narund) may still hold the write fd
         // of a binary that was just downloaded, until its exec closes it (the classic
         // fork/exec race, Go issue 22315). It clears within milliseconds: retry.
-        let mut result = self.spawn(
-            &bin,
-            &work,
-            identity.as_ref(),
-            &caps,
-            nofile,
-            cgroup.as_deref(),
-        );
+        let spawn = || {
+            self.spawn(
+                &bin,
+                &work,
+                identity.as_ref(),
+                &caps,
+                nofile,
+                cgroup.as_deref(),
+            )
+        };
+        let mut result = spawn();
         for _ in 0..20 {
             match &result {
                 Err(f) if f.text_busy => {
                     tokio::time::sleep(Duration::from_millis(25)).await;
-                    result = self.spawn(
-                        &bin,
-                        &work,
-                        identity.as_ref(),
-                        &caps,
-                        nofile,
-                        cgroup.as_deref(),
-                    );
+                    result = spawn();
                 }
                 _ => break,
             }

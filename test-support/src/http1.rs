@@ -1,0 +1,79 @@
+//! Raw HTTP/1.1 on a socket, for tests that must control the bytes (floods, trickles,
+//! pipelining) where a client library would hide them, and the Prometheus text the
+//! gateway serves.
+
+use crate::T;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// One HTTP/1.1 response read off a socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The head (status line and headers), lower-cased.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Read one response (head, then a `Content-Length` body) from `r`, bounded by
+/// [`T`] per read; panics if the peer closes first.
+pub async fn read_response(r: &mut (impl AsyncRead + Unpin)) -> RawResponse {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(T, r.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read response");
+        assert!(
+            n > 0,
+            "closed before a response head: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP/1.1 status line: {head}"));
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().expect("a Content-Length number"));
+    let mut body = buf[end..].to_vec();
+    while body.len() < len {
+        let n = tokio::time::timeout(T, r.read(&mut chunk))
+            .await
+            .expect("body in time")
+            .expect("read body");
+        assert!(n > 0, "closed in the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    RawResponse { status, head, body }
+}
+
+/// `GET path` on the kept-alive connection `s`, and its response.
+pub async fn get(s: &mut (impl AsyncRead + AsyncWrite + Unpin), path: &str) -> RawResponse {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write the request");
+    read_response(s).await
+}
+
+/// The value of the Prometheus text line that starts with `series` (e.g.
+/// `gateway_connections_open{listener="http"}`); 0 when there is none.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
