@@ -76,6 +76,9 @@ async fn narun_gateway(settings: &NatsSettings) -> anyhow::Result<String> {
         http_addr = "127.0.0.1:0"
         grpc_addr = "127.0.0.1:0"
         metrics_addr = "127.0.0.1:0"
+        # The load generator is one client host with a keep-alive pool per path
+        # (64 connections each): above the default 128 per client address.
+        max_connections_per_ip = 512
         [[routes]]
         path = "/bench/"
         methods = ["POST"]
