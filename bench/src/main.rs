@@ -519,7 +519,11 @@ async fn http_bench(s: &Setup, c: &Common, size: usize) -> anyhow::Result<()> {
             async move {
                 let req = hyper::Request::get(url).body(Full::new(Bytes::new()))?;
                 let resp = http.request(req).await?;
-                anyhow::ensure!(resp.status() == 404, "the unrouted path answered {}", resp.status());
+                anyhow::ensure!(
+                    resp.status() == 404,
+                    "the unrouted path answered {}",
+                    resp.status()
+                );
                 resp.into_body().collect().await?;
                 Ok(())
             }
