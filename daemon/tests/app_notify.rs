@@ -25,21 +25,8 @@ async fn harness() -> Harness {
         .await
 }
 
-/// The environment of a running process.
-fn environ(pid: i32) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    String::from_utf8_lossy(&raw)
-        .split('\0')
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 fn env_var(pid: i32, key: &str) -> Option<String> {
-    let prefix = format!("{key}=");
-    environ(pid)
-        .into_iter()
-        .find_map(|v| v.strip_prefix(&prefix).map(str::to_string))
+    narun_test_support::environ(pid).get(key).cloned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ mod common;
 
 use common::Harness;
 use narun_test_support::apps::SLEEPER;
+use narun_test_support::environ;
 use narun_test_support::{T, kill_and_remove_cgroups, wait_for, wait_gone};
 use narun_wire::status::{InstanceStatus, Reason};
 use serde_json::json;
@@ -61,15 +62,6 @@ fn ids_of(pid: i32) -> (u32, u32) {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
     (field("Uid:"), field("Gid:"))
-}
-
-fn environ(pid: i32) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    String::from_utf8_lossy(&raw)
-        .split('\0')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// What a command run by [`sh_as`] printed and its exit code.

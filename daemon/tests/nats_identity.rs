@@ -10,6 +10,7 @@
 use async_nats::jetstream;
 use futures_util::StreamExt;
 use narun_test_support::apps::SLEEPER;
+use narun_test_support::environ;
 use narun_test_support::{NatsServer, T, kill_and_remove_cgroups, upload_app, wait_for};
 use narun_wire::connect::NatsSettings;
 use narun_wire::micro::{EndpointConfig, Service, ServiceConfig};
@@ -205,15 +206,6 @@ async fn deploy(js: &jetstream::Context, node: &str, app: &str) {
         .put(app, serde_json::to_vec(&spec).unwrap().into())
         .await
         .unwrap();
-}
-
-fn environ(pid: i32) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    String::from_utf8_lossy(&raw)
-        .split('\0')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// A client with exactly the NATS settings in `env` (an app's environment), and the

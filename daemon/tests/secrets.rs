@@ -11,11 +11,11 @@ mod common;
 
 use common::Harness;
 use narun_test_support::apps::SLEEPER;
+use narun_test_support::environ;
 use narun_wire::events::StatusEvent;
 use narun_wire::secrets::{MasterKey, Scope, StoredSecret};
 use narun_wire::status::{InstanceStatus, Reason};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -79,15 +79,6 @@ fn never_started(h: &Harness, app: &str) {
         .iter()
         .any(|e| e.status == InstanceStatus::Running);
     assert!(!started, "{app} must never start without its secret");
-}
-
-fn environ(pid: i32) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    String::from_utf8_lossy(&raw)
-        .split('\0')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// A `StoredSecret` JSON produced by Python `cryptography` (AESGCM, aad = name), or `None`

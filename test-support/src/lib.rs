@@ -334,6 +334,31 @@ where
     }
 }
 
+/// The environment of process `pid` (`/proc/<pid>/environ`) as a map. Waits (bounded by
+/// [`T`]) while it reads empty: a process that has just been reported started may be
+/// inside `execve` past the point where its parent learns of the exec (the close-on-exec
+/// pipe), but before the kernel has set up its new environment, which then reads empty.
+pub fn environ(pid: i32) -> std::collections::BTreeMap<String, String> {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let raw = std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap_or_else(|e| panic!("reading /proc/{pid}/environ: {e}"));
+        if !raw.is_empty() {
+            return String::from_utf8_lossy(&raw)
+                .split('\0')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/proc/{pid}/environ stayed empty for {T:?}"
+        );
+        // A kernel state with no event to await: poll briefly.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Path of a binary of this workspace, built on demand.
 ///
 /// Integration tests that run *other* packages' binaries (the `hello` example,
