@@ -14,6 +14,7 @@
 //!
 //! * The server listens on a free loopback port chosen at start, with its own
 //!   temporary store directory (removed on drop).
+//! * [`NatsCluster`]: several routed servers with clustered JetStream (replicated buckets).
 //! * [`NatsServer::stop`] / [`NatsServer::restart`] keep the port and the store,
 //!   so tests can simulate an outage.
 //! * The binary is `nats-server` from `PATH`, or `$NATS_SERVER_BIN`. When it is
@@ -35,6 +36,7 @@
 pub mod apps;
 mod buckets;
 mod cgroup;
+mod cluster;
 pub mod http1;
 mod narunctl;
 mod narund;
@@ -42,6 +44,7 @@ mod waits;
 
 pub use buckets::{Buckets, buckets, upload_app, upload_script};
 pub use cgroup::{cgroup2_mount, kill_and_remove_cgroups};
+pub use cluster::NatsCluster;
 pub use narunctl::{
     NARUNCTL_BOUND, deploy_file, narunctl, narunctl_bin, narunctl_cmd, narunctl_with, run, text,
 };
