@@ -29,7 +29,7 @@ async fn a_replicated_stream_survives_the_loss_of_one_member() {
     let publish = |body: &'static str| {
         let js = js.clone();
         // A message id: a retry after a lost ack is not stored twice.
-        let msg = async_nats::jetstream::context::Publish::build()
+        let msg = async_nats::jetstream::message::PublishMessage::build()
             .message_id(body)
             .payload(body.into());
         async move { js.send_publish("probe", msg).await?.await }
