@@ -62,6 +62,30 @@ pub fn waitpid_nohang(pid: pid_t) -> Option<c_int> {
     (rc == pid).then_some(status)
 }
 
+/// `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`: the pid of one child of narund that has
+/// exited and is waiting to be reaped, **without** reaping it; `None` when no child has
+/// exited (or narund has no children). Cheap enough to call on every SIGCHLD: the orphan
+/// reaper uses it to skip its `/proc` scan when there is nothing to reap.
+pub fn peek_exited_child() -> Option<pid_t> {
+    // SAFETY: an all-zero siginfo_t is a valid value (plain C struct).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid with a valid siginfo pointer; WNOWAIT leaves the child waitable.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: waitid filled `info` (si_pid stays 0 when no child was waitable).
+    let pid = unsafe { info.si_pid() };
+    (pid > 0).then_some(pid)
+}
+
 /// `prctl(PR_SET_CHILD_SUBREAPER, 1)` (Linux ≥ 3.4): orphaned descendants are
 /// re-parented to narund instead of PID 1.
 pub fn set_child_subreaper() -> io::Result<()> {
@@ -95,6 +119,31 @@ pub fn capbset_drop(cap: c_int) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn an_exited_child_is_seen_but_left_to_its_waiter() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as pid_t;
+        let zombie = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie() {
+            assert!(std::time::Instant::now() < deadline, "`true` did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Some exited child is reported (another test's may come first)...
+        assert!(peek_exited_child().is_some());
+        // ... and ours is still there for its own waiter, with its status.
+        assert!(zombie(), "peeking must not reap");
+        assert!(child.wait().unwrap().success());
+    }
 
     #[test]
     // The child is reaped by `waitpid_nohang`, which is what the test is about.
