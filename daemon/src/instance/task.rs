@@ -574,30 +574,30 @@ impl Task {
             config_hash: self.hash.clone(),
             notify_status: r.notify_status,
         };
+        let mut after_records = None;
         if r.status == InstanceStatus::Running
             && let (Some(pid), Some(run)) = (r.pid, run)
         {
-            self.save_record(pid, run);
+            after_records = self.save_record(pid, run);
         }
         tracing::info!(instance = %self.instance_id, run = %self.run_id, status = %r.status, reason = r.reason.as_ref().map_or("", Reason::as_str), pid = r.pid, "instance status");
         let subject = names::status_subject(&self.spec.name, &self.host.settings.node_id);
         let payload = serde_json::to_vec(&ev).expect("a StatusEvent always serializes");
-        self.host.publish(subject, payload);
+        self.host.publish_after(subject, payload, after_records);
         self.host.changed.notify_waiters();
     }
 
-    /// Keep the record of the current run up to date (on `running`).
-    fn save_record(&self, pid: i32, run: &Running) {
-        let Some(start_time) = self.host.processes.start_time(pid) else {
-            return;
-        };
+    /// Keep the record of the current run up to date (on `running`). Returns the
+    /// generation of the records that holds it (written by the record writer thread).
+    fn save_record(&self, pid: i32, run: &Running) -> Option<u64> {
+        let start_time = self.host.processes.start_time(pid)?;
         let notify_socket = self
             .notify_env
             .iter()
             .find(|(k, _)| k == "NOTIFY_SOCKET")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        self.host.local.put_record(InstanceRecord {
+        Some(self.host.local.put_record(InstanceRecord {
             app: self.spec.name.clone(),
             index: self.index,
             instance_id: self.instance_id.clone(),
@@ -610,7 +610,7 @@ impl Task {
             digest: self.status.borrow().digest.clone(),
             revision: self.revision,
             notify_socket,
-        });
+        }))
     }
 }
 
