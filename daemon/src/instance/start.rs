@@ -7,7 +7,7 @@
 //! published in `failed`; whatever was created for the start is removed again.
 
 use super::notify::NotifySocket;
-use super::process::{Proc, SpawnError};
+use super::process::{Proc, SpawnError, SpawnRequest};
 use super::task::{Running, StartFailure, Task};
 use super::{DEFAULT_PATH, FETCH_TIMEOUT};
 use crate::cgroup::{self, Limits, RunCgroup};
@@ -18,7 +18,6 @@ use narun_wire::status::Reason;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 impl Task {
@@ -321,24 +320,12 @@ impl Task {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StartFailure::new(Reason::Spawn, format!("{what}: {e}"))
         };
-        let mut cmd = tokio::process::Command::new(&bin.path);
-        // Exactly this environment (the execve of super::process takes what is set here).
+        // Exactly this environment (nothing of narund's).
         let mut env: BTreeMap<String, String> =
             self.environment(identity, work).into_iter().collect();
         env.extend(self.notify_env.iter().cloned());
-        cmd.args(&self.spec.args)
-            .env_clear()
-            .envs(env)
-            .current_dir(work)
-            .stdin(Stdio::null())
-            .kill_on_drop(false)
-            .process_group(0);
         let (out_r, out_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (err_r, err_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
-        cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
-        // First of the child's pre_exec steps (before the cgroup, the privilege drop and the
-        // execve of self.host.processes): only lowers narund's limits, needs no privilege.
-        crate::sys::rlimit::set_nofile_before_exec(cmd.as_std_mut(), nofile_soft, nofile_hard);
         let plan = match identity {
             Some(id) => Some(PrivilegePlan::new(id, caps).map_err(|e| {
                 let reason = match e {
@@ -351,10 +338,23 @@ impl Task {
             })?),
             None => None,
         };
+        // The write ends go with the request: dropped after the spawn, so the readers see
+        // EOF when the app exits.
         let proc = self
             .host
             .processes
-            .spawn(&mut cmd, cgroup, plan)
+            .spawn(SpawnRequest {
+                program: bin.path.clone(),
+                args: self.spec.args.clone(),
+                env: env.into_iter().collect(),
+                cwd: work.to_path_buf(),
+                stdout: OwnedFd::from(out_w),
+                stderr: OwnedFd::from(err_w),
+                // Only lowers narund's limits: needs no privilege.
+                nofile: (nofile_soft, nofile_hard),
+                cgroup,
+                privileges: plan,
+            })
             .map_err(|e| match e {
                 SpawnError::Place(e) => fail("placing into the cgroup", &e),
                 SpawnError::Spawn(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
@@ -372,8 +372,6 @@ impl Task {
                     ..fail(&format!("starting {}", bin.path.display()), &e)
                 },
             })?;
-        // Drop our copies of the write ends, so the readers see EOF when the app exits.
-        drop(cmd);
         // Under systemd: a copy of each read end waits in the fd store, so the app keeps
         // its pipes if narund dies (crate::state::fdstore).
         for (stream, fd) in [
