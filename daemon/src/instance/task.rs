@@ -168,6 +168,9 @@ impl Task {
             None => Event::Start,
         });
         loop {
+            // When the event happened: for an exit, before the run was cleaned up, so the
+            // restart backoff counts from the exit and the clean-up runs within it.
+            let mut at = None;
             let ev = match event.take() {
                 Some(ev) => ev,
                 None => match self.wake(&lc, &mut run).await {
@@ -184,14 +187,17 @@ impl Task {
                         }
                         continue;
                     }
-                    Wake::Exit(st) => match self.exited(&mut lc, &mut run, st).await {
-                        Ok(ev) => ev,
-                        Err(()) => break,
-                    },
+                    Wake::Exit(st) => {
+                        at = Some(Instant::now());
+                        match self.exited(&mut lc, &mut run, st).await {
+                            Ok(ev) => ev,
+                            Err(()) => break,
+                        }
+                    }
                 },
             };
             lc.set_backoff_max(self.host.live().restart_backoff_max);
-            let actions = lc.handle(Instant::now(), ev);
+            let actions = lc.handle(at.unwrap_or_else(Instant::now), ev);
             match self.execute(actions, &mut run).await {
                 Ok(next) => event = next,
                 Err(()) => break,
