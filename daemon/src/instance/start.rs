@@ -192,7 +192,7 @@ impl Task {
 
     /// The verified binary: from the object store when connected (the cache avoids the
     /// download), otherwise the cached file of the digest this spec last ran.
-    async fn binary(&self) -> Result<CachedBinary, StartFailure> {
+    async fn binary(&mut self) -> Result<CachedBinary, StartFailure> {
         let store = self.host.store.lock().unwrap().clone();
         let (os, arch) = (names::go_os(), names::go_arch());
         // A restart of the same spec reuses the binary of the first start.
@@ -244,12 +244,29 @@ impl Task {
             ));
         };
         let path = self.host.cache.path_for(&self.spec.name, &digest);
-        match self.host.uring.hash_file(&path).await {
-            Ok(h) if h == digest.0 => Ok(CachedBinary {
+        // A restart of the same file: verified already, unless it changed since (its
+        // inode, size, mtime or ctime; ctime cannot be set back by anyone).
+        let stamp = FileStamp::of(&path);
+        if let Some((d, st)) = &self.verified
+            && *d == digest
+            && stamp.as_ref() == Some(st)
+        {
+            return Ok(CachedBinary {
                 path,
                 digest,
                 downloaded: false,
-            }),
+            });
+        }
+        match self.host.uring.hash_file(&path).await {
+            Ok(h) if h == digest.0 => {
+                // The stamp from before the hash: a change while hashing changes the ctime.
+                self.verified = stamp.map(|st| (digest, st));
+                Ok(CachedBinary {
+                    path,
+                    digest,
+                    downloaded: false,
+                })
+            }
             Ok(actual) => Err(StartFailure::new(
                 Reason::Verify,
                 format!(
@@ -426,6 +443,33 @@ impl Task {
     }
 }
 
+/// What tells a file from a changed one without reading it: device, inode, size, and the
+/// modification and change times in ns (`ctime` moves with any write, `chmod`, rename
+/// over it; user space cannot set it). A cached binary with the stamp it had when it was
+/// last hashed is not hashed again at a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub(super) fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
 /// Mode of an instance's work dir: the app's user only.
 pub const WORK_DIR_MODE: u32 = 0o700;
 /// Mode of `<data_dir>/instances` and `<data_dir>/instances/<instance>`: narund's (root's),
@@ -470,6 +514,32 @@ pub fn prepare_work_dir(work: &Path, owner: Option<(u32, u32)>) -> Result<(), St
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_file_stamp_changes_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bin");
+        std::fs::write(&p, b"one").unwrap();
+        let a = FileStamp::of(&p).unwrap();
+        assert_eq!(FileStamp::of(&p), Some(a.clone()), "stable");
+        // Same size, new content: mtime/ctime move (a write after a few ms at most; the
+        // kernel's timestamps are at least jiffy-granular).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"two").unwrap();
+        let b = FileStamp::of(&p).unwrap();
+        assert_ne!(a, b);
+        // chmod moves ctime only.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_ne!(FileStamp::of(&p).unwrap(), b);
+        // Another file renamed over it: another inode.
+        let q = dir.path().join("other");
+        std::fs::write(&q, b"two").unwrap();
+        let c = FileStamp::of(&p).unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        assert_ne!(FileStamp::of(&p).unwrap(), c);
+        assert_eq!(FileStamp::of(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn work_dirs_are_private_and_their_parents_enterable() {

@@ -66,6 +66,7 @@ pub(super) fn spawn(
         stop: stop_rx,
         stop_seen: false,
         pinned,
+        verified: None,
         notify_env: Vec::new(),
         secret_env: Vec::new(),
         nats_env: Vec::new(),
@@ -133,6 +134,9 @@ pub(super) struct Task {
     stop_seen: bool,
     /// The digest a restart of the same spec starts (the binary of the first start).
     pub pinned: Option<Sha256Digest>,
+    /// The cached binary last hashed to this digest, and how its file looked then: a
+    /// restart does not hash it again while the file is unchanged (`start.rs`).
+    pub verified: Option<(Sha256Digest, super::start::FileStamp)>,
     /// `NOTIFY_SOCKET` / `WATCHDOG_USEC` of the current run (empty without sd_notify).
     pub notify_env: Vec<(String, String)>,
     /// Decrypted `valueFromSecret` variables of the current start (memory only).
