@@ -351,6 +351,11 @@ impl Daemon {
             }
         }
         node.flush_logs(Duration::from_secs(2)).await;
+        // The record writer works in batches off the runtime: what it has not written yet
+        // goes to disk now, so a detached run is re-adopted by the next narund.
+        if !node.host().local.flush(Duration::from_secs(2)).await {
+            tracing::warn!("the records of running instances were not all written");
+        }
         while let Some(res) = tasks.join_next().await {
             res.context("task panicked")??;
         }

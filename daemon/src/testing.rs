@@ -8,7 +8,7 @@
 //! start is chosen per program by a [`Script`].
 
 use crate::cgroup::{CgroupError, Cgroups, Limits, RunCgroup};
-use crate::instance::process::{Proc, Processes, SpawnError};
+use crate::instance::process::{Proc, Processes, SpawnError, SpawnRequest};
 use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -164,17 +164,9 @@ impl Proc for FakeProc {
 }
 
 impl Processes for FakeKernel {
-    fn spawn(
-        &self,
-        cmd: &mut tokio::process::Command,
-        cgroup: Option<&dyn RunCgroup>,
-        _privileges: Option<crate::privileges::PrivilegePlan>,
-    ) -> Result<Box<dyn Proc>, SpawnError> {
-        let std = cmd.as_std();
-        let env: BTreeMap<String, String> = std
-            .get_envs()
-            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
-            .collect();
+    fn spawn(&self, req: SpawnRequest<'_>) -> Result<Box<dyn Proc>, SpawnError> {
+        let cgroup = req.cgroup;
+        let env: BTreeMap<String, String> = req.env.into_iter().collect();
         let mut t = self.t.lock().unwrap();
         t.next_pid += 1;
         let pid = t.next_pid;
@@ -190,7 +182,7 @@ impl Processes for FakeKernel {
             FakeProcess {
                 pid,
                 pgid: pid,
-                program: std.get_program().to_string_lossy().into_owned(),
+                program: req.program.to_string_lossy().into_owned(),
                 env,
                 cgroup: cgroup.map(|c| c.name().to_string()),
                 start_time: pid as u64 * 100,

@@ -160,6 +160,12 @@ impl InstanceCgroup {
         Ok(OwnedFd::from(f))
     }
 
+    /// Open the cgroup directory (`O_DIRECTORY | O_CLOEXEC`): what `clone3` with
+    /// `CLONE_INTO_CGROUP` starts a child in (`crate::sys::spawn`).
+    pub fn open_dir(&self) -> Result<OwnedFd> {
+        crate::sys::spawn::open_cgroup_dir(&self.path).map_err(io_err("open", &self.path))
+    }
+
     /// Make `cmd`'s child enter this cgroup between fork and exec, so that the app and everything it
     /// forks are grouped from the first instruction.
     ///

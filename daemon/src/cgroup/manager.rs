@@ -34,8 +34,14 @@ pub trait RunCgroup: Send + Sync {
     fn name(&self) -> &str;
     /// Limits of the spec this cgroup cannot enforce.
     fn unenforced(&self) -> Vec<String>;
-    /// Make `cmd`'s process start inside this cgroup.
+    /// Make `cmd`'s process start inside this cgroup (the `fork` path: a `pre_exec` write
+    /// of `cgroup.procs`).
     fn place(&self, cmd: &mut std::process::Command) -> Result<(), CgroupError>;
+    /// An fd of the cgroup's directory, for `clone3(CLONE_INTO_CGROUP)`; `None` when the
+    /// cgroup is not a kernel one (then [`RunCgroup::place`] is used).
+    fn open_dir(&self) -> Option<Result<std::os::fd::OwnedFd, CgroupError>> {
+        None
+    }
     /// SIGKILL every process inside, atomically (`cgroup.kill`).
     fn kill(&self) -> Result<(), CgroupError>;
     /// OOM kills so far (`memory.events`); 0 when unknown.
@@ -97,6 +103,10 @@ impl RunCgroup for InstanceCgroup {
 
     fn place(&self, cmd: &mut std::process::Command) -> Result<(), CgroupError> {
         self.place_command(cmd)
+    }
+
+    fn open_dir(&self) -> Option<Result<std::os::fd::OwnedFd, CgroupError>> {
+        Some(InstanceCgroup::open_dir(self))
     }
 
     fn kill(&self) -> Result<(), CgroupError> {

@@ -483,33 +483,10 @@ impl Lifecycle {
             return self.end(out);
         }
         // Start limit (systemd StartLimitBurst/StartLimitIntervalSec).
-        let interval = self.policy.start_limit_interval;
-        if !interval.is_zero() {
-            while self
-                .starts
-                .front()
-                .is_some_and(|t| now.saturating_duration_since(*t) > interval)
-            {
-                self.starts.pop_front();
-            }
-            if self.starts.len() >= self.policy.start_limit_burst as usize {
-                let msg = format!(
-                    "started {} times within {}s (startLimitBurst/startLimitIntervalSec); not restarting until the spec is applied again",
-                    self.starts.len(),
-                    interval.as_secs()
-                );
-                out.push(Action::Log(msg.clone()));
-                self.publish(
-                    out,
-                    InstanceStatus::Failed,
-                    None,
-                    Some(Reason::StartLimit),
-                    None,
-                    msg,
-                    None,
-                );
-                return self.end(out);
-            }
+        if self.start_limit_hit(now, out) {
+            return self.end(out);
+        }
+        if !self.policy.start_limit_interval.is_zero() {
             self.starts.push_back(now);
         }
         out.push(Action::NewRun);
@@ -517,6 +494,42 @@ impl Lifecycle {
         self.publish(out, InstanceStatus::Starting, None, None, None, "", None);
         out.push(Action::Spawn);
         State::Starting
+    }
+
+    /// Would a start at `at` exceed the start limit (systemd's StartLimitBurst within
+    /// StartLimitIntervalSec)? Then log it and publish `failed` with reason `start-limit`.
+    /// Starts that have left the window at `at` are forgotten (they would be by then).
+    fn start_limit_hit(&mut self, at: Instant, out: &mut Vec<Action>) -> bool {
+        let interval = self.policy.start_limit_interval;
+        if interval.is_zero() {
+            return false;
+        }
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| at.saturating_duration_since(*t) > interval)
+        {
+            self.starts.pop_front();
+        }
+        if self.starts.len() < self.policy.start_limit_burst as usize {
+            return false;
+        }
+        let msg = format!(
+            "started {} times within {}s (startLimitBurst/startLimitIntervalSec); not restarting until the spec is applied again",
+            self.starts.len(),
+            interval.as_secs()
+        );
+        out.push(Action::Log(msg.clone()));
+        self.publish(
+            out,
+            InstanceStatus::Failed,
+            None,
+            Some(Reason::StartLimit),
+            None,
+            msg,
+            None,
+        );
+        true
     }
 
     /// A run ended on its own or after narund stopped it for a failure: report it, then
@@ -545,6 +558,12 @@ impl Lifecycle {
             self.attempt = 0;
         }
         let delay = backoff(self.attempt, self.policy.backoff_max, self.jitter());
+        // The restart after the backoff would hit the start limit: say so now, at the
+        // transition, not when the backoff has passed (nothing can change the outcome in
+        // between but a stop, which ends the instance as well).
+        if !self.stop_asked && self.start_limit_hit(now + delay, out) {
+            return self.end(out);
+        }
         self.attempt = self.attempt.saturating_add(1);
         self.restarts += 1;
         let msg = format!("restart {} in {} ms", self.restarts, delay.as_millis());

@@ -106,8 +106,8 @@ pub struct Host {
     /// One download at a time: two instances of a new spec would otherwise both miss the
     /// cache and write the same binary twice.
     fetch_lock: tokio::sync::Mutex<()>,
-    /// Status events, published in order by the node's publisher task.
-    events: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    /// Status events, published in order by the publisher task ([`spawn_publisher`]).
+    events: mpsc::UnboundedSender<Outgoing>,
     /// Signalled on every status change (the heartbeat and the memory trimmer listen).
     pub changed: Notify,
 }
@@ -121,7 +121,43 @@ pub struct HostParts {
     pub local: Local,
     pub processes: Arc<dyn process::Processes>,
     pub cgroups: Option<Arc<dyn Cgroups>>,
-    pub events: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    /// From [`spawn_publisher`].
+    pub events: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// A status event on its way to NATS.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub subject: String,
+    pub payload: Vec<u8>,
+    /// Published only once the record writer has written this generation of the records
+    /// ([`Local::put_record`]): a `running` event never gets ahead of the run's record.
+    pub after_records: Option<u64>,
+}
+
+/// How long the publisher waits for the record writer before it publishes anyway (a
+/// stuck disk must not hide the status of every instance).
+pub const RECORD_WAIT: Duration = Duration::from_secs(2);
+
+/// The task that publishes status events in order, as core-NATS messages (like Go: not
+/// JetStream). A disconnected client never stalls an instance and events keep their
+/// order; async-nats buffers them until the connection is back. An event that follows a
+/// record change waits for the record writer (`durable`, [`Local::durable`]) first, at
+/// most [`RECORD_WAIT`]: that wait is one batched write, ~1 fsync pair.
+pub fn spawn_publisher(
+    client: async_nats::Client,
+    mut durable: watch::Receiver<u64>,
+) -> mpsc::UnboundedSender<Outgoing> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if let Some(g) = ev.after_records {
+                let _ = tokio::time::timeout(RECORD_WAIT, durable.wait_for(|d| *d >= g)).await;
+            }
+            let _ = client.publish(ev.subject, ev.payload.into()).await;
+        }
+    });
+    tx
 }
 
 impl Host {
@@ -162,7 +198,16 @@ impl Host {
     /// in order, so a disconnected client never stalls an instance and events keep their
     /// order; async-nats buffers them until the connection is back.
     pub fn publish(&self, subject: String, payload: Vec<u8>) {
-        let _ = self.events.send((subject, payload));
+        self.publish_after(subject, payload, None);
+    }
+
+    /// [`Host::publish`], once the records of generation `after_records` are on disk.
+    pub fn publish_after(&self, subject: String, payload: Vec<u8>, after_records: Option<u64>) {
+        let _ = self.events.send(Outgoing {
+            subject,
+            payload,
+            after_records,
+        });
     }
 
     /// Start instance `index` of `spec` (KV `revision`, 0 = from local state): a new task

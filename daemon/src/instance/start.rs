@@ -7,7 +7,7 @@
 //! published in `failed`; whatever was created for the start is removed again.
 
 use super::notify::NotifySocket;
-use super::process::{Proc, SpawnError};
+use super::process::{Proc, SpawnError, SpawnRequest};
 use super::task::{Running, StartFailure, Task};
 use super::{DEFAULT_PATH, FETCH_TIMEOUT};
 use crate::cgroup::{self, Limits, RunCgroup};
@@ -18,7 +18,6 @@ use narun_wire::status::Reason;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 impl Task {
@@ -193,7 +192,7 @@ impl Task {
 
     /// The verified binary: from the object store when connected (the cache avoids the
     /// download), otherwise the cached file of the digest this spec last ran.
-    async fn binary(&self) -> Result<CachedBinary, StartFailure> {
+    async fn binary(&mut self) -> Result<CachedBinary, StartFailure> {
         let store = self.host.store.lock().unwrap().clone();
         let (os, arch) = (names::go_os(), names::go_arch());
         // A restart of the same spec reuses the binary of the first start.
@@ -245,12 +244,29 @@ impl Task {
             ));
         };
         let path = self.host.cache.path_for(&self.spec.name, &digest);
-        match self.host.uring.hash_file(&path).await {
-            Ok(h) if h == digest.0 => Ok(CachedBinary {
+        // A restart of the same file: verified already, unless it changed since (its
+        // inode, size, mtime or ctime; ctime cannot be set back by anyone).
+        let stamp = FileStamp::of(&path);
+        if let Some((d, st)) = &self.verified
+            && *d == digest
+            && stamp.as_ref() == Some(st)
+        {
+            return Ok(CachedBinary {
                 path,
                 digest,
                 downloaded: false,
-            }),
+            });
+        }
+        match self.host.uring.hash_file(&path).await {
+            Ok(h) if h == digest.0 => {
+                // The stamp from before the hash: a change while hashing changes the ctime.
+                self.verified = stamp.map(|st| (digest, st));
+                Ok(CachedBinary {
+                    path,
+                    digest,
+                    downloaded: false,
+                })
+            }
             Ok(actual) => Err(StartFailure::new(
                 Reason::Verify,
                 format!(
@@ -321,24 +337,12 @@ impl Task {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StartFailure::new(Reason::Spawn, format!("{what}: {e}"))
         };
-        let mut cmd = tokio::process::Command::new(&bin.path);
-        // Exactly this environment (the execve of super::process takes what is set here).
+        // Exactly this environment (nothing of narund's).
         let mut env: BTreeMap<String, String> =
             self.environment(identity, work).into_iter().collect();
         env.extend(self.notify_env.iter().cloned());
-        cmd.args(&self.spec.args)
-            .env_clear()
-            .envs(env)
-            .current_dir(work)
-            .stdin(Stdio::null())
-            .kill_on_drop(false)
-            .process_group(0);
         let (out_r, out_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (err_r, err_w) = std::io::pipe().map_err(|e| fail("creating a pipe", &e))?;
-        cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
-        // First of the child's pre_exec steps (before the cgroup, the privilege drop and the
-        // execve of self.host.processes): only lowers narund's limits, needs no privilege.
-        crate::sys::rlimit::set_nofile_before_exec(cmd.as_std_mut(), nofile_soft, nofile_hard);
         let plan = match identity {
             Some(id) => Some(PrivilegePlan::new(id, caps).map_err(|e| {
                 let reason = match e {
@@ -351,10 +355,23 @@ impl Task {
             })?),
             None => None,
         };
+        // The write ends go with the request: dropped after the spawn, so the readers see
+        // EOF when the app exits.
         let proc = self
             .host
             .processes
-            .spawn(&mut cmd, cgroup, plan)
+            .spawn(SpawnRequest {
+                program: bin.path.clone(),
+                args: self.spec.args.clone(),
+                env: env.into_iter().collect(),
+                cwd: work.to_path_buf(),
+                stdout: OwnedFd::from(out_w),
+                stderr: OwnedFd::from(err_w),
+                // Only lowers narund's limits: needs no privilege.
+                nofile: (nofile_soft, nofile_hard),
+                cgroup,
+                privileges: plan,
+            })
             .map_err(|e| match e {
                 SpawnError::Place(e) => fail("placing into the cgroup", &e),
                 SpawnError::Spawn(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
@@ -372,8 +389,6 @@ impl Task {
                     ..fail(&format!("starting {}", bin.path.display()), &e)
                 },
             })?;
-        // Drop our copies of the write ends, so the readers see EOF when the app exits.
-        drop(cmd);
         // Under systemd: a copy of each read end waits in the fd store, so the app keeps
         // its pipes if narund dies (crate::state::fdstore).
         for (stream, fd) in [
@@ -428,6 +443,33 @@ impl Task {
     }
 }
 
+/// What tells a file from a changed one without reading it: device, inode, size, and the
+/// modification and change times in ns (`ctime` moves with any write, `chmod`, rename
+/// over it; user space cannot set it). A cached binary with the stamp it had when it was
+/// last hashed is not hashed again at a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub(super) fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
 /// Mode of an instance's work dir: the app's user only.
 pub const WORK_DIR_MODE: u32 = 0o700;
 /// Mode of `<data_dir>/instances` and `<data_dir>/instances/<instance>`: narund's (root's),
@@ -472,6 +514,32 @@ pub fn prepare_work_dir(work: &Path, owner: Option<(u32, u32)>) -> Result<(), St
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_file_stamp_changes_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bin");
+        std::fs::write(&p, b"one").unwrap();
+        let a = FileStamp::of(&p).unwrap();
+        assert_eq!(FileStamp::of(&p), Some(a.clone()), "stable");
+        // Same size, new content: mtime/ctime move (a write after a few ms at most; the
+        // kernel's timestamps are at least jiffy-granular).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"two").unwrap();
+        let b = FileStamp::of(&p).unwrap();
+        assert_ne!(a, b);
+        // chmod moves ctime only.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_ne!(FileStamp::of(&p).unwrap(), b);
+        // Another file renamed over it: another inode.
+        let q = dir.path().join("other");
+        std::fs::write(&q, b"two").unwrap();
+        let c = FileStamp::of(&p).unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        assert_ne!(FileStamp::of(&p).unwrap(), c);
+        assert_eq!(FileStamp::of(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn work_dirs_are_private_and_their_parents_enterable() {

@@ -66,6 +66,7 @@ pub(super) fn spawn(
         stop: stop_rx,
         stop_seen: false,
         pinned,
+        verified: None,
         notify_env: Vec::new(),
         secret_env: Vec::new(),
         nats_env: Vec::new(),
@@ -133,6 +134,9 @@ pub(super) struct Task {
     stop_seen: bool,
     /// The digest a restart of the same spec starts (the binary of the first start).
     pub pinned: Option<Sha256Digest>,
+    /// The cached binary last hashed to this digest, and how its file looked then: a
+    /// restart does not hash it again while the file is unchanged (`start.rs`).
+    pub verified: Option<(Sha256Digest, super::start::FileStamp)>,
     /// `NOTIFY_SOCKET` / `WATCHDOG_USEC` of the current run (empty without sd_notify).
     pub notify_env: Vec<(String, String)>,
     /// Decrypted `valueFromSecret` variables of the current start (memory only).
@@ -168,6 +172,9 @@ impl Task {
             None => Event::Start,
         });
         loop {
+            // When the event happened: for an exit, before the run was cleaned up, so the
+            // restart backoff counts from the exit and the clean-up runs within it.
+            let mut at = None;
             let ev = match event.take() {
                 Some(ev) => ev,
                 None => match self.wake(&lc, &mut run).await {
@@ -184,14 +191,17 @@ impl Task {
                         }
                         continue;
                     }
-                    Wake::Exit(st) => match self.exited(&mut lc, &mut run, st).await {
-                        Ok(ev) => ev,
-                        Err(()) => break,
-                    },
+                    Wake::Exit(st) => {
+                        at = Some(Instant::now());
+                        match self.exited(&mut lc, &mut run, st).await {
+                            Ok(ev) => ev,
+                            Err(()) => break,
+                        }
+                    }
                 },
             };
             lc.set_backoff_max(self.host.live().restart_backoff_max);
-            let actions = lc.handle(Instant::now(), ev);
+            let actions = lc.handle(at.unwrap_or_else(Instant::now), ev);
             match self.execute(actions, &mut run).await {
                 Ok(next) => event = next,
                 Err(()) => break,
@@ -574,30 +584,30 @@ impl Task {
             config_hash: self.hash.clone(),
             notify_status: r.notify_status,
         };
+        let mut after_records = None;
         if r.status == InstanceStatus::Running
             && let (Some(pid), Some(run)) = (r.pid, run)
         {
-            self.save_record(pid, run);
+            after_records = self.save_record(pid, run);
         }
         tracing::info!(instance = %self.instance_id, run = %self.run_id, status = %r.status, reason = r.reason.as_ref().map_or("", Reason::as_str), pid = r.pid, "instance status");
         let subject = names::status_subject(&self.spec.name, &self.host.settings.node_id);
         let payload = serde_json::to_vec(&ev).expect("a StatusEvent always serializes");
-        self.host.publish(subject, payload);
+        self.host.publish_after(subject, payload, after_records);
         self.host.changed.notify_waiters();
     }
 
-    /// Keep the record of the current run up to date (on `running`).
-    fn save_record(&self, pid: i32, run: &Running) {
-        let Some(start_time) = self.host.processes.start_time(pid) else {
-            return;
-        };
+    /// Keep the record of the current run up to date (on `running`). Returns the
+    /// generation of the records that holds it (written by the record writer thread).
+    fn save_record(&self, pid: i32, run: &Running) -> Option<u64> {
+        let start_time = self.host.processes.start_time(pid)?;
         let notify_socket = self
             .notify_env
             .iter()
             .find(|(k, _)| k == "NOTIFY_SOCKET")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        self.host.local.put_record(InstanceRecord {
+        Some(self.host.local.put_record(InstanceRecord {
             app: self.spec.name.clone(),
             index: self.index,
             instance_id: self.instance_id.clone(),
@@ -610,7 +620,7 @@ impl Task {
             digest: self.status.borrow().digest.clone(),
             revision: self.revision,
             notify_socket,
-        });
+        }))
     }
 }
 

@@ -144,13 +144,7 @@ impl Node {
                 Err(e) => tracing::warn!(error = %e, "cleaning stale instance cgroups"),
             }
         }
-        let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
-        let publisher = p.client.clone();
-        tokio::spawn(async move {
-            while let Some((subject, payload)) = events_rx.recv().await {
-                let _ = publisher.publish(subject, payload.into()).await;
-            }
-        });
+        let events = crate::instance::spawn_publisher(p.client.clone(), local.durable());
         let host = Host::new(HostParts {
             inputs: crate::fetch::inputs::AppInputs::new(p.client.clone(), p.uring.clone()),
             settings,

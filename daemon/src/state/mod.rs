@@ -176,7 +176,12 @@ impl RecordFile {
     /// Atomically replace the file with `records`.
     pub fn save(&self, records: &BTreeMap<String, InstanceRecord>) -> Result<(), StateError> {
         let json = serde_json::to_vec_pretty(records).expect("records always serialize");
-        write_atomic(&self.path, &json)
+        self.save_bytes(&json)
+    }
+
+    /// Atomically replace the file with `json` (records serialized by the caller).
+    pub fn save_bytes(&self, json: &[u8]) -> Result<(), StateError> {
+        write_atomic(&self.path, json)
     }
 }
 

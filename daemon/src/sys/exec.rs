@@ -296,7 +296,7 @@ impl ExecImage {
 
 impl ExecImage {
     /// `execve(2)` this image; returns only on failure, with its error.
-    fn execve(&self) -> io::Error {
+    pub(super) fn execve(&self) -> io::Error {
         // SAFETY: path, argv and envp point into strings this image owns; argv and envp
         // are NULL-terminated. execve(2) is async-signal-safe.
         unsafe {

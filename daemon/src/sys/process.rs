@@ -86,6 +86,23 @@ pub fn peek_exited_child() -> Option<pid_t> {
     (pid > 0).then_some(pid)
 }
 
+/// `waitpid(pid, 0)`: wait for and reap the child `pid`; returns its raw wait status.
+/// `EINTR` is retried; `ECHILD` (not a child, or reaped already) is an error.
+pub fn waitpid_blocking(pid: pid_t) -> io::Result<c_int> {
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: waitpid on one specific pid with a valid status pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// `prctl(PR_SET_CHILD_SUBREAPER, 1)` (Linux ≥ 3.4): orphaned descendants are
 /// re-parented to narund instead of PID 1.
 pub fn set_child_subreaper() -> io::Result<()> {

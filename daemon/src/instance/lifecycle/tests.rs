@@ -266,8 +266,17 @@ fn the_start_limit_fails_the_instance() {
         m.timer();
         m.on(Event::Started { pid });
     }
-    m.after(Duration::from_millis(10), exit_code(3));
-    let a = m.timer();
+    // The third crash decides it: the restart after the backoff would be the fourth
+    // start within 60 s, so `failed` is published with the crash, not a backoff later.
+    let a = m.after(Duration::from_millis(10), exit_code(3));
+    let statuses: Vec<S> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish(r) => Some(r.status.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses, [S::Crashed, S::Failed], "{a:?}");
     let r = last_report(&a);
     assert_eq!(
         (r.status.clone(), r.reason.clone()),
@@ -278,8 +287,48 @@ fn the_start_limit_fails_the_instance() {
         "{}",
         r.error
     );
-    assert!(matches!(&a[0], Action::Log(l) if l.starts_with("started 3 times")));
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::Log(l) if l.starts_with("started 3 times")))
+    );
     assert_eq!(a.last(), Some(&Action::End));
+    assert_eq!(m.phase(), "ended");
+    assert_eq!(m.lc.next_deadline(), None, "no timer left behind");
+}
+
+#[test]
+fn the_start_limit_counts_the_window_at_the_restart_not_at_the_crash() {
+    // One start per second: a crash 960 ms after the start restarts after a backoff of at
+    // least 50 ms, when the first start has left the window.
+    let mut m = M::new(Policy {
+        start_limit_burst: 1,
+        start_limit_interval: SEC,
+        ..policy()
+    });
+    m.running(10);
+    m.after(Duration::from_millis(960), exit_code(3));
+    assert_eq!(m.phase(), "backoff");
+    m.timer();
+    assert_eq!(m.phase(), "starting");
+    // The second run crashes at once: the restart would be the second start within 1 s.
+    m.on(Event::Started { pid: 11 });
+    let a = m.after(Duration::from_millis(10), exit_code(3));
+    assert_eq!(last_report(&a).reason, Some(Reason::StartLimit));
+    assert_eq!(m.phase(), "ended");
+}
+
+#[test]
+fn a_stop_during_the_backoff_still_wins_over_the_start_limit() {
+    let mut m = M::new(Policy {
+        start_limit_burst: 2,
+        start_limit_interval: Duration::from_secs(60),
+        ..policy()
+    });
+    m.running(10);
+    m.after(Duration::from_millis(10), exit_code(3));
+    assert_eq!(m.phase(), "backoff");
+    let a = m.on(Event::Stop);
+    assert_eq!(last_report(&a).status, S::Stopped);
 }
 
 #[test]
