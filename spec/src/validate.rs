@@ -18,6 +18,7 @@ use crate::limits::{
 };
 use crate::linux::{self, NON_TERMINATING_SIGNALS};
 use crate::mode::Mode;
+use crate::logs::LogOverflow;
 use crate::restart::RestartPolicy;
 
 /// Longest accepted app name.
@@ -612,6 +613,12 @@ impl AppSpec {
     }
 
     fn check_lifecycle(&self, r: &mut Report) {
+        if let LogOverflow::Other(p) = &self.log_overflow {
+            r.err(
+                "logOverflow",
+                format!("must be one of {}, got {p:?}", LogOverflow::NAMES.join(", ")),
+            );
+        }
         if let RestartPolicy::Other(p) = &self.restart {
             r.err(
                 "restart",

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use narun_spec::{
-    AppSpec, EnvVar, LandlockPath, Mode, MountSpec, NodeSelector, PortForward, RestartPolicy,
+    AppSpec, EnvVar, LandlockPath, LogOverflow, Mode, MountSpec, NodeSelector, PortForward, RestartPolicy,
     Signal,
 };
 
@@ -302,6 +302,10 @@ fn lifecycle_rules() {
     rejects("restart", "must be one of no, on-success", |s| {
         s.restart = RestartPolicy::Other("sometimes".into())
     });
+    rejects("logOverflow", "must be one of drop, block, got \"wait\"", |s| {
+        s.log_overflow = LogOverflow::Other("wait".into())
+    });
+    accepts(|s| s.log_overflow = LogOverflow::Block);
     rejects("startLimitBurst", "must be > 0", |s| {
         s.start_limit_burst = 0
     });
