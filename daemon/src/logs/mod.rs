@@ -83,6 +83,7 @@ pub use forwarder::{
     LogSink, LogStats, MAX_LINE_BYTES_LIMIT, WINDOW,
 };
 pub use lines::LineSplitter;
+pub use spool::Overflow;
 
 /// `[logs]` of `narund.toml`.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
