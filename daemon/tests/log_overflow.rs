@@ -127,7 +127,7 @@ async fn running_pids(
     .await;
     s.instances
         .iter()
-        .filter_map(|i| Some((i.instance_id.clone(), i.pid? as i32)))
+        .filter_map(|i| Some((i.instance_id.clone(), i.pid?)))
         .collect()
 }
 
@@ -143,7 +143,12 @@ async fn two_drop_apps_get_their_own_exact_drop_marks() {
     let mut subs = Vec::new();
     for app in ["alpha", "beta"] {
         b.upload(app, "v1", writer(app, N)).await;
-        subs.push(client.subscribe(format!("logs.{app}.{NODE}")).await.unwrap());
+        subs.push(
+            client
+                .subscribe(format!("logs.{app}.{NODE}"))
+                .await
+                .unwrap(),
+        );
     }
     narun_test_support::synced(&client).await;
     let mut states = b.states.watch_with_history(NODE).await.unwrap();
@@ -160,9 +165,11 @@ async fn two_drop_apps_get_their_own_exact_drop_marks() {
         for app in ["alpha", "beta"] {
             let pid = &pids[&format!("{app}-0")];
             let all: u64 = (1..=N).map(|i| format!("{app}-{i}\n").len() as u64).sum();
-            wait_for("the apps to write all their lines while NATS is paused", T, || async {
-                (written(*pid) >= all).then_some(())
-            })
+            wait_for(
+                "the apps to write all their lines while NATS is paused",
+                T,
+                || async { (written(*pid) >= all).then_some(()) },
+            )
             .await;
         }
     }
@@ -191,7 +198,11 @@ async fn two_drop_apps_get_their_own_exact_drop_marks() {
     // Nothing more may come (a mark counted twice, a stray): what arrives within a moment
     // more is counted too.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for ((app, sub), r) in ["alpha", "beta"].into_iter().zip(subs.iter_mut()).zip(&mut got) {
+    for ((app, sub), r) in ["alpha", "beta"]
+        .into_iter()
+        .zip(subs.iter_mut())
+        .zip(&mut got)
+    {
         while let Ok(Some(m)) = tokio::time::timeout(Duration::ZERO, sub.next()).await {
             let l: LogLine = serde_json::from_slice(&m.payload).unwrap();
             r.add(l, app, &format!("{app}-0"), &format!("{app}-"));
@@ -263,7 +274,10 @@ async fn a_block_app_loses_nothing_and_a_drop_app_beside_it_keeps_going() {
             let l: LogLine = serde_json::from_slice(&m.payload).unwrap();
             assert_eq!((l.app_name.as_str(), l.dropped_before), ("careful", 0));
             let i: u64 = l.message["careful-".len()..].parse().unwrap();
-            assert!(i <= next, "careful line {i} arrived before {next}: a line was lost");
+            assert!(
+                i <= next,
+                "careful line {i} arrived before {next}: a line was lost"
+            );
             if i == next {
                 next += 1;
             }

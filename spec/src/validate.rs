@@ -17,8 +17,8 @@ use crate::limits::{
     MAX_VALUE_BYTES,
 };
 use crate::linux::{self, NON_TERMINATING_SIGNALS};
-use crate::mode::Mode;
 use crate::logs::LogOverflow;
+use crate::mode::Mode;
 use crate::restart::RestartPolicy;
 
 /// Longest accepted app name.
@@ -616,7 +616,10 @@ impl AppSpec {
         if let LogOverflow::Other(p) = &self.log_overflow {
             r.err(
                 "logOverflow",
-                format!("must be one of {}, got {p:?}", LogOverflow::NAMES.join(", ")),
+                format!(
+                    "must be one of {}, got {p:?}",
+                    LogOverflow::NAMES.join(", ")
+                ),
             );
         }
         if let RestartPolicy::Other(p) = &self.restart {

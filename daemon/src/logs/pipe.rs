@@ -35,10 +35,7 @@ impl crate::uring::PipeSink for PipeReader {
         let shared = &self.lines.shared;
         let target = &self.lines.stream.target;
         let pending = self.splitter.pending();
-        if let Some(n) = shared
-            .spool()
-            .read_limit(target.slot, pending, PIPE_CHUNK)
-        {
+        if let Some(n) = shared.spool().read_limit(target.slot, pending, PIPE_CHUNK) {
             return Ready::Read(n);
         }
         // A `block` app's share is full: wait until the publisher frees room (or the forwarder
@@ -144,9 +141,8 @@ impl ChunkLines {
         if n == 0 {
             return;
         }
-        let text = format!(
-            "narund: {n} earlier log lines of this instance were dropped (log spool full)"
-        );
+        let text =
+            format!("narund: {n} earlier log lines of this instance were dropped (log spool full)");
         self.push(Chunk {
             stream: self.stream.clone(),
             timestamp: narun_wire::events::now_rfc3339(),

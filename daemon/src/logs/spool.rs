@@ -203,9 +203,13 @@ impl Spool {
             return Some(max);
         }
         let free = self.share().saturating_sub(a.bytes);
-        let fits = free.saturating_sub(CHUNK_OVERHEAD_MAX + pending + LINE_OVERHEAD)
-            / (1 + LINE_OVERHEAD);
-        let n = if a.bytes == 0 { fits.max(MIN_READ) } else { fits };
+        let fits =
+            free.saturating_sub(CHUNK_OVERHEAD_MAX + pending + LINE_OVERHEAD) / (1 + LINE_OVERHEAD);
+        let n = if a.bytes == 0 {
+            fits.max(MIN_READ)
+        } else {
+            fits
+        };
         if n == 0 {
             self.apps[slot].paused = true;
             return None;
@@ -328,16 +332,17 @@ impl Spool {
         let holding = self.apps.iter().filter(|a| a.lines > 0).count().max(1);
         while self.bytes > self.limit && self.lines > 1 {
             let p = &self.apps[pusher];
-            let victim = if p.policy == Overflow::Drop && p.lines > 0 && p.bytes * holding >= self.bytes {
-                Some(pusher)
-            } else {
-                self.apps
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, a)| a.policy == Overflow::Drop && a.lines > 0)
-                    .max_by_key(|(_, a)| a.bytes)
-                    .map(|(i, _)| i)
-            };
+            let victim =
+                if p.policy == Overflow::Drop && p.lines > 0 && p.bytes * holding >= self.bytes {
+                    Some(pusher)
+                } else {
+                    self.apps
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, a)| a.policy == Overflow::Drop && a.lines > 0)
+                        .max_by_key(|(_, a)| a.bytes)
+                        .map(|(i, _)| i)
+                };
             let Some(victim) = victim else {
                 return; // only `block` lines: their readers wait instead
             };
@@ -919,7 +924,10 @@ pub(super) mod tests {
         let (blk, room) = spool.register("careful", Overflow::Block);
         let (drp, _rd) = spool.register("chatty", Overflow::Drop);
         // Two apps are active (their targets hold the rooms): a share is half the bound.
-        let keep = [line_of(&spool, blk, "careful-0", ""), line_of(&spool, drp, "chatty-0", "")];
+        let keep = [
+            line_of(&spool, blk, "careful-0", ""),
+            line_of(&spool, drp, "chatty-0", ""),
+        ];
         assert_eq!(spool.share(), 32 * 1024);
         let text = "b".repeat(1000);
         let mut pushed = 0;
@@ -930,7 +938,11 @@ pub(super) mod tests {
             pushed += 1;
             assert!(pushed < 100, "never paused");
         }
-        assert!(spool.apps[blk].bytes <= spool.share(), "{}", spool.apps[blk].bytes);
+        assert!(
+            spool.apps[blk].bytes <= spool.share(),
+            "{}",
+            spool.apps[blk].bytes
+        );
         for _ in 0..1000 {
             spool.push(line_of(&spool, drp, "chatty-0", &text), &stats);
         }
