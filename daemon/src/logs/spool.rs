@@ -332,17 +332,18 @@ impl Spool {
         let holding = self.apps.iter().filter(|a| a.lines > 0).count().max(1);
         while self.bytes > self.limit && self.lines > 1 {
             let p = &self.apps[pusher];
-            let victim =
-                if p.policy == Overflow::Drop && p.lines > 0 && p.bytes * holding >= self.bytes {
-                    Some(pusher)
-                } else {
-                    self.apps
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, a)| a.policy == Overflow::Drop && a.lines > 0)
-                        .max_by_key(|(_, a)| a.bytes)
-                        .map(|(i, _)| i)
-                };
+            // (u64: `bytes * holding` may not fit a 32-bit usize.)
+            let at_least_average = p.bytes as u64 * holding as u64 >= self.bytes as u64;
+            let victim = if p.policy == Overflow::Drop && p.lines > 0 && at_least_average {
+                Some(pusher)
+            } else {
+                self.apps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.policy == Overflow::Drop && a.lines > 0)
+                    .max_by_key(|(_, a)| a.bytes)
+                    .map(|(i, _)| i)
+            };
             let Some(victim) = victim else {
                 return; // only `block` lines: their readers wait instead
             };
