@@ -335,7 +335,13 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             plan.render(max_payload, &mut batch, &mut dropped, &mut too_big);
             let last = plan.last;
             plan.clear();
-            for (app, n) in dropped.drain(..) {
+            // One warning per app and batch (a flood marks many lines).
+            while let Some((app, mut n)) = dropped.pop() {
+                dropped.retain(|(a, k)| {
+                    let same = Arc::ptr_eq(a, &app) || **a == *app;
+                    n += if same { *k } else { 0 };
+                    !same
+                });
                 tracing::warn!(app = %app, dropped = n, "log lines were dropped (spool full, or too big for the server)");
             }
             for seq in too_big.drain(..) {
