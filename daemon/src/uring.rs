@@ -98,9 +98,34 @@ enum Job {
 pub trait PipeSink: Send + 'static {
     /// The next bytes of the stream, in order; at most [`PIPE_CHUNK`] at a time.
     fn chunk(&mut self, data: &[u8]);
+    /// Asked before every read: read now, at most this many bytes (clamped to
+    /// 1..=[`PIPE_CHUNK`]), or wait for the future and ask again. Waiting stops reading this
+    /// pipe only (backpressure: the writer blocks once the pipe is full); other pipes and
+    /// narund go on. Default: always read a full [`PIPE_CHUNK`].
+    fn ready(&mut self) -> Ready {
+        Ready::Read(PIPE_CHUNK)
+    }
     /// End of the stream (EOF, or a read error, which is logged); called once, last. A sink
     /// dropped without `end` means the reader itself was lost (the io_uring thread died).
     fn end(self: Box<Self>);
+}
+
+/// What a [`PipeSink`] wants before the next read ([`PipeSink::ready`]).
+pub enum Ready {
+    /// Read at most this many bytes now.
+    Read(usize),
+    /// Wait for this, then ask again.
+    Wait(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+}
+
+/// How much the next read may take: wait while the sink says so.
+async fn read_limit(sink: &mut dyn PipeSink) -> usize {
+    loop {
+        match sink.ready() {
+            Ready::Read(n) => return n.clamp(1, PIPE_CHUNK),
+            Ready::Wait(w) => w.await,
+        }
+    }
 }
 
 impl UringHandle {
@@ -369,12 +394,14 @@ async fn uring_read_file(
 
 /// Read a pipe with io_uring until EOF.
 async fn uring_read_pipe(fd: OwnedFd, mut sink: Box<dyn PipeSink>) {
+    use tokio_uring::buf::BoundedBuf;
     let file = tokio_uring::fs::File::from_std(StdFile::from(fd));
     let mut buf = Vec::with_capacity(PIPE_CHUNK);
     loop {
         buf.clear();
-        let (res, b) = file.read_at(buf, 0).await;
-        buf = b;
+        let limit = read_limit(sink.as_mut()).await;
+        let (res, b) = file.read_at(buf.slice(..limit), 0).await;
+        buf = b.into_inner();
         match res {
             Ok(0) => break,
             Ok(n) => sink.chunk(&buf[..n]),
@@ -421,8 +448,10 @@ async fn read_pipe_fallback(fd: OwnedFd, mut sink: Box<dyn PipeSink>) {
         let mut f = StdFile::from(fd);
         let _ = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; PIPE_CHUNK];
+            let rt = tokio::runtime::Handle::current();
             loop {
-                match f.read(&mut buf) {
+                let limit = rt.block_on(read_limit(sink.as_mut()));
+                match f.read(&mut buf[..limit]) {
                     Ok(0) => break,
                     Ok(n) => sink.chunk(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -447,7 +476,8 @@ async fn read_pipe_fallback(fd: OwnedFd, mut sink: Box<dyn PipeSink>) {
     };
     let mut buf = vec![0u8; PIPE_CHUNK];
     loop {
-        match rx.read(&mut buf).await {
+        let limit = read_limit(sink.as_mut()).await;
+        match rx.read(&mut buf[..limit]).await {
             Ok(0) => break,
             Ok(n) => sink.chunk(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::inputs::{EnvVar, MountSpec};
+use crate::logs::LogOverflow;
 use crate::mode::{JailSpec, LandlockSpec, Mode};
 use crate::network::{MetricsSpec, NoNetSpec};
 use crate::restart::RestartPolicy;
@@ -169,6 +170,11 @@ pub struct AppSpec {
     /// value above it does not start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nofile_max: Option<u64>,
+    /// What narund does when the app's share of the node's log spool is full: `drop` (the
+    /// default: drop the oldest lines and count them exactly) or `block` (stop reading the
+    /// app's output, so its writes wait; no line lost).
+    #[serde(skip_serializing_if = "is_default")]
+    pub log_overflow: LogOverflow,
 
     /// Warnings found while parsing (unknown keys). Not part of the spec:
     /// ignored by `==`, never serialised. Read them with [`AppSpec::warnings`].
@@ -221,6 +227,7 @@ impl Default for AppSpec {
             stop_signal: Signal::default(),
             stop_timeout_sec: DEFAULT_STOP_TIMEOUT_SEC,
             nofile_max: None,
+            log_overflow: LogOverflow::Drop,
             parse_warnings: ParseWarnings::default(),
         }
     }

@@ -53,6 +53,7 @@
 //! | `select.rs` | where instances run: [`NodeSelector`], [`Labels`], [`AppSpec::desired_replicas`] |
 //! | `restart.rs` | [`RestartPolicy`] (systemd `Restart=`) and [`ExitKind`] |
 //! | `signal.rs` | [`Signal`], the stop signal |
+//! | `logs.rs` | [`LogOverflow`]: drop or block when the app's log spool share is full |
 //! | `mode.rs` | [`Mode`] and Go's Landlock and jail settings (kept, not run) |
 //! | `inputs.rs` | environment variables and secrets ([`EnvVar`]), mounted files ([`MountSpec`]) |
 //! | `network.rs` | Go `nonet` port forwards ([`NoNetSpec`]) and the metrics endpoint ([`MetricsSpec`]) |
@@ -69,6 +70,7 @@ mod hash;
 mod inputs;
 mod limits;
 mod linux;
+mod logs;
 mod mode;
 mod network;
 mod parse;
@@ -93,6 +95,7 @@ pub use limits::{
 pub use linux::{
     CAPABILITIES, capability_number, normalize_capability, signal_name, signal_number,
 };
+pub use logs::LogOverflow;
 pub use mode::{JailSpec, LandlockPath, LandlockSpec, Mode};
 pub use network::{MetricsSpec, NoNetSpec, PortForward};
 pub use parse::{Format, Location, ParseError, SpecLoadError};

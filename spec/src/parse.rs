@@ -496,6 +496,7 @@ static APP: Shape = Struct(&[
     ("stopSignal", Any),
     ("stopTimeoutSec", Any),
     ("nofileMax", Any),
+    ("logOverflow", Any),
 ]);
 
 fn join(path: &str, key: &str) -> String {

@@ -17,6 +17,7 @@ use crate::limits::{
     MAX_VALUE_BYTES,
 };
 use crate::linux::{self, NON_TERMINATING_SIGNALS};
+use crate::logs::LogOverflow;
 use crate::mode::Mode;
 use crate::restart::RestartPolicy;
 
@@ -612,6 +613,15 @@ impl AppSpec {
     }
 
     fn check_lifecycle(&self, r: &mut Report) {
+        if let LogOverflow::Other(p) = &self.log_overflow {
+            r.err(
+                "logOverflow",
+                format!(
+                    "must be one of {}, got {p:?}",
+                    LogOverflow::NAMES.join(", ")
+                ),
+            );
+        }
         if let RestartPolicy::Other(p) = &self.restart {
             r.err(
                 "restart",

@@ -190,6 +190,7 @@ settleSec: 1
 stopSignal: 2
 stopTimeoutSec: 3
 nofileMax: 4096
+logOverflow: block
 "#,
     )
     .unwrap()
@@ -206,6 +207,7 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(spec.cpu_weight, Some(50));
     assert_eq!(spec.pids_max, Some(100));
     assert_eq!(spec.nofile_max, Some(4096));
+    assert_eq!(spec.log_overflow, narun_spec::LogOverflow::Block);
     spec.validate().unwrap();
     // Every key the serialiser writes is known to the unknown-key walker
     // (catches a field added to the struct but not to the key list).
@@ -220,7 +222,7 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(reparsed, spec);
     // Nothing was left at its default (so the check above covered every key).
     let json: serde_json::Value = serde_json::from_slice(&spec.to_kv_json()).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 31, "{json:#}");
+    assert_eq!(json.as_object().unwrap().len(), 32, "{json:#}");
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use narun_spec::{
-    AppSpec, EnvVar, LandlockPath, Mode, MountSpec, NodeSelector, PortForward, RestartPolicy,
-    Signal,
+    AppSpec, EnvVar, LandlockPath, LogOverflow, Mode, MountSpec, NodeSelector, PortForward,
+    RestartPolicy, Signal,
 };
 
 /// A valid spec touching every block, so each case breaks exactly one rule.
@@ -302,6 +302,12 @@ fn lifecycle_rules() {
     rejects("restart", "must be one of no, on-success", |s| {
         s.restart = RestartPolicy::Other("sometimes".into())
     });
+    rejects(
+        "logOverflow",
+        "must be one of drop, block, got \"wait\"",
+        |s| s.log_overflow = LogOverflow::Other("wait".into()),
+    );
+    accepts(|s| s.log_overflow = LogOverflow::Block);
     rejects("startLimitBurst", "must be > 0", |s| {
         s.start_limit_burst = 0
     });

@@ -54,7 +54,9 @@ pub(super) fn spawn(
         stop: Arc::new(stop_tx),
     };
     let task = Task {
-        sink: host.logs.sink(&spec.name, &instance_id),
+        sink: host
+            .logs
+            .sink_with(&spec.name, &instance_id, (&spec.log_overflow).into()),
         hash: spec.run_hash(),
         host,
         spec,

@@ -48,9 +48,9 @@ impl Batch {
     /// that carry a drop count add `(app, count)` to `dropped` for a warning.
     ///
     /// A line whose JSON is over `max_payload` (the server's limit; it could never be
-    /// published) is left out and its seq added to `too_big`; the next line of the batch
-    /// reports it in `dropped_before`, as [`Spool::remove`](super::spool::Spool::remove) then
-    /// records for a resend.
+    /// published) is left out and its seq added to `too_big`; the next line of the same
+    /// instance in the batch reports it in `dropped_before`, as
+    /// [`Spool::remove`](super::spool::Spool::remove) then records for a resend.
     pub(super) fn render(
         &self,
         max_payload: usize,
@@ -62,10 +62,11 @@ impl Batch {
         let mut ends = Vec::with_capacity(self.parts.iter().map(|p| p.2.len()).sum());
         let mut drops = self.dropped.iter().peekable();
         let mut removed = self.removed.iter().peekable();
-        // Drops to report on the next line rendered (lines left out as too big).
-        let mut left_out = 0;
+        // Drops to report on the next line rendered of an instance (lines left out as too big).
+        let mut left_out: Vec<(&Arc<str>, u64)> = Vec::new();
         for (chunk, first, range) in &self.parts {
             let target = &chunk.stream.target;
+            let instance = &chunk.stream.instance;
             for (seq, i) in (*first..).zip(range.clone()) {
                 let mut skip = false;
                 while let Some(&s) = removed.next_if(|&&s| s <= seq) {
@@ -74,7 +75,12 @@ impl Batch {
                 if skip {
                     continue;
                 }
-                let mut n = std::mem::take(&mut left_out);
+                let mut n = 0;
+                if !left_out.is_empty()
+                    && let Some(k) = left_out.iter().position(|(id, _)| *id == instance)
+                {
+                    n = left_out.swap_remove(k).1;
+                }
                 while let Some((s, k)) = drops.next_if(|(s, _)| *s <= seq) {
                     if *s == seq {
                         n += *k;
@@ -89,7 +95,7 @@ impl Batch {
                 if buf.len() - start > max_payload {
                     buf.truncate(start);
                     too_big.push(seq);
-                    left_out = n + 1;
+                    left_out.push((instance, n + 1));
                     continue;
                 }
                 if n > 0 {

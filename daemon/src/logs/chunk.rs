@@ -5,22 +5,32 @@ use std::sync::Arc;
 
 use async_nats::Subject;
 use narun_wire::events::LogLineJson;
+use tokio::sync::Notify;
 
 /// Book-keeping bytes charged per spooled line on top of its text (its end offset).
 pub(super) const LINE_OVERHEAD: usize = 4;
 /// Book-keeping bytes charged per spooled chunk (one pipe read) on top of its timestamp.
 const CHUNK_OVERHEAD: usize = 192;
+/// Most a chunk's own overhead can be ([`Chunk::overhead`]: an RFC 3339 timestamp with
+/// nanoseconds is 30 bytes).
+pub(super) const CHUNK_OVERHEAD_MAX: usize = CHUNK_OVERHEAD + 64;
 
-/// Where one app's lines go: shared by its sinks and their spooled lines.
+/// Where one app's lines go: shared by a sink and its spooled lines.
 pub(super) struct Target {
     /// `logs.<app>.<node>`, built once.
     pub(super) subject: Subject,
     pub(super) app: Arc<str>,
+    /// The app's slot in [`Spool::apps`](super::spool::Spool::apps).
+    pub(super) slot: usize,
+    /// The app's [`AppShare::room`](super::spool::AppShare::room): its `block` readers wait on it.
+    pub(super) room: Arc<Notify>,
 }
 
 /// One output stream of one instance: where its lines go and the fixed head of their JSON.
 pub(super) struct Stream {
     pub(super) target: Arc<Target>,
+    /// The instance id: dropped lines are counted per instance.
+    pub(super) instance: Arc<str>,
     pub(super) json: LogLineJson,
 }
 
@@ -42,6 +52,9 @@ pub(super) struct Chunk {
     pub(super) text: Vec<u8>,
     /// End of each line in `text`, `| PARTIAL` for a piece of a longer line.
     pub(super) ends: Box<[u32]>,
+    /// A line of narund's that only carries a drop count (written when an instance's output
+    /// ends with drops not yet reported): dropping it loses no line of the app.
+    pub(super) mark: bool,
 }
 
 impl Chunk {

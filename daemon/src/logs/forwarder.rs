@@ -20,7 +20,7 @@ use super::batch::{Batch, Outgoing};
 use super::chunk::{Stream, Target};
 use super::lines::LineSplitter;
 use super::pipe::{ChunkLines, PipeReader};
-use super::spool::{Counters, Spool};
+use super::spool::{Counters, Overflow, Spool};
 use crate::uring::UringHandle;
 
 /// Longest line forwarded in one message; longer lines are split (Go's scanner limit).
@@ -158,14 +158,24 @@ impl LogForwarder {
         (LogForwarder { shared, uring }, task)
     }
 
-    /// A sink for one instance of `app`; its lines go to `logs.<app>.<node>`.
+    /// A sink for one instance of `app`; its lines go to `logs.<app>.<node>`. Overflow
+    /// policy `drop`.
     pub fn sink(&self, app: &str, instance_id: &str) -> LogSink {
+        self.sink_with(app, instance_id, Overflow::Drop)
+    }
+
+    /// A sink for one instance of `app` with the app's overflow policy (the spec's
+    /// `logOverflow`; the newest sink of an app sets it for the app).
+    pub fn sink_with(&self, app: &str, instance_id: &str, overflow: Overflow) -> LogSink {
+        let (slot, room) = self.shared.spool().register(app, overflow);
         LogSink {
             shared: self.shared.clone(),
             uring: self.uring.clone(),
             target: Arc::new(Target {
                 subject: Subject::from(narun_wire::names::log_subject(app, &self.shared.node_id)),
                 app: app.into(),
+                slot,
+                room,
             }),
             instance_id: instance_id.into(),
         }
@@ -191,7 +201,11 @@ impl LogForwarder {
             let notified = self.shared.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let done = self.shared.spool().front_seq().is_none_or(|s| s > target);
+            let done = self
+                .shared
+                .spool()
+                .oldest_pending()
+                .is_none_or(|s| s > target);
             if done {
                 return true;
             }
@@ -205,6 +219,11 @@ impl LogForwarder {
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.wake.notify_one();
+        // Nothing will be confirmed any more: `block` readers must not wait for it.
+        let rooms = self.shared.spool().all_drop();
+        for room in rooms {
+            room.notify_waiters();
+        }
     }
 }
 
@@ -251,6 +270,7 @@ impl LogSink {
         ChunkLines {
             stream: Arc::new(Stream {
                 target: self.target.clone(),
+                instance: self.instance_id.clone(),
                 json: LogLineJson::new(
                     &self.instance_id,
                     &self.target.app,
@@ -290,6 +310,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
     let mut too_big: Vec<u64> = Vec::new();
     let mut dropped: Vec<(Arc<str>, u64)> = Vec::new();
     let mut timeouts_in_a_row = 0u32;
+    let mut rooms = Vec::new();
     loop {
         if shared.closed.load(Ordering::Acquire) {
             return;
@@ -297,7 +318,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
         if client.connection_state() != State::Connected {
             if !markers.is_empty() || shared.spool().sent_upto != 0 {
                 markers.clear();
-                shared.spool().rewind();
+                shared.spool().rewind(&shared.stats);
             }
             if sleep_or_closed(&shared, RECONNECT_POLL).await {
                 return;
@@ -314,7 +335,13 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             plan.render(max_payload, &mut batch, &mut dropped, &mut too_big);
             let last = plan.last;
             plan.clear();
-            for (app, n) in dropped.drain(..) {
+            // One warning per app and batch (a flood marks many lines).
+            while let Some((app, mut n)) = dropped.pop() {
+                dropped.retain(|(a, k)| {
+                    let same = Arc::ptr_eq(a, &app) || **a == *app;
+                    n += if same { *k } else { 0 };
+                    !same
+                });
                 tracing::warn!(app = %app, dropped = n, "log lines were dropped (spool full, or too big for the server)");
             }
             for seq in too_big.drain(..) {
@@ -367,9 +394,12 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                 while markers.front().is_some_and(|(s, _)| *s <= seq) {
                     markers.pop_front();
                 }
-                let n = shared.spool().confirm(seq);
+                let n = shared.spool().confirm(seq, &mut rooms);
                 shared.stats.published.fetch_add(n, Ordering::Relaxed);
                 shared.progress.notify_waiters();
+                for room in rooms.drain(..) {
+                    room.notify_waiters();
+                }
             }
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep_until(deadline) => {
@@ -381,7 +411,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                         tracing::warn!("log lines not confirmed within {ACK_TIMEOUT:?}; resending");
                     }
                     markers.clear();
-                    shared.spool().rewind();
+                    shared.spool().rewind(&shared.stats);
                 }
             }
         }

@@ -16,7 +16,7 @@
 //! | `pipe.rs` | reading one pipe: the lines of each read → one chunk in the spool |
 //! | `lines.rs` | [`LineSplitter`]: bytes → lines, long lines in `partial` pieces |
 //! | `chunk.rs` | the spooled unit: one read's lines as raw text, and what it costs in the bound |
-//! | `spool.rs` | the bounded spool: oldest dropped, sequence numbers, confirmation, the next batch |
+//! | `spool.rs` | the bounded spool: per-app shares, drops per instance, sequence numbers, confirmation, the next batch |
 //! | `batch.rs` | a batch of spooled lines and its JSON rendering |
 //! | `stream.rs` | [`stream`]: the JetStream stream `narun-logs` (optional log history) |
 //!
@@ -40,14 +40,29 @@
 //! than the ~300 its JSON and bookkeeping would take: an outage of the same length needs a third
 //! of the memory.
 //!
-//! # The app is never blocked by NATS
+//! # When the spool is full: per-app truth, `drop` or `block`
 //!
-//! Reading a pipe only ever waits for the spool's mutex (held for microseconds); it never awaits
-//! NATS. When the spool exceeds its byte bound the **oldest** lines are dropped and counted
-//! ([`LogStats::dropped`]); the next line that is delivered carries `dropped_before = n` (a narun
-//! addition to the Go JSON) and narund logs a warning. The pipe is therefore always drained and the
-//! app never stalls on a full pipe, whatever NATS does. (Go's runner stops draining a stream after a
-//! line over 64 KiB; here long lines are split into pieces marked `partial`.)
+//! The spool has one byte bound for the node, but every line is accounted to its app (a slot of
+//! the spool, [`Overflow`] policy from the spec's `logOverflow`) and its instance:
+//!
+//! * **`drop`** (the default): reading a pipe only ever waits for the spool's mutex (held for
+//!   microseconds), never for NATS, so the app never stalls on its output. Over the bound, the
+//!   spool drops **one app's own oldest lines** (the writing app if it holds at least the
+//!   average share, else the `drop` app holding the most), counts them ([`LogStats::dropped`])
+//!   and attaches the count to the next unsent line **of the same instance**, which carries
+//!   `dropped_before = n` on the app's own subject (a narun addition to the Go JSON); if the
+//!   instance writes nothing more, a mark line of narund's carries it when its output ends.
+//!   A line dropped after it was sent waits for its marker: delivered if confirmed, lost (and
+//!   counted) on a rewind. So the sum of an app's `dropped_before` is exactly what it lost.
+//! * **`block`**: before each read, the pipe reader asks the spool how much the app's share
+//!   (bound / apps that log) still surely holds ([`PipeSink::ready`](crate::uring::PipeSink::ready));
+//!   when nothing fits, the reader awaits the app's `room` (woken when the publisher's marker
+//!   confirms lines) instead of reading. The pipe fills, the app's `write` blocks: no line is
+//!   lost, narund's memory stays within the bound, and the io_uring thread and narund's runtime
+//!   serve every other pipe meanwhile.
+//!
+//! (Go's runner stops draining a stream after a line over 64 KiB; here long lines are split into
+//! pieces marked `partial`.)
 //!
 //! # Nothing below the bound is lost when NATS is down
 //!
@@ -83,6 +98,7 @@ pub use forwarder::{
     LogSink, LogStats, MAX_LINE_BYTES_LIMIT, WINDOW,
 };
 pub use lines::LineSplitter;
+pub use spool::Overflow;
 
 /// `[logs]` of `narund.toml`.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]

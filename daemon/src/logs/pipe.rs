@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use super::chunk::{Chunk, PARTIAL, Stream};
 use super::forwarder::Shared;
 use super::lines::LineSplitter;
+use crate::uring::{PIPE_CHUNK, Ready};
 
 /// Per-read vectors of a pipe reader are kept for reuse up to this many lines.
 const CHUNK_KEEP_LINES: usize = 2048;
@@ -30,6 +31,30 @@ impl crate::uring::PipeSink for PipeReader {
         lines.spool();
     }
 
+    fn ready(&mut self) -> Ready {
+        let shared = &self.lines.shared;
+        let target = &self.lines.stream.target;
+        let pending = self.splitter.pending();
+        if let Some(n) = shared.spool().read_limit(target.slot, pending, PIPE_CHUNK) {
+            return Ready::Read(n);
+        }
+        // A `block` app's share is full: wait until the publisher frees room (or the forwarder
+        // closes). Enabled before the check, so a wake-up in between is not lost.
+        let (shared, target) = (shared.clone(), target.clone());
+        Ready::Wait(Box::pin(async move {
+            let room = target.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let full = shared
+                .spool()
+                .read_limit(target.slot, pending, PIPE_CHUNK)
+                .is_none();
+            if full {
+                room.await;
+            }
+        }))
+    }
+
     fn end(self: Box<Self>) {
         let PipeReader {
             mut splitter,
@@ -39,6 +64,7 @@ impl crate::uring::PipeSink for PipeReader {
         lines.begin(splitter.pending());
         splitter.finish_bytes(&mut |text, partial| lines.add(text, partial));
         lines.spool();
+        lines.flush_carry();
         let _ = done.send(());
     }
 }
@@ -85,12 +111,17 @@ impl ChunkLines {
             timestamp: std::mem::take(&mut self.timestamp),
             text,
             ends: self.ends.as_slice().into(),
+            mark: false,
         };
         self.ends.clear();
         // A read of many tiny lines must not leave a big vector behind for the instance's life.
         if self.ends.capacity() > CHUNK_KEEP_LINES {
             self.ends = Vec::new();
         }
+        self.push(chunk);
+    }
+
+    fn push(&self, chunk: Chunk) {
         let shared = &self.shared;
         let dropped_before = shared.stats.dropped.load(Ordering::Relaxed);
         shared.spool().push(chunk, &shared.stats);
@@ -98,6 +129,27 @@ impl ChunkLines {
         if shared.stats.dropped.load(Ordering::Relaxed) != dropped_before {
             shared.progress.notify_waiters();
         }
+    }
+
+    /// The output ended: if the instance has dropped lines not yet reported (no line of it was
+    /// left to carry the count), spool a line of narund's that carries them.
+    pub(super) fn flush_carry(&mut self) {
+        let n = {
+            let spool = self.shared.spool();
+            spool.carry.get(&self.stream.instance).copied().unwrap_or(0)
+        };
+        if n == 0 {
+            return;
+        }
+        let text =
+            format!("narund: {n} earlier log lines of this instance were dropped (log spool full)");
+        self.push(Chunk {
+            stream: self.stream.clone(),
+            timestamp: narun_wire::events::now_rfc3339(),
+            ends: Box::new([text.len() as u32]),
+            text: text.into_bytes(),
+            mark: true,
+        });
     }
 }
 

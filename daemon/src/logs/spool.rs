@@ -1,15 +1,57 @@
-//! The node-wide spool: every line not yet confirmed by the server, in order, bounded by bytes
-//! (oldest dropped first and counted), with the sequence numbers the publisher's markers confirm.
+//! The node-wide spool: every line not yet confirmed by the server, in order, bounded by bytes,
+//! with the sequence numbers the publisher's markers confirm, and each app's share of it.
+//!
+//! # Per-app truth
+//!
+//! Every line belongs to one app (its [`Target`](super::chunk::Target), a slot in
+//! [`Spool::apps`]) and one instance. When the spool is over its bound, lines are dropped from
+//! **one app's own oldest lines**: the app that is adding lines, if it holds at least the
+//! average share, else the `drop` app that holds the most. An app below the average never loses
+//! a line because another one is chatty, and `block` apps never lose lines to the bound (their
+//! readers stop instead, [`Spool::read_limit`]).
+//!
+//! A dropped line is counted on **its own instance**: the count rides on the next unsent line of
+//! that instance (`dropped_before`, on the app's own subject), or waits in `carry` for that
+//! instance's next line (at the latest a mark line when its output ends). A line already sent
+//! but not confirmed yet is not lost when it leaves the spool: it waits in `limbo` until its
+//! marker confirms it (delivered) or the publisher rewinds (then it counts as dropped). So the
+//! sum of the `dropped_before` of an app's lines is exactly the number of its lines that never
+//! reached the server while it stayed connected.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+
 use super::batch::{BATCH_BYTES, BATCH_LINES, Batch};
-use super::chunk::Chunk;
+use super::chunk::{CHUNK_OVERHEAD_MAX, Chunk, LINE_OVERHEAD, Stream};
 
 /// Spool queue slots (chunks) kept allocated when it empties after a burst.
 const SPOOL_KEEP_CAPACITY: usize = 256;
+/// A `block` app with nothing spooled may always read this much (progress even when its share
+/// is smaller than one read).
+pub(super) const MIN_READ: usize = 4096;
+
+/// What an app's lines do when its share of the spool is full (the spec's `logOverflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop the app's oldest lines, counted exactly.
+    #[default]
+    Drop,
+    /// Stop reading the app's pipes until its lines are confirmed.
+    Block,
+}
+
+impl From<&narun_spec::LogOverflow> for Overflow {
+    /// `block` blocks; `drop` (and anything invalid, which validation refuses) drops.
+    fn from(p: &narun_spec::LogOverflow) -> Overflow {
+        match p {
+            narun_spec::LogOverflow::Block => Overflow::Block,
+            _ => Overflow::Drop,
+        }
+    }
+}
 
 /// A chunk in the spool: line `i` has sequence number `first_seq + i`; lines before `head`
 /// are confirmed or dropped.
@@ -24,27 +66,67 @@ impl Spooled {
     fn end_seq(&self) -> u64 {
         self.first_seq + self.chunk.len() as u64
     }
+
+    fn head_seq(&self) -> u64 {
+        self.first_seq + self.head as u64
+    }
+}
+
+/// One app's part of the spool.
+pub(super) struct AppShare {
+    pub(super) name: Arc<str>,
+    pub(super) policy: Overflow,
+    /// Wakes its `block` readers when its lines are confirmed. Every [`Target`] of the app holds
+    /// a clone: a count above 1 means the app is active (it has sinks or spooled lines).
+    ///
+    /// [`Target`]: super::chunk::Target
+    pub(super) room: Arc<Notify>,
+    /// A reader waits on `room`.
+    paused: bool,
+    pub(super) lines: usize,
+    pub(super) bytes: usize,
+    /// `first_seq` of its chunks in [`Spool::chunks`], oldest first.
+    chunks: VecDeque<u64>,
+}
+
+impl AppShare {
+    fn active(&self) -> bool {
+        Arc::strong_count(&self.room) > 1 || self.lines > 0
+    }
+}
+
+/// A line that left the spool after it was sent, before it was confirmed: delivered if its
+/// marker comes back, dropped on a rewind.
+struct Limbo {
+    stream: Arc<Stream>,
+    /// Its `dropped_before` as sent.
+    count: u64,
+    mark: bool,
 }
 
 /// Unconfirmed lines, oldest first. Lines with `seq <= sent_upto` are in flight.
 ///
-/// Sequence numbers are contiguous from [`front_seq`](Self::front_seq) to `next_seq - 1`;
-/// a line that can never be published keeps its number (in `removed`) until it is confirmed
-/// away with the lines around it.
+/// Sequence numbers grow with every line spooled; lines dropped from the middle of the spool
+/// (another app's lines were older) leave gaps. A line that can never be published keeps its
+/// number (in `removed`) until it is confirmed away with the lines around it.
 pub(super) struct Spool {
     pub(super) chunks: VecDeque<Spooled>,
     /// Lines spooled, not counting removed ones.
     pub(super) lines: usize,
     pub(super) bytes: usize,
-    limit: usize,
+    pub(super) limit: usize,
     pub(super) next_seq: u64,
     pub(super) sent_upto: u64,
-    /// Dropped lines not yet attached to a line (only while every spooled line is in flight).
-    carry: u64,
-    /// Lines dropped just before line `seq` (empty unless the spool overflowed).
-    dropped: BTreeMap<u64, u64>,
+    /// Per app, indexed by `Target::slot`.
+    pub(super) apps: Vec<AppShare>,
+    /// Dropped lines of an instance not yet attached to one of its lines.
+    pub(super) carry: HashMap<Arc<str>, u64>,
+    /// Lines dropped just before line `seq` (of the same instance).
+    pub(super) dropped: BTreeMap<u64, u64>,
     /// Lines that cannot be published (empty unless one was too big for the server).
     removed: BTreeSet<u64>,
+    /// Sent lines dropped before their confirmation, by seq.
+    limbo: BTreeMap<u64, Limbo>,
 }
 
 impl Spool {
@@ -56,23 +138,117 @@ impl Spool {
             limit,
             next_seq: 1,
             sent_upto: 0,
-            carry: 0,
+            apps: Vec::new(),
+            carry: HashMap::new(),
             dropped: BTreeMap::new(),
             removed: BTreeSet::new(),
+            limbo: BTreeMap::new(),
         }
+    }
+
+    /// The slot of `app` (created, or reused from an app nothing refers to any more), with its
+    /// policy set to `policy` (the newest sink's spec wins); and its `room` to share.
+    pub(super) fn register(&mut self, app: &str, policy: Overflow) -> (usize, Arc<Notify>) {
+        let slot = match self.apps.iter().position(|a| &*a.name == app) {
+            Some(i) => i,
+            None => match self.apps.iter().position(|a| !a.active()) {
+                Some(i) => {
+                    let a = &mut self.apps[i];
+                    a.name = app.into();
+                    a.paused = false;
+                    a.chunks = VecDeque::new();
+                    i
+                }
+                None => {
+                    self.apps.push(AppShare {
+                        name: app.into(),
+                        policy,
+                        room: Arc::new(Notify::new()),
+                        paused: false,
+                        lines: 0,
+                        bytes: 0,
+                        chunks: VecDeque::new(),
+                    });
+                    self.apps.len() - 1
+                }
+            },
+        };
+        self.apps[slot].policy = policy;
+        (slot, self.apps[slot].room.clone())
+    }
+
+    /// Every app drops from now on (the forwarder is closed: nothing will be confirmed); the
+    /// `room`s of paused readers, to wake them.
+    pub(super) fn all_drop(&mut self) -> Vec<Arc<Notify>> {
+        for a in &mut self.apps {
+            a.policy = Overflow::Drop;
+            a.paused = false;
+        }
+        self.apps.iter().map(|a| a.room.clone()).collect()
+    }
+
+    /// Bytes of the bound an app may hold under `block`: the bound shared by the active apps.
+    pub(super) fn share(&self) -> usize {
+        self.limit / self.apps.iter().filter(|a| a.active()).count().max(1)
+    }
+
+    /// How many bytes a reader of app `slot` may read now, with `pending` bytes waiting in its
+    /// splitter: everything for a `drop` app; for a `block` app what surely fits in its share
+    /// (a read of `n` bytes becomes at most `n + 1` lines of [`LINE_OVERHEAD`] each plus one
+    /// chunk's overhead), at least [`MIN_READ`] while it has nothing spooled. `None`: wait
+    /// (the app is marked paused; the publisher wakes its `room` when lines are confirmed).
+    pub(super) fn read_limit(&mut self, slot: usize, pending: usize, max: usize) -> Option<usize> {
+        let a = &self.apps[slot];
+        if a.policy == Overflow::Drop {
+            return Some(max);
+        }
+        let free = self.share().saturating_sub(a.bytes);
+        let fits =
+            free.saturating_sub(CHUNK_OVERHEAD_MAX + pending + LINE_OVERHEAD) / (1 + LINE_OVERHEAD);
+        let n = if a.bytes == 0 {
+            fits.max(MIN_READ)
+        } else {
+            fits
+        };
+        if n == 0 {
+            self.apps[slot].paused = true;
+            return None;
+        }
+        Some(n.min(max))
     }
 
     /// Sequence number of the oldest unconfirmed line.
     pub(super) fn front_seq(&self) -> Option<u64> {
-        self.chunks.front().map(|c| c.first_seq + c.head as u64)
+        self.chunks.front().map(Spooled::head_seq)
+    }
+
+    /// The oldest line sent and not confirmed or dropped yet, or still spooled.
+    pub(super) fn oldest_pending(&self) -> Option<u64> {
+        let limbo = self.limbo.keys().next().copied();
+        match (self.front_seq(), limbo) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Index in `chunks` of the chunk that holds `seq` or the first one after it.
+    fn chunk_at(&self, seq: u64) -> usize {
+        self.chunks.partition_point(|c| c.end_seq() <= seq)
     }
 
     /// The first spooled line at or after `seq` that is not removed.
-    fn live_from(&self, mut seq: u64) -> Option<u64> {
-        while self.removed.contains(&seq) {
-            seq += 1;
+    fn live_from(&self, seq: u64) -> Option<u64> {
+        let mut s = seq;
+        for c in self.chunks.range(self.chunk_at(seq)..) {
+            s = s.max(c.head_seq());
+            while s < c.end_seq() && self.removed.contains(&s) {
+                s += 1;
+            }
+            if s < c.end_seq() {
+                return Some(s);
+            }
         }
-        (seq < self.next_seq).then_some(seq)
+        None
     }
 
     /// Where the first line not sent yet is, or will be (`next_seq` when all are sent).
@@ -85,98 +261,202 @@ impl Spool {
         self.live_from(self.unsent_from())
     }
 
-    /// Record `n` dropped lines on the first live line at or after `seq`, or on the next line
-    /// spooled if there is none.
-    fn attach_dropped(&mut self, seq: u64, n: u64) {
+    /// Record `n` dropped lines of `stream`'s instance on its first live line at or after
+    /// `seq` (and not sent yet, unless `sent_too`), or on its next line spooled if there is
+    /// none.
+    fn attach_dropped(&mut self, stream: &Stream, seq: u64, n: u64, sent_too: bool) {
         if n == 0 {
             return;
         }
-        match self.live_from(seq) {
-            Some(s) => *self.dropped.entry(s).or_default() += n,
-            None => self.carry += n,
+        let from = if sent_too {
+            seq
+        } else {
+            seq.max(self.unsent_from())
+        };
+        let slot = stream.target.slot;
+        let start = self.apps[slot].chunks.partition_point(|&f| {
+            // chunks of this app that end before `from` are of no use
+            let i = self.chunks.partition_point(|c| c.first_seq < f);
+            self.chunks[i].end_seq() <= from
+        });
+        for &first in self.apps[slot].chunks.range(start..) {
+            let c = &self.chunks[self.chunks.partition_point(|c| c.first_seq < first)];
+            if *c.chunk.stream.instance != *stream.instance {
+                continue;
+            }
+            let mut s = from.max(c.head_seq());
+            while s < c.end_seq() && self.removed.contains(&s) {
+                s += 1;
+            }
+            if s < c.end_seq() {
+                *self.dropped.entry(s).or_default() += n;
+                return;
+            }
         }
+        *self.carry.entry(stream.instance.clone()).or_default() += n;
     }
 
-    /// Report `n` dropped lines on the first line not sent yet (or the next one spooled).
-    fn report_dropped(&mut self, n: u64) {
-        self.attach_dropped(self.unsent_from(), n);
-    }
-
+    /// Spool the lines of `chunk`, then drop lines while over the bound (never the newest).
     pub(super) fn push(&mut self, chunk: Chunk, stats: &Counters) {
         if chunk.len() == 0 {
             return;
         }
         let first_seq = self.next_seq;
+        let slot = chunk.stream.target.slot;
+        let size = chunk.overhead() + chunk.size_from(0);
         self.next_seq += chunk.len() as u64;
         self.lines += chunk.len();
-        self.bytes += chunk.overhead() + chunk.size_from(0);
+        self.bytes += size;
+        let app = &mut self.apps[slot];
+        app.lines += chunk.len();
+        app.bytes += size;
+        app.chunks.push_back(first_seq);
+        if !self.carry.is_empty()
+            && let Some(n) = self.carry.remove(&chunk.stream.instance)
+        {
+            *self.dropped.entry(first_seq).or_default() += n;
+        }
         self.chunks.push_back(Spooled {
             chunk: Arc::new(chunk),
             first_seq,
             head: 0,
         });
-        // A carry exists only while every earlier line is sent: it lands on `first_seq`.
-        let carry = std::mem::take(&mut self.carry);
-        self.report_dropped(carry);
-        // Over the bound: drop the oldest, but always keep the newest line.
+        self.overflow(slot, stats);
+    }
+
+    /// While over the bound, drop one app's oldest line (see the module docs).
+    fn overflow(&mut self, pusher: usize, stats: &Counters) {
+        if self.bytes <= self.limit {
+            return;
+        }
+        let holding = self.apps.iter().filter(|a| a.lines > 0).count().max(1);
         while self.bytes > self.limit && self.lines > 1 {
-            let (seq, live) = self.pop_line().expect("lines > 1");
-            let mut n = self.dropped.remove(&seq).unwrap_or(0);
-            if live {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                n += 1;
-            }
-            self.report_dropped(n);
+            let p = &self.apps[pusher];
+            // (u64: `bytes * holding` may not fit a 32-bit usize.)
+            let at_least_average = p.bytes as u64 * holding as u64 >= self.bytes as u64;
+            let victim = if p.policy == Overflow::Drop && p.lines > 0 && at_least_average {
+                Some(pusher)
+            } else {
+                self.apps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.policy == Overflow::Drop && a.lines > 0)
+                    .max_by_key(|(_, a)| a.bytes)
+                    .map(|(i, _)| i)
+            };
+            let Some(victim) = victim else {
+                return; // only `block` lines: their readers wait instead
+            };
+            self.drop_oldest(victim, stats);
         }
     }
 
-    /// Take the oldest line off the spool: its seq, and false if it was a removed one (no
-    /// longer counted).
-    fn pop_line(&mut self) -> Option<(u64, bool)> {
-        let front = self.chunks.front_mut()?;
-        let seq = front.first_seq + front.head as u64;
-        let size = front.chunk.line_size(front.head);
-        front.head += 1;
-        if front.head == front.chunk.len() {
-            let done = self.chunks.pop_front().expect("front exists");
+    /// Drop app `slot`'s oldest line and account for it.
+    fn drop_oldest(&mut self, slot: usize, stats: &Counters) {
+        let Some(&first) = self.apps[slot].chunks.front() else {
+            return;
+        };
+        let at = self.chunks.partition_point(|c| c.first_seq < first);
+        let stream = self.chunks[at].chunk.stream.clone();
+        let mark = self.chunks[at].chunk.mark;
+        let (seq, live) = self.pop_line(at);
+        let count = self.dropped.remove(&seq).unwrap_or(0);
+        if !live {
+            return; // a removed line: already counted, its count moved on
+        }
+        if seq <= self.sent_upto {
+            self.limbo.insert(
+                seq,
+                Limbo {
+                    stream,
+                    count,
+                    mark,
+                },
+            );
+            return;
+        }
+        if !mark {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.attach_dropped(&stream, seq + 1, count + u64::from(!mark), false);
+    }
+
+    /// Take the oldest line of chunk `at` off the spool: its seq, and false if it was a removed
+    /// one (no longer counted).
+    fn pop_line(&mut self, at: usize) -> (u64, bool) {
+        let c = &mut self.chunks[at];
+        let seq = c.head_seq();
+        let size = c.chunk.line_size(c.head);
+        let slot = c.chunk.stream.target.slot;
+        c.head += 1;
+        if c.head == c.chunk.len() {
+            let done = self.chunks.remove(at).expect("index exists");
             self.bytes -= done.chunk.overhead();
+            let app = &mut self.apps[slot];
+            app.bytes -= done.chunk.overhead();
+            let _front = app.chunks.pop_front();
+            debug_assert_eq!(_front, Some(done.first_seq));
         }
         let live = self.removed.is_empty() || !self.removed.remove(&seq);
         if live {
             self.bytes -= size;
             self.lines -= 1;
+            let app = &mut self.apps[slot];
+            app.bytes -= size;
+            app.lines -= 1;
         }
-        Some((seq, live))
+        (seq, live)
     }
 
-    /// Everything unconfirmed is to be sent again.
-    pub(super) fn rewind(&mut self) {
+    /// Everything unconfirmed is to be sent again; sent lines dropped meanwhile are lost.
+    pub(super) fn rewind(&mut self, stats: &Counters) {
         self.sent_upto = 0;
-        let carry = std::mem::take(&mut self.carry);
-        self.report_dropped(carry);
+        for (seq, l) in std::mem::take(&mut self.limbo) {
+            if !l.mark {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            self.attach_dropped(&l.stream, seq + 1, l.count + u64::from(!l.mark), false);
+        }
     }
 
-    /// The server confirmed every line up to `seq`; returns how many lines that removed.
-    pub(super) fn confirm(&mut self, seq: u64) -> u64 {
+    /// The server confirmed every line up to `seq`; returns how many lines that removed
+    /// (including sent lines that had left the spool), and wakes paused `block` readers.
+    pub(super) fn confirm(&mut self, seq: u64, wake: &mut Vec<Arc<Notify>>) -> u64 {
         let mut n = 0;
         while let Some(front) = self.chunks.front() {
-            if front.first_seq + front.head as u64 > seq {
+            if front.head_seq() > seq {
                 break;
             }
             if front.end_seq() <= seq + 1 && self.removed.is_empty() {
                 // The usual case: the whole rest of the chunk at once.
                 let done = self.chunks.pop_front().expect("front exists");
                 let k = done.chunk.len() - done.head;
-                self.bytes -= done.chunk.overhead() + done.chunk.size_from(done.head);
+                let size = done.chunk.overhead() + done.chunk.size_from(done.head);
+                self.bytes -= size;
                 self.lines -= k;
+                let app = &mut self.apps[done.chunk.stream.target.slot];
+                app.bytes -= size;
+                app.lines -= k;
+                let _front = app.chunks.pop_front();
+                debug_assert_eq!(_front, Some(done.first_seq));
                 n += k as u64;
             } else {
-                n += u64::from(self.pop_line().expect("front exists").1);
+                n += u64::from(self.pop_line(0).1);
             }
+        }
+        if !self.limbo.is_empty() {
+            let later = self.limbo.split_off(&(seq + 1));
+            n += std::mem::replace(&mut self.limbo, later).len() as u64;
         }
         if !self.dropped.is_empty() {
             // Counts on confirmed lines went out with them.
             self.dropped = self.dropped.split_off(&(seq + 1));
+        }
+        for a in &mut self.apps {
+            if a.paused {
+                a.paused = false;
+                wake.push(a.room.clone());
+            }
         }
         // After a burst (an outage, a chatty app) give the queue's memory back, so an idle
         // narund does not keep the peak; shrinking to 2× only below 1/8 keeps this amortized O(1)
@@ -196,12 +476,13 @@ impl Spool {
         let Some(start) = self.first_unsent() else {
             return false;
         };
-        let mut i = self.chunks.partition_point(|c| c.end_seq() <= start);
+        let mut i = self.chunk_at(start);
         let (mut seq, mut lines) = (start, 0);
         while let Some(c) = self.chunks.get(i) {
             let chunk = &c.chunk;
             let per_line = chunk.stream.json.overhead(chunk.timestamp.len());
-            let from = (seq - c.first_seq) as usize;
+            let from = (seq.max(c.first_seq) - c.first_seq) as usize;
+            let from = from.max(c.head);
             let mut to = from;
             while to < chunk.len() && lines < BATCH_LINES {
                 let size = chunk.line(to).0.len() + per_line;
@@ -213,18 +494,20 @@ impl Spool {
                 to += 1;
             }
             if to > from {
-                batch.parts.push((chunk.clone(), seq, from..to));
-                seq += (to - from) as u64;
+                batch
+                    .parts
+                    .push((chunk.clone(), c.first_seq + from as u64, from..to));
+                batch.last = c.first_seq + to as u64 - 1;
             }
             if to < chunk.len() {
                 break;
             }
+            seq = c.end_seq();
             i += 1;
         }
         if lines == 0 {
             return false;
         }
-        batch.last = seq - 1;
         let range = start..=batch.last;
         batch
             .dropped
@@ -239,19 +522,26 @@ impl Spool {
     /// Remove the line `seq` (one that can never be published; the caller counts it as
     /// dropped); returns its app.
     pub(super) fn remove(&mut self, seq: u64) -> Option<Arc<str>> {
-        if seq < self.front_seq()? || seq >= self.next_seq || self.removed.contains(&seq) {
+        if seq >= self.next_seq || self.removed.contains(&seq) {
             return None;
         }
-        let c = &self.chunks[self.chunks.partition_point(|c| c.end_seq() <= seq)];
+        let c = self.chunks.get(self.chunk_at(seq))?;
+        if seq < c.head_seq() {
+            return None;
+        }
         let size = c.chunk.line_size((seq - c.first_seq) as usize);
-        let app = c.chunk.stream.target.app.clone();
+        let stream = c.chunk.stream.clone();
         self.removed.insert(seq);
         self.bytes -= size;
         self.lines -= 1;
-        // Reported on the next line (with what this one carried), as `Batch::render` does.
+        let app = &mut self.apps[stream.target.slot];
+        app.bytes -= size;
+        app.lines -= 1;
+        // Reported on the next line of its instance (with what this one carried), even one
+        // in flight, as `Batch::render` did.
         let n = 1 + self.dropped.remove(&seq).unwrap_or(0);
-        self.attach_dropped(seq + 1, n);
-        Some(app)
+        self.attach_dropped(&stream, seq + 1, n, true);
+        Some(stream.target.app.clone())
     }
 }
 
@@ -276,7 +566,10 @@ pub(super) mod tests {
             target: Arc::new(Target {
                 subject: Subject::from("logs.hello.node-1"),
                 app: "hello".into(),
+                slot: 0,
+                room: Arc::new(tokio::sync::Notify::new()),
             }),
+            instance: "hello-0".into(),
             json: LogLineJson::new("hello-0", "hello", "node-1", stream),
         })
     }
@@ -294,7 +587,15 @@ pub(super) mod tests {
             timestamp: "2026-01-01T00:00:00Z".into(),
             text,
             ends: ends.into(),
+            mark: false,
         }
+    }
+
+    /// A spool of at most `limit` bytes where app `hello` has slot 0.
+    pub(crate) fn test_spool(limit: usize) -> Spool {
+        let mut spool = Spool::new(limit);
+        assert_eq!(spool.register("hello", Overflow::Drop).0, 0);
+        spool
     }
 
     fn x() -> Chunk {
@@ -330,7 +631,7 @@ pub(super) mod tests {
 
     #[test]
     fn json_matches_the_wire_type_including_dropped_before() {
-        let mut spool = Spool::new(usize::MAX);
+        let mut spool = test_spool(usize::MAX);
         let stats = Counters::default();
         spool.push(test_chunk(&[("hi \"there\"", true)]), &stats);
         let mut wire = LogLine {
@@ -349,7 +650,7 @@ pub(super) mod tests {
         plan.render(usize::MAX, &mut out, &mut dropped, &mut Vec::new());
         assert_eq!(out[0].payload, serde_json::to_vec(&wire).unwrap());
         spool.dropped.insert(1, 42);
-        spool.rewind();
+        spool.rewind(&stats);
         (plan, out) = (Batch::default(), Vec::new());
         assert!(spool.next_batch(&mut plan));
         plan.render(usize::MAX, &mut out, &mut dropped, &mut Vec::new());
@@ -362,7 +663,7 @@ pub(super) mod tests {
     fn spool_drops_oldest_and_reports_on_the_next_unsent_line() {
         let stats = Counters::default();
         let one = x().overhead() + x().size_from(0);
-        let mut spool = Spool::new(one * 3);
+        let mut spool = test_spool(one * 3);
         for _ in 0..5 {
             spool.push(x(), &stats);
         }
@@ -370,22 +671,42 @@ pub(super) mod tests {
         assert_eq!(seqs(&mut spool), [3, 4, 5]);
         assert_eq!(spool.dropped.get(&3), Some(&2));
 
-        // Lines 3..5 are in flight; dropping 3 reports on 6, the first unsent line.
+        // Lines 3..5 are in flight: dropping 3 is no loss yet (it was sent); it waits in limbo.
         spool.sent_upto = 5;
         spool.push(x(), &stats);
         assert_eq!(spool.front_seq(), Some(4));
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
         let (sent, dropped) = peek(&mut spool);
-        assert_eq!(sent.len(), 1);
-        assert_eq!((sent[0].0, &*dropped[0].0, dropped[0].1), (6, "hello", 3));
-        // The count is in the JSON as sent.
-        assert_eq!(sent[0].1.dropped_before, 3);
+        assert_eq!((sent.len(), sent[0].0, sent[0].1.dropped_before), (1, 6, 0));
+        assert!(dropped.is_empty());
 
-        // Confirmation removes what the server has, and its drop counts.
-        assert_eq!(spool.confirm(5), 2);
+        // Confirmation removes what the server has (3 included: it arrived), and its drop
+        // counts.
+        assert_eq!(spool.confirm(5, &mut Vec::new()), 3);
         assert_eq!((spool.lines, spool.bytes), (1, one));
-        assert_eq!(spool.confirm(6), 1);
-        assert!(spool.dropped.is_empty());
+        assert_eq!(spool.confirm(6, &mut Vec::new()), 1);
+        assert!(spool.dropped.is_empty() && spool.limbo.is_empty());
         assert_eq!((spool.lines, spool.bytes), (0, 0));
+
+        // The same, but the connection is lost before the marker: 7 was sent, then dropped,
+        // then everything rewound: 7 is lost, and counted on the next line of its instance.
+        for _ in 0..3 {
+            spool.push(x(), &stats); // 7, 8, 9
+        }
+        spool.sent_upto = 9;
+        spool.push(x(), &stats); // 10: drops 7 into limbo
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
+        spool.rewind(&stats);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
+        let (sent, dropped) = peek(&mut spool);
+        assert_eq!(
+            sent.iter()
+                .map(|(s, l)| (*s, l.dropped_before))
+                .collect::<Vec<_>>(),
+            [(8, 1), (9, 0), (10, 0)]
+        );
+        assert_eq!((&*dropped[0].0, dropped[0].1), ("hello", 1));
+        assert_eq!(spool.confirm(10, &mut Vec::new()), 3);
 
         // After a burst the queue's memory is given back as lines are confirmed.
         spool.limit = usize::MAX;
@@ -395,7 +716,7 @@ pub(super) mod tests {
         let peak = spool.chunks.capacity();
         assert!(peak >= 100_000);
         let last = spool.next_seq - 1;
-        assert_eq!(spool.confirm(last), 100_000);
+        assert_eq!(spool.confirm(last, &mut Vec::new()), 100_000);
         assert!(
             spool.chunks.capacity() <= SPOOL_KEEP_CAPACITY * 2,
             "{}",
@@ -411,7 +732,7 @@ pub(super) mod tests {
         let abc = || test_chunk(&[("a", false), ("bb", true), ("ccc", false)]);
         let size = abc().overhead() + abc().size_from(0);
         // Room for two chunks but their first two lines.
-        let mut spool = Spool::new(2 * size - abc().line_size(0) - abc().line_size(1));
+        let mut spool = test_spool(2 * size - abc().line_size(0) - abc().line_size(1));
         spool.push(abc(), &stats);
         spool.push(abc(), &stats); // seqs 4..6: drops 1, 2 (and frees no chunk yet)
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
@@ -438,19 +759,19 @@ pub(super) mod tests {
         assert_eq!(spool.lines, 3);
         // Reported on the next line (already rendered here: it goes out on a resend).
         assert_eq!(spool.dropped.get(&6), Some(&1));
-        assert_eq!(spool.confirm(4), 2);
+        assert_eq!(spool.confirm(4, &mut Vec::new()), 2);
         assert_eq!(spool.front_seq(), Some(5));
         // A rewind resends 6 only (5 is removed), carrying the count.
-        spool.rewind();
+        spool.rewind(&stats);
         let (sent, _) = peek(&mut spool);
         assert_eq!((sent.len(), sent[0].0, sent[0].1.dropped_before), (1, 6, 1));
         // A removed line's own count moves on with it.
         assert_eq!(spool.remove(6).as_deref(), Some("hello"));
-        assert_eq!((spool.carry, spool.lines), (2, 0));
+        assert_eq!((spool.carry.get("hello-0"), spool.lines), (Some(&2), 0));
         spool.push(x(), &stats);
         let (sent, _) = peek(&mut spool);
         assert_eq!((sent[0].0, sent[0].1.dropped_before), (7, 2));
-        assert_eq!(spool.confirm(7), 1);
+        assert_eq!(spool.confirm(7, &mut Vec::new()), 1);
         assert!(spool.removed.is_empty() && spool.chunks.is_empty());
         assert_eq!((spool.lines, spool.bytes), (0, 0));
     }
@@ -460,7 +781,7 @@ pub(super) mod tests {
     #[test]
     fn lines_too_big_for_the_server_are_left_out_and_reported() {
         let stats = Counters::default();
-        let mut spool = Spool::new(usize::MAX);
+        let mut spool = test_spool(usize::MAX);
         let big = "b".repeat(500);
         spool.push(
             test_chunk(&[("a", false), (&big, false), (&big, true), ("c", false)]),
@@ -489,7 +810,7 @@ pub(super) mod tests {
         assert_eq!(spool.dropped.get(&4), Some(&7));
         assert_eq!(spool.lines, 2);
         // A resend renders the same.
-        spool.rewind();
+        spool.rewind(&stats);
         let (again, _) = peek(&mut spool);
         assert_eq!(
             again
@@ -504,7 +825,7 @@ pub(super) mod tests {
     #[test]
     fn batches_respect_their_limits_and_continue_mid_chunk() {
         let stats = Counters::default();
-        let mut spool = Spool::new(usize::MAX);
+        let mut spool = test_spool(usize::MAX);
         let line = "y".repeat(1000);
         let many: Vec<(&str, bool)> = vec![(line.as_str(), false); 3000];
         spool.push(test_chunk(&many), &stats);
@@ -524,6 +845,119 @@ pub(super) mod tests {
             spool.sent_upto = next - 1;
         }
         assert_eq!(next, 6001);
-        assert_eq!(spool.confirm(6000), 6000);
+        assert_eq!(spool.confirm(6000, &mut Vec::new()), 6000);
+    }
+
+    /// A one-line chunk `text` of `instance` of the app in `slot`.
+    fn line_of(spool: &Spool, slot: usize, instance: &str, text: &str) -> Chunk {
+        let app = spool.apps[slot].name.clone();
+        let mut c = test_chunk(&[(text, false)]);
+        c.stream = Arc::new(Stream {
+            target: Arc::new(Target {
+                subject: Subject::from(format!("logs.{app}.node-1")),
+                app: app.clone(),
+                slot,
+                room: spool.apps[slot].room.clone(),
+            }),
+            instance: instance.into(),
+            json: LogLineJson::new(instance, &app, "node-1", "stdout"),
+        });
+        c
+    }
+
+    /// Everything the spool would send, as (instance, message, dropped_before), marking it sent.
+    fn drain(spool: &mut Spool) -> Vec<(String, String, u64)> {
+        let mut all = Vec::new();
+        loop {
+            let mut plan = Batch::default();
+            if !spool.next_batch(&mut plan) {
+                return all;
+            }
+            let mut out = Vec::new();
+            plan.render(usize::MAX, &mut out, &mut Vec::new(), &mut Vec::new());
+            for o in out {
+                let l: LogLine = serde_json::from_slice(&o.payload).unwrap();
+                assert_eq!(o.subject.as_str(), format!("logs.{}.node-1", l.app_name));
+                all.push((l.instance_id, l.message, l.dropped_before));
+            }
+        }
+    }
+
+    /// A chatty app drops its own oldest lines, never those of a quiet one; each drop count
+    /// rides on a line of the instance that lost the lines, and they sum to its losses.
+    #[test]
+    fn drops_are_taken_from_and_counted_on_the_chatty_instance() {
+        let stats = Counters::default();
+        let one = x().overhead() + x().size_from(0);
+        let mut spool = Spool::new(one * 10);
+        // (Holding the rooms, as their sinks' targets do, keeps the slots apart.)
+        let (a, _ra) = spool.register("chatty", Overflow::Drop);
+        let (b, _rb) = spool.register("quiet", Overflow::Drop);
+        spool.push(line_of(&spool, b, "quiet-0", "q"), &stats);
+        spool.push(line_of(&spool, b, "quiet-0", "q"), &stats);
+        for i in 0..100 {
+            let inst = if i % 2 == 0 { "chatty-0" } else { "chatty-1" };
+            spool.push(line_of(&spool, a, inst, "c"), &stats);
+        }
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 92);
+        let sent = drain(&mut spool);
+        let count = |inst: &str| {
+            let lines = sent.iter().filter(|l| l.0 == inst);
+            (lines.clone().count(), lines.map(|l| l.2).sum::<u64>())
+        };
+        assert_eq!(count("quiet-0"), (2, 0));
+        // 50 lines each; what arrived + the drop marks = what was written.
+        let (n0, d0) = count("chatty-0");
+        let (n1, d1) = count("chatty-1");
+        assert_eq!((n0 as u64 + d0, n1 as u64 + d1), (50, 50), "{sent:?}");
+        assert_eq!(d0 + d1, 92);
+        assert_eq!(spool.apps[b].lines, 2);
+        assert_eq!(spool.apps[a].lines + spool.apps[b].lines, spool.lines);
+        assert_eq!(spool.apps[a].bytes + spool.apps[b].bytes, spool.bytes);
+    }
+
+    /// A `block` app is never dropped from: a drop app beside it loses lines instead, and the
+    /// block app's reader is told to wait once its share is full, then woken by a confirmation.
+    #[test]
+    fn block_apps_are_never_dropped_and_wait_for_room() {
+        let stats = Counters::default();
+        let mut spool = Spool::new(64 * 1024);
+        let (blk, room) = spool.register("careful", Overflow::Block);
+        let (drp, _rd) = spool.register("chatty", Overflow::Drop);
+        // Two apps are active (their targets hold the rooms): a share is half the bound.
+        let keep = [
+            line_of(&spool, blk, "careful-0", ""),
+            line_of(&spool, drp, "chatty-0", ""),
+        ];
+        assert_eq!(spool.share(), 32 * 1024);
+        let text = "b".repeat(1000);
+        let mut pushed = 0;
+        while let Some(n) = spool.read_limit(blk, 0, 64 * 1024) {
+            // A read of n bytes: here one line of up to 1000.
+            let line = &text[..n.min(1000)];
+            spool.push(line_of(&spool, blk, "careful-0", line), &stats);
+            pushed += 1;
+            assert!(pushed < 100, "never paused");
+        }
+        assert!(
+            spool.apps[blk].bytes <= spool.share(),
+            "{}",
+            spool.apps[blk].bytes
+        );
+        for _ in 0..1000 {
+            spool.push(line_of(&spool, drp, "chatty-0", &text), &stats);
+        }
+        assert!(spool.bytes <= spool.limit);
+        assert_eq!(spool.apps[blk].lines, pushed);
+        assert!(stats.dropped.load(Ordering::Relaxed) > 900);
+        // Confirming wakes the paused reader's room, and it may read again.
+        let mut wake = Vec::new();
+        let last = spool.next_seq - 1;
+        drain(&mut spool);
+        spool.confirm(last, &mut wake);
+        assert_eq!(wake.len(), 1);
+        assert!(Arc::ptr_eq(&wake[0], &room));
+        assert!(spool.read_limit(blk, 0, 64 * 1024).is_some());
+        drop(keep);
     }
 }
