@@ -36,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Daemon {
     config: Config,
     client: async_nats::Client,
+    /// The client's connection events (a lost connection ends waits at once).
+    events: narun_wire::connect::ConnectionEvents,
     node: Node,
     /// Where the instance cgroups live (`None` without cgroups).
     cgroup_root: Option<std::path::PathBuf>,
@@ -51,9 +53,9 @@ impl Daemon {
     /// previous narund, and the gateway when it is enabled.
     pub async fn new(config: Config) -> anyhow::Result<Daemon> {
         tracing::info!(node_id = %config.node_id, nats = %config.nats.url, "narund starting");
-        let client = config
+        let (client, events) = config
             .nats
-            .connect(&format!("narund {}", config.node_id))
+            .connect_with_events(&format!("narund {}", config.node_id))
             .await
             .context("NATS settings")?;
         #[cfg(feature = "gateway")]
@@ -61,6 +63,7 @@ impl Daemon {
             let gateway = narun_gateway::Gateway::bind(config.gateway.clone(), client.clone())
                 .await
                 .context("starting the gateway")?;
+            gateway.set_connection_events(events.clone());
             tracing::info!(http = %gateway.http_addr(), metrics = %gateway.metrics_addr(), "gateway listening");
             Some(gateway)
         } else {
@@ -126,6 +129,7 @@ impl Daemon {
         Ok(Daemon {
             config,
             client,
+            events,
             node,
             cgroup_root,
             ready: tokio::sync::watch::Sender::new(false),
@@ -166,6 +170,7 @@ impl Daemon {
         let Daemon {
             config,
             client,
+            events,
             node,
             ready,
             #[cfg(feature = "gateway")]
@@ -228,16 +233,18 @@ impl Daemon {
         let mut replayed = ready.subscribe();
         {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
+            let events = events.clone();
             tasks.spawn(async move {
-                crate::node::watch::run(node, client, ready, stop).await;
+                crate::node::watch::run(node, client, events, ready, stop).await;
                 Ok(())
             });
         }
         {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
             let start_time = start_time.clone();
+            let events = events.clone();
             tasks.spawn(async move {
-                heartbeat::run_heartbeat(node, client, start_time, stop).await;
+                heartbeat::run_heartbeat(node, client, events, start_time, stop).await;
                 Ok(())
             });
         }
@@ -252,8 +259,9 @@ impl Daemon {
         if config.logs.stream {
             let limits = crate::logs::stream::Limits::from_config(&config.logs);
             let (client, stop) = (client.clone(), shutdown.clone());
+            let replicas = config.nats.stream_replicas;
             tasks.spawn(async move {
-                crate::logs::stream::run(client, limits, stop).await;
+                crate::logs::stream::run(client, limits, replicas, stop).await;
                 Ok(())
             });
         }

@@ -50,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod failover;
 mod grpc;
 pub mod limits;
 mod metrics;
@@ -172,6 +173,8 @@ pub(crate) struct Shared {
     pub max_body: u64,
     /// Connections, timeouts, memory, in-flight requests ([`limits`]).
     pub limits: Arc<limits::Limits>,
+    /// The client's connection events, for requests across a lost connection ([`failover`]).
+    pub failover: failover::Failover,
 }
 
 /// A bound, not yet running gateway. See the [crate docs](crate).
@@ -274,6 +277,7 @@ impl Gateway {
             metrics,
             max_body: config.max_body_bytes,
             limits,
+            failover: failover::Failover::default(),
         });
         Ok(Gateway {
             http,
@@ -298,6 +302,14 @@ impl Gateway {
     }
 
     /// The routed HTTP listener's address.
+    /// Give the gateway the connection events of its client
+    /// ([`narun_wire::connect::NatsSettings::connect_with_events`]): requests in flight
+    /// when the connection is lost are then sent again or failed at once instead of
+    /// waiting for their timeout (the rules: docs/gateway.md, "NATS failover").
+    pub fn set_connection_events(&self, events: narun_wire::connect::ConnectionEvents) {
+        self.shared.failover.set(events);
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }

@@ -313,25 +313,37 @@ fn nats_value(v: &HeaderValue) -> Option<async_nats::HeaderValue> {
 async fn send(
     state: &Shared,
     target: &Target,
+    method: &http::Method,
     payload: Bytes,
-    mut headers: async_nats::HeaderMap,
+    headers: async_nats::HeaderMap,
 ) -> Result<async_nats::Message, GwError> {
     let Ok(_slot) = state.limits.inflight(Listener::Http).await else {
         return Err(overloaded("NATS requests in flight"));
     };
     // The deadline travels with the request (replacing one a raw-mode client sent): the
-    // NATS request's timeout, which starts now.
-    use narun_wire::names::{TIMEOUT_MS, timeout_ms_value};
-    headers.insert(TIMEOUT_MS, timeout_ms_value(target.timeout));
-    let request = async_nats::Request::new()
-        .payload(payload)
-        .headers(headers)
-        .timeout(Some(target.timeout));
-    match state
-        .client
-        .send_request(target.nats_subject.clone(), request)
-        .await
-    {
+    // NATS request's timeout, which starts now; a retry carries the time left.
+    let sent = crate::failover::request(
+        &state.client,
+        &state.failover,
+        &target.nats_subject,
+        payload,
+        headers,
+        target.timeout,
+        crate::failover::idempotent(method),
+    )
+    .await;
+    let sent = match sent {
+        Ok(msg) => Ok(msg),
+        Err(crate::failover::Failure::Nats(e)) => Err(e),
+        Err(crate::failover::Failure::ConnectionLost) => {
+            state.metrics.nats(&target.subject, NatsStatus::Error);
+            return Err(GwError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Connection to NATS lost before the backend answered (the request may have been processed)",
+            ));
+        }
+    };
+    match sent {
         Ok(msg) => {
             state.metrics.nats(&target.subject, NatsStatus::Success);
             Ok(msg)
@@ -411,7 +423,7 @@ async fn forward_bhttp(
         nats_names::CONTENT_TYPE,
         async_nats::HeaderValue::from(narun_wire::names::BHTTP_CONTENT_TYPE),
     );
-    let msg = send(state, target, payload.into(), headers).await?;
+    let msg = send(state, target, &parts.method, payload.into(), headers).await?;
     if let Some(e) = service_error(&msg) {
         return Err(e);
     }
@@ -491,7 +503,7 @@ async fn forward_raw(
     if let Ok(r) = rid.to_str() {
         set(nats_names::REQUEST_ID, r);
     }
-    let msg = send(state, target, body, headers).await?;
+    let msg = send(state, target, &parts.method, body, headers).await?;
     if let Some(e) = service_error(&msg) {
         return Err(e);
     }

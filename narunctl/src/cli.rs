@@ -68,6 +68,20 @@ pub struct ConnArgs {
     /// How long to wait for NATS and for each answer (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    /// Replicas (1-5) of a bucket narunctl has to create [default: 3 when the NATS cluster
+    /// announces 3 or more servers, else 1]. Existing buckets keep theirs: see
+    /// `admin replicas`.
+    #[arg(long, env = "NARUN_STREAM_REPLICAS", value_name = "N", value_parser = parse_replicas, global = true)]
+    pub stream_replicas: Option<usize>,
+}
+
+/// A replica count: 1 to 5 (JetStream's range).
+pub fn parse_replicas(s: &str) -> Result<usize, String> {
+    let max = narun_wire::jetstream::MAX_REPLICAS;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a replica count (1 to {max})")),
+    }
 }
 
 /// Which context file and context give the defaults of the flags above
@@ -116,6 +130,28 @@ pub enum Command {
     /// Signing keys for `deploy --sign`: generate one, print a key's public key.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Cluster administration: the replicas of narun's buckets and streams.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+/// `admin replicas N [--dry-run]`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Set the replicas of every existing narun bucket and stream (KV_app-configs,
+    /// KV_node-runner-states, KV_narun-secrets, OBJ_app-binaries, OBJ_narun-files,
+    /// narun-logs) to N, in place: JetStream copies the data to the new peers while the
+    /// streams stay in use. Prints one line per stream.
+    Replicas {
+        /// Replicas wanted (1-5; at most the servers in the cluster).
+        #[arg(value_name = "N", value_parser = parse_replicas)]
+        replicas: usize,
+        /// Only list what would change.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 /// `keys generate FILE` | `keys public FILE`.

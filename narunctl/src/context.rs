@@ -24,7 +24,8 @@
 //! master_key_file = "/secure/narun-master.key"
 //! ```
 //!
-//! Keys: `nats creds nkey user password tls_ca tls_cert tls_key timeout master_key_file`.
+//! Keys: `nats creds nkey user password tls_ca tls_cert tls_key timeout stream_replicas
+//! master_key_file`. `nats` may list several servers of a cluster, comma separated.
 //! Precedence, per setting: flag > environment > selected context > top level > built-in
 //! default. Bad TOML, an unknown key, a bad value or an unknown context name are usage
 //! errors (exit 2) that name the file, the line and the key.
@@ -51,6 +52,8 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_timeout")]
     pub timeout: Option<Duration>,
     pub master_key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_replicas")]
+    pub stream_replicas: Option<usize>,
 }
 
 /// The whole file. serde's `flatten` cannot be combined with `deny_unknown_fields`, so the
@@ -72,6 +75,8 @@ struct File {
     #[serde(default, deserialize_with = "de_timeout")]
     timeout: Option<Duration>,
     master_key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_replicas")]
+    stream_replicas: Option<usize>,
 }
 
 fn de_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -79,6 +84,13 @@ fn de_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>
     crate::cli::parse_duration(&s)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("timeout: {e}")))
+}
+
+fn de_replicas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let n = u64::deserialize(d)?;
+    crate::cli::parse_replicas(&n.to_string())
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("stream_replicas: {e}")))
 }
 
 /// A context file problem: printed as `error: <message>`, exit 2.
@@ -100,6 +112,7 @@ impl Settings {
             tls_key: self.tls_key.or(base.tls_key),
             timeout: self.timeout.or(base.timeout),
             master_key_file: self.master_key_file.or(base.master_key_file),
+            stream_replicas: self.stream_replicas.or(base.stream_replicas),
         }
     }
 
@@ -171,6 +184,7 @@ pub fn parse(
         tls_key: file.tls_key,
         timeout: file.timeout,
         master_key_file: file.master_key_file,
+        stream_replicas: file.stream_replicas,
     };
     let (name, from) = match (selected, file.current.as_deref()) {
         (Some(n), _) => (Some(n), "--context/NARUN_CONTEXT"),
@@ -256,6 +270,7 @@ pub fn overlay(cli: &mut Cli, ctx: Settings, given: impl Fn(&str) -> bool) {
         tls_cert,
         tls_key,
         timeout,
+        stream_replicas,
     } = &mut cli.conn;
     fn set<T>(given: bool, slot: &mut T, v: Option<T>) {
         if !given && let Some(v) = v {
@@ -276,6 +291,11 @@ pub fn overlay(cli: &mut Cli, ctx: Settings, given: impl Fn(&str) -> bool) {
     set_opt(given("tls_cert"), tls_cert, ctx.tls_cert);
     set_opt(given("tls_key"), tls_key, ctx.tls_key);
     set(given("timeout"), timeout, ctx.timeout);
+    set_opt(
+        given("stream_replicas"),
+        stream_replicas,
+        ctx.stream_replicas,
+    );
     // Any master key from a flag or the environment (file or base64) beats the file.
     if let Command::Secret(SecretCmd::Set(args)) = &mut cli.cmd
         && args.key.master_key_file.is_none()

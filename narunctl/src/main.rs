@@ -77,5 +77,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Completions(args) => cmd::completions::run(args),
         Command::Man(args) => cmd::man::run(args),
         Command::Keys(c) => cmd::keys::run(c),
+        Command::Admin(c) => cmd::admin::run(&conn, c).await,
     }
 }

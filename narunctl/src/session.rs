@@ -24,6 +24,8 @@ pub struct Session {
     pub js: jetstream::Context,
     /// `--timeout`: how long each answer may take.
     pub timeout: Duration,
+    /// `--stream-replicas`: replicas of a bucket created here (`None`: the cluster's default).
+    pub replicas: Option<usize>,
 }
 
 impl Session {
@@ -44,19 +46,25 @@ impl Session {
             tls_cert: conn.tls_cert.clone(),
             tls_key: conn.tls_key.clone(),
             inbox_prefix: None,
+            stream_replicas: conn.stream_replicas,
         };
         let name = format!("narunctl-{what}-{}", std::process::id() % 10_000);
+        // One parser for every server list (`narun_wire::connect::parse_server_list`): the
+        // error names the entry that is wrong.
+        let addrs = settings
+            .server_addrs()
+            .map_err(|e| anyhow!("{e} (from --nats, NATS_URL or the context's `nats`)"))?;
         let opts = settings.options(&name).await?;
+        let shown = settings.url_without_userinfo();
         let client = opts
-            .connect(conn.nats.as_str())
+            .connect(addrs)
             .await
-            .map_err(|e| anyhow!("cannot reach NATS at {}: {e}", conn.nats))?;
+            .map_err(|e| anyhow!("cannot reach NATS at {shown}: {e}"))?;
         match tokio::time::timeout(conn.timeout, client.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("cannot reach NATS at {}: {e}", conn.nats),
+            Ok(Err(e)) => bail!("cannot reach NATS at {shown}: {e}"),
             Err(_) => bail!(
-                "cannot reach NATS at {} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
-                conn.nats,
+                "cannot reach NATS at {shown} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
                 conn.timeout
             ),
         }
@@ -66,6 +74,7 @@ impl Session {
             client,
             js,
             timeout: conn.timeout,
+            replicas: conn.stream_replicas,
         })
     }
 
@@ -84,10 +93,13 @@ impl Session {
             .await
     }
 
-    /// Open the KV bucket, creating it if it does not exist.
+    /// Open the KV bucket, creating it if it does not exist (with `--stream-replicas`).
     pub async fn ensure_kv(&self, bucket: &KvBucket) -> Result<kv::Store> {
-        self.bounded(&opening_kv(bucket), bucket.ensure(&self.js))
-            .await
+        self.bounded(
+            &opening_kv(bucket),
+            bucket.ensure_replicas(&self.js, self.replicas),
+        )
+        .await
     }
 
     /// Open the object store; `None` if it does not exist.
@@ -99,13 +111,16 @@ impl Session {
             .await
     }
 
-    /// Open the object store, creating it if it does not exist.
+    /// Open the object store, creating it if it does not exist (with `--stream-replicas`).
     pub async fn ensure_object_store(
         &self,
         bucket: &ObjectBucket,
     ) -> Result<object_store::ObjectStore> {
-        self.bounded(&opening_object_store(bucket), bucket.ensure(&self.js))
-            .await
+        self.bounded(
+            &opening_object_store(bucket),
+            bucket.ensure_replicas(&self.js, self.replicas),
+        )
+        .await
     }
 
     /// Every `(key, value)` of a bucket whose value is present.

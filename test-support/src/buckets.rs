@@ -2,7 +2,6 @@
 
 use async_nats::jetstream::{self, kv, object_store::ObjectInfo, object_store::ObjectStore};
 use narun_wire::names;
-use std::time::Duration;
 
 use crate::NatsServer;
 
@@ -16,41 +15,18 @@ pub struct Buckets {
 /// Open the buckets narund works with on `server`, creating them the way narund does
 /// (same settings and descriptions) when they do not exist yet.
 pub async fn buckets(server: &NatsServer) -> Buckets {
-    let js = jetstream::new(server.connect().await);
-    let configs = narun_wire::jetstream::ensure_kv(
-        &js,
-        names::APP_CONFIGS_BUCKET,
-        "Stores application service specifications for node runners.",
-        1,
-        None,
-    )
-    .await
-    .unwrap();
-    let binaries = binaries(&js).await;
-    let states = narun_wire::jetstream::ensure_kv(
-        &js,
-        names::NODE_STATES_BUCKET,
-        "narun node heartbeats",
-        1,
-        Some(Duration::from_secs(names::NODE_STATE_TTL_SECS)),
-    )
-    .await
-    .unwrap();
-    Buckets {
-        configs,
-        binaries,
-        states,
-    }
+    buckets_on(&jetstream::new(server.connect().await)).await
 }
 
-async fn binaries(js: &jetstream::Context) -> ObjectStore {
-    narun_wire::jetstream::ensure_object_store(
-        js,
-        names::APP_BINARIES_BUCKET,
-        "Stores application binaries.",
-    )
-    .await
-    .unwrap()
+/// [`buckets`] through `js` (e.g. a client of a [`crate::NatsCluster`]: the buckets get
+/// the replicas narund would give them there).
+pub async fn buckets_on(js: &jetstream::Context) -> Buckets {
+    use narun_wire::jetstream::{APP_BINARIES, APP_CONFIGS, NODE_STATES};
+    Buckets {
+        configs: APP_CONFIGS.ensure(js).await.unwrap(),
+        binaries: APP_BINARIES.ensure(js).await.unwrap(),
+        states: NODE_STATES.ensure(js).await.unwrap(),
+    }
 }
 
 impl Buckets {
@@ -96,5 +72,14 @@ pub async fn upload_script(
     script: impl AsRef<[u8]>,
 ) -> ObjectInfo {
     let js = jetstream::new(server.connect().await);
-    upload_app(&binaries(&js).await, app, tag, script).await
+    upload_app(
+        &narun_wire::jetstream::APP_BINARIES
+            .ensure(&js)
+            .await
+            .unwrap(),
+        app,
+        tag,
+        script,
+    )
+    .await
 }

@@ -42,7 +42,7 @@ mod narunctl;
 mod narund;
 mod waits;
 
-pub use buckets::{Buckets, buckets, upload_app, upload_script};
+pub use buckets::{Buckets, buckets, buckets_on, upload_app, upload_script};
 pub use cgroup::{cgroup2_mount, kill_and_remove_cgroups};
 pub use cluster::NatsCluster;
 pub use narunctl::{

@@ -64,6 +64,13 @@ impl NarundBuilder {
         self
     }
 
+    /// Connect to `url` instead of the server given to [`Narund::builder`] (e.g. a
+    /// [`crate::NatsCluster::urls`] list, first member first).
+    pub fn nats_url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
     /// Set an environment variable of narund (`NARUND_LOG` is `warn` unless set here).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));

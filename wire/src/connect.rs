@@ -15,6 +15,22 @@
 //!
 //! A `.creds` file is read again at every (re)connect, so a file rewritten with a renewed
 //! JWT (narund renews the JWTs it mints for apps) is used from the next reconnect on.
+//!
+//! ## Server lists and failover
+//!
+//! `url` may name several servers of one cluster, comma separated
+//! (`nats://a:4222,nats://b:4222`); [`NatsSettings::server_addrs`] is the one parser
+//! (every process of narun goes through it) and names the entry that is wrong. The
+//! servers are tried **in the order given** (the first one is preferred; give devices
+//! different orders to spread them), the ones the server announces in its INFO
+//! (`connect_urls`) are added after them. A lost connection is re-established on the
+//! next server at once (the first attempt has no delay, then 25 ms, 50 ms, … capped at
+//! 1 s per attempt), a PING every 10 s finds a silent server dead after two missed PONGs.
+//!
+//! async-nats keeps a request pending across a reconnect until its own timeout, though
+//! its message or its reply was lost with the old connection. [`ConnectionEvents`]
+//! (from [`NatsSettings::connect_with_events`]) says when the connection was lost, so a
+//! caller can fail or retry such a request at once ([`ConnectionEvents::unless_lost`]).
 
 use crate::names::env;
 use serde::{Deserialize, Serialize};
@@ -40,6 +56,11 @@ pub struct NatsSettings {
     /// environment: narund's own `[nats]` table has no such key.
     #[serde(skip)]
     pub inbox_prefix: Option<String>,
+    /// Replicas of the JetStream streams narun creates (`app-configs`, `app-binaries`, …):
+    /// 1 to 5; `None` = 3 when the cluster announces ≥ 3 servers, else 1
+    /// ([`crate::jetstream::default_replicas`]). Never from or to the environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_replicas: Option<usize>,
 }
 
 impl Default for NatsSettings {
@@ -54,6 +75,7 @@ impl Default for NatsSettings {
             tls_cert: None,
             tls_key: None,
             inbox_prefix: None,
+            stream_replicas: None,
         }
     }
 }
@@ -148,8 +170,14 @@ impl NatsSettings {
                 "tls_cert and tls_key must be set together".into(),
             ));
         }
-        if self.url.trim().is_empty() {
-            return Err(ConnectError::Settings("url is empty".into()));
+        parse_server_list(&self.url).map_err(|e| ConnectError::Settings(format!("url: {e}")))?;
+        if let Some(r) = self.stream_replicas
+            && !(1..=crate::jetstream::MAX_REPLICAS).contains(&r)
+        {
+            return Err(ConnectError::Settings(format!(
+                "stream_replicas = {r}: JetStream keeps 1 to {} replicas of a stream",
+                crate::jetstream::MAX_REPLICAS
+            )));
         }
         if let Some(p) = &self.inbox_prefix
             && (p.is_empty()
@@ -165,8 +193,8 @@ impl NatsSettings {
     }
 
     /// Build async-nats connect options with our defaults: reconnect forever,
-    /// retry the initial connect (so a process starts while NATS is down), and
-    /// the authentication and TLS set here.
+    /// retry the initial connect (so a process starts while NATS is down), the servers
+    /// in the order given, and the authentication and TLS set here.
     pub async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConnectError> {
         self.validate()?;
         let mut o = if let Some(creds) = &self.creds {
@@ -224,46 +252,38 @@ impl NatsSettings {
         Ok(o.name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
+            .retain_servers_order()
             .connection_timeout(Duration::from_secs(5))
-            .ping_interval(Duration::from_secs(20))
-            .reconnect_delay_callback(|attempt| {
-                // 50 ms, 100 ms, 200 ms … capped at 1 s (Go narun: a fixed 2 s), so a
-                // server that comes back is in use within a second.
-                Duration::from_millis((50u64 << attempt.min(5)).min(1_000))
-            }))
+            .ping_interval(PING_INTERVAL)
+            .reconnect_delay_callback(reconnect_delay))
     }
 
     /// Connect (returns at once; the client connects in the background and
     /// keeps reconnecting).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
+        Ok(self.connect_with_events(name).await?.0)
+    }
+
+    /// [`connect`](Self::connect), with the client's [`ConnectionEvents`].
+    pub async fn connect_with_events(
+        &self,
+        name: &str,
+    ) -> Result<(async_nats::Client, ConnectionEvents), ConnectError> {
         let addrs = self.server_addrs()?;
-        let opts = self.options(name).await?;
-        let urls = self.url.clone();
-        opts.connect(addrs)
+        let (events, opts) = ConnectionEvents::install(self.options(name).await?);
+        let urls = self.url_without_userinfo();
+        let client = opts
+            .connect(addrs)
             .await
-            .map_err(|source| ConnectError::Connect { url: urls, source })
+            .map_err(|source| ConnectError::Connect { url: urls, source })?;
+        Ok((client, events))
     }
 
     /// The servers of [`url`](Self::url): comma separated, each `nats://`, `tls://`, `ws://`
     /// or `wss://` (`host:port` alone means `nats://`). The error names the one that is not
     /// a NATS URL.
     pub fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
-        self.url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(|u| {
-                u.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| ConnectError::Settings(format!("url {u:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|addrs| {
-                if addrs.is_empty() {
-                    Err(ConnectError::Settings("url is empty".into()))
-                } else {
-                    Ok(addrs)
-                }
-            })
+        parse_server_list(&self.url).map_err(ConnectError::Settings)
     }
 
     /// [`url`](Self::url) without the `user:password@` of any server, for places the
@@ -271,20 +291,179 @@ impl NatsSettings {
     pub fn url_without_userinfo(&self) -> String {
         self.url
             .split(',')
-            .map(|u| {
-                let u = u.trim();
-                let (scheme, rest) = match u.find("://") {
-                    Some(i) => u.split_at(i + 3),
-                    None => ("", u),
-                };
-                let authority_end = rest.find('/').unwrap_or(rest.len());
-                match rest[..authority_end].rfind('@') {
-                    Some(at) => format!("{scheme}{}", &rest[at + 1..]),
-                    None => u.to_owned(),
-                }
-            })
+            .map(|u| strip_userinfo(u.trim()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// How often the client PINGs the server: a server that answers no PING for two
+/// intervals counts as dead (async-nats' rule), so a silent server (a frozen host, a cut
+/// cable without RST) is left after ~20 s. A killed server is noticed at once (the
+/// socket closes).
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Delay before reconnect attempt `attempt` (1, 2, …; counted across servers since the
+/// last successful connect): none for the first, so a killed server's clients are on the
+/// next server within milliseconds; then 25 ms, 50 ms, … capped at 1 s, so a server that
+/// comes back is in use within a second and a dead cluster is not hammered.
+pub fn reconnect_delay(attempt: usize) -> Duration {
+    match attempt {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis((25u64 << (n - 2).min(6)).min(1_000)),
+    }
+}
+
+/// Parse a server list: comma separated, each `nats://`, `tls://`, `ws://` or `wss://`
+/// (`host:port` alone means `nats://`), blanks around entries ignored. The error names
+/// the entry (by position and text, without its `user:password@`) that is not a NATS URL.
+pub fn parse_server_list(list: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+    if entries.iter().all(|e| e.is_empty()) {
+        return Err(
+            "no server given (one or more, comma separated, e.g. nats://a:4222,nats://b:4222)"
+                .into(),
+        );
+    }
+    let many = entries.len() > 1;
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let shown = strip_userinfo(entry);
+        let which = if many {
+            format!("server {} of {} ({shown:?})", i + 1, entries.len())
+        } else {
+            format!("{shown:?}")
+        };
+        if entry.is_empty() {
+            return Err(format!("{which} is empty (a stray comma?)"));
+        }
+        if entry.contains(char::is_whitespace) {
+            return Err(format!("{which} contains a space"));
+        }
+        let addr = entry
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|e| format!("{which} is not a NATS server URL: {e}"))?;
+        if addr.host().is_empty() {
+            return Err(format!("{which} has no host"));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// `entry` without a `user:password@` in its authority.
+fn strip_userinfo(u: &str) -> String {
+    let (scheme, rest) = match u.find("://") {
+        Some(i) => u.split_at(i + 3),
+        None => ("", u),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}{}", &rest[at + 1..]),
+        None => u.to_owned(),
+    }
+}
+
+/// The state of one client's connection, as [`ConnectionEvents`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Link {
+    /// Connected now.
+    pub connected: bool,
+    /// Connections lost so far (each `Disconnected` event).
+    pub losses: u64,
+}
+
+/// What happened to one client's connection, from its event callback: watch it to learn
+/// at once that the connection was lost (async-nats itself keeps requests pending across
+/// a reconnect until their timeout). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConnectionEvents {
+    rx: tokio::sync::watch::Receiver<Link>,
+}
+
+/// The connection was lost while waiting (the operation may or may not have reached the
+/// server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connection to NATS was lost while waiting for the answer")]
+pub struct ConnectionLost;
+
+impl ConnectionEvents {
+    /// Events of the client `opts` will connect: returns the options with an event
+    /// callback that feeds them (and logs each event).
+    pub fn install(
+        opts: async_nats::ConnectOptions,
+    ) -> (ConnectionEvents, async_nats::ConnectOptions) {
+        let (tx, rx) = tokio::sync::watch::channel(Link::default());
+        let tx = std::sync::Arc::new(tx);
+        let opts = opts.event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        tx.send_modify(|l| l.connected = true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting");
+                        tx.send_modify(|l| {
+                            l.connected = false;
+                            l.losses += 1;
+                        });
+                    }
+                    other => tracing::info!(event = %other, "NATS"),
+                }
+            }
+        });
+        (ConnectionEvents { rx }, opts)
+    }
+
+    /// The state now.
+    pub fn link(&self) -> Link {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once the client is connected (at once if it is).
+    pub async fn connected(&self) {
+        let mut rx = self.rx.clone();
+        if rx.wait_for(|l| l.connected).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves once more than `losses` connections have been lost (at once if that is
+    /// already so); never, if the client is gone.
+    pub async fn lost_after(&self, losses: u64) {
+        let mut rx = self.rx.clone();
+        if rx.wait_for(|l| l.losses > losses).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves once connected after more than `losses` losses.
+    pub async fn reconnected_after(&self, losses: u64) {
+        let mut rx = self.rx.clone();
+        if rx
+            .wait_for(|l| l.losses > losses && l.connected)
+            .await
+            .is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Await `fut`, or fail with [`ConnectionLost`] as soon as the connection is lost
+    /// while it runs (a lost request, whose answer would otherwise be awaited until its
+    /// timeout).
+    pub async fn unless_lost<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> Result<F::Output, ConnectionLost> {
+        let before = self.link().losses;
+        tokio::select! {
+            biased;
+            out = fut => Ok(out),
+            _ = self.lost_after(before) => Err(ConnectionLost),
+        }
     }
 }
 
@@ -386,6 +565,98 @@ mod tests {
             };
             assert!(s.server_addrs().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bad_server_is_named_without_its_password() {
+        let err = |list: &str| parse_server_list(list).unwrap_err();
+        let e = err("nats://a:4222,nats://u:hunter2@b:x,nats://c:4222");
+        assert!(e.starts_with("server 2 of 3 (\"nats://b:x\")"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(err("nats://a:1,,nats://b:2").contains("server 2 of 3 (\"\") is empty"));
+        assert!(err("nats://a:1,nats://b 2").contains("contains a space"));
+        assert!(err("").contains("no server given"));
+        assert!(err("http://a:1").starts_with("\"http://a:1\" is not a NATS server URL"));
+        // validate() says which key.
+        let s = NatsSettings {
+            url: "nats://a:1,bad:port".into(),
+            ..Default::default()
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("url: server 2 of 2 (\"bad:port\")"), "{e}");
+        let ok = parse_server_list(" nats://a:1 , tls://b:2 ,c:3").unwrap();
+        assert_eq!(ok.len(), 3);
+        assert!(ok[1].tls_required());
+    }
+
+    #[test]
+    fn stream_replicas_are_1_to_5() {
+        for (r, ok) in [(0, false), (1, true), (3, true), (5, true), (6, false)] {
+            let s = NatsSettings {
+                stream_replicas: Some(r),
+                ..Default::default()
+            };
+            assert_eq!(s.validate().is_ok(), ok, "{r}");
+            if !ok {
+                assert!(
+                    s.validate()
+                        .unwrap_err()
+                        .to_string()
+                        .contains("stream_replicas")
+                );
+            }
+        }
+        // Never an app's business: not in the environment.
+        let s = NatsSettings {
+            stream_replicas: Some(3),
+            ..Default::default()
+        };
+        assert!(!s.to_env().iter().any(|(_, v)| v == "3"));
+    }
+
+    #[test]
+    fn reconnects_start_at_once_and_back_off_to_a_second() {
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), ms(25));
+        assert_eq!(reconnect_delay(3), ms(50));
+        assert_eq!(reconnect_delay(7), ms(800));
+        assert_eq!(reconnect_delay(8), ms(1000));
+        assert_eq!(reconnect_delay(usize::MAX), ms(1000));
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_ends_the_wait_at_once() {
+        let (tx, rx) = tokio::sync::watch::channel(Link {
+            connected: true,
+            losses: 0,
+        });
+        let events = ConnectionEvents { rx };
+        // Finishes normally while connected.
+        assert_eq!(events.unless_lost(async { 7 }).await, Ok(7));
+        // A wait that would take an hour ends when the connection is lost.
+        let short = Duration::from_millis(20);
+        let mut waiting =
+            Box::pin(events.unless_lost(tokio::time::sleep(Duration::from_secs(3600))));
+        assert!(tokio::time::timeout(short, &mut waiting).await.is_err());
+        tx.send_modify(|l| {
+            l.connected = false;
+            l.losses += 1;
+        });
+        let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("ended at once");
+        assert_eq!(r, Err(ConnectionLost));
+        // reconnected_after waits for the connection after that loss.
+        let mut back = Box::pin(events.reconnected_after(0));
+        assert!(tokio::time::timeout(short, &mut back).await.is_err());
+        tx.send_modify(|l| l.connected = true);
+        tokio::time::timeout(Duration::from_secs(5), back)
+            .await
+            .expect("reconnected");
+        // A loss counted before the wait began does not end it.
+        assert_eq!(events.unless_lost(async { 1 }).await, Ok(1));
     }
 
     #[test]

@@ -7,12 +7,21 @@
 //! the stream `create_key_value` would make) and then opens it with
 //! `get_key_value`, which only needs the stream info.
 //!
+//!
+//! ## Replicas
+//!
+//! Every stream narun creates (the KV buckets, the object stores, the log stream) gets
+//! the same number of replicas: the configured `stream_replicas`, else
+//! [`default_replicas`]: 3 when the server's INFO announces 3 or more servers in its
+//! cluster (`connect_urls`), else 1. A bucket that exists is used as it is; `narunctl
+//! admin replicas N` changes the replicas of existing ones in place ([`set_replicas`]).
+//!
 //! ```no_run
 //! # async fn demo(client: async_nats::Client) -> Result<(), narun_wire::jetstream::JetStreamError> {
 //! use std::time::Duration;
 //! let js = async_nats::jetstream::new(client);
 //! let states = narun_wire::jetstream::ensure_kv(
-//!     &js, "node-runner-states", "narun node heartbeats", 1, Some(Duration::from_secs(45)),
+//!     &js, "node-runner-states", "narun node heartbeats", 1, Some(Duration::from_secs(45)), 1,
 //! ).await?;
 //! states.put("node-1", "{}".into()).await.ok();
 //! # Ok(()) }
@@ -77,10 +86,64 @@ pub const FILES: ObjectBucket = ObjectBucket {
     description: names::FILES_DESCRIPTION,
 };
 
+/// The most replicas JetStream keeps of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
+/// Replicas for new streams when none are configured: 3 when the server `client` is
+/// connected to announces 3 or more servers in its cluster (INFO `connect_urls`, which
+/// lists every member's client URL, its own included), else 1. A server configured with
+/// `no_advertise` announces none: set the replicas explicitly there.
+pub fn default_replicas(client: &async_nats::Client) -> usize {
+    replicas_for_servers(announced_servers(&client.server_info()))
+}
+
+/// Distinct servers an INFO announces (at least 1: the one that sent it).
+pub fn announced_servers(info: &async_nats::ServerInfo) -> usize {
+    let mut urls: Vec<&str> = info.connect_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    urls.dedup();
+    urls.len().max(1)
+}
+
+/// The default replicas for a cluster of `servers`.
+pub fn replicas_for_servers(servers: usize) -> usize {
+    if servers >= 3 { 3 } else { 1 }
+}
+
+/// `configured`, else [`default_replicas`] of the client behind `js`.
+pub fn replicas_or_default(js: &jetstream::Context, configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| default_replicas(&js.client()))
+}
+
 impl KvBucket {
-    /// Open the bucket, creating it when it does not exist ([`ensure_kv`]).
+    /// Open the bucket, creating it when it does not exist ([`ensure_kv`]) with
+    /// [`default_replicas`].
     pub async fn ensure(&self, js: &jetstream::Context) -> Result<kv::Store, JetStreamError> {
-        ensure_kv(js, self.name, self.description, self.history, self.max_age).await
+        self.ensure_replicas(js, None).await
+    }
+
+    /// Open the bucket, creating it when it does not exist with `replicas` (`None`:
+    /// [`default_replicas`]).
+    pub async fn ensure_replicas(
+        &self,
+        js: &jetstream::Context,
+        replicas: Option<usize>,
+    ) -> Result<kv::Store, JetStreamError> {
+        let replicas = replicas_or_default(js, replicas);
+        ensure_kv(
+            js,
+            self.name,
+            self.description,
+            self.history,
+            self.max_age,
+            replicas,
+        )
+        .await
+    }
+
+    /// The name of the bucket's backing stream.
+    pub fn stream_name(&self) -> String {
+        format!("KV_{}", self.name)
     }
 
     /// Open the bucket; `Ok(None)` when it does not exist.
@@ -95,7 +158,23 @@ impl ObjectBucket {
         &self,
         js: &jetstream::Context,
     ) -> Result<object_store::ObjectStore, JetStreamError> {
-        ensure_object_store(js, self.name, self.description).await
+        self.ensure_replicas(js, None).await
+    }
+
+    /// Open the object store, creating it when it does not exist with `replicas`
+    /// (`None`: [`default_replicas`]).
+    pub async fn ensure_replicas(
+        &self,
+        js: &jetstream::Context,
+        replicas: Option<usize>,
+    ) -> Result<object_store::ObjectStore, JetStreamError> {
+        let replicas = replicas_or_default(js, replicas);
+        ensure_object_store(js, self.name, self.description, replicas).await
+    }
+
+    /// The name of the store's backing stream.
+    pub fn stream_name(&self) -> String {
+        format!("OBJ_{}", self.name)
     }
 
     /// Open the object store; `Ok(None)` when it does not exist.
@@ -177,14 +256,16 @@ pub async fn open_object_store(
 /// Open the KV bucket `bucket`, creating it when it does not exist.
 ///
 /// `history` is the number of values kept per key (1 = latest only), `max_age`
-/// the TTL of every value (`None` = keep for ever). An existing bucket is used
-/// as it is (its settings are not changed).
+/// the TTL of every value (`None` = keep for ever), `replicas` the copies JetStream
+/// keeps (1 to [`MAX_REPLICAS`], at most the servers of the cluster). An existing bucket
+/// is used as it is (its settings are not changed).
 pub async fn ensure_kv(
     js: &jetstream::Context,
     bucket: &str,
     description: &str,
     history: i64,
     max_age: Option<Duration>,
+    replicas: usize,
 ) -> Result<kv::Store, JetStreamError> {
     if let Some(store) = open_kv(js, bucket).await? {
         return Ok(store);
@@ -200,7 +281,7 @@ pub async fn ensure_kv(
             deny_delete: true,
             allow_direct: true,
             discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas.clamp(1, MAX_REPLICAS),
             ..Default::default()
         })
         .await;
@@ -233,6 +314,7 @@ pub async fn ensure_object_store(
     js: &jetstream::Context,
     bucket: &str,
     description: &str,
+    replicas: usize,
 ) -> Result<object_store::ObjectStore, JetStreamError> {
     if let Some(store) = open_object_store(js, bucket).await? {
         return Ok(store);
@@ -240,6 +322,7 @@ pub async fn ensure_object_store(
     js.create_object_store(object_store::Config {
         bucket: bucket.to_string(),
         description: Some(description.to_string()),
+        num_replicas: replicas.clamp(1, MAX_REPLICAS),
         ..Default::default()
     })
     .await
@@ -248,4 +331,88 @@ pub async fn ensure_object_store(
         bucket: bucket.into(),
         message: e.to_string(),
     })
+}
+
+/// Every stream of the contract, by name: the KV buckets' `KV_<bucket>`, the object
+/// stores' `OBJ_<bucket>` and the log stream (what `narunctl admin replicas` changes).
+pub fn contract_streams() -> Vec<String> {
+    let mut v: Vec<String> = [APP_CONFIGS, NODE_STATES, SECRETS]
+        .iter()
+        .map(KvBucket::stream_name)
+        .collect();
+    v.extend([APP_BINARIES, FILES].iter().map(ObjectBucket::stream_name));
+    v.push(names::LOG_STREAM.to_string());
+    v
+}
+
+/// One stream's replicas before and after [`set_replicas`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaChange {
+    pub stream: String,
+    pub from: usize,
+    pub to: usize,
+}
+
+/// Change the replicas of the existing stream `stream` to `replicas` in place (a stream
+/// update: JetStream adds or removes peers and copies the data; the stream stays usable).
+/// `Ok(None)` when the stream does not exist; with `dry_run` nothing changes and the
+/// change that would be made is returned.
+pub async fn set_replicas(
+    js: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+    dry_run: bool,
+) -> Result<Option<ReplicaChange>, JetStreamError> {
+    let err = |message: String| JetStreamError::Create {
+        what: "stream",
+        bucket: stream.into(),
+        message,
+    };
+    let mut handle = match js.get_stream(stream).await {
+        Ok(s) => s,
+        Err(e) if is_stream_not_found(&e) => return Ok(None),
+        Err(e) => {
+            return Err(JetStreamError::Open {
+                what: "stream",
+                bucket: stream.into(),
+                message: e.to_string(),
+            });
+        }
+    };
+    let info = handle.info().await.map_err(|e| err(e.to_string()))?;
+    let mut config = info.config.clone();
+    let change = ReplicaChange {
+        stream: stream.into(),
+        from: config.num_replicas,
+        to: replicas,
+    };
+    if dry_run || config.num_replicas == replicas {
+        return Ok(Some(change));
+    }
+    config.num_replicas = replicas;
+    js.update_stream(config)
+        .await
+        .map_err(|e| err(format!("changing replicas to {replicas}: {e}")))?;
+    Ok(Some(change))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_or_more_servers_get_three_replicas() {
+        let info = |urls: &[&str]| async_nats::ServerInfo {
+            connect_urls: urls.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(announced_servers(&info(&[])), 1);
+        assert_eq!(announced_servers(&info(&["a:1", "a:1", "b:1"])), 2);
+        for (n, want) in [(1, 1), (2, 1), (3, 3), (4, 3), (7, 3)] {
+            assert_eq!(replicas_for_servers(n), want, "{n} servers");
+        }
+        let urls: Vec<String> = (0..5).map(|i| format!("h{i}:4222")).collect();
+        let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+        assert_eq!(replicas_for_servers(announced_servers(&info(&refs))), 3);
+    }
 }

@@ -89,7 +89,18 @@ pub fn config(limits: &Limits) -> stream::Config {
 
 /// Create the stream, or update its limits when it exists with other ones.
 pub async fn ensure(js: &jetstream::Context, limits: &Limits) -> Result<(), LogStreamError> {
-    let wanted = config(limits);
+    ensure_replicas(js, limits, None).await
+}
+
+/// [`ensure`]; a new stream gets `replicas` (`None`: the cluster's default,
+/// `narun_wire::jetstream::default_replicas`), an existing one keeps its own (`narunctl
+/// admin replicas` changes them).
+pub async fn ensure_replicas(
+    js: &jetstream::Context,
+    limits: &Limits,
+    replicas: Option<usize>,
+) -> Result<(), LogStreamError> {
+    let mut wanted = config(limits);
     match tokio::time::timeout(REQUEST_TIMEOUT, js.get_stream(STREAM))
         .await
         .map_err(|_| LogStreamError::Timeout)?
@@ -107,6 +118,7 @@ pub async fn ensure(js: &jetstream::Context, limits: &Limits) -> Result<(), LogS
             {
                 return Ok(());
             }
+            wanted.num_replicas = c.num_replicas;
             tokio::time::timeout(REQUEST_TIMEOUT, js.update_stream(wanted))
                 .await
                 .map_err(|_| LogStreamError::Timeout)?
@@ -115,6 +127,7 @@ pub async fn ensure(js: &jetstream::Context, limits: &Limits) -> Result<(), LogS
             Ok(())
         }
         Err(_) => {
+            wanted.num_replicas = narun_wire::jetstream::replicas_or_default(js, replicas);
             tokio::time::timeout(REQUEST_TIMEOUT, js.create_stream(wanted))
                 .await
                 .map_err(|_| LogStreamError::Timeout)?
@@ -130,14 +143,19 @@ pub async fn ensure(js: &jetstream::Context, limits: &Limits) -> Result<(), LogS
 /// [`RECHECK`] (a server whose JetStream storage was wiped gets it back). Ends when
 /// `stop` becomes true. Failures are logged, never fatal: apps and live logs do not
 /// depend on the stream.
-pub async fn run(client: async_nats::Client, limits: Limits, stop: CancellationToken) {
+pub async fn run(
+    client: async_nats::Client,
+    limits: Limits,
+    replicas: Option<usize>,
+    stop: CancellationToken,
+) {
     let js = jetstream::new(client.clone());
     let mut delay = Duration::from_secs(1);
     loop {
         let next = if client.connection_state() != async_nats::connection::State::Connected {
             Duration::from_secs(1)
         } else {
-            match ensure(&js, &limits).await {
+            match ensure_replicas(&js, &limits, replicas).await {
                 Ok(()) => {
                     delay = Duration::from_secs(1);
                     RECHECK

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Interval between heartbeats (Go: TTL / 3).
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
-/// First retry of a heartbeat that could not be published before the first success.
+/// First retry of a heartbeat that could not be published.
 pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 /// A state change is published after at most this delay (changes are batched).
 pub const CHANGE_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -57,12 +57,13 @@ pub fn node_state(node: &Node, status: NodeStatus, start_time: &str, connected: 
     }
 }
 
-async fn open(client: &async_nats::Client) -> Option<kv::Store> {
+async fn open(client: &async_nats::Client, replicas: Option<usize>) -> Option<kv::Store> {
     if client.connection_state() != async_nats::connection::State::Connected {
         return None;
     }
     let js = async_nats::jetstream::new(client.clone());
-    match tokio::time::timeout(PUT_TIMEOUT, narun_wire::jetstream::NODE_STATES.ensure(&js)).await {
+    let ensure = narun_wire::jetstream::NODE_STATES.ensure_replicas(&js, replicas);
+    match tokio::time::timeout(PUT_TIMEOUT, ensure).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "node-runner-states not available");
@@ -106,10 +107,13 @@ pub fn status_line(instances: &[narun_wire::events::InstanceState], connected: b
     format!("{apps}; NATS {nats}")
 }
 
-/// Heart-beat until `stop` becomes true. Failures are logged and retried at the next beat.
+/// Heart-beat until `stop` becomes true. A put that fails (or whose connection is lost
+/// before the answer, `events`) is retried after [`HEARTBEAT_RETRY`], doubling up to
+/// [`HEARTBEAT`].
 pub async fn run_heartbeat(
     node: Node,
     client: async_nats::Client,
+    events: narun_wire::connect::ConnectionEvents,
     start_time: String,
     stop: CancellationToken,
 ) {
@@ -119,8 +123,8 @@ pub async fn run_heartbeat(
     let mut tick = tokio::time::interval(crate::liveness::BEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut store: Option<kv::Store> = None;
-    // Until the first put succeeds (narund usually starts before NATS is reachable), retry
-    // sooner than HEARTBEAT: 1 s, doubling up to it.
+    // Until a put succeeds (narund usually starts before NATS is reachable; a connection
+    // may be lost later), retry sooner than HEARTBEAT: 1 s, doubling up to it.
     let mut retry = Some(HEARTBEAT_RETRY);
     loop {
         let mut published = false;
@@ -129,26 +133,35 @@ pub async fn run_heartbeat(
             // node's locks, so a deadlock there shows up as an overrun.
             let _busy = beat.busy("publishing the node state", 3 * PUT_TIMEOUT);
             if store.is_none() {
-                store = open(&client).await;
+                let replicas = node.settings().nats.stream_replicas;
+                store = events
+                    .unless_lost(open(&client, replicas))
+                    .await
+                    .ok()
+                    .flatten();
             }
             if let Some(s) = &store {
                 let connected =
                     client.connection_state() == async_nats::connection::State::Connected;
                 let state = node_state(&node, NodeStatus::Running, &start_time, connected);
-                published = put(s, &state).await;
+                published = events.unless_lost(put(s, &state)).await.unwrap_or(false);
                 if !published {
                     tracing::debug!("heartbeat put failed (NATS down?)");
                 }
             }
         }
         let wait = match retry {
-            Some(r) if !published => {
+            _ if published => {
+                retry = None;
+                HEARTBEAT
+            }
+            Some(r) => {
                 retry = Some((r * 2).min(HEARTBEAT));
                 r
             }
-            _ => {
-                retry = None;
-                HEARTBEAT
+            None => {
+                retry = Some((HEARTBEAT_RETRY * 2).min(HEARTBEAT));
+                HEARTBEAT_RETRY
             }
         };
         let next = tokio::time::sleep(wait);
@@ -171,7 +184,7 @@ pub async fn run_heartbeat(
 
 /// Clean shutdown: `shutting_down`, stop every app in parallel, delete the node key.
 pub async fn shutdown(node: &Node, client: &async_nats::Client, start_time: &str) {
-    let store = open(client).await;
+    let store = open(client, node.settings().nats.stream_replicas).await;
     if let Some(s) = &store {
         put(
             s,

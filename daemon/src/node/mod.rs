@@ -274,6 +274,11 @@ impl Node {
         *self.inner.host.store.lock().unwrap() = store;
     }
 
+    /// Whether the node has the `app-binaries` store.
+    pub fn has_object_store(&self) -> bool {
+        self.inner.host.store.lock().unwrap().is_some()
+    }
+
     /// Read the master key for `valueFromSecret` from `path` from now on.
     pub fn set_master_key_file(&self, path: impl Into<std::path::PathBuf>) {
         self.inner.host.inputs.set_master_key_file(path);

@@ -1,15 +1,20 @@
 //! Following `app-configs`: narund's control loop.
 //!
 //! [`run`] never gives up: while NATS is unreachable it retries (250 ms, doubling to 30 s)
-//! and the apps keep running as they are. Each session opens (or creates) `app-configs`
-//! and `app-binaries`, stops the local apps that no longer have a spec, then watches
-//! `app-configs` with history and hands every entry to [`Node::handle_entry`].
+//! and the apps keep running as they are. The first session opens (or creates)
+//! `app-configs` and `app-binaries`, stops the local apps that no longer have a spec, then
+//! watches `app-configs` with history and hands every entry to [`Node::handle_entry`]; a
+//! later session reuses the opened buckets and only starts a new watch.
 //!
 //! narund does not trust the watch to mend itself (async-nats re-creates its consumer
-//! lazily, ~10 s after a reconnect): a session ends, and the next starts at once from
-//! the revision after the last one seen (no replay of what was applied), when
+//! lazily, ~10 s after a reconnect, and a request in flight on a dead connection waits
+//! for its timeout): a session ends, and the next starts as soon as the client is
+//! connected again (to the same server or another one of the list), from the revision
+//! after the last one seen (no replay of what was applied), when
 //!
-//! * **the connection came back**: checked every [`STATE_CHECK`]; or
+//! * **the connection was lost**: the client's
+//!   [`ConnectionEvents`](narun_wire::connect::ConnectionEvents) say so at once, also in
+//!   the middle of opening the buckets or starting the watch; or
 //! * **the watch stalled**: every [`STALL_CHECK`] the bucket's last revision is compared
 //!   with the last one the watch delivered; behind twice in a row with no progress between,
 //!   the watch is dead. Once per last revision: a renewed watch that delivers nothing
@@ -21,6 +26,7 @@
 use super::Node;
 use crate::liveness::{BEAT_EVERY, Beat};
 use futures_util::StreamExt;
+use narun_wire::connect::ConnectionEvents;
 use narun_wire::jetstream;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -32,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(
     node: Node,
     client: async_nats::Client,
+    events: ConnectionEvents,
     ready: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
@@ -43,14 +50,43 @@ pub async fn run(
     // watch that delivers nothing proves that revision is gone (a compacted or purged
     // bucket keeps its last sequence number), so it is not a stall again.
     let mut stall_floor = 0u64;
+    // `app-configs`, once opened: a handle stays valid across reconnects, so a renewed
+    // session does not ask for the stream again (one request less while a stream leader
+    // may be being elected).
+    let mut opened: Option<async_nats::jetstream::kv::Store> = None;
     loop {
         if stop.is_cancelled() {
             return;
         }
+        // Not connected: wait for the connection (beating: waiting for NATS is normal),
+        // then start at once, without a back-off to sit out.
+        if !events.link().connected {
+            let mut tick = tokio::time::interval(BEAT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = events.connected() => break,
+                    _ = tick.tick() => beat.beat(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+            delay = Duration::from_millis(250);
+        }
+        let losses = events.link().losses;
         let result = tokio::select! {
-            r = session(&node, &client, &ready, &beat, &mut seen, &mut stall_floor) => r,
+            r = events.unless_lost(session(&node, &client, &events, &ready, &beat, &mut seen, &mut stall_floor, &mut opened)) => {
+                r.unwrap_or(Err(SessionEnd::Renew("NATS connection lost")))
+            }
             _ = stop.cancelled() => return,
         };
+        if events.link().losses > losses && !matches!(result, Err(SessionEnd::Renew(_))) {
+            // A session that failed because the connection went away: the next one
+            // starts as soon as it is back.
+            tracing::warn!(
+                from_revision = seen + 1,
+                "NATS connection lost: re-creating the app-configs watch once connected"
+            );
+            continue;
+        }
         match result {
             Ok(()) => delay = Duration::from_millis(250),
             Err(SessionEnd::Renew(why)) => {
@@ -79,8 +115,9 @@ pub async fn run(
 /// is retried.
 const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often the watch loop looks at the connection state (a read of a shared value).
-pub const STATE_CHECK: Duration = Duration::from_millis(200);
+/// Bound of each JetStream request of a session's start (opening the buckets, listing
+/// the keys, creating the watch's consumer).
+pub const JS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the watch loop compares the bucket's last revision with what it delivered
 /// (one JetStream request).
@@ -109,13 +146,16 @@ impl std::fmt::Display for SessionEnd {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     node: &Node,
     client: &async_nats::Client,
+    events: &ConnectionEvents,
     ready: &watch::Sender<bool>,
     beat: &Beat,
     seen: &mut u64,
     stall_floor: &mut u64,
+    opened: &mut Option<async_nats::jetstream::kv::Store>,
 ) -> Result<(), SessionEnd> {
     use async_nats::connection::State;
     if client.connection_state() != State::Connected {
@@ -126,7 +166,8 @@ async fn session(
             "opening app-configs",
             SESSION_SETUP_TIMEOUT + Duration::from_secs(5),
         );
-        tokio::time::timeout(SESSION_SETUP_TIMEOUT, open_session(node, client))
+        let open = open_session(node, client, opened.clone(), *seen == 0);
+        tokio::time::timeout(SESSION_SETUP_TIMEOUT, open)
             .await
             .map_err(|_| {
                 format!(
@@ -135,8 +176,9 @@ async fn session(
                 )
             })??
     };
+    *opened = Some(configs.clone());
     for app in node.app_names() {
-        if !keys.contains(&app) {
+        if keys.as_ref().is_some_and(|k| !k.contains(&app)) {
             tracing::info!(app = %app, "no spec in app-configs any more");
             let _serial = beat.awaiting_apply();
             node.remove_app(&app).await;
@@ -161,15 +203,12 @@ async fn session(
             .map_err(|_| "starting the watch of app-configs timed out".to_string())?
             .map_err(|e| format!("watching app-configs: {e}"))?
     };
-    if keys.is_empty() || *seen > 0 {
+    if keys.as_ref().is_none_or(HashSet::is_empty) || *seen > 0 {
         ready.send_replace(true);
     }
-    let mut state = tokio::time::interval(STATE_CHECK);
-    state.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stall = tokio::time::interval(STALL_CHECK);
     stall.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     stall.reset();
-    let mut was_connected = true;
     // (bucket's last revision, our last revision) at the previous stall check, if behind.
     let mut behind: Option<(u64, u64)> = None;
     // The tick runs only while this loop waits for the next entry: an apply that never
@@ -183,16 +222,8 @@ async fn session(
                 beat.beat();
                 continue;
             }
-            _ = state.tick() => {
-                let connected = client.connection_state() == State::Connected;
-                if connected && !was_connected {
-                    return Err(SessionEnd::Renew("NATS reconnected"));
-                }
-                was_connected = connected;
-                continue;
-            }
             _ = stall.tick() => {
-                if was_connected
+                if events.link().connected
                     && let Some(last) = last_revision(&configs).await
                 {
                     if last > *seen && last > *stall_floor {
@@ -246,21 +277,40 @@ async fn last_revision(configs: &async_nats::jetstream::kv::Store) -> Option<u64
         .map(|i| i.state.last_sequence)
 }
 
-/// Buckets, object store and the set of keys in `app-configs`.
+/// `app-configs` (`cached`, else opened or created), the object store (once: a handle
+/// outlives reconnects) and, when `list_keys` (the first session: apps started from the
+/// local state whose spec was deleted meanwhile), the set of keys in `app-configs`. A
+/// renewed session needs no listing: its watch starts after the last revision seen and so
+/// delivers the deletions since.
 async fn open_session(
     node: &Node,
     client: &async_nats::Client,
-) -> Result<(HashSet<String>, async_nats::jetstream::kv::Store), String> {
-    let js = async_nats::jetstream::new(client.clone());
-    let configs = jetstream::APP_CONFIGS
-        .ensure(&js)
-        .await
-        .map_err(|e| e.to_string())?;
-    let store = jetstream::APP_BINARIES
-        .ensure(&js)
-        .await
-        .map_err(|e| e.to_string())?;
-    node.set_object_store(Some(store));
+    cached: Option<async_nats::jetstream::kv::Store>,
+    list_keys: bool,
+) -> Result<(Option<HashSet<String>>, async_nats::jetstream::kv::Store), String> {
+    let mut js = async_nats::jetstream::new(client.clone());
+    // A JetStream request with no answer (a stream whose leader just died, during its
+    // election) is retried by the next session rather than awaited for long.
+    js.set_timeout(JS_REQUEST_TIMEOUT);
+    let replicas = node.settings().nats.stream_replicas;
+    let configs = match cached {
+        Some(c) => c,
+        None => jetstream::APP_CONFIGS
+            .ensure_replicas(&js, replicas)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    if !node.has_object_store() {
+        // The store downloads binaries later: its requests keep the default bound.
+        let store = jetstream::APP_BINARIES
+            .ensure_replicas(&async_nats::jetstream::new(client.clone()), replicas)
+            .await
+            .map_err(|e| e.to_string())?;
+        node.set_object_store(Some(store));
+    }
+    if !list_keys {
+        return Ok((None, configs));
+    }
     let keys: HashSet<String> = {
         let mut keys = configs
             .keys()
@@ -272,5 +322,5 @@ async fn open_session(
         }
         set
     };
-    Ok((keys, configs))
+    Ok((Some(keys), configs))
 }

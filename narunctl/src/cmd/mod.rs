@@ -2,6 +2,7 @@
 //! command line and calls the one asked for; a command connects through
 //! [`crate::session`], prints through [`crate::output`], and imports no other command.
 
+pub mod admin;
 pub mod apps;
 pub mod completions;
 pub mod deploy;
