@@ -203,7 +203,7 @@ fn take_messages(buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Result<(), &'stati
 
 /// How the answer leaves: one Go-style reply, or the narun stream framing.
 struct Replier {
-    client: async_nats::Client,
+    client: std::sync::Arc<async_nats::Client>,
     request: micro::Request,
     reply: Option<async_nats::Subject>,
     stream: bool,
@@ -318,15 +318,20 @@ impl Replier {
 }
 
 /// Answer one NATS request with the gRPC server.
-async fn handle<S, B>(client: async_nats::Client, request: micro::Request, service: S)
-where
+async fn handle<S, B>(
+    client: std::sync::Arc<async_nats::Client>,
+    request: micro::Request,
+    service: S,
+) where
     S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let headers = request.message.headers.clone().unwrap_or_default();
+    // Taken, not cloned: only the reply subject and the stats are needed later.
+    let mut request = request;
+    let headers = request.message.headers.take().unwrap_or_default();
     let method = headers
         .get(GRPC_METHOD_HEADER)
         .map(|v| v.as_str().trim().to_owned())
