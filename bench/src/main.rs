@@ -16,11 +16,13 @@
 //! hand-written gateway and the raw responders; the load generator is this process.
 //!
 //! Paths (`gateway`): narun gateway → narun app (BHTTP), hand-written axum → raw
-//! responder, narun gateway raw route → the same raw responder, the gateway's
+//! responder, narun gateway raw route → the same raw responder,
 //! an unrouted path answered 404 by the gateway itself (the HTTP-only ceiling), raw async-nats request-reply (the NATS limit)
-//! and the narun app called directly over NATS (what the app library costs).
+//! and the narun app called directly over NATS (what the app library costs), and
+//! the hand-written axum server answering itself (its own HTTP-only ceiling).
 //! `grpc`: narun gateway → narun `GrpcServer` app, hand-written tonic forwarder → raw
-//! responder, raw request-reply, and the narun gRPC app called directly (Go form).
+//! responder, raw request-reply, the narun gRPC app called directly (Go form), and
+//! tonic answering `SayHello` itself (the gRPC ceiling: no NATS).
 //!
 //! Each round runs every path at 64 concurrent requests, then every path at 1 in
 //! slices that alternate between the paths (the order reversed every other round);
