@@ -16,11 +16,13 @@
 //! hand-written gateway and the raw responders; the load generator is this process.
 //!
 //! Paths (`gateway`): narun gateway → narun app (BHTTP), hand-written axum → raw
-//! responder, narun gateway raw route → the same raw responder, the gateway's
+//! responder, narun gateway raw route → the same raw responder,
 //! an unrouted path answered 404 by the gateway itself (the HTTP-only ceiling), raw async-nats request-reply (the NATS limit)
-//! and the narun app called directly over NATS (what the app library costs).
+//! and the narun app called directly over NATS (what the app library costs), and
+//! the hand-written axum server answering itself (its own HTTP-only ceiling).
 //! `grpc`: narun gateway → narun `GrpcServer` app, hand-written tonic forwarder → raw
-//! responder, raw request-reply, and the narun gRPC app called directly (Go form).
+//! responder, raw request-reply, the narun gRPC app called directly (Go form), and
+//! tonic answering `SayHello` itself (the gRPC ceiling: no NATS).
 //!
 //! Each round runs every path at 64 concurrent requests, then every path at 1 in
 //! slices that alternate between the paths (the order reversed every other round);
@@ -185,6 +187,10 @@ impl Setup {
             self.narun_grpc_app.pid(),
             self.raw.pid(),
             self.server.pid().unwrap_or(0),
+        );
+        println!(
+            "every process: tokio multi-thread runtime, {} worker threads (one per core); every server process: one NATS connection",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
     }
 }
@@ -604,6 +610,13 @@ async fn http_bench(s: &Setup, c: &Common, size: usize) -> anyhow::Result<()> {
             name: "NATS → narun app (bhttp, no gateway)",
             call: app_direct,
         },
+        Path {
+            name: "hand-written axum answering itself (no NATS)",
+            call: http_post(
+                format!("http://{hand_http}/direct/echo").parse()?,
+                body.clone(),
+            ),
+        },
     ];
     println!(
         "narun-bench gateway: {size} B POST bodies, keep-alive HTTP/1.1, {} s per run, {} rounds, nats-server {}",
@@ -618,6 +631,13 @@ async fn http_bench(s: &Setup, c: &Common, size: usize) -> anyhow::Result<()> {
     print_ratio("narun bhttp / hand-written", &r, 0, 1, c);
     print_ratio("narun raw / hand-written", &r, 2, 1, c);
     print_ratio("hand-written / HTTP-only ceiling", &r, 1, 3, c);
+    print_ratio(
+        "hand-written / its own HTTP-only ceiling (axum answering)",
+        &r,
+        1,
+        6,
+        c,
+    );
     print_app_cost(
         "app library (narun app vs raw responder, through the gateways)",
         &r,
@@ -720,6 +740,10 @@ async fn grpc_bench(s: &Setup, c: &Common) -> anyhow::Result<()> {
             name: "NATS → narun gRPC app (Go form, no gateway)",
             call: app_direct,
         },
+        Path {
+            name: "tonic answering itself (no NATS): ceiling",
+            call: via(channel(s.hand_gw.addr("grpc_direct")?).await?),
+        },
     ];
     println!(
         "\nnarun-bench grpc: unary SayHello, request {} B, reply {} B, one h2c connection per gateway, {} s per run, {} rounds",
@@ -733,6 +757,14 @@ async fn grpc_bench(s: &Setup, c: &Common) -> anyhow::Result<()> {
     print_table(&paths, &r, c);
     println!();
     print_ratio("narun gRPC / hand-written tonic", &r, 0, 1, c);
+    print_ratio(
+        "hand-written tonic / gRPC ceiling (tonic answering)",
+        &r,
+        1,
+        4,
+        c,
+    );
+    print_ratio("narun gRPC / gRPC ceiling (tonic answering)", &r, 0, 4, c);
     print_app_cost(
         "app library (narun gRPC app vs raw responder, through the gateways)",
         &r,

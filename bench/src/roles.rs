@@ -7,7 +7,7 @@
 //! | `narun-gateway` | `narun_gateway::Gateway`, as narund embeds it: HTTP route `/bench/` (bhttp → service `benchapp`), HTTP route `/raw/` (`mode = "raw"` → subject `handecho`), gRPC route `hello.v1.Greeter` → service `grpc-hello` |
 //! | `narun-app` | an axum router echoing the body, served over NATS by `narun::Server` (service `benchapp`), like `examples/hello` |
 //! | `narun-grpc-app` | `examples/grpc-hello` served over NATS by `narun::GrpcServer` (service `grpc-hello`) |
-//! | `hand-gateway` | what a user would write instead of narun: an axum server forwarding `POST /bench/echo` with async-nats `request` to `handecho`, and a tonic `Greeter` forwarding `SayHello` to `handhello` |
+//! | `hand-gateway` | what a user would write instead of narun: an axum server forwarding `POST /bench/echo` with async-nats `request` to `handecho`, and a tonic `Greeter` forwarding `SayHello` to `handhello`; plus the ceilings without NATS: `POST /direct/echo` answered by axum itself, and a second tonic listener (`grpc_direct`) answering `SayHello` itself |
 //! | `raw-responders` | raw async-nats responders: `handecho` echoes the payload, `handhello` decodes a `HelloRequest` and answers the `HelloReply` |
 //!
 //! A role prints one line `READY key=value…` (its listening addresses) on stdout once it
@@ -151,6 +151,11 @@ async fn hand_gateway(settings: &NatsSettings) -> anyhow::Result<String> {
                 },
             ),
         )
+        // The HTTP-only ceiling of this server: the same body echoed without NATS.
+        .route(
+            "/direct/echo",
+            axum::routing::post(|body: Bytes| async move { body }),
+        )
         .with_state(client.clone());
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http_addr = http.local_addr()?;
@@ -168,7 +173,44 @@ async fn hand_gateway(settings: &NatsSettings) -> anyhow::Result<String> {
             .add_service(greeter)
             .serve_with_incoming(incoming),
     );
-    Ok(format!("http={http_addr} grpc={grpc_addr}"))
+    // The gRPC ceiling: tonic answering `SayHello` itself, no NATS.
+    let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse()?)?
+        .with_nodelay(Some(true));
+    let direct_addr = incoming.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(grpc_hello::pb::greeter_server::GreeterServer::new(Direct))
+            .serve_with_incoming(incoming),
+    );
+    Ok(format!(
+        "http={http_addr} grpc={grpc_addr} grpc_direct={direct_addr}"
+    ))
+}
+
+/// A tonic service answering `SayHello` itself, with the raw responder's work
+/// (decode the request, format the greeting): the gRPC ceiling, no NATS.
+struct Direct;
+
+#[tonic::async_trait]
+impl grpc_hello::pb::greeter_server::Greeter for Direct {
+    async fn say_hello(
+        &self,
+        req: tonic::Request<grpc_hello::pb::HelloRequest>,
+    ) -> Result<tonic::Response<grpc_hello::pb::HelloReply>, tonic::Status> {
+        Ok(tonic::Response::new(grpc_hello::pb::HelloReply {
+            message: format!("Hello, {}", req.into_inner().name),
+        }))
+    }
+
+    type SayHellosStream =
+        futures_util::stream::Empty<Result<grpc_hello::pb::HelloReply, tonic::Status>>;
+
+    async fn say_hellos(
+        &self,
+        _req: tonic::Request<grpc_hello::pb::HelloRequest>,
+    ) -> Result<tonic::Response<Self::SayHellosStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not served"))
+    }
 }
 
 /// A hand-written tonic service that forwards `SayHello` over NATS.

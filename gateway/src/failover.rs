@@ -94,8 +94,8 @@ pub(crate) fn next(
 }
 
 /// Send `payload` with `headers` to `subject` and wait for the reply, for at most
-/// `timeout` in all, retrying by the rules above. `Narun-Timeout-Ms` is set to the time
-/// left on each attempt.
+/// `timeout` in all, retrying by the rules above. `headers` carry the deadline of the
+/// first attempt (`Narun-Timeout-Ms` = `timeout`); each retry's is set to the time left.
 pub(crate) async fn request(
     client: &async_nats::Client,
     failover: &Failover,
@@ -117,10 +117,20 @@ pub(crate) async fn request(
         } else {
             deadline.saturating_duration_since(Instant::now())
         };
-        headers.insert(TIMEOUT_MS, timeout_ms_value(left));
+        // The first attempt carries the caller's deadline header (pre-built per route);
+        // a retry the time left. Headers are copied only for a request that may be
+        // sent again.
+        if attempt > 1 {
+            headers.insert(TIMEOUT_MS, timeout_ms_value(left));
+        }
+        let sent_headers = if idempotent {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         let req = async_nats::Request::new()
             .payload(payload.clone())
-            .headers(headers.clone())
+            .headers(sent_headers)
             .timeout(Some(left));
         let sent = client.send_request(subject.clone(), req);
         let losses = events.map(|e| e.link().losses);

@@ -98,14 +98,13 @@ pub mod fuzzing {
                             .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
                             .collect()
                     }),
-                    target: Arc::new(Target {
-                        path: Arc::from(*path),
-                        mode: RouteMode::Bhttp,
-                        subject: Arc::from("fuzz"),
-                        nats_subject: async_nats::Subject::from("fuzz"),
-                        timeout: Duration::from_secs(1),
-                        stats: Default::default(),
-                    }),
+                    target: Arc::new(Target::new(
+                        path,
+                        RouteMode::Bhttp,
+                        "fuzz",
+                        Duration::from_secs(1),
+                        Default::default(),
+                    )),
                 })
                 .collect();
             Routes(Router::new(specs))
@@ -444,15 +443,17 @@ async fn serve_connection(
     let activity = limits::Activity::new();
     let limits = shared.limits.clone();
     let busy = activity.clone();
+    let client = Arc::new(proxy::Peer::new(peer));
     let svc = service_fn(move |req| {
         let shared = shared.clone();
+        let client = client.clone();
         // In flight until the response body is written (or dropped); owed
         // until hyper polls this future (see `limits::Activity`).
         let busy = busy.busy();
         async move {
             busy.paid();
             let resp = if listener == Listener::Http {
-                proxy::handle(shared, req, peer).await
+                proxy::handle(shared, req, &client).await
             } else {
                 admin(&shared, &req)
             };

@@ -27,6 +27,7 @@
 
 use crate::config::GatewayConfig;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body::Body;
 use http_body_util::BodyExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,7 +37,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -394,16 +395,23 @@ impl Limits {
                     (h, d) => h.or(d),
                 };
             }
-            let next = body.frame();
-            let frame = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, next).await {
-                    Ok(f) => f,
-                    Err(_) => {
-                        self.timed_out(listener, Timeout::BodyRead);
-                        return Err(BodyError::Timeout);
-                    }
-                },
-                None => next.await,
+            // A frame already there (a small body arrives with its head) is taken
+            // without arming a timer; the deadline applies to waiting only, as
+            // `timeout_at` (which polls its future first) would apply it.
+            let frame = if let Some(f) = body.frame().now_or_never() {
+                f
+            } else {
+                let next = body.frame();
+                match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, next).await {
+                        Ok(f) => f,
+                        Err(_) => {
+                            self.timed_out(listener, Timeout::BodyRead);
+                            return Err(BodyError::Timeout);
+                        }
+                    },
+                    None => next.await,
+                }
             };
             let frame = match frame {
                 None => break,
@@ -666,43 +674,72 @@ impl Drop for Lease {
 /// which drops its bodies and with them their in-flight slots and budget.
 ///
 /// Each request's owed state is its own (an atomic per [`Busy`], registered
-/// here), so a stream that progresses cannot hide another that is stalled.
+/// here), so a stream that progresses cannot hide another that is stalled. The
+/// first request in flight uses a slot inside the [`Activity`] (an HTTP/1.1
+/// connection never has more than one, so it allocates and locks nothing per
+/// request); further concurrent ones (HTTP/2 streams) get an atomic of their own
+/// in a list.
 pub(crate) struct Activity {
     epoch: Instant,
     active: AtomicUsize,
     /// Milliseconds after `epoch` when the last request ended.
     idle_since: AtomicU64,
-    /// The owed state of every request in flight: 0 when nothing is owed,
+    /// The owed state of the request holding the inline slot (see `owed`).
+    inline: AtomicU64,
+    /// Whether a request holds the inline slot.
+    inline_taken: AtomicBool,
+    /// The owed state of every other request in flight: 0 when nothing is owed,
     /// else 1 + the milliseconds after `epoch` since when it is.
     owed: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// Where a [`Busy`] keeps its owed state.
+enum Owed {
+    /// [`Activity::inline`].
+    Inline,
+    /// An atomic of its own, listed in [`Activity::owed`].
+    Listed(Arc<AtomicU64>),
 }
 
 /// A request in flight on a connection (see [`Activity`]), created owed: hyper
 /// owes its service future a first poll.
 pub(crate) struct Busy {
     activity: Arc<Activity>,
-    owed: Arc<AtomicU64>,
+    owed: Owed,
 }
 
 impl Busy {
+    fn cell(&self) -> &AtomicU64 {
+        match &self.owed {
+            Owed::Inline => &self.activity.inline,
+            Owed::Listed(a) => a,
+        }
+    }
+
     /// hyper owes this request a poll from now on.
     pub(crate) fn owe(&self) {
-        self.owed
+        self.cell()
             .store(self.activity.now_ms() + 1, Ordering::Release);
     }
 
     /// hyper polled: nothing owed.
     pub(crate) fn paid(&self) {
-        self.owed.store(0, Ordering::Release);
+        self.cell().store(0, Ordering::Release);
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        {
-            let mut owed = self.activity.owed.lock().expect("lock");
-            if let Some(i) = owed.iter().position(|o| Arc::ptr_eq(o, &self.owed)) {
-                owed.swap_remove(i);
+        match &self.owed {
+            Owed::Inline => {
+                self.activity.inline.store(0, Ordering::Release);
+                self.activity.inline_taken.store(false, Ordering::Release);
+            }
+            Owed::Listed(mine) => {
+                let mut owed = self.activity.owed.lock().expect("lock");
+                if let Some(i) = owed.iter().position(|o| Arc::ptr_eq(o, mine)) {
+                    owed.swap_remove(i);
+                }
             }
         }
         let ms = self.activity.now_ms();
@@ -717,6 +754,8 @@ impl Activity {
             epoch: Instant::now(),
             active: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
+            inline_taken: AtomicBool::new(false),
             owed: Mutex::new(Vec::new()),
         })
     }
@@ -727,8 +766,19 @@ impl Activity {
 
     /// A request in flight, owed (see [`Busy`]) until [`Busy::paid`].
     pub(crate) fn busy(self: &Arc<Self>) -> Busy {
-        let owed = Arc::new(AtomicU64::new(self.now_ms() + 1));
-        self.owed.lock().expect("lock").push(owed.clone());
+        let now = self.now_ms() + 1;
+        let owed = if self
+            .inline_taken
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.inline.store(now, Ordering::Release);
+            Owed::Inline
+        } else {
+            let owed = Arc::new(AtomicU64::new(now));
+            self.owed.lock().expect("lock").push(owed.clone());
+            Owed::Listed(owed)
+        };
         self.active.fetch_add(1, Ordering::AcqRel);
         Busy {
             activity: self.clone(),
@@ -742,6 +792,7 @@ impl Activity {
         let ms = owed
             .iter()
             .map(|o| o.load(Ordering::Acquire))
+            .chain(std::iter::once(self.inline.load(Ordering::Acquire)))
             .filter(|&o| o > 0)
             .min()?;
         Some(self.epoch + Duration::from_millis(ms - 1))
@@ -925,6 +976,47 @@ mod tests {
         let why = tokio::time::timeout(Duration::from_secs(10), a.expired(timeout)).await;
         assert_eq!(why.ok(), Some(Timeout::Keepalive));
         assert!(a.owed.lock().unwrap().is_empty());
+    }
+
+    /// The first request takes the inline slot, the others a listed atomic: a
+    /// stalled listed request is seen while the inline one progresses, and the
+    /// slot is free again for the next request once its holder is done.
+    #[tokio::test]
+    async fn a_stalled_second_stream_is_seen_behind_a_progressing_first() {
+        let timeout = Duration::from_millis(300);
+        let a = Activity::new();
+        let moving = a.busy();
+        assert!(matches!(moving.owed, Owed::Inline));
+        let stalled = a.busy();
+        assert!(matches!(stalled.owed, Owed::Listed(_)));
+        let t = Instant::now();
+        let progress = async {
+            loop {
+                moving.paid();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                moving.owe();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            why = a.expired(timeout) => assert_eq!(why, Timeout::WriteStall),
+            _ = progress => unreachable!(),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("stall not seen"),
+        }
+        assert!(t.elapsed() >= timeout, "{:?}", t.elapsed());
+        drop(moving);
+        stalled.paid();
+        assert!(a.oldest_owed().is_none());
+        // The inline slot is free again: the next request takes it.
+        let next = a.busy();
+        assert!(matches!(next.owed, Owed::Inline));
+        assert!(
+            a.oldest_owed().is_some(),
+            "a new request is owed its first poll"
+        );
+        drop((stalled, next));
+        assert!(a.owed.lock().unwrap().is_empty());
+        assert!(a.oldest_owed().is_none());
     }
 
     #[tokio::test]

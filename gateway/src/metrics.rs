@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Label value for requests that matched no route.
@@ -69,23 +69,43 @@ pub(crate) struct Metrics {
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     nats: Family<NatsLabels, Counter>,
     unmatched: Label,
+    /// The handles of requests no route matched.
+    unmatched_handles: RouteMetrics,
 }
 
-/// The bounded `method` label.
-pub(crate) fn method_label(m: &http::Method) -> &'static str {
+/// The bounded `method` label values; [`method_index`] indexes them.
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+/// The bounded `method` label, as an index into [`METHOD_LABELS`].
+pub(crate) fn method_index(m: &http::Method) -> usize {
     use http::Method as M;
     match *m {
-        M::GET => "GET",
-        M::POST => "POST",
-        M::PUT => "PUT",
-        M::DELETE => "DELETE",
-        M::PATCH => "PATCH",
-        M::HEAD => "HEAD",
-        M::OPTIONS => "OPTIONS",
-        M::CONNECT => "CONNECT",
-        M::TRACE => "TRACE",
-        _ => "OTHER",
+        M::GET => 0,
+        M::POST => 1,
+        M::PUT => 2,
+        M::DELETE => 3,
+        M::PATCH => 4,
+        M::HEAD => 5,
+        M::OPTIONS => 6,
+        M::CONNECT => 7,
+        M::TRACE => 8,
+        _ => 9,
     }
+}
+
+/// One route's metric series, looked up in their families on first use and
+/// kept, so that a request touches no label hash map or family lock: the
+/// duration histogram per method, per method the request counter of the first
+/// status code answered (the usual one; other codes go through the family), and
+/// the NATS success counter. A series appears in the exposition when it is
+/// first used, as with the families alone.
+#[derive(Default)]
+pub(crate) struct RouteMetrics {
+    durations: [OnceLock<Histogram>; METHOD_LABELS.len()],
+    requests: [OnceLock<(u16, Counter)>; METHOD_LABELS.len()],
+    nats_success: OnceLock<Counter>,
 }
 
 impl Metrics {
@@ -116,48 +136,81 @@ impl Metrics {
             durations,
             nats,
             unmatched: Label(Arc::from(UNMATCHED)),
+            unmatched_handles: RouteMetrics::default(),
         }
     }
 
-    /// Count one answered HTTP request; `route` = the route path, `None` = unmatched.
+    /// Count one answered HTTP request: `method` from [`method_index`], `route` = the
+    /// route path (`None` = unmatched) and its kept series (`None`: look them up).
     pub fn http(
         &self,
-        method: &'static str,
+        method: usize,
         route: Option<&Arc<str>>,
+        handles: Option<&RouteMetrics>,
         status: u16,
         took: Duration,
     ) {
-        let path = match route {
+        let method_label = METHOD_LABELS[method];
+        let path = || match route {
             Some(p) => Label(p.clone()),
             None => self.unmatched.clone(),
         };
-        self.durations
-            .get_or_create(&DurationLabels {
-                method,
-                path: path.clone(),
-            })
+        let duration_of = || {
+            self.durations
+                .get_or_create(&DurationLabels {
+                    method: method_label,
+                    path: path(),
+                })
+                .clone()
+        };
+        let counter_of = |status_code| {
+            self.requests
+                .get_or_create(&HttpLabels {
+                    method: method_label,
+                    path: path(),
+                    status_code,
+                })
+                .clone()
+        };
+        let handles = match route {
+            None => Some(&self.unmatched_handles),
+            Some(_) => handles,
+        };
+        let Some(h) = handles else {
+            duration_of().observe(took.as_secs_f64());
+            counter_of(status).inc();
+            return;
+        };
+        h.durations[method]
+            .get_or_init(duration_of)
             .observe(took.as_secs_f64());
-        self.requests
-            .get_or_create(&HttpLabels {
-                method,
-                path,
-                status_code: status,
-            })
-            .inc();
+        let (kept, counter) = h.requests[method].get_or_init(|| (status, counter_of(status)));
+        if *kept == status {
+            counter.inc();
+        } else {
+            counter_of(status).inc();
+        }
     }
 
-    pub fn nats(&self, subject: &Arc<str>, status: NatsStatus) {
+    /// Count one NATS request to `subject`; `handles` keeps the success counter.
+    pub fn nats(&self, subject: &Arc<str>, status: NatsStatus, handles: Option<&RouteMetrics>) {
         let status = match status {
             NatsStatus::Success => "success",
             NatsStatus::Timeout => "timeout",
             NatsStatus::Error => "error",
         };
-        self.nats
-            .get_or_create(&NatsLabels {
-                subject: Label(subject.clone()),
-                status,
-            })
-            .inc();
+        let counter_of = || {
+            self.nats
+                .get_or_create(&NatsLabels {
+                    subject: Label(subject.clone()),
+                    status,
+                })
+                .clone()
+        };
+        match handles {
+            Some(h) if status == "success" => h.nats_success.get_or_init(counter_of).inc(),
+            _ => counter_of().inc(),
+        };
     }
 
     /// The OpenMetrics text exposition.
@@ -166,5 +219,47 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept series count exactly what the families alone would: the first
+    /// status code through the kept counter, others through the family, and
+    /// unmatched requests under `unmatched`.
+    #[test]
+    fn kept_series_count_like_the_families() {
+        let m = Metrics::new();
+        let route: Arc<str> = Arc::from("/r/");
+        let handles = RouteMetrics::default();
+        let post = method_index(&http::Method::POST);
+        let took = Duration::from_millis(1);
+        for status in [200, 200, 503, 200] {
+            m.http(post, Some(&route), Some(&handles), status, took);
+        }
+        // The same series without handles (a 405 is counted so).
+        m.http(post, Some(&route), None, 200, took);
+        m.http(method_index(&http::Method::GET), None, None, 404, took);
+        m.nats(&route, NatsStatus::Success, Some(&handles));
+        m.nats(&route, NatsStatus::Success, None);
+        m.nats(&route, NatsStatus::Timeout, Some(&handles));
+        let text = m.encode();
+        for line in [
+            r#"http_gateway_requests_total{method="POST",path="/r/",status_code="200"} 4"#,
+            r#"http_gateway_requests_total{method="POST",path="/r/",status_code="503"} 1"#,
+            r#"http_gateway_requests_total{method="GET",path="unmatched",status_code="404"} 1"#,
+            r#"http_gateway_request_duration_seconds_count{method="POST",path="/r/"} 5"#,
+            r#"http_gateway_request_duration_seconds_count{method="GET",path="unmatched"} 1"#,
+            r#"gateway_nats_requests_total{subject="/r/",status="success"} 2"#,
+            r#"gateway_nats_requests_total{subject="/r/",status="timeout"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"method="PUT""#),
+            "series appear only when used:\n{text}"
+        );
     }
 }

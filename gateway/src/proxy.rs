@@ -7,7 +7,7 @@
 use crate::Shared;
 use crate::config::RouteMode;
 use crate::limits::{BodyError, Listener};
-use crate::metrics::{NatsStatus, method_label};
+use crate::metrics::{NatsStatus, method_index};
 use crate::router::{Match, Target};
 use async_nats::client::RequestErrorKind;
 use bytes::Bytes;
@@ -32,7 +32,6 @@ static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-t
 
 mod nats_names {
     use async_nats::HeaderName;
-    pub const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
     pub const REQUEST_ID: HeaderName = HeaderName::from_static("X-Request-Id");
     pub const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("X-Original-Method");
     pub const ORIGINAL_PATH: HeaderName = HeaderName::from_static("X-Original-Path");
@@ -98,14 +97,32 @@ fn request_id(req: &Request<hyper::body::Incoming>) -> HeaderValue {
     }
 }
 
+/// A connection's client, as the request path writes it: built once per
+/// connection, not per request.
+pub(crate) struct Peer {
+    /// The client's IP, the gateway's `X-Forwarded-For` element.
+    ip: HeaderValue,
+    /// `ip:port` (raw routes' `X-Original-RemoteAddr`).
+    addr_text: String,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is ASCII"),
+            addr_text: addr.to_string(),
+        }
+    }
+}
+
 /// Handle one request on the routed listener.
 pub(crate) async fn handle(
     state: Arc<Shared>,
     req: Request<hyper::body::Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Resp {
     let start = Instant::now();
-    let method = method_label(req.method());
+    let method = method_index(req.method());
     let rid = request_id(&req);
     let routed = state.router.find(req.method(), req.uri().path());
     // The normalised path, when it differs from the request's (owned: `req` moves on).
@@ -113,6 +130,7 @@ pub(crate) async fn handle(
         std::borrow::Cow::Owned(p) => Some(p.clone()),
         std::borrow::Cow::Borrowed(_) => None,
     };
+    let mut found = None;
     let (route, mut resp) = match routed.m {
         Match::BadPath(e) => (None, text(StatusCode::BAD_REQUEST, e.message())),
         Match::NotFound => (None, text(StatusCode::NOT_FOUND, "404 page not found")),
@@ -123,6 +141,7 @@ pub(crate) async fn handle(
         }
         Match::Found(target) => {
             let target = target.clone();
+            found = Some(target.clone());
             let begun = Instant::now();
             let resp = match forward(&state, &target, req, normalised, peer, &rid).await {
                 Ok(r) => {
@@ -143,6 +162,7 @@ pub(crate) async fn handle(
     state.metrics.http(
         method,
         route.as_ref(),
+        found.as_ref().map(|t| &t.metrics),
         resp.status().as_u16(),
         start.elapsed(),
     );
@@ -189,7 +209,7 @@ async fn forward(
     target: &Target,
     req: Request<hyper::body::Incoming>,
     normalised: Option<String>,
-    peer: SocketAddr,
+    peer: &Peer,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
     if state.client.connection_state() != async_nats::connection::State::Connected {
@@ -259,7 +279,7 @@ fn set_path(uri: &mut http::Uri, path: &str) -> Result<(), GwError> {
 /// named in `Connection`, and `Connection` itself) are removed first: they end at this hop
 /// anyway, and a client naming `X-Forwarded-For` there must not make the gateway's own
 /// header disappear when the message is encoded for the app.
-fn add_forwarding_headers(parts: &mut http::request::Parts, peer: SocketAddr, rid: &HeaderValue) {
+fn add_forwarding_headers(parts: &mut http::request::Parts, peer: &Peer, rid: &HeaderValue) {
     let h = &mut parts.headers;
     if h.contains_key(header::CONNECTION) {
         for name in bhttp::connection_tokens(h) {
@@ -270,7 +290,6 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: SocketAddr, ri
         }
         h.remove(header::CONNECTION);
     }
-    let ip = peer.ip().to_string();
     let xff = {
         let mut prior = h
             .get_all(&X_FORWARDED_FOR)
@@ -278,11 +297,11 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: SocketAddr, ri
             .filter_map(|v| v.to_str().ok())
             .peekable();
         if prior.peek().is_none() {
-            HeaderValue::from_str(&ip)
+            Ok(peer.ip.clone())
         } else {
             let mut all = prior.collect::<Vec<_>>().join(", ");
             all.push_str(", ");
-            all.push_str(&ip);
+            all.push_str(peer.ip.to_str().unwrap_or_default());
             HeaderValue::from_str(&all)
         }
     };
@@ -320,8 +339,9 @@ async fn send(
     let Ok(_slot) = state.limits.inflight(Listener::Http).await else {
         return Err(overloaded("NATS requests in flight"));
     };
-    // The deadline travels with the request (replacing one a raw-mode client sent): the
-    // NATS request's timeout, which starts now; a retry carries the time left.
+    // The deadline travels with the request (`Narun-Timeout-Ms`, in `headers`: the
+    // route's pre-built ones, or set by `forward_raw`): the NATS request's timeout,
+    // which starts now; a retry carries the time left.
     let sent = crate::failover::request(
         &state.client,
         &state.failover,
@@ -336,7 +356,9 @@ async fn send(
         Ok(msg) => Ok(msg),
         Err(crate::failover::Failure::Nats(e)) => Err(e),
         Err(crate::failover::Failure::ConnectionLost) => {
-            state.metrics.nats(&target.subject, NatsStatus::Error);
+            state
+                .metrics
+                .nats(&target.subject, NatsStatus::Error, Some(&target.metrics));
             return Err(GwError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Connection to NATS lost before the backend answered (the request may have been processed)",
@@ -345,7 +367,9 @@ async fn send(
     };
     match sent {
         Ok(msg) => {
-            state.metrics.nats(&target.subject, NatsStatus::Success);
+            state
+                .metrics
+                .nats(&target.subject, NatsStatus::Success, Some(&target.metrics));
             Ok(msg)
         }
         Err(e) => {
@@ -382,7 +406,9 @@ async fn send(
                     )
                 }
             };
-            state.metrics.nats(&target.subject, status);
+            state
+                .metrics
+                .nats(&target.subject, status, Some(&target.metrics));
             Err(err)
         }
     }
@@ -416,13 +442,10 @@ async fn forward_bhttp(
     body: &[u8],
 ) -> Result<Resp, GwError> {
     let payload = bhttp::encode_request(parts, body);
-    // Only the NATS header Go's gateway sends. The request id travels inside the
-    // BHTTP message (`x-request-id`), like every other request header.
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        nats_names::CONTENT_TYPE,
-        async_nats::HeaderValue::from(narun_wire::names::BHTTP_CONTENT_TYPE),
-    );
+    // `Content-Type: application/bhttp`, the only NATS header Go's gateway sends, and
+    // the deadline (pre-built per route; a retry sets the time left). The request id travels inside the BHTTP
+    // message (`x-request-id`), like every other request header.
+    let headers = target.nats_headers.clone();
     let msg = send(state, target, &parts.method, payload.into(), headers).await?;
     if let Some(e) = service_error(&msg) {
         return Err(e);
@@ -439,6 +462,14 @@ async fn forward_bhttp(
 /// Remove hop-by-hop and framing headers from a backend response: our HTTP
 /// server frames the body itself.
 fn strip_response_headers(h: &mut http::HeaderMap) {
+    // Most answers carry none of them: one pass over their few names instead of a
+    // lookup per name. (`Connection` is hop-by-hop: the names it lists need it.)
+    if !h
+        .keys()
+        .any(|n| n == header::CONTENT_LENGTH || bhttp::HOP_BY_HOP.contains(&n.as_str()))
+    {
+        return;
+    }
     let conn = bhttp::connection_tokens(h);
     for name in bhttp::HOP_BY_HOP {
         h.remove(*name);
@@ -465,7 +496,7 @@ async fn forward_raw(
     target: &Target,
     parts: &http::request::Parts,
     body: Bytes,
-    peer: SocketAddr,
+    peer: &Peer,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
     let mut headers = async_nats::HeaderMap::new();
@@ -499,10 +530,15 @@ async fn forward_raw(
     {
         set(nats_names::ORIGINAL_HOST, host);
     }
-    set(nats_names::ORIGINAL_REMOTE_ADDR, &peer.to_string());
+    set(nats_names::ORIGINAL_REMOTE_ADDR, &peer.addr_text);
     if let Ok(r) = rid.to_str() {
         set(nats_names::REQUEST_ID, r);
     }
+    // The deadline, replacing one a raw-mode client sent.
+    headers.insert(
+        narun_wire::names::TIMEOUT_MS,
+        narun_wire::names::timeout_ms_value(target.timeout).as_str(),
+    );
     let msg = send(state, target, &parts.method, body, headers).await?;
     if let Some(e) = service_error(&msg) {
         return Err(e);

@@ -36,6 +36,42 @@ pub(crate) struct Target {
     pub timeout: Duration,
     /// `$SRV.STATS` counters of this route's endpoint.
     pub stats: Arc<EndpointStats>,
+    /// The route's metric series, kept after their first use.
+    pub metrics: crate::metrics::RouteMetrics,
+    /// The NATS headers every request of this route carries, built once:
+    /// `Narun-Timeout-Ms` (the route's timeout) and, on bhttp routes,
+    /// `Content-Type: application/bhttp`.
+    pub nats_headers: async_nats::HeaderMap,
+}
+
+impl Target {
+    pub fn new(
+        path: &str,
+        mode: RouteMode,
+        subject: &str,
+        timeout: Duration,
+        stats: Arc<EndpointStats>,
+    ) -> Target {
+        use narun_wire::names::{BHTTP_CONTENT_TYPE, TIMEOUT_MS, timeout_ms_value};
+        let mut nats_headers = async_nats::HeaderMap::new();
+        if mode == RouteMode::Bhttp {
+            nats_headers.insert(
+                async_nats::HeaderName::from_static("Content-Type"),
+                async_nats::HeaderValue::from(BHTTP_CONTENT_TYPE),
+            );
+        }
+        nats_headers.insert(TIMEOUT_MS, timeout_ms_value(timeout).as_str());
+        Target {
+            path: Arc::from(path),
+            mode,
+            subject: Arc::from(subject),
+            nats_subject: async_nats::Subject::from(subject.to_owned()),
+            timeout,
+            stats,
+            metrics: Default::default(),
+            nats_headers,
+        }
+    }
 }
 
 struct MethodRoute {
@@ -240,14 +276,13 @@ pub(crate) fn specs(
         out.push(RouteSpec {
             path: path.clone(),
             methods,
-            target: Arc::new(Target {
-                path: Arc::from(path.as_str()),
-                mode: r.mode.unwrap_or_default(),
-                subject: Arc::from(subject),
-                nats_subject: async_nats::Subject::from(subject.to_owned()),
-                timeout: config.route_timeout(r),
+            target: Arc::new(Target::new(
+                path,
+                r.mode.unwrap_or_default(),
+                subject,
+                config.route_timeout(r),
                 stats,
-            }),
+            )),
         });
     }
     out
@@ -267,14 +302,13 @@ mod tests {
                         .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
                         .collect()
                 }),
-                target: Arc::new(Target {
-                    path: Arc::from(*p),
-                    mode: RouteMode::Bhttp,
-                    subject: Arc::from(*s),
-                    nats_subject: async_nats::Subject::from(s.to_string()),
-                    timeout: Duration::from_secs(1),
-                    stats: Default::default(),
-                }),
+                target: Arc::new(Target::new(
+                    p,
+                    RouteMode::Bhttp,
+                    s,
+                    Duration::from_secs(1),
+                    Default::default(),
+                )),
             })
             .collect();
         Router::new(specs)

@@ -142,9 +142,20 @@ mod code {
 
 /// Headers that describe the NATS/narun transport rather than gRPC metadata.
 fn is_transport_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
+    // Lower-cased on the stack: names are short (a longer one is allocated).
+    let mut buf = [0u8; 64];
+    let n: std::borrow::Cow<'_, str> = match buf.get_mut(..name.len()) {
+        Some(b) => {
+            b.copy_from_slice(name.as_bytes());
+            b.make_ascii_lowercase();
+            std::borrow::Cow::Borrowed(
+                std::str::from_utf8(b).expect("ASCII lower-casing keeps UTF-8 valid"),
+            )
+        }
+        None => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+    };
     narun_wire::grpc::is_transport_header(&n)
-        || matches!(n.as_str(), header::ENCODING | header::ACCEPT_ENCODING)
+        || matches!(&*n, header::ENCODING | header::ACCEPT_ENCODING)
 }
 
 use narun_wire::grpc::{
@@ -203,7 +214,7 @@ fn take_messages(buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Result<(), &'stati
 
 /// How the answer leaves: one Go-style reply, or the narun stream framing.
 struct Replier {
-    client: async_nats::Client,
+    client: std::sync::Arc<async_nats::Client>,
     request: micro::Request,
     reply: Option<async_nats::Subject>,
     stream: bool,
@@ -318,15 +329,20 @@ impl Replier {
 }
 
 /// Answer one NATS request with the gRPC server.
-async fn handle<S, B>(client: async_nats::Client, request: micro::Request, service: S)
-where
+async fn handle<S, B>(
+    client: std::sync::Arc<async_nats::Client>,
+    request: micro::Request,
+    service: S,
+) where
     S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let headers = request.message.headers.clone().unwrap_or_default();
+    // Taken, not cloned: only the reply subject and the stats are needed later.
+    let mut request = request;
+    let headers = request.message.headers.take().unwrap_or_default();
     let method = headers
         .get(GRPC_METHOD_HEADER)
         .map(|v| v.as_str().trim().to_owned())
@@ -360,23 +376,27 @@ where
             .and_then(|v| parse_grpc_timeout(v.as_str()))
     };
 
-    // The HTTP/2-style request a gRPC server expects.
-    let mut builder = Request::builder()
-        .method("POST")
-        .uri(method.as_str())
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers");
+    // The HTTP/2-style request a gRPC server expects (its parts set in place, not
+    // through a builder that moves them at every header).
+    let uri = http::Uri::try_from(method.as_str());
+    let mut metadata = http::HeaderMap::new();
+    metadata.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    metadata.insert(http::header::TE, HeaderValue::from_static("trailers"));
     for (name, values) in headers.iter() {
         let name: &str = name.as_ref();
         if is_transport_header(name) {
             continue;
         }
-        let Ok(hn) = HeaderName::from_str(&name.to_ascii_lowercase()) else {
+        // `from_bytes` lower-cases the name itself.
+        let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
             continue;
         };
         for v in values {
             if let Ok(hv) = HeaderValue::from_str(v.as_str()) {
-                builder = builder.header(hn.clone(), hv);
+                metadata.append(hn.clone(), hv);
             }
         }
     }
@@ -397,8 +417,14 @@ where
         trailers: None,
         metadata: false,
     };
-    let http_request = match builder.body(Full::new(framed.freeze())) {
-        Ok(r) => r,
+    let http_request = match uri {
+        Ok(uri) => {
+            let mut r = Request::new(Full::new(framed.freeze()));
+            *r.method_mut() = http::Method::POST;
+            *r.uri_mut() = uri;
+            *r.headers_mut() = metadata;
+            r
+        }
         Err(e) => {
             let msg = format!("invalid gRPC method path {method:?}: {e}");
             replier.finish(400, &msg).await;
@@ -520,6 +546,29 @@ fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_headers_in_any_case_and_length() {
+        for n in [
+            "Narun-Timeout-Ms",
+            "narun-grpc-stream",
+            "X-Original-Grpc-Method",
+            "NATS-Service-Error",
+            "Content-Type",
+            "TE",
+            "grpc-encoding",
+            "Grpc-Accept-Encoding",
+        ] {
+            assert!(is_transport_header(n), "{n}");
+        }
+        for n in ["X-Custom", "grpc-timeout", "authorization"] {
+            assert!(!is_transport_header(n), "{n}");
+        }
+        // Longer than the stack buffer: still compared lower-cased.
+        let long = format!("Narun-{}", "X".repeat(100));
+        assert!(is_transport_header(&long));
+        assert!(!is_transport_header(&"Y".repeat(100)));
+    }
 
     #[test]
     fn framing() {

@@ -9,6 +9,7 @@ use narun_wire::bhttp;
 use narun_wire::micro::{self, Service};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use tower::{Service as TowerService, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -90,7 +91,7 @@ impl Server {
 }
 
 /// Answer one request: BHTTP in, the service, BHTTP out.
-async fn handle<S, B>(client: async_nats::Client, request: micro::Request, service: S)
+async fn handle<S, B>(client: Arc<async_nats::Client>, request: micro::Request, service: S)
 where
     S: TowerService<Request<Full<Bytes>>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -115,7 +116,7 @@ where
             .await
             .map_err(Into::into)?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(Into::into)?.to_bytes();
+        let body = read_all(body).await.map_err(Into::into)?;
         Ok::<_, BoxError>((parts, body))
     };
     let (parts, body) = match AssertUnwindSafe(call).catch_unwind().await {
@@ -146,6 +147,38 @@ where
     if let Err(e) = request.respond(payload.into(), None).await {
         tracing::warn!(error = %e, "failed to send reply");
     }
+}
+
+/// The whole body. The usual answer is one data frame, taken as is: no list of
+/// buffers is allocated (as `collect` would) and nothing is copied.
+async fn read_all<B: http_body::Body>(body: B) -> Result<Bytes, B::Error> {
+    use bytes::{Buf, BytesMut};
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    while !body.is_end_stream() {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let Ok(mut data) = frame?.into_data() else {
+            continue; // trailers: BHTTP responses here carry none
+        };
+        let chunk = data.copy_to_bytes(data.remaining());
+        match (&first, &mut more) {
+            (None, _) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(f.len() + chunk.len());
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                more = Some(b);
+            }
+            (Some(_), Some(b)) => b.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match more {
+        Some(b) => b.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 fn internal_error() -> (http::response::Parts, Bytes) {

@@ -48,7 +48,7 @@ pub(crate) async fn start<H, Fut>(
     handler: H,
 ) -> Result<Running, Error>
 where
-    H: Fn(async_nats::Client, micro::Request) -> Fut + Clone + Send + 'static,
+    H: Fn(Arc<async_nats::Client>, micro::Request) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     opts.validate()?;
@@ -196,7 +196,7 @@ async fn run<H, Fut>(
     what: &'static str,
     handler: H,
 ) where
-    H: Fn(async_nats::Client, micro::Request) -> Fut + Clone + Send + 'static,
+    H: Fn(Arc<async_nats::Client>, micro::Request) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let gate = Gate {
@@ -211,25 +211,22 @@ async fn run<H, Fut>(
         ),
     };
     let spawn = {
-        let (client, handler, log) = (client.clone(), handler.clone(), gate.expired.clone());
+        // Shared, not cloned per request: a `Client` clone is a dozen reference counts.
+        let (client, handler, log) = (
+            Arc::new(client.clone()),
+            handler.clone(),
+            gate.expired.clone(),
+        );
         let inline = Arc::new(InlineGate::default());
         move |a: Admitted, permit: OwnedSemaphorePermit| {
-            let (stats, received) = (a.request.stats().clone(), a.request.received());
+            let deadline = a.deadline.map(|at| Deadline {
+                at,
+                log: log.clone(),
+                stats: a.request.stats().clone(),
+                received: a.request.received(),
+            });
             let fut = handler(client.clone(), a.request);
-            let (log, deadline) = (log.clone(), a.deadline);
-            let fut = async move {
-                match deadline {
-                    None => fut.await,
-                    Some(d) => {
-                        // Past the deadline the handler future is dropped: that
-                        // cancels it wherever it waits.
-                        if tokio::time::timeout_at(d, fut).await.is_err() {
-                            expired(&log, &stats, received);
-                        }
-                    }
-                }
-            };
-            run_or_spawn(fut, permit, inline.clone())
+            run_or_spawn(fut, permit, inline.clone(), deadline)
         }
     };
     // Serve until told to stop (or the subscription ends). A request taken off
@@ -344,8 +341,42 @@ impl InlineGate {
     }
 }
 
+/// A request's deadline, and what to count when it passes.
+struct Deadline {
+    at: tokio::time::Instant,
+    log: Arc<Throttled>,
+    stats: Arc<micro::EndpointStats>,
+    received: Instant,
+}
+
+/// The rest of a request's handler, in a task of its own: bounded by its
+/// deadline (past it the future is dropped, which cancels it wherever it waits),
+/// then `permit` is released.
+fn spawn_rest<F>(
+    fut: std::pin::Pin<Box<F>>,
+    permit: OwnedSemaphorePermit,
+    deadline: Option<Deadline>,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        match deadline {
+            None => fut.await,
+            Some(d) => {
+                if tokio::time::timeout_at(d.at, fut).await.is_err() {
+                    expired(&d.log, &d.stats, d.received);
+                }
+            }
+        }
+        drop(permit);
+    });
+}
+
 /// Run a request's handler in this task until it first has to wait, and spawn a
-/// task for the rest only then; `permit` is released when it is done.
+/// task for the rest only then; `permit` is released when it is done. The
+/// deadline's timer is armed only then too: a handler that answers in its first
+/// poll (most do) costs no timer (`timeout_at` would have polled it first as
+/// well, so an answer ready at once was never refused for lateness).
 ///
 /// Most handlers answer without waiting (the reply is a publish into the client's
 /// buffer): this saves a task and, on the multi-thread runtime, the wake-up of
@@ -354,8 +385,12 @@ impl InlineGate {
 /// contained here as it would be in a task of its own. Handlers that compute
 /// long before their first wait would serialise here: after a few such polls
 /// ([`SLOW_FIRST_POLL`]) requests are spawned directly for a while.
-async fn run_or_spawn<F>(fut: F, permit: tokio::sync::OwnedSemaphorePermit, gate: Arc<InlineGate>)
-where
+async fn run_or_spawn<F>(
+    fut: F,
+    permit: OwnedSemaphorePermit,
+    gate: Arc<InlineGate>,
+    deadline: Option<Deadline>,
+) where
     F: Future<Output = ()> + Send + 'static,
 {
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -364,10 +399,7 @@ where
     let mut fut = Box::pin(fut);
     let start = gate.now();
     if start < gate.spawn_until.load(Relaxed) {
-        tokio::spawn(async move {
-            fut.await;
-            drop(permit);
-        });
+        spawn_rest(fut, permit, deadline);
         return;
     }
     let first = std::future::poll_fn(|cx| {
@@ -383,12 +415,7 @@ where
             .store(end.saturating_add(SPAWN_FOR.as_micros() as u64), Relaxed);
     }
     match first {
-        Ok(Poll::Pending) => {
-            tokio::spawn(async move {
-                fut.await;
-                drop(permit);
-            });
-        }
+        Ok(Poll::Pending) => spawn_rest(fut, permit, deadline),
         Ok(Poll::Ready(())) => {}
         Err(_) => tracing::error!("request handler panicked"),
     }

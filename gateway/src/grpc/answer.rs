@@ -26,12 +26,12 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::inbox::CallInbox;
+use super::metrics::MethodLabel;
 use super::status::{put_status, trailers_only};
 use super::{
     GrpcResponse, MESSAGE_HEADER, SEQ_HEADER, STATUS_HEADER, State, code, status_from_service_error,
 };
 use crate::limits::Lease;
-use crate::metrics::Label;
 
 fn grpc_frame(m: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(5 + m.len());
@@ -200,7 +200,7 @@ pub(super) async fn respond(
     state: Arc<State>,
     sub: CallInbox,
     deadline: tokio::time::Instant,
-    label: Label,
+    label: MethodLabel,
     started: Instant,
 ) -> GrpcResponse {
     let mut answer = Answer {
