@@ -254,13 +254,17 @@ async fn a_block_app_loses_nothing_and_a_drop_app_beside_it_keeps_going() {
             blocked_in_pipe_write(careful_pid).then_some(())
         })
         .await;
+        // …while `chatty` is drained all along: it writes MiB after MiB, and `careful` does
+        // not write a byte more meanwhile (the first MiB lets narund finish filling careful's
+        // share, whose reads are small).
+        let chatty_mib = |from: u64| {
+            wait_for("chatty writing on", T, move || async move {
+                (written(chatty_pid) > from + (1 << 20)).then_some(())
+            })
+        };
+        chatty_mib(written(chatty_pid)).await;
         let careful_at = written(careful_pid);
-        // …while `chatty` is drained all along: it writes another MiB.
-        let chatty_at = written(chatty_pid);
-        wait_for("chatty writing on", T, || async {
-            (written(chatty_pid) > chatty_at + (1 << 20)).then_some(())
-        })
-        .await;
+        chatty_mib(written(chatty_pid)).await;
         assert!(blocked_in_pipe_write(careful_pid));
         assert_eq!(written(careful_pid), careful_at, "careful stays blocked");
     }

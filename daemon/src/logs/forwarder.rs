@@ -316,9 +316,12 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             return;
         }
         if client.connection_state() != State::Connected {
-            if !markers.is_empty() || shared.spool().sent_upto != 0 {
-                markers.clear();
-                shared.spool().rewind(&shared.stats);
+            {
+                let mut spool = shared.spool();
+                if !markers.is_empty() || spool.sent_upto != 0 || spool.in_limbo() {
+                    markers.clear();
+                    spool.rewind(&shared.stats, true);
+                }
             }
             if sleep_or_closed(&shared, RECONNECT_POLL).await {
                 return;
@@ -411,7 +414,8 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                         tracing::warn!("log lines not confirmed within {ACK_TIMEOUT:?}; resending");
                     }
                     markers.clear();
-                    shared.spool().rewind(&shared.stats);
+                    // Same connection: what was written is still on its way.
+                    shared.spool().rewind(&shared.stats, false);
                 }
             }
         }

@@ -53,7 +53,8 @@
 //!   `dropped_before = n` on the app's own subject (a narun addition to the Go JSON); if the
 //!   instance writes nothing more, a mark line of narund's carries it when its output ends.
 //!   A line dropped after it was sent waits for its marker: delivered if confirmed, lost (and
-//!   counted) on a rewind. So the sum of an app's `dropped_before` is exactly what it lost.
+//!   counted) if the connection breaks first (a marker that is only late changes nothing: the
+//!   same connection still delivers it in order). So the sum of an app's `dropped_before` is exactly what it lost.
 //! * **`block`**: before each read, the pipe reader asks the spool how much the app's share
 //!   (bound / apps that log) still surely holds ([`PipeSink::ready`](crate::uring::PipeSink::ready));
 //!   when nothing fits, the reader awaits the app's `room` (woken when the publisher's marker

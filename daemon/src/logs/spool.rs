@@ -29,6 +29,8 @@ use super::chunk::{CHUNK_OVERHEAD_MAX, Chunk, LINE_OVERHEAD, Stream};
 
 /// Spool queue slots (chunks) kept allocated when it empties after a burst.
 const SPOOL_KEEP_CAPACITY: usize = 256;
+/// Sent lines dropped from the spool kept waiting for their marker across a late-marker rewind.
+const LIMBO_MAX: usize = 1 << 16;
 /// A `block` app with nothing spooled may always read this much (progress even when its share
 /// is smaller than one read).
 pub(super) const MIN_READ: usize = 4096;
@@ -215,6 +217,11 @@ impl Spool {
             return None;
         }
         Some(n.min(max))
+    }
+
+    /// Sent lines dropped from the spool wait for their marker.
+    pub(super) fn in_limbo(&self) -> bool {
+        !self.limbo.is_empty()
     }
 
     /// Sequence number of the oldest unconfirmed line.
@@ -408,10 +415,27 @@ impl Spool {
         (seq, live)
     }
 
-    /// Everything unconfirmed is to be sent again; sent lines dropped meanwhile are lost.
-    pub(super) fn rewind(&mut self, stats: &Counters) {
+    /// Everything unconfirmed is to be sent again. `disconnected`: the connection the sent
+    /// lines were written on is gone, so sent lines dropped meanwhile are lost. Otherwise (a
+    /// marker late, the same connection) they are still on their way in order: they stay in
+    /// limbo and a later marker confirms them (at most [`LIMBO_MAX`]; past it the oldest
+    /// count as lost, so a server that never echoes cannot grow it).
+    pub(super) fn rewind(&mut self, stats: &Counters, disconnected: bool) {
         self.sent_upto = 0;
-        for (seq, l) in std::mem::take(&mut self.limbo) {
+        let lost = if disconnected {
+            std::mem::take(&mut self.limbo)
+        } else if self.limbo.len() > LIMBO_MAX {
+            let keep = *self
+                .limbo
+                .keys()
+                .nth(self.limbo.len() - LIMBO_MAX)
+                .expect("in range");
+            let newer = self.limbo.split_off(&keep);
+            std::mem::replace(&mut self.limbo, newer)
+        } else {
+            BTreeMap::new()
+        };
+        for (seq, l) in lost {
             if !l.mark {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -650,7 +674,7 @@ pub(super) mod tests {
         plan.render(usize::MAX, &mut out, &mut dropped, &mut Vec::new());
         assert_eq!(out[0].payload, serde_json::to_vec(&wire).unwrap());
         spool.dropped.insert(1, 42);
-        spool.rewind(&stats);
+        spool.rewind(&stats, true);
         (plan, out) = (Batch::default(), Vec::new());
         assert!(spool.next_batch(&mut plan));
         plan.render(usize::MAX, &mut out, &mut dropped, &mut Vec::new());
@@ -696,7 +720,7 @@ pub(super) mod tests {
         spool.sent_upto = 9;
         spool.push(x(), &stats); // 10: drops 7 into limbo
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
-        spool.rewind(&stats);
+        spool.rewind(&stats, true);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
         let (sent, dropped) = peek(&mut spool);
         assert_eq!(
@@ -707,6 +731,21 @@ pub(super) mod tests {
         );
         assert_eq!((&*dropped[0].0, dropped[0].1), ("hello", 1));
         assert_eq!(spool.confirm(10, &mut Vec::new()), 3);
+
+        // A marker only late (same connection): the sent line dropped meanwhile is still on its
+        // way; it stays in limbo across the rewind and the next marker confirms it.
+        for _ in 0..3 {
+            spool.push(x(), &stats); // 11, 12, 13
+        }
+        spool.sent_upto = 13;
+        spool.push(x(), &stats); // 14: drops 11 into limbo
+        spool.rewind(&stats, false);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 3);
+        let (sent, _) = peek(&mut spool);
+        assert!(sent.iter().all(|(_, l)| l.dropped_before == 0));
+        assert_eq!(spool.oldest_pending(), Some(11));
+        assert_eq!(spool.confirm(14, &mut Vec::new()), 4);
+        assert!(!spool.in_limbo());
 
         // After a burst the queue's memory is given back as lines are confirmed.
         spool.limit = usize::MAX;
@@ -762,7 +801,7 @@ pub(super) mod tests {
         assert_eq!(spool.confirm(4, &mut Vec::new()), 2);
         assert_eq!(spool.front_seq(), Some(5));
         // A rewind resends 6 only (5 is removed), carrying the count.
-        spool.rewind(&stats);
+        spool.rewind(&stats, true);
         let (sent, _) = peek(&mut spool);
         assert_eq!((sent.len(), sent[0].0, sent[0].1.dropped_before), (1, 6, 1));
         // A removed line's own count moves on with it.
@@ -810,7 +849,7 @@ pub(super) mod tests {
         assert_eq!(spool.dropped.get(&4), Some(&7));
         assert_eq!(spool.lines, 2);
         // A resend renders the same.
-        spool.rewind(&stats);
+        spool.rewind(&stats, true);
         let (again, _) = peek(&mut spool);
         assert_eq!(
             again
