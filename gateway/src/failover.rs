@@ -13,8 +13,10 @@
 //! | no responders (the service's instances are moving to another server) | sent again after 25 ms, 50 ms, … (≤ 200 ms apart) for up to [`NO_RESPONDERS_RETRY`] | 503 at once |
 //!
 //! Every retry stays within the route's `timeout`, counted from the first attempt, and
-//! carries the time left in `Narun-Timeout-Ms`. Without connection events (a gateway
-//! embedded with a bare client) only the no-responders rule applies.
+//! carries the time left in `Narun-Timeout-Ms`. An idempotent request that arrives while
+//! the client is reconnecting waits up to [`RECONNECT_WAIT`] for the connection
+//! ([`reconnected_in_time`]) before it is refused with a 503. Without connection events (a
+//! gateway embedded with a bare client) only the no-responders rule applies.
 
 use async_nats::{HeaderMap, Message, RequestErrorKind};
 use bytes::Bytes;
@@ -24,11 +26,26 @@ use std::time::{Duration, Instant};
 
 /// How long an idempotent request that found no responders is retried (a service whose
 /// instances reconnect to another server is back within this).
-pub const NO_RESPONDERS_RETRY: Duration = Duration::from_secs(1);
+pub const NO_RESPONDERS_RETRY: Duration = Duration::from_millis(500);
 /// First pause after no responders; doubles up to [`NO_RESPONDERS_PAUSE_MAX`].
 pub const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(25);
 /// Longest pause between two attempts after no responders.
 pub const NO_RESPONDERS_PAUSE_MAX: Duration = Duration::from_millis(200);
+
+/// How long an idempotent request that arrives while the client is disconnected waits for
+/// the connection before its 503 (a failover to the next server takes milliseconds).
+pub const RECONNECT_WAIT: Duration = Duration::from_millis(500);
+
+/// Whether the client is connected within [`RECONNECT_WAIT`], for an idempotent
+/// `method` and when the connection events are known; false at once otherwise.
+pub(crate) async fn reconnected_in_time(failover: &Failover, method: &http::Method) -> bool {
+    match failover.events.get() {
+        Some(ev) if idempotent(method) => tokio::time::timeout(RECONNECT_WAIT, ev.connected())
+            .await
+            .is_ok(),
+        _ => false,
+    }
+}
 
 /// The gateway's view of its client's connection (set once, by the embedder).
 #[derive(Default)]
@@ -197,9 +214,9 @@ mod tests {
         // No responders: growing pauses, within the retry window and the time left.
         assert_eq!(next(true, false, true, 1, ms(0), S), Next::Retry(ms(25)));
         assert_eq!(next(true, false, true, 2, ms(30), S), Next::Retry(ms(50)));
-        assert_eq!(next(true, false, true, 9, ms(500), S), Next::Retry(ms(200)));
+        assert_eq!(next(true, false, true, 9, ms(400), S), Next::Retry(ms(200)));
         assert_eq!(
-            next(true, false, true, 30, ms(500), ms(10)),
+            next(true, false, true, 30, ms(400), ms(10)),
             Next::Retry(ms(10))
         );
         assert_eq!(

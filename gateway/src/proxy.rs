@@ -212,7 +212,9 @@ async fn forward(
     peer: &Peer,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
-    if state.client.connection_state() != async_nats::connection::State::Connected {
+    if state.client.connection_state() != async_nats::connection::State::Connected
+        && !crate::failover::reconnected_in_time(&state.failover, req.method()).await
+    {
         return Err(GwError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "No backend service available (gateway is not connected to NATS)",

@@ -376,6 +376,31 @@ master_key_file = "/keys/master"
     }
 
     #[test]
+    fn stream_replicas_come_from_the_file_unless_a_flag_gives_them() {
+        let path = Path::new("/etc/narun-test/config.toml");
+        let text = "stream_replicas = 3\n[contexts.one]\nstream_replicas = 1\n";
+        let top = parse(text, path, None, None).unwrap();
+        assert_eq!(top.stream_replicas, Some(3));
+        assert_eq!(
+            parse(text, path, Some("one"), None)
+                .unwrap()
+                .stream_replicas,
+            Some(1)
+        );
+        let (mut c, m) = cli(&["apps", "ls"]);
+        overlay(&mut c, top.clone(), |id| given(&m, id));
+        assert_eq!(c.conn.stream_replicas, Some(3));
+        let (mut c, m) = cli(&["--stream-replicas", "5", "apps", "ls"]);
+        overlay(&mut c, top, |id| given(&m, id));
+        assert_eq!(c.conn.stream_replicas, Some(5));
+        for bad in ["stream_replicas = 0", "stream_replicas = 6"] {
+            let e = parse(bad, path, None, None).unwrap_err().to_string();
+            assert!(e.contains("stream_replicas") && e.contains(":1"), "{e}");
+        }
+        assert!(crate::cli::parse_replicas("x").is_err());
+    }
+
+    #[test]
     fn current_context_over_top_level_with_paths_resolved() {
         let c = ctx(None);
         assert_eq!(c.nats.as_deref(), Some("nats://lab:4222"));

@@ -319,15 +319,32 @@ impl BinaryCache {
         if let Some(hit) = self.cached(&path, expected).await? {
             return Ok(hit);
         }
-        let (tmp, got) = download_verified(
-            store,
-            narun_wire::names::APP_BINARIES_BUCKET,
-            object,
-            &dir,
-            expected,
-            &self.uring,
-        )
-        .await?;
+        // A download the object store does not answer (e.g. while a clustered stream or
+        // JetStream's meta group elects a new leader after a server died) is tried again
+        // after 250 ms, doubling, for up to FETCH_RETRY: nothing cached can replace it.
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(250);
+        let (tmp, got) = loop {
+            let got = download_verified(
+                store,
+                narun_wire::names::APP_BINARIES_BUCKET,
+                object,
+                &dir,
+                expected,
+                &self.uring,
+            )
+            .await;
+            match got {
+                Err(e @ (FetchError::Unreachable { .. } | FetchError::Nats { .. }))
+                    if start.elapsed() + pause < FETCH_RETRY =>
+                {
+                    tracing::warn!(object, error = %e, retry_in = ?pause, "binary download failed");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                other => break other?,
+            }
+        };
         persist_synced(tmp, &path, 0o755, None).await?;
         tracing::info!(object, path = %path.display(), digest = %expected, bytes = got, "binary cached");
         Ok(CachedBinary {
@@ -398,6 +415,35 @@ impl BinaryCache {
 /// error path (mismatch, short stream, full disk) leaves nothing behind. Used for app binaries
 /// and for files mounted into instance work dirs (`crate::fetch::inputs`).
 pub(crate) async fn download_verified(
+    store: &ObjectStore,
+    bucket: &str,
+    object: &str,
+    dir: &Path,
+    expected: &Sha256Digest,
+    uring: &UringHandle,
+) -> Result<(tempfile::NamedTempFile, u64), FetchError> {
+    // async-nats 0.50 unwraps the creation of the reader's consumer inside `poll_read`: a
+    // stream without a leader (a cluster member just died) panics there. That is an
+    // unanswered request, not a reason to lose the task.
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(download_verified_inner(
+        store, bucket, object, dir, expected, uring,
+    ))
+    .catch_unwind()
+    .await
+    .unwrap_or_else(|_| {
+        Err(FetchError::Unreachable {
+            object: object.to_string(),
+            message: "the object store's stream did not answer (no leader?)".into(),
+        })
+    })
+}
+
+/// How long [`BinaryCache::fetch_verified`] retries a download the object store did not
+/// answer.
+pub const FETCH_RETRY: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn download_verified_inner(
     store: &ObjectStore,
     bucket: &str,
     object: &str,

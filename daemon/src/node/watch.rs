@@ -54,6 +54,10 @@ pub async fn run(
     // session does not ask for the stream again (one request less while a stream leader
     // may be being elected).
     let mut opened: Option<async_nats::jetstream::kv::Store> = None;
+    // When the connection was last (re)established: for [`RECOVERY`] after it, failed
+    // sessions are retried at least every second (a stream leader is being elected).
+    let mut connected_at = std::time::Instant::now();
+    let mut last_losses = 0u64;
     loop {
         if stop.is_cancelled() {
             return;
@@ -71,7 +75,21 @@ pub async fn run(
             }
             delay = Duration::from_millis(250);
         }
+        // A watch ran before: what changed since is read from a replica first (no
+        // consumer needed), then the new watch starts after it.
+        if seen > 0
+            && let Some(configs) = &opened
+        {
+            tokio::select! {
+                _ = catch_up(&node, &beat, configs, &mut seen) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
         let losses = events.link().losses;
+        if losses != last_losses {
+            last_losses = losses;
+            connected_at = std::time::Instant::now();
+        }
         let result = tokio::select! {
             r = events.unless_lost(session(&node, &client, &events, &ready, &beat, &mut seen, &mut stall_floor, &mut opened)) => {
                 r.unwrap_or(Err(SessionEnd::Renew("NATS connection lost")))
@@ -102,18 +120,53 @@ pub async fn run(
                 tracing::warn!(error = %e, retry_in = ?delay, "app-configs not available; apps keep running as they are");
             }
         }
-        let _waiting = beat.busy("waiting to retry app-configs", delay + BEAT_EVERY);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
+        {
+            let _waiting = beat.busy(
+                "waiting to retry app-configs",
+                delay + 2 * Duration::from_secs(1) + BEAT_EVERY,
+            );
+            let until = tokio::time::Instant::now() + delay;
+            loop {
+                // A watch ran before: read what changed since from a replica meanwhile.
+                if seen > 0
+                    && events.link().connected
+                    && let Some(configs) = &opened
+                {
+                    tokio::select! {
+                        _ = catch_up(&node, &beat, configs, &mut seen) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep((until - now).min(CATCH_UP_EVERY)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
+        let cap = if connected_at.elapsed() < RECOVERY {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(30)
+        };
+        delay = (delay * 2).min(cap);
     }
 }
 
 /// Longest time the start of a session (buckets, key listing, watch) may take before it
 /// is retried.
 const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// After a (re)connect, failed sessions are retried at least every second for this long
+/// (then the back-off grows to 30 s).
+pub const RECOVERY: Duration = Duration::from_secs(30);
+
+/// Bound of starting a renewed watch (the consumer of a stream whose leader may be being
+/// elected: asked again rather than awaited).
+pub const RENEW_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Bound of each JetStream request of a session's start (opening the buckets, listing
 /// the keys, creating the watch's consumer).
@@ -198,9 +251,14 @@ async fn session(
                 configs.watch_from_revision(">", *seen + 1).await
             }
         };
-        tokio::time::timeout(SESSION_SETUP_TIMEOUT, start)
+        let bound = if *seen == 0 {
+            SESSION_SETUP_TIMEOUT
+        } else {
+            RENEW_TIMEOUT
+        };
+        tokio::time::timeout(bound, start)
             .await
-            .map_err(|_| "starting the watch of app-configs timed out".to_string())?
+            .map_err(|_| format!("starting the watch of app-configs took longer than {bound:?}"))?
             .map_err(|e| format!("watching app-configs: {e}"))?
     };
     if keys.as_ref().is_none_or(HashSet::is_empty) || *seen > 0 {
@@ -243,28 +301,82 @@ async fn session(
         let entry = entry.map_err(|e| format!("watching app-configs: {e}"))?;
         let value = matches!(entry.operation, async_nats::jetstream::kv::Operation::Put)
             .then_some(&entry.value[..]);
-        // Parsing is bounded (super::reconcile::PARSE_TIMEOUT) and declared as such, so
-        // a slow spec is progress for narund's watchdog until its bound, then refused.
-        let parsed = match value {
-            Some(v) => {
-                let _parsing = beat.busy(
-                    format!("parsing the spec of {}", entry.key),
-                    super::reconcile::PARSE_TIMEOUT + BEAT_EVERY,
-                );
-                Some(node.parse_entry(&entry.key, v).await)
-            }
-            None => None,
-        };
-        {
-            let _serial = beat.awaiting_apply();
-            node.handle_parsed(&entry.key, parsed, entry.revision).await;
-        }
-        *seen = (*seen).max(entry.revision);
+        apply(node, beat, &entry.key, value, entry.revision, seen).await;
         if entry.delta == 0 {
             ready.send_replace(true);
         }
     }
     Err(SessionEnd::Failed("the app-configs watch ended".into()))
+}
+
+/// Hand one revision of `app-configs` to the node (`value` `None`: deleted or purged).
+async fn apply(
+    node: &Node,
+    beat: &Beat,
+    key: &str,
+    value: Option<&[u8]>,
+    revision: u64,
+    seen: &mut u64,
+) {
+    // Parsing is bounded (super::reconcile::PARSE_TIMEOUT) and declared as such, so
+    // a slow spec is progress for narund's watchdog until its bound, then refused.
+    let parsed = match value {
+        Some(v) => {
+            let _parsing = beat.busy(
+                format!("parsing the spec of {key}"),
+                super::reconcile::PARSE_TIMEOUT + BEAT_EVERY,
+            );
+            Some(node.parse_entry(key, v).await)
+        }
+        None => None,
+    };
+    {
+        let _serial = beat.awaiting_apply();
+        node.handle_parsed(key, parsed, revision).await;
+    }
+    *seen = (*seen).max(revision);
+}
+
+/// How often the revisions after the last one seen are read while no watch runs.
+pub const CATCH_UP_EVERY: Duration = Duration::from_millis(250);
+
+/// Apply the revisions of `app-configs` after `seen`, read one by one with JetStream's
+/// direct get (`next_by_subj`), which every replica of the stream answers by itself: used
+/// while no watch runs after a lost connection. A new watch needs a new consumer, and
+/// creating one needs JetStream's meta leader: when the server that died was the meta
+/// leader, that takes the cluster's re-election (about 5-10 s on nats-server 2.9), while a
+/// spec written meanwhile is readable at once. Returns how many revisions were applied.
+async fn catch_up(
+    node: &Node,
+    beat: &Beat,
+    configs: &async_nats::jetstream::kv::Store,
+    seen: &mut u64,
+) -> usize {
+    let prefix = format!("$KV.{}.", configs.name);
+    let mut applied = 0;
+    loop {
+        let next = configs
+            .stream
+            .direct_get_next_for_subject(format!("{prefix}>"), Some(*seen + 1));
+        let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(1), next).await else {
+            return applied;
+        };
+        let Some(key) = msg.subject.strip_prefix(prefix.as_str()) else {
+            return applied;
+        };
+        let deleted = msg
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        let value = (!deleted).then_some(&msg.payload[..]);
+        tracing::info!(
+            key,
+            revision = msg.sequence,
+            "app-configs revision read while the watch is down"
+        );
+        apply(node, beat, key, value, msg.sequence, seen).await;
+        applied += 1;
+    }
 }
 
 /// The last revision (stream sequence) of `app-configs`, bounded; `None` when unknown.
