@@ -183,7 +183,11 @@ fn run_and_die(k: &FakeKernel, dir: &std::path::Path, spec: AppSpec) -> i32 {
             let node = node(&k, &dir).await;
             seed_binary(&node, &spec);
             node.apply(spec, 1).await;
-            running(&node, 1, "v1").await[0]
+            let pid = running(&node, 1, "v1").await[0];
+            // Records are written by the record writer thread, after the in-memory state
+            // says running: the narund that "dies" here had its record on disk.
+            assert!(node.host().local.flush(T).await, "the record reached the disk");
+            pid
         })
     })
     .join()
