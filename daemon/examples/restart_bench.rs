@@ -236,11 +236,12 @@ async fn narund_round(
 ) -> anyhow::Result<()> {
     starts.drain();
     events.lock().unwrap().clear();
-    let cpu0 = cpu_ns(node.pid);
     b.put_spec(app, &spec(app, node.name, &starts.sock, round, 0))
         .await;
-    let mut t = Vec::new();
-    for _ in 0..=restarts {
+    // CPU from the first start on: the restarts, not the deployment (download, hash).
+    let mut t = vec![starts.next().await?];
+    let cpu0 = cpu_ns(node.pid);
+    for _ in 0..restarts {
         t.push(starts.next().await?);
     }
     let cpu = cpu_ns(node.pid) - cpu0;

@@ -209,7 +209,11 @@ impl Task {
             )
             .await;
             match fetched {
-                Ok(Ok(b)) => return Ok(b),
+                Ok(Ok(b)) => {
+                    // Verified by the cache just now: a restart need not hash it again.
+                    self.verified = FileStamp::of(&b.path).map(|st| (b.digest, st));
+                    return Ok(b);
+                }
                 Ok(Err(e @ (FetchError::Mismatch { .. } | FetchError::BadDigest { .. }))) => {
                     return Err(StartFailure::new(Reason::Verify, e.to_string()));
                 }
