@@ -1,7 +1,8 @@
 //! `regex-lite` under the name `regex`.
 //!
 //! The workspace patches crates.io's `regex` with this crate (`[patch.crates-io]` in the
-//! workspace `Cargo.toml`). The only dependent is async-nats, which compiles a handful of
+//! workspace `Cargo.toml`). The only dependent in any binary is async-nats (prost-build, a
+//! build dependency of the grpc-hello example, is the other), which compiles a handful of
 //! fixed patterns once (`LazyLock<Regex>`) and uses `Regex::new`, `is_match` and
 //! `captures`, all of which `regex-lite` has with the same signatures. `regex-lite`
 //! matches ASCII classes only (`\w`, `\d`, `\s`); every pattern async-nats uses is about
@@ -74,6 +75,23 @@ mod tests {
                 "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4"
             ]
         );
+    }
+
+    /// prost-build (a build dependency of examples/grpc-hello) resolves to this shim too;
+    /// its two patterns clean up doc comments of generated code.
+    #[test]
+    fn prost_build_doc_comment_patterns() {
+        let url = Regex::new(r"https?://[^\s)]+").unwrap();
+        assert_eq!(
+            url.find("see (https://example.com/a_b) now")
+                .unwrap()
+                .as_str(),
+            "https://example.com/a_b"
+        );
+        let link = Regex::new(r"(^|[^\]\\])\[(([^\]]*[^\\])?)\]([^(\[]|$)").unwrap();
+        let c = link.captures("a [Foo] b").unwrap();
+        assert_eq!(&c[2], "Foo");
+        assert!(link.captures("a [Foo](x) b").is_none());
     }
 
     #[test]
