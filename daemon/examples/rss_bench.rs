@@ -1,29 +1,37 @@
-//! Memory of an idle narund supervising 10 apps, vs the same narund supervising none, in one run.
+//! Memory of an idle narund supervising 10 apps deployed with narunctl, vs the same narund
+//! supervising none, with and without the gateway, and the floor (`bench/floor`), in one run.
 //!
 //! ```text
-//! cargo run --release -p narund --example rss_bench [-- [<apps>] [--rounds <n>] [--bin-dir <dir>]]
+//! cargo run --release -p narund --example rss_bench [-- [<apps>] [--rounds <n>] [--bin-dir <dir>]
+//!     [--gateway] [--floor] [--cold] [--readaround]]
 //! ```
 //! A fresh, real nats-server (narun-test-support); the release `narund` binary built from
-//! this workspace (default features, i.e. **without** the gateway) as a real process with its
-//! own data dir; `<apps>` (default 10) app specs of one replica each, whose binary is a shell
-//! script that execs `sleep`. The bench waits until narund's heartbeat shows every instance
-//! `running`, lets narund idle for 5 s (heartbeats, no log traffic), then reads `VmRSS`,
-//! `RssAnon`, `RssFile`, `VmHWM` and `Threads` from `/proc/<narund>/status`, `Pss` and
-//! `Private_Dirty` from `smaps_rollup`, the resident KiB per kind of mapping (narund's binary,
-//! shared libraries, anonymous) from `smaps`, and the page faults from `stat`.
+//! this workspace (default features, i.e. **without** the gateway; with `--gateway` also
+//! built with `--features gateway` and run with `[gateway] enabled = true`) as a real process
+//! with its own data dir; `<apps>` (default 10) app specs of one replica each, deployed with
+//! the release `narunctl` (`narunctl deploy -f <app>.json --no-binary`; the binary, a shell
+//! script that execs `sleep`, is put in the object store first). The bench waits until
+//! narund's heartbeat shows every instance `running`, lets narund idle past its settle trim
+//! and 5 s more (heartbeats, no log traffic), then reads `VmRSS`, `RssAnon`, `RssFile`,
+//! `VmHWM` and `Threads` from `/proc/<narund>/status`, `Pss` and `Private_Dirty` from
+//! `smaps_rollup`, the resident KiB per kind of mapping (narund's binary, shared libraries,
+//! anonymous) from `smaps`, and the page faults from `stat`.
 //!
-//! Runs, in this order: the default config with no app specs (baseline); then `--rounds`
-//! (default 3) rounds of the default config and of `[memory] exec_readaround = true` (the
-//! kernel's read-ahead on narund's binary, i.e. narund before `narund::memory`), each with
-//! `<apps>` apps. Per variant it prints the median of the rounds and the start-up time
-//! (`ready_ms`): from the spawn to the first heartbeat that shows every instance `running`.
+//! Runs, in this order: each build with no app specs (baseline); then `--rounds` (default 3)
+//! rounds, each measuring every build with `<apps>` apps (and, with `--readaround`, narund
+//! with `[memory] exec_readaround = true`: the kernel's read-ahead on narund's binary, i.e.
+//! narund before `narund::memory`), alternating. `--floor` adds `narun-size-floor`
+//! (bench/floor: async-nats connected, watching `app-configs`, nothing else) to every round.
+//! Per variant it prints the median of the rounds and the start-up time (`ready_ms`): from the
+//! spawn to the first heartbeat that shows every instance `running`.
 //!
 //! Before each start the binary's pages are evicted from the page cache (`posix_fadvise`
-//! DONTNEED), as after a boot; otherwise fault-around maps the whole cached binary. How much
-//! of the binary a page fault reads depends on the block device's `read_ahead_kb` (8 MiB on
-//! the project VM, 128 KiB on a typical eMMC): `--bin-dir <dir>` copies narund into `<dir>`
-//! (e.g. a loop-mounted ext4 with its own `read_ahead_kb`, see `docs/benchmarks.md`) and runs
-//! it from there.
+//! DONTNEED), as after a boot; otherwise fault-around maps the whole cached binary. `--cold`
+//! drops the whole page cache instead (`echo 3 > /proc/sys/vm/drop_caches`, root): then libc
+//! and ld.so are read again too, unless other processes keep them mapped. How much of the
+//! binary a page fault reads depends on the block device's `read_ahead_kb` (8 MiB on the
+//! project VM, 128 KiB on a typical eMMC): `--bin-dir <dir>` runs the binaries from copies in
+//! `<dir>` (e.g. a loop-mounted ext4 with its own `read_ahead_kb`, see `docs/benchmarks.md`).
 //!
 //! narund runs as the invoking user with the cgroup root `narun-bench-rss-<pid>` (created below
 //! narund's own cgroup, removed at the end).
@@ -150,6 +158,74 @@ fn evict_from_page_cache(bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Empty the whole page cache (clean pages only; `sync` first), as after a boot.
+fn drop_caches() -> anyhow::Result<()> {
+    // SAFETY: sync(2) has no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .map_err(|e| anyhow::anyhow!("--cold: cannot write /proc/sys/vm/drop_caches: {e}"))
+}
+
+/// What runs in one measurement.
+#[derive(Clone, Copy)]
+struct Variant {
+    label: &'static str,
+    /// Index into the binaries: narund, narund with gateway, the floor.
+    build: usize,
+    /// Appended to narund's config.
+    toml: &'static str,
+}
+
+const NARUND: usize = 0;
+const GATEWAY: usize = 1;
+const FLOOR: usize = 2;
+
+/// The gateway on free ports, no routes (the listeners, the route watch, the metrics).
+const GATEWAY_TOML: &str = "[gateway]\nenabled = true\nhttp_addr = \"127.0.0.1:0\"\n\
+                            metrics_addr = \"127.0.0.1:0\"\n";
+
+/// Start the floor binary against `server`, wait until it has read every spec of
+/// `app-configs` (one line per entry on stdout), idle as long as narund does, measure, stop.
+async fn measure_floor(
+    bin: &Path,
+    server: &NatsServer,
+    apps: usize,
+    cold: bool,
+) -> anyhow::Result<Mem> {
+    use tokio::io::AsyncBufReadExt;
+    if cold {
+        drop_caches()?;
+    }
+    evict_from_page_cache(bin)?;
+    let started = Instant::now();
+    let mut floor = tokio::process::Command::new(bin)
+        .env("NATS_URL", server.url())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = floor.id().expect("floor pid");
+    let mut lines = tokio::io::BufReader::new(floor.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..apps {
+            lines
+                .next_line()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the floor binary exited"))?;
+        }
+        anyhow::Ok(started.elapsed())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the floor binary did not read {apps} specs within 60 s"))??;
+    tokio::time::sleep(Duration::from_secs(
+        narund::memory::DEFAULT_SETTLE_TRIM_SECS + 5,
+    ))
+    .await;
+    let mut mem = Mem::read(pid, bin)?;
+    mem.fields.insert("ready_ms", ready.as_millis() as u64);
+    floor.kill().await?;
+    Ok(mem)
+}
+
 /// Start narund with `extra_toml` appended to its config, wait for a heartbeat with `apps`
 /// running instances, idle, measure, stop.
 async fn measure(
@@ -159,6 +235,7 @@ async fn measure(
     node: &str,
     apps: usize,
     extra_toml: &str,
+    cold: bool,
 ) -> anyhow::Result<Mem> {
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("narund.toml");
@@ -171,6 +248,9 @@ async fn measure(
     );
     std::fs::write(&conf, toml)?;
     let mut watch = states.watch(node).await?;
+    if cold {
+        drop_caches()?;
+    }
     evict_from_page_cache(bin)?;
     let started = Instant::now();
     let mut narund = tokio::process::Command::new(bin)
@@ -224,6 +304,10 @@ struct Args {
     apps: usize,
     rounds: usize,
     bin_dir: Option<PathBuf>,
+    gateway: bool,
+    floor: bool,
+    cold: bool,
+    readaround: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -231,11 +315,19 @@ fn args() -> anyhow::Result<Args> {
         apps: 10,
         rounds: 3,
         bin_dir: None,
+        gateway: false,
+        floor: false,
+        cold: false,
+        readaround: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => a.rounds = it.next().unwrap_or_default().parse()?,
+            "--gateway" => a.gateway = true,
+            "--floor" => a.floor = true,
+            "--cold" => a.cold = true,
+            "--readaround" => a.readaround = true,
             "--bin-dir" => {
                 a.bin_dir = Some(
                     it.next()
@@ -245,7 +337,10 @@ fn args() -> anyhow::Result<Args> {
             }
             n => {
                 a.apps = n.parse().map_err(|_| {
-                    anyhow::anyhow!("usage: rss_bench [<apps>] [--rounds <n>] [--bin-dir <dir>]")
+                    anyhow::anyhow!(
+                        "usage: rss_bench [<apps>] [--rounds <n>] [--bin-dir <dir>] \
+                         [--gateway] [--floor] [--cold] [--readaround]"
+                    )
                 })?
             }
         }
@@ -270,85 +365,219 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+/// Copy `bin` to `<dir>/<name>` (atomically), or to a private temp dir: each build gets its
+/// own file (cargo writes both narund builds to the same path), and smaps tells them apart.
+fn place(bin: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let copy = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(bin, &tmp)?;
+    std::fs::rename(&tmp, &copy)?;
+    Ok(copy)
+}
+
+/// Deploy `apps` specs with narunctl (binaries uploaded first), as an operator does.
+async fn deploy(
+    server: &NatsServer,
+    b: &narun_test_support::Buckets,
+    apps: usize,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for i in 0..apps {
+        let name = format!("app{i}");
+        b.upload(&name, "v1", APP).await;
+        let spec = serde_json::json!({"name": name, "tag": "v1", "nodes": [{"name": "rss-apps", "replicas": 1}]});
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&spec)?)?;
+        let out = narun_test_support::narunctl(
+            &server.url(),
+            &[
+                "deploy",
+                "-f",
+                file.to_str().expect("utf-8 path"),
+                "--no-binary",
+            ],
+        )
+        .await;
+        anyhow::ensure!(
+            out.status.success(),
+            "narunctl deploy {name}: {}",
+            narun_test_support::text(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 async fn run() -> anyhow::Result<()> {
     let args = args()?;
     let apps = args.apps;
-    let mut bin = workspace_bin("narund", "narund", &[]);
-    if let Some(dir) = &args.bin_dir {
-        let copy = dir.join("narund");
-        let tmp = dir.join(".narund.tmp");
-        std::fs::copy(&bin, &tmp)?;
-        std::fs::rename(&tmp, &copy)?;
-        bin = copy;
+    let tmp = tempfile::tempdir()?;
+    let dir = args
+        .bin_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    // Built (and copied) one after the other: both narund builds land on the same path.
+    let mut bins: Vec<Option<PathBuf>> = vec![None, None, None];
+    bins[NARUND] = Some(place(
+        &workspace_bin("narund", "narund", &[]),
+        &dir,
+        "narund",
+    )?);
+    if args.gateway {
+        let b = workspace_bin("narund", "narund", &["--features", "gateway"]);
+        bins[GATEWAY] = Some(place(&b, &dir, "narund-gateway")?);
     }
-    let size = std::fs::metadata(&bin)?.len();
-    // A freshly linked binary sits in the page cache as *dirty* pages until written back, and
+    if args.floor {
+        let b = workspace_bin("narun-size-floor", "narun-size-floor", &[]);
+        bins[FLOOR] = Some(place(&b, &dir, "narun-size-floor")?);
+    }
+    // Built now, not in the middle of the measurements.
+    narun_test_support::narunctl_bin();
+    // A freshly written binary sits in the page cache as *dirty* pages until written back, and
     // smaps counts those as Private_Dirty of every process mapping it: write them back first.
     // SAFETY: sync(2) has no arguments and cannot fail.
     unsafe { libc::sync() };
     let server = NatsServer::start();
     let b = narun_test_support::buckets(&server).await;
 
-    let idle = measure(&bin, &server, &b.states, "rss-idle", 0, "").await?;
-
-    for i in 0..apps {
-        let name = format!("app{i}");
-        b.upload(&name, "v1", APP).await;
-        let spec = serde_json::json!({"name": name, "tag": "v1", "nodes": [{"name": "rss-apps", "replicas": 1}]});
-        b.put_spec(&name, &spec).await;
+    let mut variants = vec![Variant {
+        label: "narund",
+        build: NARUND,
+        toml: "",
+    }];
+    if args.readaround {
+        variants.push(Variant {
+            label: "narund, exec_readaround",
+            build: NARUND,
+            toml: "[memory]\nexec_readaround = true",
+        });
     }
-    let variants = [
-        ("default", ""),
-        ("readaround", "[memory]\nexec_readaround = true"),
-    ];
+    if args.gateway {
+        variants.push(Variant {
+            label: "narund+gateway",
+            build: GATEWAY,
+            toml: GATEWAY_TOML,
+        });
+    }
+    if args.floor {
+        variants.push(Variant {
+            label: "floor",
+            build: FLOOR,
+            toml: "",
+        });
+    }
+    let bin_of = |v: &Variant| bins[v.build].clone().expect("built");
+
+    // No apps: each build once.
+    let mut rows: Vec<(String, Mem)> = Vec::new();
+    for v in variants
+        .iter()
+        .filter(|v| v.label != "narund, exec_readaround")
+    {
+        let m = if v.build == FLOOR {
+            measure_floor(&bin_of(v), &server, 0, args.cold).await?
+        } else {
+            measure(
+                &bin_of(v),
+                &server,
+                &b.states,
+                &format!("rss-idle-{}", v.build),
+                0,
+                v.toml,
+                args.cold,
+            )
+            .await?
+        };
+        eprintln!("no apps {}: VmRSS {} KiB", v.label, m.get("VmRSS"));
+        rows.push((format!("{}, no apps", v.label), m));
+    }
+
+    deploy(&server, &b, apps).await?;
     let mut runs: Vec<Vec<Mem>> = vec![Vec::new(); variants.len()];
     for round in 0..args.rounds {
-        for (v, (label, toml)) in variants.iter().enumerate() {
-            let m = measure(&bin, &server, &b.states, "rss-apps", apps, toml).await?;
+        for (i, v) in variants.iter().enumerate() {
+            let m = if v.build == FLOOR {
+                measure_floor(&bin_of(v), &server, apps, args.cold).await?
+            } else {
+                measure(
+                    &bin_of(v),
+                    &server,
+                    &b.states,
+                    "rss-apps",
+                    apps,
+                    v.toml,
+                    args.cold,
+                )
+                .await?
+            };
             eprintln!(
-                "round {round} {label}: VmRSS {} KiB, bin {} KiB, majflt {}, all running after {} ms",
+                "round {round} {}: VmRSS {} KiB, bin {} KiB, majflt {}, ready after {} ms",
+                v.label,
                 m.get("VmRSS"),
                 m.get("bin"),
                 m.get("majflt"),
                 m.get("ready_ms")
             );
-            runs[v].push(m);
+            runs[i].push(m);
         }
     }
+    for v in &variants {
+        let bin = bin_of(v);
+        let size = std::fs::metadata(&bin)?.len();
+        println!(
+            "{}: {} ({size} B, {:.2} MiB)",
+            v.label,
+            bin.display(),
+            size as f64 / 1048576.0
+        );
+    }
     println!(
-        "narund binary: {} ({:.2} MiB)",
-        bin.display(),
-        size as f64 / 1048576.0
+        "page cache before each start: {}",
+        if args.cold {
+            "dropped (drop_caches)"
+        } else {
+            "binary evicted (fadvise)"
+        }
     );
-    print!("{:<34}", "");
+    print!("{:<44}", "");
     for c in COLUMNS {
         print!(" {c:>13}");
     }
     println!();
-    let mut rows = vec![("no apps, default".to_string(), idle)];
-    for (v, (label, _)) in variants.iter().enumerate() {
+    for (i, v) in variants.iter().enumerate() {
+        let what = if v.build == FLOOR {
+            "specs watched"
+        } else {
+            "apps"
+        };
         rows.push((
-            format!("{apps} apps, {label} (median of {})", args.rounds),
-            Mem::median(&runs[v]),
+            format!("{}, {apps} {what} (median of {})", v.label, args.rounds),
+            Mem::median(&runs[i]),
         ));
     }
     for (label, m) in &rows {
-        print!("{label:<34}");
+        print!("{label:<44}");
         for c in COLUMNS {
             print!(" {:>13}", m.get(c));
         }
         println!();
     }
-    let busy = &rows[1].1;
-    println!(
-        "RSS with {apps} apps: {:.2} MiB (target <= 6 MB = 5.72 MiB), of which {:.2} MiB clean file-backed \
-         (pages of the binary and libc: shared, reclaimable) and {:.2} MiB private dirty; PSS {:.2} MiB; \
-         {:+.0} KiB per app over the idle narund",
-        busy.get("VmRSS") as f64 / 1024.0,
-        busy.get("RssFile") as f64 / 1024.0,
-        busy.get("Private_Dirty") as f64 / 1024.0,
-        busy.get("Pss") as f64 / 1024.0,
-        (busy.get("VmRSS") as f64 - rows[0].1.get("VmRSS") as f64) / apps.max(1) as f64
-    );
+    let n_idle = rows.len() - variants.len();
+    for (i, v) in variants.iter().enumerate() {
+        let busy = &rows[n_idle + i].1;
+        let target = match v.build {
+            NARUND => " (target <= 4 MB = 3.81 MiB)",
+            GATEWAY => " (target <= 6 MB = 5.72 MiB)",
+            _ => "",
+        };
+        println!(
+            "{}: VmRSS {:.2} MiB{target}, of which {:.2} MiB clean file-backed (pages of the \
+             binary and libc: shared, reclaimable) and {:.2} MiB private dirty; PSS {:.2} MiB",
+            v.label,
+            busy.get("VmRSS") as f64 / 1024.0,
+            busy.get("RssFile") as f64 / 1024.0,
+            busy.get("Private_Dirty") as f64 / 1024.0,
+            busy.get("Pss") as f64 / 1024.0,
+        );
+    }
     Ok(())
 }

@@ -21,6 +21,9 @@ use narund::preflight::Checked;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,15 +61,19 @@ fn main() -> ExitCode {
     let fds = unsafe { narund::sys::env::take_listen_fds() };
     let received = narund::state::fdstore::receive(fds);
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NARUND_LOG")
-                .unwrap_or_else(|_| "info".into()),
+    let (filter, bad_filter) = log_filter(std::env::var("NARUND_LOG").ok().as_deref());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours only on a terminal: under systemd stderr goes to the journal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: under systemd stderr goes to the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(filter)
         .init();
+    if let Some(e) = bad_filter {
+        tracing::warn!(error = %e, "NARUND_LOG is not a valid filter; logging at info");
+    }
     if received > 0 {
         tracing::info!(
             fds = received,
@@ -133,6 +140,29 @@ fn main() -> ExitCode {
 /// it all (`current_thread`); the runtime's worker threads, their stacks and malloc arenas,
 /// and the multi-thread scheduler's code would only add memory (docs/benchmarks.md, "narund
 /// memory"). The gateway proxies HTTP and gRPC and uses every core.
+/// The log filter from `NARUND_LOG`: comma-separated `target=level` directives and an
+/// optional bare default level (`info`, `narund=debug,async_nats=warn`; tracing-subscriber's
+/// `filter::Targets` syntax, the `EnvFilter` syntax without span and field filters, which
+/// would pull a regex engine into narund). Unset or empty: `info`. Unparsable: `info`, and
+/// the parse error to log once logging runs.
+fn log_filter(var: Option<&str>) -> (Targets, Option<String>) {
+    let info = Targets::new().with_default(LevelFilter::INFO);
+    match var.map(str::trim) {
+        None | Some("") => (info, None),
+        // `Targets` would take `narund[span]` as a target name that matches nothing.
+        Some(text) if text.contains(['[', ']', '{', '}']) => (
+            info,
+            Some(format!(
+                "{text:?}: span and field filters ([...], {{...}}) are not supported"
+            )),
+        ),
+        Some(text) => match text.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (info, Some(format!("{text:?}: {e}"))),
+        },
+    }
+}
+
 fn runtime_builder() -> tokio::runtime::Builder {
     #[cfg(feature = "gateway")]
     return tokio::runtime::Builder::new_multi_thread();
@@ -201,4 +231,56 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     daemon.await.context("narund panicked")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn log_filter_syntax() {
+        let (f, err) = log_filter(None);
+        assert!(err.is_none());
+        assert!(f.would_enable("narund::node", &tracing::Level::INFO));
+        assert!(!f.would_enable("narund::node", &tracing::Level::DEBUG));
+        assert_eq!(
+            log_filter(Some("  ")).0.default_level(),
+            Some(LevelFilter::INFO)
+        );
+
+        let (f, err) = log_filter(Some("narund=debug,async_nats=warn"));
+        assert!(err.is_none());
+        assert!(f.would_enable("narund::instance::task", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("async_nats::client", &tracing::Level::INFO));
+        assert!(f.would_enable("async_nats::client", &tracing::Level::WARN));
+        // Like EnvFilter: a target list without a bare level enables nothing else.
+        assert!(!f.would_enable("tokio_uring", &tracing::Level::ERROR));
+
+        let (f, err) = log_filter(Some("warn,narund::node=trace"));
+        assert!(err.is_none());
+        assert!(f.would_enable("narund::node::reconcile", &tracing::Level::TRACE));
+        assert!(!f.would_enable("narund::instance", &tracing::Level::INFO));
+        assert!(f.would_enable("rustls", &tracing::Level::WARN));
+
+        assert_eq!(
+            log_filter(Some("OFF")).0.default_level(),
+            Some(LevelFilter::OFF)
+        );
+    }
+
+    #[test]
+    fn bad_log_filter_falls_back_to_info_and_says_why() {
+        for bad in [
+            "narund=loud",
+            "narund[span]=debug",
+            "narund[{id=1}]",
+            "a=b=c",
+        ] {
+            let (f, err) = log_filter(Some(bad));
+            let err = err.unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(err.contains(bad), "{err}");
+            assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        }
+    }
 }

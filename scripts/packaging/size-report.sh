@@ -4,6 +4,8 @@
 #
 #   scripts/packaging/size-report.sh            # both targets, all three binaries
 #   CROSS_TARGETS=aarch64-unknown-linux-gnu SIZE_BINS="narund" scripts/packaging/size-report.sh
+#   SIZE_BINS="floor" ...   # bench/floor: async-nats + tokio + serde_json watching the
+#                           # app-configs bucket, the floor under any narund
 #
 # The binaries are built with the workspace release profile except that symbols are
 # kept (CARGO_PROFILE_RELEASE_STRIP=false), so bloat.py can attribute them; the size
@@ -36,9 +38,13 @@ for t in $TARGETS; do
             narund) nice cargo build --locked -q --release -p narund --target "$t" ;;
             narund+gateway) nice cargo build --locked -q --release -p narund --features gateway --target "$t" ;;
             narunctl) nice cargo build --locked -q --release -p narunctl --target "$t" ;;
+            floor) nice cargo build --locked -q --release -p narun-size-floor --target "$t" ;;
             *) echo "unknown binary $b" >&2; exit 2 ;;
         esac
-        src="$TARGET_DIR/$t/release/${b%%+*}"
+        case "$b" in
+            floor) src="$TARGET_DIR/$t/release/narun-size-floor" ;;
+            *) src="$TARGET_DIR/$t/release/${b%%+*}" ;;
+        esac
         "$p-strip" -o "$OUT/$t-$b" "$src"
         cp "$src" "$OUT/$t-$b.unstripped"
         size=$(stat -c %s "$OUT/$t-$b")
