@@ -186,7 +186,10 @@ fn run_and_die(k: &FakeKernel, dir: &std::path::Path, spec: AppSpec) -> i32 {
             let pid = running(&node, 1, "v1").await[0];
             // Records are written by the record writer thread, after the in-memory state
             // says running: the narund that "dies" here had its record on disk.
-            assert!(node.host().local.flush(T).await, "the record reached the disk");
+            assert!(
+                node.host().local.flush(T).await,
+                "the record reached the disk"
+            );
             pid
         })
     })
