@@ -91,9 +91,10 @@ pub async fn run(
             connected_at = std::time::Instant::now();
         }
         let result = tokio::select! {
-            r = events.unless_lost(session(&node, &client, &events, &ready, &beat, &mut seen, &mut stall_floor, &mut opened)) => {
-                r.unwrap_or(Err(SessionEnd::Renew("NATS connection lost")))
-            }
+            // A lost connection ends the session while it waits (setup, next entry), never
+            // in the middle of an apply: a half-done apply (a scale-down between two stops,
+            // a rolling update waiting for the new run) would leave runs nobody controls.
+            r = session(&node, &client, &events, &ready, &beat, &mut seen, &mut stall_floor, &mut opened) => r,
             _ = stop.cancelled() => return,
         };
         if events.link().losses > losses && !matches!(result, Err(SessionEnd::Renew(_))) {
@@ -214,14 +215,19 @@ async fn session(
     if client.connection_state() != State::Connected {
         return Err(SessionEnd::Failed("NATS is not connected".into()));
     }
+    // Losses of the connection after this point end the session where it waits.
+    let losses = events.link().losses;
+    let lost = || SessionEnd::Renew("NATS connection lost");
     let (keys, configs) = {
         let _busy = beat.busy(
             "opening app-configs",
             SESSION_SETUP_TIMEOUT + Duration::from_secs(5),
         );
         let open = open_session(node, client, opened.clone(), *seen == 0);
-        tokio::time::timeout(SESSION_SETUP_TIMEOUT, open)
+        events
+            .unless_lost(tokio::time::timeout(SESSION_SETUP_TIMEOUT, open))
             .await
+            .map_err(|_| lost())?
             .map_err(|_| {
                 format!(
                     "opening app-configs took longer than {} s",
@@ -256,8 +262,10 @@ async fn session(
         } else {
             RENEW_TIMEOUT
         };
-        tokio::time::timeout(bound, start)
+        events
+            .unless_lost(tokio::time::timeout(bound, start))
             .await
+            .map_err(|_| lost())?
             .map_err(|_| format!("starting the watch of app-configs took longer than {bound:?}"))?
             .map_err(|e| format!("watching app-configs: {e}"))?
     };
@@ -276,6 +284,7 @@ async fn session(
     loop {
         let entry = tokio::select! {
             e = watch.next() => e,
+            _ = events.lost_after(losses) => return Err(lost()),
             _ = tick.tick() => {
                 beat.beat();
                 continue;

@@ -185,10 +185,33 @@ pub unsafe fn drop_privileges_in_pre_exec(
             0 as c_ulong,
             0 as c_ulong,
         ))?;
-        // 3. Groups, gid, uid. (libc's wrappers pick the 32-bit-id syscalls on armv7.)
-        check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setresgid(gid, gid, gid))?;
-        check(libc::setresuid(uid, uid, uid))?;
+        // 3. Groups, gid, uid, as raw syscalls (this thread only). glibc's wrappers
+        //    broadcast the change to every thread glibc believes exists: after a raw
+        //    `clone3` (which, unlike `fork`, does not reset glibc's thread list and locks)
+        //    that means narund's threads, and a lock copied mid-operation hangs the child
+        //    for ever. armv7 has 16-bit-id calls under the plain names: use the `32` ones.
+        #[cfg(target_arch = "arm")]
+        let (sys_setgroups, sys_setresgid, sys_setresuid) = (
+            libc::SYS_setgroups32,
+            libc::SYS_setresgid32,
+            libc::SYS_setresuid32,
+        );
+        #[cfg(not(target_arch = "arm"))]
+        let (sys_setgroups, sys_setresgid, sys_setresuid) = (
+            libc::SYS_setgroups,
+            libc::SYS_setresgid,
+            libc::SYS_setresuid,
+        );
+        let raw = |rc: libc::c_long| check(if rc == -1 { -1 } else { 0 });
+        raw(libc::syscall(
+            sys_setgroups,
+            0 as c_ulong,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        // ids as the kernel reads them (it truncates each register to a 32-bit id).
+        let (g, u) = (gid as c_ulong, uid as c_ulong);
+        raw(libc::syscall(sys_setresgid, g, g, g))?;
+        raw(libc::syscall(sys_setresuid, u, u, u))?;
         // 4. Kept capabilities, and CAP_SETPCAP until the securebits are set.
         let setpcap = 1u64 << CAP_SETPCAP;
         capset(keep_caps | setpcap, keep_caps)?;
