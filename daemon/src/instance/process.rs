@@ -250,9 +250,11 @@ fn spawn_clone3(
             drop(tracked);
             // AsyncFd registration needs the runtime (spawn runs on it).
             let fd = Pidfd::from_owned(s.pidfd, s.pid).map_err(|e| {
-                TRACKED.lock().unwrap().remove(&s.pid);
+                // Killed and reaped while still tracked: the orphan reaper cannot take the
+                // pid first, so it cannot be reused by a stranger before the kill.
                 let _ = sys::process::kill(s.pid, libc::SIGKILL);
                 let _ = sys::process::waitpid_blocking(s.pid);
+                TRACKED.lock().unwrap().remove(&s.pid);
                 spawn_err(e)
             })?;
             Ok(Box::new(Cloned { fd }))

@@ -35,8 +35,8 @@ pub struct Local {
     file: StateFile,
     apps: Mutex<PersistedState>,
     records: Arc<Records>,
-    /// The last generation of the records the writer has written (or failed to write:
-    /// the failure is logged and the next change tries again).
+    /// The last generation of the records the writer has written. A failed write is
+    /// logged and retried every second; the generation stays behind until it succeeds.
     durable: watch::Receiver<u64>,
     uids_file: UidFile,
     /// The dynamic uid of each app; `None` until first needed (read then).
@@ -294,7 +294,14 @@ impl Records {
                 )
             };
             if let Err(e) = self.file.save_bytes(&bytes) {
-                tracing::warn!(error = %e, "writing the records of running instances");
+                // Not durable: try again in a second (a full disk may get room), whatever
+                // else changes meanwhile; waiters keep waiting (bounded on their side).
+                tracing::warn!(error = %e, retry_in_s = 1, "writing the records of running instances");
+                if durable.is_closed() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
             }
             written = generation;
             durable.send_replace(generation);

@@ -133,6 +133,7 @@ pub fn spawn(setup: &ChildSetup<'_>) -> Result<Spawned, SpawnFailure> {
     drop(err_w);
     let mut buf = [0u8; 4];
     let mut got = 0;
+    let mut read_error = None;
     while got < buf.len() {
         // SAFETY: reading into the unfilled part of `buf` from a pipe we own.
         let n = unsafe {
@@ -148,10 +149,18 @@ pub fn spawn(setup: &ChildSetup<'_>) -> Result<Spawned, SpawnFailure> {
             _ => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
+                    read_error = Some(e);
                     break;
                 }
             }
         }
+    }
+    if let Some(e) = read_error {
+        // Whether the child reached execve is unknown: do not report a start that may
+        // not have happened. Kill and reap it (it is ours).
+        let _ = super::process::kill(pid, libc::SIGKILL);
+        let _ = super::process::waitpid_blocking(pid);
+        return Err(SpawnFailure::Child(e));
     }
     if got == 0 {
         return Ok(Spawned { pid, pidfd });
