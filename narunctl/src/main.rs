@@ -21,6 +21,8 @@ mod cli;
 mod cmd;
 mod context;
 mod output;
+mod plan;
+mod progress;
 mod rollout;
 mod session;
 

@@ -541,3 +541,44 @@ fn invalid_replicas_count_as_zero() {
     spec.nodes.push(NodeSelector::by_name("n", -5));
     assert_eq!(spec.desired_replicas("n", &BTreeMap::new()), 0);
 }
+
+#[test]
+fn binary_digest_rules() {
+    const D: &str = "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=";
+    let set = |k: &str, v: &str| {
+        let (k, v) = (k.to_string(), v.to_string());
+        move |s: &mut AppSpec| {
+            s.binary_digests.insert(k, v);
+        }
+    };
+    accepts(set("linux/amd64", D));
+    accepts(set("linux/arm64", D.trim_end_matches('=')));
+    rejects(
+        "binaryDigests[\"linux-amd64\"]",
+        "<os>/<arch>",
+        set("linux-amd64", D),
+    );
+    rejects(
+        "binaryDigests[\"Linux/x\"]",
+        "<os>/<arch>",
+        set("Linux/x", D),
+    );
+    rejects(
+        "binaryDigests[\"linux/arm\"]",
+        "SHA-256=",
+        set("linux/arm", "abc"),
+    );
+    rejects(
+        "binaryDigests[\"linux/arm\"]",
+        "not a SHA-256 digest",
+        set(
+            "linux/arm",
+            "SHA-512=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=",
+        ),
+    );
+    rejects("binaryDigests", "limit of 16", |s| {
+        for i in 0..17 {
+            s.binary_digests.insert(format!("linux/a{i}"), D.into());
+        }
+    });
+}
