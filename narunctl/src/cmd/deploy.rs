@@ -72,7 +72,7 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     //    CAS write in 5.
     let session = Session::connect(conn, "deploy").await?;
     let mut plan = Plan::gather(&session, spec, default_node, &binaries).await?;
-    if !args.allow_offline {
+    if !args.allow_offline && !args.dry_run {
         plan.await_selected(&session, session.timeout).await?;
     }
     let key = plan.spec.name.clone();
