@@ -162,8 +162,9 @@ impl AppSpec {
         r.finish()
     }
 
-    /// `binaryDigests`: at most [`MAX_BINARY_DIGESTS`] entries, each `<os>/<arch>` (lower-case
-    /// letters and digits) to `SHA-256=<base64>` of 32 bytes (43 characters, optional `=`).
+    /// `binaryDigests`: at most [`MAX_BINARY_DIGESTS`] entries, each an object name
+    /// (`[A-Za-z0-9._-]`, at most [`MAX_OBJECT_NAME_LEN`] bytes) to `SHA-256=<base64>` of 32
+    /// bytes (43 characters, optional `=`).
     fn check_binary_digests(&self, r: &mut Report) {
         if self.binary_digests.len() > MAX_BINARY_DIGESTS {
             r.err(
@@ -175,20 +176,19 @@ impl AppSpec {
             );
             return;
         }
-        let token = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 16
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        };
-        for (platform, digest) in &self.binary_digests {
-            let path = format!("binaryDigests[{platform:?}]");
-            match platform.split_once('/') {
-                Some((os, arch)) if token(os) && token(arch) => {}
-                _ => r.err(
+        for (object, digest) in &self.binary_digests {
+            let path = format!("binaryDigests[{object:?}]");
+            let name_ok = !object.is_empty()
+                && object.len() <= MAX_OBJECT_NAME_LEN
+                && object.chars().all(|c| is_name_char(c) || c == '.');
+            if !name_ok {
+                r.err(
                     &path,
-                    "the key must be a platform `<os>/<arch>` such as `linux/amd64`",
-                ),
+                    format!(
+                        "the key must be a binary object name `<app>-<tag>-<os>-<arch>` \
+                         (A-Z a-z 0-9 . _ -, at most {MAX_OBJECT_NAME_LEN} bytes)"
+                    ),
+                );
             }
             let b64 = digest
                 .strip_prefix("SHA-256=")

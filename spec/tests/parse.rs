@@ -191,7 +191,7 @@ stopSignal: 2
 stopTimeoutSec: 3
 nofileMax: 4096
 logOverflow: block
-binaryDigests: {linux/amd64: "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU="}
+binaryDigests: {full-v2.0.1-linux-amd64: "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU="}
 "#,
     )
     .unwrap()

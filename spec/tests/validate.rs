@@ -551,34 +551,41 @@ fn binary_digest_rules() {
             s.binary_digests.insert(k, v);
         }
     };
-    accepts(set("linux/amd64", D));
-    accepts(set("linux/arm64", D.trim_end_matches('=')));
+    accepts(set("app_1-x-v1.2.3-rc.1_b-linux-amd64", D));
+    accepts(set(
+        "app_1-x-v1.2.3-rc.1_b-linux-arm64",
+        D.trim_end_matches('='),
+    ));
+    // An entry of another tag is kept (it pins nothing for this one).
+    accepts(set("app_1-x-v0-linux-arm64", D));
     rejects(
-        "binaryDigests[\"linux-amd64\"]",
-        "<os>/<arch>",
-        set("linux-amd64", D),
+        "binaryDigests[\"linux/amd64\"]",
+        "object name",
+        set("linux/amd64", D),
+    );
+    rejects("binaryDigests[\"\"]", "object name", set("", D));
+    let long = "a".repeat(300);
+    rejects(
+        &format!("binaryDigests[{long:?}]"),
+        "object name",
+        set(&long, D),
     );
     rejects(
-        "binaryDigests[\"Linux/x\"]",
-        "<os>/<arch>",
-        set("Linux/x", D),
-    );
-    rejects(
-        "binaryDigests[\"linux/arm\"]",
+        "binaryDigests[\"o-linux-arm\"]",
         "SHA-256=",
-        set("linux/arm", "abc"),
+        set("o-linux-arm", "abc"),
     );
     rejects(
-        "binaryDigests[\"linux/arm\"]",
+        "binaryDigests[\"o-linux-arm\"]",
         "not a SHA-256 digest",
         set(
-            "linux/arm",
+            "o-linux-arm",
             "SHA-512=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=",
         ),
     );
     rejects("binaryDigests", "limit of 16", |s| {
         for i in 0..17 {
-            s.binary_digests.insert(format!("linux/a{i}"), D.into());
+            s.binary_digests.insert(format!("o-linux-a{i}"), D.into());
         }
     });
 }

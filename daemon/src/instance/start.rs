@@ -203,7 +203,10 @@ impl Task {
             Some(d) => Some(Sha256Digest::from_nats(d).ok_or_else(|| {
                 StartFailure::new(
                     Reason::Verify,
-                    format!("binaryDigests[\"{os}/{arch}\"] = {d:?} is not a SHA-256 digest"),
+                    format!(
+                        "binaryDigests[{:?}] = {d:?} is not a SHA-256 digest",
+                        self.spec.binary_object_name(os, arch)
+                    ),
                 )
             })?),
             None => None,

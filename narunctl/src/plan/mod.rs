@@ -9,7 +9,7 @@
 //!   digest than the binary given is not replaced unless `--force`. The same digest is a
 //!   no-op (nothing uploaded).
 //! * **The spec pins its binaries**: `binaryDigests` is set to the digest of every
-//!   platform's object (the uploaded one, or the one already stored), so a node runs
+//!   object of the tag (the uploaded one, or the one already stored), so a node runs
 //!   exactly what was deployed, and a binary replaced with `--force` changes the spec:
 //!   nodes replace their instances (narund refuses an object whose digest is not the
 //!   spec's).
@@ -138,8 +138,6 @@ pub enum ObjectAction {
 /// One object `<app>-<tag>-<os>-<arch>`: stored, given, or both.
 pub struct ObjectPlan {
     pub object: String,
-    /// `<os>/<arch>`.
-    pub platform: String,
     /// Index into the binaries given, if one is for this platform.
     pub local: Option<usize>,
     /// The stored object's digest and metadata, if it exists.
@@ -230,7 +228,6 @@ impl Plan {
             };
             objects.push(ObjectPlan {
                 object,
-                platform: format!("{os}/{arch}"),
                 local,
                 stored,
                 action,
@@ -247,7 +244,7 @@ impl Plan {
                 },
                 (None, None) => continue,
             };
-            spec.binary_digests.insert(o.platform.clone(), digest);
+            spec.binary_digests.insert(o.object.clone(), digest);
         }
         Ok(Plan {
             spec,
