@@ -240,6 +240,10 @@ pub struct DeployArgs {
     /// write nothing. Exit 1 if the deploy would be refused.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result (with --dry-run: the plan) as one JSON object instead of lines,
+    /// and no progress bar.
+    #[arg(long, conflicts_with = "wait")]
+    pub json: bool,
     /// Linux ELF executables, one per architecture.
     #[arg(value_name = "BIN")]
     pub binaries: Vec<PathBuf>,
@@ -270,6 +274,8 @@ pub struct DiffArgs {
     /// Instances per selected node (flag form).
     #[arg(long, default_value_t = 1)]
     pub replicas: i64,
+    #[command(flatten)]
+    pub json: JsonFlag,
     /// Binaries `deploy` would upload (their digests are compared with the stored objects).
     #[arg(value_name = "BIN")]
     pub binaries: Vec<PathBuf>,

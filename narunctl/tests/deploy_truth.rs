@@ -356,6 +356,22 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
             "{row}"
         );
     }
+    // The same as JSON.
+    let out = ok(&narunctl(
+        &url,
+        &["apps", "diff", "--json", "-f", &v2, b.to_str().unwrap()],
+    )
+    .await);
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["current_revision"], rev);
+    assert_eq!(plan["spec"]["tag"], "v2");
+    assert_eq!(plan["binaries"][0]["action"], "upload");
+    assert_eq!(plan["nodes"][0]["node"], NODE);
+    assert_eq!(
+        plan["nodes"][0]["changes"],
+        serde_json::json!(["replace dry-0", "start dry-1"])
+    );
+    assert_eq!(plan["refusals"], serde_json::json!([]));
     // Nothing was written.
     assert_eq!(spec_revision(&server, "dry").await, Some(rev));
     assert!(object_info(&server, &v2_object).await.is_none());
@@ -394,6 +410,27 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
     assert_eq!(spec_revision(&server, "dry").await, Some(rev));
 }
 
+/// Run the shell command line `line` on a pseudo-terminal (`script` from util-linux) with
+/// narunctl's clean test environment; returns what the terminal showed.
+async fn on_a_terminal(line: &str) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = narun_test_support::narunctl_cmd(home.path());
+    let cmd = cmd.as_std_mut();
+    let mut script = tokio::process::Command::new("script");
+    script
+        .args(["-qec", line, "/dev/null"])
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    for (k, v) in cmd.get_envs() {
+        if v.is_none() {
+            script.env_remove(k);
+        }
+    }
+    let out = narun_test_support::run(script).await;
+    let tty = text(&out.stdout);
+    assert!(out.status.success(), "{tty}\n{}", text(&out.stderr));
+    tty
+}
+
 #[tokio::test]
 async fn an_upload_shows_a_progress_bar_on_a_terminal_and_none_when_piped() {
     let server = NatsServer::start();
@@ -421,25 +458,11 @@ async fn an_upload_shows_a_progress_bar_on_a_terminal_and_none_when_piped() {
     assert!(!err.contains("ETA") && !err.contains('\r'), "{err:?}");
 
     // On a terminal (`script` gives narunctl a pty): the bar, with bytes, rate and ETA.
-    let home = tempfile::tempdir().unwrap();
-    let mut cmd = narun_test_support::narunctl_cmd(home.path());
-    let line = format!(
+    let tty = on_a_terminal(&format!(
         "{} --nats {url} deploy --name big --tag v2 --allow-offline {bin}",
         narunctl_bin().display()
-    );
-    let cmd = cmd.as_std_mut();
-    let mut script = tokio::process::Command::new("script");
-    script
-        .args(["-qec", &line, "/dev/null"])
-        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
-    for (k, v) in cmd.get_envs() {
-        if v.is_none() {
-            script.env_remove(k);
-        }
-    }
-    let out = narun_test_support::run(script).await;
-    let tty = text(&out.stdout);
-    assert!(out.status.success(), "{tty}\n{}", text(&out.stderr));
+    ))
+    .await;
     assert!(tty.contains("big-v2-linux-"), "{tty}");
     assert!(tty.contains("10.0 MiB / 10.0 MiB"), "{tty:?}");
     assert!(
@@ -447,4 +470,17 @@ async fn an_upload_shows_a_progress_bar_on_a_terminal_and_none_when_piped() {
         "{tty:?}"
     );
     assert!(tty.contains("uploaded"), "{tty}");
+
+    // --json on a terminal: no bar, one JSON object.
+    let tty = on_a_terminal(&format!(
+        "{} --nats {url} deploy --json --name big --tag v3 --allow-offline {bin}",
+        narunctl_bin().display()
+    ))
+    .await;
+    assert!(!tty.contains("ETA"), "{tty:?}");
+    let json = &tty[tty.find('{').unwrap_or_else(|| panic!("{tty}"))..];
+    let result: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(result["binaries"][0]["action"], "uploaded");
+    assert_eq!(result["tag"], "v3");
 }

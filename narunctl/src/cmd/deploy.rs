@@ -92,6 +92,13 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         );
     }
     let refusals = plan.refusals(&binaries, args.force, args.allow_offline);
+    if args.dry_run && args.json {
+        crate::output::print_json(&plan.to_json(&binaries, &refusals))?;
+        if !refusals.is_empty() {
+            bail!("the deploy would be refused: {}", refusals.join("; "));
+        }
+        return Ok(());
+    }
     if args.dry_run {
         plan.print(&binaries);
         if !refusals.is_empty() {
@@ -116,12 +123,23 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     } else {
         Some(session.ensure_object_store(&APP_BINARIES).await?)
     };
+    // One line per object, or (--json) one entry of the result.
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    let mut report = |line: String, object: &str, action: &str, digest: &str| {
+        if args.json {
+            results.push(serde_json::json!({"object": object, "action": action, "digest": digest}));
+        } else {
+            println!("{line}");
+        }
+    };
     for o in &plan.objects {
         let Some(i) = o.local else {
-            println!(
-                "using existing {} ({})",
-                o.object,
-                o.stored.as_ref().map_or("no digest", |(d, _)| d.as_str())
+            let digest = o.stored.as_ref().map_or("no digest", |(d, _)| d.as_str());
+            report(
+                format!("using existing {} ({digest})", o.object),
+                &o.object,
+                "kept",
+                digest,
             );
             continue;
         };
@@ -135,16 +153,33 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
             (Some(_), None) => false,
         };
         if o.action == ObjectAction::Unchanged && signed_as_stored {
-            println!(
-                "unchanged {} -> {} ({}, already uploaded)",
-                b.path.display(),
-                o.object,
-                b.digest()
+            report(
+                format!(
+                    "unchanged {} -> {} ({}, already uploaded)",
+                    b.path.display(),
+                    o.object,
+                    b.digest()
+                ),
+                &o.object,
+                "unchanged",
+                &b.digest(),
             );
             continue;
         }
         let store = store.as_ref().expect("opened when binaries are given");
-        upload(store, spec, b, signature.as_ref(), &o.object, &args).await?;
+        let info = upload(store, spec, b, signature.as_ref(), &o.object, &args).await?;
+        report(
+            format!(
+                "uploaded {} -> {} ({} bytes, {})",
+                b.path.display(),
+                o.object,
+                info.size,
+                b.digest()
+            ),
+            &o.object,
+            "uploaded",
+            &b.digest(),
+        );
     }
 
     // 5. Write the spec with compare-and-set against the revision read in 3.
@@ -166,6 +201,16 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         let kv = session.ensure_kv(&APP_CONFIGS).await?;
         write_spec(&session, &kv, &key, value, expected, args.force).await?
     };
+    if args.json {
+        return crate::output::print_json(&serde_json::json!({
+            "app": spec.name,
+            "tag": spec.tag,
+            "revision": revision,
+            "config_hash": spec.config_hash(),
+            "spec_unchanged": unchanged,
+            "binaries": results,
+        }));
+    }
     println!(
         "{} {}:{} (app-configs revision {revision}, config hash {})",
         if unchanged {
@@ -195,7 +240,7 @@ async fn upload(
     signature: Option<&narun_wire::signing::SignatureMetadata>,
     object: &str,
     args: &DeployArgs,
-) -> Result<()> {
+) -> Result<object_store::ObjectInfo> {
     let (os, arch) = (b.platform.os, b.platform.arch);
     let original = b
         .path
@@ -226,7 +271,7 @@ async fn upload(
         .with_context(|| format!("cannot open {}", b.path.display()))?;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let what = format!("uploading {} as {object}", b.path.display());
-    let info = if crate::progress::wanted() {
+    let info = if crate::progress::wanted() && !args.json {
         let mut reader = crate::progress::Progress::new(file, object.to_string(), size);
         let info = bounded(args.upload_timeout, &what, store.put(meta, &mut reader)).await;
         reader.finish();
@@ -250,13 +295,7 @@ async fn upload(
             }
         );
     }
-    println!(
-        "uploaded {} -> {object} ({} bytes, {})",
-        b.path.display(),
-        info.size,
-        info.digest.as_deref().unwrap_or("no digest")
-    );
-    Ok(())
+    Ok(info)
 }
 
 /// Write the spec: a plain put with `force`, else compare-and-set against `expected`

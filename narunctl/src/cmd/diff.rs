@@ -24,8 +24,12 @@ pub async fn run(conn: &ConnArgs, args: DiffArgs) -> Result<()> {
     let binaries = plan::check_binaries(&args.binaries)?;
     let session = Session::connect(conn, "diff").await?;
     let plan = Plan::gather(&session, spec, default_node, &binaries).await?;
+    let refusals = plan.refusals(&binaries, false, false);
+    if args.json.json {
+        return crate::output::print_json(&plan.to_json(&binaries, &refusals));
+    }
     plan.print(&binaries);
-    for r in plan.refusals(&binaries, false, false) {
+    for r in refusals {
         println!();
         println!("note: deploy would refuse this: {r}");
     }

@@ -330,6 +330,64 @@ impl Plan {
         out
     }
 
+    /// The plan as JSON (`--dry-run --json`, `apps diff --json`): the app, the stored
+    /// revision (`null`: a new app), the spec to write, the diff lines, the binaries, the
+    /// per-node changes and why the deploy would be refused (empty: it would go ahead).
+    pub fn to_json(&self, binaries: &[LocalBinary], refusals: &[String]) -> serde_json::Value {
+        let new = String::from_utf8_lossy(&self.spec.to_kv_json()).into_owned();
+        let old = self
+            .current
+            .as_ref()
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let spec: serde_json::Value = serde_json::from_str(&new).unwrap_or(serde_json::Value::Null);
+        let objects: Vec<serde_json::Value> = self
+            .objects
+            .iter()
+            .map(|o| {
+                let local = o.local.map(|i| &binaries[i]);
+                let action = match &o.action {
+                    ObjectAction::Upload => "upload",
+                    ObjectAction::Unchanged => "unchanged",
+                    ObjectAction::Replace { .. } => "replace",
+                    ObjectAction::Keep => "keep",
+                };
+                serde_json::json!({
+                    "object": o.object,
+                    "action": action,
+                    "file": local.map(|b| b.path.display().to_string()),
+                    "digest": local.map(LocalBinary::digest)
+                        .or_else(|| o.stored.as_ref().map(|(d, _)| d.clone())),
+                    "stored_digest": o.stored.as_ref().map(|(d, _)| d.clone()),
+                })
+            })
+            .collect();
+        let old_spec = self.current_spec();
+        let nodes: Vec<serde_json::Value> =
+            placement::plan_nodes(&self.spec.name, old_spec.as_ref(), &self.spec, &self.states)
+                .into_iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "node": p.node,
+                        "online": p.online,
+                        "running": p.running,
+                        "desired": p.desired,
+                        "changes": p.actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+        serde_json::json!({
+            "app": self.spec.name,
+            "tag": self.spec.tag,
+            "current_revision": self.current.as_ref().map(|(rev, _)| *rev),
+            "spec": spec,
+            "diff": text_diff::render(&text_diff::diff(&old, &new)),
+            "binaries": objects,
+            "nodes": nodes,
+            "refusals": refusals,
+        })
+    }
+
     /// Print the spec diff, the binaries and the per-node changes.
     pub fn print(&self, binaries: &[LocalBinary]) {
         let new = String::from_utf8_lossy(&self.spec.to_kv_json()).into_owned();
