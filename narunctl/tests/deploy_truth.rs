@@ -398,7 +398,7 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
         "{err}"
     );
     assert!(
-        text(&out.stdout).contains("needs --force"),
+        text(&out.stdout).contains("only with --force"),
         "{}",
         text(&out.stdout)
     );

@@ -428,7 +428,7 @@ impl Plan {
                     format!("unchanged ({}, already uploaded)", b.digest())
                 }
                 (ObjectAction::Replace { stored }, Some(b)) => format!(
-                    "replace {stored} with {} ({}; needs --force)",
+                    "replace {stored} with {} ({}; only with --force)",
                     b.digest(),
                     b.path.display()
                 ),
