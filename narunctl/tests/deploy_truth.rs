@@ -2,7 +2,8 @@
 //!
 //! * a tag's binary is immutable: another binary under an existing tag is refused with both
 //!   digests, the identical one is a no-op, and `--force` replaces it *and* makes the node
-//!   run the new digest (the spec pins it in `binaryDigests`);
+//!   run the new digest (the spec pins it in `binaryDigests`); a node refuses an object
+//!   that is not the one its spec pins;
 //! * a spec that selects no online node is refused (listing the online nodes and their
 //!   labels) unless `--allow-offline`; the flag form defaults to this host's node id only
 //!   when that node is online;
@@ -483,4 +484,43 @@ async fn an_upload_shows_a_progress_bar_on_a_terminal_and_none_when_piped() {
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_eq!(result["binaries"][0]["action"], "uploaded");
     assert_eq!(result["tag"], "v3");
+}
+
+/// narund itself refuses an object that was replaced behind the spec's back: the spec pins
+/// one digest (`binaryDigests`), the object holds another; the instance fails with reason
+/// `verify` and never runs the other bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_an_object_that_is_not_the_one_the_spec_pins() {
+    const NODE: &str = "pin-node";
+    let server = NatsServer::start();
+    let b = narun_test_support::buckets(&server).await;
+    let _narund = Narund::start(&server, NODE, "");
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = sleep_binary(dir.path(), "pinned", b"");
+    let other = sleep_binary(dir.path(), "other", b"\0swapped");
+    b.upload("pin", "v1", std::fs::read(&other).unwrap()).await;
+    let object = names::binary_object_name("pin", "v1", names::go_os(), names::go_arch());
+    b.put_spec(
+        "pin",
+        &serde_json::json!({
+            "name": "pin", "tag": "v1", "mode": "exec", "args": ["1000"],
+            "nodes": [{"name": NODE, "replicas": 1}],
+            "binaryDigests": {object.clone(): nats_digest(&pinned)},
+        }),
+    )
+    .await;
+    let kv = b.states.clone();
+    let reason = wait_for("pin-0 to fail with a reason", T, || {
+        let kv = kv.clone();
+        async move {
+            let v = kv.get(NODE).await.ok()??;
+            let s: NodeState = serde_json::from_slice(&v).ok()?;
+            let i = s.instances.iter().find(|i| i.instance_id == "pin-0")?;
+            assert!(i.pid.is_none(), "pin-0 must never run: {i:?}");
+            i.reason.clone().map(|r| (r, i.status.to_string()))
+        }
+    })
+    .await;
+    assert_eq!(reason.0, narun_wire::status::Reason::Verify, "{reason:?}");
+    assert_eq!(reason.1, "failed");
 }
