@@ -178,6 +178,12 @@ pub enum KeysCmd {
 /// store. The spec is written to `app-configs` only if it is valid and every
 /// upload succeeded. An existing spec is replaced with compare-and-set: if
 /// someone changed it while you deployed, the deploy fails (use --force).
+///
+/// A tag's binary is immutable: another binary under an existing tag is refused
+/// (both digests shown) unless --force; the same binary is not uploaded again. The
+/// spec records the digest of every binary (`binaryDigests`), so nodes run exactly
+/// those. A spec that selects no online node is refused unless --allow-offline.
+/// --dry-run shows the spec diff and, per node, what would start and stop.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["file", "name"]))]
 pub struct DeployArgs {

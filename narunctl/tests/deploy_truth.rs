@@ -377,6 +377,25 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
     assert_eq!(spec_revision(&server, "dry").await, Some(rev));
     assert!(object_info(&server, &v2_object).await.is_none());
 
+    // binaryDigests in a spec file is not taken (deploy writes it), even when it is garbage.
+    let garbage = write(
+        dir.path(),
+        "garbage.toml",
+        &format!(
+            "name = \"dry\"\ntag = \"v1\"\nargs = [\"1000\"]\nsettleSec = 1\n\
+             binaryDigests = {{ \"dry-v1-linux-amd64\" = \"SHA-256=nope\" }}\n\
+             [[nodes]]\nname = \"{NODE}\"\nreplicas = 1\n"
+        ),
+    );
+    let out = narunctl(&url, &["apps", "diff", "-f", &garbage]).await;
+    let stdout = ok(&out);
+    assert!(
+        text(&out.stderr).contains("binaryDigests in"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("  unchanged"), "{stdout}");
+
     // The same spec again: unchanged on the node.
     let stdout = ok(&narunctl(&url, &["apps", "diff", "-f", &v1]).await);
     assert!(stdout.contains("  unchanged"), "{stdout}");

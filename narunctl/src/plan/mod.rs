@@ -56,7 +56,16 @@ pub struct SpecSource<'a> {
 /// it defaulted to (this host's node id).
 pub fn build_spec(src: &SpecSource) -> Result<(AppSpec, Option<String>)> {
     if let Some(path) = src.file {
-        return Ok((AppSpec::from_path(path)?, None));
+        let mut spec = AppSpec::from_path(path)?;
+        if !spec.binary_digests.is_empty() {
+            // Written from the binaries (Plan::gather), never taken from a file.
+            eprintln!(
+                "warning: binaryDigests in {} is ignored: deploy writes it from the binaries",
+                path.display()
+            );
+            spec.binary_digests.clear();
+        }
+        return Ok((spec, None));
     }
     let mut spec = AppSpec::new(src.name.unwrap_or_default(), src.tag.unwrap_or_default());
     for n in src.node {
