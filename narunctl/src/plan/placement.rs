@@ -111,18 +111,25 @@ pub fn plan_nodes(
         if on {
             for n in 0..desired {
                 let id = format!("{app}-{n}");
-                match running.iter().find(|(i, _)| *i == id) {
-                    None => actions.push(Action::Start(id)),
-                    Some((_, h)) => {
-                        let hash = if h.is_empty() {
-                            old_hash.as_deref()
-                        } else {
-                            Some(h.as_str())
-                        };
-                        if hash != Some(new_hash.as_str()) {
-                            actions.push(Action::Replace(id));
-                        }
-                    }
+                // During a replacement a node lists the old and the new run of an
+                // instance: it is up to date if any of its runs has the new hash.
+                let runs: Vec<&String> = running
+                    .iter()
+                    .filter(|(i, _)| *i == id)
+                    .map(|(_, h)| h)
+                    .collect();
+                let current = runs.iter().any(|h| {
+                    let hash = if h.is_empty() {
+                        old_hash.as_deref()
+                    } else {
+                        Some(h.as_str())
+                    };
+                    hash == Some(new_hash.as_str())
+                });
+                if runs.is_empty() {
+                    actions.push(Action::Start(id));
+                } else if !current {
+                    actions.push(Action::Replace(id));
                 }
             }
             let mut stops: Vec<&String> = running
@@ -134,10 +141,13 @@ pub fn plan_nodes(
             stops.dedup();
             actions.extend(stops.into_iter().map(|i| Action::Stop(i.clone())));
         }
+        let mut ids: Vec<&String> = running.iter().map(|(i, _)| i).collect();
+        ids.sort();
+        ids.dedup();
         out.push(NodePlan {
             node: s.node_id.clone(),
             online: on,
-            running: running.len(),
+            running: ids.len(),
             desired,
             actions,
         });
@@ -269,6 +279,23 @@ mod tests {
         assert_eq!(plans[1].node, "ghost");
         assert!(!plans[1].online);
         assert_eq!(plans[1].desired, 2);
+    }
+
+    #[test]
+    fn an_instance_being_replaced_counts_once_and_as_up_to_date() {
+        let mut old = AppSpec::new("web", "v1");
+        old.nodes.push(NodeSelector::by_name("a", 1));
+        let mut new = old.clone();
+        new.tag = "v2".into();
+        // The old run listed first, the new one next to it.
+        let states = [state(
+            "a",
+            &[],
+            &[("web-0", &old.run_hash()), ("web-0", &new.run_hash())],
+        )];
+        let plans = plan_nodes("web", Some(&old), &new, &states);
+        assert_eq!(plans[0].running, 1);
+        assert!(plans[0].actions.is_empty(), "{plans:?}");
     }
 
     #[test]
