@@ -108,8 +108,8 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         println!("dry run: nothing was uploaded or written");
         return Ok(());
     }
-    if let Some(r) = refusals.first() {
-        bail!("{r}; nothing was uploaded");
+    if !refusals.is_empty() {
+        bail!("{}; nothing was uploaded", refusals.join("; "));
     }
     if let Some(id) = &plan.default_node {
         eprintln!("no --node or --label: deploying to this host's node {id}");
