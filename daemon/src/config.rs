@@ -589,11 +589,7 @@ impl Config {
 
 /// The host name (`uname -n`), or `localhost` if it cannot be read.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    narun_wire::names::default_node_id()
 }
 
 #[cfg(test)]

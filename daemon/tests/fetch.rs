@@ -434,3 +434,36 @@ async fn a_stream_that_does_not_match_its_digest_names_object_and_both_digests()
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// `binaryDigests`: an object replaced under the same tag is refused for a spec that names
+/// the old digest (nothing downloaded), and fetched for a spec that names the new one.
+#[tokio::test]
+async fn a_spec_digest_refuses_a_replaced_object_and_fetches_the_named_one() {
+    let server = NatsServer::start();
+    let (_c, os) = store(&server).await;
+    let old = put(&os, "hello", "v1", &content(150_000, 7)).await;
+    let new = put(&os, "hello", "v1", &content(150_000, 8)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BinaryCache::new(dir.path(), 3, UringHandle::start());
+    let err = cache
+        .fetch_expecting(&os, "hello", "v1", OS, ARCH, Some(&old))
+        .await
+        .unwrap_err();
+    match &err {
+        FetchError::SpecDigest {
+            expected, actual, ..
+        } => assert_eq!((*expected, *actual), (old, new)),
+        e => panic!("expected SpecDigest, got {e}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&old.to_nats()) && msg.contains(&new.to_nats()),
+        "{msg}"
+    );
+    assert!(!cache.app_dir("hello").join(new.to_hex()).exists());
+    let bin = cache
+        .fetch_expecting(&os, "hello", "v1", OS, ARCH, Some(&new))
+        .await
+        .unwrap();
+    assert_eq!(bin.digest, new);
+}

@@ -178,6 +178,12 @@ pub enum KeysCmd {
 /// store. The spec is written to `app-configs` only if it is valid and every
 /// upload succeeded. An existing spec is replaced with compare-and-set: if
 /// someone changed it while you deployed, the deploy fails (use --force).
+///
+/// A tag's binary is immutable: another binary under an existing tag is refused
+/// (both digests shown) unless --force; the same binary is not uploaded again. The
+/// spec records the digest of every binary (`binaryDigests`), so nodes run exactly
+/// those. A spec that selects no online node is refused unless --allow-offline.
+/// --dry-run shows the spec diff and, per node, what would start and stop.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["file", "name"]))]
 pub struct DeployArgs {
@@ -190,7 +196,8 @@ pub struct DeployArgs {
     /// Binary tag / version (flag form).
     #[arg(long)]
     pub tag: Option<String>,
-    /// Run on this node ID (repeatable). Default without --node/--label: node `local`.
+    /// Run on this node ID (repeatable). Default without --node/--label: this host's node
+    /// id (narund's default `node_id`, the host name), if that node is online.
     #[arg(long, value_name = "NODE_ID")]
     pub node: Vec<String>,
     /// Run on every node having this label (repeatable, all must match).
@@ -199,7 +206,8 @@ pub struct DeployArgs {
     /// Instances per selected node (flag form).
     #[arg(long, default_value_t = 1)]
     pub replicas: i64,
-    /// Overwrite the stored spec even if it changed since we read it.
+    /// Overwrite the stored spec even if it changed since we read it, and replace a
+    /// binary already uploaded under this tag with another one (nodes switch to it).
     #[arg(long, conflicts_with = "expect_revision")]
     pub force: bool,
     /// Replace the stored spec only if its revision is still REV (as printed
@@ -230,7 +238,51 @@ pub struct DeployArgs {
         value_parser = parse_duration
     )]
     pub wait: Option<Duration>,
+    /// Write the spec even if it selects no online node (they run it when they come
+    /// online).
+    #[arg(long)]
+    pub allow_offline: bool,
+    /// Show what would change (spec diff, binaries, per node what starts and stops) and
+    /// write nothing. Exit 1 if the deploy would be refused.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result (with --dry-run: the plan) as one JSON object instead of lines,
+    /// and no progress bar.
+    #[arg(long, conflicts_with = "wait")]
+    pub json: bool,
     /// Linux ELF executables, one per architecture.
+    #[arg(value_name = "BIN")]
+    pub binaries: Vec<PathBuf>,
+}
+
+/// `apps diff -f SPEC [BIN…]` or `apps diff --name N --tag T [--node ID|--label k=v] [BIN…]`:
+/// what `deploy` with the same arguments would change — the spec diff against the stored
+/// spec, the binaries it would upload, and per node the instances that would start, be
+/// replaced or stop. Nothing is written.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "name"]))]
+pub struct DiffArgs {
+    /// App spec file (.toml, .yaml/.yml or .json).
+    #[arg(short = 'f', long = "file", value_name = "SPEC", conflicts_with_all = ["tag", "node", "label", "replicas"])]
+    pub file: Option<PathBuf>,
+    /// App name (flag form, as in `deploy`).
+    #[arg(long, requires = "tag")]
+    pub name: Option<String>,
+    /// Binary tag / version (flag form).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Run on this node ID (repeatable; default: this host's node id).
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Vec<String>,
+    /// Run on every node having this label (repeatable, all must match).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+    /// Instances per selected node (flag form).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: i64,
+    #[command(flatten)]
+    pub json: JsonFlag,
+    /// Binaries `deploy` would upload (their digests are compared with the stored objects).
     #[arg(value_name = "BIN")]
     pub binaries: Vec<PathBuf>,
 }
@@ -254,6 +306,9 @@ pub enum AppsCmd {
     },
     /// Restart the app's instances (stop, then start again), one at a time per node.
     Restart(RestartArgs),
+    /// What `deploy` with these arguments would change (spec diff, per node starts and
+    /// stops); writes nothing.
+    Diff(DiffArgs),
 }
 
 /// `apps restart NAME [--node NODE]…`: like `systemctl restart` for each instance.

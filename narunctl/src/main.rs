@@ -12,7 +12,9 @@
 //! Modules: [`cli`] (the clap types) and [`context`] (the context file) make the
 //! command line; [`cmd`] has one module per verb; they share [`session`] (NATS, the
 //! buckets, shared state) and [`output`] (tables, JSON, prompts), which import no
-//! command. [`rollout`] follows `deploy --wait`; `narun_wire::elf` reads a binary's platform.
+//! command. [`rollout`] follows `deploy --wait`; [`plan`] is what a deploy would change
+//! (`deploy`, `--dry-run`, `apps diff`); [`progress`] draws the upload progress bar;
+//! `narun_wire::elf` reads a binary's platform.
 //! Only this file calls into [`cmd`].
 
 #![forbid(unsafe_code)]
@@ -21,6 +23,8 @@ mod cli;
 mod cmd;
 mod context;
 mod output;
+mod plan;
+mod progress;
 mod rollout;
 mod session;
 

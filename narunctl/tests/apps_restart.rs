@@ -211,6 +211,7 @@ async fn apps_restart_restarts_each_instance_one_at_a_time() {
         &url,
         &[
             "deploy",
+            "--allow-offline",
             "--name",
             "elsewhere",
             "--tag",

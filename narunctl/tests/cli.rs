@@ -40,6 +40,7 @@ async fn deploy_uploads_binaries_and_writes_the_spec() {
         &server.url(),
         &[
             "deploy",
+            "--allow-offline",
             "-f",
             spec.to_str().unwrap(),
             amd64.to_str().unwrap(),
@@ -116,6 +117,7 @@ async fn flag_form_builds_a_valid_exec_spec() {
         &server.url(),
         &[
             "deploy",
+            "--allow-offline",
             "--name",
             "svc",
             "--tag",
@@ -147,13 +149,29 @@ async fn flag_form_builds_a_valid_exec_spec() {
     // --no-binary reuses the uploaded object; with another tag it is refused.
     let out = narunctl(
         &server.url(),
-        &["deploy", "--name", "svc", "--tag", "v2", "--no-binary"],
+        &[
+            "deploy",
+            "--allow-offline",
+            "--name",
+            "svc",
+            "--tag",
+            "v2",
+            "--no-binary",
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = narunctl(
         &server.url(),
-        &["deploy", "--name", "svc", "--tag", "v3", "--no-binary"],
+        &[
+            "deploy",
+            "--allow-offline",
+            "--name",
+            "svc",
+            "--tag",
+            "v3",
+            "--no-binary",
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
@@ -267,7 +285,7 @@ async fn compare_and_set_detects_conflicts_and_force_overrides() {
         let url = url.clone();
         let b = b.to_string();
         async move {
-            let mut args = vec!["deploy", "--name", "app", "--tag", tag];
+            let mut args = vec!["deploy", "--allow-offline", "--name", "app", "--tag", tag];
             args.extend_from_slice(extra);
             args.push(&b);
             narunctl(&url, &args).await

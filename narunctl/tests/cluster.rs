@@ -31,6 +31,7 @@ async fn a_server_list_works_and_r1_buckets_move_to_r3() {
         &urls,
         &[
             "deploy",
+            "--allow-offline",
             "--name",
             "hello",
             "--tag",

@@ -136,7 +136,19 @@ async fn deploy_wait_times_out_when_no_node_is_selected() {
         "lonely.toml",
         "name = \"lonely\"\ntag = \"v1\"\n[[nodes]]\nname = \"nowhere\"\nreplicas = 1\n",
     );
-    let out = deploy_file(&server.url(), &spec, "1s").await;
+    // (--allow-offline: without it the spec is refused before it is written.)
+    let out = narunctl(
+        &server.url(),
+        &[
+            "deploy",
+            "-f",
+            spec.to_str().unwrap(),
+            "--no-binary",
+            "--allow-offline",
+            "--wait=1s",
+        ],
+    )
+    .await;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -161,6 +173,7 @@ async fn images_ls_shows_uploads_and_rm_removes_them() {
         &url,
         &[
             "deploy",
+            "--allow-offline",
             "--name",
             "imgapp",
             "--tag",

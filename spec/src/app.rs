@@ -11,6 +11,8 @@
 //! without `mode`. Skipping defaults also keeps [`AppSpec::config_hash`] stable
 //! when a later narun version adds a field with a default.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::inputs::{EnvVar, MountSpec};
@@ -175,6 +177,17 @@ pub struct AppSpec {
     /// app's output, so its writes wait; no line lost).
     #[serde(skip_serializing_if = "is_default")]
     pub log_overflow: LogOverflow,
+    /// The SHA-256 digest each binary object must have, by object name
+    /// (`"hello-v1-linux-amd64": "SHA-256=<base64url>"`, the object store's form).
+    /// `narunctl deploy` writes it from the objects it uploaded or found, so a binary
+    /// replaced under the same tag (`deploy --force`) changes the spec and nodes switch to
+    /// it, and a node never runs an object whose digest is not the one the spec names.
+    /// Keyed by object name, so an entry only ever applies to the tag it was written
+    /// for: a spec whose tag is changed without it (a rollback to an older tag) pins
+    /// nothing. No entry for a node's object: whatever the object holds (Go behaviour;
+    /// Go node-runners ignore this key).
+    #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
+    pub binary_digests: BTreeMap<String, String>,
 
     /// Warnings found while parsing (unknown keys). Not part of the spec:
     /// ignored by `==`, never serialised. Read them with [`AppSpec::warnings`].
@@ -228,6 +241,7 @@ impl Default for AppSpec {
             stop_timeout_sec: DEFAULT_STOP_TIMEOUT_SEC,
             nofile_max: None,
             log_overflow: LogOverflow::Drop,
+            binary_digests: BTreeMap::new(),
             parse_warnings: ParseWarnings::default(),
         }
     }
@@ -249,6 +263,14 @@ impl AppSpec {
     /// (`linux`, `arm64`, `arm`, `amd64`).
     pub fn binary_object_name(&self, os: &str, arch: &str) -> String {
         format!("{}-{}-{os}-{arch}", self.name, self.tag)
+    }
+
+    /// The digest [`binary_digests`](Self::binary_digests) names for this spec's object of
+    /// `<os>/<arch>` ([`binary_object_name`](Self::binary_object_name)), if any.
+    pub fn binary_digest(&self, os: &str, arch: &str) -> Option<&str> {
+        self.binary_digests
+            .get(&self.binary_object_name(os, arch))
+            .map(String::as_str)
     }
 }
 

@@ -102,4 +102,7 @@ pub use parse::{Format, Location, ParseError, SpecLoadError};
 pub use restart::{ExitKind, RestartPolicy};
 pub use select::{Labels, NodeSelector};
 pub use signal::Signal;
-pub use validate::{MAX_CPU_WEIGHT, MAX_NAME_LEN, MAX_TAG_LEN, SpecError, SpecErrors, SpecWarning};
+pub use validate::{
+    MAX_BINARY_DIGESTS, MAX_CPU_WEIGHT, MAX_NAME_LEN, MAX_TAG_LEN, SpecError, SpecErrors,
+    SpecWarning,
+};

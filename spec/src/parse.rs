@@ -497,6 +497,7 @@ static APP: Shape = Struct(&[
     ("stopTimeoutSec", Any),
     ("nofileMax", Any),
     ("logOverflow", Any),
+    ("binaryDigests", Any),
 ]);
 
 fn join(path: &str, key: &str) -> String {

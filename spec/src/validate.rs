@@ -25,6 +25,8 @@ use crate::restart::RestartPolicy;
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest accepted tag.
 pub const MAX_TAG_LEN: usize = 128;
+/// Most entries in `binaryDigests` (one per platform).
+pub const MAX_BINARY_DIGESTS: usize = 16;
 /// Largest accepted `cpuWeight` (cgroup v2 `cpu.weight` range is 1..=10000).
 pub const MAX_CPU_WEIGHT: u64 = 10_000;
 
@@ -156,7 +158,56 @@ impl AppSpec {
         self.check_resources(&mut r);
         self.check_lifecycle(&mut r);
         self.check_limits(&mut r);
+        self.check_binary_digests(&mut r);
         r.finish()
+    }
+
+    /// `binaryDigests`: at most [`MAX_BINARY_DIGESTS`] entries, each an object name
+    /// (`[A-Za-z0-9._-]`, at most [`MAX_OBJECT_NAME_LEN`] bytes) to `SHA-256=<base64>` of 32
+    /// bytes (43 characters, optional `=`).
+    fn check_binary_digests(&self, r: &mut Report) {
+        if self.binary_digests.len() > MAX_BINARY_DIGESTS {
+            r.err(
+                "binaryDigests",
+                format!(
+                    "has {} entries, more than the limit of {MAX_BINARY_DIGESTS}",
+                    self.binary_digests.len()
+                ),
+            );
+            return;
+        }
+        for (object, digest) in &self.binary_digests {
+            let path = format!("binaryDigests[{object:?}]");
+            let name_ok = !object.is_empty()
+                && object.len() <= MAX_OBJECT_NAME_LEN
+                && object.chars().all(|c| is_name_char(c) || c == '.');
+            if !name_ok {
+                r.err(
+                    &path,
+                    format!(
+                        "the key must be a binary object name `<app>-<tag>-<os>-<arch>` \
+                         (A-Z a-z 0-9 . _ -, at most {MAX_OBJECT_NAME_LEN} bytes)"
+                    ),
+                );
+            }
+            let b64 = digest
+                .strip_prefix("SHA-256=")
+                .map(|b| b.trim_end_matches('='));
+            let ok = b64.is_some_and(|b| {
+                b.len() == 43
+                    && b.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"-_+/".contains(&c))
+            });
+            if !ok {
+                r.err(
+                    &path,
+                    format!(
+                        "{digest:?} is not a SHA-256 digest `SHA-256=<base64url of 32 bytes>` \
+                         (as `narunctl images ls` shows it); let `narunctl deploy` write it"
+                    ),
+                );
+            }
+        }
     }
 
     /// The field limits of `crate::limits` (counts, lengths, magnitudes).

@@ -191,6 +191,7 @@ stopSignal: 2
 stopTimeoutSec: 3
 nofileMax: 4096
 logOverflow: block
+binaryDigests: {full-v2.0.1-linux-amd64: "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU="}
 "#,
     )
     .unwrap()
@@ -222,7 +223,8 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(reparsed, spec);
     // Nothing was left at its default (so the check above covered every key).
     let json: serde_json::Value = serde_json::from_slice(&spec.to_kv_json()).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 32, "{json:#}");
+    assert_eq!(json.as_object().unwrap().len(), 33, "{json:#}");
+    assert!(spec.binary_digest("linux", "amd64").is_some());
 }
 
 #[test]

@@ -541,3 +541,51 @@ fn invalid_replicas_count_as_zero() {
     spec.nodes.push(NodeSelector::by_name("n", -5));
     assert_eq!(spec.desired_replicas("n", &BTreeMap::new()), 0);
 }
+
+#[test]
+fn binary_digest_rules() {
+    const D: &str = "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=";
+    let set = |k: &str, v: &str| {
+        let (k, v) = (k.to_string(), v.to_string());
+        move |s: &mut AppSpec| {
+            s.binary_digests.insert(k, v);
+        }
+    };
+    accepts(set("app_1-x-v1.2.3-rc.1_b-linux-amd64", D));
+    accepts(set(
+        "app_1-x-v1.2.3-rc.1_b-linux-arm64",
+        D.trim_end_matches('='),
+    ));
+    // An entry of another tag is kept (it pins nothing for this one).
+    accepts(set("app_1-x-v0-linux-arm64", D));
+    rejects(
+        "binaryDigests[\"linux/amd64\"]",
+        "object name",
+        set("linux/amd64", D),
+    );
+    rejects("binaryDigests[\"\"]", "object name", set("", D));
+    let long = "a".repeat(300);
+    rejects(
+        &format!("binaryDigests[{long:?}]"),
+        "object name",
+        set(&long, D),
+    );
+    rejects(
+        "binaryDigests[\"o-linux-arm\"]",
+        "SHA-256=",
+        set("o-linux-arm", "abc"),
+    );
+    rejects(
+        "binaryDigests[\"o-linux-arm\"]",
+        "not a SHA-256 digest",
+        set(
+            "o-linux-arm",
+            "SHA-512=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=",
+        ),
+    );
+    rejects("binaryDigests", "limit of 16", |s| {
+        for i in 0..17 {
+            s.binary_digests.insert(format!("o-linux-a{i}"), D.into());
+        }
+    });
+}

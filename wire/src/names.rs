@@ -47,6 +47,17 @@ pub fn control_subject(node: &str, verb: &str) -> String {
 /// Verb of [`control_subject`] for `narunctl apps restart`.
 pub const CONTROL_RESTART: &str = "restart";
 
+/// The node id narund uses when its config sets none: the host name
+/// (`/proc/sys/kernel/hostname`), `localhost` if it is empty or unreadable. `narunctl
+/// deploy`'s flag form defaults its node to it.
+pub fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Object name of an app binary: `<app>-<tag>-<os>-<arch>` (Go GOOS/GOARCH names).
 pub fn binary_object_name(app: &str, tag: &str, os: &str, arch: &str) -> String {
     format!("{app}-{tag}-{os}-{arch}")

@@ -23,6 +23,13 @@
 //!    When the chunks do not hash to the object's digest (async-nats checks it at the end of the
 //!    stream), [`FetchError::Mismatch`] names the object, the expected and the actual digest.
 //!
+//!    When the spec names the digest its platform must run (`binaryDigests`, written by
+//!    `narunctl deploy`), the object's digest must be that one, else
+//!    [`FetchError::SpecDigest`]: an object replaced under the same tag is never run by a
+//!    spec that did not ask for it, and a spec that does (`deploy --force`) has another
+//!    run hash, so nodes replace their instances. (The cache was never the problem: it is
+//!    keyed by content; what kept the old binary running was an unchanged spec.)
+//!
 //! [`BinaryCache::gc`] keeps the newest N versions per app (by last use: a cache hit refreshes
 //! the file's mtime) and never removes a digest the caller marks as protected (binaries of running
 //! instances).
@@ -197,6 +204,17 @@ pub enum FetchError {
         expected: Sha256Digest,
         actual: Sha256Digest,
     },
+    /// The spec names the digest to run (`binaryDigests`) and the object's is another.
+    #[error(
+        "object '{object}' has digest {actual}, the spec expects {expected} (binaryDigests): \
+         the object was replaced after the spec was written; refused. Deploy again \
+         (`narunctl deploy`, with --force to replace the binary of an existing tag)"
+    )]
+    SpecDigest {
+        object: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
@@ -257,6 +275,22 @@ impl BinaryCache {
         os: &str,
         arch: &str,
     ) -> Result<CachedBinary, FetchError> {
+        self.fetch_expecting(store, app, tag, os, arch, None).await
+    }
+
+    /// [`fetch`](Self::fetch), and when the spec names the digest this platform must run
+    /// (`binaryDigests`, `want`), only an object with that digest:
+    /// [`FetchError::SpecDigest`] otherwise (the object was replaced after the spec was
+    /// written), before anything is downloaded.
+    pub async fn fetch_expecting(
+        &self,
+        store: &ObjectStore,
+        app: &str,
+        tag: &str,
+        os: &str,
+        arch: &str,
+        want: Option<&Sha256Digest>,
+    ) -> Result<CachedBinary, FetchError> {
         let object = narun_wire::names::binary_object_name(app, tag, os, arch);
         let info = store.info(&object).await.map_err(|e| match e.kind() {
             object_store::InfoErrorKind::NotFound => FetchError::NotFound {
@@ -300,6 +334,15 @@ impl BinaryCache {
             }
             signed
         };
+        if let Some(want) = want
+            && *want != expected
+        {
+            return Err(FetchError::SpecDigest {
+                object,
+                expected: *want,
+                actual: expected,
+            });
+        }
         self.fetch_verified(store, app, &object, &expected).await
     }
 

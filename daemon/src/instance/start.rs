@@ -197,15 +197,34 @@ impl Task {
         let (os, arch) = (names::go_os(), names::go_arch());
         // A restart of the same spec reuses the binary of the first start.
         let mut unreachable = String::from("NATS is not reachable");
+        // The digest the spec names for this platform (`binaryDigests`; validated, so it
+        // parses), which a fetched object must have.
+        let want = match self.spec.binary_digest(os, arch) {
+            Some(d) => Some(Sha256Digest::from_nats(d).ok_or_else(|| {
+                StartFailure::new(
+                    Reason::Verify,
+                    format!(
+                        "binaryDigests[{:?}] = {d:?} is not a SHA-256 digest",
+                        self.spec.binary_object_name(os, arch)
+                    ),
+                )
+            })?),
+            None => None,
+        };
         if self.pinned.is_none()
             && let Some(store) = store
         {
             let _one = self.host.fetch_lock.lock().await;
             let fetched = tokio::time::timeout(
                 FETCH_TIMEOUT,
-                self.host
-                    .cache
-                    .fetch(&store, &self.spec.name, &self.spec.tag, os, arch),
+                self.host.cache.fetch_expecting(
+                    &store,
+                    &self.spec.name,
+                    &self.spec.tag,
+                    os,
+                    arch,
+                    want.as_ref(),
+                ),
             )
             .await;
             match fetched {
@@ -214,7 +233,11 @@ impl Task {
                     self.verified = FileStamp::of(&b.path).map(|st| (b.digest, st));
                     return Ok(b);
                 }
-                Ok(Err(e @ (FetchError::Mismatch { .. } | FetchError::BadDigest { .. }))) => {
+                Ok(Err(
+                    e @ (FetchError::Mismatch { .. }
+                    | FetchError::BadDigest { .. }
+                    | FetchError::SpecDigest { .. }),
+                )) => {
                     return Err(StartFailure::new(Reason::Verify, e.to_string()));
                 }
                 Ok(Err(e @ (FetchError::Signature { .. } | FetchError::SignedDigest { .. }))) => {
@@ -233,7 +256,7 @@ impl Task {
                 }
             }
         }
-        let Some(digest) = self.pinned.or_else(|| {
+        let Some(digest) = self.pinned.or(want).or_else(|| {
             self.host
                 .local
                 .digest_of(&self.spec)

@@ -27,6 +27,7 @@ pub async fn run(conn: &ConnArgs, cmd: AppsCmd) -> Result<()> {
         AppsCmd::Info { name, json } => info(conn, &name, json.json).await,
         AppsCmd::Delete { name, yes } => delete(conn, &name, yes).await,
         AppsCmd::Restart(args) => restart(conn, args).await,
+        AppsCmd::Diff(args) => super::diff::run(conn, args).await,
     }
 }
 

@@ -1,48 +1,29 @@
-//! `narunctl deploy`: validate the spec locally, check and upload the binaries, write the
-//! spec with compare-and-set, and with `--wait` follow the rollout ([`crate::rollout`]).
+//! `narunctl deploy`: validate the spec locally, check and hash the binaries, plan the
+//! deploy ([`crate::plan`]: a tag's binary is immutable, the spec pins the digests it
+//! runs, some online node must run it), upload what is new (a progress bar on a
+//! terminal, [`crate::progress`]), write the spec with compare-and-set, and with `--wait`
+//! follow the rollout ([`crate::rollout`]). `--dry-run` prints the plan and stops.
 
 use crate::cli::{ConnArgs, DeployArgs};
+use crate::plan::{self, LocalBinary, ObjectAction, Plan, SpecSource};
 use crate::session::{Session, bounded};
 use anyhow::{Context, Result, anyhow, bail};
 use async_nats::jetstream::{kv, object_store};
 use narun_spec::AppSpec;
 use narun_wire::jetstream::{APP_BINARIES, APP_CONFIGS};
 use std::collections::HashMap;
-use std::path::PathBuf;
-
-struct Binary {
-    path: PathBuf,
-    platform: narun_wire::elf::Platform,
-    /// With `--sign`: the SHA-256 that was signed and the metadata entries of the signature.
-    signed: Option<([u8; 32], narun_wire::signing::SignatureMetadata)>,
-}
 
 /// Run `deploy`.
 pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     // 1. Build and validate the spec before touching the network.
-    let spec = match &args.file {
-        Some(path) => AppSpec::from_path(path)?,
-        None => {
-            let name = args.name.clone().unwrap_or_default();
-            let tag = args.tag.clone().unwrap_or_default();
-            let mut spec = AppSpec::new(name, tag);
-            for n in &args.node {
-                spec.nodes
-                    .push(narun_spec::NodeSelector::by_name(n.clone(), args.replicas));
-            }
-            if !args.label.is_empty() {
-                spec.nodes.push(narun_spec::NodeSelector::by_labels(
-                    args.label.clone(),
-                    args.replicas,
-                ));
-            }
-            if spec.nodes.is_empty() {
-                spec.nodes
-                    .push(narun_spec::NodeSelector::by_name("local", args.replicas));
-            }
-            spec
-        }
-    };
+    let (spec, default_node) = plan::build_spec(&SpecSource {
+        file: args.file.as_deref(),
+        name: args.name.as_deref(),
+        tag: args.tag.as_deref(),
+        node: &args.node,
+        label: &args.label,
+        replicas: args.replicas,
+    })?;
     spec.validate()
         .map_err(|e| anyhow!("invalid app spec (nothing was uploaded):\n{e}"))?;
     for w in spec.warnings() {
@@ -54,45 +35,25 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         }
     }
 
-    // 2. Check every binary before uploading any.
-    let mut binaries: Vec<Binary> = Vec::new();
-    for path in &args.binaries {
-        let mut header = [0u8; 64];
-        let n = read_prefix(path, &mut header)
-            .with_context(|| format!("cannot read binary {}", path.display()))?;
-        let platform = narun_wire::elf::inspect(&header[..n])
-            .and_then(|info| info.platform())
-            .map_err(|e| anyhow!("{}: {e} (nothing was uploaded)", path.display()))?;
-        if let Some(other) = binaries.iter().find(|b| b.platform == platform) {
-            bail!(
-                "{} and {} are both {platform}: give one binary per architecture",
-                other.path.display(),
-                path.display()
-            );
-        }
-        binaries.push(Binary {
-            path: path.clone(),
-            platform,
-            signed: None,
-        });
-    }
-    // With --sign: hash and sign every binary before anything is uploaded.
+    // 2. Check and hash every binary before uploading any; with --sign, sign them.
+    let binaries = plan::check_binaries(&args.binaries)?;
+    let mut signatures: Vec<Option<narun_wire::signing::SignatureMetadata>> =
+        vec![None; binaries.len()];
     if let Some(key_file) = &args.sign {
         let signer = load_signer(key_file)?;
-        for b in &mut binaries {
-            let sha256 = sha256_of(&b.path)
-                .with_context(|| format!("cannot read binary {}", b.path.display()))?;
+        for (b, sig) in binaries.iter().zip(&mut signatures) {
             let claim = narun_wire::signing::BinaryClaim {
                 app: &spec.name,
                 tag: &spec.tag,
                 os: b.platform.os,
                 arch: b.platform.arch,
-                sha256,
+                sha256: b.sha256,
             };
-            let entries = signer
-                .sign(&claim)
-                .with_context(|| format!("signing {}", b.path.display()))?;
-            b.signed = Some((sha256, entries));
+            *sig = Some(
+                signer
+                    .sign(&claim)
+                    .with_context(|| format!("signing {}", b.path.display()))?,
+            );
         }
         eprintln!("signing with {}", signer.public_key());
     }
@@ -105,19 +66,17 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         );
     }
 
-    // 3. Read the spec revision we will replace (compare-and-set), then upload.
-    //    A conflict seen now fails before any upload; one that happens during
-    //    the upload is caught by the CAS write in 4.
+    // 3. Read what the deploy replaces (the stored spec and its revision for the
+    //    compare-and-set, the heartbeats, the objects of this tag) and check the plan
+    //    before any upload. A conflict that happens during the upload is caught by the
+    //    CAS write in 5.
     let session = Session::connect(conn, "deploy").await?;
-    let kv = session.ensure_kv(&APP_CONFIGS).await?;
-    let key = spec.name.clone();
-    let current = match session
-        .bounded("reading the current spec", kv.entry(&key))
-        .await?
-    {
-        Some(e) if e.operation == kv::Operation::Put => e.revision,
-        _ => 0,
-    };
+    let mut plan = Plan::gather(&session, spec, default_node, &binaries).await?;
+    if !args.allow_offline && !args.dry_run {
+        plan.await_selected(&session, session.timeout).await?;
+    }
+    let key = plan.spec.name.clone();
+    let current = plan.current.as_ref().map_or(0, |(rev, _)| *rev);
     let expected = args.expect_revision.unwrap_or(current);
     if !args.force && expected != current {
         bail!(
@@ -126,85 +85,104 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
              and retry, or use --force to overwrite"
         );
     }
-    let store = session.ensure_object_store(&APP_BINARIES).await?;
-    if args.no_binary {
-        let mut found = Vec::new();
-        for arch in ["amd64", "arm64", "arm", "riscv64", "386"] {
-            let object = spec.binary_object_name("linux", arch);
-            if let Ok(Ok(info)) = tokio::time::timeout(session.timeout, store.info(&object)).await
-                && !info.deleted
-            {
-                found.push(object);
-            }
-        }
-        if found.is_empty() {
-            bail!(
-                "--no-binary: no object {} exists in app-binaries; upload a binary first",
-                spec.binary_object_name("linux", "<arch>")
-            );
-        }
-        for f in found {
-            println!("using existing {f}");
-        }
+    if args.no_binary && plan.objects.is_empty() {
+        bail!(
+            "--no-binary: no object {} exists in app-binaries; upload a binary first",
+            plan.spec.binary_object_name("linux", "<arch>")
+        );
     }
-    for b in &binaries {
-        let (os, arch) = (b.platform.os, b.platform.arch);
-        let object = spec.binary_object_name(os, arch);
-        let original = b
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut metadata = HashMap::from([
-            ("narun-app-name".to_string(), spec.name.clone()),
-            ("narun-goos".to_string(), os.to_string()),
-            ("narun-goarch".to_string(), arch.to_string()),
-            ("narun-version-tag".to_string(), spec.tag.clone()),
-            ("narun-original-file".to_string(), original),
-        ]);
-        if let Some((_, entries)) = &b.signed {
-            metadata.extend(entries.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let refusals = plan.refusals(&binaries, args.force, args.allow_offline);
+    if args.dry_run && args.json {
+        crate::output::print_json(&plan.to_json(&binaries, &refusals))?;
+        if !refusals.is_empty() {
+            bail!("the deploy would be refused: {}", refusals.join("; "));
         }
-        let meta = object_store::ObjectMetadata {
-            name: object.clone(),
-            description: Some(format!(
-                "Binary for {} ({os}/{arch}) tag {}",
-                spec.name, spec.tag
-            )),
-            metadata,
-            ..Default::default()
+        return Ok(());
+    }
+    if args.dry_run {
+        plan.print(&binaries);
+        if !refusals.is_empty() {
+            bail!("the deploy would be refused: {}", refusals.join("; "));
+        }
+        println!();
+        println!("dry run: nothing was uploaded or written");
+        return Ok(());
+    }
+    if !refusals.is_empty() {
+        bail!("{}; nothing was uploaded", refusals.join("; "));
+    }
+    if let Some(id) = &plan.default_node {
+        eprintln!("no --node or --label: deploying to this host's node {id}");
+    }
+
+    // 4. Upload what is new or replaced; a binary already stored under this tag is not
+    //    sent again (unless it must now carry a signature).
+    let spec = &plan.spec;
+    let store = if binaries.is_empty() {
+        None
+    } else {
+        Some(session.ensure_object_store(&APP_BINARIES).await?)
+    };
+    // One line per object, or (--json) one entry of the result.
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    let mut report = |line: String, object: &str, action: &str, digest: &str| {
+        if args.json {
+            results.push(serde_json::json!({"object": object, "action": action, "digest": digest}));
+        } else {
+            println!("{line}");
+        }
+    };
+    for o in &plan.objects {
+        let Some(i) = o.local else {
+            let digest = o.stored.as_ref().map_or("no digest", |(d, _)| d.as_str());
+            report(
+                format!("using existing {} ({digest})", o.object),
+                &o.object,
+                "kept",
+                digest,
+            );
+            continue;
         };
-        let mut file = tokio::fs::File::open(&b.path)
-            .await
-            .with_context(|| format!("cannot open {}", b.path.display()))?;
-        let info = bounded(
-            args.upload_timeout,
-            &format!("uploading {} as {object}", b.path.display()),
-            store.put(meta, &mut file),
-        )
-        .await?;
-        if let Some((sha256, _)) = &b.signed {
-            // The store hashed what it received: it must be what was signed.
-            let signed = narun_wire::signing::hex(sha256);
-            let stored = info.digest.as_deref().unwrap_or_default();
-            if !digest_is(stored, sha256) {
-                bail!(
-                    "{} changed while it was uploaded: the object {object} has digest {stored}, \
-                     the signed SHA-256 is {signed}; nodes with trusted keys will refuse it, \
-                     deploy again (the spec was not written)",
-                    b.path.display()
-                );
-            }
+        let b = &binaries[i];
+        let signature = &signatures[i];
+        let signed_as_stored = match (signature, &o.stored) {
+            (None, _) => true,
+            (Some(entries), Some((_, meta))) => entries
+                .iter()
+                .all(|(k, v)| meta.get(*k).map(String::as_str) == Some(v.as_str())),
+            (Some(_), None) => false,
+        };
+        if o.action == ObjectAction::Unchanged && signed_as_stored {
+            report(
+                format!(
+                    "unchanged {} -> {} ({}, already uploaded)",
+                    b.path.display(),
+                    o.object,
+                    b.digest()
+                ),
+                &o.object,
+                "unchanged",
+                &b.digest(),
+            );
+            continue;
         }
-        println!(
-            "uploaded {} -> {object} ({} bytes, {})",
-            b.path.display(),
-            info.size,
-            info.digest.as_deref().unwrap_or("no digest")
+        let store = store.as_ref().expect("opened when binaries are given");
+        let info = upload(store, spec, b, signature.as_ref(), &o.object, &args).await?;
+        report(
+            format!(
+                "uploaded {} -> {} ({} bytes, {})",
+                b.path.display(),
+                o.object,
+                info.size,
+                b.digest()
+            ),
+            &o.object,
+            "uploaded",
+            &b.digest(),
         );
     }
 
-    // 4. Write the spec with compare-and-set against the revision read in 3.
+    // 5. Write the spec with compare-and-set against the revision read in 3.
     //    With --wait, subscribe to the app's status and logs first: core NATS keeps
     //    no history, and narund reacts to the write within milliseconds.
     let follower = match args.wait {
@@ -213,49 +191,33 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     };
     let value: bytes::Bytes = spec.to_kv_json().into();
     let written = value.clone();
-    let revision = if args.force {
-        session
-            .bounded("writing the spec", kv.put(&key, value))
-            .await?
+    let unchanged = plan
+        .current
+        .as_ref()
+        .is_some_and(|(rev, v)| *v == value && *rev == expected);
+    let revision = if unchanged {
+        current
     } else {
-        let result = match expected {
-            rev if rev > 0 => tokio::time::timeout(session.timeout, kv.update(&key, value, rev))
-                .await
-                .map(|r| {
-                    r.map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    })
-                }),
-            _ => tokio::time::timeout(session.timeout, kv.create(&key, value))
-                .await
-                .map(|r| {
-                    r.map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            e.to_string(),
-                        )
-                    })
-                }),
-        };
-        match result {
-            Ok(Ok(rev)) => rev,
-            Ok(Err((true, _))) => bail!(
-                "conflict: the stored spec of {key} is no longer at revision {expected} \
-                 (someone else changed it); check `narunctl apps info {key}` and retry, \
-                 or use --force to overwrite"
-            ),
-            Ok(Err((false, e))) => bail!("writing the spec of {key}: {e}"),
-            Err(_) => bail!(
-                "writing the spec of {key}: no answer within {:?}",
-                session.timeout
-            ),
-        }
+        let kv = session.ensure_kv(&APP_CONFIGS).await?;
+        write_spec(&session, &kv, &key, value, expected, args.force).await?
     };
+    if args.json {
+        return crate::output::print_json(&serde_json::json!({
+            "app": spec.name,
+            "tag": spec.tag,
+            "revision": revision,
+            "config_hash": spec.config_hash(),
+            "spec_unchanged": unchanged,
+            "binaries": results,
+        }));
+    }
     println!(
-        "deployed {}:{} (app-configs revision {revision}, config hash {})",
+        "{} {}:{} (app-configs revision {revision}, config hash {})",
+        if unchanged {
+            "unchanged: already deployed"
+        } else {
+            "deployed"
+        },
         spec.name,
         spec.tag,
         spec.config_hash()
@@ -267,6 +229,125 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         follower.wait(stored, timeout).await?;
     }
     Ok(())
+}
+
+/// Stream one binary into the object store as `object` (with a progress bar on a
+/// terminal), then check that the store hashed what was hashed here.
+async fn upload(
+    store: &object_store::ObjectStore,
+    spec: &AppSpec,
+    b: &LocalBinary,
+    signature: Option<&narun_wire::signing::SignatureMetadata>,
+    object: &str,
+    args: &DeployArgs,
+) -> Result<object_store::ObjectInfo> {
+    let (os, arch) = (b.platform.os, b.platform.arch);
+    let original = b
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut metadata = HashMap::from([
+        ("narun-app-name".to_string(), spec.name.clone()),
+        ("narun-goos".to_string(), os.to_string()),
+        ("narun-goarch".to_string(), arch.to_string()),
+        ("narun-version-tag".to_string(), spec.tag.clone()),
+        ("narun-original-file".to_string(), original),
+    ]);
+    if let Some(entries) = signature {
+        metadata.extend(entries.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    }
+    let meta = object_store::ObjectMetadata {
+        name: object.to_string(),
+        description: Some(format!(
+            "Binary for {} ({os}/{arch}) tag {}",
+            spec.name, spec.tag
+        )),
+        metadata,
+        ..Default::default()
+    };
+    let file = tokio::fs::File::open(&b.path)
+        .await
+        .with_context(|| format!("cannot open {}", b.path.display()))?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let what = format!("uploading {} as {object}", b.path.display());
+    let info = if crate::progress::wanted() && !args.json {
+        let mut reader = crate::progress::Progress::new(file, object.to_string(), size);
+        let info = bounded(args.upload_timeout, &what, store.put(meta, &mut reader)).await;
+        reader.finish();
+        info?
+    } else {
+        let mut file = file;
+        bounded(args.upload_timeout, &what, store.put(meta, &mut file)).await?
+    };
+    // The store hashed what it received: it must be what was hashed (and signed) here.
+    let stored = info.digest.as_deref().unwrap_or_default();
+    if plan::digest_bytes(stored) != Some(b.sha256) {
+        bail!(
+            "{} changed while it was uploaded: the object {object} has digest {stored}, \
+             the file had {} when it was checked{}; deploy again (the spec was not written)",
+            b.path.display(),
+            b.digest(),
+            if signature.is_some() {
+                " (and signed)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(info)
+}
+
+/// Write the spec: a plain put with `force`, else compare-and-set against `expected`
+/// (0: the key must not exist). Returns the new revision.
+async fn write_spec(
+    session: &Session,
+    kv: &kv::Store,
+    key: &str,
+    value: bytes::Bytes,
+    expected: u64,
+    force: bool,
+) -> Result<u64> {
+    if force {
+        return session
+            .bounded("writing the spec", kv.put(key, value))
+            .await;
+    }
+    let result = match expected {
+        rev if rev > 0 => tokio::time::timeout(session.timeout, kv.update(key, value, rev))
+            .await
+            .map(|r| {
+                r.map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                })
+            }),
+        _ => tokio::time::timeout(session.timeout, kv.create(key, value))
+            .await
+            .map(|r| {
+                r.map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                })
+            }),
+    };
+    match result {
+        Ok(Ok(rev)) => Ok(rev),
+        Ok(Err((true, _))) => bail!(
+            "conflict: the stored spec of {key} is no longer at revision {expected} \
+             (someone else changed it); check `narunctl apps info {key}` and retry, \
+             or use --force to overwrite"
+        ),
+        Ok(Err((false, e))) => bail!("writing the spec of {key}: {e}"),
+        Err(_) => bail!(
+            "writing the spec of {key}: no answer within {:?}",
+            session.timeout
+        ),
+    }
 }
 
 /// The signing key in `path` (`--sign`), with a warning when others may read it.
@@ -283,40 +364,4 @@ fn load_signer(path: &std::path::Path) -> Result<narun_wire::signing::Signer> {
         );
     }
     Ok(signer)
-}
-
-/// SHA-256 of the file at `path`.
-fn sha256_of(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher.finalize().into())
-}
-
-/// Whether the object store digest `SHA-256=<base64url>` (padding optional) is `sha256`.
-fn digest_is(stored: &str, sha256: &[u8; 32]) -> bool {
-    use base64::Engine as _;
-    let ours = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256);
-    stored.strip_prefix("SHA-256=").map(|b64| {
-        b64.trim_end_matches('=')
-            .replace('+', "-")
-            .replace('/', "_")
-    }) == Some(ours)
-}
-
-fn read_prefix(path: &PathBuf, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut n = 0;
-    while n < buf.len() {
-        let r = f.read(&mut buf[n..])?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    Ok(n)
 }
