@@ -74,6 +74,16 @@ pub const SECRETS: KvBucket = KvBucket {
     max_age: None,
 };
 
+/// `narun-releases`: key = app name, value = [`crate::events::Releases`], the app's
+/// releases that became ready (narun addition; written by narunctl, read by `narunctl apps
+/// rollback`).
+pub const APP_RELEASES: KvBucket = KvBucket {
+    name: names::RELEASES_BUCKET,
+    description: "narun releases that became ready, per app (for narunctl apps rollback)",
+    history: 1,
+    max_age: None,
+};
+
 /// `app-binaries`: app binaries named `<app>-<tag>-<os>-<arch>` (Go's description).
 pub const APP_BINARIES: ObjectBucket = ObjectBucket {
     name: names::APP_BINARIES_BUCKET,

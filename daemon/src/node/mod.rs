@@ -19,9 +19,11 @@
 //! | `watch.rs` | the `app-configs` watch: sessions, retries, invalid specs |
 //! | `heartbeat.rs` | the node state in `node-runner-states`, `STATUS=` for systemd |
 //! | `control.rs` | operator requests on `narun.control.<node>.*` (restart) |
+//! | `history.rs` | the optional JetStream stream `narun-status` of the status events (`[events]`) |
 
 pub mod control;
 pub mod heartbeat;
+pub mod history;
 pub mod reconcile;
 pub mod rollout;
 pub mod watch;
@@ -315,6 +317,9 @@ impl Node {
                     config_hash: h.hash.clone(),
                     notify_status: s.notify_status,
                     rolled_back,
+                    since: s.since,
+                    error: s.error,
+                    last_failure: s.last_failure,
                 });
             }
         }
