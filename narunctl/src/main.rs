@@ -21,8 +21,10 @@ mod cli;
 mod cmd;
 mod context;
 mod output;
+mod releases;
 mod rollout;
 mod session;
+mod status;
 
 use anyhow::Result;
 use cli::{Cli, Command};
@@ -78,5 +80,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Man(args) => cmd::man::run(args),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Admin(c) => cmd::admin::run(&conn, c).await,
+        Command::Events(args) => cmd::events::run(&conn, args).await,
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod apps;
 pub mod completions;
 pub mod deploy;
+pub mod events;
 pub mod files;
 pub mod images;
 pub mod keys;
