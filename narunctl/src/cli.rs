@@ -225,8 +225,8 @@ pub struct RollbackArgs {
 #[derive(Debug, Subcommand)]
 pub enum AdminCmd {
     /// Set the replicas of every existing narun bucket and stream (KV_app-configs,
-    /// KV_node-runner-states, KV_narun-secrets, OBJ_app-binaries, OBJ_narun-files,
-    /// narun-logs) to N, in place: JetStream copies the data to the new peers while the
+    /// KV_node-runner-states, KV_narun-secrets, KV_narun-releases, OBJ_app-binaries,
+    /// OBJ_narun-files, narun-logs, narun-status) to N, in place: JetStream copies the data to the new peers while the
     /// streams stay in use. Prints one line per stream.
     Replicas {
         /// Replicas wanted (1-5; at most the servers in the cluster).

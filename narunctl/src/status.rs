@@ -481,7 +481,7 @@ mod tests {
         let n = node("n1", vec![inst("web-0", "running", 0, "")]);
         let c = count_app(
             &spec(2, false, 0),
-            &[n.clone()],
+            std::slice::from_ref(&n),
             |_| "offline".into(),
             at(NOW),
         );

@@ -266,9 +266,7 @@ async fn events_show_the_stream_history_then_follow_and_are_live_without_it() {
     .await;
     println!("{}{}", history.1, history.0);
     assert!(
-        history
-            .1
-            .contains("from the last 1h0m (stream narun-status)"),
+        history.1.contains("from the last 1h (stream narun-status)"),
         "{}",
         history.1
     );

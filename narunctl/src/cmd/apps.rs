@@ -139,13 +139,14 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The LAST column: rollbacks in effect first, else the newest failure, else `-`.
+/// The LAST column: the newest failure or rollback (`rolled back v2 → v1: …`) with the
+/// instance and how long ago, else `-`.
 fn last_column(c: &AppCounts, now: time::OffsetDateTime) -> String {
-    let rollbacks = c.rollbacks();
-    if !rollbacks.is_empty() {
-        return format!("rolled back {}", rollbacks.join("; "));
+    match c.last() {
+        Some(l) if l.rollback => format!("rolled back {}", l.short(now)),
+        Some(l) => l.short(now),
+        None => "-".into(),
     }
-    c.last().map_or_else(|| "-".into(), |l| l.short(now))
 }
 
 async fn info(conn: &ConnArgs, name: &str, json: bool) -> Result<()> {
@@ -257,7 +258,7 @@ async fn info(conn: &ConnArgs, name: &str, json: bool) -> Result<()> {
                 }
                 if let Some(f) = &i.last_failure {
                     let ago = crate::status::elapsed(&f.time, now)
-                        .map(|d| format!(" {} ago", human_duration(d)))
+                        .map(|d| format!(", {} ago", human_duration(d)))
                         .unwrap_or_default();
                     why.push(format!(
                         "last {}: {}{ago}",

@@ -99,6 +99,19 @@ pub fn format_event(ev: &StatusEvent) -> String {
     .to_string()
 }
 
+/// `1h`, `7d`, `90s`: a whole number of the largest unit that divides it (what an
+/// operator typed for --since), else `human_duration`.
+fn round_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => crate::output::human_duration(d),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3_600) => format!("{}h", s / 3_600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => crate::output::human_duration(d),
+    }
+}
+
 /// Print one event; false when stdout is closed (e.g. piped into `head`).
 fn print_event(out: &mut impl Write, payload: &[u8], json: bool) -> bool {
     let text = match serde_json::from_slice::<StatusEvent>(payload) {
@@ -164,7 +177,7 @@ async fn from_stream(
     )
     .await?;
     let pending = consumer.cached_info().num_pending;
-    let since = crate::output::human_duration(args.since);
+    let since = round_duration(args.since);
     if args.follow {
         eprintln!(
             "{pending} event(s) of {subject} from the last {since} (stream {}), then following (Ctrl-C to stop)",
@@ -214,6 +227,15 @@ async fn from_stream(
 mod tests {
     use super::*;
     use narun_wire::status::Reason;
+
+    #[test]
+    fn since_reads_as_typed() {
+        use std::time::Duration;
+        assert_eq!(round_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(round_duration(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(round_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(round_duration(Duration::from_secs(90)), "1m30s");
+    }
 
     #[test]
     fn lines_say_what_happened() {

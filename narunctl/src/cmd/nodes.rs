@@ -153,7 +153,7 @@ async fn info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
                         || "-".into(),
                         |f| {
                             let ago = crate::status::elapsed(&f.time, now)
-                                .map(|d| format!(" {} ago", human_duration(d)))
+                                .map(|d| format!(", {} ago", human_duration(d)))
                                 .unwrap_or_default();
                             format!(
                                 "{}: {}{ago}",
