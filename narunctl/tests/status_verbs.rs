@@ -169,6 +169,53 @@ async fn status_counts_failed_apart_from_running_with_reasons_and_rollbacks() {
     let info = text(&out.stdout);
     let row = info.lines().find(|l| l.starts_with("broken-0")).unwrap();
     assert!(row.contains("crashed: exit code 3"), "{info}");
+
+    // A crash loop is restarting (not running, not failed) and still says why; past
+    // its start limit it is failed, with that reason.
+    upload_script(&server, "loop", "v1", CRASH3).await;
+    upload_script(&server, "limited", "v1", CRASH3).await;
+    deploy_nowait(
+        &url,
+        &spec(
+            dir.path(),
+            "loop",
+            "v1",
+            NODE,
+            1,
+            "restart = \"always\"\nstartLimitIntervalSec = 0",
+        ),
+    )
+    .await;
+    deploy_nowait(
+        &url,
+        &spec(
+            dir.path(),
+            "limited",
+            "v1",
+            NODE,
+            1,
+            "restart = \"always\"\nstartLimitBurst = 2\nstartLimitIntervalSec = 300",
+        ),
+    )
+    .await;
+    let apps = wait_for("loop restarting and limited failed", T, || async {
+        let apps = apps_ls(&url).await;
+        (apps["loop"]["restarting"] == 1 && apps["limited"]["failed"] == 1).then_some(apps)
+    })
+    .await;
+    let (looping, limited) = (&apps["loop"], &apps["limited"]);
+    assert_eq!(looping["running"], 0, "{looping}");
+    assert_eq!(looping["failed"], 0, "{looping}");
+    assert_eq!(looping["last"]["reason"], "exit code 3", "{looping}");
+    assert_eq!(limited["running"], 0, "{limited}");
+    assert_eq!(limited["last"]["code"], "start-limit", "{limited}");
+    assert!(
+        limited["last"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("start limit"),
+        "{limited}"
+    );
 }
 
 /// The STATUS column of an `events` line (time, node, instance, tag, status, detail).
