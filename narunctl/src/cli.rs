@@ -327,6 +327,7 @@ pub enum AppsCmd {
     /// instances and the last reason something went wrong.
     Ls(JsonFlag),
     /// The stored spec and, per node and per instance, desired vs reported state.
+    #[command(alias = "show", alias = "status")]
     Info {
         name: String,
         #[command(flatten)]

@@ -147,7 +147,7 @@ async fn status_counts_failed_apart_from_running_with_reasons_and_rollbacks() {
         inst.contains("crashed") && inst.contains("last crashed: exit code 3"),
         "{inst}"
     );
-    let out = narunctl(&url, &["apps", "info", "web", "--json"]).await;
+    let out = narunctl(&url, &["apps", "status", "web", "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ready"], 2, "{v}");
     assert_eq!(v["instances"][0]["ready"], true, "{v}");
@@ -325,6 +325,14 @@ async fn events_show_the_stream_history_then_follow_and_are_live_without_it() {
         serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(last.instance_id, "ev-0");
     assert!(last.status.is_down(), "{last:?}");
+    // A filter that is not one subject token is refused by name.
+    let out = narunctl(&url, &["events", "--app", "a.>"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--app \"a.>\": not an app name"),
+        "{}",
+        text(&out.stderr)
+    );
     // An app with no events: nothing, exit 0.
     let out = narunctl(&url, &["events", "--app", "none"]).await;
     assert!(

@@ -20,6 +20,11 @@ use std::io::Write;
 
 /// Run `events`.
 pub async fn run(conn: &ConnArgs, args: EventsArgs) -> Result<()> {
+    for (flag, value) in [("--app", &args.app), ("--node", &args.node)] {
+        if let Some(v) = value {
+            check_token(flag, v)?;
+        }
+    }
     let session = Session::connect(conn, "events").await?;
     let subject = names::status_subject(
         args.app.as_deref().unwrap_or("*"),
@@ -48,6 +53,22 @@ pub async fn run(conn: &ConnArgs, args: EventsArgs) -> Result<()> {
             live(&session, &subject, &args).await
         }
     }
+}
+
+/// An app name or node id must be one NATS subject token: not empty, no `.`, `*`, `>`
+/// or white space (else the subscription would match other apps, or be refused).
+fn check_token(flag: &str, v: &str) -> Result<()> {
+    if v.is_empty()
+        || v.len() > 256
+        || v.chars()
+            .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+    {
+        bail!(
+            "{flag} {v:?}: not an app name or node id (one NATS subject token: 1 to 256 \
+             characters, no '.', '*', '>' or white space)"
+        );
+    }
+    Ok(())
 }
 
 /// One event as a line: time, node, instance, tag, status, then what explains it.
@@ -227,6 +248,15 @@ async fn from_stream(
 mod tests {
     use super::*;
     use narun_wire::status::Reason;
+
+    #[test]
+    fn filters_are_single_subject_tokens() {
+        assert!(check_token("--app", "web-1_x").is_ok());
+        for bad in ["", "a.b", "*", ">", "a b", "x\ny", &"n".repeat(257)] {
+            let e = check_token("--node", bad).unwrap_err().to_string();
+            assert!(e.starts_with("--node "), "{e}");
+        }
+    }
 
     #[test]
     fn since_reads_as_typed() {
