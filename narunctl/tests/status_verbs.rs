@@ -497,4 +497,23 @@ async fn apps_scale_and_rollback_change_the_spec_and_wait() {
     let stored =
         narun_spec::AppSpec::from_kv_bytes(&kv.get("web").await.unwrap().unwrap()).unwrap();
     assert_eq!(stored.tag, "v2", "refusals wrote nothing");
+
+    // A stored spec that does not parse is rolled back to the newest good release.
+    kv.put("web", "{not a spec".into()).await.unwrap();
+    let out = narunctl(&url, &["apps", "rollback", "web", "--wait=40s"]).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("warning: the stored spec of web cannot be parsed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rolled back web: unreadable spec → v1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("web:v1 is ready on 3 instance(s)"),
+        "{stdout}"
+    );
 }

@@ -571,12 +571,48 @@ async fn rollback(conn: &ConnArgs, args: RollbackArgs) -> Result<()> {
     let name = args.name.as_str();
     let session = Session::connect(conn, "rollback").await?;
     let entry = stored_entry(&session, name).await?;
-    let current = AppSpec::from_kv_bytes(&entry.value)
-        .map_err(|e| anyhow!("the stored spec of {name} cannot be parsed: {e}"))?;
+    // A stored spec that does not parse (written by another tool) is a reason to roll
+    // back, not an obstacle: a remembered release is then written with its own selectors.
+    let current = match AppSpec::from_kv_bytes(&entry.value) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            eprintln!("warning: the stored spec of {name} cannot be parsed: {e}");
+            None
+        }
+    };
+    let current_tag = current.as_ref().map_or("", |c| c.tag.as_str()).to_string();
     let releases = crate::releases::load(&session.js, name, session.timeout).await?;
     let remembered = match &args.to {
         Some(tag) => releases.with_tag(tag),
-        None => releases.previous(&current.tag),
+        None => releases.previous(&current_tag),
+    };
+    let current = match (current, remembered) {
+        (Some(c), _) => c,
+        (None, Some(r)) => {
+            let bytes = serde_json::to_vec(&r.spec)?;
+            let target = AppSpec::from_kv_bytes(&bytes).map_err(|e| {
+                anyhow!(
+                    "the remembered spec of {name}:{} cannot be parsed: {e}",
+                    r.tag
+                )
+            })?;
+            let to = target.tag.clone();
+            let source = format!("the release that was ready at {}", r.time);
+            return write_spec(&session, &target, entry.revision, args.wait, |rev| {
+                println!(
+                    "rolled back {name}: unreadable spec → {to} ({source}; app-configs revision {rev})"
+                )
+            })
+            .await;
+        }
+        (None, None) => bail!(
+            "the stored spec of {name} cannot be parsed and no good release of it is \
+             remembered{}; deploy a valid spec",
+            args.to
+                .as_ref()
+                .map(|t| format!(" with tag {t}"))
+                .unwrap_or_default()
+        ),
     };
     let (mut target, source) = match (remembered, &args.to) {
         (Some(r), _) => {
