@@ -182,6 +182,21 @@ pub fn count_node(
         ..Default::default()
     };
     let mut candidates: Vec<(OffsetDateTime, Last)> = Vec::new();
+    // A spec the node refused: its previous spec (if any) keeps running there.
+    for bad in state.invalid_specs.iter().filter(|b| b.app_name == app) {
+        if let Some(t) = parse_time(&bad.time) {
+            candidates.push((
+                t,
+                Last {
+                    instance: format!("node {}", state.node_id),
+                    reason: describe(Some(&Reason::InvalidSpec), None, &bad.error),
+                    code: Reason::InvalidSpec.to_string(),
+                    rollback: false,
+                    time: bad.time.clone(),
+                },
+            ));
+        }
+    }
     if state.instances.is_empty() {
         // A Go node-runner: instance ids only.
         for id in crate::session::node_instances(state, app) {
@@ -189,6 +204,10 @@ pub fn count_node(
             c.ready += 1;
             c.instances.push(id);
         }
+        c.last = candidates
+            .into_iter()
+            .max_by_key(|(t, _)| *t)
+            .map(|(_, l)| l);
         return c;
     }
     for i in state.instances.iter().filter(|i| i.app_name == app) {
@@ -301,7 +320,7 @@ pub fn count_app(
             0
         };
         let c = count_node(s, status, &spec.name, desired, rule, now);
-        if c.desired == 0 && c.instances.is_empty() {
+        if c.desired == 0 && c.instances.is_empty() && c.last.is_none() {
             continue;
         }
         app.desired += c.desired;
@@ -491,6 +510,28 @@ mod tests {
         assert_eq!(c.nodes[0].node_status, "offline/unknown");
         assert_eq!(c.nodes[0].desired, 2);
         assert_eq!(c.desired, 0);
+    }
+
+    #[test]
+    fn a_refused_spec_is_the_last_reason() {
+        let mut n = node("n1", vec![inst("web-0", "running", 0, "")]);
+        n.invalid_specs.push(narun_wire::events::InvalidSpec {
+            app_name: "web".into(),
+            error: "mode: jail is not supported".into(),
+            time: "2026-01-01T00:00:50Z".into(),
+        });
+        let c = count_app(&spec(1, false, 0), &[n], |_| "running".into(), at(NOW));
+        let last = c.last().unwrap();
+        assert_eq!(last.reason, "invalid spec: mode: jail is not supported");
+        assert_eq!(
+            (last.code.as_str(), last.instance.as_str()),
+            ("invalid-spec", "node n1")
+        );
+        assert_eq!(
+            (c.running, c.failed),
+            (1, 0),
+            "the previous spec keeps running"
+        );
     }
 
     #[test]

@@ -204,6 +204,34 @@ async fn status_counts_failed_apart_from_running_with_reasons_and_rollbacks() {
     })
     .await;
     let (looping, limited) = (&apps["loop"], &apps["limited"]);
+    // A spec narunctl accepts but narund refuses (mode landlock): the reason is shown.
+    upload_script(&server, "jail", "v1", sleeper_saying("up")).await;
+    deploy_nowait(
+        &url,
+        &spec(dir.path(), "jail", "v1", NODE, 1, "mode = \"landlock\""),
+    )
+    .await;
+    let jail = wait_for("the refused spec of jail in apps ls", T, || async {
+        let apps = apps_ls(&url).await;
+        (apps["jail"]["last"]["code"] == "invalid-spec").then(|| apps["jail"].clone())
+    })
+    .await;
+    assert!(
+        jail["last"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid spec: not supported by narund"),
+        "{jail}"
+    );
+    assert_eq!(jail["last"]["instance"], format!("node {NODE}"));
+    assert_eq!(jail["running"], 0, "{jail}");
+    // A valid spec of the app clears it.
+    deploy_nowait(&url, &spec(dir.path(), "jail", "v1", NODE, 1, "")).await;
+    wait_for("jail ready and no longer refused", T, || async {
+        let apps = apps_ls(&url).await;
+        (apps["jail"]["ready"] == 1 && apps["jail"]["last"].is_null()).then_some(())
+    })
+    .await;
     assert_eq!(looping["running"], 0, "{looping}");
     assert_eq!(looping["failed"], 0, "{looping}");
     assert_eq!(looping["last"]["reason"], "exit code 3", "{looping}");

@@ -332,6 +332,21 @@ pub struct NodeState {
     pub instances: Vec<InstanceState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_connected: Option<bool>,
+    /// Specs in `app-configs` this node refused (it keeps running the previous spec of
+    /// those apps, if any), until a valid spec of the app is applied or it is deleted
+    /// (narun addition; also published as `invalid_spec` status events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_specs: Vec<InvalidSpec>,
+}
+
+/// A spec a node refused ([`NodeState::invalid_specs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InvalidSpec {
+    pub app_name: String,
+    /// Why (the parse or validation error, or what narund does not support).
+    pub error: String,
+    /// RFC 3339, UTC.
+    pub time: String,
 }
 
 /// One instance as listed in [`NodeState::instances`].

@@ -67,6 +67,9 @@ pub(crate) struct Inner {
     pub(crate) adoptable: Mutex<BTreeMap<(String, u32), Adoptable>>,
     /// Slots for parsing `app-configs` entries off the runtime ([`reconcile::PARSERS`]).
     pub(crate) parsers: Arc<tokio::sync::Semaphore>,
+    /// Specs refused by app name, reported in the node state until the app gets a valid
+    /// spec or is deleted.
+    pub(crate) invalid: Mutex<BTreeMap<String, narun_wire::events::InvalidSpec>>,
 }
 
 /// Holder of the apply lock ([`Node::serial`]). Fields drop in order: the declared
@@ -164,6 +167,7 @@ impl Node {
             liveness: Arc::new(Liveness::default()),
             adoptable: Mutex::new(adoptable),
             parsers: Arc::new(tokio::sync::Semaphore::new(reconcile::PARSERS)),
+            invalid: Mutex::new(BTreeMap::new()),
         };
         (
             Node {
@@ -324,6 +328,17 @@ impl Node {
             }
         }
         out
+    }
+
+    /// The specs this node refused, by app name.
+    pub fn invalid_specs(&self) -> Vec<narun_wire::events::InvalidSpec> {
+        self.inner
+            .invalid
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Snapshot of instance `index` of `app` (the newest run when two overlap).
