@@ -173,6 +173,8 @@ pub struct Config {
     pub gateway: Option<toml::Value>,
     /// `[deploy]`: who may deploy binaries to this node.
     pub deploy: DeployConfig,
+    /// `[events]`: the optional status-event history (see [`crate::node::history`]).
+    pub events: crate::node::history::EventsConfig,
 }
 
 impl Default for Config {
@@ -190,6 +192,7 @@ impl Default for Config {
             memory: Default::default(),
             gateway: Default::default(),
             deploy: DeployConfig::default(),
+            events: Default::default(),
         }
     }
 }

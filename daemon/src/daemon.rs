@@ -265,6 +265,15 @@ impl Daemon {
                 Ok(())
             });
         }
+        if config.events.stream {
+            let limits = config.events.limits();
+            let (client, stop) = (client.clone(), shutdown.clone());
+            let replicas = config.nats.stream_replicas;
+            tasks.spawn(async move {
+                crate::node::history::run(client, limits, replicas, stop).await;
+                Ok(())
+            });
+        }
         // READY=1 after the first reconcile, or at once when apps were started from local
         // state (NATS may be far away). Without either, READY comes after 30 s anyway:
         // narund is working, it is only waiting for NATS.

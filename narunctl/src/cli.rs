@@ -133,14 +133,100 @@ pub enum Command {
     /// Cluster administration: the replicas of narun's buckets and streams.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Status events (`status.<app>.<node>`): the history kept by the `narun-status`
+    /// stream (narund `[events] stream = true`), then, with --follow, live.
+    Events(EventsArgs),
+}
+
+/// `events [--app A] [--node N] [--since DUR] [--follow] [--json]`.
+///
+/// With the `narun-status` stream: the events of the last --since (default 1h), then
+/// exit, or keep following with --follow. Without the stream there is no history:
+/// narunctl says so on stderr and follows live events until Ctrl-C.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this app.
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+    /// Only this node.
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Option<String>,
+    /// History to show from the stream (e.g. 10m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub since: Duration,
+    /// After the history, keep following new events until Ctrl-C.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// One JSON status event per line, as narund published it.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `apps scale NAME N [--node NODE | --selector K=V,…] [--wait[=TIMEOUT]]`.
+///
+/// Sets the replicas of one node selector of the stored spec (compare-and-set, like
+/// deploy). Without --node/--selector the spec must have exactly one selector.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// App name.
+    pub name: String,
+    /// Replicas wanted (0 or more).
+    #[arg(value_name = "N", allow_negative_numbers = true)]
+    pub replicas: i64,
+    /// The selector naming this node (added when the spec has none).
+    #[arg(long, value_name = "NODE_ID", conflicts_with = "selector")]
+    pub node: Option<String>,
+    /// The label selector with exactly these labels, e.g. `role=edge,zone=a` (added when
+    /// the spec has none).
+    #[arg(long, value_name = "K=V,…")]
+    pub selector: Option<String>,
+    /// Follow the rollout until every selected instance is ready (default 120 s), like
+    /// `deploy --wait`.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "120s",
+        value_parser = parse_duration
+    )]
+    pub wait: Option<Duration>,
+}
+
+/// `apps rollback NAME [--to TAG] [--wait[=TIMEOUT]]`.
+///
+/// Writes back the spec of an earlier release (its tag, binary and settings; the
+/// current node selectors stay). Without --to: the newest release that became ready
+/// (remembered in the KV bucket `narun-releases` by every successful `--wait`) whose
+/// tag differs from the current one, else the tag nodes still run after narund rolled
+/// a failed rollout back.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// App name.
+    pub name: String,
+    /// Go back to this tag (its remembered spec, else the current spec with this tag;
+    /// its binary must still be in app-binaries).
+    #[arg(long, value_name = "TAG")]
+    pub to: Option<String>,
+    /// Follow the rollout until every selected instance is ready (default 120 s), like
+    /// `deploy --wait`.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "120s",
+        value_parser = parse_duration
+    )]
+    pub wait: Option<Duration>,
 }
 
 /// `admin replicas N [--dry-run]`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCmd {
     /// Set the replicas of every existing narun bucket and stream (KV_app-configs,
-    /// KV_node-runner-states, KV_narun-secrets, OBJ_app-binaries, OBJ_narun-files,
-    /// narun-logs) to N, in place: JetStream copies the data to the new peers while the
+    /// KV_node-runner-states, KV_narun-secrets, KV_narun-releases, OBJ_app-binaries,
+    /// OBJ_narun-files, narun-logs, narun-status) to N, in place: JetStream copies the data to the new peers while the
     /// streams stay in use. Prints one line per stream.
     Replicas {
         /// Replicas wanted (1-5; at most the servers in the cluster).
@@ -289,9 +375,11 @@ pub struct DiffArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AppsCmd {
-    /// Table of apps: tag, where they run, how many instances run.
+    /// Table of apps: tag, where they run, desired/running/ready/failed/restarting
+    /// instances and the last reason something went wrong.
     Ls(JsonFlag),
-    /// The stored spec and, per node, desired vs reported instances.
+    /// The stored spec and, per node and per instance, desired vs reported state.
+    #[command(alias = "show", alias = "status")]
     Info {
         name: String,
         #[command(flatten)]
@@ -309,6 +397,10 @@ pub enum AppsCmd {
     /// What `deploy` with these arguments would change (spec diff, per node starts and
     /// stops); writes nothing.
     Diff(DiffArgs),
+    /// Set the replicas of the app on a node or label selector.
+    Scale(ScaleArgs),
+    /// Go back to the previous good release (or --to TAG).
+    Rollback(RollbackArgs),
 }
 
 /// `apps restart NAME [--node NODE]…`: like `systemctl restart` for each instance.

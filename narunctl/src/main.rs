@@ -25,8 +25,10 @@ mod context;
 mod output;
 mod plan;
 mod progress;
+mod releases;
 mod rollout;
 mod session;
+mod status;
 
 use anyhow::Result;
 use cli::{Cli, Command};
@@ -82,5 +84,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Man(args) => cmd::man::run(args),
         Command::Keys(c) => cmd::keys::run(c),
         Command::Admin(c) => cmd::admin::run(&conn, c).await,
+        Command::Events(args) => cmd::events::run(&conn, args).await,
     }
 }

@@ -332,6 +332,21 @@ pub struct NodeState {
     pub instances: Vec<InstanceState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_connected: Option<bool>,
+    /// Specs in `app-configs` this node refused (it keeps running the previous spec of
+    /// those apps, if any), until a valid spec of the app is applied or it is deleted
+    /// (narun addition; also published as `invalid_spec` status events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_specs: Vec<InvalidSpec>,
+}
+
+/// A spec a node refused ([`NodeState::invalid_specs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InvalidSpec {
+    pub app_name: String,
+    /// Why (the parse or validation error, or what narund does not support).
+    pub error: String,
+    /// RFC 3339, UTC.
+    pub time: String,
 }
 
 /// One instance as listed in [`NodeState::instances`].
@@ -366,6 +381,95 @@ pub struct InstanceState {
     /// instance kept running its previous spec (see [`RolledBack`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBack>,
+    /// When the instance entered its current `status`, RFC 3339 UTC (narun addition).
+    /// With the spec's settle rule ([`crate::status::SettleRule`]) it tells a `running`
+    /// instance that is ready from one that is still settling.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub since: String,
+    /// Error text of the current status (why it crashed or failed), as in its status event.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// The last time this instance crashed or failed (kept across its restarts, so a
+    /// crash-looping instance that is `starting` again still says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<InstanceFailure>,
+}
+
+/// A crash or failure of an instance ([`InstanceState::last_failure`]): the status event
+/// that reported it, in short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InstanceFailure {
+    /// `crashed`, `failed` or `invalid_spec`.
+    pub status: InstanceStatus,
+    /// `exit-code`, `signal`, `oom-kill`, `watchdog`, `start-limit`, `fetch`, …
+    #[serde(
+        default,
+        with = "crate::status::opt_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reason: Option<Reason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// Tag of the spec the failed run executed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
+    /// RFC 3339, UTC.
+    pub time: String,
+}
+
+/// The releases of one app that became ready (`narunctl deploy|apps scale|apps rollback
+/// --wait` write it on success), newest first, in the KV bucket
+/// [`crate::jetstream::APP_RELEASES`] under the app's name (narun addition; Go peers
+/// neither read nor write it). `narunctl apps rollback` goes back to the newest one whose
+/// tag differs from the current spec's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Releases {
+    #[serde(default)]
+    pub releases: Vec<Release>,
+}
+
+/// One release in [`Releases`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Release {
+    pub tag: String,
+    /// The spec's `config_hash`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config_hash: String,
+    /// The spec as it was stored in `app-configs` (its JSON value).
+    pub spec: serde_json::Value,
+    /// When it was seen ready, RFC 3339 UTC.
+    pub time: String,
+}
+
+impl Releases {
+    /// Most releases kept per app.
+    pub const KEEP: usize = 10;
+
+    /// Record `release` as the newest; an older entry with the same config hash (or, without
+    /// hashes, the same tag) is dropped, and at most [`Releases::KEEP`] are kept.
+    pub fn record(&mut self, release: Release) {
+        self.releases.retain(|r| {
+            if release.config_hash.is_empty() || r.config_hash.is_empty() {
+                r.tag != release.tag
+            } else {
+                r.config_hash != release.config_hash
+            }
+        });
+        self.releases.insert(0, release);
+        self.releases.truncate(Self::KEEP);
+    }
+
+    /// The newest release whose tag is not `current` (the rollback target).
+    pub fn previous(&self, current: &str) -> Option<&Release> {
+        self.releases.iter().find(|r| r.tag != current)
+    }
+
+    /// The newest release with tag `tag`.
+    pub fn with_tag(&self, tag: &str) -> Option<&Release> {
+        self.releases.iter().find(|r| r.tag == tag)
+    }
 }
 
 /// A replacement that did not become ready: narund stopped the new run and the previous
@@ -454,6 +558,55 @@ mod tests {
         // A rollback always names its reason field (Go-style required key).
         let rb = serde_json::to_string(&RolledBack::default()).unwrap();
         assert!(rb.contains(r#""reason":"""#), "{rb}");
+    }
+
+    #[test]
+    fn releases_keep_the_newest_per_spec() {
+        let rel = |tag: &str, hash: &str| Release {
+            tag: tag.into(),
+            config_hash: hash.into(),
+            spec: serde_json::json!({"name": "a", "tag": tag}),
+            time: "t".into(),
+        };
+        let mut r = Releases::default();
+        r.record(rel("v1", "h1"));
+        r.record(rel("v2", "h2"));
+        r.record(rel("v1", "h1"));
+        let tags: Vec<&str> = r.releases.iter().map(|r| r.tag.as_str()).collect();
+        assert_eq!(tags, ["v1", "v2"]);
+        assert_eq!(r.previous("v1").unwrap().tag, "v2");
+        assert_eq!(r.previous("v3").unwrap().tag, "v1");
+        assert!(r.with_tag("v9").is_none());
+        for i in 0..20 {
+            r.record(rel(&format!("t{i}"), &format!("x{i}")));
+        }
+        assert_eq!(r.releases.len(), Releases::KEEP);
+        assert_eq!(r.releases[0].tag, "t19");
+        let back: Releases = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn instance_failure_and_since_are_optional_on_the_wire() {
+        let old: InstanceState =
+            serde_json::from_str(r#"{"instance_id":"a-0","app_name":"a","status":"running"}"#)
+                .unwrap();
+        assert!(old.since.is_empty() && old.last_failure.is_none());
+        let st = InstanceState {
+            since: "2026-01-01T00:00:00Z".into(),
+            last_failure: Some(InstanceFailure {
+                status: InstanceStatus::Crashed,
+                reason: Some(Reason::ExitCode),
+                exit_code: Some(3),
+                error: "exit status 3".into(),
+                tag: "v1".into(),
+                time: "2026-01-01T00:00:00Z".into(),
+            }),
+            ..old
+        };
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(json.contains(r#""reason":"exit-code""#), "{json}");
+        assert_eq!(serde_json::from_str::<InstanceState>(&json).unwrap(), st);
     }
 
     #[test]

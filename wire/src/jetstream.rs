@@ -74,6 +74,16 @@ pub const SECRETS: KvBucket = KvBucket {
     max_age: None,
 };
 
+/// `narun-releases`: key = app name, value = [`crate::events::Releases`], the app's
+/// releases that became ready (narun addition; written by narunctl, read by `narunctl apps
+/// rollback`).
+pub const APP_RELEASES: KvBucket = KvBucket {
+    name: names::RELEASES_BUCKET,
+    description: "narun releases that became ready, per app (for narunctl apps rollback)",
+    history: 1,
+    max_age: None,
+};
+
 /// `app-binaries`: app binaries named `<app>-<tag>-<os>-<arch>` (Go's description).
 pub const APP_BINARIES: ObjectBucket = ObjectBucket {
     name: names::APP_BINARIES_BUCKET,
@@ -334,14 +344,16 @@ pub async fn ensure_object_store(
 }
 
 /// Every stream of the contract, by name: the KV buckets' `KV_<bucket>`, the object
-/// stores' `OBJ_<bucket>` and the log stream (what `narunctl admin replicas` changes).
+/// stores' `OBJ_<bucket>`, the log stream and the status stream (what `narunctl admin
+/// replicas` changes).
 pub fn contract_streams() -> Vec<String> {
-    let mut v: Vec<String> = [APP_CONFIGS, NODE_STATES, SECRETS]
+    let mut v: Vec<String> = [APP_CONFIGS, NODE_STATES, SECRETS, APP_RELEASES]
         .iter()
         .map(KvBucket::stream_name)
         .collect();
     v.extend([APP_BINARIES, FILES].iter().map(ObjectBucket::stream_name));
     v.push(names::LOG_STREAM.to_string());
+    v.push(names::STATUS_STREAM.to_string());
     v
 }
 

@@ -27,6 +27,13 @@ pub const NODE_STATE_TTL_SECS: u64 = 45;
 /// (a narun addition; the Go runner has no log history).
 pub const LOG_STREAM: &str = "narun-logs";
 
+/// KV bucket: key = app name, value = [`crate::events::Releases`] JSON (narun addition).
+pub const RELEASES_BUCKET: &str = "narun-releases";
+
+/// JetStream stream that keeps `status.>` (the status events) when narund's
+/// `[events] stream = true`, for `narunctl events` (a narun addition).
+pub const STATUS_STREAM: &str = "narun-status";
+
 /// `logs.<app>.<node>`: one JSON [`crate::events::LogLine`] per line of app output.
 pub fn log_subject(app: &str, node: &str) -> String {
     format!("logs.{app}.{node}")

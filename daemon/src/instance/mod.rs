@@ -244,6 +244,10 @@ pub struct Snapshot {
     /// While `starting` with `notify: true`: when the start times out (moves with
     /// `EXTEND_TIMEOUT_USEC=`).
     pub start_deadline: Option<tokio::time::Instant>,
+    /// When `status` last changed, RFC 3339 UTC (the node state's `since`).
+    pub since: String,
+    /// The last crash or failure of this instance, kept across its restarts.
+    pub last_failure: Option<narun_wire::events::InstanceFailure>,
 }
 
 /// The node's handle on one instance. Cheap to clone.

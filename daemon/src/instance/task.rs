@@ -559,7 +559,24 @@ impl Task {
     /// Publish a status event and update the snapshot; a `running` run gets its record.
     fn publish(&self, r: Report, run: Option<&Running>) {
         let mut unenforced = Vec::new();
+        let time = now_rfc3339();
         self.status.send_modify(|s| {
+            if s.status != r.status || s.since.is_empty() {
+                s.since = time.clone();
+            }
+            if matches!(
+                r.status,
+                InstanceStatus::Crashed | InstanceStatus::Failed | InstanceStatus::InvalidSpec
+            ) {
+                s.last_failure = Some(narun_wire::events::InstanceFailure {
+                    status: r.status.clone(),
+                    reason: r.reason.clone(),
+                    exit_code: r.exit_code,
+                    error: r.error.clone(),
+                    tag: self.spec.tag.clone(),
+                    time: time.clone(),
+                });
+            }
             s.status = r.status.clone();
             s.pid = r.pid;
             s.reason = r.reason.clone();
@@ -576,7 +593,7 @@ impl Task {
             pid: r.pid,
             exit_code: r.exit_code,
             error: r.error,
-            time: now_rfc3339(),
+            time,
             reason: r.reason.clone(),
             app_name: self.spec.name.clone(),
             run_id: self.run_id.clone(),

@@ -19,9 +19,11 @@
 //! | `watch.rs` | the `app-configs` watch: sessions, retries, invalid specs |
 //! | `heartbeat.rs` | the node state in `node-runner-states`, `STATUS=` for systemd |
 //! | `control.rs` | operator requests on `narun.control.<node>.*` (restart) |
+//! | `history.rs` | the optional JetStream stream `narun-status` of the status events (`[events]`) |
 
 pub mod control;
 pub mod heartbeat;
+pub mod history;
 pub mod reconcile;
 pub mod rollout;
 pub mod watch;
@@ -65,6 +67,9 @@ pub(crate) struct Inner {
     pub(crate) adoptable: Mutex<BTreeMap<(String, u32), Adoptable>>,
     /// Slots for parsing `app-configs` entries off the runtime ([`reconcile::PARSERS`]).
     pub(crate) parsers: Arc<tokio::sync::Semaphore>,
+    /// Specs refused by app name, reported in the node state until the app gets a valid
+    /// spec or is deleted.
+    pub(crate) invalid: Mutex<BTreeMap<String, narun_wire::events::InvalidSpec>>,
 }
 
 /// Holder of the apply lock ([`Node::serial`]). Fields drop in order: the declared
@@ -162,6 +167,7 @@ impl Node {
             liveness: Arc::new(Liveness::default()),
             adoptable: Mutex::new(adoptable),
             parsers: Arc::new(tokio::sync::Semaphore::new(reconcile::PARSERS)),
+            invalid: Mutex::new(BTreeMap::new()),
         };
         (
             Node {
@@ -315,10 +321,24 @@ impl Node {
                     config_hash: h.hash.clone(),
                     notify_status: s.notify_status,
                     rolled_back,
+                    since: s.since,
+                    error: s.error,
+                    last_failure: s.last_failure,
                 });
             }
         }
         out
+    }
+
+    /// The specs this node refused, by app name.
+    pub fn invalid_specs(&self) -> Vec<narun_wire::events::InvalidSpec> {
+        self.inner
+            .invalid
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Snapshot of instance `index` of `app` (the newest run when two overlap).

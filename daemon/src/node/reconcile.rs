@@ -380,6 +380,22 @@ impl Node {
         let subject = names::status_subject(key, &self.inner.host.settings.node_id);
         let payload = serde_json::to_vec(&ev).expect("a StatusEvent always serializes");
         self.inner.host.publish(subject, payload);
+        self.inner.invalid.lock().unwrap().insert(
+            key.to_string(),
+            narun_wire::events::InvalidSpec {
+                app_name: key.to_string(),
+                error: error.to_string(),
+                time: ev.time,
+            },
+        );
+        self.inner.host.changed.notify_waiters();
+    }
+
+    /// The app got a valid spec or was deleted: it is no longer reported as refused.
+    fn clear_invalid(&self, key: &str) {
+        if self.inner.invalid.lock().unwrap().remove(key).is_some() {
+            self.inner.host.changed.notify_waiters();
+        }
     }
 
     /// Handle one `app-configs` entry (`None`: deleted).
@@ -404,6 +420,7 @@ impl Node {
         revision: u64,
     ) {
         let Some(parsed) = parsed else {
+            self.clear_invalid(key);
             self.remove_app(key).await;
             return;
         };
@@ -422,6 +439,7 @@ impl Node {
                 return self.report_invalid(key, &format!("not supported by narund: {e}"));
             }
         }
+        self.clear_invalid(key);
         self.apply(spec, revision).await;
     }
 }

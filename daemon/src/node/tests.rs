@@ -370,3 +370,44 @@ async fn parsing_is_bounded_and_never_on_the_runtime_thread() {
         spec("v1", 1, 0)
     );
 }
+
+#[tokio::test]
+async fn a_crash_stays_the_instances_last_failure_after_it_runs_again() {
+    let (k, dir) = (FakeKernel::new(), tempfile::tempdir().unwrap());
+    let node = node(&k, dir.path()).await;
+    let s = spec("v1", 1, 0);
+    seed_binary(&node, &s);
+    node.apply(s, 1).await;
+    let pid = running(&node, 1, "v1").await[0];
+    let first = node.instances();
+    assert_eq!(first[0].last_failure, None);
+    assert!(!first[0].since.is_empty(), "{first:?}");
+
+    k.exit(pid, 3);
+    let h = node.inner.apps.lock().unwrap()["web"].instances[&0].clone();
+    h.wait_for(T, |s| {
+        s.status == InstanceStatus::Running && s.pid.is_some_and(|p| p != pid)
+    })
+    .await
+    .unwrap_or_else(|s| panic!("not restarted: {s:?}"));
+    let st = node.instances();
+    let f = st[0].last_failure.clone().expect("the crash is remembered");
+    assert_eq!(
+        (f.status, f.reason, f.exit_code, f.tag.as_str()),
+        (
+            InstanceStatus::Crashed,
+            Some(Reason::ExitCode),
+            Some(3),
+            "v1"
+        )
+    );
+    assert_eq!(f.error, "exit status 3");
+    assert_eq!(st[0].status, InstanceStatus::Running);
+    let at = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    assert!(
+        at(&st[0].since) >= at(&f.time),
+        "running again since after the crash: {st:?}"
+    );
+}

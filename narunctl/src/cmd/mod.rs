@@ -7,6 +7,7 @@ pub mod apps;
 pub mod completions;
 pub mod deploy;
 pub mod diff;
+pub mod events;
 pub mod files;
 pub mod images;
 pub mod keys;

@@ -1,9 +1,11 @@
 //! `narunctl nodes ls|info`: the nodes, from their heartbeats in `node-runner-states`
-//! (a node is `offline` once its heartbeat is older than the bucket's TTL).
+//! (a node is `offline` once its heartbeat is older than the bucket's TTL), with its
+//! instances counted by state ([`crate::status`]).
 
 use crate::cli::{ConnArgs, NodesCmd};
 use crate::output::{age, human_duration, print_json, print_table};
 use crate::session::{Session, node_status};
+use crate::status::{Bucket, bucket};
 use anyhow::{Result, anyhow};
 use std::collections::BTreeMap;
 
@@ -25,6 +27,37 @@ fn labels_str(l: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// `3 running, 1 failed, 1 restarting` (the buckets of [`crate::status`]; a failed
+/// instance is never counted as running), `-` without instances.
+fn instances_summary(s: &narun_wire::events::NodeState) -> String {
+    if s.instances.is_empty() {
+        return match s.managed_instances.len() {
+            0 => "-".into(),
+            n => format!("{n} managed"),
+        };
+    }
+    let (mut running, mut failed, mut restarting, mut other) = (0, 0, 0, 0);
+    for i in &s.instances {
+        match bucket(&i.status, i.restarts) {
+            Bucket::Running => running += 1,
+            Bucket::Failed => failed += 1,
+            Bucket::Restarting => restarting += 1,
+            Bucket::Other => other += 1,
+        }
+    }
+    [
+        (running, "running"),
+        (failed, "failed"),
+        (restarting, "restarting"),
+        (other, "other"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
     let session = Session::connect(conn, "nodes").await?;
     let states = session.node_states().await?;
@@ -44,11 +77,20 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
                 format!("{}/{}", s.os, s.arch),
                 s.version.clone(),
                 labels_str(&s.labels),
+                instances_summary(s),
             ]
         })
         .collect();
     print_table(
-        &["NODE", "STATUS", "AGE", "OS/ARCH", "VERSION", "LABELS"],
+        &[
+            "NODE",
+            "STATUS",
+            "AGE",
+            "OS/ARCH",
+            "VERSION",
+            "LABELS",
+            "INSTANCES",
+        ],
         &rows,
     );
     Ok(())
@@ -93,6 +135,7 @@ async fn info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
             }
         );
     } else {
+        let now = time::OffsetDateTime::now_utc();
         let rows: Vec<Vec<String>> = s
             .instances
             .iter()
@@ -102,13 +145,37 @@ async fn info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
                     i.app_name.clone(),
                     i.tag.clone(),
                     i.status.to_string(),
+                    crate::status::elapsed(&i.since, now)
+                        .map_or_else(|| "-".into(), human_duration),
                     i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     i.restarts.to_string(),
+                    i.last_failure.as_ref().map_or_else(
+                        || "-".into(),
+                        |f| {
+                            let ago = crate::status::elapsed(&f.time, now)
+                                .map(|d| format!(", {} ago", human_duration(d)))
+                                .unwrap_or_default();
+                            format!(
+                                "{}: {}{ago}",
+                                f.status,
+                                crate::status::describe(f.reason.as_ref(), f.exit_code, &f.error)
+                            )
+                        },
+                    ),
                 ]
             })
             .collect();
         print_table(
-            &["INSTANCE", "APP", "TAG", "STATUS", "PID", "RESTARTS"],
+            &[
+                "INSTANCE",
+                "APP",
+                "TAG",
+                "STATUS",
+                "SINCE",
+                "PID",
+                "RESTARTS",
+                "LAST FAILURE",
+            ],
             &rows,
         );
     }

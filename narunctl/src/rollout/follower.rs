@@ -24,6 +24,8 @@ pub struct Follower {
     js: jetstream::Context,
     /// `--timeout`, for opening the heartbeat watch.
     op_timeout: Duration,
+    /// `--stream-replicas`, for creating `narun-releases`.
+    replicas: Option<usize>,
     status: async_nats::Subscriber,
     logs: async_nats::Subscriber,
     app: String,
@@ -52,6 +54,7 @@ impl Follower {
         Ok(Follower {
             js: session.js.clone(),
             op_timeout: timeout,
+            replicas: session.replicas,
             status,
             logs,
             app: app.to_string(),
@@ -117,6 +120,21 @@ impl Follower {
                         self.app,
                         started.elapsed().as_secs_f64()
                     );
+                    // Remembered for `apps rollback` (crate::releases); a failure to
+                    // write it does not undo a good rollout.
+                    if let Err(e) = crate::releases::record(
+                        &self.js,
+                        tracker.spec(),
+                        self.op_timeout,
+                        self.replicas,
+                    )
+                    .await
+                    {
+                        eprintln!(
+                            "warning: could not remember {}:{tag} as a good release: {e:#}",
+                            self.app
+                        );
+                    }
                     return Ok(());
                 }
                 Verdict::Failed => {
