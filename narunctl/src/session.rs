@@ -54,8 +54,10 @@ impl Session {
         let addrs = settings
             .server_addrs()
             .map_err(|e| anyhow!("{e} (from --nats, NATS_URL or the context's `nats`)"))?;
+        check_readable(conn)?;
         let opts = settings.options(&name).await?;
         let shown = settings.url_without_userinfo();
+        refused_fast(&addrs, &shown).await?;
         let client = opts
             .connect(addrs)
             .await
@@ -181,6 +183,52 @@ impl Session {
             })
             .collect())
     }
+}
+
+/// The files of the connection flags can be read; a permission problem says whose file it
+/// is and who narunctl runs as ([`crate::hint::read_error`]), before async-nats words it
+/// more vaguely.
+fn check_readable(conn: &ConnArgs) -> Result<()> {
+    for (what, path) in [
+        ("the --creds file", &conn.creds),
+        ("the --nkey seed file", &conn.nkey),
+        ("the --tls-ca file", &conn.tls_ca),
+        ("the --tls-cert file", &conn.tls_cert),
+        ("the --tls-key file", &conn.tls_key),
+    ] {
+        let Some(path) = path else { continue };
+        if let Err(e) = std::fs::File::open(path) {
+            bail!("{}", crate::hint::read_error(what, path, &e));
+        }
+    }
+    Ok(())
+}
+
+/// How long the TCP probe of [`refused_fast`] waits for each server.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Fail at once when no server can be reached at all: every one refuses the TCP
+/// connection or its name does not resolve. (The client retries its first connection in
+/// the background, so without this a refused connection would only show as the
+/// `--timeout` of the first round trip.) A server that does not answer within
+/// [`PROBE_TIMEOUT`] is left to the client and `--timeout`: it may be slow, not gone.
+async fn refused_fast(addrs: &[async_nats::ServerAddr], shown: &str) -> Result<()> {
+    let probes = addrs.iter().map(|a| async move {
+        let target = (a.host().to_string(), a.port());
+        match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
+            Ok(Ok(_)) | Err(_) => None,
+            Ok(Err(e)) => Some(format!("{}:{}: {e}", a.host(), a.port())),
+        }
+    });
+    let failures = futures_util::future::join_all(probes).await;
+    if failures.iter().all(Option::is_some) && !failures.is_empty() {
+        let why: Vec<String> = failures.into_iter().flatten().collect();
+        bail!(
+            "cannot reach NATS at {shown}: {} (is nats-server running there? set --nats, NATS_URL or `nats` in the context file)",
+            why.join("; ")
+        );
+    }
+    Ok(())
 }
 
 fn opening_kv(bucket: &KvBucket) -> String {

@@ -172,10 +172,32 @@ async fn rm(conn: &ConnArgs, objects: &[String], yes: bool) -> Result<()> {
         ))?;
     }
     for info in found {
-        session
-            .bounded(&format!("deleting {}", info.name), store.delete(&info.name))
-            .await?;
+        // The server purges every chunk before it answers: that takes longer than one
+        // `--timeout` for a large object on a busy or slow disk, and the object is gone
+        // all the same. Allow time for the size, and believe the store, not the wait.
+        let bound = delete_bound(session.timeout, info.size as u64);
+        let res = bounded(
+            bound,
+            &format!("deleting {}", info.name),
+            store.delete(&info.name),
+        )
+        .await;
+        if let Err(e) = res {
+            let gone = matches!(
+                tokio::time::timeout(session.timeout, store.info(&info.name)).await,
+                Ok(Ok(i)) if i.deleted
+            );
+            if !gone {
+                return Err(e);
+            }
+        }
         println!("deleted {} ({})", info.name, human_size(info.size as u64));
     }
     Ok(())
+}
+
+/// How long the deletion of an object of `size` bytes may take: `--timeout`, plus a
+/// second per 8 MiB of chunks to purge.
+fn delete_bound(timeout: Duration, size: u64) -> Duration {
+    timeout + Duration::from_secs(size / (8 << 20))
 }
