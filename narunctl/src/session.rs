@@ -57,18 +57,37 @@ impl Session {
         check_readable(conn)?;
         let opts = settings.options(&name).await?;
         let shown = settings.url_without_userinfo();
-        refused_fast(&addrs, &shown).await?;
+        // The client retries its first connection in the background, so a server that
+        // refuses (or a wrong password) would only show as the `--timeout` of the first
+        // round trip. Its error event ends the wait at once instead: the first one
+        // means every server of the list failed one round (`ConnectErrorKind` only, so
+        // the cause is asked of the servers again in `why_unreachable`).
+        let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let opts = opts.event_callback(move |event| {
+            let failed_tx = failed_tx.clone();
+            async move {
+                if let async_nats::Event::ClientError(e) = event {
+                    let _ = failed_tx.send(e.to_string());
+                }
+            }
+        });
+        let addrs_for_probe = addrs.clone();
         let client = opts
             .connect(addrs)
             .await
             .map_err(|e| anyhow!("cannot reach NATS at {shown}: {e}"))?;
-        match tokio::time::timeout(conn.timeout, client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("cannot reach NATS at {shown}: {e}"),
-            Err(_) => bail!(
-                "cannot reach NATS at {shown} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
-                conn.timeout
-            ),
+        tokio::select! {
+            res = tokio::time::timeout(conn.timeout, client.flush()) => match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => bail!("cannot reach NATS at {shown}: {e}"),
+                Err(_) => bail!(
+                    "cannot reach NATS at {shown} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
+                    conn.timeout
+                ),
+            },
+            Some(error) = failed.recv() => {
+                bail!("{}", why_unreachable(&addrs_for_probe, &shown, &error).await)
+            }
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(conn.timeout);
@@ -204,15 +223,14 @@ fn check_readable(conn: &ConnArgs) -> Result<()> {
     Ok(())
 }
 
-/// How long the TCP probe of [`refused_fast`] waits for each server.
+/// How long the TCP probe of [`why_unreachable`] waits for each server.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Fail at once when no server can be reached at all: every one refuses the TCP
-/// connection or its name does not resolve. (The client retries its first connection in
-/// the background, so without this a refused connection would only show as the
-/// `--timeout` of the first round trip.) A server that does not answer within
-/// [`PROBE_TIMEOUT`] is left to the client and `--timeout`: it may be slow, not gone.
-async fn refused_fast(addrs: &[async_nats::ServerAddr], shown: &str) -> Result<()> {
+/// The error line for a first connection that failed with the client's `error` (e.g.
+/// `client error: IO error`): when every server refuses TCP or does not resolve, their
+/// causes (one TCP connection to each, at most [`PROBE_TIMEOUT`], in parallel);
+/// otherwise the client's error with a hint for its kind.
+async fn why_unreachable(addrs: &[async_nats::ServerAddr], shown: &str, error: &str) -> String {
     let probes = addrs.iter().map(|a| async move {
         let target = (a.host().to_string(), a.port());
         match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
@@ -221,14 +239,23 @@ async fn refused_fast(addrs: &[async_nats::ServerAddr], shown: &str) -> Result<(
         }
     });
     let failures = futures_util::future::join_all(probes).await;
-    if failures.iter().all(Option::is_some) && !failures.is_empty() {
+    let detail = error.strip_prefix("client error: ").unwrap_or(error);
+    if !failures.is_empty() && failures.iter().all(Option::is_some) {
         let why: Vec<String> = failures.into_iter().flatten().collect();
-        bail!(
+        return format!(
             "cannot reach NATS at {shown}: {} (is nats-server running there? set --nats, NATS_URL or `nats` in the context file)",
             why.join("; ")
         );
     }
-    Ok(())
+    let detail = detail.strip_prefix("nats: ").unwrap_or(detail);
+    let hint = if detail.contains("authorization violation") {
+        "check --nats-user/--password, --creds or --nkey (or the context file)"
+    } else if detail.contains("TLS") {
+        "check --tls-ca, --tls-cert and --tls-key, and the URL's scheme"
+    } else {
+        "is it a NATS server? set --nats, NATS_URL or `nats` in the context file"
+    };
+    format!("cannot connect to NATS at {shown}: {detail} ({hint})")
 }
 
 fn opening_kv(bucket: &KvBucket) -> String {
