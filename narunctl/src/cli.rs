@@ -340,6 +340,19 @@ pub struct LogsArgs {
     /// Follow new lines (the default; kept for older scripts).
     #[arg(short = 'f', long, hide = true)]
     pub follow: bool,
+    /// Colours of app output: `auto` keeps them when stdout is a terminal, `always` also
+    /// into a pipe (`| less -R`), `never` strips them. Other control sequences are always
+    /// removed.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = ColorWhen::Auto)]
+    pub color: ColorWhen,
+}
+
+/// `logs --color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
 }
 
 /// `--tail`: a line count, or `all` (as `u64::MAX`).

@@ -155,6 +155,27 @@ async fn logs_shows_the_last_lines_with_node_and_instance_then_follows() {
         "\u{1b}[31mline 15\u{1b}[0m\u{1b}]0;pwned\u{7}"
     );
 
+    // --color always: colours into a pipe too; never the title.
+    let lines = ok_lines(
+        &narunctl(
+            &url,
+            &[
+                "logs",
+                "colors",
+                "--no-follow",
+                "--tail",
+                "1",
+                "--color",
+                "always",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        lines[0].ends_with("stdout  \u{1b}[31mline 15\u{1b}[0m"),
+        "{lines:?}"
+    );
+
     // On a terminal (a pty from util-linux `script`) colours are kept, the title is not.
     let cmd = format!(
         "{} --nats {url} logs colors --tail 1 --no-follow",

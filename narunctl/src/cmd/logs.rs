@@ -17,11 +17,11 @@
 //!   heartbeat, or in the log history; otherwise the error lists close names, instead of
 //!   following a typo forever in silence.
 //! * Columns: time (UTC, milliseconds), node, instance, stream, message. App output is
-//!   cleaned by [`clean_controls`]: colours kept on a terminal, stripped into a pipe;
-//!   cursor moves, titles and other controls always removed. `--raw` prints the JSON
-//!   as received.
+//!   cleaned by [`clean_controls`]: colours kept on a terminal, stripped into a pipe
+//!   (`--color always|never` overrides); cursor moves, titles and other controls always
+//!   removed. `--raw` prints the JSON as received.
 
-use crate::cli::{ConnArgs, LogsArgs};
+use crate::cli::{ColorWhen, ConnArgs, LogsArgs};
 use crate::hint::{close_matches, did_you_mean, subject_token_problem};
 use crate::output::clean_controls;
 use crate::session::{Session, bounded};
@@ -186,7 +186,11 @@ impl Printer {
         let out = std::io::stdout();
         Printer {
             raw: args.raw,
-            colors: out.is_terminal(),
+            colors: match args.color {
+                ColorWhen::Auto => out.is_terminal(),
+                ColorWhen::Always => true,
+                ColorWhen::Never => false,
+            },
             instance: args.instance.clone(),
             node_width: 0,
             instance_width: 0,
