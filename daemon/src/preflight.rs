@@ -133,7 +133,7 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
 
 /// For a permission error (`EACCES`, `EPERM`) on `path`: ` (it is owned by …, mode …;
 /// narund runs as …: …what to do)`; nothing for other errors.
-fn permission_hint(path: &Path, e: &io::Error) -> String {
+pub(crate) fn permission_hint(path: &Path, e: &io::Error) -> String {
     use std::os::unix::fs::MetadataExt;
     if e.kind() != io::ErrorKind::PermissionDenied {
         return String::new();
@@ -164,8 +164,8 @@ fn permission_hint(path: &Path, e: &io::Error) -> String {
         })
         .unwrap_or_default();
     format!(
-        " ({owner}narund runs as {}: give that user write access, e.g. `chown {} {}`, or set \
-         data_dir/runtime_dir (--data-dir, --runtime-dir) to directories it may write)",
+        " ({owner}narund runs as {}: give that user write access, e.g. `chown {} {}`, or point \
+         narund at directories it may write: data_dir/runtime_dir (--data-dir, --runtime-dir))",
         name(me),
         me,
         path.display()
