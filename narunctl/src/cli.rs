@@ -320,7 +320,7 @@ pub struct LogsArgs {
     /// Only this node.
     #[arg(long)]
     pub node: Option<String>,
-    /// Only this instance (filtered here, e.g. `hello-0`; --tail counts before this filter).
+    /// Only this instance (e.g. `hello-0`; filtered here, --tail counts its lines).
     #[arg(long)]
     pub instance: Option<String>,
     /// Print the JSON log lines as received (nothing stripped, no columns).

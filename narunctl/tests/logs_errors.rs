@@ -223,6 +223,33 @@ async fn logs_shows_the_last_lines_with_node_and_instance_then_follows() {
         "{l:?}"
     );
     follow.interrupt().await;
+
+    // --instance filters here, after the server: --tail still means the last N lines of
+    // that instance (the newest line of the subject is another instance's).
+    let out = narunctl(
+        &url,
+        &[
+            "logs",
+            "colors",
+            "--instance",
+            "colors-0",
+            "--tail",
+            "3",
+            "--no-follow",
+        ],
+    )
+    .await;
+    let lines = ok_lines(&out);
+    let last: Vec<&str> = lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(last, ["13", "14", "15"], "{lines:#?}");
+    assert!(
+        text(&out.stderr).contains("3 line(s) of logs.colors.* (instance colors-0)"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@
 //!   `num_pending` is the number of matching lines from its start sequence on, so a
 //!   galloping then binary search over start sequences ([`tail_start`]) finds the
 //!   sequence with exactly N matching lines after it, in O(log n) short-lived consumers,
-//!   whatever other apps wrote in between.
+//!   whatever other apps wrote in between. The server filters by subject (app, node),
+//!   not instance: with `--instance` the window is widened until it holds N lines of it.
 //! * Without the stream there is no history: narunctl says so and follows live lines
 //!   from a core subscription.
 //! * A named app (or `--node`) must exist somewhere: in `app-configs`, in a node's
@@ -198,14 +199,20 @@ impl Printer {
         }
     }
 
+    /// Whether a message passes `--instance` (a line that is not JSON does).
+    fn wanted(&self, payload: &[u8]) -> bool {
+        match (&self.instance, serde_json::from_slice::<LogLine>(payload)) {
+            (Some(want), Ok(l)) => &l.instance_id == want,
+            _ => true,
+        }
+    }
+
     /// Print one message; false when stdout is closed (e.g. piped into `head`).
     fn print(&mut self, payload: &[u8]) -> bool {
-        let line = serde_json::from_slice::<LogLine>(payload);
-        if let (Some(want), Ok(l)) = (&self.instance, &line)
-            && &l.instance_id != want
-        {
+        if !self.wanted(payload) {
             return true;
         }
+        let line = serde_json::from_slice::<LogLine>(payload);
         let text = match (&line, self.raw) {
             (Ok(l), false) => self.format(l),
             (_, true) => String::from_utf8_lossy(payload).into_owned(),
@@ -354,6 +361,73 @@ async fn tail_start(
     Ok(at(lo))
 }
 
+/// Where the history starts: the later of `--since` and the last `tail` lines (the one
+/// with fewer lines after it).
+async fn start_policy(
+    stream: &mut jetstream::stream::Stream,
+    subject: &str,
+    since: Option<DeliverPolicy>,
+    tail: Option<u64>,
+    timeout: Duration,
+) -> Result<DeliverPolicy> {
+    Ok(match (since, tail) {
+        (_, Some(0)) => DeliverPolicy::New,
+        (Some(since), None) => since,
+        (None, None) => DeliverPolicy::All,
+        (since, Some(n)) => {
+            let by_since = match since {
+                Some(p) => Some((pending_from(stream, subject, p, timeout).await?, p)),
+                None => None,
+            };
+            match by_since {
+                Some((count, p)) if count <= n => p,
+                _ => tail_start(stream, subject, n, timeout).await?,
+            }
+        }
+    })
+}
+
+type Messages = jetstream::consumer::push::Ordered;
+
+/// An ordered consumer on `subject` from `policy` on: its messages and how many of them
+/// are history (pending when it was created).
+async fn open_consumer(
+    session: &Session,
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    policy: DeliverPolicy,
+) -> Result<(Messages, u64)> {
+    use jetstream::consumer::push;
+    let timeout = session.timeout;
+    let consumer = bounded(
+        timeout,
+        &format!("creating a consumer on {}", names::LOG_STREAM),
+        stream.create_consumer(push::OrderedConfig {
+            deliver_subject: session.client.new_inbox(),
+            filter_subject: subject.to_string(),
+            deliver_policy: policy,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = bounded(timeout, "starting the log consumer", consumer.messages()).await?;
+    Ok((messages, pending))
+}
+
+/// The next message of `messages`, waiting at most `timeout` (history is already stored).
+async fn next_stored(messages: &mut Messages, subject: &str, timeout: Duration) -> Result<Vec<u8>> {
+    match tokio::time::timeout(timeout, messages.next()).await {
+        Ok(Some(Ok(m))) => Ok(m.payload.to_vec()),
+        Ok(Some(Err(e))) => bail!("reading {subject} from {}: {e}", names::LOG_STREAM),
+        Ok(None) => bail!("the consumer on {} ended", names::LOG_STREAM),
+        Err(_) => bail!(
+            "reading the history of {subject} from {}: no line within {timeout:?}",
+            names::LOG_STREAM
+        ),
+    }
+}
+
 async fn from_stream(
     session: &Session,
     mut stream: jetstream::stream::Stream,
@@ -362,55 +436,85 @@ async fn from_stream(
     tail: Option<u64>,
     printer: &mut Printer,
 ) -> Result<()> {
-    use jetstream::consumer::push;
     let timeout = session.timeout;
     let mut interrupt = sigint()?;
     let since = args.since.map(|d| DeliverPolicy::ByStartTime {
         start_time: time::OffsetDateTime::now_utc()
             - time::Duration::try_from(d).unwrap_or(time::Duration::ZERO),
     });
-    // The later start of the two limits: the one with fewer lines after it.
-    let deliver_policy = match (since, tail) {
-        (_, Some(0)) => DeliverPolicy::New,
-        (Some(since), None) => since,
-        (None, None) => DeliverPolicy::All,
-        (since, Some(n)) => {
-            let by_since = match since {
-                Some(p) => Some((pending_from(&stream, subject, p, timeout).await?, p)),
-                None => None,
-            };
-            match by_since {
-                Some((count, p)) if count <= n => p,
-                _ => tail_start(&mut stream, subject, n, timeout).await?,
-            }
-        }
-    };
     let follow = !args.no_follow;
-    let consumer = bounded(
-        timeout,
-        &format!("creating a consumer on {}", names::LOG_STREAM),
-        stream.create_consumer(push::OrderedConfig {
-            deliver_subject: session.client.new_inbox(),
-            filter_subject: subject.to_string(),
-            deliver_policy,
-            ..Default::default()
-        }),
-    )
-    .await?;
-    let pending = consumer.cached_info().num_pending;
     let then = if follow {
         ", then following (Ctrl-C to stop)"
     } else {
         ""
     };
-    eprintln!(
-        "{pending} line(s) of {subject} from the stream {}{then}",
-        names::LOG_STREAM
-    );
-    if !follow && pending == 0 {
-        return Ok(());
-    }
-    let mut messages = bounded(timeout, "starting the log consumer", consumer.messages()).await?;
+    // The server filters by app and node, not by instance: with --instance, the window of
+    // the last N lines of the subject is widened (x4 each round, read again) until it
+    // holds N lines of the instance or reaches the start (stream or --since).
+    let instance_tail = match (&args.instance, tail) {
+        (Some(_), Some(n)) if n > 0 && n < u64::MAX => Some(n),
+        _ => None,
+    };
+    let mut messages = if let Some(n) = instance_tail {
+        let mut window = n;
+        let (messages, kept) = loop {
+            let policy = start_policy(&mut stream, subject, since, Some(window), timeout).await?;
+            let (mut messages, pending) = open_consumer(session, &stream, subject, policy).await?;
+            let mut kept = std::collections::VecDeque::new();
+            let mut matched = 0u64;
+            for _ in 0..pending {
+                let payload = next_stored(&mut messages, subject, timeout).await?;
+                if printer.wanted(&payload) {
+                    matched += 1;
+                    if kept.len() as u64 == n {
+                        kept.pop_front();
+                    }
+                    kept.push_back(payload);
+                }
+            }
+            let whole = !matches!(policy, DeliverPolicy::ByStartSequence { .. });
+            if matched >= n || whole || window == u64::MAX {
+                break (messages, kept);
+            }
+            window = window.saturating_mul(4);
+        };
+        eprintln!(
+            "{} line(s) of {subject} (instance {}) from the stream {}{then}",
+            kept.len(),
+            args.instance.as_deref().unwrap_or_default(),
+            names::LOG_STREAM
+        );
+        for payload in kept {
+            if !printer.print(&payload) {
+                return Ok(());
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        messages
+    } else {
+        let policy = start_policy(&mut stream, subject, since, tail, timeout).await?;
+        let (mut messages, pending) = open_consumer(session, &stream, subject, policy).await?;
+        eprintln!(
+            "{pending} line(s) of {subject} from the stream {}{then}",
+            names::LOG_STREAM
+        );
+        for _ in 0..pending {
+            tokio::select! {
+                _ = interrupt.recv() => return Ok(()),
+                payload = next_stored(&mut messages, subject, timeout) => {
+                    if !printer.print(&payload?) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        messages
+    };
     loop {
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
@@ -421,10 +525,6 @@ async fn from_stream(
                     None => bail!("the consumer on {} ended", names::LOG_STREAM),
                 };
                 if !printer.print(&msg.payload) {
-                    return Ok(());
-                }
-                // The history is printed once the server has nothing more pending.
-                if !follow && msg.info().is_ok_and(|i| i.pending == 0) {
                     return Ok(());
                 }
             }
