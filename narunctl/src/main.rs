@@ -13,7 +13,7 @@
 //! Modules: [`cli`] (the clap types) and [`context`] (the context file) make the
 //! command line; [`cmd`] has one module per verb; they share [`session`] (NATS, the
 //! buckets, shared state) and [`output`] (tables, JSON, prompts), which import no
-//! command; [`hint`] words failures. [`rollout`] follows `deploy --wait`; `narun_wire::elf` reads a binary's platform.
+//! command. [`rollout`] follows `deploy --wait`; `narun_wire::elf` reads a binary's platform.
 //! Only this file calls into [`cmd`].
 
 #![forbid(unsafe_code)]
