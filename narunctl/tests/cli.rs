@@ -553,24 +553,14 @@ async fn logs_follows_and_filters_until_interrupted() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let server = NatsServer::start();
     let client = server.connect().await;
-    // `logs` refuses an app nobody knows: deploy it first (no node runs it here).
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_elf(dir.path(), "hello", 0, apps::elf_machine());
-    let out = narunctl(
-        &server.url(),
-        &[
-            "deploy",
-            "--name",
+    // `logs` refuses an app nobody knows: store its spec first (no node runs it here).
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
             "hello",
-            "--tag",
-            "v1",
-            "--node",
-            "node-1",
-            bin.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+            &serde_json::json!({"name": "hello", "tag": "v1", "nodes": [{"name": "node-1", "replicas": 1}]}),
+        )
+        .await;
     let mut child = tokio::process::Command::new(narunctl_bin())
         .args([
             "--nats",

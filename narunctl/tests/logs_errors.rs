@@ -5,7 +5,6 @@
 //! flag is `--nats-user`): the real `narunctl` binary against a real nats-server and, for
 //! logs, a real `narund` running a real app.
 
-use narun_test_support::apps::{elf_machine, fake_elf};
 use narun_test_support::{
     Narund, NatsServer, Running, T, log_line, narunctl, narunctl_bin, narunctl_cmd_via,
     narunctl_with, run, text, upload_script, wait_for,
@@ -257,23 +256,14 @@ async fn logs_refuses_unknown_apps_and_nodes_with_close_matches() {
     let server = NatsServer::start();
     let url = server.url();
     let _narund = Narund::start(&server, "node-1", "");
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_elf(dir.path(), "hello", 0, elf_machine(), 1024);
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "--name",
+    // Only a stored spec (no node runs it): written straight into app-configs.
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
             "hello",
-            "--tag",
-            "v1",
-            "--node",
-            "nowhere",
-            bin.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+            &serde_json::json!({"name": "hello", "tag": "v1", "nodes": [{"name": "nowhere", "replicas": 1}]}),
+        )
+        .await;
     wait_for("node-1's heartbeat", T, || {
         let url = url.clone();
         async move {
@@ -318,23 +308,14 @@ async fn logs_refuses_unknown_apps_and_nodes_with_close_matches() {
 async fn a_closed_stdout_ends_quietly() {
     let server = NatsServer::start();
     let url = server.url();
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_elf(dir.path(), "hello", 0, elf_machine(), 1024);
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "--name",
+    // Only a stored spec (no node runs it): written straight into app-configs.
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
             "hello",
-            "--tag",
-            "v1",
-            "--node",
-            "n1",
-            bin.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+            &serde_json::json!({"name": "hello", "tag": "v1", "nodes": [{"name": "n1", "replicas": 1}]}),
+        )
+        .await;
     for args in [
         &["nodes", "ls"][..],
         &["nodes", "ls", "--json"],
@@ -521,24 +502,12 @@ async fn the_nats_user_flag_is_nats_user_and_user_still_works() {
 async fn images_rm_of_a_large_object_succeeds_and_frees_its_chunks() {
     let server = NatsServer::start();
     let url = server.url();
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_elf(dir.path(), "big", 0, elf_machine(), 48 * 1024 * 1024);
-    let out = narunctl(
-        &url,
-        &[
-            "deploy",
-            "--name",
-            "big",
-            "--tag",
-            "v1",
-            "--node",
-            "n1",
-            bin.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let object = names::binary_object_name("big", "v1", "linux", names::go_arch());
+    // 48 MiB put straight into app-binaries (384 chunks of 128 KiB).
+    narun_test_support::buckets(&server)
+        .await
+        .upload("big", "v1", vec![7u8; 48 * 1024 * 1024])
+        .await;
+    let object = names::binary_object_name("big", "v1", names::go_os(), names::go_arch());
     let out = narunctl(&url, &["--timeout", "500ms", "images", "rm", "-y", &object]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with(&format!("deleted {object} (48.0 MiB)")));

@@ -401,23 +401,14 @@ async fn logs_without_the_stream_says_history_is_unavailable_and_follows_live() 
     let server = NatsServer::start();
     let client = server.connect().await;
     // The app exists (its spec is stored), but nobody keeps log history.
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_elf(dir.path(), "quiet", 0, elf_machine(), 1024);
-    let out = narunctl(
-        &server.url(),
-        &[
-            "deploy",
-            "--name",
+    // Only a stored spec (no node runs it): written straight into app-configs.
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
             "quiet",
-            "--tag",
-            "v1",
-            "--node",
-            "n1",
-            bin.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+            &serde_json::json!({"name": "quiet", "tag": "v1", "nodes": [{"name": "n1", "replicas": 1}]}),
+        )
+        .await;
     // Asked for history with --no-follow: nothing to show is an error, not silence.
     let out = narunctl(&server.url(), &["logs", "quiet", "--no-follow"]).await;
     assert_eq!(out.status.code(), Some(1));
