@@ -52,7 +52,11 @@ pub enum LockError {
     )]
     CgroupRootInUse { root: PathBuf, pid: Option<i32> },
     /// A file operation failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error(
+        "cannot {op} {}: {source}{}",
+        path.display(),
+        crate::preflight::permission_hint(path, source)
+    )]
     Io {
         op: &'static str,
         path: PathBuf,

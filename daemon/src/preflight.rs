@@ -108,20 +108,68 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
                 Some(p) => existing = p,
                 None => return Err(format!("{}: {e}", dir.display())),
             },
-            Err(e) => return Err(format!("cannot inspect {}: {e}", existing.display())),
+            Err(e) => {
+                return Err(format!(
+                    "cannot inspect {}: {e}{}",
+                    existing.display(),
+                    permission_hint(existing, &e)
+                ));
+            }
         }
     }
     crate::sys::fs::access_writable(existing).map_err(|e| {
+        let hint = permission_hint(existing, &e);
         if existing == dir {
-            format!("{} is not writable by narund: {e}", dir.display())
+            format!("{} is not writable by narund: {e}{hint}", dir.display())
         } else {
             format!(
-                "{} does not exist and cannot be created: {} is not writable by narund: {e}",
+                "{} does not exist and cannot be created: {} is not writable by narund: {e}{hint}",
                 dir.display(),
                 existing.display()
             )
         }
     })
+}
+
+/// For a permission error (`EACCES`, `EPERM`) on `path`: ` (it is owned by …, mode …;
+/// narund runs as …: …what to do)`; nothing for other errors.
+pub(crate) fn permission_hint(path: &Path, e: &io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if e.kind() != io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = |uid: u32| -> String {
+        match crate::privileges::lookup_passwd(&passwd, &uid.to_string()) {
+            Some(p) if p.uid == uid => format!("{} (uid {uid})", p.name),
+            _ => format!("uid {uid}"),
+        }
+    };
+    let me = crate::sys::process::geteuid();
+    // The path itself, or the deepest parent narund may look at.
+    let owner = path
+        .ancestors()
+        .find_map(|p| std::fs::metadata(p).ok().map(|m| (p, m)))
+        .map(|(p, m)| {
+            format!(
+                "{} is owned by {}, mode {:04o}; ",
+                if p == path {
+                    "it".to_owned()
+                } else {
+                    format!("its parent {}", p.display())
+                },
+                name(m.uid()),
+                m.mode() & 0o7777
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        " ({owner}narund runs as {}: give that user write access, e.g. `chown {} {}`, or point \
+         narund at directories it may write: data_dir/runtime_dir (--data-dir, --runtime-dir))",
+        name(me),
+        me,
+        path.display()
+    )
 }
 
 fn check_nats(config: &Config, problems: &mut Vec<String>) {

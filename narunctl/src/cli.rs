@@ -50,10 +50,17 @@ pub struct ConnArgs {
     /// File holding an nkey seed (`SU…`).
     #[arg(long, env = "NATS_NKEY_SEED_FILE", global = true)]
     pub nkey: Option<PathBuf>,
-    /// User name for user/password authentication.
-    #[arg(long, env = "NATS_USER", global = true)]
+    /// NATS user name for user/password authentication. (`--user` is accepted as a hidden
+    /// alias of older narunctl versions; in narun `user` otherwise means an app's Unix user.)
+    #[arg(
+        long = "nats-user",
+        alias = "user",
+        value_name = "USER",
+        env = "NATS_USER",
+        global = true
+    )]
     pub user: Option<String>,
-    /// Password for --user.
+    /// Password for --nats-user.
     #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
     pub password: Option<String>,
     /// PEM file of CA certificates to trust (enables TLS).
@@ -107,7 +114,7 @@ pub enum Command {
     /// Nodes running narund (or a Go node-runner): list, inspect.
     #[command(subcommand)]
     Nodes(NodesCmd),
-    /// App logs (`logs.<app>.<node>`): live, or from the past with --since.
+    /// App logs (`logs.<app>.<node>`): the last lines, then follow.
     Logs(LogsArgs),
     /// NATS Micro services (ADR-32 discovery): list, info, stats, ping.
     #[command(subcommand)]
@@ -446,28 +453,63 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
+/// `logs [APP] [--node N] [--instance I] [--tail N|--since D] [--no-follow] [--raw]`.
+///
+/// Prints the last lines (10 by default; from the `narun-logs` stream, narund
+/// `[logs] stream = true`), then follows new lines until Ctrl-C. Columns: time, node,
+/// instance, stream, message. Colours of app output are kept on a terminal and
+/// stripped when stdout is a pipe or file; other control sequences are always removed.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// App name (default: all apps).
+    /// App name (default: all apps). An app that is neither deployed, running nor in the
+    /// log history is an error that lists close names.
     pub app: Option<String>,
     /// Only this node.
     #[arg(long)]
     pub node: Option<String>,
-    /// Only this instance (filtered here, e.g. `hello-0`).
+    /// Only this instance (e.g. `hello-0`; filtered here, --tail counts its lines).
     #[arg(long)]
     pub instance: Option<String>,
-    /// Print the JSON log lines as received.
+    /// Print the JSON log lines as received (nothing stripped, no columns).
     #[arg(long)]
     pub raw: bool,
-    /// Start with the lines of the last DURATION (e.g. 10m, 2h). Needs the
-    /// `narun-logs` stream (narund `[logs] stream = true`); without it only
-    /// live lines are shown.
+    /// Start with the last N lines (`all`: every stored line; 0: none) [default: 10, or
+    /// `all` with --since]. Needs the `narun-logs` stream.
+    #[arg(long, short = 'n', value_name = "N", value_parser = parse_tail)]
+    pub tail: Option<u64>,
+    /// Start with the lines of the last DURATION (e.g. 10m, 2h); with --tail, at most
+    /// that many of them. Needs the `narun-logs` stream.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub since: Option<Duration>,
-    /// After the --since history, keep following new lines until Ctrl-C
-    /// (without --since narunctl always follows).
-    #[arg(short = 'f', long)]
+    /// Print the history (--tail/--since) and exit instead of following new lines.
+    #[arg(long, conflicts_with = "follow")]
+    pub no_follow: bool,
+    /// Follow new lines (the default; kept for older scripts).
+    #[arg(short = 'f', long, hide = true)]
     pub follow: bool,
+    /// Colours of app output: `auto` keeps them when stdout is a terminal, `always` also
+    /// into a pipe (`| less -R`), `never` strips them. Other control sequences are always
+    /// removed.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = ColorWhen::Auto)]
+    pub color: ColorWhen,
+}
+
+/// `logs --color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+/// `--tail`: a line count, or `all` (as `u64::MAX`).
+pub fn parse_tail(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "all" | "-1" => Ok(u64::MAX),
+        t => t
+            .parse()
+            .map_err(|_| format!("{s:?} is not a line count: use e.g. 10, 0 or all")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -681,5 +723,14 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn tails() {
+        assert_eq!(parse_tail("10").unwrap(), 10);
+        assert_eq!(parse_tail("0").unwrap(), 0);
+        assert_eq!(parse_tail("all").unwrap(), u64::MAX);
+        assert!(parse_tail("ten").is_err());
+        assert!(parse_tail("-2").is_err());
     }
 }

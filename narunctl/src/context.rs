@@ -24,7 +24,7 @@
 //! master_key_file = "/secure/narun-master.key"
 //! ```
 //!
-//! Keys: `nats creds nkey user password tls_ca tls_cert tls_key timeout stream_replicas
+//! Keys: `nats creds nkey user (or nats_user) password tls_ca tls_cert tls_key timeout stream_replicas
 //! master_key_file`. `nats` may list several servers of a cluster, comma separated.
 //! Precedence, per setting: flag > environment > selected context > top level > built-in
 //! default. Bad TOML, an unknown key, a bad value or an unknown context name are usage
@@ -44,6 +44,7 @@ pub struct Settings {
     pub nats: Option<String>,
     pub creds: Option<PathBuf>,
     pub nkey: Option<PathBuf>,
+    #[serde(alias = "nats_user")]
     pub user: Option<String>,
     pub password: Option<String>,
     pub tls_ca: Option<PathBuf>,
@@ -67,6 +68,7 @@ struct File {
     nats: Option<String>,
     creds: Option<PathBuf>,
     nkey: Option<PathBuf>,
+    #[serde(alias = "nats_user")]
     user: Option<String>,
     password: Option<String>,
     tls_ca: Option<PathBuf>,
@@ -247,9 +249,10 @@ pub fn load(
             return Ok(None);
         }
         Err(e) => {
-            return Err(ContextError(format!(
-                "cannot read the context file {}: {e}",
-                path.display()
+            return Err(ContextError(crate::hint::read_error(
+                "the context file",
+                &path,
+                &e,
             )));
         }
     };

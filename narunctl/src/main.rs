@@ -7,7 +7,8 @@
 //! See `docs/narunctl.md` for the full reference.
 //!
 //! Exit codes: 0 success, 1 the operation failed (one `error: …` line on
-//! stderr), 2 usage error (printed by clap).
+//! stderr, with a hint where one helps: [`hint`]), 2 usage error (printed by clap).
+//! A closed stdout (`narunctl nodes ls | head -1`) ends narunctl quietly with 0.
 //!
 //! Modules: [`cli`] (the clap types) and [`context`] (the context file) make the
 //! command line; [`cmd`] has one module per verb; they share [`session`] (NATS, the
@@ -22,6 +23,7 @@
 mod cli;
 mod cmd;
 mod context;
+mod hint;
 mod output;
 mod plan;
 mod progress;
@@ -35,6 +37,8 @@ use cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // `| head` closing stdout is not a failure, in any command.
+    hint::quiet_on_broken_pipe();
     // Usage errors exit 2: clap's own, and a bad context file.
     let cli = match context::parse_cli() {
         Ok(cli) => cli,
@@ -43,6 +47,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if old_user_flag(std::env::args().skip(1)) {
+        eprintln!(
+            "warning: --user is the old spelling of --nats-user (the NATS user name); in narun `user` means an app's Unix user, so use --nats-user"
+        );
+    }
     // One thread: narunctl waits on NATS. (Without tokio's multi-thread runtime in the build,
     // a firmware build of `-p narund -p narunctl` keeps it out of narund too: docs/design.md,
     // "Threads".)
@@ -58,13 +67,25 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if hint::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // One line (or one block for multi-line causes such as spec errors),
-            // never a backtrace.
-            eprintln!("error: {e:#}");
+            // never a backtrace; a permission error without a hint of its own gets one.
+            let text = format!("{e:#}");
+            match hint::generic_permission_hint(&text) {
+                Some(h) => eprintln!("error: {text} ({h})"),
+                None => eprintln!("error: {text}"),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command line uses `--user` (the hidden alias of `--nats-user`) before any
+/// `--`.
+fn old_user_flag(args: impl Iterator<Item = String>) -> bool {
+    args.take_while(|a| a != "--")
+        .any(|a| a == "--user" || a.starts_with("--user="))
 }
 
 /// Run one parsed command line.

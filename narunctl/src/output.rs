@@ -126,9 +126,145 @@ pub fn rfc3339(t: Option<time::OffsetDateTime>) -> Option<String> {
     })
 }
 
+/// Make text from an app safe to print: escape sequences other than colours (SGR,
+/// `ESC [ … m`) are removed (cursor moves, screen clears, window titles and hyperlinks
+/// (OSC), device queries), and so are control characters other than tab; colours are
+/// kept only if `keep_colors` (stdout is a terminal). A sequence cut off at the end of the
+/// text is removed too. Text without controls is returned as is.
+///
+/// A small state machine over chars, following ECMA-48: `ESC [` (or the 8-bit CSI,
+/// U+009B) starts a control sequence of parameter bytes `0x30–0x3F`, intermediate bytes
+/// `0x20–0x2F` and one final byte `0x40–0x7E`; `ESC ]`, `ESC P`, `ESC X`, `ESC ^`, `ESC _`
+/// start a string ended by BEL or `ESC \`; any other `ESC` takes intermediates and one
+/// final byte.
+pub fn clean_controls(text: &str, keep_colors: bool) -> std::borrow::Cow<'_, str> {
+    fn is_control(c: char) -> bool {
+        (c.is_control() && c != '\t') || c == '\u{7f}'
+    }
+    if !text.chars().any(is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    enum State {
+        Text,
+        Esc,
+        /// In a control sequence (its bytes so far are in `seq`).
+        Csi,
+        /// In an OSC/DCS/… string; `esc` after an ESC (maybe the ST `ESC \`).
+        Str {
+            esc: bool,
+        },
+        /// After `ESC` and intermediates.
+        EscIntermediate,
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut seq = String::new();
+    let mut state = State::Text;
+    for c in text.chars() {
+        state = match state {
+            State::Text => match c {
+                '\u{1b}' => {
+                    seq.clear();
+                    State::Esc
+                }
+                '\u{9b}' => {
+                    seq.clear();
+                    seq.push_str("\u{1b}[");
+                    State::Csi
+                }
+                '\u{90}' | '\u{9d}' | '\u{98}' | '\u{9e}' | '\u{9f}' => State::Str { esc: false },
+                c if is_control(c) => State::Text,
+                c => {
+                    out.push(c);
+                    State::Text
+                }
+            },
+            State::Esc => match c {
+                '[' => {
+                    seq.push_str("\u{1b}[");
+                    State::Csi
+                }
+                ']' | 'P' | 'X' | '^' | '_' => State::Str { esc: false },
+                '\u{20}'..='\u{2f}' => State::EscIntermediate,
+                _ => State::Text,
+            },
+            State::EscIntermediate => match c {
+                '\u{20}'..='\u{2f}' => State::EscIntermediate,
+                _ => State::Text,
+            },
+            State::Csi => match c {
+                '\u{20}'..='\u{3f}' => {
+                    seq.push(c);
+                    State::Csi
+                }
+                '\u{40}'..='\u{7e}' => {
+                    // SGR: only digits, `;` and `:` as parameters, final `m`.
+                    let params = &seq[2..];
+                    if keep_colors
+                        && c == 'm'
+                        && params
+                            .chars()
+                            .all(|p| p.is_ascii_digit() || p == ';' || p == ':')
+                    {
+                        out.push_str(&seq);
+                        out.push('m');
+                    }
+                    State::Text
+                }
+                // Not a valid sequence: drop what we have, go on with the text.
+                _ => State::Text,
+            },
+            State::Str { esc } => match c {
+                '\u{7}' | '\u{9c}' => State::Text,
+                '\\' if esc => State::Text,
+                '\u{1b}' => State::Str { esc: true },
+                _ => State::Str { esc: false },
+            },
+        };
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controls_are_cleaned() {
+        let red = "\u{1b}[31mred\u{1b}[0m plain";
+        assert_eq!(clean_controls(red, true), red);
+        assert_eq!(clean_controls(red, false), "red plain");
+        assert_eq!(
+            clean_controls("a\u{1b}[1;38;5;196mb", true),
+            "a\u{1b}[1;38;5;196mb"
+        );
+        assert_eq!(clean_controls("a\u{1b}[1;38:2::255:0:0mb", false), "ab");
+        // Cursor moves, clears, private modes: removed even on a terminal.
+        assert_eq!(
+            clean_controls("a\u{1b}[2Jb\u{1b}[10;1Hc\u{1b}[?25ld", true),
+            "abcd"
+        );
+        // OSC title and hyperlinks, ended by BEL or ST.
+        assert_eq!(clean_controls("x\u{1b}]0;pwned\u{7}y", true), "xy");
+        assert_eq!(
+            clean_controls("\u{1b}]8;;http://e.x\u{1b}\\link\u{1b}]8;;\u{1b}\\", true),
+            "link"
+        );
+        // Other escapes, controls, DEL, 8-bit CSI, a cut-off sequence.
+        assert_eq!(clean_controls("a\u{1b}(Bb\u{1b}7c", true), "abc");
+        assert_eq!(
+            clean_controls("a\rb\u{7}c\u{8}d\u{7f}e\tf", true),
+            "abcde\tf"
+        );
+        assert_eq!(clean_controls("a\u{9b}31mb", true), "a\u{1b}[31mb");
+        assert_eq!(clean_controls("a\u{9b}31mb", false), "ab");
+        assert_eq!(clean_controls("end\u{1b}[31", true), "end");
+        assert_eq!(clean_controls("end\u{1b}", true), "end");
+        assert_eq!(clean_controls("naïve ✓", false), "naïve ✓");
+        assert!(matches!(
+            clean_controls("plain", false),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn sizes() {

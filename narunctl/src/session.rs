@@ -54,19 +54,40 @@ impl Session {
         let addrs = settings
             .server_addrs()
             .map_err(|e| anyhow!("{e} (from --nats, NATS_URL or the context's `nats`)"))?;
+        check_readable(conn)?;
         let opts = settings.options(&name).await?;
         let shown = settings.url_without_userinfo();
+        // The client retries its first connection in the background, so a server that
+        // refuses (or a wrong password) would only show as the `--timeout` of the first
+        // round trip. Its error event ends the wait at once instead: the first one
+        // means every server of the list failed one round (`ConnectErrorKind` only, so
+        // the cause is asked of the servers again in `why_unreachable`).
+        let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let opts = opts.event_callback(move |event| {
+            let failed_tx = failed_tx.clone();
+            async move {
+                if let async_nats::Event::ClientError(e) = event {
+                    let _ = failed_tx.send(e.to_string());
+                }
+            }
+        });
+        let addrs_for_probe = addrs.clone();
         let client = opts
             .connect(addrs)
             .await
             .map_err(|e| anyhow!("cannot reach NATS at {shown}: {e}"))?;
-        match tokio::time::timeout(conn.timeout, client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("cannot reach NATS at {shown}: {e}"),
-            Err(_) => bail!(
-                "cannot reach NATS at {shown} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
-                conn.timeout
-            ),
+        tokio::select! {
+            res = tokio::time::timeout(conn.timeout, client.flush()) => match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => bail!("cannot reach NATS at {shown}: {e}"),
+                Err(_) => bail!(
+                    "cannot reach NATS at {shown} within {:?} (is nats-server running? set --nats, NATS_URL or `nats` in the context file)",
+                    conn.timeout
+                ),
+            },
+            Some(error) = failed.recv() => {
+                bail!("{}", why_unreachable(&addrs_for_probe, &shown, &error).await)
+            }
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(conn.timeout);
@@ -181,6 +202,60 @@ impl Session {
             })
             .collect())
     }
+}
+
+/// The files of the connection flags can be read; a permission problem says whose file it
+/// is and who narunctl runs as ([`crate::hint::read_error`]), before async-nats words it
+/// more vaguely.
+fn check_readable(conn: &ConnArgs) -> Result<()> {
+    for (what, path) in [
+        ("the --creds file", &conn.creds),
+        ("the --nkey seed file", &conn.nkey),
+        ("the --tls-ca file", &conn.tls_ca),
+        ("the --tls-cert file", &conn.tls_cert),
+        ("the --tls-key file", &conn.tls_key),
+    ] {
+        let Some(path) = path else { continue };
+        if let Err(e) = std::fs::File::open(path) {
+            bail!("{}", crate::hint::read_error(what, path, &e));
+        }
+    }
+    Ok(())
+}
+
+/// How long the TCP probe of [`why_unreachable`] waits for each server.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The error line for a first connection that failed with the client's `error` (e.g.
+/// `client error: IO error`): when every server refuses TCP or does not resolve, their
+/// causes (one TCP connection to each, at most [`PROBE_TIMEOUT`], in parallel);
+/// otherwise the client's error with a hint for its kind.
+async fn why_unreachable(addrs: &[async_nats::ServerAddr], shown: &str, error: &str) -> String {
+    let probes = addrs.iter().map(|a| async move {
+        let target = (a.host().to_string(), a.port());
+        match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
+            Ok(Ok(_)) | Err(_) => None,
+            Ok(Err(e)) => Some(format!("{}:{}: {e}", a.host(), a.port())),
+        }
+    });
+    let failures = futures_util::future::join_all(probes).await;
+    let detail = error.strip_prefix("client error: ").unwrap_or(error);
+    if !failures.is_empty() && failures.iter().all(Option::is_some) {
+        let why: Vec<String> = failures.into_iter().flatten().collect();
+        return format!(
+            "cannot reach NATS at {shown}: {} (is nats-server running there? set --nats, NATS_URL or `nats` in the context file)",
+            why.join("; ")
+        );
+    }
+    let detail = detail.strip_prefix("nats: ").unwrap_or(detail);
+    let hint = if detail.contains("authorization violation") {
+        "check --nats-user/--password, --creds or --nkey (or the context file)"
+    } else if detail.contains("TLS") {
+        "check --tls-ca, --tls-cert and --tls-key, and the URL's scheme"
+    } else {
+        "is it a NATS server? set --nats, NATS_URL or `nats` in the context file"
+    };
+    format!("cannot connect to NATS at {shown}: {detail} ({hint})")
 }
 
 fn opening_kv(bucket: &KvBucket) -> String {

@@ -571,6 +571,14 @@ async fn logs_follows_and_filters_until_interrupted() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let server = NatsServer::start();
     let client = server.connect().await;
+    // `logs` refuses an app nobody knows: store its spec first (no node runs it here).
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
+            "hello",
+            &serde_json::json!({"name": "hello", "tag": "v1", "nodes": [{"name": "node-1", "replicas": 1}]}),
+        )
+        .await;
     let mut child = tokio::process::Command::new(narunctl_bin())
         .args([
             "--nats",
@@ -586,6 +594,13 @@ async fn logs_follows_and_filters_until_interrupted() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    // No stream: no history, said so, then live lines.
+    let note = tokio::time::timeout(T, stderr.next_line())
+        .await
+        .expect("narunctl logs says there is no history")
+        .unwrap()
+        .unwrap();
+    assert!(note.starts_with("note: no log history"), "{note}");
     let ready = tokio::time::timeout(T, stderr.next_line())
         .await
         .expect("narunctl logs reports its subscription")
@@ -622,7 +637,7 @@ async fn logs_follows_and_filters_until_interrupted() {
         .unwrap();
     assert_eq!(
         got,
-        "[2026-01-02T03:04:05.123456789Z] [hello-1] [stdout] hi there"
+        "2026-01-02T03:04:05.123Z  node-1  hello-1  stdout  hi there"
     );
 
     // Ctrl-C ends it cleanly.

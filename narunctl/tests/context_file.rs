@@ -14,8 +14,11 @@ fn write_config(dir: &Path, content: &str) {
 async fn context_file_supplies_the_server_and_flags_and_env_win() {
     let server = NatsServer::start();
     let url = server.url();
-    // Nothing listens on port 1: a context that points there fails fast.
-    let dead = "nats://127.0.0.1:1";
+    // A socket that accepts connections (the kernel's backlog) but never speaks NATS: a
+    // context that points there fails after its `timeout`, which the error names. (A
+    // refused connection would fail at once, whatever the timeout.)
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = &format!("nats://{}", silent.local_addr().unwrap());
     let home = tempfile::tempdir().unwrap();
     write_config(
         &home.path().join(".config/narun"),

@@ -5,8 +5,8 @@
 use async_nats::jetstream;
 use narun_test_support::apps::{SILENT_SLEEPER, elf_machine, fake_elf, sleeper_saying};
 use narun_test_support::{
-    Narund, NatsServer, T, buckets, deploy_file, narunctl, narunctl_bin, text, upload_script,
-    wait_for,
+    Narund, NatsServer, Running, T, buckets, deploy_file, log_line, narunctl, narunctl_bin, text,
+    upload_script, wait_for,
 };
 use narun_wire::names;
 use std::path::{Path, PathBuf};
@@ -288,83 +288,6 @@ async fn completions_and_man_pages_come_from_the_cli_definition() {
     assert!(deploy.contains("wait"), "{deploy}");
 }
 
-/// A narunctl process whose stdout/stderr lines are read as they come.
-struct Running {
-    child: tokio::process::Child,
-    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-}
-
-impl Running {
-    fn spawn(url: &str, args: &[&str]) -> Running {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(narunctl_bin())
-            .arg("--nats")
-            .arg(url)
-            .args(args)
-            .env_remove("NATS_URL")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Running {
-            stdout: tokio::io::BufReader::new(child.stdout.take().unwrap()).lines(),
-            stderr: tokio::io::BufReader::new(child.stderr.take().unwrap()).lines(),
-            child,
-        }
-    }
-
-    async fn stdout_line(&mut self) -> String {
-        tokio::time::timeout(T, self.stdout.next_line())
-            .await
-            .expect("a stdout line in time")
-            .unwrap()
-            .expect("stdout still open")
-    }
-
-    async fn stderr_line(&mut self) -> String {
-        tokio::time::timeout(T, self.stderr.next_line())
-            .await
-            .expect("a stderr line in time")
-            .unwrap()
-            .expect("stderr still open")
-    }
-
-    /// SIGINT (Ctrl-C); it must exit 0.
-    async fn interrupt(mut self) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-INT", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = tokio::time::timeout(T, self.child.wait())
-            .await
-            .expect("exits after SIGINT")
-            .unwrap();
-        assert!(status.success(), "{status:?}");
-    }
-}
-
-fn log_line(app: &str, node: &str, instance: &str, msg: &str) -> bytes::Bytes {
-    serde_json::to_vec(&narun_wire::events::LogLine {
-        instance_id: instance.into(),
-        app_name: app.into(),
-        node_id: node.into(),
-        stream: "stdout".into(),
-        message: msg.into(),
-        timestamp: narun_wire::events::now_rfc3339(),
-        partial: false,
-        dropped_before: 0,
-    })
-    .unwrap()
-    .into()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates() {
     use futures_util::StreamExt;
@@ -423,18 +346,18 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
     })
     .await;
 
-    // --since without -f: the history, then exit.
-    let out = narunctl(&url, &["logs", "chatty", "--since", "5m"]).await;
+    // --since --no-follow: the history, then exit.
+    let out = narunctl(&url, &["logs", "chatty", "--since", "5m", "--no-follow"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let history = text(&out.stdout);
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 2, "{history}");
     assert!(
-        lines[0].ends_with("[chatty-0] [stdout] first words of chatty-0"),
+        lines[0].ends_with("  log-node  chatty-0  stdout  first words of chatty-0"),
         "{history}"
     );
     assert!(
-        lines[1].ends_with("[chatty-0] [stdout] second words"),
+        lines[1].ends_with("  log-node  chatty-0  stdout  second words"),
         "{history}"
     );
     assert!(
@@ -443,7 +366,8 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
         text(&out.stderr)
     );
 
-    // --since -f: the same history, then new lines, each exactly once.
+    // --since (following is the default; -f is still accepted): the same history, then
+    // new lines, each exactly once.
     let mut follow = Running::spawn(&url, &["logs", "chatty", "--since", "5m", "-f", "--raw"]);
     let note = follow.stderr_line().await;
     assert!(note.contains("then following"), "{note}");
@@ -455,7 +379,7 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
         client
             .publish(
                 "logs.chatty.log-node",
-                log_line("chatty", "log-node", "chatty-0", &format!("late {i}")),
+                log_line("chatty", "log-node", "chatty-0", &format!("late {i}")).into(),
             )
             .await
             .unwrap();
@@ -467,18 +391,17 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
     }
     follow.interrupt().await;
 
-    // Without --since the stream is followed from now on.
-    let mut now_on = Running::spawn(&url, &["logs", "chatty"]);
+    // --tail 0: no history, the stream is followed from now on.
+    let mut now_on = Running::spawn(&url, &["logs", "chatty", "--tail", "0"]);
+    let note = now_on.stderr_line().await;
     assert!(
-        now_on
-            .stderr_line()
-            .await
-            .contains("following logs.chatty.* (stream narun-logs")
+        note.contains("0 line(s) of logs.chatty.* from the stream narun-logs, then following"),
+        "{note}"
     );
     client
         .publish(
             "logs.chatty.log-node",
-            log_line("chatty", "log-node", "chatty-0", "newest"),
+            log_line("chatty", "log-node", "chatty-0", "newest").into(),
         )
         .await
         .unwrap();
@@ -487,10 +410,27 @@ async fn logs_since_replays_the_stream_then_follows_without_gaps_or_duplicates()
 }
 
 #[tokio::test]
-async fn logs_since_without_the_stream_says_so_and_follows_live() {
+async fn logs_without_the_stream_says_history_is_unavailable_and_follows_live() {
     let server = NatsServer::start();
     let client = server.connect().await;
-    let mut run = Running::spawn(&server.url(), &["logs", "quiet", "--since", "10m"]);
+    // The app exists (its spec is stored), but nobody keeps log history.
+    // Only a stored spec (no node runs it): written straight into app-configs.
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
+            "quiet",
+            &serde_json::json!({"name": "quiet", "tag": "v1", "nodes": [{"name": "n1", "replicas": 1}]}),
+        )
+        .await;
+    // Asked for history with --no-follow: nothing to show is an error, not silence.
+    let out = narunctl(&server.url(), &["logs", "quiet", "--no-follow"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("error: no log history") && err.contains("--no-follow"),
+        "{err}"
+    );
+    let mut run = Running::spawn(&server.url(), &["logs", "quiet"]);
     let note = run.stderr_line().await;
     assert!(
         note.starts_with("note: no log history") && note.contains("[logs] stream = true"),
@@ -500,7 +440,7 @@ async fn logs_since_without_the_stream_says_so_and_follows_live() {
     client
         .publish(
             "logs.quiet.n1",
-            log_line("quiet", "n1", "quiet-0", "live one"),
+            log_line("quiet", "n1", "quiet-0", "live one").into(),
         )
         .await
         .unwrap();
@@ -508,7 +448,7 @@ async fn logs_since_without_the_stream_says_so_and_follows_live() {
     assert!(
         run.stdout_line()
             .await
-            .ends_with("[quiet-0] [stdout] live one")
+            .ends_with("  n1  quiet-0  stdout  live one")
     );
     run.interrupt().await;
 }

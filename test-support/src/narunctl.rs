@@ -24,7 +24,20 @@ pub fn narunctl_bin() -> PathBuf {
 /// `NARUN_MASTER_KEY_PATH`, and `HOME`/`XDG_CONFIG_HOME` pointing at `home`, so no context
 /// file of the machine is read).
 pub fn narunctl_cmd(home: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(narunctl_bin());
+    narunctl_cmd_via(&[], home)
+}
+
+/// [`narunctl_cmd`] run through `wrapper` (a program and its arguments, e.g. `["setpriv",
+/// "--bounding-set=-dac_override", "--"]`), which then runs narunctl; no wrapper when empty.
+pub fn narunctl_cmd_via(wrapper: &[&str], home: &Path) -> tokio::process::Command {
+    let mut cmd = match wrapper.split_first() {
+        None => tokio::process::Command::new(narunctl_bin()),
+        Some((program, args)) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(args).arg(narunctl_bin());
+            c
+        }
+    };
     for v in [
         "NATS_URL",
         "NARUN_CONTEXT",
@@ -101,4 +114,88 @@ pub async fn deploy_file(url: &str, spec: &Path, wait: &str) -> Output {
 /// Output bytes as text (lossy).
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// A long-running narunctl (`logs`, which follows) whose stdout and stderr lines are read
+/// as they come; killed on drop.
+pub struct Running {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    _home: tempfile::TempDir,
+}
+
+impl Running {
+    /// `narunctl --nats URL ARGS…` with a clean environment ([`narunctl_cmd`]), stdin
+    /// closed.
+    pub fn spawn(url: &str, args: &[&str]) -> Running {
+        use tokio::io::AsyncBufReadExt;
+        let home = tempfile::tempdir().unwrap();
+        let mut child = narunctl_cmd(home.path())
+            .arg("--nats")
+            .arg(url)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Running {
+            stdout: tokio::io::BufReader::new(child.stdout.take().unwrap()).lines(),
+            stderr: tokio::io::BufReader::new(child.stderr.take().unwrap()).lines(),
+            child,
+            _home: home,
+        }
+    }
+
+    /// The next line on stdout, within [`crate::T`].
+    pub async fn stdout_line(&mut self) -> String {
+        tokio::time::timeout(crate::T, self.stdout.next_line())
+            .await
+            .expect("a stdout line in time")
+            .unwrap()
+            .expect("stdout still open")
+    }
+
+    /// The next line on stderr, within [`crate::T`].
+    pub async fn stderr_line(&mut self) -> String {
+        tokio::time::timeout(crate::T, self.stderr.next_line())
+            .await
+            .expect("a stderr line in time")
+            .unwrap()
+            .expect("stderr still open")
+    }
+
+    /// SIGINT (Ctrl-C); it must exit 0 within [`crate::T`].
+    pub async fn interrupt(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(crate::T, self.child.wait())
+            .await
+            .expect("exits after SIGINT")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+/// The JSON of one app log line as narund publishes it on `logs.<app>.<node>`, stamped now.
+pub fn log_line(app: &str, node: &str, instance: &str, msg: &str) -> Vec<u8> {
+    serde_json::to_vec(&narun_wire::events::LogLine {
+        instance_id: instance.into(),
+        app_name: app.into(),
+        node_id: node.into(),
+        stream: "stdout".into(),
+        message: msg.into(),
+        timestamp: narun_wire::events::now_rfc3339(),
+        partial: false,
+        dropped_before: 0,
+    })
+    .unwrap()
 }

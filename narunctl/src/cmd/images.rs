@@ -172,10 +172,55 @@ async fn rm(conn: &ConnArgs, objects: &[String], yes: bool) -> Result<()> {
         ))?;
     }
     for info in found {
-        session
-            .bounded(&format!("deleting {}", info.name), store.delete(&info.name))
-            .await?;
+        // The server purges every chunk before it answers: that takes longer than one
+        // `--timeout` for a large object on a busy or slow disk, and the object is gone
+        // all the same. Allow time for the size, and believe the store, not the wait.
+        let bound = delete_bound(session.timeout, info.size as u64);
+        // Each JetStream request of the deletion (the purge is one) is bounded by its
+        // context's timeout: a context of its own allows the purge the longer bound.
+        let mut js = session.js.clone();
+        js.set_timeout(bound);
+        let res = bounded(bound, &format!("deleting {}", info.name), async {
+            let store = APP_BINARIES
+                .open(&js)
+                .await?
+                .ok_or_else(|| anyhow!("{} does not exist any more", names::APP_BINARIES_BUCKET))?;
+            store.delete(&info.name).await?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await;
+        if let Err(e) = res {
+            let gone = matches!(
+                tokio::time::timeout(session.timeout, store.info(&info.name)).await,
+                Ok(Ok(i)) if i.deleted
+            );
+            if !gone {
+                return Err(e);
+            }
+            // Marked deleted; the purge of its chunks may not have been sent before the
+            // wait ended. Purging them again is harmless.
+            let chunks = format!("$O.{}.C.{}", names::APP_BINARIES_BUCKET, info.nuid);
+            let purged = bounded(
+                bound,
+                &format!("purging the chunks of {}", info.name),
+                async {
+                    let stream = session.js.get_stream(APP_BINARIES.stream_name()).await?;
+                    stream.purge().filter(&chunks).await?;
+                    Ok::<_, async_nats::Error>(())
+                },
+            )
+            .await;
+            if let Err(e) = purged {
+                eprintln!("warning: {} is deleted, but {e}", info.name);
+            }
+        }
         println!("deleted {} ({})", info.name, human_size(info.size as u64));
     }
     Ok(())
+}
+
+/// How long the deletion of an object of `size` bytes may take: `--timeout`, plus a
+/// second per 8 MiB of chunks to purge.
+fn delete_bound(timeout: Duration, size: u64) -> Duration {
+    timeout + Duration::from_secs(size / (8 << 20))
 }
