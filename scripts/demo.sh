@@ -176,19 +176,24 @@ fi
 # The log history (the narun-logs stream), then stop: bounded, also with a narunctl whose
 # `logs` follows by default.
 LOGS_ARGS=(logs hello --since 10m)
-if "$BIN/narunctl" logs --help | grep -q -- '--no-follow'; then LOGS_ARGS+=(--no-follow); fi
+LOGS_HELP=$("$BIN/narunctl" logs --help)
+if grep -q -- '--no-follow' <<<"$LOGS_HELP"; then LOGS_ARGS+=(--no-follow); fi
 LOGS=
-for _ in $(seq 1 50); do
-  LOGS=$(timeout 10 "$BIN/narunctl" --nats "$NATS_URL" "${LOGS_ARGS[@]}" 2>&1 || true)
-  grep -q . <<<"$LOGS" && break
+UNTIL=$((SECONDS + 20))
+while [ "$SECONDS" -lt "$UNTIL" ]; do
+  LOGS=$(timeout 5 "$BIN/narunctl" --nats "$NATS_URL" "${LOGS_ARGS[@]}" 2>&1 || true)
+  grep -q 'hello-0' <<<"$LOGS" && break
   sleep 0.2
 done
 echo; echo "\$ narunctl ${LOGS_ARGS[*]}"; echo "$LOGS"
 
 if [ "$CHECK" = 1 ]; then
   grep -Eq '^hello +v1 ' <<<"$APPS" || fail "apps ls does not list hello v1"
-  grep -Eq '^hello .* 1/1( |$)' <<<"$APPS" || fail "apps ls does not show hello running 1/1"
-  grep -q 'hello' <<<"$LOGS" || fail "narunctl logs hello printed no line of hello"
+  # The counts from the JSON form (one app: its keys are hello's).
+  APPS_JSON=$(narunctl apps ls --json) || fail "narunctl apps ls --json failed"
+  grep -q '"running": 1,\?$' <<<"$APPS_JSON" && grep -q '"desired_on_live_nodes": 1,\?$' <<<"$APPS_JSON" \
+    || fail "apps ls --json does not show hello running 1 of 1: $APPS_JSON"
+  grep -q 'hello-0' <<<"$LOGS" || fail "narunctl logs hello printed no line of hello-0"
   echo
   echo "== demo check passed"
   exit 0
