@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 /// The whole demo: three process starts, an upload, a deploy --wait (the app settles for
-/// `settleSec`, 5 s by default), a few narunctl calls, and the stop of everything.
+/// `settleSec`, 2 s by default), a few narunctl calls, and the stop of everything.
 const BOUND: Duration = Duration::from_secs(180);
 
 /// Pids of the processes whose command line or executable mentions `dir`.
@@ -64,10 +64,8 @@ async fn demo_check_deploys_hello_through_narund_and_leaves_nothing_behind() {
     std::fs::create_dir(&tmp).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711)).unwrap();
     for (name, path) in [
-        (
-            "narund",
-            workspace_bin("narund", "narund", &["--features", "gateway"]),
-        ),
+        // This test's own build of narund: with the gateway (the file needs the feature).
+        ("narund", PathBuf::from(env!("CARGO_BIN_EXE_narund"))),
         ("narunctl", narunctl_bin()),
         ("hello", workspace_bin("hello", "hello", &[])),
     ] {
