@@ -27,16 +27,19 @@ CHECK=0
 case "${1:-}" in
   --check) CHECK=1 ;;
   "") ;;
-  -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "demo.sh: unknown argument ${1:?} (usage: scripts/demo.sh [--check])" >&2; exit 2 ;;
 esac
 
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 as_root() { "${SUDO[@]}" "$@"; }
 NATS_SERVER=${NATS_SERVER_BIN:-nats-server}
-if ! command -v "$NATS_SERVER" >/dev/null; then
-  echo "== installing nats-server (apt)"
-  as_root apt-get update -qq && as_root apt-get install -y -qq nats-server
+MISSING=()
+command -v "$NATS_SERVER" >/dev/null || MISSING+=(nats-server)
+command -v curl >/dev/null || MISSING+=(curl)
+if [ "${#MISSING[@]}" -gt 0 ]; then
+  echo "== installing ${MISSING[*]} (apt)"
+  as_root apt-get update -qq && as_root apt-get install -y -qq "${MISSING[@]}"
 fi
 
 if [ -n "${NARUN_BIN_DIR:-}" ]; then
@@ -87,6 +90,7 @@ stop() {
   mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
   root="$mount/$CGROUP_ROOT"
   if [ -n "$mount" ] && [ -d "$root" ]; then
+    # shellcheck disable=SC2016 # the inner shell expands $1
     as_root sh -c '
       for g in "$1"/*/; do [ -e "$g/cgroup.kill" ] && echo 1 >"$g/cgroup.kill"; done
       for _ in $(seq 1 50); do
@@ -191,8 +195,9 @@ if [ "$CHECK" = 1 ]; then
   grep -Eq '^hello +v1 ' <<<"$APPS" || fail "apps ls does not list hello v1"
   # The counts from the JSON form (one app: its keys are hello's).
   APPS_JSON=$(narunctl apps ls --json) || fail "narunctl apps ls --json failed"
-  grep -q '"running": 1,\?$' <<<"$APPS_JSON" && grep -q '"desired_on_live_nodes": 1,\?$' <<<"$APPS_JSON" \
-    || fail "apps ls --json does not show hello running 1 of 1: $APPS_JSON"
+  if ! grep -q '"running": 1,\?$' <<<"$APPS_JSON" || ! grep -q '"desired_on_live_nodes": 1,\?$' <<<"$APPS_JSON"; then
+    fail "apps ls --json does not show hello running 1 of 1: $APPS_JSON"
+  fi
   grep -q 'hello-0' <<<"$LOGS" || fail "narunctl logs hello printed no line of hello-0"
   echo
   echo "== demo check passed"
