@@ -61,6 +61,9 @@ METRICS_PORT=${METRICS_PORT:-19090}
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
 NODE=demo
 CGROUP_ROOT="narun-demo-$$"   # below the cgroup2 mount; one per demo run
+# What narund creates (data dir, binary cache) must be reachable by the app's user, as
+# under systemd (UMask=0022), also from a shell with a stricter umask.
+umask 022
 WORK=$(mktemp -d -t narun-demo.XXXXXX)
 # The app runs as its own dynamic user: it must be able to reach its work dir below WORK.
 chmod 0711 "$WORK"
