@@ -48,7 +48,7 @@ else
   command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/narun-target}"
   echo "== building narund (gateway feature), narunctl and the hello example (release)"
-  cargo build --release -q -p narund --features gateway -p narunctl -p hello
+  cargo build --release -q -p narund --features narund/gateway -p narunctl -p hello
   BIN="$CARGO_TARGET_DIR/release"
 fi
 for b in narund narunctl hello; do
