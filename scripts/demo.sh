@@ -3,7 +3,7 @@
 #
 #   1. nats-server with JetStream on loopback;
 #   2. narund with the HTTP gateway (a route /hello/ -> NATS Micro service `hello`);
-#   3. `narunctl deploy --wait`: uploads the hello binary to the object store, writes its
+#   3. `narunctl nodes ls` once the node is online, then `narunctl deploy --wait`: uploads the hello binary to the object store, writes its
 #      spec, and waits until narund runs it and it is ready (as its own dynamic user: no
 #      account to create);
 #   4. curl through the gateway, `narunctl apps ls`, `narunctl logs hello`;
@@ -151,6 +151,19 @@ TOML
 echo "== starting narund (node $NODE, gateway on 127.0.0.1:$HTTP_PORT; config $WORK/narund.toml)"
 "${SUDO[@]}" env "NARUND_LOG=${NARUND_LOG:-info}" "$BIN/narund" --config "$WORK/narund.toml" 2>"$WORK/narund.log" &
 NARUND_PID=$!
+
+# The node is online once its first heartbeat is in the node-runner-states bucket (a
+# deploy to nodes that are not online is refused).
+NODES=
+UNTIL=$((SECONDS + 20))
+while [ "$SECONDS" -lt "$UNTIL" ]; do
+  NODES=$(narunctl --timeout 2s nodes ls 2>/dev/null || true)
+  grep -Eq "^$NODE +running " <<<"$NODES" && break
+  kill -0 "$NARUND_PID" 2>/dev/null || as_root kill -0 "$NARUND_PID" 2>/dev/null || fail "narund exited"
+  sleep 0.1
+done
+grep -Eq "^$NODE +running " <<<"$NODES" || fail "node $NODE did not come online within 20 s"
+echo; echo "\$ narunctl nodes ls"; echo "$NODES"
 
 show narunctl deploy --name hello --tag v1 --node "$NODE" --wait=60s "$BIN/hello" \
   || fail "deploy --wait failed"

@@ -64,8 +64,12 @@ async fn demo_check_deploys_hello_through_narund_and_leaves_nothing_behind() {
     std::fs::create_dir(&tmp).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711)).unwrap();
     for (name, path) in [
-        // This test's own build of narund: with the gateway (the file needs the feature).
-        ("narund", PathBuf::from(env!("CARGO_BIN_EXE_narund"))),
+        // Built with the gateway now: other tests of the suite build target/<profile>/narund
+        // without features (the path CARGO_BIN_EXE_narund names too).
+        (
+            "narund",
+            workspace_bin("narund", "narund", &["--features", "gateway"]),
+        ),
         ("narunctl", narunctl_bin()),
         ("hello", workspace_bin("hello", "hello", &[])),
     ] {
