@@ -3,9 +3,9 @@
 #
 #   1. nats-server with JetStream on loopback;
 #   2. narund with the HTTP gateway (a route /hello/ -> NATS Micro service `hello`);
-#   3. `narunctl nodes ls` once the node is online, then `narunctl deploy --wait`: uploads the hello binary to the object store, writes its
-#      spec, and waits until narund runs it and it is ready (as its own dynamic user: no
-#      account to create);
+#   3. `narunctl nodes ls` once the node is online, then `narunctl deploy --wait`: uploads
+#      the hello binary to the object store, writes its spec, and waits until narund runs
+#      it and it is ready (as its own dynamic user: no account to create);
 #   4. curl through the gateway, `narunctl apps ls`, `narunctl logs hello`;
 #   5. keeps running until Ctrl-C, then stops everything and removes what it made.
 #
