@@ -370,10 +370,11 @@ pub const MASTER_KEY_FILE_ENV: &str = "NARUN_MASTER_KEY_FILE";
 /// A configuration that cannot be used, with the file it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The cause is part of the message (not a `source`, which `{:#}` would print again).
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -409,10 +410,10 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
-            Err(source) => {
+            Err(error) => {
                 return Err(ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    error,
                 });
             }
         };
@@ -847,5 +848,13 @@ mod tests {
         assert!(Config::load(p, false).is_ok());
         let e = Config::load(p, true).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/narund.toml"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_file_names_its_cause_once() {
+        let e = Config::read(Path::new("/nonexistent/narund.toml"), true).unwrap_err();
+        // narund prints errors with `{:#}`, which appends every source.
+        let shown = format!("{:#}", anyhow::Error::new(e));
+        assert_eq!(shown.matches("os error 2").count(), 1, "{shown}");
     }
 }

@@ -53,6 +53,9 @@ struct Cli {
     check_config: bool,
 }
 
+/// narund's umask, and so the one apps start with: systemd's default for services.
+const NARUND_UMASK: libc::mode_t = 0o022;
+
 fn main() -> ExitCode {
     // Log pipes of running apps that systemd kept in its fd store for us (LISTEN_FDS);
     // taken before any thread exists because it edits the environment.
@@ -90,6 +93,18 @@ fn main() -> ExitCode {
     if cli.check_config {
         print!("{}", narund::preflight::effective(&config, &checked));
         return ExitCode::SUCCESS;
+    }
+    // The umask of a service under systemd (UMask=0022), however narund was started: what it
+    // creates without an explicit mode (data_dir, runtime_dir, the binary cache) must be
+    // searchable by apps, which run as users of their own. From a shell with umask 077 the
+    // cache came out 0700 and every app failed to start (`spawn: … Permission denied`).
+    let umask = narund::sys::process::set_umask(NARUND_UMASK);
+    if umask != NARUND_UMASK {
+        tracing::info!(
+            was = format!("{umask:03o}"),
+            now = format!("{NARUND_UMASK:03o}"),
+            "umask set (what narund creates must be reachable by apps)"
+        );
     }
     // Held until narund exits (the kernel releases them if it dies).
     let _locks = match take_locks(&config, &checked) {

@@ -20,8 +20,8 @@ for check in check-systemd.sh check-yocto.sh check-buildroot.sh check-cross-conf
     fi
 done
 # The scripts themselves (shellcheck was installed by check-buildroot.sh if missing).
-printf '=== shellcheck scripts/packaging/*.sh\n'
-if command -v shellcheck >/dev/null && shellcheck -S warning ./*.sh; then
+printf '=== shellcheck scripts/packaging/*.sh scripts/demo.sh\n'
+if command -v shellcheck >/dev/null && shellcheck -S warning ./*.sh ../demo.sh; then
     passed=$((passed + 1))
     printf '=== shellcheck: PASSED\n'
 else

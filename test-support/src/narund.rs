@@ -55,6 +55,7 @@ pub struct NarundBuilder {
     stderr: bool,
     features: &'static [&'static str],
     nofile: Option<u64>,
+    umask: Option<u32>,
 }
 
 impl NarundBuilder {
@@ -91,6 +92,12 @@ impl NarundBuilder {
     }
 
     /// Pipe narund's stderr (its log) to the test: [`Narund::take_stderr`].
+    /// Start narund with this umask (e.g. `0o077`, a hardened root shell's).
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
+    }
+
     pub fn stderr_piped(mut self) -> Self {
         self.stderr = true;
         self
@@ -130,6 +137,16 @@ impl NarundBuilder {
                     } else {
                         Err(std::io::Error::last_os_error())
                     }
+                });
+            }
+        }
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and cannot fail.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
                 });
             }
         }
@@ -178,6 +195,7 @@ impl Narund {
             stderr: false,
             features: &[],
             nofile: None,
+            umask: None,
         }
     }
 

@@ -33,6 +33,13 @@ pub fn geteuid() -> uid_t {
     unsafe { libc::geteuid() }
 }
 
+/// `umask(mask)`: set narund's file mode creation mask, return the previous one (cannot
+/// fail). Also the mask apps start with (they inherit it).
+pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask(2) takes a plain integer and touches no memory of ours.
+    unsafe { libc::umask(mask) }
+}
+
 /// The real uid of narund (`getuid(2)`; cannot fail).
 pub fn getuid() -> uid_t {
     // SAFETY: getuid has no preconditions.

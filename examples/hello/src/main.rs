@@ -82,6 +82,8 @@ async fn headers(headers: HeaderMap) -> Json<BTreeMap<String, String>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Colours on a terminal only: under narund stdout is a pipe into the log stream.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
