@@ -378,14 +378,18 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             return;
         }
         if client.connection_state() != State::Connected {
-            {
+            let idle = {
                 let mut spool = shared.spool();
                 if !markers.is_empty() || spool.sent_upto != 0 || spool.in_limbo() {
                     markers.clear();
                     spool.rewind(&shared.stats, true);
                 }
-            }
-            if sleep_or_closed(&shared, RECONNECT_POLL).await {
+                spool.lines == 0
+            };
+            if idle {
+                // Nothing to send: no polling until there is (or the forwarder closes).
+                shared.wake.notified().await;
+            } else if sleep_or_closed(&shared, RECONNECT_POLL).await {
                 return;
             }
             continue;
@@ -442,10 +446,14 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             continue;
         }
 
-        let deadline = markers
-            .front()
-            .map(|(_, at)| *at + ACK_TIMEOUT)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        // Idle (nothing in flight): no timer at all; new lines or a close wake the loop.
+        let deadline = markers.front().map(|(_, at)| *at + ACK_TIMEOUT);
+        let ack_timeout = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             msg = acks.next() => {
                 let Some(msg) = msg else {
@@ -467,7 +475,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                 }
             }
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = ack_timeout => {
                 if !markers.is_empty() {
                     timeouts_in_a_row += 1;
                     if timeouts_in_a_row == 3 {
