@@ -193,7 +193,7 @@ impl Daemon {
         // are reaped too.
         let reaper_stop = CancellationToken::new();
         let _reaper = reaper::spawn_reaper(
-            Some(node.liveness().register("reaper", reaper::REAP_EVERY)),
+            Some(node.liveness().register("reaper")),
             reaper_stop.clone(),
         );
         // systemd's watchdog (WatchdogSec= in the unit): ping at half the interval, and
@@ -286,10 +286,13 @@ impl Daemon {
         tokio::pin!(ready_wait);
         let mut ready_sent = false;
         let mut stuck: Option<String> = None;
-        // STATUS= follows the instances and the NATS connection (checked every 2 s, sent
-        // when it changes); a reload's result stays appended until the next reload.
-        let mut status_tick = tokio::time::interval(Duration::from_secs(2));
-        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // STATUS= follows the instances and the NATS connection: looked at when either
+        // changes (no timer: an idle narund does not wake for it), sent when the line
+        // changes; a reload's result stays appended until the next reload.
+        let instances_changed = node.host().changed.notified();
+        tokio::pin!(instances_changed);
+        instances_changed.as_mut().enable();
+        let mut status_due = false;
         let mut last_status = String::new();
         let mut reload_note: Option<String> = None;
         let mut watchdog =
@@ -297,6 +300,14 @@ impl Daemon {
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            let link = events.link();
+            let nats_changed = async {
+                if link.connected {
+                    events.lost_after(link.losses).await
+                } else {
+                    events.connected().await
+                }
+            };
             tokio::select! {
                 _ = watchdog.tick(), if watchdog_period.is_some() => {
                     match node.liveness().check() {
@@ -304,6 +315,7 @@ impl Daemon {
                             if stuck.take().is_some() {
                                 tracing::info!("narund makes progress again; watchdog pings resumed");
                                 last_status.clear();
+                                status_due = true;
                             }
                             notify(&[NotifyState::Watchdog]);
                         }
@@ -317,20 +329,16 @@ impl Daemon {
                         }
                     }
                 }
-                _ = status_tick.tick(), if ready_sent && stuck.is_none() => {
-                    let connected =
-                        client.connection_state() == async_nats::connection::State::Connected;
-                    let mut line = heartbeat::status_line(&node.instances(), connected);
-                    if let Some(note) = &reload_note {
-                        line = format!("{line}; {note}");
-                    }
-                    if line != last_status {
-                        notify(&[NotifyState::Status(&line)]);
-                        last_status = line;
-                    }
+                _ = &mut instances_changed => {
+                    // Armed again before the line is made: no change is missed.
+                    instances_changed.set(node.host().changed.notified());
+                    instances_changed.as_mut().enable();
+                    status_due = true;
                 }
+                _ = nats_changed => status_due = true,
                 _ = &mut ready_wait, if !ready_sent => {
                     ready_sent = true;
+                    status_due = true;
                     notify(&[
                         NotifyState::Ready,
                         NotifyState::Status(&format!(
@@ -352,6 +360,19 @@ impl Daemon {
                 }
                 Some(res) = tasks.join_next() => {
                     res.context("task panicked")??;
+                }
+            }
+            if status_due && ready_sent && stuck.is_none() {
+                status_due = false;
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                let mut line = heartbeat::status_line(&node.instances(), connected);
+                if let Some(note) = &reload_note {
+                    line = format!("{line}; {note}");
+                }
+                if line != last_status {
+                    notify(&[NotifyState::Status(&line)]);
+                    last_status = line;
                 }
             }
         }

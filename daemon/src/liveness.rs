@@ -6,10 +6,12 @@
 //! report here, and the main loop pings only while [`Liveness::check`] says every one of
 //! them is fine:
 //!
-//! * Each loop is a **part** ([`Liveness::register`]) with a cadence. While it idles it
-//!   calls [`Beat::beat`] at least once per cadence (a timer branch in its `select!`,
-//!   which runs only when the loop is back at its wait). Silence longer than cadence +
-//!   `stall_after` is a wedge.
+//! * Each loop is a **part** ([`Liveness::register`]). Its idle wait has a branch
+//!   [`Beat::asked`] that answers with [`Beat::beat`]: the branch runs only when the loop is
+//!   back at its wait. [`Liveness::check`] asks every part (and is called only when
+//!   somebody needs the answer: at the watchdog's cadence under systemd, never otherwise),
+//!   so an idle narund has no timer of its own for this: no wake-ups. A part that has not
+//!   answered an ask within `stall_after` is a wedge.
 //! * Work that legitimately takes long is declared with a bound: [`Beat::busy`]
 //!   (e.g. a heartbeat put, bounded by its timeout). Overrunning the bound is a wedge.
 //! * Spec applies, removals and restarts are serialised by the apply lock, and a rolling
@@ -27,9 +29,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often an idle part beats. Its allowed silence is its cadence plus `stall_after`.
-pub const BEAT_EVERY: Duration = Duration::from_secs(1);
-/// Default extra silence after which an idle part counts as wedged.
+/// Default time after which an idle part that has not answered an ask counts as wedged.
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// The progress registry (one per node).
@@ -41,14 +41,18 @@ pub struct Liveness {
 
 struct Part {
     name: &'static str,
-    cadence: Duration,
     state: Mutex<PartState>,
+    /// Wakes the part's idle wait to beat ([`Beat::asked`]); a permit waits for a part
+    /// that is not at its wait.
+    ask: tokio::sync::Notify,
 }
 
 struct PartState {
     /// Last beat, or last change of activity.
     last: Instant,
     activity: Activity,
+    /// When the oldest ask not answered yet was made.
+    asked: Option<Instant>,
 }
 
 enum Activity {
@@ -82,15 +86,16 @@ impl Liveness {
         *self.stall_after.lock().unwrap() = d;
     }
 
-    /// A new part that beats at least every `cadence` while idle.
-    pub fn register(&self, name: &'static str, cadence: Duration) -> Beat {
+    /// A new part: it answers [`Beat::asked`] with [`Beat::beat`] while idle.
+    pub fn register(&self, name: &'static str) -> Beat {
         let part = Arc::new(Part {
             name,
-            cadence,
             state: Mutex::new(PartState {
                 last: Instant::now(),
                 activity: Activity::Idle,
+                asked: None,
             }),
+            ask: tokio::sync::Notify::new(),
         });
         let mut parts = self.parts.lock().unwrap();
         parts.retain(|p| Arc::strong_count(p) > 1);
@@ -116,12 +121,27 @@ impl Liveness {
         }
     }
 
-    /// `Ok` while every part makes progress; otherwise what is stuck, in one line.
+    /// `Ok` while every part makes progress; otherwise what is stuck, in one line. Then
+    /// asks every idle part that has no ask pending to beat: the next check sees whether
+    /// it answered. (Call it at a cadence of at least `stall_after`: an idle part that
+    /// has not answered within `stall_after` of being asked is stuck.)
     pub fn check(&self) -> Result<(), String> {
         self.check_at(Instant::now())
     }
 
     fn check_at(&self, now: Instant) -> Result<(), String> {
+        let result = self.verdict_at(now);
+        for part in self.parts.lock().unwrap().iter() {
+            let mut st = part.state.lock().unwrap();
+            if st.asked.is_none() {
+                st.asked = Some(now);
+                part.ask.notify_one();
+            }
+        }
+        result
+    }
+
+    fn verdict_at(&self, now: Instant) -> Result<(), String> {
         let stall_after = *self.stall_after.lock().unwrap();
         let holder = self
             .apply
@@ -151,19 +171,19 @@ impl Liveness {
                         now.duration_since(*until).as_secs()
                     )),
                     Some(_) => {}
-                    None if silent > part.cadence + stall_after => stuck.push(format!(
+                    None if silent > stall_after => stuck.push(format!(
                         "{}: waiting {} s for the apply lock, which no declared holder has",
                         part.name,
                         silent.as_secs()
                     )),
                     None => {}
                 },
-                Activity::Idle if silent > part.cadence + stall_after => stuck.push(format!(
-                    "{}: no progress for {} s",
-                    part.name,
-                    silent.as_secs()
-                )),
-                Activity::Idle => {}
+                Activity::Idle => match st.asked {
+                    Some(at) if now.saturating_duration_since(at) > stall_after => stuck.push(
+                        format!("{}: no progress for {} s", part.name, silent.as_secs()),
+                    ),
+                    _ => {}
+                },
             }
         }
         if stuck.is_empty() {
@@ -182,7 +202,15 @@ pub struct Beat {
 impl Beat {
     /// The part is at its idle wait and fine.
     pub fn beat(&self) {
-        self.part.state.lock().unwrap().last = Instant::now();
+        let mut st = self.part.state.lock().unwrap();
+        st.last = Instant::now();
+        st.asked = None;
+    }
+
+    /// Resolves when [`Liveness::check`] asks this part to [`beat`](Self::beat): a branch of
+    /// the part's idle wait. Never resolves while nobody checks.
+    pub async fn asked(&self) {
+        self.part.ask.notified().await
     }
 
     /// The part does work that may take up to `bound`, until the guard is dropped.
@@ -205,6 +233,7 @@ impl Beat {
         let mut st = self.part.state.lock().unwrap();
         st.activity = activity;
         st.last = Instant::now();
+        st.asked = None;
     }
 }
 
@@ -244,21 +273,45 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
-    fn idle_part_is_fine_until_silent_too_long() {
+    fn idle_part_is_fine_until_it_leaves_an_ask_unanswered_too_long() {
         let l = Liveness::new(2 * S);
-        let b = l.register("reconciler", S);
+        let b = l.register("reconciler");
         let t0 = Instant::now();
-        assert!(l.check_at(t0 + 2 * S).is_ok());
-        let e = l.check_at(t0 + 4 * S).unwrap_err();
+        // Nobody asked: a part that never beat is fine (no beats without checks).
+        assert!(l.check_at(t0 + 100 * S).is_ok());
+        // That check asked; within stall_after of the ask, unanswered is fine.
+        assert!(l.check_at(t0 + 102 * S).is_ok());
+        let e = l.check_at(t0 + 103 * S).unwrap_err();
         assert!(e.contains("reconciler: no progress"), "{e}");
         b.beat();
         assert!(l.check_at(Instant::now() + S).is_ok());
     }
 
+    #[tokio::test]
+    async fn a_check_wakes_the_idle_wait_of_every_part() {
+        let l = Liveness::new(S);
+        let (a, b) = (l.register("heartbeat"), l.register("reconciler"));
+        let nobody = tokio::time::timeout(Duration::from_millis(20), a.asked()).await;
+        assert!(nobody.is_err(), "no ask without a check");
+        assert!(l.check().is_ok());
+        for p in [&a, &b] {
+            tokio::time::timeout(S, p.asked())
+                .await
+                .expect("asked by the check");
+            p.beat();
+        }
+        let t = Instant::now() + 5 * S;
+        assert!(l.check_at(t).is_ok(), "both answered");
+        assert!(
+            l.check_at(t + 2 * S).is_err(),
+            "the next ask went unanswered"
+        );
+    }
+
     #[test]
     fn busy_within_bound_is_progress_and_overrun_is_not() {
         let l = Liveness::new(S);
-        let b = l.register("heartbeat", S);
+        let b = l.register("heartbeat");
         let t0 = Instant::now();
         let g = b.busy("publishing the node state", 60 * S);
         assert!(l.check_at(t0 + 30 * S).is_ok(), "long but within its bound");
@@ -271,7 +324,7 @@ mod tests {
     #[test]
     fn waiting_for_the_apply_lock_follows_the_holder() {
         let l = Liveness::new(S);
-        let b = l.register("reconciler", S);
+        let b = l.register("reconciler");
         let t0 = Instant::now();
         let hold = l.hold_apply("rollout of app", 100 * S);
         let w = b.awaiting_apply();
@@ -297,7 +350,7 @@ mod tests {
     #[test]
     fn dropped_parts_are_not_checked() {
         let l = Liveness::new(S);
-        let b = l.register("gone", S);
+        let b = l.register("gone");
         drop(b);
         assert!(l.check_at(Instant::now() + 100 * S).is_ok());
     }

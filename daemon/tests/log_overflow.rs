@@ -7,6 +7,9 @@
 //! * A `block` app: narund stops reading it while its share of the spool is full (the app
 //!   blocks in `write`); every one of its lines arrives; a `drop` app beside it keeps being
 //!   drained meanwhile.
+//! * A `block` app whose run ends while narund waits for room (the app killed during the
+//!   outage): narund closes the run's pipes within a few seconds, not when NATS is back, and
+//!   every line the app wrote either arrives or is counted on the instance's own mark line.
 //! * An invalid `logOverflow` is refused with an error naming the field.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use narun_test_support::{Narund, NatsServer, T, buckets, heartbeat, wait_for};
+use narun_test_support::{Narund, NatsServer, T, buckets, heartbeat, wait_for, wait_gone};
 use narun_wire::events::{LogLine, StatusEvent};
 use narun_wire::status::{InstanceStatus, Reason};
 use serde_json::json;
@@ -302,6 +305,116 @@ async fn a_block_app_loses_nothing_and_a_drop_app_beside_it_keeps_going() {
     .await
     .expect("chatty's drops are marked on its own subject");
     eprintln!("careful: all {N} lines; chatty: a mark of {chatty_marks} dropped lines");
+}
+
+/// The pipes (`pipe:[inode]`) `pid` writes its stdout and stderr to.
+fn output_pipes(pid: i32) -> Vec<String> {
+    [1, 2]
+        .iter()
+        .map(|fd| {
+            let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+            let link = link.to_string_lossy().into_owned();
+            assert!(link.starts_with("pipe:"), "fd {fd} of the app is {link}");
+            link
+        })
+        .collect()
+}
+
+/// The fds of `pid` open on one of `pipes`.
+fn open_on(pid: i32, pipes: &[String]) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            let link = link.to_string_lossy().into_owned();
+            pipes.contains(&link).then_some(link)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_apps_reader_ends_with_its_run_during_an_outage() {
+    const NODE: &str = "blockend";
+    let server = NatsServer::start();
+    let b = buckets(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let client = server.connect().await;
+    b.upload("careful", "v1", writer("careful", 0)).await;
+    let mut careful = client
+        .subscribe(format!("logs.careful.{NODE}"))
+        .await
+        .unwrap();
+    narun_test_support::synced(&client).await;
+    let mut states = b.states.watch_with_history(NODE).await.unwrap();
+    let narund = Narund::start(&server, NODE, SPOOL);
+    b.put_spec("careful", &spec("careful", NODE, &go, Some("block")))
+        .await;
+    let pid = running_pids(&mut states, &["careful-0"]).await["careful-0"];
+    let pipes = output_pipes(pid);
+    assert!(
+        !open_on(narund.pid(), &pipes).is_empty(),
+        "narund reads them"
+    );
+
+    let wrote = {
+        let _paused = Paused::new(&server);
+        std::fs::write(&go, "").unwrap();
+        wait_for("careful blocked in pipe_write", T, || async {
+            blocked_in_pipe_write(pid).then_some(())
+        })
+        .await;
+        // The run ends during the outage (restart: no, so no new run takes the slot).
+        let wrote = written(pid);
+        signal(pid as u32, libc::SIGKILL);
+        wait_gone(pid).await;
+        // Its reader waited for room NATS cannot give: it must end with the run anyway
+        // (narund grants the pipes 2 s to drain first).
+        wait_for(
+            "narund to close the ended run's log pipes while NATS is still paused",
+            Duration::from_secs(15),
+            || async { open_on(narund.pid(), &pipes).is_empty().then_some(()) },
+        )
+        .await;
+        wrote
+    };
+
+    // What the app wrote: whole lines `careful-1` … `careful-<n>` (one write each).
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while bytes < wrote {
+        n += 1;
+        bytes += format!("careful-{n}\n").len() as u64;
+    }
+    assert_eq!(bytes, wrote, "the app writes whole lines");
+    // NATS is back: each of them arrives, or is counted on the instance's mark line.
+    let mut r = Received::default();
+    let res = tokio::time::timeout(T, async {
+        while r.lines.len() as u64 + r.marked() < n {
+            let m = careful.next().await.expect("subscription open");
+            let l: LogLine = serde_json::from_slice(&m.payload).unwrap();
+            r.add(l, "careful", "careful-0", "careful-");
+        }
+    })
+    .await;
+    assert!(
+        res.is_ok(),
+        "{} lines + {} marked < {n} written within {T:?}",
+        r.lines.len(),
+        r.marked()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::ZERO, careful.next()).await {
+        let l: LogLine = serde_json::from_slice(&m.payload).unwrap();
+        r.add(l, "careful", "careful-0", "careful-");
+    }
+    eprintln!(
+        "careful: {n} lines written, {} received, {} counted as dropped",
+        r.lines.len(),
+        r.marked()
+    );
+    assert!(r.strays.is_empty(), "{:?}", &r.strays[..1]);
+    assert!(r.marked() > 0, "the pipe held lines past the share");
+    assert_eq!(r.lines.len() as u64 + r.marked(), n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

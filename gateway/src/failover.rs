@@ -12,6 +12,12 @@
 //! | the connection was lost before the reply | sent again as soon as the client is connected to the next server | 503 at once (`Retry-After: 1`): it may have run, the client decides |
 //! | no responders (the service's instances are moving to another server) | sent again after 25 ms, 50 ms, … (≤ 200 ms apart) for up to [`NO_RESPONDERS_RETRY`] | 503 at once |
 //!
+//! A gRPC call (`crate::grpc`) is one published request whatever its method: when NATS
+//! answers it with no responders, nobody received it, so it is sent again by the same
+//! pauses and window ([`resend_undelivered`]); anything else (a lost connection, a reply
+//! of any kind, the window passed) ends the resending: a request that may have been
+//! delivered is never sent twice.
+//!
 //! Every retry stays within the route's `timeout`, counted from the first attempt, and
 //! carries the time left in `Narun-Timeout-Ms`. An idempotent request that arrives while
 //! the client is reconnecting waits up to [`RECONNECT_WAIT`] for the connection
@@ -108,6 +114,22 @@ pub(crate) fn next(
         return Next::Retry(pause);
     }
     Next::GiveUp
+}
+
+/// A request that no responder received (NATS "no responders": it was never delivered,
+/// so sending it again cannot run it twice) may be sent again whatever its method: the
+/// gRPC gateway's rule for every call. The pause before the next attempt, or `None` once
+/// [`NO_RESPONDERS_RETRY`] has passed since the first attempt or no time is `left`.
+/// `attempt` counts from 1 (the attempt that just found no responders).
+pub(crate) fn resend_undelivered(
+    attempt: u32,
+    elapsed: Duration,
+    left: Duration,
+) -> Option<Duration> {
+    match next(true, false, true, attempt, elapsed, left) {
+        Next::Retry(pause) => Some(pause),
+        Next::RetryWhenConnected | Next::GiveUp => None,
+    }
 }
 
 /// Send `payload` with `headers` to `subject` and wait for the reply, for at most
@@ -230,6 +252,17 @@ mod tests {
         );
         assert_eq!(next(true, false, false, 1, ms(0), S), Next::GiveUp);
         assert!(idempotent(&http::Method::GET) && idempotent(&http::Method::HEAD));
+    }
+
+    #[test]
+    fn an_undelivered_request_is_sent_again_within_the_window_only() {
+        let ms = Duration::from_millis;
+        assert_eq!(resend_undelivered(1, ms(0), S), Some(ms(25)));
+        assert_eq!(resend_undelivered(2, ms(30), S), Some(ms(50)));
+        assert_eq!(resend_undelivered(9, ms(499), S), Some(ms(200)));
+        assert_eq!(resend_undelivered(3, ms(100), ms(7)), Some(ms(7)));
+        assert_eq!(resend_undelivered(5, NO_RESPONDERS_RETRY, S), None);
+        assert_eq!(resend_undelivered(1, ms(0), Duration::ZERO), None);
         assert!(!idempotent(&http::Method::POST) && !idempotent(&http::Method::PUT));
     }
 }

@@ -639,6 +639,71 @@ async fn go_style_consumer_behind_gateway() {
     s.stop().await;
 }
 
+/// A call that finds no responders (the service's instances are moving to another server)
+/// was never delivered: the gateway sends it again for up to 500 ms, so a call made while
+/// the service is away is answered once it is back, and a responder gets it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_responders_is_sent_again_while_the_service_comes_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = Setup::start_with(false).await;
+    let nc = s.nats.connect().await;
+    let echo = async |channel: Channel| {
+        let mut raw = tonic::client::Grpc::new(channel);
+        raw.ready().await.unwrap();
+        raw.unary::<Bytes, Bytes, _>(
+            tonic::Request::new(Bytes::from_static(b"\x0a\x02hi")),
+            http::uri::PathAndQuery::from_static("/legacy.v1.Go/Echo"),
+            RawCodec,
+        )
+        .await
+        .map(|r| r.into_inner())
+    };
+
+    // Nobody serves it: sent again for the window, then UNAVAILABLE.
+    let t = Instant::now();
+    let e = echo(s.channel().await).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "given up after {:?}: not sent again",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // The service appears 150 ms after the call (as an app reconnecting to another server).
+    let channel = s.channel().await;
+    let pending = tokio::spawn(async move { echo(channel).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let got = Arc::new(AtomicUsize::new(0));
+    let mut sub = nc.subscribe("go-consumer").await.unwrap();
+    let (rc, n) = (nc.clone(), got.clone());
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            n.fetch_add(1, Ordering::SeqCst);
+            if let Some(reply) = m.reply {
+                let _ = rc.publish(reply, m.payload).await;
+            }
+        }
+    });
+    narun_test_support::synced(&nc).await;
+    let r = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(
+        r.expect("answered once the service is back"),
+        Bytes::from_static(b"\x0a\x02hi")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        got.load(Ordering::SeqCst),
+        1,
+        "the service got the call once"
+    );
+    s.stop().await;
+}
+
 /// Metadata both ways through the gateway: ASCII and `-bin` request metadata
 /// reach the app; the app's response headers, trailers-only error metadata and
 /// stream trailers (ASCII and `-bin`) reach the client.

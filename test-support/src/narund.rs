@@ -56,6 +56,7 @@ pub struct NarundBuilder {
     features: &'static [&'static str],
     nofile: Option<u64>,
     umask: Option<u32>,
+    binary: Option<PathBuf>,
 }
 
 impl NarundBuilder {
@@ -103,6 +104,13 @@ impl NarundBuilder {
         self
     }
 
+    /// Run this narund binary (another build, e.g. a baseline in a benchmark) instead of
+    /// the workspace's; [`features`](Self::features) is then ignored.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
     pub fn start(self) -> Narund {
         let data = tempfile::tempdir().unwrap();
         std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -121,7 +129,10 @@ impl NarundBuilder {
         } else {
             &["--features", &features]
         };
-        let mut cmd = Command::new(workspace_bin("narund", "narund", cargo_args));
+        let mut cmd = Command::new(
+            self.binary
+                .unwrap_or_else(|| workspace_bin("narund", "narund", cargo_args)),
+        );
         if let Some(limit) = self.nofile {
             use std::os::unix::process::CommandExt;
             let lim = libc::rlimit {
@@ -196,6 +207,7 @@ impl Narund {
             features: &[],
             nofile: None,
             umask: None,
+            binary: None,
         }
     }
 

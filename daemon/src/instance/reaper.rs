@@ -70,9 +70,10 @@ pub fn reap_orphans() -> usize {
     reaped
 }
 
-/// Reap orphans on every SIGCHLD (and every 5 s, in case signals coalesced) until `stop`. With a
-/// `beat`, the loop reports its progress ([`crate::liveness`]); the reaping itself is
-/// declared as bounded work.
+/// Reap orphans on every SIGCHLD until `stop` (several children exiting together may raise
+/// one SIGCHLD: each pass reaps every zombie there is, so nothing waits for a timer). With
+/// a `beat`, the loop answers [`crate::liveness`]'s asks at its wait; the reaping itself is
+/// declared as bounded work. No SIGCHLD stream: a pass every [`REAP_EVERY`].
 pub fn spawn_reaper(
     beat: Option<crate::liveness::Beat>,
     stop: tokio_util::sync::CancellationToken,
@@ -90,13 +91,25 @@ pub fn spawn_reaper(
             let wait = async {
                 match &mut chld {
                     Some(s) => {
-                        let _ = tokio::time::timeout(REAP_EVERY, s.recv()).await;
+                        let _ = s.recv().await;
                     }
                     None => tokio::time::sleep(REAP_EVERY).await,
                 }
             };
+            let asked = async {
+                match &beat {
+                    Some(b) => b.asked().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = wait => {}
+                _ = asked => {
+                    if let Some(b) = &beat {
+                        b.beat();
+                    }
+                    continue;
+                }
                 _ = stop.cancelled() => return,
             }
             let _busy = beat
@@ -110,6 +123,5 @@ pub fn spawn_reaper(
     })
 }
 
-/// Longest wait of the orphan reaper between two passes (its cadence for
-/// [`crate::liveness`]).
+/// Wait of the orphan reaper between two passes when narund has no SIGCHLD stream.
 pub const REAP_EVERY: Duration = Duration::from_secs(5);

@@ -161,7 +161,7 @@ impl Task {
         // The plaintext now lives in the child's environment only.
         self.secret_env = Vec::new();
         match result {
-            Ok((proc, log_tasks)) => {
+            Ok((proc, logs)) => {
                 let pid = proc.pid();
                 let oom_before = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
                 let membership = self.membership(pid, cgroup.as_deref());
@@ -174,7 +174,7 @@ impl Task {
                         .map(|c| c.name().to_string())
                         .unwrap_or_default(),
                     cgroup,
-                    log_tasks,
+                    logs,
                     oom_before,
                     notify,
                     membership,
@@ -351,7 +351,6 @@ impl Task {
             })
     }
 
-    #[allow(clippy::type_complexity)]
     fn spawn(
         &self,
         bin: &CachedBinary,
@@ -360,7 +359,7 @@ impl Task {
         caps: &[caps::Capability],
         (nofile_soft, nofile_hard): (u64, u64),
         cgroup: Option<&dyn RunCgroup>,
-    ) -> Result<(Box<dyn Proc>, Vec<tokio::task::JoinHandle<()>>), StartFailure> {
+    ) -> Result<(Box<dyn Proc>, crate::logs::RunLogs), StartFailure> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StartFailure::new(Reason::Spawn, format!("{what}: {e}"))
         };
@@ -427,11 +426,10 @@ impl Task {
                 tracing::warn!(instance = %self.instance_id, error = %e, "cannot park the log pipe in systemd's fd store; the app loses its output pipe if narund dies");
             }
         }
-        let log_tasks = vec![
-            self.sink.attach("stdout", OwnedFd::from(out_r)),
-            self.sink.attach("stderr", OwnedFd::from(err_r)),
-        ];
-        Ok((proc, log_tasks))
+        let mut logs = crate::logs::RunLogs::new();
+        logs.attach(&self.sink, "stdout", OwnedFd::from(out_r));
+        logs.attach(&self.sink, "stderr", OwnedFd::from(err_r));
+        Ok((proc, logs))
     }
 
     /// The exact environment of the app: nothing is inherited from narund.

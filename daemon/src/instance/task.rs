@@ -12,7 +12,7 @@ use super::process::Proc;
 use super::{Host, InstanceHandle, Snapshot};
 use crate::cgroup::RunCgroup;
 use crate::fetch::Sha256Digest;
-use crate::logs::LogSink;
+use crate::logs::{LogSink, RunLogs};
 use crate::privileges::AppIdentity;
 use crate::privileges::dynamic::{self, IdentityError};
 use crate::state::InstanceRecord;
@@ -24,8 +24,12 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// How long the end of a run waits for its log readers to reach EOF before it makes a
+/// reader that waits for room in the spool stop waiting, and then again for them to end
+/// ([`RunLogs::end`]).
+const LOG_GRACE: Duration = Duration::from_secs(2);
 
 /// Start the task of instance `index` of `spec` (see [`Host::spawn_instance`]).
 pub(super) fn spawn(
@@ -108,7 +112,8 @@ pub(super) struct Running {
     /// The run's cgroup name for its record (kept for an adopted run whose cgroup could not
     /// be opened; empty without cgroups).
     pub cgroup_name: String,
-    pub log_tasks: Vec<JoinHandle<()>>,
+    /// The readers of its stdout and stderr pipes.
+    pub logs: RunLogs,
     pub oom_before: u64,
     /// The run's sd_notify socket (`notify: true` or `watchdogSec`).
     pub notify: Option<NotifySocket>,
@@ -364,8 +369,9 @@ impl Task {
                 tracing::warn!(instance = %self.instance_id, error = %e, "removing the cgroup");
             }
         }
-        for t in r.log_tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        let logs = std::mem::take(&mut r.logs);
+        if !logs.end(LOG_GRACE).await {
+            tracing::warn!(instance = %self.instance_id, "a log pipe of the run is still open after its processes are gone; its reader is left behind");
         }
         drop(r);
         self.host.local.remove_record(&self.run_id);
@@ -458,11 +464,10 @@ impl Task {
                 }
             }
         }
-        let log_tasks = a
-            .log_fds
-            .into_iter()
-            .map(|(stream, fd)| self.sink.attach(stream, fd))
-            .collect();
+        let mut logs = RunLogs::new();
+        for (stream, fd) in a.log_fds {
+            logs.attach(&self.sink, stream, fd);
+        }
         let oom_before = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
         let membership = self.membership(rec.pid, cgroup.as_deref());
         let message = format!(
@@ -475,7 +480,7 @@ impl Task {
             pgid: rec.pgid,
             cgroup,
             cgroup_name: rec.cgroup.clone(),
-            log_tasks,
+            logs,
             oom_before,
             notify,
             membership,

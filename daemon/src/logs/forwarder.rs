@@ -15,6 +15,7 @@ use narun_wire::events::LogLineJson;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batch, Outgoing};
 use super::chunk::{Stream, Target};
@@ -241,7 +242,21 @@ impl LogSink {
     /// Splitting, JSON and spooling happen on the thread that reads the pipe (the io_uring
     /// thread, a [`PipeSink`](crate::uring::PipeSink)), so app output never queues between threads and narund's
     /// runtime thread only publishes.
+    ///
+    /// A `block` app's reader waits for room in the spool for as long as it takes; an
+    /// instance's runs use [`RunLogs`], whose readers stop waiting when the run ends.
     pub fn attach(&self, stream: &str, fd: OwnedFd) -> JoinHandle<()> {
+        self.attach_until(stream, fd, CancellationToken::new())
+    }
+
+    /// Like [`attach`](Self::attach); once `run_ended` is cancelled, a reader never waits
+    /// for room any more (see [`RunLogs::end`]).
+    fn attach_until(
+        &self,
+        stream: &str,
+        fd: OwnedFd,
+        run_ended: CancellationToken,
+    ) -> JoinHandle<()> {
         let (done, eof) = tokio::sync::oneshot::channel();
         self.uring.read_pipe(
             fd,
@@ -249,6 +264,8 @@ impl LogSink {
                 splitter: LineSplitter::new(self.shared.max_line_bytes),
                 lines: self.lines(stream),
                 done,
+                run_ended,
+                discard: false,
             }),
         );
         tokio::spawn(async move {
@@ -286,6 +303,51 @@ impl LogSink {
     }
 }
 
+/// The log readers of one run of an instance (its stdout and stderr pipes).
+///
+/// A reader ends at EOF, once every process of the run that held a write end is gone. A
+/// `block` app's reader that waits for room in the spool (NATS is down, the app's share is
+/// full) does not read, so it would never see that EOF: [`end`](Self::end) tells it the run is
+/// over, and the reader then reads what is left in the pipe and counts the lines that do not
+/// fit the share as dropped (on the instance's own mark line) instead of waiting. So no reader,
+/// pipe or slot of the spool outlives its run, and no write is waited for that nobody makes.
+#[derive(Default)]
+pub struct RunLogs {
+    tasks: Vec<JoinHandle<()>>,
+    ended: CancellationToken,
+}
+
+impl RunLogs {
+    pub fn new() -> RunLogs {
+        RunLogs::default()
+    }
+
+    /// Forward the pipe `fd` of this run as `stream` through `sink` (see [`LogSink::attach`]).
+    pub fn attach(&mut self, sink: &LogSink, stream: &str, fd: OwnedFd) {
+        self.tasks
+            .push(sink.attach_until(stream, fd, self.ended.clone()));
+    }
+
+    /// The run is over (its processes are gone): wait up to `grace` for the readers to drain
+    /// their pipes to EOF; then make any reader still waiting for room stop waiting, and wait
+    /// up to `grace` again. False if a reader is still running after that (a process outside
+    /// the run holds a write end of its pipe).
+    pub async fn end(self, grace: Duration) -> bool {
+        let tasks = self.tasks;
+        let all = async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        tokio::pin!(all);
+        if tokio::time::timeout(grace, &mut all).await.is_ok() {
+            return true;
+        }
+        self.ended.cancel();
+        tokio::time::timeout(grace, all).await.is_ok()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Publisher
 // ---------------------------------------------------------------------------------------------
@@ -316,14 +378,18 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             return;
         }
         if client.connection_state() != State::Connected {
-            {
+            let idle = {
                 let mut spool = shared.spool();
                 if !markers.is_empty() || spool.sent_upto != 0 || spool.in_limbo() {
                     markers.clear();
                     spool.rewind(&shared.stats, true);
                 }
-            }
-            if sleep_or_closed(&shared, RECONNECT_POLL).await {
+                spool.lines == 0
+            };
+            if idle {
+                // Nothing to send: no polling until there is (or the forwarder closes).
+                shared.wake.notified().await;
+            } else if sleep_or_closed(&shared, RECONNECT_POLL).await {
                 return;
             }
             continue;
@@ -380,10 +446,14 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             continue;
         }
 
-        let deadline = markers
-            .front()
-            .map(|(_, at)| *at + ACK_TIMEOUT)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        // Idle (nothing in flight): no timer at all; new lines or a close wake the loop.
+        let deadline = markers.front().map(|(_, at)| *at + ACK_TIMEOUT);
+        let ack_timeout = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             msg = acks.next() => {
                 let Some(msg) = msg else {
@@ -405,7 +475,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                 }
             }
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = ack_timeout => {
                 if !markers.is_empty() {
                     timeouts_in_a_row += 1;
                     if timeouts_in_a_row == 3 {

@@ -12,7 +12,7 @@
 //! | file | what it holds |
 //! |---|---|
 //! | `mod.rs` | this overview; the public API, re-exported from the files below |
-//! | `forwarder.rs` | [`LogForwarder`] and its settings, [`LogSink`], [`LogStats`]; the publisher task |
+//! | `forwarder.rs` | [`LogForwarder`] and its settings, [`LogSink`], [`RunLogs`], [`LogStats`]; the publisher task |
 //! | `pipe.rs` | reading one pipe: the lines of each read → one chunk in the spool |
 //! | `lines.rs` | [`LineSplitter`]: bytes → lines, long lines in `partial` pieces |
 //! | `chunk.rs` | the spooled unit: one read's lines as raw text, and what it costs in the bound |
@@ -60,7 +60,11 @@
 //!   when nothing fits, the reader awaits the app's `room` (woken when the publisher's marker
 //!   confirms lines) instead of reading. The pipe fills, the app's `write` blocks: no line is
 //!   lost, narund's memory stays within the bound, and the io_uring thread and narund's runtime
-//!   serve every other pipe meanwhile.
+//!   serve every other pipe meanwhile. A waiting reader does not read, so it cannot see its
+//!   pipe's EOF: when the run ends (the app crashed or was stopped during an outage), the
+//!   instance tells its [`RunLogs`] so, and the reader stops waiting: it reads what is left in
+//!   the pipe, spools what still fits the share and counts the rest as dropped (on the
+//!   instance's mark line). No reader, pipe or spool slot outlives its run.
 //!
 //! (Go's runner stops draining a stream after a line over 64 KiB; here long lines are split into
 //! pieces marked `partial`.)
@@ -96,7 +100,7 @@ pub mod stream;
 
 pub use forwarder::{
     ACK_TIMEOUT, DEFAULT_MAX_LINE_BYTES, DEFAULT_SPOOL_BYTES, LogForwarder, LogForwarderConfig,
-    LogSink, LogStats, MAX_LINE_BYTES_LIMIT, WINDOW,
+    LogSink, LogStats, MAX_LINE_BYTES_LIMIT, RunLogs, WINDOW,
 };
 pub use lines::LineSplitter;
 pub use spool::Overflow;

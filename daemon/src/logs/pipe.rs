@@ -8,6 +8,7 @@ use super::chunk::{Chunk, PARTIAL, Stream};
 use super::forwarder::Shared;
 use super::lines::LineSplitter;
 use crate::uring::{PIPE_CHUNK, Ready};
+use tokio_util::sync::CancellationToken;
 
 /// Per-read vectors of a pipe reader are kept for reuse up to this many lines.
 const CHUNK_KEEP_LINES: usize = 2048;
@@ -18,10 +19,21 @@ pub(super) struct PipeReader {
     pub(super) lines: ChunkLines,
     /// Fired after the last line is spooled.
     pub(super) done: tokio::sync::oneshot::Sender<()>,
+    /// The run is over ([`RunLogs::end`](super::RunLogs::end)): never wait for room again.
+    pub(super) run_ended: CancellationToken,
+    /// The next read's lines are counted as dropped, not spooled: the run is over and its
+    /// app's share is full.
+    pub(super) discard: bool,
 }
 
 impl crate::uring::PipeSink for PipeReader {
     fn chunk(&mut self, data: &[u8]) {
+        if std::mem::take(&mut self.discard) {
+            let mut n = 0u64;
+            self.splitter.feed_bytes(data, &mut |_, _| n += 1);
+            self.lines.drop_lines(n);
+            return;
+        }
         let lines = &mut self.lines;
         // One timestamp per chunk: its lines arrived together. They hold at most this read
         // and what the splitter kept of the previous one.
@@ -38,9 +50,18 @@ impl crate::uring::PipeSink for PipeReader {
         if let Some(n) = shared.spool().read_limit(target.slot, pending, PIPE_CHUNK) {
             return Ready::Read(n);
         }
+        if self.run_ended.is_cancelled() {
+            // The run is over: no writer is left to hold back, and the pipe's EOF comes only
+            // after what is still in it is read. Read it, and count what does not fit as
+            // dropped (on the instance's mark line) rather than wait for NATS.
+            self.discard = true;
+            return Ready::Read(PIPE_CHUNK);
+        }
         // A `block` app's share is full: wait until the publisher frees room (or the forwarder
-        // closes). Enabled before the check, so a wake-up in between is not lost.
+        // closes, or the run ends). Enabled before the check, so a wake-up in between is not
+        // lost.
         let (shared, target) = (shared.clone(), target.clone());
+        let run_ended = self.run_ended.clone();
         Ready::Wait(Box::pin(async move {
             let room = target.room.notified();
             tokio::pin!(room);
@@ -50,7 +71,10 @@ impl crate::uring::PipeSink for PipeReader {
                 .read_limit(target.slot, pending, PIPE_CHUNK)
                 .is_none();
             if full {
-                room.await;
+                tokio::select! {
+                    _ = room => {}
+                    _ = run_ended.cancelled() => {}
+                }
             }
         }))
     }
@@ -60,6 +84,7 @@ impl crate::uring::PipeSink for PipeReader {
             mut splitter,
             mut lines,
             done,
+            ..
         } = *self;
         lines.begin(splitter.pending());
         splitter.finish_bytes(&mut |text, partial| lines.add(text, partial));
@@ -131,6 +156,22 @@ impl ChunkLines {
         }
     }
 
+    /// `n` lines of this stream are lost (read after its run ended, with its app's share
+    /// full): counted, and carried to the instance's next line or its mark line.
+    pub(super) fn drop_lines(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.shared.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        *self
+            .shared
+            .spool()
+            .carry
+            .entry(self.stream.instance.clone())
+            .or_default() += n;
+        self.shared.progress.notify_waiters();
+    }
+
     /// The output ended: if the instance has dropped lines not yet reported (no line of it was
     /// left to carry the count), spool a line of narund's that carries them.
     pub(super) fn flush_carry(&mut self) {
@@ -160,6 +201,72 @@ mod tests {
     use crate::logs::forwarder::LogForwarder;
     use crate::logs::spool::tests::peek;
     use crate::uring::UringHandle;
+
+    /// A `block` reader waits while its share is full; once its run has ended it stops
+    /// waiting, and what it reads then (the rest of the pipe) is counted as dropped and
+    /// reported on the instance's mark line when the output ends.
+    #[tokio::test]
+    async fn a_reader_waiting_for_room_stops_waiting_when_its_run_ends() {
+        use crate::logs::spool::Overflow;
+        use crate::uring::PipeSink;
+        let shared = test_shared(8192, 1024);
+        let fwd = LogForwarder {
+            shared: shared.clone(),
+            uring: UringHandle::start_with(crate::uring::UringMode::Disabled),
+        };
+        let sink = fwd.sink_with("hello", "hello-0", Overflow::Block);
+        let run_ended = CancellationToken::new();
+        let (done, eof) = tokio::sync::oneshot::channel();
+        let mut reader = PipeReader {
+            splitter: LineSplitter::new(1024),
+            lines: sink.lines("stdout"),
+            done,
+            run_ended: run_ended.clone(),
+            discard: false,
+        };
+        let mut spooled = 0;
+        let mut wait = loop {
+            match reader.ready() {
+                Ready::Read(n) => {
+                    let k = (n / 16).max(1);
+                    reader.chunk(&b"0123456789abcde\n".repeat(k));
+                    spooled += k;
+                    assert!(spooled < 10_000, "never told to wait");
+                }
+                Ready::Wait(w) => break w,
+            }
+        };
+        assert_eq!(shared.spool().lines, spooled);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut wait)
+                .await
+                .is_err(),
+            "waits while the share is full"
+        );
+        run_ended.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+            .await
+            .expect("the end of the run ends the wait");
+        assert!(matches!(reader.ready(), Ready::Read(PIPE_CHUNK)));
+        reader.chunk(b"x\ny\nz\n");
+        assert_eq!(shared.stats.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(shared.spool().lines, spooled, "nothing more spooled");
+        Box::new(reader).end();
+        eof.await.expect("end() reports the end");
+        let mut spool = shared.spool();
+        assert_eq!(spool.lines, spooled + 1);
+        // The app's lines are seqs 1..=spooled; confirmed, the mark line is next.
+        spool.confirm(spooled as u64, &mut Vec::new());
+        let (sent, _) = peek(&mut spool);
+        assert_eq!(sent.len(), 1);
+        let mark = &sent.last().expect("the mark line").1;
+        assert_eq!(mark.dropped_before, 3);
+        assert!(
+            mark.message.contains("3 earlier log lines"),
+            "{}",
+            mark.message
+        );
+    }
 
     fn test_shared(limit: usize, max_line_bytes: usize) -> Arc<Shared> {
         Arc::new(Shared::new("node-1".into(), max_line_bytes, limit))

@@ -118,11 +118,7 @@ pub async fn run_heartbeat(
     start_time: String,
     stop: CancellationToken,
 ) {
-    let beat = node
-        .liveness()
-        .register("heartbeat", crate::liveness::BEAT_EVERY);
-    let mut tick = tokio::time::interval(crate::liveness::BEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let beat = node.liveness().register("heartbeat");
     let mut store: Option<kv::Store> = None;
     // Until a put succeeds (narund usually starts before NATS is reachable; a connection
     // may be lost later), retry sooner than HEARTBEAT: 1 s, doubling up to it.
@@ -176,7 +172,7 @@ pub async fn run_heartbeat(
                     tokio::time::sleep(CHANGE_DEBOUNCE).await;
                     break;
                 }
-                _ = tick.tick() => beat.beat(),
+                _ = beat.asked() => beat.beat(),
                 _ = stop.cancelled() => return,
             }
         }

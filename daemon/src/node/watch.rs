@@ -15,16 +15,16 @@
 //! * **the connection was lost**: the client's
 //!   [`ConnectionEvents`](narun_wire::connect::ConnectionEvents) say so at once, also in
 //!   the middle of opening the buckets or starting the watch; or
-//! * **the watch stalled**: every [`STALL_CHECK`] the bucket's last revision is compared
-//!   with the last one the watch delivered; behind twice in a row with no progress between,
-//!   the watch is dead. Once per last revision: a renewed watch that delivers nothing
-//!   shows that revision no longer exists (a compacted or purged bucket keeps its last
-//!   sequence number), and it is not taken for a stall again.
+//! * **the watch stalled**: every [`STALL_CHECK`] narund asks the bucket for its first
+//!   revision after the last one the watch delivered (a direct get, answered "not found"
+//!   while the watch is up to date); behind twice in a row with no progress between, the
+//!   watch is dead. Once per revision: a renewed watch that still does not deliver it is
+//!   not taken for a stall again.
 //!
 //! Both are logged (warn), with the revision the new watch starts from.
 
 use super::Node;
-use crate::liveness::{BEAT_EVERY, Beat};
+use crate::liveness::Beat;
 use futures_util::StreamExt;
 use narun_wire::connect::ConnectionEvents;
 use narun_wire::jetstream;
@@ -42,13 +42,12 @@ pub async fn run(
     ready: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
-    let beat = node.liveness().register("reconciler", BEAT_EVERY);
+    let beat = node.liveness().register("reconciler");
     let mut delay = Duration::from_millis(250);
     // The last revision of app-configs handed to the node (0: none yet).
     let mut seen = 0u64;
-    // The bucket's last revision when the watch was last renewed as stalled: a renewed
-    // watch that delivers nothing proves that revision is gone (a compacted or purged
-    // bucket keeps its last sequence number), so it is not a stall again.
+    // The revision the watch was last renewed for as stalled: a renewed watch that still
+    // does not deliver it is not taken for a stall again (renewing cannot help).
     let mut stall_floor = 0u64;
     // `app-configs`, once opened: a handle stays valid across reconnects, so a renewed
     // session does not ask for the stream again (one request less while a stream leader
@@ -65,11 +64,10 @@ pub async fn run(
         // Not connected: wait for the connection (beating: waiting for NATS is normal),
         // then start at once, without a back-off to sit out.
         if !events.link().connected {
-            let mut tick = tokio::time::interval(BEAT_EVERY);
             loop {
                 tokio::select! {
                     _ = events.connected() => break,
-                    _ = tick.tick() => beat.beat(),
+                    _ = beat.asked() => beat.beat(),
                     _ = stop.cancelled() => return,
                 }
             }
@@ -124,7 +122,7 @@ pub async fn run(
         {
             let _waiting = beat.busy(
                 "waiting to retry app-configs",
-                delay + 2 * Duration::from_secs(1) + BEAT_EVERY,
+                delay + 3 * Duration::from_secs(1),
             );
             let until = tokio::time::Instant::now() + delay;
             loop {
@@ -277,30 +275,29 @@ async fn session(
     stall.reset();
     // (bucket's last revision, our last revision) at the previous stall check, if behind.
     let mut behind: Option<(u64, u64)> = None;
-    // The tick runs only while this loop waits for the next entry: an apply that never
-    // returns stops the beats (crate::liveness).
-    let mut tick = tokio::time::interval(BEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Asks are answered only while this loop waits for the next entry: an apply that never
+    // returns leaves them unanswered (crate::liveness).
     loop {
         let entry = tokio::select! {
             e = watch.next() => e,
             _ = events.lost_after(losses) => return Err(lost()),
-            _ = tick.tick() => {
+            _ = beat.asked() => {
                 beat.beat();
                 continue;
             }
             _ = stall.tick() => {
                 if events.link().connected
-                    && let Some(last) = last_revision(&configs).await
+                    && let Some(next) = revision_after(&configs, *seen).await
                 {
-                    if last > *seen && last > *stall_floor {
-                        if behind == Some((last, *seen)) {
-                            *stall_floor = last;
-                            return Err(SessionEnd::Renew("the watch stalled: app-configs has newer revisions"));
+                    match next {
+                        Some(next) if next > *stall_floor => {
+                            if behind == Some((next, *seen)) {
+                                *stall_floor = next;
+                                return Err(SessionEnd::Renew("the watch stalled: app-configs has newer revisions"));
+                            }
+                            behind = Some((next, *seen));
                         }
-                        behind = Some((last, *seen));
-                    } else {
-                        behind = None;
+                        _ => behind = None,
                     }
                 }
                 continue;
@@ -333,7 +330,7 @@ async fn apply(
         Some(v) => {
             let _parsing = beat.busy(
                 format!("parsing the spec of {key}"),
-                super::reconcile::PARSE_TIMEOUT + BEAT_EVERY,
+                super::reconcile::PARSE_TIMEOUT + Duration::from_secs(1),
             );
             Some(node.parse_entry(key, v).await)
         }
@@ -388,14 +385,27 @@ async fn catch_up(
     }
 }
 
-/// The last revision (stream sequence) of `app-configs`, bounded; `None` when unknown.
-async fn last_revision(configs: &async_nats::jetstream::kv::Store) -> Option<u64> {
-    let mut stream = configs.stream.clone();
-    tokio::time::timeout(Duration::from_secs(2), stream.info())
+/// The first revision of `app-configs` after `seen` (`Some(None)`: there is none), bounded;
+/// `None` when unknown. A direct get of the next message (any replica answers it): when
+/// the watch is up to date the answer is a header-only "not found", far cheaper for narund
+/// and the server than the stream's info, which an idle narund would ask for every
+/// [`STALL_CHECK`].
+async fn revision_after(
+    configs: &async_nats::jetstream::kv::Store,
+    seen: u64,
+) -> Option<Option<u64>> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    let next = configs
+        .stream
+        .direct_get_next_for_subject(format!("$KV.{}.>", configs.name), Some(seen + 1));
+    match tokio::time::timeout(Duration::from_secs(2), next)
         .await
         .ok()?
-        .ok()
-        .map(|i| i.state.last_sequence)
+    {
+        Ok(msg) => Some(Some(msg.sequence)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Some(None),
+        Err(_) => None,
+    }
 }
 
 /// `app-configs` (`cached`, else opened or created), the object store (once: a handle
@@ -444,4 +454,34 @@ async fn open_session(
         set
     };
     Ok((Some(keys), configs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stall check's question against a real server: the first revision after the
+    /// last one seen, "none" while the watch is up to date (puts, deletes and other keys
+    /// alike; a purged revision is skipped).
+    #[tokio::test]
+    async fn revision_after_names_the_first_revision_not_seen() {
+        let server = narun_test_support::NatsServer::start();
+        let b = narun_test_support::buckets(&server).await;
+        let c = &b.configs;
+        assert_eq!(revision_after(c, 0).await, Some(None), "empty bucket");
+        let r1 = c.put("a", "1".into()).await.unwrap();
+        assert_eq!(revision_after(c, 0).await, Some(Some(r1)));
+        assert_eq!(revision_after(c, r1).await, Some(None), "up to date");
+        let r2 = c.put("b", "2".into()).await.unwrap();
+        c.delete("a").await.unwrap();
+        assert_eq!(revision_after(c, r1).await, Some(Some(r2)));
+        assert_eq!(
+            revision_after(c, r2).await,
+            Some(Some(r2 + 1)),
+            "a deletion"
+        );
+        c.purge("b").await.unwrap();
+        assert_eq!(revision_after(c, r1).await, Some(Some(r2 + 1)), "r2 purged");
+        assert_eq!(revision_after(c, r2 + 2).await, Some(None));
+    }
 }

@@ -243,6 +243,14 @@ impl Local {
     }
 }
 
+impl Drop for Local {
+    /// The record writer ends once it has written what is left.
+    fn drop(&mut self) {
+        self.records.state.lock().unwrap().closed = true;
+        self.records.wake.notify_one();
+    }
+}
+
 /// The records in memory and the writer's side of them.
 #[derive(Debug)]
 struct Records {
@@ -257,6 +265,8 @@ struct RecordState {
     map: BTreeMap<String, InstanceRecord>,
     /// Counts the changes of `map`.
     generation: u64,
+    /// The [`Local`] is gone: the writer writes what is left and ends.
+    closed: bool,
 }
 
 impl Records {
@@ -273,20 +283,19 @@ impl Records {
 
     /// The writer thread: wait for a generation it has not written, take the map as it
     /// is then (every change since the last write: one batch), write it atomically
-    /// outside the lock, announce the generation. Ends when narund's [`Local`] is gone
-    /// (nobody watches `durable` any more).
+    /// outside the lock, announce the generation. Ends when narund's [`Local`] is dropped
+    /// (its `Drop` wakes the writer; an idle writer never wakes on its own).
     fn run(&self, durable: watch::Sender<u64>) {
         let mut written = 0;
         loop {
             let (generation, bytes) = {
                 let mut st = self.state.lock().unwrap();
+                // No timeout: an idle narund's writer sleeps until a change or the end.
                 while st.generation == written {
-                    let (next, timeout) =
-                        self.wake.wait_timeout(st, Duration::from_secs(1)).unwrap();
-                    st = next;
-                    if timeout.timed_out() && durable.is_closed() {
+                    if st.closed {
                         return;
                     }
+                    st = self.wake.wait(st).unwrap();
                 }
                 (
                     st.generation,
@@ -297,7 +306,7 @@ impl Records {
                 // Not durable: try again in a second (a full disk may get room), whatever
                 // else changes meanwhile; waiters keep waiting (bounded on their side).
                 tracing::warn!(error = %e, retry_in_s = 1, "writing the records of running instances");
-                if durable.is_closed() {
+                if self.state.lock().unwrap().closed {
                     return;
                 }
                 std::thread::sleep(Duration::from_secs(1));

@@ -113,6 +113,87 @@ fn metadata(h: Option<&async_nats::HeaderMap>) -> HeaderMap {
     out
 }
 
+/// A published request, kept while it may be sent again: NATS answered it with no
+/// responders, so nobody received it (`crate::failover`, "gRPC").
+pub(super) struct Resend {
+    client: async_nats::Client,
+    subject: async_nats::Subject,
+    reply: String,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+    /// The request's share of the memory budget, held with its bytes.
+    _lease: Lease,
+    first: tokio::time::Instant,
+    attempt: u32,
+}
+
+impl Resend {
+    /// The request just published (first attempt) to `subject` with `reply`.
+    pub(super) fn new(
+        client: async_nats::Client,
+        subject: async_nats::Subject,
+        reply: String,
+        headers: async_nats::HeaderMap,
+        payload: Bytes,
+        lease: Lease,
+    ) -> Resend {
+        Resend {
+            client,
+            subject,
+            reply,
+            headers,
+            payload,
+            _lease: lease,
+            first: tokio::time::Instant::now(),
+            attempt: 1,
+        }
+    }
+
+    /// When it is no longer sent again: a no-responders answer comes within a round trip,
+    /// so a request without one by then is the responder's.
+    fn window_end(&self) -> tokio::time::Instant {
+        self.first + crate::failover::NO_RESPONDERS_RETRY
+    }
+
+    /// The last attempt found no responders: send the request again after the rule's
+    /// pause, with the time left until `deadline`. False if it is not sent again.
+    async fn again(&mut self, deadline: tokio::time::Instant) -> bool {
+        let now = tokio::time::Instant::now();
+        let Some(pause) = crate::failover::resend_undelivered(
+            self.attempt,
+            now.duration_since(self.first),
+            deadline.saturating_duration_since(now),
+        ) else {
+            return false;
+        };
+        tokio::time::sleep(pause).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut headers = self.headers.clone();
+        headers.insert(
+            narun_wire::grpc::header::TIMEOUT,
+            format!("{}m", left.as_millis().clamp(1, 99_999_999)).as_str(),
+        );
+        headers.insert(
+            narun_wire::names::TIMEOUT_MS,
+            narun_wire::names::timeout_ms_value(left),
+        );
+        self.attempt += 1;
+        tracing::debug!(subject = %self.subject, attempt = self.attempt, "no responders for a gRPC call: sending it again");
+        self.client
+            .publish_with_reply_and_headers(
+                self.subject.clone(),
+                self.reply.clone(),
+                headers,
+                self.payload.clone(),
+            )
+            .await
+            .is_ok()
+    }
+}
+
 /// Reads the answer of one call from its reply inbox.
 struct Answer {
     sub: CallInbox,
@@ -122,6 +203,8 @@ struct Answer {
     pending_end: Option<(u16, String)>,
     /// The response header metadata (from message 0).
     head: HeaderMap,
+    /// The request, while it may be sent again.
+    resend: Option<Resend>,
 }
 
 impl Answer {
@@ -129,34 +212,55 @@ impl Answer {
         if let Some((c, m)) = self.pending_end.take() {
             return Event::end(c, m);
         }
-        let msg = match tokio::time::timeout_at(self.deadline, self.sub.rx.recv()).await {
-            Err(_) => {
-                return Event::end(
-                    code::DEADLINE_EXCEEDED,
-                    "request timed out waiting for backend processor",
-                );
-            }
-            Ok(None) if self.sub.exhausted() => {
-                return Event::end(
-                    code::RESOURCE_EXHAUSTED,
-                    "the gateway's memory budget for buffered replies is exhausted",
-                );
-            }
-            Ok(None) => {
+        let msg = loop {
+            let until = match &self.resend {
+                Some(r) => r.window_end().min(self.deadline),
+                None => self.deadline,
+            };
+            let msg = match tokio::time::timeout_at(until, self.sub.rx.recv()).await {
+                Err(_) if self.resend.is_some() && until < self.deadline => {
+                    // No "no responders" within the window: a responder has the request.
+                    self.resend = None;
+                    continue;
+                }
+                Err(_) => {
+                    return Event::end(
+                        code::DEADLINE_EXCEEDED,
+                        "request timed out waiting for backend processor",
+                    );
+                }
+                Ok(None) if self.sub.exhausted() => {
+                    return Event::end(
+                        code::RESOURCE_EXHAUSTED,
+                        "the gateway's memory budget for buffered replies is exhausted",
+                    );
+                }
+                Ok(None) => {
+                    return Event::end(
+                        code::UNAVAILABLE,
+                        "NATS subscription for the reply ended (connection lost?)",
+                    );
+                }
+                Ok(Some(m)) => m,
+            };
+            if msg.0.status == Some(NatsStatus::NO_RESPONDERS) {
+                // Nobody received the request: it may go again (the service is moving).
+                if let Some(r) = self.resend.as_mut()
+                    && r.again(self.deadline).await
+                {
+                    continue;
+                }
+                self.resend = None;
                 return Event::end(
                     code::UNAVAILABLE,
-                    "NATS subscription for the reply ended (connection lost?)",
+                    "no backend processors available for the request",
                 );
             }
-            Ok(Some(m)) => m,
+            // A responder has the request: it is never sent again.
+            self.resend = None;
+            break msg;
         };
         let (msg, lease) = msg;
-        if msg.status == Some(NatsStatus::NO_RESPONDERS) {
-            return Event::end(
-                code::UNAVAILABLE,
-                "no backend processors available for the request",
-            );
-        }
         let headers = msg.headers.as_ref();
         let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
         if let Some(status) = get(STATUS_HEADER) {
@@ -195,13 +299,15 @@ impl Answer {
 }
 
 /// Answer a call whose request is published: `sub` receives its replies until
-/// `deadline`; the metrics count it under `label` from `started`.
+/// `deadline` (and `resend` sends the request again while it finds no responders); the
+/// metrics count it under `label` from `started`.
 pub(super) async fn respond(
     state: Arc<State>,
     sub: CallInbox,
     deadline: tokio::time::Instant,
     label: MethodLabel,
     started: Instant,
+    resend: Resend,
 ) -> GrpcResponse {
     let mut answer = Answer {
         sub,
@@ -209,6 +315,7 @@ pub(super) async fn respond(
         next_seq: 0,
         pending_end: None,
         head: HeaderMap::new(),
+        resend: Some(resend),
     };
 
     // Wait for up to two events: most calls (unary) are complete by then and

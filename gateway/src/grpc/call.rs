@@ -171,6 +171,16 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     nh.insert(TIMEOUT_MS, timeout_ms_value(left));
     let mut sub = state.inbox.register();
     sub.slot = Some(slot);
+    // Kept (with its share of the memory budget) while the request may still have to be
+    // sent again: until a responder has it, at most the no-responders window.
+    let resend = answer::Resend::new(
+        state.client.clone(),
+        route.subject.clone(),
+        sub.subject.clone(),
+        nh.clone(),
+        payload.clone(),
+        lease,
+    );
     if let Err(e) = state
         .client
         .publish_with_reply_and_headers(route.subject.clone(), sub.subject.clone(), nh, payload)
@@ -179,9 +189,7 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
         tracing::warn!(subject = %route.subject, error = %e, "NATS publish failed");
         return finish(code::INTERNAL, "internal server error (NATS communication)");
     }
-    // Published: the request's bytes are the client library's now (not held for the answer).
-    drop(lease);
-    answer::respond(state, sub, deadline, label, started).await
+    answer::respond(state, sub, deadline, label, started, resend).await
 }
 
 /// The one request message of a unary or server-streaming call, unframed.
