@@ -276,6 +276,8 @@ struct RecordState {
     lazy_since: Option<std::time::Instant>,
     /// Writes done (for tests: a restart's removal and new record share one).
     writes: u64,
+    /// The generation of the last write.
+    written: u64,
 }
 
 impl Records {
@@ -306,8 +308,10 @@ impl Records {
     /// Write everything changed so far at once; returns its generation.
     fn urge(&self) -> u64 {
         let mut st = self.state.lock().unwrap();
-        st.urgent = true;
-        self.wake.notify_one();
+        if st.generation != st.written {
+            st.urgent = true;
+            self.wake.notify_one();
+        }
         st.generation
     }
 
@@ -355,7 +359,11 @@ impl Records {
                 continue;
             }
             written = generation;
-            self.state.lock().unwrap().writes += 1;
+            {
+                let mut st = self.state.lock().unwrap();
+                st.writes += 1;
+                st.written = generation;
+            }
             durable.send_replace(generation);
         }
     }
