@@ -236,16 +236,40 @@ fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// CPU used by this process and `server` while `f` runs.
+/// CPU time of the threads of this process that outlive a run: the bench's own runtime (the
+/// subscriber, standing in for another process). A run's publishing thread, its io_uring thread
+/// and its writer have exited when this is read after the run, so they are not counted.
+fn subscriber_cpu() -> Duration {
+    let ns: u64 = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("tokio-r"))
+                })
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+/// CPU used while `f` runs: (this process and `server`, the sending side: this process
+/// without the subscriber's runtime threads).
 async fn with_cpu<T>(
     server: &narun_test_support::NatsServer,
     f: impl std::future::Future<Output = T>,
-) -> (T, Duration) {
+) -> (T, (Duration, Duration)) {
     let me = std::process::id();
     let srv = server.pid().unwrap_or(me);
-    let before = cpu_of(me) + cpu_of(srv);
+    let (me0, srv0, sub0) = (cpu_of(me), cpu_of(srv), subscriber_cpu());
     let out = f.await;
-    (out, cpu_of(me) + cpu_of(srv) - before)
+    let (me1, srv1, sub1) = (cpu_of(me), cpu_of(srv), subscriber_cpu());
+    let total = (me1 + srv1).saturating_sub(me0 + srv0);
+    // (`cpu_of` counts in 10 ms ticks, schedstat in ns: clamp the difference at zero.)
+    let sending = (me1.saturating_sub(me0)).saturating_sub(sub1.saturating_sub(sub0));
+    (out, (total, sending))
 }
 
 /// Within one round's times (0 = forwarder, 1 = raw 100 B, 2 = raw JSON size, 3 = raw JSON
@@ -294,6 +318,8 @@ async fn main() -> anyhow::Result<()> {
     let mut per_round: Vec<[Option<Duration>; 4]> = Vec::new();
     // Per path: CPU time per round (bench process + nats-server).
     let mut cpu: [Vec<Duration>; 4] = Default::default();
+    // Per path: CPU time of the sending side per round (this process without the subscriber).
+    let mut cpu_send: [Vec<Duration>; 4] = Default::default();
     for round in 1..=rounds {
         let mut this_round = format!("round {round}:");
         let mut times = [None; 4];
@@ -301,7 +327,8 @@ async fn main() -> anyhow::Result<()> {
             let server = narun_test_support::NatsServer::start();
             let (res, c) = with_cpu(&server, forwarder_run(&server.url(), lines)).await;
             let (d, ok) = res.map_err(|e| e.context("forwarder run"))?;
-            cpu[0].push(c);
+            cpu[0].push(c.0);
+            cpu_send[0].push(c.1);
             best_fwd = best_fwd.min(d);
             times[0] = Some(d);
             lossless &= ok;
@@ -338,7 +365,8 @@ async fn main() -> anyhow::Result<()> {
                     with_cpu(&server, raw_run(&server.url(), lines, size, subject, pipe)).await;
                 match res {
                     Ok(d) => {
-                        cpu[i].push(c);
+                        cpu[i].push(c.0);
+                        cpu_send[i].push(c.1);
                         *best = (*best).min(d);
                         times[i] = Some(d);
                         let what = if pipe { " + pipe" } else { "" };
@@ -421,6 +449,20 @@ async fn main() -> anyhow::Result<()> {
         cpu_per_line(&cpu[3]),
         cpu_per_line(&cpu[1])
     );
+    println!(
+        "CPU per line, sending side (bench process without the subscriber's runtime: writer, reader, publisher and its connection; median of rounds): forwarder {:.3} us, raw {json_size} B {:.3} us, raw {json_size} B + pipe {:.3} us, raw 100 B {:.3} us",
+        cpu_per_line(&cpu_send[0]),
+        cpu_per_line(&cpu_send[2]),
+        cpu_per_line(&cpu_send[3]),
+        cpu_per_line(&cpu_send[1])
+    );
+    let (f, r) = (cpu_per_line(&cpu[0]), cpu_per_line(&cpu[2]));
+    if f > 0.0 && r > 0.0 {
+        println!(
+            "CPU RATIO raw {json_size} B / forwarder, per line (bench process + nats-server): {:.3} (target >= 0.9)",
+            r / f
+        );
+    }
     // The issue's reference: raw messages of exactly what the forwarder sends (size and subject).
     println!(
         "RATIO forwarder / raw same-size {json_size} B on the same subject: median of rounds {:.2}, best {:.2} (target >= 0.9); zero loss: {lossless}",

@@ -31,6 +31,10 @@
 //!
 //! narund runs as the invoking user (root: cgroups) with cgroup roots
 //! `narun-bench-restart-<pid>-<variant>` (removed at the end).
+//!
+//! `RESTART_BENCH_BASELINE=<path>` adds a node `baseline` running that narund binary (e.g. a
+//! release build of the main branch, unchanged otherwise: clone3), measured in the same
+//! alternating rounds: a before/after comparison under the same load.
 
 use futures_util::StreamExt;
 use narun_test_support::{NatsServer, workspace_bin};
@@ -398,7 +402,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(run());
-    for v in ["clone3", "fork"] {
+    for v in ["clone3", "fork", "baseline"] {
         narun_test_support::kill_and_remove_cgroups(
             &narun_test_support::cgroup2_mount().join(cgroup_root(v)),
         );
@@ -421,7 +425,14 @@ async fn run() -> anyhow::Result<()> {
     }
     let image = std::fs::read(&me)?;
     let mut nodes = Vec::new();
-    for (name, fork) in [("clone3", false), ("fork", true)] {
+    // RESTART_BENCH_BASELINE=<path of another narund build>: a third node runs that binary
+    // (clone3), in the same alternating rounds: a before/after comparison in one run.
+    let baseline = std::env::var_os("RESTART_BENCH_BASELINE").map(PathBuf::from);
+    let mut variants = vec![("clone3", false, bin.clone()), ("fork", true, bin.clone())];
+    if let Some(b) = baseline {
+        variants.push(("baseline", false, b));
+    }
+    for (name, fork, bin) in variants {
         let node = start_narund(&bin, &server, name, fork)?;
         let app = format!("crash-{name}");
         b.upload(&app, "v1", &image).await;

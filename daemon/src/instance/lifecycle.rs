@@ -795,13 +795,16 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 /// Delay before restart number `attempt` (0-based): 100 ms · 2^attempt capped at `max`,
 /// with "equal jitter" (half fixed, half `jitter` ∈ [0, 1)) so instances that crashed
-/// together do not restart in lock-step.
+/// together do not restart in lock-step. In whole milliseconds: the `backoff` event says
+/// "restart N in X ms", and that is then exactly the delay (tokio's timer works in
+/// milliseconds anyway).
 pub fn backoff(attempt: u32, max: Duration, jitter: f64) -> Duration {
     let base = BACKOFF_START
         .saturating_mul(1u32 << attempt.min(20))
         .min(max.max(BACKOFF_START));
     let half = base / 2;
-    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    let d = half + half.mul_f64(jitter.clamp(0.0, 1.0));
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

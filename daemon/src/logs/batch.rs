@@ -1,10 +1,12 @@
 //! What the publisher sends next: a [`Batch`] of spooled lines (ranges of chunks), rendered to
-//! JSON outside the spool's lock into one buffer, one [`Outgoing`] slice per line.
+//! JSON outside the spool's lock by [`Render`], one line at a time into one reused buffer, each
+//! line split off as its own [`Outgoing`] payload right before it is published.
 
 use std::sync::Arc;
 
 use async_nats::Subject;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use narun_wire::events::LogLineJson;
 
 use super::chunk::Chunk;
 
@@ -14,7 +16,7 @@ pub(super) const BATCH_LINES: usize = 4096;
 pub(super) const BATCH_BYTES: usize = 512 * 1024;
 
 /// Lines taken from the spool to publish: ranges of chunks, and what the spool knows about
-/// single lines among them. Rendered to JSON by [`Batch::render`] outside the spool's lock.
+/// single lines among them. Rendered to JSON by [`Render`] outside the spool's lock.
 #[derive(Default)]
 pub(super) struct Batch {
     /// (chunk, sequence number of `range.start`, lines).
@@ -44,13 +46,9 @@ impl Batch {
         self.bytes = 0;
     }
 
-    /// The JSON of every line into one buffer, appended to `out` as one slice per line; lines
-    /// that carry a drop count add `(app, count)` to `dropped` for a warning.
-    ///
-    /// A line whose JSON is over `max_payload` (the server's limit; it could never be
-    /// published) is left out and its seq added to `too_big`; the next line of the same
-    /// instance in the batch reports it in `dropped_before`, as
-    /// [`Spool::remove`](super::spool::Spool::remove) then records for a resend.
+    /// Every line's JSON at once, appended to `out` (see [`Render`], which this drives; the
+    /// publisher renders one line at a time instead, right before it publishes it).
+    #[cfg(test)]
     pub(super) fn render(
         &self,
         max_payload: usize,
@@ -58,61 +56,119 @@ impl Batch {
         dropped: &mut Vec<(Arc<str>, u64)>,
         too_big: &mut Vec<u64>,
     ) {
-        let mut buf = Vec::with_capacity(self.bytes);
-        let mut ends = Vec::with_capacity(self.parts.iter().map(|p| p.2.len()).sum());
-        let mut drops = self.dropped.iter().peekable();
-        let mut removed = self.removed.iter().peekable();
-        // Drops to report on the next line rendered of an instance (lines left out as too big).
-        let mut left_out: Vec<(&Arc<str>, u64)> = Vec::new();
-        for (chunk, first, range) in &self.parts {
+        let mut buf = BytesMut::with_capacity(self.bytes);
+        let mut lines = Render::new(self, max_payload);
+        while let Some(o) = lines.next(&mut buf, dropped, too_big) {
+            out.push(o);
+        }
+    }
+}
+
+/// Renders the lines of a [`Batch`] one at a time, in order, each into `buf` and split off
+/// as its own `Bytes` (the lines of a batch share `buf`'s allocation; once async-nats has
+/// copied them all into its write buffer, the next batch reuses it: no allocation, no fresh
+/// pages per batch, and each line is published while its JSON is still in the cache).
+///
+/// Lines removed as unpublishable are skipped. A line carries the drops recorded just before
+/// it (`dropped_before`; each `(app, count)` is also added to `dropped` for a warning). A
+/// line whose JSON is over `max_payload` (the server's limit; it could never be published)
+/// is left out and its seq added to `too_big`; the next line of the same instance in the
+/// batch reports it in `dropped_before`, as
+/// [`Spool::remove`](super::spool::Spool::remove) then records for a resend.
+pub(super) struct Render<'a> {
+    batch: &'a Batch,
+    max_payload: usize,
+    /// Next line: index into `batch.parts` and offset in that part's range.
+    part: usize,
+    at: usize,
+    /// Next entries of `batch.dropped` and `batch.removed` not yet passed.
+    drops: usize,
+    removed: usize,
+    /// Drops to report on the next line rendered of an instance (lines left out as too big).
+    left_out: Vec<(&'a Arc<str>, u64)>,
+    /// The end of the JSON of the current part's lines (its chunk's timestamp), made once.
+    field: Vec<u8>,
+}
+
+impl<'a> Render<'a> {
+    pub(super) fn new(batch: &'a Batch, max_payload: usize) -> Render<'a> {
+        Render {
+            batch,
+            max_payload,
+            part: 0,
+            at: 0,
+            drops: 0,
+            removed: 0,
+            left_out: Vec::new(),
+            field: Vec::new(),
+        }
+    }
+
+    /// The next line to publish, rendered into `buf` (which it leaves empty), or `None` at
+    /// the end of the batch.
+    pub(super) fn next(
+        &mut self,
+        buf: &mut BytesMut,
+        dropped: &mut Vec<(Arc<str>, u64)>,
+        too_big: &mut Vec<u64>,
+    ) -> Option<Outgoing> {
+        loop {
+            let (chunk, first, range) = self.batch.parts.get(self.part)?;
+            if self.at >= range.len() {
+                self.part += 1;
+                self.at = 0;
+                continue;
+            }
+            if self.at == 0 {
+                self.field.clear();
+                LogLineJson::timestamp_field(&mut self.field, &chunk.timestamp);
+            }
+            let (seq, i) = (first + self.at as u64, range.start + self.at);
+            self.at += 1;
+            let removed = &self.batch.removed;
+            let mut skip = false;
+            while let Some(&s) = removed.get(self.removed).filter(|&&s| s <= seq) {
+                skip |= s == seq;
+                self.removed += 1;
+            }
+            if skip {
+                continue;
+            }
             let target = &chunk.stream.target;
             let instance = &chunk.stream.instance;
-            for (seq, i) in (*first..).zip(range.clone()) {
-                let mut skip = false;
-                while let Some(&s) = removed.next_if(|&&s| s <= seq) {
-                    skip |= s == seq;
-                }
-                if skip {
-                    continue;
-                }
-                let mut n = 0;
-                if !left_out.is_empty()
-                    && let Some(k) = left_out.iter().position(|(id, _)| *id == instance)
-                {
-                    n = left_out.swap_remove(k).1;
-                }
-                while let Some((s, k)) = drops.next_if(|(s, _)| *s <= seq) {
-                    if *s == seq {
-                        n += *k;
-                    }
-                }
-                let (text, partial) = chunk.line(i);
-                let start = buf.len();
-                chunk
-                    .stream
-                    .json
-                    .write(&mut buf, text, &chunk.timestamp, partial, n);
-                if buf.len() - start > max_payload {
-                    buf.truncate(start);
-                    too_big.push(seq);
-                    left_out.push((instance, n + 1));
-                    continue;
-                }
-                if n > 0 {
-                    dropped.push((target.app.clone(), n));
-                }
-                ends.push((seq, target, buf.len()));
+            let mut n = 0;
+            if !self.left_out.is_empty()
+                && let Some(k) = self.left_out.iter().position(|(id, _)| *id == instance)
+            {
+                n = self.left_out.swap_remove(k).1;
             }
-        }
-        let all = Bytes::from(buf);
-        let mut start = 0;
-        for (seq, target, end) in ends {
-            out.push(Outgoing {
+            let drops = &self.batch.dropped;
+            while let Some(&(s, k)) = drops.get(self.drops).filter(|(s, _)| *s <= seq) {
+                if s == seq {
+                    n += k;
+                }
+                self.drops += 1;
+            }
+            let (text, partial) = chunk.line(i);
+            buf.clear();
+            chunk
+                .stream
+                .json
+                .write_stamped(buf, text, &self.field, partial, n);
+            if buf.len() > self.max_payload {
+                buf.clear();
+                too_big.push(seq);
+                self.left_out.push((instance, n + 1));
+                continue;
+            }
+            if n > 0 {
+                dropped.push((target.app.clone(), n));
+            }
+            return Some(Outgoing {
                 seq,
                 subject: target.subject.clone(),
-                payload: all.slice(start..end),
+                payload: buf.split().freeze(),
             });
-            start = end;
         }
     }
 }

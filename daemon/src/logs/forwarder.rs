@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::Subject;
 use async_nats::connection::State;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use narun_wire::events::LogLineJson;
 use tokio::sync::Notify;
@@ -17,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Batch, Outgoing};
+use super::batch::{Batch, Render};
 use super::chunk::{Stream, Target};
 use super::lines::LineSplitter;
 use super::pipe::{ChunkLines, PipeReader};
@@ -34,6 +33,8 @@ pub const DEFAULT_SPOOL_BYTES: usize = 8 * 1024 * 1024;
 pub const WINDOW: usize = 16;
 /// A marker not echoed within this time means the batch is resent.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Render buffer capacity the publisher keeps while it has nothing to send.
+const RENDER_BUF_KEEP: usize = 64 * 1024;
 /// How often the publisher looks at the connection state while disconnected.
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
 /// Longest line limit accepted ([`LogForwarderConfig::max_line_bytes`] is capped to it): NATS's
@@ -173,7 +174,7 @@ impl LogForwarder {
             shared: self.shared.clone(),
             uring: self.uring.clone(),
             target: Arc::new(Target {
-                subject: Subject::from(narun_wire::names::log_subject(app, &self.shared.node_id)),
+                subject: super::chunk::log_subject(app, &self.shared.node_id),
                 app: app.into(),
                 slot,
                 room,
@@ -368,7 +369,7 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
     // Markers sent and not yet echoed: (last seq of the batch, when sent).
     let mut markers: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut plan = Batch::default();
-    let mut batch: Vec<Outgoing> = Vec::new();
+    let mut buf = BytesMut::new();
     let mut too_big: Vec<u64> = Vec::new();
     let mut dropped: Vec<(Arc<str>, u64)> = Vec::new();
     let mut timeouts_in_a_row = 0u32;
@@ -396,31 +397,17 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
         }
 
         if markers.len() < WINDOW && shared.spool().next_batch(&mut plan) {
-            // JSON is made here, outside the spool's lock, into one buffer per batch.
+            // JSON is made here, outside the spool's lock, one line at a time into `buf`,
+            // and each line is published while it is still in the cache. `buf` keeps its
+            // allocation from batch to batch: once async-nats has copied the last batch's
+            // lines, `reserve` takes the same memory back.
             let max_payload = match client.max_payload() {
                 0 => usize::MAX, // not known yet
                 n => n,
             };
-            plan.render(max_payload, &mut batch, &mut dropped, &mut too_big);
-            let last = plan.last;
-            plan.clear();
-            // One warning per app and batch (a flood marks many lines).
-            while let Some((app, mut n)) = dropped.pop() {
-                dropped.retain(|(a, k)| {
-                    let same = Arc::ptr_eq(a, &app) || **a == *app;
-                    n += if same { *k } else { 0 };
-                    !same
-                });
-                tracing::warn!(app = %app, dropped = n, "log lines were dropped (spool full, or too big for the server)");
-            }
-            for seq in too_big.drain(..) {
-                if let Some(app) = shared.spool().remove(seq) {
-                    tracing::warn!(app = %app, max_payload,
-                        "dropping a log line whose JSON is bigger than the server's max_payload; lower logs.max_line_bytes");
-                    shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            for e in batch.drain(..) {
+            buf.reserve(plan.bytes);
+            let mut lines = Render::new(&plan, max_payload);
+            while let Some(e) = lines.next(&mut buf, &mut dropped, &mut too_big) {
                 match client.publish(e.subject, e.payload).await {
                     Ok(()) => {}
                     Err(err) if err.kind() == async_nats::client::PublishErrorKind::Send => {
@@ -439,6 +426,24 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
                     }
                 }
             }
+            let last = plan.last;
+            plan.clear();
+            // One warning per app and batch (a flood marks many lines).
+            while let Some((app, mut n)) = dropped.pop() {
+                dropped.retain(|(a, k)| {
+                    let same = Arc::ptr_eq(a, &app) || **a == *app;
+                    n += if same { *k } else { 0 };
+                    !same
+                });
+                tracing::warn!(app = %app, dropped = n, "log lines were dropped (spool full, or too big for the server)");
+            }
+            for seq in too_big.drain(..) {
+                if let Some(app) = shared.spool().remove(seq) {
+                    tracing::warn!(app = %app, max_payload,
+                        "dropping a log line whose JSON is bigger than the server's max_payload; lower logs.max_line_bytes");
+                    shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let _ = client
                 .publish(ack_subject.clone(), Bytes::from(last.to_string()))
                 .await;
@@ -446,6 +451,10 @@ async fn publisher(shared: Arc<Shared>, client: async_nats::Client) {
             continue;
         }
 
+        // Nothing to send: an idle narund does not keep a burst's render buffer.
+        if markers.len() < WINDOW && buf.capacity() > RENDER_BUF_KEEP {
+            buf = BytesMut::new();
+        }
         // Idle (nothing in flight): no timer at all; new lines or a close wake the loop.
         let deadline = markers.front().map(|(_, at)| *at + ACK_TIMEOUT);
         let ack_timeout = async move {

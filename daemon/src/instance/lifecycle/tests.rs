@@ -244,6 +244,11 @@ fn backoff_is_capped_and_jittered() {
             let d = backoff(attempt, max, jitter);
             let base = (BACKOFF_START * 2u32.pow(attempt.min(20))).min(max);
             assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+            assert_eq!(
+                d.subsec_nanos() % 1_000_000,
+                0,
+                "whole ms, as announced: {d:?}"
+            );
         }
     }
     let mut lc = Lifecycle::new(policy(), 7);
