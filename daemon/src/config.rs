@@ -173,6 +173,8 @@ pub struct Config {
     pub gateway: Option<toml::Value>,
     /// `[deploy]`: who may deploy binaries to this node.
     pub deploy: DeployConfig,
+    /// `[metrics]`: narund's own `/metrics` listener (off by default; [`crate::metrics`]).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -190,6 +192,7 @@ impl Default for Config {
             memory: Default::default(),
             gateway: Default::default(),
             deploy: DeployConfig::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -544,6 +547,7 @@ impl Config {
                     .into(),
             );
         }
+        problems.extend(self.metrics.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -332,6 +332,10 @@ pub struct NodeState {
     pub instances: Vec<InstanceState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_connected: Option<bool>,
+    /// `host:port` where Prometheus scrapes this node's `/metrics` (narund's `[metrics]`);
+    /// absent when it is off. The gateway's service-discovery document lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }
 
 /// One instance as listed in [`NodeState::instances`].

@@ -559,7 +559,9 @@ impl Task {
     /// Publish a status event and update the snapshot; a `running` run gets its record.
     fn publish(&self, r: Report, run: Option<&Running>) {
         let mut unenforced = Vec::new();
+        let mut restarted = false;
         self.status.send_modify(|s| {
+            restarted = r.restarts > s.restarts;
             s.status = r.status.clone();
             s.pid = r.pid;
             s.reason = r.reason.clone();
@@ -569,6 +571,10 @@ impl Task {
             s.start_deadline = r.start_deadline;
             unenforced = s.unenforced.clone();
         });
+        if restarted {
+            let reason = r.reason.as_ref().map_or("unknown", Reason::as_str);
+            self.host.counters.restart(&self.spec.name, reason);
+        }
         let ev = StatusEvent {
             instance_id: self.instance_id.clone(),
             node_id: self.host.settings.node_id.clone(),

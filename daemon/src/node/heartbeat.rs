@@ -54,6 +54,7 @@ pub fn node_state(node: &Node, status: NodeStatus, start_time: &str, connected: 
         io_uring: Some(node.io_uring()),
         instances,
         nats_connected: Some(connected),
+        metrics_addr: node.metrics_addr(),
     }
 }
 
