@@ -419,11 +419,7 @@ impl Daemon {
 /// `SIGHUP`: apply what can change while apps run ([`crate::config::Reloadable`]:
 /// labels, default user, `allow_root`, restart backoff). An invalid file changes nothing.
 /// Returns the one-line result for systemd's `STATUS=`.
-async fn reload(
-    node: &Node,
-    #[cfg_attr(not(feature = "gateway"), allow(unused_variables))] current: &Config,
-    new: Result<Config, String>,
-) -> String {
+async fn reload(node: &Node, current: &Config, new: Result<Config, String>) -> String {
     let new = match new {
         Ok(c) => c,
         Err(e) => {
@@ -431,7 +427,10 @@ async fn reload(
             return format!("reload failed, running configuration kept: {e}").replace('\n', "; ");
         }
     };
-    let needs_restart = node.reload(Settings::from_config(&new)).await;
+    let mut needs_restart = node.reload(Settings::from_config(&new)).await;
+    if new.metrics != current.metrics {
+        needs_restart.push("metrics changed: restart narund to apply it".into());
+    }
     node.set_master_key_file(&new.secrets.master_key_file);
     node.set_allow_unscoped_secrets(new.secrets.allow_unscoped);
     #[cfg(feature = "gateway")]

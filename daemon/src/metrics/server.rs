@@ -51,7 +51,7 @@ pub fn parse_head(buf: &[u8]) -> Option<Answer> {
         return (buf.len() >= MAX_HEAD)
             .then_some(Answer::Status(431, "Request Header Fields Too Large"));
     };
-    if end > MAX_HEAD {
+    if end >= MAX_HEAD {
         return Some(Answer::Status(431, "Request Header Fields Too Large"));
     }
     let line = buf[..end].split(|&b| b == b'\n').next().unwrap_or_default();
