@@ -19,9 +19,10 @@
 //! nobody serves the subject or NATS is down, 504 on timeout, 502 on an
 //! undecodable reply, micro error codes to their status), adds
 //! `X-Forwarded-*` and `X-Request-Id`, enforces a body limit that fits the NATS
-//! `max_payload`, exposes Prometheus metrics, `/healthz` and `/readyz` on a
-//! second listener, and registers itself as the ADR-32 service `narun-gateway`
-//! with one stats endpoint per route.
+//! `max_payload`, exposes Prometheus metrics, `/healthz`, `/readyz` and the
+//! service-discovery document of the nodes' metrics (`/sd/nodes`) on a second
+//! listener, and registers itself as the ADR-32 service `narun-gateway` with one
+//! endpoint per route it serves (HTTP and gRPC).
 //!
 //! Everything a client can make it hold is bounded ([`limits`]): connections
 //! (total, per IP, at most half the soft `RLIMIT_NOFILE`, so narund keeps the

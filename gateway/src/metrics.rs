@@ -4,6 +4,9 @@
 //! * `http_gateway_request_duration_seconds{method,path}` (Go's default buckets)
 //! * `gateway_nats_requests_total{subject,status}`, `status` ∈ `success|timeout|error`
 //!
+//! Served in the Prometheus text format 0.0.4 ([`prometheus_text`]), which
+//! `promtool check metrics` accepts.
+//!
 //! `path` is the *route* path (`unmatched` for 404s), never the request path, and
 //! `method` is one of the standard methods or `OTHER`, so a client cannot grow
 //! the label space.
