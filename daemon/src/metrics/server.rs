@@ -12,6 +12,7 @@
 //! | time to send the head | [`READ_TIMEOUT`] | closed |
 //! | time to read the answer | [`WRITE_TIMEOUT`] | closed |
 //! | a body | never read | closed after the answer |
+//! | collecting the metrics (a hung file system) | [`RENDER_TIMEOUT`] | `503`, closed |
 //!
 //! [`parse_head`] is the pure part (bytes in, what to answer out), unit-tested.
 
@@ -30,6 +31,8 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client has to read the answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the collection may take before the scrape gets `503`.
+pub const RENDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to answer a request head.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,7 +137,20 @@ where
     let Ok(Some(answer)) = read else { return };
     let response = match answer {
         Answer::Metrics { head_only } => {
-            let body = render().await;
+            // A hung file system (statvfs of the data dir, a cgroup file) must not keep
+            // the slot: the scrape fails instead.
+            let Ok(body) = tokio::time::timeout(RENDER_TIMEOUT, render()).await else {
+                let body = "metrics took too long to collect\n";
+                let mut r = head(
+                    503,
+                    "Service Unavailable",
+                    "text/plain; charset=utf-8",
+                    body.len(),
+                );
+                r.push_str(body);
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(r.as_bytes())).await;
+                return;
+            };
             let mut r = head(
                 200,
                 "OK",
