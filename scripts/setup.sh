@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the build and the test suite need on a fresh Debian 12 machine:
-# apt packages (nats-server, cross gcc, qemu-user, systemd for unit checks, wrk, hyperfine),
+# apt packages (nats-server, cross gcc, qemu-user, systemd for unit checks, wrk, hyperfine,
+# prometheus for the tests' `promtool check metrics`; its service is not started in a
+# container without an init, and nothing needs it running),
 # rustup toolchain 1.88 (MSRV) and the aarch64/armv7 targets, and the third-party
 # interop peers (Python nats-py + nats-micro, npm @nats-io/*). Idempotent.
 set -euo pipefail
@@ -8,7 +10,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 
 APT_PKGS=(nats-server gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-          qemu-user-static systemd shellcheck wrk hyperfine curl protobuf-compiler)
+          qemu-user-static systemd shellcheck wrk hyperfine curl protobuf-compiler prometheus)
 command -v node >/dev/null && command -v npm >/dev/null || APT_PKGS+=(nodejs npm)
 command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || APT_PKGS+=(python3-pip)
 missing=()

@@ -175,6 +175,8 @@ pub struct Config {
     pub deploy: DeployConfig,
     /// `[events]`: the optional status-event history (see [`crate::node::history`]).
     pub events: crate::node::history::EventsConfig,
+    /// `[metrics]`: narund's own `/metrics` listener (off by default; [`crate::metrics`]).
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 impl Default for Config {
@@ -193,6 +195,7 @@ impl Default for Config {
             gateway: Default::default(),
             deploy: DeployConfig::default(),
             events: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -548,6 +551,7 @@ impl Config {
                     .into(),
             );
         }
+        problems.extend(self.metrics.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -43,6 +43,8 @@ pub struct Daemon {
     cgroup_root: Option<std::path::PathBuf>,
     /// Turns true after the first complete replay of `app-configs`.
     ready: tokio::sync::watch::Sender<bool>,
+    /// The `/metrics` listener (`[metrics] addr`), bound by `new`.
+    metrics: Option<tokio::net::TcpListener>,
     #[cfg(feature = "gateway")]
     gateway: Option<narun_gateway::Gateway>,
 }
@@ -126,6 +128,21 @@ impl Daemon {
         .await;
         node.set_master_key_file(&config.secrets.master_key_file);
         node.set_allow_unscoped_secrets(config.secrets.allow_unscoped);
+        let metrics = if config.metrics.addr.is_empty() {
+            None
+        } else {
+            let addr = &config.metrics.addr;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .with_context(|| {
+                    format!("[metrics] addr: cannot listen on {addr} (is another process using the port?)")
+                })?;
+            let advertised = config.metrics.advertised(l.0, &crate::config::hostname());
+            tracing::info!(addr = %l.0, advertised = %advertised, "serving /metrics");
+            node.set_metrics_addr(advertised);
+            Some(l.1)
+        };
         Ok(Daemon {
             config,
             client,
@@ -133,6 +150,7 @@ impl Daemon {
             node,
             cgroup_root,
             ready: tokio::sync::watch::Sender::new(false),
+            metrics,
             #[cfg(feature = "gateway")]
             gateway,
         })
@@ -151,6 +169,11 @@ impl Daemon {
     /// Turns true once [`run`](Daemon::run) has replayed `app-configs` completely.
     pub fn ready(&self) -> tokio::sync::watch::Receiver<bool> {
         self.ready.subscribe()
+    }
+
+    /// The address `/metrics` is served on (`None`: `[metrics] addr` is empty).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The NATS client narund publishes with.
@@ -173,9 +196,10 @@ impl Daemon {
             events,
             node,
             ready,
+            metrics,
+            cgroup_root,
             #[cfg(feature = "gateway")]
             gateway,
-            ..
         } = self;
         let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
         #[cfg(feature = "gateway")]
@@ -189,6 +213,25 @@ impl Daemon {
             });
         }
         let start_time = narun_wire::events::now_rfc3339();
+        if let Some(listener) = metrics {
+            // Computed on each scrape: no timer of its own (crate::metrics).
+            let scrape = crate::metrics::collect::Scrape {
+                node: node.clone(),
+                client: client.clone(),
+                cgroup_root,
+                started: std::time::Instant::now(),
+                started_unix: std::time::SystemTime::now(),
+            };
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let render = move || {
+                    let scrape = scrape.clone();
+                    async move { scrape.render().await }
+                };
+                crate::metrics::server::serve(listener, render, stop).await;
+                Ok(())
+            });
+        }
         // The reaper outlives the shutdown signal: orphans of the apps narund stops then
         // are reaped too.
         let reaper_stop = CancellationToken::new();
@@ -406,11 +449,7 @@ impl Daemon {
 /// `SIGHUP`: apply what can change while apps run ([`crate::config::Reloadable`]:
 /// labels, default user, `allow_root`, restart backoff). An invalid file changes nothing.
 /// Returns the one-line result for systemd's `STATUS=`.
-async fn reload(
-    node: &Node,
-    #[cfg_attr(not(feature = "gateway"), allow(unused_variables))] current: &Config,
-    new: Result<Config, String>,
-) -> String {
+async fn reload(node: &Node, current: &Config, new: Result<Config, String>) -> String {
     let new = match new {
         Ok(c) => c,
         Err(e) => {
@@ -418,7 +457,10 @@ async fn reload(
             return format!("reload failed, running configuration kept: {e}").replace('\n', "; ");
         }
     };
-    let needs_restart = node.reload(Settings::from_config(&new)).await;
+    let mut needs_restart = node.reload(Settings::from_config(&new)).await;
+    if new.metrics != current.metrics {
+        needs_restart.push("metrics changed: restart narund to apply it".into());
+    }
     node.set_master_key_file(&new.secrets.master_key_file);
     node.set_allow_unscoped_secrets(new.secrets.allow_unscoped);
     #[cfg(feature = "gateway")]

@@ -17,6 +17,7 @@
 //! | [`preflight`] | the one check of a configuration before narund uses it (`--check-config`, start, reload): files, directories, node id, cgroup root; the effective settings |
 //! | [`lock`] | one narund per data dir and per cgroup root: the locks taken at start and held for narund's life |
 //! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
+//! | [`metrics`] | narund's own `/metrics` (Prometheus text, a bounded HTTP listener), computed at scrape time |
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
 //! | [`nofile`] | open files (`RLIMIT_NOFILE`): narund raises its own soft limit to the hard one; apps start with soft 1024 and the hard limit of their spec or the node |
 //! | [`uring`] | io_uring on a dedicated thread (tokio-uring), probed once, with a plain-read fallback |
@@ -32,6 +33,7 @@ pub mod liveness;
 pub mod lock;
 pub mod logs;
 pub mod memory;
+pub mod metrics;
 pub mod node;
 pub mod nofile;
 pub mod preflight;

@@ -19,9 +19,10 @@
 //! nobody serves the subject or NATS is down, 504 on timeout, 502 on an
 //! undecodable reply, micro error codes to their status), adds
 //! `X-Forwarded-*` and `X-Request-Id`, enforces a body limit that fits the NATS
-//! `max_payload`, exposes Prometheus metrics, `/healthz` and `/readyz` on a
-//! second listener, and registers itself as the ADR-32 service `narun-gateway`
-//! with one stats endpoint per route.
+//! `max_payload`, exposes Prometheus metrics, `/healthz`, `/readyz` and the
+//! service-discovery document of the nodes' metrics (`/sd/nodes`) on a second
+//! listener, and registers itself as the ADR-32 service `narun-gateway` with one
+//! endpoint per route it serves (HTTP and gRPC).
 //!
 //! Everything a client can make it hold is bounded ([`limits`]): connections
 //! (total, per IP, at most half the soft `RLIMIT_NOFILE`, so narund keeps the
@@ -50,6 +51,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod discovery;
 mod failover;
 mod grpc;
 pub mod limits;
@@ -133,7 +135,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use narun_wire::micro::{EndpointConfig, MicroError, Service, ServiceConfig};
+use narun_wire::micro::{MicroError, Service, ServiceConfig};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -229,19 +231,24 @@ impl Gateway {
         let service = Service::start(&client, sc).await?;
 
         let mut stats_err = None;
+        // One endpoint per route the gateway serves, HTTP and gRPC: the gateway answers
+        // them over HTTP, not NATS, so they have no subject of their own; `target` is the
+        // subject a route forwards to (docs/gateway.md, "Discovery").
         let specs = router::specs(&config, |name, subject, route| {
-            let mut ec = EndpointConfig::new(name, subject);
+            let mut md = std::collections::BTreeMap::new();
+            md.insert("kind".into(), "http".into());
             if let Some(p) = &route.path {
-                ec.metadata.insert("path".into(), p.clone());
+                md.insert("path".into(), p.clone());
             }
             if let Some(m) = &route.methods {
-                ec.metadata.insert("methods".into(), m.join(","));
+                md.insert("methods".into(), m.join(","));
             }
-            ec.metadata.insert(
+            md.insert(
                 "mode".into(),
                 route.mode.unwrap_or_default().as_str().into(),
             );
-            match service.add_stats_endpoint(ec) {
+            md.insert("target".into(), subject.into());
+            match service.add_forwarding_endpoint(name, md) {
                 Ok(s) => s,
                 Err(e) => {
                     stats_err.get_or_insert(e);
@@ -270,6 +277,39 @@ impl Gateway {
                 return Err(e);
             }
         };
+        if grpc.is_some() {
+            let mut used = std::collections::HashSet::new();
+            for r in &config.routes {
+                let (Some(grpc), Some(target)) = (&r.grpc, &r.service) else {
+                    continue;
+                };
+                let base: String = format!("grpc_{}", grpc.trim())
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let (mut name, mut n) = (base.clone(), 2);
+                while !used.insert(name.clone()) {
+                    name = format!("{base}-{n}");
+                    n += 1;
+                }
+                let md = [
+                    ("kind".to_string(), "grpc".to_string()),
+                    ("grpc".to_string(), grpc.trim().to_string()),
+                    ("target".to_string(), target.trim().to_string()),
+                ]
+                .into();
+                if let Err(e) = service.add_forwarding_endpoint(name, md) {
+                    service.stop().await;
+                    return Err(e.into());
+                }
+            }
+        }
         let shared = Arc::new(Shared {
             client,
             router: router::Router::new(specs),
@@ -455,7 +495,7 @@ async fn serve_connection(
             let resp = if listener == Listener::Http {
                 proxy::handle(shared, req, &client).await
             } else {
-                admin(&shared, &req)
+                admin(&shared, &req).await
             };
             Ok::<_, Infallible>(resp.map(|body| limits::Holding::new(body, busy)))
         }
@@ -481,8 +521,8 @@ async fn serve_connection(
     let _ = conn.await;
 }
 
-/// `/metrics`, `/healthz`, `/readyz`.
-fn admin<B>(shared: &Shared, req: &http::Request<B>) -> Response<Full<Bytes>> {
+/// `/metrics`, `/healthz`, `/readyz`, and the service-discovery document ([`discovery`]).
+async fn admin<B>(shared: &Shared, req: &http::Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return proxy::text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     }
@@ -491,12 +531,24 @@ fn admin<B>(shared: &Shared, req: &http::Request<B>) -> Response<Full<Bytes>> {
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                http::HeaderValue::from_static(metrics::CONTENT_TYPE),
             );
             r
         }
+        discovery::PATH => match discovery::node_states(&shared.client).await {
+            Ok(states) => {
+                let mut r = Response::new(Full::new(Bytes::from(discovery::document(&states))));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => proxy::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot read node-runner-states: {e}"),
+            ),
+        },
         "/healthz" => proxy::text(StatusCode::OK, "ok"),
         "/readyz" => {
             if shared.client.connection_state() == async_nats::connection::State::Connected {

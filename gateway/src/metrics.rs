@@ -4,6 +4,9 @@
 //! * `http_gateway_request_duration_seconds{method,path}` (Go's default buckets)
 //! * `gateway_nats_requests_total{subject,status}`, `status` ∈ `success|timeout|error`
 //!
+//! Served in the Prometheus text format 0.0.4 ([`prometheus_text`]), which
+//! `promtool check metrics` accepts.
+//!
 //! `path` is the *route* path (`unmatched` for 404s), never the request path, and
 //! `method` is one of the standard methods or `OTHER`, so a client cannot grow
 //! the label space.
@@ -213,18 +216,67 @@ impl Metrics {
         };
     }
 
-    /// The OpenMetrics text exposition.
+    /// The Prometheus text exposition (version 0.0.4, [`prometheus_text`]).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        out
+        prometheus_text(&out)
     }
+}
+
+/// The `Content-Type` of [`Metrics::encode`].
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// prometheus-client's OpenMetrics text as the Prometheus text format 0.0.4, which every
+/// scraper and `promtool check metrics` read: a counter family is named after its samples
+/// (`# TYPE x counter` + `x_total 1` becomes `# TYPE x_total counter`, otherwise
+/// `x_total` has no HELP nor TYPE), `# UNIT` and `# EOF` go, and `\"` in a help text
+/// becomes `"` (0.0.4 escapes only `\\` and `\n` there).
+pub(crate) fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, String)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text.replace("\\\"", "\"")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let family = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some((_, text)) = help.take().filter(|(h, _)| *h == name) {
+                out.push_str(&format!("# HELP {family} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
+        } else if !(line.starts_with("# UNIT ") || line == "# EOF") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP c Things \\\"counted\\\".\n# TYPE c counter\nc_total{a=\"x\"} 1\n\
+                  # HELP d_seconds Durations.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\n\
+                  d_seconds_sum 1.0\nd_seconds_count 1\n\
+                  # HELP g_total Odd but kept.\n# TYPE g_total counter\ng_total 2\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP c_total Things \"counted\".\n# TYPE c_total counter\nc_total{a=\"x\"} 1\n\
+             # HELP d_seconds Durations.\n# TYPE d_seconds histogram\n\
+             d_seconds_sum 1.0\nd_seconds_count 1\n\
+             # HELP g_total Odd but kept.\n# TYPE g_total counter\ng_total 2\n"
+        );
+    }
 
     /// The kept series count exactly what the families alone would: the first
     /// status code through the kept counter, others through the family, and

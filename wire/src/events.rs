@@ -371,6 +371,10 @@ pub struct NodeState {
     pub instances: Vec<InstanceState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats_connected: Option<bool>,
+    /// `host:port` where Prometheus scrapes this node's `/metrics` (narund's `[metrics]`);
+    /// absent when it is off. The gateway's service-discovery document lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
     /// Specs in `app-configs` this node refused (it keeps running the previous spec of
     /// those apps, if any), until a valid spec of the app is applied or it is deleted
     /// (narun addition; also published as `invalid_spec` status events).

@@ -28,6 +28,8 @@
 //! * [`Service::add_stats_endpoint`] registers an endpoint whose stats the caller
 //!   records, for services that are clients rather than subscribers (the gateway
 //!   reports per-route stats this way);
+//! * [`Service::add_forwarding_endpoint`] lists an endpoint that is served elsewhere than
+//!   on NATS (the gateway's HTTP and gRPC routes): no subject, no queue group;
 //! * endpoints can opt out of the queue group.
 //!
 //! [ADR-32]: https://github.com/nats-io/nats-architecture-and-design/blob/main/adr/ADR-32.md
@@ -359,6 +361,34 @@ impl Service {
         config: EndpointConfig,
     ) -> Result<Arc<EndpointStats>, MicroError> {
         self.register(&config).map(|(_, stats)| stats)
+    }
+
+    /// Register an endpoint the service does not serve over NATS (no subscription, no
+    /// subject): e.g. a gateway route, which receives HTTP or gRPC and forwards to another
+    /// service's subject. INFO and STATS list it with an empty `subject` and `queue_group`
+    /// (it answers nothing on NATS), and `metadata` says what it is; the caller records its
+    /// stats through the returned handle.
+    pub fn add_forwarding_endpoint(
+        &self,
+        name: impl Into<String>,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Arc<EndpointStats>, MicroError> {
+        let name = name.into();
+        if !valid_name(&name) {
+            return Err(MicroError::InvalidName(name));
+        }
+        let stats = Arc::new(EndpointStats::default());
+        self.inner.endpoints.lock().unwrap().push(EndpointEntry {
+            config: EndpointConfig {
+                name,
+                subject: String::new(),
+                queue_group: Some(String::new()),
+                metadata,
+            },
+            queue_group: String::new(),
+            stats: stats.clone(),
+        });
+        Ok(stats)
     }
 
     fn register(

@@ -316,3 +316,39 @@ async fn connect_settings_authenticate_with_user_and_password() {
     let err = missing.connect("auth test").await.unwrap_err().to_string();
     assert!(err.contains("/nonexistent/app.creds"), "{err}");
 }
+
+/// A forwarding endpoint (the gateway's routes) is listed with its metadata, no subject
+/// and no queue group, and subscribes to nothing; a bad name is refused.
+#[tokio::test]
+async fn forwarding_endpoints_are_listed_without_a_subject() {
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let svc = Service::start(&client, ServiceConfig::new("fwd-svc", "1.0.0"))
+        .await
+        .unwrap();
+    let md = [("target".to_string(), "elsewhere".to_string())].into();
+    let stats = svc.add_forwarding_endpoint("route_a", md).unwrap();
+    stats.record(Duration::from_millis(1), None);
+    assert!(
+        svc.add_forwarding_endpoint("bad name", Default::default())
+            .is_err()
+    );
+    let info: InfoResponse =
+        serde_json::from_slice(&request(&client, "$SRV.INFO.fwd-svc").await.unwrap().payload)
+            .unwrap();
+    assert_eq!(info.endpoints.len(), 1);
+    let ep = &info.endpoints[0];
+    assert_eq!((ep.name.as_str(), ep.subject.as_str()), ("route_a", ""));
+    assert_eq!(ep.queue_group, "");
+    assert_eq!(ep.metadata["target"], "elsewhere");
+    let st: StatsResponse = serde_json::from_slice(
+        &request(&client, "$SRV.STATS.fwd-svc")
+            .await
+            .unwrap()
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(st.endpoints[0].num_requests, 1);
+    // Nobody answers the target subject on the service's behalf.
+    assert!(request(&client, "elsewhere").await.is_err());
+}

@@ -54,6 +54,7 @@ use tokio::io::AsyncWriteExt;
 
 use narun_wire::signing::{TrustedKeys, VerifyError};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::uring::UringHandle;
 
@@ -233,6 +234,21 @@ pub struct BinaryCache {
     /// `[deploy] trusted_keys`: when not empty, [`fetch`](Self::fetch) accepts only binaries
     /// signed by one of them.
     trusted: Arc<TrustedKeys>,
+    /// Cache hits and downloads, for `/metrics`.
+    stats: Arc<FetchStats>,
+}
+
+/// What [`BinaryCache::fetch_verified`] did, counted for `/metrics` ([`crate::metrics`]).
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// Binaries found valid in the cache.
+    pub cache_hits: std::sync::atomic::AtomicU64,
+    /// Downloads that failed (after their retries).
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Bytes of verified downloads.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Verified downloads and how long each took (retries included).
+    pub downloads: crate::metrics::counters::Durations,
 }
 
 impl BinaryCache {
@@ -244,7 +260,13 @@ impl BinaryCache {
             keep_versions: keep_versions.max(1),
             uring,
             trusted: Arc::new(TrustedKeys::default()),
+            stats: Arc::default(),
         }
+    }
+
+    /// Cache hits and downloads so far.
+    pub fn stats(&self) -> &FetchStats {
+        &self.stats
     }
 
     /// Accept only binaries signed by one of `keys` (none: every binary whose content matches
@@ -360,6 +382,7 @@ impl BinaryCache {
         let dir = self.app_dir(app);
         let path = dir.join(expected.to_hex());
         if let Some(hit) = self.cached(&path, expected).await? {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
         // A download the object store does not answer (e.g. while a clustered stream or
@@ -385,9 +408,15 @@ impl BinaryCache {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_secs(2));
                 }
-                other => break other?,
+                Err(e) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Ok(ok) => break ok,
             }
         };
+        self.stats.downloads.record(start.elapsed());
+        self.stats.bytes.fetch_add(got, Ordering::Relaxed);
         persist_synced(tmp, &path, 0o755, None).await?;
         tracing::info!(object, path = %path.display(), digest = %expected, bytes = got, "binary cached");
         Ok(CachedBinary {

@@ -110,6 +110,8 @@ pub struct Host {
     events: mpsc::UnboundedSender<Outgoing>,
     /// Signalled on every status change (the heartbeat and the memory trimmer listen).
     pub changed: Notify,
+    /// Restarts by reason and reconcile durations, for `/metrics` ([`crate::metrics`]).
+    pub counters: crate::metrics::counters::Counters,
 }
 
 /// The parts a [`Host`] is built from.
@@ -181,6 +183,7 @@ impl Host {
             fetch_lock: tokio::sync::Mutex::new(()),
             events: p.events,
             changed: Notify::new(),
+            counters: Default::default(),
         }
     }
 

@@ -565,7 +565,9 @@ impl Task {
     fn publish(&self, r: Report, run: Option<&Running>) {
         let mut unenforced = Vec::new();
         let time = now_rfc3339();
+        let mut restarted = false;
         self.status.send_modify(|s| {
+            restarted = r.restarts > s.restarts;
             if s.status != r.status || s.since.is_empty() {
                 s.since = time.clone();
             }
@@ -591,6 +593,10 @@ impl Task {
             s.start_deadline = r.start_deadline;
             unenforced = s.unenforced.clone();
         });
+        if restarted {
+            let reason = r.reason.as_ref().map_or("unknown", Reason::as_str);
+            self.host.counters.restart(&self.spec.name, reason);
+        }
         let ev = StatusEvent {
             instance_id: self.instance_id.clone(),
             node_id: self.host.settings.node_id.clone(),

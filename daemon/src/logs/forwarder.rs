@@ -194,6 +194,13 @@ impl LogForwarder {
         }
     }
 
+    /// Lines and bytes received from the apps since the start (spooled, whatever became
+    /// of them), for `/metrics`.
+    pub fn received(&self) -> (u64, u64) {
+        let spool = self.shared.spool();
+        (spool.next_seq - 1, spool.received_bytes)
+    }
+
     /// Wait until every line spooled before this call is confirmed by the server (or dropped).
     /// Returns false if that did not happen within `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {

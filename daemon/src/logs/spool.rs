@@ -129,6 +129,8 @@ pub(super) struct Spool {
     removed: BTreeSet<u64>,
     /// Sent lines dropped before their confirmation, by seq.
     limbo: BTreeMap<u64, Limbo>,
+    /// Bytes of every line ever spooled (`/metrics`; `next_seq - 1` counts the lines).
+    pub(super) received_bytes: u64,
 }
 
 impl Spool {
@@ -145,6 +147,7 @@ impl Spool {
             dropped: BTreeMap::new(),
             removed: BTreeSet::new(),
             limbo: BTreeMap::new(),
+            received_bytes: 0,
         }
     }
 
@@ -314,6 +317,9 @@ impl Spool {
         self.next_seq += chunk.len() as u64;
         self.lines += chunk.len();
         self.bytes += size;
+        // The lines' text (without the accounting overheads).
+        let text = chunk.size_from(0) - chunk.len() * super::chunk::LINE_OVERHEAD;
+        self.received_bytes += text as u64;
         let app = &mut self.apps[slot];
         app.lines += chunk.len();
         app.bytes += size;

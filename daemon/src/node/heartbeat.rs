@@ -55,6 +55,7 @@ pub fn node_state(node: &Node, status: NodeStatus, start_time: &str, connected: 
         instances,
         nats_connected: Some(connected),
         invalid_specs: node.invalid_specs(),
+        metrics_addr: node.metrics_addr(),
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     /// Specs refused by app name, reported in the node state until the app gets a valid
     /// spec or is deleted.
     pub(crate) invalid: Mutex<BTreeMap<String, narun_wire::events::InvalidSpec>>,
+    /// Where Prometheus scrapes this node (`[metrics]`), told in the heartbeat.
+    pub(crate) metrics_addr: std::sync::OnceLock<String>,
 }
 
 /// Holder of the apply lock ([`Node::serial`]). Fields drop in order: the declared
@@ -168,6 +170,7 @@ impl Node {
             adoptable: Mutex::new(adoptable),
             parsers: Arc::new(tokio::sync::Semaphore::new(reconcile::PARSERS)),
             invalid: Mutex::new(BTreeMap::new()),
+            metrics_addr: Default::default(),
         };
         (
             Node {
@@ -339,6 +342,25 @@ impl Node {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Per app with a spec here: how many instances the spec asks of this node.
+    pub fn desired_replicas(&self) -> BTreeMap<String, u32> {
+        let (node_id, labels) = (&self.settings().node_id, &self.live().labels);
+        let apps = self.inner.apps.lock().unwrap();
+        apps.iter()
+            .map(|(name, a)| (name.clone(), a.spec.desired_replicas(node_id, labels)))
+            .collect()
+    }
+
+    /// Announce `addr` as this node's metrics target in the heartbeat (set once).
+    pub fn set_metrics_addr(&self, addr: String) {
+        let _ = self.inner.metrics_addr.set(addr);
+    }
+
+    /// The metrics target announced in the heartbeat, if `[metrics]` is on.
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.inner.metrics_addr.get().cloned()
     }
 
     /// Snapshot of instance `index` of `app` (the newest run when two overlap).

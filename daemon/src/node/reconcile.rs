@@ -101,6 +101,7 @@ impl Node {
     /// Apply a valid spec (see the module docs). `revision` is the KV revision (0 = from
     /// local state).
     pub async fn apply(&self, spec: AppSpec, revision: u64) {
+        let _timer = self.inner.host.counters.reconciles.time();
         let target = spec.desired_replicas(
             &self.inner.host.settings.node_id,
             &self.inner.host.live().labels,
@@ -298,6 +299,7 @@ impl Node {
 
     /// Stop every instance of `app` (in parallel) and forget its spec.
     pub async fn remove_app(&self, app: &str) {
+        let _timer = self.inner.host.counters.reconciles.time();
         let stop = self
             .inner
             .apps

@@ -1,4 +1,4 @@
-//! Files and fds: the filesystem type of a path (`statfs`), whether an fd is a FIFO
+//! Files and fds: the filesystem type of a path (`statfs`), its size and free space (`statvfs`), whether an fd is a FIFO
 //! (`fstat`), `O_NONBLOCK` (`fcntl`), an inotify watch and its raw `read`, registering an
 //! owned fd with tokio's reactor, an exclusive `flock` and `access(W_OK)`.
 
@@ -24,6 +24,24 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
     // f_type is c_long on glibc, c_uint/… elsewhere: widen through i64.
     #[allow(clippy::unnecessary_cast)]
     Ok(st.f_type as i64)
+}
+
+/// `statvfs(path)`: (size, bytes available to unprivileged users) of the filesystem
+/// `path` is on, widened to `u64` on every target (the fields are `c_ulong` on armv7).
+pub fn space(path: &Path) -> io::Result<(u64, u64)> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `libc::statvfs` is a plain C struct of integers: all-zero bytes are a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes into the zeroed struct we pass; c is a valid NUL-terminated string.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let frsize = st.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, avail) = (st.f_blocks as u64, st.f_bavail as u64);
+    Ok((blocks.saturating_mul(frsize), avail.saturating_mul(frsize)))
 }
 
 /// Is `fd` a FIFO (a pipe)? `false` also when `fstat` fails.
