@@ -144,19 +144,24 @@ impl Session {
         .await
     }
 
+    /// The keys of a bucket that hold a value.
+    pub async fn kv_keys(&self, store: &kv::Store) -> Result<Vec<String>> {
+        let bucket = store.name.clone();
+        self.bounded(&format!("listing keys of {bucket}"), async {
+            let mut keys = store.keys().await?;
+            let mut out = Vec::new();
+            while let Some(k) = keys.next().await {
+                out.push(k?);
+            }
+            Ok::<_, async_nats::Error>(out)
+        })
+        .await
+    }
+
     /// Every `(key, value)` of a bucket whose value is present.
     pub async fn kv_entries(&self, store: &kv::Store) -> Result<Vec<(String, bytes::Bytes)>> {
         let bucket = store.name.clone();
-        let keys: Vec<String> = self
-            .bounded(&format!("listing keys of {bucket}"), async {
-                let mut keys = store.keys().await?;
-                let mut out = Vec::new();
-                while let Some(k) = keys.next().await {
-                    out.push(k?);
-                }
-                Ok::<_, async_nats::Error>(out)
-            })
-            .await?;
+        let keys = self.kv_keys(store).await?;
         let mut out = Vec::new();
         for k in keys {
             let v = self

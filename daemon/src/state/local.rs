@@ -348,7 +348,10 @@ impl Records {
                     if st.urgent || st.closed {
                         break;
                     }
-                    match st.lazy_since.and_then(|t| REMOVAL_DELAY.checked_sub(t.elapsed())) {
+                    match st
+                        .lazy_since
+                        .and_then(|t| REMOVAL_DELAY.checked_sub(t.elapsed()))
+                    {
                         Some(left) if !left.is_zero() => {
                             st = self.wake.wait_timeout(st, left).unwrap().0;
                         }

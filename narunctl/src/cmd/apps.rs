@@ -65,11 +65,24 @@ async fn stored_entry(session: &Session, name: &str) -> Result<kv::Entry> {
     let store = session.open_kv(&APP_CONFIGS).await?.ok_or_else(|| {
         anyhow!("app {name} not found: bucket app-configs does not exist (nothing deployed yet)")
     })?;
-    session
+    match session
         .bounded(&format!("reading app-configs/{name}"), store.entry(name))
         .await?
         .filter(|e| e.operation == kv::Operation::Put)
-        .ok_or_else(|| anyhow!("app {name} not found in app-configs (see `narunctl apps ls`)"))
+    {
+        Some(e) => Ok(e),
+        None => Err(app_not_found(session, &store, name).await),
+    }
+}
+
+/// "app X not found", with the deployed apps closest to `name` (a mistyped name).
+async fn app_not_found(session: &Session, store: &kv::Store, name: &str) -> anyhow::Error {
+    let keys = session.kv_keys(store).await.unwrap_or_default();
+    let near = crate::hint::close_matches(name, keys.iter().map(String::as_str));
+    anyhow!(
+        "app {name} not found in app-configs{} (see `narunctl apps ls`)",
+        crate::hint::did_you_mean(&near)
+    )
 }
 
 async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
@@ -303,7 +316,7 @@ async fn delete(conn: &ConnArgs, name: &str, yes: bool) -> Result<()> {
         .bounded(&format!("reading app-configs/{name}"), store.get(name))
         .await?;
     if exists.is_none() {
-        bail!("app {name} not found in app-configs (see `narunctl apps ls`)");
+        return Err(app_not_found(&session, &store, name).await);
     }
     // Asked even without a terminal on stdin (unlike `confirm`): EOF is a "no".
     if !yes {

@@ -99,10 +99,18 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
 async fn info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
     let session = Session::connect(conn, "nodes").await?;
     let states = session.node_states().await?;
-    let s = states
-        .into_iter()
-        .find(|s| s.node_id == node)
-        .ok_or_else(|| anyhow!("node {node} not found in node-runner-states (offline for more than 45 s, or never started)"))?;
+    let near: Vec<String> =
+        crate::hint::close_matches(node, states.iter().map(|s| s.node_id.as_str()))
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+    let s = states.into_iter().find(|s| s.node_id == node).ok_or_else(|| {
+        let near: Vec<&str> = near.iter().map(String::as_str).collect();
+        anyhow!(
+            "node {node} not found in node-runner-states (offline for more than 45 s, or never started){}",
+            crate::hint::did_you_mean(&near)
+        )
+    })?;
     if json {
         print_json(&s)?;
         return Ok(());
