@@ -304,7 +304,9 @@ impl Daemon {
             let (client, stop) = (client.clone(), shutdown.clone());
             let replicas = config.nats.stream_replicas;
             tasks.spawn(async move {
-                crate::logs::stream::run(client, limits, replicas, stop).await;
+                crate::logs::stream::HISTORY
+                    .run(client, limits, replicas, stop)
+                    .await;
                 Ok(())
             });
         }
@@ -313,7 +315,9 @@ impl Daemon {
             let (client, stop) = (client.clone(), shutdown.clone());
             let replicas = config.nats.stream_replicas;
             tasks.spawn(async move {
-                crate::node::history::run(client, limits, replicas, stop).await;
+                crate::node::history::HISTORY
+                    .run(client, limits, replicas, stop)
+                    .await;
                 Ok(())
             });
         }

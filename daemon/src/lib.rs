@@ -10,6 +10,7 @@
 //! | [`instance`] | one instance's runs: the pure **lifecycle** state machine (restarts, backoff, start limit, watchdog, stop), start, exit, sd_notify socket, re-adoption, the process seam, orphan reaping |
 //! | [`cgroup`] | cgroup v2 discovery (pure and hybrid layouts), per-instance cgroups, limits, `cgroup.kill`; the [`cgroup::Cgroups`] seam |
 //! | [`fetch`] | what a start takes from NATS: binaries (streamed, SHA-256 verified, content-addressed cache), secrets and mounted files ([`fetch::inputs`]) |
+//! | [`history_stream`] | the optional JetStream copies of what narund publishes (log lines, status events): created, updated, kept in place |
 //! | [`logs`] | stdout/stderr pipes → lines → `logs.<app>.<node>`, the offline spool, the optional JetStream history |
 //! | [`privileges`] | narund's own capability bounding set; the app's uid/gid/caps/no_new_privs set-up in `pre_exec` |
 //! | [`state`] | the data dir: last applied specs (starts without NATS), records of running processes, systemd's fd store |
@@ -28,6 +29,7 @@ pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod fetch;
+pub mod history_stream;
 pub mod instance;
 pub mod liveness;
 pub mod lock;

@@ -7,7 +7,7 @@
 //! **May call** [`crate::uring`] (pipe reads on the io_uring thread); nothing else in narund.
 //! It owns its configuration section ([`LogsConfig`], `[logs]` in `narund.toml`). The node
 //! creates the [`LogForwarder`], each instance its [`LogSink`]; [`crate::daemon`] runs
-//! [`stream::run`].
+//! [`stream::HISTORY`].
 //!
 //! | file | what it holds |
 //! |---|---|
