@@ -23,6 +23,7 @@
 mod cli;
 mod cmd;
 mod context;
+mod follow;
 mod hint;
 mod output;
 mod plan;

@@ -9,10 +9,10 @@
 //! follows live events from a core subscription until Ctrl-C.
 
 use crate::cli::{ConnArgs, EventsArgs};
-use crate::session::{Session, bounded};
-use anyhow::{Result, anyhow, bail};
+use crate::follow::{self, sigint};
+use crate::session::Session;
+use anyhow::{Result, bail};
 use async_nats::jetstream;
-use futures_util::StreamExt;
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
 use narun_wire::status::InstanceStatus;
@@ -50,7 +50,11 @@ pub async fn run(conn: &ConnArgs, args: EventsArgs) -> Result<()> {
                 "note: no event history: the stream {} does not exist (set `[events] stream = true` in narund's config); showing live events only",
                 names::STATUS_STREAM
             );
-            live(&session, &subject, &args).await
+            let mut stdout = std::io::stdout();
+            follow::live(&session, &subject, |p| {
+                print_event(&mut stdout, p, args.json)
+            })
+            .await
         }
     }
 }
@@ -142,62 +146,25 @@ fn print_event(out: &mut impl Write, payload: &[u8], json: bool) -> bool {
     writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
 }
 
-fn sigint() -> Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| anyhow!("installing the SIGINT handler: {e}"))
-}
-
-async fn live(session: &Session, subject: &str, args: &EventsArgs) -> Result<()> {
-    let client = &session.client;
-    let mut sub = client
-        .subscribe(subject.to_string())
-        .await
-        .map_err(|e| anyhow!("subscribing to {subject}: {e}"))?;
-    if !narun_wire::connect::sync_with_server(client, session.timeout).await {
-        bail!(
-            "subscribing to {subject}: the server did not confirm within {:?}",
-            session.timeout
-        );
-    }
-    let mut interrupt = sigint()?;
-    eprintln!("following {subject} (Ctrl-C to stop)");
-    let mut stdout = std::io::stdout();
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            msg = sub.next() => {
-                let Some(msg) = msg else { bail!("the NATS subscription to {subject} ended") };
-                if !print_event(&mut stdout, &msg.payload, args.json) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
 async fn from_stream(
     session: &Session,
     stream: jetstream::stream::Stream,
     subject: &str,
     args: &EventsArgs,
 ) -> Result<()> {
-    use jetstream::consumer::{DeliverPolicy, push};
+    use jetstream::consumer::DeliverPolicy;
     let timeout = session.timeout;
     let mut interrupt = sigint()?;
     let start_time = time::OffsetDateTime::now_utc()
         - time::Duration::try_from(args.since).unwrap_or(time::Duration::ZERO);
-    let consumer = bounded(
-        timeout,
-        &format!("creating a consumer on {}", names::STATUS_STREAM),
-        stream.create_consumer(push::OrderedConfig {
-            deliver_subject: session.client.new_inbox(),
-            filter_subject: subject.to_string(),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time },
-            ..Default::default()
-        }),
+    let (mut messages, pending) = follow::open_ordered(
+        session,
+        &stream,
+        names::STATUS_STREAM,
+        subject,
+        DeliverPolicy::ByStartTime { start_time },
     )
     .await?;
-    let pending = consumer.cached_info().num_pending;
     let since = round_duration(args.since);
     if args.follow {
         eprintln!(
@@ -213,25 +180,15 @@ async fn from_stream(
             return Ok(());
         }
     }
-    let mut messages = bounded(timeout, "starting the event consumer", consumer.messages()).await?;
     let mut stdout = std::io::stdout();
     // Without --follow, a history that stops arriving is over (bounded like every answer).
     let idle = if args.follow { None } else { Some(timeout) };
     loop {
-        let next = async {
-            match idle {
-                Some(t) => tokio::time::timeout(t, messages.next()).await.ok(),
-                None => Some(messages.next().await),
-            }
-        };
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
-            msg = next => {
-                let msg = match msg {
-                    None => bail!("reading {subject} from {}: no answer within {timeout:?}", names::STATUS_STREAM),
-                    Some(Some(Ok(m))) => m,
-                    Some(Some(Err(e))) => bail!("reading {subject} from {}: {e}", names::STATUS_STREAM),
-                    Some(None) => bail!("the consumer on {} ended", names::STATUS_STREAM),
+            msg = follow::next(&mut messages, names::STATUS_STREAM, subject, idle) => {
+                let Some(msg) = msg? else {
+                    bail!("reading {subject} from {}: no answer within {timeout:?}", names::STATUS_STREAM)
                 };
                 if !print_event(&mut stdout, &msg.payload, args.json) {
                     return Ok(());

@@ -23,13 +23,13 @@
 //!   removed. `--raw` prints the JSON as received.
 
 use crate::cli::{ColorWhen, ConnArgs, LogsArgs};
+use crate::follow::{self, Messages, sigint};
 use crate::hint::{close_matches, did_you_mean, subject_token_problem};
 use crate::output::clean_controls;
 use crate::session::{Session, bounded};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use futures_util::StreamExt;
 use narun_wire::events::LogLine;
 use narun_wire::names;
 use std::io::{IsTerminal, Write};
@@ -83,7 +83,7 @@ pub async fn run(conn: &ConnArgs, args: LogsArgs) -> Result<()> {
             if wants_history {
                 eprintln!("note: {why}; showing live lines only");
             }
-            live(&session, &subject, &mut printer).await
+            follow::live(&session, &subject, |p| printer.print(p)).await
         }
     }
 }
@@ -161,15 +161,6 @@ async fn has_history(
         .await,
         Ok(Ok(_))
     )
-}
-
-/// A SIGINT (Ctrl-C) listener, registered now: one listener for the whole command, so
-/// a signal that arrives while a message is being printed is not lost (a fresh
-/// `tokio::signal::ctrl_c()` per loop turn misses signals between turns, and once tokio
-/// owns SIGINT a missed one is ignored for good).
-fn sigint() -> Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| anyhow!("installing the SIGINT handler: {e}"))
 }
 
 /// Prints log messages: columns padded to the widest node and instance seen so far.
@@ -258,33 +249,6 @@ pub fn short_time(ts: &str) -> String {
         .ok()
         .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(FMT).ok())
         .unwrap_or_else(|| clean_controls(ts, false).into_owned())
-}
-
-async fn live(session: &Session, subject: &str, printer: &mut Printer) -> Result<()> {
-    let client = &session.client;
-    let mut sub = client
-        .subscribe(subject.to_string())
-        .await
-        .map_err(|e| anyhow!("subscribing to {subject}: {e}"))?;
-    if !narun_wire::connect::sync_with_server(client, session.timeout).await {
-        bail!(
-            "subscribing to {subject}: the server did not confirm within {:?}",
-            session.timeout
-        );
-    }
-    let mut interrupt = sigint()?;
-    eprintln!("following {subject} (Ctrl-C to stop)");
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            msg = sub.next() => {
-                let Some(msg) = msg else { bail!("the NATS subscription to {subject} ended") };
-                if !printer.print(&msg.payload) {
-                    return Ok(());
-                }
-            }
-        }
-    }
 }
 
 /// Lines on `subject` from `policy` on, as the server counts them now.
@@ -387,41 +351,11 @@ async fn start_policy(
     })
 }
 
-type Messages = jetstream::consumer::push::Ordered;
-
-/// An ordered consumer on `subject` from `policy` on: its messages and how many of them
-/// are history (pending when it was created).
-async fn open_consumer(
-    session: &Session,
-    stream: &jetstream::stream::Stream,
-    subject: &str,
-    policy: DeliverPolicy,
-) -> Result<(Messages, u64)> {
-    use jetstream::consumer::push;
-    let timeout = session.timeout;
-    let consumer = bounded(
-        timeout,
-        &format!("creating a consumer on {}", names::LOG_STREAM),
-        stream.create_consumer(push::OrderedConfig {
-            deliver_subject: session.client.new_inbox(),
-            filter_subject: subject.to_string(),
-            deliver_policy: policy,
-            ..Default::default()
-        }),
-    )
-    .await?;
-    let pending = consumer.cached_info().num_pending;
-    let messages = bounded(timeout, "starting the log consumer", consumer.messages()).await?;
-    Ok((messages, pending))
-}
-
-/// The next message of `messages`, waiting at most `timeout` (history is already stored).
+/// The next stored line of `messages`, waiting at most `timeout` (history is already stored).
 async fn next_stored(messages: &mut Messages, subject: &str, timeout: Duration) -> Result<Vec<u8>> {
-    match tokio::time::timeout(timeout, messages.next()).await {
-        Ok(Some(Ok(m))) => Ok(m.payload.to_vec()),
-        Ok(Some(Err(e))) => bail!("reading {subject} from {}: {e}", names::LOG_STREAM),
-        Ok(None) => bail!("the consumer on {} ended", names::LOG_STREAM),
-        Err(_) => bail!(
+    match follow::next(messages, names::LOG_STREAM, subject, Some(timeout)).await? {
+        Some(m) => Ok(m.payload.to_vec()),
+        None => bail!(
             "reading the history of {subject} from {}: no line within {timeout:?}",
             names::LOG_STREAM
         ),
@@ -459,7 +393,8 @@ async fn from_stream(
         let mut window = n;
         let (messages, kept) = loop {
             let policy = start_policy(&mut stream, subject, since, Some(window), timeout).await?;
-            let (mut messages, pending) = open_consumer(session, &stream, subject, policy).await?;
+            let (mut messages, pending) =
+                follow::open_ordered(session, &stream, names::LOG_STREAM, subject, policy).await?;
             let mut kept = std::collections::VecDeque::new();
             let mut matched = 0u64;
             for _ in 0..pending {
@@ -495,7 +430,8 @@ async fn from_stream(
         messages
     } else {
         let policy = start_policy(&mut stream, subject, since, tail, timeout).await?;
-        let (mut messages, pending) = open_consumer(session, &stream, subject, policy).await?;
+        let (mut messages, pending) =
+            follow::open_ordered(session, &stream, names::LOG_STREAM, subject, policy).await?;
         eprintln!(
             "{pending} line(s) of {subject} from the stream {}{then}",
             names::LOG_STREAM
@@ -518,12 +454,8 @@ async fn from_stream(
     loop {
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
-            msg = messages.next() => {
-                let msg = match msg {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => bail!("reading {subject} from {}: {e}", names::LOG_STREAM),
-                    None => bail!("the consumer on {} ended", names::LOG_STREAM),
-                };
+            msg = follow::next(&mut messages, names::LOG_STREAM, subject, None) => {
+                let Some(msg) = msg? else { continue };
                 if !printer.print(&msg.payload) {
                     return Ok(());
                 }
