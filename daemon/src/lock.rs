@@ -53,14 +53,16 @@ pub enum LockError {
     CgroupRootInUse { root: PathBuf, pid: Option<i32> },
     /// A file operation failed.
     #[error(
-        "cannot {op} {}: {source}{}",
+        "cannot {op} {}: {error}{}",
         path.display(),
-        crate::preflight::permission_hint(path, source)
+        crate::preflight::permission_hint(path, error)
     )]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        /// Not a `source`: the message already says it, and a source would make
+        /// `{:#}` print it twice.
+        error: io::Error,
     },
 }
 
@@ -72,10 +74,10 @@ fn pid_text(pid: Option<i32>) -> String {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LockError + 'a {
-    move |source| LockError::Io {
+    move |error| LockError::Io {
         op,
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -251,6 +253,15 @@ pub fn flock_holder_in(text: &str, major: u64, minor: u64, ino: u64) -> Option<i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_error_is_said_once() {
+        let err = io_err("create", Path::new("/nonexistent/narun"))(io::Error::from(
+            io::ErrorKind::PermissionDenied,
+        ));
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(text.matches("permission denied").count(), 1, "{text}");
+    }
 
     const LOCKS: &str = "\
 1: FLOCK  ADVISORY  WRITE 7991 00:26:2780 0 EOF

@@ -465,9 +465,10 @@ async fn ask(
 
 /// Write `spec` as the new value of `app-configs/<name>` if it is still at `revision`
 /// (compare-and-set, like `deploy`); with `wait`, follow the rollout like `deploy --wait`
-/// (subscribed before the write). Returns the new revision.
+/// (subscribed before the write; a failure names `verb`). Returns the new revision.
 async fn write_spec(
     session: &Session,
+    verb: &str,
     spec: &AppSpec,
     revision: u64,
     wait: Option<Duration>,
@@ -503,7 +504,7 @@ async fn write_spec(
     if let (Some(follower), Some(timeout)) = (follower, wait) {
         let stored = AppSpec::from_kv_bytes(&written)
             .map_err(|e| anyhow!("the spec just written cannot be parsed back: {e}"))?;
-        follower.wait(stored, timeout).await?;
+        follower.wait(verb, stored, timeout).await?;
     }
     Ok(())
 }
@@ -571,7 +572,7 @@ async fn scale(conn: &ConnArgs, args: ScaleArgs) -> Result<()> {
         println!("{name} already has {before} replica(s) on {target}; nothing written");
         return Ok(());
     }
-    write_spec(&session, &spec, entry.revision, args.wait, |rev| {
+    write_spec(&session, "scale", &spec, entry.revision, args.wait, |rev| {
         println!(
             "scaled {name} on {target}: {before} → {} replica(s) (app-configs revision {rev})",
             args.replicas
@@ -612,7 +613,7 @@ async fn rollback(conn: &ConnArgs, args: RollbackArgs) -> Result<()> {
             })?;
             let to = target.tag.clone();
             let source = format!("the release that was ready at {}", r.time);
-            return write_spec(&session, &target, entry.revision, args.wait, |rev| {
+            return write_spec(&session, "rollback", &target, entry.revision, args.wait, |rev| {
                 println!(
                     "rolled back {name}: unreadable spec → {to} ({source}; app-configs revision {rev})"
                 )
@@ -710,8 +711,13 @@ async fn rollback(conn: &ConnArgs, args: RollbackArgs) -> Result<()> {
     }
     let from = current.tag.clone();
     let to = target.tag.clone();
-    write_spec(&session, &target, entry.revision, args.wait, |rev| {
-        println!("rolled back {name}: {from} → {to} ({source}; app-configs revision {rev})")
-    })
+    write_spec(
+        &session,
+        "rollback",
+        &target,
+        entry.revision,
+        args.wait,
+        |rev| println!("rolled back {name}: {from} → {to} ({source}; app-configs revision {rev})"),
+    )
     .await
 }

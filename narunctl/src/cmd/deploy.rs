@@ -226,7 +226,7 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         // What narund hashes is the spec as it parses it back from the KV value.
         let stored = AppSpec::from_kv_bytes(&written)
             .map_err(|e| anyhow!("the spec just written cannot be parsed back: {e}"))?;
-        follower.wait(stored, timeout).await?;
+        follower.wait("deploy", stored, timeout).await?;
     }
     Ok(())
 }

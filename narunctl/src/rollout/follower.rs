@@ -61,8 +61,9 @@ impl Follower {
         })
     }
 
-    /// Follow the rollout of `spec` (as written to `app-configs`) for at most `timeout`.
-    pub async fn wait(mut self, spec: AppSpec, timeout: Duration) -> Result<()> {
+    /// Follow the rollout of `spec` (as written to `app-configs` by `verb`: deploy, scale,
+    /// rollback) for at most `timeout`.
+    pub async fn wait(mut self, verb: &str, spec: AppSpec, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut tracker = Tracker::new(spec);
@@ -142,7 +143,7 @@ impl Follower {
                     if tracker.failures_logged() || now.duration_since(since) >= LOG_GRACE {
                         screen.finish();
                         return Err(anyhow!(
-                            "deploy of {}:{tag} failed:\n{}",
+                            "{verb} of {}:{tag} failed:\n{}",
                             self.app,
                             tracker.report(now, None)
                         ));
@@ -153,7 +154,7 @@ impl Follower {
             if now >= deadline {
                 screen.finish();
                 return Err(anyhow!(
-                    "deploy of {}:{tag} is not ready:\n{}",
+                    "{verb} of {}:{tag} is not ready:\n{}",
                     self.app,
                     tracker.report(now, Some(timeout))
                 ));
