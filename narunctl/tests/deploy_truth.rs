@@ -12,33 +12,12 @@
 //! * an upload on a terminal shows a progress bar; piped, it does not.
 
 use async_nats::jetstream;
-use narun_test_support::{Narund, NatsServer, T, apps, narunctl, narunctl_bin, text, wait_for};
+use narun_test_support::{
+    Narund, NatsServer, T, apps, expect_failed, expect_ok, narunctl, narunctl_bin, text, wait_for,
+};
 use narun_wire::events::NodeState;
 use narun_wire::names;
 use std::path::{Path, PathBuf};
-use std::process::Output;
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn failed(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stderr)
-}
 
 fn write(dir: &Path, name: &str, content: &str) -> String {
     let p = dir.join(name);
@@ -149,13 +128,13 @@ async fn a_tag_is_immutable_unless_forced_and_force_switches_the_node() {
         }
     };
 
-    ok(&deploy(&a, &["--wait=60s"]).await);
+    expect_ok(&deploy(&a, &["--wait=60s"]).await);
     wait_digest(&server, NODE, "imm-0", &sha256_hex(&a)).await;
     let before = object_info(&server, &object).await.unwrap();
     let rev = spec_revision(&server, "imm").await.unwrap();
 
     // Another binary under the same tag: refused, both digests named, nothing changed.
-    let err = failed(&deploy(&b, &[]).await);
+    let err = expect_failed(&deploy(&b, &[]).await);
     assert!(
         err.contains(&nats_digest(&a)) && err.contains(&nats_digest(&b)),
         "{err}"
@@ -171,7 +150,7 @@ async fn a_tag_is_immutable_unless_forced_and_force_switches_the_node() {
     assert_eq!(spec_revision(&server, "imm").await, Some(rev));
 
     // The identical binary again: a no-op success (no upload, no new spec revision).
-    let out = ok(&deploy(&a, &[]).await);
+    let out = expect_ok(&deploy(&a, &[]).await);
     assert!(out.contains("unchanged"), "{out}");
     assert_eq!(
         object_info(&server, &object).await.unwrap().nuid,
@@ -180,7 +159,7 @@ async fn a_tag_is_immutable_unless_forced_and_force_switches_the_node() {
     assert_eq!(spec_revision(&server, "imm").await, Some(rev));
 
     // --force: the object is replaced, the spec pins the new digest, and the node runs it.
-    let out = ok(&deploy(&b, &["--force", "--wait=60s"]).await);
+    let out = expect_ok(&deploy(&b, &["--force", "--wait=60s"]).await);
     assert!(out.contains("uploaded"), "{out}");
     assert_eq!(
         object_info(&server, &object).await.unwrap().digest,
@@ -207,7 +186,7 @@ async fn a_spec_without_an_online_node_is_refused_and_the_flag_form_defaults_to_
     let b = bin.to_str().unwrap();
 
     // No narund at all: the flag form names this host's node id, which is not online.
-    let err = failed(
+    let err = expect_failed(
         &narunctl(
             &url,
             &[
@@ -247,20 +226,20 @@ async fn a_spec_without_an_online_node_is_refused_and_the_flag_form_defaults_to_
         "ghost.toml",
         "name = \"lone\"\ntag = \"v1\"\nargs = [\"1000\"]\n[[nodes]]\nname = \"ghost\"\nreplicas = 1\n",
     );
-    let err = failed(&narunctl(&url, &["--timeout", "1s", "deploy", "-f", &spec, b]).await);
+    let err = expect_failed(&narunctl(&url, &["--timeout", "1s", "deploy", "-f", &spec, b]).await);
     assert!(err.contains("selects no online node"), "{err}");
     assert!(err.contains(&format!("{host} (role=edge)")), "{err}");
     assert!(err.contains("--allow-offline"), "{err}");
     assert_eq!(spec_revision(&server, "lone").await, None);
 
     // --allow-offline writes it.
-    ok(&narunctl(&url, &["deploy", "-f", &spec, "--allow-offline", b]).await);
+    expect_ok(&narunctl(&url, &["deploy", "-f", &spec, "--allow-offline", b]).await);
     assert!(spec_revision(&server, "lone").await.is_some());
 
     // The flag form now defaults to this host's node, which is online. (Not waited for:
     // the flag form passes `sleep` no argument.)
     let out = narunctl(&url, &["deploy", "--name", "flagapp", "--tag", "v1", b]).await;
-    ok(&out);
+    expect_ok(&out);
     assert!(
         text(&out.stderr).contains(&format!("this host's node {host}")),
         "{}",
@@ -307,7 +286,7 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
         ],
     )
     .await;
-    let stdout = ok(&out);
+    let stdout = expect_ok(&out);
     assert!(stdout.contains("new app"), "{stdout}");
     assert!(stdout.contains("+   \"tag\": \"v1\""), "{stdout}");
     assert!(
@@ -322,11 +301,13 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
     );
 
     let _narund = Narund::start(&server, NODE, "");
-    ok(&narunctl(
-        &url,
-        &["deploy", "-f", &v1, "--wait=60s", a.to_str().unwrap()],
-    )
-    .await);
+    expect_ok(
+        &narunctl(
+            &url,
+            &["deploy", "-f", &v1, "--wait=60s", a.to_str().unwrap()],
+        )
+        .await,
+    );
     wait_digest(&server, NODE, "dry-0", &sha256_hex(&a)).await;
     let rev = spec_revision(&server, "dry").await.unwrap();
     let v2_object = names::binary_object_name("dry", "v2", names::go_os(), names::go_arch());
@@ -337,7 +318,7 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
         vec!["deploy", "-f", &v2, "--dry-run", b.to_str().unwrap()],
         vec!["apps", "diff", "-f", &v2, b.to_str().unwrap()],
     ] {
-        let stdout = ok(&narunctl(&url, &args).await);
+        let stdout = expect_ok(&narunctl(&url, &args).await);
         assert!(
             stdout.contains(&format!("app-configs revision {rev}")),
             "{stdout}"
@@ -358,11 +339,13 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
         );
     }
     // The same as JSON.
-    let out = ok(&narunctl(
-        &url,
-        &["apps", "diff", "--json", "-f", &v2, b.to_str().unwrap()],
-    )
-    .await);
+    let out = expect_ok(
+        &narunctl(
+            &url,
+            &["apps", "diff", "--json", "-f", &v2, b.to_str().unwrap()],
+        )
+        .await,
+    );
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(plan["current_revision"], rev);
     assert_eq!(plan["spec"]["tag"], "v2");
@@ -388,7 +371,7 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
         ),
     );
     let out = narunctl(&url, &["apps", "diff", "-f", &garbage]).await;
-    let stdout = ok(&out);
+    let stdout = expect_ok(&out);
     assert!(
         text(&out.stderr).contains("binaryDigests in"),
         "{}",
@@ -397,7 +380,7 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
     assert!(stdout.contains("  unchanged"), "{stdout}");
 
     // The same spec again: unchanged on the node.
-    let stdout = ok(&narunctl(&url, &["apps", "diff", "-f", &v1]).await);
+    let stdout = expect_ok(&narunctl(&url, &["apps", "diff", "-f", &v1]).await);
     assert!(stdout.contains("  unchanged"), "{stdout}");
     let row = stdout
         .lines()
@@ -412,7 +395,7 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
         &["deploy", "-f", &v1, "--dry-run", b.to_str().unwrap()],
     )
     .await;
-    let err = failed(&out);
+    let err = expect_failed(&out);
     assert!(
         err.contains("would be refused") && err.contains("immutable"),
         "{err}"
@@ -422,7 +405,8 @@ async fn dry_run_and_apps_diff_show_the_change_and_write_nothing() {
         "{}",
         text(&out.stdout)
     );
-    let stdout = ok(&narunctl(&url, &["apps", "diff", "-f", &v1, b.to_str().unwrap()]).await);
+    let stdout =
+        expect_ok(&narunctl(&url, &["apps", "diff", "-f", &v1, b.to_str().unwrap()]).await);
     assert!(
         stdout.contains("note: deploy would refuse this"),
         "{stdout}"
@@ -473,7 +457,7 @@ async fn an_upload_shows_a_progress_bar_on_a_terminal_and_none_when_piped() {
         ],
     )
     .await;
-    ok(&out);
+    expect_ok(&out);
     let err = text(&out.stderr);
     assert!(!err.contains("ETA") && !err.contains('\r'), "{err:?}");
 

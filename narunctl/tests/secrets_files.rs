@@ -4,34 +4,17 @@
 
 use async_nats::jetstream::{self, object_store};
 use narun_test_support::{
-    Narund, NatsServer, T, narunctl, narunctl_with, text, upload_script, wait_for,
+    Narund, NatsServer, T, expect_failed, expect_ok, narunctl, narunctl_with, text, upload_script,
+    wait_for,
 };
 use narun_wire::names;
 use narun_wire::secrets::{MasterKey, StoredSecret};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "narunctl failed ({:?}): {}{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 /// Exit code 1 with a single `error: …` line on stderr; returns that line.
 fn failed(out: &Output) -> String {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit 1: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let err = text(&out.stderr);
+    let err = expect_failed(out);
     assert!(err.starts_with("error: "), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     err
@@ -76,7 +59,7 @@ async fn secret_set_ls_rm() {
         ],
     )
     .await;
-    assert_eq!(ok(&out).trim(), "secret db created for app web");
+    assert_eq!(expect_ok(&out).trim(), "secret db created for app web");
     let first = stored_secret(&server, "db").await.unwrap();
     assert_eq!(first.name, "db");
     assert_eq!(first.nonce.len(), 12);
@@ -99,7 +82,7 @@ async fn secret_set_ls_rm() {
         Some(b"from stdin\n"),
     )
     .await;
-    assert_eq!(ok(&out).trim(), "secret db updated for app web");
+    assert_eq!(expect_ok(&out).trim(), "secret db updated for app web");
     let second = stored_secret(&server, "db").await.unwrap();
     assert_eq!(key.open(&second).unwrap(), b"from stdin");
     assert_eq!(second.created_at, first.created_at);
@@ -123,13 +106,13 @@ async fn secret_set_ls_rm() {
         None,
     )
     .await;
-    ok(&out);
+    expect_ok(&out);
     let token = stored_secret(&server, "token").await.unwrap();
     assert_eq!(key.open(&token).unwrap(), b"tok\nen");
 
     // ls: metadata only, never the ciphertext.
     let out = narunctl(&url, &["secret", "ls", "--json"]).await;
-    let stdout = ok(&out);
+    let stdout = expect_ok(&out);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let names_: Vec<&str> = v
         .as_array()
@@ -140,7 +123,7 @@ async fn secret_set_ls_rm() {
     assert_eq!(names_, ["db", "token"]);
     assert_eq!(v[0]["description"], "prod database");
     assert!(!stdout.contains("ciphertext") && !stdout.contains("nonce"));
-    let table = ok(&narunctl(&url, &["secret", "ls"]).await);
+    let table = expect_ok(&narunctl(&url, &["secret", "ls"]).await);
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("prod database"), "{table}");
 
@@ -185,7 +168,7 @@ async fn secret_set_ls_rm() {
 
     // rm purges: no value and no history of the ciphertext remain.
     assert_eq!(
-        ok(&narunctl(&url, &["secret", "rm", "db", "-y"]).await).trim(),
+        expect_ok(&narunctl(&url, &["secret", "rm", "db", "-y"]).await).trim(),
         "deleted secret db"
     );
     assert!(stored_secret(&server, "db").await.is_none());
@@ -243,7 +226,10 @@ async fn secret_set_names_the_apps_that_may_use_it() {
         "db", "pw", "--app", "web", "--app", "billing", "--app", "web",
     ]))
     .await;
-    assert_eq!(ok(&out).trim(), "secret db created for apps billing, web");
+    assert_eq!(
+        expect_ok(&out).trim(),
+        "secret db created for apps billing, web"
+    );
     let db = stored_secret(&server, "db").await.unwrap();
     assert_eq!(db.apps, ["billing", "web"]);
     assert!(
@@ -260,7 +246,7 @@ async fn secret_set_names_the_apps_that_may_use_it() {
     let mut args = set(&["db", "pw2", "--app", "shop"]);
     args[0] = "secrets".into();
     assert_eq!(
-        ok(&run(args).await).trim(),
+        expect_ok(&run(args).await).trim(),
         "secret db updated for app shop"
     );
     let db = stored_secret(&server, "db").await.unwrap();
@@ -269,7 +255,7 @@ async fn secret_set_names_the_apps_that_may_use_it() {
     assert!(key.open_for_app("db", &db, "web", false).is_err());
 
     // --any-app: still authenticated, any app may use it.
-    ok(&run(set(&["fleet", "f", "--any-app"])).await);
+    expect_ok(&run(set(&["fleet", "f", "--any-app"])).await);
     let fleet = stored_secret(&server, "fleet").await.unwrap();
     assert_eq!(fleet.apps, ["*"]);
     assert_eq!(key.open_for_app("fleet", &fleet, "x", false).unwrap(), b"f");
@@ -280,8 +266,10 @@ async fn secret_set_names_the_apps_that_may_use_it() {
     let go = key.seal("legacy", b"l", None, None).unwrap();
     kv.put("legacy", go.to_json().into()).await.unwrap();
 
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&narunctl(&url, &["secret", "ls", "--json"]).await)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&expect_ok(
+        &narunctl(&url, &["secret", "ls", "--json"]).await,
+    ))
+    .unwrap();
     let apps: Vec<(&str, &serde_json::Value)> = v
         .as_array()
         .unwrap()
@@ -296,7 +284,7 @@ async fn secret_set_names_the_apps_that_may_use_it() {
             ("legacy", &serde_json::Value::Null),
         ]
     );
-    let table = ok(&narunctl(&url, &["secret", "ls"]).await);
+    let table = expect_ok(&narunctl(&url, &["secret", "ls"]).await);
     let lines: Vec<Vec<&str>> = table
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -321,7 +309,7 @@ async fn files_add_ls_rm() {
         &["files", "add", "app-config", path.to_str().unwrap()],
     )
     .await;
-    let stdout = ok(&out);
+    let stdout = expect_ok(&out);
     assert!(
         stdout.contains("-> app-config (300000 bytes, SHA-256="),
         "{stdout}"
@@ -345,12 +333,14 @@ async fn files_add_ls_rm() {
         Some("Shared file 'app-config' uploaded from 'app.toml'")
     );
 
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&narunctl(&url, &["files", "ls", "--json"]).await)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&expect_ok(
+        &narunctl(&url, &["files", "ls", "--json"]).await,
+    ))
+    .unwrap();
     assert_eq!(v[0]["name"], "app-config");
     assert_eq!(v[0]["size"], 300_000);
     assert_eq!(v[0]["original_filename"], "app.toml");
-    let table = ok(&narunctl(&url, &["files", "ls"]).await);
+    let table = expect_ok(&narunctl(&url, &["files", "ls"]).await);
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("app-config"), "{table}");
 
@@ -360,7 +350,7 @@ async fn files_add_ls_rm() {
     assert!(e.contains("is not a regular file"), "{e}");
 
     assert_eq!(
-        ok(&narunctl(&url, &["files", "rm", "app-config", "-y"]).await).trim(),
+        expect_ok(&narunctl(&url, &["files", "rm", "app-config", "-y"]).await).trim(),
         "deleted file app-config"
     );
     let gone = store.info("app-config").await;
@@ -388,23 +378,25 @@ async fn narund_gives_the_app_the_secret_and_the_file() {
         &format!("[secrets]\nmaster_key_file = \"{}\"\n", kf.display()),
     );
 
-    ok(&narunctl(
-        &url,
-        &[
-            "secret",
-            "set",
-            "db-password",
-            "hunter2 = ok",
-            "--app",
-            "vault",
-            "--master-key-file",
-            kf.to_str().unwrap(),
-        ],
-    )
-    .await);
+    expect_ok(
+        &narunctl(
+            &url,
+            &[
+                "secret",
+                "set",
+                "db-password",
+                "hunter2 = ok",
+                "--app",
+                "vault",
+                "--master-key-file",
+                kf.to_str().unwrap(),
+            ],
+        )
+        .await,
+    );
     let conf = dir.path().join("settings.ini");
     std::fs::write(&conf, "[app]\ngreeting = hi\n").unwrap();
-    ok(&narunctl(&url, &["files", "add", "settings", conf.to_str().unwrap()]).await);
+    expect_ok(&narunctl(&url, &["files", "add", "settings", conf.to_str().unwrap()]).await);
 
     // The app copies what it got into its work dir, then stays up.
     // (Written to a temporary name and renamed, so the test never reads a partial file.)
@@ -420,11 +412,13 @@ async fn narund_gives_the_app_the_secret_and_the_file() {
          [[mounts]]\npath = \"etc/settings.ini\"\nsource = { objectStore = \"settings\" }\n",
     )
     .unwrap();
-    ok(&narunctl(
-        &url,
-        &["deploy", "-f", spec.to_str().unwrap(), "--no-binary"],
-    )
-    .await);
+    expect_ok(
+        &narunctl(
+            &url,
+            &["deploy", "-f", spec.to_str().unwrap(), "--no-binary"],
+        )
+        .await,
+    );
 
     let work = narund.data_dir().join("instances/vault-0/work");
     let seen = wait_for("the app to write what it got", T, || {

@@ -2,26 +2,15 @@
 //! `[deploy] trusted_keys` running the signed binary and refusing an unsigned one.
 
 use async_nats::jetstream;
-use narun_test_support::{Narund, NatsServer, narunctl, text};
+use narun_test_support::{Narund, NatsServer, expect_ok, narunctl, text};
 use narun_wire::names;
 use narun_wire::signing::TrustedKeys;
 use std::path::Path;
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 /// `narunctl keys generate FILE`: the public key it prints.
 async fn generate(url: &str, file: &Path) -> String {
     let out = narunctl(url, &["keys", "generate", file.to_str().unwrap()]).await;
-    ok(&out).trim().to_owned()
+    expect_ok(&out).trim().to_owned()
 }
 
 fn spec(dir: &Path, node: &str, tag: &str) -> String {
@@ -49,7 +38,7 @@ async fn keys_generate_and_public() {
     assert_eq!(mode & 0o777, 0o600);
     assert!(std::fs::read_to_string(&file).unwrap().starts_with("SU"));
     let out = narunctl(&server.url(), &["keys", "public", file.to_str().unwrap()]).await;
-    assert_eq!(ok(&out).trim(), public);
+    assert_eq!(expect_ok(&out).trim(), public);
     // Never overwritten.
     let out = narunctl(&server.url(), &["keys", "generate", file.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -95,7 +84,7 @@ async fn signed_deploy_runs_on_a_node_that_trusts_the_key_and_unsigned_is_refuse
         ],
     )
     .await;
-    ok(&out);
+    expect_ok(&out);
     assert!(text(&out.stderr).contains(&public), "{}", text(&out.stderr));
 
     // The object carries a signature that verifies for exactly this app, tag and platform.

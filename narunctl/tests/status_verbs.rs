@@ -7,14 +7,12 @@
 
 use narun_test_support::apps::sleeper_saying;
 use narun_test_support::{
-    Narund, NatsServer, T, deploy_file, narunctl, narunctl_cmd, text, upload_script, wait_for,
+    Narund, NatsServer, Running, T, deploy_file, narunctl, text, upload_script, wait_for,
 };
 use narun_wire::events::{NodeState, Releases, StatusEvent};
 use narun_wire::names;
 use narun_wire::status::InstanceStatus;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);
@@ -252,62 +250,6 @@ fn status_of(line: &str) -> &str {
 }
 
 /// A running `narunctl events …`, its stdout lines and stderr lines.
-struct Following {
-    _child: tokio::process::Child,
-    out: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    err: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    _home: tempfile::TempDir,
-}
-
-impl Following {
-    fn spawn(url: &str, args: &[&str]) -> Following {
-        let home = tempfile::tempdir().unwrap();
-        let mut child = narunctl_cmd(home.path())
-            .arg("--nats")
-            .arg(url)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        Following {
-            out: BufReader::new(child.stdout.take().unwrap()).lines(),
-            err: BufReader::new(child.stderr.take().unwrap()).lines(),
-            _child: child,
-            _home: home,
-        }
-    }
-
-    /// The first stderr line containing `what` (bounded by `T`).
-    async fn stderr_until(&mut self, what: &str) -> String {
-        tokio::time::timeout(T, async {
-            while let Some(l) = self.err.next_line().await.unwrap() {
-                if l.contains(what) {
-                    return l;
-                }
-            }
-            panic!("narunctl ended before printing {what:?}")
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {what:?} on stderr within {T:?}"))
-    }
-
-    /// The first stdout line for which `ok` holds (bounded by `T`).
-    async fn stdout_until(&mut self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        tokio::time::timeout(T, async {
-            while let Some(l) = self.out.next_line().await.unwrap() {
-                if ok(&l) {
-                    return l;
-                }
-            }
-            panic!("narunctl ended before printing {what}")
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {what} on stdout within {T:?}"))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_show_the_stream_history_then_follow_and_are_live_without_it() {
@@ -370,7 +312,7 @@ async fn events_show_the_stream_history_then_follow_and_are_live_without_it() {
     );
 
     // --follow: history, then the events of a new deploy as they happen.
-    let mut f = Following::spawn(&url, &["events", "--app", "ev", "--follow"]);
+    let mut f = Running::spawn(&url, &["events", "--app", "ev", "--follow"]);
     f.stderr_until("then following").await;
     f.stdout_until("the old crash", |l| l.contains(" crashed "))
         .await;
@@ -388,7 +330,7 @@ async fn events_show_the_stream_history_then_follow_and_are_live_without_it() {
     let burl = bare.url();
     let _bare_narund = Narund::start(&bare, "bare-node", "");
     upload_script(&bare, "ev", "v1", sleeper_saying("up")).await;
-    let mut f = Following::spawn(&burl, &["events"]);
+    let mut f = Running::spawn(&burl, &["events"]);
     f.stderr_until("note: no event history: the stream narun-status does not exist")
         .await;
     f.stderr_until("following status.*.*").await;

@@ -46,8 +46,8 @@ pub use buckets::{Buckets, buckets, buckets_on, upload_app, upload_script};
 pub use cgroup::{cgroup2_mount, kill_and_remove_cgroups};
 pub use cluster::NatsCluster;
 pub use narunctl::{
-    NARUNCTL_BOUND, Running, deploy_file, log_line, narunctl, narunctl_bin, narunctl_cmd,
-    narunctl_cmd_via, narunctl_with, run, text,
+    NARUNCTL_BOUND, Running, deploy_file, expect_failed, expect_ok, log_line, narunctl,
+    narunctl_bin, narunctl_cmd, narunctl_cmd_via, narunctl_with, run, text,
 };
 pub use narund::{Narund, NarundBuilder, narund_toml};
 pub use waits::{T, collect, heartbeat, synced, wait_connected, wait_gone};

@@ -167,6 +167,17 @@ impl Running {
             .expect("stderr still open")
     }
 
+    /// The first stdout line for which `wanted` holds (`what` names it in the panic),
+    /// within [`crate::T`].
+    pub async fn stdout_until(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        until(&mut self.stdout, "stdout", what, wanted).await
+    }
+
+    /// The first stderr line containing `what`, within [`crate::T`].
+    pub async fn stderr_until(&mut self, what: &str) -> String {
+        until(&mut self.stderr, "stderr", what, |l| l.contains(what)).await
+    }
+
     /// SIGINT (Ctrl-C); it must exit 0 within [`crate::T`].
     pub async fn interrupt(mut self) {
         let pid = self.child.id().unwrap().to_string();
@@ -198,4 +209,46 @@ pub fn log_line(app: &str, node: &str, instance: &str, msg: &str) -> Vec<u8> {
         dropped_before: 0,
     })
     .unwrap()
+}
+
+async fn until<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    stream: &str,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    tokio::time::timeout(crate::T, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if wanted(&l) {
+                return l;
+            }
+        }
+        panic!("narunctl ended before printing {what:?} on {stream}")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what:?} on {stream} within {:?}", crate::T))
+}
+
+/// Its stdout, after asserting that the command exited 0 (else both outputs in the panic).
+pub fn expect_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Its stderr, after asserting that the command exited 1 (narunctl's "failed" status).
+pub fn expect_failed(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stderr)
 }
