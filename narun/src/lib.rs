@@ -61,16 +61,20 @@
 //! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata | — |
 #![forbid(unsafe_code)]
 
+mod client;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod http_service;
+mod lock;
 mod notify;
 mod runner;
 
 #[cfg(feature = "grpc")]
 pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
 
+pub use client::{CallError, Client, DEFAULT_TIMEOUT, deadline};
 pub use http_service::{Server, serve, serve_service, serve_until};
+pub use lock::{Lock, LockError, lock, try_lock};
 pub use narun_wire::connect::NatsSettings;
 
 use narun_wire::names::env;

@@ -225,7 +225,9 @@ async fn run<H, Fut>(
                 stats: a.request.stats().clone(),
                 received: a.request.received(),
             });
-            let fut = handler(client.clone(), a.request);
+            // The deadline is visible to the handler (`narun::deadline`, and the
+            // budget of the calls it makes with `narun::Client`).
+            let fut = crate::client::DEADLINE.scope(a.deadline, handler(client.clone(), a.request));
             run_or_spawn(fut, permit, inline.clone(), deadline)
         }
     };

@@ -84,6 +84,15 @@ pub const APP_RELEASES: KvBucket = KvBucket {
     max_age: None,
 };
 
+/// `narun-locks`: the app library's locks and leader elections (narun addition; one
+/// key per lock, compare-and-set on the revision, leases renewed by the holder).
+pub const LOCKS: KvBucket = KvBucket {
+    name: names::LOCKS_BUCKET,
+    description: "narun locks and leader elections (narun::lock)",
+    history: 1,
+    max_age: None,
+};
+
 /// `app-binaries`: app binaries named `<app>-<tag>-<os>-<arch>` (Go's description).
 pub const APP_BINARIES: ObjectBucket = ObjectBucket {
     name: names::APP_BINARIES_BUCKET,
@@ -347,7 +356,7 @@ pub async fn ensure_object_store(
 /// stores' `OBJ_<bucket>`, the log stream and the status stream (what `narunctl admin
 /// replicas` changes).
 pub fn contract_streams() -> Vec<String> {
-    let mut v: Vec<String> = [APP_CONFIGS, NODE_STATES, SECRETS, APP_RELEASES]
+    let mut v: Vec<String> = [APP_CONFIGS, NODE_STATES, SECRETS, APP_RELEASES, LOCKS]
         .iter()
         .map(KvBucket::stream_name)
         .collect();

@@ -30,6 +30,10 @@ pub const LOG_STREAM: &str = "narun-logs";
 /// KV bucket: key = app name, value = [`crate::events::Releases`] JSON (narun addition).
 pub const RELEASES_BUCKET: &str = "narun-releases";
 
+/// KV bucket: key = lock name, value = [`crate::locks::LockHolder`] JSON; the app
+/// library's locks and leader elections (`narun::lock`, narun addition).
+pub const LOCKS_BUCKET: &str = "narun-locks";
+
 /// JetStream stream that keeps `status.>` (the status events) when narund's
 /// `[events] stream = true`, for `narunctl events` (a narun addition).
 pub const STATUS_STREAM: &str = "narun-status";

@@ -1,0 +1,255 @@
+//! Calling other services by name: [`Client`].
+//!
+//! A narun service is a NATS Micro service whose endpoint takes Binary HTTP requests on
+//! the subject named after the service (what [`crate::serve`] answers, and Go's
+//! `nconsumer`). [`Client::call`] sends a typed request to one of them as an HTTP `POST`
+//! with a JSON body and decodes the JSON answer; [`Client::request`] sends any HTTP
+//! request. NATS picks one replica of the service's queue group, so calls are load
+//! balanced across its instances.
+//!
+//! ```no_run
+//! # async fn demo(nats: async_nats::Client) -> Result<(), narun::CallError> {
+//! #[derive(serde::Serialize)]
+//! struct Add { a: i64, b: i64 }
+//! #[derive(serde::Deserialize)]
+//! struct Sum { sum: i64 }
+//! let client = narun::Client::new(nats);
+//! let s: Sum = client.call("calc", "/add", &Add { a: 1, b: 2 }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! **Deadlines travel.** Every call carries its budget in the `Narun-Timeout-Ms`
+//! header (the gateway's convention): the called service drops the handler when it
+//! passes. Inside a request handler of a narun service, a call's budget is the lesser
+//! of the client's timeout and what is left of the incoming request's deadline
+//! ([`crate::deadline`]) less a small margin (so the handler can still answer with the
+//! failure), and a chain of calls never outlives the first caller.
+//!
+//! **Errors are typed** ([`CallError`]): no responders, timeout, an HTTP error status
+//! with its body, an ADR-32 service error (`Nats-Service-Error-Code`), or a body that
+//! does not decode.
+
+use bytes::Bytes;
+use narun_wire::names::{
+    SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER, TIMEOUT_MS, timeout_ms_value,
+};
+use std::time::Duration;
+
+/// Default budget of a call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Inside a handler, a call gives up this much (at most a tenth of what is left)
+/// before the handler's own deadline, when the runner would drop the handler.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
+/// Calls other narun services by name. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    timeout: Duration,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No instance of the service is subscribed.
+    #[error(
+        "calling {service}: no instance of the service answers (is it deployed and running? `narunctl services ls` lists them)"
+    )]
+    NoResponders { service: String },
+    /// The budget ran out (the client's timeout, or the incoming request's deadline).
+    #[error("calling {service} {path}: no answer within {budget:?}")]
+    Timeout {
+        service: String,
+        path: String,
+        budget: Duration,
+    },
+    /// The service answered with an HTTP error status.
+    #[error("calling {service} {path}: the service answered {status}: {}", String::from_utf8_lossy(.body))]
+    Status {
+        service: String,
+        path: String,
+        status: http::StatusCode,
+        body: Bytes,
+    },
+    /// The service answered with an ADR-32 service error (`Nats-Service-Error-Code`).
+    #[error("calling {service}: service error {code}: {description}")]
+    Service {
+        service: String,
+        code: u16,
+        description: String,
+    },
+    /// The request could not be encoded (a serializer error, a bad path).
+    #[error("calling {service} {path}: encoding the request: {reason}")]
+    Encode {
+        service: String,
+        path: String,
+        reason: String,
+    },
+    /// The answer is not a Binary HTTP response, or its body not the expected JSON.
+    #[error("calling {service} {path}: decoding the answer: {reason}")]
+    Decode {
+        service: String,
+        path: String,
+        reason: String,
+    },
+    /// NATS failed otherwise (connection lost, bad subject).
+    #[error("calling {service}: {reason}")]
+    Nats { service: String, reason: String },
+}
+
+impl CallError {
+    /// The HTTP status this error stands for: the service's own status, the ADR-32 code
+    /// when it is one, 503 for no responders, 504 for a timeout, 502 otherwise (what a
+    /// handler forwarding the failure would answer).
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            CallError::NoResponders { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            CallError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            CallError::Status { status, .. } => *status,
+            CallError::Service { code, .. } => {
+                http::StatusCode::from_u16(*code).unwrap_or(http::StatusCode::BAD_GATEWAY)
+            }
+            CallError::Encode { .. } => http::StatusCode::INTERNAL_SERVER_ERROR,
+            CallError::Decode { .. } | CallError::Nats { .. } => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl Client {
+    /// A client on `nats` with the [`DEFAULT_TIMEOUT`].
+    pub fn new(nats: async_nats::Client) -> Client {
+        Client {
+            nats,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same client with another budget per call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `POST path` to `service` with `req` as JSON; the 2xx answer's body decoded as JSON.
+    pub async fn call<Req, Resp>(
+        &self,
+        service: &str,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, CallError>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let body = serde_json::to_vec(req).map_err(|e| CallError::Encode {
+            service: service.into(),
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let request = http::Request::post(path)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .body(Bytes::from(body))
+            .map_err(|e| CallError::Encode {
+                service: service.into(),
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
+        let response = self.request(service, request).await?;
+        if !response.status().is_success() {
+            return Err(CallError::Status {
+                service: service.into(),
+                path: path.into(),
+                status: response.status(),
+                body: response.into_body(),
+            });
+        }
+        serde_json::from_slice(response.body()).map_err(|e| CallError::Decode {
+            service: service.into(),
+            path: path.into(),
+            reason: format!("the body is not the expected JSON: {e}"),
+        })
+    }
+
+    /// Send any HTTP request to `service`; its response whatever the status (only a
+    /// failure to get one is an error).
+    pub async fn request(
+        &self,
+        service: &str,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, CallError> {
+        let path = request.uri().to_string();
+        let budget = match crate::deadline() {
+            Some(at) => {
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
+                // Give up a little before the handler is dropped, so that it can still
+                // answer with the failure.
+                self.timeout
+                    .min(left.saturating_sub((left / 10).min(DEADLINE_MARGIN)))
+            }
+            None => self.timeout,
+        };
+        let timeout = || CallError::Timeout {
+            service: service.into(),
+            path: path.clone(),
+            budget,
+        };
+        if budget.is_zero() {
+            return Err(timeout());
+        }
+        let (parts, body) = request.into_parts();
+        let payload = narun_wire::bhttp::encode_request(&parts, &body);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TIMEOUT_MS, timeout_ms_value(budget).as_str());
+        let req = async_nats::Request::new()
+            .payload(payload.into())
+            .headers(headers)
+            .timeout(Some(budget));
+        let msg = match self.nats.send_request(service.to_string(), req).await {
+            Ok(m) => m,
+            Err(e) => {
+                use async_nats::RequestErrorKind;
+                return Err(match e.kind() {
+                    RequestErrorKind::NoResponders => CallError::NoResponders {
+                        service: service.into(),
+                    },
+                    RequestErrorKind::TimedOut => timeout(),
+                    _ => CallError::Nats {
+                        service: service.into(),
+                        reason: e.to_string(),
+                    },
+                });
+            }
+        };
+        if let Some(h) = &msg.headers
+            && let Some(code) = h.get(SERVICE_ERROR_CODE_HEADER)
+        {
+            return Err(CallError::Service {
+                service: service.into(),
+                code: code.as_str().trim().parse().unwrap_or(500),
+                description: h
+                    .get(SERVICE_ERROR_HEADER)
+                    .map(|d| d.as_str().to_string())
+                    .unwrap_or_default(),
+            });
+        }
+        narun_wire::bhttp::decode_response_shared(msg.payload).map_err(|e| CallError::Decode {
+            service: service.into(),
+            path,
+            reason: format!("not a Binary HTTP response: {e}"),
+        })
+    }
+}
+
+tokio::task_local! {
+    /// The deadline of the request being handled (set by the request runner).
+    pub(crate) static DEADLINE: Option<tokio::time::Instant>;
+}
+
+/// The deadline of the request this task is handling (the caller's `Narun-Timeout-Ms`
+/// counted from when it arrived), or `None` outside a handler or when the caller sent
+/// none. [`Client`] calls made while handling a request never wait past it.
+pub fn deadline() -> Option<tokio::time::Instant> {
+    DEADLINE.try_with(|d| *d).ok().flatten()
+}

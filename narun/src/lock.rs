@@ -1,0 +1,336 @@
+//! Locks and leader election over NATS KV: [`lock`], [`try_lock`], [`Lock`].
+//!
+//! One key per lock in the bucket `narun-locks` (created on first use). Taking a lock is
+//! a compare-and-set on the key's revision; the holder renews its lease several times
+//! per TTL; a waiter that sees no new revision for a whole TTL takes the lock over, again
+//! by compare-and-set, so exactly one waiter wins. The rule and why it never lets two
+//! holders act at once are in [`narun_wire::locks`]. Leader election is the same thing:
+//! every replica calls [`lock`]; the one that returns leads until [`Lock::lost`]
+//! resolves or it calls [`Lock::release`].
+//!
+//! ```no_run
+//! # async fn demo(nats: async_nats::Client) -> Result<(), narun::LockError> {
+//! use std::time::Duration;
+//! loop {
+//!     let leader = narun::lock(&nats, "report-writer", Duration::from_secs(5)).await?;
+//!     tokio::select! {
+//!         _ = leader.lost() => continue, // someone else leads now: stop, then wait again
+//!         _ = async { /* the leader's work */ } => {}
+//!     }
+//!     leader.release().await?;
+//!     break;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A holder that dies (crash, SIGKILL, power loss) stops renewing: a waiter takes over
+//! one TTL after the last renewal it saw. A holder cut off from NATS stops acting as the
+//! holder ([`Lock::is_held`] false, [`Lock::lost`] resolves) before anyone can take over.
+//! The app's NATS user must be allowed to use the KV bucket `narun-locks`.
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use narun_wire::jetstream::LOCKS;
+use narun_wire::locks::{LockHolder, MIN_TTL, lease_valid_for, name_problem, renew_every};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Bound of each single NATS/JetStream request made here.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest TTL accepted (from us or read from a holder's value).
+const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// Why a lock could not be taken or released.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The name or TTL is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The bucket `narun-locks` could not be opened or created.
+    #[error("opening the lock bucket {bucket}: {reason} (is JetStream enabled, and may this app's NATS user use it?)", bucket = narun_wire::names::LOCKS_BUCKET)]
+    Bucket { reason: String },
+    /// A KV request failed or timed out.
+    #[error("lock {name}: {what}: {reason}")]
+    Kv {
+        name: String,
+        what: &'static str,
+        reason: String,
+    },
+}
+
+/// A held lock (a lease). Renewed in the background while it lives; dropping it stops
+/// the renewal (the lock then ends one TTL later), [`Lock::release`] frees it at once.
+#[derive(Debug)]
+pub struct Lock {
+    name: String,
+    store: kv::Store,
+    /// `Some(until)`: held until then unless renewed; `None`: lost or released.
+    valid: watch::Receiver<Option<Instant>>,
+    /// The revision of our last write (for the release).
+    revision: watch::Receiver<u64>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+/// Take the lock `name` with a lease of `ttl`, waiting as long as another holder keeps it.
+pub async fn lock(nats: &async_nats::Client, name: &str, ttl: Duration) -> Result<Lock, LockError> {
+    let store = open(nats, name, ttl).await?;
+    loop {
+        if let Some(l) = try_create(&store, name, ttl).await? {
+            return Ok(l);
+        }
+        if let Some(l) = wait_and_take_over(&store, name, ttl).await? {
+            return Ok(l);
+        }
+    }
+}
+
+/// Take the lock `name` if nobody holds it now; `Ok(None)` when someone does.
+pub async fn try_lock(
+    nats: &async_nats::Client,
+    name: &str,
+    ttl: Duration,
+) -> Result<Option<Lock>, LockError> {
+    let store = open(nats, name, ttl).await?;
+    try_create(&store, name, ttl).await
+}
+
+impl Lock {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Still the holder: the lease was renewed recently enough that nobody can have
+    /// taken over.
+    pub fn is_held(&self) -> bool {
+        self.valid
+            .borrow()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Resolves when the lock is lost: the lease ran out without a renewal (NATS
+    /// unreachable, this process stalled) or someone else holds it. Stop acting as the
+    /// holder then.
+    pub async fn lost(&self) {
+        let mut valid = self.valid.clone();
+        loop {
+            let Some(until) = *valid.borrow_and_update() else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {
+                    if *valid.borrow() == Some(until) {
+                        return;
+                    }
+                }
+                changed = valid.changed() => {
+                    if changed.is_err() {
+                        // The renewer ended without a verdict: nothing renews any more.
+                        let until = *valid.borrow();
+                        if let Some(u) = until {
+                            tokio::time::sleep_until(u).await;
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Give the lock up now: stop renewing and delete the key at our revision (a waiter
+    /// takes it at once). Deleting a lock already taken over changes nothing.
+    pub async fn release(self) -> Result<(), LockError> {
+        self.renewer.abort();
+        let revision = *self.revision.borrow();
+        let res = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.store
+                .delete_expect_revision(&self.name, Some(revision)),
+        )
+        .await;
+        let err = match res {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => kv_error(&self.name, "releasing", e),
+            Err(_) => timeout_error(&self.name, "releasing"),
+        };
+        // The delete is refused when the key moved on: someone else's now, nothing of
+        // ours to delete. (The refusal has no error kind of its own: look.)
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.store.entry(&self.name)).await {
+            Ok(Ok(Some(e))) if e.revision != revision => Ok(()),
+            _ => Err(err),
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+fn kv_error(name: &str, what: &'static str, e: impl std::fmt::Display) -> LockError {
+    LockError::Kv {
+        name: name.to_string(),
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn timeout_error(name: &str, what: &'static str) -> LockError {
+    kv_error(name, what, format!("no answer within {REQUEST_TIMEOUT:?}"))
+}
+
+async fn open(
+    nats: &async_nats::Client,
+    name: &str,
+    ttl: Duration,
+) -> Result<kv::Store, LockError> {
+    if let Some(p) = name_problem(name) {
+        return Err(LockError::Invalid(p));
+    }
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(LockError::Invalid(format!(
+            "lock {name}: ttl {ttl:?} is outside {MIN_TTL:?}..={MAX_TTL:?}"
+        )));
+    }
+    let js = jetstream::new(nats.clone());
+    LOCKS.ensure(&js).await.map_err(|e| LockError::Bucket {
+        reason: e.to_string(),
+    })
+}
+
+/// Who we are, for the lock's value.
+fn holder() -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        env(narun_wire::names::env::INSTANCE_ID),
+        env(narun_wire::names::env::NODE_ID),
+    ) {
+        (Some(i), Some(n)) => format!("{i}@{n}"),
+        _ => format!(
+            "pid {}@{}",
+            std::process::id(),
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        ),
+    }
+}
+
+fn value(ttl: Duration) -> bytes::Bytes {
+    let v = LockHolder {
+        holder: holder(),
+        ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        since: narun_wire::events::now_rfc3339(),
+    };
+    serde_json::to_vec(&v).unwrap_or_default().into()
+}
+
+async fn try_create(
+    store: &kv::Store,
+    name: &str,
+    ttl: Duration,
+) -> Result<Option<Lock>, LockError> {
+    let sent = Instant::now();
+    match tokio::time::timeout(REQUEST_TIMEOUT, store.create(name, value(ttl))).await {
+        Ok(Ok(revision)) => Ok(Some(held(store.clone(), name, ttl, revision, sent))),
+        Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+        Ok(Err(e)) => Err(kv_error(name, "taking", e)),
+        Err(_) => Err(timeout_error(name, "taking")),
+    }
+}
+
+/// Watch the key: when it is deleted, `Ok(None)` (try to create it again); when it stays
+/// silent for its holder's TTL, take it over.
+async fn wait_and_take_over(
+    store: &kv::Store,
+    name: &str,
+    ttl: Duration,
+) -> Result<Option<Lock>, LockError> {
+    let mut watch = tokio::time::timeout(REQUEST_TIMEOUT, store.watch_with_history(name))
+        .await
+        .map_err(|_| timeout_error(name, "watching"))?
+        .map_err(|e| kv_error(name, "watching", e))?;
+    // The last revision seen, and when it stops protecting its holder.
+    let mut seen: Option<(u64, Instant)> = None;
+    loop {
+        let expiry = seen.map(|(_, at)| at);
+        tokio::select! {
+            entry = watch.next() => match entry {
+                Some(Ok(e)) if e.operation == kv::Operation::Put => {
+                    // The holder's own TTL decides (a short-TTL waiter must not steal a
+                    // long lease), bounded like ours.
+                    let theirs = serde_json::from_slice::<LockHolder>(&e.value)
+                        .map(|h| Duration::from_millis(h.ttl_ms))
+                        .unwrap_or(ttl)
+                        .clamp(MIN_TTL, MAX_TTL);
+                    seen = Some((e.revision, Instant::now() + theirs));
+                }
+                Some(Ok(_)) => return Ok(None),
+                Some(Err(e)) => return Err(kv_error(name, "watching", e)),
+                None => return Err(kv_error(name, "watching", "the watch ended")),
+            },
+            _ = async { tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)).await }, if expiry.is_some() => {
+                let (revision, _) = seen.expect("armed only with a revision");
+                let sent = Instant::now();
+                match tokio::time::timeout(REQUEST_TIMEOUT, store.update(name, value(ttl), revision)).await {
+                    Ok(Ok(r)) => {
+                        tracing::info!(lock = name, "took over a lock whose holder went silent");
+                        return Ok(Some(held(store.clone(), name, ttl, r, sent)));
+                    }
+                    // Someone else was first: the watch shows the new revision.
+                    Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => seen = None,
+                    Ok(Err(e)) => return Err(kv_error(name, "taking over", e)),
+                    Err(_) => seen = None,
+                }
+            }
+        }
+    }
+}
+
+/// A lock just written at `revision` (the write was sent at `sent`): start renewing.
+fn held(store: kv::Store, name: &str, ttl: Duration, revision: u64, sent: Instant) -> Lock {
+    let (valid_tx, valid) = watch::channel(Some(sent + lease_valid_for(ttl)));
+    let (rev_tx, rev_rx) = watch::channel(revision);
+    let renewer = {
+        let (store, name) = (store.clone(), name.to_string());
+        tokio::spawn(async move {
+            let mut revision = revision;
+            loop {
+                tokio::time::sleep(renew_every(ttl)).await;
+                let until = valid_tx.borrow().unwrap_or_else(Instant::now);
+                let sent = Instant::now();
+                let left = until.saturating_duration_since(sent);
+                let res =
+                    tokio::time::timeout(left, store.update(&name, value(ttl), revision)).await;
+                match res {
+                    Ok(Ok(r)) if Instant::now() < until => {
+                        revision = r;
+                        let _ = rev_tx.send(r);
+                        let _ = valid_tx.send(Some(sent + lease_valid_for(ttl)));
+                    }
+                    Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        tracing::warn!(lock = %name, "lock lost: someone else holds it");
+                        let _ = valid_tx.send(None);
+                        return;
+                    }
+                    _ if Instant::now() >= until => {
+                        tracing::warn!(lock = %name, "lock lost: its lease ran out before a renewal got through");
+                        let _ = valid_tx.send(None);
+                        return;
+                    }
+                    // A failed write with time left: try again at the next turn.
+                    _ => {}
+                }
+            }
+        })
+    };
+    Lock {
+        name: name.to_string(),
+        store,
+        valid,
+        revision: rev_rx,
+        renewer,
+    }
+}

@@ -1,0 +1,218 @@
+//! `narun::lock` against a real nats-server: try/release in one process, a lock taken
+//! away is noticed, and leader election between three real processes (this test binary
+//! run again as a contender): kill the leader, another leads within the TTL, and never
+//! two at once.
+
+use narun_test_support::{NatsServer, T};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+const CHILD_ENV: &str = "NARUN_LOCK_TEST_NATS";
+const TTL: Duration = Duration::from_millis(1000);
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn try_lock_release_and_a_lock_taken_away() {
+    let server = NatsServer::start();
+    let a = server.connect().await;
+    let b = server.connect().await;
+    let held = narun::try_lock(&a, "job/x", TTL)
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(held.is_held());
+    assert!(narun::try_lock(&b, "job/x", TTL).await.unwrap().is_none());
+    // Renewals keep it: still held after several TTLs.
+    tokio::time::sleep(TTL * 3).await;
+    assert!(held.is_held());
+    assert!(narun::try_lock(&b, "job/x", TTL).await.unwrap().is_none());
+    held.release().await.unwrap();
+    let taken = narun::try_lock(&b, "job/x", TTL)
+        .await
+        .unwrap()
+        .expect("released");
+
+    // Someone overwrites the key (an operator, a bug): the holder notices at its next
+    // renewal and stops being the holder.
+    let js = async_nats::jetstream::new(server.connect().await);
+    let kv = js.get_key_value("narun-locks").await.unwrap();
+    kv.put("job/x", "{}".into()).await.unwrap();
+    tokio::time::timeout(TTL * 2, taken.lost())
+        .await
+        .expect("lost within the TTL");
+    assert!(!taken.is_held());
+
+    // Bad names and TTLs are refused with what is wrong.
+    let e = narun::try_lock(&a, "a b", TTL)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"a b\""), "{e}");
+    let e = narun::try_lock(&a, "x", Duration::from_millis(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ttl"), "{e}");
+}
+
+/// One contender (run by `leader_election_between_three_processes` as a child process):
+/// leads whenever it holds the lock, printing `acquired`, then a `tick` every 20 ms
+/// while [`narun::Lock::is_held`], with wall-clock nanoseconds.
+#[tokio::test]
+#[ignore = "a child process of leader_election_between_three_processes"]
+async fn contender() {
+    let Ok(url) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let nats = async_nats::connect(url).await.unwrap();
+    let me = std::process::id();
+    loop {
+        let lock = narun::lock(&nats, "leader", TTL).await.unwrap();
+        println!("acquired {me} {}", now_ns());
+        while lock.is_held() {
+            println!("tick {me} {}", now_ns());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!("lost {me} {}", now_ns());
+    }
+}
+
+#[derive(Debug)]
+struct Event {
+    what: String,
+    pid: u32,
+    ns: u128,
+}
+
+fn spawn_contender(url: &str, tx: mpsc::UnboundedSender<Event>) -> tokio::process::Child {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "contender",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            // The harness may print `test contender ... ` before the first line.
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if let [.., what @ ("acquired" | "tick" | "lost"), pid, ns] = f[..] {
+                let _ = tx.send(Event {
+                    what: what.to_string(),
+                    pid: pid.parse().unwrap(),
+                    ns: ns.parse().unwrap(),
+                });
+            }
+        }
+    });
+    child
+}
+
+/// The next `acquired`, keeping every event in `log`.
+async fn next_acquired(
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    log: &mut Vec<Event>,
+) -> (u32, u128) {
+    let until = tokio::time::Instant::now() + T;
+    loop {
+        let e = tokio::time::timeout_at(until, rx.recv())
+            .await
+            .expect("a leader within the bound")
+            .expect("contenders running");
+        let acquired = (e.what == "acquired").then_some((e.pid, e.ns));
+        log.push(e);
+        if let Some(a) = acquired {
+            return a;
+        }
+    }
+}
+
+#[tokio::test]
+async fn leader_election_between_three_processes() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut children: Vec<_> = (0..3).map(|_| spawn_contender(&url, tx.clone())).collect();
+    let mut log = Vec::new();
+
+    let (mut leader, _) = next_acquired(&mut rx, &mut log).await;
+    // Twice: let the leader lead for a few renewals (nobody else may acquire), kill it
+    // without warning, and see another one lead within the TTL.
+    for round in 0..2 {
+        let until = tokio::time::Instant::now() + TTL * 2;
+        while let Ok(Some(e)) = tokio::time::timeout_at(until, rx.recv()).await {
+            assert!(
+                e.pid == leader || e.what != "acquired",
+                "round {round}: {e:?} while {leader} leads"
+            );
+            log.push(e);
+        }
+        let i = children
+            .iter()
+            .position(|c| c.id() == Some(leader))
+            .expect("the leader is one of ours");
+        let mut dead = children.remove(i);
+        let killed = now_ns();
+        dead.start_kill().unwrap();
+        dead.wait().await.unwrap();
+        let (next, at) = next_acquired(&mut rx, &mut log).await;
+        assert_ne!(next, leader, "round {round}");
+        let after = Duration::from_nanos((at - killed) as u64);
+        // At most one TTL after the last renewal it saw, which came before the kill
+        // (plus the scheduling of a loaded machine).
+        assert!(
+            after <= TTL + Duration::from_millis(700),
+            "round {round}: took {after:?}"
+        );
+        leader = next;
+    }
+    // Drain what is left (a last tick of a dying process may still be in the pipe).
+    while let Ok(e) = rx.try_recv() {
+        log.push(e);
+    }
+
+    // Never two at once: each tenure runs from `acquired` to the process's last tick
+    // before its `lost` or its death; no two tenures overlap.
+    let mut tenures: Vec<(u32, u128, u128)> = Vec::new();
+    for e in &log {
+        match e.what.as_str() {
+            "acquired" => tenures.push((e.pid, e.ns, e.ns)),
+            "tick" => {
+                let t = tenures
+                    .iter_mut()
+                    .rev()
+                    .find(|t| t.0 == e.pid)
+                    .expect("a tick after an acquire");
+                t.2 = t.2.max(e.ns);
+            }
+            _ => {}
+        }
+    }
+    assert!(tenures.len() >= 3, "{tenures:?}");
+    tenures.sort_by_key(|t| t.1);
+    for w in tenures.windows(2) {
+        assert!(
+            w[0].2 < w[1].1,
+            "two leaders at once: {} until {} and {} from {}",
+            w[0].0,
+            w[0].2,
+            w[1].0,
+            w[1].1
+        );
+    }
+}
