@@ -119,7 +119,11 @@ async fn deploy(
             b"",
         );
         let r = client.request(app.to_string(), payload.into()).await.ok()?;
-        (narun_wire::bhttp::decode_response(&r.payload).ok()?.status() == 201).then_some(())
+        (narun_wire::bhttp::decode_response(&r.payload)
+            .ok()?
+            .status()
+            == 201)
+            .then_some(())
     })
     .await;
 }
@@ -131,7 +135,12 @@ fn instance_cgroup(narund: &Narund, app: &str) -> PathBuf {
         .unwrap()
         .flatten()
         .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no cgroup {prefix}* below {}", narund.cgroup_root().display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no cgroup {prefix}* below {}",
+                narund.cgroup_root().display()
+            )
+        })
         .path()
 }
 
@@ -256,10 +265,7 @@ async fn failures_are_502_and_504_with_stderr_in_the_log_and_nothing_left_behind
     let server = NatsServer::start();
     let narund = Narund::start(&server, NODE, "");
     let client = server.connect().await;
-    let mut logs = client
-        .subscribe(format!("logs.fail.{NODE}"))
-        .await
-        .unwrap();
+    let mut logs = client.subscribe(format!("logs.fail.{NODE}")).await.unwrap();
     deploy(
         &server,
         &client,
@@ -309,14 +315,21 @@ async fn failures_are_502_and_504_with_stderr_in_the_log_and_nothing_left_behind
         .collect();
     assert_eq!(pids.len(), 2);
     for pid in pids {
-        assert!(!narun_test_support::alive(pid), "pid {pid} of the run is still alive");
+        assert!(
+            !narun_test_support::alive(pid),
+            "pid {pid} of the run is still alive"
+        );
     }
     assert!(!populated(&instance_cgroup(&narund, "fail")));
 
     // Past maxOutputBytes: 502 naming the setting.
     let r = call(&client, "fail", "GET", "/big", &[], b"").await;
     assert_eq!(r.status(), 502);
-    assert!(body(&r).contains("commandUnit.maxOutputBytes"), "{}", body(&r));
+    assert!(
+        body(&r).contains("commandUnit.maxOutputBytes"),
+        "{}",
+        body(&r)
+    );
 
     // The failures are counted in the endpoint's stats, not as restarts.
     let stats = narunctl(&server.url(), &["svc", "stats", "fail", "--json"]).await;
@@ -347,7 +360,10 @@ async fn max_concurrent_runs_then_busy_503() {
         let client = client.clone();
         tokio::spawn(async move { call(&client, "one", "GET", "/hold", &[], b"").await })
     };
-    wait_for("the first run to start", T, || async { held.exists().then_some(()) }).await;
+    wait_for("the first run to start", T, || async {
+        held.exists().then_some(())
+    })
+    .await;
     // The only run is busy and nothing may wait: 503 at once.
     let r = call(&client, "one", "GET", "/created", &[], b"").await;
     assert_eq!(r.status(), 503, "{}", body(&r));
@@ -400,14 +416,20 @@ async fn hostile_headers_cannot_set_other_variables() {
     assert!(env.contains("NARUN_REQUEST_METHOD=GET\n"), "{env}");
     assert!(!env.contains("spoofed"), "{env}");
     assert!(env.contains("NARUN_REQUEST_HEADER_X_OK=fine\n"), "{env}");
-    assert!(env.contains("NARUN_REQUEST_HEADER_PATH=/tmp/evil\n"), "{env}");
+    assert!(
+        env.contains("NARUN_REQUEST_HEADER_PATH=/tmp/evil\n"),
+        "{env}"
+    );
     assert!(
         env.contains("NARUN_REQUEST_HEADER_X_SEMI=a; LD_PRELOAD=/tmp/evil.so\n"),
         "{env}"
     );
     // x_api_key, ld.preload, the non-UTF-8 and the too long value.
     assert!(env.contains("NARUN_REQUEST_DROPPED_HEADERS=4\n"), "{env}");
-    assert!(!env.contains("underscore") && !env.contains("X_API_KEY"), "{env}");
+    assert!(
+        !env.contains("underscore") && !env.contains("X_API_KEY"),
+        "{env}"
+    );
     // Every request variable is one of the documented ones.
     for line in env.lines().filter(|l| l.starts_with("NARUN_REQUEST_")) {
         let name = line.split('=').next().unwrap();
@@ -441,7 +463,10 @@ async fn hostile_headers_cannot_set_other_variables() {
     let rh = reply.headers.unwrap();
     assert_eq!(rh.get("Nats-Service-Error-Code").unwrap().as_str(), "400");
     assert!(
-        rh.get("Nats-Service-Error").unwrap().as_str().contains("path"),
+        rh.get("Nats-Service-Error")
+            .unwrap()
+            .as_str()
+            .contains("path"),
         "{rh:?}"
     );
 }
@@ -463,7 +488,14 @@ async fn a_command_unit_behind_the_gateway() {
         ))
         .start();
     let client = server.connect().await;
-    deploy(&server, &client, "gw", json!({"outputHeaders": true}), json!({})).await;
+    deploy(
+        &server,
+        &client,
+        "gw",
+        json!({"outputHeaders": true}),
+        json!({}),
+    )
+    .await;
     let get = |path: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
             .await
@@ -484,12 +516,120 @@ async fn a_command_unit_behind_the_gateway() {
         get("/whoami?g=1").await.filter(|r| r.contains("uid="))
     })
     .await;
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // (The harness gives the head lower-cased.)
+    assert!(r.starts_with("http/1.1 200"), "{r}");
     assert!(r.contains("method=POST query=g=1 key=gw-key"), "{r}");
     assert!(r.contains("body=ping"), "{r}");
     let r = get("/created").await.unwrap();
-    assert!(r.starts_with("HTTP/1.1 201"), "{r}");
-    assert!(r.to_ascii_lowercase().contains("x-made-by: cmd"), "{r}");
+    assert!(r.starts_with("http/1.1 201"), "{r}");
+    assert!(r.contains("x-made-by: cmd"), "{r}");
     let r = get("/fail").await.unwrap();
-    assert!(r.starts_with("HTTP/1.1 502"), "{r}");
+    assert!(r.starts_with("http/1.1 502"), "{r}");
+}
+
+/// The fenced block after the first line of `docs/jobs.md` that starts with `fence`.
+fn docs_block(fence: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/jobs.md")).unwrap();
+    let start = doc
+        .find(&format!("{fence}\n"))
+        .unwrap_or_else(|| panic!("no {fence} block in docs/jobs.md"))
+        + fence.len()
+        + 1;
+    let len = doc[start..].find("```\n").unwrap();
+    doc[start..start + len].to_string()
+}
+
+/// docs/jobs.md, "Command units": the `tr` spec deployed with `narunctl deploy` answers as
+/// shown, and the script answers as described.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_of_docs_jobs_md_runs() {
+    let server = NatsServer::start();
+    let _narund = Narund::start(&server, NODE, "");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("upper.toml");
+    std::fs::write(
+        &spec,
+        docs_block("```toml").replace("\"gw-1\"", &format!("\"{NODE}\"")),
+    )
+    .unwrap();
+    let console = docs_block("```console");
+    let mut commands = console.lines().filter(|l| l.starts_with("$ "));
+    let deploy = commands.next().unwrap();
+    assert_eq!(deploy, "$ narunctl deploy -f upper.toml /usr/bin/tr --wait");
+    let out = narunctl(
+        &server.url(),
+        &[
+            "deploy",
+            "-f",
+            spec.to_str().unwrap(),
+            "/usr/bin/tr",
+            "--wait=60s",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let request = commands.next().unwrap();
+    assert_eq!(
+        request,
+        "$ narunctl request upper POST /shout -d 'hello, command units'"
+    );
+    let out = narunctl(
+        &server.url(),
+        &[
+            "request",
+            "upper",
+            "POST",
+            "/shout",
+            "-d",
+            "hello, command units",
+        ],
+    )
+    .await;
+    let expected: String = console
+        .lines()
+        .skip_while(|l| !l.starts_with("$ narunctl request"))
+        .skip(1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(text(&out.stdout) + "\n", expected, "{}", text(&out.stderr));
+
+    // The script, as described below the example.
+    let client = server.connect().await;
+    let b = buckets(&server).await;
+    b.upload("greet", "v1", docs_block("```sh")).await;
+    b.put_spec(
+        "greet",
+        &json!({"name": "greet", "tag": "v1", "mode": "command",
+            "commandUnit": {"outputHeaders": true}, "nodes": [{"name": NODE, "replicas": 1}]}),
+    )
+    .await;
+    let r = wait_for("the greet unit", T, || async {
+        let out = narunctl(
+            &server.url(),
+            &[
+                "request",
+                "greet",
+                "POST",
+                "/hi",
+                "-d",
+                "abc",
+                "-H",
+                "X-User: ann",
+            ],
+        )
+        .await;
+        out.status.success().then(|| text(&out.stdout))
+    })
+    .await;
+    let _ = &client;
+    assert_eq!(
+        r,
+        "HTTP/1.1 200 OK\ncontent-type: text/plain\n\nhello ann, you sent 3 bytes to /hi\n"
+    );
 }

@@ -225,7 +225,11 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     // Nothing was left at its default (so the check above covered every key).
     let json: serde_json::Value = serde_json::from_slice(&spec.to_kv_json()).unwrap();
     assert_eq!(json.as_object().unwrap().len(), 34, "{json:#}");
-    assert_eq!(json["commandUnit"].as_object().unwrap().len(), 7, "{json:#}");
+    assert_eq!(
+        json["commandUnit"].as_object().unwrap().len(),
+        7,
+        "{json:#}"
+    );
     assert!(spec.binary_digest("linux", "amd64").is_some());
 }
 

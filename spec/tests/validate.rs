@@ -611,16 +611,30 @@ fn command_units_are_run_by_narund_and_their_block_is_checked() {
     )
     .unwrap();
     let text = bad.validate().unwrap_err().to_string();
-    assert!(text.contains("notify: is not used with mode: command"), "{text}");
-    assert!(text.contains("commandUnit.maxConcurrent: must be between 1 and 1024, got 0"), "{text}");
-    assert!(text.contains("commandUnit.timeoutSec: must be between 1 and 86400, got 0"), "{text}");
-    assert!(text.contains("commandUnit.maxOutputBytes: must be between 1 and 67108864"), "{text}");
+    assert!(
+        text.contains("notify: is not used with mode: command"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commandUnit.maxConcurrent: must be between 1 and 1024, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commandUnit.timeoutSec: must be between 1 and 86400, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commandUnit.maxOutputBytes: must be between 1 and 67108864"),
+        "{text}"
+    );
     // The block without the mode is a warning, not an error.
-    let exec = AppSpec::from_toml_str(
-        "name = \"echo\"\ntag = \"v1\"\n[commandUnit]\nmaxConcurrent = 2\n",
-    )
-    .unwrap();
+    let exec =
+        AppSpec::from_toml_str("name = \"echo\"\ntag = \"v1\"\n[commandUnit]\nmaxConcurrent = 2\n")
+            .unwrap();
     exec.validate().unwrap();
-    assert!(exec.warnings().iter().any(|w| w.path == "commandUnit"
-        && w.message.contains("only used with mode: command")));
+    assert!(
+        exec.warnings()
+            .iter()
+            .any(|w| w.path == "commandUnit" && w.message.contains("only used with mode: command"))
+    );
 }

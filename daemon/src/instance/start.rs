@@ -434,7 +434,11 @@ impl Task {
     }
 
     /// The exact environment of the app: nothing is inherited from narund.
-    pub(super) fn environment(&self, identity: Option<&AppIdentity>, work: &Path) -> Vec<(String, String)> {
+    pub(super) fn environment(
+        &self,
+        identity: Option<&AppIdentity>,
+        work: &Path,
+    ) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert("PATH".into(), DEFAULT_PATH.into());
         if let Some(id) = identity {

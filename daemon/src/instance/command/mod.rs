@@ -500,7 +500,9 @@ async fn handle(
             payload.len(),
             unit.max_payload
         );
-        unit.prepared.sink.line("stderr", &format!("narund: {text}"));
+        unit.prepared
+            .sink
+            .line("stderr", &format!("narund: {text}"));
         reply = Reply::failure(502, &text);
         (payload, headers) = reply.encode(req.protocol);
         failure = Some(run::Failure::Failed);

@@ -152,8 +152,7 @@ fn is_transport_header(name: &str) -> bool {
 /// A value a command may see: UTF-8, no control character but tab, bounded.
 fn clean_value(v: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(v).ok()?;
-    (s.len() <= MAX_VALUE_LEN && !s.chars().any(|c| c.is_control() && c != '\t'))
-        .then_some(s)
+    (s.len() <= MAX_VALUE_LEN && !s.chars().any(|c| c.is_control() && c != '\t')).then_some(s)
 }
 
 /// The variable of header `name`, or `None` when the name is refused.
@@ -248,7 +247,8 @@ impl CommandRequest {
                     joined.push_str(value);
                 }
                 None => {
-                    if vars.len() >= MAX_HEADERS || bytes + var.len() + value.len() > MAX_HEADER_BYTES
+                    if vars.len() >= MAX_HEADERS
+                        || bytes + var.len() + value.len() > MAX_HEADER_BYTES
                     {
                         dropped += 1;
                         continue;
@@ -310,7 +310,10 @@ mod tests {
         assert_eq!(var(&env, "NARUN_REQUEST_ID"), Some("rid-1"));
         assert_eq!(var(&env, "NARUN_REQUEST_HEADER_X_API_KEY"), Some("k1"));
         assert_eq!(var(&env, "NARUN_REQUEST_HEADER_COOKIE"), Some("a=1; b=2"));
-        assert_eq!(var(&env, "NARUN_REQUEST_HEADER_ACCEPT"), Some("text/plain, */*"));
+        assert_eq!(
+            var(&env, "NARUN_REQUEST_HEADER_ACCEPT"),
+            Some("text/plain, */*")
+        );
         assert_eq!(var(&env, "NARUN_REQUEST_DROPPED_HEADERS"), None);
         assert_eq!(&r.body[..], b"body!");
     }
@@ -342,7 +345,9 @@ mod tests {
             assert!(v.len() <= MAX_VALUE_LEN);
         }
         assert_eq!(
-            env.iter().filter(|(k, _)| k.starts_with("NARUN_REQUEST_HEADER_")).count(),
+            env.iter()
+                .filter(|(k, _)| k.starts_with("NARUN_REQUEST_HEADER_"))
+                .count(),
             1
         );
     }
@@ -351,17 +356,27 @@ mod tests {
     fn header_count_and_size_are_bounded() {
         let names: Vec<String> = (0..200).map(|i| format!("x-h{i}")).collect();
         let value = vec![b'v'; 4000];
-        let headers: Vec<(&str, &[u8])> =
-            names.iter().map(|n| (n.as_str(), value.as_slice())).collect();
-        let env = decode(&[], bhttp("GET", "/", &headers, b"")).unwrap().env(1);
+        let headers: Vec<(&str, &[u8])> = names
+            .iter()
+            .map(|n| (n.as_str(), value.as_slice()))
+            .collect();
+        let env = decode(&[], bhttp("GET", "/", &headers, b""))
+            .unwrap()
+            .env(1);
         let passed: usize = env
             .iter()
             .filter(|(k, _)| k.starts_with("NARUN_REQUEST_HEADER_"))
             .map(|(k, v)| k.len() + v.len())
             .sum();
         assert!(passed <= MAX_HEADER_BYTES, "{passed}");
-        let count = env.iter().filter(|(k, _)| k.starts_with("NARUN_REQUEST_HEADER_")).count();
-        let dropped: usize = var(&env, "NARUN_REQUEST_DROPPED_HEADERS").unwrap().parse().unwrap();
+        let count = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("NARUN_REQUEST_HEADER_"))
+            .count();
+        let dropped: usize = var(&env, "NARUN_REQUEST_DROPPED_HEADERS")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(count + dropped, 200);
     }
 
@@ -386,7 +401,10 @@ mod tests {
         assert_eq!(var(&env, "NARUN_REQUEST_QUERY"), Some("q=1"));
         assert_eq!(var(&env, "NARUN_REQUEST_HOST"), Some("h.example"));
         assert_eq!(var(&env, "NARUN_REQUEST_ID"), Some("r2"));
-        assert_eq!(var(&env, "NARUN_REQUEST_HEADER_CONTENT_TYPE"), Some("text/plain"));
+        assert_eq!(
+            var(&env, "NARUN_REQUEST_HEADER_CONTENT_TYPE"),
+            Some("text/plain")
+        );
         assert_eq!(var(&env, "NARUN_REQUEST_HEADER_NARUN_TIMEOUT_MS"), None);
         assert_eq!(var(&env, "NARUN_REQUEST_HEADER_X_ORIGINAL_PATH"), None);
         // Raw headers may carry what HTTP would not: control characters, `=` in names.
@@ -395,7 +413,10 @@ mod tests {
         odd.push(h("A=B", "c"));
         let env = decode(&odd, Bytes::new()).unwrap().env(1);
         assert_eq!(var(&env, "NARUN_REQUEST_DROPPED_HEADERS"), Some("2"));
-        assert!(env.iter().all(|(k, v)| k.starts_with("NARUN_REQUEST_") && !v.contains('\u{1}')));
+        assert!(
+            env.iter()
+                .all(|(k, v)| k.starts_with("NARUN_REQUEST_") && !v.contains('\u{1}'))
+        );
         // A raw path with a control character cannot be passed: 400.
         let mut bad = headers.clone();
         bad[1] = h("X-Original-Path", "/a\u{1b}[2J");

@@ -183,8 +183,11 @@ pub fn parse_output(stdout: Vec<u8>, output_headers: bool) -> Result<Reply, Stri
                 "{name} may not be set by a command (the gateway frames the body)"
             )));
         }
-        let value = HeaderValue::from_bytes(value)
-            .map_err(|_| bad(format!("the value of {name} is not a valid HTTP field value")))?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| {
+            bad(format!(
+                "the value of {name} is not a valid HTTP field value"
+            ))
+        })?;
         headers.push((name, value));
     }
     Ok(Reply {
@@ -218,7 +221,10 @@ mod tests {
         assert_eq!(&r.body[..], b"{\"x\":1}\n\nmore");
         // An empty block.
         let r = parse_output(b"\nbody".to_vec(), true).unwrap();
-        assert_eq!((r.status, &r.body[..], r.headers.len()), (200, &b"body"[..], 0));
+        assert_eq!(
+            (r.status, &r.body[..], r.headers.len()),
+            (200, &b"body"[..], 0)
+        );
     }
 
     #[test]
@@ -233,7 +239,10 @@ mod tests {
         assert!(err(b"Content-Length: 5\n\n").contains("content-length may not be set"));
         assert!(err(b"Transfer-Encoding: chunked\n\n").contains("may not be set"));
         assert!(err(b"X: a\x01b\n\n").contains("not a valid HTTP field value"));
-        let many: Vec<u8> = (0..=MAX_BLOCK_LINES).flat_map(|i| format!("X-{i}: v\n").into_bytes()).chain(*b"\n").collect();
+        let many: Vec<u8> = (0..=MAX_BLOCK_LINES)
+            .flat_map(|i| format!("X-{i}: v\n").into_bytes())
+            .chain(*b"\n")
+            .collect();
         assert!(err(&many).contains("more than 100 lines"));
         let long = [vec![b'X'; MAX_BLOCK_BYTES], b": v\n\n".to_vec()].concat();
         assert!(err(&long).contains("longer than"));

@@ -102,7 +102,10 @@ impl Prepared {
         let mut env = self.env.clone();
         env.extend(req.env(timeout_ms));
         let ran = match self.spawn(env, cgroup.as_deref()).await {
-            Ok((proc, pipes)) => self.follow(proc, pipes, cgroup.as_deref(), req, budget).await,
+            Ok((proc, pipes)) => {
+                self.follow(proc, pipes, cgroup.as_deref(), req, budget)
+                    .await
+            }
             Err(e) => failed(
                 502,
                 format!("the command could not be started: {e}"),
