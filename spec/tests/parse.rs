@@ -235,7 +235,11 @@ fn full_spec_has_every_field_and_no_unknown_key() {
 
 #[test]
 fn toml_to_json_round_trip_is_identity() {
-    for file in ["examples/hello.toml", "examples/hello.yaml"] {
+    for file in [
+        "examples/hello.toml",
+        "examples/hello.yaml",
+        "examples/command.toml",
+    ] {
         let spec = AppSpec::from_path(data(file)).unwrap();
         let json = spec.to_kv_json();
         let back = AppSpec::from_kv_bytes(&json).unwrap();

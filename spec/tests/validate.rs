@@ -638,3 +638,16 @@ fn command_units_are_run_by_narund_and_their_block_is_checked() {
             .any(|w| w.path == "commandUnit" && w.message.contains("only used with mode: command"))
     );
 }
+
+#[test]
+fn the_command_unit_example_is_valid_without_warnings() {
+    let spec = AppSpec::from_path(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/command.toml"),
+    )
+    .unwrap();
+    spec.validate().unwrap();
+    spec.supported_on_narund().unwrap();
+    assert_eq!(spec.mode, narun_spec::Mode::Command);
+    assert_eq!(spec.command_unit.timeout_sec(), 10);
+    assert!(spec.warnings().is_empty(), "{:?}", spec.warnings());
+}
