@@ -373,6 +373,21 @@ async fn max_concurrent_runs_then_busy_503() {
     // Free again.
     let r = call(&client, "one", "GET", "/created", &[], b"").await;
     assert_eq!(r.status(), 201);
+
+    // Deleting the app stops the unit: no responders, its instance cgroup removed.
+    let cgroup = instance_cgroup(&narund, "one");
+    buckets(&server).await.configs.delete("one").await.unwrap();
+    wait_for("the unit to stop answering", T, || async {
+        match client.request("one".to_string(), Bytes::new()).await {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    wait_for("the instance cgroup to be removed", T, || async {
+        (!cgroup.exists()).then_some(())
+    })
+    .await;
 }
 
 /// The security promise of docs/security.md: request headers set only their own

@@ -26,8 +26,9 @@
 //!   shorter (`504`). A run that fails is a `502` and counts in the endpoint's stats
 //!   (`num_errors`, `data.command_failed`, `data.command_timeout`, `data.command_busy`),
 //!   never as a restart.
-//! * **Stop** (scale down, spec change, delete, shutdown): the subscription is drained,
-//!   discovery stops, runs in flight get `stopTimeoutSec` to finish, then the instance
+//! * **Stop** (scale down, spec change, delete, shutdown): the subscription is drained
+//!   (requests the server delivered before the unsubscribe are still answered), discovery
+//!   stops, and runs in flight get what is left of `stopTimeoutSec`; then the instance
 //!   cgroup is killed and removed.
 //! * A start that fails (`failed`, with the reason an instance would have), or an
 //!   endpoint that ends, is tried again after the restart backoff, until stopped.
@@ -302,16 +303,25 @@ async fn serve(task: &mut Task, prepared: Prepared, restarts: u32) -> Served {
     let config = service_config(task);
     let subject = config.name.clone();
     let settings = &task.spec.command_unit;
-    let service = match Service::start(&client, config).await {
-        Ok(s) => s,
-        Err(e) => return Served::Failed(format!("registering the service: {e}")),
+    let registered = match Service::start(&client, config).await {
+        Ok(service) => match service
+            .add_endpoint(EndpointConfig::new(ENDPOINT, &subject))
+            .await
+        {
+            Ok(endpoint) => Ok((service, endpoint)),
+            Err(e) => {
+                service.stop().await;
+                Err(format!("registering the endpoint: {e}"))
+            }
+        },
+        Err(e) => Err(format!("registering the service: {e}")),
     };
-    let mut endpoint = match service
-        .add_endpoint(EndpointConfig::new(ENDPOINT, &subject))
-        .await
-    {
-        Ok(e) => e,
-        Err(e) => return Served::Failed(format!("registering the endpoint: {e}")),
+    let (service, mut endpoint) = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            remove_cgroup(task, prepared.cgroup).await;
+            return Served::Failed(e);
+        }
     };
     narun_wire::connect::sync_with_server(&client, Duration::from_secs(5)).await;
     let max_concurrent = settings.max_concurrent() as usize;
@@ -354,11 +364,34 @@ async fn serve(task: &mut Task, prepared: Prepared, restarts: u32) -> Served {
             None,
         );
     }
-    // No new requests; those already taken off the subscription are answered.
-    endpoint.drain().await;
-    service.stop().await;
+    // No new requests; those the server delivered before the unsubscribe are answered
+    // (a caller would otherwise wait for its time-out), within stopTimeoutSec in all.
     let grace = Duration::from_secs(task.spec.stop_timeout_sec);
-    let drained = tokio::time::timeout(grace, async {
+    let until = tokio::time::Instant::now() + grace;
+    endpoint.drain().await;
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            r = endpoint.next() => match r {
+                Some(request) => {
+                    if let Some(work) = admit(&unit, request).await {
+                        inflight.spawn(work);
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(until) => break,
+            // The drain completes when the server confirms the unsubscribe: not while
+            // NATS is unreachable (and then nothing new can arrive).
+            _ = check.tick() => {
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    break;
+                }
+            }
+        }
+    }
+    service.stop().await;
+    let drained = tokio::time::timeout_at(until, async {
         while inflight.join_next().await.is_some() {}
     })
     .await;
@@ -372,14 +405,24 @@ async fn serve(task: &mut Task, prepared: Prepared, restarts: u32) -> Served {
         })
         .await;
         inflight.abort_all();
+        while inflight.join_next().await.is_some() {}
     }
-    let cgroup = Arc::into_inner(unit).and_then(|u| u.prepared.cgroup);
+    match Arc::into_inner(unit) {
+        Some(u) => remove_cgroup(task, u.prepared.cgroup).await,
+        None => {
+            tracing::warn!(instance = %task.instance_id, "a command run outlived its unit; its cgroup is removed at the next start of narund")
+        }
+    }
+    ended
+}
+
+/// Kill whatever is left in the instance cgroup and remove it.
+async fn remove_cgroup(task: &Task, cgroup: Option<Box<dyn crate::cgroup::RunCgroup>>) {
     if let Some(cg) = cgroup
         && let Err(e) = cg.remove(Duration::from_secs(10)).await
     {
         tracing::warn!(instance = %task.instance_id, error = %e, "removing the command unit's cgroup");
     }
-    ended
 }
 
 /// Answer at once what cannot run (no reply subject, not decodable, too many pending);
