@@ -51,7 +51,7 @@ case "$NARUN_REQUEST_PATH" in
   ;;
 /hold)
   touch held
-  sleep 2
+  sleep 4
   printf '\nheld'
   ;;
 /big)
@@ -351,7 +351,8 @@ async fn max_concurrent_runs_then_busy_503() {
         &server,
         &client,
         "one",
-        json!({"maxConcurrent": 1, "maxQueued": 0, "timeoutSec": 20, "outputHeaders": true}),
+        json!({"maxConcurrent": 1, "maxQueued": 1, "queueTimeoutSec": 1,
+            "timeoutSec": 20, "outputHeaders": true}),
         json!({}),
     )
     .await;
@@ -364,10 +365,29 @@ async fn max_concurrent_runs_then_busy_503() {
         held.exists().then_some(())
     })
     .await;
-    // The only run is busy and nothing may wait: 503 at once.
-    let r = call(&client, "one", "GET", "/created", &[], b"").await;
-    assert_eq!(r.status(), 503, "{}", body(&r));
-    assert!(body(&r).contains("maxConcurrent"), "{}", body(&r));
+    // The only run is busy (for 4 s): the second request may wait, at most
+    // queueTimeoutSec; the third may not even wait (maxQueued = 1): 503 at once. The
+    // same connection keeps their order.
+    let started = tokio::time::Instant::now();
+    let (second, third) = tokio::join!(call(&client, "one", "GET", "/created", &[], b""), async {
+        let r = call(&client, "one", "GET", "/created", &[], b"").await;
+        (r, started.elapsed())
+    },);
+    let (third, third_after) = third;
+    assert_eq!(third.status(), 503, "{}", body(&third));
+    assert!(
+        body(&third).contains("wait already (commandUnit.maxConcurrent, maxQueued)"),
+        "{}",
+        body(&third)
+    );
+    assert!(third_after < Duration::from_secs(1), "{third_after:?}");
+    assert_eq!(second.status(), 503, "{}", body(&second));
+    assert!(
+        body(&second).contains("no run became free within 1000 ms"),
+        "{}",
+        body(&second)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
     let r = first.await.unwrap();
     assert_eq!((r.status().as_u16(), body(&r).as_str()), (200, "held"));
     // Free again.
