@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::CommandUnitSpec;
 use crate::inputs::{EnvVar, MountSpec};
 use crate::logs::LogOverflow;
 use crate::mode::{JailSpec, LandlockSpec, Mode};
@@ -67,7 +68,7 @@ pub struct AppSpec {
     /// Where instances run: see [`AppSpec::desired_replicas`].
     #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
     pub nodes: Vec<NodeSelector>,
-    /// Execution mode. Defaults to `exec`; narund only runs `exec`.
+    /// Execution mode. Defaults to `exec`; narund runs `exec` and `command`.
     pub mode: Mode,
     /// Go `mode: landlock` settings (kept for round trips; narund ignores them).
     #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
@@ -188,6 +189,10 @@ pub struct AppSpec {
     /// Go node-runners ignore this key).
     #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
     pub binary_digests: BTreeMap<String, String>,
+    /// `mode = "command"`: how narund runs the binary per request (concurrency, queue,
+    /// timeout, output bounds, header block); see [`CommandUnitSpec`].
+    #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
+    pub command_unit: CommandUnitSpec,
 
     /// Warnings found while parsing (unknown keys). Not part of the spec:
     /// ignored by `==`, never serialised. Read them with [`AppSpec::warnings`].
@@ -242,6 +247,7 @@ impl Default for AppSpec {
             nofile_max: None,
             log_overflow: LogOverflow::Drop,
             binary_digests: BTreeMap::new(),
+            command_unit: CommandUnitSpec::default(),
             parse_warnings: ParseWarnings::default(),
         }
     }

@@ -55,6 +55,7 @@
 //! | `signal.rs` | [`Signal`], the stop signal |
 //! | `logs.rs` | [`LogOverflow`]: drop or block when the app's log spool share is full |
 //! | `mode.rs` | [`Mode`] and Go's Landlock and jail settings (kept, not run) |
+//! | `command.rs` | [`CommandUnitSpec`]: the `commandUnit` block of `mode = "command"` apps |
 //! | `inputs.rs` | environment variables and secrets ([`EnvVar`]), mounted files ([`MountSpec`]) |
 //! | `network.rs` | Go `nonet` port forwards ([`NoNetSpec`]) and the metrics endpoint ([`MetricsSpec`]) |
 //! | `serde_helpers.rs` | Go's `omitempty`, `null` as the default, scalars read as text |
@@ -66,6 +67,7 @@
 #![forbid(unsafe_code)]
 
 mod app;
+mod command;
 mod hash;
 mod inputs;
 mod limits;
@@ -83,6 +85,11 @@ mod validate;
 pub use app::{
     AppSpec, DEFAULT_SETTLE_SEC, DEFAULT_START_LIMIT_BURST, DEFAULT_START_LIMIT_INTERVAL_SEC,
     DEFAULT_START_TIMEOUT_SEC, DEFAULT_STOP_TIMEOUT_SEC,
+};
+pub use command::{
+    CommandUnitSpec, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_STDERR_BYTES, DEFAULT_QUEUE_TIMEOUT_SEC, DEFAULT_RUN_TIMEOUT_SEC, MAX_CONCURRENT,
+    MAX_OUTPUT_BYTES, MAX_QUEUED, MAX_STDERR_BYTES,
 };
 pub use hash::fnv1a64;
 pub use inputs::{EnvVar, MountSource, MountSpec};

@@ -20,17 +20,21 @@ pub enum Mode {
     Landlock,
     /// Go FreeBSD jail.
     Jail,
+    /// narun addition: a command unit. narund registers the app's Micro endpoint and
+    /// runs the binary once per request (the `commandUnit` block, docs/jobs.md).
+    Command,
     /// Anything else (invalid).
     Other(String),
 }
 
 impl Mode {
-    /// The wire spelling (`exec`, `landlock`, `jail`, or the invalid text).
+    /// The wire spelling (`exec`, `landlock`, `jail`, `command`, or the invalid text).
     pub fn as_str(&self) -> &str {
         match self {
             Mode::Exec => "exec",
             Mode::Landlock => "landlock",
             Mode::Jail => "jail",
+            Mode::Command => "command",
             Mode::Other(s) => s,
         }
     }
@@ -41,6 +45,7 @@ impl Mode {
             "" | "exec" => Mode::Exec,
             "landlock" => Mode::Landlock,
             "jail" => Mode::Jail,
+            "command" => Mode::Command,
             _ => Mode::Other(s.to_string()),
         }
     }
@@ -139,6 +144,7 @@ mod tests {
         assert_eq!(Mode::parse("EXEC"), Mode::Exec);
         assert_eq!(Mode::parse("landlock"), Mode::Landlock);
         assert_eq!(Mode::parse("jail"), Mode::Jail);
+        assert_eq!(Mode::parse("Command"), Mode::Command);
         assert_eq!(Mode::parse("docker"), Mode::Other("docker".into()));
     }
 }

@@ -498,6 +498,18 @@ static APP: Shape = Struct(&[
     ("nofileMax", Any),
     ("logOverflow", Any),
     ("binaryDigests", Any),
+    (
+        "commandUnit",
+        Struct(&[
+            ("maxConcurrent", Any),
+            ("maxQueued", Any),
+            ("queueTimeoutSec", Any),
+            ("timeoutSec", Any),
+            ("maxOutputBytes", Any),
+            ("maxStderrBytes", Any),
+            ("outputHeaders", Any),
+        ]),
+    ),
 ]);
 
 fn join(path: &str, key: &str) -> String {

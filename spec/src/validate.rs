@@ -159,7 +159,22 @@ impl AppSpec {
         self.check_lifecycle(&mut r);
         self.check_limits(&mut r);
         self.check_binary_digests(&mut r);
+        self.check_command_unit(&mut r);
         r.finish()
+    }
+
+    /// `mode = "command"` and its `commandUnit` block: values in range; no sd_notify (a
+    /// run is not a service; narund itself registers the endpoint).
+    fn check_command_unit(&self, r: &mut Report) {
+        for (key, message) in self.command_unit.problems() {
+            r.err(format!("commandUnit.{key}"), message);
+        }
+        if self.mode == Mode::Command && self.notify {
+            r.err(
+                "notify",
+                "is not used with mode: command (narund registers the endpoint itself and the command runs once per request); remove it",
+            );
+        }
     }
 
     /// `binaryDigests`: at most [`MAX_BINARY_DIGESTS`] entries, each an object name
@@ -405,7 +420,10 @@ impl AppSpec {
             }
         }
         if let Mode::Other(m) = &self.mode {
-            r.err("mode", format!("must be exec, landlock or jail, got {m:?}"));
+            r.err(
+                "mode",
+                format!("must be exec, landlock, jail or command, got {m:?}"),
+            );
         }
     }
 
@@ -742,11 +760,11 @@ impl AppSpec {
     pub fn supported_on_narund(&self) -> Result<(), SpecErrors> {
         let mut r = Report::default();
         match &self.mode {
-            Mode::Exec | Mode::Other(_) => {}
+            Mode::Exec | Mode::Command | Mode::Other(_) => {}
             Mode::Landlock | Mode::Jail => r.err(
                 "mode",
                 format!(
-                    "{:?} is not supported by narund, which only runs mode exec; set mode: exec (narund isolates apps with user, capabilities and cgroup limits) or run this app on Go node-runners",
+                    "{:?} is not supported by narund, which only runs mode exec (and command units, mode: command); set mode: exec (narund isolates apps with user, capabilities and cgroup limits) or run this app on Go node-runners",
                     self.mode.as_str()
                 ),
             ),
@@ -777,6 +795,15 @@ impl AppSpec {
             warn(
                 if self.memory_mb > 0 { "memoryMB" } else { "cpuCores" },
                 "without cgroupParent Go node-runners reject this spec (narund applies the limit under its own cgroup)".to_string(),
+            );
+        }
+        if self.mode != Mode::Command && self.command_unit != Default::default() {
+            warn(
+                "commandUnit",
+                format!(
+                    "is only used with mode: command (this spec has mode: {})",
+                    self.mode
+                ),
             );
         }
         let mut first: BTreeMap<&str, usize> = BTreeMap::new();

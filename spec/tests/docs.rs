@@ -41,9 +41,14 @@ fn doc_examples_are_valid_and_match_the_example_files() {
     let toml = blocks("toml");
     let yaml = blocks("yaml");
     let json = blocks("json");
-    assert_eq!((toml.len(), yaml.len(), json.len()), (1, 2, 1));
+    assert_eq!((toml.len(), yaml.len(), json.len()), (2, 2, 1));
 
-    let doc_toml = AppSpec::from_str_as(&toml[0], Format::Toml).unwrap();
+    // The command unit of "Command units: `commandUnit`".
+    let command = AppSpec::from_str_as(&toml[0], Format::Toml).unwrap();
+    command.validate().unwrap();
+    assert_eq!(command, example("command.toml"));
+
+    let doc_toml = AppSpec::from_str_as(&toml[1], Format::Toml).unwrap();
     doc_toml.validate().unwrap();
     assert_eq!(doc_toml, example("hello.toml"));
 

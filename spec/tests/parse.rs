@@ -192,6 +192,7 @@ stopTimeoutSec: 3
 nofileMax: 4096
 logOverflow: block
 binaryDigests: {full-v2.0.1-linux-amd64: "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU="}
+commandUnit: {maxConcurrent: 2, maxQueued: 3, queueTimeoutSec: 4, timeoutSec: 5, maxOutputBytes: 6, maxStderrBytes: 7, outputHeaders: true}
 "#,
     )
     .unwrap()
@@ -223,13 +224,22 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(reparsed, spec);
     // Nothing was left at its default (so the check above covered every key).
     let json: serde_json::Value = serde_json::from_slice(&spec.to_kv_json()).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 33, "{json:#}");
+    assert_eq!(json.as_object().unwrap().len(), 34, "{json:#}");
+    assert_eq!(
+        json["commandUnit"].as_object().unwrap().len(),
+        7,
+        "{json:#}"
+    );
     assert!(spec.binary_digest("linux", "amd64").is_some());
 }
 
 #[test]
 fn toml_to_json_round_trip_is_identity() {
-    for file in ["examples/hello.toml", "examples/hello.yaml"] {
+    for file in [
+        "examples/hello.toml",
+        "examples/hello.yaml",
+        "examples/command.toml",
+    ] {
         let spec = AppSpec::from_path(data(file)).unwrap();
         let json = spec.to_kv_json();
         let back = AppSpec::from_kv_bytes(&json).unwrap();

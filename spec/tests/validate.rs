@@ -101,7 +101,7 @@ fn tag_rules() {
 
 #[test]
 fn mode_rules() {
-    rejects("mode", "must be exec, landlock or jail", |s| {
+    rejects("mode", "must be exec, landlock, jail or command", |s| {
         s.mode = Mode::Other("docker".into())
     });
     accepts(|s| s.mode = Mode::Landlock);
@@ -588,4 +588,66 @@ fn binary_digest_rules() {
             s.binary_digests.insert(format!("o-linux-a{i}"), D.into());
         }
     });
+}
+
+#[test]
+fn command_units_are_run_by_narund_and_their_block_is_checked() {
+    let spec = AppSpec::from_toml_str(
+        "name = \"echo\"\ntag = \"v1\"\nmode = \"command\"\n[commandUnit]\nmaxConcurrent = 2\ntimeoutSec = 5\noutputHeaders = true\n",
+    )
+    .unwrap();
+    assert_eq!(spec.mode, narun_spec::Mode::Command);
+    assert_eq!(spec.command_unit.max_concurrent(), 2);
+    assert_eq!(
+        spec.command_unit.max_queued(),
+        narun_spec::DEFAULT_MAX_QUEUED
+    );
+    spec.validate().unwrap();
+    spec.supported_on_narund().unwrap();
+    assert!(spec.warnings().is_empty(), "{:?}", spec.warnings());
+    // Out of range, and sd_notify (a run is not a service).
+    let bad = AppSpec::from_toml_str(
+        "name = \"echo\"\ntag = \"v1\"\nmode = \"command\"\nnotify = true\n[commandUnit]\nmaxConcurrent = 0\ntimeoutSec = 0\nmaxOutputBytes = 100000000\n",
+    )
+    .unwrap();
+    let text = bad.validate().unwrap_err().to_string();
+    assert!(
+        text.contains("notify: is not used with mode: command"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commandUnit.maxConcurrent: must be between 1 and 1024, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commandUnit.timeoutSec: must be between 1 and 86400, got 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("commandUnit.maxOutputBytes: must be between 1 and 67108864"),
+        "{text}"
+    );
+    // The block without the mode is a warning, not an error.
+    let exec =
+        AppSpec::from_toml_str("name = \"echo\"\ntag = \"v1\"\n[commandUnit]\nmaxConcurrent = 2\n")
+            .unwrap();
+    exec.validate().unwrap();
+    assert!(
+        exec.warnings()
+            .iter()
+            .any(|w| w.path == "commandUnit" && w.message.contains("only used with mode: command"))
+    );
+}
+
+#[test]
+fn the_command_unit_example_is_valid_without_warnings() {
+    let spec = AppSpec::from_path(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/command.toml"),
+    )
+    .unwrap();
+    spec.validate().unwrap();
+    spec.supported_on_narund().unwrap();
+    assert_eq!(spec.mode, narun_spec::Mode::Command);
+    assert_eq!(spec.command_unit.timeout_sec(), 10);
+    assert!(spec.warnings().is_empty(), "{:?}", spec.warnings());
 }

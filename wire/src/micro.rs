@@ -642,6 +642,24 @@ impl Request {
         self.send(payload, Some(h)).await
     }
 
+    /// Reply with an ordinary payload (e.g. a BHTTP `502` response) that stands for a
+    /// failure: counted in the endpoint's stats as an error with `code` and
+    /// `description` (like [`respond_error`](Self::respond_error)), but sent without the
+    /// ADR-32 error headers, so the caller reads the payload as usual.
+    pub async fn respond_failed(
+        self,
+        code: u16,
+        description: &str,
+        payload: Bytes,
+        headers: Option<HeaderMap>,
+    ) -> Result<(), RespondError> {
+        self.stats.record(
+            self.received.elapsed(),
+            Some((&code.to_string(), description)),
+        );
+        self.send(payload, headers).await
+    }
+
     async fn send(self, payload: Bytes, headers: Option<HeaderMap>) -> Result<(), RespondError> {
         let reply = self.message.reply.clone().ok_or(RespondError::NoReply)?;
         match headers {

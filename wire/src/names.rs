@@ -174,6 +174,37 @@ pub mod env {
     pub const INBOX_PREFIX: &str = "NARUN_INBOX_PREFIX";
 }
 
+/// The environment of one run of a command unit (`mode = "command"`, docs/jobs.md): what
+/// narund tells the command about the request it answers. Every name starts with
+/// [`request_env::PREFIX`]; a spec's own `env` entries with that prefix are not passed to
+/// runs (the request's values cannot be shadowed, and a request cannot set any other
+/// variable).
+pub mod request_env {
+    /// Prefix of every request variable.
+    pub const PREFIX: &str = "NARUN_REQUEST_";
+    /// `bhttp` (the gateway's HTTP routes, `narunctl request`) or `raw` (raw routes).
+    pub const PROTOCOL: &str = "NARUN_REQUEST_PROTOCOL";
+    /// The HTTP method (`GET`, `POST`, …).
+    pub const METHOD: &str = "NARUN_REQUEST_METHOD";
+    /// The path, without the query, as sent (not percent-decoded).
+    pub const PATH: &str = "NARUN_REQUEST_PATH";
+    /// The query without `?` (empty when there is none), as sent.
+    pub const QUERY: &str = "NARUN_REQUEST_QUERY";
+    /// The host (`:authority`, raw: `X-Original-Host`); may be empty.
+    pub const HOST: &str = "NARUN_REQUEST_HOST";
+    /// The request id (`X-Request-Id`), when there is one.
+    pub const ID: &str = "NARUN_REQUEST_ID";
+    /// Bytes of the body, which the command reads on stdin.
+    pub const CONTENT_LENGTH: &str = "NARUN_REQUEST_CONTENT_LENGTH";
+    /// Milliseconds this run may take before narund kills it.
+    pub const TIMEOUT_MS: &str = "NARUN_REQUEST_TIMEOUT_MS";
+    /// Prefix of one variable per request header: `X-Api-Key` → `NARUN_REQUEST_HEADER_X_API_KEY`.
+    pub const HEADER_PREFIX: &str = "NARUN_REQUEST_HEADER_";
+    /// How many request headers were not passed (a name or value the sanitiser refuses,
+    /// or over the count and size bounds); absent when none was dropped.
+    pub const DROPPED_HEADERS: &str = "NARUN_REQUEST_DROPPED_HEADERS";
+}
+
 /// Longest accepted node id, in bytes: like an app name (`narun-spec`'s `MAX_NAME_LEN`)
 /// and a Linux host name (`HOST_NAME_MAX`, the default node id). The node id is a subject
 /// token of [`log_subject`], [`status_subject`] and [`control_subject`], the key of the

@@ -135,6 +135,29 @@ impl InstanceCgroup {
         })
     }
 
+    /// Create the child cgroup `<this>/<name>` (`name`: one path component starting with
+    /// `narun-`), without limits of its own: this cgroup's limits hold for the whole
+    /// subtree. A command unit runs each request in one (docs/jobs.md). A child with no
+    /// controllers enabled in this cgroup's `cgroup.subtree_control` can always be made,
+    /// and this cgroup holds no process itself, so the "no internal processes" rule of
+    /// cgroup v2 is kept.
+    pub fn child(&self, name: &str) -> Result<InstanceCgroup> {
+        validate_name(name)?;
+        let path = self.path.join(name);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(CgroupError::AlreadyExists(path));
+            }
+            Err(e) => return Err(io_err("mkdir", &path)(e)),
+        }
+        Ok(InstanceCgroup {
+            path,
+            name: name.to_owned(),
+            unenforced: Vec::new(),
+        })
+    }
+
     /// The cgroup directory.
     pub fn path(&self) -> &Path {
         &self.path

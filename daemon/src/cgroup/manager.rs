@@ -48,6 +48,15 @@ pub trait RunCgroup: Send + Sync {
     fn oom_kills(&self) -> u64;
     /// Wait (at most `timeout`) until no process is left.
     fn wait_empty(&self, timeout: Duration) -> BoxFuture<'_, Result<(), CgroupError>>;
+    /// A new cgroup below this one (a command unit's run, docs/jobs.md): the limits of
+    /// this cgroup hold for all its children together, `cgroup.kill` of the child kills
+    /// that run only. Not every implementation has children.
+    fn child(&self, name: &str) -> Result<Box<dyn RunCgroup>, CgroupError> {
+        Err(CgroupError::InvalidName {
+            name: name.to_owned(),
+            reason: "this cgroup implementation has no child cgroups",
+        })
+    }
     /// Kill what is left and remove the cgroup.
     fn remove(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<(), CgroupError>>;
 }
@@ -119,6 +128,10 @@ impl RunCgroup for InstanceCgroup {
 
     fn wait_empty(&self, timeout: Duration) -> BoxFuture<'_, Result<(), CgroupError>> {
         Box::pin(InstanceCgroup::wait_empty(self, timeout))
+    }
+
+    fn child(&self, name: &str) -> Result<Box<dyn RunCgroup>, CgroupError> {
+        Ok(Box::new(InstanceCgroup::child(self, name)?))
     }
 
     fn remove(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<(), CgroupError>> {

@@ -23,6 +23,7 @@
 //! | `notify.rs` | the per-run sd_notify socket and message parser |
 //! | `nats_identity.rs` | the app's own NATS credentials (provisioned or minted), never narund's |
 //! | `reaper.rs` | narund as child subreaper: reaping orphans without stealing a child's exit status |
+//! | `command/` | command units (`mode = "command"`): narund serves the app's endpoint and runs the binary per request |
 //!
 //! See `docs/supervisor.md` for the behaviour as users see it.
 //!
@@ -58,6 +59,7 @@
 //!
 
 pub mod adopt;
+pub mod command;
 pub mod exit;
 pub mod lifecycle;
 pub mod nats_identity;
@@ -112,6 +114,9 @@ pub struct Host {
     pub changed: Notify,
     /// Restarts by reason and reconcile durations, for `/metrics` ([`crate::metrics`]).
     pub counters: crate::metrics::counters::Counters,
+    /// narund's NATS client (it may still be connecting): command units register their
+    /// endpoint with it ([`command`]).
+    pub client: async_nats::Client,
 }
 
 /// The parts a [`Host`] is built from.
@@ -125,6 +130,8 @@ pub struct HostParts {
     pub cgroups: Option<Arc<dyn Cgroups>>,
     /// From [`spawn_publisher`].
     pub events: mpsc::UnboundedSender<Outgoing>,
+    /// narund's NATS client (command units register their endpoints with it).
+    pub client: async_nats::Client,
 }
 
 /// A status event on its way to NATS.
@@ -184,6 +191,7 @@ impl Host {
             events: p.events,
             changed: Notify::new(),
             counters: Default::default(),
+            client: p.client,
         }
     }
 
@@ -223,6 +231,10 @@ impl Host {
         revision: u64,
         adopt: Option<Adoptable>,
     ) -> InstanceHandle {
+        if spec.mode == narun_spec::Mode::Command {
+            // No process to adopt: a command unit's runs end with each request.
+            return command::spawn(self.clone(), spec, index, revision);
+        }
         task::spawn(self.clone(), spec, index, revision, adopt)
     }
 }

@@ -40,7 +40,9 @@ pub struct SpawnRequest<'a> {
     /// The whole environment.
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
-    /// Write ends of the log pipes (stdin is `/dev/null`).
+    /// The read end of a pipe for stdin (a command unit's request body); `None`: `/dev/null`.
+    pub stdin: Option<OwnedFd>,
+    /// Write ends of the log pipes.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     /// `RLIMIT_NOFILE` (soft, hard) of the app.
@@ -228,11 +230,19 @@ fn spawn_clone3(
             format!("NUL byte in the work dir {}", req.cwd.display()),
         ))
     })?;
-    let stdin = std::fs::File::open("/dev/null").map_err(spawn_err)?;
+    let null = match &req.stdin {
+        Some(_) => None,
+        None => Some(std::fs::File::open("/dev/null").map_err(spawn_err)?),
+    };
+    let stdin = match (&req.stdin, &null) {
+        (Some(fd), _) => fd.as_fd(),
+        (None, Some(f)) => f.as_fd(),
+        (None, None) => unreachable!("/dev/null is opened when there is no stdin pipe"),
+    };
     let setup = sys::spawn::ChildSetup {
         image,
         cwd: &cwd,
-        stdio: [stdin.as_fd(), req.stdout.as_fd(), req.stderr.as_fd()],
+        stdio: [stdin, req.stdout.as_fd(), req.stderr.as_fd()],
         nofile: Some(req.nofile),
         privileges: req.privileges.as_ref().map(|p| sys::spawn::PrivilegeDrop {
             uid: p.uid,
@@ -276,7 +286,7 @@ fn spawn_fork(
         .env_clear()
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&req.cwd)
-        .stdin(Stdio::null())
+        .stdin(req.stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(Stdio::from(req.stdout))
         .stderr(Stdio::from(req.stderr))
         .kill_on_drop(false)

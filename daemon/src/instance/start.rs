@@ -192,7 +192,7 @@ impl Task {
 
     /// The verified binary: from the object store when connected (the cache avoids the
     /// download), otherwise the cached file of the digest this spec last ran.
-    async fn binary(&mut self) -> Result<CachedBinary, StartFailure> {
+    pub(super) async fn binary(&mut self) -> Result<CachedBinary, StartFailure> {
         let store = self.host.store.lock().unwrap().clone();
         let (os, arch) = (names::go_os(), names::go_arch());
         // A restart of the same spec reuses the binary of the first start.
@@ -314,7 +314,7 @@ impl Task {
     /// (`narun_wire::elf`), or, with `[apps] allow_scripts`, a `#!` script; otherwise the
     /// start fails with reason `exec-format`. (The `execve` itself never falls back to a
     /// shell either: `super::process`.)
-    fn check_executable(&self, bin: &CachedBinary) -> Result<(), StartFailure> {
+    pub(super) fn check_executable(&self, bin: &CachedBinary) -> Result<(), StartFailure> {
         use std::io::Read;
         let object = self
             .spec
@@ -391,6 +391,7 @@ impl Task {
                 args: self.spec.args.clone(),
                 env: env.into_iter().collect(),
                 cwd: work.to_path_buf(),
+                stdin: None,
                 stdout: OwnedFd::from(out_w),
                 stderr: OwnedFd::from(err_w),
                 // Only lowers narund's limits: needs no privilege.
@@ -433,7 +434,11 @@ impl Task {
     }
 
     /// The exact environment of the app: nothing is inherited from narund.
-    fn environment(&self, identity: Option<&AppIdentity>, work: &Path) -> Vec<(String, String)> {
+    pub(super) fn environment(
+        &self,
+        identity: Option<&AppIdentity>,
+        work: &Path,
+    ) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert("PATH".into(), DEFAULT_PATH.into());
         if let Some(id) = identity {

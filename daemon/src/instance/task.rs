@@ -39,6 +39,18 @@ pub(super) fn spawn(
     revision: u64,
     adopt: Option<Adoptable>,
 ) -> InstanceHandle {
+    let (handle, task) = new(host, spec, index, revision);
+    tokio::spawn(task.run(adopt));
+    handle
+}
+
+/// The handle and the (not yet started) task of instance `index` of `spec`.
+pub(super) fn new(
+    host: Arc<Host>,
+    spec: Arc<AppSpec>,
+    index: u32,
+    revision: u64,
+) -> (InstanceHandle, Task) {
     let pinned = host
         .local
         .digest_of(&spec)
@@ -77,8 +89,7 @@ pub(super) fn spawn(
         secret_env: Vec::new(),
         nats_env: Vec::new(),
     };
-    tokio::spawn(task.run(adopt));
-    handle
+    (handle, task)
 }
 
 /// Why a start did not get to a running process.
@@ -136,7 +147,7 @@ pub(super) struct Task {
     pub instance_id: String,
     pub run_id: String,
     pub status: watch::Sender<Snapshot>,
-    stop: watch::Receiver<bool>,
+    pub stop: watch::Receiver<bool>,
     /// The stop request was handed to the lifecycle.
     stop_seen: bool,
     /// The digest a restart of the same spec starts (the binary of the first start).
@@ -562,7 +573,7 @@ impl Task {
     }
 
     /// Publish a status event and update the snapshot; a `running` run gets its record.
-    fn publish(&self, r: Report, run: Option<&Running>) {
+    pub(super) fn publish(&self, r: Report, run: Option<&Running>) {
         let mut unenforced = Vec::new();
         let time = now_rfc3339();
         let mut restarted = false;
@@ -679,13 +690,13 @@ async fn recv_opt(sock: Option<&NotifySocket>) -> std::io::Result<Datagram> {
 /// exiting with `apps.on_exit = "detach"`) leaves the run alone: then this never resolves.
 /// Unlike awaiting `wait_for` directly in a `select!`, no `watch::Ref` (not `Send`) is
 /// kept in the future.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
-fn new_run_id() -> String {
+pub(super) fn new_run_id() -> String {
     let b: [u8; 16] = rand::random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     // UUIDv4 layout (version and variant bits are not forced; only the shape matters).

@@ -161,6 +161,7 @@ impl Node {
             processes: p.processes,
             cgroups: p.cgroups,
             events,
+            client: p.client.clone(),
         });
         let inner = Inner {
             host: Arc::new(host),
