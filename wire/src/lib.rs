@@ -10,6 +10,7 @@
 //! * [`elf`]: which ELF executables narun runs (the header check of narunctl and narund).
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
 //! * [`jetstream`]: the buckets of the contract ([`jetstream::APP_CONFIGS`], …), opened or created on every server version; typed "not found".
+//! * [`jobs`]: async jobs: the `narun-jobs` stream, job records, headers and retry rules.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod elf;
 pub mod events;
 pub mod grpc;
 pub mod jetstream;
+pub mod jobs;
 pub mod micro;
 pub mod names;
 #[cfg(feature = "secrets")]
