@@ -711,6 +711,10 @@ impl GatewayConfig {
                     "is only for HTTP routes (gRPC calls are answered synchronously)",
                 );
             }
+            if r.path.is_none() {
+                // gRPC routes: validate_grpc_route names these keys.
+                continue;
+            }
             if let Some(n) = r.max_attempts {
                 if !is_async {
                     c.push(
@@ -1058,6 +1062,65 @@ service = "g"
             );
         }
         assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn async_routes_and_job_settings_are_checked() {
+        let cfg = GatewayConfig::from_toml(
+            "[gateway]\n[gateway.jobs]\nworkers = 2\n\
+             [[gateway.routes]]\npath = \"/a\"\nservice = \"a\"\nasync = true\nmax_attempts = 3\n\
+             [[gateway.routes]]\npath = \"/b/\"\nservice = \"b\"\nasync = \"allow\"\n\
+             [[gateway.routes]]\npath = \"/c\"\nservice = \"c\"\nasync = false\n",
+        )
+        .unwrap();
+        assert!(cfg.has_async_routes());
+        assert_eq!(cfg.jobs.workers, 2);
+        assert_eq!(cfg.jobs.retention_sec, DEFAULT_JOB_RETENTION_SEC);
+        assert_eq!(cfg.routes[0].async_mode(), AsyncMode::Always);
+        assert_eq!(cfg.routes[1].async_mode(), AsyncMode::Allow);
+        assert_eq!(cfg.routes[2].async_mode(), AsyncMode::Off);
+        // Serialized the way it is written (narund's `--check-config` prints it).
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(
+            text.contains("async = true") && text.contains("async = \"allow\""),
+            "{text}"
+        );
+        assert!(!GatewayConfig::default().has_async_routes());
+
+        let errs = errors(
+            "[gateway]\ngrpc_addr = \"127.0.0.1:0\"\n[gateway.jobs]\nworkers = 0\nretention_sec = 0\nmax_queue_bytes = 10\ncolour = 1\n\
+             [[gateway.routes]]\npath = \"/a\"\nservice = \"a\"\nmax_attempts = 3\nretry_backoff_ms = 5\n\
+             [[gateway.routes]]\npath = \"/b\"\nservice = \"b\"\nasync = true\nmax_attempts = 0\nretry_backoff_ms = 0\n\
+             [[gateway.routes]]\npath = \"/_jobs/x\"\nservice = \"c\"\n\
+             [[gateway.routes]]\ngrpc = \"a.B\"\nservice = \"g\"\nasync = true\nmax_attempts = 2\n",
+        );
+        let expect = [
+            "gateway.jobs.colour: unknown key",
+            "gateway.jobs.workers: must be at least 1",
+            "gateway.jobs.retention_sec: must be at least 1",
+            "gateway.jobs.max_queue_bytes: 10 is out of range",
+            "gateway.routes[0].max_attempts: is only used by async routes",
+            "gateway.routes[0].retry_backoff_ms: is only used by async routes",
+            "gateway.routes[1].max_attempts: 0 is out of range (1 to 100)",
+            "gateway.routes[1].retry_backoff_ms: 0 is out of range",
+            "gateway.routes[2].path: \"/_jobs/x\" is the gateway's job API",
+            "gateway.routes[3].async: is only for HTTP routes",
+            "gateway.routes[3].max_attempts: is not used by gRPC routes",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+        let errs =
+            errors("[[gateway.routes]]\npath = \"/a\"\nservice = \"a\"\nasync = \"maybe\"\n");
+        assert!(
+            errs[0].contains("expected true, false or \"allow\""),
+            "{errs:?}"
+        );
     }
 
     #[test]
