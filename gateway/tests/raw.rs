@@ -189,12 +189,16 @@ async fn async_raw_routes_run_jobs_with_nats_headers() {
             } else {
                 out.insert("X-Response-Status-Code", "201");
             }
-            let body = format!(
+            let mut body = format!(
                 "{} {} attempt {attempt}: {}",
                 get("X-Original-Method"),
                 get("X-Original-Path"),
                 String::from_utf8_lossy(&m.payload)
             );
+            if get("X-Original-Path") == "/jobs/big" {
+                // More than half of max_payload: kept in the object store.
+                body = "b".repeat(600_000);
+            }
             responder
                 .publish_with_headers(m.reply.unwrap(), out, body.into())
                 .await
@@ -232,4 +236,22 @@ async fn async_raw_routes_run_jobs_with_nats_headers() {
     assert_eq!(r.status, 201);
     assert_eq!(r.text(), "POST /jobs/report attempt 2: the body");
     assert_eq!(r.headers["x-seen-job"].to_str().unwrap(), id);
+
+    // A large result goes to the object store and comes back whole.
+    let r = send(Request::put(gw.url("/jobs/big")).body(full("")).unwrap()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.headers["narun-job-id"].to_str().unwrap().to_owned();
+    let v = narun_test_support::wait_for("the big job to be done", Duration::from_secs(30), || {
+        let url = gw.url(&format!("/_jobs/{id}"));
+        async move {
+            let v = get(&url).await.json();
+            (v["state"] == "done").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(v["result"]["stored"], "object", "{v}");
+    assert_eq!(v["result"]["body_bytes"], 600_000, "{v}");
+    let r = get(&gw.url(&format!("/_jobs/{id}/result"))).await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (201, 600_000));
+    assert!(r.body.iter().all(|b| *b == b'b'));
 }
