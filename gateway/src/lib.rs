@@ -316,7 +316,13 @@ impl Gateway {
                 }
             }
         }
-        let client_for_jobs = client.clone();
+        let jobs = config.has_async_routes().then(|| {
+            Arc::new(jobs::Jobs::new(
+                &client,
+                config.jobs.clone(),
+                &mut metrics.registry,
+            ))
+        });
         let shared = Arc::new(Shared {
             client,
             router: router::Router::new(specs),
@@ -324,9 +330,7 @@ impl Gateway {
             max_body: config.max_body_bytes,
             limits,
             failover: failover::Failover::default(),
-            jobs: config
-                .has_async_routes()
-                .then(|| Arc::new(jobs::Jobs::new(&client_for_jobs, config.jobs.clone()))),
+            jobs,
         });
         Ok(Gateway {
             http,

@@ -254,4 +254,12 @@ async fn async_raw_routes_run_jobs_with_nats_headers() {
     let r = get(&gw.url(&format!("/_jobs/{id}/result"))).await;
     assert_eq!((r.status.as_u16(), r.body.len()), (201, 600_000));
     assert!(r.body.iter().all(|b| *b == b'b'));
+
+    // Counted: two accepted, two done, each after one retried attempt.
+    let m = get(&gw.metrics_url("/metrics")).await.text();
+    for (event, n) in [("accepted", 2), ("done", 2), ("retried", 2)] {
+        let line = format!("gateway_jobs_total{{event=\"{event}\"}} {n}");
+        assert!(m.lines().any(|l| l == line), "no {line:?} in:\n{m}");
+    }
+    narun_test_support::http1::promtool_check(&m);
 }

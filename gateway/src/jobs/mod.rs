@@ -31,9 +31,20 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use narun_wire::jobs::{self as wire, Envelope, JobRecord, Stores};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::sync::OnceCell;
+
+/// `gateway_jobs_total{event}`: what happened to jobs at this gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct JobEvent {
+    /// `accepted` (202), `refused` (503: queue full or unavailable), `done`, `retried`
+    /// (an attempt failed, another follows), `failed` (no attempt left).
+    pub event: &'static str,
+}
 
 /// Bytes a queued message carries besides the request (the envelope headers).
 const ENVELOPE_ROOM: usize = 1024;
@@ -82,16 +93,33 @@ pub(crate) struct Jobs {
     pub config: JobsConfig,
     node: OnceLock<String>,
     ready: OnceCell<Stores>,
+    events: Family<JobEvent, Counter>,
 }
 
 impl Jobs {
-    pub(crate) fn new(client: &async_nats::Client, config: JobsConfig) -> Jobs {
+    pub(crate) fn new(
+        client: &async_nats::Client,
+        config: JobsConfig,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> Jobs {
+        let events = Family::<JobEvent, Counter>::default();
+        registry.register(
+            "gateway_jobs",
+            "Async jobs at this gateway by event: accepted, refused, done, retried, failed",
+            events.clone(),
+        );
         Jobs {
             js: jetstream::new(client.clone()),
             config,
             node: OnceLock::new(),
             ready: OnceCell::new(),
+            events,
         }
+    }
+
+    /// Count a job `event` (`gateway_jobs_total`).
+    pub(crate) fn count(&self, event: &'static str) {
+        self.events.get_or_create(&JobEvent { event }).inc();
     }
 
     pub(crate) fn set_node(&self, node: String) {
@@ -155,7 +183,13 @@ pub(crate) async fn enqueue(
     let reserve = ENVELOPE_ROOM + target.path.len() + target.subject.len();
     let (parts, body, lease) =
         crate::proxy::read_request(state, req, normalised, peer, rid, reserve).await?;
-    let stores = jobs.stores().await.map_err(unavailable)?;
+    let stores = match jobs.stores().await {
+        Ok(s) => s,
+        Err(e) => {
+            jobs.count("refused");
+            return Err(unavailable(e));
+        }
+    };
     let env = Envelope {
         id: wire::new_id(),
         route: target.path.to_string(),
@@ -176,11 +210,10 @@ pub(crate) async fn enqueue(
     let record = JobRecord::queued(&env, parts.method.as_str(), &path);
     let json = serde_json::to_vec(&record).expect("a record serializes");
     // The record first: a worker that takes the message always finds it.
-    stores
-        .state
-        .create(&env.id, json.into())
-        .await
-        .map_err(|e| unavailable(format!("writing the job record: {e}")))?;
+    if let Err(e) = stores.state.create(&env.id, json.into()).await {
+        jobs.count("refused");
+        return Err(unavailable(format!("writing the job record: {e}")));
+    }
     let published = async {
         jobs.js
             .publish_with_headers(
@@ -196,10 +229,12 @@ pub(crate) async fn enqueue(
     if let Err(e) = published {
         let _ = stores.state.purge(&env.id).await;
         tracing::warn!(id = %env.id, error = %e, "queueing a job failed");
+        jobs.count("refused");
         return Err(unavailable(format!(
             "storing the request: {e} (the queue may be full: [gateway.jobs] max_queue_bytes)"
         )));
     }
+    jobs.count("accepted");
     Ok(accepted(&record, prefer))
 }
 

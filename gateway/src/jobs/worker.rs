@@ -299,13 +299,16 @@ async fn run_one(shared: &Shared, jobs: &Jobs, msg: jetstream::Message) {
     }
     match verdict {
         Verdict::Retry(d) => {
+            jobs.count("retried");
             let _ = msg.ack_with(AckKind::Nak(Some(d))).await;
         }
         Verdict::Failed => {
+            jobs.count("failed");
             keep_request(stores, &env.id, &msg.payload).await;
             let _ = msg.double_ack().await;
         }
         Verdict::Done => {
+            jobs.count("done");
             let _ = msg.double_ack().await;
         }
     }
