@@ -66,6 +66,7 @@ impl Daemon {
                 .await
                 .context("starting the gateway")?;
             gateway.set_connection_events(events.clone());
+            gateway.set_node_id(&config.node_id);
             tracing::info!(http = %gateway.http_addr(), metrics = %gateway.metrics_addr(), "gateway listening");
             Some(gateway)
         } else {

@@ -76,6 +76,22 @@ pub const MAX_TIMEOUT_SEC: u64 = 86_400;
 /// Default wait for memory or an in-flight slot before answering 503 / RESOURCE_EXHAUSTED.
 pub const DEFAULT_OVERLOAD_WAIT_MS: u64 = 250;
 
+// Async jobs (`async` routes, `[gateway.jobs]`; docs/jobs.md).
+/// Default attempts of an async job before it fails.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Default first pause before an async job's retry (doubles per failed attempt).
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1000;
+/// Default jobs a gateway's workers run at once.
+pub const DEFAULT_JOB_WORKERS: u32 = 4;
+/// Default time job state and results are kept: one day.
+pub const DEFAULT_JOB_RETENTION_SEC: u64 = 86_400;
+/// Default time a worker holds a job without news before JetStream hands it to another.
+pub const DEFAULT_JOB_ACK_WAIT_SEC: u64 = 30;
+/// Default bytes of queued requests the `narun-jobs` stream holds: 1 GiB.
+pub const DEFAULT_JOB_MAX_QUEUE_BYTES: u64 = 1 << 30;
+/// Default longest pause between two attempts of a job.
+pub const DEFAULT_JOB_MAX_BACKOFF_SEC: u64 = 300;
+
 /// The `[gateway]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -127,9 +143,84 @@ pub struct GatewayConfig {
     /// refused (503 + `Retry-After`, gRPC `RESOURCE_EXHAUSTED`).
     pub overload_wait_ms: u64,
     pub routes: Vec<RouteConfig>,
+    /// `[gateway.jobs]`: the workers of `async` routes (docs/jobs.md).
+    pub jobs: JobsConfig,
     /// Unknown keys (reported by [`GatewayConfig::validate`]).
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// `[gateway.jobs]`: how the gateway runs the jobs of `async` routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobsConfig {
+    /// Jobs this gateway runs at once (a durable pull consumer shared by every gateway).
+    pub workers: u32,
+    /// How long job state and results are kept (KV TTL of `narun-job-state`, …),
+    /// counted from the last change. Used when the buckets are created.
+    pub retention_sec: u64,
+    /// A worker tells JetStream it is still working on a job every `ack_wait_sec / 3`; a
+    /// job without news for `ack_wait_sec` (its gateway died) goes to another worker.
+    pub ack_wait_sec: u64,
+    /// Bytes of queued requests the `narun-jobs` stream holds; a full queue answers 503.
+    /// Used when the stream is created.
+    pub max_queue_bytes: u64,
+    /// Longest pause between two attempts of a job.
+    pub max_backoff_sec: u64,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            workers: DEFAULT_JOB_WORKERS,
+            retention_sec: DEFAULT_JOB_RETENTION_SEC,
+            ack_wait_sec: DEFAULT_JOB_ACK_WAIT_SEC,
+            max_queue_bytes: DEFAULT_JOB_MAX_QUEUE_BYTES,
+            max_backoff_sec: DEFAULT_JOB_MAX_BACKOFF_SEC,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+/// A route's `async` key: `false` (default), `true` (every request becomes a job) or
+/// `"allow"` (a request becomes a job when the client sends `Prefer: respond-async`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AsyncMode {
+    #[default]
+    Off,
+    Always,
+    Allow,
+}
+
+impl Serialize for AsyncMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AsyncMode::Off => s.serialize_bool(false),
+            AsyncMode::Always => s.serialize_bool(true),
+            AsyncMode::Allow => s.serialize_str("allow"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AsyncMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            B(bool),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::B(false) => Ok(AsyncMode::Off),
+            Raw::B(true) => Ok(AsyncMode::Always),
+            Raw::S(s) if s == "allow" => Ok(AsyncMode::Allow),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "async = {s:?}: expected true, false or \"allow\""
+            ))),
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -155,6 +246,7 @@ impl Default for GatewayConfig {
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             overload_wait_ms: DEFAULT_OVERLOAD_WAIT_MS,
             routes: Vec::new(),
+            jobs: JobsConfig::default(),
             unknown: BTreeMap::new(),
         }
     }
@@ -198,6 +290,14 @@ pub struct RouteConfig {
     pub mode: Option<RouteMode>,
     /// Per-route NATS request timeout; default: the gateway's `request_timeout_sec`.
     pub timeout_sec: Option<u64>,
+    /// `true`: answer `202 Accepted` and run the request as a job; `"allow"`: only when the
+    /// client sends `Prefer: respond-async` (docs/jobs.md).
+    #[serde(rename = "async")]
+    pub async_mode: Option<AsyncMode>,
+    /// Attempts of a job of this route before it fails (default 5).
+    pub max_attempts: Option<u32>,
+    /// First pause before a job's retry, doubling per failed attempt (default 1000).
+    pub retry_backoff_ms: Option<u64>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -209,6 +309,11 @@ impl RouteConfig {
             RouteMode::Raw => self.subject.as_deref(),
             RouteMode::Bhttp => self.service.as_deref(),
         }
+    }
+
+    /// The route's `async` mode.
+    pub fn async_mode(&self) -> AsyncMode {
+        self.async_mode.unwrap_or_default()
     }
 
     /// The route's timeout, or `default_sec`.
@@ -255,14 +360,15 @@ pub enum LoadError {
     Invalid(#[from] ConfigErrors),
 }
 
-const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec";
+const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec, async, max_attempts, retry_backoff_ms";
+const JOBS_KEYS: &str = "workers, retention_sec, ack_wait_sec, max_queue_bytes, max_backoff_sec";
 const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
                             metrics_addr, request_timeout_sec, max_body_bytes, \
                             shutdown_timeout_sec, max_connections, \
                             max_connections_per_ip, header_read_timeout_sec, \
                             keepalive_timeout_sec, body_read_timeout_sec, min_body_rate, \
                             h2_max_concurrent_streams, max_inflight_requests, \
-                            memory_budget_bytes, overload_wait_ms, routes";
+                            memory_budget_bytes, overload_wait_ms, routes, jobs";
 
 struct Collector(Vec<ConfigError>);
 
@@ -473,6 +579,7 @@ impl GatewayConfig {
             }
         }
         self.validate_tls(&mut c);
+        self.validate_jobs(&mut c);
         if has_grpc && self.grpc_addr.is_none() {
             c.push(
                 "gateway.grpc_addr",
@@ -549,6 +656,103 @@ impl GatewayConfig {
                 "gateway.overload_wait_ms",
                 "must be at most 3600000 (one hour)",
             );
+        }
+    }
+
+    /// Whether any route may run requests as jobs (the gateway then serves `/_jobs/` and
+    /// runs workers).
+    pub fn has_async_routes(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.path.is_some() && r.async_mode() != AsyncMode::Off)
+    }
+
+    /// `[gateway.jobs]` and the routes' job keys.
+    fn validate_jobs(&self, c: &mut Collector) {
+        let j = &self.jobs;
+        for k in j.unknown.keys() {
+            c.push(
+                format!("gateway.jobs.{k}"),
+                format!("unknown key (known keys: {JOBS_KEYS})"),
+            );
+        }
+        for (key, v, max) in [
+            ("workers", u64::from(j.workers), 1024),
+            ("retention_sec", j.retention_sec, 365 * 86_400),
+            ("ack_wait_sec", j.ack_wait_sec, MAX_TIMEOUT_SEC),
+            ("max_backoff_sec", j.max_backoff_sec, MAX_TIMEOUT_SEC),
+        ] {
+            if v == 0 {
+                c.push(format!("gateway.jobs.{key}"), "must be at least 1");
+            } else if v > max {
+                c.push(
+                    format!("gateway.jobs.{key}"),
+                    format!("{v} is more than {max}"),
+                );
+            }
+        }
+        if j.max_queue_bytes < 1 << 20 || j.max_queue_bytes > i64::MAX as u64 {
+            c.push(
+                "gateway.jobs.max_queue_bytes",
+                format!(
+                    "{} is out of range (1048576 to {})",
+                    j.max_queue_bytes,
+                    i64::MAX
+                ),
+            );
+        }
+        let any_async = self.has_async_routes();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = format!("gateway.routes[{i}]");
+            let is_async = r.async_mode() != AsyncMode::Off;
+            if r.grpc.is_some() && r.async_mode.is_some() {
+                c.push(
+                    format!("{key}.async"),
+                    "is only for HTTP routes (gRPC calls are answered synchronously)",
+                );
+            }
+            if r.path.is_none() {
+                // gRPC routes: validate_grpc_route names these keys.
+                continue;
+            }
+            if let Some(n) = r.max_attempts {
+                if !is_async {
+                    c.push(
+                        format!("{key}.max_attempts"),
+                        "is only used by async routes (set async = true or \"allow\")",
+                    );
+                } else if n == 0 || n > narun_wire::jobs::MAX_ATTEMPTS_LIMIT {
+                    c.push(
+                        format!("{key}.max_attempts"),
+                        format!(
+                            "{n} is out of range (1 to {})",
+                            narun_wire::jobs::MAX_ATTEMPTS_LIMIT
+                        ),
+                    );
+                }
+            }
+            if let Some(ms) = r.retry_backoff_ms {
+                if !is_async {
+                    c.push(
+                        format!("{key}.retry_backoff_ms"),
+                        "is only used by async routes (set async = true or \"allow\")",
+                    );
+                } else if ms == 0 || ms > 3_600_000 {
+                    c.push(
+                        format!("{key}.retry_backoff_ms"),
+                        format!("{ms} is out of range (1 to 3600000)"),
+                    );
+                }
+            }
+            if any_async
+                && let Some(p) = &r.path
+                && (p == "/_jobs" || p.starts_with(narun_wire::jobs::HTTP_PREFIX))
+            {
+                c.push(
+                    format!("{key}.path"),
+                    format!("{p:?} is the gateway's job API (/_jobs/) while async routes exist"),
+                );
+            }
         }
     }
 
@@ -672,6 +876,8 @@ impl GatewayConfig {
             ("methods", r.methods.is_some()),
             ("subject", r.subject.is_some()),
             ("mode", r.mode.is_some()),
+            ("max_attempts", r.max_attempts.is_some()),
+            ("retry_backoff_ms", r.retry_backoff_ms.is_some()),
         ] {
             if set {
                 c.push(
@@ -856,6 +1062,65 @@ service = "g"
             );
         }
         assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn async_routes_and_job_settings_are_checked() {
+        let cfg = GatewayConfig::from_toml(
+            "[gateway]\n[gateway.jobs]\nworkers = 2\n\
+             [[gateway.routes]]\npath = \"/a\"\nservice = \"a\"\nasync = true\nmax_attempts = 3\n\
+             [[gateway.routes]]\npath = \"/b/\"\nservice = \"b\"\nasync = \"allow\"\n\
+             [[gateway.routes]]\npath = \"/c\"\nservice = \"c\"\nasync = false\n",
+        )
+        .unwrap();
+        assert!(cfg.has_async_routes());
+        assert_eq!(cfg.jobs.workers, 2);
+        assert_eq!(cfg.jobs.retention_sec, DEFAULT_JOB_RETENTION_SEC);
+        assert_eq!(cfg.routes[0].async_mode(), AsyncMode::Always);
+        assert_eq!(cfg.routes[1].async_mode(), AsyncMode::Allow);
+        assert_eq!(cfg.routes[2].async_mode(), AsyncMode::Off);
+        // Serialized the way it is written (narund's `--check-config` prints it).
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(
+            text.contains("async = true") && text.contains("async = \"allow\""),
+            "{text}"
+        );
+        assert!(!GatewayConfig::default().has_async_routes());
+
+        let errs = errors(
+            "[gateway]\ngrpc_addr = \"127.0.0.1:0\"\n[gateway.jobs]\nworkers = 0\nretention_sec = 0\nmax_queue_bytes = 10\ncolour = 1\n\
+             [[gateway.routes]]\npath = \"/a\"\nservice = \"a\"\nmax_attempts = 3\nretry_backoff_ms = 5\n\
+             [[gateway.routes]]\npath = \"/b\"\nservice = \"b\"\nasync = true\nmax_attempts = 0\nretry_backoff_ms = 0\n\
+             [[gateway.routes]]\npath = \"/_jobs/x\"\nservice = \"c\"\n\
+             [[gateway.routes]]\ngrpc = \"a.B\"\nservice = \"g\"\nasync = true\nmax_attempts = 2\n",
+        );
+        let expect = [
+            "gateway.jobs.colour: unknown key",
+            "gateway.jobs.workers: must be at least 1",
+            "gateway.jobs.retention_sec: must be at least 1",
+            "gateway.jobs.max_queue_bytes: 10 is out of range",
+            "gateway.routes[0].max_attempts: is only used by async routes",
+            "gateway.routes[0].retry_backoff_ms: is only used by async routes",
+            "gateway.routes[1].max_attempts: 0 is out of range (1 to 100)",
+            "gateway.routes[1].retry_backoff_ms: 0 is out of range",
+            "gateway.routes[2].path: \"/_jobs/x\" is the gateway's job API",
+            "gateway.routes[3].async: is only for HTTP routes",
+            "gateway.routes[3].max_attempts: is not used by gRPC routes",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+        let errs =
+            errors("[[gateway.routes]]\npath = \"/a\"\nservice = \"a\"\nasync = \"maybe\"\n");
+        assert!(
+            errs[0].contains("expected true, false or \"allow\""),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub mod config;
 mod discovery;
 mod failover;
 mod grpc;
+mod jobs;
 pub mod limits;
 mod metrics;
 mod path;
@@ -128,7 +129,10 @@ pub mod fuzzing {
     }
 }
 
-pub use config::{ConfigError, ConfigErrors, GatewayConfig, LoadError, RouteConfig, RouteMode};
+pub use config::{
+    AsyncMode, ConfigError, ConfigErrors, GatewayConfig, JobsConfig, LoadError, RouteConfig,
+    RouteMode,
+};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -176,6 +180,8 @@ pub(crate) struct Shared {
     pub limits: Arc<limits::Limits>,
     /// The client's connection events, for requests across a lost connection ([`failover`]).
     pub failover: failover::Failover,
+    /// Async requests and their workers, when any route is async ([`jobs`]).
+    pub(crate) jobs: Option<Arc<jobs::Jobs>>,
 }
 
 /// A bound, not yet running gateway. See the [crate docs](crate).
@@ -310,6 +316,13 @@ impl Gateway {
                 }
             }
         }
+        let jobs = config.has_async_routes().then(|| {
+            Arc::new(jobs::Jobs::new(
+                &client,
+                config.jobs.clone(),
+                &mut metrics.registry,
+            ))
+        });
         let shared = Arc::new(Shared {
             client,
             router: router::Router::new(specs),
@@ -317,6 +330,7 @@ impl Gateway {
             max_body: config.max_body_bytes,
             limits,
             failover: failover::Failover::default(),
+            jobs,
         });
         Ok(Gateway {
             http,
@@ -347,6 +361,14 @@ impl Gateway {
     /// waiting for their timeout (the rules: docs/gateway.md, "NATS failover").
     pub fn set_connection_events(&self, events: narun_wire::connect::ConnectionEvents) {
         self.shared.failover.set(events);
+    }
+
+    /// The node name job attempts are recorded with (narund gives its node id; default:
+    /// the host name). Later calls are ignored.
+    pub fn set_node_id(&self, node: &str) {
+        if let Some(j) = &self.shared.jobs {
+            j.set_node(node.to_owned());
+        }
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -385,6 +407,11 @@ impl Gateway {
         let grpc = self
             .grpc
             .map(|g| tokio::spawn(g.run(stop_rx.clone(), self.shutdown_timeout)));
+        let workers = self
+            .shared
+            .jobs
+            .clone()
+            .map(|j| tokio::spawn(jobs::worker::run(self.shared.clone(), j, stop_rx.clone())));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -433,6 +460,10 @@ impl Gateway {
         }
         if let Some(g) = grpc {
             let _ = g.await;
+        }
+        if let Some(w) = workers {
+            // Jobs in progress are left to JetStream (they come back after ack_wait_sec).
+            w.abort();
         }
         self.service.stop().await;
         Ok(())

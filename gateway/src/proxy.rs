@@ -49,12 +49,12 @@ const HEAD_ROOM: usize = 1024;
 
 /// A failure the gateway answers itself (short plain-text body).
 pub(crate) struct GwError {
-    status: StatusCode,
-    msg: Cow<'static, str>,
+    pub(crate) status: StatusCode,
+    pub(crate) msg: Cow<'static, str>,
 }
 
 impl GwError {
-    fn new(status: StatusCode, msg: impl Into<Cow<'static, str>>) -> GwError {
+    pub(crate) fn new(status: StatusCode, msg: impl Into<Cow<'static, str>>) -> GwError {
         GwError {
             status,
             msg: msg.into(),
@@ -90,7 +90,7 @@ fn valid_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._:~+/=-".contains(c))
 }
 
-fn request_id(req: &Request<hyper::body::Incoming>) -> HeaderValue {
+pub(crate) fn request_id(req: &Request<hyper::body::Incoming>) -> HeaderValue {
     match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => HeaderValue::from_str(nuid::next().as_str()).expect("nuid is ASCII"),
@@ -103,7 +103,7 @@ pub(crate) struct Peer {
     /// The client's IP, the gateway's `X-Forwarded-For` element.
     ip: HeaderValue,
     /// `ip:port` (raw routes' `X-Original-RemoteAddr`).
-    addr_text: String,
+    pub(crate) addr_text: String,
 }
 
 impl Peer {
@@ -124,6 +124,16 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let method = method_index(req.method());
     let rid = request_id(&req);
+    if let Some(jobs) = &state.jobs
+        && crate::jobs::api::is_api_path(req.uri().path())
+    {
+        let mut resp = crate::jobs::api::handle(&state, jobs, &req).await;
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
+        state
+            .metrics
+            .http(method, None, None, resp.status().as_u16(), start.elapsed());
+        return resp;
+    }
     let routed = state.router.find(req.method(), req.uri().path());
     // The normalised path, when it differs from the request's (owned: `req` moves on).
     let normalised = match &routed.path {
@@ -143,7 +153,18 @@ pub(crate) async fn handle(
             let target = target.clone();
             found = Some(target.clone());
             let begun = Instant::now();
-            let resp = match forward(&state, &target, req, normalised, peer, &rid).await {
+            let as_job = match (&state.jobs, target.jobs.as_ref()) {
+                (Some(_), Some(j)) => crate::jobs::wanted(j.mode, req.headers()),
+                _ => None,
+            };
+            let answer = match (as_job, &state.jobs) {
+                (Some(prefer), Some(jobs)) => {
+                    crate::jobs::enqueue(&state, jobs, &target, req, normalised, peer, &rid, prefer)
+                        .await
+                }
+                _ => forward(&state, &target, req, normalised, peer, &rid).await,
+            };
+            let resp = match answer {
                 Ok(r) => {
                     target.stats.record(begun.elapsed(), None);
                     r
@@ -172,7 +193,7 @@ pub(crate) async fn handle(
 /// What a refusal for lack of resources (503) tells the client: retry in a
 /// second. A 408 (body too slow) closes the connection: the rest of the body
 /// may still be on its way.
-fn limit_headers(mut r: Resp) -> Resp {
+pub(crate) fn limit_headers(mut r: Resp) -> Resp {
     match r.status() {
         StatusCode::SERVICE_UNAVAILABLE => {
             r.headers_mut()
@@ -220,8 +241,42 @@ async fn forward(
             "No backend service available (gateway is not connected to NATS)",
         ));
     }
+    let (parts, body, _lease) = read_request(state, req, normalised, peer, rid, 0).await?;
+    call(state, target, &parts, body, &peer.addr_text, rid).await
+}
+
+/// Call `target` with a request read before (the path normalised, forwarding headers
+/// added): the route's mode decides how. Also the job workers' call ([`crate::jobs`]).
+pub(crate) async fn call(
+    state: &Shared,
+    target: &Target,
+    parts: &http::request::Parts,
+    body: Bytes,
+    peer_addr: &str,
+    rid: &HeaderValue,
+) -> Result<Resp, GwError> {
+    match target.mode {
+        RouteMode::Bhttp => forward_bhttp(state, target, parts, &body).await,
+        RouteMode::Raw => forward_raw(state, target, parts, body, peer_addr, rid).await,
+    }
+}
+
+/// Read a request's body within the body limit (less `reserve` bytes the caller adds to
+/// the NATS message) and the memory budget, normalise its path and add the forwarding
+/// headers. The lease keeps the body's bytes charged to the budget until it is dropped.
+pub(crate) async fn read_request(
+    state: &Shared,
+    req: Request<hyper::body::Incoming>,
+    normalised: Option<String>,
+    peer: &Peer,
+    rid: &HeaderValue,
+    reserve: usize,
+) -> Result<(http::request::Parts, Bytes, crate::limits::Lease), GwError> {
     let (mut parts, body) = req.into_parts();
-    let room = state.client.max_payload().saturating_sub(head_size(&parts));
+    let room = state
+        .client
+        .max_payload()
+        .saturating_sub(head_size(&parts) + reserve);
     let limit = state.max_body.min(room as u64);
     let too_large = || {
         GwError::new(
@@ -234,7 +289,7 @@ async fn forward(
     }
     // The body's bytes are charged to the memory budget until the answer.
     let limits = &state.limits;
-    let (body, _lease) = match limits.read_body(Listener::Http, body, limit as usize).await {
+    let (body, lease) = match limits.read_body(Listener::Http, body, limit as usize).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => return Err(too_large()),
         Err(BodyError::Timeout) => {
@@ -255,10 +310,7 @@ async fn forward(
         set_path(&mut parts.uri, &p)?;
     }
     add_forwarding_headers(&mut parts, peer, rid);
-    match target.mode {
-        RouteMode::Bhttp => forward_bhttp(state, target, &parts, &body).await,
-        RouteMode::Raw => forward_raw(state, target, &parts, body, peer, rid).await,
-    }
+    Ok((parts, body, lease))
 }
 
 /// Replace the path of `uri` by the normalised `path`, keeping the query.
@@ -498,7 +550,7 @@ async fn forward_raw(
     target: &Target,
     parts: &http::request::Parts,
     body: Bytes,
-    peer: &Peer,
+    peer_addr: &str,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
     let mut headers = async_nats::HeaderMap::new();
@@ -532,7 +584,7 @@ async fn forward_raw(
     {
         set(nats_names::ORIGINAL_HOST, host);
     }
-    set(nats_names::ORIGINAL_REMOTE_ADDR, &peer.addr_text);
+    set(nats_names::ORIGINAL_REMOTE_ADDR, peer_addr);
     if let Ok(r) = rid.to_str() {
         set(nats_names::REQUEST_ID, r);
     }

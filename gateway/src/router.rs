@@ -42,6 +42,8 @@ pub(crate) struct Target {
     /// `Narun-Timeout-Ms` (the route's timeout) and, on bhttp routes,
     /// `Content-Type: application/bhttp`.
     pub nats_headers: async_nats::HeaderMap,
+    /// How the route runs requests as jobs (`async` routes only).
+    pub jobs: Option<crate::jobs::JobRoute>,
 }
 
 impl Target {
@@ -70,6 +72,7 @@ impl Target {
             stats,
             metrics: Default::default(),
             nats_headers,
+            jobs: None,
         }
     }
 }
@@ -273,16 +276,18 @@ pub(crate) fn specs(
             n += 1;
         }
         let stats = stats_for(&name, subject, r);
+        let mut target = Target::new(
+            path,
+            r.mode.unwrap_or_default(),
+            subject,
+            config.route_timeout(r),
+            stats,
+        );
+        target.jobs = crate::jobs::JobRoute::of(r);
         out.push(RouteSpec {
             path: path.clone(),
             methods,
-            target: Arc::new(Target::new(
-                path,
-                r.mode.unwrap_or_default(),
-                subject,
-                config.route_timeout(r),
-                stats,
-            )),
+            target: Arc::new(target),
         });
     }
     out

@@ -164,3 +164,102 @@ async fn raw_mode_skips_headers_nats_cannot_carry() {
     assert!(!r.headers.contains_key("nats-service-whatever"));
     assert!(r.headers.keys().all(|k| k.as_str() != "bad(name)"));
 }
+
+/// An async raw route: the job runs through the raw forwarding (body as payload, HTTP
+/// headers as NATS headers), the service sees `Narun-Job-Id` and `Narun-Job-Attempt` as
+/// NATS headers, a `X-Response-Status-Code: 503` is retried, and the stored result keeps
+/// the reply's body and headers.
+#[tokio::test]
+async fn async_raw_routes_run_jobs_with_nats_headers() {
+    let server = NatsServer::start();
+    let svc_client = server.connect().await;
+    let mut sub = svc_client.subscribe("raw.jobs").await.unwrap();
+    synced(&svc_client).await;
+    let responder = svc_client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let h = m.headers.clone().unwrap_or_default();
+            let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default();
+            let attempt = get("Narun-Job-Attempt");
+            let mut out = async_nats::HeaderMap::new();
+            out.insert("X-Seen-Job", get("Narun-Job-Id").as_str());
+            // The first attempt fails with a 503: the job is retried.
+            if attempt == "1" {
+                out.insert("X-Response-Status-Code", "503");
+            } else {
+                out.insert("X-Response-Status-Code", "201");
+            }
+            let mut body = format!(
+                "{} {} attempt {attempt}: {}",
+                get("X-Original-Method"),
+                get("X-Original-Path"),
+                String::from_utf8_lossy(&m.payload)
+            );
+            if get("X-Original-Path") == "/jobs/big" {
+                // More than half of max_payload: kept in the object store.
+                body = "b".repeat(600_000);
+            }
+            responder
+                .publish_with_headers(m.reply.unwrap(), out, body.into())
+                .await
+                .unwrap();
+        }
+    });
+    let client = gateway_client(&server).await;
+    wait_connected(&client).await;
+    let gw = start_gateway(
+        client,
+        "[[gateway.routes]]\npath = \"/jobs/\"\nmode = \"raw\"\nsubject = \"raw.jobs\"\n\
+         async = true\nretry_backoff_ms = 50\n",
+    )
+    .await;
+    let r = send(
+        Request::post(gw.url("/jobs/report"))
+            .body(full("the body"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.headers["narun-job-id"].to_str().unwrap().to_owned();
+    let v = narun_test_support::wait_for("the raw job to be done", Duration::from_secs(30), || {
+        let url = gw.url(&format!("/_jobs/{id}"));
+        async move {
+            let v = get(&url).await.json();
+            (v["state"] == "done").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(v["attempts"][0]["status"], 503, "{v}");
+    assert_eq!(v["attempts"][1]["status"], 201, "{v}");
+    assert_eq!(v["mode"], "raw");
+    let r = get(&gw.url(&format!("/_jobs/{id}/result"))).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.text(), "POST /jobs/report attempt 2: the body");
+    assert_eq!(r.headers["x-seen-job"].to_str().unwrap(), id);
+
+    // A large result goes to the object store and comes back whole.
+    let r = send(Request::put(gw.url("/jobs/big")).body(full("")).unwrap()).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.headers["narun-job-id"].to_str().unwrap().to_owned();
+    let v = narun_test_support::wait_for("the big job to be done", Duration::from_secs(30), || {
+        let url = gw.url(&format!("/_jobs/{id}"));
+        async move {
+            let v = get(&url).await.json();
+            (v["state"] == "done").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(v["result"]["stored"], "object", "{v}");
+    assert_eq!(v["result"]["body_bytes"], 600_000, "{v}");
+    let r = get(&gw.url(&format!("/_jobs/{id}/result"))).await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (201, 600_000));
+    assert!(r.body.iter().all(|b| *b == b'b'));
+
+    // Counted: two accepted, two done, each after one retried attempt.
+    let m = get(&gw.metrics_url("/metrics")).await.text();
+    for (event, n) in [("accepted", 2), ("done", 2), ("retried", 2)] {
+        let line = format!("gateway_jobs_total{{event=\"{event}\"}} {n}");
+        assert!(m.lines().any(|l| l == line), "no {line:?} in:\n{m}");
+    }
+    narun_test_support::http1::promtool_check(&m);
+}

@@ -143,6 +143,46 @@ pub enum Command {
     /// Status events (`status.<app>.<node>`): the history kept by the `narun-status`
     /// stream (narund `[events] stream = true`), then, with --follow, live.
     Events(EventsArgs),
+    /// Async jobs (gateway `async` routes): list, show, retry, cancel (docs/jobs.md).
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+}
+
+/// `jobs ls|show|retry|cancel`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// Jobs, newest first: id, state, service, request, attempts, age.
+    Ls(JobsLsArgs),
+    /// One job's record: state, request, every attempt, result.
+    Show {
+        /// The job id (`Narun-Job-Id`, the last part of `Location: /_jobs/<id>`).
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Queue a failed or cancelled job again: a new run with `max_attempts` more attempts.
+    Retry { id: String },
+    /// Cancel a queued or retrying job (a running or finished one cannot be).
+    Cancel { id: String },
+}
+
+/// `jobs ls [--app A] [--service S] [--state STATE] [--limit N] [--json]`.
+#[derive(Debug, Args)]
+pub struct JobsLsArgs {
+    /// Only jobs of this app (async jobs: the service the route calls, usually the app name).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Only jobs of this service (the route's target).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only jobs in this state: queued, running, retrying, done, failed, cancelled.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// At most this many jobs (the newest).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 /// `events [--app A] [--node N] [--since DUR] [--follow] [--json]`.

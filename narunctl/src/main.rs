@@ -107,5 +107,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Keys(c) => cmd::keys::run(c),
         Command::Admin(c) => cmd::admin::run(&conn, c).await,
         Command::Events(args) => cmd::events::run(&conn, args).await,
+        Command::Jobs(c) => cmd::jobs::run(&conn, c).await,
     }
 }

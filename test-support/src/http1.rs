@@ -12,6 +12,8 @@ pub struct RawResponse {
     /// The head (status line and headers), lower-cased.
     pub head: String,
     pub body: Vec<u8>,
+    /// The head as sent (header values keep their case).
+    pub head_as_sent: String,
 }
 
 impl RawResponse {
@@ -41,7 +43,8 @@ pub async fn read_response(r: &mut (impl AsyncRead + Unpin)) -> RawResponse {
         );
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let head_as_sent = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let head = head_as_sent.to_ascii_lowercase();
     let status = head
         .get(9..12)
         .and_then(|s| s.parse().ok())
@@ -59,7 +62,12 @@ pub async fn read_response(r: &mut (impl AsyncRead + Unpin)) -> RawResponse {
         assert!(n > 0, "closed in the body");
         body.extend_from_slice(&chunk[..n]);
     }
-    RawResponse { status, head, body }
+    RawResponse {
+        status,
+        head,
+        body,
+        head_as_sent,
+    }
 }
 
 /// `GET path` on the kept-alive connection `s`, and its response.
@@ -108,4 +116,42 @@ pub fn promtool_check(text: &str) {
         "promtool check metrics: {}\n{said}\n--- the text:\n{text}",
         out.status
     );
+}
+
+impl RawResponse {
+    /// The value of header `name` (any case), trimmed, as sent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.head_as_sent
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim().to_owned())
+    }
+}
+
+/// One request on a new connection to `addr` (`Connection: close`): `method path`,
+/// `headers`, `body` (with its `Content-Length`), and its response.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    let mut s = tokio::time::timeout(T, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("write the head");
+    // A refusal (413) may come before the body is taken: a failed write is not an error.
+    let _ = s.write_all(body).await;
+    read_response(&mut s).await
 }

@@ -11,6 +11,7 @@
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
 //! * [`jetstream`]: the buckets of the contract ([`jetstream::APP_CONFIGS`], …), opened or created on every server version; typed "not found".
 //! * [`locks`]: what a lock's key in `narun-locks` holds, and the lease rule of `narun::lock`.
+//! * [`jobs`]: async jobs: the `narun-jobs` stream, job records, headers and retry rules.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod elf;
 pub mod events;
 pub mod grpc;
 pub mod jetstream;
+pub mod jobs;
 pub mod locks;
 pub mod micro;
 pub mod names;

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod events;
 pub mod files;
 pub mod images;
+pub mod jobs;
 pub mod keys;
 pub mod logs;
 pub mod man;

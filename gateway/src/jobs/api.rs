@@ -1,0 +1,162 @@
+//! The job API on the routed listener (only while async routes exist):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /_jobs/<id>` | 200, the [`JobRecord`] as JSON (state, attempts, result summary) |
+//! | `GET /_jobs/<id>/result` | the stored response (status, headers, body); 409 while the job has none |
+//! | `DELETE /_jobs/<id>` | 200 + the cancelled record; 409 unless queued or retrying |
+//!
+//! A malformed id is a 400, an unknown (or expired) one a 404, another method a 405; every
+//! error is a short text naming what is wrong.
+
+use super::Jobs;
+use crate::Shared;
+use crate::proxy::{Resp, text};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use narun_wire::jobs::{self as wire, JobRecord, JobState, UpdateError};
+use tokio::io::AsyncReadExt;
+
+/// Whether `path` belongs to the job API.
+pub(crate) fn is_api_path(path: &str) -> bool {
+    path == "/_jobs" || path.starts_with(wire::HTTP_PREFIX)
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
+    let mut body = serde_json::to_vec_pretty(value).expect("serializes");
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn store_error(e: impl std::fmt::Display) -> Resp {
+    crate::proxy::limit_headers(text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("Job store unavailable: {e}"),
+    ))
+}
+
+pub(crate) async fn handle<B>(_state: &Shared, jobs: &Jobs, req: &Request<B>) -> Resp {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(wire::HTTP_PREFIX)
+        .unwrap_or("");
+    let (id, result) = match rest.strip_suffix("/result") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    if let Some(problem) = wire::id_problem(id) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            &format!("Bad job id in {}: {problem}", req.uri().path()),
+        );
+    }
+    let allowed = if result {
+        "GET, HEAD"
+    } else {
+        "GET, HEAD, DELETE"
+    };
+    let method = req.method();
+    if !(method == Method::GET || method == Method::HEAD || (!result && method == Method::DELETE)) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        return r;
+    }
+    let stores = match jobs.stores().await {
+        Ok(s) => s,
+        Err(e) => return store_error(e),
+    };
+    if method == Method::DELETE {
+        return match wire::update(&stores.state, id, |rec| {
+            if let Some(p) = rec.cancel_problem() {
+                return Err(p);
+            }
+            rec.state = JobState::Cancelled;
+            rec.next_attempt_at = None;
+            rec.error = Some("cancelled".into());
+            Ok(())
+        })
+        .await
+        {
+            Ok(rec) => json(StatusCode::OK, &rec),
+            Err(e) => update_error(e),
+        };
+    }
+    let rec = match wire::read(&stores.state, id).await {
+        Ok(Some((rec, _))) => rec,
+        Ok(None) => return update_error(UpdateError::NotFound(id.into())),
+        Err(e) => return update_error(e),
+    };
+    if !result {
+        return json(StatusCode::OK, &rec);
+    }
+    stored_result(stores, &rec).await
+}
+
+fn update_error(e: UpdateError) -> Resp {
+    match e {
+        UpdateError::NotFound(_) => text(StatusCode::NOT_FOUND, &e.to_string()),
+        UpdateError::Refused(why) => text(StatusCode::CONFLICT, &why),
+        UpdateError::Store(why) => store_error(why),
+    }
+}
+
+/// The stored response of a finished job, as it was answered.
+async fn stored_result(stores: &wire::Stores, rec: &JobRecord) -> Resp {
+    let Some(res) = &rec.result else {
+        return text(
+            StatusCode::CONFLICT,
+            &format!(
+                "job {} is {}: it has no result{}",
+                rec.id,
+                rec.state.as_str(),
+                if rec.state.is_final() { "" } else { " yet" }
+            ),
+        );
+    };
+    let bytes = if res.stored == "object" {
+        match stores.blobs.get(wire::result_object(&rec.id)).await {
+            Ok(mut obj) => {
+                let mut buf = Vec::new();
+                if let Err(e) = obj.read_to_end(&mut buf).await {
+                    return store_error(format!("reading the result of job {}: {e}", rec.id));
+                }
+                Bytes::from(buf)
+            }
+            Err(e) => return store_error(format!("the result of job {}: {e}", rec.id)),
+        }
+    } else {
+        match stores.results.get(&rec.id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    &format!("the result of job {} expired", rec.id),
+                );
+            }
+            Err(e) => return store_error(format!("the result of job {}: {e}", rec.id)),
+        }
+    };
+    match narun_wire::bhttp::decode_response_shared(bytes) {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            if let Ok(v) = HeaderValue::from_str(&rec.id) {
+                parts.headers.insert(wire::ID_HEADER, v);
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Full::new(body))
+        }
+        Err(e) => store_error(format!(
+            "the stored result of job {} is corrupt: {e}",
+            rec.id
+        )),
+    }
+}
