@@ -55,6 +55,9 @@ impl Daemon {
     /// previous narund, and the gateway when it is enabled.
     pub async fn new(config: Config) -> anyhow::Result<Daemon> {
         tracing::info!(node_id = %config.node_id, nats = %config.nats.url, "narund starting");
+        if let crate::config::NodeIdOrigin::Derived(source) = &config.node_id_origin {
+            tracing::info!(node_id = %config.node_id, "node id from {source} (node_id is not set)");
+        }
         let (client, events) = config
             .nats
             .connect_with_events(&format!("narund {}", config.node_id))
