@@ -21,6 +21,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+echo "== systemd-analyze >= 254 for scripts/packaging/check-systemd.sh (Debian 12 has 252)"
+bash scripts/packaging/systemd-analyze.sh --version | head -n1 || echo "   not available: check-systemd.sh will tolerate newer directives"
+
 echo "== rust toolchains and targets"
 rustup toolchain list | grep -q '^1.88' || rustup toolchain install 1.88 --profile minimal -c clippy,rustfmt
 for tc in stable 1.88; do
