@@ -113,7 +113,7 @@ pub fn choose(
 /// `/proc/sys/kernel/hostname`. A provisioning file that exists but cannot be read is an
 /// error too.
 pub fn resolve(node_id_file: &Path) -> Result<ResolvedNodeId, NodeIdFileError> {
-    let file = match std::fs::read(node_id_file) {
+    let file = match read_bounded(node_id_file) {
         Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| NodeIdFileError {
             path: node_id_file.to_owned(),
             problem: "is not UTF-8 text".into(),
@@ -134,6 +134,25 @@ pub fn resolve(node_id_file: &Path) -> Result<ResolvedNodeId, NodeIdFileError> {
         &host,
     )
 }
+
+/// At most [`MAX_FILE_BYTES`] of `path` (a node id is one short line; a path pointing at
+/// `/dev/zero` or a huge file must not exhaust memory). More is an error.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "longer than {MAX_FILE_BYTES} bytes (a node id is one line of at most 64)"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The most narund reads of a provisioning file.
+const MAX_FILE_BYTES: u64 = 4096;
 
 /// A machine id as machine-id(5) writes it: 32 hex digits and a newline. Anything else
 /// (empty, `uninitialized`, garbage) is `None`.
@@ -262,6 +281,9 @@ mod tests {
         // A directory where the file should be: cannot be read, said so.
         let e = resolve(&dir).unwrap_err();
         assert!(e.to_string().contains("cannot be read"), "{e}");
+        // /dev/zero or a huge file: refused after 4 KiB, not read to the end.
+        let e = resolve(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("longer than 4096 bytes"), "{e}");
         // Missing: the rest of the chain (whatever this machine has).
         let r = resolve(&dir.join("absent")).unwrap();
         assert_ne!(r.source, NodeIdSource::File(dir.join("absent")));
