@@ -21,6 +21,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+echo "== systemd-analyze >= 254 for scripts/packaging/check-systemd.sh (Debian 12 has 252)"
+bash scripts/packaging/systemd-analyze.sh --version | head -n1 || echo "   not available: check-systemd.sh will tolerate newer directives"
+
+echo "== cargo-deb for scripts/packaging/check-deb.sh (built once, ~13 min on 2 cores; then cached in ~/.cargo/bin)"
+command -v cargo-deb >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo-deb" ] \
+  || env -u CARGO_TARGET_DIR cargo install --locked --quiet cargo-deb@3.8.0 \
+  || echo "   cargo-deb could not be installed: check-deb.sh will be skipped"
+
 echo "== rust toolchains and targets"
 rustup toolchain list | grep -q '^1.88' || rustup toolchain install 1.88 --profile minimal -c clippy,rustfmt
 for tc in stable 1.88; do

@@ -153,7 +153,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/narun/narund.toml";
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Node identity; empty = the host name.
+    /// Node identity; empty = from `node_id_file`, `/etc/machine-id` or the host name
+    /// ([`narun_wire::node_id`]).
     pub node_id: String,
     pub data_dir: PathBuf,
     pub runtime_dir: PathBuf,
@@ -177,6 +178,25 @@ pub struct Config {
     pub events: crate::node::history::EventsConfig,
     /// `[metrics]`: narund's own `/metrics` listener (off by default; [`crate::metrics`]).
     pub metrics: crate::metrics::MetricsConfig,
+    /// The per-device provisioning file read when `node_id` is empty (first line = the node
+    /// id; missing or blank: an id derived from `/etc/machine-id`, then the host name).
+    pub node_id_file: PathBuf,
+    /// Where `node_id` came from, filled in by [`Config::apply`] (not a key of the file).
+    #[serde(skip)]
+    pub node_id_origin: NodeIdOrigin,
+}
+
+/// Where the effective `node_id` came from (see [`narun_wire::node_id`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NodeIdOrigin {
+    /// `node_id`, `--node-id` or `NARUND_NODE_ID`.
+    #[default]
+    Configured,
+    /// The provisioning file, `/etc/machine-id` or the host name.
+    Derived(narun_wire::node_id::NodeIdSource),
+    /// `node_id` is empty and `node_id_file` exists but holds no valid node id: a
+    /// configuration error ([`Config::validate`] reports it).
+    BadFile(narun_wire::node_id::NodeIdFileError),
 }
 
 impl Default for Config {
@@ -196,6 +216,8 @@ impl Default for Config {
             deploy: DeployConfig::default(),
             events: Default::default(),
             metrics: Default::default(),
+            node_id_file: narun_wire::node_id::DEFAULT_NODE_ID_FILE.into(),
+            node_id_origin: NodeIdOrigin::Configured,
         }
     }
 }
@@ -431,7 +453,8 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
     }
 
-    /// Apply overrides, then fill the node id from the host name if unset.
+    /// Apply overrides, then fill the node id if unset: from `node_id_file`, else derived
+    /// from `/etc/machine-id`, else the host name ([`narun_wire::node_id::resolve`]).
     pub fn apply(&mut self, o: &Overrides) {
         if let Some(v) = &o.node_id {
             self.node_id = v.clone();
@@ -449,7 +472,13 @@ impl Config {
             self.secrets.master_key_file = v.into();
         }
         if self.node_id.is_empty() {
-            self.node_id = hostname();
+            match narun_wire::node_id::resolve(&self.node_id_file) {
+                Ok(r) => {
+                    self.node_id = r.id;
+                    self.node_id_origin = NodeIdOrigin::Derived(r.source);
+                }
+                Err(e) => self.node_id_origin = NodeIdOrigin::BadFile(e),
+            }
         }
     }
 
@@ -457,7 +486,16 @@ impl Config {
     /// starting with its key.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
-        // Empty: the host name, filled in by `apply`.
+        if let NodeIdOrigin::BadFile(e) = &self.node_id_origin {
+            problems.push(format!("node_id_file: {e} (node_id is not set)"));
+        }
+        if self.node_id_file.as_os_str().is_empty() || self.node_id_file.is_relative() {
+            problems.push(format!(
+                "node_id_file: {:?} is not an absolute path",
+                self.node_id_file
+            ));
+        }
+        // Empty: derived, filled in by `apply`.
         if !self.node_id.is_empty()
             && let Some(p) = narun_wire::names::node_id_problem(&self.node_id)
         {
@@ -597,7 +635,11 @@ impl Config {
 
 /// The host name (`uname -n`), or `localhost` if it cannot be read.
 pub fn hostname() -> String {
-    narun_wire::names::default_node_id()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]
@@ -741,14 +783,60 @@ mod tests {
     }
 
     #[test]
-    fn overrides_win_and_node_id_defaults_to_hostname() {
+    fn overrides_win_and_node_id_defaults_to_the_chain() {
         let mut c = Config::default();
         c.apply(&Overrides {
             nats_url: Some("nats://10.1.1.1:4222".into()),
             ..Default::default()
         });
         assert_eq!(c.nats.url, "nats://10.1.1.1:4222");
-        assert_eq!(c.node_id, hostname());
+        // narunctl's default node (the same function, the same default file).
+        assert_eq!(c.node_id, narun_wire::names::default_node_id().unwrap());
+        assert!(matches!(c.node_id_origin, NodeIdOrigin::Derived(_)));
+
+        // A provisioning file wins over machine id and host name; node_id over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node-id");
+        std::fs::write(&file, "dev-42\n").unwrap();
+        let mut c = Config {
+            node_id_file: file.clone(),
+            ..Config::default()
+        };
+        c.apply(&Overrides::default());
+        assert_eq!(c.node_id, "dev-42");
+        assert_eq!(
+            c.node_id_origin,
+            NodeIdOrigin::Derived(narun_wire::node_id::NodeIdSource::File(file.clone()))
+        );
+        let mut c = Config {
+            node_id_file: file.clone(),
+            ..Config::default()
+        };
+        c.apply(&Overrides {
+            node_id: Some("flag".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            (c.node_id.as_str(), c.node_id_origin),
+            ("flag", NodeIdOrigin::Configured)
+        );
+
+        // A bad file is a problem naming node_id_file and the file, not a silent fallback.
+        std::fs::write(&file, "dev.42\n").unwrap();
+        let mut c = Config {
+            node_id_file: file.clone(),
+            ..Config::default()
+        };
+        c.apply(&Overrides::default());
+        let err = c.validate().unwrap_err();
+        assert!(err.starts_with("node_id_file: node id file "), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        let c = Config::from_toml("node_id_file = \"node-id\"\n").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("node_id_file: \"node-id\" is not an absolute path")
+        );
     }
 
     #[test]

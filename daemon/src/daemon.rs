@@ -11,7 +11,8 @@
 //!   gateway bound (feature `gateway`)            heartbeat      │
 //!                                                control, log stream ┘
 //!                                                sd_notify: READY, STATUS, WATCHDOG, reload
-//!                                              then: stop or detach the apps, flush logs
+//!                                              then: stop or detach the apps (stop: also
+//!                                                when `StopApps` is set), flush logs
 //! ```
 //!
 //! `main.rs` only parses flags, loads and checks the configuration
@@ -47,6 +48,26 @@ pub struct Daemon {
     metrics: Option<tokio::net::TcpListener>,
     #[cfg(feature = "gateway")]
     gateway: Option<narun_gateway::Gateway>,
+    /// Set: the coming shutdown stops the apps whatever `apps.on_exit` says.
+    stop_apps: StopApps,
+}
+
+/// Makes the next shutdown of a [`Daemon`] stop its apps even with
+/// `apps.on_exit = "detach"`: `SIGUSR2` in `main.rs`, which `narund.service` sends on its
+/// way down when the system shuts down (docs/embedded.md, "Apps at system shutdown"),
+/// while `systemctl restart narund` (SIGTERM) still leaves them to the next narund.
+#[derive(Clone, Debug, Default)]
+pub struct StopApps(Arc<std::sync::atomic::AtomicBool>);
+
+impl StopApps {
+    /// Stop the apps at the next shutdown (set it before cancelling `shutdown`).
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Daemon {
@@ -55,6 +76,9 @@ impl Daemon {
     /// previous narund, and the gateway when it is enabled.
     pub async fn new(config: Config) -> anyhow::Result<Daemon> {
         tracing::info!(node_id = %config.node_id, nats = %config.nats.url, "narund starting");
+        if let crate::config::NodeIdOrigin::Derived(source) = &config.node_id_origin {
+            tracing::info!(node_id = %config.node_id, "node id from {source} (node_id is not set)");
+        }
         let (client, events) = config
             .nats
             .connect_with_events(&format!("narund {}", config.node_id))
@@ -154,7 +178,14 @@ impl Daemon {
             metrics,
             #[cfg(feature = "gateway")]
             gateway,
+            stop_apps: StopApps::default(),
         })
+    }
+
+    /// The switch that makes the coming shutdown stop the apps whatever `apps.on_exit`
+    /// says ([`StopApps`]).
+    pub fn stop_apps_on_exit(&self) -> StopApps {
+        self.stop_apps.clone()
     }
 
     /// The node (its instance table), for callers that drive it directly.
@@ -201,6 +232,7 @@ impl Daemon {
             cgroup_root,
             #[cfg(feature = "gateway")]
             gateway,
+            stop_apps,
         } = self;
         let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
         #[cfg(feature = "gateway")]
@@ -425,7 +457,13 @@ impl Daemon {
             }
         }
         notify(&[NotifyState::Stopping]);
-        match config.apps.on_exit {
+        let on_exit = if stop_apps.is_set() {
+            tracing::info!("asked to stop the apps too (SIGUSR2)");
+            OnExit::Stop
+        } else {
+            config.apps.on_exit
+        };
+        match on_exit {
             OnExit::Stop => {
                 tracing::info!("narund stopping");
                 heartbeat::shutdown(&node, &client, &start_time).await;

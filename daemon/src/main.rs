@@ -5,7 +5,11 @@
 //! HTTP gateway when built with the `gateway` feature and enabled, supervises the
 //! apps of this node (local state first, then `app-configs`; see `docs/supervisor.md`),
 //! heart-beats into `node-runner-states`, and speaks sd_notify to systemd (`READY=1`,
-//! `STATUS=`, `STOPPING=1`).
+//! `STATUS=`, `STOPPING=1`, and `RELOADING=1` … `READY=1` around a SIGHUP reload).
+//!
+//! Signals: SIGTERM/SIGINT stop narund (the apps too, or not with `apps.on_exit =
+//! "detach"`); SIGUSR2 stops narund and its apps whatever `apps.on_exit` says (system
+//! shutdown, see `systemd/narund.service`); SIGHUP reloads the configuration.
 //!
 //! Before anything else it checks the configuration ([`narund::preflight::check`], the same
 //! check `--check-config` runs) and takes its locks on the data dir and the cgroup root
@@ -221,14 +225,18 @@ fn take_locks(config: &Config, checked: &Checked) -> anyhow::Result<narund::lock
     Ok(narund::lock::NodeLocks::acquire(&config.data_dir, root)?)
 }
 
-/// Run narund ([`Daemon`]) until SIGTERM or SIGINT; SIGHUP reads the configuration
+/// Run narund ([`Daemon`]) until SIGTERM or SIGINT (apps stopped or left running per
+/// `apps.on_exit`) or SIGUSR2 (apps stopped whatever `apps.on_exit` says: what
+/// `narund.service` sends when the system shuts down); SIGHUP reads the configuration
 /// again (same file, flags and environment) and hands it to the daemon.
 async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::new(config).await?;
+    let stop_apps = daemon.stop_apps_on_exit();
     let shutdown = CancellationToken::new();
     let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
     let daemon = tokio::spawn(daemon.run(shutdown.clone(), reloads));
@@ -237,6 +245,10 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr2.recv() => {
+                stop_apps.set();
+                break;
+            }
             _ = hup.recv() => {
                 let new = load_config(cli).map(|(c, _)| c).map_err(|e| format!("{e:#}"));
                 let _ = reload_tx.send(new).await;

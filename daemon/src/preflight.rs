@@ -37,10 +37,13 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
         Ok(()) => Vec::new(),
         Err(p) => p.lines().map(str::to_owned).collect(),
     };
-    if config.node_id == crate::config::hostname() {
+    if config.node_id_origin
+        == crate::config::NodeIdOrigin::Derived(narun_wire::node_id::NodeIdSource::Hostname)
+    {
         for p in problems.iter_mut().filter(|p| p.starts_with("node_id:")) {
             p.push_str(
-                " (the host name, used because node_id is not set: set node_id or --node-id)",
+                " (the host name, used because node_id is not set and neither node_id_file nor \
+                 /etc/machine-id give one: set node_id or --node-id, or provision node_id_file)",
             );
         }
     }
@@ -253,6 +256,12 @@ pub fn effective(config: &Config, checked: &Checked) -> String {
         "# narund: configuration OK. Effective settings (file, then environment and flags,\n\
          # defaults filled in):\n",
     );
+    if let crate::config::NodeIdOrigin::Derived(source) = &config.node_id_origin {
+        out.push_str(&format!(
+            "# node_id: {} (from {source}; node_id is not set)\n",
+            config.node_id
+        ));
+    }
     match &checked.cgroup_root {
         None => out
             .push_str("# cgroups: disabled ([cgroup] enabled = false): apps run without cgroups\n"),

@@ -359,3 +359,104 @@ async fn a_second_narund_on_the_same_cgroup_root_refuses_naming_the_first() {
     first_keeps_running(&mut first, pid, &mut watch).await;
     assert!(first.terminate().await.success());
 }
+
+/// Without `node_id`, the real narund takes its id from the provisioning file
+/// (`node_id_file`), else from `/etc/machine-id` the way `systemd-id128 --app-specific`
+/// derives it, which is also narunctl's default node (`narun_wire::names::default_node_id`);
+/// a provisioning file with no valid id refuses the start, naming the key and the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_node_id_comes_from_the_provisioning_file_then_the_machine_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let conf = dir.path().join("narund.toml");
+    let file = dir.path().join("node-id");
+    let write = |node_id_file: &Path| {
+        std::fs::write(
+            &conf,
+            format!(
+                "node_id_file = \"{}\"\ndata_dir = \"{d}/data\"\nruntime_dir = \"{d}/run\"\n\
+                 [nats]\nurl = \"nats://127.0.0.1:1\"\n[cgroup]\nenabled = false\n",
+                node_id_file.display()
+            ),
+        )
+        .unwrap()
+    };
+    let check = |what: &'static str| {
+        let conf = conf.display().to_string();
+        async move {
+            Proc::spawn(&["--config", &conf, "--check-config"], Path::new("/"), None)
+                .exited(what)
+                .await
+        }
+    };
+
+    // 1. The provisioning file.
+    write(&file);
+    std::fs::write(&file, "edge-0042\n").unwrap();
+    let (code, out, err) = check("check-config with a node id file").await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("node_id = \"edge-0042\""), "{out}");
+    assert!(
+        out.contains(&format!(
+            "# node_id: edge-0042 (from the provisioning file {};",
+            file.display()
+        )),
+        "{out}"
+    );
+
+    // 2. Not there: the machine id, as systemd derives app-specific ids, and the same id
+    //    narunctl defaults to (when this machine has /etc/narun/node-id, that file).
+    let absent = dir.path().join("absent");
+    write(&absent);
+    let (code, out, err) = check("check-config without a node id file").await;
+    assert_eq!(code, Some(0), "{err}");
+    let narunctl_default = narun_wire::names::default_node_id().unwrap();
+    let has_default_file = Path::new(narun_wire::node_id::DEFAULT_NODE_ID_FILE).exists();
+    if !has_default_file {
+        assert!(
+            out.contains(&format!("node_id = \"{narunctl_default}\"")),
+            "narund and narunctl agree on the default node id {narunctl_default}:\n{out}"
+        );
+    }
+    let machine_id =
+        std::fs::read_to_string(narun_wire::node_id::MACHINE_ID_FILE).unwrap_or_default();
+    if machine_id.trim().len() == 32 {
+        let derived = Command::new("systemd-id128")
+            .args([
+                "machine-id",
+                &format!("--app-specific={}", narun_wire::node_id::NODE_ID_APP_ID),
+            ])
+            .output();
+        match derived {
+            Ok(o) if o.status.success() => {
+                let id = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+                assert!(
+                    out.contains(&format!("node_id = \"{id}\"")),
+                    "systemd-id128 says {id}:\n{out}"
+                );
+                assert!(out.contains("(from /etc/machine-id"), "{out}");
+                assert!(
+                    !out.contains(machine_id.trim()),
+                    "the machine id stays private"
+                );
+                if !has_default_file {
+                    assert_eq!(narunctl_default, id);
+                }
+            }
+            _ => eprintln!("systemd-id128 not available: derived id not cross-checked"),
+        }
+    }
+
+    // 3. A provisioning file with a host name in it (dots): refused, naming key and file.
+    write(&file);
+    std::fs::write(&file, "edge-0042.example.com\n").unwrap();
+    let (code, _, err) = check("check-config with a bad node id file").await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "node_id_file: node id file {}: first line",
+            file.display()
+        )) && err.contains("contains '.'"),
+        "{err}"
+    );
+}

@@ -471,6 +471,59 @@ async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     let _ = tokio::time::timeout(T, second.wait()).await;
 }
 
+/// The two ways down of a detaching narund (`narund.service`, docs/embedded.md "Apps at
+/// system shutdown"): SIGTERM (`systemctl restart narund`) leaves the app to the next
+/// narund, which re-adopts it (same pid); SIGUSR2 (what the unit's `ExecStop=` sends when
+/// the system shuts down) stops the app with narund although `on_exit = "detach"`: its
+/// process and cgroup are gone, the node's heartbeat key is deleted, narund exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_stops_detached_apps_that_a_restart_keeps() {
+    let server = NatsServer::start();
+    let b = buckets(&server).await;
+    let states = &b.states;
+    let (app, node) = ("shutdown-app", "shutdown-node");
+    deploy(&b, app, node, SLEEPER, 1).await;
+    let n = Node::new(&server, node, "sigusr2", "detach");
+    let mut watch = states.watch(node).await.unwrap();
+
+    // systemctl restart narund: SIGTERM, the app stays, the next narund adopts it.
+    let (mut first, pids) = n.start_parked(&mut watch, app, 1).await;
+    let pid = pids[&format!("{app}-0")];
+    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGTERM) };
+    let st = tokio::time::timeout(T, first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(
+        alive(pid),
+        "SIGTERM with on_exit = detach leaves the app running"
+    );
+    let mut second = n.restart_with_stored_fds(2);
+    heartbeat(&mut watch, "the app re-adopted with its pid", |s| {
+        running_pids(s, app).get(&format!("{app}-0")) == Some(&pid)
+    })
+    .await;
+    assert_eq!(instance_cgroups(&n.cgroup_root).len(), 1);
+
+    // System shutdown: SIGUSR2 stops narund and, despite detach, the app.
+    unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGUSR2) };
+    let st = tokio::time::timeout(T, second.wait())
+        .await
+        .expect("narund exits after SIGUSR2")
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    wait_gone(pid).await;
+    wait_for("the instance cgroup removed", T, || async {
+        instance_cgroups(&n.cgroup_root).is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        states.get(node).await.unwrap().is_none(),
+        "a node stopped with its apps deletes its heartbeat key"
+    );
+}
+
 /// A `notify` app with `watchdogSec` that narund re-adopts keeps its readiness and its
 /// watchdog: the new narund binds the run's notify socket again, so the app's pings (sent
 /// by path, as sd_notify clients do) reach it and the adopted run lives on; when the app

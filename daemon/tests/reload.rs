@@ -1,7 +1,8 @@
 //! narund keeps only `NARUND_CAPS` in its bounding set; `SIGHUP` reloads narund's
 //! configuration while apps keep running: new labels move the label-selected instances
 //! (start where the selection now matches, stop where it no longer does), an invalid file
-//! changes nothing, and systemd sees `RELOADING=1` … `READY=1`.
+//! changes nothing, and systemd sees `RELOADING=1` with `MONOTONIC_USEC=` … `READY=1` (the
+//! `Type=notify-reload` protocol).
 //! The test plays systemd by binding `NOTIFY_SOCKET` itself and drives the real `narund`.
 
 use narun_test_support::apps::SILENT_SLEEPER;
@@ -30,6 +31,20 @@ async fn datagram_with(sock: &UnixDatagram, want: &str) -> String {
     })
     .await
     .unwrap_or_else(|_| panic!("no sd_notify datagram with {want} from narund"))
+}
+
+/// CLOCK_MONOTONIC in microseconds (what systemd compares MONOTONIC_USEC= with).
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// The next heartbeat for which `pred` holds.
@@ -88,9 +103,24 @@ async fn sighup_reloads_labels_and_keeps_running_config_when_invalid() {
     assert!(s.instances.is_empty(), "{:?}", s.instances);
 
     // The device becomes a gateway: SIGHUP starts the instance.
+    // Type=notify-reload: RELOADING=1 comes with MONOTONIC_USEC=<CLOCK_MONOTONIC in µs>
+    // taken when the reload began (systemd ignores a RELOADING=1 without it), then READY=1.
     narund.write_config(&labels("gateway"));
+    let before = monotonic_usec();
     narund.signal(libc::SIGHUP);
-    datagram_with(&sock, "RELOADING=1").await;
+    let reloading = datagram_with(&sock, "RELOADING=1").await;
+    let after = monotonic_usec();
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC=: {reloading:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("MONOTONIC_USEC is not a number ({e}): {reloading:?}"));
+    assert!(
+        (before..=after).contains(&usec),
+        "MONOTONIC_USEC={usec} is not CLOCK_MONOTONIC between the signal ({before}) and the datagram ({after})"
+    );
+    assert!(!reloading.contains("READY=1"), "{reloading:?}");
     let ready = datagram_with(&sock, "READY=1").await;
     assert!(ready.contains("STATUS=configuration reloaded"), "{ready}");
     let s = heartbeat(&mut watch, "gw-0 runs with role=gateway", |s| {

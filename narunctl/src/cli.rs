@@ -330,7 +330,8 @@ pub struct DeployArgs {
     #[arg(long)]
     pub tag: Option<String>,
     /// Run on this node ID (repeatable). Default without --node/--label: this host's node
-    /// id (narund's default `node_id`, the host name), if that node is online.
+    /// id (narund's default `node_id`: /etc/narun/node-id, else derived from
+    /// /etc/machine-id, else the host name), if that node is online.
     #[arg(long, value_name = "NODE_ID")]
     pub node: Vec<String>,
     /// Run on every node having this label (repeatable, all must match).

@@ -178,7 +178,7 @@ async fn a_tag_is_immutable_unless_forced_and_force_switches_the_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_without_an_online_node_is_refused_and_the_flag_form_defaults_to_this_host() {
-    let host = names::default_node_id();
+    let host = names::default_node_id().unwrap();
     let server = NatsServer::start();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs the fast packaging checks (about 15 s): systemd unit files, Yocto layer,
-# Buildroot external tree, cross settings. The slow cross build is separate:
-# scripts/packaging/cross-check.sh.
+# Buildroot external tree, cross settings; and the Debian packages when cargo-deb is
+# installed (check-deb.sh: ~15 s over existing debug builds of narund and narunctl, which
+# it builds if missing; skipped, saying so, without cargo-deb). The slow cross build is
+# separate: scripts/packaging/cross-check.sh.
 # Exit status: 0 = all passed, 1 = at least one failed. Prints "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 
 passed=0
 failed=0
-for check in check-systemd.sh check-yocto.sh check-buildroot.sh check-cross-config.sh; do
+for check in check-systemd.sh check-yocto.sh check-buildroot.sh check-cross-config.sh check-deb.sh; do
     printf '=== %s\n' "$check"
     t0=$(date +%s)
     if bash "./$check"; then

@@ -4,6 +4,10 @@
 #   * Cross.toml parses, uses only keys of the cross 0.2.5 schema, pins every image to
 #     a release tag or digest, and covers both device targets;
 #   * cross.toml is a symlink to (or an identical copy of) Cross.toml;
+#   * `cross build` of the default members needs nothing the cross-rs images lack: no
+#     default member has a build script that runs protoc (prost-build, tonic-build, ...;
+#     the gRPC example commits its generated code), unless Cross.toml installs
+#     protobuf-compiler in a pre-build step for every target;
 #   * .cargo/config.toml contains only [target.<triple>] tables (nothing that changes
 #     native builds: no [build], target-dir, [profile], ...) with a linker and a qemu
 #     runner for both device targets.
@@ -62,6 +66,36 @@ elif os.path.exists("cross.toml"):
         fail("cross.toml differs from Cross.toml (cross only reads Cross.toml)")
 else:
     fail("cross.toml is missing")
+
+# Build scripts that need protoc: the cross-rs images have none.
+PROTOC_BUILD_DEPS = {"prost-build", "tonic-build", "tonic-prost-build", "protobuf-codegen", "protoc-bin-vendored"}
+try:
+    ws = tomllib.load(open("Cargo.toml", "rb"))["workspace"]
+    members = ws.get("default-members", ws.get("members", []))
+except (OSError, tomllib.TOMLDecodeError, KeyError) as e:
+    fail(f"Cargo.toml [workspace]: {e}")
+    members = []
+needs_protoc = []
+for m in members:
+    try:
+        pkg = tomllib.load(open(os.path.join(m, "Cargo.toml"), "rb"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        fail(f"{m}/Cargo.toml: {e}")
+        continue
+    deps = set(pkg.get("build-dependencies", {})) & PROTOC_BUILD_DEPS
+    if deps:
+        needs_protoc.append(f"{m} ({', '.join(sorted(deps))})")
+if needs_protoc:
+    missing = [t for t in TARGETS
+               if "protobuf-compiler" not in " ".join(cross.get("target", {}).get(t, {}).get("pre-build", []) or [])]
+    if missing:
+        fail(f"default members {needs_protoc} run protoc in their build scripts, which the cross-rs "
+             f"images lack, and Cross.toml installs protobuf-compiler (pre-build) not for {missing}: "
+             "commit the generated code (as examples/grpc-hello does) or add the pre-build step")
+    else:
+        ok(f"protoc for {needs_protoc}: installed by Cross.toml pre-build steps")
+else:
+    ok(f"no default member runs protoc at build time ({len(members)} default members): cross's images suffice")
 
 try:
     cfg = tomllib.load(open(".cargo/config.toml", "rb"))

@@ -2,6 +2,7 @@
 //! narund and narunctl.
 //!
 //! * [`names`]: bucket, subject and environment variable names (Go compatible).
+//! * [`node_id`]: the default node id of a device (provisioning file, machine id, host name).
 //! * [`events`]: the JSON shapes of log lines, status events and node state.
 //! * [`status`]: instance and node statuses, reasons, and the settle rule (when a new run is ready).
 //! * [`bhttp`]: HTTP requests and responses as Binary HTTP (RFC 9292) payloads.
@@ -26,6 +27,7 @@ pub mod jobs;
 pub mod locks;
 pub mod micro;
 pub mod names;
+pub mod node_id;
 #[cfg(feature = "secrets")]
 pub mod secrets;
 pub mod signing;

@@ -58,15 +58,14 @@ pub fn control_subject(node: &str, verb: &str) -> String {
 /// Verb of [`control_subject`] for `narunctl apps restart`.
 pub const CONTROL_RESTART: &str = "restart";
 
-/// The node id narund uses when its config sets none: the host name
-/// (`/proc/sys/kernel/hostname`), `localhost` if it is empty or unreadable. `narunctl
-/// deploy`'s flag form defaults its node to it.
-pub fn default_node_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+/// The node id narund uses when neither its config nor its flags set one, with narund's
+/// default `node_id_file`: the provisioning file `/etc/narun/node-id`, else an id derived
+/// from `/etc/machine-id`, else the host name ([`crate::node_id`] has the rule).
+/// `narunctl deploy`'s flag form defaults its node to it. Err: the provisioning file exists
+/// but holds no valid node id.
+pub fn default_node_id() -> Result<String, crate::node_id::NodeIdFileError> {
+    crate::node_id::resolve(std::path::Path::new(crate::node_id::DEFAULT_NODE_ID_FILE))
+        .map(|r| r.id)
 }
 
 /// Object name of an app binary: `<app>-<tag>-<os>-<arch>` (Go GOOS/GOARCH names).

@@ -80,7 +80,10 @@ pub fn build_spec(src: &SpecSource) -> Result<(AppSpec, Option<String>)> {
     }
     let mut default_node = None;
     if spec.nodes.is_empty() {
-        let id = narun_wire::names::default_node_id();
+        // The node id narund has here by default (narun_wire::node_id); a bad provisioning
+        // file is named rather than guessed around.
+        let id = narun_wire::names::default_node_id()
+            .map_err(|e| anyhow::anyhow!("no --node or --label given, and {e}"))?;
         spec.nodes
             .push(NodeSelector::by_name(id.clone(), src.replicas));
         default_node = Some(id);
@@ -545,7 +548,7 @@ mod tests {
             replicas: 2,
         };
         let (spec, default) = build_spec(&src).unwrap();
-        let id = narun_wire::names::default_node_id();
+        let id = narun_wire::names::default_node_id().unwrap();
         assert_eq!(default.as_deref(), Some(id.as_str()));
         assert_eq!(spec.nodes, [NodeSelector::by_name(id, 2)]);
         let nodes = ["n1".to_string()];
