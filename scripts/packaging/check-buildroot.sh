@@ -282,6 +282,63 @@ STUB
     # Clean up the temporary cgroups (empty once the stub exited).
     sleep 0.2
     rmdir "$CGT/supervisor" "$CGT" 2>/dev/null || note "could not remove $CGT (still populated?)"
+
+    # The same script with a REAL narund (offline: its NATS URL points at a closed port,
+    # narund keeps retrying): start, start again, stop.
+    NB=${NARUND_BIN:-}
+    if [ -z "$NB" ]; then
+        for c in "${NARUN_PIN_TARGET_DIR:-$HOME/.cache/narun-pin-target}/debug/narund" "${CARGO_TARGET_DIR:-target}/debug/narund"; do
+            if [ -x "$c" ]; then NB=$c; break; fi
+        done
+    fi
+    if [ -z "$NB" ]; then
+        note "S90narund with a real narund skipped: no narund binary (set NARUND_BIN; check-pins.sh builds one)"
+    else
+        R=$TMP/real
+        mkdir -p "$R/etc/default" "$R/log" "$R/run" "$R/data"
+        CGR="$CG2/narun-check-real-$$"
+        sed -e "s|/usr/bin/\$DAEMON|$NB|" -e "s|/var/run/|$R/run/|" -e "s|/var/log/|$R/log/|" \
+            -e "s|/etc/default/|$R/etc/default/|g" -e "s|^CGROUP_ROOT=.*|CGROUP_ROOT=\"$CG2\"|" \
+            -e "s|^CGROUP=.*|CGROUP=\"$CGR\"|" -e "s|/var/lib/narun|$R/lib/narun|g" -e "s|/run/narun|$R/run/narun|g" \
+            "$PKG/S90narund" >"$R/S90narund"
+        printf 'node_id = "s90-check"\ndata_dir = "%s/data"\nruntime_dir = "%s/data/run"\n[nats]\nurl = "nats://127.0.0.1:9"\n' \
+            "$R" "$R" >"$R/narund.toml"
+        printf 'NARUND_ARGS="--config %s/narund.toml"\nNARUND_NOFILE=4096\nNARUND_STOP_TIMEOUT=20\n' "$R" >"$R/etc/default/narund"
+        real_narunds() {
+            local n=0 p
+            for p in $(cat "$CGR/supervisor/cgroup.procs" 2>/dev/null); do
+                [ "$(cat "/proc/$p/comm" 2>/dev/null)" = narund ] && n=$((n + 1))
+            done
+            echo "$n"
+        }
+        wait_log() { local i=0; until grep -q "$1" "$R/log/narund.log" 2>/dev/null; do
+            [ $i -ge 100 ] && return 1; sleep 0.1; i=$((i + 1)); done; }
+        if out=$(sh "$R/S90narund" start 2>&1) && wait_log 'narund starting'; then
+            rpid=$(cat "$R/run/narund.pid")
+            ok "S90narund start of $NB: '$out' (pid $rpid, logging to narund.log)"
+            out=$(sh "$R/S90narund" start 2>&1)
+            sleep 0.3
+            if grep -q 'already running' <<<"$out" && [ "$(cat "$R/run/narund.pid")" = "$rpid" ] && [ "$(real_narunds)" = 1 ] &&
+                [ "$(grep -c 'narund starting' "$R/log/narund.log")" = 1 ]; then
+                ok "S90narund start again with a real narund: '$out', one narund"
+            else
+                fail "S90narund start again with a real narund: '$out', $(real_narunds) narund process(es)," \
+                    "$(grep -c 'narund starting' "$R/log/narund.log") start(s) logged"
+            fi
+            t0=$(date +%s)
+            if out=$(sh "$R/S90narund" stop 2>&1) && ! kill -0 "$rpid" 2>/dev/null && [ ! -e "$R/run/narund.pid" ] &&
+                grep -q 'narund stopping' "$R/log/narund.log"; then
+                ok "S90narund stop of a real narund: '$out' in $(($(date +%s) - t0)) s (SIGTERM, exited, pid file removed)"
+            else
+                fail "S90narund stop of a real narund: '$out' after $(($(date +%s) - t0)) s"
+            fi
+        else
+            fail "S90narund start of $NB failed: $out $(tail -5 "$R/log/narund.log" 2>/dev/null)"
+        fi
+        for p in $(cat "$CGR/supervisor/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+        sleep 0.2
+        rmdir "$CGR/supervisor" "$CGR" 2>/dev/null || note "could not remove $CGR (still populated?)"
+    fi
 fi
 
 # --- 7. overlay config ------------------------------------------------------------
