@@ -44,7 +44,7 @@ pip_install() { # pip_install PACKAGE...: into the python that runs this script
 if "$PY" scripts/packaging/gen-crates-inc.py --check >/dev/null 2>&1; then
     ok "narun-crates.inc (the pinned commit's crates) also matches the checkout's Cargo.lock"
 else
-    printf '[check-yocto] note: %s\n' "the checkout's Cargo.lock differs from narun-crates.inc (the pinned" \
+    printf '[check-yocto] note: %s %s %s\n' "the checkout's Cargo.lock differs from narun-crates.inc (the pinned" \
         "commit's crates; check-pins.sh checks those). The recipe builds SRCREV and is unaffected; an" \
         "externalsrc build of this checkout (kas/qemuarm64.yml) needs scripts/packaging/bump-pin.sh first."
 fi
