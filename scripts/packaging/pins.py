@@ -270,7 +270,13 @@ def vendor(crates: dict[tuple[str, str], str], vendor_dir: Path) -> None:
             shutil.rmtree(d)
         tmp = Path(tempfile.mkdtemp(dir=vendor_dir, prefix=".unpack-"))
         with tarfile.open(crate) as tf:
-            tf.extractall(tmp, filter="data")
+            try:
+                tf.extractall(tmp, filter="data")
+            except TypeError:  # Python < 3.11.4 without extraction filters
+                names = tf.getnames()
+                if any(n.startswith("/") or ".." in Path(n).parts for n in names):
+                    raise PinError(f"{crate}: unsafe path in the archive") from None
+                tf.extractall(tmp)
         top = tmp / f"{name}-{version}"
         if not (top / "Cargo.toml").is_file():
             raise PinError(f"{crate}: no {name}-{version}/Cargo.toml inside")
