@@ -4,7 +4,8 @@
 # prometheus for the tests' `promtool check metrics`; its service is not started in a
 # container without an init, and nothing needs it running),
 # rustup toolchain 1.88 (MSRV) and the aarch64/armv7 targets, and the third-party
-# interop peers (Python nats-py + nats-micro, npm @nats-io/*). Idempotent.
+# interop peers (Python nats-py + nats-micro, npm @nats-io/*), the packaging linters
+# (oelint-adv, kas; pinned: a new oelint-adv release may add rules). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -35,6 +36,10 @@ for tc in stable 1.88; do
   rustup target add --toolchain "$tc" aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf >/dev/null 2>&1
 done
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+
+echo "== packaging linters (oelint-adv for meta-narun, kas for its kas file)"
+python3 -c 'import oelint_adv, kas' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check 'oelint-adv==9.11.2' 'kas==5.5'
 
 echo "== interop peers"
 python3 -c 'import nats, nats_contrib.micro, grpc, grpc_tools' 2>/dev/null && command -v micro >/dev/null \

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Runs the fast packaging checks (about 15 s): systemd unit files, Yocto layer,
-# Buildroot external tree, cross settings; and the Debian packages when cargo-deb is
-# installed (check-deb.sh: ~15 s over existing debug builds of narund and narunctl, which
-# it builds if missing; skipped, saying so, without cargo-deb). The slow cross build is
-# separate: scripts/packaging/cross-check.sh.
+# Runs the packaging checks: systemd unit files, the layers' pin (check-pins.sh: builds
+# the pinned commit offline from the vendored crates; minutes on a fresh machine, seconds
+# once its caches in ~/.cache are warm), Yocto layer, Buildroot external tree (after
+# check-pins.sh: it uses the narund that check-pins.sh built), cross settings, and the
+# Debian packages when cargo-deb is installed (check-deb.sh: ~15 s over existing debug
+# builds of narund and narunctl, which it builds if missing; skipped, saying so, without
+# cargo-deb). The slow cross build is separate: scripts/packaging/cross-check.sh.
 # Exit status: 0 = all passed, 1 = at least one failed. Prints "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 
 passed=0
 failed=0
-for check in check-systemd.sh check-yocto.sh check-buildroot.sh check-cross-config.sh check-deb.sh; do
+for check in check-systemd.sh check-pins.sh check-yocto.sh check-buildroot.sh check-cross-config.sh check-deb.sh; do
     printf '=== %s\n' "$check"
     t0=$(date +%s)
     if bash "./$check"; then

@@ -2,8 +2,11 @@
 # Checks of the Buildroot br2-external tree buildroot-external/ that run without a
 # Buildroot checkout:
 #
-#   1. file layout and external.desc (name NARUN);
-#   2. required variables/macros in package/narun/narun.mk;
+#   1. file layout and external.desc (name NARUN); S90narund committed 0644 (Buildroot
+#      installs it 0755; its check-package warns about executable files);
+#   2. required variables/macros in package/narun/narun.mk, licence and hashes (narun.hash
+#      has the source archive and LICENSE lines, no BR_NO_CHECK_HASH_FOR, defconfigs
+#      with BR2_DOWNLOAD_FORCE_CHECK_HASHES; check-pins.sh verifies the hash values);
 #   3. every BR2_* symbol used in the .mk files, Config.in files and defconfigs is
 #      defined in a Config.in of this tree or is one of the Buildroot symbols listed
 #      below (KNOWN_BUILDROOT_SYMBOLS; extend it when a new one is used); defconfig
@@ -12,10 +15,15 @@
 #      options per option set, and the install commands run for real into a
 #      temporary target dir (binaries, config, unit, tmpfiles, sysusers, init script);
 #   5. shellcheck of S90narund (installs Debian's shellcheck if missing);
-#   6. S90narund start/reload/stop exercised against a stub narund in a temporary
-#      cgroup (needs root, a cgroup2 mount and start-stop-daemon; skipped otherwise);
+#   6. S90narund start/start again/reload/stop/stop again exercised against a stub narund
+#      in a temporary cgroup, then start twice/stop against a REAL narund binary when one
+#      is at hand ($NARUND_BIN, or the one check-pins.sh built); needs root, a cgroup2
+#      mount and start-stop-daemon (skipped otherwise);
 #   7. the board overlay's narund.toml against daemon/config/narund.toml (a note only:
-#      the overlay is where integrators customise it).
+#      the overlay is where integrators customise it);
+#   8. Buildroot's own utils/check-package -b over the tree, when a Buildroot tree is at
+#      hand ($BUILDROOT_DIR; CI has none: Buildroot's servers are out of its reach, so this
+#      is a note there; it was clean with Buildroot 2026.02.3's check-package).
 #
 # Exit status: 0 = all passed, 1 = at least one check failed.
 set -uo pipefail
@@ -39,6 +47,7 @@ BR2_LINUX_KERNEL BR2_LINUX_KERNEL_USE_ARCH_DEFAULT_CONFIG BR2_LINUX_KERNEL_NEEDS
 BR2_LINUX_KERNEL_DEFCONFIG BR2_LINUX_KERNEL_DTS_SUPPORT BR2_LINUX_KERNEL_INTREE_DTS_NAME
 BR2_TARGET_ROOTFS_EXT2 BR2_TARGET_ROOTFS_EXT2_4 BR2_TARGET_ROOTFS_EXT2_SIZE BR2_TARGET_ROOTFS_TAR
 BR2_PACKAGE_HOST_RUSTC BR2_PACKAGE_HOST_RUSTC_TARGET_ARCH_SUPPORTS BR2_ENABLE_DEBUG
+BR2_DOWNLOAD_FORCE_CHECK_HASHES
 "
 # Make variables with a BR2_ prefix that are not Kconfig symbols.
 NOT_KCONFIG="BR2_EXTERNAL_NARUN_PATH"
@@ -49,7 +58,11 @@ for f in external.desc Config.in external.mk package/narun/Config.in package/nar
     configs/narun_qemu_arm_vexpress_defconfig board/narun/rootfs-overlay/etc/narun/narund.toml; do
     if [ -f "$EXT/$f" ]; then ok "$EXT/$f exists"; else fail "$EXT/$f is missing"; fi
 done
-[ -x "$PKG/S90narund" ] || fail "$PKG/S90narund must be executable"
+if [ -x "$PKG/S90narund" ] || [ "$(git ls-files -s "$PKG/S90narund" | cut -c1-6)" != 100644 ]; then
+    fail "$PKG/S90narund must be committed 0644 (narun.mk installs it with -m 0755)"
+else
+    ok "$PKG/S90narund is 0644"
+fi
 grep -qx 'name: NARUN' "$EXT/external.desc" && ok "external.desc: name: NARUN" || fail "external.desc must say 'name: NARUN'"
 grep -q '^desc: ..*' "$EXT/external.desc" || fail "external.desc needs a desc: line"
 grep -q 'source "\$BR2_EXTERNAL_NARUN_PATH/package/narun/Config.in"' "$EXT/Config.in" ||
@@ -58,11 +71,23 @@ grep -q 'include $(sort $(wildcard $(BR2_EXTERNAL_NARUN_PATH)/package/\*/\*.mk))
     fail "$EXT/external.mk must include package/*/*.mk via \$(BR2_EXTERNAL_NARUN_PATH)"
 
 # --- 2. narun.mk content ----------------------------------------------------------
-for v in NARUN_VERSION NARUN_SITE NARUN_SITE_METHOD NARUN_LICENSE NARUN_CARGO_BUILD_OPTS; do
+for v in NARUN_VERSION NARUN_SITE NARUN_SITE_METHOD NARUN_LICENSE NARUN_LICENSE_FILES NARUN_CARGO_BUILD_OPTS; do
     grep -q -E "^$v (=|\+=)" "$PKG/narun.mk" && ok "narun.mk sets $v" || fail "narun.mk does not set $v"
 done
 for m in NARUN_INSTALL_TARGET_CMDS NARUN_INSTALL_INIT_SYSTEMD NARUN_INSTALL_INIT_SYSV NARUN_USERS; do
     grep -q "^define $m\$" "$PKG/narun.mk" && ok "narun.mk defines $m" || fail "narun.mk does not define $m"
+done
+grep -qx 'NARUN_LICENSE = Apache-2.0' "$PKG/narun.mk" && grep -qx 'NARUN_LICENSE_FILES = LICENSE' "$PKG/narun.mk" &&
+    [ -f LICENSE ] && ok "narun.mk: NARUN_LICENSE = Apache-2.0, NARUN_LICENSE_FILES = LICENSE" ||
+    fail "narun.mk must say NARUN_LICENSE = Apache-2.0 and NARUN_LICENSE_FILES = LICENSE (the repository's LICENSE)"
+grep -q BR_NO_CHECK_HASH_FOR "$PKG/narun.mk" && fail "narun.mk must not skip the hash check (BR_NO_CHECK_HASH_FOR)"
+nv=$(sed -n 's/^NARUN_VERSION = //p' "$PKG/narun.mk")
+grep -qE "^sha256  [0-9a-f]{64}  narun-$nv-git4-cargo4\.tar\.gz\$" "$PKG/narun.hash" && ok "narun.hash has the archive of NARUN_VERSION" ||
+    fail "narun.hash has no sha256 line for narun-$nv-git4-cargo4.tar.gz (scripts/packaging/bump-pin.sh writes it)"
+grep -qE '^sha256  [0-9a-f]{64}  LICENSE$' "$PKG/narun.hash" && ok "narun.hash has the LICENSE hash" ||
+    fail "narun.hash has no sha256 line for LICENSE"
+for d in "$EXT"/configs/*_defconfig; do
+    grep -qx 'BR2_DOWNLOAD_FORCE_CHECK_HASHES=y' "$d" || fail "$d must set BR2_DOWNLOAD_FORCE_CHECK_HASHES=y"
 done
 grep -q '^\$(eval \$(cargo-package))$' "$PKG/narun.mk" && ok "narun.mk uses cargo-package" ||
     fail "narun.mk must end its definitions with \$(eval \$(cargo-package))"
@@ -200,6 +225,24 @@ STUB
         grep -q -E '^Max open files +4096 +4096 ' "$T/nofile" && ok "narund got the open files limit NARUND_NOFILE from /etc/default/narund" ||
             fail "narund's open files limit was '$(cat "$T/nofile")', expected 4096 (NARUND_NOFILE)"
         [ -d "$T/lib/narun" ] && [ -d "$T/run/narun" ] && ok "start created the data and runtime dirs" || fail "start did not create the data/runtime dirs"
+        # A second start must not start a second narund.
+        narunds() { # number of processes named narund in the supervisor cgroup
+            local n=0 p
+            for p in $(cat "$CGT/supervisor/cgroup.procs"); do
+                [ "$(cat "/proc/$p/comm" 2>/dev/null)" = narund ] && n=$((n + 1))
+            done
+            echo "$n"
+        }
+        out2=$(sh "$T/S90narund" start 2>&1)
+        sleep 0.3 # a second narund, if the script started one, has exec'd by now
+        if [ "$(cat "$T/run/narund.pid" 2>/dev/null)" = "$pid" ] && grep -q 'already running' <<<"$out2" &&
+            [ "$(narunds)" = 1 ]; then
+            ok "S90narund start while running: '$out2', still one narund (pid $pid)"
+        else
+            fail "S90narund start while running: '$out2', pid file $(cat "$T/run/narund.pid" 2>/dev/null) (was $pid)," \
+                "$(narunds) narund process(es) in the supervisor cgroup"
+            for p in $(cat "$CGT/supervisor/cgroup.procs"); do [ "$p" != "$pid" ] && kill -9 "$p" 2>/dev/null; done
+        fi
         sh "$T/S90narund" reload >/dev/null 2>&1
         wait_file "$T/signals" && grep -q HUP "$T/signals" && ok "reload sends SIGHUP" || fail "reload did not deliver SIGHUP"
         if out=$(sh "$T/S90narund" stop 2>&1) && ! kill -0 "$pid" 2>/dev/null && grep -q TERM "$T/signals" && [ ! -e "$T/run/narund.pid" ]; then
@@ -212,9 +255,90 @@ STUB
         fail "S90narund start failed: $out $(cat "$T/log/narund.log" 2>/dev/null)"
         [ -s "$T/run/narund.pid" ] && kill -9 "$(cat "$T/run/narund.pid")" 2>/dev/null
     fi
+    if out=$(sh "$T/S90narund" stop 2>&1) && grep -q 'not running' <<<"$out"; then
+        ok "S90narund stop while stopped: '$out' (exit 0)"
+    else
+        fail "S90narund stop while stopped: '$out'"
+    fi
+    # A stub that ignores SIGTERM: stop gives up after NARUND_STOP_TIMEOUT, keeps the pid file.
+    sed -i "s|trap 'echo TERM >> \"$T/signals\"; exit 0' TERM|trap '' TERM|" "$T/narund"
+    rm -f "$T/ready"
+    echo 'NARUND_STOP_TIMEOUT=2' >>"$T/etc/default/narund"
+    if sh "$T/S90narund" start >/dev/null 2>&1 && wait_file "$T/ready"; then
+        pid=$(cat "$T/run/narund.pid")
+        t0=$(date +%s)
+        out=$(sh "$T/S90narund" stop 2>&1)
+        rc=$?
+        if [ $rc -ne 0 ] && grep -q 'still running after 2 s' <<<"$out" && [ -s "$T/run/narund.pid" ] &&
+            [ $(($(date +%s) - t0)) -le 5 ]; then
+            ok "S90narund stop of a narund that does not exit: '$out' (exit $rc, bounded, pid file kept)"
+        else
+            fail "S90narund stop of a narund ignoring SIGTERM: '$out' (exit $rc after $(($(date +%s) - t0)) s)"
+        fi
+        kill -9 "$pid" 2>/dev/null
+    else
+        fail "S90narund: could not start the TERM-ignoring stub"
+    fi
     # Clean up the temporary cgroups (empty once the stub exited).
     sleep 0.2
     rmdir "$CGT/supervisor" "$CGT" 2>/dev/null || note "could not remove $CGT (still populated?)"
+
+    # The same script with a REAL narund (offline: its NATS URL points at a closed port,
+    # narund keeps retrying): start, start again, stop.
+    NB=${NARUND_BIN:-}
+    if [ -z "$NB" ]; then
+        for c in "${NARUN_PIN_TARGET_DIR:-$HOME/.cache/narun-pin-target}/debug/narund" "${CARGO_TARGET_DIR:-target}/debug/narund"; do
+            if [ -x "$c" ]; then NB=$c; break; fi
+        done
+    fi
+    if [ -z "$NB" ]; then
+        note "S90narund with a real narund skipped: no narund binary (set NARUND_BIN; check-pins.sh builds one)"
+    else
+        R=$TMP/real
+        mkdir -p "$R/etc/default" "$R/log" "$R/run" "$R/data"
+        CGR="$CG2/narun-check-real-$$"
+        sed -e "s|/usr/bin/\$DAEMON|$NB|" -e "s|/var/run/|$R/run/|" -e "s|/var/log/|$R/log/|" \
+            -e "s|/etc/default/|$R/etc/default/|g" -e "s|^CGROUP_ROOT=.*|CGROUP_ROOT=\"$CG2\"|" \
+            -e "s|^CGROUP=.*|CGROUP=\"$CGR\"|" -e "s|/var/lib/narun|$R/lib/narun|g" -e "s|/run/narun|$R/run/narun|g" \
+            "$PKG/S90narund" >"$R/S90narund"
+        printf 'node_id = "s90-check"\ndata_dir = "%s/data"\nruntime_dir = "%s/data/run"\n[nats]\nurl = "nats://127.0.0.1:9"\n' \
+            "$R" "$R" >"$R/narund.toml"
+        printf 'NARUND_ARGS="--config %s/narund.toml"\nNARUND_NOFILE=4096\nNARUND_STOP_TIMEOUT=20\n' "$R" >"$R/etc/default/narund"
+        real_narunds() {
+            local n=0 p
+            for p in $(cat "$CGR/supervisor/cgroup.procs" 2>/dev/null); do
+                [ "$(cat "/proc/$p/comm" 2>/dev/null)" = narund ] && n=$((n + 1))
+            done
+            echo "$n"
+        }
+        wait_log() { local i=0; until grep -q "$1" "$R/log/narund.log" 2>/dev/null; do
+            [ $i -ge 100 ] && return 1; sleep 0.1; i=$((i + 1)); done; }
+        if out=$(sh "$R/S90narund" start 2>&1) && wait_log 'narund starting'; then
+            rpid=$(cat "$R/run/narund.pid")
+            ok "S90narund start of $NB: '$out' (pid $rpid, logging to narund.log)"
+            out=$(sh "$R/S90narund" start 2>&1)
+            sleep 0.3
+            if grep -q 'already running' <<<"$out" && [ "$(cat "$R/run/narund.pid")" = "$rpid" ] && [ "$(real_narunds)" = 1 ] &&
+                [ "$(grep -c 'narund starting' "$R/log/narund.log")" = 1 ]; then
+                ok "S90narund start again with a real narund: '$out', one narund"
+            else
+                fail "S90narund start again with a real narund: '$out', $(real_narunds) narund process(es)," \
+                    "$(grep -c 'narund starting' "$R/log/narund.log") start(s) logged"
+            fi
+            t0=$(date +%s)
+            if out=$(sh "$R/S90narund" stop 2>&1) && ! kill -0 "$rpid" 2>/dev/null && [ ! -e "$R/run/narund.pid" ] &&
+                grep -q 'narund stopping' "$R/log/narund.log"; then
+                ok "S90narund stop of a real narund: '$out' in $(($(date +%s) - t0)) s (SIGTERM, exited, pid file removed)"
+            else
+                fail "S90narund stop of a real narund: '$out' after $(($(date +%s) - t0)) s"
+            fi
+        else
+            fail "S90narund start of $NB failed: $out $(tail -5 "$R/log/narund.log" 2>/dev/null)"
+        fi
+        for p in $(cat "$CGR/supervisor/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+        sleep 0.2
+        rmdir "$CGR/supervisor" "$CGR" 2>/dev/null || note "could not remove $CGR (still populated?)"
+    fi
 fi
 
 # --- 7. overlay config ------------------------------------------------------------
@@ -223,6 +347,21 @@ if cmp -s daemon/config/narund.toml "$EXT/board/narun/rootfs-overlay/etc/narun/n
 else
     note "board overlay narund.toml differs from daemon/config/narund.toml (fine if customised on purpose;" \
         "otherwise: cp daemon/config/narund.toml $EXT/board/narun/rootfs-overlay/etc/narun/)"
+fi
+
+# --- 8. Buildroot's check-package ---------------------------------------------------
+if [ -n "${BUILDROOT_DIR:-}" ] && [ -f "$BUILDROOT_DIR/utils/check-package" ]; then
+    # It imports python-magic and flake8 (Debian: python3-magic, flake8).
+    mapfile -t ext_files < <(find "$EXT" -type f)
+    if out=$(python3 "$BUILDROOT_DIR/utils/check-package" -b "${ext_files[@]}" 2>&1) &&
+        grep -q '^0 warnings generated$' <<<"$out"; then
+        ok "Buildroot's check-package ($BUILDROOT_DIR): $(tail -1 <<<"$out")"
+    else
+        fail "Buildroot's check-package ($BUILDROOT_DIR):"
+        printf '%s\n' "$out" >&2
+    fi
+else
+    note "Buildroot's utils/check-package not run: no Buildroot tree (set BUILDROOT_DIR=/path/to/buildroot)"
 fi
 
 if [ $failures -ne 0 ]; then

@@ -12,7 +12,8 @@ project's CI can keep it current:
 
 Run it (and commit the result) after every change to Cargo.lock. Output format, as the
 class writes it: a header comment; per Cargo.lock a `# from <path>` comment, one
-`SRC_URI += " \\ ... "` block with `crate://crates.io/<name>/<version>;name=<name>-<version>`
+`SRC_URI += " \\ ... "` block with `crate://crates.io/<name>/<version>` (no `;name=`: the
+crate fetcher names each one <name>-<version> itself)
 lines in Cargo.lock order, then `SRC_URI[<name>-<version>.sha256sum] = "<checksum>"` lines.
 Only crates from crates.io are listed (git or path dependencies need manual SRC_URI
 entries; the workspace has none).
@@ -77,7 +78,7 @@ def crates_block(lock_path: Path, root: Path) -> str:
     checksum_lines = []
     for p in packages:
         key = f"{p['name']}-{p['version']}"
-        uri_lines.append(f"    crate://crates.io/{p['name']}/{p['version']};name={key} \\")
+        uri_lines.append(f"    crate://crates.io/{p['name']}/{p['version']} \\")
         if "checksum" in p:
             checksum_lines.append(f'SRC_URI[{key}.sha256sum] = "{p["checksum"]}"')
     return "\n".join(uri_lines) + '\n"\n' + "".join("\n" + line for line in checksum_lines) + "\n"

@@ -4,12 +4,14 @@
 #
 ################################################################################
 
-# A release tag (v0.1.0) or a full commit id of the narun repository. Until the
-# first release this is the commit the package was written against.
-NARUN_VERSION = db5819033144ceaeb710a6e7ddba4beee971f261
+# The commit of the narun repository this package builds: the same as SRCREV in
+# meta-narun. Move both, with the crate list and narun.hash, with
+# scripts/packaging/bump-pin.sh [COMMIT]; CI (check-pins.sh) checks that they agree.
+NARUN_VERSION = 2cee539fb16150fe6f92f60d8e351f6267591d0e
 NARUN_SITE = https://github.com/narun-rs/narun.git
 NARUN_SITE_METHOD = git
 NARUN_LICENSE = Apache-2.0
+NARUN_LICENSE_FILES = LICENSE
 
 # The workspace root has a virtual manifest (no [package]), so NARUN_SUBDIR stays
 # empty: vendoring (download post-process) then covers the whole Cargo.lock. The
@@ -58,11 +60,3 @@ define NARUN_USERS
 endef
 
 $(eval $(cargo-package))
-
-# Buildroot checks the hash of the archive it creates AFTER vendoring the crates; the
-# value depends on the narun version and on the Buildroot release (see narun.hash),
-# and cannot be computed without a Buildroot download. Until a release pins it, the
-# check is skipped for this archive only. Pinning a release: run `make narun-source`,
-# put the sha256 of $(DL_DIR)/narun/$(NARUN_SOURCE) into narun.hash, drop this line.
-# (After the eval: NARUN_SOURCE is defined by the package infrastructure.)
-BR_NO_CHECK_HASH_FOR += $(NARUN_SOURCE)

@@ -6,26 +6,41 @@ HOMEPAGE = "https://github.com/narun-rs/narun"
 BUGTRACKER = "https://github.com/narun-rs/narun/issues"
 SECTION = "console/network"
 CVE_PRODUCT = "narun"
-LICENSE = "Apache-2.0"
-# The repository has no top-level license file yet: use OE's copy of the Apache-2.0
-# text (license declared in Cargo.toml). Switch to file://LICENSE once it exists.
-# nooelint: oelint.var.licenseremotefile
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+# narun itself is Apache-2.0 (LICENSE at the repository root); narund and narunctl also
+# contain the crates they link, whose licences narun-crate-licenses.inc declares
+# (generated from `cargo metadata` of SRCREV by scripts/packaging/bump-pin.sh).
+LICENSE = "Apache-2.0 & ${NARUN_CRATES_LICENSE}"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
-# Release builds: SRCREV is the commit of the release tag. The committed
-# narun-crates.inc must match that commit's Cargo.lock (the project's CI runs
-# scripts/packaging/gen-crates-inc.py --check). To build a local checkout instead,
-# use externalsrc (see README.md and kas/qemuarm64.yml).
+# A development snapshot: the package version becomes 0.1.0+git<AUTOINC>+<commit>
+# (OE appends the SRCPV part itself since 4.3; no ${SRCPV} here).
+PV = "0.1.0+git"
+
+# SRCREV ("the pin") is a commit of the narun repository whose Cargo.lock equals
+# narun-crates.inc; it is also NARUN_VERSION of the Buildroot package. Move it with
+# scripts/packaging/bump-pin.sh [COMMIT] (updates both layers, the crate lists, licences
+# and hashes in one go); CI (scripts/packaging/check-pins.sh) builds the pinned commit
+# offline from the listed crates. To build a local checkout instead, use externalsrc
+# (see README.md and kas/qemuarm64.yml).
 # destsuffix=${BP} and no S= : the source lands in the default S on scarthgap
 # (${WORKDIR}/${BP}) and on whinlatter/wrynose (${UNPACKDIR}/${BP}).
 SRC_URI = "git://github.com/narun-rs/narun.git;protocol=https;branch=main;destsuffix=${BP}"
-SRCREV = "db5819033144ceaeb710a6e7ddba4beee971f261"
+SRCREV = "2cee539fb16150fe6f92f60d8e351f6267591d0e"
 
 inherit cargo cargo-update-recipe-crates systemd useradd
 
 # crate:// SRC_URI entries and checksums for every crate in Cargo.lock.
-# Regenerate with `bitbake -c update_crates narun` or scripts/packaging/gen-crates-inc.py.
+# Generated for SRCREV by scripts/packaging/bump-pin.sh (the format of `bitbake -c update_crates`).
 require ${BPN}-crates.inc
+# NARUN_CRATES_LICENSE: the licences of the crates compiled into the binaries.
+require ${BPN}-crate-licenses.inc
+
+# The workspace's release profile strips the binaries (strip = true, no debug info), which
+# OE's package QA rejects (already-stripped) and which leaves nothing for ${PN}-dbg. Let OE
+# strip them and split the debug symbols into ${PN}-dbg instead: no stripping by cargo,
+# line tables for symbolized backtraces (set "full" in a bbappend for a debugger).
+export CARGO_PROFILE_RELEASE_STRIP = "none"
+export CARGO_PROFILE_RELEASE_DEBUG = "line-tables-only"
 
 # gateway: embed the HTTP/gRPC gateway in narund (cargo feature narund/gateway).
 PACKAGECONFIG ??= ""
