@@ -126,9 +126,15 @@ impl Jobs {
         let _ = self.node.set(node);
     }
 
-    /// The node attempts are recorded with (narund's node id; else the host name).
+    /// The node attempts are recorded with (narund's node id; else the default node id
+    /// of this host, `narun_wire::names::default_node_id`).
     pub(crate) fn node(&self) -> &str {
-        self.node.get_or_init(narun_wire::names::default_node_id)
+        self.node.get_or_init(|| {
+            narun_wire::names::default_node_id().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no node id for job attempts: recording them as \"unknown\"");
+                "unknown".to_string()
+            })
+        })
     }
 
     /// The job buckets and the stream, created when missing.
