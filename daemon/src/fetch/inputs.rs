@@ -38,8 +38,7 @@
 //! `NARUN_MASTER_KEY_FILE`); it is read at each start that needs it, so a rotated key
 //! takes effect without restarting narund.
 
-use crate::fetch::{FetchError, Sha256Digest, download_verified};
-use crate::uring::UringHandle;
+use crate::fetch::{Durability, FetchError, Sha256Digest, download_verified};
 use async_nats::jetstream::{self, object_store};
 use narun_spec::AppSpec;
 use narun_wire::names;
@@ -81,7 +80,6 @@ impl InputError {
 /// Resolves secrets and places mounted files for instance starts. Owned by the node's [`crate::instance::Host`].
 pub struct AppInputs {
     client: async_nats::Client,
-    uring: UringHandle,
     master_key_file: Mutex<PathBuf>,
     /// `[secrets] allow_unscoped`.
     allow_unscoped: AtomicBool,
@@ -90,10 +88,9 @@ pub struct AppInputs {
 impl AppInputs {
     /// Inputs read through `client`, with the master key at [`DEFAULT_MASTER_KEY_FILE`] until
     /// [`AppInputs::set_master_key_file`] says otherwise.
-    pub fn new(client: async_nats::Client, uring: UringHandle) -> AppInputs {
+    pub fn new(client: async_nats::Client) -> AppInputs {
         AppInputs {
             client,
-            uring,
             master_key_file: Mutex::new(DEFAULT_MASTER_KEY_FILE.into()),
             allow_unscoped: AtomicBool::new(false),
         }
@@ -310,7 +307,7 @@ impl AppInputs {
                 object,
                 staging,
                 &expected,
-                &self.uring,
+                Durability::Now,
             ),
         )
         .await

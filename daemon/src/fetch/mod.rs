@@ -16,10 +16,18 @@
 //! 3. The cache path is content-addressed: `<data_dir>/binaries/<app>/<sha256-hex>`. If that file
 //!    exists and still hashes to the digest, it is reused and nothing is downloaded.
 //! 4. Otherwise the object is **streamed** into a temporary file in the same directory through a
-//!    fixed 128 KiB buffer (never the whole binary in memory), fsynced, hashed through io_uring
-//!    ([`UringHandle::hash_file`]), compared, made `0755`, renamed into place, and the directory is
-//!    fsynced. Any failure (digest mismatch, short stream, full disk) deletes the temporary file:
-//!    a file at a cache path is always complete and verified, and older versions are untouched.
+//!    fixed 128 KiB buffer (never the whole binary in memory) and hashed **as it streams** (the
+//!    bytes written are the bytes hashed; no second read of the file), compared, made `0755`
+//!    and renamed into place. Any failure (digest mismatch, short stream, full disk) deletes
+//!    the temporary file: a file at a cache path is complete and verified, and older versions
+//!    are untouched. The instance starts **without waiting for the disk**: the file and its
+//!    directory are fsynced right after, off the start's path ([`sync_in_background`]). Only a
+//!    power loss within those moments can leave a torn file at a cache path, and no cached
+//!    file is ever run unverified: every use after a narund start hashes it first
+//!    ([`BinaryCache::fetch_verified`], the offline start), and a corrupt one is removed and
+//!    fetched again. (The fsync before the rename cost a 100-node fleet on one disk ~1 GiB of
+//!    synchronous writes on the deploy's path: docs/benchmarks.md, "Fleet … ceiling".) Files
+//!    mounted into work dirs ([`inputs`]) are still fsynced before they are placed.
 //!    When the chunks do not hash to the object's digest (async-nats checks it at the end of the
 //!    stream), [`FetchError::Mismatch`] names the object, the expected and the actual digest.
 //!
@@ -57,6 +65,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::uring::UringHandle;
+use sha2::Digest as _;
 
 /// Size of the copy buffer between the object stream and the temporary file.
 const COPY_BUF: usize = 128 * 1024;
@@ -397,7 +406,7 @@ impl BinaryCache {
                 object,
                 &dir,
                 expected,
-                &self.uring,
+                Durability::Later,
             )
             .await;
             match got {
@@ -417,7 +426,8 @@ impl BinaryCache {
         };
         self.stats.downloads.record(start.elapsed());
         self.stats.bytes.fetch_add(got, Ordering::Relaxed);
-        persist_synced(tmp, &path, 0o755, None).await?;
+        persist(tmp, &path, 0o755, None, Durability::Later).await?;
+        sync_in_background(path.clone());
         tracing::info!(object, path = %path.display(), digest = %expected, bytes = got, "binary cached");
         Ok(CachedBinary {
             path,
@@ -479,9 +489,20 @@ impl BinaryCache {
     }
 }
 
+/// When a downloaded file reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// fsynced before it is renamed into place (and the directory after): mounted files.
+    Now,
+    /// Renamed into place from the page cache; the caller fsyncs it afterwards
+    /// ([`sync_in_background`]): app binaries, which every later use hashes again anyway.
+    Later,
+}
+
 /// Stream `object` of `store` (the bucket named `bucket`, for messages) into a new temporary
-/// file in `dir` (created if needed), through a fixed [`COPY_BUF`] buffer, fsync it, and check
-/// its size and SHA-256 (hashed through io_uring) against `expected`.
+/// file in `dir` (created if needed), through a fixed [`COPY_BUF`] buffer, hashing what is
+/// written as it goes, fsync it when `durability` is [`Durability::Now`], and check its size
+/// and SHA-256 against `expected`.
 ///
 /// Returns the verified temporary file and its size. Dropping the file deletes it, so every
 /// error path (mismatch, short stream, full disk) leaves nothing behind. Used for app binaries
@@ -492,14 +513,14 @@ pub(crate) async fn download_verified(
     object: &str,
     dir: &Path,
     expected: &Sha256Digest,
-    uring: &UringHandle,
+    durability: Durability,
 ) -> Result<(tempfile::NamedTempFile, u64), FetchError> {
     // async-nats 0.50 unwraps the creation of the reader's consumer inside `poll_read`: a
     // stream without a leader (a cluster member just died) panics there. That is an
     // unanswered request, not a reason to lose the task.
     use futures_util::FutureExt;
     std::panic::AssertUnwindSafe(download_verified_inner(
-        store, bucket, object, dir, expected, uring,
+        store, bucket, object, dir, expected, durability,
     ))
     .catch_unwind()
     .await
@@ -521,7 +542,7 @@ async fn download_verified_inner(
     object: &str,
     dir: &Path,
     expected: &Sha256Digest,
-    uring: &UringHandle,
+    durability: Durability,
 ) -> Result<(tempfile::NamedTempFile, u64), FetchError> {
     tokio::fs::create_dir_all(dir).await.map_err(io_err(dir))?;
     let tmp = tempfile::Builder::new()
@@ -549,6 +570,8 @@ async fn download_verified_inner(
     let mut out = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
     let mut buf = vec![0u8; COPY_BUF];
     let mut got: u64 = 0;
+    // The bytes written are the bytes hashed: one pass, no second read of the file.
+    let mut hasher = sha2::Sha256::new();
     // async-nats checks the chunks against the object's digest at the end of the stream and
     // then fails the read with InvalidData, after putting the last chunk into the buffer: so
     // the buffer is read through `poll_read`, keeping those bytes, and the digest of what
@@ -561,6 +584,7 @@ async fn download_verified_inner(
         })
         .await;
         let n = rb.filled().len();
+        hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
         got += n as u64;
         match res {
@@ -579,6 +603,7 @@ async fn download_verified_inner(
                     if !matches!(more, Some(Ok(()))) || n == 0 {
                         break;
                     }
+                    hasher.update(&buf[..n]);
                     out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
                     got += n as u64;
                 }
@@ -594,15 +619,12 @@ async fn download_verified_inner(
         }
     }
     out.flush().await.map_err(io_err(&tmp_path))?;
-    out.sync_all().await.map_err(io_err(&tmp_path))?;
+    if durability == Durability::Now {
+        out.sync_all().await.map_err(io_err(&tmp_path))?;
+    }
     drop(out);
-    // Hashed once, read through io_uring: the bytes decide, not the store's digest.
-    let actual = Sha256Digest(
-        uring
-            .hash_file(&tmp_path)
-            .await
-            .map_err(io_err(&tmp_path))?,
-    );
+    // The bytes decide, not the store's digest.
+    let actual = Sha256Digest(hasher.finalize().into());
     let mismatch = || {
         tracing::warn!(object, %expected, %actual, "digest mismatch, download discarded");
         FetchError::Mismatch {
@@ -630,14 +652,30 @@ async fn download_verified_inner(
     Ok((tmp, got))
 }
 
+/// fsync `path` and its directory on the blocking pool, not waited for: the disk catches up
+/// with a binary that is already running (see the module docs). A failure is logged; the
+/// next use of the file hashes it anyway.
+pub(crate) fn sync_in_background(path: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let synced = std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+        if let Err(error) = synced {
+            tracing::warn!(path = %path.display(), %error, "fsync of a cached binary failed");
+        }
+    });
+}
+
 /// Make the verified temporary file `tmp` final: set `mode` (and `owner` uid/gid when given),
-/// rename it atomically to `dest` (same directory) and fsync the directory, so after a crash
-/// `dest` is either the old file or the complete new one.
-pub(crate) async fn persist_synced(
+/// rename it atomically to `dest` (same directory) and, with [`Durability::Now`], fsync the
+/// directory, so after a crash `dest` is either the old file or the complete new one.
+pub(crate) async fn persist(
     tmp: tempfile::NamedTempFile,
     dest: &Path,
     mode: u32,
     owner: Option<(u32, u32)>,
+    durability: Durability,
 ) -> Result<(), FetchError> {
     let final_path = dest.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
@@ -651,6 +689,9 @@ pub(crate) async fn persist_synced(
             path: final_path.clone(),
             source: e.error,
         })?;
+        if durability == Durability::Later {
+            return Ok(());
+        }
         let dir = final_path.parent().unwrap_or(Path::new("."));
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

@@ -153,7 +153,7 @@ impl Node {
         }
         let events = crate::instance::spawn_publisher(p.client.clone(), local.durable());
         let host = Host::new(HostParts {
-            inputs: crate::fetch::inputs::AppInputs::new(p.client.clone(), p.uring.clone()),
+            inputs: crate::fetch::inputs::AppInputs::new(p.client.clone()),
             settings,
             logs,
             uring: p.uring,
