@@ -192,6 +192,13 @@ stopTimeoutSec: 3
 nofileMax: 4096
 logOverflow: block
 binaryDigests: {full-v2.0.1-linux-amd64: "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU="}
+runMode: JOB
+schedule: "*/5 * * * *"
+timezone: Europe/Paris
+concurrency: Replace
+startingDeadlineSec: 300
+scope: fleet
+maxAttempts: 5
 "#,
     )
     .unwrap()
@@ -209,6 +216,8 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(spec.pids_max, Some(100));
     assert_eq!(spec.nofile_max, Some(4096));
     assert_eq!(spec.log_overflow, narun_spec::LogOverflow::Block);
+    assert_eq!(spec.run_mode, "job");
+    assert_eq!(spec.concurrency, "replace");
     spec.validate().unwrap();
     // Every key the serialiser writes is known to the unknown-key walker
     // (catches a field added to the struct but not to the key list).
@@ -223,7 +232,7 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(reparsed, spec);
     // Nothing was left at its default (so the check above covered every key).
     let json: serde_json::Value = serde_json::from_slice(&spec.to_kv_json()).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 33, "{json:#}");
+    assert_eq!(json.as_object().unwrap().len(), 40, "{json:#}");
     assert!(spec.binary_digest("linux", "amd64").is_some());
 }
 
