@@ -29,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod fetch;
 pub mod instance;
+pub mod jobs;
 pub mod liveness;
 pub mod lock;
 pub mod logs;

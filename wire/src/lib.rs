@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod jetstream;
 pub mod micro;
 pub mod names;
+pub mod runs;
 #[cfg(feature = "secrets")]
 pub mod secrets;
 pub mod signing;
