@@ -87,15 +87,23 @@ async fn scheduled_runs_record_exit_codes_retries_and_history() {
     .await;
 
     // One occurrence: attempt 1 exits 3 (retrying), attempt 2 exits 0 (succeeded).
-    let r = until_runs(&events, "flaky", "an occurrence failing once, then succeeding", |r| {
-        r.iter().any(|(_, j, _)| {
-            j.outcome == "succeeded"
-                && j.attempt == 2
-                && r.iter().any(|(_, k, code)| {
-                    k.id == j.id && k.outcome == "retrying" && k.attempt == 1 && *code == Some(3)
-                })
-        })
-    })
+    let r = until_runs(
+        &events,
+        "flaky",
+        "an occurrence failing once, then succeeding",
+        |r| {
+            r.iter().any(|(_, j, _)| {
+                j.outcome == "succeeded"
+                    && j.attempt == 2
+                    && r.iter().any(|(_, k, code)| {
+                        k.id == j.id
+                            && k.outcome == "retrying"
+                            && k.attempt == 1
+                            && *code == Some(3)
+                    })
+            })
+        },
+    )
     .await;
     let (_, ok, code) = r
         .iter()
@@ -103,6 +111,14 @@ async fn scheduled_runs_record_exit_codes_retries_and_history() {
         .unwrap()
         .clone();
     assert_eq!(code, Some(0));
+    let retrying = events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e.job.as_ref().is_some_and(|j| j.outcome == "retrying"))
+        .cloned()
+        .unwrap();
+    println!("{}", serde_json::to_string(&retrying).unwrap());
     assert_eq!(ok.trigger, Trigger::Schedule);
     assert_eq!(ok.max_attempts, 2);
     assert_eq!(ok.log_subject, format!("logs.flaky.{NODE}"));
@@ -126,23 +142,38 @@ async fn scheduled_runs_record_exit_codes_retries_and_history() {
     let out = narunctl(&url, &["run", "flaky"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(NODE) && stdout.contains("started"), "{stdout}");
+    println!("$ narunctl run flaky\n{stdout}");
+    assert!(
+        stdout.contains(NODE) && stdout.contains("started"),
+        "{stdout}"
+    );
     until_runs(&events, "flaky", "the manual run to succeed", |r| {
-        r.iter()
-            .any(|(_, j, _)| j.trigger == Trigger::Manual && j.outcome == "succeeded" && j.id.starts_with('m'))
+        r.iter().any(|(_, j, _)| {
+            j.trigger == Trigger::Manual && j.outcome == "succeeded" && j.id.starts_with('m')
+        })
     })
     .await;
     let out = narunctl(&url, &["runs", "ls", "--app", "flaky"]).await;
     let table = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    println!("{table}");
+    println!("$ narunctl runs ls --app flaky\n{table}");
     assert!(table.starts_with("TIME"), "{table}");
-    for want in ["retrying", "succeeded", "manual", "schedule", "2/2", "logs.flaky.job-node"] {
+    for want in [
+        "retrying",
+        "succeeded",
+        "manual",
+        "schedule",
+        "2/2",
+        "logs.flaky.job-node",
+    ] {
         assert!(table.contains(want), "{want} in\n{table}");
     }
     let out = narunctl(&url, &["runs", "ls", "--app", "flaky", "--json"]).await;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(rows.iter().any(|r| r["exit_code"] == 3 && r["outcome"] == "retrying"));
+    assert!(
+        rows.iter()
+            .any(|r| r["exit_code"] == 3 && r["outcome"] == "retrying")
+    );
 
     // A service is not a job; an unknown app is refused.
     upload_script(&server, "svc", "v1", "#!/bin/sh\nexec sleep 1000\n").await;
@@ -153,10 +184,18 @@ async fn scheduled_runs_record_exit_codes_retries_and_history() {
     .await;
     let out = narunctl(&url, &["run", "svc"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("not a job"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a job"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = narunctl(&url, &["run", "nope"]).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("no app nope"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no app nope"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Every message on `subject`, as text.
@@ -185,7 +224,11 @@ async fn concurrency_forbid_replace_allow() {
     let _narund = Narund::start(&server, NODE, "");
     let b = buckets(&server).await;
     // Each run lasts longer than the schedule's period (every second).
-    for (app, policy) in [("forbid", "forbid"), ("replace", "replace"), ("allow", "allow")] {
+    for (app, policy) in [
+        ("forbid", "forbid"),
+        ("replace", "replace"),
+        ("allow", "allow"),
+    ] {
         upload_script(&server, app, "v1", "#!/bin/sh\nsleep 4\nexit 0\n").await;
         b.put_spec(
             app,
@@ -198,21 +241,33 @@ async fn concurrency_forbid_replace_allow() {
         .await;
     }
     // forbid: the occurrences during a run are skipped, one run at a time.
-    let r = until_runs(&events, "forbid", "forbid to skip occurrences and finish a run", |r| {
-        r.iter().filter(|(_, j, _)| j.outcome == "skipped").count() >= 2
-            && r.iter().any(|(_, j, _)| j.outcome == "succeeded")
-    })
+    let r = until_runs(
+        &events,
+        "forbid",
+        "forbid to skip occurrences and finish a run",
+        |r| {
+            r.iter().filter(|(_, j, _)| j.outcome == "skipped").count() >= 2
+                && r.iter().any(|(_, j, _)| j.outcome == "succeeded")
+        },
+    )
     .await;
     let instances: BTreeSet<String> = r
         .iter()
         .filter(|(_, j, _)| j.outcome == "started")
         .map(|(_, j, _)| j.instance.clone())
         .collect();
-    assert_eq!(instances, BTreeSet::from(["forbid-0".to_string()]), "{r:#?}");
+    assert_eq!(
+        instances,
+        BTreeSet::from(["forbid-0".to_string()]),
+        "{r:#?}"
+    );
     // replace: each occurrence stops the run going on.
-    let r = until_runs(&events, "replace", "replace to stop the previous run", |r| {
-        r.iter().filter(|(_, j, _)| j.outcome == "replaced").count() >= 2
-    })
+    let r = until_runs(
+        &events,
+        "replace",
+        "replace to stop the previous run",
+        |r| r.iter().filter(|(_, j, _)| j.outcome == "replaced").count() >= 2,
+    )
     .await;
     assert!(!r.iter().any(|(_, j, _)| j.outcome == "skipped"), "{r:#?}");
     // allow: runs overlap, each in its own instance slot.
@@ -252,9 +307,18 @@ async fn a_run_missed_while_down_runs_at_boot_within_the_deadline() {
     let jobs = narund.data_dir().join("jobs");
     std::fs::create_dir_all(&jobs).unwrap();
     for (app, deadline) in [("late-ok", 40 * 86_400), ("too-late", 60)] {
-        std::fs::write(jobs.join(format!("{app}.last")), format!("{}\n", now - 50 * 86_400))
-            .unwrap();
-        upload_script(&server, app, "v1", "#!/bin/sh\necho \"$NARUN_JOB_SCHEDULED_AT\"\n").await;
+        std::fs::write(
+            jobs.join(format!("{app}.last")),
+            format!("{}\n", now - 50 * 86_400),
+        )
+        .unwrap();
+        upload_script(
+            &server,
+            app,
+            "v1",
+            "#!/bin/sh\necho \"$NARUN_JOB_SCHEDULED_AT\"\n",
+        )
+        .await;
         b.put_spec(
             app,
             &job_spec(
@@ -269,7 +333,11 @@ async fn a_run_missed_while_down_runs_at_boot_within_the_deadline() {
         r.iter().any(|(_, j, _)| j.outcome == "succeeded")
     })
     .await;
-    let run = &r.iter().find(|(_, j, _)| j.outcome == "succeeded").unwrap().1;
+    let run = &r
+        .iter()
+        .find(|(_, j, _)| j.outcome == "succeeded")
+        .unwrap()
+        .1;
     assert_eq!(run.trigger, Trigger::Missed);
     assert!(run.scheduled_at.contains("-01T00:00:00Z"), "{run:?}");
     // The handled time is recorded: a restart does not run it again.
@@ -283,7 +351,11 @@ async fn a_run_missed_while_down_runs_at_boot_within_the_deadline() {
     })
     .await;
     // Past its deadline: nothing ran (the other job's run had time to happen).
-    assert!(runs(&events, "too-late").is_empty(), "{:?}", runs(&events, "too-late"));
+    assert!(
+        runs(&events, "too-late").is_empty(),
+        "{:?}",
+        runs(&events, "too-late")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +378,10 @@ async fn fleet_scope_runs_each_occurrence_once_and_takes_over() {
     )
     .await;
     let r = until_runs(&events, "tick", "four fleet occurrences to succeed", |r| {
-        r.iter().filter(|(_, j, _)| j.outcome == "succeeded").count() >= 4
+        r.iter()
+            .filter(|(_, j, _)| j.outcome == "succeeded")
+            .count()
+            >= 4
     })
     .await;
     // Each occurrence started exactly once in the fleet.
@@ -336,7 +411,11 @@ async fn fleet_scope_runs_each_occurrence_once_and_takes_over() {
     .await;
     // Both nodes must have the job before the request (their heartbeats list them).
     let out = wait_for("narunctl run to reach a node", T, || async {
-        let out = narunctl(&url, &["run", "hang", "--node", "fleet-1", "--node", "fleet-2"]).await;
+        let out = narunctl(
+            &url,
+            &["run", "hang", "--node", "fleet-1", "--node", "fleet-2"],
+        )
+        .await;
         out.status.success().then_some(out)
     })
     .await;
@@ -345,23 +424,39 @@ async fn fleet_scope_runs_each_occurrence_once_and_takes_over() {
         r.iter().any(|(_, j, _)| j.outcome == "started")
     })
     .await;
-    let (holder, first, _) = r.iter().find(|(_, j, _)| j.outcome == "started").unwrap().clone();
+    let (holder, first, _) = r
+        .iter()
+        .find(|(_, j, _)| j.outcome == "started")
+        .unwrap()
+        .clone();
     assert_eq!(first.attempt, 1);
-    let (mut killed, other) = if holder == "fleet-1" { (n1, "fleet-2") } else { (n2, "fleet-1") };
+    let (mut killed, other) = if holder == "fleet-1" {
+        (n1, "fleet-2")
+    } else {
+        (n2, "fleet-1")
+    };
     killed.signal(9); // SIGKILL
     killed.wait().await;
     let started = std::time::Instant::now();
-    let r = until_runs(&events, "hang", "the other node to take over and succeed", |r| {
-        r.iter()
-            .any(|(n, j, _)| n == other && j.id == first.id && j.outcome == "succeeded")
-    })
+    let r = until_runs(
+        &events,
+        "hang",
+        "the other node to take over and succeed",
+        |r| {
+            r.iter()
+                .any(|(n, j, _)| n == other && j.id == first.id && j.outcome == "succeeded")
+        },
+    )
     .await;
     println!("takeover after {:.1}s", started.elapsed().as_secs_f64());
     let taken = r
         .iter()
         .find(|(n, j, _)| n == other && j.id == first.id && j.outcome == "succeeded")
         .unwrap();
-    assert_eq!(taken.1.attempt, 2, "the taker goes on with the next attempt");
+    assert_eq!(
+        taken.1.attempt, 2,
+        "the taker goes on with the next attempt"
+    );
     let starts_on_other = r
         .iter()
         .filter(|(n, j, _)| n == other && j.outcome == "started")
@@ -378,14 +473,35 @@ async fn bad_job_specs_are_refused_naming_the_field() {
     let _narund = Narund::start(&server, NODE, "");
     let b = buckets(&server).await;
     let cases = [
-        ("badcron", json!({"schedule": "61 * * * *"}), "schedule: invalid cron expression"),
-        ("badzone", json!({"schedule": "@daily", "timezone": "Nowhere/Atlantis"}), "timezone: unknown timezone \"Nowhere/Atlantis\""),
-        ("badmode", json!({"runMode": "service", "schedule": "@daily"}), "schedule: is a job setting"),
-        ("badconc", json!({"concurrency": "sometimes"}), "concurrency: must be one of forbid, replace, allow"),
-        ("badtries", json!({"maxAttempts": 0}), "maxAttempts: must be > 0"),
+        (
+            "badcron",
+            json!({"schedule": "61 * * * *"}),
+            "schedule: invalid cron expression",
+        ),
+        (
+            "badzone",
+            json!({"schedule": "@daily", "timezone": "Nowhere/Atlantis"}),
+            "timezone: unknown timezone \"Nowhere/Atlantis\"",
+        ),
+        (
+            "badmode",
+            json!({"runMode": "service", "schedule": "@daily"}),
+            "schedule: is a job setting",
+        ),
+        (
+            "badconc",
+            json!({"concurrency": "sometimes"}),
+            "concurrency: must be one of forbid, replace, allow",
+        ),
+        (
+            "badtries",
+            json!({"maxAttempts": 0}),
+            "maxAttempts: must be > 0",
+        ),
     ];
     for (app, extra, _) in &cases {
-        b.put_spec(app, &job_spec(app, &[NODE], extra.clone())).await;
+        b.put_spec(app, &job_spec(app, &[NODE], extra.clone()))
+            .await;
     }
     for (app, _, want) in &cases {
         wait_for(&format!("{app} refused with {want:?}"), T, || async {

@@ -150,3 +150,29 @@ fn bad_job_fields_name_the_field() {
         );
     }
 }
+
+/// The TOML examples of docs/jobs.md ("Scheduled runs") parse and validate.
+#[test]
+fn jobs_doc_examples_are_valid() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/jobs.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Scheduled runs"))
+        .expect("a Scheduled runs section");
+    let mut n = 0;
+    for block in section.split("```toml\n").skip(1) {
+        let toml = block.split("\n```").next().unwrap();
+        let spec = AppSpec::from_toml_str(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        spec.validate().unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        assert!(spec.is_job(), "{toml}");
+        let unknown: Vec<_> = spec
+            .warnings()
+            .into_iter()
+            .filter(|w| w.message.starts_with("unknown key"))
+            .collect();
+        assert_eq!(unknown, [], "{toml}");
+        n += 1;
+    }
+    assert!(n >= 1);
+}

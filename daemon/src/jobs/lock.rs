@@ -33,9 +33,9 @@ pub enum View {
 /// Read a lock value at Unix time `now`.
 pub fn view(value: &[u8], now: i64) -> View {
     match serde_json::from_slice::<JobLock>(value) {
-        Ok(l) if l.state == LockState::Running && l.until < now => View::Expired {
-            attempt: l.attempt,
-        },
+        Ok(l) if l.state == LockState::Running && l.until < now => {
+            View::Expired { attempt: l.attempt }
+        }
         Ok(l) if l.state == LockState::Running => View::Held { until: l.until },
         _ => View::Done,
     }
@@ -79,7 +79,10 @@ fn unix_now() -> i64 {
 pub async fn acquire(kv: &kv::Store, key: &str, node: &str) -> Acquired {
     loop {
         let now = unix_now();
-        match kv.create(key, value(node, LockState::Running, now, 0)).await {
+        match kv
+            .create(key, value(node, LockState::Running, now, 0))
+            .await
+        {
             Ok(revision) => {
                 return Acquired::Mine(Held {
                     key: key.to_string(),

@@ -51,12 +51,7 @@ pub fn next_occurrence(cron: &Cron, zone: &Zone, after: i64) -> Option<i64> {
     for _ in 0..10_000 {
         let c = cron.next_after(Civil::from_secs(local))?;
         let l = c.to_secs();
-        if let Some(u) = zone
-            .instants_of(l)
-            .into_iter()
-            .filter(|u| *u > after)
-            .min()
-        {
+        if let Some(u) = zone.instants_of(l).into_iter().filter(|u| *u > after).min() {
             return Some(u);
         }
         local = l;
@@ -225,7 +220,13 @@ mod tests {
         );
         // Several missed: only the latest runs, once.
         assert_eq!(
-            missed(&daily, &z, Some(t("2026-11-01T03:00:00")), now, Some(86_400 * 60)),
+            missed(
+                &daily,
+                &z,
+                Some(t("2026-11-01T03:00:00")),
+                now,
+                Some(86_400 * 60)
+            ),
             Some(t("2026-12-04T03:00:00"))
         );
         // A per-second schedule with a long deadline is found without walking the window.

@@ -365,7 +365,14 @@ impl Ctx {
                 lock::write(kv, h, &node, attempt, false).await;
             }
             job.outcome = "started".into();
-            self.event(&instance, InstanceStatus::Running, None, None, "", job.clone());
+            self.event(
+                &instance,
+                InstanceStatus::Running,
+                None,
+                None,
+                "",
+                job.clone(),
+            );
             let began = Instant::now();
             let h = self
                 .host
@@ -489,5 +496,9 @@ impl Ctx {
 /// Until the instance's task has ended (the attempt's process exited or never started).
 async fn wait_ended(h: &InstanceHandle) {
     // An attempt may run for ever: no bound here, the runner's stop ends it.
-    while h.wait_for(Duration::from_secs(3600), |s| s.ended).await.is_err() {}
+    while h
+        .wait_for(Duration::from_secs(3600), |s| s.ended)
+        .await
+        .is_err()
+    {}
 }

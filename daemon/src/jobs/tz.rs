@@ -57,7 +57,9 @@ pub enum Day {
 /// Why a zone cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneError {
-    #[error("unknown timezone {name:?}: cannot read {path}: {err} (install the tz database, e.g. the tzdata package, or set TZDIR)")]
+    #[error(
+        "unknown timezone {name:?}: cannot read {path}: {err} (install the tz database, e.g. the tzdata package, or set TZDIR)"
+    )]
     Read {
         name: String,
         path: String,
@@ -350,7 +352,8 @@ fn parse_tzif(b: &[u8]) -> Result<TzData, String> {
         if b.len() < 44 || &b[..4] != b"TZif" {
             return Err("no TZif header".into());
         }
-        let n = |i: usize| u32::from_be_bytes(b[20 + 4 * i..24 + 4 * i].try_into().unwrap()) as usize;
+        let n =
+            |i: usize| u32::from_be_bytes(b[20 + 4 * i..24 + 4 * i].try_into().unwrap()) as usize;
         Ok((
             b[4],
             Header {
@@ -390,7 +393,9 @@ fn parse_tzif(b: &[u8]) -> Result<TzData, String> {
         let t = if time_size == 8 {
             i64::from_be_bytes(times[8 * i..8 * i + 8].try_into().unwrap())
         } else {
-            i64::from(i32::from_be_bytes(times[4 * i..4 * i + 4].try_into().unwrap()))
+            i64::from(i32::from_be_bytes(
+                times[4 * i..4 * i + 4].try_into().unwrap(),
+            ))
         };
         let ty = usize::from(idx[i]);
         if ty >= h.types {
@@ -406,7 +411,11 @@ fn parse_tzif(b: &[u8]) -> Result<TzData, String> {
         let footer_at = need + h.leap * 12 + h.isstd + h.isut;
         let footer = data.get(footer_at..).unwrap_or_default();
         let text = std::str::from_utf8(footer).unwrap_or_default();
-        let line = text.trim_start_matches('\n').split('\n').next().unwrap_or("");
+        let line = text
+            .trim_start_matches('\n')
+            .split('\n')
+            .next()
+            .unwrap_or("");
         if line.is_empty() {
             None
         } else {
@@ -455,7 +464,14 @@ mod tests {
                 end: (Day::Month(11, 1, 0), 7200),
             }
         );
-        for bad in ["", "C", "CET", "CET-1CEST", "CET-1CEST,M13.5.0,M10.5.0", "CET-1CEST,M3.5.0"] {
+        for bad in [
+            "",
+            "C",
+            "CET",
+            "CET-1CEST",
+            "CET-1CEST,M13.5.0,M10.5.0",
+            "CET-1CEST,M3.5.0",
+        ] {
             assert_eq!(parse_rule(bad), None, "{bad}");
         }
     }
@@ -479,7 +495,10 @@ mod tests {
             z.instants_of(t(2026, 10, 25, 2, 30)),
             vec![t(2026, 10, 25, 0, 30), t(2026, 10, 25, 1, 30)]
         );
-        assert_eq!(z.instants_of(t(2026, 6, 1, 12, 0)), vec![t(2026, 6, 1, 10, 0)]);
+        assert_eq!(
+            z.instants_of(t(2026, 6, 1, 12, 0)),
+            vec![t(2026, 6, 1, 10, 0)]
+        );
     }
 
     #[test]
@@ -540,7 +559,10 @@ mod tests {
         assert_eq!(z.offset_at(t(2026, 7, 15, 12, 0)), 7200);
         assert_eq!(z.offset_at(t(2080, 7, 15, 12, 0)), 7200);
         assert_eq!(z.offset_at(t(1900, 1, 1, 0, 0)), 561);
-        assert!(matches!(Zone::load("Nowhere/Atlantis"), Err(ZoneError::Read { .. })));
+        assert!(matches!(
+            Zone::load("Nowhere/Atlantis"),
+            Err(ZoneError::Read { .. })
+        ));
         assert_eq!(Zone::load("").unwrap(), Zone::Utc);
     }
 }
