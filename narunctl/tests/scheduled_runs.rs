@@ -175,6 +175,27 @@ async fn scheduled_runs_record_exit_codes_retries_and_history() {
             .any(|r| r["exit_code"] == 3 && r["outcome"] == "retrying")
     );
 
+    // Hostile run requests are answered with an error naming what is wrong.
+    for (payload, want) in [
+        (&b"not json"[..], "bad run request"),
+        (br#"{"app":"","id":"x"}"#, "\"app\" is empty"),
+        (
+            br#"{"app":"flaky","id":"../../x"}"#,
+            "id \"../../x\" must be",
+        ),
+        (br#"{"app":"flaky","id":""}"#, "must be 1 to 64"),
+        (br#"{"app":"nope","id":"x1"}"#, "nope is not a job on node"),
+    ] {
+        let subject = narun_wire::names::control_subject(NODE, "run");
+        let msg = tokio::time::timeout(T, client.request(subject, payload.to_vec().into()))
+            .await
+            .unwrap()
+            .unwrap();
+        let reply: narun_wire::runs::RunReply = serde_json::from_slice(&msg.payload).unwrap();
+        assert!(reply.error.contains(want), "{want}: {reply:?}");
+        assert!(reply.job_id.is_empty(), "{reply:?}");
+    }
+
     // A service is not a job; an unknown app is refused.
     upload_script(&server, "svc", "v1", "#!/bin/sh\nexec sleep 1000\n").await;
     b.put_spec(
@@ -361,7 +382,6 @@ async fn a_run_missed_while_down_runs_at_boot_within_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_scope_runs_each_occurrence_once_and_takes_over() {
     let server = NatsServer::start();
-    let url = server.url();
     let client = server.connect().await;
     let events: Events = collect::<StatusEvent>(&client, "status.>").await;
     let n1 = Narund::start(&server, "fleet-1", "");
@@ -396,7 +416,18 @@ async fn fleet_scope_runs_each_occurrence_once_and_takes_over() {
     }
     b.configs.delete("tick").await.unwrap();
 
-    // A manual fleet run whose first attempt hangs: kill its node, the other takes over.
+    // A fleet occurrence whose first attempt hangs: kill its node, the other takes over.
+    // One occurrence, 15 s from now (both nodes have the spec by then).
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 15;
+    let c = narun_spec::Civil::from_secs(at);
+    let schedule = format!(
+        "{} {} {} {} {} *",
+        c.second, c.minute, c.hour, c.day, c.month
+    );
     upload_script(
         &server,
         "hang",
@@ -406,21 +437,14 @@ async fn fleet_scope_runs_each_occurrence_once_and_takes_over() {
     .await;
     b.put_spec(
         "hang",
-        &job_spec("hang", &["fleet-1", "fleet-2"], json!({"scope": "fleet"})),
+        &job_spec(
+            "hang",
+            &["fleet-1", "fleet-2"],
+            json!({"scope": "fleet", "schedule": schedule}),
+        ),
     )
     .await;
-    // Both nodes must have the job before the request (their heartbeats list them).
-    let out = wait_for("narunctl run to reach a node", T, || async {
-        let out = narunctl(
-            &url,
-            &["run", "hang", "--node", "fleet-1", "--node", "fleet-2"],
-        )
-        .await;
-        out.status.success().then_some(out)
-    })
-    .await;
-    println!("{}", text(&out.stdout));
-    let r = until_runs(&events, "hang", "one node to start the manual run", |r| {
+    let r = until_runs(&events, "hang", "one node to start the occurrence", |r| {
         r.iter().any(|(_, j, _)| j.outcome == "started")
     })
     .await;
