@@ -90,7 +90,12 @@ impl Jobs {
         spec: Arc<AppSpec>,
         revision: u64,
     ) -> Result<(), String> {
-        let zone = tz::Zone::load(&spec.timezone).map_err(|e| format!("timezone: {e}"))?;
+        // A small file read (once per spec), off the runtime thread all the same.
+        let name = spec.timezone.clone();
+        let zone = tokio::task::spawn_blocking(move || tz::Zone::load(&name))
+            .await
+            .map_err(|e| format!("timezone: reading the zone failed: {e}"))?
+            .map_err(|e| format!("timezone: {e}"))?;
         let hash = spec.run_hash();
         if self
             .apps
