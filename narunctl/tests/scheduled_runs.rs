@@ -196,6 +196,28 @@ async fn scheduled_runs_record_exit_codes_retries_and_history() {
         assert!(reply.job_id.is_empty(), "{reply:?}");
     }
 
+    // `narunctl deploy --wait` of a job does not wait for instances a job never has.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nightly.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"nightly\"\ntag = \"v1\"\nrunMode = \"job\"\nschedule = \"0 3 * * *\"\n\
+             [[nodes]]\nname = \"{NODE}\"\nreplicas = 1\n"
+        ),
+    )
+    .unwrap();
+    upload_script(&server, "nightly", "v1", "#!/bin/sh\nexit 0\n").await;
+    let started = std::time::Instant::now();
+    let out = narun_test_support::deploy_file(&url, &file, "30s").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is a job: no instance to wait for"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
     // A service is not a job; an unknown app is refused.
     upload_script(&server, "svc", "v1", "#!/bin/sh\nexec sleep 1000\n").await;
     b.put_spec(
