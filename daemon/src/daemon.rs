@@ -332,6 +332,14 @@ impl Daemon {
                 Ok(())
             });
         }
+        {
+            // `narunctl run` on narun.control.<node>.run.
+            let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::node::runs::serve(node, client, stop).await;
+                Ok(())
+            });
+        }
         if config.logs.stream {
             let limits = crate::logs::stream::Limits::from_config(&config.logs);
             let (client, stop) = (client.clone(), shutdown.clone());

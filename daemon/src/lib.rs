@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod fetch;
 pub mod history_stream;
 pub mod instance;
+pub mod jobs;
 pub mod liveness;
 pub mod lock;
 pub mod logs;

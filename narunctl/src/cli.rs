@@ -146,6 +146,11 @@ pub enum Command {
     /// Async jobs (gateway `async` routes): list, show, retry, cancel (docs/jobs.md).
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Run a job app (`runMode = "job"`) now.
+    Run(RunArgs),
+    /// Job run history: every attempt with its exit code and duration.
+    #[command(subcommand)]
+    Runs(RunsCmd),
 }
 
 /// `jobs ls|show|retry|cancel`.
@@ -774,4 +779,44 @@ mod tests {
         assert!(parse_tail("ten").is_err());
         assert!(parse_tail("-2").is_err());
     }
+}
+
+/// `run APP [--node NODE]… [--json]`: run a job app now.
+///
+/// Asks each online node the stored spec selects (or the nodes given with --node) on
+/// `narun.control.<node>.run`; a `scope = "fleet"` job gets one request id on every node
+/// and runs once in the fleet. The run's attempts, exit codes and durations are status
+/// events: `narunctl runs ls --app APP`. Exit 1 if no node started it.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// App name (a spec with `runMode = "job"`).
+    pub name: String,
+    /// Only on this node (repeatable; asked even if the spec does not seem to select it).
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Vec<String>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `runs ls --app APP [--node N] [--since DUR] [--json]`: the history of a job's runs.
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// The attempts of the job's runs (from the `narun-status` stream), oldest first.
+    Ls(RunsLsArgs),
+}
+
+/// Flags of `runs ls`.
+#[derive(Debug, Args)]
+pub struct RunsLsArgs {
+    /// The job app.
+    #[arg(long, value_name = "APP")]
+    pub app: String,
+    /// Only this node.
+    #[arg(long, value_name = "NODE_ID")]
+    pub node: Option<String>,
+    /// History to show (e.g. 10m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub since: Duration,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }

@@ -108,5 +108,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Admin(c) => cmd::admin::run(&conn, c).await,
         Command::Events(args) => cmd::events::run(&conn, args).await,
         Command::Jobs(c) => cmd::jobs::run(&conn, c).await,
+        Command::Run(args) => cmd::runs::run_now(&conn, args).await,
+        Command::Runs(c) => cmd::runs::run(&conn, c).await,
     }
 }

@@ -178,6 +178,33 @@ pub struct AppSpec {
     /// app's output, so its writes wait; no line lost).
     #[serde(skip_serializing_if = "is_default")]
     pub log_overflow: LogOverflow,
+    /// `job`: the app runs to completion, on `schedule` and on `narunctl run`, instead of
+    /// running continuously (`service`, the default). See `docs/jobs.md`.
+    #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
+    pub run_mode: String,
+    /// When a job runs: a cron expression ([`crate::Cron`]); empty = only on `narunctl run`.
+    #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
+    pub schedule: String,
+    /// The IANA zone `schedule` is read in (`Europe/Paris`), from the node's
+    /// `/usr/share/zoneinfo`; empty = UTC.
+    #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
+    pub timezone: String,
+    /// A job occurrence while the previous run still runs: `forbid` (skip, the default),
+    /// `replace` or `allow`.
+    #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
+    pub concurrency: String,
+    /// A run missed while narund was down runs once at its start if it is at most this
+    /// old (seconds); absent = missed runs are skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting_deadline_sec: Option<u64>,
+    /// Who runs a job occurrence: every selected `node` (the default) or one node of the
+    /// `fleet`.
+    #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
+    pub scope: String,
+    /// Attempts of one job occurrence (a failed attempt is retried with backoff); absent =
+    /// [`DEFAULT_MAX_ATTEMPTS`](crate::DEFAULT_MAX_ATTEMPTS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
     /// The SHA-256 digest each binary object must have, by object name
     /// (`"hello-v1-linux-amd64": "SHA-256=<base64url>"`, the object store's form).
     /// `narunctl deploy` writes it from the objects it uploaded or found, so a binary
@@ -246,6 +273,13 @@ impl Default for AppSpec {
             stop_timeout_sec: DEFAULT_STOP_TIMEOUT_SEC,
             nofile_max: None,
             log_overflow: LogOverflow::Drop,
+            run_mode: String::new(),
+            schedule: String::new(),
+            timezone: String::new(),
+            concurrency: String::new(),
+            starting_deadline_sec: None,
+            scope: String::new(),
+            max_attempts: None,
             binary_digests: BTreeMap::new(),
             command_unit: CommandUnitSpec::default(),
             parse_warnings: ParseWarnings::default(),

@@ -52,6 +52,7 @@
 //! | `app.rs` | [`AppSpec`]: its fields, their defaults (`DEFAULT_*`), [`AppSpec::new`] |
 //! | `select.rs` | where instances run: [`NodeSelector`], [`Labels`], [`AppSpec::desired_replicas`] |
 //! | `restart.rs` | [`RestartPolicy`] (systemd `Restart=`) and [`ExitKind`] |
+//! | `schedule.rs` | scheduled runs: [`RunMode`], [`Cron`] expressions over [`Civil`] times, [`Concurrency`], [`Scope`] |
 //! | `signal.rs` | [`Signal`], the stop signal |
 //! | `logs.rs` | [`LogOverflow`]: drop or block when the app's log spool share is full |
 //! | `mode.rs` | [`Mode`] and Go's Landlock and jail settings (kept, not run) |
@@ -77,6 +78,7 @@ mod mode;
 mod network;
 mod parse;
 mod restart;
+mod schedule;
 mod select;
 mod serde_helpers;
 mod signal;
@@ -107,6 +109,10 @@ pub use mode::{JailSpec, LandlockPath, LandlockSpec, Mode};
 pub use network::{MetricsSpec, NoNetSpec, PortForward};
 pub use parse::{Format, Location, ParseError, SpecLoadError};
 pub use restart::{ExitKind, RestartPolicy};
+pub use schedule::{
+    Civil, Concurrency, Cron, CronError, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS, MAX_SCHEDULE_LEN,
+    RunMode, Scope, days_in_month,
+};
 pub use select::{Labels, NodeSelector};
 pub use signal::Signal;
 pub use validate::{

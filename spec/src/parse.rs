@@ -391,6 +391,21 @@ impl AppSpec {
         }
         self.capabilities = caps;
         self.stop_signal = crate::signal::Signal::parse(self.stop_signal.as_str());
+        // Scheduled runs: known spellings in lower case, the defaults as absent (so
+        // writing a default out changes no hash).
+        for (value, default) in [
+            (&mut self.run_mode, "service"),
+            (&mut self.concurrency, "forbid"),
+            (&mut self.scope, "node"),
+        ] {
+            let v = value.trim().to_ascii_lowercase();
+            if v == default {
+                value.clear();
+            } else if ["job", "replace", "allow", "fleet"].contains(&v.as_str()) {
+                *value = v;
+            }
+        }
+        self.schedule = self.schedule.trim().to_string();
     }
 }
 
@@ -510,6 +525,13 @@ static APP: Shape = Struct(&[
             ("outputHeaders", Any),
         ]),
     ),
+    ("runMode", Any),
+    ("schedule", Any),
+    ("timezone", Any),
+    ("concurrency", Any),
+    ("startingDeadlineSec", Any),
+    ("scope", Any),
+    ("maxAttempts", Any),
 ]);
 
 fn join(path: &str, key: &str) -> String {

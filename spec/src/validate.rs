@@ -20,6 +20,20 @@ use crate::linux::{self, NON_TERMINATING_SIGNALS};
 use crate::logs::LogOverflow;
 use crate::mode::Mode;
 use crate::restart::RestartPolicy;
+use crate::schedule::{Concurrency, Cron, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS, RunMode, Scope};
+
+/// An IANA zone name as the file path under `/usr/share/zoneinfo` it names: segments of
+/// `A-Z a-z 0-9 _ + -` joined by `/`, no `.`/`..`, at most 64 bytes.
+fn is_zone_name(s: &str) -> bool {
+    s.len() <= 64
+        && s.split('/').all(|seg| {
+            !seg.is_empty()
+                && !seg.starts_with('-')
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
+        })
+}
 
 /// Longest accepted app name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -160,6 +174,7 @@ impl AppSpec {
         self.check_limits(&mut r);
         self.check_binary_digests(&mut r);
         self.check_command_unit(&mut r);
+        self.check_job(&mut r);
         r.finish()
     }
 
@@ -169,11 +184,145 @@ impl AppSpec {
         for (key, message) in self.command_unit.problems() {
             r.err(format!("commandUnit.{key}"), message);
         }
+        if self.mode == Mode::Command && RunMode::parse(&self.run_mode) == Some(RunMode::Job) {
+            r.err(
+                "runMode",
+                "\"job\" cannot be combined with mode: command (a command unit runs once per request; a job runs on its schedule): pick one",
+            );
+        }
         if self.mode == Mode::Command && self.notify {
             r.err(
                 "notify",
                 "is not used with mode: command (narund registers the endpoint itself and the command runs once per request); remove it",
             );
+        }
+    }
+
+    /// The job's run mode (`service` for an unknown one, which validation refuses).
+    pub fn job_run_mode(&self) -> RunMode {
+        RunMode::parse(&self.run_mode).unwrap_or(RunMode::Service)
+    }
+
+    /// `true` for `runMode = "job"`.
+    pub fn is_job(&self) -> bool {
+        self.job_run_mode() == RunMode::Job
+    }
+
+    /// The job's `concurrency` (`forbid` for an unknown one, which validation refuses).
+    pub fn job_concurrency(&self) -> Concurrency {
+        Concurrency::parse(&self.concurrency).unwrap_or(Concurrency::Forbid)
+    }
+
+    /// The job's `scope` (`node` for an unknown one, which validation refuses).
+    pub fn job_scope(&self) -> Scope {
+        Scope::parse(&self.scope).unwrap_or(Scope::Node)
+    }
+
+    /// `maxAttempts` or its default.
+    pub fn job_max_attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)
+    }
+
+    /// The parsed `schedule`: `None` when there is none (or it is invalid).
+    pub fn job_cron(&self) -> Option<Cron> {
+        if self.schedule.is_empty() {
+            None
+        } else {
+            Cron::parse(&self.schedule).ok()
+        }
+    }
+
+    /// `runMode`, `schedule`, `timezone`, `concurrency`, `startingDeadlineSec`, `scope`,
+    /// `maxAttempts`: valid values, and job settings only with `runMode = "job"`.
+    fn check_job(&self, r: &mut Report) {
+        let mode = RunMode::parse(&self.run_mode);
+        if mode.is_none() {
+            r.err(
+                "runMode",
+                format!(
+                    "must be one of {}, got {:?}",
+                    RunMode::NAMES.join(", "),
+                    self.run_mode
+                ),
+            );
+        }
+        if !self.schedule.is_empty()
+            && let Err(e) = Cron::parse(&self.schedule)
+        {
+            r.err(
+                "schedule",
+                format!("invalid cron expression {:?}: {e}", self.schedule),
+            );
+        }
+        if !self.timezone.is_empty() && !is_zone_name(&self.timezone) {
+            r.err(
+                "timezone",
+                format!(
+                    "unknown timezone {:?}: must be an IANA zone name like UTC or Europe/Paris (A-Z a-z 0-9 _ + - /, at most 64 bytes)",
+                    self.timezone
+                ),
+            );
+        }
+        if Concurrency::parse(&self.concurrency).is_none() {
+            r.err(
+                "concurrency",
+                format!(
+                    "must be one of {}, got {:?}",
+                    Concurrency::NAMES.join(", "),
+                    self.concurrency
+                ),
+            );
+        }
+        if Scope::parse(&self.scope).is_none() {
+            r.err(
+                "scope",
+                format!(
+                    "must be one of {}, got {:?}",
+                    Scope::NAMES.join(", "),
+                    self.scope
+                ),
+            );
+        }
+        match self.max_attempts {
+            Some(0) => r.err("maxAttempts", "must be > 0 (1 = no retry)"),
+            Some(n) if n > MAX_ATTEMPTS => r.err(
+                "maxAttempts",
+                format!("must be at most {MAX_ATTEMPTS}, got {n}"),
+            ),
+            _ => {}
+        }
+        if let Some(d) = self
+            .starting_deadline_sec
+            .filter(|d| *d > MAX_DURATION_SEC * 366)
+        {
+            r.err(
+                "startingDeadlineSec",
+                format!(
+                    "must be at most {} (a year), got {d}",
+                    MAX_DURATION_SEC * 366
+                ),
+            );
+        }
+        if mode != Some(RunMode::Job) {
+            for (path, set) in [
+                ("schedule", !self.schedule.is_empty()),
+                ("timezone", !self.timezone.is_empty()),
+                ("concurrency", !self.concurrency.is_empty()),
+                ("startingDeadlineSec", self.starting_deadline_sec.is_some()),
+                ("scope", !self.scope.is_empty()),
+                ("maxAttempts", self.max_attempts.is_some()),
+            ] {
+                if set && mode.is_some() {
+                    r.err(
+                        path,
+                        "is a job setting: it requires runMode = \"job\" (a service runs continuously)",
+                    );
+                }
+            }
+        } else if !self.timezone.is_empty() && self.schedule.is_empty() {
+            r.err("timezone", "is set without a schedule");
+        } else if self.starting_deadline_sec.is_some() && self.schedule.is_empty() {
+            r.err("startingDeadlineSec", "is set without a schedule");
         }
     }
 

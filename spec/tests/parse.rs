@@ -193,6 +193,13 @@ nofileMax: 4096
 logOverflow: block
 binaryDigests: {full-v2.0.1-linux-amd64: "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU="}
 commandUnit: {maxConcurrent: 2, maxQueued: 3, queueTimeoutSec: 4, timeoutSec: 5, maxOutputBytes: 6, maxStderrBytes: 7, outputHeaders: true}
+runMode: JOB
+schedule: "*/5 * * * *"
+timezone: Europe/Paris
+concurrency: Replace
+startingDeadlineSec: 300
+scope: fleet
+maxAttempts: 5
 "#,
     )
     .unwrap()
@@ -210,6 +217,8 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(spec.pids_max, Some(100));
     assert_eq!(spec.nofile_max, Some(4096));
     assert_eq!(spec.log_overflow, narun_spec::LogOverflow::Block);
+    assert_eq!(spec.run_mode, "job");
+    assert_eq!(spec.concurrency, "replace");
     spec.validate().unwrap();
     // Every key the serialiser writes is known to the unknown-key walker
     // (catches a field added to the struct but not to the key list).
@@ -224,7 +233,7 @@ fn full_spec_has_every_field_and_no_unknown_key() {
     assert_eq!(reparsed, spec);
     // Nothing was left at its default (so the check above covered every key).
     let json: serde_json::Value = serde_json::from_slice(&spec.to_kv_json()).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 34, "{json:#}");
+    assert_eq!(json.as_object().unwrap().len(), 41, "{json:#}");
     assert_eq!(
         json["commandUnit"].as_object().unwrap().len(),
         7,

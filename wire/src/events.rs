@@ -341,6 +341,9 @@ pub struct StatusEvent {
     /// spec it wrote to tell the new runs from the old ones.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub config_hash: String,
+    /// A job run's attempt ([`crate::runs::JobRun`]); absent for services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::runs::JobRun>,
 }
 
 /// Node heartbeat stored in `node-runner-states` under the node id.

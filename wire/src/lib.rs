@@ -28,6 +28,7 @@ pub mod locks;
 pub mod micro;
 pub mod names;
 pub mod node_id;
+pub mod runs;
 #[cfg(feature = "secrets")]
 pub mod secrets;
 pub mod signing;

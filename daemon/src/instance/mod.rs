@@ -263,6 +263,8 @@ pub struct Snapshot {
     pub since: String,
     /// The last crash or failure of this instance, kept across its restarts.
     pub last_failure: Option<narun_wire::events::InstanceFailure>,
+    /// Exit code of the last run that ended (`-1`: killed by a signal); `None` before.
+    pub exit_code: Option<i32>,
 }
 
 /// The node's handle on one instance. Cheap to clone.

@@ -595,6 +595,9 @@ impl Task {
                     time: time.clone(),
                 });
             }
+            if r.exit_code.is_some() {
+                s.exit_code = r.exit_code;
+            }
             s.status = r.status.clone();
             s.pid = r.pid;
             s.reason = r.reason.clone();
@@ -624,6 +627,7 @@ impl Task {
             restarts: (r.restarts > 0).then_some(r.restarts),
             config_hash: self.hash.clone(),
             notify_status: r.notify_status,
+            job: None,
         };
         let mut after_records = None;
         if r.status == InstanceStatus::Running

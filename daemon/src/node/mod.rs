@@ -20,12 +20,14 @@
 //! | `heartbeat.rs` | the node state in `node-runner-states`, `STATUS=` for systemd |
 //! | `control.rs` | operator requests on `narun.control.<node>.*` (restart) |
 //! | `history.rs` | the optional JetStream stream `narun-status` of the status events (`[events]`) |
+//! | `runs.rs` | job apps (`runMode = "job"`) handed to [`crate::jobs`], and `narunctl run` requests |
 
 pub mod control;
 pub mod heartbeat;
 pub mod history;
 pub mod reconcile;
 pub mod rollout;
+pub mod runs;
 pub mod watch;
 
 use crate::cgroup::Cgroups;
@@ -72,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) invalid: Mutex<BTreeMap<String, narun_wire::events::InvalidSpec>>,
     /// Where Prometheus scrapes this node (`[metrics]`), told in the heartbeat.
     pub(crate) metrics_addr: std::sync::OnceLock<String>,
+    /// The job apps (`runMode = "job"`, [`crate::jobs`]).
+    pub(crate) jobs: crate::jobs::Jobs,
 }
 
 /// Holder of the apply lock ([`Node::serial`]). Fields drop in order: the declared
@@ -172,6 +176,7 @@ impl Node {
             parsers: Arc::new(tokio::sync::Semaphore::new(reconcile::PARSERS)),
             invalid: Mutex::new(BTreeMap::new()),
             metrics_addr: Default::default(),
+            jobs: crate::jobs::Jobs::new(p.client.clone()),
         };
         (
             Node {

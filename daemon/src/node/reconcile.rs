@@ -101,6 +101,13 @@ impl Node {
     /// Apply a valid spec (see the module docs). `revision` is the KV revision (0 = from
     /// local state).
     pub async fn apply(&self, spec: AppSpec, revision: u64) {
+        if spec.is_job() {
+            return self.apply_job(spec, revision).await;
+        }
+        if self.inner.jobs.has(&spec.name) {
+            // A job became a service.
+            self.inner.jobs.remove(&spec.name).await;
+        }
         let _timer = self.inner.host.counters.reconciles.time();
         let target = spec.desired_replicas(
             &self.inner.host.settings.node_id,
@@ -312,6 +319,7 @@ impl Node {
             .await;
         let removed = self.inner.apps.lock().unwrap().remove(app);
         self.inner.host.local.forget_spec(app);
+        self.inner.jobs.remove(app).await;
         if let Some(run) = removed {
             tracing::info!(app, "spec deleted: stopping all instances");
             futures_util::future::join_all(run.instances.values().map(|h| h.stop())).await;
@@ -332,6 +340,7 @@ impl Node {
             .max()
             .unwrap_or(0);
         let _serial = self.serial("the shutdown".into(), stop_budget(stop)).await;
+        self.inner.jobs.shutdown().await;
         let handles: Vec<InstanceHandle> = {
             let mut apps = self.inner.apps.lock().unwrap();
             std::mem::take(&mut *apps)

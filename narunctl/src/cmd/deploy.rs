@@ -185,7 +185,15 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     // 5. Write the spec with compare-and-set against the revision read in 3.
     //    With --wait, subscribe to the app's status and logs first: core NATS keeps
     //    no history, and narund reacts to the write within milliseconds.
+    //    A job (`runMode = "job"`) has no instances to become ready: nothing to follow.
     let follower = match args.wait {
+        Some(_) if spec.is_job() => {
+            eprintln!(
+                "note: {} is a job: no instance to wait for; its runs: `narunctl runs ls --app {}`",
+                spec.name, spec.name
+            );
+            None
+        }
         Some(_) => Some(crate::rollout::Follower::subscribe(&session, &spec.name).await?),
         None => None,
     };

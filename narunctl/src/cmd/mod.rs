@@ -16,5 +16,6 @@ pub mod logs;
 pub mod man;
 pub mod nodes;
 pub mod request;
+pub mod runs;
 pub mod secret;
 pub mod svc;
