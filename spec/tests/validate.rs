@@ -615,16 +615,6 @@ fn command_units_are_run_by_narund_and_their_block_is_checked() {
         text.contains("notify: is not used with mode: command"),
         "{text}"
     );
-    // A command unit is not a scheduled job.
-    let both = AppSpec::from_toml_str(
-        "name = \"echo\"\ntag = \"v1\"\nmode = \"command\"\nrunMode = \"job\"\nschedule = \"* * * * *\"\n",
-    )
-    .unwrap();
-    let text = both.validate().unwrap_err().to_string();
-    assert!(
-        text.contains("runMode: \"job\" cannot be combined with mode: command"),
-        "{text}"
-    );
     assert!(
         text.contains("commandUnit.maxConcurrent: must be between 1 and 1024, got 0"),
         "{text}"
@@ -632,6 +622,16 @@ fn command_units_are_run_by_narund_and_their_block_is_checked() {
     assert!(
         text.contains("commandUnit.timeoutSec: must be between 1 and 86400, got 0"),
         "{text}"
+    );
+    // A command unit is not a scheduled job.
+    let both = AppSpec::from_toml_str(
+        "name = \"echo\"\ntag = \"v1\"\nmode = \"command\"\nrunMode = \"job\"\nschedule = \"* * * * *\"\n",
+    )
+    .unwrap();
+    let both_text = both.validate().unwrap_err().to_string();
+    assert!(
+        both_text.contains("runMode: \"job\" cannot be combined with mode: command"),
+        "{both_text}"
     );
     assert!(
         text.contains("commandUnit.maxOutputBytes: must be between 1 and 67108864"),
