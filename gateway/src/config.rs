@@ -198,6 +198,8 @@ pub struct RouteConfig {
     pub mode: Option<RouteMode>,
     /// Per-route NATS request timeout; default: the gateway's `request_timeout_sec`.
     pub timeout_sec: Option<u64>,
+    /// Who may call the route (HTTP routes only): bearer tokens, basic, JWT ([`crate::auth`]).
+    pub auth: Option<crate::auth::config::AuthConfig>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -255,7 +257,7 @@ pub enum LoadError {
     Invalid(#[from] ConfigErrors),
 }
 
-const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec";
+const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec, auth";
 const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
                             metrics_addr, request_timeout_sec, max_body_bytes, \
                             shutdown_timeout_sec, max_connections, \
@@ -586,6 +588,11 @@ impl GatewayConfig {
     }
 
     fn validate_http_route(&self, c: &mut Collector, key: &str, r: &RouteConfig, path: &str) {
+        if let Some(a) = &r.auth {
+            for (k, why) in a.problems(&format!("{key}.auth")) {
+                c.push(k, why);
+            }
+        }
         if let Err(why) = check_path(path) {
             c.push(format!("{key}.path"), format!("{path:?} {why}"));
         }
@@ -672,6 +679,7 @@ impl GatewayConfig {
             ("methods", r.methods.is_some()),
             ("subject", r.subject.is_some()),
             ("mode", r.mode.is_some()),
+            ("auth", r.auth.is_some()),
         ] {
             if set {
                 c.push(

@@ -50,6 +50,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 mod discovery;
 mod failover;
@@ -219,6 +220,8 @@ impl Gateway {
             (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
             _ => None,
         };
+        // And the routes' JWT key files.
+        let policies = auth::load_policies(&config)?;
         let (http, http_addr) = bind("the HTTP gateway", &config.http_addr).await?;
         let (metrics_l, metrics_addr) = bind("gateway metrics", &config.metrics_addr).await?;
 
@@ -234,7 +237,7 @@ impl Gateway {
         // One endpoint per route the gateway serves, HTTP and gRPC: the gateway answers
         // them over HTTP, not NATS, so they have no subject of their own; `target` is the
         // subject a route forwards to (docs/gateway.md, "Discovery").
-        let specs = router::specs(&config, |name, subject, route| {
+        let specs = router::specs(&config, &policies, |name, subject, route| {
             let mut md = std::collections::BTreeMap::new();
             md.insert("kind".into(), "http".into());
             if let Some(p) = &route.path {

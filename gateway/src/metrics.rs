@@ -46,6 +46,12 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    path: Label,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NatsLabels {
     subject: Label,
     status: &'static str,
@@ -71,6 +77,7 @@ pub(crate) struct Metrics {
     requests: Family<HttpLabels, Counter>,
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     nats: Family<NatsLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
     unmatched: Label,
     /// The handles of requests no route matched.
     unmatched_handles: RouteMetrics,
@@ -133,11 +140,19 @@ impl Metrics {
             "NATS requests sent by the gateway, by subject and outcome (success, timeout, error)",
             nats.clone(),
         );
+        let auth_failures = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "gateway_auth_failures",
+            "Requests refused by a route's auth, by route path and reason \
+             (missing, malformed, invalid, expired, forbidden)",
+            auth_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
             durations,
             nats,
+            auth_failures,
             unmatched: Label(Arc::from(UNMATCHED)),
             unmatched_handles: RouteMetrics::default(),
         }
@@ -193,6 +208,16 @@ impl Metrics {
         } else {
             counter_of(status).inc();
         }
+    }
+
+    /// Count one request refused by a route's `auth` (`reason`: [`crate::auth::Denial`]).
+    pub fn auth_failure(&self, path: &Arc<str>, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthLabels {
+                path: Label(path.clone()),
+                reason,
+            })
+            .inc();
     }
 
     /// Count one NATS request to `subject`; `handles` keeps the success counter.

@@ -28,6 +28,7 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static AUTH_USER: HeaderName = HeaderName::from_static("narun-auth-user");
 static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
 
 mod nats_names {
@@ -143,16 +144,31 @@ pub(crate) async fn handle(
             let target = target.clone();
             found = Some(target.clone());
             let begun = Instant::now();
-            let resp = match forward(&state, &target, req, normalised, peer, &rid).await {
-                Ok(r) => {
-                    target.stats.record(begun.elapsed(), None);
-                    r
-                }
-                Err(e) => {
-                    target
-                        .stats
-                        .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
-                    limit_headers(text(e.status, &e.msg))
+            let mut req = req;
+            // Only the gateway says who the client is (crate::auth).
+            req.headers_mut().remove(&AUTH_USER);
+            let denied = match &target.auth {
+                Some(policy) => authorize(&state, &target, policy, &mut req).await,
+                None => None,
+            };
+            let resp = if let Some(r) = denied {
+                let why = r.status().canonical_reason().unwrap_or("refused");
+                target
+                    .stats
+                    .record(begun.elapsed(), Some((r.status().as_str(), why)));
+                r
+            } else {
+                match forward(&state, &target, req, normalised, peer, &rid).await {
+                    Ok(r) => {
+                        target.stats.record(begun.elapsed(), None);
+                        r
+                    }
+                    Err(e) => {
+                        target
+                            .stats
+                            .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
+                        limit_headers(text(e.status, &e.msg))
+                    }
                 }
             };
             (Some(target.path.clone()), resp)
@@ -167,6 +183,37 @@ pub(crate) async fn handle(
         start.elapsed(),
     );
     resp
+}
+
+/// Apply the route's `auth` ([`crate::auth`]): `Some(answer)` when the request is
+/// refused; otherwise the credential is removed (unless `forward_auth`) and the identity
+/// set in `Narun-Auth-User`.
+async fn authorize(
+    state: &Shared,
+    target: &Target,
+    policy: &crate::auth::Policy,
+    req: &mut Request<hyper::body::Incoming>,
+) -> Option<Resp> {
+    match policy.check(req.headers()).await {
+        crate::auth::Outcome::Allowed(user) => {
+            let h = req.headers_mut();
+            if !policy.forward_auth {
+                h.remove(header::AUTHORIZATION);
+            }
+            if let Some(u) = user {
+                h.insert(AUTH_USER.clone(), u);
+            }
+            None
+        }
+        crate::auth::Outcome::Denied(d) => {
+            state.metrics.auth_failure(&target.path, d.reason);
+            let mut r = text(d.status, d.message);
+            for c in d.challenges {
+                r.headers_mut().append(header::WWW_AUTHENTICATE, c);
+            }
+            Some(r)
+        }
+    }
 }
 
 /// What a refusal for lack of resources (503) tells the client: retry in a

@@ -42,6 +42,8 @@ pub(crate) struct Target {
     /// `Narun-Timeout-Ms` (the route's timeout) and, on bhttp routes,
     /// `Content-Type: application/bhttp`.
     pub nats_headers: async_nats::HeaderMap,
+    /// The route's `auth` ([`crate::auth`]); `None` = open.
+    pub auth: Option<Arc<crate::auth::Policy>>,
 }
 
 impl Target {
@@ -70,6 +72,7 @@ impl Target {
             stats,
             metrics: Default::default(),
             nats_headers,
+            auth: None,
         }
     }
 }
@@ -255,11 +258,12 @@ impl Router {
 /// The stats handles come from `stats_for(endpoint_name, subject)`.
 pub(crate) fn specs(
     config: &GatewayConfig,
+    policies: &HashMap<usize, Arc<crate::auth::Policy>>,
     mut stats_for: impl FnMut(&str, &str, &crate::config::RouteConfig) -> Arc<EndpointStats>,
 ) -> Vec<RouteSpec> {
     let mut used = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for r in &config.routes {
+    for (i, r) in config.routes.iter().enumerate() {
         let Some(path) = &r.path else { continue };
         let Some(subject) = r.target_subject() else {
             continue;
@@ -273,16 +277,18 @@ pub(crate) fn specs(
             n += 1;
         }
         let stats = stats_for(&name, subject, r);
+        let mut target = Target::new(
+            path,
+            r.mode.unwrap_or_default(),
+            subject,
+            config.route_timeout(r),
+            stats,
+        );
+        target.auth = policies.get(&i).cloned();
         out.push(RouteSpec {
             path: path.clone(),
             methods,
-            target: Arc::new(Target::new(
-                path,
-                r.mode.unwrap_or_default(),
-                subject,
-                config.route_timeout(r),
-                stats,
-            )),
+            target: Arc::new(target),
         });
     }
     out
