@@ -200,6 +200,10 @@ pub struct RouteConfig {
     pub timeout_sec: Option<u64>,
     /// Who may call the route (HTTP routes only): bearer tokens, basic, JWT ([`crate::auth`]).
     pub auth: Option<crate::auth::config::AuthConfig>,
+    /// CORS (HTTP routes only; [`crate::cors`]).
+    pub cors: Option<crate::cors::CorsConfig>,
+    /// Per-client rate limit (HTTP routes only; [`crate::ratelimit`]).
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -257,7 +261,8 @@ pub enum LoadError {
     Invalid(#[from] ConfigErrors),
 }
 
-const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec, auth";
+const ROUTE_KEYS: &str =
+    "path, methods, grpc, service, subject, mode, timeout_sec, auth, cors, rate_limit";
 const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
                             metrics_addr, request_timeout_sec, max_body_bytes, \
                             shutdown_timeout_sec, max_connections, \
@@ -593,6 +598,16 @@ impl GatewayConfig {
                 c.push(k, why);
             }
         }
+        if let Some(a) = &r.cors {
+            for (k, why) in a.problems(&format!("{key}.cors")) {
+                c.push(k, why);
+            }
+        }
+        if let Some(a) = &r.rate_limit {
+            for (k, why) in a.problems(&format!("{key}.rate_limit")) {
+                c.push(k, why);
+            }
+        }
         if let Err(why) = check_path(path) {
             c.push(format!("{key}.path"), format!("{path:?} {why}"));
         }
@@ -680,6 +695,8 @@ impl GatewayConfig {
             ("subject", r.subject.is_some()),
             ("mode", r.mode.is_some()),
             ("auth", r.auth.is_some()),
+            ("cors", r.cors.is_some()),
+            ("rate_limit", r.rate_limit.is_some()),
         ] {
             if set {
                 c.push(

@@ -52,6 +52,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod cors;
 mod discovery;
 mod failover;
 mod grpc;
@@ -59,6 +60,7 @@ pub mod limits;
 mod metrics;
 mod path;
 mod proxy;
+pub mod ratelimit;
 mod router;
 pub mod tls;
 

@@ -46,6 +46,11 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     path: Label,
     reason: &'static str,
@@ -78,6 +83,7 @@ pub(crate) struct Metrics {
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     nats: Family<NatsLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
+    rate_limited: Family<PathLabels, Counter>,
     unmatched: Label,
     /// The handles of requests no route matched.
     unmatched_handles: RouteMetrics,
@@ -147,12 +153,19 @@ impl Metrics {
              (missing, malformed, invalid, expired, forbidden)",
             auth_failures.clone(),
         );
+        let rate_limited = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "gateway_rate_limited",
+            "Requests refused (429) by a route's per-client rate limit, by route path",
+            rate_limited.clone(),
+        );
         Metrics {
             registry,
             requests,
             durations,
             nats,
             auth_failures,
+            rate_limited,
             unmatched: Label(Arc::from(UNMATCHED)),
             unmatched_handles: RouteMetrics::default(),
         }
@@ -216,6 +229,15 @@ impl Metrics {
             .get_or_create(&AuthLabels {
                 path: Label(path.clone()),
                 reason,
+            })
+            .inc();
+    }
+
+    /// Count one request refused by a route's rate limit.
+    pub fn rate_limited(&self, path: &Arc<str>) {
+        self.rate_limited
+            .get_or_create(&PathLabels {
+                path: Label(path.clone()),
             })
             .inc();
     }

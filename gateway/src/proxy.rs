@@ -105,6 +105,8 @@ pub(crate) struct Peer {
     ip: HeaderValue,
     /// `ip:port` (raw routes' `X-Original-RemoteAddr`).
     addr_text: String,
+    /// The address itself (rate limits key on it, never on a header).
+    addr: SocketAddr,
 }
 
 impl Peer {
@@ -112,6 +114,7 @@ impl Peer {
         Peer {
             ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is ASCII"),
             addr_text: addr.to_string(),
+            addr,
         }
     }
 }
@@ -125,7 +128,21 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let method = method_index(req.method());
     let rid = request_id(&req);
-    let routed = state.router.find(req.method(), req.uri().path());
+    // A CORS preflight is routed by the method it asks for, and answered by the gateway
+    // when that route has `cors` (crate::cors); otherwise it is an ordinary OPTIONS.
+    let mut preflight = crate::cors::Cors::preflight_method(req.method(), req.headers());
+    let routed = match &preflight {
+        Some(want) => {
+            let r = state.router.find(want, req.uri().path());
+            if matches!(&r.m, Match::Found(t) if t.cors.is_some()) {
+                r
+            } else {
+                preflight = None;
+                state.router.find(req.method(), req.uri().path())
+            }
+        }
+        None => state.router.find(req.method(), req.uri().path()),
+    };
     // The normalised path, when it differs from the request's (owned: `req` moves on).
     let normalised = match &routed.path {
         std::borrow::Cow::Owned(p) => Some(p.clone()),
@@ -147,15 +164,54 @@ pub(crate) async fn handle(
             let mut req = req;
             // Only the gateway says who the client is (crate::auth).
             req.headers_mut().remove(&AUTH_USER);
-            let denied = match &target.auth {
-                Some(policy) => authorize(&state, &target, policy, &mut req).await,
+            let origin = match &target.cors {
+                Some(_) => req.headers().get(header::ORIGIN).cloned(),
                 None => None,
             };
-            let resp = if let Some(r) = denied {
-                let why = r.status().canonical_reason().unwrap_or("refused");
-                target
-                    .stats
-                    .record(begun.elapsed(), Some((r.status().as_str(), why)));
+            // Rate limit first (a password guess costs a token), then the preflight
+            // answer, then authorization; all before the body is read.
+            let mut denied = match &target.rate {
+                Some(limiter) => limiter.check(peer.addr.ip()).err().map(|secs| {
+                    state.metrics.rate_limited(&target.path);
+                    let mut r = text(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too Many Requests: this client is over the route's rate limit",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    r
+                }),
+                None => None,
+            };
+            if denied.is_none()
+                && let (Some(want), Some(cors)) = (&preflight, &target.cors)
+            {
+                denied = Some(match cors.preflight(req.headers(), want) {
+                    crate::cors::Preflight::Allowed(h) => {
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = StatusCode::NO_CONTENT;
+                        *r.headers_mut() = h;
+                        r
+                    }
+                    crate::cors::Preflight::Refused => {
+                        text(StatusCode::FORBIDDEN, "CORS preflight refused")
+                    }
+                });
+            }
+            if denied.is_none()
+                && let Some(policy) = &target.auth
+            {
+                denied = authorize(&state, &target, policy, &mut req).await;
+            }
+            let mut resp = if let Some(r) = denied {
+                if r.status().is_success() {
+                    target.stats.record(begun.elapsed(), None);
+                } else {
+                    let why = r.status().canonical_reason().unwrap_or("refused");
+                    target
+                        .stats
+                        .record(begun.elapsed(), Some((r.status().as_str(), why)));
+                }
                 r
             } else {
                 match forward(&state, &target, req, normalised, peer, &rid).await {
@@ -171,6 +227,11 @@ pub(crate) async fn handle(
                     }
                 }
             };
+            if let Some(cors) = &target.cors
+                && preflight.is_none()
+            {
+                cors.decorate(origin.as_ref(), resp.headers_mut());
+            }
             (Some(target.path.clone()), resp)
         }
     };

@@ -44,6 +44,10 @@ pub(crate) struct Target {
     pub nats_headers: async_nats::HeaderMap,
     /// The route's `auth` ([`crate::auth`]); `None` = open.
     pub auth: Option<Arc<crate::auth::Policy>>,
+    /// The route's CORS rules ([`crate::cors`]).
+    pub cors: Option<crate::cors::Cors>,
+    /// The route's per-client rate limit ([`crate::ratelimit`]).
+    pub rate: Option<crate::ratelimit::Limiter>,
 }
 
 impl Target {
@@ -73,6 +77,8 @@ impl Target {
             metrics: Default::default(),
             nats_headers,
             auth: None,
+            cors: None,
+            rate: None,
         }
     }
 }
@@ -285,6 +291,11 @@ pub(crate) fn specs(
             stats,
         );
         target.auth = policies.get(&i).cloned();
+        target.cors = r
+            .cors
+            .as_ref()
+            .map(|c| crate::cors::Cors::new(c, r.methods.as_deref()));
+        target.rate = r.rate_limit.as_ref().map(crate::ratelimit::Limiter::new);
         out.push(RouteSpec {
             path: path.clone(),
             methods,
