@@ -13,8 +13,8 @@
 //! * `[cgroup]`: with cgroups enabled (the default), the root (configured or derived from
 //!   narund's own cgroup) is below the cgroup2 mount and writable
 //!   ([`CgroupRoot::locate`]); never a silent fallback to no cgroups;
-//! * `[gateway]` (builds with the gateway): the gRPC TLS certificate and key load, and so do
-//!   the routes' JWT key files (`auth.jwt.keys`).
+//! * `[gateway]` (builds with the gateway): the gRPC and HTTP TLS certificates and keys load,
+//!   and so do the routes' JWT key files (`auth.jwt.keys`).
 //!
 //! [`effective`] renders what `--check-config` prints: the settings narund would run with, as
 //! TOML, with the facts found (cgroup root, who holds the locks) as comments.
@@ -61,6 +61,14 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
         && let (Some(cert), Some(key)) =
             (&config.gateway.grpc_tls_cert, &config.gateway.grpc_tls_key)
         && let Err(errs) = narun_gateway::tls::server_config(cert, key)
+    {
+        problems.extend(errs.to_string().lines().map(str::to_owned));
+    }
+    #[cfg(feature = "gateway")]
+    if config.gateway.enabled
+        && let (Some(cert), Some(key)) =
+            (&config.gateway.http_tls_cert, &config.gateway.http_tls_key)
+        && let Err(errs) = narun_gateway::tls::http_server_config(cert, key)
     {
         problems.extend(errs.to_string().lines().map(str::to_owned));
     }

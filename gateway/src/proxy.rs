@@ -107,14 +107,17 @@ pub(crate) struct Peer {
     addr_text: String,
     /// The address itself (rate limits key on it, never on a header).
     addr: SocketAddr,
+    /// `http`, or `https` on the TLS listener (`X-Forwarded-Proto`).
+    proto: &'static str,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Peer {
+    pub(crate) fn new(addr: SocketAddr, tls: bool) -> Peer {
         Peer {
             ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is ASCII"),
             addr_text: addr.to_string(),
             addr,
+            proto: if tls { "https" } else { "http" },
         }
     }
 }
@@ -131,17 +134,25 @@ pub(crate) async fn handle(
     // A CORS preflight is routed by the method it asks for, and answered by the gateway
     // when that route has `cors` (crate::cors); otherwise it is an ordinary OPTIONS.
     let mut preflight = crate::cors::Cors::preflight_method(req.method(), req.headers());
+    // Virtual hosts: HTTP/1.1 `Host`, HTTP/2 `:authority`.
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    };
     let routed = match &preflight {
         Some(want) => {
-            let r = state.router.find(want, req.uri().path());
+            let r = state.router.find_on(want, host, req.uri().path());
             if matches!(&r.m, Match::Found(t) if t.cors.is_some()) {
                 r
             } else {
                 preflight = None;
-                state.router.find(req.method(), req.uri().path())
+                state.router.find_on(req.method(), host, req.uri().path())
             }
         }
-        None => state.router.find(req.method(), req.uri().path()),
+        None => state.router.find_on(req.method(), host, req.uri().path()),
     };
     // The normalised path, when it differs from the request's (owned: `req` moves on).
     let normalised = match &routed.path {
@@ -320,7 +331,8 @@ async fn forward(
     peer: &Peer,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
-    if state.client.connection_state() != async_nats::connection::State::Connected
+    if target.upstream.is_none()
+        && state.client.connection_state() != async_nats::connection::State::Connected
         && !crate::failover::reconnected_in_time(&state.failover, req.method()).await
     {
         return Err(GwError::new(
@@ -329,7 +341,10 @@ async fn forward(
         ));
     }
     let (mut parts, body) = req.into_parts();
-    let room = state.client.max_payload().saturating_sub(head_size(&parts));
+    let room = match target.upstream {
+        Some(_) => usize::MAX,
+        None => state.client.max_payload().saturating_sub(head_size(&parts)),
+    };
     let limit = state.max_body.min(room as u64);
     let too_large = || {
         GwError::new(
@@ -363,9 +378,98 @@ async fn forward(
         set_path(&mut parts.uri, &p)?;
     }
     add_forwarding_headers(&mut parts, peer, rid);
+    if let Some(up) = &target.upstream {
+        return forward_upstream(state, target, up, parts, body).await;
+    }
     match target.mode {
         RouteMode::Bhttp => forward_bhttp(state, target, &parts, &body).await,
         RouteMode::Raw => forward_raw(state, target, &parts, body, peer, rid).await,
+    }
+}
+
+/// A reverse-proxy route's request ([`crate::upstream`]): one HTTP/1.1 connection to the
+/// service, bounded by the route timeout; the answer read up to the body limit.
+async fn forward_upstream(
+    state: &Shared,
+    target: &Target,
+    up: &crate::upstream::Upstream,
+    mut parts: http::request::Parts,
+    body: Bytes,
+) -> Result<Resp, GwError> {
+    let Ok(_slot) = state.limits.inflight(Listener::Http).await else {
+        return Err(overloaded("requests in flight"));
+    };
+    // Hop-by-hop headers end here (those named in `Connection` are gone already).
+    for name in bhttp::HOP_BY_HOP {
+        parts.headers.remove(*name);
+    }
+    // Origin form for HTTP/1.1 (an h2 request carries an absolute URI).
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = http::Uri::try_from(pq)
+        .map_err(|_| GwError::new(StatusCode::BAD_REQUEST, "Invalid path"))?;
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(h) = HeaderValue::from_str(&up.authority)
+    {
+        parts.headers.insert(header::HOST, h);
+    }
+    parts.version = http::Version::HTTP_11;
+    let max = state.max_body as usize;
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(&up.authority)
+            .await
+            .map_err(|e| {
+                tracing::debug!(upstream = %up.url, error = %e, "proxy connect failed");
+                GwError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "Bad Gateway: the service is unreachable",
+                )
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|_| {
+                    GwError::new(StatusCode::BAD_GATEWAY, "Bad Gateway: handshake failed")
+                })?;
+        let conn = tokio::spawn(conn);
+        let bad = |e: hyper::Error| {
+            tracing::debug!(upstream = %up.url, error = %e, "proxy request failed");
+            GwError::new(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: the service failed to answer",
+            )
+        };
+        let resp = sender
+            .send_request(Request::from_parts(parts, Full::new(body)))
+            .await
+            .map_err(bad)?;
+        let (mut rparts, mut rbody) = resp.into_parts();
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut rbody).await {
+            if let Ok(data) = frame.map_err(bad)?.into_data() {
+                if buf.len() + data.len() > max {
+                    return Err(GwError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("Bad Gateway: the answer is larger than {max} bytes"),
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        conn.abort();
+        strip_response_headers(&mut rparts.headers);
+        Ok(Response::from_parts(rparts, Full::new(buf.freeze())))
+    };
+    match tokio::time::timeout(target.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(GwError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway Timeout: the service did not answer in time",
+        )),
     }
 }
 
@@ -419,7 +523,10 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: &Peer, rid: &H
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(peer.proto),
+        );
     }
     if !h.contains_key(&X_FORWARDED_HOST) {
         let host = h.get(header::HOST).cloned().or_else(|| {
