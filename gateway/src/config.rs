@@ -1019,6 +1019,37 @@ service = "g"
     }
 
     #[test]
+    fn the_new_route_tables_serialize_back() {
+        // narund prints its effective settings (`--check-config`) through Serialize.
+        let text = r#"
+[gateway]
+http_tls_cert = "/c"
+http_tls_key = "/k"
+[[gateway.routes]]
+path = "/a/"
+service = "a"
+host = "a.example.com"
+[gateway.routes.auth]
+bearer = { ci = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8" }
+[gateway.routes.auth.jwt]
+keys = [{ alg = "HS256", file = "/k" }]
+claims = { role = "admin", admin = true, level = 3, scope = ["a", "b"] }
+[gateway.routes.cors]
+allow_origins = ["*"]
+[gateway.routes.rate_limit]
+rate = 0.5
+burst = 2
+[[gateway.routes]]
+path = "/p/"
+proxy = "http://127.0.0.1:3000"
+"#;
+        let cfg = GatewayConfig::from_toml(text).unwrap();
+        let v = toml::Value::try_from(&cfg).unwrap();
+        let back: GatewayConfig = v.try_into().unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
     fn type_errors_come_from_the_toml_parser_with_a_location() {
         let errs = errors("[gateway]\nrequest_timeout_sec = \"soon\"\n");
         assert!(errs[0].contains("request_timeout_sec"), "{errs:?}");

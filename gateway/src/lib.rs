@@ -515,8 +515,8 @@ async fn serve_tcp(
 ) {
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return serve_connection(builder, shared, stream, false, peer, listener, permit, stop)
-            .await;
+        let io = tls::MaybeTls::Plain(stream);
+        return serve_connection(builder, shared, io, false, peer, listener, permit, stop).await;
     };
     let handshake = tokio::time::timeout(grpc::TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
     let stream = tokio::select! {
@@ -534,22 +534,21 @@ async fn serve_tcp(
         },
         _ = stop.wait_for(|s| *s) => return,
     };
-    serve_connection(builder, shared, stream, true, peer, listener, permit, stop).await
+    let io = tls::MaybeTls::Tls(Box::new(stream));
+    serve_connection(builder, shared, io, true, peer, listener, permit, stop).await
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn serve_connection<IO>(
+async fn serve_connection(
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
-    stream: IO,
+    stream: tls::MaybeTls,
     tls: bool,
     peer: SocketAddr,
     listener: Listener,
     _permit: limits::ConnPermit,
     mut stop: watch::Receiver<bool>,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let activity = limits::Activity::new();
     let limits = shared.limits.clone();
     let busy = activity.clone();
