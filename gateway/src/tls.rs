@@ -133,7 +133,7 @@ fn load_key(key: &str, path: &str) -> Result<PrivateKeyDer<'static>, ConfigError
 
 /// A routed-listener connection, cleartext or TLS. One type for both, so hyper's server
 /// (HTTP/1.1 and HTTP/2 state machines) is compiled once, not once per stream type: a
-/// second copy cost narund ~0.3 MB (docs/gateway.md, "HTTPS").
+/// second copy cost narund 62 KiB (docs/gateway.md, "HTTPS").
 pub(crate) enum MaybeTls {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
