@@ -228,6 +228,10 @@ impl Router {
 
     /// The table of `host`'s own routes, if it has any.
     fn host_table(&self, host: Option<&str>) -> Option<&Table> {
+        // No virtual host configured (the usual case): no per-request work.
+        if self.hosts.is_empty() && self.wildcards.is_empty() {
+            return None;
+        }
         let host = normalize_host(host?);
         self.hosts.get(host.as_str()).or_else(|| {
             self.wildcards
