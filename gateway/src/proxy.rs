@@ -403,6 +403,13 @@ async fn forward_upstream(
     for name in bhttp::HOP_BY_HOP {
         parts.headers.remove(*name);
     }
+    // An h2 request's host is its `:authority`: HTTP/1.1 wants it in `Host`.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(h) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, h);
+    }
     // Origin form for HTTP/1.1 (an h2 request carries an absolute URI).
     let pq = parts
         .uri

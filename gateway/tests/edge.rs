@@ -310,6 +310,27 @@ proxy = "http://{closed}"
     for gone in ["x-hop-private", "keep-alive"] {
         assert!(!r.head.contains(gone), "{gone}: {}", r.head);
     }
+    // An HTTP/2 request's :authority becomes the service's Host.
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://h2.device.local/svc/h2")
+        .header("authorization", "Bearer password")
+        .body(())
+        .unwrap();
+    let (resp, _) = h2c.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let j: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(j["headers"]["host"], "h2.device.local", "{j}");
     // Auth applies before anything is sent.
     let r = ask("GET /svc/x HTTP/1.1\r\nHost: d\r\n\r\n".into()).await;
     assert_eq!(r.status, 401);
