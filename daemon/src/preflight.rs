@@ -408,6 +408,27 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "gateway")]
+    #[test]
+    fn gateway_tls_and_jwt_key_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = base(dir.path());
+        c.gateway = narun_gateway::GatewayConfig::from_toml(
+            "[gateway]\nenabled = true\nhttp_tls_cert = \"/nonexistent/c.pem\"\n\
+             http_tls_key = \"/nonexistent/k.pem\"\n[[gateway.routes]]\npath = \"/a/\"\n\
+             service = \"a\"\n[gateway.routes.auth.jwt]\n\
+             keys = [{ alg = \"RS256\", file = \"/nonexistent/jwt.pub\" }]\n",
+        )
+        .unwrap();
+        let p = check(&c).unwrap_err().join("\n");
+        for want in [
+            "gateway.http_tls_cert: cannot read \"/nonexistent/c.pem\"",
+            "gateway.routes[0].auth.jwt.keys[0].file: cannot read \"/nonexistent/jwt.pub\"",
+        ] {
+            assert!(p.contains(want), "{want:?} missing in:\n{p}");
+        }
+    }
+
     #[test]
     fn nats_files_must_be_absolute_readable_and_creds_must_parse() {
         let dir = tempfile::tempdir().unwrap();
