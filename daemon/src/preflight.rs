@@ -13,7 +13,8 @@
 //! * `[cgroup]`: with cgroups enabled (the default), the root (configured or derived from
 //!   narund's own cgroup) is below the cgroup2 mount and writable
 //!   ([`CgroupRoot::locate`]); never a silent fallback to no cgroups;
-//! * `[gateway]` (builds with the gateway): the gRPC TLS certificate and key load.
+//! * `[gateway]` (builds with the gateway): the gRPC and HTTP TLS certificates and keys load,
+//!   and so do the routes' JWT key files (`auth.jwt.keys`).
 //!
 //! [`effective`] renders what `--check-config` prints: the settings narund would run with, as
 //! TOML, with the facts found (cgroup root, who holds the locks) as comments.
@@ -63,6 +64,20 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
         && let (Some(cert), Some(key)) =
             (&config.gateway.grpc_tls_cert, &config.gateway.grpc_tls_key)
         && let Err(errs) = narun_gateway::tls::server_config(cert, key)
+    {
+        problems.extend(errs.to_string().lines().map(str::to_owned));
+    }
+    #[cfg(feature = "gateway")]
+    if config.gateway.enabled
+        && let (Some(cert), Some(key)) =
+            (&config.gateway.http_tls_cert, &config.gateway.http_tls_key)
+        && let Err(errs) = narun_gateway::tls::http_server_config(cert, key)
+    {
+        problems.extend(errs.to_string().lines().map(str::to_owned));
+    }
+    #[cfg(feature = "gateway")]
+    if config.gateway.enabled
+        && let Err(errs) = narun_gateway::auth::load_policies(&config.gateway)
     {
         problems.extend(errs.to_string().lines().map(str::to_owned));
     }
@@ -397,6 +412,27 @@ mod tests {
             "nats.url: ",
             "nats.creds: cannot read",
             "cgroup.root: is set, but cgroup.enabled = false",
+        ] {
+            assert!(p.contains(want), "{want:?} missing in:\n{p}");
+        }
+    }
+
+    #[cfg(feature = "gateway")]
+    #[test]
+    fn gateway_tls_and_jwt_key_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = base(dir.path());
+        c.gateway = narun_gateway::GatewayConfig::from_toml(
+            "[gateway]\nenabled = true\nhttp_tls_cert = \"/nonexistent/c.pem\"\n\
+             http_tls_key = \"/nonexistent/k.pem\"\n[[gateway.routes]]\npath = \"/a/\"\n\
+             service = \"a\"\n[gateway.routes.auth.jwt]\n\
+             keys = [{ alg = \"RS256\", file = \"/nonexistent/jwt.pub\" }]\n",
+        )
+        .unwrap();
+        let p = check(&c).unwrap_err().join("\n");
+        for want in [
+            "gateway.http_tls_cert: cannot read \"/nonexistent/c.pem\"",
+            "gateway.routes[0].auth.jwt.keys[0].file: cannot read \"/nonexistent/jwt.pub\"",
         ] {
             assert!(p.contains(want), "{want:?} missing in:\n{p}");
         }

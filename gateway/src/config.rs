@@ -142,6 +142,11 @@ pub struct GatewayConfig {
     /// How long a request waits for memory or an in-flight slot before it is
     /// refused (503 + `Retry-After`, gRPC `RESOURCE_EXHAUSTED`).
     pub overload_wait_ms: u64,
+    /// PEM certificate chain (leaf first) for HTTPS on `http_addr` (with `http_tls_key`;
+    /// ALPN `h2` and `http/1.1`). Without both: cleartext HTTP/1.1 and h2c.
+    pub http_tls_cert: Option<String>,
+    /// PEM private key of `http_tls_cert`.
+    pub http_tls_key: Option<String>,
     pub routes: Vec<RouteConfig>,
     /// `[gateway.jobs]`: the workers of `async` routes (docs/jobs.md).
     pub jobs: JobsConfig,
@@ -245,6 +250,8 @@ impl Default for GatewayConfig {
             max_inflight_requests: DEFAULT_MAX_INFLIGHT_REQUESTS,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             overload_wait_ms: DEFAULT_OVERLOAD_WAIT_MS,
+            http_tls_cert: None,
+            http_tls_key: None,
             routes: Vec::new(),
             jobs: JobsConfig::default(),
             unknown: BTreeMap::new(),
@@ -298,6 +305,18 @@ pub struct RouteConfig {
     pub max_attempts: Option<u32>,
     /// First pause before a job's retry, doubling per failed attempt (default 1000).
     pub retry_backoff_ms: Option<u64>,
+    /// Who may call the route (HTTP routes only): bearer tokens, basic, JWT ([`crate::auth`]).
+    pub auth: Option<crate::auth::config::AuthConfig>,
+    /// Reverse-proxy route: `http://host:port` of an HTTP service on the device, instead
+    /// of a NATS `service`/`subject` ([`crate::upstream`]).
+    pub proxy: Option<String>,
+    /// Virtual host (HTTP routes only): `api.example.com` or `*.example.com`; the route
+    /// serves only requests whose `Host` matches. Omitted = every host.
+    pub host: Option<String>,
+    /// CORS (HTTP routes only; [`crate::cors`]).
+    pub cors: Option<crate::cors::CorsConfig>,
+    /// Per-client rate limit (HTTP routes only; [`crate::ratelimit`]).
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -305,6 +324,9 @@ pub struct RouteConfig {
 impl RouteConfig {
     /// The NATS subject requests are sent to.
     pub fn target_subject(&self) -> Option<&str> {
+        if let Some(p) = &self.proxy {
+            return Some(p.as_str());
+        }
         match self.mode.unwrap_or_default() {
             RouteMode::Raw => self.subject.as_deref(),
             RouteMode::Bhttp => self.service.as_deref(),
@@ -360,7 +382,8 @@ pub enum LoadError {
     Invalid(#[from] ConfigErrors),
 }
 
-const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec, async, max_attempts, retry_backoff_ms";
+const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec, async, \
+                          max_attempts, retry_backoff_ms, auth, cors, rate_limit, host, proxy";
 const JOBS_KEYS: &str = "workers, retention_sec, ack_wait_sec, max_queue_bytes, max_backoff_sec";
 const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
                             metrics_addr, request_timeout_sec, max_body_bytes, \
@@ -368,7 +391,8 @@ const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_t
                             max_connections_per_ip, header_read_timeout_sec, \
                             keepalive_timeout_sec, body_read_timeout_sec, min_body_rate, \
                             h2_max_concurrent_streams, max_inflight_requests, \
-                            memory_budget_bytes, overload_wait_ms, routes, jobs";
+                            memory_budget_bytes, overload_wait_ms, http_tls_cert, \
+                            http_tls_key, routes, jobs";
 
 struct Collector(Vec<ConfigError>);
 
@@ -398,6 +422,34 @@ fn valid_subject(s: &str) -> Result<(), &'static str> {
     }
     if s.split('.').any(|t| t == "*" || t == ">") {
         return Err("contains a wildcard ('*' or '>'); requests need a literal subject");
+    }
+    Ok(())
+}
+
+/// A route's `host`: a DNS name (`api.example.com`), `*.` + one (any subdomain), or an
+/// IP address; lower case, no port.
+fn check_host(h: &str) -> Result<(), &'static str> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.is_empty() || name.len() > 253 {
+        return Err("is not a host name (e.g. \"api.example.com\" or \"*.example.com\")");
+    }
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("must be lower case (hosts are matched case-insensitively)");
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() && !h.starts_with('*') {
+        return Ok(());
+    }
+    let ok = name.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    });
+    if !ok {
+        return Err(
+            "is not a host name: letters, digits, '-' and '.', optionally \"*.\" in front, no port",
+        );
     }
     Ok(())
 }
@@ -496,7 +548,7 @@ impl GatewayConfig {
         self.validate_limits(&mut c);
 
         // (path, Some(method) | None = any) -> first route index.
-        let mut seen_methods: HashMap<(&str, Option<String>), usize> = HashMap::new();
+        let mut seen_methods: HashMap<(String, Option<String>), usize> = HashMap::new();
         let mut seen_grpc: HashMap<&str, usize> = HashMap::new();
         let mut has_grpc = false;
         for (i, r) in self.routes.iter().enumerate() {
@@ -547,16 +599,21 @@ impl GatewayConfig {
                             .map(|m| Some(m.trim().to_ascii_uppercase()))
                             .collect(),
                     };
+                    // Virtual hosts have their own paths: the key is host + path.
+                    let at_path = match &r.host {
+                        Some(h) => format!("{}{path}", h.trim().to_ascii_lowercase()),
+                        None => path.clone(),
+                    };
                     for (j, m) in methods.into_iter().enumerate() {
-                        let any = seen_methods.get(&(path.as_str(), None)).copied();
+                        let any = seen_methods.get(&(at_path.clone(), None)).copied();
                         let clash = if m.is_none() {
                             seen_methods
                                 .iter()
-                                .filter(|((p, _), _)| *p == path.as_str())
+                                .filter(|((p, _), _)| *p == at_path)
                                 .map(|(_, idx)| *idx)
                                 .min()
                         } else {
-                            any.or_else(|| seen_methods.get(&(path.as_str(), m.clone())).copied())
+                            any.or_else(|| seen_methods.get(&(at_path.clone(), m.clone())).copied())
                         };
                         if let Some(first) = clash {
                             let what = match &m {
@@ -572,7 +629,7 @@ impl GatewayConfig {
                                 format!("{what} is already routed by gateway.routes[{first}]"),
                             );
                         } else {
-                            seen_methods.insert((path.as_str(), m), i);
+                            seen_methods.insert((at_path.clone(), m), i);
                         }
                     }
                 }
@@ -762,6 +819,8 @@ impl GatewayConfig {
         for (key, v) in [
             ("grpc_tls_cert", &self.grpc_tls_cert),
             ("grpc_tls_key", &self.grpc_tls_key),
+            ("http_tls_cert", &self.http_tls_cert),
+            ("http_tls_key", &self.http_tls_key),
         ] {
             if let Some(v) = v
                 && v.trim().is_empty()
@@ -787,9 +846,40 @@ impl GatewayConfig {
             ),
             _ => {}
         }
+        match (&self.http_tls_cert, &self.http_tls_key) {
+            (Some(_), None) => c.push(
+                "gateway.http_tls_key",
+                "is required when http_tls_cert is set (the certificate's PEM private key)",
+            ),
+            (None, Some(_)) => c.push(
+                "gateway.http_tls_cert",
+                "is required when http_tls_key is set (the PEM certificate chain)",
+            ),
+            _ => {}
+        }
     }
 
     fn validate_http_route(&self, c: &mut Collector, key: &str, r: &RouteConfig, path: &str) {
+        if let Some(a) = &r.auth {
+            for (k, why) in a.problems(&format!("{key}.auth")) {
+                c.push(k, why);
+            }
+        }
+        if let Some(h) = &r.host
+            && let Err(why) = check_host(h)
+        {
+            c.push(format!("{key}.host"), format!("{h:?} {why}"));
+        }
+        if let Some(a) = &r.cors {
+            for (k, why) in a.problems(&format!("{key}.cors")) {
+                c.push(k, why);
+            }
+        }
+        if let Some(a) = &r.rate_limit {
+            for (k, why) in a.problems(&format!("{key}.rate_limit")) {
+                c.push(k, why);
+            }
+        }
         if let Err(why) = check_path(path) {
             c.push(format!("{key}.path"), format!("{path:?} {why}"));
         }
@@ -817,6 +907,12 @@ impl GatewayConfig {
                     );
                 }
             }
+        }
+        if let Some(url) = &r.proxy {
+            for (k, why) in crate::upstream::problems(url, key, r) {
+                c.push(k, why);
+            }
+            return;
         }
         match r.mode.unwrap_or_default() {
             RouteMode::Bhttp => {
@@ -878,6 +974,11 @@ impl GatewayConfig {
             ("mode", r.mode.is_some()),
             ("max_attempts", r.max_attempts.is_some()),
             ("retry_backoff_ms", r.retry_backoff_ms.is_some()),
+            ("auth", r.auth.is_some()),
+            ("host", r.host.is_some()),
+            ("proxy", r.proxy.is_some()),
+            ("cors", r.cors.is_some()),
+            ("rate_limit", r.rate_limit.is_some()),
         ] {
             if set {
                 c.push(
@@ -1152,6 +1253,65 @@ service = "g"
         )
         .unwrap();
         assert_eq!(cfg.grpc_tls_key.as_deref(), Some("/k"));
+    }
+
+    #[test]
+    fn virtual_hosts_and_edge_keys_are_validated() {
+        let errs = errors(
+            "[gateway]\nhttp_tls_cert = \"/c.pem\"\n\
+             [[gateway.routes]]\npath = \"/a/\"\nservice = \"a\"\nhost = \"api.example.com\"\n\
+             [[gateway.routes]]\npath = \"/a/\"\nservice = \"b\"\n\
+             [[gateway.routes]]\npath = \"/a/\"\nservice = \"c\"\nhost = \"api.example.com\"\n\
+             [[gateway.routes]]\npath = \"/b/\"\nservice = \"d\"\nhost = \"API.example.com:80\"\n\
+             [[gateway.routes]]\npath = \"/c/\"\nservice = \"e\"\nhost = \"*.example.com\"\n\
+             [[gateway.routes]]\ngrpc = \"a.B\"\nservice = \"g\"\nhost = \"x\"\n",
+        );
+        let expect = [
+            "gateway.http_tls_key: is required when http_tls_cert is set",
+            "gateway.routes[2]: any method on /a/ is already routed by gateway.routes[0]",
+            "gateway.routes[3].host: \"API.example.com:80\" must be lower case",
+            "gateway.routes[5].host: is not used by gRPC routes",
+            "gateway.grpc_addr: is required when gRPC routes exist",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn the_new_route_tables_serialize_back() {
+        // narund prints its effective settings (`--check-config`) through Serialize.
+        let text = r#"
+[gateway]
+http_tls_cert = "/c"
+http_tls_key = "/k"
+[[gateway.routes]]
+path = "/a/"
+service = "a"
+host = "a.example.com"
+[gateway.routes.auth]
+bearer = { ci = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8" }
+[gateway.routes.auth.jwt]
+keys = [{ alg = "HS256", file = "/k" }]
+claims = { role = "admin", admin = true, level = 3, scope = ["a", "b"] }
+[gateway.routes.cors]
+allow_origins = ["*"]
+[gateway.routes.rate_limit]
+rate = 0.5
+burst = 2
+[[gateway.routes]]
+path = "/p/"
+proxy = "http://127.0.0.1:3000"
+"#;
+        let cfg = GatewayConfig::from_toml(text).unwrap();
+        let v = toml::Value::try_from(&cfg).unwrap();
+        let back: GatewayConfig = v.try_into().unwrap();
+        assert_eq!(back, cfg);
     }
 
     #[test]

@@ -50,7 +50,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
+pub mod cors;
 mod discovery;
 mod failover;
 mod grpc;
@@ -59,8 +61,10 @@ pub mod limits;
 mod metrics;
 mod path;
 mod proxy;
+pub mod ratelimit;
 mod router;
 pub mod tls;
+pub mod upstream;
 
 /// The route table, reachable from the fuzz targets (`fuzz-targets/`, `fuzz/`).
 /// Not part of the gateway's API: it may change with any release.
@@ -95,6 +99,7 @@ pub mod fuzzing {
             let specs = routes
                 .iter()
                 .map(|(path, methods)| RouteSpec {
+                    host: None,
                     path: path.to_string(),
                     methods: methods.map(|m| {
                         m.iter()
@@ -195,6 +200,8 @@ pub struct Gateway {
     shutdown_timeout: Duration,
     /// gRPC listener, when `grpc_addr` is set and gRPC routes exist.
     grpc: Option<grpc::GrpcGateway>,
+    /// TLS of the routed listener (`http_tls_cert`/`http_tls_key`).
+    http_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), GatewayError> {
@@ -225,6 +232,14 @@ impl Gateway {
             (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
             _ => None,
         };
+        let http_tls = match (&config.http_tls_cert, &config.http_tls_key) {
+            (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                tls::http_server_config(cert, key)?,
+            ))),
+            _ => None,
+        };
+        // And the routes' JWT key files.
+        let policies = auth::load_policies(&config)?;
         let (http, http_addr) = bind("the HTTP gateway", &config.http_addr).await?;
         let (metrics_l, metrics_addr) = bind("gateway metrics", &config.metrics_addr).await?;
 
@@ -240,7 +255,7 @@ impl Gateway {
         // One endpoint per route the gateway serves, HTTP and gRPC: the gateway answers
         // them over HTTP, not NATS, so they have no subject of their own; `target` is the
         // subject a route forwards to (docs/gateway.md, "Discovery").
-        let specs = router::specs(&config, |name, subject, route| {
+        let specs = router::specs(&config, &policies, |name, subject, route| {
             let mut md = std::collections::BTreeMap::new();
             md.insert("kind".into(), "http".into());
             if let Some(p) = &route.path {
@@ -249,10 +264,14 @@ impl Gateway {
             if let Some(m) = &route.methods {
                 md.insert("methods".into(), m.join(","));
             }
-            md.insert(
-                "mode".into(),
-                route.mode.unwrap_or_default().as_str().into(),
-            );
+            let mode = match route.proxy {
+                Some(_) => "proxy",
+                None => route.mode.unwrap_or_default().as_str(),
+            };
+            md.insert("mode".into(), mode.into());
+            if let Some(h) = &route.host {
+                md.insert("host".into(), h.clone());
+            }
             md.insert("target".into(), subject.into());
             match service.add_forwarding_endpoint(name, md) {
                 Ok(s) => s,
@@ -341,7 +360,13 @@ impl Gateway {
             service,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_sec),
             grpc,
+            http_tls,
         })
+    }
+
+    /// Whether the routed HTTP listener speaks TLS (`http_tls_cert`/`http_tls_key` set).
+    pub fn http_tls(&self) -> bool {
+        self.http_tls.is_some()
     }
 
     /// Whether the gRPC listener speaks TLS (`grpc_tls_cert`/`grpc_tls_key` set).
@@ -432,10 +457,15 @@ impl Gateway {
             let Some(permit) = limits.admit(listener, peer.ip()) else {
                 continue;
             };
-            conns.spawn(serve_connection(
+            let tls = match listener {
+                Listener::Http => self.http_tls.clone(),
+                _ => None,
+            };
+            conns.spawn(serve_tcp(
                 builder.clone(),
                 self.shared.clone(),
                 stream,
+                tls,
                 peer,
                 listener,
                 permit,
@@ -501,20 +531,59 @@ pub(crate) fn count_conn_error(
     }
 }
 
-async fn serve_connection(
+/// A TCP connection: the TLS handshake first when the listener has TLS (in the
+/// connection's task, bounded, so a slow client does not hold up the accept loop).
+#[allow(clippy::too_many_arguments)]
+async fn serve_tcp(
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     stream: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    peer: SocketAddr,
+    listener: Listener,
+    permit: limits::ConnPermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        let io = tls::MaybeTls::Plain(stream);
+        return serve_connection(builder, shared, io, false, peer, listener, permit, stop).await;
+    };
+    let handshake = tokio::time::timeout(grpc::TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "HTTP TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                shared.limits.timed_out(listener, limits::Timeout::HeaderRead);
+                tracing::debug!(%peer, "HTTP TLS handshake timed out");
+                return;
+            }
+        },
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let io = tls::MaybeTls::Tls(Box::new(stream));
+    serve_connection(builder, shared, io, true, peer, listener, permit, stop).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    stream: tls::MaybeTls,
+    tls: bool,
     peer: SocketAddr,
     listener: Listener,
     _permit: limits::ConnPermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let activity = limits::Activity::new();
     let limits = shared.limits.clone();
     let busy = activity.clone();
-    let client = Arc::new(proxy::Peer::new(peer));
+    let client = Arc::new(proxy::Peer::new(peer, tls));
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let client = client.clone();

@@ -46,6 +46,17 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    path: Label,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NatsLabels {
     subject: Label,
     status: &'static str,
@@ -71,6 +82,8 @@ pub(crate) struct Metrics {
     requests: Family<HttpLabels, Counter>,
     durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     nats: Family<NatsLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
+    rate_limited: Family<PathLabels, Counter>,
     unmatched: Label,
     /// The handles of requests no route matched.
     unmatched_handles: RouteMetrics,
@@ -133,11 +146,26 @@ impl Metrics {
             "NATS requests sent by the gateway, by subject and outcome (success, timeout, error)",
             nats.clone(),
         );
+        let auth_failures = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "gateway_auth_failures",
+            "Requests refused by a route's auth, by route path and reason \
+             (missing, malformed, invalid, expired, forbidden)",
+            auth_failures.clone(),
+        );
+        let rate_limited = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "gateway_rate_limited",
+            "Requests refused (429) by a route's per-client rate limit, by route path",
+            rate_limited.clone(),
+        );
         Metrics {
             registry,
             requests,
             durations,
             nats,
+            auth_failures,
+            rate_limited,
             unmatched: Label(Arc::from(UNMATCHED)),
             unmatched_handles: RouteMetrics::default(),
         }
@@ -193,6 +221,25 @@ impl Metrics {
         } else {
             counter_of(status).inc();
         }
+    }
+
+    /// Count one request refused by a route's `auth` (`reason`: [`crate::auth::Denial`]).
+    pub fn auth_failure(&self, path: &Arc<str>, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthLabels {
+                path: Label(path.clone()),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Count one request refused by a route's rate limit.
+    pub fn rate_limited(&self, path: &Arc<str>) {
+        self.rate_limited
+            .get_or_create(&PathLabels {
+                path: Label(path.clone()),
+            })
+            .inc();
     }
 
     /// Count one NATS request to `subject`; `handles` keeps the success counter.

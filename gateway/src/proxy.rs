@@ -28,6 +28,7 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static AUTH_USER: HeaderName = HeaderName::from_static("narun-auth-user");
 static X_CONTENT_TYPE_OPTIONS: HeaderName = HeaderName::from_static("x-content-type-options");
 
 mod nats_names {
@@ -104,13 +105,19 @@ pub(crate) struct Peer {
     ip: HeaderValue,
     /// `ip:port` (raw routes' `X-Original-RemoteAddr`).
     pub(crate) addr_text: String,
+    /// The address itself (rate limits key on it, never on a header).
+    addr: SocketAddr,
+    /// `http`, or `https` on the TLS listener (`X-Forwarded-Proto`).
+    proto: &'static str,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Peer {
+    pub(crate) fn new(addr: SocketAddr, tls: bool) -> Peer {
         Peer {
             ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is ASCII"),
             addr_text: addr.to_string(),
+            addr,
+            proto: if tls { "https" } else { "http" },
         }
     }
 }
@@ -134,7 +141,29 @@ pub(crate) async fn handle(
             .http(method, None, None, resp.status().as_u16(), start.elapsed());
         return resp;
     }
-    let routed = state.router.find(req.method(), req.uri().path());
+    // A CORS preflight is routed by the method it asks for, and answered by the gateway
+    // when that route has `cors` (crate::cors); otherwise it is an ordinary OPTIONS.
+    let mut preflight = crate::cors::Cors::preflight_method(req.method(), req.headers());
+    // Virtual hosts: HTTP/1.1 `Host`, HTTP/2 `:authority`.
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    };
+    let routed = match &preflight {
+        Some(want) => {
+            let r = state.router.find_on(want, host, req.uri().path());
+            if matches!(&r.m, Match::Found(t) if t.cors.is_some()) {
+                r
+            } else {
+                preflight = None;
+                state.router.find_on(req.method(), host, req.uri().path())
+            }
+        }
+        None => state.router.find_on(req.method(), host, req.uri().path()),
+    };
     // The normalised path, when it differs from the request's (owned: `req` moves on).
     let normalised = match &routed.path {
         std::borrow::Cow::Owned(p) => Some(p.clone()),
@@ -153,29 +182,90 @@ pub(crate) async fn handle(
             let target = target.clone();
             found = Some(target.clone());
             let begun = Instant::now();
-            let as_job = match (&state.jobs, target.jobs.as_ref()) {
-                (Some(_), Some(j)) => crate::jobs::wanted(j.mode, req.headers()),
-                _ => None,
+            let mut req = req;
+            // Only the gateway says who the client is (crate::auth).
+            req.headers_mut().remove(&AUTH_USER);
+            let origin = match &target.cors {
+                Some(_) => req.headers().get(header::ORIGIN).cloned(),
+                None => None,
             };
-            let answer = match (as_job, &state.jobs) {
-                (Some(prefer), Some(jobs)) => {
-                    crate::jobs::enqueue(&state, jobs, &target, req, normalised, peer, &rid, prefer)
-                        .await
-                }
-                _ => forward(&state, &target, req, normalised, peer, &rid).await,
-            };
-            let resp = match answer {
-                Ok(r) => {
-                    target.stats.record(begun.elapsed(), None);
+            // Rate limit first (a password guess costs a token), then the preflight
+            // answer, then authorization; all before the body is read.
+            let mut denied = match &target.rate {
+                Some(limiter) => limiter.check(peer.addr.ip()).err().map(|secs| {
+                    state.metrics.rate_limited(&target.path);
+                    let mut r = text(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too Many Requests: this client is over the route's rate limit",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                     r
-                }
-                Err(e) => {
+                }),
+                None => None,
+            };
+            if denied.is_none()
+                && let (Some(want), Some(cors)) = (&preflight, &target.cors)
+            {
+                denied = Some(match cors.preflight(req.headers(), want) {
+                    crate::cors::Preflight::Allowed(h) => {
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = StatusCode::NO_CONTENT;
+                        *r.headers_mut() = h;
+                        r
+                    }
+                    crate::cors::Preflight::Refused => {
+                        text(StatusCode::FORBIDDEN, "CORS preflight refused")
+                    }
+                });
+            }
+            if denied.is_none()
+                && let Some(policy) = &target.auth
+            {
+                denied = authorize(&state, &target, policy, &mut req).await;
+            }
+            let mut resp = if let Some(r) = denied {
+                if r.status().is_success() {
+                    target.stats.record(begun.elapsed(), None);
+                } else {
+                    let why = r.status().canonical_reason().unwrap_or("refused");
                     target
                         .stats
-                        .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
-                    limit_headers(text(e.status, &e.msg))
+                        .record(begun.elapsed(), Some((r.status().as_str(), why)));
+                }
+                r
+            } else {
+                let as_job = match (&state.jobs, target.jobs.as_ref()) {
+                    (Some(_), Some(j)) => crate::jobs::wanted(j.mode, req.headers()),
+                    _ => None,
+                };
+                let answer = match (as_job, &state.jobs) {
+                    (Some(prefer), Some(jobs)) => {
+                        crate::jobs::enqueue(
+                            &state, jobs, &target, req, normalised, peer, &rid, prefer,
+                        )
+                        .await
+                    }
+                    _ => forward(&state, &target, req, normalised, peer, &rid).await,
+                };
+                match answer {
+                    Ok(r) => {
+                        target.stats.record(begun.elapsed(), None);
+                        r
+                    }
+                    Err(e) => {
+                        target
+                            .stats
+                            .record(begun.elapsed(), Some((e.status.as_str(), &e.msg)));
+                        limit_headers(text(e.status, &e.msg))
+                    }
                 }
             };
+            if let Some(cors) = &target.cors
+                && preflight.is_none()
+            {
+                cors.decorate(origin.as_ref(), resp.headers_mut());
+            }
             (Some(target.path.clone()), resp)
         }
     };
@@ -188,6 +278,37 @@ pub(crate) async fn handle(
         start.elapsed(),
     );
     resp
+}
+
+/// Apply the route's `auth` ([`crate::auth`]): `Some(answer)` when the request is
+/// refused; otherwise the credential is removed (unless `forward_auth`) and the identity
+/// set in `Narun-Auth-User`.
+async fn authorize(
+    state: &Shared,
+    target: &Target,
+    policy: &crate::auth::Policy,
+    req: &mut Request<hyper::body::Incoming>,
+) -> Option<Resp> {
+    match policy.check(req.headers()).await {
+        crate::auth::Outcome::Allowed(user) => {
+            let h = req.headers_mut();
+            if !policy.forward_auth {
+                h.remove(header::AUTHORIZATION);
+            }
+            if let Some(u) = user {
+                h.insert(AUTH_USER.clone(), u);
+            }
+            None
+        }
+        crate::auth::Outcome::Denied(d) => {
+            state.metrics.auth_failure(&target.path, d.reason);
+            let mut r = text(d.status, d.message);
+            for c in d.challenges {
+                r.headers_mut().append(header::WWW_AUTHENTICATE, c);
+            }
+            Some(r)
+        }
+    }
 }
 
 /// What a refusal for lack of resources (503) tells the client: retry in a
@@ -233,7 +354,8 @@ async fn forward(
     peer: &Peer,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
-    if state.client.connection_state() != async_nats::connection::State::Connected
+    if target.upstream.is_none()
+        && state.client.connection_state() != async_nats::connection::State::Connected
         && !crate::failover::reconnected_in_time(&state.failover, req.method()).await
     {
         return Err(GwError::new(
@@ -241,12 +363,14 @@ async fn forward(
             "No backend service available (gateway is not connected to NATS)",
         ));
     }
-    let (parts, body, _lease) = read_request(state, req, normalised, peer, rid, 0).await?;
+    let reserve = target.upstream.is_none().then_some(0);
+    let (parts, body, _lease) = read_request(state, req, normalised, peer, rid, reserve).await?;
     call(state, target, &parts, body, &peer.addr_text, rid).await
 }
 
 /// Call `target` with a request read before (the path normalised, forwarding headers
-/// added): the route's mode decides how. Also the job workers' call ([`crate::jobs`]).
+/// added): a reverse-proxy route's service, else the route's mode decides how. Also the
+/// job workers' call ([`crate::jobs`]).
 pub(crate) async fn call(
     state: &Shared,
     target: &Target,
@@ -255,14 +379,18 @@ pub(crate) async fn call(
     peer_addr: &str,
     rid: &HeaderValue,
 ) -> Result<Resp, GwError> {
+    if let Some(up) = &target.upstream {
+        return forward_upstream(state, target, up, parts.clone(), body).await;
+    }
     match target.mode {
         RouteMode::Bhttp => forward_bhttp(state, target, parts, &body).await,
         RouteMode::Raw => forward_raw(state, target, parts, body, peer_addr, rid).await,
     }
 }
 
-/// Read a request's body within the body limit (less `reserve` bytes the caller adds to
-/// the NATS message) and the memory budget, normalise its path and add the forwarding
+/// Read a request's body within the body limit (for a NATS message: less `reserve` bytes
+/// the caller adds to it and the message's head; `None` for a reverse-proxy route) and
+/// the memory budget, normalise its path and add the forwarding
 /// headers. The lease keeps the body's bytes charged to the budget until it is dropped.
 pub(crate) async fn read_request(
     state: &Shared,
@@ -270,13 +398,17 @@ pub(crate) async fn read_request(
     normalised: Option<String>,
     peer: &Peer,
     rid: &HeaderValue,
-    reserve: usize,
+    reserve: Option<usize>,
 ) -> Result<(http::request::Parts, Bytes, crate::limits::Lease), GwError> {
     let (mut parts, body) = req.into_parts();
-    let room = state
-        .client
-        .max_payload()
-        .saturating_sub(head_size(&parts) + reserve);
+    let room = match reserve {
+        Some(reserve) => state
+            .client
+            .max_payload()
+            .saturating_sub(head_size(&parts) + reserve),
+        // Not bound for NATS (a reverse-proxy route): only the body limit.
+        None => usize::MAX,
+    };
     let limit = state.max_body.min(room as u64);
     let too_large = || {
         GwError::new(
@@ -311,6 +443,99 @@ pub(crate) async fn read_request(
     }
     add_forwarding_headers(&mut parts, peer, rid);
     Ok((parts, body, lease))
+}
+
+/// A reverse-proxy route's request ([`crate::upstream`]): one HTTP/1.1 connection to the
+/// service, bounded by the route timeout; the answer read up to the body limit.
+async fn forward_upstream(
+    state: &Shared,
+    target: &Target,
+    up: &crate::upstream::Upstream,
+    mut parts: http::request::Parts,
+    body: Bytes,
+) -> Result<Resp, GwError> {
+    let Ok(_slot) = state.limits.inflight(Listener::Http).await else {
+        return Err(overloaded("requests in flight"));
+    };
+    // Hop-by-hop headers end here (those named in `Connection` are gone already).
+    for name in bhttp::HOP_BY_HOP {
+        parts.headers.remove(*name);
+    }
+    // An h2 request's host is its `:authority`: HTTP/1.1 wants it in `Host`.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(h) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, h);
+    }
+    // Origin form for HTTP/1.1 (an h2 request carries an absolute URI).
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = http::Uri::try_from(pq)
+        .map_err(|_| GwError::new(StatusCode::BAD_REQUEST, "Invalid path"))?;
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(h) = HeaderValue::from_str(&up.authority)
+    {
+        parts.headers.insert(header::HOST, h);
+    }
+    parts.version = http::Version::HTTP_11;
+    let max = state.max_body as usize;
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(&up.authority)
+            .await
+            .map_err(|e| {
+                tracing::debug!(upstream = %up.url, error = %e, "proxy connect failed");
+                GwError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "Bad Gateway: the service is unreachable",
+                )
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|_| {
+                    GwError::new(StatusCode::BAD_GATEWAY, "Bad Gateway: handshake failed")
+                })?;
+        let conn = tokio::spawn(conn);
+        let bad = |e: hyper::Error| {
+            tracing::debug!(upstream = %up.url, error = %e, "proxy request failed");
+            GwError::new(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: the service failed to answer",
+            )
+        };
+        let resp = sender
+            .send_request(Request::from_parts(parts, Full::new(body)))
+            .await
+            .map_err(bad)?;
+        let (mut rparts, mut rbody) = resp.into_parts();
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut rbody).await {
+            if let Ok(data) = frame.map_err(bad)?.into_data() {
+                if buf.len() + data.len() > max {
+                    return Err(GwError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("Bad Gateway: the answer is larger than {max} bytes"),
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        conn.abort();
+        strip_response_headers(&mut rparts.headers);
+        Ok(Response::from_parts(rparts, Full::new(buf.freeze())))
+    };
+    match tokio::time::timeout(target.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(GwError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway Timeout: the service did not answer in time",
+        )),
+    }
 }
 
 /// Replace the path of `uri` by the normalised `path`, keeping the query.
@@ -363,7 +588,10 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: &Peer, rid: &H
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(peer.proto),
+        );
     }
     if !h.contains_key(&X_FORWARDED_HOST) {
         let host = h.get(header::HOST).cloned().or_else(|| {

@@ -44,6 +44,14 @@ pub(crate) struct Target {
     pub nats_headers: async_nats::HeaderMap,
     /// How the route runs requests as jobs (`async` routes only).
     pub jobs: Option<crate::jobs::JobRoute>,
+    /// The route's `auth` ([`crate::auth`]); `None` = open.
+    pub auth: Option<Arc<crate::auth::Policy>>,
+    /// The route's CORS rules ([`crate::cors`]).
+    pub cors: Option<crate::cors::Cors>,
+    /// The route's per-client rate limit ([`crate::ratelimit`]).
+    pub rate: Option<crate::ratelimit::Limiter>,
+    /// Reverse-proxy route: the HTTP service instead of NATS ([`crate::upstream`]).
+    pub upstream: Option<crate::upstream::Upstream>,
 }
 
 impl Target {
@@ -73,6 +81,10 @@ impl Target {
             metrics: Default::default(),
             nats_headers,
             jobs: None,
+            auth: None,
+            cors: None,
+            rate: None,
+            upstream: None,
         }
     }
 }
@@ -106,14 +118,38 @@ impl PathRoutes {
     }
 }
 
-pub(crate) struct Router {
+/// The routes of one virtual host (or of every host).
+pub(crate) struct Table {
     exact: HashMap<Box<str>, PathRoutes>,
     /// Longest first.
     prefix: Vec<(Box<str>, PathRoutes)>,
 }
 
+/// Virtual hosts: a request's `Host` (or `:authority`) picks the routes with that `host`
+/// (exact, else the longest `*.suffix`), then the routes without `host` serve what they
+/// do not match.
+pub(crate) struct Router {
+    default: Table,
+    hosts: HashMap<Box<str>, Table>,
+    /// `(".example.com", routes)` for `*.example.com`, longest first.
+    wildcards: Vec<(Box<str>, Table)>,
+}
+
+/// A request's host as routes name it: lower case, without port or trailing dot.
+pub(crate) fn normalize_host(h: &str) -> String {
+    let h = if h.starts_with('[') {
+        // [v6]:port
+        h.split_once(']').map_or(h, |(a, _)| &h[..a.len() + 1])
+    } else {
+        h.rsplit_once(':').map_or(h, |(a, _)| a)
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// A route with its stats endpoint, before grouping.
 pub(crate) struct RouteSpec {
+    /// Virtual host (`api.example.com`, `*.example.com`), lower case; `None` = every host.
+    pub host: Option<String>,
     pub path: String,
     pub methods: Option<Vec<Method>>,
     pub target: Arc<Target>,
@@ -163,6 +199,117 @@ pub(crate) fn parse_methods(m: &Option<Vec<String>>) -> Option<Vec<Method>> {
 
 impl Router {
     pub fn new(specs: Vec<RouteSpec>) -> Router {
+        let mut by_host: Vec<(Option<String>, Vec<RouteSpec>)> = Vec::new();
+        for s in specs {
+            match by_host.iter_mut().find(|(h, _)| *h == s.host) {
+                Some((_, v)) => v.push(s),
+                None => by_host.push((s.host.clone(), vec![s])),
+            }
+        }
+        let mut router = Router {
+            default: Table::new(Vec::new()),
+            hosts: HashMap::new(),
+            wildcards: Vec::new(),
+        };
+        for (host, specs) in by_host {
+            let table = Table::new(specs);
+            match host {
+                None => router.default = table,
+                Some(h) => match h.strip_prefix('*') {
+                    Some(suffix) => router.wildcards.push((suffix.into(), table)),
+                    None => {
+                        router.hosts.insert(h.into_boxed_str(), table);
+                    }
+                },
+            }
+        }
+        router
+            .wildcards
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        router
+    }
+
+    /// The table of `host`'s own routes, if it has any.
+    fn host_table(&self, host: Option<&str>) -> Option<&Table> {
+        // No virtual host configured (the usual case): no per-request work.
+        if self.hosts.is_empty() && self.wildcards.is_empty() {
+            return None;
+        }
+        let host = normalize_host(host?);
+        self.hosts.get(host.as_str()).or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|(suffix, _)| host.ends_with(&**suffix) && host.len() > suffix.len())
+                .map(|(_, t)| t)
+        })
+    }
+
+    /// The routes of the exact or longest prefix route of `path`: `host`'s first.
+    fn lookup<'a>(&'a self, host: Option<&'a Table>, path: &str) -> Option<&'a PathRoutes> {
+        host.and_then(|t| t.lookup(path))
+            .or_else(|| self.default.lookup(path))
+    }
+
+    /// Find the route for the request path `raw` (no query) and `method`, any host.
+    pub fn find<'r, 'p>(&'r self, method: &Method, raw: &'p str) -> Routed<'r, 'p> {
+        self.find_on(method, None, raw)
+    }
+
+    /// Find the route for `host` (the request's `Host`), `raw` and `method`.
+    pub fn find_on<'r, 'p>(
+        &'r self,
+        method: &Method,
+        host: Option<&str>,
+        raw: &'p str,
+    ) -> Routed<'r, 'p> {
+        let n = match path::normalize(raw) {
+            Ok(n) => n,
+            Err(e) => {
+                return Routed {
+                    m: Match::BadPath(e),
+                    path: Cow::Borrowed(raw),
+                };
+            }
+        };
+        let table = self.host_table(host);
+        let m = self.choose(method, table, &n);
+        Routed { m, path: n.path }
+    }
+
+    fn choose<'a>(
+        &'a self,
+        method: &Method,
+        host: Option<&'a Table>,
+        n: &path::Normalized<'_>,
+    ) -> Match<'a> {
+        let routes = self.lookup(host, &n.path);
+        if n.climb.is_some() {
+            // A `..` may remove no segment of the route the path was sent through, nor of
+            // the route it ends up in.
+            let through = self
+                .lookup(host, &n.through)
+                .map_or(0, |r| path::depth(&r.path));
+            let into = routes.map_or(0, |r| path::depth(&r.path));
+            if n.climbs_out_of(through.max(into)) {
+                return Match::BadPath(PathError::Climbs);
+            }
+        }
+        let Some(routes) = routes else {
+            return Match::NotFound;
+        };
+        for r in &routes.routes {
+            match &r.methods {
+                None => return Match::Found(&r.target),
+                Some(ms) if ms.contains(method) => return Match::Found(&r.target),
+                Some(_) => {}
+            }
+        }
+        Match::MethodNotAllowed(routes)
+    }
+}
+
+impl Table {
+    fn new(specs: Vec<RouteSpec>) -> Table {
         let mut grouped: Vec<(String, Vec<MethodRoute>)> = Vec::new();
         for s in specs {
             let route = MethodRoute {
@@ -201,7 +348,7 @@ impl Router {
             }
         }
         prefix.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        Router { exact, prefix }
+        Table { exact, prefix }
     }
 
     /// The routes of the exact or longest prefix route of `path`.
@@ -213,56 +360,18 @@ impl Router {
                 .map(|(_, r)| r)
         })
     }
-
-    /// Find the route for the request path `raw` (no query) and `method`.
-    pub fn find<'r, 'p>(&'r self, method: &Method, raw: &'p str) -> Routed<'r, 'p> {
-        let n = match path::normalize(raw) {
-            Ok(n) => n,
-            Err(e) => {
-                return Routed {
-                    m: Match::BadPath(e),
-                    path: Cow::Borrowed(raw),
-                };
-            }
-        };
-        let m = self.choose(method, &n);
-        Routed { m, path: n.path }
-    }
-
-    fn choose(&self, method: &Method, n: &path::Normalized<'_>) -> Match<'_> {
-        let routes = self.lookup(&n.path);
-        if n.climb.is_some() {
-            // A `..` may remove no segment of the route the path was sent through, nor of
-            // the route it ends up in.
-            let through = self.lookup(&n.through).map_or(0, |r| path::depth(&r.path));
-            let into = routes.map_or(0, |r| path::depth(&r.path));
-            if n.climbs_out_of(through.max(into)) {
-                return Match::BadPath(PathError::Climbs);
-            }
-        }
-        let Some(routes) = routes else {
-            return Match::NotFound;
-        };
-        for r in &routes.routes {
-            match &r.methods {
-                None => return Match::Found(&r.target),
-                Some(ms) if ms.contains(method) => return Match::Found(&r.target),
-                Some(_) => {}
-            }
-        }
-        Match::MethodNotAllowed(routes)
-    }
 }
 
 /// Route specs of the HTTP routes in `config` (gRPC routes are skipped).
 /// The stats handles come from `stats_for(endpoint_name, subject)`.
 pub(crate) fn specs(
     config: &GatewayConfig,
+    policies: &HashMap<usize, Arc<crate::auth::Policy>>,
     mut stats_for: impl FnMut(&str, &str, &crate::config::RouteConfig) -> Arc<EndpointStats>,
 ) -> Vec<RouteSpec> {
     let mut used = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for r in &config.routes {
+    for (i, r) in config.routes.iter().enumerate() {
         let Some(path) = &r.path else { continue };
         let Some(subject) = r.target_subject() else {
             continue;
@@ -276,15 +385,32 @@ pub(crate) fn specs(
             n += 1;
         }
         let stats = stats_for(&name, subject, r);
+        let host = r.host.as_ref().map(|h| h.trim().to_ascii_lowercase());
+        // The metric label and discovery name of a virtual host's route carry the host.
+        let label = match &host {
+            Some(h) => format!("{h}{path}"),
+            None => path.clone(),
+        };
         let mut target = Target::new(
-            path,
+            &label,
             r.mode.unwrap_or_default(),
             subject,
             config.route_timeout(r),
             stats,
         );
         target.jobs = crate::jobs::JobRoute::of(r);
+        target.auth = policies.get(&i).cloned();
+        target.cors = r
+            .cors
+            .as_ref()
+            .map(|c| crate::cors::Cors::new(c, r.methods.as_deref()));
+        target.rate = r.rate_limit.as_ref().map(crate::ratelimit::Limiter::new);
+        target.upstream = r
+            .proxy
+            .as_deref()
+            .and_then(|u| crate::upstream::Upstream::parse(u).ok());
         out.push(RouteSpec {
+            host,
             path: path.clone(),
             methods,
             target: Arc::new(target),
@@ -301,6 +427,7 @@ mod tests {
         let specs = routes
             .iter()
             .map(|(p, m, s)| RouteSpec {
+                host: None,
                 path: p.to_string(),
                 methods: m.map(|m| {
                     m.iter()
@@ -388,6 +515,49 @@ mod tests {
         ] {
             assert_eq!(subject(&r, "GET", bad), "400", "{bad}");
         }
+    }
+
+    #[test]
+    fn virtual_hosts_first_then_routes_for_every_host() {
+        let spec = |host: Option<&str>, p: &str, s: &str| RouteSpec {
+            host: host.map(str::to_owned),
+            path: p.to_string(),
+            methods: None,
+            target: Arc::new(Target::new(
+                s,
+                RouteMode::Bhttp,
+                s,
+                Duration::from_secs(1),
+                Default::default(),
+            )),
+        };
+        let r = Router::new(vec![
+            spec(None, "/", "root"),
+            spec(None, "/shared/", "shared"),
+            spec(Some("api.example.com"), "/", "api"),
+            spec(Some("*.example.com"), "/v/", "wild"),
+            spec(Some("*.b.example.com"), "/v/", "wild-b"),
+        ]);
+        let at = |host: Option<&str>, p: &str| match r.find_on(&Method::GET, host, p).m {
+            Match::Found(t) => t.subject.to_string(),
+            Match::NotFound => "404".into(),
+            _ => "other".into(),
+        };
+        assert_eq!(at(Some("api.example.com"), "/x"), "api");
+        assert_eq!(at(Some("API.Example.com:8443"), "/x"), "api");
+        assert_eq!(at(Some("api.example.com."), "/x"), "api");
+        assert_eq!(at(Some("other.example.com"), "/x"), "root");
+        assert_eq!(at(Some("other.example.com"), "/v/1"), "wild");
+        assert_eq!(at(Some("x.b.example.com"), "/v/1"), "wild-b");
+        assert_eq!(at(Some("example.com"), "/v/1"), "root");
+        assert_eq!(at(Some("evil.com"), "/v/1"), "root");
+        assert_eq!(at(Some("api.example.com.evil.com"), "/x"), "root");
+        assert_eq!(at(None, "/x"), "root");
+        // The host's own `/` wins over the shared prefix only if it matches longer:
+        // the host's routes are looked up first as a whole.
+        assert_eq!(at(Some("api.example.com"), "/shared/x"), "api");
+        assert_eq!(at(Some("[::1]:8080"), "/x"), "root");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     }
 
     #[test]

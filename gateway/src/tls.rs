@@ -44,24 +44,55 @@ pub fn server_config(
     cert_path: &str,
     key_path: &str,
 ) -> Result<rustls::ServerConfig, ConfigErrors> {
-    let certs = load_certs(cert_path)?;
-    let key = load_key(key_path)?;
+    build(
+        cert_path,
+        key_path,
+        ("grpc_tls_cert", "grpc_tls_key"),
+        &[ALPN_H2],
+    )
+}
+
+/// ALPN protocol id of HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The same for the routed HTTP listener (`http_tls_cert`, `http_tls_key`): offers
+/// `h2` and `http/1.1` by ALPN; errors name those keys.
+pub fn http_server_config(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<rustls::ServerConfig, ConfigErrors> {
+    build(
+        cert_path,
+        key_path,
+        ("http_tls_cert", "http_tls_key"),
+        &[ALPN_H2, ALPN_HTTP1],
+    )
+}
+
+fn build(
+    cert_path: &str,
+    key_path: &str,
+    (cert_key, key_key): (&str, &str),
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, ConfigErrors> {
+    let certs = load_certs(cert_key, cert_path)?;
+    let key = load_key(key_key, key_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| error("grpc_tls_cert", format!("TLS setup failed: {e}")))?
+        .map_err(|e| error(cert_key, format!("TLS setup failed: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
             error(
-                "grpc_tls_key",
+                key_key,
                 format!(
                     "{key_path:?} cannot be used with the certificate in {cert_path:?}: {e} \
                      (is it the private key of the first certificate in the chain?)"
                 ),
             )
         })?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
@@ -69,14 +100,14 @@ fn read(key: &str, path: &str) -> Result<Vec<u8>, ConfigErrors> {
     std::fs::read(Path::new(path)).map_err(|e| error(key, format!("cannot read {path:?}: {e}")))
 }
 
-fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigErrors> {
-    let pem = read("grpc_tls_cert", path)?;
+fn load_certs(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigErrors> {
+    let pem = read(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error("grpc_tls_cert", format!("{path:?} is not valid PEM: {e}")))?;
+        .map_err(|e| error(key, format!("{path:?} is not valid PEM: {e}")))?;
     if certs.is_empty() {
         return Err(error(
-            "grpc_tls_cert",
+            key,
             format!(
                 "{path:?} contains no \"-----BEGIN CERTIFICATE-----\" block; give the PEM certificate chain, leaf first"
             ),
@@ -85,8 +116,8 @@ fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, ConfigErrors> 
     Ok(certs)
 }
 
-fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, ConfigErrors> {
-    let pem = read("grpc_tls_key", path)?;
+fn load_key(key: &str, path: &str) -> Result<PrivateKeyDer<'static>, ConfigErrors> {
+    let pem = read(key, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         let why = match e {
             rustls::pki_types::pem::Error::NoItemsFound => {
@@ -96,8 +127,78 @@ fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, ConfigErrors> {
             }
             other => format!("is not a valid PEM private key: {other}"),
         };
-        error("grpc_tls_key", format!("{path:?} {why}"))
+        error(key, format!("{path:?} {why}"))
     })
+}
+
+/// A routed-listener connection, cleartext or TLS. One type for both, so hyper's server
+/// (HTTP/1.1 and HTTP/2 state machines) is compiled once, not once per stream type: a
+/// second copy cost narund 62 KiB (docs/gateway.md, "HTTPS").
+pub(crate) enum MaybeTls {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 #[cfg(test)]

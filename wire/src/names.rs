@@ -113,6 +113,10 @@ pub const GRPC_METHOD_HEADER: &str = "X-Original-Grpc-Method";
 pub const SERVICE_ERROR_HEADER: &str = "Nats-Service-Error";
 /// NATS Micro error code header (ADR-32).
 pub const SERVICE_ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
+/// HTTP request header the gateway sets on routes with `auth`: the authenticated
+/// identity (bearer token name, basic user, JWT `sub`). The gateway removes a client's
+/// own value on every route, so an app behind it can trust the header.
+pub const AUTH_USER_HEADER: &str = "Narun-Auth-User";
 /// Content type the gateway sets on BHTTP requests (the Go consumer ignores it).
 pub const BHTTP_CONTENT_TYPE: &str = "application/bhttp";
 

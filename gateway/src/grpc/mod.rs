@@ -115,7 +115,7 @@ pub(crate) struct GrpcGateway {
 
 /// Bound on a client's TLS handshake, so idle half-open connections do not
 /// pile up.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl GrpcGateway {
     /// Bind `grpc_addr` when the config has gRPC routes (else `None`) and

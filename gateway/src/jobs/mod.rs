@@ -188,7 +188,7 @@ pub(crate) async fn enqueue(
     }
     let reserve = ENVELOPE_ROOM + target.path.len() + target.subject.len();
     let (parts, body, lease) =
-        crate::proxy::read_request(state, req, normalised, peer, rid, reserve).await?;
+        crate::proxy::read_request(state, req, normalised, peer, rid, Some(reserve)).await?;
     let stores = match jobs.stores().await {
         Ok(s) => s,
         Err(e) => {
