@@ -168,6 +168,21 @@ async fn scheduled_runs_record_exit_codes_retries_and_history() {
     ] {
         assert!(table.contains(want), "{want} in\n{table}");
     }
+    // The same attempts in `jobs ls --app`, next to the async jobs (none here).
+    let out = narunctl(&url, &["jobs", "ls", "--app", "flaky"]).await;
+    let jobs = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    println!("$ narunctl jobs ls --app flaky\n{jobs}");
+    assert!(jobs.starts_with("ID"), "{jobs}");
+    for want in [
+        "scheduled",
+        "retrying",
+        "succeeded",
+        "schedule on job-node",
+        "manual on job-node",
+    ] {
+        assert!(jobs.contains(want), "{want} in\n{jobs}");
+    }
     let out = narunctl(&url, &["runs", "ls", "--app", "flaky", "--json"]).await;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(

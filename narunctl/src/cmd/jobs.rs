@@ -1,9 +1,10 @@
 //! `narunctl jobs ls|show|retry|cancel`: the async jobs of the gateway's `async` routes
 //! (docs/jobs.md), read from and written to the buckets of [`narun_wire::jobs`].
 //!
-//! `ls` builds its rows from sources ([`async_rows`]; each source turns its records into
-//! [`Row`]s), then filters, sorts newest first and prints them: another kind of job (the
-//! runs of scheduled apps) is one more source next to it.
+//! `ls` builds its rows from sources (each turns its records into [`Row`]s): the async
+//! jobs ([`async_rows`]) and, with `--app`, the attempts of that app's scheduled runs of
+//! the last week ([`scheduled_rows`], from the `narun-status` stream); then it filters,
+//! sorts newest first and prints them.
 //!
 //! `cancel` and `retry` change a job's record with a compare-and-set
 //! ([`narun_wire::jobs::update`]), so they never overwrite what a worker wrote meanwhile;
@@ -30,12 +31,12 @@ pub async fn run(conn: &ConnArgs, cmd: JobsCmd) -> Result<()> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
     pub id: String,
-    /// `async` (a gateway job).
+    /// `async` (a gateway job) or `scheduled` (an attempt of a `runMode = "job"` app).
     pub kind: &'static str,
     pub state: String,
     /// The app or service it belongs to.
     pub service: String,
-    /// What ran: `METHOD path` for an async job.
+    /// What ran: `METHOD path` for an async job; `<trigger> on <node>` for a scheduled run.
     pub request: String,
     pub attempts: u32,
     /// RFC 3339.
@@ -111,6 +112,47 @@ async fn async_rows(session: &Session) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// How far back `jobs ls --app` looks for scheduled runs.
+const SCHEDULED_HISTORY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// The last outcome of each attempt of `app`'s scheduled runs (`id` = `<run id>/<attempt>`).
+/// No history stream: a note on stderr and no rows (async jobs are still listed).
+async fn scheduled_rows(session: &Session, app: &str) -> Result<Vec<Row>> {
+    let runs = match crate::cmd::runs::list_runs(session, app, None, SCHEDULED_HISTORY).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("note: scheduled runs not listed: {e:#}");
+            return Ok(Vec::new());
+        }
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    for r in runs {
+        let id = format!("{}/{}", r.job.id, r.job.attempt);
+        let trigger = serde_json::to_value(r.job.trigger)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let row = Row {
+            id,
+            kind: "scheduled",
+            state: r.job.outcome.clone(),
+            service: app.to_string(),
+            request: format!("{trigger} on {}", r.node_id),
+            attempts: r.job.attempt,
+            created: r.time,
+        };
+        // Events come oldest first: a later one of the same attempt and node replaces it.
+        match rows
+            .iter_mut()
+            .find(|x| x.id == row.id && x.request == row.request)
+        {
+            Some(x) => *x = row,
+            None => rows.push(row),
+        }
+    }
+    Ok(rows)
+}
+
 async fn ls(conn: &ConnArgs, args: JobsLsArgs) -> Result<()> {
     if let Some(s) = &args.state
         && !STATES.contains(&s.as_str())
@@ -123,11 +165,11 @@ async fn ls(conn: &ConnArgs, args: JobsLsArgs) -> Result<()> {
         service: args.service,
         state: args.state,
     };
-    let mut rows: Vec<Row> = async_rows(&session)
-        .await?
-        .into_iter()
-        .filter(|r| filter.keeps(r))
-        .collect();
+    let mut rows = async_rows(&session).await?;
+    if let Some(app) = &filter.app {
+        rows.extend(scheduled_rows(&session, app).await?);
+    }
+    rows.retain(|r| filter.keeps(r));
     // RFC 3339 UTC strings sort by time.
     rows.sort_by(|a, b| b.created.cmp(&a.created));
     rows.truncate(args.limit);

@@ -3,15 +3,15 @@
 //! A job's runs are status events whose `job` field is a [`JobRun`] (narund publishes one
 //! when an attempt starts and one when it ends, `docs/jobs.md`). The history comes from
 //! the `narun-status` stream (narund `[events] stream = true`): [`list_runs`] reads the
-//! app's events of the last `--since` and keeps the job ones. `runs ls` is a stand-in for
-//! `jobs ls --app`, which calls [`list_runs`].
+//! app's events of the last `--since` and keeps the job ones. `jobs ls --app APP` lists
+//! the app's attempts next to its async jobs (through [`list_runs`]); `runs ls` shows every
+//! attempt with its exit code, duration and log subject.
 
 use crate::cli::{ConnArgs, RunArgs, RunsCmd, RunsLsArgs};
 use crate::output::{print_json, print_table};
-use crate::session::{Session, bounded, heartbeat_fresh};
-use anyhow::{Result, anyhow, bail};
+use crate::session::{Session, heartbeat_fresh};
+use anyhow::{Result, bail};
 use async_nats::jetstream;
-use futures_util::StreamExt;
 use narun_wire::events::StatusEvent;
 use narun_wire::names;
 use narun_wire::runs::{CONTROL_RUN, JobRun, RunReply, RunRequest};
@@ -118,33 +118,26 @@ pub async fn list_runs(
             names::STATUS_STREAM
         ),
     };
-    use jetstream::consumer::{DeliverPolicy, push};
     let start_time = time::OffsetDateTime::now_utc()
         - time::Duration::try_from(since).unwrap_or(time::Duration::ZERO);
-    let consumer = bounded(
-        timeout,
-        &format!("creating a consumer on {}", names::STATUS_STREAM),
-        stream.create_consumer(push::OrderedConfig {
-            deliver_subject: session.client.new_inbox(),
-            filter_subject: subject.clone(),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time },
-            ..Default::default()
-        }),
+    let (mut messages, pending) = crate::follow::open_ordered(
+        session,
+        &stream,
+        names::STATUS_STREAM,
+        &subject,
+        jetstream::consumer::DeliverPolicy::ByStartTime { start_time },
     )
     .await?;
     let mut rows = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(rows);
-    }
-    let mut messages = bounded(timeout, "starting the event consumer", consumer.messages()).await?;
-    loop {
-        let msg = match tokio::time::timeout(timeout, messages.next()).await {
-            Err(_) => bail!(
+    for _ in 0..pending {
+        let Some(msg) =
+            crate::follow::next(&mut messages, names::STATUS_STREAM, &subject, Some(timeout))
+                .await?
+        else {
+            bail!(
                 "reading {subject} from {}: no answer within {timeout:?}",
                 names::STATUS_STREAM
-            ),
-            Ok(None) => break,
-            Ok(Some(m)) => m.map_err(|e| anyhow!("reading {subject}: {e}"))?,
+            )
         };
         if let Ok(ev) = serde_json::from_slice::<StatusEvent>(&msg.payload)
             && let Some(job) = ev.job
