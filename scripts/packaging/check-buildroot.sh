@@ -204,6 +204,7 @@ grep '^Max open files' /proc/self/limits > "$T/nofile"
 cat /proc/self/cgroup > "$T/cgroup"
 trap 'echo HUP >> "$T/signals"' HUP
 trap 'echo TERM >> "$T/signals"; exit 0' TERM
+trap 'echo USR2 >> "$T/signals"; exit 0' USR2
 echo started > "$T/ready"
 while :; do sleep 0.1; done
 STUB
@@ -245,8 +246,17 @@ STUB
         fi
         sh "$T/S90narund" reload >/dev/null 2>&1
         wait_file "$T/signals" && grep -q HUP "$T/signals" && ok "reload sends SIGHUP" || fail "reload did not deliver SIGHUP"
-        if out=$(sh "$T/S90narund" stop 2>&1) && ! kill -0 "$pid" 2>/dev/null && grep -q TERM "$T/signals" && [ ! -e "$T/run/narund.pid" ]; then
-            ok "S90narund stop: SIGTERM delivered, narund exited, pid file removed"
+        # restart: SIGTERM only (the apps keep running), then a new narund.
+        rm -f "$T/ready"
+        if out=$(sh "$T/S90narund" restart 2>&1) && ! kill -0 "$pid" 2>/dev/null && grep -q TERM "$T/signals" &&
+            ! grep -q USR2 "$T/signals" && wait_file "$T/ready" && [ "$(cat "$T/run/narund.pid" 2>/dev/null)" != "$pid" ]; then
+            ok "S90narund restart: SIGTERM delivered (apps kept), a new narund started"
+            pid=$(cat "$T/run/narund.pid")
+        else
+            fail "S90narund restart: '$out', signals: $(tr '\n' ' ' <"$T/signals" 2>/dev/null)"
+        fi
+        if out=$(sh "$T/S90narund" stop 2>&1) && ! kill -0 "$pid" 2>/dev/null && grep -q USR2 "$T/signals" && [ ! -e "$T/run/narund.pid" ]; then
+            ok "S90narund stop: SIGUSR2 delivered (narund stops its apps too: shutdown), narund exited, pid file removed"
         else
             fail "S90narund stop: '$out', signals: $(tr '\n' ' ' <"$T/signals" 2>/dev/null)"
             [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
@@ -260,8 +270,9 @@ STUB
     else
         fail "S90narund stop while stopped: '$out'"
     fi
-    # A stub that ignores SIGTERM: stop gives up after NARUND_STOP_TIMEOUT, keeps the pid file.
-    sed -i "s|trap 'echo TERM >> \"$T/signals\"; exit 0' TERM|trap '' TERM|" "$T/narund"
+    # A stub that ignores SIGTERM and SIGUSR2: stop gives up after NARUND_STOP_TIMEOUT, keeps the pid file.
+    sed -i -e "s|trap 'echo TERM >> \"$T/signals\"; exit 0' TERM|trap '' TERM|" \
+        -e "s|trap 'echo USR2 >> \"$T/signals\"; exit 0' USR2|trap '' USR2|" "$T/narund"
     rm -f "$T/ready"
     echo 'NARUND_STOP_TIMEOUT=2' >>"$T/etc/default/narund"
     if sh "$T/S90narund" start >/dev/null 2>&1 && wait_file "$T/ready"; then
@@ -273,11 +284,11 @@ STUB
             [ $(($(date +%s) - t0)) -le 5 ]; then
             ok "S90narund stop of a narund that does not exit: '$out' (exit $rc, bounded, pid file kept)"
         else
-            fail "S90narund stop of a narund ignoring SIGTERM: '$out' (exit $rc after $(($(date +%s) - t0)) s)"
+            fail "S90narund stop of a narund ignoring its stop signal: '$out' (exit $rc after $(($(date +%s) - t0)) s)"
         fi
         kill -9 "$pid" 2>/dev/null
     else
-        fail "S90narund: could not start the TERM-ignoring stub"
+        fail "S90narund: could not start the signal-ignoring stub"
     fi
     # Clean up the temporary cgroups (empty once the stub exited).
     sleep 0.2
@@ -327,8 +338,8 @@ STUB
             fi
             t0=$(date +%s)
             if out=$(sh "$R/S90narund" stop 2>&1) && ! kill -0 "$rpid" 2>/dev/null && [ ! -e "$R/run/narund.pid" ] &&
-                grep -q 'narund stopping' "$R/log/narund.log"; then
-                ok "S90narund stop of a real narund: '$out' in $(($(date +%s) - t0)) s (SIGTERM, exited, pid file removed)"
+                grep -q 'asked to stop the apps too (SIGUSR2)' "$R/log/narund.log"; then
+                ok "S90narund stop of a real narund: '$out' in $(($(date +%s) - t0)) s (SIGUSR2: apps stopped too, exited, pid file removed)"
             else
                 fail "S90narund stop of a real narund: '$out' after $(($(date +%s) - t0)) s"
             fi
