@@ -562,10 +562,14 @@ async fn a_command_unit_behind_the_gateway() {
     assert!(r.starts_with("http/1.1 502"), "{r}");
 }
 
-/// The fenced block after the first line of `docs/jobs.md` that starts with `fence`.
+/// The fenced block after the first line of the "Command units" section of
+/// `docs/jobs.md` that starts with `fence`.
 fn docs_block(fence: &str) -> String {
-    let doc =
+    let all =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/jobs.md")).unwrap();
+    let doc = &all[all
+        .find("## Command units")
+        .expect("a Command units section in docs/jobs.md")..];
     let start = doc
         .find(&format!("{fence}\n"))
         .unwrap_or_else(|| panic!("no {fence} block in docs/jobs.md"))

@@ -102,7 +102,7 @@ async fn a_server_list_works_and_r1_buckets_move_to_r3() {
     let out = narunctl(&urls, &["admin", "replicas", "3", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 8, "{rows}");
+    assert_eq!(rows.as_array().unwrap().len(), 9, "{rows}");
     for stream in [
         "KV_app-configs",
         "KV_node-runner-states",

@@ -17,8 +17,8 @@ pub const DEFAULT_MAX_CONCURRENT: u32 = 4;
 pub const MAX_CONCURRENT: u32 = 1024;
 /// Default of `commandUnit.maxQueued`: requests waiting for a free run per instance.
 pub const DEFAULT_MAX_QUEUED: u32 = 64;
-/// Largest `commandUnit.maxQueued`.
-pub const MAX_QUEUED: u32 = 65_536;
+/// Largest `commandUnit.maxQueued` (queued requests are held in narund's memory).
+pub const MAX_QUEUED: u32 = 1024;
 /// Default of `commandUnit.queueTimeoutSec`.
 pub const DEFAULT_QUEUE_TIMEOUT_SEC: u64 = 10;
 /// Default of `commandUnit.timeoutSec`: how long one run may take.
@@ -31,6 +31,10 @@ pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_STDERR_BYTES: u64 = 64 * 1024;
 /// Largest `commandUnit.maxStderrBytes`.
 pub const MAX_STDERR_BYTES: u64 = 16 * 1024 * 1024;
+/// Most bytes of run output narund may buffer for one instance:
+/// `maxConcurrent × (maxOutputBytes + maxStderrBytes)` (the buffers live in narund, not in
+/// the app's cgroup, so a spec must not be able to make narund run out of memory).
+pub const MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The `commandUnit` block: how narund runs a `mode = "command"` app per request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +43,7 @@ pub struct CommandUnitSpec {
     /// Runs at once per instance (1..=1024); default [`DEFAULT_MAX_CONCURRENT`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
-    /// Requests that may wait for a free run per instance (0..=65536); more get `503`
+    /// Requests that may wait for a free run per instance (0..=1024); more get `503`
     /// at once. Default [`DEFAULT_MAX_QUEUED`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<u32>,
@@ -124,6 +128,18 @@ impl CommandUnitSpec {
         range("timeoutSec", self.timeout_sec, 1, crate::MAX_DURATION_SEC);
         range("maxOutputBytes", self.max_output_bytes, 1, MAX_OUTPUT_BYTES);
         range("maxStderrBytes", self.max_stderr_bytes, 0, MAX_STDERR_BYTES);
+        let out = self.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        let err = self.max_stderr_bytes.unwrap_or(DEFAULT_MAX_STDERR_BYTES);
+        let runs = u64::from(self.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT));
+        let buffered = runs.saturating_mul(out.saturating_add(err));
+        if p.is_empty() && buffered > MAX_BUFFERED_BYTES {
+            p.push((
+                "maxConcurrent",
+                format!(
+                    "{runs} runs × (maxOutputBytes {out} + maxStderrBytes {err}) = {buffered} bytes of output narund would buffer, more than {MAX_BUFFERED_BYTES}; lower one of them"
+                ),
+            ));
+        }
         p
     }
 }
@@ -131,6 +147,27 @@ impl CommandUnitSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_output_narund_buffers_is_bounded() {
+        let c = CommandUnitSpec {
+            max_concurrent: Some(1024),
+            max_output_bytes: Some(MAX_OUTPUT_BYTES),
+            ..Default::default()
+        };
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "maxConcurrent");
+        assert!(p[0].1.contains("lower one of them"), "{}", p[0].1);
+        let ok = CommandUnitSpec {
+            max_concurrent: Some(4),
+            max_output_bytes: Some(MAX_OUTPUT_BYTES),
+            max_stderr_bytes: Some(0),
+            ..Default::default()
+        };
+        assert!(ok.problems().is_empty());
+        assert!(CommandUnitSpec::default().problems().is_empty());
+    }
 
     #[test]
     fn defaults_and_ranges() {

@@ -64,9 +64,14 @@ pub fn request_object(id: &str) -> String {
     format!("{id}.request")
 }
 
-/// A fresh job id (a NUID: 22 characters `[0-9A-Za-z]`).
-pub fn new_id() -> String {
-    nuid::next().to_string()
+/// A fresh job id: 128 bits from the kernel's random source, as 32 lower-case hex
+/// characters. Not a NUID: NUIDs share a prefix per process and count up by a small step,
+/// so one job id would let a client guess the next ones (and the id is what lets a client
+/// read a job's result). `Err` only when the kernel gives no randomness.
+pub fn new_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Why a job id is not one: `None` when `id` is 1–64 characters of `[A-Za-z0-9_-]` (the
@@ -632,7 +637,13 @@ mod tests {
 
     #[test]
     fn ids_are_checked() {
-        assert_eq!(id_problem(&new_id()), None);
+        let (a, b) = (new_id().unwrap(), new_id().unwrap());
+        assert_eq!(id_problem(&a), None);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        // Nothing shared between two ids but chance (a NUID shares 12 characters).
+        let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        assert!(common < 8, "{a} {b}");
         assert!(id_problem("").unwrap().contains("empty"));
         assert!(id_problem("../x").unwrap().contains("'.'"));
         assert!(id_problem(&"a".repeat(65)).unwrap().contains("65"));
@@ -641,7 +652,7 @@ mod tests {
     #[test]
     fn envelopes_round_trip_through_headers() {
         let env = Envelope {
-            id: new_id(),
+            id: new_id().unwrap(),
             route: "/report".into(),
             target: "reports".into(),
             mode: "bhttp".into(),

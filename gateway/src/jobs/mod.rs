@@ -196,8 +196,17 @@ pub(crate) async fn enqueue(
             return Err(unavailable(e));
         }
     };
+    let id = match wire::new_id() {
+        Ok(id) => id,
+        Err(e) => {
+            jobs.count("refused");
+            return Err(unavailable(format!(
+                "no job id: the kernel gave no randomness: {e}"
+            )));
+        }
+    };
     let env = Envelope {
-        id: wire::new_id(),
+        id,
         route: target.path.to_string(),
         target: target.subject.to_string(),
         mode: target.mode.as_str().into(),

@@ -35,6 +35,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
+/// Why an attempt's end is not recorded: another attempt of the job runs now.
+const SUPERSEDED: &str = "superseded";
+
 /// Run the workers until `stop` turns true. Errors (NATS down, the stream missing) are
 /// retried every second; jobs in progress when it stops are left to JetStream.
 pub(crate) async fn run(shared: Arc<Shared>, jobs: Arc<Jobs>, mut stop: watch::Receiver<bool>) {
@@ -259,6 +262,14 @@ async fn run_one(shared: &Shared, jobs: &Jobs, msg: jetstream::Message) {
         _ => None,
     };
     let written = wire::update(&stores.state, &env.id, |rec| {
+        // Only the attempt the record says is running may end it: a second delivery (a
+        // retry queued while this one ran, a redelivery after a stall) has taken over,
+        // and its outcome, not this one's, decides (else a late 503 could turn `done`
+        // back into `retrying`).
+        let current = rec.attempts.last().map(|a| a.attempt);
+        if rec.state != JobState::Running || current != Some(attempt_no) {
+            return Err(SUPERSEDED.into());
+        }
         if let Some(a) = rec
             .attempts
             .iter_mut()
@@ -290,6 +301,13 @@ async fn run_one(shared: &Shared, jobs: &Jobs, msg: jetstream::Message) {
         Ok(())
     })
     .await;
+    if let Err(wire::UpdateError::Refused(why)) = &written
+        && why == SUPERSEDED
+    {
+        tracing::info!(id = %env.id, attempt = attempt_no, "a newer attempt of this job took over; this one's outcome is dropped");
+        let _ = msg.double_ack().await;
+        return;
+    }
     if let Err(e) = written {
         tracing::warn!(id = %env.id, error = %e, "recording a job attempt failed; the job comes back");
         let _ = msg

@@ -4,8 +4,10 @@
 //!
 //! # Which protocol
 //!
-//! A message with an `X-Original-Method` NATS header (what the gateway's raw routes send)
-//! and without `Content-Type: application/bhttp` is **raw**: the payload is the body, the
+//! A message with an `X-Original-Method` NATS header (what the gateway's raw routes send,
+//! always overwriting a client's) is **raw**, whatever its `Content-Type` (on a raw route
+//! that header is the client's: a client must not make its body be read as a BHTTP
+//! request choosing its own path and headers): the payload is the body, the
 //! method, path, query and host come from `X-Original-*`, the other NATS headers are the
 //! request headers. Every other message is **BHTTP** (the gateway's HTTP routes,
 //! `narunctl request`, the `narun` library's peers); a payload that is not BHTTP is a
@@ -93,9 +95,7 @@ pub fn decode(headers: &[(String, Vec<String>)], payload: Bytes) -> Result<Comma
             .and_then(|(_, v)| v.first())
             .map(String::as_str)
     };
-    let bhttp = get("Content-Type")
-        .is_some_and(|v| v.eq_ignore_ascii_case(narun_wire::names::BHTTP_CONTENT_TYPE));
-    if !bhttp && let Some(method) = get(ORIGINAL_METHOD) {
+    if let Some(method) = get(ORIGINAL_METHOD) {
         let r = CommandRequest {
             protocol: Protocol::Raw,
             method: method.to_string(),
@@ -316,6 +316,29 @@ mod tests {
         );
         assert_eq!(var(&env, "NARUN_REQUEST_DROPPED_HEADERS"), None);
         assert_eq!(&r.body[..], b"body!");
+    }
+
+    #[test]
+    fn a_raw_request_claiming_to_be_bhttp_stays_raw() {
+        // A client on a raw route sends `Content-Type: application/bhttp` and a BHTTP
+        // request as its body: it must not choose the path or the headers (e.g. the
+        // identity header the gateway sets after authorization).
+        let inner = bhttp("GET", "/admin", &[("narun-auth-user", b"admin")], b"");
+        let headers = vec![
+            (ORIGINAL_METHOD.to_string(), vec!["POST".to_string()]),
+            (ORIGINAL_PATH.to_string(), vec!["/api/x".to_string()]),
+            (
+                "Content-Type".to_string(),
+                vec![narun_wire::names::BHTTP_CONTENT_TYPE.to_string()],
+            ),
+        ];
+        let r = decode(&headers, inner.clone()).unwrap();
+        assert_eq!(r.protocol, Protocol::Raw);
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/api/x");
+        assert_eq!(r.body, inner, "the payload is the body, as sent");
+        let env = r.env(1);
+        assert_eq!(var(&env, "NARUN_REQUEST_HEADER_NARUN_AUTH_USER"), None);
     }
 
     #[test]
