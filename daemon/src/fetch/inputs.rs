@@ -38,7 +38,7 @@
 //! `NARUN_MASTER_KEY_FILE`); it is read at each start that needs it, so a rotated key
 //! takes effect without restarting narund.
 
-use crate::fetch::{FetchError, Sha256Digest, download_verified};
+use crate::fetch::{Bucket, FetchError, Sha256Digest, download_verified};
 use crate::uring::UringHandle;
 use async_nats::jetstream::{self, object_store};
 use narun_spec::AppSpec;
@@ -242,7 +242,7 @@ impl AppInputs {
         Ok(())
     }
 
-    async fn files_store(&self) -> Result<object_store::ObjectStore, String> {
+    async fn files_store(&self) -> Result<Bucket, String> {
         let js = jetstream::new(self.client.clone());
         match tokio::time::timeout(
             MOUNT_INFO_TIMEOUT,
@@ -250,7 +250,7 @@ impl AppInputs {
         )
         .await
         {
-            Ok(Ok(Some(s))) => Ok(s),
+            Ok(Ok(Some(s))) => Ok(Bucket::new(&js, names::FILES_BUCKET, s)),
             Ok(Ok(None)) => Err(format!(
                 "the {} object store does not exist; upload the file with `narunctl files add`",
                 names::FILES_BUCKET
@@ -268,7 +268,7 @@ impl AppInputs {
 
     async fn place_one(
         &self,
-        store: &object_store::ObjectStore,
+        store: &Bucket,
         object: &str,
         target: Target,
         staging: &Path,
@@ -304,14 +304,7 @@ impl AppInputs {
         // the directory fd resolved above: no path under the work dir is used by name.
         let downloaded = tokio::time::timeout(
             MOUNT_FETCH_TIMEOUT,
-            download_verified(
-                store,
-                names::FILES_BUCKET,
-                object,
-                staging,
-                &expected,
-                &self.uring,
-            ),
+            download_verified(store, object, staging, &expected, &self.uring),
         )
         .await
         .map_err(|_| format!("downloading '{object}' took longer than {MOUNT_FETCH_TIMEOUT:?}"))?;
