@@ -441,6 +441,8 @@ async fn deploy(
                 "-f",
                 file.to_str().expect("utf-8 path"),
                 "--no-binary",
+                // Written before the node starts: narund is started per measurement.
+                "--allow-offline",
             ],
         )
         .await;
