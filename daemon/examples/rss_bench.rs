@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p narund --example rss_bench [-- [<apps>] [--rounds <n>] [--bin-dir <dir>]
-//!     [--gateway] [--floor] [--cold] [--readaround]]
+//!     [--gateway] [--floor] [--cold] [--readaround] [--extra <label>=<narund binary>]...
+//!     [--env <label>=<VAR>=<value>]... [--smaps <dir>]]
 //! ```
 //! A fresh, real nats-server (narun-test-support); the release `narund` binary built from
 //! this workspace (default features, i.e. **without** the gateway; with `--gateway` also
@@ -22,6 +23,10 @@
 //! with `[memory] exec_readaround = true`: the kernel's read-ahead on narund's binary, i.e.
 //! narund before `narund::memory`), alternating. `--floor` adds `narun-size-floor`
 //! (bench/floor: async-nats connected, watching `app-configs`, nothing else) to every round.
+//! `--extra <label>=<path>` adds another narund binary (e.g. the firmware build, or a build of
+//! an older commit) to every round, `--env <label>=<VAR>=<value>` the workspace's narund with
+//! an environment variable set (e.g. `MALLOC_ARENA_MAX=1`); both repeatable. `--smaps <dir>`
+//! keeps each measurement's `/proc/<pid>/smaps` as `<dir>/<label>-<round>.smaps`.
 //! Per variant it prints the median of the rounds and the start-up time (`ready_ms`): from the
 //! spawn to the first heartbeat that shows every instance `running`.
 //!
@@ -167,13 +172,15 @@ fn drop_caches() -> anyhow::Result<()> {
 }
 
 /// What runs in one measurement.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Variant {
-    label: &'static str,
-    /// Index into the binaries: narund, narund with gateway, the floor.
+    label: String,
+    /// Index into the binaries: narund, narund with gateway, the floor, then the `--extra` ones.
     build: usize,
     /// Appended to narund's config.
     toml: &'static str,
+    /// Set in narund's environment.
+    env: Option<(String, String)>,
 }
 
 const NARUND: usize = 0;
@@ -228,6 +235,7 @@ async fn measure_floor(
 
 /// Start narund with `extra_toml` appended to its config, wait for a heartbeat with `apps`
 /// running instances, idle, measure, stop.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     bin: &Path,
     server: &NatsServer,
@@ -235,7 +243,9 @@ async fn measure(
     node: &str,
     apps: usize,
     extra_toml: &str,
+    env: Option<&(String, String)>,
     cold: bool,
+    smaps: Option<&Path>,
 ) -> anyhow::Result<Mem> {
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("narund.toml");
@@ -253,12 +263,15 @@ async fn measure(
     }
     evict_from_page_cache(bin)?;
     let started = Instant::now();
-    let mut narund = tokio::process::Command::new(bin)
-        .arg("--config")
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("--config")
         .arg(&conf)
         .env("NARUND_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let mut narund = cmd.spawn()?;
     let pid = narund.id().expect("narund pid");
     let mut last = String::new();
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
@@ -294,6 +307,9 @@ async fn measure(
     .await;
     let mut mem = Mem::read(pid, bin)?;
     mem.fields.insert("ready_ms", ready.as_millis() as u64);
+    if let Some(path) = smaps {
+        std::fs::copy(format!("/proc/{pid}/smaps"), path)?;
+    }
     // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     tokio::time::timeout(Duration::from_secs(60), narund.wait()).await??;
@@ -301,6 +317,9 @@ async fn measure(
 }
 
 struct Args {
+    extra: Vec<(String, PathBuf)>,
+    env: Vec<(String, String, String)>,
+    smaps: Option<PathBuf>,
     apps: usize,
     rounds: usize,
     bin_dir: Option<PathBuf>,
@@ -312,6 +331,9 @@ struct Args {
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
+        extra: Vec::new(),
+        env: Vec::new(),
+        smaps: None,
         apps: 10,
         rounds: 3,
         bin_dir: None,
@@ -328,6 +350,28 @@ fn args() -> anyhow::Result<Args> {
             "--floor" => a.floor = true,
             "--cold" => a.cold = true,
             "--readaround" => a.readaround = true,
+            "--extra" => {
+                let v = it.next().unwrap_or_default();
+                let (label, path) = v
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--extra needs <label>=<path>, got '{v}'"))?;
+                a.extra.push((label.to_string(), path.into()));
+            }
+            "--env" => {
+                let v = it.next().unwrap_or_default();
+                let bad = || anyhow::anyhow!("--env needs <label>=<VAR>=<value>, got '{v}'");
+                let (label, kv) = v.split_once('=').ok_or_else(bad)?;
+                let (k, val) = kv.split_once('=').ok_or_else(bad)?;
+                a.env
+                    .push((label.to_string(), k.to_string(), val.to_string()));
+            }
+            "--smaps" => {
+                a.smaps = Some(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--smaps needs a directory"))?
+                        .into(),
+                )
+            }
             "--bin-dir" => {
                 a.bin_dir = Some(
                     it.next()
@@ -339,7 +383,9 @@ fn args() -> anyhow::Result<Args> {
                 a.apps = n.parse().map_err(|_| {
                     anyhow::anyhow!(
                         "usage: rss_bench [<apps>] [--rounds <n>] [--bin-dir <dir>] \
-                         [--gateway] [--floor] [--cold] [--readaround]"
+                         [--gateway] [--floor] [--cold] [--readaround] \
+                         [--extra <label>=<path>]... [--env <label>=<VAR>=<value>]... \
+                         [--smaps <dir>]"
                     )
                 })?
             }
@@ -395,6 +441,8 @@ async fn deploy(
                 "-f",
                 file.to_str().expect("utf-8 path"),
                 "--no-binary",
+                // Written before the node starts: narund is started per measurement.
+                "--allow-offline",
             ],
         )
         .await;
@@ -430,6 +478,9 @@ async fn run() -> anyhow::Result<()> {
         let b = workspace_bin("narun-size-floor", "narun-size-floor", &[]);
         bins[FLOOR] = Some(place(&b, &dir, "narun-size-floor")?);
     }
+    for (label, path) in &args.extra {
+        bins.push(Some(place(path, &dir, &format!("narund-{label}"))?));
+    }
     // Built now, not in the middle of the measurements.
     narun_test_support::narunctl_bin();
     // A freshly written binary sits in the page cache as *dirty* pages until written back, and
@@ -439,39 +490,54 @@ async fn run() -> anyhow::Result<()> {
     let server = NatsServer::start();
     let b = narun_test_support::buckets(&server).await;
 
-    let mut variants = vec![Variant {
-        label: "narund",
-        build: NARUND,
-        toml: "",
-    }];
+    let variant = |label: &str, build, toml| Variant {
+        label: label.to_string(),
+        build,
+        toml,
+        env: None,
+    };
+    let mut variants = vec![variant("narund", NARUND, "")];
     if args.readaround {
-        variants.push(Variant {
-            label: "narund, exec_readaround",
-            build: NARUND,
-            toml: "[memory]\nexec_readaround = true",
-        });
+        variants.push(variant(
+            "narund, exec_readaround",
+            NARUND,
+            "[memory]\nexec_readaround = true",
+        ));
     }
     if args.gateway {
-        variants.push(Variant {
-            label: "narund+gateway",
-            build: GATEWAY,
-            toml: GATEWAY_TOML,
-        });
+        variants.push(variant("narund+gateway", GATEWAY, GATEWAY_TOML));
     }
     if args.floor {
+        variants.push(variant("floor", FLOOR, ""));
+    }
+    for (i, (label, _)) in args.extra.iter().enumerate() {
+        variants.push(variant(label, FLOOR + 1 + i, ""));
+    }
+    for (label, k, v) in &args.env {
         variants.push(Variant {
-            label: "floor",
-            build: FLOOR,
-            toml: "",
+            env: Some((k.clone(), v.clone())),
+            ..variant(label, NARUND, "")
         });
     }
+    if let Some(d) = &args.smaps {
+        std::fs::create_dir_all(d)?;
+    }
+    let smaps_of = |v: &Variant, round: &str| {
+        args.smaps.as_ref().map(|d| {
+            d.join(format!(
+                "{}-{round}.smaps",
+                v.label.replace([' ', ','], "_")
+            ))
+        })
+    };
     let bin_of = |v: &Variant| bins[v.build].clone().expect("built");
 
     // No apps: each build once.
     let mut rows: Vec<(String, Mem)> = Vec::new();
-    for v in variants
+    for (i, v) in variants
         .iter()
-        .filter(|v| v.label != "narund, exec_readaround")
+        .enumerate()
+        .filter(|(_, v)| v.label != "narund, exec_readaround")
     {
         let m = if v.build == FLOOR {
             measure_floor(&bin_of(v), &server, 0, args.cold).await?
@@ -480,10 +546,12 @@ async fn run() -> anyhow::Result<()> {
                 &bin_of(v),
                 &server,
                 &b.states,
-                &format!("rss-idle-{}", v.build),
+                &format!("rss-idle-{i}"),
                 0,
                 v.toml,
+                v.env.as_ref(),
                 args.cold,
+                smaps_of(v, "idle").as_deref(),
             )
             .await?
         };
@@ -505,7 +573,9 @@ async fn run() -> anyhow::Result<()> {
                     "rss-apps",
                     apps,
                     v.toml,
+                    v.env.as_ref(),
                     args.cold,
+                    smaps_of(v, &round.to_string()).as_deref(),
                 )
                 .await?
             };

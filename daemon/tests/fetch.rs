@@ -11,14 +11,14 @@ use async_nats::jetstream::{
 };
 use narun_test_support::NatsServer;
 use narun_wire::signing::{BinaryClaim, Signer, TrustedKeys};
-use narund::fetch::{BinaryCache, FetchError, Sha256Digest};
+use narund::fetch::{BinaryCache, Bucket, FetchError, Sha256Digest};
 use narund::uring::{UringHandle, UringMode};
 use sha2::Digest;
 
 const OS: &str = "linux";
 const ARCH: &str = "arm64";
 
-async fn store(server: &NatsServer) -> (async_nats::Client, ObjectStore) {
+async fn store(server: &NatsServer) -> (async_nats::Client, Bucket) {
     let client = server.connect().await;
     let js = jetstream::new(client.clone());
     let os = js
@@ -29,7 +29,10 @@ async fn store(server: &NatsServer) -> (async_nats::Client, ObjectStore) {
         })
         .await
         .expect("create the app-binaries object store");
-    (client, os)
+    (
+        client,
+        Bucket::new(&js, narun_wire::names::APP_BINARIES_BUCKET, os),
+    )
 }
 
 /// Deterministic, non-repeating-ish content of `len` bytes, different per `seed`.
@@ -466,4 +469,68 @@ async fn a_spec_digest_refuses_a_replaced_object_and_fetches_the_named_one() {
         .await
         .unwrap();
     assert_eq!(bin.digest, new);
+}
+
+/// The chunks' consumer cannot be created (here: the stream allows one consumer and another
+/// holds it; in a cluster: the stream has no leader). async-nats' own reader panics there
+/// (`unwrap` in `Object::poll_read`), which the firmware build (`panic = "abort"`) cannot
+/// catch: narund's reader returns an error naming the cause, and reads the object once the
+/// consumer can be created.
+#[tokio::test]
+async fn a_consumer_that_cannot_be_created_is_an_error_not_a_panic() {
+    use narund::fetch::object::{Chunks, ObjectError};
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let js = jetstream::new(client.clone());
+    let bucket = "hogged";
+    // The object store's stream, as async-nats creates it, with room for one consumer.
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: format!("OBJ_{bucket}"),
+            subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            max_consumers: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let store = Bucket::new(&js, bucket, js.get_object_store(bucket).await.unwrap());
+    let data = content(300_000, 31);
+    store
+        .put("app", &mut std::io::Cursor::new(data.clone()))
+        .await
+        .unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("hog".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let err = match tokio::time::timeout(Duration::from_secs(10), Chunks::open(&store, "app"))
+        .await
+        .expect("an answer within 10 s")
+    {
+        Err(e) => e,
+        Ok(_) => panic!("a consumer was created past the stream's limit"),
+    };
+    assert!(matches!(err, ObjectError::Consumer(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("consumer"), "{msg}");
+
+    stream.delete_consumer("hog").await.unwrap();
+    let mut chunks = Chunks::open(&store, "app").await.unwrap();
+    assert_eq!(chunks.info().size, data.len());
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), chunks.next())
+        .await
+        .expect("a chunk within 10 s")
+        .unwrap()
+    {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, data);
 }

@@ -408,6 +408,69 @@ async fn sigkilled_narund_readopts_running_apps_and_keeps_their_logs() {
     assert!(st.success(), "{st:?}");
 }
 
+/// A panic in the firmware build (`panic = "abort"`, Cargo.toml; docs/design.md "Panics in
+/// the firmware build") ends narund with SIGABRT: no destructor, no shutdown, no `Stopping`.
+/// The apps keep running, and the narund systemd starts again adopts the same processes
+/// with their pipes, without a single new start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narund_ended_by_abort_readopts_its_apps() {
+    let server = NatsServer::start();
+    let b = buckets(&server).await;
+    let client = server.connect().await;
+    let (app, node) = ("ticker", "abort-node");
+    deploy(&b, app, node, TICKER, 2).await;
+    let n = Node::new(&server, node, "abort", "stop");
+    let mut status = client
+        .subscribe(names::status_subject(app, node))
+        .await
+        .unwrap();
+    narun_test_support::synced(&client).await;
+    let mut watch = b.states.watch(node).await.unwrap();
+    let (mut first, pids) = n.start_parked(&mut watch, app, 2).await;
+
+    unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGABRT) };
+    let st = tokio::time::timeout(T, first.wait())
+        .await
+        .expect("narund ends")
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGABRT), "{st:?}");
+    for pid in pids.values() {
+        assert!(alive(*pid), "the app survives narund's abort");
+    }
+    narun_test_support::synced(&client).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), status.next()).await {}
+
+    let mut second = n.restart_with_stored_fds(4);
+    heartbeat(&mut watch, "the same two pids running", |s| {
+        running_pids(s, app) == pids
+    })
+    .await;
+    narun_test_support::synced(&client).await;
+    let mut events = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), status.next()).await {
+        events.push(serde_json::from_slice::<StatusEvent>(&m.payload).unwrap());
+    }
+    assert!(
+        events.iter().all(|e| e.status != InstanceStatus::Starting),
+        "no new start: {events:?}"
+    );
+    for i in ["ticker-0", "ticker-1"] {
+        assert!(
+            events.iter().any(|e| e.instance_id == i
+                && e.status == InstanceStatus::Running
+                && e.reason == Some(Reason::Adopted)),
+            "{i} adopted: {events:?}"
+        );
+    }
+    unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGTERM) };
+    let st = tokio::time::timeout(T, second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detach_leaves_apps_running_and_a_dead_record_is_started_fresh() {
     let server = NatsServer::start();

@@ -7,11 +7,13 @@
 #   SIZE_BINS="floor" ...   # bench/floor: async-nats + tokio + serde_json watching the
 #                           # app-configs bucket, the floor under any narund
 #
-# The binaries are built with the workspace release profile except that symbols are
-# kept (CARGO_PROFILE_RELEASE_STRIP=false), so bloat.py can attribute them; the size
-# reported is that of a copy stripped with <triple>-strip, which equals what
-# `strip = true` produces. Extra `CARGO_PROFILE_RELEASE_*` variables in the environment
-# (e.g. CARGO_PROFILE_RELEASE_OPT_LEVEL=z) are honoured, for experiments.
+# narund and narunctl are built with the `firmware` profile (what devices ship: release
+# with panic = "abort", Cargo.toml), narund with the gateway and the floor with `release`
+# (SIZE_PROFILE=release builds all with `release`, for comparisons). Symbols are kept
+# (CARGO_PROFILE_<P>_STRIP=false), so bloat.py can attribute them; the size reported is
+# that of a copy stripped with <triple>-strip, which equals what `strip = true` produces.
+# Extra `CARGO_PROFILE_RELEASE_*` variables in the environment (e.g.
+# CARGO_PROFILE_RELEASE_OPT_LEVEL=z) are honoured, for experiments (firmware inherits them).
 # Builds run under `nice`; a cold build takes 5-8 minutes per target on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -20,7 +22,8 @@ BINS=${SIZE_BINS:-"narund narund+gateway narunctl"}
 TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
 OUT=$(mktemp -d /tmp/narun-size.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
-export CARGO_PROFILE_RELEASE_STRIP=false
+FIRMWARE=${SIZE_PROFILE:-firmware}
+export CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_FIRMWARE_STRIP=false
 
 prefix_of() {
     case "$1" in
@@ -30,25 +33,25 @@ prefix_of() {
     esac
 }
 
-printf '%-32s %-14s %12s %9s\n' target binary bytes MiB
+printf '%-32s %-14s %-9s %12s %9s\n' target binary profile bytes MiB
 for t in $TARGETS; do
     p=$(prefix_of "$t")
     for b in $BINS; do
         case "$b" in
-            narund) nice cargo build --locked -q --release -p narund --target "$t" ;;
-            narund+gateway) nice cargo build --locked -q --release -p narund --features gateway --target "$t" ;;
-            narunctl) nice cargo build --locked -q --release -p narunctl --target "$t" ;;
-            floor) nice cargo build --locked -q --release -p narun-size-floor --target "$t" ;;
+            narund) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narund --target "$t" ;;
+            narund+gateway) profile=release; nice cargo build --locked -q --release -p narund --features gateway --target "$t" ;;
+            narunctl) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narunctl --target "$t" ;;
+            floor) profile=release; nice cargo build --locked -q --release -p narun-size-floor --target "$t" ;;
             *) echo "unknown binary $b" >&2; exit 2 ;;
         esac
         case "$b" in
-            floor) src="$TARGET_DIR/$t/release/narun-size-floor" ;;
-            *) src="$TARGET_DIR/$t/release/${b%%+*}" ;;
+            floor) src="$TARGET_DIR/$t/$profile/narun-size-floor" ;;
+            *) src="$TARGET_DIR/$t/$profile/${b%%+*}" ;;
         esac
         "$p-strip" -o "$OUT/$t-$b" "$src"
         cp "$src" "$OUT/$t-$b.unstripped"
         size=$(stat -c %s "$OUT/$t-$b")
-        printf '%-32s %-14s %12s %9.2f\n' "$t" "$b" "$size" "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')"
+        printf '%-32s %-14s %-9s %12s %9.2f\n' "$t" "$b" "$profile" "$size" "$(awk -v s="$size" 'BEGIN { print s / 1048576 }')"
     done
 done
 for t in $TARGETS; do

@@ -38,7 +38,7 @@
 //! `NARUN_MASTER_KEY_FILE`); it is read at each start that needs it, so a rotated key
 //! takes effect without restarting narund.
 
-use crate::fetch::{Durability, FetchError, Sha256Digest, download_verified};
+use crate::fetch::{Bucket, Durability, FetchError, Sha256Digest, download_verified};
 use async_nats::jetstream::{self, object_store};
 use narun_spec::AppSpec;
 use narun_wire::names;
@@ -239,7 +239,7 @@ impl AppInputs {
         Ok(())
     }
 
-    async fn files_store(&self) -> Result<object_store::ObjectStore, String> {
+    async fn files_store(&self) -> Result<Bucket, String> {
         let js = jetstream::new(self.client.clone());
         match tokio::time::timeout(
             MOUNT_INFO_TIMEOUT,
@@ -247,7 +247,7 @@ impl AppInputs {
         )
         .await
         {
-            Ok(Ok(Some(s))) => Ok(s),
+            Ok(Ok(Some(s))) => Ok(Bucket::new(&js, names::FILES_BUCKET, s)),
             Ok(Ok(None)) => Err(format!(
                 "the {} object store does not exist; upload the file with `narunctl files add`",
                 names::FILES_BUCKET
@@ -265,7 +265,7 @@ impl AppInputs {
 
     async fn place_one(
         &self,
-        store: &object_store::ObjectStore,
+        store: &Bucket,
         object: &str,
         target: Target,
         staging: &Path,
@@ -301,14 +301,7 @@ impl AppInputs {
         // the directory fd resolved above: no path under the work dir is used by name.
         let downloaded = tokio::time::timeout(
             MOUNT_FETCH_TIMEOUT,
-            download_verified(
-                store,
-                names::FILES_BUCKET,
-                object,
-                staging,
-                &expected,
-                Durability::Now,
-            ),
+            download_verified(store, object, staging, &expected, Durability::Now),
         )
         .await
         .map_err(|_| format!("downloading '{object}' took longer than {MOUNT_FETCH_TIMEOUT:?}"))?;

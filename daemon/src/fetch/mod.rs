@@ -15,21 +15,24 @@
 //!    (older, cached) binary — and from here on the signed digest is the one expected.
 //! 3. The cache path is content-addressed: `<data_dir>/binaries/<app>/<sha256-hex>`. If that file
 //!    exists and still hashes to the digest, it is reused and nothing is downloaded.
-//! 4. Otherwise the object is **streamed** into a temporary file in the same directory through a
-//!    fixed 128 KiB buffer (never the whole binary in memory) and hashed **as it streams** (the
-//!    bytes written are the bytes hashed; no second read of the file), compared, made `0755`
-//!    and renamed into place. Any failure (digest mismatch, short stream, full disk) deletes
-//!    the temporary file: a file at a cache path is complete and verified, and older versions
-//!    are untouched. The instance starts **without waiting for the disk**: the file and its
-//!    directory are fsynced right after, off the start's path ([`sync_in_background`]). Only a
-//!    power loss within those moments can leave a torn file at a cache path, and no cached
-//!    file is ever run unverified: every use after a narund start hashes it first
+//! 4. Otherwise the object is **streamed** into a temporary file in the same directory chunk by
+//!    chunk ([`object::Chunks`]: never the whole binary in memory, and a store that does not
+//!    answer is an error, not a panic) and hashed **as it streams** (the bytes written are the
+//!    bytes hashed; no second read of the file), compared, made `0755` and renamed into place.
+//!    Any failure (digest mismatch, short stream, full disk) deletes the temporary file: a
+//!    file at a cache path is complete and verified, and older versions are untouched. The
+//!    instance starts **without waiting for the disk**: the file and its directory are
+//!    fsynced right after, off the start's path ([`sync_in_background`]). Only a power loss
+//!    within those moments can leave a torn file at a cache path, and no cached file is ever
+//!    run unverified: every use after a narund start hashes it first
 //!    ([`BinaryCache::fetch_verified`], the offline start), and a corrupt one is removed and
-//!    fetched again. (The fsync before the rename cost a 100-node fleet on one disk ~1 GiB of
-//!    synchronous writes on the deploy's path: docs/benchmarks.md, "Fleet … ceiling".) Files
-//!    mounted into work dirs ([`inputs`]) are still fsynced before they are placed.
-//!    When the chunks do not hash to the object's digest (async-nats checks it at the end of the
-//!    stream), [`FetchError::Mismatch`] names the object, the expected and the actual digest.
+//!    fetched again (from NATS: a node that lost power in those moments and boots without
+//!    NATS cannot start that app until NATS is back). (The fsync before the rename cost a
+//!    100-node fleet on one disk ~1 GiB of synchronous writes on the deploy's path:
+//!    docs/benchmarks.md, "Fleet … ceiling".) Files mounted into work dirs ([`inputs`]) are
+//!    still fsynced before they are placed.
+//!    When the chunks do not hash to the object's digest (the store's `SHA-256=` or the
+//!    expected one), [`FetchError::Mismatch`] names the object, the expected and the actual digest.
 //!
 //!    When the spec names the digest its platform must run (`binaryDigests`, written by
 //!    `narunctl deploy`), the object's digest must be that one, else
@@ -56,7 +59,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::object_store;
 use base64::Engine as _;
 use tokio::io::AsyncWriteExt;
 
@@ -66,9 +69,6 @@ use std::sync::atomic::Ordering;
 
 use crate::uring::UringHandle;
 use sha2::Digest as _;
-
-/// Size of the copy buffer between the object stream and the temporary file.
-const COPY_BUF: usize = 128 * 1024;
 
 /// Prefix of temporary download files inside an app's cache directory.
 const TEMP_PREFIX: &str = ".download-";
@@ -300,7 +300,7 @@ impl BinaryCache {
     /// [`narun_wire::names::go_arch`]).
     pub async fn fetch(
         &self,
-        store: &ObjectStore,
+        store: &Bucket,
         app: &str,
         tag: &str,
         os: &str,
@@ -315,7 +315,7 @@ impl BinaryCache {
     /// written), before anything is downloaded.
     pub async fn fetch_expecting(
         &self,
-        store: &ObjectStore,
+        store: &Bucket,
         app: &str,
         tag: &str,
         os: &str,
@@ -383,7 +383,7 @@ impl BinaryCache {
     /// when the binary is cached.
     pub async fn fetch_verified(
         &self,
-        store: &ObjectStore,
+        store: &Bucket,
         app: &str,
         object: &str,
         expected: &Sha256Digest,
@@ -400,15 +400,7 @@ impl BinaryCache {
         let start = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(250);
         let (tmp, got) = loop {
-            let got = download_verified(
-                store,
-                narun_wire::names::APP_BINARIES_BUCKET,
-                object,
-                &dir,
-                expected,
-                Durability::Later,
-            )
-            .await;
+            let got = download_verified(store, object, &dir, expected, Durability::Later).await;
             match got {
                 Err(e @ (FetchError::Unreachable { .. } | FetchError::Nats { .. }))
                     if start.elapsed() + pause < FETCH_RETRY =>
@@ -499,46 +491,17 @@ pub(crate) enum Durability {
     Later,
 }
 
-/// Stream `object` of `store` (the bucket named `bucket`, for messages) into a new temporary
-/// file in `dir` (created if needed), through a fixed [`COPY_BUF`] buffer, hashing what is
-/// written as it goes, fsync it when `durability` is [`Durability::Now`], and check its size
-/// and SHA-256 against `expected`.
+/// Stream `object` of `store` into a new temporary file in `dir` (created if needed), hashing
+/// what is written as it goes, fsync it when `durability` is [`Durability::Now`], and check
+/// its size and SHA-256 against `expected`.
 ///
-/// Returns the verified temporary file and its size. Dropping the file deletes it, so every
-/// error path (mismatch, short stream, full disk) leaves nothing behind. Used for app binaries
-/// and for files mounted into instance work dirs (`crate::fetch::inputs`).
+/// The chunks are read with [`object::Chunks`] (errors, never a panic, when the store's
+/// stream does not answer). Returns the verified temporary file and its size. Dropping the
+/// file deletes it, so every error path (mismatch, short stream, full disk) leaves nothing
+/// behind. Used for app binaries and for files mounted into instance work dirs
+/// (`crate::fetch::inputs`).
 pub(crate) async fn download_verified(
-    store: &ObjectStore,
-    bucket: &str,
-    object: &str,
-    dir: &Path,
-    expected: &Sha256Digest,
-    durability: Durability,
-) -> Result<(tempfile::NamedTempFile, u64), FetchError> {
-    // async-nats 0.50 unwraps the creation of the reader's consumer inside `poll_read`: a
-    // stream without a leader (a cluster member just died) panics there. That is an
-    // unanswered request, not a reason to lose the task.
-    use futures_util::FutureExt;
-    std::panic::AssertUnwindSafe(download_verified_inner(
-        store, bucket, object, dir, expected, durability,
-    ))
-    .catch_unwind()
-    .await
-    .unwrap_or_else(|_| {
-        Err(FetchError::Unreachable {
-            object: object.to_string(),
-            message: "the object store's stream did not answer (no leader?)".into(),
-        })
-    })
-}
-
-/// How long [`BinaryCache::fetch_verified`] retries a download the object store did not
-/// answer.
-pub const FETCH_RETRY: std::time::Duration = std::time::Duration::from_secs(20);
-
-async fn download_verified_inner(
-    store: &ObjectStore,
-    bucket: &str,
+    store: &Bucket,
     object: &str,
     dir: &Path,
     expected: &Sha256Digest,
@@ -550,74 +513,42 @@ async fn download_verified_inner(
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     let tmp_path = tmp.path().to_path_buf();
-    let mut obj = store.get(object).await.map_err(|e| match e.kind() {
-        object_store::GetErrorKind::NotFound => FetchError::NotFound {
-            object: object.to_string(),
-            platform: platform_of(object),
-            bucket: bucket.into(),
-        },
-        object_store::GetErrorKind::TimedOut => FetchError::Unreachable {
-            object: object.to_string(),
-            message: e.to_string(),
-        },
-        _ => FetchError::Nats {
-            object: object.to_string(),
-            message: e.to_string(),
-        },
-    })?;
-    let expected_size = obj.info().size as u64;
+    let mut chunks = object::Chunks::open(store, object)
+        .await
+        .map_err(|e| match e {
+            object::ObjectError::NotFound => FetchError::NotFound {
+                object: object.to_string(),
+                platform: platform_of(object),
+                bucket: store.name().into(),
+            },
+            object::ObjectError::TimedOut(_) | object::ObjectError::Consumer(_) => {
+                FetchError::Unreachable {
+                    object: object.to_string(),
+                    message: e.to_string(),
+                }
+            }
+            _ => FetchError::Nats {
+                object: object.to_string(),
+                message: e.to_string(),
+            },
+        })?;
+    let expected_size = chunks.info().size as u64;
+    let store_digest = chunks.info().digest.clone();
 
     let mut out = tokio::fs::File::from_std(tmp.as_file().try_clone().map_err(io_err(&tmp_path))?);
-    let mut buf = vec![0u8; COPY_BUF];
     let mut got: u64 = 0;
     // The bytes written are the bytes hashed: one pass, no second read of the file.
     let mut hasher = sha2::Sha256::new();
-    // async-nats checks the chunks against the object's digest at the end of the stream and
-    // then fails the read with InvalidData, after putting the last chunk into the buffer: so
-    // the buffer is read through `poll_read`, keeping those bytes, and the digest of what
-    // arrived is reported instead of a bare "wrong digest".
-    let mut store_says_wrong_digest = false;
-    loop {
-        let mut rb = tokio::io::ReadBuf::new(&mut buf);
-        let res = std::future::poll_fn(|cx| {
-            tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut obj), cx, &mut rb)
-        })
-        .await;
-        let n = rb.filled().len();
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
-        got += n as u64;
-        match res {
-            Ok(()) if n == 0 => break,
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                // What a chunk larger than the buffer left behind is handed out without
-                // waiting for the stream again.
-                loop {
-                    let mut rb = tokio::io::ReadBuf::new(&mut buf);
-                    let more = futures_util::FutureExt::now_or_never(std::future::poll_fn(|cx| {
-                        tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut obj), cx, &mut rb)
-                    }));
-                    let n = rb.filled().len();
-                    if !matches!(more, Some(Ok(()))) || n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n]).await.map_err(io_err(&tmp_path))?;
-                    got += n as u64;
-                }
-                store_says_wrong_digest = true;
-                break;
-            }
-            Err(e) => {
-                return Err(FetchError::Nats {
-                    object: object.to_string(),
-                    message: format!("reading the object stream: {e}"),
-                });
-            }
-        }
+    // Chunks (128 KiB by default) are written as they arrive: never the whole binary in memory.
+    while let Some(chunk) = chunks.next().await.map_err(|e| FetchError::Nats {
+        object: object.to_string(),
+        message: e.to_string(),
+    })? {
+        hasher.update(&chunk);
+        out.write_all(&chunk).await.map_err(io_err(&tmp_path))?;
+        got += chunk.len() as u64;
     }
+    drop(chunks);
     out.flush().await.map_err(io_err(&tmp_path))?;
     if durability == Durability::Now {
         out.sync_all().await.map_err(io_err(&tmp_path))?;
@@ -633,9 +564,13 @@ async fn download_verified_inner(
             actual,
         }
     };
-    // The store said the stream did not match: a mismatch comes before a short read. When
-    // the bytes are the expected ones (the store's digest is only written differently) the
-    // checks below decide.
+    // The chunks do not match the store's own digest: a mismatch comes before a short read.
+    // When the bytes are the expected ones (the store's digest is only written differently)
+    // the checks below decide.
+    let store_says_wrong_digest = store_digest
+        .as_deref()
+        .and_then(Sha256Digest::from_nats)
+        .is_some_and(|d| d != actual);
     if store_says_wrong_digest && actual != *expected {
         return Err(mismatch());
     }
@@ -666,6 +601,10 @@ pub(crate) fn sync_in_background(path: PathBuf) {
         }
     });
 }
+
+/// How long [`BinaryCache::fetch_verified`] retries a download the object store did not
+/// answer.
+pub const FETCH_RETRY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Make the verified temporary file `tmp` final: set `mode` (and `owner` uid/gid when given),
 /// rename it atomically to `dest` (same directory) and, with [`Durability::Now`], fsync the
@@ -823,3 +762,6 @@ mod tests {
 }
 
 pub mod inputs;
+pub mod object;
+
+pub use object::Bucket;

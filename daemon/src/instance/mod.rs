@@ -77,7 +77,6 @@ use crate::logs::LogForwarder;
 use crate::state::Local;
 use crate::uring::UringHandle;
 use adopt::Adoptable;
-use async_nats::jetstream::object_store::ObjectStore;
 use narun_spec::AppSpec;
 use narun_wire::status::{InstanceStatus, Reason};
 use std::sync::{Arc, Mutex, RwLock};
@@ -104,7 +103,7 @@ pub struct Host {
     pub processes: Arc<dyn process::Processes>,
     pub cgroups: Option<Arc<dyn Cgroups>>,
     /// `app-binaries`, once NATS is reachable.
-    pub store: Mutex<Option<ObjectStore>>,
+    pub store: Mutex<Option<crate::fetch::Bucket>>,
     /// One download at a time: two instances of a new spec would otherwise both miss the
     /// cache and write the same binary twice.
     fetch_lock: tokio::sync::Mutex<()>,

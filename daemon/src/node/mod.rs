@@ -40,7 +40,6 @@ use crate::liveness::Liveness;
 use crate::logs::LogForwarder;
 use crate::state::{InstanceRecord, Local, StateFile};
 use crate::uring::UringHandle;
-use async_nats::jetstream::object_store::ObjectStore;
 use narun_spec::AppSpec;
 use narun_wire::events::InstanceState;
 use std::collections::{BTreeMap, HashSet};
@@ -285,7 +284,7 @@ impl Node {
     }
 
     /// Give the node the `app-binaries` store (once NATS is reachable).
-    pub fn set_object_store(&self, store: Option<ObjectStore>) {
+    pub fn set_object_store(&self, store: Option<crate::fetch::Bucket>) {
         *self.inner.host.store.lock().unwrap() = store;
     }
 

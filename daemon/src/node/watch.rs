@@ -433,11 +433,16 @@ async fn open_session(
     };
     if !node.has_object_store() {
         // The store downloads binaries later: its requests keep the default bound.
+        let store_js = async_nats::jetstream::new(client.clone());
         let store = jetstream::APP_BINARIES
-            .ensure_replicas(&async_nats::jetstream::new(client.clone()), replicas)
+            .ensure_replicas(&store_js, replicas)
             .await
             .map_err(|e| e.to_string())?;
-        node.set_object_store(Some(store));
+        node.set_object_store(Some(crate::fetch::Bucket::new(
+            &store_js,
+            narun_wire::names::APP_BINARIES_BUCKET,
+            store,
+        )));
     }
     if !list_keys {
         return Ok((None, configs));
