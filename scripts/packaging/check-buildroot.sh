@@ -152,8 +152,10 @@ check_opts() { # check_opts EXPECTED MAKE_VARS...
     got=$(mkrun opts "$@" 2>&1)
     if [ "$got" = "$want" ]; then ok "NARUN_CARGO_BUILD_OPTS with [$*] = '$got'"; else fail "NARUN_CARGO_BUILD_OPTS with [$*] = '$got', expected '$want'"; fi
 }
-check_opts "-p narund" BR2_PACKAGE_NARUN_GATEWAY= BR2_PACKAGE_NARUN_NARUNCTL=
-check_opts "-p narund -p narunctl" BR2_PACKAGE_NARUN_NARUNCTL=y
+# Without the gateway: the firmware profile's settings on top of --release (echo drops the quotes).
+FW="--config profile.release.panic=abort --config profile.release.package.narund.opt-level=z --config profile.release.package.narun-wire.opt-level=z --config profile.release.package.narund.strip=true"
+check_opts "-p narund $FW" BR2_PACKAGE_NARUN_GATEWAY= BR2_PACKAGE_NARUN_NARUNCTL=
+check_opts "-p narund $FW -p narunctl" BR2_PACKAGE_NARUN_NARUNCTL=y
 check_opts "-p narund --features narund/gateway -p narunctl" BR2_PACKAGE_NARUN_GATEWAY=y BR2_PACKAGE_NARUN_NARUNCTL=y
 users=$(mkrun users)
 grep -q '^narun-app -1 narun-app -1 \* ' <<<"$users" && ok "NARUN_USERS creates narun-app ($users)" || fail "NARUN_USERS is '$users'"

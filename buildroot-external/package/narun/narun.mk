@@ -20,6 +20,14 @@ NARUN_LICENSE_FILES = LICENSE
 NARUN_CARGO_BUILD_OPTS = -p narund
 ifeq ($(BR2_PACKAGE_NARUN_GATEWAY),y)
 NARUN_CARGO_BUILD_OPTS += --features narund/gateway
+else
+# Without the gateway: the workspace's `firmware` profile settings on top of release
+# (Buildroot's cargo step always passes --release): panic = "abort", narund at "z"
+# (aarch64 narund under 4 MB, docs/benchmarks.md). With the gateway narund must unwind.
+NARUN_CARGO_BUILD_OPTS += --config 'profile.release.panic="abort"' \
+	--config 'profile.release.package.narund.opt-level="z"' \
+	--config 'profile.release.package.narun-wire.opt-level="z"' \
+	--config 'profile.release.package.narund.strip=true'
 endif
 ifeq ($(BR2_PACKAGE_NARUN_NARUNCTL),y)
 NARUN_CARGO_BUILD_OPTS += -p narunctl

@@ -41,6 +41,19 @@ require ${BPN}-crate-licenses.inc
 # line tables for symbolized backtraces (set "full" in a bbappend for a debugger).
 export CARGO_PROFILE_RELEASE_STRIP = "none"
 export CARGO_PROFILE_RELEASE_DEBUG = "line-tables-only"
+export CARGO_PROFILE_FIRMWARE_STRIP = "none"
+export CARGO_PROFILE_FIRMWARE_DEBUG = "line-tables-only"
+# The package overrides of the binaries' own crates set strip = true again (an override
+# resets it; Cargo.toml says why): undo that too.
+NARUN_NO_STRIP = "--config profile.release.package.narunctl.strip=false \
+                  --config profile.firmware.package.narund.strip=false"
+
+# Without the gateway narund is built with the workspace's `firmware` profile (the release
+# profile with panic = "abort" and narund at opt-level "z": aarch64 narund under 4 MB,
+# docs/benchmarks.md); with the gateway, the release profile (the gateway turns a handler's
+# panic into a 500 and must unwind).
+BUILD_MODE = "${@bb.utils.contains('PACKAGECONFIG', 'gateway', '--release', '--profile firmware', d)}"
+BUILD_DIR = "${@bb.utils.contains('PACKAGECONFIG', 'gateway', 'release', 'firmware', d)}"
 
 # gateway: embed the HTTP/gRPC gateway in narund (cargo feature narund/gateway).
 PACKAGECONFIG ??= ""
@@ -58,7 +71,7 @@ SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 # Build only the two binaries: the workspace also has examples and benchmarks, and
 # cargo_do_install would install every executable it finds.
 do_compile() {
-    oe_cargo_build -p narund -p narunctl ${PACKAGECONFIG_CONFARGS}
+    oe_cargo_build -p narund -p narunctl ${PACKAGECONFIG_CONFARGS} ${NARUN_NO_STRIP}
 }
 
 do_install() {
