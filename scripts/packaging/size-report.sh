@@ -24,6 +24,9 @@ OUT=$(mktemp -d /tmp/narun-size.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 FIRMWARE=${SIZE_PROFILE:-firmware}
 export CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_FIRMWARE_STRIP=false
+# The package overrides of the binaries' own crates strip again (Cargo.toml): not here, the
+# symbol listing below needs the symbols (the sizes are of the stripped copies).
+NOSTRIP=(--config profile.firmware.package.narund.strip=false --config profile.release.package.narunctl.strip=false)
 
 prefix_of() {
     case "$1" in
@@ -38,9 +41,9 @@ for t in $TARGETS; do
     p=$(prefix_of "$t")
     for b in $BINS; do
         case "$b" in
-            narund) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narund --target "$t" ;;
+            narund) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narund --target "$t" "${NOSTRIP[@]}" ;;
             narund+gateway) profile=release; nice cargo build --locked -q --release -p narund --features gateway --target "$t" ;;
-            narunctl) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narunctl --target "$t" ;;
+            narunctl) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narunctl --target "$t" "${NOSTRIP[@]}" ;;
             floor) profile=release; nice cargo build --locked -q --release -p narun-size-floor --target "$t" ;;
             *) echo "unknown binary $b" >&2; exit 2 ;;
         esac
