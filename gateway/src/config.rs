@@ -1002,6 +1002,18 @@ impl GatewayConfig {
 mod tests {
     use super::*;
 
+    /// `errs` are exactly the errors starting with the `expect` lines, in any order.
+    fn assert_errors(errs: &[String], expect: &[&str]) {
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+    }
+
     fn errors(toml_text: &str) -> Vec<String> {
         match GatewayConfig::from_toml(toml_text) {
             Ok(_) => vec![],
@@ -1064,14 +1076,7 @@ service = "grpc-hello"
             "gateway.memory_budget_bytes: 99 is less than max_body_bytes (100)",
             "gateway.overload_wait_ms: must be at most 3600000",
         ];
-        for e in expect {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+        assert_errors(&errs, &expect);
         let errs = errors("[gateway]\nmax_connections = -1\n");
         assert!(errs[0].contains("max_connections"), "{errs:?}");
         assert!(errors("[gateway]\nmin_body_rate = 0\n").is_empty());
@@ -1155,14 +1160,7 @@ service = "g"
             "gateway.routes[6]: any method on /dup is already routed by gateway.routes[4]",
             "gateway.grpc_addr: is required when gRPC routes exist",
         ];
-        for e in expect {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+        assert_errors(&errs, &expect);
     }
 
     #[test]
@@ -1208,14 +1206,7 @@ service = "g"
             "gateway.routes[3].async: is only for HTTP routes",
             "gateway.routes[3].max_attempts: is not used by gRPC routes",
         ];
-        for e in expect {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+        assert_errors(&errs, &expect);
         let errs =
             errors("[[gateway.routes]]\npath = \"/a\"\nservice = \"a\"\nasync = \"maybe\"\n");
         assert!(
@@ -1273,14 +1264,7 @@ service = "g"
             "gateway.routes[5].host: is not used by gRPC routes",
             "gateway.grpc_addr: is required when gRPC routes exist",
         ];
-        for e in expect {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+        assert_errors(&errs, &expect);
     }
 
     #[test]

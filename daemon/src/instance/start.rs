@@ -110,30 +110,7 @@ impl Task {
             None
         };
 
-        let mut limits = Limits::from_spec(
-            self.spec.memory_mb,
-            self.spec.memory_max_mb,
-            self.spec.cpu_cores,
-        );
-        limits.pids_max = self.spec.pids_max;
-        limits.cpu_weight = self.spec.cpu_weight.map(|w| w.min(10_000) as u32);
-        let cgroup = match &self.host.cgroups {
-            Some(cgroups) => {
-                let name = cgroup::instance_name(&self.spec.name, self.index, &self.run_id);
-                Some(
-                    cgroups
-                        .create(&name, &limits)
-                        .map_err(|e| StartFailure::new(Reason::Cgroup, e.to_string()))?,
-                )
-            }
-            None => None,
-        };
-        let unenforced: Vec<String> = match &cgroup {
-            Some(cg) => cg.unenforced(),
-            None if limits != Limits::default() => vec!["cgroup".into()],
-            None => vec![],
-        };
-        self.status.send_modify(|s| s.unenforced = unenforced);
+        let cgroup = self.create_cgroup()?;
 
         // ETXTBSY: a fork of another thread (any spawn in narund) may still hold the write fd
         // of a binary that was just downloaded, until its exec closes it (the classic
@@ -188,6 +165,36 @@ impl Task {
                 Err(f)
             }
         }
+    }
+
+    /// This run's cgroup with the spec's limits (`None` without cgroups), and the limits
+    /// nothing enforces published in the status (`unenforced`).
+    pub(super) fn create_cgroup(&self) -> Result<Option<Box<dyn RunCgroup>>, StartFailure> {
+        let mut limits = Limits::from_spec(
+            self.spec.memory_mb,
+            self.spec.memory_max_mb,
+            self.spec.cpu_cores,
+        );
+        limits.pids_max = self.spec.pids_max;
+        limits.cpu_weight = self.spec.cpu_weight.map(|w| w.min(10_000) as u32);
+        let cgroup = match &self.host.cgroups {
+            Some(cgroups) => {
+                let name = cgroup::instance_name(&self.spec.name, self.index, &self.run_id);
+                Some(
+                    cgroups
+                        .create(&name, &limits)
+                        .map_err(|e| StartFailure::new(Reason::Cgroup, e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let unenforced: Vec<String> = match &cgroup {
+            Some(cg) => cg.unenforced(),
+            None if limits != Limits::default() => vec!["cgroup".into()],
+            None => vec![],
+        };
+        self.status.send_modify(|s| s.unenforced = unenforced);
+        Ok(cgroup)
     }
 
     /// The verified binary: from the object store when connected (the cache avoids the

@@ -150,13 +150,45 @@ impl Node {
     }
 }
 
-/// Serve the control subjects of this node until `stop` becomes true. Subscribing is
-/// retried (250 ms, doubling to 30 s); once subscribed, async-nats re-subscribes by
-/// itself after reconnects. Each request is handled in its own task (a restart may
-/// take as long as its instances need to stop and become ready again) and answered on
-/// its reply subject; requests without one are handled and not answered.
+/// Serve the restart requests of this node (`narun.control.<node>.restart`) until `stop`
+/// ([`serve_requests`]): a restart may take as long as its instances need to stop and
+/// become ready again.
 pub async fn run(node: Node, client: async_nats::Client, stop: CancellationToken) {
     let subject = names::control_subject(&node.settings().node_id, names::CONTROL_RESTART);
+    serve_requests(
+        node,
+        client,
+        subject,
+        "restart",
+        stop,
+        |node, payload| async move {
+            let reply = node.answer_restart(&payload).await;
+            if !reply.error.is_empty() {
+                tracing::warn!(app = %reply.app, error = %reply.error, "restart request failed");
+            }
+            reply
+        },
+    )
+    .await
+}
+
+/// Serve the requests on `subject` (operator requests to this node: restart, run) until
+/// `stop` is cancelled. Subscribing is retried (250 ms, doubling to 30 s); once subscribed,
+/// async-nats re-subscribes by itself after reconnects. Each request is handled by
+/// `answer` in its own task and its reply (JSON) sent to the request's reply subject;
+/// requests without one are handled and not answered. `what` names them in the log.
+pub(crate) async fn serve_requests<R, F, Fut>(
+    node: Node,
+    client: async_nats::Client,
+    subject: String,
+    what: &'static str,
+    stop: CancellationToken,
+    answer: F,
+) where
+    R: serde::Serialize + Send + 'static,
+    F: Fn(Node, bytes::Bytes) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
     let mut delay = Duration::from_millis(250);
     loop {
         let sub = tokio::select! {
@@ -165,7 +197,7 @@ pub async fn run(node: Node, client: async_nats::Client, stop: CancellationToken
         };
         match sub {
             Ok(mut sub) => {
-                tracing::debug!(%subject, "serving control requests");
+                tracing::debug!(%subject, "serving {what} requests");
                 delay = Duration::from_millis(250);
                 loop {
                     let msg = tokio::select! {
@@ -173,25 +205,21 @@ pub async fn run(node: Node, client: async_nats::Client, stop: CancellationToken
                         _ = stop.cancelled() => return,
                     };
                     let Some(msg) = msg else { break };
-                    let (node, client) = (node.clone(), client.clone());
+                    let (node, client, answer) = (node.clone(), client.clone(), answer.clone());
                     tokio::spawn(async move {
-                        let reply = node.answer_restart(&msg.payload).await;
-                        if !reply.error.is_empty() {
-                            tracing::warn!(app = %reply.app, error = %reply.error, "restart request failed");
-                        }
+                        let reply = answer(node, msg.payload).await;
                         if let Some(to) = msg.reply {
-                            let body = serde_json::to_vec(&reply)
-                                .expect("a RestartReply always serializes");
+                            let body = serde_json::to_vec(&reply).unwrap_or_default();
                             if let Err(e) = client.publish(to, body.into()).await {
-                                tracing::warn!(error = %e, "cannot send the restart reply");
+                                tracing::warn!(error = %e, "cannot send the {what} reply");
                             }
                         }
                     });
                 }
-                tracing::warn!(%subject, "control subscription ended; subscribing again");
+                tracing::warn!(%subject, "{what} subscription ended; subscribing again");
             }
             Err(e) => {
-                tracing::warn!(%subject, error = %e, retry_in = ?delay, "cannot subscribe to control requests");
+                tracing::warn!(%subject, error = %e, retry_in = ?delay, "cannot subscribe to {what} requests");
             }
         }
         tokio::select! {

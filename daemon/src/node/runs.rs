@@ -11,12 +11,10 @@
 //! NATS account's permissions on `narun.control.>`.
 
 use super::Node;
-use futures_util::StreamExt;
 use narun_spec::AppSpec;
 use narun_wire::names;
 use narun_wire::runs::{CONTROL_RUN, RunReply, RunRequest};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 impl Node {
@@ -82,47 +80,23 @@ impl Node {
     }
 }
 
-/// Serve `narun.control.<node>.run` until `stop`; subscribing is retried (250 ms doubling
-/// to 30 s), each request is answered in its own task.
+/// Serve `narun.control.<node>.run` until `stop` (`control::serve_requests`: subscribing
+/// retried, each request answered in its own task).
 pub async fn serve(node: Node, client: async_nats::Client, stop: CancellationToken) {
     let subject = names::control_subject(&node.settings().node_id, CONTROL_RUN);
-    let mut delay = Duration::from_millis(250);
-    loop {
-        let sub = tokio::select! {
-            s = client.subscribe(subject.clone()) => s,
-            _ = stop.cancelled() => return,
-        };
-        match sub {
-            Ok(mut sub) => {
-                delay = Duration::from_millis(250);
-                loop {
-                    let msg = tokio::select! {
-                        m = sub.next() => m,
-                        _ = stop.cancelled() => return,
-                    };
-                    let Some(msg) = msg else { break };
-                    let (node, client) = (node.clone(), client.clone());
-                    tokio::spawn(async move {
-                        let reply = node.answer_run(&msg.payload).await;
-                        if !reply.error.is_empty() {
-                            tracing::info!(app = %reply.app, error = %reply.error, "run request refused");
-                        }
-                        if let Some(to) = msg.reply {
-                            let body =
-                                serde_json::to_vec(&reply).expect("a RunReply always serializes");
-                            let _ = client.publish(to, body.into()).await;
-                        }
-                    });
-                }
+    super::control::serve_requests(
+        node,
+        client,
+        subject,
+        "run",
+        stop,
+        |node, payload| async move {
+            let reply = node.answer_run(&payload).await;
+            if !reply.error.is_empty() {
+                tracing::info!(app = %reply.app, error = %reply.error, "run request refused");
             }
-            Err(e) => {
-                tracing::warn!(%subject, error = %e, retry_in = ?delay, "cannot subscribe to run requests");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
-    }
+            reply
+        },
+    )
+    .await
 }

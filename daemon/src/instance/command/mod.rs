@@ -40,7 +40,6 @@ mod run;
 use super::lifecycle::Report;
 use super::task::{StartFailure, Task, new_run_id, stopped};
 use super::{BACKOFF_START, Host, InstanceHandle};
-use crate::cgroup::{self, Limits};
 use futures_util::StreamExt;
 use narun_spec::AppSpec;
 use narun_wire::micro::{self, EndpointConfig, Service, ServiceConfig};
@@ -214,30 +213,7 @@ async fn prepare(task: &mut Task) -> Result<Prepared, StartFailure> {
         None => None,
     };
 
-    let mut limits = Limits::from_spec(
-        task.spec.memory_mb,
-        task.spec.memory_max_mb,
-        task.spec.cpu_cores,
-    );
-    limits.pids_max = task.spec.pids_max;
-    limits.cpu_weight = task.spec.cpu_weight.map(|w| w.min(10_000) as u32);
-    let cgroup = match &task.host.cgroups {
-        Some(cgroups) => {
-            let name = cgroup::instance_name(&task.spec.name, task.index, &task.run_id);
-            Some(
-                cgroups
-                    .create(&name, &limits)
-                    .map_err(|e| StartFailure::new(Reason::Cgroup, e.to_string()))?,
-            )
-        }
-        None => None,
-    };
-    let unenforced: Vec<String> = match &cgroup {
-        Some(cg) => cg.unenforced(),
-        None if limits != Limits::default() => vec!["cgroup".into()],
-        None => vec![],
-    };
-    task.status.send_modify(|s| s.unenforced = unenforced);
+    let cgroup = task.create_cgroup()?;
     Ok(Prepared {
         instance_id: task.instance_id.clone(),
         program: bin.path,
