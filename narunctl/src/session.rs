@@ -302,6 +302,41 @@ pub async fn collect_each<T, E: std::fmt::Display>(
     }
 }
 
+/// Why a request to one node's control subject brought no usable answer.
+#[derive(Debug)]
+pub enum NodeAskError {
+    /// Nobody listens on the subject (node offline, or a narund without that verb).
+    NoResponders,
+    /// No answer within the timeout.
+    TimedOut,
+    /// An answer that is not the expected JSON.
+    Unreadable(String),
+    /// Any other NATS failure.
+    Other(String),
+}
+
+/// Send `body` to `subject` (one node's `narun.control.<node>.<verb>`) and read its JSON
+/// answer, waiting at most `timeout`. Each verb words the failures for its operator.
+pub async fn ask_node<R: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    body: bytes::Bytes,
+    timeout: Duration,
+) -> Result<R, NodeAskError> {
+    let req = async_nats::Request::new()
+        .payload(body)
+        .timeout(Some(timeout));
+    match client.send_request(subject, req).await {
+        Ok(msg) => serde_json::from_slice(&msg.payload)
+            .map_err(|e| NodeAskError::Unreadable(e.to_string())),
+        Err(e) => Err(match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => NodeAskError::NoResponders,
+            async_nats::RequestErrorKind::TimedOut => NodeAskError::TimedOut,
+            _ => NodeAskError::Other(e.to_string()),
+        }),
+    }
+}
+
 /// Whether a heartbeat is recent enough for its node to count as online (the bucket's
 /// TTL: a node silent for longer is offline).
 pub fn heartbeat_fresh(state: &NodeState) -> bool {

@@ -436,30 +436,26 @@ async fn ask(
         restarted: Vec::new(),
         error,
     };
-    let req = async_nats::Request::new()
-        .payload(body)
-        .timeout(Some(timeout));
-    match client.send_request(subject, req).await {
-        Ok(msg) => match serde_json::from_slice::<RestartReply>(&msg.payload) {
-            Ok(mut r) => {
-                if r.node_id.is_empty() {
-                    r.node_id = node.to_string();
-                }
-                r
+    use crate::session::{NodeAskError, ask_node};
+    match ask_node::<RestartReply>(client, subject, body, timeout).await {
+        Ok(mut r) => {
+            if r.node_id.is_empty() {
+                r.node_id = node.to_string();
             }
-            Err(e) => failed(format!("unreadable answer from node {node}: {e}")),
-        },
-        Err(e) => match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => failed(format!(
-                "node {node} does not answer restart requests (offline, or a Go node-runner \
-                 or an older narund without `apps restart`)"
-            )),
-            async_nats::RequestErrorKind::TimedOut => failed(format!(
-                "no answer from node {node} within {timeout:?} (its instances may still be \
-                 restarting; see `narunctl apps info {app}`; raise --restart-timeout)"
-            )),
-            _ => failed(format!("restart request to node {node}: {e}")),
-        },
+            r
+        }
+        Err(NodeAskError::Unreadable(e)) => {
+            failed(format!("unreadable answer from node {node}: {e}"))
+        }
+        Err(NodeAskError::NoResponders) => failed(format!(
+            "node {node} does not answer restart requests (offline, or a Go node-runner \
+             or an older narund without `apps restart`)"
+        )),
+        Err(NodeAskError::TimedOut) => failed(format!(
+            "no answer from node {node} within {timeout:?} (its instances may still be \
+             restarting; see `narunctl apps info {app}`; raise --restart-timeout)"
+        )),
+        Err(NodeAskError::Other(e)) => failed(format!("restart request to node {node}: {e}")),
     }
 }
 

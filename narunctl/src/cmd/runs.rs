@@ -249,31 +249,25 @@ async fn ask(
         error,
         ..Default::default()
     };
-    let req = async_nats::Request::new()
-        .payload(body)
-        .timeout(Some(timeout));
-    match client
-        .send_request(names::control_subject(node, CONTROL_RUN), req)
-        .await
-    {
-        Ok(msg) => match serde_json::from_slice::<RunReply>(&msg.payload) {
-            Ok(mut r) => {
-                if r.node_id.is_empty() {
-                    r.node_id = node.to_string();
-                }
-                r
+    use crate::session::{NodeAskError, ask_node};
+    let subject = names::control_subject(node, CONTROL_RUN);
+    match ask_node::<RunReply>(client, subject, body, timeout).await {
+        Ok(mut r) => {
+            if r.node_id.is_empty() {
+                r.node_id = node.to_string();
             }
-            Err(e) => failed(format!("unreadable answer from node {node}: {e}")),
-        },
-        Err(e) => match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => failed(format!(
-                "node {node} does not answer run requests (offline, or a narund without jobs)"
-            )),
-            async_nats::RequestErrorKind::TimedOut => {
-                failed(format!("node {node} did not answer within {timeout:?}"))
-            }
-            _ => failed(format!("asking node {node}: {e}")),
-        },
+            r
+        }
+        Err(NodeAskError::Unreadable(e)) => {
+            failed(format!("unreadable answer from node {node}: {e}"))
+        }
+        Err(NodeAskError::NoResponders) => failed(format!(
+            "node {node} does not answer run requests (offline, or a narund without jobs)"
+        )),
+        Err(NodeAskError::TimedOut) => {
+            failed(format!("node {node} did not answer within {timeout:?}"))
+        }
+        Err(NodeAskError::Other(e)) => failed(format!("asking node {node}: {e}")),
     }
 }
 
