@@ -180,16 +180,7 @@ impl Client {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, CallError> {
         let path = request.uri().to_string();
-        let budget = match crate::deadline() {
-            Some(at) => {
-                let left = at.saturating_duration_since(tokio::time::Instant::now());
-                // Give up a little before the handler is dropped, so that it can still
-                // answer with the failure.
-                self.timeout
-                    .min(left.saturating_sub((left / 10).min(DEADLINE_MARGIN)))
-            }
-            None => self.timeout,
-        };
+        let budget = budget_within_deadline(self.timeout);
         let timeout = || CallError::Timeout {
             service: service.into(),
             path: path.clone(),
@@ -252,4 +243,18 @@ tokio::task_local! {
 /// none. [`Client`] calls made while handling a request never wait past it.
 pub fn deadline() -> Option<tokio::time::Instant> {
     DEADLINE.try_with(|d| *d).ok().flatten()
+}
+
+/// A call's budget: `timeout`, capped inside a handler by what is left of the request
+/// being handled ([`deadline`]) less a small margin (at most [`DEADLINE_MARGIN`], a tenth
+/// of what is left), so that the handler can still answer with the failure. Used by
+/// [`Client`] and the gRPC channel.
+pub(crate) fn budget_within_deadline(timeout: Duration) -> Duration {
+    match deadline() {
+        Some(at) => {
+            let left = at.saturating_duration_since(tokio::time::Instant::now());
+            timeout.min(left.saturating_sub((left / 10).min(DEADLINE_MARGIN)))
+        }
+        None => timeout,
+    }
 }

@@ -63,7 +63,7 @@
 
 mod client;
 #[cfg(feature = "grpc")]
-mod grpc;
+pub mod grpc;
 mod http_service;
 mod lock;
 mod notify;

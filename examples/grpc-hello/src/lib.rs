@@ -12,6 +12,8 @@
 //! * name `""` → `INVALID_ARGUMENT "name must not be empty"`;
 //! * name `meta-error` → `FAILED_PRECONDITION "with metadata"` carrying
 //!   metadata `x-error-detail: precondition` and `x-error-bin: 00 01 02 ff`;
+//! * name `details` → `OUT_OF_RANGE "with details"` carrying the rich error
+//!   details [`DETAILS`] (`grpc-status-details-bin`);
 //! * name `sleep:<ms>` → waits that long before answering;
 //! * name `panic` → the handler panics (the library answers INTERNAL);
 //! * name `big:<n>` → a reply whose message is `n` bytes of `x` (used to hit
@@ -36,6 +38,10 @@ pub mod pb {
 }
 
 use pb::{HelloReply, HelloRequest};
+
+/// The error details of name `details` (opaque bytes here; a real app sends an
+/// encoded `google.rpc.Status`).
+pub const DETAILS: &[u8] = &[0x08, 0x0b, 0x12, 0x02, b'h', b'i', 0xff];
 
 /// The example implementation.
 #[derive(Debug, Default, Clone, Copy)]
@@ -74,6 +80,13 @@ impl pb::greeter_server::Greeter for Greeter {
                 Code::FailedPrecondition,
                 "with metadata",
                 m,
+            ));
+        }
+        if name == "details" {
+            return Err(Status::with_details(
+                Code::OutOfRange,
+                "with details",
+                prost::bytes::Bytes::from_static(DETAILS),
             ));
         }
         if name == "panic" {

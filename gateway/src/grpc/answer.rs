@@ -5,18 +5,18 @@
 //!
 //! Response metadata: the NATS headers of message 0 are the app's response
 //! headers, those of the status message its trailers (or, when no message came
-//! first, the one header block of a trailers-only answer). Names the protocol
-//! reserves ([`is_reserved_response_header`]: `content-type`, `grpc-status`,
+//! first, the one header block of a trailers-only answer); read by
+//! [`ReplyReader`], shared with the app library's channel. Names the protocol
+//! reserves ([`narun_wire::grpc::is_reserved_response_header`]: `content-type`, `grpc-status`,
 //! `grpc-message`, other `grpc-*` but `grpc-status-details-bin`, pseudo and
 //! hop-by-hop headers, the `nats-*`/`narun-*` transport names) are dropped, so
 //! an app cannot rewrite the framing or the status the gateway sends.
 
 use async_nats::StatusCode as NatsStatus;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response};
 use http_body::Frame;
-use narun_wire::grpc::{is_reserved_response_header, percent_decode};
-use narun_wire::names::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
+use narun_wire::grpc::{Reply, ReplyReader, frame};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -28,18 +28,8 @@ use tokio::sync::mpsc;
 use super::inbox::CallInbox;
 use super::metrics::MethodLabel;
 use super::status::{put_status, trailers_only};
-use super::{
-    GrpcResponse, MESSAGE_HEADER, SEQ_HEADER, STATUS_HEADER, State, code, status_from_service_error,
-};
+use super::{GrpcResponse, State, code};
 use crate::limits::Lease;
-
-fn grpc_frame(m: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + m.len());
-    b.put_u8(0);
-    b.put_u32(m.len() as u32);
-    b.put_slice(m);
-    b.freeze()
-}
 
 /// How long after the call's deadline the forwarding task still waits for a
 /// client to take a message (the status, typically) before it gives up.
@@ -88,29 +78,6 @@ impl Event {
     fn end(code: u16, message: impl Into<String>) -> Event {
         Event::End(code, message.into(), HeaderMap::new())
     }
-}
-
-/// The metadata an app sent as NATS headers of a reply, as HTTP/2 headers:
-/// lower-case names, reserved names dropped, and names or values HTTP cannot
-/// carry dropped.
-fn metadata(h: Option<&async_nats::HeaderMap>) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for (name, values) in h.into_iter().flat_map(|h| h.iter()) {
-        let name: &str = name.as_ref();
-        let lower = name.to_ascii_lowercase();
-        if is_reserved_response_header(&lower) {
-            continue;
-        }
-        let Ok(n) = http::HeaderName::from_bytes(lower.as_bytes()) else {
-            continue;
-        };
-        for v in values {
-            if let Ok(v) = HeaderValue::from_str(v.as_str()) {
-                out.append(n.clone(), v);
-            }
-        }
-    }
-    out
 }
 
 /// A published request, kept while it may be sent again: NATS answered it with no
@@ -174,7 +141,7 @@ impl Resend {
         let mut headers = self.headers.clone();
         headers.insert(
             narun_wire::grpc::header::TIMEOUT,
-            format!("{}m", left.as_millis().clamp(1, 99_999_999)).as_str(),
+            narun_wire::grpc::timeout_value(left).as_str(),
         );
         headers.insert(
             narun_wire::names::TIMEOUT_MS,
@@ -198,9 +165,8 @@ impl Resend {
 struct Answer {
     sub: CallInbox,
     deadline: tokio::time::Instant,
-    next_seq: u64,
-    /// A Go-style single reply gives its message and status at once.
-    pending_end: Option<(u16, String)>,
+    /// Reads the replies (narun's stream framing, or a Go single reply).
+    reader: ReplyReader,
     /// The response header metadata (from message 0).
     head: HeaderMap,
     /// The request, while it may be sent again.
@@ -209,8 +175,8 @@ struct Answer {
 
 impl Answer {
     async fn next(&mut self) -> Event {
-        if let Some((c, m)) = self.pending_end.take() {
-            return Event::end(c, m);
+        if let Some(Reply::End { code, message, .. }) = self.reader.pending_end() {
+            return Event::end(code, message);
         }
         let msg = loop {
             let until = match &self.resend {
@@ -261,40 +227,20 @@ impl Answer {
             break msg;
         };
         let (msg, lease) = msg;
-        let headers = msg.headers.as_ref();
-        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        if let Some(status) = get(STATUS_HEADER) {
-            let code = status.trim().parse().unwrap_or(code::UNKNOWN);
-            let message = get(MESSAGE_HEADER)
-                .map(percent_decode)
-                .or_else(|| get(SERVICE_ERROR_HEADER).map(str::to_owned))
-                .unwrap_or_default();
-            return Event::End(code, message, metadata(headers));
-        }
-        if let Some(seq) = get(SEQ_HEADER) {
-            let seq: u64 = seq.trim().parse().unwrap_or(u64::MAX);
-            if seq != self.next_seq {
-                return Event::end(
-                    code::DATA_LOSS,
-                    format!(
-                        "response stream lost messages over NATS (expected #{}, got #{seq})",
-                        self.next_seq
-                    ),
-                );
+        let msg = *msg;
+        match self.reader.read(msg.headers.as_ref(), msg.payload) {
+            Reply::Message { message, head } => {
+                if let Some(head) = head {
+                    self.head = head;
+                }
+                Event::Message(message, lease)
             }
-            if seq == 0 {
-                self.head = metadata(headers);
-            }
-            self.next_seq += 1;
-            return Event::Message(msg.payload, lease);
+            Reply::End {
+                code,
+                message,
+                trailers,
+            } => Event::End(code, message, trailers),
         }
-        // A single reply, as Go consumers send it.
-        if let Some(c) = get(SERVICE_ERROR_CODE_HEADER) {
-            let message = get(SERVICE_ERROR_HEADER).unwrap_or_default().to_owned();
-            return Event::end(status_from_service_error(c), message);
-        }
-        self.pending_end = Some((code::OK, String::new()));
-        Event::Message(msg.payload, lease)
     }
 }
 
@@ -312,8 +258,7 @@ pub(super) async fn respond(
     let mut answer = Answer {
         sub,
         deadline,
-        next_seq: 0,
-        pending_end: None,
+        reader: ReplyReader::new(),
         head: HeaderMap::new(),
         resend: Some(resend),
     };
@@ -337,7 +282,7 @@ pub(super) async fn respond(
                 return data_response(GrpcBody { ready, rest: None }, answer.head);
             }
             Event::Message(m, lease) => {
-                ready.push_back((Frame::data(grpc_frame(&m)), Some(lease)));
+                ready.push_back((Frame::data(frame(&m)), Some(lease)));
                 if ready.len() >= 2 {
                     break;
                 }
@@ -356,7 +301,7 @@ pub(super) async fn respond(
         let (c, m, mut t) = loop {
             match answer.next().await {
                 Event::Message(m, lease) => {
-                    let frame = (Frame::data(grpc_frame(&m)), Some(lease));
+                    let frame = (Frame::data(frame(&m)), Some(lease));
                     match tokio::time::timeout_at(send_by, tx.send(frame)).await {
                         Ok(Ok(())) => {}
                         // Client went away; dropping the call inbox unregisters it.
@@ -398,33 +343,4 @@ fn data_response(body: GrpcBody, head: HeaderMap) -> GrpcResponse {
         HeaderValue::from_static("application/grpc"),
     );
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reply_metadata_without_reserved_names() {
-        let mut h = async_nats::HeaderMap::new();
-        for (n, v) in [
-            ("Narun-Grpc-Seq", "0"),
-            ("Narun-Grpc-Status", "0"),
-            ("Nats-Service-Error", "x"),
-            ("grpc-status", "0"),
-            ("grpc-message", "forged"),
-            ("Content-Type", "text/html"),
-            ("connection", "close"),
-            ("X-Custom", "v"),
-            ("x-bin-bin", "AAEC"),
-            ("grpc-status-details-bin", "CAM"),
-        ] {
-            h.append(n, v);
-        }
-        let m = metadata(Some(&h));
-        let mut names: Vec<&str> = m.keys().map(|n| n.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["grpc-status-details-bin", "x-bin-bin", "x-custom"]);
-        assert!(metadata(None).is_empty());
-    }
 }

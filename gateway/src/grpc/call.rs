@@ -4,12 +4,10 @@
 //! takes it from there.
 
 use crate::limits::{BodyError, Listener};
-use bytes::{Buf, Bytes};
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
-use narun_wire::grpc::header;
+use narun_wire::grpc::{header, request_metadata, single_message, timeout_value};
 use narun_wire::names::{GRPC_METHOD_HEADER, TIMEOUT_MS, timeout_ms_value};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,14 +15,6 @@ use super::status::trailers_only;
 use super::{
     GrpcResponse, MAX_REQUEST_MESSAGE, STREAM_HEADER, State, answer, code, parse_grpc_timeout,
 };
-
-/// Request headers that are not call metadata: HTTP/2 connection-level and
-/// gRPC protocol headers, and names the NATS transport uses itself.
-fn is_reserved(name: &str) -> bool {
-    name.starts_with("grpc-")
-        || narun_wire::grpc::is_transport_header(name)
-        || matches!(name, "proxy-connection" | "user-agent")
-}
 
 /// Handle one gRPC call.
 pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcResponse {
@@ -87,21 +77,7 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     let mut nh = async_nats::HeaderMap::new();
     nh.insert(GRPC_METHOD_HEADER, path.as_str());
     nh.insert(STREAM_HEADER, "1");
-    for (name, value) in req.headers() {
-        if is_reserved(name.as_str()) {
-            continue;
-        }
-        let (Ok(n), Ok(v)) = (
-            async_nats::HeaderName::from_str(name.as_str()),
-            value
-                .to_str()
-                .map_err(|_| ())
-                .and_then(|v| async_nats::HeaderValue::from_str(v).map_err(|_| ())),
-        ) else {
-            continue;
-        };
-        nh.append(n, v);
-    }
+    request_metadata(req.headers(), &mut nh);
 
     // The request message.
     let max_payload = state.client.max_payload();
@@ -164,10 +140,7 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     // The time left when the request leaves (after any wait for a slot), for the app's
     // tonic service (`grpc-timeout`) and for the narun library (`Narun-Timeout-Ms`).
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    nh.insert(
-        header::TIMEOUT,
-        format!("{}m", left.as_millis().clamp(1, 99_999_999)).as_str(),
-    );
+    nh.insert(header::TIMEOUT, timeout_value(left).as_str());
     nh.insert(TIMEOUT_MS, timeout_ms_value(left));
     let mut sub = state.inbox.register();
     sub.slot = Some(slot);
@@ -192,66 +165,21 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     answer::respond(state, sub, deadline, label, started, resend).await
 }
 
-/// The one request message of a unary or server-streaming call, unframed.
-fn single_message(mut body: Bytes) -> Result<Bytes, (u16, &'static str)> {
-    if body.len() < 5 {
-        return Err((code::INTERNAL, "the call carried no request message"));
-    }
-    if body[0] != 0 {
-        return Err((
-            code::UNIMPLEMENTED,
-            "compressed messages are not supported by the narun gateway",
-        ));
-    }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    body.advance(5);
-    if body.len() < len {
-        return Err((code::INTERNAL, "truncated gRPC request message"));
-    }
-    if body.len() > len {
-        return Err((
-            code::UNIMPLEMENTED,
-            "client streaming is not supported by the narun gateway (one request message per call)",
-        ));
-    }
-    Ok(body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::grpc::status::code_name;
-    use narun_wire::grpc::{percent_decode, percent_encode};
+    use narun_wire::grpc::{is_reserved_request_header, percent_decode, percent_encode};
     use std::time::Duration;
 
     #[test]
-    fn framing_and_timeouts() {
-        assert_eq!(
-            single_message(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1])).unwrap(),
-            Bytes::from_static(&[8, 1])
-        );
-        assert_eq!(
-            single_message(Bytes::from_static(&[0, 0, 0, 0, 0])).unwrap(),
-            Bytes::new()
-        );
-        assert_eq!(single_message(Bytes::new()).unwrap_err().0, code::INTERNAL);
-        assert_eq!(
-            single_message(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
-                .unwrap_err()
-                .0,
-            code::UNIMPLEMENTED
-        );
-        assert_eq!(
-            single_message(Bytes::from_static(&[1, 0, 0, 0, 0]))
-                .unwrap_err()
-                .0,
-            code::UNIMPLEMENTED
-        );
+    fn timeouts_and_reserved_names() {
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_grpc_timeout("1S"), Some(Duration::from_secs(1)));
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(percent_decode(&percent_encode("é 100%")), "é 100%");
         assert_eq!(code_name(4), "DEADLINE_EXCEEDED");
+        let is_reserved = is_reserved_request_header;
         assert!(is_reserved("grpc-timeout") && is_reserved("te") && !is_reserved("x-echo"));
         // A client cannot set the deadline the app sees.
         assert!(is_reserved("narun-timeout-ms") && is_reserved("narun-grpc-stream"));

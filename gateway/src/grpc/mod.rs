@@ -22,7 +22,8 @@
 //!   metadata comes back as NATS headers of its first message (headers) and
 //!   of its status message (trailers), protocol names filtered (`answer.rs`).
 //! * Replies: a plain reply (Go consumers) is the raw response message, or an
-//!   ADR-32 error mapped back to a gRPC status ([`status_from_service_error`]).
+//!   ADR-32 error mapped back to a gRPC status
+//!   ([`narun_wire::grpc::status_from_service_error`]).
 //!   The request also carries `Narun-Grpc-Stream: 1`: narun consumers then
 //!   answer with any number of messages `Narun-Grpc-Seq: n` followed by one
 //!   `Narun-Grpc-Status` message, which carries server streaming (see
@@ -41,9 +42,9 @@
 //! |---|---|
 //! | `mod.rs` | `GrpcGateway`: binding, the accept loop, TLS handshakes, serving HTTP/2 connections, the health service, shutdown |
 //! | `call.rs` | one call: route, deadline, request headers → NATS headers, reading the request message, publishing |
-//! | `answer.rs` | the answer: NATS replies → messages and a status, the response body, forwarding streams |
+//! | `answer.rs` | the answer: NATS replies → messages and a status (read by `narun_wire::grpc::ReplyReader`, shared with the app library's channel), the response body, forwarding streams |
 //! | `inbox.rs` | the one reply subscription shared by every call |
-//! | `status.rs` | gRPC status codes and names, ADR-32 error → status, status-only answers |
+//! | `status.rs` | gRPC status code names, status-only answers (codes and the ADR-32 mapping: `narun_wire::grpc`) |
 //! | `metrics.rs` | the request counter and duration histogram, bounded method labels |
 
 mod answer;
@@ -77,9 +78,9 @@ use call::call;
 use inbox::{AbortOnDrop, Inbox};
 use metrics::GrpcMetrics;
 
+pub use narun_wire::grpc::STREAM_HEADER;
 pub use narun_wire::grpc::parse_grpc_timeout;
-pub use narun_wire::grpc::{MESSAGE_HEADER, SEQ_HEADER, STATUS_HEADER, STREAM_HEADER};
-pub use status::{code, status_from_service_error};
+pub use status::code;
 
 /// Largest accepted request message (grpc-go's default receive limit); also
 /// capped by the NATS server's `max_payload`.

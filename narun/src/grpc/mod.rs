@@ -1,4 +1,7 @@
-//! Serving a tonic-generated gRPC server over NATS (feature `grpc`).
+//! gRPC over NATS (feature `grpc`): serving a tonic-generated server
+//! ([`serve_grpc`]), and calling one without the gateway ([`channel`]).
+//!
+//! # Serving
 //!
 //! The narun gateway (and Go's `narun-gw`) turn each gRPC call into one NATS
 //! request on the subject named after the service:
@@ -45,9 +48,13 @@
 //! # }
 //! ```
 
+mod channel;
+
+pub use channel::{Channel, ResponseBody, channel};
+
 use crate::{Error, Options};
 use async_nats::HeaderMap;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -132,13 +139,7 @@ impl GrpcServer {
     }
 }
 
-/// gRPC status codes used here.
-mod code {
-    pub const OK: u16 = 0;
-    pub const RESOURCE_EXHAUSTED: u16 = 8;
-    pub const DEADLINE_EXCEEDED: u16 = 4;
-    pub const INTERNAL: u16 = 13;
-}
+use narun_wire::grpc::code;
 
 /// Headers that describe the NATS/narun transport rather than gRPC metadata.
 fn is_transport_header(name: &str) -> bool {
@@ -400,11 +401,7 @@ async fn handle<S, B>(
             }
         }
     }
-    let payload = &request.message.payload;
-    let mut framed = BytesMut::with_capacity(5 + payload.len());
-    framed.put_u8(0);
-    framed.put_u32(payload.len() as u32);
-    framed.put_slice(payload);
+    let framed = narun_wire::grpc::frame(&request.message.payload);
     let reply = request.message.reply.clone();
     let mut replier = Replier {
         client,
@@ -419,7 +416,7 @@ async fn handle<S, B>(
     };
     let http_request = match uri {
         Ok(uri) => {
-            let mut r = Request::new(Full::new(framed.freeze()));
+            let mut r = Request::new(Full::new(framed));
             *r.method_mut() = http::Method::POST;
             *r.uri_mut() = uri;
             *r.headers_mut() = metadata;

@@ -1,0 +1,395 @@
+//! The generated `GreeterClient` on `narun::grpc::channel`: gRPC over NATS
+//! without the gateway. A real nats-server, the real `grpc-hello` tonic server
+//! served in-process by `narun::serve_grpc` (the same service the gateway's
+//! tests call through the gateway).
+
+use futures_util::StreamExt;
+use grpc_hello::pb::greeter_client::GreeterClient;
+use grpc_hello::pb::greeter_server::{Greeter, GreeterServer};
+use grpc_hello::pb::{HelloReply, HelloRequest};
+use narun::grpc::Channel;
+use narun::{GrpcServer, NatsSettings, Options};
+use narun_test_support::{NatsServer, wait_connected, wait_for};
+use std::time::{Duration, Instant};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+
+/// Every call of these tests is bounded by this (a hung call fails the test).
+const BOUND: Duration = Duration::from_secs(20);
+
+struct Setup {
+    nats: NatsServer,
+    client: async_nats::Client,
+    app: Option<GrpcServer>,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        Self::start_with("").await
+    }
+
+    async fn start_with(nats_config: &str) -> Setup {
+        let nats = NatsServer::start_with_config(nats_config);
+        let app = GrpcServer::start(
+            Options::new("grpc-hello").nats(settings(&nats)),
+            grpc_hello::server(),
+        )
+        .await
+        .expect("serve grpc-hello over NATS");
+        let client = settings(&nats)
+            .connect("grpc-channel-test")
+            .await
+            .expect("client");
+        wait_connected(&client).await;
+        Setup {
+            nats,
+            client,
+            app: Some(app),
+        }
+    }
+
+    fn greeter(&self) -> GreeterClient<Channel> {
+        GreeterClient::new(narun::grpc::channel(&self.client, "grpc-hello"))
+    }
+
+    async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+fn settings(nats: &NatsServer) -> NatsSettings {
+    NatsSettings {
+        url: nats.url(),
+        ..Default::default()
+    }
+}
+
+fn hello(name: &str) -> HelloRequest {
+    HelloRequest { name: name.into() }
+}
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(BOUND, f).await.expect("call bounded")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_and_server_streaming() {
+    let s = Setup::start().await;
+    let mut g = s.greeter();
+    let r = bounded(g.say_hello(hello("narun")))
+        .await
+        .expect("unary call");
+    assert_eq!(r.into_inner().message, "Hello, narun");
+
+    let r = bounded(g.say_hellos(hello("count:5")))
+        .await
+        .expect("stream call");
+    let mut stream = r.into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = bounded(stream.next()).await {
+        got.push(m.expect("stream message").message);
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("Hello #{i}, count:5")).collect();
+    assert_eq!(got, want);
+
+    // An empty stream: status only.
+    let r = bounded(g.say_hellos(hello("count:0"))).await.expect("call");
+    let mut stream = r.into_inner();
+    assert!(bounded(stream.next()).await.is_none());
+
+    // Clones share nothing but the NATS client: concurrent calls each get their answer.
+    let calls = (0..20).map(|i| {
+        let mut g = g.clone();
+        async move { g.say_hello(hello(&format!("n{i}"))).await }
+    });
+    let answers = bounded(futures_util::future::join_all(calls)).await;
+    for (i, a) in answers.into_iter().enumerate() {
+        assert_eq!(
+            a.expect("concurrent call").into_inner().message,
+            format!("Hello, n{i}")
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_status_message_details_and_metadata() {
+    let s = Setup::start().await;
+    let mut g = s.greeter();
+
+    let e = bounded(g.say_hello(hello(""))).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "name must not be empty");
+
+    let e = bounded(g.say_hello(hello("details"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert_eq!(e.message(), "with details");
+    assert_eq!(e.details(), grpc_hello::DETAILS);
+
+    let e = bounded(g.say_hello(hello("meta-error"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(e.message(), "with metadata");
+    assert_eq!(e.metadata().get("x-error-detail").unwrap(), "precondition");
+    assert_eq!(
+        e.metadata()
+            .get_bin("x-error-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        &[0x00, 0x01, 0x02, 0xff]
+    );
+    // No protocol or transport header leaks into the metadata.
+    for k in e.metadata().keys() {
+        let name = match k {
+            tonic::metadata::KeyRef::Ascii(k) => k.as_str(),
+            tonic::metadata::KeyRef::Binary(k) => k.as_str(),
+        };
+        assert!(
+            !name.starts_with("nats-") && !name.starts_with("narun-"),
+            "leaked {name}"
+        );
+    }
+
+    let e = bounded(g.say_hello(hello("panic"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_both_ways_with_trailers() {
+    let s = Setup::start().await;
+    let mut g = s.greeter();
+
+    // Request metadata reaches the service; its response headers come back.
+    let mut req = Request::new(hello("meta"));
+    req.metadata_mut()
+        .insert("x-echo", MetadataValue::from_static("ping"));
+    req.metadata_mut()
+        .insert_bin("x-echo-bin", MetadataValue::from_bytes(&[0, 1, 0xfe, 0xff]));
+    let r = bounded(g.say_hello(req)).await.expect("call with metadata");
+    assert_eq!(r.metadata().get("x-echo").unwrap(), "ping");
+    assert_eq!(
+        r.metadata()
+            .get_bin("x-echo-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        &[0, 1, 0xfe, 0xff]
+    );
+    assert_eq!(r.into_inner().message, "Hello, meta [x-echo=ping]");
+
+    // A stream: response header, one message, then an error status with trailers.
+    let r = bounded(g.say_hellos(hello("fail")))
+        .await
+        .expect("stream call");
+    assert_eq!(r.metadata().get("x-stream").unwrap(), "failing");
+    let mut stream = r.into_inner();
+    let first = bounded(stream.next())
+        .await
+        .expect("one message")
+        .expect("ok");
+    assert_eq!(first.message, "Hello #0, fail");
+    let e = bounded(stream.next())
+        .await
+        .expect("the status")
+        .expect_err("ends with an error");
+    assert_eq!(e.code(), Code::Aborted);
+    assert_eq!(e.message(), "stream failed");
+    assert_eq!(e.metadata().get("x-trailer").unwrap(), "stream-failed");
+    assert_eq!(
+        e.metadata()
+            .get_bin("x-trailer-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        &[0xde, 0xad, 0xbe, 0xef]
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_are_honoured() {
+    let s = Setup::start().await;
+    let mut g = s.greeter();
+
+    // tonic's per-call timeout (`grpc-timeout`).
+    let mut req = Request::new(hello("sleep:5000"));
+    req.set_timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    let e = bounded(g.say_hello(req)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // The channel's own timeout.
+    let mut short = GreeterClient::new(
+        narun::grpc::channel(&s.client, "grpc-hello").timeout(Duration::from_millis(300)),
+    );
+    let t = Instant::now();
+    let e = bounded(short.say_hello(hello("sleep:5000")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // ... which a fast call does not hit.
+    let r = bounded(short.say_hello(hello("sleep:10")))
+        .await
+        .expect("fast call");
+    assert_eq!(r.into_inner().message, "Hello, sleep:10");
+    s.stop().await;
+}
+
+/// A gRPC service that calls `grpc-hello` through a channel inside its handler
+/// and reports what that inner call saw.
+struct Front {
+    channel: Channel,
+    seen: tokio::sync::mpsc::Sender<(Code, Duration)>,
+}
+
+#[tonic::async_trait]
+impl Greeter for Front {
+    async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let mut inner = GreeterClient::new(self.channel.clone());
+        let t = Instant::now();
+        let r = inner.say_hello(req.into_inner()).await;
+        let code = r.as_ref().map(|_| Code::Ok).unwrap_or_else(|e| e.code());
+        let _ = self.seen.send((code, t.elapsed())).await;
+        r
+    }
+
+    type SayHellosStream = tonic::Streaming<HelloReply>;
+
+    async fn say_hellos(
+        &self,
+        _req: Request<HelloRequest>,
+    ) -> Result<Response<Self::SayHellosStream>, Status> {
+        Err(Status::unimplemented("front: unary only"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_propagates_through_a_chain() {
+    let s = Setup::start().await;
+    let (tx, mut seen) = tokio::sync::mpsc::channel(4);
+    let front_nats = settings(&s.nats).connect("front").await.expect("front");
+    wait_connected(&front_nats).await;
+    let front = GrpcServer::start(
+        Options::new("grpc-front").nats(settings(&s.nats)),
+        GreeterServer::new(Front {
+            // The inner channel's own timeout is long: only the caller's deadline
+            // (the front handler's `narun::deadline()`) can end the inner call early.
+            channel: narun::grpc::channel(&front_nats, "grpc-hello")
+                .timeout(Duration::from_secs(60)),
+            seen: tx,
+        }),
+    )
+    .await
+    .expect("serve the front");
+
+    // Through the chain, fast: the answer of grpc-hello comes back.
+    let mut g = GreeterClient::new(narun::grpc::channel(&s.client, "grpc-front"));
+    let r = bounded(g.say_hello(hello("chain")))
+        .await
+        .expect("chain call");
+    assert_eq!(r.into_inner().message, "Hello, chain");
+    assert_eq!(bounded(seen.recv()).await.unwrap().0, Code::Ok);
+
+    // The caller gives the chain 600 ms; grpc-hello would take 8 s.
+    let mut req = Request::new(hello("sleep:8000"));
+    req.set_timeout(Duration::from_millis(600));
+    let e = bounded(g.say_hello(req)).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    // The front's inner call gave up before the front's own deadline, with time
+    // left to report it (without propagation it would wait 8 s, the front's
+    // handler would be dropped first, and nothing would be reported).
+    let (code, took) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .expect("the inner call reports before the front's handler is dropped")
+        .expect("the front is running");
+    assert_eq!(code, Code::DeadlineExceeded);
+    assert!(
+        took < Duration::from_millis(600),
+        "inner call took {took:?}"
+    );
+    front.shutdown().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_responders_and_oversize_map_to_statuses() {
+    // A small max_payload, so the sizes stay small.
+    let s = Setup::start_with("max_payload: 65536").await;
+    let mut absent = GreeterClient::new(narun::grpc::channel(&s.client, "absent"));
+    let t = Instant::now();
+    let e = bounded(absent.say_hello(hello("anyone")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("absent"), "{}", e.message());
+    // At once, not after the 10 s default budget.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let e = bounded(absent.say_hellos(hello("anyone")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+
+    let mut g = s.greeter();
+    // A request NATS cannot carry.
+    let e = bounded(g.say_hello(hello(&"x".repeat(70_000))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_payload"), "{}", e.message());
+    // Just under the limit with the headers: refused cleanly, never a broken connection.
+    let e = bounded(g.say_hello(hello(&"x".repeat(65_530))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // A reply NATS cannot carry: the service says so.
+    let e = bounded(g.say_hello(hello("big:70000"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // The connection is still good.
+    let r = bounded(g.say_hello(hello("after")))
+        .await
+        .expect("call after");
+    assert_eq!(r.into_inner().message, "Hello, after");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_calls() {
+    let s = Setup::start().await;
+    let second = GrpcServer::start(
+        Options::new("grpc-hello").nats(settings(&s.nats)),
+        grpc_hello::server(),
+    )
+    .await
+    .expect("second instance");
+    let mut g = s.greeter();
+    for i in 0..60 {
+        bounded(g.say_hello(hello(&format!("r{i}"))))
+            .await
+            .expect("call");
+    }
+    let served = |srv: &GrpcServer| -> u64 {
+        srv.service()
+            .stats()
+            .endpoints
+            .iter()
+            .map(|e| e.num_requests)
+            .sum()
+    };
+    // Counted once the reply is sent: read when both counts add up.
+    let (a, b) = wait_for("both instances' counts", Duration::from_secs(5), || {
+        let (a, b) = (served(s.app.as_ref().unwrap()), served(&second));
+        async move { (a + b == 60).then_some((a, b)) }
+    })
+    .await;
+    assert!(a > 0 && b > 0, "one instance took every call: {a} / {b}");
+    second.shutdown().await;
+    s.stop().await;
+}
