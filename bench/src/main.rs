@@ -21,8 +21,9 @@
 //! and the narun app called directly over NATS (what the app library costs), and
 //! the hand-written axum server answering itself (its own HTTP-only ceiling).
 //! `grpc`: narun gateway → narun `GrpcServer` app, hand-written tonic forwarder → raw
-//! responder, raw request-reply, the narun gRPC app called directly (Go form), and
-//! tonic answering `SayHello` itself (the gRPC ceiling: no NATS).
+//! responder, raw request-reply, the narun gRPC app called directly (Go form),
+//! tonic answering `SayHello` itself (the gRPC ceiling: no NATS), and the generated
+//! client on `narun::grpc::channel` calling the narun gRPC app (no gateway).
 //!
 //! Each round runs every path at 64 concurrent requests, then every path at 1 in
 //! slices that alternate between the paths (the order reversed every other round);
@@ -690,6 +691,21 @@ async fn grpc_bench(s: &Setup, c: &Common) -> anyhow::Result<()> {
             }
         })
     };
+    // The generated client on a NATS channel (no gateway, no HTTP/2).
+    let via_nats = |client: GreeterClient<narun::grpc::Channel>| {
+        let expect = format!("Hello, {name}");
+        call(move || {
+            let (mut client, expect) = (client.clone(), expect.clone());
+            async move {
+                let r = client
+                    .say_hello(HelloRequest { name: name.into() })
+                    .await?
+                    .into_inner();
+                anyhow::ensure!(r.message == expect, "answered {:?}", r.message);
+                Ok(())
+            }
+        })
+    };
     let raw = {
         let (caller, request, expect) = (caller.clone(), request.clone(), reply.clone());
         call(move || {
@@ -744,6 +760,13 @@ async fn grpc_bench(s: &Setup, c: &Common) -> anyhow::Result<()> {
             name: "tonic answering itself (no NATS): ceiling",
             call: via(channel(s.hand_gw.addr("grpc_direct")?).await?),
         },
+        Path {
+            name: "narun::grpc::channel → narun gRPC app",
+            call: via_nats(GreeterClient::new(narun::grpc::channel(
+                &caller,
+                NARUN_GRPC_APP,
+            ))),
+        },
     ];
     println!(
         "\nnarun-bench grpc: unary SayHello, request {} B, reply {} B, one h2c connection per gateway, {} s per run, {} rounds",
@@ -765,6 +788,13 @@ async fn grpc_bench(s: &Setup, c: &Common) -> anyhow::Result<()> {
         c,
     );
     print_ratio("narun gRPC / gRPC ceiling (tonic answering)", &r, 0, 4, c);
+    print_ratio(
+        "narun::grpc::channel (no gateway) / narun gateway",
+        &r,
+        5,
+        0,
+        c,
+    );
     print_app_cost(
         "app library (narun gRPC app vs raw responder, through the gateways)",
         &r,

@@ -2,7 +2,8 @@
 //!
 //! Link this crate into an app and serve any [axum] `Router`, or any tower HTTP
 //! service, as a NATS Micro (ADR-32) service; with the `grpc` feature, serve a
-//! tonic-generated gRPC service the same way (`serve_grpc`, see docs/grpc.md).
+//! tonic-generated gRPC service the same way (`serve_grpc`, see docs/grpc.md), and
+//! call one from a generated client without the gateway (`grpc::channel`).
 //! The narun gateway (or the Go
 //! `narun-gw`) turns HTTP requests into NATS requests on the subject named after
 //! the service; this library answers them:

@@ -9,7 +9,7 @@ use grpc_hello::pb::greeter_server::{Greeter, GreeterServer};
 use grpc_hello::pb::{HelloReply, HelloRequest};
 use narun::grpc::Channel;
 use narun::{GrpcServer, NatsSettings, Options};
-use narun_test_support::{NatsServer, wait_connected, wait_for};
+use narun_test_support::{NatsServer, synced, wait_connected, wait_for};
 use std::time::{Duration, Instant};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
@@ -224,6 +224,20 @@ async fn deadlines_are_honoured() {
     let e = bounded(g.say_hello(req)).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // The deadline travelled: the service dropped its 5 s handler when it passed.
+    let app = s.app.as_ref().unwrap();
+    let dropped =
+        || app.service().stats().endpoints[0].data[narun::STAT_DEADLINE_EXCEEDED].as_u64();
+    wait_for(
+        "the service to drop the handler at the caller's deadline",
+        Duration::from_millis(2500),
+        || {
+            let n = dropped();
+            async move { (n == Some(1)).then_some(()) }
+        },
+    )
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 
     // The channel's own timeout.
     let mut short = GreeterClient::new(
@@ -311,10 +325,9 @@ async fn deadline_propagates_through_a_chain() {
         .expect("the inner call reports before the front's handler is dropped")
         .expect("the front is running");
     assert_eq!(code, Code::DeadlineExceeded);
-    assert!(
-        took < Duration::from_millis(600),
-        "inner call took {took:?}"
-    );
+    // About the caller's 600 ms less the margin (scheduling on a loaded machine
+    // adds to it), far from the inner service's 8 s.
+    assert!(took < Duration::from_secs(2), "inner call took {took:?}");
     front.shutdown().await;
     s.stop().await;
 }
@@ -391,5 +404,180 @@ async fn replicas_share_the_calls() {
     .await;
     assert!(a > 0 && b > 0, "one instance took every call: {a} / {b}");
     second.shutdown().await;
+    s.stop().await;
+}
+
+/// The example of docs/app-library.md ("gRPC without the gateway"), between the
+/// markers; `docs_example_is_the_code_tested` keeps the page equal to it.
+async fn docs_example(nats: async_nats::Client) -> anyhow::Result<Vec<String>> {
+    // docs/app-library.md: begin
+    use grpc_hello::pb::HelloRequest;
+    use grpc_hello::pb::greeter_client::GreeterClient;
+    use std::time::Duration;
+
+    // The generated client on a NATS channel to the service "grpc-hello".
+    let mut greeter = GreeterClient::new(narun::grpc::channel(&nats, "grpc-hello"));
+
+    // Unary, with metadata and a deadline (sent as grpc-timeout).
+    let mut req = tonic::Request::new(HelloRequest {
+        name: "narun".into(),
+    });
+    req.metadata_mut().insert("x-echo", "hi".parse()?);
+    req.set_timeout(Duration::from_secs(2));
+    let reply = greeter.say_hello(req).await?;
+    assert_eq!(reply.metadata().get("x-echo").unwrap(), "hi");
+    assert_eq!(reply.into_inner().message, "Hello, narun [x-echo=hi]");
+
+    // Server streaming: the messages as the service sends them.
+    let hellos = HelloRequest {
+        name: "count:2".into(),
+    };
+    let mut stream = greeter.say_hellos(hellos).await?.into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await? {
+        got.push(m.message);
+    }
+
+    // Failures are gRPC statuses.
+    let empty = HelloRequest {
+        name: String::new(),
+    };
+    let err = greeter.say_hello(empty).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // docs/app-library.md: end
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_example_runs() {
+    let s = Setup::start().await;
+    let got = bounded(docs_example(s.client.clone()))
+        .await
+        .expect("the docs example");
+    assert_eq!(got, ["Hello #0, count:2", "Hello #1, count:2"]);
+    s.stop().await;
+}
+
+#[test]
+fn docs_example_is_the_code_tested() {
+    let between = |text: &str, begin: &str, end: &str| -> String {
+        let rest = text.split(begin).nth(1).expect(begin);
+        let block = rest.split(end).next().expect(end);
+        // Compared without indentation (the page is not indented).
+        block
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let tested = between(
+        include_str!("channel.rs"),
+        "// docs/app-library.md: begin\n",
+        "// docs/app-library.md: end",
+    );
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/app-library.md"
+    ))
+    .expect("docs/app-library.md");
+    let shown = between(
+        &page,
+        "<!-- tested: examples/grpc-hello/tests/channel.rs, docs_example -->\n```rust\n",
+        "```",
+    );
+    assert_eq!(
+        shown, tested,
+        "docs/app-library.md's gRPC example differs from the tested code"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_style_consumer_answers_unary_calls() {
+    use prost::Message;
+    let s = Setup::start().await;
+    // A responder answering as Go's `nconsumer` does: one plain reply with the raw
+    // message, or an ADR-32 error; it checks what the channel sent.
+    let responder = settings(&s.nats)
+        .connect("go-style")
+        .await
+        .expect("responder");
+    wait_connected(&responder).await;
+    let mut sub = responder
+        .queue_subscribe("go-consumer", "q".into())
+        .await
+        .expect("subscribe");
+    synced(&responder).await;
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let h = m.headers.clone().unwrap_or_default();
+            let method = h.get("X-Original-Grpc-Method").map(|v| v.to_string());
+            let req = HelloRequest::decode(m.payload.clone()).expect("raw protobuf payload");
+            let Some(reply) = m.reply else { continue };
+            if method.as_deref() != Some("/hello.v1.Greeter/SayHello") {
+                let mut e = async_nats::HeaderMap::new();
+                e.insert("Nats-Service-Error-Code", "501");
+                e.insert("Nats-Service-Error", "unknown method");
+                responder
+                    .publish_with_headers(reply, e, Default::default())
+                    .await
+                    .unwrap();
+            } else if req.name == "bad" {
+                let mut e = async_nats::HeaderMap::new();
+                e.insert("Nats-Service-Error-Code", "3");
+                e.insert("Nats-Service-Error", "bad name");
+                responder
+                    .publish_with_headers(reply, e, Default::default())
+                    .await
+                    .unwrap();
+            } else {
+                let out = HelloReply {
+                    message: format!("Go says hello, {}", req.name),
+                };
+                responder
+                    .publish(reply, out.encode_to_vec().into())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let mut g = GreeterClient::new(narun::grpc::channel(&s.client, "go-consumer"));
+    let r = bounded(g.say_hello(hello("gopher"))).await.expect("unary");
+    assert_eq!(r.into_inner().message, "Go says hello, gopher");
+    let e = bounded(g.say_hello(hello("bad"))).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "bad name"));
+    let e = bounded(g.say_hellos(hello("x"))).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::Unimplemented, "unknown method")
+    );
+    task.abort();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_is_unavailable_at_once_then_calls_work_again() {
+    let s = Setup::start().await;
+    let mut g = s.greeter();
+    bounded(g.say_hello(hello("before"))).await.expect("call");
+    s.nats.stop();
+    wait_for("the client to notice", Duration::from_secs(10), || {
+        let down = s.client.connection_state() != async_nats::connection::State::Connected;
+        async move { down.then_some(()) }
+    })
+    .await;
+    let t = Instant::now();
+    let e = bounded(g.say_hello(hello("down"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("not connected"), "{}", e.message());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    s.nats.restart();
+    // The client and the service reconnect; calls succeed again.
+    let r = wait_for("calls to succeed again", Duration::from_secs(15), || {
+        let mut g = g.clone();
+        async move { g.say_hello(hello("again")).await.ok() }
+    })
+    .await;
+    assert_eq!(r.into_inner().message, "Hello, again");
     s.stop().await;
 }

@@ -40,7 +40,9 @@
 //! service subscribed → `UNAVAILABLE` (at once); budget spent →
 //! `DEADLINE_EXCEEDED`; a request larger than the NATS `max_payload` →
 //! `RESOURCE_EXHAUSTED`; a compressed request or client streaming →
-//! `UNIMPLEMENTED`; the connection lost → `UNAVAILABLE`. A client that reads
+//! `UNIMPLEMENTED`; NATS not connected when the call starts → `UNAVAILABLE`
+//! (at once; a call in flight when the connection is lost ends at its
+//! deadline, its answer may be lost with the connection). A client that reads
 //! a stream slower than the service sends it may lose messages to the
 //! subscription's buffer: the call then ends with `DATA_LOSS`.
 
@@ -176,6 +178,12 @@ impl Channel {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         nh.insert(header::TIMEOUT, timeout_value(left).as_str());
         nh.insert(TIMEOUT_MS, timeout_ms_value(left));
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return trailers_only(
+                code::UNAVAILABLE,
+                &format!("calling {}: NATS is not connected", self.service),
+            );
+        }
         let inbox = self.nats.new_inbox();
         let sub = match self.nats.subscribe(inbox.clone()).await {
             Ok(s) => s,
