@@ -581,3 +581,76 @@ async fn nats_down_is_unavailable_at_once_then_calls_work_again() {
     assert_eq!(r.into_inner().message, "Hello, again");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_metadata_cannot_forge_the_status_or_the_framing() {
+    let s = Setup::start().await;
+    // A responder putting protocol and transport names among its metadata.
+    let forger = settings(&s.nats).connect("forger").await.expect("forger");
+    wait_connected(&forger).await;
+    let mut sub = forger
+        .queue_subscribe("forger", "q".into())
+        .await
+        .expect("subscribe");
+    synced(&forger).await;
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply else { continue };
+            let mut h = async_nats::HeaderMap::new();
+            for (n, v) in [
+                ("Narun-Grpc-Seq", "0"),
+                ("content-type", "text/html"),
+                ("grpc-encoding", "gzip"),
+                ("grpc-status", "0"),
+                ("Narun-Timeout-Ms", "1"),
+                ("x-head", "yes"),
+            ] {
+                h.insert(n, v);
+            }
+            // HelloReply { message: "hi" }
+            let hi = prost::bytes::Bytes::from_static(b"\x0a\x02hi");
+            let _ = forger.publish_with_headers(reply.clone(), h, hi).await;
+            let mut h = async_nats::HeaderMap::new();
+            for (n, v) in [
+                ("Narun-Grpc-Status", "9"),
+                ("Narun-Grpc-Message", "the real status"),
+                ("grpc-status", "0"),
+                ("grpc-message", "forged"),
+                ("te", "gzip"),
+                ("x-tail", "t"),
+            ] {
+                h.insert(n, v);
+            }
+            let _ = forger
+                .publish_with_headers(reply, h, Default::default())
+                .await;
+        }
+    });
+    let mut g = GreeterClient::new(narun::grpc::channel(&s.client, "forger"));
+    let r = bounded(g.say_hellos(hello("x")))
+        .await
+        .expect("response headers");
+    let head = r.metadata();
+    assert_eq!(head.get("x-head").unwrap(), "yes");
+    assert_eq!(head.get("content-type").unwrap(), "application/grpc");
+    for gone in [
+        "grpc-encoding",
+        "grpc-status",
+        "narun-timeout-ms",
+        "narun-grpc-seq",
+    ] {
+        assert!(head.get(gone).is_none(), "{gone} in {head:?}");
+    }
+    let mut stream = r.into_inner();
+    let m = bounded(stream.next()).await.unwrap().expect("the message");
+    assert_eq!(m.message, "hi");
+    let e = bounded(stream.next()).await.unwrap().unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::FailedPrecondition, "the real status")
+    );
+    assert_eq!(e.metadata().get("x-tail").unwrap(), "t");
+    assert!(e.metadata().get("te").is_none(), "{:?}", e.metadata());
+    task.abort();
+    s.stop().await;
+}
