@@ -350,6 +350,18 @@ async fn no_responders_and_oversize_map_to_statuses() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 
+    // A service name that is no NATS subject: said so, at once.
+    for bad in ["", "two words", "grpc.*", "a..b"] {
+        let mut g = GreeterClient::new(narun::grpc::channel(&s.client, bad));
+        let e = bounded(g.say_hello(hello("x"))).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+        assert!(
+            e.message().contains("not a service name"),
+            "{}",
+            e.message()
+        );
+    }
+
     let mut g = s.greeter();
     // A request NATS cannot carry.
     let e = bounded(g.say_hello(hello(&"x".repeat(70_000))))

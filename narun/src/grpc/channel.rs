@@ -67,8 +67,9 @@ use std::time::Duration;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A channel to the gRPC service `service` (its NATS Micro name, the subject a
-/// `serve_grpc` app answers on) over `nats`. Cheap to clone; see the
-/// [module docs](self).
+/// `serve_grpc` app answers on) over `nats`, for any tonic-generated client:
+/// `GreeterClient::new(narun::grpc::channel(&nats, "grpc-hello"))`. Cheap to
+/// clone; see [`Channel`].
 pub fn channel(nats: &async_nats::Client, service: impl Into<String>) -> Channel {
     let service: Arc<str> = service.into().into();
     Channel {
@@ -79,7 +80,21 @@ pub fn channel(nats: &async_nats::Client, service: impl Into<String>) -> Channel
     }
 }
 
-/// A tonic-compatible channel to one gRPC service over NATS ([`channel`]).
+/// A tonic-compatible channel to one gRPC service over NATS ([`channel`]): a
+/// `tower::Service` over HTTP/2-style requests that makes each call the NATS
+/// request the narun gateway makes, so a `serve_grpc` service answers both alike.
+///
+/// * unary and server-streaming calls; status (code, message, details) and
+///   metadata both ways (request metadata, response headers, trailers);
+/// * NATS picks one instance of the service's queue group per call;
+/// * a call's budget is [`Channel::timeout`] ([`crate::DEFAULT_TIMEOUT`] unless
+///   set), lowered by the call's `grpc-timeout` and, inside a narun handler, by
+///   [`crate::deadline`]; it travels to the service;
+/// * failures are gRPC statuses: no responders or NATS not connected →
+///   `UNAVAILABLE`, budget spent → `DEADLINE_EXCEEDED`, a request over the NATS
+///   `max_payload` → `RESOURCE_EXHAUSTED`.
+///
+/// docs/app-library.md ("gRPC without the gateway") has an example and the details.
 #[derive(Debug, Clone)]
 pub struct Channel {
     nats: async_nats::Client,
@@ -101,6 +116,15 @@ impl Channel {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        if !valid_subject(&self.service) {
+            return trailers_only(
+                code::INVALID_ARGUMENT,
+                &format!(
+                    "calling {:?}: not a service name (a NATS subject: no spaces, no wildcards, no empty tokens)",
+                    self.service
+                ),
+            );
+        }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();
         if !path
@@ -206,6 +230,10 @@ impl Channel {
                 async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
                     too_large(&self.service, max_payload)
                 }
+                async_nats::client::PublishErrorKind::InvalidSubject => trailers_only(
+                    code::INVALID_ARGUMENT,
+                    &format!("calling {:?}: not a valid NATS subject: {e}", self.service),
+                ),
                 _ => trailers_only(
                     code::UNAVAILABLE,
                     &format!("calling {}: publishing the request: {e}", self.service),
@@ -266,6 +294,18 @@ where
         let channel = self.clone();
         Box::pin(async move { Ok(channel.call(req).await) })
     }
+}
+
+/// A subject a request can be published to: tokens separated by dots, none
+/// empty, no whitespace or control characters, no wildcards.
+fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|t| {
+            !t.is_empty()
+                && !t
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
+        })
 }
 
 /// A status-only ("trailers-only") answer.
@@ -395,5 +435,22 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.first.is_none() && self.answer.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_subjects_without_wildcards() {
+        for ok in ["grpc-hello", "team.grpc_hello", "a.b.c"] {
+            assert!(valid_subject(ok), "{ok}");
+        }
+        for bad in [
+            "", "a b", "a..b", ".a", "a.", "a.*", "a.>", "x\ty", "\u{7f}",
+        ] {
+            assert!(!valid_subject(bad), "{bad:?}");
+        }
     }
 }
