@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fetch;

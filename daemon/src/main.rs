@@ -18,7 +18,7 @@
 #![deny(unsafe_code)]
 
 use anyhow::Context;
-use clap::Parser;
+use narund::cli::{Cli, Command};
 use narund::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
 use narund::daemon::Daemon;
 use narund::preflight::Checked;
@@ -28,34 +28,6 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "narund",
-    version,
-    about = "narun node daemon: runs apps from NATS, exposes them over HTTP"
-)]
-struct Cli {
-    /// Configuration file. When not given, /etc/narun/narund.toml is used if it exists.
-    #[arg(short, long, env = "NARUND_CONFIG")]
-    config: Option<PathBuf>,
-    /// Node id (default: host name). Overrides `node_id`.
-    #[arg(long, env = "NARUND_NODE_ID")]
-    node_id: Option<String>,
-    /// NATS server URL(s). Overrides `nats.url`.
-    #[arg(long, env = "NATS_URL")]
-    nats_url: Option<String>,
-    /// Data directory. Overrides `data_dir`.
-    #[arg(long, env = "NARUND_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Runtime directory. Overrides `runtime_dir`.
-    #[arg(long, env = "NARUND_RUNTIME_DIR")]
-    runtime_dir: Option<PathBuf>,
-    /// Check the configuration as a start would (files, directories, cgroup root), print
-    /// the effective settings and exit 0; or print every problem and exit 2.
-    #[arg(long)]
-    check_config: bool,
-}
 
 /// narund's umask, and so the one apps start with: systemd's default for services.
 const NARUND_UMASK: libc::mode_t = 0o022;
@@ -67,7 +39,21 @@ fn main() -> ExitCode {
     #[allow(unsafe_code)]
     let fds = unsafe { narund::sys::env::take_listen_fds() };
     let received = narund::state::fdstore::receive(fds);
-    let cli = Cli::parse();
+    let cli = match narund::cli::parse() {
+        Ok(Command::Run(cli)) => cli,
+        Ok(Command::Help) => {
+            print!("{}", narund::cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("narund {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("narund: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (filter, bad_filter) = log_filter(std::env::var("NARUND_LOG").ok().as_deref());
     tracing_subscriber::registry()
         .with(

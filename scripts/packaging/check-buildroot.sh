@@ -154,9 +154,10 @@ check_opts() { # check_opts EXPECTED MAKE_VARS...
 }
 # Without the gateway: the firmware profile's settings on top of --release (echo drops the quotes).
 FW="--config profile.release.panic=abort --config profile.release.package.narund.opt-level=z --config profile.release.package.narun-wire.opt-level=z --config profile.release.package.narund.strip=true"
-check_opts "-p narund $FW" BR2_PACKAGE_NARUN_GATEWAY= BR2_PACKAGE_NARUN_NARUNCTL=
-check_opts "-p narund $FW -p narunctl" BR2_PACKAGE_NARUN_NARUNCTL=y
-check_opts "-p narund --features narund/gateway -p narunctl" BR2_PACKAGE_NARUN_GATEWAY=y BR2_PACKAGE_NARUN_NARUNCTL=y
+J="--features narund/scheduled-runs --features narund/command-units"
+check_opts "-p narund --no-default-features $FW" BR2_PACKAGE_NARUN_GATEWAY= BR2_PACKAGE_NARUN_NARUNCTL=
+check_opts "-p narund --no-default-features $J $FW -p narunctl" BR2_PACKAGE_NARUN_SCHEDULED_RUNS=y BR2_PACKAGE_NARUN_COMMAND_UNITS=y BR2_PACKAGE_NARUN_NARUNCTL=y
+check_opts "-p narund --no-default-features --features narund/command-units --features narund/gateway -p narunctl" BR2_PACKAGE_NARUN_COMMAND_UNITS=y BR2_PACKAGE_NARUN_GATEWAY=y BR2_PACKAGE_NARUN_NARUNCTL=y
 users=$(mkrun users)
 grep -q '^narun-app -1 narun-app -1 \* ' <<<"$users" && ok "NARUN_USERS creates narun-app ($users)" || fail "NARUN_USERS is '$users'"
 TGT=$TMP/target

@@ -97,11 +97,13 @@ for pkg in $(grep -o -- '-p [a-z0-9_-]*' "$RECIPE" | awk '{print $2}' | sort -u)
         fail "recipe builds cargo package $pkg, which is not in the workspace"
     fi
 done
-if grep -q '^\[features\]' daemon/Cargo.toml && grep -q '^gateway = ' daemon/Cargo.toml; then
-    ok "narund has the cargo feature gateway (PACKAGECONFIG[gateway])"
-else
-    fail "PACKAGECONFIG[gateway] needs the cargo feature narund/gateway in daemon/Cargo.toml"
-fi
+for feat in $(grep -o 'features narund/[a-z-]*' "$RECIPE" | sed 's|.*narund/||' | sort -u); do
+    if grep -q '^\[features\]' daemon/Cargo.toml && grep -q "^$feat = " daemon/Cargo.toml; then
+        ok "narund has the cargo feature $feat (PACKAGECONFIG[$feat])"
+    else
+        fail "PACKAGECONFIG[$feat] needs the cargo feature narund/$feat in daemon/Cargo.toml"
+    fi
+done
 
 # --- 5. kas file ----------------------------------------------------------------------
 if ! "$PY" -c 'import kas, yaml, jsonschema' 2>/dev/null; then

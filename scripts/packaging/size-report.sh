@@ -4,6 +4,8 @@
 #
 #   scripts/packaging/size-report.sh            # both targets, all three binaries
 #   CROSS_TARGETS=aarch64-unknown-linux-gnu SIZE_BINS="narund" scripts/packaging/size-report.sh
+#   SIZE_BINS="narund-min" ...   # narund --no-default-features: services only, without
+#                                # scheduled runs and command units (daemon/Cargo.toml)
 #   SIZE_BINS="floor" ...   # bench/floor: async-nats + tokio + serde_json watching the
 #                           # app-configs bucket, the floor under any narund
 #
@@ -42,6 +44,7 @@ for t in $TARGETS; do
     for b in $BINS; do
         case "$b" in
             narund) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narund --target "$t" "${NOSTRIP[@]}" ;;
+            narund-min) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narund --no-default-features --target "$t" "${NOSTRIP[@]}" ;;
             narund+gateway) profile=release; nice cargo build --locked -q --release -p narund --features gateway --target "$t" ;;
             narunctl) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narunctl --target "$t" "${NOSTRIP[@]}" ;;
             floor) profile=release; nice cargo build --locked -q --release -p narun-size-floor --target "$t" ;;
@@ -49,6 +52,7 @@ for t in $TARGETS; do
         esac
         case "$b" in
             floor) src="$TARGET_DIR/$t/$profile/narun-size-floor" ;;
+            narund-min) src="$TARGET_DIR/$t/$profile/narund" ;;
             *) src="$TARGET_DIR/$t/$profile/${b%%+*}" ;;
         esac
         "$p-strip" -o "$OUT/$t-$b" "$src"

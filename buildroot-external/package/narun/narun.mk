@@ -17,7 +17,13 @@ NARUN_LICENSE_FILES = LICENSE
 # empty: vendoring (download post-process) then covers the whole Cargo.lock. The
 # default cargo build step builds only the packages listed here; the install step
 # is overridden because `cargo install --path ./` rejects a virtual manifest.
-NARUN_CARGO_BUILD_OPTS = -p narund
+NARUN_CARGO_BUILD_OPTS = -p narund --no-default-features
+ifeq ($(BR2_PACKAGE_NARUN_SCHEDULED_RUNS),y)
+NARUN_CARGO_BUILD_OPTS += --features narund/scheduled-runs
+endif
+ifeq ($(BR2_PACKAGE_NARUN_COMMAND_UNITS),y)
+NARUN_CARGO_BUILD_OPTS += --features narund/command-units
+endif
 ifeq ($(BR2_PACKAGE_NARUN_GATEWAY),y)
 NARUN_CARGO_BUILD_OPTS += --features narund/gateway
 else

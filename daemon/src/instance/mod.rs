@@ -59,6 +59,7 @@
 //!
 
 pub mod adopt;
+#[cfg(feature = "command-units")]
 pub mod command;
 pub mod exit;
 pub mod lifecycle;
@@ -230,6 +231,7 @@ impl Host {
         revision: u64,
         adopt: Option<Adoptable>,
     ) -> InstanceHandle {
+        #[cfg(feature = "command-units")]
         if spec.mode == narun_spec::Mode::Command {
             // No process to adopt: a command unit's runs end with each request.
             return command::spawn(self.clone(), spec, index, revision);

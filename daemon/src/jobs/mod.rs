@@ -32,10 +32,17 @@
 //! seconds), so an occurrence missed while narund was down runs once at its start if it
 //! is at most `startingDeadlineSec` old. narund stopping (or a spec change) stops the
 //! runs going on; they are not resumed.
+//!
+//! Built without the `scheduled-runs` feature, narund keeps this type (so the node needs
+//! no `cfg`) but [`Jobs::apply`] refuses every job spec, naming the feature.
 
+#[cfg(feature = "scheduled-runs")]
 pub mod lock;
+#[cfg(feature = "scheduled-runs")]
 pub mod plan;
+#[cfg(feature = "scheduled-runs")]
 pub mod runner;
+#[cfg(feature = "scheduled-runs")]
 pub mod tz;
 
 use crate::instance::Host;
@@ -54,6 +61,7 @@ pub struct Jobs {
 }
 
 /// One job app's task.
+#[cfg_attr(not(feature = "scheduled-runs"), allow(dead_code))]
 struct JobApp {
     hash: String,
     requests: mpsc::UnboundedSender<(RunRequest, oneshot::Sender<RunReply>)>,
@@ -90,45 +98,57 @@ impl Jobs {
         spec: Arc<AppSpec>,
         revision: u64,
     ) -> Result<(), String> {
-        // A small file read (once per spec), off the runtime thread all the same.
-        let name = spec.timezone.clone();
-        let zone = tokio::task::spawn_blocking(move || tz::Zone::load(&name))
-            .await
-            .map_err(|e| format!("timezone: reading the zone failed: {e}"))?
-            .map_err(|e| format!("timezone: {e}"))?;
-        let hash = spec.run_hash();
-        if self
-            .apps
-            .lock()
-            .unwrap()
-            .get(&spec.name)
-            .is_some_and(|a| a.hash == hash)
+        #[cfg(not(feature = "scheduled-runs"))]
         {
-            return Ok(());
+            let _ = (host, revision, &self.client);
+            Err(format!(
+                "runMode = \"job\" ({}): this narund was built without scheduled runs; \
+                 build narund with the `scheduled-runs` cargo feature (docs/jobs.md)",
+                spec.name
+            ))
         }
-        self.remove(&spec.name).await;
-        let stop = CancellationToken::new();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let r = runner::Runner::new(
-            host.clone(),
-            self.client.clone(),
-            spec.clone(),
-            revision,
-            zone,
-            stop.clone(),
-        );
-        tracing::info!(app = %spec.name, schedule = %spec.schedule, "job scheduled");
-        let task = tokio::spawn(r.run(rx));
-        self.apps.lock().unwrap().insert(
-            spec.name.clone(),
-            JobApp {
-                hash,
-                requests: tx,
-                stop,
-                task,
-            },
-        );
-        Ok(())
+        #[cfg(feature = "scheduled-runs")]
+        {
+            // A small file read (once per spec), off the runtime thread all the same.
+            let name = spec.timezone.clone();
+            let zone = tokio::task::spawn_blocking(move || tz::Zone::load(&name))
+                .await
+                .map_err(|e| format!("timezone: reading the zone failed: {e}"))?
+                .map_err(|e| format!("timezone: {e}"))?;
+            let hash = spec.run_hash();
+            if self
+                .apps
+                .lock()
+                .unwrap()
+                .get(&spec.name)
+                .is_some_and(|a| a.hash == hash)
+            {
+                return Ok(());
+            }
+            self.remove(&spec.name).await;
+            let stop = CancellationToken::new();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let r = runner::Runner::new(
+                host.clone(),
+                self.client.clone(),
+                spec.clone(),
+                revision,
+                zone,
+                stop.clone(),
+            );
+            tracing::info!(app = %spec.name, schedule = %spec.schedule, "job scheduled");
+            let task = tokio::spawn(r.run(rx));
+            self.apps.lock().unwrap().insert(
+                spec.name.clone(),
+                JobApp {
+                    hash,
+                    requests: tx,
+                    stop,
+                    task,
+                },
+            );
+            Ok(())
+        }
     }
 
     /// Stop the job `app` (its runs going on are stopped) and forget it.

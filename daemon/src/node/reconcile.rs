@@ -104,6 +104,14 @@ impl Node {
         if spec.is_job() {
             return self.apply_job(spec, revision).await;
         }
+        #[cfg(not(feature = "command-units"))]
+        if spec.mode == narun_spec::Mode::Command {
+            // Nothing changes: what ran under the previous spec keeps running.
+            return self.report_invalid(
+                &spec.name,
+                "mode = \"command\": this narund was built without command units; build narund with the `command-units` cargo feature (docs/jobs.md)",
+            );
+        }
         if self.inner.jobs.has(&spec.name) {
             // A job became a service.
             self.inner.jobs.remove(&spec.name).await;
