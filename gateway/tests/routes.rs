@@ -330,6 +330,31 @@ async fn named_gateways_serve_their_kv_route_sets() {
         assert_eq!(get(&edge.url("/ok/a")).await.status, StatusCode::NOT_FOUND);
     }
 
+    // A gateway that starts on a refused set serves the newest valid one the key kept.
+    let bad_rev = kv
+        .entry(wire::kv_key("edge"))
+        .await
+        .unwrap()
+        .unwrap()
+        .revision;
+    let edge2 = start_gateway(gateway_client(&server).await, &config("edge")).await;
+    let s = loop {
+        let s = next_status(&mut edge_status, bad_rev).await;
+        if s.instance == edge2.service_id {
+            break s;
+        }
+    };
+    assert!(!s.accepted, "{s:?}");
+    assert!(
+        s.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("serving revision"),
+        "{s:?}"
+    );
+    assert_eq!(get(&edge2.url("/shop2/a")).await.status, StatusCode::OK);
+    drop(edge2);
+
     // A set whose JWT key file is missing is refused; once the file exists, SIGHUP
     // reads the key again and serves it (no KV change).
     std::fs::remove_file(key_file.path()).unwrap();

@@ -54,6 +54,8 @@ pub(crate) struct Sources {
     jobs: bool,
     /// The KV route set in service.
     kv: kvset::KvSet,
+    /// Whether a KV value (a set, or none) was ever served.
+    kv_in_service: bool,
     declared: declared::Registry,
     /// Refusals logged last time (each is logged once, until it goes away).
     refused: std::collections::BTreeSet<declared::Refusal>,
@@ -66,6 +68,7 @@ impl Sources {
             configured: configured.iter().map(copy).collect(),
             jobs,
             kv: Default::default(),
+            kv_in_service: false,
             declared: Default::default(),
             refused: Default::default(),
         }

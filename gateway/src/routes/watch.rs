@@ -44,6 +44,9 @@ struct KvEvent {
     value: Option<Bytes>,
     /// SIGHUP: apply even when the revision is the one in service.
     forced: bool,
+    /// The key's older values, newest first (only with the first value after the key is
+    /// followed anew): a gateway that starts on a refused set serves the newest valid one.
+    older: Vec<(u64, Option<Bytes>)>,
 }
 
 /// Run until `stop` turns true.
@@ -103,17 +106,34 @@ pub(crate) async fn run(
 /// Apply one value of the KV key: serve it, or keep the set in service and say why.
 async fn apply_kv(shared: &Shared, sources: &mut Sources, instance: &str, ev: KvEvent) {
     let name = sources.config.name.clone().unwrap_or_default();
-    let parsed = match &ev.value {
+    let parse = |revision: u64, value: &Option<Bytes>| match value {
         None => Ok(kvset::KvSet {
-            revision: ev.revision,
+            revision,
             ..Default::default()
         }),
-        Some(v) => kvset::parse(v, ev.revision, &sources.config, sources.jobs),
+        Some(v) => kvset::parse(v, revision, &sources.config, sources.jobs),
     };
+    let mut parsed = parse(ev.revision, &ev.value);
+    if let Err(errs) = &mut parsed
+        && !sources.kv_in_service
+    {
+        // Nothing served from KV yet (a start on a refused set): the newest valid one.
+        if let Some(set) = ev.older.iter().find_map(|(r, v)| parse(*r, v).ok()) {
+            errs.push(format!(
+                "serving revision {} instead, the newest valid set",
+                set.revision
+            ));
+            sources.kv = set;
+            sources.kv_in_service = true;
+            let router = sources.rebuild();
+            shared.router.store(router);
+        }
+    }
     let status = match parsed {
         Ok(set) => {
             let routes = set.routes.len();
             sources.kv = set;
+            sources.kv_in_service = true;
             let router = sources.rebuild();
             shared.router.store(router);
             tracing::info!(gateway = %name, revision = ev.revision, routes, "KV route set in service");
@@ -169,6 +189,7 @@ async fn follow_kv(client: async_nats::Client, name: String, tx: mpsc::Sender<Kv
         revision,
         value: (op == Operation::Put).then_some(value),
         forced,
+        older: Vec::new(),
     };
     let mut warned = false;
     loop {
@@ -192,6 +213,7 @@ async fn follow_kv(client: async_nats::Client, name: String, tx: mpsc::Sender<Kv
             }
         };
         warned = false;
+        let mut first = true;
         loop {
             let ev = tokio::select! {
                 change = changes.next() => match change {
@@ -211,12 +233,42 @@ async fn follow_kv(client: async_nats::Client, name: String, tx: mpsc::Sender<Kv
                     }
                 },
             };
+            let mut ev = ev;
+            if std::mem::take(&mut first) {
+                ev.older = older(&store, &key, ev.revision).await;
+            }
             if tx.send(ev).await.is_err() {
                 return;
             }
         }
         tokio::time::sleep(KV_RETRY).await;
     }
+}
+
+/// The values of `key` older than `revision`, newest first (the bucket keeps a few).
+async fn older(
+    store: &async_nats::jetstream::kv::Store,
+    key: &str,
+    revision: u64,
+) -> Vec<(u64, Option<Bytes>)> {
+    use async_nats::jetstream::kv::Operation;
+    let Ok(mut history) = store.history(key).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(CHECK_TIMEOUT, history.next()).await {
+        if e.revision < revision {
+            out.push((
+                e.revision,
+                (e.operation == Operation::Put).then_some(e.value),
+            ));
+        }
+        if out.len() > 64 {
+            break;
+        }
+    }
+    out.reverse();
+    out
 }
 
 async fn hangup(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
