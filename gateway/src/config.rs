@@ -470,7 +470,7 @@ fn check_host(h: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-pub(crate) fn check_path(path: &str) -> Result<(), String> {
+fn check_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err("must start with '/'".into());
     }

@@ -131,3 +131,33 @@ fn copy(s: &RouteSpec) -> RouteSpec {
         target: s.target.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{GatewayConfig, LoadError};
+
+    #[test]
+    fn the_keys_have_safe_defaults_and_are_checked() {
+        let c = GatewayConfig::from_toml("[gateway]\n").unwrap();
+        assert_eq!(
+            (c.name, c.service_routes, c.service_routes_interval_ms),
+            (None, true, 2000)
+        );
+        let c = GatewayConfig::from_toml(
+            "[gateway]\nname = \"edge\"\nservice_routes = false\nservice_routes_interval_ms = 100\n",
+        )
+        .unwrap();
+        assert_eq!(c.name.as_deref(), Some("edge"));
+        let Err(LoadError::Invalid(e)) = GatewayConfig::from_toml(
+            "[gateway]\nname = \"a.b\"\nservice_routes_interval_ms = 99\n",
+        ) else {
+            panic!("accepted")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("gateway.name: \"a.b\" is not a gateway name")
+                && e.contains("gateway.service_routes_interval_ms: 99 is out of range"),
+            "{e}"
+        );
+    }
+}
