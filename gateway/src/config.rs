@@ -91,6 +91,8 @@ pub const DEFAULT_JOB_ACK_WAIT_SEC: u64 = 30;
 pub const DEFAULT_JOB_MAX_QUEUE_BYTES: u64 = 1 << 30;
 /// Default longest pause between two attempts of a job.
 pub const DEFAULT_JOB_MAX_BACKOFF_SEC: u64 = 300;
+/// Default interval between two looks for the routes services declare.
+pub const DEFAULT_SERVICE_ROUTES_INTERVAL_MS: u64 = 2000;
 
 /// The `[gateway]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +152,16 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// `[gateway.jobs]`: the workers of `async` routes (docs/jobs.md).
     pub jobs: JobsConfig,
+    /// The gateway's name: with one, it also serves the route set stored under
+    /// `gateway.<name>.routes` in the `narun-gateway-routes` KV bucket, reloaded on change
+    /// and on SIGHUP ([`crate::routes`]). `None` = no KV routes.
+    pub name: Option<String>,
+    /// Serve the routes services declare in their Micro metadata (`narun.routes`), under
+    /// the rules of [`crate::routes`] (never over a configured route). Default `true`.
+    pub service_routes: bool,
+    /// How often the gateway looks for declared routes (`$SRV.PING`); a service missing
+    /// from two looks in a row loses its routes. Default 2000.
+    pub service_routes_interval_ms: u64,
     /// Unknown keys (reported by [`GatewayConfig::validate`]).
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -254,6 +266,9 @@ impl Default for GatewayConfig {
             http_tls_key: None,
             routes: Vec::new(),
             jobs: JobsConfig::default(),
+            name: None,
+            service_routes: true,
+            service_routes_interval_ms: DEFAULT_SERVICE_ROUTES_INTERVAL_MS,
             unknown: BTreeMap::new(),
         }
     }
@@ -392,7 +407,8 @@ const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_t
                             keepalive_timeout_sec, body_read_timeout_sec, min_body_rate, \
                             h2_max_concurrent_streams, max_inflight_requests, \
                             memory_budget_bytes, overload_wait_ms, http_tls_cert, \
-                            http_tls_key, routes, jobs";
+                            http_tls_key, routes, jobs, name, service_routes, \
+                            service_routes_interval_ms";
 
 struct Collector(Vec<ConfigError>);
 
@@ -637,6 +653,23 @@ impl GatewayConfig {
         }
         self.validate_tls(&mut c);
         self.validate_jobs(&mut c);
+        if let Some(n) = &self.name
+            && !narun_wire::routes::valid_gateway_name(n)
+        {
+            c.push(
+                "gateway.name",
+                format!("{n:?} is not a gateway name: 1 to 64 of A-Z, a-z, 0-9, '-' and '_'"),
+            );
+        }
+        if !(100..=60_000).contains(&self.service_routes_interval_ms) {
+            c.push(
+                "gateway.service_routes_interval_ms",
+                format!(
+                    "{} is out of range (100 to 60000)",
+                    self.service_routes_interval_ms
+                ),
+            );
+        }
         if has_grpc && self.grpc_addr.is_none() {
             c.push(
                 "gateway.grpc_addr",

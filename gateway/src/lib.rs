@@ -63,6 +63,7 @@ mod path;
 mod proxy;
 pub mod ratelimit;
 mod router;
+mod routes;
 pub mod tls;
 pub mod upstream;
 
@@ -177,7 +178,8 @@ pub enum GatewayError {
 /// State shared by every connection.
 pub(crate) struct Shared {
     pub client: async_nats::Client,
-    pub router: router::Router,
+    /// The routes in service (configured, KV and declared: [`routes`]).
+    pub router: routes::Live,
     pub metrics: metrics::Metrics,
     /// Configured `max_body_bytes`.
     pub max_body: u64,
@@ -202,6 +204,8 @@ pub struct Gateway {
     grpc: Option<grpc::GrpcGateway>,
     /// TLS of the routed listener (`http_tls_cert`/`http_tls_key`).
     http_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// What the routes are rebuilt from when KV or declared routes change ([`routes`]).
+    routes: routes::Sources,
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), GatewayError> {
@@ -342,9 +346,10 @@ impl Gateway {
                 &mut metrics.registry,
             ))
         });
+        let routes = routes::Sources::new(&config, &specs, jobs.is_some());
         let shared = Arc::new(Shared {
             client,
-            router: router::Router::new(specs),
+            router: routes::Live::new(router::Router::new(specs)),
             metrics,
             max_body: config.max_body_bytes,
             limits,
@@ -361,6 +366,7 @@ impl Gateway {
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_sec),
             grpc,
             http_tls,
+            routes,
         })
     }
 
@@ -437,6 +443,15 @@ impl Gateway {
             .jobs
             .clone()
             .map(|j| tokio::spawn(jobs::worker::run(self.shared.clone(), j, stop_rx.clone())));
+        let routes = self.routes.active().then(|| {
+            let id = self.service.id().to_owned();
+            tokio::spawn(routes::watch::run(
+                self.shared.clone(),
+                self.routes,
+                id,
+                stop_rx.clone(),
+            ))
+        });
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -490,6 +505,9 @@ impl Gateway {
         }
         if let Some(g) = grpc {
             let _ = g.await;
+        }
+        if let Some(r) = routes {
+            r.abort();
         }
         if let Some(w) = workers {
             // Jobs in progress are left to JetStream (they come back after ack_wait_sec).

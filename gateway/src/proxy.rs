@@ -152,17 +152,18 @@ pub(crate) async fn handle(
             .get(header::HOST)
             .and_then(|h| h.to_str().ok()),
     };
+    let router = state.router.load();
     let routed = match &preflight {
         Some(want) => {
-            let r = state.router.find_on(want, host, req.uri().path());
+            let r = router.find_on(want, host, req.uri().path());
             if matches!(&r.m, Match::Found(t) if t.cors.is_some()) {
                 r
             } else {
                 preflight = None;
-                state.router.find_on(req.method(), host, req.uri().path())
+                router.find_on(req.method(), host, req.uri().path())
             }
         }
-        None => state.router.find_on(req.method(), host, req.uri().path()),
+        None => router.find_on(req.method(), host, req.uri().path()),
     };
     // The normalised path, when it differs from the request's (owned: `req` moves on).
     let normalised = match &routed.path {

@@ -77,6 +77,7 @@ pub use client::{CallError, Client, DEFAULT_TIMEOUT, deadline};
 pub use http_service::{Server, serve, serve_service, serve_until};
 pub use lock::{Lock, LockError, lock, try_lock};
 pub use narun_wire::connect::NatsSettings;
+pub use narun_wire::routes::{AsyncFlag, DeclaredRoute};
 
 use narun_wire::names::env;
 use std::collections::BTreeMap;
@@ -189,6 +190,40 @@ impl Options {
 
     pub fn metadata(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
         self.metadata.insert(k.into(), v.into());
+        self
+    }
+
+    /// Declare an HTTP route the narun gateway serves to this service, without an
+    /// operator's route: `path` ending in `/` is a prefix route, else exact; `methods`
+    /// empty = any method. Published in the service's Micro metadata (`narun.routes`,
+    /// [`narun_wire::routes`]); the gateway serves it while the service runs, unless an
+    /// operator route or another service holds the path (docs/gateway.md, "Routes the
+    /// services declare").
+    ///
+    /// ```
+    /// let o = narun::Options::new("hello").route("/hello/", &["GET", "POST"]);
+    /// assert_eq!(o.metadata["narun.routes"], r#"[{"path":"/hello/","methods":["GET","POST"]}]"#);
+    /// ```
+    pub fn route(self, path: impl Into<String>, methods: &[&str]) -> Self {
+        let mut r = DeclaredRoute::new(path);
+        if !methods.is_empty() {
+            r.methods = Some(methods.iter().map(|m| m.to_string()).collect());
+        }
+        self.declare_route(r)
+    }
+
+    /// Declare a route with every option ([`DeclaredRoute`]: methods, `timeout_sec`,
+    /// `async`). See [`Options::route`].
+    pub fn declare_route(mut self, route: DeclaredRoute) -> Self {
+        use narun_wire::routes::{METADATA_KEY, encode_declared, parse_declared};
+        let mut routes = self
+            .metadata
+            .get(METADATA_KEY)
+            .and_then(|v| parse_declared(v).ok())
+            .unwrap_or_default();
+        routes.push(route);
+        self.metadata
+            .insert(METADATA_KEY.to_owned(), encode_declared(&routes));
         self
     }
 

@@ -151,6 +151,40 @@ pub enum Command {
     /// Job run history: every attempt with its exit code and duration.
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// Named gateways' route sets in KV (`gateway.<name>.routes`, docs/gateway.md).
+    #[command(subcommand)]
+    Gateway(GatewayCmd),
+}
+
+/// `gateway routes set|get`.
+#[derive(Debug, Subcommand)]
+pub enum GatewayCmd {
+    /// The route set a named gateway serves besides its configured routes.
+    #[command(subcommand)]
+    Routes(GatewayRoutesCmd),
+}
+
+/// `gateway routes set NAME FILE` / `gateway routes get NAME`.
+#[derive(Debug, Subcommand)]
+pub enum GatewayRoutesCmd {
+    /// Store a route set (TOML `[[routes]]`, as `[[gateway.routes]]`) for gateway NAME and
+    /// report what the running gateways of that name made of it.
+    Set {
+        /// The gateway's `[gateway] name`.
+        name: String,
+        /// The TOML route set, `-` for stdin.
+        file: PathBuf,
+    },
+    /// Print the route set stored for gateway NAME.
+    Get {
+        /// The gateway's `[gateway] name`.
+        name: String,
+    },
+    /// Remove gateway NAME's route set (it then serves its configured routes only).
+    Rm {
+        /// The gateway's `[gateway] name`.
+        name: String,
+    },
 }
 
 /// `jobs ls|show|retry|cancel`.

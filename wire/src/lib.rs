@@ -13,6 +13,7 @@
 //! * [`jetstream`]: the buckets of the contract ([`jetstream::APP_CONFIGS`], …), opened or created on every server version; typed "not found".
 //! * [`locks`]: what a lock's key in `narun-locks` holds, and the lease rule of `narun::lock`.
 //! * [`jobs`]: async jobs: the `narun-jobs` stream, job records, headers and retry rules.
+//! * [`routes`]: routes a service declares in its Micro metadata, and gateway route sets in KV.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod locks;
 pub mod micro;
 pub mod names;
 pub mod node_id;
+pub mod routes;
 pub mod runs;
 #[cfg(feature = "secrets")]
 pub mod secrets;

@@ -372,7 +372,8 @@ async fn attempt(
         .unwrap_or_else(|| HeaderValue::from_static("-"));
     // The route as configured now (its metrics and stats); else as it was queued.
     let fresh;
-    let target: &Target = match shared.router.find(&parts.method, &env.route).m {
+    let router = shared.router.load();
+    let target: &Target = match router.find(&parts.method, &env.route).m {
         Match::Found(t) if *t.subject == *env.target => t,
         _ => {
             let mode = if env.mode == "raw" {

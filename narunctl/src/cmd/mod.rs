@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod diff;
 pub mod events;
 pub mod files;
+pub mod gateway;
 pub mod images;
 pub mod jobs;
 pub mod keys;
