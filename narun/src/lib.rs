@@ -62,6 +62,10 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod config;
+mod embed;
+#[doc(hidden)]
+pub use embed::__private;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod http_service;
@@ -73,6 +77,7 @@ mod runner;
 pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT, deadline};
+pub use config::{Config, ConfigError, ConfigOptions, config};
 pub use http_service::{Server, serve, serve_service, serve_until};
 pub use lock::{Lock, LockError, lock, try_lock};
 pub use narun_wire::connect::NatsSettings;

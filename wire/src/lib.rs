@@ -14,9 +14,11 @@
 //! * [`locks`]: what a lock's key in `narun-locks` holds, and the lease rule of `narun::lock`.
 //! * [`jobs`]: async jobs: the `narun-jobs` stream, job records, headers and retry rules.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
+//! * [`app_config`]: app configuration in KV (`narun::config`): bucket, key, values, the read permission.
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
 
+pub mod app_config;
 pub mod bhttp;
 pub mod connect;
 pub mod elf;
