@@ -239,11 +239,65 @@ fn operation(m: &async_nats::Message) -> Option<&str> {
         .map(|v| v.as_str())
 }
 
+/// Why the watch could not be opened.
+enum OpenError {
+    /// The bucket does not exist (yet): nobody ran `narunctl config set`.
+    NoBucket,
+    Other(String),
+}
+
+type Messages = jetstream::consumer::push::Ordered;
+
+/// Create the ordered consumer of `app`'s key: the messages and whether a value is stored.
+async fn open(nats: &async_nats::Client, app: &str) -> Result<(Messages, bool), OpenError> {
+    let js = jetstream::new(nats.clone());
+    // A named consumer: its name and filter are in the API subject, which is what the
+    // app's permission allows (narun_wire::app_config).
+    let inbox = nats.new_inbox();
+    let name = format!(
+        "narun_config_{}",
+        inbox.rsplit('.').next().unwrap_or("watch")
+    );
+    let consumer = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        js.create_consumer_on_stream(
+            OrderedConfig {
+                name: Some(name),
+                deliver_subject: inbox,
+                description: Some(format!("narun::config of {app}")),
+                filter_subject: app_config::subject(app),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            },
+            app_config::stream(),
+        ),
+    )
+    .await
+    .map_err(|_| OpenError::Other(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+    .map_err(|e| match e.kind() {
+        jetstream::stream::ConsumerErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+        {
+            OpenError::NoBucket
+        }
+        _ => OpenError::Other(e.to_string()),
+    })?;
+    let pending = consumer.cached_info().num_pending > 0;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| OpenError::Other(e.to_string()))?;
+    Ok((messages, pending))
+}
+
 impl<T> ConfigOptions<T>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
     /// Start watching: the current value (or the default), then every change.
+    ///
+    /// When the bucket `narun-config` does not exist yet and a default is given, the
+    /// default is used and the watch starts once the bucket exists (looked for every 5 s).
     pub async fn watch(self, nats: &async_nats::Client) -> Result<Config<T>, ConfigError> {
         let app = self.app.clone().ok_or_else(|| {
             ConfigError::App(format!(
@@ -258,41 +312,18 @@ where
             app: app.clone(),
             reason,
         };
-        let js = jetstream::new(nats.clone());
-        // A named consumer: its name and filter are in the API subject, which is what the
-        // app's permission allows (narun_wire::app_config).
-        let inbox = nats.new_inbox();
-        let name = format!(
-            "narun_config_{}",
-            inbox.rsplit('.').next().unwrap_or("watch")
-        );
-        let consumer = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            js.create_consumer_on_stream(
-                OrderedConfig {
-                    name: Some(name),
-                    deliver_subject: inbox,
-                    description: Some(format!("narun::config of {app}")),
-                    filter_subject: app_config::subject(&app),
-                    deliver_policy: DeliverPolicy::LastPerSubject,
-                    ..Default::default()
-                },
-                app_config::stream(),
-            ),
-        )
-        .await
-        .map_err(|_| watch_err(format!("no answer within {REQUEST_TIMEOUT:?}")))?
-        .map_err(|e| watch_err(e.to_string()))?;
-        let pending = consumer.cached_info().num_pending;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| watch_err(e.to_string()))?;
+        let (messages, pending) = match open(nats, &app).await {
+            Ok((m, p)) => (Some(m), p),
+            Err(OpenError::NoBucket) if self.default.is_some() => (None, false),
+            Err(OpenError::NoBucket) => return Err(ConfigError::Missing { app }),
+            Err(OpenError::Other(reason)) => return Err(watch_err(reason)),
+        };
+        let mut messages = messages;
         // The stored value first, when there is one.
         let mut first: Option<Current<T>> = None;
         let mut problem: Option<(u64, String)> = None;
-        if pending > 0 {
-            let m = tokio::time::timeout(REQUEST_TIMEOUT, messages.next())
+        if let (Some(stream), true) = (messages.as_mut(), pending) {
+            let m = tokio::time::timeout(REQUEST_TIMEOUT, stream.next())
                 .await
                 .map_err(|_| watch_err(format!("no value within {REQUEST_TIMEOUT:?}")))?
                 .ok_or_else(|| watch_err("the watch ended".into()))?
@@ -331,43 +362,67 @@ where
         };
         let (tx, rx) = watch::channel(first);
         let validate = self.validate;
+        let nats = nats.clone();
         let task = tokio::spawn(async move {
-            while let Some(m) = messages.next().await {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(app = %app, error = %e, "configuration watch: a message was lost; the watch goes on");
-                        continue;
+            let mut messages = match messages {
+                Some(m) => m,
+                None => loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    match open(&nats, &app).await {
+                        Ok((m, _)) => break m,
+                        Err(OpenError::NoBucket) => {}
+                        Err(OpenError::Other(reason)) => {
+                            tracing::warn!(app = %app, %reason, "cannot watch the configuration yet; retrying")
+                        }
                     }
-                };
-                let revision = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-                let current = tx.borrow().revision;
-                if revision != 0 && revision <= current {
-                    continue;
-                }
-                match decode(operation(&m), &m.payload, validate.as_ref()) {
-                    Update::Apply(v) => {
-                        tracing::info!(app = %app, revision, "configuration updated");
-                        tx.send_replace(Current {
-                            value: Arc::new(v),
-                            revision,
-                        });
-                    }
-                    Update::Deleted => {
-                        tracing::warn!(app = %app, revision, kept = current, "configuration deleted; keeping the previous value");
-                    }
-                    Update::Rejected(reason) => {
-                        tracing::warn!(app = %app, revision, kept = current, %reason, "configuration rejected; keeping the previous value");
-                    }
-                }
-            }
-            tracing::warn!(app = %app, "configuration watch ended");
+                },
+            };
+            follow(&mut messages, &tx, &app, validate.as_ref()).await;
         });
         Ok(Config {
             rx,
             _task: Arc::new(AbortOnDrop(task)),
         })
     }
+}
+
+/// Apply every change that deserializes and validates, until the watch ends.
+async fn follow<T: DeserializeOwned>(
+    messages: &mut Messages,
+    tx: &watch::Sender<Current<T>>,
+    app: &str,
+    validate: Option<&Validator<T>>,
+) {
+    while let Some(m) = messages.next().await {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(app = %app, error = %e, "configuration watch: a message was lost; the watch goes on");
+                continue;
+            }
+        };
+        let revision = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let current = tx.borrow().revision;
+        if revision != 0 && revision <= current {
+            continue;
+        }
+        match decode(operation(&m), &m.payload, validate) {
+            Update::Apply(v) => {
+                tracing::info!(app = %app, revision, "configuration updated");
+                tx.send_replace(Current {
+                    value: Arc::new(v),
+                    revision,
+                });
+            }
+            Update::Deleted => {
+                tracing::warn!(app = %app, revision, kept = current, "configuration deleted; keeping the previous value");
+            }
+            Update::Rejected(reason) => {
+                tracing::warn!(app = %app, revision, kept = current, %reason, "configuration rejected; keeping the previous value");
+            }
+        }
+    }
+    tracing::warn!(app = %app, "configuration watch ended");
 }
 
 #[cfg(test)]

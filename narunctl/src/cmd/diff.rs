@@ -18,6 +18,8 @@ pub async fn run(conn: &ConnArgs, args: DiffArgs) -> Result<()> {
         node: &args.node,
         label: &args.label,
         replicas: args.replicas,
+        embedded: None,
+        replicas_given: true,
     })?;
     spec.validate()
         .map_err(|e| anyhow!("invalid app spec:\n{e}"))?;
