@@ -374,7 +374,9 @@ pub fn elf(data: &[u8]) {
             .expect("the section was read once")
             .expect("the section exists");
             assert_eq!(
-                narun_wire::elf::decode_spec_section(&section).ok().as_deref(),
+                narun_wire::elf::decode_spec_section(&section)
+                    .ok()
+                    .as_deref(),
                 Some(text.as_str())
             );
             assert!(first.is_ok(), "a spec read from a file inspect refuses");

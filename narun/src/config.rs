@@ -128,6 +128,7 @@ impl<T> ConfigOptions<T> {
 /// watch stops when the last clone is dropped.
 pub struct Config<T> {
     rx: watch::Receiver<Current<T>>,
+    app: Arc<str>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -135,6 +136,7 @@ impl<T> Clone for Config<T> {
     fn clone(&self) -> Self {
         Config {
             rx: self.rx.clone(),
+            app: self.app.clone(),
             _task: self._task.clone(),
         }
     }
@@ -178,7 +180,7 @@ impl<T> Config<T> {
     /// `tokio::sync::watch::Receiver::changed`). Err when the watch ended for good.
     pub async fn changed(&mut self) -> Result<(), ConfigError> {
         self.rx.changed().await.map_err(|_| ConfigError::Watch {
-            app: String::new(),
+            app: self.app.to_string(),
             reason: "the watch ended".into(),
         })
     }
@@ -363,6 +365,7 @@ where
         let (tx, rx) = watch::channel(first);
         let validate = self.validate;
         let nats = nats.clone();
+        let name: Arc<str> = Arc::from(app.as_str());
         let task = tokio::spawn(async move {
             let mut messages = match messages {
                 Some(m) => m,
@@ -381,6 +384,7 @@ where
         });
         Ok(Config {
             rx,
+            app: name,
             _task: Arc::new(AbortOnDrop(task)),
         })
     }

@@ -860,8 +860,8 @@ pub enum ConfigCmd {
         json: bool,
     },
     /// Write the app's configuration from FILE (`-`: stdin): a JSON object or a TOML
-    /// document (by the file's extension, else whichever parses), checked before it is
-    /// written and stored as JSON.
+    /// document (by the file's extension, else JSON when it starts with `{`, else TOML),
+    /// checked before it is written and stored as JSON.
     Set(ConfigSetArgs),
     /// Edit the app's configuration in $VISUAL / $EDITOR (default vi); it is checked
     /// before it is written, and written only if nobody changed it meanwhile.

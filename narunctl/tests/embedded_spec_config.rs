@@ -353,6 +353,25 @@ async fn an_app_follows_the_configuration_narunctl_sets() {
         .await,
     );
     app.line(&["configuration updated", "revision=2"]).await;
+    // --expect-revision: refused when someone wrote since.
+    let err = expect_failed(
+        &narunctl(
+            &url,
+            &[
+                "config",
+                "set",
+                "greeter",
+                &file("c2b.toml", "greeting = \"Late\"\n"),
+                "--expect-revision",
+                "1",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        err.contains("conflict: the configuration of greeter is no longer at revision 1"),
+        "{err}"
+    );
     assert_eq!(greet(&url).await, "Howdy, bo! (config revision 2)\n");
 
     // Valid JSON the app's validation refuses: rejected by the app, previous value kept.
