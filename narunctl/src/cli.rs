@@ -407,9 +407,10 @@ pub struct DeployArgs {
 /// `apps diff -f SPEC [BIN…]` or `apps diff --name N --tag T [--node ID|--label k=v] [BIN…]`:
 /// what `deploy` with the same arguments would change — the spec diff against the stored
 /// spec, the binaries it would upload, and per node the instances that would start, be
-/// replaced or stop. Nothing is written.
+/// replaced or stop. Nothing is written. Without -f, the spec embedded in the binaries is
+/// used as `deploy` uses it.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "name"]))]
+#[command(group = clap::ArgGroup::new("source").args(["file", "name"]))]
 pub struct DiffArgs {
     /// App spec file (.toml, .yaml/.yml or .json).
     #[arg(short = 'f', long = "file", value_name = "SPEC", conflicts_with_all = ["tag", "node", "label", "replicas"])]
@@ -426,9 +427,10 @@ pub struct DiffArgs {
     /// Run on every node having this label (repeatable, all must match).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub label: Vec<(String, String)>,
-    /// Instances per selected node (flag form).
-    #[arg(long, default_value_t = 1)]
-    pub replicas: i64,
+    /// Instances per selected node (flag form; with an embedded spec and no
+    /// --node/--label: of each of its selectors) [default: 1].
+    #[arg(long)]
+    pub replicas: Option<i64>,
     #[command(flatten)]
     pub json: JsonFlag,
     /// Binaries `deploy` would upload (their digests are compared with the stored objects).

@@ -107,6 +107,22 @@ async fn deploy_uses_the_spec_embedded_in_the_binary_and_flags_override_it() {
         "{spec}"
     );
 
+    // apps diff reads the embedded spec as deploy does (and writes nothing).
+    let out = expect_ok(
+        &narunctl(
+            &url,
+            &["apps", "diff", "--tag", "v2", "--replicas", "3", bin_s],
+        )
+        .await,
+    );
+    assert!(
+        out.contains("-       \"replicas\": 2")
+            && out.contains("+       \"replicas\": 3")
+            && out.contains("+   \"tag\": \"v2\""),
+        "{out}"
+    );
+    assert_eq!(stored_spec(&server, "greeter").await["tag"], "v1");
+
     // Flags override single values; the rest of the embedded spec stays.
     expect_ok(
         &narunctl(
