@@ -49,6 +49,10 @@
 //!   `READY=1` once it is serving, pings the watchdog when `WATCHDOG_USEC` is set,
 //!   and sends `STOPPING=1` on shutdown.
 //!
+//! Beyond serving: [`Client`] calls other services, [`lock`] coordinates replicas,
+//! [`config`] reads the app's typed configuration from KV and follows its changes, and
+//! [`embed_spec!`] puts the app's default spec into its binary (docs/app-library.md).
+//!
 //! ## Environment
 //!
 //! | variable | meaning | default |
