@@ -31,10 +31,11 @@
 //!   ([`narun_wire::app_config::read_permissions`]); the users narund mints for apps have
 //!   exactly that. async-nats' `Store::watch` is not used: its unnamed consumers cannot be
 //!   limited to one key.
-//! * **Reconnects**: the ordered consumer is recreated by async-nats with the same name; a
-//!   server that still holds the old consumer refuses that until the old one's 30 s of
-//!   inactivity end, so a change made during an outage may arrive up to ~30 s after the
-//!   reconnect.
+//! * **Reconnects**: async-nats recreates the ordered consumer (same name) from the last
+//!   revision seen; after a restart of the server the next change arrives at once (tested).
+//!   A reconnect to a server that still holds the old consumer may be refused until the old
+//!   one's 30 s inactivity threshold passes (nats-server's rules for updating a consumer;
+//!   not measured), delaying changes by up to ~30 s.
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push::OrderedConfig};
 use futures_util::StreamExt;

@@ -154,3 +154,40 @@ async fn a_bucket_created_later_is_picked_up() {
         .unwrap();
     assert_eq!(c.get().greeting, "late");
 }
+
+#[tokio::test]
+async fn the_watch_survives_a_restart_of_the_server() {
+    let server = NatsServer::start();
+    let nats = server.connect().await;
+    let kv = app_config::KV
+        .ensure(&async_nats::jetstream::new(nats.clone()))
+        .await
+        .unwrap();
+    kv.put("web", r#"{"greeting": "before", "limit": 1}"#.into())
+        .await
+        .unwrap();
+    let mut c = opts().watch(&nats).await.unwrap();
+    assert_eq!(c.get().greeting, "before");
+    // SIGKILL and start again (same port, same store): the client reconnects, async-nats
+    // recreates the ordered consumer (the old one died with the server).
+    server.restart();
+    // Written through a new connection, once JetStream is back (it recovers the stream
+    // from the store after the restart).
+    let admin = server.connect().await;
+    narun_test_support::wait_for("the value written after the restart", T, || {
+        let admin = admin.clone();
+        async move {
+            let js = async_nats::jetstream::new(admin);
+            let kv = app_config::KV.open(&js).await.ok()??;
+            kv.put("web", r#"{"greeting": "after", "limit": 1}"#.into())
+                .await
+                .ok()
+        }
+    })
+    .await;
+    tokio::time::timeout(T, c.changed())
+        .await
+        .expect("the change after the restart arrives")
+        .unwrap();
+    assert_eq!(c.get().greeting, "after");
+}
