@@ -513,3 +513,131 @@ async fn narunds_password_never_reaches_an_app() {
     }
     narund.finish().await;
 }
+
+/// `narun::config` works with the user narund mints for app `web`, and that user can read
+/// `web`'s configuration only: not another app's (through narun::config, a consumer whose
+/// subject names `web` but whose filter is another key, an unnamed consumer, a direct get),
+/// and it cannot write its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_reads_its_own_configuration_and_no_other() {
+    use narun_wire::app_config;
+    let op = Operator::new();
+    let server = NatsServer::start_with_config(&op.server_config);
+    let keys = tempfile::tempdir().unwrap();
+    let admin_creds = keys.path().join("admin.creds");
+    std::fs::write(&admin_creds, op.creds("admin", json!({}))).unwrap();
+    let admin = NatsSettings {
+        url: server.url(),
+        creds: Some(admin_creds),
+        ..Default::default()
+    }
+    .connect("test-admin")
+    .await
+    .unwrap();
+    narun_test_support::wait_connected(&admin).await;
+    let kv = app_config::KV
+        .ensure(&jetstream::new(admin.clone()))
+        .await
+        .unwrap();
+    kv.put("web", r#"{"v": 1}"#.into()).await.unwrap();
+    kv.put("other", r#"{"secret": "s3"}"#.into()).await.unwrap();
+
+    // Exactly what narund hands app `web`: a minted user and its inbox prefix.
+    let text = nats_identity::mint(
+        "web",
+        "web-0",
+        &op.signing,
+        Some(&op.account.public_key()),
+        now(),
+    )
+    .unwrap();
+    let app_creds = keys.path().join("web.creds");
+    std::fs::write(&app_creds, text).unwrap();
+    let env = BTreeMap::from([
+        ("NATS_URL".to_string(), server.url()),
+        ("NATS_CREDS".to_string(), app_creds.display().to_string()),
+        (
+            "NARUN_INBOX_PREFIX".to_string(),
+            nats_identity::inbox_prefix("web"),
+        ),
+    ]);
+    let (app, errors) = connect_as(&env).await;
+
+    let mut cfg = narun::ConfigOptions::<serde_json::Value>::new()
+        .app("web")
+        .watch(&app)
+        .await
+        .expect("an app reads its own configuration");
+    assert_eq!(cfg.get()["v"], 1);
+    kv.put("web", r#"{"v": 2}"#.into()).await.unwrap();
+    tokio::time::timeout(T, cfg.changed())
+        .await
+        .expect("the change arrives")
+        .unwrap();
+    assert_eq!(cfg.get()["v"], 2);
+
+    // Another app's key through the library: refused.
+    let e = narun::ConfigOptions::<serde_json::Value>::new()
+        .app("other")
+        .watch(&app)
+        .await
+        .err()
+        .expect("another app's configuration is not readable");
+    assert!(e.to_string().contains("other"), "{e}");
+    violation(&errors, "$JS.API.CONSUMER.CREATE.KV_narun-config.").await;
+
+    // A consumer whose API subject names `web` but whose filter is `other`: the server
+    // refuses the mismatch (the permission on the subject is what holds).
+    let subject = app_config::consumer_create_subject("sneaky", "web");
+    let body = json!({"stream_name": app_config::stream(), "config": {
+        "name": "sneaky", "deliver_subject": app.new_inbox(), "ack_policy": "none",
+        "deliver_policy": "last_per_subject", "filter_subject": app_config::subject("other")}});
+    let reply = tokio::time::timeout(
+        T,
+        app.request(subject, serde_json::to_vec(&body).unwrap().into()),
+    )
+    .await
+    .expect("the server answers")
+    .expect("a JetStream API answer");
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(
+        answer.get("error").is_some(),
+        "a consumer of another key was created: {answer}"
+    );
+
+    // Unnamed consumers (any filter) and direct gets of other keys: not permitted.
+    for subject in [
+        format!("$JS.API.CONSUMER.CREATE.{}", app_config::stream()),
+        format!(
+            "$JS.API.DIRECT.GET.{}.{}",
+            app_config::stream(),
+            app_config::subject("other")
+        ),
+        format!("$JS.API.STREAM.MSG.GET.{}", app_config::stream()),
+    ] {
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            app.request(subject.clone(), "{}".into()),
+        )
+        .await;
+        assert!(
+            !matches!(r, Ok(Ok(_))),
+            "{subject} answered: {:?}",
+            r.map(|r| r.map(|m| m.payload))
+        );
+        violation(&errors, &subject).await;
+    }
+    // Writing its own configuration: not permitted either.
+    app.publish(app_config::subject("web"), r#"{"v": 9}"#.into())
+        .await
+        .unwrap();
+    violation(
+        &errors,
+        &format!("Publish to \"{}\"", app_config::subject("web")),
+    )
+    .await;
+    assert_eq!(
+        kv.entry("web").await.unwrap().unwrap().value,
+        r#"{"v": 2}"#.as_bytes()
+    );
+}

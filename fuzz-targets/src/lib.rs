@@ -334,7 +334,8 @@ pub fn gateway_path(data: &[u8]) {
 /// ELF header inspection (narunctl before upload, narund before exec,
 /// [`narun_wire::elf::inspect`]): never panics; what it accepts is an executable
 /// (`ET_EXEC`/`ET_DYN`) whose class and byte order are the header's own, that is judged
-/// the same way twice, and whose platform check never panics either.
+/// the same way twice, and whose platform check never panics either; the section table
+/// and the embedded spec ([`narun_wire::elf::embedded_spec`]) never panic either.
 pub fn elf(data: &[u8]) {
     use narun_wire::elf::{Class, ElfInfo, Endian, inspect};
     let first = inspect(data);
@@ -359,5 +360,30 @@ pub fn elf(data: &[u8]) {
     }
     if let Err(e) = &first {
         let _ = e.to_string();
+    }
+    // The section table and the embedded spec (`.narun`, narunctl deploy/inspect): never a
+    // panic; a spec found is the decoding of the section's bytes, and found again.
+    let mut file = std::io::Cursor::new(data);
+    match narun_wire::elf::embedded_spec(&mut file) {
+        Ok(Some(text)) => {
+            let section = narun_wire::elf::read_section(
+                &mut std::io::Cursor::new(data),
+                narun_wire::elf::SPEC_SECTION,
+                narun_wire::elf::MAX_SPEC_SECTION,
+            )
+            .expect("the section was read once")
+            .expect("the section exists");
+            assert_eq!(
+                narun_wire::elf::decode_spec_section(&section)
+                    .ok()
+                    .as_deref(),
+                Some(text.as_str())
+            );
+            assert!(first.is_ok(), "a spec read from a file inspect refuses");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let _ = e.to_string();
+        }
     }
 }

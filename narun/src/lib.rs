@@ -50,6 +50,10 @@
 //!   `READY=1` once it is serving, pings the watchdog when `WATCHDOG_USEC` is set,
 //!   and sends `STOPPING=1` on shutdown.
 //!
+//! Beyond serving: [`Client`] calls other services, [`lock`] coordinates replicas,
+//! [`config`] reads the app's typed configuration from KV and follows its changes, and
+//! [`embed_spec!`] puts the app's default spec into its binary (docs/app-library.md).
+//!
 //! ## Environment
 //!
 //! | variable | meaning | default |
@@ -63,6 +67,10 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod config;
+mod embed;
+#[doc(hidden)]
+pub use embed::__private;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 mod http_service;
@@ -74,6 +82,7 @@ mod runner;
 pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT, deadline};
+pub use config::{Config, ConfigError, ConfigOptions, config};
 pub use http_service::{Server, serve, serve_service, serve_until};
 pub use lock::{Lock, LockError, lock, try_lock};
 pub use narun_wire::connect::NatsSettings;

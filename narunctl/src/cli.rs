@@ -154,6 +154,11 @@ pub enum Command {
     /// Named gateways' route sets in KV (`gateway.<name>.routes`, docs/gateway.md).
     #[command(subcommand)]
     Gateway(GatewayCmd),
+    /// What a binary is: platform, size, SHA-256 and the spec embedded in it (no NATS).
+    Inspect(InspectArgs),
+    /// App configuration (KV `narun-config`, read by `narun::config`): get, set, edit.
+    #[command(subcommand)]
+    Config(ConfigCmd),
 }
 
 /// `gateway routes set|get`.
@@ -356,8 +361,12 @@ pub enum KeysCmd {
 /// spec records the digest of every binary (`binaryDigests`), so nodes run exactly
 /// those. A spec that selects no online node is refused unless --allow-offline.
 /// --dry-run shows the spec diff and, per node, what would start and stop.
+///
+/// Without -f, a spec embedded in the binaries (`narun::embed_spec!`, section `.narun`)
+/// is used, with --name, --tag, --node/--label and --replicas replacing its values; -f
+/// SPEC replaces it entirely.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "name"]))]
+#[command(group = clap::ArgGroup::new("source").args(["file", "name"]))]
 pub struct DeployArgs {
     /// App spec file (.toml, .yaml/.yml or .json).
     #[arg(short = 'f', long = "file", value_name = "SPEC", conflicts_with_all = ["tag", "node", "label", "replicas"])]
@@ -376,9 +385,10 @@ pub struct DeployArgs {
     /// Run on every node having this label (repeatable, all must match).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub label: Vec<(String, String)>,
-    /// Instances per selected node (flag form).
-    #[arg(long, default_value_t = 1)]
-    pub replicas: i64,
+    /// Instances per selected node (flag form; with an embedded spec and no
+    /// --node/--label: of each of its selectors) [default: 1].
+    #[arg(long)]
+    pub replicas: Option<i64>,
     /// Overwrite the stored spec even if it changed since we read it, and replace a
     /// binary already uploaded under this tag with another one (nodes switch to it).
     #[arg(long, conflicts_with = "expect_revision")]
@@ -431,9 +441,10 @@ pub struct DeployArgs {
 /// `apps diff -f SPEC [BIN…]` or `apps diff --name N --tag T [--node ID|--label k=v] [BIN…]`:
 /// what `deploy` with the same arguments would change — the spec diff against the stored
 /// spec, the binaries it would upload, and per node the instances that would start, be
-/// replaced or stop. Nothing is written.
+/// replaced or stop. Nothing is written. Without -f, the spec embedded in the binaries is
+/// used as `deploy` uses it.
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "name"]))]
+#[command(group = clap::ArgGroup::new("source").args(["file", "name"]))]
 pub struct DiffArgs {
     /// App spec file (.toml, .yaml/.yml or .json).
     #[arg(short = 'f', long = "file", value_name = "SPEC", conflicts_with_all = ["tag", "node", "label", "replicas"])]
@@ -450,9 +461,10 @@ pub struct DiffArgs {
     /// Run on every node having this label (repeatable, all must match).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub label: Vec<(String, String)>,
-    /// Instances per selected node (flag form).
-    #[arg(long, default_value_t = 1)]
-    pub replicas: i64,
+    /// Instances per selected node (flag form; with an embedded spec and no
+    /// --node/--label: of each of its selectors) [default: 1].
+    #[arg(long)]
+    pub replicas: Option<i64>,
     #[command(flatten)]
     pub json: JsonFlag,
     /// Binaries `deploy` would upload (their digests are compared with the stored objects).
@@ -853,4 +865,61 @@ pub struct RunsLsArgs {
     pub since: Duration,
     #[command(flatten)]
     pub json: JsonFlag,
+}
+
+/// `inspect BIN… [--json]`: read each binary's ELF header and section table, hash it,
+/// and print its platform, size, SHA-256 (hex and the object store's form) and the spec
+/// embedded with `narun::embed_spec!` (section `.narun`), checked like `deploy` checks
+/// it. Exit 1 if a file is not an executable narun runs or its embedded spec is invalid.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Linux ELF executables.
+    #[arg(value_name = "BIN", required = true)]
+    pub binaries: Vec<PathBuf>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+/// `config get|set|edit APP`: the configuration `narun::config` gives app APP.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print the app's configuration (JSON, or TOML with --toml) on stdout and its
+    /// revision on stderr.
+    Get {
+        /// App name (the KV key).
+        app: String,
+        /// Print it as TOML.
+        #[arg(long, conflicts_with = "json")]
+        toml: bool,
+        /// One JSON object: app, revision, created, value.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the app's configuration from FILE (`-`: stdin): a JSON object or a TOML
+    /// document (by the file's extension, else JSON when it starts with `{`, else TOML),
+    /// checked before it is written and stored as JSON.
+    Set(ConfigSetArgs),
+    /// Edit the app's configuration in $VISUAL / $EDITOR (default vi); it is checked
+    /// before it is written, and written only if nobody changed it meanwhile.
+    Edit {
+        /// App name (the KV key).
+        app: String,
+        /// Edit it as TOML instead of JSON.
+        #[arg(long)]
+        toml: bool,
+    },
+}
+
+/// `config set APP FILE|- [--expect-revision REV]`.
+#[derive(Debug, Args)]
+pub struct ConfigSetArgs {
+    /// App name (the KV key).
+    pub app: String,
+    /// A .json or .toml file, or `-` for stdin.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Write only if the stored configuration is still at revision REV (0: only if there
+    /// is none).
+    #[arg(long, value_name = "REV")]
+    pub expect_revision: Option<u64>,
 }

@@ -111,5 +111,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => cmd::runs::run_now(&conn, args).await,
         Command::Runs(c) => cmd::runs::run(&conn, c).await,
         Command::Gateway(c) => cmd::gateway::run(&conn, c).await,
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Config(c) => cmd::config::run(&conn, c).await,
     }
 }

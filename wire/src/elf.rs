@@ -25,6 +25,29 @@
 //! the object name narund looks for); [`ElfInfo::check_runs_here`] compares machine, class
 //! and endianness with the node's own ([`ElfInfo::HOST`]).
 //!
+//! # The spec inside the binary (`.narun`)
+//!
+//! An app may carry its default spec in a section `.narun` of its ELF file, written by the
+//! app library's `narun::embed_spec!` ([`spec_record`] builds the bytes at compile time).
+//! [`read_section`] finds a section by name through the section header table
+//! (`e_shoff`, `e_shentsize`, `e_shnum`, `e_shstrndx` of either class and byte order,
+//! with the `SHN_XINDEX` escapes for files of 65280 sections or more), reading only the
+//! header, the table, the section name table and the section itself, each bounded:
+//!
+//! | what | bound |
+//! |---|---|
+//! | section header table | [`MAX_SECTION_TABLE`] bytes (4 MiB: 65536 64-bit entries) |
+//! | section name table (`.shstrtab`) | [`MAX_NAME_TABLE`] bytes (1 MiB) |
+//! | the section asked for | the caller's `max` ([`MAX_SPEC_SECTION`], 64 KiB, for `.narun`) |
+//!
+//! [`embedded_spec`] reads `.narun` and decodes its one record: the 8 bytes
+//! [`SPEC_MAGIC`] (`NARUNSP1`), the length of the spec as a little-endian `u32`, then the
+//! spec, TOML in UTF-8. Zero bytes around the record (alignment padding a linker adds) are
+//! skipped. Every malformed file is an [`SectionError`] naming what is wrong (offsets
+//! past the end of the file, a table larger than its bound, two records because two
+//! crates of the binary embed a spec, …), never a panic and never an allocation the file
+//! chose.
+//!
 //! ```
 //! use narun_wire::elf::{inspect, ElfError};
 //! let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
@@ -35,6 +58,7 @@
 //! ```
 
 use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
 
 /// `EI_CLASS`: the word size of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -384,6 +408,348 @@ impl ElfInfo {
     }
 }
 
+/// The section an app's embedded spec lives in.
+pub const SPEC_SECTION: &str = ".narun";
+/// The first 8 bytes of an embedded spec record (format version 1).
+pub const SPEC_MAGIC: [u8; 8] = *b"NARUNSP1";
+/// Bytes before the spec in a record: [`SPEC_MAGIC`] and the `u32` length.
+pub const SPEC_RECORD_HEADER: usize = 12;
+/// The largest `.narun` section read (a spec is a few hundred bytes).
+pub const MAX_SPEC_SECTION: u64 = 64 * 1024;
+/// The largest section header table read.
+pub const MAX_SECTION_TABLE: u64 = 4 * 1024 * 1024;
+/// The largest section name table read.
+pub const MAX_NAME_TABLE: u64 = 1024 * 1024;
+
+/// The record `narun::embed_spec!` puts into `.narun`: [`SPEC_MAGIC`], the length of
+/// `spec` (`u32`, little-endian), `spec`. `N` must be `spec.len() +`
+/// [`SPEC_RECORD_HEADER`] (a compile error otherwise, as the macro evaluates it in a
+/// `static`).
+pub const fn spec_record<const N: usize>(spec: &[u8]) -> [u8; N] {
+    assert!(
+        N == spec.len() + SPEC_RECORD_HEADER,
+        "N must be the spec's length + 12"
+    );
+    assert!(
+        spec.len() as u64 <= MAX_SPEC_SECTION - SPEC_RECORD_HEADER as u64,
+        "an embedded spec may have at most 65524 bytes"
+    );
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < 8 {
+        out[i] = SPEC_MAGIC[i];
+        i += 1;
+    }
+    let len = (spec.len() as u32).to_le_bytes();
+    let mut i = 0;
+    while i < 4 {
+        out[8 + i] = len[i];
+        i += 1;
+    }
+    let mut i = 0;
+    while i < spec.len() {
+        out[SPEC_RECORD_HEADER + i] = spec[i];
+        i += 1;
+    }
+    out
+}
+
+/// Why a section (or the embedded spec) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SectionError {
+    /// Not an ELF executable narun runs (the header check of [`inspect`]).
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+    /// Reading the file failed.
+    #[error("reading the ELF file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The section header table or a section is malformed.
+    #[error("malformed ELF section table: {0}")]
+    Malformed(String),
+    /// The section is larger than the caller's bound.
+    #[error("ELF section {name} has {size} bytes, more than the {max} accepted")]
+    TooLarge {
+        /// Section name.
+        name: String,
+        /// Its `sh_size`.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The `.narun` section does not hold exactly one valid spec record.
+    #[error("the embedded spec (section .narun) is invalid: {0}")]
+    BadSpec(String),
+}
+
+fn malformed(what: impl Into<String>) -> SectionError {
+    SectionError::Malformed(what.into())
+}
+
+fn u32_at(b: &[u8], at: usize, e: Endian) -> u32 {
+    let raw = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+    match e {
+        Endian::Little => u32::from_le_bytes(raw),
+        Endian::Big => u32::from_be_bytes(raw),
+    }
+}
+
+fn u64_at(b: &[u8], at: usize, e: Endian) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&b[at..at + 8]);
+    match e {
+        Endian::Little => u64::from_le_bytes(raw),
+        Endian::Big => u64::from_be_bytes(raw),
+    }
+}
+
+/// A word of the class: `u32` in 32-bit files, `u64` in 64-bit ones.
+fn word_at(b: &[u8], at: usize, class: Class, e: Endian) -> u64 {
+    match class {
+        Class::Elf32 => u64::from(u32_at(b, at, e)),
+        Class::Elf64 => u64_at(b, at, e),
+    }
+}
+
+/// One entry of the section header table, the fields used here.
+#[derive(Debug, Clone, Copy)]
+struct SectionHeader {
+    name: u32,
+    kind: u32,
+    offset: u64,
+    size: u64,
+    link: u32,
+}
+
+/// `SHT_NOBITS`: a section without bytes in the file (`.bss`).
+const SHT_NOBITS: u32 = 8;
+/// `SHN_XINDEX`: the real `e_shstrndx` is in section 0's `sh_link`.
+const SHN_XINDEX: u16 = 0xffff;
+
+fn section_header(entry: &[u8], class: Class, e: Endian) -> SectionHeader {
+    // (sh_offset, sh_size, sh_link) offsets of the class.
+    let (off, size, link) = match class {
+        Class::Elf32 => (16, 20, 24),
+        Class::Elf64 => (24, 32, 40),
+    };
+    SectionHeader {
+        name: u32_at(entry, 0, e),
+        kind: u32_at(entry, 4, e),
+        offset: word_at(entry, off, class, e),
+        size: word_at(entry, size, class, e),
+        link: u32_at(entry, link, e),
+    }
+}
+
+/// Read exactly `len` bytes at `offset`, after checking both against the file's size.
+fn read_at<R: Read + Seek>(
+    r: &mut R,
+    file_len: u64,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>, SectionError> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| malformed(format!("{what} at offset {offset} + {len} bytes overflows")))?;
+    if end > file_len {
+        return Err(malformed(format!(
+            "{what} at offset {offset} ({len} bytes) ends past the end of the file ({file_len} bytes)"
+        )));
+    }
+    let len = usize::try_from(len).map_err(|_| malformed(format!("{what} is too large")))?;
+    let mut buf = vec![0u8; len];
+    r.seek(SeekFrom::Start(offset))?;
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// The bytes of the section called `name` (`Ok(None)`: no such section, or no section
+/// header table at all, as in a file stripped with `sstrip`). Sections larger than `max`
+/// are an error; see the module docs for every other bound.
+pub fn read_section<R: Read + Seek>(
+    r: &mut R,
+    name: &str,
+    max: u64,
+) -> Result<Option<Vec<u8>>, SectionError> {
+    let file_len = r.seek(SeekFrom::End(0))?;
+    let mut header = [0u8; 64];
+    r.seek(SeekFrom::Start(0))?;
+    let mut n = 0;
+    while n < header.len() {
+        match r.read(&mut header[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let info = inspect(&header[..n])?;
+    let (class, e) = (info.class, info.endian);
+    // (e_shoff, e_shentsize) offsets and the size of an entry of the class.
+    let (shoff_at, shentsize_at, entry_len) = match class {
+        Class::Elf32 => (32, 46, 40u16),
+        Class::Elf64 => (40, 58, 64u16),
+    };
+    let shoff = word_at(&header, shoff_at, class, e);
+    let shentsize = u16_at(&header, shentsize_at, e);
+    let mut shnum = u64::from(u16_at(&header, shentsize_at + 2, e));
+    let shstrndx = u16_at(&header, shentsize_at + 4, e);
+    if shoff == 0 {
+        return Ok(None);
+    }
+    if shentsize != entry_len {
+        return Err(malformed(format!(
+            "e_shentsize is {shentsize}, a {class} ELF file has {entry_len}"
+        )));
+    }
+    let entry_len = u64::from(entry_len);
+    // Section 0 carries the real count and name table index of very large files.
+    let first = section_header(
+        &read_at(r, file_len, shoff, entry_len, "section header 0")?,
+        class,
+        e,
+    );
+    if shnum == 0 {
+        shnum = first.size;
+    }
+    if shnum == 0 {
+        return Ok(None);
+    }
+    let table_len = shnum
+        .checked_mul(entry_len)
+        .filter(|l| *l <= MAX_SECTION_TABLE)
+        .ok_or_else(|| {
+            malformed(format!(
+                "{shnum} section headers are more than the {} accepted",
+                MAX_SECTION_TABLE / entry_len
+            ))
+        })?;
+    let table = read_at(r, file_len, shoff, table_len, "the section header table")?;
+    let strndx = if shstrndx == SHN_XINDEX {
+        u64::from(first.link)
+    } else {
+        u64::from(shstrndx)
+    };
+    if strndx == 0 || strndx >= shnum {
+        return Err(malformed(format!(
+            "e_shstrndx is {strndx}, the file has {shnum} sections"
+        )));
+    }
+    let entry = |i: u64| {
+        // i < shnum, so the slice is inside the table read above.
+        let at = (i * entry_len) as usize;
+        section_header(&table[at..at + entry_len as usize], class, e)
+    };
+    let strtab = entry(strndx);
+    if strtab.kind == SHT_NOBITS {
+        return Err(malformed("the section name table has no bytes in the file"));
+    }
+    if strtab.size > MAX_NAME_TABLE {
+        return Err(malformed(format!(
+            "the section name table has {} bytes, more than the {MAX_NAME_TABLE} accepted",
+            strtab.size
+        )));
+    }
+    let names = read_at(
+        r,
+        file_len,
+        strtab.offset,
+        strtab.size,
+        "the section name table",
+    )?;
+    for i in 1..shnum {
+        let s = entry(i);
+        let Some(rest) = usize::try_from(s.name).ok().and_then(|at| names.get(at..)) else {
+            return Err(malformed(format!(
+                "section {i}'s name is at offset {} of a {}-byte name table",
+                s.name,
+                names.len()
+            )));
+        };
+        let Some(end) = rest.iter().position(|b| *b == 0) else {
+            return Err(malformed(format!(
+                "section {i}'s name is not terminated in the name table"
+            )));
+        };
+        if &rest[..end] != name.as_bytes() {
+            continue;
+        }
+        if s.kind == SHT_NOBITS {
+            return Err(malformed(format!(
+                "section {name} has no bytes in the file"
+            )));
+        }
+        if s.size > max {
+            return Err(SectionError::TooLarge {
+                name: name.to_string(),
+                size: s.size,
+                max,
+            });
+        }
+        return read_at(r, file_len, s.offset, s.size, &format!("section {name}")).map(Some);
+    }
+    Ok(None)
+}
+
+/// The spec embedded in an app's ELF file (`Ok(None)`: no `.narun` section).
+pub fn embedded_spec<R: Read + Seek>(r: &mut R) -> Result<Option<String>, SectionError> {
+    match read_section(r, SPEC_SECTION, MAX_SPEC_SECTION)? {
+        Some(bytes) => decode_spec_section(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The spec in the bytes of a `.narun` section: exactly one record (zero padding around
+/// it is skipped), its text UTF-8.
+pub fn decode_spec_section(bytes: &[u8]) -> Result<String, SectionError> {
+    let bad = |m: String| SectionError::BadSpec(m);
+    let mut at = 0;
+    let mut found: Option<String> = None;
+    let mut count = 0;
+    loop {
+        while at < bytes.len() && bytes[at] == 0 {
+            at += 1;
+        }
+        if at == bytes.len() {
+            break;
+        }
+        let rest = &bytes[at..];
+        if rest.len() < SPEC_RECORD_HEADER {
+            return Err(bad(format!(
+                "{} stray bytes at offset {at} (a record starts with {SPEC_RECORD_HEADER})",
+                rest.len()
+            )));
+        }
+        if rest[..8] != SPEC_MAGIC {
+            return Err(bad(format!(
+                "no record at offset {at}: the bytes there are not \"NARUNSP1\" (not written by narun::embed_spec!, or by a newer version of it)"
+            )));
+        }
+        let len = u32_at(rest, 8, Endian::Little) as usize;
+        let body = &rest[SPEC_RECORD_HEADER..];
+        if len > body.len() {
+            return Err(bad(format!(
+                "the record at offset {at} says {len} bytes, the section has {} after its header",
+                body.len()
+            )));
+        }
+        let text = std::str::from_utf8(&body[..len]).map_err(|e| {
+            bad(format!(
+                "the spec is not UTF-8 (at byte {})",
+                e.valid_up_to()
+            ))
+        })?;
+        count += 1;
+        found.get_or_insert_with(|| text.to_string());
+        at += SPEC_RECORD_HEADER + len;
+    }
+    match (count, found) {
+        (1, Some(text)) => Ok(text),
+        (0, _) => Err(bad("the section holds no record".into())),
+        (n, _) => Err(bad(format!(
+            "{n} specs are embedded: narun::embed_spec! may be used once per binary (a dependency may use it too)"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,6 +949,190 @@ mod tests {
                 m[i] = v;
                 let _ = inspect(&m);
                 let _ = inspect(&m[..i]);
+            }
+        }
+    }
+
+    /// An executable of `class`/`data` whose sections are `sections` (name, type, bytes),
+    /// laid out as header, section bytes, `.shstrtab`, section header table.
+    fn elf_with_sections(class: u8, data: u8, sections: &[(&str, u32, &[u8])]) -> Vec<u8> {
+        let mut f = header(class, data, 0, 3, if class == 1 { 40 } else { 62 });
+        let big = data == 2;
+        let put = |f: &mut Vec<u8>, at: usize, v: u64, width: usize| {
+            let b = if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            };
+            let b = if big { &b[8 - width..] } else { &b[..width] };
+            f[at..at + width].copy_from_slice(b);
+        };
+        let word = if class == 1 { 4 } else { 8 };
+        let mut names = vec![0u8];
+        let mut entries = vec![(0u32, 0u32, 0u64, 0u64)];
+        for (name, kind, bytes) in sections {
+            let name_at = names.len() as u32;
+            names.extend_from_slice(name.as_bytes());
+            names.push(0);
+            entries.push((name_at, *kind, f.len() as u64, bytes.len() as u64));
+            f.extend_from_slice(bytes);
+        }
+        let strtab_name = names.len() as u32;
+        names.extend_from_slice(b".shstrtab\0");
+        entries.push((strtab_name, 3, f.len() as u64, names.len() as u64));
+        f.extend_from_slice(&names);
+        let shoff = f.len() as u64;
+        let entry_len = if class == 1 { 40 } else { 64 };
+        for (name, kind, offset, size) in &entries {
+            let at = f.len();
+            f.resize(at + entry_len, 0);
+            put(&mut f, at, u64::from(*name), 4);
+            put(&mut f, at + 4, u64::from(*kind), 4);
+            let (off_at, size_at) = if class == 1 { (16, 20) } else { (24, 32) };
+            put(&mut f, at + off_at, *offset, word);
+            put(&mut f, at + size_at, *size, word);
+        }
+        let (shoff_at, shentsize_at) = if class == 1 { (32, 46) } else { (40, 58) };
+        put(&mut f, shoff_at, shoff, word);
+        put(&mut f, shentsize_at, entry_len as u64, 2);
+        put(&mut f, shentsize_at + 2, entries.len() as u64, 2);
+        put(&mut f, shentsize_at + 4, (entries.len() - 1) as u64, 2);
+        f
+    }
+
+    const SPEC: &[u8] = b"name = \"web\"\ntag = \"v3\"\n";
+
+    fn record() -> Vec<u8> {
+        spec_record::<{ SPEC.len() + SPEC_RECORD_HEADER }>(SPEC).to_vec()
+    }
+
+    fn spec_of(f: &[u8]) -> Result<Option<String>, SectionError> {
+        embedded_spec(&mut std::io::Cursor::new(f))
+    }
+
+    #[test]
+    fn the_embedded_spec_is_found_in_32_and_64_bit_files_of_either_byte_order() {
+        let rec = record();
+        for (class, data) in [(1, 1), (2, 1), (2, 2), (1, 2)] {
+            let f = elf_with_sections(
+                class,
+                data,
+                &[
+                    (".text", 1, b"\x90\x90\x90\x90"),
+                    (".bss", SHT_NOBITS, b""),
+                    (".narun", 1, &rec),
+                    (".data", 1, b"xyz"),
+                ],
+            );
+            assert_eq!(
+                spec_of(&f).unwrap().as_deref(),
+                Some(std::str::from_utf8(SPEC).unwrap()),
+                "class {class} data {data}"
+            );
+            assert_eq!(
+                read_section(&mut std::io::Cursor::new(&f), ".data", 10)
+                    .unwrap()
+                    .as_deref(),
+                Some(&b"xyz"[..])
+            );
+        }
+        // No section, and no section table at all.
+        let f = elf_with_sections(1, 1, &[(".text", 1, b"\x00")]);
+        assert!(spec_of(&f).unwrap().is_none());
+        assert!(spec_of(&header(2, 1, 0, 3, 62)).unwrap().is_none());
+    }
+
+    #[test]
+    fn padding_around_the_record_is_skipped_and_two_records_are_refused() {
+        let mut padded = vec![0u8; 5];
+        padded.extend(record());
+        padded.extend([0u8; 3]);
+        assert_eq!(
+            decode_spec_section(&padded).unwrap(),
+            std::str::from_utf8(SPEC).unwrap()
+        );
+        let mut two = record();
+        two.extend(record());
+        let e = decode_spec_section(&two).unwrap_err().to_string();
+        assert!(e.contains("2 specs are embedded"), "{e}");
+    }
+
+    #[test]
+    fn malformed_spec_sections_name_what_is_wrong() {
+        let err = |b: &[u8]| decode_spec_section(b).unwrap_err().to_string();
+        assert!(err(&[0, 0, 0]).contains("holds no record"));
+        assert!(err(b"NARUNSP1\x05").contains("9 stray bytes"));
+        assert!(err(b"NARUNSP2\x00\x00\x00\x00").contains("not \"NARUNSP1\""));
+        assert!(err(b"NARUNSP1\xff\xff\xff\xffabc").contains("says 4294967295 bytes"));
+        assert!(err(b"NARUNSP1\x02\x00\x00\x00\xff\xfe").contains("not UTF-8"));
+        let mut r = record();
+        r.push(b'x');
+        assert!(err(&r).contains("stray bytes"));
+    }
+
+    #[test]
+    fn malformed_section_tables_are_errors_not_panics() {
+        let rec = record();
+        let good = elf_with_sections(2, 1, &[(".narun", 1, &rec)]);
+        let shoff = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+        let e = |f: &[u8]| spec_of(f).unwrap_err().to_string();
+        // The table past the end of the file.
+        let mut f = good.clone();
+        f[40..48].copy_from_slice(&(good.len() as u64 + 1).to_le_bytes());
+        assert!(e(&f).contains("past the end of the file"), "{}", e(&f));
+        // An offset that overflows.
+        let mut f = good.clone();
+        f[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(e(&f).contains("overflows"), "{}", e(&f));
+        // A wrong entry size.
+        let mut f = good.clone();
+        f[58] = 40;
+        assert!(e(&f).contains("e_shentsize is 40"), "{}", e(&f));
+        // A name table index out of range.
+        let mut f = good.clone();
+        f[62] = 9;
+        assert!(e(&f).contains("e_shstrndx is 9"), "{}", e(&f));
+        // The .narun section says it is huge: refused before anything is allocated.
+        let mut f = good.clone();
+        let narun = shoff + 64;
+        f[narun + 32..narun + 40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let msg = e(&f);
+        assert!(
+            msg.contains("section .narun has 1099511627776 bytes, more than the 65536 accepted"),
+            "{msg}"
+        );
+        // Its bytes past the end of the file.
+        let mut f = good.clone();
+        f[narun + 24..narun + 32].copy_from_slice(&(good.len() as u64).to_le_bytes());
+        assert!(e(&f).contains("past the end"), "{}", e(&f));
+        // A name offset outside the name table.
+        let mut f = good.clone();
+        f[narun..narun + 4].copy_from_slice(&9999u32.to_le_bytes());
+        assert!(e(&f).contains("name is at offset 9999"), "{}", e(&f));
+        // shnum 0 with section 0 claiming a huge count (the SHN_XINDEX escape).
+        let mut f = good.clone();
+        f[60..62].copy_from_slice(&0u16.to_le_bytes());
+        f[shoff + 32..shoff + 40].copy_from_slice(&(1u64 << 32).to_le_bytes());
+        assert!(e(&f).contains("section headers are more than"), "{}", e(&f));
+        // Not an ELF file at all.
+        assert!(matches!(
+            spec_of(b"#!/bin/sh\n"),
+            Err(SectionError::Elf(ElfError::NotElf))
+        ));
+    }
+
+    #[test]
+    fn every_byte_flip_of_a_file_with_sections_is_total() {
+        let rec = record();
+        for class in [1u8, 2] {
+            let f = elf_with_sections(class, 1, &[(".narun", 1, &rec), (".x", 1, b"ab")]);
+            for i in 0..f.len() {
+                for v in [0u8, 1, 0x7f, 0xff] {
+                    let mut m = f.clone();
+                    m[i] = v;
+                    let _ = spec_of(&m);
+                    let _ = spec_of(&m[..i]);
+                }
             }
         }
     }

@@ -15,9 +15,11 @@
 //! * [`jobs`]: async jobs: the `narun-jobs` stream, job records, headers and retry rules.
 //! * [`routes`]: routes a service declares in its Micro metadata, and gateway route sets in KV.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
+//! * [`app_config`]: app configuration in KV (`narun::config`): bucket, key, values, the read permission.
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
 
+pub mod app_config;
 pub mod bhttp;
 pub mod connect;
 pub mod elf;

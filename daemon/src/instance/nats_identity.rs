@@ -11,6 +11,9 @@
 //!      inboxes `_INBOX_<app>.>`;
 //!    * to publish to its own inboxes and to the reply subjects of requests it received
 //!      (`resp`: any number of messages for [`RESPONSE_TTL`], so streamed replies work);
+//!    * to read its own configuration key of `narun-config` (`narun::config`: creating a
+//!      consumer whose API subject names that key, and its flow control;
+//!      [`narun_wire::app_config::read_permissions`]);
 //!
 //!    with `NARUN_INBOX_PREFIX=_INBOX_<app>` so the `narun` library uses those inboxes.
 //!    The JWT is valid for [`USER_JWT_TTL`]; [`renew_loop`] rewrites the file with a new
@@ -83,7 +86,9 @@ pub fn inbox_prefix(app: &str) -> String {
 /// What a minted user of `app` may publish to and subscribe to.
 pub fn permissions(app: &str) -> (Vec<String>, Vec<String>) {
     let inbox = format!("{}.>", inbox_prefix(app));
-    let publish = vec![inbox.clone()];
+    let mut publish = vec![inbox.clone()];
+    // `narun::config`: a consumer of its own key of `narun-config`, nothing else there.
+    publish.extend(narun_wire::app_config::read_permissions(app));
     let subscribe = vec![
         app.to_owned(),
         "$SRV.PING".into(),
@@ -460,7 +465,11 @@ mod tests {
         assert!(c["nats"].get("issuer_account").is_none());
         assert_eq!(
             c["nats"]["pub"]["allow"],
-            serde_json::json!(["_INBOX_web.>"])
+            serde_json::json!([
+                "_INBOX_web.>",
+                "$JS.API.CONSUMER.CREATE.KV_narun-config.*.$KV.narun-config.web",
+                "$JS.FC.KV_narun-config.>"
+            ])
         );
         let sub: Vec<String> = serde_json::from_value(c["nats"]["sub"]["allow"].clone()).unwrap();
         assert_eq!(

@@ -15,15 +15,22 @@ use std::collections::HashMap;
 
 /// Run `deploy`.
 pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
-    // 1. Build and validate the spec before touching the network.
+    // 1. Build and validate the spec before touching the network: `-f SPEC`, else the
+    //    spec embedded in the binaries with the flags over it, else the flags.
+    let embedded = plan::embedded_spec(&args.binaries)?;
     let (spec, default_node) = plan::build_spec(&SpecSource {
         file: args.file.as_deref(),
         name: args.name.as_deref(),
         tag: args.tag.as_deref(),
         node: &args.node,
         label: &args.label,
-        replicas: args.replicas,
+        replicas: args.replicas.unwrap_or(1),
+        embedded: embedded.as_ref(),
+        replicas_given: args.replicas.is_some(),
     })?;
+    if let (None, Some(e)) = (&args.file, &embedded) {
+        eprintln!("using the spec embedded in {}", e.path.display());
+    }
     spec.validate()
         .map_err(|e| anyhow!("invalid app spec (nothing was uploaded):\n{e}"))?;
     for w in spec.warnings() {

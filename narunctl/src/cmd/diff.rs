@@ -11,13 +11,16 @@ use anyhow::{Result, anyhow};
 
 /// Run `apps diff`.
 pub async fn run(conn: &ConnArgs, args: DiffArgs) -> Result<()> {
+    let embedded = plan::embedded_spec(&args.binaries)?;
     let (spec, default_node) = plan::build_spec(&SpecSource {
         file: args.file.as_deref(),
         name: args.name.as_deref(),
         tag: args.tag.as_deref(),
         node: &args.node,
         label: &args.label,
-        replicas: args.replicas,
+        replicas: args.replicas.unwrap_or(1),
+        embedded: embedded.as_ref(),
+        replicas_given: args.replicas.is_some(),
     })?;
     spec.validate()
         .map_err(|e| anyhow!("invalid app spec:\n{e}"))?;

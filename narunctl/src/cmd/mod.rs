@@ -5,12 +5,14 @@
 pub mod admin;
 pub mod apps;
 pub mod completions;
+pub mod config;
 pub mod deploy;
 pub mod diff;
 pub mod events;
 pub mod files;
 pub mod gateway;
 pub mod images;
+pub mod inspect;
 pub mod jobs;
 pub mod keys;
 pub mod logs;

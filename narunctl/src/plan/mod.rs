@@ -42,7 +42,8 @@ use std::path::{Path, PathBuf};
 /// The architectures narunctl probes for objects of a tag (Go's GOARCH names).
 pub const ARCHES: [&str; 5] = ["amd64", "arm64", "arm", "riscv64", "386"];
 
-/// Where the spec comes from: `-f FILE`, or the flag form.
+/// Where the spec comes from: `-f FILE`, the spec embedded in the binaries, or the flag
+/// form.
 pub struct SpecSource<'a> {
     pub file: Option<&'a Path>,
     pub name: Option<&'a str>,
@@ -50,11 +51,101 @@ pub struct SpecSource<'a> {
     pub node: &'a [String],
     pub label: &'a [(String, String)],
     pub replicas: i64,
+    /// The spec embedded in the binaries given ([`embedded_spec`]).
+    pub embedded: Option<&'a Embedded>,
+    /// `--replicas` was given (with an embedded spec and no `--node`/`--label`, it sets
+    /// the replicas of each of the embedded spec's selectors).
+    pub replicas_given: bool,
 }
 
-/// The spec to deploy, and — for the flag form without `--node`/`--label` — the node
-/// it defaulted to (this host's node id).
+/// A spec embedded in a binary (`narun::embed_spec!`, section `.narun`).
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// The first binary that carries it.
+    pub path: PathBuf,
+    /// The spec text (TOML).
+    pub text: String,
+}
+
+/// The spec embedded in `binaries` (`None`: none of them has one). Binaries that embed a
+/// spec must embed the same one; a malformed section is an error naming the binary.
+pub fn embedded_spec(binaries: &[PathBuf]) -> Result<Option<Embedded>> {
+    let mut found: Option<Embedded> = None;
+    for path in binaries {
+        let Some(text) = read_embedded(path)? else {
+            continue;
+        };
+        match &found {
+            Some(e) if e.text != text => bail!(
+                "{} and {} embed different specs: give one with -f SPEC, or rebuild them from the same spec",
+                e.path.display(),
+                path.display()
+            ),
+            Some(_) => {}
+            None => {
+                found = Some(Embedded {
+                    path: path.clone(),
+                    text,
+                })
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The spec embedded in one binary, if any.
+pub fn read_embedded(path: &Path) -> Result<Option<String>> {
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("cannot read binary {}", path.display()))?;
+    narun_wire::elf::embedded_spec(&mut f).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The spec to deploy, and — for the flag form (or an embedded spec) without
+/// `--node`/`--label` — the node it defaulted to (this host's node id).
+///
+/// Precedence: `-f SPEC` is the whole spec (an embedded one is not used); else the
+/// embedded spec, whose `name`, `tag` and node selectors the flags replace (`--replicas`
+/// alone sets the replicas of each embedded selector); else the flags alone.
 pub fn build_spec(src: &SpecSource) -> Result<(AppSpec, Option<String>)> {
+    if let (Some(path), Some(e)) = (src.file, src.embedded) {
+        eprintln!(
+            "note: the spec embedded in {} is not used: -f {} is the spec",
+            e.path.display(),
+            path.display()
+        );
+    }
+    if let (None, Some(e)) = (src.file, src.embedded) {
+        let mut spec = AppSpec::from_str_as(&e.text, narun_spec::Format::Toml).map_err(|err| {
+            anyhow!(
+                "the spec embedded in {} (section .narun) does not parse: {err}",
+                e.path.display()
+            )
+        })?;
+        if !spec.binary_digests.is_empty() {
+            spec.binary_digests.clear();
+        }
+        if let Some(n) = src.name {
+            spec.name = n.to_string();
+        }
+        if let Some(t) = src.tag {
+            spec.tag = t.to_string();
+        }
+        if !src.node.is_empty() || !src.label.is_empty() {
+            spec.nodes.clear();
+            add_flag_selectors(&mut spec, src);
+        } else if src.replicas_given {
+            for sel in &mut spec.nodes {
+                sel.replicas = src.replicas;
+            }
+        }
+        let default_node = default_selector(&mut spec, src.replicas)?;
+        return Ok((spec, default_node));
+    }
+    if src.file.is_none() && (src.name.is_none() || src.tag.is_none()) {
+        bail!(
+            "no spec: give -f SPEC, or --name and --tag, or a binary that embeds its spec (narun::embed_spec!)"
+        );
+    }
     if let Some(path) = src.file {
         let mut spec = AppSpec::from_path(path)?;
         if !spec.binary_digests.is_empty() {
@@ -68,6 +159,13 @@ pub fn build_spec(src: &SpecSource) -> Result<(AppSpec, Option<String>)> {
         return Ok((spec, None));
     }
     let mut spec = AppSpec::new(src.name.unwrap_or_default(), src.tag.unwrap_or_default());
+    add_flag_selectors(&mut spec, src);
+    let default_node = default_selector(&mut spec, src.replicas)?;
+    Ok((spec, default_node))
+}
+
+/// The selectors of `--node` and `--label`.
+fn add_flag_selectors(spec: &mut AppSpec, src: &SpecSource) {
     for n in src.node {
         spec.nodes
             .push(NodeSelector::by_name(n.clone(), src.replicas));
@@ -78,17 +176,19 @@ pub fn build_spec(src: &SpecSource) -> Result<(AppSpec, Option<String>)> {
             src.replicas,
         ));
     }
-    let mut default_node = None;
-    if spec.nodes.is_empty() {
-        // The node id narund has here by default (narun_wire::node_id); a bad provisioning
-        // file is named rather than guessed around.
-        let id = narun_wire::names::default_node_id()
-            .map_err(|e| anyhow::anyhow!("no --node or --label given, and {e}"))?;
-        spec.nodes
-            .push(NodeSelector::by_name(id.clone(), src.replicas));
-        default_node = Some(id);
+}
+
+/// A spec without selectors runs on this host's node: its id, when it was added.
+fn default_selector(spec: &mut AppSpec, replicas: i64) -> Result<Option<String>> {
+    if !spec.nodes.is_empty() {
+        return Ok(None);
     }
-    Ok((spec, default_node))
+    // The node id narund has here by default (narun_wire::node_id); a bad provisioning
+    // file is named rather than guessed around.
+    let id = narun_wire::names::default_node_id()
+        .map_err(|e| anyhow::anyhow!("no --node or --label given, and {e}"))?;
+    spec.nodes.push(NodeSelector::by_name(id.clone(), replicas));
+    Ok(Some(id))
 }
 
 /// A binary given on the command line, checked and hashed.
@@ -538,6 +638,86 @@ mod tests {
     }
 
     #[test]
+    fn flags_override_the_embedded_spec_and_a_spec_file_replaces_it() {
+        let embedded = Embedded {
+            path: "app".into(),
+            text: "name = \"web\"\ntag = \"v1\"\nstopTimeoutSec = 7\n\
+                   [[nodes]]\nname = \"n1\"\nreplicas = 3\n"
+                .into(),
+        };
+        let src = SpecSource {
+            file: None,
+            name: None,
+            tag: None,
+            node: &[],
+            label: &[],
+            replicas: 1,
+            embedded: Some(&embedded),
+            replicas_given: false,
+        };
+        let (spec, default) = build_spec(&src).unwrap();
+        assert_eq!((spec.name.as_str(), spec.tag.as_str()), ("web", "v1"));
+        assert_eq!(spec.nodes, [NodeSelector::by_name("n1", 3)]);
+        assert_eq!(default, None);
+        // --tag replaces the tag, the rest stays.
+        let (spec, _) = build_spec(&SpecSource {
+            tag: Some("v2"),
+            ..src
+        })
+        .unwrap();
+        assert_eq!((spec.name.as_str(), spec.tag.as_str()), ("web", "v2"));
+        assert_eq!(spec.nodes, [NodeSelector::by_name("n1", 3)]);
+        // --replicas alone: every embedded selector; --node: the selectors.
+        let (spec, _) = build_spec(&SpecSource {
+            replicas: 5,
+            replicas_given: true,
+            ..src
+        })
+        .unwrap();
+        assert_eq!(spec.nodes, [NodeSelector::by_name("n1", 5)]);
+        let nodes = ["n2".to_string()];
+        let (spec, _) = build_spec(&SpecSource {
+            node: &nodes,
+            ..src
+        })
+        .unwrap();
+        assert_eq!(spec.nodes, [NodeSelector::by_name("n2", 1)]);
+        // -f: the file is the spec.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "name = \"api\"\ntag = \"v9\"\n").unwrap();
+        let (spec, _) = build_spec(&SpecSource {
+            file: Some(&file),
+            ..src
+        })
+        .unwrap();
+        assert_eq!((spec.name.as_str(), spec.tag.as_str()), ("api", "v9"));
+        // A spec that does not parse names the binary and the section.
+        let bad = Embedded {
+            path: "app".into(),
+            text: "name = ".into(),
+        };
+        let e = build_spec(&SpecSource {
+            embedded: Some(&bad),
+            ..src
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("the spec embedded in app (section .narun) does not parse"),
+            "{e}"
+        );
+        // Nothing at all.
+        let e = build_spec(&SpecSource {
+            embedded: None,
+            ..src
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("no spec: give -f SPEC"), "{e}");
+    }
+
+    #[test]
     fn flag_form_defaults_to_this_hosts_node_id() {
         let src = SpecSource {
             file: None,
@@ -546,6 +726,8 @@ mod tests {
             node: &[],
             label: &[],
             replicas: 2,
+            embedded: None,
+            replicas_given: true,
         };
         let (spec, default) = build_spec(&src).unwrap();
         let id = narun_wire::names::default_node_id().unwrap();
