@@ -246,7 +246,10 @@ async fn a_call_waits_for_its_service_to_appear() {
         matches!(&e, CallError::NoResponders { service, waited } if service == "never" && *waited >= bound),
         "{e}"
     );
-    assert!(took >= bound && took < bound + Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(2),
+        "{took:?}"
+    );
     assert!(e.to_string().contains("waited"), "{e}");
     assert_eq!(e.status(), 503);
 
@@ -261,8 +264,15 @@ async fn a_call_waits_for_its_service_to_appear() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, CallError::NoResponders { .. } | CallError::Timeout { .. }),
+        matches!(
+            e,
+            CallError::NoResponders { .. } | CallError::Timeout { .. }
+        ),
         "{e}"
     );
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

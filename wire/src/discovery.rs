@@ -147,7 +147,11 @@ mod tests {
         let other: Vec<Duration> = Backoff::new(first, cap, 7).take(12).collect();
         assert_ne!(delays, other);
         // Never zero, even from a zero seed or a first delay above the cap.
-        assert!(Backoff::new(cap * 4, cap, 0).take(100).all(|d| d >= cap * 8 / 10));
+        assert!(
+            Backoff::new(cap * 4, cap, 0)
+                .take(100)
+                .all(|d| d >= cap * 8 / 10)
+        );
     }
 
     #[test]
