@@ -74,7 +74,7 @@ pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
 
 pub use client::{CallError, Client, DEFAULT_TIMEOUT, deadline};
 pub use http_service::{Server, serve, serve_service, serve_until};
-pub use lock::{Lock, LockError, lock, try_lock};
+pub use lock::{Lock, LockError, lock, lock_in, try_lock, try_lock_in};
 pub use narun_wire::connect::NatsSettings;
 
 use narun_wire::names::env;

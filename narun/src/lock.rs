@@ -27,11 +27,17 @@
 //! one TTL after the last renewal it saw. A holder cut off from NATS stops acting as the
 //! holder ([`Lock::is_held`] false, [`Lock::lost`] resolves) before anyone can take over.
 //! The app's NATS user must be allowed to use the KV bucket `narun-locks`.
+//!
+//! **Lock names are per app.** Under narund (`NARUN_APP_NAME` set) lock `leader` of app
+//! `web` is the key `web.leader`: apps never contend for each other's locks, and the NATS
+//! user narund mints for an app may write only its own keys
+//! ([`narun_wire::locks::app_permissions`]). Outside narund the key is the name itself.
+//! [`lock_in`] / [`try_lock_in`] name the app explicitly.
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use narun_wire::jetstream::LOCKS;
-use narun_wire::locks::{LockHolder, MIN_TTL, lease_valid_for, name_problem, renew_every};
+use narun_wire::locks::{LockHolder, MIN_TTL, key, lease_valid_for, name_problem, renew_every};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -64,6 +70,8 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct Lock {
     name: String,
+    /// The KV key (`<app>.<name>`, or the name).
+    key: String,
     store: kv::Store,
     /// `Some(until)`: held until then unless renewed; `None`: lost or released.
     valid: watch::Receiver<Option<Instant>>,
@@ -72,27 +80,74 @@ pub struct Lock {
     renewer: tokio::task::JoinHandle<()>,
 }
 
-/// Take the lock `name` with a lease of `ttl`, waiting as long as another holder keeps it.
+/// Take the lock `name` of this app (`NARUN_APP_NAME`, see the module docs) with a lease
+/// of `ttl`, waiting as long as another holder keeps it.
 pub async fn lock(nats: &async_nats::Client, name: &str, ttl: Duration) -> Result<Lock, LockError> {
-    let store = open(nats, name, ttl).await?;
-    loop {
-        if let Some(l) = try_create(&store, name, ttl).await? {
-            return Ok(l);
-        }
-        if let Some(l) = wait_and_take_over(&store, name, ttl).await? {
-            return Ok(l);
-        }
-    }
+    lock_key(nats, name, &key(this_app().as_deref(), name), ttl).await
 }
 
-/// Take the lock `name` if nobody holds it now; `Ok(None)` when someone does.
+/// Take the lock `name` of this app if nobody holds it now; `Ok(None)` when someone does.
 pub async fn try_lock(
     nats: &async_nats::Client,
     name: &str,
     ttl: Duration,
 ) -> Result<Option<Lock>, LockError> {
-    let store = open(nats, name, ttl).await?;
-    try_create(&store, name, ttl).await
+    try_lock_key(nats, name, &key(this_app().as_deref(), name), ttl).await
+}
+
+/// [`lock`] for the lock `name` of app `app` (key `<app>.<name>`), whatever
+/// `NARUN_APP_NAME` says.
+pub async fn lock_in(
+    nats: &async_nats::Client,
+    app: &str,
+    name: &str,
+    ttl: Duration,
+) -> Result<Lock, LockError> {
+    lock_key(nats, name, &key(Some(app), name), ttl).await
+}
+
+/// [`try_lock`] for the lock `name` of app `app` (key `<app>.<name>`).
+pub async fn try_lock_in(
+    nats: &async_nats::Client,
+    app: &str,
+    name: &str,
+    ttl: Duration,
+) -> Result<Option<Lock>, LockError> {
+    try_lock_key(nats, name, &key(Some(app), name), ttl).await
+}
+
+/// The app narund runs this process as (`NARUN_APP_NAME`), if any.
+fn this_app() -> Option<String> {
+    std::env::var(narun_wire::names::env::APP_NAME)
+        .ok()
+        .filter(|a| !a.is_empty())
+}
+
+async fn lock_key(
+    nats: &async_nats::Client,
+    name: &str,
+    key: &str,
+    ttl: Duration,
+) -> Result<Lock, LockError> {
+    let store = open(nats, name, key, ttl).await?;
+    loop {
+        if let Some(l) = try_create(&store, name, key, ttl).await? {
+            return Ok(l);
+        }
+        if let Some(l) = wait_and_take_over(&store, name, key, ttl).await? {
+            return Ok(l);
+        }
+    }
+}
+
+async fn try_lock_key(
+    nats: &async_nats::Client,
+    name: &str,
+    key: &str,
+    ttl: Duration,
+) -> Result<Option<Lock>, LockError> {
+    let store = open(nats, name, key, ttl).await?;
+    try_create(&store, name, key, ttl).await
 }
 
 impl Lock {
@@ -145,8 +200,7 @@ impl Lock {
         let revision = *self.revision.borrow();
         let res = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            self.store
-                .delete_expect_revision(&self.name, Some(revision)),
+            self.store.delete_expect_revision(&self.key, Some(revision)),
         )
         .await;
         let err = match res {
@@ -156,7 +210,7 @@ impl Lock {
         };
         // The delete is refused when the key moved on: someone else's now, nothing of
         // ours to delete. (The refusal has no error kind of its own: look.)
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.store.entry(&self.name)).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.store.entry(&self.key)).await {
             Ok(Ok(Some(e))) if e.revision != revision => Ok(()),
             _ => Err(err),
         }
@@ -184,10 +238,14 @@ fn timeout_error(name: &str, what: &'static str) -> LockError {
 async fn open(
     nats: &async_nats::Client,
     name: &str,
+    key: &str,
     ttl: Duration,
 ) -> Result<kv::Store, LockError> {
     if let Some(p) = name_problem(name) {
         return Err(LockError::Invalid(p));
+    }
+    if let Some(p) = name_problem(key) {
+        return Err(LockError::Invalid(format!("lock {name} of this app: {p}")));
     }
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
         return Err(LockError::Invalid(format!(
@@ -230,11 +288,12 @@ fn value(ttl: Duration) -> bytes::Bytes {
 async fn try_create(
     store: &kv::Store,
     name: &str,
+    key: &str,
     ttl: Duration,
 ) -> Result<Option<Lock>, LockError> {
     let sent = Instant::now();
-    match tokio::time::timeout(REQUEST_TIMEOUT, store.create(name, value(ttl))).await {
-        Ok(Ok(revision)) => Ok(Some(held(store.clone(), name, ttl, revision, sent))),
+    match tokio::time::timeout(REQUEST_TIMEOUT, store.create(key, value(ttl))).await {
+        Ok(Ok(revision)) => Ok(Some(held(store.clone(), name, key, ttl, revision, sent))),
         Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
         Ok(Err(e)) => Err(kv_error(name, "taking", e)),
         Err(_) => Err(timeout_error(name, "taking")),
@@ -246,9 +305,10 @@ async fn try_create(
 async fn wait_and_take_over(
     store: &kv::Store,
     name: &str,
+    key: &str,
     ttl: Duration,
 ) -> Result<Option<Lock>, LockError> {
-    let mut watch = tokio::time::timeout(REQUEST_TIMEOUT, store.watch_with_history(name))
+    let mut watch = tokio::time::timeout(REQUEST_TIMEOUT, store.watch_with_history(key))
         .await
         .map_err(|_| timeout_error(name, "watching"))?
         .map_err(|e| kv_error(name, "watching", e))?;
@@ -274,10 +334,10 @@ async fn wait_and_take_over(
             _ = async { tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)).await }, if expiry.is_some() => {
                 let (revision, _) = seen.expect("armed only with a revision");
                 let sent = Instant::now();
-                match tokio::time::timeout(REQUEST_TIMEOUT, store.update(name, value(ttl), revision)).await {
+                match tokio::time::timeout(REQUEST_TIMEOUT, store.update(key, value(ttl), revision)).await {
                     Ok(Ok(r)) => {
                         tracing::info!(lock = name, "took over a lock whose holder went silent");
-                        return Ok(Some(held(store.clone(), name, ttl, r, sent)));
+                        return Ok(Some(held(store.clone(), name, key, ttl, r, sent)));
                     }
                     // Someone else was first: the watch shows the new revision.
                     Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => seen = None,
@@ -290,11 +350,18 @@ async fn wait_and_take_over(
 }
 
 /// A lock just written at `revision` (the write was sent at `sent`): start renewing.
-fn held(store: kv::Store, name: &str, ttl: Duration, revision: u64, sent: Instant) -> Lock {
+fn held(
+    store: kv::Store,
+    name: &str,
+    key: &str,
+    ttl: Duration,
+    revision: u64,
+    sent: Instant,
+) -> Lock {
     let (valid_tx, valid) = watch::channel(Some(sent + lease_valid_for(ttl)));
     let (rev_tx, rev_rx) = watch::channel(revision);
     let renewer = {
-        let (store, name) = (store.clone(), name.to_string());
+        let (store, name, key) = (store.clone(), name.to_string(), key.to_string());
         tokio::spawn(async move {
             let mut revision = revision;
             loop {
@@ -303,7 +370,7 @@ fn held(store: kv::Store, name: &str, ttl: Duration, revision: u64, sent: Instan
                 let sent = Instant::now();
                 let left = until.saturating_duration_since(sent);
                 let res =
-                    tokio::time::timeout(left, store.update(&name, value(ttl), revision)).await;
+                    tokio::time::timeout(left, store.update(&key, value(ttl), revision)).await;
                 match res {
                     Ok(Ok(r)) if Instant::now() < until => {
                         revision = r;
@@ -328,6 +395,7 @@ fn held(store: kv::Store, name: &str, ttl: Duration, revision: u64, sent: Instan
     };
     Lock {
         name: name.to_string(),
+        key: key.to_string(),
         store,
         valid,
         revision: rev_rx,

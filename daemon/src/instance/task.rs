@@ -517,6 +517,7 @@ impl Task {
                 &self.spec.name,
                 &self.instance_id,
                 &self.run_id,
+                &super::nats_identity::callees(&self.spec),
             ),
         };
         (
