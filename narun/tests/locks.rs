@@ -62,6 +62,40 @@ async fn try_lock_release_and_a_lock_taken_away() {
     assert!(e.contains("ttl"), "{e}");
 }
 
+/// `release()` frees the lock at once even when it races a renewal on the wire (the
+/// renewer is stopped after its write, not aborted in the middle of it): released just
+/// as a renewal is due, over and over, the lock is free for the next taker every time.
+#[tokio::test]
+async fn a_release_racing_a_renewal_still_frees_the_lock_at_once() {
+    let server = NatsServer::start();
+    let a = server.connect().await;
+    let b = server.connect().await;
+    let ttl = Duration::from_millis(300); // renewals every 100 ms
+    let mut not_free = Vec::new();
+    for i in 0..45u64 {
+        let held = narun::try_lock(&a, "race", ttl)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {i}: not free"));
+        // Around the first renewal (99, 100 or 101 ms after the take).
+        tokio::time::sleep(Duration::from_millis(99 + i % 3)).await;
+        held.release().await.unwrap();
+        match narun::try_lock(&b, "race", ttl).await.unwrap() {
+            Some(l) => l.release().await.unwrap(),
+            None => {
+                // Still held: a takes it back only once it expires (try_lock does not
+                // take over), so stop here.
+                not_free.push(i);
+                break;
+            }
+        }
+    }
+    assert!(
+        not_free.is_empty(),
+        "still held after release in rounds {not_free:?}"
+    );
+}
+
 /// One contender (run by `leader_election_between_three_processes` as a child process):
 /// leads whenever it holds the lock, printing `acquired`, then a `tick` every 20 ms
 /// while [`narun::Lock::is_held`], with wall-clock nanoseconds.

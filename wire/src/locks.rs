@@ -25,6 +25,10 @@ pub struct LockHolder {
     /// When it was taken, RFC 3339 (for people reading the bucket).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub since: String,
+    /// Random per holding (per `Lock`): lets a holder recognise its own write whose answer
+    /// it did not get (a renewal that timed out on its side but reached the server).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 /// How long after sending a write that the server accepted a holder may act as the
@@ -162,6 +166,7 @@ mod tests {
             holder: "web-0@n1".into(),
             ttl_ms: 5000,
             since: String::new(),
+            token: String::new(),
         };
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(json, r#"{"holder":"web-0@n1","ttl_ms":5000}"#);
