@@ -15,16 +15,16 @@
 //!
 //! ```no_run
 //! # async fn demo(nats: async_nats::Client) {
-//! use narun_wire::discovery::{Backoff, wait_for_services};
+//! use narun_wire::discovery::{Backoff, answers};
 //! use std::time::Duration;
-//! let until = tokio::time::Instant::now() + Duration::from_secs(30);
-//! let missing = wait_for_services(&nats, &["db".to_string()], until, Backoff::services()).await;
-//! assert!(missing.is_empty(), "still missing: {missing:?}");
+//! let mut backoff = Backoff::services();
+//! while !answers(&nats, "db", Duration::from_secs(2)).await {
+//!     tokio::time::sleep(backoff.next().unwrap()).await;
+//! }
 //! # }
 //! ```
 
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// The subject that every instance of service `name` answers with its ping document.
 pub fn ping_subject(name: &str) -> String {
@@ -98,35 +98,6 @@ pub async fn answers(client: &async_nats::Client, name: &str, timeout: Duration)
         .payload(bytes::Bytes::new())
         .timeout(Some(timeout));
     matches!(client.send_request(ping_subject(name), req).await, Ok(m) if !m.payload.is_empty())
-}
-
-/// Ping each of `services` until all have answered once or `until` passes, trying again
-/// after each delay of `backoff`. Returns the services that never answered (empty: all
-/// there).
-pub async fn wait_for_services(
-    client: &async_nats::Client,
-    services: &[String],
-    until: Instant,
-    mut backoff: Backoff,
-) -> Vec<String> {
-    let mut missing: Vec<String> = services.to_vec();
-    loop {
-        let mut still = Vec::new();
-        for s in missing {
-            let left = until.saturating_duration_since(Instant::now());
-            let bound = left.clamp(Duration::from_millis(100), Duration::from_secs(2));
-            if !answers(client, &s, bound).await {
-                still.push(s);
-            }
-        }
-        missing = still;
-        let now = Instant::now();
-        if missing.is_empty() || now >= until {
-            return missing;
-        }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-        tokio::time::sleep_until((now + delay).min(until)).await;
-    }
 }
 
 #[cfg(test)]
