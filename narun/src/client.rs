@@ -262,7 +262,12 @@ impl Client {
                             }
                             CallError::NoResponders {
                                 service: service.into(),
-                                waited: now.saturating_duration_since(started),
+                                // Zero when this client does not wait (failed at once).
+                                waited: if self.wait.is_zero() {
+                                    Duration::ZERO
+                                } else {
+                                    now.saturating_duration_since(started)
+                                },
                             }
                         }
                         RequestErrorKind::TimedOut => timeout(),
