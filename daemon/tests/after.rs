@@ -168,3 +168,43 @@ async fn after_the_timeout_an_app_starts_anyway_and_says_so() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_deleted_while_it_waits_never_starts() {
+    let server = NatsServer::start();
+    let b = buckets(&server).await;
+    let client = server.connect().await;
+    let mut status = client
+        .subscribe(names::status_subject("d", "n1"))
+        .await
+        .unwrap();
+    synced(&client).await;
+    let _narund = Narund::start(&server, "n1", "");
+    b.upload("d", "v1", SLEEPER).await;
+    b.put_spec(
+        "d",
+        &json!({"name": "d", "tag": "v1", "nodes": [{"name": "n1", "replicas": 1}],
+                "after": ["missing"], "afterTimeoutSec": 0}),
+    )
+    .await;
+    let ev = next_event(&mut status).await;
+    assert_eq!(
+        (ev.status.clone(), ev.reason.clone()),
+        (InstanceStatus::Starting, Some(Reason::After)),
+        "{ev:?}"
+    );
+    b.configs.delete("d").await.unwrap();
+    // The wait ends with the stop: `stopped`, never a process.
+    let ev = next_event(&mut status).await;
+    assert_eq!(ev.status, InstanceStatus::Stopped, "{ev:?}");
+    assert_eq!(ev.pid, None);
+}
+
+/// The next status event on `status`, within [`T`].
+async fn next_event(status: &mut async_nats::Subscriber) -> StatusEvent {
+    let m = tokio::time::timeout(T, status.next())
+        .await
+        .expect("a status event")
+        .unwrap();
+    serde_json::from_slice(&m.payload).unwrap()
+}

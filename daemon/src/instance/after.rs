@@ -52,13 +52,21 @@ impl Task {
         let mut shown: Option<Vec<String>> = None;
         let mut backoff = Backoff::services();
         loop {
-            let mut still = Vec::new();
-            for s in missing {
-                if !answers(&client, &s, PING_TIMEOUT).await {
-                    still.push(s);
+            // One round of pings; a stop ends it at once (NATS may be unreachable and
+            // each ping wait its bound).
+            let round = async {
+                let mut still = Vec::new();
+                for s in missing {
+                    if !answers(&client, &s, PING_TIMEOUT).await {
+                        still.push(s);
+                    }
                 }
-            }
-            missing = still;
+                still
+            };
+            missing = tokio::select! {
+                still = round => still,
+                _ = stopped(&mut stop) => return AfterOutcome::Stopped,
+            };
             if missing.is_empty() {
                 if shown.is_some() {
                     tracing::info!(instance = %self.instance_id, "the services of `after` answer; starting");
