@@ -594,7 +594,7 @@ mod tests {
                 !p.contains('>')
                     || p.starts_with("_INBOX_web.")
                     || p.contains(".web.>")
-                    || p.starts_with("$JS.FC.KV_narun-locks."),
+                    || p.starts_with("$JS.FC.KV_"),
                 "{p}"
             );
         }
