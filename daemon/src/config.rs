@@ -247,7 +247,8 @@ pub struct AppsConfig {
     pub nats_creds_dir: Option<PathBuf>,
     /// File holding an account nkey seed (`SA…`): narund mints a user JWT per instance,
     /// allowed only the app's own service subjects, `$SRV` discovery for it, replies and
-    /// its own inboxes `_INBOX_<app>.>`; valid 24 h, renewed after 16 h.
+    /// its own inboxes `_INBOX_<app>.>`, requests to the services of its spec's `calls`
+    /// and `after`, and its own locks in `narun-locks`; valid 24 h, renewed after 16 h.
     pub nats_account_signing_key: Option<PathBuf>,
     /// Public key (`A…`) of the account, when `nats_account_signing_key` is a signing key
     /// of the account rather than the account's own key.

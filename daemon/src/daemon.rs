@@ -305,6 +305,15 @@ impl Daemon {
                 Ok(())
             });
         }
+        {
+            // The lock bucket the minted app users may use but not create.
+            let settings = Settings::from_config(&config);
+            let (client, stop) = (client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::instance::nats_identity::ensure_locks_bucket(settings, client, stop).await;
+                Ok(())
+            });
+        }
         let offline = node.start_offline().await;
         let mut replayed = ready.subscribe();
         {

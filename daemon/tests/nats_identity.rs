@@ -641,3 +641,155 @@ async fn an_app_reads_its_own_configuration_and_no_other() {
         r#"{"v": 2}"#.as_bytes()
     );
 }
+
+/// Put a spec of SLEEPER as `app` for `node` with `extra` fields.
+async fn deploy_with(js: &jetstream::Context, node: &str, app: &str, extra: serde_json::Value) {
+    let binaries = narun_wire::jetstream::APP_BINARIES
+        .ensure(js)
+        .await
+        .unwrap();
+    let configs = narun_wire::jetstream::APP_CONFIGS.ensure(js).await.unwrap();
+    upload_app(&binaries, app, "v1", SLEEPER).await;
+    let mut spec = json!({"name": app, "tag": "v1", "nodes": [{"name": node, "replicas": 1}],
+        "stopTimeoutSec": 2});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    configs
+        .put(app, serde_json::to_vec(&spec).unwrap().into())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_app_calls_the_services_it_names_and_takes_its_own_locks() {
+    use axum::{Json, Router, routing::post};
+    let op = Operator::new();
+    let server = NatsServer::start_with_config(&op.server_config);
+    let keys = tempfile::tempdir().unwrap();
+    let narund_creds = keys.path().join("narund.creds");
+    std::fs::write(&narund_creds, op.creds("narund", json!({}))).unwrap();
+    let seed_file = keys.path().join("account-signing.nk");
+    std::fs::write(&seed_file, op.signing.seed().unwrap()).unwrap();
+    let narund_nats = NatsSettings {
+        url: server.url(),
+        creds: Some(narund_creds.clone()),
+        ..Default::default()
+    };
+    let admin = narund_nats.connect("test-admin").await.unwrap();
+    narun_test_support::wait_connected(&admin).await;
+    let js = jetstream::new(admin.clone());
+    narun_wire::jetstream::APP_CONFIGS
+        .ensure(&js)
+        .await
+        .unwrap();
+    // Another app's secret and a lock of another app, which front must not reach.
+    let secrets = narun_wire::jetstream::SECRETS.ensure(&js).await.unwrap();
+    secrets.put("db-password", "sealed".into()).await.unwrap();
+    let account = op.account.public_key();
+    let seed = seed_file.clone();
+    let narund = Narund::start("calls", narund_nats, move |c, _| {
+        c.apps.nats_account_signing_key = Some(seed);
+        c.apps.nats_account = Some(account);
+    })
+    .await;
+    deploy_with(&js, "calls", "back", json!({})).await;
+    deploy_with(&js, "calls", "other", json!({})).await;
+    deploy_with(&js, "calls", "front", json!({"calls": ["back"]})).await;
+    let back_env = environ(narund.running_pid("back").await);
+    let front_env = environ(narund.running_pid("front").await);
+
+    // back serves with the app library, as its minted user.
+    let back_settings = NatsSettings::from_lookup(|k| back_env.get(k).cloned());
+    let router = Router::new().route(
+        "/double",
+        post(|Json(n): Json<i64>| async move { Json(n * 2) }),
+    );
+    let back = narun::Server::start(narun::Options::new("back").nats(back_settings), router)
+        .await
+        .unwrap();
+
+    // front calls back through narun::Client, as its minted user.
+    let (front, errors) = connect_as(&front_env).await;
+    let client = narun::Client::new(front.clone())
+        .with_timeout(T)
+        .wait_for_responder(T);
+    let n: i64 = client.call("back", "/double", &21).await.unwrap();
+    assert_eq!(n, 42);
+
+    // front takes its own lock; a second front waits for it (a watch) and gets it once
+    // the first releases it.
+    let ttl = Duration::from_secs(2);
+    let held = narun::try_lock_in(&front, "front", "leader", ttl)
+        .await
+        .unwrap()
+        .expect("free");
+    let (front2, errors2) = connect_as(&front_env).await;
+    let waiter = tokio::spawn(async move { narun::lock_in(&front2, "front", "leader", ttl).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the lock is held");
+    held.release().await.unwrap();
+    let second = tokio::time::timeout(T, waiter)
+        .await
+        .expect("the waiter takes it")
+        .unwrap()
+        .unwrap();
+    assert!(second.is_held());
+    second.release().await.unwrap();
+    for e in [&errors, &errors2] {
+        assert!(
+            !e.lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains("Permissions Violation")),
+            "{:?}",
+            e.lock().unwrap()
+        );
+    }
+
+    // What front still cannot do: take another app's lock, call a service it did not
+    // name, read secrets or another bucket.
+    let e = tokio::time::timeout(T, narun::try_lock_in(&front, "other", "leader", ttl))
+        .await
+        .expect("refused within the bound");
+    assert!(e.is_err(), "front took other's lock");
+    violation(&errors, "Publish to \"$KV.narun-locks.other.leader\"").await;
+    front.publish("other", "".into()).await.unwrap();
+    violation(&errors, "Publish to \"other\"").await;
+    let e = narun::Client::new(front.clone())
+        .with_timeout(Duration::from_secs(2))
+        .call::<_, i64>("other", "/x", &1)
+        .await;
+    assert!(e.is_err(), "front called other");
+    front
+        .publish(
+            "$JS.API.DIRECT.GET.KV_narun-secrets.$KV.narun-secrets.db-password",
+            "".into(),
+        )
+        .await
+        .unwrap();
+    violation(&errors, "Publish to \"$JS.API.DIRECT.GET.KV_narun-secrets").await;
+    front
+        .publish("$JS.API.STREAM.INFO.KV_narun-secrets", "".into())
+        .await
+        .unwrap();
+    violation(
+        &errors,
+        "Publish to \"$JS.API.STREAM.INFO.KV_narun-secrets\"",
+    )
+    .await;
+    let _spy = front.subscribe("$KV.narun-secrets.>").await.unwrap();
+    violation(&errors, "Subscription to \"$KV.narun-secrets.>\"").await;
+    let kv = tokio::time::timeout(
+        Duration::from_secs(3),
+        jetstream::new(front.clone()).get_key_value("narun-secrets"),
+    )
+    .await;
+    assert!(!matches!(kv, Ok(Ok(_))), "front opened narun-secrets");
+    // Nor can it listen to back's requests.
+    let _spy = front.subscribe("back").await.unwrap();
+    violation(&errors, "Subscription to \"back\"").await;
+
+    back.shutdown().await;
+    narund.finish().await;
+}

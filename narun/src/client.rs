@@ -25,6 +25,25 @@
 //! ([`crate::deadline`]) less a small margin (so the handler can still answer with the
 //! failure), and a chain of calls never outlives the first caller.
 //!
+//! **Waiting for a service that is not there yet.** By default a call to a service with
+//! no running instance fails at once ([`CallError::NoResponders`]). A client made with
+//! [`Client::wait_for_responder`] waits up to the given time for an instance to appear
+//! instead (a dependency still starting, a replica restarting, a scaled-to-zero app):
+//! the server answers a request with nobody subscribed at once with "no responders", and
+//! the client sends the request again after a backoff of 20 ms doubling up to 250 ms
+//! ([`narun_wire::discovery::Backoff`]), so it sees the service within a quarter of a
+//! second of its appearance, without busy polling. The wait is part of the call's
+//! budget: it never outlasts the client's timeout nor the incoming request's deadline.
+//! A request that nobody received is safe to send again (no instance saw it).
+//!
+//! ```no_run
+//! # async fn demo(nats: async_nats::Client) -> Result<(), narun::CallError> {
+//! use std::time::Duration;
+//! let client = narun::Client::new(nats).wait_for_responder(Duration::from_secs(5));
+//! let answer: serde_json::Value = client.call("db", "/get", &"key").await?;
+//! # Ok(()) }
+//! ```
+//!
 //! **Errors are typed** ([`CallError`]): no responders, timeout, an HTTP error status
 //! with its body, an ADR-32 service error (`Nats-Service-Error-Code`), or a body that
 //! does not decode.
@@ -47,16 +66,20 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 pub struct Client {
     nats: async_nats::Client,
     timeout: Duration,
+    /// How long a call waits for an instance of the service to appear.
+    wait: Duration,
 }
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// No instance of the service is subscribed.
+    /// No instance of the service is subscribed (after waiting `waited` for one to
+    /// appear, with [`Client::wait_for_responder`]).
     #[error(
-        "calling {service}: no instance of the service answers (is it deployed and running? `narunctl services ls` lists them)"
+        "calling {service}: no instance of the service answers{} (is it deployed and running? `narunctl services ls` lists them)",
+        if waited.is_zero() { String::new() } else { format!(" (waited {waited:?} for one)") }
     )]
-    NoResponders { service: String },
+    NoResponders { service: String, waited: Duration },
     /// The budget ran out (the client's timeout, or the incoming request's deadline).
     #[error("calling {service} {path}: no answer within {budget:?}")]
     Timeout {
@@ -122,7 +145,16 @@ impl Client {
         Client {
             nats,
             timeout: DEFAULT_TIMEOUT,
+            wait: Duration::ZERO,
         }
+    }
+
+    /// The same client, waiting up to `wait` for an instance of the called service to
+    /// appear when none runs (instead of failing at once with
+    /// [`CallError::NoResponders`]); bounded by the call's budget. See the module docs.
+    pub fn wait_for_responder(mut self, wait: Duration) -> Client {
+        self.wait = wait;
+        self
     }
 
     /// The same client with another budget per call.
@@ -190,27 +222,52 @@ impl Client {
             return Err(timeout());
         }
         let (parts, body) = request.into_parts();
-        let payload = narun_wire::bhttp::encode_request(&parts, &body);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(TIMEOUT_MS, timeout_ms_value(budget).as_str());
-        let req = async_nats::Request::new()
-            .payload(payload.into())
-            .headers(headers)
-            .timeout(Some(budget));
-        let msg = match self.nats.send_request(service.to_string(), req).await {
-            Ok(m) => m,
-            Err(e) => {
-                use async_nats::RequestErrorKind;
-                return Err(match e.kind() {
-                    RequestErrorKind::NoResponders => CallError::NoResponders {
-                        service: service.into(),
-                    },
-                    RequestErrorKind::TimedOut => timeout(),
-                    _ => CallError::Nats {
-                        service: service.into(),
-                        reason: e.to_string(),
-                    },
-                });
+        let payload = Bytes::from(narun_wire::bhttp::encode_request(&parts, &body));
+        let started = tokio::time::Instant::now();
+        let give_up = started + budget;
+        let stop_waiting = started + self.wait.min(budget);
+        let mut backoff = narun_wire::discovery::Backoff::calls();
+        let msg = loop {
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(timeout());
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(TIMEOUT_MS, timeout_ms_value(left).as_str());
+            let req = async_nats::Request::new()
+                .payload(payload.clone())
+                .headers(headers)
+                .timeout(Some(left));
+            match self.nats.send_request(service.to_string(), req).await {
+                Ok(m) => break m,
+                Err(e) => {
+                    use async_nats::RequestErrorKind;
+                    return Err(match e.kind() {
+                        RequestErrorKind::NoResponders => {
+                            // Nobody received it: wait for an instance, then send again.
+                            let now = tokio::time::Instant::now();
+                            if now < stop_waiting {
+                                let delay = backoff.next().unwrap_or(DEADLINE_MARGIN);
+                                tokio::time::sleep_until((now + delay).min(stop_waiting)).await;
+                                continue;
+                            }
+                            CallError::NoResponders {
+                                service: service.into(),
+                                // Zero when this client does not wait (failed at once).
+                                waited: if self.wait.is_zero() {
+                                    Duration::ZERO
+                                } else {
+                                    now.saturating_duration_since(started)
+                                },
+                            }
+                        }
+                        RequestErrorKind::TimedOut => timeout(),
+                        _ => CallError::Nats {
+                            service: service.into(),
+                            reason: e.to_string(),
+                        },
+                    });
+                }
             }
         };
         if let Some(h) = &msg.headers

@@ -63,7 +63,7 @@
 //! | `NARUN_MAX_INFLIGHT` | concurrent requests per process | `256` |
 //! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]); narund gives an app `NATS_URL`, `NATS_TLS_CA` and its own `NATS_CREDS` only, never narund's credentials. A creds file is read again at every reconnect, so a renewed file is used | `nats://127.0.0.1:4222` |
 //! | `NARUN_INBOX_PREFIX` | prefix of reply inboxes; narund sets `_INBOX_<app>` when it minted the app's NATS user (which may use only those inboxes) | `_INBOX` |
-//! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata | — |
+//! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata; `NARUN_APP_NAME` also scopes [`lock`] names to the app (key `<app>.<name>`) | — |
 #![forbid(unsafe_code)]
 
 mod client;
@@ -84,7 +84,7 @@ pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
 pub use client::{CallError, Client, DEFAULT_TIMEOUT, deadline};
 pub use config::{Config, ConfigError, ConfigOptions, config};
 pub use http_service::{Server, serve, serve_service, serve_until};
-pub use lock::{Lock, LockError, lock, try_lock};
+pub use lock::{Lock, LockError, lock, lock_in, try_lock, try_lock_in};
 pub use narun_wire::connect::NatsSettings;
 pub use narun_wire::routes::{AsyncFlag, DeclaredRoute};
 

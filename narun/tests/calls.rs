@@ -86,8 +86,12 @@ async fn typed_calls_and_typed_errors() {
         .call::<_, Sum>("nobody", "/add", &Add { a: 1, b: 1 })
         .await
         .unwrap_err();
-    assert!(matches!(e, CallError::NoResponders { .. }), "{e}");
+    assert!(
+        matches!(e, CallError::NoResponders { waited, .. } if waited.is_zero()),
+        "{e}"
+    );
     assert!(e.to_string().contains("narunctl services ls"), "{e}");
+    assert!(!e.to_string().contains("waited"), "{e}");
     assert!(started.elapsed() < T);
 
     // The client's own budget, and the header that tells the service about it.
@@ -204,4 +208,75 @@ async fn a_call_made_while_handling_a_request_keeps_to_its_deadline() {
     assert_eq!(narun::deadline(), None);
     front_srv.shutdown().await;
     back_srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_waits_for_its_service_to_appear() {
+    let server = NatsServer::start();
+    let client = Client::new(server.connect().await)
+        .with_timeout(T)
+        .wait_for_responder(T);
+    // The call starts before the service exists; the service starts 300 ms later.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .call::<_, Sum>("late", "/add", &Add { a: 20, b: 22 })
+                .await;
+            (r, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!call.is_finished(), "the call waits");
+    let srv = Server::start(opts(&server, "late"), calc()).await.unwrap();
+    let (r, took) = tokio::time::timeout(T, call).await.unwrap().unwrap();
+    assert_eq!(r.unwrap(), Sum { sum: 42 });
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    srv.shutdown().await;
+
+    // Nobody ever serves it: a typed error once the wait is over, not before.
+    let bound = Duration::from_millis(700);
+    let waiting = Client::new(server.connect().await)
+        .with_timeout(T)
+        .wait_for_responder(bound);
+    let started = std::time::Instant::now();
+    let e = waiting
+        .call::<_, Sum>("never", "/add", &Add { a: 1, b: 1 })
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&e, CallError::NoResponders { service, waited } if service == "never" && *waited >= bound),
+        "{e}"
+    );
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(e.to_string().contains("waited"), "{e}");
+    assert_eq!(e.status(), 503);
+
+    // The wait never outlasts the call's budget: a 400 ms timeout ends it as a timeout
+    // or no-responders after about 400 ms, whatever the wait asked for.
+    let short = Client::new(server.connect().await)
+        .with_timeout(Duration::from_millis(400))
+        .wait_for_responder(Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    let e = short
+        .call::<_, Sum>("never", "/add", &Add { a: 1, b: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CallError::NoResponders { .. } | CallError::Timeout { .. }
+        ),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

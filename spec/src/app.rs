@@ -220,6 +220,27 @@ pub struct AppSpec {
     /// timeout, output bounds, header block); see [`CommandUnitSpec`].
     #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
     pub command_unit: CommandUnitSpec,
+    /// Services that must answer discovery pings before narund starts an instance
+    /// (`after = ["db"]`); see [`crate::deps`].
+    #[serde(
+        skip_serializing_if = "is_default",
+        deserialize_with = "scalar_strings"
+    )]
+    pub after: Vec<String>,
+    /// How long an instance waits for the `after` services before it starts anyway
+    /// (seconds; 0 = no end). Default [`DEFAULT_AFTER_TIMEOUT_SEC`](crate::deps::DEFAULT_AFTER_TIMEOUT_SEC).
+    #[serde(
+        skip_serializing_if = "is_default_after_timeout",
+        deserialize_with = "nullable_or::<_, DefaultAfterTimeout>"
+    )]
+    pub after_timeout_sec: u64,
+    /// Services the app calls: its minted NATS user may send them requests; see
+    /// [`crate::deps`].
+    #[serde(
+        skip_serializing_if = "is_default",
+        deserialize_with = "scalar_strings"
+    )]
+    pub calls: Vec<String>,
 
     /// Warnings found while parsing (unknown keys). Not part of the spec:
     /// ignored by `==`, never serialised. Read them with [`AppSpec::warnings`].
@@ -282,6 +303,9 @@ impl Default for AppSpec {
             max_attempts: None,
             binary_digests: BTreeMap::new(),
             command_unit: CommandUnitSpec::default(),
+            after: Vec::new(),
+            after_timeout_sec: crate::deps::DEFAULT_AFTER_TIMEOUT_SEC,
+            calls: Vec::new(),
             parse_warnings: ParseWarnings::default(),
         }
     }
@@ -342,6 +366,9 @@ fn is_default_settle(v: &u64) -> bool {
 fn is_default_stop_timeout(v: &u64) -> bool {
     *v == DEFAULT_STOP_TIMEOUT_SEC
 }
+fn is_default_after_timeout(v: &u64) -> bool {
+    *v == crate::deps::DEFAULT_AFTER_TIMEOUT_SEC
+}
 
 macro_rules! field_default {
     ($name:ident, $t:ty, $value:expr) => {
@@ -362,3 +389,8 @@ field_default!(
 field_default!(DefaultStartTimeout, u64, DEFAULT_START_TIMEOUT_SEC);
 field_default!(DefaultSettle, u64, DEFAULT_SETTLE_SEC);
 field_default!(DefaultStopTimeout, u64, DEFAULT_STOP_TIMEOUT_SEC);
+field_default!(
+    DefaultAfterTimeout,
+    u64,
+    crate::deps::DEFAULT_AFTER_TIMEOUT_SEC
+);

@@ -56,6 +56,7 @@
 //! | `signal.rs` | [`Signal`], the stop signal |
 //! | `logs.rs` | [`LogOverflow`]: drop or block when the app's log spool share is full |
 //! | `mode.rs` | [`Mode`] and Go's Landlock and jail settings (kept, not run) |
+//! | `deps.rs` | dependencies between services: `after`, `afterTimeoutSec`, `calls` |
 //! | `command.rs` | [`CommandUnitSpec`]: the `commandUnit` block of `mode = "command"` apps |
 //! | `inputs.rs` | environment variables and secrets ([`EnvVar`]), mounted files ([`MountSpec`]) |
 //! | `network.rs` | Go `nonet` port forwards ([`NoNetSpec`]) and the metrics endpoint ([`MetricsSpec`]) |
@@ -69,6 +70,7 @@
 
 mod app;
 mod command;
+pub mod deps;
 mod hash;
 mod inputs;
 mod limits;

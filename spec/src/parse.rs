@@ -532,6 +532,9 @@ static APP: Shape = Struct(&[
     ("startingDeadlineSec", Any),
     ("scope", Any),
     ("maxAttempts", Any),
+    ("after", Any),
+    ("afterTimeoutSec", Any),
+    ("calls", Any),
 ]);
 
 fn join(path: &str, key: &str) -> String {

@@ -175,6 +175,7 @@ impl AppSpec {
         self.check_binary_digests(&mut r);
         self.check_command_unit(&mut r);
         self.check_job(&mut r);
+        self.check_deps(&mut r);
         r.finish()
     }
 
@@ -194,6 +195,36 @@ impl AppSpec {
             r.err(
                 "notify",
                 "is not used with mode: command (narund registers the endpoint itself and the command runs once per request); remove it",
+            );
+        }
+    }
+
+    /// `after`, `afterTimeoutSec` and `calls` ([`crate::deps`]).
+    fn check_deps(&self, r: &mut Report) {
+        use crate::deps::{MAX_AFTER_TIMEOUT_SEC, list_problems};
+        for key in ["after", "calls"] {
+            let names = if key == "after" {
+                &self.after
+            } else {
+                &self.calls
+            };
+            for (k, m) in list_problems(key, &self.name, names) {
+                r.err(k, m);
+            }
+        }
+        if self.after_timeout_sec > MAX_AFTER_TIMEOUT_SEC {
+            r.err(
+                "afterTimeoutSec",
+                format!(
+                    "at most {MAX_AFTER_TIMEOUT_SEC} (one day; 0 waits without end), got {}",
+                    self.after_timeout_sec
+                ),
+            );
+        }
+        if !self.after.is_empty() && (self.mode == Mode::Command || self.is_job()) {
+            r.err(
+                "after",
+                "only services wait for other services (not mode: command nor runMode: job); remove it",
             );
         }
     }

@@ -7,6 +7,7 @@
 //! * [`status`]: instance and node statuses, reasons, and the settle rule (when a new run is ready).
 //! * [`bhttp`]: HTTP requests and responses as Binary HTTP (RFC 9292) payloads.
 //! * [`micro`]: NATS Micro (ADR-32) services: endpoints, stats, discovery.
+//! * [`discovery`]: waiting for a service to appear (`$SRV.PING.<name>`, retry backoff).
 //! * [`grpc`]: `grpc-timeout` and `grpc-message` conventions shared by the gRPC gateway and apps.
 //! * [`elf`]: which ELF executables narun runs (the header check of narunctl and narund).
 //! * [`connect`]: NATS connection settings (URL, auth, TLS) and the app env contract.
@@ -22,6 +23,7 @@
 pub mod app_config;
 pub mod bhttp;
 pub mod connect;
+pub mod discovery;
 pub mod elf;
 pub mod events;
 pub mod grpc;

@@ -25,6 +25,10 @@ pub struct LockHolder {
     /// When it was taken, RFC 3339 (for people reading the bucket).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub since: String,
+    /// Random per holding (per `Lock`): lets a holder recognise its own write whose answer
+    /// it did not get (a renewal that timed out on its side but reached the server).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
 }
 
 /// How long after sending a write that the server accepted a holder may act as the
@@ -68,8 +72,58 @@ pub fn name_problem(name: &str) -> Option<String> {
     None
 }
 
+/// The KV key of lock `name` of app `app`: `<app>.<name>`, so every app has its own lock
+/// names and a minted app user may write only its own keys ([`app_permissions`]).
+/// `None` (not run by narund: no `NARUN_APP_NAME`): the name itself.
+pub fn key(app: Option<&str>, name: &str) -> String {
+    match app.filter(|a| !a.is_empty()) {
+        Some(app) => format!("{app}.{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// What a NATS user of app `app` must be allowed to publish to for `narun::lock` (narund
+/// grants these to the users it mints, on JetStream's default API prefix `$JS.API`):
+///
+/// * `$JS.API.STREAM.INFO.KV_narun-locks`: open the bucket (narund creates it);
+/// * `$KV.narun-locks.<app>.>`: take, renew, release **its own** locks (writes to any
+///   other key are refused by the server);
+/// * `$JS.API.DIRECT.GET.KV_narun-locks.$KV.narun-locks.<app>.>`: read its own locks;
+/// * `$JS.API.CONSUMER.CREATE.KV_narun-locks`: watch a lock while waiting for it. The
+///   key it watches travels in the request body, so this one cannot be narrowed to the
+///   app's keys: a user could watch other apps' lock *values* (who holds them, their TTL),
+///   never change them;
+/// * `$JS.FC.KV_narun-locks.>`: flow-control replies of that watch.
+///
+/// Replies come to the app's own inbox.
+pub fn app_permissions(app: &str) -> Vec<String> {
+    let bucket = crate::names::LOCKS_BUCKET;
+    vec![
+        format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+        format!("$KV.{bucket}.{app}.>"),
+        format!("$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{app}.>"),
+        format!("$JS.API.CONSUMER.CREATE.KV_{bucket}"),
+        format!("$JS.FC.KV_{bucket}.>"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_are_per_app_and_permissions_name_only_its_own() {
+        assert_eq!(key(Some("web"), "leader"), "web.leader");
+        assert_eq!(key(Some(""), "leader"), "leader");
+        assert_eq!(key(None, "jobs/x"), "jobs/x");
+        assert_eq!(name_problem(&key(Some("web-1"), "a/b.c")), None);
+        let p = app_permissions("web");
+        assert!(p.contains(&"$KV.narun-locks.web.>".to_string()), "{p:?}");
+        // Writes only under the app's prefix; no wildcard that reaches other buckets.
+        for s in &p {
+            assert!(s.contains("narun-locks"), "{s}");
+            assert!(!s.contains("$KV.narun-locks.>"), "{s}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -112,6 +166,7 @@ mod tests {
             holder: "web-0@n1".into(),
             ttl_ms: 5000,
             since: String::new(),
+            token: String::new(),
         };
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(json, r#"{"holder":"web-0@n1","ttl_ms":5000}"#);

@@ -204,6 +204,9 @@ wire_enum! {
         /// above `[apps] nofile_max` or narund's own hard `RLIMIT_NOFILE`); the message
         /// names the setting.
         Rlimit = "rlimit",
+        /// `starting`: waiting for the services of the spec's `after` to answer discovery
+        /// pings (`error` names them: "waiting for db").
+        After = "after",
     }
 }
 

@@ -17,6 +17,7 @@
 //! | `lifecycle.rs` | the pure state machine: start, ready, crash, backoff, start limit, watchdog, stop, re-adopt (**where restarts are decided**) |
 //! | `adopt.rs` | re-adoption: which runs of a previous narund are verified and continued |
 //! | `task.rs` | the driver: one tokio task per instance that feeds the lifecycle events and carries out its actions |
+//! | `after.rs` | the spec's `after`: wait for the named services to answer discovery pings before the first start |
 //! | `start.rs` | fetch, prepare and spawn one run; the app's exact environment |
 //! | `exit.rs` | how a run ended, classified the way systemd does |
 //! | `process.rs` | the seam to the kernel: [`process::Processes`] (spawn, signal, follow) and its real implementation |
@@ -59,6 +60,7 @@
 //!
 
 pub mod adopt;
+mod after;
 #[cfg(feature = "command-units")]
 pub mod command;
 pub mod exit;

@@ -14,6 +14,11 @@
 //!    * to read its own configuration key of `narun-config` (`narun::config`: creating a
 //!      consumer whose API subject names that key, and its flow control;
 //!      [`narun_wire::app_config::read_permissions`]);
+//!    * to send requests to the services its spec names in `calls` and `after` (their
+//!      subject `<service>`; the answers come to its inbox), and to no other app;
+//!    * to use its own locks in the KV bucket `narun-locks` (keys `<app>.*`,
+//!      [`narun_wire::locks::app_permissions`]); narund creates that bucket
+//!      ([`ensure_locks_bucket`]) since the app may not;
 //!
 //!    with `NARUN_INBOX_PREFIX=_INBOX_<app>` so the `narun` library uses those inboxes.
 //!    The JWT is valid for [`USER_JWT_TTL`]; [`renew_loop`] rewrites the file with a new
@@ -83,12 +88,31 @@ pub fn inbox_prefix(app: &str) -> String {
     format!("_INBOX_{app}")
 }
 
-/// What a minted user of `app` may publish to and subscribe to.
-pub fn permissions(app: &str) -> (Vec<String>, Vec<String>) {
+/// The services an app of `spec` may call: its `calls` and its `after`, once each.
+pub fn callees(spec: &narun_spec::AppSpec) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in spec.calls.iter().chain(&spec.after) {
+        if !out.contains(s) && *s != spec.name {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
+/// What a minted user of `app` may publish to and subscribe to; it may call the services
+/// `callees` (valid service names: one subject token each, checked by the spec).
+pub fn permissions(app: &str, callees: &[String]) -> (Vec<String>, Vec<String>) {
     let inbox = format!("{}.>", inbox_prefix(app));
     let mut publish = vec![inbox.clone()];
     // `narun::config`: a consumer of its own key of `narun-config`, nothing else there.
     publish.extend(narun_wire::app_config::read_permissions(app));
+    publish.extend(
+        callees
+            .iter()
+            .filter(|c| narun_spec::deps::service_name_problem(c).is_none())
+            .cloned(),
+    );
+    publish.extend(narun_wire::locks::app_permissions(app));
     let subscribe = vec![
         app.to_owned(),
         "$SRV.PING".into(),
@@ -104,13 +128,14 @@ pub fn permissions(app: &str) -> (Vec<String>, Vec<String>) {
 /// The claims of a user JWT for instance `instance` of `app` (NATS JWT v2).
 pub fn user_claims(
     app: &str,
+    callees: &[String],
     instance: &str,
     user: &str,
     issuer: &str,
     account: Option<&str>,
     now: u64,
 ) -> serde_json::Value {
-    let (publish, subscribe) = permissions(app);
+    let (publish, subscribe) = permissions(app, callees);
     let mut nats = serde_json::json!({
         "pub": { "allow": publish },
         "sub": { "allow": subscribe },
@@ -165,6 +190,7 @@ pub fn creds_text(jwt: &str, seed: &str) -> String {
 /// Mint the `.creds` text of a new user for `instance` of `app`, signed with `signer`.
 pub fn mint(
     app: &str,
+    callees: &[String],
     instance: &str,
     signer: &KeyPair,
     account: Option<&str>,
@@ -173,6 +199,7 @@ pub fn mint(
     let user = KeyPair::new_user();
     let claims = user_claims(
         app,
+        callees,
         instance,
         &user.public_key(),
         &signer.public_key(),
@@ -193,14 +220,17 @@ pub fn creds_path(runtime_dir: &Path, app: &str, instance: &str, run_id: &str) -
         .join(format!("{}.{}.creds", s(instance), s(run_id)))
 }
 
-/// The credentials files of the runs of this narund (what renewal renews).
-static LIVE: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// The credentials files of the runs of this narund (what renewal renews), with the
+/// services each run may call (a renewed user keeps them).
+static LIVE: std::sync::Mutex<std::collections::BTreeMap<PathBuf, Vec<String>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-fn is_live(path: &Path) -> bool {
+/// The callees of a live run's file; `None`: no live run has it.
+fn live_callees(path: &Path) -> Option<Vec<String>> {
     LIVE.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .contains(path)
+        .get(path)
+        .cloned()
 }
 
 /// The operator's creds file of `app` when `[apps] nats_creds_dir` has one.
@@ -221,22 +251,24 @@ fn unix_now() -> u64 {
 pub struct CredsFile(PathBuf);
 
 impl CredsFile {
-    fn hold(path: PathBuf) -> CredsFile {
+    fn hold(path: PathBuf, callees: &[String]) -> CredsFile {
         LIVE.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(path.clone());
+            .insert(path.clone(), callees.to_vec());
         CredsFile(path)
     }
 
-    /// The file of run `run_id` of `instance`, if one exists (a re-adopted run).
+    /// The file of run `run_id` of `instance`, if one exists (a re-adopted run whose app
+    /// may call `callees`).
     pub fn existing(
         settings: &Settings,
         app: &str,
         instance: &str,
         run_id: &str,
+        callees: &[String],
     ) -> Option<CredsFile> {
         let p = creds_path(&settings.runtime_dir, app, instance, run_id);
-        p.is_file().then(|| CredsFile::hold(p))
+        p.is_file().then(|| CredsFile::hold(p, callees))
     }
 }
 
@@ -253,13 +285,15 @@ impl Drop for CredsFile {
 pub type NatsEnv = Vec<(String, String)>;
 
 /// The NATS variables of an instance's environment, and its credentials file when it gets
-/// one. `owner` is the app's (uid, gid) when narund runs as root.
+/// one. `owner` is the app's (uid, gid) when narund runs as root; a minted user may call
+/// the services `callees` ([`callees`]).
 pub fn prepare(
     settings: &Settings,
     app: &str,
     instance: &str,
     run_id: &str,
     owner: Option<(u32, u32)>,
+    callees: &[String],
 ) -> Result<(NatsEnv, Option<CredsFile>), IdentityError> {
     let cfg = &settings.app_nats;
     // Never narund's `user:password@` (a URL may carry it).
@@ -284,12 +318,20 @@ pub fn prepare(
         };
         let signer = load_signing_key(key).map_err(key_err)?;
         vars.push((env::INBOX_PREFIX.into(), inbox_prefix(app)));
-        mint(app, instance, &signer, cfg.account.as_deref(), unix_now()).map_err(key_err)?
+        mint(
+            app,
+            callees,
+            instance,
+            &signer,
+            cfg.account.as_deref(),
+            unix_now(),
+        )
+        .map_err(key_err)?
     } else {
         return Ok((vars, None));
     };
     let path = creds_path(&settings.runtime_dir, app, instance, run_id);
-    let file = CredsFile::hold(path.clone());
+    let file = CredsFile::hold(path.clone(), callees);
     write_creds(&path, &text, owner.map(|(_, gid)| gid)).map_err(|(what, p, source)| {
         IdentityError::Io {
             app: app.into(),
@@ -368,10 +410,10 @@ pub fn renew_due(settings: &Settings, signer: Option<&KeyPair>, now: SystemTime)
             else {
                 continue;
             };
-            if !is_live(&path) {
+            let Some(callees) = live_callees(&path) else {
                 let _ = std::fs::remove_file(&path);
                 continue;
-            }
+            };
             let Some(signer) = signer else {
                 continue;
             };
@@ -391,12 +433,19 @@ pub fn renew_due(settings: &Settings, signer: Option<&KeyPair>, now: SystemTime)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let gid = (meta.mode() & 0o040 != 0).then_some(meta.gid());
-            let result = mint(&app, &instance, signer, cfg.account.as_deref(), secs)
-                .map_err(|e| e.to_string())
-                .and_then(|text| {
-                    write_creds(&path, &text, gid)
-                        .map_err(|(what, p, e)| format!("{what} {}: {e}", p.display()))
-                });
+            let result = mint(
+                &app,
+                &callees,
+                &instance,
+                signer,
+                cfg.account.as_deref(),
+                secs,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                write_creds(&path, &text, gid)
+                    .map_err(|(what, p, e)| format!("{what} {}: {e}", p.display()))
+            });
             match result {
                 Ok(()) => renewed += 1,
                 Err(e) => {
@@ -406,6 +455,38 @@ pub fn renew_due(settings: &Settings, signer: Option<&KeyPair>, now: SystemTime)
         }
     }
     renewed
+}
+
+/// Create the KV bucket `narun-locks` when it does not exist, retrying (1 s doubling up
+/// to a minute) until it exists or `stop`: the users narund mints may open it but not
+/// create it ([`narun_wire::locks::app_permissions`]). Nothing to do when apps get no
+/// minted users.
+pub async fn ensure_locks_bucket(
+    settings: Settings,
+    client: async_nats::Client,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if settings.app_nats.signing_key.is_none() {
+        return;
+    }
+    let js = async_nats::jetstream::new(client);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let ensure =
+            narun_wire::jetstream::LOCKS.ensure_replicas(&js, settings.nats.stream_replicas);
+        match tokio::time::timeout(Duration::from_secs(10), ensure).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot create the narun-locks bucket yet; retrying")
+            }
+            Err(_) => tracing::debug!("creating the narun-locks bucket timed out; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
 }
 
 /// Every [`RENEW_CHECK_EVERY`] until `stop`: renew minted credentials and remove files of
@@ -452,7 +533,7 @@ mod tests {
     #[test]
     fn minted_jwt_is_signed_and_scoped_to_the_app() {
         let account = KeyPair::new_account();
-        let text = mint("web", "web-0", &account, None, 1_000).unwrap();
+        let text = mint("web", &[], "web-0", &account, None, 1_000).unwrap();
         let (jwt, user) = narun_wire::connect::parse_creds(&text).unwrap();
         let (h, c) = decode(&jwt);
         assert_eq!(h["alg"], "ed25519-nkey");
@@ -463,14 +544,15 @@ mod tests {
         assert_eq!(c["exp"], 1_000 + USER_JWT_TTL.as_secs());
         assert!(c["jti"].as_str().unwrap().len() == 64);
         assert!(c["nats"].get("issuer_account").is_none());
-        assert_eq!(
-            c["nats"]["pub"]["allow"],
-            serde_json::json!([
-                "_INBOX_web.>",
-                "$JS.API.CONSUMER.CREATE.KV_narun-config.*.$KV.narun-config.web",
-                "$JS.FC.KV_narun-config.>"
-            ])
-        );
+        let publish: Vec<String> =
+            serde_json::from_value(c["nats"]["pub"]["allow"].clone()).unwrap();
+        let mut want = vec![
+            "_INBOX_web.>".to_string(),
+            "$JS.API.CONSUMER.CREATE.KV_narun-config.*.$KV.narun-config.web".to_string(),
+            "$JS.FC.KV_narun-config.>".to_string(),
+        ];
+        want.extend(narun_wire::locks::app_permissions("web"));
+        assert_eq!(publish, want);
         let sub: Vec<String> = serde_json::from_value(c["nats"]["sub"]["allow"].clone()).unwrap();
         assert_eq!(
             sub,
@@ -499,15 +581,44 @@ mod tests {
     }
 
     #[test]
+    fn an_app_may_call_what_its_spec_names_and_nothing_else() {
+        let mut spec = narun_spec::AppSpec::new("web", "v1");
+        spec.calls = vec!["db".into(), "auth".into()];
+        spec.after = vec!["db".into(), "cache".into()];
+        assert_eq!(callees(&spec), ["db", "auth", "cache"]);
+        let (publish, subscribe) = permissions("web", &callees(&spec));
+        for svc in ["db", "auth", "cache"] {
+            assert!(publish.contains(&svc.to_string()), "{svc}");
+            assert!(!subscribe.contains(&svc.to_string()), "{svc}");
+        }
+        // A name that is not one subject token is never granted (the spec refuses it too).
+        let (publish, _) = permissions("web", &["a.>".to_string(), ">".into(), "*".into()]);
+        assert!(
+            !publish.iter().any(|p| p == ">" || p == "*" || p == "a.>"),
+            "{publish:?}"
+        );
+        // No wildcard outside the app's inbox and its own lock keys.
+        for p in &publish {
+            assert!(
+                !p.contains('>')
+                    || p.starts_with("_INBOX_web.")
+                    || p.contains(".web.>")
+                    || p.starts_with("$JS.FC.KV_"),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
     fn a_signing_key_names_its_account() {
         let (account, signing) = (KeyPair::new_account(), KeyPair::new_account());
-        let text = mint("a", "a-1", &signing, Some(&account.public_key()), 5).unwrap();
+        let text = mint("a", &[], "a-1", &signing, Some(&account.public_key()), 5).unwrap();
         let (jwt, _) = narun_wire::connect::parse_creds(&text).unwrap();
         let (_, c) = decode(&jwt);
         assert_eq!(c["iss"], signing.public_key());
         assert_eq!(c["nats"]["issuer_account"], account.public_key());
         // The account's own key: no issuer_account.
-        let text = mint("a", "a-1", &account, Some(&account.public_key()), 5).unwrap();
+        let text = mint("a", &[], "a-1", &account, Some(&account.public_key()), 5).unwrap();
         let (_, c) = decode(&narun_wire::connect::parse_creds(&text).unwrap().0);
         assert!(c["nats"].get("issuer_account").is_none());
     }
@@ -565,7 +676,7 @@ mod tests {
         s.nats.password = Some("narund-secret".into());
         s.nats.user = Some("narund".into());
 
-        let (vars, file) = prepare(&s, "a", "a-0", "r1", None).unwrap();
+        let (vars, file) = prepare(&s, "a", "a-0", "r1", None, &[]).unwrap();
         let path = creds_path(&s.runtime_dir, "a", "a-0", "r1");
         assert_eq!(
             env_of(&vars, "NATS_CREDS"),
@@ -578,10 +689,10 @@ mod tests {
         drop(file);
         assert!(!path.exists(), "removed when the run ends");
 
-        let (vars, _file) = prepare(&s, "b", "b-3", "r2", Some((65534, 65534))).unwrap();
+        let (vars, _file) = prepare(&s, "b", "b-3", "r2", Some((65534, 65534)), &[]).unwrap();
         let path = creds_path(&s.runtime_dir, "b", "b-3", "r2");
         // The next run of the same instance (a replace) has its own file.
-        let (_, next) = prepare(&s, "b", "b-3", "r3", Some((65534, 65534))).unwrap();
+        let (_, next) = prepare(&s, "b", "b-3", "r3", Some((65534, 65534)), &[]).unwrap();
         drop(next);
         assert!(path.exists(), "the other run's file stays");
         assert!(
@@ -601,7 +712,7 @@ mod tests {
         assert_eq!(dir_mode, 0o711);
 
         s.app_nats = AppNats::default();
-        let (vars, file) = prepare(&s, "c", "c-0", "r1", None).unwrap();
+        let (vars, file) = prepare(&s, "c", "c-0", "r1", None, &[]).unwrap();
         assert!(file.is_none());
         assert_eq!(vars, [("NATS_URL".to_string(), s.nats.url.clone())]);
         // Never narund's own credentials.
@@ -630,10 +741,10 @@ mod tests {
                 account: None,
             },
         );
-        let (_, _minted) = prepare(&s, "m", "m-0", "r1", None).unwrap();
+        let (_, _minted) = prepare(&s, "m", "m-0", "r1", None, &["calc".to_string()]).unwrap();
         let path = creds_path(&s.runtime_dir, "m", "m-0", "r1");
         // A file of a run that no longer exists (narund died) goes at the next check.
-        let (_, gone) = prepare(&s, "m", "m-1", "r1", None).unwrap();
+        let (_, gone) = prepare(&s, "m", "m-1", "r1", None, &[]).unwrap();
         let orphan = creds_path(&s.runtime_dir, "m", "m-1", "r1");
         std::mem::forget(gone);
         super::LIVE.lock().unwrap().remove(&orphan);
@@ -645,13 +756,17 @@ mod tests {
         let later = now + RENEW_AFTER + Duration::from_secs(1);
         // A provisioned file of another app is never touched.
         std::fs::write(creds_dir.join("p.creds"), "op").unwrap();
-        let (_, _prov) = prepare(&s, "p", "p-0", "r1", None).unwrap();
+        let (_, _prov) = prepare(&s, "p", "p-0", "r1", None, &[]).unwrap();
         assert_eq!(renew_due(&s, Some(&acc), later), 1);
         let after = std::fs::read_to_string(&path).unwrap();
         assert_ne!(before, after);
         let (jwt, _) = narun_wire::connect::parse_creds(&after).unwrap();
         let (_, c) = decode(&jwt);
         assert_eq!(c["name"], "m-0");
+        // The renewed user may still call what the run's spec allowed.
+        let publish: Vec<String> =
+            serde_json::from_value(c["nats"]["pub"]["allow"].clone()).unwrap();
+        assert!(publish.contains(&"calc".to_string()), "{publish:?}");
         let later_secs = later.duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert_eq!(c["exp"], later_secs + USER_JWT_TTL.as_secs());
         assert_eq!(

@@ -72,6 +72,7 @@ impl Task {
             &self.instance_id,
             &self.run_id,
             owner,
+            &super::nats_identity::callees(&self.spec),
         )
         .map_err(|e| StartFailure::new(Reason::Spawn, e.to_string()))?;
         self.nats_env = nats_env;

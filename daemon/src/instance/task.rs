@@ -5,6 +5,7 @@
 //! process ends.
 
 use super::adopt::Adoptable;
+use super::after::AfterOutcome;
 use super::exit::Exit;
 use super::lifecycle::{Action, Event, Lifecycle, Policy, Report, State};
 use super::notify::{Datagram, Membership, Message, NotifySocket};
@@ -187,7 +188,23 @@ impl Task {
                 self.stop_seen = true;
                 Event::Stop
             }
-            None => Event::Start,
+            None => match self.wait_after().await {
+                AfterOutcome::Ready => Event::Start,
+                AfterOutcome::TimedOut(missing) => {
+                    let line = format!(
+                        "starting without {} after afterTimeoutSec = {} s: no answer to $SRV.PING.<name>",
+                        missing.join(", "),
+                        self.spec.after_timeout_sec
+                    );
+                    tracing::warn!(instance = %self.instance_id, "{line}");
+                    self.sink.line("stderr", &format!("narund: {line}"));
+                    Event::Start
+                }
+                AfterOutcome::Stopped => {
+                    self.stop_seen = true;
+                    Event::Stop
+                }
+            },
         });
         loop {
             // When the event happened: for an exit, before the run was cleaned up, so the
@@ -500,6 +517,7 @@ impl Task {
                 &self.spec.name,
                 &self.instance_id,
                 &self.run_id,
+                &super::nats_identity::callees(&self.spec),
             ),
         };
         (

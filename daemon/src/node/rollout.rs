@@ -80,6 +80,18 @@ pub(crate) async fn wait_settled(
         let bound = match s.start_deadline {
             Some(d) => d.saturating_duration_since(tokio::time::Instant::now()) + stop_bound,
             None if s.pid.is_some() => stop_bound,
+            // Waiting for the spec's `after` services first: their timeout too (0, no
+            // end: the usual bound; the replacement is then rolled back, the old run
+            // keeps serving).
+            None if s.reason == Some(Reason::After) => {
+                FETCH_TIMEOUT
+                    + Duration::from_secs(
+                        h.spec
+                            .start_timeout_sec
+                            .max(1)
+                            .saturating_add(h.spec.after_timeout_sec),
+                    )
+            }
             None => FETCH_TIMEOUT + Duration::from_secs(h.spec.start_timeout_sec.max(1)),
         };
         liveness.extend_apply(bound + Duration::from_secs(30));
@@ -90,6 +102,7 @@ pub(crate) async fn wait_settled(
                     || failed(n)
                     || n.start_deadline != deadline
                     || n.pid != s.pid
+                    || n.reason != s.reason
             })
             .await
         {
@@ -101,7 +114,11 @@ pub(crate) async fn wait_settled(
                     } else {
                         Reason::NotRunning
                     },
-                    error: format!("still {} after {bound:?}", s.status),
+                    error: if s.error.is_empty() {
+                        format!("still {} after {bound:?}", s.status)
+                    } else {
+                        format!("still {} after {bound:?}: {}", s.status, s.error)
+                    },
                 });
             }
         }

@@ -96,7 +96,7 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
         match spec {
             Ok(spec) => {
                 let c = count_app(&spec, &states, node_status, now);
-                let last = last_column(&c, now);
+                let last = waiting_for_after(&states, &key).unwrap_or_else(|| last_column(&c, now));
                 out.push(serde_json::json!({
                     "name": key, "tag": spec.tag, "nodes": spec.nodes,
                     "desired_on_live_nodes": c.desired, "desired": c.desired,
@@ -151,6 +151,19 @@ async fn ls(conn: &ConnArgs, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `waiting for db (web-0)` when an instance of `app` waits for its spec's `after`
+/// services (status `starting`, reason `after`): what the LAST column shows then.
+fn waiting_for_after(states: &[narun_wire::events::NodeState], app: &str) -> Option<String> {
+    let waiting: Vec<String> = states
+        .iter()
+        .flat_map(|s| s.instances.iter())
+        .filter(|i| i.app_name == app && i.reason == Some(narun_wire::status::Reason::After))
+        .filter(|i| i.status == narun_wire::status::InstanceStatus::Starting)
+        .map(|i| format!("{} ({})", i.error, i.instance_id))
+        .collect();
+    (!waiting.is_empty()).then(|| waiting.join("; "))
 }
 
 /// The LAST column: the newest failure or rollback (`rolled back v2 → v1: …`) with the
@@ -264,6 +277,9 @@ async fn info(conn: &ConnArgs, name: &str, json: bool) -> Result<()> {
                     i.status.to_string()
                 };
                 let mut why = Vec::new();
+                if i.reason == Some(narun_wire::status::Reason::After) && !i.error.is_empty() {
+                    why.push(i.error.clone());
+                }
                 if let Some(rb) = &i.rolled_back {
                     why.push(format!(
                         "rolled back {}",

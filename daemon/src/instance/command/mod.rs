@@ -186,6 +186,7 @@ async fn prepare(task: &mut Task) -> Result<Prepared, StartFailure> {
         &task.instance_id,
         &task.run_id,
         owner,
+        &super::nats_identity::callees(&task.spec),
     )
     .map_err(|e| StartFailure::new(Reason::Spawn, e.to_string()))?;
     task.nats_env = nats_env;
