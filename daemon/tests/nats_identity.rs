@@ -545,6 +545,7 @@ async fn an_app_reads_its_own_configuration_and_no_other() {
     // Exactly what narund hands app `web`: a minted user and its inbox prefix.
     let text = nats_identity::mint(
         "web",
+        &[],
         "web-0",
         &op.signing,
         Some(&op.account.public_key()),
