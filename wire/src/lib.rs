@@ -14,6 +14,7 @@
 //! * [`locks`]: what a lock's key in `narun-locks` holds, and the lease rule of `narun::lock`.
 //! * [`jobs`]: async jobs: the `narun-jobs` stream, job records, headers and retry rules.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
+//! * [`trace`]: W3C `traceparent`/`tracestate`: the strict parser, ids, and how a trace travels.
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
 
@@ -33,3 +34,4 @@ pub mod runs;
 pub mod secrets;
 pub mod signing;
 pub mod status;
+pub mod trace;
