@@ -64,6 +64,7 @@ mod proxy;
 pub mod ratelimit;
 mod router;
 pub mod tls;
+mod trace;
 pub mod upstream;
 
 /// The route table, reachable from the fuzz targets (`fuzz-targets/`, `fuzz/`).

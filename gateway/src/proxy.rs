@@ -605,6 +605,8 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: &Peer, rid: &H
         }
     }
     h.insert(X_REQUEST_ID.clone(), rid.clone());
+    // The trace it is forwarded in (crate::trace): never the client's value verbatim.
+    crate::trace::rewrite(h);
 }
 
 fn nats_value(v: &HeaderValue) -> Option<async_nats::HeaderValue> {
@@ -727,7 +729,8 @@ async fn forward_bhttp(
     // `Content-Type: application/bhttp`, the only NATS header Go's gateway sends, and
     // the deadline (pre-built per route; a retry sets the time left). The request id travels inside the BHTTP
     // message (`x-request-id`), like every other request header.
-    let headers = target.nats_headers.clone();
+    let mut headers = target.nats_headers.clone();
+    crate::trace::to_nats(&parts.headers, &mut headers);
     let msg = send(state, target, &parts.method, payload.into(), headers).await?;
     if let Some(e) = service_error(&msg) {
         return Err(e);
@@ -785,7 +788,11 @@ async fn forward_raw(
     let conn = bhttp::connection_tokens(&parts.headers);
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if n == "content-length" || n == "x-request-id" || bhttp::is_hop_by_hop(n, &conn) {
+        if n == "content-length"
+            || n == "x-request-id"
+            || bhttp::is_hop_by_hop(n, &conn)
+            || crate::trace::is_trace_header(n)
+        {
             continue;
         }
         // async-nats panics on invalid names/values given as &str: parse instead.
@@ -816,6 +823,7 @@ async fn forward_raw(
     if let Ok(r) = rid.to_str() {
         set(nats_names::REQUEST_ID, r);
     }
+    crate::trace::to_nats(&parts.headers, &mut headers);
     // The deadline, replacing one a raw-mode client sent.
     headers.insert(
         narun_wire::names::TIMEOUT_MS,

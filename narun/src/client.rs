@@ -202,6 +202,7 @@ impl Client {
         let payload = narun_wire::bhttp::encode_request(&parts, &body);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(TIMEOUT_MS, timeout_ms_value(budget).as_str());
+        crate::trace::inject(&mut headers);
         let req = async_nats::Request::new()
             .payload(payload.into())
             .headers(headers)

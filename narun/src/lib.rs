@@ -47,7 +47,9 @@
 //!   finish (for at most [`Options::shutdown_timeout`]), then the function returns;
 //! * under a supervisor speaking sd_notify (narund or systemd) the library sends
 //!   `READY=1` once it is serving, pings the watchdog when `WATCHDOG_USEC` is set,
-//!   and sends `STOPPING=1` on shutdown.
+//!   and sends `STOPPING=1` on shutdown;
+//! * each request is handled in a `tracing` span carrying its W3C trace (`traceparent`
+//!   NATS header), and [`Client`] calls made from it continue the trace ([`trace`]).
 //!
 //! ## Environment
 //!
@@ -68,6 +70,7 @@ mod http_service;
 mod lock;
 mod notify;
 mod runner;
+pub mod trace;
 
 #[cfg(feature = "grpc")]
 pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};

@@ -227,7 +227,12 @@ async fn run<H, Fut>(
             });
             // The deadline is visible to the handler (`narun::deadline`, and the
             // budget of the calls it makes with `narun::Client`).
-            let fut = crate::client::DEADLINE.scope(a.deadline, handler(client.clone(), a.request));
+            // So is its trace (`narun::trace::current`, and the calls it makes).
+            let trace = crate::trace::incoming(a.request.message.headers.as_ref());
+            let fut = crate::client::DEADLINE.scope(
+                a.deadline,
+                crate::trace::handle(trace, handler(client.clone(), a.request)),
+            );
             run_or_spawn(fut, permit, inline.clone(), deadline)
         }
     };

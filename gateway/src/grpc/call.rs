@@ -88,7 +88,7 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     nh.insert(GRPC_METHOD_HEADER, path.as_str());
     nh.insert(STREAM_HEADER, "1");
     for (name, value) in req.headers() {
-        if is_reserved(name.as_str()) {
+        if is_reserved(name.as_str()) || crate::trace::is_trace_header(name.as_str()) {
             continue;
         }
         let (Ok(n), Ok(v)) = (
@@ -102,6 +102,8 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
         };
         nh.append(n, v);
     }
+    // The trace it is forwarded in (crate::trace), never the client's value verbatim.
+    crate::trace::incoming(req.headers()).inject(&mut nh);
 
     // The request message.
     let max_payload = state.client.max_payload();
