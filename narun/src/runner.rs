@@ -52,6 +52,12 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     opts.validate()?;
+    #[cfg(feature = "otlp")]
+    if !narun_wire::otlp::is_installed()
+        && let Err(e) = narun_wire::otlp::install_from_env(&opts.name)
+    {
+        tracing::warn!(error = %e, "OpenTelemetry export stays off");
+    }
     let client = opts.nats.connect(&format!("narun {}", opts.name)).await?;
     let mut config = ServiceConfig::new(&opts.name, &opts.version);
     config.description = opts.description.clone();

@@ -47,10 +47,66 @@ pub(crate) fn incoming(headers: Option<&async_nats::HeaderMap>) -> TraceContext 
 }
 
 /// Run a handler's future in `ctx`, inside its `request` span.
+#[cfg(not(feature = "otlp"))]
 pub(crate) fn handle<F: Future>(ctx: TraceContext, fut: F) -> impl Future<Output = F::Output> {
     use tracing::Instrument;
     let span = tracing::info_span!("request", trace_id = %ctx.trace_id, span_id = %ctx.span_id);
     CURRENT.scope(ctx, fut.instrument(span))
+}
+
+/// Run a handler's future in `ctx`, inside its `request` span; when OTLP export is on, the
+/// span is exported when the handler ends (or is dropped at its deadline).
+#[cfg(feature = "otlp")]
+pub(crate) fn handle<F: Future>(ctx: TraceContext, fut: F) -> impl Future<Output = F::Output> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("request", trace_id = %ctx.trace_id, span_id = %ctx.span_id);
+    let export = otlp::is_installed().then(|| otlp::Exported {
+        ctx: ctx.clone(),
+        start: std::time::SystemTime::now(),
+        done: false,
+    });
+    CURRENT.scope(
+        ctx,
+        async move {
+            let mut export = export;
+            let out = fut.await;
+            if let Some(e) = &mut export {
+                e.done = true;
+            }
+            out
+        }
+        .instrument(span),
+    )
+}
+
+/// OpenTelemetry export (feature `otlp`): each handler's span, with the ids above, sent to
+/// an OTLP/gRPC collector. The library turns it on when the service starts if
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g. `http://127.0.0.1:4317`), with the service's
+/// name as `service.name`; [`install`] does it by hand. See [`narun_wire::otlp`].
+#[cfg(feature = "otlp")]
+pub mod otlp {
+    pub use narun_wire::otlp::{ENDPOINT_ENV, OtlpError, dropped, flush, install, is_installed};
+
+    /// A handler's span, recorded when dropped (finished, or cancelled at its deadline).
+    pub(crate) struct Exported {
+        pub(crate) ctx: super::TraceContext,
+        pub(crate) start: std::time::SystemTime,
+        pub(crate) done: bool,
+    }
+
+    impl Drop for Exported {
+        fn drop(&mut self) {
+            narun_wire::otlp::record(narun_wire::otlp::Span {
+                ctx: self.ctx.clone(),
+                name: "request".into(),
+                kind: narun_wire::otlp::Kind::Server,
+                start: self.start,
+                end: std::time::SystemTime::now(),
+                attributes: Vec::new(),
+                error: (!self.done).then(|| "dropped: the caller's deadline passed".into()),
+            });
+        }
+    }
 }
 
 /// Stamp an outgoing call's NATS headers: the current context's trace with its span as the

@@ -15,6 +15,7 @@
 //! * [`jobs`]: async jobs: the `narun-jobs` stream, job records, headers and retry rules.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
 //! * [`trace`]: W3C `traceparent`/`tracestate`: the strict parser, ids, and how a trace travels.
+//! * `otlp` (feature `otlp`): OpenTelemetry export of request spans over OTLP/gRPC.
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
 
@@ -29,6 +30,8 @@ pub mod locks;
 pub mod micro;
 pub mod names;
 pub mod node_id;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod runs;
 #[cfg(feature = "secrets")]
 pub mod secrets;
