@@ -365,7 +365,19 @@ async fn forward(
     }
     let reserve = target.upstream.is_none().then_some(0);
     let (parts, body, _lease) = read_request(state, req, normalised, peer, rid, reserve).await?;
-    call(state, target, &parts, body, &peer.addr_text, rid).await
+    #[cfg(feature = "otlp")]
+    let mut span = parts
+        .extensions
+        .get::<narun_wire::trace::TraceContext>()
+        .and_then(|c| {
+            crate::trace::Exported::start(c, format!("{} {}", parts.method, target.path))
+        });
+    let answer = call(state, target, &parts, body, &peer.addr_text, rid).await;
+    #[cfg(feature = "otlp")]
+    if let (Some(s), Err(e)) = (&mut span, &answer) {
+        s.error = Some(format!("{}: {}", e.status, e.msg));
+    }
+    answer
 }
 
 /// Call `target` with a request read before (the path normalised, forwarding headers
@@ -606,7 +618,9 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: &Peer, rid: &H
     }
     h.insert(X_REQUEST_ID.clone(), rid.clone());
     // The trace it is forwarded in (crate::trace): never the client's value verbatim.
-    crate::trace::rewrite(h);
+    let _ctx = crate::trace::rewrite(h);
+    #[cfg(feature = "otlp")]
+    parts.extensions.insert(_ctx);
 }
 
 fn nats_value(v: &HeaderValue) -> Option<async_nats::HeaderValue> {

@@ -55,8 +55,8 @@ pub(crate) fn incoming(h: &HeaderMap) -> TraceContext {
 }
 
 /// Replace the request's `traceparent`/`tracestate` with those of the trace it is forwarded
-/// in ([`incoming`]).
-pub(crate) fn rewrite(h: &mut HeaderMap) {
+/// in ([`incoming`]), which is returned.
+pub(crate) fn rewrite(h: &mut HeaderMap) -> TraceContext {
     let ctx = incoming(h);
     h.remove(TRACESTATE);
     if let Ok(v) = HeaderValue::from_str(&ctx.traceparent()) {
@@ -68,6 +68,44 @@ pub(crate) fn rewrite(h: &mut HeaderMap) {
         .and_then(|s| HeaderValue::from_str(s).ok())
     {
         h.insert(TRACESTATE, s);
+    }
+    ctx
+}
+
+/// The gateway's span of one forwarded request, exported to OTLP when dropped (feature
+/// `otlp`, with `OTEL_EXPORTER_OTLP_ENDPOINT` set; otherwise nothing is recorded).
+#[cfg(feature = "otlp")]
+pub(crate) struct Exported {
+    ctx: TraceContext,
+    name: String,
+    start: std::time::SystemTime,
+    pub(crate) error: Option<String>,
+}
+
+#[cfg(feature = "otlp")]
+impl Exported {
+    pub(crate) fn start(ctx: &TraceContext, name: String) -> Option<Exported> {
+        narun_wire::otlp::is_installed().then(|| Exported {
+            ctx: ctx.clone(),
+            name,
+            start: std::time::SystemTime::now(),
+            error: None,
+        })
+    }
+}
+
+#[cfg(feature = "otlp")]
+impl Drop for Exported {
+    fn drop(&mut self) {
+        narun_wire::otlp::record(narun_wire::otlp::Span {
+            ctx: self.ctx.clone(),
+            name: std::mem::take(&mut self.name).into(),
+            kind: narun_wire::otlp::Kind::Server,
+            start: self.start,
+            end: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            error: self.error.take(),
+        });
     }
 }
 

@@ -83,7 +83,9 @@ pub fn install(endpoint: &str, service_name: &str) -> Result<(), OtlpError> {
         reason,
     };
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(build("the endpoint must be an http:// or https:// URL".into()));
+        return Err(build(
+            "the endpoint must be an http:// or https:// URL".into(),
+        ));
     }
     if SINK.get().is_some() {
         return Err(OtlpError::Installed);

@@ -103,7 +103,10 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
         nh.append(n, v);
     }
     // The trace it is forwarded in (crate::trace), never the client's value verbatim.
-    crate::trace::incoming(req.headers()).inject(&mut nh);
+    let trace = crate::trace::incoming(req.headers());
+    trace.inject(&mut nh);
+    #[cfg(feature = "otlp")]
+    let _span = crate::trace::Exported::start(&trace, path.clone());
 
     // The request message.
     let max_payload = state.client.max_payload();
