@@ -390,8 +390,11 @@ impl TraceContext {
 /// A memchr-accelerated search: lines without `trace_id=` cost one vectorised scan.
 pub fn find_trace_id(line: &[u8]) -> Option<&[u8]> {
     const KEY: &[u8] = b"trace_id=";
+    // Built once: `memmem::find` would build its searcher again for every line.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(KEY));
     let mut rest = line;
-    while let Some(i) = memchr::memmem::find(rest, KEY) {
+    while let Some(i) = FINDER.find(rest) {
         let after = &rest[i + KEY.len()..];
         if let Some(id) = after.get(..32)
             && id.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
