@@ -61,6 +61,7 @@
 //! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]); narund gives an app `NATS_URL`, `NATS_TLS_CA` and its own `NATS_CREDS` only, never narund's credentials. A creds file is read again at every reconnect, so a renewed file is used | `nats://127.0.0.1:4222` |
 //! | `NARUN_INBOX_PREFIX` | prefix of reply inboxes; narund sets `_INBOX_<app>` when it minted the app's NATS user (which may use only those inboxes) | `_INBOX` |
 //! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata | — |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | feature `otlp` only: export each handler's span to this OTLP/gRPC collector ([`trace`]) | off |
 #![forbid(unsafe_code)]
 
 mod client;
