@@ -301,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
         timestamp: narun_wire::events::now_rfc3339(),
         partial: false,
         dropped_before: 0,
+        trace_id: None,
     })?
     .len();
     let only = std::env::var("LOG_BENCH_ONLY").unwrap_or_default();

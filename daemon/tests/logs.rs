@@ -130,6 +130,32 @@ async fn thousand_lines_arrive_in_order_with_go_fields() {
     );
 }
 
+/// A line naming a trace (`trace_id=<32 hex>`, as the narun library's handler spans print it
+/// with tracing-subscriber's default format) carries it as the record's `trace_id`; other
+/// lines, and malformed ids, carry none.
+#[tokio::test]
+async fn trace_ids_in_an_apps_lines_become_a_field() {
+    let server = NatsServer::start();
+    let (client, mut sub) = subscribed(&server, "logs.traced.node-1").await;
+    let (fwd, _task) = LogForwarder::new(client.clone(), NODE, 8 << 20, UringHandle::start());
+    let sink = fwd.sink("traced", "traced-0");
+    let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    run_app(
+        &sink,
+        &format!(
+            "echo '2026-01-01T00:00:00Z  INFO request{{trace_id={id} span_id=00f067aa0ba902b7}}: hi'; \
+             echo 'plain line'; echo 'trace_id={}'; echo 'trace_id=abc'",
+            id.to_uppercase()
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let lines = recv_lines(&mut sub, 4, Duration::from_secs(10)).await;
+    let ids: Vec<Option<&str>> = lines.iter().map(|l| l.trace_id.as_deref()).collect();
+    assert_eq!(ids, [Some(id), None, None, None], "{lines:?}");
+    assert!(lines[0].message.contains(id), "the message is unchanged");
+}
+
 #[tokio::test]
 async fn long_line_without_newline_arrives_in_partial_pieces() {
     let server = NatsServer::start();

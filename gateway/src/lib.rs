@@ -65,6 +65,7 @@ pub mod ratelimit;
 mod router;
 mod routes;
 pub mod tls;
+mod trace;
 pub mod upstream;
 
 /// The route table, reachable from the fuzz targets (`fuzz-targets/`, `fuzz/`).
@@ -231,6 +232,13 @@ impl Gateway {
         client: async_nats::Client,
     ) -> Result<Gateway, GatewayError> {
         config.validate()?;
+        // OTLP export of the forwarded requests' spans (crate::trace), when asked for.
+        #[cfg(feature = "otlp")]
+        if !narun_wire::otlp::is_installed()
+            && let Err(e) = narun_wire::otlp::install_from_env("narun-gateway")
+        {
+            tracing::warn!(error = %e, "OpenTelemetry export stays off");
+        }
         // Read the TLS files first: a bad path or PEM fails before anything is bound.
         let grpc_tls = match (&config.grpc_tls_cert, &config.grpc_tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),

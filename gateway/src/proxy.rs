@@ -366,7 +366,19 @@ async fn forward(
     }
     let reserve = target.upstream.is_none().then_some(0);
     let (parts, body, _lease) = read_request(state, req, normalised, peer, rid, reserve).await?;
-    call(state, target, &parts, body, &peer.addr_text, rid).await
+    #[cfg(feature = "otlp")]
+    let mut span = parts
+        .extensions
+        .get::<narun_wire::trace::TraceContext>()
+        .and_then(|c| {
+            crate::trace::Exported::start(c, format!("{} {}", parts.method, target.path))
+        });
+    let answer = call(state, target, &parts, body, &peer.addr_text, rid).await;
+    #[cfg(feature = "otlp")]
+    if let (Some(s), Err(e)) = (&mut span, &answer) {
+        s.error = Some(format!("{}: {}", e.status, e.msg));
+    }
+    answer
 }
 
 /// Call `target` with a request read before (the path normalised, forwarding headers
@@ -606,6 +618,10 @@ fn add_forwarding_headers(parts: &mut http::request::Parts, peer: &Peer, rid: &H
         }
     }
     h.insert(X_REQUEST_ID.clone(), rid.clone());
+    // The trace it is forwarded in (crate::trace): never the client's value verbatim.
+    let _ctx = crate::trace::rewrite(h);
+    #[cfg(feature = "otlp")]
+    parts.extensions.insert(_ctx);
 }
 
 fn nats_value(v: &HeaderValue) -> Option<async_nats::HeaderValue> {
@@ -728,7 +744,8 @@ async fn forward_bhttp(
     // `Content-Type: application/bhttp`, the only NATS header Go's gateway sends, and
     // the deadline (pre-built per route; a retry sets the time left). The request id travels inside the BHTTP
     // message (`x-request-id`), like every other request header.
-    let headers = target.nats_headers.clone();
+    let mut headers = target.nats_headers.clone();
+    crate::trace::to_nats(&parts.headers, &mut headers);
     let msg = send(state, target, &parts.method, payload.into(), headers).await?;
     if let Some(e) = service_error(&msg) {
         return Err(e);
@@ -786,7 +803,11 @@ async fn forward_raw(
     let conn = bhttp::connection_tokens(&parts.headers);
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if n == "content-length" || n == "x-request-id" || bhttp::is_hop_by_hop(n, &conn) {
+        if n == "content-length"
+            || n == "x-request-id"
+            || bhttp::is_hop_by_hop(n, &conn)
+            || crate::trace::is_trace_header(n)
+        {
             continue;
         }
         // async-nats panics on invalid names/values given as &str: parse instead.
@@ -817,6 +838,7 @@ async fn forward_raw(
     if let Ok(r) = rid.to_str() {
         set(nats_names::REQUEST_ID, r);
     }
+    crate::trace::to_nats(&parts.headers, &mut headers);
     // The deadline, replacing one a raw-mode client sent.
     headers.insert(
         narun_wire::names::TIMEOUT_MS,

@@ -234,6 +234,7 @@ impl Client {
             }
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(TIMEOUT_MS, timeout_ms_value(left).as_str());
+            crate::trace::inject(&mut headers);
             let req = async_nats::Request::new()
                 .payload(payload.clone())
                 .headers(headers)

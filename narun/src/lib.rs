@@ -48,7 +48,9 @@
 //!   finish (for at most [`Options::shutdown_timeout`]), then the function returns;
 //! * under a supervisor speaking sd_notify (narund or systemd) the library sends
 //!   `READY=1` once it is serving, pings the watchdog when `WATCHDOG_USEC` is set,
-//!   and sends `STOPPING=1` on shutdown.
+//!   and sends `STOPPING=1` on shutdown;
+//! * each request is handled in a `tracing` span carrying its W3C trace (`traceparent`
+//!   NATS header), and [`Client`] calls made from it continue the trace ([`trace`]).
 //!
 //! Beyond serving: [`Client`] calls other services, [`lock`] coordinates replicas,
 //! [`config`] reads the app's typed configuration from KV and follows its changes, and
@@ -64,6 +66,7 @@
 //! | `NATS_URL`, `NATS_CREDS`, `NATS_NKEY_SEED_FILE`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TLS_CA`, `NATS_TLS_CERT`, `NATS_TLS_KEY` | connection ([`NatsSettings`]); narund gives an app `NATS_URL`, `NATS_TLS_CA` and its own `NATS_CREDS` only, never narund's credentials. A creds file is read again at every reconnect, so a renewed file is used | `nats://127.0.0.1:4222` |
 //! | `NARUN_INBOX_PREFIX` | prefix of reply inboxes; narund sets `_INBOX_<app>` when it minted the app's NATS user (which may use only those inboxes) | `_INBOX` |
 //! | `NARUN_APP_NAME`, `NARUN_INSTANCE_ID`, `NARUN_NODE_ID`, `NARUN_RUN_ID` | set by narund; reported as service metadata; `NARUN_APP_NAME` also scopes [`lock`] names to the app (key `<app>.<name>`) | — |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | feature `otlp` only: export each handler's span to this OTLP/gRPC collector ([`trace`]) | off |
 #![forbid(unsafe_code)]
 
 mod client;
@@ -77,6 +80,7 @@ mod http_service;
 mod lock;
 mod notify;
 mod runner;
+pub mod trace;
 
 #[cfg(feature = "grpc")]
 pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};

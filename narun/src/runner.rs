@@ -52,6 +52,12 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     opts.validate()?;
+    #[cfg(feature = "otlp")]
+    if !narun_wire::otlp::is_installed()
+        && let Err(e) = narun_wire::otlp::install_from_env(&opts.name)
+    {
+        tracing::warn!(error = %e, "OpenTelemetry export stays off");
+    }
     let client = opts.nats.connect(&format!("narun {}", opts.name)).await?;
     let mut config = ServiceConfig::new(&opts.name, &opts.version);
     config.description = opts.description.clone();
@@ -227,7 +233,12 @@ async fn run<H, Fut>(
             });
             // The deadline is visible to the handler (`narun::deadline`, and the
             // budget of the calls it makes with `narun::Client`).
-            let fut = crate::client::DEADLINE.scope(a.deadline, handler(client.clone(), a.request));
+            // So is its trace (`narun::trace::current`, and the calls it makes).
+            let trace = crate::trace::incoming(a.request.message.headers.as_ref());
+            let fut = crate::client::DEADLINE.scope(
+                a.deadline,
+                crate::trace::handle(trace, handler(client.clone(), a.request)),
+            );
             run_or_spawn(fut, permit, inline.clone(), deadline)
         }
     };

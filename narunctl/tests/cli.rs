@@ -617,6 +617,7 @@ async fn logs_follows_and_filters_until_interrupted() {
         timestamp: "2026-01-02T03:04:05.123456789Z".into(),
         partial: false,
         dropped_before: 0,
+        trace_id: None,
     };
     for (subject, l) in [
         ("logs.hello.node-1", line("hello-0", "filtered out")),

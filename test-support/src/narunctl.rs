@@ -207,6 +207,7 @@ pub fn log_line(app: &str, node: &str, instance: &str, msg: &str) -> Vec<u8> {
         timestamp: narun_wire::events::now_rfc3339(),
         partial: false,
         dropped_before: 0,
+        trace_id: None,
     })
     .unwrap()
 }

@@ -30,6 +30,11 @@ pub struct LogLine {
     /// Lines dropped from the offline spool just before this one (narun addition).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_before: u64,
+    /// The W3C trace id the line names (`trace_id=<32 hex>`, as the narun app library's
+    /// handler spans print it), lifted out by narund (narun addition;
+    /// [`crate::trace::find_trace_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Writes [`LogLine`] JSON without serde, byte for byte what `serde_json::to_vec(&LogLine)`
@@ -55,6 +60,7 @@ pub struct LogLine {
 ///     timestamp: "2026-01-01T00:00:00Z".into(),
 ///     partial: false,
 ///     dropped_before: 0,
+///     trace_id: None,
 /// };
 /// assert_eq!(out, serde_json::to_vec(&line).unwrap());
 /// ```
@@ -107,6 +113,7 @@ impl LogLineJson {
             out.put_slice(b",\"dropped_before\":");
             write_u64(out, dropped_before);
         }
+        write_trace_id(out, message);
         out.put_u8(b'}');
     }
 
@@ -132,7 +139,8 @@ impl LogLineJson {
     ) {
         out.put_slice(&self.head);
         write_escaped_lossy(out, message);
-        if !partial && dropped_before == 0 {
+        let trace_id = crate::trace::find_trace_id(message);
+        if !partial && dropped_before == 0 && trace_id.is_none() {
             out.put_slice(field);
             return;
         }
@@ -144,8 +152,25 @@ impl LogLineJson {
             out.put_slice(b",\"dropped_before\":");
             write_u64(out, dropped_before);
         }
+        if let Some(id) = trace_id {
+            put_trace_id(out, id);
+        }
         out.put_u8(b'}');
     }
+}
+
+/// `,"trace_id":"…"` when `message` names a trace id ([`crate::trace::find_trace_id`]).
+fn write_trace_id(out: &mut impl BufMut, message: &[u8]) {
+    if let Some(id) = crate::trace::find_trace_id(message) {
+        put_trace_id(out, id);
+    }
+}
+
+/// `,"trace_id":"<id>"` (`id`: 32 lower-case hex bytes, nothing to escape).
+fn put_trace_id(out: &mut impl BufMut, id: &[u8]) {
+    out.put_slice(b",\"trace_id\":\"");
+    out.put_slice(id);
+    out.put_u8(b'"');
 }
 
 // Keep LogLineJson in step with LogLine: this stops compiling when LogLine gains a field.
@@ -159,6 +184,7 @@ const _: fn(LogLine) = |l| {
         timestamp: _,
         partial: _,
         dropped_before: _,
+        trace_id: _,
     } = l;
 };
 
@@ -712,6 +738,8 @@ mod log_line_json_tests {
             timestamp: timestamp.into(),
             partial,
             dropped_before,
+            trace_id: crate::trace::find_trace_id(message)
+                .map(|id| String::from_utf8(id.to_vec()).expect("hex")),
         })
         .unwrap()
     }
@@ -766,6 +794,18 @@ mod log_line_json_tests {
         assert!(with.ends_with(br#","timestamp":"t","partial":true,"dropped_before":7}"#));
         let back: LogLine = serde_json::from_slice(&with).unwrap();
         assert!(back.partial && back.dropped_before == 7);
+        // A trace id in the line (a narun handler span) becomes a field of its own.
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let line = format!("INFO request{{trace_id={id} span_id=00f067aa0ba902b7}}: hi");
+        for (partial, dropped) in [(false, 0), (true, 3)] {
+            let traced = ours(line.as_bytes(), "t", partial, dropped, IDS);
+            let back: LogLine = serde_json::from_slice(&traced).unwrap();
+            assert_eq!(back.trace_id.as_deref(), Some(id));
+            assert!(traced.ends_with(format!(r#""trace_id":"{id}"}}"#).as_bytes()));
+        }
+        let back: LogLine =
+            serde_json::from_slice(&ours(b"trace_id=x", "t", false, 0, IDS)).unwrap();
+        assert_eq!(back.trace_id, None);
     }
 
     #[test]

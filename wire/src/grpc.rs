@@ -221,12 +221,16 @@ pub fn single_message(mut body: Bytes) -> Result<Bytes, (u16, &'static str)> {
 }
 
 /// Request headers that are not call metadata: gRPC protocol headers (the
-/// deadline travels on its own), HTTP/2 connection-level headers, and names the
-/// NATS transport uses itself. `lower_name` must be lower case.
+/// deadline travels on its own), HTTP/2 connection-level headers, names the
+/// NATS transport uses itself, and the W3C trace headers (the caller sets its own
+/// child context, [`crate::trace`]). `lower_name` must be lower case.
 pub fn is_reserved_request_header(lower_name: &str) -> bool {
     lower_name.starts_with("grpc-")
         || is_transport_header(lower_name)
-        || matches!(lower_name, "proxy-connection" | "user-agent")
+        || matches!(
+            lower_name,
+            "proxy-connection" | "user-agent" | "traceparent" | "tracestate"
+        )
 }
 
 /// A call's request metadata (HTTP/2 headers) appended to the NATS headers of

@@ -17,6 +17,8 @@
 //! * [`routes`]: routes a service declares in its Micro metadata, and gateway route sets in KV.
 //! * [`signing`]: ed25519 signatures of app binaries (`narunctl deploy --sign`, `[deploy] trusted_keys`).
 //! * [`app_config`]: app configuration in KV (`narun::config`): bucket, key, values, the read permission.
+//! * [`trace`]: W3C `traceparent`/`tracestate`: the strict parser, ids, and how a trace travels.
+//! * `otlp` (feature `otlp`): OpenTelemetry export of request spans over OTLP/gRPC.
 //! * `secrets` (feature `secrets`): AES-256-GCM secrets of the `narun-secrets` bucket.
 #![deny(unsafe_code)]
 
@@ -34,8 +36,11 @@ pub mod micro;
 pub mod names;
 pub mod node_id;
 pub mod routes;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod runs;
 #[cfg(feature = "secrets")]
 pub mod secrets;
 pub mod signing;
 pub mod status;
+pub mod trace;

@@ -673,6 +673,7 @@ pub(super) mod tests {
             timestamp: "2026-01-01T00:00:00Z".into(),
             partial: true,
             dropped_before: 0,
+            trace_id: None,
         };
         let mut plan = Batch::default();
         let (mut out, mut dropped) = (Vec::new(), Vec::new());

@@ -78,6 +78,11 @@ pub(super) async fn call(state: Arc<State>, req: Request<Incoming>) -> GrpcRespo
     nh.insert(GRPC_METHOD_HEADER, path.as_str());
     nh.insert(STREAM_HEADER, "1");
     request_metadata(req.headers(), &mut nh);
+    // The trace it is forwarded in (crate::trace), never the client's value verbatim.
+    let trace = crate::trace::incoming(req.headers());
+    trace.inject(&mut nh);
+    #[cfg(feature = "otlp")]
+    let _span = crate::trace::Exported::start(&trace, path.clone());
 
     // The request message.
     let max_payload = state.client.max_payload();

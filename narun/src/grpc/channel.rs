@@ -199,6 +199,8 @@ impl Channel {
         nh.insert(GRPC_METHOD_HEADER, path);
         nh.insert(STREAM_HEADER, "1");
         request_metadata(&parts.headers, &mut nh);
+        // The trace of the handler this call is made from (or a new one): narun::trace.
+        crate::trace::inject(&mut nh);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         nh.insert(header::TIMEOUT, timeout_value(left).as_str());
         nh.insert(TIMEOUT_MS, timeout_ms_value(left));

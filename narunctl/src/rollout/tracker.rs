@@ -497,6 +497,7 @@ mod tests {
             timestamp: "ts".into(),
             partial: false,
             dropped_before: 0,
+            trace_id: None,
         });
         let mut crash = ev(&t, "n1", "hello-0", "crashed", "exit-code");
         crash.error = "exit status 1".into();
