@@ -21,6 +21,7 @@ use crate::logs::LogOverflow;
 use crate::mode::{JailSpec, LandlockSpec, Mode};
 use crate::network::{MetricsSpec, NoNetSpec};
 use crate::restart::RestartPolicy;
+use crate::scale::ScaleToZero;
 use crate::select::NodeSelector;
 use crate::serde_helpers::{
     FieldDefault, is_default, nullable, nullable_or, scalar_string, scalar_strings,
@@ -220,6 +221,10 @@ pub struct AppSpec {
     /// timeout, output bounds, header block); see [`CommandUnitSpec`].
     #[serde(skip_serializing_if = "is_default", deserialize_with = "nullable")]
     pub command_unit: CommandUnitSpec,
+    /// Stop the instances after `idleSec` seconds without a request; a gateway request
+    /// wakes them ([`ScaleToZero`]). Absent = always running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
 
     /// Warnings found while parsing (unknown keys). Not part of the spec:
     /// ignored by `==`, never serialised. Read them with [`AppSpec::warnings`].
@@ -282,6 +287,7 @@ impl Default for AppSpec {
             max_attempts: None,
             binary_digests: BTreeMap::new(),
             command_unit: CommandUnitSpec::default(),
+            scale_to_zero: None,
             parse_warnings: ParseWarnings::default(),
         }
     }

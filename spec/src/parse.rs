@@ -532,6 +532,7 @@ static APP: Shape = Struct(&[
     ("startingDeadlineSec", Any),
     ("scope", Any),
     ("maxAttempts", Any),
+    ("scaleToZero", Struct(&[("idleSec", Any)])),
 ]);
 
 fn join(path: &str, key: &str) -> String {
