@@ -18,7 +18,8 @@ fn idle_sec_is_read_and_round_trips_through_kv() {
     s.supported_on_narund().unwrap();
     let back = AppSpec::from_kv_bytes(&s.to_kv_json()).unwrap();
     assert_eq!(back, s);
-    assert!(String::from_utf8(s.to_kv_json()).unwrap().contains(r#""scaleToZero":{"idleSec":300}"#));
+    let json: serde_json::Value = serde_json::from_slice(&s.to_kv_json()).unwrap();
+    assert_eq!(json["scaleToZero"]["idleSec"], 300);
 }
 
 #[test]
