@@ -92,6 +92,11 @@ pub const DEFAULT_JOB_MAX_QUEUE_BYTES: u64 = 1 << 30;
 /// Default longest pause between two attempts of a job.
 pub const DEFAULT_JOB_MAX_BACKOFF_SEC: u64 = 300;
 
+/// Default of `wait_for_responder_ms`: no wait beyond the failover window.
+pub const DEFAULT_WAIT_FOR_RESPONDER_MS: u64 = 0;
+/// Largest `wait_for_responder_ms` (10 minutes; the route's timeout bounds it anyway).
+pub const MAX_WAIT_FOR_RESPONDER_MS: u64 = 600_000;
+
 /// The `[gateway]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -150,6 +155,12 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// `[gateway.jobs]`: the workers of `async` routes (docs/jobs.md).
     pub jobs: JobsConfig,
+    /// How long a request that finds no responder waits for one to appear (watching
+    /// discovery: the service's announcement and discovery pings at growing intervals),
+    /// within the route's timeout; 0 (the default) = answer 503 at once (a `GET`/`HEAD`
+    /// still waits up to 500 ms, the failover window). A scaled-to-zero app is woken and
+    /// waited for up to the route's timeout whatever this says (docs/gateway.md).
+    pub wait_for_responder_ms: u64,
     /// Unknown keys (reported by [`GatewayConfig::validate`]).
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -254,6 +265,7 @@ impl Default for GatewayConfig {
             http_tls_key: None,
             routes: Vec::new(),
             jobs: JobsConfig::default(),
+            wait_for_responder_ms: DEFAULT_WAIT_FOR_RESPONDER_MS,
             unknown: BTreeMap::new(),
         }
     }
@@ -392,7 +404,7 @@ const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_t
                             keepalive_timeout_sec, body_read_timeout_sec, min_body_rate, \
                             h2_max_concurrent_streams, max_inflight_requests, \
                             memory_budget_bytes, overload_wait_ms, http_tls_cert, \
-                            http_tls_key, routes, jobs";
+                            http_tls_key, routes, jobs, wait_for_responder_ms";
 
 struct Collector(Vec<ConfigError>);
 
@@ -544,6 +556,15 @@ impl GatewayConfig {
         }
         if self.max_body_bytes == 0 {
             c.push("gateway.max_body_bytes", "must be at least 1");
+        }
+        if self.wait_for_responder_ms > MAX_WAIT_FOR_RESPONDER_MS {
+            c.push(
+                "gateway.wait_for_responder_ms",
+                format!(
+                    "{} is more than {MAX_WAIT_FOR_RESPONDER_MS} (10 minutes); the route's timeout bounds the wait anyway",
+                    self.wait_for_responder_ms
+                ),
+            );
         }
         self.validate_limits(&mut c);
 

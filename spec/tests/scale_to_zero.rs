@@ -25,20 +25,42 @@ fn idle_sec_is_read_and_round_trips_through_kv() {
 #[test]
 fn bad_values_name_their_key() {
     for (extra, want) in [
-        ("scaleToZero = { idleSec = 0 }", "scaleToZero.idleSec: must be 1..=604800 seconds, got 0"),
-        ("scaleToZero = {}", "scaleToZero.idleSec: must be 1..=604800"),
-        ("scaleToZero = { idleSec = 604801 }", "scaleToZero.idleSec: must be 1..=604800"),
-        ("scaleToZero = { idleSec = 5 }\nrunMode = \"job\"", "scaleToZero: cannot be combined with runMode: job"),
-        ("scaleToZero = { idleSec = 5 }\nmode = \"command\"", "scaleToZero: cannot be combined with mode: command"),
+        (
+            "scaleToZero = { idleSec = 0 }",
+            "scaleToZero.idleSec: must be 1..=604800 seconds, got 0",
+        ),
+        (
+            "scaleToZero = {}",
+            "scaleToZero.idleSec: must be 1..=604800",
+        ),
+        (
+            "scaleToZero = { idleSec = 604801 }",
+            "scaleToZero.idleSec: must be 1..=604800",
+        ),
+        (
+            "scaleToZero = { idleSec = 5 }\nrunMode = \"job\"",
+            "scaleToZero: cannot be combined with runMode: job",
+        ),
+        (
+            "scaleToZero = { idleSec = 5 }\nmode = \"command\"",
+            "scaleToZero: cannot be combined with mode: command",
+        ),
     ] {
         let err = spec(extra).validate().unwrap_err().to_string();
         assert!(err.contains(want), "{extra}: {err}");
     }
     // A negative or textual value does not parse at all.
-    assert!(AppSpec::from_toml_str("name = \"a\"\ntag = \"v\"\nscaleToZero = { idleSec = -1 }").is_err());
+    assert!(
+        AppSpec::from_toml_str("name = \"a\"\ntag = \"v\"\nscaleToZero = { idleSec = -1 }")
+            .is_err()
+    );
     // An unknown key inside the block is a warning naming it.
     let w = spec("scaleToZero = { idleSec = 5, idlesec = 3 }");
-    assert!(w.warnings().iter().any(|w| w.path == "scaleToZero.idlesec"), "{:?}", w.warnings());
+    assert!(
+        w.warnings().iter().any(|w| w.path == "scaleToZero.idlesec"),
+        "{:?}",
+        w.warnings()
+    );
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //!    * to subscribe to the app's service subject `<app>` (any queue group), the discovery
 //!      subjects `$SRV.PING|INFO|STATS`, `$SRV.*.<app>`, `$SRV.*.<app>.*`, and its own
 //!      inboxes `_INBOX_<app>.>`;
-//!    * to publish to its own inboxes and to the reply subjects of requests it received
+//!    * to publish to its own inboxes, to its service's announcement `narun.svc.up.<app>`
+//!      (`narun_wire::micro::announce_subject`: gateways waiting for it learn it serves), and to the reply subjects of requests it received
 //!      (`resp`: any number of messages for [`RESPONSE_TTL`], so streamed replies work);
 //!
 //!    with `NARUN_INBOX_PREFIX=_INBOX_<app>` so the `narun` library uses those inboxes.
@@ -83,7 +84,7 @@ pub fn inbox_prefix(app: &str) -> String {
 /// What a minted user of `app` may publish to and subscribe to.
 pub fn permissions(app: &str) -> (Vec<String>, Vec<String>) {
     let inbox = format!("{}.>", inbox_prefix(app));
-    let publish = vec![inbox.clone()];
+    let publish = vec![inbox.clone(), narun_wire::micro::announce_subject(app)];
     let subscribe = vec![
         app.to_owned(),
         "$SRV.PING".into(),
@@ -460,7 +461,7 @@ mod tests {
         assert!(c["nats"].get("issuer_account").is_none());
         assert_eq!(
             c["nats"]["pub"]["allow"],
-            serde_json::json!(["_INBOX_web.>"])
+            serde_json::json!(["_INBOX_web.>", "narun.svc.up.web"])
         );
         let sub: Vec<String> = serde_json::from_value(c["nats"]["sub"]["allow"].clone()).unwrap();
         assert_eq!(
