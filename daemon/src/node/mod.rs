@@ -320,8 +320,8 @@ impl Node {
             for h in app.instances.values() {
                 let s = h.snapshot();
                 let rolled_back = app.rolled_back.get(&h.index).cloned();
-                // A stopped instance of a sleeping app is scaled to zero, not stopped.
-                let status = if app.asleep && s.ended {
+                // An instance of a sleeping app is scaled to zero (also while it stops).
+                let status = if app.asleep {
                     narun_wire::status::InstanceStatus::ScaledToZero
                 } else {
                     s.status

@@ -14,8 +14,9 @@
 //!
 //! **Sleeping.** Once idle, the app's instances on this node are stopped through their
 //! ordinary stop path (`stopSignal`, `stopTimeoutSec`), under the apply lock, and reported
-//! as `scaled_to_zero` (a status event per instance, and in the heartbeat): not failed,
-//! not counted as down. The spec stays applied; a replay of it starts nothing; a new KV
+//! as `scaled_to_zero` from the moment the stop begins (in the heartbeat, and a status
+//! event per instance once stopped): not failed, not counted as down. A request that
+//! arrives while they drain wakes the app again. The spec stays applied; a replay of it starts nothing; a new KV
 //! revision or a changed spec starts the instances as any apply does.
 //!
 //! **Waking.** A gateway that finds no responder for the service asks the nodes that
@@ -238,10 +239,14 @@ impl Node {
                 _ => return,
             }
         };
-        futures_util::future::join_all(handles.iter().map(|h| h.stop())).await;
+        // Asleep before the stop: a request that finds the service gone while its instances
+        // drain reads `scaled_to_zero` in the heartbeat and wakes it (the wake waits for this
+        // stop behind the apply lock, then starts the instances again).
         if let Some(a) = self.inner.apps.lock().unwrap().get_mut(app) {
             a.asleep = true;
         }
+        self.inner.host.changed.notify_waiters();
+        futures_util::future::join_all(handles.iter().map(|h| h.stop())).await;
         let node_id = &self.inner.host.settings.node_id;
         for h in &handles {
             let ev = StatusEvent {
