@@ -593,6 +593,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wake_request_and_reply_shapes() {
+        let req: WakeRequest = serde_json::from_str(r#"{"app":"web"}"#).unwrap();
+        assert_eq!(req.app, "web");
+        let ok = WakeReply {
+            node_id: "n1".into(),
+            app: "web".into(),
+            started: vec!["web-0".into()],
+            error: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"node_id":"n1","app":"web","started":["web-0"]}"#
+        );
+        let refused: WakeReply =
+            serde_json::from_str(r#"{"node_id":"n1","app":"db","error":"no scaleToZero"}"#)
+                .unwrap();
+        assert!(refused.started.is_empty());
+        assert_eq!(
+            crate::names::control_subject("n1", crate::names::CONTROL_WAKE),
+            "narun.control.n1.wake"
+        );
+        assert_eq!(crate::micro::announce_subject("web"), "narun.svc.up.web");
+    }
+
+    #[test]
     fn status_event_matches_go_shape() {
         let ev = StatusEvent {
             instance_id: "hello-0".into(),
