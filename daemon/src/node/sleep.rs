@@ -188,18 +188,23 @@ pub async fn run(node: Node, client: async_nats::Client, stop: CancellationToken
 }
 
 impl Node {
-    /// The apps with `scaleToZero` that are awake here (some instance not ended), with
-    /// their service name and idle time.
+    /// The apps with `scaleToZero` that are awake and up here (every instance `running`),
+    /// with their service name and idle time (at least the spec's settle time, so a new run
+    /// counts as ready before it may sleep: `narunctl deploy --wait` sees it ready). An app
+    /// with an instance starting or restarting is not idle: its clock starts again once all
+    /// run.
     fn awake_sleepers(&self) -> Vec<(String, String, Duration)> {
         let apps = self.inner.apps.lock().unwrap();
         apps.iter()
-            .filter(|(_, a)| !a.asleep)
+            .filter(|(_, a)| !a.asleep && !a.instances.is_empty())
             .filter_map(|(name, a)| {
                 let s = a.spec.scale_to_zero.as_ref()?;
+                let settle = narun_wire::status::SettleRule::new(a.spec.notify, a.spec.settle_sec)
+                    .settle_time();
                 a.instances
                     .values()
-                    .any(|h| !h.snapshot().ended)
-                    .then(|| (name.clone(), service_name(&a.spec), s.idle()))
+                    .all(|h| h.snapshot().status.is_up())
+                    .then(|| (name.clone(), service_name(&a.spec), s.idle().max(settle)))
             })
             .collect()
     }
