@@ -342,6 +342,21 @@ impl Daemon {
             });
         }
         {
+            // Scale to zero: idle apps sleep; wakes on narun.control.<node>.wake.
+            let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::node::sleep::run(node, client, stop).await;
+                Ok(())
+            });
+        }
+        {
+            let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::node::sleep::serve_wake(node, client, stop).await;
+                Ok(())
+            });
+        }
+        {
             // `narunctl run` on narun.control.<node>.run.
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
             tasks.spawn(async move {

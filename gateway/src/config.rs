@@ -94,6 +94,11 @@ pub const DEFAULT_JOB_MAX_BACKOFF_SEC: u64 = 300;
 /// Default interval between two looks for the routes services declare.
 pub const DEFAULT_SERVICE_ROUTES_INTERVAL_MS: u64 = 2000;
 
+/// Default of `wait_for_responder_ms`: no wait beyond the failover window.
+pub const DEFAULT_WAIT_FOR_RESPONDER_MS: u64 = 0;
+/// Largest `wait_for_responder_ms` (10 minutes; the route's timeout bounds it anyway).
+pub const MAX_WAIT_FOR_RESPONDER_MS: u64 = 600_000;
+
 /// The `[gateway]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -162,6 +167,12 @@ pub struct GatewayConfig {
     /// How often the gateway looks for declared routes (`$SRV.PING`); a service missing
     /// from two looks in a row loses its routes. Default 2000.
     pub service_routes_interval_ms: u64,
+    /// How long a request that finds no responder waits for one to appear (watching
+    /// discovery: the service's announcement and discovery pings at growing intervals),
+    /// within the route's timeout; 0 (the default) = answer 503 at once (a `GET`/`HEAD`
+    /// still waits up to 500 ms, the failover window). A scaled-to-zero app is woken and
+    /// waited for up to the route's timeout whatever this says (docs/gateway.md).
+    pub wait_for_responder_ms: u64,
     /// Unknown keys (reported by [`GatewayConfig::validate`]).
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -269,6 +280,7 @@ impl Default for GatewayConfig {
             name: None,
             service_routes: true,
             service_routes_interval_ms: DEFAULT_SERVICE_ROUTES_INTERVAL_MS,
+            wait_for_responder_ms: DEFAULT_WAIT_FOR_RESPONDER_MS,
             unknown: BTreeMap::new(),
         }
     }
@@ -408,7 +420,7 @@ const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_t
                             h2_max_concurrent_streams, max_inflight_requests, \
                             memory_budget_bytes, overload_wait_ms, http_tls_cert, \
                             http_tls_key, routes, jobs, name, service_routes, \
-                            service_routes_interval_ms";
+                            service_routes_interval_ms, wait_for_responder_ms";
 
 struct Collector(Vec<ConfigError>);
 
@@ -560,6 +572,15 @@ impl GatewayConfig {
         }
         if self.max_body_bytes == 0 {
             c.push("gateway.max_body_bytes", "must be at least 1");
+        }
+        if self.wait_for_responder_ms > MAX_WAIT_FOR_RESPONDER_MS {
+            c.push(
+                "gateway.wait_for_responder_ms",
+                format!(
+                    "{} is more than {MAX_WAIT_FOR_RESPONDER_MS} (10 minutes); the route's timeout bounds the wait anyway",
+                    self.wait_for_responder_ms
+                ),
+            );
         }
         self.validate_limits(&mut c);
 

@@ -135,6 +135,9 @@ pub(crate) fn resend_undelivered(
 /// Send `payload` with `headers` to `subject` and wait for the reply, for at most
 /// `timeout` in all, retrying by the rules above. `headers` carry the deadline of the
 /// first attempt (`Narun-Timeout-Ms` = `timeout`); each retry's is set to the time left.
+/// `retry_no_responders = false` leaves "no responders" to the caller (the gateway then
+/// waits for the service to appear, [`crate::responders`], instead of resending blindly).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn request(
     client: &async_nats::Client,
     failover: &Failover,
@@ -143,6 +146,7 @@ pub(crate) async fn request(
     mut headers: HeaderMap,
     timeout: Duration,
     idempotent: bool,
+    retry_no_responders: bool,
 ) -> Result<Message, Failure> {
     use narun_wire::names::{TIMEOUT_MS, timeout_ms_value};
     let events = failover.events.get();
@@ -187,7 +191,8 @@ pub(crate) async fn request(
             Ok(msg) => return Ok(msg),
             Err(e) => e,
         };
-        let no_responders = matches!(err.kind(), RequestErrorKind::NoResponders);
+        let no_responders =
+            retry_no_responders && matches!(err.kind(), RequestErrorKind::NoResponders);
         let left = deadline.saturating_duration_since(Instant::now());
         match next(
             idempotent,

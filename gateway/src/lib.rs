@@ -62,6 +62,7 @@ mod metrics;
 mod path;
 mod proxy;
 pub mod ratelimit;
+mod responders;
 mod router;
 mod routes;
 pub mod tls;
@@ -190,6 +191,8 @@ pub(crate) struct Shared {
     pub failover: failover::Failover,
     /// Async requests and their workers, when any route is async ([`jobs`]).
     pub(crate) jobs: Option<Arc<jobs::Jobs>>,
+    /// Requests waiting for a responder, and wakes of scaled-to-zero apps ([`responders`]).
+    pub(crate) responders: responders::Responders,
 }
 
 /// A bound, not yet running gateway. See the [crate docs](crate).
@@ -355,7 +358,12 @@ impl Gateway {
             ))
         });
         let routes = routes::Sources::new(&config, &specs, jobs.is_some());
+        let responders = responders::Responders::new(
+            client.clone(),
+            Duration::from_millis(config.wait_for_responder_ms),
+        );
         let shared = Arc::new(Shared {
+            responders,
             client,
             router: routes::Live::new(router::Router::new(specs)),
             metrics,

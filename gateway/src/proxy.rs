@@ -641,16 +641,77 @@ async fn send(
     // The deadline travels with the request (`Narun-Timeout-Ms`, in `headers`: the
     // route's pre-built ones, or set by `forward_raw`): the NATS request's timeout,
     // which starts now; a retry carries the time left.
-    let sent = crate::failover::request(
-        &state.client,
-        &state.failover,
-        &target.nats_subject,
-        payload,
-        headers,
-        target.timeout,
-        crate::failover::idempotent(method),
-    )
-    .await;
+    let idempotent = crate::failover::idempotent(method);
+    // A service the gateway can watch: "no responders" waits for it to appear (and wakes
+    // it when it sleeps, crate::responders) instead of the failover's blind resends.
+    let watched = crate::responders::watchable(&target.subject);
+    let deadline = tokio::time::Instant::now() + target.timeout;
+    let mut headers = headers;
+    let mut attempt = 0u32;
+    let sent = loop {
+        attempt += 1;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if attempt > 1 {
+            headers.insert(
+                narun_wire::names::TIMEOUT_MS,
+                narun_wire::names::timeout_ms_value(left),
+            );
+        }
+        let sent = crate::failover::request(
+            &state.client,
+            &state.failover,
+            &target.nats_subject,
+            payload.clone(),
+            if watched {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            },
+            if attempt == 1 { target.timeout } else { left },
+            idempotent,
+            !watched,
+        )
+        .await;
+        match &sent {
+            Err(crate::failover::Failure::Nats(e))
+                if watched && matches!(e.kind(), RequestErrorKind::NoResponders) =>
+            {
+                match state
+                    .responders
+                    .wait(&target.subject, idempotent, deadline)
+                    .await
+                {
+                    crate::responders::Waited::Appeared => continue,
+                    crate::responders::Waited::Gone { woken: true, .. } => {
+                        state.metrics.nats(
+                            &target.subject,
+                            NatsStatus::Timeout,
+                            Some(&target.metrics),
+                        );
+                        return Err(GwError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "Gateway Timeout: the service was scaled to zero and did not start in time",
+                        ));
+                    }
+                    crate::responders::Waited::Gone {
+                        refused: Some(why), ..
+                    } => {
+                        state.metrics.nats(
+                            &target.subject,
+                            NatsStatus::Error,
+                            Some(&target.metrics),
+                        );
+                        return Err(GwError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("No backend service available (waking it failed: {why})"),
+                        ));
+                    }
+                    crate::responders::Waited::Gone { .. } => break sent,
+                }
+            }
+            _ => break sent,
+        }
+    };
     let sent = match sent {
         Ok(msg) => Ok(msg),
         Err(crate::failover::Failure::Nats(e)) => Err(e),

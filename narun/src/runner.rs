@@ -67,6 +67,10 @@ where
         .add_endpoint(EndpointConfig::new(endpoint, &opts.name))
         .await?;
     narun_wire::connect::sync_with_server(&client, Duration::from_secs(5)).await;
+    // Waiting gateways and clients learn at once that the service is here.
+    if let Err(e) = service.announce().await {
+        tracing::debug!(error = %e, "cannot announce the service");
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let watchdog = notify::ready(&format!("serving {what} {} on NATS", opts.name));
     let done = tokio::spawn(run(

@@ -14,7 +14,7 @@
 //! | running | `running`, `reloading` ([`InstanceStatus::is_up`]) |
 //! | failed | `crashed`, `failed`, `invalid_spec`, `rolled_back` |
 //! | restarting | `backoff`, and `starting` after at least one restart |
-//! | (none) | `starting` for the first time, `stopping`, `stopped` |
+//! | (none) | `starting` for the first time, `stopping`, `stopped`, `scaled_to_zero` (an idle app narund stopped: not a failure) |
 //!
 //! *Ready* is a subset of *running*: the spec's settle rule ([`SettleRule`]) holds — with
 //! `notify = true` a `running` instance is ready (narund says `running` only after
@@ -403,6 +403,7 @@ mod tests {
         assert_eq!(bucket(&InstanceStatus::Starting, 1), Bucket::Restarting);
         assert_eq!(bucket(&InstanceStatus::Starting, 0), Bucket::Other);
         assert_eq!(bucket(&InstanceStatus::Other("x".into()), 0), Bucket::Other);
+        assert_eq!(bucket(&InstanceStatus::ScaledToZero, 0), Bucket::Other);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::logs::LogOverflow;
 use crate::mode::{JailSpec, LandlockSpec, Mode};
 use crate::network::{MetricsSpec, NoNetSpec};
 use crate::restart::RestartPolicy;
+use crate::scale::ScaleToZero;
 use crate::select::NodeSelector;
 use crate::serde_helpers::{
     FieldDefault, is_default, nullable, nullable_or, scalar_string, scalar_strings,
@@ -241,6 +242,10 @@ pub struct AppSpec {
         deserialize_with = "scalar_strings"
     )]
     pub calls: Vec<String>,
+    /// Stop the instances after `idleSec` seconds without a request; a gateway request
+    /// wakes them ([`ScaleToZero`]). Absent = always running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
 
     /// Warnings found while parsing (unknown keys). Not part of the spec:
     /// ignored by `==`, never serialised. Read them with [`AppSpec::warnings`].
@@ -306,6 +311,7 @@ impl Default for AppSpec {
             after: Vec::new(),
             after_timeout_sec: crate::deps::DEFAULT_AFTER_TIMEOUT_SEC,
             calls: Vec::new(),
+            scale_to_zero: None,
             parse_warnings: ParseWarnings::default(),
         }
     }

@@ -59,13 +59,15 @@ impl AppSpec {
     }
 
     /// The identity of what an instance of this spec runs: [`config_hash`](Self::config_hash)
-    /// without `nodes`, so a change of replica counts (here or on other nodes) never
+    /// without `nodes` (and `scaleToZero`), so a change of replica counts (here or on other nodes) never
     /// restarts a running instance (Go's node-runner did). narund stamps it on every status
     /// event and heartbeat (`config_hash`), decides replacements and re-adoption by it, and
     /// `narunctl deploy --wait` tells the new runs from the old ones with it.
     pub fn run_hash(&self) -> String {
         let mut s = self.clone();
         s.nodes.clear();
+        // When an idle app sleeps is not part of a run.
+        s.scale_to_zero = None;
         s.config_hash()
     }
 }

@@ -57,6 +57,7 @@
 //! | `logs.rs` | [`LogOverflow`]: drop or block when the app's log spool share is full |
 //! | `mode.rs` | [`Mode`] and Go's Landlock and jail settings (kept, not run) |
 //! | `deps.rs` | dependencies between services: `after`, `afterTimeoutSec`, `calls` |
+//! | `scale.rs` | [`ScaleToZero`]: the `scaleToZero` block (stop idle instances, wake on request) |
 //! | `command.rs` | [`CommandUnitSpec`]: the `commandUnit` block of `mode = "command"` apps |
 //! | `inputs.rs` | environment variables and secrets ([`EnvVar`]), mounted files ([`MountSpec`]) |
 //! | `network.rs` | Go `nonet` port forwards ([`NoNetSpec`]) and the metrics endpoint ([`MetricsSpec`]) |
@@ -80,6 +81,7 @@ mod mode;
 mod network;
 mod parse;
 mod restart;
+mod scale;
 mod schedule;
 mod select;
 mod serde_helpers;
@@ -111,6 +113,7 @@ pub use mode::{JailSpec, LandlockPath, LandlockSpec, Mode};
 pub use network::{MetricsSpec, NoNetSpec, PortForward};
 pub use parse::{Format, Location, ParseError, SpecLoadError};
 pub use restart::{ExitKind, RestartPolicy};
+pub use scale::{MAX_IDLE_SEC, MIN_IDLE_SEC, ScaleToZero};
 pub use schedule::{
     Civil, Concurrency, Cron, CronError, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS, MAX_SCHEDULE_LEN,
     RunMode, Scope, days_in_month,

@@ -535,6 +535,7 @@ static APP: Shape = Struct(&[
     ("after", Any),
     ("afterTimeoutSec", Any),
     ("calls", Any),
+    ("scaleToZero", Struct(&[("idleSec", Any)])),
 ]);
 
 fn join(path: &str, key: &str) -> String {

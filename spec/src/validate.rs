@@ -176,7 +176,30 @@ impl AppSpec {
         self.check_command_unit(&mut r);
         self.check_job(&mut r);
         self.check_deps(&mut r);
+        self.check_scale_to_zero(&mut r);
         r.finish()
+    }
+
+    /// `scaleToZero`: `idleSec` in range, only for services that run continuously.
+    fn check_scale_to_zero(&self, r: &mut Report) {
+        let Some(s) = &self.scale_to_zero else {
+            return;
+        };
+        for (key, message) in s.problems() {
+            r.err(format!("scaleToZero.{key}"), message);
+        }
+        if self.is_job() {
+            r.err(
+                "scaleToZero",
+                "cannot be combined with runMode: job (a job does not run between its runs anyway): remove it",
+            );
+        }
+        if self.mode == Mode::Command {
+            r.err(
+                "scaleToZero",
+                "cannot be combined with mode: command (the binary already runs only per request): remove it",
+            );
+        }
     }
 
     /// `mode = "command"` and its `commandUnit` block: values in range; no sd_notify (a

@@ -587,6 +587,29 @@ pub struct RestartReply {
     pub error: String,
 }
 
+/// Request on [`crate::names::control_subject`]`(node, `[`crate::names::CONTROL_WAKE`]`)`:
+/// start the instances of `app`, an app with `scaleToZero` that narund stopped for being
+/// idle (sent by a gateway when a request found no responder). narund refuses it for an
+/// app it does not run or that has no `scaleToZero`: a wake never starts anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WakeRequest {
+    pub app: String,
+}
+
+/// narund's answer to a [`WakeRequest`]. It comes once the instances are started (not
+/// once they serve: the caller waits for the service to answer discovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WakeReply {
+    pub node_id: String,
+    pub app: String,
+    /// Instances started by this request; empty when the app was awake already.
+    #[serde(default)]
+    pub started: Vec<String>,
+    /// Why the app was not woken (unknown app, no `scaleToZero`, …); empty on success.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -594,6 +617,31 @@ fn is_zero(v: &u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wake_request_and_reply_shapes() {
+        let req: WakeRequest = serde_json::from_str(r#"{"app":"web"}"#).unwrap();
+        assert_eq!(req.app, "web");
+        let ok = WakeReply {
+            node_id: "n1".into(),
+            app: "web".into(),
+            started: vec!["web-0".into()],
+            error: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"node_id":"n1","app":"web","started":["web-0"]}"#
+        );
+        let refused: WakeReply =
+            serde_json::from_str(r#"{"node_id":"n1","app":"db","error":"no scaleToZero"}"#)
+                .unwrap();
+        assert!(refused.started.is_empty());
+        assert_eq!(
+            crate::names::control_subject("n1", crate::names::CONTROL_WAKE),
+            "narun.control.n1.wake"
+        );
+        assert_eq!(crate::micro::announce_subject("web"), "narun.svc.up.web");
+    }
 
     #[test]
     fn status_event_matches_go_shape() {

@@ -48,6 +48,12 @@ use std::time::{Duration, Instant};
 /// Default queue group of endpoints (ADR-32).
 pub const DEFAULT_QUEUE_GROUP: &str = "q";
 
+/// `narun.svc.up.<name>`: where an instance of service `name` announces that it serves
+/// ([`Service::announce`]; the payload is its `ping_response`).
+pub fn announce_subject(name: &str) -> String {
+    format!("narun.svc.up.{name}")
+}
+
 /// Errors from starting or extending a service.
 #[derive(Debug, thiserror::Error)]
 pub enum MicroError {
@@ -416,6 +422,19 @@ impl Service {
 
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Say that this instance serves now: publish its [`PingResponse`] on
+    /// [`announce_subject`] (a narun addition to ADR-32, which has no such event), so a
+    /// gateway or client waiting for a responder learns it at once instead of polling.
+    /// Call it once the endpoints are subscribed at the server. Best effort: a failure
+    /// (e.g. no publish permission) is returned for logging, never fatal.
+    pub async fn announce(&self) -> Result<(), async_nats::PublishError> {
+        let body = serde_json::to_vec(&self.ping()).unwrap_or_default();
+        self.inner
+            .client
+            .publish(announce_subject(self.name()), body.into())
+            .await
     }
 
     pub fn name(&self) -> &str {

@@ -50,13 +50,18 @@ pub fn status_subject(app: &str, node: &str) -> String {
 
 /// `narun.control.<node>.<verb>`: core NATS request-reply subjects narund answers for
 /// operator actions on its node (a narun addition; Go node-runners do not listen).
-/// Verbs: `restart` ([`crate::events::RestartRequest`] → [`crate::events::RestartReply`]).
+/// Verbs: `restart` ([`crate::events::RestartRequest`] → [`crate::events::RestartReply`]),
+/// `wake` ([`CONTROL_WAKE`]).
 pub fn control_subject(node: &str, verb: &str) -> String {
     format!("narun.control.{node}.{verb}")
 }
 
 /// Verb of [`control_subject`] for `narunctl apps restart`.
 pub const CONTROL_RESTART: &str = "restart";
+
+/// Verb of [`control_subject`] a gateway uses to start an app that was scaled to zero
+/// ([`crate::events::WakeRequest`] → [`crate::events::WakeReply`]).
+pub const CONTROL_WAKE: &str = "wake";
 
 /// The node id narund uses when neither its config nor its flags set one, with narund's
 /// default `node_id_file`: the provisioning file `/etc/narun/node-id`, else an id derived

@@ -111,6 +111,9 @@ wire_enum! {
         RolledBack = "rolled_back",
         /// The spec in `app-configs` is not valid (narun addition).
         InvalidSpec = "invalid_spec",
+        /// Stopped because the app was idle for its `scaleToZero.idleSec`; started again
+        /// by a wake request ([`crate::events::WakeRequest`]). Not a failure (narun addition).
+        ScaledToZero = "scaled_to_zero",
     }
 }
 

@@ -9,7 +9,8 @@
 //!    * to subscribe to the app's service subject `<app>` (any queue group), the discovery
 //!      subjects `$SRV.PING|INFO|STATS`, `$SRV.*.<app>`, `$SRV.*.<app>.*`, and its own
 //!      inboxes `_INBOX_<app>.>`;
-//!    * to publish to its own inboxes and to the reply subjects of requests it received
+//!    * to publish to its own inboxes, to its service's announcement `narun.svc.up.<app>`
+//!      (`narun_wire::micro::announce_subject`: gateways waiting for it learn it serves), and to the reply subjects of requests it received
 //!      (`resp`: any number of messages for [`RESPONSE_TTL`], so streamed replies work);
 //!    * to read its own configuration key of `narun-config` (`narun::config`: creating a
 //!      consumer whose API subject names that key, and its flow control;
@@ -103,7 +104,7 @@ pub fn callees(spec: &narun_spec::AppSpec) -> Vec<String> {
 /// `callees` (valid service names: one subject token each, checked by the spec).
 pub fn permissions(app: &str, callees: &[String]) -> (Vec<String>, Vec<String>) {
     let inbox = format!("{}.>", inbox_prefix(app));
-    let mut publish = vec![inbox.clone()];
+    let mut publish = vec![inbox.clone(), narun_wire::micro::announce_subject(app)];
     // `narun::config`: a consumer of its own key of `narun-config`, nothing else there.
     publish.extend(narun_wire::app_config::read_permissions(app));
     publish.extend(
@@ -548,6 +549,7 @@ mod tests {
             serde_json::from_value(c["nats"]["pub"]["allow"].clone()).unwrap();
         let mut want = vec![
             "_INBOX_web.>".to_string(),
+            "narun.svc.up.web".to_string(),
             "$JS.API.CONSUMER.CREATE.KV_narun-config.*.$KV.narun-config.web".to_string(),
             "$JS.FC.KV_narun-config.>".to_string(),
         ];

@@ -20,6 +20,7 @@
 //! | `heartbeat.rs` | the node state in `node-runner-states`, `STATUS=` for systemd |
 //! | `control.rs` | operator requests on `narun.control.<node>.*` (restart) |
 //! | `history.rs` | the optional JetStream stream `narun-status` of the status events (`[events]`) |
+//! | `sleep.rs` | scale to zero: idle apps (`$SRV.STATS` counts) stop, `narun.control.<node>.wake` starts them |
 //! | `runs.rs` | job apps (`runMode = "job"`) handed to [`crate::jobs`], and `narunctl run` requests |
 
 pub mod control;
@@ -28,6 +29,7 @@ pub mod history;
 pub mod reconcile;
 pub mod rollout;
 pub mod runs;
+pub mod sleep;
 pub mod watch;
 
 use crate::cgroup::Cgroups;
@@ -94,6 +96,8 @@ pub(crate) struct AppRun {
     /// Per index: the last replacement that did not become ready (reported in the node
     /// state until a later replacement of that index succeeds).
     pub(crate) rolled_back: BTreeMap<u32, narun_wire::events::RolledBack>,
+    /// Scaled to zero ([`sleep`]): its instances were stopped for being idle.
+    pub(crate) asleep: bool,
 }
 
 /// The node. Cheap to clone.
@@ -316,10 +320,16 @@ impl Node {
             for h in app.instances.values() {
                 let s = h.snapshot();
                 let rolled_back = app.rolled_back.get(&h.index).cloned();
+                // An instance of a sleeping app is scaled to zero (also while it stops).
+                let status = if app.asleep {
+                    narun_wire::status::InstanceStatus::ScaledToZero
+                } else {
+                    s.status
+                };
                 out.push(InstanceState {
                     instance_id: h.instance_id.clone(),
                     app_name: name.clone(),
-                    status: s.status,
+                    status,
                     pid: s.pid,
                     tag: h.spec.tag.clone(),
                     digest: s.digest,

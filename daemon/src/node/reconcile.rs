@@ -160,6 +160,7 @@ impl Node {
                 instances: BTreeMap::new(),
                 revision,
                 rolled_back: BTreeMap::new(),
+                asleep: false,
             });
             let new_revision = revision != 0 && app.revision != revision;
             app.spec = spec.clone();
@@ -309,6 +310,8 @@ impl Node {
     pub(crate) fn put_instance(&self, app: &str, h: InstanceHandle) {
         if let Some(a) = self.inner.apps.lock().unwrap().get_mut(app) {
             a.instances.insert(h.index, h);
+            // A started instance wakes a sleeping app (a new revision, a restart).
+            a.asleep = false;
         }
     }
 
