@@ -102,6 +102,13 @@ fn rss_of(dir: &Path) -> Option<u64> {
     sum
 }
 
+fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Read every app's cgroups now.
 fn read_all(node: &Node, root: &Path) -> BTreeMap<String, Reading> {
     let mut out: BTreeMap<String, Reading> = BTreeMap::new();
@@ -113,15 +120,8 @@ fn read_all(node: &Node, root: &Path) -> BTreeMap<String, Reading> {
         let f = CgroupFacts::read(&dir);
         let mem = f.memory_bytes.or_else(|| rss_of(&dir));
         let e = out.entry(rec.app.clone()).or_default();
-        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
-        e.cpu_seconds = add(e.cpu_seconds, f.cpu_seconds);
-        e.memory_bytes = match (e.memory_bytes, mem) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
+        e.cpu_seconds = sum(e.cpu_seconds, f.cpu_seconds);
+        e.memory_bytes = sum(e.memory_bytes, mem);
     }
     out
 }
