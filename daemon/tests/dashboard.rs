@@ -275,6 +275,20 @@ async fn dashboard_refuses_what_docs_security_promises() {
         .await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
+    // A body over 64 KiB is refused before any handler sees it.
+    let big = format!(
+        "{{\"replicas\": 0, \"pad\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let r = http(
+        port,
+        "POST",
+        "/_narun/api/apps/web/scale",
+        &[("Authorization", &admin), json],
+        &big,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
     // Delete needs the name typed as confirmation.
     let r = http(
         port,
