@@ -309,7 +309,7 @@ async fn dashboard_refuses_what_docs_security_promises() {
     )
     .await;
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(v["spec"]["nodes"][0]["replicas"], 1, "{v}");
+    assert_eq!(v["app"]["spec"]["nodes"][0]["replicas"], 1, "{v}");
     // And the admin token acts (same-origin, JSON): confirmed delete.
     let r = http(
         port,

@@ -10,9 +10,8 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use http::StatusCode;
 use narun_spec::AppSpec;
-use narun_wire::events::{NodeState, Releases, RestartReply, RestartRequest};
+use narun_wire::events::RestartRequest;
 use narun_wire::jetstream::{APP_CONFIGS, APP_RELEASES, NODE_STATES};
-use narun_wire::micro::StatsResponse;
 use narun_wire::names;
 use serde_json::{Value, json};
 use std::future::Future;
@@ -94,50 +93,46 @@ async fn entries(
     Ok(out)
 }
 
-async fn node_states(js: &jetstream::Context) -> Result<Vec<NodeState>, ApiError> {
-    Ok(entries(js, &NODE_STATES)
+/// Every value of a KV bucket that is JSON, by key.
+async fn json_entries(
+    js: &jetstream::Context,
+    bucket: &narun_wire::jetstream::KvBucket,
+) -> Result<Vec<(String, Value)>, ApiError> {
+    Ok(entries(js, bucket)
         .await?
         .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .filter_map(|(k, v)| Some((k, serde_json::from_slice(&v).ok()?)))
         .collect())
 }
 
-fn age_sec(ts: &str, now: time::OffsetDateTime) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((now - t).whole_seconds().max(0))
+/// The heartbeats as stored (the page counts their instances; nothing in them is secret).
+async fn node_states(js: &jetstream::Context) -> Result<Vec<Value>, ApiError> {
+    Ok(json_entries(js, &NODE_STATES)
+        .await?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
 }
 
-/// Whether a heartbeat says the node is up (running, and seen within the state TTL).
-fn online(s: &NodeState, now: time::OffsetDateTime) -> bool {
-    s.status.as_str() == "running"
-        && age_sec(&s.last_seen, now).is_some_and(|a| a <= names::NODE_STATE_TTL_SECS as i64)
+/// Now, Unix milliseconds: the page measures heartbeat ages against narund's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What every view starts with: narund's clock, the heartbeat TTL and the heartbeats.
+fn frame(states: Vec<Value>) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("now".into(), now_ms().into());
+    m.insert("ttl_sec".into(), names::NODE_STATE_TTL_SECS.into());
+    m.insert("nodes".into(), Value::Array(states));
+    m
 }
 
 /// `GET api/nodes`.
 pub async fn nodes(js: &jetstream::Context) -> ApiResult {
-    let now = time::OffsetDateTime::now_utc();
-    let mut states = node_states(js).await?;
-    states.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    let out: Vec<Value> = states
-        .iter()
-        .map(|s| {
-            json!({
-                "node_id": s.node_id,
-                "online": online(s, now),
-                "status": s.status.as_str(),
-                "last_seen_sec": age_sec(&s.last_seen, now),
-                "uptime_sec": age_sec(&s.start_time, now),
-                "version": s.version,
-                "os": s.os,
-                "arch": s.arch,
-                "labels": s.labels,
-                "nats_connected": s.nats_connected,
-                "instances": s.instances.len(),
-                "invalid_specs": s.invalid_specs.iter().map(|i| &i.app_name).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    Ok(Value::Array(out))
+    Ok(Value::Object(frame(node_states(js).await?)))
 }
 
 /// The spec as JSON, every env value hidden.
@@ -157,100 +152,57 @@ pub fn redacted(spec: &AppSpec) -> Value {
     v
 }
 
-/// Per node: desired replicas and the instances it reports of `spec`'s app.
-fn placement(spec: &AppSpec, states: &[NodeState], now: time::OffsetDateTime) -> Value {
-    let mut rows = Vec::new();
+/// Per node id: the replicas `spec` asks of it ([`AppSpec::desired_replicas`], the rule
+/// narund applies), for the nodes that have a heartbeat.
+fn desired(spec: &AppSpec, states: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
     for s in states {
-        let desired = spec.desired_replicas(&s.node_id, &s.labels);
-        let mine: Vec<_> = s
-            .instances
-            .iter()
-            .filter(|i| i.app_name == spec.name)
-            .collect();
-        if desired == 0 && mine.is_empty() {
+        let Some(id) = s["node_id"].as_str() else {
             continue;
-        }
-        let instances: Vec<Value> = mine
-            .iter()
-            .map(|i| {
-                json!({
-                    "instance_id": i.instance_id,
-                    "status": i.status.as_str(),
-                    "tag": i.tag,
-                    "pid": i.pid,
-                    "restarts": i.restarts,
-                    "since_sec": age_sec(&i.since, now),
-                    "reason": crate::dashboard::api::reason_text(i),
-                })
+        };
+        let labels = s["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
             })
-            .collect();
-        rows.push(json!({
-            "node_id": s.node_id,
-            "online": online(s, now),
-            "desired": desired,
-            "running": mine.iter().filter(|i| i.status.is_up()).count(),
-            "restarts": mine.iter().map(|i| u64::from(i.restarts)).sum::<u64>(),
-            "instances": instances,
-        }));
+            .unwrap_or_default();
+        let n = spec.desired_replicas(id, &labels);
+        if n > 0 {
+            out.insert(id.to_owned(), n.into());
+        }
     }
-    Value::Array(rows)
+    Value::Object(out)
 }
 
-/// An instance's reason in words (empty when it has none).
-pub fn reason_text(i: &narun_wire::events::InstanceState) -> String {
-    match (&i.reason, &i.rolled_back) {
-        (_, Some(rb)) => format!("rolled back from {}", rb.tag),
-        (Some(r), None) => r.as_str().to_string(),
-        (None, None) => String::new(),
+/// The spec entry of `name`: redacted spec and desired replicas, or why it is unusable.
+fn app_entry(name: &str, bytes: &[u8], states: &[Value]) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), name.into());
+    match AppSpec::from_kv_bytes(bytes) {
+        Ok(spec) => {
+            m.insert("spec".into(), redacted(&spec));
+            m.insert("desired".into(), desired(&spec, states));
+        }
+        Err(e) => {
+            m.insert("error".into(), format!("spec cannot be parsed: {e}").into());
+        }
     }
-}
-
-async fn specs(
-    js: &jetstream::Context,
-) -> Result<Vec<(String, Result<AppSpec, String>)>, ApiError> {
-    Ok(entries(js, &APP_CONFIGS)
-        .await?
-        .into_iter()
-        .map(|(k, v)| (k, AppSpec::from_kv_bytes(&v).map_err(|e| e.to_string())))
-        .collect())
+    Value::Object(m)
 }
 
 /// `GET api/apps`.
 pub async fn apps(js: &jetstream::Context) -> ApiResult {
-    let now = time::OffsetDateTime::now_utc();
     let states = node_states(js).await?;
-    let mut out = Vec::new();
-    for (name, spec) in specs(js).await? {
-        match spec {
-            Ok(spec) => {
-                let p = placement(&spec, &states, now);
-                let rows = p.as_array().cloned().unwrap_or_default();
-                let sum = |k: &str| rows.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
-                let reasons: Vec<String> = rows
-                    .iter()
-                    .flat_map(|r| r["instances"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|i| {
-                        let r = i["reason"].as_str()?.to_string();
-                        (!r.is_empty())
-                            .then(|| format!("{}: {}", i["instance_id"].as_str().unwrap_or(""), r))
-                    })
-                    .collect();
-                out.push(json!({
-                    "name": name,
-                    "tag": spec.tag,
-                    "desired": sum("desired"),
-                    "running": sum("running"),
-                    "restarts": sum("restarts"),
-                    "reasons": reasons,
-                    "nodes": p,
-                }));
-            }
-            Err(e) => {
-                out.push(json!({"name": name, "error": format!("spec cannot be parsed: {e}")}))
-            }
-        }
-    }
-    Ok(Value::Array(out))
+    let apps: Vec<Value> = entries(js, &APP_CONFIGS)
+        .await?
+        .iter()
+        .map(|(k, v)| app_entry(k, v, &states))
+        .collect();
+    let mut m = frame(states);
+    m.insert("apps".into(), Value::Array(apps));
+    Ok(Value::Object(m))
 }
 
 async fn stored(js: &jetstream::Context, name: &str) -> Result<(kv::Store, kv::Entry), ApiError> {
@@ -274,37 +226,49 @@ fn parse(name: &str, entry: &kv::Entry) -> Result<AppSpec, ApiError> {
     })
 }
 
-async fn releases(js: &jetstream::Context, name: &str) -> Result<Releases, ApiError> {
+/// The remembered good releases of `name` (`narun-releases`, newest first; none when
+/// the bucket or key does not exist).
+async fn releases(js: &jetstream::Context, name: &str) -> Result<Vec<Value>, ApiError> {
     let what = format!("reading narun-releases/{name}");
     let Some(store) = bounded(&what, APP_RELEASES.open(js)).await? else {
-        return Ok(Releases::default());
+        return Ok(Vec::new());
     };
-    Ok(match bounded(&what, store.get(name)).await? {
+    let v: Value = match bounded(&what, store.get(name)).await? {
         Some(v) => serde_json::from_slice(&v).unwrap_or_default(),
-        None => Releases::default(),
+        None => Value::Null,
+    };
+    Ok(match v {
+        Value::Object(mut m) => match m.remove("releases") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
     })
 }
 
 /// `GET api/apps/<name>`.
 pub async fn app(js: &jetstream::Context, name: &str) -> ApiResult {
-    let now = time::OffsetDateTime::now_utc();
     let (_, entry) = stored(js, name).await?;
-    let spec = parse(name, &entry)?;
     let states = node_states(js).await?;
+    let Value::Object(mut app) = app_entry(name, &entry.value, &states) else {
+        unreachable!("app_entry makes an object")
+    };
+    // Tags and times only: a remembered spec holds env values.
     let history: Vec<Value> = releases(js, name)
         .await?
-        .releases
         .iter()
-        .map(|r| json!({"tag": r.tag, "time": r.time}))
+        .map(|r| {
+            let mut m = serde_json::Map::new();
+            m.insert("tag".into(), r["tag"].clone());
+            m.insert("time".into(), r["time"].clone());
+            Value::Object(m)
+        })
         .collect();
-    Ok(json!({
-        "name": name,
-        "tag": spec.tag,
-        "revision": entry.revision,
-        "spec": redacted(&spec),
-        "nodes": placement(&spec, &states, now),
-        "releases": history,
-    }))
+    app.insert("revision".into(), entry.revision.into());
+    app.insert("releases".into(), Value::Array(history));
+    let mut m = frame(states);
+    m.insert("app".into(), Value::Object(app));
+    Ok(Value::Object(m))
 }
 
 /// `GET api/services`: the `$SRV.STATS` answers gathered for [`GATHER`].
@@ -316,18 +280,17 @@ pub async fn services(client: &async_nats::Client) -> ApiResult {
         client.publish_with_reply("$SRV.STATS", inbox, bytes::Bytes::new()),
     )
     .await?;
-    let mut out: Vec<StatsResponse> = Vec::new();
+    let mut out: Vec<Value> = Vec::new();
     let deadline = tokio::time::Instant::now() + GATHER;
     while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
-        if let Ok(s) = serde_json::from_slice::<StatsResponse>(&m.payload) {
+        if let Ok(s @ Value::Object(_)) = serde_json::from_slice::<Value>(&m.payload) {
             out.push(s);
         }
         if out.len() >= 1000 {
             break;
         }
     }
-    out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    Ok(serde_json::to_value(out).unwrap_or(Value::Null))
+    Ok(Value::Array(out))
 }
 
 /// Write `spec` at `revision` (compare-and-set, like narunctl).
@@ -411,19 +374,22 @@ pub async fn rollback(js: &jetstream::Context, name: &str) -> ApiResult {
     let (store, entry) = stored(js, name).await?;
     let current = parse(name, &entry)?;
     let rel = releases(js, name).await?;
-    let Some(r) = rel.previous(&current.tag) else {
+    let Some(r) = rel
+        .iter()
+        .find(|r| r["tag"].as_str().is_some_and(|t| t != current.tag))
+    else {
         return Err(err(
             StatusCode::CONFLICT,
             format!("no earlier good release of {name} is remembered (narun-releases)"),
         ));
     };
-    let bytes = serde_json::to_vec(&r.spec).unwrap_or_default();
+    let bytes = serde_json::to_vec(&r["spec"]).unwrap_or_default();
     let mut target = AppSpec::from_kv_bytes(&bytes).map_err(|e| {
         err(
             StatusCode::CONFLICT,
             format!(
                 "the remembered spec of {name}:{} cannot be parsed: {e}",
-                r.tag
+                r["tag"]
             ),
         )
     })?;
@@ -456,9 +422,13 @@ pub async fn restart(
     stored(js, name).await?;
     let nodes: Vec<String> = node_states(js)
         .await?
-        .into_iter()
-        .filter(|s| s.instances.iter().any(|i| i.app_name == name))
-        .map(|s| s.node_id)
+        .iter()
+        .filter(|s| {
+            s["instances"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|i| i["app_name"] == name))
+        })
+        .filter_map(|s| s["node_id"].as_str().map(str::to_owned))
         .collect();
     if nodes.is_empty() {
         return Err(err(StatusCode::CONFLICT, format!("no node runs {name}")));
@@ -475,9 +445,11 @@ pub async fn restart(
         async move {
             let r = tokio::time::timeout(RESTART_TIMEOUT, client.request(subject, body)).await;
             match r {
-                Ok(Ok(m)) => match serde_json::from_slice::<RestartReply>(&m.payload) {
-                    Ok(r) if r.error.is_empty() => json!({"node_id": node, "restarted": r.restarted}),
-                    Ok(r) => json!({"node_id": node, "error": r.error}),
+                Ok(Ok(m)) => match serde_json::from_slice::<Value>(&m.payload) {
+                    Ok(r) if r["error"].as_str().is_none_or(str::is_empty) => {
+                        json!({"node_id": node, "restarted": r["restarted"]})
+                    }
+                    Ok(r) => json!({"node_id": node, "error": r["error"]}),
                     Err(e) => json!({"node_id": node, "error": format!("unreadable answer: {e}")}),
                 },
                 Ok(Err(e)) => json!({"node_id": node, "error": e.to_string()}),

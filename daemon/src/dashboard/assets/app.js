@@ -43,6 +43,35 @@
     return el('span', { class: cls, text: s });
   }
 
+  // Heartbeats as narund stores them; ages against narund's clock (`now`).
+  function secs(now, ts) {
+    const t = Date.parse(String(ts || '').replace(/(\.\d{3})\d+/, '$1'));
+    return isNaN(t) ? null : Math.max(0, Math.round((now - t) / 1000));
+  }
+  function online(d, n) {
+    const age = secs(d.now, n.last_seen);
+    return n.status === 'running' && age !== null && age <= d.ttl_sec;
+  }
+  const up = (s) => s === 'running' || s === 'reloading';
+  function reason(i) { return i.rolled_back ? 'rolled back from ' + i.rolled_back.tag : (i.reason || ''); }
+  // Per node: desired (computed by narund from the spec) and the instances it reports.
+  function placement(d, a) {
+    const rows = [];
+    for (const n of d.nodes) {
+      const mine = (n.instances || []).filter((i) => i.app_name === a.name);
+      const want = (a.desired || {})[n.node_id] || 0;
+      if (!want && !mine.length) continue;
+      rows.push({
+        node_id: n.node_id, online: online(d, n), desired: want,
+        running: mine.filter((i) => up(i.status)).length,
+        restarts: mine.reduce((s, i) => s + (i.restarts || 0), 0),
+        instances: mine.map((i) => ({ instance_id: i.instance_id, status: i.status, tag: i.tag, pid: i.pid === undefined ? null : i.pid,
+          restarts: i.restarts || 0, since_sec: secs(d.now, i.since), reason: reason(i) })),
+      });
+    }
+    return rows;
+  }
+
   async function call(path, opts) {
     const token = sessionStorage.getItem(KEY);
     const o = Object.assign({ headers: {} }, opts || {});
@@ -93,26 +122,34 @@
   }
 
   async function nodes() {
-    const list = await call('nodes');
+    const d = await call('nodes');
+    const list = d.nodes.slice().sort((a, b) => String(a.node_id).localeCompare(String(b.node_id)));
     const rows = list.map((n) => el('tr', { 'data-node': n.node_id },
-      el('td', { text: n.node_id }), el('td', {}, status(n.online ? 'online' : 'offline')),
+      el('td', { text: n.node_id }), el('td', {}, status(online(d, n) ? 'online' : 'offline')),
       el('td', { text: Object.entries(n.labels || {}).map(([k, v]) => k + '=' + v).join(', ') || '-' }),
       el('td', { text: n.os + '/' + n.arch }), el('td', { text: n.version }),
-      el('td', { text: ago(n.uptime_sec) }), el('td', { text: ago(n.last_seen_sec) + ' ago' }),
-      el('td', { text: n.instances })));
+      el('td', { text: ago(secs(d.now, n.start_time)) }), el('td', { text: ago(secs(d.now, n.last_seen)) + ' ago' }),
+      el('td', { text: (n.instances || n.managed_instances || []).length }),
+      el('td', { text: (n.invalid_specs || []).map((i) => i.app_name).join(', ') || '-' })));
     $('view').replaceChildren(el('h2', { text: 'Nodes' }),
-      table('nodes', ['Node', 'State', 'Labels', 'OS/arch', 'narund', 'Uptime', 'Heartbeat', 'Instances'], rows));
+      table('nodes', ['Node', 'State', 'Labels', 'OS/arch', 'narund', 'Uptime', 'Heartbeat', 'Instances', 'Refused specs'], rows));
   }
 
   async function apps() {
-    const list = await call('apps');
-    const rows = list.map((a) => el('tr', { 'data-app': a.name },
-      el('td', {}, el('a', { href: '#/apps/' + encodeURIComponent(a.name), text: a.name })),
-      el('td', { text: a.tag || '-' }),
-      el('td', { class: a.error ? 'bad' : (a.running >= a.desired ? 'ok' : 'warn'), text: a.error ? 'invalid spec' : a.running + ' / ' + a.desired }),
-      el('td', { text: (a.nodes || []).map((n) => n.node_id + ' ×' + n.desired).join(', ') || '-' }),
-      el('td', { text: a.restarts === undefined ? '-' : a.restarts }),
-      el('td', { text: a.error || (a.reasons || []).join('; ') || '-' })));
+    const d = await call('apps');
+    const rows = d.apps.map((a) => {
+      const p = a.error ? [] : placement(d, a);
+      const desired = p.reduce((s, n) => s + n.desired, 0), running = p.reduce((s, n) => s + n.running, 0);
+      const reasons = [];
+      for (const n of p) for (const i of n.instances) if (i.reason) reasons.push(i.instance_id + ': ' + i.reason);
+      return el('tr', { 'data-app': a.name },
+        el('td', {}, el('a', { href: '#/apps/' + encodeURIComponent(a.name), text: a.name })),
+        el('td', { text: a.spec ? a.spec.tag : '-' }),
+        el('td', { class: a.error ? 'bad' : (running >= desired ? 'ok' : 'warn'), text: a.error ? 'invalid spec' : running + ' / ' + desired }),
+        el('td', { text: p.map((n) => n.node_id + ' ×' + n.desired).join(', ') || '-' }),
+        el('td', { text: a.error ? '-' : p.reduce((s, n) => s + n.restarts, 0) }),
+        el('td', { text: a.error || reasons.join('; ') || '-' }));
+    });
     $('view').replaceChildren(el('h2', { text: 'Apps' }),
       table('apps', ['App', 'Tag', 'Running / desired', 'Nodes', 'Restarts', 'Reasons'], rows));
   }
@@ -142,7 +179,10 @@
 
   let shown = null;
   async function app(name) {
-    const [a, m] = await Promise.all([call('apps/' + encodeURIComponent(name)), call('apps/' + encodeURIComponent(name) + '/metrics')]);
+    const [d, m] = await Promise.all([call('apps/' + encodeURIComponent(name)), call('apps/' + encodeURIComponent(name) + '/metrics')]);
+    const a = d.app;
+    if (a.error) throw new Error(a.error);
+    a.tag = a.spec.tag; a.nodes = placement(d, a);
     const inst = [];
     for (const n of a.nodes) for (const i of n.instances) {
       inst.push(el('tr', { 'data-instance': i.instance_id },
@@ -221,7 +261,7 @@
   }
 
   async function services() {
-    const list = await call('services');
+    const list = (await call('services')).sort((a, b) => (a.name + a.id).localeCompare(b.name + b.id));
     const rows = [];
     for (const s of list) for (const e of (s.endpoints || [])) {
       rows.push(el('tr', {}, el('td', { text: s.name }), el('td', { text: s.version }), el('td', { text: s.id }),
