@@ -186,7 +186,7 @@ pub struct Config {
     pub node_id_origin: NodeIdOrigin,
     /// `[dashboard]`: the web dashboard on the gateway's listener (docs/dashboard.md).
     #[cfg(all(feature = "gateway", feature = "dashboard"))]
-    pub dashboard: crate::dashboard::DashboardConfig,
+    pub dashboard: crate::dashboard::config::DashboardConfig,
     /// Kept as raw TOML in builds without the dashboard, so a shared config file still
     /// loads (and is ignored).
     #[cfg(not(all(feature = "gateway", feature = "dashboard")))]

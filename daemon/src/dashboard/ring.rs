@@ -3,13 +3,19 @@
 //! dashboard's sparklines. Bounded in both directions: at most [`KEEP`] samples per app,
 //! and an app that no longer runs here loses its series at the next sample.
 //!
-//! [`Ring`] is pure (readings and times are given); narund's sampler (`narund::dashboard`)
-//! reads the instance cgroups (`cpu.stat` usage, `memory.current`, the same files as its
-//! `/metrics`) and, without the memory controller, the resident memory of the cgroup's
-//! processes (`VmRSS`).
+//! [`Ring`] is pure (readings and times are given); [`sample_loop`] reads the instance
+//! cgroups (`cpu.stat` usage, `memory.current`, the same files as `/metrics`,
+//! [`crate::metrics::collect::CgroupFacts`]) and, without the memory controller, the
+//! resident memory of the cgroup's processes (`VmRSS`).
 
+use crate::metrics::collect::{CgroupFacts, resident};
+use crate::node::Node;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Samples kept per app.
 pub const KEEP: usize = 360;
@@ -78,6 +84,75 @@ impl Ring {
             .get(app)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default()
+    }
+}
+
+/// The resident memory of the processes in the cgroup `dir`.
+fn rss_of(dir: &Path) -> Option<u64> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let mut sum = None;
+    for pid in procs.split_whitespace() {
+        if let Some(r) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| resident(&s))
+        {
+            sum = Some(sum.unwrap_or(0) + r);
+        }
+    }
+    sum
+}
+
+fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Read every app's cgroups now.
+fn read_all(node: &Node, root: &Path) -> BTreeMap<String, Reading> {
+    let mut out: BTreeMap<String, Reading> = BTreeMap::new();
+    for rec in node.host().local.records().values() {
+        if rec.cgroup.is_empty() || rec.cgroup.contains('/') || rec.cgroup.starts_with('.') {
+            continue;
+        }
+        let dir = root.join(&rec.cgroup);
+        let f = CgroupFacts::read(&dir);
+        let mem = f.memory_bytes.or_else(|| rss_of(&dir));
+        let e = out.entry(rec.app.clone()).or_default();
+        e.cpu_seconds = sum(e.cpu_seconds, f.cpu_seconds);
+        e.memory_bytes = sum(e.memory_bytes, mem);
+    }
+    out
+}
+
+/// Sample every `every` into `ring` until `stop` (nothing without cgroups).
+pub async fn sample_loop(
+    node: Node,
+    cgroup_root: Option<PathBuf>,
+    ring: Arc<Mutex<Ring>>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let Some(root) = cgroup_root else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (n, r) = (node.clone(), root.clone());
+        let Ok(readings) = tokio::task::spawn_blocking(move || read_all(&n, &r)).await else {
+            continue;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        ring.lock().unwrap().record(now, &readings);
     }
 }
 

@@ -1,12 +1,12 @@
-//! The web dashboard of narund (its cargo feature `dashboard`, on by default; it needs
-//! `gateway`): narund serves a page under `[dashboard] path` (default `/_narun/`) on the gateway's HTTP
+//! The web dashboard (cargo feature `dashboard`, on by default; it needs `gateway`):
+//! narund serves a page under `[dashboard] path` (default `/_narun/`) on the gateway's HTTP
 //! listener ([`narun_gateway::mount`]) showing the nodes, the apps (desired against
 //! running, reasons, restarts, releases), one app's instances with its live log and status
 //! events and CPU/memory sparklines, and the Micro services; an admin token may restart,
 //! scale, roll back and delete apps. docs/dashboard.md shows it.
 //!
 //! ```text
-//! GET  <path>                       index.html, app.js, app.css (compiled in: ../assets/)
+//! GET  <path>                       index.html, app.js, app.css (compiled in: assets/)
 //! GET  <path>api/whoami             {"role": "admin"|"read"}            ┐ Authorization:
 //! GET  <path>api/nodes | api/apps | api/services | api/apps/<app>       │ Bearer TOKEN
 //! GET  <path>api/apps/<app>/metrics   the metrics ring of this node     │ (access)
@@ -20,10 +20,7 @@
 //! | [`config`] | `[dashboard]` of narund.toml |
 //! | [`access`] | tokens → roles, CSRF rules (pure) |
 //! | [`api`] | the JSON views and the actions (NATS reads and writes) |
-//! | [`ring`] | the bounded per-app CPU/memory history (narund samples into it) |
-//!
-//! A crate of its own so that it builds at opt-level "z" (cold code: a person clicking;
-//! the root Cargo.toml) and narund without the feature compiles none of it.
+//! | [`ring`] | the bounded per-app CPU/memory history and its sampler |
 //!
 //! Every answer carries a content security policy without inline script or style
 //! ([`CSP`]); the page builds its DOM with `textContent`, never HTML from data.
@@ -42,6 +39,7 @@ use narun_gateway::mount::{self, Answer};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The content security policy of every answer.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
@@ -53,9 +51,9 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Event frames buffered for a slow page; more are dropped (and said so).
 const EVENT_BUFFER: usize = 256;
 
-const INDEX: &str = include_str!("../assets/index.html");
-const JS: &str = include_str!("../assets/app.js");
-const CSS: &str = include_str!("../assets/app.css");
+const INDEX: &str = include_str!("assets/index.html");
+const JS: &str = include_str!("assets/app.js");
+const CSS: &str = include_str!("assets/app.css");
 
 struct Inner {
     prefix: String,
@@ -70,23 +68,40 @@ struct Inner {
 #[derive(Clone)]
 pub struct Dashboard(Arc<Inner>);
 
-impl Dashboard {
-    /// The handler for `config` (validated before), reading NATS with `client` and the
-    /// metrics of `ring`.
-    pub fn new(
-        config: &config::DashboardConfig,
-        client: &async_nats::Client,
-        ring: Arc<Mutex<ring::Ring>>,
-    ) -> Dashboard {
-        Dashboard(Arc::new(Inner {
-            prefix: config.path.clone(),
-            tokens: Tokens::from_config(config),
-            client: client.clone(),
-            js: async_nats::jetstream::new(client.clone()),
-            ring,
-            sample_sec: config.sample_sec,
-        }))
+/// Mount the dashboard on `gateway` (when `[dashboard] enabled`) and start its metrics
+/// sampler; nothing happens when it is disabled.
+pub fn mount(
+    gateway: &narun_gateway::Gateway,
+    config: &config::DashboardConfig,
+    client: &async_nats::Client,
+    node: &crate::node::Node,
+    cgroup_root: Option<std::path::PathBuf>,
+    stop: CancellationToken,
+) {
+    if !config.enabled {
+        return;
     }
+    let ring = Arc::new(Mutex::new(ring::Ring::default()));
+    tokio::spawn(ring::sample_loop(
+        node.clone(),
+        cgroup_root,
+        ring.clone(),
+        Duration::from_secs(config.sample_sec),
+        stop,
+    ));
+    let d = Dashboard(Arc::new(Inner {
+        prefix: config.path.clone(),
+        tokens: Tokens::from_config(config),
+        client: client.clone(),
+        js: async_nats::jetstream::new(client.clone()),
+        ring,
+        sample_sec: config.sample_sec,
+    }));
+    if config.admin_tokens.is_empty() && config.read_tokens.is_empty() {
+        tracing::warn!(path = %config.path, "dashboard: no tokens configured ([dashboard] admin_tokens, read_tokens): it shows nothing");
+    }
+    tracing::info!(path = %config.path, "serving the dashboard");
+    gateway.set_mount(&config.path, Arc::new(d));
 }
 
 impl mount::Handler for Dashboard {
