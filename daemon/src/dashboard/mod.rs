@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! GET  <path>                       index.html, app.js, app.css (compiled in: assets/)
-//! GET  <path>api/whoami             {"role": "admin"|"read"}            ┐ Authorization:
+//! GET  <path>api/whoami             "admin" or "read"                   ┐ Authorization:
 //! GET  <path>api/nodes | api/apps | api/services | api/apps/<app>       │ Bearer TOKEN
 //! GET  <path>api/apps/<app>/metrics   the metrics ring of this node     │ (access)
 //! GET  <path>api/apps/<app>/events    server-sent events: logs.<app>.>, │
@@ -48,8 +48,6 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 
 /// Seconds between two comments on an idle event stream (proxies keep it open).
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// Event frames buffered for a slow page; more are dropped (and said so).
-const EVENT_BUFFER: usize = 256;
 
 const INDEX: &str = include_str!("assets/index.html");
 const JS: &str = include_str!("assets/app.js");
@@ -97,10 +95,11 @@ pub fn mount(
         ring,
         sample_sec: config.sample_sec,
     }));
-    if config.admin_tokens.is_empty() && config.read_tokens.is_empty() {
-        tracing::warn!(path = %config.path, "dashboard: no tokens configured ([dashboard] admin_tokens, read_tokens): it shows nothing");
-    }
-    tracing::info!(path = %config.path, "serving the dashboard");
+    tracing::info!(
+        path = %config.path,
+        tokens = config.admin_tokens.len() + config.read_tokens.len(),
+        "serving the dashboard (without tokens it shows nothing)"
+    );
     gateway.set_mount(&config.path, Arc::new(d));
 }
 
@@ -132,11 +131,12 @@ fn with_headers(mut r: Response<mount::Body>, content_type: &'static str) -> Res
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<mount::Body> {
-    json(status, &serde_json::json!({ "error": msg }))
+    let msg = serde_json::Value::String(msg.to_owned());
+    json(status, format!("{{\"error\":{msg}}}"))
 }
 
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<mount::Body> {
-    let mut r = Response::new(mount::full(v.to_string()));
+fn json(status: StatusCode, v: String) -> Response<mount::Body> {
+    let mut r = Response::new(mount::full(v));
     *r.status_mut() = status;
     with_headers(r, "application/json")
 }
@@ -182,7 +182,7 @@ impl Dashboard {
         let parts: Vec<&str> = api.split('/').collect();
         let (js, client) = (&self.0.js, &self.0.client);
         let result = match (get, parts.as_slice()) {
-            (true, ["whoami"]) => Ok(serde_json::json!({ "role": role.as_str() })),
+            (true, ["whoami"]) => Ok(serde_json::Value::String(role.as_str().into())),
             (true, ["nodes"]) => api::nodes(js).await,
             (true, ["apps"]) => api::apps(js).await,
             (true, ["services"]) => api::services(client).await,
@@ -191,10 +191,15 @@ impl Dashboard {
                 "app name: letters, digits, '-' and '_' only (at most 64)",
             )),
             (true, ["apps", name]) => api::app(js, name).await,
-            (true, ["apps", name, "metrics"]) => Ok(serde_json::json!({
-                "sample_sec": self.0.sample_sec,
-                "samples": self.0.ring.lock().unwrap().series(name),
-            })),
+            (true, ["apps", name, "metrics"]) => {
+                let samples = self.0.ring.lock().unwrap().series(name);
+                let samples = serde_json::to_string(&samples).unwrap_or_default();
+                let body = format!(
+                    "{{\"sample_sec\":{},\"samples\":{samples}}}",
+                    self.0.sample_sec
+                );
+                return json(StatusCode::OK, body);
+            }
             (true, ["apps", name, "events"]) => return self.events(name),
             (
                 false,
@@ -210,7 +215,7 @@ impl Dashboard {
             )),
         };
         match result {
-            Ok(v) => json(StatusCode::OK, &v),
+            Ok(v) => json(StatusCode::OK, v.to_string()),
             Err(e) => text(e.status, &e.message),
         }
     }
@@ -242,52 +247,46 @@ impl Dashboard {
 
     /// `text/event-stream` of the app's log lines (`event: log`) and status events
     /// (`event: status`), each `data` the JSON published on NATS; a comment every
-    /// [`KEEPALIVE`]. Ends when the page goes away.
+    /// [`KEEPALIVE`]. The body itself reads the two subscriptions (no task of its own): when
+    /// the page goes away hyper drops it, and the subscriptions end with it. A page that
+    /// reads too slowly loses events to the NATS client's bounded subscription buffer.
     fn events(&self, name: &str) -> Response<mount::Body> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(EVENT_BUFFER);
+        struct Live {
+            logs: Option<async_nats::Subscriber>,
+            status: Option<async_nats::Subscriber>,
+            keep: tokio::time::Interval,
+            started: bool,
+        }
         let client = self.0.client.clone();
         let (logs, status) = (format!("logs.{name}.>"), format!("status.{name}.>"));
-        tokio::spawn(async move {
-            let (Ok(mut logs), Ok(mut status)) =
-                (client.subscribe(logs).await, client.subscribe(status).await)
-            else {
-                let _ = tx
-                    .send(Bytes::from_static(
-                        b"event: error\ndata: \"cannot subscribe\"\n\n",
-                    ))
-                    .await;
-                return;
-            };
-            let _ = tx.send(Bytes::from_static(b": connected\n\n")).await;
-            let mut keep = tokio::time::interval(KEEPALIVE);
-            let mut dropped = 0u64;
-            loop {
-                let frame = tokio::select! {
-                    _ = tx.closed() => return,
-                    m = logs.next() => m.map(|m| sse("log", &m.payload)),
-                    m = status.next() => m.map(|m| sse("status", &m.payload)),
-                    _ = keep.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),
-                };
-                let Some(frame) = frame else { return };
-                match tx.try_send(frame) {
-                    Ok(()) => {
-                        if dropped > 0
-                            && tx
-                                .try_send(Bytes::from(format!(
-                                    "event: dropped\ndata: {dropped}\n\n"
-                                )))
-                                .is_ok()
-                        {
-                            dropped = 0;
-                        }
-                    }
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                    Err(_) => return,
-                }
+        let init = async move {
+            Live {
+                logs: client.subscribe(logs).await.ok(),
+                status: client.subscribe(status).await.ok(),
+                keep: tokio::time::interval(KEEPALIVE),
+                started: false,
             }
-        });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok(http_body::Frame::data(b)), rx))
+        };
+        let stream = futures_util::stream::once(init).flat_map(|live| {
+            futures_util::stream::unfold(live, |mut l| async move {
+                let frame = if !l.started {
+                    l.started = true;
+                    if l.logs.is_none() || l.status.is_none() {
+                        return None;
+                    }
+                    Bytes::from_static(b": connected\n\n")
+                } else {
+                    let (Some(logs), Some(status)) = (l.logs.as_mut(), l.status.as_mut()) else {
+                        return None;
+                    };
+                    tokio::select! {
+                        m = logs.next() => sse("log", &m?.payload),
+                        m = status.next() => sse("status", &m?.payload),
+                        _ = l.keep.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                    }
+                };
+                Some((Ok(http_body::Frame::data(frame)), l))
+            })
         });
         let body = http_body_util::StreamBody::new(stream).boxed_unsync();
         with_headers(Response::new(body), "text/event-stream")

@@ -96,7 +96,7 @@
   }
   async function start() {
     if (!sessionStorage.getItem(KEY)) { showLogin(); return; }
-    try { role = (await call('whoami')).role; } catch (e) { if (e.message !== 'unauthorized') say(e.message, true); return; }
+    try { role = await call('whoami'); } catch (e) { if (e.message !== 'unauthorized') say(e.message, true); return; }
     $('login-view').hidden = true; $('logout').hidden = false;
     $('who').textContent = role === 'admin' ? 'signed in: admin' : 'signed in: read-only';
     if (!location.hash) location.hash = '#/apps'; else route();
