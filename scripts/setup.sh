@@ -5,13 +5,15 @@
 # container without an init, and nothing needs it running),
 # rustup toolchain 1.88 (MSRV) and the aarch64/armv7 targets, and the third-party
 # interop peers (Python nats-py + nats-micro, npm @nats-io/*), the packaging linters
-# (oelint-adv, kas; pinned: a new oelint-adv release may add rules). Idempotent.
+# (oelint-adv, kas; pinned: a new oelint-adv release may add rules); chromium and
+# chromium-driver for the dashboard's headless-browser test (daemon/tests/dashboard.rs). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 
 APT_PKGS=(nats-server gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-          qemu-user-static systemd shellcheck wrk hyperfine curl protobuf-compiler prometheus)
+          qemu-user-static systemd shellcheck wrk hyperfine curl protobuf-compiler prometheus
+          chromium chromium-driver)
 command -v node >/dev/null && command -v npm >/dev/null || APT_PKGS+=(nodejs npm)
 command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || APT_PKGS+=(python3-pip)
 missing=()

@@ -184,6 +184,13 @@ pub struct Config {
     /// Where `node_id` came from, filled in by [`Config::apply`] (not a key of the file).
     #[serde(skip)]
     pub node_id_origin: NodeIdOrigin,
+    /// `[dashboard]`: the web dashboard on the gateway's listener (docs/dashboard.md).
+    #[cfg(all(feature = "gateway", feature = "dashboard"))]
+    pub dashboard: crate::dashboard::config::DashboardConfig,
+    /// Kept as raw TOML in builds without the dashboard, so a shared config file still
+    /// loads (and is ignored).
+    #[cfg(not(all(feature = "gateway", feature = "dashboard")))]
+    pub dashboard: Option<toml::Value>,
 }
 
 /// Where the effective `node_id` came from (see [`narun_wire::node_id`]).
@@ -218,6 +225,7 @@ impl Default for Config {
             metrics: Default::default(),
             node_id_file: narun_wire::node_id::DEFAULT_NODE_ID_FILE.into(),
             node_id_origin: NodeIdOrigin::Configured,
+            dashboard: Default::default(),
         }
     }
 }
@@ -591,6 +599,8 @@ impl Config {
             );
         }
         problems.extend(self.metrics.problems());
+        #[cfg(all(feature = "gateway", feature = "dashboard"))]
+        problems.extend(self.dashboard.problems());
         if problems.is_empty() {
             Ok(())
         } else {

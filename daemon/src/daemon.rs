@@ -237,6 +237,15 @@ impl Daemon {
         let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
         #[cfg(feature = "gateway")]
         if let Some(gateway) = gateway {
+            #[cfg(feature = "dashboard")]
+            crate::dashboard::mount(
+                &gateway,
+                &config.dashboard,
+                &client,
+                &node,
+                cgroup_root.clone(),
+                shutdown.clone(),
+            );
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 gateway
@@ -543,6 +552,10 @@ async fn reload(node: &Node, current: &Config, new: Result<Config, String>) -> S
         let mut v = needs_restart;
         if new.gateway != current.gateway {
             v.push("gateway changed: restart narund to apply it".into());
+        }
+        #[cfg(feature = "dashboard")]
+        if new.dashboard != current.dashboard {
+            v.push("dashboard changed: restart narund to apply it".into());
         }
         v
     };

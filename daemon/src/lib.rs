@@ -18,6 +18,7 @@
 //! | [`preflight`] | the one check of a configuration before narund uses it (`--check-config`, start, reload): files, directories, node id, cgroup root; the effective settings |
 //! | [`lock`] | one narund per data dir and per cgroup root: the locks taken at start and held for narund's life |
 //! | [`liveness`] | are the reconciler, heartbeat and reaper making progress? gates narund's own `WATCHDOG=1` |
+//! | `dashboard` | the web dashboard on the gateway's listener (features `gateway` + `dashboard`): views, actions, the metrics ring |
 //! | [`metrics`] | narund's own `/metrics` (Prometheus text, a bounded HTTP listener), computed at scrape time |
 //! | [`memory`] | narund's own footprint: only the pages of its binary it runs stay resident |
 //! | [`nofile`] | open files (`RLIMIT_NOFILE`): narund raises its own soft limit to the hard one; apps start with soft 1024 and the hard limit of their spec or the node |
@@ -29,6 +30,8 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(all(feature = "gateway", feature = "dashboard"))]
+pub mod dashboard;
 pub mod fetch;
 pub mod history_stream;
 pub mod instance;

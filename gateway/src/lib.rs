@@ -59,6 +59,7 @@ mod grpc;
 mod jobs;
 pub mod limits;
 mod metrics;
+pub mod mount;
 mod path;
 mod proxy;
 pub mod ratelimit;
@@ -193,6 +194,8 @@ pub(crate) struct Shared {
     pub(crate) jobs: Option<Arc<jobs::Jobs>>,
     /// Requests waiting for a responder, and wakes of scaled-to-zero apps ([`responders`]).
     pub(crate) responders: responders::Responders,
+    /// A handler of the embedding program on a path prefix ([`mount`]).
+    pub(crate) mount: std::sync::OnceLock<mount::Mounted>,
 }
 
 /// A bound, not yet running gateway. See the [crate docs](crate).
@@ -371,6 +374,7 @@ impl Gateway {
             limits,
             failover: failover::Failover::default(),
             jobs,
+            mount: std::sync::OnceLock::new(),
         });
         Ok(Gateway {
             http,
@@ -416,6 +420,16 @@ impl Gateway {
         if let Some(j) = &self.shared.jobs {
             j.set_node(node.to_owned());
         }
+    }
+
+    /// Answer the requests below `prefix` (a path starting and ending with `/`) on the
+    /// routed listener with `handler` instead of the routes ([`mount`]). Later calls are
+    /// ignored.
+    pub fn set_mount(&self, prefix: &str, handler: Arc<dyn mount::Handler>) {
+        let _ = self.shared.mount.set(mount::Mounted {
+            prefix: prefix.to_owned(),
+            handler,
+        });
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -626,10 +640,13 @@ async fn serve_connection(
         let busy = busy.busy();
         async move {
             busy.paid();
-            let resp = if listener == Listener::Http {
-                proxy::handle(shared, req, &client).await
+            use http_body_util::Either;
+            let resp = if listener != Listener::Http {
+                admin(&shared, &req).await.map(Either::Left)
+            } else if let Some(m) = shared.mount.get().filter(|m| m.matches(req.uri().path())) {
+                m.serve(req, client.addr()).await.map(Either::Right)
             } else {
-                admin(&shared, &req).await
+                proxy::handle(shared, req, &client).await.map(Either::Left)
             };
             Ok::<_, Infallible>(resp.map(|body| limits::Holding::new(body, busy)))
         }

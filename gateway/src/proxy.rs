@@ -112,6 +112,11 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// The client's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub(crate) fn new(addr: SocketAddr, tls: bool) -> Peer {
         Peer {
             ip: HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is ASCII"),

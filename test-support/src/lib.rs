@@ -41,6 +41,7 @@ pub mod http1;
 mod narunctl;
 mod narund;
 mod waits;
+pub mod webdriver;
 
 pub use buckets::{Buckets, buckets, buckets_on, upload_app, upload_script};
 pub use cgroup::{cgroup2_mount, kill_and_remove_cgroups};

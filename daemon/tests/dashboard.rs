@@ -1,0 +1,336 @@
+//! Issue 24: the web dashboard, seen through a real headless browser (Debian's chromium
+//! driven by chromedriver, `narun_test_support::webdriver`) against a real narund with the
+//! gateway, a real nats-server and an app deployed by the real narunctl.
+//!
+//! The browser test signs in with the admin token, sees the node online and the app
+//! running 1/1, sees a log line appear live that was not there when the page opened,
+//! scales 1 → 2 and sees both instances running; then signs in with the read-only token
+//! and sees the same action refused (403, nothing written). The HTTP test attacks the
+//! promises of docs/security.md ("Dashboard") directly: no token, a wrong token, a
+//! read-only token acting, cross-origin and non-JSON actions, wildcard app names, env
+//! values never sent, CSP on every answer. Screenshots go to the folder the test prints.
+#![cfg(all(feature = "gateway", feature = "dashboard"))]
+
+use narun_test_support::http1::{RawResponse, read_response};
+use narun_test_support::webdriver::Browser;
+use narun_test_support::{Narund, NatsServer, deploy_file, free_ports, text, upload_script};
+use sha2::Digest;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+const NODE: &str = "dash-node";
+const ADMIN: &str = "admin-token-6b1f0c2e9d";
+const READ: &str = "read-token-41aa93c07e";
+/// Bound of each wait in the browser (a deploy, a scale: narund starts a script app).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn sha_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// narund with the gateway on `http` and the dashboard at its default path.
+fn start(server: &NatsServer) -> (Narund, u16) {
+    let [http, metrics] = free_ports();
+    let config = format!(
+        "[gateway]\nenabled = true\nhttp_addr = \"127.0.0.1:{http}\"\n\
+         metrics_addr = \"127.0.0.1:{metrics}\"\n\
+         [dashboard]\nsample_sec = 1\nadmin_tokens = {{ ops = \"{}\" }}\n\
+         read_tokens = {{ wall = \"{}\" }}\n",
+        sha_hex(ADMIN),
+        sha_hex(READ)
+    );
+    let narund = Narund::builder(server, NODE)
+        .features(&["gateway"])
+        .config(&config)
+        .start();
+    (narund, http)
+}
+
+/// Deploy `app` (prints `tick N` every 300 ms; an env value that must never be shown)
+/// with narunctl on [`NODE`], 1 replica, and wait until it is ready.
+async fn deploy_ticker(server: &NatsServer, app: &str) {
+    let script = "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.3; done\n";
+    upload_script(server, app, "v1", script).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"{app}\"\ntag = \"v1\"\n[[nodes]]\nname = \"{NODE}\"\nreplicas = 1\n\
+             [[env]]\nname = \"DB_PASSWORD\"\nvalue = \"hunter2-never-shown\"\n"
+        ),
+    )
+    .unwrap();
+    let out = deploy_file(&server.url(), &spec, "60s").await;
+    assert!(out.status.success(), "deploy: {}", text(&out.stderr));
+}
+
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> RawResponse {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut s).await
+}
+
+fn numbers(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.rsplit("tick ").next()?.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_sees_node_app_live_log_and_scales_with_admin_token_only() {
+    let server = NatsServer::start();
+    let (_narund, port) = start(&server);
+    deploy_ticker(&server, "ticker").await;
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    println!("screenshots: {}", shots.display());
+    let url = format!("http://127.0.0.1:{port}/_narun/");
+    // The browser's calls block: run them off the runtime.
+    let shots2 = shots.clone();
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start(&shots2);
+        b.goto(&url);
+        b.wait_count("#login-view:not([hidden])", WAIT, 1);
+        b.screenshot("login");
+        b.type_into("#token", ADMIN);
+        b.click("#login-button");
+        b.wait_text("#who", WAIT, |t| t.contains("admin"));
+
+        b.goto(&format!("{url}#/nodes"));
+        b.wait_text(&format!("tr[data-node=\"{NODE}\"]"), WAIT, |t| {
+            t.contains("online")
+        });
+        b.screenshot("nodes");
+
+        b.goto(&format!("{url}#/apps"));
+        b.wait_text("tr[data-app=\"ticker\"]", WAIT, |t| t.contains("1 / 1"));
+        b.screenshot("apps");
+
+        b.goto(&format!("{url}#/apps/ticker"));
+        // A fresh line: one published after the page had shown its first lines.
+        let first = b.wait_text("#log", WAIT, |t| !numbers(t).is_empty());
+        let seen = numbers(&first).into_iter().max().unwrap();
+        b.wait_text("#log", WAIT, |t| {
+            numbers(t).into_iter().max().unwrap_or(0) > seen
+        });
+        let page = b.execute("return document.body.innerText").to_string();
+        assert!(
+            !page.contains("hunter2"),
+            "an env value is on the page: {page}"
+        );
+
+        b.type_into("#scale-replicas", "2");
+        b.click("#scale-button");
+        b.wait_text("#message", WAIT, |t| t.contains("scaled ticker: 1 → 2"));
+        b.wait_count("#instances tbody tr", WAIT, 2);
+        b.wait_text("#instances tbody", WAIT, |t| {
+            t.matches("running").count() == 2
+        });
+        // The sparklines have samples (one per second here).
+        b.wait_count("#mem-spark polyline", WAIT, 1);
+        b.screenshot("app-scaled");
+
+        // The read-only token sees everything and may do nothing.
+        b.click("#logout");
+        b.wait_count("#login-view:not([hidden])", WAIT, 1);
+        b.type_into("#token", READ);
+        b.click("#login-button");
+        b.wait_text("#who", WAIT, |t| t.contains("read-only"));
+        b.goto(&format!("{url}#/apps/ticker"));
+        b.wait_count("#instances tbody tr", WAIT, 2);
+        b.type_into("#scale-replicas", "3");
+        b.click("#scale-button");
+        b.wait_text("#message", WAIT, |t| t.contains("scale refused: 403"));
+        b.screenshot("read-only-refused");
+        b.goto(&format!("{url}#/services"));
+        b.wait_count("#services", WAIT, 1);
+    })
+    .await
+    .expect("browser steps");
+
+    // Nothing was written by the refused scale.
+    let out = narun_test_support::narunctl(&server.url(), &["apps", "ls"]).await;
+    let ls = text(&out.stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("ticker") && l.contains(" 2 ")),
+        "{ls}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_refuses_what_docs_security_promises() {
+    let server = NatsServer::start();
+    let (_narund, port) = start(&server);
+    deploy_ticker(&server, "web").await;
+    let admin = format!("Bearer {ADMIN}");
+    let read = format!("Bearer {READ}");
+    let json = ("Content-Type", "application/json");
+
+    // The page itself: CSP without inline script, and no data in it.
+    let page = http(port, "GET", "/_narun/", &[], "").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.head
+            .contains("content-security-policy: default-src 'self'; script-src 'self'"),
+        "{}",
+        page.head
+    );
+    assert!(
+        !page.text().contains("<script>"),
+        "inline script in the page"
+    );
+
+    // No token, a wrong token: nothing (401), also for the event stream.
+    for auth in [None, Some("Bearer wrong"), Some("Basic b3BzOm9wcw==")] {
+        for path in [
+            "/_narun/api/apps",
+            "/_narun/api/nodes",
+            "/_narun/api/apps/web/events",
+        ] {
+            let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+            let r = http(port, "GET", path, &h, "").await;
+            assert_eq!(r.status, 401, "{path} {auth:?}: {}", r.text());
+            assert!(!r.text().contains("web"), "{path}: {}", r.text());
+        }
+    }
+    // The read-only token views, but every action is 403 and writes nothing.
+    let r = http(
+        port,
+        "GET",
+        "/_narun/api/apps/web",
+        &[("Authorization", &read)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !r.text().contains("hunter2"),
+        "an env value was sent: {}",
+        r.text()
+    );
+    assert!(r.text().contains("DB_PASSWORD"), "{}", r.text());
+    for verb in ["restart", "scale", "rollback", "delete"] {
+        let r = http(
+            port,
+            "POST",
+            &format!("/_narun/api/apps/web/{verb}"),
+            &[("Authorization", &read), json],
+            r#"{"replicas": 0, "confirm": "web"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 403, "{verb}: {}", r.text());
+    }
+    // CSRF: the admin token from another origin, or without a JSON content type: refused.
+    let scale = r#"{"replicas": 0}"#;
+    let cross = http(
+        port,
+        "POST",
+        "/_narun/api/apps/web/scale",
+        &[
+            ("Authorization", &admin),
+            json,
+            ("Origin", "http://evil.example"),
+        ],
+        scale,
+    )
+    .await;
+    assert_eq!(cross.status, 403, "{}", cross.text());
+    let form = http(
+        port,
+        "POST",
+        "/_narun/api/apps/web/scale",
+        &[("Authorization", &admin), ("Content-Type", "text/plain")],
+        scale,
+    )
+    .await;
+    assert_eq!(form.status, 415, "{}", form.text());
+    // Hostile names never become subject wildcards or KV keys.
+    for bad in ["*", ">", "a.b", "%2A"] {
+        let r = http(
+            port,
+            "GET",
+            &format!("/_narun/api/apps/{bad}/events"),
+            &[("Authorization", &admin)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    // A body over 64 KiB is refused before any handler sees it.
+    let big = format!(
+        "{{\"replicas\": 0, \"pad\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let r = http(
+        port,
+        "POST",
+        "/_narun/api/apps/web/scale",
+        &[("Authorization", &admin), json],
+        &big,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Delete needs the name typed as confirmation.
+    let r = http(
+        port,
+        "POST",
+        "/_narun/api/apps/web/delete",
+        &[("Authorization", &admin), json],
+        r#"{"confirm": "yes"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Nothing above changed the app: still one replica in app-configs.
+    let r = http(
+        port,
+        "GET",
+        "/_narun/api/apps/web",
+        &[("Authorization", &admin)],
+        "",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["app"]["spec"]["nodes"][0]["replicas"], 1, "{v}");
+    // And the admin token acts (same-origin, JSON): confirmed delete.
+    let r = http(
+        port,
+        "POST",
+        "/_narun/api/apps/web/delete",
+        &[
+            ("Authorization", &admin),
+            json,
+            ("Origin", &format!("http://127.0.0.1:{port}")),
+        ],
+        r#"{"confirm": "web"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http(
+        port,
+        "GET",
+        "/_narun/api/apps/web",
+        &[("Authorization", &admin)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+}
