@@ -150,6 +150,10 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// `[gateway.jobs]`: the workers of `async` routes (docs/jobs.md).
     pub jobs: JobsConfig,
+    /// `[gateway.acme]`: HTTPS on `http_addr` with certificates from an ACME CA
+    /// ([`crate::acme`]); instead of `http_tls_cert`/`http_tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<crate::acme::config::AcmeConfig>,
     /// Unknown keys (reported by [`GatewayConfig::validate`]).
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -254,6 +258,7 @@ impl Default for GatewayConfig {
             http_tls_key: None,
             routes: Vec::new(),
             jobs: JobsConfig::default(),
+            acme: None,
             unknown: BTreeMap::new(),
         }
     }
@@ -392,7 +397,7 @@ const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_t
                             keepalive_timeout_sec, body_read_timeout_sec, min_body_rate, \
                             h2_max_concurrent_streams, max_inflight_requests, \
                             memory_budget_bytes, overload_wait_ms, http_tls_cert, \
-                            http_tls_key, routes, jobs";
+                            http_tls_key, routes, jobs, acme";
 
 struct Collector(Vec<ConfigError>);
 
@@ -637,6 +642,10 @@ impl GatewayConfig {
         }
         self.validate_tls(&mut c);
         self.validate_jobs(&mut c);
+        if let Some(a) = &self.acme {
+            let files = self.http_tls_cert.is_some() || self.http_tls_key.is_some();
+            a.validate(files, &mut c.0);
+        }
         if has_grpc && self.grpc_addr.is_none() {
             c.push(
                 "gateway.grpc_addr",
