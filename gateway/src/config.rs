@@ -176,6 +176,10 @@ pub struct JobsConfig {
     pub max_queue_bytes: u64,
     /// Longest pause between two attempts of a job.
     pub max_backoff_sec: u64,
+    /// `[gateway.jobs.auth]`: a credential that may read and cancel every job over
+    /// `/_jobs/` (operators). Without it, a job is guarded by its route's `auth`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::auth::config::AuthConfig>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -188,6 +192,7 @@ impl Default for JobsConfig {
             ack_wait_sec: DEFAULT_JOB_ACK_WAIT_SEC,
             max_queue_bytes: DEFAULT_JOB_MAX_QUEUE_BYTES,
             max_backoff_sec: DEFAULT_JOB_MAX_BACKOFF_SEC,
+            auth: None,
             unknown: BTreeMap::new(),
         }
     }
@@ -389,7 +394,8 @@ pub enum LoadError {
 
 const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec, async, \
                           max_attempts, retry_backoff_ms, auth, cors, rate_limit, host, proxy";
-const JOBS_KEYS: &str = "workers, retention_sec, ack_wait_sec, max_queue_bytes, max_backoff_sec";
+const JOBS_KEYS: &str =
+    "workers, retention_sec, ack_wait_sec, max_queue_bytes, max_backoff_sec, auth";
 const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
                             metrics_addr, request_timeout_sec, max_body_bytes, \
                             shutdown_timeout_sec, max_connections, \
@@ -755,6 +761,11 @@ impl GatewayConfig {
                     format!("gateway.jobs.{key}"),
                     format!("{v} is more than {max}"),
                 );
+            }
+        }
+        if let Some(a) = &j.auth {
+            for (k, why) in a.problems("gateway.jobs.auth") {
+                c.push(k, why);
             }
         }
         if j.max_queue_bytes < 1 << 20 || j.max_queue_bytes > i64::MAX as u64 {

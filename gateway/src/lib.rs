@@ -257,6 +257,10 @@ impl Gateway {
         };
         // And the routes' JWT key files.
         let policies = auth::load_policies(&config)?;
+        let jobs_auth = match &config.jobs.auth {
+            Some(a) => Some(Arc::new(auth::Policy::load(a, "gateway.jobs.auth")?)),
+            None => None,
+        };
         let (http, http_addr) = bind("the HTTP gateway", &config.http_addr).await?;
         let (metrics_l, metrics_addr) = bind("gateway metrics", &config.metrics_addr).await?;
 
@@ -356,6 +360,7 @@ impl Gateway {
             Arc::new(jobs::Jobs::new(
                 &client,
                 config.jobs.clone(),
+                jobs_auth,
                 &mut metrics.registry,
             ))
         });
