@@ -77,6 +77,13 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
     }
     #[cfg(feature = "gateway")]
     if config.gateway.enabled
+        && let Some(acme) = &config.gateway.acme
+        && let Err(errs) = narun_gateway::acme::preflight(acme)
+    {
+        problems.extend(errs.to_string().lines().map(str::to_owned));
+    }
+    #[cfg(feature = "gateway")]
+    if config.gateway.enabled
         && let Err(errs) = narun_gateway::auth::load_policies(&config.gateway)
     {
         problems.extend(errs.to_string().lines().map(str::to_owned));

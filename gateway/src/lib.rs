@@ -308,6 +308,10 @@ impl Gateway {
         }
         let mut metrics = metrics::Metrics::new();
         let limits = Arc::new(limits::Limits::new(&config, &mut metrics.registry));
+        #[cfg(feature = "acme")]
+        if let Some(a) = &acme {
+            a.register(&mut metrics.registry);
+        }
         let grpc = match grpc::GrpcGateway::bind(
             &config,
             grpc_tls,

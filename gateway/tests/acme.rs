@@ -200,20 +200,21 @@ async fn https_get(
     Ok((r.status, leaf))
 }
 
-async fn start(
-    toml: &str,
-    server: &NatsServer,
-) -> (
+/// A started gateway: the routed (HTTPS) and admin listeners, stop, its task.
+type Started = (
+    std::net::SocketAddr,
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
-) {
+);
+
+async fn start(toml: &str, server: &NatsServer) -> Started {
     let cfg = GatewayConfig::from_toml(toml).unwrap_or_else(|e| panic!("config: {e}"));
     let client = gateway_client(server).await;
     wait_connected(&client).await;
     let gw = Gateway::bind(cfg, client).await.expect("bind");
     assert!(gw.http_tls());
-    let addr = gw.http_addr();
+    let (addr, admin) = (gw.http_addr(), gw.metrics_addr());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         gw.run(async move {
@@ -222,7 +223,16 @@ async fn start(
         .await
         .expect("gateway runs");
     });
-    (addr, tx, task)
+    (addr, admin, tx, task)
+}
+
+/// A value of the gateway's `/metrics`.
+async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let text = narun_test_support::http1::get(&mut s, "/metrics")
+        .await
+        .text();
+    narun_test_support::http1::metric_value(&text, series)
 }
 
 async fn certificate_from_pebble(challenge: &str) {
@@ -246,7 +256,11 @@ async fn certificate_from_pebble(challenge: &str) {
     let root = pebble_root(pebble.mgmt_port, &test_ca).await;
 
     // First start: no certificate; the gateway gets one from pebble.
-    let (addr, stop, task) = start(&toml, &server).await;
+    let (addr, admin, stop, task) = start(&toml, &server).await;
+    assert_eq!(
+        metric(admin, "gateway_acme_certificate_not_after_seconds").await,
+        0.0
+    );
     assert!(
         https_get(addr, &root).await.is_err(),
         "served a certificate before having one"
@@ -259,6 +273,16 @@ async fn certificate_from_pebble(challenge: &str) {
     .await;
     assert_eq!(status, 200);
     assert_eq!(hello.count(), 1);
+    assert_eq!(
+        metric(admin, "gateway_acme_orders_total{result=\"ok\"}").await,
+        1.0
+    );
+    let not_after = metric(admin, "gateway_acme_certificate_not_after_seconds").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert!(not_after > now + 86_400.0, "{not_after} vs now {now}");
     for f in ["account.json", "cert.pem", "key.pem", "cert.json"] {
         let mode = std::fs::metadata(cache.join(f))
             .unwrap_or_else(|e| panic!("{f}: {e}"))
@@ -273,7 +297,11 @@ async fn certificate_from_pebble(challenge: &str) {
 
     // Second start, pebble gone: the cached certificate is served at once.
     drop(pebble.ca.take());
-    let (addr, stop, task) = start(&toml, &server).await;
+    let (addr, admin, stop, task) = start(&toml, &server).await;
+    assert_eq!(
+        metric(admin, "gateway_acme_certificate_not_after_seconds").await,
+        not_after
+    );
     let (status, again) = https_get(addr, &root)
         .await
         .expect("the cached certificate is served from the first handshake");
@@ -291,4 +319,67 @@ async fn http01_certificate_from_pebble_is_served_and_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_certificate_from_pebble_is_served_and_cached() {
     certificate_from_pebble("tls-alpn-01").await;
+}
+
+/// The CA cannot be reached: the failure is counted (and logged), the gateway and its
+/// admin listener keep running, and a TLS-ALPN-01 validation handshake outside an order
+/// gets no certificate.
+#[tokio::test]
+async fn an_unreachable_ca_fails_the_order_not_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca_port] = free_ports(); // nothing listens there
+    let server = NatsServer::start();
+    let toml = format!(
+        "[gateway]\nhttp_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\n\
+         [gateway.acme]\ndirectory = \"https://127.0.0.1:{ca_port}/dir\"\naccept_terms = true\n\
+         domains = [\"{DOMAIN}\"]\ncache_dir = {:?}\n",
+        dir.path().join("acme").to_str().unwrap(),
+    );
+    let (addr, admin, stop, task) = start(&toml, &server).await;
+    wait_for(
+        "the failed order to be counted",
+        Duration::from_secs(20),
+        || async {
+            (metric(admin, "gateway_acme_orders_total{result=\"failed\"}").await >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    assert_eq!(
+        narun_test_support::http1::get(&mut s, "/healthz")
+            .await
+            .status,
+        200
+    );
+    // No certificate: handshakes fail, for clients and for an `acme-tls/1` prober alike.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            rcgen::generate_simple_self_signed(vec![DOMAIN.into()])
+                .unwrap()
+                .cert
+                .der()
+                .clone(),
+        )
+        .unwrap();
+    let mut cc = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cc.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(Arc::new(cc)).connect(DOMAIN.try_into().unwrap(), tcp),
+    )
+    .await
+    .expect("the handshake ends in time");
+    assert!(r.is_err(), "a validation certificate outside an order");
+    assert!(!task.is_finished());
+    let _ = stop.send(());
+    task.await.unwrap();
 }

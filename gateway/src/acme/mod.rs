@@ -38,6 +38,35 @@ pub mod schedule;
 #[cfg(feature = "acme")]
 pub(crate) use imp::*;
 
+/// What `narund --check-config` checks of `[gateway.acme]` besides [`config`]'s
+/// validation, without side effects: `ca_file` is readable PEM, and `cache_dir`, when it
+/// exists, is a directory. Errors name the key.
+pub fn preflight(config: &config::AcmeConfig) -> Result<(), crate::ConfigErrors> {
+    let mut errs = Vec::new();
+    #[cfg(feature = "acme")]
+    if let Some(f) = &config.ca_file
+        && let Err(e) = client::roots(Some(f))
+    {
+        errs.push(crate::ConfigError {
+            key: "gateway.acme.ca_file".into(),
+            reason: e,
+        });
+    }
+    if let Ok(m) = std::fs::metadata(&config.cache_dir)
+        && !m.is_dir()
+    {
+        errs.push(crate::ConfigError {
+            key: "gateway.acme.cache_dir".into(),
+            reason: format!("{:?} exists and is not a directory", config.cache_dir),
+        });
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::ConfigErrors(errs))
+    }
+}
+
 #[cfg(feature = "acme")]
 mod imp {
     use super::config::{AcmeConfig, Challenge};
@@ -123,8 +152,20 @@ mod imp {
         not_after: SystemTime,
     }
 
+    /// `gateway_acme_orders_total{result}`.
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+    struct OrderResult {
+        /// `ok` or `failed`.
+        result: &'static str,
+    }
+
     /// The ACME machinery of one gateway.
     pub(crate) struct Acme {
+        orders: prometheus_client::metrics::family::Family<
+            OrderResult,
+            prometheus_client::metrics::counter::Counter,
+        >,
+        not_after: prometheus_client::metrics::gauge::Gauge,
         config: AcmeConfig,
         resolver: Arc<Resolver>,
         /// HTTP-01: token → key authorization.
@@ -153,6 +194,11 @@ mod imp {
             renew_at: schedule::renew_at(not_before, not_after),
             not_after,
         })
+    }
+
+    fn unix(t: SystemTime) -> i64 {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
     }
 
     /// Write `bytes` to `dir/name` readable by the owner only, atomically (a crash leaves
@@ -193,6 +239,8 @@ mod imp {
                 None => None,
             };
             let mut acme = Acme {
+                orders: Default::default(),
+                not_after: Default::default(),
                 config: config.clone(),
                 resolver: Arc::default(),
                 tokens: Arc::default(),
@@ -208,6 +256,7 @@ mod imp {
                         "ACME: serving the cached certificate"
                     );
                     *acme.resolver.current.write().expect("not poisoned") = Some(l.key.clone());
+                    acme.not_after.set(unix(l.not_after));
                     acme.current = Some(l);
                 }
                 Ok(None) => {}
@@ -218,6 +267,21 @@ mod imp {
                 ),
             }
             Ok(acme)
+        }
+
+        /// Register `gateway_acme_orders_total{result}` and
+        /// `gateway_acme_certificate_not_after_seconds` (0 = no certificate yet).
+        pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+            registry.register(
+                "gateway_acme_orders",
+                "ACME certificate orders by result: ok, failed",
+                self.orders.clone(),
+            );
+            registry.register(
+                "gateway_acme_certificate_not_after_seconds",
+                "Expiry (Unix time) of the certificate from ACME the routed listener serves; 0: none yet",
+                self.not_after.clone(),
+            );
         }
 
         /// The TLS configuration of the routed listener: the [`Resolver`]'s certificate,
@@ -326,10 +390,17 @@ mod imp {
                             "ACME: new certificate installed"
                         );
                         *self.resolver.current.write().expect("not poisoned") = Some(l.key.clone());
+                        self.orders
+                            .get_or_create(&OrderResult { result: "ok" })
+                            .inc();
+                        self.not_after.set(unix(l.not_after));
                         self.current = Some(l);
                     }
                     Err(e) => {
                         failures = failures.saturating_add(1);
+                        self.orders
+                            .get_or_create(&OrderResult { result: "failed" })
+                            .inc();
                         tracing::warn!(
                             domains = ?self.config.domains,
                             directory = %self.config.directory,
