@@ -46,6 +46,18 @@ impl Pebble {
     /// Start them; pebble validates `DOMAIN` on `http_port` (HTTP-01) and `tls_port`
     /// (TLS-ALPN-01) of 127.0.0.1. `cert`/`key`: pebble's own HTTPS certificate.
     async fn start(dir: &Path, http_port: u16, tls_port: u16, cert: &str, key: &str) -> Pebble {
+        Pebble::start_with(dir, http_port, tls_port, cert, key, None).await
+    }
+
+    /// The same; `validity_sec`: the lifetime of the certificates pebble issues.
+    async fn start_with(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        cert: &str,
+        key: &str,
+        validity_sec: Option<u64>,
+    ) -> Pebble {
         let [acme_port, mgmt_port, dns_port, dns_mgmt] = free_ports();
         let dns = Command::new("pebble-challtestsrv")
             .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
@@ -76,7 +88,7 @@ impl Pebble {
             Err(e) => panic!("pebble-challtestsrv (apt-get install pebble): {e}"),
         };
         let dns = Proc(dns);
-        let config = serde_json::json!({"pebble": {
+        let mut config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{acme_port}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
             "certificate": cert,
@@ -86,6 +98,9 @@ impl Pebble {
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
+        if let Some(v) = validity_sec {
+            config["pebble"]["certificateValidityPeriod"] = v.into();
+        }
         let path = dir.join("pebble.json");
         std::fs::write(&path, config.to_string()).unwrap();
         let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
@@ -379,6 +394,58 @@ async fn an_unreachable_ca_fails_the_order_not_the_gateway() {
     .await
     .expect("the handshake ends in time");
     assert!(r.is_err(), "a validation certificate outside an order");
+    assert!(!task.is_finished());
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// Renewal without a restart: pebble issues certificates valid for 15 s, so the gateway
+/// renews at 2/3 of that (10 s) and the next handshake gets the new certificate, on the
+/// same running gateway; the cache holds the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_renewed_and_swapped_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (test_ca, pcert, pkey) = pebble_pki(dir.path());
+    let [https_port] = free_ports();
+    let pebble = Pebble::start_with(dir.path(), 0, https_port, &pcert, &pkey, Some(15)).await;
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let _hello = echo_service(&client, "hello").await;
+    let cache = dir.path().join("acme");
+    let toml = format!(
+        "[gateway]\nhttp_addr = \"127.0.0.1:{https_port}\"\nmetrics_addr = \"127.0.0.1:0\"\n\
+         [gateway.acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\naccept_terms = true\n\
+         domains = [\"{DOMAIN}\"]\ncache_dir = {:?}\nca_file = {test_ca:?}\n\
+         [[gateway.routes]]\npath = \"/hello/\"\nservice = \"hello\"\n",
+        pebble.acme_port,
+        cache.to_str().unwrap(),
+    );
+    let root = pebble_root(pebble.mgmt_port, &test_ca).await;
+    let (addr, admin, stop, task) = start(&toml, &server).await;
+    let (_, first) = wait_for("the first certificate", Duration::from_secs(60), || async {
+        https_get(addr, &root).await.ok()
+    })
+    .await;
+    let (status, second) = wait_for(
+        "a renewed certificate on the running gateway",
+        Duration::from_secs(60),
+        || {
+            let first = first.clone();
+            let root = root.clone();
+            async move {
+                let (status, leaf) = https_get(addr, &root).await.ok()?;
+                (leaf != first).then_some((status, leaf))
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(metric(admin, "gateway_acme_orders_total{result=\"ok\"}").await >= 2.0);
+    assert_eq!(
+        CertificateDer::from_pem_file(cache.join("cert.pem")).unwrap(),
+        second,
+        "the cache holds the renewed certificate"
+    );
     assert!(!task.is_finished());
     let _ = stop.send(());
     task.await.unwrap();
