@@ -354,23 +354,19 @@ mod imp {
             }
             let mut failures = 0u32;
             loop {
-                let due = match &self.current {
-                    Some(l) => l
-                        .renew_at
-                        .duration_since(SystemTime::now())
-                        .unwrap_or(Duration::ZERO),
-                    None => Duration::ZERO,
-                };
-                let wait = if failures > 0 {
-                    schedule::retry_delay(failures).min(due.max(schedule::RETRY_MIN))
-                } else {
-                    due
-                };
+                let wait = schedule::next_order_in(
+                    self.current.as_ref().map(|l| l.renew_at),
+                    SystemTime::now(),
+                    failures,
+                );
                 if !wait.is_zero() {
                     tracing::debug!(?wait, "ACME: next certificate order");
                     tokio::select! {
                         _ = stop.wait_for(|s| *s) => return,
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(wait.min(schedule::RECHECK)) => {}
+                    }
+                    if wait > schedule::RECHECK {
+                        continue; // look again with the clock as it is now
                     }
                 }
                 let ordered = tokio::select! {

@@ -26,6 +26,22 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     not_before + life * 2 / 3
 }
 
+/// Longest single sleep: the wait is computed again after it, so a wall clock that jumps
+/// (a device without a real-time clock that learns the time from NTP after boot) does not
+/// leave a renewal sleeping for years.
+pub const RECHECK: Duration = Duration::from_secs(3600);
+
+/// How long to wait before the next order: at once without a certificate, until its
+/// renewal time with one, the backoff after `failures` failed attempts in a row.
+pub fn next_order_in(renew_at: Option<SystemTime>, now: SystemTime, failures: u32) -> Duration {
+    if failures > 0 {
+        return retry_delay(failures);
+    }
+    renew_at
+        .and_then(|r| r.duration_since(now).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
 /// The pause after `failures` failed attempts in a row (1 = the first failure).
 pub fn retry_delay(failures: u32) -> Duration {
     let shift = failures.saturating_sub(1).min(16);
@@ -129,6 +145,17 @@ mod tests {
         assert_eq!(renew_at(nb, na), nb + Duration::from_secs(60 * 86_400));
         // A certificate "valid" backwards renews at once.
         assert_eq!(renew_at(na, nb), na);
+    }
+
+    #[test]
+    fn the_next_order_is_due_at_once_at_renewal_or_after_the_backoff() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = now + Duration::from_secs(500);
+        assert_eq!(next_order_in(None, now, 0), Duration::ZERO);
+        assert_eq!(next_order_in(Some(later), now, 0), Duration::from_secs(500));
+        assert_eq!(next_order_in(Some(now), later, 0), Duration::ZERO); // overdue
+        assert_eq!(next_order_in(Some(later), now, 3), retry_delay(3));
+        assert_eq!(next_order_in(None, now, 1), RETRY_MIN);
     }
 
     #[test]
