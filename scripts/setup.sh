@@ -13,7 +13,7 @@ if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
 
 APT_PKGS=(nats-server gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
           qemu-user-static systemd shellcheck wrk hyperfine curl protobuf-compiler prometheus
-          chromium chromium-driver)
+          chromium chromium-driver pebble)  # pebble: the ACME test CA of gateway/tests/acme.rs
 command -v node >/dev/null && command -v npm >/dev/null || APT_PKGS+=(nodejs npm)
 command -v pip3 >/dev/null || python3 -m pip --version >/dev/null 2>&1 || APT_PKGS+=(python3-pip)
 missing=()

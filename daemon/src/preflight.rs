@@ -77,6 +77,13 @@ pub fn check(config: &Config) -> Result<Checked, Vec<String>> {
     }
     #[cfg(feature = "gateway")]
     if config.gateway.enabled
+        && let Some(acme) = &config.gateway.acme
+        && let Err(errs) = narun_gateway::acme::preflight(acme)
+    {
+        problems.extend(errs.to_string().lines().map(str::to_owned));
+    }
+    #[cfg(feature = "gateway")]
+    if config.gateway.enabled
         && let Err(errs) = narun_gateway::auth::load_policies(&config.gateway)
     {
         problems.extend(errs.to_string().lines().map(str::to_owned));
@@ -433,6 +440,29 @@ mod tests {
         for want in [
             "gateway.http_tls_cert: cannot read \"/nonexistent/c.pem\"",
             "gateway.routes[0].auth.jwt.keys[0].file: cannot read \"/nonexistent/jwt.pub\"",
+        ] {
+            assert!(p.contains(want), "{want:?} missing in:\n{p}");
+        }
+    }
+
+    #[test]
+    fn gateway_acme_and_jobs_auth_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = base(dir.path());
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        c.gateway = narun_gateway::GatewayConfig::from_toml(&format!(
+            "[gateway]\nenabled = true\n[gateway.acme]\naccept_terms = true\n\
+             domains = [\"a.example\"]\nca_file = \"/nonexistent/ca.pem\"\ncache_dir = {file:?}\n\
+             [gateway.jobs.auth.jwt]\nkeys = [{{ alg = \"RS256\", file = \"/nonexistent/ops.pub\" }}]\n"
+        ))
+        .unwrap();
+        let p = check(&c).unwrap_err().join("\n");
+        for want in [
+            "gateway.acme.ca_file: cannot read \"/nonexistent/ca.pem\"",
+            "gateway.acme.cache_dir: ",
+            "exists and is not a directory",
+            "gateway.jobs.auth.jwt.keys[0].file: cannot read \"/nonexistent/ops.pub\"",
         ] {
             assert!(p.contains(want), "{want:?} missing in:\n{p}");
         }

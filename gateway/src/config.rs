@@ -173,6 +173,10 @@ pub struct GatewayConfig {
     /// still waits up to 500 ms, the failover window). A scaled-to-zero app is woken and
     /// waited for up to the route's timeout whatever this says (docs/gateway.md).
     pub wait_for_responder_ms: u64,
+    /// `[gateway.acme]`: HTTPS on `http_addr` with certificates from an ACME CA
+    /// ([`crate::acme`]); instead of `http_tls_cert`/`http_tls_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<crate::acme::config::AcmeConfig>,
     /// Unknown keys (reported by [`GatewayConfig::validate`]).
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -195,6 +199,10 @@ pub struct JobsConfig {
     pub max_queue_bytes: u64,
     /// Longest pause between two attempts of a job.
     pub max_backoff_sec: u64,
+    /// `[gateway.jobs.auth]`: a credential that may read and cancel every job over
+    /// `/_jobs/` (operators). Without it, a job is guarded by its route's `auth`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::auth::config::AuthConfig>,
     #[serde(flatten, skip_serializing)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -207,6 +215,7 @@ impl Default for JobsConfig {
             ack_wait_sec: DEFAULT_JOB_ACK_WAIT_SEC,
             max_queue_bytes: DEFAULT_JOB_MAX_QUEUE_BYTES,
             max_backoff_sec: DEFAULT_JOB_MAX_BACKOFF_SEC,
+            auth: None,
             unknown: BTreeMap::new(),
         }
     }
@@ -281,6 +290,7 @@ impl Default for GatewayConfig {
             service_routes: true,
             service_routes_interval_ms: DEFAULT_SERVICE_ROUTES_INTERVAL_MS,
             wait_for_responder_ms: DEFAULT_WAIT_FOR_RESPONDER_MS,
+            acme: None,
             unknown: BTreeMap::new(),
         }
     }
@@ -411,7 +421,8 @@ pub enum LoadError {
 
 const ROUTE_KEYS: &str = "path, methods, grpc, service, subject, mode, timeout_sec, async, \
                           max_attempts, retry_backoff_ms, auth, cors, rate_limit, host, proxy";
-const JOBS_KEYS: &str = "workers, retention_sec, ack_wait_sec, max_queue_bytes, max_backoff_sec";
+const JOBS_KEYS: &str =
+    "workers, retention_sec, ack_wait_sec, max_queue_bytes, max_backoff_sec, auth";
 const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_tls_key, \
                             metrics_addr, request_timeout_sec, max_body_bytes, \
                             shutdown_timeout_sec, max_connections, \
@@ -420,7 +431,7 @@ const GATEWAY_KEYS: &str = "enabled, http_addr, grpc_addr, grpc_tls_cert, grpc_t
                             h2_max_concurrent_streams, max_inflight_requests, \
                             memory_budget_bytes, overload_wait_ms, http_tls_cert, \
                             http_tls_key, routes, jobs, name, service_routes, \
-                            service_routes_interval_ms, wait_for_responder_ms";
+                            service_routes_interval_ms, wait_for_responder_ms, acme";
 
 struct Collector(Vec<ConfigError>);
 
@@ -691,6 +702,10 @@ impl GatewayConfig {
                 ),
             );
         }
+        if let Some(a) = &self.acme {
+            let files = self.http_tls_cert.is_some() || self.http_tls_key.is_some();
+            a.validate(files, &mut c.0);
+        }
         if has_grpc && self.grpc_addr.is_none() {
             c.push(
                 "gateway.grpc_addr",
@@ -800,6 +815,11 @@ impl GatewayConfig {
                     format!("gateway.jobs.{key}"),
                     format!("{v} is more than {max}"),
                 );
+            }
+        }
+        if let Some(a) = &j.auth {
+            for (k, why) in a.problems("gateway.jobs.auth") {
+                c.push(k, why);
             }
         }
         if j.max_queue_bytes < 1 << 20 || j.max_queue_bytes > i64::MAX as u64 {

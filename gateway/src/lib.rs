@@ -50,6 +50,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod auth;
 pub mod config;
 pub mod cors;
@@ -213,9 +214,15 @@ pub struct Gateway {
     http_tls: Option<tokio_rustls::TlsAcceptor>,
     /// What the routes are rebuilt from when KV or declared routes change ([`routes`]).
     routes: routes::Sources,
+    /// Certificates from ACME (`[gateway.acme]`), run with the gateway.
+    #[cfg(feature = "acme")]
+    acme: Option<acme::Acme>,
 }
 
-async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), GatewayError> {
+pub(crate) async fn bind(
+    what: &'static str,
+    addr: &str,
+) -> Result<(TcpListener, SocketAddr), GatewayError> {
     let err = |source| GatewayError::Bind {
         what,
         addr: addr.to_owned(),
@@ -250,14 +257,28 @@ impl Gateway {
             (Some(cert), Some(key)) => Some(Arc::new(tls::server_config(cert, key)?)),
             _ => None,
         };
-        let http_tls = match (&config.http_tls_cert, &config.http_tls_key) {
+        #[cfg_attr(not(feature = "acme"), allow(unused_mut))]
+        let mut http_tls = match (&config.http_tls_cert, &config.http_tls_key) {
             (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
                 tls::http_server_config(cert, key)?,
             ))),
             _ => None,
         };
+        #[cfg(feature = "acme")]
+        let acme = match &config.acme {
+            Some(a) => {
+                let a = acme::Acme::bind(a).await?;
+                http_tls = Some(tokio_rustls::TlsAcceptor::from(Arc::new(a.server_config())));
+                Some(a)
+            }
+            None => None,
+        };
         // And the routes' JWT key files.
         let policies = auth::load_policies(&config)?;
+        let jobs_auth = match &config.jobs.auth {
+            Some(a) => Some(Arc::new(auth::Policy::load(a, "gateway.jobs.auth")?)),
+            None => None,
+        };
         let (http, http_addr) = bind("the HTTP gateway", &config.http_addr).await?;
         let (metrics_l, metrics_addr) = bind("gateway metrics", &config.metrics_addr).await?;
 
@@ -305,6 +326,10 @@ impl Gateway {
         }
         let mut metrics = metrics::Metrics::new();
         let limits = Arc::new(limits::Limits::new(&config, &mut metrics.registry));
+        #[cfg(feature = "acme")]
+        if let Some(a) = &acme {
+            a.register(&mut metrics.registry);
+        }
         let grpc = match grpc::GrpcGateway::bind(
             &config,
             grpc_tls,
@@ -357,6 +382,7 @@ impl Gateway {
             Arc::new(jobs::Jobs::new(
                 &client,
                 config.jobs.clone(),
+                jobs_auth,
                 &mut metrics.registry,
             ))
         });
@@ -387,12 +413,23 @@ impl Gateway {
             grpc,
             http_tls,
             routes,
+            #[cfg(feature = "acme")]
+            acme,
         })
     }
 
     /// Whether the routed HTTP listener speaks TLS (`http_tls_cert`/`http_tls_key` set).
     pub fn http_tls(&self) -> bool {
         self.http_tls.is_some()
+    }
+
+    /// The plain listener of ACME HTTP-01 challenges (`[gateway.acme] http_addr`).
+    pub fn acme_http_addr(&self) -> Option<SocketAddr> {
+        #[cfg(feature = "acme")]
+        if let Some(a) = &self.acme {
+            return a.http_addr();
+        }
+        None
     }
 
     /// Whether the gRPC listener speaks TLS (`grpc_tls_cert`/`grpc_tls_key` set).
@@ -482,6 +519,8 @@ impl Gateway {
                 stop_rx.clone(),
             ))
         });
+        #[cfg(feature = "acme")]
+        let acme = self.acme.map(|a| tokio::spawn(a.run(stop_rx.clone())));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -542,6 +581,10 @@ impl Gateway {
         if let Some(w) = workers {
             // Jobs in progress are left to JetStream (they come back after ack_wait_sec).
             w.abort();
+        }
+        #[cfg(feature = "acme")]
+        if let Some(a) = acme {
+            a.abort();
         }
         self.service.stop().await;
         Ok(())
@@ -613,6 +656,11 @@ async fn serve_tcp(
         },
         _ = stop.wait_for(|s| *s) => return,
     };
+    // A CA's TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737).
+    #[cfg(feature = "acme")]
+    if stream.get_ref().1.alpn_protocol() == Some(acme::ALPN_ACME_TLS) {
+        return;
+    }
     let io = tls::MaybeTls::Tls(Box::new(stream));
     serve_connection(builder, shared, io, true, peer, listener, permit, stop).await
 }

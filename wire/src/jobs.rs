@@ -458,6 +458,15 @@ pub struct JobRecord {
     /// Why the job failed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who submitted the job through a route with `auth`: the identity the gateway
+    /// authenticated (`""` when it had none it could name). Only that client (or a
+    /// `[gateway.jobs] auth` credential) may read or cancel the job over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The host the request was routed by (virtual hosts): with `route`, which route's
+    /// `auth` guards the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl JobRecord {
@@ -483,6 +492,8 @@ impl JobRecord {
             next_attempt_at: None,
             result: None,
             error: None,
+            owner: None,
+            host: None,
         }
     }
 

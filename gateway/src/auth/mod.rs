@@ -53,6 +53,12 @@ pub fn load_policies(
             }
         }
     }
+    // `[gateway.jobs.auth]` is loaded by the gateway itself; checked here with the rest.
+    if let Some(a) = &config.jobs.auth
+        && let Err(e) = Policy::load(a, "gateway.jobs.auth")
+    {
+        errs.extend(e.0);
+    }
     if errs.is_empty() {
         Ok(policies)
     } else {

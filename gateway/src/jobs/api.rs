@@ -8,6 +8,15 @@
 //!
 //! A malformed id is a 400, an unknown (or expired) one a 404, another method a 405; every
 //! error is a short text naming what is wrong.
+//!
+//! # Who may see a job
+//!
+//! A job is guarded by the `auth` of the route that accepted it (found again by the
+//! record's `host` and `route`, as configured now): a request without a credential that
+//! route accepts gets the route's own refusal (401 with `WWW-Authenticate`, 400, 403), and
+//! a credential of another identity than the job's `owner` gets 403. A credential of
+//! `[gateway.jobs.auth]` opens every job (operators). Jobs of open routes stay open unless
+//! `[gateway.jobs.auth]` is set; a job whose route is gone needs that credential.
 
 use super::Jobs;
 use crate::Shared;
@@ -42,7 +51,74 @@ fn store_error(e: impl std::fmt::Display) -> Resp {
     ))
 }
 
-pub(crate) async fn handle<B>(_state: &Shared, jobs: &Jobs, req: &Request<B>) -> Resp {
+/// The refusal of a request by `auth`.
+fn denied(d: crate::auth::Denial) -> Resp {
+    let mut r = text(d.status, d.message);
+    for c in d.challenges {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, c);
+    }
+    r
+}
+
+/// Whether the client of `headers` may read or cancel job `rec` (see the module docs).
+async fn access(
+    state: &Shared,
+    jobs: &Jobs,
+    rec: &JobRecord,
+    headers: &http::HeaderMap,
+) -> Result<(), Resp> {
+    use crate::auth::Outcome;
+    let mut operator = None;
+    if let Some(p) = &jobs.auth {
+        match p.check(headers).await {
+            Outcome::Allowed(_) => return Ok(()),
+            Outcome::Denied(d) => operator = Some(d),
+        }
+    }
+    let method = Method::from_bytes(rec.method.as_bytes()).unwrap_or(Method::POST);
+    let router = state.router.load();
+    let route = match router.find_on(&method, rec.host.as_deref(), &rec.route).m {
+        crate::router::Match::Found(t) if *t.path == *rec.route => Some(t.auth.clone()),
+        _ => None,
+    };
+    match (route, &rec.owner) {
+        (Some(Some(policy)), owner) => match policy.check(headers).await {
+            Outcome::Allowed(user) => match owner.as_deref() {
+                Some(o)
+                    if !o.is_empty()
+                        && user.as_ref().map(|u| u.as_bytes()) != Some(o.as_bytes()) =>
+                {
+                    Err(text(
+                        StatusCode::FORBIDDEN,
+                        &format!("Forbidden: job {} was submitted by another client", rec.id),
+                    ))
+                }
+                _ => Ok(()),
+            },
+            Outcome::Denied(d) => Err(denied(d)),
+        },
+        // The route is open now and the job was submitted without a credential.
+        (Some(None), None) => match operator {
+            Some(d) => Err(denied(d)),
+            None => Ok(()),
+        },
+        // The route is gone, or it was guarded when the job was submitted and is open now:
+        // only an operator may see the job.
+        _ => Err(match operator {
+            Some(d) => denied(d),
+            None => text(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "Forbidden: the route that accepted job {} is gone or changed its auth; \
+                     [gateway.jobs.auth] credentials can see it",
+                    rec.id
+                ),
+            ),
+        }),
+    }
+}
+
+pub(crate) async fn handle<B>(state: &Shared, jobs: &Jobs, req: &Request<B>) -> Resp {
     let rest = req
         .uri()
         .path()
@@ -74,6 +150,14 @@ pub(crate) async fn handle<B>(_state: &Shared, jobs: &Jobs, req: &Request<B>) ->
         Ok(s) => s,
         Err(e) => return store_error(e),
     };
+    let rec = match wire::read(&stores.state, id).await {
+        Ok(Some((rec, _))) => rec,
+        Ok(None) => return update_error(UpdateError::NotFound(id.into())),
+        Err(e) => return update_error(e),
+    };
+    if let Err(r) = access(state, jobs, &rec, req.headers()).await {
+        return r;
+    }
     if method == Method::DELETE {
         return match wire::update(&stores.state, id, |rec| {
             if let Some(p) = rec.cancel_problem() {
@@ -90,11 +174,6 @@ pub(crate) async fn handle<B>(_state: &Shared, jobs: &Jobs, req: &Request<B>) ->
             Err(e) => update_error(e),
         };
     }
-    let rec = match wire::read(&stores.state, id).await {
-        Ok(Some((rec, _))) => rec,
-        Ok(None) => return update_error(UpdateError::NotFound(id.into())),
-        Err(e) => return update_error(e),
-    };
     if !result {
         return json(StatusCode::OK, &rec);
     }

@@ -91,6 +91,8 @@ pub(crate) fn wanted(mode: AsyncMode, headers: &http::HeaderMap) -> Option<bool>
 pub(crate) struct Jobs {
     pub js: jetstream::Context,
     pub config: JobsConfig,
+    /// `[gateway.jobs.auth]`: opens every job's `/_jobs/` API ([`api`]).
+    pub auth: Option<std::sync::Arc<crate::auth::Policy>>,
     node: OnceLock<String>,
     ready: OnceCell<Stores>,
     events: Family<JobEvent, Counter>,
@@ -100,6 +102,7 @@ impl Jobs {
     pub(crate) fn new(
         client: &async_nats::Client,
         config: JobsConfig,
+        auth: Option<std::sync::Arc<crate::auth::Policy>>,
         registry: &mut prometheus_client::registry::Registry,
     ) -> Jobs {
         let events = Family::<JobEvent, Counter>::default();
@@ -111,6 +114,7 @@ impl Jobs {
         Jobs {
             js: jetstream::new(client.clone()),
             config,
+            auth,
             node: OnceLock::new(),
             ready: OnceCell::new(),
             events,
@@ -222,7 +226,21 @@ pub(crate) async fn enqueue(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let record = JobRecord::queued(&env, parts.method.as_str(), &path);
+    let mut record = JobRecord::queued(&env, parts.method.as_str(), &path);
+    // Who may see the job: the route's `auth` identity, and the host it was routed by
+    // (api.rs). `Narun-Auth-User` is the gateway's own (clients' are removed).
+    if target.auth.is_some() {
+        let user = parts.headers.get(&crate::proxy::AUTH_USER);
+        record.owner = Some(user.and_then(|u| u.to_str().ok()).unwrap_or("").to_owned());
+    }
+    record.host = match parts.uri.authority() {
+        Some(a) => Some(a.as_str().to_owned()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned),
+    };
     let json = serde_json::to_vec(&record).expect("a record serializes");
     // The record first: a worker that takes the message always finds it.
     if let Err(e) = stores.state.create(&env.id, json.into()).await {
