@@ -158,6 +158,7 @@ J="--features narund/scheduled-runs --features narund/command-units"
 check_opts "-p narund --no-default-features $FW" BR2_PACKAGE_NARUN_GATEWAY= BR2_PACKAGE_NARUN_NARUNCTL=
 check_opts "-p narund --no-default-features $J $FW -p narunctl" BR2_PACKAGE_NARUN_SCHEDULED_RUNS=y BR2_PACKAGE_NARUN_COMMAND_UNITS=y BR2_PACKAGE_NARUN_NARUNCTL=y
 check_opts "-p narund --no-default-features --features narund/command-units --features narund/gateway -p narunctl" BR2_PACKAGE_NARUN_COMMAND_UNITS=y BR2_PACKAGE_NARUN_GATEWAY=y BR2_PACKAGE_NARUN_NARUNCTL=y
+check_opts "-p narund --no-default-features --features narund/gateway --features narund/dashboard --features narund/acme" BR2_PACKAGE_NARUN_GATEWAY=y BR2_PACKAGE_NARUN_DASHBOARD=y BR2_PACKAGE_NARUN_ACME=y
 users=$(mkrun users)
 grep -q '^narun-app -1 narun-app -1 \* ' <<<"$users" && ok "NARUN_USERS creates narun-app ($users)" || fail "NARUN_USERS is '$users'"
 TGT=$TMP/target

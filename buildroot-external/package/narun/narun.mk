@@ -26,6 +26,12 @@ NARUN_CARGO_BUILD_OPTS += --features narund/command-units
 endif
 ifeq ($(BR2_PACKAGE_NARUN_GATEWAY),y)
 NARUN_CARGO_BUILD_OPTS += --features narund/gateway
+ifeq ($(BR2_PACKAGE_NARUN_DASHBOARD),y)
+NARUN_CARGO_BUILD_OPTS += --features narund/dashboard
+endif
+ifeq ($(BR2_PACKAGE_NARUN_ACME),y)
+NARUN_CARGO_BUILD_OPTS += --features narund/acme
+endif
 else
 # Without the gateway: the workspace's `firmware` profile settings on top of release
 # (Buildroot's cargo step always passes --release): panic = "abort", narund at "z"

@@ -52,12 +52,14 @@ NARUN_NO_STRIP = "--config profile.release.package.narunctl.strip=false \
 # profile with panic = "abort" and narund at opt-level "z": aarch64 narund under 4 MB,
 # docs/benchmarks.md); with the gateway, the release profile (the gateway turns a handler's
 # panic into a 500 and must unwind).
-BUILD_MODE = "${@bb.utils.contains('PACKAGECONFIG', 'gateway', '--release', '--profile firmware', d)}"
-BUILD_DIR = "${@bb.utils.contains('PACKAGECONFIG', 'gateway', 'release', 'firmware', d)}"
+BUILD_MODE = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', '--release', '--profile firmware', d)}"
+BUILD_DIR = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', 'release', 'firmware', d)}"
 
 # gateway: embed the HTTP/gRPC gateway in narund (cargo feature narund/gateway).
 # scheduled-runs: `runMode = "job"` apps (cron schedules, `narunctl run`).
 # command-units: `mode = "command"` apps (a binary run per request).
+# dashboard: the web dashboard on the gateway's listener (needs gateway).
+# acme: certificates for the gateway's HTTPS from an ACME CA (implies gateway; ~420 KB).
 # narund is built with --no-default-features, so what is not listed here is left out; a
 # spec that needs it is reported invalid, naming the feature. Without the last two,
 # aarch64 narund is ~200 KB smaller (docs/benchmarks.md, "Binary size, firmware profile").
@@ -65,6 +67,8 @@ PACKAGECONFIG ??= "scheduled-runs command-units"
 PACKAGECONFIG[gateway] = "--features narund/gateway,,"
 PACKAGECONFIG[scheduled-runs] = "--features narund/scheduled-runs,,"
 PACKAGECONFIG[command-units] = "--features narund/command-units,,"
+PACKAGECONFIG[dashboard] = "--features narund/dashboard,,"
+PACKAGECONFIG[acme] = "--features narund/acme,,"
 
 # Default app user ([apps] default_user in narund.toml). systemd images also get it
 # from sysusers.d; useradd creates it for every init system at rootfs time.
