@@ -445,6 +445,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "acme")]
     #[test]
     fn gateway_acme_and_jobs_auth_files_are_checked() {
         let dir = tempfile::tempdir().unwrap();

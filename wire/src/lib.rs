@@ -35,9 +35,9 @@ pub mod locks;
 pub mod micro;
 pub mod names;
 pub mod node_id;
-pub mod routes;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod routes;
 pub mod runs;
 #[cfg(feature = "secrets")]
 pub mod secrets;
