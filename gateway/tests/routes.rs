@@ -239,6 +239,21 @@ async fn next_status(status: &mut async_nats::Subscriber, rev: u64) -> RoutesSta
     .expect("a status for the revision")
 }
 
+/// The next status of `rev` published by gateway instance `instance` (other gateways of
+/// the same name answer the same revision too; a dropped one may still be stopping).
+async fn next_status_from(
+    status: &mut async_nats::Subscriber,
+    rev: u64,
+    instance: &str,
+) -> RoutesStatus {
+    loop {
+        let s = next_status(status, rev).await;
+        if s.instance == instance {
+            return s;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_gateways_serve_their_kv_route_sets() {
     let server = NatsServer::start();
@@ -363,7 +378,11 @@ async fn named_gateways_serve_their_kv_route_sets() {
          [routes.auth.jwt]\nkeys = [{{ alg = \"HS256\", file = \"{}\" }}]\n",
         key_file.path().display()
     );
-    let s = put_set(&kv, &mut edge_status, "edge", &jwt).await;
+    let rev = kv
+        .put(wire::kv_key("edge"), jwt.clone().into())
+        .await
+        .unwrap();
+    let s = next_status_from(&mut edge_status, rev, &edge.service_id).await;
     assert!(!s.accepted, "{s:?}");
     std::fs::write(key_file.path(), [7u8; 32]).unwrap();
     let status = std::process::Command::new("kill")
@@ -371,7 +390,7 @@ async fn named_gateways_serve_their_kv_route_sets() {
         .status()
         .unwrap();
     assert!(status.success());
-    let s = next_status(&mut edge_status, s.revision).await;
+    let s = next_status_from(&mut edge_status, s.revision, &edge.service_id).await;
     assert!(s.accepted, "{s:?}");
     assert_eq!(
         get(&edge.url("/private/a")).await.status,

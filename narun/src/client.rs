@@ -44,6 +44,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Codecs.** [`Client::call`] writes and reads JSON; [`Client::call_with`] takes a
+//! [`Codec`]: [`Json`], or [`Protobuf`] (feature `protobuf`) for prost messages
+//! (`Content-Type: application/x-protobuf`), or one of your own.
+//!
 //! **Errors are typed** ([`CallError`]): no responders, timeout, an HTTP error status
 //! with its body, an ADR-32 service error (`Nats-Service-Error-Code`), or a body that
 //! does not decode.
@@ -174,20 +178,34 @@ impl Client {
         Req: serde::Serialize + ?Sized,
         Resp: serde::de::DeserializeOwned,
     {
-        let body = serde_json::to_vec(req).map_err(|e| CallError::Encode {
+        self.call_with(&Json, service, path, req).await
+    }
+
+    /// `POST path` to `service` with `req` written by `codec` (its `Content-Type` and
+    /// `Accept`); the 2xx answer's body read by `codec`. [`Json`] is what [`Client::call`]
+    /// uses; [`Protobuf`] (feature `protobuf`) sends prost messages.
+    pub async fn call_with<C, Req, Resp>(
+        &self,
+        codec: &C,
+        service: &str,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, CallError>
+    where
+        C: Codec<Req, Resp>,
+        Req: ?Sized,
+    {
+        let encode_error = |reason: String| CallError::Encode {
             service: service.into(),
             path: path.into(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let body = codec.encode(req).map_err(encode_error)?;
         let request = http::Request::post(path)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::CONTENT_TYPE, codec.content_type())
+            .header(http::header::ACCEPT, codec.content_type())
             .body(Bytes::from(body))
-            .map_err(|e| CallError::Encode {
-                service: service.into(),
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| encode_error(e.to_string()))?;
         let response = self.request(service, request).await?;
         if !response.status().is_success() {
             return Err(CallError::Status {
@@ -197,11 +215,13 @@ impl Client {
                 body: response.into_body(),
             });
         }
-        serde_json::from_slice(response.body()).map_err(|e| CallError::Decode {
-            service: service.into(),
-            path: path.into(),
-            reason: format!("the body is not the expected JSON: {e}"),
-        })
+        codec
+            .decode(response.body())
+            .map_err(|reason| CallError::Decode {
+                service: service.into(),
+                path: path.into(),
+                reason,
+            })
     }
 
     /// Send any HTTP request to `service`; its response whatever the status (only a
@@ -288,6 +308,65 @@ impl Client {
             path,
             reason: format!("not a Binary HTTP response: {e}"),
         })
+    }
+}
+
+/// How [`Client::call_with`] writes a request body of type `Req` and reads an answer
+/// body of type `Resp`. Errors are a sentence naming what is wrong; the client wraps
+/// them into [`CallError::Encode`] / [`CallError::Decode`].
+pub trait Codec<Req: ?Sized, Resp> {
+    /// The media type sent as `Content-Type` and `Accept`.
+    fn content_type(&self) -> &'static str;
+    /// The request body.
+    fn encode(&self, req: &Req) -> Result<Vec<u8>, String>;
+    /// The answer, from a 2xx body.
+    fn decode(&self, body: &[u8]) -> Result<Resp, String>;
+}
+
+/// JSON bodies (`application/json`, serde): [`Client::call`]'s codec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+impl<Req, Resp> Codec<Req, Resp> for Json
+where
+    Req: serde::Serialize + ?Sized,
+    Resp: serde::de::DeserializeOwned,
+{
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+    fn encode(&self, req: &Req) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(req).map_err(|e| e.to_string())
+    }
+    fn decode(&self, body: &[u8]) -> Result<Resp, String> {
+        serde_json::from_slice(body).map_err(|e| format!("the body is not the expected JSON: {e}"))
+    }
+}
+
+/// Protocol Buffers bodies (`application/x-protobuf`, prost messages: the types
+/// `tonic-prost-build`/`prost-build` generate from a `.proto`). Feature `protobuf`.
+#[cfg(feature = "protobuf")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Protobuf;
+
+/// The media type [`Protobuf`] sends and expects.
+#[cfg(feature = "protobuf")]
+pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
+
+#[cfg(feature = "protobuf")]
+impl<Req, Resp> Codec<Req, Resp> for Protobuf
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
+    fn content_type(&self) -> &'static str {
+        PROTOBUF_CONTENT_TYPE
+    }
+    fn encode(&self, req: &Req) -> Result<Vec<u8>, String> {
+        Ok(req.encode_to_vec())
+    }
+    fn decode(&self, body: &[u8]) -> Result<Resp, String> {
+        Resp::decode(body).map_err(|e| format!("the body is not the expected protobuf message: {e}"))
     }
 }
 

@@ -85,7 +85,9 @@ pub mod trace;
 #[cfg(feature = "grpc")]
 pub use grpc::{GRPC_ENDPOINT, GrpcServer, serve_grpc, serve_grpc_until};
 
-pub use client::{CallError, Client, DEFAULT_TIMEOUT, deadline};
+pub use client::{CallError, Client, Codec, DEFAULT_TIMEOUT, Json, deadline};
+#[cfg(feature = "protobuf")]
+pub use client::{PROTOBUF_CONTENT_TYPE, Protobuf};
 pub use config::{Config, ConfigError, ConfigOptions, config};
 pub use http_service::{Server, serve, serve_service, serve_until};
 pub use lock::{Lock, LockError, lock, lock_in, try_lock, try_lock_in};

@@ -280,3 +280,73 @@ async fn a_call_waits_for_its_service_to_appear() {
         started.elapsed()
     );
 }
+
+/// Protobuf bodies (`narun::Protobuf`, feature `protobuf`): a prost request is sent as
+/// `application/x-protobuf`, the service decodes it and answers a prost message; an answer
+/// that is not the expected message is a typed `Decode` error, not a panic or garbage.
+#[cfg(feature = "protobuf")]
+#[tokio::test]
+async fn protobuf_calls() {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, header};
+    use prost::Message;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Mul {
+        #[prost(int64, tag = "1")]
+        a: i64,
+        #[prost(int64, tag = "2")]
+        b: i64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Product {
+        #[prost(int64, tag = "1")]
+        product: i64,
+        #[prost(string, tag = "2")]
+        content_type: String,
+    }
+
+    let router = Router::new()
+        .route(
+            "/mul",
+            post(|headers: HeaderMap, body: Bytes| async move {
+                let m = Mul::decode(body).expect("a Mul");
+                let ct = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let p = Product {
+                    product: m.a * m.b,
+                    content_type: ct,
+                };
+                (
+                    [(header::CONTENT_TYPE, narun::PROTOBUF_CONTENT_TYPE)],
+                    p.encode_to_vec(),
+                )
+            }),
+        )
+        // Not a protobuf message: bytes that do not decode as a Product (field 1 as a
+        // truncated varint).
+        .route("/garbage", post(|| async { vec![0x08u8, 0xff] }));
+    let server = NatsServer::start();
+    let srv = Server::start(opts(&server, "mulsvc"), router).await.unwrap();
+    let client = Client::new(server.connect().await).with_timeout(T);
+
+    let p: Product = client
+        .call_with(&narun::Protobuf, "mulsvc", "/mul", &Mul { a: 6, b: 7 })
+        .await
+        .unwrap();
+    assert_eq!(p.product, 42);
+    assert_eq!(p.content_type, "application/x-protobuf");
+
+    let e = client
+        .call_with::<_, _, Product>(&narun::Protobuf, "mulsvc", "/garbage", &Mul { a: 1, b: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CallError::Decode { reason, .. } if reason.contains("protobuf")),
+        "{e:?}"
+    );
+    srv.shutdown().await;
+}
