@@ -39,7 +39,6 @@
 //! [`lock_in`] / [`try_lock_in`] name the app explicitly.
 
 use async_nats::jetstream::{self, kv};
-use futures_util::StreamExt;
 use narun_wire::jetstream::LOCKS;
 use narun_wire::locks::{LockHolder, MIN_TTL, key, lease_valid_for, name_problem, renew_every};
 use std::time::Duration;
@@ -389,53 +388,67 @@ async fn try_create(
     }
 }
 
-/// Watch the key: when it is deleted, `Ok(None)` (try to create it again); when it stays
-/// silent for its holder's TTL, take it over.
+/// Look at the key until it is deleted (`Ok(None)`: try to create it again) or stays
+/// unchanged for its holder's TTL (take it over).
+///
+/// It polls the key with a direct get (a quarter of the holder's TTL apart, 25 ms to
+/// 500 ms) rather than watching it: a watch needs a JetStream consumer, and the NATS user
+/// narund mints for an app may not create consumers (nats-server does not check who may
+/// publish to a consumer's delivery subject, so that permission would let an app publish
+/// anywhere; docs/security.md). Seeing a renewal up to one poll late only delays a
+/// take-over: the waiter counts the holder's TTL from when it saw the write.
 async fn wait_and_take_over(
     store: &kv::Store,
     name: &str,
     key: &str,
     ttl: Duration,
 ) -> Result<Option<Lock>, LockError> {
-    let mut watch = tokio::time::timeout(REQUEST_TIMEOUT, store.watch_with_history(key))
-        .await
-        .map_err(|_| timeout_error(name, "watching"))?
-        .map_err(|e| kv_error(name, "watching", e))?;
     // The last revision seen, and when it stops protecting its holder.
     let mut seen: Option<(u64, Instant)> = None;
     loop {
-        let expiry = seen.map(|(_, at)| at);
-        tokio::select! {
-            entry = watch.next() => match entry {
-                Some(Ok(e)) if e.operation == kv::Operation::Put => {
-                    // The holder's own TTL decides (a short-TTL waiter must not steal a
-                    // long lease), bounded like ours.
-                    let theirs = serde_json::from_slice::<LockHolder>(&e.value)
-                        .map(|h| Duration::from_millis(h.ttl_ms))
-                        .unwrap_or(ttl)
-                        .clamp(MIN_TTL, MAX_TTL);
-                    seen = Some((e.revision, Instant::now() + theirs));
-                }
-                Some(Ok(_)) => return Ok(None),
-                Some(Err(e)) => return Err(kv_error(name, "watching", e)),
-                None => return Err(kv_error(name, "watching", "the watch ended")),
-            },
-            _ = async { tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)).await }, if expiry.is_some() => {
-                let (revision, _) = seen.expect("armed only with a revision");
-                let sent = now();
-                let token = new_token();
-                match tokio::time::timeout(REQUEST_TIMEOUT, store.update(key, value(ttl, &token), revision)).await {
-                    Ok(Ok(r)) => {
-                        tracing::info!(lock = name, "took over a lock whose holder went silent");
-                        return Ok(Some(held(store.clone(), name, key, ttl, (r, token), sent)));
-                    }
-                    // Someone else was first: the watch shows the new revision.
-                    Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => seen = None,
-                    Ok(Err(e)) => return Err(kv_error(name, "taking over", e)),
-                    Err(_) => seen = None,
-                }
-            }
+        let entry = tokio::time::timeout(REQUEST_TIMEOUT, store.entry(key))
+            .await
+            .map_err(|_| timeout_error(name, "reading"))?
+            .map_err(|e| kv_error(name, "reading", e))?;
+        let e = match entry {
+            Some(e) if e.operation == kv::Operation::Put => e,
+            // Deleted, purged or gone: try to create it again.
+            _ => return Ok(None),
+        };
+        // The holder's own TTL decides (a short-TTL waiter must not steal a long lease),
+        // bounded like ours.
+        let theirs = serde_json::from_slice::<LockHolder>(&e.value)
+            .map(|h| Duration::from_millis(h.ttl_ms))
+            .unwrap_or(ttl)
+            .clamp(MIN_TTL, MAX_TTL);
+        let now_at = Instant::now();
+        match seen {
+            Some((revision, _)) if revision == e.revision => {}
+            _ => seen = Some((e.revision, now_at + theirs)),
         }
+        let (revision, expiry) = seen.expect("set above");
+        if now_at >= expiry {
+            let sent = now();
+            let token = new_token();
+            match tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                store.update(key, value(ttl, &token), revision),
+            )
+            .await
+            {
+                Ok(Ok(r)) => {
+                    tracing::info!(lock = name, "took over a lock whose holder went silent");
+                    return Ok(Some(held(store.clone(), name, key, ttl, (r, token), sent)));
+                }
+                // Someone else was first: the next look shows the new revision.
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => seen = None,
+                Ok(Err(e)) => return Err(kv_error(name, "taking over", e)),
+                Err(_) => seen = None,
+            }
+            continue;
+        }
+        let poll = (theirs / 4).clamp(Duration::from_millis(25), Duration::from_millis(500));
+        tokio::time::sleep(poll.min(expiry.saturating_duration_since(now_at))).await;
     }
 }
 

@@ -88,12 +88,13 @@ pub fn key(app: Option<&str>, name: &str) -> String {
 /// * `$JS.API.STREAM.INFO.KV_narun-locks`: open the bucket (narund creates it);
 /// * `$KV.narun-locks.<app>.>`: take, renew, release **its own** locks (writes to any
 ///   other key are refused by the server);
-/// * `$JS.API.DIRECT.GET.KV_narun-locks.$KV.narun-locks.<app>.>`: read its own locks;
-/// * `$JS.API.CONSUMER.CREATE.KV_narun-locks`: watch a lock while waiting for it. The
-///   key it watches travels in the request body, so this one cannot be narrowed to the
-///   app's keys: a user could watch other apps' lock *values* (who holds them, their TTL),
-///   never change them;
-/// * `$JS.FC.KV_narun-locks.>`: flow-control replies of that watch.
+/// * `$JS.API.DIRECT.GET.KV_narun-locks.$KV.narun-locks.<app>.>`: read its own locks
+///   (a waiter polls the key: see `narun::lock`).
+///
+/// No `$JS.API.CONSUMER.CREATE…`: nats-server does not check who may publish to a push
+/// consumer's delivery subject, so a user allowed to create consumers could have the
+/// server deliver stream messages to any subject (another service, narund's control
+/// subjects).
 ///
 /// Replies come to the app's own inbox.
 pub fn app_permissions(app: &str) -> Vec<String> {
@@ -102,8 +103,6 @@ pub fn app_permissions(app: &str) -> Vec<String> {
         format!("$JS.API.STREAM.INFO.KV_{bucket}"),
         format!("$KV.{bucket}.{app}.>"),
         format!("$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{app}.>"),
-        format!("$JS.API.CONSUMER.CREATE.KV_{bucket}"),
-        format!("$JS.FC.KV_{bucket}.>"),
     ]
 }
 
