@@ -1,7 +1,7 @@
 //! narund's command line: six options, each with an environment fallback.
 //!
 //! Parsed with [`lexopt`] rather than clap: narund's whole command line is these six options,
-//! and clap's builder, help renderer and derive code cost ~90 KiB of a firmware narund that
+//! and clap's builder, help renderer and derive code cost ~130 KB of a firmware narund that
 //! must fit in 4 MB (docs/benchmarks.md, "Binary size, firmware profile"). narunctl, with
 //! dozens of verbs, keeps clap.
 //!

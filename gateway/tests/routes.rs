@@ -53,45 +53,52 @@ async fn a_declared_route_is_served_while_its_service_runs() {
     let greeter = app(
         &server,
         "greeter",
-        Options::new("x").route("/greet/", &["GET"]).declare_route({
-            let mut r = DeclaredRoute::new("/greet-slow");
-            r.timeout_sec = Some(1);
-            r
-        }),
+        Options::new("x")
+            .route("/greeter/", &["GET"])
+            .declare_route({
+                let mut r = DeclaredRoute::new("/greeter/slow");
+                r.timeout_sec = Some(1);
+                r
+            }),
     )
     .await;
-    let r = until(&gw.url("/greet/world"), StatusCode::OK, T).await;
-    assert_eq!(r.text(), "greeter /greet/world");
+    let r = until(&gw.url("/greeter/world"), StatusCode::OK, T).await;
+    assert_eq!(r.text(), "greeter /greeter/world");
     let r = send(
-        Request::post(gw.url("/greet/world"))
+        Request::post(gw.url("/greeter/world"))
             .body(full(""))
             .unwrap(),
     )
     .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(
-        get(&gw.url("/greet-slow")).await.text(),
-        "greeter /greet-slow"
+        get(&gw.url("/greeter/slow")).await.text(),
+        "greeter /greeter/slow"
     );
 
     // The service leaves: its routes go within two looks (and a gather window).
     greeter.shutdown().await;
     let left = Instant::now();
     until(
-        &gw.url("/greet/world"),
+        &gw.url("/greeter/world"),
         StatusCode::NOT_FOUND,
         Duration::from_secs(5),
     )
     .await;
     assert!(left.elapsed() < Duration::from_secs(5));
     assert_eq!(
-        get(&gw.url("/greet-slow")).await.status,
+        get(&gw.url("/greeter/slow")).await.status,
         StatusCode::NOT_FOUND
     );
 
     // And come back with it.
-    let _again = app(&server, "greeter", Options::new("x").route("/greet/", &[])).await;
-    until(&gw.url("/greet/again"), StatusCode::OK, T).await;
+    let _again = app(
+        &server,
+        "greeter",
+        Options::new("x").route("/greeter/", &[]),
+    )
+    .await;
+    until(&gw.url("/greeter/again"), StatusCode::OK, T).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

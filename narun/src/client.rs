@@ -28,7 +28,8 @@
 //! **Waiting for a service that is not there yet.** By default a call to a service with
 //! no running instance fails at once ([`CallError::NoResponders`]). A client made with
 //! [`Client::wait_for_responder`] waits up to the given time for an instance to appear
-//! instead (a dependency still starting, a replica restarting, a scaled-to-zero app):
+//! instead (a dependency still starting, a replica restarting; a scaled-to-zero app is
+//! woken only by the gateway, not by a client call):
 //! the server answers a request with nobody subscribed at once with "no responders", and
 //! the client sends the request again after a backoff of 20 ms doubling up to 250 ms
 //! ([`narun_wire::discovery::Backoff`]), so it sees the service within a quarter of a
@@ -366,7 +367,8 @@ where
         Ok(req.encode_to_vec())
     }
     fn decode(&self, body: &[u8]) -> Result<Resp, String> {
-        Resp::decode(body).map_err(|e| format!("the body is not the expected protobuf message: {e}"))
+        Resp::decode(body)
+            .map_err(|e| format!("the body is not the expected protobuf message: {e}"))
     }
 }
 

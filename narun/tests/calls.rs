@@ -330,7 +330,9 @@ async fn protobuf_calls() {
         // truncated varint).
         .route("/garbage", post(|| async { vec![0x08u8, 0xff] }));
     let server = NatsServer::start();
-    let srv = Server::start(opts(&server, "mulsvc"), router).await.unwrap();
+    let srv = Server::start(opts(&server, "mulsvc"), router)
+        .await
+        .unwrap();
     let client = Client::new(server.connect().await).with_timeout(T);
 
     let p: Product = client

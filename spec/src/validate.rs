@@ -200,6 +200,23 @@ impl AppSpec {
                 "cannot be combined with mode: command (the binary already runs only per request): remove it",
             );
         }
+        // The gateway wakes the app named like the service a request is for: an app
+        // serving under another name would sleep and never be woken.
+        if let Some(e) = self
+            .env
+            .iter()
+            .rev()
+            .find(|e| e.name == "NARUN_SERVICE_NAME")
+            && e.value != self.name
+        {
+            r.err(
+                "scaleToZero",
+                format!(
+                    "cannot be combined with env NARUN_SERVICE_NAME = {:?}: the gateway wakes the app named like the service ({:?}); serve under the app's name or remove scaleToZero",
+                    e.value, self.name
+                ),
+            );
+        }
     }
 
     /// `mode = "command"` and its `commandUnit` block: values in range; no sd_notify (a

@@ -45,6 +45,10 @@ fn bad_values_name_their_key() {
             "scaleToZero = { idleSec = 5 }\nmode = \"command\"",
             "scaleToZero: cannot be combined with mode: command",
         ),
+        (
+            "scaleToZero = { idleSec = 5 }\nenv = [{ name = \"NARUN_SERVICE_NAME\", value = \"other\" }]",
+            "scaleToZero: cannot be combined with env NARUN_SERVICE_NAME = \"other\"",
+        ),
     ] {
         let err = spec(extra).validate().unwrap_err().to_string();
         assert!(err.contains(want), "{extra}: {err}");

@@ -99,7 +99,14 @@ impl Tokens {
 }
 
 /// Whether a request of `role` may perform an action (a POST): see the module doc.
-pub fn check_action(role: Role, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+/// `authority`: the request URI's authority, which carries the host over HTTP/2
+/// (`:authority`, no `Host` header); used when there is no `Host`.
+pub fn check_action(
+    role: Role,
+    method: &Method,
+    headers: &HeaderMap,
+    authority: Option<&str>,
+) -> Result<(), Refusal> {
     if method != Method::POST {
         return Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -135,7 +142,10 @@ pub fn check_action(role: Role, method: &Method, headers: &HeaderMap) -> Result<
         ));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(authority);
         let origin_host = origin.to_str().ok().and_then(|o| {
             o.strip_prefix("http://")
                 .or_else(|| o.strip_prefix("https://"))
@@ -219,15 +229,15 @@ mod tests {
             ("origin", "http://dev:8080"),
             ("sec-fetch-site", "same-origin"),
         ]);
-        assert_eq!(check_action(Role::Admin, &Method::POST, &ok), Ok(()));
+        assert_eq!(check_action(Role::Admin, &Method::POST, &ok, None), Ok(()));
         assert_eq!(
-            check_action(Role::Read, &Method::POST, &ok)
+            check_action(Role::Read, &Method::POST, &ok, None)
                 .unwrap_err()
                 .status,
             StatusCode::FORBIDDEN
         );
         assert_eq!(
-            check_action(Role::Admin, &Method::GET, &ok)
+            check_action(Role::Admin, &Method::GET, &ok, None)
                 .unwrap_err()
                 .status,
             StatusCode::METHOD_NOT_ALLOWED
@@ -262,7 +272,7 @@ mod tests {
         ];
         for (h, want) in cases {
             assert_eq!(
-                check_action(Role::Admin, &Method::POST, &with(h))
+                check_action(Role::Admin, &Method::POST, &with(h), None)
                     .unwrap_err()
                     .status,
                 want,
@@ -274,9 +284,32 @@ mod tests {
             check_action(
                 Role::Admin,
                 &Method::POST,
-                &with(&[("content-type", "application/json; charset=utf-8")])
+                &with(&[("content-type", "application/json; charset=utf-8")]),
+                None
             ),
             Ok(())
+        );
+        // Over HTTP/2 the host is the URI's authority (no Host header): same origin is
+        // accepted, another origin refused.
+        let h2 = with(&[
+            ("content-type", "application/json"),
+            ("origin", "https://dev.example:8443"),
+        ]);
+        assert_eq!(
+            check_action(Role::Admin, &Method::POST, &h2, Some("dev.example:8443")),
+            Ok(())
+        );
+        assert_eq!(
+            check_action(Role::Admin, &Method::POST, &h2, Some("other.example"))
+                .unwrap_err()
+                .status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            check_action(Role::Admin, &Method::POST, &h2, None)
+                .unwrap_err()
+                .status,
+            StatusCode::FORBIDDEN
         );
     }
 }

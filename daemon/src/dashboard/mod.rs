@@ -227,8 +227,13 @@ impl Dashboard {
         name: &str,
         verb: &str,
     ) -> api::ApiResult {
-        access::check_action(role, req.method(), req.headers())
-            .map_err(|e| api::err(e.status, e.message))?;
+        access::check_action(
+            role,
+            req.method(),
+            req.headers(),
+            req.uri().authority().map(|a| a.as_str()),
+        )
+        .map_err(|e| api::err(e.status, e.message))?;
         let body: serde_json::Value = if req.body().is_empty() {
             serde_json::Value::Null
         } else {

@@ -202,6 +202,14 @@ pub fn to_config(service: &str, d: &DeclaredRoute, jobs: bool) -> Result<RouteCo
     if d.path.starts_with("/_") {
         return Err("paths under /_ are the gateway's own (/_jobs/, ...)".into());
     }
+    // Only under its own name: a service cannot claim `/` or another service's paths
+    // (not even while that service is away, e.g. scaled to zero).
+    let own = format!("/{service}");
+    if d.path != own && !d.path.starts_with(&format!("{own}/")) {
+        return Err(format!(
+            "a service routes only under its own name: use {own} or a path under {own}/"
+        ));
+    }
     if let Some(t) = d.timeout_sec
         && !(1..=MAX_TIMEOUT_SEC).contains(&t)
     {
@@ -309,23 +317,26 @@ mod tests {
     fn operator_routes_win_and_services_serve_only_themselves() {
         let mut r = Registry::default();
         r.observe(&seen(&[
-            ("a", "1", r#"[{"path":"/a/","methods":["GET"]},{"path":"/api/x"},{"path":"/api"},{"path":"/open/"}]"#),
-            ("b", "1", r#"[{"path":"/b/"},{"path":"/a/deeper/"},{"path":"/_jobs/x"},{"path":"/a/"}]"#),
+            ("a", "1", r#"[{"path":"/a/","methods":["GET"]},{"path":"/a/api/x"},{"path":"/a/api"},{"path":"/a/open/"}]"#),
+            ("b", "1", r#"[{"path":"/b/"},{"path":"/a/deeper/"},{"path":"/_jobs/x"},{"path":"/a/"},{"path":"/"},{"path":"/bb"}]"#),
             ("c", "1", r#"{"not": "a list"}"#),
             ("d", "1", r#"[{"path":"/d","service":"a"}]"#),
-            ("e", "1", r#"[{"path":"e"},{"path":"/e","methods":["G E T"]},{"path":"/e/","async":true},{"path":"/ok"}]"#),
+            ("e", "1", r#"[{"path":"e"},{"path":"/e","methods":["G E T"]},{"path":"/e/","async":true},{"path":"/e/ok"}]"#),
         ]));
-        let (ok, refused) = served(&mut r, &[op("/api/"), op("/open")]);
-        // "/api" is not under the prefix route "/api/" and equals no operator path.
-        assert_eq!(ok, ["a /a/", "a /api", "a /open/", "b /b/", "e /ok"]);
+        let (ok, refused) = served(&mut r, &[op("/a/api/"), op("/a/open")]);
+        // "/a/api" is not under the prefix route "/a/api/" and equals no operator path.
+        assert_eq!(ok, ["a /a/", "a /a/api", "a /a/open/", "b /b/", "e /e/ok"]);
+        let own = "refused: a service routes only under its own name";
         let expect = [
-            "a: route \"/api/x\" refused: it would take requests of the configured route \"/api/\"",
-            "b: route \"/a/deeper/\" refused: service \"a\" already serves \"/a/\"",
+            "a: route \"/a/api/x\" refused: it would take requests of the configured route \"/a/api/\"",
+            &format!("b: route \"/a/deeper/\" {own}"),
             "b: route \"/_jobs/x\" refused: paths under /_ are the gateway's own",
-            "b: route \"/a/\" refused: service \"a\" already serves \"/a/\"",
+            &format!("b: route \"/a/\" {own}"),
+            &format!("b: route \"/\" {own}"),
+            &format!("b: route \"/bb\" {own}"),
             "c: declaration ignored: narun.routes is not a JSON list",
             "d: declaration ignored: narun.routes is not a JSON list of routes: unknown field `service`",
-            "e: route \"e\" refused: path: \"e\" must start with '/'",
+            &format!("e: route \"e\" {own}"),
             "e: route \"/e\" refused: methods[0]: \"G E T\" is not an HTTP method",
             "e: route \"/e/\" refused: async routes need a gateway that runs jobs",
         ];
@@ -336,21 +347,18 @@ mod tests {
             );
         }
         assert_eq!(refused.len(), expect.len(), "{refused:#?}");
-        // First come, first served: b does not take /a/ when a leaves for one look only,
-        // and takes it once a is gone.
+        // Not even while a is away (gone after two looks without it, or scaled to zero)
+        // does b take a's paths.
         let b = r#"[{"path":"/a/"}]"#;
         r.observe(&seen(&[("b", "1", b)]));
-        let (ok, _) = served(&mut r, &[]);
-        assert!(ok.contains(&"a /a/".to_string()), "{ok:?}");
-        assert!(!ok.contains(&"b /a/".to_string()), "{ok:?}");
         r.observe(&seen(&[("b", "1", b)]));
         let (ok, refused) = served(&mut r, &[]);
-        assert_eq!(ok, ["b /a/"]);
-        assert!(refused.is_empty(), "{refused:?}");
-        // A new operator route takes the path back.
-        let (ok, refused) = served(&mut r, &[op("/")]);
-        assert!(ok.is_empty());
-        assert_eq!(refused.len(), 1);
+        assert!(ok.is_empty(), "{ok:?}");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        // An operator route takes a service's own path back.
+        r.observe(&seen(&[("a", "1", r#"[{"path":"/a/"}]"#)]));
+        let (ok, _) = served(&mut r, &[op("/a/")]);
+        assert!(ok.is_empty(), "{ok:?}");
     }
 
     #[test]
