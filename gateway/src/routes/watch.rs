@@ -26,6 +26,13 @@ use tokio::sync::{mpsc, watch};
 
 /// Answers of one look read at most.
 const MAX_ANSWERS: usize = 10_000;
+/// Bytes read per look, all answers together (hostile answers cannot grow narund).
+const MAX_LOOK_BYTES: usize = 8 * 1024 * 1024;
+/// A ping answer larger than this is skipped unparsed.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Instances of one service kept per look (more are skipped: a service cannot fill the
+/// registry with invented instance ids).
+const MAX_INSTANCES_PER_SERVICE: usize = 16;
 /// New instances checked per look at most (the others wait for the next look).
 const MAX_CHECKS: usize = 64;
 /// Time an instance has to answer the check on its own subject.
@@ -296,12 +303,19 @@ async fn look(
         .await
         .ok()?;
     let deadline = tokio::time::Instant::now() + window;
-    let mut found = Vec::new();
-    let mut read = 0;
+    let mut found: Vec<(String, String, String)> = Vec::new();
+    let mut per_service: std::collections::BTreeMap<String, usize> = Default::default();
+    let (mut read, mut bytes) = (0, 0usize);
     while let Ok(Some(m)) = tokio::time::timeout_at(deadline, answers.next()).await {
         read += 1;
-        if read > MAX_ANSWERS {
+        bytes += m.payload.len();
+        if read > MAX_ANSWERS || bytes > MAX_LOOK_BYTES {
             break;
+        }
+        // Answers are untrusted (anyone may reply to the ping): a bounded size, a bounded
+        // declaration, a bounded number of instances per service.
+        if m.payload.len() > MAX_ANSWER_BYTES {
+            continue;
         }
         let Ok(p) = serde_json::from_slice::<PingResponse>(&m.payload) else {
             continue;
@@ -309,9 +323,15 @@ async fn look(
         let Some(v) = p.metadata.get(wire::METADATA_KEY) else {
             continue;
         };
-        if valid_name(&p.name) && valid_name(&p.id) {
-            found.push((p.name, p.id, v.clone()));
+        if v.len() > wire::MAX_METADATA_BYTES || !valid_name(&p.name) || !valid_name(&p.id) {
+            continue;
         }
+        let n = per_service.entry(p.name.clone()).or_default();
+        if *n >= MAX_INSTANCES_PER_SERVICE {
+            continue;
+        }
+        *n += 1;
+        found.push((p.name, p.id, v.clone()));
     }
     drop(answers);
     if client.connection_state() != State::Connected {
