@@ -13,6 +13,38 @@ use narun_spec::AppSpec;
 use narun_wire::jetstream::{APP_BINARIES, APP_CONFIGS};
 use std::collections::HashMap;
 
+/// What a spec taken from a binary asks for that matters for trust: the app it writes
+/// (an existing app of that name is replaced), its user, the secrets it reads and the
+/// services it may call.
+fn embedded_summary(spec: &AppSpec) -> String {
+    let mut out = format!("app {:?}", spec.name);
+    if !spec.user.is_empty() {
+        out.push_str(&format!(", user {:?}", spec.user));
+    }
+    let secrets: Vec<&str> = spec
+        .env
+        .iter()
+        .filter(|e| !e.value_from_secret.is_empty())
+        .map(|e| e.value_from_secret.as_str())
+        .collect();
+    if !secrets.is_empty() {
+        out.push_str(&format!(", secrets {}", secrets.join(", ")));
+    }
+    let mut callees: Vec<&str> = spec
+        .calls
+        .iter()
+        .chain(&spec.after)
+        .map(String::as_str)
+        .collect();
+    callees.sort_unstable();
+    callees.dedup();
+    if !callees.is_empty() {
+        out.push_str(&format!(", calls {}", callees.join(", ")));
+    }
+    out.push_str(" (--name, --dry-run or -f SPEC to check or change it)");
+    out
+}
+
 /// Run `deploy`.
 pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
     // 1. Build and validate the spec before touching the network: `-f SPEC`, else the
@@ -29,7 +61,12 @@ pub async fn run(conn: &ConnArgs, args: DeployArgs) -> Result<()> {
         replicas_given: args.replicas.is_some(),
     })?;
     if let (None, Some(e)) = (&args.file, &embedded) {
-        eprintln!("using the spec embedded in {}", e.path.display());
+        // The binary chose these: say what it asks for before anything is written.
+        eprintln!(
+            "using the spec embedded in {}: {}",
+            e.path.display(),
+            embedded_summary(&spec)
+        );
     }
     spec.validate()
         .map_err(|e| anyhow!("invalid app spec (nothing was uploaded):\n{e}"))?;
