@@ -323,6 +323,14 @@ impl Daemon {
                 Ok(())
             });
         }
+        {
+            // The republish narun::config follows, on a bucket made without it.
+            let (client, stop) = (client.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                crate::instance::nats_identity::ensure_config_bucket(client, stop).await;
+                Ok(())
+            });
+        }
         let offline = node.start_offline().await;
         let mut replayed = ready.subscribe();
         {

@@ -515,8 +515,9 @@ async fn narunds_password_never_reaches_an_app() {
 }
 
 /// `narun::config` works with the user narund mints for app `web`, and that user can read
-/// `web`'s configuration only: not another app's (through narun::config, a consumer whose
-/// subject names `web` but whose filter is another key, an unnamed consumer, a direct get),
+/// `web`'s configuration only: not another app's (through narun::config, its change
+/// subject, a direct get, a message get), it cannot create any consumer of the bucket (not
+/// even of its own key: a push consumer delivers to any subject, nats-server issue #8274),
 /// and it cannot write its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_reads_its_own_configuration_and_no_other() {
@@ -535,8 +536,7 @@ async fn an_app_reads_its_own_configuration_and_no_other() {
     .await
     .unwrap();
     narun_test_support::wait_connected(&admin).await;
-    let kv = app_config::KV
-        .ensure(&jetstream::new(admin.clone()))
+    let (kv, _) = app_config::ensure(&jetstream::new(admin.clone()), None)
         .await
         .unwrap();
     kv.put("web", r#"{"v": 1}"#.into()).await.unwrap();
@@ -577,7 +577,8 @@ async fn an_app_reads_its_own_configuration_and_no_other() {
         .unwrap();
     assert_eq!(cfg.get()["v"], 2);
 
-    // Another app's key through the library: refused.
+    // Another app's key through the library: refused (its direct get is dropped by the
+    // server, its change subject may not be subscribed to).
     let e = narun::ConfigOptions::<serde_json::Value>::new()
         .app("other")
         .watch(&app)
@@ -585,35 +586,67 @@ async fn an_app_reads_its_own_configuration_and_no_other() {
         .err()
         .expect("another app's configuration is not readable");
     assert!(e.to_string().contains("other"), "{e}");
-    violation(&errors, "$JS.API.CONSUMER.CREATE.KV_narun-config.").await;
-
-    // A consumer whose API subject names `web` but whose filter is `other`: the server
-    // refuses the mismatch (the permission on the subject is what holds).
-    let subject = app_config::consumer_create_subject("sneaky", "web");
-    let body = json!({"stream_name": app_config::stream(), "config": {
-        "name": "sneaky", "deliver_subject": app.new_inbox(), "ack_policy": "none",
-        "deliver_policy": "last_per_subject", "filter_subject": app_config::subject("other")}});
-    let reply = tokio::time::timeout(
-        T,
-        app.request(subject, serde_json::to_vec(&body).unwrap().into()),
+    violation(
+        &errors,
+        &format!(
+            "Subscription to \"{}\"",
+            app_config::change_subject("other")
+        ),
     )
-    .await
-    .expect("the server answers")
-    .expect("a JetStream API answer");
-    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    .await;
+    violation(
+        &errors,
+        &format!("Publish to \"{}\"", app_config::direct_get_subject("other")),
+    )
+    .await;
+    // Its change subject directly: a violation, and nothing arrives.
+    let mut sneaky = app
+        .subscribe(app_config::change_subject("other"))
+        .await
+        .unwrap();
+    kv.put("other", r#"{"secret": "s4"}"#.into()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), sneaky.next()).await;
     assert!(
-        answer.get("error").is_some(),
-        "a consumer of another key was created: {answer}"
+        !matches!(got, Ok(Some(_))),
+        "another app's change arrived: {got:?}"
     );
 
-    // Unnamed consumers (any filter) and direct gets of other keys: not permitted.
+    // No consumer of the bucket at all: not of its own key with a name in the subject (its
+    // deliver subject could be any subject), not unnamed; no direct get of other keys, no
+    // message get.
+    let delivered_to = "narun.control.node-1.restart";
+    let body = json!({"stream_name": app_config::stream(), "config": {
+        "name": "x", "deliver_subject": delivered_to, "ack_policy": "none",
+        "deliver_policy": "last_per_subject", "filter_subject": app_config::subject("web")}});
+    let mut control = admin.subscribe(delivered_to).await.unwrap();
+    admin.flush().await.unwrap();
+    let own_consumer = format!(
+        "$JS.API.CONSUMER.CREATE.{}.x.{}",
+        app_config::stream(),
+        app_config::subject("web")
+    );
+    let r = tokio::time::timeout(
+        Duration::from_secs(3),
+        app.request(
+            own_consumer.clone(),
+            serde_json::to_vec(&body).unwrap().into(),
+        ),
+    )
+    .await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "{own_consumer} answered: {:?}",
+        r.map(|r| r.map(|m| m.payload))
+    );
+    violation(&errors, &format!("Publish to \"{own_consumer}\"")).await;
+    let got = tokio::time::timeout(Duration::from_secs(2), control.next()).await;
+    assert!(
+        !matches!(got, Ok(Some(_))),
+        "a consumer delivered to {delivered_to}: {got:?}"
+    );
     for subject in [
         format!("$JS.API.CONSUMER.CREATE.{}", app_config::stream()),
-        format!(
-            "$JS.API.DIRECT.GET.{}.{}",
-            app_config::stream(),
-            app_config::subject("other")
-        ),
+        app_config::direct_get_subject("other"),
         format!("$JS.API.STREAM.MSG.GET.{}", app_config::stream()),
     ] {
         let r = tokio::time::timeout(

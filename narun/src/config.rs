@@ -4,7 +4,7 @@
 //! `narun-config` ([`narun_wire::app_config`]), written by `narunctl config set|edit APP`
 //! (which accepts JSON or TOML and checks it before writing). The app deserializes it into
 //! its own type with serde, checks it with an optional validation function, and follows
-//! every change through a KV watch (a JetStream ordered consumer of its key):
+//! every change the bucket republishes to `narun.cfg.<app>`:
 //!
 //! ```no_run
 //! # async fn demo(nats: async_nats::Client) -> Result<(), narun::ConfigError> {
@@ -27,26 +27,40 @@
 //! * **Changes**: a value that does not deserialize or validate is **rejected**: the
 //!   previous value stays, a warning is logged (with the revision and the reason), and
 //!   [`Config::changed`] does not fire. A deleted key keeps the previous value too.
-//! * **Permissions**: the app's NATS user needs only to create a consumer of its own key
-//!   ([`narun_wire::app_config::read_permissions`]); the users narund mints for apps have
-//!   exactly that. async-nats' `Store::watch` is not used: its unnamed consumers cannot be
-//!   limited to one key.
-//! * **Reconnects**: async-nats recreates the ordered consumer (same name) from the last
-//!   revision seen; after a restart of the server the next change arrives at once (tested).
-//!   A reconnect to a server that still holds the old consumer may be refused until the old
-//!   one's 30 s inactivity threshold passes (nats-server's rules for updating a consumer;
-//!   not measured), delaying changes by up to ~30 s.
+//! * **How changes arrive**: the bucket republishes every write of a key `<app>` to
+//!   `narun.cfg.<app>` ([`narun_wire::app_config::republish`]). The library subscribes to
+//!   that subject first, then reads the current value with a JetStream direct get of its
+//!   key, then applies each republished value whose stream sequence (`Nats-Sequence`) is
+//!   newer than the last one it saw (applied or rejected).
+//! * **Permissions**: the app's NATS user needs only to subscribe to `narun.cfg.<app>` and
+//!   to publish the direct get of its own key ([`narun_wire::app_config::read_permissions`],
+//!   [`narun_wire::app_config::subscribe_permissions`]); the users narund mints for apps
+//!   have exactly that. No consumer is created (async-nats' `Store::watch` is not used): a
+//!   user allowed to create push consumers could have the server deliver to any subject.
+//! * **Reconnects**: changes republished while the connection was down are not queued
+//!   anywhere, so the library reads its key again (a direct get) after every reconnect
+//!   (it looks at the client's connect count every second) and, in any case, every 30 s
+//!   (a change republished before a cluster learned of the subscription, a bucket whose
+//!   republish an older nats-server would not add).
+//!   After a restart of the server the next change arrives at once (tested).
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push::OrderedConfig};
 use futures_util::StreamExt;
 use narun_wire::app_config;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-/// Bound of the consumer creation and of the wait for the first value.
+/// Bound of the direct get of the value.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the library reads its key again even without a reconnect.
+const REREAD_EVERY: Duration = Duration::from_secs(30);
+/// How often the client's connect count is looked at (local, no request).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How soon a failed read (no bucket yet, no answer) is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a configuration could not be watched.
 #[derive(Debug, thiserror::Error)]
@@ -235,62 +249,64 @@ fn decode<T: DeserializeOwned>(
     Update::Apply(value)
 }
 
-fn operation(m: &async_nats::Message) -> Option<&str> {
-    m.headers
-        .as_ref()
-        .and_then(|h| h.get("KV-Operation"))
-        .map(|v| v.as_str())
+/// One message of the key (a direct get answer or a republished change): its stream
+/// sequence (the KV revision), the `KV-Operation` header, the value.
+struct Stored {
+    sequence: u64,
+    operation: Option<String>,
+    payload: bytes::Bytes,
 }
 
-/// Why the watch could not be opened.
-enum OpenError {
-    /// The bucket does not exist (yet): nobody ran `narunctl config set`.
-    NoBucket,
+impl Stored {
+    /// `None` without a valid `Nats-Sequence` header (not from the stream).
+    fn of(m: async_nats::Message) -> Option<Stored> {
+        let headers = m.headers.as_ref()?;
+        let sequence = headers.get("Nats-Sequence")?.as_str().parse().ok()?;
+        let operation = headers.get("KV-Operation").map(|v| v.as_str().to_owned());
+        Some(Stored {
+            sequence,
+            operation,
+            payload: m.payload,
+        })
+    }
+}
+
+/// Why the key could not be read.
+enum ReadError {
+    /// No answer: the bucket does not exist (yet: nobody ran `narunctl config set`; the
+    /// server answers no direct get of a missing stream), or this user may not read the
+    /// key (the server drops the request).
+    NoAnswer,
     Other(String),
 }
 
-type Messages = jetstream::consumer::push::Ordered;
-
-/// Create the ordered consumer of `app`'s key: the messages and whether a value is stored.
-async fn open(nats: &async_nats::Client, app: &str) -> Result<(Messages, bool), OpenError> {
-    let js = jetstream::new(nats.clone());
-    // A named consumer: its name and filter are in the API subject, which is what the
-    // app's permission allows (narun_wire::app_config).
-    let inbox = nats.new_inbox();
-    let name = format!(
-        "narun_config_{}",
-        inbox.rsplit('.').next().unwrap_or("watch")
-    );
-    let consumer = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        js.create_consumer_on_stream(
-            OrderedConfig {
-                name: Some(name),
-                deliver_subject: inbox,
-                description: Some(format!("narun::config of {app}")),
-                filter_subject: app_config::subject(app),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            },
-            app_config::stream(),
-        ),
-    )
-    .await
-    .map_err(|_| OpenError::Other(format!("no answer within {REQUEST_TIMEOUT:?}")))?
-    .map_err(|e| match e.kind() {
-        jetstream::stream::ConsumerErrorKind::JetStream(js)
-            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+/// Read the current message of `app`'s key with a direct get: `Ok(None)` when the key has
+/// none.
+async fn read(nats: &async_nats::Client, app: &str) -> Result<Option<Stored>, ReadError> {
+    let request = nats.request(app_config::direct_get_subject(app), bytes::Bytes::new());
+    let m = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Err(_) => return Err(ReadError::NoAnswer),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut
+            ) =>
         {
-            OpenError::NoBucket
+            return Err(ReadError::NoAnswer);
         }
-        _ => OpenError::Other(e.to_string()),
-    })?;
-    let pending = consumer.cached_info().num_pending > 0;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| OpenError::Other(e.to_string()))?;
-    Ok((messages, pending))
+        Ok(Err(e)) => return Err(ReadError::Other(e.to_string())),
+        Ok(Ok(m)) => m,
+    };
+    match m.status {
+        Some(s) if s == async_nats::StatusCode::NOT_FOUND => Ok(None),
+        Some(s) if s != async_nats::StatusCode::OK => Err(ReadError::Other(format!(
+            "direct get answered {s} {}",
+            m.description.as_deref().unwrap_or("")
+        ))),
+        _ => Stored::of(m)
+            .map(Some)
+            .ok_or_else(|| ReadError::Other("direct get answer without Nats-Sequence".into())),
+    }
 }
 
 impl<T> ConfigOptions<T>
@@ -300,7 +316,8 @@ where
     /// Start watching: the current value (or the default), then every change.
     ///
     /// When the bucket `narun-config` does not exist yet and a default is given, the
-    /// default is used and the watch starts once the bucket exists (looked for every 5 s).
+    /// default is used (after the 5 s the direct get waits for an answer) and the stored
+    /// value once the bucket exists (republished at once, and looked for every 10 s).
     pub async fn watch(self, nats: &async_nats::Client) -> Result<Config<T>, ConfigError> {
         let app = self.app.clone().ok_or_else(|| {
             ConfigError::App(format!(
@@ -315,32 +332,39 @@ where
             app: app.clone(),
             reason,
         };
-        let (messages, pending) = match open(nats, &app).await {
-            Ok((m, p)) => (Some(m), p),
-            Err(OpenError::NoBucket) if self.default.is_some() => (None, false),
-            Err(OpenError::NoBucket) => return Err(ConfigError::Missing { app }),
-            Err(OpenError::Other(reason)) => return Err(watch_err(reason)),
+        // Subscribe first, then read: a change committed after the read is republished to
+        // the subscription.
+        let changes = nats
+            .subscribe(app_config::change_subject(&app))
+            .await
+            .map_err(|e| watch_err(e.to_string()))?;
+        let stored = match read(nats, &app).await {
+            Ok(s) => Some(s),
+            Err(ReadError::NoAnswer) => {
+                tracing::warn!(app = %app, bucket = app_config::BUCKET, timeout = ?REQUEST_TIMEOUT,
+                    "no answer to the direct get of the configuration: no bucket yet, or this app's NATS user may not read its key");
+                if self.default.is_none() {
+                    return Err(ConfigError::Missing { app });
+                }
+                None
+            }
+            Err(ReadError::Other(reason)) => return Err(watch_err(reason)),
         };
-        let mut messages = messages;
         // The stored value first, when there is one.
         let mut first: Option<Current<T>> = None;
         let mut problem: Option<(u64, String)> = None;
-        if let (Some(stream), true) = (messages.as_mut(), pending) {
-            let m = tokio::time::timeout(REQUEST_TIMEOUT, stream.next())
-                .await
-                .map_err(|_| watch_err(format!("no value within {REQUEST_TIMEOUT:?}")))?
-                .ok_or_else(|| watch_err("the watch ended".into()))?
-                .map_err(|e| watch_err(e.to_string()))?;
-            let revision = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match decode(operation(&m), &m.payload, self.validate.as_ref()) {
+        let mut seen = 0;
+        if let Some(Some(m)) = &stored {
+            seen = m.sequence;
+            match decode(m.operation.as_deref(), &m.payload, self.validate.as_ref()) {
                 Update::Apply(v) => {
                     first = Some(Current {
                         value: Arc::new(v),
-                        revision,
+                        revision: m.sequence,
                     })
                 }
                 Update::Deleted => {}
-                Update::Rejected(reason) => problem = Some((revision, reason)),
+                Update::Rejected(reason) => problem = Some((m.sequence, reason)),
             }
         }
         let first = match (first, self.default, problem) {
@@ -364,57 +388,104 @@ where
             (None, None, None) => return Err(ConfigError::Missing { app }),
         };
         let (tx, rx) = watch::channel(first);
-        let validate = self.validate;
-        let nats = nats.clone();
-        let name: Arc<str> = Arc::from(app.as_str());
-        let task = tokio::spawn(async move {
-            let mut messages = match messages {
-                Some(m) => m,
-                None => loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    match open(&nats, &app).await {
-                        Ok((m, _)) => break m,
-                        Err(OpenError::NoBucket) => {}
-                        Err(OpenError::Other(reason)) => {
-                            tracing::warn!(app = %app, %reason, "cannot watch the configuration yet; retrying")
-                        }
-                    }
-                },
+        let follower = Follower {
+            nats: nats.clone(),
+            app: app.clone(),
+            tx,
+            validate: self.validate,
+            seen,
+        };
+        // Without a bucket, look for it again soon.
+        let next_read = Instant::now()
+            + if stored.is_some() {
+                REREAD_EVERY
+            } else {
+                RETRY_EVERY
             };
-            follow(&mut messages, &tx, &app, validate.as_ref()).await;
-        });
+        let task = tokio::spawn(follower.run(changes, next_read));
         Ok(Config {
             rx,
-            app: name,
+            app: Arc::from(app.as_str()),
             _task: Arc::new(AbortOnDrop(task)),
         })
     }
 }
 
-/// Apply every change that deserializes and validates, until the watch ends.
-async fn follow<T: DeserializeOwned>(
-    messages: &mut Messages,
-    tx: &watch::Sender<Current<T>>,
-    app: &str,
-    validate: Option<&Validator<T>>,
-) {
-    while let Some(m) = messages.next().await {
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(app = %app, error = %e, "configuration watch: a message was lost; the watch goes on");
+/// The background task: applies republished changes and re-reads after reconnects.
+struct Follower<T> {
+    nats: async_nats::Client,
+    app: String,
+    tx: watch::Sender<Current<T>>,
+    validate: Option<Validator<T>>,
+    /// The newest stream sequence of the key seen (applied, rejected or deleted).
+    seen: u64,
+}
+
+impl<T: DeserializeOwned> Follower<T> {
+    async fn run(mut self, mut changes: async_nats::Subscriber, mut next_read: Instant) {
+        let stats = self.nats.statistics();
+        let mut connects = stats.connects.load(Ordering::Relaxed);
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                m = changes.next() => match m {
+                    Some(m) => match Stored::of(m) {
+                        Some(s) => self.apply(s),
+                        None => tracing::debug!(app = %self.app, "a message without Nats-Sequence on the change subject; ignored"),
+                    },
+                    None => break,
+                },
+                _ = tick.tick() => {}
+            }
+            // A reconnect: changes may have been republished while the connection was down.
+            let now_connects = stats.connects.load(Ordering::Relaxed);
+            if now_connects != connects {
+                connects = now_connects;
+                next_read = Instant::now();
+            }
+            if Instant::now() < next_read {
                 continue;
             }
-        };
-        let revision = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let current = tx.borrow().revision;
-        if revision != 0 && revision <= current {
-            continue;
+            match read(&self.nats, &self.app).await {
+                Ok(stored) => {
+                    if let Some(s) = stored {
+                        self.apply(s);
+                    }
+                    failing = false;
+                    next_read = Instant::now() + REREAD_EVERY;
+                }
+                Err(e) => {
+                    if !failing {
+                        let reason = match e {
+                            ReadError::NoAnswer => {
+                                format!("no answer within {REQUEST_TIMEOUT:?} (no bucket yet?)")
+                            }
+                            ReadError::Other(reason) => reason,
+                        };
+                        tracing::debug!(app = %self.app, %reason, "cannot read the configuration; retrying");
+                        failing = true;
+                    }
+                    next_read = Instant::now() + RETRY_EVERY;
+                }
+            }
         }
-        match decode(operation(&m), &m.payload, validate) {
+        tracing::warn!(app = %self.app, "configuration watch ended");
+    }
+
+    /// Apply a message of the key newer than any seen, if it deserializes and validates.
+    fn apply(&mut self, m: Stored) {
+        if m.sequence <= self.seen {
+            return;
+        }
+        self.seen = m.sequence;
+        let (app, revision) = (&self.app, m.sequence);
+        let current = self.tx.borrow().revision;
+        match decode(m.operation.as_deref(), &m.payload, self.validate.as_ref()) {
             Update::Apply(v) => {
                 tracing::info!(app = %app, revision, "configuration updated");
-                tx.send_replace(Current {
+                self.tx.send_replace(Current {
                     value: Arc::new(v),
                     revision,
                 });
@@ -427,7 +498,6 @@ async fn follow<T: DeserializeOwned>(
             }
         }
     }
-    tracing::warn!(app = %app, "configuration watch ended");
 }
 
 #[cfg(test)]

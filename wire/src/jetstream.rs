@@ -286,24 +286,46 @@ pub async fn ensure_kv(
     max_age: Option<Duration>,
     replicas: usize,
 ) -> Result<kv::Store, JetStreamError> {
+    let config = kv_stream_config(bucket, description, history, max_age, replicas);
+    ensure_kv_stream(js, bucket, config).await
+}
+
+/// The backing stream `KV_<bucket>` [`ensure_kv`] creates (what async-nats'
+/// `create_key_value` would make).
+pub fn kv_stream_config(
+    bucket: &str,
+    description: &str,
+    history: i64,
+    max_age: Option<Duration>,
+    replicas: usize,
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_string()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: history.max(1),
+        max_age: max_age.unwrap_or_default(),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: replicas.clamp(1, MAX_REPLICAS),
+        ..Default::default()
+    }
+}
+
+/// Open the KV bucket `bucket`, creating its backing stream with `config` (a
+/// [`kv_stream_config`], possibly with more settings) when it does not exist. An existing
+/// bucket is used as it is.
+pub async fn ensure_kv_stream(
+    js: &jetstream::Context,
+    bucket: &str,
+    config: jetstream::stream::Config,
+) -> Result<kv::Store, JetStreamError> {
     if let Some(store) = open_kv(js, bucket).await? {
         return Ok(store);
     }
-    let created = js
-        .create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(description.to_string()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: history.max(1),
-            max_age: max_age.unwrap_or_default(),
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: replicas.clamp(1, MAX_REPLICAS),
-            ..Default::default()
-        })
-        .await;
+    let created = js.create_stream(config).await;
     if let Err(e) = created {
         // Someone else created it between our two requests: fine.
         let exists = matches!(

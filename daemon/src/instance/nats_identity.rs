@@ -12,9 +12,10 @@
 //!    * to publish to its own inboxes, to its service's announcement `narun.svc.up.<app>`
 //!      (`narun_wire::micro::announce_subject`: gateways waiting for it learn it serves), and to the reply subjects of requests it received
 //!      (`resp`: any number of messages for [`RESPONSE_TTL`], so streamed replies work);
-//!    * to read its own configuration key of `narun-config` (`narun::config`: creating a
-//!      consumer whose API subject names that key, and its flow control;
-//!      [`narun_wire::app_config::read_permissions`]);
+//!    * to read its own configuration key of `narun-config` (`narun::config`: a direct get
+//!      of that key, and a subscription to its republished changes `narun.cfg.<app>`;
+//!      [`narun_wire::app_config::read_permissions`], no consumer creation); narund adds
+//!      the republish to an older bucket at start ([`ensure_config_bucket`]);
 //!    * to send requests to the services its spec names in `calls` and `after` (their
 //!      subject `<service>`; the answers come to its inbox), and to no other app;
 //!    * to use its own locks in the KV bucket `narun-locks` (keys `<app>.*`,
@@ -105,7 +106,7 @@ pub fn callees(spec: &narun_spec::AppSpec) -> Vec<String> {
 pub fn permissions(app: &str, callees: &[String]) -> (Vec<String>, Vec<String>) {
     let inbox = format!("{}.>", inbox_prefix(app));
     let mut publish = vec![inbox.clone(), narun_wire::micro::announce_subject(app)];
-    // `narun::config`: a consumer of its own key of `narun-config`, nothing else there.
+    // `narun::config`: a direct get of its own key of `narun-config`, nothing else there.
     publish.extend(narun_wire::app_config::read_permissions(app));
     publish.extend(
         callees
@@ -114,7 +115,7 @@ pub fn permissions(app: &str, callees: &[String]) -> (Vec<String>, Vec<String>) 
             .cloned(),
     );
     publish.extend(narun_wire::locks::app_permissions(app));
-    let subscribe = vec![
+    let mut subscribe = vec![
         app.to_owned(),
         "$SRV.PING".into(),
         "$SRV.INFO".into(),
@@ -123,6 +124,8 @@ pub fn permissions(app: &str, callees: &[String]) -> (Vec<String>, Vec<String>) 
         format!("$SRV.*.{app}.*"),
         inbox,
     ];
+    // `narun::config`: the republished changes of its own key.
+    subscribe.extend(narun_wire::app_config::subscribe_permissions(app));
     (publish, subscribe)
 }
 
@@ -490,6 +493,40 @@ pub async fn ensure_locks_bucket(
     }
 }
 
+/// Add the republish `narun::config` follows to the KV bucket `narun-config` when it exists
+/// without (made by an older narunctl; [`narun_wire::app_config::upgrade`]), retrying (1 s
+/// doubling up to a minute) until done or `stop`. A missing bucket is left to narunctl
+/// (`config set` creates it with the republish).
+pub async fn ensure_config_bucket(
+    client: async_nats::Client,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let js = async_nats::jetstream::new(client);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let upgrade = narun_wire::app_config::upgrade(&js);
+        match tokio::time::timeout(Duration::from_secs(10), upgrade).await {
+            Ok(Ok(narun_wire::app_config::RepublishState::Refused(why))) => {
+                tracing::warn!(
+                    reason = %why,
+                    "the KV bucket narun-config does not republish its changes and the server refused to add that (nats-server < 2.10): apps see configuration changes within 30 s instead of at once"
+                );
+                return;
+            }
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot check the narun-config bucket yet; retrying")
+            }
+            Err(_) => tracing::debug!("checking the narun-config bucket timed out; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
 /// Every [`RENEW_CHECK_EVERY`] until `stop`: renew minted credentials and remove files of
 /// runs that no longer exist (nothing to do when apps get no credentials). The key is
 /// read again each time, so a rotated key file is used from the next renewal on.
@@ -550,8 +587,7 @@ mod tests {
         let mut want = vec![
             "_INBOX_web.>".to_string(),
             "narun.svc.up.web".to_string(),
-            "$JS.API.CONSUMER.CREATE.KV_narun-config.*.$KV.narun-config.web".to_string(),
-            "$JS.FC.KV_narun-config.>".to_string(),
+            "$JS.API.DIRECT.GET.KV_narun-config.$KV.narun-config.web".to_string(),
         ];
         want.extend(narun_wire::locks::app_permissions("web"));
         assert_eq!(publish, want);
@@ -565,8 +601,15 @@ mod tests {
                 "$SRV.STATS",
                 "$SRV.*.web",
                 "$SRV.*.web.*",
-                "_INBOX_web.>"
+                "_INBOX_web.>",
+                "narun.cfg.web"
             ]
+        );
+        // No consumer creation on narun-config (a push consumer delivers anywhere).
+        assert!(
+            !publish
+                .iter()
+                .any(|p| p.contains("narun-config") && p.contains("CONSUMER"))
         );
         assert!(
             !sub.iter()

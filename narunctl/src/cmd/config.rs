@@ -225,7 +225,7 @@ async fn set(conn: &ConnArgs, args: ConfigSetArgs) -> Result<()> {
     let value = parse(&text, Format::of(&args.file), &what)
         .map_err(|e| anyhow!("{e:#} (nothing was written)"))?;
     let session = Session::connect(conn, "config set").await?;
-    let store = session.ensure_kv(&app_config::KV).await?;
+    let store = ensure_bucket(&session).await?;
     let revision = write(&session, &store, &args.app, &value, args.expect_revision).await?;
     println!(
         "set the configuration of {} ({} revision {revision})",
@@ -235,11 +235,30 @@ async fn set(conn: &ConnArgs, args: ConfigSetArgs) -> Result<()> {
     Ok(())
 }
 
+/// The bucket, created (or given its republish, which `narun::config` follows) by
+/// [`app_config::ensure`]; a server that refuses the republish is worth a warning, not a
+/// failure (apps still see the change at their periodic re-read).
+async fn ensure_bucket(session: &Session) -> Result<kv::Store> {
+    let (store, state) = session
+        .bounded(
+            &format!("opening KV bucket {}", app_config::BUCKET),
+            app_config::ensure(&session.js, session.replicas),
+        )
+        .await?;
+    if let app_config::RepublishState::Refused(why) = state {
+        eprintln!(
+            "warning: KV bucket {} does not republish its changes and the server refused to add that ({why}): apps see this change within 30 s, not at once (nats-server 2.10 or newer can add it)",
+            app_config::BUCKET
+        );
+    }
+    Ok(store)
+}
+
 async fn edit(conn: &ConnArgs, app: &str, toml: bool) -> Result<()> {
     check_app(app)?;
     let format = if toml { Format::Toml } else { Format::Json };
     let session = Session::connect(conn, "config edit").await?;
-    let store = session.ensure_kv(&app_config::KV).await?;
+    let store = ensure_bucket(&session).await?;
     let (revision, value) = match current(&session, &store, app).await? {
         Some((rev, v, _)) => (rev, v),
         None => (0, serde_json::json!({})),
