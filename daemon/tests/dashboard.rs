@@ -228,6 +228,42 @@ async fn dashboard_refuses_what_docs_security_promises() {
         r.text()
     );
     assert!(r.text().contains("DB_PASSWORD"), "{}", r.text());
+    // The nodes view: each heartbeat carries the node's load, memory and disk.
+    let r = http(
+        port,
+        "GET",
+        "/_narun/api/nodes",
+        &[("Authorization", &read)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let node = v["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["node_id"] == NODE))
+        .unwrap_or_else(|| panic!("no heartbeat of {NODE}: {v}"));
+    for load in ["load1", "load5", "load15"] {
+        assert!(
+            node[load].as_f64().is_some_and(|l| l >= 0.0),
+            "{load}: {node}"
+        );
+    }
+    let field = |k: &str| {
+        node[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} is not a byte count: {node}"))
+    };
+    assert!(
+        field("mem_total_bytes") >= field("mem_available_bytes"),
+        "{node}"
+    );
+    assert!(field("mem_total_bytes") > 0, "{node}");
+    assert!(
+        field("disk_total_bytes") >= field("disk_free_bytes"),
+        "{node}"
+    );
+    assert!(field("disk_total_bytes") > 0, "{node}");
     for verb in ["restart", "scale", "rollback", "delete"] {
         let r = http(
             port,
