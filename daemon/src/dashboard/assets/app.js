@@ -119,6 +119,7 @@
     let show;
     if (h[0] === 'nodes') show = nodes;
     else if (h[0] === 'services') show = services;
+    else if (h[0] === 'jobs') show = jobs;
     else if (h[0] === 'apps' && h[1]) { show = () => app(decodeURIComponent(h[1])); logs(decodeURIComponent(h[1])); }
     else show = apps;
     const run = () => show().catch((e) => { if (e.message !== 'unauthorized') say(e.message, true); });
@@ -278,6 +279,19 @@
     }
     $('view').replaceChildren(el('h2', { text: 'Services' }),
       table('services', ['Service', 'Version', 'ID', 'Endpoint', 'Subject', 'Requests', 'Errors', 'Avg latency'], rows));
+  }
+
+  // Async jobs, newest first: id, service, route, state, attempts, times (never the request).
+  async function jobs() {
+    const d = await call('jobs'), now = d.now;
+    const st = (s) => el('span', { class: s === 'done' ? 'ok' : (s === 'failed' || s === 'cancelled') ? 'bad' : 'warn', text: s });
+    const rows = d.jobs.map((j) => el('tr', { 'data-job': j.id },
+      el('td', { class: 'id', text: j.id }), el('td', { text: j.service }), el('td', { text: j.route }),
+      el('td', {}, st(j.state)), el('td', { text: j.attempts + ' / ' + j.max_attempts + (j.retries ? ' (retried ' + j.retries + '×)' : '') }),
+      el('td', { text: ago(secs(now, j.created)) + ' ago' }), el('td', { text: ago(secs(now, j.updated)) + ' ago' })));
+    $('view').replaceChildren(el('h2', { text: 'Jobs' }),
+      el('p', { text: rows.length ? 'The newest ' + d.shown + ' async jobs at most, newest first.' : 'No async jobs (no gateway route is async, or none was queued lately).' }),
+      table('jobs', ['Job', 'Service', 'Route', 'State', 'Attempts', 'Created', 'Updated'], rows));
   }
 
   document.addEventListener('DOMContentLoaded', () => {
