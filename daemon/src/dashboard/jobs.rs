@@ -49,20 +49,35 @@ pub fn rows(changes: impl IntoIterator<Item = Change>) -> Vec<Value> {
     jobs.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
     jobs.truncate(SHOWN);
     jobs.iter()
-        .map(|j| {
-            json!({
-                "id": j.id,
-                "service": j.service,
-                "route": j.route,
-                "state": j.state.as_str(),
-                "attempts": j.attempts.len(),
-                "max_attempts": j.max_attempts,
-                "retries": j.retries,
-                "created": j.created,
-                "updated": j.updated,
+        .filter_map(|j| {
+            serde_json::to_value(Row {
+                id: &j.id,
+                service: &j.service,
+                route: &j.route,
+                state: j.state.as_str(),
+                attempts: j.attempts.len(),
+                max_attempts: j.max_attempts,
+                retries: j.retries,
+                created: &j.created,
+                updated: &j.updated,
             })
+            .ok()
         })
         .collect()
+}
+
+/// A row of the jobs view: nothing of the request.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    id: &'a str,
+    service: &'a str,
+    route: &'a str,
+    state: &'a str,
+    attempts: usize,
+    max_attempts: u32,
+    retries: u32,
+    created: &'a str,
+    updated: &'a str,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -72,55 +87,50 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// `GET api/jobs`: `{"now" (Unix ms, narund's clock), "shown", "jobs": [rows]}`; no jobs when the bucket does not exist (no
-/// gateway with an async route has run).
-pub async fn list(js: &jetstream::Context) -> ApiResult {
-    let answer = |jobs: Vec<Value>| Ok(json!({"now": now_ms(), "shown": SHOWN, "jobs": jobs}));
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let open = narun_wire::jetstream::open_kv(js, STATE_BUCKET);
-    let store = match tokio::time::timeout_at(deadline, open).await {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => return answer(Vec::new()),
-        Ok(Err(e)) => return Err(unavailable(e)),
-        Err(_) => return Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
+/// The bucket's newest [`WINDOW`] changes, oldest first (none without the bucket).
+async fn changes(js: &jetstream::Context) -> Result<Vec<Change>, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let Some(store) = narun_wire::jetstream::open_kv(js, STATE_BUCKET)
+        .await
+        .map_err(|e| text(&e))?
+    else {
+        return Ok(Vec::new());
     };
-    let info = match tokio::time::timeout_at(deadline, store.stream.get_info()).await {
-        Ok(Ok(i)) => i,
-        Ok(Err(e)) => return Err(unavailable(e)),
-        Err(_) => return Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
-    };
+    let info = store.stream.get_info().await.map_err(|e| text(&e))?;
     if info.state.messages == 0 {
-        return answer(Vec::new());
+        return Ok(Vec::new());
     }
     let last = info.state.last_sequence;
     let start = last
         .saturating_sub(WINDOW - 1)
         .max(info.state.first_sequence)
         .max(1);
-    let mut watch =
-        match tokio::time::timeout_at(deadline, store.watch_all_from_revision(start)).await {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => return Err(unavailable(e)),
-            Err(_) => return Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
-        };
-    let mut changes: Vec<Change> = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, watch.next()).await {
-            Ok(Some(Ok(e))) => {
-                // The last message of the window, or the newest of the bucket (the
-                // window's end may have expired meanwhile): done.
-                let done = e.revision >= last || e.delta == 0;
-                changes.push((e.key, e.operation == kv::Operation::Put, e.value));
-                if done || changes.len() as u64 >= WINDOW {
-                    break;
-                }
-            }
-            Ok(Some(Err(e))) => return Err(unavailable(e)),
-            Ok(None) => break,
-            Err(_) => return Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
+    let mut watch = store
+        .watch_all_from_revision(start)
+        .await
+        .map_err(|e| text(&e))?;
+    let mut out: Vec<Change> = Vec::new();
+    while let Some(e) = watch.next().await {
+        let e = e.map_err(|e| text(&e))?;
+        // The last message of the window, or the newest of the bucket (the window's end
+        // may have expired meanwhile): done.
+        let done = e.revision >= last || e.delta == 0;
+        out.push((e.key, e.operation == kv::Operation::Put, e.value));
+        if done || out.len() as u64 >= WINDOW {
+            break;
         }
     }
-    answer(rows(changes))
+    Ok(out)
+}
+
+/// `GET api/jobs`: `{"now" (Unix ms, narund's clock), "shown", "jobs": [rows]}`; no jobs
+/// when the bucket does not exist (no gateway with an async route has run).
+pub async fn list(js: &jetstream::Context) -> ApiResult {
+    match tokio::time::timeout(TIMEOUT, changes(js)).await {
+        Ok(Ok(c)) => Ok(json!({"now": now_ms(), "shown": SHOWN, "jobs": rows(c)})),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
+    }
 }
 
 #[cfg(test)]
