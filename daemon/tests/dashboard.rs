@@ -31,12 +31,15 @@ fn sha_hex(s: &str) -> String {
         .collect()
 }
 
-/// narund with the gateway on `http` and the dashboard at its default path.
+/// narund with the gateway on `http` and the dashboard at its default path; one `async`
+/// route (`/jobq/`, to a service nobody serves: its jobs fail after one attempt).
 fn start(server: &NatsServer) -> (Narund, u16) {
     let [http, metrics] = free_ports();
     let config = format!(
         "[gateway]\nenabled = true\nhttp_addr = \"127.0.0.1:{http}\"\n\
          metrics_addr = \"127.0.0.1:{metrics}\"\n\
+         [[gateway.routes]]\npath = \"/jobq/\"\nservice = \"nobody\"\nasync = true\n\
+         max_attempts = 1\n\
          [dashboard]\nsample_sec = 1\nadmin_tokens = {{ ops = \"{}\" }}\n\
          read_tokens = {{ wall = \"{}\" }}\n",
         sha_hex(ADMIN),
@@ -103,6 +106,10 @@ async fn browser_sees_node_app_live_log_and_scales_with_admin_token_only() {
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     println!("screenshots: {}", shots.display());
     let url = format!("http://127.0.0.1:{port}/_narun/");
+    // One async job for the jobs view.
+    let queued = http(port, "POST", "/jobq/report", &[], "{}").await;
+    assert_eq!(queued.status, 202, "{}", queued.text());
+    let job = queued.header("narun-job-id").expect("a job id");
     // The browser's calls block: run them off the runtime.
     let shots2 = shots.clone();
     tokio::task::spawn_blocking(move || {
@@ -162,6 +169,16 @@ async fn browser_sees_node_app_live_log_and_scales_with_admin_token_only() {
         b.screenshot("read-only-refused");
         b.goto(&format!("{url}#/services"));
         b.wait_count("#services", WAIT, 1);
+        b.goto(&format!("{url}#/jobs"));
+        b.wait_text(&format!("tr[data-job=\"{job}\"]"), WAIT, |t| {
+            t.contains("failed") && t.contains("1 / 1")
+        });
+        b.screenshot("jobs");
+        b.goto(&format!("{url}#/nodes"));
+        b.wait_text(&format!("tr[data-node=\"{NODE}\"] td.mem"), WAIT, |t| {
+            t.contains(" free of ")
+        });
+        b.screenshot("nodes-read-only");
     })
     .await
     .expect("browser steps");
@@ -228,6 +245,99 @@ async fn dashboard_refuses_what_docs_security_promises() {
         r.text()
     );
     assert!(r.text().contains("DB_PASSWORD"), "{}", r.text());
+    // The nodes view: each heartbeat carries the node's load, memory and disk.
+    let r = http(
+        port,
+        "GET",
+        "/_narun/api/nodes",
+        &[("Authorization", &read)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let node = v["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["node_id"] == NODE))
+        .unwrap_or_else(|| panic!("no heartbeat of {NODE}: {v}"));
+    for load in ["load1", "load5", "load15"] {
+        assert!(
+            node[load].as_f64().is_some_and(|l| l >= 0.0),
+            "{load}: {node}"
+        );
+    }
+    let field = |k: &str| {
+        node[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} is not a byte count: {node}"))
+    };
+    assert!(
+        field("mem_total_bytes") >= field("mem_available_bytes"),
+        "{node}"
+    );
+    assert!(field("mem_total_bytes") > 0, "{node}");
+    assert!(
+        field("disk_total_bytes") >= field("disk_free_bytes"),
+        "{node}"
+    );
+    assert!(field("disk_total_bytes") > 0, "{node}");
+    // The jobs view: the read-only token sees the async jobs (none yet, then the one
+    // queued here) with state and attempts, and never the request's query, body or headers.
+    let jobs = |auth: String| async move {
+        let r = http(
+            port,
+            "GET",
+            "/_narun/api/jobs",
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()
+    };
+    let v = jobs(read.clone()).await;
+    assert_eq!(v["jobs"], serde_json::json!([]), "{v}");
+    assert_eq!(v["shown"], 100, "{v}");
+    let queued = http(
+        port,
+        "POST",
+        "/jobq/report?token=query-s3cret",
+        &[
+            ("Content-Type", "text/plain"),
+            ("X-Api-Key", "header-s3cret"),
+        ],
+        "body-s3cret",
+    )
+    .await;
+    assert_eq!(queued.status, 202, "{}", queued.text());
+    let id = queued.header("narun-job-id").expect("a job id");
+    let job = narun_test_support::wait_for("the job failed in the jobs view", WAIT, || {
+        let (jobs, read, id) = (&jobs, read.clone(), id.clone());
+        async move {
+            let v = jobs(read).await;
+            let s = v.to_string();
+            assert!(!s.contains("s3cret"), "a request detail was sent: {s}");
+            let j = v["jobs"]
+                .as_array()?
+                .iter()
+                .find(|j| j["id"] == id.as_str())?;
+            (j["state"] == "failed").then(|| j.clone())
+        }
+    })
+    .await;
+    assert_eq!(job["service"], "nobody", "{job}");
+    assert_eq!(job["route"], "/jobq/", "{job}");
+    assert_eq!(
+        (job["attempts"].as_u64(), job["max_attempts"].as_u64()),
+        (Some(1), Some(1)),
+        "{job}"
+    );
+    assert!(
+        job["created"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{job}"
+    );
+    let r = http(port, "GET", "/_narun/api/jobs", &[], "").await;
+    assert_eq!(r.status, 401, "jobs without a token: {}", r.text());
     for verb in ["restart", "scale", "rollback", "delete"] {
         let r = http(
             port,

@@ -167,6 +167,11 @@ async fn status_counts_failed_apart_from_running_with_reasons_and_rollbacks() {
     let info = text(&out.stdout);
     let row = info.lines().find(|l| l.starts_with("broken-0")).unwrap();
     assert!(row.contains("crashed: exit code 3"), "{info}");
+    // The heartbeat's load, memory and disk.
+    for line in ["Load:        ", "Memory:      ", "Disk:        "] {
+        assert!(info.contains(line), "no {line:?}: {info}");
+    }
+    assert!(info.contains(" free of "), "{info}");
 
     // A crash loop is restarting (not running, not failed) and still says why; past
     // its start limit it is failed, with that reason.

@@ -409,6 +409,27 @@ pub struct NodeState {
     /// (narun addition; also published as `invalid_spec` status events).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalid_specs: Vec<InvalidSpec>,
+    /// Load averages over 1, 5 and 15 minutes (`/proc/loadavg`) when the heartbeat was
+    /// built (narun addition, like the fields below; absent when unreadable: older narunds
+    /// and Go node-runners send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load5: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load15: Option<f64>,
+    /// `MemTotal` of `/proc/meminfo`, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_bytes: Option<u64>,
+    /// `MemAvailable` of `/proc/meminfo` (memory for new work without swapping), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_available_bytes: Option<u64>,
+    /// Size of the file system of narund's `data_dir` (`statvfs`), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_total_bytes: Option<u64>,
+    /// Bytes of that file system available to unprivileged users (`f_bavail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
 }
 
 /// A spec a node refused ([`NodeState::invalid_specs`]).
@@ -735,6 +756,37 @@ mod tests {
         let st: NodeState = serde_json::from_str(go).unwrap();
         assert_eq!(st.managed_instances, vec!["hello-0"]);
         assert!(st.labels.is_empty());
+        assert_eq!(
+            (st.load1, st.mem_total_bytes, st.disk_free_bytes),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn node_load_memory_and_disk_are_optional_on_the_wire() {
+        let none = serde_json::to_string(&NodeState::default()).unwrap();
+        for key in ["load1", "mem_total_bytes", "disk_free_bytes"] {
+            assert!(!none.contains(key), "{none}");
+        }
+        let st = NodeState {
+            load1: Some(0.5),
+            load5: Some(1.25),
+            load15: Some(0.0),
+            mem_total_bytes: Some(16 << 30),
+            mem_available_bytes: Some(8 << 30),
+            disk_total_bytes: Some(1 << 40),
+            disk_free_bytes: Some(1 << 39),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(
+            json.contains(r#""load1":0.5,"load5":1.25,"load15":0.0,"mem_total_bytes":17179869184"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<NodeState>(&json).unwrap(), st);
+        // A reader of a heartbeat whose value is null (a NaN serialised) sees none.
+        let odd = json.replace("0.5", "null");
+        assert_eq!(serde_json::from_str::<NodeState>(&odd).unwrap().load1, None);
     }
 
     #[test]

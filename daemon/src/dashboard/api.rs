@@ -115,7 +115,7 @@ async fn node_states(js: &jetstream::Context) -> Result<Vec<Value>, ApiError> {
 }
 
 /// Now, Unix milliseconds: the page measures heartbeat ages against narund's clock.
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

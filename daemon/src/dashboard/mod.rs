@@ -9,6 +9,7 @@
 //! GET  <path>                       index.html, app.js, app.css (compiled in: assets/)
 //! GET  <path>api/whoami             "admin" or "read"                   ┐ Authorization:
 //! GET  <path>api/nodes | api/apps | api/services | api/apps/<app>       │ Bearer TOKEN
+//! GET  <path>api/jobs               the newest async jobs (no request)  │
 //! GET  <path>api/apps/<app>/metrics   the metrics ring of this node     │ (access)
 //! GET  <path>api/apps/<app>/events    server-sent events: logs.<app>.>, │
 //!                                     status.<app>.>                    │
@@ -20,6 +21,7 @@
 //! | [`config`] | `[dashboard]` of narund.toml |
 //! | [`access`] | tokens → roles, CSRF rules (pure) |
 //! | [`api`] | the JSON views and the actions (NATS reads and writes) |
+//! | [`jobs`] | the newest async jobs (state bucket of the gateways' `async` routes) |
 //! | [`ring`] | the bounded per-app CPU/memory history and its sampler |
 //!
 //! Every answer carries a content security policy without inline script or style
@@ -28,6 +30,7 @@
 pub mod access;
 pub mod api;
 pub mod config;
+pub mod jobs;
 pub mod ring;
 
 use access::{Role, Tokens};
@@ -186,6 +189,7 @@ impl Dashboard {
             (true, ["nodes"]) => api::nodes(js).await,
             (true, ["apps"]) => api::apps(js).await,
             (true, ["services"]) => api::services(client).await,
+            (true, ["jobs"]) => jobs::list(js).await,
             (_, ["apps", name, ..]) if !api::app_name_ok(name) => Err(api::err(
                 StatusCode::BAD_REQUEST,
                 "app name: letters, digits, '-' and '_' only (at most 64)",

@@ -78,9 +78,12 @@ pub fn cpu_usage_seconds(cpu_stat: &str) -> Option<f64> {
     })
 }
 
-/// The three load averages of `/proc/loadavg`.
+/// The three load averages of `/proc/loadavg` (`None` unless all three are finite
+/// numbers ≥ 0: `"nan"` and `"inf"` parse as `f64` but are no load).
 pub fn loadavg(text: &str) -> Option<[f64; 3]> {
-    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    let mut it = text
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().ok().filter(|l| l.is_finite() && *l >= 0.0));
     Some([it.next()??, it.next()??, it.next()??])
 }
 
@@ -90,7 +93,7 @@ pub fn meminfo(text: &str) -> (Option<u64>, Option<u64>) {
         text.lines().find_map(|l| {
             let v = l.strip_prefix(key)?.strip_prefix(':')?;
             let v = v.trim().strip_suffix("kB").unwrap_or(v).trim();
-            v.parse::<u64>().ok().map(|k| k * 1024)
+            v.parse::<u64>().ok()?.checked_mul(1024)
         })
     };
     (kib("MemTotal"), kib("MemAvailable"))
@@ -478,6 +481,22 @@ mod tests {
             (Some(16384 * 1024), Some(8192 * 1024))
         );
         assert_eq!(meminfo("garbage"), (None, None));
+        // Hostile or truncated files: no panic, no nonsense.
+        for bad in [
+            "",
+            "nan nan nan",
+            "inf 1 1",
+            "-1 0 0",
+            "1 2",
+            "\0\u{fffd} 1 2 3",
+        ] {
+            assert_eq!(loadavg(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            meminfo("MemTotal: 18446744073709551615 kB\nMemAvailable: -5 kB\nMemTotal"),
+            (None, None)
+        );
+        assert_eq!(meminfo("MemTotal:\nMemAvailable: kB"), (None, None));
         assert_eq!(uptime("123.45 678.9\n"), Some(123.45));
         assert_eq!(uptime(""), None);
         assert_eq!(

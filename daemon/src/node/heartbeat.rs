@@ -6,6 +6,10 @@
 //! enforce, whether io_uring is used, and every instance with its state. The bucket has a
 //! 45 s TTL, so a node that stops heart-beating disappears after three missed beats.
 //!
+//! Each heartbeat also carries the machine's load averages, memory (total, available) and
+//! the size and free space of the file system of `data_dir` ([`host_facts`]): two small
+//! `/proc` reads and one `statvfs` when the state is built, no timer of their own.
+//!
 //! On a clean shutdown ([`shutdown`]) the state is put once more with status
 //! `shutting_down`, every app is stopped gracefully in parallel (each within its
 //! `stopTimeoutSec`), and the key is deleted.
@@ -39,7 +43,7 @@ pub fn node_state(node: &Node, status: NodeStatus, start_time: &str, connected: 
         Some(c) => (c.layout(), c.controllers()),
         None => ("none".to_string(), vec![]),
     };
-    NodeState {
+    let mut state = NodeState {
         node_id: node.settings().node_id.clone(),
         last_seen: now_rfc3339(),
         version: VERSION.to_string(),
@@ -56,6 +60,37 @@ pub fn node_state(node: &Node, status: NodeStatus, start_time: &str, connected: 
         nats_connected: Some(connected),
         invalid_specs: node.invalid_specs(),
         metrics_addr: node.metrics_addr(),
+        ..Default::default()
+    };
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    host_facts(
+        &mut state,
+        read("/proc/loadavg").as_deref(),
+        read("/proc/meminfo").as_deref(),
+        crate::sys::fs::space(&node.settings().data_dir).ok(),
+    );
+    state
+}
+
+/// Put the machine's load, memory and disk into `state`: from the text of
+/// `/proc/loadavg` and `/proc/meminfo` and the `(size, available)` of `data_dir`'s file
+/// system. Whatever is absent or unreadable stays `None` (pure; the parsers are the ones
+/// `/metrics` uses, [`crate::metrics::collect`]).
+pub fn host_facts(
+    state: &mut NodeState,
+    loadavg: Option<&str>,
+    meminfo: Option<&str>,
+    space: Option<(u64, u64)>,
+) {
+    use crate::metrics::collect;
+    if let Some([l1, l5, l15]) = loadavg.and_then(collect::loadavg) {
+        (state.load1, state.load5, state.load15) = (Some(l1), Some(l5), Some(l15));
+    }
+    (state.mem_total_bytes, state.mem_available_bytes) =
+        meminfo.map_or((None, None), collect::meminfo);
+    // A file system of size 0 (e.g. some pseudo file systems) says nothing about disk.
+    if let Some((total, free)) = space.filter(|(total, _)| *total > 0) {
+        (state.disk_total_bytes, state.disk_free_bytes) = (Some(total), Some(free.min(total)));
     }
 }
 
@@ -201,6 +236,66 @@ pub async fn shutdown(node: &Node, client: &async_nats::Client, start_time: &str
 mod tests {
     use super::*;
     use narun_wire::events::InstanceState;
+
+    #[test]
+    fn host_facts_fill_what_is_readable() {
+        let mut s = NodeState::default();
+        host_facts(
+            &mut s,
+            Some("0.52 1.00 0.25 2/345 6789\n"),
+            Some("MemTotal:       16384 kB\nMemFree: 1 kB\nMemAvailable:    8192 kB\n"),
+            Some((1000, 400)),
+        );
+        assert_eq!(
+            (s.load1, s.load5, s.load15),
+            (Some(0.52), Some(1.0), Some(0.25))
+        );
+        assert_eq!(
+            (s.mem_total_bytes, s.mem_available_bytes),
+            (Some(16384 * 1024), Some(8192 * 1024))
+        );
+        assert_eq!(
+            (s.disk_total_bytes, s.disk_free_bytes),
+            (Some(1000), Some(400))
+        );
+        // Garbage, absent files, an empty file system: nothing, and no panic.
+        for (load, mem, space) in [
+            (Some("garbage"), Some("MemTotal: lots kB"), Some((0, 0))),
+            (
+                Some("nan inf -1"),
+                Some("MemTotal: 99999999999999999999 kB"),
+                None,
+            ),
+            (None, None, None),
+        ] {
+            let mut s = NodeState::default();
+            host_facts(&mut s, load, mem, space);
+            assert_eq!(s, NodeState::default(), "{load:?} {mem:?} {space:?}");
+        }
+        // Only MemTotal (kernels before 3.14 have no MemAvailable).
+        let mut s = NodeState::default();
+        host_facts(&mut s, None, Some("MemTotal: 4 kB\n"), Some((10, 20)));
+        assert_eq!(
+            (s.mem_total_bytes, s.mem_available_bytes),
+            (Some(4096), None)
+        );
+        assert_eq!(s.disk_free_bytes, Some(10), "free is at most the size");
+    }
+
+    #[test]
+    fn host_facts_of_this_machine() {
+        let mut s = NodeState::default();
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        host_facts(
+            &mut s,
+            read("/proc/loadavg").as_deref(),
+            read("/proc/meminfo").as_deref(),
+            crate::sys::fs::space(std::path::Path::new("/")).ok(),
+        );
+        assert!(s.load1.is_some(), "{s:?}");
+        assert!(s.mem_total_bytes.unwrap() >= s.mem_available_bytes.unwrap());
+        assert!(s.disk_total_bytes.unwrap() >= s.disk_free_bytes.unwrap());
+    }
 
     #[test]
     fn status_line_counts_states() {

@@ -3,7 +3,7 @@
 //! instances counted by state ([`crate::status`]).
 
 use crate::cli::{ConnArgs, NodesCmd};
-use crate::output::{age, human_duration, print_json, print_table};
+use crate::output::{age, human_duration, human_size, print_json, print_table};
 use crate::session::{Session, node_status};
 use crate::status::{Bucket, bucket};
 use anyhow::{Result, anyhow};
@@ -131,6 +131,19 @@ async fn info(conn: &ConnArgs, node: &str, json: bool) -> Result<()> {
     }
     if let Some(u) = s.io_uring {
         println!("io_uring:    {u}");
+    }
+    if let (Some(l1), Some(l5), Some(l15)) = (s.load1, s.load5, s.load15) {
+        println!("Load:        {l1:.2} {l5:.2} {l15:.2}");
+    }
+    let room = |free: Option<u64>, total: u64| match free {
+        Some(f) => format!("{} free of {}", human_size(f), human_size(total)),
+        None => human_size(total),
+    };
+    if let Some(t) = s.mem_total_bytes {
+        println!("Memory:      {}", room(s.mem_available_bytes, t));
+    }
+    if let Some(t) = s.disk_total_bytes {
+        println!("Disk:        {} (data_dir)", room(s.disk_free_bytes, t));
     }
     println!();
     if s.instances.is_empty() {

@@ -33,6 +33,10 @@
     while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
     return n.toFixed(i ? 1 : 0) + ' ' + u[i];
   }
+  const num = (v) => typeof v === 'number' && isFinite(v);
+  function load(n) { return num(n.load1) ? [n.load1, n.load5, n.load15].map((v) => num(v) ? v.toFixed(2) : '-').join(' ') : '-'; }
+  // "<free> free of <total>" (memory: MemAvailable; disk: data_dir's file system).
+  function room(free, total) { return num(total) ? (num(free) ? bytes(free) + ' free of ' : '') + bytes(total) : '-'; }
   function table(id, heads, rows) {
     return el('div', { class: 'table' }, el('table', { id },
       el('thead', {}, el('tr', {}, ...heads.map((h) => el('th', { scope: 'col', text: h })))),
@@ -115,6 +119,7 @@
     let show;
     if (h[0] === 'nodes') show = nodes;
     else if (h[0] === 'services') show = services;
+    else if (h[0] === 'jobs') show = jobs;
     else if (h[0] === 'apps' && h[1]) { show = () => app(decodeURIComponent(h[1])); logs(decodeURIComponent(h[1])); }
     else show = apps;
     const run = () => show().catch((e) => { if (e.message !== 'unauthorized') say(e.message, true); });
@@ -129,10 +134,13 @@
       el('td', { text: Object.entries(n.labels || {}).map(([k, v]) => k + '=' + v).join(', ') || '-' }),
       el('td', { text: n.os + '/' + n.arch }), el('td', { text: n.version }),
       el('td', { text: ago(secs(d.now, n.start_time)) }), el('td', { text: ago(secs(d.now, n.last_seen)) + ' ago' }),
+      el('td', { class: 'load', text: load(n) }),
+      el('td', { class: 'mem', text: room(n.mem_available_bytes, n.mem_total_bytes) }),
+      el('td', { class: 'disk', text: room(n.disk_free_bytes, n.disk_total_bytes) }),
       el('td', { text: (n.instances || n.managed_instances || []).length }),
       el('td', { text: (n.invalid_specs || []).map((i) => i.app_name).join(', ') || '-' })));
     $('view').replaceChildren(el('h2', { text: 'Nodes' }),
-      table('nodes', ['Node', 'State', 'Labels', 'OS/arch', 'narund', 'Uptime', 'Heartbeat', 'Instances', 'Refused specs'], rows));
+      table('nodes', ['Node', 'State', 'Labels', 'OS/arch', 'narund', 'Uptime', 'Heartbeat', 'Load 1/5/15 min', 'Memory', 'Disk (data_dir)', 'Instances', 'Refused specs'], rows));
   }
 
   async function apps() {
@@ -271,6 +279,19 @@
     }
     $('view').replaceChildren(el('h2', { text: 'Services' }),
       table('services', ['Service', 'Version', 'ID', 'Endpoint', 'Subject', 'Requests', 'Errors', 'Avg latency'], rows));
+  }
+
+  // Async jobs, newest first: id, service, route, state, attempts, times (never the request).
+  async function jobs() {
+    const d = await call('jobs'), now = d.now;
+    const st = (s) => el('span', { class: s === 'done' ? 'ok' : (s === 'failed' || s === 'cancelled') ? 'bad' : 'warn', text: s });
+    const rows = d.jobs.map((j) => el('tr', { 'data-job': j.id },
+      el('td', { class: 'id', text: j.id }), el('td', { text: j.service }), el('td', { text: j.route }),
+      el('td', {}, st(j.state)), el('td', { text: j.attempts + ' / ' + j.max_attempts + (j.retries ? ' (retried ' + j.retries + '×)' : '') }),
+      el('td', { text: ago(secs(now, j.created)) + ' ago' }), el('td', { text: ago(secs(now, j.updated)) + ' ago' })));
+    $('view').replaceChildren(el('h2', { text: 'Jobs' }),
+      el('p', { text: rows.length ? 'The newest ' + d.shown + ' async jobs at most, newest first.' : 'No async jobs (no gateway route is async, or none was queued lately).' }),
+      table('jobs', ['Job', 'Service', 'Route', 'State', 'Attempts', 'Created', 'Updated'], rows));
   }
 
   document.addEventListener('DOMContentLoaded', () => {

@@ -1,0 +1,205 @@
+//! The jobs view (`GET api/jobs`): the newest async jobs of the gateways' `async` routes,
+//! read from their state bucket ([`narun_wire::jobs::STATE_BUCKET`], docs/jobs.md).
+//!
+//! The bucket holds one record per job for the gateway's retention (a day by default), so
+//! it may hold many: instead of listing every key and reading each value, [`list`] reads
+//! only the bucket's newest [`WINDOW`] messages (one ordered consumer from that sequence
+//! on) and keeps the latest value of each key among them ([`rows`]). Every job created or
+//! changed since the window began is there with its current state; jobs that have not
+//! changed for longer are left out, as are deleted ones.
+//!
+//! A job's record holds the request's method and path (with its query) and its owner; the
+//! request itself (headers, body) is in other buckets. None of them is shown: a row is the
+//! id, service, route (the gateway's configured path), state, attempts and times only.
+
+use super::api::{ApiError, ApiResult, TIMEOUT, err, now_ms};
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use http::StatusCode;
+use narun_wire::jobs::{JobRecord, STATE_BUCKET};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// Most jobs listed, newest (by creation) first.
+pub const SHOWN: usize = 100;
+/// How many of the state bucket's newest messages are read (a job's record is written a
+/// few times: queued, running, done).
+pub const WINDOW: u64 = 1000;
+
+/// One change of the bucket, in stream order: key, whether it is a put (deletes and
+/// purges remove the key), value.
+pub type Change = (String, bool, bytes::Bytes);
+
+/// The rows of the jobs view from `changes` (oldest first): the latest value of each key,
+/// unreadable records skipped, newest created first, at most [`SHOWN`].
+pub fn rows(changes: impl IntoIterator<Item = Change>) -> Vec<Value> {
+    let mut latest: HashMap<String, bytes::Bytes> = HashMap::new();
+    for (key, put, value) in changes {
+        if put {
+            latest.insert(key, value);
+        } else {
+            latest.remove(&key);
+        }
+    }
+    let mut jobs: Vec<JobRecord> = latest
+        .values()
+        .filter_map(|v| serde_json::from_slice(v).ok())
+        .collect();
+    // RFC 3339 UTC strings sort by time; the id breaks ties (a stable order).
+    jobs.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    jobs.truncate(SHOWN);
+    jobs.iter()
+        .filter_map(|j| {
+            serde_json::to_value(Row {
+                id: &j.id,
+                service: &j.service,
+                route: &j.route,
+                state: j.state.as_str(),
+                attempts: j.attempts.len(),
+                max_attempts: j.max_attempts,
+                retries: j.retries,
+                created: &j.created,
+                updated: &j.updated,
+            })
+            .ok()
+        })
+        .collect()
+}
+
+/// A row of the jobs view: nothing of the request.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    id: &'a str,
+    service: &'a str,
+    route: &'a str,
+    state: &'a str,
+    attempts: usize,
+    max_attempts: u32,
+    retries: u32,
+    created: &'a str,
+    updated: &'a str,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("reading {STATE_BUCKET}: {e}"),
+    )
+}
+
+/// The bucket's newest [`WINDOW`] changes, oldest first (none without the bucket).
+async fn changes(js: &jetstream::Context) -> Result<Vec<Change>, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let Some(store) = narun_wire::jetstream::open_kv(js, STATE_BUCKET)
+        .await
+        .map_err(|e| text(&e))?
+    else {
+        return Ok(Vec::new());
+    };
+    let info = store.stream.get_info().await.map_err(|e| text(&e))?;
+    if info.state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let last = info.state.last_sequence;
+    let start = last
+        .saturating_sub(WINDOW - 1)
+        .max(info.state.first_sequence)
+        .max(1);
+    let mut watch = store
+        .watch_all_from_revision(start)
+        .await
+        .map_err(|e| text(&e))?;
+    let mut out: Vec<Change> = Vec::new();
+    while let Some(e) = watch.next().await {
+        let e = e.map_err(|e| text(&e))?;
+        // The last message of the window, or the newest of the bucket (the window's end
+        // may have expired meanwhile): done.
+        let done = e.revision >= last || e.delta == 0;
+        out.push((e.key, e.operation == kv::Operation::Put, e.value));
+        if done || out.len() as u64 >= WINDOW {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// `GET api/jobs`: `{"now" (Unix ms, narund's clock), "shown", "jobs": [rows]}`; no jobs
+/// when the bucket does not exist (no gateway with an async route has run).
+pub async fn list(js: &jetstream::Context) -> ApiResult {
+    match tokio::time::timeout(TIMEOUT, changes(js)).await {
+        Ok(Ok(c)) => Ok(json!({"now": now_ms(), "shown": SHOWN, "jobs": rows(c)})),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, state: &str, created: &str, attempts: usize) -> bytes::Bytes {
+        let attempt = json!({"attempt": 1, "started": created, "node": "n1", "status": 503});
+        json!({
+            "id": id, "state": state, "service": "hello", "route": "/hello/echo",
+            "method": "POST", "path": "/hello/echo?token=s3cret-in-query",
+            "mode": "bhttp", "created": created, "updated": created,
+            "max_attempts": 3, "timeout_ms": 1000, "backoff_ms": 10,
+            "attempts": vec![attempt; attempts], "owner": "alice",
+            "error": "upstream said: password=hunter2",
+        })
+        .to_string()
+        .into()
+    }
+
+    #[test]
+    fn latest_value_per_job_newest_first_without_request_details() {
+        let changes = vec![
+            (
+                "a".into(),
+                true,
+                record("a", "queued", "2026-01-01T00:00:01Z", 0),
+            ),
+            (
+                "b".into(),
+                true,
+                record("b", "queued", "2026-01-01T00:00:02Z", 0),
+            ),
+            (
+                "a".into(),
+                true,
+                record("a", "done", "2026-01-01T00:00:01Z", 2),
+            ),
+            (
+                "gone".into(),
+                true,
+                record("gone", "queued", "2026-01-01T00:00:03Z", 0),
+            ),
+            ("gone".into(), false, bytes::Bytes::new()),
+            ("junk".into(), true, bytes::Bytes::from_static(b"{not json")),
+        ];
+        let r = rows(changes);
+        let ids: Vec<&str> = r.iter().map(|j| j["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(r[1]["state"], "done");
+        assert_eq!(r[1]["attempts"], 2);
+        assert_eq!(r[1]["max_attempts"], 3);
+        assert_eq!(r[1]["route"], "/hello/echo");
+        let text = Value::Array(r).to_string();
+        for secret in ["s3cret", "hunter2", "alice", "POST"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+    }
+
+    #[test]
+    fn at_most_shown_rows() {
+        let changes = (0..SHOWN + 20).map(|i| {
+            let id = format!("j{i:04}");
+            let created = format!("2026-01-01T00:{:02}:{:02}Z", i / 60, i % 60);
+            (id.clone(), true, record(&id, "queued", &created, 0))
+        });
+        let r = rows(changes);
+        assert_eq!(r.len(), SHOWN);
+        assert_eq!(r[0]["id"], format!("j{:04}", SHOWN + 19));
+        assert!(rows(Vec::new()).is_empty());
+    }
+}
