@@ -25,7 +25,7 @@ PV = "0.1.0+git"
 # destsuffix=${BP} and no S= : the source lands in the default S on scarthgap
 # (${WORKDIR}/${BP}) and on whinlatter/wrynose (${UNPACKDIR}/${BP}).
 SRC_URI = "git://github.com/narun-rs/narun.git;protocol=https;branch=main;destsuffix=${BP}"
-SRCREV = "004392e93fce448943e6df577b60079d6590cff4"
+SRCREV = "476969d68dd81b7d73ebfbd26ef324f7ab278571"
 
 inherit cargo cargo-update-recipe-crates systemd useradd
 
