@@ -151,6 +151,9 @@ impl Daemon {
             cgroups,
         })
         .await;
+        if let Some(root) = &cgroup_root {
+            node.set_cgroup_root(root.clone());
+        }
         node.set_master_key_file(&config.secrets.master_key_file);
         node.set_allow_unscoped_secrets(config.secrets.allow_unscoped);
         let metrics = if config.metrics.addr.is_empty() {

@@ -40,6 +40,7 @@ fn start(server: &NatsServer) -> (Narund, u16) {
          metrics_addr = \"127.0.0.1:{metrics}\"\n\
          [[gateway.routes]]\npath = \"/jobq/\"\nservice = \"nobody\"\nasync = true\n\
          max_attempts = 1\n\
+         [events]\nstream = true\n\
          [dashboard]\nsample_sec = 1\nadmin_tokens = {{ ops = \"{}\" }}\n\
          read_tokens = {{ wall = \"{}\" }}\n",
         sha_hex(ADMIN),
@@ -55,6 +56,11 @@ fn start(server: &NatsServer) -> (Narund, u16) {
 /// Deploy `app` (prints `tick N` every 300 ms; an env value that must never be shown)
 /// with narunctl on [`NODE`], 1 replica, and wait until it is ready.
 async fn deploy_ticker(server: &NatsServer, app: &str) {
+    deploy_ticker_on(server, app, NODE).await
+}
+
+/// [`deploy_ticker`] on `node`.
+async fn deploy_ticker_on(server: &NatsServer, app: &str, node: &str) {
     let script = "#!/bin/sh\ni=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.3; done\n";
     upload_script(server, app, "v1", script).await;
     let dir = tempfile::tempdir().unwrap();
@@ -62,7 +68,7 @@ async fn deploy_ticker(server: &NatsServer, app: &str) {
     std::fs::write(
         &spec,
         format!(
-            "name = \"{app}\"\ntag = \"v1\"\n[[nodes]]\nname = \"{NODE}\"\nreplicas = 1\n\
+            "name = \"{app}\"\ntag = \"v1\"\n[[nodes]]\nname = \"{node}\"\nreplicas = 1\n\
              [[env]]\nname = \"DB_PASSWORD\"\nvalue = \"hunter2-never-shown\"\n"
         ),
     )
@@ -152,7 +158,11 @@ async fn browser_sees_node_app_live_log_and_scales_with_admin_token_only() {
             t.matches("running").count() == 2
         });
         // The sparklines have samples (one per second here).
-        b.wait_count("#mem-spark polyline", WAIT, 1);
+        b.wait_count(
+            &format!("div.sparks[data-node=\"{NODE}\"] svg.mem polyline"),
+            WAIT,
+            1,
+        );
         b.screenshot("app-scaled");
 
         // The read-only token sees everything and may do nothing.
@@ -443,4 +453,150 @@ async fn dashboard_refuses_what_docs_security_promises() {
     )
     .await;
     assert_eq!(r.status, 404, "{}", r.text());
+}
+
+/// The sparklines of an app on another node (one without the gateway or the dashboard)
+/// come from that node's heartbeats: the API lists the node's series with its samples,
+/// and the browser draws it. A job app's scheduled runs on that node are in the jobs
+/// view.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_nodes_sparklines_and_scheduled_runs() {
+    const OTHER: &str = "dash-node-b";
+    let server = NatsServer::start();
+    let (_narund, port) = start(&server);
+    // The same binary (one build per feature set in a test run), its gateway left off.
+    let _other = Narund::builder(&server, OTHER)
+        .features(&["gateway"])
+        .start();
+    deploy_ticker_on(&server, "remote", OTHER).await;
+    // A job app on the other node, run every 2 s (exit 0).
+    upload_script(
+        &server,
+        "nightly",
+        "v1",
+        "#!/bin/sh
+echo ran
+exit 0
+",
+    )
+    .await;
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
+            "nightly",
+            &serde_json::json!({
+                "name": "nightly", "tag": "v1", "mode": "exec", "runMode": "job",
+                "schedule": "*/2 * * * * *", "maxAttempts": 1,
+                "nodes": [{"name": OTHER, "replicas": 1}],
+            }),
+        )
+        .await;
+
+    let admin = format!("Bearer {ADMIN}");
+    let deadline = std::time::Instant::now() + WAIT;
+    // Two heartbeats of the other node with the app's memory: one at least 15 s after
+    // the deploy's (narund heart-beats every 15 s and on every instance change).
+    let samples = loop {
+        let r = http(
+            port,
+            "GET",
+            "/_narun/api/apps/remote/metrics",
+            &[("Authorization", &admin)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        assert!(
+            v["series"].get(NODE).is_none(),
+            "the app does not run on the dashboard's node: {v}"
+        );
+        let s = v["series"][OTHER].as_array().cloned().unwrap_or_default();
+        if s.iter()
+            .filter(|x| x["mem_bytes"].as_u64().unwrap_or(0) > 0)
+            .count()
+            >= 2
+        {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no two samples of {OTHER} within {WAIT:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        samples
+            .windows(2)
+            .all(|w| w[0]["t"].as_u64() <= w[1]["t"].as_u64()),
+        "{samples:?}"
+    );
+    assert!(
+        samples.iter().any(|x| x["cpu_pct"].as_f64().is_some()),
+        "CPU from two heartbeats' cpu_usec: {samples:?}"
+    );
+
+    // The runs in the API: no error text, the exit code.
+    let runs = loop {
+        let r = http(
+            port,
+            "GET",
+            "/_narun/api/jobs",
+            &[("Authorization", &admin)],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        assert!(v.get("runs_error").is_none(), "{v}");
+        let runs = v["runs"].as_array().cloned().unwrap_or_default();
+        if runs
+            .iter()
+            .any(|x| x["app"] == "nightly" && x["outcome"] == "succeeded")
+        {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + WAIT,
+            "no succeeded run of nightly: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let done = runs
+        .iter()
+        .find(|x| x["app"] == "nightly" && x["outcome"] == "succeeded")
+        .unwrap();
+    assert_eq!(done["node"], OTHER, "{done}");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    assert_eq!(done["trigger"], "schedule", "{done}");
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let url = format!("http://127.0.0.1:{port}/_narun/");
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start(&shots);
+        b.goto(&url);
+        b.wait_count("#login-view:not([hidden])", WAIT, 1);
+        b.type_into("#token", READ);
+        b.click("#login-button");
+        b.wait_text("#who", WAIT, |t| t.contains("read-only"));
+        b.goto(&format!("{url}#/apps/remote"));
+        b.wait_count(
+            &format!("div.sparks[data-node=\"{OTHER}\"] svg.mem polyline"),
+            WAIT,
+            1,
+        );
+        b.wait_text(&format!("div.sparks[data-node=\"{OTHER}\"]"), WAIT, |t| {
+            t.contains(&format!("Memory on {OTHER}: ")) && t.contains("iB")
+        });
+        b.screenshot("other-node-sparklines");
+        b.goto(&format!("{url}#/jobs"));
+        b.wait_text(
+            &format!("#runs tr[data-run^=\"nightly/\"][data-node=\"{OTHER}\"]"),
+            WAIT,
+            |t| t.contains("succeeded") && t.contains("schedule"),
+        );
+        b.screenshot("scheduled-runs");
+    })
+    .await
+    .expect("browser steps");
 }

@@ -219,7 +219,8 @@ STUB
         -e "s|^CGROUP=.*|CGROUP=\"$CGT\"|" -e "s|/var/lib/narun|$T/lib/narun|g" -e "s|/run/narun|$T/run/narun|g" \
         "$PKG/S90narund" >"$T/S90narund"
     printf '%s\n' 'NARUND_ARGS="--config /etc/narun/narund.toml --extra"' 'NARUND_NOFILE=4096' >"$T/etc/default/narund"
-    wait_file() { local i=0; while [ ! -s "$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done; [ -s "$1" ]; }
+    # Bounded at 30 s: a loaded 2-core CI machine once took longer than 5 s to show a HUP.
+    wait_file() { local i=0; while [ ! -s "$1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done; [ -s "$1" ]; }
     if out=$(sh "$T/S90narund" start 2>&1) && wait_file "$T/ready"; then
         ok "S90narund start: $out"
         pid=$(cat "$T/run/narund.pid" 2>/dev/null)
@@ -248,8 +249,9 @@ STUB
                 "$(narunds) narund process(es) in the supervisor cgroup"
             for p in $(cat "$CGT/supervisor/cgroup.procs"); do [ "$p" != "$pid" ] && kill -9 "$p" 2>/dev/null; done
         fi
-        sh "$T/S90narund" reload >/dev/null 2>&1
-        wait_file "$T/signals" && grep -q HUP "$T/signals" && ok "reload sends SIGHUP" || fail "reload did not deliver SIGHUP"
+        out=$(sh "$T/S90narund" reload 2>&1)
+        wait_file "$T/signals" && grep -q HUP "$T/signals" && ok "reload sends SIGHUP" ||
+            fail "reload did not deliver SIGHUP within 30 s: '$out', signals: $(tr '\n' ' ' <"$T/signals" 2>/dev/null)"
         # restart: SIGTERM only (the apps keep running), then a new narund.
         rm -f "$T/ready"
         if out=$(sh "$T/S90narund" restart 2>&1) && ! kill -0 "$pid" 2>/dev/null && grep -q TERM "$T/signals" &&

@@ -486,6 +486,15 @@ pub struct InstanceState {
     /// crash-looping instance that is `starting` again still says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<InstanceFailure>,
+    /// CPU time its cgroups used (`usage_usec` of `cpu.stat`, summed over its runs; starts
+    /// again at 0 with each run) when the heartbeat was built (narun addition, like
+    /// `memory_bytes`; absent without cgroups and in other listings than the heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usec: Option<u64>,
+    /// Memory of its cgroups (`memory.current`; without the memory controller the resident
+    /// memory of their processes), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// A crash or failure of an instance ([`InstanceState::last_failure`]): the status event
@@ -733,8 +742,11 @@ mod tests {
             serde_json::from_str(r#"{"instance_id":"a-0","app_name":"a","status":"running"}"#)
                 .unwrap();
         assert!(old.since.is_empty() && old.last_failure.is_none());
+        assert_eq!((old.cpu_usec, old.memory_bytes), (None, None));
         let st = InstanceState {
             since: "2026-01-01T00:00:00Z".into(),
+            cpu_usec: Some(1_500_000),
+            memory_bytes: Some(4 << 20),
             last_failure: Some(InstanceFailure {
                 status: InstanceStatus::Crashed,
                 reason: Some(Reason::ExitCode),
@@ -747,6 +759,10 @@ mod tests {
         };
         let json = serde_json::to_string(&st).unwrap();
         assert!(json.contains(r#""reason":"exit-code""#), "{json}");
+        assert!(
+            json.contains(r#""cpu_usec":1500000,"memory_bytes":4194304"#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<InstanceState>(&json).unwrap(), st);
     }
 

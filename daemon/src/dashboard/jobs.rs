@@ -8,6 +8,10 @@
 //! changed since the window began is there with its current state; jobs that have not
 //! changed for longer are left out, as are deleted ones.
 //!
+//! The scheduled runs (`runMode = "job"`) are listed beside them: their attempts are
+//! status events with a `job` field (docs/jobs.md), read from the `narun-status` stream's
+//! newest [`WINDOW`] events ([`run_rows`]; `narunctl runs ls --app` reads them all).
+//!
 //! A job's record holds the request's method and path (with its query) and its owner; the
 //! request itself (headers, body) is in other buckets. None of them is shown: a row is the
 //! id, service, route (the gateway's configured path), state, attempts and times only.
@@ -16,7 +20,10 @@ use super::api::{ApiError, ApiResult, TIMEOUT, err, now_ms};
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use http::StatusCode;
+use narun_wire::events::StatusEvent;
 use narun_wire::jobs::{JobRecord, STATE_BUCKET};
+use narun_wire::names;
+use narun_wire::runs::Trigger;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -123,14 +130,136 @@ async fn changes(js: &jetstream::Context) -> Result<Vec<Change>, String> {
     Ok(out)
 }
 
-/// `GET api/jobs`: `{"now" (Unix ms, narund's clock), "shown", "jobs": [rows]}`; no jobs
-/// when the bucket does not exist (no gateway with an async route has run).
-pub async fn list(js: &jetstream::Context) -> ApiResult {
-    match tokio::time::timeout(TIMEOUT, changes(js)).await {
-        Ok(Ok(c)) => Ok(json!({"now": now_ms(), "shown": SHOWN, "jobs": rows(c)})),
-        Ok(Err(e)) => Err(unavailable(e)),
-        Err(_) => Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
+/// The rows of the scheduled runs (`runMode = "job"`) from status `events` (oldest
+/// first): per node, app, run and attempt its latest event (a run's `started` event is
+/// followed by its outcome), newest first, at most [`SHOWN`]. The events' error text is
+/// left out, as the async jobs' is; the exit code says how a run ended.
+pub fn run_rows(events: impl IntoIterator<Item = StatusEvent>) -> Vec<Value> {
+    let mut latest: HashMap<(String, String, String, u32), StatusEvent> = HashMap::new();
+    for ev in events {
+        if let Some(job) = &ev.job {
+            let key = (
+                ev.node_id.clone(),
+                ev.app_name.clone(),
+                job.id.clone(),
+                job.attempt,
+            );
+            latest.insert(key, ev);
+        }
     }
+    let mut runs: Vec<StatusEvent> = latest.into_values().collect();
+    runs.sort_by(|a, b| {
+        b.time
+            .cmp(&a.time)
+            .then_with(|| (&a.node_id, &a.app_name).cmp(&(&b.node_id, &b.app_name)))
+    });
+    runs.truncate(SHOWN);
+    runs.iter()
+        .filter_map(|ev| {
+            let job = ev.job.as_ref()?;
+            serde_json::to_value(RunRow {
+                app: &ev.app_name,
+                node: &ev.node_id,
+                id: &job.id,
+                trigger: job.trigger,
+                attempt: job.attempt,
+                max_attempts: job.max_attempts,
+                outcome: &job.outcome,
+                exit_code: ev.exit_code,
+                duration_ms: job.duration_ms,
+                time: &ev.time,
+            })
+            .ok()
+        })
+        .collect()
+}
+
+/// A row of the scheduled runs.
+#[derive(serde::Serialize)]
+struct RunRow<'a> {
+    app: &'a str,
+    node: &'a str,
+    id: &'a str,
+    trigger: Trigger,
+    attempt: u32,
+    max_attempts: u32,
+    outcome: &'a str,
+    exit_code: Option<i32>,
+    duration_ms: Option<u64>,
+    time: &'a str,
+}
+
+/// The status stream's newest [`WINDOW`] events that are job runs, oldest first (none
+/// without the stream: narund's `[events] stream` is off).
+async fn run_events(js: &jetstream::Context) -> Result<Vec<StatusEvent>, String> {
+    use jetstream::consumer::{DeliverPolicy, pull};
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let mut stream = match js.get_stream(names::STATUS_STREAM).await {
+        Ok(s) => s,
+        Err(e) if narun_wire::jetstream::is_stream_not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(text(&e)),
+    };
+    let state = stream.info().await.map_err(|e| text(&e))?.state.clone();
+    if state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let start = state
+        .last_sequence
+        .saturating_sub(WINDOW - 1)
+        .max(state.first_sequence)
+        .max(1);
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| text(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| text(&e))?;
+    let mut out = Vec::new();
+    let mut read = 0u64;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| text(&e))?;
+        read += 1;
+        let info = m.info().map_err(|e| text(&e))?;
+        let done = info.stream_sequence >= state.last_sequence || info.pending == 0;
+        if let Ok(ev) = serde_json::from_slice::<StatusEvent>(&m.payload)
+            && ev.job.is_some()
+        {
+            out.push(ev);
+        }
+        if done || read >= WINDOW {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// `GET api/jobs`: `{"now" (Unix ms, narund's clock), "shown", "jobs": [rows], "runs":
+/// [run rows]}`; no jobs when the bucket does not exist (no gateway with an async route
+/// has run), no runs without the status stream (`runs_error` says why runs could not be
+/// read; the async jobs are shown anyway).
+pub async fn list(js: &jetstream::Context) -> ApiResult {
+    let jobs = match tokio::time::timeout(TIMEOUT, changes(js)).await {
+        Ok(Ok(c)) => rows(c),
+        Ok(Err(e)) => return Err(unavailable(e)),
+        Err(_) => return Err(unavailable(format!("no answer within {TIMEOUT:?}"))),
+    };
+    let mut v = json!({"now": now_ms(), "shown": SHOWN, "jobs": jobs, "runs": []});
+    match tokio::time::timeout(TIMEOUT, run_events(js)).await {
+        Ok(Ok(events)) => v["runs"] = Value::Array(run_rows(events)),
+        Ok(Err(e)) => v["runs_error"] = format!("reading {}: {e}", names::STATUS_STREAM).into(),
+        Err(_) => {
+            v["runs_error"] = format!(
+                "reading {}: no answer within {TIMEOUT:?}",
+                names::STATUS_STREAM
+            )
+            .into()
+        }
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -188,6 +317,60 @@ mod tests {
         for secret in ["s3cret", "hunter2", "alice", "POST"] {
             assert!(!text.contains(secret), "{secret} shown: {text}");
         }
+    }
+
+    #[test]
+    fn runs_latest_event_per_attempt_newest_first_without_error_text() {
+        let ev = |node: &str, id: &str, attempt: u32, outcome: &str, time: &str| StatusEvent {
+            node_id: node.into(),
+            app_name: "backup".into(),
+            time: time.into(),
+            error: "password=hunter2".into(),
+            exit_code: (outcome != "started").then_some(3),
+            job: Some(narun_wire::runs::JobRun {
+                id: id.into(),
+                attempt,
+                max_attempts: 2,
+                outcome: outcome.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let plain = StatusEvent {
+            app_name: "web".into(),
+            time: "2026-01-01T00:00:09Z".into(),
+            ..Default::default()
+        };
+        let r = run_rows(vec![
+            ev("n1", "100", 1, "started", "2026-01-01T00:00:01Z"),
+            plain,
+            ev("n1", "100", 1, "retrying", "2026-01-01T00:00:02Z"),
+            ev("n1", "100", 2, "started", "2026-01-01T00:00:03Z"),
+            ev("n2", "100", 1, "started", "2026-01-01T00:00:01Z"),
+            ev("n1", "100", 2, "failed", "2026-01-01T00:00:04Z"),
+        ]);
+        let got: Vec<(&str, u64, &str)> = r
+            .iter()
+            .map(|x| {
+                (
+                    x["node"].as_str().unwrap(),
+                    x["attempt"].as_u64().unwrap(),
+                    x["outcome"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("n1", 2, "failed"),
+                ("n1", 1, "retrying"),
+                ("n2", 1, "started")
+            ]
+        );
+        assert_eq!(r[0]["exit_code"], 3);
+        assert_eq!(r[0]["trigger"], "schedule");
+        let text = Value::Array(r).to_string();
+        assert!(!text.contains("hunter2"), "{text}");
     }
 
     #[test]

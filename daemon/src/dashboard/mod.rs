@@ -10,7 +10,7 @@
 //! GET  <path>api/whoami             "admin" or "read"                   ┐ Authorization:
 //! GET  <path>api/nodes | api/apps | api/services | api/apps/<app>       │ Bearer TOKEN
 //! GET  <path>api/jobs               the newest async jobs (no request)  │
-//! GET  <path>api/apps/<app>/metrics   the metrics ring of this node     │ (access)
+//! GET  <path>api/apps/<app>/metrics   the metrics ring, per node        │ (access)
 //! GET  <path>api/apps/<app>/events    server-sent events: logs.<app>.>, │
 //!                                     status.<app>.>                    │
 //! POST <path>api/apps/<app>/{restart,scale,rollback,delete}  admin only ┘
@@ -22,7 +22,7 @@
 //! | [`access`] | tokens → roles, CSRF rules (pure) |
 //! | [`api`] | the JSON views and the actions (NATS reads and writes) |
 //! | [`jobs`] | the newest async jobs (state bucket of the gateways' `async` routes) |
-//! | [`ring`] | the bounded per-app CPU/memory history and its sampler |
+//! | [`ring`] | the bounded per-app, per-node CPU/memory history: this node's sampler, the other nodes' heartbeats |
 //!
 //! Every answer carries a content security policy without inline script or style
 //! ([`CSP`]); the page builds its DOM with `textContent`, never HTML from data.
@@ -88,6 +88,12 @@ pub fn mount(
         cgroup_root,
         ring.clone(),
         Duration::from_secs(config.sample_sec),
+        stop.clone(),
+    ));
+    tokio::spawn(ring::follow_nodes(
+        client.clone(),
+        node.settings().node_id.clone(),
+        ring.clone(),
         stop,
     ));
     let d = Dashboard(Arc::new(Inner {
@@ -196,10 +202,10 @@ impl Dashboard {
             )),
             (true, ["apps", name]) => api::app(js, name).await,
             (true, ["apps", name, "metrics"]) => {
-                let samples = self.0.ring.lock().unwrap().series(name);
-                let samples = serde_json::to_string(&samples).unwrap_or_default();
+                let series = self.0.ring.lock().unwrap().series(name);
+                let series = serde_json::to_string(&series).unwrap_or_default();
                 let body = format!(
-                    "{{\"sample_sec\":{},\"samples\":{samples}}}",
+                    "{{\"sample_sec\":{},\"series\":{series}}}",
                     self.0.sample_sec
                 );
                 return json(StatusCode::OK, body);

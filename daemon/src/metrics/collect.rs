@@ -38,7 +38,7 @@ pub struct CgroupFacts {
 }
 
 impl CgroupFacts {
-    fn add(&mut self, o: CgroupFacts) {
+    pub fn add(&mut self, o: CgroupFacts) {
         fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
             match (a, b) {
                 (Some(a), Some(b)) => Some(a + b),
@@ -114,6 +114,48 @@ pub fn resident(status: &str) -> Option<u64> {
             .ok()
             .map(|k| k * 1024)
     })
+}
+
+/// The resident memory of the processes in the cgroup `dir`.
+pub fn cgroup_rss(dir: &Path) -> Option<u64> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let mut sum = None;
+    for pid in procs.split_whitespace() {
+        if let Some(r) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| resident(&s))
+        {
+            sum = Some(sum.unwrap_or(0) + r);
+        }
+    }
+    sum
+}
+
+/// Per instance (app, instance id), what the cgroups of its recorded runs say now, under
+/// `root`. With `rss_fallback`, a cgroup without `memory.current` (no memory controller)
+/// counts the resident memory of its processes instead. cgroupfs and procfs files: read
+/// in place (they never wait for a disk).
+pub fn instance_facts(
+    node: &Node,
+    root: &Path,
+    rss_fallback: bool,
+) -> BTreeMap<(String, String), CgroupFacts> {
+    let mut facts: BTreeMap<(String, String), CgroupFacts> = BTreeMap::new();
+    for rec in node.host().local.records().values() {
+        if rec.cgroup.is_empty() || rec.cgroup.contains('/') || rec.cgroup.starts_with('.') {
+            continue;
+        }
+        let dir = root.join(&rec.cgroup);
+        let mut f = CgroupFacts::read(&dir);
+        if rss_fallback && f.memory_bytes.is_none() {
+            f.memory_bytes = cgroup_rss(&dir);
+        }
+        facts
+            .entry((rec.app.clone(), rec.instance_id.clone()))
+            .or_default()
+            .add(f);
+    }
+    facts
 }
 
 impl Scrape {
@@ -322,16 +364,7 @@ impl Scrape {
         let Some(root) = &self.cgroup_root else {
             return;
         };
-        let mut facts: BTreeMap<(String, String), CgroupFacts> = BTreeMap::new();
-        for rec in self.node.host().local.records().values() {
-            if rec.cgroup.is_empty() || rec.cgroup.contains('/') || rec.cgroup.starts_with('.') {
-                continue;
-            }
-            facts
-                .entry((rec.app.clone(), rec.instance_id.clone()))
-                .or_default()
-                .add(CgroupFacts::read(&root.join(&rec.cgroup)));
-        }
+        let facts = instance_facts(&self.node, root, false);
         type Pick = fn(&CgroupFacts) -> Option<f64>;
         let families: [(&str, Kind, &str, Pick); 5] = [
             (

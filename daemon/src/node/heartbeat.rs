@@ -8,7 +8,10 @@
 //!
 //! Each heartbeat also carries the machine's load averages, memory (total, available) and
 //! the size and free space of the file system of `data_dir` ([`host_facts`]): two small
-//! `/proc` reads and one `statvfs` when the state is built, no timer of their own.
+//! `/proc` reads and one `statvfs` when the state is built, no timer of their own; and
+//! per instance the CPU time and memory of its cgroups (the files `/metrics` reads,
+//! [`crate::metrics::collect::instance_facts`]), from which the dashboard of any node
+//! draws this node's sparklines.
 //!
 //! On a clean shutdown ([`shutdown`]) the state is put once more with status
 //! `shutting_down`, every app is stopped gracefully in parallel (each within its
@@ -35,7 +38,16 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Build the node state as of now.
 pub fn node_state(node: &Node, status: NodeStatus, start_time: &str, connected: bool) -> NodeState {
-    let instances = node.instances();
+    let mut instances = node.instances();
+    if let Some(root) = node.cgroup_root() {
+        let facts = crate::metrics::collect::instance_facts(node, root, true);
+        for i in &mut instances {
+            if let Some(f) = facts.get(&(i.app_name.clone(), i.instance_id.clone())) {
+                i.cpu_usec = f.cpu_seconds.map(|s| (s * 1e6).round() as u64);
+                i.memory_bytes = f.memory_bytes;
+            }
+        }
+    }
     let mut managed: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
     managed.sort();
     managed.dedup();

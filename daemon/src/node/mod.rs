@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) invalid: Mutex<BTreeMap<String, narun_wire::events::InvalidSpec>>,
     /// Where Prometheus scrapes this node (`[metrics]`), told in the heartbeat.
     pub(crate) metrics_addr: std::sync::OnceLock<String>,
+    /// Where the instance cgroups live (the heartbeat reads their CPU and memory).
+    pub(crate) cgroup_root: std::sync::OnceLock<std::path::PathBuf>,
     /// The job apps (`runMode = "job"`, [`crate::jobs`]).
     pub(crate) jobs: crate::jobs::Jobs,
 }
@@ -179,6 +181,7 @@ impl Node {
             parsers: Arc::new(tokio::sync::Semaphore::new(reconcile::PARSERS)),
             invalid: Mutex::new(BTreeMap::new()),
             metrics_addr: Default::default(),
+            cgroup_root: Default::default(),
             jobs: crate::jobs::Jobs::new(p.client.clone()),
         };
         (
@@ -342,6 +345,8 @@ impl Node {
                     since: s.since,
                     error: s.error,
                     last_failure: s.last_failure,
+                    cpu_usec: None,
+                    memory_bytes: None,
                 });
             }
         }
@@ -376,6 +381,16 @@ impl Node {
     /// The metrics target announced in the heartbeat, if `[metrics]` is on.
     pub fn metrics_addr(&self) -> Option<String> {
         self.inner.metrics_addr.get().cloned()
+    }
+
+    /// Where the instance cgroups live (set once at start; unset without cgroups).
+    pub fn set_cgroup_root(&self, root: std::path::PathBuf) {
+        let _ = self.inner.cgroup_root.set(root);
+    }
+
+    /// The directory of the instance cgroups, if narund uses cgroups.
+    pub fn cgroup_root(&self) -> Option<&std::path::Path> {
+        self.inner.cgroup_root.get().map(|p| p.as_path())
     }
 
     /// Snapshot of instance `index` of `app` (the newest run when two overlap).

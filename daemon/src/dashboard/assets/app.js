@@ -162,10 +162,10 @@
       table('apps', ['App', 'Tag', 'Running / desired', 'Nodes', 'Restarts', 'Reasons'], rows));
   }
 
-  function spark(id, label, values, fmt) {
+  function spark(kind, label, values, fmt) {
     const w = 240, h = 40, nums = values.filter((v) => v !== null && v !== undefined);
     const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
-    svg.setAttribute('class', 'spark'); svg.setAttribute('id', id);
+    svg.setAttribute('class', 'spark ' + kind);
     svg.setAttribute('viewBox', '0 0 ' + w + ' ' + h); svg.setAttribute('role', 'img');
     const last = nums.length ? nums[nums.length - 1] : null;
     svg.setAttribute('aria-label', label + ': ' + (last === null ? 'no samples' : fmt(last)));
@@ -199,14 +199,15 @@
         el('td', { text: ago(i.since_sec) }), el('td', { text: i.reason || '-' })));
     }
     const desired = a.nodes.reduce((s, n) => s + n.desired, 0);
-    const samples = m.samples || [];
+    const series = m.series || {};
+    const sparks = Object.keys(series).sort().map((node) => el('div', { class: 'sparks', 'data-node': node },
+      spark('cpu', 'CPU on ' + node + ' (% of a core)', series[node].map((s) => s.cpu_pct), (v) => v.toFixed(1) + ' %'),
+      spark('mem', 'Memory on ' + node, series[node].map((s) => s.mem_bytes), bytes)));
     const head = [
       el('h2', { text: name + ':' + a.tag }),
       el('p', { text: 'desired ' + desired + ' on ' + (a.nodes.map((n) => n.node_id).join(', ') || 'no node') + ' · spec revision ' + a.revision }),
       table('instances', ['Instance', 'Node', 'Status', 'Tag', 'PID', 'Restarts', 'Since', 'Reason'], inst),
-      el('div', { class: 'sparks' },
-        spark('cpu-spark', 'CPU (this node, % of a core)', samples.map((s) => s.cpu_pct), (v) => v.toFixed(1) + ' %'),
-        spark('mem-spark', 'Memory (this node)', samples.map((s) => s.mem_bytes), bytes)),
+      ...sparks,
       el('h3', { text: 'Releases' }),
       el('p', { id: 'releases', text: a.releases.map((r) => r.tag + ' (' + r.time + ')').join(', ') || 'none remembered' }),
     ];
@@ -289,9 +290,18 @@
       el('td', { class: 'id', text: j.id }), el('td', { text: j.service }), el('td', { text: j.route }),
       el('td', {}, st(j.state)), el('td', { text: j.attempts + ' / ' + j.max_attempts + (j.retries ? ' (retried ' + j.retries + '×)' : '') }),
       el('td', { text: ago(secs(now, j.created)) + ' ago' }), el('td', { text: ago(secs(now, j.updated)) + ' ago' })));
+    const out = (o) => el('span', { class: o === 'succeeded' ? 'ok' : (o === 'failed' || o === 'skipped') ? 'bad' : 'warn', text: o });
+    const runs = d.runs.map((r) => el('tr', { 'data-run': r.app + '/' + r.id, 'data-node': r.node },
+      el('td', { text: r.app }), el('td', { text: r.node }), el('td', { class: 'id', text: r.id }), el('td', { text: r.trigger }),
+      el('td', { text: r.attempt + ' / ' + r.max_attempts }), el('td', {}, out(r.outcome)),
+      el('td', { text: r.exit_code === null ? '-' : r.exit_code }), el('td', { text: r.duration_ms === null ? '-' : r.duration_ms < 1000 ? r.duration_ms + ' ms' : (r.duration_ms / 1000).toFixed(1) + ' s' }),
+      el('td', { text: ago(secs(now, r.time)) + ' ago' })));
     $('view').replaceChildren(el('h2', { text: 'Jobs' }),
       el('p', { text: rows.length ? 'The newest ' + d.shown + ' async jobs at most, newest first.' : 'No async jobs (no gateway route is async, or none was queued lately).' }),
-      table('jobs', ['Job', 'Service', 'Route', 'State', 'Attempts', 'Created', 'Updated'], rows));
+      table('jobs', ['Job', 'Service', 'Route', 'State', 'Attempts', 'Created', 'Updated'], rows),
+      el('h3', { text: 'Scheduled runs' }),
+      el('p', { class: d.runs_error ? 'bad' : '', text: d.runs_error || (runs.length ? 'The newest attempts of the job apps (runMode = "job"), newest first.' : 'No scheduled runs lately (or narund\'s [events] stream is off).') }),
+      table('runs', ['App', 'Node', 'Run', 'Trigger', 'Attempt', 'Outcome', 'Exit', 'Duration', 'When'], runs));
   }
 
   document.addEventListener('DOMContentLoaded', () => {
