@@ -333,3 +333,58 @@ async fn an_instance_that_does_not_come_back_stops_the_restart() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     running_pids(&states, "web-0 running again", |p| p.contains_key("web-0")).await;
 }
+
+/// A flood of restart requests cannot grow narund's tasks without bound: while one
+/// restart waits for the new run to settle (60 s) and 63 wait behind it, the 65th and
+/// later are refused at once with a reply that says the node is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_restart_requests_is_refused_beyond_the_bound() {
+    const FLOOD: usize = 70;
+    const BOUND: usize = 64; // daemon/src/node/control.rs IN_FLIGHT
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let _narund = Narund::start(&server, NODE, "");
+    upload_script(&server, "slow", "v1", sleeper()).await;
+    narun_test_support::buckets(&server)
+        .await
+        .put_spec(
+            "slow",
+            &serde_json::json!({
+                "name": "slow", "tag": "v1", "mode": "exec", "settleSec": 60,
+                "stopTimeoutSec": 2, "nodes": [{"name": NODE, "replicas": 1}],
+            }),
+        )
+        .await;
+    let js = async_nats::jetstream::new(client.clone());
+    let states = js.get_key_value("node-runner-states").await.unwrap();
+    running_pids(&states, "slow running", |p| p.len() == 1).await;
+
+    let subject = names::control_subject(NODE, names::CONTROL_RESTART);
+    let body = serde_json::to_vec(&serde_json::json!({"app": "slow"})).unwrap();
+    // Sent in order; the ones narund handles do not answer within 3 s (the first waits
+    // 60 s for its new run to settle, the others for the first).
+    let requests = (0..FLOOD).map(|_| {
+        let (client, subject, body) = (client.clone(), subject.clone(), body.clone());
+        async move {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                client.request(subject, body.into()),
+            )
+            .await
+        }
+    });
+    let mut busy = 0;
+    for r in futures_util::future::join_all(requests).await {
+        if let Ok(Ok(msg)) = r {
+            let reply: RestartReply = serde_json::from_slice(&msg.payload).unwrap();
+            assert_eq!(reply.node_id, NODE, "{reply:?}");
+            assert!(reply.error.contains("is busy"), "{reply:?}");
+            busy += 1;
+        }
+    }
+    assert_eq!(
+        busy,
+        FLOOD - BOUND,
+        "refused at once: those beyond the bound"
+    );
+}

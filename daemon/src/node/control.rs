@@ -172,11 +172,33 @@ pub async fn run(node: Node, client: async_nats::Client, stop: CancellationToken
     .await
 }
 
+/// Requests of one kind (restart, run, wake) handled at once on a node; more are refused
+/// with a "busy" reply until one ends (a flood of requests cannot grow narund's tasks).
+pub const IN_FLIGHT: usize = 64;
+
+/// The reply to a request refused because [`IN_FLIGHT`] are being handled (JSON that
+/// every reply type of `narun.control` reads: `node_id`, an empty `app` and `error`).
+pub fn busy_reply(node_id: &str, what: &str) -> Vec<u8> {
+    refusal(
+        node_id,
+        format!(
+            "node {node_id} is busy: {IN_FLIGHT} {what} requests are in progress; try again when they end"
+        ),
+    )
+}
+
+/// A reply that every reply type of `narun.control` reads, saying `error`.
+fn refusal(node_id: &str, error: String) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"node_id": node_id, "app": "", "error": error}))
+        .unwrap_or_default()
+}
+
 /// Serve the requests on `subject` (operator requests to this node: restart, run) until
 /// `stop` is cancelled. Subscribing is retried (250 ms, doubling to 30 s); once subscribed,
 /// async-nats re-subscribes by itself after reconnects. Each request is handled by
-/// `answer` in its own task and its reply (JSON) sent to the request's reply subject;
-/// requests without one are handled and not answered. `what` names them in the log.
+/// `answer` in its own task, at most [`IN_FLIGHT`] at once (others get [`busy_reply`]),
+/// and its reply (JSON) sent to the request's reply subject; requests without one are
+/// handled and not answered. `what` names them in the log.
 pub(crate) async fn serve_requests<R, F, Fut>(
     node: Node,
     client: async_nats::Client,
@@ -190,6 +212,7 @@ pub(crate) async fn serve_requests<R, F, Fut>(
     Fut: std::future::Future<Output = R> + Send + 'static,
 {
     let mut delay = Duration::from_millis(250);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         let sub = tokio::select! {
             s = client.subscribe(subject.clone()) => s,
@@ -205,14 +228,34 @@ pub(crate) async fn serve_requests<R, F, Fut>(
                         _ = stop.cancelled() => return,
                     };
                     let Some(msg) = msg else { break };
-                    let (node, client, answer) = (node.clone(), client.clone(), answer.clone());
-                    tokio::spawn(async move {
-                        let reply = answer(node, msg.payload).await;
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%subject, "{IN_FLIGHT} {what} requests in progress: refusing another");
                         if let Some(to) = msg.reply {
-                            let body = serde_json::to_vec(&reply).unwrap_or_default();
-                            if let Err(e) = client.publish(to, body.into()).await {
-                                tracing::warn!(error = %e, "cannot send the {what} reply");
+                            let body = busy_reply(&node.settings().node_id, what);
+                            let _ = client.publish(to, body.into()).await;
+                        }
+                        continue;
+                    };
+                    let (node, client, answer) = (node.clone(), client.clone(), answer.clone());
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        let node_id = node.settings().node_id.clone();
+                        // narund's shutdown does not wait for requests queued behind the
+                        // apply lock (a restart waiting for its turn gives up).
+                        let body = tokio::select! {
+                            reply = answer(node, msg.payload) => {
+                                serde_json::to_vec(&reply).unwrap_or_default()
                             }
+                            _ = stop.cancelled() => refusal(
+                                &node_id,
+                                format!("narund on node {node_id} is shutting down: the {what} request was not carried out (or not to its end)"),
+                            ),
+                        };
+                        if let Some(to) = msg.reply
+                            && let Err(e) = client.publish(to, body.into()).await
+                        {
+                            tracing::warn!(error = %e, "cannot send the {what} reply");
                         }
                     });
                 }
@@ -227,5 +270,29 @@ pub(crate) async fn serve_requests<R, F, Fut>(
             _ = stop.cancelled() => return,
         }
         delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use narun_wire::events::{RestartReply, WakeReply};
+    use narun_wire::runs::RunReply;
+
+    #[test]
+    fn the_busy_reply_reads_as_every_reply_type() {
+        let b = super::busy_reply("n1", "restart");
+        let r: RestartReply = serde_json::from_slice(&b).unwrap();
+        assert_eq!(r.node_id, "n1");
+        assert!(
+            r.error.contains("node n1 is busy: 64 restart requests"),
+            "{r:?}"
+        );
+        let w: WakeReply = serde_json::from_slice(&b).unwrap();
+        assert!(w.error.contains("busy"), "{w:?}");
+        let run: RunReply = serde_json::from_slice(&b).unwrap();
+        assert!(
+            run.error.contains("busy") && run.job_id.is_empty(),
+            "{run:?}"
+        );
     }
 }
