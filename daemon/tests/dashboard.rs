@@ -97,6 +97,21 @@ async fn http(
     read_response(&mut s).await
 }
 
+/// `body` decompressed by Debian's gzip.
+fn gunzip(body: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "not gzip");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn numbers(log: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| l.rsplit("tick ").next()?.trim().parse().ok())
@@ -212,8 +227,8 @@ async fn dashboard_refuses_what_docs_security_promises() {
     let read = format!("Bearer {READ}");
     let json = ("Content-Type", "application/json");
 
-    // The page itself: CSP without inline script, and no data in it.
-    let page = http(port, "GET", "/_narun/", &[], "").await;
+    // The page itself (gzip): CSP without inline script, and no data in it.
+    let page = http(port, "GET", "/_narun/", &[("Accept-Encoding", "gzip")], "").await;
     assert_eq!(page.status, 200, "{}", page.text());
     assert!(
         page.head
@@ -222,9 +237,28 @@ async fn dashboard_refuses_what_docs_security_promises() {
         page.head
     );
     assert!(
-        !page.text().contains("<script>"),
-        "inline script in the page"
+        page.head.contains("content-encoding: gzip"),
+        "{}",
+        page.head
     );
+    let html = gunzip(&page.body);
+    assert!(html.contains("<script src="), "{html}");
+    assert!(
+        !html.contains("<script>"),
+        "inline script in the page: {html}"
+    );
+    assert!(!html.contains("web"), "data in the page: {html}");
+    // A client that refuses gzip is told so (406), not sent bytes it cannot read.
+    let refused = http(
+        port,
+        "GET",
+        "/_narun/app.js",
+        &[("Accept-Encoding", "identity")],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status, 406, "{}", refused.text());
+    assert!(refused.text().contains("gzip"), "{}", refused.text());
 
     // No token, a wrong token: nothing (401), also for the event stream.
     for auth in [None, Some("Bearer wrong"), Some("Basic b3BzOm9wcw==")] {

@@ -94,7 +94,7 @@ async fn entries(
 }
 
 /// Every value of a KV bucket that is JSON, by key.
-async fn json_entries(
+pub(crate) async fn json_entries(
     js: &jetstream::Context,
     bucket: &narun_wire::jetstream::KvBucket,
 ) -> Result<Vec<(String, Value)>, ApiError> {

@@ -20,10 +20,8 @@ use super::api::{ApiError, ApiResult, TIMEOUT, err, now_ms};
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use http::StatusCode;
-use narun_wire::events::StatusEvent;
 use narun_wire::jobs::{JobRecord, STATE_BUCKET};
 use narun_wire::names;
-use narun_wire::runs::Trigger;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -38,23 +36,34 @@ pub const WINDOW: u64 = 1000;
 pub type Change = (String, bool, bytes::Bytes);
 
 /// The rows of the jobs view from `changes` (oldest first): the latest value of each key,
-/// unreadable records skipped, newest created first, at most [`SHOWN`].
+/// unreadable records skipped, newest first by the key's first write among `changes` (its
+/// creation, for a job created within the window; no sort, whose code narund would
+/// carry), at most [`SHOWN`].
 pub fn rows(changes: impl IntoIterator<Item = Change>) -> Vec<Value> {
-    let mut latest: HashMap<String, bytes::Bytes> = HashMap::new();
+    // One slot per key in the order keys were first written; a delete empties its slot.
+    let mut slots: Vec<Option<bytes::Bytes>> = Vec::new();
+    let mut slot_of: HashMap<String, usize> = HashMap::new();
     for (key, put, value) in changes {
-        if put {
-            latest.insert(key, value);
-        } else {
-            latest.remove(&key);
+        match (put, slot_of.get(&key)) {
+            (true, Some(&i)) => slots[i] = Some(value),
+            (true, None) => {
+                slot_of.insert(key, slots.len());
+                slots.push(Some(value));
+            }
+            (false, Some(&i)) => {
+                slots[i] = None;
+                slot_of.remove(&key);
+            }
+            (false, None) => {}
         }
     }
-    let mut jobs: Vec<JobRecord> = latest
-        .values()
+    let jobs: Vec<JobRecord> = slots
+        .iter()
+        .rev()
+        .flatten()
         .filter_map(|v| serde_json::from_slice(v).ok())
+        .take(SHOWN)
         .collect();
-    // RFC 3339 UTC strings sort by time; the id breaks ties (a stable order).
-    jobs.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
-    jobs.truncate(SHOWN);
     jobs.iter()
         .filter_map(|j| {
             serde_json::to_value(Row {
@@ -130,69 +139,51 @@ async fn changes(js: &jetstream::Context) -> Result<Vec<Change>, String> {
     Ok(out)
 }
 
-/// The rows of the scheduled runs (`runMode = "job"`) from status `events` (oldest
-/// first): per node, app, run and attempt its latest event (a run's `started` event is
-/// followed by its outcome), newest first, at most [`SHOWN`]. The events' error text is
-/// left out, as the async jobs' is; the exit code says how a run ended.
-pub fn run_rows(events: impl IntoIterator<Item = StatusEvent>) -> Vec<Value> {
-    let mut latest: HashMap<(String, String, String, u32), StatusEvent> = HashMap::new();
-    for ev in events {
-        if let Some(job) = &ev.job {
-            let key = (
-                ev.node_id.clone(),
-                ev.app_name.clone(),
-                job.id.clone(),
-                job.attempt,
-            );
-            latest.insert(key, ev);
+/// The rows of the scheduled runs (`runMode = "job"`) from status `events` (JSON, in
+/// stream order): per node, app, run and attempt its latest event (a run's `started`
+/// event is followed by its outcome), newest first, at most [`SHOWN`]. The events' error
+/// text is left out, as the async jobs' is; the exit code says how a run ended. (The
+/// events stay `Value`s and are not sorted: the stream's order is the order they were
+/// published in, and typed decoding and a sort would add their code to narund.)
+pub fn run_rows(events: Vec<Value>) -> Vec<Value> {
+    let key = |ev: &Value| {
+        let job = &ev["job"];
+        (
+            ev["node_id"].to_string(),
+            ev["app_name"].to_string(),
+            job["id"].to_string(),
+            job["attempt"].to_string(),
+        )
+    };
+    let mut latest: HashMap<_, usize> = HashMap::new();
+    for (i, ev) in events.iter().enumerate() {
+        if ev["job"].is_object() {
+            latest.insert(key(ev), i);
         }
     }
-    let mut runs: Vec<StatusEvent> = latest.into_values().collect();
-    runs.sort_by(|a, b| {
-        b.time
-            .cmp(&a.time)
-            .then_with(|| (&a.node_id, &a.app_name).cmp(&(&b.node_id, &b.app_name)))
-    });
-    runs.truncate(SHOWN);
-    runs.iter()
-        .filter_map(|ev| {
-            let job = ev.job.as_ref()?;
-            serde_json::to_value(RunRow {
-                app: &ev.app_name,
-                node: &ev.node_id,
-                id: &job.id,
-                trigger: job.trigger,
-                attempt: job.attempt,
-                max_attempts: job.max_attempts,
-                outcome: &job.outcome,
-                exit_code: ev.exit_code,
-                duration_ms: job.duration_ms,
-                time: &ev.time,
-            })
-            .ok()
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (i, ev) in events.iter().enumerate().rev() {
+        if out.len() == SHOWN {
+            break;
+        }
+        if !ev["job"].is_object() || latest.get(&key(ev)) != Some(&i) {
+            continue;
+        }
+        let job = &ev["job"];
+        out.push(json!({
+            "app": ev["app_name"], "node": ev["node_id"], "id": job["id"],
+            "trigger": job["trigger"], "attempt": job["attempt"],
+            "max_attempts": job["max_attempts"], "outcome": job["outcome"],
+            "exit_code": ev["exit_code"], "duration_ms": job["duration_ms"], "time": ev["time"],
+        }));
+    }
+    out
 }
 
-/// A row of the scheduled runs.
-#[derive(serde::Serialize)]
-struct RunRow<'a> {
-    app: &'a str,
-    node: &'a str,
-    id: &'a str,
-    trigger: Trigger,
-    attempt: u32,
-    max_attempts: u32,
-    outcome: &'a str,
-    exit_code: Option<i32>,
-    duration_ms: Option<u64>,
-    time: &'a str,
-}
-
-/// The status stream's newest [`WINDOW`] events that are job runs, oldest first (none
-/// without the stream: narund's `[events] stream` is off).
-async fn run_events(js: &jetstream::Context) -> Result<Vec<StatusEvent>, String> {
-    use jetstream::consumer::{DeliverPolicy, pull};
+/// The status stream's newest [`WINDOW`] events, oldest first (none without the stream:
+/// narund's `[events] stream` is off). An ordered push consumer, as the KV watches use.
+async fn run_events(js: &jetstream::Context) -> Result<Vec<Value>, String> {
+    use jetstream::consumer::{DeliverPolicy, push};
     let text = |e: &dyn std::fmt::Display| e.to_string();
     let mut stream = match js.get_stream(names::STATUS_STREAM).await {
         Ok(s) => s,
@@ -209,7 +200,8 @@ async fn run_events(js: &jetstream::Context) -> Result<Vec<StatusEvent>, String>
         .max(state.first_sequence)
         .max(1);
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             },
@@ -219,18 +211,14 @@ async fn run_events(js: &jetstream::Context) -> Result<Vec<StatusEvent>, String>
         .map_err(|e| text(&e))?;
     let mut messages = consumer.messages().await.map_err(|e| text(&e))?;
     let mut out = Vec::new();
-    let mut read = 0u64;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| text(&e))?;
-        read += 1;
         let info = m.info().map_err(|e| text(&e))?;
         let done = info.stream_sequence >= state.last_sequence || info.pending == 0;
-        if let Ok(ev) = serde_json::from_slice::<StatusEvent>(&m.payload)
-            && ev.job.is_some()
-        {
+        if let Ok(ev) = serde_json::from_slice::<Value>(&m.payload) {
             out.push(ev);
         }
-        if done || read >= WINDOW {
+        if done || out.len() as u64 >= WINDOW {
             break;
         }
     }
@@ -321,33 +309,38 @@ mod tests {
 
     #[test]
     fn runs_latest_event_per_attempt_newest_first_without_error_text() {
-        let ev = |node: &str, id: &str, attempt: u32, outcome: &str, time: &str| StatusEvent {
-            node_id: node.into(),
-            app_name: "backup".into(),
-            time: time.into(),
-            error: "password=hunter2".into(),
-            exit_code: (outcome != "started").then_some(3),
-            job: Some(narun_wire::runs::JobRun {
-                id: id.into(),
-                attempt,
-                max_attempts: 2,
-                outcome: outcome.into(),
+        let ev = |node: &str, id: &str, attempt: u32, outcome: &str, time: &str| {
+            serde_json::to_value(narun_wire::events::StatusEvent {
+                node_id: node.into(),
+                app_name: "backup".into(),
+                time: time.into(),
+                error: "password=hunter2".into(),
+                exit_code: (outcome != "started").then_some(3),
+                job: Some(narun_wire::runs::JobRun {
+                    id: id.into(),
+                    attempt,
+                    max_attempts: 2,
+                    outcome: outcome.into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
+            })
+            .unwrap()
         };
-        let plain = StatusEvent {
+        let plain = serde_json::to_value(narun_wire::events::StatusEvent {
             app_name: "web".into(),
             time: "2026-01-01T00:00:09Z".into(),
             ..Default::default()
-        };
+        })
+        .unwrap();
         let r = run_rows(vec![
             ev("n1", "100", 1, "started", "2026-01-01T00:00:01Z"),
             plain,
+            ev("n2", "100", 1, "started", "2026-01-01T00:00:01Z"),
             ev("n1", "100", 1, "retrying", "2026-01-01T00:00:02Z"),
             ev("n1", "100", 2, "started", "2026-01-01T00:00:03Z"),
-            ev("n2", "100", 1, "started", "2026-01-01T00:00:01Z"),
             ev("n1", "100", 2, "failed", "2026-01-01T00:00:04Z"),
+            json!("not an event"),
         ]);
         let got: Vec<(&str, u64, &str)> = r
             .iter()
@@ -369,8 +362,16 @@ mod tests {
         );
         assert_eq!(r[0]["exit_code"], 3);
         assert_eq!(r[0]["trigger"], "schedule");
+        assert_eq!(r[0]["time"], "2026-01-01T00:00:04Z");
         let text = Value::Array(r).to_string();
         assert!(!text.contains("hunter2"), "{text}");
+        // At most SHOWN rows, the newest.
+        let many: Vec<Value> = (0..SHOWN + 5)
+            .map(|i| ev("n1", &i.to_string(), 1, "succeeded", "2026-01-01T00:00:00Z"))
+            .collect();
+        let r = run_rows(many);
+        assert_eq!(r.len(), SHOWN);
+        assert_eq!(r[0]["id"], (SHOWN + 4).to_string());
     }
 
     #[test]

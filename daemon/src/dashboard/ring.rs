@@ -7,23 +7,19 @@
 //!   reads ([`crate::metrics::collect::instance_facts`]).
 //! * **Every other node**: one sample per heartbeat, from the CPU time and memory each
 //!   instance carries in it (`cpu_usec`, `memory_bytes`, docs/protocol.md), at the time
-//!   the node stamped it (`last_seen`). A watch of `node-runner-states` delivers the
-//!   heartbeats as they are put: no polling, nothing asked of the other nodes, and nodes
-//!   without the dashboard (or the gateway) need nothing but their heartbeat. A node
-//!   heart-beats every 15 s and on every instance change: ~90 minutes per series.
+//!   the node stamped it (`last_seen`). The heartbeats are read from `node-runner-states`
+//!   every `sample_sec` (what the nodes view reads): nothing is asked of the other nodes,
+//!   and nodes without the dashboard (or the gateway) need nothing but their heartbeat.
+//!   A node heart-beats every 15 s and on every instance change: ~90 minutes per series.
 //!
 //! Bounded in every direction: at most [`KEEP`] samples per series, at most
 //! [`MAX_SERIES`] series (a flood of made-up node states adds no more), an app that no
 //! longer runs on a node loses that node's series at the node's next sample, and a series
 //! with no sample for [`STALE`] is dropped (a node gone for good).
 //!
-//! [`Ring`] is pure (readings and times are given); [`sample_loop`] and [`follow_nodes`]
-//! feed it.
+//! [`Ring`] is pure (readings and times are given); [`sample_loop`] feeds it.
 
 use crate::node::Node;
-use futures_util::StreamExt;
-use narun_wire::events::NodeState;
-use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -46,7 +42,7 @@ pub struct Reading {
 }
 
 /// One point of a sparkline.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
     /// Unix time, seconds.
     pub t: u64,
@@ -55,8 +51,10 @@ pub struct Sample {
     pub mem_bytes: Option<u64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Series {
+    app: String,
+    node: String,
     samples: VecDeque<Sample>,
     /// The previous reading's CPU seconds and time.
     last_cpu: Option<(f64, f64)>,
@@ -67,11 +65,12 @@ struct Series {
     touched: f64,
 }
 
-/// The samples of every app on every node (see the module doc).
+/// The samples of every app on every node (see the module doc). A plain list searched
+/// from end to end (at most [`MAX_SERIES`], each step a string compare): no map's code
+/// in narund for it.
 #[derive(Debug, Default)]
 pub struct Ring {
-    /// By (app, node).
-    series: BTreeMap<(String, String), Series>,
+    series: Vec<Series>,
 }
 
 /// Add `b` to `a` (`None` only when both are).
@@ -94,15 +93,30 @@ impl Ring {
         local: f64,
         readings: &BTreeMap<String, Reading>,
     ) {
-        self.series.retain(|(app, n), s| {
-            (n != node || readings.contains_key(app)) && local - s.touched <= STALE
+        self.series.retain(|s| {
+            (s.node != node || readings.contains_key(&s.app)) && local - s.touched <= STALE
         });
         for (app, r) in readings {
-            let key = (app.clone(), node.to_string());
-            if !self.series.contains_key(&key) && self.series.len() >= MAX_SERIES {
-                continue;
-            }
-            let s = self.series.entry(key).or_default();
+            let i = match self
+                .series
+                .iter()
+                .position(|s| s.app == *app && s.node == node)
+            {
+                Some(i) => i,
+                None if self.series.len() >= MAX_SERIES => continue,
+                None => {
+                    self.series.push(Series {
+                        app: app.clone(),
+                        node: node.to_string(),
+                        samples: VecDeque::new(),
+                        last_cpu: None,
+                        last: 0.0,
+                        touched: local,
+                    });
+                    self.series.len() - 1
+                }
+            };
+            let s = &mut self.series[i];
             if !s.samples.is_empty() && now <= s.last {
                 continue;
             }
@@ -125,32 +139,67 @@ impl Ring {
         }
     }
 
+    /// The samples of `app` as JSON, `{"<node>": [{"t", "cpu_pct", "mem_bytes"}, …]}`,
+    /// oldest first (written by hand: a map of typed series would add its serializer's
+    /// code to narund).
+    pub fn series_json(&self, app: &str) -> String {
+        use std::fmt::Write;
+        let mut out = String::from("{");
+        for s in self.series.iter().filter(|s| s.app == app) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::Value::from(s.node.as_str()).to_string());
+            out.push_str(":[");
+            for (i, x) in s.samples.iter().enumerate() {
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+                let _ = write!(
+                    out,
+                    "{}{{\"t\":{},\"cpu_pct\":{},\"mem_bytes\":{}}}",
+                    if i == 0 { "" } else { "," },
+                    x.t,
+                    opt(x
+                        .cpu_pct
+                        .filter(|c| c.is_finite())
+                        .map(|c| format!("{c:.3}"))),
+                    opt(x.mem_bytes.map(|m| m.to_string())),
+                );
+            }
+            out.push(']');
+        }
+        out.push('}');
+        out
+    }
+
     /// The samples of `app`, by node, oldest first.
+    #[cfg(test)]
     pub fn series(&self, app: &str) -> BTreeMap<String, Vec<Sample>> {
         self.series
             .iter()
-            .filter(|((a, _), _)| a == app)
-            .map(|((_, node), s)| (node.clone(), s.samples.iter().copied().collect()))
+            .filter(|s| s.app == app)
+            .map(|s| (s.node.clone(), s.samples.iter().copied().collect()))
             .collect()
     }
 }
 
-/// The readings of one heartbeat, per app, and its time (Unix seconds; `None` when
-/// `last_seen` is no RFC 3339 time).
-pub fn heartbeat_readings(state: &NodeState) -> Option<(f64, BTreeMap<String, Reading>)> {
+/// The readings of one heartbeat (a `NodeState` as JSON), per app, and its time (Unix
+/// seconds; `None` when `last_seen` is no RFC 3339 time). Read from the JSON value (the
+/// dashboard decodes heartbeats as values already): no decoder of its own.
+pub fn heartbeat_readings(state: &serde_json::Value) -> Option<(f64, BTreeMap<String, Reading>)> {
     let t = time::OffsetDateTime::parse(
-        &state.last_seen,
+        state["last_seen"].as_str()?,
         &time::format_description::well_known::Rfc3339,
     )
     .ok()?;
     let mut out: BTreeMap<String, Reading> = BTreeMap::new();
-    for i in &state.instances {
-        if i.cpu_usec.is_none() && i.memory_bytes.is_none() {
+    for i in state["instances"].as_array().into_iter().flatten() {
+        let (cpu, mem) = (i["cpu_usec"].as_u64(), i["memory_bytes"].as_u64());
+        let Some(app) = i["app_name"].as_str().filter(|_| cpu.or(mem).is_some()) else {
             continue;
-        }
-        let e = out.entry(i.app_name.clone()).or_default();
-        e.cpu_seconds = sum(e.cpu_seconds, i.cpu_usec.map(|u| u as f64 / 1e6));
-        e.memory_bytes = sum(e.memory_bytes, i.memory_bytes);
+        };
+        let e = out.entry(app.to_string()).or_default();
+        e.cpu_seconds = sum(e.cpu_seconds, cpu.map(|u| u as f64 / 1e6));
+        e.memory_bytes = sum(e.memory_bytes, mem);
     }
     Some((t.unix_timestamp_nanos() as f64 / 1e9, out))
 }
@@ -162,17 +211,18 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// Sample this node's apps every `every` into `ring` until `stop` (nothing without cgroups).
+/// Every `every` until `stop`: sample this node's apps (with cgroups) and read the other
+/// nodes' heartbeats (`node-runner-states`, each bounded by the API's timeout) into `ring`.
+/// A heartbeat read again adds nothing (its `last_seen` is not newer); at the default
+/// 10 s every heartbeat (15 s apart) is seen.
 pub async fn sample_loop(
     node: Node,
+    js: async_nats::jetstream::Context,
     cgroup_root: Option<PathBuf>,
     ring: Arc<Mutex<Ring>>,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let Some(root) = cgroup_root else {
-        return;
-    };
     let me = node.settings().node_id.clone();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,73 +231,36 @@ pub async fn sample_loop(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut readings: BTreeMap<String, Reading> = BTreeMap::new();
-        for ((app, _), f) in crate::metrics::collect::instance_facts(&node, &root, true) {
-            let e = readings.entry(app).or_default();
-            e.cpu_seconds = sum(e.cpu_seconds, f.cpu_seconds);
-            e.memory_bytes = sum(e.memory_bytes, f.memory_bytes);
+        if let Some(root) = &cgroup_root {
+            let mut readings: BTreeMap<String, Reading> = BTreeMap::new();
+            for ((app, _), f) in crate::metrics::collect::instance_facts(&node, root, true) {
+                let e = readings.entry(app).or_default();
+                e.cpu_seconds = sum(e.cpu_seconds, f.cpu_seconds);
+                e.memory_bytes = sum(e.memory_bytes, f.memory_bytes);
+            }
+            let now = unix_now();
+            ring.lock().unwrap().record(&me, now, now, &readings);
         }
-        let now = unix_now();
-        ring.lock().unwrap().record(&me, now, now, &readings);
-    }
-}
-
-/// Record the heartbeats of the other nodes into `ring` as they are put, until `stop`: a
-/// watch of `node-runner-states`, opened again (250 ms doubling to 30 s) when it ends or
-/// the bucket is not there yet.
-pub async fn follow_nodes(
-    client: async_nats::Client,
-    me: String,
-    ring: Arc<Mutex<Ring>>,
-    stop: CancellationToken,
-) {
-    let js = async_nats::jetstream::new(client);
-    let mut delay = Duration::from_millis(250);
-    loop {
-        let watch = async {
-            let store = narun_wire::jetstream::NODE_STATES.open(&js).await.ok()??;
-            store.watch_all().await.ok()
-        };
-        let watch = tokio::select! {
-            w = tokio::time::timeout(Duration::from_secs(10), watch) => w.ok().flatten(),
+        let states = tokio::select! {
+            s = super::api::json_entries(&js, &narun_wire::jetstream::NODE_STATES) => s,
             _ = stop.cancelled() => return,
         };
-        if let Some(mut watch) = watch {
-            loop {
-                let entry = tokio::select! {
-                    e = watch.next() => e,
-                    _ = stop.cancelled() => return,
-                };
-                let Some(Ok(entry)) = entry else { break };
-                delay = Duration::from_millis(250);
-                if entry.key == me || entry.operation != async_nats::jetstream::kv::Operation::Put {
-                    continue;
-                }
-                let Ok(state) = serde_json::from_slice::<NodeState>(&entry.value) else {
-                    continue;
-                };
-                if state.node_id != entry.key {
-                    continue;
-                }
-                if let Some((t, readings)) = heartbeat_readings(&state) {
-                    ring.lock()
-                        .unwrap()
-                        .record(&entry.key, t, unix_now(), &readings);
-                }
+        for (key, state) in states.unwrap_or_default() {
+            // A value stored under another node's key is not that node's heartbeat.
+            if key == me || state["node_id"].as_str() != Some(key.as_str()) {
+                continue;
+            }
+            if let Some((t, readings)) = heartbeat_readings(&state) {
+                ring.lock().unwrap().record(&key, t, unix_now(), &readings);
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use narun_wire::events::InstanceState;
+    use narun_wire::events::{InstanceState, NodeState};
 
     fn reading(cpu: f64, mem: u64) -> Reading {
         Reading {
@@ -320,6 +333,28 @@ mod tests {
     }
 
     #[test]
+    fn series_as_json_by_node() {
+        let mut r = Ring::default();
+        assert_eq!(r.series_json("a"), "{}");
+        r.record("n\"1", 100.0, 100.0, &one("a", reading(1.0, 10)));
+        r.record("n\"1", 110.0, 110.0, &one("a", reading(2.0, 20)));
+        r.record("n2", 100.0, 100.0, &one("a", Reading::default()));
+        r.record("n2", 100.0, 100.0, &one("b", reading(1.0, 1)));
+        let v: serde_json::Value = serde_json::from_str(&r.series_json("a")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "n\"1": [
+                    {"t": 100, "cpu_pct": null, "mem_bytes": 10},
+                    {"t": 110, "cpu_pct": 10.0, "mem_bytes": 20},
+                ],
+            })
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.series_json("b")).unwrap();
+        assert_eq!(v["n2"][0]["mem_bytes"], 1);
+    }
+
+    #[test]
     fn heartbeats_give_readings_per_app_at_their_own_time() {
         let inst = |app: &str, id: &str, cpu: Option<u64>, mem: Option<u64>| InstanceState {
             app_name: app.into(),
@@ -338,7 +373,8 @@ mod tests {
             ],
             ..Default::default()
         };
-        let (t, readings) = heartbeat_readings(&state).unwrap();
+        let json = |s: &NodeState| serde_json::to_value(s).unwrap();
+        let (t, readings) = heartbeat_readings(&json(&state)).unwrap();
         assert_eq!(t, 1_767_225_610.5);
         assert_eq!(readings.len(), 1, "b carries no reading (an older narund)");
         assert_eq!(readings["a"], reading(1.5, 100));
@@ -346,6 +382,7 @@ mod tests {
             last_seen: "yesterday".into(),
             ..state
         };
-        assert!(heartbeat_readings(&bad).is_none());
+        assert!(heartbeat_readings(&json(&bad)).is_none());
+        assert!(heartbeat_readings(&serde_json::json!("junk")).is_none());
     }
 }
