@@ -247,7 +247,7 @@ impl Daemon {
                 shutdown.clone(),
             );
             let stop = shutdown.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 gateway
                     .run(async move { stop.cancelled().await })
                     .await
@@ -265,7 +265,7 @@ impl Daemon {
                 started_unix: std::time::SystemTime::now(),
             };
             let stop = shutdown.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 let render = move || {
                     let scrape = scrape.clone();
                     async move { scrape.render().await }
@@ -293,7 +293,7 @@ impl Daemon {
         {
             // Trim narund's binary again each time it settles (crate::memory).
             let (node, stop, memory) = (node.clone(), shutdown.clone(), config.memory.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::memory::trim_when_settled(
                     memory,
                     move || {
@@ -309,7 +309,7 @@ impl Daemon {
         {
             // Renew the NATS users narund minted for apps ([apps] nats_account_signing_key).
             let (settings, stop) = (Settings::from_config(&config), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::instance::nats_identity::renew_loop(settings, stop).await;
                 Ok(())
             });
@@ -318,7 +318,7 @@ impl Daemon {
             // The lock bucket the minted app users may use but not create.
             let settings = Settings::from_config(&config);
             let (client, stop) = (client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::instance::nats_identity::ensure_locks_bucket(settings, client, stop).await;
                 Ok(())
             });
@@ -326,7 +326,7 @@ impl Daemon {
         {
             // The republish narun::config follows, on a bucket made without it.
             let (client, stop) = (client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::instance::nats_identity::ensure_config_bucket(client, stop).await;
                 Ok(())
             });
@@ -336,7 +336,7 @@ impl Daemon {
         {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
             let events = events.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::watch::run(node, client, events, ready, stop).await;
                 Ok(())
             });
@@ -345,7 +345,7 @@ impl Daemon {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
             let start_time = start_time.clone();
             let events = events.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 heartbeat::run_heartbeat(node, client, events, start_time, stop).await;
                 Ok(())
             });
@@ -353,7 +353,7 @@ impl Daemon {
         {
             // Operator requests (`narunctl apps restart`) on narun.control.<node>.*.
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::control::run(node, client, stop).await;
                 Ok(())
             });
@@ -361,14 +361,14 @@ impl Daemon {
         {
             // Scale to zero: idle apps sleep; wakes on narun.control.<node>.wake.
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::sleep::run(node, client, stop).await;
                 Ok(())
             });
         }
         {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::sleep::serve_wake(node, client, stop).await;
                 Ok(())
             });
@@ -376,7 +376,7 @@ impl Daemon {
         {
             // `narunctl run` on narun.control.<node>.run.
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::runs::serve(node, client, stop).await;
                 Ok(())
             });
@@ -385,7 +385,7 @@ impl Daemon {
             let limits = crate::logs::stream::Limits::from_config(&config.logs);
             let (client, stop) = (client.clone(), shutdown.clone());
             let replicas = config.nats.stream_replicas;
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::logs::stream::HISTORY
                     .run(client, limits, replicas, stop)
                     .await;
@@ -396,7 +396,7 @@ impl Daemon {
             let limits = config.events.limits();
             let (client, stop) = (client.clone(), shutdown.clone());
             let replicas = config.nats.stream_replicas;
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::history::HISTORY
                     .run(client, limits, replicas, stop)
                     .await;

@@ -83,7 +83,7 @@ pub fn mount(
         return;
     }
     let ring = Arc::new(Mutex::new(ring::Ring::default()));
-    tokio::spawn(ring::sample_loop(
+    crate::spawn(ring::sample_loop(
         node.clone(),
         cgroup_root,
         ring.clone(),

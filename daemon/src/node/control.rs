@@ -36,6 +36,7 @@ use crate::instance::InstanceHandle;
 use futures_util::StreamExt;
 use narun_wire::events::{RestartReply, RestartRequest};
 use narun_wire::names;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -177,18 +178,41 @@ pub async fn run(node: Node, client: async_nats::Client, stop: CancellationToken
 /// async-nats re-subscribes by itself after reconnects. Each request is handled by
 /// `answer` in its own task and its reply (JSON) sent to the request's reply subject;
 /// requests without one are handled and not answered. `what` names them in the log.
-pub(crate) async fn serve_requests<R, F, Fut>(
+///
+/// Generic only in this wrapper: the loop ([`serve_answers`]) is compiled once for all
+/// request kinds (binary size: docs/benchmarks.md, "Binary size, s32").
+pub(crate) fn serve_requests<R, F, Fut>(
     node: Node,
     client: async_nats::Client,
     subject: String,
     what: &'static str,
     stop: CancellationToken,
     answer: F,
-) where
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
     R: serde::Serialize + Send + 'static,
-    F: Fn(Node, bytes::Bytes) -> Fut + Clone + Send + 'static,
+    F: Fn(Node, bytes::Bytes) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = R> + Send + 'static,
 {
+    let answer: Answer = Arc::new(move |node, payload| {
+        let reply = answer(node, payload);
+        Box::pin(async move { serde_json::to_vec(&reply.await).unwrap_or_default() })
+    });
+    serve_answers(node, client, subject, what, stop, answer)
+}
+
+/// An answer to one request: its reply, as JSON.
+type Answer = Arc<dyn Fn(Node, bytes::Bytes) -> crate::BoxedTask<Vec<u8>> + Send + Sync>;
+
+/// [`serve_requests`]' loop.
+async fn serve_answers(
+    node: Node,
+    client: async_nats::Client,
+    subject: String,
+    what: &'static str,
+    stop: CancellationToken,
+    answer: Answer,
+) {
     let mut delay = Duration::from_millis(250);
     loop {
         let sub = tokio::select! {
@@ -205,14 +229,14 @@ pub(crate) async fn serve_requests<R, F, Fut>(
                         _ = stop.cancelled() => return,
                     };
                     let Some(msg) = msg else { break };
-                    let (node, client, answer) = (node.clone(), client.clone(), answer.clone());
-                    tokio::spawn(async move {
-                        let reply = answer(node, msg.payload).await;
-                        if let Some(to) = msg.reply {
-                            let body = serde_json::to_vec(&reply).unwrap_or_default();
-                            if let Err(e) = client.publish(to, body.into()).await {
-                                tracing::warn!(error = %e, "cannot send the {what} reply");
-                            }
+                    let (node, client) = (node.clone(), client.clone());
+                    let reply = answer(node, msg.payload);
+                    crate::spawn(async move {
+                        let body = reply.await;
+                        if let Some(to) = msg.reply
+                            && let Err(e) = client.publish(to, body.into()).await
+                        {
+                            tracing::warn!(error = %e, "cannot send the {what} reply");
                         }
                     });
                 }
