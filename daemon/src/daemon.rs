@@ -250,7 +250,7 @@ impl Daemon {
                 shutdown.clone(),
             );
             let stop = shutdown.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 gateway
                     .run(async move { stop.cancelled().await })
                     .await
@@ -268,7 +268,7 @@ impl Daemon {
                 started_unix: std::time::SystemTime::now(),
             };
             let stop = shutdown.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 let render = move || {
                     let scrape = scrape.clone();
                     async move { scrape.render().await }
@@ -296,7 +296,7 @@ impl Daemon {
         {
             // Trim narund's binary again each time it settles (crate::memory).
             let (node, stop, memory) = (node.clone(), shutdown.clone(), config.memory.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::memory::trim_when_settled(
                     memory,
                     move || {
@@ -312,7 +312,7 @@ impl Daemon {
         {
             // Renew the NATS users narund minted for apps ([apps] nats_account_signing_key).
             let (settings, stop) = (Settings::from_config(&config), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::instance::nats_identity::renew_loop(settings, stop).await;
                 Ok(())
             });
@@ -321,7 +321,7 @@ impl Daemon {
             // The lock bucket the minted app users may use but not create.
             let settings = Settings::from_config(&config);
             let (client, stop) = (client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::instance::nats_identity::ensure_locks_bucket(settings, client, stop).await;
                 Ok(())
             });
@@ -329,7 +329,7 @@ impl Daemon {
         {
             // The republish narun::config follows, on a bucket made without it.
             let (client, stop) = (client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::instance::nats_identity::ensure_config_bucket(client, stop).await;
                 Ok(())
             });
@@ -339,7 +339,7 @@ impl Daemon {
         {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
             let events = events.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::watch::run(node, client, events, ready, stop).await;
                 Ok(())
             });
@@ -348,7 +348,7 @@ impl Daemon {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
             let start_time = start_time.clone();
             let events = events.clone();
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 heartbeat::run_heartbeat(node, client, events, start_time, stop).await;
                 Ok(())
             });
@@ -356,7 +356,7 @@ impl Daemon {
         {
             // Operator requests (`narunctl apps restart`) on narun.control.<node>.*.
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::control::run(node, client, stop).await;
                 Ok(())
             });
@@ -364,14 +364,14 @@ impl Daemon {
         {
             // Scale to zero: idle apps sleep; wakes on narun.control.<node>.wake.
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::sleep::run(node, client, stop).await;
                 Ok(())
             });
         }
         {
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::sleep::serve_wake(node, client, stop).await;
                 Ok(())
             });
@@ -379,7 +379,7 @@ impl Daemon {
         {
             // `narunctl run` on narun.control.<node>.run.
             let (node, client, stop) = (node.clone(), client.clone(), shutdown.clone());
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::runs::serve(node, client, stop).await;
                 Ok(())
             });
@@ -388,7 +388,7 @@ impl Daemon {
             let limits = crate::logs::stream::Limits::from_config(&config.logs);
             let (client, stop) = (client.clone(), shutdown.clone());
             let replicas = config.nats.stream_replicas;
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::logs::stream::HISTORY
                     .run(client, limits, replicas, stop)
                     .await;
@@ -399,7 +399,7 @@ impl Daemon {
             let limits = config.events.limits();
             let (client, stop) = (client.clone(), shutdown.clone());
             let replicas = config.nats.stream_replicas;
-            tasks.spawn(async move {
+            crate::spawn_in(&mut tasks, async move {
                 crate::node::history::HISTORY
                     .run(client, limits, replicas, stop)
                     .await;

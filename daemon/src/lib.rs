@@ -50,3 +50,24 @@ pub mod sys;
 #[cfg(test)]
 pub mod testing;
 pub mod uring;
+
+/// A spawned future, boxed: see [`spawn`].
+pub type BoxedTask<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// `tokio::spawn` of the future boxed as [`BoxedTask`]: tokio's task machinery (poll,
+/// complete, cancel, join, drop: ≈ 1 KB of code per future type) is compiled once per
+/// output type instead of once per spawned future. Same behaviour; one more allocation per
+/// spawn, one indirect call per poll. Binary size: docs/benchmarks.md ("Binary size, s32").
+pub fn spawn<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::spawn(Box::pin(f) as BoxedTask<T>)
+}
+
+/// [`spawn`] onto a `JoinSet`.
+pub(crate) fn spawn_in<T: Send + 'static>(
+    set: &mut tokio::task::JoinSet<T>,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::AbortHandle {
+    set.spawn(Box::pin(f) as BoxedTask<T>)
+}

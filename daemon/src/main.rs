@@ -225,7 +225,7 @@ async fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
     let stop_apps = daemon.stop_apps_on_exit();
     let shutdown = CancellationToken::new();
     let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
-    let daemon = tokio::spawn(daemon.run(shutdown.clone(), reloads));
+    let daemon = narund::spawn(daemon.run(shutdown.clone(), reloads));
     tokio::pin!(daemon);
     loop {
         tokio::select! {

@@ -223,17 +223,17 @@ impl UringHandle {
                 // kernel waits for data (io_uring itself never blocks our thread).
                 if let Err(e) = sys::fs::set_nonblocking(fd.as_fd(), false) {
                     tracing::warn!(error = %e, "cannot clear O_NONBLOCK on a pipe; using plain reads");
-                    tokio::spawn(read_pipe_fallback(fd, sink));
+                    crate::spawn(read_pipe_fallback(fd, sink));
                 } else if let Err(mpsc::error::SendError(Job::ReadPipe { fd, sink })) =
                     jobs.send(Job::ReadPipe { fd, sink })
                 {
                     // The uring thread died (it only stops when every handle is gone, so this
                     // means a bug); keep the logs flowing anyway.
-                    tokio::spawn(read_pipe_fallback(fd, sink));
+                    crate::spawn(read_pipe_fallback(fd, sink));
                 }
             }
             None => {
-                tokio::spawn(read_pipe_fallback(fd, sink));
+                crate::spawn(read_pipe_fallback(fd, sink));
             }
         }
     }

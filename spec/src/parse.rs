@@ -281,7 +281,9 @@ impl AppSpec {
     pub fn from_json_str(text: &str) -> Result<AppSpec, ParseError> {
         check_limits(text, Format::Json)?;
         let spec: AppSpec = serde_json::from_str(text).map_err(json_error)?;
-        let generic = serde_json::from_str::<Value>(text).ok();
+        // From the bytes: the same `Value` (the text is UTF-8 already), and the parser
+        // instance narund's state files and replies use anyway (one copy in the binary).
+        let generic = serde_json::from_slice::<Value>(text.as_bytes()).ok();
         Ok(finish(spec, generic))
     }
 

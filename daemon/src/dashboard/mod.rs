@@ -86,7 +86,7 @@ pub fn mount(
         return;
     }
     let ring = Arc::new(Mutex::new(ring::Ring::default()));
-    tokio::spawn(ring::sample_loop(
+    crate::spawn(ring::sample_loop(
         node.clone(),
         async_nats::jetstream::new(client.clone()),
         cgroup_root,

@@ -160,7 +160,7 @@ pub fn spawn_publisher(
     mut durable: watch::Receiver<u64>,
 ) -> mpsc::UnboundedSender<Outgoing> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
-    tokio::spawn(async move {
+    crate::spawn(async move {
         while let Some(ev) = rx.recv().await {
             if let Some(g) = ev.after_records {
                 let _ = tokio::time::timeout(RECORD_WAIT, durable.wait_for(|d| *d >= g)).await;

@@ -78,7 +78,7 @@ pub fn spawn_reaper(
     beat: Option<crate::liveness::Beat>,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut chld = match signal(SignalKind::child()) {
             Ok(s) => Some(s),

@@ -41,7 +41,7 @@ pub(super) fn spawn(
     adopt: Option<Adoptable>,
 ) -> InstanceHandle {
     let (handle, task) = new(host, spec, index, revision);
-    tokio::spawn(task.run(adopt));
+    crate::spawn(task.run(adopt));
     handle
 }
 

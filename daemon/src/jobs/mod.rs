@@ -137,7 +137,7 @@ impl Jobs {
                 stop.clone(),
             );
             tracing::info!(app = %spec.name, schedule = %spec.schedule, "job scheduled");
-            let task = tokio::spawn(r.run(rx));
+            let task = crate::spawn(r.run(rx));
             self.apps.lock().unwrap().insert(
                 spec.name.clone(),
                 JobApp {

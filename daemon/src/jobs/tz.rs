@@ -145,19 +145,24 @@ impl Zone {
     /// The instants whose wall-clock time is `local` (seconds of a civil time): none in
     /// a gap, two in a repeated hour, ascending.
     pub fn instants_of(&self, local: i64) -> Vec<i64> {
-        let mut offsets: Vec<i32> = [-54_000i64, 0, 54_000]
-            .iter()
-            .map(|d| self.offset_at(local + d))
-            .collect();
-        offsets.sort_unstable();
-        offsets.dedup();
-        let mut out: Vec<i64> = offsets
-            .into_iter()
-            .map(|o| local - i64::from(o))
-            .filter(|u| u + i64::from(self.offset_at(*u)) == local)
-            .collect();
-        out.sort_unstable();
-        out.dedup();
+        let mut o = [-54_000i64, 0, 54_000].map(|d| self.offset_at(local + d));
+        // Three values: sorted by hand (a generic sort is kilobytes of code per type).
+        for (a, b) in [(0, 1), (1, 2), (0, 1)] {
+            if o[a] > o[b] {
+                o.swap(a, b);
+            }
+        }
+        // Distinct offsets, descending, give distinct instants, ascending.
+        let mut out: Vec<i64> = Vec::with_capacity(2);
+        for (i, &off) in o.iter().enumerate().rev() {
+            if i + 1 < o.len() && o[i + 1] == off {
+                continue;
+            }
+            let u = local - i64::from(off);
+            if u + i64::from(self.offset_at(u)) == local {
+                out.push(u);
+            }
+        }
         out
     }
 }

@@ -156,7 +156,7 @@ impl LogForwarder {
             config.max_line_bytes,
             config.spool_bytes,
         ));
-        let task = tokio::spawn(publisher(shared.clone(), client));
+        let task = crate::spawn(publisher(shared.clone(), client));
         (LogForwarder { shared, uring }, task)
     }
 
@@ -276,7 +276,7 @@ impl LogSink {
                 discard: false,
             }),
         );
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let _ = eof.await;
         })
     }

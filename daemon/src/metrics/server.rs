@@ -105,7 +105,7 @@ where
             continue; // over MAX_CONNECTIONS: dropped, closed
         };
         let (render, stop) = (render.clone(), stop.clone());
-        tokio::spawn(async move {
+        crate::spawn(async move {
             tokio::select! {
                 _ = connection(stream, &*render) => {}
                 _ = stop.cancelled() => {}

@@ -36,6 +36,7 @@ use crate::instance::InstanceHandle;
 use futures_util::StreamExt;
 use narun_wire::events::{RestartReply, RestartRequest};
 use narun_wire::names;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -199,18 +200,41 @@ fn refusal(node_id: &str, error: String) -> Vec<u8> {
 /// `answer` in its own task, at most [`IN_FLIGHT`] at once (others get [`busy_reply`]),
 /// and its reply (JSON) sent to the request's reply subject; requests without one are
 /// handled and not answered. `what` names them in the log.
-pub(crate) async fn serve_requests<R, F, Fut>(
+///
+/// Generic only in this wrapper: the loop ([`serve_answers`]) is compiled once for all
+/// request kinds (binary size: docs/benchmarks.md, "Binary size, s32").
+pub(crate) fn serve_requests<R, F, Fut>(
     node: Node,
     client: async_nats::Client,
     subject: String,
     what: &'static str,
     stop: CancellationToken,
     answer: F,
-) where
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
     R: serde::Serialize + Send + 'static,
-    F: Fn(Node, bytes::Bytes) -> Fut + Clone + Send + 'static,
+    F: Fn(Node, bytes::Bytes) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = R> + Send + 'static,
 {
+    let answer: Answer = Arc::new(move |node, payload| {
+        let reply = answer(node, payload);
+        Box::pin(async move { serde_json::to_vec(&reply.await).unwrap_or_default() })
+    });
+    serve_answers(node, client, subject, what, stop, answer)
+}
+
+/// An answer to one request: its reply, as JSON.
+type Answer = Arc<dyn Fn(Node, bytes::Bytes) -> crate::BoxedTask<Vec<u8>> + Send + Sync>;
+
+/// [`serve_requests`]' loop.
+async fn serve_answers(
+    node: Node,
+    client: async_nats::Client,
+    subject: String,
+    what: &'static str,
+    stop: CancellationToken,
+    answer: Answer,
+) {
     let mut delay = Duration::from_millis(250);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
@@ -236,17 +260,15 @@ pub(crate) async fn serve_requests<R, F, Fut>(
                         }
                         continue;
                     };
-                    let (node, client, answer) = (node.clone(), client.clone(), answer.clone());
-                    let stop = stop.clone();
-                    tokio::spawn(async move {
+                    let node_id = node.settings().node_id.clone();
+                    let (node, client, stop) = (node.clone(), client.clone(), stop.clone());
+                    let reply = answer(node, msg.payload);
+                    crate::spawn(async move {
                         let _slot = slot;
-                        let node_id = node.settings().node_id.clone();
                         // narund's shutdown does not wait for requests queued behind the
                         // apply lock (a restart waiting for its turn gives up).
                         let body = tokio::select! {
-                            reply = answer(node, msg.payload) => {
-                                serde_json::to_vec(&reply).unwrap_or_default()
-                            }
+                            body = reply => body,
                             _ = stop.cancelled() => refusal(
                                 &node_id,
                                 format!("narund on node {node_id} is shutting down: the {what} request was not carried out (or not to its end)"),

@@ -70,7 +70,7 @@ pub(super) fn spawn(
     revision: u64,
 ) -> InstanceHandle {
     let (handle, task) = super::task::new(host, spec, index, revision);
-    tokio::spawn(run_unit(task));
+    crate::spawn(run_unit(task));
     handle
 }
 
