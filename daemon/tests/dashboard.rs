@@ -97,6 +97,32 @@ async fn http(
     read_response(&mut s).await
 }
 
+/// GET `<path>api/<api>` with the admin token (200 expected) until `ok` takes the answer,
+/// at most [`WAIT`].
+async fn api_until<T>(
+    port: u16,
+    api: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    let admin = format!("Bearer {ADMIN}");
+    let path = format!("/_narun/api/{api}");
+    loop {
+        let r = http(port, "GET", &path, &[("Authorization", &admin)], "").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        if let Some(t) = ok(&v) {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within {WAIT:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `body` decompressed by Debian's gzip.
 fn gunzip(body: &[u8]) -> String {
     use std::io::Write;
@@ -526,39 +552,25 @@ exit 0
         )
         .await;
 
-    let admin = format!("Bearer {ADMIN}");
-    let deadline = std::time::Instant::now() + WAIT;
     // Two heartbeats of the other node with the app's memory: one at least 15 s after
     // the deploy's (narund heart-beats every 15 s and on every instance change).
-    let samples = loop {
-        let r = http(
-            port,
-            "GET",
-            "/_narun/api/apps/remote/metrics",
-            &[("Authorization", &admin)],
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
-        assert!(
-            v["series"].get(NODE).is_none(),
-            "the app does not run on the dashboard's node: {v}"
-        );
-        let s = v["series"][OTHER].as_array().cloned().unwrap_or_default();
-        if s.iter()
-            .filter(|x| x["mem_bytes"].as_u64().unwrap_or(0) > 0)
-            .count()
-            >= 2
-        {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no two samples of {OTHER} within {WAIT:?}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let samples = api_until(
+        port,
+        "apps/remote/metrics",
+        "two samples of the other node",
+        |v| {
+            assert!(
+                v["series"].get(NODE).is_none(),
+                "the app does not run on the dashboard's node: {v}"
+            );
+            let s = v["series"][OTHER].as_array().cloned().unwrap_or_default();
+            let with_memory = s
+                .iter()
+                .filter(|x| x["mem_bytes"].as_u64().unwrap_or(0) > 0);
+            (with_memory.count() >= 2).then_some(s)
+        },
+    )
+    .await;
     assert!(
         samples
             .windows(2)
@@ -571,31 +583,14 @@ exit 0
     );
 
     // The runs in the API: no error text, the exit code.
-    let runs = loop {
-        let r = http(
-            port,
-            "GET",
-            "/_narun/api/jobs",
-            &[("Authorization", &admin)],
-            "",
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    let runs = api_until(port, "jobs", "a succeeded run of nightly", |v| {
         assert!(v.get("runs_error").is_none(), "{v}");
         let runs = v["runs"].as_array().cloned().unwrap_or_default();
-        if runs
-            .iter()
+        runs.iter()
             .any(|x| x["app"] == "nightly" && x["outcome"] == "succeeded")
-        {
-            break runs;
-        }
-        assert!(
-            std::time::Instant::now() < deadline + WAIT,
-            "no succeeded run of nightly: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+            .then_some(runs)
+    })
+    .await;
     let done = runs
         .iter()
         .find(|x| x["app"] == "nightly" && x["outcome"] == "succeeded")
