@@ -280,7 +280,17 @@ async fn missing_master_key_then_nats_down_fail_with_reason_secret() {
     )
     .await;
     let pid = h.running_pid("app", 0).await;
-    assert_eq!(environ(pid).get("S").map(String::as_str), Some("v"));
+    let env = environ(pid);
+    assert_eq!(
+        env.get("S").map(String::as_str),
+        Some("v"),
+        "pid {pid}: {:?} ({env:?}); events: {:?}",
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline")),
+        h.events("app")
+            .iter()
+            .map(|e| (e.status.as_str().to_string(), e.pid, e.error.clone()))
+            .collect::<Vec<_>>()
+    );
 
     // NATS goes away and the app crashes: the restart cannot read the secret and there is
     // no copy on disk, so it fails with reason `secret` instead of starting without it.
