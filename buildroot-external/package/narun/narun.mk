@@ -7,7 +7,7 @@
 # The commit of the narun repository this package builds: the same as SRCREV in
 # meta-narun. Move both, with the crate list and narun.hash, with
 # scripts/packaging/bump-pin.sh [COMMIT]; CI (check-pins.sh) checks that they agree.
-NARUN_VERSION = 476969d68dd81b7d73ebfbd26ef324f7ab278571
+NARUN_VERSION = eb1d034da0ec249cff2703f215defef8d925c7d0
 NARUN_SITE = https://github.com/narun-rs/narun.git
 NARUN_SITE_METHOD = git
 NARUN_LICENSE = Apache-2.0
