@@ -19,6 +19,7 @@
 //!
 //! [`Ring`] is pure (readings and times are given); [`sample_loop`] feeds it.
 
+use crate::metrics::collect::sum;
 use crate::node::Node;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -71,14 +72,6 @@ struct Series {
 #[derive(Debug, Default)]
 pub struct Ring {
     series: Vec<Series>,
-}
-
-/// Add `b` to `a` (`None` only when both are).
-fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
-        (a, b) => a.or(b),
-    }
 }
 
 impl Ring {

@@ -37,14 +37,16 @@ pub struct CgroupFacts {
     pub oom: Option<(u64, u64)>,
 }
 
+/// `a + b` of two readings that may be absent (`None` only when both are).
+pub fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
 impl CgroupFacts {
     pub fn add(&mut self, o: CgroupFacts) {
-        fn sum<T: std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
-            match (a, b) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            }
-        }
         self.cpu_seconds = sum(self.cpu_seconds, o.cpu_seconds);
         self.memory_bytes = sum(self.memory_bytes, o.memory_bytes);
         self.memory_peak_bytes = sum(self.memory_peak_bytes, o.memory_peak_bytes);
