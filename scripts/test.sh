@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/narun-target}"
 # Installs nats-server, toolchains and interop peers when missing (idempotent, ~2 s when done).
 bash scripts/setup.sh
-exec cargo test --workspace --all-features "$@"
+exec cargo test --workspace --all-features --no-fail-fast "$@"
