@@ -10,7 +10,8 @@
 #      files narun-crates.inc lists (sha256-verified), as bitbake builds it;
 #   4. narun-crate-licenses.inc == the licences `cargo metadata` of SRCREV gives;
 #   5. narun.hash: the LICENSE line and the archive line, the archive rebuilt the way
-#      Buildroot 2026.02 LTS makes it (br-source-hash.sh; cached per commit).
+#      Buildroot 2026.02 LTS makes it (br-source-hash.sh; cached per commit);
+#   6. the cargo profiles the recipe's BUILD_MODE names exist in SRCREV's Cargo.toml.
 # Cost: the build's target dir is $NARUN_PIN_TARGET_DIR (default ~/.cache/narun-pin-target)
 # and the crates/archive cache $NARUN_PIN_CACHE (default ~/.cache/narun-pin), so only the
 # first run on a machine builds the dependencies (a debug build, no debug info) and
@@ -36,6 +37,18 @@ if git rev-parse --verify --quiet "$version^{commit}" >/dev/null; then
         printf '[pins] FAIL: could not build the Buildroot source archive of %s\n' "$version" >&2
         failures=$((failures + 1))
     fi
+fi
+# 6. The cargo profiles the recipe builds with (BUILD_MODE: `firmware`, `firmware-gateway`)
+#    exist in the pinned commit's Cargo.toml: a profile added after the pin fails the build.
+if git rev-parse --verify --quiet "$version^{commit}" >/dev/null; then
+    for prof in $(grep -o -- "--profile [a-z0-9-]*" meta-narun/recipes-narun/narun/narun_*.bb | awk '{print $2}' | sort -u); do
+        if git show "$version:Cargo.toml" | grep -qxF "[profile.$prof]"; then
+            printf '[pins] the pinned Cargo.toml defines the profile the recipe uses: %s\n' "$prof"
+        else
+            printf '[pins] FAIL: the recipe builds with --profile %s, which %s does not define (run scripts/packaging/bump-pin.sh)\n' "$prof" "$version" >&2
+            failures=$((failures + 1))
+        fi
+    done
 fi
 printf '[pins] check-pins.sh took %s s\n' "$(($(date +%s) - t0))"
 [ "$failures" -eq 0 ]

@@ -10,8 +10,9 @@
 #                           # app-configs bucket, the floor under any narund
 #
 # narund and narunctl are built with the `firmware` profile (what devices ship: release
-# with panic = "abort", Cargo.toml), narund with the gateway and the floor with `release`
-# (SIZE_PROFILE=release builds all with `release`, for comparisons). Symbols are kept
+# with panic = "abort", Cargo.toml), narund with the gateway with `firmware-gateway` (the
+# same opt-levels, unwinding), the floor with `release` (SIZE_PROFILE=release builds all
+# with `release`, for comparisons). Symbols are kept
 # (CARGO_PROFILE_<P>_STRIP=false), so bloat.py can attribute them; the size reported is
 # that of a copy stripped with <triple>-strip, which equals what `strip = true` produces.
 # Extra `CARGO_PROFILE_RELEASE_*` variables in the environment (e.g.
@@ -25,10 +26,12 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
 OUT=$(mktemp -d /tmp/narun-size.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 FIRMWARE=${SIZE_PROFILE:-firmware}
-export CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_FIRMWARE_STRIP=false
+GATEWAY_PROFILE=${SIZE_PROFILE:-firmware-gateway}
+export CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_FIRMWARE_STRIP=false CARGO_PROFILE_FIRMWARE_GATEWAY_STRIP=false
 # The package overrides of the binaries' own crates strip again (Cargo.toml): not here, the
 # symbol listing below needs the symbols (the sizes are of the stripped copies).
-NOSTRIP=(--config profile.firmware.package.narund.strip=false --config profile.release.package.narunctl.strip=false)
+NOSTRIP=(--config profile.firmware.package.narund.strip=false --config profile.firmware-gateway.package.narund.strip=false
+    --config profile.release.package.narunctl.strip=false)
 
 prefix_of() {
     case "$1" in
@@ -45,7 +48,7 @@ for t in $TARGETS; do
         case "$b" in
             narund) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narund --target "$t" "${NOSTRIP[@]}" ;;
             narund-min) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narund --no-default-features --target "$t" "${NOSTRIP[@]}" ;;
-            narund+gateway) profile=release; nice cargo build --locked -q --release -p narund --features gateway --target "$t" ;;
+            narund+gateway) profile=$GATEWAY_PROFILE; nice cargo build --locked -q --profile "$profile" -p narund --features gateway --target "$t" "${NOSTRIP[@]}" ;;
             narunctl) profile=$FIRMWARE; nice cargo build --locked -q --profile "$profile" -p narunctl --target "$t" "${NOSTRIP[@]}" ;;
             floor) profile=release; nice cargo build --locked -q --release -p narun-size-floor --target "$t" ;;
             *) echo "unknown binary $b" >&2; exit 2 ;;

@@ -32,15 +32,22 @@ endif
 ifeq ($(BR2_PACKAGE_NARUN_ACME),y)
 NARUN_CARGO_BUILD_OPTS += --features narund/acme
 endif
-else
-# Without the gateway: the workspace's `firmware` profile settings on top of release
-# (Buildroot's cargo step always passes --release): panic = "abort", narund at "z"
-# (aarch64 narund under 4 MB, docs/benchmarks.md). With the gateway narund must unwind.
-NARUN_CARGO_BUILD_OPTS += --config 'profile.release.panic="abort"' \
-	--config 'profile.release.package.narund.opt-level="z"' \
-	--config 'profile.release.package.narun-wire.opt-level="z"' \
-	--config 'profile.release.package.narund.strip=true'
 endif
+# The workspace's device profiles on top of release (Buildroot's cargo step always passes
+# --release; check-buildroot.sh compares these lists with Cargo.toml). Without the gateway,
+# `firmware`: panic = "abort" and these crates at opt-level "z" (aarch64 narund under 4 MB,
+# docs/benchmarks.md). With the gateway, `firmware-gateway`: narund must unwind, and only
+# narund's own crates go to "z" (what serves requests keeps the release levels).
+ifeq ($(BR2_PACKAGE_NARUN_GATEWAY),y)
+NARUN_Z_CRATES = narund tokio-uring io-uring tryhard
+else
+NARUN_Z_CRATES = narund narun-wire tokio tokio-util tokio-uring io-uring \
+	async-nats tryhard futures-util futures-core futures-channel bytes http
+NARUN_CARGO_BUILD_OPTS += --config 'profile.release.panic="abort"'
+endif
+NARUN_CARGO_BUILD_OPTS += \
+	$(foreach c,$(NARUN_Z_CRATES),--config 'profile.release.package.$(c).opt-level="z"') \
+	--config 'profile.release.package.narund.strip=true'
 ifeq ($(BR2_PACKAGE_NARUN_NARUNCTL),y)
 NARUN_CARGO_BUILD_OPTS += -p narunctl
 endif

@@ -43,17 +43,21 @@ export CARGO_PROFILE_RELEASE_STRIP = "none"
 export CARGO_PROFILE_RELEASE_DEBUG = "line-tables-only"
 export CARGO_PROFILE_FIRMWARE_STRIP = "none"
 export CARGO_PROFILE_FIRMWARE_DEBUG = "line-tables-only"
+export CARGO_PROFILE_FIRMWARE_GATEWAY_STRIP = "none"
+export CARGO_PROFILE_FIRMWARE_GATEWAY_DEBUG = "line-tables-only"
 # The package overrides of the binaries' own crates set strip = true again (an override
 # resets it; Cargo.toml says why): undo that too.
 NARUN_NO_STRIP = "--config profile.release.package.narunctl.strip=false \
-                  --config profile.firmware.package.narund.strip=false"
+                  --config profile.firmware.package.narund.strip=false \
+                  --config profile.firmware-gateway.package.narund.strip=false"
 
 # Without the gateway narund is built with the workspace's `firmware` profile (the release
-# profile with panic = "abort" and narund at opt-level "z": aarch64 narund under 4 MB,
-# docs/benchmarks.md); with the gateway, the release profile (the gateway turns a handler's
-# panic into a 500 and must unwind).
-BUILD_MODE = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', '--release', '--profile firmware', d)}"
-BUILD_DIR = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', 'release', 'firmware', d)}"
+# profile with panic = "abort" and narund, the runtime and the NATS client at opt-level "z":
+# aarch64 narund under 4 MB, docs/benchmarks.md); with the gateway, `firmware-gateway`: the
+# same opt-levels with unwinding (a panic while serving one request ends that connection,
+# not narund).
+BUILD_MODE = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', '--profile firmware-gateway', '--profile firmware', d)}"
+BUILD_DIR = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', 'firmware-gateway', 'firmware', d)}"
 
 # gateway: embed the HTTP/gRPC gateway in narund (cargo feature narund/gateway).
 # scheduled-runs: `runMode = "job"` apps (cron schedules, `narunctl run`).
