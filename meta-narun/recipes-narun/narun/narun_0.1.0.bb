@@ -25,7 +25,7 @@ PV = "0.1.0+git"
 # destsuffix=${BP} and no S= : the source lands in the default S on scarthgap
 # (${WORKDIR}/${BP}) and on whinlatter/wrynose (${UNPACKDIR}/${BP}).
 SRC_URI = "git://github.com/narun-rs/narun.git;protocol=https;branch=main;destsuffix=${BP}"
-SRCREV = "eb1d034da0ec249cff2703f215defef8d925c7d0"
+SRCREV = "eca50efdab048c3bb75038c4382d1e607517eaed"
 
 inherit cargo cargo-update-recipe-crates systemd useradd
 
