@@ -37,7 +37,8 @@ endif
 # --release; check-buildroot.sh compares these lists with Cargo.toml). Without the gateway,
 # `firmware`: panic = "abort" and these crates at opt-level "z" (aarch64 narund under 4 MB,
 # docs/benchmarks.md). With the gateway, `firmware-gateway`: narund must unwind, and only
-# narund's own crates go to "z" (what serves requests keeps the release levels).
+# narund's own crates go to "z" (the gateway costs 4-11 % more CPU per request than a plain
+# --release build: docs/benchmarks.md, "Binary size, firmware-gateway profile").
 ifeq ($(BR2_PACKAGE_NARUN_GATEWAY),y)
 NARUN_Z_CRATES = narund tokio-uring io-uring tryhard
 else

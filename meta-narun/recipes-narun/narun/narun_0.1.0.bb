@@ -53,9 +53,10 @@ NARUN_NO_STRIP = "--config profile.release.package.narunctl.strip=false \
 
 # Without the gateway narund is built with the workspace's `firmware` profile (the release
 # profile with panic = "abort" and narund, the runtime and the NATS client at opt-level "z":
-# aarch64 narund under 4 MB, docs/benchmarks.md); with the gateway, `firmware-gateway`: the
-# same opt-levels with unwinding (a panic while serving one request ends that connection,
-# not narund).
+# aarch64 narund under 4 MB, docs/benchmarks.md); with the gateway, `firmware-gateway`:
+# release with unwinding (a panic while serving one request ends that connection, not
+# narund) and narund's own crates at "z" (-458 KB; the gateway costs 4-11 % more CPU per
+# request than with --release, docs/benchmarks.md "Binary size, firmware-gateway profile").
 BUILD_MODE = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', '--profile firmware-gateway', '--profile firmware', d)}"
 BUILD_DIR = "${@bb.utils.contains_any('PACKAGECONFIG', 'gateway acme', 'firmware-gateway', 'firmware', d)}"
 
