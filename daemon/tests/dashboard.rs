@@ -125,17 +125,7 @@ async fn api_until<T>(
 
 /// `body` decompressed by Debian's gzip.
 fn gunzip(body: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("gzip")
-        .arg("-dc")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("gzip");
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "not gzip");
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(narun_test_support::gunzip(body, "the response body")).unwrap()
 }
 
 fn numbers(log: &str) -> Vec<u64> {

@@ -284,6 +284,22 @@ impl Drop for NatsServer {
     }
 }
 
+/// `gz` decompressed by Debian's `gzip -dc` (a real gzip, not the code under test); panics
+/// naming `what` when it is no gzip data.
+pub fn gunzip(gz: &[u8], what: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip (Debian's gzip package)");
+    child.stdin.take().unwrap().write_all(gz).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{what} is no gzip data");
+    out.stdout
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
