@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p narund --example rss_bench [-- [<apps>] [--rounds <n>] [--bin-dir <dir>]
 //!     [--gateway] [--floor] [--cold] [--readaround] [--extra <label>=<narund binary>]...
-//!     [--env <label>=<VAR>=<value>]... [--smaps <dir>]]
+//!     [--extra-gateway <label>=<narund binary>]... [--env <label>=<VAR>=<value>]... [--smaps <dir>]]
 //! ```
 //! A fresh, real nats-server (narun-test-support); the release `narund` binary built from
 //! this workspace (default features, i.e. **without** the gateway; with `--gateway` also
@@ -24,7 +24,8 @@
 //! narund before `narund::memory`), alternating. `--floor` adds `narun-size-floor`
 //! (bench/floor: async-nats connected, watching `app-configs`, nothing else) to every round.
 //! `--extra <label>=<path>` adds another narund binary (e.g. the firmware build, or a build of
-//! an older commit) to every round, `--env <label>=<VAR>=<value>` the workspace's narund with
+//! an older commit) to every round; `--extra-gateway <label>=<path>` likewise, run with the
+//! gateway enabled as `--gateway` runs it (e.g. the `firmware-gateway` build); `--env <label>=<VAR>=<value>` the workspace's narund with
 //! an environment variable set (e.g. `MALLOC_ARENA_MAX=1`); both repeatable. `--smaps <dir>`
 //! keeps each measurement's `/proc/<pid>/smaps` as `<dir>/<label>-<round>.smaps`.
 //! Per variant it prints the median of the rounds and the start-up time (`ready_ms`): from the
@@ -317,7 +318,8 @@ async fn measure(
 }
 
 struct Args {
-    extra: Vec<(String, PathBuf)>,
+    /// Label, binary, and whether it runs with the gateway enabled.
+    extra: Vec<(String, PathBuf, bool)>,
     env: Vec<(String, String, String)>,
     smaps: Option<PathBuf>,
     apps: usize,
@@ -350,12 +352,13 @@ fn args() -> anyhow::Result<Args> {
             "--floor" => a.floor = true,
             "--cold" => a.cold = true,
             "--readaround" => a.readaround = true,
-            "--extra" => {
+            "--extra" | "--extra-gateway" => {
                 let v = it.next().unwrap_or_default();
                 let (label, path) = v
                     .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--extra needs <label>=<path>, got '{v}'"))?;
-                a.extra.push((label.to_string(), path.into()));
+                    .ok_or_else(|| anyhow::anyhow!("{arg} needs <label>=<path>, got '{v}'"))?;
+                a.extra
+                    .push((label.to_string(), path.into(), arg == "--extra-gateway"));
             }
             "--env" => {
                 let v = it.next().unwrap_or_default();
@@ -384,7 +387,8 @@ fn args() -> anyhow::Result<Args> {
                     anyhow::anyhow!(
                         "usage: rss_bench [<apps>] [--rounds <n>] [--bin-dir <dir>] \
                          [--gateway] [--floor] [--cold] [--readaround] \
-                         [--extra <label>=<path>]... [--env <label>=<VAR>=<value>]... \
+                         [--extra <label>=<path>]... [--extra-gateway <label>=<path>]... \
+                         [--env <label>=<VAR>=<value>]... \
                          [--smaps <dir>]"
                     )
                 })?
@@ -478,7 +482,7 @@ async fn run() -> anyhow::Result<()> {
         let b = workspace_bin("narun-size-floor", "narun-size-floor", &[]);
         bins[FLOOR] = Some(place(&b, &dir, "narun-size-floor")?);
     }
-    for (label, path) in &args.extra {
+    for (label, path, _) in &args.extra {
         bins.push(Some(place(path, &dir, &format!("narund-{label}"))?));
     }
     // Built now, not in the middle of the measurements.
@@ -510,8 +514,9 @@ async fn run() -> anyhow::Result<()> {
     if args.floor {
         variants.push(variant("floor", FLOOR, ""));
     }
-    for (i, (label, _)) in args.extra.iter().enumerate() {
-        variants.push(variant(label, FLOOR + 1 + i, ""));
+    for (i, (label, _, gateway)) in args.extra.iter().enumerate() {
+        let toml = if *gateway { GATEWAY_TOML } else { "" };
+        variants.push(variant(label, FLOOR + 1 + i, toml));
     }
     for (label, k, v) in &args.env {
         variants.push(Variant {

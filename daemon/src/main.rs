@@ -168,6 +168,22 @@ fn log_filter(var: Option<&str>) -> (Targets, Option<String>) {
     }
 }
 
+/// C's `pow`, for the one caller narund has: tokio's multi-thread scheduler (the gateway's
+/// runtime) updates its task poll-time average with `f64::powf` after each batch of polls.
+/// glibc keeps `pow` in `libm.so.6`, which the process would load for this function alone:
+/// its relocated and IFUNC-resolved pages are ~0.5 MiB resident ("narund memory with 10
+/// supervised apps" in docs/benchmarks.md). Defined here, the symbol resolves in narund
+/// itself and the linker (`--as-needed`) leaves libm out of the optimised (LTO) builds; an
+/// unoptimised build may still list it for a caller LTO would have removed. `libm::pow` is
+/// musl's `pow` (within 1 ulp) in Rust. glibc only: musl's static libc has `pow` itself,
+/// and a build without the gateway has no caller (current-thread runtime).
+#[cfg(all(feature = "gateway", target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // no_mangle: the symbol tokio's `f64::powf` links to
+#[unsafe(no_mangle)]
+pub extern "C" fn pow(x: f64, y: f64) -> f64 {
+    libm::pow(x, y)
+}
+
 fn runtime_builder() -> tokio::runtime::Builder {
     #[cfg(feature = "gateway")]
     return tokio::runtime::Builder::new_multi_thread();
@@ -294,6 +310,29 @@ mod tests {
             let err = err.unwrap_or_else(|| panic!("{bad:?} was accepted"));
             assert!(err.contains(bad), "{err}");
             assert_eq!(f.default_level(), Some(LevelFilter::INFO));
+        }
+    }
+
+    /// The `pow` narund defines instead of loading libm agrees with the definition (exact
+    /// where the result is representable, within 1 ulp elsewhere) and IEEE's special cases.
+    #[cfg(all(feature = "gateway", target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn pow_is_cs_pow() {
+        assert_eq!(super::pow(2.0, 10.0), 1024.0);
+        assert_eq!(super::pow(0.8, 0.0), 1.0);
+        assert_eq!(super::pow(0.8, 1.0), 0.8);
+        assert_eq!(super::pow(-2.0, 3.0), -8.0);
+        assert_eq!(super::pow(9.0, 0.5), 3.0);
+        assert!(super::pow(-1.0, 0.5).is_nan());
+        assert_eq!(super::pow(0.0, -1.0), f64::INFINITY);
+        // tokio's use: 1 - (1 - 0.1)^n for a batch of n polls.
+        for n in 1..=256 {
+            let want = (n as f64 * 0.9f64.ln()).exp();
+            let got = super::pow(0.9, n as f64);
+            assert!(
+                (got - want).abs() <= want * 1e-13,
+                "0.9^{n}: {got} vs {want}"
+            );
         }
     }
 }

@@ -132,9 +132,11 @@ pub(crate) fn resend_undelivered(
     }
 }
 
-/// Send `payload` with `headers` to `subject` and wait for the reply, for at most
-/// `timeout` in all, retrying by the rules above. `headers` carry the deadline of the
-/// first attempt (`Narun-Timeout-Ms` = `timeout`); each retry's is set to the time left.
+/// Send `payload` with the headers `headers` builds to `subject` and wait for the reply,
+/// for at most `timeout` in all, retrying by the rules above. The headers carry the
+/// deadline of the first attempt (`Narun-Timeout-Ms` = `timeout`); each retry's is set to
+/// the time left. They are built per attempt, not copied: a request that is sent once
+/// (most) builds them once and moves them into the message.
 /// `retry_no_responders = false` leaves "no responders" to the caller (the gateway then
 /// waits for the service to appear, [`crate::responders`], instead of resending blindly).
 #[allow(clippy::too_many_arguments)]
@@ -143,7 +145,7 @@ pub(crate) async fn request(
     failover: &Failover,
     subject: &async_nats::Subject,
     payload: Bytes,
-    mut headers: HeaderMap,
+    headers: &(dyn Fn() -> HeaderMap + Sync),
     timeout: Duration,
     idempotent: bool,
     retry_no_responders: bool,
@@ -161,16 +163,11 @@ pub(crate) async fn request(
             deadline.saturating_duration_since(Instant::now())
         };
         // The first attempt carries the caller's deadline header (pre-built per route);
-        // a retry the time left. Headers are copied only for a request that may be
-        // sent again.
+        // a retry the time left.
+        let mut sent_headers = headers();
         if attempt > 1 {
-            headers.insert(TIMEOUT_MS, timeout_ms_value(left));
+            sent_headers.insert(TIMEOUT_MS, timeout_ms_value(left));
         }
-        let sent_headers = if idempotent {
-            headers.clone()
-        } else {
-            std::mem::take(&mut headers)
-        };
         let req = async_nats::Request::new()
             .payload(payload.clone())
             .headers(sent_headers)

@@ -16,14 +16,18 @@
 //! the client's raw value.
 
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use narun_wire::trace::{TRACEPARENT, TRACEPARENT_HEADER, TRACESTATE, TRACESTATE_HEADER};
 use narun_wire::trace::{TraceContext, TraceParentError};
 use std::str::FromStr;
 
+// Looked up as names, not `&str`s: a `&str` is parsed into a name on every lookup.
+static PARENT: HeaderName = HeaderName::from_static(TRACEPARENT);
+static STATE: HeaderName = HeaderName::from_static(TRACESTATE);
+
 /// The context the gateway forwards a request with `h` (HTTP headers or gRPC metadata) in.
 pub(crate) fn incoming(h: &HeaderMap) -> TraceContext {
-    let mut all = h.get_all(TRACEPARENT).iter();
+    let mut all = h.get_all(&PARENT).iter();
     let (first, more) = (all.next(), all.next().is_some());
     let parent = match first {
         None => None,
@@ -34,10 +38,10 @@ pub(crate) fn incoming(h: &HeaderMap) -> TraceContext {
         Some(v) => Some(v.to_str().map_err(|_| TraceParentError::Delimiter)),
     };
     let state = h
-        .get(TRACESTATE)
+        .get(&STATE)
         .and_then(|v| v.to_str().ok())
         // W3C allows a tracestate in several headers; the gateway keeps the first only.
-        .filter(|_| h.get_all(TRACESTATE).iter().nth(1).is_none());
+        .filter(|_| h.get_all(&STATE).iter().nth(1).is_none());
     match parent {
         None => TraceContext::root(),
         Some(Err(e)) => {
@@ -58,16 +62,16 @@ pub(crate) fn incoming(h: &HeaderMap) -> TraceContext {
 /// in ([`incoming`]), which is returned.
 pub(crate) fn rewrite(h: &mut HeaderMap) -> TraceContext {
     let ctx = incoming(h);
-    h.remove(TRACESTATE);
-    if let Ok(v) = HeaderValue::from_str(&ctx.traceparent()) {
-        h.insert(TRACEPARENT, v);
+    h.remove(&STATE);
+    if let Ok(v) = HeaderValue::try_from(ctx.traceparent()) {
+        h.insert(PARENT.clone(), v);
     }
     if let Some(s) = ctx
         .state
         .as_deref()
         .and_then(|s| HeaderValue::from_str(s).ok())
     {
-        h.insert(TRACESTATE, s);
+        h.insert(STATE.clone(), s);
     }
     ctx
 }
@@ -111,10 +115,7 @@ impl Drop for Exported {
 
 /// Copy the (rewritten, hence valid) `traceparent`/`tracestate` of `h` into NATS headers.
 pub(crate) fn to_nats(h: &HeaderMap, nh: &mut async_nats::HeaderMap) {
-    for (name, nats) in [
-        (TRACEPARENT, TRACEPARENT_HEADER),
-        (TRACESTATE, TRACESTATE_HEADER),
-    ] {
+    for (name, nats) in [(&PARENT, TRACEPARENT_HEADER), (&STATE, TRACESTATE_HEADER)] {
         if let Some(v) = h.get(name).and_then(|v| v.to_str().ok())
             && let Ok(v) = async_nats::HeaderValue::from_str(v)
         {
