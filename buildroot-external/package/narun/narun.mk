@@ -7,7 +7,7 @@
 # The commit of the narun repository this package builds: the same as SRCREV in
 # meta-narun. Move both, with the crate list and narun.hash, with
 # scripts/packaging/bump-pin.sh [COMMIT]; CI (check-pins.sh) checks that they agree.
-NARUN_VERSION = eca50efdab048c3bb75038c4382d1e607517eaed
+NARUN_VERSION = 9e2f3eeaf6786a4e077120aefa63fbf7e420a73d
 NARUN_SITE = https://github.com/narun-rs/narun.git
 NARUN_SITE_METHOD = git
 NARUN_LICENSE = Apache-2.0

@@ -25,7 +25,7 @@ PV = "0.1.0+git"
 # destsuffix=${BP} and no S= : the source lands in the default S on scarthgap
 # (${WORKDIR}/${BP}) and on whinlatter/wrynose (${UNPACKDIR}/${BP}).
 SRC_URI = "git://github.com/narun-rs/narun.git;protocol=https;branch=main;destsuffix=${BP}"
-SRCREV = "eca50efdab048c3bb75038c4382d1e607517eaed"
+SRCREV = "9e2f3eeaf6786a4e077120aefa63fbf7e420a73d"
 
 inherit cargo cargo-update-recipe-crates systemd useradd
 
