@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release -p narund --example rss_bench [-- [<apps>] [--rounds <n>] [--bin-dir <dir>]
 //!     [--gateway] [--floor] [--cold] [--readaround] [--extra <label>=<narund binary>]...
-//!     [--extra-gateway <label>=<narund binary>]... [--env <label>=<VAR>=<value>]... [--smaps <dir>]]
+//!     [--extra-gateway <label>=<narund binary>]... [--env <label>=<VAR>=<value>]...
+//!     [--smaps <dir>]]
 //! ```
 //! A fresh, real nats-server (narun-test-support); the release `narund` binary built from
 //! this workspace (default features, i.e. **without** the gateway; with `--gateway` also
@@ -25,8 +26,9 @@
 //! (bench/floor: async-nats connected, watching `app-configs`, nothing else) to every round.
 //! `--extra <label>=<path>` adds another narund binary (e.g. the firmware build, or a build of
 //! an older commit) to every round; `--extra-gateway <label>=<path>` likewise, run with the
-//! gateway enabled as `--gateway` runs it (e.g. the `firmware-gateway` build); `--env <label>=<VAR>=<value>` the workspace's narund with
-//! an environment variable set (e.g. `MALLOC_ARENA_MAX=1`); both repeatable. `--smaps <dir>`
+//! gateway enabled as `--gateway` runs it (e.g. the `firmware-gateway` build);
+//! `--env <label>=<VAR>=<value>` the workspace's narund with an environment variable set
+//! (e.g. `MALLOC_ARENA_MAX=1`); all three repeatable. `--smaps <dir>`
 //! keeps each measurement's `/proc/<pid>/smaps` as `<dir>/<label>-<round>.smaps`.
 //! Per variant it prints the median of the rounds and the start-up time (`ready_ms`): from the
 //! spawn to the first heartbeat that shows every instance `running`.
